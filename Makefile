@@ -1,0 +1,41 @@
+# Kiln's entry points. `make demo` and `make test` install what is missing,
+# build, and run. BUILD_DIR / SAN_DIR may be overridden.
+BUILD_DIR ?= build
+SAN_DIR ?= build-asan
+JOBS ?= $(shell nproc)
+CMAKE_FLAGS ?=
+
+.PHONY: all build deps demo test test-fast test-asan clean
+
+all: build
+
+deps:
+	@bash scripts/install-deps.sh
+
+$(BUILD_DIR)/build.ninja:
+	cmake -S . -B $(BUILD_DIR) -G Ninja $(CMAKE_FLAGS)
+
+build: $(BUILD_DIR)/build.ninja
+	cmake --build $(BUILD_DIR) -j $(JOBS)
+
+# The main job on embedded defaults (until training lands: the comm benchmark on 2 ranks).
+demo: deps build
+	$(BUILD_DIR)/kiln launch -n 2 -- $(BUILD_DIR)/kiln bench comm -o allreduce -b 4K -e 64M -f 4 -n 20 -w 5 --check
+
+# Every test: the full suite, then the comm tests again under ASan+UBSan.
+test: deps build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j 2 --timeout 300
+	$(MAKE) test-asan
+
+test-fast: build
+	cd $(BUILD_DIR) && ctest --output-on-failure -j 2 -L unit
+
+test-asan: $(SAN_DIR)/build.ninja
+	cmake --build $(SAN_DIR) -j $(JOBS) --target kiln_comm_test kiln_store_test kiln
+	cd $(SAN_DIR) && ctest --output-on-failure -j 2 --timeout 300 -L sanitize
+
+$(SAN_DIR)/build.ninja:
+	cmake -S . -B $(SAN_DIR) -G Ninja -DKILN_SANITIZE="address;undefined" -DCMAKE_BUILD_TYPE=Debug $(CMAKE_FLAGS)
+
+clean:
+	rm -rf $(BUILD_DIR) $(SAN_DIR)
