@@ -1,0 +1,36 @@
+// Allreduce algorithms. All take element counts and an element size, work
+// out of place (send may equal recv) and leave identical bits on every rank.
+#pragma once
+
+#include "kiln/comm/algo/group.h"
+
+namespace kiln::comm::algo {
+
+struct AllreduceArgs {
+  const void* send;
+  void* recv;
+  std::size_t count;
+  DataType dtype;
+  ReduceOp op;
+};
+
+// Ring: reduce-scatter then allgather around the ring; 2(n-1) steps moving
+// 2(n-1)/n of the buffer. Bandwidth-optimal for large messages.
+Status allreduce_ring(const Env& env, const AllreduceArgs& a);
+
+// Recursive doubling: log2(p) full-buffer exchanges (+2 to fold a
+// non-power-of-two world). Latency-optimal for small messages.
+Status allreduce_recursive_doubling(const Env& env, const AllreduceArgs& a);
+
+// Rabenseifner: recursive-halving reduce-scatter then recursive-doubling
+// allgather; 2·log2(p) steps moving 2(p-1)/p of the buffer. Any world size.
+Status allreduce_halving_doubling(const Env& env, const AllreduceArgs& a);
+
+// Two-level: reduce inside each host, allreduce among one leader per host
+// (`inter` picks the leaders' algorithm), broadcast inside each host.
+// `host_of[i]` is the host index of group member i.
+Status allreduce_hierarchical(const Env& env, const AllreduceArgs& a,
+                              const std::vector<int>& host_of,
+                              Status (*inter)(const Env&, const AllreduceArgs&));
+
+}  // namespace kiln::comm::algo

@@ -1,0 +1,301 @@
+// Every collective × dtype × algorithm × count, on real processes, against a
+// reference computed here, for world sizes 1, 2, 3, 4, 5 and 8 over shared
+// memory, over tcp, and over a simulated two-ranks-per-host cluster (shm
+// inside a host, tcp between, hierarchical allreduce).
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "kiln/comm/communicator.h"
+#include "kiln/comm/reduce.h"
+#include "kiln/comm/testing/multiprocess.h"
+
+namespace kiln::comm {
+namespace {
+
+constexpr DataType kDtypes[] = {DataType::kFloat32, DataType::kFloat64, DataType::kFloat16,
+                                DataType::kBFloat16, DataType::kInt32,   DataType::kInt64,
+                                DataType::kUInt8};
+constexpr ReduceOp kOps[] = {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kMin, ReduceOp::kMax,
+                             ReduceOp::kProd};
+
+// Small integers: exact in every dtype, so only avg rounds.
+double input_value(int rank, std::size_t i, ReduceOp op, DataType t) {
+  if (op == ReduceOp::kProd) return 1 + static_cast<double>((rank + i) % 2);
+  double v = static_cast<double>((rank * 7 + i * 3) % 11);
+  return t == DataType::kUInt8 ? v : v - 5;
+}
+
+void store_value(DataType t, void* buf, std::size_t i, double v) {
+  switch (t) {
+    case DataType::kFloat32: static_cast<float*>(buf)[i] = static_cast<float>(v); break;
+    case DataType::kFloat64: static_cast<double*>(buf)[i] = v; break;
+    case DataType::kFloat16: static_cast<std::uint16_t*>(buf)[i] = float_to_half(static_cast<float>(v)); break;
+    case DataType::kBFloat16: static_cast<std::uint16_t*>(buf)[i] = float_to_bf16(static_cast<float>(v)); break;
+    case DataType::kInt32: static_cast<std::int32_t*>(buf)[i] = static_cast<std::int32_t>(v); break;
+    case DataType::kInt64: static_cast<std::int64_t*>(buf)[i] = static_cast<std::int64_t>(v); break;
+    case DataType::kUInt8: static_cast<std::uint8_t*>(buf)[i] = static_cast<std::uint8_t>(static_cast<int>(v)); break;
+  }
+}
+
+double load_value(DataType t, const void* buf, std::size_t i) {
+  switch (t) {
+    case DataType::kFloat32: return static_cast<const float*>(buf)[i];
+    case DataType::kFloat64: return static_cast<const double*>(buf)[i];
+    case DataType::kFloat16: return half_to_float(static_cast<const std::uint16_t*>(buf)[i]);
+    case DataType::kBFloat16: return bf16_to_float(static_cast<const std::uint16_t*>(buf)[i]);
+    case DataType::kInt32: return static_cast<const std::int32_t*>(buf)[i];
+    case DataType::kInt64: return static_cast<double>(static_cast<const std::int64_t*>(buf)[i]);
+    case DataType::kUInt8: return static_cast<const std::uint8_t*>(buf)[i];
+  }
+  return 0;
+}
+
+bool is_int(DataType t) {
+  return t == DataType::kInt32 || t == DataType::kInt64 || t == DataType::kUInt8;
+}
+
+// The reduction of element i over ranks [0, n), computed the way the dtype does.
+double expected_reduce(int n, std::size_t i, ReduceOp op, DataType t) {
+  double acc = input_value(0, i, op, t);
+  for (int r = 1; r < n; ++r) {
+    double v = input_value(r, i, op, t);
+    switch (op) {
+      case ReduceOp::kSum:
+      case ReduceOp::kAvg: acc += v; break;
+      case ReduceOp::kProd: acc *= v; break;
+      case ReduceOp::kMin: acc = std::min(acc, v); break;
+      case ReduceOp::kMax: acc = std::max(acc, v); break;
+    }
+  }
+  if (t == DataType::kUInt8) acc = static_cast<double>(static_cast<std::uint8_t>(static_cast<std::int64_t>(acc)));
+  if (op == ReduceOp::kAvg) acc = is_int(t) ? std::trunc(acc / n) : acc / n;
+  return acc;
+}
+
+bool close_enough(DataType t, double got, double want) {
+  double tol = 0;
+  if (t == DataType::kFloat16 || t == DataType::kBFloat16) tol = 1e-2 * std::max(1.0, std::fabs(want));
+  if (t == DataType::kFloat32) tol = 1e-6 * std::max(1.0, std::fabs(want));
+  if (t == DataType::kFloat64) tol = 1e-12 * std::max(1.0, std::fabs(want));
+  return std::fabs(got - want) <= tol;
+}
+
+Status mismatch(const std::string& what, std::size_t i, double got, double want) {
+  return internal_error(fmt::format("{}: element {} is {} but should be {}", what, i, got, want));
+}
+
+struct Bufs {
+  std::vector<char> in, out;
+};
+
+Status check_allreduce(Communicator& c, DataType t, ReduceOp op, std::size_t count, bool in_place,
+                       AllreduceAlgo algo) {
+  std::size_t es = dtype_size(t);
+  Bufs b{std::vector<char>(count * es + 1), std::vector<char>(count * es + 1)};
+  for (std::size_t i = 0; i < count; ++i) store_value(t, b.in.data(), i, input_value(c.rank(), i, op, t));
+  c.set_allreduce_algo(algo);
+  void* out = in_place ? b.in.data() : b.out.data();
+  KILN_RETURN_IF_ERROR(c.allreduce(b.in.data(), out, count, t, op)->wait());
+  std::string what = fmt::format("allreduce {} {} count {} {} {}", allreduce_algo_name(algo),
+                                 dtype_name(t), count, reduce_op_name(op), in_place ? "in-place" : "out-of-place");
+  for (std::size_t i = 0; i < count; ++i) {
+    double want = expected_reduce(c.size(), i, op, t), got = load_value(t, out, i);
+    if (!close_enough(t, got, want)) return mismatch(what, i, got, want);
+  }
+  return Status::ok();
+}
+
+Status check_reduce_and_broadcast(Communicator& c, DataType t, std::size_t count) {
+  std::size_t es = dtype_size(t);
+  int root = c.size() - 1;
+  ReduceOp op = ReduceOp::kSum;
+  std::vector<char> in(count * es + 1), out(count * es + 1);
+  for (std::size_t i = 0; i < count; ++i) store_value(t, in.data(), i, input_value(c.rank(), i, op, t));
+  KILN_RETURN_IF_ERROR(c.reduce(in.data(), out.data(), count, t, op, root)->wait());
+  if (c.rank() == root) {
+    for (std::size_t i = 0; i < count; ++i) {
+      double want = expected_reduce(c.size(), i, op, t), got = load_value(t, out.data(), i);
+      if (!close_enough(t, got, want)) return mismatch(fmt::format("reduce {} count {}", dtype_name(t), count), i, got, want);
+    }
+  }
+  // Broadcast from root 0: everyone ends with root 0's input.
+  for (std::size_t i = 0; i < count; ++i) store_value(t, out.data(), i, input_value(c.rank(), i, op, t));
+  KILN_RETURN_IF_ERROR(c.broadcast(out.data(), count, t, 0)->wait());
+  for (std::size_t i = 0; i < count; ++i) {
+    double want = input_value(0, i, op, t), got = load_value(t, out.data(), i);
+    if (got != want) return mismatch(fmt::format("broadcast {} count {}", dtype_name(t), count), i, got, want);
+  }
+  return Status::ok();
+}
+
+Status check_allgather(Communicator& c, DataType t, std::size_t count) {
+  std::size_t es = dtype_size(t);
+  int n = c.size();
+  // Uneven: rank r contributes count + r elements.
+  std::vector<std::size_t> counts(n);
+  std::size_t total = 0;
+  for (int r = 0; r < n; ++r) total += counts[r] = count + r;
+  std::vector<char> in(counts[c.rank()] * es + 1), out(total * es + 1);
+  for (std::size_t i = 0; i < counts[c.rank()]; ++i) store_value(t, in.data(), i, input_value(c.rank(), i, ReduceOp::kSum, t));
+  KILN_RETURN_IF_ERROR(c.allgatherv(in.data(), out.data(), counts, t)->wait());
+  std::size_t off = 0;
+  for (int r = 0; r < n; ++r) {
+    for (std::size_t i = 0; i < counts[r]; ++i) {
+      double want = input_value(r, i, ReduceOp::kSum, t), got = load_value(t, out.data(), off + i);
+      if (got != want) return mismatch(fmt::format("allgatherv {} block of rank {}", dtype_name(t), r), i, got, want);
+    }
+    off += counts[r];
+  }
+  // Even allgather.
+  std::vector<char> out2(count * n * es + 1);
+  KILN_RETURN_IF_ERROR(c.allgather(in.data(), out2.data(), count, t)->wait());
+  for (int r = 0; r < n; ++r) {
+    for (std::size_t i = 0; i < count; ++i) {
+      double want = input_value(r, i, ReduceOp::kSum, t), got = load_value(t, out2.data(), r * count + i);
+      if (got != want) return mismatch(fmt::format("allgather {} block of rank {}", dtype_name(t), r), i, got, want);
+    }
+  }
+  return Status::ok();
+}
+
+Status check_reduce_scatter(Communicator& c, DataType t, ReduceOp op, std::size_t count) {
+  std::size_t es = dtype_size(t);
+  int n = c.size();
+  std::vector<char> in(count * n * es + 1), out(count * es + 1);
+  for (std::size_t i = 0; i < count * n; ++i) store_value(t, in.data(), i, input_value(c.rank(), i, op, t));
+  KILN_RETURN_IF_ERROR(c.reduce_scatter(in.data(), out.data(), count, t, op)->wait());
+  for (std::size_t i = 0; i < count; ++i) {
+    std::size_t global = c.rank() * count + i;
+    double want = expected_reduce(n, global, op, t), got = load_value(t, out.data(), i);
+    if (!close_enough(t, got, want)) return mismatch(fmt::format("reduce_scatter {} {} count {}", dtype_name(t), reduce_op_name(op), count), i, got, want);
+  }
+  return Status::ok();
+}
+
+Status check_alltoall(Communicator& c, DataType t, std::size_t count) {
+  std::size_t es = dtype_size(t);
+  int n = c.size();
+  std::vector<char> in(count * n * es + 1), out(count * n * es + 1);
+  // Block j of rank r carries value pattern (r, j).
+  for (int j = 0; j < n; ++j)
+    for (std::size_t i = 0; i < count; ++i) store_value(t, in.data(), j * count + i, (c.rank() * 3 + j + i) % 7);
+  KILN_RETURN_IF_ERROR(c.alltoall(in.data(), out.data(), count, t)->wait());
+  for (int r = 0; r < n; ++r)
+    for (std::size_t i = 0; i < count; ++i) {
+      double want = (r * 3 + c.rank() + i) % 7, got = load_value(t, out.data(), r * count + i);
+      if (got != want) return mismatch(fmt::format("alltoall {} from rank {}", dtype_name(t), r), i, got, want);
+    }
+  return Status::ok();
+}
+
+Status check_sendrecv(Communicator& c, std::size_t count) {
+  // A ring of sends: rank r sends to r+1 and receives from r-1, ordered so
+  // nobody waits on a receive before its send was issued.
+  int n = c.size();
+  if (n == 1) return Status::ok();
+  std::vector<std::int32_t> out(count), in(count, -1);
+  for (std::size_t i = 0; i < count; ++i) out[i] = static_cast<std::int32_t>(c.rank() * 1000 + i);
+  int to = (c.rank() + 1) % n, from = (c.rank() - 1 + n) % n;
+  WorkPtr a, b;
+  if (c.rank() % 2 == 0) {
+    a = c.send(out.data(), count, DataType::kInt32, to);
+    b = c.recv(in.data(), count, DataType::kInt32, from);
+  } else {
+    b = c.recv(in.data(), count, DataType::kInt32, from);
+    a = c.send(out.data(), count, DataType::kInt32, to);
+  }
+  KILN_RETURN_IF_ERROR(a->wait());
+  KILN_RETURN_IF_ERROR(b->wait());
+  for (std::size_t i = 0; i < count; ++i) {
+    if (in[i] != static_cast<std::int32_t>(from * 1000 + i)) return mismatch("send/recv", i, in[i], from * 1000 + i);
+  }
+  return Status::ok();
+}
+
+enum class Layout { kShm, kTcp, kTwoPerHost };
+
+struct Case {
+  int world;
+  Layout layout;
+};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  const char* l = info.param.layout == Layout::kShm ? "shm" : info.param.layout == Layout::kTcp ? "tcp" : "two_per_host";
+  return fmt::format("world{}_{}", info.param.world, l);
+}
+
+testing::RunOptions options_for(Layout layout) {
+  testing::RunOptions o;
+  o.deadline = std::chrono::seconds(240);
+  o.comm.transport_from_env = false;
+  o.comm.algo_from_env = false;
+  o.comm.connect.mode = layout == Layout::kTcp ? transport::TransportMode::kTcp : transport::TransportMode::kAuto;
+  if (layout == Layout::kTwoPerHost) {
+    o.env_for_rank = [](int rank) {
+      return std::map<std::string, std::string>{{"KILN_HOST_ID", fmt::format("host{}", rank / 2)}};
+    };
+  }
+  return o;
+}
+
+class Collectives : public ::testing::TestWithParam<Case> {};
+
+TEST_P(Collectives, MatchReferenceForEveryOpDtypeAlgorithmAndCount) {
+  const Case param = GetParam();
+  // 1M+3 elements everywhere would take minutes at 8 oversubscribed ranks;
+  // the large count runs for float32 and bfloat16 (the two paths of the
+  // reduction kernels) and for every algorithm.
+  auto result = testing::run_ranks(param.world, [](Communicator& c) -> Status {
+    const std::size_t small_counts[] = {0, 1, 7, 1023};
+    const std::size_t large = (1u << 20) + 3;
+    const AllreduceAlgo algos[] = {AllreduceAlgo::kRing, AllreduceAlgo::kRecursiveDoubling,
+                                   AllreduceAlgo::kHalvingDoubling, AllreduceAlgo::kHierarchical};
+    for (AllreduceAlgo algo : algos) {
+      for (DataType t : kDtypes) {
+        for (ReduceOp op : kOps) {
+          for (std::size_t count : small_counts) {
+            KILN_RETURN_IF_ERROR(check_allreduce(c, t, op, count, count % 2 == 1, algo));
+          }
+        }
+      }
+      for (DataType t : {DataType::kFloat32, DataType::kBFloat16}) {
+        KILN_RETURN_IF_ERROR(check_allreduce(c, t, ReduceOp::kSum, large, false, algo));
+        KILN_RETURN_IF_ERROR(check_allreduce(c, t, ReduceOp::kMax, large, true, algo));
+      }
+    }
+    for (DataType t : kDtypes) {
+      for (std::size_t count : small_counts) {
+        KILN_RETURN_IF_ERROR(check_reduce_and_broadcast(c, t, count));
+        KILN_RETURN_IF_ERROR(check_allgather(c, t, count));
+        KILN_RETURN_IF_ERROR(check_alltoall(c, t, count));
+        for (ReduceOp op : kOps) KILN_RETURN_IF_ERROR(check_reduce_scatter(c, t, op, count));
+      }
+    }
+    KILN_RETURN_IF_ERROR(check_reduce_and_broadcast(c, DataType::kFloat32, large));
+    KILN_RETURN_IF_ERROR(check_allgather(c, DataType::kFloat32, large / c.size()));
+    KILN_RETURN_IF_ERROR(check_reduce_scatter(c, DataType::kFloat32, ReduceOp::kSum, large / c.size()));
+    KILN_RETURN_IF_ERROR(check_alltoall(c, DataType::kInt32, large / c.size()));
+    for (std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{7}, large}) {
+      KILN_RETURN_IF_ERROR(check_sendrecv(c, count));
+    }
+    return c.barrier()->wait();
+  }, options_for(param.layout));
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllWorldSizes, Collectives,
+    ::testing::Values(Case{1, Layout::kShm}, Case{2, Layout::kShm}, Case{3, Layout::kShm},
+                      Case{4, Layout::kShm}, Case{5, Layout::kShm}, Case{8, Layout::kShm},
+                      Case{2, Layout::kTcp}, Case{3, Layout::kTcp}, Case{4, Layout::kTcp},
+                      Case{5, Layout::kTcp}, Case{8, Layout::kTcp},
+                      Case{4, Layout::kTwoPerHost}, Case{5, Layout::kTwoPerHost},
+                      Case{8, Layout::kTwoPerHost}),
+    case_name);
+
+}  // namespace
+}  // namespace kiln::comm

@@ -1,0 +1,267 @@
+#include "kiln/comm/communicator.h"
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include <fmt/format.h>
+
+#include "kiln/base/knobs.h"
+#include "kiln/base/logging.h"
+#include "kiln/comm/algo/allreduce.h"
+#include "kiln/comm/algo/collectives.h"
+
+namespace kiln::comm {
+namespace {
+
+const Knob<double> kCommTimeout{"KILN_COMM_TIMEOUT", 300.0,
+                                "default timeout of one collective operation, seconds"};
+const Knob<std::string> kAlgo{"KILN_ALGO", "auto",
+                              "allreduce algorithm: auto, ring, recursive_doubling, "
+                              "halving_doubling, hierarchical"};
+const Knob<bool> kCommCheck{"KILN_COMM_CHECK", false,
+                            "verify that all ranks issue matching operations (costs one small "
+                            "allgather per operation)"};
+const Knob<std::string> kTransport{"KILN_TRANSPORT", "auto", "peer transport: auto, shm or tcp"};
+
+constexpr std::size_t kFingerprintBytes = 128;
+
+Status (*flat_allreduce(AllreduceAlgo a))(const algo::Env&, const algo::AllreduceArgs&) {
+  switch (a) {
+    case AllreduceAlgo::kRecursiveDoubling: return algo::allreduce_recursive_doubling;
+    case AllreduceAlgo::kHalvingDoubling: return algo::allreduce_halving_doubling;
+    default: return algo::allreduce_ring;
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Communicator>> Communicator::create(std::shared_ptr<store::Store> store,
+                                                           int rank, int size, CommOptions options) {
+  if (size < 1 || rank < 0 || rank >= size) {
+    return invalid_argument(fmt::format("communicator: rank {} is not in a world of size {}", rank, size));
+  }
+  if (options.timeout.count() == 0) {
+    options.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(kCommTimeout.get() * 1000));
+  }
+  if (options.algo_from_env) {
+    KILN_ASSIGN_OR_RETURN(options.algo, parse_allreduce_algo(kAlgo.get()));
+  }
+  if (options.check_from_env) options.check = kCommCheck.get();
+  if (options.transport_from_env) {
+    KILN_ASSIGN_OR_RETURN(options.connect.mode, transport::parse_transport_mode(kTransport.get()));
+  }
+  if (options.connect.tag.empty()) options.connect.tag = "default";
+  KILN_ASSIGN_OR_RETURN(auto ctx, transport::connect_all(*store, rank, size, options.connect,
+                                                         Deadline::after(options.timeout)));
+  return std::unique_ptr<Communicator>(
+      new Communicator(std::move(store), rank, size, std::move(options), std::move(ctx)));
+}
+
+Communicator::Communicator(std::shared_ptr<store::Store> store, int rank, int size,
+                           CommOptions options, std::unique_ptr<transport::Context> ctx)
+    : store_(std::move(store)),
+      rank_(rank),
+      size_(size),
+      options_(std::move(options)),
+      ctx_(std::move(ctx)),
+      cost_(CostModel::from_env()),
+      engine_(std::make_unique<Engine>(options_.timeout)) {
+  const auto& host_of = ctx_->host_of();
+  topology_.world = size_;
+  topology_.hosts = host_of.empty() ? 1 : *std::max_element(host_of.begin(), host_of.end()) + 1;
+  std::vector<int> per_host(topology_.hosts, 0);
+  for (int h : host_of) per_host[h]++;
+  topology_.max_ranks_per_host = *std::max_element(per_host.begin(), per_host.end());
+  for (int p = 0; p < size_; ++p) {
+    if (ctx_->has_pair(p) && !ctx_->pair(p).is_shm()) topology_.any_remote = true;
+  }
+  log()->debug("communicator {}: {}", options_.connect.tag, describe());
+}
+
+Communicator::~Communicator() {
+  // Work still queued or running would otherwise wait out its timeout.
+  engine_.reset();
+  ctx_.reset();
+}
+
+std::string Communicator::describe() const {
+  return fmt::format("rank {}/{}, {}, {} host(s)", rank_, size_, transport::describe_transports(*ctx_),
+                     topology_.hosts);
+}
+
+void Communicator::abort(const Status& why) { ctx_->abort(why); }
+
+AllreduceAlgo Communicator::choose_allreduce(std::size_t bytes) const {
+  AllreduceAlgo forced = forced_algo_.load();
+  if (forced == AllreduceAlgo::kAuto) forced = options_.algo;
+  if (forced != AllreduceAlgo::kAuto) {
+    if (forced == AllreduceAlgo::kHierarchical && topology_.hosts == 1) {
+      return AllreduceAlgo::kRing;  // one host: nothing to be hierarchical about
+    }
+    return forced;
+  }
+  return cost_.pick_allreduce(bytes, topology_);
+}
+
+WorkPtr Communicator::enqueue(const char* name, std::string signature,
+                              std::function<Status(const algo::Env&)> body) {
+  std::lock_guard lock(issue_mu_);
+  std::uint64_t seq = next_seq_++;
+  std::string what = fmt::format("{} #{} ({}) on rank {}/{}", name, seq, signature, rank_, size_);
+  std::string fingerprint = fmt::format("{} #{} ({})", name, seq, signature);
+  auto w = std::make_shared<Work>(
+      seq, what,
+      [this, what, fingerprint, body = std::move(body)](Deadline deadline) -> Status {
+        if (ctx_->aborted()) return ctx_->abort_status().with_context(what);
+        algo::Env env{algo::Group{ctx_.get(), {}, rank_}, deadline, &what, &scratch_};
+        env.group.ranks.resize(size_);
+        std::iota(env.group.ranks.begin(), env.group.ranks.end(), 0);
+        if (options_.check) KILN_RETURN_IF_ERROR(check_fingerprints(env, fingerprint));
+        Status s = body(env);
+        if (!s.is_ok()) {
+          // Whatever failed, the group is now out of step: make sure peers learn.
+          ctx_->abort(s);
+          log()->error("{}", s.to_string());
+        }
+        return s;
+      },
+      engine_.get());
+  engine_->submit(w);
+  return w;
+}
+
+Status Communicator::check_fingerprints(const algo::Env& env, const std::string& mine) {
+  std::vector<char> local(kFingerprintBytes, 0);
+  std::memcpy(local.data(), mine.data(), std::min(mine.size(), kFingerprintBytes - 1));
+  std::vector<char> all(kFingerprintBytes * size_);
+  std::vector<std::size_t> counts(size_, kFingerprintBytes);
+  KILN_RETURN_IF_ERROR(algo::allgather_ring(env, local.data(), all.data(), counts, 1));
+  for (int r = 0; r < size_; ++r) {
+    const char* theirs = all.data() + r * kFingerprintBytes;
+    if (std::strncmp(theirs, local.data(), kFingerprintBytes) != 0) {
+      Status s = invalid_argument(fmt::format(
+          "KILN_COMM_CHECK: operation mismatch: rank {} called {} but rank {} called {}", rank_,
+          local.data(), r, theirs));
+      ctx_->abort(s);
+      return s;
+    }
+  }
+  return Status::ok();
+}
+
+WorkPtr Communicator::allreduce(const void* send, void* recv, std::size_t count, DataType dtype,
+                                ReduceOp op) {
+  std::string sig = fmt::format("{} x {}, {}", dtype_name(dtype), count, reduce_op_name(op));
+  return enqueue("allreduce", sig, [=, this](const algo::Env& env) {
+    algo::AllreduceArgs args{send, recv, count, dtype, op};
+    AllreduceAlgo a = choose_allreduce(count * dtype_size(dtype));
+    if (a == AllreduceAlgo::kHierarchical) {
+      AllreduceAlgo inter = cost_.pick_allreduce(count * dtype_size(dtype),
+                                                 Topology{topology_.hosts, topology_.hosts, 1, true});
+      return algo::allreduce_hierarchical(env, args, ctx_->host_of(), flat_allreduce(inter));
+    }
+    return flat_allreduce(a)(env, args);
+  });
+}
+
+WorkPtr Communicator::broadcast(void* buf, std::size_t count, DataType dtype, int root) {
+  std::string sig = fmt::format("{} x {}, root {}", dtype_name(dtype), count, root);
+  return enqueue("broadcast", sig, [=](const algo::Env& env) {
+    return algo::broadcast_tree(env, buf, count * dtype_size(dtype), root);
+  });
+}
+
+WorkPtr Communicator::reduce(const void* send, void* recv, std::size_t count, DataType dtype,
+                             ReduceOp op, int root) {
+  std::string sig =
+      fmt::format("{} x {}, {}, root {}", dtype_name(dtype), count, reduce_op_name(op), root);
+  return enqueue("reduce", sig, [=](const algo::Env& env) {
+    return algo::reduce_tree(env, send, recv, count, dtype, op, root);
+  });
+}
+
+WorkPtr Communicator::allgather(const void* send, void* recv, std::size_t count, DataType dtype) {
+  return allgatherv(send, recv, std::vector<std::size_t>(size_, count), dtype);
+}
+
+WorkPtr Communicator::allgatherv(const void* send, void* recv, std::vector<std::size_t> counts,
+                                 DataType dtype) {
+  std::size_t total = std::accumulate(counts.begin(), counts.end(), std::size_t{0});
+  std::string sig = fmt::format("{} x {} total", dtype_name(dtype), total);
+  if (counts.size() != static_cast<std::size_t>(size_)) {
+    return enqueue("allgatherv", sig, [n = counts.size(), this](const algo::Env&) {
+      return invalid_argument(fmt::format("allgatherv: {} counts for {} ranks", n, size_));
+    });
+  }
+  return enqueue("allgather", sig, [=, counts = std::move(counts)](const algo::Env& env) {
+    return algo::allgather_ring(env, send, recv, counts, dtype_size(dtype));
+  });
+}
+
+WorkPtr Communicator::reduce_scatter(const void* send, void* recv, std::size_t recv_count,
+                                     DataType dtype, ReduceOp op) {
+  std::string sig = fmt::format("{} x {} per rank, {}", dtype_name(dtype), recv_count, reduce_op_name(op));
+  return enqueue("reduce_scatter", sig, [=](const algo::Env& env) {
+    return algo::reduce_scatter_ring(env, send, recv, recv_count, dtype, op);
+  });
+}
+
+WorkPtr Communicator::alltoall(const void* send, void* recv, std::size_t count_per_rank,
+                               DataType dtype) {
+  std::string sig = fmt::format("{} x {} per rank", dtype_name(dtype), count_per_rank);
+  return enqueue("alltoall", sig, [=](const algo::Env& env) {
+    return algo::alltoall_pairwise(env, send, recv, count_per_rank * dtype_size(dtype));
+  });
+}
+
+WorkPtr Communicator::send(const void* buf, std::size_t count, DataType dtype, int peer) {
+  // Point-to-point: the fingerprint names the pair so both sides agree.
+  std::string sig = fmt::format("{} x {}, {} -> {}", dtype_name(dtype), count, rank_, peer);
+  return enqueue("send/recv", sig, [=, this](const algo::Env& env) -> Status {
+    if (peer < 0 || peer >= size_ || peer == rank_) {
+      return invalid_argument(fmt::format("send to rank {}: not a peer", peer));
+    }
+    transport::Request req;
+    env.group.pair(peer).post_send(buf, count * dtype_size(dtype), &req);
+    return env.wait({&req});
+  });
+}
+
+WorkPtr Communicator::recv(void* buf, std::size_t count, DataType dtype, int peer) {
+  std::string sig = fmt::format("{} x {}, {} -> {}", dtype_name(dtype), count, peer, rank_);
+  return enqueue("send/recv", sig, [=, this](const algo::Env& env) -> Status {
+    if (peer < 0 || peer >= size_ || peer == rank_) {
+      return invalid_argument(fmt::format("recv from rank {}: not a peer", peer));
+    }
+    transport::Request req;
+    env.group.pair(peer).post_recv(buf, count * dtype_size(dtype), &req);
+    return env.wait({&req});
+  });
+}
+
+WorkPtr Communicator::barrier() {
+  return enqueue("barrier", "", [](const algo::Env& env) { return algo::barrier_dissemination(env); });
+}
+
+Result<std::unique_ptr<Communicator>> Communicator::split(int color, int key) {
+  std::int64_t mine[2] = {color, key};
+  std::vector<std::int64_t> all(2 * size_);
+  KILN_RETURN_IF_ERROR(allgather(mine, all.data(), 2, DataType::kInt64)->wait());
+  int split_index = splits_++;
+  if (color < 0) return std::unique_ptr<Communicator>();
+  std::vector<std::pair<std::int64_t, int>> members;  // (key, rank)
+  for (int r = 0; r < size_; ++r) {
+    if (all[2 * r] == color) members.emplace_back(all[2 * r + 1], r);
+  }
+  std::sort(members.begin(), members.end());
+  int new_rank = static_cast<int>(
+      std::find(members.begin(), members.end(), std::pair<std::int64_t, int>{key, rank_}) -
+      members.begin());
+  CommOptions child = options_;
+  child.algo_from_env = child.check_from_env = child.transport_from_env = false;
+  child.connect.tag = fmt::format("{}/split{}/color{}", options_.connect.tag, split_index, color);
+  return create(store_, new_rank, static_cast<int>(members.size()), child);
+}
+
+}  // namespace kiln::comm

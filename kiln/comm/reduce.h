@@ -1,0 +1,36 @@
+// Element-wise reduction kernels. Transports call them through a Reducer when
+// they combine incoming data in place (no staging copy).
+#pragma once
+
+#include <cstddef>
+
+#include "kiln/comm/types.h"
+
+namespace kiln::comm {
+
+// dst[i] = a[i] OP b[i] for `count` elements. dst may alias a or b.
+// kAvg reduces as kSum; the caller divides once at the end (finish_avg).
+// float16/bfloat16 are widened to float32, combined, and rounded back.
+void reduce(DataType t, ReduceOp op, void* dst, const void* a, const void* b, std::size_t count);
+
+// buf[i] /= divisor (integer types truncate toward zero).
+void finish_avg(DataType t, void* buf, std::size_t count, int divisor);
+
+// A bound reduction: what an algorithm hands a transport so it can fold
+// incoming bytes into a destination as they arrive.
+struct Reducer {
+  DataType dtype;
+  ReduceOp op;
+  // dst = local OP incoming, over `bytes` bytes (a multiple of the element size).
+  void operator()(void* dst, const void* local, const void* incoming, std::size_t bytes) const {
+    reduce(dtype, op, dst, local, incoming, bytes / dtype_size(dtype));
+  }
+};
+
+// float16 / bfloat16 conversions, exposed for tests and benchmarks.
+float half_to_float(unsigned short h);
+unsigned short float_to_half(float f);
+float bf16_to_float(unsigned short h);
+unsigned short float_to_bf16(float f);
+
+}  // namespace kiln::comm

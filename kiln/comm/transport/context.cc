@@ -1,0 +1,128 @@
+#include "kiln/comm/transport/context.h"
+
+#include <sched.h>
+
+#include <fmt/format.h>
+
+#include "kiln/base/logging.h"
+
+namespace kiln::comm::transport {
+namespace {
+
+// Note [Spin, then yield, then sleep]: a waiter first polls (a peer on another
+// core answers in well under a microsecond), then yields (an oversubscribed
+// peer may need this core), then sleeps on its doorbell. While asleep it wakes
+// every kLivenessPeriod to check that the peers it waits for still live.
+constexpr auto kSpinFor = std::chrono::microseconds(50);
+constexpr int kYields = 16;
+constexpr auto kLivenessPeriod = std::chrono::milliseconds(50);
+
+}  // namespace
+
+Context::Context(int rank, int size)
+    : rank_(rank), size_(size), pairs_(size), host_of_(size, 0) {}
+
+Context::~Context() {
+  // The progress thread first (it calls into pairs), then the pairs; shared
+  // memory segments live until the last pair that maps them is gone.
+  while (!resources_.empty()) resources_.pop_back();
+  pairs_.clear();
+}
+
+void Context::add_abort_hook(std::function<void(const Status&)> hook) {
+  abort_hooks_.push_back(std::move(hook));
+}
+
+Status Context::abort_status() const {
+  std::lock_guard lock(abort_mu_);
+  return abort_status_;
+}
+
+void Context::abort(const Status& why) {
+  {
+    std::lock_guard lock(abort_mu_);
+    if (aborted_.load(std::memory_order_relaxed)) return;
+    abort_status_ = why.is_ok() ? ::kiln::aborted("communicator aborted") : why;
+    aborted_.store(true, std::memory_order_release);
+  }
+  Status s = abort_status();
+  log()->debug("rank {} aborting its connections: {}", rank_, s.to_string());
+  for (auto& p : pairs_) {
+    if (p) p->abort(s);
+  }
+  for (auto& hook : abort_hooks_) hook(s);
+  doorbell_->ring();
+}
+
+Status Context::fail_wait(std::span<Request* const> requests, Status why) {
+  abort(why);
+  // abort() failed every pending request on every pair; a tcp request being
+  // serviced right now completes as soon as its pair's lock is released.
+  for (Request* r : requests) {
+    while (!r->done()) sched_yield();
+  }
+  return abort_status();
+}
+
+Status Context::wait(std::span<Request* const> requests, Deadline deadline,
+                     const std::string& what) {
+  auto spin_until = Clock::now() + kSpinFor;
+  int yields = 0;
+  auto next_liveness = Clock::now() + kLivenessPeriod;
+  while (true) {
+    std::uint32_t seen = doorbell_->read();
+    bool all_done = true;
+    for (Request* r : requests) {
+      if (r->done()) {
+        if (r->failed()) return fail_wait(requests, r->status().with_context(what));
+        continue;
+      }
+      all_done = false;
+      r->pair->progress();
+      if (r->done()) {
+        if (r->failed()) return fail_wait(requests, r->status().with_context(what));
+      }
+    }
+    if (all_done) return Status::ok();
+    bool now_done = true;
+    for (Request* r : requests) now_done = now_done && r->done();
+    if (now_done) continue;  // report failures through the loop above
+
+    if (aborted()) return fail_wait(requests, abort_status());
+    auto now = Clock::now();
+    if (now < spin_until) continue;
+    if (yields < kYields) {
+      ++yields;
+      sched_yield();
+      continue;
+    }
+    if (now >= deadline.at()) {
+      std::string waiting_on;
+      for (Request* r : requests) {
+        if (!r->done()) {
+          if (!waiting_on.empty()) waiting_on += ", ";
+          waiting_on += r->pair->peer_name();
+        }
+      }
+      return fail_wait(requests,
+                       deadline_exceeded(fmt::format("{}: timed out waiting for {}", what, waiting_on)));
+    }
+    if (remote_abort_probe_ && remote_abort_probe_()) {
+      return fail_wait(requests, ::kiln::aborted(fmt::format("{}: another rank aborted the group", what)));
+    }
+    if (now >= next_liveness) {
+      next_liveness = now + kLivenessPeriod;
+      for (Request* r : requests) {
+        if (r->done()) continue;
+        Status alive = r->pair->check_alive();
+        if (!alive.is_ok()) return fail_wait(requests, alive.with_context(what));
+      }
+    }
+    auto nap = std::min<Clock::duration>(deadline.at() - now, next_liveness - now);
+    doorbell_->sleep(seen, nap);
+    // After a real sleep, poll a little again: the next event is likely near.
+    spin_until = Clock::now() + kSpinFor / 5;
+  }
+}
+
+}  // namespace kiln::comm::transport

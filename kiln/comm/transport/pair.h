@@ -1,0 +1,55 @@
+// Pair: the connection to one peer, the only thing algorithms talk to.
+//
+// Messages on a pair are matched in posting order: the k-th send on one side
+// is the k-th receive on the other, and their lengths must agree (a mismatch
+// fails the receive with an error naming both lengths). Posting never blocks;
+// buffers stay owned by the caller and must live until the request is done.
+// Post and progress are called from the communicator's one executing thread;
+// a transport may also complete requests from its own progress thread.
+#pragma once
+
+#include <cstddef>
+#include <string>
+
+#include "kiln/base/status.h"
+#include "kiln/comm/reduce.h"
+#include "kiln/comm/transport/request.h"
+
+namespace kiln::comm::transport {
+
+class Pair {
+ public:
+  virtual ~Pair() = default;
+
+  virtual void post_send(const void* data, std::size_t len, Request* req) = 0;
+  virtual void post_recv(void* dst, std::size_t len, Request* req) = 0;
+  // Receives len bytes and folds them in as they arrive:
+  // dst = local OP incoming. dst may equal local.
+  virtual void post_recv_reduce(void* dst, const void* local, std::size_t len,
+                                const Reducer& reducer, Request* req) = 0;
+
+  // Moves data without blocking; returns whether anything moved.
+  virtual bool progress() = 0;
+
+  // When the waiter is blocked on this pair: an error if the peer is known to
+  // be gone (process exited, connection closed), else ok.
+  virtual Status check_alive() = 0;
+
+  // Fails every pending request with `why` and stops using the connection.
+  virtual void abort(const Status& why) = 0;
+
+  virtual bool is_shm() const = 0;
+  int peer_rank() const { return peer_rank_; }
+  // "rank 3 (host-b, pid 4242)": for error messages.
+  const std::string& peer_name() const { return peer_name_; }
+
+ protected:
+  Pair(int peer_rank, std::string peer_name)
+      : peer_rank_(peer_rank), peer_name_(std::move(peer_name)) {}
+
+ private:
+  int peer_rank_;
+  std::string peer_name_;
+};
+
+}  // namespace kiln::comm::transport

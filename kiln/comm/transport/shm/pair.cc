@@ -1,0 +1,159 @@
+#include "kiln/comm/transport/shm/pair.h"
+
+#include <poll.h>
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace kiln::comm::transport::shm {
+
+ShmPair::ShmPair(int peer_rank, std::string peer_name, std::shared_ptr<Segment> mine,
+                 std::shared_ptr<Segment> theirs, std::uint32_t my_local, std::uint32_t peer_local,
+                 int peer_pid)
+    : Pair(peer_rank, std::move(peer_name)),
+      mine_(std::move(mine)),
+      theirs_(std::move(theirs)),
+      out_(theirs_->fifo(my_local)),
+      in_(mine_->fifo(peer_local)),
+      out_index_(my_local),
+      in_index_(peer_local),
+      peer_bell_(&theirs_->header()->doorbell),
+      peer_pid_(peer_pid) {
+  // A pidfd turns "is the peer still alive" into a poll, immune to pid reuse.
+  pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, peer_pid, 0));
+}
+
+ShmPair::~ShmPair() {
+  if (pidfd_ >= 0) close(pidfd_);
+}
+
+void ShmPair::post_send(const void* data, std::size_t len, Request* req) {
+  req->pair = this;
+  if (aborted_.load(std::memory_order_acquire)) return req->fail(abort_status_);
+  if (len == 0) return req->complete();
+  sends_.push_back({static_cast<const char*>(data), len, 0, req});
+  progress_sends();
+}
+
+void ShmPair::post_recv(void* dst, std::size_t len, Request* req) {
+  req->pair = this;
+  if (aborted_.load(std::memory_order_acquire)) return req->fail(abort_status_);
+  if (len == 0) return req->complete();
+  recvs_.push_back({static_cast<char*>(dst), nullptr, len, 0, {}, req});
+}
+
+void ShmPair::post_recv_reduce(void* dst, const void* local, std::size_t len,
+                               const Reducer& reducer, Request* req) {
+  req->pair = this;
+  if (aborted_.load(std::memory_order_acquire)) return req->fail(abort_status_);
+  if (len == 0) return req->complete();
+  recvs_.push_back(
+      {static_cast<char*>(dst), static_cast<const char*>(local), len, 0, reducer, req});
+}
+
+bool ShmPair::progress_sends() {
+  bool moved = false;
+  const std::uint32_t nslots = theirs_->layout().nslots;
+  const std::size_t slot_bytes = theirs_->layout().slot_bytes;
+  while (!sends_.empty()) {
+    SendOp& op = sends_.front();
+    std::uint64_t head = out_->head.load(std::memory_order_acquire);
+    while (op.off < op.len && out_tail_ - head < nslots) {
+      SlotHeader* slot = theirs_->slot(out_index_, out_tail_);
+      std::size_t n = std::min(slot_bytes, op.len - op.off);
+      slot->message_len = op.len;
+      slot->chunk_bytes = n;
+      std::memcpy(Segment::slot_data(slot), op.data + op.off, n);
+      out_->tail.store(++out_tail_, std::memory_order_release);
+      peer_bell_->ring();
+      op.off += n;
+      moved = true;
+      if (out_tail_ - head >= nslots) head = out_->head.load(std::memory_order_acquire);
+    }
+    if (op.off < op.len) break;
+    op.req->complete();
+    sends_.pop_front();
+  }
+  return moved;
+}
+
+bool ShmPair::progress_recvs() {
+  bool moved = false;
+  while (!recvs_.empty()) {
+    RecvOp& op = recvs_.front();
+    std::uint64_t tail = in_->tail.load(std::memory_order_acquire);
+    while (op.off < op.len && in_head_ < tail) {
+      SlotHeader* slot = mine_->slot(in_index_, in_head_);
+      std::size_t n = slot->chunk_bytes;
+      if (slot->message_len != op.len || n > op.len - op.off) {
+        Status s = invalid_argument(fmt::format(
+            "message size mismatch with {}: it sent {} bytes where this rank expected {} "
+            "(the ranks issued different operations or counts)",
+            peer_name(), slot->message_len, op.len));
+        abort(s);
+        fail_all(s);
+        return true;
+      }
+      const void* src = Segment::slot_data(slot);
+      if (op.local != nullptr) {
+        op.reducer(op.dst + op.off, op.local + op.off, src, n);
+      } else {
+        std::memcpy(op.dst + op.off, src, n);
+      }
+      in_->head.store(++in_head_, std::memory_order_release);
+      peer_bell_->ring();
+      op.off += n;
+      moved = true;
+      if (in_head_ == tail) tail = in_->tail.load(std::memory_order_acquire);
+    }
+    if (op.off < op.len) break;
+    op.req->complete();
+    recvs_.pop_front();
+  }
+  return moved;
+}
+
+bool ShmPair::progress() {
+  if (aborted_.load(std::memory_order_acquire)) {
+    fail_all(abort_status_);
+    return true;
+  }
+  bool a = progress_sends();
+  bool b = progress_recvs();
+  return a || b;
+}
+
+Status ShmPair::check_alive() {
+  bool dead = false;
+  if (pidfd_ >= 0) {
+    pollfd p{pidfd_, POLLIN, 0};
+    dead = poll(&p, 1, 0) > 0 && (p.revents & POLLIN) != 0;
+  } else {
+    dead = kill(peer_pid_, 0) != 0 && errno == ESRCH;
+  }
+  if (dead) {
+    return aborted(fmt::format("{} exited (process {} is gone)", peer_name(), peer_pid_));
+  }
+  return Status::ok();
+}
+
+void ShmPair::abort(const Status& why) {
+  if (abort_claimed_.exchange(true, std::memory_order_acq_rel)) return;  // first reason wins
+  abort_status_ = why;
+  aborted_.store(true, std::memory_order_release);
+}
+
+void ShmPair::fail_all(const Status& why) {
+  for (auto& op : sends_) op.req->fail(why);
+  for (auto& op : recvs_) op.req->fail(why);
+  sends_.clear();
+  recvs_.clear();
+}
+
+}  // namespace kiln::comm::transport::shm

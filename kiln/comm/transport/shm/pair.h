@@ -1,0 +1,80 @@
+// shm::Pair: a peer in the same host, reached through shared memory.
+//
+// Each direction is a FIFO of fixed-size slots in the receiver's segment.
+// The sender copies chunks of a message into free slots; the receiver reads
+// each slot in place — copying it out, or folding it straight into the
+// destination for reductions (no staging copy) — and frees it. Slots are
+// small enough to stay in cache, so a message streams through the FIFO in
+// pipelined chunks without touching main memory twice.
+//
+// Threading: post/progress only from the communicator's executing thread;
+// abort() from any thread (it sets a flag that progress() acts on).
+#pragma once
+
+#include <atomic>
+#include <deque>
+#include <memory>
+
+#include "kiln/comm/transport/pair.h"
+#include "kiln/comm/transport/shm/segment.h"
+
+namespace kiln::comm::transport::shm {
+
+class ShmPair final : public Pair {
+ public:
+  // `mine`/`theirs`: this rank's and the peer's segments; FIFOs are indexed by
+  // the sender's local rank.
+  ShmPair(int peer_rank, std::string peer_name, std::shared_ptr<Segment> mine,
+          std::shared_ptr<Segment> theirs, std::uint32_t my_local, std::uint32_t peer_local,
+          int peer_pid);
+  ~ShmPair() override;
+
+  void post_send(const void* data, std::size_t len, Request* req) override;
+  void post_recv(void* dst, std::size_t len, Request* req) override;
+  void post_recv_reduce(void* dst, const void* local, std::size_t len, const Reducer& reducer,
+                        Request* req) override;
+  bool progress() override;
+  Status check_alive() override;
+  void abort(const Status& why) override;
+  bool is_shm() const override { return true; }
+
+ private:
+  struct SendOp {
+    const char* data;
+    std::size_t len;
+    std::size_t off;
+    Request* req;
+  };
+  struct RecvOp {
+    char* dst;
+    const char* local;  // null: plain copy
+    std::size_t len;
+    std::size_t off;
+    Reducer reducer;
+    Request* req;
+  };
+
+  bool progress_sends();
+  bool progress_recvs();
+  void fail_all(const Status& why);
+
+  std::shared_ptr<Segment> mine_;
+  std::shared_ptr<Segment> theirs_;
+  FifoHeader* out_;  // in the peer's segment
+  FifoHeader* in_;   // in mine
+  std::uint32_t out_index_;
+  std::uint32_t in_index_;
+  std::uint64_t out_tail_ = 0;  // our copy of out_->tail (we are its only writer)
+  std::uint64_t in_head_ = 0;   // our copy of in_->head
+  Doorbell* peer_bell_;
+  int peer_pid_;
+  int pidfd_ = -1;
+
+  std::deque<SendOp> sends_;
+  std::deque<RecvOp> recvs_;
+  std::atomic<bool> abort_claimed_{false};
+  std::atomic<bool> aborted_{false};
+  Status abort_status_;  // written before aborted_ is set
+};
+
+}  // namespace kiln::comm::transport::shm

@@ -1,0 +1,195 @@
+#include "kiln/comm/transport/tcp/pair.h"
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+namespace kiln::comm::transport::tcp {
+namespace {
+constexpr std::size_t kStagingBytes = 256 << 10;
+}  // namespace
+
+TcpPair::TcpPair(int peer_rank, std::string peer_name, Fd fd, Doorbell* bell)
+    : Pair(peer_rank, std::move(peer_name)), fd_(std::move(fd)), bell_(bell) {
+  (void)set_nonblocking(fd_.get(), true);
+  (void)set_nodelay(fd_.get());
+}
+
+TcpPair::~TcpPair() = default;
+
+void TcpPair::post_send(const void* data, std::size_t len, Request* req) {
+  req->pair = this;
+  std::lock_guard lock(mu_);
+  if (!error_.is_ok()) return req->fail(error_);
+  sends_.push_back({{kMessageMagic, 0, len}, static_cast<const char*>(data), len, 0, req});
+  write_locked();  // small messages usually leave right here
+}
+
+void TcpPair::post_recv(void* dst, std::size_t len, Request* req) {
+  req->pair = this;
+  std::lock_guard lock(mu_);
+  if (!error_.is_ok()) return req->fail(error_);
+  recvs_.push_back({static_cast<char*>(dst), nullptr, len, 0, {}, 0, {}, req});
+}
+
+void TcpPair::post_recv_reduce(void* dst, const void* local, std::size_t len,
+                               const Reducer& reducer, Request* req) {
+  req->pair = this;
+  std::lock_guard lock(mu_);
+  if (!error_.is_ok()) return req->fail(error_);
+  if (staging_.empty()) staging_.resize(kStagingBytes);
+  recvs_.push_back({static_cast<char*>(dst), static_cast<const char*>(local), len, 0, {}, 0,
+                    reducer, req});
+}
+
+bool TcpPair::progress() {
+  std::unique_lock lock(mu_, std::try_to_lock);
+  if (!lock.owns_lock()) return false;  // the epoll thread is on it
+  return drive_locked();
+}
+
+void TcpPair::on_ready() {
+  bool completed;
+  {
+    std::lock_guard lock(mu_);
+    completed = drive_locked();
+  }
+  if (completed) bell_->ring();
+}
+
+bool TcpPair::drive_locked() {
+  if (!error_.is_ok()) return false;
+  bool a = write_locked();
+  bool b = read_locked();
+  return a || b;
+}
+
+bool TcpPair::write_locked() {
+  bool completed = false;
+  while (!sends_.empty() && error_.is_ok()) {
+    SendOp& op = sends_.front();
+    iovec iov[2];
+    int n = 0;
+    constexpr std::size_t kHdr = sizeof(MessageHeader);
+    if (op.sent < kHdr) {
+      iov[n++] = {reinterpret_cast<char*>(&op.header) + op.sent, kHdr - op.sent};
+      if (op.len > 0) iov[n++] = {const_cast<char*>(op.data), op.len};
+    } else {
+      iov[n++] = {const_cast<char*>(op.data) + (op.sent - kHdr), op.len - (op.sent - kHdr)};
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<std::size_t>(n);
+    ssize_t w = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EINTR) break;
+      fail_all_locked(errno_status(fmt::format("send to {}", peer_name()), errno));
+      return true;
+    }
+    op.sent += static_cast<std::size_t>(w);
+    if (op.sent < kHdr + op.len) break;  // the socket buffer is full
+    op.req->complete();
+    sends_.pop_front();
+    completed = true;
+  }
+  return completed;
+}
+
+bool TcpPair::read_locked() {
+  bool completed = false;
+  while (!recvs_.empty() && error_.is_ok()) {
+    RecvOp& op = recvs_.front();
+    constexpr std::size_t kHdr = sizeof(MessageHeader);
+    iovec iov[2];
+    int n = 0;
+    if (op.header_got < kHdr) iov[n++] = {reinterpret_cast<char*>(&op.header) + op.header_got, kHdr - op.header_got};
+    std::size_t want = op.len - op.got;
+    if (op.local == nullptr) {
+      if (want > 0) iov[n++] = {op.dst + op.got, want};
+    } else if (want > staged_) {
+      std::size_t room = std::min(staging_.size() - staged_, want - staged_);
+      iov[n++] = {staging_.data() + staged_, room};
+    }
+    if (n == 0) {  // nothing left to read; complete below
+    } else {
+      ssize_t r = ::readv(fd_.get(), iov, n);
+      if (r == 0) {
+        fail_all_locked(unavailable(fmt::format("{} closed the connection", peer_name())));
+        return true;
+      }
+      if (r < 0) {
+        if (errno == EAGAIN || errno == EINTR) break;
+        fail_all_locked(errno_status(fmt::format("receive from {}", peer_name()), errno));
+        return true;
+      }
+      std::size_t got = static_cast<std::size_t>(r);
+      if (op.header_got < kHdr) {
+        std::size_t h = std::min(got, kHdr - op.header_got);
+        op.header_got += h;
+        got -= h;
+        if (op.header_got == kHdr &&
+            (op.header.magic != kMessageMagic || op.header.length != op.len)) {
+          Status s = op.header.magic != kMessageMagic
+                         ? data_loss(fmt::format("garbage on the connection from {}", peer_name()))
+                         : invalid_argument(fmt::format(
+                               "message size mismatch with {}: it sent {} bytes where this rank "
+                               "expected {} (the ranks issued different operations or counts)",
+                               peer_name(), op.header.length, op.len));
+          fail_all_locked(s);
+          return true;
+        }
+      }
+      if (op.local == nullptr) {
+        op.got += got;
+      } else {
+        staged_ += got;
+        std::size_t esize = dtype_size(op.reducer.dtype);
+        std::size_t usable = staged_ - staged_ % esize;
+        if (usable > 0) {
+          op.reducer(op.dst + op.got, op.local + op.got, staging_.data(), usable);
+          op.got += usable;
+          std::memmove(staging_.data(), staging_.data() + usable, staged_ - usable);
+          staged_ -= usable;
+        }
+      }
+    }
+    if (op.header_got < kHdr || op.got < op.len) continue;
+    op.req->complete();
+    recvs_.pop_front();
+    completed = true;
+  }
+  return completed;
+}
+
+Status TcpPair::check_alive() {
+  std::lock_guard lock(mu_);
+  return error_;
+}
+
+void TcpPair::abort(const Status& why) {
+  {
+    std::lock_guard lock(mu_);
+    if (!error_.is_ok()) return;
+    fail_all_locked(why);
+    // Shutting down (not just closing) makes the peer see EOF at once, so a
+    // failure here reaches the other side without waiting for its timeout.
+    ::shutdown(fd_.get(), SHUT_RDWR);
+  }
+  bell_->ring();
+}
+
+void TcpPair::fail_all_locked(const Status& why) {
+  if (error_.is_ok()) error_ = why;
+  for (auto& op : sends_) op.req->fail(error_);
+  for (auto& op : recvs_) op.req->fail(error_);
+  sends_.clear();
+  recvs_.clear();
+}
+
+}  // namespace kiln::comm::transport::tcp

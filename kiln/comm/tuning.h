@@ -1,0 +1,48 @@
+// The alpha-beta cost model that picks a collective algorithm (style
+// principle 2; NCCL's tuning.cc). Each candidate's time is predicted as
+// α·(latency-bound steps) + bytes/β per link class; the cheapest wins.
+// KILN_ALGO overrides; the choice is logged at debug level.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kiln/base/status.h"
+
+namespace kiln::comm {
+
+enum class AllreduceAlgo { kAuto, kRing, kRecursiveDoubling, kHalvingDoubling, kHierarchical };
+
+std::string_view allreduce_algo_name(AllreduceAlgo a);
+Result<AllreduceAlgo> parse_allreduce_algo(std::string_view name);
+
+struct LinkCost {
+  double alpha_s;  // per message
+  double beta_bps; // bytes per second
+};
+
+struct Topology {
+  int world = 1;
+  int hosts = 1;
+  int max_ranks_per_host = 1;
+  bool any_remote = false;  // some pair crosses hosts
+};
+
+struct CostModel {
+  LinkCost shm{1.5e-6, 6.0e9};
+  LinkCost tcp{30e-6, 1.0e9};
+
+  // Defaults, overridable by KILN_SHM_ALPHA_US / KILN_SHM_GBPS / KILN_TCP_ALPHA_US / KILN_TCP_GBPS.
+  static CostModel from_env();
+
+  double ring(std::size_t bytes, int n, const LinkCost& l) const;
+  double recursive_doubling(std::size_t bytes, int n, const LinkCost& l) const;
+  double halving_doubling(std::size_t bytes, int n, const LinkCost& l) const;
+  double hierarchical(std::size_t bytes, const Topology& t) const;
+
+  // The cheapest applicable algorithm for an allreduce of `bytes` per rank.
+  AllreduceAlgo pick_allreduce(std::size_t bytes, const Topology& t) const;
+};
+
+}  // namespace kiln::comm

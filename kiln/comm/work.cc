@@ -1,0 +1,115 @@
+#include "kiln/comm/work.h"
+
+#include <sched.h>
+
+#include <fmt/format.h>
+
+namespace kiln::comm {
+
+Work::Work(std::uint64_t seq, std::string what, std::function<Status(Deadline)> body,
+           Engine* engine)
+    : seq_(seq), what_(std::move(what)), body_(std::move(body)), engine_(engine) {}
+
+void Work::run(Clock::duration op_timeout) {
+  Status s = body_(Deadline::after(op_timeout));
+  body_ = nullptr;  // release captured buffers' owners early
+  finish(std::move(s));
+}
+
+void Work::finish(Status s) {
+  {
+    std::lock_guard lock(mu_);
+    status_ = std::move(s);
+    done_.store(true, std::memory_order_release);
+  }
+  cv_.notify_all();
+}
+
+Status Work::status() const {
+  std::lock_guard lock(mu_);
+  return status_;
+}
+
+Status Work::wait(std::chrono::milliseconds timeout) {
+  Deadline deadline = timeout == std::chrono::milliseconds::max() ? Deadline::never()
+                                                                  : Deadline::after(timeout);
+  // Run it here if the engine thread has not picked it up yet.
+  if (!test() && engine_ != nullptr) engine_->help(this);
+  // Then poll briefly (the engine may be about to finish it), then sleep.
+  for (int i = 0; i < 64 && !test(); ++i) sched_yield();
+  std::unique_lock lock(mu_);
+  while (!done_.load(std::memory_order_acquire)) {
+    if (deadline.is_never()) {
+      cv_.wait(lock);
+    } else if (cv_.wait_until(lock, deadline.at()) == std::cv_status::timeout && !test()) {
+      return deadline_exceeded(
+          fmt::format("{}: not complete after {} ms of waiting", what_, timeout.count()));
+    }
+  }
+  return status_;
+}
+
+Engine::Engine(Clock::duration op_timeout) : op_timeout_(op_timeout) {
+  thread_ = std::thread([this] { loop(); });
+}
+
+Engine::~Engine() {
+  std::deque<WorkPtr> left;
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+    left.swap(queue_);
+  }
+  cv_.notify_all();
+  thread_.join();
+  for (auto& w : left) w->finish(cancelled(w->what() + ": the communicator was destroyed"));
+}
+
+void Engine::submit(const WorkPtr& w) {
+  bool wake;
+  {
+    std::lock_guard lock(mu_);
+    queue_.push_back(w);
+    wake = sleeping_ && !running_;
+  }
+  if (wake) cv_.notify_one();
+}
+
+bool Engine::help(const Work* target) {
+  std::unique_lock lock(mu_);
+  if (running_) return false;
+  bool ran = false;
+  while (!target->test() && !queue_.empty()) {
+    WorkPtr w = std::move(queue_.front());
+    queue_.pop_front();
+    running_ = true;
+    lock.unlock();
+    w->run(op_timeout_);
+    ran = true;
+    lock.lock();
+    running_ = false;
+  }
+  if (!queue_.empty()) cv_.notify_one();  // hand the rest to the engine thread
+  return ran;
+}
+
+void Engine::loop() {
+  std::unique_lock lock(mu_);
+  while (!stop_) {
+    if (queue_.empty() || running_) {
+      sleeping_ = true;
+      cv_.wait(lock);
+      sleeping_ = false;
+      continue;
+    }
+    WorkPtr w = std::move(queue_.front());
+    queue_.pop_front();
+    running_ = true;
+    lock.unlock();
+    w->run(op_timeout_);
+    lock.lock();
+    running_ = false;
+  }
+}
+
+}  // namespace kiln::comm

@@ -1,0 +1,86 @@
+// Work: the handle of one asynchronous collective (c10d's Work).
+//
+// Operations of a communicator complete in the order they were issued. A
+// Work is done when its operation succeeded or failed; wait() blocks at most
+// `timeout` and returns the operation's Status (DeadlineExceeded if the
+// timeout passed first — the operation itself keeps its own op timeout).
+// Any thread may wait on or test a Work.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <deque>
+#include <string>
+#include <thread>
+
+#include "kiln/base/deadline.h"
+#include "kiln/base/status.h"
+
+namespace kiln::comm {
+
+class Engine;
+
+class Work {
+ public:
+  Work(std::uint64_t seq, std::string what, std::function<Status(Deadline)> body, Engine* engine);
+
+  // Blocks until done or `timeout`. While waiting, the calling thread may run
+  // queued operations itself (up to and including this one) if the engine
+  // thread is idle: a small collective then costs no thread hand-off.
+  Status wait(std::chrono::milliseconds timeout = std::chrono::milliseconds::max());
+  bool test() const { return done_.load(std::memory_order_acquire); }
+  // The result; ok while not done.
+  Status status() const;
+
+  std::uint64_t seq() const { return seq_; }
+  const std::string& what() const { return what_; }
+
+ private:
+  friend class Engine;
+  void run(Clock::duration op_timeout);
+  void finish(Status s);
+
+  const std::uint64_t seq_;
+  const std::string what_;
+  std::function<Status(Deadline)> body_;
+  Engine* engine_;
+  std::atomic<bool> done_{false};
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  Status status_;  // guarded by mu_
+};
+
+using WorkPtr = std::shared_ptr<Work>;
+
+// Engine: runs a communicator's operations one at a time, in issue order, on
+// its own thread — or on a waiting caller's thread when the engine is idle.
+class Engine {
+ public:
+  explicit Engine(Clock::duration op_timeout);
+  ~Engine();  // drains nothing: pending work fails with Cancelled
+
+  void submit(const WorkPtr& w);
+  // Runs queued work up to and including `target` on the calling thread if no
+  // other thread is running work. Returns whether it ran anything.
+  bool help(const Work* target);
+  void set_op_timeout(Clock::duration t) { op_timeout_ = t; }
+
+ private:
+  void loop();
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<WorkPtr> queue_;  // guarded by mu_
+  bool running_ = false;       // guarded by mu_: some thread executes work
+  bool stop_ = false;          // guarded by mu_
+  bool sleeping_ = false;      // guarded by mu_
+  Clock::duration op_timeout_;
+  std::thread thread_;
+};
+
+}  // namespace kiln::comm
