@@ -36,13 +36,17 @@ Status (*flat_allreduce(AllreduceAlgo a))(const algo::Env&, const algo::Allreduc
 
 }  // namespace
 
+std::chrono::milliseconds default_op_timeout() {
+  return std::chrono::milliseconds(static_cast<std::int64_t>(kCommTimeout.get() * 1000));
+}
+
 Result<std::unique_ptr<Communicator>> Communicator::create(std::shared_ptr<store::Store> store,
                                                            int rank, int size, CommOptions options) {
   if (size < 1 || rank < 0 || rank >= size) {
     return invalid_argument(fmt::format("communicator: rank {} is not in a world of size {}", rank, size));
   }
   if (options.timeout.count() == 0) {
-    options.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(kCommTimeout.get() * 1000));
+    options.timeout = default_op_timeout();
   }
   if (options.algo_from_env) {
     KILN_ASSIGN_OR_RETURN(options.algo, parse_allreduce_algo(kAlgo.get()));
@@ -237,6 +241,27 @@ WorkPtr Communicator::recv(void* buf, std::size_t count, DataType dtype, int pee
     transport::Request req;
     env.group.pair(peer).post_recv(buf, count * dtype_size(dtype), &req);
     return env.wait({&req});
+  });
+}
+
+WorkPtr Communicator::sendrecv(const void* send, std::size_t send_count, int to, void* recv,
+                               std::size_t recv_count, int from, DataType dtype) {
+  std::string sig = fmt::format("{} x {} -> {}, {} x {} <- {}", dtype_name(dtype), send_count, to,
+                                dtype_name(dtype), recv_count, from);
+  return enqueue("sendrecv", sig, [=, this](const algo::Env& env) -> Status {
+    for (int peer : {to, from}) {
+      if (peer < 0 || peer >= size_) return invalid_argument(fmt::format("sendrecv: rank {} is not a peer", peer));
+    }
+    std::size_t es = dtype_size(dtype);
+    if (to == rank_ || from == rank_) {
+      if (to != from) return invalid_argument("sendrecv: a self-send must also receive from self");
+      std::memcpy(recv, send, std::min(send_count, recv_count) * es);
+      return Status::ok();
+    }
+    transport::Request sr, rr;
+    env.group.pair(to).post_send(send, send_count * es, &sr);
+    env.group.pair(from).post_recv(recv, recv_count * es, &rr);
+    return env.wait({&sr, &rr});
   });
 }
 

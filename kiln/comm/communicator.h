@@ -34,6 +34,9 @@ namespace kiln::comm {
 
 class Communicator;
 
+// KILN_COMM_TIMEOUT (seconds, default 300) as a duration.
+std::chrono::milliseconds default_op_timeout();
+
 struct CommOptions {
   // Per-operation timeout (KILN_COMM_TIMEOUT, seconds; default 300).
   std::chrono::milliseconds timeout{0};  // 0 = from the environment
@@ -79,6 +82,10 @@ class Communicator {
   WorkPtr alltoall(const void* send, void* recv, std::size_t count_per_rank, DataType dtype);
   WorkPtr send(const void* buf, std::size_t count, DataType dtype, int peer);
   WorkPtr recv(void* buf, std::size_t count, DataType dtype, int peer);
+  // Sends to `to` and receives from `from` concurrently (a ring shift when
+  // every rank calls it with to = rank+1, from = rank-1).
+  WorkPtr sendrecv(const void* send, std::size_t send_count, int to, void* recv,
+                   std::size_t recv_count, int from, DataType dtype);
   WorkPtr barrier();
 
   // Collective over this communicator: ranks with the same color form a new

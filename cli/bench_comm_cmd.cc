@@ -1,0 +1,219 @@
+// `kiln bench comm`: collective bandwidth/latency sweep, nccl-tests style.
+// Run one process per rank, e.g. `kiln launch -n 2 -- kiln bench comm -b 4K -e 256M`.
+//
+// Per size: bytes (per-rank buffer for allreduce/broadcast/sendrecv, the
+// total for allgather/reduce_scatter/alltoall, as nccl-tests), the median
+// time across iterations (max across ranks), algbw = bytes/time and busbw =
+// algbw × the op's bus factor (nccl-tests' PERFORMANCE.md).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "kiln/base/units.h"
+#include "kiln/comm/process_group.h"
+#include "kiln/comm/reduce.h"
+
+namespace kiln::cli {
+namespace {
+
+using comm::Communicator;
+using comm::DataType;
+
+struct BenchArgs {
+  std::string op = "allreduce";
+  std::string min_bytes = "4K";
+  std::string max_bytes = "64M";
+  double factor = 2;
+  std::string dtype = "float32";
+  std::string reduce_op = "sum";
+  std::string algo;  // empty: cost model
+  int iters = 20;
+  int warmup = 5;
+  bool check = false;
+  bool json = false;
+};
+
+double bus_factor(const std::string& op, int n) {
+  if (op == "allreduce") return 2.0 * (n - 1) / n;
+  if (op == "allgather" || op == "reduce_scatter" || op == "alltoall") return static_cast<double>(n - 1) / n;
+  return 1.0;
+}
+
+void fill(DataType t, void* buf, std::size_t count, double v) {
+  for (std::size_t i = 0; i < count; ++i) {
+    switch (t) {
+      case DataType::kFloat32: static_cast<float*>(buf)[i] = static_cast<float>(v); break;
+      case DataType::kFloat64: static_cast<double*>(buf)[i] = v; break;
+      case DataType::kFloat16: static_cast<std::uint16_t*>(buf)[i] = comm::float_to_half(static_cast<float>(v)); break;
+      case DataType::kBFloat16: static_cast<std::uint16_t*>(buf)[i] = comm::float_to_bf16(static_cast<float>(v)); break;
+      case DataType::kInt32: static_cast<std::int32_t*>(buf)[i] = static_cast<std::int32_t>(v); break;
+      case DataType::kInt64: static_cast<std::int64_t*>(buf)[i] = static_cast<std::int64_t>(v); break;
+      case DataType::kUInt8: static_cast<std::uint8_t*>(buf)[i] = static_cast<std::uint8_t>(v); break;
+    }
+  }
+}
+
+double value_at(DataType t, const void* buf, std::size_t i) {
+  switch (t) {
+    case DataType::kFloat32: return static_cast<const float*>(buf)[i];
+    case DataType::kFloat64: return static_cast<const double*>(buf)[i];
+    case DataType::kFloat16: return comm::half_to_float(static_cast<const std::uint16_t*>(buf)[i]);
+    case DataType::kBFloat16: return comm::bf16_to_float(static_cast<const std::uint16_t*>(buf)[i]);
+    case DataType::kInt32: return static_cast<const std::int32_t*>(buf)[i];
+    case DataType::kInt64: return static_cast<double>(static_cast<const std::int64_t*>(buf)[i]);
+    case DataType::kUInt8: return static_cast<const std::uint8_t*>(buf)[i];
+  }
+  return 0;
+}
+
+// One sweep point: the op on `count` elements per rank (block size for
+// allgather/reduce_scatter/alltoall).
+struct Runner {
+  Communicator& c;
+  const BenchArgs& a;
+  DataType t;
+  comm::ReduceOp rop;
+  std::vector<char>& in;
+  std::vector<char>& out;
+
+  comm::WorkPtr issue(std::size_t count) {
+    int n = c.size(), r = c.rank();
+    if (a.op == "allreduce") return c.allreduce(in.data(), out.data(), count, t, rop);
+    if (a.op == "allgather") return c.allgather(in.data(), out.data(), count, t);
+    if (a.op == "reduce_scatter") return c.reduce_scatter(in.data(), out.data(), count, t, rop);
+    if (a.op == "broadcast") return c.broadcast(out.data(), count, t, 0);
+    if (a.op == "alltoall") return c.alltoall(in.data(), out.data(), count, t);
+    return c.sendrecv(in.data(), count, (r + 1) % n, out.data(), count, (r - 1 + n) % n, t);
+  }
+
+  // Fills inputs with rank-dependent values, runs once, checks the output.
+  Status check(std::size_t count) {
+    int n = c.size(), r = c.rank();
+    std::size_t in_count = (a.op == "reduce_scatter" || a.op == "alltoall") ? count * n : count;
+    fill(t, in.data(), in_count, r + 1);
+    if (a.op == "broadcast") fill(t, out.data(), count, r == 0 ? 1 : 0);
+    KILN_RETURN_IF_ERROR(issue(count)->wait());
+    std::size_t out_count = (a.op == "allgather" || a.op == "alltoall") ? count * n : count;
+    double sum = n * (n + 1) / 2.0;
+    for (std::size_t i = 0; i < out_count; ++i) {
+      double want = 0;
+      if (a.op == "allreduce" || a.op == "reduce_scatter") {
+        want = rop == comm::ReduceOp::kAvg ? sum / n : rop == comm::ReduceOp::kMax ? n : rop == comm::ReduceOp::kMin ? 1 : sum;
+      } else if (a.op == "allgather" || a.op == "alltoall") {
+        want = static_cast<double>(i / count) + 1;
+      } else if (a.op == "broadcast") {
+        want = 1;
+      } else {
+        want = (r - 1 + n) % n + 1;
+      }
+      double got = value_at(t, out.data(), i);
+      if (std::abs(got - want) > 1e-2 * std::max(1.0, std::abs(want))) {
+        return internal_error(fmt::format("{} check failed at element {}: {} instead of {}", a.op, i, got, want));
+      }
+    }
+    return Status::ok();
+  }
+};
+
+Status bench_comm(const BenchArgs& a) {
+  static const char* kOps[] = {"allreduce", "allgather", "reduce_scatter", "broadcast", "alltoall", "sendrecv"};
+  if (std::find_if(std::begin(kOps), std::end(kOps), [&](const char* o) { return a.op == o; }) == std::end(kOps)) {
+    return invalid_argument(fmt::format("-o {:?}: expected allreduce, allgather, reduce_scatter, broadcast, alltoall or sendrecv", a.op));
+  }
+  KILN_ASSIGN_OR_RETURN(DataType t, comm::parse_dtype(a.dtype));
+  KILN_ASSIGN_OR_RETURN(comm::ReduceOp rop, comm::parse_reduce_op(a.reduce_op));
+  KILN_ASSIGN_OR_RETURN(std::uint64_t min_b, parse_bytes(a.min_bytes));
+  KILN_ASSIGN_OR_RETURN(std::uint64_t max_b, parse_bytes(a.max_bytes));
+  if (a.factor <= 1 || min_b > max_b || min_b == 0) return invalid_argument("need 0 < -b <= -e and -f > 1");
+  KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
+  Communicator& c = pg->comm();
+  if (!a.algo.empty()) {
+    KILN_ASSIGN_OR_RETURN(auto algo, comm::parse_allreduce_algo(a.algo));
+    c.set_allreduce_algo(algo);
+  }
+  const int n = c.size();
+  const std::size_t es = comm::dtype_size(t);
+  // Buffers sized once for the largest point and touched before timing:
+  // first-touch page faults would otherwise be measured.
+  std::size_t max_count = max_b / es;
+  bool total_sized = a.op == "allgather" || a.op == "reduce_scatter" || a.op == "alltoall";
+  std::size_t block_max = total_sized ? std::max<std::size_t>(1, max_count / n) : max_count;
+  std::vector<char> in((total_sized ? block_max * n : block_max) * es + 64, 1);
+  std::vector<char> out((total_sized ? block_max * n : block_max) * es + 64, 1);
+  Runner runner{c, a, t, rop, in, out};
+
+  nlohmann::json results = nlohmann::json::array();
+  if (c.rank() == 0 && !a.json) {
+    std::printf("# kiln bench comm: %s %s, %d ranks (%s)\n", a.op.c_str(), comm::dtype_name(t).data(), n,
+                c.describe().c_str());
+    std::printf("%12s %12s %10s %10s %10s %6s\n", "bytes", "count", "time(us)", "algbw", "busbw", "check");
+  }
+  for (double bytes_d = static_cast<double>(min_b); bytes_d <= static_cast<double>(max_b) * 1.0001; bytes_d *= a.factor) {
+    std::size_t bytes = static_cast<std::size_t>(bytes_d);
+    std::size_t count = total_sized ? std::max<std::size_t>(1, bytes / es / n) : std::max<std::size_t>(1, bytes / es);
+    std::size_t reported_bytes = total_sized ? count * n * es : count * es;
+    for (int i = 0; i < a.warmup; ++i) KILN_RETURN_IF_ERROR(runner.issue(count)->wait());
+    std::vector<double> times;
+    for (int i = 0; i < a.iters; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      KILN_RETURN_IF_ERROR(runner.issue(count)->wait());
+      times.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
+    double median = times[times.size() / 2];
+    double slowest = median;
+    KILN_RETURN_IF_ERROR(c.allreduce(&slowest, 1, DataType::kFloat64, comm::ReduceOp::kMax)->wait());
+    std::string check = "off";
+    if (a.check) {
+      Status s = runner.check(count);
+      int bad = s.is_ok() ? 0 : 1;
+      KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
+      check = bad ? "fail" : "ok";
+      if (!s.is_ok()) std::fprintf(stderr, "%s\n", s.to_string().c_str());
+    }
+    double algbw = reported_bytes / (slowest * 1e-6) / 1e9;
+    double busbw = algbw * bus_factor(a.op, n);
+    if (c.rank() == 0) {
+      results.push_back({{"bytes", reported_bytes}, {"count", count}, {"time_us", slowest},
+                         {"algbw_gbps", algbw}, {"busbw_gbps", busbw}, {"check", check}});
+      if (!a.json) {
+        std::printf("%12zu %12zu %10.2f %10.3f %10.3f %6s\n", reported_bytes, count, slowest, algbw, busbw, check.c_str());
+        std::fflush(stdout);
+      }
+    }
+    if (check == "fail") return internal_error(fmt::format("{} result check failed at {} bytes", a.op, reported_bytes));
+  }
+  if (c.rank() == 0 && a.json) {
+    nlohmann::json doc{{"op", a.op}, {"dtype", comm::dtype_name(t)}, {"world_size", n},
+                       {"reduce_op", a.reduce_op}, {"algo", a.algo.empty() ? "auto" : a.algo},
+                       {"results", results}};
+    std::printf("%s\n", doc.dump().c_str());
+  }
+  return Status::ok();
+}
+
+const CommandRegistration kRegister("bench", [](CLI::App& parent) {
+  auto a = std::make_shared<BenchArgs>();
+  auto* cmd = parent.add_subcommand("comm", "Collective bandwidth/latency sweep (run under kiln launch)");
+  cmd->add_option("-o,--op", a->op, "allreduce, allgather, reduce_scatter, broadcast, alltoall, sendrecv");
+  cmd->add_option("-b,--minbytes", a->min_bytes, "smallest size (e.g. 4K)");
+  cmd->add_option("-e,--maxbytes", a->max_bytes, "largest size (e.g. 256M)");
+  cmd->add_option("-f,--stepfactor", a->factor, "size multiplier between points");
+  cmd->add_option("-d,--datatype", a->dtype, "float32, float64, float16, bfloat16, int32, int64, uint8");
+  cmd->add_option("-r,--reduce-op", a->reduce_op, "sum, avg, min, max, prod");
+  cmd->add_option("-a,--algo", a->algo, "force the allreduce algorithm (ring, recursive_doubling, halving_doubling, hierarchical)");
+  cmd->add_option("-n,--iters", a->iters, "timed iterations per size");
+  cmd->add_option("-w,--warmup_iters", a->warmup, "untimed iterations per size");
+  cmd->add_flag("-c,--check", a->check, "verify results");
+  cmd->add_flag("--json", a->json, "rank 0 prints one JSON document");
+  cmd->callback(run_status([a] { return bench_comm(*a); }));
+});
+
+}  // namespace
+}  // namespace kiln::cli

@@ -1,0 +1,101 @@
+#include "kiln/comm/process_group.h"
+
+#include <charconv>
+#include <cstdlib>
+
+#include <fmt/format.h>
+
+#include "kiln/base/knobs.h"
+#include "kiln/base/logging.h"
+#include "kiln/store/tcp/client.h"
+#include "kiln/store/tcp/server.h"
+
+namespace kiln::comm {
+namespace {
+
+const Knob<bool> kAgentStore{"KILN_AGENT_STORE", false,
+                             "1 when the launcher serves the store (rank 0 does not)"};
+
+Result<int> env_int(const char* name, std::optional<int> fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') {
+    if (fallback) return *fallback;
+    return invalid_argument(fmt::format(
+        "environment variable {} is not set (run under `kiln launch` or `kiln run`, or set "
+        "RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)", name));
+  }
+  int out = 0;
+  std::string_view s(v);
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  if (ec != std::errc() || p != s.data() + s.size()) {
+    return invalid_argument(fmt::format("environment variable {}={:?} is not an integer", name, s));
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<WorldSpec> world_spec_from_env() {
+  WorldSpec s;
+  KILN_ASSIGN_OR_RETURN(s.rank, env_int("RANK", std::nullopt));
+  KILN_ASSIGN_OR_RETURN(s.world_size, env_int("WORLD_SIZE", std::nullopt));
+  KILN_ASSIGN_OR_RETURN(s.local_rank, env_int("LOCAL_RANK", s.rank));
+  KILN_ASSIGN_OR_RETURN(s.local_world_size, env_int("LOCAL_WORLD_SIZE", s.world_size));
+  KILN_ASSIGN_OR_RETURN(s.master_port, env_int("MASTER_PORT", 29500));
+  const char* addr = std::getenv("MASTER_ADDR");
+  if (addr != nullptr && *addr != '\0') s.master_addr = addr;
+  s.agent_store = kAgentStore.get();
+  if (s.world_size < 1 || s.rank < 0 || s.rank >= s.world_size) {
+    return invalid_argument(fmt::format("RANK={} is outside WORLD_SIZE={}", s.rank, s.world_size));
+  }
+  if (s.master_port <= 0 || s.master_port > 65535) {
+    return invalid_argument(fmt::format("MASTER_PORT={} is not a port", s.master_port));
+  }
+  return s;
+}
+
+Result<std::unique_ptr<ProcessGroup>> ProcessGroup::from_env(CommOptions options) {
+  KILN_ASSIGN_OR_RETURN(WorldSpec spec, world_spec_from_env());
+  return create(spec, std::move(options));
+}
+
+Result<std::unique_ptr<ProcessGroup>> ProcessGroup::create(const WorldSpec& spec, CommOptions options) {
+  std::unique_ptr<ProcessGroup> pg(new ProcessGroup());
+  pg->spec_ = spec;
+  set_log_rank(spec.rank);
+  auto timeout = options.timeout.count() > 0 ? options.timeout : default_op_timeout();
+  if (spec.rank == 0 && !spec.agent_store) {
+    pg->server_ = std::make_unique<store::tcp::TcpStoreServer>();
+    Status s = pg->server_->start("0.0.0.0", static_cast<std::uint16_t>(spec.master_port));
+    if (!s.is_ok()) return s.with_context(fmt::format("rank 0 serving the store on port {}", spec.master_port));
+  }
+  store::tcp::TcpStoreOptions store_options;
+  store_options.connect_timeout = timeout;
+  store_options.default_timeout = timeout;
+  auto store = store::tcp::TcpStore::connect(spec.master_addr,
+                                             static_cast<std::uint16_t>(spec.master_port), store_options);
+  if (!store.is_ok()) {
+    return store.status().with_context(fmt::format("rank {} joining the world", spec.rank));
+  }
+  pg->store_ = std::shared_ptr<store::Store>(std::move(*store));
+  if (options.connect.route_hint.empty()) options.connect.route_hint = spec.master_addr;
+  if (options.connect.tag.empty()) {
+    const char* tag = std::getenv("KILN_GROUP_TAG");
+    options.connect.tag = tag != nullptr && *tag ? tag : "world";
+  }
+  KILN_ASSIGN_OR_RETURN(pg->comm_, Communicator::create(pg->store_, spec.rank, spec.world_size, options));
+  return pg;
+}
+
+ProcessGroup::~ProcessGroup() {
+  // Rank 0 hosts the store: every rank finishes with it before it goes.
+  if (comm_) {
+    Status s = comm_->barrier()->wait();
+    if (!s.is_ok()) log()->debug("shutdown barrier: {}", s.to_string());
+  }
+  comm_.reset();
+  store_.reset();
+  server_.reset();
+}
+
+}  // namespace kiln::comm
