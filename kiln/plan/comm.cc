@@ -1,0 +1,63 @@
+#include "kiln/plan/comm.h"
+
+#include <algorithm>
+
+namespace kiln::plan {
+
+Link nvlink_link(const ClusterSpec& c, const EfficiencyModel& e) {
+  return {"nvlink", e.nvlink_alpha_s, c.nvlink_bytes_per_s / 2 * e.nvlink_fraction};
+}
+
+Link nic_link(const ClusterSpec& c, const EfficiencyModel& e) {
+  return {"nic", e.nic_alpha_s, c.nic_bits_per_s / 8 * e.nic_fraction};
+}
+
+double allreduce_time_s(const Link& link, std::int64_t n, double bytes) {
+  if (n <= 1 || bytes <= 0) return 0;
+  const double nd = static_cast<double>(n);
+  return 2 * (nd - 1) * link.alpha_s + 2 * (nd - 1) / nd * bytes / link.bytes_per_s;
+}
+
+double allgather_time_s(const Link& link, std::int64_t n, double bytes) {
+  if (n <= 1 || bytes <= 0) return 0;
+  const double nd = static_cast<double>(n);
+  return (nd - 1) * link.alpha_s + (nd - 1) / nd * bytes / link.bytes_per_s;
+}
+
+double reduce_scatter_time_s(const Link& link, std::int64_t n, double bytes) {
+  return allgather_time_s(link, n, bytes);
+}
+
+double p2p_time_s(const Link& link, double bytes) {
+  if (bytes <= 0) return 0;
+  return link.alpha_s + bytes / link.bytes_per_s;
+}
+
+Link tp_link(const PlanConfig& c, const EfficiencyModel& e) {
+  if (c.layout.tp <= c.cluster.gpus_per_node) return nvlink_link(c.cluster, e);
+  return nic_link(c.cluster, e);
+}
+
+Link dp_link(const PlanConfig& c, const EfficiencyModel& e) {
+  const auto& l = c.layout;
+  const std::int64_t gpn = c.cluster.gpus_per_node;
+  const Link nvl = nvlink_link(c.cluster, e);
+  if (l.tp * l.dp <= gpn) return nvl;
+  const std::int64_t per_node = std::max<std::int64_t>(1, std::min(l.dp, gpn / std::max<std::int64_t>(1, l.tp)));
+  Link nic = nic_link(c.cluster, e);
+  Link out{per_node > 1 ? "nic x" + std::to_string(per_node) + " (hierarchical)" : "nic",
+           nic.alpha_s, std::min(nvl.bytes_per_s, static_cast<double>(per_node) * nic.bytes_per_s)};
+  return out;
+}
+
+bool pp_crosses_nodes(const PlanConfig& c) {
+  // Some stage boundary leaves the node as soon as the job spans nodes; the
+  // slowest boundary paces the pipeline.
+  return c.layout.pp > 1 && c.layout.tp * c.layout.dp * c.layout.pp > c.cluster.gpus_per_node;
+}
+
+Link pp_link(const PlanConfig& c, const EfficiencyModel& e) {
+  return pp_crosses_nodes(c) ? nic_link(c.cluster, e) : nvlink_link(c.cluster, e);
+}
+
+}  // namespace kiln::plan

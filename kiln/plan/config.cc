@@ -1,0 +1,368 @@
+#include "kiln/plan/config.h"
+
+#include <cmath>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+namespace kiln::plan {
+
+std::string_view recompute_name(Recompute r) {
+  switch (r) {
+    case Recompute::kNone: return "none";
+    case Recompute::kSelective: return "selective";
+    case Recompute::kFull: return "full";
+  }
+  return "?";
+}
+
+Result<Recompute> parse_recompute(std::string_view text) {
+  if (text == "none") return Recompute::kNone;
+  if (text == "selective") return Recompute::kSelective;
+  if (text == "full") return Recompute::kFull;
+  return invalid_argument("recompute must be none, selective or full (got '" + std::string(text) +
+                          "')");
+}
+
+std::string_view attention_name(AttentionKernel a) {
+  return a == AttentionKernel::kFlash ? "flash" : "unfused";
+}
+
+Result<AttentionKernel> parse_attention(std::string_view text) {
+  if (text == "flash") return AttentionKernel::kFlash;
+  if (text == "unfused") return AttentionKernel::kUnfused;
+  return invalid_argument("attention must be flash or unfused (got '" + std::string(text) + "')");
+}
+
+void ModelSpec::set_family_defaults() {
+  bias = !glu;
+  learned_positions = !glu;
+  tied_embeddings = !glu;
+  dropout = !glu;
+}
+
+namespace {
+
+// Reads typed fields out of the parsed document, remembering the first error
+// and every key it consumed (so leftovers can be reported as unknown).
+class FieldReader {
+ public:
+  FieldReader(const toml::table& root, std::string source) : root_(root), source_(std::move(source)) {}
+
+  bool has(const std::string& section, const std::string& key) const {
+    return static_cast<bool>(root_[section][key]);
+  }
+
+  std::int64_t get_int(const std::string& section, const std::string& key, bool required,
+                       std::int64_t fallback, std::int64_t min_value = 1) {
+    auto node = take(section, key, required);
+    if (!node) return fallback;
+    auto v = node.value_exact<std::int64_t>();
+    if (!v) {
+      fail(section, key, "must be an integer", node);
+      return fallback;
+    }
+    if (*v < min_value) {
+      fail(section, key, "must be >= " + std::to_string(min_value), node);
+      return fallback;
+    }
+    return *v;
+  }
+
+  double get_double(const std::string& section, const std::string& key, bool required,
+                    double fallback) {
+    auto node = take(section, key, required);
+    if (!node) return fallback;
+    std::optional<double> v;
+    if (node.is_floating_point()) v = node.value_exact<double>();
+    if (node.is_integer()) v = static_cast<double>(*node.value_exact<std::int64_t>());
+    if (!v || !std::isfinite(*v) || *v <= 0) {
+      fail(section, key, "must be a positive number", node);
+      return fallback;
+    }
+    return *v;
+  }
+
+  bool get_bool(const std::string& section, const std::string& key, bool fallback) {
+    auto node = take(section, key, false);
+    if (!node) return fallback;
+    auto v = node.value_exact<bool>();
+    if (!v) {
+      fail(section, key, "must be true or false", node);
+      return fallback;
+    }
+    return *v;
+  }
+
+  std::string get_string(const std::string& section, const std::string& key, bool required,
+                         std::string fallback) {
+    auto node = take(section, key, required);
+    if (!node) return fallback;
+    auto v = node.value_exact<std::string>();
+    if (!v) {
+      fail(section, key, "must be a string", node);
+      return fallback;
+    }
+    return *v;
+  }
+
+  // Records an error about `section.key` (used for enum values checked later).
+  void fail_field(const std::string& section, const std::string& key, const std::string& why) {
+    if (status_.is_ok()) {
+      status_ = invalid_argument("config " + source_ + ": field '" + section + "." + key + "' " + why);
+    }
+  }
+
+  // Unknown sections and keys are errors: a typo must not silently fall back
+  // to a default.
+  void check_unknown() {
+    for (auto&& [section, node] : root_) {
+      const std::string s(section.str());
+      const auto* table = node.as_table();
+      if (!table) {
+        if (status_.is_ok()) {
+          status_ = invalid_argument("config " + source_ + ": '" + s +
+                                     "' is not a section; expected [model], [cluster], "
+                                     "[storage], [reliability] or [layout]");
+        }
+        continue;
+      }
+      for (auto&& [key, value] : *table) {
+        const std::string k(key.str());
+        if (!consumed_.count(s + "." + k) && status_.is_ok()) {
+          status_ = invalid_argument("config " + source_ + ": unknown field '" + s + "." + k + "'" +
+                                     where(value.source()) + " (see docs/plan.md for the schema)");
+        }
+      }
+    }
+  }
+
+  const Status& status() const { return status_; }
+
+ private:
+  toml::node_view<const toml::node> take(const std::string& section, const std::string& key,
+                                         bool required) {
+    consumed_.insert(section + "." + key);
+    auto node = root_[section][key];
+    if (!node && required) fail_field(section, key, "is required but missing");
+    return node;
+  }
+
+  static std::string where(const toml::source_region& src) {
+    if (src.begin.line == 0) return "";
+    return " at line " + std::to_string(src.begin.line);
+  }
+
+  void fail(const std::string& section, const std::string& key, const std::string& why,
+            toml::node_view<const toml::node> node) {
+    std::ostringstream got;
+    got << node;
+    fail_field(section, key, why + " (got " + got.str() + ")" + where(node.node()->source()));
+  }
+
+  const toml::table& root_;
+  std::string source_;
+  std::set<std::string> consumed_;
+  Status status_;
+};
+
+Status apply_override(toml::table& root, const std::string& spec, const std::string& source) {
+  const auto eq = spec.find('=');
+  const auto dot = spec.find('.');
+  if (eq == std::string::npos || dot == std::string::npos || dot > eq) {
+    return invalid_argument("config " + source + ": override '" + spec +
+                            "' must look like section.key=value (e.g. layout.tp=4)");
+  }
+  const std::string section = spec.substr(0, dot);
+  const std::string key = spec.substr(dot + 1, eq - dot - 1);
+  const std::string value = spec.substr(eq + 1);
+  if (!root[section]) root.insert(section, toml::table{});
+  auto* table = root[section].as_table();
+  if (!table) return invalid_argument("config " + source + ": '" + section + "' is not a section");
+  toml::table parsed;
+  try {
+    parsed = toml::parse("v = " + value);
+  } catch (const toml::parse_error&) {
+    table->insert_or_assign(key, value);  // a bare word: take it as a string
+    return Status::ok();
+  }
+  auto v = parsed["v"];
+  if (v.is_integer()) {
+    table->insert_or_assign(key, *v.value_exact<std::int64_t>());
+  } else if (v.is_floating_point()) {
+    table->insert_or_assign(key, *v.value_exact<double>());
+  } else if (v.is_boolean()) {
+    table->insert_or_assign(key, *v.value_exact<bool>());
+  } else if (v.is_string()) {
+    table->insert_or_assign(key, *v.value_exact<std::string>());
+  } else {
+    return invalid_argument("config " + source + ": override '" + spec +
+                            "' must be a number, boolean or string");
+  }
+  return Status::ok();
+}
+
+Result<PlanConfig> from_table(const toml::table& root, const std::string& source) {
+  FieldReader r(root, source);
+  PlanConfig c;
+  c.source = "config " + source;
+
+  auto& m = c.model;
+  m.name = r.get_string("model", "name", false, "model");
+  m.layers = r.get_int("model", "layers", true, 1);
+  m.hidden = r.get_int("model", "hidden", true, 1);
+  m.heads = r.get_int("model", "heads", true, 1);
+  m.kv_heads = r.get_int("model", "kv_heads", false, m.heads);
+  m.glu = r.get_bool("model", "glu", false);
+  m.ffn_hidden = r.get_int("model", "ffn_hidden", m.glu, 4 * m.hidden);
+  m.seq_len = r.get_int("model", "seq_len", true, 1);
+  m.vocab = r.get_int("model", "vocab", true, 1);
+  m.set_family_defaults();
+  m.bias = r.get_bool("model", "bias", m.bias);
+  m.learned_positions = r.get_bool("model", "learned_positions", m.learned_positions);
+  m.tied_embeddings = r.get_bool("model", "tied_embeddings", m.tied_embeddings);
+  m.dropout = r.get_bool("model", "dropout", m.dropout);
+
+  auto& cl = c.cluster;
+  const std::string gpu_id = r.get_string("cluster", "gpu", true, "");
+  if (r.status().is_ok()) {
+    auto gpu = find_gpu(gpu_id);
+    if (!gpu.is_ok()) {
+      r.fail_field("cluster", "gpu", gpu.status().message());
+    } else {
+      cl.gpu = *gpu;
+    }
+  }
+  cl.nodes = r.get_int("cluster", "nodes", true, 1);
+  cl.gpus_per_node = r.get_int("cluster", "gpus_per_node", false, 8);
+  cl.nvlink_bytes_per_s =
+      r.get_double("cluster", "nvlink_gbytes_per_s", false, cl.gpu.nvlink_bytes_per_s / 1e9) * 1e9;
+  cl.nic_bits_per_s =
+      r.get_double("cluster", "nic_gbits_per_s", false, cl.gpu.nic_bits_per_s / 1e9) * 1e9;
+  cl.storage_write_bytes_per_s = r.get_double("storage", "write_gbytes_per_s", false, 20.0) * 1e9;
+
+  auto& rel = c.reliability;
+  if (r.has("reliability", "job_mtbf_hours") && r.has("reliability", "gpu_mtbf_hours")) {
+    r.fail_field("reliability", "job_mtbf_hours", "and 'reliability.gpu_mtbf_hours' are exclusive");
+  }
+  if (r.has("reliability", "job_mtbf_hours")) {
+    rel.job_mtbf_s = r.get_double("reliability", "job_mtbf_hours", false, 1) * 3600;
+  } else {
+    // Default per-GPU MTBF: Llama 3 (Dubey et al. 2024) saw 419 unexpected
+    // interruptions in 54 days on 16,384 H100s, about 50,000 GPU-hours each.
+    const double gpu_h = r.get_double("reliability", "gpu_mtbf_hours", false, 50000);
+    rel.job_mtbf_s = gpu_h * 3600 / static_cast<double>(std::max<std::int64_t>(1, cl.gpus()));
+  }
+  rel.restart_s = r.get_double("reliability", "restart_minutes", false, 10) * 60;
+  rel.checkpoint_every_steps = r.get_int("reliability", "checkpoint_every_steps", false, 0, 0);
+  rel.async_checkpoint = r.get_bool("reliability", "async_checkpoint", false);
+
+  auto& l = c.layout;
+  l.tp = r.get_int("layout", "tp", false, 1);
+  l.pp = r.get_int("layout", "pp", false, 1);
+  const std::int64_t rest = cl.gpus() / std::max<std::int64_t>(1, l.tp * l.pp);
+  l.dp = r.get_int("layout", "dp", false, std::max<std::int64_t>(1, rest));
+  l.vpp = r.get_int("layout", "vpp", false, 1);
+  l.micro_batch = r.get_int("layout", "micro_batch", false, 1);
+  l.global_batch = r.get_int("layout", "global_batch", true, 1);
+  const std::string rc = r.get_string("layout", "recompute", false, "none");
+  if (auto v = parse_recompute(rc); v.is_ok()) {
+    l.recompute = *v;
+  } else {
+    r.fail_field("layout", "recompute", "must be none, selective or full (got \"" + rc + "\")");
+  }
+  l.sequence_parallel = r.get_bool("layout", "sequence_parallel", l.tp > 1);
+  l.zero = static_cast<int>(r.get_int("layout", "zero", false, 0, 0));
+  if (l.zero > 3) r.fail_field("layout", "zero", "must be 0, 1, 2 or 3 (got " + std::to_string(l.zero) + ")");
+  const std::string attn = r.get_string(
+      "layout", "attention", false, is_ampere(cl.gpu) ? "unfused" : "flash");
+  if (auto v = parse_attention(attn); v.is_ok()) {
+    l.attention = *v;
+  } else {
+    r.fail_field("layout", "attention", "must be flash or unfused (got \"" + attn + "\")");
+  }
+  l.overlap_grad_reduce = r.get_bool("layout", "overlap_grad_reduce", true);
+
+  r.check_unknown();
+  KILN_RETURN_IF_ERROR(r.status());
+  KILN_RETURN_IF_ERROR(check_layout(c));
+  return c;
+}
+
+Result<PlanConfig> parse_table(std::string_view text, const std::string& source, bool is_path,
+                               const std::vector<std::string>& overrides) {
+  toml::table root;
+  try {
+    root = is_path ? toml::parse_file(source) : toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    std::string msg(e.description());
+    if (is_path && msg.find("File could not be opened") != std::string::npos) {
+      return not_found("config " + source + ": cannot open file");
+    }
+    return invalid_argument("config " + source + ":" + std::to_string(where.line) + ":" +
+                            std::to_string(where.column) + ": TOML parse error: " + msg);
+  }
+  for (const auto& o : overrides) KILN_RETURN_IF_ERROR(apply_override(root, o, source));
+  return from_table(root, source);
+}
+
+}  // namespace
+
+Result<PlanConfig> parse_config_file(const std::string& path,
+                                     const std::vector<std::string>& overrides) {
+  return parse_table({}, path, true, overrides);
+}
+
+Result<PlanConfig> parse_config_string(std::string_view toml_text, const std::string& source,
+                                       const std::vector<std::string>& overrides) {
+  return parse_table(toml_text, source, false, overrides);
+}
+
+Status check_layout(const PlanConfig& c) {
+  const auto& m = c.model;
+  const auto& l = c.layout;
+  const std::string where = c.source + ": ";
+  auto bad = [&](const std::string& why) { return invalid_argument(where + why); };
+  if (m.hidden % m.heads != 0) {
+    return bad("model.hidden (" + std::to_string(m.hidden) + ") is not divisible by model.heads (" +
+               std::to_string(m.heads) + ")");
+  }
+  if (m.kv_heads > m.heads || m.heads % m.kv_heads != 0) {
+    return bad("model.heads (" + std::to_string(m.heads) + ") is not a multiple of model.kv_heads (" +
+               std::to_string(m.kv_heads) + ")");
+  }
+  const std::int64_t gpus = c.cluster.gpus();
+  if (l.tp * l.pp * l.dp != gpus) {
+    return bad("layout tp*pp*dp = " + std::to_string(l.tp) + "*" + std::to_string(l.pp) + "*" +
+               std::to_string(l.dp) + " = " + std::to_string(l.tp * l.pp * l.dp) +
+               " but the cluster has " + std::to_string(gpus) + " GPUs");
+  }
+  if (m.heads % l.tp != 0) {
+    return bad("model.heads (" + std::to_string(m.heads) + ") is not divisible by layout.tp (" +
+               std::to_string(l.tp) + ")");
+  }
+  if (m.kv_heads % l.tp != 0 && l.tp % m.kv_heads != 0) {
+    return bad("model.kv_heads (" + std::to_string(m.kv_heads) + ") and layout.tp (" +
+               std::to_string(l.tp) + ") do not divide each other");
+  }
+  if (m.ffn_hidden % l.tp != 0) {
+    return bad("model.ffn_hidden (" + std::to_string(m.ffn_hidden) +
+               ") is not divisible by layout.tp (" + std::to_string(l.tp) + ")");
+  }
+  if (m.layers % (l.pp * l.vpp) != 0) {
+    return bad("model.layers (" + std::to_string(m.layers) + ") is not divisible by layout.pp*vpp (" +
+               std::to_string(l.pp * l.vpp) + ")");
+  }
+  if (l.vpp > 1 && l.pp == 1) return bad("layout.vpp > 1 needs layout.pp > 1");
+  if (l.global_batch % (l.dp * l.micro_batch) != 0) {
+    return bad("layout.global_batch (" + std::to_string(l.global_batch) +
+               ") is not divisible by dp*micro_batch (" + std::to_string(l.dp * l.micro_batch) + ")");
+  }
+  if (l.zero < 0 || l.zero > 3) return bad("layout.zero must be 0..3");
+  return Status::ok();
+}
+
+}  // namespace kiln::plan

@@ -1,0 +1,104 @@
+// What the planner is asked about: model shape, cluster, layout, reliability.
+//
+// A PlanConfig comes from a TOML file (parse_config_file), from one row of a
+// validation CSV (validate.h), or from code. check_layout() says whether the
+// layout can run at all (divisibility); it does not say whether it fits.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kiln/base/status.h"
+#include "kiln/plan/gpu_catalog.h"
+
+namespace kiln::plan {
+
+enum class Recompute { kNone, kSelective, kFull };
+enum class AttentionKernel { kFlash, kUnfused };
+
+std::string_view recompute_name(Recompute r);
+Result<Recompute> parse_recompute(std::string_view text);
+std::string_view attention_name(AttentionKernel a);
+Result<AttentionKernel> parse_attention(std::string_view text);
+
+struct ModelSpec {
+  std::string name = "model";
+  std::int64_t layers = 0;
+  std::int64_t hidden = 0;
+  std::int64_t heads = 0;
+  std::int64_t kv_heads = 0;    // == heads for multi-head attention
+  std::int64_t ffn_hidden = 0;
+  bool glu = false;             // gated FFN (SwiGLU): three FFN matrices instead of two
+  std::int64_t seq_len = 0;
+  std::int64_t vocab = 0;
+  // Family details. Defaults follow `glu`: GPT-style (glu = false) has biases,
+  // learned positions, tied embeddings and dropout; Llama-style has none.
+  bool bias = true;
+  bool learned_positions = true;
+  bool tied_embeddings = true;
+  bool dropout = true;
+
+  std::int64_t head_dim() const { return hidden / heads; }
+  std::int64_t kv_dim() const { return kv_heads * head_dim(); }
+  // Sets bias/positions/tying/dropout from `glu`.
+  void set_family_defaults();
+};
+
+struct ClusterSpec {
+  GpuSpec gpu;
+  std::int64_t nodes = 1;
+  std::int64_t gpus_per_node = 8;
+  double nvlink_bytes_per_s = 0;      // per GPU, bidirectional aggregate
+  double nic_bits_per_s = 0;          // per GPU, one direction
+  double storage_write_bytes_per_s = 0;  // aggregate, to the checkpoint store
+
+  std::int64_t gpus() const { return nodes * gpus_per_node; }
+};
+
+struct LayoutSpec {
+  std::int64_t tp = 1;
+  std::int64_t pp = 1;
+  std::int64_t dp = 1;
+  std::int64_t vpp = 1;              // virtual pipeline stages (interleaved 1F1B) per device
+  std::int64_t micro_batch = 1;      // sequences
+  std::int64_t global_batch = 1;     // sequences per step
+  Recompute recompute = Recompute::kNone;
+  bool sequence_parallel = false;
+  int zero = 0;                      // 0..3
+  AttentionKernel attention = AttentionKernel::kFlash;
+  bool overlap_grad_reduce = true;   // DP reduction overlapped with the last backward
+
+  std::int64_t micro_batches() const { return global_batch / (dp * micro_batch); }
+};
+
+struct ReliabilitySpec {
+  double job_mtbf_s = 0;             // mean time between failures of the whole job
+  double restart_s = 600;            // detect, replace, reload: lost wall time per failure
+  std::int64_t checkpoint_every_steps = 0;  // the interval being judged; 0 = none given
+  bool async_checkpoint = false;     // if true the step pays only the device-to-host copy
+};
+
+struct PlanConfig {
+  std::string source = "config";  // where it came from, for messages: "config x.toml", "csv f.csv:3 (name)"
+  ModelSpec model;
+  ClusterSpec cluster;
+  LayoutSpec layout;
+  ReliabilitySpec reliability;
+};
+
+// Reads a TOML plan (see docs/plan.md for the schema). `overrides` are
+// "section.key=value" strings applied on top (value in TOML syntax, bare words
+// taken as strings). Errors name the file and the field:
+//   "config x.toml: field 'layout.tp' must be a positive integer (got "eight")".
+Result<PlanConfig> parse_config_file(const std::string& path,
+                                     const std::vector<std::string>& overrides = {});
+Result<PlanConfig> parse_config_string(std::string_view toml_text, const std::string& source,
+                                       const std::vector<std::string>& overrides = {});
+
+// InvalidArgument unless tp*pp*dp == gpus, heads and kv heads divide by tp,
+// layers by pp*vpp, global batch by dp*micro_batch, and the values are in range.
+Status check_layout(const PlanConfig& config);
+
+}  // namespace kiln::plan

@@ -1,0 +1,65 @@
+// Time of one training step: per-layer kernels, tensor-parallel collectives,
+// the pipeline schedule with its bubble, data-parallel (or ZeRO) traffic and
+// how much of it hides behind backward, and the optimizer update.
+//
+// Schedule (Narayanan et al. 2021, §2.2): with m micro-batches, p stages and
+// v virtual stages per device, one step of (interleaved) 1F1B takes
+//   m · t_slowest_stage + (p − 1)/v · t_stage
+// where t_stage is a micro-batch's forward+backward through one device's
+// layers, including its point-to-point sends. Megatron-style TP collectives
+// sit on the critical path (not overlapped). DP gradient reduction overlaps
+// the last micro-batch's backward when overlap_grad_reduce is set; ZeRO-3's
+// per-micro-batch gathers overlap that micro-batch's compute.
+#pragma once
+
+#include <string>
+
+#include "kiln/plan/comm.h"
+#include "kiln/plan/config.h"
+#include "kiln/plan/efficiency.h"
+
+namespace kiln::plan {
+
+// One transformer layer, one micro-batch, one GPU.
+struct LayerTime {
+  double gemm_fwd_s = 0;        // the four weight GEMMs
+  double attention_fwd_s = 0;   // attention core: score GEMMs + softmax, or FlashAttention
+  double elementwise_fwd_s = 0; // norms, activation, dropout, residual adds
+  double forward_s = 0;
+  double backward_s = 0;
+  double recompute_s = 0;
+  double tp_comm_s = 0;
+  double gemm_efficiency = 0;   // achieved fraction of peak of the weight GEMMs
+  double total_s = 0;
+};
+
+LayerTime layer_time(const PlanConfig& config, const EfficiencyModel& e);
+
+struct CommVolume {
+  std::string link;             // link class it runs on
+  double bytes_per_gpu = 0;     // sent per GPU per step
+  double time_s = 0;            // total time of those collectives per step
+};
+
+struct StepTime {
+  LayerTime layer;
+  double micro_batches = 0;
+  double stage_s = 0;           // one micro-batch, fwd+bwd, one device (all its chunks)
+  double last_stage_s = 0;      // the same on the stage that also computes the loss
+  // Critical-path components; they add up to step_s.
+  double compute_s = 0;         // kernels incl. recompute, m micro-batches
+  double recompute_s = 0;       // the recompute part of compute_s
+  double tp_comm_s = 0;
+  double pp_comm_s = 0;         // point-to-point sends on the critical path
+  double pp_bubble_s = 0;
+  double dp_exposed_s = 0;      // DP / ZeRO traffic not hidden behind compute
+  double optimizer_s = 0;
+  double step_s = 0;
+  // Communication per link class.
+  CommVolume tp, pp, dp;
+  double dp_overlap_fraction = 0;  // share of DP/ZeRO time hidden behind compute
+};
+
+StepTime step_time(const PlanConfig& config, const EfficiencyModel& e);
+
+}  // namespace kiln::plan

@@ -1,0 +1,128 @@
+#include "kiln/plan/step_time.h"
+
+#include <gtest/gtest.h>
+
+#include "kiln/plan/plan.h"
+
+namespace kiln::plan {
+namespace {
+
+PlanConfig gpt_175b_on_a100() {
+  PlanConfig c;
+  auto& m = c.model;
+  m.layers = 96;
+  m.hidden = 12288;
+  m.heads = 96;
+  m.kv_heads = 96;
+  m.ffn_hidden = 4 * 12288;
+  m.seq_len = 2048;
+  m.vocab = 51200;
+  m.set_family_defaults();
+  c.cluster.gpu = *find_gpu("a100-sxm-80g");
+  c.cluster.nodes = 8;
+  c.cluster.nvlink_bytes_per_s = c.cluster.gpu.nvlink_bytes_per_s;
+  c.cluster.nic_bits_per_s = c.cluster.gpu.nic_bits_per_s;
+  c.cluster.storage_write_bytes_per_s = 20e9;
+  c.reliability.job_mtbf_s = 86400;
+  c.layout.tp = 8;
+  c.layout.pp = 8;
+  c.layout.dp = 1;
+  c.layout.global_batch = 64;
+  c.layout.sequence_parallel = true;
+  c.layout.recompute = Recompute::kSelective;
+  c.layout.attention = AttentionKernel::kUnfused;
+  return c;
+}
+
+TEST(StepTimeTest, ComponentsAddUpToTheStep) {
+  for (int zero : {0, 3}) {
+    PlanConfig c = gpt_175b_on_a100();
+    c.cluster.nodes = 16;
+    c.layout.dp = 2;
+    c.layout.zero = zero;
+    const StepTime st = step_time(c, EfficiencyModel::defaults());
+    const double sum = st.compute_s + st.tp_comm_s + st.pp_comm_s + st.pp_bubble_s +
+                       st.dp_exposed_s + st.optimizer_s;
+    EXPECT_NEAR(sum, st.step_s, st.step_s * 1e-9) << "zero " << zero;
+  }
+}
+
+TEST(StepTimeTest, BubbleFollowsTheSchedule) {
+  PlanConfig c = gpt_175b_on_a100();
+  const StepTime st = step_time(c, EfficiencyModel::defaults());
+  EXPECT_NEAR(st.pp_bubble_s, 7 * st.stage_s, 1e-9);
+  c.layout.vpp = 2;
+  const StepTime interleaved = step_time(c, EfficiencyModel::defaults());
+  EXPECT_LT(interleaved.pp_bubble_s, st.pp_bubble_s * 0.55);
+  EXPECT_GT(interleaved.pp_comm_s, st.pp_comm_s);  // v times the sends
+}
+
+TEST(StepTimeTest, RecomputeCostsTime) {
+  PlanConfig c = gpt_175b_on_a100();
+  c.layout.recompute = Recompute::kNone;
+  const double none = step_time(c, EfficiencyModel::defaults()).step_s;
+  c.layout.recompute = Recompute::kSelective;
+  const double selective = step_time(c, EfficiencyModel::defaults()).step_s;
+  c.layout.recompute = Recompute::kFull;
+  const double full = step_time(c, EfficiencyModel::defaults()).step_s;
+  EXPECT_LT(none, selective);
+  EXPECT_LT(selective, full);
+  // Full recompute adds about a third (one more forward of three passes).
+  EXPECT_NEAR(full / none, 1.3, 0.08);
+  EXPECT_LT(selective / none, 1.06);
+}
+
+TEST(StepTimeTest, GemmEfficiencyGrowsWithSize) {
+  const GpuSpec a100 = *find_gpu("a100-sxm-80g");
+  const auto& e = EfficiencyModel::defaults();
+  const double small = gemm_efficiency(a100, e, 512, 512, 512);
+  const double mid = gemm_efficiency(a100, e, 2048, 2304, 9216);
+  const double big = gemm_efficiency(a100, e, 8192, 8192, 8192);
+  EXPECT_LT(small, mid);
+  EXPECT_LT(mid, big);
+  EXPECT_LT(big, e.gemm_peak_fraction);
+  EXPECT_GT(big, 0.7);
+  // Thin attention-score GEMMs (K = head dim) are far from peak.
+  EXPECT_LT(gemm_efficiency(a100, e, 2048, 2048, 64), 0.5);
+}
+
+TEST(StepTimeTest, ZeroThreeMovesMoreDataParallelBytes) {
+  PlanConfig c = gpt_175b_on_a100();
+  c.cluster.nodes = 32;
+  c.layout.pp = 4;
+  c.layout.dp = 8;
+  c.layout.zero = 1;
+  const StepTime z1 = step_time(c, EfficiencyModel::defaults());
+  c.layout.zero = 3;
+  const StepTime z3 = step_time(c, EfficiencyModel::defaults());
+  EXPECT_GT(z3.dp.bytes_per_gpu, 2 * z1.dp.bytes_per_gpu);
+  EXPECT_GE(z3.step_s, z1.step_s);
+}
+
+TEST(StepTimeTest, SelectiveRecomputeRunsOfKorthikanti2022) {
+  // Out-of-sample check against Korthikanti et al. 2022 Table 5 (selective
+  // recompute + sequence parallelism on A100): 175B on 64 GPUs, 13.75 s; 530B
+  // on 280 GPUs, 37.83 s; 1T on 512 GPUs, 71.49 s.
+  struct Run {
+    std::int64_t layers, hidden, heads, pp, gpus;
+    double measured_s;
+  };
+  for (const Run& r : {Run{96, 12288, 96, 8, 64, 13.75}, Run{105, 20480, 128, 35, 280, 37.83},
+                       Run{128, 25600, 160, 64, 512, 71.49}}) {
+    PlanConfig c = gpt_175b_on_a100();
+    c.model.layers = r.layers;
+    c.model.hidden = r.hidden;
+    c.model.heads = r.heads;
+    c.model.kv_heads = r.heads;
+    c.model.ffn_hidden = 4 * r.hidden;
+    c.cluster.nodes = r.gpus / 8;
+    c.layout.pp = r.pp;
+    c.layout.global_batch = r.gpus;
+    auto p = make_plan(c);
+    ASSERT_TRUE(p.is_ok()) << p.status().to_string();
+    EXPECT_NEAR(p->step.step_s / r.measured_s, 1.0, 0.15) << r.layers << " layers";
+  }
+}
+
+}  // namespace
+}  // namespace kiln::plan

@@ -1,0 +1,86 @@
+#include "kiln/plan/validate.h"
+
+#include <cmath>
+
+#include <gtest/gtest.h>
+
+namespace kiln::plan {
+namespace {
+
+const std::string kCalibration = std::string(KILN_SHARED_DIR) + "/planner/calibration.csv";
+
+constexpr const char* kHeader =
+    "name,gpu,gpus,gpus_per_node,layers,hidden,heads,kv_heads,ffn_hidden,glu,seq_len,vocab,"
+    "global_batch,micro_batch,tp,pp,dp,vpp,sequence_parallel,recompute,zero,measured_step_time_s,"
+    "assumed,source\n";
+
+TEST(ValidateTest, CalibrationMeetsTheAccuracyTarget) {
+  auto r = validate_file(kCalibration);
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  ASSERT_EQ(r->rows.size(), 10u);
+  EXPECT_EQ(r->compared, 10);
+  for (const auto& row : r->rows) {
+    EXPECT_TRUE(row.problem.empty()) << row.name << ": " << row.problem;
+    ASSERT_TRUE(row.error.has_value()) << row.name;
+    EXPECT_LE(std::fabs(*row.error), 0.20) << row.name;
+  }
+  ASSERT_TRUE(r->median_abs_error.has_value());
+  EXPECT_LE(*r->median_abs_error, 0.10);
+  EXPECT_LE(*r->max_abs_error, 0.20);
+}
+
+TEST(ValidateTest, BadRowsAreReportedNotFatal) {
+  const std::string csv =
+      std::string(kHeader) +
+      "good,a100-sxm-80g,32,8,24,2304,24,24,9216,0,2048,51200,512,1,1,1,32,1,0,full,0,3.528,,\n"
+      "unknown gpu,v100,32,8,24,2304,24,24,9216,0,2048,51200,512,1,1,1,32,1,0,full,0,3.5,,\n"
+      "bad product,a100-sxm-80g,32,8,24,2304,24,24,9216,0,2048,51200,512,1,2,1,32,1,0,full,0,3.5,,\n"
+      "layers,a100-sxm-80g,32,8,25,2304,24,24,9216,0,2048,51200,512,1,1,2,16,1,0,full,0,3.5,,\n"
+      "\"quoted, name\",a100-sxm-80g,32,8,24,2304,24,24,9216,0,2048,51200,512,1,1,1,32,1,0,full,0,,"
+      "\"a, b\",src\n";
+  auto table = parse_csv(csv, "mem.csv");
+  ASSERT_TRUE(table.is_ok()) << table.status().to_string();
+  auto r = validate_table(*table, "mem.csv");
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  ASSERT_EQ(r->rows.size(), 5u);
+  EXPECT_TRUE(r->rows[0].problem.empty());
+  EXPECT_NE(r->rows[1].problem.find("v100"), std::string::npos) << r->rows[1].problem;
+  EXPECT_NE(r->rows[1].problem.find("mem.csv:3"), std::string::npos) << r->rows[1].problem;
+  EXPECT_NE(r->rows[2].problem.find("tp*pp*dp"), std::string::npos) << r->rows[2].problem;
+  EXPECT_NE(r->rows[3].problem.find("model.layers"), std::string::npos) << r->rows[3].problem;
+  // Empty measurement: a prediction and no error.
+  EXPECT_EQ(r->rows[4].name, "quoted, name");
+  EXPECT_TRUE(r->rows[4].predicted_s.has_value());
+  EXPECT_FALSE(r->rows[4].measured_s.has_value());
+  EXPECT_FALSE(r->rows[4].error.has_value());
+  EXPECT_EQ(r->compared, 1);
+}
+
+TEST(ValidateTest, PredictOnlyFile) {
+  const std::string csv = std::string(kHeader) +
+                          "a,h100-sxm,64,8,32,4096,32,8,14336,1,4096,128256,256,1,4,2,8,1,1,selective,1,,,\n";
+  auto r = validate_table(*parse_csv(csv, "p.csv"), "p.csv");
+  ASSERT_TRUE(r.is_ok());
+  EXPECT_EQ(r->compared, 0);
+  EXPECT_FALSE(r->median_abs_error.has_value());
+  EXPECT_TRUE(r->rows[0].predicted_s.has_value()) << r->rows[0].problem;
+}
+
+TEST(ValidateTest, MissingColumnFailsTheFile) {
+  auto r = validate_table(*parse_csv("name,gpu\nx,h100-sxm\n", "c.csv"), "c.csv");
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_NE(r.status().message().find("gpus"), std::string::npos);
+}
+
+TEST(ValidateTest, UnterminatedQuoteIsDataLoss) {
+  auto t = parse_csv("a,b\n\"x,1\n", "q.csv");
+  ASSERT_FALSE(t.is_ok());
+  EXPECT_EQ(t.status().code(), Code::kDataLoss);
+}
+
+TEST(ValidateTest, MissingFileIsNotFound) {
+  EXPECT_EQ(validate_file("/nonexistent.csv").status().code(), Code::kNotFound);
+}
+
+}  // namespace
+}  // namespace kiln::plan
