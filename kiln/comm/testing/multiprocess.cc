@@ -51,7 +51,8 @@ RunResult run_ranks(int n, const std::function<Status(Communicator&)>& body, Run
   }
   RunResult result;
   result.ranks.resize(n);
-  auto deadline = std::chrono::steady_clock::now() + options.deadline;
+  auto started = std::chrono::steady_clock::now();
+  auto deadline = started + options.deadline;
   int remaining = n;
   while (remaining > 0) {
     int status = 0;
@@ -61,6 +62,8 @@ RunResult run_ranks(int n, const std::function<Status(Communicator&)>& body, Run
         if (pids[r] != pid) continue;
         if (WIFEXITED(status)) result.ranks[r].exit_code = WEXITSTATUS(status);
         if (WIFSIGNALED(status)) result.ranks[r].signal = WTERMSIG(status);
+        result.ranks[r].exited_after_s =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         --remaining;
       }
       continue;

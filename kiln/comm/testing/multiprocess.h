@@ -24,6 +24,7 @@ struct RankOutcome {
   int exit_code = -1;  // -1: killed by a signal or at the deadline
   int signal = 0;
   bool timed_out = false;
+  double exited_after_s = 0;  // since run_ranks started
 };
 
 struct RunResult {

@@ -56,10 +56,13 @@ void Context::abort(const Status& why) {
 
 Status Context::fail_wait(std::span<Request* const> requests, Status why) {
   abort(why);
-  // abort() failed every pending request on every pair; a tcp request being
-  // serviced right now completes as soon as its pair's lock is released.
+  // abort() failed every pending tcp request and flagged every shm pair; a
+  // flagged shm pair fails its requests on its next progress() call.
   for (Request* r : requests) {
-    while (!r->done()) sched_yield();
+    while (!r->done()) {
+      r->pair->progress();
+      if (!r->done()) sched_yield();
+    }
   }
   return abort_status();
 }
@@ -107,8 +110,12 @@ Status Context::wait(std::span<Request* const> requests, Deadline deadline,
       return fail_wait(requests,
                        deadline_exceeded(fmt::format("{}: timed out waiting for {}", what, waiting_on)));
     }
-    if (remote_abort_probe_ && remote_abort_probe_()) {
-      return fail_wait(requests, ::kiln::aborted(fmt::format("{}: another rank aborted the group", what)));
+    if (remote_abort_probe_) {
+      int by = remote_abort_probe_();
+      if (by >= 0) {
+        return fail_wait(requests, ::kiln::aborted(fmt::format(
+                                       "{}: rank {} aborted the group after a failure", what, by)));
+      }
     }
     if (now >= next_liveness) {
       next_liveness = now + kLivenessPeriod;

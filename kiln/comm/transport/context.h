@@ -68,8 +68,8 @@ class Context {
   void set_hosts(std::vector<int> host_of) { host_of_ = std::move(host_of); }
   const std::vector<int>& host_of() const { return host_of_; }
 
-  // Returns an aborted Status if another process aborted the group (shm flag).
-  void set_remote_abort_probe(std::function<bool()> probe) { remote_abort_probe_ = std::move(probe); }
+  // Returns the rank that aborted the group through shared memory, or -1.
+  void set_remote_abort_probe(std::function<int()> probe) { remote_abort_probe_ = std::move(probe); }
 
  private:
   Status fail_wait(std::span<Request* const> requests, Status why);
@@ -84,7 +84,7 @@ class Context {
   mutable std::mutex abort_mu_;
   Status abort_status_;  // guarded by abort_mu_
   std::vector<std::function<void(const Status&)>> abort_hooks_;
-  std::function<bool()> remote_abort_probe_;
+  std::function<int()> remote_abort_probe_;
   std::vector<std::shared_ptr<void>> resources_;
   std::vector<int> host_of_;
 };

@@ -220,12 +220,14 @@ Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int 
     mine->unlink();
 
     ctx->set_doorbell(&mine->header()->doorbell);
-    ctx->set_remote_abort_probe([mine] {
-      return mine->header()->aborted.load(std::memory_order_acquire) != 0;
+    ctx->set_remote_abort_probe([mine]() -> int {
+      return static_cast<int>(mine->header()->aborted.load(std::memory_order_acquire)) - 1;
     });
-    ctx->add_abort_hook([theirs](const Status&) {
+    ctx->add_abort_hook([theirs, rank](const Status&) {
       for (const auto& seg : theirs) {
-        seg->header()->aborted.store(1, std::memory_order_release);
+        std::uint32_t none = 0;  // keep the first aborter's name
+        seg->header()->aborted.compare_exchange_strong(none, static_cast<std::uint32_t>(rank) + 1,
+                                                       std::memory_order_acq_rel);
         seg->header()->doorbell.ring();
       }
     });

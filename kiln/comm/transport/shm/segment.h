@@ -30,7 +30,7 @@ struct alignas(64) SegmentHeader {
   std::int32_t owner_rank;
   std::int32_t owner_pid;
   alignas(64) Doorbell doorbell;
-  alignas(64) std::atomic<std::uint32_t> aborted;  // set by any rank that aborts the group
+  alignas(64) std::atomic<std::uint32_t> aborted;  // 1 + the rank that aborted the group; 0 = none
 };
 
 struct alignas(64) FifoHeader {

@@ -1,0 +1,61 @@
+// Connection setup: garbage on a rank's listening port is rejected and the
+// group still forms; a rank that never shows up is named after the timeout.
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "kiln/comm/transport/select.h"
+#include "kiln/comm/transport/tcp/socket.h"
+#include "kiln/store/memory_store.h"
+
+namespace kiln::comm::transport {
+namespace {
+
+TEST(Bootstrap, GarbageOnTheListenerIsRejectedAndTheGroupStillForms) {
+  store::MemoryStore store;
+  ConnectOptions o;
+  o.mode = TransportMode::kTcp;
+  o.tag = "garbage";
+  Result<std::unique_ptr<Context>> rank0 = internal_error("not run");
+  std::thread t0([&] { rank0 = connect_all(store, 0, 2, o, Deadline::after_ms(20000)); });
+  // Find rank 0's advertised endpoint and throw junk at it before rank 1 joins.
+  auto record = store.get("comm/garbage/peer/0", Deadline::after_ms(10000));
+  ASSERT_TRUE(record.is_ok()) << record.status().to_string();
+  auto ep = tcp::parse_endpoint(nlohmann::json::parse(*record)["endpoint"].get<std::string>());
+  ASSERT_TRUE(ep.is_ok());
+  for (int i = 0; i < 3; ++i) {
+    auto fd = tcp::connect_to(*ep, Deadline::after_ms(5000));
+    ASSERT_TRUE(fd.is_ok()) << fd.status().to_string();
+    std::string junk = "GET / HTTP/1.1\r\nHost: kiln\r\n\r\n" + std::string(64, '\xff');
+    ASSERT_TRUE(tcp::write_all(fd->get(), junk.data(), junk.size(), Deadline::after_ms(1000)).is_ok());
+  }
+  Result<std::unique_ptr<Context>> rank1 = connect_all(store, 1, 2, o, Deadline::after_ms(20000));
+  t0.join();
+  ASSERT_TRUE(rank0.is_ok()) << rank0.status().to_string();
+  ASSERT_TRUE(rank1.is_ok()) << rank1.status().to_string();
+  // And the connection works.
+  int out = 42, in = 0;
+  Request s, r;
+  (*rank1)->pair(0).post_send(&out, sizeof(out), &s);
+  (*rank0)->pair(1).post_recv(&in, sizeof(in), &r);
+  std::thread waiter([&] { EXPECT_TRUE((*rank1)->wait({&s}, Deadline::after_ms(5000), "send").is_ok()); });
+  EXPECT_TRUE((*rank0)->wait({&r}, Deadline::after_ms(5000), "recv").is_ok());
+  waiter.join();
+  EXPECT_EQ(in, 42);
+}
+
+TEST(Bootstrap, AbsentRankIsNamedAfterTheTimeout) {
+  store::MemoryStore store;
+  ConnectOptions o;
+  o.tag = "absent";
+  auto start = Clock::now();
+  auto ctx = connect_all(store, 0, 3, o, Deadline::after_ms(500));
+  ASSERT_FALSE(ctx.is_ok());
+  EXPECT_EQ(ctx.status().code(), Code::kDeadlineExceeded) << ctx.status().to_string();
+  EXPECT_NE(ctx.status().message().find("rank 1"), std::string::npos) << ctx.status().to_string();
+  EXPECT_LT(Clock::now() - start, std::chrono::seconds(3));
+}
+
+}  // namespace
+}  // namespace kiln::comm::transport

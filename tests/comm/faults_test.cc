@@ -1,0 +1,164 @@
+// Fault injection on real processes: a rank killed mid-collective, a rank
+// that never arrives, mismatched operations, abort from another thread.
+// Every survivor must fail with an error that names what failed and where,
+// within the op timeout (+2 s), never hang and never return corrupt data.
+#include <signal.h>
+#include <unistd.h>
+
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "kiln/comm/communicator.h"
+#include "kiln/comm/testing/multiprocess.h"
+
+namespace kiln::comm {
+namespace {
+
+constexpr auto kOpTimeout = std::chrono::seconds(5);
+
+testing::RunOptions fault_options(transport::TransportMode mode) {
+  testing::RunOptions o;
+  o.deadline = std::chrono::seconds(60);
+  o.comm.timeout = kOpTimeout;
+  o.comm.transport_from_env = false;
+  o.comm.connect.mode = mode;
+  return o;
+}
+
+// The survivor's view: the op must fail, with a code a launcher can act on
+// and a message that names a rank.
+Status expect_peer_failure(const Status& s) {
+  if (s.is_ok()) return internal_error("the collective succeeded although a peer was killed");
+  bool actionable = s.code() == Code::kAborted || s.code() == Code::kUnavailable ||
+                    s.code() == Code::kDeadlineExceeded;
+  if (!actionable || s.message().find("rank") == std::string::npos) {
+    return internal_error("unhelpful error: " + s.to_string());
+  }
+  std::fprintf(stderr, "survivor saw: %s\n", s.to_string().c_str());
+  return Status::ok();
+}
+
+class KillMidAllreduce : public ::testing::TestWithParam<transport::TransportMode> {};
+
+TEST_P(KillMidAllreduce, EverySurvivorFailsWithinTheTimeout) {
+  constexpr int kVictim = 3;
+  auto result = testing::run_ranks(4, [](Communicator& c) -> Status {
+    std::vector<float> buf(1 << 20, 1.0f);
+    if (c.rank() == kVictim) {
+      // Die at a random moment while collectives stream.
+      std::thread([] {
+        std::mt19937 rng(static_cast<unsigned>(getpid()));
+        std::this_thread::sleep_for(std::chrono::milliseconds(50 + rng() % 200));
+        raise(SIGKILL);
+      }).detach();
+    }
+    for (int i = 0;; ++i) {
+      Status s = c.allreduce(buf.data(), buf.size(), DataType::kFloat32, ReduceOp::kSum)->wait();
+      if (!s.is_ok()) return expect_peer_failure(s);
+      if (i > 100000) return internal_error("never failed");
+    }
+  }, fault_options(GetParam()));
+  ASSERT_EQ(result.ranks[kVictim].signal, SIGKILL);
+  double died = result.ranks[kVictim].exited_after_s;
+  for (int r = 0; r < 4; ++r) {
+    if (r == kVictim) continue;
+    EXPECT_EQ(result.ranks[r].exit_code, 0) << "rank " << r << ": " << result.report;
+    EXPECT_LT(result.ranks[r].exited_after_s - died, std::chrono::duration<double>(kOpTimeout).count() + 2.0)
+        << "rank " << r << " took too long to notice";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, KillMidAllreduce,
+                         ::testing::Values(transport::TransportMode::kShm, transport::TransportMode::kTcp),
+                         [](const auto& info) { return info.param == transport::TransportMode::kShm ? "shm" : "tcp"; });
+
+TEST(Faults, MissingRankTimesOutNamingIt) {
+  auto o = fault_options(transport::TransportMode::kAuto);
+  o.comm.timeout = std::chrono::seconds(1);
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    std::vector<float> buf(1024, 1.0f);
+    if (c.rank() == 1) {
+      // Rank 1 never issues the allreduce; it waits for rank 0 to give up
+      // (its own barrier then fails because rank 0 aborted the group).
+      Status s = c.barrier()->wait();
+      return s.is_ok() ? internal_error("barrier matched an allreduce") : Status::ok();
+    }
+    auto start = Clock::now();
+    Status s = c.allreduce(buf.data(), buf.size(), DataType::kFloat32, ReduceOp::kSum)->wait();
+    double took = std::chrono::duration<double>(Clock::now() - start).count();
+    if (s.is_ok()) return internal_error("allreduce completed without its peer");
+    // Either the timeout (rank 1 never sent) or the size mismatch of the
+    // barrier's message arrives first; both must name rank 1.
+    if (s.message().find("rank 1") == std::string::npos) return internal_error("no peer named: " + s.to_string());
+    if (took > 3.0) return internal_error(fmt::format("took {:.1f} s with a 1 s timeout", took));
+    return Status::ok();
+  }, o);
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+TEST(Faults, MismatchedCountsUnderCommCheckNameBothSides) {
+  auto o = fault_options(transport::TransportMode::kAuto);
+  o.comm.check = true;
+  o.comm.check_from_env = false;
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    std::vector<float> buf(200, 1.0f);
+    std::size_t count = c.rank() == 0 ? 100 : 200;
+    Status s = c.allreduce(buf.data(), count, DataType::kFloat32, ReduceOp::kSum)->wait();
+    if (s.code() != Code::kInvalidArgument) return internal_error("expected a mismatch error, got " + s.to_string());
+    for (const char* want : {"rank 0", "rank 1", "x 100", "x 200"}) {
+      if (s.message().find(want) == std::string::npos) {
+        return internal_error(fmt::format("error does not mention {:?}: {}", want, s.to_string()));
+      }
+    }
+    // The buffer was not touched by a half-run operation.
+    for (float v : buf) {
+      if (v != 1.0f) return internal_error("buffer modified by a rejected operation");
+    }
+    return Status::ok();
+  }, o);
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+TEST(Faults, MismatchedCountsWithoutCheckFailInsteadOfCorrupting) {
+  for (auto mode : {transport::TransportMode::kShm, transport::TransportMode::kTcp}) {
+    auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+      std::vector<float> buf(1 << 16, 1.0f);
+      std::size_t count = c.rank() == 0 ? 1000 : 1 << 16;
+      c.set_allreduce_algo(AllreduceAlgo::kRing);
+      Status s = c.allreduce(buf.data(), count, DataType::kFloat32, ReduceOp::kSum)->wait();
+      if (s.is_ok()) return internal_error("mismatched allreduce succeeded");
+      std::fprintf(stderr, "mismatch seen as: %s\n", s.to_string().c_str());
+      return Status::ok();
+    }, fault_options(mode));
+    EXPECT_TRUE(result.ok()) << result.report;
+  }
+}
+
+TEST(Faults, AbortFromAnotherThreadFailsPendingWork) {
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    std::vector<float> buf(1024, 1.0f);
+    if (c.rank() == 1) {
+      // Never joins the allreduce; learns of the abort through its barrier.
+      Status s = c.barrier()->wait();
+      return s.is_ok() ? internal_error("barrier succeeded") : Status::ok();
+    }
+    auto work = c.allreduce(buf.data(), buf.size(), DataType::kFloat32, ReduceOp::kSum);
+    std::thread aborter([&] { c.abort(cancelled("test aborts the communicator")); });
+    Status s = work->wait(std::chrono::milliseconds(3000));
+    aborter.join();
+    if (s.code() == Code::kDeadlineExceeded && !work->test()) return internal_error("abort did not end the wait");
+    if (s.is_ok()) return internal_error("aborted allreduce succeeded");
+    // Later operations fail at once with the abort's reason.
+    Status later = c.barrier()->wait(std::chrono::milliseconds(1000));
+    if (later.message().find("test aborts") == std::string::npos) return internal_error("later op: " + later.to_string());
+    return Status::ok();
+  }, fault_options(transport::TransportMode::kAuto));
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+}  // namespace
+}  // namespace kiln::comm
