@@ -1,0 +1,147 @@
+// `kiln plan`: the training-cluster planner (docs/plan.md).
+//
+//   kiln plan CONFIG.toml [--json] [--svg FILE] [--set section.key=value]...
+//   kiln plan CONFIG.toml --search [--top N] [--json]
+//   kiln plan validate FILE.csv [--json]
+//
+// `validate` is a subcommand of `plan` while CONFIG.toml is plan's optional
+// positional: CLI11 matches a subcommand name before filling a positional, so
+// `kiln plan validate x.csv` reaches validate and `kiln plan x.toml` fills the
+// positional. plan's own callback runs after validate's and does nothing then.
+#include <cerrno>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "cli/command.h"
+#include "kiln/plan/config.h"
+#include "kiln/plan/plan.h"
+#include "kiln/plan/report.h"
+#include "kiln/plan/search.h"
+#include "kiln/plan/validate.h"
+
+namespace kiln::cli {
+namespace {
+
+struct PlanOptions {
+  std::string config;
+  bool json = false;
+  std::string svg;
+  bool search = false;
+  int top = 10;
+  std::vector<std::string> sets;
+  // Shortcuts for common overrides; empty = not given.
+  std::string tp, pp, dp, vpp, micro_batch, global_batch, recompute, zero, nodes, gpu;
+};
+
+struct ValidateOptions {
+  std::string csv;
+  bool json = false;
+};
+
+std::vector<std::string> overrides(const PlanOptions& o) {
+  std::vector<std::string> out;
+  auto add = [&](const char* key, const std::string& v) {
+    if (!v.empty()) out.push_back(std::string(key) + "=" + v);
+  };
+  add("layout.tp", o.tp);
+  add("layout.pp", o.pp);
+  add("layout.dp", o.dp);
+  add("layout.vpp", o.vpp);
+  add("layout.micro_batch", o.micro_batch);
+  add("layout.global_batch", o.global_batch);
+  add("layout.recompute", o.recompute.empty() ? "" : "\"" + o.recompute + "\"");
+  add("layout.zero", o.zero);
+  add("cluster.nodes", o.nodes);
+  add("cluster.gpu", o.gpu.empty() ? "" : "\"" + o.gpu + "\"");
+  out.insert(out.end(), o.sets.begin(), o.sets.end());
+  return out;
+}
+
+Status write_file(const std::string& path, const std::string& text) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) return errno_status("kiln plan: open " + path + " for writing", errno);
+  out << text;
+  out.close();
+  if (!out) return errno_status("kiln plan: write " + path, errno);
+  return Status::ok();
+}
+
+Status run_plan(const PlanOptions& o) {
+  if (o.config.empty()) {
+    return invalid_argument(
+        "kiln plan: missing CONFIG.toml (usage: kiln plan CONFIG.toml [--json] [--svg FILE] "
+        "[--search], or kiln plan validate FILE.csv)");
+  }
+  KILN_ASSIGN_OR_RETURN(plan::PlanConfig config, plan::parse_config_file(o.config, overrides(o)));
+  if (o.search) {
+    plan::SearchOptions so;
+    so.top = o.top;
+    const plan::SearchResult r = plan::search_layouts(config, so);
+    if (o.json) {
+      std::printf("%s\n", plan::search_to_json(r).dump(2).c_str());
+    } else {
+      std::fputs(plan::format_search(r, config).c_str(), stdout);
+    }
+    return Status::ok();
+  }
+  KILN_ASSIGN_OR_RETURN(plan::Plan p, plan::make_plan(config));
+  if (!o.svg.empty()) KILN_RETURN_IF_ERROR(write_file(o.svg, plan::render_svg(p)));
+  if (o.json) {
+    std::printf("%s\n", plan::plan_to_json(p).dump(2).c_str());
+  } else {
+    std::fputs(plan::format_plan(p).c_str(), stdout);
+    if (!o.svg.empty()) std::printf("\nwrote %s\n", o.svg.c_str());
+  }
+  return Status::ok();
+}
+
+Status run_validate(const ValidateOptions& o) {
+  KILN_ASSIGN_OR_RETURN(plan::ValidationReport r, plan::validate_file(o.csv));
+  if (o.json) {
+    std::printf("%s\n", plan::validation_to_json(r).dump(2).c_str());
+  } else {
+    std::fputs(plan::format_validation(r).c_str(), stdout);
+  }
+  return Status::ok();
+}
+
+const CommandRegistration kRegister("", [](CLI::App& parent) {
+  auto* cmd = parent.add_subcommand(
+      "plan", "Predict memory, step time, MFU, bottleneck and checkpoint interval of a layout");
+  auto opts = std::make_shared<PlanOptions>();
+  cmd->add_option("config", opts->config, "plan file (TOML; schema in docs/plan.md)");
+  cmd->add_flag("--json", opts->json, "print one JSON document instead of the report");
+  cmd->add_option("--svg", opts->svg, "also draw the step-time and memory breakdowns to FILE");
+  cmd->add_flag("--search", opts->search, "rank feasible layouts by predicted tokens/s");
+  cmd->add_option("--top", opts->top, "layouts to list with --search")->capture_default_str();
+  cmd->add_option("--set", opts->sets, "override a field: section.key=value (repeatable)");
+  cmd->add_option("--tp", opts->tp, "override layout.tp");
+  cmd->add_option("--pp", opts->pp, "override layout.pp");
+  cmd->add_option("--dp", opts->dp, "override layout.dp");
+  cmd->add_option("--vpp", opts->vpp, "override layout.vpp");
+  cmd->add_option("--micro-batch", opts->micro_batch, "override layout.micro_batch");
+  cmd->add_option("--global-batch", opts->global_batch, "override layout.global_batch");
+  cmd->add_option("--recompute", opts->recompute, "override layout.recompute: none|selective|full");
+  cmd->add_option("--zero", opts->zero, "override layout.zero: 0..3");
+  cmd->add_option("--nodes", opts->nodes, "override cluster.nodes");
+  cmd->add_option("--gpu", opts->gpu, "override cluster.gpu");
+
+  auto* val = cmd->add_subcommand(
+      "validate", "Compare predicted and measured step times of published runs (CSV)");
+  auto vopts = std::make_shared<ValidateOptions>();
+  val->add_option("csv", vopts->csv, "runs in the schema of shared/planner/calibration.csv")
+      ->required();
+  val->add_flag("--json", vopts->json, "print one JSON document");
+  val->callback(run_status([vopts] { return run_validate(*vopts); }));
+
+  cmd->callback(run_status([opts, val] {
+    if (val->parsed()) return Status::ok();
+    return run_plan(*opts);
+  }));
+});
+
+}  // namespace
+}  // namespace kiln::cli

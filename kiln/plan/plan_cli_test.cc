@@ -1,0 +1,145 @@
+// The CLI contract of `kiln plan`, run against the built binary.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+namespace {
+
+struct CliRun {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+
+std::string slurp(const std::string& path) {
+  std::ifstream in(path);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+std::string temp_path(const std::string& name) {
+  const char* dir = std::getenv("TMPDIR");
+  return std::string(dir ? dir : "/tmp") + "/kiln_plan_cli_" + std::to_string(getpid()) + "_" + name;
+}
+
+CliRun kiln(const std::string& args) {
+  const std::string err_path = temp_path("stderr");
+  const std::string cmd = "cd '" KILN_SOURCE_DIR "' && '" KILN_BINARY "' " + args + " 2>'" + err_path + "'";
+  CliRun r;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int status = pclose(p);
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  r.err = slurp(err_path);
+  std::remove(err_path.c_str());
+  return r;
+}
+
+TEST(PlanCliTest, JsonHasTheRequiredKeys) {
+  const CliRun r = kiln("plan examples/plan/llama70b-h100.toml --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  for (const char* key : {"step_time_s", "mfu", "memory_per_gpu_bytes", "bottleneck",
+                          "checkpoint_interval_s", "tokens_per_s", "parameters"}) {
+    EXPECT_TRUE(j.contains(key)) << key;
+  }
+  EXPECT_GT(j["step_time_s"].get<double>(), 0);
+  EXPECT_GT(j["mfu"].get<double>(), 0.2);
+  EXPECT_LT(j["mfu"].get<double>(), 0.8);
+  EXPECT_TRUE(j["memory_per_gpu_bytes"].is_number());
+  EXPECT_TRUE(j["bottleneck"].is_string());
+}
+
+TEST(PlanCliTest, TextReportAndSvg) {
+  const std::string svg = temp_path("plan.svg");
+  const CliRun r = kiln("plan examples/plan/llama70b-h100.toml --svg '" + svg + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("MFU"), std::string::npos);
+  EXPECT_NE(r.out.find("Daly"), std::string::npos);
+  const std::string drawing = slurp(svg);
+  EXPECT_EQ(drawing.rfind("<svg", 0), 0u);
+  EXPECT_NE(drawing.find("Memory per GPU"), std::string::npos);
+  std::remove(svg.c_str());
+}
+
+TEST(PlanCliTest, MalformedTomlNamesTheField) {
+  const std::string path = temp_path("bad.toml");
+  std::string text = slurp(KILN_SOURCE_DIR "/examples/plan/llama70b-h100.toml");
+  text.replace(text.find("layers = 80"), 11, "layers = \"eighty\"");
+  std::ofstream(path) << text;
+  CliRun r = kiln("plan '" + path + "' --json");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("model.layers"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(path), std::string::npos) << r.err;
+  EXPECT_TRUE(r.out.empty());
+
+  std::ofstream(path) << "[model\nlayers = 3\n";
+  r = kiln("plan '" + path + "'");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find(path + ":1"), std::string::npos) << r.err;
+  std::remove(path.c_str());
+}
+
+TEST(PlanCliTest, FlagsOverrideTheFile) {
+  const CliRun r = kiln("plan examples/plan/llama70b-h100.toml --json --pp 8 --dp 4 --set layout.zero=3");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["layout"]["pp"], 8);
+  EXPECT_EQ(j["layout"]["zero"], 3);
+  const CliRun bad = kiln("plan examples/plan/llama70b-h100.toml --pp 3");
+  EXPECT_EQ(bad.exit_code, 2);
+  EXPECT_NE(bad.err.find("tp*pp*dp = 8*3*8"), std::string::npos) << bad.err;
+}
+
+TEST(PlanCliTest, Search) {
+  const CliRun r = kiln("plan examples/plan/llama70b-h100.toml --search --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_FALSE(j["top"].empty());
+  EXPECT_LE(j["top"].size(), 10u);
+  for (const auto& l : j["top"]) {
+    EXPECT_EQ(l["tp"].get<int>() * l["pp"].get<int>() * l["dp"].get<int>(), 256);
+  }
+  EXPECT_TRUE(j["rejected"].contains("out of memory"));
+}
+
+TEST(PlanCliTest, ValidateSubcommand) {
+  CliRun r = kiln("plan validate ../shared/planner/calibration.csv --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["rows"].size(), 10u);
+  for (const auto& row : j["rows"]) {
+    for (const char* key : {"name", "predicted_step_time_s", "measured_step_time_s", "error"}) {
+      EXPECT_TRUE(row.contains(key)) << key;
+    }
+  }
+  EXPECT_LE(j["median_abs_error"].get<double>(), 0.10);
+  EXPECT_LE(j["max_abs_error"].get<double>(), 0.20);
+
+  r = kiln("plan validate ../shared/planner/calibration.csv");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("median"), std::string::npos);
+
+  r = kiln("plan validate /nonexistent.csv");
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_NE(r.err.find("/nonexistent.csv"), std::string::npos);
+}
+
+TEST(PlanCliTest, MissingConfigIsAUsageError) {
+  const CliRun r = kiln("plan");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("CONFIG.toml"), std::string::npos) << r.err;
+}
+
+}  // namespace
