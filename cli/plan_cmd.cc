@@ -117,7 +117,8 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("--svg", opts->svg, "also draw the step-time and memory breakdowns to FILE");
   cmd->add_flag("--search", opts->search, "rank feasible layouts by predicted tokens/s");
   cmd->add_option("--top", opts->top, "layouts to list with --search")->capture_default_str();
-  cmd->add_option("--set", opts->sets, "override a field: section.key=value (repeatable)");
+  cmd->add_option("--set", opts->sets, "override a field: section.key=value (repeatable)")
+      ->allow_extra_args(false);
   cmd->add_option("--tp", opts->tp, "override layout.tp");
   cmd->add_option("--pp", opts->pp, "override layout.pp");
   cmd->add_option("--dp", opts->dp, "override layout.dp");

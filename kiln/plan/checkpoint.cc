@@ -52,7 +52,7 @@ CheckpointPlan plan_checkpoints(const PlanConfig& config, const ParamCount& para
     cp.goodput_at_configured =
         expected_goodput(cp.configured_interval_s, cp.blocking_s, cp.restart_s, cp.mtbf_s);
     const double ratio = cp.configured_interval_s / cp.daly_interval_s;
-    const char* judgement = ratio > 1.5   ? "too rare"
+    const char* judgement = ratio > 1.5    ? "too rare"
                             : ratio < 0.67 ? "too frequent"
                                            : "close to optimal";
     std::snprintf(buf, sizeof buf,

@@ -24,9 +24,9 @@ double daly_interval_s(double checkpoint_s, double mtbf_s);
 double expected_goodput(double interval_s, double checkpoint_s, double restart_s, double mtbf_s);
 
 struct CheckpointPlan {
-  double size_bytes = 0;       // bf16 weights + fp32 master + Adam m, v: 14 B/param
-  double write_s = 0;          // size / storage write bandwidth
-  double blocking_s = 0;       // C: write_s, or the device-to-host copy when async
+  double size_bytes = 0;  // bf16 weights + fp32 master + Adam m, v: 14 B/param
+  double write_s = 0;     // size / storage write bandwidth
+  double blocking_s = 0;  // C: write_s, or the device-to-host copy when async
   double mtbf_s = 0;
   double restart_s = 0;
   double young_interval_s = 0;

@@ -1,8 +1,8 @@
 #include "kiln/plan/checkpoint.h"
 
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 namespace kiln::plan {
 namespace {

@@ -43,7 +43,8 @@ Link dp_link(const PlanConfig& c, const EfficiencyModel& e) {
   const std::int64_t gpn = c.cluster.gpus_per_node;
   const Link nvl = nvlink_link(c.cluster, e);
   if (l.tp * l.dp <= gpn) return nvl;
-  const std::int64_t per_node = std::max<std::int64_t>(1, std::min(l.dp, gpn / std::max<std::int64_t>(1, l.tp)));
+  const std::int64_t per_node =
+      std::max<std::int64_t>(1, std::min(l.dp, gpn / std::max<std::int64_t>(1, l.tp)));
   Link nic = nic_link(c.cluster, e);
   Link out{per_node > 1 ? "nic x" + std::to_string(per_node) + " (hierarchical)" : "nic",
            nic.alpha_s, std::min(nvl.bytes_per_s, static_cast<double>(per_node) * nic.bytes_per_s)};

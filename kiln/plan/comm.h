@@ -15,9 +15,9 @@
 namespace kiln::plan {
 
 struct Link {
-  std::string name;          // "nvlink", "nic", "nic x8 (hierarchical)"
-  double alpha_s = 0;        // per step
-  double bytes_per_s = 0;    // effective, one direction, per GPU
+  std::string name;        // "nvlink", "nic", "nic x8 (hierarchical)"
+  double alpha_s = 0;      // per step
+  double bytes_per_s = 0;  // effective, one direction, per GPU
 };
 
 // NVLink: quoted bidirectional aggregate / 2, times the achievable fraction.

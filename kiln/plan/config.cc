@@ -1,19 +1,22 @@
 #include "kiln/plan/config.h"
 
+#include <toml++/toml.h>
+
 #include <cmath>
 #include <map>
 #include <set>
 #include <sstream>
 
-#include <toml++/toml.h>
-
 namespace kiln::plan {
 
 std::string_view recompute_name(Recompute r) {
   switch (r) {
-    case Recompute::kNone: return "none";
-    case Recompute::kSelective: return "selective";
-    case Recompute::kFull: return "full";
+    case Recompute::kNone:
+      return "none";
+    case Recompute::kSelective:
+      return "selective";
+    case Recompute::kFull:
+      return "full";
   }
   return "?";
 }
@@ -49,7 +52,8 @@ namespace {
 // and every key it consumed (so leftovers can be reported as unknown).
 class FieldReader {
  public:
-  FieldReader(const toml::table& root, std::string source) : root_(root), source_(std::move(source)) {}
+  FieldReader(const toml::table& root, std::string source)
+      : root_(root), source_(std::move(source)) {}
 
   bool has(const std::string& section, const std::string& key) const {
     return static_cast<bool>(root_[section][key]);
@@ -111,7 +115,8 @@ class FieldReader {
   // Records an error about `section.key` (used for enum values checked later).
   void fail_field(const std::string& section, const std::string& key, const std::string& why) {
     if (status_.is_ok()) {
-      status_ = invalid_argument("config " + source_ + ": field '" + section + "." + key + "' " + why);
+      status_ =
+          invalid_argument("config " + source_ + ": field '" + section + "." + key + "' " + why);
     }
   }
 
@@ -275,9 +280,10 @@ Result<PlanConfig> from_table(const toml::table& root, const std::string& source
   }
   l.sequence_parallel = r.get_bool("layout", "sequence_parallel", l.tp > 1);
   l.zero = static_cast<int>(r.get_int("layout", "zero", false, 0, 0));
-  if (l.zero > 3) r.fail_field("layout", "zero", "must be 0, 1, 2 or 3 (got " + std::to_string(l.zero) + ")");
-  const std::string attn = r.get_string(
-      "layout", "attention", false, is_ampere(cl.gpu) ? "unfused" : "flash");
+  if (l.zero > 3)
+    r.fail_field("layout", "zero", "must be 0, 1, 2 or 3 (got " + std::to_string(l.zero) + ")");
+  const std::string attn =
+      r.get_string("layout", "attention", false, is_ampere(cl.gpu) ? "unfused" : "flash");
   if (auto v = parse_attention(attn); v.is_ok()) {
     l.attention = *v;
   } else {
@@ -331,8 +337,8 @@ Status check_layout(const PlanConfig& c) {
                std::to_string(m.heads) + ")");
   }
   if (m.kv_heads > m.heads || m.heads % m.kv_heads != 0) {
-    return bad("model.heads (" + std::to_string(m.heads) + ") is not a multiple of model.kv_heads (" +
-               std::to_string(m.kv_heads) + ")");
+    return bad("model.heads (" + std::to_string(m.heads) +
+               ") is not a multiple of model.kv_heads (" + std::to_string(m.kv_heads) + ")");
   }
   const std::int64_t gpus = c.cluster.gpus();
   if (l.tp * l.pp * l.dp != gpus) {
@@ -353,13 +359,14 @@ Status check_layout(const PlanConfig& c) {
                ") is not divisible by layout.tp (" + std::to_string(l.tp) + ")");
   }
   if (m.layers % (l.pp * l.vpp) != 0) {
-    return bad("model.layers (" + std::to_string(m.layers) + ") is not divisible by layout.pp*vpp (" +
-               std::to_string(l.pp * l.vpp) + ")");
+    return bad("model.layers (" + std::to_string(m.layers) +
+               ") is not divisible by layout.pp*vpp (" + std::to_string(l.pp * l.vpp) + ")");
   }
   if (l.vpp > 1 && l.pp == 1) return bad("layout.vpp > 1 needs layout.pp > 1");
   if (l.global_batch % (l.dp * l.micro_batch) != 0) {
     return bad("layout.global_batch (" + std::to_string(l.global_batch) +
-               ") is not divisible by dp*micro_batch (" + std::to_string(l.dp * l.micro_batch) + ")");
+               ") is not divisible by dp*micro_batch (" + std::to_string(l.dp * l.micro_batch) +
+               ")");
   }
   if (l.zero < 0 || l.zero > 3) return bad("layout.zero must be 0..3");
   return Status::ok();

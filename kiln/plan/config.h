@@ -28,9 +28,9 @@ struct ModelSpec {
   std::int64_t layers = 0;
   std::int64_t hidden = 0;
   std::int64_t heads = 0;
-  std::int64_t kv_heads = 0;    // == heads for multi-head attention
+  std::int64_t kv_heads = 0;  // == heads for multi-head attention
   std::int64_t ffn_hidden = 0;
-  bool glu = false;             // gated FFN (SwiGLU): three FFN matrices instead of two
+  bool glu = false;  // gated FFN (SwiGLU): three FFN matrices instead of two
   std::int64_t seq_len = 0;
   std::int64_t vocab = 0;
   // Family details. Defaults follow `glu`: GPT-style (glu = false) has biases,
@@ -50,8 +50,8 @@ struct ClusterSpec {
   GpuSpec gpu;
   std::int64_t nodes = 1;
   std::int64_t gpus_per_node = 8;
-  double nvlink_bytes_per_s = 0;      // per GPU, bidirectional aggregate
-  double nic_bits_per_s = 0;          // per GPU, one direction
+  double nvlink_bytes_per_s = 0;         // per GPU, bidirectional aggregate
+  double nic_bits_per_s = 0;             // per GPU, one direction
   double storage_write_bytes_per_s = 0;  // aggregate, to the checkpoint store
 
   std::int64_t gpus() const { return nodes * gpus_per_node; }
@@ -61,27 +61,28 @@ struct LayoutSpec {
   std::int64_t tp = 1;
   std::int64_t pp = 1;
   std::int64_t dp = 1;
-  std::int64_t vpp = 1;              // virtual pipeline stages (interleaved 1F1B) per device
-  std::int64_t micro_batch = 1;      // sequences
-  std::int64_t global_batch = 1;     // sequences per step
+  std::int64_t vpp = 1;           // virtual pipeline stages (interleaved 1F1B) per device
+  std::int64_t micro_batch = 1;   // sequences
+  std::int64_t global_batch = 1;  // sequences per step
   Recompute recompute = Recompute::kNone;
   bool sequence_parallel = false;
-  int zero = 0;                      // 0..3
+  int zero = 0;  // 0..3
   AttentionKernel attention = AttentionKernel::kFlash;
-  bool overlap_grad_reduce = true;   // DP reduction overlapped with the last backward
+  bool overlap_grad_reduce = true;  // DP reduction overlapped with the last backward
 
   std::int64_t micro_batches() const { return global_batch / (dp * micro_batch); }
 };
 
 struct ReliabilitySpec {
-  double job_mtbf_s = 0;             // mean time between failures of the whole job
-  double restart_s = 600;            // detect, replace, reload: lost wall time per failure
+  double job_mtbf_s = 0;                    // mean time between failures of the whole job
+  double restart_s = 600;                   // detect, replace, reload: lost wall time per failure
   std::int64_t checkpoint_every_steps = 0;  // the interval being judged; 0 = none given
-  bool async_checkpoint = false;     // if true the step pays only the device-to-host copy
+  bool async_checkpoint = false;            // if true the step pays only the device-to-host copy
 };
 
 struct PlanConfig {
-  std::string source = "config";  // where it came from, for messages: "config x.toml", "csv f.csv:3 (name)"
+  std::string source =
+      "config";  // where it came from, for messages: "config x.toml", "csv f.csv:3 (name)"
   ModelSpec model;
   ClusterSpec cluster;
   LayoutSpec layout;

@@ -28,8 +28,8 @@ TEST(ConfigTest, ParsesWithDefaults) {
   ASSERT_TRUE(c.is_ok()) << c.status().to_string();
   EXPECT_EQ(c->cluster.gpu.id, "h100-sxm");
   EXPECT_EQ(c->cluster.gpus(), 16);
-  EXPECT_EQ(c->layout.dp, 4);              // the rest of the GPUs
-  EXPECT_EQ(c->model.kv_heads, 16);        // MHA by default
+  EXPECT_EQ(c->layout.dp, 4);        // the rest of the GPUs
+  EXPECT_EQ(c->model.kv_heads, 16);  // MHA by default
   EXPECT_EQ(c->model.ffn_hidden, 4 * 2048);
   EXPECT_TRUE(c->layout.sequence_parallel);  // on when tp > 1
   EXPECT_EQ(c->layout.attention, AttentionKernel::kFlash);

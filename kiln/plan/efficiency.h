@@ -18,14 +18,14 @@
 namespace kiln::plan {
 
 struct EfficiencyModel {
-  double gemm_peak_fraction = 0.80;     // large bf16 GEMMs (cuBLAS on A100/H100: 75-85%)
-  double hbm_fraction = 0.85;           // streaming kernels, of the datasheet bandwidth
-  double kernel_launch_s = 4e-6;        // per kernel, not hidden by a CUDA graph
+  double gemm_peak_fraction = 0.80;       // large bf16 GEMMs (cuBLAS on A100/H100: 75-85%)
+  double hbm_fraction = 0.85;             // streaming kernels, of the datasheet bandwidth
+  double kernel_launch_s = 4e-6;          // per kernel, not hidden by a CUDA graph
   double flash_attention_fraction = 0.5;  // FlashAttention-2 fwd+bwd, of dense peak
-  double nvlink_fraction = 0.80;        // NCCL bus bandwidth / per-direction NVLink
-  double nic_fraction = 0.85;           // NCCL bus bandwidth / NIC line rate
-  double nvlink_alpha_s = 5e-6;         // per ring step inside a node
-  double nic_alpha_s = 8e-6;            // per ring step across nodes
+  double nvlink_fraction = 0.80;          // NCCL bus bandwidth / per-direction NVLink
+  double nic_fraction = 0.85;             // NCCL bus bandwidth / NIC line rate
+  double nvlink_alpha_s = 5e-6;           // per ring step inside a node
+  double nic_alpha_s = 8e-6;              // per ring step across nodes
   // Communication hidden behind compute is not free: NCCL kernels take SMs
   // and HBM bandwidth from the GEMMs they overlap. Each hidden second of DP /
   // ZeRO traffic costs this many seconds of compute.

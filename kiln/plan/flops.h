@@ -14,12 +14,12 @@
 namespace kiln::plan {
 
 struct ParamCount {
-  double attention = 0;    // per layer: Q, K, V, O (+ biases)
-  double ffn = 0;          // per layer
-  double norms = 0;        // per layer
-  double per_layer = 0;    // attention + ffn + norms
-  double embedding = 0;    // token (+ learned position) embeddings
-  double output = 0;       // untied output projection; 0 when tied
+  double attention = 0;  // per layer: Q, K, V, O (+ biases)
+  double ffn = 0;        // per layer
+  double norms = 0;      // per layer
+  double per_layer = 0;  // attention + ffn + norms
+  double embedding = 0;  // token (+ learned position) embeddings
+  double output = 0;     // untied output projection; 0 when tied
   double final_norm = 0;
   double total = 0;
 };

@@ -14,14 +14,14 @@
 namespace kiln::plan {
 
 struct GpuSpec {
-  std::string id;                   // catalog id, lower case: "h100-sxm"
-  std::string display_name;         // "NVIDIA H100 SXM5 80GB"
-  double peak_bf16_flops = 0;       // dense bf16 FLOP/s
-  double hbm_bytes = 0;             // HBM capacity, bytes
-  double hbm_bytes_per_s = 0;       // HBM bandwidth, bytes/s
-  double nvlink_bytes_per_s = 0;    // per GPU, bidirectional aggregate as quoted (900e9 for H100)
-  double nic_bits_per_s = 0;        // default NIC per GPU in the vendor's DGX/HGX node
-  double host_copy_bytes_per_s = 0; // device-to-host (PCIe) for checkpoint snapshots
+  std::string id;                    // catalog id, lower case: "h100-sxm"
+  std::string display_name;          // "NVIDIA H100 SXM5 80GB"
+  double peak_bf16_flops = 0;        // dense bf16 FLOP/s
+  double hbm_bytes = 0;              // HBM capacity, bytes
+  double hbm_bytes_per_s = 0;        // HBM bandwidth, bytes/s
+  double nvlink_bytes_per_s = 0;     // per GPU, bidirectional aggregate as quoted (900e9 for H100)
+  double nic_bits_per_s = 0;         // default NIC per GPU in the vendor's DGX/HGX node
+  double host_copy_bytes_per_s = 0;  // device-to-host (PCIe) for checkpoint snapshots
 };
 
 // All catalog entries, in generation order.

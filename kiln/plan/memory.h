@@ -38,9 +38,9 @@ struct MemoryBreakdown {
   double gradients = 0;
   double optimizer = 0;
   double activations = 0;
-  double buffers = 0;        // communication buffers, gathered ZeRO-3 layers, logits, workspaces
+  double buffers = 0;  // communication buffers, gathered ZeRO-3 layers, logits, workspaces
   double total = 0;
-  double capacity = 0;       // HBM of the GPU
+  double capacity = 0;  // HBM of the GPU
   bool fits = false;
   double used_fraction = 0;  // total / capacity
 };

@@ -56,7 +56,8 @@ TEST(MemoryTest, ActivationsSelectiveRecompute) {
 
 TEST(MemoryTest, ActivationsFullRecompute) {
   EXPECT_DOUBLE_EQ(activation_bytes_per_layer(gpt(), layout(8, false, Recompute::kFull)), 2 * sbh);
-  EXPECT_DOUBLE_EQ(activation_bytes_per_layer(gpt(), layout(8, true, Recompute::kFull)), 2 * sbh / t);
+  EXPECT_DOUBLE_EQ(activation_bytes_per_layer(gpt(), layout(8, true, Recompute::kFull)),
+                   2 * sbh / t);
 }
 
 TEST(MemoryTest, FlashAttentionDropsTheQuadraticTerm) {

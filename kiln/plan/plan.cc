@@ -8,7 +8,7 @@ namespace kiln::plan {
 namespace {
 // Design §7: accelerator memory above 95% is a memory bottleneck.
 constexpr double kMemoryPressure = 0.95;
-}
+}  // namespace
 
 Result<Plan> make_plan(const PlanConfig& config, const EfficiencyModel& efficiency) {
   KILN_RETURN_IF_ERROR(check_layout(config));

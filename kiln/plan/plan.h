@@ -19,8 +19,8 @@ struct Plan {
   MemoryBreakdown memory;
   StepTime step;
   double tokens_per_s = 0;
-  double mfu = 0;              // model FLOPs / (step time · GPUs · peak)
-  double hfu = 0;              // the same with recompute counted
+  double mfu = 0;  // model FLOPs / (step time · GPUs · peak)
+  double hfu = 0;  // the same with recompute counted
   // "memory" when it does not fit or uses over 95% of HBM; else the largest of
   // compute, tp_comm, pp_bubble (bubble + p2p), dp_comm (exposed).
   std::string bottleneck;

@@ -1,14 +1,13 @@
 // The CLI contract of `kiln plan`, run against the built binary.
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
-
-#include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 
 namespace {
 
@@ -27,12 +26,14 @@ std::string slurp(const std::string& path) {
 
 std::string temp_path(const std::string& name) {
   const char* dir = std::getenv("TMPDIR");
-  return std::string(dir ? dir : "/tmp") + "/kiln_plan_cli_" + std::to_string(getpid()) + "_" + name;
+  return std::string(dir ? dir : "/tmp") + "/kiln_plan_cli_" + std::to_string(getpid()) + "_" +
+         name;
 }
 
 CliRun kiln(const std::string& args) {
   const std::string err_path = temp_path("stderr");
-  const std::string cmd = "cd '" KILN_SOURCE_DIR "' && '" KILN_BINARY "' " + args + " 2>'" + err_path + "'";
+  const std::string cmd =
+      "cd '" KILN_SOURCE_DIR "' && '" KILN_BINARY "' " + args + " 2>'" + err_path + "'";
   CliRun r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -92,7 +93,8 @@ TEST(PlanCliTest, MalformedTomlNamesTheField) {
 }
 
 TEST(PlanCliTest, FlagsOverrideTheFile) {
-  const CliRun r = kiln("plan examples/plan/llama70b-h100.toml --json --pp 8 --dp 4 --set layout.zero=3");
+  const CliRun r =
+      kiln("plan examples/plan/llama70b-h100.toml --json --pp 8 --dp 4 --set layout.zero=3");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["layout"]["pp"], 8);

@@ -3,9 +3,8 @@
 // breakdowns. Pure functions of their inputs; no I/O.
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "kiln/plan/plan.h"
 #include "kiln/plan/search.h"

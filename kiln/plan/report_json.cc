@@ -38,9 +38,9 @@ nlohmann::json plan_to_json(const Plan& p) {
   const auto& cp = p.checkpoint;
   nlohmann::json j;
   j["source"] = c.source;
-  j["model"] = {{"name", m.name},       {"layers", m.layers},         {"hidden", m.hidden},
-                {"heads", m.heads},     {"kv_heads", m.kv_heads},     {"ffn_hidden", m.ffn_hidden},
-                {"glu", m.glu},         {"seq_len", m.seq_len},       {"vocab", m.vocab}};
+  j["model"] = {{"name", m.name},   {"layers", m.layers},     {"hidden", m.hidden},
+                {"heads", m.heads}, {"kv_heads", m.kv_heads}, {"ffn_hidden", m.ffn_hidden},
+                {"glu", m.glu},     {"seq_len", m.seq_len},   {"vocab", m.vocab}};
   j["cluster"] = {{"gpu", c.cluster.gpu.id},
                   {"gpus", c.cluster.gpus()},
                   {"nodes", c.cluster.nodes},

@@ -21,11 +21,20 @@ std::string escape(const std::string& s) {
   std::string out;
   for (char ch : s) {
     switch (ch) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += ch;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += ch;
     }
   }
   return out;
@@ -40,9 +49,10 @@ std::string bar(const std::string& title, const std::vector<Segment>& segs, doub
   std::string o;
   double total = 0;
   for (const auto& s : segs) total += s.value;
-  std::snprintf(buf, sizeof buf,
-                "<text x=\"%d\" y=\"%d\" font-size=\"15\" font-weight=\"bold\">%s: %.2f %s</text>\n",
-                kLeft, y - 8, escape(title).c_str(), total / unit_div, unit);
+  std::snprintf(
+      buf, sizeof buf,
+      "<text x=\"%d\" y=\"%d\" font-size=\"15\" font-weight=\"bold\">%s: %.2f %s</text>\n", kLeft,
+      y - 8, escape(title).c_str(), total / unit_div, unit);
   o += buf;
   double x = kLeft;
   for (const auto& s : segs) {
@@ -71,8 +81,7 @@ std::string bar(const std::string& title, const std::vector<Segment>& segs, doub
     std::snprintf(buf, sizeof buf,
                   "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" fill=\"%s\"/>"
                   "<text x=\"%d\" y=\"%d\" font-size=\"12\">%s %.0f%%</text>\n",
-                  lx, ly - 9, s.color, lx + 14, ly, escape(s.label).c_str(),
-                  100 * s.value / total);
+                  lx, ly - 9, s.color, lx + 14, ly, escape(s.label).c_str(), 100 * s.value / total);
     o += buf;
     lx += 18 + 8 * static_cast<int>(s.label.size() + 5);
   }
@@ -94,8 +103,8 @@ std::string render_svg(const Plan& p) {
       {"optimizer", st.optimizer_s, "#59a14f"},
   };
   const std::vector<Segment> memory = {
-      {"weights", mem.weights, "#4e79a7"},       {"gradients", mem.gradients, "#f28e2b"},
-      {"optimizer", mem.optimizer, "#59a14f"},   {"activations", mem.activations, "#e15759"},
+      {"weights", mem.weights, "#4e79a7"},     {"gradients", mem.gradients, "#f28e2b"},
+      {"optimizer", mem.optimizer, "#59a14f"}, {"activations", mem.activations, "#e15759"},
       {"buffers", mem.buffers, "#bab0ac"},
   };
   std::string o =
@@ -105,10 +114,11 @@ std::string render_svg(const Plan& p) {
   std::snprintf(head, sizeof head,
                 "<text x=\"20\" y=\"22\" font-size=\"13\">%s, %lld x %s, TP %lld PP %lld DP %lld: "
                 "MFU %.1f%%, bottleneck %s</text>\n",
-                escape(p.config.model.name).c_str(), static_cast<long long>(p.config.cluster.gpus()),
-                p.config.cluster.gpu.id.c_str(), static_cast<long long>(p.config.layout.tp),
-                static_cast<long long>(p.config.layout.pp), static_cast<long long>(p.config.layout.dp),
-                100 * p.mfu, p.bottleneck.c_str());
+                escape(p.config.model.name).c_str(),
+                static_cast<long long>(p.config.cluster.gpus()), p.config.cluster.gpu.id.c_str(),
+                static_cast<long long>(p.config.layout.tp),
+                static_cast<long long>(p.config.layout.pp),
+                static_cast<long long>(p.config.layout.dp), 100 * p.mfu, p.bottleneck.c_str());
   o += head;
   o += bar("Step time", step, st.step_s, "s", 1, 60);
   const double mem_scale = std::max(mem.total, mem.capacity);

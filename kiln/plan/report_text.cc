@@ -32,13 +32,13 @@ std::string minutes(double s) { return fmt("%.0f s (%.1f min)", s, s / 60); }
 std::string pct(double x) { return fmt("%.1f%%", 100 * x); }
 
 std::string layout_line(const LayoutSpec& l) {
-  return fmt("TP %lld  PP %lld  DP %lld  vpp %lld  micro-batch %lld  global batch %lld  "
-             "recompute %s  SP %s  ZeRO %d  attention %s",
-             static_cast<long long>(l.tp), static_cast<long long>(l.pp),
-             static_cast<long long>(l.dp), static_cast<long long>(l.vpp),
-             static_cast<long long>(l.micro_batch), static_cast<long long>(l.global_batch),
-             std::string(recompute_name(l.recompute)).c_str(), l.sequence_parallel ? "on" : "off",
-             l.zero, std::string(attention_name(l.attention)).c_str());
+  return fmt(
+      "TP %lld  PP %lld  DP %lld  vpp %lld  micro-batch %lld  global batch %lld  "
+      "recompute %s  SP %s  ZeRO %d  attention %s",
+      static_cast<long long>(l.tp), static_cast<long long>(l.pp), static_cast<long long>(l.dp),
+      static_cast<long long>(l.vpp), static_cast<long long>(l.micro_batch),
+      static_cast<long long>(l.global_batch), std::string(recompute_name(l.recompute)).c_str(),
+      l.sequence_parallel ? "on" : "off", l.zero, std::string(attention_name(l.attention)).c_str());
 }
 
 }  // namespace
@@ -55,10 +55,11 @@ std::string format_plan(const Plan& p) {
            static_cast<long long>(c.cluster.nodes), static_cast<long long>(c.cluster.gpus_per_node),
            c.source.c_str());
   o += "  layout     " + layout_line(c.layout) + "\n";
-  o += fmt("  links      NVLink %.0f GB/s per GPU (bidirectional), NIC %.0f Gb/s per GPU, "
-           "storage %.0f GB/s\n",
-           c.cluster.nvlink_bytes_per_s / 1e9, c.cluster.nic_bits_per_s / 1e9,
-           c.cluster.storage_write_bytes_per_s / 1e9);
+  o +=
+      fmt("  links      NVLink %.0f GB/s per GPU (bidirectional), NIC %.0f Gb/s per GPU, "
+          "storage %.0f GB/s\n",
+          c.cluster.nvlink_bytes_per_s / 1e9, c.cluster.nic_bits_per_s / 1e9,
+          c.cluster.storage_write_bytes_per_s / 1e9);
   o += "\nModel\n";
   o += fmt("  parameters           %.2f B (%.2f B per layer x %lld, embeddings %.2f B)\n",
            p.params.total / 1e9, p.params.per_layer / 1e9, static_cast<long long>(m.layers),
@@ -85,11 +86,12 @@ std::string format_plan(const Plan& p) {
   o += fmt("  DP overlap           %s of DP/ZeRO time hidden behind backward\n",
            pct(st.dp_overlap_fraction).c_str());
   o += "\nStep time\n";
-  o += fmt("  per layer            fwd %s, bwd %s, recompute %s, TP comm %s; weight GEMMs at %s "
-           "of peak\n",
-           seconds(st.layer.forward_s).c_str(), seconds(st.layer.backward_s).c_str(),
-           seconds(st.layer.recompute_s).c_str(), seconds(st.layer.tp_comm_s).c_str(),
-           pct(st.layer.gemm_efficiency).c_str());
+  o +=
+      fmt("  per layer            fwd %s, bwd %s, recompute %s, TP comm %s; weight GEMMs at %s "
+          "of peak\n",
+          seconds(st.layer.forward_s).c_str(), seconds(st.layer.backward_s).c_str(),
+          seconds(st.layer.recompute_s).c_str(), seconds(st.layer.tp_comm_s).c_str(),
+          pct(st.layer.gemm_efficiency).c_str());
   auto part = [&](const char* name, double s) {
     o += fmt("  %-20s %10s  %5.1f%%\n", name, seconds(s).c_str(), 100 * s / st.step_s);
   };
@@ -105,10 +107,13 @@ std::string format_plan(const Plan& p) {
   o += fmt("  throughput           %.0f tokens/s (%.0f per GPU)\n", p.tokens_per_s,
            p.tokens_per_s / static_cast<double>(c.cluster.gpus()));
   o += "  MFU                  " + pct(p.mfu) + "  (HFU " + pct(p.hfu) + ")\n";
-  o += "  bottleneck           " + p.bottleneck + " (largest overhead: " + p.largest_overhead + ")\n";
+  o += "  bottleneck           " + p.bottleneck + " (largest overhead: " + p.largest_overhead +
+       ")\n";
   o += "\nCheckpointing\n";
-  o += "  size                 " + gb(cp.size_bytes) + " (14 B/param: bf16 weights, fp32 master, Adam m, v)\n";
-  o += "  write time           " + seconds(cp.write_s) + fmt(" at %.0f GB/s", c.cluster.storage_write_bytes_per_s / 1e9) +
+  o += "  size                 " + gb(cp.size_bytes) +
+       " (14 B/param: bf16 weights, fp32 master, Adam m, v)\n";
+  o += "  write time           " + seconds(cp.write_s) +
+       fmt(" at %.0f GB/s", c.cluster.storage_write_bytes_per_s / 1e9) +
        (c.reliability.async_checkpoint ? "; the step blocks " + seconds(cp.blocking_s) + " (async)"
                                        : "; the step blocks for all of it") +
        "\n";
@@ -134,12 +139,13 @@ std::string format_search(const SearchResult& r, const PlanConfig& base) {
   int rank = 0;
   for (const auto& p : r.top) {
     const auto& l = p.config.layout;
-    o += fmt("%-3d %3lld %3lld %4lld %3lld %3lld %-9s %4d %10.0f %9s %5.1f%% %8s  %s\n", ++rank,
-             static_cast<long long>(l.tp), static_cast<long long>(l.pp),
-             static_cast<long long>(l.dp), static_cast<long long>(l.vpp),
-             static_cast<long long>(l.micro_batch), std::string(recompute_name(l.recompute)).c_str(),
-             l.zero, p.tokens_per_s, seconds(p.step.step_s).c_str(), 100 * p.mfu,
-             gb(p.memory.total).c_str(), p.bottleneck.c_str());
+    o +=
+        fmt("%-3d %3lld %3lld %4lld %3lld %3lld %-9s %4d %10.0f %9s %5.1f%% %8s  %s\n", ++rank,
+            static_cast<long long>(l.tp), static_cast<long long>(l.pp),
+            static_cast<long long>(l.dp), static_cast<long long>(l.vpp),
+            static_cast<long long>(l.micro_batch), std::string(recompute_name(l.recompute)).c_str(),
+            l.zero, p.tokens_per_s, seconds(p.step.step_s).c_str(), 100 * p.mfu,
+            gb(p.memory.total).c_str(), p.bottleneck.c_str());
   }
   if (r.top.empty()) o += "  no layout fits\n";
   return o;

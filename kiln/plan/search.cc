@@ -43,8 +43,7 @@ SearchResult search_layouts(const PlanConfig& base, const SearchOptions& opt,
               c.layout.sequence_parallel = tp > 1;
               ++result.considered;
               // Interleaving also needs the micro-batch count to be a multiple of pp.
-              if (!check_layout(c).is_ok() ||
-                  (vpp > 1 && c.layout.micro_batches() % pp != 0)) {
+              if (!check_layout(c).is_ok() || (vpp > 1 && c.layout.micro_batches() % pp != 0)) {
                 ++result.rejected["indivisible"];
                 continue;
               }

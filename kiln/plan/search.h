@@ -30,7 +30,7 @@ struct SearchOptions {
 };
 
 struct SearchResult {
-  std::vector<Plan> top;                 // best first, all within max_memory_fraction
+  std::vector<Plan> top;  // best first, all within max_memory_fraction
   std::int64_t considered = 0;
   std::int64_t feasible = 0;
   std::map<std::string, std::int64_t> rejected;  // reason -> count: "out of memory", "indivisible"

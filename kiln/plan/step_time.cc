@@ -55,11 +55,12 @@ LayerTime layer_time(const PlanConfig& c, const EfficiencyModel& e) {
 
   double attention_bwd = 0;
   if (l.attention == AttentionKernel::kUnfused) {
-    const double score_gemms = gemm_time_s(gpu, e, s, s, hd, b * heads) +
-                               gemm_time_s(gpu, e, s, hd, s, b * heads);
+    const double score_gemms =
+        gemm_time_s(gpu, e, s, s, hd, b * heads) + gemm_time_s(gpu, e, s, hd, s, b * heads);
     const double scores = b * heads * s * s;
     lt.attention_fwd_s =
-        score_gemms + memory_time_s(gpu, e, scores * (kSoftmaxFwdBytes + drop * kScoreDropoutBytes));
+        score_gemms +
+        memory_time_s(gpu, e, scores * (kSoftmaxFwdBytes + drop * kScoreDropoutBytes));
     attention_bwd = 2 * score_gemms +
                     memory_time_s(gpu, e, scores * (kSoftmaxBwdBytes + drop * kScoreDropoutBytes));
   } else {
@@ -72,17 +73,24 @@ LayerTime layer_time(const PlanConfig& c, const EfficiencyModel& e) {
   // Without sequence parallelism every TP rank redoes the norms and residuals
   // on the whole sequence.
   const double rows = l.sequence_parallel ? tokens / t : tokens;
-  const double ew_bytes = rows * h * (2 * kNormBytes + 2 * (kResidualBytes + drop * kDropoutMaskBytes)) +
-                          tokens * f / t * (m.glu ? 6 : 4);
+  const double ew_bytes =
+      rows * h * (2 * kNormBytes + 2 * (kResidualBytes + drop * kDropoutMaskBytes)) +
+      tokens * f / t * (m.glu ? 6 : 4);
   lt.elementwise_fwd_s = memory_time_s(gpu, e, ew_bytes);
 
   lt.forward_s = lt.gemm_fwd_s + lt.attention_fwd_s + lt.elementwise_fwd_s;
   // dgrad and wgrad: two GEMMs of the forward's size each.
   lt.backward_s = 2 * lt.gemm_fwd_s + attention_bwd + 2 * lt.elementwise_fwd_s;
   switch (l.recompute) {
-    case Recompute::kNone: lt.recompute_s = 0; break;
-    case Recompute::kSelective: lt.recompute_s = lt.attention_fwd_s; break;
-    case Recompute::kFull: lt.recompute_s = lt.forward_s; break;
+    case Recompute::kNone:
+      lt.recompute_s = 0;
+      break;
+    case Recompute::kSelective:
+      lt.recompute_s = lt.attention_fwd_s;
+      break;
+    case Recompute::kFull:
+      lt.recompute_s = lt.forward_s;
+      break;
   }
 
   // Two all-reduces forward, two backward, two more when the forward is
@@ -150,7 +158,8 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
                           reduce_scatter_time_s(dlink, l.dp, 2 * params);
     // Prefetching hides a gather behind the previous layer's compute; the
     // first layer's cannot be hidden.
-    const double exposed = std::min(per_mb, std::max(0.0, per_mb - layers * layer_compute) + per_mb / layers);
+    const double exposed =
+        std::min(per_mb, std::max(0.0, per_mb - layers * layer_compute) + per_mb / layers);
     zero3_exposed_mb = exposed + e.overlap_interference * (per_mb - exposed);
     st.dp.time_s = per_mb * mb;
     st.dp.bytes_per_gpu = (gathers + 1) * 2 * params * (l.dp - 1) / static_cast<double>(l.dp) * mb;
@@ -167,8 +176,8 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
   st.pp_comm_s = mb * p2p;
   st.tp.link = l.tp > 1 ? tp_link(c, e).name : "none";
   st.tp.time_s = st.tp_comm_s;
-  st.tp.bytes_per_gpu = mb * layers * (4 + (l.recompute == Recompute::kFull ? 2 : 0)) * 2 *
-                        (t - 1) / t * act_bytes;
+  st.tp.bytes_per_gpu =
+      mb * layers * (4 + (l.recompute == Recompute::kFull ? 2 : 0)) * 2 * (t - 1) / t * act_bytes;
 
   // Gradient reduction (ZeRO 0-2): reduce-scatter + all-gather, the volume of
   // one all-reduce, once per step. It can hide only behind the last
@@ -179,7 +188,8 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
     st.dp.bytes_per_gpu = l.dp > 1 ? 2 * (l.dp - 1) / static_cast<double>(l.dp) * 2 * params : 0;
     if (l.overlap_grad_reduce) {
       const double window = layers * (lt.backward_s + lt.recompute_s + lt.tp_comm_s);
-      const double exposed = std::min(st.dp.time_s, std::max(st.dp.time_s - window, st.dp.time_s / layers));
+      const double exposed =
+          std::min(st.dp.time_s, std::max(st.dp.time_s - window, st.dp.time_s / layers));
       dp_exposed = exposed + e.overlap_interference * (st.dp.time_s - exposed);
     } else {
       dp_exposed = st.dp.time_s;

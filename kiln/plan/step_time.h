@@ -22,37 +22,37 @@ namespace kiln::plan {
 
 // One transformer layer, one micro-batch, one GPU.
 struct LayerTime {
-  double gemm_fwd_s = 0;        // the four weight GEMMs
-  double attention_fwd_s = 0;   // attention core: score GEMMs + softmax, or FlashAttention
-  double elementwise_fwd_s = 0; // norms, activation, dropout, residual adds
+  double gemm_fwd_s = 0;         // the four weight GEMMs
+  double attention_fwd_s = 0;    // attention core: score GEMMs + softmax, or FlashAttention
+  double elementwise_fwd_s = 0;  // norms, activation, dropout, residual adds
   double forward_s = 0;
   double backward_s = 0;
   double recompute_s = 0;
   double tp_comm_s = 0;
-  double gemm_efficiency = 0;   // achieved fraction of peak of the weight GEMMs
+  double gemm_efficiency = 0;  // achieved fraction of peak of the weight GEMMs
   double total_s = 0;
 };
 
 LayerTime layer_time(const PlanConfig& config, const EfficiencyModel& e);
 
 struct CommVolume {
-  std::string link;             // link class it runs on
-  double bytes_per_gpu = 0;     // sent per GPU per step
-  double time_s = 0;            // total time of those collectives per step
+  std::string link;          // link class it runs on
+  double bytes_per_gpu = 0;  // sent per GPU per step
+  double time_s = 0;         // total time of those collectives per step
 };
 
 struct StepTime {
   LayerTime layer;
   double micro_batches = 0;
-  double stage_s = 0;           // one micro-batch, fwd+bwd, one device (all its chunks)
-  double last_stage_s = 0;      // the same on the stage that also computes the loss
+  double stage_s = 0;       // one micro-batch, fwd+bwd, one device (all its chunks)
+  double last_stage_s = 0;  // the same on the stage that also computes the loss
   // Critical-path components; they add up to step_s.
-  double compute_s = 0;         // kernels incl. recompute, m micro-batches
-  double recompute_s = 0;       // the recompute part of compute_s
+  double compute_s = 0;    // kernels incl. recompute, m micro-batches
+  double recompute_s = 0;  // the recompute part of compute_s
   double tp_comm_s = 0;
-  double pp_comm_s = 0;         // point-to-point sends on the critical path
+  double pp_comm_s = 0;  // point-to-point sends on the critical path
   double pp_bubble_s = 0;
-  double dp_exposed_s = 0;      // DP / ZeRO traffic not hidden behind compute
+  double dp_exposed_s = 0;  // DP / ZeRO traffic not hidden behind compute
   double optimizer_s = 0;
   double step_s = 0;
   // Communication per link class.

@@ -171,8 +171,9 @@ class RowReader {
   Status status_;
 };
 
-const char* const kRequiredColumns[] = {"name",   "gpu",   "gpus",  "layers", "hidden",       "heads",
-                                        "seq_len", "vocab", "global_batch", "tp", "pp", "dp"};
+const char* const kRequiredColumns[] = {"name",         "gpu",   "gpus",    "layers",
+                                        "hidden",       "heads", "seq_len", "vocab",
+                                        "global_batch", "tp",    "pp",      "dp"};
 
 }  // namespace
 
@@ -202,7 +203,8 @@ Result<PlanConfig> config_from_csv_row(const std::vector<std::string>& header,
   cl.gpu = *gpu;
   const std::int64_t gpus = r.get_int("gpus", true, 1);
   cl.gpus_per_node = r.get_int("gpus_per_node", false, 8);
-  cl.nvlink_bytes_per_s = r.get_double("nvlink_gbytes_per_s").value_or(cl.gpu.nvlink_bytes_per_s / 1e9) * 1e9;
+  cl.nvlink_bytes_per_s =
+      r.get_double("nvlink_gbytes_per_s").value_or(cl.gpu.nvlink_bytes_per_s / 1e9) * 1e9;
   cl.nic_bits_per_s = r.get_double("nic_gbits_per_s").value_or(cl.gpu.nic_bits_per_s / 1e9) * 1e9;
   cl.storage_write_bytes_per_s = 20e9;
   KILN_RETURN_IF_ERROR(r.status());
@@ -234,7 +236,8 @@ Result<PlanConfig> config_from_csv_row(const std::vector<std::string>& header,
   }
   l.zero = static_cast<int>(r.get_int("zero", false, 0, 0));
   if (l.zero > 3) r.fail("zero", "must be 0..3");
-  const std::string attn = r.get_string("attention", false, is_ampere(cl.gpu) ? "unfused" : "flash");
+  const std::string attn =
+      r.get_string("attention", false, is_ampere(cl.gpu) ? "unfused" : "flash");
   if (auto v = parse_attention(attn); v.is_ok()) {
     l.attention = *v;
   } else {
@@ -254,7 +257,8 @@ Result<ValidationReport> validate_table(const CsvTable& table, const std::string
                               "' (schema: shared/planner/README.md)");
     }
   }
-  const auto name_col = std::find(table.header.begin(), table.header.end(), "name") - table.header.begin();
+  const auto name_col =
+      std::find(table.header.begin(), table.header.end(), "name") - table.header.begin();
   ValidationReport report;
   report.source = source;
   std::vector<double> errors;
@@ -263,7 +267,8 @@ Result<ValidationReport> validate_table(const CsvTable& table, const std::string
     ValidationRow out;
     out.line = table.lines[i];
     out.name = static_cast<size_t>(name_col) < row.size() ? row[name_col] : "";
-    const std::string where = "csv " + source + ":" + std::to_string(out.line) + " (" + out.name + ")";
+    const std::string where =
+        "csv " + source + ":" + std::to_string(out.line) + " (" + out.name + ")";
     RowReader measured_reader(table.header, row, where);
     out.measured_s = measured_reader.get_double("measured_step_time_s");
     auto config = config_from_csv_row(table.header, row, where);

@@ -40,8 +40,8 @@ struct ValidationRow {
 struct ValidationReport {
   std::string source;
   std::vector<ValidationRow> rows;
-  int compared = 0;                         // rows with both a prediction and a measurement
-  std::optional<double> median_abs_error;   // over compared rows
+  int compared = 0;                        // rows with both a prediction and a measurement
+  std::optional<double> median_abs_error;  // over compared rows
   std::optional<double> max_abs_error;
 };
 

@@ -1,8 +1,8 @@
 #include "kiln/plan/validate.h"
 
-#include <cmath>
-
 #include <gtest/gtest.h>
+
+#include <cmath>
 
 namespace kiln::plan {
 namespace {
@@ -34,7 +34,8 @@ TEST(ValidateTest, BadRowsAreReportedNotFatal) {
       std::string(kHeader) +
       "good,a100-sxm-80g,32,8,24,2304,24,24,9216,0,2048,51200,512,1,1,1,32,1,0,full,0,3.528,,\n"
       "unknown gpu,v100,32,8,24,2304,24,24,9216,0,2048,51200,512,1,1,1,32,1,0,full,0,3.5,,\n"
-      "bad product,a100-sxm-80g,32,8,24,2304,24,24,9216,0,2048,51200,512,1,2,1,32,1,0,full,0,3.5,,\n"
+      "bad "
+      "product,a100-sxm-80g,32,8,24,2304,24,24,9216,0,2048,51200,512,1,2,1,32,1,0,full,0,3.5,,\n"
       "layers,a100-sxm-80g,32,8,25,2304,24,24,9216,0,2048,51200,512,1,1,2,16,1,0,full,0,3.5,,\n"
       "\"quoted, name\",a100-sxm-80g,32,8,24,2304,24,24,9216,0,2048,51200,512,1,1,1,32,1,0,full,0,,"
       "\"a, b\",src\n";
@@ -57,8 +58,9 @@ TEST(ValidateTest, BadRowsAreReportedNotFatal) {
 }
 
 TEST(ValidateTest, PredictOnlyFile) {
-  const std::string csv = std::string(kHeader) +
-                          "a,h100-sxm,64,8,32,4096,32,8,14336,1,4096,128256,256,1,4,2,8,1,1,selective,1,,,\n";
+  const std::string csv =
+      std::string(kHeader) +
+      "a,h100-sxm,64,8,32,4096,32,8,14336,1,4096,128256,256,1,4,2,8,1,1,selective,1,,,\n";
   auto r = validate_table(*parse_csv(csv, "p.csv"), "p.csv");
   ASSERT_TRUE(r.is_ok());
   EXPECT_EQ(r->compared, 0);
