@@ -70,7 +70,9 @@ Communicator::Communicator(std::shared_ptr<store::Store> store, int rank, int si
       options_(std::move(options)),
       ctx_(std::move(ctx)),
       cost_(CostModel::from_env()),
+      world_ranks_(size),
       engine_(std::make_unique<Engine>(options_.timeout)) {
+  std::iota(world_ranks_.begin(), world_ranks_.end(), 0);
   const auto& host_of = ctx_->host_of();
   topology_.world = size_;
   topology_.hosts = host_of.empty() ? 1 : *std::max_element(host_of.begin(), host_of.end()) + 1;
@@ -113,14 +115,12 @@ WorkPtr Communicator::enqueue(const char* name, std::string signature,
   std::lock_guard lock(issue_mu_);
   std::uint64_t seq = next_seq_++;
   std::string what = fmt::format("{} #{} ({}) on rank {}/{}", name, seq, signature, rank_, size_);
-  std::string fingerprint = fmt::format("{} #{} ({})", name, seq, signature);
+  std::string fingerprint = options_.check ? fmt::format("{} #{} ({})", name, seq, signature) : "";
   auto w = std::make_shared<Work>(
       seq, what,
       [this, what, fingerprint, body = std::move(body)](Deadline deadline) -> Status {
         if (ctx_->aborted()) return ctx_->abort_status().with_context(what);
-        algo::Env env{algo::Group{ctx_.get(), {}, rank_}, deadline, &what, &scratch_};
-        env.group.ranks.resize(size_);
-        std::iota(env.group.ranks.begin(), env.group.ranks.end(), 0);
+        algo::Env env{algo::Group{ctx_.get(), world_ranks_, rank_}, deadline, &what, &scratch_};
         if (options_.check) KILN_RETURN_IF_ERROR(check_fingerprints(env, fingerprint));
         Status s = body(env);
         if (!s.is_ok()) {

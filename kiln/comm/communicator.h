@@ -124,8 +124,9 @@ class Communicator {
   std::uint64_t next_seq_ = 0;  // guarded by issue_mu_
   std::mutex issue_mu_;
   int splits_ = 0;
-  algo::Scratch scratch_;
-  std::atomic<AllreduceAlgo> forced_algo_{AllreduceAlgo::kAuto};  // used only by the one executing operation
+  algo::Scratch scratch_;         // used only by the one executing operation
+  std::vector<int> world_ranks_;  // 0..size-1: the Group of world-wide operations
+  std::atomic<AllreduceAlgo> forced_algo_{AllreduceAlgo::kAuto};  // set_allreduce_algo()
   std::unique_ptr<Engine> engine_;
 };
 

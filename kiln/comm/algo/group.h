@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <string>
+#include <span>
 #include <vector>
 
 #include "kiln/base/deadline.h"
@@ -25,8 +26,8 @@ class Scratch {
 
 struct Group {
   transport::Context* ctx;
-  std::vector<int> ranks;  // global ranks, in group order
-  int me;                  // this rank's index in `ranks`
+  std::span<const int> ranks;  // global ranks, in group order (not owned)
+  int me;                      // this rank's index in `ranks`
 
   int size() const { return static_cast<int>(ranks.size()); }
   transport::Pair& pair(int index) const { return ctx->pair(ranks[index]); }

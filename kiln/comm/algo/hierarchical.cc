@@ -22,15 +22,18 @@ Status allreduce_hierarchical(const Env& env, const AllreduceArgs& a,
     if (host_of[i] == host_of[me]) local_members.push_back(i);
     leader_of_host.emplace(host_of[i], i);
   }
-  auto subgroup = [&](const std::vector<int>& members) {
+  // Global ranks of each subgroup; they outlive the Envs that point at them.
+  std::vector<int> local_ranks, leader_ranks;
+  auto subgroup = [&](const std::vector<int>& members, std::vector<int>& ranks) {
     Group g{env.group.ctx, {}, 0};
     for (int m : members) {
-      if (m == me) g.me = static_cast<int>(g.ranks.size());
-      g.ranks.push_back(env.group.ranks[m]);
+      if (m == me) g.me = static_cast<int>(ranks.size());
+      ranks.push_back(env.group.ranks[m]);
     }
+    g.ranks = ranks;
     return g;
   };
-  Env local_env{subgroup(local_members), env.deadline, env.what, env.scratch};
+  Env local_env{subgroup(local_members, local_ranks), env.deadline, env.what, env.scratch};
   const bool leader = local_members.front() == me;
   // Sum (not average) inside the host; averaging happens once, at the end.
   ReduceOp inner = a.op == ReduceOp::kAvg ? ReduceOp::kSum : a.op;
@@ -38,7 +41,7 @@ Status allreduce_hierarchical(const Env& env, const AllreduceArgs& a,
   if (leader && leader_of_host.size() > 1) {
     std::vector<int> leaders;
     for (auto& [host, member] : leader_of_host) leaders.push_back(member);
-    Env leaders_env{subgroup(leaders), env.deadline, env.what, env.scratch};
+    Env leaders_env{subgroup(leaders, leader_ranks), env.deadline, env.what, env.scratch};
     KILN_RETURN_IF_ERROR(inter(leaders_env, {a.recv, a.recv, a.count, a.dtype, inner}));
   }
   if (leader && a.op == ReduceOp::kAvg) finish_avg(a.dtype, a.recv, a.count, n);
