@@ -10,7 +10,7 @@ packages=(
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libtomlplusplus-dev
   libxxhash-dev libzstd-dev
   # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev iproute2 iperf3 procps
+  libgtest-dev libgmock-dev libbenchmark-dev iproute2 iperf3 procps jq
   openmpi-bin libopenmpi-dev
 )
 
