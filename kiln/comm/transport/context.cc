@@ -2,6 +2,9 @@
 
 #include <sched.h>
 
+#include <algorithm>
+#include <vector>
+
 #include <fmt/format.h>
 
 #include "kiln/base/logging.h"
@@ -100,15 +103,21 @@ Status Context::wait(std::span<Request* const> requests, Deadline deadline,
       continue;
     }
     if (now >= deadline.at()) {
-      std::string waiting_on;
+      std::vector<const Pair*> pending;
       for (Request* r : requests) {
-        if (!r->done()) {
-          if (!waiting_on.empty()) waiting_on += ", ";
-          waiting_on += r->pair->peer_name();
+        if (!r->done() && std::find(pending.begin(), pending.end(), r->pair) == pending.end()) {
+          pending.push_back(r->pair);
         }
       }
-      return fail_wait(requests,
-                       deadline_exceeded(fmt::format("{}: timed out waiting for {}", what, waiting_on)));
+      std::string waiting_on;
+      for (const Pair* p : pending) {
+        if (!waiting_on.empty()) waiting_on += ", ";
+        waiting_on += p->peer_name();
+      }
+      return fail_wait(requests, deadline_exceeded(fmt::format(
+                                     "{}: timed out waiting for {} (is it stalled, or is the link "
+                                     "to it down?)",
+                                     what, waiting_on)));
     }
     if (remote_abort_probe_) {
       int by = remote_abort_probe_();

@@ -187,6 +187,10 @@ Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int 
     is_tcp[r] = !same_host;
   }
   auto name_of = [&](int r) {
+    if (is_tcp[r]) {
+      return fmt::format("rank {} ({} at {}, pid {})", r, peers[r].hostname, peers[r].endpoint,
+                         peers[r].pid);
+    }
     return fmt::format("rank {} ({}, pid {})", r, peers[r].hostname, peers[r].pid);
   };
 
