@@ -65,7 +65,7 @@ double CostModel::recursive_doubling(std::size_t bytes, int n, const LinkCost& l
   if (n <= 1) return 0;
   int p = floor_pow2(n);
   double fold = p == n ? 0 : 2 * (l.alpha_s + bytes / l.beta_bps);
-  return fold + log2_ceil(p) * (l.alpha_s + bytes / l.beta_bps);
+  return fold + log2_ceil(p) * (l.alpha_s + bytes / l.beta_bps + bytes * gamma_s_per_byte);
 }
 
 double CostModel::halving_doubling(std::size_t bytes, int n, const LinkCost& l) const {

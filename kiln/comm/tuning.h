@@ -32,6 +32,10 @@ struct Topology {
 struct CostModel {
   LinkCost shm{1.5e-6, 6.0e9};
   LinkCost tcp{30e-6, 1.0e9};
+  // Seconds per byte of one extra pass over memory: what recursive doubling
+  // pays at every step to receive into scratch and fold it in afterwards
+  // (the others fold incoming data in place as it arrives).
+  double gamma_s_per_byte = 1.0 / 20e9;
 
   // Defaults, overridable by KILN_SHM_ALPHA_US / KILN_SHM_GBPS / KILN_TCP_ALPHA_US / KILN_TCP_GBPS.
   static CostModel from_env();

@@ -65,12 +65,26 @@ Engine::~Engine() {
   for (auto& w : left) w->finish(cancelled(w->what() + ": the communicator was destroyed"));
 }
 
+// Note [Deferred engine wake]: waking the engine thread costs a futex call
+// and, when ranks are bound to cores, two context switches on the caller's
+// own core — more than a whole small collective. So while callers keep
+// waiting on their operations before the engine could start them
+// (synchronous use: `allreduce(...)->wait()`), submit() does not wake the
+// engine; the caller runs the operation itself in wait(), and the engine
+// only looks at the queue every kPollPeriod. An operation the engine finds
+// there was not waited on promptly: the caller is overlapping work, so
+// submit() goes back to waking the engine at once. The cost of guessing
+// wrong is one operation started kPollPeriod late.
+constexpr auto kPollPeriod = std::chrono::microseconds(500);
+constexpr int kInlineStreakForDeferral = 4;
+constexpr int kIdlePollsBeforeDeepSleep = 40;
+
 void Engine::submit(const WorkPtr& w) {
   bool wake;
   {
     std::lock_guard lock(mu_);
     queue_.push_back(w);
-    wake = sleeping_ && !running_;
+    wake = sleeping_ && !running_ && !callers_run_inline_;
   }
   if (wake) cv_.notify_one();
 }
@@ -79,6 +93,7 @@ bool Engine::help(const Work* target) {
   std::unique_lock lock(mu_);
   if (running_) return false;
   bool ran = false;
+  if (!queue_.empty() && ++inline_streak_ >= kInlineStreakForDeferral) callers_run_inline_ = true;
   while (!target->test() && !queue_.empty()) {
     WorkPtr w = std::move(queue_.front());
     queue_.pop_front();
@@ -95,12 +110,27 @@ bool Engine::help(const Work* target) {
 
 void Engine::loop() {
   std::unique_lock lock(mu_);
+  int idle_polls = 0;
   while (!stop_) {
     if (queue_.empty() || running_) {
       sleeping_ = true;
-      cv_.wait(lock);
+      if (callers_run_inline_ && idle_polls < kIdlePollsBeforeDeepSleep) {
+        cv_.wait_for(lock, kPollPeriod);
+        ++idle_polls;
+      } else {
+        // Idle for a while: sleep until woken, and wake at once next time.
+        callers_run_inline_ = false;
+        inline_streak_ = 0;
+        cv_.wait(lock);
+      }
       sleeping_ = false;
       continue;
+    }
+    idle_polls = 0;
+    if (callers_run_inline_) {
+      // Nobody waited for this one: the caller is overlapping work.
+      callers_run_inline_ = false;
+      inline_streak_ = 0;
     }
     WorkPtr w = std::move(queue_.front());
     queue_.pop_front();

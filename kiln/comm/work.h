@@ -79,6 +79,9 @@ class Engine {
   bool running_ = false;       // guarded by mu_: some thread executes work
   bool stop_ = false;          // guarded by mu_
   bool sleeping_ = false;      // guarded by mu_
+  // Note [Deferred engine wake]: guarded by mu_.
+  bool callers_run_inline_ = false;
+  int inline_streak_ = 0;
   Clock::duration op_timeout_;
   std::thread thread_;
 };

@@ -95,9 +95,14 @@ Status allreduce_halving_doubling(const Env& env, const AllreduceArgs& a) {
     return Status::ok();
   }
   Fold f(n, env.group.me);
-  KILN_RETURN_IF_ERROR(fold_in(env, a, f, bytes));
+  // Out of place without a copy: the first halving step reads this rank's
+  // input where it is (send, or recv for a rank that folded a neighbour in)
+  // and folds into recv; later steps work in recv.
+  const bool folded = env.group.me < 2 * f.rem;
+  if (folded) KILN_RETURN_IF_ERROR(fold_in(env, a, f, bytes));
   if (f.vr >= 0) {
     auto* buf = static_cast<char*>(a.recv);
+    const char* first_src = folded ? buf : static_cast<const char*>(a.send);
     Reducer reducer{a.dtype, a.op};
     struct Window {
       std::size_t lo, hi;  // element range
@@ -111,9 +116,10 @@ Status allreduce_halving_doubling(const Env& env, const AllreduceArgs& a) {
       bool lower = (f.vr & mask) == 0;
       Window keep = lower ? Window{w.lo, mid} : Window{mid, w.hi};
       Window give = lower ? Window{mid, w.hi} : Window{w.lo, mid};
+      const char* src = before.empty() ? first_src : buf;
       transport::Request sr, rr;
-      peer.post_send(buf + give.lo * es, (give.hi - give.lo) * es, &sr);
-      peer.post_recv_reduce(buf + keep.lo * es, buf + keep.lo * es, (keep.hi - keep.lo) * es,
+      peer.post_send(src + give.lo * es, (give.hi - give.lo) * es, &sr);
+      peer.post_recv_reduce(buf + keep.lo * es, src + keep.lo * es, (keep.hi - keep.lo) * es,
                             reducer, &rr);
       KILN_RETURN_IF_ERROR(env.wait({&sr, &rr}));
       before.push_back(w);
