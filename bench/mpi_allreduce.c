@@ -127,6 +127,11 @@ int main(int argc, char** argv) {
            "\"algo\":\"mpi\",\"library\":\"%s\",\"results\":[",
            n, lib);
   }
+  /* As nccl-tests (and `kiln bench comm`): warm up at the largest size
+     first, so the library's own buffers are touched before any timing. */
+  for (int i = 0; i < warmup; ++i) {
+    MPI_Allreduce(in, out, (int)max_count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
+  }
   int first = 1, failed = 0;
   for (double bytes_d = (double)min_b; bytes_d <= (double)max_b * 1.0001; bytes_d *= factor) {
     size_t bytes = (size_t)bytes_d;

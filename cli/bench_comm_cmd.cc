@@ -148,6 +148,12 @@ Status bench_comm(const BenchArgs& a) {
   std::vector<char> out((total_sized ? block_max * n : block_max) * es + 64, 1);
   Runner runner{c, a, t, rop, in, out};
 
+  // As nccl-tests: warm up at the largest size first, so every buffer
+  // (ours and the library's) is touched and settled before any timing.
+  {
+    std::size_t largest = total_sized ? block_max : max_count;
+    for (int i = 0; i < a.warmup; ++i) KILN_RETURN_IF_ERROR(runner.issue(largest)->wait());
+  }
   nlohmann::json results = nlohmann::json::array();
   if (c.rank() == 0 && !a.json) {
     std::printf("# kiln bench comm: %s %s, %d ranks (%s)\n", a.op.c_str(), comm::dtype_name(t).data(), n,

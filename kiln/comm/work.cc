@@ -66,17 +66,19 @@ Engine::~Engine() {
 }
 
 // Note [Deferred engine wake]: waking the engine thread costs a futex call
-// and, when ranks are bound to cores, two context switches on the caller's
-// own core — more than a whole small collective. So while callers keep
-// waiting on their operations before the engine could start them
-// (synchronous use: `allreduce(...)->wait()`), submit() does not wake the
-// engine; the caller runs the operation itself in wait(), and the engine
-// only looks at the queue every kPollPeriod. An operation the engine finds
-// there was not waited on promptly: the caller is overlapping work, so
-// submit() goes back to waking the engine at once. The cost of guessing
-// wrong is one operation started kPollPeriod late.
+// and, when ranks are bound to cores, a preemption of the caller by the
+// engine on its own core — more than a whole small collective. So while
+// callers wait on their operations promptly (synchronous use:
+// `allreduce(...)->wait()`), submit() does not wake the engine: the caller
+// runs the operation itself in wait(), and the engine merely polls the queue
+// every kPollPeriod, leaving fresh operations to their callers. An operation
+// older than half a period was not waited on: the caller overlaps work with
+// it, so the engine runs it and submit() goes back to waking the engine at
+// once, until kPromptWaitsToDefer prompt waits in a row switch back. Guessing
+// wrong costs one operation started up to kPollPeriod late. An engine idle
+// for kIdlePollsBeforeDeepSleep polls stops polling; the next submit wakes it.
 constexpr auto kPollPeriod = std::chrono::microseconds(500);
-constexpr int kInlineStreakForDeferral = 4;
+constexpr int kPromptWaitsToDefer = 4;
 constexpr int kIdlePollsBeforeDeepSleep = 40;
 
 void Engine::submit(const WorkPtr& w) {
@@ -84,16 +86,18 @@ void Engine::submit(const WorkPtr& w) {
   {
     std::lock_guard lock(mu_);
     queue_.push_back(w);
-    wake = sleeping_ && !running_ && !callers_run_inline_;
+    wake = sleep_ == Sleep::kDeep || (sleep_ == Sleep::kPolling && !defer_wake_ && !running_);
   }
   if (wake) cv_.notify_one();
 }
 
 bool Engine::help(const Work* target) {
   std::unique_lock lock(mu_);
+  // A caller waiting on work that is not done yet is synchronous use,
+  // whoever ends up running it.
+  if (++prompt_waits_ >= kPromptWaitsToDefer) defer_wake_ = true;
   if (running_) return false;
   bool ran = false;
-  if (!queue_.empty() && ++inline_streak_ >= kInlineStreakForDeferral) callers_run_inline_ = true;
   while (!target->test() && !queue_.empty()) {
     WorkPtr w = std::move(queue_.front());
     queue_.pop_front();
@@ -113,24 +117,35 @@ void Engine::loop() {
   int idle_polls = 0;
   while (!stop_) {
     if (queue_.empty() || running_) {
-      sleeping_ = true;
-      if (callers_run_inline_ && idle_polls < kIdlePollsBeforeDeepSleep) {
-        cv_.wait_for(lock, kPollPeriod);
-        ++idle_polls;
-      } else {
-        // Idle for a while: sleep until woken, and wake at once next time.
-        callers_run_inline_ = false;
-        inline_streak_ = 0;
+      if (idle_polls >= kIdlePollsBeforeDeepSleep) {
+        sleep_ = Sleep::kDeep;
         cv_.wait(lock);
+        idle_polls = 0;
+      } else {
+        sleep_ = Sleep::kPolling;
+        // Only a poll that finds nothing at all counts as idle; a caller
+        // running a long operation inline is not idleness.
+        if (!running_) ++idle_polls;
+        if (defer_wake_) {
+          cv_.wait_for(lock, kPollPeriod);
+        } else {
+          cv_.wait(lock);
+        }
       }
-      sleeping_ = false;
+      sleep_ = Sleep::kAwake;
       continue;
     }
     idle_polls = 0;
-    if (callers_run_inline_) {
-      // Nobody waited for this one: the caller is overlapping work.
-      callers_run_inline_ = false;
-      inline_streak_ = 0;
+    if (defer_wake_) {
+      auto age = Clock::now() - queue_.front()->submitted_at_;
+      if (age < kPollPeriod / 2) {  // its caller is probably about to wait on it
+        sleep_ = Sleep::kPolling;
+        cv_.wait_for(lock, kPollPeriod / 2 - age);
+        sleep_ = Sleep::kAwake;
+        continue;
+      }
+      defer_wake_ = false;  // nobody waited: the caller overlaps work
+      prompt_waits_ = 0;
     }
     WorkPtr w = std::move(queue_.front());
     queue_.pop_front();

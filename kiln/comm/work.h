@@ -46,6 +46,7 @@ class Work {
   void finish(Status s);
 
   const std::uint64_t seq_;
+  Clock::time_point submitted_at_ = Clock::now();
   const std::string what_;
   std::function<Status(Deadline)> body_;
   Engine* engine_;
@@ -78,10 +79,11 @@ class Engine {
   std::deque<WorkPtr> queue_;  // guarded by mu_
   bool running_ = false;       // guarded by mu_: some thread executes work
   bool stop_ = false;          // guarded by mu_
-  bool sleeping_ = false;      // guarded by mu_
-  // Note [Deferred engine wake]: guarded by mu_.
-  bool callers_run_inline_ = false;
-  int inline_streak_ = 0;
+  // Note [Deferred engine wake]; all guarded by mu_.
+  enum class Sleep { kAwake, kPolling, kDeep };
+  Sleep sleep_ = Sleep::kAwake;
+  bool defer_wake_ = true;  // callers wait on their ops promptly: don't wake the engine
+  int prompt_waits_ = 0;    // since the engine last found an op nobody waited for
   Clock::duration op_timeout_;
   std::thread thread_;
 };
