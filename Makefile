@@ -31,7 +31,7 @@ test-fast: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j 2 -L unit
 
 test-asan: $(SAN_DIR)/build.ninja
-	cmake --build $(SAN_DIR) -j $(JOBS) --target kiln_comm_test kiln_store_test kiln
+	cmake --build $(SAN_DIR) -j $(JOBS) --target kiln_comm_test kiln_comm_faults_test kiln_store_test
 	cd $(SAN_DIR) && ctest --output-on-failure -j 2 --timeout 300 -L sanitize
 
 $(SAN_DIR)/build.ninja:

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <ctime>
 #include <random>
 #include <thread>
 #include <vector>
@@ -160,6 +161,29 @@ TEST(Faults, AbortFromAnotherThreadFailsPendingWork) {
     if (later.message().find("test aborts") == std::string::npos) return internal_error("later op: " + later.to_string());
     return Status::ok();
   }, fault_options(transport::TransportMode::kAuto));
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+TEST(Faults, WaitingRankSleepsInsteadOfSpinning) {
+  // Rank 1 joins the allreduce a second late; rank 0 must wait without
+  // burning its core (spin briefly, yield, then sleep on its doorbell).
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    std::vector<float> buf(1024, 1.0f);
+    if (c.rank() == 1) std::this_thread::sleep_for(std::chrono::seconds(1));  // the late peer
+    auto cpu_before = std::clock();
+    auto wall_before = Clock::now();
+    KILN_RETURN_IF_ERROR(c.allreduce(buf.data(), buf.size(), DataType::kFloat32, ReduceOp::kSum)->wait());
+    double cpu = static_cast<double>(std::clock() - cpu_before) / CLOCKS_PER_SEC;
+    double wall = std::chrono::duration<double>(Clock::now() - wall_before).count();
+    if (c.rank() == 0) {
+      if (wall < 0.5) return internal_error(fmt::format("rank 0 did not wait ({:.3f} s)", wall));
+      // clock() counts every thread of the process: the engine's polls too.
+      if (cpu > 0.2 * wall) {
+        return internal_error(fmt::format("rank 0 used {:.3f} s of CPU while waiting {:.3f} s", cpu, wall));
+      }
+    }
+    return Status::ok();
+  }, fault_options(transport::TransportMode::kShm));
   EXPECT_TRUE(result.ok()) << result.report;
 }
 
