@@ -16,8 +16,8 @@
 
 #include "cli/command.h"
 #include "kiln/base/units.h"
+#include "kiln/comm/element_io.h"
 #include "kiln/comm/process_group.h"
-#include "kiln/comm/reduce.h"
 
 namespace kiln::cli {
 namespace {
@@ -46,30 +46,7 @@ double bus_factor(const std::string& op, int n) {
 }
 
 void fill(DataType t, void* buf, std::size_t count, double v) {
-  for (std::size_t i = 0; i < count; ++i) {
-    switch (t) {
-      case DataType::kFloat32: static_cast<float*>(buf)[i] = static_cast<float>(v); break;
-      case DataType::kFloat64: static_cast<double*>(buf)[i] = v; break;
-      case DataType::kFloat16: static_cast<std::uint16_t*>(buf)[i] = comm::float_to_half(static_cast<float>(v)); break;
-      case DataType::kBFloat16: static_cast<std::uint16_t*>(buf)[i] = comm::float_to_bf16(static_cast<float>(v)); break;
-      case DataType::kInt32: static_cast<std::int32_t*>(buf)[i] = static_cast<std::int32_t>(v); break;
-      case DataType::kInt64: static_cast<std::int64_t*>(buf)[i] = static_cast<std::int64_t>(v); break;
-      case DataType::kUInt8: static_cast<std::uint8_t*>(buf)[i] = static_cast<std::uint8_t>(v); break;
-    }
-  }
-}
-
-double value_at(DataType t, const void* buf, std::size_t i) {
-  switch (t) {
-    case DataType::kFloat32: return static_cast<const float*>(buf)[i];
-    case DataType::kFloat64: return static_cast<const double*>(buf)[i];
-    case DataType::kFloat16: return comm::half_to_float(static_cast<const std::uint16_t*>(buf)[i]);
-    case DataType::kBFloat16: return comm::bf16_to_float(static_cast<const std::uint16_t*>(buf)[i]);
-    case DataType::kInt32: return static_cast<const std::int32_t*>(buf)[i];
-    case DataType::kInt64: return static_cast<double>(static_cast<const std::int64_t*>(buf)[i]);
-    case DataType::kUInt8: return static_cast<const std::uint8_t*>(buf)[i];
-  }
-  return 0;
+  for (std::size_t i = 0; i < count; ++i) comm::store_element(t, buf, i, v);
 }
 
 // One sweep point: the op on `count` elements per rank (block size for
@@ -112,7 +89,7 @@ struct Runner {
       } else {
         want = (r - 1 + n) % n + 1;
       }
-      double got = value_at(t, out.data(), i);
+      double got = comm::load_element(t, out.data(), i);
       if (std::abs(got - want) > 1e-2 * std::max(1.0, std::abs(want))) {
         return internal_error(fmt::format("{} check failed at element {}: {} instead of {}", a.op, i, got, want));
       }

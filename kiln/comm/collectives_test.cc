@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include "kiln/comm/communicator.h"
+#include "kiln/comm/element_io.h"
 #include "kiln/comm/reduce.h"
 #include "kiln/comm/testing/multiprocess.h"
 
@@ -27,31 +28,6 @@ double input_value(int rank, std::size_t i, ReduceOp op, DataType t) {
   if (op == ReduceOp::kProd) return 1 + static_cast<double>((rank + i) % 2);
   double v = static_cast<double>((rank * 7 + i * 3) % 11);
   return t == DataType::kUInt8 ? v : v - 5;
-}
-
-void store_value(DataType t, void* buf, std::size_t i, double v) {
-  switch (t) {
-    case DataType::kFloat32: static_cast<float*>(buf)[i] = static_cast<float>(v); break;
-    case DataType::kFloat64: static_cast<double*>(buf)[i] = v; break;
-    case DataType::kFloat16: static_cast<std::uint16_t*>(buf)[i] = float_to_half(static_cast<float>(v)); break;
-    case DataType::kBFloat16: static_cast<std::uint16_t*>(buf)[i] = float_to_bf16(static_cast<float>(v)); break;
-    case DataType::kInt32: static_cast<std::int32_t*>(buf)[i] = static_cast<std::int32_t>(v); break;
-    case DataType::kInt64: static_cast<std::int64_t*>(buf)[i] = static_cast<std::int64_t>(v); break;
-    case DataType::kUInt8: static_cast<std::uint8_t*>(buf)[i] = static_cast<std::uint8_t>(static_cast<int>(v)); break;
-  }
-}
-
-double load_value(DataType t, const void* buf, std::size_t i) {
-  switch (t) {
-    case DataType::kFloat32: return static_cast<const float*>(buf)[i];
-    case DataType::kFloat64: return static_cast<const double*>(buf)[i];
-    case DataType::kFloat16: return half_to_float(static_cast<const std::uint16_t*>(buf)[i]);
-    case DataType::kBFloat16: return bf16_to_float(static_cast<const std::uint16_t*>(buf)[i]);
-    case DataType::kInt32: return static_cast<const std::int32_t*>(buf)[i];
-    case DataType::kInt64: return static_cast<double>(static_cast<const std::int64_t*>(buf)[i]);
-    case DataType::kUInt8: return static_cast<const std::uint8_t*>(buf)[i];
-  }
-  return 0;
 }
 
 bool is_int(DataType t) {
@@ -96,14 +72,14 @@ Status check_allreduce(Communicator& c, DataType t, ReduceOp op, std::size_t cou
                        AllreduceAlgo algo) {
   std::size_t es = dtype_size(t);
   Bufs b{std::vector<char>(count * es + 1), std::vector<char>(count * es + 1)};
-  for (std::size_t i = 0; i < count; ++i) store_value(t, b.in.data(), i, input_value(c.rank(), i, op, t));
+  for (std::size_t i = 0; i < count; ++i) store_element(t, b.in.data(), i, input_value(c.rank(), i, op, t));
   c.set_allreduce_algo(algo);
   void* out = in_place ? b.in.data() : b.out.data();
   KILN_RETURN_IF_ERROR(c.allreduce(b.in.data(), out, count, t, op)->wait());
   std::string what = fmt::format("allreduce {} {} count {} {} {}", allreduce_algo_name(algo),
                                  dtype_name(t), count, reduce_op_name(op), in_place ? "in-place" : "out-of-place");
   for (std::size_t i = 0; i < count; ++i) {
-    double want = expected_reduce(c.size(), i, op, t), got = load_value(t, out, i);
+    double want = expected_reduce(c.size(), i, op, t), got = load_element(t, out, i);
     if (!close_enough(t, got, want)) return mismatch(what, i, got, want);
   }
   return Status::ok();
@@ -114,19 +90,19 @@ Status check_reduce_and_broadcast(Communicator& c, DataType t, std::size_t count
   int root = c.size() - 1;
   ReduceOp op = ReduceOp::kSum;
   std::vector<char> in(count * es + 1), out(count * es + 1);
-  for (std::size_t i = 0; i < count; ++i) store_value(t, in.data(), i, input_value(c.rank(), i, op, t));
+  for (std::size_t i = 0; i < count; ++i) store_element(t, in.data(), i, input_value(c.rank(), i, op, t));
   KILN_RETURN_IF_ERROR(c.reduce(in.data(), out.data(), count, t, op, root)->wait());
   if (c.rank() == root) {
     for (std::size_t i = 0; i < count; ++i) {
-      double want = expected_reduce(c.size(), i, op, t), got = load_value(t, out.data(), i);
+      double want = expected_reduce(c.size(), i, op, t), got = load_element(t, out.data(), i);
       if (!close_enough(t, got, want)) return mismatch(fmt::format("reduce {} count {}", dtype_name(t), count), i, got, want);
     }
   }
   // Broadcast from root 0: everyone ends with root 0's input.
-  for (std::size_t i = 0; i < count; ++i) store_value(t, out.data(), i, input_value(c.rank(), i, op, t));
+  for (std::size_t i = 0; i < count; ++i) store_element(t, out.data(), i, input_value(c.rank(), i, op, t));
   KILN_RETURN_IF_ERROR(c.broadcast(out.data(), count, t, 0)->wait());
   for (std::size_t i = 0; i < count; ++i) {
-    double want = input_value(0, i, op, t), got = load_value(t, out.data(), i);
+    double want = input_value(0, i, op, t), got = load_element(t, out.data(), i);
     if (got != want) return mismatch(fmt::format("broadcast {} count {}", dtype_name(t), count), i, got, want);
   }
   return Status::ok();
@@ -140,12 +116,12 @@ Status check_allgather(Communicator& c, DataType t, std::size_t count) {
   std::size_t total = 0;
   for (int r = 0; r < n; ++r) total += counts[r] = count + r;
   std::vector<char> in(counts[c.rank()] * es + 1), out(total * es + 1);
-  for (std::size_t i = 0; i < counts[c.rank()]; ++i) store_value(t, in.data(), i, input_value(c.rank(), i, ReduceOp::kSum, t));
+  for (std::size_t i = 0; i < counts[c.rank()]; ++i) store_element(t, in.data(), i, input_value(c.rank(), i, ReduceOp::kSum, t));
   KILN_RETURN_IF_ERROR(c.allgatherv(in.data(), out.data(), counts, t)->wait());
   std::size_t off = 0;
   for (int r = 0; r < n; ++r) {
     for (std::size_t i = 0; i < counts[r]; ++i) {
-      double want = input_value(r, i, ReduceOp::kSum, t), got = load_value(t, out.data(), off + i);
+      double want = input_value(r, i, ReduceOp::kSum, t), got = load_element(t, out.data(), off + i);
       if (got != want) return mismatch(fmt::format("allgatherv {} block of rank {}", dtype_name(t), r), i, got, want);
     }
     off += counts[r];
@@ -155,7 +131,7 @@ Status check_allgather(Communicator& c, DataType t, std::size_t count) {
   KILN_RETURN_IF_ERROR(c.allgather(in.data(), out2.data(), count, t)->wait());
   for (int r = 0; r < n; ++r) {
     for (std::size_t i = 0; i < count; ++i) {
-      double want = input_value(r, i, ReduceOp::kSum, t), got = load_value(t, out2.data(), r * count + i);
+      double want = input_value(r, i, ReduceOp::kSum, t), got = load_element(t, out2.data(), r * count + i);
       if (got != want) return mismatch(fmt::format("allgather {} block of rank {}", dtype_name(t), r), i, got, want);
     }
   }
@@ -166,11 +142,11 @@ Status check_reduce_scatter(Communicator& c, DataType t, ReduceOp op, std::size_
   std::size_t es = dtype_size(t);
   int n = c.size();
   std::vector<char> in(count * n * es + 1), out(count * es + 1);
-  for (std::size_t i = 0; i < count * n; ++i) store_value(t, in.data(), i, input_value(c.rank(), i, op, t));
+  for (std::size_t i = 0; i < count * n; ++i) store_element(t, in.data(), i, input_value(c.rank(), i, op, t));
   KILN_RETURN_IF_ERROR(c.reduce_scatter(in.data(), out.data(), count, t, op)->wait());
   for (std::size_t i = 0; i < count; ++i) {
     std::size_t global = c.rank() * count + i;
-    double want = expected_reduce(n, global, op, t), got = load_value(t, out.data(), i);
+    double want = expected_reduce(n, global, op, t), got = load_element(t, out.data(), i);
     if (!close_enough(t, got, want)) return mismatch(fmt::format("reduce_scatter {} {} count {}", dtype_name(t), reduce_op_name(op), count), i, got, want);
   }
   return Status::ok();
@@ -182,11 +158,11 @@ Status check_alltoall(Communicator& c, DataType t, std::size_t count) {
   std::vector<char> in(count * n * es + 1), out(count * n * es + 1);
   // Block j of rank r carries value pattern (r, j).
   for (int j = 0; j < n; ++j)
-    for (std::size_t i = 0; i < count; ++i) store_value(t, in.data(), j * count + i, (c.rank() * 3 + j + i) % 7);
+    for (std::size_t i = 0; i < count; ++i) store_element(t, in.data(), j * count + i, (c.rank() * 3 + j + i) % 7);
   KILN_RETURN_IF_ERROR(c.alltoall(in.data(), out.data(), count, t)->wait());
   for (int r = 0; r < n; ++r)
     for (std::size_t i = 0; i < count; ++i) {
-      double want = (r * 3 + c.rank() + i) % 7, got = load_value(t, out.data(), r * count + i);
+      double want = (r * 3 + c.rank() + i) % 7, got = load_element(t, out.data(), r * count + i);
       if (got != want) return mismatch(fmt::format("alltoall {} from rank {}", dtype_name(t), r), i, got, want);
     }
   return Status::ok();

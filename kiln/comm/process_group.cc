@@ -13,6 +13,8 @@
 namespace kiln::comm {
 namespace {
 
+const Knob<std::string> kGroupTag{"KILN_GROUP_TAG", "world",
+                                  "names this group's keys in the store (launchers set one per run)"};
 const Knob<bool> kAgentStore{"KILN_AGENT_STORE", false,
                              "1 when the launcher serves the store (rank 0 does not)"};
 
@@ -79,10 +81,7 @@ Result<std::unique_ptr<ProcessGroup>> ProcessGroup::create(const WorldSpec& spec
   }
   pg->store_ = std::shared_ptr<store::Store>(std::move(*store));
   if (options.connect.route_hint.empty()) options.connect.route_hint = spec.master_addr;
-  if (options.connect.tag.empty()) {
-    const char* tag = std::getenv("KILN_GROUP_TAG");
-    options.connect.tag = tag != nullptr && *tag ? tag : "world";
-  }
+  if (options.connect.tag.empty()) options.connect.tag = kGroupTag.get();
   KILN_ASSIGN_OR_RETURN(pg->comm_, Communicator::create(pg->store_, spec.rank, spec.world_size, options));
   return pg;
 }
