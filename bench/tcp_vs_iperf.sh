@@ -83,13 +83,9 @@ trap 'exit 130' INT TERM
 if ! err=$(ip netns add "$NS_A" 2>&1); then
   die "cannot create network namespaces (needs root): $err"
 fi
-ip netns add "$NS_B"
-ip link add "$VETH_A" netns "$NS_A" type veth peer name "$VETH_B" netns "$NS_B"
-ip -n "$NS_A" addr add "$ADDR_A/24" dev "$VETH_A"
-ip -n "$NS_B" addr add "$ADDR_B/24" dev "$VETH_B"
-for ns in "$NS_A" "$NS_B"; do ip -n "$ns" link set lo up; done
-ip -n "$NS_A" link set "$VETH_A" up
-ip -n "$NS_B" link set "$VETH_B" up
+# shellcheck source=../scripts/lib/netns.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib/netns.sh"
+join_namespaces "$NS_A" "$NS_B" "$VETH_A" "$VETH_B" "$ADDR_A" "$ADDR_B"
 if [ -n "$RATE" ]; then
   # Egress of both ends: shapes A->B and B->A alike.
   ip netns exec "$NS_A" tc qdisc add dev "$VETH_A" root tbf rate "$RATE" burst "$BURST" latency "$LATENCY" \
