@@ -35,7 +35,7 @@ test-asan: $(SAN_DIR)/build.ninja
 	cd $(SAN_DIR) && ctest --output-on-failure -j 2 --timeout 300 -L sanitize
 
 $(SAN_DIR)/build.ninja:
-	cmake -S . -B $(SAN_DIR) -G Ninja -DKILN_SANITIZE="address;undefined" -DCMAKE_BUILD_TYPE=Debug $(CMAKE_FLAGS)
+	cmake -S . -B $(SAN_DIR) -G Ninja -DKILN_SANITIZE="address;undefined" -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
 
 clean:
 	rm -rf $(BUILD_DIR) $(SAN_DIR)
