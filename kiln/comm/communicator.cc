@@ -87,6 +87,7 @@ Communicator::Communicator(std::shared_ptr<store::Store> store, int rank, int si
 
 Communicator::~Communicator() {
   // Work still queued or running would otherwise wait out its timeout.
+  if (engine_->busy()) ctx_->abort(cancelled(fmt::format("communicator {} destroyed with operations pending", options_.connect.tag)));
   engine_.reset();
   ctx_.reset();
 }

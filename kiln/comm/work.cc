@@ -81,6 +81,11 @@ constexpr auto kPollPeriod = std::chrono::microseconds(500);
 constexpr int kPromptWaitsToDefer = 4;
 constexpr int kIdlePollsBeforeDeepSleep = 40;
 
+bool Engine::busy() {
+  std::lock_guard lock(mu_);
+  return running_ || !queue_.empty();
+}
+
 void Engine::submit(const WorkPtr& w) {
   bool wake;
   {

@@ -70,6 +70,8 @@ class Engine {
   // other thread is running work. Returns whether it ran anything.
   bool help(const Work* target);
   void set_op_timeout(Clock::duration t) { op_timeout_ = t; }
+  // Whether work is queued or running right now.
+  bool busy();
 
  private:
   void loop();

@@ -187,5 +187,27 @@ TEST(Faults, WaitingRankSleepsInsteadOfSpinning) {
   EXPECT_TRUE(result.ok()) << result.report;
 }
 
+TEST(Faults, DestroyingACommunicatorWithPendingWorkDoesNotWaitOutTheTimeout) {
+  auto o = fault_options(transport::TransportMode::kAuto);
+  o.comm.timeout = std::chrono::seconds(60);
+  auto result = testing::run_ranks(2, [](Communicator& world) -> Status {
+    // A communicator this test owns (the child inherits the 60 s timeout).
+    KILN_ASSIGN_OR_RETURN(auto c, world.split(0, world.rank()));
+    std::int32_t x = 0;
+    auto work = c->recv(&x, 1, DataType::kInt32, 1 - c->rank());  // never satisfied
+    if (c->rank() == 1) {
+      // Learns of rank 0's shutdown through the abort, not the timeout.
+      Status s = work->wait(std::chrono::milliseconds(10000));
+      return s.is_ok() || s.code() == Code::kDeadlineExceeded ? internal_error("no abort seen: " + s.to_string()) : Status::ok();
+    }
+    auto start = Clock::now();
+    c.reset();  // what unwinding a failed training step does
+    double took = std::chrono::duration<double>(Clock::now() - start).count();
+    if (!work->test() || work->status().is_ok()) return internal_error("pending work neither failed nor finished");
+    return took < 5.0 ? Status::ok() : internal_error(fmt::format("destructor took {:.1f} s", took));
+  }, o);
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
 }  // namespace
 }  // namespace kiln::comm
