@@ -1,0 +1,18 @@
+// Which gradients share an allreduce bucket (c10d's compute_bucket_assignment_by_size).
+// Pure arithmetic: no tensors, so it is tested and reused without LibTorch.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+namespace kiln::ddp {
+
+// Groups parameters, given in the order their gradients are expected to be
+// ready (reverse registration order), into consecutive buckets: the first
+// holds up to `first_cap` bytes (small, so communication starts early in
+// backward), the others up to `cap`. A parameter larger than the cap gets a
+// bucket of its own. Returns parameter indices per bucket.
+std::vector<std::vector<std::size_t>> plan_buckets(const std::vector<std::size_t>& bytes_in_ready_order,
+                                                   std::size_t first_cap, std::size_t cap);
+
+}  // namespace kiln::ddp

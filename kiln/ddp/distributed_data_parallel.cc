@@ -1,0 +1,223 @@
+#include "kiln/ddp/distributed_data_parallel.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+
+#include "kiln/base/logging.h"
+#include "kiln/ddp/bucket_plan.h"
+
+namespace kiln::ddp {
+namespace {
+
+Result<comm::DataType> comm_dtype(torch::ScalarType t) {
+  switch (t) {
+    case torch::kFloat: return comm::DataType::kFloat32;
+    case torch::kDouble: return comm::DataType::kFloat64;
+    case torch::kHalf: return comm::DataType::kFloat16;
+    case torch::kBFloat16: return comm::DataType::kBFloat16;
+    case torch::kInt: return comm::DataType::kInt32;
+    case torch::kLong: return comm::DataType::kInt64;
+    case torch::kByte:
+    case torch::kBool: return comm::DataType::kUInt8;
+    default:
+      return invalid_argument(fmt::format("DDP: tensors of type {} cannot be communicated",
+                                          c10::toString(t)));
+  }
+}
+
+std::uint64_t fnv1a(const std::string& s) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+}  // namespace
+
+DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Module> module,
+                                                 comm::Communicator& comm, DdpOptions options)
+    : module_(std::move(module)), comm_(comm), options_(options) {}
+
+Result<std::unique_ptr<DistributedDataParallel>> DistributedDataParallel::create(
+    std::shared_ptr<torch::nn::Module> module, comm::Communicator& comm, DdpOptions options) {
+  if (!module) return invalid_argument("DDP: no module");
+  std::unique_ptr<DistributedDataParallel> d(new DistributedDataParallel(std::move(module), comm, options));
+  for (auto& item : d->module_->named_parameters(/*recurse=*/true)) {
+    if (!item.value().requires_grad()) continue;
+    d->names_.push_back(item.key());
+    d->params_.push_back(item.value());
+  }
+  KILN_RETURN_IF_ERROR(d->check_and_broadcast());
+  KILN_RETURN_IF_ERROR(d->build_buckets());
+  return d;
+}
+
+DistributedDataParallel::~DistributedDataParallel() {
+  for (std::size_t i = 0; i < hook_handles_.size(); ++i) params_[i].remove_hook(hook_handles_[i]);
+}
+
+Status DistributedDataParallel::check_and_broadcast() {
+  // Every rank must hold the same model: compare a fingerprint of the names,
+  // shapes and dtypes before any data moves.
+  std::string shape;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    shape += fmt::format("{}:{}:{};", names_[i], fmt::join(params_[i].sizes(), "x"),
+                         c10::toString(params_[i].scalar_type()));
+  }
+  std::int64_t mine[2] = {static_cast<std::int64_t>(fnv1a(shape)), static_cast<std::int64_t>(params_.size())};
+  std::vector<std::int64_t> all(2 * comm_.size());
+  KILN_RETURN_IF_ERROR(comm_.allgather(mine, all.data(), 2, comm::DataType::kInt64)->wait());
+  for (int r = 0; r < comm_.size(); ++r) {
+    if (all[2 * r] != all[0] || all[2 * r + 1] != all[1]) {
+      return invalid_argument(fmt::format(
+          "DDP: rank {}'s model differs from rank 0's ({} vs {} parameters, or different names, "
+          "shapes or dtypes): every rank must build the same module",
+          r, all[2 * r + 1], all[1]));
+    }
+  }
+  // Start from rank 0's parameters and buffers.
+  torch::NoGradGuard no_grad;
+  std::vector<torch::Tensor> tensors = params_;
+  for (auto& b : module_->buffers(/*recurse=*/true)) tensors.push_back(b);
+  for (auto& t : tensors) {
+    if (!t.is_contiguous()) return invalid_argument("DDP: non-contiguous parameter or buffer");
+    KILN_ASSIGN_OR_RETURN(comm::DataType dt, comm_dtype(t.scalar_type()));
+    KILN_RETURN_IF_ERROR(comm_.broadcast(t.data_ptr(), static_cast<std::size_t>(t.numel()), dt, 0)->wait());
+  }
+  return Status::ok();
+}
+
+Status DistributedDataParallel::build_buckets() {
+  // Backward produces gradients roughly in reverse registration order.
+  std::vector<std::size_t> order(params_.size());
+  for (std::size_t i = 0; i < order.size(); ++i) order[i] = params_.size() - 1 - i;
+  std::vector<std::size_t> bytes;
+  for (std::size_t p : order) bytes.push_back(params_[p].numel() * params_[p].element_size());
+  auto plan = plan_buckets(bytes, options_.first_bucket_cap_bytes, options_.bucket_cap_bytes);
+  bucket_of_.assign(params_.size(), 0);
+  slot_of_.assign(params_.size(), 0);
+  for (const auto& members : plan) {
+    Bucket b;
+    std::int64_t total = 0;
+    torch::ScalarType dtype = params_[order[members.front()]].scalar_type();
+    for (std::size_t m : members) {
+      std::size_t p = order[m];
+      if (params_[p].scalar_type() != dtype) {
+        return invalid_argument(fmt::format("DDP: parameters {} and {} differ in dtype; mixed-dtype "
+                                            "models are not supported yet",
+                                            names_[order[members.front()]], names_[p]));
+      }
+      bucket_of_[p] = buckets_.size();
+      slot_of_[p] = b.params.size();
+      b.params.push_back(p);
+      b.offsets.push_back(total);
+      total += params_[p].numel();
+    }
+    b.buffer = torch::zeros({total}, torch::TensorOptions().dtype(dtype));
+    buckets_.push_back(std::move(b));
+  }
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    hook_handles_.push_back(params_[i].register_hook([this, i](torch::Tensor grad) {
+      on_grad(i, grad);
+      return grad;
+    }));
+  }
+  ready_.assign(params_.size(), false);
+  log()->debug("DDP: {} parameters in {} buckets", params_.size(), buckets_.size());
+  return Status::ok();
+}
+
+void DistributedDataParallel::reset_for_backward() {
+  std::fill(ready_.begin(), ready_.end(), false);
+  for (auto& b : buckets_) {
+    b.pending = b.params.size();
+    b.work.reset();
+  }
+  next_launch_ = 0;
+}
+
+void DistributedDataParallel::on_grad(std::size_t i, const torch::Tensor& grad) {
+  if (!sync_enabled_ || !in_backward_ || ready_[i]) return;
+  Bucket& b = buckets_[bucket_of_[i]];
+  torch::NoGradGuard no_grad;
+  auto view = b.buffer.narrow(0, b.offsets[slot_of_[i]], params_[i].numel()).view(params_[i].sizes());
+  // What AccumulateGrad is about to store: earlier no_sync() steps' sum + this one.
+  view.copy_(grad);
+  const torch::Tensor& earlier = params_[i].grad();
+  if (earlier.defined()) view.add_(earlier);
+  ready_[i] = true;
+  if (--b.pending == 0) launch_ready_buckets();
+}
+
+void DistributedDataParallel::launch_ready_buckets() {
+  // Note [Why buckets launch in order]: a later bucket that is complete
+  // waits for earlier ones, so every rank issues the same sequence.
+  while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0) {
+    Bucket& b = buckets_[next_launch_++];
+    auto dt = comm_dtype(b.buffer.scalar_type());
+    b.work = comm_.allreduce(b.buffer.data_ptr(), static_cast<std::size_t>(b.buffer.numel()), *dt,
+                             comm::ReduceOp::kAvg);
+  }
+}
+
+Status DistributedDataParallel::backward(const torch::Tensor& loss) {
+  reset_for_backward();
+  auto start = Clock::now();
+  in_backward_ = true;
+  try {
+    loss.backward();
+  } catch (const c10::Error& e) {
+    in_backward_ = false;
+    return internal_error(fmt::format("DDP backward: {}", e.what_without_backtrace()));
+  }
+  in_backward_ = false;
+  if (!sync_enabled_) return Status::ok();
+  stats_.backward_s = seconds_since(start);
+  auto after_backward = Clock::now();
+
+  std::vector<std::string> unused;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (ready_[i]) continue;
+    if (!options_.find_unused_parameters) {
+      unused.push_back(names_[i]);
+      continue;
+    }
+    on_grad(i, torch::zeros_like(params_[i]));  // counts as a zero gradient
+  }
+  if (!unused.empty()) {
+    return failed_precondition(fmt::format(
+        "DDP: no gradient reached {} in this backward; if the model skips parameters on purpose, "
+        "set find_unused_parameters",
+        fmt::join(unused, ", ")));
+  }
+  Status first_error;
+  stats_.bytes = 0;
+  for (auto& b : buckets_) {
+    if (!b.work) return internal_error("DDP: a bucket was never launched");
+    Status s = b.work->wait();
+    if (!s.is_ok() && first_error.is_ok()) first_error = s.with_context("DDP gradient allreduce");
+    stats_.bytes += static_cast<std::size_t>(b.buffer.numel()) * b.buffer.element_size();
+  }
+  KILN_RETURN_IF_ERROR(first_error);
+  stats_.exposed_comm_s = seconds_since(after_backward);
+  stats_.buckets = buckets_.size();
+
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    Bucket& b = buckets_[bucket_of_[i]];
+    auto view = b.buffer.narrow(0, b.offsets[slot_of_[i]], params_[i].numel()).view(params_[i].sizes());
+    torch::Tensor& g = params_[i].mutable_grad();
+    if (g.defined()) {
+      g.copy_(view);
+    } else {
+      g = view.clone();
+    }
+  }
+  return Status::ok();
+}
+
+}  // namespace kiln::ddp

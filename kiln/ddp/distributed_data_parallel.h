@@ -1,0 +1,112 @@
+// DistributedDataParallel: data-parallel training of a LibTorch module over
+// kiln::comm, with gradient sync hidden behind backward (c10d's Reducer).
+//
+// At construction the module's parameters and buffers are broadcast from
+// rank 0, after checking that every rank has the same parameter names and
+// shapes. Gradients are grouped into buckets in reverse registration order
+// (the order backward produces them): a small first bucket so communication
+// starts early, then buckets up to `bucket_cap_bytes`. A hook on every
+// parameter copies its gradient into its bucket as backward produces it; the
+// moment a bucket is complete its allreduce (average) starts on the
+// communicator's engine while backward continues on earlier layers. Buckets
+// launch in index order on every rank (Note [Why buckets launch in order]:
+// all ranks must issue the same collectives in the same order).
+//
+// Threading: one training thread calls backward(); hooks run on it (CPU
+// autograd runs on the calling thread). Errors: Status values; LibTorch
+// exceptions are caught at this boundary and returned as Internal.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <torch/torch.h>
+
+#include "kiln/base/status.h"
+#include "kiln/comm/communicator.h"
+
+namespace kiln::ddp {
+
+struct DdpOptions {
+  std::size_t bucket_cap_bytes = 25u << 20;
+  std::size_t first_bucket_cap_bytes = 1u << 20;
+  // Parameters whose gradient backward never produced count as zero instead
+  // of being an error (c10d's find_unused_parameters).
+  bool find_unused_parameters = false;
+};
+
+// Timing of the last synchronized backward().
+struct SyncStats {
+  double backward_s = 0;      // loss.backward() including hooks
+  double exposed_comm_s = 0;  // waiting for allreduces after backward returned
+  std::size_t buckets = 0;
+  std::size_t bytes = 0;
+};
+
+class DistributedDataParallel {
+ public:
+  static Result<std::unique_ptr<DistributedDataParallel>> create(
+      std::shared_ptr<torch::nn::Module> module, comm::Communicator& comm, DdpOptions options = {});
+  ~DistributedDataParallel();
+
+  torch::nn::Module& module() { return *module_; }
+
+  // loss.backward(), then waits until every bucket is averaged across ranks:
+  // afterwards each parameter's grad is the mean of all ranks' gradients
+  // (accumulated over the no_sync() steps before it).
+  Status backward(const torch::Tensor& loss);
+
+  // While alive, backward() accumulates gradients locally and communicates
+  // nothing (gradient accumulation); the next backward() outside syncs all.
+  class NoSync {
+   public:
+    explicit NoSync(DistributedDataParallel& d) : d_(d) { d_.sync_enabled_ = false; }
+    ~NoSync() { d_.sync_enabled_ = true; }
+    NoSync(const NoSync&) = delete;
+    NoSync& operator=(const NoSync&) = delete;
+
+   private:
+    DistributedDataParallel& d_;
+  };
+  NoSync no_sync() { return NoSync(*this); }
+
+  const SyncStats& last_sync() const { return stats_; }
+  std::size_t bucket_count() const { return buckets_.size(); }
+
+ private:
+  struct Bucket {
+    torch::Tensor buffer;               // flat, one dtype
+    std::vector<std::size_t> params;    // indices into params_
+    std::vector<std::int64_t> offsets;  // element offset of each param in buffer
+    std::size_t pending = 0;
+    comm::WorkPtr work;
+  };
+
+  DistributedDataParallel(std::shared_ptr<torch::nn::Module> module, comm::Communicator& comm,
+                          DdpOptions options);
+  Status check_and_broadcast();
+  Status build_buckets();
+  void on_grad(std::size_t param, const torch::Tensor& grad);
+  void launch_ready_buckets();
+  void reset_for_backward();
+
+  std::shared_ptr<torch::nn::Module> module_;
+  comm::Communicator& comm_;
+  DdpOptions options_;
+  std::vector<torch::Tensor> params_;  // registration order
+  std::vector<std::string> names_;
+  std::vector<Bucket> buckets_;
+  std::vector<std::size_t> bucket_of_;   // param -> bucket
+  std::vector<std::size_t> slot_of_;     // param -> position in its bucket
+  std::vector<bool> ready_;              // this backward
+  std::vector<unsigned> hook_handles_;
+  std::size_t next_launch_ = 0;
+  bool sync_enabled_ = true;
+  bool in_backward_ = false;
+  SyncStats stats_;
+};
+
+}  // namespace kiln::ddp

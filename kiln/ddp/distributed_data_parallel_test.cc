@@ -1,0 +1,156 @@
+// N ranks with per-rank batch B/N end with the same parameters as one
+// process with batch B; with and without no_sync() accumulation; a model
+// mismatch and an unused parameter are errors that say what and where.
+#include "kiln/ddp/distributed_data_parallel.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "kiln/comm/testing/multiprocess.h"
+
+namespace kiln::ddp {
+namespace {
+
+constexpr int kBatch = 24;
+constexpr int kSteps = 5;
+
+struct NetImpl : torch::nn::Module {
+  explicit NetImpl(int hidden = 32, bool with_unused = false) {
+    fc1 = register_module("fc1", torch::nn::Linear(8, hidden));
+    fc2 = register_module("fc2", torch::nn::Linear(hidden, hidden));
+    fc3 = register_module("fc3", torch::nn::Linear(hidden, 4));
+    if (with_unused) spare = register_module("spare", torch::nn::Linear(4, 4));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    return fc3(torch::tanh(fc2(torch::tanh(fc1(x)))));
+  }
+  torch::nn::Linear fc1{nullptr}, fc2{nullptr}, fc3{nullptr}, spare{nullptr};
+};
+
+struct Data {
+  torch::Tensor x, y;
+};
+
+Data make_data() {
+  torch::manual_seed(1234);
+  return {torch::randn({kBatch, 8}), torch::randn({kBatch, 4})};
+}
+
+std::shared_ptr<NetImpl> make_net(int seed) {
+  torch::manual_seed(seed);
+  return std::make_shared<NetImpl>();
+}
+
+// One process, whole batch: what DDP must reproduce.
+std::shared_ptr<NetImpl> train_reference(const Data& d) {
+  auto net = make_net(1);
+  torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1));
+  for (int s = 0; s < kSteps; ++s) {
+    opt.zero_grad();
+    torch::mse_loss(net->forward(d.x), d.y).backward();
+    opt.step();
+  }
+  return net;
+}
+
+Status compare(NetImpl& got, NetImpl& want) {
+  auto a = got.parameters(), b = want.parameters();
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    double diff = (a[i] - b[i]).abs().max().item<double>();
+    double scale = std::max(b[i].abs().max().item<double>(), 1e-6);
+    if (diff / scale > 1e-5) {
+      return internal_error(fmt::format("parameter {} differs from the single-process run by {:.3g} (relative)", i, diff / scale));
+    }
+  }
+  return Status::ok();
+}
+
+Status train_ddp(comm::Communicator& c, bool accumulate) {
+  torch::set_num_threads(1);
+  Data d = make_data();
+  auto net = make_net(1 + c.rank());  // rank 0's initial weights must win the broadcast
+  DdpOptions options;
+  options.first_bucket_cap_bytes = 256;  // several buckets even for this small model
+  options.bucket_cap_bytes = 2048;
+  KILN_ASSIGN_OR_RETURN(auto ddp, DistributedDataParallel::create(net, c, options));
+  if (ddp->bucket_count() < 3) return internal_error("expected several buckets");
+  torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1));
+  const int per_rank = kBatch / c.size();
+  auto x = d.x.narrow(0, c.rank() * per_rank, per_rank);
+  auto y = d.y.narrow(0, c.rank() * per_rank, per_rank);
+  for (int s = 0; s < kSteps; ++s) {
+    opt.zero_grad();
+    if (accumulate) {
+      const int half = per_rank / 2;
+      {
+        auto guard = ddp->no_sync();
+        auto loss = torch::mse_loss(net->forward(x.narrow(0, 0, half)), y.narrow(0, 0, half)) / 2;
+        KILN_RETURN_IF_ERROR(ddp->backward(loss));
+      }
+      auto loss = torch::mse_loss(net->forward(x.narrow(0, half, half)), y.narrow(0, half, half)) / 2;
+      KILN_RETURN_IF_ERROR(ddp->backward(loss));
+    } else {
+      KILN_RETURN_IF_ERROR(ddp->backward(torch::mse_loss(net->forward(x), y)));
+    }
+    opt.step();
+  }
+  auto reference = train_reference(d);
+  return compare(*net, *reference);
+}
+
+class DdpEquivalence : public ::testing::TestWithParam<std::tuple<int, bool>> {};
+
+TEST_P(DdpEquivalence, MatchesOneProcessWithTheWholeBatch) {
+  auto [world, accumulate] = GetParam();
+  auto result = comm::testing::run_ranks(world, [accumulate = accumulate](comm::Communicator& c) {
+    return train_ddp(c, accumulate);
+  });
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+INSTANTIATE_TEST_SUITE_P(Worlds, DdpEquivalence,
+                         ::testing::Combine(::testing::Values(2, 3, 4), ::testing::Bool()),
+                         [](const auto& info) {
+                           return fmt::format("world{}_{}", std::get<0>(info.param),
+                                              std::get<1>(info.param) ? "no_sync_accumulation" : "plain");
+                         });
+
+TEST(Ddp, DifferentModelsOnRanksAreRejectedNamingTheRank) {
+  auto result = comm::testing::run_ranks(2, [](comm::Communicator& c) -> Status {
+    torch::set_num_threads(1);
+    auto net = std::make_shared<NetImpl>(c.rank() == 1 ? 33 : 32);
+    auto ddp = DistributedDataParallel::create(net, c);
+    if (ddp.is_ok()) return internal_error("mismatched models accepted");
+    if (ddp.status().code() != Code::kInvalidArgument ||
+        ddp.status().message().find("rank 1") == std::string::npos) {
+      return internal_error("unhelpful error: " + ddp.status().to_string());
+    }
+    return Status::ok();
+  });
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+TEST(Ddp, UnusedParametersAreNamedUnlessDeclared) {
+  auto result = comm::testing::run_ranks(2, [](comm::Communicator& c) -> Status {
+    torch::set_num_threads(1);
+    Data d = make_data();
+    for (bool declared : {false, true}) {
+      torch::manual_seed(1);
+      auto net = std::make_shared<NetImpl>(32, /*with_unused=*/true);
+      DdpOptions options;
+      options.find_unused_parameters = declared;
+      KILN_ASSIGN_OR_RETURN(auto ddp, DistributedDataParallel::create(net, c, options));
+      Status s = ddp->backward(torch::mse_loss(net->forward(d.x), d.y));
+      if (declared && !s.is_ok()) return s;
+      if (!declared && (s.is_ok() || s.message().find("spare.weight") == std::string::npos)) {
+        return internal_error("unused parameter not reported: " + s.to_string());
+      }
+      if (!declared) return Status::ok();  // the group is out of step now; stop here
+    }
+    return Status::ok();
+  });
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+}  // namespace
+}  // namespace kiln::ddp
