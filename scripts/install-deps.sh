@@ -2,6 +2,7 @@
 # Installs every Debian package Kiln's build, tests and benchmarks need.
 # Idempotent: runs `apt-get update` and `apt-get install` only when something is missing.
 set -euo pipefail
+if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
 
 packages=(
   # build
@@ -26,7 +27,6 @@ done
 
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
-  if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   export DEBIAN_FRONTEND=noninteractive
   $SUDO apt-get update -qq
   $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
@@ -39,7 +39,7 @@ if command -v update-alternatives >/dev/null && update-alternatives --query "$bl
     openblas=$(update-alternatives --list "$blas_alt" | grep openblas | head -n 1 || true)
     if [ -n "$openblas" ]; then
       echo "install-deps: pointing $blas_alt at $openblas"
-      ${SUDO:-} update-alternatives --set "$blas_alt" "$openblas"
+      $SUDO update-alternatives --set "$blas_alt" "$openblas"
     else
       echo "install-deps: warning: $blas_alt does not point at OpenBLAS; LibTorch will be slow" >&2
     fi
