@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# DDP overlap between two "hosts": two network namespaces joined by a veth
+# pair shaped with tc tbf (an inter-node-like link), one rank in each, one
+# torch thread per rank. Runs `kiln bench ddp`, which compares in the same
+# run (a) allreduce of all gradients after backward with (b) kiln::ddp.
+#
+#   bench/ddp_overlap.sh [--rate 1gbit] [--batch 384] [--width 4096] [--layers 2]
+#                        [--bucket-mib 25] [--steps 6] [--kiln PATH]
+# Prints rank 0's JSON (backward_s, comm_s, exposed_comm_s, overlap,
+# step_a_s, step_b_s, step_ratio). Needs root (ip netns, tc).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+KILN="$ROOT/build/kiln"
+RATE=1gbit
+BENCH_ARGS=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rate) RATE=$2; shift 2 ;;
+    --kiln) KILN=$2; shift 2 ;;
+    --batch|--width|--layers|--bucket-mib|--steps|--warmup) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
+    *) echo "ddp_overlap: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+
+NS_A=kiln_ddp_a_$$ NS_B=kiln_ddp_b_$$
+VETH_A=kdda$$ VETH_B=kddb$$
+ADDR_A=10.233.0.1 ADDR_B=10.233.0.2
+PORT=29533
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  local rc=$?
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  ip netns del "$NS_A" 2>/dev/null || true
+  ip netns del "$NS_B" 2>/dev/null || true
+  if [ "$rc" -ne 0 ]; then echo "ddp_overlap: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ip netns add "$NS_A" || { echo "ddp_overlap: cannot create network namespaces (needs root)" >&2; exit 1; }
+# shellcheck source=../scripts/lib/netns.sh
+source "$ROOT/scripts/lib/netns.sh"
+join_namespaces "$NS_A" "$NS_B" "$VETH_A" "$VETH_B" "$ADDR_A" "$ADDR_B"
+if [ "$RATE" != none ]; then
+  ip netns exec "$NS_A" tc qdisc add dev "$VETH_A" root tbf rate "$RATE" burst 256kb latency 50ms
+  ip netns exec "$NS_B" tc qdisc add dev "$VETH_B" root tbf rate "$RATE" burst 256kb latency 50ms
+fi
+echo "# link $VETH_A <-> $VETH_B: ${RATE}; kiln bench ddp ${BENCH_ARGS[*]}" >&2
+
+for rank in 0 1; do
+  ns=$NS_A addr=$ADDR_A
+  [ "$rank" = 1 ] && ns=$NS_B addr=$ADDR_B
+  ip netns exec "$ns" env RANK=$rank WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
+    MASTER_ADDR=$ADDR_A MASTER_PORT=$PORT KILN_COMM_ADDR=$addr KILN_COMM_TIMEOUT=120 \
+    OMP_NUM_THREADS=1 "$KILN" bench ddp --json "${BENCH_ARGS[@]}" >"$WORK/rank$rank.out" 2>"$WORK/rank$rank.err" &
+  PIDS+=($!)
+done
+rc=0
+for p in "${PIDS[@]}"; do wait "$p" || rc=$?; done
+PIDS=()
+if [ "$rc" -ne 0 ]; then
+  tail -n 5 "$WORK"/rank*.err >&2
+  exit "$rc"
+fi
+cat "$WORK/rank0.out"

@@ -1,0 +1,157 @@
+// `kiln bench ddp`: how much of the gradient allreduce DDP hides behind
+// backward. Run one process per rank (e.g. one per network namespace, see
+// bench/ddp_overlap.sh). Both modes train the same MLP on the same data:
+//   (a) backward, then one allreduce of all gradients (nothing overlaps);
+//   (b) kiln::ddp, buckets allreduced while backward continues.
+// Reports backward time, comm time (a's allreduce), exposed comm (b's wait
+// after backward), overlap = 1 - exposed/comm, step times and their ratio.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "kiln/comm/process_group.h"
+#include "kiln/ddp/distributed_data_parallel.h"
+
+namespace kiln::cli {
+namespace {
+
+struct DdpBenchArgs {
+  int width = 4096;
+  int layers = 2;  // hidden width x width layers; 1024 -> width -> ... -> 1024
+  int batch = 64;
+  int steps = 6;
+  int warmup = 2;
+  double bucket_mib = 25;
+  bool json = false;
+};
+
+struct MlpImpl : torch::nn::Module {
+  MlpImpl(int width, int hidden_layers) {
+    layers.push_back(register_module("in", torch::nn::Linear(1024, width)));
+    for (int i = 0; i < hidden_layers; ++i) {
+      layers.push_back(register_module(fmt::format("h{}", i), torch::nn::Linear(width, width)));
+    }
+    layers.push_back(register_module("out", torch::nn::Linear(width, 1024)));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (std::size_t i = 0; i + 1 < layers.size(); ++i) x = torch::relu(layers[i](x));
+    return layers.back()(x);
+  }
+  std::vector<torch::nn::Linear> layers;
+};
+
+double median(std::vector<double> v) {
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+Status bench_ddp(const DdpBenchArgs& a) {
+  torch::set_num_threads(1);
+  KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
+  comm::Communicator& c = pg->comm();
+  torch::manual_seed(c.rank());
+  auto x = torch::randn({a.batch, 1024});
+  auto y = torch::randn({a.batch, 1024});
+
+  // (a) backward, then one allreduce of every gradient.
+  auto net_a = std::make_shared<MlpImpl>(a.width, a.layers);
+  std::int64_t params = 0;
+  for (auto& p : net_a->parameters()) params += p.numel();
+  auto flat = torch::zeros({params});
+  std::vector<double> a_backward, a_comm, a_step;
+  for (int s = 0; s < a.warmup + a.steps; ++s) {
+    auto t0 = Clock::now();
+    net_a->zero_grad();
+    auto loss = torch::mse_loss(net_a->forward(x), y);
+    auto t_bwd = Clock::now();
+    loss.backward();
+    double bwd = since(t_bwd);
+    auto t_comm = Clock::now();
+    {
+      torch::NoGradGuard g;
+      std::int64_t off = 0;
+      for (auto& p : net_a->parameters()) {
+        flat.narrow(0, off, p.numel()).copy_(p.grad().view(-1));
+        off += p.numel();
+      }
+      KILN_RETURN_IF_ERROR(c.allreduce(flat.data_ptr<float>(), static_cast<std::size_t>(params),
+                                       comm::DataType::kFloat32, comm::ReduceOp::kAvg)->wait());
+      off = 0;
+      for (auto& p : net_a->parameters()) {
+        p.mutable_grad().view(-1).copy_(flat.narrow(0, off, p.numel()));
+        off += p.numel();
+      }
+    }
+    double comm_s = since(t_comm);
+    if (s >= a.warmup) {
+      a_backward.push_back(bwd);
+      a_comm.push_back(comm_s);
+      a_step.push_back(since(t0));
+    }
+  }
+
+  // (b) kiln::ddp.
+  auto net_b = std::make_shared<MlpImpl>(a.width, a.layers);
+  ddp::DdpOptions options;
+  options.bucket_cap_bytes = static_cast<std::size_t>(a.bucket_mib * (1 << 20));
+  KILN_ASSIGN_OR_RETURN(auto d, ddp::DistributedDataParallel::create(net_b, c, options));
+  std::vector<double> b_backward, b_exposed, b_step;
+  for (int s = 0; s < a.warmup + a.steps; ++s) {
+    auto t0 = Clock::now();
+    net_b->zero_grad();
+    auto loss = torch::mse_loss(net_b->forward(x), y);
+    KILN_RETURN_IF_ERROR(d->backward(loss));
+    if (s >= a.warmup) {
+      b_backward.push_back(d->last_sync().backward_s);
+      b_exposed.push_back(d->last_sync().exposed_comm_s);
+      b_step.push_back(since(t0));
+    }
+  }
+
+  double backward = median(a_backward), comm_s = median(a_comm), exposed = median(b_exposed);
+  double step_a = median(a_step), step_b = median(b_step);
+  nlohmann::json doc{{"world_size", c.size()},
+                     {"parameters", params},
+                     {"batch_per_rank", a.batch},
+                     {"buckets", d->bucket_count()},
+                     {"bucket_cap_mib", a.bucket_mib},
+                     {"backward_s", backward},
+                     {"comm_s", comm_s},
+                     {"ddp_backward_s", median(b_backward)},
+                     {"exposed_comm_s", exposed},
+                     {"overlap", std::clamp(1.0 - exposed / comm_s, 0.0, 1.0)},
+                     {"step_a_s", step_a},
+                     {"step_b_s", step_b},
+                     {"step_ratio", step_b / step_a}};
+  if (c.rank() == 0) {
+    if (a.json) {
+      std::printf("%s\n", doc.dump().c_str());
+    } else {
+      std::printf("%s\n", doc.dump(2).c_str());
+    }
+  }
+  return Status::ok();
+}
+
+const CommandRegistration kRegister("bench", [](CLI::App& parent) {
+  auto a = std::make_shared<DdpBenchArgs>();
+  auto* cmd = parent.add_subcommand("ddp", "Overlap of DDP's gradient allreduce with backward (run under a launcher)");
+  cmd->add_option("--width", a->width, "hidden width of the MLP");
+  cmd->add_option("--layers", a->layers, "hidden width x width layers");
+  cmd->add_option("--batch", a->batch, "samples per rank per step");
+  cmd->add_option("--steps", a->steps, "timed steps per mode");
+  cmd->add_option("--warmup", a->warmup, "untimed steps per mode");
+  cmd->add_option("--bucket-mib", a->bucket_mib, "DDP bucket cap, MiB");
+  cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
+  cmd->callback(run_status([a] { return bench_ddp(*a); }));
+});
+
+}  // namespace
+}  // namespace kiln::cli
