@@ -13,6 +13,12 @@ TEST(BucketPlan, SmallFirstBucketThenCappedOnes) {
             (Buckets{{0, 1}, {2, 3, 4}, {5}, {6}}));
 }
 
+TEST(BucketPlan, MeasuredGapsCloseABucketEarly) {
+  // [4] | [8, 1 -- gap before 1] -> [8] | [1, 8]
+  EXPECT_EQ(plan_buckets({4, 8, 1, 8}, 5, 25, {false, false, true, false}),
+            (Buckets{{0}, {1}, {2, 3}}));
+}
+
 TEST(BucketPlan, EmptyAndSingle) {
   EXPECT_TRUE(plan_buckets({}, 1, 1).empty());
   EXPECT_EQ(plan_buckets({100}, 1, 1), (Buckets{{0}}));

@@ -92,12 +92,28 @@ Status DistributedDataParallel::check_and_broadcast() {
 }
 
 Status DistributedDataParallel::build_buckets() {
-  // Backward produces gradients roughly in reverse registration order.
+  // Until a backward has been observed, assume gradients arrive in reverse
+  // registration order (roughly what backward does).
   std::vector<std::size_t> order(params_.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = params_.size() - 1 - i;
+  KILN_RETURN_IF_ERROR(assign_buckets(order, {}));
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    hook_handles_.push_back(params_[i].register_hook([this, i](torch::Tensor grad) {
+      on_grad(i, grad);
+      return grad;
+    }));
+  }
+  ready_.assign(params_.size(), false);
+  ready_at_.assign(params_.size(), 0.0);
+  return Status::ok();
+}
+
+Status DistributedDataParallel::assign_buckets(const std::vector<std::size_t>& order,
+                                               const std::vector<bool>& break_before) {
   std::vector<std::size_t> bytes;
   for (std::size_t p : order) bytes.push_back(params_[p].numel() * params_[p].element_size());
-  auto plan = plan_buckets(bytes, options_.first_bucket_cap_bytes, options_.bucket_cap_bytes);
+  auto plan = plan_buckets(bytes, options_.first_bucket_cap_bytes, options_.bucket_cap_bytes, break_before);
+  std::vector<Bucket> buckets;
   bucket_of_.assign(params_.size(), 0);
   slot_of_.assign(params_.size(), 0);
   for (const auto& members : plan) {
@@ -111,24 +127,45 @@ Status DistributedDataParallel::build_buckets() {
                                             "models are not supported yet",
                                             names_[order[members.front()]], names_[p]));
       }
-      bucket_of_[p] = buckets_.size();
+      bucket_of_[p] = buckets.size();
       slot_of_[p] = b.params.size();
       b.params.push_back(p);
       b.offsets.push_back(total);
       total += params_[p].numel();
     }
     b.buffer = torch::zeros({total}, torch::TensorOptions().dtype(dtype));
-    buckets_.push_back(std::move(b));
+    buckets.push_back(std::move(b));
   }
-  for (std::size_t i = 0; i < params_.size(); ++i) {
-    hook_handles_.push_back(params_[i].register_hook([this, i](torch::Tensor grad) {
-      on_grad(i, grad);
-      return grad;
-    }));
-  }
-  ready_.assign(params_.size(), false);
+  buckets_ = std::move(buckets);
   log()->debug("DDP: {} parameters in {} buckets", params_.size(), buckets_.size());
   return Status::ok();
+}
+
+// Note [Rebuilding buckets from the observed order] (c10d's rebuild_buckets):
+// after the first synchronized backward, the buckets are laid out again in
+// the order gradients actually arrived, and closed early where a long gap
+// follows, so a finished gradient never waits in a bucket for one computed
+// much later (e.g. a layer's weight for the next layer's bias). Rank 0's
+// observation is broadcast so every rank builds the same buckets.
+Status DistributedDataParallel::rebuild_from_observed_order() {
+  const std::size_t n = params_.size();
+  std::vector<std::size_t> order(n);
+  for (std::size_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](std::size_t a, std::size_t b) { return ready_at_[a] < ready_at_[b]; });
+  const double threshold = std::max(2e-3, 0.02 * stats_.backward_s);
+  std::vector<std::int64_t> plan(2 * n);
+  for (std::size_t k = 0; k < n; ++k) {
+    plan[k] = static_cast<std::int64_t>(order[k]);
+    plan[n + k] = k > 0 && ready_at_[order[k]] - ready_at_[order[k - 1]] > threshold;
+  }
+  KILN_RETURN_IF_ERROR(comm_.broadcast(plan.data(), plan.size(), comm::DataType::kInt64, 0)->wait());
+  std::vector<bool> break_before(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    order[k] = static_cast<std::size_t>(plan[k]);
+    break_before[k] = plan[n + k] != 0;
+  }
+  return assign_buckets(order, break_before);
 }
 
 void DistributedDataParallel::reset_for_backward() {
@@ -150,6 +187,7 @@ void DistributedDataParallel::on_grad(std::size_t i, const torch::Tensor& grad) 
   const torch::Tensor& earlier = params_[i].grad();
   if (earlier.defined()) view.add_(earlier);
   ready_[i] = true;
+  ready_at_[i] = std::chrono::duration<double>(Clock::now() - backward_started_).count();
   if (--b.pending == 0) launch_ready_buckets();
 }
 
@@ -167,6 +205,7 @@ void DistributedDataParallel::launch_ready_buckets() {
 Status DistributedDataParallel::backward(const torch::Tensor& loss) {
   reset_for_backward();
   auto start = Clock::now();
+  backward_started_ = start;
   in_backward_ = true;
   try {
     loss.backward();
@@ -216,6 +255,10 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
     } else {
       g = view.clone();
     }
+  }
+  if (!rebuilt_) {
+    rebuilt_ = true;
+    KILN_RETURN_IF_ERROR(rebuild_from_observed_order());
   }
   return Status::ok();
 }

@@ -89,6 +89,8 @@ class DistributedDataParallel {
                           DdpOptions options);
   Status check_and_broadcast();
   Status build_buckets();
+  Status assign_buckets(const std::vector<std::size_t>& order, const std::vector<bool>& break_before);
+  Status rebuild_from_observed_order();
   void on_grad(std::size_t param, const torch::Tensor& grad);
   void launch_ready_buckets();
   void reset_for_backward();
@@ -102,6 +104,9 @@ class DistributedDataParallel {
   std::vector<std::size_t> bucket_of_;   // param -> bucket
   std::vector<std::size_t> slot_of_;     // param -> position in its bucket
   std::vector<bool> ready_;              // this backward
+  std::vector<double> ready_at_;         // seconds into this backward
+  Clock::time_point backward_started_;
+  bool rebuilt_ = false;                 // Note [Rebuilding buckets from the observed order]
   std::vector<unsigned> hook_handles_;
   std::size_t next_launch_ = 0;
   bool sync_enabled_ = true;
