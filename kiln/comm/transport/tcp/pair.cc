@@ -124,7 +124,10 @@ bool TcpPair::read_locked() {
         return true;
       }
       if (r < 0) {
-        if (errno == EAGAIN || errno == EINTR) break;
+        if (errno == EAGAIN || errno == EINTR) {
+          wake_when_available_locked(kHdr - std::min(kHdr, op.header_got) + want - staged_);
+          break;
+        }
         fail_all_locked(errno_status(fmt::format("receive from {}", peer_name()), errno));
         return true;
       }
@@ -165,6 +168,19 @@ bool TcpPair::read_locked() {
     completed = true;
   }
   return completed;
+}
+
+// Note [Receive low-water mark]: on a slow link, data trickles in a few
+// packets at a time, and waking the progress thread for each costs more CPU
+// than the copy itself — CPU that backward needs when DDP overlaps the two.
+// SO_RCVLOWAT makes the socket report readable only once `bytes` (capped)
+// have arrived; never more than the current message still owes, so the
+// wake-up always comes.
+void TcpPair::wake_when_available_locked(std::size_t bytes) {
+  constexpr std::size_t kMaxLowWater = 256 << 10;
+  int want = static_cast<int>(std::max<std::size_t>(1, std::min(bytes, kMaxLowWater)));
+  if (want == rcvlowat_) return;
+  if (::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0) rcvlowat_ = want;
 }
 
 Status TcpPair::check_alive() {

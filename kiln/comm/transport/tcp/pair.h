@@ -72,7 +72,7 @@ class TcpPair final : public Pair {
   bool write_locked();
   bool read_locked();
   void fail_all_locked(const Status& why);
-  void enqueue_check_locked(Request* req);
+  void wake_when_available_locked(std::size_t bytes);
 
   std::mutex mu_;
   Fd fd_;                      // guarded by mu_ (closed on abort)
@@ -82,6 +82,7 @@ class TcpPair final : public Pair {
   std::vector<char> staging_;  // guarded by mu_; reduction input
   std::size_t staged_ = 0;     // bytes in staging_ not yet folded (< one element)
   Status error_;               // guarded by mu_; sticky
+  int rcvlowat_ = 1;           // guarded by mu_; Note [Receive low-water mark]
 };
 
 }  // namespace kiln::comm::transport::tcp
