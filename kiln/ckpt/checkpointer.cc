@@ -1,0 +1,170 @@
+#include "kiln/ckpt/checkpointer.h"
+
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "kiln/base/knobs.h"
+#include "kiln/base/logging.h"
+#include "kiln/ckpt/commit.h"
+#include "kiln/ckpt/internal/file.h"
+
+namespace kiln::ckpt {
+namespace {
+
+const Knob<double> kCkptTimeout{"KILN_CKPT_TIMEOUT", 600.0,
+                                "bound on waiting for a previous checkpoint save and on each "
+                                "checkpoint commit collective, seconds"};
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Checkpointer>> Checkpointer::create(CheckpointOptions options) {
+  if (options.root.empty()) return invalid_argument("Checkpointer: empty root directory");
+  if (options.timeout.count() == 0) {
+    options.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(kCkptTimeout.get() * 1000));
+  }
+  KILN_RETURN_IF_ERROR(internal::make_dir(options.root));
+  return std::unique_ptr<Checkpointer>(new Checkpointer(std::move(options)));
+}
+
+Checkpointer::Checkpointer(CheckpointOptions options)
+    : options_(std::move(options)),
+      rank_(options_.comm ? options_.comm->rank() : 0),
+      world_(options_.comm ? options_.comm->size() : 1) {
+  writer_ = std::thread([this] { writer_loop(); });
+}
+
+Checkpointer::~Checkpointer() {
+  Status s = wait(Deadline::after(options_.timeout));
+  if (!s.is_ok()) log()->error("checkpointer shutting down: {}", s.to_string());
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  // A save still running past the timeout is blocked in I/O or a collective
+  // bounded by that same timeout, so the join ends.
+  writer_.join();
+}
+
+Status Checkpointer::wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline) {
+  if (!cv_.wait_until(lock, deadline.at(), [&] { return !busy_; })) {
+    return deadline_exceeded(fmt::format("checkpoint save of step {} on rank {} still running under {}",
+                                         pending_step_, rank_, options_.root));
+  }
+  return Status::ok();
+}
+
+Status Checkpointer::wait(Deadline deadline) {
+  std::unique_lock<std::mutex> l(mu_);
+  KILN_RETURN_IF_ERROR(wait_idle_locked(l, deadline));
+  Status s = std::move(unreported_);
+  unreported_ = Status::ok();
+  return s;
+}
+
+Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t step) {
+  auto t0 = Clock::now();
+  {
+    std::unique_lock<std::mutex> l(mu_);
+    if (busy_ && options_.busy == BusyPolicy::kSkip) {
+      log()->warn("checkpoint of step {} skipped: the save of step {} is still in flight", step,
+                  pending_step_);
+      return SaveStart::kSkipped;
+    }
+    KILN_RETURN_IF_ERROR(wait_idle_locked(l, Deadline::after(options_.timeout)));
+    if (!unreported_.is_ok()) {
+      Status s = std::move(unreported_);
+      unreported_ = Status::ok();
+      return s;
+    }
+  }
+  if (internal::path_exists(options_.root + "/" + step_dir_name(step))) {
+    return already_exists(fmt::format("checkpoint step {} is already committed under {}", step, options_.root));
+  }
+  // No save in flight: the writer does not touch staging_ now.
+  std::size_t need = state.total_bytes();
+  if (need > staging_capacity_) {
+    staging_.reset(new std::byte[need]);
+    // Fault the pages in now, not inside the first copies' timing.
+    std::memset(staging_.get(), 0, need);
+    staging_capacity_ = need;
+  }
+  staged_.clear();
+  std::size_t off = 0;
+  for (const auto& e : state.entries()) {
+    if (e.bytes > 0) std::memcpy(staging_.get() + off, e.data, e.bytes);
+    staged_.push_back(StagedEntry{e.name, e.is_tensor, e.spec, off, e.bytes});
+    off += e.bytes;
+  }
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    busy_ = true;
+    pending_step_ = step;
+    stats_ = SaveStats{step, need, seconds_since(t0), 0, 0};
+  }
+  cv_.notify_all();
+  return SaveStart::kStarted;
+}
+
+Status Checkpointer::save(const StateView& state, std::int64_t step, Deadline deadline) {
+  KILN_ASSIGN_OR_RETURN(auto started, save_async(state, step));
+  (void)started;
+  return wait(deadline);
+}
+
+SaveStats Checkpointer::last_stats() const {
+  std::lock_guard<std::mutex> l(mu_);
+  return stats_;
+}
+
+void Checkpointer::writer_loop() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (true) {
+    cv_.wait(l, [&] { return stop_ || (busy_ && pending_step_ >= 0); });
+    if (stop_ && !busy_) return;
+    std::int64_t step = pending_step_;
+    l.unlock();
+    Status s = run_save(step);
+    l.lock();
+    if (!s.is_ok()) {
+      log()->error("checkpoint save of step {} failed: {}", step, s.to_string());
+      if (unreported_.is_ok()) unreported_ = s;
+    }
+    busy_ = false;
+    pending_step_ = -1;
+    cv_.notify_all();
+  }
+}
+
+Status Checkpointer::run_save(std::int64_t step) {
+  auto t0 = Clock::now();
+  std::string tmp = options_.root + "/" + tmp_step_dir_name(step);
+  Status mk = internal::make_dir(tmp);
+  Result<ShardRecord> shard =
+      mk.is_ok() ? write_shard(tmp, rank_, staged_, staging_.get(),
+                               ShardWriteOptions{options_.compression, options_.zstd_level})
+                 : Result<ShardRecord>(mk);
+  double write_s = seconds_since(t0);
+  if (options_.after_shard_written_for_test) options_.after_shard_written_for_test(step);
+  auto t1 = Clock::now();
+  CommitContext ctx{options_.root, step, rank_, world_, options_.comm, options_.timeout};
+  Status s = commit_step(ctx, shard);
+  if (s.is_ok() && rank_ == 0) {
+    auto deleted = apply_retention(options_.root, options_.retention);
+    if (!deleted.is_ok()) {
+      // The checkpoint itself is committed; a retention failure only costs space.
+      log()->warn("checkpoint retention under {}: {}", options_.root, deleted.status().to_string());
+    }
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  stats_.write_s = write_s;
+  stats_.commit_s = seconds_since(t1);
+  return s;
+}
+
+}  // namespace kiln::ckpt

@@ -1,0 +1,129 @@
+// Checkpointer: asynchronous sharded saves that stall training only for a
+// copy into host staging memory.
+//
+//   auto ck = Checkpointer::create({.root = "/ckpt", .comm = &ckpt_comm});
+//   StateView s; s.add_tensor("w", kFloat32, {R, C}, off, rows, w.data()); ...
+//   KILN_RETURN_IF_ERROR(ck->save_async(s, step).status());  // returns after the copy
+//   ...
+//   KILN_RETURN_IF_ERROR(ck->wait(Deadline::after_seconds(60)));
+//
+// save_async copies the state into a staging buffer that is reused across
+// saves (the only part training waits for), then the checkpointer's one
+// writer thread writes this rank's shard, runs the commit protocol
+// (commit.h) and, on rank 0, retention (retention.h).
+//
+// In flight: at most one save. A save_async while one runs waits for it
+// (BusyPolicy::kWait, bounded by `timeout`) or returns kSkipped after a
+// logged warning (kSkip).
+//
+// Failures of a background save are logged when they happen and returned by
+// the next save_async or wait() call, once — never dropped.
+//
+// Collective: every rank must call save_async with the same steps in the
+// same order. The communicator must be used by nothing else while saves run
+// (give it one of its own, e.g. comm.split(0, comm.rank())), because the
+// writer thread issues collectives on it.
+//
+// Threads: save_async, save and wait from one thread at a time.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kiln/base/deadline.h"
+#include "kiln/base/status.h"
+#include "kiln/ckpt/format.h"
+#include "kiln/ckpt/retention.h"
+#include "kiln/ckpt/shard_writer.h"
+#include "kiln/ckpt/state.h"
+#include "kiln/comm/communicator.h"
+
+namespace kiln::ckpt {
+
+enum class BusyPolicy { kWait, kSkip };
+
+struct CheckpointOptions {
+  std::string root;                    // shared by all ranks (a shared filesystem)
+  comm::Communicator* comm = nullptr;  // null: a single process (rank 0 of 1)
+  RetentionPolicy retention;
+  BusyPolicy busy = BusyPolicy::kWait;
+  Compression compression = Compression::kNone;
+  int zstd_level = 1;
+  // Bounds waiting for a previous save and each commit collective;
+  // 0 = KILN_CKPT_TIMEOUT.
+  std::chrono::milliseconds timeout{0};
+  // Tests only: runs on the writer thread once this rank's shard is durable,
+  // before the commit (lets a test hold a save in flight).
+  std::function<void(std::int64_t step)> after_shard_written_for_test;
+};
+
+enum class SaveStart { kStarted, kSkipped };
+
+// Timings of the last completed save, seconds.
+struct SaveStats {
+  std::int64_t step = -1;
+  std::size_t bytes = 0;      // this rank's raw bytes
+  double stall_s = 0;         // inside save_async: the staging copy
+  double write_s = 0;         // shard write + fsync
+  double commit_s = 0;        // exchange, manifest, rename, retention
+};
+
+class Checkpointer {
+ public:
+  // InvalidArgument for an empty root; errors creating the root directory.
+  static Result<std::unique_ptr<Checkpointer>> create(CheckpointOptions options);
+  // Waits (bounded by the timeout) for a save in flight, then stops the writer.
+  ~Checkpointer();
+
+  // Copies `state` into staging memory and starts writing step `step` in the
+  // background. Returns a pending background failure first, if any (the new
+  // save is then not started). AlreadyExists if step-N is committed already;
+  // DeadlineExceeded if the previous save did not finish within the timeout.
+  Result<SaveStart> save_async(const StateView& state, std::int64_t step);
+
+  // save_async, then wait until it is committed.
+  Status save(const StateView& state, std::int64_t step, Deadline deadline);
+
+  // Blocks until no save is in flight or `deadline`; returns (and clears) the
+  // failure of a background save not reported yet. DeadlineExceeded leaves
+  // the save running.
+  Status wait(Deadline deadline);
+
+  SaveStats last_stats() const;
+  int rank() const { return rank_; }
+  int world_size() const { return world_; }
+
+ private:
+  explicit Checkpointer(CheckpointOptions options);
+  void writer_loop();
+  Status run_save(std::int64_t step);  // on the writer thread
+  Status wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline);
+
+  const CheckpointOptions options_;
+  const int rank_;
+  const int world_;
+
+  // Staging memory, reused across saves; grown (and pre-faulted) on demand.
+  // Written by save_async only while no save is in flight, read by the writer.
+  std::unique_ptr<std::byte[]> staging_;
+  std::size_t staging_capacity_ = 0;
+  std::vector<StagedEntry> staged_;  // same rule as staging_
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool busy_ = false;             // guarded by mu_: a save is in flight
+  std::int64_t pending_step_ = -1;  // guarded by mu_: the save to run
+  bool stop_ = false;             // guarded by mu_
+  Status unreported_;             // guarded by mu_: first background failure not yet returned
+  SaveStats stats_;               // guarded by mu_
+  std::thread writer_;            // the one checkpoint writer
+};
+
+}  // namespace kiln::ckpt

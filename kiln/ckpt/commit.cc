@@ -1,0 +1,115 @@
+#include "kiln/ckpt/commit.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "kiln/base/logging.h"
+#include "kiln/ckpt/internal/file.h"
+
+namespace kiln::ckpt {
+namespace {
+
+using comm::DataType;
+
+// What a rank reports: '1' + shard record JSON, or '0' + code + ':' + message.
+std::string encode(const Result<ShardRecord>& r) {
+  if (r.is_ok()) return "1" + to_json(*r);
+  return fmt::format("0{}:{}", static_cast<int>(r.status().code()), r.status().message());
+}
+
+Status decode_failure(const std::string& s, int rank) {
+  auto colon = s.find(':');
+  int code = std::atoi(s.substr(1, colon).c_str());
+  return Status(static_cast<Code>(code), fmt::format("rank {}: {}", rank, s.substr(colon + 1)));
+}
+
+// Every rank's report, gathered on every rank (allgather of sizes, then allgatherv).
+Result<std::vector<std::string>> exchange_reports(const CommitContext& ctx, const std::string& mine) {
+  if (ctx.world_size == 1) return std::vector<std::string>{mine};
+  std::int64_t my_len = static_cast<std::int64_t>(mine.size());
+  std::vector<std::int64_t> lens(ctx.world_size);
+  KILN_RETURN_IF_ERROR(ctx.comm->allgather(&my_len, lens.data(), 1, DataType::kInt64)->wait(ctx.timeout));
+  std::vector<std::size_t> counts(lens.begin(), lens.end());
+  std::size_t total = 0;
+  for (auto c : counts) total += c;
+  std::string all(total, '\0');
+  KILN_RETURN_IF_ERROR(
+      ctx.comm->allgatherv(mine.data(), all.data(), counts, DataType::kUInt8)->wait(ctx.timeout));
+  std::vector<std::string> out;
+  std::size_t off = 0;
+  for (auto c : counts) {
+    out.push_back(all.substr(off, c));
+    off += c;
+  }
+  return out;
+}
+
+// Rank 0's half: everything from the manifest to `latest`.
+Status publish(const CommitContext& ctx, const std::vector<std::string>& reports) {
+  std::string tmp = ctx.root + "/" + tmp_step_dir_name(ctx.step);
+  Manifest m;
+  m.step = ctx.step;
+  m.world_size = ctx.world_size;
+  m.time = utc_now_iso8601();
+  for (int r = 0; r < ctx.world_size; ++r) {
+    KILN_ASSIGN_OR_RETURN(auto rec, parse_shard_record(reports[r].substr(1), fmt::format("shard record of rank {}", r)));
+    m.shards.push_back(std::move(rec));
+  }
+  // A crashed earlier attempt at this step (maybe with more ranks) may have
+  // left files the manifest does not name; they must not become part of it.
+  KILN_ASSIGN_OR_RETURN(auto names, internal::list_dir(tmp));
+  for (const auto& n : names) {
+    bool named = std::any_of(m.shards.begin(), m.shards.end(), [&](const ShardRecord& s) { return s.file == n; });
+    if (!named) KILN_RETURN_IF_ERROR(internal::remove_tree(tmp + "/" + n));
+  }
+  KILN_RETURN_IF_ERROR(internal::write_file_synced(tmp + "/" + kManifestName, to_json(m)));
+  KILN_RETURN_IF_ERROR(internal::sync_dir(tmp));
+  std::string final_dir = ctx.root + "/" + step_dir_name(ctx.step);
+  if (internal::path_exists(final_dir)) {
+    return already_exists(fmt::format("commit of step {}: {} exists already", ctx.step, final_dir));
+  }
+  KILN_RETURN_IF_ERROR(internal::rename_path(tmp, final_dir));
+  KILN_RETURN_IF_ERROR(internal::sync_dir(ctx.root));
+  return internal::write_file_atomic(ctx.root + "/" + kLatestName, step_dir_name(ctx.step) + "\n");
+}
+
+// Rank 0's outcome to every rank: code byte, then the message (truncated).
+constexpr std::size_t kOutcomeBytes = 1024;
+
+}  // namespace
+
+Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local) {
+  std::string where = fmt::format("checkpoint commit of step {} under {}", ctx.step, ctx.root);
+  auto reports = exchange_reports(ctx, encode(local));
+  if (!reports.is_ok()) return reports.status().with_context(where);
+  Status outcome;
+  if (ctx.rank == 0) {
+    for (int r = 0; r < ctx.world_size && outcome.is_ok(); ++r) {
+      if ((*reports)[r].empty() || (*reports)[r][0] != '1') outcome = decode_failure((*reports)[r], r);
+    }
+    if (outcome.is_ok()) outcome = publish(ctx, *reports);
+    if (!outcome.is_ok()) {
+      // Free the space (a full disk is the likely cause) and leave no half step behind.
+      Status rm = internal::remove_tree(ctx.root + "/" + tmp_step_dir_name(ctx.step));
+      if (!rm.is_ok()) log()->warn("{}: cleanup failed: {}", where, rm.to_string());
+    }
+  }
+  if (ctx.world_size > 1) {
+    std::vector<char> buf(kOutcomeBytes, 0);
+    if (ctx.rank == 0) {
+      buf[0] = static_cast<char>(outcome.code());
+      std::string msg = outcome.message().substr(0, kOutcomeBytes - 2);
+      std::memcpy(buf.data() + 1, msg.data(), msg.size());
+    }
+    Status bs = ctx.comm->broadcast(buf.data(), buf.size(), DataType::kUInt8, 0)->wait(ctx.timeout);
+    if (!bs.is_ok()) return bs.with_context(where);
+    if (ctx.rank != 0) outcome = Status(static_cast<Code>(buf[0]), std::string(buf.data() + 1));
+  }
+  if (!outcome.is_ok()) return outcome.with_context(where);
+  return Status::ok();
+}
+
+}  // namespace kiln::ckpt

@@ -1,0 +1,186 @@
+#include "kiln/ckpt/format.h"
+
+#include <charconv>
+#include <chrono>
+#include <ctime>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <xxhash.h>
+
+namespace kiln::ckpt {
+namespace {
+
+using nlohmann::json;
+
+json entry_json(const EntryRecord& e) {
+  json j{{"name", e.name},
+         {"kind", e.is_tensor ? "tensor" : "blob"},
+         {"offset", e.offset},
+         {"stored_bytes", e.stored_bytes},
+         {"raw_bytes", e.raw_bytes},
+         {"compression", e.compression == Compression::kZstd ? "zstd" : "none"},
+         {"xxh3", checksum_hex(e.xxh3)}};
+  if (e.is_tensor) {
+    j["dtype"] = std::string(comm::dtype_name(e.spec.dtype));
+    j["shape"] = e.spec.shape;
+    j["row_offset"] = e.spec.row_offset;
+    j["rows"] = e.spec.rows;
+  }
+  return j;
+}
+
+json shard_json(const ShardRecord& s) {
+  json entries = json::array();
+  for (const auto& e : s.entries) entries.push_back(entry_json(e));
+  return json{{"rank", s.rank}, {"file", s.file}, {"bytes", s.bytes}, {"entries", entries}};
+}
+
+Result<std::uint64_t> parse_hex(const std::string& s) {
+  std::uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v, 16);
+  if (ec != std::errc() || p != s.data() + s.size() || s.empty()) {
+    return data_loss(fmt::format("bad checksum '{}'", s));
+  }
+  return v;
+}
+
+Result<EntryRecord> parse_entry(const json& j) {
+  EntryRecord e;
+  e.name = j.at("name").get<std::string>();
+  std::string kind = j.at("kind").get<std::string>();
+  if (kind != "tensor" && kind != "blob") return data_loss(fmt::format("entry '{}': kind '{}'", e.name, kind));
+  e.is_tensor = kind == "tensor";
+  e.offset = j.at("offset").get<std::uint64_t>();
+  e.stored_bytes = j.at("stored_bytes").get<std::uint64_t>();
+  e.raw_bytes = j.at("raw_bytes").get<std::uint64_t>();
+  std::string comp = j.at("compression").get<std::string>();
+  if (comp == "zstd") {
+    e.compression = Compression::kZstd;
+  } else if (comp != "none") {
+    return data_loss(fmt::format("entry '{}': unknown compression '{}'", e.name, comp));
+  }
+  KILN_ASSIGN_OR_RETURN(e.xxh3, parse_hex(j.at("xxh3").get<std::string>()));
+  if (e.is_tensor) {
+    auto dt = comm::parse_dtype(j.at("dtype").get<std::string>());
+    if (!dt) return data_loss(fmt::format("entry '{}': {}", e.name, dt.status().message()));
+    e.spec.dtype = *dt;
+    e.spec.shape = j.at("shape").get<std::vector<std::int64_t>>();
+    e.spec.row_offset = j.at("row_offset").get<std::int64_t>();
+    e.spec.rows = j.at("rows").get<std::int64_t>();
+    if (e.spec.shape.empty() || e.spec.row_offset < 0 || e.spec.rows < 0 ||
+        e.spec.row_offset + e.spec.rows > e.spec.shape[0] ||
+        e.raw_bytes != static_cast<std::uint64_t>(e.spec.rows) * e.spec.row_bytes()) {
+      return data_loss(fmt::format("entry '{}': inconsistent shape/rows/bytes", e.name));
+    }
+  }
+  return e;
+}
+
+Result<ShardRecord> parse_shard_json(const json& j) {
+  ShardRecord s;
+  s.rank = j.at("rank").get<int>();
+  s.file = j.at("file").get<std::string>();
+  s.bytes = j.at("bytes").get<std::uint64_t>();
+  if (s.file.empty() || s.file.find('/') != std::string::npos) {
+    return data_loss(fmt::format("shard of rank {}: bad file name '{}'", s.rank, s.file));
+  }
+  for (const auto& je : j.at("entries")) {
+    KILN_ASSIGN_OR_RETURN(auto e, parse_entry(je));
+    if (e.offset + e.stored_bytes > s.bytes) {
+      return data_loss(fmt::format("shard of rank {}: entry '{}' ends past the file ({} > {})", s.rank,
+                                   e.name, e.offset + e.stored_bytes, s.bytes));
+    }
+    s.entries.push_back(std::move(e));
+  }
+  return s;
+}
+
+// Runs `parse` on `text`, turning JSON errors into DataLoss naming `where`.
+template <typename F>
+auto parse_json(const std::string& text, const std::string& where, F parse)
+    -> decltype(parse(json())) {
+  try {
+    auto r = parse(json::parse(text));
+    if (!r.is_ok()) return r.status().with_context(where);
+    return r;
+  } catch (const json::exception& e) {
+    return data_loss(fmt::format("{}: malformed: {}", where, e.what()));
+  }
+}
+
+std::optional<std::int64_t> parse_step(const std::string& name, const std::string& suffix) {
+  const std::string prefix = "step-";
+  if (name.size() <= prefix.size() + suffix.size() || name.rfind(prefix, 0) != 0) return std::nullopt;
+  if (name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) return std::nullopt;
+  const char* b = name.data() + prefix.size();
+  const char* e = name.data() + name.size() - suffix.size();
+  std::int64_t v = 0;
+  auto [p, ec] = std::from_chars(b, e, v);
+  if (ec != std::errc() || p != e || v < 0) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+std::string to_json(const ShardRecord& shard) { return shard_json(shard).dump(); }
+
+std::string to_json(const Manifest& m) {
+  json shards = json::array();
+  for (const auto& s : m.shards) shards.push_back(shard_json(s));
+  json j{{"format", "kiln-checkpoint"}, {"version", m.version}, {"step", m.step},
+         {"world_size", m.world_size},  {"time", m.time},       {"shards", shards}};
+  return j.dump(1) + "\n";
+}
+
+Result<ShardRecord> parse_shard_record(const std::string& text, const std::string& where) {
+  return parse_json(text, where, [](const json& j) { return parse_shard_json(j); });
+}
+
+Result<Manifest> parse_manifest(const std::string& text, const std::string& where) {
+  return parse_json(text, where, [](const json& j) -> Result<Manifest> {
+    Manifest m;
+    if (j.at("format").get<std::string>() != "kiln-checkpoint") return data_loss("not a kiln checkpoint manifest");
+    m.version = j.at("version").get<int>();
+    if (m.version != kFormatVersion) {
+      return failed_precondition(fmt::format("format version {} (this build reads {})", m.version, kFormatVersion));
+    }
+    m.step = j.at("step").get<std::int64_t>();
+    m.world_size = j.at("world_size").get<int>();
+    m.time = j.at("time").get<std::string>();
+    for (const auto& js : j.at("shards")) {
+      KILN_ASSIGN_OR_RETURN(auto s, parse_shard_json(js));
+      m.shards.push_back(std::move(s));
+    }
+    if (m.world_size <= 0 || static_cast<int>(m.shards.size()) != m.world_size) {
+      return data_loss(fmt::format("world_size {} but {} shards", m.world_size, m.shards.size()));
+    }
+    for (int r = 0; r < m.world_size; ++r) {
+      if (m.shards[r].rank != r) return data_loss(fmt::format("shard {} claims rank {}", r, m.shards[r].rank));
+    }
+    return m;
+  });
+}
+
+std::string step_dir_name(std::int64_t step) { return fmt::format("step-{}", step); }
+std::string tmp_step_dir_name(std::int64_t step) { return fmt::format("step-{}.tmp", step); }
+std::string shard_file_name(int rank) { return fmt::format("shard-{:05d}.bin", rank); }
+std::optional<std::int64_t> parse_step_dir_name(const std::string& name) { return parse_step(name, ""); }
+std::optional<std::int64_t> parse_tmp_step_dir_name(const std::string& name) {
+  return parse_step(name, ".tmp");
+}
+
+std::uint64_t checksum(const void* data, std::size_t n) { return XXH3_64bits(data, n); }
+std::string checksum_hex(std::uint64_t c) { return fmt::format("{:016x}", c); }
+
+std::string utc_now_iso8601() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+}  // namespace kiln::ckpt

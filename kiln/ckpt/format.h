@@ -1,0 +1,70 @@
+// The on-disk checkpoint format (docs/formats.md, "Checkpoint format"):
+// names of the files and directories, the manifest and its JSON form, and
+// the checksum. Pure functions; no I/O.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kiln/base/status.h"
+#include "kiln/ckpt/state.h"
+
+namespace kiln::ckpt {
+
+inline constexpr int kFormatVersion = 1;
+inline constexpr const char* kManifestName = "manifest.json";
+inline constexpr const char* kLatestName = "latest";
+
+enum class Compression : std::uint8_t { kNone, kZstd };
+
+// One entry's bytes inside a shard file.
+struct EntryRecord {
+  std::string name;
+  bool is_tensor = false;
+  TensorSpec spec;               // tensors only
+  std::uint64_t offset = 0;      // in the shard file
+  std::uint64_t stored_bytes = 0;
+  std::uint64_t raw_bytes = 0;   // after decompression
+  Compression compression = Compression::kNone;
+  std::uint64_t xxh3 = 0;        // XXH3-64 (seed 0) of the stored bytes
+};
+
+// One rank's shard file; also what each rank sends rank 0 at commit.
+struct ShardRecord {
+  int rank = 0;
+  std::string file;         // relative to the step directory
+  std::uint64_t bytes = 0;  // file size
+  std::vector<EntryRecord> entries;
+};
+
+struct Manifest {
+  int version = kFormatVersion;
+  std::int64_t step = 0;
+  int world_size = 0;
+  std::string time;  // UTC, ISO 8601, when rank 0 committed
+  std::vector<ShardRecord> shards;  // indexed by rank
+};
+
+std::string to_json(const ShardRecord& shard);
+std::string to_json(const Manifest& manifest);
+// DataLoss names `where` and what is malformed.
+Result<ShardRecord> parse_shard_record(const std::string& text, const std::string& where);
+Result<Manifest> parse_manifest(const std::string& text, const std::string& where);
+
+std::string step_dir_name(std::int64_t step);      // "step-42"
+std::string tmp_step_dir_name(std::int64_t step);  // "step-42.tmp"
+std::string shard_file_name(int rank);             // "shard-00003.bin"
+// The step of a committed directory name ("step-42" → 42); nullopt otherwise.
+std::optional<std::int64_t> parse_step_dir_name(const std::string& name);
+// The step of an uncommitted one ("step-42.tmp" → 42).
+std::optional<std::int64_t> parse_tmp_step_dir_name(const std::string& name);
+
+std::uint64_t checksum(const void* data, std::size_t n);
+std::string checksum_hex(std::uint64_t c);  // 16 lowercase hex digits
+
+std::string utc_now_iso8601();
+
+}  // namespace kiln::ckpt

@@ -1,0 +1,131 @@
+// Multi-rank saves (real processes) and loads onto other world sizes; partial
+// and corrupt checkpoints are skipped with the reason.
+#include "kiln/ckpt/load.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+#include <fmt/format.h>
+
+#include "kiln/ckpt/checkpointer.h"
+#include "kiln/ckpt/internal/file.h"
+#include "kiln/ckpt/testing/test_state.h"
+#include "kiln/ckpt/verify.h"
+#include "kiln/comm/testing/multiprocess.h"
+
+namespace kiln::ckpt {
+namespace {
+
+using comm::Communicator;
+using comm::testing::run_ranks;
+using testing::check_loaded;
+using testing::TempDir;
+using testing::TestState;
+
+comm::testing::RunOptions quick() {
+  comm::testing::RunOptions o;
+  o.deadline = std::chrono::seconds(30);
+  return o;
+}
+
+// `world` ranks save `steps` (zstd when asked) under `root`.
+void save_with(int world, const std::string& root, std::vector<std::int64_t> steps,
+               Compression c = Compression::kNone) {
+  auto r = run_ranks(world, [&](Communicator& comm) -> Status {
+    KILN_ASSIGN_OR_RETURN(auto ck, Checkpointer::create({.root = root, .comm = &comm, .compression = c}));
+    for (auto step : steps) {
+      TestState s(step, comm.rank(), comm.size());
+      KILN_RETURN_IF_ERROR(ck->save(s.view(), step, Deadline::after_seconds(20)));
+    }
+    return Status::ok();
+  }, quick());
+  ASSERT_TRUE(r.ok()) << r.report;
+}
+
+// `world` ranks load the newest step and expect `step`.
+void expect_load(int world, const std::string& root, std::int64_t step) {
+  auto r = run_ranks(world, [&](Communicator& comm) -> Status {
+    LoadOptions o{comm.rank(), comm.size(), &comm, std::chrono::seconds(20)};
+    KILN_ASSIGN_OR_RETURN(auto loaded, load_latest(root, o));
+    std::string bad = check_loaded(loaded, step, comm.rank(), comm.size());
+    if (!bad.empty()) return data_loss(fmt::format("rank {}: {}", comm.rank(), bad));
+    return Status::ok();
+  }, quick());
+  ASSERT_TRUE(r.ok()) << r.report;
+}
+
+TEST(CkptLoad, FourRanksSaveThreeLoad) {
+  TempDir dir;
+  save_with(4, dir.path(), {1, 2});
+  EXPECT_TRUE(verify_step_status(dir.path() + "/step-2").is_ok());
+  auto m = read_manifest(dir.path() + "/step-2");
+  ASSERT_TRUE(m.is_ok());
+  EXPECT_EQ(m->world_size, 4);
+  expect_load(3, dir.path(), 2);
+}
+
+TEST(CkptLoad, TwoRanksSaveFourLoadCompressed) {
+  TempDir dir;
+  save_with(2, dir.path(), {7}, Compression::kZstd);
+  expect_load(4, dir.path(), 7);
+  expect_load(1, dir.path(), 7);
+}
+
+void flip_bit(const std::string& path, std::uint64_t offset) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0) << path;
+  unsigned char b = 0;
+  ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  b ^= 0x10;
+  ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  ::close(fd);
+}
+
+TEST(CkptLoad, CorruptShardIsDetectedAndSkippedOnEveryRank) {
+  TempDir dir;
+  save_with(2, dir.path(), {1, 2});
+  std::string shard1 = dir.path() + "/step-2/" + shard_file_name(1);
+  flip_bit(shard1, 17);
+  Status v = verify_step_status(dir.path() + "/step-2");
+  EXPECT_EQ(v.code(), Code::kDataLoss);
+  EXPECT_NE(v.message().find("shard-00001.bin"), std::string::npos) << v.to_string();
+  EXPECT_EQ(v.message().find("shard-00000.bin"), std::string::npos) << v.to_string();
+  // With 2 loading ranks only rank 1 reads the bad rows, yet both fall back to step 1.
+  expect_load(2, dir.path(), 1);
+}
+
+TEST(CkptLoad, TruncatedShardIsDetectedAndSkipped) {
+  TempDir dir;
+  save_with(1, dir.path(), {1, 2});
+  std::string shard = dir.path() + "/step-2/" + shard_file_name(0);
+  auto size = internal::file_size(shard);
+  ASSERT_TRUE(size.is_ok());
+  ASSERT_EQ(::truncate(shard.c_str(), static_cast<off_t>(*size / 2)), 0);
+  Status v = verify_step_status(dir.path() + "/step-2");
+  EXPECT_EQ(v.code(), Code::kDataLoss);
+  EXPECT_NE(v.message().find("truncated"), std::string::npos) << v.to_string();
+  auto loaded = load_latest(dir.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 1, 0, 1), "");
+}
+
+TEST(CkptLoad, UncommittedAndManifestlessStepsAreIgnored) {
+  TempDir dir;
+  save_with(1, dir.path(), {1});
+  // A crash before the commit (a .tmp directory) and a directory that lost its manifest.
+  ASSERT_TRUE(internal::make_dir(dir.path() + "/step-5.tmp").is_ok());
+  ASSERT_TRUE(internal::make_dir(dir.path() + "/step-4").is_ok());
+  auto loaded = load_latest(dir.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->step, 1);
+  EXPECT_EQ(read_manifest(dir.path() + "/step-4").status().code(), Code::kNotFound);
+}
+
+TEST(CkptLoad, NothingToLoadIsNotFound) {
+  TempDir dir;
+  EXPECT_EQ(load_latest(dir.path(), {}).status().code(), Code::kNotFound);
+}
+
+}  // namespace
+}  // namespace kiln::ckpt

@@ -1,0 +1,46 @@
+// Which committed checkpoints stay, and the lock that keeps a checkpoint
+// being loaded from being deleted.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kiln/base/status.h"
+
+namespace kiln::ckpt {
+
+struct RetentionPolicy {
+  int keep_last = 3;             // the newest K committed steps (at least 1 is always kept)
+  std::int64_t keep_every = 0;   // also keep steps divisible by this forever; 0 = off
+};
+
+// Committed step numbers under `root` (directories named step-N), newest
+// first. Does not check that they load. NotFound if `root` does not exist.
+Result<std::vector<std::int64_t>> list_committed_steps(const std::string& root);
+
+// A shared flock(2) on a step directory, held while it is read: retention
+// skips a directory it cannot lock exclusively. Works across processes.
+class StepReadLock {
+ public:
+  // Blocks only while retention is renaming the directory away (microseconds).
+  // NotFound if the directory is gone (then pick another step).
+  static Result<StepReadLock> acquire(const std::string& step_dir);
+  StepReadLock(StepReadLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
+  StepReadLock& operator=(StepReadLock&&) = delete;
+  ~StepReadLock();
+
+ private:
+  explicit StepReadLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
+// Run by rank 0 after each commit (so never before a newer one exists):
+// deletes committed steps the policy does not keep — never the newest, never
+// one a StepReadLock holds (it is retried after the next commit) — and .tmp
+// directories older than the newest commit (left by crashed saves). A step is
+// first renamed to .trash-step-N, so loaders never see it half-deleted.
+// Returns the names it deleted.
+Result<std::vector<std::string>> apply_retention(const std::string& root, const RetentionPolicy& policy);
+
+}  // namespace kiln::ckpt

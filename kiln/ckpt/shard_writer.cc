@@ -1,0 +1,90 @@
+#include "kiln/ckpt/shard_writer.h"
+
+#include <algorithm>
+
+#include <fmt/format.h>
+#include <xxhash.h>
+#include <zstd.h>
+
+#include "kiln/ckpt/internal/file.h"
+
+namespace kiln::ckpt {
+namespace {
+
+// Large enough that write() runs at device speed, small enough that the
+// checksum of a chunk is still in cache when it is written.
+constexpr std::size_t kChunk = 8 << 20;
+
+}  // namespace
+
+Result<ShardRecord> write_shard(const std::string& dir, int rank,
+                                const std::vector<StagedEntry>& entries, const std::byte* staging,
+                                const ShardWriteOptions& options) {
+  ShardRecord shard;
+  shard.rank = rank;
+  shard.file = shard_file_name(rank);
+  KILN_ASSIGN_OR_RETURN(auto file, internal::WriteFile::create(dir + "/" + shard.file));
+  std::vector<char> zbuf;
+  std::uint64_t offset = 0;
+  for (const auto& e : entries) {
+    EntryRecord rec;
+    rec.name = e.name;
+    rec.is_tensor = e.is_tensor;
+    rec.spec = e.spec;
+    rec.offset = offset;
+    rec.raw_bytes = e.bytes;
+    const std::byte* src = staging + e.staging_offset;
+    const void* out = src;
+    std::size_t out_bytes = e.bytes;
+    if (options.compression == Compression::kZstd && e.bytes > 0) {
+      zbuf.resize(ZSTD_compressBound(e.bytes));
+      std::size_t z = ZSTD_compress(zbuf.data(), zbuf.size(), src, e.bytes, options.zstd_level);
+      if (ZSTD_isError(z)) {
+        return internal_error(fmt::format("zstd compress of entry '{}' ({} bytes): {}", e.name,
+                                          e.bytes, ZSTD_getErrorName(z)));
+      }
+      rec.compression = Compression::kZstd;
+      out = zbuf.data();
+      out_bytes = z;
+    }
+    XXH3_state_t* st = XXH3_createState();
+    XXH3_64bits_reset(st);
+    const char* p = static_cast<const char*>(out);
+    Status ws;
+    for (std::size_t done = 0; done < out_bytes && ws.is_ok();) {
+      std::size_t n = std::min(kChunk, out_bytes - done);
+      XXH3_64bits_update(st, p + done, n);
+      ws = file.append(p + done, n);
+      done += n;
+    }
+    rec.xxh3 = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    if (!ws.is_ok()) return ws.with_context(fmt::format("shard of rank {}, entry '{}'", rank, e.name));
+    rec.stored_bytes = out_bytes;
+    offset += out_bytes;
+    shard.entries.push_back(std::move(rec));
+  }
+  KILN_RETURN_IF_ERROR(file.sync().with_context(fmt::format("shard of rank {}", rank)));
+  KILN_RETURN_IF_ERROR(file.close());
+  shard.bytes = offset;
+  return shard;
+}
+
+Result<std::vector<std::byte>> decode_entry(const EntryRecord& rec, std::vector<std::byte> stored,
+                                            const std::string& where) {
+  std::uint64_t got = checksum(stored.data(), stored.size());
+  if (got != rec.xxh3) {
+    return data_loss(fmt::format("{}: entry '{}' checksum {} != manifest {} (corrupt shard)", where,
+                                 rec.name, checksum_hex(got), checksum_hex(rec.xxh3)));
+  }
+  if (rec.compression == Compression::kNone) return stored;
+  std::vector<std::byte> raw(rec.raw_bytes);
+  std::size_t n = ZSTD_decompress(raw.data(), raw.size(), stored.data(), stored.size());
+  if (ZSTD_isError(n) || n != rec.raw_bytes) {
+    return data_loss(fmt::format("{}: entry '{}' does not decompress to {} bytes", where, rec.name,
+                                 rec.raw_bytes));
+  }
+  return raw;
+}
+
+}  // namespace kiln::ckpt

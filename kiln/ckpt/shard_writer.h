@@ -1,0 +1,41 @@
+// Writes one rank's shard file from staged bytes (the background writer's
+// first half; commit.h is the second).
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "kiln/base/status.h"
+#include "kiln/ckpt/format.h"
+
+namespace kiln::ckpt {
+
+// An entry copied into staging memory at `staging_offset`.
+struct StagedEntry {
+  std::string name;
+  bool is_tensor = false;
+  TensorSpec spec;
+  std::size_t staging_offset = 0;
+  std::size_t bytes = 0;
+};
+
+struct ShardWriteOptions {
+  Compression compression = Compression::kNone;
+  int zstd_level = 1;
+};
+
+// Writes `entries` (bytes in `staging`) to `dir`/shard_file_name(rank), entry
+// after entry, checksumming what it stores, then fsyncs the file. Blocks for
+// the whole write. ResourceExhausted when the disk is full; the file is then
+// left behind for the commit to discard.
+Result<ShardRecord> write_shard(const std::string& dir, int rank,
+                                const std::vector<StagedEntry>& entries, const std::byte* staging,
+                                const ShardWriteOptions& options);
+
+// Bytes of `rec` decompressed; DataLoss if `stored` does not match its checksum
+// or does not decompress to raw_bytes.
+Result<std::vector<std::byte>> decode_entry(const EntryRecord& rec, std::vector<std::byte> stored,
+                                            const std::string& where);
+
+}  // namespace kiln::ckpt
