@@ -5,7 +5,7 @@
 # run (a) allreduce of all gradients after backward with (b) kiln::ddp.
 #
 #   bench/ddp_overlap.sh [--rate 1gbit] [--batch 384] [--width 4096] [--layers 2]
-#                        [--bucket-mib 25] [--steps 6] [--kiln PATH]
+#                        [--bucket-mib 25 | --auto-bucket-cap] [--bf16] [--steps 6] [--kiln PATH]
 # Prints rank 0's JSON (backward_s, comm_s, exposed_comm_s, overlap,
 # step_a_s, step_b_s, step_ratio). Needs root (ip netns, tc).
 set -euo pipefail
@@ -19,6 +19,7 @@ while [ $# -gt 0 ]; do
     --rate) RATE=$2; shift 2 ;;
     --kiln) KILN=$2; shift 2 ;;
     --batch|--width|--layers|--bucket-mib|--steps|--warmup) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
+    --auto-bucket-cap|--bf16) BENCH_ARGS+=("$1"); shift ;;
     *) echo "ddp_overlap: unknown option $1" >&2; exit 2 ;;
   esac
 done

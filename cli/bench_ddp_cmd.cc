@@ -27,6 +27,8 @@ struct DdpBenchArgs {
   int steps = 6;
   int warmup = 2;
   double bucket_mib = 25;
+  bool auto_cap = false;
+  bool bf16 = false;
   bool json = false;
 };
 
@@ -101,14 +103,18 @@ Status bench_ddp(const DdpBenchArgs& a) {
   auto net_b = std::make_shared<MlpImpl>(a.width, a.layers);
   ddp::DdpOptions options;
   options.bucket_cap_bytes = static_cast<std::size_t>(a.bucket_mib * (1 << 20));
+  options.auto_bucket_cap = a.auto_cap;
+  options.compress_bf16 = a.bf16;
   KILN_ASSIGN_OR_RETURN(auto d, ddp::DistributedDataParallel::create(net_b, c, options));
   std::vector<double> b_backward, b_exposed, b_step;
-  for (int s = 0; s < a.warmup + a.steps; ++s) {
+  // bucket_cap = auto spends its first steps observing and trying caps.
+  int tuning_steps = a.auto_cap ? 1 + static_cast<int>(options.auto_caps.size()) : 0;
+  for (int s = 0; s < tuning_steps + a.warmup + a.steps; ++s) {
     auto t0 = Clock::now();
     net_b->zero_grad();
     auto loss = torch::mse_loss(net_b->forward(x), y);
     KILN_RETURN_IF_ERROR(d->backward(loss));
-    if (s >= a.warmup) {
+    if (s >= tuning_steps + a.warmup) {
       b_backward.push_back(d->last_sync().backward_s);
       b_exposed.push_back(d->last_sync().exposed_comm_s);
       b_step.push_back(since(t0));
@@ -121,7 +127,9 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      {"parameters", params},
                      {"batch_per_rank", a.batch},
                      {"buckets", d->bucket_count()},
-                     {"bucket_cap_mib", a.bucket_mib},
+                     {"bucket_cap_mib", static_cast<double>(d->bucket_cap_bytes()) / (1 << 20)},
+                     {"bucket_cap_auto", a.auto_cap},
+                     {"compress_bf16", a.bf16},
                      {"backward_s", backward},
                      {"comm_s", comm_s},
                      {"ddp_backward_s", median(b_backward)},
@@ -149,6 +157,8 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--steps", a->steps, "timed steps per mode");
   cmd->add_option("--warmup", a->warmup, "untimed steps per mode");
   cmd->add_option("--bucket-mib", a->bucket_mib, "DDP bucket cap, MiB");
+  cmd->add_flag("--auto-bucket-cap", a->auto_cap, "bucket_cap = auto: try candidate caps, keep the best");
+  cmd->add_flag("--bf16", a->bf16, "communicate gradients as bfloat16");
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
   cmd->callback(run_status([a] { return bench_ddp(*a); }));
 });

@@ -165,6 +165,11 @@ Status DistributedDataParallel::rebuild_from_observed_order() {
     order[k] = static_cast<std::size_t>(plan[k]);
     break_before[k] = plan[n + k] != 0;
   }
+  observed_order_ = order;
+  observed_breaks_ = break_before;
+  if (options_.auto_bucket_cap && !options_.auto_caps.empty()) {
+    options_.bucket_cap_bytes = options_.auto_caps[0];  // the first candidate's trial step is next
+  }
   return assign_buckets(order, break_before);
 }
 
@@ -196,6 +201,14 @@ void DistributedDataParallel::launch_ready_buckets() {
   // waits for earlier ones, so every rank issues the same sequence.
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0) {
     Bucket& b = buckets_[next_launch_++];
+    if (options_.compress_bf16 && b.buffer.scalar_type() == torch::kFloat) {
+      torch::NoGradGuard no_grad;
+      if (!b.wire.defined()) b.wire = torch::empty_like(b.buffer, torch::kBFloat16);
+      b.wire.copy_(b.buffer);
+      b.work = comm_.allreduce(b.wire.data_ptr(), static_cast<std::size_t>(b.wire.numel()),
+                               comm::DataType::kBFloat16, comm::ReduceOp::kAvg);
+      continue;
+    }
     auto dt = comm_dtype(b.buffer.scalar_type());
     b.work = comm_.allreduce(b.buffer.data_ptr(), static_cast<std::size_t>(b.buffer.numel()), *dt,
                              comm::ReduceOp::kAvg);
@@ -242,6 +255,12 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
     stats_.bytes += static_cast<std::size_t>(b.buffer.numel()) * b.buffer.element_size();
   }
   KILN_RETURN_IF_ERROR(first_error);
+  if (options_.compress_bf16) {
+    torch::NoGradGuard no_grad;
+    for (auto& b : buckets_) {
+      if (b.wire.defined()) b.buffer.copy_(b.wire);
+    }
+  }
   stats_.exposed_comm_s = seconds_since(after_backward);
   stats_.buckets = buckets_.size();
 
@@ -258,9 +277,31 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
   }
   if (!rebuilt_) {
     rebuilt_ = true;
-    KILN_RETURN_IF_ERROR(rebuild_from_observed_order());
+    return rebuild_from_observed_order();
   }
+  if (tuning()) return tune_bucket_cap();
   return Status::ok();
+}
+
+// bucket_cap = auto: one step per candidate cap, judged by the slowest
+// rank's exposed communication (so every rank picks the same).
+Status DistributedDataParallel::tune_bucket_cap() {
+  double exposed = stats_.exposed_comm_s;
+  KILN_RETURN_IF_ERROR(comm_.allreduce(&exposed, 1, comm::DataType::kFloat64, comm::ReduceOp::kMax)->wait());
+  tuning_exposed_.push_back(exposed);
+  ++tuning_index_;
+  std::size_t next;
+  if (tuning_index_ < options_.auto_caps.size()) {
+    next = options_.auto_caps[tuning_index_];
+  } else {
+    std::size_t best = static_cast<std::size_t>(
+        std::min_element(tuning_exposed_.begin(), tuning_exposed_.end()) - tuning_exposed_.begin());
+    next = options_.auto_caps[best];
+    log()->info("DDP bucket_cap=auto chose {} MiB (exposed comm {:.3f} s; candidates: {})",
+                next >> 20, tuning_exposed_[best], fmt::join(tuning_exposed_, ", "));
+  }
+  options_.bucket_cap_bytes = next;
+  return assign_buckets(observed_order_, observed_breaks_);
 }
 
 }  // namespace kiln::ddp

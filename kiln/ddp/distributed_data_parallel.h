@@ -36,6 +36,14 @@ struct DdpOptions {
   // Parameters whose gradient backward never produced count as zero instead
   // of being an error (c10d's find_unused_parameters).
   bool find_unused_parameters = false;
+  // Communicate gradients as bfloat16 (half the bytes; averaged in float32
+  // arithmetic, rounded to bfloat16 on the wire). Parameters stay float32.
+  bool compress_bf16 = false;
+  // bucket_cap = auto: after the first synchronized step, try each cap in
+  // `auto_caps` for one step, and keep the one whose exposed communication
+  // (slowest rank) was smallest. Every rank decides the same.
+  bool auto_bucket_cap = false;
+  std::vector<std::size_t> auto_caps{1u << 20, 4u << 20, 16u << 20, 25u << 20, 64u << 20};
 };
 
 // Timing of the last synchronized backward().
@@ -74,11 +82,15 @@ class DistributedDataParallel {
   NoSync no_sync() { return NoSync(*this); }
 
   const SyncStats& last_sync() const { return stats_; }
+  // The bucket cap in use (after auto tuning: the one it chose).
+  std::size_t bucket_cap_bytes() const { return options_.bucket_cap_bytes; }
+  bool tuning() const { return tuning_index_ < options_.auto_caps.size() && options_.auto_bucket_cap; }
   std::size_t bucket_count() const { return buckets_.size(); }
 
  private:
   struct Bucket {
     torch::Tensor buffer;               // flat, one dtype
+    torch::Tensor wire;                 // bfloat16 copy sent instead, when compressing
     std::vector<std::size_t> params;    // indices into params_
     std::vector<std::int64_t> offsets;  // element offset of each param in buffer
     std::size_t pending = 0;
@@ -107,6 +119,11 @@ class DistributedDataParallel {
   std::vector<double> ready_at_;         // seconds into this backward
   Clock::time_point backward_started_;
   bool rebuilt_ = false;                 // Note [Rebuilding buckets from the observed order]
+  std::vector<std::size_t> observed_order_;
+  std::vector<bool> observed_breaks_;
+  std::size_t tuning_index_ = 0;         // next candidate of auto_caps to try
+  std::vector<double> tuning_exposed_;   // slowest rank's exposed comm per candidate
+  Status tune_bucket_cap();
   std::vector<unsigned> hook_handles_;
   std::size_t next_launch_ = 0;
   bool sync_enabled_ = true;

@@ -3,6 +3,8 @@
 // mismatch and an unused parameter are errors that say what and where.
 #include "kiln/ddp/distributed_data_parallel.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
@@ -42,10 +44,10 @@ std::shared_ptr<NetImpl> make_net(int seed) {
 }
 
 // One process, whole batch: what DDP must reproduce.
-std::shared_ptr<NetImpl> train_reference(const Data& d) {
+std::shared_ptr<NetImpl> train_reference(const Data& d, int steps = kSteps) {
   auto net = make_net(1);
   torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1));
-  for (int s = 0; s < kSteps; ++s) {
+  for (int s = 0; s < steps; ++s) {
     opt.zero_grad();
     torch::mse_loss(net->forward(d.x), d.y).backward();
     opt.step();
@@ -53,32 +55,32 @@ std::shared_ptr<NetImpl> train_reference(const Data& d) {
   return net;
 }
 
-Status compare(NetImpl& got, NetImpl& want) {
+Status compare(NetImpl& got, NetImpl& want, double tolerance = 1e-5) {
   auto a = got.parameters(), b = want.parameters();
   for (std::size_t i = 0; i < a.size(); ++i) {
     double diff = (a[i] - b[i]).abs().max().item<double>();
     double scale = std::max(b[i].abs().max().item<double>(), 1e-6);
-    if (diff / scale > 1e-5) {
+    if (diff / scale > tolerance) {
       return internal_error(fmt::format("parameter {} differs from the single-process run by {:.3g} (relative)", i, diff / scale));
     }
   }
   return Status::ok();
 }
 
-Status train_ddp(comm::Communicator& c, bool accumulate) {
+Status train_ddp(comm::Communicator& c, bool accumulate, DdpOptions options = {},
+                 double tolerance = 1e-5, int steps = kSteps) {
   torch::set_num_threads(1);
   Data d = make_data();
   auto net = make_net(1 + c.rank());  // rank 0's initial weights must win the broadcast
-  DdpOptions options;
   options.first_bucket_cap_bytes = 256;  // several buckets even for this small model
-  options.bucket_cap_bytes = 2048;
+  if (!options.auto_bucket_cap) options.bucket_cap_bytes = 2048;
   KILN_ASSIGN_OR_RETURN(auto ddp, DistributedDataParallel::create(net, c, options));
-  if (ddp->bucket_count() < 3) return internal_error("expected several buckets");
+  if (!options.auto_bucket_cap && ddp->bucket_count() < 3) return internal_error("expected several buckets");
   torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1));
   const int per_rank = kBatch / c.size();
   auto x = d.x.narrow(0, c.rank() * per_rank, per_rank);
   auto y = d.y.narrow(0, c.rank() * per_rank, per_rank);
-  for (int s = 0; s < kSteps; ++s) {
+  for (int s = 0; s < steps; ++s) {
     opt.zero_grad();
     if (accumulate) {
       const int half = per_rank / 2;
@@ -94,8 +96,15 @@ Status train_ddp(comm::Communicator& c, bool accumulate) {
     }
     opt.step();
   }
-  auto reference = train_reference(d);
-  return compare(*net, *reference);
+  if (options.auto_bucket_cap) {
+    const auto& caps = options.auto_caps;
+    if (ddp->tuning()) return internal_error("still tuning after all candidates were tried");
+    if (std::find(caps.begin(), caps.end(), ddp->bucket_cap_bytes()) == caps.end()) {
+      return internal_error(fmt::format("auto chose {} bytes, not a candidate", ddp->bucket_cap_bytes()));
+    }
+  }
+  auto reference = train_reference(d, steps);
+  return compare(*net, *reference, tolerance);
 }
 
 class DdpEquivalence : public ::testing::TestWithParam<std::tuple<int, bool>> {};
@@ -114,6 +123,26 @@ INSTANTIATE_TEST_SUITE_P(Worlds, DdpEquivalence,
                            return fmt::format("world{}_{}", std::get<0>(info.param),
                                               std::get<1>(info.param) ? "no_sync_accumulation" : "plain");
                          });
+
+TEST(Ddp, Bf16CompressedGradientsStayWithinBf16Rounding) {
+  auto result = comm::testing::run_ranks(2, [](comm::Communicator& c) {
+    DdpOptions o;
+    o.compress_bf16 = true;
+    return train_ddp(c, false, o, /*tolerance=*/2e-2);
+  });
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+TEST(Ddp, AutoBucketCapTriesEveryCandidateThenKeepsOne) {
+  auto result = comm::testing::run_ranks(2, [](comm::Communicator& c) {
+    DdpOptions o;
+    o.auto_bucket_cap = true;
+    o.auto_caps = {256, 1024, 4096};
+    // Step 1 observes the order, steps 2-4 try the caps, the rest use the choice.
+    return train_ddp(c, false, o, 1e-5, /*steps=*/7);
+  });
+  EXPECT_TRUE(result.ok()) << result.report;
+}
 
 TEST(Ddp, DifferentModelsOnRanksAreRejectedNamingTheRank) {
   auto result = comm::testing::run_ranks(2, [](comm::Communicator& c) -> Status {
