@@ -26,6 +26,15 @@ Result<std::vector<std::int64_t>> list_committed_steps(const std::string& root) 
   return steps;
 }
 
+Result<std::vector<std::string>> list_uncommitted(const std::string& root) {
+  KILN_ASSIGN_OR_RETURN(auto names, internal::list_dir(root));
+  std::vector<std::string> out;
+  for (const auto& n : names) {
+    if (parse_tmp_step_dir_name(n)) out.push_back(n);
+  }
+  return out;
+}
+
 Result<StepReadLock> StepReadLock::acquire(const std::string& step_dir) {
   int fd = ::open(step_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (fd < 0) return errno_status(fmt::format("open checkpoint {}", step_dir), errno);

@@ -19,6 +19,10 @@ struct RetentionPolicy {
 // first. Does not check that they load. NotFound if `root` does not exist.
 Result<std::vector<std::int64_t>> list_committed_steps(const std::string& root);
 
+// Names of uncommitted step directories under `root` (step-N.tmp: a save in
+// flight, or one a crash interrupted), sorted.
+Result<std::vector<std::string>> list_uncommitted(const std::string& root);
+
 // A shared flock(2) on a step directory, held while it is read: retention
 // skips a directory it cannot lock exclusively. Works across processes.
 class StepReadLock {

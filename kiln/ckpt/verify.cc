@@ -13,6 +13,11 @@ Result<Manifest> read_manifest(const std::string& step_dir) {
   return parse_manifest(text, path);
 }
 
+Result<std::string> read_latest(const std::string& root) {
+  KILN_ASSIGN_OR_RETURN(auto text, internal::read_file(root + "/" + kLatestName));
+  return text.substr(0, text.find('\n'));
+}
+
 Result<std::vector<std::byte>> read_entry(const std::string& step_dir, const ShardRecord& shard,
                                           const EntryRecord& rec) {
   std::string path = step_dir + "/" + shard.file;

@@ -26,6 +26,10 @@ struct ShardProblem {
   Status why;
 };
 
+// The step directory name <root>/latest points at ("step-42"); NotFound if
+// there is none yet. A hint only: loaders scan the step directories.
+Result<std::string> read_latest(const std::string& root);
+
 // Checks every shard: present, the size the manifest says, every entry's
 // checksum. Reads every byte. Returns the manifest and the problems found
 // (empty when the step is intact); fails only if the manifest is unreadable.

@@ -1,0 +1,218 @@
+// `kiln bench ckpt`: what a checkpoint costs training, against the same
+// run's baselines. Run one process per rank:
+//   kiln launch -n 2 -- kiln bench ckpt --bytes 1G --root /data/bench-ckpt --json
+//
+//   stall_vs_memcpy  save_async's stall (steady state: staging reused) over a
+//                    plain memcpy of this rank's bytes into a touched buffer (target ≤ 1.5)
+//   write_vs_raw     background shard write throughput (write + fsync) over a raw
+//                    sequential write + fsync of the same bytes (target ≥ 0.8)
+//   load_mb_s        load_latest of every rank's slice, page cache dropped for the
+//                    shard files first (posix_fadvise), all ranks' MB over the slowest rank
+//   disk_recovery_s  that load's wall time (manifest, reads, checksums, re-slice)
+//   inmem_recovery_s null: the in-memory (peer replica) tier is not implemented yet
+// Times are the slowest rank's; stall and write take the median of the steady saves.
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "kiln/base/units.h"
+#include "kiln/ckpt/checkpointer.h"
+#include "kiln/ckpt/format.h"
+#include "kiln/ckpt/load.h"
+#include "kiln/comm/process_group.h"
+
+namespace kiln::cli {
+namespace {
+
+using comm::Communicator;
+using comm::DataType;
+
+struct CkptBenchArgs {
+  std::string bytes = "1G";  // whole state, all ranks together
+  std::string root = "/tmp/kiln-bench-ckpt";
+  int saves = 4;  // the first fills the staging pool; the rest are timed
+  bool zstd = false;
+  bool keep = false;  // leave the last checkpoint for `kiln ckpt` to look at
+  bool json = false;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+Result<double> slowest(Communicator& c, double v) {
+  KILN_RETURN_IF_ERROR(c.allreduce(&v, 1, DataType::kFloat64, comm::ReduceOp::kMax)->wait());
+  return v;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// A raw sequential write + fsync of `n` bytes in 8 MiB writes: the disk's
+// speed for this access pattern, measured in the same run.
+Result<double> raw_write_seconds(const std::string& path, const std::vector<char>& buf) {
+  auto t0 = std::chrono::steady_clock::now();
+  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return errno_status("bench ckpt: create " + path, errno);
+  for (std::size_t off = 0; off < buf.size();) {
+    ssize_t w = ::write(fd, buf.data() + off, std::min<std::size_t>(8 << 20, buf.size() - off));
+    if (w < 0) {
+      ::close(fd);
+      return errno_status("bench ckpt: write " + path, errno);
+    }
+    off += static_cast<std::size_t>(w);
+  }
+  int rc = ::fsync(fd);
+  ::close(fd);
+  if (rc != 0) return errno_status("bench ckpt: fsync " + path, errno);
+  double s = seconds_since(t0);
+  ::unlink(path.c_str());
+  return s;
+}
+
+// Evicts the (clean, fsynced) pages of every file under `dir` from the page cache.
+void drop_cache(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir, ec)) {
+    int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) continue;
+    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    ::close(fd);
+  }
+}
+
+Status bench_ckpt(const CkptBenchArgs& a) {
+  KILN_ASSIGN_OR_RETURN(std::uint64_t total, parse_bytes(a.bytes));
+  if (a.saves < 2) return invalid_argument("bench ckpt: --saves must be at least 2");
+  KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
+  Communicator& c = pg->comm();
+  const int n = c.size(), r = c.rank();
+  // A [rows, 1024] float32 tensor sharded by rows, plus a small per-rank blob.
+  const std::int64_t cols = 1024, rows = std::max<std::int64_t>(n, total / (cols * 4));
+  ckpt::RowRange mine = ckpt::even_rows(rows, r, n);
+  const std::size_t my_bytes = static_cast<std::size_t>(mine.count * cols * 4);
+  std::vector<char> state(my_bytes), copy(my_bytes);
+  for (std::size_t i = 0; i < my_bytes; i += 4096) state[i] = static_cast<char>(i / 4096 + r);
+  std::memset(copy.data(), 1, copy.size());
+  std::string rng = fmt::format("rng state of rank {}", r);
+
+  std::string root = a.root;
+  if (r == 0) {
+    std::error_code ec;
+    std::filesystem::remove_all(root, ec);
+  }
+  KILN_RETURN_IF_ERROR(c.barrier()->wait());
+
+  // Baseline 1: a plain memcpy into a touched buffer (median of 3).
+  std::vector<double> memcpy_s;
+  for (int i = 0; i < 3; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    std::memcpy(copy.data(), state.data(), my_bytes);
+    memcpy_s.push_back(seconds_since(t0));
+  }
+  KILN_ASSIGN_OR_RETURN(double memcpy_t, slowest(c, median(memcpy_s)));
+
+  // The checkpointer gets a communicator of its own (see checkpointer.h).
+  KILN_ASSIGN_OR_RETURN(auto ckpt_comm, c.split(0, r));
+  KILN_ASSIGN_OR_RETURN(auto ck, ckpt::Checkpointer::create(
+                                     {.root = root,
+                                      .comm = ckpt_comm.get(),
+                                      .retention = {.keep_last = 1},
+                                      .compression = a.zstd ? ckpt::Compression::kZstd : ckpt::Compression::kNone}));
+  std::vector<double> stall_s, write_s, commit_s;
+  for (int step = 0; step < a.saves; ++step) {
+    ckpt::StateView view;
+    KILN_RETURN_IF_ERROR(view.add_tensor("weights", DataType::kFloat32, {rows, cols}, mine.offset, mine.count, state.data()));
+    KILN_RETURN_IF_ERROR(view.add_blob("rng", rng.data(), rng.size()));
+    KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    auto t0 = std::chrono::steady_clock::now();
+    KILN_RETURN_IF_ERROR(ck->save_async(view, step).status());
+    double stall = seconds_since(t0);
+    KILN_RETURN_IF_ERROR(ck->wait(Deadline::after_seconds(600)));
+    auto st = ck->last_stats();
+    if (step == 0) continue;  // the staging pool was allocated and faulted in here
+    KILN_ASSIGN_OR_RETURN(double s1, slowest(c, stall));
+    KILN_ASSIGN_OR_RETURN(double s2, slowest(c, st.write_s));
+    KILN_ASSIGN_OR_RETURN(double s3, slowest(c, st.commit_s));
+    stall_s.push_back(s1);
+    write_s.push_back(s2);
+    commit_s.push_back(s3);
+  }
+  const std::int64_t last_step = a.saves - 1;
+
+  // Baseline 2: raw sequential write + fsync of the same bytes, all ranks at once.
+  KILN_RETURN_IF_ERROR(c.barrier()->wait());
+  KILN_ASSIGN_OR_RETURN(double raw_mine, raw_write_seconds(fmt::format("{}/raw-{}.bin", root, r), state));
+  KILN_ASSIGN_OR_RETURN(double raw_t, slowest(c, raw_mine));
+
+  // Recovery from disk, cold page cache.
+  if (r == 0) drop_cache(root);
+  KILN_RETURN_IF_ERROR(c.barrier()->wait());
+  auto t0 = std::chrono::steady_clock::now();
+  KILN_ASSIGN_OR_RETURN(auto loaded, ckpt::load_latest(root, {r, n, ckpt_comm.get(), std::chrono::seconds(600)}));
+  KILN_ASSIGN_OR_RETURN(double load_t, slowest(c, seconds_since(t0)));
+  const ckpt::LoadedEntry* w = loaded.find("weights");
+  int bad = (loaded.step != last_step || w == nullptr || w->data.size() != my_bytes ||
+             std::memcmp(w->data.data(), state.data(), my_bytes) != 0) ? 1 : 0;
+  KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
+  if (bad) return internal_error("bench ckpt: the loaded state differs from the saved one");
+
+  double stall = median(stall_s), write = median(write_s);
+  const double mb = static_cast<double>(rows * cols * 4) / 1e6;
+  if (r == 0) {
+    nlohmann::json doc{
+        {"world_size", n},
+        {"state_bytes", rows * cols * 4},
+        {"bytes_per_rank", my_bytes},
+        {"compression", a.zstd ? "zstd" : "none"},
+        {"root", root},
+        {"memcpy_s", memcpy_t},
+        {"stall_s", stall},
+        {"stall_vs_memcpy", stall / memcpy_t},
+        {"raw_write_s", raw_t},
+        {"write_s", write},
+        {"write_vs_raw", raw_t / write},
+        {"commit_s", median(commit_s)},
+        {"load_mb_s", mb / load_t},
+        {"disk_recovery_s", load_t},
+        {"inmem_recovery_s", nullptr},
+        {"notes", "inmem_recovery_s: in-memory peer replica tier not implemented"}};
+    if (a.json) {
+      std::printf("%s\n", doc.dump().c_str());
+    } else {
+      std::printf("%s\n", doc.dump(2).c_str());
+    }
+  }
+  if (r == 0 && !a.keep) {
+    std::error_code ec;
+    std::filesystem::remove_all(root, ec);
+  }
+  return Status::ok();
+}
+
+const CommandRegistration kRegister("bench", [](CLI::App& parent) {
+  auto a = std::make_shared<CkptBenchArgs>();
+  auto* cmd = parent.add_subcommand("ckpt", "Checkpoint stall, write, load and recovery vs baselines (run under kiln launch)");
+  cmd->add_option("--bytes", a->bytes, "whole state size, all ranks together (e.g. 1G)");
+  cmd->add_option("--root", a->root, "checkpoint directory (removed before, and after unless --keep)");
+  cmd->add_option("--saves", a->saves, "saves to run; the first is not timed");
+  cmd->add_flag("--zstd", a->zstd, "compress entries with zstd");
+  cmd->add_flag("--keep", a->keep, "keep the last checkpoint under --root");
+  cmd->add_flag("--json", a->json, "rank 0 prints one JSON line");
+  cmd->callback(run_status([a] { return bench_ckpt(*a); }));
+});
+
+}  // namespace
+}  // namespace kiln::cli
