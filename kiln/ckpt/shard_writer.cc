@@ -14,6 +14,9 @@ namespace {
 // Large enough that write() runs at device speed, small enough that the
 // checksum of a chunk is still in cache when it is written.
 constexpr std::size_t kChunk = 8 << 20;
+// Writeback is started every this many bytes (RocksDB's bytes_per_sync): the
+// disk works while later chunks are copied in, and dirty pages never pile up.
+constexpr std::uint64_t kWritebackEvery = 64 << 20;
 
 }  // namespace
 
@@ -26,6 +29,7 @@ Result<ShardRecord> write_shard(const std::string& dir, int rank,
   KILN_ASSIGN_OR_RETURN(auto file, internal::WriteFile::create(dir + "/" + shard.file));
   std::vector<char> zbuf;
   std::uint64_t offset = 0;
+  std::uint64_t written_back = 0;  // start of the bytes not yet handed to writeback
   for (const auto& e : entries) {
     EntryRecord rec;
     rec.name = e.name;
@@ -56,6 +60,10 @@ Result<ShardRecord> write_shard(const std::string& dir, int rank,
       XXH3_64bits_update(st, p + done, n);
       ws = file.append(p + done, n);
       done += n;
+      if (offset + done - written_back >= kWritebackEvery) {
+        file.start_writeback(written_back, offset + done - written_back);
+        written_back = offset + done;
+      }
     }
     rec.xxh3 = XXH3_64bits_digest(st);
     XXH3_freeState(st);
