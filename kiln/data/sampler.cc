@@ -1,0 +1,90 @@
+#include "kiln/data/sampler.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "kiln/base/check.h"
+
+namespace kiln::data {
+
+std::uint64_t mix64(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+namespace {
+
+// Fisher-Yates with a splitmix64 stream; std::shuffle's algorithm is
+// unspecified, so its result could differ between standard libraries.
+template <typename T>
+void shuffle(std::vector<T>* v, std::uint64_t key) {
+  std::uint64_t state = key;
+  for (std::size_t i = v->size(); i > 1; --i) {
+    state = mix64(state);
+    std::size_t j = static_cast<std::size_t>(state % i);  // modulo bias < i/2^64
+    std::swap((*v)[i - 1], (*v)[j]);
+  }
+}
+
+}  // namespace
+
+EpochOrder::EpochOrder(const DatasetIndex& index, const SamplerOptions& options,
+                       std::uint64_t epoch)
+    : options_(options), epoch_(epoch), total_(index.num_samples) {
+  std::vector<std::size_t> order(index.shards.size());
+  std::iota(order.begin(), order.end(), 0);
+  if (options_.shuffle) shuffle(&order, mix64(options_.seed ^ mix64(epoch_)));
+  std::uint64_t start = 0;
+  for (auto s : order) {
+    if (index.shards[s].num_samples == 0) continue;
+    shard_first_.push_back(index.shards[s].first_sample);
+    shard_start_.push_back(start);
+    start += index.shards[s].num_samples;
+  }
+}
+
+std::uint64_t EpochOrder::unshuffled(std::uint64_t q) const {
+  auto it = std::upper_bound(shard_start_.begin(), shard_start_.end(), q);
+  std::size_t s = static_cast<std::size_t>(it - shard_start_.begin()) - 1;
+  return shard_first_[s] + (q - shard_start_[s]);
+}
+
+std::uint64_t EpochOrder::at(std::uint64_t p) const {
+  KILN_CHECK(p < total_);
+  std::uint64_t w = options_.shuffle_window;
+  if (!options_.shuffle || w <= 1) return unshuffled(p);
+  std::uint64_t win = p / w;
+  std::lock_guard<std::mutex> lock(mu_);
+  if (cached_window_ != win) {
+    std::uint64_t begin = win * w, end = std::min(total_, begin + w);
+    window_.resize(end - begin);
+    for (std::uint64_t q = begin; q < end; ++q) window_[q - begin] = unshuffled(q);
+    shuffle(&window_, mix64(mix64(options_.seed ^ mix64(epoch_)) + win + 1));
+    cached_window_ = win;
+  }
+  return window_[p - win * w];
+}
+
+RankSampler::RankSampler(const DatasetIndex& index, SamplerOptions options, int rank, int world,
+                         SamplerState state)
+    : order_(index, options, state.epoch), rank_(rank), world_(world), start_(state) {
+  KILN_CHECK(world > 0 && rank >= 0 && rank < world);
+}
+
+std::uint64_t RankSampler::remaining() const {
+  std::uint64_t total = order_.size();
+  if (start_.consumed >= total) return 0;
+  std::uint64_t left = total - start_.consumed;
+  auto r = static_cast<std::uint64_t>(rank_), w = static_cast<std::uint64_t>(world_);
+  return left > r ? (left - r + w - 1) / w : 0;
+}
+
+std::uint64_t RankSampler::position(std::uint64_t k) const {
+  return start_.consumed + static_cast<std::uint64_t>(rank_) + k * static_cast<std::uint64_t>(world_);
+}
+
+std::uint64_t RankSampler::peek(std::uint64_t k) const { return order_.at(position(k)); }
+
+}  // namespace kiln::data

@@ -1,0 +1,85 @@
+// Sampler: a deterministic global order per epoch, partitioned across ranks,
+// resumable mid-epoch at any world size.
+//
+// Note [Global order]: the epoch's order is a permutation of all samples,
+// a pure function of (seed, epoch, shard sizes, window). Shards are shuffled
+// as units, their samples concatenated, and then each consecutive block of
+// `shuffle_window` positions is shuffled in place. Reads stay local (a window
+// touches ~window/shard_size + 1 shards) while the order is still mixed.
+//
+// Note [Resume]: the state is (epoch, consumed): `consumed` positions of the
+// global order are done. Position p >= consumed goes to rank
+// (p - consumed) % world. Saving at a point where every position < consumed
+// was delivered (e.g. after a lockstep step: consumed += world * batch) and
+// resuming with any world size visits every remaining position exactly once.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "kiln/base/status.h"
+#include "kiln/data/index.h"
+
+namespace kiln::data {
+
+struct SamplerOptions {
+  std::uint64_t seed = 0;
+  std::uint64_t shuffle_window = 8192;  // 0 or 1: shard-level shuffle only
+  bool shuffle = true;                  // false: positions in sample order
+};
+
+struct SamplerState {
+  std::uint64_t epoch = 0;
+  std::uint64_t consumed = 0;  // positions of the epoch's global order done
+};
+
+// The epoch's global order. Thread-safe (at() caches one window under a lock).
+class EpochOrder {
+ public:
+  EpochOrder(const DatasetIndex& index, const SamplerOptions& options, std::uint64_t epoch);
+
+  std::uint64_t size() const { return total_; }
+  // The sample id at global position `p` (< size()).
+  std::uint64_t at(std::uint64_t p) const;
+
+ private:
+  std::uint64_t unshuffled(std::uint64_t q) const;  // q-th sample after the shard shuffle
+
+  SamplerOptions options_;
+  std::uint64_t epoch_;
+  std::uint64_t total_ = 0;
+  std::vector<std::uint64_t> shard_first_;  // in shuffled shard order
+  std::vector<std::uint64_t> shard_start_;  // prefix sums of shuffled shard sizes
+  mutable std::mutex mu_;
+  mutable std::uint64_t cached_window_ = UINT64_MAX;  // GUARDED_BY(mu_)
+  mutable std::vector<std::uint64_t> window_;         // GUARDED_BY(mu_)
+};
+
+// One rank's view: the positions it consumes, in order, from a state.
+class RankSampler {
+ public:
+  RankSampler(const DatasetIndex& index, SamplerOptions options, int rank, int world,
+              SamplerState state);
+
+  // Number of samples this rank has left in the epoch.
+  std::uint64_t remaining() const;
+  // The k-th next sample id of this rank (k < remaining()); does not advance.
+  std::uint64_t peek(std::uint64_t k) const;
+  // Global position of this rank's k-th next sample.
+  std::uint64_t position(std::uint64_t k) const;
+
+  const EpochOrder& order() const { return order_; }
+  const SamplerState& start() const { return start_; }
+
+ private:
+  EpochOrder order_;
+  int rank_, world_;
+  SamplerState start_;
+};
+
+// A 64-bit mix (splitmix64): the only randomness source, so orders are
+// identical across platforms and standard libraries.
+std::uint64_t mix64(std::uint64_t x);
+
+}  // namespace kiln::data

@@ -1,0 +1,79 @@
+// Shard files: length-prefixed, checksummed records and an offset footer for
+// O(1) random access (byte layout in docs/formats.md, "Dataset format").
+//
+//   "KILNSHD1"                                        8-byte header magic
+//   record*: u32 length, u32 xxh3-low32(payload), payload
+//   footer:  u64 offset[n] (of each record, from file start)
+//   trailer: u64 n, u64 xxh3(offset table), "KILNSIX1"
+//
+// All integers little-endian.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "kiln/base/status.h"
+
+namespace kiln::data {
+
+inline constexpr char kShardMagic[9] = "KILNSHD1";
+inline constexpr char kShardTrailerMagic[9] = "KILNSIX1";
+inline constexpr std::size_t kShardTrailerBytes = 24;
+
+// Writes one shard file. Not thread-safe. finish() fsyncs and closes; the
+// file is complete only after finish() returns ok (the dataset writer names
+// a shard in index.json only then).
+class ShardWriter {
+ public:
+  static Result<ShardWriter> create(const std::string& path);
+  ShardWriter(ShardWriter&&) noexcept;
+  ShardWriter& operator=(ShardWriter&&) = delete;
+  ~ShardWriter();
+
+  Status append(std::span<const std::uint8_t> payload);
+  Status finish();
+
+  std::uint64_t records() const { return offsets_.size(); }
+  std::uint64_t bytes_written() const { return pos_; }
+
+ private:
+  ShardWriter(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  Status write_all(std::span<const std::uint8_t> b);
+  Status flush();
+
+  std::string path_;
+  int fd_ = -1;
+  std::uint64_t pos_ = 0;
+  std::vector<std::uint64_t> offsets_;
+  std::vector<std::uint8_t> buf_;
+};
+
+// Reads records of one local shard file by index. Thread-safe after open()
+// (pread on a shared fd). open() validates the trailer and offset table;
+// read() validates bounds and the record checksum, so a truncated or corrupt
+// shard yields DataLoss naming the path and record, never a corrupt payload.
+class ShardReader {
+ public:
+  static Result<ShardReader> open(const std::string& path);
+  ShardReader(ShardReader&&) noexcept;
+  ShardReader& operator=(ShardReader&&) = delete;
+  ~ShardReader();
+
+  std::uint64_t records() const { return offsets_.size(); }
+  const std::string& path() const { return path_; }
+
+  // Reads record `i` into `out` (resized). InvalidArgument if i >= records().
+  Status read(std::uint64_t i, std::vector<std::uint8_t>* out) const;
+
+ private:
+  ShardReader(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+
+  std::string path_;
+  int fd_ = -1;
+  std::uint64_t records_end_ = 0;  // offset of the footer
+  std::vector<std::uint64_t> offsets_;
+};
+
+}  // namespace kiln::data

@@ -1,0 +1,87 @@
+// ShardCache: the local tier. Shards of a remote dataset are downloaded into a
+// capacity-bounded directory shared by every process on the host.
+//
+// - Files are content-addressed: "<xxh3>-<shard file>", so two datasets never
+//   collide and a stale file can never pass for another shard.
+// - A download goes to a temp name, is verified against index.json's size and
+//   xxh3 (a mismatch is fetched once more, then DataLoss naming the shard and
+//   both checksums) and is committed by rename.
+// - Note [Cache locking]: each shard has "<name>.lock". A reader holds it
+//   shared (flock LOCK_SH) for as long as its ShardLease lives; the fetcher
+//   holds it exclusive while downloading, so every other process (or thread)
+//   waits for that one download instead of fetching again. Eviction takes it
+//   exclusive without blocking, so a shard any reader holds is never evicted.
+//   flock is per open file, so this works between threads of one process too.
+// - LRU by mtime (touched on every acquire), shared across processes.
+//   Concurrent downloads may overshoot the capacity by the shards in flight.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "kiln/base/deadline.h"
+#include "kiln/base/status.h"
+#include "kiln/data/index.h"
+#include "kiln/data/object_store.h"
+
+namespace kiln::data {
+
+struct ShardCacheOptions {
+  std::string dir;                         // created if missing
+  std::uint64_t capacity_bytes = 8ull << 30;
+};
+
+// Keeps a shard in the cache while alive (holds its lock shared). Move-only.
+class ShardLease {
+ public:
+  ShardLease() = default;
+  ShardLease(std::string path, int lock_fd) : path_(std::move(path)), fd_(lock_fd) {}
+  ShardLease(ShardLease&& o) noexcept : path_(std::move(o.path_)), fd_(o.fd_) { o.fd_ = -1; }
+  ShardLease& operator=(ShardLease&& o) noexcept;
+  ~ShardLease();
+
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+struct ShardCacheStats {
+  std::atomic<std::uint64_t> hits{0};
+  std::atomic<std::uint64_t> downloads{0};
+  std::atomic<std::uint64_t> bytes_downloaded{0};
+  std::atomic<std::uint64_t> evictions{0};
+};
+
+class ShardCache {
+ public:
+  // `remote` must outlive the cache; `prefix` is the dataset's key prefix in
+  // it ("" or "train"). Thread-safe.
+  ShardCache(ObjectStore* remote, std::string prefix, ShardCacheOptions options);
+
+  // Returns the local path of `shard`, downloading it first if needed. Blocks
+  // up to `deadline` (waiting for another process's download, or evicting).
+  // DataLoss: checksum mismatch twice. ResourceExhausted: the capacity cannot
+  // fit the shard because every cached shard is leased, or the disk is full.
+  // NotFound / Unavailable / DeadlineExceeded from the remote.
+  Result<ShardLease> acquire(const ShardInfo& shard, Deadline deadline);
+
+  // Bytes of committed shards in the directory now.
+  Result<std::uint64_t> used_bytes() const;
+
+  const ShardCacheStats& stats() const { return stats_; }
+  const std::string& dir() const { return options_.dir; }
+
+ private:
+  Status fetch(const ShardInfo& shard, const std::string& path, Deadline deadline);
+  Status make_room(const ShardInfo& shard, Deadline deadline);
+
+  ObjectStore* remote_;
+  std::string prefix_;
+  ShardCacheOptions options_;
+  ShardCacheStats stats_;
+};
+
+}  // namespace kiln::data

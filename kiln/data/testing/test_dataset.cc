@@ -1,0 +1,70 @@
+#include "kiln/data/testing/test_dataset.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "kiln/base/check.h"
+#include "kiln/data/dataset_writer.h"
+
+namespace kiln::data::testing {
+
+ScratchDir::ScratchDir() {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/kiln-data-XXXXXX";
+  KILN_CHECK(::mkdtemp(pattern.data()) != nullptr);
+  path_ = pattern;
+}
+
+ScratchDir::~ScratchDir() {
+  std::error_code ec;
+  std::filesystem::remove_all(path_, ec);
+}
+
+Schema test_schema() {
+  return {{"id", FieldKind::kInt64, DType::kUInt8},
+          {"payload", FieldKind::kBytes, DType::kUInt8},
+          {"vec", FieldKind::kTensor, DType::kFloat32}};
+}
+
+Sample test_sample(std::uint64_t id) {
+  std::vector<std::uint8_t> payload(id % 97 + 1);
+  for (std::size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<std::uint8_t>(id * 31 + i);
+  std::vector<std::uint8_t> vec(16);
+  float f[4] = {static_cast<float>(id), 1.5f, -2.0f, static_cast<float>(id) / 3};
+  std::memcpy(vec.data(), f, 16);
+  return {FieldValue::int64(static_cast<std::int64_t>(id)), FieldValue::bytes(std::move(payload)),
+          FieldValue::tensor(DType::kFloat32, {4}, std::move(vec))};
+}
+
+DatasetIndex write_test_dataset(const std::string& dir, std::uint64_t n,
+                                std::uint64_t shard_bytes) {
+  auto w = DatasetWriter::create(dir, test_schema(), {.shard_bytes = shard_bytes});
+  KILN_CHECK(w.is_ok());
+  for (std::uint64_t i = 0; i < n; ++i) KILN_CHECK(w->add(test_sample(i)).is_ok());
+  auto idx = w->finish();
+  KILN_CHECK(idx.is_ok());
+  return *idx;
+}
+
+Status FaultyStore::get_to_file(const std::string& key, const std::string& dst, Deadline deadline) {
+  gets.fetch_add(1);
+  KILN_RETURN_IF_ERROR(inner_->get_to_file(key, dst, deadline));
+  if (corrupt_gets.fetch_sub(1) > 0) {
+    int fd = ::open(dst.c_str(), O_RDWR);
+    KILN_CHECK(fd >= 0);
+    std::uint8_t b = 0;
+    KILN_CHECK(::pread(fd, &b, 1, 20) == 1);
+    b ^= 0x40;
+    KILN_CHECK(::pwrite(fd, &b, 1, 20) == 1);
+    ::close(fd);
+  } else {
+    corrupt_gets.store(0);
+  }
+  return Status::ok();
+}
+
+}  // namespace kiln::data::testing

@@ -1,0 +1,55 @@
+// Test helpers for kiln/data: scratch directories, a small synthetic dataset
+// whose samples are a function of their id, and a fault-injecting store.
+#pragma once
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "kiln/data/index.h"
+#include "kiln/data/object_store.h"
+
+namespace kiln::data::testing {
+
+// A fresh directory under $TMPDIR, removed when the object dies.
+class ScratchDir {
+ public:
+  ScratchDir();
+  ~ScratchDir();
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Schema: id int64, payload bytes (id-dependent length), vec float32 tensor [4].
+Schema test_schema();
+Sample test_sample(std::uint64_t id);
+
+// Writes `n` test samples to `dir` with shards of about `shard_bytes`.
+DatasetIndex write_test_dataset(const std::string& dir, std::uint64_t n,
+                                std::uint64_t shard_bytes);
+
+// Wraps a store; get_to_file flips a byte of the copy while corrupt_gets > 0
+// (decrementing it), and counts gets.
+class FaultyStore final : public ObjectStore {
+ public:
+  explicit FaultyStore(std::unique_ptr<ObjectStore> inner) : inner_(std::move(inner)) {}
+  Status get_to_file(const std::string& key, const std::string& dst, Deadline deadline) override;
+  Result<std::string> get(const std::string& key, Deadline deadline) override {
+    return inner_->get(key, deadline);
+  }
+  Status put_file(const std::string& key, const std::string& src, Deadline deadline) override {
+    return inner_->put_file(key, src, deadline);
+  }
+  std::string describe() const override { return "faulty+" + inner_->describe(); }
+
+  std::atomic<int> corrupt_gets{0};
+  std::atomic<int> gets{0};
+
+ private:
+  std::unique_ptr<ObjectStore> inner_;
+};
+
+}  // namespace kiln::data::testing
