@@ -13,6 +13,7 @@
 //   inmem_recovery_s null: the in-memory (peer replica) tier is not implemented yet
 // Times are the slowest rank's; stall and write take the median of the steady saves.
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,10 +21,8 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <vector>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "cli/command.h"
 #include "kiln/base/units.h"
@@ -127,23 +126,26 @@ Status bench_ckpt(const CkptBenchArgs& a) {
 
   // The checkpointer gets a communicator of its own (see checkpointer.h).
   KILN_ASSIGN_OR_RETURN(auto ckpt_comm, c.split(0, r));
-  KILN_ASSIGN_OR_RETURN(auto ck, ckpt::Checkpointer::create(
-                                     {.root = root,
-                                      .comm = ckpt_comm.get(),
-                                      .retention = {.keep_last = 1},
-                                      .compression = a.zstd ? ckpt::Compression::kZstd : ckpt::Compression::kNone}));
+  KILN_ASSIGN_OR_RETURN(
+      auto ck, ckpt::Checkpointer::create(
+                   {.root = root,
+                    .comm = ckpt_comm.get(),
+                    .retention = {.keep_last = 1},
+                    .compression = a.zstd ? ckpt::Compression::kZstd : ckpt::Compression::kNone}));
   std::vector<double> stall_s, write_s, commit_s, raw_s;
   for (int step = 0; step < a.saves; ++step) {
     if (step > 0) {
       // Baseline 2, interleaved with the saves so both see the same disk
       // state: a raw sequential write + fsync of the same bytes, all ranks at once.
       KILN_RETURN_IF_ERROR(c.barrier()->wait());
-      KILN_ASSIGN_OR_RETURN(double raw_mine, raw_write_seconds(fmt::format("{}/raw-{}.bin", root, r), state));
+      KILN_ASSIGN_OR_RETURN(double raw_mine,
+                            raw_write_seconds(fmt::format("{}/raw-{}.bin", root, r), state));
       KILN_ASSIGN_OR_RETURN(double raw_slowest, slowest(c, raw_mine));
       raw_s.push_back(raw_slowest);
     }
     ckpt::StateView view;
-    KILN_RETURN_IF_ERROR(view.add_tensor("weights", DataType::kFloat32, {rows, cols}, mine.offset, mine.count, state.data()));
+    KILN_RETURN_IF_ERROR(view.add_tensor("weights", DataType::kFloat32, {rows, cols}, mine.offset,
+                                         mine.count, state.data()));
     KILN_RETURN_IF_ERROR(view.add_blob("rng", rng.data(), rng.size()));
     KILN_RETURN_IF_ERROR(c.barrier()->wait());
     auto t0 = std::chrono::steady_clock::now();
@@ -167,34 +169,36 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   if (r == 0) drop_cache(root);
   KILN_RETURN_IF_ERROR(c.barrier()->wait());
   auto t0 = std::chrono::steady_clock::now();
-  KILN_ASSIGN_OR_RETURN(auto loaded, ckpt::load_latest(root, {r, n, ckpt_comm.get(), std::chrono::seconds(600)}));
+  KILN_ASSIGN_OR_RETURN(
+      auto loaded, ckpt::load_latest(root, {r, n, ckpt_comm.get(), std::chrono::seconds(600)}));
   KILN_ASSIGN_OR_RETURN(double load_t, slowest(c, seconds_since(t0)));
   const ckpt::LoadedEntry* w = loaded.find("weights");
   int bad = (loaded.step != last_step || w == nullptr || w->data.size() != my_bytes ||
-             std::memcmp(w->data.data(), state.data(), my_bytes) != 0) ? 1 : 0;
+             std::memcmp(w->data.data(), state.data(), my_bytes) != 0)
+                ? 1
+                : 0;
   KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
   if (bad) return internal_error("bench ckpt: the loaded state differs from the saved one");
 
   double stall = median(stall_s), write = median(write_s);
   const double mb = static_cast<double>(rows * cols * 4) / 1e6;
   if (r == 0) {
-    nlohmann::json doc{
-        {"world_size", n},
-        {"state_bytes", rows * cols * 4},
-        {"bytes_per_rank", my_bytes},
-        {"compression", a.zstd ? "zstd" : "none"},
-        {"root", root},
-        {"memcpy_s", memcpy_t},
-        {"stall_s", stall},
-        {"stall_vs_memcpy", stall / memcpy_t},
-        {"raw_write_s", raw_t},
-        {"write_s", write},
-        {"write_vs_raw", raw_t / write},
-        {"commit_s", median(commit_s)},
-        {"load_mb_s", mb / load_t},
-        {"disk_recovery_s", load_t},
-        {"inmem_recovery_s", nullptr},
-        {"notes", "inmem_recovery_s: in-memory peer replica tier not implemented"}};
+    nlohmann::json doc{{"world_size", n},
+                       {"state_bytes", rows * cols * 4},
+                       {"bytes_per_rank", my_bytes},
+                       {"compression", a.zstd ? "zstd" : "none"},
+                       {"root", root},
+                       {"memcpy_s", memcpy_t},
+                       {"stall_s", stall},
+                       {"stall_vs_memcpy", stall / memcpy_t},
+                       {"raw_write_s", raw_t},
+                       {"write_s", write},
+                       {"write_vs_raw", raw_t / write},
+                       {"commit_s", median(commit_s)},
+                       {"load_mb_s", mb / load_t},
+                       {"disk_recovery_s", load_t},
+                       {"inmem_recovery_s", nullptr},
+                       {"notes", "inmem_recovery_s: in-memory peer replica tier not implemented"}};
     if (a.json) {
       std::printf("%s\n", doc.dump().c_str());
     } else {
@@ -210,9 +214,11 @@ Status bench_ckpt(const CkptBenchArgs& a) {
 
 const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   auto a = std::make_shared<CkptBenchArgs>();
-  auto* cmd = parent.add_subcommand("ckpt", "Checkpoint stall, write, load and recovery vs baselines (run under kiln launch)");
+  auto* cmd = parent.add_subcommand(
+      "ckpt", "Checkpoint stall, write, load and recovery vs baselines (run under kiln launch)");
   cmd->add_option("--bytes", a->bytes, "whole state size, all ranks together (e.g. 1G)");
-  cmd->add_option("--root", a->root, "checkpoint directory (removed before, and after unless --keep)");
+  cmd->add_option("--root", a->root,
+                  "checkpoint directory (removed before, and after unless --keep)");
   cmd->add_option("--saves", a->saves, "saves to run; the first is not timed");
   cmd->add_flag("--zstd", a->zstd, "compress entries with zstd");
   cmd->add_flag("--keep", a->keep, "keep the last checkpoint under --root");

@@ -1,10 +1,10 @@
 // `kiln ckpt ls ROOT`, `kiln ckpt verify ROOT/step-N`, `kiln ckpt inspect ROOT/step-N`:
 // look at checkpoints written by kiln::ckpt (docs/formats.md, "Checkpoint format").
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <memory>
 #include <string>
-
-#include <fmt/format.h>
 
 #include "cli/command.h"
 #include "kiln/ckpt/format.h"
@@ -60,8 +60,9 @@ Status verify(const std::string& dir) {
         bad = true;
       }
     }
-    if (!bad) std::printf("ok   rank %d %s (%llu bytes, %zu entries)\n", s.rank, s.file.c_str(),
-                          static_cast<unsigned long long>(s.bytes), s.entries.size());
+    if (!bad)
+      std::printf("ok   rank %d %s (%llu bytes, %zu entries)\n", s.rank, s.file.c_str(),
+                  static_cast<unsigned long long>(s.bytes), s.entries.size());
   }
   return verify_step_status(dir);
 }
@@ -79,13 +80,14 @@ Status inspect(const std::string& dir) {
               static_cast<long long>(m.step), m.world_size, m.version, m.time.c_str(),
               static_cast<unsigned long long>(total_bytes(m)));
   for (const auto& s : m.shards) {
-    std::printf("rank %d  %s  %llu bytes\n", s.rank, s.file.c_str(), static_cast<unsigned long long>(s.bytes));
+    std::printf("rank %d  %s  %llu bytes\n", s.rank, s.file.c_str(),
+                static_cast<unsigned long long>(s.bytes));
     for (const auto& e : s.entries) {
-      std::string what = e.is_tensor
-                             ? fmt::format("tensor {} {} rows [{}, {})", comm::dtype_name(e.spec.dtype),
-                                           shape_string(e.spec.shape), e.spec.row_offset,
-                                           e.spec.row_offset + e.spec.rows)
-                             : std::string("blob");
+      std::string what =
+          e.is_tensor ? fmt::format("tensor {} {} rows [{}, {})", comm::dtype_name(e.spec.dtype),
+                                    shape_string(e.spec.shape), e.spec.row_offset,
+                                    e.spec.row_offset + e.spec.rows)
+                      : std::string("blob");
       std::printf("  %-24s %-48s %10llu B%s  xxh3 %s\n", e.name.c_str(), what.c_str(),
                   static_cast<unsigned long long>(e.raw_bytes),
                   e.compression == Compression::kZstd

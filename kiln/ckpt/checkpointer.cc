@@ -1,8 +1,8 @@
 #include "kiln/ckpt/checkpointer.h"
 
-#include <cstring>
-
 #include <fmt/format.h>
+
+#include <cstring>
 
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
@@ -25,7 +25,8 @@ double seconds_since(Clock::time_point t) {
 Result<std::unique_ptr<Checkpointer>> Checkpointer::create(CheckpointOptions options) {
   if (options.root.empty()) return invalid_argument("Checkpointer: empty root directory");
   if (options.timeout.count() == 0) {
-    options.timeout = std::chrono::milliseconds(static_cast<std::int64_t>(kCkptTimeout.get() * 1000));
+    options.timeout =
+        std::chrono::milliseconds(static_cast<std::int64_t>(kCkptTimeout.get() * 1000));
   }
   KILN_RETURN_IF_ERROR(internal::make_dir(options.root));
   return std::unique_ptr<Checkpointer>(new Checkpointer(std::move(options)));
@@ -53,8 +54,9 @@ Checkpointer::~Checkpointer() {
 
 Status Checkpointer::wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline) {
   if (!cv_.wait_until(lock, deadline.at(), [&] { return !busy_; })) {
-    return deadline_exceeded(fmt::format("checkpoint save of step {} on rank {} still running under {}",
-                                         pending_step_, rank_, options_.root));
+    return deadline_exceeded(
+        fmt::format("checkpoint save of step {} on rank {} still running under {}", pending_step_,
+                    rank_, options_.root));
   }
   return Status::ok();
 }
@@ -84,7 +86,8 @@ Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t 
     }
   }
   if (internal::path_exists(options_.root + "/" + step_dir_name(step))) {
-    return already_exists(fmt::format("checkpoint step {} is already committed under {}", step, options_.root));
+    return already_exists(
+        fmt::format("checkpoint step {} is already committed under {}", step, options_.root));
   }
   // No save in flight: the writer does not touch staging_ now.
   std::size_t need = state.total_bytes();

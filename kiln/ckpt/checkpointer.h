@@ -69,10 +69,10 @@ enum class SaveStart { kStarted, kSkipped };
 // Timings of the last completed save, seconds.
 struct SaveStats {
   std::int64_t step = -1;
-  std::size_t bytes = 0;      // this rank's raw bytes
-  double stall_s = 0;         // inside save_async: the staging copy
-  double write_s = 0;         // shard write + fsync
-  double commit_s = 0;        // exchange, manifest, rename, retention
+  std::size_t bytes = 0;  // this rank's raw bytes
+  double stall_s = 0;     // inside save_async: the staging copy
+  double write_s = 0;     // shard write + fsync
+  double commit_s = 0;    // exchange, manifest, rename, retention
 };
 
 class Checkpointer {
@@ -118,12 +118,12 @@ class Checkpointer {
 
   mutable std::mutex mu_;
   std::condition_variable cv_;
-  bool busy_ = false;             // guarded by mu_: a save is in flight
+  bool busy_ = false;               // guarded by mu_: a save is in flight
   std::int64_t pending_step_ = -1;  // guarded by mu_: the save to run
-  bool stop_ = false;             // guarded by mu_
-  Status unreported_;             // guarded by mu_: first background failure not yet returned
-  SaveStats stats_;               // guarded by mu_
-  std::thread writer_;            // the one checkpoint writer
+  bool stop_ = false;               // guarded by mu_
+  Status unreported_;               // guarded by mu_: first background failure not yet returned
+  SaveStats stats_;                 // guarded by mu_
+  std::thread writer_;              // the one checkpoint writer
 };
 
 }  // namespace kiln::ckpt

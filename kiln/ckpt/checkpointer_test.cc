@@ -3,13 +3,12 @@
 #include "kiln/ckpt/checkpointer.h"
 
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <future>
 #include <thread>
-
-#include <gtest/gtest.h>
 
 #include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/load.h"
@@ -115,7 +114,8 @@ TEST(Checkpointer, BackgroundFailureSurfacesOnTheNextCall) {
   ASSERT_TRUE(ck->save_async(s.view(), 5).is_ok());
   auto next = ck->save_async(t.view(), 6);
   ASSERT_FALSE(next.is_ok());
-  EXPECT_NE(next.status().message().find("step-5.tmp"), std::string::npos) << next.status().to_string();
+  EXPECT_NE(next.status().message().find("step-5.tmp"), std::string::npos)
+      << next.status().to_string();
   EXPECT_NE(next.status().message().find("step 5"), std::string::npos) << next.status().to_string();
   // Reported once; the checkpointer goes on working.
   EXPECT_TRUE(ck->wait(Deadline::after_seconds(30)).is_ok());

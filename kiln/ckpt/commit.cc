@@ -1,10 +1,10 @@
 #include "kiln/ckpt/commit.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/internal/file.h"
@@ -27,11 +27,13 @@ Status decode_failure(const std::string& s, int rank) {
 }
 
 // Every rank's report, gathered on every rank (allgather of sizes, then allgatherv).
-Result<std::vector<std::string>> exchange_reports(const CommitContext& ctx, const std::string& mine) {
+Result<std::vector<std::string>> exchange_reports(const CommitContext& ctx,
+                                                  const std::string& mine) {
   if (ctx.world_size == 1) return std::vector<std::string>{mine};
   std::int64_t my_len = static_cast<std::int64_t>(mine.size());
   std::vector<std::int64_t> lens(ctx.world_size);
-  KILN_RETURN_IF_ERROR(ctx.comm->allgather(&my_len, lens.data(), 1, DataType::kInt64)->wait(ctx.timeout));
+  KILN_RETURN_IF_ERROR(
+      ctx.comm->allgather(&my_len, lens.data(), 1, DataType::kInt64)->wait(ctx.timeout));
   std::vector<std::size_t> counts(lens.begin(), lens.end());
   std::size_t total = 0;
   for (auto c : counts) total += c;
@@ -55,14 +57,16 @@ Status publish(const CommitContext& ctx, const std::vector<std::string>& reports
   m.world_size = ctx.world_size;
   m.time = utc_now_iso8601();
   for (int r = 0; r < ctx.world_size; ++r) {
-    KILN_ASSIGN_OR_RETURN(auto rec, parse_shard_record(reports[r].substr(1), fmt::format("shard record of rank {}", r)));
+    KILN_ASSIGN_OR_RETURN(auto rec, parse_shard_record(reports[r].substr(1),
+                                                       fmt::format("shard record of rank {}", r)));
     m.shards.push_back(std::move(rec));
   }
   // A crashed earlier attempt at this step (maybe with more ranks) may have
   // left files the manifest does not name; they must not become part of it.
   KILN_ASSIGN_OR_RETURN(auto names, internal::list_dir(tmp));
   for (const auto& n : names) {
-    bool named = std::any_of(m.shards.begin(), m.shards.end(), [&](const ShardRecord& s) { return s.file == n; });
+    bool named = std::any_of(m.shards.begin(), m.shards.end(),
+                             [&](const ShardRecord& s) { return s.file == n; });
     if (!named) KILN_RETURN_IF_ERROR(internal::remove_tree(tmp + "/" + n));
   }
   KILN_RETURN_IF_ERROR(internal::write_file_synced(tmp + "/" + kManifestName, to_json(m)));
@@ -88,7 +92,8 @@ Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local) {
   Status outcome;
   if (ctx.rank == 0) {
     for (int r = 0; r < ctx.world_size && outcome.is_ok(); ++r) {
-      if ((*reports)[r].empty() || (*reports)[r][0] != '1') outcome = decode_failure((*reports)[r], r);
+      if ((*reports)[r].empty() || (*reports)[r][0] != '1')
+        outcome = decode_failure((*reports)[r], r);
     }
     if (outcome.is_ok()) outcome = publish(ctx, *reports);
     if (!outcome.is_ok()) {

@@ -21,7 +21,7 @@ struct CommitContext {
   std::int64_t step = 0;
   int rank = 0;
   int world_size = 1;
-  comm::Communicator* comm = nullptr;  // null only when world_size == 1
+  comm::Communicator* comm = nullptr;         // null only when world_size == 1
   std::chrono::milliseconds timeout{600000};  // bounds each collective
 };
 

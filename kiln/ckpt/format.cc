@@ -1,12 +1,12 @@
 #include "kiln/ckpt/format.h"
 
+#include <fmt/format.h>
+#include <xxhash.h>
+
 #include <charconv>
 #include <chrono>
 #include <ctime>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
-#include <xxhash.h>
 
 namespace kiln::ckpt {
 namespace {
@@ -49,7 +49,8 @@ Result<EntryRecord> parse_entry(const json& j) {
   EntryRecord e;
   e.name = j.at("name").get<std::string>();
   std::string kind = j.at("kind").get<std::string>();
-  if (kind != "tensor" && kind != "blob") return data_loss(fmt::format("entry '{}': kind '{}'", e.name, kind));
+  if (kind != "tensor" && kind != "blob")
+    return data_loss(fmt::format("entry '{}': kind '{}'", e.name, kind));
   e.is_tensor = kind == "tensor";
   e.offset = j.at("offset").get<std::uint64_t>();
   e.stored_bytes = j.at("stored_bytes").get<std::uint64_t>();
@@ -88,8 +89,8 @@ Result<ShardRecord> parse_shard_json(const json& j) {
   for (const auto& je : j.at("entries")) {
     KILN_ASSIGN_OR_RETURN(auto e, parse_entry(je));
     if (e.offset + e.stored_bytes > s.bytes) {
-      return data_loss(fmt::format("shard of rank {}: entry '{}' ends past the file ({} > {})", s.rank,
-                                   e.name, e.offset + e.stored_bytes, s.bytes));
+      return data_loss(fmt::format("shard of rank {}: entry '{}' ends past the file ({} > {})",
+                                   s.rank, e.name, e.offset + e.stored_bytes, s.bytes));
     }
     s.entries.push_back(std::move(e));
   }
@@ -111,7 +112,8 @@ auto parse_json(const std::string& text, const std::string& where, F parse)
 
 std::optional<std::int64_t> parse_step(const std::string& name, const std::string& suffix) {
   const std::string prefix = "step-";
-  if (name.size() <= prefix.size() + suffix.size() || name.rfind(prefix, 0) != 0) return std::nullopt;
+  if (name.size() <= prefix.size() + suffix.size() || name.rfind(prefix, 0) != 0)
+    return std::nullopt;
   if (name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) return std::nullopt;
   const char* b = name.data() + prefix.size();
   const char* e = name.data() + name.size() - suffix.size();
@@ -140,10 +142,12 @@ Result<ShardRecord> parse_shard_record(const std::string& text, const std::strin
 Result<Manifest> parse_manifest(const std::string& text, const std::string& where) {
   return parse_json(text, where, [](const json& j) -> Result<Manifest> {
     Manifest m;
-    if (j.at("format").get<std::string>() != "kiln-checkpoint") return data_loss("not a kiln checkpoint manifest");
+    if (j.at("format").get<std::string>() != "kiln-checkpoint")
+      return data_loss("not a kiln checkpoint manifest");
     m.version = j.at("version").get<int>();
     if (m.version != kFormatVersion) {
-      return failed_precondition(fmt::format("format version {} (this build reads {})", m.version, kFormatVersion));
+      return failed_precondition(
+          fmt::format("format version {} (this build reads {})", m.version, kFormatVersion));
     }
     m.step = j.at("step").get<std::int64_t>();
     m.world_size = j.at("world_size").get<int>();
@@ -156,7 +160,8 @@ Result<Manifest> parse_manifest(const std::string& text, const std::string& wher
       return data_loss(fmt::format("world_size {} but {} shards", m.world_size, m.shards.size()));
     }
     for (int r = 0; r < m.world_size; ++r) {
-      if (m.shards[r].rank != r) return data_loss(fmt::format("shard {} claims rank {}", r, m.shards[r].rank));
+      if (m.shards[r].rank != r)
+        return data_loss(fmt::format("shard {} claims rank {}", r, m.shards[r].rank));
     }
     return m;
   });
@@ -165,7 +170,9 @@ Result<Manifest> parse_manifest(const std::string& text, const std::string& wher
 std::string step_dir_name(std::int64_t step) { return fmt::format("step-{}", step); }
 std::string tmp_step_dir_name(std::int64_t step) { return fmt::format("step-{}.tmp", step); }
 std::string shard_file_name(int rank) { return fmt::format("shard-{:05d}.bin", rank); }
-std::optional<std::int64_t> parse_step_dir_name(const std::string& name) { return parse_step(name, ""); }
+std::optional<std::int64_t> parse_step_dir_name(const std::string& name) {
+  return parse_step(name, "");
+}
 std::optional<std::int64_t> parse_tmp_step_dir_name(const std::string& name) {
   return parse_step(name, ".tmp");
 }

@@ -24,12 +24,12 @@ enum class Compression : std::uint8_t { kNone, kZstd };
 struct EntryRecord {
   std::string name;
   bool is_tensor = false;
-  TensorSpec spec;               // tensors only
-  std::uint64_t offset = 0;      // in the shard file
+  TensorSpec spec;           // tensors only
+  std::uint64_t offset = 0;  // in the shard file
   std::uint64_t stored_bytes = 0;
-  std::uint64_t raw_bytes = 0;   // after decompression
+  std::uint64_t raw_bytes = 0;  // after decompression
   Compression compression = Compression::kNone;
-  std::uint64_t xxh3 = 0;        // XXH3-64 (seed 0) of the stored bytes
+  std::uint64_t xxh3 = 0;  // XXH3-64 (seed 0) of the stored bytes
 };
 
 // One rank's shard file; also what each rank sends rank 0 at commit.
@@ -44,7 +44,7 @@ struct Manifest {
   int version = kFormatVersion;
   std::int64_t step = 0;
   int world_size = 0;
-  std::string time;  // UTC, ISO 8601, when rank 0 committed
+  std::string time;                 // UTC, ISO 8601, when rank 0 committed
   std::vector<ShardRecord> shards;  // indexed by rank
 };
 

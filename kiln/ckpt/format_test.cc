@@ -26,8 +26,14 @@ Manifest sample() {
   m.time = "2026-01-01T00:00:00Z";
   for (int r = 0; r < 2; ++r) {
     ShardRecord s{r, shard_file_name(r), 124, {}};
-    EntryRecord t{"w", true, TensorSpec{comm::DataType::kBFloat16, {10, 3}, r * 5, 5}, 0, 30, 30,
-                  Compression::kNone, 0xfedcba9876543210ull};
+    EntryRecord t{"w",
+                  true,
+                  TensorSpec{comm::DataType::kBFloat16, {10, 3}, r * 5, 5},
+                  0,
+                  30,
+                  30,
+                  Compression::kNone,
+                  0xfedcba9876543210ull};
     EntryRecord b{"rng", false, {}, 30, 94, 100, Compression::kZstd, 1};
     s.entries = {t, b};
     m.shards.push_back(s);
@@ -80,8 +86,10 @@ TEST(CkptState, ViewRejectsBadEntries) {
   StateView v;
   EXPECT_TRUE(v.add_tensor("a", comm::DataType::kFloat32, {4}, 0, 4, x).is_ok());
   EXPECT_EQ(v.add_blob("a", x, 1).code(), Code::kInvalidArgument);
-  EXPECT_EQ(v.add_tensor("b", comm::DataType::kFloat32, {4}, 2, 3, x).code(), Code::kInvalidArgument);
-  EXPECT_EQ(v.add_tensor("c", comm::DataType::kFloat32, {}, 0, 0, x).code(), Code::kInvalidArgument);
+  EXPECT_EQ(v.add_tensor("b", comm::DataType::kFloat32, {4}, 2, 3, x).code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(v.add_tensor("c", comm::DataType::kFloat32, {}, 0, 0, x).code(),
+            Code::kInvalidArgument);
   EXPECT_EQ(v.add_blob("", x, 1).code(), Code::kInvalidArgument);
   EXPECT_EQ(v.total_bytes(), 16u);
 }

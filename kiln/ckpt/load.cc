@@ -1,10 +1,10 @@
 #include "kiln/ckpt/load.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cstring>
 #include <map>
-
-#include <fmt/format.h>
 
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
@@ -28,7 +28,8 @@ Result<LoadedEntry> assemble_tensor(const std::string& dir, const std::string& n
   const TensorSpec& first = sources.front().rec->spec;
   for (const auto& s : sources) {
     if (s.rec->spec.shape != first.shape || s.rec->spec.dtype != first.dtype) {
-      return data_loss(fmt::format("{}: tensor '{}' has different shapes/dtypes in different shards", dir, name));
+      return data_loss(fmt::format(
+          "{}: tensor '{}' has different shapes/dtypes in different shards", dir, name));
     }
   }
   std::sort(sources.begin(), sources.end(), [](const Source& a, const Source& b) {
@@ -53,7 +54,8 @@ Result<LoadedEntry> assemble_tensor(const std::string& dir, const std::string& n
     next = take_end;
   }
   if (next < end) {
-    return data_loss(fmt::format("{}: rows [{}, {}) of tensor '{}' are in no shard", dir, next, end, name));
+    return data_loss(
+        fmt::format("{}: rows [{}, {}) of tensor '{}' are in no shard", dir, next, end, name));
   }
   return out;
 }
@@ -93,7 +95,8 @@ Result<LoadedState> load_step(const std::string& step_dir, int rank, int world_s
 
 Result<LoadedState> load_latest(const std::string& root, const LoadOptions& o) {
   if (o.world_size > 1 && o.comm == nullptr) {
-    return invalid_argument("load_latest: world_size > 1 needs a communicator to agree on the step");
+    return invalid_argument(
+        "load_latest: world_size > 1 needs a communicator to agree on the step");
   }
   KILN_ASSIGN_OR_RETURN(auto steps, list_committed_steps(root));
   int relists = 0;
@@ -108,7 +111,8 @@ Result<LoadedState> load_latest(const std::string& root, const LoadOptions& o) {
     auto r = load_step(dir, o.rank, o.world_size);
     std::int32_t ok = r.is_ok() ? 1 : 0;
     if (o.world_size > 1) {
-      KILN_RETURN_IF_ERROR(o.comm->allreduce(&ok, 1, comm::DataType::kInt32, comm::ReduceOp::kMin)->wait(o.timeout));
+      KILN_RETURN_IF_ERROR(
+          o.comm->allreduce(&ok, 1, comm::DataType::kInt32, comm::ReduceOp::kMin)->wait(o.timeout));
     }
     if (ok == 1) return r;
     if (!r.is_ok() && r.status().code() == Code::kNotFound && !internal::path_exists(dir) &&

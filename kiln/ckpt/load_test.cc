@@ -3,10 +3,9 @@
 #include "kiln/ckpt/load.h"
 
 #include <fcntl.h>
-#include <unistd.h>
-
-#include <gtest/gtest.h>
 #include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/internal/file.h"
@@ -32,26 +31,33 @@ comm::testing::RunOptions quick() {
 // `world` ranks save `steps` (zstd when asked) under `root`.
 void save_with(int world, const std::string& root, std::vector<std::int64_t> steps,
                Compression c = Compression::kNone) {
-  auto r = run_ranks(world, [&](Communicator& comm) -> Status {
-    KILN_ASSIGN_OR_RETURN(auto ck, Checkpointer::create({.root = root, .comm = &comm, .compression = c}));
-    for (auto step : steps) {
-      TestState s(step, comm.rank(), comm.size());
-      KILN_RETURN_IF_ERROR(ck->save(s.view(), step, Deadline::after_seconds(20)));
-    }
-    return Status::ok();
-  }, quick());
+  auto r = run_ranks(
+      world,
+      [&](Communicator& comm) -> Status {
+        KILN_ASSIGN_OR_RETURN(
+            auto ck, Checkpointer::create({.root = root, .comm = &comm, .compression = c}));
+        for (auto step : steps) {
+          TestState s(step, comm.rank(), comm.size());
+          KILN_RETURN_IF_ERROR(ck->save(s.view(), step, Deadline::after_seconds(20)));
+        }
+        return Status::ok();
+      },
+      quick());
   ASSERT_TRUE(r.ok()) << r.report;
 }
 
 // `world` ranks load the newest step and expect `step`.
 void expect_load(int world, const std::string& root, std::int64_t step) {
-  auto r = run_ranks(world, [&](Communicator& comm) -> Status {
-    LoadOptions o{comm.rank(), comm.size(), &comm, std::chrono::seconds(20)};
-    KILN_ASSIGN_OR_RETURN(auto loaded, load_latest(root, o));
-    std::string bad = check_loaded(loaded, step, comm.rank(), comm.size());
-    if (!bad.empty()) return data_loss(fmt::format("rank {}: {}", comm.rank(), bad));
-    return Status::ok();
-  }, quick());
+  auto r = run_ranks(
+      world,
+      [&](Communicator& comm) -> Status {
+        LoadOptions o{comm.rank(), comm.size(), &comm, std::chrono::seconds(20)};
+        KILN_ASSIGN_OR_RETURN(auto loaded, load_latest(root, o));
+        std::string bad = check_loaded(loaded, step, comm.rank(), comm.size());
+        if (!bad.empty()) return data_loss(fmt::format("rank {}: {}", comm.rank(), bad));
+        return Status::ok();
+      },
+      quick());
   ASSERT_TRUE(r.ok()) << r.report;
 }
 

@@ -1,14 +1,13 @@
 #include "kiln/ckpt/retention.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-
-#include <fmt/format.h>
 
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
@@ -49,7 +48,8 @@ Result<StepReadLock> StepReadLock::acquire(const std::string& step_dir) {
   if (::fstat(fd, &by_fd) != 0 || ::stat(step_dir.c_str(), &by_path) != 0 ||
       by_fd.st_ino != by_path.st_ino || by_fd.st_dev != by_path.st_dev) {
     ::close(fd);
-    return not_found(fmt::format("checkpoint {} was deleted by retention while being opened", step_dir));
+    return not_found(
+        fmt::format("checkpoint {} was deleted by retention while being opened", step_dir));
   }
   return StepReadLock(fd);
 }
@@ -64,7 +64,8 @@ namespace {
 Result<bool> delete_step(const std::string& root, std::int64_t step) {
   std::string dir = root + "/" + step_dir_name(step);
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return errno == ENOENT ? Result<bool>(false) : errno_status(fmt::format("open {}", dir), errno);
+  if (fd < 0)
+    return errno == ENOENT ? Result<bool>(false) : errno_status(fmt::format("open {}", dir), errno);
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     ::close(fd);
     log()->info("checkpoint retention: {} is being loaded; deleting it after a later commit", dir);
@@ -81,7 +82,8 @@ Result<bool> delete_step(const std::string& root, std::int64_t step) {
 
 }  // namespace
 
-Result<std::vector<std::string>> apply_retention(const std::string& root, const RetentionPolicy& policy) {
+Result<std::vector<std::string>> apply_retention(const std::string& root,
+                                                 const RetentionPolicy& policy) {
   KILN_ASSIGN_OR_RETURN(auto steps, list_committed_steps(root));
   std::vector<std::string> deleted;
   if (steps.empty()) return deleted;

@@ -11,8 +11,8 @@
 namespace kiln::ckpt {
 
 struct RetentionPolicy {
-  int keep_last = 3;             // the newest K committed steps (at least 1 is always kept)
-  std::int64_t keep_every = 0;   // also keep steps divisible by this forever; 0 = off
+  int keep_last = 3;            // the newest K committed steps (at least 1 is always kept)
+  std::int64_t keep_every = 0;  // also keep steps divisible by this forever; 0 = off
 };
 
 // Committed step numbers under `root` (directories named step-N), newest
@@ -45,6 +45,7 @@ class StepReadLock {
 // directories older than the newest commit (left by crashed saves). A step is
 // first renamed to .trash-step-N, so loaders never see it half-deleted.
 // Returns the names it deleted.
-Result<std::vector<std::string>> apply_retention(const std::string& root, const RetentionPolicy& policy);
+Result<std::vector<std::string>> apply_retention(const std::string& root,
+                                                 const RetentionPolicy& policy);
 
 }  // namespace kiln::ckpt

@@ -1,10 +1,10 @@
 #include "kiln/ckpt/shard_writer.h"
 
-#include <algorithm>
-
 #include <fmt/format.h>
 #include <xxhash.h>
 #include <zstd.h>
+
+#include <algorithm>
 
 #include "kiln/ckpt/internal/file.h"
 
@@ -67,7 +67,8 @@ Result<ShardRecord> write_shard(const std::string& dir, int rank,
     }
     rec.xxh3 = XXH3_64bits_digest(st);
     XXH3_freeState(st);
-    if (!ws.is_ok()) return ws.with_context(fmt::format("shard of rank {}, entry '{}'", rank, e.name));
+    if (!ws.is_ok())
+      return ws.with_context(fmt::format("shard of rank {}, entry '{}'", rank, e.name));
     rec.stored_bytes = out_bytes;
     offset += out_bytes;
     shard.entries.push_back(std::move(rec));

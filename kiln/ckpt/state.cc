@@ -13,7 +13,8 @@ std::size_t TensorSpec::row_bytes() const {
 Status StateView::check_name(const std::string& name) const {
   if (name.empty()) return invalid_argument("checkpoint entry with an empty name");
   for (const auto& e : entries_) {
-    if (e.name == name) return invalid_argument(fmt::format("checkpoint entry '{}' added twice", name));
+    if (e.name == name)
+      return invalid_argument(fmt::format("checkpoint entry '{}' added twice", name));
   }
   return Status::ok();
 }
@@ -23,7 +24,8 @@ Status StateView::add_tensor(std::string name, comm::DataType dtype,
                              std::int64_t rows, const void* data) {
   KILN_RETURN_IF_ERROR(check_name(name));
   if (shape.empty()) {
-    return invalid_argument(fmt::format("tensor '{}': empty shape (use shape {{1}} for a scalar)", name));
+    return invalid_argument(
+        fmt::format("tensor '{}': empty shape (use shape {{1}} for a scalar)", name));
   }
   for (auto d : shape) {
     if (d < 0) return invalid_argument(fmt::format("tensor '{}': negative dimension {}", name, d));

@@ -67,7 +67,7 @@ struct LoadedEntry {
 
 struct LoadedState {
   std::int64_t step = -1;
-  std::string dir;             // the step directory it came from
+  std::string dir;  // the step directory it came from
   int saved_world_size = 0;
   std::vector<LoadedEntry> entries;
 

@@ -58,7 +58,8 @@ Status verify_step_status(const std::string& step_dir) {
   KILN_ASSIGN_OR_RETURN(auto v, verify_step(step_dir));
   if (v.second.empty()) return Status::ok();
   std::string msg = fmt::format("{}: {} bad shard(s):", step_dir, v.second.size());
-  for (const auto& p : v.second) msg += fmt::format(" [rank {} {}: {}]", p.rank, p.file, p.why.message());
+  for (const auto& p : v.second)
+    msg += fmt::format(" [rank {} {}: {}]", p.rank, p.file, p.why.message());
   return data_loss(msg);
 }
 

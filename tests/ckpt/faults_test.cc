@@ -6,15 +6,14 @@
 // loadable step. 60 trials, each continuing from what the last one left.
 //
 // Disk full: a 2 MiB tmpfs (needs root; skipped visibly otherwise).
+#include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <random>
-
-#include <fmt/format.h>
-#include <gtest/gtest.h>
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/internal/file.h"
@@ -51,14 +50,16 @@ std::string check_invariants(const std::string& root) {
   }
   auto loaded = load_latest(root, {});
   if (!loaded.is_ok()) return loaded.status().to_string();
-  if (loaded->step != steps->front()) return fmt::format("loaded step {} not the newest {}", loaded->step, steps->front());
+  if (loaded->step != steps->front())
+    return fmt::format("loaded step {} not the newest {}", loaded->step, steps->front());
   std::string bad = check_loaded(*loaded, loaded->step, 0, 1);
   if (!bad.empty()) return bad;
   auto latest = internal::read_file(root + "/latest");
   if (!latest.is_ok()) return "latest: " + latest.status().to_string();
   std::string name = latest->substr(0, latest->find('\n'));
   auto at_latest = load_step(root + "/" + name, 0, 1);
-  if (!at_latest.is_ok()) return fmt::format("latest names {}: {}", name, at_latest.status().to_string());
+  if (!at_latest.is_ok())
+    return fmt::format("latest names {}: {}", name, at_latest.status().to_string());
   return check_loaded(*at_latest, at_latest->step, 0, 1);
 }
 
@@ -83,13 +84,15 @@ TEST(CkptFaults, SigkillDuringSavesNeverLosesTheNewestCommit) {
     ::kill(pid, SIGKILL);
     int status = 0;
     ASSERT_EQ(::waitpid(pid, &status, 0), pid);
-    ASSERT_TRUE(WIFSIGNALED(status)) << "trial " << trial << ": child exited with " << WEXITSTATUS(status);
+    ASSERT_TRUE(WIFSIGNALED(status))
+        << "trial " << trial << ": child exited with " << WEXITSTATUS(status);
     std::string broken = check_invariants(dir.path());
     ASSERT_EQ(broken, "") << "after trial " << trial;
     auto steps = list_committed_steps(dir.path());
     ASSERT_TRUE(steps.is_ok());
     ASSERT_GE(steps->front(), newest_before) << "a committed step vanished";
-    if (internal::path_exists(dir.path() + "/" + tmp_step_dir_name(steps->front() + 1))) ++killed_mid_save;
+    if (internal::path_exists(dir.path() + "/" + tmp_step_dir_name(steps->front() + 1)))
+      ++killed_mid_save;
     newest_before = steps->front();
   }
   // The campaign made progress (kills landed between and inside saves).
@@ -104,7 +107,8 @@ class SmallTmpfs {
  public:
   explicit SmallTmpfs(const std::string& dir) : dir_(dir) {
     mounted_ = ::mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=2m") == 0;
-    if (!mounted_) why_ = fmt::format("mount -t tmpfs -o size=2m on {}: {}", dir, std::strerror(errno));
+    if (!mounted_)
+      why_ = fmt::format("mount -t tmpfs -o size=2m on {}: {}", dir, std::strerror(errno));
   }
   ~SmallTmpfs() {
     if (mounted_) ::umount2(dir_.c_str(), MNT_DETACH);
@@ -132,7 +136,8 @@ TEST(CkptFaults, DiskFullFailsTheSaveAndKeepsOlderCheckpoints) {
   Status st = (*ck)->save(big.view(), 3, Deadline::after_seconds(10));
   EXPECT_EQ(st.code(), Code::kResourceExhausted) << st.to_string();
   EXPECT_NE(st.message().find("step-3.tmp/shard-00000.bin"), std::string::npos) << st.to_string();
-  EXPECT_FALSE(internal::path_exists(dir.path() + "/step-3.tmp")) << "the failed step's space was not freed";
+  EXPECT_FALSE(internal::path_exists(dir.path() + "/step-3.tmp"))
+      << "the failed step's space was not freed";
   EXPECT_EQ(check_invariants(dir.path()), "");
   // The space came back: saving goes on.
   TestState s4(4, 0, 1);

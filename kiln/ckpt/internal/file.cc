@@ -1,6 +1,7 @@
 #include "kiln/ckpt/internal/file.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -8,8 +9,6 @@
 #include <cerrno>
 #include <filesystem>
 #include <system_error>
-
-#include <fmt/format.h>
 
 namespace kiln::ckpt::internal {
 
@@ -69,8 +68,9 @@ Status read_at(const std::string& path, std::uint64_t offset, void* out, std::si
       break;
     }
     if (r == 0) {
-      st = data_loss(fmt::format("{} ends at offset {}, expected {} bytes at offset {} (truncated?)",
-                                 path, offset + done, n, offset));
+      st =
+          data_loss(fmt::format("{} ends at offset {}, expected {} bytes at offset {} (truncated?)",
+                                path, offset + done, n, offset));
       break;
     }
     done += static_cast<std::size_t>(r);

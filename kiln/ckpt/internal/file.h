@@ -21,11 +21,11 @@ class WriteFile {
   ~WriteFile();
 
   Status append(const void* data, std::size_t n);  // retries short writes and EINTR
-  Status sync();                                    // fsync
+  Status sync();                                   // fsync
   // Asks the kernel to start writing back bytes [offset, offset + n) now
   // (sync_file_range, no wait), so the final fsync finds little left to do.
   void start_writeback(std::uint64_t offset, std::uint64_t n);
-  Status close();                                   // reports the close error, if any
+  Status close();  // reports the close error, if any
   const std::string& path() const { return path_; }
 
  private:

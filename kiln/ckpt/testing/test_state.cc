@@ -1,10 +1,10 @@
 #include "kiln/ckpt/testing/test_state.h"
 
+#include <fmt/format.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
-
-#include <fmt/format.h>
 
 #include "kiln/base/check.h"
 
@@ -33,16 +33,20 @@ namespace {
 std::vector<float> fill(int which, std::int64_t step, RowRange r, std::int64_t cols) {
   std::vector<float> v(static_cast<std::size_t>(r.count * cols));
   for (std::int64_t i = 0; i < r.count; ++i) {
-    for (std::int64_t c = 0; c < cols; ++c) v[i * cols + c] = test_value(which, step, r.offset + i, c);
+    for (std::int64_t c = 0; c < cols; ++c)
+      v[i * cols + c] = test_value(which, step, r.offset + i, c);
   }
   return v;
 }
 
-std::string rng_blob(std::int64_t step, int rank) { return fmt::format("rng of rank {} at step {}", rank, step); }
+std::string rng_blob(std::int64_t step, int rank) {
+  return fmt::format("rng of rank {} at step {}", rank, step);
+}
 
 }  // namespace
 
-TestState::TestState(std::int64_t step_, int rank_, int world_, std::int64_t rows0_, std::int64_t rows1_)
+TestState::TestState(std::int64_t step_, int rank_, int world_, std::int64_t rows0_,
+                     std::int64_t rows1_)
     : step(step_), rows0(rows0_), rows1(rows1_), rank(rank_), world(world_) {
   w0 = fill(0, step, even_rows(rows0, rank, world), 7);
   w1 = fill(1, step, even_rows(rows1, rank, world), 3);
@@ -53,8 +57,12 @@ TestState::TestState(std::int64_t step_, int rank_, int world_, std::int64_t row
 StateView TestState::view() const {
   StateView v;
   auto r0 = even_rows(rows0, rank, world), r1 = even_rows(rows1, rank, world);
-  KILN_CHECK(v.add_tensor("w0", comm::DataType::kFloat32, {rows0, 7}, r0.offset, r0.count, w0.data()).is_ok());
-  KILN_CHECK(v.add_tensor("w1", comm::DataType::kFloat32, {rows1, 3}, r1.offset, r1.count, w1.data()).is_ok());
+  KILN_CHECK(
+      v.add_tensor("w0", comm::DataType::kFloat32, {rows0, 7}, r0.offset, r0.count, w0.data())
+          .is_ok());
+  KILN_CHECK(
+      v.add_tensor("w1", comm::DataType::kFloat32, {rows1, 3}, r1.offset, r1.count, w1.data())
+          .is_ok());
   KILN_CHECK(v.add_replicated("bias", comm::DataType::kFloat32, {5}, bias.data()).is_ok());
   KILN_CHECK(v.add_blob("rng", rng.data(), rng.size()).is_ok());
   KILN_CHECK(v.add_blob("step", &step, sizeof step).is_ok());
@@ -85,7 +93,8 @@ std::string check_loaded(const LoadedState& s, std::int64_t step, int rank, int 
   }
   const LoadedEntry* rng = s.find("rng");
   std::string want_rng = rng_blob(step, rank % s.saved_world_size);
-  if (rng == nullptr || std::string(reinterpret_cast<const char*>(rng->data.data()), rng->data.size()) != want_rng) {
+  if (rng == nullptr ||
+      std::string(reinterpret_cast<const char*>(rng->data.data()), rng->data.size()) != want_rng) {
     return "blob 'rng' differs";
   }
   const LoadedEntry* st = s.find("step");

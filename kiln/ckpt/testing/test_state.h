@@ -28,7 +28,8 @@ float test_value(int which, std::int64_t step, std::int64_t row, std::int64_t co
 // "w1" [rows1 x 3] sharded with even_rows, a replicated "bias" [5], and blobs
 // "rng" (per rank) and "step". Owns its memory.
 struct TestState {
-  TestState(std::int64_t step, int rank, int world, std::int64_t rows0 = 37, std::int64_t rows1 = 10);
+  TestState(std::int64_t step, int rank, int world, std::int64_t rows0 = 37,
+            std::int64_t rows1 = 10);
   StateView view() const;
 
   std::int64_t step, rows0, rows1;
