@@ -30,7 +30,9 @@ struct CommitContext {
 // ok once step-N is committed; otherwise the first failure with the ranks it
 // came from (e.g. ResourceExhausted from a full disk on rank 2), after rank 0
 // removed step-N.tmp. Aborted/DeadlineExceeded when the exchange itself fails
-// (then the .tmp directory is left for retention to clear).
+// (then the .tmp directory is left for retention to clear). If rank 0 dies
+// after its rename, the step is committed although the others see Aborted:
+// after re-forming, load_latest tells what was committed.
 Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local);
 
 }  // namespace kiln::ckpt

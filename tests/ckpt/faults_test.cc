@@ -20,6 +20,7 @@
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/ckpt/verify.h"
+#include "kiln/comm/testing/multiprocess.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -100,6 +101,43 @@ TEST(CkptFaults, SigkillDuringSavesNeverLosesTheNewestCommit) {
   EXPECT_GT(killed_mid_save, 0);  // typically 20-40 of 60
   std::printf("60 kills: %d inside a save, newest step %lld\n", killed_mid_save,
               static_cast<long long>(newest_before));
+}
+
+TEST(CkptFaults, RankKilledBeforeTheCommitLeavesTheOlderCheckpoint) {
+  TempDir dir;
+  comm::testing::RunOptions opts;
+  opts.deadline = std::chrono::seconds(40);
+  opts.comm.timeout = std::chrono::seconds(15);
+  auto run = comm::testing::run_ranks(
+      3,
+      [&](comm::Communicator& comm) -> Status {
+        int rank = comm.rank();
+        KILN_ASSIGN_OR_RETURN(
+            auto ck,
+            Checkpointer::create({.root = dir.path(),
+                                  .comm = &comm,
+                                  .after_shard_written_for_test = [rank](std::int64_t step) {
+                                    if (step == 2 && rank == 2) ::raise(SIGKILL);
+                                  }}));
+        TestState s1(1, rank, 3), s2(2, rank, 3);
+        KILN_RETURN_IF_ERROR(ck->save(s1.view(), 1, Deadline::after_seconds(20)));
+        Status st = ck->save(s2.view(), 2, Deadline::after_seconds(20));
+        if (st.is_ok()) return internal_error("step 2 committed although rank 2 died before it");
+        // The survivors learn of the dead peer from the commit exchange.
+        if (st.code() != Code::kAborted) return st;
+        return Status::ok();
+      },
+      opts);
+  ASSERT_EQ(run.ranks.size(), 3u);
+  EXPECT_EQ(run.ranks[0].exit_code, 0) << run.report;
+  EXPECT_EQ(run.ranks[1].exit_code, 0) << run.report;
+  EXPECT_EQ(run.ranks[2].signal, SIGKILL) << run.report;
+  auto steps = list_committed_steps(dir.path());
+  ASSERT_TRUE(steps.is_ok());
+  EXPECT_EQ(*steps, (std::vector<std::int64_t>{1}));
+  auto loaded = load_latest(dir.path(), {});  // 3 saved, 1 loads
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 1, 0, 1), "");
 }
 
 // A small tmpfs mounted for the test; unmounted by the destructor.
