@@ -28,7 +28,8 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::create(CheckpointOptions opt
     options.timeout =
         std::chrono::milliseconds(static_cast<std::int64_t>(kCkptTimeout.get() * 1000));
   }
-  KILN_RETURN_IF_ERROR(internal::make_dir(options.root));
+  if (options.fs == nullptr) options.fs = Fs::posix();
+  KILN_RETURN_IF_ERROR(options.fs->make_dir(options.root));
   return std::unique_ptr<Checkpointer>(new Checkpointer(std::move(options)));
 }
 
@@ -147,15 +148,16 @@ void Checkpointer::writer_loop() {
 Status Checkpointer::run_save(std::int64_t step) {
   auto t0 = Clock::now();
   std::string tmp = options_.root + "/" + tmp_step_dir_name(step);
-  Status mk = internal::make_dir(tmp);
+  Status mk = options_.fs->make_dir(tmp);
   Result<ShardRecord> shard =
-      mk.is_ok() ? write_shard(tmp, rank_, staged_, staging_.get(),
+      mk.is_ok() ? write_shard(*options_.fs, tmp, rank_, staged_, staging_.get(),
                                ShardWriteOptions{options_.compression, options_.zstd_level})
                  : Result<ShardRecord>(mk);
   double write_s = seconds_since(t0);
   if (options_.after_shard_written_for_test) options_.after_shard_written_for_test(step);
   auto t1 = Clock::now();
-  CommitContext ctx{options_.root, step, rank_, world_, options_.comm, options_.timeout};
+  CommitContext ctx{options_.root,    step,       rank_, world_, options_.comm,
+                    options_.timeout, options_.fs};
   Status s = commit_step(ctx, shard);
   if (s.is_ok() && rank_ == 0) {
     auto deleted = apply_retention(options_.root, options_.retention);

@@ -40,6 +40,7 @@
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
 #include "kiln/ckpt/format.h"
+#include "kiln/ckpt/fs.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/shard_writer.h"
 #include "kiln/ckpt/state.h"
@@ -59,6 +60,8 @@ struct CheckpointOptions {
   // Bounds waiting for a previous save and each commit collective;
   // 0 = KILN_CKPT_TIMEOUT.
   std::chrono::milliseconds timeout{0};
+  // The filesystem the write path uses; null = the real one (tests inject faults).
+  Fs* fs = nullptr;
   // Tests only: runs on the writer thread once this rank's shard is durable,
   // before the commit (lets a test hold a save in flight).
   std::function<void(std::int64_t step)> after_shard_written_for_test;

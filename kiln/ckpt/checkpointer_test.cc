@@ -109,7 +109,7 @@ TEST(Checkpointer, BackgroundFailureSurfacesOnTheNextCall) {
   TempDir dir;
   auto ck = make({.root = dir.path()});
   // A file where the step's temp directory goes: the shard cannot be created.
-  ASSERT_TRUE(internal::write_file_synced(dir.path() + "/step-5.tmp", "x").is_ok());
+  ASSERT_TRUE(write_file_synced(*Fs::posix(), dir.path() + "/step-5.tmp", "x").is_ok());
   TestState s(5, 0, 1), t(6, 0, 1);
   ASSERT_TRUE(ck->save_async(s.view(), 5).is_ok());
   auto next = ck->save_async(t.view(), 6);

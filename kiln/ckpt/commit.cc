@@ -67,17 +67,17 @@ Status publish(const CommitContext& ctx, const std::vector<std::string>& reports
   for (const auto& n : names) {
     bool named = std::any_of(m.shards.begin(), m.shards.end(),
                              [&](const ShardRecord& s) { return s.file == n; });
-    if (!named) KILN_RETURN_IF_ERROR(internal::remove_tree(tmp + "/" + n));
+    if (!named) KILN_RETURN_IF_ERROR(ctx.fs->remove_tree(tmp + "/" + n));
   }
-  KILN_RETURN_IF_ERROR(internal::write_file_synced(tmp + "/" + kManifestName, to_json(m)));
-  KILN_RETURN_IF_ERROR(internal::sync_dir(tmp));
+  KILN_RETURN_IF_ERROR(write_file_synced(*ctx.fs, tmp + "/" + kManifestName, to_json(m)));
+  KILN_RETURN_IF_ERROR(ctx.fs->sync_dir(tmp));
   std::string final_dir = ctx.root + "/" + step_dir_name(ctx.step);
   if (internal::path_exists(final_dir)) {
     return already_exists(fmt::format("commit of step {}: {} exists already", ctx.step, final_dir));
   }
-  KILN_RETURN_IF_ERROR(internal::rename_path(tmp, final_dir));
-  KILN_RETURN_IF_ERROR(internal::sync_dir(ctx.root));
-  return internal::write_file_atomic(ctx.root + "/" + kLatestName, step_dir_name(ctx.step) + "\n");
+  KILN_RETURN_IF_ERROR(ctx.fs->rename(tmp, final_dir));
+  KILN_RETURN_IF_ERROR(ctx.fs->sync_dir(ctx.root));
+  return write_file_atomic(*ctx.fs, ctx.root + "/" + kLatestName, step_dir_name(ctx.step) + "\n");
 }
 
 // Rank 0's outcome to every rank: code byte, then the message (truncated).
@@ -98,7 +98,7 @@ Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local) {
     if (outcome.is_ok()) outcome = publish(ctx, *reports);
     if (!outcome.is_ok()) {
       // Free the space (a full disk is the likely cause) and leave no half step behind.
-      Status rm = internal::remove_tree(ctx.root + "/" + tmp_step_dir_name(ctx.step));
+      Status rm = ctx.fs->remove_tree(ctx.root + "/" + tmp_step_dir_name(ctx.step));
       if (!rm.is_ok()) log()->warn("{}: cleanup failed: {}", where, rm.to_string());
     }
   }

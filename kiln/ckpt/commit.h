@@ -12,6 +12,7 @@
 
 #include "kiln/base/status.h"
 #include "kiln/ckpt/format.h"
+#include "kiln/ckpt/fs.h"
 #include "kiln/comm/communicator.h"
 
 namespace kiln::ckpt {
@@ -23,6 +24,7 @@ struct CommitContext {
   int world_size = 1;
   comm::Communicator* comm = nullptr;         // null only when world_size == 1
   std::chrono::milliseconds timeout{600000};  // bounds each collective
+  Fs* fs = Fs::posix();                       // rank 0 writes the manifest and latest through it
 };
 
 // Collective: every rank calls it once per save with its own shard result.

@@ -6,8 +6,6 @@
 
 #include <algorithm>
 
-#include "kiln/ckpt/internal/file.h"
-
 namespace kiln::ckpt {
 namespace {
 
@@ -20,13 +18,13 @@ constexpr std::uint64_t kWritebackEvery = 64 << 20;
 
 }  // namespace
 
-Result<ShardRecord> write_shard(const std::string& dir, int rank,
+Result<ShardRecord> write_shard(Fs& fs, const std::string& dir, int rank,
                                 const std::vector<StagedEntry>& entries, const std::byte* staging,
                                 const ShardWriteOptions& options) {
   ShardRecord shard;
   shard.rank = rank;
   shard.file = shard_file_name(rank);
-  KILN_ASSIGN_OR_RETURN(auto file, internal::WriteFile::create(dir + "/" + shard.file));
+  KILN_ASSIGN_OR_RETURN(auto file, fs.create(dir + "/" + shard.file));
   std::vector<char> zbuf;
   std::uint64_t offset = 0;
   std::uint64_t written_back = 0;  // start of the bytes not yet handed to writeback
@@ -58,10 +56,10 @@ Result<ShardRecord> write_shard(const std::string& dir, int rank,
     for (std::size_t done = 0; done < out_bytes && ws.is_ok();) {
       std::size_t n = std::min(kChunk, out_bytes - done);
       XXH3_64bits_update(st, p + done, n);
-      ws = file.append(p + done, n);
+      ws = file->append(p + done, n);
       done += n;
       if (offset + done - written_back >= kWritebackEvery) {
-        file.start_writeback(written_back, offset + done - written_back);
+        file->start_writeback(written_back, offset + done - written_back);
         written_back = offset + done;
       }
     }
@@ -73,8 +71,8 @@ Result<ShardRecord> write_shard(const std::string& dir, int rank,
     offset += out_bytes;
     shard.entries.push_back(std::move(rec));
   }
-  KILN_RETURN_IF_ERROR(file.sync().with_context(fmt::format("shard of rank {}", rank)));
-  KILN_RETURN_IF_ERROR(file.close());
+  KILN_RETURN_IF_ERROR(file->sync().with_context(fmt::format("shard of rank {}", rank)));
+  KILN_RETURN_IF_ERROR(file->close());
   shard.bytes = offset;
   return shard;
 }

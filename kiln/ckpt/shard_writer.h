@@ -8,6 +8,7 @@
 
 #include "kiln/base/status.h"
 #include "kiln/ckpt/format.h"
+#include "kiln/ckpt/fs.h"
 
 namespace kiln::ckpt {
 
@@ -29,7 +30,7 @@ struct ShardWriteOptions {
 // after entry, checksumming what it stores, then fsyncs the file. Blocks for
 // the whole write. ResourceExhausted when the disk is full; the file is then
 // left behind for the commit to discard.
-Result<ShardRecord> write_shard(const std::string& dir, int rank,
+Result<ShardRecord> write_shard(Fs& fs, const std::string& dir, int rank,
                                 const std::vector<StagedEntry>& entries, const std::byte* staging,
                                 const ShardWriteOptions& options);
 

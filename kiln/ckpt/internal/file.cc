@@ -92,20 +92,6 @@ Result<std::string> read_file(const std::string& path) {
   return s;
 }
 
-Status write_file_synced(const std::string& path, const std::string& contents) {
-  KILN_ASSIGN_OR_RETURN(auto f, WriteFile::create(path));
-  KILN_RETURN_IF_ERROR(f.append(contents.data(), contents.size()));
-  KILN_RETURN_IF_ERROR(f.sync());
-  return f.close();
-}
-
-Status write_file_atomic(const std::string& path, const std::string& contents) {
-  std::string tmp = path + ".tmp";
-  KILN_RETURN_IF_ERROR(write_file_synced(tmp, contents));
-  KILN_RETURN_IF_ERROR(rename_path(tmp, path));
-  return sync_dir(std::filesystem::path(path).parent_path().string());
-}
-
 Status make_dir(const std::string& path) {
   if (::mkdir(path.c_str(), 0755) != 0 && errno != EEXIST) {
     return errno_status(fmt::format("mkdir {}", path), errno);

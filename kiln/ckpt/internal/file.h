@@ -39,12 +39,6 @@ Status read_at(const std::string& path, std::uint64_t offset, void* out, std::si
 Result<std::string> read_file(const std::string& path);
 Result<std::uint64_t> file_size(const std::string& path);
 
-// Writes `contents` to `path` durably and atomically: a temp file beside it,
-// fsync, rename over `path`, fsync the directory (LevelDB's SetCurrentFile).
-Status write_file_atomic(const std::string& path, const std::string& contents);
-// Writes `contents` to a new file and fsyncs it (no rename).
-Status write_file_synced(const std::string& path, const std::string& contents);
-
 Status make_dir(const std::string& path);  // ok if it exists already
 Status sync_dir(const std::string& path);
 Status rename_path(const std::string& from, const std::string& to);
