@@ -92,12 +92,7 @@ Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t 
   }
   // No save in flight: the writer does not touch staging_ now.
   std::size_t need = state.total_bytes();
-  if (need > staging_capacity_) {
-    staging_.reset(new std::byte[need]);
-    // Fault the pages in now, not inside the first copies' timing.
-    std::memset(staging_.get(), 0, need);
-    staging_capacity_ = need;
-  }
+  grow_staging(need);
   staged_.clear();
   std::size_t off = 0;
   for (const auto& e : state.entries()) {
@@ -113,6 +108,22 @@ Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t 
   }
   cv_.notify_all();
   return SaveStart::kStarted;
+}
+
+void Checkpointer::grow_staging(std::size_t bytes) {
+  if (bytes <= staging_capacity_) return;
+  staging_.reset(new std::byte[bytes]);
+  // Fault the pages in now, not inside a save's stall.
+  std::memset(staging_.get(), 0, bytes);
+  staging_capacity_ = bytes;
+}
+
+Status Checkpointer::reserve(std::size_t bytes) {
+  std::unique_lock<std::mutex> l(mu_);
+  KILN_RETURN_IF_ERROR(wait_idle_locked(l, Deadline::after(options_.timeout)));
+  // busy_ stays false while we hold mu_, and save_async runs on this same thread.
+  grow_staging(bytes);
+  return Status::ok();
 }
 
 Status Checkpointer::save(const StateView& state, std::int64_t step, Deadline deadline) {

@@ -91,6 +91,11 @@ class Checkpointer {
   // DeadlineExceeded if the previous save did not finish within the timeout.
   Result<SaveStart> save_async(const StateView& state, std::int64_t step);
 
+  // Allocates (and faults in) staging memory for states up to `bytes` now, so
+  // the first save_async stalls no longer than later ones. Optional; waits
+  // for a save in flight (DeadlineExceeded past the timeout).
+  Status reserve(std::size_t bytes);
+
   // save_async, then wait until it is committed.
   Status save(const StateView& state, std::int64_t step, Deadline deadline);
 
@@ -108,6 +113,7 @@ class Checkpointer {
   void writer_loop();
   Status run_save(std::int64_t step);  // on the writer thread
   Status wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline);
+  void grow_staging(std::size_t bytes);  // only while no save is in flight
 
   const CheckpointOptions options_;
   const int rank_;

@@ -71,6 +71,18 @@ TEST(Checkpointer, SavesWhatWasThereAtTheCall) {
   EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
 }
 
+TEST(Checkpointer, ReservedStagingIsUsedAndGrowsWhenTooSmall) {
+  TempDir dir;
+  auto ck = make({.root = dir.path()});
+  ASSERT_TRUE(ck->reserve(64).is_ok());  // smaller than the state: grown at the save
+  ASSERT_TRUE(save(*ck, 1).is_ok());
+  ASSERT_TRUE(ck->reserve(1 << 20).is_ok());
+  ASSERT_TRUE(save(*ck, 2).is_ok());
+  auto loaded = load_latest(dir.path(), {});
+  ASSERT_TRUE(loaded.is_ok());
+  EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");
+}
+
 TEST(Checkpointer, TwoSavesBackToBackBothCommit) {
   TempDir dir;
   auto ck = make({.root = dir.path()});
