@@ -11,13 +11,13 @@
 #include <filesystem>
 
 #include "kiln/base/backoff.h"
-#include "kiln/store/internal/fd.h"
+#include "kiln/base/fd.h"
 #include "kiln/store/internal/keys.h"
 
 namespace kiln::store {
 namespace {
 
-using internal::Fd;
+using ::kiln::Fd;
 using internal::quote_key;
 using internal::quote_keys;
 

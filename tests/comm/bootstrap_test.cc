@@ -28,7 +28,7 @@ TEST(Bootstrap, GarbageOnTheListenerIsRejectedAndTheGroupStillForms) {
     auto fd = tcp::connect_to(*ep, Deadline::after_ms(5000));
     ASSERT_TRUE(fd.is_ok()) << fd.status().to_string();
     std::string junk = "GET / HTTP/1.1\r\nHost: kiln\r\n\r\n" + std::string(64, '\xff');
-    ASSERT_TRUE(tcp::write_all(fd->get(), junk.data(), junk.size(), Deadline::after_ms(1000)).is_ok());
+    ASSERT_TRUE(net::send_all(fd->get(), junk, Deadline::after_ms(1000)).is_ok());
   }
   Result<std::unique_ptr<Context>> rank1 = connect_all(store, 1, 2, o, Deadline::after_ms(20000));
   t0.join();

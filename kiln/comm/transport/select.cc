@@ -75,7 +75,8 @@ Status accept_peers(int listen_fd, int rank, std::uint64_t tag_hash, int expecte
   while (accepted < expected) {
     KILN_ASSIGN_OR_RETURN(tcp::Fd fd, tcp::accept_one(listen_fd, deadline));
     Handshake hs{};
-    Status s = tcp::read_all(fd.get(), &hs, sizeof(hs), Deadline::after_ms(2000).min(deadline));
+    Status s = net::recv_exact(fd.get(), reinterpret_cast<char*>(&hs), sizeof(hs),
+                               Deadline::after_ms(2000).min(deadline));
     std::string who = tcp::peer_address(fd.get());
     if (!s.is_ok() || hs.magic != kHandshakeMagic || hs.version != kHandshakeVersion ||
         hs.tag_hash != tag_hash || hs.from_rank < 0 ||
@@ -137,7 +138,7 @@ Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int 
   if (listen_address.empty()) listen_address = "127.0.0.1";
   tcp::Fd listener;
   if (options.mode != TransportMode::kShm) {
-    KILN_ASSIGN_OR_RETURN(auto bound, tcp::listen_on(listen_address, 0));
+    KILN_ASSIGN_OR_RETURN(auto bound, tcp::listen_on(listen_address));
     listener = std::move(bound.first);
     me.endpoint = bound.second.to_string();
   }
@@ -269,7 +270,8 @@ Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int 
         break;
       }
       Handshake hs{kHandshakeMagic, kHandshakeVersion, rank, tag_hash};
-      connect_status = tcp::write_all(fd->get(), &hs, sizeof(hs), deadline);
+      connect_status = net::send_all(
+          fd->get(), std::string_view(reinterpret_cast<const char*>(&hs), sizeof(hs)), deadline);
       fds[r] = std::move(*fd);
     }
     acceptor.join();

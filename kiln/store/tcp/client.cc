@@ -6,6 +6,8 @@
 #include "kiln/store/internal/keys.h"
 
 namespace kiln::store::tcp {
+
+using namespace ::kiln::net;  // socket helpers (kiln/base/socket.h)
 namespace {
 
 constexpr BackoffOptions kReconnectBackoff{.base = std::chrono::milliseconds(50),

@@ -5,6 +5,8 @@
 
 namespace kiln::store::tcp {
 
+using namespace ::kiln::net;  // socket helpers (kiln/base/socket.h)
+
 Result<std::unique_ptr<Connection>> Connection::open(const std::string& host, std::uint16_t port,
                                                      Deadline deadline) {
   KILN_ASSIGN_OR_RETURN(Fd fd, connect_tcp(host, port, deadline));

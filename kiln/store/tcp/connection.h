@@ -9,7 +9,7 @@
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
 #include "kiln/store/tcp/protocol.h"
-#include "kiln/store/tcp/socket.h"
+#include "kiln/base/socket.h"
 
 namespace kiln::store::tcp {
 

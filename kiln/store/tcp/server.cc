@@ -13,9 +13,11 @@
 #include "kiln/base/check.h"
 #include "kiln/base/logging.h"
 #include "kiln/store/tcp/server_state.h"
-#include "kiln/store/tcp/socket.h"
+#include "kiln/base/socket.h"
 
 namespace kiln::store::tcp {
+
+using namespace ::kiln::net;  // socket helpers (kiln/base/socket.h)
 namespace {
 
 constexpr std::uint64_t kListenerToken = 0;

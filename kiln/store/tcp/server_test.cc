@@ -7,10 +7,12 @@
 #include <thread>
 
 #include "kiln/store/tcp/client.h"
-#include "kiln/store/tcp/socket.h"
+#include "kiln/base/socket.h"
 #include "kiln/store/tcp/test_util.h"
 
 namespace kiln::store::tcp {
+
+using namespace ::kiln::net;  // socket helpers (kiln/base/socket.h)
 namespace {
 
 using std::chrono::seconds;

@@ -17,8 +17,8 @@ constexpr std::size_t kStagingBytes = 256 << 10;
 
 TcpPair::TcpPair(int peer_rank, std::string peer_name, Fd fd, Doorbell* bell)
     : Pair(peer_rank, std::move(peer_name)), fd_(std::move(fd)), bell_(bell) {
-  (void)set_nonblocking(fd_.get(), true);
-  (void)set_nodelay(fd_.get());
+  (void)net::set_nonblocking(fd_.get());
+  (void)net::set_nodelay(fd_.get());
 }
 
 TcpPair::~TcpPair() = default;

@@ -1,6 +1,6 @@
-// Socket helpers shared by the TcpStore client and server: listening,
-// connecting and deadline-bounded blocking I/O on non-blocking sockets.
-// Errors describe the cause only; callers add the operation and peer.
+// Socket helpers shared by the TcpStore and the comm tcp transport:
+// listening, connecting and deadline-bounded blocking I/O on non-blocking
+// sockets. Errors describe the cause only; callers add the operation and peer.
 #pragma once
 
 #include <sys/socket.h>
@@ -11,11 +11,9 @@
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
-#include "kiln/store/internal/fd.h"
+#include "kiln/base/fd.h"
 
-namespace kiln::store::tcp {
-
-using internal::Fd;
+namespace kiln::net {
 
 // "10.0.0.1:29500" or "[::1]:29500".
 std::string format_address(const sockaddr_storage& addr);
@@ -42,4 +40,4 @@ Status send_all(int fd, std::string_view data, Deadline deadline);
 // Reads exactly n bytes. Unavailable "connection closed by peer" on EOF.
 Status recv_exact(int fd, char* buf, std::size_t n, Deadline deadline);
 
-}  // namespace kiln::store::tcp
+}  // namespace kiln::net

@@ -1,4 +1,4 @@
-#include "kiln/store/tcp/socket.h"
+#include "kiln/base/socket.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -12,7 +12,7 @@
 #include <climits>
 #include <memory>
 
-namespace kiln::store::tcp {
+namespace kiln::net {
 namespace {
 
 struct AddrInfoDeleter {
@@ -189,4 +189,4 @@ Status recv_exact(int fd, char* buf, std::size_t n, Deadline deadline) {
   return Status::ok();
 }
 
-}  // namespace kiln::store::tcp
+}  // namespace kiln::net

@@ -5,7 +5,7 @@
 
 #include <utility>
 
-namespace kiln::store::internal {
+namespace kiln {
 
 class Fd {
  public:
@@ -33,4 +33,4 @@ class Fd {
   int fd_ = -1;
 };
 
-}  // namespace kiln::store::internal
+}  // namespace kiln
