@@ -28,6 +28,11 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::create(CheckpointOptions opt
     options.timeout =
         std::chrono::milliseconds(static_cast<std::int64_t>(kCkptTimeout.get() * 1000));
   }
+  if (options.busy == BusyPolicy::kSkip && options.comm != nullptr && options.comm->size() > 1) {
+    // Each rank would decide alone whether its writer is still busy, and the
+    // ranks would then commit different steps. Agreeing on skips is future work.
+    return invalid_argument("Checkpointer: BusyPolicy::kSkip is supported with one rank only");
+  }
   if (options.fs == nullptr) options.fs = Fs::posix();
   KILN_RETURN_IF_ERROR(options.fs->make_dir(options.root));
   return std::unique_ptr<Checkpointer>(new Checkpointer(std::move(options)));

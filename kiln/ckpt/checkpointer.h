@@ -14,7 +14,9 @@
 //
 // In flight: at most one save. A save_async while one runs waits for it
 // (BusyPolicy::kWait, bounded by `timeout`) or returns kSkipped after a
-// logged warning (kSkip).
+// logged warning (kSkip; one rank only for now, since ranks deciding alone
+// would commit different steps — commit_step refuses that with
+// FailedPrecondition).
 //
 // Failures of a background save are logged when they happen and returned by
 // the next save_async or wait() call, once — never dropped.

@@ -30,13 +30,25 @@ Status decode_failure(const std::string& s, int rank) {
 Result<std::vector<std::string>> exchange_reports(const CommitContext& ctx,
                                                   const std::string& mine) {
   if (ctx.world_size == 1) return std::vector<std::string>{mine};
-  std::int64_t my_len = static_cast<std::int64_t>(mine.size());
-  std::vector<std::int64_t> lens(ctx.world_size);
+  // Length and step of every rank's report. Every rank sees the same steps,
+  // so a mismatch (ranks out of step: a skipped save) fails on all of them
+  // alike, without further collectives.
+  std::int64_t my_head[2] = {static_cast<std::int64_t>(mine.size()), ctx.step};
+  std::vector<std::int64_t> heads(2 * ctx.world_size);
   KILN_RETURN_IF_ERROR(
-      ctx.comm->allgather(&my_len, lens.data(), 1, DataType::kInt64)->wait(ctx.timeout));
-  std::vector<std::size_t> counts(lens.begin(), lens.end());
+      ctx.comm->allgather(my_head, heads.data(), 2, DataType::kInt64)->wait(ctx.timeout));
+  std::vector<std::size_t> counts;
   std::size_t total = 0;
-  for (auto c : counts) total += c;
+  for (int r = 0; r < ctx.world_size; ++r) {
+    if (heads[2 * r + 1] != ctx.step) {
+      return failed_precondition(fmt::format(
+          "rank {} is committing step {} while rank {} commits step {}: every rank must save the "
+          "same steps in the same order",
+          r, heads[2 * r + 1], ctx.rank, ctx.step));
+    }
+    counts.push_back(static_cast<std::size_t>(heads[2 * r]));
+    total += counts.back();
+  }
   std::string all(total, '\0');
   KILN_RETURN_IF_ERROR(
       ctx.comm->allgatherv(mine.data(), all.data(), counts, DataType::kUInt8)->wait(ctx.timeout));

@@ -9,6 +9,7 @@
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/internal/file.h"
+#include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/ckpt/verify.h"
 #include "kiln/comm/testing/multiprocess.h"
@@ -126,6 +127,31 @@ TEST(CkptLoad, UncommittedAndManifestlessStepsAreIgnored) {
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(loaded->step, 1);
   EXPECT_EQ(read_manifest(dir.path() + "/step-4").status().code(), Code::kNotFound);
+}
+
+TEST(CkptCommit, RanksSavingDifferentStepsCommitNothing) {
+  TempDir dir;
+  auto r = run_ranks(
+      2,
+      [&](Communicator& comm) -> Status {
+        KILN_ASSIGN_OR_RETURN(auto ck, Checkpointer::create({.root = dir.path(), .comm = &comm}));
+        std::int64_t step = 10 + comm.rank();  // out of step
+        TestState s(step, comm.rank(), comm.size());
+        Status st = ck->save(s.view(), step, Deadline::after_seconds(20));
+        if (st.code() != Code::kFailedPrecondition) {
+          return internal_error("expected FailedPrecondition, got " + st.to_string());
+        }
+        // Skipping alone would put ranks out of step: refused up front.
+        auto skip =
+            Checkpointer::create({.root = dir.path(), .comm = &comm, .busy = BusyPolicy::kSkip});
+        if (skip.status().code() != Code::kInvalidArgument) return internal_error("kSkip accepted");
+        return Status::ok();
+      },
+      quick());
+  ASSERT_TRUE(r.ok()) << r.report;
+  auto steps = list_committed_steps(dir.path());
+  ASSERT_TRUE(steps.is_ok());
+  EXPECT_TRUE(steps->empty());
 }
 
 TEST(CkptLoad, NothingToLoadIsNotFound) {
