@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <random>
+#include <thread>
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/internal/file.h"
@@ -101,6 +102,58 @@ TEST(CkptFaults, SigkillDuringSavesNeverLosesTheNewestCommit) {
   EXPECT_GT(killed_mid_save, 0);  // typically 20-40 of 60
   std::printf("60 kills: %d inside a save, newest step %lld\n", killed_mid_save,
               static_cast<long long>(newest_before));
+}
+
+// Two ranks save back to back; one of them (rank 0 or 1 in turn) is killed
+// at a random instant: inside its shard write, the exchange, rank 0's
+// manifest/rename/latest or retention. The survivor must fail with Aborted,
+// and the invariants hold.
+TEST(CkptFaults, SigkillOfEitherRankDuringMultiRankSaves) {
+  TempDir dir;
+  std::mt19937 rng(777);
+  std::uniform_int_distribution<int> delay_us(0, 30000);
+  {
+    // A first checkpoint to protect (one rank; later ones are written by two).
+    auto ck = Checkpointer::create({.root = dir.path()});
+    ASSERT_TRUE(ck.is_ok());
+    TestState s(0, 0, 1);
+    ASSERT_TRUE((*ck)->save(s.view(), 0, Deadline::after_seconds(10)).is_ok());
+  }
+  for (int trial = 0; trial < 20; ++trial) {
+    const int victim = trial % 2;
+    const int delay = delay_us(rng);
+    comm::testing::RunOptions opts;
+    opts.deadline = std::chrono::seconds(30);
+    opts.comm.timeout = std::chrono::seconds(10);
+    auto run = comm::testing::run_ranks(
+        2,
+        [&](comm::Communicator& comm) -> Status {
+          if (comm.rank() == victim) {
+            std::thread([delay] {
+              usleep(static_cast<useconds_t>(delay));
+              ::raise(SIGKILL);
+            }).detach();
+          }
+          KILN_ASSIGN_OR_RETURN(
+              auto ck, Checkpointer::create(
+                           {.root = dir.path(), .comm = &comm, .retention = {.keep_last = 2}}));
+          KILN_ASSIGN_OR_RETURN(auto steps, list_committed_steps(dir.path()));
+          std::int64_t step = steps.empty() ? 1 : steps.front() + 1;
+          for (;; ++step) {
+            TestState s(step, comm.rank(), comm.size());
+            Status st = ck->save(s.view(), step, Deadline::after_seconds(20));
+            if (st.code() == Code::kAborted) return Status::ok();  // the peer died
+            KILN_RETURN_IF_ERROR(st);
+          }
+        },
+        opts);
+    ASSERT_EQ(run.ranks[victim].signal, SIGKILL) << "trial " << trial << ": " << run.report;
+    ASSERT_EQ(run.ranks[1 - victim].exit_code, 0) << "trial " << trial << ": " << run.report;
+    ASSERT_EQ(check_invariants(dir.path()), "") << "after trial " << trial;
+  }
+  auto steps = list_committed_steps(dir.path());
+  ASSERT_TRUE(steps.is_ok());
+  std::printf("20 kills of 2 ranks: newest step %lld\n", static_cast<long long>(steps->front()));
 }
 
 TEST(CkptFaults, RankKilledBeforeTheCommitLeavesTheOlderCheckpoint) {
