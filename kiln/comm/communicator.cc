@@ -25,6 +25,8 @@ const Knob<bool> kCommCheck{"KILN_COMM_CHECK", false,
 const Knob<std::string> kTransport{"KILN_TRANSPORT", "auto", "peer transport: auto, shm or tcp"};
 
 constexpr std::size_t kFingerprintBytes = 128;
+// check_peer value of operations that do their own KILN_COMM_CHECK.
+constexpr int kCheckedInBody = -2;
 
 Status (*flat_allreduce(AllreduceAlgo a))(const algo::Env&, const algo::AllreduceArgs&) {
   switch (a) {
@@ -112,17 +114,21 @@ AllreduceAlgo Communicator::choose_allreduce(std::size_t bytes) const {
 }
 
 WorkPtr Communicator::enqueue(const char* name, std::string signature,
-                              std::function<Status(const algo::Env&)> body) {
+                              std::function<Status(const algo::Env&)> body, int check_peer) {
   std::lock_guard lock(issue_mu_);
   std::uint64_t seq = next_seq_++;
   std::string what = fmt::format("{} #{} ({}) on rank {}/{}", name, seq, signature, rank_, size_);
-  std::string fingerprint = options_.check ? fmt::format("{} #{} ({})", name, seq, signature) : "";
+  // No sequence number in the fingerprint: point-to-point operations involve
+  // only some ranks, so sequence numbers legitimately differ between ranks.
+  std::string fingerprint = options_.check ? fmt::format("{} ({})", name, signature) : "";
   auto w = std::make_shared<Work>(
       seq, what,
-      [this, what, fingerprint, body = std::move(body)](Deadline deadline) -> Status {
+      [this, what, fingerprint, check_peer, body = std::move(body)](Deadline deadline) -> Status {
         if (ctx_->aborted()) return ctx_->abort_status().with_context(what);
         algo::Env env{algo::Group{ctx_.get(), world_ranks_, rank_}, deadline, &what, &scratch_};
-        if (options_.check) KILN_RETURN_IF_ERROR(check_fingerprints(env, fingerprint));
+        if (options_.check && check_peer != kCheckedInBody) {
+          KILN_RETURN_IF_ERROR(check_fingerprints(env, fingerprint, check_peer));
+        }
         Status s = body(env);
         if (!s.is_ok()) {
           // Whatever failed, the group is now out of step: make sure peers learn.
@@ -136,18 +142,31 @@ WorkPtr Communicator::enqueue(const char* name, std::string signature,
   return w;
 }
 
-Status Communicator::check_fingerprints(const algo::Env& env, const std::string& mine) {
+Status Communicator::check_fingerprints(const algo::Env& env, const std::string& mine, int peer) {
   std::vector<char> local(kFingerprintBytes, 0);
   std::memcpy(local.data(), mine.data(), std::min(mine.size(), kFingerprintBytes - 1));
-  std::vector<char> all(kFingerprintBytes * size_);
-  std::vector<std::size_t> counts(size_, kFingerprintBytes);
-  KILN_RETURN_IF_ERROR(algo::allgather_ring(env, local.data(), all.data(), counts, 1));
-  for (int r = 0; r < size_; ++r) {
-    const char* theirs = all.data() + r * kFingerprintBytes;
+  std::vector<int> ranks;
+  std::vector<char> all;
+  if (peer >= 0) {
+    // Point to point: compare with the one peer involved.
+    all.resize(kFingerprintBytes);
+    transport::Request sr, rr;
+    env.group.pair(peer).post_send(local.data(), kFingerprintBytes, &sr);
+    env.group.pair(peer).post_recv(all.data(), kFingerprintBytes, &rr);
+    KILN_RETURN_IF_ERROR(env.wait({&sr, &rr}));
+    ranks.push_back(peer);
+  } else {
+    all.resize(kFingerprintBytes * size_);
+    std::vector<std::size_t> counts(size_, kFingerprintBytes);
+    KILN_RETURN_IF_ERROR(algo::allgather_ring(env, local.data(), all.data(), counts, 1));
+    for (int r = 0; r < size_; ++r) ranks.push_back(r);
+  }
+  for (std::size_t i = 0; i < ranks.size(); ++i) {
+    const char* theirs = all.data() + i * kFingerprintBytes;
     if (std::strncmp(theirs, local.data(), kFingerprintBytes) != 0) {
       Status s = invalid_argument(fmt::format(
           "KILN_COMM_CHECK: operation mismatch: rank {} called {} but rank {} called {}", rank_,
-          local.data(), r, theirs));
+          local.data(), ranks[i], theirs));
       ctx_->abort(s);
       return s;
     }
@@ -221,28 +240,34 @@ WorkPtr Communicator::alltoall(const void* send, void* recv, std::size_t count_p
 }
 
 WorkPtr Communicator::send(const void* buf, std::size_t count, DataType dtype, int peer) {
-  // Point-to-point: the fingerprint names the pair so both sides agree.
-  std::string sig = fmt::format("{} x {}, {} -> {}", dtype_name(dtype), count, rank_, peer);
-  return enqueue("send/recv", sig, [=, this](const algo::Env& env) -> Status {
-    if (peer < 0 || peer >= size_ || peer == rank_) {
-      return invalid_argument(fmt::format("send to rank {}: not a peer", peer));
-    }
-    transport::Request req;
-    env.group.pair(peer).post_send(buf, count * dtype_size(dtype), &req);
-    return env.wait({&req});
-  });
+  return point_to_point(true, const_cast<void*>(buf), count, dtype, peer);
 }
 
 WorkPtr Communicator::recv(void* buf, std::size_t count, DataType dtype, int peer) {
-  std::string sig = fmt::format("{} x {}, {} -> {}", dtype_name(dtype), count, peer, rank_);
-  return enqueue("send/recv", sig, [=, this](const algo::Env& env) -> Status {
-    if (peer < 0 || peer >= size_ || peer == rank_) {
-      return invalid_argument(fmt::format("recv from rank {}: not a peer", peer));
-    }
+  return point_to_point(false, buf, count, dtype, peer);
+}
+
+WorkPtr Communicator::point_to_point(bool sending, void* buf, std::size_t count, DataType dtype,
+                                     int peer) {
+  // The signature names the pair the same way on both sides ("src -> dst"),
+  // so KILN_COMM_CHECK can compare it with the peer's.
+  int src = sending ? rank_ : peer, dst = sending ? peer : rank_;
+  std::string sig = fmt::format("{} x {}, {} -> {}", dtype_name(dtype), count, src, dst);
+  auto body = [=, this](const algo::Env& env) -> Status {
     transport::Request req;
-    env.group.pair(peer).post_recv(buf, count * dtype_size(dtype), &req);
+    if (sending) {
+      env.group.pair(peer).post_send(buf, count * dtype_size(dtype), &req);
+    } else {
+      env.group.pair(peer).post_recv(buf, count * dtype_size(dtype), &req);
+    }
     return env.wait({&req});
-  });
+  };
+  if (peer < 0 || peer >= size_ || peer == rank_) {
+    return enqueue("send/recv", sig, [peer, sending](const algo::Env&) {
+      return invalid_argument(fmt::format("{} rank {}: not a peer", sending ? "send to" : "recv from", peer));
+    });
+  }
+  return enqueue("send/recv", sig, body, peer);
 }
 
 WorkPtr Communicator::sendrecv(const void* send, std::size_t send_count, int to, void* recv,
@@ -259,11 +284,29 @@ WorkPtr Communicator::sendrecv(const void* send, std::size_t send_count, int to,
       std::memcpy(recv, send, std::min(send_count, recv_count) * es);
       return Status::ok();
     }
+    if (options_.check) {
+      // Each rank's send must be what the rank it sends to expects to receive.
+      std::int64_t sent[2] = {static_cast<std::int64_t>(dtype), static_cast<std::int64_t>(send_count)};
+      std::int64_t incoming[2] = {-1, -1};
+      transport::Request fs, fr;
+      env.group.pair(to).post_send(sent, sizeof(sent), &fs);
+      env.group.pair(from).post_recv(incoming, sizeof(incoming), &fr);
+      KILN_RETURN_IF_ERROR(env.wait({&fs, &fr}));
+      if (incoming[0] != static_cast<std::int64_t>(dtype) ||
+          incoming[1] != static_cast<std::int64_t>(recv_count)) {
+        Status bad = invalid_argument(fmt::format(
+            "KILN_COMM_CHECK: sendrecv mismatch: rank {} sends {} elements of dtype #{} to rank {}, "
+            "which expects {} x {}",
+            from, incoming[1], incoming[0], rank_, recv_count, dtype_name(dtype)));
+        ctx_->abort(bad);
+        return bad;
+      }
+    }
     transport::Request sr, rr;
     env.group.pair(to).post_send(send, send_count * es, &sr);
     env.group.pair(from).post_recv(recv, recv_count * es, &rr);
     return env.wait({&sr, &rr});
-  });
+  }, /*check_peer=*/kCheckedInBody);
 }
 
 WorkPtr Communicator::barrier() {

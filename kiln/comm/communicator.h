@@ -110,9 +110,11 @@ class Communicator {
   // Queues `body` as operation `name` (with a fingerprint check if enabled).
   // `signature` describes the call's shape ("float32 x 1024, sum") and must be
   // identical on every rank.
+  // `check_peer` >= 0: a point-to-point operation, checked with that peer only.
   WorkPtr enqueue(const char* name, std::string signature,
-                  std::function<Status(const algo::Env&)> body);
-  Status check_fingerprints(const algo::Env& env, const std::string& mine);
+                  std::function<Status(const algo::Env&)> body, int check_peer = -1);
+  Status check_fingerprints(const algo::Env& env, const std::string& mine, int peer);
+  WorkPtr point_to_point(bool sending, void* buf, std::size_t count, DataType dtype, int peer);
 
   std::shared_ptr<store::Store> store_;
   int rank_;

@@ -209,5 +209,33 @@ TEST(Faults, DestroyingACommunicatorWithPendingWorkDoesNotWaitOutTheTimeout) {
   EXPECT_TRUE(result.ok()) << result.report;
 }
 
+TEST(Faults, CommCheckHandlesPointToPointAndShifts) {
+  auto o = fault_options(transport::TransportMode::kAuto);
+  o.comm.check = true;
+  o.comm.check_from_env = false;
+  auto result = testing::run_ranks(3, [](Communicator& c) -> Status {
+    // Matched: a send/recv between ranks 0 and 1 only (rank 2 sits out),
+    // then a ring shift everyone joins, then a collective.
+    std::int32_t v = c.rank(), got = -1;
+    if (c.rank() == 0) KILN_RETURN_IF_ERROR(c.send(&v, 1, DataType::kInt32, 1)->wait());
+    if (c.rank() == 1) KILN_RETURN_IF_ERROR(c.recv(&got, 1, DataType::kInt32, 0)->wait());
+    int n = c.size();
+    KILN_RETURN_IF_ERROR(c.sendrecv(&v, 1, (c.rank() + 1) % n, &got, 1, (c.rank() + n - 1) % n, DataType::kInt32)->wait());
+    if (got != (c.rank() + n - 1) % n) return internal_error("shift delivered the wrong value");
+    KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    // Mismatched: rank 0 sends 2 elements where rank 1 expects 1.
+    std::int32_t two[2] = {1, 2};
+    Status s;
+    if (c.rank() == 0) s = c.send(two, 2, DataType::kInt32, 1)->wait();
+    if (c.rank() == 1) s = c.recv(&got, 1, DataType::kInt32, 0)->wait();
+    if (c.rank() == 2) return Status::ok();
+    if (s.code() != Code::kInvalidArgument || s.message().find("0 -> 1") == std::string::npos) {
+      return internal_error("mismatch not reported: " + s.to_string());
+    }
+    return Status::ok();
+  }, o);
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
 }  // namespace
 }  // namespace kiln::comm
