@@ -9,13 +9,20 @@ packages=(
   cmake ninja-build g++ make pkg-config git
   # libraries
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libtomlplusplus-dev
-  libxxhash-dev libzstd-dev
+  libxxhash-dev libzstd-dev zlib1g-dev libcurl4-openssl-dev libcpp-httplib-dev
+  # data: the Fashion-MNIST IDX files `kiln data convert fashion-mnist` reads,
+  # and the Debian text `kiln data convert text` tokenizes for the GPT example
+  dataset-fashion-mnist
+  # elastic rendezvous backend (tests start a real etcd on 127.0.0.1)
+  etcd-server etcd-client
   # LibTorch (ddp, train) and a fast BLAS for it: with only the reference
   # BLAS, matrix products run ~15x slower
   libtorch-dev libopenblas0-pthread
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev iproute2 iperf3 procps jq
   openmpi-bin libopenmpi-dev
+  # keeps rebuilds across build directories (build/, build-asan/) cheap
+  ccache
 )
 
 missing=()
@@ -44,4 +51,22 @@ if command -v update-alternatives >/dev/null && update-alternatives --query "$bl
       echo "install-deps: warning: $blas_alt does not point at OpenBLAS; LibTorch will be slow" >&2
     fi
   fi
+fi
+
+# s3rver: the S3-compatible server the object-store tests start on 127.0.0.1.
+# Installed from npm into .deps/node (git-ignored), pinned.
+S3RVER_VERSION=3.7.1
+root=$(cd "$(dirname "$0")/.." && pwd)
+node_dir="$root/.deps/node"
+if [ ! -x "$node_dir/node_modules/.bin/s3rver" ] || \
+   ! grep -q "\"version\": \"$S3RVER_VERSION\"" "$node_dir/node_modules/s3rver/package.json" 2>/dev/null; then
+  if ! command -v npm >/dev/null; then
+    echo "install-deps: installing nodejs and npm"
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends nodejs npm
+  fi
+  echo "install-deps: installing s3rver@$S3RVER_VERSION into $node_dir"
+  mkdir -p "$node_dir"
+  npm install --silent --no-audit --no-fund --prefix "$node_dir" "s3rver@$S3RVER_VERSION"
 fi
