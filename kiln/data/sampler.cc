@@ -57,14 +57,17 @@ std::uint64_t EpochOrder::at(std::uint64_t p) const {
   if (!options_.shuffle || w <= 1) return unshuffled(p);
   std::uint64_t win = p / w;
   std::lock_guard<std::mutex> lock(mu_);
-  if (cached_window_ != win) {
-    std::uint64_t begin = win * w, end = std::min(total_, begin + w);
-    window_.resize(end - begin);
-    for (std::uint64_t q = begin; q < end; ++q) window_[q - begin] = unshuffled(q);
-    shuffle(&window_, mix64(mix64(options_.seed ^ mix64(epoch_)) + win + 1));
-    cached_window_ = win;
+  for (const Window& cached : windows_) {
+    if (cached.id == win) return cached.ids[p - win * w];
   }
-  return window_[p - win * w];
+  Window& fill = windows_[next_victim_];
+  next_victim_ = (next_victim_ + 1) % kCachedWindows;
+  std::uint64_t begin = win * w, end = std::min(total_, begin + w);
+  fill.ids.resize(end - begin);
+  for (std::uint64_t q = begin; q < end; ++q) fill.ids[q - begin] = unshuffled(q);
+  shuffle(&fill.ids, mix64(mix64(options_.seed ^ mix64(epoch_)) + win + 1));
+  fill.id = win;
+  return fill.ids[p - begin];
 }
 
 RankSampler::RankSampler(const DatasetIndex& index, SamplerOptions options, int rank, int world,

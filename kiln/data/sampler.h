@@ -34,7 +34,9 @@ struct SamplerState {
   std::uint64_t consumed = 0;  // positions of the epoch's global order done
 };
 
-// The epoch's global order. Thread-safe (at() caches one window under a lock).
+// The epoch's global order. Thread-safe: at() caches the last few shuffled
+// windows under a lock, so a prefetcher and workers reading different
+// windows do not recompute them on every call.
 class EpochOrder {
  public:
   EpochOrder(const DatasetIndex& index, const SamplerOptions& options, std::uint64_t epoch);
@@ -51,9 +53,14 @@ class EpochOrder {
   std::uint64_t total_ = 0;
   std::vector<std::uint64_t> shard_first_;  // in shuffled shard order
   std::vector<std::uint64_t> shard_start_;  // prefix sums of shuffled shard sizes
+  static constexpr int kCachedWindows = 4;
+  struct Window {
+    std::uint64_t id = UINT64_MAX;
+    std::vector<std::uint64_t> ids;
+  };
   mutable std::mutex mu_;
-  mutable std::uint64_t cached_window_ = UINT64_MAX;  // GUARDED_BY(mu_)
-  mutable std::vector<std::uint64_t> window_;         // GUARDED_BY(mu_)
+  mutable Window windows_[kCachedWindows];  // GUARDED_BY(mu_)
+  mutable int next_victim_ = 0;             // GUARDED_BY(mu_)
 };
 
 // One rank's view: the positions it consumes, in order, from a state.

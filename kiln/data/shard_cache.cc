@@ -82,6 +82,7 @@ Result<ShardLease> ShardCache::acquire(const ShardInfo& shard, Deadline deadline
   Fd lock(::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
   if (lock.get() < 0) return errno_status("open cache lock " + lock_path, errno);
   bool fetched = false;
+  Backoff contended({.base = std::chrono::milliseconds(1), .cap = std::chrono::milliseconds(50)});
   while (true) {
     KILN_RETURN_IF_ERROR(lock_until(lock.get(), LOCK_SH, deadline, lock_path));
     struct stat st {};
@@ -91,7 +92,18 @@ Result<ShardLease> ShardCache::acquire(const ShardInfo& shard, Deadline deadline
       return ShardLease(path, lock.release());
     }
     ::flock(lock.get(), LOCK_UN);
-    KILN_RETURN_IF_ERROR(lock_until(lock.get(), LOCK_EX, deadline, lock_path));
+    // Never wait for the exclusive lock while the shard may have appeared:
+    // another thread can commit it and a reader lease it between our check
+    // and this call, and that lease would then block us forever. Try once;
+    // on contention, back off and look again under the shared lock.
+    if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) {
+      if (errno != EWOULDBLOCK && errno != EINTR) return errno_status("flock " + lock_path, errno);
+      if (!contended.sleep_before_retry(deadline)) {
+        return deadline_exceeded(fmt::format("cache {}: shard {} still being fetched by another "
+                                             "process at the deadline", options_.dir, shard.file));
+      }
+      continue;
+    }
     Status s;
     if (::stat(path.c_str(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != shard.bytes) {
       ::unlink(path.c_str());  // a wrong-sized file is not this shard

@@ -1,0 +1,114 @@
+// Loader: the memory tier. Turns one rank's sampler order into batches of
+// contiguous host buffers, ahead of the consumer.
+//
+// Threads, each with one job:
+//   - prefetcher: walks this rank's future order and acquires (downloads into
+//     the cache, then opens) the next `prefetch_shards` distinct shards;
+//   - `workers` decoders: each claims the next batch number, reads, decodes
+//     and collates its samples, and parks the batch in a reorder buffer.
+// At most `queue_depth` batches exist beyond the consumer (bounded memory).
+// Batches come out in order; the first error of any thread is returned by
+// next() and stops the others. Destruction stops and joins every thread.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_map>
+#include <vector>
+
+#include "kiln/base/deadline.h"
+#include "kiln/base/status.h"
+#include "kiln/data/index.h"
+#include "kiln/data/sampler.h"
+#include "kiln/data/shard.h"
+#include "kiln/data/shard_cache.h"
+
+namespace kiln::data {
+
+struct LoaderOptions {
+  int rank = 0;
+  int world = 1;
+  SamplerOptions sampler;
+  SamplerState state;          // where this epoch resumes (Note [Resume] in sampler.h)
+  std::uint64_t batch_size = 64;
+  int workers = 2;
+  int queue_depth = 4;         // batches decoded ahead of the consumer
+  int prefetch_shards = 2;     // distinct shards acquired ahead of the workers
+  double fetch_timeout_s = 300;  // per shard acquisition
+};
+
+// One field of a batch. int64 fields and tensors are [B, ...] row-major in
+// `data`; bytes fields are concatenated in `data` with B+1 `offsets`.
+struct Column {
+  std::string name;
+  FieldKind kind = FieldKind::kBytes;
+  DType dtype = DType::kUInt8;
+  std::vector<std::int64_t> shape;
+  std::vector<std::uint8_t> data;
+  std::vector<std::uint64_t> offsets;
+};
+
+struct Batch {
+  std::uint64_t number = 0;             // 0-based within this rank's epoch
+  std::vector<std::uint64_t> sample_ids;
+  std::vector<Column> columns;
+  SamplerState state_after;  // save this (with every rank at the same step) to resume after it
+  double wait_seconds = 0;   // how long next() blocked for this batch
+};
+
+class Loader {
+ public:
+  // `cache` must outlive the loader. Starts the threads.
+  Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options);
+  ~Loader();
+  Loader(const Loader&) = delete;
+  Loader& operator=(const Loader&) = delete;
+
+  // Number of batches this rank yields in the epoch (the last may be short).
+  std::uint64_t num_batches() const { return num_batches_; }
+
+  // The next batch in order; std::nullopt at the end of the epoch. Blocks up
+  // to `deadline` (DeadlineExceeded). DataLoss / ResourceExhausted / ... from
+  // the cache or a corrupt shard, naming it. Call from one thread.
+  Result<std::optional<Batch>> next(Deadline deadline);
+
+ private:
+  struct OpenShard {
+    ShardLease lease;
+    std::unique_ptr<ShardReader> reader;
+  };
+  struct Slot {
+    std::shared_ptr<OpenShard> shard;
+    std::uint64_t last_batch = 0;  // last batch known to need it
+  };
+
+  void prefetch_loop();
+  void worker_loop();
+  Result<Batch> build(std::uint64_t number);
+  Result<std::shared_ptr<OpenShard>> open_shard(std::size_t shard, std::uint64_t batch);
+  std::uint64_t batch_samples(std::uint64_t number) const;
+  void fail(Status s);
+
+  ShardCache* cache_;
+  DatasetIndex index_;
+  LoaderOptions options_;
+  RankSampler sampler_;
+  std::uint64_t num_batches_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;                      // any change below
+  bool stop_ = false;                               // GUARDED_BY(mu_)
+  Status error_;                                    // GUARDED_BY(mu_), first error
+  std::uint64_t next_to_build_ = 0;                 // GUARDED_BY(mu_)
+  std::uint64_t consumer_next_ = 0;                 // GUARDED_BY(mu_)
+  std::map<std::uint64_t, Batch> ready_;            // GUARDED_BY(mu_)
+  std::unordered_map<std::size_t, Slot> open_;      // GUARDED_BY(mu_)
+  std::vector<std::thread> threads_;
+};
+
+}  // namespace kiln::data
