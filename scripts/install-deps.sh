@@ -12,7 +12,7 @@ packages=(
   libxxhash-dev libzstd-dev zlib1g-dev libcurl4-openssl-dev libcpp-httplib-dev
   # data: the Fashion-MNIST IDX files `kiln data convert fashion-mnist` reads,
   # and the Debian text `kiln data convert text` tokenizes for the GPT example
-  dataset-fashion-mnist
+  dataset-fashion-mnist fortunes
   # elastic rendezvous backend (tests start a real etcd on 127.0.0.1)
   etcd-server etcd-client
   # LibTorch (ddp, train) and a fast BLAS for it: with only the reference
