@@ -1,0 +1,118 @@
+#include "kiln/diag/metrics_writer.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kiln/diag/step_json.h"
+
+namespace kiln::diag {
+namespace {
+
+std::string temp_path(const std::string &name) {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("kiln_diag_" + std::to_string(::getpid()) + "_" +
+              ::testing::UnitTest::GetInstance()->current_test_info()->name());
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+
+std::vector<nlohmann::json> read_lines(const std::string &path) {
+  std::ifstream in(path);
+  std::vector<nlohmann::json> out;
+  for (std::string line; std::getline(in, line);) out.push_back(nlohmann::json::parse(line));
+  return out;
+}
+
+TEST(StepJson, RoundTripsEveryField) {
+  StepRecord r;
+  r.step = 7;
+  r.rank = 2;
+  r.start_unix_s = 1.7e9;
+  r.step_s = 0.25;
+  for (int i = 0; i < kPhaseCount; ++i) r.phase_s[i] = 0.01 * (i + 1);
+  r.loss = 1.5;
+  r.samples = 128;
+  r.comm_bytes = 1 << 20;
+  r.comm_s = 0.02;
+  r.cache_hit_rate = 0.75;
+  auto j = step_to_json(r);
+  EXPECT_EQ(j["type"], "step");
+  EXPECT_EQ(j["ckpt_stall"], 0.06);
+  auto back = step_from_json(j);
+  ASSERT_TRUE(back.is_ok()) << back.status().to_string();
+  EXPECT_EQ(back->step, 7);
+  EXPECT_EQ(back->rank, 2);
+  EXPECT_EQ(back->phase_s, r.phase_s);
+  EXPECT_EQ(back->comm_bytes, r.comm_bytes);
+  EXPECT_EQ(back->cache_hit_rate, 0.75);
+  EXPECT_EQ(back->loss, 1.5);
+}
+
+TEST(StepJson, MissingAndMistypedFieldsAreNamed) {
+  auto r = step_from_json(nlohmann::json{{"step", 1}, {"rank", 0}});
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("step_s"), std::string::npos);
+  r = step_from_json(nlohmann::json{{"step", 1}, {"rank", 0}, {"step_s", 1}, {"forward", "x"}});
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_NE(r.status().message().find("forward"), std::string::npos);
+}
+
+TEST(StepJson, NullLossReadsAsNaN) {
+  StepRecord r;
+  r.loss = std::nan("");
+  auto back = step_from_json(step_to_json(r));
+  ASSERT_TRUE(back.is_ok());
+  EXPECT_TRUE(std::isnan(back->loss));
+}
+
+TEST(MetricsWriter, WritesOneParsableLinePerRecordFromManyThreads) {
+  std::string path = temp_path("metrics.jsonl");
+  auto w = MetricsWriter::open(path);
+  ASSERT_TRUE(w.is_ok()) << w.status().to_string();
+  constexpr int kThreads = 4, kPerThread = 200;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      for (int i = 0; i < kPerThread; ++i) {
+        StepRecord r;
+        r.rank = t;
+        r.step = i;
+        r.step_s = 0.1;
+        ASSERT_TRUE((*w)->write_step(r).is_ok());
+      }
+    });
+  }
+  for (auto &th : threads) th.join();
+  ASSERT_TRUE((*w)->write_eval(200, 0.3, 0.9).is_ok());
+  ASSERT_TRUE((*w)->write_eval(201, 0.2, std::nullopt).is_ok());
+  // Flushed per line: readable before the writer closes.
+  auto lines = read_lines(path);
+  ASSERT_EQ(lines.size(), static_cast<size_t>(kThreads * kPerThread + 2));
+  std::set<std::pair<int, int>> seen;
+  for (size_t i = 0; i < kThreads * kPerThread; ++i) {
+    auto r = step_from_json(lines[i]);
+    ASSERT_TRUE(r.is_ok());
+    seen.insert({r->rank, static_cast<int>(r->step)});
+  }
+  EXPECT_EQ(seen.size(), static_cast<size_t>(kThreads * kPerThread));
+  EXPECT_EQ(lines[kThreads * kPerThread]["type"], "eval");
+  EXPECT_EQ(lines[kThreads * kPerThread]["eval_accuracy"], 0.9);
+  EXPECT_FALSE(lines.back().contains("eval_accuracy"));
+}
+
+TEST(MetricsWriter, OpenFailureNamesThePath) {
+  auto w = MetricsWriter::open("/nonexistent-dir-kiln/metrics.jsonl");
+  ASSERT_FALSE(w.is_ok());
+  EXPECT_NE(w.status().message().find("/nonexistent-dir-kiln/metrics.jsonl"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace kiln::diag

@@ -1,0 +1,58 @@
+#include "kiln/diag/step_json.h"
+
+#include <limits>
+#include <string>
+
+namespace kiln::diag {
+
+nlohmann::json step_to_json(const StepRecord &r) {
+  nlohmann::json j = {{"type", "step"},      {"step", r.step}, {"rank", r.rank},
+                      {"t", r.start_unix_s}, {"loss", r.loss}, {"samples", r.samples},
+                      {"step_s", r.step_s}};
+  for (int i = 0; i < kPhaseCount; ++i) j[phase_name(static_cast<Phase>(i))] = r.phase_s[i];
+  j["comm_bytes"] = r.comm_bytes;
+  j["comm_s"] = r.comm_s;
+  j["cache_hit_rate"] = r.cache_hit_rate;
+  return j;
+}
+
+namespace {
+
+template <typename T>
+Status read_field(const nlohmann::json &j, const char *key, T *out, bool required) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) {
+    if (!required) return Status::ok();
+    return invalid_argument(std::string("step record: missing field \"") + key + "\"");
+  }
+  if (!it->is_number()) {
+    return invalid_argument(std::string("step record: field \"") + key + "\" is " +
+                            it->type_name() + ", expected a number");
+  }
+  *out = it->get<T>();
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<StepRecord> step_from_json(const nlohmann::json &j) {
+  if (!j.is_object()) return invalid_argument("step record: not a JSON object");
+  StepRecord r;
+  KILN_RETURN_IF_ERROR(read_field(j, "step", &r.step, true));
+  KILN_RETURN_IF_ERROR(read_field(j, "rank", &r.rank, true));
+  KILN_RETURN_IF_ERROR(read_field(j, "step_s", &r.step_s, true));
+  KILN_RETURN_IF_ERROR(read_field(j, "t", &r.start_unix_s, false));
+  // JSON has no NaN: a diverged loss is written as null and read back as NaN.
+  r.loss = std::numeric_limits<double>::quiet_NaN();
+  KILN_RETURN_IF_ERROR(read_field(j, "loss", &r.loss, false));
+  KILN_RETURN_IF_ERROR(read_field(j, "samples", &r.samples, false));
+  for (int i = 0; i < kPhaseCount; ++i) {
+    KILN_RETURN_IF_ERROR(read_field(j, phase_name(static_cast<Phase>(i)), &r.phase_s[i], false));
+  }
+  KILN_RETURN_IF_ERROR(read_field(j, "comm_bytes", &r.comm_bytes, false));
+  KILN_RETURN_IF_ERROR(read_field(j, "comm_s", &r.comm_s, false));
+  KILN_RETURN_IF_ERROR(read_field(j, "cache_hit_rate", &r.cache_hit_rate, false));
+  return r;
+}
+
+}  // namespace kiln::diag
