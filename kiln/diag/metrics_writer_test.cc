@@ -3,7 +3,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <filesystem>
 #include <fstream>
 #include <set>
 #include <string>
@@ -11,17 +10,10 @@
 #include <vector>
 
 #include "kiln/diag/step_json.h"
+#include "kiln/diag/testing/temp_dir.h"
 
 namespace kiln::diag {
 namespace {
-
-std::string temp_path(const std::string &name) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("kiln_diag_" + std::to_string(::getpid()) + "_" +
-              ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  std::filesystem::create_directories(dir);
-  return (dir / name).string();
-}
 
 std::vector<nlohmann::json> read_lines(const std::string &path) {
   std::ifstream in(path);
@@ -74,7 +66,8 @@ TEST(StepJson, NullLossReadsAsNaN) {
 }
 
 TEST(MetricsWriter, WritesOneParsableLinePerRecordFromManyThreads) {
-  std::string path = temp_path("metrics.jsonl");
+  testing::TempDir tmp;
+  std::string path = tmp.file("metrics.jsonl");
   auto w = MetricsWriter::open(path);
   ASSERT_TRUE(w.is_ok()) << w.status().to_string();
   constexpr int kThreads = 4, kPerThread = 200;
