@@ -2,6 +2,8 @@
 
 #include <toml++/toml.h>
 
+#include "kiln/base/config/toml_reader.h"
+
 #include <cmath>
 #include <map>
 #include <set>
@@ -48,130 +50,7 @@ void ModelSpec::set_family_defaults() {
 
 namespace {
 
-// Reads typed fields out of the parsed document, remembering the first error
-// and every key it consumed (so leftovers can be reported as unknown).
-class FieldReader {
- public:
-  FieldReader(const toml::table& root, std::string source)
-      : root_(root), source_(std::move(source)) {}
-
-  bool has(const std::string& section, const std::string& key) const {
-    return static_cast<bool>(root_[section][key]);
-  }
-
-  std::int64_t get_int(const std::string& section, const std::string& key, bool required,
-                       std::int64_t fallback, std::int64_t min_value = 1) {
-    auto node = take(section, key, required);
-    if (!node) return fallback;
-    auto v = node.value_exact<std::int64_t>();
-    if (!v) {
-      fail(section, key, "must be an integer", node);
-      return fallback;
-    }
-    if (*v < min_value) {
-      fail(section, key, "must be >= " + std::to_string(min_value), node);
-      return fallback;
-    }
-    return *v;
-  }
-
-  double get_double(const std::string& section, const std::string& key, bool required,
-                    double fallback) {
-    auto node = take(section, key, required);
-    if (!node) return fallback;
-    std::optional<double> v;
-    if (node.is_floating_point()) v = node.value_exact<double>();
-    if (node.is_integer()) v = static_cast<double>(*node.value_exact<std::int64_t>());
-    if (!v || !std::isfinite(*v) || *v <= 0) {
-      fail(section, key, "must be a positive number", node);
-      return fallback;
-    }
-    return *v;
-  }
-
-  bool get_bool(const std::string& section, const std::string& key, bool fallback) {
-    auto node = take(section, key, false);
-    if (!node) return fallback;
-    auto v = node.value_exact<bool>();
-    if (!v) {
-      fail(section, key, "must be true or false", node);
-      return fallback;
-    }
-    return *v;
-  }
-
-  std::string get_string(const std::string& section, const std::string& key, bool required,
-                         std::string fallback) {
-    auto node = take(section, key, required);
-    if (!node) return fallback;
-    auto v = node.value_exact<std::string>();
-    if (!v) {
-      fail(section, key, "must be a string", node);
-      return fallback;
-    }
-    return *v;
-  }
-
-  // Records an error about `section.key` (used for enum values checked later).
-  void fail_field(const std::string& section, const std::string& key, const std::string& why) {
-    if (status_.is_ok()) {
-      status_ =
-          invalid_argument("config " + source_ + ": field '" + section + "." + key + "' " + why);
-    }
-  }
-
-  // Unknown sections and keys are errors: a typo must not silently fall back
-  // to a default.
-  void check_unknown() {
-    for (auto&& [section, node] : root_) {
-      const std::string s(section.str());
-      const auto* table = node.as_table();
-      if (!table) {
-        if (status_.is_ok()) {
-          status_ = invalid_argument("config " + source_ + ": '" + s +
-                                     "' is not a section; expected [model], [cluster], "
-                                     "[storage], [reliability] or [layout]");
-        }
-        continue;
-      }
-      for (auto&& [key, value] : *table) {
-        const std::string k(key.str());
-        if (!consumed_.count(s + "." + k) && status_.is_ok()) {
-          status_ = invalid_argument("config " + source_ + ": unknown field '" + s + "." + k + "'" +
-                                     where(value.source()) + " (see docs/plan.md for the schema)");
-        }
-      }
-    }
-  }
-
-  const Status& status() const { return status_; }
-
- private:
-  toml::node_view<const toml::node> take(const std::string& section, const std::string& key,
-                                         bool required) {
-    consumed_.insert(section + "." + key);
-    auto node = root_[section][key];
-    if (!node && required) fail_field(section, key, "is required but missing");
-    return node;
-  }
-
-  static std::string where(const toml::source_region& src) {
-    if (src.begin.line == 0) return "";
-    return " at line " + std::to_string(src.begin.line);
-  }
-
-  void fail(const std::string& section, const std::string& key, const std::string& why,
-            toml::node_view<const toml::node> node) {
-    std::ostringstream got;
-    got << node;
-    fail_field(section, key, why + " (got " + got.str() + ")" + where(node.node()->source()));
-  }
-
-  const toml::table& root_;
-  std::string source_;
-  std::set<std::string> consumed_;
-  Status status_;
-};
+using config::TomlReader;
 
 Status apply_override(toml::table& root, const std::string& spec, const std::string& source) {
   const auto eq = spec.find('=');
@@ -210,7 +89,7 @@ Status apply_override(toml::table& root, const std::string& spec, const std::str
 }
 
 Result<PlanConfig> from_table(const toml::table& root, const std::string& source) {
-  FieldReader r(root, source);
+  TomlReader r(root, source);
   PlanConfig c;
   c.source = "config " + source;
 
@@ -291,7 +170,7 @@ Result<PlanConfig> from_table(const toml::table& root, const std::string& source
   }
   l.overlap_grad_reduce = r.get_bool("layout", "overlap_grad_reduce", true);
 
-  r.check_unknown();
+  r.check_unknown("[model], [cluster], [storage], [reliability] or [layout]", "docs/plan.md");
   KILN_RETURN_IF_ERROR(r.status());
   KILN_RETURN_IF_ERROR(check_layout(c));
   return c;
@@ -299,18 +178,7 @@ Result<PlanConfig> from_table(const toml::table& root, const std::string& source
 
 Result<PlanConfig> parse_table(std::string_view text, const std::string& source, bool is_path,
                                const std::vector<std::string>& overrides) {
-  toml::table root;
-  try {
-    root = is_path ? toml::parse_file(source) : toml::parse(text, source);
-  } catch (const toml::parse_error& e) {
-    const auto& where = e.source().begin;
-    std::string msg(e.description());
-    if (is_path && msg.find("File could not be opened") != std::string::npos) {
-      return not_found("config " + source + ": cannot open file");
-    }
-    return invalid_argument("config " + source + ":" + std::to_string(where.line) + ":" +
-                            std::to_string(where.column) + ": TOML parse error: " + msg);
-  }
+  KILN_ASSIGN_OR_RETURN(toml::table root, config::parse_toml(source, is_path, std::string(text)));
   for (const auto& o : overrides) KILN_RETURN_IF_ERROR(apply_override(root, o, source));
   return from_table(root, source);
 }
