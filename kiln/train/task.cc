@@ -1,0 +1,260 @@
+#include "kiln/train/task.h"
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+namespace kiln::train {
+namespace {
+
+using data::Batch;
+using data::Column;
+
+Result<const Column*> find_column(const Batch& batch, const std::string& name, data::FieldKind kind) {
+  for (const Column& c : batch.columns) {
+    if (c.name == name) {
+      if (c.kind != kind) {
+        return invalid_argument(fmt::format("batch column '{}' has kind {}, expected {}", name,
+                                            data::kind_name(c.kind), data::kind_name(kind)));
+      }
+      return &c;
+    }
+  }
+  return invalid_argument(fmt::format("the dataset has no column '{}' (this model reads it)", name));
+}
+
+// Borrows a column's bytes as a tensor; clone() before the batch goes away.
+torch::Tensor view_column(const Column& c, torch::ScalarType type) {
+  return torch::from_blob(const_cast<std::uint8_t*>(c.data.data()), c.shape,
+                          torch::TensorOptions().dtype(type));
+}
+
+// ---- Fashion-MNIST CNN --------------------------------------------------
+
+// Pixel statistics of the Fashion-MNIST training split.
+constexpr double kPixelMean = 0.2860, kPixelStd = 0.3530;
+
+struct CnnImpl : torch::nn::Module {
+  CnnImpl(int channels, int hidden, int classes)
+      : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, channels, 3).padding(1)))),
+        conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, 2 * channels, 3).padding(1)))),
+        fc1(register_module("fc1", torch::nn::Linear(2 * channels * 7 * 7, hidden))),
+        fc2(register_module("fc2", torch::nn::Linear(hidden, classes))) {}
+
+  torch::Tensor forward(torch::Tensor x) {
+    x = torch::max_pool2d(torch::relu(conv1->forward(x)), 2);  // 28 -> 14
+    x = torch::max_pool2d(torch::relu(conv2->forward(x)), 2);  // 14 -> 7
+    x = torch::relu(fc1->forward(x.flatten(1)));
+    return fc2->forward(x);
+  }
+
+  torch::nn::Conv2d conv1, conv2;
+  torch::nn::Linear fc1, fc2;
+};
+TORCH_MODULE(Cnn);
+
+class ImageClassification : public Task {
+ public:
+  explicit ImageClassification(const ModelConfig& c) : net_(c.channels, c.hidden, 10) {}
+
+  std::shared_ptr<torch::nn::Module> module() override { return net_.ptr(); }
+  bool classification() const override { return true; }
+
+  Result<torch::Tensor> loss(const Batch& batch) override {
+    KILN_ASSIGN_OR_RETURN(auto xy, inputs(batch));
+    return torch::nn::functional::cross_entropy(net_->forward(xy.first), xy.second);
+  }
+
+  Status evaluate(const Batch& batch, EvalSums* sums) override {
+    torch::NoGradGuard no_grad;
+    KILN_ASSIGN_OR_RETURN(auto xy, inputs(batch));
+    torch::Tensor logits = net_->forward(xy.first);
+    sums->loss_sum += torch::nn::functional::cross_entropy(
+                          logits, xy.second,
+                          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                          .item<double>();
+    sums->correct += logits.argmax(1).eq(xy.second).sum().item<double>();
+    sums->count += static_cast<double>(xy.second.size(0));
+    return Status::ok();
+  }
+
+ private:
+  Result<std::pair<torch::Tensor, torch::Tensor>> inputs(const Batch& batch) {
+    KILN_ASSIGN_OR_RETURN(const Column* image, find_column(batch, "image", data::FieldKind::kTensor));
+    KILN_ASSIGN_OR_RETURN(const Column* label, find_column(batch, "label", data::FieldKind::kInt64));
+    if (image->dtype != data::DType::kUInt8 || image->shape.size() != 4 || image->shape[1] != 1 ||
+        image->shape[2] != 28 || image->shape[3] != 28) {
+      return invalid_argument("column 'image' must be uint8 [B, 1, 28, 28] (Fashion-MNIST)");
+    }
+    torch::Tensor x = view_column(*image, torch::kUInt8).to(torch::kFloat32)
+                          .div_(255.0).sub_(kPixelMean).div_(kPixelStd);
+    torch::Tensor y = view_column(*label, torch::kInt64).clone();
+    return std::make_pair(x, y);
+  }
+
+  Cnn net_;
+};
+
+// ---- GPT-style decoder --------------------------------------------------
+
+// Rotary position embedding (RoFormer): rotates pairs of query/key channels
+// by position-dependent angles, so attention sees relative positions.
+torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
+  auto halves = x.chunk(2, -1);
+  torch::Tensor rotated = torch::cat({-halves[1], halves[0]}, -1);
+  return x * cos + rotated * sin;
+}
+
+struct AttentionImpl : torch::nn::Module {
+  AttentionImpl(int d_model, int heads, double dropout, bool rotary, int seq_len)
+      : heads_(heads), head_dim_(d_model / heads), dropout_(dropout), rotary_(rotary),
+        qkv(register_module("qkv", torch::nn::Linear(d_model, 3 * d_model))),
+        proj(register_module("proj", torch::nn::Linear(d_model, d_model))) {
+    if (rotary_) {
+      // Not registered: constants, so neither broadcast nor checkpointed.
+      torch::Tensor inv = torch::pow(10000.0, -torch::arange(0, head_dim_, 2, torch::kFloat64) / head_dim_);
+      torch::Tensor angles = torch::outer(torch::arange(seq_len, torch::kFloat64), inv);
+      angles = torch::cat({angles, angles}, -1).to(torch::kFloat32);
+      cos_ = angles.cos();
+      sin_ = angles.sin();
+    }
+  }
+
+  torch::Tensor forward(const torch::Tensor& x) {
+    const auto B = x.size(0), T = x.size(1), C = x.size(2);
+    auto qkv_out = qkv->forward(x).view({B, T, 3, heads_, head_dim_}).permute({2, 0, 3, 1, 4});
+    torch::Tensor q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];  // [B, H, T, hd]
+    if (rotary_) {
+      torch::Tensor cos = cos_.narrow(0, 0, T), sin = sin_.narrow(0, 0, T);
+      q = rotate(q, cos, sin);
+      k = rotate(k, cos, sin);
+    }
+    torch::Tensor att = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
+    torch::Tensor mask = torch::ones({T, T}, torch::kBool).triu(1);
+    att = torch::softmax(att.masked_fill(mask, -std::numeric_limits<float>::infinity()), -1);
+    att = torch::dropout(att, dropout_, is_training());
+    torch::Tensor y = torch::matmul(att, v).transpose(1, 2).contiguous().view({B, T, C});
+    return torch::dropout(proj->forward(y), dropout_, is_training());
+  }
+
+  int heads_, head_dim_;
+  double dropout_;
+  bool rotary_;
+  torch::nn::Linear qkv, proj;
+  torch::Tensor cos_, sin_;
+};
+TORCH_MODULE(Attention);
+
+struct BlockImpl : torch::nn::Module {
+  BlockImpl(const ModelConfig& c)
+      : ln1(register_module("ln1", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})))),
+        attn(register_module("attn", Attention(c.d_model, c.heads, c.dropout, c.rotary, c.seq_len))),
+        ln2(register_module("ln2", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})))),
+        fc(register_module("fc", torch::nn::Linear(c.d_model, 4 * c.d_model))),
+        out(register_module("out", torch::nn::Linear(4 * c.d_model, c.d_model))),
+        dropout_(c.dropout) {}
+
+  torch::Tensor forward(torch::Tensor x) {
+    x = x + attn->forward(ln1->forward(x));
+    torch::Tensor h = out->forward(torch::gelu(fc->forward(ln2->forward(x))));
+    return x + torch::dropout(h, dropout_, is_training());
+  }
+
+  torch::nn::LayerNorm ln1;
+  Attention attn;
+  torch::nn::LayerNorm ln2;
+  torch::nn::Linear fc, out;
+  double dropout_;
+};
+TORCH_MODULE(Block);
+
+struct GptImpl : torch::nn::Module {
+  explicit GptImpl(const ModelConfig& c)
+      : tok(register_module("tok", torch::nn::Embedding(c.vocab, c.d_model))),
+        blocks(register_module("blocks", torch::nn::ModuleList())),
+        ln(register_module("ln", torch::nn::LayerNorm(torch::nn::LayerNormOptions({c.d_model})))),
+        head(register_module("head", torch::nn::Linear(torch::nn::LinearOptions(c.d_model, c.vocab).bias(false)))),
+        rotary_(c.rotary), dropout_(c.dropout) {
+    if (!rotary_) pos = register_module("pos", torch::nn::Embedding(c.seq_len, c.d_model));
+    for (int i = 0; i < c.layers; ++i) blocks->push_back(Block(c));
+    // GPT-2's initialisation: N(0, 0.02) everywhere keeps early logits small.
+    for (auto& p : named_parameters()) {
+      if (p.key().find("weight") != std::string::npos && p.value().dim() == 2) {
+        torch::NoGradGuard g;
+        p.value().normal_(0, 0.02);
+      }
+    }
+  }
+
+  torch::Tensor forward(const torch::Tensor& idx) {
+    torch::Tensor x = tok->forward(idx);
+    if (!rotary_) x = x + pos->forward(torch::arange(idx.size(1), torch::kLong));
+    x = torch::dropout(x, dropout_, is_training());
+    for (const auto& b : *blocks) x = b->as<Block>()->forward(x);
+    return head->forward(ln->forward(x));
+  }
+
+  torch::nn::Embedding tok;
+  torch::nn::Embedding pos{nullptr};
+  torch::nn::ModuleList blocks;
+  torch::nn::LayerNorm ln;
+  torch::nn::Linear head;
+  bool rotary_;
+  double dropout_;
+};
+TORCH_MODULE(Gpt);
+
+class NextToken : public Task {
+ public:
+  explicit NextToken(const ModelConfig& c) : config_(c), net_(c) {}
+
+  std::shared_ptr<torch::nn::Module> module() override { return net_.ptr(); }
+  bool classification() const override { return false; }
+
+  Result<torch::Tensor> loss(const Batch& batch) override {
+    KILN_ASSIGN_OR_RETURN(auto xy, inputs(batch));
+    torch::Tensor logits = net_->forward(xy.first);
+    return torch::nn::functional::cross_entropy(logits.flatten(0, 1), xy.second.flatten());
+  }
+
+  Status evaluate(const Batch& batch, EvalSums* sums) override {
+    torch::NoGradGuard no_grad;
+    KILN_ASSIGN_OR_RETURN(auto xy, inputs(batch));
+    torch::Tensor logits = net_->forward(xy.first).flatten(0, 1);
+    torch::Tensor target = xy.second.flatten();
+    sums->loss_sum += torch::nn::functional::cross_entropy(
+                          logits, target,
+                          torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
+                          .item<double>();
+    sums->correct += logits.argmax(1).eq(target).sum().item<double>();
+    sums->count += static_cast<double>(target.numel());
+    return Status::ok();
+  }
+
+ private:
+  Result<std::pair<torch::Tensor, torch::Tensor>> inputs(const Batch& batch) {
+    KILN_ASSIGN_OR_RETURN(const Column* tokens, find_column(batch, "tokens", data::FieldKind::kTensor));
+    if (tokens->dtype != data::DType::kInt32 || tokens->shape.size() != 2 ||
+        tokens->shape[1] != config_.seq_len + 1) {
+      return invalid_argument(fmt::format("column 'tokens' must be int32 [B, {}] (model.seq_len + 1); "
+                                          "convert with --seq-len {}", config_.seq_len + 1, config_.seq_len));
+    }
+    torch::Tensor t = view_column(*tokens, torch::kInt32).to(torch::kLong);
+    if (t.max().item<std::int64_t>() >= config_.vocab || t.min().item<std::int64_t>() < 0) {
+      return invalid_argument(fmt::format("a token is outside the vocabulary 0..{}", config_.vocab - 1));
+    }
+    return std::make_pair(t.narrow(1, 0, config_.seq_len), t.narrow(1, 1, config_.seq_len));
+  }
+
+  ModelConfig config_;
+  Gpt net_;
+};
+
+}  // namespace
+
+std::unique_ptr<Task> make_task(const ModelConfig& config) {
+  if (config.kind == ModelKind::kCnn) return std::make_unique<ImageClassification>(config);
+  return std::make_unique<NextToken>(config);
+}
+
+}  // namespace kiln::train

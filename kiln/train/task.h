@@ -1,0 +1,38 @@
+// Task: a model plus how a collated batch becomes its loss. Two reference
+// workloads: a CNN classifier for Fashion-MNIST (image + label columns) and a
+// GPT-style decoder for next-token prediction (tokens column).
+#pragma once
+
+#include <torch/torch.h>
+
+#include <memory>
+
+#include "kiln/base/status.h"
+#include "kiln/data/loader.h"
+#include "kiln/train/train_config.h"
+
+namespace kiln::train {
+
+// Sums over an evaluation, reduced across ranks before use.
+struct EvalSums {
+  double loss_sum = 0;  // per-sample (or per-token) loss summed
+  double correct = 0;   // classification only
+  double count = 0;     // samples (or tokens)
+};
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  virtual std::shared_ptr<torch::nn::Module> module() = 0;
+  // The mean loss over the batch. InvalidArgument naming the column if the
+  // batch does not have the fields this task reads.
+  virtual Result<torch::Tensor> loss(const data::Batch& batch) = 0;
+  // Adds this batch's summed loss (and correct predictions) to `sums`; no grad.
+  virtual Status evaluate(const data::Batch& batch, EvalSums* sums) = 0;
+  virtual bool classification() const = 0;
+};
+
+// Builds the model for `config` with the current torch seed.
+std::unique_ptr<Task> make_task(const ModelConfig& config);
+
+}  // namespace kiln::train

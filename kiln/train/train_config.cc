@@ -1,0 +1,147 @@
+#include "kiln/train/train_config.h"
+
+#include <cmath>
+#include <numbers>
+
+#include <fmt/format.h>
+
+#include "kiln/base/config/toml_reader.h"
+
+namespace kiln::train {
+namespace {
+
+constexpr char kSections[] =
+    "[model], [data], [optim], [train], [eval], [checkpoint] or [ddp]";
+
+Result<TrainConfig> from_table(const toml::table& root, const std::string& source) {
+  config::TomlReader r(root, source);
+  TrainConfig c;
+  c.source = source;
+
+  std::string kind = r.get_string("model", "kind", true, "cnn");
+  if (kind == "cnn") {
+    c.model.kind = ModelKind::kCnn;
+  } else if (kind == "gpt") {
+    c.model.kind = ModelKind::kGpt;
+  } else {
+    r.fail_field("model", "kind", "must be \"cnn\" or \"gpt\" (got \"" + kind + "\")");
+  }
+  c.model.channels = static_cast<int>(r.get_int("model", "channels", false, c.model.channels));
+  c.model.hidden = static_cast<int>(r.get_int("model", "hidden", false, c.model.hidden));
+  c.model.vocab = static_cast<int>(r.get_int("model", "vocab", false, c.model.vocab, 2));
+  c.model.seq_len = static_cast<int>(r.get_int("model", "seq_len", false, c.model.seq_len));
+  c.model.d_model = static_cast<int>(r.get_int("model", "d_model", false, c.model.d_model));
+  c.model.layers = static_cast<int>(r.get_int("model", "layers", false, c.model.layers));
+  c.model.heads = static_cast<int>(r.get_int("model", "heads", false, c.model.heads));
+  c.model.dropout = r.get_nonnegative("model", "dropout", c.model.dropout);
+  std::string positions = r.get_string("model", "positions", false, "learned");
+  if (positions == "rotary") {
+    c.model.rotary = true;
+  } else if (positions != "learned") {
+    r.fail_field("model", "positions", "must be \"learned\" or \"rotary\" (got \"" + positions + "\")");
+  }
+  if (c.model.d_model % c.model.heads != 0) {
+    r.fail_field("model", "heads", fmt::format("must divide model.d_model ({} % {} != 0)",
+                                               c.model.d_model, c.model.heads));
+  }
+  if (c.model.dropout >= 1) r.fail_field("model", "dropout", "must be < 1");
+
+  c.data.dir = r.get_string("data", "dir", true, "");
+  c.data.prepare = r.get_string("data", "prepare", false, "");
+  if (!c.data.prepare.empty() && c.data.prepare != "fashion-mnist" && c.data.prepare != "text") {
+    r.fail_field("data", "prepare",
+                 "must be \"fashion-mnist\" or \"text\" (got \"" + c.data.prepare + "\")");
+  }
+  c.data.sources = r.get_strings("data", "sources", {});
+  if (c.data.prepare == "text" && c.data.sources.empty()) {
+    r.fail_field("data", "sources", "is required when data.prepare = \"text\"");
+  }
+  c.data.cache_dir = r.get_string("data", "cache_dir", false, c.data.dir + "/.cache");
+  c.data.cache_bytes = static_cast<std::uint64_t>(
+      r.get_double("data", "cache_gib", false, static_cast<double>(c.data.cache_bytes) / (1 << 30)) *
+      (1 << 30));
+  c.data.shuffle_window = static_cast<std::uint64_t>(
+      r.get_int("data", "shuffle_window", false, static_cast<std::int64_t>(c.data.shuffle_window)));
+  c.data.workers = static_cast<int>(r.get_int("data", "workers", false, c.data.workers));
+  c.data.queue_depth = static_cast<int>(r.get_int("data", "queue_depth", false, c.data.queue_depth));
+
+  std::string opt = r.get_string("optim", "kind", false, "adamw");
+  if (opt == "adamw") {
+    c.optim.kind = OptimizerKind::kAdamW;
+  } else if (opt == "sgd") {
+    c.optim.kind = OptimizerKind::kSgd;
+  } else {
+    r.fail_field("optim", "kind", "must be \"adamw\" or \"sgd\" (got \"" + opt + "\")");
+  }
+  c.optim.lr = r.get_double("optim", "lr", false, c.optim.lr);
+  c.optim.min_lr = r.get_nonnegative("optim", "min_lr", c.optim.min_lr);
+  c.optim.weight_decay = r.get_nonnegative("optim", "weight_decay", c.optim.weight_decay);
+  c.optim.momentum = r.get_nonnegative("optim", "momentum", c.optim.momentum);
+  c.optim.beta1 = r.get_nonnegative("optim", "beta1", c.optim.beta1);
+  c.optim.beta2 = r.get_nonnegative("optim", "beta2", c.optim.beta2);
+  c.optim.warmup_steps = r.get_int("optim", "warmup_steps", false, c.optim.warmup_steps, 0);
+  std::string schedule = r.get_string("optim", "schedule", false, "cosine");
+  if (schedule == "cosine") {
+    c.optim.schedule = Schedule::kCosine;
+  } else if (schedule == "constant") {
+    c.optim.schedule = Schedule::kConstant;
+  } else {
+    r.fail_field("optim", "schedule", "must be \"cosine\" or \"constant\" (got \"" + schedule + "\")");
+  }
+  c.optim.grad_clip = r.get_nonnegative("optim", "grad_clip", c.optim.grad_clip);
+  if (c.optim.beta1 >= 1) r.fail_field("optim", "beta1", "must be < 1");
+  if (c.optim.beta2 >= 1) r.fail_field("optim", "beta2", "must be < 1");
+  if (c.optim.min_lr > c.optim.lr) r.fail_field("optim", "min_lr", "must not exceed optim.lr");
+
+  c.train.batch_size = r.get_int("train", "batch_size", false, c.train.batch_size);
+  c.train.grad_accum = r.get_int("train", "grad_accum", false, c.train.grad_accum);
+  c.train.max_steps = r.get_int("train", "max_steps", false, c.train.max_steps);
+  c.train.seed = static_cast<std::uint64_t>(r.get_int("train", "seed", false, 0, 0));
+  c.train.log_every = r.get_int("train", "log_every", false, c.train.log_every);
+  c.train.threads = static_cast<int>(r.get_int("train", "threads", false, 0, 0));
+
+  c.eval.every = r.get_int("eval", "every", false, c.eval.every, 0);
+  c.eval.batch_size = r.get_int("eval", "batch_size", false, c.eval.batch_size);
+
+  c.checkpoint.dir = r.get_string("checkpoint", "dir", false, "");
+  c.checkpoint.every = r.get_int("checkpoint", "every", false, c.checkpoint.every, 0);
+  c.checkpoint.keep = static_cast<int>(r.get_int("checkpoint", "keep", false, c.checkpoint.keep));
+  c.checkpoint.resume = r.get_bool("checkpoint", "resume", c.checkpoint.resume);
+
+  if (r.has("ddp", "bucket_cap_mib") &&
+      root["ddp"]["bucket_cap_mib"].value_exact<std::string>() == std::optional<std::string>("auto")) {
+    r.get_string("ddp", "bucket_cap_mib", false, "auto");
+    c.ddp.bucket_cap_mib.reset();
+  } else {
+    c.ddp.bucket_cap_mib = r.get_double("ddp", "bucket_cap_mib", false, 25);
+  }
+  c.ddp.bf16 = r.get_bool("ddp", "bf16", false);
+
+  r.check_unknown(kSections, "docs/train.md");
+  KILN_RETURN_IF_ERROR(r.status());
+  return c;
+}
+
+}  // namespace
+
+Result<TrainConfig> parse_train_config_file(const std::string& path) {
+  KILN_ASSIGN_OR_RETURN(toml::table root, config::parse_toml(path, true));
+  return from_table(root, path);
+}
+
+Result<TrainConfig> parse_train_config_string(const std::string& text, const std::string& source) {
+  KILN_ASSIGN_OR_RETURN(toml::table root, config::parse_toml(source, false, text));
+  return from_table(root, source);
+}
+
+double learning_rate(const OptimConfig& optim, std::int64_t step, std::int64_t total_steps) {
+  if (step < optim.warmup_steps) {
+    return optim.lr * static_cast<double>(step + 1) / static_cast<double>(optim.warmup_steps);
+  }
+  if (optim.schedule == Schedule::kConstant) return optim.lr;
+  std::int64_t span = std::max<std::int64_t>(1, total_steps - optim.warmup_steps);
+  double progress = std::min(1.0, static_cast<double>(step - optim.warmup_steps) / span);
+  return optim.min_lr + 0.5 * (optim.lr - optim.min_lr) * (1 + std::cos(std::numbers::pi * progress));
+}
+
+}  // namespace kiln::train

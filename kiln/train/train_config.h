@@ -1,0 +1,101 @@
+// TrainConfig: what `kiln train CONFIG.toml` reads (schema: docs/train.md).
+// Parsing is strict: unknown fields and out-of-range values are errors naming
+// the field and line.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kiln/base/status.h"
+
+namespace kiln::train {
+
+enum class ModelKind { kCnn, kGpt };
+enum class OptimizerKind { kAdamW, kSgd };
+enum class Schedule { kCosine, kConstant };
+
+struct ModelConfig {
+  ModelKind kind = ModelKind::kCnn;
+  // cnn
+  int channels = 32;  // first conv; the second has twice as many
+  int hidden = 128;
+  // gpt
+  int vocab = 256;
+  int seq_len = 128;
+  int d_model = 128;
+  int layers = 4;
+  int heads = 4;
+  double dropout = 0.0;
+  bool rotary = false;  // rotary positions instead of learned ones
+};
+
+struct DataConfig {
+  std::string dir;                   // holds train/ and test/ (the converter's layout)
+  std::string prepare;               // "fashion-mnist", "text" or "" (must exist)
+  std::vector<std::string> sources;  // text files for prepare = "text"
+  std::string cache_dir;             // default: <dir>/.cache
+  std::uint64_t cache_bytes = 4ull << 30;
+  std::uint64_t shuffle_window = 8192;
+  int workers = 2;
+  int queue_depth = 4;
+};
+
+struct OptimConfig {
+  OptimizerKind kind = OptimizerKind::kAdamW;
+  double lr = 1e-3;
+  double min_lr = 0.0;
+  double weight_decay = 0.01;
+  double momentum = 0.9;  // sgd
+  double beta1 = 0.9, beta2 = 0.999;
+  std::int64_t warmup_steps = 0;
+  Schedule schedule = Schedule::kCosine;
+  double grad_clip = 0.0;  // max global L2 norm; 0 = off
+};
+
+struct TrainLoopConfig {
+  std::int64_t batch_size = 128;  // global samples per optimizer step
+  std::int64_t grad_accum = 1;    // micro-batches per step (no_sync on all but the last)
+  std::int64_t max_steps = 1000;
+  std::uint64_t seed = 0;
+  std::int64_t log_every = 20;
+  int threads = 0;  // torch intra-op threads per rank; 0 = cores / local ranks
+};
+
+struct EvalConfig {
+  std::int64_t every = 0;  // steps; 0 = only at the end
+  std::int64_t batch_size = 500;
+};
+
+struct CheckpointConfig {
+  std::string dir;         // empty: no checkpoints
+  std::int64_t every = 0;  // steps; 0 = only at the end
+  int keep = 3;
+  bool resume = true;  // start from the newest valid checkpoint in dir
+};
+
+struct DdpConfig {
+  std::optional<double> bucket_cap_mib = 25;  // nullopt = auto
+  bool bf16 = false;
+};
+
+struct TrainConfig {
+  std::string source;  // the file it came from
+  ModelConfig model;
+  DataConfig data;
+  OptimConfig optim;
+  TrainLoopConfig train;
+  EvalConfig eval;
+  CheckpointConfig checkpoint;
+  DdpConfig ddp;
+};
+
+Result<TrainConfig> parse_train_config_file(const std::string& path);
+Result<TrainConfig> parse_train_config_string(const std::string& text, const std::string& source);
+
+// The learning rate at `step` (0-based): linear warmup from lr/warmup to lr
+// over warmup_steps, then cosine decay to min_lr at total_steps (or constant).
+double learning_rate(const OptimConfig& optim, std::int64_t step, std::int64_t total_steps);
+
+}  // namespace kiln::train

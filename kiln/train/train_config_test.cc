@@ -1,0 +1,91 @@
+// kiln train's config: defaults, strictness (errors name the field), and the
+// learning-rate schedule.
+#include <gtest/gtest.h>
+
+#include "kiln/train/progress_line.h"
+#include "kiln/train/train_config.h"
+
+namespace kiln::train {
+namespace {
+
+TEST(TrainConfig, ParsesAReferenceConfig) {
+  auto c = parse_train_config_string(R"(
+[model]
+kind = "gpt"
+d_model = 64
+heads = 4
+positions = "rotary"
+[data]
+dir = "data/text"
+prepare = "text"
+sources = ["/a.txt", "/b.txt"]
+[optim]
+kind = "sgd"
+lr = 0.1
+warmup_steps = 10
+grad_clip = 1.0
+[train]
+batch_size = 64
+grad_accum = 2
+max_steps = 100
+[ddp]
+bucket_cap_mib = "auto"
+)", "inline.toml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->model.kind, ModelKind::kGpt);
+  EXPECT_TRUE(c->model.rotary);
+  EXPECT_EQ(c->data.sources.size(), 2u);
+  EXPECT_EQ(c->data.cache_dir, "data/text/.cache");
+  EXPECT_EQ(c->optim.kind, OptimizerKind::kSgd);
+  EXPECT_EQ(c->train.grad_accum, 2);
+  EXPECT_FALSE(c->ddp.bucket_cap_mib.has_value());
+}
+
+TEST(TrainConfig, ErrorsNameTheField) {
+  struct Case {
+    const char* toml;
+    const char* expect;
+  } cases[] = {
+      {"[model]\nkind = \"rnn\"\n[data]\ndir = \"d\"\n", "'model.kind'"},
+      {"[model]\nkind = \"cnn\"\n", "'data.dir' is required"},
+      {"[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\n[optim]\nlr = -1\n", "'optim.lr'"},
+      {"[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\n[train]\nbatchsize = 3\n",
+       "unknown field 'train.batchsize' at line 6"},
+      {"[model]\nkind = \"gpt\"\nd_model = 10\nheads = 4\n[data]\ndir = \"d\"\n", "'model.heads'"},
+      {"[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\nprepare = \"text\"\n", "'data.sources'"},
+      {"[model\nkind = 1", "inline.toml:1"},
+  };
+  for (const Case& k : cases) {
+    auto c = parse_train_config_string(k.toml, "inline.toml");
+    ASSERT_FALSE(c.is_ok()) << k.toml;
+    EXPECT_EQ(c.status().code(), Code::kInvalidArgument);
+    EXPECT_NE(c.status().message().find(k.expect), std::string::npos)
+        << c.status().to_string() << "\nexpected: " << k.expect;
+  }
+}
+
+TEST(LearningRate, WarmsUpLinearlyThenFollowsTheCosineToMin) {
+  OptimConfig o{.lr = 1.0, .min_lr = 0.1, .warmup_steps = 10};
+  EXPECT_DOUBLE_EQ(learning_rate(o, 0, 110), 0.1);
+  EXPECT_DOUBLE_EQ(learning_rate(o, 9, 110), 1.0);
+  EXPECT_DOUBLE_EQ(learning_rate(o, 10, 110), 1.0);
+  EXPECT_NEAR(learning_rate(o, 60, 110), 0.55, 1e-12);  // half way: the mean of lr and min_lr
+  EXPECT_NEAR(learning_rate(o, 110, 110), 0.1, 1e-12);
+  o.schedule = Schedule::kConstant;
+  EXPECT_DOUBLE_EQ(learning_rate(o, 60, 110), 1.0);
+}
+
+TEST(ProgressLine, ShowsStepLossRateEtaAndPhaseShares) {
+  std::array<double, diag::kPhaseCount> phases{};
+  phases[static_cast<int>(diag::Phase::kDataWait)] = 0.1;
+  phases[static_cast<int>(diag::Phase::kBackward)] = 0.5;
+  std::string s = ProgressLine::format(50, 100, 0.25, 1234, 75, phases, 1.0);
+  EXPECT_NE(s.find("step  50/100 [==========>         ]"), std::string::npos) << s;
+  EXPECT_NE(s.find("loss 0.2500"), std::string::npos) << s;
+  EXPECT_NE(s.find("1234 samples/s"), std::string::npos) << s;
+  EXPECT_NE(s.find("ETA 1:15"), std::string::npos) << s;
+  EXPECT_NE(s.find("data 10% fwd 0% bwd 50%"), std::string::npos) << s;
+}
+
+}  // namespace
+}  // namespace kiln::train

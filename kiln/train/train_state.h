@@ -1,0 +1,56 @@
+// The checkpoint adapter between LibTorch and kiln::ckpt: what a training
+// checkpoint holds and how it comes back.
+//
+//   param/<name>, buffer/<name>  tensors; every rank holds them whole (data
+//                                parallel) but saves only its even share of
+//                                rows, so the writing is spread over ranks
+//   rng                          [world, state bytes] uint8: row r is rank r's
+//                                CPU generator (dropout)
+//   optim                        blob: the optimizer's serialized state
+//   progress                     blob: JSON {step, epoch, consumed}
+//
+// Restoring reads the whole checkpoint on every rank (each needs the whole
+// model) and works on any world size: a rank r takes generator row
+// r % saved world size.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kiln/base/status.h"
+#include "kiln/ckpt/state.h"
+
+namespace kiln::train {
+
+struct Progress {
+  std::int64_t step = 0;       // optimizer steps done
+  std::uint64_t epoch = 0;     // sampler epoch
+  std::uint64_t consumed = 0;  // samples of that epoch consumed globally
+};
+
+// Owns the bytes a StateView points at until the save call returns.
+struct Snapshot {
+  ckpt::StateView view;
+  std::string optim_blob;
+  std::string progress_blob;
+  torch::Tensor rng;
+  std::vector<torch::Tensor> keep_alive;
+};
+
+Status capture_state(torch::nn::Module& module, torch::optim::Optimizer& optimizer,
+                     const Progress& progress, int rank, int world, Snapshot* out);
+
+// Loads a whole checkpoint loaded for rank 0 of 1 (ckpt::load_step(dir, 0, 1))
+// into the module, optimizer and this rank's generator. DataLoss naming the
+// entry if a tensor is missing or has another shape than the model's.
+Result<Progress> restore_state(const ckpt::LoadedState& loaded, torch::nn::Module& module,
+                               torch::optim::Optimizer& optimizer, int rank);
+
+// xxh3-64 over every parameter's bytes in registration order: two runs with
+// equal digests hold bit-identical parameters.
+std::uint64_t parameter_digest(torch::nn::Module& module);
+
+}  // namespace kiln::train

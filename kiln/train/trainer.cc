@@ -1,0 +1,394 @@
+#include "kiln/train/trainer.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <thread>
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include "kiln/base/logging.h"
+#include "kiln/ckpt/checkpointer.h"
+#include "kiln/ckpt/load.h"
+#include "kiln/data/convert/fashion_mnist.h"
+#include "kiln/data/convert/text_corpus.h"
+#include "kiln/data/loader.h"
+#include "kiln/data/object_store.h"
+#include "kiln/data/shard_cache.h"
+#include "kiln/ddp/distributed_data_parallel.h"
+#include "kiln/diag/metrics_writer.h"
+#include "kiln/diag/step_timer.h"
+#include "kiln/train/progress_line.h"
+#include "kiln/train/task.h"
+#include "kiln/train/train_state.h"
+
+namespace kiln::train {
+namespace {
+
+using diag::Phase;
+using Clock = std::chrono::steady_clock;
+
+// Bounds the collectives the trainer itself issues (eval sums, barriers): a
+// dead peer fails the run instead of hanging it. Generous: rank 0 may be
+// converting a dataset while the others wait.
+constexpr std::chrono::milliseconds kCollectiveTimeout = std::chrono::minutes(10);
+constexpr double kBatchTimeoutS = 600;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+bool file_exists(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0;
+}
+
+// ---- data ------------------------------------------------------------------
+
+// Converts the dataset on first use (rank 0; the others wait at a barrier).
+Status prepare_data(const DataConfig& c, comm::Communicator& comm) {
+  Status s;
+  if (comm.rank() == 0 && !file_exists(c.dir + "/train/index.json")) {
+    if (c.prepare.empty()) {
+      s = not_found(fmt::format("dataset {}: no train/index.json, and data.prepare is not set to "
+                                "convert one", c.dir));
+    } else {
+      log()->info("preparing {} dataset in {} (first use)", c.prepare, c.dir);
+      if (c.prepare == "fashion-mnist") {
+        s = data::convert::convert_fashion_mnist(c.dir).status();
+      } else {
+        s = data::convert::convert_text(c.dir, c.sources, {}).status();
+      }
+      s = s.with_context("preparing data.dir " + c.dir);
+    }
+  }
+  // Everyone learns whether rank 0 succeeded, so nobody waits on a failure.
+  std::int32_t ok = s.is_ok() ? 1 : 0;
+  KILN_RETURN_IF_ERROR(comm.broadcast(&ok, 1, comm::DataType::kInt32, 0)->wait(kCollectiveTimeout));
+  if (!ok && s.is_ok()) return aborted("rank 0 could not prepare the dataset (see its log)");
+  return s;
+}
+
+struct Split {
+  std::unique_ptr<data::ObjectStore> store;
+  std::unique_ptr<data::ShardCache> cache;
+  data::DatasetIndex index;
+};
+
+Result<Split> open_split(const DataConfig& c, const std::string& name) {
+  Split s;
+  KILN_ASSIGN_OR_RETURN(s.store, data::open_object_store(c.dir));
+  KILN_ASSIGN_OR_RETURN(std::string text,
+                        s.store->get(name + "/" + data::kIndexFile, Deadline::after_seconds(60)));
+  KILN_ASSIGN_OR_RETURN(s.index, data::parse_index(text, c.dir + "/" + name + "/index.json"));
+  s.cache = std::make_unique<data::ShardCache>(
+      s.store.get(), name,
+      data::ShardCacheOptions{.dir = c.cache_dir, .capacity_bytes = c.cache_bytes});
+  return s;
+}
+
+// The training stream across epochs: micro-batches of `micro` samples per
+// rank, only whole global micro-steps of each epoch.
+class EpochStream {
+ public:
+  EpochStream(Split* split, const DataConfig& c, std::uint64_t micro, int rank, int world,
+              std::uint64_t seed, data::SamplerState start)
+      : split_(split), config_(c), micro_(micro), rank_(rank), world_(world), seed_(seed),
+        state_(start) {}
+
+  // The next micro-batch; starts the next epoch when this one has no whole
+  // global micro-step left.
+  Result<data::Batch> next() {
+    std::uint64_t global = micro_ * static_cast<std::uint64_t>(world_);
+    if (!loader_ || left_ == 0) {
+      if (loader_) state_ = {state_.epoch + 1, 0};
+      left_ = remaining() / global;
+      if (left_ == 0 && state_.consumed != 0) {  // resumed within the epoch's dropped tail
+        state_ = {state_.epoch + 1, 0};
+        left_ = remaining() / global;
+      }
+      if (left_ == 0) {
+        return failed_precondition(fmt::format(
+            "dataset {} has {} samples, fewer than one micro-step across ranks ({})", config_.dir,
+            split_->index.num_samples, global));
+      }
+      loader_.reset();
+      loader_ = std::make_unique<data::Loader>(
+          split_->cache.get(), split_->index,
+          data::LoaderOptions{.rank = rank_, .world = world_,
+                              .sampler = {.seed = seed_, .shuffle_window = config_.shuffle_window},
+                              .state = state_, .batch_size = micro_, .workers = config_.workers,
+                              .queue_depth = config_.queue_depth});
+    }
+    KILN_ASSIGN_OR_RETURN(auto batch, loader_->next(Deadline::after_seconds(kBatchTimeoutS)));
+    if (!batch) return internal_error("loader ended before the whole steps it promised");
+    --left_;
+    state_ = batch->state_after;
+    return std::move(*batch);
+  }
+
+  data::SamplerState state() const { return state_; }
+  double cache_hit_rate() const {
+    const auto& st = split_->cache->stats();
+    double hits = static_cast<double>(st.hits.load()), fetches = static_cast<double>(st.downloads.load());
+    return hits + fetches > 0 ? hits / (hits + fetches) : -1;
+  }
+
+ private:
+  std::uint64_t remaining() const {
+    return split_->index.num_samples - std::min(split_->index.num_samples, state_.consumed);
+  }
+
+  Split* split_;
+  DataConfig config_;
+  std::uint64_t micro_;
+  int rank_, world_;
+  std::uint64_t seed_;
+  data::SamplerState state_;
+  std::uint64_t left_ = 0;
+  std::unique_ptr<data::Loader> loader_;
+};
+
+// ---- evaluation -------------------------------------------------------------
+
+struct EvalResult {
+  double loss = 0;
+  std::optional<double> accuracy;
+};
+
+Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm::Communicator& comm) {
+  task.module()->eval();
+  data::Loader loader(test.cache.get(), test.index,
+                      {.rank = comm.rank(), .world = comm.size(),
+                       .sampler = {.shuffle = false},
+                       .batch_size = static_cast<std::uint64_t>(c.eval.batch_size),
+                       .workers = c.data.workers, .queue_depth = c.data.queue_depth});
+  EvalSums sums;
+  while (true) {
+    KILN_ASSIGN_OR_RETURN(auto batch, loader.next(Deadline::after_seconds(kBatchTimeoutS)));
+    if (!batch) break;
+    KILN_RETURN_IF_ERROR(task.evaluate(*batch, &sums));
+  }
+  task.module()->train();
+  double total[3] = {sums.loss_sum, sums.correct, sums.count};
+  KILN_RETURN_IF_ERROR(comm.allreduce(total, 3, comm::DataType::kFloat64, comm::ReduceOp::kSum)
+                           ->wait(kCollectiveTimeout));
+  if (total[2] == 0) return failed_precondition("the test split is empty: nothing to evaluate");
+  EvalResult r{total[0] / total[2], std::nullopt};
+  if (task.classification()) r.accuracy = total[1] / total[2];
+  return r;
+}
+
+// ---- optimizer --------------------------------------------------------------
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimConfig& o,
+                                                        std::vector<torch::Tensor> params) {
+  if (o.kind == OptimizerKind::kSgd) {
+    return std::make_unique<torch::optim::SGD>(
+        params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
+  }
+  return std::make_unique<torch::optim::AdamW>(
+      params, torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).weight_decay(o.weight_decay));
+}
+
+void set_learning_rate(torch::optim::Optimizer& opt, double lr) {
+  for (auto& group : opt.param_groups()) group.options().set_lr(lr);
+}
+
+// ---- checkpoints ------------------------------------------------------------
+
+Result<std::optional<Progress>> resume(const TrainConfig& c, torch::nn::Module& module,
+                                       torch::optim::Optimizer& optimizer, comm::Communicator& comm) {
+  if (c.checkpoint.dir.empty() || !c.checkpoint.resume) return std::optional<Progress>();
+  // Rank 0 picks the newest step that loads whole; everyone then reads it
+  // whole (data parallel: every rank needs every tensor).
+  std::int64_t step = -1;
+  if (comm.rank() == 0) {
+    auto latest = ckpt::load_latest(c.checkpoint.dir, {});
+    if (latest.is_ok()) {
+      step = latest->step;
+    } else if (latest.status().code() != Code::kNotFound) {
+      log()->warn("resume: {}; starting from scratch", latest.status().to_string());
+    }
+  }
+  KILN_RETURN_IF_ERROR(comm.broadcast(&step, 1, comm::DataType::kInt64, 0)->wait(kCollectiveTimeout));
+  if (step < 0) return std::optional<Progress>();
+  std::string dir = fmt::format("{}/step-{}", c.checkpoint.dir, step);
+  KILN_ASSIGN_OR_RETURN(ckpt::LoadedState loaded, ckpt::load_step(dir, 0, 1));
+  KILN_ASSIGN_OR_RETURN(Progress p, restore_state(loaded, module, optimizer, comm.rank()));
+  log()->info("resumed from {} (step {}, epoch {}, {} samples of it consumed)", dir, p.step,
+              p.epoch, p.consumed);
+  return std::optional<Progress>(p);
+}
+
+}  // namespace
+
+Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator& comm) {
+  const TrainConfig& c = options.config;
+  const int rank = comm.rank(), world = comm.size();
+  const auto started = Clock::now();
+  const std::int64_t per_step_rank = c.train.batch_size / world;
+  if (c.train.batch_size % (static_cast<std::int64_t>(world) * c.train.grad_accum) != 0) {
+    return invalid_argument(fmt::format(
+        "train.batch_size {} must be divisible by world size {} x train.grad_accum {}",
+        c.train.batch_size, world, c.train.grad_accum));
+  }
+  const auto micro = static_cast<std::uint64_t>(per_step_rank / c.train.grad_accum);
+
+  int threads = c.train.threads;
+  if (threads == 0) {
+    int local = std::max(1, std::atoi(std::getenv("LOCAL_WORLD_SIZE") ? std::getenv("LOCAL_WORLD_SIZE") : "1"));
+    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
+  }
+  torch::set_num_threads(threads);
+  // Same initial model on every rank (DDP broadcasts rank 0's anyway); the
+  // generator then differs per rank so dropout masks do.
+  torch::manual_seed(c.train.seed);
+  std::unique_ptr<Task> task = make_task(c.model);
+  torch::manual_seed(c.train.seed + 1000003ull * static_cast<std::uint64_t>(rank + 1));
+
+  KILN_RETURN_IF_ERROR(prepare_data(c.data, comm));
+  KILN_ASSIGN_OR_RETURN(Split train_split, open_split(c.data, "train"));
+  KILN_ASSIGN_OR_RETURN(Split test_split, open_split(c.data, "test"));
+
+  ddp::DdpOptions ddp_options;
+  if (c.ddp.bucket_cap_mib) {
+    ddp_options.bucket_cap_bytes = static_cast<std::size_t>(*c.ddp.bucket_cap_mib * (1 << 20));
+  } else {
+    ddp_options.auto_bucket_cap = true;
+  }
+  ddp_options.compress_bf16 = c.ddp.bf16;
+  KILN_ASSIGN_OR_RETURN(auto model, ddp::DistributedDataParallel::create(task->module(), comm, ddp_options));
+  auto optimizer = make_optimizer(c.optim, task->module()->parameters());
+
+  // Checkpoints get a communicator of their own: the writer thread issues
+  // collectives while training uses `comm`.
+  std::unique_ptr<comm::Communicator> ckpt_comm;
+  std::unique_ptr<ckpt::Checkpointer> checkpointer;
+  if (!c.checkpoint.dir.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(c.checkpoint.dir, ec);
+    if (ec) return errno_status("create checkpoint.dir " + c.checkpoint.dir, ec.value());
+    KILN_ASSIGN_OR_RETURN(ckpt_comm, comm.split(0, rank));
+    KILN_ASSIGN_OR_RETURN(checkpointer, ckpt::Checkpointer::create(
+                                            {.root = c.checkpoint.dir, .comm = ckpt_comm.get(),
+                                             .retention = {.keep_last = c.checkpoint.keep}}));
+  }
+  Progress progress;
+  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, *task->module(), *optimizer, comm));
+  if (resumed) progress = *resumed;
+  const std::int64_t start_step = progress.step;
+
+  std::unique_ptr<diag::MetricsWriter> metrics;
+  if (!options.metrics_json.empty() && rank == 0) {
+    KILN_ASSIGN_OR_RETURN(metrics, diag::MetricsWriter::open(options.metrics_json));
+  }
+  ProgressLine line(c.train.max_steps, c.train.log_every, options.progress && rank == 0);
+
+  EpochStream stream(&train_split, c.data, micro, rank, world, c.train.seed,
+                     {progress.epoch, progress.consumed});
+  diag::StepTimer timer(rank);
+  auto snapshot = [&](std::int64_t step, Snapshot* snap) {
+    data::SamplerState s = stream.state();
+    return capture_state(*task->module(), *optimizer, {step, s.epoch, s.consumed}, rank, world, snap);
+  };
+  auto run_eval = [&](std::int64_t step) -> Result<EvalResult> {
+    KILN_ASSIGN_OR_RETURN(EvalResult e, evaluate(*task, test_split, c, comm));
+    if (metrics) KILN_RETURN_IF_ERROR(metrics->write_eval(step, e.loss, e.accuracy));
+    line.eval(step, e.loss, e.accuracy);
+    return e;
+  };
+
+  task->module()->train();
+  for (std::int64_t step = start_step; step < c.train.max_steps; ++step) {
+    timer.begin_step(step);
+    set_learning_rate(*optimizer, learning_rate(c.optim, step, c.train.max_steps));
+    double loss_sum = 0, backward_s = 0;
+    for (std::int64_t m = 0; m < c.train.grad_accum; ++m) {
+      std::optional<data::Batch> batch;
+      {
+        auto scope = timer.phase(Phase::kDataWait);
+        KILN_ASSIGN_OR_RETURN(batch, stream.next());
+      }
+      torch::Tensor loss;
+      {
+        auto scope = timer.phase(Phase::kForward);
+        KILN_ASSIGN_OR_RETURN(loss, task->loss(*batch));
+        loss = loss / static_cast<double>(c.train.grad_accum);
+      }
+      auto t0 = Clock::now();
+      if (m + 1 < c.train.grad_accum) {
+        auto no_sync = model->no_sync();
+        KILN_RETURN_IF_ERROR(model->backward(loss));
+      } else {
+        KILN_RETURN_IF_ERROR(model->backward(loss));
+      }
+      backward_s += seconds_since(t0);
+      loss_sum += loss.item<double>();
+    }
+    const ddp::SyncStats& sync = model->last_sync();
+    timer.add(Phase::kExposedComm, sync.exposed_comm_s);
+    timer.add(Phase::kBackward, std::max(0.0, backward_s - sync.exposed_comm_s));
+    timer.current().comm_bytes = sync.bytes;
+    timer.current().cache_hit_rate = stream.cache_hit_rate();
+    {
+      auto scope = timer.phase(Phase::kOptimizer);
+      if (c.optim.grad_clip > 0) {
+        torch::nn::utils::clip_grad_norm_(task->module()->parameters(), c.optim.grad_clip);
+      }
+      optimizer->step();
+      optimizer->zero_grad();
+    }
+    const std::int64_t done = step + 1;
+    if (checkpointer && c.checkpoint.every > 0 && done % c.checkpoint.every == 0 &&
+        done < c.train.max_steps) {
+      auto scope = timer.phase(Phase::kCheckpointStall);
+      Snapshot snap;
+      KILN_RETURN_IF_ERROR(snapshot(done, &snap));
+      KILN_RETURN_IF_ERROR(checkpointer->save_async(snap.view, done).status());
+    }
+    diag::StepRecord record = timer.end_step(loss_sum, static_cast<std::uint64_t>(c.train.batch_size));
+    if (metrics) KILN_RETURN_IF_ERROR(metrics->write_step(record));
+    line.step(record);
+    if (c.eval.every > 0 && done % c.eval.every == 0 && done < c.train.max_steps) {
+      KILN_RETURN_IF_ERROR(run_eval(done).status());
+    }
+    if (done == options.crash_after_step) {
+      log()->warn("crash injected after step {}: SIGKILL", done);
+      ::kill(::getpid(), SIGKILL);
+    }
+  }
+
+  TrainResult result;
+  result.start_step = start_step;
+  result.steps = std::max(start_step, c.train.max_steps);
+  if (checkpointer) {
+    if (result.steps > start_step) {
+      Snapshot snap;
+      KILN_RETURN_IF_ERROR(snapshot(result.steps, &snap));
+      KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, result.steps, Deadline::after_seconds(600)));
+    }
+    KILN_RETURN_IF_ERROR(checkpointer->wait(Deadline::after_seconds(600)));
+  }
+  KILN_ASSIGN_OR_RETURN(EvalResult final_eval, run_eval(result.steps));
+  line.finish();
+  result.eval_loss = final_eval.loss;
+  result.eval_accuracy = final_eval.accuracy;
+  result.parameter_digest = parameter_digest(*task->module());
+  if (options.keep_parameters) {
+    for (const auto& p : task->module()->parameters()) {
+      torch::Tensor t = p.detach().to(torch::kFloat32).contiguous().view(-1);
+      result.parameters.insert(result.parameters.end(), t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+    }
+  }
+  result.seconds = seconds_since(started);
+  return result;
+}
+
+}  // namespace kiln::train
