@@ -16,6 +16,7 @@
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
+#include "kiln/ckpt/retention.h"
 #include "kiln/data/convert/fashion_mnist.h"
 #include "kiln/data/convert/text_corpus.h"
 #include "kiln/data/loader.h"
@@ -205,7 +206,18 @@ void set_learning_rate(torch::optim::Optimizer& opt, double lr) {
 
 Result<std::optional<Progress>> resume(const TrainConfig& c, torch::nn::Module& module,
                                        torch::optim::Optimizer& optimizer, comm::Communicator& comm) {
-  if (c.checkpoint.dir.empty() || !c.checkpoint.resume) return std::optional<Progress>();
+  if (c.checkpoint.dir.empty()) return std::optional<Progress>();
+  if (!c.checkpoint.resume) {
+    // Starting over would collide with (and retention would delete) the
+    // committed steps already there: refuse rather than lose them.
+    auto steps = ckpt::list_committed_steps(c.checkpoint.dir);
+    if (steps.is_ok() && !steps->empty()) {
+      return failed_precondition(fmt::format(
+          "checkpoint.dir {} holds committed steps (newest {}) and resume is off: pick another "
+          "directory or remove them", c.checkpoint.dir, steps->front()));
+    }
+    return std::optional<Progress>();
+  }
   // Rank 0 picks the newest step that loads whole; everyone then reads it
   // whole (data parallel: every rank needs every tensor).
   std::int64_t step = -1;
