@@ -2,6 +2,9 @@
 
 #include <algorithm>
 
+#include <torch/csrc/autograd/function_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
 #include <fmt/format.h>
 
 #include "kiln/base/logging.h"
@@ -36,6 +39,21 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+// Runs after a parameter's AccumulateGrad node has stored its gradient (the
+// hook c10d's Reducer uses): by then param.grad holds the accumulated value.
+class AfterAccumulate : public torch::autograd::FunctionPostHook {
+ public:
+  explicit AfterAccumulate(std::function<void()> fn) : fn_(std::move(fn)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list&) override {
+    fn_();
+    return outputs;
+  }
+
+ private:
+  std::function<void()> fn_;
+};
+
 }  // namespace
 
 DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Module> module,
@@ -57,7 +75,9 @@ Result<std::unique_ptr<DistributedDataParallel>> DistributedDataParallel::create
 }
 
 DistributedDataParallel::~DistributedDataParallel() {
-  for (std::size_t i = 0; i < hook_handles_.size(); ++i) params_[i].remove_hook(hook_handles_[i]);
+  for (std::size_t i = 0; i < grad_accumulators_.size(); ++i) {
+    grad_accumulators_[i]->del_post_hook(post_hook_keys_[i]);
+  }
 }
 
 Status DistributedDataParallel::check_and_broadcast() {
@@ -98,10 +118,11 @@ Status DistributedDataParallel::build_buckets() {
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = params_.size() - 1 - i;
   KILN_RETURN_IF_ERROR(assign_buckets(order, {}));
   for (std::size_t i = 0; i < params_.size(); ++i) {
-    hook_handles_.push_back(params_[i].register_hook([this, i](torch::Tensor grad) {
-      on_grad(i, grad);
-      return grad;
-    }));
+    // The accumulator is owned by the graph only while one exists: keep it
+    // alive, or the hook would go with it.
+    grad_accumulators_.push_back(torch::autograd::impl::grad_accumulator(params_[i]));
+    post_hook_keys_.push_back(grad_accumulators_.back()->add_post_hook(
+        std::make_unique<AfterAccumulate>([this, i] { on_grad_accumulated(i); })));
   }
   ready_.assign(params_.size(), false);
   ready_at_.assign(params_.size(), 0.0);
@@ -137,6 +158,15 @@ Status DistributedDataParallel::assign_buckets(const std::vector<std::size_t>& o
     buckets.push_back(std::move(b));
   }
   buckets_ = std::move(buckets);
+  // Gradients that lived in the old buckets move into the new ones.
+  torch::NoGradGuard no_grad;
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    torch::Tensor& grad = params_[i].mutable_grad();
+    if (!grad.defined()) continue;
+    torch::Tensor view = bucket_view(i);
+    view.copy_(grad);
+    grad = view;
+  }
   log()->debug("DDP: {} parameters in {} buckets", params_.size(), buckets_.size());
   return Status::ok();
 }
@@ -182,17 +212,42 @@ void DistributedDataParallel::reset_for_backward() {
   next_launch_ = 0;
 }
 
-void DistributedDataParallel::on_grad(std::size_t i, const torch::Tensor& grad) {
-  if (!sync_enabled_ || !in_backward_ || ready_[i]) return;
+torch::Tensor DistributedDataParallel::bucket_view(std::size_t i) {
   Bucket& b = buckets_[bucket_of_[i]];
+  // Not an autograd view (narrow().view() would be one): optimizers call
+  // detach_() on .grad in zero_grad(), which autograd refuses for views. The
+  // deleter holds the bucket buffer, so the memory lives as long as the grad.
+  torch::Tensor buffer = b.buffer;
+  auto* at = static_cast<char*>(buffer.data_ptr()) + b.offsets[slot_of_[i]] * buffer.element_size();
+  return torch::from_blob(at, params_[i].sizes(), [buffer](void*) {}, buffer.options());
+}
+
+// Note [Gradients as bucket views]: a parameter's .grad is a view into its
+// bucket, so AccumulateGrad adds each backward's gradient straight into the
+// buffer the allreduce sends, and the averaged result is what the optimizer
+// reads: no copy in, no copy out. A copy happens only when .grad is not the
+// view: the first backward, after the buckets are rebuilt, or after
+// zero_grad(set_to_none) dropped it (LibTorch 2.x's default; 1.13 zeroes in place).
+void DistributedDataParallel::point_grad_at_bucket(std::size_t i) {
   torch::NoGradGuard no_grad;
-  auto view = b.buffer.narrow(0, b.offsets[slot_of_[i]], params_[i].numel()).view(params_[i].sizes());
-  // What AccumulateGrad is about to store: earlier no_sync() steps' sum + this one.
-  view.copy_(grad);
-  const torch::Tensor& earlier = params_[i].grad();
-  if (earlier.defined()) view.add_(earlier);
+  torch::Tensor view = bucket_view(i);
+  torch::Tensor& grad = params_[i].mutable_grad();
+  if (grad.defined() && grad.data_ptr() == view.data_ptr()) return;
+  if (grad.defined()) {
+    view.copy_(grad);
+    ++stats_.grad_copies;
+  } else {
+    view.zero_();  // an unused parameter whose .grad was dropped
+  }
+  grad = view;
+}
+
+void DistributedDataParallel::on_grad_accumulated(std::size_t i) {
+  if (!sync_enabled_ || !in_backward_ || ready_[i]) return;
+  point_grad_at_bucket(i);
   ready_[i] = true;
   ready_at_[i] = std::chrono::duration<double>(Clock::now() - backward_started_).count();
+  Bucket& b = buckets_[bucket_of_[i]];
   if (--b.pending == 0) launch_ready_buckets();
 }
 
@@ -217,6 +272,7 @@ void DistributedDataParallel::launch_ready_buckets() {
 
 Status DistributedDataParallel::backward(const torch::Tensor& loss) {
   reset_for_backward();
+  if (sync_enabled_) stats_.grad_copies = 0;
   auto start = Clock::now();
   backward_started_ = start;
   in_backward_ = true;
@@ -238,7 +294,10 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
       unused.push_back(names_[i]);
       continue;
     }
-    on_grad(i, torch::zeros_like(params_[i]));  // counts as a zero gradient
+    // Counts as a zero gradient (plus what no_sync() steps accumulated).
+    in_backward_ = true;
+    on_grad_accumulated(i);
+    in_backward_ = false;
   }
   if (!unused.empty()) {
     return failed_precondition(fmt::format(
@@ -264,17 +323,6 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
   stats_.exposed_comm_s = seconds_since(after_backward);
   stats_.buckets = buckets_.size();
 
-  torch::NoGradGuard no_grad;
-  for (std::size_t i = 0; i < params_.size(); ++i) {
-    Bucket& b = buckets_[bucket_of_[i]];
-    auto view = b.buffer.narrow(0, b.offsets[slot_of_[i]], params_[i].numel()).view(params_[i].sizes());
-    torch::Tensor& g = params_[i].mutable_grad();
-    if (g.defined()) {
-      g.copy_(view);
-    } else {
-      g = view.clone();
-    }
-  }
   if (!rebuilt_) {
     rebuilt_ = true;
     return rebuild_from_observed_order();

@@ -5,8 +5,10 @@
 // rank 0, after checking that every rank has the same parameter names and
 // shapes. Gradients are grouped into buckets in reverse registration order
 // (the order backward produces them): a small first bucket so communication
-// starts early, then buckets up to `bucket_cap_bytes`. A hook on every
-// parameter copies its gradient into its bucket as backward produces it; the
+// starts early, then buckets up to `bucket_cap_bytes`. Each parameter's
+// .grad is a view into its bucket, so backward accumulates straight into the
+// buffer that is sent (no copy; Note [Gradients as bucket views]); a hook
+// after each gradient's accumulation marks it ready, and the
 // moment a bucket is complete its allreduce (average) starts on the
 // communicator's engine while backward continues on earlier layers. Buckets
 // launch in index order on every rank (Note [Why buckets launch in order]:
@@ -52,6 +54,9 @@ struct SyncStats {
   double exposed_comm_s = 0;  // waiting for allreduces after backward returned
   std::size_t buckets = 0;
   std::size_t bytes = 0;
+  // Gradients copied into their bucket during it (Note [Gradients as bucket
+  // views]): 0 in the steady state when zero_grad() zeroes in place.
+  std::size_t grad_copies = 0;
 };
 
 class DistributedDataParallel {
@@ -103,7 +108,9 @@ class DistributedDataParallel {
   Status build_buckets();
   Status assign_buckets(const std::vector<std::size_t>& order, const std::vector<bool>& break_before);
   Status rebuild_from_observed_order();
-  void on_grad(std::size_t param, const torch::Tensor& grad);
+  void on_grad_accumulated(std::size_t param);
+  torch::Tensor bucket_view(std::size_t param);
+  void point_grad_at_bucket(std::size_t param);
   void launch_ready_buckets();
   void reset_for_backward();
 
@@ -124,7 +131,8 @@ class DistributedDataParallel {
   std::size_t tuning_index_ = 0;         // next candidate of auto_caps to try
   std::vector<double> tuning_exposed_;   // slowest rank's exposed comm per candidate
   Status tune_bucket_cap();
-  std::vector<unsigned> hook_handles_;
+  std::vector<std::shared_ptr<torch::autograd::Node>> grad_accumulators_;
+  std::vector<std::uintptr_t> post_hook_keys_;
   std::size_t next_launch_ = 0;
   bool sync_enabled_ = true;
   bool in_backward_ = false;

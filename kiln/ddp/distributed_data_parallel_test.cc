@@ -144,6 +144,49 @@ TEST(Ddp, AutoBucketCapTriesEveryCandidateThenKeepsOne) {
   EXPECT_TRUE(result.ok()) << result.report;
 }
 
+// Note [Gradients as bucket views]: once the buckets are final, backward
+// accumulates into the buffers the allreduce sends and nothing is copied;
+// dropping .grad (set_to_none) costs one copy per gradient and stays correct.
+TEST(Ddp, GradientsAreBucketViewsAndCopiedOnlyWhenDropped) {
+  auto result = comm::testing::run_ranks(2, [](comm::Communicator& c) -> Status {
+    torch::set_num_threads(1);
+    Data d = make_data();
+    for (bool set_to_none : {false, true}) {
+      auto net = make_net(1);
+      DdpOptions o;
+      o.first_bucket_cap_bytes = 256;
+      o.bucket_cap_bytes = 2048;
+      KILN_ASSIGN_OR_RETURN(auto ddp, DistributedDataParallel::create(net, c, o));
+      torch::optim::SGD opt(net->parameters(), torch::optim::SGDOptions(0.1));
+      auto x = d.x.narrow(0, c.rank() * kBatch / 2, kBatch / 2);
+      auto y = d.y.narrow(0, c.rank() * kBatch / 2, kBatch / 2);
+      for (int s = 0; s < kSteps; ++s) {
+        for (auto& p : net->parameters()) {  // zero_grad()'s two behaviours (1.13 / 2.x defaults)
+          if (set_to_none) {
+            p.mutable_grad() = torch::Tensor();
+          } else if (p.grad().defined()) {
+            p.mutable_grad().zero_();
+          }
+        }
+        KILN_RETURN_IF_ERROR(ddp->backward(torch::mse_loss(net->forward(x), y)));
+        std::size_t copies = ddp->last_sync().grad_copies;
+        // Step 0 copies (no views yet); step 1 rebuilds the buckets after it.
+        if (s >= 2 && !set_to_none && copies != 0) {
+          return internal_error(fmt::format("step {}: {} gradients copied with views in place", s, copies));
+        }
+        if (s >= 2 && set_to_none && copies != net->parameters().size()) {
+          return internal_error(fmt::format("step {}: {} copies after set_to_none, expected one per "
+                                            "parameter", s, copies));
+        }
+        opt.step();
+      }
+      KILN_RETURN_IF_ERROR(compare(*net, *train_reference(d)));
+    }
+    return Status::ok();
+  });
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
 TEST(Ddp, DifferentModelsOnRanksAreRejectedNamingTheRank) {
   auto result = comm::testing::run_ranks(2, [](comm::Communicator& c) -> Status {
     torch::set_num_threads(1);

@@ -355,7 +355,11 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
         torch::nn::utils::clip_grad_norm_(task->module()->parameters(), c.optim.grad_clip);
       }
       optimizer->step();
-      optimizer->zero_grad();
+      // In place, so .grad stays a view into DDP's buckets (LibTorch 2.x's
+      // zero_grad() would drop it and cost a copy per gradient next step).
+      for (auto& p : task->module()->parameters()) {
+        if (p.grad().defined()) p.mutable_grad().zero_();
+      }
     }
     const std::int64_t done = step + 1;
     if (checkpointer && c.checkpoint.every > 0 && done % c.checkpoint.every == 0 &&
