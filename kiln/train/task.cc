@@ -1,5 +1,7 @@
 #include "kiln/train/task.h"
 
+#include "kiln/train/batch_tensors.h"
+
 #include <cmath>
 
 #include <fmt/format.h>
@@ -8,25 +10,17 @@ namespace kiln::train {
 namespace {
 
 using data::Batch;
-using data::Column;
 
-Result<const Column*> find_column(const Batch& batch, const std::string& name, data::FieldKind kind) {
-  for (const Column& c : batch.columns) {
-    if (c.name == name) {
-      if (c.kind != kind) {
-        return invalid_argument(fmt::format("batch column '{}' has kind {}, expected {}", name,
-                                            data::kind_name(c.kind), data::kind_name(kind)));
-      }
-      return &c;
-    }
+// Checks a column's kind and dtype before a model reads it.
+Result<torch::Tensor> typed_column(const Batch& batch, const std::string& name,
+                                   torch::ScalarType type, std::size_t dims) {
+  KILN_ASSIGN_OR_RETURN(torch::Tensor t, column_view(batch, name));
+  if (t.scalar_type() != type || t.dim() != static_cast<std::int64_t>(dims)) {
+    return invalid_argument(fmt::format("column '{}' is {} with {} dimensions; this model reads {} "
+                                        "with {}", name, c10::toString(t.scalar_type()), t.dim(),
+                                        c10::toString(type), dims));
   }
-  return invalid_argument(fmt::format("the dataset has no column '{}' (this model reads it)", name));
-}
-
-// Borrows a column's bytes as a tensor; clone() before the batch goes away.
-torch::Tensor view_column(const Column& c, torch::ScalarType type) {
-  return torch::from_blob(const_cast<std::uint8_t*>(c.data.data()), c.shape,
-                          torch::TensorOptions().dtype(type));
+  return t;
 }
 
 // ---- Fashion-MNIST CNN --------------------------------------------------
@@ -80,15 +74,13 @@ class ImageClassification : public Task {
 
  private:
   Result<std::pair<torch::Tensor, torch::Tensor>> inputs(const Batch& batch) {
-    KILN_ASSIGN_OR_RETURN(const Column* image, find_column(batch, "image", data::FieldKind::kTensor));
-    KILN_ASSIGN_OR_RETURN(const Column* label, find_column(batch, "label", data::FieldKind::kInt64));
-    if (image->dtype != data::DType::kUInt8 || image->shape.size() != 4 || image->shape[1] != 1 ||
-        image->shape[2] != 28 || image->shape[3] != 28) {
+    KILN_ASSIGN_OR_RETURN(torch::Tensor image, typed_column(batch, "image", torch::kUInt8, 4));
+    KILN_ASSIGN_OR_RETURN(torch::Tensor label, typed_column(batch, "label", torch::kInt64, 1));
+    if (image.size(1) != 1 || image.size(2) != 28 || image.size(3) != 28) {
       return invalid_argument("column 'image' must be uint8 [B, 1, 28, 28] (Fashion-MNIST)");
     }
-    torch::Tensor x = view_column(*image, torch::kUInt8).to(torch::kFloat32)
-                          .div_(255.0).sub_(kPixelMean).div_(kPixelStd);
-    torch::Tensor y = view_column(*label, torch::kInt64).clone();
+    torch::Tensor x = image.to(torch::kFloat32).div_(255.0).sub_(kPixelMean).div_(kPixelStd);
+    torch::Tensor y = label.clone();
     return std::make_pair(x, y);
   }
 
@@ -233,13 +225,12 @@ class NextToken : public Task {
 
  private:
   Result<std::pair<torch::Tensor, torch::Tensor>> inputs(const Batch& batch) {
-    KILN_ASSIGN_OR_RETURN(const Column* tokens, find_column(batch, "tokens", data::FieldKind::kTensor));
-    if (tokens->dtype != data::DType::kInt32 || tokens->shape.size() != 2 ||
-        tokens->shape[1] != config_.seq_len + 1) {
+    KILN_ASSIGN_OR_RETURN(torch::Tensor tokens, typed_column(batch, "tokens", torch::kInt32, 2));
+    if (tokens.size(1) != config_.seq_len + 1) {
       return invalid_argument(fmt::format("column 'tokens' must be int32 [B, {}] (model.seq_len + 1); "
                                           "convert with --seq-len {}", config_.seq_len + 1, config_.seq_len));
     }
-    torch::Tensor t = view_column(*tokens, torch::kInt32).to(torch::kLong);
+    torch::Tensor t = tokens.to(torch::kLong);
     if (t.max().item<std::int64_t>() >= config_.vocab || t.min().item<std::int64_t>() < 0) {
       return invalid_argument(fmt::format("a token is outside the vocabulary 0..{}", config_.vocab - 1));
     }
