@@ -30,7 +30,8 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::create(CheckpointOptions opt
   }
   if (options.busy == BusyPolicy::kSkip && options.comm != nullptr && options.comm->size() > 1) {
     // Each rank would decide alone whether its writer is still busy, and the
-    // ranks would then commit different steps. Agreeing on skips is future work.
+    // ranks would then commit different steps. Agreeing on skips is future
+    // work.
     return invalid_argument("Checkpointer: BusyPolicy::kSkip is supported with one rank only");
   }
   if (options.fs == nullptr) options.fs = Fs::posix();
@@ -58,7 +59,7 @@ Checkpointer::~Checkpointer() {
   writer_.join();
 }
 
-Status Checkpointer::wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline) {
+Status Checkpointer::wait_idle_locked(std::unique_lock<std::mutex> &lock, Deadline deadline) {
   if (!cv_.wait_until(lock, deadline.at(), [&] { return !busy_; })) {
     return deadline_exceeded(
         fmt::format("checkpoint save of step {} on rank {} still running under {}", pending_step_,
@@ -75,13 +76,15 @@ Status Checkpointer::wait(Deadline deadline) {
   return s;
 }
 
-Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t step) {
+Result<SaveStart> Checkpointer::save_async(const StateView &state, std::int64_t step) {
   auto t0 = Clock::now();
   {
     std::unique_lock<std::mutex> l(mu_);
     if (busy_ && options_.busy == BusyPolicy::kSkip) {
-      log()->warn("checkpoint of step {} skipped: the save of step {} is still in flight", step,
-                  pending_step_);
+      log()->warn(
+          "checkpoint of step {} skipped: the save of step {} is still "
+          "in flight",
+          step, pending_step_);
       return SaveStart::kSkipped;
     }
     KILN_RETURN_IF_ERROR(wait_idle_locked(l, Deadline::after(options_.timeout)));
@@ -100,7 +103,7 @@ Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t 
   grow_staging(need);
   staged_.clear();
   std::size_t off = 0;
-  for (const auto& e : state.entries()) {
+  for (const auto &e : state.entries()) {
     if (e.bytes > 0) std::memcpy(staging_.get() + off, e.data, e.bytes);
     staged_.push_back(StagedEntry{e.name, e.is_tensor, e.spec, off, e.bytes});
     off += e.bytes;
@@ -109,7 +112,7 @@ Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t 
     std::lock_guard<std::mutex> l(mu_);
     busy_ = true;
     pending_step_ = step;
-    stats_ = SaveStats{step, need, seconds_since(t0), 0, 0};
+    stats_ = SaveStats{step, need, seconds_since(t0), 0, 0, 0};
   }
   cv_.notify_all();
   return SaveStart::kStarted;
@@ -126,12 +129,13 @@ void Checkpointer::grow_staging(std::size_t bytes) {
 Status Checkpointer::reserve(std::size_t bytes) {
   std::unique_lock<std::mutex> l(mu_);
   KILN_RETURN_IF_ERROR(wait_idle_locked(l, Deadline::after(options_.timeout)));
-  // busy_ stays false while we hold mu_, and save_async runs on this same thread.
+  // busy_ stays false while we hold mu_, and save_async runs on this same
+  // thread.
   grow_staging(bytes);
   return Status::ok();
 }
 
-Status Checkpointer::save(const StateView& state, std::int64_t step, Deadline deadline) {
+Status Checkpointer::save(const StateView &state, std::int64_t step, Deadline deadline) {
   KILN_ASSIGN_OR_RETURN(auto started, save_async(state, step));
   (void)started;
   return wait(deadline);
@@ -162,6 +166,16 @@ void Checkpointer::writer_loop() {
 }
 
 Status Checkpointer::run_save(std::int64_t step) {
+  double memory_s = 0;
+  if (options_.memory != nullptr) {
+    auto tm = Clock::now();
+    Status m = options_.memory->store(step, staged_, staging_.get());
+    memory_s = seconds_since(tm);
+    if (m.code() == Code::kAborted || m.code() == Code::kDeadlineExceeded) return m;
+    // The storage copy still protects this step; the memory tier only speeds
+    // recovery.
+    if (!m.is_ok()) log()->warn("checkpoint step {}: {}", step, m.to_string());
+  }
   auto t0 = Clock::now();
   std::string tmp = options_.root + "/" + tmp_step_dir_name(step);
   Status mk = options_.fs->make_dir(tmp);
@@ -178,11 +192,13 @@ Status Checkpointer::run_save(std::int64_t step) {
   if (s.is_ok() && rank_ == 0) {
     auto deleted = apply_retention(options_.root, options_.retention);
     if (!deleted.is_ok()) {
-      // The checkpoint itself is committed; a retention failure only costs space.
+      // The checkpoint itself is committed; a retention failure only costs
+      // space.
       log()->warn("checkpoint retention under {}: {}", options_.root, deleted.status().to_string());
     }
   }
   std::lock_guard<std::mutex> l(mu_);
+  stats_.memory_s = memory_s;
   stats_.write_s = write_s;
   stats_.commit_s = seconds_since(t1);
   return s;

@@ -3,13 +3,15 @@
 //
 //   auto ck = Checkpointer::create({.root = "/ckpt", .comm = &ckpt_comm});
 //   StateView s; s.add_tensor("w", kFloat32, {R, C}, off, rows, w.data()); ...
-//   KILN_RETURN_IF_ERROR(ck->save_async(s, step).status());  // returns after the copy
+//   KILN_RETURN_IF_ERROR(ck->save_async(s, step).status());  // returns after
+//   the copy
 //   ...
 //   KILN_RETURN_IF_ERROR(ck->wait(Deadline::after_seconds(60)));
 //
 // save_async copies the state into a staging buffer that is reused across
 // saves (the only part training waits for), then the checkpointer's one
-// writer thread writes this rank's shard, runs the commit protocol
+// writer thread stores the snapshot in the in-memory tier if one is given
+// (memory_tier.h), writes this rank's shard, runs the commit protocol
 // (commit.h) and, on rank 0, retention (retention.h).
 //
 // In flight: at most one save. A save_async while one runs waits for it
@@ -43,6 +45,7 @@
 #include "kiln/base/status.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/fs.h"
+#include "kiln/ckpt/memory_tier.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/shard_writer.h"
 #include "kiln/ckpt/state.h"
@@ -54,7 +57,7 @@ enum class BusyPolicy { kWait, kSkip };
 
 struct CheckpointOptions {
   std::string root;                    // shared by all ranks (a shared filesystem)
-  comm::Communicator* comm = nullptr;  // null: a single process (rank 0 of 1)
+  comm::Communicator *comm = nullptr;  // null: a single process (rank 0 of 1)
   RetentionPolicy retention;
   BusyPolicy busy = BusyPolicy::kWait;
   Compression compression = Compression::kNone;
@@ -62,8 +65,13 @@ struct CheckpointOptions {
   // Bounds waiting for a previous save and each commit collective;
   // 0 = KILN_CKPT_TIMEOUT.
   std::chrono::milliseconds timeout{0};
-  // The filesystem the write path uses; null = the real one (tests inject faults).
-  Fs* fs = nullptr;
+  // The filesystem the write path uses; null = the real one (tests inject
+  // faults).
+  Fs *fs = nullptr;
+  // The in-memory tier (memory_tier.h), on the same communicator: each save
+  // is stored there (and replicated to the ring successor) before it goes to
+  // storage. Null: storage only. Not owned; must outlive the Checkpointer.
+  MemoryTier *memory = nullptr;
   // Tests only: runs on the writer thread once this rank's shard is durable,
   // before the commit (lets a test hold a save in flight).
   std::function<void(std::int64_t step)> after_shard_written_for_test;
@@ -76,6 +84,7 @@ struct SaveStats {
   std::int64_t step = -1;
   std::size_t bytes = 0;  // this rank's raw bytes
   double stall_s = 0;     // inside save_async: the staging copy
+  double memory_s = 0;    // in-memory tier: snapshot + replica exchange (0 without one)
   double write_s = 0;     // shard write + fsync
   double commit_s = 0;    // exchange, manifest, rename, retention
 };
@@ -91,7 +100,7 @@ class Checkpointer {
   // background. Returns a pending background failure first, if any (the new
   // save is then not started). AlreadyExists if step-N is committed already;
   // DeadlineExceeded if the previous save did not finish within the timeout.
-  Result<SaveStart> save_async(const StateView& state, std::int64_t step);
+  Result<SaveStart> save_async(const StateView &state, std::int64_t step);
 
   // Allocates (and faults in) staging memory for states up to `bytes` now, so
   // the first save_async stalls no longer than later ones. Optional; waits
@@ -99,7 +108,7 @@ class Checkpointer {
   Status reserve(std::size_t bytes);
 
   // save_async, then wait until it is committed.
-  Status save(const StateView& state, std::int64_t step, Deadline deadline);
+  Status save(const StateView &state, std::int64_t step, Deadline deadline);
 
   // Blocks until no save is in flight or `deadline`; returns (and clears) the
   // failure of a background save not reported yet. DeadlineExceeded leaves
@@ -114,7 +123,7 @@ class Checkpointer {
   explicit Checkpointer(CheckpointOptions options);
   void writer_loop();
   Status run_save(std::int64_t step);  // on the writer thread
-  Status wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline);
+  Status wait_idle_locked(std::unique_lock<std::mutex> &lock, Deadline deadline);
   void grow_staging(std::size_t bytes);  // only while no save is in flight
 
   const CheckpointOptions options_;

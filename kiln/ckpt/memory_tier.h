@@ -1,0 +1,107 @@
+// MemoryTier: the in-memory checkpoint tier (Gemini, Wang et al. SOSP'23).
+// Each rank keeps its newest snapshot in host memory, plus a replica of its
+// ring predecessor's, so a job that lost processes (or one host) restores
+// the step from memory instead of reading storage.
+//
+// "Host memory" is a directory on a memory filesystem (tmpfs, /dev/shm by
+// default), not the process heap: a snapshot must outlive the process whose
+// crash it recovers from. Layout, host-local:
+//
+//   <dir>/rank-<r>/step-<N>/shard-<r>.bin     rank r's own snapshot
+//   <dir>/rank-<r>/step-<N>/shard-<r>.json    its record, written last
+//   <dir>/rank-<r>/step-<N>/shard-<p>.bin     replica of rank p = (r-1) mod W
+//   <dir>/rank-<r>/step-<N>/shard-<p>.json
+//
+// A .bin has the checkpoint shard format (docs/formats.md); a .json is
+// {"step", "world_size", "shard": <shard record>}: its presence marks the
+// .bin complete (it is renamed into place after the .bin is written).
+//
+// Recovery needs the world size the snapshots were taken with: after a
+// re-form onto another size, recover() finds nothing and the caller loads
+// from storage (which re-slices).
+//
+// Collective: every rank of the communicator calls store() for the same
+// steps and recover() together; the communicator must be used by nothing
+// else meanwhile (the Checkpointer's writer thread owns it during saves).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/base/status.h"
+#include "kiln/ckpt/load.h"
+#include "kiln/ckpt/shard_writer.h"
+#include "kiln/ckpt/state.h"
+#include "kiln/comm/communicator.h"
+
+namespace kiln::ckpt {
+
+struct MemoryTierOptions {
+  // Host-local, memory-backed; shared by the job's ranks on this host.
+  // Empty: default_memory_dir() of the checkpoint root.
+  std::string dir;
+  comm::Communicator *comm = nullptr;         // null: one rank, no replica
+  std::chrono::milliseconds timeout{600000};  // bounds each collective
+};
+
+// /dev/shm/kiln-ckpt-<hash of the absolute checkpoint root>: the ranks of a
+// restarted job find their predecessors' snapshots there.
+std::string default_memory_dir(const std::string &checkpoint_root);
+
+struct MemoryRecoveryStats {
+  std::int64_t step = -1;
+  int from_replica = 0;           // ranks whose snapshot came from their buddy
+  std::size_t fetched_bytes = 0;  // bytes this rank received from its buddy
+};
+
+class MemoryTier {
+ public:
+  // Creates dir/rank-<r>. Errors name the directory.
+  static Result<std::unique_ptr<MemoryTier>> open(MemoryTierOptions options);
+
+  // Collective. Writes this rank's snapshot of `step` (the entries, bytes in
+  // `staging`), sends it to rank r+1 and keeps rank r-1's as its replica;
+  // then deletes this rank's older snapshots. Blocks for the copies and the
+  // exchange. A local failure (memory filesystem full: ResourceExhausted) is
+  // returned after the exchange completes, so peers never wait on a rank
+  // that gave up; Aborted/DeadlineExceeded when the exchange fails.
+  Status store(std::int64_t step, const std::vector<StagedEntry> &entries,
+               const std::byte *staging);
+
+  // Collective. Restores the newest step >= `min_step` that every rank can
+  // get from memory — its own snapshot, or the replica its successor holds,
+  // fetched over the communicator — with every entry checksummed. Tensors
+  // are cut to the rank's even_rows, as load_step returns them. NotFound when there is none (then
+  // load from storage); the same outcome on every rank.
+  Result<LoadedState> recover(std::int64_t min_step = 0);
+
+  MemoryRecoveryStats last_recovery() const { return stats_; }
+
+  // Deletes this rank's snapshots and replicas (a job that finished).
+  Status clear();
+
+  const std::string &rank_dir() const { return rank_dir_; }
+
+ private:
+  explicit MemoryTier(MemoryTierOptions options);
+  Status exchange(std::int64_t step, const std::string &own_dir, const Status &own);
+  Result<LoadedState> restore(std::int64_t step, bool need_fetch, bool predecessor_needs);
+
+  const MemoryTierOptions options_;
+  const int rank_;
+  const int world_;
+  const std::string rank_dir_;
+  MemoryRecoveryStats stats_;
+};
+
+// Collective. The newest checkpoint from either tier: the in-memory one when
+// it holds a step at least as new as the newest committed under `root`
+// (it is faster and usually newer), else load_latest(root, options).
+// `tier` may be null. `from_memory`, when given, tells which tier it was.
+Result<LoadedState> recover_latest(const std::string &root, MemoryTier *tier,
+                                   const LoadOptions &options, bool *from_memory = nullptr);
+
+}  // namespace kiln::ckpt

@@ -1,0 +1,220 @@
+// The in-memory tier: snapshots outlive the processes that took them,
+// a rank whose snapshot is gone gets its buddy's replica, and every case it
+// cannot serve falls back to storage. Ranks are real processes.
+#include "kiln/ckpt/memory_tier.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "kiln/ckpt/checkpointer.h"
+#include "kiln/ckpt/internal/file.h"
+#include "kiln/ckpt/testing/test_state.h"
+#include "kiln/comm/testing/multiprocess.h"
+
+namespace kiln::ckpt {
+namespace {
+
+using comm::Communicator;
+using comm::testing::run_ranks;
+using testing::check_loaded;
+using testing::TempDir;
+using testing::TestState;
+
+comm::testing::RunOptions quick() {
+  comm::testing::RunOptions o;
+  o.deadline = std::chrono::seconds(30);
+  return o;
+}
+
+struct Dirs {
+  TempDir tmp;
+  std::string root = tmp.path() + "/ckpt";
+  std::string mem = tmp.path() + "/mem";
+};
+
+Result<std::unique_ptr<MemoryTier>> tier_for(const std::string &mem, Communicator *comm) {
+  return MemoryTier::open({.dir = mem, .comm = comm, .timeout = std::chrono::seconds(20)});
+}
+
+// `world` ranks save `steps` to storage and (with `mem`) the memory tier.
+void save_with(int world, const Dirs &d, std::vector<std::int64_t> steps, bool use_memory = true) {
+  auto r = run_ranks(
+      world,
+      [&](Communicator &comm) -> Status {
+        std::unique_ptr<MemoryTier> tier;
+        if (use_memory) {
+          KILN_ASSIGN_OR_RETURN(tier, tier_for(d.mem, &comm));
+        }
+        KILN_ASSIGN_OR_RETURN(
+            auto ck, Checkpointer::create({.root = d.root, .comm = &comm, .memory = tier.get()}));
+        for (auto step : steps) {
+          TestState s(step, comm.rank(), comm.size());
+          KILN_RETURN_IF_ERROR(ck->save(s.view(), step, Deadline::after_seconds(20)));
+        }
+        return Status::ok();
+      },
+      quick());
+  ASSERT_TRUE(r.ok()) << r.report;
+}
+
+struct Expect {
+  std::int64_t step;
+  bool from_memory;
+  int from_replica = 0;
+};
+
+// `world` fresh processes recover through recover_latest and check every byte.
+void expect_recover(int world, const Dirs &d, Expect want) {
+  auto r = run_ranks(
+      world,
+      [&](Communicator &comm) -> Status {
+        KILN_ASSIGN_OR_RETURN(auto tier, tier_for(d.mem, &comm));
+        LoadOptions o{comm.rank(), comm.size(), &comm, std::chrono::seconds(20)};
+        bool from_memory = false;
+        KILN_ASSIGN_OR_RETURN(auto st, recover_latest(d.root, tier.get(), o, &from_memory));
+        std::string bad = check_loaded(st, want.step, comm.rank(), comm.size());
+        if (!bad.empty()) return data_loss(fmt::format("rank {}: {}", comm.rank(), bad));
+        if (st.step != want.step || from_memory != want.from_memory) {
+          return internal_error(fmt::format("rank {}: got step {} from {}, want {} from {}",
+                                            comm.rank(), st.step, from_memory ? "memory" : "disk",
+                                            want.step, want.from_memory ? "memory" : "disk"));
+        }
+        if (from_memory && tier->last_recovery().from_replica != want.from_replica) {
+          return internal_error(fmt::format("rank {}: {} ranks used a replica, want {}",
+                                            comm.rank(), tier->last_recovery().from_replica,
+                                            want.from_replica));
+        }
+        return Status::ok();
+      },
+      quick());
+  ASSERT_TRUE(r.ok()) << r.report;
+}
+
+std::vector<std::string> names(const std::string &dir) {
+  auto r = internal::list_dir(dir);
+  return r.is_ok() ? *r : std::vector<std::string>{};
+}
+
+void flip_byte(const std::string &path, off_t offset) {
+  int fd = ::open(path.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0) << path;
+  unsigned char b = 0;
+  ASSERT_EQ(::pread(fd, &b, 1, offset), 1);
+  b ^= 0x01;
+  ASSERT_EQ(::pwrite(fd, &b, 1, offset), 1);
+  ::close(fd);
+}
+
+TEST(MemoryTier, DefaultDirIsOnShmAndKeyedByTheRoot) {
+  std::string a = default_memory_dir("/ckpt/job-a"), b = default_memory_dir("/ckpt/job-b");
+  EXPECT_EQ(a.rfind("/dev/shm/kiln-ckpt-", 0), 0u) << a;
+  EXPECT_NE(a, b);
+  EXPECT_EQ(a, default_memory_dir("/ckpt/job-a/"));
+}
+
+TEST(MemoryTier, OneRankSnapshotOutlivesTheProcessAndOnlyTheNewestIsKept) {
+  Dirs d;
+  save_with(1, d, {1, 2, 3});
+  EXPECT_EQ(names(d.mem + "/rank-0"), std::vector<std::string>{"step-3"});
+  // Storage gone: what comes back can only have come from memory.
+  ASSERT_TRUE(internal::remove_tree(d.root).is_ok());
+  expect_recover(1, d, {3, true});
+}
+
+TEST(MemoryTier, RestartedRanksRecoverWithoutReadingStorage) {
+  Dirs d;
+  save_with(3, d, {4, 5});
+  // Each rank holds its own snapshot and its predecessor's replica.
+  EXPECT_EQ(names(d.mem + "/rank-1/step-5"),
+            (std::vector<std::string>{"shard-00000.bin", "shard-00000.json", "shard-00001.bin",
+                                      "shard-00001.json"}));
+  ASSERT_TRUE(internal::remove_tree(d.root).is_ok());
+  expect_recover(3, d, {5, true, 0});
+}
+
+TEST(MemoryTier, LostHostGetsItsSnapshotFromTheBuddy) {
+  for (int world : {2, 3}) {
+    SCOPED_TRACE(fmt::format("world {}", world));
+    Dirs d;
+    save_with(world, d, {7});
+    // Rank 1's host is gone, and with it its memory; storage too.
+    ASSERT_TRUE(internal::remove_tree(d.mem + "/rank-1").is_ok());
+    ASSERT_TRUE(internal::remove_tree(d.root).is_ok());
+    expect_recover(world, d, {7, true, 1});
+  }
+}
+
+TEST(MemoryTier, RankAndItsBuddyLostFallsBackToStorage) {
+  Dirs d;
+  save_with(3, d, {2});
+  ASSERT_TRUE(internal::remove_tree(d.mem + "/rank-1").is_ok());
+  ASSERT_TRUE(internal::remove_tree(d.mem + "/rank-2").is_ok());  // held rank 1's replica
+  expect_recover(3, d, {2, false});
+}
+
+TEST(MemoryTier, CorruptReplicaIsDetectedAndStorageUsed) {
+  Dirs d;
+  save_with(3, d, {6});
+  ASSERT_TRUE(internal::remove_tree(d.mem + "/rank-1").is_ok());
+  flip_byte(d.mem + "/rank-2/step-6/shard-00001.bin", 40);
+  expect_recover(3, d, {6, false});
+}
+
+TEST(MemoryTier, NewerStorageStepWinsOverAnOlderSnapshot) {
+  Dirs d;
+  save_with(2, d, {1});
+  save_with(2, d, {2}, /*use_memory=*/false);
+  expect_recover(2, d, {2, false});
+}
+
+TEST(MemoryTier, AnotherWorldSizeLoadsFromStorageResliced) {
+  Dirs d;
+  save_with(2, d, {3});
+  expect_recover(3, d, {3, false});
+}
+
+TEST(MemoryTier, NothingAnywhereIsNotFoundOnEveryRank) {
+  Dirs d;
+  auto r = run_ranks(
+      2,
+      [&](Communicator &comm) -> Status {
+        KILN_ASSIGN_OR_RETURN(auto tier, tier_for(d.mem, &comm));
+        auto st = tier->recover();
+        if (st.status().code() != Code::kNotFound) {
+          return internal_error("want NotFound, got " + st.status().to_string());
+        }
+        return Status::ok();
+      },
+      quick());
+  ASSERT_TRUE(r.ok()) << r.report;
+}
+
+// A memory filesystem too small for rank 0's snapshot: the save still
+// commits to storage, rank 1 (whose replica would have come from rank 0)
+// does not wait on it, and recovery uses storage.
+TEST(MemoryTier, FullMemoryFilesystemKeepsSavingToStorage) {
+  Dirs d;
+  ASSERT_TRUE(internal::make_dir(d.mem).is_ok());
+  std::string small = d.mem + "/rank-0";
+  ASSERT_TRUE(internal::make_dir(small).is_ok());
+  if (::mount("tmpfs", small.c_str(), "tmpfs", 0, "size=4k") != 0) {
+    GTEST_SKIP() << "needs root to mount a tmpfs: " << std::strerror(errno);
+  }
+  struct Unmount {
+    std::string p;
+    ~Unmount() { ::umount2(p.c_str(), MNT_DETACH); }
+  } unmount{small};
+  save_with(2, d, {1, 2});
+  auto steps = list_committed_steps(d.root);
+  ASSERT_TRUE(steps.is_ok());
+  EXPECT_EQ(*steps, (std::vector<std::int64_t>{2, 1}));
+  expect_recover(2, d, {2, false});
+}
+
+}  // namespace
+}  // namespace kiln::ckpt
