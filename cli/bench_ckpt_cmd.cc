@@ -10,7 +10,10 @@
 //   load_mb_s        load_latest of every rank's slice, page cache dropped for the
 //                    shard files first (posix_fadvise), all ranks' MB over the slowest rank
 //   disk_recovery_s  that load's wall time (manifest, reads, checksums, re-slice)
-//   inmem_recovery_s null: the in-memory (peer replica) tier is not implemented yet
+//   inmem_store_s    MemoryTier::store of the same state: tmpfs snapshot + ring replica
+//   inmem_recovery_s restarted ranks restore from their own in-memory snapshots
+//   inmem_buddy_recovery_s  the same after rank 1's memory is lost: it fetches
+//                    its snapshot from the replica rank 2 (mod n) holds
 // Times are the slowest rank's. Each timed save is preceded by its own memcpy
 // and raw-write baselines; the ratios are the medians of the per-save ratios,
 // so load from other processes cancels out as far as it can.
@@ -31,6 +34,7 @@
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/load.h"
+#include "kiln/ckpt/memory_tier.h"
 #include "kiln/comm/process_group.h"
 
 namespace kiln::cli {
@@ -93,6 +97,51 @@ void drop_cache(const std::string& dir) {
     ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
     ::close(fd);
   }
+}
+
+struct MemoryTierTimes {
+  double store_s = 0, recovery_s = 0, buddy_s = 0;
+};
+
+// The in-memory tier on the same state: store it, recover it as restarted
+// ranks would, then again with rank 1's memory gone (its buddy's replica
+// comes over the communicator). Checks every recovered byte; clears the tier.
+Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_comm,
+                                            const std::string& root, std::int64_t step,
+                                            ckpt::RowRange mine, std::int64_t rows,
+                                            std::int64_t cols, const std::vector<char>& state,
+                                            std::size_t my_bytes) {
+  const int r = c.rank(), n = c.size();
+  std::string dir = ckpt::default_memory_dir(root) + "-bench";
+  KILN_ASSIGN_OR_RETURN(auto tier, ckpt::MemoryTier::open({.dir = dir, .comm = &ckpt_comm}));
+  std::vector<ckpt::StagedEntry> entries{
+      {"weights", true, {DataType::kFloat32, {rows, cols}, mine.offset, mine.count}, 0, my_bytes}};
+  MemoryTierTimes t;
+  KILN_RETURN_IF_ERROR(c.barrier()->wait());
+  auto t0 = std::chrono::steady_clock::now();
+  KILN_RETURN_IF_ERROR(
+      tier->store(step, entries, reinterpret_cast<const std::byte*>(state.data())));
+  KILN_ASSIGN_OR_RETURN(t.store_s, slowest(c, seconds_since(t0)));
+  for (int lose = 0; lose < (n > 1 ? 2 : 1); ++lose) {
+    if (lose == 1 && r == 1) KILN_RETURN_IF_ERROR(ckpt::Fs::posix()->remove_tree(tier->rank_dir()));
+    KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    t0 = std::chrono::steady_clock::now();
+    KILN_ASSIGN_OR_RETURN(auto got, tier->recover(step));
+    KILN_ASSIGN_OR_RETURN(double s, slowest(c, seconds_since(t0)));
+    (lose == 0 ? t.recovery_s : t.buddy_s) = s;
+    const ckpt::LoadedEntry* w = got.find("weights");
+    int bad = (w == nullptr || w->data.size() != my_bytes ||
+               std::memcmp(w->data.data(), state.data(), my_bytes) != 0 ||
+               tier->last_recovery().from_replica != lose)
+                  ? 1
+                  : 0;
+    KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
+    if (bad) return internal_error("bench ckpt: the in-memory tier restored other bytes");
+  }
+  KILN_RETURN_IF_ERROR(tier->clear());
+  KILN_RETURN_IF_ERROR(c.barrier()->wait());
+  if (r == 0) std::filesystem::remove_all(dir);
+  return t;
 }
 
 Status bench_ckpt(const CkptBenchArgs& a) {
@@ -179,6 +228,9 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
   if (bad) return internal_error("bench ckpt: the loaded state differs from the saved one");
 
+  KILN_ASSIGN_OR_RETURN(auto mem, measure_memory_tier(c, *ckpt_comm, root, last_step, mine, rows,
+                                                      cols, state, my_bytes));
+
   double stall = median(stall_s), write = median(write_s);
   const double mb = static_cast<double>(rows * cols * 4) / 1e6;
   if (r == 0) {
@@ -197,8 +249,10 @@ Status bench_ckpt(const CkptBenchArgs& a) {
                        {"commit_s", median(commit_s)},
                        {"load_mb_s", mb / load_t},
                        {"disk_recovery_s", load_t},
-                       {"inmem_recovery_s", nullptr},
-                       {"notes", "inmem_recovery_s: in-memory peer replica tier not implemented"}};
+                       {"inmem_store_s", mem.store_s},
+                       {"inmem_recovery_s", mem.recovery_s},
+                       {"inmem_buddy_recovery_s", n > 1 ? nlohmann::json(mem.buddy_s) : nullptr},
+                       {"inmem_vs_disk_recovery", mem.recovery_s / load_t}};
     if (a.json) {
       std::printf("%s\n", doc.dump().c_str());
     } else {

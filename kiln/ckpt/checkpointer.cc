@@ -59,7 +59,7 @@ Checkpointer::~Checkpointer() {
   writer_.join();
 }
 
-Status Checkpointer::wait_idle_locked(std::unique_lock<std::mutex> &lock, Deadline deadline) {
+Status Checkpointer::wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline) {
   if (!cv_.wait_until(lock, deadline.at(), [&] { return !busy_; })) {
     return deadline_exceeded(
         fmt::format("checkpoint save of step {} on rank {} still running under {}", pending_step_,
@@ -76,7 +76,7 @@ Status Checkpointer::wait(Deadline deadline) {
   return s;
 }
 
-Result<SaveStart> Checkpointer::save_async(const StateView &state, std::int64_t step) {
+Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t step) {
   auto t0 = Clock::now();
   {
     std::unique_lock<std::mutex> l(mu_);
@@ -103,7 +103,7 @@ Result<SaveStart> Checkpointer::save_async(const StateView &state, std::int64_t 
   grow_staging(need);
   staged_.clear();
   std::size_t off = 0;
-  for (const auto &e : state.entries()) {
+  for (const auto& e : state.entries()) {
     if (e.bytes > 0) std::memcpy(staging_.get() + off, e.data, e.bytes);
     staged_.push_back(StagedEntry{e.name, e.is_tensor, e.spec, off, e.bytes});
     off += e.bytes;
@@ -135,7 +135,7 @@ Status Checkpointer::reserve(std::size_t bytes) {
   return Status::ok();
 }
 
-Status Checkpointer::save(const StateView &state, std::int64_t step, Deadline deadline) {
+Status Checkpointer::save(const StateView& state, std::int64_t step, Deadline deadline) {
   KILN_ASSIGN_OR_RETURN(auto started, save_async(state, step));
   (void)started;
   return wait(deadline);

@@ -57,7 +57,7 @@ enum class BusyPolicy { kWait, kSkip };
 
 struct CheckpointOptions {
   std::string root;                    // shared by all ranks (a shared filesystem)
-  comm::Communicator *comm = nullptr;  // null: a single process (rank 0 of 1)
+  comm::Communicator* comm = nullptr;  // null: a single process (rank 0 of 1)
   RetentionPolicy retention;
   BusyPolicy busy = BusyPolicy::kWait;
   Compression compression = Compression::kNone;
@@ -67,11 +67,11 @@ struct CheckpointOptions {
   std::chrono::milliseconds timeout{0};
   // The filesystem the write path uses; null = the real one (tests inject
   // faults).
-  Fs *fs = nullptr;
+  Fs* fs = nullptr;
   // The in-memory tier (memory_tier.h), on the same communicator: each save
   // is stored there (and replicated to the ring successor) before it goes to
   // storage. Null: storage only. Not owned; must outlive the Checkpointer.
-  MemoryTier *memory = nullptr;
+  MemoryTier* memory = nullptr;
   // Tests only: runs on the writer thread once this rank's shard is durable,
   // before the commit (lets a test hold a save in flight).
   std::function<void(std::int64_t step)> after_shard_written_for_test;
@@ -100,7 +100,7 @@ class Checkpointer {
   // background. Returns a pending background failure first, if any (the new
   // save is then not started). AlreadyExists if step-N is committed already;
   // DeadlineExceeded if the previous save did not finish within the timeout.
-  Result<SaveStart> save_async(const StateView &state, std::int64_t step);
+  Result<SaveStart> save_async(const StateView& state, std::int64_t step);
 
   // Allocates (and faults in) staging memory for states up to `bytes` now, so
   // the first save_async stalls no longer than later ones. Optional; waits
@@ -108,7 +108,7 @@ class Checkpointer {
   Status reserve(std::size_t bytes);
 
   // save_async, then wait until it is committed.
-  Status save(const StateView &state, std::int64_t step, Deadline deadline);
+  Status save(const StateView& state, std::int64_t step, Deadline deadline);
 
   // Blocks until no save is in flight or `deadline`; returns (and clears) the
   // failure of a background save not reported yet. DeadlineExceeded leaves
@@ -123,7 +123,7 @@ class Checkpointer {
   explicit Checkpointer(CheckpointOptions options);
   void writer_loop();
   Status run_save(std::int64_t step);  // on the writer thread
-  Status wait_idle_locked(std::unique_lock<std::mutex> &lock, Deadline deadline);
+  Status wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline);
   void grow_staging(std::size_t bytes);  // only while no save is in flight
 
   const CheckpointOptions options_;

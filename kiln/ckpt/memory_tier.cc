@@ -28,7 +28,7 @@ constexpr int kReported = 2;
 
 std::string record_name(int rank) { return fmt::format("shard-{:05d}.json", rank); }
 
-std::string record_json(std::int64_t step, int world, const ShardRecord &rec) {
+std::string record_json(std::int64_t step, int world, const ShardRecord& rec) {
   nlohmann::json j;
   j["step"] = step;
   j["world_size"] = world;
@@ -38,7 +38,7 @@ std::string record_json(std::int64_t step, int world, const ShardRecord &rec) {
 
 // A complete snapshot of `rank` taken at `world` ranks, or nullopt (absent,
 // torn, or from another world size) — recovery then looks elsewhere.
-std::optional<ShardRecord> read_snapshot(const std::string &step_dir, std::int64_t step, int rank,
+std::optional<ShardRecord> read_snapshot(const std::string& step_dir, std::int64_t step, int rank,
                                          int world) {
   auto text = internal::read_file(step_dir + "/" + record_name(rank));
   if (!text.is_ok()) return std::nullopt;
@@ -55,23 +55,23 @@ std::optional<ShardRecord> read_snapshot(const std::string &step_dir, std::int64
 }
 
 // Committed snapshot steps in a rank directory, newest first.
-std::vector<std::int64_t> snapshot_steps(const std::string &rank_dir) {
+std::vector<std::int64_t> snapshot_steps(const std::string& rank_dir) {
   std::vector<std::int64_t> steps;
   auto names = internal::list_dir(rank_dir);
   if (!names.is_ok()) return steps;
-  for (const auto &n : *names) {
+  for (const auto& n : *names) {
     if (auto s = parse_step_dir_name(n)) steps.push_back(*s);
   }
   std::sort(steps.rbegin(), steps.rend());
   return steps;
 }
 
-bool has(const std::int64_t *steps, std::int64_t s) {
+bool has(const std::int64_t* steps, std::int64_t s) {
   return std::find(steps, steps + kReported, s) != steps + kReported;
 }
 
 // Rank-wide 0/1 agreement: every rank learns whether all succeeded.
-Result<bool> all_ok(comm::Communicator *comm, bool ok, std::chrono::milliseconds timeout) {
+Result<bool> all_ok(comm::Communicator* comm, bool ok, std::chrono::milliseconds timeout) {
   std::int32_t v = ok ? 1 : 0;
   if (comm != nullptr && comm->size() > 1) {
     KILN_RETURN_IF_ERROR(
@@ -84,8 +84,8 @@ Result<bool> all_ok(comm::Communicator *comm, bool ok, std::chrono::milliseconds
 // to the rank's even_rows (a replicated tensor to its part, like storage
 // does), blobs as they are. DataLoss when this rank's snapshot lacks rows it
 // needs (it saved another split): storage has them.
-Result<LoadedEntry> as_loaded(const EntryRecord &e, std::vector<std::byte> bytes, int rank,
-                              int world, const std::string &where) {
+Result<LoadedEntry> as_loaded(const EntryRecord& e, std::vector<std::byte> bytes, int rank,
+                              int world, const std::string& where) {
   if (!e.is_tensor) return LoadedEntry{e.name, false, {}, std::move(bytes)};
   RowRange want = even_rows(e.spec.shape[0], rank, world);
   const std::int64_t lo = e.spec.row_offset, hi = lo + e.spec.rows;
@@ -105,7 +105,7 @@ Result<LoadedEntry> as_loaded(const EntryRecord &e, std::vector<std::byte> bytes
 
 }  // namespace
 
-std::string default_memory_dir(const std::string &checkpoint_root) {
+std::string default_memory_dir(const std::string& checkpoint_root) {
   std::error_code ec;
   auto abs = std::filesystem::weakly_canonical(std::filesystem::absolute(checkpoint_root), ec);
   if (ec) abs = std::filesystem::absolute(checkpoint_root).lexically_normal();
@@ -131,10 +131,10 @@ MemoryTier::MemoryTier(MemoryTierOptions options)
       world_(options_.comm ? options_.comm->size() : 1),
       rank_dir_(fmt::format("{}/rank-{}", options_.dir, rank_)) {}
 
-Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry> &entries,
-                         const std::byte *staging) {
+Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entries,
+                         const std::byte* staging) {
   std::string dir = rank_dir_ + "/" + step_dir_name(step);
-  Fs &fs = *Fs::posix();
+  Fs& fs = *Fs::posix();
   // A step stored again (a job restarted from an older step) replaces the old
   // copy.
   Status own = fs.remove_tree(dir);
@@ -162,7 +162,7 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry> &entr
 // Sends this rank's snapshot (record and shard bytes) to rank r+1 and
 // receives rank r-1's. The sizes go first, so a rank whose own write failed
 // sends nothing and its successor stores nothing, yet both finish.
-Status MemoryTier::exchange(std::int64_t step, const std::string &dir, const Status &own) {
+Status MemoryTier::exchange(std::int64_t step, const std::string& dir, const Status& own) {
   if (world_ == 1) return Status::ok();
   const int to = (rank_ + 1) % world_, from = (rank_ + world_ - 1) % world_;
   std::string my_json;
@@ -179,7 +179,7 @@ Status MemoryTier::exchange(std::int64_t step, const std::string &dir, const Sta
                           static_cast<std::int64_t>(my_bin ? my_bin->size() : 0)};
   std::int64_t theirs[2] = {0, 0};
   const auto t = options_.timeout;
-  auto *comm = options_.comm;
+  auto* comm = options_.comm;
   KILN_RETURN_IF_ERROR(comm->sendrecv(mine, 2, to, theirs, 2, from, DataType::kInt64)->wait(t));
   std::string their_json(static_cast<std::size_t>(theirs[0]), '\0');
   KILN_RETURN_IF_ERROR(comm->sendrecv(my_json.data(), my_json.size(), to, their_json.data(),
@@ -191,7 +191,7 @@ Status MemoryTier::exchange(std::int64_t step, const std::string &dir, const Sta
   const std::string bin_path = dir + "/" + shard_file_name(from);
   auto target = MappedFile::create(bin_path, their_size);
   std::vector<std::byte> scratch;
-  std::byte *into = nullptr;
+  std::byte* into = nullptr;
   if (target.is_ok()) {
     into = target->data();
   } else {
@@ -273,7 +273,7 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   const int to = (rank_ + world_ - 1) % world_, from = (rank_ + 1) % world_;
   const std::string dir = rank_dir_ + "/" + step_dir_name(step);
   const auto t = options_.timeout;
-  auto *comm = options_.comm;
+  auto* comm = options_.comm;
   std::string send_json;
   std::optional<MappedFile> send_bin;
   if (pred_needs) {
@@ -293,7 +293,7 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   std::vector<std::byte> recv_bin;
   // Each direction is its own message stream; post both before waiting so a
   // rank that both sends and fetches (two ranks) cannot deadlock.
-  auto step_pair = [&](const void *out, std::size_t out_n, void *in, std::size_t in_n,
+  auto step_pair = [&](const void* out, std::size_t out_n, void* in, std::size_t in_n,
                        DataType dt) -> Status {
     comm::WorkPtr s, r;
     if (pred_needs) s = comm->send(out, out_n, dt, to);
@@ -336,30 +336,33 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
     if (!r) return data_loss(where + ": snapshot vanished");
     rec = *r;
   }
-  for (const auto &e : rec.entries) {
-    std::vector<std::byte> stored;
-    if (need_fetch) {
-      if (e.offset + e.stored_bytes > recv_bin.size()) {
-        return data_loss(fmt::format("{}: entry '{}' lies past the snapshot's end", where, e.name));
-      }
-      auto first = recv_bin.begin() + static_cast<std::ptrdiff_t>(e.offset);
-      stored.assign(first, first + static_cast<std::ptrdiff_t>(e.stored_bytes));
-      KILN_ASSIGN_OR_RETURN(auto bytes, decode_entry(e, std::move(stored), where));
-      KILN_ASSIGN_OR_RETURN(auto entry, as_loaded(e, std::move(bytes), rank_, world_, where));
-      st.entries.push_back(std::move(entry));
-    } else {
-      KILN_ASSIGN_OR_RETURN(auto bytes, read_entry(dir, rec, e));
-      KILN_ASSIGN_OR_RETURN(auto entry, as_loaded(e, std::move(bytes), rank_, world_, where));
-      st.entries.push_back(std::move(entry));
+  // One copy out of the snapshot's pages (received, or this rank's own on
+  // tmpfs), checksummed, then cut to this rank's rows.
+  std::optional<MappedFile> own_bin;
+  const std::byte* base = recv_bin.data();
+  std::size_t size = recv_bin.size();
+  if (!need_fetch) {
+    KILN_ASSIGN_OR_RETURN(auto m, MappedFile::open_read(dir + "/" + rec.file));
+    own_bin.emplace(std::move(m));
+    base = own_bin->data();
+    size = own_bin->size();
+  }
+  for (const auto& e : rec.entries) {
+    if (e.offset + e.stored_bytes > size) {
+      return data_loss(fmt::format("{}: entry '{}' lies past the snapshot's end", where, e.name));
     }
+    std::vector<std::byte> stored(base + e.offset, base + e.offset + e.stored_bytes);
+    KILN_ASSIGN_OR_RETURN(auto bytes, decode_entry(e, std::move(stored), where));
+    KILN_ASSIGN_OR_RETURN(auto entry, as_loaded(e, std::move(bytes), rank_, world_, where));
+    st.entries.push_back(std::move(entry));
   }
   return st;
 }
 
 Status MemoryTier::clear() { return Fs::posix()->remove_tree(rank_dir_); }
 
-Result<LoadedState> recover_latest(const std::string &root, MemoryTier *tier,
-                                   const LoadOptions &options, bool *from_memory) {
+Result<LoadedState> recover_latest(const std::string& root, MemoryTier* tier,
+                                   const LoadOptions& options, bool* from_memory) {
   if (from_memory != nullptr) *from_memory = false;
   if (tier != nullptr) {
     // Rank 0's listing decides, as in load_latest, so every rank asks the

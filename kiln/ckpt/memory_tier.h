@@ -43,13 +43,13 @@ struct MemoryTierOptions {
   // Host-local, memory-backed; shared by the job's ranks on this host.
   // Empty: default_memory_dir() of the checkpoint root.
   std::string dir;
-  comm::Communicator *comm = nullptr;         // null: one rank, no replica
+  comm::Communicator* comm = nullptr;         // null: one rank, no replica
   std::chrono::milliseconds timeout{600000};  // bounds each collective
 };
 
 // /dev/shm/kiln-ckpt-<hash of the absolute checkpoint root>: the ranks of a
 // restarted job find their predecessors' snapshots there.
-std::string default_memory_dir(const std::string &checkpoint_root);
+std::string default_memory_dir(const std::string& checkpoint_root);
 
 struct MemoryRecoveryStats {
   std::int64_t step = -1;
@@ -68,8 +68,8 @@ class MemoryTier {
   // exchange. A local failure (memory filesystem full: ResourceExhausted) is
   // returned after the exchange completes, so peers never wait on a rank
   // that gave up; Aborted/DeadlineExceeded when the exchange fails.
-  Status store(std::int64_t step, const std::vector<StagedEntry> &entries,
-               const std::byte *staging);
+  Status store(std::int64_t step, const std::vector<StagedEntry>& entries,
+               const std::byte* staging);
 
   // Collective. Restores the newest step >= `min_step` that every rank can
   // get from memory — its own snapshot, or the replica its successor holds,
@@ -83,11 +83,11 @@ class MemoryTier {
   // Deletes this rank's snapshots and replicas (a job that finished).
   Status clear();
 
-  const std::string &rank_dir() const { return rank_dir_; }
+  const std::string& rank_dir() const { return rank_dir_; }
 
  private:
   explicit MemoryTier(MemoryTierOptions options);
-  Status exchange(std::int64_t step, const std::string &own_dir, const Status &own);
+  Status exchange(std::int64_t step, const std::string& own_dir, const Status& own);
   Result<LoadedState> restore(std::int64_t step, bool need_fetch, bool predecessor_needs);
 
   const MemoryTierOptions options_;
@@ -101,7 +101,7 @@ class MemoryTier {
 // it holds a step at least as new as the newest committed under `root`
 // (it is faster and usually newer), else load_latest(root, options).
 // `tier` may be null. `from_memory`, when given, tells which tier it was.
-Result<LoadedState> recover_latest(const std::string &root, MemoryTier *tier,
-                                   const LoadOptions &options, bool *from_memory = nullptr);
+Result<LoadedState> recover_latest(const std::string& root, MemoryTier* tier,
+                                   const LoadOptions& options, bool* from_memory = nullptr);
 
 }  // namespace kiln::ckpt

@@ -37,15 +37,15 @@ struct Dirs {
   std::string mem = tmp.path() + "/mem";
 };
 
-Result<std::unique_ptr<MemoryTier>> tier_for(const std::string &mem, Communicator *comm) {
+Result<std::unique_ptr<MemoryTier>> tier_for(const std::string& mem, Communicator* comm) {
   return MemoryTier::open({.dir = mem, .comm = comm, .timeout = std::chrono::seconds(20)});
 }
 
 // `world` ranks save `steps` to storage and (with `mem`) the memory tier.
-void save_with(int world, const Dirs &d, std::vector<std::int64_t> steps, bool use_memory = true) {
+void save_with(int world, const Dirs& d, std::vector<std::int64_t> steps, bool use_memory = true) {
   auto r = run_ranks(
       world,
-      [&](Communicator &comm) -> Status {
+      [&](Communicator& comm) -> Status {
         std::unique_ptr<MemoryTier> tier;
         if (use_memory) {
           KILN_ASSIGN_OR_RETURN(tier, tier_for(d.mem, &comm));
@@ -69,10 +69,10 @@ struct Expect {
 };
 
 // `world` fresh processes recover through recover_latest and check every byte.
-void expect_recover(int world, const Dirs &d, Expect want) {
+void expect_recover(int world, const Dirs& d, Expect want) {
   auto r = run_ranks(
       world,
-      [&](Communicator &comm) -> Status {
+      [&](Communicator& comm) -> Status {
         KILN_ASSIGN_OR_RETURN(auto tier, tier_for(d.mem, &comm));
         LoadOptions o{comm.rank(), comm.size(), &comm, std::chrono::seconds(20)};
         bool from_memory = false;
@@ -95,12 +95,12 @@ void expect_recover(int world, const Dirs &d, Expect want) {
   ASSERT_TRUE(r.ok()) << r.report;
 }
 
-std::vector<std::string> names(const std::string &dir) {
+std::vector<std::string> names(const std::string& dir) {
   auto r = internal::list_dir(dir);
   return r.is_ok() ? *r : std::vector<std::string>{};
 }
 
-void flip_byte(const std::string &path, off_t offset) {
+void flip_byte(const std::string& path, off_t offset) {
   int fd = ::open(path.c_str(), O_RDWR);
   ASSERT_GE(fd, 0) << path;
   unsigned char b = 0;
@@ -182,7 +182,7 @@ TEST(MemoryTier, NothingAnywhereIsNotFoundOnEveryRank) {
   Dirs d;
   auto r = run_ranks(
       2,
-      [&](Communicator &comm) -> Status {
+      [&](Communicator& comm) -> Status {
         KILN_ASSIGN_OR_RETURN(auto tier, tier_for(d.mem, &comm));
         auto st = tier->recover();
         if (st.status().code() != Code::kNotFound) {

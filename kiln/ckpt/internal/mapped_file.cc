@@ -15,7 +15,7 @@ std::byte kEmpty[1];
 
 }  // namespace
 
-Result<MappedFile> MappedFile::open_read(const std::string &path) {
+Result<MappedFile> MappedFile::open_read(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno_status("open " + path, errno);
   struct stat st;
@@ -29,14 +29,14 @@ Result<MappedFile> MappedFile::open_read(const std::string &path) {
     ::close(fd);
     return MappedFile(kEmpty, 0);
   }
-  void *p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
+  void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   int e = errno;
   ::close(fd);
   if (p == MAP_FAILED) return errno_status("mmap " + path, e);
-  return MappedFile(static_cast<std::byte *>(p), size);
+  return MappedFile(static_cast<std::byte*>(p), size);
 }
 
-Result<MappedFile> MappedFile::create(const std::string &path, std::size_t size) {
+Result<MappedFile> MappedFile::create(const std::string& path, std::size_t size) {
   int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return errno_status("create " + path, errno);
   if (size == 0) {
@@ -51,14 +51,14 @@ Result<MappedFile> MappedFile::create(const std::string &path, std::size_t size)
     ::unlink(path.c_str());
     return errno_status("allocate " + std::to_string(size) + " bytes for " + path, err);
   }
-  void *p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
   int e = errno;
   ::close(fd);
   if (p == MAP_FAILED) return errno_status("mmap " + path, e);
-  return MappedFile(static_cast<std::byte *>(p), size);
+  return MappedFile(static_cast<std::byte*>(p), size);
 }
 
-MappedFile::MappedFile(MappedFile &&o) noexcept : data_(o.data_), size_(o.size_) {
+MappedFile::MappedFile(MappedFile&& o) noexcept : data_(o.data_), size_(o.size_) {
   o.data_ = nullptr;
   o.size_ = 0;
 }

@@ -13,21 +13,21 @@ namespace kiln::ckpt::internal {
 class MappedFile {
  public:
   // Maps an existing file read-only.
-  static Result<MappedFile> open_read(const std::string &path);
+  static Result<MappedFile> open_read(const std::string& path);
   // Creates (truncating) a file of `size` bytes and maps it writable.
   // ResourceExhausted when the filesystem has no room for it.
-  static Result<MappedFile> create(const std::string &path, std::size_t size);
+  static Result<MappedFile> create(const std::string& path, std::size_t size);
 
-  MappedFile(MappedFile &&o) noexcept;
-  MappedFile &operator=(MappedFile &&) = delete;
+  MappedFile(MappedFile&& o) noexcept;
+  MappedFile& operator=(MappedFile&&) = delete;
   ~MappedFile();
 
-  std::byte *data() const { return data_; }
+  std::byte* data() const { return data_; }
   std::size_t size() const { return size_; }
 
  private:
-  MappedFile(std::byte *data, std::size_t size) : data_(data), size_(size) {}
-  std::byte *data_;
+  MappedFile(std::byte* data, std::size_t size) : data_(data), size_(size) {}
+  std::byte* data_;
   std::size_t size_;
 };
 
