@@ -36,18 +36,47 @@ std::string record_json(std::int64_t step, int world, const ShardRecord& rec) {
   return j.dump();
 }
 
+// The shard record inside a record JSON of step `step` taken at `world`
+// ranks; DataLoss naming `where` otherwise.
+Result<ShardRecord> parse_record(const std::string& text, std::int64_t step, int world,
+                                 const std::string& where) {
+  auto j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded() || !j.contains("shard") || j.value("step", -1LL) != step ||
+      j.value("world_size", -1) != world) {
+    return data_loss(
+        fmt::format("{}: snapshot record missing, malformed, or not of step {} at {} "
+                    "ranks",
+                    where, step, world));
+  }
+  return parse_shard_record(j["shard"].dump(), where);
+}
+
+// A snapshot's two files as sent to a peer: its record JSON and its mapped
+// shard bytes; both empty when either cannot be read (the peer then gets a
+// zero-length record and rejects or skips it).
+struct SnapshotFiles {
+  std::string json;
+  std::optional<MappedFile> bin;
+};
+
+SnapshotFiles open_snapshot(const std::string& step_dir, int rank) {
+  SnapshotFiles f;
+  auto j = internal::read_file(step_dir + "/" + record_name(rank));
+  auto m = MappedFile::open_read(step_dir + "/" + shard_file_name(rank));
+  if (j.is_ok() && m.is_ok()) {
+    f.json = std::move(*j);
+    f.bin.emplace(std::move(*m));
+  }
+  return f;
+}
+
 // A complete snapshot of `rank` taken at `world` ranks, or nullopt (absent,
 // torn, or from another world size) — recovery then looks elsewhere.
 std::optional<ShardRecord> read_snapshot(const std::string& step_dir, std::int64_t step, int rank,
                                          int world) {
   auto text = internal::read_file(step_dir + "/" + record_name(rank));
   if (!text.is_ok()) return std::nullopt;
-  auto j = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.contains("shard") || j.value("step", -1LL) != step ||
-      j.value("world_size", -1) != world) {
-    return std::nullopt;
-  }
-  auto rec = parse_shard_record(j["shard"].dump(), step_dir);
+  auto rec = parse_record(*text, step, world, step_dir);
   if (!rec.is_ok() || rec->rank != rank) return std::nullopt;
   auto size = internal::file_size(step_dir + "/" + rec->file);
   if (!size.is_ok() || *size != rec->bytes) return std::nullopt;
@@ -165,16 +194,9 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
 Status MemoryTier::exchange(std::int64_t step, const std::string& dir, const Status& own) {
   if (world_ == 1) return Status::ok();
   const int to = (rank_ + 1) % world_, from = (rank_ + world_ - 1) % world_;
-  std::string my_json;
-  std::optional<MappedFile> my_bin;
-  if (own.is_ok()) {
-    auto j = internal::read_file(dir + "/" + record_name(rank_));
-    auto m = MappedFile::open_read(dir + "/" + shard_file_name(rank_));
-    if (j.is_ok() && m.is_ok()) {
-      my_json = std::move(*j);
-      my_bin.emplace(std::move(*m));
-    }
-  }
+  SnapshotFiles my = own.is_ok() ? open_snapshot(dir, rank_) : SnapshotFiles{};
+  std::string& my_json = my.json;
+  std::optional<MappedFile>& my_bin = my.bin;
   std::int64_t mine[2] = {static_cast<std::int64_t>(my_json.size()),
                           static_cast<std::int64_t>(my_bin ? my_bin->size() : 0)};
   std::int64_t theirs[2] = {0, 0};
@@ -274,18 +296,11 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   const std::string dir = rank_dir_ + "/" + step_dir_name(step);
   const auto t = options_.timeout;
   auto* comm = options_.comm;
-  std::string send_json;
-  std::optional<MappedFile> send_bin;
-  if (pred_needs) {
-    // Present: the feasibility check saw it. An unreadable file sends a
-    // zero-length record, which the predecessor rejects.
-    auto j = internal::read_file(dir + "/" + record_name(to));
-    auto m = MappedFile::open_read(dir + "/" + shard_file_name(to));
-    if (j.is_ok() && m.is_ok()) {
-      send_json = std::move(*j);
-      send_bin.emplace(std::move(*m));
-    }
-  }
+  // Present: the feasibility check saw it. An unreadable file sends a
+  // zero-length record, which the predecessor rejects.
+  SnapshotFiles out = pred_needs ? open_snapshot(dir, to) : SnapshotFiles{};
+  std::string& send_json = out.json;
+  std::optional<MappedFile>& send_bin = out.bin;
   std::int64_t head_out[2] = {static_cast<std::int64_t>(send_json.size()),
                               static_cast<std::int64_t>(send_bin ? send_bin->size() : 0)};
   std::int64_t head_in[2] = {0, 0};
@@ -320,11 +335,7 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
                   need_fetch ? " (replica from rank " + std::to_string(from) + ")" : "");
   ShardRecord rec;
   if (need_fetch) {
-    auto j = nlohmann::json::parse(recv_json, nullptr, false);
-    if (j.is_discarded() || !j.contains("shard")) {
-      return data_loss(where + ": the replica's record is missing or malformed");
-    }
-    KILN_ASSIGN_OR_RETURN(rec, parse_shard_record(j["shard"].dump(), where));
+    KILN_ASSIGN_OR_RETURN(rec, parse_record(recv_json, step, world_, where));
     if (rec.rank != rank_ || rec.bytes != recv_bin.size()) {
       return data_loss(
           fmt::format("{}: replica is of rank {} with {} bytes, expected rank {} with {}", where,
