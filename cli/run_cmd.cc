@@ -1,0 +1,245 @@
+// `kiln run`: the elastic launcher (torchrun-compatible flags). One agent
+// per node; see kiln/elastic/agent.h and docs/elastic.md.
+//
+//   kiln run -n 4 -- CMD ARGS...                      one node, embedded store
+//   kiln run --nnodes 1:2 --nproc-per-node 2 --rdzv-endpoint HOST:PORT --rdzv-id JOB -- CMD...
+//
+// With an endpoint, the agent that can bind HOST:PORT serves the store
+// there (like torchrun's c10d backend); the others connect to it. A
+// standalone `kiln store serve --port P` keeps the store alive whichever
+// node fails.
+#include <fmt/format.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cli/command.h"
+#include "kiln/base/backoff.h"
+#include "kiln/base/logging.h"
+#include "kiln/elastic/agent.h"
+#include "kiln/store/prefix_store.h"
+#include "kiln/store/tcp/client.h"
+#include "kiln/store/tcp/server.h"
+
+namespace kiln::cli {
+namespace {
+
+struct RunArgs {
+  std::string nnodes = "1:1";
+  int nproc_per_node = 1;
+  std::string rdzv_backend = "tcp";
+  std::string rdzv_endpoint;
+  std::string rdzv_id = "default";
+  std::string node_id;
+  int max_restarts = 3;
+  double hang_timeout_s = 30;
+  double startup_timeout_s = 300;
+  double node_ttl_s = 10;
+  double last_call_s = 2;
+  double join_timeout_s = 600;
+  double stop_grace_s = 30;
+  double monitor_interval_s = 0.1;
+  double backoff_base_s = 1;
+  double backoff_cap_s = 30;
+  int node_failure_limit = 3;
+  std::string events;
+  std::vector<std::string> command;
+};
+
+Clock::duration secs(double s) {
+  return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(s));
+}
+
+Status parse_nnodes(const std::string& text, int& min, int& max) {
+  auto parse = [](std::string_view s, int& out) {
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+    return ec == std::errc() && p == s.data() + s.size();
+  };
+  auto colon = text.find(':');
+  bool ok = colon == std::string::npos ? parse(text, min) && parse(text, max)
+                                       : parse(std::string_view(text).substr(0, colon), min) &&
+                                             parse(std::string_view(text).substr(colon + 1), max);
+  if (!ok || min < 1 || max < min) {
+    return invalid_argument(
+        fmt::format("kiln run: --nnodes {:?}: expected N or MIN:MAX with 1 <= MIN <= MAX", text));
+  }
+  return Status::ok();
+}
+
+Status parse_endpoint(const std::string& text, std::string& host, int& port) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos || colon == 0) {
+    return invalid_argument(
+        fmt::format("kiln run: --rdzv-endpoint {:?}: expected HOST:PORT", text));
+  }
+  host = text.substr(0, colon);
+  std::string_view p = std::string_view(text).substr(colon + 1);
+  auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), port);
+  if (ec != std::errc() || end != p.data() + p.size() || port <= 0 || port > 65535) {
+    return invalid_argument(
+        fmt::format("kiln run: --rdzv-endpoint {:?}: {:?} is not a port", text, p));
+  }
+  return Status::ok();
+}
+
+std::string hostname() {
+  char buf[256] = {};
+  if (gethostname(buf, sizeof(buf) - 1) != 0) return "localhost";
+  return buf;
+}
+
+elastic::Agent* g_agent = nullptr;
+
+void on_stop_signal(int) {
+  if (g_agent != nullptr) g_agent->request_stop();
+}
+
+// Connects to the rendezvous store, retrying while it is not up yet (the
+// agents of a job start in any order).
+Result<std::shared_ptr<store::Store>> connect_store(const std::string& host, int port,
+                                                    Clock::duration op_timeout, Deadline deadline) {
+  store::tcp::TcpStoreOptions options;
+  options.connect_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(op_timeout);
+  options.default_timeout = options.connect_timeout;
+  Backoff backoff({.base = std::chrono::milliseconds(200), .cap = std::chrono::seconds(5)});
+  while (true) {
+    auto s = store::tcp::TcpStore::connect(host, static_cast<std::uint16_t>(port), options);
+    if (s.is_ok()) return std::shared_ptr<store::Store>(std::move(*s));
+    if (!backoff.sleep_before_retry(deadline)) {
+      return s.status().with_context(
+          fmt::format("kiln run: reaching the rendezvous store at {}:{}", host, port));
+    }
+  }
+}
+
+Status run(const RunArgs& a) {
+  if (a.command.empty())
+    return invalid_argument("kiln run: no command given (kiln run -n N -- CMD ARGS...)");
+  if (a.rdzv_backend == "etcd") {
+    return failed_precondition(
+        "kiln run: --rdzv-backend etcd is not available in this build yet; use tcp (the default) "
+        "with --rdzv-endpoint HOST:PORT, or a `kiln store serve` there");
+  }
+  if (a.rdzv_backend != "tcp" && a.rdzv_backend != "c10d") {
+    return invalid_argument(
+        fmt::format("kiln run: --rdzv-backend {:?}: expected tcp or etcd", a.rdzv_backend));
+  }
+  elastic::AgentOptions o;
+  KILN_RETURN_IF_ERROR(parse_nnodes(a.nnodes, o.min_nodes, o.max_nodes));
+  o.command = a.command;
+  o.run_id = a.rdzv_id;
+  o.nproc_per_node = a.nproc_per_node;
+  o.self = {a.node_id.empty() ? hostname() : a.node_id, hostname()};
+  o.policy.max_restarts = a.max_restarts;
+  o.policy.backoff_base = secs(a.backoff_base_s);
+  o.policy.backoff_cap = secs(a.backoff_cap_s);
+  o.policy.node_failure_limit = a.node_failure_limit;
+  o.hang_timeout = secs(a.hang_timeout_s);
+  o.startup_timeout = secs(a.startup_timeout_s);
+  o.node_ttl = secs(a.node_ttl_s);
+  o.last_call = secs(a.last_call_s);
+  o.join_timeout = secs(a.join_timeout_s);
+  o.stop_grace = secs(a.stop_grace_s);
+  o.monitor_interval = secs(a.monitor_interval_s);
+  o.events_path = a.events;
+
+  // The store: embedded on loopback, or served by whichever agent can bind
+  // the endpoint, or someone else's.
+  store::tcp::TcpStoreServer server;
+  std::string host = "127.0.0.1";
+  int port = 0;
+  if (a.rdzv_endpoint.empty()) {
+    if (o.max_nodes > 1) {
+      return invalid_argument(
+          "kiln run: --nnodes above 1 needs --rdzv-endpoint HOST:PORT that every node reaches");
+    }
+    KILN_RETURN_IF_ERROR(
+        server.start(host, 0).with_context("kiln run: serving the embedded store"));
+    port = server.port();
+    o.hosts_store = true;
+  } else {
+    KILN_RETURN_IF_ERROR(parse_endpoint(a.rdzv_endpoint, host, port));
+    o.hosts_store = server.start(host, static_cast<std::uint16_t>(port)).is_ok();
+    if (o.hosts_store) log()->info("kiln run: serving the rendezvous store on {}:{}", host, port);
+  }
+  o.master_addr = host;
+  o.master_port = port;
+  Clock::duration op_timeout = std::min(secs(5), o.node_ttl / 2);
+  KILN_ASSIGN_OR_RETURN(auto base,
+                        connect_store(host, port, op_timeout, Deadline::after(o.join_timeout)));
+  auto job = std::make_shared<store::PrefixStore>("rdzv/" + a.rdzv_id, base);
+
+  elastic::Agent agent(job, o);
+  g_agent = &agent;
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  Status s = agent.run();
+  g_agent = nullptr;
+  return s;
+}
+
+const CommandRegistration kRegister("", [](CLI::App& parent) {
+  auto a = std::make_shared<RunArgs>();
+  auto* cmd = parent.add_subcommand(
+      "run",
+      "Elastic launcher: run workers on this node, restart them on failure, re-form the job "
+      "when nodes leave or join (torchrun-compatible flags; docs/elastic.md)");
+  cmd->add_option("-n,--nproc-per-node,--nproc_per_node", a->nproc_per_node, "workers on this node")
+      ->capture_default_str();
+  cmd->add_option("--nnodes", a->nnodes, "nodes in the job: N or MIN:MAX")->capture_default_str();
+  cmd->add_option("--rdzv-backend,--rdzv_backend", a->rdzv_backend, "tcp (kiln store) or etcd")
+      ->capture_default_str();
+  cmd->add_option("--rdzv-endpoint,--rdzv_endpoint", a->rdzv_endpoint,
+                  "HOST:PORT of the rendezvous store (default: embedded, one node)");
+  cmd->add_option("--rdzv-id,--rdzv_id", a->rdzv_id, "job id: agents with the same id form one job")
+      ->capture_default_str();
+  cmd->add_option("--node-id", a->node_id,
+                  "this node's stable name (default: the hostname); ranks follow its sort order");
+  cmd->add_option("--max-restarts,--max_restarts", a->max_restarts,
+                  "re-forms before the job gives up")
+      ->capture_default_str();
+  cmd->add_option("--hang-timeout", a->hang_timeout_s,
+                  "seconds without a worker heartbeat before it counts as hung (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--startup-timeout", a->startup_timeout_s,
+                  "seconds a worker may take to its first heartbeat (0: off)")
+      ->capture_default_str();
+  cmd->add_option("--node-ttl", a->node_ttl_s,
+                  "seconds without a node heartbeat before the node counts as lost")
+      ->capture_default_str();
+  cmd->add_option("--last-call", a->last_call_s,
+                  "seconds a round waits for more nodes once MIN joined")
+      ->capture_default_str();
+  cmd->add_option("--join-timeout", a->join_timeout_s, "seconds to wait for a round to form")
+      ->capture_default_str();
+  cmd->add_option("--stop-grace", a->stop_grace_s,
+                  "seconds workers get to checkpoint and exit after SIGTERM")
+      ->capture_default_str();
+  cmd->add_option("--monitor-interval", a->monitor_interval_s, "seconds between health checks")
+      ->capture_default_str();
+  cmd->add_option("--backoff-base", a->backoff_base_s,
+                  "first restart delay, seconds (doubles each time, jittered)")
+      ->capture_default_str();
+  cmd->add_option("--backoff-cap", a->backoff_cap_s, "largest restart delay, seconds")
+      ->capture_default_str();
+  cmd->add_option("--node-failure-limit", a->node_failure_limit,
+                  "failures of one node within 10 minutes after which it leaves the job")
+      ->capture_default_str();
+  cmd->add_option("--events", a->events,
+                  "append every decision as a JSON line (with wall-clock time) to FILE");
+  cmd->add_option("command", a->command, "the worker command and its arguments (after --)")
+      ->required();
+  cmd->callback(run_status([a] { return run(*a); }));
+});
+
+}  // namespace
+}  // namespace kiln::cli

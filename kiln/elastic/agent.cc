@@ -1,0 +1,272 @@
+#include "kiln/elastic/agent.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <signal.h>
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "kiln/base/logging.h"
+#include "kiln/elastic/liveness.h"
+
+namespace kiln::elastic {
+namespace {
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::string key(std::int64_t generation, std::string_view what) {
+  return fmt::format("g{}/{}", generation, what);
+}
+
+Result<bool> exists(store::Store& store, const std::string& k) {
+  std::string keys[] = {k};
+  return store.check(keys);
+}
+
+}  // namespace
+
+Agent::Agent(std::shared_ptr<store::Store> job_store, AgentOptions options)
+    : store_(std::move(job_store)),
+      options_(std::move(options)),
+      rendezvous_(store_, RendezvousOptions{.self = options_.self,
+                                            .min_nodes = options_.min_nodes,
+                                            .max_nodes = options_.max_nodes,
+                                            .last_call = options_.last_call}),
+      policy_(options_.policy) {
+  if (!options_.events_path.empty()) events_ = std::fopen(options_.events_path.c_str(), "a");
+  if (!options_.events_path.empty() && events_ == nullptr) {
+    log()->warn("kiln run: cannot open --events file {}: {}", options_.events_path,
+                std::strerror(errno));
+  }
+}
+
+Agent::~Agent() {
+  if (events_ != nullptr) std::fclose(events_);
+}
+
+void Agent::event(const std::string& name, const Round* round, const Failure* failure,
+                  const Decision* decision, const std::string& note) {
+  nlohmann::json j;
+  j["event"] = name;
+  j["node"] = options_.self.id;
+  if (round != nullptr) {
+    j["generation"] = round->generation;
+    j["nodes"] = round->num_nodes();
+    j["world_size"] = round->num_nodes() * options_.nproc_per_node;
+  }
+  if (failure != nullptr) {
+    j["failed_node"] = failure->node;
+    if (failure->local_rank >= 0) j["local_rank"] = failure->local_rank;
+    j["detail"] = failure->detail;
+  }
+  if (decision != nullptr) {
+    j["class"] = failure_class_name(decision->failure_class);
+    j["action"] = action_name(decision->action);
+    j["delay_s"] = seconds(decision->delay);
+    j["reason"] = decision->reason;
+  }
+  if (!note.empty()) j["note"] = note;
+  std::string line = j.dump();
+  if (failure != nullptr || decision != nullptr) {
+    log()->warn("elastic {}", line);
+  } else {
+    log()->info("elastic {}", line);
+  }
+  if (events_ != nullptr) {
+    j["time"] =
+        std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+    std::fprintf(events_, "%s\n", j.dump().c_str());
+    std::fflush(events_);
+  }
+}
+
+Agent::Observation Agent::monitor(const Round& round, WorkerGroup& group) {
+  std::vector<std::string> others;
+  for (const auto& n : round.nodes) {
+    if (n.id != options_.self.id) others.push_back(n.id);
+  }
+  LivenessMonitor liveness(store_, options_.node_ttl);
+  liveness.watch(others);
+  HeartbeatPublisher heartbeat(store_, options_.self.id, options_.node_ttl / 5);
+  const std::int64_t g = round.generation;
+  Observation o;
+  while (true) {
+    if (stop_requested_.load()) {
+      o.outcome = Outcome::kPreempted;
+      return o;
+    }
+    WorkerGroupState s = group.poll(options_.monitor_interval);
+    if (s.kind == WorkerGroupState::Kind::kSucceeded) {
+      o.outcome = Outcome::kFinished;
+      return o;
+    }
+    if (s.kind == WorkerGroupState::Kind::kFailed || s.kind == WorkerGroupState::Kind::kHung) {
+      o.outcome = Outcome::kLocalFailure;
+      o.failure = Failure{s.kind == WorkerGroupState::Kind::kHung ? FailureKind::kWorkerHang
+                                                                  : FailureKind::kWorkerExit,
+                          options_.self.id, s.local_rank, s.detail};
+      return o;
+    }
+    // Cut off from the store for a TTL: the others will re-form without us.
+    if (Clock::now() - heartbeat.last_success() > options_.node_ttl) {
+      o.outcome = Outcome::kStoreLost;
+      o.failure =
+          Failure{FailureKind::kNodeLost, options_.self.id, -1, heartbeat.last_error().to_string()};
+      return o;
+    }
+    auto generation = rendezvous_.current_generation();
+    if (!generation.is_ok()) continue;  // the heartbeat check above decides
+    if (*generation > g) {
+      o.outcome = Outcome::kReformed;
+      o.next_generation = *generation;
+      return o;
+    }
+    auto lost = liveness.lost();
+    if (lost.is_ok() && !lost->empty()) {
+      // A node whose workers finished stops heartbeating: that is not a loss.
+      std::vector<std::string> gone;
+      for (const auto& id : *lost) {
+        auto done = exists(*store_, key(g, "done/" + id));
+        if (done.is_ok() && !*done) gone.push_back(id);
+      }
+      if (!gone.empty()) {
+        o.outcome = Outcome::kPeerLost;
+        o.lost_nodes = static_cast<int>(gone.size());
+        o.failure = Failure{
+            FailureKind::kNodeLost, fmt::format("{}", fmt::join(gone, ",")), -1,
+            fmt::format("no heartbeat for {:.1f} s (--node-ttl)", seconds(options_.node_ttl))};
+        return o;
+      }
+    }
+    if (round.num_nodes() < options_.max_nodes) {
+      auto waiting = rendezvous_.joined(g + 1);
+      if (waiting.is_ok() && *waiting > 0) {
+        o.outcome = Outcome::kScaleUp;
+        return o;
+      }
+    }
+  }
+}
+
+Status Agent::finish(const Round& round) {
+  const std::int64_t g = round.generation;
+  KILN_RETURN_IF_ERROR(store_->set(key(g, "done/" + options_.self.id), "1"));
+  event("finished", &round, nullptr, nullptr);
+  if (!options_.hosts_store) return Status::ok();
+  // The others still need the store until their workers are through.
+  std::vector<std::string> keys;
+  for (const auto& n : round.nodes) keys.push_back(key(g, "done/" + n.id));
+  Status s = store_->wait(keys, Deadline::after(options_.finish_linger));
+  if (!s.is_ok()) log()->warn("kiln run: not every node reported finishing: {}", s.to_string());
+  return Status::ok();
+}
+
+Result<Round> Agent::join(std::int64_t floor) {
+  // An unreachable store (a link down, the store restarting) is retried
+  // with backoff until the join timeout; other errors end the agent.
+  Deadline deadline = Deadline::after(options_.join_timeout);
+  Backoff backoff({.base = std::chrono::seconds(1), .cap = std::chrono::seconds(10)});
+  while (true) {
+    auto joined = rendezvous_.join(floor, deadline);
+    if (joined.is_ok()) return joined;
+    Status s = joined.status().with_context(
+        fmt::format("kiln run: node {} joining job {:?}", options_.self.id, options_.run_id));
+    if (s.code() != Code::kUnavailable || !backoff.sleep_before_retry(deadline)) return s;
+    log()->warn("{}; retrying (attempt {})", s.to_string(), backoff.attempts());
+  }
+}
+
+Status Agent::run() {
+  std::int64_t floor = 1;
+  while (true) {
+    KILN_ASSIGN_OR_RETURN(const Round round, join(floor));
+    const std::int64_t g = round.generation;
+    event("round_formed", &round, nullptr, nullptr,
+          fmt::format("group rank {} of {}", round.group_rank, round.num_nodes()));
+
+    WorkerGroupSpec spec{.command = options_.command,
+                         .nproc_per_node = options_.nproc_per_node,
+                         .group_rank = round.group_rank,
+                         .num_nodes = round.num_nodes(),
+                         .master_addr = options_.master_addr,
+                         .master_port = options_.master_port,
+                         .run_id = options_.run_id,
+                         .generation = g,
+                         .max_restarts = options_.policy.max_restarts,
+                         .hang_timeout = options_.hang_timeout,
+                         .startup_timeout = options_.startup_timeout};
+    KILN_ASSIGN_OR_RETURN(auto group, WorkerGroup::start(spec));
+    Observation o = monitor(round, *group);
+    const int members = round.num_nodes();
+    const int restarts = static_cast<int>(g - 1);
+
+    switch (o.outcome) {
+      case Outcome::kFinished: {
+        // Every worker exited 0: the end of training, or a stop someone asked for.
+        auto stopping = exists(*store_, key(g, "stopping"));
+        if (stopping.is_ok() && *stopping) {
+          event("stopped_for_reform", &round, nullptr, nullptr);
+          KILN_RETURN_IF_ERROR(rendezvous_.open_next(g, members));
+          floor = g + 1;
+          continue;
+        }
+        return finish(round);
+      }
+      case Outcome::kPreempted: {
+        KILN_RETURN_IF_ERROR(store_->set(key(g, "stopping"), "preempt " + options_.self.id));
+        int clean = group->stop(options_.stop_grace);
+        event("preempted", &round, nullptr, nullptr,
+              fmt::format("{} of {} workers stopped cleanly", clean, options_.nproc_per_node));
+        // Leave the job: the others re-form without this node.
+        KILN_RETURN_IF_ERROR(store_->set(key(g, "done/" + options_.self.id), "preempted"));
+        KILN_RETURN_IF_ERROR(rendezvous_.open_next(g, members - 1));
+        return Status::ok();
+      }
+      case Outcome::kScaleUp: {
+        KILN_RETURN_IF_ERROR(store_->set(key(g, "stopping"), "scale-up"));
+        event("scale_up", &round, nullptr, nullptr, "nodes are waiting: stopping at a checkpoint");
+        group->stop(options_.stop_grace);
+        KILN_RETURN_IF_ERROR(rendezvous_.open_next(g, members));
+        floor = g + 1;
+        continue;
+      }
+      case Outcome::kReformed:
+        group->kill_all();
+        event("reform_requested", &round, nullptr, nullptr,
+              fmt::format("generation {} opened by another node", o.next_generation));
+        floor = o.next_generation;
+        continue;
+      case Outcome::kStoreLost: {
+        group->kill_all();
+        event("store_lost", &round, &o.failure, nullptr, "rejoining when the store is back");
+        floor = g + 1;
+        continue;
+      }
+      case Outcome::kLocalFailure:
+      case Outcome::kPeerLost: {
+        group->kill_all();
+        Decision d = policy_.decide(o.failure, restarts, group->started_at());
+        event(std::string(failure_kind_name(o.failure.kind)), &round, &o.failure, &d);
+        if (d.action == Action::kGiveUp) {
+          return aborted(fmt::format("kiln run: giving up on job {:?} after {} restarts: {} ({})",
+                                     options_.run_id, restarts, o.failure.detail, d.reason));
+        }
+        bool self_excluded = d.action == Action::kExcludeNode && o.failure.node == options_.self.id;
+        int expected = members - (o.outcome == Outcome::kPeerLost ? o.lost_nodes : 0) -
+                       (self_excluded ? 1 : 0);
+        KILN_RETURN_IF_ERROR(rendezvous_.open_next(g, expected));
+        if (self_excluded) {
+          return aborted(fmt::format("kiln run: node {} leaves job {:?}: {}", options_.self.id,
+                                     options_.run_id, d.reason));
+        }
+        std::this_thread::sleep_for(d.delay);  // the backoff the policy chose
+        floor = g + 1;
+        continue;
+      }
+    }
+  }
+}
+
+}  // namespace kiln::elastic

@@ -1,0 +1,264 @@
+#include "kiln/elastic/worker_group.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+
+#include "kiln/elastic/worker_env.h"
+
+namespace kiln::elastic {
+
+struct WorkerGroup::Worker {
+  int local_rank = 0;
+  int rank = 0;
+  pid_t pid = -1;
+  int out_fd = -1;  // stdout and stderr, merged
+  int heartbeat_fd = -1;
+  std::string pending;
+  bool exited = false;
+  int status = 0;
+  std::int64_t beats = 0;
+  Clock::time_point last_beat{};  // epoch until the first heartbeat
+};
+
+namespace {
+
+double seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+std::string describe_exit(int status) {
+  if (WIFSIGNALED(status)) {
+    return fmt::format("killed by signal {} ({})", WTERMSIG(status), strsignal(WTERMSIG(status)));
+  }
+  return fmt::format("exited with code {}", WEXITSTATUS(status));
+}
+
+bool succeeded(int status) { return WIFEXITED(status) && WEXITSTATUS(status) == 0; }
+
+}  // namespace
+
+WorkerGroup::WorkerGroup(WorkerGroupSpec spec) : spec_(std::move(spec)) {}
+
+Result<std::unique_ptr<WorkerGroup>> WorkerGroup::start(const WorkerGroupSpec& spec) {
+  if (spec.command.empty()) return invalid_argument("kiln run: no worker command given");
+  if (spec.nproc_per_node < 1)
+    return invalid_argument("kiln run: --nproc-per-node must be at least 1");
+  std::unique_ptr<WorkerGroup> group(new WorkerGroup(spec));
+  group->started_at_ = Clock::now();
+  for (int i = 0; i < spec.nproc_per_node; ++i) {
+    Status s = group->spawn(i);
+    if (!s.is_ok()) return s.with_context(fmt::format("starting local worker {}", i));
+  }
+  return group;
+}
+
+Status WorkerGroup::spawn(int local_rank) {
+  auto w = std::make_unique<Worker>();
+  w->local_rank = local_rank;
+  w->rank = spec_.group_rank * spec_.nproc_per_node + local_rank;
+  int out[2], beat[2];
+  if (pipe2(out, O_CLOEXEC) != 0) return errno_status("pipe", errno);
+  if (pipe2(beat, O_CLOEXEC | O_NONBLOCK) != 0) {
+    close(out[0]);
+    close(out[1]);
+    return errno_status("pipe", errno);
+  }
+  // Built before fork: the child only calls async-signal-safe functions.
+  auto env = worker_environment(spec_, local_rank, beat[1]);
+  std::vector<char*> envp;
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  std::vector<char*> argv;
+  for (const auto& a : spec_.command) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  pid_t parent = getpid();
+
+  pid_t pid = fork();
+  if (pid < 0) return errno_status("fork", errno);
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);  // the agent died before prctl
+    setpgid(0, 0);
+    dup2(out[1], STDOUT_FILENO);
+    dup2(out[1], STDERR_FILENO);
+    // The heartbeat end stays open across exec (and blocking writes never
+    // stall the worker: it is non-blocking).
+    fcntl(beat[1], F_SETFD, 0);
+    execvpe(argv[0], argv.data(), envp.data());
+    dprintf(STDERR_FILENO, "kiln run: cannot run %s: %s\n", argv[0], strerror(errno));
+    _exit(127);
+  }
+  setpgid(pid, pid);  // also here, so a kill right after fork reaches the group
+  close(out[1]);
+  close(beat[1]);
+  fcntl(out[0], F_SETFL, O_NONBLOCK);
+  w->pid = pid;
+  w->out_fd = out[0];
+  w->heartbeat_fd = beat[0];
+  workers_.push_back(std::move(w));
+  return Status::ok();
+}
+
+WorkerGroup::~WorkerGroup() { kill_all(); }
+
+void WorkerGroup::forward(Worker& w, bool flush_all) {
+  size_t start = 0, nl;
+  while ((nl = w.pending.find('\n', start)) != std::string::npos) {
+    std::printf("[rank %d] %.*s\n", w.rank, static_cast<int>(nl - start), w.pending.data() + start);
+    start = nl + 1;
+  }
+  w.pending.erase(0, start);
+  if (flush_all && !w.pending.empty()) {
+    std::printf("[rank %d] %s\n", w.rank, w.pending.c_str());
+    w.pending.clear();
+  }
+  std::fflush(stdout);
+}
+
+void WorkerGroup::pump(Clock::duration wait) {
+  std::vector<pollfd> fds;
+  for (auto& w : workers_) {
+    if (w->out_fd >= 0) fds.push_back({w->out_fd, POLLIN, 0});
+    if (w->heartbeat_fd >= 0) fds.push_back({w->heartbeat_fd, POLLIN, 0});
+  }
+  int ms = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(wait).count());
+  if (!fds.empty()) {
+    ::poll(fds.data(), fds.size(), ms);
+  } else if (ms > 0) {
+    // Nothing to read: wait for a child to exit instead (bounded).
+    struct timespec ts {
+      ms / 1000, (ms % 1000) * 1000000L
+    };
+    nanosleep(&ts, nullptr);
+  }
+  auto now = Clock::now();
+  for (auto& w : workers_) {
+    char buf[65536];
+    ssize_t r;
+    if (w->heartbeat_fd >= 0) {
+      while ((r = read(w->heartbeat_fd, buf, sizeof(buf))) > 0) {
+        w->beats += r;
+        w->last_beat = now;
+      }
+      if (r == 0) {
+        close(w->heartbeat_fd);
+        w->heartbeat_fd = -1;
+      }
+    }
+    if (w->out_fd >= 0) {
+      while ((r = read(w->out_fd, buf, sizeof(buf))) > 0)
+        w->pending.append(buf, static_cast<size_t>(r));
+      forward(*w, false);
+      if (r == 0) {
+        forward(*w, true);
+        close(w->out_fd);
+        w->out_fd = -1;
+      }
+    }
+  }
+}
+
+void WorkerGroup::reap() {
+  for (auto& w : workers_) {
+    if (w->exited) continue;
+    if (waitpid(w->pid, &w->status, WNOHANG) == w->pid) w->exited = true;
+  }
+}
+
+WorkerGroupState WorkerGroup::poll(Clock::duration wait) {
+  pump(wait);
+  reap();
+  WorkerGroupState state;
+  auto now = Clock::now();
+  for (auto& w : workers_) {
+    if (!w->exited) {
+      ++state.running;
+      bool beating = w->beats > 0;
+      auto limit = beating ? spec_.hang_timeout : spec_.startup_timeout;
+      auto since = beating ? w->last_beat : started_at_;
+      if (limit.count() > 0 && now - since > limit &&
+          state.kind == WorkerGroupState::Kind::kRunning) {
+        state.kind = WorkerGroupState::Kind::kHung;
+        state.local_rank = w->local_rank;
+        state.detail =
+            beating
+                ? fmt::format("no heartbeat for {:.1f} s (after {} steps; --hang-timeout {:.0f} s)",
+                              seconds(now - since), w->beats, seconds(limit))
+                : fmt::format("no first heartbeat within {:.1f} s of its start", seconds(limit));
+      }
+    } else if (!succeeded(w->status)) {
+      if (state.kind != WorkerGroupState::Kind::kFailed) {
+        state.kind = WorkerGroupState::Kind::kFailed;
+        state.local_rank = w->local_rank;
+        state.detail = describe_exit(w->status);
+      }
+    }
+  }
+  if (state.kind == WorkerGroupState::Kind::kRunning && state.running == 0) {
+    state.kind = WorkerGroupState::Kind::kSucceeded;
+  }
+  return state;
+}
+
+void WorkerGroup::signal_all(int signal) {
+  for (auto& w : workers_) {
+    if (!w->exited) kill(-w->pid, signal);
+  }
+}
+
+int WorkerGroup::stop(Clock::duration grace) {
+  signal_all(SIGTERM);
+  Deadline deadline = Deadline::after(grace);
+  while (!deadline.expired()) {
+    WorkerGroupState s =
+        poll(std::min<Clock::duration>(std::chrono::milliseconds(50), deadline.remaining()));
+    if (s.running == 0) break;
+  }
+  int clean = 0;
+  for (auto& w : workers_) {
+    if (w->exited && succeeded(w->status)) ++clean;
+  }
+  kill_all();
+  return clean;
+}
+
+void WorkerGroup::kill_all() {
+  for (auto& w : workers_) {
+    if (w->exited) continue;
+    kill(-w->pid, SIGKILL);
+    kill(w->pid, SIGKILL);
+    waitpid(w->pid, &w->status, 0);
+    w->exited = true;
+  }
+  // Drain what they wrote before dying, then close.
+  for (auto& w : workers_) {
+    if (w->out_fd >= 0) {
+      char buf[65536];
+      ssize_t r;
+      while ((r = read(w->out_fd, buf, sizeof(buf))) > 0)
+        w->pending.append(buf, static_cast<size_t>(r));
+      forward(*w, true);
+      close(w->out_fd);
+      w->out_fd = -1;
+    }
+    if (w->heartbeat_fd >= 0) {
+      close(w->heartbeat_fd);
+      w->heartbeat_fd = -1;
+    }
+  }
+}
+
+std::int64_t WorkerGroup::heartbeats() const {
+  std::int64_t n = 0;
+  for (const auto& w : workers_) n += w->beats;
+  return n;
+}
+
+}  // namespace kiln::elastic
