@@ -4,8 +4,12 @@
 #include <fmt/ranges.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
 #include <thread>
 
 #include "kiln/base/logging.h"
@@ -23,6 +27,26 @@ std::string key(std::int64_t generation, std::string_view what) {
 Result<bool> exists(store::Store& store, const std::string& k) {
   std::string keys[] = {k};
   return store.check(keys);
+}
+
+// "group rank 0 of 2; left: b; joined: c" — what changed since the last round.
+std::string membership_note(const std::optional<Round>& previous, const Round& round) {
+  std::string note = fmt::format("group rank {} of {}", round.group_rank, round.num_nodes());
+  if (!previous) return note;
+  auto ids = [](const Round& r) {
+    std::set<std::string> out;
+    for (const auto& n : r.nodes) out.insert(n.id);
+    return out;
+  };
+  std::set<std::string> before = ids(*previous), now = ids(round);
+  std::vector<std::string> left, joined;
+  std::set_difference(before.begin(), before.end(), now.begin(), now.end(),
+                      std::back_inserter(left));
+  std::set_difference(now.begin(), now.end(), before.begin(), before.end(),
+                      std::back_inserter(joined));
+  if (!left.empty()) note += fmt::format("; left: {}", fmt::join(left, ","));
+  if (!joined.empty()) note += fmt::format("; joined: {}", fmt::join(joined, ","));
+  return note;
 }
 
 }  // namespace
@@ -92,22 +116,31 @@ Agent::Observation Agent::monitor(const Round& round, WorkerGroup& group) {
   HeartbeatPublisher heartbeat(store_, options_.self.id, options_.node_ttl / 5);
   const std::int64_t g = round.generation;
   Observation o;
+  std::optional<Clock::time_point> comm_error_at;
   while (true) {
     if (stop_requested_.load()) {
       o.outcome = Outcome::kPreempted;
       return o;
     }
     WorkerGroupState s = group.poll(options_.monitor_interval);
+    if (comm_error_at) s.kind = WorkerGroupState::Kind::kRunning;  // already seen
     if (s.kind == WorkerGroupState::Kind::kSucceeded) {
       o.outcome = Outcome::kFinished;
       return o;
     }
     if (s.kind == WorkerGroupState::Kind::kFailed || s.kind == WorkerGroupState::Kind::kHung) {
+      FailureKind kind = s.kind == WorkerGroupState::Kind::kHung ? FailureKind::kWorkerHang
+                         : s.exit_code == kPeerFailureExitCode   ? FailureKind::kCommError
+                                                                 : FailureKind::kWorkerExit;
       o.outcome = Outcome::kLocalFailure;
-      o.failure = Failure{s.kind == WorkerGroupState::Kind::kHung ? FailureKind::kWorkerHang
-                                                                  : FailureKind::kWorkerExit,
-                          options_.self.id, s.local_rank, s.detail};
-      return o;
+      o.failure = Failure{kind, options_.self.id, s.local_rank, s.detail};
+      if (kind != FailureKind::kCommError) return o;
+      // Note [Whose failure is a comm error]: the worker failed on a peer.
+      // Before calling it transient, wait for evidence: another node opening
+      // the next round (it saw the cause), a peer's heartbeat stopping for
+      // the TTL (node lost), or every peer's heartbeat moving after the
+      // failure (all alive: transient).
+      if (!comm_error_at) comm_error_at = Clock::now();
     }
     // Cut off from the store for a TTL: the others will re-form without us.
     if (Clock::now() - heartbeat.last_success() > options_.node_ttl) {
@@ -139,6 +172,10 @@ Agent::Observation Agent::monitor(const Round& round, WorkerGroup& group) {
             fmt::format("no heartbeat for {:.1f} s (--node-ttl)", seconds(options_.node_ttl))};
         return o;
       }
+    }
+    if (comm_error_at && (liveness.all_moved_since(*comm_error_at) ||
+                          Clock::now() - *comm_error_at > options_.node_ttl * 2)) {
+      return o;  // the comm error, as a transient local failure
     }
     if (round.num_nodes() < options_.max_nodes) {
       auto waiting = rendezvous_.joined(g + 1);
@@ -180,11 +217,12 @@ Result<Round> Agent::join(std::int64_t floor) {
 
 Status Agent::run() {
   std::int64_t floor = 1;
+  std::optional<Round> previous;
   while (true) {
     KILN_ASSIGN_OR_RETURN(const Round round, join(floor));
     const std::int64_t g = round.generation;
-    event("round_formed", &round, nullptr, nullptr,
-          fmt::format("group rank {} of {}", round.group_rank, round.num_nodes()));
+    event("round_formed", &round, nullptr, nullptr, membership_note(previous, round));
+    previous = round;
 
     WorkerGroupSpec spec{.command = options_.command,
                          .nproc_per_node = options_.nproc_per_node,

@@ -58,6 +58,13 @@ void LivenessMonitor::watch(const std::vector<std::string>& node_ids) {
   for (const auto& id : node_ids) seen_[id] = Seen{"", now};
 }
 
+bool LivenessMonitor::all_moved_since(Clock::time_point t) const {
+  for (const auto& [id, seen] : seen_) {
+    if (seen.changed_at <= t) return false;
+  }
+  return true;
+}
+
 Result<std::vector<std::string>> LivenessMonitor::lost(Clock::time_point now) {
   std::vector<std::string> out;
   for (auto& [id, seen] : seen_) {

@@ -64,6 +64,9 @@ class LivenessMonitor {
   // whether the store or the nodes are gone.
   Result<std::vector<std::string>> lost(Clock::time_point now = Clock::now());
 
+  // Whether every watched node's counter moved after `t` (they are alive).
+  bool all_moved_since(Clock::time_point t) const;
+
  private:
   struct Seen {
     std::string value;

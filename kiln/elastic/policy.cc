@@ -19,6 +19,8 @@ std::string_view failure_kind_name(FailureKind kind) {
       return "worker_exit";
     case FailureKind::kWorkerHang:
       return "worker_hang";
+    case FailureKind::kCommError:
+      return "comm_error";
     case FailureKind::kNodeLost:
       return "node_lost";
   }
@@ -49,7 +51,7 @@ Decision RecoveryPolicy::decide(const Failure& failure, int restarts,
   if (now - group_started >= options_.healthy_after) backoff_ = Backoff(backoff_options(options_));
 
   auto& history = failures_by_node_[failure.node];
-  history.push_back(now);
+  if (failure.kind != FailureKind::kCommError) history.push_back(now);
   while (!history.empty() && now - history.front() > options_.node_failure_window) {
     history.pop_front();
   }

@@ -26,7 +26,11 @@ namespace kiln::elastic {
 enum class FailureKind {
   kWorkerExit,  // a worker exited non-zero or was killed
   kWorkerHang,  // a worker stopped heartbeating for the hang timeout
-  kNodeLost,    // another node's heartbeat stopped for the TTL
+  // A worker exited with kiln's code for a peer or communication failure
+  // (4: Aborted, Unavailable, DeadlineExceeded; docs/errors.md). The cause
+  // is usually elsewhere, so it does not count against this node.
+  kCommError,
+  kNodeLost,  // another node's heartbeat stopped for the TTL
 };
 std::string_view failure_kind_name(FailureKind kind);
 

@@ -102,3 +102,23 @@ TEST(RecoveryPolicy, AHealthyRunResetsTheBackoff) {
 
 }  // namespace
 }  // namespace kiln::elastic
+
+namespace kiln::elastic {
+namespace {
+
+TEST(RecoveryPolicy, CommErrorsRestartButDoNotCountAgainstTheNode) {
+  PolicyOptions o;
+  o.max_restarts = 100;
+  o.node_failure_limit = 2;
+  RecoveryPolicy policy(o);
+  auto now = Clock::now();
+  Failure comm{FailureKind::kCommError, "a", 0, "exited with code 4"};
+  for (int i = 0; i < 5; ++i) {
+    Decision d = policy.decide(comm, i, now, now);
+    EXPECT_EQ(d.failure_class, FailureClass::kTransient);
+    EXPECT_EQ(d.action, Action::kRestartGroup) << "attempt " << i;
+  }
+}
+
+}  // namespace
+}  // namespace kiln::elastic

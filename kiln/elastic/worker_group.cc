@@ -194,10 +194,16 @@ WorkerGroupState WorkerGroup::poll(Clock::duration wait) {
                 : fmt::format("no first heartbeat within {:.1f} s of its start", seconds(limit));
       }
     } else if (!succeeded(w->status)) {
-      if (state.kind != WorkerGroupState::Kind::kFailed) {
+      // Report the cause rather than its echo: a worker that failed on a
+      // peer (exit code 4) yields to one that failed on its own.
+      int code = WIFEXITED(w->status) ? WEXITSTATUS(w->status) : -1;
+      bool more_telling = state.kind == WorkerGroupState::Kind::kFailed &&
+                          state.exit_code == kPeerFailureExitCode && code != kPeerFailureExitCode;
+      if (state.kind != WorkerGroupState::Kind::kFailed || more_telling) {
         state.kind = WorkerGroupState::Kind::kFailed;
         state.local_rank = w->local_rank;
         state.detail = describe_exit(w->status);
+        state.exit_code = code;
       }
     }
   }

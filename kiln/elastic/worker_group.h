@@ -35,12 +35,17 @@ struct WorkerGroupSpec {
   std::map<std::string, std::string> extra_env;
 };
 
+// `kiln`'s exit code for Aborted, Unavailable and DeadlineExceeded
+// (cli/command.cc, docs/errors.md): the worker failed on a peer.
+inline constexpr int kPeerFailureExitCode = 4;
+
 // What poll() saw.
 struct WorkerGroupState {
   enum class Kind { kRunning, kSucceeded, kFailed, kHung };
   Kind kind = Kind::kRunning;
   int local_rank = -1;  // the worker that failed or hung
   std::string detail;   // "exited with code 1", "killed by signal 9 (Killed)"
+  int exit_code = -1;   // for kFailed by exit (not by signal)
   int running = 0;      // workers not yet exited
 };
 

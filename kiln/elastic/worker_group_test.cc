@@ -159,3 +159,23 @@ TEST(WorkerGroup, KillReachesTheProcessesAWorkerStarted) {
 
 }  // namespace
 }  // namespace kiln::elastic
+
+namespace kiln::elastic {
+namespace {
+
+TEST(WorkerGroup, AWorkerFailingOnItsOwnIsReportedBeforeOneThatFailedOnAPeer) {
+  // Rank 0 "fails on a peer" (exit 4) first; rank 1 is the cause (exit 7).
+  auto g = WorkerGroup::start(shell("if [ \"$LOCAL_RANK\" = 0 ]; then exit 4; fi; exit 7"));
+  ASSERT_TRUE(g.is_ok());
+  Deadline deadline = Deadline::after(std::chrono::seconds(20));
+  WorkerGroupState s;
+  do {
+    s = (*g)->poll(std::chrono::milliseconds(20));
+  } while (s.running > 0 && !deadline.expired());
+  EXPECT_EQ(s.kind, WorkerGroupState::Kind::kFailed);
+  EXPECT_EQ(s.local_rank, 1);
+  EXPECT_EQ(s.exit_code, 7);
+}
+
+}  // namespace
+}  // namespace kiln::elastic

@@ -38,3 +38,15 @@ tiny_config() {
   sed "s|DATA_DIR|$1/data|" "$(dirname "${BASH_SOURCE[0]}")/tiny_cnn.toml" > "$1/tiny_cnn.toml"
   echo "$1/tiny_cnn.toml"
 }
+
+# start_store WORK: runs `kiln store serve` on a free loopback port in the
+# background; sets STORE_PID and STORE_PORT.
+start_store() {
+  "$KILN" store serve --host 127.0.0.1 --port 0 > "$1/store.out" 2>&1 &
+  STORE_PID=$!
+  wait_until 30 grep -q "listening on" "$1/store.out"
+  STORE_PORT=$(grep -o 'listening on [0-9.]*:[0-9]*' "$1/store.out" | head -1 | sed 's/.*://')
+}
+
+# event_time FILE JQ_FILTER: the wall-clock time of the first event matching.
+event_time() { jq -s -r "[.[] | select($2)][0].time // empty" "$1"; }
