@@ -49,6 +49,14 @@ Status train(const TrainArgs& a) {
   train::TrainOptions options{.config = config, .metrics_json = a.metrics_json,
                               .progress = !a.no_progress};
   KILN_ASSIGN_OR_RETURN(train::TrainResult r, train::run_training(options, *comm));
+  if (r.stopped) {
+    if (comm->rank() == 0) {
+      std::printf("stopped: step %lld checkpointed on request (%.1f s, %d ranks)\n",
+                  static_cast<long long>(r.steps), r.seconds, comm->size());
+      std::fflush(stdout);
+    }
+    return Status::ok();
+  }
   if (comm->rank() == 0) {
     std::string accuracy = r.eval_accuracy ? fmt::format(" eval_accuracy {:.4f}", *r.eval_accuracy) : "";
     std::printf("final: step %lld eval_loss %.4f%s params_xxh3 %016llx (%.1f s, %d ranks)\n",

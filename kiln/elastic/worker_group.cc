@@ -177,14 +177,19 @@ WorkerGroupState WorkerGroup::poll(Clock::duration wait) {
   reap();
   WorkerGroupState state;
   auto now = Clock::now();
+  std::int64_t hung_beats = 0;
   for (auto& w : workers_) {
     if (!w->exited) {
       ++state.running;
       bool beating = w->beats > 0;
       auto limit = beating ? spec_.hang_timeout : spec_.startup_timeout;
       auto since = beating ? w->last_beat : started_at_;
-      if (limit.count() > 0 && now - since > limit &&
-          state.kind == WorkerGroupState::Kind::kRunning) {
+      // Ranks block on the one that hangs, so several go quiet together:
+      // name the one that got least far.
+      bool first_hung = state.kind == WorkerGroupState::Kind::kRunning;
+      bool further_behind = state.kind == WorkerGroupState::Kind::kHung && w->beats < hung_beats;
+      if (limit.count() > 0 && now - since > limit && (first_hung || further_behind)) {
+        hung_beats = w->beats;
         state.kind = WorkerGroupState::Kind::kHung;
         state.local_rank = w->local_rank;
         state.detail =

@@ -179,3 +179,31 @@ TEST(WorkerGroup, AWorkerFailingOnItsOwnIsReportedBeforeOneThatFailedOnAPeer) {
 
 }  // namespace
 }  // namespace kiln::elastic
+
+namespace kiln::elastic {
+namespace {
+
+TEST(WorkerGroup, OfSeveralQuietWorkersTheOneThatGotLeastFarIsHung) {
+  WorkerGroupSpec spec = shell(
+      "n=3; [ \"$LOCAL_RANK\" = 1 ] && n=1; i=0; while [ $i -lt $n ]; do printf x "
+      ">&$KILN_HEARTBEAT_FD; "
+      "i=$((i+1)); done; exec sleep 30");
+  spec.hang_timeout = std::chrono::milliseconds(300);
+  auto g = WorkerGroup::start(spec);
+  ASSERT_TRUE(g.is_ok());
+  Deadline deadline = Deadline::after(std::chrono::seconds(20));
+  WorkerGroupState s;
+  do {
+    s = (*g)->poll(std::chrono::milliseconds(20));
+  } while (s.kind == WorkerGroupState::Kind::kRunning && !deadline.expired());
+  // Both go quiet; once both are past the timeout rank 1 (1 step) is named.
+  while ((s.kind != WorkerGroupState::Kind::kHung || s.local_rank != 1) && !deadline.expired()) {
+    s = (*g)->poll(std::chrono::milliseconds(20));
+  }
+  EXPECT_EQ(s.kind, WorkerGroupState::Kind::kHung);
+  EXPECT_EQ(s.local_rank, 1);
+  EXPECT_NE(s.detail.find("after 1 steps"), std::string::npos) << s.detail;
+}
+
+}  // namespace
+}  // namespace kiln::elastic

@@ -25,6 +25,7 @@
 #include "kiln/ddp/distributed_data_parallel.h"
 #include "kiln/diag/metrics_writer.h"
 #include "kiln/diag/step_timer.h"
+#include "kiln/elastic/worker_link.h"
 #include "kiln/train/progress_line.h"
 #include "kiln/train/task.h"
 #include "kiln/train/train_state.h"
@@ -186,6 +187,17 @@ Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm:
   return r;
 }
 
+// ---- elastic ------------------------------------------------------------------
+
+// Whether any rank was asked to stop (kiln run's SIGTERM): every rank must
+// leave the loop after the same step, so the question is a collective.
+Result<bool> any_rank_asked_to_stop(comm::Communicator& comm, bool asked) {
+  std::int32_t flag = asked ? 1 : 0;
+  KILN_RETURN_IF_ERROR(comm.allreduce(&flag, 1, comm::DataType::kInt32, comm::ReduceOp::kMax)
+                           ->wait(kCollectiveTimeout));
+  return flag != 0;
+}
+
 // ---- optimizer --------------------------------------------------------------
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimConfig& o,
@@ -317,6 +329,9 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     return e;
   };
 
+  elastic::WorkerLink& elastic = elastic::WorkerLink::instance();
+  std::optional<std::int64_t> stopped_at;  // asked to stop after this step
+  std::int64_t last_saved = start_step;
   task->module()->train();
   for (std::int64_t step = start_step; step < c.train.max_steps; ++step) {
     timer.begin_step(step);
@@ -368,12 +383,25 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       Snapshot snap;
       KILN_RETURN_IF_ERROR(snapshot(done, &snap));
       KILN_RETURN_IF_ERROR(checkpointer->save_async(snap.view, done).status());
+      last_saved = done;
     }
     diag::StepRecord record = timer.end_step(loss_sum, static_cast<std::uint64_t>(c.train.batch_size));
     if (metrics) KILN_RETURN_IF_ERROR(metrics->write_step(record));
     line.step(record);
     if (c.eval.every > 0 && done % c.eval.every == 0 && done < c.train.max_steps) {
       KILN_RETURN_IF_ERROR(run_eval(done).status());
+    }
+    // Under kiln run: tell the agent a step finished, and stop at a
+    // checkpoint boundary if any rank was asked to (agent.h, Note [Stopping
+    // at a checkpoint boundary]).
+    if (elastic.active()) {
+      elastic.heartbeat();
+      KILN_ASSIGN_OR_RETURN(bool stop, any_rank_asked_to_stop(comm, elastic.stop_requested()));
+      if (stop) {
+        log()->info("stop requested: checkpointing step {} and exiting", done);
+        stopped_at = done;
+        break;
+      }
     }
     if (done == options.crash_after_step) {
       log()->warn("crash injected after step {}: SIGKILL", done);
@@ -383,14 +411,22 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
 
   TrainResult result;
   result.start_step = start_step;
-  result.steps = std::max(start_step, c.train.max_steps);
+  result.steps = stopped_at ? *stopped_at : std::max(start_step, c.train.max_steps);
+  result.stopped = stopped_at.has_value();
   if (checkpointer) {
-    if (result.steps > start_step) {
+    if (result.steps > last_saved) {
       Snapshot snap;
       KILN_RETURN_IF_ERROR(snapshot(result.steps, &snap));
       KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, result.steps, Deadline::after_seconds(600)));
     }
     KILN_RETURN_IF_ERROR(checkpointer->wait(Deadline::after_seconds(600)));
+  }
+  if (result.stopped) {
+    // The grace period is for the checkpoint, not for an evaluation.
+    line.finish();
+    result.parameter_digest = parameter_digest(*task->module());
+    result.seconds = seconds_since(started);
+    return result;
   }
   KILN_ASSIGN_OR_RETURN(EvalResult final_eval, run_eval(result.steps));
   line.finish();

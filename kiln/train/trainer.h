@@ -38,6 +38,7 @@ struct TrainOptions {
 struct TrainResult {
   std::int64_t start_step = 0;  // > 0 when resumed
   std::int64_t steps = 0;       // the step reached
+  bool stopped = false;         // stopped early on request (kiln run), checkpointed
   double eval_loss = 0;
   std::optional<double> eval_accuracy;
   std::uint64_t parameter_digest = 0;  // train_state.h
