@@ -5,7 +5,7 @@
 wait_until() {
   local timeout=$1; shift
   local end=$((SECONDS + timeout))
-  until "$@" 2>/dev/null; do
+  until "$@" > /dev/null 2>&1; do
     if [ "$SECONDS" -ge "$end" ]; then echo "timed out after ${timeout}s waiting for: $*" >&2; return 1; fi
     sleep 0.05
   done
