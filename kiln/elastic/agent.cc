@@ -57,7 +57,9 @@ Agent::Agent(std::shared_ptr<store::Store> job_store, AgentOptions options)
       rendezvous_(store_, RendezvousOptions{.self = options_.self,
                                             .min_nodes = options_.min_nodes,
                                             .max_nodes = options_.max_nodes,
-                                            .last_call = options_.last_call}),
+                                            .last_call = options_.last_call,
+                                            .running_round_gone =
+                                                [this](const Round& r) { return round_gone(r); }}),
       policy_(options_.policy) {
   if (!options_.events_path.empty()) events_ = std::fopen(options_.events_path.c_str(), "a");
   if (!options_.events_path.empty() && events_ == nullptr) {
@@ -185,6 +187,26 @@ Agent::Observation Agent::monitor(const Round& round, WorkerGroup& group) {
       }
     }
   }
+}
+
+bool Agent::round_gone(const Round& round) {
+  if (gone_watch_generation_ != round.generation) {
+    gone_watch_generation_ = round.generation;
+    gone_watch_ = std::make_unique<LivenessMonitor>(store_, options_.node_ttl);
+    std::vector<std::string> ids;
+    for (const auto& n : round.nodes) ids.push_back(n.id);
+    gone_watch_->watch(ids);
+  }
+  auto lost = gone_watch_->lost();
+  if (!lost.is_ok()) return false;
+  for (const auto& n : round.nodes) {
+    bool is_lost = std::find(lost->begin(), lost->end(), n.id) != lost->end();
+    auto done = exists(*store_, key(round.generation, "done/" + n.id));
+    if (!is_lost && !(done.is_ok() && *done)) return false;
+  }
+  event("running_round_gone", &round, nullptr, nullptr,
+        "every node of the running round is lost or finished: opening the next round");
+  return true;
 }
 
 Status Agent::finish(const Round& round) {

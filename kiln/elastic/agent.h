@@ -22,6 +22,7 @@
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
+#include "kiln/elastic/liveness.h"
 #include "kiln/elastic/policy.h"
 #include "kiln/elastic/rendezvous.h"
 #include "kiln/elastic/worker_group.h"
@@ -87,6 +88,8 @@ class Agent {
   Result<Round> join(std::int64_t floor);
   Observation monitor(const Round& round, WorkerGroup& group);
   Status finish(const Round& round);
+  // Rendezvous' running_round_gone: every node of `round` lost or finished.
+  bool round_gone(const Round& round);
   void event(const std::string& name, const Round* round, const Failure* failure,
              const Decision* decision, const std::string& note = "");
 
@@ -96,6 +99,8 @@ class Agent {
   RecoveryPolicy policy_;
   std::atomic<bool> stop_requested_{false};
   std::FILE* events_ = nullptr;
+  std::unique_ptr<LivenessMonitor> gone_watch_;  // nodes of the round we wait on
+  std::int64_t gone_watch_generation_ = 0;
 };
 
 }  // namespace kiln::elastic

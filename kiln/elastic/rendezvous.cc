@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <optional>
 #include <thread>
 
 namespace kiln::elastic {
@@ -131,6 +132,15 @@ Result<Round> Rendezvous::read_members(std::int64_t generation, int closed_count
   return round;
 }
 
+Result<Round> Rendezvous::members(std::int64_t generation, Deadline deadline) {
+  const std::string closed_key = round_key(generation, "closed");
+  KILN_ASSIGN_OR_RETURN(std::int64_t closed, read_int(closed_key, 0));
+  if (closed == 0) {
+    return failed_precondition(fmt::format("rendezvous round {} has not closed", generation));
+  }
+  return read_members(generation, static_cast<int>(closed), deadline);
+}
+
 Result<Round> Rendezvous::join(std::int64_t min_generation, Deadline deadline) {
   if (options_.min_nodes < 1 || options_.max_nodes < options_.min_nodes) {
     return invalid_argument(
@@ -143,6 +153,7 @@ Result<Round> Rendezvous::join(std::int64_t min_generation, Deadline deadline) {
     KILN_ASSIGN_OR_RETURN(Ticket ticket, take_ticket(generation));
     Clock::time_point min_reached_at{};
     int closed = 0;
+    std::optional<Round> running;  // the round we wait on to open ours
     while (true) {
       // A round not yet opened (we are early, waiting for the running group
       // to ask for it) cannot close.
@@ -151,6 +162,15 @@ Result<Round> Rendezvous::join(std::int64_t min_generation, Deadline deadline) {
       if (current == generation) {
         KILN_ASSIGN_OR_RETURN(closed, try_close(generation, min_reached_at));
         if (closed > 0) break;
+      } else if (options_.running_round_gone) {
+        if (!running || running->generation != current) {
+          auto m = members(current, deadline);
+          if (m.is_ok()) running = *m;
+        }
+        if (running && running->generation == current && options_.running_round_gone(*running)) {
+          KILN_RETURN_IF_ERROR(open_next(current, 0));
+          continue;
+        }
       }
       if (deadline.expired()) {
         KILN_ASSIGN_OR_RETURN(int count, joined(generation));

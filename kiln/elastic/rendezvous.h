@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -33,6 +34,14 @@ struct NodeInfo {
   std::string addr;  // address its workers are reached at
 };
 
+// A closed round as one member sees it.
+struct Round {
+  std::int64_t generation = 0;
+  int group_rank = 0;           // this node's place in `nodes`
+  std::vector<NodeInfo> nodes;  // sorted by id
+  int num_nodes() const { return static_cast<int>(nodes.size()); }
+};
+
 struct RendezvousOptions {
   NodeInfo self;
   int min_nodes = 1;
@@ -41,14 +50,12 @@ struct RendezvousOptions {
   Clock::duration last_call = std::chrono::seconds(2);
   // How often a waiting agent re-reads the round's keys.
   Clock::duration poll_interval = std::chrono::milliseconds(20);
-};
-
-// A closed round as one member sees it.
-struct Round {
-  std::int64_t generation = 0;
-  int group_rank = 0;           // this node's place in `nodes`
-  std::vector<NodeInfo> nodes;  // sorted by id
-  int num_nodes() const { return static_cast<int>(nodes.size()); }
+  // Asked (each poll) while this agent waits for a running round to open
+  // the next one: whether that round's nodes are all gone (lost or
+  // finished), so that nobody will. If so this agent opens the next round
+  // itself — a job restarted after every node died, or rerun under the same
+  // id. Unset: wait for the running round.
+  std::function<bool(const Round&)> running_round_gone;
 };
 
 class Rendezvous {
@@ -73,6 +80,9 @@ class Rendezvous {
   // How many agents hold a ticket for round `generation` (late agents of
   // generation-1 waiting for it count here).
   Result<int> joined(std::int64_t generation);
+
+  // The members of a closed round, as this node would see them.
+  Result<Round> members(std::int64_t generation, Deadline deadline);
 
   const RendezvousOptions& options() const { return options_; }
 

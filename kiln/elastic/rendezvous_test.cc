@@ -136,3 +136,45 @@ TEST(Rendezvous, TwoAgentsWithOneNodeIdAreRejected) {
 
 }  // namespace
 }  // namespace kiln::elastic
+
+namespace kiln::elastic {
+namespace {
+
+TEST(Rendezvous, ALateNodeOpensTheNextRoundWhenTheRunningOneIsGone) {
+  auto store = std::make_shared<store::MemoryStore>();
+  {
+    Rendezvous a(store, node("a", 1, 1));
+    ASSERT_TRUE(a.join(1, Deadline::after(std::chrono::seconds(10))).is_ok());
+  }
+  // Round 1 closed with a, which then died. b is late for round 1.
+  RendezvousOptions o = node("b", 1, 1);
+  std::vector<std::string> asked_about;
+  o.running_round_gone = [&](const Round& r) {
+    for (const auto& n : r.nodes) asked_about.push_back(n.id);
+    return true;
+  };
+  Rendezvous b(store, o);
+  auto r = b.join(1, Deadline::after(std::chrono::seconds(10)));
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_EQ(r->generation, 2);
+  ASSERT_EQ(r->num_nodes(), 1);
+  EXPECT_EQ(r->nodes[0].id, "b");
+  ASSERT_FALSE(asked_about.empty());
+  EXPECT_EQ(asked_about[0], "a");
+}
+
+TEST(Rendezvous, ALateNodeWaitsWhileTheRunningRoundIsAlive) {
+  auto store = std::make_shared<store::MemoryStore>();
+  Rendezvous a(store, node("a", 1, 1));
+  ASSERT_TRUE(a.join(1, Deadline::after(std::chrono::seconds(10))).is_ok());
+  RendezvousOptions o = node("b", 1, 1);
+  o.running_round_gone = [](const Round&) { return false; };
+  Rendezvous b(store, o);
+  auto r = b.join(1, Deadline::after(std::chrono::milliseconds(300)));
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_NE(r.status().message().find("never opened by the running group"), std::string::npos)
+      << r.status().message();
+}
+
+}  // namespace
+}  // namespace kiln::elastic
