@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <memory>
 #include <cstdio>
 #include <cstring>
 #include <optional>
@@ -19,6 +20,7 @@
 #include <fmt/format.h>
 
 #include "cli/command.h"
+#include "kiln/base/line_forwarder.h"
 #include "kiln/base/logging.h"
 #include "kiln/store/tcp/server.h"
 
@@ -31,24 +33,11 @@ struct Child {
   int rank;
   pid_t pid;
   int out_fd;  // stdout and stderr, merged
-  std::string pending;
+  std::unique_ptr<LineForwarder> output;
   bool exited = false;
   int status = 0;
 };
 
-void emit_lines(Child& c, bool flush_all) {
-  size_t start = 0, nl;
-  while ((nl = c.pending.find('\n', start)) != std::string::npos) {
-    std::printf("[rank %d] %.*s\n", c.rank, static_cast<int>(nl - start), c.pending.data() + start);
-    start = nl + 1;
-  }
-  c.pending.erase(0, start);
-  if (flush_all && !c.pending.empty()) {
-    std::printf("[rank %d] %s\n", c.rank, c.pending.c_str());
-    c.pending.clear();
-  }
-  std::fflush(stdout);
-}
 
 // Note [Binding ranks to cores]: like Open MPI's default for small jobs, a
 // rank that has a core to itself is bound to it, so the scheduler never
@@ -117,7 +106,7 @@ Status launch(int n, const std::vector<std::string>& cmd, double grace_s, const 
     }
     close(fds[1]);
     fcntl(fds[0], F_SETFL, O_NONBLOCK);
-    children.push_back({rank, pid, fds[0], ""});
+    children.push_back({rank, pid, fds[0], std::make_unique<LineForwarder>(fmt::format("[rank {}] ", rank))});
   }
 
   // Forward output until every pipe closes; reap children as they exit. After
@@ -136,10 +125,9 @@ Status launch(int n, const std::vector<std::string>& cmd, double grace_s, const 
       if (c.out_fd < 0) continue;
       char buf[65536];
       ssize_t r;
-      while ((r = read(c.out_fd, buf, sizeof(buf))) > 0) c.pending.append(buf, static_cast<size_t>(r));
-      emit_lines(c, false);
+      while ((r = read(c.out_fd, buf, sizeof(buf))) > 0) c.output->append(buf, static_cast<size_t>(r));
       if (r == 0) {
-        emit_lines(c, true);
+        c.output->flush();
         close(c.out_fd);
         c.out_fd = -1;
         --open_pipes;

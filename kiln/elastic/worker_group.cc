@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "kiln/base/line_forwarder.h"
 #include "kiln/elastic/worker_env.h"
 
 namespace kiln::elastic {
@@ -22,7 +23,7 @@ struct WorkerGroup::Worker {
   pid_t pid = -1;
   int out_fd = -1;  // stdout and stderr, merged
   int heartbeat_fd = -1;
-  std::string pending;
+  std::unique_ptr<LineForwarder> output;
   bool exited = false;
   int status = 0;
   std::int64_t beats = 0;
@@ -63,6 +64,7 @@ Status WorkerGroup::spawn(int local_rank) {
   auto w = std::make_unique<Worker>();
   w->local_rank = local_rank;
   w->rank = spec_.group_rank * spec_.nproc_per_node + local_rank;
+  w->output = std::make_unique<LineForwarder>(fmt::format("[rank {}] ", w->rank));
   int out[2], beat[2];
   if (pipe2(out, O_CLOEXEC) != 0) return errno_status("pipe", errno);
   if (pipe2(beat, O_CLOEXEC | O_NONBLOCK) != 0) {
@@ -108,20 +110,6 @@ Status WorkerGroup::spawn(int local_rank) {
 
 WorkerGroup::~WorkerGroup() { kill_all(); }
 
-void WorkerGroup::forward(Worker& w, bool flush_all) {
-  size_t start = 0, nl;
-  while ((nl = w.pending.find('\n', start)) != std::string::npos) {
-    std::printf("[rank %d] %.*s\n", w.rank, static_cast<int>(nl - start), w.pending.data() + start);
-    start = nl + 1;
-  }
-  w.pending.erase(0, start);
-  if (flush_all && !w.pending.empty()) {
-    std::printf("[rank %d] %s\n", w.rank, w.pending.c_str());
-    w.pending.clear();
-  }
-  std::fflush(stdout);
-}
-
 void WorkerGroup::pump(Clock::duration wait) {
   std::vector<pollfd> fds;
   for (auto& w : workers_) {
@@ -153,11 +141,11 @@ void WorkerGroup::pump(Clock::duration wait) {
       }
     }
     if (w->out_fd >= 0) {
-      while ((r = read(w->out_fd, buf, sizeof(buf))) > 0)
-        w->pending.append(buf, static_cast<size_t>(r));
-      forward(*w, false);
+      while ((r = read(w->out_fd, buf, sizeof(buf))) > 0) {
+        w->output->append(buf, static_cast<size_t>(r));
+      }
       if (r == 0) {
-        forward(*w, true);
+        w->output->flush();
         close(w->out_fd);
         w->out_fd = -1;
       }
@@ -253,9 +241,10 @@ void WorkerGroup::kill_all() {
     if (w->out_fd >= 0) {
       char buf[65536];
       ssize_t r;
-      while ((r = read(w->out_fd, buf, sizeof(buf))) > 0)
-        w->pending.append(buf, static_cast<size_t>(r));
-      forward(*w, true);
+      while ((r = read(w->out_fd, buf, sizeof(buf))) > 0) {
+        w->output->append(buf, static_cast<size_t>(r));
+      }
+      w->output->flush();
       close(w->out_fd);
       w->out_fd = -1;
     }

@@ -81,7 +81,6 @@ class WorkerGroup {
   Status spawn(int local_rank);
   void pump(Clock::duration wait);
   void reap();
-  void forward(Worker& w, bool flush_all);
 
   WorkerGroupSpec spec_;
   Clock::time_point started_at_;
