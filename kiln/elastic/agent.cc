@@ -136,12 +136,13 @@ Agent::Observation Agent::monitor(const Round& round, WorkerGroup& group) {
                                                                  : FailureKind::kWorkerExit;
       o.outcome = Outcome::kLocalFailure;
       o.failure = Failure{kind, options_.self.id, s.local_rank, s.detail};
-      if (kind != FailureKind::kCommError) return o;
-      // Note [Whose failure is a comm error]: the worker failed on a peer.
-      // Before calling it transient, wait for evidence: another node opening
-      // the next round (it saw the cause), a peer's heartbeat stopping for
-      // the TTL (node lost), or every peer's heartbeat moving after the
-      // failure (all alive: transient).
+      if (kind == FailureKind::kWorkerExit) return o;
+      // Note [Whose failure is a comm error]: a worker that failed on a peer,
+      // or hung (ranks block on a dead peer), may be the echo of a failure
+      // elsewhere. Before calling it transient, wait for evidence: another
+      // node opening the next round (it saw the cause), a peer's heartbeat
+      // stopping for the TTL (node lost), or every peer's heartbeat moving
+      // after the failure (all alive: transient).
       if (!comm_error_at) comm_error_at = Clock::now();
     }
     // Cut off from the store for a TTL: the others will re-form without us.
@@ -211,7 +212,7 @@ bool Agent::round_gone(const Round& round) {
 
 Status Agent::finish(const Round& round) {
   const std::int64_t g = round.generation;
-  KILN_RETURN_IF_ERROR(store_->set(key(g, "done/" + options_.self.id), "1"));
+  note_store_error(store_->set(key(g, "done/" + options_.self.id), "1"));
   event("finished", &round, nullptr, nullptr);
   if (!options_.hosts_store) return Status::ok();
   // The others still need the store until their workers are through.
@@ -220,6 +221,12 @@ Status Agent::finish(const Round& round) {
   Status s = store_->wait(keys, Deadline::after(options_.finish_linger));
   if (!s.is_ok()) log()->warn("kiln run: not every node reported finishing: {}", s.to_string());
   return Status::ok();
+}
+
+void Agent::note_store_error(const Status& s) {
+  // After a failure the store may be what failed (a link down, the store
+  // restarting): log and go on to the rendezvous, which retries with backoff.
+  if (!s.is_ok()) log()->warn("kiln run: node {}: {}", options_.self.id, s.to_string());
 }
 
 Result<Round> Agent::join(std::int64_t floor) {
@@ -232,7 +239,8 @@ Result<Round> Agent::join(std::int64_t floor) {
     if (joined.is_ok()) return joined;
     Status s = joined.status().with_context(
         fmt::format("kiln run: node {} joining job {:?}", options_.self.id, options_.run_id));
-    if (s.code() != Code::kUnavailable || !backoff.sleep_before_retry(deadline)) return s;
+    bool store_trouble = s.code() == Code::kUnavailable || s.code() == Code::kDeadlineExceeded;
+    if (!store_trouble || !backoff.sleep_before_retry(deadline)) return s;
     log()->warn("{}; retrying (attempt {})", s.to_string(), backoff.attempts());
   }
 }
@@ -268,27 +276,27 @@ Status Agent::run() {
         auto stopping = exists(*store_, key(g, "stopping"));
         if (stopping.is_ok() && *stopping) {
           event("stopped_for_reform", &round, nullptr, nullptr);
-          KILN_RETURN_IF_ERROR(rendezvous_.open_next(g, members));
+          note_store_error(rendezvous_.open_next(g, members));
           floor = g + 1;
           continue;
         }
         return finish(round);
       }
       case Outcome::kPreempted: {
-        KILN_RETURN_IF_ERROR(store_->set(key(g, "stopping"), "preempt " + options_.self.id));
+        note_store_error(store_->set(key(g, "stopping"), "preempt " + options_.self.id));
         int clean = group->stop(options_.stop_grace);
         event("preempted", &round, nullptr, nullptr,
               fmt::format("{} of {} workers stopped cleanly", clean, options_.nproc_per_node));
         // Leave the job: the others re-form without this node.
-        KILN_RETURN_IF_ERROR(store_->set(key(g, "done/" + options_.self.id), "preempted"));
-        KILN_RETURN_IF_ERROR(rendezvous_.open_next(g, members - 1));
+        note_store_error(store_->set(key(g, "done/" + options_.self.id), "preempted"));
+        note_store_error(rendezvous_.open_next(g, members - 1));
         return Status::ok();
       }
       case Outcome::kScaleUp: {
-        KILN_RETURN_IF_ERROR(store_->set(key(g, "stopping"), "scale-up"));
+        note_store_error(store_->set(key(g, "stopping"), "scale-up"));
         event("scale_up", &round, nullptr, nullptr, "nodes are waiting: stopping at a checkpoint");
         group->stop(options_.stop_grace);
-        KILN_RETURN_IF_ERROR(rendezvous_.open_next(g, members));
+        note_store_error(rendezvous_.open_next(g, members));
         floor = g + 1;
         continue;
       }
@@ -316,7 +324,7 @@ Status Agent::run() {
         bool self_excluded = d.action == Action::kExcludeNode && o.failure.node == options_.self.id;
         int expected = members - (o.outcome == Outcome::kPeerLost ? o.lost_nodes : 0) -
                        (self_excluded ? 1 : 0);
-        KILN_RETURN_IF_ERROR(rendezvous_.open_next(g, expected));
+        note_store_error(rendezvous_.open_next(g, expected));
         if (self_excluded) {
           return aborted(fmt::format("kiln run: node {} leaves job {:?}: {}", options_.self.id,
                                      options_.run_id, d.reason));

@@ -86,6 +86,11 @@ class Agent {
     int lost_nodes = 0;
   };
   Result<Round> join(std::int64_t floor);
+  void note_store_error(const Status& s);
+  template <typename T>
+  void note_store_error(const Result<T>& r) {
+    note_store_error(r.status());
+  }
   Observation monitor(const Round& round, WorkerGroup& group);
   Status finish(const Round& round);
   // Rendezvous' running_round_gone: every node of `round` lost or finished.
