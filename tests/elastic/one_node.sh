@@ -84,7 +84,7 @@ for SCENARIO in "${SCENARIOS[@]}"; do
       resumed_at_least crash "$step"
       ;;
     hang)
-      start_job hang --hang-timeout 2
+      start_job hang --hang-timeout 5
       wait_until 120 at_least_step "$WORK/hang" 40
       kill -STOP "$(worker_pid "$AGENT" 1)"
       step=$(committed_step "$WORK/hang")
