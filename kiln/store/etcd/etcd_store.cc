@@ -26,6 +26,10 @@ constexpr auto kReadGrace = std::chrono::milliseconds(250);
 constexpr BackoffOptions kReconnectBackoff{.base = std::chrono::milliseconds(50),
                                            .cap = std::chrono::seconds(1)};
 
+// See Note [Add contention].
+constexpr BackoffOptions kContentionBackoff{.base = std::chrono::microseconds(500),
+                                            .cap = std::chrono::milliseconds(20)};
+
 Json compare_mod_revision(const std::string& key64, std::int64_t revision) {
   return {{"key", key64},
           {"target", "MOD"},
@@ -147,8 +151,9 @@ Result<std::string> EtcdStore::await(std::span<const std::string> keys, Deadline
                                                     : std::span<const std::string>(snap->missing))
             .with_context(fmt::format("{} on etcd {}", ctx, client_->endpoints_text()));
       }
-      // Watch the span of missing keys from just after the revision read, so
-      // every change since is seen, and track which keys are present.
+      // Watch the span of the keys from just after the revision read, so
+      // every change since is seen, and track which are present: one
+      // deleted meanwhile is missing again.
       std::set<std::string> wanted;  // etcd keys (with the prefix)
       for (const auto& k : keys) wanted.insert(prefix_ + k);
       std::set<std::string> missing;
@@ -158,8 +163,8 @@ Result<std::string> EtcdStore::await(std::span<const std::string> keys, Deadline
       bool cancelled = false;
       Status bad;
       Json req = {{"create_request",
-                   {{"key", base64_encode(*missing.begin())},
-                    {"range_end", base64_encode(*missing.rbegin() + std::string(1, '\0'))},
+                   {{"key", base64_encode(*wanted.begin())},
+                    {"range_end", base64_encode(*wanted.rbegin() + std::string(1, '\0'))},
                     {"start_revision", std::to_string(snap->revision + 1)}}}};
       failed = client_->stream("watch", req, deadline, [&](const Json& result) {
         if (json_flag(result, "canceled")) {
@@ -256,6 +261,7 @@ Result<std::int64_t> EtcdStore::add(std::string_view key, std::int64_t delta) {
   if (!kvs.is_ok()) return kvs.status().with_context(ctx);
   std::optional<KeyValue> current;
   if (!kvs->empty()) current = std::move(kvs->front());
+  Backoff contention(kContentionBackoff);
   while (true) {
     KILN_ASSIGN_OR_RETURN(std::int64_t sum,
                           internal::add_to_value(key, current ? &current->value : nullptr, delta));
@@ -273,6 +279,12 @@ Result<std::int64_t> EtcdStore::add(std::string_view key, std::int64_t delta) {
     auto now = failure_range(*reply, kWhat);
     if (!now.is_ok()) return now.status().with_context(ctx);
     current = std::move(now).value();
+    // Note [Add contention]: lost a race with another adder. Waiting a
+    // random moment lets the adders spread out instead of colliding again.
+    if (!contention.sleep_before_retry(deadline)) {
+      return unavailable("gave up after losing the compare-and-swap until the timeout")
+          .with_context(ctx);
+    }
   }
 }
 

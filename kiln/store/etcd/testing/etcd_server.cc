@@ -72,7 +72,7 @@ Result<std::unique_ptr<EtcdServer>> EtcdServer::start(Deadline deadline) {
     KILN_RETURN_IF_ERROR(server->spawn());
     last = server->wait_healthy(deadline);
     if (last.is_ok()) return server;
-    server->kill_now();
+    server->crash();
     std::error_code ec;
     fs::remove_all(fs::path(server->dir_) / "data", ec);
   }
@@ -80,7 +80,7 @@ Result<std::unique_ptr<EtcdServer>> EtcdServer::start(Deadline deadline) {
 }
 
 EtcdServer::~EtcdServer() {
-  kill_now();
+  crash();
   std::error_code ec;
   if (!dir_.empty()) fs::remove_all(dir_, ec);
 }
@@ -105,8 +105,8 @@ Status EtcdServer::spawn() {
                                    "--listen-peer-urls=" + peer,
                                    "--initial-advertise-peer-urls=" + peer,
                                    "--initial-cluster=kiln-test=" + peer,
-                                   "--heartbeat-interval=50",
-                                   "--election-timeout=500",
+                                   "--heartbeat-interval=20",
+                                   "--election-timeout=200",
                                    "--logger=zap",
                                    "--log-level=warn"};
   std::vector<char*> argv;
@@ -167,32 +167,13 @@ Status EtcdServer::wait_healthy(Deadline deadline) {
   }
 }
 
-Status EtcdServer::stop(Deadline deadline) {
-  if (pid_ <= 0) return Status::ok();
-  ::kill(pid_, SIGTERM);
-  while (true) {
-    int wstatus = 0;
-    pid_t r = ::waitpid(pid_, &wstatus, WNOHANG);
-    if (r == pid_ || (r < 0 && errno == ECHILD)) {
-      pid_ = -1;
-      return Status::ok();
-    }
-    if (deadline.expired()) {
-      kill_now();
-      return deadline_exceeded(
-          fmt::format("etcd on {} did not exit after SIGTERM; killed", endpoint()));
-    }
-    std::this_thread::sleep_for(kPoll);
-  }
-}
-
 Status EtcdServer::restart(Deadline deadline) {
-  KILN_RETURN_IF_ERROR(stop(deadline));
+  crash();
   KILN_RETURN_IF_ERROR(spawn());
   return wait_healthy(deadline).with_context("restart etcd");
 }
 
-void EtcdServer::kill_now() {
+void EtcdServer::crash() {
   if (pid_ <= 0) return;
   ::kill(pid_, SIGKILL);
   ::waitpid(pid_, nullptr, 0);

@@ -8,13 +8,14 @@
 // It listens on free client and peer ports with a fresh data directory (on
 // /dev/shm when there is one: etcd syncs every commit to disk), and start()
 // returns once GET /health answers {"health":"true"}, polling it, bounded by
-// a deadline. stop() and restart() keep the ports and the data, for fault
+// a deadline. crash() and restart() keep the ports and the data, for fault
 // tests; the destructor SIGKILLs etcd and removes the directory. The child
 // gets SIGKILL if the thread that started it exits, so a crashed test leaves
 // no etcd behind: start it from the test's main thread.
 //
-// Elections run on a 50 ms heartbeat (500 ms election timeout) so that it
-// starts quickly and its minimum lease TTL is 1 s.
+// Elections run on a 20 ms heartbeat (200 ms election timeout) so that it
+// starts and restarts quickly (a restarted member waits an election timeout
+// before it leads) and its minimum lease TTL is 1 s.
 #pragma once
 
 #include <sys/types.h>
@@ -42,9 +43,10 @@ class EtcdServer {
   EtcdServer(const EtcdServer&) = delete;
   EtcdServer& operator=(const EtcdServer&) = delete;
 
-  // SIGTERM, then waits for it to exit (SIGKILL at the deadline).
-  Status stop(Deadline deadline = Deadline::after_seconds(10));
-  // Starts it again on the same ports and data, and waits until healthy.
+  // SIGKILL: etcd dies as in a crash. What it committed stays in its data.
+  void crash();
+  // Crashes it if it runs, then starts it again on the same ports and data
+  // and waits until healthy.
   Status restart(Deadline deadline = Deadline::after_seconds(20));
   bool running() const { return pid_ > 0; }
 
@@ -58,7 +60,6 @@ class EtcdServer {
   EtcdServer() = default;
   Status spawn();
   Status wait_healthy(Deadline deadline);
-  void kill_now();
 
   std::string binary_;
   std::string dir_;  // holds data/ and etcd.log
