@@ -9,6 +9,8 @@
 #include <thread>
 #include <vector>
 
+#include "kiln/store/etcd/etcd_store.h"
+#include "kiln/store/etcd/testing/etcd_server.h"
 #include "kiln/store/file_store.h"
 #include "kiln/store/internal/test_util.h"
 #include "kiln/store/memory_store.h"
@@ -57,10 +59,38 @@ struct TcpBackend {
   }
 };
 
+// A real single-member etcd on loopback per test; the store keeps its keys
+// under a prefix, as a job's would.
+struct EtcdBackend {
+  std::unique_ptr<etcd::testing::EtcdServer> server;
+  std::string skip_reason;
+  EtcdBackend() {
+    if (!etcd::testing::EtcdServer::installed()) {
+      skip_reason = etcd::testing::EtcdServer::kNotInstalled;
+      return;
+    }
+    auto s = etcd::testing::EtcdServer::start();
+    EXPECT_TRUE(s.is_ok()) << s.status().to_string();
+    if (s.is_ok()) server = std::move(s).value();
+  }
+  std::shared_ptr<Store> open() {
+    if (server == nullptr) return nullptr;
+    auto s = etcd::EtcdStore::open({.endpoints = {server->endpoint()},
+                                    .prefix = "/kiln/test/",
+                                    .default_timeout = seconds(30)});
+    EXPECT_TRUE(s.is_ok()) << s.status().to_string();
+    return std::move(s).value();
+  }
+};
+
 template <typename Backend>
 class StoreTest : public ::testing::Test {
  protected:
   void SetUp() override {
+    // A backend that needs an outside program (etcd) says when it is absent.
+    if constexpr (requires { backend_.skip_reason; }) {
+      if (!backend_.skip_reason.empty()) GTEST_SKIP() << backend_.skip_reason;
+    }
     store_ = backend_.open();
     ASSERT_NE(store_, nullptr);
   }
@@ -68,7 +98,8 @@ class StoreTest : public ::testing::Test {
   std::shared_ptr<Store> store_;
 };
 
-using Backends = ::testing::Types<MemoryBackend, FileBackend, PrefixBackend, TcpBackend>;
+using Backends =
+    ::testing::Types<MemoryBackend, FileBackend, PrefixBackend, TcpBackend, EtcdBackend>;
 class BackendNames {
  public:
   template <typename T>
@@ -76,6 +107,7 @@ class BackendNames {
     if (std::is_same_v<T, MemoryBackend>) return "Memory";
     if (std::is_same_v<T, FileBackend>) return "File";
     if (std::is_same_v<T, PrefixBackend>) return "Prefix";
+    if (std::is_same_v<T, EtcdBackend>) return "Etcd";
     return "Tcp";
   }
 };
