@@ -14,6 +14,7 @@
 
 #include <charconv>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <thread>
@@ -23,6 +24,7 @@
 #include "kiln/base/backoff.h"
 #include "kiln/base/logging.h"
 #include "kiln/elastic/agent.h"
+#include "kiln/store/etcd/etcd_store.h"
 #include "kiln/store/prefix_store.h"
 #include "kiln/store/tcp/client.h"
 #include "kiln/store/tcp/server.h"
@@ -37,6 +39,7 @@ struct RunArgs {
   std::string rdzv_endpoint;
   std::string rdzv_id = "default";
   std::string node_id;
+  std::string node_addr;
   int max_restarts = 3;
   double hang_timeout_s = 30;
   double startup_timeout_s = 300;
@@ -118,15 +121,32 @@ Result<std::shared_ptr<store::Store>> connect_store(const std::string& host, int
   }
 }
 
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (true) {
+    auto end = s.find(sep, start);
+    out.push_back(s.substr(start, end - start));
+    if (end == std::string::npos) return out;
+    start = end + 1;
+  }
+}
+
+// Where other nodes reach this one: --node-addr, else KILN_COMM_ADDR (the
+// address Kiln's transports advertise), else the hostname.
+std::string node_address(const std::string& flag) {
+  if (!flag.empty()) return flag;
+  const char* comm_addr = std::getenv("KILN_COMM_ADDR");
+  if (comm_addr != nullptr && *comm_addr != '\0') return comm_addr;
+  return hostname();
+}
+
+Status run_agent(std::shared_ptr<store::Store> job, const elastic::AgentOptions& o);
+
 Status run(const RunArgs& a) {
   if (a.command.empty())
     return invalid_argument("kiln run: no command given (kiln run -n N -- CMD ARGS...)");
-  if (a.rdzv_backend == "etcd") {
-    return failed_precondition(
-        "kiln run: --rdzv-backend etcd is not available in this build yet; use tcp (the default) "
-        "with --rdzv-endpoint HOST:PORT, or a `kiln store serve` there");
-  }
-  if (a.rdzv_backend != "tcp" && a.rdzv_backend != "c10d") {
+  if (a.rdzv_backend != "tcp" && a.rdzv_backend != "c10d" && a.rdzv_backend != "etcd") {
     return invalid_argument(
         fmt::format("kiln run: --rdzv-backend {:?}: expected tcp or etcd", a.rdzv_backend));
   }
@@ -135,7 +155,7 @@ Status run(const RunArgs& a) {
   o.command = a.command;
   o.run_id = a.rdzv_id;
   o.nproc_per_node = a.nproc_per_node;
-  o.self = {a.node_id.empty() ? hostname() : a.node_id, hostname()};
+  o.self = {a.node_id.empty() ? hostname() : a.node_id, node_address(a.node_addr)};
   o.policy.max_restarts = a.max_restarts;
   o.policy.backoff_base = secs(a.backoff_base_s);
   o.policy.backoff_cap = secs(a.backoff_cap_s);
@@ -149,9 +169,25 @@ Status run(const RunArgs& a) {
   o.monitor_interval = secs(a.monitor_interval_s);
   o.events_path = a.events;
 
+  Clock::duration op_timeout = std::min(secs(5), o.node_ttl / 2);
+  std::shared_ptr<store::Store> job;
+  store::tcp::TcpStoreServer server;
+  if (a.rdzv_backend == "etcd") {
+    if (a.rdzv_endpoint.empty()) {
+      return invalid_argument(
+          "kiln run: --rdzv-backend etcd needs --rdzv-endpoint HOST:PORT[,HOST:PORT...]");
+    }
+    store::etcd::EtcdStoreOptions eo;
+    for (const auto& e : split(a.rdzv_endpoint, ',')) eo.endpoints.push_back(e);
+    eo.prefix = "/kiln/rdzv/" + a.rdzv_id + "/";
+    eo.default_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(op_timeout);
+    KILN_ASSIGN_OR_RETURN(auto etcd, store::etcd::EtcdStore::open(eo));
+    job = std::shared_ptr<store::Store>(std::move(etcd));
+    o.serve_worker_store = true;
+    return run_agent(job, o);
+  }
   // The store: embedded on loopback, or served by whichever agent can bind
   // the endpoint, or someone else's.
-  store::tcp::TcpStoreServer server;
   std::string host = "127.0.0.1";
   int port = 0;
   if (a.rdzv_endpoint.empty()) {
@@ -170,12 +206,14 @@ Status run(const RunArgs& a) {
   }
   o.master_addr = host;
   o.master_port = port;
-  Clock::duration op_timeout = std::min(secs(5), o.node_ttl / 2);
   KILN_ASSIGN_OR_RETURN(auto base,
                         connect_store(host, port, op_timeout, Deadline::after(o.join_timeout)));
-  auto job = std::make_shared<store::PrefixStore>("rdzv/" + a.rdzv_id, base);
+  job = std::make_shared<store::PrefixStore>("rdzv/" + a.rdzv_id, base);
+  return run_agent(job, o);
+}
 
-  elastic::Agent agent(job, o);
+Status run_agent(std::shared_ptr<store::Store> job, const elastic::AgentOptions& o) {
+  elastic::Agent agent(std::move(job), o);
   g_agent = &agent;
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
@@ -204,6 +242,9 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
       ->capture_default_str();
   cmd->add_option("--node-id", a->node_id,
                   "this node's stable name (default: the hostname); ranks follow its sort order");
+  cmd->add_option(
+      "--node-addr", a->node_addr,
+      "address other nodes reach this one at (default: KILN_COMM_ADDR, else the hostname)");
   cmd->add_option("--max-restarts,--max_restarts", a->max_restarts,
                   "re-forms before the job gives up")
       ->capture_default_str();

@@ -19,7 +19,7 @@ packages=(
   # BLAS, matrix products run ~15x slower
   libtorch-dev libopenblas0-pthread
   # tests and benchmarks
-  libgtest-dev libgmock-dev libbenchmark-dev iproute2 iperf3 procps jq
+  libgtest-dev libgmock-dev libbenchmark-dev iproute2 iperf3 procps jq curl
   openmpi-bin libopenmpi-dev
   # keeps rebuilds across build directories (build/, build-asan/) cheap
   ccache

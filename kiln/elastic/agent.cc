@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <iterator>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -210,11 +211,37 @@ bool Agent::round_gone(const Round& round) {
   return true;
 }
 
-Status Agent::finish(const Round& round) {
+Result<std::pair<std::string, int>> Agent::worker_store(
+    const Round& round, std::unique_ptr<store::tcp::TcpStoreServer>& server) {
+  if (!options_.serve_worker_store)
+    return std::make_pair(options_.master_addr, options_.master_port);
+  const std::string master_key = key(round.generation, "master");
+  if (round.group_rank == 0) {
+    server = std::make_unique<store::tcp::TcpStoreServer>();
+    KILN_RETURN_IF_ERROR(server->start("0.0.0.0", 0)
+                             .with_context(fmt::format("kiln run: serving round {}'s worker store",
+                                                       round.generation)));
+    int port = server->port();
+    KILN_RETURN_IF_ERROR(store_->set(master_key, fmt::format("{}:{}", options_.self.addr, port)));
+    return std::make_pair(options_.self.addr, port);
+  }
+  // Group rank 0 publishes it right after the round closes; if it does not
+  // within a few TTLs it is gone, and the caller re-forms.
+  KILN_ASSIGN_OR_RETURN(std::string v,
+                        store_->get(master_key, Deadline::after(options_.node_ttl * 3)));
+  auto colon = v.rfind(':');
+  int port = colon == std::string::npos ? 0 : std::atoi(v.c_str() + colon + 1);
+  if (port <= 0 || port > 65535) {
+    return data_loss(fmt::format("kiln run: {:?} holds {:?}, not HOST:PORT", master_key, v));
+  }
+  return std::make_pair(v.substr(0, colon), port);
+}
+
+Status Agent::finish(const Round& round, bool hosting) {
   const std::int64_t g = round.generation;
   note_store_error(store_->set(key(g, "done/" + options_.self.id), "1"));
   event("finished", &round, nullptr, nullptr);
-  if (!options_.hosts_store) return Status::ok();
+  if (!hosting) return Status::ok();
   // The others still need the store until their workers are through.
   std::vector<std::string> keys;
   for (const auto& n : round.nodes) keys.push_back(key(g, "done/" + n.id));
@@ -254,12 +281,20 @@ Status Agent::run() {
     event("round_formed", &round, nullptr, nullptr, membership_note(previous, round));
     previous = round;
 
+    std::unique_ptr<store::tcp::TcpStoreServer> round_store;  // serve_worker_store, rank 0
+    auto master = worker_store(round, round_store);
+    if (!master.is_ok()) {
+      event("worker_store_missing", &round, nullptr, nullptr, master.status().to_string());
+      note_store_error(rendezvous_.open_next(g, round.num_nodes()));
+      floor = g + 1;
+      continue;
+    }
     WorkerGroupSpec spec{.command = options_.command,
                          .nproc_per_node = options_.nproc_per_node,
                          .group_rank = round.group_rank,
                          .num_nodes = round.num_nodes(),
-                         .master_addr = options_.master_addr,
-                         .master_port = options_.master_port,
+                         .master_addr = master->first,
+                         .master_port = master->second,
                          .run_id = options_.run_id,
                          .generation = g,
                          .max_restarts = options_.policy.max_restarts,
@@ -280,7 +315,7 @@ Status Agent::run() {
           floor = g + 1;
           continue;
         }
-        return finish(round);
+        return finish(round, options_.hosts_store || round_store != nullptr);
       }
       case Outcome::kPreempted: {
         note_store_error(store_->set(key(g, "stopping"), "preempt " + options_.self.id));

@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kiln/base/deadline.h"
@@ -27,6 +28,7 @@
 #include "kiln/elastic/rendezvous.h"
 #include "kiln/elastic/worker_group.h"
 #include "kiln/store/store.h"
+#include "kiln/store/tcp/server.h"
 
 namespace kiln::elastic {
 
@@ -51,6 +53,11 @@ struct AgentOptions {
   // This agent serves the store: after its workers finish it waits (up to
   // `finish_linger`) for the other nodes to finish before it exits.
   bool hosts_store = false;
+  // The rendezvous store is not one workers can form a communicator
+  // through (etcd): the agent of group rank 0 serves a TCP store for each
+  // round's workers at self.addr and publishes it as "gG/master";
+  // master_addr/master_port are then unused.
+  bool serve_worker_store = false;
   Clock::duration finish_linger = std::chrono::seconds(60);
   std::string events_path;  // JSON lines with wall-clock times; empty = none
 };
@@ -92,7 +99,11 @@ class Agent {
     note_store_error(r.status());
   }
   Observation monitor(const Round& round, WorkerGroup& group);
-  Status finish(const Round& round);
+  Status finish(const Round& round, bool hosting);
+  // Where this round's workers meet (see serve_worker_store); starts
+  // `server` when this node serves it.
+  Result<std::pair<std::string, int>> worker_store(
+      const Round& round, std::unique_ptr<store::tcp::TcpStoreServer>& server);
   // Rendezvous' running_round_gone: every node of `round` lost or finished.
   bool round_gone(const Round& round);
   void event(const std::string& name, const Round* round, const Failure* failure,

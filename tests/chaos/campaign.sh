@@ -8,8 +8,10 @@
 #   link-down    the veth goes down; node a re-forms alone after the TTL,
 #                then the link comes back and node b rejoins (scale-up at a
 #                checkpoint boundary)
+#   etcd-restart the job rendezvouses through etcd (--rdzv-backend etcd,
+#                etcd on node a); etcd is SIGKILLed and started again
 # Every run must finish its steps; where the world size ends as it began
-# (worker-kill, worker-stop) the final parameters must equal a fault-free
+# (worker-kill, worker-stop, etcd-restart) the final parameters must equal a fault-free
 # run's. Prints one JSON line per run: recovery_s (fault -> first step
 # completed after it), detected_s (fault -> the first agent's failure
 # decision), lost_steps (steps done before the fault that were
@@ -19,7 +21,7 @@
 # Needs root (ip netns). Exit: 0 pass, 1 fail, 77 skip.
 set -euo pipefail
 KILN=$(readlink -f "$1"); shift
-SCENARIOS=("$@"); [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(worker-kill worker-stop node-loss link-down)
+SCENARIOS=("$@"); [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(worker-kill worker-stop node-loss link-down etcd-restart)
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 source "$ROOT/tests/elastic/lib.sh"
 source "$ROOT/scripts/lib/netns.sh"
@@ -55,11 +57,25 @@ wait_until 30 grep -q "listening on" "$WORK/store.out"
 
 fail() { echo "chaos $RUN: $*" >&2; exit 1; }
 
+# The rendezvous store: a `kiln store serve` on node a, or etcd there.
+RDZV=(--rdzv-endpoint "$ADDR_A:$STORE_PORT")
+ETCD_PID=
+start_etcd() {
+  ip netns exec "$NS_A" etcd --name chaos --data-dir "$WORK/etcd" \
+    --listen-client-urls "http://$ADDR_A:2379" --advertise-client-urls "http://$ADDR_A:2379" \
+    --listen-peer-urls "http://$ADDR_A:2380" --initial-advertise-peer-urls "http://$ADDR_A:2380" \
+    --initial-cluster "chaos=http://$ADDR_A:2380" --heartbeat-interval 20 --election-timeout 200 \
+    >> "$WORK/etcd.log" 2>&1 &
+  ETCD_PID=$!
+  PIDS+=("$ETCD_PID")
+  wait_until 30 ip netns exec "$NS_A" curl -sf "http://$ADDR_A:2379/health"
+}
+
 # agent RUN NODE NS ADDR: one node's agent, in the background; sets AGENT_PID.
 agent() {
   local run=$1 node=$2 ns=$3 addr=$4
   ip netns exec "$ns" env KILN_COMM_ADDR="$addr" KILN_COMM_TIMEOUT=10 \
-    "$KILN" run --nnodes 1:2 -n 2 --rdzv-endpoint "$ADDR_A:$STORE_PORT" --rdzv-id "$run" \
+    "$KILN" run --nnodes 1:2 -n 2 "${RDZV[@]}" --rdzv-id "$run" \
       --node-id "$node" --node-ttl "$TTL" --hang-timeout "$HANG" --last-call 10 --backoff-base 0.2 \
       --events "$WORK/$run.$node.events" -- \
     "$KILN" train "$CONFIG" --no-progress --max-steps "$STEPS" --ckpt-dir "$WORK/$run.ckpt" \
@@ -92,8 +108,8 @@ detected_at() {
   cat "$WORK/$1".*.events | jq -s -r --argjson t "$2" '[.[] | select(.time > $t and
     (.event | IN("worker_exit", "worker_hang", "comm_error", "node_lost", "store_lost"))) | .time] | min // empty'
 }
-resumed_from() {  # RUN: the step the first restart resumed from
-  grep -ho 'resumed from [^ ]*/step-[0-9]*' "$WORK/$1".*.log | head -1 | grep -o '[0-9]*$' || echo 0
+resumed_from() {  # RUN: the step the first restart resumed from ("" if none restarted)
+  grep -ho 'resumed from [^ ]*/step-[0-9]*' "$WORK/$1".*.log | head -1 | grep -o '[0-9]*$' || true
 }
 
 REFERENCE=
@@ -107,7 +123,12 @@ reference() {
 }
 
 for RUN in "${SCENARIOS[@]}"; do
-  case "$RUN" in worker-kill|worker-stop) reference ;; esac
+  case "$RUN" in worker-kill|worker-stop|etcd-restart) reference ;; esac
+  if [ "$RUN" = etcd-restart ]; then
+    command -v etcd >/dev/null || { echo "chaos: etcd not installed, skipping etcd-restart"; continue; }
+    start_etcd
+    RDZV=(--rdzv-backend etcd --rdzv-endpoint "$ADDR_A:2379")
+  fi
   start_run "$RUN"
   wait_until 180 at_least_step "$WORK/$RUN.ckpt" 40
   fault_time=$(date +%s.%N)
@@ -116,6 +137,7 @@ for RUN in "${SCENARIOS[@]}"; do
     worker-kill) kill -9 "$(worker_pid "$B_PID" 2)" ;;
     worker-stop) kill -STOP "$(worker_pid "$B_PID" 2)" ;;
     node-loss) kill -9 "$B_PID" "$(worker_pid "$B_PID" 2)" "$(worker_pid "$B_PID" 3)" ;;
+    etcd-restart) kill -9 "$ETCD_PID"; wait "$ETCD_PID" 2>/dev/null || true; start_etcd ;;
     link-down)
       ip -n "$NS_A" link set "$VETH_A" down
       wait_until 60 jq -e -s '[.[] | select(.event == "round_formed" and .nodes == 1)] | length > 0' \
@@ -132,7 +154,7 @@ for RUN in "${SCENARIOS[@]}"; do
   echo "$final" | grep -q "final: step $STEPS " || fail "did not finish step $STEPS: $final"
   world_after=$(echo "$final" | grep -o '[0-9]* ranks)' | grep -o '^[0-9]*')
   match=null
-  if [ "$RUN" = worker-kill ] || [ "$RUN" = worker-stop ]; then
+  if [ "$RUN" = worker-kill ] || [ "$RUN" = worker-stop ] || [ "$RUN" = etcd-restart ]; then
     [ "$world_after" = 4 ] || fail "ended on $world_after ranks, not 4"
     got=$(echo "$final" | grep -o 'params_xxh3 [0-9a-f]*')
     [ "$got" = "$REFERENCE" ] || fail "$got differs from the fault-free run's $REFERENCE"
@@ -143,10 +165,12 @@ for RUN in "${SCENARIOS[@]}"; do
   before=$(last_step_before "$RUN" "$fault_time")
   resumed=$(resumed_from "$RUN")
   jq -n -c --arg s "$RUN" --argjson f "$fault_time" --argjson r "${recovered:-null}" --argjson d "${detected:-null}" \
-     --argjson before "$before" --argjson resumed "$resumed" --argjson w "$world_after" \
+     --argjson before "$before" --argjson resumed "${resumed:-null}" --argjson w "$world_after" \
      --argjson m "$match" --argjson ttl "$TTL" --argjson hang "$HANG" \
      '{scenario: $s, detected_s: (if $d then ($d - $f) * 100 | round / 100 else null end), recovery_s: (if $r then ($r - $f) * 100 | round / 100 else null end),
-       lost_steps: ([$before - $resumed, 0] | max), world_before: 4, world_after: $w,
+       restarted: ($resumed != null),
+       lost_steps: (if $resumed then [$before - $resumed, 0] | max else 0 end), world_before: 4, world_after: $w,
        params_match_fault_free: $m, node_ttl_s: $ttl, hang_timeout_s: $hang}'
   PIDS=("${PIDS[0]}")  # keep the store
+  RDZV=(--rdzv-endpoint "$ADDR_A:$STORE_PORT")
 done
