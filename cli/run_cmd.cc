@@ -24,6 +24,7 @@
 #include "kiln/base/backoff.h"
 #include "kiln/base/logging.h"
 #include "kiln/elastic/agent.h"
+#include "kiln/elastic/etcd_liveness.h"
 #include "kiln/store/etcd/etcd_store.h"
 #include "kiln/store/prefix_store.h"
 #include "kiln/store/tcp/client.h"
@@ -181,8 +182,10 @@ Status run(const RunArgs& a) {
     for (const auto& e : split(a.rdzv_endpoint, ',')) eo.endpoints.push_back(e);
     eo.prefix = "/kiln/rdzv/" + a.rdzv_id + "/";
     eo.default_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(op_timeout);
-    KILN_ASSIGN_OR_RETURN(auto etcd, store::etcd::EtcdStore::open(eo));
-    job = std::shared_ptr<store::Store>(std::move(etcd));
+    KILN_ASSIGN_OR_RETURN(auto opened, store::etcd::EtcdStore::open(eo));
+    std::shared_ptr<store::etcd::EtcdStore> etcd = std::move(opened);
+    o.liveness = elastic::lease_liveness(etcd, o.node_ttl);
+    job = etcd;
     o.serve_worker_store = true;
     return run_agent(job, o);
   }

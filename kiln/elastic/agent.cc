@@ -61,7 +61,9 @@ Agent::Agent(std::shared_ptr<store::Store> job_store, AgentOptions options)
                                             .last_call = options_.last_call,
                                             .running_round_gone =
                                                 [this](const Round& r) { return round_gone(r); }}),
-      policy_(options_.policy) {
+      policy_(options_.policy),
+      liveness_(options_.liveness.publish ? options_.liveness
+                                          : counter_liveness(store_, options_.node_ttl)) {
   if (!options_.events_path.empty()) events_ = std::fopen(options_.events_path.c_str(), "a");
   if (!options_.events_path.empty() && events_ == nullptr) {
     log()->warn("kiln run: cannot open --events file {}: {}", options_.events_path,
@@ -114,9 +116,8 @@ Agent::Observation Agent::monitor(const Round& round, WorkerGroup& group) {
   for (const auto& n : round.nodes) {
     if (n.id != options_.self.id) others.push_back(n.id);
   }
-  LivenessMonitor liveness(store_, options_.node_ttl);
-  liveness.watch(others);
-  HeartbeatPublisher heartbeat(store_, options_.self.id, options_.node_ttl / 5);
+  std::unique_ptr<LivenessObserver> liveness = liveness_.observe();
+  liveness->watch(others);
   const std::int64_t g = round.generation;
   Observation o;
   std::optional<Clock::time_point> comm_error_at;
@@ -147,10 +148,10 @@ Agent::Observation Agent::monitor(const Round& round, WorkerGroup& group) {
       if (!comm_error_at) comm_error_at = Clock::now();
     }
     // Cut off from the store for a TTL: the others will re-form without us.
-    if (Clock::now() - heartbeat.last_success() > options_.node_ttl) {
+    if (Clock::now() - alive_->last_success() > options_.node_ttl) {
       o.outcome = Outcome::kStoreLost;
       o.failure =
-          Failure{FailureKind::kNodeLost, options_.self.id, -1, heartbeat.last_error().to_string()};
+          Failure{FailureKind::kNodeLost, options_.self.id, -1, alive_->last_error().to_string()};
       return o;
     }
     auto generation = rendezvous_.current_generation();
@@ -160,7 +161,7 @@ Agent::Observation Agent::monitor(const Round& round, WorkerGroup& group) {
       o.next_generation = *generation;
       return o;
     }
-    auto lost = liveness.lost();
+    auto lost = liveness->lost();
     if (lost.is_ok() && !lost->empty()) {
       // A node whose workers finished stops heartbeating: that is not a loss.
       std::vector<std::string> gone;
@@ -177,7 +178,7 @@ Agent::Observation Agent::monitor(const Round& round, WorkerGroup& group) {
         return o;
       }
     }
-    if (comm_error_at && (liveness.all_moved_since(*comm_error_at) ||
+    if (comm_error_at && (liveness->all_alive_since(*comm_error_at) ||
                           Clock::now() - *comm_error_at > options_.node_ttl * 2)) {
       return o;  // the comm error, as a transient local failure
     }
@@ -194,7 +195,7 @@ Agent::Observation Agent::monitor(const Round& round, WorkerGroup& group) {
 bool Agent::round_gone(const Round& round) {
   if (gone_watch_generation_ != round.generation) {
     gone_watch_generation_ = round.generation;
-    gone_watch_ = std::make_unique<LivenessMonitor>(store_, options_.node_ttl);
+    gone_watch_ = liveness_.observe();
     std::vector<std::string> ids;
     for (const auto& n : round.nodes) ids.push_back(n.id);
     gone_watch_->watch(ids);
@@ -273,6 +274,7 @@ Result<Round> Agent::join(std::int64_t floor) {
 }
 
 Status Agent::run() {
+  KILN_ASSIGN_OR_RETURN(alive_, liveness_.publish(options_.self.id));
   std::int64_t floor = 1;
   std::optional<Round> previous;
   while (true) {

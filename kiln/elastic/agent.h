@@ -60,6 +60,8 @@ struct AgentOptions {
   bool serve_worker_store = false;
   Clock::duration finish_linger = std::chrono::seconds(60);
   std::string events_path;  // JSON lines with wall-clock times; empty = none
+  // How nodes show they are alive; unset: heartbeat counters in the job store.
+  LivenessBackend liveness;
 };
 
 class Agent {
@@ -115,7 +117,9 @@ class Agent {
   RecoveryPolicy policy_;
   std::atomic<bool> stop_requested_{false};
   std::FILE* events_ = nullptr;
-  std::unique_ptr<LivenessMonitor> gone_watch_;  // nodes of the round we wait on
+  LivenessBackend liveness_;
+  std::unique_ptr<LivenessPublisher> alive_;      // this node's, for the agent's lifetime
+  std::unique_ptr<LivenessObserver> gone_watch_;  // nodes of the round we wait on
   std::int64_t gone_watch_generation_ = 0;
 };
 

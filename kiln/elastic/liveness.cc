@@ -6,6 +6,19 @@ namespace kiln::elastic {
 
 std::string heartbeat_key(const std::string& node_id) { return "hb/" + node_id; }
 
+LivenessBackend counter_liveness(std::shared_ptr<store::Store> store, Clock::duration ttl) {
+  LivenessBackend b;
+  b.publish = [store,
+               ttl](const std::string& node_id) -> Result<std::unique_ptr<LivenessPublisher>> {
+    return std::unique_ptr<LivenessPublisher>(
+        std::make_unique<HeartbeatPublisher>(store, node_id, ttl / 5));
+  };
+  b.observe = [store, ttl] {
+    return std::unique_ptr<LivenessObserver>(std::make_unique<LivenessMonitor>(store, ttl));
+  };
+  return b;
+}
+
 HeartbeatPublisher::HeartbeatPublisher(std::shared_ptr<store::Store> store, std::string node_id,
                                        Clock::duration interval)
     : store_(std::move(store)),
@@ -58,7 +71,7 @@ void LivenessMonitor::watch(const std::vector<std::string>& node_ids) {
   for (const auto& id : node_ids) seen_[id] = Seen{"", now};
 }
 
-bool LivenessMonitor::all_moved_since(Clock::time_point t) const {
+bool LivenessMonitor::all_alive_since(Clock::time_point t) const {
   for (const auto& [id, seen] : seen_) {
     if (seen.changed_at <= t) return false;
   }

@@ -1,13 +1,18 @@
-// Node liveness over the rendezvous store, with no clock shared between
-// hosts: each agent bumps its own counter ("hb/NODE") every `interval`, and
-// an observer calls a node lost when the counter it reads has not moved
-// for `ttl` of the observer's own time. (etcd leases would do the same
-// with a server-side TTL; the counter needs nothing but add/get.)
+// Node liveness: each agent publishes that it is alive, and judges the
+// others by what they publish. Two backends:
+//   counters (any Store)  each agent bumps "hb/NODE" every TTL/5; an
+//                         observer calls a node lost when the counter has
+//                         not moved for a TTL of the observer's own clock
+//                         (no clock is shared between hosts);
+//   leases (etcd)         etcd_liveness.h: each agent's "alive/NODE" key
+//                         lives on a lease it keeps alive; etcd deletes it a
+//                         TTL after the agent stops (a server-side TTL).
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -21,21 +26,51 @@
 
 namespace kiln::elastic {
 
+// This node's side: keeps saying it is alive, from a background thread.
+class LivenessPublisher {
+ public:
+  virtual ~LivenessPublisher() = default;
+  // When the store last confirmed this node alive (the start time before it
+  // did). An agent not confirmed for a TTL is the one cut off.
+  virtual Clock::time_point last_success() const = 0;
+  // The latest failure, ok while publishing works.
+  virtual Status last_error() const = 0;
+};
+
+// The other nodes' side, polled by one caller.
+class LivenessObserver {
+ public:
+  virtual ~LivenessObserver() = default;
+  // Starts watching `node_ids` afresh (each gets a full TTL from now).
+  virtual void watch(const std::vector<std::string>& node_ids) = 0;
+  // The watched nodes that are lost now. A store error is returned as such:
+  // the caller decides whether the store or the nodes are gone.
+  virtual Result<std::vector<std::string>> lost(Clock::time_point now = Clock::now()) = 0;
+  // Whether every watched node showed it was alive after `t` (as of the
+  // last lost() call).
+  virtual bool all_alive_since(Clock::time_point t) const = 0;
+};
+
+// How an agent publishes and observes liveness.
+struct LivenessBackend {
+  std::function<Result<std::unique_ptr<LivenessPublisher>>(const std::string& node_id)> publish;
+  std::function<std::unique_ptr<LivenessObserver>()> observe;
+};
+
+// Heartbeat counters over `store` (any Store).
+LivenessBackend counter_liveness(std::shared_ptr<store::Store> store, Clock::duration ttl);
+
 std::string heartbeat_key(const std::string& node_id);
 
-// Publishes this node's heartbeat from a background thread.
-class HeartbeatPublisher {
+// Publishes this node's heartbeat counter from a background thread.
+class HeartbeatPublisher final : public LivenessPublisher {
  public:
   HeartbeatPublisher(std::shared_ptr<store::Store> store, std::string node_id,
                      Clock::duration interval);
-  ~HeartbeatPublisher();  // stops the thread
+  ~HeartbeatPublisher() override;  // stops the thread
 
-  // When the last heartbeat reached the store (the start time before any
-  // did). An agent whose heartbeats stopped reaching the store for a TTL is
-  // the one cut off.
-  Clock::time_point last_success() const;
-  // The error of the most recent failed attempt, ok if the last one worked.
-  Status last_error() const;
+  Clock::time_point last_success() const override;
+  Status last_error() const override;
 
  private:
   void loop();
@@ -51,21 +86,15 @@ class HeartbeatPublisher {
   std::thread thread_;
 };
 
-// Watches other nodes' heartbeats. Not thread-safe: one caller polls it.
-class LivenessMonitor {
+// Watches other nodes' heartbeat counters: lost once a counter has not
+// moved for a TTL. Not thread-safe: one caller polls it.
+class LivenessMonitor final : public LivenessObserver {
  public:
   LivenessMonitor(std::shared_ptr<store::Store> store, Clock::duration ttl);
 
-  // Starts watching `node_ids` afresh (each gets a full TTL from now).
-  void watch(const std::vector<std::string>& node_ids);
-
-  // Reads every watched counter and returns the nodes whose counter has not
-  // moved for a TTL. A store error is returned as such: the caller decides
-  // whether the store or the nodes are gone.
-  Result<std::vector<std::string>> lost(Clock::time_point now = Clock::now());
-
-  // Whether every watched node's counter moved after `t` (they are alive).
-  bool all_moved_since(Clock::time_point t) const;
+  void watch(const std::vector<std::string>& node_ids) override;
+  Result<std::vector<std::string>> lost(Clock::time_point now = Clock::now()) override;
+  bool all_alive_since(Clock::time_point t) const override;
 
  private:
   struct Seen {

@@ -56,7 +56,7 @@ TEST(HeartbeatPublisher, KeepsTheCounterMovingAndRecordsSuccess) {
 namespace kiln::elastic {
 namespace {
 
-TEST(LivenessMonitor, AllMovedSinceNeedsEveryCounterToMoveAfterThatTime) {
+TEST(LivenessMonitor, AllAliveSinceNeedsEveryCounterToMoveAfterThatTime) {
   auto store = std::make_shared<store::MemoryStore>();
   LivenessMonitor monitor(store, std::chrono::seconds(10));
   auto t0 = Clock::now();
@@ -64,10 +64,10 @@ TEST(LivenessMonitor, AllMovedSinceNeedsEveryCounterToMoveAfterThatTime) {
   auto failure = t0 + std::chrono::seconds(1);
   ASSERT_TRUE(store->add(heartbeat_key("a"), 1).is_ok());
   ASSERT_TRUE(monitor.lost(failure + std::chrono::seconds(1)).is_ok());
-  EXPECT_FALSE(monitor.all_moved_since(failure)) << "b has not beaten since";
+  EXPECT_FALSE(monitor.all_alive_since(failure)) << "b has not beaten since";
   ASSERT_TRUE(store->add(heartbeat_key("b"), 1).is_ok());
   ASSERT_TRUE(monitor.lost(failure + std::chrono::seconds(2)).is_ok());
-  EXPECT_TRUE(monitor.all_moved_since(failure));
+  EXPECT_TRUE(monitor.all_alive_since(failure));
 }
 
 }  // namespace
