@@ -25,18 +25,18 @@ PIDS+=("$STORE_PID")
 agent() {  # agent NODE: one node of the job, in the background
   "$KILN" run --nnodes 1:2 -n 1 --rdzv-endpoint "127.0.0.1:$STORE_PORT" --rdzv-id loss \
     --node-id "$1" --node-ttl "$TTL" --last-call 10 --events "$WORK/events-$1.jsonl" -- \
-    "$KILN" train "$CONFIG" --no-progress --max-steps 240 --ckpt-dir "$WORK/ckpt" > "$WORK/$1.log" 2>&1 &
+    "$KILN" train "$CONFIG" --no-progress --max-steps 150 --ckpt-dir "$WORK/ckpt" > "$WORK/$1.log" 2>&1 &
 }
 agent a; A=$!; PIDS+=("$A")
 agent b; B=$!; PIDS+=("$B")
-wait_until 120 at_least_step "$WORK/ckpt" 40
+wait_until 120 at_least_step "$WORK/ckpt" 30
 victim=$(worker_pid "$B" 1)
 fault_time=$(date +%s.%N)
 kill -9 "$B" "$victim"
 wait "$A" || { echo "node a failed after losing node b" >&2; tail -30 "$WORK/a.log" >&2; exit 1; }
 
-grep -q "final: step 240 .*(.*, 1 ranks)" "$WORK/a.log" \
-  || { echo "node a did not finish step 240 on 1 rank" >&2; tail -5 "$WORK/a.log" >&2; exit 1; }
+grep -q "final: step 150 .*(.*, 1 ranks)" "$WORK/a.log" \
+  || { echo "node a did not finish step 150 on 1 rank" >&2; tail -5 "$WORK/a.log" >&2; exit 1; }
 EV="$WORK/events-a.jsonl"
 jq -e -s '[.[] | select(.event == "node_lost")] | length == 1 and .[0].failed_node == "b"
           and .[0].class == "permanent" and .[0].action == "exclude_node"' "$EV" > /dev/null \

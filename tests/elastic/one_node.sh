@@ -24,7 +24,7 @@ cleanup() {
 }
 trap cleanup EXIT
 CONFIG=$(tiny_config "$WORK")
-STEPS=240
+STEPS=150
 TRAIN=("$KILN" train "$CONFIG" --no-progress --max-steps "$STEPS")
 
 fail() { echo "one_node $SCENARIO: $*" >&2; exit 1; }
@@ -74,7 +74,7 @@ for SCENARIO in "${SCENARIOS[@]}"; do
   case "$SCENARIO" in
     crash)
       start_job crash
-      wait_until 120 at_least_step "$WORK/crash" 40
+      wait_until 120 at_least_step "$WORK/crash" 30
       kill -9 "$(worker_pid "$AGENT" 1)"
       step=$(committed_step "$WORK/crash")
       finish_job crash
@@ -85,7 +85,7 @@ for SCENARIO in "${SCENARIOS[@]}"; do
       ;;
     hang)
       start_job hang --hang-timeout 5
-      wait_until 120 at_least_step "$WORK/hang" 40
+      wait_until 120 at_least_step "$WORK/hang" 30
       kill -STOP "$(worker_pid "$AGENT" 1)"
       step=$(committed_step "$WORK/hang")
       finish_job hang
@@ -96,7 +96,7 @@ for SCENARIO in "${SCENARIOS[@]}"; do
       ;;
     preempt)
       start_job preempt
-      wait_until 120 at_least_step "$WORK/preempt" 40
+      wait_until 120 at_least_step "$WORK/preempt" 30
       kill -TERM "$AGENT"
       wait "$AGENT" || fail "the preempted agent did not exit 0"
       AGENT=
