@@ -1,6 +1,7 @@
 #include "kiln/ckpt/memory_tier.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -370,7 +371,13 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   return st;
 }
 
-Status MemoryTier::clear() { return Fs::posix()->remove_tree(rank_dir_); }
+Status MemoryTier::clear() {
+  KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(rank_dir_));
+  // The last rank of the host to finish removes the job's directory too
+  // (rmdir fails, harmlessly, while another rank's directory remains).
+  ::rmdir(options_.dir.c_str());
+  return Status::ok();
+}
 
 Result<LoadedState> recover_latest(const std::string& root, MemoryTier* tier,
                                    const LoadOptions& options, bool* from_memory) {

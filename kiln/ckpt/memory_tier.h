@@ -80,7 +80,8 @@ class MemoryTier {
 
   MemoryRecoveryStats last_recovery() const { return stats_; }
 
-  // Deletes this rank's snapshots and replicas (a job that finished).
+  // Deletes this rank's snapshots and replicas (a job that finished), and
+  // the directory once no rank's is left in it.
   Status clear();
 
   const std::string& rank_dir() const { return rank_dir_; }

@@ -107,6 +107,8 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
   c.checkpoint.every = r.get_int("checkpoint", "every", false, c.checkpoint.every, 0);
   c.checkpoint.keep = static_cast<int>(r.get_int("checkpoint", "keep", false, c.checkpoint.keep));
   c.checkpoint.resume = r.get_bool("checkpoint", "resume", c.checkpoint.resume);
+  c.checkpoint.memory = r.get_bool("checkpoint", "memory", c.checkpoint.memory);
+  c.checkpoint.memory_dir = r.get_string("checkpoint", "memory_dir", false, "");
 
   if (r.has("ddp", "bucket_cap_mib") &&
       root["ddp"]["bucket_cap_mib"].value_exact<std::string>() == std::optional<std::string>("auto")) {

@@ -73,6 +73,11 @@ struct CheckpointConfig {
   std::int64_t every = 0;  // steps; 0 = only at the end
   int keep = 3;
   bool resume = true;  // start from the newest valid checkpoint in dir
+  // The in-memory tier (kiln/ckpt/memory_tier.h): each save also goes to
+  // memory_dir with a replica on the ring successor, and a restart under
+  // `kiln run` recovers from there without reading dir.
+  bool memory = true;
+  std::string memory_dir;  // empty: /dev/shm/kiln-ckpt-<hash of dir>
 };
 
 struct DdpConfig {

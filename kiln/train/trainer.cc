@@ -27,6 +27,7 @@
 #include "kiln/diag/step_timer.h"
 #include "kiln/elastic/worker_link.h"
 #include "kiln/train/progress_line.h"
+#include "kiln/train/resume.h"
 #include "kiln/train/task.h"
 #include "kiln/train/train_state.h"
 
@@ -214,43 +215,6 @@ void set_learning_rate(torch::optim::Optimizer& opt, double lr) {
   for (auto& group : opt.param_groups()) group.options().set_lr(lr);
 }
 
-// ---- checkpoints ------------------------------------------------------------
-
-Result<std::optional<Progress>> resume(const TrainConfig& c, torch::nn::Module& module,
-                                       torch::optim::Optimizer& optimizer, comm::Communicator& comm) {
-  if (c.checkpoint.dir.empty()) return std::optional<Progress>();
-  if (!c.checkpoint.resume) {
-    // Starting over would collide with (and retention would delete) the
-    // committed steps already there: refuse rather than lose them.
-    auto steps = ckpt::list_committed_steps(c.checkpoint.dir);
-    if (steps.is_ok() && !steps->empty()) {
-      return failed_precondition(fmt::format(
-          "checkpoint.dir {} holds committed steps (newest {}) and resume is off: pick another "
-          "directory or remove them", c.checkpoint.dir, steps->front()));
-    }
-    return std::optional<Progress>();
-  }
-  // Rank 0 picks the newest step that loads whole; everyone then reads it
-  // whole (data parallel: every rank needs every tensor).
-  std::int64_t step = -1;
-  if (comm.rank() == 0) {
-    auto latest = ckpt::load_latest(c.checkpoint.dir, {});
-    if (latest.is_ok()) {
-      step = latest->step;
-    } else if (latest.status().code() != Code::kNotFound) {
-      log()->warn("resume: {}; starting from scratch", latest.status().to_string());
-    }
-  }
-  KILN_RETURN_IF_ERROR(comm.broadcast(&step, 1, comm::DataType::kInt64, 0)->wait(kCollectiveTimeout));
-  if (step < 0) return std::optional<Progress>();
-  std::string dir = fmt::format("{}/step-{}", c.checkpoint.dir, step);
-  KILN_ASSIGN_OR_RETURN(ckpt::LoadedState loaded, ckpt::load_step(dir, 0, 1));
-  KILN_ASSIGN_OR_RETURN(Progress p, restore_state(loaded, module, optimizer, comm.rank()));
-  log()->info("resumed from {} (step {}, epoch {}, {} samples of it consumed)", dir, p.step,
-              p.epoch, p.consumed);
-  return std::optional<Progress>(p);
-}
-
 }  // namespace
 
 Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator& comm) {
@@ -294,19 +258,28 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   // Checkpoints get a communicator of their own: the writer thread issues
   // collectives while training uses `comm`.
   std::unique_ptr<comm::Communicator> ckpt_comm;
+  std::unique_ptr<ckpt::MemoryTier> memory_tier;  // outlives the checkpointer
   std::unique_ptr<ckpt::Checkpointer> checkpointer;
   if (!c.checkpoint.dir.empty()) {
     std::error_code ec;
     std::filesystem::create_directories(c.checkpoint.dir, ec);
     if (ec) return errno_status("create checkpoint.dir " + c.checkpoint.dir, ec.value());
     KILN_ASSIGN_OR_RETURN(ckpt_comm, comm.split(0, rank));
+    if (c.checkpoint.memory) {
+      std::string dir = c.checkpoint.memory_dir.empty()
+                            ? ckpt::default_memory_dir(c.checkpoint.dir)
+                            : c.checkpoint.memory_dir;
+      KILN_ASSIGN_OR_RETURN(memory_tier, ckpt::MemoryTier::open({.dir = dir, .comm = ckpt_comm.get()}));
+    }
     KILN_ASSIGN_OR_RETURN(checkpointer, ckpt::Checkpointer::create(
                                             {.root = c.checkpoint.dir, .comm = ckpt_comm.get(),
-                                             .retention = {.keep_last = c.checkpoint.keep}}));
+                                             .retention = {.keep_last = c.checkpoint.keep},
+                                             .memory = memory_tier.get()}));
   }
   Progress progress;
-  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, *task->module(), *optimizer, comm));
-  if (resumed) progress = *resumed;
+  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, *task->module(), *optimizer, comm, memory_tier.get(),
+                                             ckpt_comm.get(), restarted_by_launcher()));
+  if (resumed) progress = resumed->progress;
   const std::int64_t start_step = progress.step;
 
   std::unique_ptr<diag::MetricsWriter> metrics;
@@ -420,6 +393,12 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, result.steps, Deadline::after_seconds(600)));
     }
     KILN_RETURN_IF_ERROR(checkpointer->wait(Deadline::after_seconds(600)));
+  }
+  if (memory_tier && !result.stopped) {
+    // Finished: nothing left to recover, and /dev/shm is memory. A stopped
+    // (preempted) run keeps its snapshots for the restart.
+    Status s = memory_tier->clear();
+    if (!s.is_ok()) log()->warn("in-memory checkpoints not removed: {}", s.to_string());
   }
   if (result.stopped) {
     // The grace period is for the checkpoint, not for an evaluation.

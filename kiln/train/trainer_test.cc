@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -144,6 +145,43 @@ TEST(Trainer, ResumeIsBitIdenticalToNeverStopping) {
   EXPECT_LE(resumed->start_step, 7);
   EXPECT_EQ(resumed->parameter_digest, a->parameter_digest);
   EXPECT_EQ(resumed->parameters, a->parameters);
+}
+
+TEST(Trainer, ARestartedJobRecoversFromMemoryWithoutStorage) {
+  Fixture f;
+  TrainConfig straight = f.config(32, 1, 12);
+  auto a = train_on(2, straight, f.dir.path() + "/a");
+  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+
+  TrainConfig c = straight;
+  c.checkpoint = {.dir = f.dir.path() + "/ckpt", .every = 2,
+                  .memory_dir = f.dir.path() + "/shm"};
+  ASSERT_FALSE(train_on(2, c, f.dir.path() + "/b1", /*crash_after_step=*/7).is_ok());
+  // Storage gone: a resume can only come from the ranks' snapshots in memory,
+  // and only because the launcher says this is a restart.
+  std::filesystem::remove_all(c.checkpoint.dir);
+  ::setenv("KILN_RESTART_COUNT", "1", 1);
+  auto resumed = train_on(2, c, f.dir.path() + "/b2");
+  ::unsetenv("KILN_RESTART_COUNT");
+  ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
+  EXPECT_GE(resumed->start_step, 2);
+  EXPECT_LE(resumed->start_step, 7);
+  EXPECT_EQ(resumed->parameters, a->parameters);
+  // A finished job leaves nothing in memory.
+  EXPECT_FALSE(std::filesystem::exists(c.checkpoint.memory_dir));
+}
+
+TEST(Trainer, AFreshRunIgnoresSnapshotsLeftInMemory) {
+  Fixture f;
+  TrainConfig c = f.config(32, 1, 6);
+  c.checkpoint = {.dir = f.dir.path() + "/ckpt", .every = 2,
+                  .memory_dir = f.dir.path() + "/shm"};
+  ASSERT_FALSE(train_on(2, c, f.dir.path() + "/b1", /*crash_after_step=*/5).is_ok());
+  ASSERT_TRUE(std::filesystem::exists(c.checkpoint.memory_dir));
+  std::filesystem::remove_all(c.checkpoint.dir);  // the user starts over
+  auto fresh = train_on(2, c, f.dir.path() + "/b2");
+  ASSERT_TRUE(fresh.is_ok()) << fresh.status().to_string();
+  EXPECT_EQ(fresh->start_step, 0);
 }
 
 TEST(Trainer, ResumesOnAnotherWorldSize) {

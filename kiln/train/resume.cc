@@ -1,0 +1,109 @@
+#include "kiln/train/resume.h"
+
+#include <fmt/format.h>
+
+#include <cstdlib>
+
+#include "kiln/base/logging.h"
+#include "kiln/ckpt/gather.h"
+#include "kiln/ckpt/load.h"
+#include "kiln/ckpt/retention.h"
+
+namespace kiln::train {
+namespace {
+
+// Bounds each resume collective: generous, since rank 0 may be reading a
+// large checkpoint while the others wait for its choice.
+constexpr std::chrono::milliseconds kResumeTimeout{600000};
+
+// The newest step in memory that every rank can restore, as whole tensors.
+// NotFound (the same on every rank) when memory cannot serve.
+Result<ckpt::LoadedState> from_memory(const TrainConfig& c, ckpt::MemoryTier& memory,
+                                      comm::Communicator& comm) {
+  ckpt::LoadOptions o{comm.rank(), comm.size(), &comm, kResumeTimeout};
+  std::int64_t newest_on_disk = -1;
+  if (comm.rank() == 0) {
+    auto steps = ckpt::list_committed_steps(c.checkpoint.dir);
+    if (steps.is_ok() && !steps->empty()) newest_on_disk = steps->front();
+  }
+  KILN_RETURN_IF_ERROR(
+      comm.broadcast(&newest_on_disk, 1, comm::DataType::kInt64, 0)->wait(kResumeTimeout));
+  KILN_ASSIGN_OR_RETURN(ckpt::LoadedState share,
+                        memory.recover(std::max<std::int64_t>(newest_on_disk, 0)));
+  return ckpt::gather_whole_tensors(std::move(share), comm, o.timeout);
+}
+
+// Rank 0 picks the newest step that loads whole; everyone then reads it
+// whole (data parallel: every rank needs every tensor). NotFound when none.
+Result<ckpt::LoadedState> from_storage(const TrainConfig& c, comm::Communicator& comm) {
+  std::int64_t step = -1;
+  if (comm.rank() == 0) {
+    auto latest = ckpt::load_latest(c.checkpoint.dir, {});
+    if (latest.is_ok()) {
+      step = latest->step;
+    } else if (latest.status().code() != Code::kNotFound) {
+      log()->warn("resume: {}; starting from scratch", latest.status().to_string());
+    }
+  }
+  KILN_RETURN_IF_ERROR(comm.broadcast(&step, 1, comm::DataType::kInt64, 0)->wait(kResumeTimeout));
+  if (step < 0) return not_found("no checkpoint to resume from in " + c.checkpoint.dir);
+  return ckpt::load_step(fmt::format("{}/step-{}", c.checkpoint.dir, step), 0, 1);
+}
+
+}  // namespace
+
+bool restarted_by_launcher() {
+  const char* n = std::getenv("KILN_RESTART_COUNT");
+  return n != nullptr && std::atoi(n) > 0;
+}
+
+Result<std::optional<Resumed>> resume(const TrainConfig& c, torch::nn::Module& module,
+                                      torch::optim::Optimizer& optimizer, comm::Communicator& comm,
+                                      ckpt::MemoryTier* memory, comm::Communicator* memory_comm,
+                                      bool use_memory) {
+  if (c.checkpoint.dir.empty()) return std::optional<Resumed>();
+  if (!c.checkpoint.resume) {
+    // Starting over would collide with (and retention would delete) the
+    // committed steps already there: refuse rather than lose them.
+    auto steps = ckpt::list_committed_steps(c.checkpoint.dir);
+    if (steps.is_ok() && !steps->empty()) {
+      return failed_precondition(fmt::format(
+          "checkpoint.dir {} holds committed steps (newest {}) and resume is off: pick another "
+          "directory or remove them",
+          c.checkpoint.dir, steps->front()));
+    }
+    return std::optional<Resumed>();
+  }
+  Resumed out;
+  Result<ckpt::LoadedState> loaded = not_found("");
+  if (use_memory && memory != nullptr && memory_comm != nullptr) {
+    loaded = from_memory(c, *memory, *memory_comm);
+    out.from_memory = loaded.is_ok();
+    if (!loaded.is_ok()) {
+      // Every rank sees the same outcome (recover and the gather agree
+      // first), so all fall back together, unless the links themselves failed.
+      const Code code = loaded.status().code();
+      if (code == Code::kAborted || code == Code::kDeadlineExceeded) return loaded.status();
+      if (code == Code::kNotFound) {
+        log()->info("resume: {}; loading from storage", loaded.status().message());
+      } else {
+        log()->warn("resume: the in-memory checkpoint does not restore ({}); loading from storage",
+                    loaded.status().to_string());
+      }
+    }
+  }
+  if (!out.from_memory) {
+    loaded = from_storage(c, comm);
+    if (!loaded.is_ok()) {
+      if (loaded.status().code() == Code::kNotFound) return std::optional<Resumed>();
+      return loaded.status();
+    }
+  }
+  KILN_ASSIGN_OR_RETURN(out.progress, restore_state(*loaded, module, optimizer, comm.rank()));
+  log()->info("resumed from {}{} (step {}, epoch {}, {} samples of it consumed)",
+              out.from_memory ? "memory, " : "", loaded->dir, out.progress.step, out.progress.epoch,
+              out.progress.consumed);
+  return std::optional<Resumed>(out);
+}
+
+}  // namespace kiln::train

@@ -1,0 +1,43 @@
+// Where a training run starts: the newest checkpoint, or from scratch.
+//
+// Under `kiln run`, a restarted job (KILN_RESTART_COUNT > 0) first asks the
+// in-memory tier (kiln/ckpt/memory_tier.h): the ranks' snapshots and their
+// ring buddies' replicas on /dev/shm, which a job that lost a process holds
+// for a step at least as new as storage's. Each rank gets its share back and
+// the ranks assemble the whole model from the shares (gather_whole_tensors):
+// no storage read. Otherwise, and when memory cannot serve every rank, the
+// newest checkpoint that loads from storage. A fresh run never resumes from
+// memory: a user who deleted the checkpoint directory to start over gets a
+// fresh start, not a stale snapshot.
+#pragma once
+
+#include <torch/torch.h>
+
+#include <optional>
+
+#include "kiln/base/status.h"
+#include "kiln/ckpt/memory_tier.h"
+#include "kiln/comm/communicator.h"
+#include "kiln/train/train_config.h"
+#include "kiln/train/train_state.h"
+
+namespace kiln::train {
+
+struct Resumed {
+  Progress progress;
+  bool from_memory = false;
+};
+
+// True when `kiln run` restarted this worker group (KILN_RESTART_COUNT > 0).
+bool restarted_by_launcher();
+
+// Collective over `comm`. `memory` (may be null) and its communicator
+// `memory_comm` are used only when `use_memory`. nullopt: start from scratch.
+// FailedPrecondition when resume is off and the directory holds committed
+// steps (starting over would collide with them).
+Result<std::optional<Resumed>> resume(const TrainConfig& c, torch::nn::Module& module,
+                                      torch::optim::Optimizer& optimizer, comm::Communicator& comm,
+                                      ckpt::MemoryTier* memory, comm::Communicator* memory_comm,
+                                      bool use_memory);
+
+}  // namespace kiln::train
