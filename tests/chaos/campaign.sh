@@ -109,7 +109,7 @@ detected_at() {
     (.event | IN("worker_exit", "worker_hang", "comm_error", "node_lost", "store_lost"))) | .time] | min // empty'
 }
 resumed_from() {  # RUN: the step the first restart resumed from ("" if none restarted)
-  grep -ho 'resumed from [^ ]*/step-[0-9]*' "$WORK/$1".*.log | head -1 | grep -o '[0-9]*$' || true
+  grep -hEo 'resumed from (memory, )?[^ ]*/step-[0-9]+' "$WORK/$1".*.log | head -1 | grep -o '[0-9]*$' || true
 }
 
 REFERENCE=

@@ -66,8 +66,15 @@ one_decision() {
 # (a save in flight at the fault may still have committed).
 resumed_at_least() {
   local resumed
-  resumed=$(grep -o 'resumed from [^ ]*/step-[0-9]*' "$WORK/$1.log" | tail -1 | grep -o '[0-9]*$' || echo 0)
+  resumed=$(grep -Eo 'resumed from (memory, )?[^ ]*/step-[0-9]+' "$WORK/$1.log" | tail -1 | grep -o '[0-9]*$' || echo 0)
   [ "$resumed" -ge "$2" ] || fail "resumed from step $resumed, not >= $2"
+}
+
+# resumed_from_memory NAME: kiln run's restart recovered every rank from the
+# in-memory checkpoint tier, not from storage.
+resumed_from_memory() {
+  [ "$(grep -c 'resumed from memory, ' "$WORK/$1.log")" = 2 ] \
+    || fail "the restarted workers did not both resume from memory"
 }
 
 for SCENARIO in "${SCENARIOS[@]}"; do
@@ -82,6 +89,7 @@ for SCENARIO in "${SCENARIOS[@]}"; do
       jq -e -s '[.[] | select(.event == "worker_exit")][0].detail | test("signal 9")' \
         "$WORK/crash.events" > /dev/null || fail "the decision does not name signal 9"
       resumed_at_least crash "$step"
+      resumed_from_memory crash
       ;;
     hang)
       start_job hang --hang-timeout 5
@@ -93,6 +101,7 @@ for SCENARIO in "${SCENARIOS[@]}"; do
       # the same step either may be named.
       one_decision hang worker_hang '[0, 1]'
       resumed_at_least hang "$step"
+      resumed_from_memory hang
       ;;
     preempt)
       start_job preempt
