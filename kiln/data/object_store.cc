@@ -6,6 +6,7 @@
 #include <filesystem>
 
 #include "kiln/data/file_object_store.h"
+#include "kiln/data/s3/s3_object_store.h"
 
 namespace kiln::data {
 
@@ -14,8 +15,8 @@ Result<std::unique_ptr<ObjectStore>> open_object_store(const std::string& url) {
   if (url.rfind("file://", 0) == 0) {
     path = url.substr(7);
   } else if (url.rfind("s3://", 0) == 0) {
-    return failed_precondition(fmt::format(
-        "object store {}: s3:// is not implemented yet in this build (issue 3); use file://", url));
+    KILN_ASSIGN_OR_RETURN(auto s3, s3::S3ObjectStore::open(url));
+    return std::unique_ptr<ObjectStore>(std::move(s3));
   } else if (url.find("://") != std::string::npos) {
     return invalid_argument(fmt::format("object store '{}': unknown scheme (file://, s3://)", url));
   } else {
