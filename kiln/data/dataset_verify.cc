@@ -14,8 +14,8 @@ ShardVerdict judge(const ShardInfo& shard, const FileDigest& got) {
   if (got.bytes != shard.bytes) {
     v.problem = fmt::format("{} bytes, index says {}", got.bytes, shard.bytes);
   } else if (got.xxh3 != shard.xxh3) {
-    v.problem = fmt::format("xxh3 {}, index says {}", checksum_hex(got.xxh3),
-                            checksum_hex(shard.xxh3));
+    v.problem =
+        fmt::format("xxh3 {}, index says {}", checksum_hex(got.xxh3), checksum_hex(shard.xxh3));
   } else {
     v.ok = true;
   }

@@ -15,7 +15,8 @@ namespace kiln::data {
 struct ShardVerdict {
   std::string file;
   bool ok = false;
-  std::string problem;  // when !ok: "missing", "12 bytes, index says 40", "xxh3 ..., index says ..."
+  std::string
+      problem;  // when !ok: "missing", "12 bytes, index says 40", "xxh3 ..., index says ..."
 };
 
 struct VerifyOptions {

@@ -158,6 +158,9 @@ Result<Batch> Loader::build(std::uint64_t number) {
       Column& c = b.columns[f];
       switch (c.kind) {
         case FieldKind::kBytes:
+          // Payloads are usually of similar size: size the column once from
+          // the first instead of regrowing (and recopying) it.
+          if (j == 0) c.data.reserve(n * v.data.size());
           c.data.insert(c.data.end(), v.data.begin(), v.data.end());
           c.offsets.push_back(c.data.size());
           break;
