@@ -52,6 +52,9 @@ struct DataBenchArgs {
   int runs = 3;
   double consumer_ms = 5;
   int warmup_batches = 5;
+  // Within-shard shuffling; the default spans one 16 MiB shard of 32 KiB
+  // samples. A window across many shards makes every batch reopen them.
+  std::uint64_t shuffle_window = 512;
   bool json = false;
 };
 
@@ -96,6 +99,7 @@ struct EpochResult {
   double seconds = 0;
   std::uint64_t samples = 0;
   double mean_wait_s = 0;
+  std::vector<double> waits_s;  // after warm-up, in batch order
 };
 
 Result<EpochResult> run_epoch(data::ShardCache* cache, const DatasetIndex& index,
@@ -116,6 +120,7 @@ Result<EpochResult> run_epoch(data::ShardCache* cache, const DatasetIndex& index
     r.samples += batch->sample_ids.size();
     if (n >= a.warmup_batches) {
       waited += batch->wait_seconds;
+      r.waits_s.push_back(batch->wait_seconds);
       ++counted;
     }
     if (consumer_ms > 0) {
@@ -152,7 +157,14 @@ struct Ratios {
   std::vector<double> warm, warm_mb_s, warm_samples_s, raw_mb_s;
   std::vector<double> cold, cold_mb_s, raw_get_mb_s;
   std::vector<double> wait_fraction;
+  std::vector<double> wait_p50_ms, wait_p99_ms, wait_max_ms;
 };
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * v.size()))];
+}
 
 Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIndex& index,
                   Ratios* out) {
@@ -177,6 +189,9 @@ Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIn
   for (int r = 0; r < a.runs; ++r) {
     KILN_ASSIGN_OR_RETURN(EpochResult e, run_epoch(&cache, index, a, a.consumer_ms));
     out->wait_fraction.push_back(e.mean_wait_s / (a.consumer_ms / 1000));
+    out->wait_p50_ms.push_back(1000 * percentile(e.waits_s, 0.5));
+    out->wait_p99_ms.push_back(1000 * percentile(e.waits_s, 0.99));
+    out->wait_max_ms.push_back(1000 * percentile(e.waits_s, 1.0));
   }
   return Status::ok();
 }
@@ -237,12 +252,16 @@ Status bench_data(const DataBenchArgs& a) {
       {"batch_size", a.batch_size},
       {"workers", a.workers},
       {"runs", a.runs},
+      {"shuffle_window", a.shuffle_window},
       {"warm_mb_s", median(r.warm_mb_s)},
       {"warm_samples_s", median(r.warm_samples_s)},
       {"raw_read_mb_s", median(r.raw_mb_s)},
       {"warm_vs_raw", median(r.warm)},
       {"consumer_ms", a.consumer_ms},
       {"consumer_wait_fraction", median(r.wait_fraction)},
+      {"consumer_wait_p50_ms", median(r.wait_p50_ms)},
+      {"consumer_wait_p99_ms", median(r.wait_p99_ms)},
+      {"consumer_wait_max_ms", median(r.wait_max_ms)},
   };
   if (cold) {
     doc["cold_mb_s"] = median(r.cold_mb_s);
@@ -272,8 +291,11 @@ Status bench_data(const DataBenchArgs& a) {
   } else {
     std::printf("cold:   skipped: %s\n", data::s3::testing::LocalS3Server::kNotInstalled);
   }
-  std::printf("stall:  consumer at %.1f ms/batch waits %.2f%% of it (target < 2%%)\n",
-              a.consumer_ms, 100 * median(r.wait_fraction));
+  std::printf(
+      "stall:  consumer at %.1f ms/batch waits %.2f%% of it (target < 2%%); wait p50 "
+      "%.3f ms, p99 %.3f ms, max %.3f ms\n",
+      a.consumer_ms, 100 * median(r.wait_fraction), median(r.wait_p50_ms), median(r.wait_p99_ms),
+      median(r.wait_max_ms));
   return Status::ok();
 }
 
@@ -291,6 +313,8 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--consumer-ms", a->consumer_ms, "Consumer time per batch for the stall test")
       ->capture_default_str();
   cmd->add_option("--warmup-batches", a->warmup_batches, "Batches before waits count")
+      ->capture_default_str();
+  cmd->add_option("--shuffle-window", a->shuffle_window, "Sampler shuffle window (samples)")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print one JSON document");
   cmd->callback(run_status([a] { return bench_data(*a); }));
