@@ -159,11 +159,18 @@ Result<Batch> Loader::build(std::uint64_t number) {
     if (b.columns[f].kind == FieldKind::kBytes) b.columns[f].offsets.push_back(0);
   }
   std::vector<std::uint8_t> record;
+  std::shared_ptr<OpenShard> open;
+  std::size_t open_index = SIZE_MAX;
   for (std::uint64_t j = 0; j < n; ++j) {
     std::uint64_t id = sampler_.peek(first + j);
     b.sample_ids.push_back(id);
     std::size_t shard = index_.shard_of(id);
-    KILN_ASSIGN_OR_RETURN(auto open, open_shard(shard, number));
+    // Consecutive samples mostly share a shard: look it up (under mu_) only
+    // when it changes.
+    if (shard != open_index) {
+      KILN_ASSIGN_OR_RETURN(open, open_shard(shard, number));
+      open_index = shard;
+    }
     KILN_RETURN_IF_ERROR(open->reader->read(id - index_.shards[shard].first_sample, &record));
     auto sample = decode_sample(index_.schema, record);
     if (!sample) {
