@@ -9,7 +9,7 @@ packages=(
   cmake ninja-build g++ make pkg-config git
   # libraries
   libcli11-dev nlohmann-json3-dev libspdlog-dev libfmt-dev libtomlplusplus-dev
-  libxxhash-dev libzstd-dev zlib1g-dev libcurl4-openssl-dev libcpp-httplib-dev
+  libxxhash-dev libzstd-dev zlib1g-dev libcurl4-openssl-dev libcpp-httplib-dev libxml2-dev
   # data: the Fashion-MNIST IDX files `kiln data convert fashion-mnist` reads,
   # and the Debian text `kiln data convert text` tokenizes for the GPT example
   dataset-fashion-mnist fortunes

@@ -5,13 +5,14 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <filesystem>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "kiln/data/file_object_store.h"
 #include "kiln/data/internal/file_util.h"
-#include "kiln/data/object_store.h"
 
 namespace kiln::data {
 namespace {
@@ -79,6 +80,80 @@ class FileObjectStore final : public ObjectStore {
     return s.with_context("put " + describe_key(key));
   }
 
+  Result<std::string> get_range(const std::string& key, std::uint64_t offset, std::uint64_t length,
+                                Deadline) override {
+    std::string path = root_ + "/" + key;
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno_status("get_range " + describe_key(key), errno);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+      int e = errno;
+      ::close(fd);
+      return errno_status("stat " + describe_key(key), e);
+    }
+    auto size = static_cast<std::uint64_t>(st.st_size);
+    if (offset > size || (offset == size && length > 0)) {
+      ::close(fd);
+      return invalid_argument(fmt::format("get_range {}: offset {} is past the end ({} bytes)",
+                                          describe_key(key), offset, size));
+    }
+    std::string out(std::min(length, size - offset), '\0');
+    std::size_t done = 0;
+    while (done < out.size()) {
+      ssize_t n = ::pread(fd, out.data() + done, out.size() - done,
+                          static_cast<off_t>(offset + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        int e = n < 0 ? errno : EIO;
+        ::close(fd);
+        return errno_status("read " + describe_key(key), e);
+      }
+      done += static_cast<std::size_t>(n);
+    }
+    ::close(fd);
+    return out;
+  }
+
+  Result<ObjectInfo> head(const std::string& key, Deadline) override {
+    struct stat st {};
+    std::string path = root_ + "/" + key;
+    if (::stat(path.c_str(), &st) != 0) return errno_status("head " + describe_key(key), errno);
+    if (!S_ISREG(st.st_mode)) return not_found("head " + describe_key(key) + ": not a file");
+    return ObjectInfo{key, static_cast<std::uint64_t>(st.st_size)};
+  }
+
+  Result<std::vector<ObjectInfo>> list(const std::string& prefix, Deadline) override {
+    namespace fs = std::filesystem;
+    std::vector<ObjectInfo> out;
+    std::error_code ec;
+    // Only the directories the prefix can reach: "train/shard-" lists train/.
+    std::string dir = root_;
+    if (auto slash = prefix.rfind('/'); slash != std::string::npos) {
+      dir += "/" + prefix.substr(0, slash);
+    }
+    if (!fs::is_directory(dir, ec)) return out;
+    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
+         it.increment(ec)) {
+      if (!it->is_regular_file(ec)) continue;
+      std::string key = fs::relative(it->path(), root_, ec).string();
+      // Temp names of a put in flight are not objects yet.
+      if (key.find(".tmp.") != std::string::npos || key.rfind(prefix, 0) != 0) continue;
+      out.push_back({key, static_cast<std::uint64_t>(it->file_size(ec))});
+    }
+    if (ec) return errno_status("list " + describe_key(prefix), ec.value());
+    std::sort(out.begin(), out.end(),
+              [](const ObjectInfo& a, const ObjectInfo& b) { return a.key < b.key; });
+    return out;
+  }
+
+  Status remove(const std::string& key, Deadline) override {
+    std::string path = root_ + "/" + key;
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return errno_status("remove " + describe_key(key), errno);
+    }
+    return Status::ok();
+  }
+
   std::string describe() const override { return "file://" + root_; }
 
  private:
@@ -88,24 +163,8 @@ class FileObjectStore final : public ObjectStore {
 
 }  // namespace
 
-Result<std::unique_ptr<ObjectStore>> open_object_store(const std::string& url) {
-  std::string path;
-  if (url.rfind("file://", 0) == 0) {
-    path = url.substr(7);
-  } else if (url.rfind("s3://", 0) == 0) {
-    return failed_precondition(fmt::format(
-        "object store {}: s3:// is not implemented yet in this build (issue 3); use file://", url));
-  } else if (url.find("://") != std::string::npos) {
-    return invalid_argument(fmt::format("object store '{}': unknown scheme (file://, s3://)", url));
-  } else {
-    path = url;
-  }
-  while (path.size() > 1 && path.back() == '/') path.pop_back();
-  if (path.empty()) return invalid_argument("object store '" + url + "': empty path");
-  std::error_code ec;
-  auto abs = std::filesystem::absolute(path, ec);
-  if (ec) return invalid_argument("object store '" + url + "': " + ec.message());
-  return std::unique_ptr<ObjectStore>(new FileObjectStore(abs.string()));
+std::unique_ptr<ObjectStore> make_file_object_store(std::string root) {
+  return std::make_unique<FileObjectStore>(std::move(root));
 }
 
 }  // namespace kiln::data

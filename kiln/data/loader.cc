@@ -1,5 +1,8 @@
 #include "kiln/data/loader.h"
 
+#include <pthread.h>
+#include <sched.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -10,6 +13,18 @@ namespace kiln::data {
 namespace {
 
 constexpr auto kPoll = std::chrono::milliseconds(100);  // bounds every wait so stop_ is seen
+
+// Note [Loader threads yield to the consumer]: next() wakes a worker to
+// build the batch that now fits the queue. Under the default policy the
+// woken worker preempts the consumer (wakeup preemption) on a busy host, and
+// the training step stalls for a whole batch build although its batch was
+// ready. SCHED_BATCH threads never preempt on wakeup; they still get their
+// fair share of CPU. Best effort: a failure leaves the default policy.
+void yield_on_wakeup() {
+  sched_param param{};
+  param.sched_priority = 0;
+  (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);
+}
 
 }  // namespace
 
@@ -76,6 +91,7 @@ Result<std::shared_ptr<Loader::OpenShard>> Loader::open_shard(std::size_t shard,
 }
 
 void Loader::prefetch_loop() {
+  yield_on_wakeup();
   std::uint64_t total = sampler_.remaining();
   std::size_t last_shard = SIZE_MAX;
   for (std::uint64_t k = 0; k < total; ++k) {
@@ -107,6 +123,7 @@ void Loader::prefetch_loop() {
 }
 
 void Loader::worker_loop() {
+  yield_on_wakeup();
   while (true) {
     std::uint64_t number;
     {
@@ -142,11 +159,18 @@ Result<Batch> Loader::build(std::uint64_t number) {
     if (b.columns[f].kind == FieldKind::kBytes) b.columns[f].offsets.push_back(0);
   }
   std::vector<std::uint8_t> record;
+  std::shared_ptr<OpenShard> open;
+  std::size_t open_index = SIZE_MAX;
   for (std::uint64_t j = 0; j < n; ++j) {
     std::uint64_t id = sampler_.peek(first + j);
     b.sample_ids.push_back(id);
     std::size_t shard = index_.shard_of(id);
-    KILN_ASSIGN_OR_RETURN(auto open, open_shard(shard, number));
+    // Consecutive samples mostly share a shard: look it up (under mu_) only
+    // when it changes.
+    if (shard != open_index) {
+      KILN_ASSIGN_OR_RETURN(open, open_shard(shard, number));
+      open_index = shard;
+    }
     KILN_RETURN_IF_ERROR(open->reader->read(id - index_.shards[shard].first_sample, &record));
     auto sample = decode_sample(index_.schema, record);
     if (!sample) {
@@ -158,6 +182,9 @@ Result<Batch> Loader::build(std::uint64_t number) {
       Column& c = b.columns[f];
       switch (c.kind) {
         case FieldKind::kBytes:
+          // Payloads are usually of similar size: size the column once from
+          // the first instead of regrowing (and recopying) it.
+          if (j == 0) c.data.reserve(n * v.data.size());
           c.data.insert(c.data.end(), v.data.begin(), v.data.end());
           c.offsets.push_back(c.data.size());
           break;

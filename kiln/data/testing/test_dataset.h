@@ -43,6 +43,19 @@ class FaultyStore final : public ObjectStore {
   Status put_file(const std::string& key, const std::string& src, Deadline deadline) override {
     return inner_->put_file(key, src, deadline);
   }
+  Result<std::string> get_range(const std::string& key, std::uint64_t offset, std::uint64_t length,
+                                Deadline deadline) override {
+    return inner_->get_range(key, offset, length, deadline);
+  }
+  Result<ObjectInfo> head(const std::string& key, Deadline deadline) override {
+    return inner_->head(key, deadline);
+  }
+  Result<std::vector<ObjectInfo>> list(const std::string& prefix, Deadline deadline) override {
+    return inner_->list(prefix, deadline);
+  }
+  Status remove(const std::string& key, Deadline deadline) override {
+    return inner_->remove(key, deadline);
+  }
   std::string describe() const override { return "faulty+" + inner_->describe(); }
 
   std::atomic<int> corrupt_gets{0};

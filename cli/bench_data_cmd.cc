@@ -1,0 +1,324 @@
+// `kiln bench data`: what the input pipeline costs, against baselines
+// measured in the same run on the same bytes.
+//
+//   warm_vs_raw             a warm-cache epoch through the Loader (prefetch,
+//                           decode, collate) in MB/s over a raw sequential
+//                           read() of the same cached shard files (target ≥ 0.8)
+//   cold_vs_raw_get         a first epoch from s3rver into an empty cache
+//                           (download, verify, commit, decode) over plain
+//                           sequential GETs of the same objects from the same
+//                           server to a local file (target ≥ 0.8)
+//   consumer_wait_fraction  a consumer that spends --consumer-ms per batch:
+//                           mean Batch::wait_seconds after --warmup-batches,
+//                           over that time (target < 0.02)
+// Each run measures its baseline right before the timed epoch; the ratios
+// are medians over --runs of the per-run ratios, so load from other
+// processes cancels out as far as it can. The cold part starts s3rver on
+// 127.0.0.1 (LocalS3Server) and is skipped where it is not installed.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
+
+#include "cli/command.h"
+#include "kiln/base/units.h"
+#include "kiln/data/checksum.h"
+#include "kiln/data/dataset_push.h"
+#include "kiln/data/dataset_writer.h"
+#include "kiln/data/loader.h"
+#include "kiln/data/s3/s3_object_store.h"
+#include "kiln/data/s3/testing/local_s3_server.h"
+
+namespace kiln::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using data::DatasetIndex;
+
+struct DataBenchArgs {
+  std::string root = "/tmp/kiln-bench-data";
+  std::string total = "256M";        // dataset size
+  std::string sample_bytes = "32K";  // payload per sample
+  double shard_mib = 16;
+  std::uint64_t batch_size = 64;
+  int workers = 2;
+  int runs = 3;
+  double consumer_ms = 5;
+  int warmup_batches = 5;
+  // Within-shard shuffling; the default spans one 16 MiB shard of 32 KiB
+  // samples. A window across many shards makes every batch reopen them.
+  std::uint64_t shuffle_window = 512;
+  bool json = false;
+};
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+std::uint64_t dataset_bytes(const DatasetIndex& index) {
+  std::uint64_t b = 0;
+  for (const auto& sh : index.shards) b += sh.bytes;
+  return b;
+}
+
+// Samples: an int64 label and an incompressible-looking payload.
+Result<DatasetIndex> write_dataset(const std::string& dir, std::uint64_t total,
+                                   std::uint64_t sample_bytes, std::uint64_t shard_bytes) {
+  data::Schema schema{{"label", data::FieldKind::kInt64, data::DType::kUInt8},
+                      {"payload", data::FieldKind::kBytes, data::DType::kUInt8}};
+  KILN_ASSIGN_OR_RETURN(auto w,
+                        data::DatasetWriter::create(dir, schema, {.shard_bytes = shard_bytes}));
+  std::vector<std::uint8_t> payload(sample_bytes);
+  std::uint32_t x = 12345;
+  for (std::uint64_t i = 0; i * sample_bytes < total; ++i) {
+    for (auto& b : payload) {
+      x = x * 1664525u + 1013904223u;
+      b = static_cast<std::uint8_t>(x >> 24);
+    }
+    KILN_RETURN_IF_ERROR(w.add(
+        {data::FieldValue::int64(static_cast<std::int64_t>(i)), data::FieldValue::bytes(payload)}));
+  }
+  return w.finish();
+}
+
+// One epoch on one rank: wall seconds and the consumer's mean wait after
+// warm-up. `consumer_ms` > 0 spends that long on each batch (a training step).
+struct EpochResult {
+  double seconds = 0;
+  std::uint64_t samples = 0;
+  double mean_wait_s = 0;
+  std::vector<double> waits_s;  // after warm-up, in batch order
+};
+
+Result<EpochResult> run_epoch(data::ShardCache* cache, const DatasetIndex& index,
+                              const DataBenchArgs& a, double consumer_ms) {
+  auto t0 = std::chrono::steady_clock::now();
+  data::Loader loader(cache, index,
+                      {.sampler = {.seed = 1},
+                       .batch_size = a.batch_size,
+                       .workers = a.workers,
+                       .queue_depth = 8,
+                       .prefetch_shards = 2});
+  EpochResult r;
+  double waited = 0;
+  std::uint64_t counted = 0;
+  for (int n = 0;; ++n) {
+    KILN_ASSIGN_OR_RETURN(auto batch, loader.next(Deadline::after_seconds(600)));
+    if (!batch) break;
+    r.samples += batch->sample_ids.size();
+    if (n >= a.warmup_batches) {
+      waited += batch->wait_seconds;
+      r.waits_s.push_back(batch->wait_seconds);
+      ++counted;
+    }
+    if (consumer_ms > 0) {
+      std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(consumer_ms));
+    }
+  }
+  r.seconds = seconds_since(t0);
+  r.mean_wait_s = counted > 0 ? waited / counted : 0;
+  if (r.samples != index.num_samples) {
+    return internal_error(
+        fmt::format("bench data: epoch yielded {} of {} samples", r.samples, index.num_samples));
+  }
+  return r;
+}
+
+// read() of every cached shard file, 4 MiB at a time: the page cache's speed
+// for the same bytes the warm epoch reads.
+Result<double> raw_read_seconds(const std::vector<std::string>& paths) {
+  std::vector<char> buf(4 << 20);
+  auto t0 = std::chrono::steady_clock::now();
+  for (const auto& p : paths) {
+    int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno_status("bench data: open " + p, errno);
+    ssize_t n;
+    while ((n = ::read(fd, buf.data(), buf.size())) > 0) {
+    }
+    ::close(fd);
+    if (n < 0) return errno_status("bench data: read " + p, errno);
+  }
+  return seconds_since(t0);
+}
+
+struct Ratios {
+  std::vector<double> warm, warm_mb_s, warm_samples_s, raw_mb_s;
+  std::vector<double> cold, cold_mb_s, raw_get_mb_s;
+  std::vector<double> wait_fraction;
+  std::vector<double> wait_p50_ms, wait_p99_ms, wait_max_ms;
+};
+
+double percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<std::size_t>(p * v.size()))];
+}
+
+Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIndex& index,
+                  Ratios* out) {
+  KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(ds));
+  data::ShardCache cache(store.get(), "",
+                         {.dir = a.root + "/warm-cache", .capacity_bytes = 1ull << 40});
+  std::vector<std::string> paths;
+  for (const auto& sh : index.shards) {
+    KILN_ASSIGN_OR_RETURN(auto lease, cache.acquire(sh, Deadline::after_seconds(600)));
+    paths.push_back(lease.path());
+  }
+  const double mb = dataset_bytes(index) / 1e6;
+  KILN_RETURN_IF_ERROR(run_epoch(&cache, index, a, 0).status());  // page cache warm
+  for (int r = 0; r < a.runs; ++r) {
+    KILN_ASSIGN_OR_RETURN(double raw_s, raw_read_seconds(paths));
+    KILN_ASSIGN_OR_RETURN(EpochResult e, run_epoch(&cache, index, a, 0));
+    out->raw_mb_s.push_back(mb / raw_s);
+    out->warm_mb_s.push_back(mb / e.seconds);
+    out->warm_samples_s.push_back(e.samples / e.seconds);
+    out->warm.push_back(raw_s / e.seconds);
+  }
+  for (int r = 0; r < a.runs; ++r) {
+    KILN_ASSIGN_OR_RETURN(EpochResult e, run_epoch(&cache, index, a, a.consumer_ms));
+    out->wait_fraction.push_back(e.mean_wait_s / (a.consumer_ms / 1000));
+    out->wait_p50_ms.push_back(1000 * percentile(e.waits_s, 0.5));
+    out->wait_p99_ms.push_back(1000 * percentile(e.waits_s, 0.99));
+    out->wait_max_ms.push_back(1000 * percentile(e.waits_s, 1.0));
+  }
+  return Status::ok();
+}
+
+Status bench_cold(const DataBenchArgs& a, const std::string& ds, const DatasetIndex& index,
+                  Ratios* out) {
+  KILN_ASSIGN_OR_RETURN(auto server, data::s3::testing::LocalS3Server::start("kiln-bench"));
+  data::s3::S3Options o = server->options();
+  o.max_attempts = 6;
+  KILN_ASSIGN_OR_RETURN(auto store, data::s3::S3ObjectStore::open(server->url("ds"), o));
+  KILN_RETURN_IF_ERROR(data::push_dataset(ds, store.get(), Deadline::after_seconds(600)).status());
+  const double mb = dataset_bytes(index) / 1e6;
+  const std::string scratch = a.root + "/raw-get";
+  fs::create_directories(scratch);
+  for (int r = 0; r < a.runs; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    for (const auto& sh : index.shards) {
+      std::string dst = scratch + "/" + sh.file;
+      KILN_RETURN_IF_ERROR(store->get_to_file(sh.file, dst, Deadline::after_seconds(600)));
+      ::unlink(dst.c_str());
+    }
+    double raw_s = seconds_since(t0);
+    std::string cache_dir = fmt::format("{}/cold-cache-{}", a.root, r);
+    data::ShardCache cache(store.get(), "", {.dir = cache_dir, .capacity_bytes = 1ull << 40});
+    KILN_ASSIGN_OR_RETURN(EpochResult e, run_epoch(&cache, index, a, 0));
+    std::error_code ec;
+    fs::remove_all(cache_dir, ec);
+    out->raw_get_mb_s.push_back(mb / raw_s);
+    out->cold_mb_s.push_back(mb / e.seconds);
+    out->cold.push_back(raw_s / e.seconds);
+  }
+  return Status::ok();
+}
+
+Status bench_data(const DataBenchArgs& a) {
+  KILN_ASSIGN_OR_RETURN(std::uint64_t total, parse_bytes(a.total));
+  KILN_ASSIGN_OR_RETURN(std::uint64_t sample_bytes, parse_bytes(a.sample_bytes));
+  if (a.runs < 1 || sample_bytes == 0 || a.consumer_ms <= 0) {
+    return invalid_argument("bench data: --runs ≥ 1, --sample-bytes > 0 and --consumer-ms > 0");
+  }
+  std::error_code ec;
+  fs::remove_all(a.root, ec);
+  const std::string ds = a.root + "/ds";
+  KILN_ASSIGN_OR_RETURN(
+      DatasetIndex index,
+      write_dataset(ds, total, sample_bytes, static_cast<std::uint64_t>(a.shard_mib * (1 << 20))));
+  Ratios r;
+  KILN_RETURN_IF_ERROR(bench_warm(a, ds, index, &r));
+  bool cold = data::s3::testing::LocalS3Server::installed();
+  if (cold) KILN_RETURN_IF_ERROR(bench_cold(a, ds, index, &r));
+  fs::remove_all(a.root, ec);
+
+  nlohmann::json doc{
+      {"dataset_mb", dataset_bytes(index) / 1e6},
+      {"samples", index.num_samples},
+      {"shards", index.shards.size()},
+      {"sample_bytes", sample_bytes},
+      {"batch_size", a.batch_size},
+      {"workers", a.workers},
+      {"runs", a.runs},
+      {"shuffle_window", a.shuffle_window},
+      {"warm_mb_s", median(r.warm_mb_s)},
+      {"warm_samples_s", median(r.warm_samples_s)},
+      {"raw_read_mb_s", median(r.raw_mb_s)},
+      {"warm_vs_raw", median(r.warm)},
+      {"consumer_ms", a.consumer_ms},
+      {"consumer_wait_fraction", median(r.wait_fraction)},
+      {"consumer_wait_p50_ms", median(r.wait_p50_ms)},
+      {"consumer_wait_p99_ms", median(r.wait_p99_ms)},
+      {"consumer_wait_max_ms", median(r.wait_max_ms)},
+  };
+  if (cold) {
+    doc["cold_mb_s"] = median(r.cold_mb_s);
+    doc["raw_get_mb_s"] = median(r.raw_get_mb_s);
+    doc["cold_vs_raw_get"] = median(r.cold);
+  } else {
+    doc["cold_vs_raw_get"] = nullptr;
+    doc["cold_skipped"] = data::s3::testing::LocalS3Server::kNotInstalled;
+  }
+  if (a.json) {
+    std::printf("%s\n", doc.dump(2).c_str());
+    return Status::ok();
+  }
+  std::printf(
+      "dataset: %.1f MB, %llu samples of %s in %zu shards; batch %llu, %d workers; "
+      "medians of %d runs\n",
+      dataset_bytes(index) / 1e6, static_cast<unsigned long long>(index.num_samples),
+      a.sample_bytes.c_str(), index.shards.size(), static_cast<unsigned long long>(a.batch_size),
+      a.workers, a.runs);
+  std::printf(
+      "warm:   %.0f MB/s, %.0f samples/s; raw read %.0f MB/s; warm_vs_raw %.2f (target >= 0.8)\n",
+      median(r.warm_mb_s), median(r.warm_samples_s), median(r.raw_mb_s), median(r.warm));
+  if (cold) {
+    std::printf(
+        "cold:   %.0f MB/s from s3rver; raw GETs %.0f MB/s; cold_vs_raw_get %.2f (target >= 0.8)\n",
+        median(r.cold_mb_s), median(r.raw_get_mb_s), median(r.cold));
+  } else {
+    std::printf("cold:   skipped: %s\n", data::s3::testing::LocalS3Server::kNotInstalled);
+  }
+  std::printf(
+      "stall:  consumer at %.1f ms/batch waits %.2f%% of it (target < 2%%); wait p50 "
+      "%.3f ms, p99 %.3f ms, max %.3f ms\n",
+      a.consumer_ms, 100 * median(r.wait_fraction), median(r.wait_p50_ms), median(r.wait_p99_ms),
+      median(r.wait_max_ms));
+  return Status::ok();
+}
+
+const CommandRegistration kRegister("bench", [](CLI::App& parent) {
+  auto a = std::make_shared<DataBenchArgs>();
+  auto* cmd = parent.add_subcommand(
+      "data", "Input pipeline: warm cache, cold start from s3rver, consumer stalls");
+  cmd->add_option("--root", a->root, "Scratch directory (removed)")->capture_default_str();
+  cmd->add_option("--total", a->total, "Dataset size (e.g. 256M)")->capture_default_str();
+  cmd->add_option("--sample-bytes", a->sample_bytes, "Payload per sample")->capture_default_str();
+  cmd->add_option("--shard-mib", a->shard_mib, "Target shard size, MiB")->capture_default_str();
+  cmd->add_option("--batch-size", a->batch_size, "Samples per batch")->capture_default_str();
+  cmd->add_option("--workers", a->workers, "Loader decode threads")->capture_default_str();
+  cmd->add_option("--runs", a->runs, "Timed runs (medians are reported)")->capture_default_str();
+  cmd->add_option("--consumer-ms", a->consumer_ms, "Consumer time per batch for the stall test")
+      ->capture_default_str();
+  cmd->add_option("--warmup-batches", a->warmup_batches, "Batches before waits count")
+      ->capture_default_str();
+  cmd->add_option("--shuffle-window", a->shuffle_window, "Sampler shuffle window (samples)")
+      ->capture_default_str();
+  cmd->add_flag("--json", a->json, "Print one JSON document");
+  cmd->callback(run_status([a] { return bench_data(*a); }));
+});
+
+}  // namespace
+}  // namespace kiln::cli
