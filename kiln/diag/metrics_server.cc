@@ -70,6 +70,12 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::start(const std::string& h
                                                             int rank) {
   std::unique_ptr<MetricsServer> s(new MetricsServer(rank));
   MetricsServer* self = s.get();
+  // httplib's default adds SO_REUSEPORT, which lets a second server bind a
+  // port in use and steal half its scrapes: a busy port must be an error.
+  s->server_->set_socket_options([](socket_t sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  });
   s->server_->Get("/metrics", [self](const httplib::Request&, httplib::Response& res) {
     res.set_content(self->render(), "text/plain; version=0.0.4; charset=utf-8");
   });
