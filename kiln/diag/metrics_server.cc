@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 #include <httplib.h>
 
+#include <chrono>
+#include <thread>
+
 namespace kiln::diag {
 namespace {
 
@@ -91,6 +94,18 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::start(const std::string& h
     s->port_ = port;
   }
   s->thread_ = std::thread([self] { self->server_->listen_after_bind(); });
+  // Until its loop runs, httplib's stop() is a no-op and the destructor's
+  // join would wait forever: return only once it is serving. httplib has
+  // no readiness callback, so poll its flag, bounded.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!s->server_->is_running()) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      s->server_->stop();
+      return unavailable(fmt::format("metrics endpoint {}:{}: server did not start within 10 s",
+                                     host, s->port_));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
   return s;
 }
 

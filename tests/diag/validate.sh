@@ -77,7 +77,7 @@ run() {
     fail "$name" "no rule of thumb beside the verdict"
   grep -q "bottleneck: " "$WORK/$name.log" || fail "$name" "no live verdict line in the log"
   for r in 0 1; do
-    jq -e 'length > 10 and (map(select(.ph == "X" and (.name | startswith("step")))) | length) > 20' \
+    jq -e 'length > 10 and (map(select(.ph == "X" and (.name | startswith("step")))) | length) >= 15' \
       "$dir/rank-$r/trace.json" > /dev/null || fail "$name" "rank-$r/trace.json is not a loadable trace with steps"
   done
   [ "$(grep -c '"type":"cluster"' "$dir/summaries.jsonl")" -ge 2 ] || fail "$name" "fewer than 2 summaries"
