@@ -3,8 +3,8 @@
 # model, one injected bottleneck per run (docs/diag.md, "Fault injection"),
 # each checked through `kiln diagnose --json`:
 #   clean                 -> compute
-#   data-delay=25         -> data
-#   comm-delay=25         -> comm
+#   data-delay=40         -> data
+#   comm-delay=40         -> comm
 #   compute-spin=60@1     -> straggler, rank 1
 #   ckpt-sync             -> checkpoint
 # Every run also checks the trace directory (each rank's trace.json loads as
@@ -12,8 +12,10 @@
 # in the log); the straggler run checks that meta.json records the injection.
 # Ranks are not bound to cores (--bind none): on a shared machine a core
 # busy with other work would make its rank a real straggler. The clean run
-# may still meet one (another process takes a core for a while), so it gets
-# a second try; and where the ranks did not get their cores at all (the
+# may still meet one (another process takes a core for a while), and so
+# may an injected run (a rank starved of CPU is a real straggler, found
+# before the injected fault by the first-match rule), so each run gets a
+# second try; and where the ranks did not get their cores at all (the
 # system samples show < 0.7 CPU cores per rank: a machine oversubscribed by
 # other work, whose verdict is rightly comm or straggler) its verdict is
 # reported, not asserted.
@@ -86,13 +88,13 @@ run() {
 for s in "${SCENARIOS[@]}"; do
   case $s in
     clean) run clean compute -1 2 ;;
-    data) run data data -1 1 --inject data-delay=25 ;;
-    comm) run comm comm -1 1 --inject comm-delay=25 ;;
+    data) run data data -1 2 --inject data-delay=40 ;;
+    comm) run comm comm -1 2 --inject comm-delay=40 ;;
     straggler)
-      run straggler straggler 1 1 --inject compute-spin=60@1
+      run straggler straggler 1 2 --inject compute-spin=60@1
       jq -e '.inject == ["compute-spin=60@1"]' "$WORK/straggler/meta.json" > /dev/null ||
         fail straggler "meta.json does not record the injection" ;;
-    checkpoint) run checkpoint checkpoint -1 1 --inject ckpt-sync --ckpt-dir "$WORK/ckpt" ;;
+    checkpoint) run checkpoint checkpoint -1 2 --inject ckpt-sync --ckpt-dir "$WORK/ckpt" ;;
     *) fail "$s" "unknown scenario" ;;
   esac
 done
