@@ -30,7 +30,8 @@ Bucketed breakdown(const TraceDir& t) {
     }
   }
   Bucketed b;
-  const std::size_t width = std::max<std::size_t>(1, (per_step.size() + kHtmlMaxPoints - 1) / kHtmlMaxPoints);
+  const std::size_t width =
+      std::max<std::size_t>(1, (per_step.size() + kHtmlMaxPoints - 1) / kHtmlMaxPoints);
   std::size_t k = 0;
   std::array<double, kPhaseCount> acc{};
   double loss_acc = 0;
@@ -75,11 +76,20 @@ std::string html_escape(const std::string& s) {
   std::string out;
   for (char c : s) {
     switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
+      case '&':
+        out += "&amp;";
+        break;
+      case '<':
+        out += "&lt;";
+        break;
+      case '>':
+        out += "&gt;";
+        break;
+      case '"':
+        out += "&quot;";
+        break;
+      default:
+        out += c;
     }
   }
   return out;
@@ -223,8 +233,9 @@ std::string render_html_report(const TraceDir& t, const Verdict& v) {
       fmt::arg("dir", html_escape(t.dir)), fmt::arg("style", kStyle),
       fmt::arg("verdict", html_escape(v.verdict)), fmt::arg("rank", rank),
       fmt::arg("evidence", evidence), fmt::arg("next", html_escape(v.next)),
-      fmt::arg("rule", html_escape(v.rule.verdict)), fmt::arg("rule_reason", html_escape(v.rule.reason)),
-      fmt::arg("world", v.world_size), fmt::arg("steps", v.steps), fmt::arg("step_ms", 1e3 * v.step_s),
+      fmt::arg("rule", html_escape(v.rule.verdict)),
+      fmt::arg("rule_reason", html_escape(v.rule.reason)), fmt::arg("world", v.world_size),
+      fmt::arg("steps", v.steps), fmt::arg("step_ms", 1e3 * v.step_s),
       fmt::arg("fractions", fractions), fmt::arg("data", json), fmt::arg("script", kScript));
 }
 

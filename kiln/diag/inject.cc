@@ -19,8 +19,9 @@ constexpr KindName kKinds[] = {{InjectKind::kDataDelay, "data-delay", true},
                                {InjectKind::kComputeSpin, "compute-spin", true},
                                {InjectKind::kCheckpointSync, "ckpt-sync", false}};
 
-constexpr char kUsage[] = "expected data-delay=MS, comm-delay=MS, compute-spin=MS or ckpt-sync, "
-                          "each optionally @RANK";
+constexpr char kUsage[] =
+    "expected data-delay=MS, comm-delay=MS, compute-spin=MS or ckpt-sync, "
+    "each optionally @RANK";
 
 template <typename T>
 bool parse_number(std::string_view text, T* out) {
@@ -36,8 +37,8 @@ Result<Injection> parse_injection(std::string_view spec) {
   std::string_view body = spec;
   if (auto at = body.find('@'); at != std::string_view::npos) {
     if (!parse_number(body.substr(at + 1), &inj.rank) || inj.rank < 0) {
-      return invalid_argument(
-          fmt::format("--inject {}: '{}' is not a rank (a number >= 0)", spec, body.substr(at + 1)));
+      return invalid_argument(fmt::format("--inject {}: '{}' is not a rank (a number >= 0)", spec,
+                                          body.substr(at + 1)));
     }
     body = body.substr(0, at);
   }
@@ -52,7 +53,8 @@ Result<Injection> parse_injection(std::string_view spec) {
     if (k.name != name) continue;
     inj.kind = k.kind;
     if (!k.takes_ms) {
-      if (has_value) return invalid_argument(fmt::format("--inject {}: {} takes no value", spec, name));
+      if (has_value)
+        return invalid_argument(fmt::format("--inject {}: {} takes no value", spec, name));
       return inj;
     }
     if (!has_value || !parse_number(value, &inj.ms) || !(inj.ms >= 0)) {
@@ -79,10 +81,18 @@ RankInjections injections_for_rank(const std::vector<Injection>& all, int rank) 
   for (const auto& i : all) {
     if (!i.applies_to(rank)) continue;
     switch (i.kind) {
-      case InjectKind::kDataDelay: r.data_delay_ms += i.ms; break;
-      case InjectKind::kCommDelay: r.comm_delay_ms += i.ms; break;
-      case InjectKind::kComputeSpin: r.compute_spin_ms += i.ms; break;
-      case InjectKind::kCheckpointSync: r.ckpt_sync = true; break;
+      case InjectKind::kDataDelay:
+        r.data_delay_ms += i.ms;
+        break;
+      case InjectKind::kCommDelay:
+        r.comm_delay_ms += i.ms;
+        break;
+      case InjectKind::kComputeSpin:
+        r.compute_spin_ms += i.ms;
+        break;
+      case InjectKind::kCheckpointSync:
+        r.ckpt_sync = true;
+        break;
     }
   }
   return r;

@@ -28,9 +28,9 @@ TEST(Inject, ParsesEachKindWithAndWithoutRank) {
 }
 
 TEST(Inject, RejectsMalformedSpecsNamingThem) {
-  for (const char* bad : {"disk-delay=5", "data-delay", "data-delay=", "data-delay=x",
-                          "data-delay=-1", "data-delay=5@", "data-delay=5@-2", "ckpt-sync=3",
-                          "comm-delay=5@one"}) {
+  for (const char* bad :
+       {"disk-delay=5", "data-delay", "data-delay=", "data-delay=x", "data-delay=-1",
+        "data-delay=5@", "data-delay=5@-2", "ckpt-sync=3", "comm-delay=5@one"}) {
     auto r = parse_injection(bad);
     ASSERT_FALSE(r.is_ok()) << bad;
     EXPECT_EQ(r.status().code(), Code::kInvalidArgument) << bad;
@@ -39,10 +39,9 @@ TEST(Inject, RejectsMalformedSpecsNamingThem) {
 }
 
 TEST(Inject, FoldsPerRank) {
-  std::vector<Injection> all = {*parse_injection("data-delay=5"),
-                                *parse_injection("data-delay=3@1"),
-                                *parse_injection("compute-spin=10@1"),
-                                *parse_injection("ckpt-sync@0")};
+  std::vector<Injection> all = {
+      *parse_injection("data-delay=5"), *parse_injection("data-delay=3@1"),
+      *parse_injection("compute-spin=10@1"), *parse_injection("ckpt-sync@0")};
   RankInjections r0 = injections_for_rank(all, 0), r1 = injections_for_rank(all, 1);
   EXPECT_EQ(r0.data_delay_ms, 5);
   EXPECT_EQ(r0.compute_spin_ms, 0);

@@ -35,14 +35,16 @@ std::string MetricsSnapshot::render() const {
          static_cast<double>(steps));
   series(&out, "kiln_step_seconds", "gauge", "Wall time of the newest step.", rl, last.step_s);
   series(&out, "kiln_step_seconds_total", "counter", "Wall time of all steps.", rl, step_s_total);
-  out += "# HELP kiln_phase_seconds Exclusive seconds per phase in the newest step.\n"
-         "# TYPE kiln_phase_seconds gauge\n";
+  out +=
+      "# HELP kiln_phase_seconds Exclusive seconds per phase in the newest step.\n"
+      "# TYPE kiln_phase_seconds gauge\n";
   for (int i = 0; i < kPhaseCount; ++i) {
     out += fmt::format("kiln_phase_seconds{{{},phase=\"{}\"}} {:.9g}\n", rl,
                        phase_name(static_cast<Phase>(i)), last.phase_s[i]);
   }
-  out += "# HELP kiln_phase_seconds_total Exclusive seconds per phase over all steps.\n"
-         "# TYPE kiln_phase_seconds_total counter\n";
+  out +=
+      "# HELP kiln_phase_seconds_total Exclusive seconds per phase over all steps.\n"
+      "# TYPE kiln_phase_seconds_total counter\n";
   for (int i = 0; i < kPhaseCount; ++i) {
     out += fmt::format("kiln_phase_seconds_total{{{},phase=\"{}\"}} {:.9g}\n", rl,
                        phase_name(static_cast<Phase>(i)), phase_s_total[i]);
@@ -101,8 +103,8 @@ Result<std::unique_ptr<MetricsServer>> MetricsServer::start(const std::string& h
   while (!s->server_->is_running()) {
     if (std::chrono::steady_clock::now() > deadline) {
       s->server_->stop();
-      return unavailable(fmt::format("metrics endpoint {}:{}: server did not start within 10 s",
-                                     host, s->port_));
+      return unavailable(
+          fmt::format("metrics endpoint {}:{}: server did not start within 10 s", host, s->port_));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }

@@ -36,7 +36,8 @@ TEST(MetricsServer, ServesPrometheusTextOverHttp) {
   const std::string& body = res->body;
   EXPECT_NE(body.find("kiln_steps_total{rank=\"1\"} 2\n"), std::string::npos) << body;
   EXPECT_NE(body.find("kiln_step_seconds{rank=\"1\"} 1\n"), std::string::npos) << body;
-  EXPECT_NE(body.find("kiln_phase_seconds{rank=\"1\",phase=\"data_wait\"} 0.5\n"), std::string::npos);
+  EXPECT_NE(body.find("kiln_phase_seconds{rank=\"1\",phase=\"data_wait\"} 0.5\n"),
+            std::string::npos);
   EXPECT_NE(body.find("kiln_phase_seconds_total{rank=\"1\",phase=\"data_wait\"} 0.75\n"),
             std::string::npos);
   EXPECT_NE(body.find("kiln_samples_per_second{rank=\"1\"} 64\n"), std::string::npos);

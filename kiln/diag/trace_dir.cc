@@ -39,7 +39,8 @@ Status read_rank(const std::string& path, RankTrace* r) {
     std::string type = j.value("type", "");
     if (type == "step") {
       auto rec = step_from_json(j);
-      if (!rec.is_ok()) return data_loss(fmt::format("{}:{}: {}", path, line, rec.status().message()));
+      if (!rec.is_ok())
+        return data_loss(fmt::format("{}:{}: {}", path, line, rec.status().message()));
       r->steps.push_back(std::move(*rec));
     } else if (type == "system") {
       r->system.push_back(system_from_json(j));
@@ -81,13 +82,13 @@ Result<TraceDir> read_trace_dir(const std::string& dir) {
   std::sort(t.ranks.begin(), t.ranks.end(),
             [](const RankTrace& a, const RankTrace& b) { return a.rank < b.rank; });
   if (fs::exists(dir + "/summaries.jsonl")) {
-    KILN_RETURN_IF_ERROR(for_each_json_line(dir + "/summaries.jsonl",
-                                            [&](const nlohmann::json& j, size_t) {
-                                              if (j.value("type", "") == "cluster") {
-                                                t.clusters.push_back(j);
-                                              }
-                                              return Status::ok();
-                                            }));
+    KILN_RETURN_IF_ERROR(
+        for_each_json_line(dir + "/summaries.jsonl", [&](const nlohmann::json& j, size_t) {
+          if (j.value("type", "") == "cluster") {
+            t.clusters.push_back(j);
+          }
+          return Status::ok();
+        }));
   }
   return t;
 }
@@ -112,7 +113,8 @@ std::vector<RankSummary> summarize_trace(const TraceDir& t, std::int64_t skip) {
 
 Result<Verdict> diagnose(const TraceDir& t, std::int64_t skip, const VerdictOptions& options) {
   std::vector<RankSummary> ranks = summarize_trace(t, skip);
-  bool any = std::any_of(ranks.begin(), ranks.end(), [](const RankSummary& r) { return r.steps > 0; });
+  bool any =
+      std::any_of(ranks.begin(), ranks.end(), [](const RankSummary& r) { return r.steps > 0; });
   if (!any) {
     return failed_precondition(
         fmt::format("{}: no steps numbered {} or later to diagnose (lower --skip)", t.dir, skip));

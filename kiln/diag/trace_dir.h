@@ -24,8 +24,8 @@ struct RankTrace {
 
 struct TraceDir {
   std::string dir;
-  nlohmann::json meta;          // DIR/meta.json, {} if absent
-  std::vector<RankTrace> ranks;  // sorted by rank
+  nlohmann::json meta;                   // DIR/meta.json, {} if absent
+  std::vector<RankTrace> ranks;          // sorted by rank
   std::vector<nlohmann::json> clusters;  // DIR/summaries.jsonl "cluster" lines
 };
 

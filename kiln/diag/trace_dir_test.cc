@@ -107,7 +107,8 @@ TEST(HtmlReport, EmbedsEveryChartAndNoExternalResource) {
   auto v = diagnose(*t, 5);
   ASSERT_TRUE(v.is_ok());
   std::string html = render_html_report(*t, *v);
-  for (const char* id : {"id=\"breakdown\"", "id=\"loss\"", "id=\"ranks\"", "bottleneck: straggler"}) {
+  for (const char* id :
+       {"id=\"breakdown\"", "id=\"loss\"", "id=\"ranks\"", "bottleneck: straggler"}) {
     EXPECT_NE(html.find(id), std::string::npos) << id;
   }
   EXPECT_EQ(html.find("src=\"http"), std::string::npos);
