@@ -23,7 +23,7 @@ struct DiagnoseArgs {
 Status diagnose(const DiagnoseArgs& a) {
   KILN_ASSIGN_OR_RETURN(diag::TraceDir t, diag::read_trace_dir(a.dir));
   KILN_ASSIGN_OR_RETURN(diag::Verdict v, diag::diagnose(t, a.skip));
-  if (!a.html.empty()) KILN_RETURN_IF_ERROR(diag::write_html_report(a.html, t, v));
+  if (!a.html.empty()) KILN_RETURN_IF_ERROR(diag::write_html_report(a.html, t, v, a.skip));
   if (a.json) {
     nlohmann::json j = diag::verdict_to_json(v);
     j["dir"] = a.dir;

@@ -18,11 +18,12 @@ struct Bucketed {
 };
 
 // Phase seconds averaged over ranks per step, then bucketed.
-Bucketed breakdown(const TraceDir& t) {
+Bucketed breakdown(const TraceDir& t, std::int64_t skip) {
   std::map<std::int64_t, std::pair<std::array<double, kPhaseCount>, int>> per_step;
   std::map<std::int64_t, double> loss;  // rank 0's (every rank's mean loss is the same model)
   for (const auto& r : t.ranks) {
     for (const auto& s : r.steps) {
+      if (s.step < skip) continue;
       auto& [sum, n] = per_step[s.step];
       for (int i = 0; i < kPhaseCount; ++i) sum[i] += s.phase_s[i];
       ++n;
@@ -58,15 +59,19 @@ Bucketed breakdown(const TraceDir& t) {
   return b;
 }
 
-nlohmann::json rank_series(const RankTrace& r) {
+nlohmann::json rank_series(const RankTrace& r, std::int64_t skip) {
+  std::vector<const StepRecord*> kept;
+  for (const auto& s : r.steps) {
+    if (s.step >= skip) kept.push_back(&s);
+  }
   const std::size_t width =
-      std::max<std::size_t>(1, (r.steps.size() + kHtmlMaxPoints - 1) / kHtmlMaxPoints);
+      std::max<std::size_t>(1, (kept.size() + kHtmlMaxPoints - 1) / kHtmlMaxPoints);
   nlohmann::json steps = nlohmann::json::array(), secs = nlohmann::json::array();
-  for (std::size_t i = 0; i < r.steps.size(); i += width) {
+  for (std::size_t i = 0; i < kept.size(); i += width) {
     double sum = 0;
     std::size_t n = 0;
-    for (; n < width && i + n < r.steps.size(); ++n) sum += r.steps[i + n].step_s;
-    steps.push_back(r.steps[i].step);
+    for (; n < width && i + n < kept.size(); ++n) sum += kept[i + n]->step_s;
+    steps.push_back(kept[i]->step);
     secs.push_back(sum / static_cast<double>(n));
   }
   return {{"rank", r.rank}, {"step", steps}, {"step_s", secs}};
@@ -189,14 +194,14 @@ table { border-collapse: collapse; } td, th { padding: 2px 10px; text-align: rig
 
 }  // namespace
 
-std::string render_html_report(const TraceDir& t, const Verdict& v) {
-  Bucketed b = breakdown(t);
+std::string render_html_report(const TraceDir& t, const Verdict& v, std::int64_t skip) {
+  Bucketed b = breakdown(t, skip);
   nlohmann::json phases = nlohmann::json::array();
   for (int i = 0; i < kPhaseCount; ++i) {
     phases.push_back({{"name", phase_name(static_cast<Phase>(i))}, {"s", b.phase[i]}});
   }
   nlohmann::json ranks = nlohmann::json::array();
-  for (const auto& r : t.ranks) ranks.push_back(rank_series(r));
+  for (const auto& r : t.ranks) ranks.push_back(rank_series(r, skip));
   nlohmann::json data = {{"breakdown", {{"step", b.step}, {"phases", phases}, {"loss", b.loss}}},
                          {"ranks", ranks},
                          {"verdict", verdict_to_json(v)}};
@@ -221,7 +226,8 @@ std::string render_html_report(const TraceDir& t, const Verdict& v) {
 <div class="verdict" id="verdict"><b class="name">bottleneck: {verdict}{rank}</b>
 <ul>{evidence}</ul><p><b>next:</b> {next}</p>
 <p><b>rule of thumb (utilisation counters only):</b> {rule} &mdash; {rule_reason}</p>
-<p>{world} ranks, {steps} steps summarised, mean step {step_ms:.2f} ms</p></div>
+<p>{world} ranks, {steps} steps summarised, mean step {step_ms:.2f} ms; the charts start at
+step {skip} (the warm-up before it is left out, <code>--skip</code>)</p></div>
 <h2>Where the step time goes</h2><svg id="breakdown"></svg><div class="legend" id="breakdown-legend"></div>
 <table>{fractions}</table>
 <h2>Loss</h2><svg id="loss"></svg>
@@ -235,15 +241,16 @@ std::string render_html_report(const TraceDir& t, const Verdict& v) {
       fmt::arg("evidence", evidence), fmt::arg("next", html_escape(v.next)),
       fmt::arg("rule", html_escape(v.rule.verdict)),
       fmt::arg("rule_reason", html_escape(v.rule.reason)), fmt::arg("world", v.world_size),
-      fmt::arg("steps", v.steps), fmt::arg("step_ms", 1e3 * v.step_s),
+      fmt::arg("skip", skip), fmt::arg("steps", v.steps), fmt::arg("step_ms", 1e3 * v.step_s),
       fmt::arg("fractions", fractions), fmt::arg("data", json), fmt::arg("script", kScript));
 }
 
-Status write_html_report(const std::string& path, const TraceDir& t, const Verdict& v) {
+Status write_html_report(const std::string& path, const TraceDir& t, const Verdict& v,
+                         std::int64_t skip) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::trunc);
-    out << render_html_report(t, v);
+    out << render_html_report(t, v, skip);
     out.close();
     if (!out) return errno_status("write " + tmp, errno);
   }

@@ -17,9 +17,12 @@ namespace kiln::diag {
 // buckets of consecutive steps so the page stays small and quick.
 inline constexpr std::size_t kHtmlMaxPoints = 600;
 
-std::string render_html_report(const TraceDir& t, const Verdict& v);
+// The charts show steps numbered >= skip (as the verdict does: the warm-up
+// steps' spike would otherwise set every chart's scale).
+std::string render_html_report(const TraceDir& t, const Verdict& v, std::int64_t skip = 0);
 
 // Writes it to `path` (temp file + rename, so a viewer never sees half a page).
-Status write_html_report(const std::string& path, const TraceDir& t, const Verdict& v);
+Status write_html_report(const std::string& path, const TraceDir& t, const Verdict& v,
+                         std::int64_t skip = 0);
 
 }  // namespace kiln::diag

@@ -106,11 +106,15 @@ TEST(HtmlReport, EmbedsEveryChartAndNoExternalResource) {
   ASSERT_TRUE(t.is_ok());
   auto v = diagnose(*t, 5);
   ASSERT_TRUE(v.is_ok());
-  std::string html = render_html_report(*t, *v);
+  std::string html = render_html_report(*t, *v, 5);
   for (const char* id :
        {"id=\"breakdown\"", "id=\"loss\"", "id=\"ranks\"", "bottleneck: straggler"}) {
     EXPECT_NE(html.find(id), std::string::npos) << id;
   }
+  // The warm-up steps 0-4 are left out of the charts, like the verdict.
+  EXPECT_NE(html.find("\"step\":[5,"), std::string::npos);
+  EXPECT_EQ(html.find("\"step\":[0,"), std::string::npos);
+  EXPECT_EQ(html.find("\"step\":[0.0,"), std::string::npos);
   EXPECT_EQ(html.find("src=\"http"), std::string::npos);
   EXPECT_EQ(html.find("href=\"http"), std::string::npos);
   // The embedded JSON cannot close its <script> early.
