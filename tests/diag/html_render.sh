@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # kiln diagnose --html renders in a real browser: a short one-rank run with
-# --trace-dir, its report opened in headless Chromium twice, once to dump
+# --trace-dir (and --metrics-port, scraped once with curl while it trains),
+# its report opened in headless Chromium twice, once to dump
 # the DOM after the page's script ran (every chart marks itself drawn, with
 # its position) and once to take a screenshot, whose pixels must be drawn
 # (not background) inside each chart's area. Exits 77 (skip) without Chromium.
@@ -17,8 +18,26 @@ cleanup() {
 }
 trap cleanup EXIT
 sed "s|DATA_DIR|$WORK/data|" "$(dirname "${BASH_SOURCE[0]}")/tiny.toml" > "$WORK/tiny.toml"
-"$KILN" train "$WORK/tiny.toml" --no-progress --max-steps 20 --trace-dir "$WORK/trace" \
-  --diag-every 10 > "$WORK/train.log" 2>&1 || { cat "$WORK/train.log" >&2; exit 1; }
+# The same run serves /metrics (any free port): one real scrape while it trains.
+"$KILN" train "$WORK/tiny.toml" --no-progress --max-steps 60 --trace-dir "$WORK/trace" \
+  --diag-every 10 --metrics-port 0 > "$WORK/train.log" 2>&1 &
+TRAIN=$!
+port=
+for _ in $(seq 1 600); do  # up to 30 s for start-up (the dataset is converted first)
+  port=$(grep -o 'serving Prometheus text on port [0-9]*' "$WORK/train.log" | grep -o '[0-9]*$' || true)
+  [ -n "$port" ] && break
+  kill -0 "$TRAIN" 2>/dev/null || break
+  sleep 0.05
+done
+[ -n "$port" ] || { cat "$WORK/train.log" >&2; echo "html_render: no metrics port logged" >&2; exit 1; }
+curl -sf --max-time 10 "http://127.0.0.1:$port/metrics" > "$WORK/metrics.txt" ||
+  { echo "html_render: GET /metrics on port $port failed" >&2; exit 1; }
+wait "$TRAIN" || { cat "$WORK/train.log" >&2; exit 1; }
+for series in kiln_step_seconds kiln_phase_seconds kiln_samples_per_second \
+    kiln_comm_bandwidth_bytes_per_second kiln_loader_wait_seconds kiln_checkpoint_stall_seconds; do
+  grep -q "^$series{rank=\"0\"" "$WORK/metrics.txt" ||
+    { cat "$WORK/metrics.txt" >&2; echo "html_render: /metrics lacks $series" >&2; exit 1; }
+done
 "$KILN" diagnose "$WORK/trace" --skip 2 --html "$WORK/report.html" > "$WORK/diagnose.txt"
 grep -q "bottleneck: " "$WORK/diagnose.txt"
 
