@@ -21,6 +21,8 @@ packages=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev iproute2 iperf3 procps jq curl
   openmpi-bin libopenmpi-dev
+  # kiln diagnose --html is checked by rendering it headless (tests/diag)
+  chromium
   # keeps rebuilds across build directories (build/, build-asan/) cheap
   ccache
 )

@@ -4,10 +4,15 @@
 // rank. The last line on stdout is the final evaluation.
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
 #include <memory>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "cli/command.h"
 #include "kiln/base/logging.h"
@@ -25,7 +30,34 @@ struct TrainArgs {
   std::string ckpt_dir;
   bool no_resume = false;
   bool no_progress = false;
+  std::string trace_dir;
+  std::int64_t diag_every = -1;  // -1: 50 with --trace-dir, else off
+  std::vector<std::string> inject;
+  int metrics_port = -1;
 };
+
+// DIR/meta.json (rank 0): what ran, so `kiln diagnose` can say so beside
+// its verdict. The per-rank rank-<r>/meta.json is the trace session's.
+Status write_run_meta(const TrainArgs& a, const train::TrainOptions& o, int world) {
+  std::error_code ec;
+  std::filesystem::create_directories(a.trace_dir, ec);
+  if (ec) return errno_status("create trace directory " + a.trace_dir, ec.value());
+  std::ifstream config_in(a.config);
+  std::stringstream config_text;
+  config_text << config_in.rdbuf();
+  nlohmann::json inject = nlohmann::json::array();
+  for (const auto& i : o.diag.inject) inject.push_back(diag::injection_to_string(i));
+  nlohmann::json meta = {{"format", "kiln-trace-dir"},  {"version", 1},
+                         {"world_size", world},         {"config_path", a.config},
+                         {"config", config_text.str()}, {"max_steps", o.config.train.max_steps},
+                         {"diag_every", o.diag.every},  {"inject", inject}};
+  const std::string path = a.trace_dir + "/meta.json";
+  std::ofstream out(path, std::ios::trunc);
+  out << meta.dump(2) << "\n";
+  out.close();
+  if (!out) return errno_status("write " + path, errno);
+  return Status::ok();
+}
 
 Status train(const TrainArgs& a) {
   KILN_ASSIGN_OR_RETURN(train::TrainConfig config, train::parse_train_config_file(a.config));
@@ -48,6 +80,20 @@ Status train(const TrainArgs& a) {
 
   train::TrainOptions options{.config = config, .metrics_json = a.metrics_json,
                               .progress = !a.no_progress};
+  options.diag.trace_dir = a.trace_dir;
+  options.diag.every = a.diag_every >= 0 ? a.diag_every : (a.trace_dir.empty() ? 0 : 50);
+  options.diag.metrics_port = a.metrics_port;
+  for (const auto& spec : a.inject) {
+    KILN_ASSIGN_OR_RETURN(diag::Injection i, diag::parse_injection(spec));
+    options.diag.inject.push_back(i);
+  }
+  if (!options.diag.inject.empty() && comm->rank() == 0) {
+    log()->warn("fault injection on (a debugging tool): {} injected bottleneck(s)",
+                options.diag.inject.size());
+  }
+  if (!a.trace_dir.empty() && comm->rank() == 0) {
+    KILN_RETURN_IF_ERROR(write_run_meta(a, options, comm->size()));
+  }
   KILN_ASSIGN_OR_RETURN(train::TrainResult r, train::run_training(options, *comm));
   if (r.stopped) {
     if (comm->rank() == 0) {
@@ -78,6 +124,17 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("--ckpt-dir", a->ckpt_dir, "Checkpoint directory (overrides checkpoint.dir)");
   cmd->add_flag("--no-resume", a->no_resume, "Start from scratch even if checkpoints exist");
   cmd->add_flag("--no-progress", a->no_progress, "No live progress line");
+  cmd->add_option("--trace-dir", a->trace_dir,
+                  "Record per-rank Chrome traces, metrics and summaries here, for `kiln diagnose` "
+                  "(docs/diag.md)");
+  cmd->add_option("--diag-every", a->diag_every,
+                  "Exchange step summaries and print the bottleneck verdict every N steps "
+                  "(default 50 with --trace-dir, else off; 0 = off)");
+  cmd->add_option("--inject", a->inject,
+                  "Debugging: make a bottleneck on purpose: data-delay=MS, comm-delay=MS, "
+                  "compute-spin=MS or ckpt-sync, each optionally @RANK (repeatable)");
+  cmd->add_option("--metrics-port", a->metrics_port,
+                  "Serve Prometheus text at :P/metrics (local rank r on P+r; 0 = any free port)");
   cmd->callback(run_status([a] { return train(*a); }));
 });
 

@@ -255,6 +255,7 @@ void DistributedDataParallel::launch_ready_buckets() {
   // Note [Why buckets launch in order]: a later bucket that is complete
   // waits for earlier ones, so every rank issues the same sequence.
   while (next_launch_ < buckets_.size() && buckets_[next_launch_].pending == 0) {
+    if (next_launch_ == 0) first_launch_ = Clock::now();
     Bucket& b = buckets_[next_launch_++];
     if (options_.compress_bf16 && b.buffer.scalar_type() == torch::kFloat) {
       torch::NoGradGuard no_grad;
@@ -321,6 +322,7 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
     }
   }
   stats_.exposed_comm_s = seconds_since(after_backward);
+  stats_.sync_s = seconds_since(first_launch_);
   stats_.buckets = buckets_.size();
 
   if (!rebuilt_) {

@@ -52,6 +52,9 @@ struct DdpOptions {
 struct SyncStats {
   double backward_s = 0;      // loss.backward() including hooks
   double exposed_comm_s = 0;  // waiting for allreduces after backward returned
+  // First bucket launched .. last one reduced: the sync's duration, overlapped
+  // or not (bytes / sync_s is the achieved gradient bandwidth, kiln::diag).
+  double sync_s = 0;
   std::size_t buckets = 0;
   std::size_t bytes = 0;
   // Gradients copied into their bucket during it (Note [Gradients as bucket
@@ -125,6 +128,7 @@ class DistributedDataParallel {
   std::vector<bool> ready_;              // this backward
   std::vector<double> ready_at_;         // seconds into this backward
   Clock::time_point backward_started_;
+  Clock::time_point first_launch_;  // of this backward's first bucket (SyncStats::sync_s)
   bool rebuilt_ = false;                 // Note [Rebuilding buckets from the observed order]
   std::vector<std::size_t> observed_order_;
   std::vector<bool> observed_breaks_;

@@ -75,6 +75,13 @@ void ProgressLine::finish() {
   dirty_ = false;
 }
 
+void ProgressLine::note(const std::string& text) {
+  if (dirty_) std::fputc('\n', stderr);
+  dirty_ = false;
+  std::fprintf(stderr, "%s\n", text.c_str());
+  std::fflush(stderr);
+}
+
 void ProgressLine::emit(const std::string& text, bool final_line) {
   if (tty_) {
     std::fprintf(stderr, "\r\033[K%s%s", text.c_str(), final_line ? "\n" : "");

@@ -22,6 +22,9 @@ class ProgressLine {
   void step(const diag::StepRecord& r);
   void eval(std::int64_t step, double loss, std::optional<double> accuracy);
   void finish();  // ends the in-place line
+  // A whole line of its own (the live verdict), printed even when the
+  // progress display is off: the caller picks the rank that speaks.
+  void note(const std::string& text);
 
   // The text for a window of steps (exposed for tests).
   static std::string format(std::int64_t step, std::int64_t total, double loss,

@@ -23,8 +23,10 @@
 #include "kiln/data/object_store.h"
 #include "kiln/data/shard_cache.h"
 #include "kiln/ddp/distributed_data_parallel.h"
+#include "kiln/diag/metrics_server.h"
 #include "kiln/diag/metrics_writer.h"
 #include "kiln/diag/step_timer.h"
+#include "kiln/diag/trace_session.h"
 #include "kiln/elastic/worker_link.h"
 #include "kiln/train/progress_line.h"
 #include "kiln/train/resume.h"
@@ -288,6 +290,33 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   }
   ProgressLine line(c.train.max_steps, c.train.log_every, options.progress && rank == 0);
 
+  // Diagnosis (docs/diag.md): bottlenecks injected on purpose, the trace
+  // session (summaries, live verdict, --trace-dir) and the /metrics endpoint.
+  const diag::RankInjections inject = diag::injections_for_rank(options.diag.inject, rank);
+  // A checkpoint is collective: if any rank injects ckpt-sync, every rank
+  // saves every step; the injecting ranks wait for each commit.
+  const bool ckpt_every_step =
+      std::any_of(options.diag.inject.begin(), options.diag.inject.end(),
+                  [](const diag::Injection& i) { return i.kind == diag::InjectKind::kCheckpointSync; });
+  if (ckpt_every_step && !checkpointer) {
+    return invalid_argument("--inject ckpt-sync needs checkpoints: set checkpoint.dir or --ckpt-dir");
+  }
+  std::unique_ptr<diag::TraceSession> session;
+  if (options.diag.session()) {
+    KILN_ASSIGN_OR_RETURN(session, diag::TraceSession::open(
+                                       options.diag.trace_dir, rank,
+                                       {.world_size = world, .summary_every = options.diag.every,
+                                        .sample_interval_s = options.diag.sample_interval_s}));
+  }
+  std::unique_ptr<diag::MetricsServer> metrics_server;
+  if (options.diag.metrics_port >= 0) {
+    const char* local = std::getenv("LOCAL_RANK");
+    int port = options.diag.metrics_port;
+    if (port > 0 && local != nullptr) port += std::atoi(local);
+    KILN_ASSIGN_OR_RETURN(metrics_server, diag::MetricsServer::start("0.0.0.0", port, rank));
+    log()->info("metrics: serving Prometheus text on port {} at /metrics", metrics_server->port());
+  }
+
   EpochStream stream(&train_split, c.data, micro, rank, world, c.train.seed,
                      {progress.epoch, progress.consumed});
   diag::StepTimer timer(rank);
@@ -298,6 +327,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   auto run_eval = [&](std::int64_t step) -> Result<EvalResult> {
     KILN_ASSIGN_OR_RETURN(EvalResult e, evaluate(*task, test_split, c, comm));
     if (metrics) KILN_RETURN_IF_ERROR(metrics->write_eval(step, e.loss, e.accuracy));
+    if (session) KILN_RETURN_IF_ERROR(session->record_eval(step, e.loss, e.accuracy));
     line.eval(step, e.loss, e.accuracy);
     return e;
   };
@@ -305,6 +335,10 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   elastic::WorkerLink& elastic = elastic::WorkerLink::instance();
   std::optional<std::int64_t> stopped_at;  // asked to stop after this step
   std::int64_t last_saved = start_step;
+  // The diagnosis' own cost, outside the steps: recording (this thread's
+  // work) and the summary exchange (which also absorbs the ranks' skew).
+  double diag_record_s = 0, diag_exchange_s = 0, step_s_sum = 0;
+  std::int64_t diag_steps = 0;
   task->module()->train();
   for (std::int64_t step = start_step; step < c.train.max_steps; ++step) {
     timer.begin_step(step);
@@ -314,11 +348,13 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       std::optional<data::Batch> batch;
       {
         auto scope = timer.phase(Phase::kDataWait);
+        diag::inject_sleep(inject.data_delay_ms);
         KILN_ASSIGN_OR_RETURN(batch, stream.next());
       }
       torch::Tensor loss;
       {
         auto scope = timer.phase(Phase::kForward);
+        diag::inject_spin(inject.compute_spin_ms);
         KILN_ASSIGN_OR_RETURN(loss, task->loss(*batch));
         loss = loss / static_cast<double>(c.train.grad_accum);
       }
@@ -332,10 +368,15 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       backward_s += seconds_since(t0);
       loss_sum += loss.item<double>();
     }
+    if (inject.comm_delay_ms > 0) {
+      auto scope = timer.phase(Phase::kExposedComm);
+      diag::inject_sleep(inject.comm_delay_ms);
+    }
     const ddp::SyncStats& sync = model->last_sync();
     timer.add(Phase::kExposedComm, sync.exposed_comm_s);
     timer.add(Phase::kBackward, std::max(0.0, backward_s - sync.exposed_comm_s));
     timer.current().comm_bytes = sync.bytes;
+    timer.current().comm_s = sync.sync_s;
     timer.current().cache_hit_rate = stream.cache_hit_rate();
     {
       auto scope = timer.phase(Phase::kOptimizer);
@@ -350,17 +391,35 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       }
     }
     const std::int64_t done = step + 1;
-    if (checkpointer && c.checkpoint.every > 0 && done % c.checkpoint.every == 0 &&
+    if (checkpointer &&
+        (ckpt_every_step || (c.checkpoint.every > 0 && done % c.checkpoint.every == 0)) &&
         done < c.train.max_steps) {
       auto scope = timer.phase(Phase::kCheckpointStall);
       Snapshot snap;
       KILN_RETURN_IF_ERROR(snapshot(done, &snap));
-      KILN_RETURN_IF_ERROR(checkpointer->save_async(snap.view, done).status());
+      if (inject.ckpt_sync) {
+        KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, done, Deadline::after_seconds(600)));
+      } else {
+        KILN_RETURN_IF_ERROR(checkpointer->save_async(snap.view, done).status());
+      }
       last_saved = done;
     }
     diag::StepRecord record = timer.end_step(loss_sum, static_cast<std::uint64_t>(c.train.batch_size));
     if (metrics) KILN_RETURN_IF_ERROR(metrics->write_step(record));
     line.step(record);
+    const auto diag_t0 = Clock::now();
+    if (session) KILN_RETURN_IF_ERROR(session->record_step(record));
+    if (metrics_server) metrics_server->record_step(record);
+    diag_record_s += seconds_since(diag_t0);
+    // Every rank reaches this after the same steps, so the exchange lines up.
+    if (session && session->summary_due()) {
+      const auto exchange_t0 = Clock::now();
+      KILN_ASSIGN_OR_RETURN(diag::Verdict verdict, session->summarize(&comm, kCollectiveTimeout));
+      if (rank == 0) line.note(diag::verdict_line(verdict));
+      diag_exchange_s += seconds_since(exchange_t0);
+    }
+    step_s_sum += record.step_s;
+    ++diag_steps;
     if (c.eval.every > 0 && done % c.eval.every == 0 && done < c.train.max_steps) {
       KILN_RETURN_IF_ERROR(run_eval(done).status());
     }
@@ -382,6 +441,16 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     }
   }
 
+  if (session) {
+    KILN_RETURN_IF_ERROR(session->close());  // the trace's closing "]"
+    // bench/diag_overhead.sh reads this line.
+    const double n = static_cast<double>(std::max<std::int64_t>(1, diag_steps));
+    log()->info(
+        "diag: recording cost {:.1f} us per step ({:.3f}% of the mean step time); summary "
+        "exchange {:.1f} us per step",
+        1e6 * diag_record_s / n, step_s_sum > 0 ? 100 * diag_record_s / step_s_sum : 0.0,
+        1e6 * diag_exchange_s / n);
+  }
   TrainResult result;
   result.start_step = start_step;
   result.steps = stopped_at ? *stopped_at : std::max(start_step, c.train.max_steps);

@@ -21,9 +21,26 @@
 
 #include "kiln/base/status.h"
 #include "kiln/comm/communicator.h"
+#include "kiln/diag/inject.h"
 #include "kiln/train/train_config.h"
 
 namespace kiln::train {
+
+// Diagnosis (docs/diag.md): phase timing always runs; these add the rest.
+struct DiagOptions {
+  // Per-rank trace.json, metrics.jsonl and meta.json, and rank 0's
+  // summaries.jsonl, under this directory ("" = none).
+  std::string trace_dir;
+  // Every this many steps the ranks exchange summaries (a collective) and
+  // rank 0 prints the verdict. 0 = never.
+  std::int64_t every = 0;
+  double sample_interval_s = 1.0;  // system sampling while diagnosing
+  // Prometheus /metrics on port + LOCAL_RANK of every interface; -1 = off.
+  int metrics_port = -1;
+  std::vector<diag::Injection> inject;  // --inject: bottlenecks on purpose
+
+  bool session() const { return !trace_dir.empty() || every > 0; }
+};
 
 struct TrainOptions {
   TrainConfig config;
@@ -33,6 +50,7 @@ struct TrainOptions {
   // Fault injection: SIGKILL this process once this many steps are done (a
   // crash with whatever checkpoints were committed by then). -1 = never.
   std::int64_t crash_after_step = -1;
+  DiagOptions diag;
 };
 
 struct TrainResult {
