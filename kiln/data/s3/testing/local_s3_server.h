@@ -26,6 +26,7 @@
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
+#include "kiln/base/testing/server_process.h"
 #include "kiln/data/s3/s3_options.h"
 
 namespace kiln::data::s3::testing {
@@ -52,7 +53,7 @@ class LocalS3Server {
   // Kills it if it runs, then starts it again on the same port and objects
   // and waits until it answers.
   Status restart(Deadline deadline = Deadline::after_seconds(30));
-  bool running() const { return pid_ > 0; }
+  bool running() const { return process_ && process_->running(); }
 
   std::string endpoint() const;  // "http://127.0.0.1:PORT"
   std::uint16_t port() const { return port_; }
@@ -74,7 +75,7 @@ class LocalS3Server {
   std::string bucket_;
   std::string dir_;  // holds data/ and s3rver.log
   std::uint16_t port_ = 0;
-  pid_t pid_ = -1;
+  std::unique_ptr<kiln::testing::ServerProcess> process_;
 };
 
 }  // namespace kiln::data::s3::testing

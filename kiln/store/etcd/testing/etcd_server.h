@@ -26,6 +26,7 @@
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
+#include "kiln/base/testing/server_process.h"
 
 namespace kiln::store::etcd::testing {
 
@@ -48,7 +49,7 @@ class EtcdServer {
   // Crashes it if it runs, then starts it again on the same ports and data
   // and waits until healthy.
   Status restart(Deadline deadline = Deadline::after_seconds(20));
-  bool running() const { return pid_ > 0; }
+  bool running() const { return process_ && process_->running(); }
 
   // "127.0.0.1:PORT", for EtcdStoreOptions::endpoints.
   std::string endpoint() const;
@@ -65,7 +66,7 @@ class EtcdServer {
   std::string dir_;  // holds data/ and etcd.log
   std::uint16_t client_port_ = 0;
   std::uint16_t peer_port_ = 0;
-  pid_t pid_ = -1;
+  std::unique_ptr<kiln::testing::ServerProcess> process_;
 };
 
 }  // namespace kiln::store::etcd::testing
