@@ -7,6 +7,8 @@
 #include <fstream>
 #include <map>
 
+#include "kiln/base/markup.h"
+
 namespace kiln::diag {
 namespace {
 
@@ -77,28 +79,6 @@ nlohmann::json rank_series(const RankTrace& r, std::int64_t skip) {
   return {{"rank", r.rank}, {"step", steps}, {"step_s", secs}};
 }
 
-std::string html_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      default:
-        out += c;
-    }
-  }
-  return out;
-}
 
 // The page's script: draws each chart into its <svg> from DATA and marks it
 // data-drawn="N" (N shapes) so a headless browser test can see it ran.
@@ -212,10 +192,10 @@ std::string render_html_report(const TraceDir& t, const Verdict& v, std::int64_t
   }
 
   std::string evidence;
-  for (const auto& e : v.evidence) evidence += "<li>" + html_escape(e) + "</li>";
+  for (const auto& e : v.evidence) evidence += "<li>" + markup_escape(e) + "</li>";
   std::string fractions;
   for (const auto& [name, f] : v.phase_fractions) {
-    fractions += fmt::format("<tr><th>{}</th><td>{:.1f}%</td></tr>", html_escape(name), 100 * f);
+    fractions += fmt::format("<tr><th>{}</th><td>{:.1f}%</td></tr>", markup_escape(name), 100 * f);
   }
   std::string rank = v.rank >= 0 ? fmt::format(" (rank {})", v.rank) : "";
   return fmt::format(
@@ -236,11 +216,11 @@ step {skip} (the warm-up before it is left out, <code>--skip</code>)</p></div>
 <script>{script}</script>
 </body></html>
 )",
-      fmt::arg("dir", html_escape(t.dir)), fmt::arg("style", kStyle),
-      fmt::arg("verdict", html_escape(v.verdict)), fmt::arg("rank", rank),
-      fmt::arg("evidence", evidence), fmt::arg("next", html_escape(v.next)),
-      fmt::arg("rule", html_escape(v.rule.verdict)),
-      fmt::arg("rule_reason", html_escape(v.rule.reason)), fmt::arg("world", v.world_size),
+      fmt::arg("dir", markup_escape(t.dir)), fmt::arg("style", kStyle),
+      fmt::arg("verdict", markup_escape(v.verdict)), fmt::arg("rank", rank),
+      fmt::arg("evidence", evidence), fmt::arg("next", markup_escape(v.next)),
+      fmt::arg("rule", markup_escape(v.rule.verdict)),
+      fmt::arg("rule_reason", markup_escape(v.rule.reason)), fmt::arg("world", v.world_size),
       fmt::arg("skip", skip), fmt::arg("steps", v.steps), fmt::arg("step_ms", 1e3 * v.step_s),
       fmt::arg("fractions", fractions), fmt::arg("data", json), fmt::arg("script", kScript));
 }

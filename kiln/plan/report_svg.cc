@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "kiln/base/markup.h"
 #include "kiln/plan/report.h"
 
 namespace kiln::plan {
@@ -17,28 +18,6 @@ struct Segment {
   const char* color;
 };
 
-std::string escape(const std::string& s) {
-  std::string out;
-  for (char ch : s) {
-    switch (ch) {
-      case '&':
-        out += "&amp;";
-        break;
-      case '<':
-        out += "&lt;";
-        break;
-      case '>':
-        out += "&gt;";
-        break;
-      case '"':
-        out += "&quot;";
-        break;
-      default:
-        out += ch;
-    }
-  }
-  return out;
-}
 
 // One bar at height y: segments scaled so `scale_max` spans the width; a
 // legend row under it.
@@ -52,7 +31,7 @@ std::string bar(const std::string& title, const std::vector<Segment>& segs, doub
   std::snprintf(
       buf, sizeof buf,
       "<text x=\"%d\" y=\"%d\" font-size=\"15\" font-weight=\"bold\">%s: %.2f %s</text>\n", kLeft,
-      y - 8, escape(title).c_str(), total / unit_div, unit);
+      y - 8, markup_escape(title).c_str(), total / unit_div, unit);
   o += buf;
   double x = kLeft;
   for (const auto& s : segs) {
@@ -61,7 +40,7 @@ std::string bar(const std::string& title, const std::vector<Segment>& segs, doub
     std::snprintf(buf, sizeof buf,
                   "<rect x=\"%.1f\" y=\"%d\" width=\"%.1f\" height=\"%d\" fill=\"%s\">"
                   "<title>%s: %.3f %s</title></rect>\n",
-                  x, y, w, kHeight, s.color, escape(s.label).c_str(), s.value / unit_div, unit);
+                  x, y, w, kHeight, s.color, markup_escape(s.label).c_str(), s.value / unit_div, unit);
     o += buf;
     x += w;
   }
@@ -81,7 +60,7 @@ std::string bar(const std::string& title, const std::vector<Segment>& segs, doub
     std::snprintf(buf, sizeof buf,
                   "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" fill=\"%s\"/>"
                   "<text x=\"%d\" y=\"%d\" font-size=\"12\">%s %.0f%%</text>\n",
-                  lx, ly - 9, s.color, lx + 14, ly, escape(s.label).c_str(), 100 * s.value / total);
+                  lx, ly - 9, s.color, lx + 14, ly, markup_escape(s.label).c_str(), 100 * s.value / total);
     o += buf;
     lx += 18 + 8 * static_cast<int>(s.label.size() + 5);
   }
@@ -114,7 +93,7 @@ std::string render_svg(const Plan& p) {
   std::snprintf(head, sizeof head,
                 "<text x=\"20\" y=\"22\" font-size=\"13\">%s, %lld x %s, TP %lld PP %lld DP %lld: "
                 "MFU %.1f%%, bottleneck %s</text>\n",
-                escape(p.config.model.name).c_str(),
+                markup_escape(p.config.model.name).c_str(),
                 static_cast<long long>(p.config.cluster.gpus()), p.config.cluster.gpu.id.c_str(),
                 static_cast<long long>(p.config.layout.tp),
                 static_cast<long long>(p.config.layout.pp),
