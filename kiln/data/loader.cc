@@ -37,7 +37,10 @@ Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
   num_batches_ = (sampler_.remaining() + options_.batch_size - 1) / options_.batch_size;
   // Batches alive at once: the queue, one per worker in the making, the
   // consumer's, and one it may still hold while asking for the next.
-  pool_ = BatchPool::create(static_cast<std::size_t>(options_.queue_depth + options_.workers + 2));
+  pool_ = options_.batch_pool != nullptr
+              ? options_.batch_pool
+              : BatchPool::create(
+                    static_cast<std::size_t>(options_.queue_depth + options_.workers + 2));
   threads_.emplace_back([this] { prefetch_loop(); });
   for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
 }

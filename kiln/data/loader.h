@@ -43,6 +43,10 @@ struct LoaderOptions {
   int queue_depth = 4;         // batches decoded ahead of the consumer
   int prefetch_shards = 2;     // distinct shards acquired ahead of the workers
   double fetch_timeout_s = 300;  // per shard acquisition
+  // Where batch buffers are recycled (Note [Recycled batch buffers]). Pass
+  // one pool to every epoch's loader so a new epoch starts with warm
+  // buffers instead of faulting in fresh ones; null: the loader makes its own.
+  std::shared_ptr<BatchPool> batch_pool;
 };
 
 class Loader {
