@@ -51,9 +51,10 @@ class ShardWriter {
 };
 
 // Reads records of one local shard file by index, in place. open() maps the
-// file read-only and verifies it whole, once: header, trailer, offset table,
-// and every record's length and checksum; a truncated or corrupt shard is
-// DataLoss naming the path and record, so no record of it is ever returned.
+// file read-only and checks its structure once: header, trailer, offset
+// table and every record's length; record() checks the record's checksum
+// before handing out a view. A truncated or corrupt shard is DataLoss naming
+// the path and record: a corrupt payload is never returned.
 // Thread-safe after open(). The mapping lives as long as the reader.
 //
 // Note [Mapped shards stay valid]: a cache file is never written in place
@@ -73,7 +74,8 @@ class ShardReader {
   const std::string& path() const { return path_; }
 
   // Record `i`'s payload, a view into the mapping (valid while the reader
-  // lives). InvalidArgument if i >= records().
+  // lives), after its checksum matched. InvalidArgument if i >= records();
+  // DataLoss on a checksum mismatch.
   Result<std::span<const std::uint8_t>> record(std::uint64_t i) const;
 
   // Copies record `i` into `out` (resized). InvalidArgument if i >= records().
