@@ -43,7 +43,7 @@ struct Batch {
   Batch& operator=(Batch&&) noexcept = default;
   ~Batch();  // hands the buffers back to the pool it came from, if any
 
-  std::uint64_t number = 0;             // 0-based within this rank's epoch
+  std::uint64_t number = 0;  // 0-based within this rank's epoch
   std::vector<std::uint64_t> sample_ids;
   std::vector<Column> columns;
   SamplerState state_after;  // save this (with every rank at the same step) to resume after it
