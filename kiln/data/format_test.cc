@@ -43,6 +43,32 @@ TEST(SampleCodec, RejectsSchemaMismatchAndTruncation) {
   }
 }
 
+TEST(SampleCodec, ViewsPointIntoTheEncodedBytes) {
+  std::vector<std::uint8_t> buf;
+  Sample want = testing::test_sample(7);
+  ASSERT_TRUE(encode_sample(testing::test_schema(), want, &buf).is_ok());
+  std::vector<FieldView> views;
+  ASSERT_TRUE(decode_sample_view(testing::test_schema(), buf, &views).is_ok());
+  ASSERT_EQ(views.size(), want.size());
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(views[i].kind, want[i].kind);
+    if (want[i].kind == FieldKind::kInt64) {
+      EXPECT_EQ(views[i].i64, want[i].i64);
+      continue;
+    }
+    EXPECT_TRUE(std::equal(views[i].data.begin(), views[i].data.end(), want[i].data.begin(),
+                           want[i].data.end()));
+    EXPECT_GE(views[i].data.data(), buf.data());  // a view, not a copy
+    EXPECT_LE(views[i].data.data() + views[i].data.size(), buf.data() + buf.size());
+    EXPECT_TRUE(std::equal(views[i].shape().begin(), views[i].shape().end(),
+                           want[i].shape.begin(), want[i].shape.end()));
+  }
+  for (std::size_t n = 0; n < buf.size(); ++n) {
+    EXPECT_EQ(decode_sample_view(testing::test_schema(), std::span(buf.data(), n), &views).code(),
+              Code::kDataLoss) << n;
+  }
+}
+
 TEST(Shard, RoundTripAndRandomAccess) {
   ScratchDir dir;
   DatasetIndex idx = testing::write_test_dataset(dir.path(), 300, 4096);

@@ -35,6 +35,12 @@ Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
   options_.workers = std::max(1, options_.workers);
   options_.queue_depth = std::max(1, options_.queue_depth);
   num_batches_ = (sampler_.remaining() + options_.batch_size - 1) / options_.batch_size;
+  // Batches alive at once: the queue, one per worker in the making, the
+  // consumer's, and one it may still hold while asking for the next.
+  pool_ = options_.batch_pool != nullptr
+              ? options_.batch_pool
+              : BatchPool::create(
+                    static_cast<std::size_t>(options_.queue_depth + options_.workers + 2));
   threads_.emplace_back([this] { prefetch_loop(); });
   for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
 }
@@ -146,19 +152,15 @@ void Loader::worker_loop() {
 }
 
 Result<Batch> Loader::build(std::uint64_t number) {
-  Batch b;
+  Batch b = pool_->make(index_.schema);
   b.number = number;
   std::uint64_t n = batch_samples(number);
   std::uint64_t first = number * options_.batch_size;
-  b.columns.resize(index_.schema.size());
-  for (std::size_t f = 0; f < index_.schema.size(); ++f) {
-    b.columns[f].name = index_.schema[f].name;
-    b.columns[f].kind = index_.schema[f].kind;
-    b.columns[f].dtype = index_.schema[f].kind == FieldKind::kInt64 ? DType::kInt64
-                                                                    : index_.schema[f].dtype;
-    if (b.columns[f].kind == FieldKind::kBytes) b.columns[f].offsets.push_back(0);
+  for (Column& c : b.columns) {
+    if (c.kind == FieldKind::kBytes) c.offsets.push_back(0);
   }
-  std::vector<std::uint8_t> record;
+  b.sample_ids.reserve(n);
+  std::vector<FieldView> sample;
   std::shared_ptr<OpenShard> open;
   std::size_t open_index = SIZE_MAX;
   for (std::uint64_t j = 0; j < n; ++j) {
@@ -171,34 +173,36 @@ Result<Batch> Loader::build(std::uint64_t number) {
       KILN_ASSIGN_OR_RETURN(open, open_shard(shard, number));
       open_index = shard;
     }
-    KILN_RETURN_IF_ERROR(open->reader->read(id - index_.shards[shard].first_sample, &record));
-    auto sample = decode_sample(index_.schema, record);
-    if (!sample) {
-      return sample.status().with_context(
-          fmt::format("shard {} sample {}", index_.shards[shard].file, id));
+    // The record was verified when its shard was mapped (ShardReader::open):
+    // decode it in place and copy each field once, into the batch.
+    KILN_ASSIGN_OR_RETURN(auto record, open->reader->record(id - index_.shards[shard].first_sample));
+    if (Status s = decode_sample_view(index_.schema, record, &sample); !s.is_ok()) {
+      return s.with_context(fmt::format("shard {} sample {}", index_.shards[shard].file, id));
     }
-    for (std::size_t f = 0; f < sample->size(); ++f) {
-      FieldValue& v = (*sample)[f];
+    for (std::size_t f = 0; f < sample.size(); ++f) {
+      const FieldView& v = sample[f];
       Column& c = b.columns[f];
       switch (c.kind) {
         case FieldKind::kBytes:
           // Payloads are usually of similar size: size the column once from
-          // the first instead of regrowing (and recopying) it.
+          // the first instead of regrowing (and recopying) it. A recycled
+          // column already has the capacity.
           if (j == 0) c.data.reserve(n * v.data.size());
           c.data.insert(c.data.end(), v.data.begin(), v.data.end());
           c.offsets.push_back(c.data.size());
           break;
         case FieldKind::kInt64: {
-          std::size_t at = c.data.size();
-          c.data.resize(at + 8);
-          std::memcpy(c.data.data() + at, &v.i64, 8);
+          if (j == 0) c.data.reserve(n * 8);
+          const auto* p = reinterpret_cast<const std::uint8_t*>(&v.i64);
+          c.data.insert(c.data.end(), p, p + 8);
           break;
         }
         case FieldKind::kTensor:
           if (j == 0) {
-            c.shape = v.shape;
+            c.shape.assign(v.shape().begin(), v.shape().end());
             c.data.reserve(n * v.data.size());
-          } else if (!std::equal(c.shape.begin(), c.shape.end(), v.shape.begin(), v.shape.end())) {
+          } else if (!std::equal(c.shape.begin(), c.shape.end(), v.shape().begin(),
+                                 v.shape().end())) {
             return invalid_argument(fmt::format(
                 "batch {}: tensor '{}' of sample {} has another shape than sample {}; ragged "
                 "tensors are not collated (store them as bytes)", number, c.name, id,

@@ -4,8 +4,10 @@
 // Threads, each with one job:
 //   - prefetcher: walks this rank's future order and acquires (downloads into
 //     the cache, then opens) the next `prefetch_shards` distinct shards;
-//   - `workers` decoders: each claims the next batch number, reads, decodes
-//     and collates its samples, and parks the batch in a reorder buffer.
+//   - `workers` decoders: each claims the next batch number, decodes its
+//     samples in place in the shard mapping (ShardReader) and collates them
+//     straight into recycled batch buffers (Note [Recycled batch buffers] in
+//     batch.h), and parks the batch in a reorder buffer.
 // At most `queue_depth` batches exist beyond the consumer (bounded memory).
 // Batches come out in order; the first error of any thread is returned by
 // next() and stops the others. Destruction stops and joins every thread.
@@ -23,6 +25,7 @@
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
+#include "kiln/data/batch.h"
 #include "kiln/data/index.h"
 #include "kiln/data/sampler.h"
 #include "kiln/data/shard.h"
@@ -40,25 +43,10 @@ struct LoaderOptions {
   int queue_depth = 4;         // batches decoded ahead of the consumer
   int prefetch_shards = 2;     // distinct shards acquired ahead of the workers
   double fetch_timeout_s = 300;  // per shard acquisition
-};
-
-// One field of a batch. int64 fields and tensors are [B, ...] row-major in
-// `data`; bytes fields are concatenated in `data` with B+1 `offsets`.
-struct Column {
-  std::string name;
-  FieldKind kind = FieldKind::kBytes;
-  DType dtype = DType::kUInt8;
-  std::vector<std::int64_t> shape;
-  std::vector<std::uint8_t> data;
-  std::vector<std::uint64_t> offsets;
-};
-
-struct Batch {
-  std::uint64_t number = 0;             // 0-based within this rank's epoch
-  std::vector<std::uint64_t> sample_ids;
-  std::vector<Column> columns;
-  SamplerState state_after;  // save this (with every rank at the same step) to resume after it
-  double wait_seconds = 0;   // how long next() blocked for this batch
+  // Where batch buffers are recycled (Note [Recycled batch buffers]). Pass
+  // one pool to every epoch's loader so a new epoch starts with warm
+  // buffers instead of faulting in fresh ones; null: the loader makes its own.
+  std::shared_ptr<BatchPool> batch_pool;
 };
 
 class Loader {
@@ -71,6 +59,9 @@ class Loader {
 
   // Number of batches this rank yields in the epoch (the last may be short).
   std::uint64_t num_batches() const { return num_batches_; }
+
+  // The pool this loader's batches return their buffers to (for its stats).
+  const BatchPool& batch_pool() const { return *pool_; }
 
   // The next batch in order; std::nullopt at the end of the epoch. Blocks up
   // to `deadline` (DeadlineExceeded). DataLoss / ResourceExhausted / ... from
@@ -99,6 +90,7 @@ class Loader {
   LoaderOptions options_;
   RankSampler sampler_;
   std::uint64_t num_batches_;
+  std::shared_ptr<BatchPool> pool_;
 
   std::mutex mu_;
   std::condition_variable cv_;                      // any change below

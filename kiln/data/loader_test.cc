@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <optional>
 
 #include <gtest/gtest.h>
 
@@ -91,6 +92,32 @@ TEST(Loader, RanksTogetherSeeEverySampleOnceAndResume) {
   SamplerState end = run(f, 2, o, UINT64_MAX, &seen);
   EXPECT_EQ(end.consumed, f.index.num_samples);
   for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << "sample " << i;
+}
+
+// Note [Recycled batch buffers]: a dropped batch's buffers carry the next
+// one; a batch still held is never written to, also after its loader is gone.
+TEST(Loader, RecyclesDroppedBatchBuffersButNeverAHeldOne) {
+  Fixture f;
+  std::optional<Batch> held;
+  std::uint64_t batches = 0;
+  {
+    Loader l(f.cache.get(), f.index, {.sampler = {.seed = 5, .shuffle_window = 40},
+                                      .batch_size = 16, .workers = 2, .queue_depth = 3});
+    for (;; ++batches) {
+      auto b = l.next(soon());
+      ASSERT_TRUE(b.is_ok()) << b.status().to_string();
+      if (!b->has_value()) break;
+      check_batch(**b);
+      if (batches == 2) held = std::move(*b);  // kept across the rest of the epoch
+    }
+    ASSERT_EQ(batches, l.num_batches());
+    EXPECT_EQ(l.batch_pool().made(), batches);
+    // All but the first few batches (queue + workers + the held one) reuse buffers.
+    EXPECT_GE(l.batch_pool().reused(), batches - 8);
+    check_batch(*held);
+  }
+  ASSERT_TRUE(held.has_value());
+  check_batch(*held);  // outlives the loader; its buffers go back to a pool nobody uses
 }
 
 TEST(Loader, StopsEarlyWithoutHanging) {

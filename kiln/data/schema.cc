@@ -93,9 +93,9 @@ class Cursor {
     pos_ += sizeof(T);
     return true;
   }
-  bool take(std::uint64_t n, std::vector<std::uint8_t>* out) {
+  bool take(std::uint64_t n, std::span<const std::uint8_t>* out) {
     if (b_.size() - pos_ < n) return false;
-    out->assign(b_.begin() + pos_, b_.begin() + pos_ + n);
+    *out = b_.subspan(pos_, n);
     pos_ += n;
     return true;
   }
@@ -152,13 +152,16 @@ Status encode_sample(const Schema& schema, const Sample& sample, std::vector<std
   return Status::ok();
 }
 
-Result<Sample> decode_sample(const Schema& schema, std::span<const std::uint8_t> bytes) {
+Status decode_sample_view(const Schema& schema, std::span<const std::uint8_t> bytes,
+                          std::vector<FieldView>* out) {
   Cursor c(bytes);
-  Sample s(schema.size());
+  out->resize(schema.size());
   for (std::size_t i = 0; i < schema.size(); ++i) {
     const FieldSpec& f = schema[i];
-    FieldValue& v = s[i];
+    FieldView& v = (*out)[i];
     v.kind = f.kind;
+    v.rank = 0;
+    v.data = {};
     bool ok = true;
     switch (f.kind) {
       case FieldKind::kBytes: {
@@ -177,10 +180,11 @@ Result<Sample> decode_sample(const Schema& schema, std::span<const std::uint8_t>
         for (std::uint8_t d = 0; ok && d < rank; ++d) {
           std::int64_t dim = 0;
           ok = c.get(&dim) && dim >= 0 && dim <= (std::int64_t{1} << 40);
-          v.shape.push_back(dim);
+          v.dims[d] = dim;
           n *= static_cast<std::uint64_t>(dim);
           ok = ok && n <= bytes.size();
         }
+        if (ok) v.rank = rank;
         ok = ok && c.take(n * dtype_size(f.dtype), &v.data);
         break;
       }
@@ -191,6 +195,21 @@ Result<Sample> decode_sample(const Schema& schema, std::span<const std::uint8_t>
     }
   }
   if (!c.done()) return data_loss("decode sample: trailing bytes after the last field");
+  return Status::ok();
+}
+
+Result<Sample> decode_sample(const Schema& schema, std::span<const std::uint8_t> bytes) {
+  std::vector<FieldView> views;
+  KILN_RETURN_IF_ERROR(decode_sample_view(schema, bytes, &views));
+  Sample s(schema.size());
+  for (std::size_t i = 0; i < schema.size(); ++i) {
+    const FieldView& v = views[i];
+    s[i].kind = v.kind;
+    s[i].i64 = v.i64;
+    s[i].dtype = v.dtype;
+    s[i].shape.assign(v.shape().begin(), v.shape().end());
+    s[i].data.assign(v.data.begin(), v.data.end());
+  }
   return s;
 }
 

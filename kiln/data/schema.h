@@ -4,6 +4,7 @@
 // values, in schema order (docs/formats.md, "Dataset format").
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <span>
 #include <string>
@@ -51,6 +52,26 @@ using Sample = std::vector<FieldValue>;
 // Appends the encoding of `sample` to `out`. InvalidArgument if the sample
 // does not match `schema` (count, kinds, dtypes, tensor data size).
 Status encode_sample(const Schema& schema, const Sample& sample, std::vector<std::uint8_t>* out);
+
+// One field decoded in place: `data` points into the bytes it was decoded
+// from (a shard mapping), so it is valid only as long as they are. Bytes use
+// `data`; int64 uses `i64`; tensors use `dtype`, dims[0, rank) and `data`.
+struct FieldView {
+  FieldKind kind = FieldKind::kBytes;
+  std::int64_t i64 = 0;
+  DType dtype = DType::kUInt8;
+  std::uint8_t rank = 0;
+  std::array<std::int64_t, 8> dims{};
+  std::span<const std::uint8_t> data;
+
+  std::span<const std::int64_t> shape() const { return {dims.data(), rank}; }
+};
+
+// Decodes one sample without copying a payload: (*out)[i] views field i of
+// `bytes`. `out` is resized to the schema; reusing it across calls allocates
+// nothing. Same validation and DataLoss errors as decode_sample.
+Status decode_sample_view(const Schema& schema, std::span<const std::uint8_t> bytes,
+                          std::vector<FieldView>* out);
 
 // Decodes one sample. DataLoss naming the field if the bytes are truncated,
 // overlong or disagree with the schema: a corrupt record never yields a sample.

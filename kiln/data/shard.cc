@@ -1,11 +1,13 @@
 #include "kiln/data/shard.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <utility>
 
 #include <fmt/format.h>
 
@@ -28,20 +30,6 @@ void put_magic(std::vector<std::uint8_t>* out, const char (&magic)[9]) {
   std::size_t at = out->size();
   out->resize(at + 8);
   std::memcpy(out->data() + at, magic, 8);
-}
-
-Status pread_all(int fd, const std::string& path, std::uint64_t off, void* dst, std::size_t n) {
-  auto* p = static_cast<std::uint8_t*>(dst);
-  while (n > 0) {
-    ssize_t r = ::pread(fd, p, n, static_cast<off_t>(off));
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return errno_status(fmt::format("read {} at offset {}", path, off), errno);
-    if (r == 0) return data_loss(fmt::format("read {}: unexpected end of file at offset {}", path, off));
-    p += r;
-    off += static_cast<std::uint64_t>(r);
-    n -= static_cast<std::size_t>(r);
-  }
-  return Status::ok();
 }
 
 }  // namespace
@@ -119,21 +107,37 @@ Status ShardWriter::finish() {
 Result<ShardReader> ShardReader::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return errno_status("open shard " + path, errno);
-  ShardReader r(path, fd);
   struct stat st {};
-  if (::fstat(fd, &st) != 0) return errno_status("stat shard " + path, errno);
+  if (::fstat(fd, &st) != 0) {
+    int e = errno;
+    ::close(fd);
+    return errno_status("stat shard " + path, e);
+  }
   auto size = static_cast<std::uint64_t>(st.st_size);
   if (size < 8 + kShardTrailerBytes) {
+    ::close(fd);
     return data_loss(fmt::format("shard {}: {} bytes is too short to hold a header and trailer "
                                  "(truncated?)", path, size));
   }
-  char magic[8];
-  KILN_RETURN_IF_ERROR(pread_all(fd, path, 0, magic, 8));
-  if (std::memcmp(magic, kShardMagic, 8) != 0) {
+  // MAP_POPULATE: the workers read every page; mapping them all in one call
+  // here (the prefetcher's thread, ahead of need) spares them a page fault
+  // per 4 KiB (fault-around maps a few more) in the middle of a batch.
+  void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+  int map_errno = errno;
+  ::close(fd);  // the mapping keeps the file open
+  if (base == MAP_FAILED) return errno_status("mmap shard " + path, map_errno);
+  ShardReader r(path, static_cast<const std::uint8_t*>(base), size);
+  KILN_RETURN_IF_ERROR(r.verify());
+  return r;
+}
+
+Status ShardReader::verify() {
+  const std::string& path = path_;
+  const std::uint64_t size = size_;
+  if (std::memcmp(base_, kShardMagic, 8) != 0) {
     return data_loss(fmt::format("shard {}: bad header magic (not a kiln shard)", path));
   }
-  std::uint8_t trailer[kShardTrailerBytes];
-  KILN_RETURN_IF_ERROR(pread_all(fd, path, size - kShardTrailerBytes, trailer, sizeof trailer));
+  const std::uint8_t* trailer = base_ + size - kShardTrailerBytes;
   std::uint64_t n = 0, table_hash = 0;
   std::memcpy(&n, trailer, 8);
   std::memcpy(&table_hash, trailer + 8, 8);
@@ -144,55 +148,68 @@ Result<ShardReader> ShardReader::open(const std::string& path) {
     return data_loss(fmt::format("shard {}: trailer claims {} records, too many for {} bytes", path,
                                  n, size));
   }
-  r.records_end_ = size - kShardTrailerBytes - n * 8;
-  std::vector<std::uint8_t> table(n * 8);
-  KILN_RETURN_IF_ERROR(pread_all(fd, path, r.records_end_, table.data(), table.size()));
+  records_end_ = size - kShardTrailerBytes - n * 8;
+  std::span<const std::uint8_t> table(base_ + records_end_, n * 8);
   if (xxh3(table) != table_hash) {
     return data_loss(fmt::format("shard {}: offset table checksum mismatch", path));
   }
-  r.offsets_.resize(n);
-  std::memcpy(r.offsets_.data(), table.data(), table.size());
+  offsets_.resize(n);
+  std::memcpy(offsets_.data(), table.data(), table.size());
   std::uint64_t prev = 8;
   for (std::uint64_t i = 0; i < n; ++i) {
-    if (r.offsets_[i] < prev || r.offsets_[i] + 8 > r.records_end_) {
+    if (offsets_[i] < prev || offsets_[i] + 8 > records_end_) {
       return data_loss(fmt::format("shard {}: offset of record {} ({}) out of order or bounds", path,
-                                   i, r.offsets_[i]));
+                                   i, offsets_[i]));
     }
-    prev = r.offsets_[i] + 8;
+    prev = offsets_[i] + 8;
   }
-  return r;
+  // Every record's framing once, here (a cache line each); its checksum in
+  // record(), fused with the consumer's copy (Note [Checksum where it is read]).
+  for (std::uint64_t i = 0; i < n; ++i) {
+    std::uint64_t off = offsets_[i];
+    std::uint64_t end = i + 1 < n ? offsets_[i + 1] : records_end_;
+    std::uint32_t len = 0;
+    std::memcpy(&len, base_ + off, 4);
+    if (off + 8 + len != end) {
+      return data_loss(fmt::format("shard {}: record {} length {} disagrees with the offset table",
+                                   path, i, len));
+    }
+  }
+  return Status::ok();
 }
 
 ShardReader::ShardReader(ShardReader&& o) noexcept
-    : path_(std::move(o.path_)), fd_(o.fd_), records_end_(o.records_end_),
-      offsets_(std::move(o.offsets_)) {
-  o.fd_ = -1;
-}
+    : path_(std::move(o.path_)), base_(std::exchange(o.base_, nullptr)),
+      size_(std::exchange(o.size_, 0)), records_end_(o.records_end_),
+      offsets_(std::move(o.offsets_)) {}
 
 ShardReader::~ShardReader() {
-  if (fd_ >= 0) ::close(fd_);
+  if (base_ != nullptr) ::munmap(const_cast<std::uint8_t*>(base_), size_);
 }
 
-Status ShardReader::read(std::uint64_t i, std::vector<std::uint8_t>* out) const {
+Result<std::span<const std::uint8_t>> ShardReader::record(std::uint64_t i) const {
   if (i >= offsets_.size()) {
     return invalid_argument(fmt::format("shard {}: record {} of {}", path_, i, offsets_.size()));
   }
-  std::uint64_t off = offsets_[i];
+  // Note [Checksum where it is read]: hashing a record right before the
+  // loader copies it leaves it in L1/L2 for the copy, so the bytes come from
+  // memory once. Hashing the whole shard at open() instead reads it twice
+  // per epoch (same-run A/B on the 2-vCPU VM: 2.7-2.8 GB/s that way, 3.7-3.8
+  // GB/s this way). Either way no unverified byte is ever handed out.
+  std::uint64_t off = offsets_[i] + 8;
   std::uint64_t end = i + 1 < offsets_.size() ? offsets_[i + 1] : records_end_;
-  std::uint8_t head[8];
-  KILN_RETURN_IF_ERROR(pread_all(fd_, path_, off, head, 8));
-  std::uint32_t len = 0, sum = 0;
-  std::memcpy(&len, head, 4);
-  std::memcpy(&sum, head + 4, 4);
-  if (off + 8 + len != end) {
-    return data_loss(fmt::format("shard {}: record {} length {} disagrees with the offset table",
-                                 path_, i, len));
-  }
-  out->resize(len);
-  KILN_RETURN_IF_ERROR(pread_all(fd_, path_, off + 8, out->data(), len));
-  if (static_cast<std::uint32_t>(xxh3(*out)) != sum) {
+  std::span<const std::uint8_t> payload(base_ + off, end - off);
+  std::uint32_t sum = 0;
+  std::memcpy(&sum, base_ + off - 4, 4);
+  if (static_cast<std::uint32_t>(xxh3(payload)) != sum) {
     return data_loss(fmt::format("shard {}: record {} checksum mismatch (corrupt)", path_, i));
   }
+  return payload;
+}
+
+Status ShardReader::read(std::uint64_t i, std::vector<std::uint8_t>* out) const {
+  KILN_ASSIGN_OR_RETURN(std::span<const std::uint8_t> rec, record(i));
+  out->assign(rec.begin(), rec.end());
   return Status::ok();
 }
 

@@ -50,10 +50,19 @@ class ShardWriter {
   std::vector<std::uint8_t> buf_;
 };
 
-// Reads records of one local shard file by index. Thread-safe after open()
-// (pread on a shared fd). open() validates the trailer and offset table;
-// read() validates bounds and the record checksum, so a truncated or corrupt
-// shard yields DataLoss naming the path and record, never a corrupt payload.
+// Reads records of one local shard file by index, in place. open() maps the
+// file read-only and checks its structure once: header, trailer, offset
+// table and every record's length; record() checks the record's checksum
+// before handing out a view. A truncated or corrupt shard is DataLoss naming
+// the path and record: a corrupt payload is never returned.
+// Thread-safe after open(). The mapping lives as long as the reader.
+//
+// Note [Mapped shards stay valid]: a cache file is never written in place
+// once committed (downloads go to a temp name and are renamed over it, and
+// eviction unlinks), so neither replacing nor evicting it can change or
+// truncate the pages a reader maps; the mapping keeps the old inode alive.
+// A mapped shard is still a held shard: the loader keeps its ShardLease as
+// long as its reader, so the cache's capacity accounting stays true.
 class ShardReader {
  public:
   static Result<ShardReader> open(const std::string& path);
@@ -64,14 +73,22 @@ class ShardReader {
   std::uint64_t records() const { return offsets_.size(); }
   const std::string& path() const { return path_; }
 
-  // Reads record `i` into `out` (resized). InvalidArgument if i >= records().
+  // Record `i`'s payload, a view into the mapping (valid while the reader
+  // lives), after its checksum matched. InvalidArgument if i >= records();
+  // DataLoss on a checksum mismatch.
+  Result<std::span<const std::uint8_t>> record(std::uint64_t i) const;
+
+  // Copies record `i` into `out` (resized). InvalidArgument if i >= records().
   Status read(std::uint64_t i, std::vector<std::uint8_t>* out) const;
 
  private:
-  ShardReader(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  ShardReader(std::string path, const std::uint8_t* base, std::size_t size)
+      : path_(std::move(path)), base_(base), size_(size) {}
+  Status verify();
 
   std::string path_;
-  int fd_ = -1;
+  const std::uint8_t* base_ = nullptr;  // mmap of the whole file, or null
+  std::size_t size_ = 0;
   std::uint64_t records_end_ = 0;  // offset of the footer
   std::vector<std::uint64_t> offsets_;
 };

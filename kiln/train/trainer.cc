@@ -129,7 +129,8 @@ class EpochStream {
           data::LoaderOptions{.rank = rank_, .world = world_,
                               .sampler = {.seed = seed_, .shuffle_window = config_.shuffle_window},
                               .state = state_, .batch_size = micro_, .workers = config_.workers,
-                              .queue_depth = config_.queue_depth});
+                              .queue_depth = config_.queue_depth,
+                              .batch_pool = batch_pool_});
     }
     KILN_ASSIGN_OR_RETURN(auto batch, loader_->next(Deadline::after_seconds(kBatchTimeoutS)));
     if (!batch) return internal_error("loader ended before the whole steps it promised");
@@ -157,6 +158,10 @@ class EpochStream {
   std::uint64_t seed_;
   data::SamplerState state_;
   std::uint64_t left_ = 0;
+  // One pool for every epoch's loader: a new epoch starts with warm batch
+  // buffers (Note [Recycled batch buffers] in kiln/data/batch.h).
+  std::shared_ptr<data::BatchPool> batch_pool_ = data::BatchPool::create(
+      static_cast<std::size_t>(std::max(1, config_.queue_depth) + std::max(1, config_.workers) + 2));
   std::unique_ptr<data::Loader> loader_;
 };
 
