@@ -197,13 +197,6 @@ Status Checkpointer::run_save(std::int64_t step) {
                                ShardWriteOptions{options_.compression, options_.zstd_level})
                  : Result<ShardRecord>(mk);
   double write_s = seconds_since(t0);
-  auto tr = Clock::now();
-  Status upload;
-  if (remote_ != nullptr && shard.is_ok()) {
-    upload = upload_step_file(*remote_, step, shard->file, tmp + "/" + shard->file,
-                              Deadline::after(options_.timeout));
-  }
-  double upload_s = seconds_since(tr);
   if (options_.after_shard_written_for_test) options_.after_shard_written_for_test(step);
   auto t1 = Clock::now();
   CommitContext ctx{options_.root,    step,       rank_, world_, options_.comm,
@@ -219,18 +212,22 @@ Status Checkpointer::run_save(std::int64_t step) {
   }
   double commit_s = seconds_since(t1);
   auto t2 = Clock::now();
-  // The remote collective runs only after a successful commit, which every
-  // rank sees alike (commit_step), so all ranks enter it or none.
-  if (s.is_ok() && remote_ != nullptr) s = commit_remote(step, upload);
+  // After the local commit, so a slow or failing remote never delays or
+  // undoes it. Entered only after a successful commit, which every rank sees
+  // alike (commit_step), so all ranks join its collective or none does.
+  if (s.is_ok() && remote_ != nullptr) s = commit_remote(step, shard->file);
   std::lock_guard<std::mutex> l(mu_);
   stats_.memory_s = memory_s;
   stats_.write_s = write_s;
   stats_.commit_s = commit_s;
-  stats_.remote_s = remote_ != nullptr ? upload_s + seconds_since(t2) : 0;
+  stats_.remote_s = remote_ != nullptr ? seconds_since(t2) : 0;
   return s;
 }
 
-Status Checkpointer::commit_remote(std::int64_t step, const Status& upload) {
+Status Checkpointer::commit_remote(std::int64_t step, const std::string& shard_file) {
+  std::string step_dir = options_.root + "/" + step_dir_name(step);
+  Status upload = upload_step_file(*remote_, step, shard_file, step_dir + "/" + shard_file,
+                                   Deadline::after(options_.timeout));
   std::string where =
       fmt::format("checkpoint step {} is committed under {} but not on the remote tier {}", step,
                   options_.root, remote_->describe());
@@ -254,7 +251,7 @@ Status Checkpointer::commit_remote(std::int64_t step, const Status& upload) {
   }
   if (rank_ != 0) return Status::ok();
   // The manifest goes last: only now is the remote step committed.
-  std::string manifest = options_.root + "/" + step_dir_name(step) + "/" + kManifestName;
+  std::string manifest = step_dir + "/" + kManifestName;
   Status up =
       upload_step_file(*remote_, step, kManifestName, manifest, Deadline::after(options_.timeout));
   if (!up.is_ok()) return up.with_context(where);

@@ -74,10 +74,10 @@ struct CheckpointOptions {
   // storage. Null: storage only. Not owned; must outlive the Checkpointer.
   MemoryTier* memory = nullptr;
   // The remote tier (remote.h): s3://BUCKET/PREFIX or file://DIR, the same
-  // on every rank; "" = none. Each rank's writer uploads its shard once it is
-  // durable locally; after the local commit rank 0 uploads the manifest last
-  // and applies `retention` to the remote steps. An upload failure is a
-  // background save failure; the local commit stands.
+  // on every rank; "" = none. After the local commit, each rank's writer
+  // uploads its shard, then rank 0 uploads the manifest last and applies
+  // `retention` to the remote steps. An upload failure is a background save
+  // failure; the local commit stands.
   std::string remote;
   // The store for `remote`; null = data::open_object_store(remote). Not
   // owned; must outlive the Checkpointer (tests pass one with options).
@@ -134,8 +134,10 @@ class Checkpointer {
   Checkpointer(CheckpointOptions options, std::unique_ptr<data::ObjectStore> owned_remote);
   void writer_loop();
   Status run_save(std::int64_t step);  // on the writer thread
-  // After step `step` committed locally; `upload` is this rank's shard upload.
-  Status commit_remote(std::int64_t step, const Status& upload);
+  // After step `step` committed locally: uploads this rank's `shard_file`,
+  // agrees with the other ranks that all uploads succeeded, then (rank 0)
+  // uploads the manifest and applies remote retention.
+  Status commit_remote(std::int64_t step, const std::string& shard_file);
   Status wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline);
   void grow_staging(std::size_t bytes);  // only while no save is in flight
 

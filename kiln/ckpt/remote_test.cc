@@ -29,6 +29,42 @@ using testing::TestState;
 
 Deadline soon() { return Deadline::after_seconds(20); }
 
+// Wraps a store and fails every remove of a key other than a manifest, as a
+// crash in the middle of deleting a step would leave it.
+class ShardRemoveFails final : public data::ObjectStore {
+ public:
+  explicit ShardRemoveFails(data::ObjectStore& inner) : inner_(inner) {}
+  Status get_to_file(const std::string& key, const std::string& dst, Deadline d) override {
+    return inner_.get_to_file(key, dst, d);
+  }
+  Result<std::string> get(const std::string& key, Deadline d) override {
+    return inner_.get(key, d);
+  }
+  Status put_file(const std::string& key, const std::string& src, Deadline d) override {
+    return inner_.put_file(key, src, d);
+  }
+  Result<std::string> get_range(const std::string& key, std::uint64_t offset, std::uint64_t length,
+                                Deadline d) override {
+    return inner_.get_range(key, offset, length, d);
+  }
+  Result<data::ObjectInfo> head(const std::string& key, Deadline d) override {
+    return inner_.head(key, d);
+  }
+  Result<std::vector<data::ObjectInfo>> list(const std::string& prefix, Deadline d) override {
+    return inner_.list(prefix, d);
+  }
+  Status remove(const std::string& key, Deadline d) override {
+    if (key.find(kManifestName) == std::string::npos) {
+      return unavailable("injected: remove " + key);
+    }
+    return inner_.remove(key, d);
+  }
+  std::string describe() const override { return "shard-remove-fails+" + inner_.describe(); }
+
+ private:
+  data::ObjectStore& inner_;
+};
+
 // Saves `steps` under `root` with remote tier `store`, keeping the last two.
 void save_steps(const std::string& root, data::ObjectStore& store,
                 const std::vector<std::int64_t>& steps) {
@@ -174,6 +210,55 @@ TEST(RemoteTier, TwoRanksUploadAndOneLoads) {
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(loaded->step, 8);
   EXPECT_EQ(check_loaded(*loaded, 8, 0, 1), "");
+}
+
+TEST(RemoteTier, HalfDeletedStepIsNotCommitted) {
+  TempDir local, remote;
+  auto inner = data::make_file_object_store(remote.path());
+  ShardRemoveFails store(*inner);
+  // Retention of step 1 (keep 2) deletes its manifest, then fails on its shard.
+  save_steps(local.path() + "/ckpt", store, {1, 2, 3});
+  EXPECT_EQ(remote_steps(store), (std::vector<std::int64_t>{3, 2}));
+  auto left = store.list("step-1/", soon());
+  ASSERT_TRUE(left.is_ok());
+  ASSERT_EQ(left->size(), 1u) << "the shard of step 1 should be left behind";
+  EXPECT_EQ((*left)[0].key, remote_key(1, shard_file_name(0)));
+}
+
+TEST(RemoteTier, OneRanksUploadFailureKeepsTheStepUncommittedRemotely) {
+  TempDir local, remote;
+  std::string root = local.path() + "/ckpt";
+  std::string blocker = local.path() + "/not-a-dir";
+  std::ofstream(blocker) << "x";
+  comm::testing::RunOptions quick;
+  quick.deadline = std::chrono::seconds(30);
+  auto r = comm::testing::run_ranks(
+      2,
+      [&](comm::Communicator& comm) -> Status {
+        // Rank 1 reaches the remote through a store whose puts all fail.
+        auto store = data::make_file_object_store(comm.rank() == 1 ? blocker : remote.path());
+        KILN_ASSIGN_OR_RETURN(
+            auto ck,
+            Checkpointer::create(
+                {.root = root, .comm = &comm, .remote = "test", .remote_store = store.get()}));
+        TestState s(1, comm.rank(), comm.size());
+        Status st = ck->save(s.view(), 1, soon());
+        const char* want = comm.rank() == 1 ? "Not a directory" : "failed on rank(s) 1";
+        if (st.is_ok() || st.message().find(want) == std::string::npos) {
+          return internal_error(fmt::format("rank {}: want an error with '{}', got {}", comm.rank(),
+                                            want, st.to_string()));
+        }
+        return Status::ok();
+      },
+      quick);
+  ASSERT_TRUE(r.ok()) << r.report;
+  auto store = data::make_file_object_store(remote.path());
+  EXPECT_TRUE(remote_steps(*store).empty()) << "a manifest was uploaded with a shard missing";
+  auto shard0 = store->head(remote_key(1, shard_file_name(0)), soon());
+  EXPECT_TRUE(shard0.is_ok()) << "rank 0's shard should have been uploaded";
+  auto loaded = load_latest(root, {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->step, 1);
 }
 
 }  // namespace
