@@ -165,21 +165,35 @@ TEST(RemoteTier, UploadFailureIsReportedAndTheLocalCommitStands) {
   EXPECT_EQ(check_loaded(*loaded, 1, 0, 1), "");
 }
 
+// Flips one byte of a file in place.
+void flip_byte(const std::string& path, std::streamoff at) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  ASSERT_TRUE(f.good()) << path;
+  char c = 0;
+  f.seekg(at);
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x5a);
+  f.seekp(at);
+  f.write(&c, 1);
+}
+
+TEST(RemoteTier, CorruptCachedCopyIsDownloadedAgain) {
+  TempDir local, remote, cache;
+  auto store = data::make_file_object_store(remote.path());
+  save_steps(local.path() + "/ckpt", *store, {1, 2});
+  ASSERT_TRUE(load_latest_remote(*store, cache.path(), {}).is_ok());
+  flip_byte(cache.path() + "/step-2/" + shard_file_name(0), 100);
+  auto loaded = load_latest_remote(*store, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->step, 2);
+  EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");
+}
+
 TEST(RemoteTier, CorruptRemoteStepIsSkipped) {
   TempDir local, remote, cache;
   auto store = data::make_file_object_store(remote.path());
   save_steps(local.path() + "/ckpt", *store, {1, 2});
-  // Flip a byte in the newest step's shard object.
-  std::string obj = remote.path() + "/step-2/" + shard_file_name(0);
-  std::fstream f(obj, std::ios::in | std::ios::out | std::ios::binary);
-  ASSERT_TRUE(f.good());
-  char c = 0;
-  f.seekg(100);
-  f.read(&c, 1);
-  c = static_cast<char>(c ^ 0x5a);
-  f.seekp(100);
-  f.write(&c, 1);
-  f.close();
+  flip_byte(remote.path() + "/step-2/" + shard_file_name(0), 100);
   auto loaded = load_latest_remote(*store, cache.path(), {});
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(loaded->step, 1);
