@@ -200,7 +200,7 @@ TEST(RemoteTier, CorruptRemoteStepIsSkipped) {
   EXPECT_EQ(check_loaded(*loaded, 1, 0, 1), "");
 }
 
-TEST(RemoteTier, TwoRanksUploadAndOneLoads) {
+TEST(RemoteTier, TwoRanksUploadThenOneAndThreeLoad) {
   TempDir local, remote, cache;
   std::string root = local.path() + "/ckpt";
   std::string url = "file://" + remote.path();
@@ -224,6 +224,21 @@ TEST(RemoteTier, TwoRanksUploadAndOneLoads) {
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(loaded->step, 8);
   EXPECT_EQ(check_loaded(*loaded, 8, 0, 1), "");
+  // Three ranks agree on the step and re-slice, each with its own cache.
+  r = comm::testing::run_ranks(
+      3,
+      [&](comm::Communicator& comm) -> Status {
+        LoadOptions o{comm.rank(), comm.size(), &comm, std::chrono::seconds(20)};
+        std::string mine = fmt::format("{}/rank-{}", cache.path(), comm.rank());
+        KILN_ASSIGN_OR_RETURN(auto st, load_latest_remote(url, mine, o));
+        std::string bad = check_loaded(st, 8, comm.rank(), comm.size());
+        if (st.step != 8 || !bad.empty()) {
+          return data_loss(fmt::format("rank {}: step {}: {}", comm.rank(), st.step, bad));
+        }
+        return Status::ok();
+      },
+      quick);
+  EXPECT_TRUE(r.ok()) << r.report;
 }
 
 TEST(RemoteTier, HalfDeletedStepIsNotCommitted) {
