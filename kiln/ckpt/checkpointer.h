@@ -12,7 +12,8 @@
 // saves (the only part training waits for), then the checkpointer's one
 // writer thread stores the snapshot in the in-memory tier if one is given
 // (memory_tier.h), writes this rank's shard, runs the commit protocol
-// (commit.h) and, on rank 0, retention (retention.h).
+// (commit.h) and, on rank 0, retention (retention.h); then, with a remote
+// tier, uploads the committed step (remote.h).
 //
 // In flight: at most one save. A save_async while one runs waits for it
 // (BusyPolicy::kWait, bounded by `timeout`) or returns kSkipped after a

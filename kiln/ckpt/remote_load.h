@@ -22,7 +22,7 @@ namespace kiln::ckpt {
 
 // With several ranks (options.comm), rank 0's listing decides which step is
 // tried and a step is taken only if every rank loaded it, as in load_latest.
-// Each download is bounded by options.timeout. NotFound if no remote step loads.
+// Each step's download is bounded by options.timeout. NotFound if no remote step loads.
 Result<LoadedState> load_latest_remote(data::ObjectStore& store, const std::string& cache_dir,
                                        const LoadOptions& options);
 
