@@ -8,6 +8,7 @@
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/commit.h"
 #include "kiln/ckpt/internal/file.h"
+#include "kiln/ckpt/remote.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -36,13 +37,25 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::create(CheckpointOptions opt
   }
   if (options.fs == nullptr) options.fs = Fs::posix();
   KILN_RETURN_IF_ERROR(options.fs->make_dir(options.root));
-  return std::unique_ptr<Checkpointer>(new Checkpointer(std::move(options)));
+  std::unique_ptr<data::ObjectStore> owned_remote;
+  if (!options.remote.empty() && options.remote_store == nullptr) {
+    auto store = data::open_object_store(options.remote);
+    if (!store.is_ok()) {
+      return store.status().with_context("Checkpointer: remote tier " + options.remote);
+    }
+    owned_remote = std::move(store).value();
+  }
+  return std::unique_ptr<Checkpointer>(
+      new Checkpointer(std::move(options), std::move(owned_remote)));
 }
 
-Checkpointer::Checkpointer(CheckpointOptions options)
+Checkpointer::Checkpointer(CheckpointOptions options,
+                           std::unique_ptr<data::ObjectStore> owned_remote)
     : options_(std::move(options)),
       rank_(options_.comm ? options_.comm->rank() : 0),
-      world_(options_.comm ? options_.comm->size() : 1) {
+      world_(options_.comm ? options_.comm->size() : 1),
+      owned_remote_(std::move(owned_remote)),
+      remote_(options_.remote_store ? options_.remote_store : owned_remote_.get()) {
   writer_ = std::thread([this] { writer_loop(); });
 }
 
@@ -112,7 +125,7 @@ Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t 
     std::lock_guard<std::mutex> l(mu_);
     busy_ = true;
     pending_step_ = step;
-    stats_ = SaveStats{step, need, seconds_since(t0), 0, 0, 0};
+    stats_ = SaveStats{step, need, seconds_since(t0), 0, 0, 0, 0};
   }
   cv_.notify_all();
   return SaveStart::kStarted;
@@ -197,11 +210,58 @@ Status Checkpointer::run_save(std::int64_t step) {
       log()->warn("checkpoint retention under {}: {}", options_.root, deleted.status().to_string());
     }
   }
+  double commit_s = seconds_since(t1);
+  auto t2 = Clock::now();
+  // After the local commit, so a slow or failing remote never delays or
+  // undoes it. Entered only after a successful commit, which every rank sees
+  // alike (commit_step), so all ranks join its collective or none does.
+  if (s.is_ok() && remote_ != nullptr) s = commit_remote(step, shard->file);
   std::lock_guard<std::mutex> l(mu_);
   stats_.memory_s = memory_s;
   stats_.write_s = write_s;
-  stats_.commit_s = seconds_since(t1);
+  stats_.commit_s = commit_s;
+  stats_.remote_s = remote_ != nullptr ? seconds_since(t2) : 0;
   return s;
+}
+
+Status Checkpointer::commit_remote(std::int64_t step, const std::string& shard_file) {
+  std::string step_dir = options_.root + "/" + step_dir_name(step);
+  Status upload = upload_step_file(*remote_, step, shard_file, step_dir + "/" + shard_file,
+                                   Deadline::after(options_.timeout));
+  std::string where =
+      fmt::format("checkpoint step {} is committed under {} but not on the remote tier {}", step,
+                  options_.root, remote_->describe());
+  // Every rank learns whose upload failed, so rank 0 never publishes a
+  // manifest for a step with a missing shard.
+  std::int32_t mine = upload.is_ok() ? 1 : 0;
+  std::vector<std::int32_t> ok(static_cast<std::size_t>(world_), mine);
+  if (world_ > 1) {
+    Status ex = options_.comm->allgather(&mine, ok.data(), 1, comm::DataType::kInt32)
+                    ->wait(options_.timeout);
+    if (!ex.is_ok()) return ex.with_context(where);
+  }
+  if (!upload.is_ok()) return upload.with_context(where);
+  std::vector<int> failed;
+  for (int r = 0; r < world_; ++r) {
+    if (ok[static_cast<std::size_t>(r)] == 0) failed.push_back(r);
+  }
+  if (!failed.empty()) {
+    return unavailable(
+        fmt::format("{}: the shard upload failed on rank(s) {}", where, fmt::join(failed, ", ")));
+  }
+  if (rank_ != 0) return Status::ok();
+  // The manifest goes last: only now is the remote step committed.
+  std::string manifest = step_dir + "/" + kManifestName;
+  Status up =
+      upload_step_file(*remote_, step, kManifestName, manifest, Deadline::after(options_.timeout));
+  if (!up.is_ok()) return up.with_context(where);
+  auto deleted =
+      apply_remote_retention(*remote_, options_.retention, Deadline::after(options_.timeout));
+  if (!deleted.is_ok()) {
+    // The step is committed remotely; a retention failure only costs space.
+    log()->warn("remote checkpoint retention: {}", deleted.status().to_string());
+  }
+  return Status::ok();
 }
 
 }  // namespace kiln::ckpt

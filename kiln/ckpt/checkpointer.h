@@ -12,7 +12,8 @@
 // saves (the only part training waits for), then the checkpointer's one
 // writer thread stores the snapshot in the in-memory tier if one is given
 // (memory_tier.h), writes this rank's shard, runs the commit protocol
-// (commit.h) and, on rank 0, retention (retention.h).
+// (commit.h) and, on rank 0, retention (retention.h); then, with a remote
+// tier, uploads the committed step (remote.h).
 //
 // In flight: at most one save. A save_async while one runs waits for it
 // (BusyPolicy::kWait, bounded by `timeout`) or returns kSkipped after a
@@ -50,6 +51,7 @@
 #include "kiln/ckpt/shard_writer.h"
 #include "kiln/ckpt/state.h"
 #include "kiln/comm/communicator.h"
+#include "kiln/data/object_store.h"
 
 namespace kiln::ckpt {
 
@@ -72,6 +74,15 @@ struct CheckpointOptions {
   // is stored there (and replicated to the ring successor) before it goes to
   // storage. Null: storage only. Not owned; must outlive the Checkpointer.
   MemoryTier* memory = nullptr;
+  // The remote tier (remote.h): s3://BUCKET/PREFIX or file://DIR, the same
+  // on every rank; "" = none. After the local commit, each rank's writer
+  // uploads its shard, then rank 0 uploads the manifest last and applies
+  // `retention` to the remote steps. An upload failure is a background save
+  // failure; the local commit stands.
+  std::string remote;
+  // The store for `remote`; null = data::open_object_store(remote). Not
+  // owned; must outlive the Checkpointer (tests pass one with options).
+  data::ObjectStore* remote_store = nullptr;
   // Tests only: runs on the writer thread once this rank's shard is durable,
   // before the commit (lets a test hold a save in flight).
   std::function<void(std::int64_t step)> after_shard_written_for_test;
@@ -87,6 +98,7 @@ struct SaveStats {
   double memory_s = 0;    // in-memory tier: snapshot + replica exchange (0 without one)
   double write_s = 0;     // shard write + fsync
   double commit_s = 0;    // exchange, manifest, rename, retention
+  double remote_s = 0;    // shard upload, manifest upload, remote retention (0 without one)
 };
 
 class Checkpointer {
@@ -120,15 +132,21 @@ class Checkpointer {
   int world_size() const { return world_; }
 
  private:
-  explicit Checkpointer(CheckpointOptions options);
+  Checkpointer(CheckpointOptions options, std::unique_ptr<data::ObjectStore> owned_remote);
   void writer_loop();
   Status run_save(std::int64_t step);  // on the writer thread
+  // After step `step` committed locally: uploads this rank's `shard_file`,
+  // agrees with the other ranks that all uploads succeeded, then (rank 0)
+  // uploads the manifest and applies remote retention.
+  Status commit_remote(std::int64_t step, const std::string& shard_file);
   Status wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline);
   void grow_staging(std::size_t bytes);  // only while no save is in flight
 
   const CheckpointOptions options_;
   const int rank_;
   const int world_;
+  std::unique_ptr<data::ObjectStore> owned_remote_;  // when opened from options_.remote
+  data::ObjectStore* remote_ = nullptr;              // null: no remote tier
 
   // Staging memory, reused across saves; grown (and pre-faulted) on demand.
   // Written by save_async only while no save is in flight, read by the writer.

@@ -1,0 +1,101 @@
+#include "kiln/ckpt/remote.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <map>
+
+#include "kiln/ckpt/format.h"
+
+namespace kiln::ckpt {
+namespace {
+
+struct RemoteStep {
+  bool committed = false;         // its manifest exists
+  std::vector<std::string> keys;  // every object of the step
+};
+
+// The remote objects grouped by step ("step-N/..."); other keys are ignored.
+Result<std::map<std::int64_t, RemoteStep>> list_remote_steps(data::ObjectStore& store,
+                                                             Deadline deadline) {
+  KILN_ASSIGN_OR_RETURN(auto objects, store.list("step-", deadline));
+  std::map<std::int64_t, RemoteStep> steps;
+  for (const auto& o : objects) {
+    auto slash = o.key.find('/');
+    if (slash == std::string::npos) continue;
+    auto step = parse_step_dir_name(o.key.substr(0, slash));
+    if (!step) continue;
+    RemoteStep& s = steps[*step];
+    s.keys.push_back(o.key);
+    if (o.key.substr(slash + 1) == kManifestName) s.committed = true;
+  }
+  return steps;
+}
+
+// Manifest first: from then on the step no longer counts as committed.
+Status delete_remote_step(data::ObjectStore& store, std::int64_t step, const RemoteStep& s,
+                          Deadline deadline) {
+  std::string manifest = remote_key(step, kManifestName);
+  if (s.committed) KILN_RETURN_IF_ERROR(store.remove(manifest, deadline));
+  for (const auto& k : s.keys) {
+    if (k != manifest) KILN_RETURN_IF_ERROR(store.remove(k, deadline));
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+std::string remote_key(std::int64_t step, const std::string& file) {
+  return step_dir_name(step) + "/" + file;
+}
+
+Status upload_step_file(data::ObjectStore& store, std::int64_t step, const std::string& file,
+                        const std::string& local_path, Deadline deadline) {
+  return store.put_file(remote_key(step, file), local_path, deadline)
+      .with_context(fmt::format("upload of checkpoint step {} to {}", step, store.describe()));
+}
+
+Result<std::vector<std::int64_t>> list_remote_committed_steps(data::ObjectStore& store,
+                                                              Deadline deadline) {
+  KILN_ASSIGN_OR_RETURN(auto steps, list_remote_steps(store, deadline));
+  std::vector<std::int64_t> out;
+  for (const auto& [step, s] : steps) {
+    if (s.committed) out.push_back(step);
+  }
+  std::sort(out.rbegin(), out.rend());
+  return out;
+}
+
+Result<std::vector<std::string>> apply_remote_retention(data::ObjectStore& store,
+                                                        const RetentionPolicy& policy,
+                                                        Deadline deadline) {
+  KILN_ASSIGN_OR_RETURN(auto steps, list_remote_steps(store, deadline));
+  std::vector<std::int64_t> committed;
+  for (const auto& [step, s] : steps) {
+    if (s.committed) committed.push_back(step);
+  }
+  std::sort(committed.rbegin(), committed.rend());
+  std::vector<std::string> deleted;
+  if (committed.empty()) return deleted;
+  const std::size_t keep = static_cast<std::size_t>(std::max(policy.keep_last, 1));
+  for (const auto& [step, s] : steps) {
+    bool drop;
+    if (s.committed) {
+      auto rank = std::find(committed.begin(), committed.end(), step) - committed.begin();
+      bool kept_forever = policy.keep_every > 0 && step % policy.keep_every == 0;
+      drop = static_cast<std::size_t>(rank) >= keep && !kept_forever;
+    } else {
+      // An upload a crash or failure interrupted; a newer one is in flight
+      // only for steps above the newest commit.
+      drop = step < committed.front();
+    }
+    if (!drop) continue;
+    KILN_RETURN_IF_ERROR(
+        delete_remote_step(store, step, s, deadline)
+            .with_context(fmt::format("remote checkpoint retention on {}", store.describe())));
+    deleted.push_back(step_dir_name(step));
+  }
+  return deleted;
+}
+
+}  // namespace kiln::ckpt

@@ -1,0 +1,44 @@
+// The remote checkpoint tier (docs/formats.md, "Remote tier"): committed
+// steps copied to an object store (kiln::data::ObjectStore: s3:// or file://)
+// so they outlive the shared filesystem.
+//
+//   REMOTE/step-N/shard-00000.bin ...   uploaded by each rank's writer thread
+//   REMOTE/step-N/manifest.json         uploaded by rank 0 LAST
+//
+// A remote step is committed iff its manifest exists: a crash mid-upload
+// leaves shard objects without a manifest, which loaders ignore and
+// retention removes once a newer step is committed remotely.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kiln/base/deadline.h"
+#include "kiln/base/status.h"
+#include "kiln/ckpt/retention.h"
+#include "kiln/data/object_store.h"
+
+namespace kiln::ckpt {
+
+// "step-N/<file>": the key of a step's file in the remote store.
+std::string remote_key(std::int64_t step, const std::string& file);
+
+// Uploads the local file `local_path` as step `step`'s `file`.
+Status upload_step_file(data::ObjectStore& store, std::int64_t step, const std::string& file,
+                        const std::string& local_path, Deadline deadline);
+
+// Steps with a manifest in the remote store, newest first.
+Result<std::vector<std::int64_t>> list_remote_committed_steps(data::ObjectStore& store,
+                                                              Deadline deadline);
+
+// Run by rank 0 after a remote commit (so never before a newer one exists):
+// deletes the remote steps `policy` does not keep, and manifest-less steps
+// (interrupted uploads) older than the newest committed one. A committed
+// step's manifest is deleted first, so a half-deleted step is never taken
+// for committed. Returns the step directory names it deleted.
+Result<std::vector<std::string>> apply_remote_retention(data::ObjectStore& store,
+                                                        const RetentionPolicy& policy,
+                                                        Deadline deadline);
+
+}  // namespace kiln::ckpt

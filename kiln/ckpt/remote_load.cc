@@ -1,0 +1,107 @@
+#include "kiln/ckpt/remote_load.h"
+
+#include <fmt/format.h>
+
+#include "kiln/base/logging.h"
+#include "kiln/ckpt/format.h"
+#include "kiln/ckpt/internal/file.h"
+#include "kiln/ckpt/remote.h"
+#include "kiln/ckpt/verify.h"
+
+namespace kiln::ckpt {
+namespace {
+
+// Downloads remote step `step` into <cache_dir>/step-N (through a .partial
+// directory renamed into place, so a crash leaves no step that looks
+// complete). Returns the local step directory.
+Result<std::string> download_step(data::ObjectStore& store, std::int64_t step,
+                                  const std::string& cache_dir, Deadline deadline) {
+  std::string dir = cache_dir + "/" + step_dir_name(step);
+  std::string partial = dir + ".partial";
+  KILN_RETURN_IF_ERROR(internal::remove_tree(partial));
+  KILN_RETURN_IF_ERROR(internal::remove_tree(dir));
+  KILN_RETURN_IF_ERROR(internal::make_dir(partial));
+  std::string manifest_path = partial + "/" + kManifestName;
+  KILN_RETURN_IF_ERROR(store.get_to_file(remote_key(step, kManifestName), manifest_path, deadline));
+  KILN_ASSIGN_OR_RETURN(auto m, read_manifest(partial));
+  for (const auto& shard : m.shards) {
+    std::string local = partial + "/" + shard.file;
+    KILN_RETURN_IF_ERROR(store.get_to_file(remote_key(step, shard.file), local, deadline));
+    KILN_ASSIGN_OR_RETURN(auto bytes, internal::file_size(local));
+    if (bytes != shard.bytes) {
+      return data_loss(fmt::format("{} of remote step {} has {} bytes, its manifest says {}",
+                                   shard.file, step, bytes, shard.bytes));
+    }
+  }
+  KILN_RETURN_IF_ERROR(internal::rename_path(partial, dir));
+  return dir;
+}
+
+Result<LoadedState> fetch_and_load(data::ObjectStore& store, std::int64_t step,
+                                   const std::string& cache_dir, const LoadOptions& o) {
+  std::string cached = cache_dir + "/" + step_dir_name(step);
+  if (read_manifest(cached).is_ok()) {
+    auto r = load_step(cached, o.rank, o.world_size);
+    if (r.is_ok()) return r;
+    log()->warn("cached copy {} of remote step {} does not load ({}); downloading it again", cached,
+                step, r.status().to_string());
+  }
+  KILN_ASSIGN_OR_RETURN(auto dir,
+                        download_step(store, step, cache_dir, Deadline::after(o.timeout)));
+  return load_step(dir, o.rank, o.world_size);
+}
+
+}  // namespace
+
+Result<LoadedState> load_latest_remote(data::ObjectStore& store, const std::string& cache_dir,
+                                       const LoadOptions& o) {
+  if (o.world_size > 1 && o.comm == nullptr) {
+    return invalid_argument(
+        "load_latest_remote: world_size > 1 needs a communicator to agree on the step");
+  }
+  KILN_RETURN_IF_ERROR(internal::make_dir(cache_dir));
+  std::vector<std::int64_t> steps;
+  Status listed;
+  if (o.rank == 0) {
+    // A failed listing still reaches the broadcast below (as "no step"), so
+    // the other ranks do not wait out the timeout.
+    auto r = list_remote_committed_steps(store, Deadline::after(o.timeout));
+    if (r.is_ok())
+      steps = std::move(r).value();
+    else
+      listed = r.status();
+  }
+  for (std::size_t i = 0;; ++i) {
+    // Rank 0's listing decides the candidates, so every rank tries the same step.
+    std::int64_t step = i < steps.size() ? steps[i] : -1;
+    if (o.world_size > 1) {
+      KILN_RETURN_IF_ERROR(o.comm->broadcast(&step, 1, comm::DataType::kInt64, 0)->wait(o.timeout));
+    }
+    if (step < 0) {
+      if (!listed.is_ok()) return listed;
+      return not_found(fmt::format("no loadable checkpoint on {}", store.describe()));
+    }
+    auto r = fetch_and_load(store, step, cache_dir, o);
+    std::int32_t ok = r.is_ok() ? 1 : 0;
+    if (o.world_size > 1) {
+      KILN_RETURN_IF_ERROR(
+          o.comm->allreduce(&ok, 1, comm::DataType::kInt32, comm::ReduceOp::kMin)->wait(o.timeout));
+    }
+    if (ok == 1) return r;
+    if (!r.is_ok()) {
+      log()->warn("remote checkpoint step {} on {} skipped: {}", step, store.describe(),
+                  r.status().to_string());
+    } else {
+      log()->warn("remote checkpoint step {} on {} skipped: another rank could not load it", step,
+                  store.describe());
+    }
+  }
+}
+
+Result<LoadedState> load_latest_remote(const std::string& url, const std::string& cache_dir,
+                                       const LoadOptions& o) {
+  KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(url));
+  return load_latest_remote(*store, cache_dir, o);
+}
+
+}  // namespace kiln::ckpt

@@ -1,0 +1,33 @@
+// Loading the newest checkpoint from the remote tier (remote.h), e.g. after
+// the shared filesystem was lost.
+//
+//   auto st = load_latest_remote("s3://bucket/run7", "/local/ckpt-cache", {});
+//
+// Tries remote committed steps (those with a manifest) newest first: downloads
+// the manifest and every shard it names into <cache_dir>/step-N, then loads
+// that with load_step (re-slicing, checksums). A step whose download or load
+// fails is skipped with a warning naming it. A complete step already in the
+// cache is loaded without downloading again (load_step still checks every
+// checksum). The cache directory belongs to this process (one per rank).
+#pragma once
+
+#include <string>
+
+#include "kiln/base/status.h"
+#include "kiln/ckpt/load.h"
+#include "kiln/ckpt/state.h"
+#include "kiln/data/object_store.h"
+
+namespace kiln::ckpt {
+
+// With several ranks (options.comm), rank 0's listing decides which step is
+// tried and a step is taken only if every rank loaded it, as in load_latest.
+// Each step's download is bounded by options.timeout. NotFound if no remote step loads.
+Result<LoadedState> load_latest_remote(data::ObjectStore& store, const std::string& cache_dir,
+                                       const LoadOptions& options);
+
+// The same on open_object_store(url) (s3://BUCKET/PREFIX or file://DIR).
+Result<LoadedState> load_latest_remote(const std::string& url, const std::string& cache_dir,
+                                       const LoadOptions& options);
+
+}  // namespace kiln::ckpt

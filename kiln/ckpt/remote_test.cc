@@ -1,0 +1,294 @@
+// The remote checkpoint tier (remote.h, remote_load.h): saves upload to an
+// object store (file:// and a real s3rver), a step is remote-committed iff
+// its manifest is there, retention mirrors the local policy, and a lost local
+// root is recovered from the remote bit for bit.
+#include "kiln/ckpt/remote.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "kiln/ckpt/checkpointer.h"
+#include "kiln/ckpt/internal/file.h"
+#include "kiln/ckpt/remote_load.h"
+#include "kiln/ckpt/testing/test_state.h"
+#include "kiln/comm/testing/multiprocess.h"
+#include "kiln/data/file_object_store.h"
+#include "kiln/data/s3/s3_object_store.h"
+#include "kiln/data/s3/testing/local_s3_server.h"
+
+namespace kiln::ckpt {
+namespace {
+
+using data::s3::testing::LocalS3Server;
+using testing::check_loaded;
+using testing::TempDir;
+using testing::TestState;
+
+Deadline soon() { return Deadline::after_seconds(20); }
+
+// Wraps a store and fails every remove of a key other than a manifest, as a
+// crash in the middle of deleting a step would leave it.
+class ShardRemoveFails final : public data::ObjectStore {
+ public:
+  explicit ShardRemoveFails(data::ObjectStore& inner) : inner_(inner) {}
+  Status get_to_file(const std::string& key, const std::string& dst, Deadline d) override {
+    return inner_.get_to_file(key, dst, d);
+  }
+  Result<std::string> get(const std::string& key, Deadline d) override {
+    return inner_.get(key, d);
+  }
+  Status put_file(const std::string& key, const std::string& src, Deadline d) override {
+    return inner_.put_file(key, src, d);
+  }
+  Result<std::string> get_range(const std::string& key, std::uint64_t offset, std::uint64_t length,
+                                Deadline d) override {
+    return inner_.get_range(key, offset, length, d);
+  }
+  Result<data::ObjectInfo> head(const std::string& key, Deadline d) override {
+    return inner_.head(key, d);
+  }
+  Result<std::vector<data::ObjectInfo>> list(const std::string& prefix, Deadline d) override {
+    return inner_.list(prefix, d);
+  }
+  Status remove(const std::string& key, Deadline d) override {
+    if (key.find(kManifestName) == std::string::npos) {
+      return unavailable("injected: remove " + key);
+    }
+    return inner_.remove(key, d);
+  }
+  std::string describe() const override { return "shard-remove-fails+" + inner_.describe(); }
+
+ private:
+  data::ObjectStore& inner_;
+};
+
+// Saves `steps` under `root` with remote tier `store`, keeping the last two.
+void save_steps(const std::string& root, data::ObjectStore& store,
+                const std::vector<std::int64_t>& steps) {
+  auto ck = Checkpointer::create(
+      {.root = root, .retention = {.keep_last = 2}, .remote = "test", .remote_store = &store});
+  ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
+  for (auto step : steps) {
+    TestState s(step, 0, 1);
+    Status st = (*ck)->save(s.view(), step, soon());
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+  }
+}
+
+std::vector<std::int64_t> remote_steps(data::ObjectStore& store) {
+  auto r = list_remote_committed_steps(store, soon());
+  EXPECT_TRUE(r.is_ok()) << r.status().to_string();
+  return r.is_ok() ? *r : std::vector<std::int64_t>{};
+}
+
+// Save 3 steps (keep 2), lose the local root, load from the remote: the
+// newest step, bit for bit; an interrupted upload of a newer step (shards,
+// no manifest) is ignored, then removed by retention after the next commit.
+void round_trip(data::ObjectStore& store) {
+  TempDir local, cache;
+  std::string root = local.path() + "/ckpt";
+  save_steps(root, store, {1, 2, 3});
+  EXPECT_EQ(remote_steps(store), (std::vector<std::int64_t>{3, 2}));
+  auto listed = store.list("step-1/", soon());
+  ASSERT_TRUE(listed.is_ok());
+  EXPECT_TRUE(listed->empty()) << "retention left objects of step 1";
+
+  // A crash mid-upload of step 4: its shard is there, its manifest is not.
+  std::string shard = root + "/step-3/" + shard_file_name(0);
+  ASSERT_TRUE(upload_step_file(store, 4, shard_file_name(0), shard, soon()).is_ok());
+  EXPECT_EQ(remote_steps(store), (std::vector<std::int64_t>{3, 2}));
+
+  ASSERT_TRUE(internal::remove_tree(root).is_ok());
+  auto loaded = load_latest_remote(store, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->step, 3);
+  EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
+
+  save_steps(root, store, {5});
+  EXPECT_EQ(remote_steps(store), (std::vector<std::int64_t>{5, 3}));
+  listed = store.list("step-4/", soon());
+  ASSERT_TRUE(listed.is_ok());
+  EXPECT_TRUE(listed->empty()) << "retention left the interrupted upload of step 4";
+}
+
+TEST(RemoteTier, FileStoreRoundTripAfterLosingTheLocalRoot) {
+  TempDir remote;
+  auto store = data::make_file_object_store(remote.path() + "/bucket");
+  round_trip(*store);
+}
+
+TEST(RemoteTier, S3RoundTripAfterLosingTheLocalRoot) {
+  if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
+  auto s3 = LocalS3Server::start();
+  ASSERT_TRUE(s3.is_ok()) << s3.status().to_string();
+  auto store = data::s3::S3ObjectStore::open((*s3)->url("run"), (*s3)->options());
+  ASSERT_TRUE(store.is_ok()) << store.status().to_string();
+  round_trip(**store);
+}
+
+TEST(RemoteTier, OpensTheStoreFromTheUrl) {
+  TempDir local, remote, cache;
+  std::string url = "file://" + remote.path() + "/r";
+  {
+    auto ck = Checkpointer::create({.root = local.path() + "/ckpt", .remote = url});
+    ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
+    TestState s(7, 0, 1);
+    ASSERT_TRUE((*ck)->save(s.view(), 7, soon()).is_ok());
+    EXPECT_GE((*ck)->last_stats().remote_s, 0.0);
+  }
+  auto loaded = load_latest_remote(url, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 7, 0, 1), "");
+}
+
+TEST(RemoteTier, UploadFailureIsReportedAndTheLocalCommitStands) {
+  TempDir local;
+  // The remote "directory" is a regular file: every put fails.
+  std::string blocker = local.path() + "/not-a-dir";
+  std::ofstream(blocker) << "x";
+  auto store = data::make_file_object_store(blocker);
+  std::string root = local.path() + "/ckpt";
+  auto ck = Checkpointer::create({.root = root, .remote = "test", .remote_store = store.get()});
+  ASSERT_TRUE(ck.is_ok());
+  TestState s(1, 0, 1);
+  Status st = (*ck)->save(s.view(), 1, soon());
+  EXPECT_FALSE(st.is_ok());
+  EXPECT_NE(st.message().find("not on the remote tier"), std::string::npos) << st.to_string();
+  EXPECT_NE(st.message().find("step 1"), std::string::npos) << st.to_string();
+  // Reported once, and the local checkpoint is intact.
+  EXPECT_TRUE((*ck)->wait(soon()).is_ok());
+  auto loaded = load_latest(root, {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 1, 0, 1), "");
+}
+
+// Flips one byte of a file in place.
+void flip_byte(const std::string& path, std::streamoff at) {
+  std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+  ASSERT_TRUE(f.good()) << path;
+  char c = 0;
+  f.seekg(at);
+  f.read(&c, 1);
+  c = static_cast<char>(c ^ 0x5a);
+  f.seekp(at);
+  f.write(&c, 1);
+}
+
+TEST(RemoteTier, CorruptCachedCopyIsDownloadedAgain) {
+  TempDir local, remote, cache;
+  auto store = data::make_file_object_store(remote.path());
+  save_steps(local.path() + "/ckpt", *store, {1, 2});
+  ASSERT_TRUE(load_latest_remote(*store, cache.path(), {}).is_ok());
+  flip_byte(cache.path() + "/step-2/" + shard_file_name(0), 100);
+  auto loaded = load_latest_remote(*store, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->step, 2);
+  EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");
+}
+
+TEST(RemoteTier, CorruptRemoteStepIsSkipped) {
+  TempDir local, remote, cache;
+  auto store = data::make_file_object_store(remote.path());
+  save_steps(local.path() + "/ckpt", *store, {1, 2});
+  flip_byte(remote.path() + "/step-2/" + shard_file_name(0), 100);
+  auto loaded = load_latest_remote(*store, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->step, 1);
+  EXPECT_EQ(check_loaded(*loaded, 1, 0, 1), "");
+}
+
+TEST(RemoteTier, TwoRanksUploadThenOneAndThreeLoad) {
+  TempDir local, remote, cache;
+  std::string root = local.path() + "/ckpt";
+  std::string url = "file://" + remote.path();
+  comm::testing::RunOptions quick;
+  quick.deadline = std::chrono::seconds(30);
+  auto r = comm::testing::run_ranks(
+      2,
+      [&](comm::Communicator& comm) -> Status {
+        KILN_ASSIGN_OR_RETURN(auto ck,
+                              Checkpointer::create({.root = root, .comm = &comm, .remote = url}));
+        for (std::int64_t step : {4, 8}) {
+          TestState s(step, comm.rank(), comm.size());
+          KILN_RETURN_IF_ERROR(ck->save(s.view(), step, soon()));
+        }
+        return Status::ok();
+      },
+      quick);
+  ASSERT_TRUE(r.ok()) << r.report;
+  ASSERT_TRUE(internal::remove_tree(root).is_ok());
+  auto loaded = load_latest_remote(url, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->step, 8);
+  EXPECT_EQ(check_loaded(*loaded, 8, 0, 1), "");
+  // Three ranks agree on the step and re-slice, each with its own cache.
+  r = comm::testing::run_ranks(
+      3,
+      [&](comm::Communicator& comm) -> Status {
+        LoadOptions o{comm.rank(), comm.size(), &comm, std::chrono::seconds(20)};
+        std::string mine = fmt::format("{}/rank-{}", cache.path(), comm.rank());
+        KILN_ASSIGN_OR_RETURN(auto st, load_latest_remote(url, mine, o));
+        std::string bad = check_loaded(st, 8, comm.rank(), comm.size());
+        if (st.step != 8 || !bad.empty()) {
+          return data_loss(fmt::format("rank {}: step {}: {}", comm.rank(), st.step, bad));
+        }
+        return Status::ok();
+      },
+      quick);
+  EXPECT_TRUE(r.ok()) << r.report;
+}
+
+TEST(RemoteTier, HalfDeletedStepIsNotCommitted) {
+  TempDir local, remote;
+  auto inner = data::make_file_object_store(remote.path());
+  ShardRemoveFails store(*inner);
+  // Retention of step 1 (keep 2) deletes its manifest, then fails on its shard.
+  save_steps(local.path() + "/ckpt", store, {1, 2, 3});
+  EXPECT_EQ(remote_steps(store), (std::vector<std::int64_t>{3, 2}));
+  auto left = store.list("step-1/", soon());
+  ASSERT_TRUE(left.is_ok());
+  ASSERT_EQ(left->size(), 1u) << "the shard of step 1 should be left behind";
+  EXPECT_EQ((*left)[0].key, remote_key(1, shard_file_name(0)));
+}
+
+TEST(RemoteTier, OneRanksUploadFailureKeepsTheStepUncommittedRemotely) {
+  TempDir local, remote;
+  std::string root = local.path() + "/ckpt";
+  std::string blocker = local.path() + "/not-a-dir";
+  std::ofstream(blocker) << "x";
+  comm::testing::RunOptions quick;
+  quick.deadline = std::chrono::seconds(30);
+  auto r = comm::testing::run_ranks(
+      2,
+      [&](comm::Communicator& comm) -> Status {
+        // Rank 1 reaches the remote through a store whose puts all fail.
+        auto store = data::make_file_object_store(comm.rank() == 1 ? blocker : remote.path());
+        KILN_ASSIGN_OR_RETURN(
+            auto ck,
+            Checkpointer::create(
+                {.root = root, .comm = &comm, .remote = "test", .remote_store = store.get()}));
+        TestState s(1, comm.rank(), comm.size());
+        Status st = ck->save(s.view(), 1, soon());
+        const char* want = comm.rank() == 1 ? "Not a directory" : "failed on rank(s) 1";
+        if (st.is_ok() || st.message().find(want) == std::string::npos) {
+          return internal_error(fmt::format("rank {}: want an error with '{}', got {}", comm.rank(),
+                                            want, st.to_string()));
+        }
+        return Status::ok();
+      },
+      quick);
+  ASSERT_TRUE(r.ok()) << r.report;
+  auto store = data::make_file_object_store(remote.path());
+  EXPECT_TRUE(remote_steps(*store).empty()) << "a manifest was uploaded with a shard missing";
+  auto shard0 = store->head(remote_key(1, shard_file_name(0)), soon());
+  EXPECT_TRUE(shard0.is_ok()) << "rank 0's shard should have been uploaded";
+  auto loaded = load_latest(root, {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->step, 1);
+}
+
+}  // namespace
+}  // namespace kiln::ckpt
