@@ -3,10 +3,12 @@
 #include <fmt/format.h>
 
 #include <cstdlib>
+#include <filesystem>
 
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/gather.h"
 #include "kiln/ckpt/load.h"
+#include "kiln/ckpt/remote_load.h"
 #include "kiln/ckpt/retention.h"
 
 namespace kiln::train {
@@ -48,6 +50,23 @@ Result<ckpt::LoadedState> from_storage(const TrainConfig& c, comm::Communicator&
   KILN_RETURN_IF_ERROR(comm.broadcast(&step, 1, comm::DataType::kInt64, 0)->wait(kResumeTimeout));
   if (step < 0) return not_found("no checkpoint to resume from in " + c.checkpoint.dir);
   return ckpt::load_step(fmt::format("{}/step-{}", c.checkpoint.dir, step), 0, 1);
+}
+
+// The newest step of the remote tier, for a run whose dir has none: each
+// rank downloads into its own cache under dir and gets its share, and the
+// ranks assemble the whole model from the shares. NotFound when none.
+Result<ckpt::LoadedState> from_remote(const TrainConfig& c, comm::Communicator& comm) {
+  const std::string cache = fmt::format("{}/remote-cache/rank-{}", c.checkpoint.dir, comm.rank());
+  ckpt::LoadOptions o{comm.rank(), comm.size(), &comm, kResumeTimeout};
+  std::error_code ec;
+  std::filesystem::create_directories(cache, ec);
+  if (ec) return errno_status("create the remote tier's download cache " + cache, ec.value());
+  auto share = ckpt::load_latest_remote(c.checkpoint.remote, cache, o);
+  // The downloaded copy served its purpose: the step is in memory now, and
+  // the run writes its own checkpoints to dir from here on.
+  std::filesystem::remove_all(cache, ec);
+  if (!share.is_ok()) return share.status();
+  return ckpt::gather_whole_tensors(std::move(*share), comm, kResumeTimeout);
 }
 
 }  // namespace
@@ -94,6 +113,12 @@ Result<std::optional<Resumed>> resume(const TrainConfig& c, torch::nn::Module& m
   }
   if (!out.from_memory) {
     loaded = from_storage(c, comm);
+    if (!loaded.is_ok() && loaded.status().code() == Code::kNotFound &&
+        !c.checkpoint.remote.empty()) {
+      log()->info("resume: nothing to load in {}; trying the remote tier {}", c.checkpoint.dir,
+                  c.checkpoint.remote);
+      loaded = from_remote(c, comm);
+    }
     if (!loaded.is_ok()) {
       if (loaded.status().code() == Code::kNotFound) return std::optional<Resumed>();
       return loaded.status();

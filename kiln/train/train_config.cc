@@ -109,6 +109,7 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
   c.checkpoint.resume = r.get_bool("checkpoint", "resume", c.checkpoint.resume);
   c.checkpoint.memory = r.get_bool("checkpoint", "memory", c.checkpoint.memory);
   c.checkpoint.memory_dir = r.get_string("checkpoint", "memory_dir", false, "");
+  c.checkpoint.remote = r.get_string("checkpoint", "remote", false, "");
 
   if (r.has("ddp", "bucket_cap_mib") &&
       root["ddp"]["bucket_cap_mib"].value_exact<std::string>() == std::optional<std::string>("auto")) {

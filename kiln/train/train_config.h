@@ -78,6 +78,10 @@ struct CheckpointConfig {
   // `kiln run` recovers from there without reading dir.
   bool memory = true;
   std::string memory_dir;  // empty: /dev/shm/kiln-ckpt-<hash of dir>
+  // The remote tier (kiln/ckpt/remote.h): s3://BUCKET/PREFIX or file://DIR.
+  // Each committed step is also uploaded there; a run whose dir holds no
+  // loadable checkpoint (a new machine, a lost disk) resumes from it.
+  std::string remote;
 };
 
 struct DdpConfig {

@@ -281,7 +281,8 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     KILN_ASSIGN_OR_RETURN(checkpointer, ckpt::Checkpointer::create(
                                             {.root = c.checkpoint.dir, .comm = ckpt_comm.get(),
                                              .retention = {.keep_last = c.checkpoint.keep},
-                                             .memory = memory_tier.get()}));
+                                             .memory = memory_tier.get(),
+                                             .remote = c.checkpoint.remote}));
   }
   Progress progress;
   KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, *task->module(), *optimizer, comm, memory_tier.get(),

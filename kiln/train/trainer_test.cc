@@ -184,6 +184,26 @@ TEST(Trainer, AFreshRunIgnoresSnapshotsLeftInMemory) {
   EXPECT_EQ(fresh->start_step, 0);
 }
 
+TEST(Trainer, ARunWithoutLocalCheckpointsResumesFromTheRemoteTier) {
+  Fixture f;
+  auto straight = train_on(2, f.config(32, 1, 10), f.dir.path() + "/a");
+  ASSERT_TRUE(straight.is_ok()) << straight.status().to_string();
+
+  // Killed after step 7: steps 2, 4 (and maybe 6) are committed and
+  // uploaded (uploads follow the local commit, one save in flight).
+  TrainConfig c = f.config(32, 1, 10);
+  c.checkpoint = {.dir = f.dir.path() + "/ckpt", .every = 2,
+                  .remote = "file://" + f.dir.path() + "/remote"};
+  ASSERT_FALSE(train_on(2, c, f.dir.path() + "/b1", /*crash_after_step=*/7).is_ok());
+  std::filesystem::remove_all(c.checkpoint.dir);  // the local disk is lost
+  auto resumed = train_on(2, c, f.dir.path() + "/b2");
+  ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
+  EXPECT_GE(resumed->start_step, 2);
+  EXPECT_LE(resumed->start_step, 7);
+  EXPECT_EQ(resumed->parameters, straight->parameters);
+  EXPECT_FALSE(std::filesystem::exists(c.checkpoint.dir + "/remote-cache/rank-0"));
+}
+
 TEST(Trainer, ResumesOnAnotherWorldSize) {
   Fixture f;
   TrainConfig c = f.config(24, 1, 5);
