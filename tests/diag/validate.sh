@@ -39,7 +39,9 @@ fail() { echo "validate $1: $2" >&2; exit 1; }
 verdict_of() {
   local name=$1; shift
   local dir=$WORK/$name
-  rm -rf "$dir"
+  # A second try starts clean: trace dir and checkpoints (--no-resume
+  # refuses a directory that holds committed steps).
+  rm -rf "$dir" "$WORK/ckpt"
   "$KILN" launch -n 2 --bind none -- "$KILN" train "$WORK/tiny.toml" --no-progress --no-resume \
     --trace-dir "$dir" --diag-every 10 "$@" > "$WORK/$name.log" 2>&1 ||
     { cat "$WORK/$name.log" >&2; fail "$name" "kiln train failed"; }
