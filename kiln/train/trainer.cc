@@ -15,8 +15,6 @@
 
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/checkpointer.h"
-#include "kiln/ckpt/load.h"
-#include "kiln/ckpt/retention.h"
 #include "kiln/data/convert/fashion_mnist.h"
 #include "kiln/data/convert/text_corpus.h"
 #include "kiln/data/loader.h"
