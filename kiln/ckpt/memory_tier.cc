@@ -379,22 +379,25 @@ Status MemoryTier::clear() {
   return Status::ok();
 }
 
+Result<LoadedState> recover_if_not_older(const std::string& root, MemoryTier& tier,
+                                         const LoadOptions& options) {
+  std::int64_t newest_on_disk = -1;
+  if (options.rank == 0) {
+    auto steps = list_committed_steps(root);
+    if (steps.is_ok() && !steps->empty()) newest_on_disk = steps->front();
+  }
+  if (options.world_size > 1) {
+    KILN_RETURN_IF_ERROR(
+        options.comm->broadcast(&newest_on_disk, 1, DataType::kInt64, 0)->wait(options.timeout));
+  }
+  return tier.recover(std::max<std::int64_t>(newest_on_disk, 0));
+}
+
 Result<LoadedState> recover_latest(const std::string& root, MemoryTier* tier,
                                    const LoadOptions& options, bool* from_memory) {
   if (from_memory != nullptr) *from_memory = false;
   if (tier != nullptr) {
-    // Rank 0's listing decides, as in load_latest, so every rank asks the
-    // memory tier for the same minimum.
-    std::int64_t newest_on_disk = -1;
-    if (options.rank == 0) {
-      auto steps = list_committed_steps(root);
-      if (steps.is_ok() && !steps->empty()) newest_on_disk = steps->front();
-    }
-    if (options.world_size > 1) {
-      KILN_RETURN_IF_ERROR(
-          options.comm->broadcast(&newest_on_disk, 1, DataType::kInt64, 0)->wait(options.timeout));
-    }
-    auto mem = tier->recover(std::max<std::int64_t>(newest_on_disk, 0));
+    auto mem = recover_if_not_older(root, *tier, options);
     if (mem.is_ok()) {
       if (from_memory != nullptr) *from_memory = true;
       return mem;

@@ -98,6 +98,13 @@ class MemoryTier {
   MemoryRecoveryStats stats_;
 };
 
+// Collective. The tier's newest step if it is at least as new as the newest
+// committed under `root` (rank 0's listing decides, so every rank asks for
+// the same minimum); NotFound, the same on every rank, when memory cannot
+// serve one (then load from storage).
+Result<LoadedState> recover_if_not_older(const std::string& root, MemoryTier& tier,
+                                         const LoadOptions& options);
+
 // Collective. The newest checkpoint from either tier: the in-memory one when
 // it holds a step at least as new as the newest committed under `root`
 // (it is faster and usually newer), else load_latest(root, options).

@@ -23,15 +23,8 @@ constexpr std::chrono::milliseconds kResumeTimeout{600000};
 Result<ckpt::LoadedState> from_memory(const TrainConfig& c, ckpt::MemoryTier& memory,
                                       comm::Communicator& comm) {
   ckpt::LoadOptions o{comm.rank(), comm.size(), &comm, kResumeTimeout};
-  std::int64_t newest_on_disk = -1;
-  if (comm.rank() == 0) {
-    auto steps = ckpt::list_committed_steps(c.checkpoint.dir);
-    if (steps.is_ok() && !steps->empty()) newest_on_disk = steps->front();
-  }
-  KILN_RETURN_IF_ERROR(
-      comm.broadcast(&newest_on_disk, 1, comm::DataType::kInt64, 0)->wait(kResumeTimeout));
   KILN_ASSIGN_OR_RETURN(ckpt::LoadedState share,
-                        memory.recover(std::max<std::int64_t>(newest_on_disk, 0)));
+                        ckpt::recover_if_not_older(c.checkpoint.dir, memory, o));
   return ckpt::gather_whole_tensors(std::move(share), comm, o.timeout);
 }
 
