@@ -1,10 +1,11 @@
 // `kiln`: one executable, one subcommand per cli/*_cmd.cc file.
+#include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cstring>
 #include <map>
 
-#include <CLI/CLI.hpp>
-
 #include "cli/registry.h"
+#include "kiln/base/blas_kernel.h"
 
 namespace {
 
@@ -15,7 +16,8 @@ CLI::App* parent_for(CLI::App& root, const std::string& path) {
   size_t start = 0;
   while (start <= path.size()) {
     size_t end = path.find(' ', start);
-    std::string name = path.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    std::string name =
+        path.substr(start, end == std::string::npos ? std::string::npos : end - start);
     CLI::App* child = nullptr;
     try {
       child = app->get_subcommand(name);
@@ -30,9 +32,21 @@ CLI::App* parent_for(CLI::App& root, const std::string& path) {
   return app;
 }
 
+// The commands that multiply matrices, or start processes that do: they
+// must not run OpenBLAS's generic kernels (Note [OpenBLAS on CPUs it does not
+// know] in kiln/base/blas_kernel.h). Other commands skip the re-exec.
+bool runs_matrix_products(int argc, char** argv) {
+  if (argc < 2) return false;
+  for (const char* cmd : {"train", "launch", "run"}) {
+    if (std::strcmp(argv[1], cmd) == 0) return true;
+  }
+  return argc >= 3 && std::strcmp(argv[1], "bench") == 0 && std::strcmp(argv[2], "ddp") == 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (runs_matrix_products(argc, argv)) kiln::reexec_if_blas_runs_generic_kernels(argv);
   CLI::App app{"kiln: a runtime for fault-tolerant distributed training"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "kiln 0.1.0");
