@@ -4,7 +4,8 @@
 //   (a) backward, then one allreduce of all gradients (nothing overlaps);
 //   (b) kiln::ddp, buckets allreduced while backward continues.
 // Reports backward time, comm time (a's allreduce), exposed comm (b's wait
-// after backward), overlap = 1 - exposed/comm, step times and their ratio.
+// after backward), overlap = 1 - exposed/comm, step times and their ratio
+// (the median of each step of (b) over the step of (a) before it).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -52,7 +53,9 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 
 Status bench_ddp(const DdpBenchArgs& a) {
   torch::set_num_threads(1);
@@ -67,37 +70,30 @@ Status bench_ddp(const DdpBenchArgs& a) {
   std::int64_t params = 0;
   for (auto& p : net_a->parameters()) params += p.numel();
   auto flat = torch::zeros({params});
-  std::vector<double> a_backward, a_comm, a_step;
-  for (int s = 0; s < a.warmup + a.steps; ++s) {
-    auto t0 = Clock::now();
+  auto run_step_a = [&](double* backward_s, double* comm_s) -> Status {
     net_a->zero_grad();
     auto loss = torch::mse_loss(net_a->forward(x), y);
     auto t_bwd = Clock::now();
     loss.backward();
-    double bwd = since(t_bwd);
+    *backward_s = since(t_bwd);
     auto t_comm = Clock::now();
-    {
-      torch::NoGradGuard g;
-      std::int64_t off = 0;
-      for (auto& p : net_a->parameters()) {
-        flat.narrow(0, off, p.numel()).copy_(p.grad().view(-1));
-        off += p.numel();
-      }
-      KILN_RETURN_IF_ERROR(c.allreduce(flat.data_ptr<float>(), static_cast<std::size_t>(params),
-                                       comm::DataType::kFloat32, comm::ReduceOp::kAvg)->wait());
-      off = 0;
-      for (auto& p : net_a->parameters()) {
-        p.mutable_grad().view(-1).copy_(flat.narrow(0, off, p.numel()));
-        off += p.numel();
-      }
+    torch::NoGradGuard g;
+    std::int64_t off = 0;
+    for (auto& p : net_a->parameters()) {
+      flat.narrow(0, off, p.numel()).copy_(p.grad().view(-1));
+      off += p.numel();
     }
-    double comm_s = since(t_comm);
-    if (s >= a.warmup) {
-      a_backward.push_back(bwd);
-      a_comm.push_back(comm_s);
-      a_step.push_back(since(t0));
+    KILN_RETURN_IF_ERROR(c.allreduce(flat.data_ptr<float>(), static_cast<std::size_t>(params),
+                                     comm::DataType::kFloat32, comm::ReduceOp::kAvg)
+                             ->wait());
+    off = 0;
+    for (auto& p : net_a->parameters()) {
+      p.mutable_grad().view(-1).copy_(flat.narrow(0, off, p.numel()));
+      off += p.numel();
     }
-  }
+    *comm_s = since(t_comm);
+    return Status::ok();
+  };
 
   // (b) kiln::ddp.
   auto net_b = std::make_shared<MlpImpl>(a.width, a.layers);
@@ -106,19 +102,35 @@ Status bench_ddp(const DdpBenchArgs& a) {
   options.auto_bucket_cap = a.auto_cap;
   options.compress_bf16 = a.bf16;
   KILN_ASSIGN_OR_RETURN(auto d, ddp::DistributedDataParallel::create(net_b, c, options));
-  std::vector<double> b_backward, b_exposed, b_step;
-  // bucket_cap = auto spends its first steps observing and trying caps.
-  int tuning_steps = a.auto_cap ? 1 + static_cast<int>(options.auto_caps.size()) : 0;
-  for (int s = 0; s < tuning_steps + a.warmup + a.steps; ++s) {
-    auto t0 = Clock::now();
+  auto run_step_b = [&]() -> Status {
     net_b->zero_grad();
     auto loss = torch::mse_loss(net_b->forward(x), y);
-    KILN_RETURN_IF_ERROR(d->backward(loss));
-    if (s >= tuning_steps + a.warmup) {
-      b_backward.push_back(d->last_sync().backward_s);
-      b_exposed.push_back(d->last_sync().exposed_comm_s);
-      b_step.push_back(since(t0));
-    }
+    return d->backward(loss);
+  };
+
+  // The modes alternate step by step, so a machine whose speed drifts (a
+  // shared one does, over seconds) slows both alike, and each step of (b) is
+  // compared with the step of (a) right before it. bucket_cap = auto spends
+  // its first steps of (b) observing and trying caps; (a) runs beside them
+  // untimed.
+  std::vector<double> a_backward, a_comm, a_step, b_backward, b_exposed, b_step, ratios;
+  const int untimed = options.auto_tuning_steps() + a.warmup;
+  for (int s = 0; s < untimed + a.steps; ++s) {
+    double bwd = 0, comm_s = 0;
+    auto t0 = Clock::now();
+    KILN_RETURN_IF_ERROR(run_step_a(&bwd, &comm_s));
+    double a_s = since(t0);
+    auto t1 = Clock::now();
+    KILN_RETURN_IF_ERROR(run_step_b());
+    double b_s = since(t1);
+    if (s < untimed) continue;
+    a_backward.push_back(bwd);
+    a_comm.push_back(comm_s);
+    a_step.push_back(a_s);
+    b_backward.push_back(d->last_sync().backward_s);
+    b_exposed.push_back(d->last_sync().exposed_comm_s);
+    b_step.push_back(b_s);
+    ratios.push_back(b_s / a_s);
   }
 
   double backward = median(a_backward), comm_s = median(a_comm), exposed = median(b_exposed);
@@ -137,7 +149,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      {"overlap", std::clamp(1.0 - exposed / comm_s, 0.0, 1.0)},
                      {"step_a_s", step_a},
                      {"step_b_s", step_b},
-                     {"step_ratio", step_b / step_a}};
+                     {"step_ratio", median(ratios)}};
   if (c.rank() == 0) {
     if (a.json) {
       std::printf("%s\n", doc.dump().c_str());
@@ -150,14 +162,16 @@ Status bench_ddp(const DdpBenchArgs& a) {
 
 const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   auto a = std::make_shared<DdpBenchArgs>();
-  auto* cmd = parent.add_subcommand("ddp", "Overlap of DDP's gradient allreduce with backward (run under a launcher)");
+  auto* cmd = parent.add_subcommand(
+      "ddp", "Overlap of DDP's gradient allreduce with backward (run under a launcher)");
   cmd->add_option("--width", a->width, "hidden width of the MLP");
   cmd->add_option("--layers", a->layers, "hidden width x width layers");
   cmd->add_option("--batch", a->batch, "samples per rank per step");
   cmd->add_option("--steps", a->steps, "timed steps per mode");
   cmd->add_option("--warmup", a->warmup, "untimed steps per mode");
   cmd->add_option("--bucket-mib", a->bucket_mib, "DDP bucket cap, MiB");
-  cmd->add_flag("--auto-bucket-cap", a->auto_cap, "bucket_cap = auto: try candidate caps, keep the best");
+  cmd->add_flag("--auto-bucket-cap", a->auto_cap,
+                "bucket_cap = auto: try candidate caps, keep the best");
   cmd->add_flag("--bf16", a->bf16, "communicate gradients as bfloat16");
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
   cmd->callback(run_status([a] { return bench_ddp(*a); }));

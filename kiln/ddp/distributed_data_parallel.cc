@@ -1,6 +1,8 @@
 #include "kiln/ddp/distributed_data_parallel.h"
 
 #include <algorithm>
+#include <limits>
+#include <ranges>
 
 #include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/variable.h>
@@ -333,22 +335,34 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
   return Status::ok();
 }
 
-// bucket_cap = auto: one step per candidate cap, judged by the slowest
-// rank's exposed communication (so every rank picks the same).
+// Note [Judging a bucket cap]: a trial's cost is backward plus the exposed
+// communication after it, on the slowest rank: that is what a cap changes
+// in the step (small buckets hide more communication but add launches and
+// hook work to backward; large ones leave the last bucket exposed). One trial
+// per cap misjudges on a shared machine, where any step may run 30% slow for
+// reasons of its own: each cap gets `auto_rounds` trials, taken in turn (so
+// interference lasting several steps hits several caps alike), and is judged
+// by its best trial, since interference only ever adds time.
 Status DistributedDataParallel::tune_bucket_cap() {
-  double exposed = stats_.exposed_comm_s;
-  KILN_RETURN_IF_ERROR(comm_.allreduce(&exposed, 1, comm::DataType::kFloat64, comm::ReduceOp::kMax)->wait());
-  tuning_exposed_.push_back(exposed);
+  double cost = stats_.backward_s + stats_.exposed_comm_s;
+  KILN_RETURN_IF_ERROR(comm_.allreduce(&cost, 1, comm::DataType::kFloat64, comm::ReduceOp::kMax)->wait());
+  const std::size_t n = options_.auto_caps.size();
+  if (tuning_best_s_.size() != n) tuning_best_s_.assign(n, std::numeric_limits<double>::infinity());
+  double& best_of_this_cap = tuning_best_s_[tuning_index_ % n];
+  best_of_this_cap = std::min(best_of_this_cap, cost);
   ++tuning_index_;
   std::size_t next;
-  if (tuning_index_ < options_.auto_caps.size()) {
-    next = options_.auto_caps[tuning_index_];
+  if (tuning()) {
+    next = options_.auto_caps[tuning_index_ % n];
   } else {
     std::size_t best = static_cast<std::size_t>(
-        std::min_element(tuning_exposed_.begin(), tuning_exposed_.end()) - tuning_exposed_.begin());
+        std::min_element(tuning_best_s_.begin(), tuning_best_s_.end()) - tuning_best_s_.begin());
     next = options_.auto_caps[best];
-    log()->info("DDP bucket_cap=auto chose {} MiB (exposed comm {:.3f} s; candidates: {})",
-                next >> 20, tuning_exposed_[best], fmt::join(tuning_exposed_, ", "));
+    auto mib = options_.auto_caps | std::views::transform([](std::size_t c) { return c >> 20; });
+    log()->info("DDP bucket_cap=auto chose {} MiB (backward + exposed comm {:.3f} s, best of {} "
+                "trials; candidates {} MiB: {:.3f} s)",
+                next >> 20, tuning_best_s_[best], std::max(1, options_.auto_rounds),
+                fmt::join(mib, "/"), fmt::join(tuning_best_s_, "/"));
   }
   options_.bucket_cap_bytes = next;
   return assign_buckets(observed_order_, observed_breaks_);

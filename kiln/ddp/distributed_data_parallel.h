@@ -19,6 +19,7 @@
 // exceptions are caught at this boundary and returned as Internal.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <memory>
@@ -41,11 +42,18 @@ struct DdpOptions {
   // Communicate gradients as bfloat16 (half the bytes; averaged in float32
   // arithmetic, rounded to bfloat16 on the wire). Parameters stay float32.
   bool compress_bf16 = false;
-  // bucket_cap = auto: after the first synchronized step, try each cap in
-  // `auto_caps` for one step, and keep the one whose exposed communication
-  // (slowest rank) was smallest. Every rank decides the same.
+  // bucket_cap = auto: after the first synchronized step, try the caps in
+  // `auto_caps` in turn, `auto_rounds` times each, and keep the one whose
+  // best trial had the least backward-plus-exposed-communication time on the
+  // slowest rank (Note [Judging a bucket cap]). Every rank decides the same.
   bool auto_bucket_cap = false;
   std::vector<std::size_t> auto_caps{1u << 20, 4u << 20, 16u << 20, 25u << 20, 64u << 20};
+  int auto_rounds = 3;
+  // Steps bucket_cap = auto spends before its choice is in place (0 without
+  // it): the first step, which observes the gradient order, then the trials.
+  int auto_tuning_steps() const {
+    return auto_bucket_cap ? 1 + static_cast<int>(auto_caps.size()) * std::max(1, auto_rounds) : 0;
+  }
 };
 
 // Timing of the last synchronized backward().
@@ -92,7 +100,9 @@ class DistributedDataParallel {
   const SyncStats& last_sync() const { return stats_; }
   // The bucket cap in use (after auto tuning: the one it chose).
   std::size_t bucket_cap_bytes() const { return options_.bucket_cap_bytes; }
-  bool tuning() const { return tuning_index_ < options_.auto_caps.size() && options_.auto_bucket_cap; }
+  bool tuning() const {
+    return options_.auto_bucket_cap && static_cast<int>(tuning_index_) + 1 < options_.auto_tuning_steps();
+  }
   std::size_t bucket_count() const { return buckets_.size(); }
 
  private:
@@ -132,8 +142,8 @@ class DistributedDataParallel {
   bool rebuilt_ = false;                 // Note [Rebuilding buckets from the observed order]
   std::vector<std::size_t> observed_order_;
   std::vector<bool> observed_breaks_;
-  std::size_t tuning_index_ = 0;         // next candidate of auto_caps to try
-  std::vector<double> tuning_exposed_;   // slowest rank's exposed comm per candidate
+  std::size_t tuning_index_ = 0;         // trials done; the next tries auto_caps[index % size]
+  std::vector<double> tuning_best_s_;    // per candidate: its best trial (slowest rank's time)
   Status tune_bucket_cap();
   std::vector<std::shared_ptr<torch::autograd::Node>> grad_accumulators_;
   std::vector<std::uintptr_t> post_hook_keys_;

@@ -138,8 +138,11 @@ TEST(Ddp, AutoBucketCapTriesEveryCandidateThenKeepsOne) {
     DdpOptions o;
     o.auto_bucket_cap = true;
     o.auto_caps = {256, 1024, 4096};
-    // Step 1 observes the order, steps 2-4 try the caps, the rest use the choice.
-    return train_ddp(c, false, o, 1e-5, /*steps=*/7);
+    o.auto_rounds = 2;
+    // Step 1 observes the order, steps 2-7 try the caps twice each in turn,
+    // the rest use the choice.
+    EXPECT_EQ(o.auto_tuning_steps(), 7);
+    return train_ddp(c, false, o, 1e-5, /*steps=*/9);
   });
   EXPECT_TRUE(result.ok()) << result.report;
 }
