@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "kiln/base/knobs.h"
@@ -29,11 +30,17 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::create(CheckpointOptions opt
     options.timeout =
         std::chrono::milliseconds(static_cast<std::int64_t>(kCkptTimeout.get() * 1000));
   }
+  std::unique_ptr<comm::Communicator> vote_comm;
   if (options.busy == BusyPolicy::kSkip && options.comm != nullptr && options.comm->size() > 1) {
-    // Each rank would decide alone whether its writer is still busy, and the
-    // ranks would then commit different steps. Agreeing on skips is future
-    // work.
-    return invalid_argument("Checkpointer: BusyPolicy::kSkip is supported with one rank only");
+    // First, before anything a single rank can fail at, so that the ranks
+    // are never left waiting in the split for one that returned early.
+    auto split = options.comm->split(0, options.comm->rank());
+    if (!split.is_ok()) {
+      return split.status().with_context(fmt::format(
+          "Checkpointer under {}: splitting the communicator of the BusyPolicy::kSkip vote",
+          options.root));
+    }
+    vote_comm = std::move(split).value();
   }
   if (options.fs == nullptr) options.fs = Fs::posix();
   KILN_RETURN_IF_ERROR(options.fs->make_dir(options.root));
@@ -46,16 +53,19 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::create(CheckpointOptions opt
     owned_remote = std::move(store).value();
   }
   return std::unique_ptr<Checkpointer>(
-      new Checkpointer(std::move(options), std::move(owned_remote)));
+      new Checkpointer(std::move(options), std::move(owned_remote), std::move(vote_comm)));
 }
 
 Checkpointer::Checkpointer(CheckpointOptions options,
-                           std::unique_ptr<data::ObjectStore> owned_remote)
+                           std::unique_ptr<data::ObjectStore> owned_remote,
+                           std::unique_ptr<comm::Communicator> vote_comm)
     : options_(std::move(options)),
       rank_(options_.comm ? options_.comm->rank() : 0),
       world_(options_.comm ? options_.comm->size() : 1),
       owned_remote_(std::move(owned_remote)),
-      remote_(options_.remote_store ? options_.remote_store : owned_remote_.get()) {
+      remote_(options_.remote_store ? options_.remote_store : owned_remote_.get()),
+      vote_all_(2 * static_cast<std::size_t>(world_)),
+      vote_comm_(std::move(vote_comm)) {
   writer_ = std::thread([this] { writer_loop(); });
 }
 
@@ -89,17 +99,67 @@ Status Checkpointer::wait(Deadline deadline) {
   return s;
 }
 
+// Note [The kSkip busy vote]: with several ranks, each rank deciding alone
+// whether its writer is still busy would let one rank skip a step that
+// another saves, and commit_step would then refuse every later step
+// (FailedPrecondition). So save_async first gathers every rank's busy flag
+// and all ranks act on the same gathered flags. This is consistent because
+// only save_async — on the one thread that votes — sets busy_ to true: a
+// rank that voted "not busy" stays not busy until it starts this very save.
+// (A rank that voted "busy" may finish meanwhile; it still skips, as all do.)
+// The vote is not issued on options_.comm, where the writer thread may be in
+// a commit collective at that moment, but on vote_comm_, split from it in
+// create(), which carries nothing else. Every save_async votes, even one
+// that then returns a pending failure, so the ranks' votes stay matched.
+Result<Checkpointer::BusyVote> Checkpointer::vote_busy(std::int64_t step) {
+  std::string what = fmt::format(
+      "checkpoint of step {} under {}: the BusyPolicy::kSkip vote of rank {} with the other ranks "
+      "failed; the save was not started",
+      step, options_.root, rank_);
+  // The vote communicator is aborted; a failed vote may even still be
+  // running, so its buffers stay untouched.
+  if (!vote_failed_.is_ok()) return vote_failed_.with_context(what);
+  BusyVote vote;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    vote_mine_[0] = busy_ ? 1 : 0;
+    vote_mine_[1] = busy_ ? pending_step_ : -1;
+  }
+  if (vote_comm_ == nullptr) {
+    std::copy(vote_mine_, vote_mine_ + 2, vote_all_.begin());
+  } else {
+    Status s = vote_comm_->allgather(vote_mine_, vote_all_.data(), 2, comm::DataType::kInt64)
+                   ->wait(options_.timeout);
+    if (!s.is_ok()) {
+      // A timed-out vote may still be running: abort, so that no later vote
+      // is matched with it (and the peers learn at once).
+      vote_comm_->abort(s);
+      vote_failed_ = s;
+      return s.with_context(what);
+    }
+  }
+  for (int r = 0; r < world_; ++r) {
+    if (vote_all_[2 * static_cast<std::size_t>(r)] == 0) continue;
+    if (vote.ranks.empty()) vote.step_in_flight = vote_all_[2 * static_cast<std::size_t>(r) + 1];
+    vote.ranks.push_back(r);
+  }
+  return vote;
+}
+
 Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t step) {
   auto t0 = Clock::now();
-  {
-    std::unique_lock<std::mutex> l(mu_);
-    if (busy_ && options_.busy == BusyPolicy::kSkip) {
+  if (options_.busy == BusyPolicy::kSkip) {
+    KILN_ASSIGN_OR_RETURN(BusyVote vote, vote_busy(step));
+    if (!vote.ranks.empty()) {
       log()->warn(
-          "checkpoint of step {} skipped: the save of step {} is still "
-          "in flight",
-          step, pending_step_);
+          "checkpoint of step {} skipped: the save of step {} is still in flight on rank(s) {}",
+          step, vote.step_in_flight, fmt::join(vote.ranks, ", "));
       return SaveStart::kSkipped;
     }
+  }
+  {
+    std::unique_lock<std::mutex> l(mu_);
+    // After a vote that found no rank busy, this returns at once.
     KILN_RETURN_IF_ERROR(wait_idle_locked(l, Deadline::after(options_.timeout)));
     if (!unreported_.is_ok()) {
       Status s = std::move(unreported_);

@@ -17,9 +17,13 @@
 //
 // In flight: at most one save. A save_async while one runs waits for it
 // (BusyPolicy::kWait, bounded by `timeout`) or returns kSkipped after a
-// logged warning (kSkip; one rank only for now, since ranks deciding alone
-// would commit different steps — commit_step refuses that with
-// FailedPrecondition).
+// logged warning (kSkip). With several ranks, kSkip is decided together:
+// each save_async first votes (every rank says whether its previous save is
+// still running), and if any rank is busy every rank skips the step, so all
+// ranks still commit the same steps. The vote runs on a communicator that
+// create() splits from `comm` for it alone, since the writer thread may be
+// in a collective on `comm` at the time (Note [The kSkip busy vote] in
+// checkpointer.cc).
 //
 // Failures of a background save are logged when they happen and returned by
 // the next save_async or wait() call, once — never dropped.
@@ -27,7 +31,8 @@
 // Collective: every rank must call save_async with the same steps in the
 // same order. The communicator must be used by nothing else while saves run
 // (give it one of its own, e.g. comm.split(0, comm.rank())), because the
-// writer thread issues collectives on it.
+// writer thread issues collectives on it. With kSkip and several ranks,
+// create() is collective on it too (the split of the vote communicator).
 //
 // Threads: save_async, save and wait from one thread at a time.
 #pragma once
@@ -104,6 +109,9 @@ struct SaveStats {
 class Checkpointer {
  public:
   // InvalidArgument for an empty root; errors creating the root directory.
+  // With BusyPolicy::kSkip and several ranks, every rank must call it: it
+  // splits `comm` (blocking until all ranks do; the split's errors, e.g.
+  // Aborted or DeadlineExceeded).
   static Result<std::unique_ptr<Checkpointer>> create(CheckpointOptions options);
   // Waits (bounded by the timeout) for a save in flight, then stops the writer.
   ~Checkpointer();
@@ -112,6 +120,12 @@ class Checkpointer {
   // background. Returns a pending background failure first, if any (the new
   // save is then not started). AlreadyExists if step-N is committed already;
   // DeadlineExceeded if the previous save did not finish within the timeout.
+  // kSkip with several ranks: first blocks in the busy vote until every rank
+  // has called save_async for this step; kSkipped on every rank if any was
+  // still saving. A vote that fails returns the communicator's error (e.g.
+  // Aborted, or DeadlineExceeded after `timeout`) naming the step, starts
+  // nothing, and leaves every later save_async failing the same way:
+  // re-form the group.
   Result<SaveStart> save_async(const StateView& state, std::int64_t step);
 
   // Allocates (and faults in) staging memory for states up to `bytes` now, so
@@ -132,8 +146,16 @@ class Checkpointer {
   int world_size() const { return world_; }
 
  private:
-  Checkpointer(CheckpointOptions options, std::unique_ptr<data::ObjectStore> owned_remote);
+  Checkpointer(CheckpointOptions options, std::unique_ptr<data::ObjectStore> owned_remote,
+               std::unique_ptr<comm::Communicator> vote_comm);
   void writer_loop();
+  // kSkip: which ranks' previous save is still running (agreed on vote_comm_
+  // with several ranks). On save_async's thread; `step` is for messages.
+  struct BusyVote {
+    std::vector<int> ranks;            // empty: no rank is busy
+    std::int64_t step_in_flight = -1;  // the step the first busy rank saves
+  };
+  Result<BusyVote> vote_busy(std::int64_t step);
   Status run_save(std::int64_t step);  // on the writer thread
   // After step `step` committed locally: uploads this rank's `shard_file`,
   // agrees with the other ranks that all uploads succeeded, then (rank 0)
@@ -162,6 +184,15 @@ class Checkpointer {
   Status unreported_;               // guarded by mu_: first background failure not yet returned
   SaveStats stats_;                 // guarded by mu_
   std::thread writer_;              // the one checkpoint writer
+
+  // The kSkip busy vote, used only by save_async's thread. The buffers are
+  // declared before vote_comm_ so that a vote still running after a timed-out
+  // wait (the communicator is aborted then) never writes freed memory:
+  // destroying the communicator joins its engine first.
+  std::int64_t vote_mine_[2] = {0, -1};            // {busy, step in flight}
+  std::vector<std::int64_t> vote_all_;             // world_ x vote_mine_, rank order
+  std::unique_ptr<comm::Communicator> vote_comm_;  // kSkip, several ranks: the vote only
+  Status vote_failed_;  // the first failed vote; every later vote fails with it
 };
 
 }  // namespace kiln::ckpt
