@@ -6,19 +6,26 @@
 # from the start of step SKIP to the end of the last step, over the steps,
 # so work between steps (the trace, the summary exchange) counts too.
 # Prints one JSON line per pair and a summary with the median on/off ratio,
-# and the trainer's directly measured recording cost per step ("diag:" log
-# line) as a fraction of the step time.
-#   bench/diag_overhead.sh [--pairs 5] [--steps 300] [--skip 20] [--kiln PATH] [CONFIG]
+# the CPU seconds of all ranks on over off (cpu_ratio), and what the trainer
+# measures directly ("diag:" log line), each as a share of the step time:
+# the training thread's recording, the summary exchange, the sampler
+# thread's CPU; their sum is measured_cost_pct. On a shared machine whose
+# step time moves by 10% from run to run the pairs cannot resolve 1%; the
+# direct measurement can.
+# --on "FLAGS" replaces what "on" adds (to measure one part alone, e.g.
+# --on "--metrics-port 0"; DIR in it becomes the run's trace directory).
+#   bench/diag_overhead.sh [--pairs 5] [--steps 300] [--skip 20] [--on FLAGS] [--kiln PATH] [CONFIG]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KILN="$ROOT/build/kiln"
-PAIRS=5 STEPS=300 SKIP=20 CONFIG=
+PAIRS=5 STEPS=300 SKIP=20 CONFIG= ON_FLAGS="--trace-dir DIR --diag-every 50 --metrics-port 0"
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) PAIRS=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
     --skip) SKIP=$2; shift 2 ;;
     --kiln) KILN=$2; shift 2 ;;
+    --on) ON_FLAGS=$2; shift 2 ;;
     -*) echo "diag_overhead: unknown option $1" >&2; exit 2 ;;
     *) CONFIG=$1; shift ;;
   esac
@@ -33,25 +40,40 @@ fi
 # run MODE N: prints seconds per step of rank 0 from step SKIP on.
 run() {
   local mode=$1 n=$2 extra=()
-  [ "$mode" = on ] && extra=(--trace-dir "$WORK/trace-$n" --diag-every 50 --metrics-port 0)
-  "$KILN" launch -n 2 -- "$KILN" train "$CONFIG" --no-progress --max-steps "$STEPS" \
+  [ "$mode" = on ] && read -r -a extra <<< "${ON_FLAGS//DIR/$WORK/trace-$n}"
+  # A fresh checkpoint directory and no resume: both runs train the same
+  # steps from scratch whatever the config's checkpoint section says.
+  # /usr/bin/time: the CPU seconds of every rank (launch waits for them).
+  /usr/bin/time -f "%U %S" -o "$WORK/$mode-$n.cpu" \
+    "$KILN" launch -n 2 -- "$KILN" train "$CONFIG" --no-progress --max-steps "$STEPS" \
+    --no-resume --ckpt-dir "$WORK/ckpt-$mode-$n" \
     --metrics-json "$WORK/$mode-$n.jsonl" "${extra[@]}" > "$WORK/$mode-$n.log" 2>&1 ||
     { cat "$WORK/$mode-$n.log" >&2; exit 1; }
   jq -s --argjson skip "$SKIP" '[.[] | select(.type == "step" and .step >= $skip)] |
       ((.[-1].t + .[-1].step_s - .[0].t) / length)' "$WORK/$mode-$n.jsonl"
 }
 
-ratios=() costs=()
+ratios=() costs=() cpu_ratios=() totals=()
 for i in $(seq 1 "$PAIRS"); do
   if [ $((i % 2)) -eq 1 ]; then off=$(run off "$i"); on=$(run on "$i")
   else on=$(run on "$i"); off=$(run off "$i"); fi
   ratio=$(jq -n "$on / $off")
+  # CPU seconds of all ranks per trained step, on over off: extra threads'
+  # work shows here even when the step rate is too noisy to show it.
+  cpu_ratio=$(jq -n "($(tr ' ' + < "$WORK/on-$i.cpu")) / ($(tr ' ' + < "$WORK/off-$i.cpu"))")
   # Rank 0's "diag:" line: recording cost (% of step) and the exchange (us per step).
-  diag_line=$(grep -h '\[rank 0\].*diag: recording cost' "$WORK/on-$i.log" | head -1)
-  cost=$(echo "$diag_line" | grep -o '[0-9.]*% of' | tr -d '% of')
-  exchange_us=$(echo "$diag_line" | grep -o 'exchange [0-9.]* us' | grep -o '[0-9.]*')
-  ratios+=("$ratio"); costs+=("${cost:-null}")
-  echo "{\"pair\":$i,\"off_step_s\":$off,\"on_step_s\":$on,\"ratio\":$ratio,\"recording_cost_pct\":${cost:-null},\"exchange_us_per_step\":${exchange_us:-null}}"
+  # (Absent when "on" has no trace session, e.g. --on "--metrics-port 0".)
+  diag_line=$(grep -h '\[rank 0\].*diag: recording cost' "$WORK/on-$i.log" | head -1 || true)
+  cost=$(echo "$diag_line" | grep -o '[0-9.]*% of' | tr -d '% of' || true)
+  exchange_us=$(echo "$diag_line" | grep -o 'exchange [0-9.]* us' | grep -o '[0-9.]*' || true)
+  exchange_pct=$(echo "$diag_line" | grep -o 'us per step ([0-9.]*%)' | tail -1 | grep -o '[0-9.]*%' | tr -d '%' || true)
+  sampler_pct=$(echo "$diag_line" | grep -o 'sampler thread CPU [0-9.]* ms ([0-9.]*%)' | grep -o '([0-9.]*%)' | tr -d '()%' || true)
+  # Everything diagnosis adds, measured directly: the training thread's
+  # recording, the summary exchange, the sampler thread's CPU.
+  total=null
+  [ -n "$cost" ] && total=$(jq -n "$cost + ${exchange_pct:-0} + ${sampler_pct:-0}")
+  ratios+=("$ratio"); costs+=("${cost:-null}"); cpu_ratios+=("$cpu_ratio"); totals+=("$total")
+  echo "{\"pair\":$i,\"off_step_s\":$off,\"on_step_s\":$on,\"ratio\":$ratio,\"cpu_ratio\":$cpu_ratio,\"recording_cost_pct\":${cost:-null},\"exchange_us_per_step\":${exchange_us:-null},\"sampler_cpu_pct\":${sampler_pct:-null},\"measured_cost_pct\":$total}"
 done
 median() { printf '%s\n' "$@" | jq -s 'sort | if length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end'; }
-echo "{\"pairs\":$PAIRS,\"steps\":$STEPS,\"skip\":$SKIP,\"median_ratio\":$(median "${ratios[@]}"),\"median_recording_cost_pct\":$(median "${costs[@]}")}"
+echo "{\"pairs\":$PAIRS,\"steps\":$STEPS,\"skip\":$SKIP,\"median_ratio\":$(median "${ratios[@]}"),\"median_cpu_ratio\":$(median "${cpu_ratios[@]}"),\"median_recording_cost_pct\":$(median "${costs[@]}"),\"median_measured_cost_pct\":$(median "${totals[@]}")}"

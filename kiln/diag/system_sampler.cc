@@ -1,6 +1,7 @@
 #include "kiln/diag/system_sampler.h"
 
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -153,6 +154,11 @@ std::optional<SystemSample> SystemSampler::latest() const {
   return latest_;
 }
 
+double SystemSampler::cpu_seconds() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return cpu_s_;
+}
+
 void SystemSampler::run() {
   SystemReader reader(options_);
   const auto interval = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
@@ -161,8 +167,11 @@ void SystemSampler::run() {
   while (true) {
     SystemSample s = reader.read();
     if (sink_) sink_(s);
+    timespec cpu{};
+    const bool have_cpu = clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0;
     std::unique_lock<std::mutex> lock(mu_);
     latest_ = std::move(s);
+    if (have_cpu) cpu_s_ = static_cast<double>(cpu.tv_sec) + 1e-9 * static_cast<double>(cpu.tv_nsec);
     // A fixed schedule, so a slow read does not stretch every interval.
     next += interval;
     if (cv_.wait_until(lock, next, [this] { return stop_; })) return;

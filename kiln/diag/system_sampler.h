@@ -62,6 +62,11 @@ class SystemSampler {
   // The newest sample, if any.
   std::optional<SystemSample> latest() const;
 
+  // CPU seconds the sampler thread has used so far (reads and sink calls):
+  // the diagnosis' cost off the training thread, reported beside its cost
+  // on it. Updated after each sample.
+  double cpu_seconds() const;
+
  private:
   void run();
 
@@ -71,6 +76,7 @@ class SystemSampler {
   std::condition_variable cv_;
   bool stop_ = false;                   // GUARDED_BY(mu_)
   std::optional<SystemSample> latest_;  // GUARDED_BY(mu_)
+  double cpu_s_ = 0;                    // GUARDED_BY(mu_)
   std::thread thread_;                  // job: sample every interval_s
 };
 

@@ -181,6 +181,10 @@ std::optional<SystemSample> TraceSession::latest_system() const {
   return latest_system_;
 }
 
+double TraceSession::sampler_cpu_seconds() const {
+  return sampler_ != nullptr ? sampler_->cpu_seconds() : 0.0;
+}
+
 Status TraceSession::close() {
   sampler_.reset();  // joins: no more concurrent writes
   Status st;

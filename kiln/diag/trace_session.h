@@ -80,6 +80,8 @@ class TraceSession {
   // The newest system sample (none before the sampler's first reading or
   // with sampling off).
   std::optional<SystemSample> latest_system() const;
+  // CPU seconds of the system sampler thread so far (0 without sampling).
+  double sampler_cpu_seconds() const;
 
   // Stops the sampler, closes the trace (writing its "]") and the files.
   Status close();

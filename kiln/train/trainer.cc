@@ -446,14 +446,18 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   }
 
   if (session) {
+    // The sampler thread's CPU is the diagnosis' work off this thread (the
+    // /metrics server only works when scraped); read before close() stops it.
+    const double sampler_cpu_s = session->sampler_cpu_seconds();
     KILN_RETURN_IF_ERROR(session->close());  // the trace's closing "]"
     // bench/diag_overhead.sh reads this line.
     const double n = static_cast<double>(std::max<std::int64_t>(1, diag_steps));
+    auto pct = [&](double s) { return step_s_sum > 0 ? 100 * s / step_s_sum : 0.0; };
     log()->info(
         "diag: recording cost {:.1f} us per step ({:.3f}% of the mean step time); summary "
-        "exchange {:.1f} us per step",
-        1e6 * diag_record_s / n, step_s_sum > 0 ? 100 * diag_record_s / step_s_sum : 0.0,
-        1e6 * diag_exchange_s / n);
+        "exchange {:.1f} us per step ({:.3f}%); sampler thread CPU {:.1f} ms ({:.3f}%)",
+        1e6 * diag_record_s / n, pct(diag_record_s), 1e6 * diag_exchange_s / n,
+        pct(diag_exchange_s), 1e3 * sampler_cpu_s, pct(sampler_cpu_s));
   }
   TrainResult result;
   result.start_step = start_step;
