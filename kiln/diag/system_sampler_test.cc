@@ -126,6 +126,10 @@ TEST(SystemSampler, DeliversSamplesOnItsThreadAndStopsPromptly) {
     ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return got.size() >= 3; }));
   }
   ASSERT_TRUE(sampler->latest().has_value());
+  // Three /proc reads cost some CPU, far less than the wall time they span.
+  const double cpu = sampler->cpu_seconds();
+  EXPECT_GT(cpu, 0);
+  EXPECT_LT(cpu, 1.0);
   // A long interval must not delay the destructor: it wakes the thread.
   auto slow =
       std::make_unique<SystemSampler>(SamplerOptions{.interval_s = 3600, .nvml = false}, nullptr);
