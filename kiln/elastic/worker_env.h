@@ -13,6 +13,10 @@
 
 namespace kiln::elastic {
 
+// The descriptor a worker writes heartbeats to (KILN_HEARTBEAT_FD): always
+// 3 (Note [The heartbeat is descriptor 3] in worker_group.cc).
+inline constexpr int kWorkerHeartbeatFd = 3;
+
 // "NAME=value" entries, ready for execve.
 std::vector<std::string> worker_environment(const WorkerGroupSpec& spec, int local_rank,
                                             int heartbeat_fd);

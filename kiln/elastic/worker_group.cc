@@ -73,7 +73,7 @@ Status WorkerGroup::spawn(int local_rank) {
     return errno_status("pipe", errno);
   }
   // Built before fork: the child only calls async-signal-safe functions.
-  auto env = worker_environment(spec_, local_rank, beat[1]);
+  auto env = worker_environment(spec_, local_rank, kWorkerHeartbeatFd);
   std::vector<char*> envp;
   for (auto& e : env) envp.push_back(e.data());
   envp.push_back(nullptr);
@@ -90,9 +90,19 @@ Status WorkerGroup::spawn(int local_rank) {
     setpgid(0, 0);
     dup2(out[1], STDOUT_FILENO);
     dup2(out[1], STDERR_FILENO);
-    // The heartbeat end stays open across exec (and blocking writes never
-    // stall the worker: it is non-blocking).
-    fcntl(beat[1], F_SETFD, 0);
+    // Note [The heartbeat is descriptor 3]: the pipe's write end, wherever
+    // the agent's descriptor table put it, becomes descriptor 3 in the
+    // worker, open across exec (dup2 clears close-on-exec on the copy; the
+    // original closes at exec). A fixed one-digit number, because POSIX sh
+    // (dash) cannot redirect to descriptors above 9: `printf x >&12` is a
+    // syntax error, and an agent started with a few extra descriptors open
+    // silently left its shell workers without heartbeats. It is
+    // non-blocking, so a write never stalls the worker.
+    if (beat[1] == kWorkerHeartbeatFd) {
+      fcntl(beat[1], F_SETFD, 0);
+    } else {
+      dup2(beat[1], kWorkerHeartbeatFd);
+    }
     execvpe(argv[0], argv.data(), envp.data());
     dprintf(STDERR_FILENO, "kiln run: cannot run %s: %s\n", argv[0], strerror(errno));
     _exit(127);

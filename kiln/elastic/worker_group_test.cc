@@ -1,7 +1,9 @@
 #include "kiln/elastic/worker_group.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
@@ -155,6 +157,21 @@ TEST(WorkerGroup, KillReachesTheProcessesAWorkerStarted) {
   while (running() && !deadline.expired()) std::this_thread::sleep_for(milliseconds(10));
   EXPECT_FALSE(running());
   std::filesystem::remove_all(dir);
+}
+
+// Note [The heartbeat is descriptor 3]: an agent with many descriptors open
+// (here 20 more) still gives its workers one a POSIX shell can write to.
+TEST(WorkerGroup, ShellWorkersBeatWhateverDescriptorsTheAgentHasOpen) {
+  std::vector<int> held;
+  for (int i = 0; i < 20; ++i) held.push_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  auto g = WorkerGroup::start(shell(
+      "[ \"$KILN_HEARTBEAT_FD\" = 3 ] || exit 9; printf x >&$KILN_HEARTBEAT_FD; exec sleep 30"));
+  for (int fd : held) ::close(fd);
+  ASSERT_TRUE(g.is_ok());
+  Deadline deadline = Deadline::after(seconds(10));
+  WorkerGroupState s;
+  while ((*g)->heartbeats() < 2 && !deadline.expired()) s = (*g)->poll(milliseconds(20));
+  EXPECT_EQ((*g)->heartbeats(), 2) << s.detail;
 }
 
 }  // namespace
