@@ -14,11 +14,16 @@
 # direct measurement can.
 # --on "FLAGS" replaces what "on" adds (to measure one part alone, e.g.
 # --on "--metrics-port 0"; DIR in it becomes the run's trace directory).
-#   bench/diag_overhead.sh [--pairs 5] [--steps 300] [--skip 20] [--on FLAGS] [--kiln PATH] [CONFIG]
+# --together runs each pair's two trainings at the same time instead of one
+# after the other, and compares them over the interval both were training:
+# drift of the machine then hits both alike (4 ranks share the cores, so
+# any extra CPU diagnosis needs shows as a slower "on").
+#   bench/diag_overhead.sh [--pairs 5] [--steps 300] [--skip 20] [--on FLAGS] [--together]
+#                          [--kiln PATH] [CONFIG]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KILN="$ROOT/build/kiln"
-PAIRS=5 STEPS=300 SKIP=20 CONFIG= ON_FLAGS="--trace-dir DIR --diag-every 50 --metrics-port 0"
+PAIRS=5 STEPS=300 SKIP=20 CONFIG= TOGETHER=0 ON_FLAGS="--trace-dir DIR --diag-every 50 --metrics-port 0"
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) PAIRS=$2; shift 2 ;;
@@ -26,6 +31,7 @@ while [ $# -gt 0 ]; do
     --skip) SKIP=$2; shift 2 ;;
     --kiln) KILN=$2; shift 2 ;;
     --on) ON_FLAGS=$2; shift 2 ;;
+    --together) TOGETHER=1; shift ;;
     -*) echo "diag_overhead: unknown option $1" >&2; exit 2 ;;
     *) CONFIG=$1; shift ;;
   esac
@@ -37,8 +43,8 @@ if [ -z "$CONFIG" ]; then
   CONFIG=$WORK/tiny.toml
 fi
 
-# run MODE N: prints seconds per step of rank 0 from step SKIP on.
-run() {
+# launch MODE N: trains once, writing $WORK/MODE-N.{jsonl,log,cpu}.
+launch() {
   local mode=$1 n=$2 extra=()
   [ "$mode" = on ] && read -r -a extra <<< "${ON_FLAGS//DIR/$WORK/trace-$n}"
   # A fresh checkpoint directory and no resume: both runs train the same
@@ -49,13 +55,49 @@ run() {
     --no-resume --ckpt-dir "$WORK/ckpt-$mode-$n" \
     --metrics-json "$WORK/$mode-$n.jsonl" "${extra[@]}" > "$WORK/$mode-$n.log" 2>&1 ||
     { cat "$WORK/$mode-$n.log" >&2; exit 1; }
-  jq -s --argjson skip "$SKIP" '[.[] | select(.type == "step" and .step >= $skip)] |
-      ((.[-1].t + .[-1].step_s - .[0].t) / length)' "$WORK/$mode-$n.jsonl"
+}
+
+# step_time FILE T0 T1: rank 0's wall seconds per step over the steps from
+# SKIP on that started at or after T0 and ended by T1 (unix seconds).
+step_time() {
+  jq -s --argjson skip "$SKIP" --argjson t0 "$2" --argjson t1 "$3" \
+    '[.[] | select(.type == "step" and .step >= $skip and .t >= $t0 and .t + .step_s <= $t1)] |
+     ((.[-1].t + .[-1].step_s - .[0].t) / length)' "$1"
+}
+# first_t FILE / last_t FILE: when step SKIP started, when the last step ended.
+first_t() { jq -s --argjson skip "$SKIP" '[.[] | select(.type == "step" and .step >= $skip)][0].t' "$1"; }
+last_t() { jq -s '[.[] | select(.type == "step")][-1] | .t + .step_s' "$1"; }
+
+# run MODE N: launch, then print seconds per step from step SKIP on.
+run() {
+  launch "$1" "$2"
+  step_time "$WORK/$1-$2.jsonl" 0 1e12
+}
+
+# run_together N: both modes at once (4 ranks on the machine), so whatever
+# the machine does meanwhile slows both alike; each mode's seconds per step
+# over the wall interval both were training in, "OFF ON".
+run_together() {
+  local n=$1 off_pid on_pid
+  # Which starts first alternates, as in the sequential pairs.
+  if [ $((n % 2)) -eq 1 ]; then
+    launch off "$n" & off_pid=$!
+    launch on "$n" & on_pid=$!
+  else
+    launch on "$n" & on_pid=$!
+    launch off "$n" & off_pid=$!
+  fi
+  wait "$off_pid"; wait "$on_pid"
+  local t0 t1
+  t0=$(jq -n "[$(first_t "$WORK/off-$n.jsonl"), $(first_t "$WORK/on-$n.jsonl")] | max")
+  t1=$(jq -n "[$(last_t "$WORK/off-$n.jsonl"), $(last_t "$WORK/on-$n.jsonl")] | min")
+  echo "$(step_time "$WORK/off-$n.jsonl" "$t0" "$t1") $(step_time "$WORK/on-$n.jsonl" "$t0" "$t1")"
 }
 
 ratios=() costs=() cpu_ratios=() totals=()
 for i in $(seq 1 "$PAIRS"); do
-  if [ $((i % 2)) -eq 1 ]; then off=$(run off "$i"); on=$(run on "$i")
+  if [ "$TOGETHER" = 1 ]; then read -r off on <<< "$(run_together "$i")"
+  elif [ $((i % 2)) -eq 1 ]; then off=$(run off "$i"); on=$(run on "$i")
   else on=$(run on "$i"); off=$(run off "$i"); fi
   ratio=$(jq -n "$on / $off")
   # CPU seconds of all ranks per trained step, on over off: extra threads'
@@ -76,4 +118,4 @@ for i in $(seq 1 "$PAIRS"); do
   echo "{\"pair\":$i,\"off_step_s\":$off,\"on_step_s\":$on,\"ratio\":$ratio,\"cpu_ratio\":$cpu_ratio,\"recording_cost_pct\":${cost:-null},\"exchange_us_per_step\":${exchange_us:-null},\"sampler_cpu_pct\":${sampler_pct:-null},\"measured_cost_pct\":$total}"
 done
 median() { printf '%s\n' "$@" | jq -s 'sort | if length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end'; }
-echo "{\"pairs\":$PAIRS,\"steps\":$STEPS,\"skip\":$SKIP,\"median_ratio\":$(median "${ratios[@]}"),\"median_cpu_ratio\":$(median "${cpu_ratios[@]}"),\"median_recording_cost_pct\":$(median "${costs[@]}"),\"median_measured_cost_pct\":$(median "${totals[@]}")}"
+echo "{\"together\":$TOGETHER,\"pairs\":$PAIRS,\"steps\":$STEPS,\"skip\":$SKIP,\"median_ratio\":$(median "${ratios[@]}"),\"median_cpu_ratio\":$(median "${cpu_ratios[@]}"),\"median_recording_cost_pct\":$(median "${costs[@]}"),\"median_measured_cost_pct\":$(median "${totals[@]}")}"
