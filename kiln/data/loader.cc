@@ -9,8 +9,15 @@
 
 #include <fmt/format.h>
 
+#include "kiln/base/knobs.h"
+
 namespace kiln::data {
 namespace {
+
+const Knob<bool> kVerifyEveryRead{
+    "KILN_DATA_VERIFY_EVERY_READ", false,
+    "check every record's xxh3 on every read, not once per shard file per process "
+    "(LoaderOptions::verify; Note [Verify once per file])"};
 
 constexpr auto kPoll = std::chrono::milliseconds(100);  // bounds every wait so stop_ is seen
 
@@ -34,6 +41,7 @@ Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
   options_.batch_size = std::max<std::uint64_t>(1, options_.batch_size);
   options_.workers = std::max(1, options_.workers);
   options_.queue_depth = std::max(1, options_.queue_depth);
+  if (kVerifyEveryRead.get()) options_.verify = VerifyPolicy::kEveryRead;
   num_batches_ = (sampler_.remaining() + options_.batch_size - 1) / options_.batch_size;
   // Batches alive at once: the queue, one per worker in the making, the
   // consumer's, and one it may still hold while asking for the next.
@@ -83,7 +91,7 @@ Result<std::shared_ptr<Loader::OpenShard>> Loader::open_shard(std::size_t shard,
   const ShardInfo& info = index_.shards[shard];
   KILN_ASSIGN_OR_RETURN(ShardLease lease,
                         cache_->acquire(info, Deadline::after_seconds(options_.fetch_timeout_s)));
-  KILN_ASSIGN_OR_RETURN(ShardReader reader, ShardReader::open(lease.path()));
+  KILN_ASSIGN_OR_RETURN(ShardReader reader, ShardReader::open(lease.path(), options_.verify));
   if (reader.records() != info.num_samples) {
     return data_loss(fmt::format("shard {}: holds {} records, index.json says {}", info.file,
                                  reader.records(), info.num_samples));
@@ -173,8 +181,9 @@ Result<Batch> Loader::build(std::uint64_t number) {
       KILN_ASSIGN_OR_RETURN(open, open_shard(shard, number));
       open_index = shard;
     }
-    // The record was verified when its shard was mapped (ShardReader::open):
-    // decode it in place and copy each field once, into the batch.
+    // record() checked the record (or this process verified the whole file
+    // before, per options_.verify): decode it in place and copy each field
+    // once, into the batch.
     KILN_ASSIGN_OR_RETURN(auto record, open->reader->record(id - index_.shards[shard].first_sample));
     if (Status s = decode_sample_view(index_.schema, record, &sample); !s.is_ok()) {
       return s.with_context(fmt::format("shard {} sample {}", index_.shards[shard].file, id));

@@ -43,6 +43,12 @@ struct LoaderOptions {
   int queue_depth = 4;         // batches decoded ahead of the consumer
   int prefetch_shards = 2;     // distinct shards acquired ahead of the workers
   double fetch_timeout_s = 300;  // per shard acquisition
+  // When record checksums are checked (shard.h). kOncePerFile: a shard file
+  // this process has verified in full (by every record, or as a download
+  // matching index.json) is not hashed again while its identity holds
+  // (Note [Verify once per file]). KILN_DATA_VERIFY_EVERY_READ=1 forces
+  // kEveryRead for every loader.
+  VerifyPolicy verify = VerifyPolicy::kOncePerFile;
   // Where batch buffers are recycled (Note [Recycled batch buffers]). Pass
   // one pool to every epoch's loader so a new epoch starts with warm
   // buffers instead of faulting in fresh ones; null: the loader makes its own.
