@@ -2,8 +2,9 @@
 // contiguous host buffers, ahead of the consumer.
 //
 // Threads, each with one job:
-//   - prefetcher: walks this rank's future order and acquires (downloads into
-//     the cache, then opens) the next `prefetch_shards` distinct shards;
+//   - prefetcher: acquires (downloads into the cache, then opens) shards in
+//     the order this rank first needs them, at most `prefetch_shards` ahead
+//     of the workers (Note [Shard plan] in loader.cc);
 //   - `workers` decoders: each claims the next batch number, decodes its
 //     samples in place in the shard mapping (ShardReader) and collates them
 //     straight into recycled batch buffers (Note [Recycled batch buffers] in
@@ -81,13 +82,25 @@ class Loader {
   };
   struct Slot {
     std::shared_ptr<OpenShard> shard;
-    std::uint64_t last_batch = 0;  // last batch known to need it
+    std::uint64_t first_batch = 0;  // first batch that may need it
+    std::uint64_t last_batch = 0;   // last batch that may need it
+  };
+  // Note [Shard plan]: a shard and the batches of this rank that may need it.
+  struct Planned {
+    std::size_t shard;
+    std::uint64_t first_batch, last_batch;
   };
 
+  std::vector<Planned> make_plan() const;
   void prefetch_loop();
   void worker_loop();
   Result<Batch> build(std::uint64_t number);
-  Result<std::shared_ptr<OpenShard>> open_shard(std::size_t shard, std::uint64_t batch);
+  // The open shard, for a worker building `batch`: waits for the prefetcher
+  // where it is about to open it, else opens it here.
+  Result<std::shared_ptr<OpenShard>> shard_for(std::size_t shard, std::uint64_t batch);
+  // Acquires and opens `shard` (slow I/O, no lock held) and inserts it.
+  Result<std::shared_ptr<OpenShard>> open_shard(std::size_t shard, std::uint64_t first_batch,
+                                                std::uint64_t last_batch);
   std::uint64_t batch_samples(std::uint64_t number) const;
   void fail(Status s);
 
@@ -97,6 +110,8 @@ class Loader {
   RankSampler sampler_;
   std::uint64_t num_batches_;
   std::shared_ptr<BatchPool> pool_;
+  std::vector<Planned> plan_;                        // by first_batch; immutable
+  std::unordered_map<std::size_t, std::size_t> plan_of_;  // shard -> index in plan_; immutable
 
   std::mutex mu_;
   std::condition_variable cv_;                      // any change below
@@ -106,6 +121,7 @@ class Loader {
   std::uint64_t consumer_next_ = 0;                 // GUARDED_BY(mu_)
   std::map<std::uint64_t, Batch> ready_;            // GUARDED_BY(mu_)
   std::unordered_map<std::size_t, Slot> open_;      // GUARDED_BY(mu_)
+  std::size_t prefetch_pos_ = 0;                    // GUARDED_BY(mu_), plan_ entries done
   std::vector<std::thread> threads_;
 };
 

@@ -53,9 +53,9 @@ class ShardWriter {
   std::vector<std::uint8_t> buf_;
 };
 
-// When ShardReader::record() checks a record's xxh3 (the framing -- header,
-// trailer, offset table, every record's length -- is checked at every open()
-// whatever the policy, so truncation is always caught there).
+// When ShardReader::record() checks a record's xxh3. Framing is checked
+// whatever the policy: header, trailer and offset table at every open() (a
+// truncated file fails there), each record's length in every record().
 enum class VerifyPolicy {
   // Every record() call hashes its record: catches corruption that appears
   // between two reads of an unchanged file (bit rot under the page cache).
@@ -68,10 +68,10 @@ enum class VerifyPolicy {
 };
 
 // Reads records of one local shard file by index, in place. open() maps the
-// file read-only and checks its structure once: header, trailer, offset
-// table and every record's length; record() checks the record's checksum
-// before handing out a view (unless the policy says this process already
-// verified this very file). A truncated or corrupt shard is DataLoss naming
+// file read-only and checks its structure: header, trailer and offset table
+// (its checksum, and offsets in order and in bounds); record() checks the
+// record's length and checksum before handing out a view (the checksum
+// unless the policy says this process already verified this very file). A truncated or corrupt shard is DataLoss naming
 // the path and record: a corrupt payload is never returned.
 // Thread-safe after open(). The mapping lives as long as the reader.
 //
@@ -98,6 +98,15 @@ class ShardReader {
   // lives), after its checksum matched. InvalidArgument if i >= records();
   // DataLoss on a checksum mismatch.
   Result<std::span<const std::uint8_t>> record(std::uint64_t i) const;
+
+  // A hint that record(i) comes soon: starts loading its first cache lines.
+  // Touches nothing (no fault, no error); i >= records() is ignored.
+  void prefetch(std::uint64_t i) const {
+    if (i < offsets_.size()) {
+      __builtin_prefetch(base_ + offsets_[i]);
+      __builtin_prefetch(base_ + offsets_[i] + 64);
+    }
+  }
 
   // Copies record `i` into `out` (resized). InvalidArgument if i >= records().
   Status read(std::uint64_t i, std::vector<std::uint8_t>* out) const;
