@@ -74,8 +74,15 @@ Loader::~Loader() {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  wake_all();
   for (auto& t : threads_) t.join();
+}
+
+void Loader::wake_all() {
+  ready_cv_.notify_all();
+  space_cv_.notify_all();
+  shard_cv_.notify_all();
+  prefetch_cv_.notify_all();
 }
 
 void Loader::fail(Status s) {
@@ -84,7 +91,7 @@ void Loader::fail(Status s) {
     if (error_.is_ok()) error_ = std::move(s);
     stop_ = true;
   }
-  cv_.notify_all();
+  wake_all();
 }
 
 std::uint64_t Loader::batch_samples(std::uint64_t number) const {
@@ -141,7 +148,7 @@ Result<std::shared_ptr<Loader::OpenShard>> Loader::shard_for(std::size_t shard,
           batch < plan_[planned->second].first_batch) {
         break;  // not (or no longer) the prefetcher's to open: never wait for it
       }
-      cv_.wait_for(lock, kPoll);
+      shard_cv_.wait_for(lock, kPoll);
     }
     if (planned != plan_of_.end()) {  // released early: should not happen, but is safe
       first = plan_[planned->second].first_batch;
@@ -180,12 +187,20 @@ void Loader::prefetch_loop() {
       // A shard a claimed batch may need is opened at once; later ones only
       // while fewer than prefetch_shards are open ahead of the workers.
       while (!stop_ && p.first_batch >= next_to_build_) {
-        auto ahead = std::count_if(open_.begin(), open_.end(), [&](const auto& e) {
-          return e.second.first_batch >= next_to_build_;
-        });
+        std::uint64_t wake_at = p.first_batch;
+        int ahead = 0;
+        for (const auto& [shard, slot] : open_) {
+          if (slot.first_batch < next_to_build_) continue;
+          ++ahead;
+          wake_at = std::min(wake_at, slot.first_batch);
+        }
         if (ahead < options_.prefetch_shards) break;
-        cv_.wait_for(lock, kPoll);
+        // Nothing changes for us until a worker claims batch wake_at: the
+        // first ahead shard is no longer ahead, or p is needed now.
+        prefetch_wake_at_ = wake_at;
+        prefetch_cv_.wait_for(lock, kPoll);
       }
+      prefetch_wake_at_ = UINT64_MAX;
       if (stop_) return;
     }
     auto r = open_shard(p.shard, p.first_batch, p.last_batch);
@@ -194,34 +209,52 @@ void Loader::prefetch_loop() {
       std::lock_guard<std::mutex> lock(mu_);
       prefetch_pos_ = i + 1;
     }
-    cv_.notify_all();
+    shard_cv_.notify_all();
   }
 }
 
+struct Loader::Scratch {
+  struct Where {
+    const ShardReader* reader;
+    std::uint64_t record;
+    std::size_t shard;
+  };
+  std::vector<Where> where;
+  std::vector<std::pair<std::size_t, std::shared_ptr<OpenShard>>> held;  // usually 1-2 shards
+  std::vector<FieldView> sample;
+};
+
 void Loader::worker_loop() {
   yield_on_wakeup("kiln-decode");
+  Scratch scratch;
   while (true) {
     std::uint64_t number;
+    bool wake_prefetcher = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
       while (!stop_ && next_to_build_ < num_batches_ &&
              next_to_build_ >= consumer_next_ + static_cast<std::uint64_t>(options_.queue_depth)) {
-        cv_.wait_for(lock, kPoll);
+        space_cv_.wait_for(lock, kPoll);
       }
       if (stop_ || next_to_build_ >= num_batches_) return;
       number = next_to_build_++;
+      wake_prefetcher = next_to_build_ > prefetch_wake_at_;
     }
-    auto batch = build(number);
+    if (wake_prefetcher) prefetch_cv_.notify_one();
+    auto batch = build(number, &scratch);
+    scratch.held.clear();  // the batch holds copies; the shards may go
     if (!batch) return fail(batch.status());
+    bool wake_consumer;
     {
       std::lock_guard<std::mutex> lock(mu_);
       ready_.emplace(number, std::move(batch).value());
+      wake_consumer = number == consumer_next_;
     }
-    cv_.notify_all();
+    if (wake_consumer) ready_cv_.notify_one();
   }
 }
 
-Result<Batch> Loader::build(std::uint64_t number) {
+Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
   Batch b = pool_->make(index_.schema);
   b.number = number;
   const std::uint64_t n = batch_samples(number);
@@ -237,13 +270,10 @@ Result<Batch> Loader::build(std::uint64_t number) {
   // are cache misses, and for small samples (784 B) the miss, not the copy,
   // was the largest cost per sample (perf: decode_sample_view, the first
   // reader of each record, at the top of the decode threads).
-  struct Where {
-    const ShardReader* reader;
-    std::uint64_t record;
-    std::size_t shard;
-  };
-  std::vector<Where> where(n);
-  std::vector<std::pair<std::size_t, std::shared_ptr<OpenShard>>> held;  // usually 1-2 shards
+  auto& where = scratch->where;
+  auto& held = scratch->held;
+  where.resize(n);
+  held.clear();
   std::size_t cur = SIZE_MAX;
   std::uint64_t cur_first = 0, cur_end = 0;
   const ShardReader* cur_reader = nullptr;
@@ -269,7 +299,7 @@ Result<Batch> Loader::build(std::uint64_t number) {
   }
   constexpr std::uint64_t kAhead = 8;
   for (std::uint64_t j = 0; j < std::min(n, kAhead); ++j) where[j].reader->prefetch(where[j].record);
-  std::vector<FieldView> sample;
+  std::vector<FieldView>& sample = scratch->sample;
   for (std::uint64_t j = 0; j < n; ++j) {
     if (j + kAhead < n) where[j + kAhead].reader->prefetch(where[j + kAhead].record);
     const std::uint64_t id = b.sample_ids[j];
@@ -337,10 +367,19 @@ Result<std::optional<Batch>> Loader::next(Deadline deadline) {
       ready_.erase(it);
       ++consumer_next_;
       // Release shards no remaining batch is known to need (their cache
-      // leases go with them, making them evictable).
-      std::erase_if(open_, [&](const auto& e) { return e.second.last_batch < consumer_next_; });
+      // leases go with them, making them evictable); unmapped after unlock.
+      std::vector<std::shared_ptr<OpenShard>> released;
+      for (auto e = open_.begin(); e != open_.end();) {
+        if (e->second.last_batch < consumer_next_) {
+          released.push_back(std::move(e->second.shard));
+          e = open_.erase(e);
+        } else {
+          ++e;
+        }
+      }
       lock.unlock();
-      cv_.notify_all();
+      space_cv_.notify_one();  // one queue slot is free
+      released.clear();
       b.wait_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
       return std::optional<Batch>(std::move(b));
     }
@@ -349,7 +388,7 @@ Result<std::optional<Batch>> Loader::next(Deadline deadline) {
                                            "(shard downloads too slow?)", options_.rank,
                                            consumer_next_));
     }
-    cv_.wait_for(lock, std::min<Clock::duration>(kPoll, deadline.remaining()));
+    ready_cv_.wait_for(lock, std::min<Clock::duration>(kPoll, deadline.remaining()));
   }
 }
 
