@@ -104,7 +104,17 @@ const std::vector<std::uint64_t>& EpochOrder::window(std::uint64_t win) const {
   next_victim_ = (next_victim_ + 1) % kCachedWindows;
   std::uint64_t begin = win * w, end = std::min(total_, begin + w);
   fill.ids.resize(end - begin);
-  for (std::uint64_t q = begin; q < end; ++q) fill.ids[q - begin] = unshuffled(q);
+  // unshuffled(q) for q in [begin, end), one shard run at a time (a binary
+  // search per sample was ~1.4 ms of a 12 ms epoch of 85 599 small samples).
+  auto it = std::upper_bound(shard_start_.begin(), shard_start_.end(), begin);
+  std::size_t s = static_cast<std::size_t>(it - shard_start_.begin()) - 1;
+  for (std::uint64_t q = begin; q < end;) {
+    std::uint64_t run_end = s + 1 < shard_start_.size() ? std::min(end, shard_start_[s + 1]) : end;
+    for (std::uint64_t id = shard_first_[s] + (q - shard_start_[s]); q < run_end; ++q, ++id) {
+      fill.ids[q - begin] = id;
+    }
+    ++s;
+  }
   shuffle(&fill.ids, mix64(mix64(options_.seed ^ mix64(epoch_)) + win + 1));
   fill.id = win;
   return fill.ids;
