@@ -65,7 +65,10 @@ Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
                     static_cast<std::size_t>(options_.queue_depth + options_.workers + 2));
   plan_ = make_plan();
   for (std::size_t i = 0; i < plan_.size(); ++i) plan_of_.emplace(plan_[i].shard, i);
-  threads_.emplace_back([this] { prefetch_loop(); });
+  plan_opened_.assign(plan_.size(), false);
+  for (int i = 0; i < std::max(1, options_.fetchers); ++i) {
+    threads_.emplace_back([this] { prefetch_loop(); });
+  }
   for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
 }
 
@@ -142,11 +145,11 @@ Result<std::shared_ptr<Loader::OpenShard>> Loader::shard_for(std::size_t shard,
         return it->second.shard;
       }
       if (stop_) return cancelled("loader stopped");
-      // The prefetcher opens it (it never waits to open what a claimed batch
+      // A prefetcher opens it (they never wait to open what a claimed batch
       // needs): wait rather than map and check it a second time.
-      if (planned == plan_of_.end() || planned->second < prefetch_pos_ ||
+      if (planned == plan_of_.end() || plan_opened_[planned->second] ||
           batch < plan_[planned->second].first_batch) {
-        break;  // not (or no longer) the prefetcher's to open: never wait for it
+        break;  // not (or no longer) a prefetcher's to open: never wait for it
       }
       shard_cv_.wait_for(lock, kPoll);
     }
@@ -180,14 +183,16 @@ Result<std::shared_ptr<Loader::OpenShard>> Loader::open_shard(std::size_t shard,
 
 void Loader::prefetch_loop() {
   yield_on_wakeup("kiln-prefetch");
-  for (std::size_t i = 0; i < plan_.size(); ++i) {
-    const Planned& p = plan_[i];
+  while (true) {
+    std::size_t i;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      // A shard a claimed batch may need is opened at once; later ones only
-      // while fewer than prefetch_shards are open ahead of the workers.
-      while (!stop_ && p.first_batch >= next_to_build_) {
-        std::uint64_t wake_at = p.first_batch;
+      // Claim plan entries in order. A shard a claimed batch may need is
+      // opened at once; later ones only while fewer than prefetch_shards are
+      // open ahead of the workers (plus those other fetchers are opening).
+      while (!stop_ && next_plan_ < plan_.size() &&
+             plan_[next_plan_].first_batch >= next_to_build_) {
+        std::uint64_t wake_at = plan_[next_plan_].first_batch;
         int ahead = 0;
         for (const auto& [shard, slot] : open_) {
           if (slot.first_batch < next_to_build_) continue;
@@ -196,18 +201,19 @@ void Loader::prefetch_loop() {
         }
         if (ahead < options_.prefetch_shards) break;
         // Nothing changes for us until a worker claims batch wake_at: the
-        // first ahead shard is no longer ahead, or p is needed now.
-        prefetch_wake_at_ = wake_at;
+        // first ahead shard is no longer ahead, or the entry is needed now.
+        prefetch_wake_at_ = std::min(prefetch_wake_at_, wake_at);
         prefetch_cv_.wait_for(lock, kPoll);
       }
-      prefetch_wake_at_ = UINT64_MAX;
-      if (stop_) return;
+      if (stop_ || next_plan_ >= plan_.size()) return;
+      i = next_plan_++;
     }
+    const Planned& p = plan_[i];
     auto r = open_shard(p.shard, p.first_batch, p.last_batch);
     if (!r) return fail(r.status());
     {
       std::lock_guard<std::mutex> lock(mu_);
-      prefetch_pos_ = i + 1;
+      plan_opened_[i] = true;
     }
     shard_cv_.notify_all();
   }
@@ -238,9 +244,12 @@ void Loader::worker_loop() {
       }
       if (stop_ || next_to_build_ >= num_batches_) return;
       number = next_to_build_++;
-      wake_prefetcher = next_to_build_ > prefetch_wake_at_;
+      if (next_to_build_ > prefetch_wake_at_) {
+        wake_prefetcher = true;
+        prefetch_wake_at_ = UINT64_MAX;  // a waiting prefetcher sets it again
+      }
     }
-    if (wake_prefetcher) prefetch_cv_.notify_one();
+    if (wake_prefetcher) prefetch_cv_.notify_all();
     auto batch = build(number, &scratch);
     scratch.held.clear();  // the batch holds copies; the shards may go
     if (!batch) return fail(batch.status());

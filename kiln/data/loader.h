@@ -2,9 +2,10 @@
 // contiguous host buffers, ahead of the consumer.
 //
 // Threads, each with one job:
-//   - prefetcher: acquires (downloads into the cache, then opens) shards in
-//     the order this rank first needs them, at most `prefetch_shards` ahead
-//     of the workers (Note [Shard plan] in loader.cc);
+//   - `fetchers` prefetchers: acquire (download into the cache, then open)
+//     shards in the order this rank first needs them, at most
+//     `prefetch_shards` ahead of the workers (Note [Shard plan] in
+//     loader.cc), so that downloads overlap;
 //   - `workers` decoders: each claims the next batch number, decodes its
 //     samples in place in the shard mapping (ShardReader) and collates them
 //     straight into recycled batch buffers (Note [Recycled batch buffers] in
@@ -43,6 +44,7 @@ struct LoaderOptions {
   int workers = 2;
   int queue_depth = 4;         // batches decoded ahead of the consumer
   int prefetch_shards = 2;     // distinct shards acquired ahead of the workers
+  int fetchers = 2;            // prefetch threads: shards acquired (downloaded) at once
   double fetch_timeout_s = 300;  // per shard acquisition
   // When record checksums are checked (shard.h). kOncePerFile: a shard file
   // this process has verified in full (by every record, or as a download
@@ -123,15 +125,16 @@ class Loader {
   // epoch of 784 B samples in batches of 64).
   std::condition_variable ready_cv_;     // the consumer: batch consumer_next_ is ready, or error
   std::condition_variable space_cv_;     // workers: a queue slot is free, or stop
-  std::condition_variable shard_cv_;     // workers in shard_for: the prefetcher moved on, or stop
-  std::condition_variable prefetch_cv_;  // the prefetcher: next_to_build_ passed prefetch_wake_at_
+  std::condition_variable shard_cv_;     // workers in shard_for: a prefetcher opened one, or stop
+  std::condition_variable prefetch_cv_;  // prefetchers: next_to_build_ passed prefetch_wake_at_
   bool stop_ = false;                               // GUARDED_BY(mu_)
   Status error_;                                    // GUARDED_BY(mu_), first error
   std::uint64_t next_to_build_ = 0;                 // GUARDED_BY(mu_)
   std::uint64_t consumer_next_ = 0;                 // GUARDED_BY(mu_)
   std::map<std::uint64_t, Batch> ready_;            // GUARDED_BY(mu_)
   std::unordered_map<std::size_t, Slot> open_;      // GUARDED_BY(mu_)
-  std::size_t prefetch_pos_ = 0;                    // GUARDED_BY(mu_), plan_ entries done
+  std::size_t next_plan_ = 0;                       // GUARDED_BY(mu_), next plan_ entry to claim
+  std::vector<bool> plan_opened_;                   // GUARDED_BY(mu_), per plan_ entry
   std::uint64_t prefetch_wake_at_ = UINT64_MAX;     // GUARDED_BY(mu_), see prefetch_cv_
   std::vector<std::thread> threads_;
 };
