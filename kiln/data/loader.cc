@@ -127,8 +127,9 @@ std::vector<Loader::Planned> Loader::make_plan() const {
     k1 = std::min(k1, total - 1);
     plan.push_back({span.shard, k0 / options_.batch_size, k1 / options_.batch_size});
   }
-  std::stable_sort(plan.begin(), plan.end(),
-                   [](const Planned& a, const Planned& b) { return a.first_batch < b.first_batch; });
+  std::stable_sort(plan.begin(), plan.end(), [](const Planned& a, const Planned& b) {
+    return a.first_batch < b.first_batch;
+  });
   return plan;
 }
 
@@ -307,7 +308,9 @@ Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
     where[j] = {cur_reader, id - cur_first, cur};
   }
   constexpr std::uint64_t kAhead = 8;
-  for (std::uint64_t j = 0; j < std::min(n, kAhead); ++j) where[j].reader->prefetch(where[j].record);
+  for (std::uint64_t j = 0; j < std::min(n, kAhead); ++j) {
+    where[j].reader->prefetch(where[j].record);
+  }
   std::vector<FieldView>& sample = scratch->sample;
   for (std::uint64_t j = 0; j < n; ++j) {
     if (j + kAhead < n) where[j + kAhead].reader->prefetch(where[j + kAhead].record);
@@ -317,7 +320,8 @@ Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
     // once, into the batch.
     KILN_ASSIGN_OR_RETURN(auto record, where[j].reader->record(where[j].record));
     if (Status s = decode_sample_view(index_.schema, record, &sample); !s.is_ok()) {
-      return s.with_context(fmt::format("shard {} sample {}", index_.shards[where[j].shard].file, id));
+      return s.with_context(
+          fmt::format("shard {} sample {}", index_.shards[where[j].shard].file, id));
     }
     for (std::size_t f = 0; f < sample.size(); ++f) {
       const FieldView& v = sample[f];

@@ -115,7 +115,7 @@ class Loader {
   RankSampler sampler_;
   std::uint64_t num_batches_;
   std::shared_ptr<BatchPool> pool_;
-  std::vector<Planned> plan_;                        // by first_batch; immutable
+  std::vector<Planned> plan_;                             // by first_batch; immutable
   std::unordered_map<std::size_t, std::size_t> plan_of_;  // shard -> index in plan_; immutable
 
   std::mutex mu_;

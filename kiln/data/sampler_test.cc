@@ -89,7 +89,9 @@ TEST(EpochOrder, ShardSpansHoldEveryPositionOfTheirShard) {
         EXPECT_LT(p, spans[i].end) << "window " << window;
       }
       if (!shuffle || window <= 1) {  // exact: the spans tile the order
-        for (std::size_t i = 0; i + 1 < spans.size(); ++i) EXPECT_EQ(spans[i].end, spans[i + 1].begin);
+        for (std::size_t i = 0; i + 1 < spans.size(); ++i) {
+          EXPECT_EQ(spans[i].end, spans[i + 1].begin);
+        }
       }
     }
   }

@@ -71,9 +71,10 @@ enum class VerifyPolicy {
 // file read-only and checks its structure: header, trailer and offset table
 // (its checksum, and offsets in order and in bounds); record() checks the
 // record's length and checksum before handing out a view (the checksum
-// unless the policy says this process already verified this very file). A truncated or corrupt shard is DataLoss naming
-// the path and record: a corrupt payload is never returned.
-// Thread-safe after open(). The mapping lives as long as the reader.
+// unless the policy says this process already verified this very file).
+// A truncated or corrupt shard is DataLoss naming the path and record: a
+// corrupt payload is never returned. Thread-safe after open(). The mapping
+// lives as long as the reader.
 //
 // Note [Mapped shards stay valid]: a cache file is never written in place
 // once committed (downloads go to a temp name and are renamed over it, and
