@@ -18,8 +18,11 @@
 // image dataset. Fairness of the warm baseline: both sides read the same
 // cached files, once each per timed run, with the page cache warm (an
 // untimed epoch first); the raw side only copies the bytes into a reused
-// 4 MiB buffer, the loader also verifies every record (xxh3, once per shard
-// per epoch, when it maps it), shuffles and collates into batches.
+// 4 MiB buffer, the loader also shuffles and collates into batches, and
+// checks every record's framing. Record checksums follow the loader's
+// default VerifyPolicy::kOncePerFile: the untimed epoch (or the cold
+// download) verified every file, so timed warm epochs do not hash again;
+// KILN_DATA_VERIFY_EVERY_READ=1 measures hashing every epoch.
 // Each run measures its baseline right before the timed epoch; the ratios
 // are medians over --runs of the per-run ratios, so load from other
 // processes cancels out as far as it can. The cold part starts s3rver on

@@ -9,8 +9,15 @@
 
 #include <fmt/format.h>
 
+#include "kiln/base/knobs.h"
+
 namespace kiln::data {
 namespace {
+
+const Knob<bool> kVerifyEveryRead{
+    "KILN_DATA_VERIFY_EVERY_READ", false,
+    "check every record's xxh3 on every read, not once per shard file per process "
+    "(LoaderOptions::verify; Note [Verify once per file])"};
 
 constexpr auto kPoll = std::chrono::milliseconds(100);  // bounds every wait so stop_ is seen
 
@@ -20,10 +27,24 @@ constexpr auto kPoll = std::chrono::milliseconds(100);  // bounds every wait so 
 // the training step stalls for a whole batch build although its batch was
 // ready. SCHED_BATCH threads never preempt on wakeup; they still get their
 // fair share of CPU. Best effort: a failure leaves the default policy.
-void yield_on_wakeup() {
+//
+// Also names the thread after its job (as `top -H` and `perf --comm` show it).
+void yield_on_wakeup(const char* name) {
   sched_param param{};
   param.sched_priority = 0;
   (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &param);
+  (void)pthread_setname_np(pthread_self(), name);
+}
+
+// A plain loop, not std::equal: that becomes a call to glibc's memcmp,
+// whose AVX-512 short path (a masked 32-byte load) cost ~30% of a decode
+// thread's time on 784 B samples on the 2-vCPU VM (perf, call graphs).
+bool same_shape(const std::vector<std::int64_t>& a, std::span<const std::int64_t> b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t d = 0; d < a.size(); ++d) {
+    if (a[d] != b[d]) return false;
+  }
+  return true;
 }
 
 }  // namespace
@@ -34,6 +55,7 @@ Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
   options_.batch_size = std::max<std::uint64_t>(1, options_.batch_size);
   options_.workers = std::max(1, options_.workers);
   options_.queue_depth = std::max(1, options_.queue_depth);
+  if (kVerifyEveryRead.get()) options_.verify = VerifyPolicy::kEveryRead;
   num_batches_ = (sampler_.remaining() + options_.batch_size - 1) / options_.batch_size;
   // Batches alive at once: the queue, one per worker in the making, the
   // consumer's, and one it may still hold while asking for the next.
@@ -41,7 +63,12 @@ Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
               ? options_.batch_pool
               : BatchPool::create(
                     static_cast<std::size_t>(options_.queue_depth + options_.workers + 2));
-  threads_.emplace_back([this] { prefetch_loop(); });
+  plan_ = make_plan();
+  for (std::size_t i = 0; i < plan_.size(); ++i) plan_of_.emplace(plan_[i].shard, i);
+  plan_opened_.assign(plan_.size(), false);
+  for (int i = 0; i < std::max(1, options_.fetchers); ++i) {
+    threads_.emplace_back([this] { prefetch_loop(); });
+  }
   for (int i = 0; i < options_.workers; ++i) threads_.emplace_back([this] { worker_loop(); });
 }
 
@@ -50,8 +77,15 @@ Loader::~Loader() {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  wake_all();
   for (auto& t : threads_) t.join();
+}
+
+void Loader::wake_all() {
+  ready_cv_.notify_all();
+  space_cv_.notify_all();
+  shard_cv_.notify_all();
+  prefetch_cv_.notify_all();
 }
 
 void Loader::fail(Status s) {
@@ -60,7 +94,7 @@ void Loader::fail(Status s) {
     if (error_.is_ok()) error_ = std::move(s);
     stop_ = true;
   }
-  cv_.notify_all();
+  wake_all();
 }
 
 std::uint64_t Loader::batch_samples(std::uint64_t number) const {
@@ -68,22 +102,73 @@ std::uint64_t Loader::batch_samples(std::uint64_t number) const {
   return std::min(options_.batch_size, sampler_.remaining() - begin);
 }
 
-Result<std::shared_ptr<Loader::OpenShard>> Loader::open_shard(std::size_t shard,
-                                                              std::uint64_t batch) {
+// Note [Shard plan]: the prefetcher needs, for each shard, the first and
+// last batch of this rank that may read it: to open shards in the order they
+// are needed, and to release each when no later batch needs it. Walking the
+// order sample by sample for that cost more than the epoch itself for small
+// samples (a lock per sample, and the walk fell behind the workers, which
+// then opened shards themselves, twice or three times over). The order's
+// structure gives it per shard instead (EpochOrder::shard_spans): a superset
+// by at most the windows at its ends, so a shard may be held a little longer
+// than needed, and, with world > 1, a shard none of whose samples fall on
+// this rank may be fetched.
+std::vector<Loader::Planned> Loader::make_plan() const {
+  std::vector<Planned> plan;
+  const std::uint64_t total = sampler_.remaining();
+  if (total == 0) return plan;
+  const auto c = sampler_.position(0);  // position of this rank's first sample
+  const auto w = static_cast<std::uint64_t>(options_.world);
+  for (const auto& span : sampler_.order().shard_spans()) {
+    if (span.end <= c) continue;
+    // This rank's samples k sit at c + k * w: the k with begin <= pos < end.
+    std::uint64_t k0 = span.begin > c ? (span.begin - c + w - 1) / w : 0;
+    std::uint64_t k1 = (span.end - 1 - c) / w;  // last k with c + k * w <= end - 1
+    if (k0 >= total || k0 > k1) continue;
+    k1 = std::min(k1, total - 1);
+    plan.push_back({span.shard, k0 / options_.batch_size, k1 / options_.batch_size});
+  }
+  std::stable_sort(plan.begin(), plan.end(), [](const Planned& a, const Planned& b) {
+    return a.first_batch < b.first_batch;
+  });
+  return plan;
+}
+
+Result<std::shared_ptr<Loader::OpenShard>> Loader::shard_for(std::size_t shard,
+                                                             std::uint64_t batch) {
+  std::uint64_t first = batch, last = batch;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto it = open_.find(shard);
-    if (it != open_.end()) {
-      it->second.last_batch = std::max(it->second.last_batch, batch);
-      return it->second.shard;
+    std::unique_lock<std::mutex> lock(mu_);
+    auto planned = plan_of_.find(shard);
+    while (true) {
+      auto it = open_.find(shard);
+      if (it != open_.end()) {
+        it->second.last_batch = std::max(it->second.last_batch, batch);
+        return it->second.shard;
+      }
+      if (stop_) return cancelled("loader stopped");
+      // A prefetcher opens it (they never wait to open what a claimed batch
+      // needs): wait rather than map and check it a second time.
+      if (planned == plan_of_.end() || plan_opened_[planned->second] ||
+          batch < plan_[planned->second].first_batch) {
+        break;  // not (or no longer) a prefetcher's to open: never wait for it
+      }
+      shard_cv_.wait_for(lock, kPoll);
+    }
+    if (planned != plan_of_.end()) {  // released early: should not happen, but is safe
+      first = plan_[planned->second].first_batch;
+      last = std::max(batch, plan_[planned->second].last_batch);
     }
   }
-  // Slow I/O outside the lock. Two threads may race to open the same shard:
-  // the cache makes the second a hit, and the first insert wins.
+  return open_shard(shard, first, last);
+}
+
+Result<std::shared_ptr<Loader::OpenShard>> Loader::open_shard(std::size_t shard,
+                                                              std::uint64_t first_batch,
+                                                              std::uint64_t last_batch) {
   const ShardInfo& info = index_.shards[shard];
   KILN_ASSIGN_OR_RETURN(ShardLease lease,
                         cache_->acquire(info, Deadline::after_seconds(options_.fetch_timeout_s)));
-  KILN_ASSIGN_OR_RETURN(ShardReader reader, ShardReader::open(lease.path()));
+  KILN_ASSIGN_OR_RETURN(ShardReader reader, ShardReader::open(lease.path(), options_.verify));
   if (reader.records() != info.num_samples) {
     return data_loss(fmt::format("shard {}: holds {} records, index.json says {}", info.file,
                                  reader.records(), info.num_samples));
@@ -91,93 +176,152 @@ Result<std::shared_ptr<Loader::OpenShard>> Loader::open_shard(std::size_t shard,
   auto open = std::make_shared<OpenShard>(
       OpenShard{std::move(lease), std::make_unique<ShardReader>(std::move(reader))});
   std::lock_guard<std::mutex> lock(mu_);
-  auto [it, inserted] = open_.try_emplace(shard, Slot{open, batch});
-  it->second.last_batch = std::max(it->second.last_batch, batch);
+  // A worker and the prefetcher may both have opened it: the first insert wins.
+  auto [it, inserted] = open_.try_emplace(shard, Slot{open, first_batch, last_batch});
+  it->second.last_batch = std::max(it->second.last_batch, last_batch);
   return it->second.shard;
 }
 
 void Loader::prefetch_loop() {
-  yield_on_wakeup();
-  std::uint64_t total = sampler_.remaining();
-  std::size_t last_shard = SIZE_MAX;
-  for (std::uint64_t k = 0; k < total; ++k) {
-    std::size_t shard = index_.shard_of(sampler_.peek(k));
-    if (shard == last_shard) continue;
-    std::uint64_t batch = k / options_.batch_size;
+  yield_on_wakeup("kiln-prefetch");
+  while (true) {
+    std::size_t i;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      if (k > 0) {  // the previous run of samples ended: its shard is needed up to here
-        auto prev = open_.find(last_shard);
-        if (prev != open_.end()) {
-          prev->second.last_batch = std::max(prev->second.last_batch, (k - 1) / options_.batch_size);
+      // Claim plan entries in order. A shard a claimed batch may need is
+      // opened at once; later ones only while fewer than prefetch_shards are
+      // open ahead of the workers (plus those other fetchers are opening).
+      while (!stop_ && next_plan_ < plan_.size() &&
+             plan_[next_plan_].first_batch >= next_to_build_) {
+        std::uint64_t wake_at = plan_[next_plan_].first_batch;
+        int ahead = 0;
+        for (const auto& [shard, slot] : open_) {
+          if (slot.first_batch < next_to_build_) continue;
+          ++ahead;
+          wake_at = std::min(wake_at, slot.first_batch);
         }
+        if (ahead < options_.prefetch_shards) break;
+        // Nothing changes for us until a worker claims batch wake_at: the
+        // first ahead shard is no longer ahead, or the entry is needed now.
+        prefetch_wake_at_ = std::min(prefetch_wake_at_, wake_at);
+        prefetch_cv_.wait_for(lock, kPoll);
       }
-      // Stay at most prefetch_shards distinct shards ahead of the consumer.
-      while (!stop_) {
-        auto ahead = std::count_if(open_.begin(), open_.end(), [&](const auto& e) {
-          return e.second.last_batch >= consumer_next_ && e.first != shard;
-        });
-        if (ahead < options_.prefetch_shards || open_.count(shard)) break;
-        cv_.wait_for(lock, kPoll);
-      }
-      if (stop_) return;
+      if (stop_ || next_plan_ >= plan_.size()) return;
+      i = next_plan_++;
     }
-    last_shard = shard;
-    auto r = open_shard(shard, batch);
+    const Planned& p = plan_[i];
+    auto r = open_shard(p.shard, p.first_batch, p.last_batch);
     if (!r) return fail(r.status());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      plan_opened_[i] = true;
+    }
+    shard_cv_.notify_all();
   }
 }
 
+struct Loader::Scratch {
+  struct Where {
+    const ShardReader* reader;
+    std::uint64_t record;
+    std::size_t shard;
+  };
+  std::vector<Where> where;
+  std::vector<std::pair<std::size_t, std::shared_ptr<OpenShard>>> held;  // usually 1-2 shards
+  std::vector<FieldView> sample;
+};
+
 void Loader::worker_loop() {
-  yield_on_wakeup();
+  yield_on_wakeup("kiln-decode");
+  Scratch scratch;
   while (true) {
     std::uint64_t number;
+    bool wake_prefetcher = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
       while (!stop_ && next_to_build_ < num_batches_ &&
              next_to_build_ >= consumer_next_ + static_cast<std::uint64_t>(options_.queue_depth)) {
-        cv_.wait_for(lock, kPoll);
+        space_cv_.wait_for(lock, kPoll);
       }
       if (stop_ || next_to_build_ >= num_batches_) return;
       number = next_to_build_++;
+      if (next_to_build_ > prefetch_wake_at_) {
+        wake_prefetcher = true;
+        prefetch_wake_at_ = UINT64_MAX;  // a waiting prefetcher sets it again
+      }
     }
-    auto batch = build(number);
+    if (wake_prefetcher) prefetch_cv_.notify_all();
+    auto batch = build(number, &scratch);
+    scratch.held.clear();  // the batch holds copies; the shards may go
     if (!batch) return fail(batch.status());
+    bool wake_consumer;
     {
       std::lock_guard<std::mutex> lock(mu_);
       ready_.emplace(number, std::move(batch).value());
+      wake_consumer = number == consumer_next_;
     }
-    cv_.notify_all();
+    if (wake_consumer) ready_cv_.notify_one();
   }
 }
 
-Result<Batch> Loader::build(std::uint64_t number) {
+Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
   Batch b = pool_->make(index_.schema);
   b.number = number;
-  std::uint64_t n = batch_samples(number);
-  std::uint64_t first = number * options_.batch_size;
+  const std::uint64_t n = batch_samples(number);
+  const std::uint64_t first = number * options_.batch_size;
   for (Column& c : b.columns) {
     if (c.kind == FieldKind::kBytes) c.offsets.push_back(0);
   }
-  b.sample_ids.reserve(n);
-  std::vector<FieldView> sample;
-  std::shared_ptr<OpenShard> open;
-  std::size_t open_index = SIZE_MAX;
+  b.sample_ids.resize(n);
+  sampler_.peek_many(first, n, b.sample_ids.data());
+  // Note [Prefetch the records of a batch]: resolve every sample to (reader,
+  // record) first, touching no record, so that the copy loop below can start
+  // loading a record kAhead samples before it decodes it. Shuffled records
+  // are cache misses, and for small samples (784 B) the miss, not the copy,
+  // was the largest cost per sample (perf: decode_sample_view, the first
+  // reader of each record, at the top of the decode threads).
+  auto& where = scratch->where;
+  auto& held = scratch->held;
+  where.resize(n);
+  held.clear();
+  std::size_t cur = SIZE_MAX;
+  std::uint64_t cur_first = 0, cur_end = 0;
+  const ShardReader* cur_reader = nullptr;
   for (std::uint64_t j = 0; j < n; ++j) {
-    std::uint64_t id = sampler_.peek(first + j);
-    b.sample_ids.push_back(id);
-    std::size_t shard = index_.shard_of(id);
-    // Consecutive samples mostly share a shard: look it up (under mu_) only
-    // when it changes.
-    if (shard != open_index) {
-      KILN_ASSIGN_OR_RETURN(open, open_shard(shard, number));
-      open_index = shard;
+    std::uint64_t id = b.sample_ids[j];
+    if (id < cur_first || id >= cur_end) {
+      cur = index_.shard_of(id);
+      cur_first = index_.shards[cur].first_sample;
+      cur_end = cur_first + index_.shards[cur].num_samples;
+      cur_reader = nullptr;
+      for (const auto& [shard, open] : held) {
+        if (shard == cur) cur_reader = open->reader.get();
+      }
+      if (cur_reader == nullptr) {
+        // Consecutive samples mostly share a shard or two: look it up (under
+        // mu_) only when it is not one this batch already holds.
+        KILN_ASSIGN_OR_RETURN(auto open, shard_for(cur, number));
+        cur_reader = open->reader.get();
+        held.emplace_back(cur, std::move(open));
+      }
     }
-    // The record was verified when its shard was mapped (ShardReader::open):
-    // decode it in place and copy each field once, into the batch.
-    KILN_ASSIGN_OR_RETURN(auto record, open->reader->record(id - index_.shards[shard].first_sample));
+    where[j] = {cur_reader, id - cur_first, cur};
+  }
+  constexpr std::uint64_t kAhead = 8;
+  for (std::uint64_t j = 0; j < std::min(n, kAhead); ++j) {
+    where[j].reader->prefetch(where[j].record);
+  }
+  std::vector<FieldView>& sample = scratch->sample;
+  for (std::uint64_t j = 0; j < n; ++j) {
+    if (j + kAhead < n) where[j + kAhead].reader->prefetch(where[j + kAhead].record);
+    const std::uint64_t id = b.sample_ids[j];
+    // record() checked the record (or this process verified the whole file
+    // before, per options_.verify): decode it in place and copy each field
+    // once, into the batch.
+    KILN_ASSIGN_OR_RETURN(auto record, where[j].reader->record(where[j].record));
     if (Status s = decode_sample_view(index_.schema, record, &sample); !s.is_ok()) {
-      return s.with_context(fmt::format("shard {} sample {}", index_.shards[shard].file, id));
+      return s.with_context(
+          fmt::format("shard {} sample {}", index_.shards[where[j].shard].file, id));
     }
     for (std::size_t f = 0; f < sample.size(); ++f) {
       const FieldView& v = sample[f];
@@ -201,8 +345,7 @@ Result<Batch> Loader::build(std::uint64_t number) {
           if (j == 0) {
             c.shape.assign(v.shape().begin(), v.shape().end());
             c.data.reserve(n * v.data.size());
-          } else if (!std::equal(c.shape.begin(), c.shape.end(), v.shape().begin(),
-                                 v.shape().end())) {
+          } else if (!same_shape(c.shape, v.shape())) {
             return invalid_argument(fmt::format(
                 "batch {}: tensor '{}' of sample {} has another shape than sample {}; ragged "
                 "tensors are not collated (store them as bytes)", number, c.name, id,
@@ -237,10 +380,19 @@ Result<std::optional<Batch>> Loader::next(Deadline deadline) {
       ready_.erase(it);
       ++consumer_next_;
       // Release shards no remaining batch is known to need (their cache
-      // leases go with them, making them evictable).
-      std::erase_if(open_, [&](const auto& e) { return e.second.last_batch < consumer_next_; });
+      // leases go with them, making them evictable); unmapped after unlock.
+      std::vector<std::shared_ptr<OpenShard>> released;
+      for (auto e = open_.begin(); e != open_.end();) {
+        if (e->second.last_batch < consumer_next_) {
+          released.push_back(std::move(e->second.shard));
+          e = open_.erase(e);
+        } else {
+          ++e;
+        }
+      }
       lock.unlock();
-      cv_.notify_all();
+      space_cv_.notify_one();  // one queue slot is free
+      released.clear();
       b.wait_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
       return std::optional<Batch>(std::move(b));
     }
@@ -249,7 +401,7 @@ Result<std::optional<Batch>> Loader::next(Deadline deadline) {
                                            "(shard downloads too slow?)", options_.rank,
                                            consumer_next_));
     }
-    cv_.wait_for(lock, std::min<Clock::duration>(kPoll, deadline.remaining()));
+    ready_cv_.wait_for(lock, std::min<Clock::duration>(kPoll, deadline.remaining()));
   }
 }
 

@@ -2,8 +2,10 @@
 // contiguous host buffers, ahead of the consumer.
 //
 // Threads, each with one job:
-//   - prefetcher: walks this rank's future order and acquires (downloads into
-//     the cache, then opens) the next `prefetch_shards` distinct shards;
+//   - `fetchers` prefetchers: acquire (download into the cache, then open)
+//     shards in the order this rank first needs them, at most
+//     `prefetch_shards` ahead of the workers (Note [Shard plan] in
+//     loader.cc), so that downloads overlap;
 //   - `workers` decoders: each claims the next batch number, decodes its
 //     samples in place in the shard mapping (ShardReader) and collates them
 //     straight into recycled batch buffers (Note [Recycled batch buffers] in
@@ -42,7 +44,14 @@ struct LoaderOptions {
   int workers = 2;
   int queue_depth = 4;         // batches decoded ahead of the consumer
   int prefetch_shards = 2;     // distinct shards acquired ahead of the workers
+  int fetchers = 2;            // prefetch threads: shards acquired (downloaded) at once
   double fetch_timeout_s = 300;  // per shard acquisition
+  // When record checksums are checked (shard.h). kOncePerFile: a shard file
+  // this process has verified in full (by every record, or as a download
+  // matching index.json) is not hashed again while its identity holds
+  // (Note [Verify once per file]). KILN_DATA_VERIFY_EVERY_READ=1 forces
+  // kEveryRead for every loader.
+  VerifyPolicy verify = VerifyPolicy::kOncePerFile;
   // Where batch buffers are recycled (Note [Recycled batch buffers]). Pass
   // one pool to every epoch's loader so a new epoch starts with warm
   // buffers instead of faulting in fresh ones; null: the loader makes its own.
@@ -75,13 +84,28 @@ class Loader {
   };
   struct Slot {
     std::shared_ptr<OpenShard> shard;
-    std::uint64_t last_batch = 0;  // last batch known to need it
+    std::uint64_t first_batch = 0;  // first batch that may need it
+    std::uint64_t last_batch = 0;   // last batch that may need it
+  };
+  // Note [Shard plan]: a shard and the batches of this rank that may need it.
+  struct Planned {
+    std::size_t shard;
+    std::uint64_t first_batch, last_batch;
   };
 
+  std::vector<Planned> make_plan() const;
   void prefetch_loop();
+  // A worker's buffers for build(), reused from batch to batch.
+  struct Scratch;
   void worker_loop();
-  Result<Batch> build(std::uint64_t number);
-  Result<std::shared_ptr<OpenShard>> open_shard(std::size_t shard, std::uint64_t batch);
+  Result<Batch> build(std::uint64_t number, Scratch* scratch);
+  void wake_all();
+  // The open shard, for a worker building `batch`: waits for the prefetcher
+  // where it is about to open it, else opens it here.
+  Result<std::shared_ptr<OpenShard>> shard_for(std::size_t shard, std::uint64_t batch);
+  // Acquires and opens `shard` (slow I/O, no lock held) and inserts it.
+  Result<std::shared_ptr<OpenShard>> open_shard(std::size_t shard, std::uint64_t first_batch,
+                                                std::uint64_t last_batch);
   std::uint64_t batch_samples(std::uint64_t number) const;
   void fail(Status s);
 
@@ -91,15 +115,27 @@ class Loader {
   RankSampler sampler_;
   std::uint64_t num_batches_;
   std::shared_ptr<BatchPool> pool_;
+  std::vector<Planned> plan_;                             // by first_batch; immutable
+  std::unordered_map<std::size_t, std::size_t> plan_of_;  // shard -> index in plan_; immutable
 
   std::mutex mu_;
-  std::condition_variable cv_;                      // any change below
+  // Note [Who wakes whom]: one condition variable per kind of waiter, so a
+  // batch made or taken wakes only the thread that can use it (notify_all on
+  // one variable cost a context switch per thread per batch, ~40% of an
+  // epoch of 784 B samples in batches of 64).
+  std::condition_variable ready_cv_;     // the consumer: batch consumer_next_ is ready, or error
+  std::condition_variable space_cv_;     // workers: a queue slot is free, or stop
+  std::condition_variable shard_cv_;     // workers in shard_for: a prefetcher opened one, or stop
+  std::condition_variable prefetch_cv_;  // prefetchers: next_to_build_ passed prefetch_wake_at_
   bool stop_ = false;                               // GUARDED_BY(mu_)
   Status error_;                                    // GUARDED_BY(mu_), first error
   std::uint64_t next_to_build_ = 0;                 // GUARDED_BY(mu_)
   std::uint64_t consumer_next_ = 0;                 // GUARDED_BY(mu_)
   std::map<std::uint64_t, Batch> ready_;            // GUARDED_BY(mu_)
   std::unordered_map<std::size_t, Slot> open_;      // GUARDED_BY(mu_)
+  std::size_t next_plan_ = 0;                       // GUARDED_BY(mu_), next plan_ entry to claim
+  std::vector<bool> plan_opened_;                   // GUARDED_BY(mu_), per plan_ entry
+  std::uint64_t prefetch_wake_at_ = UINT64_MAX;     // GUARDED_BY(mu_), see prefetch_cv_
   std::vector<std::thread> threads_;
 };
 

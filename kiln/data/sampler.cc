@@ -39,6 +39,7 @@ EpochOrder::EpochOrder(const DatasetIndex& index, const SamplerOptions& options,
   std::uint64_t start = 0;
   for (auto s : order) {
     if (index.shards[s].num_samples == 0) continue;
+    shard_index_.push_back(s);
     shard_first_.push_back(index.shards[s].first_sample);
     shard_start_.push_back(start);
     start += index.shards[s].num_samples;
@@ -51,23 +52,72 @@ std::uint64_t EpochOrder::unshuffled(std::uint64_t q) const {
   return shard_first_[s] + (q - shard_start_[s]);
 }
 
+std::vector<EpochOrder::ShardSpan> EpochOrder::shard_spans() const {
+  std::vector<ShardSpan> spans;
+  std::uint64_t w = options_.shuffle && options_.shuffle_window > 1 ? options_.shuffle_window : 1;
+  for (std::size_t i = 0; i < shard_index_.size(); ++i) {
+    std::uint64_t begin = shard_start_[i];
+    std::uint64_t end = i + 1 < shard_start_.size() ? shard_start_[i + 1] : total_;
+    // A window shuffles positions only among themselves.
+    spans.push_back({shard_index_[i], begin / w * w, std::min(total_, (end + w - 1) / w * w)});
+  }
+  return spans;
+}
+
 std::uint64_t EpochOrder::at(std::uint64_t p) const {
   KILN_CHECK(p < total_);
   std::uint64_t w = options_.shuffle_window;
   if (!options_.shuffle || w <= 1) return unshuffled(p);
   std::uint64_t win = p / w;
   std::lock_guard<std::mutex> lock(mu_);
-  for (const Window& cached : windows_) {
-    if (cached.id == win) return cached.ids[p - win * w];
+  return window(win)[p - win * w];
+}
+
+void EpochOrder::at_many(std::uint64_t p, std::uint64_t stride, std::size_t n,
+                         std::uint64_t* out) const {
+  if (n == 0) return;
+  KILN_CHECK(p + (n - 1) * stride < total_);
+  std::uint64_t w = options_.shuffle_window;
+  if (!options_.shuffle || w <= 1) {
+    for (std::size_t j = 0; j < n; ++j) out[j] = unshuffled(p + j * stride);
+    return;
   }
+  std::lock_guard<std::mutex> lock(mu_);
+  const std::vector<std::uint64_t>* ids = nullptr;
+  std::uint64_t cur = UINT64_MAX;
+  for (std::size_t j = 0; j < n; ++j, p += stride) {
+    std::uint64_t win = p / w;
+    if (win != cur) {
+      ids = &window(win);
+      cur = win;
+    }
+    out[j] = (*ids)[p - win * w];
+  }
+}
+
+const std::vector<std::uint64_t>& EpochOrder::window(std::uint64_t win) const {
+  for (const Window& cached : windows_) {
+    if (cached.id == win) return cached.ids;
+  }
+  std::uint64_t w = options_.shuffle_window;
   Window& fill = windows_[next_victim_];
   next_victim_ = (next_victim_ + 1) % kCachedWindows;
   std::uint64_t begin = win * w, end = std::min(total_, begin + w);
   fill.ids.resize(end - begin);
-  for (std::uint64_t q = begin; q < end; ++q) fill.ids[q - begin] = unshuffled(q);
+  // unshuffled(q) for q in [begin, end), one shard run at a time (a binary
+  // search per sample was ~1.4 ms of a 12 ms epoch of 85 599 small samples).
+  auto it = std::upper_bound(shard_start_.begin(), shard_start_.end(), begin);
+  std::size_t s = static_cast<std::size_t>(it - shard_start_.begin()) - 1;
+  for (std::uint64_t q = begin; q < end;) {
+    std::uint64_t run_end = s + 1 < shard_start_.size() ? std::min(end, shard_start_[s + 1]) : end;
+    for (std::uint64_t id = shard_first_[s] + (q - shard_start_[s]); q < run_end; ++q, ++id) {
+      fill.ids[q - begin] = id;
+    }
+    ++s;
+  }
   shuffle(&fill.ids, mix64(mix64(options_.seed ^ mix64(epoch_)) + win + 1));
   fill.id = win;
-  return fill.ids[p - begin];
+  return fill.ids;
 }
 
 RankSampler::RankSampler(const DatasetIndex& index, SamplerOptions options, int rank, int world,
@@ -89,5 +139,9 @@ std::uint64_t RankSampler::position(std::uint64_t k) const {
 }
 
 std::uint64_t RankSampler::peek(std::uint64_t k) const { return order_.at(position(k)); }
+
+void RankSampler::peek_many(std::uint64_t k, std::size_t n, std::uint64_t* out) const {
+  order_.at_many(position(k), static_cast<std::uint64_t>(world_), n, out);
+}
 
 }  // namespace kiln::data

@@ -44,13 +44,27 @@ class EpochOrder {
   std::uint64_t size() const { return total_; }
   // The sample id at global position `p` (< size()).
   std::uint64_t at(std::uint64_t p) const;
+  // out[j] = at(p + j * stride) for j < n, under one lock (positions < size()).
+  void at_many(std::uint64_t p, std::uint64_t stride, std::size_t n, std::uint64_t* out) const;
+
+  // Where each shard's samples can sit in the order: every position holding
+  // a sample of index.shards[shard] is in [begin, end). Exact without a
+  // window; with one, the windows that overlap the shard's run (a superset,
+  // from the order's structure alone, O(shards)). In order of `begin`.
+  struct ShardSpan {
+    std::size_t shard;
+    std::uint64_t begin, end;
+  };
+  std::vector<ShardSpan> shard_spans() const;
 
  private:
   std::uint64_t unshuffled(std::uint64_t q) const;  // q-th sample after the shard shuffle
+  const std::vector<std::uint64_t>& window(std::uint64_t win) const;  // REQUIRES(mu_)
 
   SamplerOptions options_;
   std::uint64_t epoch_;
   std::uint64_t total_ = 0;
+  std::vector<std::size_t> shard_index_;    // in shuffled shard order
   std::vector<std::uint64_t> shard_first_;  // in shuffled shard order
   std::vector<std::uint64_t> shard_start_;  // prefix sums of shuffled shard sizes
   static constexpr int kCachedWindows = 4;
@@ -73,6 +87,8 @@ class RankSampler {
   std::uint64_t remaining() const;
   // The k-th next sample id of this rank (k < remaining()); does not advance.
   std::uint64_t peek(std::uint64_t k) const;
+  // out[j] = peek(k + j) for j < n (k + n <= remaining()), cheaper than n peeks.
+  void peek_many(std::uint64_t k, std::size_t n, std::uint64_t* out) const;
   // Global position of this rank's k-th next sample.
   std::uint64_t position(std::uint64_t k) const;
 

@@ -72,6 +72,46 @@ SamplerState run(const DatasetIndex& idx, SamplerOptions o, int world, SamplerSt
   return state;
 }
 
+TEST(EpochOrder, ShardSpansHoldEveryPositionOfTheirShard) {
+  DatasetIndex idx = fake_index({100, 0, 37, 250, 1, 64});
+  for (bool shuffle : {false, true}) {
+    for (std::uint64_t window : {0, 1, 16, 100, 10000}) {
+      EpochOrder o(idx, {.seed = 9, .shuffle_window = window, .shuffle = shuffle}, 2);
+      auto spans = o.shard_spans();
+      ASSERT_EQ(spans.size(), 5u);  // the empty shard holds no position
+      for (std::size_t i = 1; i < spans.size(); ++i) EXPECT_LE(spans[i - 1].begin, spans[i].begin);
+      std::vector<int> span_of(idx.shards.size(), -1);
+      for (std::size_t i = 0; i < spans.size(); ++i) span_of[spans[i].shard] = static_cast<int>(i);
+      for (std::uint64_t p = 0; p < o.size(); ++p) {
+        int i = span_of[idx.shard_of(o.at(p))];
+        ASSERT_GE(i, 0);
+        EXPECT_GE(p, spans[i].begin) << "window " << window;
+        EXPECT_LT(p, spans[i].end) << "window " << window;
+      }
+      if (!shuffle || window <= 1) {  // exact: the spans tile the order
+        for (std::size_t i = 0; i + 1 < spans.size(); ++i) {
+          EXPECT_EQ(spans[i].end, spans[i + 1].begin);
+        }
+      }
+    }
+  }
+}
+
+TEST(RankSampler, PeekManyIsPeek) {
+  DatasetIndex idx = fake_index({100, 37, 250, 1, 64});
+  for (std::uint64_t window : {0, 16, 100}) {
+    for (int world : {1, 3}) {
+      RankSampler s(idx, {.seed = 4, .shuffle_window = window}, world - 1, world, {1, 7});
+      std::vector<std::uint64_t> many(s.remaining());
+      for (std::uint64_t k = 0; k < s.remaining(); k += 13) {
+        std::size_t n = std::min<std::uint64_t>(40, s.remaining() - k);
+        s.peek_many(k, n, many.data());
+        for (std::size_t j = 0; j < n; ++j) ASSERT_EQ(many[j], s.peek(k + j)) << k + j;
+      }
+    }
+  }
+}
+
 TEST(RankSampler, ResumeAcrossWorldSizesSeesEverySampleOnce) {
   DatasetIndex idx = fake_index({97, 128, 3, 200, 55});
   std::mt19937_64 rng(1);

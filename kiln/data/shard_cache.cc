@@ -17,6 +17,7 @@
 #include "kiln/base/logging.h"
 #include "kiln/data/checksum.h"
 #include "kiln/data/internal/file_util.h"
+#include "kiln/data/verified_shards.h"
 
 namespace kiln::data {
 namespace fs = std::filesystem;
@@ -87,7 +88,10 @@ Result<ShardLease> ShardCache::acquire(const ShardInfo& shard, Deadline deadline
     KILN_RETURN_IF_ERROR(lock_until(lock.get(), LOCK_SH, deadline, lock_path));
     struct stat st {};
     if (::stat(path.c_str(), &st) == 0 && static_cast<std::uint64_t>(st.st_size) == shard.bytes) {
-      ::utimensat(AT_FDCWD, path.c_str(), nullptr, 0);  // LRU: most recently used now
+      // LRU: most recently used now. atime only: the mtime is part of the
+      // file's identity (Note [Verify once per file] in verified_shards.h).
+      const struct timespec times[2] = {{0, UTIME_NOW}, {0, UTIME_OMIT}};
+      ::utimensat(AT_FDCWD, path.c_str(), times, 0);
       if (!fetched) stats_.hits.fetch_add(1);
       return ShardLease(path, lock.release());
     }
@@ -140,9 +144,15 @@ Status ShardCache::fetch(const ShardInfo& shard, const std::string& path, Deadli
         log()->warn("cache: shard {} failed its checksum (got {}, expected {}); fetching again",
                     shard.file, checksum_hex(digest->xxh3), checksum_hex(shard.xxh3));
         continue;
+      } else if (struct stat st {}; ::stat(tmp.c_str(), &st) != 0) {
+        s = errno_status("stat " + tmp, errno);
       } else if (::rename(tmp.c_str(), path.c_str()) != 0) {
         s = errno_status("rename " + tmp + " to " + path, errno);
       } else {
+        // The whole file just matched index.json's xxh3, so every record in
+        // it is the writer's: readers with VerifyPolicy::kOncePerFile need
+        // not hash it again (the rename keeps inode, size and mtime).
+        VerifiedShards::process().add(FileIdentity::of(st));
         stats_.downloads.fetch_add(1);
         stats_.bytes_downloaded.fetch_add(shard.bytes);
         return internal::fsync_dir(options_.dir);
@@ -186,7 +196,7 @@ Status ShardCache::make_room(const ShardInfo& shard, Deadline deadline) {
   struct Entry {
     std::string path;
     std::uint64_t bytes;
-    std::int64_t mtime_ns;
+    std::int64_t atime_ns;  // last acquire (or read)
   };
   std::vector<Entry> entries;
   std::uint64_t used = 0;
@@ -197,13 +207,13 @@ Status ShardCache::make_room(const ShardInfo& shard, Deadline deadline) {
     struct stat st {};
     if (::stat(p.c_str(), &st) != 0) continue;
     auto bytes = static_cast<std::uint64_t>(st.st_size);
-    entries.push_back({p, bytes, st.st_mtim.tv_sec * 1000000000ll + st.st_mtim.tv_nsec});
+    entries.push_back({p, bytes, st.st_atim.tv_sec * 1000000000ll + st.st_atim.tv_nsec});
     used += bytes;
   }
   if (ec) return errno_status("list cache " + options_.dir, ec.value());
   if (used + shard.bytes <= options_.capacity_bytes) return Status::ok();
   std::sort(entries.begin(), entries.end(),
-            [](const Entry& a, const Entry& b) { return a.mtime_ns < b.mtime_ns; });
+            [](const Entry& a, const Entry& b) { return a.atime_ns < b.atime_ns; });
   std::uint64_t leased = 0;
   for (const auto& e : entries) {
     if (used + shard.bytes <= options_.capacity_bytes) break;

@@ -12,7 +12,9 @@
 //   waits for that one download instead of fetching again. Eviction takes it
 //   exclusive without blocking, so a shard any reader holds is never evicted.
 //   flock is per open file, so this works between threads of one process too.
-// - LRU by mtime (touched on every acquire), shared across processes.
+// - LRU by atime (touched on every acquire; the mtime is left alone, it is
+//   part of the file's identity, Note [Verify once per file]), shared across
+//   processes. A verified download goes into VerifiedShards::process().
 //   Concurrent downloads may overshoot the capacity by the shards in flight.
 #pragma once
 
