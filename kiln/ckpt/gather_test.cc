@@ -9,22 +9,19 @@
 #include <cstring>
 
 #include "kiln/ckpt/checkpointer.h"
+#include "kiln/ckpt/testing/run_options.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
 
 namespace kiln::ckpt {
 namespace {
 
+using testing::quick;
+
 using comm::Communicator;
 using comm::testing::run_ranks;
 using testing::TempDir;
 using testing::TestState;
-
-comm::testing::RunOptions quick() {
-  comm::testing::RunOptions o;
-  o.deadline = std::chrono::seconds(30);
-  return o;
-}
 
 // Rank r's share of TestState(step) as load_latest returns it for r of W.
 Result<LoadedState> share_from_storage(const std::string& root, Communicator& comm) {

@@ -10,6 +10,7 @@
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/retention.h"
+#include "kiln/ckpt/testing/run_options.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/ckpt/verify.h"
 #include "kiln/comm/testing/multiprocess.h"
@@ -17,17 +18,13 @@
 namespace kiln::ckpt {
 namespace {
 
+using testing::quick;
+
 using comm::Communicator;
 using comm::testing::run_ranks;
 using testing::check_loaded;
 using testing::TempDir;
 using testing::TestState;
-
-comm::testing::RunOptions quick() {
-  comm::testing::RunOptions o;
-  o.deadline = std::chrono::seconds(30);
-  return o;
-}
 
 // `world` ranks save `steps` (zstd when asked) under `root`.
 void save_with(int world, const std::string& root, std::vector<std::int64_t> steps,

@@ -13,23 +13,20 @@
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/internal/file.h"
+#include "kiln/ckpt/testing/run_options.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
 
 namespace kiln::ckpt {
 namespace {
 
+using testing::quick;
+
 using comm::Communicator;
 using comm::testing::run_ranks;
 using testing::check_loaded;
 using testing::TempDir;
 using testing::TestState;
-
-comm::testing::RunOptions quick() {
-  comm::testing::RunOptions o;
-  o.deadline = std::chrono::seconds(30);
-  return o;
-}
 
 struct Dirs {
   TempDir tmp;

@@ -13,11 +13,13 @@
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/remote_load.h"
+#include "kiln/ckpt/testing/run_options.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
 #include "kiln/data/file_object_store.h"
 #include "kiln/data/s3/s3_object_store.h"
 #include "kiln/data/s3/testing/local_s3_server.h"
+#include "kiln/data/testing/forwarding_object_store.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -31,28 +33,9 @@ Deadline soon() { return Deadline::after_seconds(20); }
 
 // Wraps a store and fails every remove of a key other than a manifest, as a
 // crash in the middle of deleting a step would leave it.
-class ShardRemoveFails final : public data::ObjectStore {
+class ShardRemoveFails final : public data::testing::ForwardingObjectStore {
  public:
-  explicit ShardRemoveFails(data::ObjectStore& inner) : inner_(inner) {}
-  Status get_to_file(const std::string& key, const std::string& dst, Deadline d) override {
-    return inner_.get_to_file(key, dst, d);
-  }
-  Result<std::string> get(const std::string& key, Deadline d) override {
-    return inner_.get(key, d);
-  }
-  Status put_file(const std::string& key, const std::string& src, Deadline d) override {
-    return inner_.put_file(key, src, d);
-  }
-  Result<std::string> get_range(const std::string& key, std::uint64_t offset, std::uint64_t length,
-                                Deadline d) override {
-    return inner_.get_range(key, offset, length, d);
-  }
-  Result<data::ObjectInfo> head(const std::string& key, Deadline d) override {
-    return inner_.head(key, d);
-  }
-  Result<std::vector<data::ObjectInfo>> list(const std::string& prefix, Deadline d) override {
-    return inner_.list(prefix, d);
-  }
+  using ForwardingObjectStore::ForwardingObjectStore;
   Status remove(const std::string& key, Deadline d) override {
     if (key.find(kManifestName) == std::string::npos) {
       return unavailable("injected: remove " + key);
@@ -60,9 +43,6 @@ class ShardRemoveFails final : public data::ObjectStore {
     return inner_.remove(key, d);
   }
   std::string describe() const override { return "shard-remove-fails+" + inner_.describe(); }
-
- private:
-  data::ObjectStore& inner_;
 };
 
 // Saves `steps` under `root` with remote tier `store`, keeping the last two.
@@ -204,8 +184,6 @@ TEST(RemoteTier, TwoRanksUploadThenOneAndThreeLoad) {
   TempDir local, remote, cache;
   std::string root = local.path() + "/ckpt";
   std::string url = "file://" + remote.path();
-  comm::testing::RunOptions quick;
-  quick.deadline = std::chrono::seconds(30);
   auto r = comm::testing::run_ranks(
       2,
       [&](comm::Communicator& comm) -> Status {
@@ -217,7 +195,7 @@ TEST(RemoteTier, TwoRanksUploadThenOneAndThreeLoad) {
         }
         return Status::ok();
       },
-      quick);
+      testing::quick());
   ASSERT_TRUE(r.ok()) << r.report;
   ASSERT_TRUE(internal::remove_tree(root).is_ok());
   auto loaded = load_latest_remote(url, cache.path(), {});
@@ -237,7 +215,7 @@ TEST(RemoteTier, TwoRanksUploadThenOneAndThreeLoad) {
         }
         return Status::ok();
       },
-      quick);
+      testing::quick());
   EXPECT_TRUE(r.ok()) << r.report;
 }
 
@@ -259,8 +237,6 @@ TEST(RemoteTier, OneRanksUploadFailureKeepsTheStepUncommittedRemotely) {
   std::string root = local.path() + "/ckpt";
   std::string blocker = local.path() + "/not-a-dir";
   std::ofstream(blocker) << "x";
-  comm::testing::RunOptions quick;
-  quick.deadline = std::chrono::seconds(30);
   auto r = comm::testing::run_ranks(
       2,
       [&](comm::Communicator& comm) -> Status {
@@ -279,7 +255,7 @@ TEST(RemoteTier, OneRanksUploadFailureKeepsTheStepUncommittedRemotely) {
         }
         return Status::ok();
       },
-      quick);
+      testing::quick());
   ASSERT_TRUE(r.ok()) << r.report;
   auto store = data::make_file_object_store(remote.path());
   EXPECT_TRUE(remote_steps(*store).empty()) << "a manifest was uploaded with a shard missing";

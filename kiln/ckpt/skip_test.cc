@@ -11,9 +11,11 @@
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/remote.h"
 #include "kiln/ckpt/retention.h"
+#include "kiln/ckpt/testing/run_options.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
 #include "kiln/data/file_object_store.h"
+#include "kiln/data/testing/forwarding_object_store.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -27,8 +29,7 @@ using testing::TestState;
 Deadline soon() { return Deadline::after_seconds(20); }
 
 comm::testing::RunOptions quick() {
-  comm::testing::RunOptions o;
-  o.deadline = std::chrono::seconds(40);
+  comm::testing::RunOptions o = testing::quick(std::chrono::seconds(40));
   o.comm.timeout = std::chrono::seconds(15);
   return o;
 }
@@ -38,10 +39,10 @@ const char* name(SaveStart s) { return s == SaveStart::kStarted ? "started" : "s
 // Wraps a store; the upload of step `held`'s manifest waits until release()
 // (or its deadline), which keeps the save of that step in flight on the one
 // rank that uploads manifests (rank 0) after the other ranks' saves are done.
-class HeldManifestPut final : public data::ObjectStore {
+class HeldManifestPut final : public data::testing::ForwardingObjectStore {
  public:
   HeldManifestPut(data::ObjectStore& inner, std::int64_t held)
-      : inner_(inner),
+      : ForwardingObjectStore(inner),
         held_key_(remote_key(held, kManifestName)),
         entered_future_(entered_.get_future()),
         released_(release_.get_future()) {}
@@ -63,27 +64,9 @@ class HeldManifestPut final : public data::ObjectStore {
     }
     return inner_.put_file(key, src, d);
   }
-  Status get_to_file(const std::string& key, const std::string& dst, Deadline d) override {
-    return inner_.get_to_file(key, dst, d);
-  }
-  Result<std::string> get(const std::string& key, Deadline d) override {
-    return inner_.get(key, d);
-  }
-  Result<std::string> get_range(const std::string& key, std::uint64_t offset, std::uint64_t length,
-                                Deadline d) override {
-    return inner_.get_range(key, offset, length, d);
-  }
-  Result<data::ObjectInfo> head(const std::string& key, Deadline d) override {
-    return inner_.head(key, d);
-  }
-  Result<std::vector<data::ObjectInfo>> list(const std::string& prefix, Deadline d) override {
-    return inner_.list(prefix, d);
-  }
-  Status remove(const std::string& key, Deadline d) override { return inner_.remove(key, d); }
   std::string describe() const override { return "held-manifest+" + inner_.describe(); }
 
  private:
-  data::ObjectStore& inner_;
   const std::string held_key_;
   std::promise<void> entered_;
   std::future<void> entered_future_;
