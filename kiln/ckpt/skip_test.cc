@@ -75,6 +75,15 @@ class HeldManifestPut final : public data::testing::ForwardingObjectStore {
   std::once_flag released_once_;
 };
 
+// A checkpointer under `root` that skips a save while any rank's is in flight.
+Result<std::unique_ptr<Checkpointer>> create_skipping(const std::string& root,
+                                                      Communicator& comm) {
+  return Checkpointer::create({.root = root,
+                               .comm = &comm,
+                               .busy = BusyPolicy::kSkip,
+                               .timeout = std::chrono::seconds(15)});
+}
+
 // Releases the held upload however the rank's body ends, before the
 // Checkpointer (declared earlier) waits for its save in its destructor.
 struct ReleaseOnExit {
@@ -154,10 +163,7 @@ TEST(CkptSkip, WithNoRankBusyEverySaveIsMade) {
   auto r = run_ranks(
       3,
       [&](Communicator& comm) -> Status {
-        KILN_ASSIGN_OR_RETURN(auto ck, Checkpointer::create({.root = dir.path(),
-                                                             .comm = &comm,
-                                                             .busy = BusyPolicy::kSkip,
-                                                             .timeout = std::chrono::seconds(15)}));
+        KILN_ASSIGN_OR_RETURN(auto ck, create_skipping(dir.path(), comm));
         for (std::int64_t step : {1, 2}) {
           TestState s(step, comm.rank(), comm.size());
           KILN_ASSIGN_OR_RETURN(SaveStart started, ck->save_async(s.view(), step));
@@ -184,10 +190,7 @@ TEST(CkptSkip, AFailedVoteStartsNothingAndNamesTheStep) {
   auto r = run_ranks(
       2,
       [&](Communicator& comm) -> Status {
-        KILN_ASSIGN_OR_RETURN(auto ck, Checkpointer::create({.root = dir.path(),
-                                                             .comm = &comm,
-                                                             .busy = BusyPolicy::kSkip,
-                                                             .timeout = std::chrono::seconds(15)}));
+        KILN_ASSIGN_OR_RETURN(auto ck, create_skipping(dir.path(), comm));
         if (comm.rank() == 1) return Status::ok();  // leaves: no vote on its side
         TestState s(1, 0, 2);
         auto started = ck->save_async(s.view(), 1);

@@ -171,7 +171,9 @@ void SystemSampler::run() {
     const bool have_cpu = clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0;
     std::unique_lock<std::mutex> lock(mu_);
     latest_ = std::move(s);
-    if (have_cpu) cpu_s_ = static_cast<double>(cpu.tv_sec) + 1e-9 * static_cast<double>(cpu.tv_nsec);
+    if (have_cpu) {
+      cpu_s_ = static_cast<double>(cpu.tv_sec) + 1e-9 * static_cast<double>(cpu.tv_nsec);
+    }
     // A fixed schedule, so a slow read does not stretch every interval.
     next += interval;
     if (cv_.wait_until(lock, next, [this] { return stop_; })) return;
