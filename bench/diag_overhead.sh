@@ -18,12 +18,16 @@
 # after the other, and compares them over the interval both were training:
 # drift of the machine then hits both alike (4 ranks share the cores, so
 # any extra CPU diagnosis needs shows as a slower "on").
-#   bench/diag_overhead.sh [--pairs 5] [--steps 300] [--skip 20] [--on FLAGS] [--together]
+# --ab N measures inside one process instead (Note [Diagnosis overhead, A/B
+# in one process], kiln/diag/overhead_ab.h): each of PAIRS runs trains with
+# diagnosis on and KILN_DIAG_AB_STEPS=N, recording only every other block of
+# N steps, and reports the median over block pairs of recorded/unrecorded.
+#   bench/diag_overhead.sh [--pairs 5] [--steps 300] [--skip 20] [--on FLAGS] [--together | --ab N]
 #                          [--kiln PATH] [CONFIG]
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KILN="$ROOT/build/kiln"
-PAIRS=5 STEPS=300 SKIP=20 CONFIG= TOGETHER=0 ON_FLAGS="--trace-dir DIR --diag-every 50 --metrics-port 0"
+PAIRS=5 STEPS=300 SKIP=20 CONFIG= TOGETHER=0 AB=0 ON_FLAGS="--trace-dir DIR --diag-every 50 --metrics-port 0"
 while [ $# -gt 0 ]; do
   case "$1" in
     --pairs) PAIRS=$2; shift 2 ;;
@@ -32,6 +36,7 @@ while [ $# -gt 0 ]; do
     --kiln) KILN=$2; shift 2 ;;
     --on) ON_FLAGS=$2; shift 2 ;;
     --together) TOGETHER=1; shift ;;
+    --ab) AB=$2; shift 2 ;;
     -*) echo "diag_overhead: unknown option $1" >&2; exit 2 ;;
     *) CONFIG=$1; shift ;;
   esac
@@ -94,6 +99,26 @@ run_together() {
   echo "$(step_time "$WORK/off-$n.jsonl" "$t0" "$t1") $(step_time "$WORK/on-$n.jsonl" "$t0" "$t1")"
 }
 
+median() { printf '%s\n' "$@" | jq -s 'sort | if length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end'; }
+
+if [ "$AB" -gt 0 ]; then
+  export KILN_DIAG_AB_STEPS=$AB
+  ab_ratios=()
+  for i in $(seq 1 "$PAIRS"); do
+    launch on "$i"
+    ab_line=$(grep -h '\[rank 0\].*diag A/B:' "$WORK/on-$i.log" | head -1 || true)
+    [ -n "$ab_line" ] || { echo "diag_overhead: no 'diag A/B:' line in run $i" >&2; exit 1; }
+    ratio=$(echo "$ab_line" | grep -o 'recorded/unrecorded [0-9.]*' | grep -o '[0-9.]*$')
+    on_ms=$(echo "$ab_line" | grep -o 'recorded blocks [0-9.]*' | grep -o '[0-9.]*$')
+    off_ms=$(echo "$ab_line" | grep -o 'unrecorded [0-9.]* ms' | grep -o '[0-9.]*')
+    block_pairs=$(echo "$ab_line" | grep -o 'median of [0-9]*' | grep -o '[0-9]*$')
+    ab_ratios+=("$ratio")
+    echo "{\"run\":$i,\"recorded_ms\":$on_ms,\"unrecorded_ms\":$off_ms,\"ratio\":$ratio,\"block_pairs\":$block_pairs}"
+  done
+  echo "{\"ab_steps\":$AB,\"runs\":$PAIRS,\"steps\":$STEPS,\"median_ratio\":$(median "${ab_ratios[@]}")}"
+  exit 0
+fi
+
 ratios=() costs=() cpu_ratios=() totals=()
 for i in $(seq 1 "$PAIRS"); do
   if [ "$TOGETHER" = 1 ]; then read -r off on <<< "$(run_together "$i")"
@@ -117,5 +142,4 @@ for i in $(seq 1 "$PAIRS"); do
   ratios+=("$ratio"); costs+=("${cost:-null}"); cpu_ratios+=("$cpu_ratio"); totals+=("$total")
   echo "{\"pair\":$i,\"off_step_s\":$off,\"on_step_s\":$on,\"ratio\":$ratio,\"cpu_ratio\":$cpu_ratio,\"recording_cost_pct\":${cost:-null},\"exchange_us_per_step\":${exchange_us:-null},\"sampler_cpu_pct\":${sampler_pct:-null},\"measured_cost_pct\":$total}"
 done
-median() { printf '%s\n' "$@" | jq -s 'sort | if length % 2 == 1 then .[length/2|floor] else (.[length/2-1] + .[length/2]) / 2 end'; }
 echo "{\"together\":$TOGETHER,\"pairs\":$PAIRS,\"steps\":$STEPS,\"skip\":$SKIP,\"median_ratio\":$(median "${ratios[@]}"),\"median_cpu_ratio\":$(median "${cpu_ratios[@]}"),\"median_recording_cost_pct\":$(median "${costs[@]}"),\"median_measured_cost_pct\":$(median "${totals[@]}")}"

@@ -154,6 +154,11 @@ std::optional<SystemSample> SystemSampler::latest() const {
   return latest_;
 }
 
+void SystemSampler::set_paused(bool paused) {
+  std::lock_guard<std::mutex> lock(mu_);
+  paused_ = paused;
+}
+
 double SystemSampler::cpu_seconds() const {
   std::lock_guard<std::mutex> lock(mu_);
   return cpu_s_;
@@ -165,12 +170,20 @@ void SystemSampler::run() {
       std::chrono::duration<double>(std::max(options_.interval_s, 0.001)));
   auto next = std::chrono::steady_clock::now();
   while (true) {
-    SystemSample s = reader.read();
-    if (sink_) sink_(s);
+    bool paused;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      paused = paused_;
+    }
+    std::optional<SystemSample> s;
+    if (!paused) {
+      s = reader.read();
+      if (sink_) sink_(*s);
+    }
     timespec cpu{};
     const bool have_cpu = clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu) == 0;
     std::unique_lock<std::mutex> lock(mu_);
-    latest_ = std::move(s);
+    if (s) latest_ = std::move(s);
     if (have_cpu) {
       cpu_s_ = static_cast<double>(cpu.tv_sec) + 1e-9 * static_cast<double>(cpu.tv_nsec);
     }

@@ -62,6 +62,10 @@ class SystemSampler {
   // The newest sample, if any.
   std::optional<SystemSample> latest() const;
 
+  // While paused, the thread takes no samples (OverheadAB's unrecorded
+  // blocks); it keeps its schedule.
+  void set_paused(bool paused);
+
   // CPU seconds the sampler thread has used so far (reads and sink calls):
   // the diagnosis' cost off the training thread, reported beside its cost
   // on it. Updated after each sample.
@@ -75,6 +79,7 @@ class SystemSampler {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool stop_ = false;                   // GUARDED_BY(mu_)
+  bool paused_ = false;                 // GUARDED_BY(mu_)
   std::optional<SystemSample> latest_;  // GUARDED_BY(mu_)
   double cpu_s_ = 0;                    // GUARDED_BY(mu_)
   std::thread thread_;                  // job: sample every interval_s

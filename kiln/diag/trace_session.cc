@@ -181,6 +181,10 @@ std::optional<SystemSample> TraceSession::latest_system() const {
   return latest_system_;
 }
 
+void TraceSession::set_sampling(bool on) {
+  if (sampler_ != nullptr) sampler_->set_paused(!on);
+}
+
 double TraceSession::sampler_cpu_seconds() const {
   return sampler_ != nullptr ? sampler_->cpu_seconds() : 0.0;
 }

@@ -80,6 +80,8 @@ class TraceSession {
   // The newest system sample (none before the sampler's first reading or
   // with sampling off).
   std::optional<SystemSample> latest_system() const;
+  // Pauses or resumes system sampling (no-op without it).
+  void set_sampling(bool on);
   // CPU seconds of the system sampler thread so far (0 without sampling).
   double sampler_cpu_seconds() const;
 

@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/data/convert/fashion_mnist.h"
@@ -23,6 +24,7 @@
 #include "kiln/ddp/distributed_data_parallel.h"
 #include "kiln/diag/metrics_server.h"
 #include "kiln/diag/metrics_writer.h"
+#include "kiln/diag/overhead_ab.h"
 #include "kiln/diag/step_timer.h"
 #include "kiln/diag/trace_session.h"
 #include "kiln/elastic/worker_link.h"
@@ -41,6 +43,12 @@ using Clock = std::chrono::steady_clock;
 // dead peer fails the run instead of hanging it. Generous: rank 0 may be
 // converting a dataset while the others wait.
 constexpr std::chrono::milliseconds kCollectiveTimeout = std::chrono::minutes(10);
+
+const Knob<std::int64_t> kDiagAbSteps{
+    "KILN_DIAG_AB_STEPS", 0,
+    "benchmarking diagnosis (bench/diag_overhead.sh --ab): with a trace session, record only every "
+    "other block of this many steps, pause system sampling in between, and log both blocks' step "
+    "times (Note [Diagnosis overhead, A/B in one process]); 0 = record every step"};
 constexpr double kBatchTimeoutS = 600;
 
 double seconds_since(Clock::time_point t0) {
@@ -343,8 +351,12 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   // work) and the summary exchange (which also absorbs the ranks' skew).
   double diag_record_s = 0, diag_exchange_s = 0, step_s_sum = 0;
   std::int64_t diag_steps = 0;
+  diag::OverheadAB ab(session ? kDiagAbSteps.get() : 0);
   task->module()->train();
   for (std::int64_t step = start_step; step < c.train.max_steps; ++step) {
+    const auto loop_t0 = Clock::now();
+    const bool record = ab.recorded(step - start_step);
+    if (ab.enabled()) session->set_sampling(record);
     timer.begin_step(step);
     set_learning_rate(*optimizer, learning_rate(c.optim, step, c.train.max_steps));
     double loss_sum = 0, backward_s = 0;
@@ -408,21 +420,23 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       }
       last_saved = done;
     }
-    diag::StepRecord record = timer.end_step(loss_sum, static_cast<std::uint64_t>(c.train.batch_size));
-    if (metrics) KILN_RETURN_IF_ERROR(metrics->write_step(record));
-    line.step(record);
+    diag::StepRecord step_record =
+        timer.end_step(loss_sum, static_cast<std::uint64_t>(c.train.batch_size));
+    if (metrics) KILN_RETURN_IF_ERROR(metrics->write_step(step_record));
+    line.step(step_record);
     const auto diag_t0 = Clock::now();
-    if (session) KILN_RETURN_IF_ERROR(session->record_step(record));
-    if (metrics_server) metrics_server->record_step(record);
+    if (session && record) KILN_RETURN_IF_ERROR(session->record_step(step_record));
+    if (metrics_server && record) metrics_server->record_step(step_record);
     diag_record_s += seconds_since(diag_t0);
     // Every rank reaches this after the same steps, so the exchange lines up.
-    if (session && session->summary_due()) {
+    if (session && record && session->summary_due()) {
       const auto exchange_t0 = Clock::now();
       KILN_ASSIGN_OR_RETURN(diag::Verdict verdict, session->summarize(&comm, kCollectiveTimeout));
       if (rank == 0) line.note(diag::verdict_line(verdict));
       diag_exchange_s += seconds_since(exchange_t0);
     }
-    step_s_sum += record.step_s;
+    ab.add(step - start_step, seconds_since(loop_t0));
+    step_s_sum += step_record.step_s;
     ++diag_steps;
     if (c.eval.every > 0 && done % c.eval.every == 0 && done < c.train.max_steps) {
       KILN_RETURN_IF_ERROR(run_eval(done).status());
@@ -458,6 +472,14 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
         "exchange {:.1f} us per step ({:.3f}%); sampler thread CPU {:.1f} ms ({:.3f}%)",
         1e6 * diag_record_s / n, pct(diag_record_s), 1e6 * diag_exchange_s / n,
         pct(diag_exchange_s), 1e3 * sampler_cpu_s, pct(sampler_cpu_s));
+    if (ab.enabled()) {
+      // bench/diag_overhead.sh --ab reads this line.
+      diag::OverheadAB::Result r = ab.result();
+      log()->info(
+          "diag A/B: recorded blocks {:.3f} ms/step, unrecorded {:.3f} ms/step, recorded/unrecorded "
+          "{:.4f} (median of {} block pairs of {} steps)",
+          1e3 * r.recorded_s, 1e3 * r.unrecorded_s, r.ratio, r.pairs, kDiagAbSteps.get());
+    }
   }
   TrainResult result;
   result.start_step = start_step;
