@@ -49,6 +49,7 @@ const Knob<std::int64_t> kDiagAbSteps{
     "benchmarking diagnosis (bench/diag_overhead.sh --ab): with a trace session, record only every "
     "other block of this many steps, pause system sampling in between, and log both blocks' step "
     "times (Note [Diagnosis overhead, A/B in one process]); 0 = record every step"};
+
 constexpr double kBatchTimeoutS = 600;
 
 double seconds_since(Clock::time_point t0) {
