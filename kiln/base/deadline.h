@@ -34,9 +34,11 @@ class Deadline {
     auto now = Clock::now();
     return now >= at_ ? Clock::duration::zero() : at_ - now;
   }
+  // Time left in whole milliseconds, rounded up (0 once expired): a
+  // timeout handed from it to poll() or curl never ends before the deadline.
   std::int64_t remaining_ms() const {
     if (is_never()) return INT64_MAX;
-    return std::chrono::duration_cast<Millis>(remaining()).count();
+    return std::chrono::ceil<Millis>(remaining()).count();
   }
 
   // The earlier of the two.

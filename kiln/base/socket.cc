@@ -37,10 +37,8 @@ Result<AddrInfoPtr> resolve(const std::string& host, std::uint16_t port, bool pa
 
 int poll_timeout_ms(Deadline deadline) {
   if (deadline.is_never()) return -1;
-  auto ms = deadline.remaining_ms();
-  // Round up so a sub-millisecond remainder still waits instead of spinning.
-  if (ms == 0 && !deadline.expired()) ms = 1;
-  return static_cast<int>(std::min<std::int64_t>(ms, INT_MAX));
+  // Rounded up: a sub-millisecond remainder still waits instead of spinning.
+  return static_cast<int>(std::min<std::int64_t>(deadline.remaining_ms(), INT_MAX));
 }
 
 // Waits for `events` on fd. DeadlineExceeded when the deadline passes first.

@@ -96,18 +96,17 @@ void HttpClient::checkin(std::unique_ptr<Handle> handle) {
 HttpExchange HttpClient::perform(Handle& h, Deadline deadline, bool* stopped) {
   HttpExchange ex;
   if (!deadline.is_never()) {
-    // Rounded up, plus curl's own millisecond granularity: a request must
-    // not give up before the caller's deadline (remaining_ms() truncates, and
-    // a get with a 150 ms timeout once returned DeadlineExceeded after
-    // 149.7 ms). At most 2 ms late instead.
-    const auto left = deadline.remaining();
-    if (left <= Clock::duration::zero()) {
+    // Rounded up (remaining_ms()), plus 1 ms for curl's own millisecond
+    // granularity: a request must not give up before the caller's deadline
+    // (with truncation, a get with a 150 ms timeout once returned
+    // DeadlineExceeded after 149.7 ms). At most 2 ms late instead.
+    const std::int64_t left_ms = deadline.remaining_ms();
+    if (left_ms <= 0) {
       ex.outcome = HttpExchange::Outcome::kTimedOut;
       ex.error = "deadline passed before the request was sent";
       return ex;
     }
-    const std::int64_t ms = std::chrono::ceil<std::chrono::milliseconds>(left).count() + 1;
-    curl_easy_setopt(h.curl, CURLOPT_TIMEOUT_MS, static_cast<long>(ms));
+    curl_easy_setopt(h.curl, CURLOPT_TIMEOUT_MS, static_cast<long>(left_ms + 1));
   }
   // Signals cannot interrupt a worker thread's transfer (timeouts use
   // curl's own timers), and a dead peer is noticed on an idle watch.
