@@ -129,18 +129,7 @@ bool read_all_or_fail(const std::string& path, const std::vector<std::vector<std
 TEST(Shard, EveryFlippedByteOrTruncationIsDetected) {
   ScratchDir dir;
   std::string path = dir.path() + "/s.kds";
-  std::vector<std::vector<std::uint8_t>> want;
-  {
-    auto w = ShardWriter::create(path);
-    ASSERT_TRUE(w.is_ok());
-    for (int i = 0; i < 5; ++i) {
-      std::vector<std::uint8_t> rec;
-      ASSERT_TRUE(encode_sample(testing::test_schema(), testing::test_sample(i), &rec).is_ok());
-      ASSERT_TRUE(w->append(rec).is_ok());
-      want.push_back(rec);
-    }
-    ASSERT_TRUE(w->finish().is_ok());
-  }
+  std::vector<std::vector<std::uint8_t>> want = testing::write_test_shard(path, 5);
   auto original = internal::read_file(path);
   ASSERT_TRUE(original.is_ok());
   ASSERT_TRUE(read_all_or_fail(path, want));

@@ -21,21 +21,6 @@ namespace {
 
 using testing::ScratchDir;
 
-// A shard of 5 test samples at `path`; returns the records.
-std::vector<std::vector<std::uint8_t>> write_shard(const std::string& path) {
-  std::vector<std::vector<std::uint8_t>> recs;
-  auto w = ShardWriter::create(path);
-  EXPECT_TRUE(w.is_ok());
-  for (int i = 0; i < 5; ++i) {
-    std::vector<std::uint8_t> rec;
-    EXPECT_TRUE(encode_sample(testing::test_schema(), testing::test_sample(i), &rec).is_ok());
-    EXPECT_TRUE(w->append(rec).is_ok());
-    recs.push_back(rec);
-  }
-  EXPECT_TRUE(w->finish().is_ok());
-  return recs;
-}
-
 // Reads every record; the first error, or ok.
 Status read_all(const ShardReader& r) {
   for (std::uint64_t i = 0; i < r.records(); ++i) {
@@ -72,7 +57,13 @@ class VerifiedShardsTest : public ::testing::Test {
   void SetUp() override {
     VerifiedShards::process().clear();
     path = dir.path() + "/s.kds";
-    want = write_shard(path);
+    want = testing::write_test_shard(path, 5);
+  }
+  // Reads every record under kOncePerFile, so the file becomes verified.
+  void read_through_once() {
+    auto r = ShardReader::open(path, VerifyPolicy::kOncePerFile);
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    ASSERT_TRUE(read_all(*r).is_ok());
   }
   ScratchDir dir;
   std::string path;
@@ -120,11 +111,7 @@ TEST_F(VerifiedShardsTest, AFailedRecordNeverMakesTheFileTrusted) {
 }
 
 TEST_F(VerifiedShardsTest, CorruptReplacementAtANewInodeIsCaught) {
-  {
-    auto r = ShardReader::open(path, VerifyPolicy::kOncePerFile);
-    ASSERT_TRUE(r.is_ok());
-    ASSERT_TRUE(read_all(*r).is_ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(read_through_once());
   // Same size, same mtime, corrupt, renamed over the verified file.
   struct stat before = stat_of(path);
   std::string tmp = path + ".tmp";
@@ -144,11 +131,7 @@ TEST_F(VerifiedShardsTest, CorruptReplacementAtANewInodeIsCaught) {
 }
 
 TEST_F(VerifiedShardsTest, InPlaceRewriteWithANewMtimeIsCaught) {
-  {
-    auto r = ShardReader::open(path, VerifyPolicy::kOncePerFile);
-    ASSERT_TRUE(r.is_ok());
-    ASSERT_TRUE(read_all(*r).is_ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(read_through_once());
   struct stat before = stat_of(path);
   flip_in_place(path);
   struct timespec later = before.st_mtim;
@@ -161,11 +144,7 @@ TEST_F(VerifiedShardsTest, InPlaceRewriteWithANewMtimeIsCaught) {
 }
 
 TEST_F(VerifiedShardsTest, TruncationIsCaughtByFramingWhateverThePolicy) {
-  {
-    auto r = ShardReader::open(path, VerifyPolicy::kOncePerFile);
-    ASSERT_TRUE(r.is_ok());
-    ASSERT_TRUE(read_all(*r).is_ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(read_through_once());
   struct stat before = stat_of(path);
   for (off_t cut : {before.st_size - 1, before.st_size - 30, off_t{100}, off_t{20}}) {
     ASSERT_EQ(::truncate(path.c_str(), cut), 0);
@@ -178,11 +157,7 @@ TEST_F(VerifiedShardsTest, TruncationIsCaughtByFramingWhateverThePolicy) {
 }
 
 TEST_F(VerifiedShardsTest, EveryReadCatchesCorruptionThatKeepsTheIdentity) {
-  {
-    auto r = ShardReader::open(path, VerifyPolicy::kOncePerFile);
-    ASSERT_TRUE(r.is_ok());
-    ASSERT_TRUE(read_all(*r).is_ok());
-  }
+  ASSERT_NO_FATAL_FAILURE(read_through_once());
   // What the once-per-file policy trades away: a change that keeps inode,
   // size and mtime (here forged; in practice a flip on the medium).
   struct stat before = stat_of(path);

@@ -9,6 +9,7 @@
 
 #include "kiln/base/check.h"
 #include "kiln/data/dataset_writer.h"
+#include "kiln/data/shard.h"
 
 namespace kiln::data::testing {
 
@@ -38,6 +39,21 @@ Sample test_sample(std::uint64_t id) {
   std::memcpy(vec.data(), f, 16);
   return {FieldValue::int64(static_cast<std::int64_t>(id)), FieldValue::bytes(std::move(payload)),
           FieldValue::tensor(DType::kFloat32, {4}, std::move(vec))};
+}
+
+std::vector<std::vector<std::uint8_t>> write_test_shard(const std::string& path, int n) {
+  std::vector<std::vector<std::uint8_t>> records;
+  auto w = ShardWriter::create(path);
+  KILN_CHECK(w.is_ok());
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::uint8_t> rec;
+    const Sample sample = test_sample(static_cast<std::uint64_t>(i));
+    KILN_CHECK(encode_sample(test_schema(), sample, &rec).is_ok());
+    KILN_CHECK(w->append(rec).is_ok());
+    records.push_back(std::move(rec));
+  }
+  KILN_CHECK(w->finish().is_ok());
+  return records;
 }
 
 DatasetIndex write_test_dataset(const std::string& dir, std::uint64_t n,

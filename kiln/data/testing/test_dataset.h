@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kiln/data/index.h"
 #include "kiln/data/object_store.h"
@@ -26,6 +27,10 @@ class ScratchDir {
 // Schema: id int64, payload bytes (id-dependent length), vec float32 tensor [4].
 Schema test_schema();
 Sample test_sample(std::uint64_t id);
+
+// Writes one shard file at `path` holding test samples 0..n-1 (no index);
+// returns their encoded records, in order.
+std::vector<std::vector<std::uint8_t>> write_test_shard(const std::string& path, int n);
 
 // Writes `n` test samples to `dir` with shards of about `shard_bytes`.
 DatasetIndex write_test_dataset(const std::string& dir, std::uint64_t n,
