@@ -133,7 +133,7 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   auto* val = cmd->add_subcommand(
       "validate", "Compare predicted and measured step times of published runs (CSV)");
   auto vopts = std::make_shared<ValidateOptions>();
-  val->add_option("csv", vopts->csv, "runs in the schema of shared/planner/calibration.csv")
+  val->add_option("csv", vopts->csv, "runs in the schema of examples/plan/runs/calibration.csv (its README lists the columns)")
       ->required();
   val->add_flag("--json", vopts->json, "print one JSON document");
   val->callback(run_status([vopts] { return run_validate(*vopts); }));

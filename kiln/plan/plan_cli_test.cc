@@ -117,7 +117,7 @@ TEST(PlanCliTest, Search) {
 }
 
 TEST(PlanCliTest, ValidateSubcommand) {
-  CliRun r = kiln("plan validate ../shared/planner/calibration.csv --json");
+  CliRun r = kiln("plan validate examples/plan/runs/calibration.csv --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(r.out);
   ASSERT_EQ(j["rows"].size(), 10u);
@@ -129,7 +129,7 @@ TEST(PlanCliTest, ValidateSubcommand) {
   EXPECT_LE(j["median_abs_error"].get<double>(), 0.10);
   EXPECT_LE(j["max_abs_error"].get<double>(), 0.20);
 
-  r = kiln("plan validate ../shared/planner/calibration.csv");
+  r = kiln("plan validate examples/plan/runs/calibration.csv");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("median"), std::string::npos);
 

@@ -254,7 +254,7 @@ Result<ValidationReport> validate_table(const CsvTable& table, const std::string
   for (const char* col : kRequiredColumns) {
     if (std::find(table.header.begin(), table.header.end(), col) == table.header.end()) {
       return invalid_argument("csv " + source + ": header lacks required column '" + col +
-                              "' (schema: shared/planner/README.md)");
+                              "' (schema: examples/plan/runs/README.md)");
     }
   }
   const auto name_col =

@@ -1,6 +1,6 @@
 // `kiln plan validate`: predicted vs measured step time over published runs.
 //
-// Reads CSV rows in the schema of shared/planner/calibration.csv (see
+// Reads CSV rows in the schema of examples/plan/runs/calibration.csv (see
 // docs/plan.md). A row that cannot be planned (unknown GPU, tp·pp·dp ≠ gpus,
 // indivisible layers) is reported on that row and skipped; only an unreadable
 // file or a header missing required columns fails the whole call.

@@ -7,7 +7,7 @@
 namespace kiln::plan {
 namespace {
 
-const std::string kCalibration = std::string(KILN_SHARED_DIR) + "/planner/calibration.csv";
+const std::string kCalibration = std::string(KILN_RUNS_DIR) + "/calibration.csv";
 
 constexpr const char* kHeader =
     "name,gpu,gpus,gpus_per_node,layers,hidden,heads,kv_heads,ffn_hidden,glu,seq_len,vocab,"
