@@ -29,8 +29,9 @@ Result<ckpt::LoadedState> from_memory(const TrainConfig& c, ckpt::MemoryTier& me
 }
 
 // Rank 0 picks the newest step that loads whole; everyone then reads it
-// whole (data parallel: every rank needs every tensor). NotFound when none.
-Result<ckpt::LoadedState> from_storage(const TrainConfig& c, comm::Communicator& comm) {
+// whole (data parallel: every rank needs every tensor) or its own share
+// (sharded strategies). NotFound when none.
+Result<ckpt::LoadedState> from_storage(const TrainConfig& c, comm::Communicator& comm, bool whole) {
   std::int64_t step = -1;
   if (comm.rank() == 0) {
     auto latest = ckpt::load_latest(c.checkpoint.dir, {});
@@ -42,7 +43,8 @@ Result<ckpt::LoadedState> from_storage(const TrainConfig& c, comm::Communicator&
   }
   KILN_RETURN_IF_ERROR(comm.broadcast(&step, 1, comm::DataType::kInt64, 0)->wait(kResumeTimeout));
   if (step < 0) return not_found("no checkpoint to resume from in " + c.checkpoint.dir);
-  return ckpt::load_step(fmt::format("{}/step-{}", c.checkpoint.dir, step), 0, 1);
+  const std::string dir = fmt::format("{}/step-{}", c.checkpoint.dir, step);
+  return whole ? ckpt::load_step(dir, 0, 1) : ckpt::load_step(dir, comm.rank(), comm.size());
 }
 
 // The newest step of the remote tier, for a run whose dir has none: each
@@ -69,10 +71,9 @@ bool restarted_by_launcher() {
   return n != nullptr && std::atoi(n) > 0;
 }
 
-Result<std::optional<Resumed>> resume(const TrainConfig& c, torch::nn::Module& module,
-                                      torch::optim::Optimizer& optimizer, comm::Communicator& comm,
-                                      ckpt::MemoryTier* memory, comm::Communicator* memory_comm,
-                                      bool use_memory) {
+Result<std::optional<Resumed>> resume(const TrainConfig& c, const RestoreFn& restore, bool whole,
+                                      comm::Communicator& comm, ckpt::MemoryTier* memory,
+                                      comm::Communicator* memory_comm, bool use_memory) {
   if (c.checkpoint.dir.empty()) return std::optional<Resumed>();
   if (!c.checkpoint.resume) {
     // Starting over would collide with (and retention would delete) the
@@ -105,7 +106,7 @@ Result<std::optional<Resumed>> resume(const TrainConfig& c, torch::nn::Module& m
     }
   }
   if (!out.from_memory) {
-    loaded = from_storage(c, comm);
+    loaded = from_storage(c, comm, whole);
     if (!loaded.is_ok() && loaded.status().code() == Code::kNotFound &&
         !c.checkpoint.remote.empty()) {
       log()->info("resume: nothing to load in {}; trying the remote tier {}", c.checkpoint.dir,
@@ -117,7 +118,7 @@ Result<std::optional<Resumed>> resume(const TrainConfig& c, torch::nn::Module& m
       return loaded.status();
     }
   }
-  KILN_ASSIGN_OR_RETURN(out.progress, restore_state(*loaded, module, optimizer, comm.rank()));
+  KILN_ASSIGN_OR_RETURN(out.progress, restore(*loaded));
   log()->info("resumed from {}{} (step {}, epoch {}, {} samples of it consumed)",
               out.from_memory ? "memory, " : "", loaded->dir, out.progress.step, out.progress.epoch,
               out.progress.consumed);
