@@ -26,6 +26,8 @@ namespace {
 struct TrainArgs {
   std::string config;
   std::int64_t max_steps = 0;
+  std::string strategy;
+  double memory_cap_mib = -1;
   std::string metrics_json;
   std::string ckpt_dir;
   bool no_resume = false;
@@ -62,6 +64,17 @@ Status write_run_meta(const TrainArgs& a, const train::TrainOptions& o, int worl
 Status train(const TrainArgs& a) {
   KILN_ASSIGN_OR_RETURN(train::TrainConfig config, train::parse_train_config_file(a.config));
   if (a.max_steps > 0) config.train.max_steps = a.max_steps;
+  if (!a.strategy.empty()) {
+    bool known = false;
+    for (auto s : {train::Strategy::kDdp, train::Strategy::kZero1, train::Strategy::kZero2, train::Strategy::kZero3}) {
+      if (a.strategy == train::strategy_name(s)) {
+        config.parallel.strategy = s;
+        known = true;
+      }
+    }
+    if (!known) return invalid_argument("--strategy " + a.strategy + ": ddp, zero1, zero2 or zero3");
+  }
+  if (a.memory_cap_mib >= 0) config.parallel.memory_cap_mib = a.memory_cap_mib;
   if (!a.ckpt_dir.empty()) config.checkpoint.dir = a.ckpt_dir;
   if (a.no_resume) config.checkpoint.resume = false;
 
@@ -119,6 +132,10 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("config", a->config, "Config file, e.g. examples/train/fashion_mnist.toml")
       ->required();
   cmd->add_option("--max-steps", a->max_steps, "Stop after this many steps (overrides train.max_steps)");
+  cmd->add_option("--strategy", a->strategy,
+                  "ddp, zero1, zero2 or zero3 (overrides parallel.strategy)");
+  cmd->add_option("--memory-cap-mib", a->memory_cap_mib,
+                  "per-rank cap on tensor memory, MiB; 0 = none (overrides parallel.memory_cap_mib)");
   cmd->add_option("--metrics-json", a->metrics_json,
                   "Write JSON lines: one per step (phase seconds) and one per evaluation");
   cmd->add_option("--ckpt-dir", a->ckpt_dir, "Checkpoint directory (overrides checkpoint.dir)");

@@ -2,44 +2,46 @@
 
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
 #include <fmt/format.h>
 
+#include <cstring>
+
 namespace kiln::parallel {
 namespace {
 
-struct Allocation {
-  c10::DataPtr inner;
-  std::size_t bytes;
-  CountingAllocator* counter;
-};
+// Each block carries its size in a header in front of the data, so the
+// pointer handed out is its own context: LibTorch's raw_allocate() and
+// raw_deallocate() (which some kernels use for scratch) work through it.
+constexpr std::size_t kHeader = 64;  // keeps the data 64-byte aligned, as c10's allocator does
 
-void free_allocation(void* ctx) {
-  auto* a = static_cast<Allocation*>(ctx);
-  a->counter->release(a->bytes);
-  delete a;  // frees `inner` through the wrapped allocator
+CountingAllocator* the_counter = nullptr;
+
+void free_block(void* data) {
+  if (data == nullptr) return;
+  auto* base = static_cast<char*>(data) - kHeader;
+  std::size_t bytes;
+  std::memcpy(&bytes, base, sizeof bytes);
+  the_counter->release(bytes);
+  c10::free_cpu(base);
 }
 
 class Wrapper final : public c10::Allocator {
  public:
-  Wrapper(c10::Allocator* inner, CountingAllocator* counter) : inner_(inner), counter_(counter) {}
-
   c10::DataPtr allocate(std::size_t n) const override {
-    if (!counter_->reserve(n)) {
+    if (!the_counter->reserve(n)) {
       TORCH_CHECK(false, fmt::format("out of memory: allocating {} bytes would exceed the per-rank "
-                                     "cap of {} bytes ({} in use)", n, counter_->cap(),
-                                     counter_->live_bytes()));
+                                     "cap of {} bytes ({} in use)", n, the_counter->cap(),
+                                     the_counter->live_bytes()));
     }
-    c10::DataPtr inner = inner_->allocate(n);
-    void* data = inner.get();
-    c10::Device device = inner.device();
-    return {data, new Allocation{std::move(inner), n, counter_}, &free_allocation, device};
+    auto* base = static_cast<char*>(c10::alloc_cpu(n + kHeader));
+    std::memcpy(base, &n, sizeof n);
+    void* data = base + kHeader;
+    return {data, data, &free_block, c10::Device(c10::DeviceType::CPU)};
   }
-
- private:
-  c10::Allocator* inner_;
-  CountingAllocator* counter_;
+  c10::DeleterFnPtr raw_deleter() const override { return &free_block; }
 };
 
 }  // namespace
@@ -59,10 +61,10 @@ bool CountingAllocator::reserve(std::size_t n) {
 
 CountingAllocator& CountingAllocator::install() {
   static CountingAllocator* counter = [] {
-    auto* c = new CountingAllocator();
-    static Wrapper wrapper(c10::GetCPUAllocator(), c);
+    the_counter = new CountingAllocator();
+    static Wrapper wrapper;
     c10::SetCPUAllocator(&wrapper, /*priority=*/100);
-    return c;
+    return the_counter;
   }();
   return *counter;
 }

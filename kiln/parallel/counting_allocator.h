@@ -3,8 +3,9 @@
 // (live and peak bytes as allocated, not RSS estimates), optionally refusing
 // allocations past a cap the way a device runs out of memory.
 //
-// install() wraps whatever CPU allocator is current; allocations made before
-// it are not counted. Thread-safe. Not removable: it stays for the process.
+// install() replaces the CPU allocator (c10's alloc_cpu underneath, as the
+// default one); allocations made before it are not counted and are freed by
+// the allocator that made them. Thread-safe. It stays for the process.
 #pragma once
 
 #include <atomic>

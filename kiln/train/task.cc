@@ -32,6 +32,11 @@ Result<torch::Tensor> guarded(Forward&& forward) {
   try {
     return std::forward<Forward>(forward)();
   } catch (const std::exception& e) {
+    // The memory cap's allocator (parallel.memory_cap_mib) says so by name.
+    const std::string what = e.what();
+    if (what.find("out of memory") != std::string::npos) {
+      return resource_exhausted("forward pass: " + what.substr(0, what.find('\n')));
+    }
     return aborted(fmt::format("forward pass: {}", e.what()));
   }
 }

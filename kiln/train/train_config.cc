@@ -142,6 +142,8 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
     r.fail_field("parallel", "precision", "must be \"fp32\" or \"bf16\" (got \"" + precision + "\")");
   }
   c.parallel.min_unit_params = r.get_int("parallel", "min_unit_params", false, 0, 0);
+  c.parallel.memory_cap_mib = r.get_double("parallel", "memory_cap_mib", false, 0);
+  if (c.parallel.memory_cap_mib < 0) r.fail_field("parallel", "memory_cap_mib", "must be >= 0 (0 = no cap)");
   if (c.parallel.precision == Precision::kBf16 && c.parallel.strategy == Strategy::kDdp) {
     r.fail_field("parallel", "precision",
                  "bf16 compute needs a sharded strategy (zero1/2/3); with ddp use [ddp] bf16 = true "

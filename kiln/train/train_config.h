@@ -99,6 +99,12 @@ struct ParallelConfig {
   // Sharded strategies: child modules smaller than this many parameters are
   // merged into one unit with their neighbours (0: one unit per module).
   std::int64_t min_unit_params = 0;
+  // A per-rank cap on tensor memory (MiB; 0 = none), enforced by the CPU
+  // allocator (kiln/parallel/counting_allocator.h): an allocation past it
+  // fails as a device out of memory would. The run first checks that the
+  // strategy's training state fits and otherwise fails at once, naming the
+  // strategies that would.
+  double memory_cap_mib = 0;
 };
 
 const char* strategy_name(Strategy s);

@@ -270,16 +270,25 @@ Result<Progress> restore_sharded_state(const ckpt::LoadedState& loaded,
   return restore_progress(loaded);
 }
 
+ParameterDigest::ParameterDigest() : state_(XXH3_createState()) {
+  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+
+ParameterDigest::~ParameterDigest() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+
+void ParameterDigest::add(const torch::Tensor& parameter) {
+  torch::Tensor t = parameter.detach().contiguous();
+  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), t.data_ptr(), t.nbytes());
+}
+
+std::uint64_t ParameterDigest::value() const {
+  return XXH3_64bits_digest(static_cast<XXH3_state_t*>(state_));
+}
+
 std::uint64_t parameter_digest(torch::nn::Module& module) {
-  XXH3_state_t* state = XXH3_createState();
-  XXH3_64bits_reset(state);
-  for (auto& p : module.parameters()) {
-    torch::Tensor t = p.detach().contiguous();
-    XXH3_64bits_update(state, t.data_ptr(), t.nbytes());
-  }
-  std::uint64_t digest = XXH3_64bits_digest(state);
-  XXH3_freeState(state);
-  return digest;
+  ParameterDigest d;
+  for (auto& p : module.parameters()) d.add(p);
+  return d.value();
 }
 
 }  // namespace kiln::train

@@ -64,6 +64,20 @@ Status capture_sharded_state(parallel::zero::ShardedDataParallel& sharded, const
 Result<Progress> restore_sharded_state(const ckpt::LoadedState& loaded,
                                        parallel::zero::ShardedDataParallel& sharded, int rank);
 
+// xxh3-64 over parameters' bytes, added in order.
+class ParameterDigest {
+ public:
+  ParameterDigest();
+  ~ParameterDigest();
+  ParameterDigest(const ParameterDigest&) = delete;
+  ParameterDigest& operator=(const ParameterDigest&) = delete;
+  void add(const torch::Tensor& parameter);
+  std::uint64_t value() const;
+
+ private:
+  void* state_;  // XXH3_state_t
+};
+
 // xxh3-64 over every parameter's bytes in registration order: two runs with
 // equal digests hold bit-identical parameters.
 std::uint64_t parameter_digest(torch::nn::Module& module);

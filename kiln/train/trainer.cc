@@ -22,6 +22,7 @@
 #include "kiln/data/object_store.h"
 #include "kiln/data/shard_cache.h"
 #include "kiln/ddp/distributed_data_parallel.h"
+#include "kiln/parallel/counting_allocator.h"
 #include "kiln/parallel/zero/sharded_data_parallel.h"
 #include "kiln/diag/metrics_server.h"
 #include "kiln/diag/metrics_writer.h"
@@ -250,6 +251,33 @@ parallel::zero::ZeroOptions zero_options(const TrainConfig& c) {
   return z;
 }
 
+constexpr double kMiB = 1 << 20;
+
+// The training state per rank of each strategy for this model (the ZeRO
+// formulas); ResourceExhausted before anything runs when the chosen one is
+// over parallel.memory_cap_mib, naming the strategies that would fit.
+Status check_state_fits(const TrainConfig& c, std::int64_t parameters, int world) {
+  const auto cap = static_cast<std::size_t>(c.parallel.memory_cap_mib * kMiB);
+  const parallel::zero::OptimizerOptions optimizer = zero_options(c).optimizer;
+  const auto precision = zero_options(c).precision;
+  auto need = [&](Strategy s) {
+    const int stage = s == Strategy::kDdp ? 0 : s == Strategy::kZero1 ? 1 : s == Strategy::kZero2 ? 2 : 3;
+    return parallel::zero::state_bytes_formula(stage, precision, optimizer, parameters, world);
+  };
+  if (need(c.parallel.strategy) <= cap) return Status::ok();
+  std::vector<std::string> fit;
+  for (Strategy s : {Strategy::kZero1, Strategy::kZero2, Strategy::kZero3}) {
+    if (need(s) <= cap) fit.push_back(fmt::format("{} ({:.1f} MiB)", strategy_name(s), need(s) / kMiB));
+  }
+  return resource_exhausted(fmt::format(
+      "out of memory: [parallel] strategy = \"{}\" holds {:.1f} MiB of training state per rank "
+      "({} parameters, {} ranks), over the per-rank cap of {:.1f} MiB (parallel.memory_cap_mib); {}",
+      strategy_name(c.parallel.strategy), need(c.parallel.strategy) / kMiB, parameters, world,
+      c.parallel.memory_cap_mib,
+      fit.empty() ? std::string("no strategy fits on this many ranks: add ranks or use bf16")
+                  : fmt::format("{} would fit", fmt::join(fit, ", "))));
+}
+
 }  // namespace
 
 Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator& comm) {
@@ -272,8 +300,19 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   torch::set_num_threads(threads);
   // Same initial model on every rank (DDP broadcasts rank 0's anyway); the
   // generator then differs per rank so dropout masks do.
+  // The per-rank memory cap stands for a device's memory: it applies from
+  // the moment the model is placed (replicated or sharded); the model is
+  // built whole in host memory first, as FSDP builds it on the CPU (or the
+  // meta device) before sharding it onto the devices.
+  parallel::CountingAllocator* memory = nullptr;
+  if (c.parallel.memory_cap_mib > 0) memory = &parallel::CountingAllocator::install();
   torch::manual_seed(c.train.seed);
   std::unique_ptr<Task> task = make_task(c.model);
+  if (memory != nullptr) {
+    std::int64_t parameters = 0;
+    for (const auto& p : task->module()->parameters()) parameters += p.numel();
+    KILN_RETURN_IF_ERROR(check_state_fits(c, parameters, world));
+  }
   torch::manual_seed(c.train.seed + 1000003ull * static_cast<std::uint64_t>(rank + 1));
 
   KILN_RETURN_IF_ERROR(prepare_data(c.data, comm));
@@ -302,6 +341,15 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
                 strategy_name(c.parallel.strategy), sharded->parameter_count(), sharded->unit_count(),
                 c.parallel.precision == Precision::kBf16 ? "bf16" : "fp32",
                 static_cast<double>(sharded->formula_state_bytes()) / (1 << 20));
+  }
+  if (memory != nullptr) {
+    memory->set_cap(static_cast<std::size_t>(c.parallel.memory_cap_mib * kMiB));
+    memory->reset_peak();
+    if (memory->live_bytes() > memory->cap()) {
+      return resource_exhausted(fmt::format(
+          "out of memory: the placed model holds {:.1f} MiB on this rank, over the cap of {:.1f} MiB",
+          static_cast<double>(memory->live_bytes()) / kMiB, c.parallel.memory_cap_mib));
+    }
   }
 
   // Checkpoints get a communicator of their own: the writer thread issues
@@ -559,28 +607,41 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     Status s = memory_tier->clear();
     if (!s.is_ok()) log()->warn("in-memory checkpoints not removed: {}", s.to_string());
   }
-  // The digest and kept parameters read every parameter whole.
-  if (sharded) KILN_RETURN_IF_ERROR(sharded->gather_all());
+  // The digest (and, for tests, the parameters) of the final model; a
+  // sharded model is read one gathered unit at a time.
+  auto read_parameters = [&](bool keep) -> Status {
+    ParameterDigest digest;
+    auto add = [&](const torch::Tensor& p) {
+      digest.add(p);
+      if (!keep) return;
+      torch::Tensor t = p.detach().to(torch::kFloat32).contiguous().view(-1);
+      result.parameters.insert(result.parameters.end(), t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+    };
+    if (sharded) {
+      KILN_RETURN_IF_ERROR(sharded->visit_parameters(add));
+    } else {
+      for (const auto& p : task->module()->parameters()) add(p);
+    }
+    result.parameter_digest = digest.value();
+    return Status::ok();
+  };
   if (result.stopped) {
     // The grace period is for the checkpoint, not for an evaluation.
     line.finish();
-    result.parameter_digest = parameter_digest(*task->module());
+    KILN_RETURN_IF_ERROR(read_parameters(false));
     result.seconds = seconds_since(started);
     return result;
   }
   KILN_ASSIGN_OR_RETURN(EvalResult final_eval, run_eval(result.steps));
-  if (sharded) KILN_RETURN_IF_ERROR(sharded->gather_all());  // the evaluation freed them again
   line.finish();
   result.eval_loss = final_eval.loss;
   result.eval_accuracy = final_eval.accuracy;
-  result.parameter_digest = parameter_digest(*task->module());
-  if (options.keep_parameters) {
-    for (const auto& p : task->module()->parameters()) {
-      torch::Tensor t = p.detach().to(torch::kFloat32).contiguous().view(-1);
-      result.parameters.insert(result.parameters.end(), t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
-    }
-  }
+  KILN_RETURN_IF_ERROR(read_parameters(options.keep_parameters));
   result.seconds = seconds_since(started);
+  if (memory != nullptr) {
+    log()->info("memory: peak {:.1f} MiB of tensors on this rank since the model was placed, cap {:.1f} MiB",
+                static_cast<double>(memory->peak_bytes()) / kMiB, c.parallel.memory_cap_mib);
+  }
   return result;
 }
 

@@ -108,10 +108,12 @@ ShardedDataParallel::~ShardedDataParallel() {
     for (const auto* m : u->modules) set_unit_hooks(m, nullptr, 0);
     if (u->gather_work) (void)u->gather_work->wait(options_.timeout);
     if (u->reduce_work) (void)u->reduce_work->wait(options_.timeout);
-    // Leave the module usable: whole parameters if this rank still has them.
+    // A unit whose parameters are not gathered leaves them as empty tensors,
+    // not as views of released memory (gather_all() first to keep them); no
+    // allocation here, where a memory cap could not be reported.
     if (!u->allocated) {
-      allocate_storage(u->flat, u->flat_bytes);
-      u->flat.zero_();
+      torch::NoGradGuard no_grad;
+      for (auto& p : u->params) p.set_data(torch::empty({0}, p.options()));
     }
   }
   for (std::size_t i = 0; i < grad_accumulators_.size(); ++i) {
@@ -210,6 +212,13 @@ Status ShardedDataParallel::build_units() {
     u.mine = u.layout->shard(comm_.rank());
     u.pending = u.params.size();
     for (const auto* m : u.modules) set_unit_hooks(m, this, ui);
+    for (auto& p : u.params) {
+      if (!unit_of_.emplace(p.unsafeGetTensorImpl(), ui).second) {
+        return invalid_argument(fmt::format("sharded data parallel: parameter {} is shared by two "
+                                            "units (tied weights must live in one child module)",
+                                            name_of[p.unsafeGetTensorImpl()]));
+      }
+    }
   }
   return Status::ok();
 }
@@ -337,6 +346,55 @@ Status ShardedDataParallel::gather_all() {
   for (auto& u : units_) KILN_RETURN_IF_ERROR(wait_gathered(*u));
   account();
   return Status::ok();
+}
+
+Status ShardedDataParallel::visit_parameters_impl(const std::function<void(const torch::Tensor&)>& fn) {
+  KILN_RETURN_IF_ERROR(failure_);
+  Unit* held = nullptr;
+  for (const auto& p : module_->parameters()) {
+    auto it = unit_of_.find(p.unsafeGetTensorImpl());
+    if (it != unit_of_.end() && units_[it->second].get() != held) {
+      if (held != nullptr) free_params(*held);
+      held = units_[it->second].get();
+      KILN_RETURN_IF_ERROR(wait_gathered(*held));
+    }
+    fn(p);
+  }
+  if (held != nullptr) free_params(*held);
+  return Status::ok();
+}
+
+// The LibTorch boundary: an exception from a tensor operation (the memory
+// cap's allocator says "out of memory") becomes a Status, recorded as the
+// wrapper's failure so later calls report it too.
+template <class Body>
+auto ShardedDataParallel::guarded(const char* what, Body&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    m = m.substr(0, m.find('\n'));
+    Status s = m.find("out of memory") != std::string::npos
+                   ? resource_exhausted(fmt::format("sharded data parallel: {}: {}", what, m))
+                   : internal_error(fmt::format("sharded data parallel: {}: {}", what, m));
+    return fail(s);
+  }
+}
+
+Status ShardedDataParallel::step(double lr) {
+  return guarded("optimizer step", [&] { return step_impl(lr); });
+}
+Status ShardedDataParallel::backward(const torch::Tensor& loss) {
+  return guarded("backward", [&] { return backward_impl(loss); });
+}
+Result<double> ShardedDataParallel::clip_grad_norm(double max_norm) {
+  return guarded("clipping gradients", [&] { return clip_grad_norm_impl(max_norm); });
+}
+Status ShardedDataParallel::restore(const ckpt::LoadedState& loaded) {
+  return guarded("restoring a checkpoint", [&] { return restore_impl(loaded); });
+}
+Status ShardedDataParallel::visit_parameters(const std::function<void(const torch::Tensor&)>& fn) {
+  return guarded("reading parameters", [&] { return visit_parameters_impl(fn); });
 }
 
 Status ShardedDataParallel::fail(Status s) {
@@ -524,7 +582,7 @@ Status ShardedDataParallel::finish_reduction(Unit& u) {
   return Status::ok();
 }
 
-Status ShardedDataParallel::backward(const torch::Tensor& loss) {
+Status ShardedDataParallel::backward_impl(const torch::Tensor& loss) {
   KILN_RETURN_IF_ERROR(failure_);
   for (auto& u : units_) {
     u->pending = u->params.size();
@@ -576,7 +634,7 @@ Status ShardedDataParallel::backward(const torch::Tensor& loss) {
 
 // ---- the optimizer step ----------------------------------------------------
 
-Result<double> ShardedDataParallel::clip_grad_norm(double max_norm) {
+Result<double> ShardedDataParallel::clip_grad_norm_impl(double max_norm) {
   KILN_RETURN_IF_ERROR(failure_);
   torch::NoGradGuard no_grad;
   double sum_sq = 0;
@@ -595,7 +653,7 @@ Result<double> ShardedDataParallel::clip_grad_norm(double max_norm) {
   return norm;
 }
 
-Status ShardedDataParallel::step(double lr) {
+Status ShardedDataParallel::step_impl(double lr) {
   KILN_RETURN_IF_ERROR(failure_);
   torch::NoGradGuard no_grad;
   optimizer_.begin_step(lr);
@@ -656,20 +714,28 @@ void ShardedDataParallel::account() {
   if (now.total() > peak_.total()) peak_ = now;
 }
 
-std::size_t ShardedDataParallel::formula_state_bytes() const {
-  const double psi = static_cast<double>(parameter_count_), n = comm_.size();
-  const double p = compute_dtype_ == torch::kFloat32 ? 4 : 2, g = p;
+std::size_t state_bytes_formula(int stage, Precision precision, const OptimizerOptions& optimizer,
+                                std::int64_t parameters, int world) {
+  const double psi = static_cast<double>(parameters), n = world;
+  const bool bf16 = precision == Precision::kBf16 && stage > 0;
+  const double p = bf16 ? 2 : 4, g = p;
   double k = 0;
-  if (options_.optimizer.kind == OptimizerKind::kAdamW) k = 8;
-  else if (options_.optimizer.momentum != 0) k = 4;
-  if (compute_dtype_ != torch::kFloat32) k += 4;  // the fp32 master
+  if (optimizer.kind == OptimizerKind::kAdamW) k = 8;
+  else if (optimizer.momentum != 0) k = 4;
+  if (bf16) k += 4;  // the fp32 master
   double bytes = 0;
-  switch (options_.stage) {
+  switch (stage) {
+    case 0: bytes = (p + g + k) * psi; break;
     case 1: bytes = p * psi + g * psi + k * psi / n; break;
     case 2: bytes = p * psi + (g + k) * psi / n; break;
     default: bytes = (p + g + k) * psi / n; break;
   }
   return static_cast<std::size_t>(bytes);
+}
+
+std::size_t ShardedDataParallel::formula_state_bytes() const {
+  return state_bytes_formula(options_.stage, options_.precision, options_.optimizer, parameter_count_,
+                             comm_.size());
 }
 
 // ---- checkpoints ---------------------------------------------------------------
@@ -705,7 +771,7 @@ Status ShardedDataParallel::capture(ckpt::StateView* view, std::vector<torch::Te
   return view->add_blob("zero/optim", optim_blob->data(), optim_blob->size());
 }
 
-Status ShardedDataParallel::restore(const ckpt::LoadedState& loaded) {
+Status ShardedDataParallel::restore_impl(const ckpt::LoadedState& loaded) {
   torch::NoGradGuard no_grad;
   const std::string& where = loaded.dir;
   const ckpt::LoadedEntry* layout = loaded.find("zero/layout");

@@ -46,6 +46,8 @@
 #include <chrono>
 #include <cstddef>
 #include <deque>
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -98,6 +100,14 @@ struct ZeroSyncStats {
   std::size_t bytes = 0;      // bytes sent through collectives this step (per rank)
 };
 
+// The ZeRO paper's per-rank training-state bytes for `parameters` parameters
+// on `world` ranks: parameters (4 bytes fp32, 2 bf16), gradients (same) and
+// K bytes of sharded state (moments: AdamW 8, SGD with momentum 4; bf16 adds
+// the 4-byte master), each divided by the world size where `stage` shards
+// it. Stage 0 is plain data parallelism (nothing sharded; DDP keeps fp32).
+std::size_t state_bytes_formula(int stage, Precision precision, const OptimizerOptions& optimizer,
+                                std::int64_t parameters, int world);
+
 class ShardedDataParallel : public UnitHooks {
  public:
   // Collective: checks every rank has the same parameter names and shapes,
@@ -105,6 +115,7 @@ class ShardedDataParallel : public UnitHooks {
   static Result<std::unique_ptr<ShardedDataParallel>> create(std::shared_ptr<torch::nn::Module> module,
                                                              comm::Communicator& comm,
                                                              ZeroOptions options);
+  // Stage 3: parameters not gathered at destruction become empty tensors.
   ~ShardedDataParallel() override;
 
   torch::nn::Module& module() { return *module_; }
@@ -127,6 +138,10 @@ class ShardedDataParallel : public UnitHooks {
   // Makes every parameter of the module hold its whole current value (for
   // evaluation digests, export): stage 3 keeps them until the next forward.
   Status gather_all();
+  // Calls fn on every parameter of the module, in module.parameters() order,
+  // holding its whole current value; stage 3 gathers one unit at a time, so
+  // this needs no more memory than a forward does.
+  Status visit_parameters(const std::function<void(const torch::Tensor&)>& fn);
 
   // Checkpoint state (docs/formats.md "Sharded training state"): this rank's
   // share of each unit's master parameters and optimizer state as rows of
@@ -172,6 +187,13 @@ class ShardedDataParallel : public UnitHooks {
   Status finish_reduction(Unit& u);
   void pre_backward(std::size_t unit);
   Status fail(Status s);  // records the first failure
+  template <class Body>
+  auto guarded(const char* what, Body&& body) -> decltype(body());
+  Status step_impl(double lr);
+  Status backward_impl(const torch::Tensor& loss);
+  Result<double> clip_grad_norm_impl(double max_norm);
+  Status restore_impl(const ckpt::LoadedState& loaded);
+  Status visit_parameters_impl(const std::function<void(const torch::Tensor&)>& fn);
   void account();         // updates peak_
 
   std::shared_ptr<torch::nn::Module> module_;
@@ -181,6 +203,7 @@ class ShardedDataParallel : public UnitHooks {
   comm::DataType comm_dtype_;
   std::vector<std::unique_ptr<Unit>> units_;
   Unit* root_ = nullptr;  // parameters on the root module itself, if any
+  std::map<const c10::TensorImpl*, std::size_t> unit_of_;  // parameter -> its unit
   std::vector<std::shared_ptr<torch::autograd::Node>> grad_accumulators_;
   std::vector<std::uintptr_t> post_hook_keys_;
   std::int64_t parameter_count_ = 0;
