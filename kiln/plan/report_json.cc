@@ -139,9 +139,34 @@ nlohmann::json validation_to_json(const ValidationReport& r) {
                         {"measured_step_time_s", optional_json(row.measured_s)},
                         {"error", optional_json(row.error)}};
     if (!row.problem.empty()) e["problem"] = row.problem;
+    if (!row.source_id.empty()) e["source_id"] = row.source_id;
+    if (!row.run_class.empty()) e["class"] = row.run_class;
     j["rows"].push_back(std::move(e));
   }
   j["compared"] = r.compared;
+  j["median_abs_error"] = optional_json(r.median_abs_error);
+  j["max_abs_error"] = optional_json(r.max_abs_error);
+  return j;
+}
+
+nlohmann::json loso_to_json(const LosoReport& r) {
+  nlohmann::json j;
+  j["rows"] = nlohmann::json::array();
+  for (const auto& row : r.rows) {
+    j["rows"].push_back({{"name", row.name},
+                         {"source_id", row.source_id},
+                         {"class", row.run_class},
+                         {"predicted_step_time_s", row.predicted_s},
+                         {"measured_step_time_s", row.measured_s},
+                         {"error", row.error}});
+  }
+  j["folds"] = nlohmann::json::array();
+  for (const auto& fold : r.folds) {
+    nlohmann::json constants;
+    for (const FitParameter& p : fit_parameters()) constants[std::string(p.name)] = fold.fitted.*p.field;
+    j["folds"].push_back(
+        {{"source_id", fold.source_id}, {"runs", fold.runs}, {"constants", constants}});
+  }
   j["median_abs_error"] = optional_json(r.median_abs_error);
   j["max_abs_error"] = optional_json(r.max_abs_error);
   return j;

@@ -36,7 +36,7 @@ TEST(ValidateTest, BadRowsAreReportedNotFatal) {
       "unknown gpu,v100,32,8,24,2304,24,24,9216,0,2048,51200,512,1,1,1,32,1,0,full,0,3.5,,\n"
       "bad "
       "product,a100-sxm-80g,32,8,24,2304,24,24,9216,0,2048,51200,512,1,2,1,32,1,0,full,0,3.5,,\n"
-      "layers,a100-sxm-80g,32,8,25,2304,24,24,9216,0,2048,51200,512,1,1,2,16,1,0,full,0,3.5,,\n"
+      "layers,a100-sxm-80g,32,8,1,2304,24,24,9216,0,2048,51200,512,1,1,2,16,1,0,full,0,3.5,,\n"
       "\"quoted, name\",a100-sxm-80g,32,8,24,2304,24,24,9216,0,2048,51200,512,1,1,1,32,1,0,full,0,,"
       "\"a, b\",src\n";
   auto table = parse_csv(csv, "mem.csv");
@@ -55,6 +55,27 @@ TEST(ValidateTest, BadRowsAreReportedNotFatal) {
   EXPECT_FALSE(r->rows[4].measured_s.has_value());
   EXPECT_FALSE(r->rows[4].error.has_value());
   EXPECT_EQ(r->compared, 1);
+}
+
+TEST(ValidateTest, UnevenStagesAreAccepted) {
+  const std::string header =
+      "name,gpu,gpus,layers,hidden,heads,seq_len,vocab,global_batch,tp,pp,dp,stage_layers,"
+      "measured_step_time_s\n";
+  const std::string csv = header +
+                          "auto,a100-sxm-80g,64,70,14336,112,2048,250880,64,4,2,8,,\n"
+                          "explicit,a100-sxm-80g,64,70,14336,112,2048,250880,64,4,2,8,34 36,\n"
+                          "wrong sum,a100-sxm-80g,64,70,14336,112,2048,250880,64,4,2,8,34 35,\n"
+                          "not a number,a100-sxm-80g,64,70,14336,112,2048,250880,64,4,2,8,34 x,\n";
+  auto r = validate_table(*parse_csv(csv, "u.csv"), "u.csv");
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  ASSERT_EQ(r->rows.size(), 4u);
+  EXPECT_TRUE(r->rows[0].predicted_s.has_value()) << r->rows[0].problem;
+  EXPECT_TRUE(r->rows[1].predicted_s.has_value()) << r->rows[1].problem;
+  // 36 layers on the last stage (which also runs the loss) is slower than 35/35.
+  EXPECT_GT(*r->rows[1].predicted_s, *r->rows[0].predicted_s);
+  EXPECT_NE(r->rows[2].problem.find("sum to 69"), std::string::npos) << r->rows[2].problem;
+  EXPECT_NE(r->rows[3].problem.find("stage_layers"), std::string::npos) << r->rows[3].problem;
+  EXPECT_NE(r->rows[3].problem.find("u.csv:5"), std::string::npos) << r->rows[3].problem;
 }
 
 TEST(ValidateTest, PredictOnlyFile) {
