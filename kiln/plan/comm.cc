@@ -12,6 +12,12 @@ Link nic_link(const ClusterSpec& c, const EfficiencyModel& e) {
   return {"nic", {e.nic_alpha_s, c.nic_bits_per_s / 8 * e.nic_fraction}};
 }
 
+double ring_step_alpha_s(const PlanConfig& c, const EfficiencyModel& e, std::int64_t per_node) {
+  (void)c;
+  const double k = static_cast<double>(std::max<std::int64_t>(1, per_node));
+  return ((k - 1) * e.nvlink_alpha_s + e.nic_alpha_s) / k;
+}
+
 Link tp_link(const PlanConfig& c, const EfficiencyModel& e) {
   if (c.layout.tp <= c.cluster.gpus_per_node) return nvlink_link(c.cluster, e);
   return nic_link(c.cluster, e);
@@ -25,9 +31,10 @@ Link dp_link(const PlanConfig& c, const EfficiencyModel& e) {
   const std::int64_t per_node =
       std::max<std::int64_t>(1, std::min(l.dp, gpn / std::max<std::int64_t>(1, l.tp)));
   const Link nic = nic_link(c.cluster, e);
+  const double k = static_cast<double>(per_node);
   return {per_node > 1 ? "nic x" + std::to_string(per_node) + " (hierarchical)" : "nic",
-          {nic.cost.alpha_s,
-           std::min(nvl.cost.beta_bps, static_cast<double>(per_node) * nic.cost.beta_bps)}};
+          {ring_step_alpha_s(c, e, per_node),
+           std::min(nvl.cost.beta_bps, k * nic.cost.beta_bps)}};
 }
 
 bool pp_crosses_nodes(const PlanConfig& c) {

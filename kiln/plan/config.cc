@@ -211,6 +211,11 @@ Result<PlanConfig> from_table(toml::table root, const std::string& source) {
   }
   l.overlap_grad_reduce = r.get_bool("layout", "overlap_grad_reduce", true);
   l.tp_comm_overlap = r.get_bool("layout", "tp_comm_overlap", false);
+  l.pp_scatter_gather = r.get_bool("layout", "pp_scatter_gather", true);
+  l.zero3_param_bytes = static_cast<int>(r.get_int("layout", "zero3_param_bytes", false, 2));
+  if (l.zero3_param_bytes != 2 && l.zero3_param_bytes != 4) {
+    r.fail_field("layout", "zero3_param_bytes", "must be 2 (bf16) or 4 (fp32)");
+  }
   const std::string gather = r.get_string("layout", "zero3_gather", false, "layer");
   if (auto v = parse_gather_unit(gather); v.is_ok()) {
     l.zero3_gather = *v;

@@ -81,6 +81,15 @@ struct LayoutSpec {
   // cover stays on the critical path.
   bool tp_comm_overlap = false;
   GatherUnit zero3_gather = GatherUnit::kLayer;
+  // Bytes per parameter ZeRO-3 gathers and reduce-scatters: 2 when the
+  // sharded parameters are bf16, 4 when fp32 masters are gathered and cast
+  // per use under autocast (PyTorch FSDP's default mixed precision).
+  int zero3_param_bytes = 2;
+  // Megatron's pipeline scatter/gather (Narayanan et al. 2021 §4.1): each TP
+  // rank sends only its 1/t slice of the activation between stages and the
+  // slices are all-gathered over NVLink. Without it (DeepSpeed's pipeline
+  // engine) every TP rank sends the whole activation on its NIC.
+  bool pp_scatter_gather = true;
   // Layers of each pipeline stage; empty = automatic (stages.h).
   std::vector<std::int64_t> stage_layers;
 

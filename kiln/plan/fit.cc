@@ -11,11 +11,8 @@ namespace kiln::plan {
 const std::vector<FitParameter>& fit_parameters() {
   static const std::vector<FitParameter> kParams = {
       {"gemm_peak_fraction", &EfficiencyModel::gemm_peak_fraction, 0.5, 0.95},
-      {"hbm_fraction", &EfficiencyModel::hbm_fraction, 0.5, 0.95},
       {"flash_attention_fraction", &EfficiencyModel::flash_attention_fraction, 0.2, 0.8},
-      {"nic_fraction", &EfficiencyModel::nic_fraction, 0.4, 0.95},
-      {"nic_alpha_s", &EfficiencyModel::nic_alpha_s, 2e-6, 50e-6},
-      {"overlap_interference", &EfficiencyModel::overlap_interference, 0.0, 0.5},
+      {"overlap_interference", &EfficiencyModel::overlap_interference, 0.0, 1.0},
   };
   return kParams;
 }

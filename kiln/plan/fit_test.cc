@@ -51,7 +51,7 @@ std::vector<FitSample> synthetic(const EfficiencyModel& truth) {
 TEST(FitTest, RecoversTheConstantsThatMadeTheData) {
   EfficiencyModel truth;
   truth.gemm_peak_fraction = 0.7;
-  truth.nic_alpha_s = 20e-6;
+  truth.overlap_interference = 0.3;
   const auto samples = synthetic(truth);
   EXPECT_GT(fit_loss(samples, EfficiencyModel::defaults()), 0.05);
   const EfficiencyModel fitted = fit_efficiency(samples);

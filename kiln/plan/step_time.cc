@@ -85,7 +85,7 @@ LayerTime layer_time(const PlanConfig& c, const EfficiencyModel& e) {
   } else {
     // Causal: FlashAttention skips the masked upper half.
     const double flops = 0.5 * 4 * b * s * s * h / t;
-    lt.attention_fwd_s = flash_attention_time_s(gpu, e, flops);
+    lt.attention_fwd_s = flash_attention_time_s(gpu, e, flops, hd);
     attention_bwd = kFlashBackwardRatio * lt.attention_fwd_s;
   }
 
@@ -137,9 +137,9 @@ LayerTime layer_time(const PlanConfig& c, const EfficiencyModel& e) {
 namespace {
 
 // Note [ZeRO-3 exposure]
-// ZeRO-3 gathers a unit's bf16 weights over the DP group before each pass that
-// uses them (forward, the recomputed forward of full recompute, backward) and
-// reduce-scatters its gradients after its backward. The next unit's gather is
+// ZeRO-3 gathers a unit's weights over the DP group before each pass that
+// uses them (forward; backward, whose recomputed forward runs on the same
+// gathered weights) and reduce-scatters its gradients after its backward. The next unit's gather is
 // prefetched while this one computes, so per layer and pass only
 //   max(0, t_collectives − t_compute)
 // is exposed, plus the whole first gather of each pass (nothing to hide
@@ -162,7 +162,7 @@ Zero3Cost zero3_cost(const PlanConfig& c, const EfficiencyModel& e, const LayerT
   const auto& l = c.layout;
   const ParamCount pc = count_params(m);
   const double t = static_cast<double>(l.tp);
-  const double layer_bytes = 2 * ((pc.attention + pc.ffn) / t + pc.norms);
+  const double layer_bytes = l.zero3_param_bytes * ((pc.attention + pc.ffn) / t + pc.norms);
   const double units = l.zero3_gather == GatherUnit::kTensor ? tensors_per_layer(m) : 1.0;
   const double gather = units * comm::ring_allgather_s(layer_bytes / units, l.dp, link.cost);
   const double scatter = units * comm::ring_reduce_scatter_s(layer_bytes / units, l.dp, link.cost);
@@ -172,9 +172,11 @@ Zero3Cost zero3_cost(const PlanConfig& c, const EfficiencyModel& e, const LayerT
   struct Pass {
     double collectives_s, compute_s;
   };
-  std::vector<Pass> passes = {{gather, lt.forward_s + 2 * tp_share}};
-  if (full) passes.push_back({gather, lt.recompute_s + 2 * tp_share});
-  passes.push_back({gather + scatter, lt.backward_s + (full ? 0.0 : lt.recompute_s) + 2 * tp_share});
+  // A layer's recomputed forward runs just before its backward, on the
+  // weights gathered for that backward: one gather serves both.
+  const std::vector<Pass> passes = {
+      {gather, lt.forward_s + 2 * tp_share},
+      {gather + scatter, lt.backward_s + lt.recompute_s + (full ? 4 : 2) * tp_share}};
 
   Zero3Cost z;
   z.gather_s = gather;
@@ -216,13 +218,16 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
   double p2p = 0;
   if (l.pp > 1) {
     const Link link = pp_link(c, e);
-    double one = comm::p2p_s(act_bytes / t, link.cost);
-    if (pp_crosses_nodes(c) && !l.sequence_parallel) {
+    // With SP the activation is already split; without scatter/gather each
+    // rank sends all of it.
+    const double sent = l.sequence_parallel || l.pp_scatter_gather ? act_bytes / t : act_bytes;
+    double one = comm::p2p_s(sent, link.cost);
+    if (pp_crosses_nodes(c) && !l.sequence_parallel && l.pp_scatter_gather) {
       one += comm::ring_allgather_s(act_bytes, l.tp, nvlink_link(c.cluster, e).cost);
     }
     p2p = 2 * v * one;
     st.pp.link = link.name;
-    st.pp.bytes_per_gpu = 2 * v * act_bytes / t * mb;
+    st.pp.bytes_per_gpu = 2 * v * sent * mb;
     st.pp.time_s = p2p * mb;
   } else {
     st.pp.link = "none";
@@ -240,15 +245,26 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
   // Embedding (first stage) and output head (last stage) are gathered once per
   // micro-batch and reduce-scattered after its backward, with nothing to hide behind.
   std::vector<double> root_s(stages, 0.0);
+  // Note [Per-tensor gathers use one NIC]: one collective per parameter
+  // tensor, issued back to back, measured at one NIC's bandwidth per GPU
+  // (Narayanan et al. 2021 Table 2: 175B and 530B ZeRO-3 steps take as long
+  // on 768 as on 1,536 GPUs, and on 1,120 as on 2,240, each GPU receiving
+  // the whole model per pass at ~22 GB/s), not the hierarchical rings'
+  // k NICs that a layer-sized buffer spreads over.
+  Link z3link = dlink;
+  if (zero3 && l.zero3_gather == GatherUnit::kTensor && l.tp * l.dp > c.cluster.gpus_per_node) {
+    z3link = {"nic (per-tensor)", {dlink.cost.alpha_s, nic_link(c.cluster, e).cost.beta_bps}};
+  }
   if (zero3) {
-    z3 = zero3_cost(c, e, lt, dlink);
+    z3 = zero3_cost(c, e, lt, z3link);
     const double last_params = stage_params_per_gpu(c, l.pp - 1);
     const double first_params = stage_params_per_gpu(c, 0);
     const ParamCount pc = count_params(m);
     const double layer_params = (pc.attention + pc.ffn) / t + pc.norms;
+    const double bytes = l.zero3_param_bytes;
     auto root = [&](double params) {
-      return comm::ring_allgather_s(2 * params, l.dp, dlink.cost) +
-             comm::ring_reduce_scatter_s(2 * params, l.dp, dlink.cost);
+      return comm::ring_allgather_s(bytes * params, l.dp, z3link.cost) +
+             comm::ring_reduce_scatter_s(bytes * params, l.dp, z3link.cost);
     };
     root_s.front() += root(std::max(0.0, first_params - st.stage_layers.front() * layer_params));
     if (stages > 1) {
@@ -311,7 +327,7 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
       dp_exposed = st.dp.time_s;
     }
   }
-  st.dp.link = l.dp > 1 ? dlink.name : "none";
+  st.dp.link = l.dp > 1 ? (zero3 ? z3link.name : dlink.name) : "none";
   st.dp_exposed_s = dp_exposed;
   // dp_exposed_s includes the interference the hidden part causes.
   st.dp_overlap_fraction = st.dp.time_s > 0 ? 1 - std::min(1.0, st.dp_exposed_s / st.dp.time_s) : 0;

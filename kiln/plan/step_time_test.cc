@@ -120,7 +120,9 @@ TEST(StepTimeTest, OverlappedTensorParallelCommIsMostlyHidden) {
   c.layout.tp_comm_overlap = true;
   const StepTime hidden = step_time(c, EfficiencyModel::defaults());
   EXPECT_NEAR(hidden.layer.tp_comm_s, exposed.layer.tp_comm_s, 1e-12);
-  EXPECT_LT(hidden.tp_comm_s, 0.5 * exposed.tp_comm_s);
+  // The GEMMs of a 175B layer cover its collectives: only the interference remains.
+  EXPECT_NEAR(hidden.tp_comm_s, EfficiencyModel::defaults().overlap_interference * exposed.tp_comm_s,
+              1e-9);
   EXPECT_LT(hidden.step_s, exposed.step_s);
 }
 
@@ -148,7 +150,11 @@ TEST(StepTimeTest, GemmEfficiencyGrowsWithSize) {
   EXPECT_LT(small, mid);
   EXPECT_LT(mid, big);
   EXPECT_LT(big, e.gemm_peak_fraction);
-  EXPECT_GT(big, 0.7);
+  EXPECT_GT(big, 0.65);
+  // Hopper doubled the MMA rate per SM but not shared memory: the same GEMM
+  // reaches a smaller fraction of a larger peak.
+  const GpuSpec h100 = *find_gpu("h100-sxm");
+  EXPECT_LT(gemm_efficiency(h100, e, 8192, 8192, 8192), big - 0.05);
   // Thin attention-score GEMMs (K = head dim) are far from peak.
   EXPECT_LT(gemm_efficiency(a100, e, 2048, 2048, 64), 0.5);
 }

@@ -247,6 +247,11 @@ Result<PlanConfig> config_from_csv_row(const std::vector<std::string>& header,
   }
   l.overlap_grad_reduce = r.get_bool("overlap_grad_reduce", true);
   l.tp_comm_overlap = r.get_bool("tp_comm_overlap", false);
+  l.pp_scatter_gather = r.get_bool("pp_scatter_gather", true);
+  l.zero3_param_bytes = static_cast<int>(r.get_int("zero3_param_bytes", false, 2));
+  if (l.zero3_param_bytes != 2 && l.zero3_param_bytes != 4) {
+    r.fail("zero3_param_bytes", "must be 2 (bf16) or 4 (fp32)");
+  }
   const std::string gather = r.get_string("zero3_gather", false, "layer");
   if (auto v = parse_gather_unit(gather); v.is_ok()) {
     l.zero3_gather = *v;
