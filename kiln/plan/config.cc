@@ -92,9 +92,11 @@ Status apply_override(toml::table& root, const std::string& spec, const std::str
     table->insert_or_assign(key, *v.value_exact<bool>());
   } else if (v.is_string()) {
     table->insert_or_assign(key, *v.value_exact<std::string>());
+  } else if (v.is_array()) {
+    table->insert_or_assign(key, *v.as_array());  // e.g. layout.stage_layers=[7,8,8,7]
   } else {
     return invalid_argument("config " + source + ": override '" + spec +
-                            "' must be a number, boolean or string");
+                            "' must be a number, boolean, string or array");
   }
   return Status::ok();
 }

@@ -20,7 +20,11 @@ nlohmann::json layout_json(const LayoutSpec& l) {
           {"sequence_parallel", l.sequence_parallel},
           {"zero", l.zero},
           {"attention", std::string(attention_name(l.attention))},
-          {"overlap_grad_reduce", l.overlap_grad_reduce}};
+          {"overlap_grad_reduce", l.overlap_grad_reduce},
+          {"tp_comm_overlap", l.tp_comm_overlap},
+          {"pp_scatter_gather", l.pp_scatter_gather},
+          {"zero3_gather", std::string(gather_unit_name(l.zero3_gather))},
+          {"zero3_param_bytes", l.zero3_param_bytes}};
 }
 
 template <typename T>
@@ -49,6 +53,9 @@ nlohmann::json plan_to_json(const Plan& p) {
                   {"nic_bits_per_s", c.cluster.nic_bits_per_s},
                   {"storage_write_bytes_per_s", c.cluster.storage_write_bytes_per_s}};
   j["layout"] = layout_json(c.layout);
+  j["layout"]["stage_layers"] = p.step.stage_layers;
+  j["stage_times_s"] = p.step.stage_times_s;
+  j["slowest_stage"] = p.step.slowest_stage;
   j["parameters"] = p.params.total;
   j["parameters_per_layer"] = p.params.per_layer;
   j["model_flops_per_step"] = p.flops.model;

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kiln/plan/report.h"
+#include "kiln/plan/stages.h"
 
 namespace kiln::plan {
 
@@ -57,6 +58,10 @@ std::string format_plan(const Plan& p) {
            static_cast<long long>(c.cluster.nodes), static_cast<long long>(c.cluster.gpus_per_node),
            c.source.c_str());
   o += "  layout     " + layout_line(c.layout) + "\n";
+  if (stages_are_uneven(p.step.stage_layers)) {
+    o += fmt("  stages     layers %s (stage %d paces the pipeline)\n",
+             format_stage_layers(p.step.stage_layers).c_str(), p.step.slowest_stage);
+  }
   o +=
       fmt("  links      NVLink %.0f GB/s per GPU (bidirectional), NIC %.0f Gb/s per GPU, "
           "storage %.0f GB/s\n",
