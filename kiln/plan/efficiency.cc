@@ -35,7 +35,8 @@ double gemm_time_s(const GpuSpec& gpu, const EfficiencyModel& e, double m, doubl
   const double flops = 2 * m * n * k;
   const double bytes = 2 * (m * k + k * n + m * n);
   const double tile_m = std::min(m, kGemmTileM), tile_n = std::min(n, kGemmTileN);
-  const double operand_bytes = flops * (1 / tile_m + 1 / tile_n) / 2;
+  // Per k step: (Mt + Nt) bf16 operands for 2·Mt·Nt FLOPs.
+  const double operand_bytes = flops * (1 / tile_m + 1 / tile_n);
   return batch * (flops / (e.gemm_peak_fraction * gpu.peak_bf16_flops) +
                   operand_bytes / gpu.smem_bytes_per_s +
                   bytes / (e.hbm_fraction * gpu.hbm_bytes_per_s)) +
