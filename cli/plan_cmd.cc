@@ -120,8 +120,8 @@ Status run_validate(const ValidateOptions& o) {
     plan::repredict(r, fitted);
     std::fprintf(o.json ? stderr : stdout,
                  "constants fitted on all %zu measured rows (mean |log error| %.4f -> %.4f):\n%s\n",
-                samples.size(), plan::fit_loss(samples, plan::EfficiencyModel::defaults()),
-                plan::fit_loss(samples, fitted), plan::format_constants(fitted).c_str());
+                 samples.size(), plan::fit_loss(samples, plan::EfficiencyModel::defaults()),
+                 plan::fit_loss(samples, fitted), plan::format_constants(fitted).c_str());
   }
   if (o.json) {
     std::printf("%s\n", plan::validation_to_json(r).dump(2).c_str());

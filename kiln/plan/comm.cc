@@ -12,8 +12,7 @@ Link nic_link(const ClusterSpec& c, const EfficiencyModel& e) {
   return {"nic", {e.nic_alpha_s, c.nic_bits_per_s / 8 * e.nic_fraction}};
 }
 
-double ring_step_alpha_s(const PlanConfig& c, const EfficiencyModel& e, std::int64_t per_node) {
-  (void)c;
+double ring_step_alpha_s(const EfficiencyModel& e, std::int64_t per_node) {
   const double k = static_cast<double>(std::max<std::int64_t>(1, per_node));
   return ((k - 1) * e.nvlink_alpha_s + e.nic_alpha_s) / k;
 }
@@ -33,8 +32,7 @@ Link dp_link(const PlanConfig& c, const EfficiencyModel& e) {
   const Link nic = nic_link(c.cluster, e);
   const double k = static_cast<double>(per_node);
   return {per_node > 1 ? "nic x" + std::to_string(per_node) + " (hierarchical)" : "nic",
-          {ring_step_alpha_s(c, e, per_node),
-           std::min(nvl.cost.beta_bps, k * nic.cost.beta_bps)}};
+          {ring_step_alpha_s(e, per_node), std::min(nvl.cost.beta_bps, k * nic.cost.beta_bps)}};
 }
 
 bool pp_crosses_nodes(const PlanConfig& c) {

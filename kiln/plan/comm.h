@@ -35,8 +35,7 @@ Link dp_link(const PlanConfig& config, const EfficiencyModel& e);
 Link pp_link(const PlanConfig& config, const EfficiencyModel& e);
 // A ring over nodes with `per_node` members each takes per_node − 1 NVLink
 // steps and one NIC step per node: its mean step latency.
-double ring_step_alpha_s(const PlanConfig& config, const EfficiencyModel& e,
-                         std::int64_t per_node);
+double ring_step_alpha_s(const EfficiencyModel& e, std::int64_t per_node);
 // True when consecutive pipeline stages sit on different nodes.
 bool pp_crosses_nodes(const PlanConfig& config);
 

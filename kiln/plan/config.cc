@@ -2,13 +2,13 @@
 
 #include <toml++/toml.h>
 
-#include "kiln/base/config/toml_reader.h"
-#include "kiln/plan/stages.h"
-
 #include <cmath>
 #include <map>
 #include <set>
 #include <sstream>
+
+#include "kiln/base/config/toml_reader.h"
+#include "kiln/plan/stages.h"
 
 namespace kiln::plan {
 

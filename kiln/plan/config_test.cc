@@ -124,7 +124,8 @@ TEST(ConfigTest, StageLayersAreReadFromAnArray) {
 }
 
 TEST(ConfigTest, BadStageLayersNameTheField) {
-  auto not_ints = parse_config_string(std::string(kBase) + "stage_layers = [11, \"x\"]\n", "s.toml");
+  auto not_ints =
+      parse_config_string(std::string(kBase) + "stage_layers = [11, \"x\"]\n", "s.toml");
   ASSERT_FALSE(not_ints.is_ok());
   EXPECT_NE(not_ints.status().message().find("layout.stage_layers"), std::string::npos)
       << not_ints.status().message();

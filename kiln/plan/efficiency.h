@@ -22,16 +22,16 @@ namespace kiln::plan {
 
 struct EfficiencyModel {
   // Fitted on the vendored runs (examples/plan/runs, `kiln plan validate --fit`):
-  double gemm_peak_fraction = 0.915;      // MMA issue rate of large bf16 GEMMs, of dense peak
-  double hbm_fraction = 0.85;             // streaming kernels, of the datasheet bandwidth
-  double kernel_launch_s = 4e-6;          // per kernel, not hidden by a CUDA graph
+  double gemm_peak_fraction = 0.915;       // MMA issue rate of large bf16 GEMMs, of dense peak
+  double hbm_fraction = 0.85;              // streaming kernels, of the datasheet bandwidth
+  double kernel_launch_s = 4e-6;           // per kernel, not hidden by a CUDA graph
   double flash_attention_fraction = 0.31;  // FlashAttention-2 MMAs, of dense peak (fitted)
-  double nvlink_fraction = 0.80;          // NCCL bus bandwidth / per-direction NVLink
-  double nic_fraction = 0.90;             // NCCL bus bandwidth / NIC line rate (InfiniBand)
+  double nvlink_fraction = 0.80;           // NCCL bus bandwidth / per-direction NVLink
+  double nic_fraction = 0.90;              // NCCL bus bandwidth / NIC line rate (InfiniBand)
   // Per ring step; NCCL's own tuning model uses about 0.6-1 µs inside a
   // node and 2.7-4 µs across (LL/LL128 protocols, src/graph/tuning.cc).
-  double nvlink_alpha_s = 1e-6;           // per ring step inside a node
-  double nic_alpha_s = 4e-6;              // per ring step across nodes
+  double nvlink_alpha_s = 1e-6;  // per ring step inside a node
+  double nic_alpha_s = 4e-6;     // per ring step across nodes
   // Communication hidden behind compute is not free: NCCL kernels take SMs
   // and HBM bandwidth from the GEMMs they overlap. Each hidden second of DP /
   // ZeRO / overlapped TP traffic costs this many seconds of compute (fitted).

@@ -39,9 +39,9 @@ PlanConfig gpt(std::int64_t layers, std::int64_t hidden, std::int64_t tp, std::i
 
 std::vector<FitSample> synthetic(const EfficiencyModel& truth) {
   std::vector<FitSample> out;
-  for (const PlanConfig& c : {gpt(24, 2048, 1, 1, 8, 0), gpt(40, 6144, 8, 1, 4, 1),
-                              gpt(48, 8192, 8, 4, 8, 1), gpt(24, 4096, 1, 1, 256, 3),
-                              gpt(32, 5120, 1, 1, 1024, 3)}) {
+  for (const PlanConfig& c :
+       {gpt(24, 2048, 1, 1, 8, 0), gpt(40, 6144, 8, 1, 4, 1), gpt(48, 8192, 8, 4, 8, 1),
+        gpt(24, 4096, 1, 1, 256, 3), gpt(32, 5120, 1, 1, 1024, 3)}) {
     EXPECT_TRUE(check_layout(c).is_ok()) << check_layout(c).to_string();
     out.push_back({c, step_time(c, truth).step_s});
   }

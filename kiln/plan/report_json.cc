@@ -170,7 +170,8 @@ nlohmann::json loso_to_json(const LosoReport& r) {
   j["folds"] = nlohmann::json::array();
   for (const auto& fold : r.folds) {
     nlohmann::json constants;
-    for (const FitParameter& p : fit_parameters()) constants[std::string(p.name)] = fold.fitted.*p.field;
+    for (const FitParameter& p : fit_parameters())
+      constants[std::string(p.name)] = fold.fitted.*p.field;
     j["folds"].push_back(
         {{"source_id", fold.source_id}, {"runs", fold.runs}, {"constants", constants}});
   }

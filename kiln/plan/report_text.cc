@@ -187,15 +187,15 @@ std::string format_constants(const EfficiencyModel& e) {
 }
 
 std::string format_loso(const LosoReport& r) {
-  std::string o = "Leave-one-source-out: each source's runs predicted with the constants fitted on "
-                  "all the others\n\n";
-  o += fmt("%-48s %-16s %-12s %10s %10s %8s\n", "run", "source", "class", "predicted",
-           "measured", "error");
+  std::string o =
+      "Leave-one-source-out: each source's runs predicted with the constants fitted on "
+      "all the others\n\n";
+  o += fmt("%-48s %-16s %-12s %10s %10s %8s\n", "run", "source", "class", "predicted", "measured",
+           "error");
   std::map<std::string, std::vector<double>> by_class;
   for (const auto& row : r.rows) {
-    o += fmt("%-48s %-16s %-12s %9.3fs %9.3fs %+7.1f%%\n", row.name.c_str(),
-             row.source_id.c_str(), row.run_class.c_str(), row.predicted_s, row.measured_s,
-             100 * row.error);
+    o += fmt("%-48s %-16s %-12s %9.3fs %9.3fs %+7.1f%%\n", row.name.c_str(), row.source_id.c_str(),
+             row.run_class.c_str(), row.predicted_s, row.measured_s, 100 * row.error);
     by_class[row.run_class.empty() ? "-" : row.run_class].push_back(row.error);
   }
   o += "\nper class:\n";

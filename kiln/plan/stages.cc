@@ -14,8 +14,8 @@ std::vector<std::int64_t> balanced_stage_layers(std::int64_t layers, std::int64_
   std::int64_t deficit = per * pp - layers;
   for (std::int64_t k = 0; deficit > 0; ++k, --deficit) {
     const std::int64_t from_end = k / 2;
-    const size_t i = k % 2 == 0 ? static_cast<size_t>(pp - 1 - from_end)
-                                : static_cast<size_t>(from_end);
+    const size_t i =
+        k % 2 == 0 ? static_cast<size_t>(pp - 1 - from_end) : static_cast<size_t>(from_end);
     --out[i];
   }
   return out;
@@ -27,7 +27,8 @@ std::vector<std::int64_t> stage_layers(const PlanConfig& c) {
 }
 
 bool stages_are_uneven(const std::vector<std::int64_t>& s) {
-  return !s.empty() && *std::max_element(s.begin(), s.end()) != *std::min_element(s.begin(), s.end());
+  return !s.empty() &&
+         *std::max_element(s.begin(), s.end()) != *std::min_element(s.begin(), s.end());
 }
 
 Status check_stage_layers(const PlanConfig& c, const std::string& where) {
@@ -48,8 +49,8 @@ Status check_stage_layers(const PlanConfig& c, const std::string& where) {
   }
   for (size_t i = 0; i < s.size(); ++i) {
     if (s[i] < l.vpp) {
-      return invalid_argument(where + "layout.stage_layers[" + std::to_string(i) + "] = " +
-                              std::to_string(s[i]) + " is below layout.vpp (" +
+      return invalid_argument(where + "layout.stage_layers[" + std::to_string(i) +
+                              "] = " + std::to_string(s[i]) + " is below layout.vpp (" +
                               std::to_string(l.vpp) + "): every model chunk needs a layer");
     }
   }

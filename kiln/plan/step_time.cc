@@ -42,9 +42,7 @@ constexpr double kGradBucketElements = 40e6;
 // Parameter tensors of one layer when each is gathered on its own: four
 // weight matrices (fused QKV, output, FFN in, FFN out) with their biases, and
 // two norms with a weight (and a bias).
-double tensors_per_layer(const ModelSpec& m) {
-  return 4 * (m.bias ? 2 : 1) + 2 * (m.bias ? 2 : 1);
-}
+double tensors_per_layer(const ModelSpec& m) { return 4 * (m.bias ? 2 : 1) + 2 * (m.bias ? 2 : 1); }
 
 }  // namespace
 
@@ -149,11 +147,11 @@ namespace {
 // 144 to 44 TFLOP/s per GPU as 175B goes from 384 to 1,536 GPUs). The hidden
 // part costs overlap_interference of its time.
 struct Zero3Cost {
-  double per_layer_s = 0;        // exposed (+ interference) per layer per micro-batch
-  double per_stage_s = 0;        // the first gather of each pass, per micro-batch
-  double collectives_s = 0;      // raw collective time per layer per micro-batch
-  double layer_bytes = 0;        // bytes one GPU sends per layer per micro-batch
-  double gather_s = 0;           // one gather of a layer
+  double per_layer_s = 0;    // exposed (+ interference) per layer per micro-batch
+  double per_stage_s = 0;    // the first gather of each pass, per micro-batch
+  double collectives_s = 0;  // raw collective time per layer per micro-batch
+  double layer_bytes = 0;    // bytes one GPU sends per layer per micro-batch
+  double gather_s = 0;       // one gather of a layer
 };
 
 Zero3Cost zero3_cost(const PlanConfig& c, const EfficiencyModel& e, const LayerTime& lt,
@@ -281,7 +279,8 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
     if (i + 1 == stages) ti += loss_s;
     st.stage_times_s[i] = ti;
     sum += ti;
-    if (ti > st.stage_times_s[static_cast<size_t>(st.slowest_stage)]) st.slowest_stage = static_cast<int>(i);
+    if (ti > st.stage_times_s[static_cast<size_t>(st.slowest_stage)])
+      st.slowest_stage = static_cast<int>(i);
   }
   const size_t slow = static_cast<size_t>(st.slowest_stage);
   const double t_max = st.stage_times_s[slow];

@@ -37,8 +37,8 @@ struct LayerTime {
   double forward_s = 0;
   double backward_s = 0;
   double recompute_s = 0;
-  double tp_comm_s = 0;          // all TP collectives of the layer
-  double tp_exposed_s = 0;       // the part on the critical path (all of it without overlap)
+  double tp_comm_s = 0;        // all TP collectives of the layer
+  double tp_exposed_s = 0;     // the part on the critical path (all of it without overlap)
   double gemm_efficiency = 0;  // achieved fraction of peak of the weight GEMMs
   double total_s = 0;          // forward + backward + recompute + tp_exposed
 };

@@ -121,8 +121,8 @@ TEST(StepTimeTest, OverlappedTensorParallelCommIsMostlyHidden) {
   const StepTime hidden = step_time(c, EfficiencyModel::defaults());
   EXPECT_NEAR(hidden.layer.tp_comm_s, exposed.layer.tp_comm_s, 1e-12);
   // The GEMMs of a 175B layer cover its collectives: only the interference remains.
-  EXPECT_NEAR(hidden.tp_comm_s, EfficiencyModel::defaults().overlap_interference * exposed.tp_comm_s,
-              1e-9);
+  EXPECT_NEAR(hidden.tp_comm_s,
+              EfficiencyModel::defaults().overlap_interference * exposed.tp_comm_s, 1e-9);
   EXPECT_LT(hidden.step_s, exposed.step_s);
 }
 

@@ -2,10 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <map>
 #include <set>
-
-#include <cmath>
 
 #include "kiln/plan/fit.h"
 
@@ -41,7 +40,8 @@ TEST(ValidateTest, CalibrationMeetsTheAccuracyTarget) {
 TEST(ValidateTest, LeaveOneSourceOutMeetsTheTarget) {
   auto r = validate_files({kCalibration, kValidation});
   ASSERT_TRUE(r.is_ok()) << r.status().to_string();
-  for (const auto& row : r->rows) EXPECT_TRUE(row.problem.empty()) << row.name << ": " << row.problem;
+  for (const auto& row : r->rows)
+    EXPECT_TRUE(row.problem.empty()) << row.name << ": " << row.problem;
   const LosoReport loso = leave_one_source_out(*r);
   EXPECT_EQ(loso.rows.size(), r->rows.size());
   EXPECT_GE(loso.folds.size(), 6u);
