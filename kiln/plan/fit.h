@@ -25,10 +25,11 @@ struct FitParameter {
   double min, max;  // physical bounds
 };
 
-// The constants a fit may move: sustained GEMM fraction of peak, streaming
-// fraction of HBM bandwidth, FlashAttention's fraction of peak, the NIC's
-// achievable fraction and per-step latency, and the cost of hiding
-// communication behind compute.
+// The constants a fit may move: the GEMM issue fraction of dense peak,
+// FlashAttention's MMA fraction of peak and the cost of hiding communication
+// behind compute. Everything else in EfficiencyModel is a datasheet or
+// protocol figure and stays put, so a fit cannot bend bandwidths to hide a
+// missing term.
 const std::vector<FitParameter>& fit_parameters();
 
 struct FitSample {

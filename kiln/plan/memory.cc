@@ -80,9 +80,10 @@ MemoryBreakdown memory_per_gpu(const PlanConfig& c) {
 
   double buffers = kWorkspaceBytes;
   if (l.zero >= 3) {
-    // The layer being computed and the one prefetched, gathered in bf16.
+    // The layer being computed and the one prefetched, gathered in the
+    // sharded parameters' precision (bf16, or fp32 under autocast).
     const ParamCount p = count_params(m);
-    buffers += 2 * 2 * (p.attention + p.ffn) / t;
+    buffers += 2 * l.zero3_param_bytes * (p.attention + p.ffn) / t;
   } else if (l.dp > 1) {
     buffers += 2 * 4 * std::min(kBucketElements, params);
   }

@@ -151,7 +151,6 @@ struct Zero3Cost {
   double per_stage_s = 0;    // the first gather of each pass, per micro-batch
   double collectives_s = 0;  // raw collective time per layer per micro-batch
   double layer_bytes = 0;    // bytes one GPU sends per layer per micro-batch
-  double gather_s = 0;       // one gather of a layer
 };
 
 Zero3Cost zero3_cost(const PlanConfig& c, const EfficiencyModel& e, const LayerTime& lt,
@@ -165,7 +164,7 @@ Zero3Cost zero3_cost(const PlanConfig& c, const EfficiencyModel& e, const LayerT
   const double gather = units * comm::ring_allgather_s(layer_bytes / units, l.dp, link.cost);
   const double scatter = units * comm::ring_reduce_scatter_s(layer_bytes / units, l.dp, link.cost);
   const bool full = l.recompute == Recompute::kFull;
-  const double tp_share = lt.tp_exposed_s / (full ? 6.0 : 4.0);  // per collective pair
+  const double tp_share = lt.tp_exposed_s / (full ? 6.0 : 4.0);  // per TP collective
 
   struct Pass {
     double collectives_s, compute_s;
@@ -177,7 +176,6 @@ Zero3Cost zero3_cost(const PlanConfig& c, const EfficiencyModel& e, const LayerT
       {gather + scatter, lt.backward_s + lt.recompute_s + (full ? 4 : 2) * tp_share}};
 
   Zero3Cost z;
-  z.gather_s = gather;
   for (const Pass& p : passes) {
     const double exposed = std::max(0.0, p.collectives_s - p.compute_s);
     z.per_layer_s += exposed + e.overlap_interference * (p.collectives_s - exposed);
