@@ -78,7 +78,8 @@ CostModel CostModel::from_env() {
 double CostModel::ring(std::size_t bytes, int n, const LinkCost& l) const {
   if (n <= 1) return 0;
   // A zero-byte all-reduce still pays its latency steps.
-  return bytes == 0 ? 2.0 * (n - 1) * l.alpha_s : ring_allreduce_s(static_cast<double>(bytes), n, l);
+  if (bytes == 0) return 2.0 * (n - 1) * l.alpha_s;
+  return ring_allreduce_s(static_cast<double>(bytes), n, l);
 }
 
 double CostModel::recursive_doubling(std::size_t bytes, int n, const LinkCost& l) const {

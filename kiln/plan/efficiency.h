@@ -6,7 +6,7 @@
 //     plus feeding its operands through shared memory (an Mt×Nt output tile
 //     reads 1/Mt + 1/Nt bytes per FLOP), plus its matrices' HBM traffic, plus
 //     a launch:
-//       t = 2MNK/(f_gemm·peak) + MNK(1/Mt + 1/Nt)/smem_BW + 2(MK+KN+MN)/(f_hbm·BW) + t_launch
+//       t = 2MNK/(f_gemm·peak) + 2MNK(1/Mt + 1/Nt)/smem_BW + 2(MK+KN+MN)/(f_hbm·BW) + t_launch
 //     so efficiency rises with arithmetic intensity and falls toward the
 //     roofline ridge (peak/BW) for thin or small GEMMs: see Note [GEMM model].
 //   * Memory-bound kernels (norms, activations, dropout, softmax, optimizer)
