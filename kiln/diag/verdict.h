@@ -8,7 +8,7 @@
 // they cost]); the first is the verdict, the ranking comes with it:
 //   straggler   one rank's own time (step less exposed comm) >= 1.3x the median
 //               of the others' and >= 10% of the median step longer, by more
-//               than 2x the run's step-to-step noise of own time, and the
+//               than the run's step-to-step noise of own time, and the
 //               slowest rank in >= 75% of the windows (Note [A straggler is
 //               persistent]); saves its excess (the others wait that long)
 //   checkpoint  checkpoint stall >= 10% of the step (mean over ranks); saves it
@@ -43,7 +43,7 @@ struct VerdictOptions {
   double data_fraction = 0.10;
   double comm_fraction = 0.15;
   double straggler_persistence = 0.75;  // of the windows in which it is the slowest
-  double straggler_noise_margin = 2.0;  // x the median rank's own_s_stddev
+  double straggler_noise_margin = 1.0;  // x the median rank's own_s_stddev
 };
 
 // One cause past its threshold and the fraction of the step removing it
