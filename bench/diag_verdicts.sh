@@ -61,12 +61,14 @@ for s in "${SCENARIOS[@]}"; do
   for i in $(seq 1 "$RUNS"); do
     read -r verdict rank ranking < <(one "$s-$i" "${flags[@]}")
     echo "diag_verdicts: $s run $i: $verdict (rank $rank) ranking: ${ranking:-none}"
+    met=0
     case $s in
-      clean) [ "$verdict" != straggler ] && hits=$((hits + 1)) ;;
-      data) [ "$verdict" = data ] && hits=$((hits + 1)) ;;
-      straggler) [ "$verdict" = straggler ] && [ "$rank" = 1 ] && hits=$((hits + 1)) ;;
+      clean) if [ "$verdict" != straggler ]; then met=1; fi ;;
+      data) if [ "$verdict" = data ]; then met=1; fi ;;
+      straggler) if [ "$verdict" = straggler ] && [ "$rank" = 1 ]; then met=1; fi ;;
     esac
-    verdicts+=("$verdict$([ "$rank" -ge 0 ] && echo " $rank")")
+    hits=$((hits + met))
+    if [ "$rank" -ge 0 ]; then verdicts+=("$verdict $rank"); else verdicts+=("$verdict"); fi
   done
   [ "$hits" -eq "$RUNS" ] || failed=1
   TABLE+=("$(printf '| %-22s | %-15s | %d/%d | %s |' "${flags[*]:-clean}" "$target" "$hits" "$RUNS" \
