@@ -1,6 +1,7 @@
 // `kiln bench ckpt`: what a checkpoint costs training, against the same
-// run's baselines. Run one process per rank:
-//   kiln launch -n 2 -- kiln bench ckpt --bytes 1G --root /data/bench-ckpt --json
+// run's baselines. Typed on its own it starts --ranks local ranks (default
+// 2); under a launcher it is one rank:
+//   kiln launch -n 4 -- kiln bench ckpt --bytes 1G --root /data/bench-ckpt --json
 //
 //   stall_vs_memcpy  save_async's stall (steady state: staging reused) over a
 //                    plain memcpy of this rank's bytes into a touched buffer (target ≤ 1.5)
@@ -17,6 +18,8 @@
 // Times are the slowest rank's. Each timed save is preceded by its own memcpy
 // and raw-write baselines; the ratios are the medians of the per-save ratios,
 // so load from other processes cancels out as far as it can.
+// Every load is checked byte for byte against what was saved (always on:
+// a benchmark of a recovery that restores other bytes means nothing).
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <unistd.h>
@@ -30,6 +33,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "cli/local_ranks.h"
 #include "kiln/base/units.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/format.h"
@@ -50,6 +54,10 @@ struct CkptBenchArgs {
   bool zstd = false;
   bool keep = false;  // leave the last checkpoint for `kiln ckpt` to look at
   bool json = false;
+  int ranks = 2;  // when not under a launcher
+  // Test-only (hidden): flips a byte of the last checkpoint's shard files
+  // before the timed load, so a test can prove a corrupt checkpoint fails.
+  bool inject_corruption = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -86,6 +94,27 @@ Result<double> raw_write_seconds(const std::string& path, const std::vector<char
   double s = seconds_since(t0);
   ::unlink(path.c_str());
   return s;
+}
+
+// Flips one byte in the middle of every shard file of `step_dir`.
+Status corrupt_shards(const std::string& step_dir) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(step_dir, ec)) {
+    if (e.path().extension() != ".bin") continue;
+    const std::string path = e.path().string();
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) return errno_status("bench ckpt: open " + path, errno);
+    off_t middle = ::lseek(fd, 0, SEEK_END) / 2;
+    char b = 0;
+    bool ok = ::pread(fd, &b, 1, middle) == 1;
+    b = static_cast<char>(b ^ 0x5a);
+    ok = ok && ::pwrite(fd, &b, 1, middle) == 1;
+    int err = errno;
+    ::close(fd);
+    if (!ok) return errno_status("bench ckpt: flip a byte of " + path, err);
+  }
+  if (ec) return internal_error(fmt::format("bench ckpt: list {}: {}", step_dir, ec.message()));
+  return Status::ok();
 }
 
 // Evicts the (clean, fsynced) pages of every file under `dir` from the page cache.
@@ -147,6 +176,7 @@ Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_
 Status bench_ckpt(const CkptBenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(std::uint64_t total, parse_bytes(a.bytes));
   if (a.saves < 2) return invalid_argument("bench ckpt: --saves must be at least 2");
+  if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench ckpt")) return *spawned;
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
   Communicator& c = pg->comm();
   const int n = c.size(), r = c.rank();
@@ -214,6 +244,9 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   const std::int64_t last_step = a.saves - 1;
 
   // Recovery from disk, cold page cache.
+  if (r == 0 && a.inject_corruption) {
+    KILN_RETURN_IF_ERROR(corrupt_shards(fmt::format("{}/step-{}", root, last_step)));
+  }
   if (r == 0) drop_cache(root);
   KILN_RETURN_IF_ERROR(c.barrier()->wait());
   auto t0 = std::chrono::steady_clock::now();
@@ -269,7 +302,7 @@ Status bench_ckpt(const CkptBenchArgs& a) {
 const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   auto a = std::make_shared<CkptBenchArgs>();
   auto* cmd = parent.add_subcommand(
-      "ckpt", "Checkpoint stall, write, load and recovery vs baselines (run under kiln launch)");
+      "ckpt", "Checkpoint stall, write, load and recovery vs baselines (starts --ranks local ranks unless launched)");
   cmd->add_option("--bytes", a->bytes, "whole state size, all ranks together (e.g. 1G)");
   cmd->add_option("--root", a->root,
                   "checkpoint directory (removed before, and after unless --keep)");
@@ -277,6 +310,9 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_flag("--zstd", a->zstd, "compress entries with zstd");
   cmd->add_flag("--keep", a->keep, "keep the last checkpoint under --root");
   cmd->add_flag("--json", a->json, "rank 0 prints one JSON line");
+  cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")
+      ->capture_default_str();
+  cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
   cmd->callback(run_status([a] { return bench_ckpt(*a); }));
 });
 

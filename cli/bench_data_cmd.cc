@@ -35,6 +35,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
@@ -71,6 +72,9 @@ struct DataBenchArgs {
   // window across many shards makes every batch reopen them.
   std::uint64_t shuffle_window = 0;
   bool json = false;
+  // Test-only (hidden): flips a byte of the first shard after writing it, so
+  // a test can prove a corrupt dataset fails the run instead of timing it.
+  bool inject_corruption = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -266,6 +270,14 @@ Status bench_data(const DataBenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(
       DatasetIndex index,
       write_dataset(ds, total, sample_bytes, static_cast<std::uint64_t>(a.shard_mib * (1 << 20))));
+  if (a.inject_corruption) {
+    std::fstream f(ds + "/" + index.shards[0].file, std::ios::in | std::ios::out | std::ios::binary);
+    const auto middle = static_cast<std::streamoff>(index.shards[0].bytes / 2);
+    char b = 0;
+    f.seekg(middle).get(b);
+    f.seekp(middle).put(static_cast<char>(b ^ 0x5a));
+    if (!f) return internal_error("bench data: cannot corrupt " + index.shards[0].file);
+  }
   Ratios r;
   KILN_RETURN_IF_ERROR(bench_warm(a, ds, index, &r.large, &r));
   KILN_ASSIGN_OR_RETURN(std::uint64_t small_total, parse_bytes(a.small_total));
@@ -377,6 +389,7 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--shuffle-window", a->shuffle_window, "Sampler shuffle window (samples; 0: one shard's)")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print one JSON document");
+  cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
   cmd->callback(run_status([a] { return bench_data(*a); }));
 });
 

@@ -145,6 +145,41 @@ void reduce(DataType t, ReduceOp op, void* dst, const void* a, const void* b, st
   }
 }
 
+bool accumulates_in_float32(DataType t, ReduceOp op) {
+  return (t == DataType::kFloat16 || t == DataType::kBFloat16) && op != ReduceOp::kMin &&
+         op != ReduceOp::kMax;
+}
+
+namespace {
+// The bfloat16 halves of the conversions: bit operations that vectorize.
+KILN_VECTOR_CLONES void widen_bf16(const std::uint16_t* s, float* dst, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) dst[i] = bf16_bits_to_float(s[i]);
+}
+KILN_VECTOR_CLONES void narrow_bf16(const float* src, std::uint16_t* d, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) d[i] = float_to_bf16_bits(src[i]);
+}
+}  // namespace
+
+void widen_to_float32(DataType t, const void* src, float* dst, std::size_t count) {
+  KILN_CHECK(t == DataType::kFloat16 || t == DataType::kBFloat16);
+  const auto* s = static_cast<const std::uint16_t*>(src);
+  if (t == DataType::kBFloat16) {
+    widen_bf16(s, dst, count);
+  } else {
+    for (std::size_t i = 0; i < count; ++i) dst[i] = half_to_float(s[i]);
+  }
+}
+
+void narrow_from_float32(DataType t, const float* src, void* dst, std::size_t count) {
+  KILN_CHECK(t == DataType::kFloat16 || t == DataType::kBFloat16);
+  auto* d = static_cast<std::uint16_t*>(dst);
+  if (t == DataType::kBFloat16) {
+    narrow_bf16(src, d, count);
+  } else {
+    for (std::size_t i = 0; i < count; ++i) d[i] = float_to_half(src[i]);
+  }
+}
+
 void finish_avg(DataType t, void* buf, std::size_t count, int divisor) {
   KILN_CHECK(divisor > 0);
   if (divisor == 1 || count == 0) return;

@@ -310,11 +310,15 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
   }
   Status first_error;
   stats_.bytes = 0;
+  stats_.collectives.clear();
   for (auto& b : buckets_) {
     if (!b.work) return internal_error("DDP: a bucket was never launched");
     Status s = b.work->wait();
     if (!s.is_ok() && first_error.is_ok()) first_error = s.with_context("DDP gradient allreduce");
     stats_.bytes += static_cast<std::size_t>(b.buffer.numel()) * b.buffer.element_size();
+    const torch::Tensor& sent = b.wire.defined() && options_.compress_bf16 ? b.wire : b.buffer;
+    stats_.collectives.push_back(
+        {static_cast<std::size_t>(sent.numel()) * sent.element_size(), b.work->run_seconds()});
   }
   KILN_RETURN_IF_ERROR(first_error);
   if (options_.compress_bf16) {

@@ -157,7 +157,11 @@ Result<Verdict> TraceSession::summarize(comm::Communicator* comm,
   } else {
     all.push_back(mine);
   }
-  Verdict v = decide(all, options_.verdict);
+  recent_windows_.push_back(all);
+  if (recent_windows_.size() > 8) recent_windows_.pop_front();
+  const std::vector<std::vector<RankSummary>> windows(recent_windows_.begin(),
+                                                      recent_windows_.end());
+  Verdict v = decide(all, options_.verdict, windows);
   if (rank_ == 0) KILN_RETURN_IF_ERROR(record_cluster(all, v));
   return v;
 }

@@ -495,6 +495,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       timer.add(Phase::kBackward, std::max(0.0, backward_s - sync.exposed_comm_s));
       timer.current().comm_bytes = sync.bytes;
       timer.current().comm_s = sync.sync_s;
+      for (const auto& c : sync.collectives) timer.current().collectives.push_back({c.bytes, c.seconds});
     }
     timer.current().cache_hit_rate = stream.cache_hit_rate();
     {
