@@ -51,6 +51,8 @@ const Knob<std::int64_t> kDiagAbSteps{
     "times (Note [Diagnosis overhead, A/B in one process]); 0 = record every step"};
 
 constexpr double kBatchTimeoutS = 600;
+// The last checkpoint: saved and committed (with every save before it).
+constexpr std::chrono::seconds kFinalCheckpointTimeout = std::chrono::minutes(10);
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -179,7 +181,10 @@ struct EvalResult {
   std::optional<double> accuracy;
 };
 
-Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm::Communicator& comm) {
+// `busy` (under kiln run) keeps the agent from taking a long evaluation for
+// a hang while each batch arrives within its deadline.
+Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm::Communicator& comm,
+                            elastic::BusyBeat* busy) {
   task.module()->eval();
   data::Loader loader(test.cache.get(), test.index,
                       {.rank = comm.rank(), .world = comm.size(),
@@ -191,8 +196,10 @@ Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm:
     KILN_ASSIGN_OR_RETURN(auto batch, loader.next(Deadline::after_seconds(kBatchTimeoutS)));
     if (!batch) break;
     KILN_RETURN_IF_ERROR(task.evaluate(*batch, &sums));
+    if (busy != nullptr) busy->extend(Deadline::after_seconds(kBatchTimeoutS));
   }
   task.module()->train();
+  if (busy != nullptr) busy->extend(Deadline::after(kCollectiveTimeout));
   double total[3] = {sums.loss_sum, sums.correct, sums.count};
   KILN_RETURN_IF_ERROR(comm.allreduce(total, 3, comm::DataType::kFloat64, comm::ReduceOp::kSum)
                            ->wait(kCollectiveTimeout));
@@ -337,15 +344,19 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     data::SamplerState s = stream.state();
     return capture_state(*task->module(), *optimizer, {step, s.epoch, s.consumed}, rank, world, snap);
   };
+  elastic::WorkerLink& elastic = elastic::WorkerLink::instance();
   auto run_eval = [&](std::int64_t step) -> Result<EvalResult> {
-    KILN_ASSIGN_OR_RETURN(EvalResult e, evaluate(*task, test_split, c, comm));
+    // Note [Busy beats end at the deadline] (worker_link.h): evaluating is
+    // not a step, and may outlast kiln run's --hang-timeout.
+    auto busy = elastic.busy(Deadline::after_seconds(kBatchTimeoutS));
+    diag::inject_sleep(inject.eval_delay_ms);
+    KILN_ASSIGN_OR_RETURN(EvalResult e, evaluate(*task, test_split, c, comm, busy.get()));
     if (metrics) KILN_RETURN_IF_ERROR(metrics->write_eval(step, e.loss, e.accuracy));
     if (session) KILN_RETURN_IF_ERROR(session->record_eval(step, e.loss, e.accuracy));
     line.eval(step, e.loss, e.accuracy);
     return e;
   };
 
-  elastic::WorkerLink& elastic = elastic::WorkerLink::instance();
   std::optional<std::int64_t> stopped_at;  // asked to stop after this step
   std::int64_t last_saved = start_step;
   // The diagnosis' own cost, outside the steps: recording (this thread's
@@ -487,12 +498,16 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   result.steps = stopped_at ? *stopped_at : std::max(start_step, c.train.max_steps);
   result.stopped = stopped_at.has_value();
   if (checkpointer) {
+    // The last save and the wait for every save to commit: minutes on a
+    // large model, beating meanwhile (Note [Busy beats end at the deadline]).
+    const Deadline finish = Deadline::after(kFinalCheckpointTimeout);
+    auto busy = elastic.busy(finish);
     if (result.steps > last_saved) {
       Snapshot snap;
       KILN_RETURN_IF_ERROR(snapshot(result.steps, &snap));
-      KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, result.steps, Deadline::after_seconds(600)));
+      KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, result.steps, finish));
     }
-    KILN_RETURN_IF_ERROR(checkpointer->wait(Deadline::after_seconds(600)));
+    KILN_RETURN_IF_ERROR(checkpointer->wait(finish));
   }
   if (memory_tier && !result.stopped) {
     // Finished: nothing left to recover, and /dev/shm is memory. A stopped
