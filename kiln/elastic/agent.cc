@@ -280,7 +280,15 @@ Status Agent::run() {
   KILN_ASSIGN_OR_RETURN(alive_, liveness_.publish(options_.self.id));
   std::int64_t floor = 1;
   std::optional<Round> previous;
+  std::int64_t unrecorded_failure = 0;  // a round lost with the store (0: none)
   while (true) {
+    if (unrecorded_failure > 0) {
+      // Cut off from the store, this agent killed its workers: a failure,
+      // recorded once the store answers (the claim keeps it counted once
+      // if the others saw it too).
+      note_store_error(budget_.record_failure(unrecorded_failure, options_.self.id));
+      unrecorded_failure = 0;
+    }
     KILN_ASSIGN_OR_RETURN(const Round round, join(floor));
     const std::int64_t g = round.generation;
     // Store trouble here is the round's first failure to come: the monitor
@@ -357,6 +365,7 @@ Status Agent::run() {
       case Outcome::kStoreLost: {
         group->kill_all();
         event("store_lost", &round, &o.failure, nullptr, "rejoining when the store is back");
+        unrecorded_failure = g;
         floor = g + 1;
         continue;
       }

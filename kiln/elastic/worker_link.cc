@@ -78,6 +78,10 @@ std::unique_ptr<BusyBeat> WorkerLink::busy(Deadline until) const {
   return std::make_unique<BusyBeat>(fd_, kBusyInterval, until);
 }
 
+void WorkerLink::finishing(Deadline until) {
+  if (fd_ >= 0 && !finishing_) finishing_ = busy(until);
+}
+
 bool WorkerLink::stop_requested() const { return g_stop_requested != 0; }
 
 }  // namespace kiln::elastic

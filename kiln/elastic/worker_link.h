@@ -4,6 +4,7 @@
 //   auto& link = elastic::WorkerLink::instance();   // inert outside kiln run
 //   for (...) { train_step(); link.heartbeat(); if (link.stop_requested()) { save(); break; } }
 //   { auto busy = link.busy(Deadline::after(10min)); evaluate(); save_and_wait(); }
+//   link.finishing(Deadline::after(2min));   // then return, close, exit
 //
 // heartbeat() writes one byte to the pipe named by KILN_HEARTBEAT_FD
 // (non-blocking: a busy agent never stalls training). Under `kiln run`,
@@ -75,11 +76,17 @@ class WorkerLink {
   // Keeps the worker from looking hung while the returned object lives, up
   // to `until` (see BusyBeat). nullptr outside kiln run.
   [[nodiscard]] std::unique_ptr<BusyBeat> busy(Deadline until) const;
+  // The work is done and the process is tearing down (closing its
+  // communicator, waiting for its peers, freeing the model): beats until
+  // the process exits or `until`, so a slow exit is not taken for a hang.
+  // No-op outside kiln run. Call from one thread.
+  void finishing(Deadline until);
   bool stop_requested() const;
 
  private:
   WorkerLink();
   int fd_ = -1;
+  std::unique_ptr<BusyBeat> finishing_;  // joined when the process exits
 };
 
 }  // namespace kiln::elastic

@@ -53,6 +53,9 @@ const Knob<std::int64_t> kDiagAbSteps{
 constexpr double kBatchTimeoutS = 600;
 // The last checkpoint: saved and committed (with every save before it).
 constexpr std::chrono::seconds kFinalCheckpointTimeout = std::chrono::minutes(10);
+// After the last evaluation: returning, closing the communicators (which
+// waits for the peers) and exiting, beating meanwhile under kiln run.
+constexpr std::chrono::seconds kTeardownTimeout = std::chrono::minutes(2);
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -517,12 +520,16 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   }
   if (result.stopped) {
     // The grace period is for the checkpoint, not for an evaluation.
+    elastic.finishing(Deadline::after(kTeardownTimeout));
     line.finish();
     result.parameter_digest = parameter_digest(*task->module());
     result.seconds = seconds_since(started);
     return result;
   }
   KILN_ASSIGN_OR_RETURN(EvalResult final_eval, run_eval(result.steps));
+  // A process that finished its work but is slow to exit (its peers still
+  // evaluating, a loaded machine) is not hung.
+  elastic.finishing(Deadline::after(kTeardownTimeout));
   line.finish();
   result.eval_loss = final_eval.loss;
   result.eval_accuracy = final_eval.accuracy;
