@@ -228,7 +228,9 @@ trial() {
       recovery_s: (if $r then ($r - $f) * 100 | round / 100 else null end),
       restarted: ($resumed != null),
       lost_steps: (if $resumed then [$before - $resumed, 0] | max else 0 end),
-      world_before: 4, world_after: $w, params_match_fault_free: $m}
+      world_before: 4, world_after: $w, params_match_fault_free: $m,
+      detect_max_s: (if $dmax == "-" then null else ($dmax | tonumber) end),
+      recover_max_s: $rmax, world_expected: $wexp}
      | .violations = ([
          (if $dmax == "-" then empty
           elif .detected_s == null then "no failure detected"
@@ -263,13 +265,17 @@ done
 
 # One row per fault: median and worst of every trial.
 TABLE=$(jq -s -r '
-  def median: sort | if length == 0 then null elif length % 2 == 1 then .[length / 2 | floor]
-              else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+  def r2: . * 100 | round / 100;
+  def median: sort | if length % 2 == 1 then .[length / 2 | floor]
+                     else (.[length / 2 - 1] + .[length / 2]) / 2 end;
   def stat(f): [.[] | f | select(. != null)] as $v
-    | if ($v | length) == 0 then "—" else "\($v | median) / \($v | max)" end;
-  "| fault | trials | passed | detected s (median / worst) | recovery s (median / worst) | lost steps (median / worst) | world after | params = fault-free |",
-  "|---|---:|---:|---:|---:|---:|---|---|",
-  (group_by(.scenario)[] | "| \(.[0].scenario) | \(length) | \([.[] | select(.ok)] | length) | \(stat(.detected_s)) | \(stat(.recovery_s)) | \(stat(.lost_steps)) | \([.[].world_after] | unique | map(tostring) | join(", ")) | \([.[].params_match_fault_free] | unique | map(if . == null then "n/a" else tostring end) | join(", ")) |")
+    | if ($v | length) == 0 then "—" else "\($v | median | r2) / \($v | max | r2)" end;
+  def bound(f): (.[0] | f) as $b | if $b == null then "none expected" else "≤ \($b)" end;
+  def set(f): [.[] | f] | unique | map(if . == null then "n/a" else tostring end) | join(", ");
+  "| fault | trials | met every bound | detected s, median / worst | bound | recovery s, median / worst | bound | lost steps, median / worst | world after (expected) | params = fault-free |",
+  "|---|---:|---:|---:|---|---:|---|---:|---|---|",
+  ([to_entries[] | .value + {i: .key}] | group_by(.scenario) | sort_by(.[0].i)[]
+   | "| \(.[0].scenario) | \(length) | \([.[] | select(.ok)] | length) | \(stat(.detected_s)) | \(bound(.detect_max_s)) | \(stat(.recovery_s)) | \(bound(.recover_max_s)) | \(stat(.lost_steps)) | \(set(.world_after)) (\(.[0].world_expected)) | \(set(.params_match_fault_free)) |")
   ' "$WORK/results.jsonl")
 echo "$TABLE"
 [ -z "$TABLE_FILE" ] || echo "$TABLE" > "$TABLE_FILE"
