@@ -36,9 +36,12 @@ BusyBeat::~BusyBeat() {
   thread_.join();
 }
 
-void BusyBeat::extend(Deadline until) {
+bool BusyBeat::extend(Deadline until) {
   std::lock_guard lock(mu_);
+  // The loop clears beating_ holding mu_: true here means it will see until_.
+  if (!beating_.load()) return false;
   until_ = until;
+  return true;
 }
 
 void BusyBeat::loop(int fd, Clock::duration interval) {
@@ -79,7 +82,10 @@ std::unique_ptr<BusyBeat> WorkerLink::busy(Deadline until) const {
 }
 
 void WorkerLink::finishing(Deadline until) {
-  if (fd_ >= 0 && !finishing_) finishing_ = busy(until);
+  if (fd_ < 0) return;
+  if (finishing_ != nullptr && finishing_->extend(until)) return;
+  delete finishing_;  // its beats ended: joining it does not wait
+  finishing_ = new BusyBeat(fd_, kBusyInterval, until);
 }
 
 bool WorkerLink::stop_requested() const { return g_stop_requested != 0; }

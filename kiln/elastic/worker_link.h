@@ -3,8 +3,8 @@
 //
 //   auto& link = elastic::WorkerLink::instance();   // inert outside kiln run
 //   for (...) { train_step(); link.heartbeat(); if (link.stop_requested()) { save(); break; } }
-//   { auto busy = link.busy(Deadline::after(10min)); evaluate(); save_and_wait(); }
-//   link.finishing(Deadline::after(2min));   // then return, close, exit
+//   { auto busy = link.busy(Deadline::after(10min)); evaluate(); }
+//   link.finishing(Deadline::after(10min));  // no more steps: save, evaluate, exit
 //
 // heartbeat() writes one byte to the pipe named by KILN_HEARTBEAT_FD
 // (non-blocking: a busy agent never stalls training). Under `kiln run`,
@@ -43,9 +43,9 @@ class BusyBeat {
   BusyBeat(const BusyBeat&) = delete;
   BusyBeat& operator=(const BusyBeat&) = delete;
 
-  // Moves the end to `until` (work that made progress earns a new bound);
-  // no effect once the beats stopped.
-  void extend(Deadline until);
+  // Moves the end to `until` (work that made progress earns a new bound).
+  // False, changing nothing, once the beats stopped.
+  bool extend(Deadline until);
 
   // Whether the thread still beats (false once the end passed).
   bool beating() const { return beating_.load(); }
@@ -76,17 +76,20 @@ class WorkerLink {
   // Keeps the worker from looking hung while the returned object lives, up
   // to `until` (see BusyBeat). nullptr outside kiln run.
   [[nodiscard]] std::unique_ptr<BusyBeat> busy(Deadline until) const;
-  // The work is done and the process is tearing down (closing its
-  // communicator, waiting for its peers, freeing the model): beats until
-  // the process exits or `until`, so a slow exit is not taken for a hang.
-  // No-op outside kiln run. Call from one thread.
+  // No more steps: the last checkpoint, the last evaluation, closing the
+  // communicators and exiting. Beats until the process exits or `until`
+  // (a later call moves `until`), so a slow finish or exit on a loaded
+  // machine is not taken for a hang. No-op outside kiln run. Call from one
+  // thread.
   void finishing(Deadline until);
   bool stop_requested() const;
 
  private:
   WorkerLink();
   int fd_ = -1;
-  std::unique_ptr<BusyBeat> finishing_;  // joined when the process exits
+  // Never destroyed while it beats: it must beat through the process's
+  // exit (static destructors, LibTorch's teardown) and ends with it.
+  BusyBeat* finishing_ = nullptr;
 };
 
 }  // namespace kiln::elastic

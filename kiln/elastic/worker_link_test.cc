@@ -63,12 +63,14 @@ TEST(BusyBeat, StopsAtItsDeadlineSoStuckWorkStillLooksHung) {
   ASSERT_FALSE(busy.beating());
   EXPECT_FALSE(pipe.drain().empty());
   EXPECT_FALSE(pipe.beat_within(milliseconds(100))) << "beats after the deadline";
+  EXPECT_FALSE(busy.extend(Deadline::after(seconds(30)))) << "ended beats do not restart";
+  EXPECT_FALSE(pipe.beat_within(milliseconds(100)));
 }
 
 TEST(BusyBeat, ExtendingMovesTheEnd) {
   Pipe pipe;
   BusyBeat busy(pipe.fds[1], milliseconds(10), Deadline::after(milliseconds(100)));
-  busy.extend(Deadline::after(seconds(30)));
+  EXPECT_TRUE(busy.extend(Deadline::after(seconds(30))));
   // Well past the first end it still beats.
   auto start = Clock::now();
   while (Clock::now() - start < milliseconds(400)) {

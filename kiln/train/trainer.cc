@@ -500,11 +500,13 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   result.start_step = start_step;
   result.steps = stopped_at ? *stopped_at : std::max(start_step, c.train.max_steps);
   result.stopped = stopped_at.has_value();
+  // No more steps from here to the exit: the last save and the wait for
+  // every save to commit (minutes on a large model), the last evaluation,
+  // closing and exiting. Beat meanwhile, each part bounded by its own
+  // deadline (Note [Busy beats end at the deadline]).
+  const Deadline finish = Deadline::after(kFinalCheckpointTimeout);
+  elastic.finishing(finish);
   if (checkpointer) {
-    // The last save and the wait for every save to commit: minutes on a
-    // large model, beating meanwhile (Note [Busy beats end at the deadline]).
-    const Deadline finish = Deadline::after(kFinalCheckpointTimeout);
-    auto busy = elastic.busy(finish);
     if (result.steps > last_saved) {
       Snapshot snap;
       KILN_RETURN_IF_ERROR(snapshot(result.steps, &snap));
@@ -526,9 +528,9 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     result.seconds = seconds_since(started);
     return result;
   }
+  elastic.finishing(
+      Deadline::after(kFinalCheckpointTimeout));  // a bound of its own for the evaluation
   KILN_ASSIGN_OR_RETURN(EvalResult final_eval, run_eval(result.steps));
-  // A process that finished its work but is slow to exit (its peers still
-  // evaluating, a loaded machine) is not hung.
   elastic.finishing(Deadline::after(kTeardownTimeout));
   line.finish();
   result.eval_loss = final_eval.loss;
