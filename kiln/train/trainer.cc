@@ -528,8 +528,8 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     result.seconds = seconds_since(started);
     return result;
   }
-  elastic.finishing(
-      Deadline::after(kFinalCheckpointTimeout));  // a bound of its own for the evaluation
+  // A bound of its own for the evaluation (which also beats per batch).
+  elastic.finishing(Deadline::after(kFinalCheckpointTimeout));
   KILN_ASSIGN_OR_RETURN(EvalResult final_eval, run_eval(result.steps));
   elastic.finishing(Deadline::after(kTeardownTimeout));
   line.finish();
