@@ -5,7 +5,7 @@ SAN_DIR ?= build-asan
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps demo test test-fast test-asan clean
+.PHONY: all build deps demo test test-fast test-asan chaos clean
 
 all: build
 
@@ -45,6 +45,17 @@ test-asan: $(SAN_DIR)/build.ninja
 
 $(SAN_DIR)/build.ninja:
 	cmake -S . -B $(SAN_DIR) -G Ninja -DKILN_SANITIZE="address;undefined" -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
+# The chaos campaign (tests/chaos/campaign.sh; needs root for network
+# namespaces): CHAOS_TRIALS trials of each fault (worker SIGKILL, worker
+# SIGSTOP, node SIGKILL, link down and back, etcd restart), every trial held
+# to its detection and recovery bounds and its world size after; prints one
+# table (median and worst per fault), also written to $(BUILD_DIR)/chaos.md.
+# `make test` runs one trial of each. About a minute a trial on 2 busy cores.
+CHAOS_TRIALS ?= 10
+chaos: $(BUILD_DIR)/build.ninja
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target kiln
+	bash tests/chaos/campaign.sh $(BUILD_DIR)/kiln --trials $(CHAOS_TRIALS) --table $(BUILD_DIR)/chaos.md
 
 clean:
 	rm -rf $(BUILD_DIR) $(SAN_DIR)

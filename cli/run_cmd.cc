@@ -2,6 +2,7 @@
 // per node; see kiln/elastic/agent.h and docs/elastic.md.
 //
 //   kiln run -n 4 -- CMD ARGS...                      one node, embedded store
+//   kiln run --standalone -n 4 -- CMD ARGS...         the same, with a fresh job id
 //   kiln run --nnodes 1:2 --nproc-per-node 2 --rdzv-endpoint HOST:PORT --rdzv-id JOB -- CMD...
 //
 // With an endpoint, the agent that can bind HOST:PORT serves the store
@@ -16,6 +17,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,6 +26,7 @@
 #include "kiln/base/backoff.h"
 #include "kiln/base/logging.h"
 #include "kiln/elastic/agent.h"
+#include "kiln/elastic/etcd_change_feed.h"
 #include "kiln/elastic/etcd_liveness.h"
 #include "kiln/store/etcd/etcd_store.h"
 #include "kiln/store/prefix_store.h"
@@ -34,6 +37,7 @@ namespace kiln::cli {
 namespace {
 
 struct RunArgs {
+  bool standalone = false;
   std::string nnodes = "1:1";
   int nproc_per_node = 1;
   std::string rdzv_backend = "tcp";
@@ -144,7 +148,41 @@ std::string node_address(const std::string& flag) {
 
 Status run_agent(std::shared_ptr<store::Store> job, const elastic::AgentOptions& o);
 
-Status run(const RunArgs& a) {
+// A job id no other job on this host shares ("standalone-" and 16 hex digits).
+std::string fresh_run_id() {
+  std::random_device entropy;
+  std::uint64_t id = (static_cast<std::uint64_t>(entropy()) << 32) ^ entropy();
+  return fmt::format("standalone-{:016x}", id);
+}
+
+// torchrun's --standalone: a one-node job on an embedded store on a free
+// loopback port, under a fresh job id; explicit rendezvous flags are
+// ignored, and the log says so.
+Status apply_standalone(RunArgs& a) {
+  int min = 0, max = 0;
+  KILN_RETURN_IF_ERROR(parse_nnodes(a.nnodes, min, max));
+  if (max > 1) {
+    return invalid_argument(fmt::format(
+        "kiln run: --standalone runs one node, but --nnodes {:?} asks for up to {} (drop "
+        "--standalone and give --rdzv-endpoint for a multi-node job)",
+        a.nnodes, max));
+  }
+  if (!a.rdzv_endpoint.empty() || a.rdzv_backend != "tcp" || a.rdzv_id != "default") {
+    log()->warn(
+        "kiln run: --standalone ignores --rdzv-backend {:?}, --rdzv-endpoint {:?} and --rdzv-id "
+        "{:?}",
+        a.rdzv_backend, a.rdzv_endpoint, a.rdzv_id);
+  }
+  a.rdzv_backend = "tcp";
+  a.rdzv_endpoint.clear();
+  a.rdzv_id = fresh_run_id();
+  log()->info("kiln run: standalone: --rdzv-backend tcp (embedded, loopback) --rdzv-id {}",
+              a.rdzv_id);
+  return Status::ok();
+}
+
+Status run(RunArgs a) {
+  if (a.standalone) KILN_RETURN_IF_ERROR(apply_standalone(a));
   if (a.command.empty())
     return invalid_argument("kiln run: no command given (kiln run -n N -- CMD ARGS...)");
   if (a.rdzv_backend != "tcp" && a.rdzv_backend != "c10d" && a.rdzv_backend != "etcd") {
@@ -185,6 +223,7 @@ Status run(const RunArgs& a) {
     KILN_ASSIGN_OR_RETURN(auto opened, store::etcd::EtcdStore::open(eo));
     std::shared_ptr<store::etcd::EtcdStore> etcd = std::move(opened);
     o.liveness = elastic::lease_liveness(etcd, o.node_ttl);
+    o.changes = elastic::etcd_change_feed(etcd);
     job = etcd;
     o.serve_worker_store = true;
     return run_agent(job, o);
@@ -236,6 +275,9 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
       "when nodes leave or join (torchrun-compatible flags; docs/elastic.md)");
   cmd->add_option("-n,--nproc-per-node,--nproc_per_node", a->nproc_per_node, "workers on this node")
       ->capture_default_str();
+  cmd->add_flag("--standalone", a->standalone,
+                "one node on an embedded loopback store under a fresh job id (torchrun's "
+                "--standalone: the rendezvous flags are ignored)");
   cmd->add_option("--nnodes", a->nnodes, "nodes in the job: N or MIN:MAX")->capture_default_str();
   cmd->add_option("--rdzv-backend,--rdzv_backend", a->rdzv_backend, "tcp (kiln store) or etcd")
       ->capture_default_str();
@@ -249,7 +291,8 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
       "--node-addr", a->node_addr,
       "address other nodes reach this one at (default: KILN_COMM_ADDR, else the hostname)");
   cmd->add_option("--max-restarts,--max_restarts", a->max_restarts,
-                  "re-forms before the job gives up")
+                  "restarts after failures before the job gives up (scale-ups, scale-downs and "
+                  "preemptions do not count)")
       ->capture_default_str();
   cmd->add_option("--hang-timeout", a->hang_timeout_s,
                   "seconds without a worker heartbeat before it counts as hung (0: off)")

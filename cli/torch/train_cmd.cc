@@ -147,9 +147,10 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("--diag-every", a->diag_every,
                   "Exchange step summaries and print the bottleneck verdict every N steps "
                   "(default 50 with --trace-dir, else off; 0 = off)");
-  cmd->add_option("--inject", a->inject,
-                  "Debugging: make a bottleneck on purpose: data-delay=MS, comm-delay=MS, "
-                  "compute-spin=MS or ckpt-sync, each optionally @RANK (repeatable)");
+  cmd->add_option(
+      "--inject", a->inject,
+      "Debugging: make a bottleneck on purpose: data-delay=MS, comm-delay=MS, "
+      "compute-spin=MS, ckpt-sync or eval-delay=MS, each optionally @RANK (repeatable)");
   cmd->add_option("--metrics-port", a->metrics_port,
                   "Serve Prometheus text at :P/metrics (local rank r on P+r; 0 = any free port)");
   cmd->callback(run_status([a] { return train(*a); }));

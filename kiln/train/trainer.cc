@@ -53,6 +53,11 @@ const Knob<std::int64_t> kDiagAbSteps{
     "times (Note [Diagnosis overhead, A/B in one process]); 0 = record every step"};
 
 constexpr double kBatchTimeoutS = 600;
+// The last checkpoint: saved and committed (with every save before it).
+constexpr std::chrono::seconds kFinalCheckpointTimeout = std::chrono::minutes(10);
+// After the last evaluation: returning, closing the communicators (which
+// waits for the peers) and exiting, beating meanwhile under kiln run.
+constexpr std::chrono::seconds kTeardownTimeout = std::chrono::minutes(2);
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -181,7 +186,10 @@ struct EvalResult {
   std::optional<double> accuracy;
 };
 
-Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm::Communicator& comm) {
+// `busy` (under kiln run) keeps the agent from taking a long evaluation for
+// a hang while each batch arrives within its deadline.
+Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm::Communicator& comm,
+                            elastic::BusyBeat* busy) {
   task.module()->eval();
   data::Loader loader(test.cache.get(), test.index,
                       {.rank = comm.rank(), .world = comm.size(),
@@ -193,8 +201,10 @@ Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm:
     KILN_ASSIGN_OR_RETURN(auto batch, loader.next(Deadline::after_seconds(kBatchTimeoutS)));
     if (!batch) break;
     KILN_RETURN_IF_ERROR(task.evaluate(*batch, &sums));
+    if (busy != nullptr) busy->extend(Deadline::after_seconds(kBatchTimeoutS));
   }
   task.module()->train();
+  if (busy != nullptr) busy->extend(Deadline::after(kCollectiveTimeout));
   double total[3] = {sums.loss_sum, sums.correct, sums.count};
   KILN_RETURN_IF_ERROR(comm.allreduce(total, 3, comm::DataType::kFloat64, comm::ReduceOp::kSum)
                            ->wait(kCollectiveTimeout));
@@ -425,15 +435,19 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     if (sharded) return capture_sharded_state(*sharded, {step, s.epoch, s.consumed}, rank, world, snap);
     return capture_state(*task->module(), *optimizer, {step, s.epoch, s.consumed}, rank, world, snap);
   };
+  elastic::WorkerLink& elastic = elastic::WorkerLink::instance();
   auto run_eval = [&](std::int64_t step) -> Result<EvalResult> {
-    KILN_ASSIGN_OR_RETURN(EvalResult e, evaluate(*task, test_split, c, comm));
+    // Note [Busy beats end at the deadline] (worker_link.h): evaluating is
+    // not a step, and may outlast kiln run's --hang-timeout.
+    auto busy = elastic.busy(Deadline::after_seconds(kBatchTimeoutS));
+    diag::inject_sleep(inject.eval_delay_ms);
+    KILN_ASSIGN_OR_RETURN(EvalResult e, evaluate(*task, test_split, c, comm, busy.get()));
     if (metrics) KILN_RETURN_IF_ERROR(metrics->write_eval(step, e.loss, e.accuracy));
     if (session) KILN_RETURN_IF_ERROR(session->record_eval(step, e.loss, e.accuracy));
     line.eval(step, e.loss, e.accuracy);
     return e;
   };
 
-  elastic::WorkerLink& elastic = elastic::WorkerLink::instance();
   std::optional<std::int64_t> stopped_at;  // asked to stop after this step
   std::int64_t last_saved = start_step;
   // The diagnosis' own cost, outside the steps: recording (this thread's
@@ -594,13 +608,19 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   result.start_step = start_step;
   result.steps = stopped_at ? *stopped_at : std::max(start_step, c.train.max_steps);
   result.stopped = stopped_at.has_value();
+  // No more steps from here to the exit: the last save and the wait for
+  // every save to commit (minutes on a large model), the last evaluation,
+  // closing and exiting. Beat meanwhile, each part bounded by its own
+  // deadline (Note [Busy beats end at the deadline]).
+  const Deadline finish = Deadline::after(kFinalCheckpointTimeout);
+  elastic.finishing(finish);
   if (checkpointer) {
     if (result.steps > last_saved) {
       Snapshot snap;
       KILN_RETURN_IF_ERROR(snapshot(result.steps, &snap));
-      KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, result.steps, Deadline::after_seconds(600)));
+      KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, result.steps, finish));
     }
-    KILN_RETURN_IF_ERROR(checkpointer->wait(Deadline::after_seconds(600)));
+    KILN_RETURN_IF_ERROR(checkpointer->wait(finish));
   }
   if (memory_tier && !result.stopped) {
     // Finished: nothing left to recover, and /dev/shm is memory. A stopped
@@ -628,12 +648,16 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   };
   if (result.stopped) {
     // The grace period is for the checkpoint, not for an evaluation.
+    elastic.finishing(Deadline::after(kTeardownTimeout));
     line.finish();
     KILN_RETURN_IF_ERROR(read_parameters(false));
     result.seconds = seconds_since(started);
     return result;
   }
+  // A bound of its own for the evaluation (which also beats per batch).
+  elastic.finishing(Deadline::after(kFinalCheckpointTimeout));
   KILN_ASSIGN_OR_RETURN(EvalResult final_eval, run_eval(result.steps));
+  elastic.finishing(Deadline::after(kTeardownTimeout));
   line.finish();
   result.eval_loss = final_eval.loss;
   result.eval_accuracy = final_eval.accuracy;

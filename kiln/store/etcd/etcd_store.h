@@ -72,6 +72,16 @@ class EtcdStore final : public Store {
   // lease.h) on this store's etcd.
   Result<std::unique_ptr<EtcdLease>> grant_lease(std::chrono::seconds ttl, Deadline deadline);
 
+  // For waiting on "anything changed" instead of polling (the rendezvous
+  // does, kiln/elastic/etcd_change_feed.h): the store's current revision,
+  // then await_change(revision) blocks until a key under the prefix is put
+  // or deleted after it (ok at once if one already was), or until the
+  // deadline (DeadlineExceeded). Unavailable when etcd could not be reached
+  // or the watch broke, ok also when etcd cancelled the watch (its start
+  // revision was compacted): either way, read again.
+  Result<std::int64_t> revision(Deadline deadline);
+  Status await_change(std::int64_t revision, Deadline deadline);
+
   const std::string& prefix() const { return prefix_; }
   const std::shared_ptr<EtcdClient>& client() const { return client_; }
 
