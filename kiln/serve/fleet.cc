@@ -47,6 +47,9 @@ Result<std::unique_ptr<Proc>> spawn(const FleetOptions& o, int id) {
   if (pid == 0) {
     ::dup2(fds[1], STDOUT_FILENO);
     ::dup2(fds[1], STDERR_FILENO);
+    // Not the router's sockets: a replica holding a client connection open
+    // would keep it from closing when the router is done with it.
+    ::close_range(3, ~0u, 0);
     // The fleet blocked these for its sigwait; a replica needs its own.
     sigset_t none;
     sigemptyset(&none);

@@ -19,7 +19,7 @@ LABELS=/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 image_json() {
   local px
   [ -f "$WORK/images.idx" ] || zcat "$IMAGES" > "$WORK/images.idx"
-  px=$(tail -c +$((17 + 784 * $1)) "$WORK/images.idx" | head -c 784 | od -An -tu1 -v |
+  px=$(od -An -tu1 -v -j $((16 + 784 * $1)) -N 784 "$WORK/images.idx" |
        tr -s ' \n' ',' | sed 's/^,//;s/,$//')
   echo "{\"image\": [$px]}"
 }
@@ -27,7 +27,7 @@ image_json() {
 # label I: the test label of image I (8-byte header).
 label() {
   [ -f "$WORK/labels.idx" ] || zcat "$LABELS" > "$WORK/labels.idx"
-  tail -c +$((9 + $1)) "$WORK/labels.idx" | head -c 1 | od -An -tu1 | tr -d ' '
+  od -An -tu1 -j $((8 + $1)) -N 1 "$WORK/labels.idx" | tr -d ' '
 }
 
 # train_tiny_cnn DIR STEPS: trains the elastic tests' tiny CNN into DIR/ckpt.
