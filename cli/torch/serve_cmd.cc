@@ -3,11 +3,16 @@
 #include <memory>
 #include <string>
 
+#include <cstdio>
+#include <fstream>
+
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "cli/command.h"
 #include "kiln/serve/fleet.h"
 #include "kiln/serve/replica.h"
+#include "kiln/serve/simulator.h"
 
 namespace kiln::cli {
 namespace {
@@ -58,8 +63,7 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
       "serve", "Serve a checkpoint kiln train wrote over HTTP/JSON with dynamic batching "
                "(docs/serve.md)");
   cmd->add_option("model", a->replica.model_url,
-                  "Checkpoint root: s3://BUCKET/PREFIX, file://DIR or DIR (its newest step)")
-      ->required();
+                  "Checkpoint root: s3://BUCKET/PREFIX, file://DIR or DIR (its newest step)");
   cmd->add_option("--host", a->replica.server.host, "Address to listen on")
       ->capture_default_str();
   cmd->add_option("--port", a->replica.server.port, "Port (0: any free one, printed)")
@@ -99,7 +103,11 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
       ->capture_default_str();
   cmd->add_option("--decision-log", a->decision_log,
                   "Fleet: append one JSON line per autoscaling decision and replica event here");
-  cmd->callback(run_status([a]() -> Status {
+  cmd->callback(run_status([a, cmd]() -> Status {
+    if (cmd->got_subcommand("simulate")) return Status::ok();
+    if (a->replica.model_url.empty()) {
+      return invalid_argument("kiln serve: MODEL (a checkpoint root or URL) is required");
+    }
     a->replica.cache_bytes = static_cast<std::uint64_t>(a->cache_gib * (1ull << 30));
     a->replica.server.batcher.max_queue_delay = std::chrono::microseconds(a->max_queue_delay_us);
     if (!a->replicas.empty()) {
@@ -108,6 +116,120 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
     }
     return serve::run_replica(a->replica);
   }));
+});
+
+}  // namespace
+}  // namespace kiln::cli
+
+namespace kiln::cli {
+namespace {
+
+struct SimulateArgs {
+  serve::SimOptions sim;
+  std::string trace = "all";
+  double replicas_peak = 1000;  // the static fleet's size at the trace's peak
+  bool json = false;
+  std::string svg;
+};
+
+nlohmann::json result_json(const serve::SimResult& r, double static_rs) {
+  return {{"policy", r.policy},
+          {"slo_met_fraction", r.slo_met_fraction},
+          {"slo_violations", r.slo_violations},
+          {"replica_seconds", r.replica_seconds},
+          {"replica_seconds_vs_static", r.replica_seconds / static_rs},
+          {"p99_ms", r.p99_s * 1000},
+          {"requests", r.requests}};
+}
+
+Status simulate(SimulateArgs& a) {
+  std::vector<serve::TraceKind> kinds;
+  if (a.trace == "all") {
+    kinds = {serve::TraceKind::kSteady, serve::TraceKind::kStep, serve::TraceKind::kDiurnal};
+  } else {
+    KILN_ASSIGN_OR_RETURN(auto k, serve::parse_trace_kind(a.trace));
+    kinds = {k};
+  }
+  // Peak load so that the static fleet at its utilisation is replicas_peak.
+  a.sim.trace.peak_rps =
+      a.replicas_peak * a.sim.service.capacity_rps() * a.sim.static_utilisation;
+  nlohmann::json out = nlohmann::json::array();
+  for (auto kind : kinds) {
+    serve::SimOptions o = a.sim;
+    o.trace.kind = kind;
+    std::vector<serve::SimResult> results;
+    for (auto p : {serve::PolicyKind::kStaticPeak, serve::PolicyKind::kCpu,
+                   serve::PolicyKind::kQueue}) {
+      results.push_back(serve::simulate(o, p));
+    }
+    const double static_rs = results[0].replica_seconds;
+    nlohmann::json t = {{"trace", serve::trace_kind_name(kind)},
+                        {"peak_rps", o.trace.peak_rps},
+                        {"static_peak_replicas", serve::static_peak_replicas(o)},
+                        {"slo_ms", o.slo_s * 1000},
+                        {"policies", nlohmann::json::array()}};
+    for (const auto& r : results) t["policies"].push_back(result_json(r, static_rs));
+    out.push_back(t);
+    if (!a.json) {
+      std::printf("trace %s: peak %.0f req/s, static fleet %d replicas, SLO p99 <= %.0f ms per "
+                  "%.0f s window\n", serve::trace_kind_name(kind).c_str(), o.trace.peak_rps,
+                  serve::static_peak_replicas(o), o.slo_s * 1000, o.window_s);
+      std::printf("  %-12s %10s %12s %16s %10s\n", "policy", "SLO met", "violations",
+                  "replica-s (x st)", "p99 ms");
+      for (const auto& r : results) {
+        std::printf("  %-12s %9.2f%% %12d %9.3g (%.2f) %10.1f\n", r.policy.c_str(),
+                    100 * r.slo_met_fraction, r.slo_violations, r.replica_seconds,
+                    r.replica_seconds / static_rs, r.p99_s * 1000);
+      }
+    }
+    if (!a.svg.empty()) {
+      std::string path = a.svg;
+      if (kinds.size() > 1) {
+        auto dot = path.rfind(".svg");
+        path = (dot == std::string::npos ? path : path.substr(0, dot)) + "-" +
+               serve::trace_kind_name(kind) + ".svg";
+      }
+      std::ofstream f(path, std::ios::trunc);
+      f << serve::simulation_svg(o, results);
+      f.close();
+      if (!f) return errno_status("write " + path, errno);
+    }
+  }
+  if (a.json) std::printf("%s\n", out.dump(2).c_str());
+  return Status::ok();
+}
+
+const CommandRegistration kRegisterSimulate("serve", [](CLI::App& parent) {
+  auto a = std::make_shared<SimulateArgs>();
+  auto* cmd = parent.add_subcommand(
+      "simulate", "Simulate a serving fleet (static, CPU HPA, queue autoscaling) on request traces "
+                  "(docs/serve.md)");
+  auto& s = a->sim;
+  cmd->add_option("--trace", a->trace, "steady, step, diurnal or all")->capture_default_str();
+  cmd->add_option("--replicas-peak", a->replicas_peak,
+                  "Size of the static fleet at the trace's peak (sets the load)")
+      ->capture_default_str();
+  cmd->add_option("--duration-s", s.trace.duration_s, "Trace length")->capture_default_str();
+  cmd->add_option("--seed", s.trace.seed, "Arrival seed")->capture_default_str();
+  cmd->add_option("--slo-ms", s.slo_s, "p99 latency SLO per window (ms)")
+      ->transform([](std::string v) { return std::to_string(std::stod(v) / 1000); });
+  cmd->add_option("--batch-base-ms", s.service.base_s, "Measured batch time: fixed part (ms)")
+      ->transform([](std::string v) { return std::to_string(std::stod(v) / 1000); });
+  cmd->add_option("--batch-item-ms", s.service.per_item_s,
+                  "Measured batch time: per request (ms)")
+      ->transform([](std::string v) { return std::to_string(std::stod(v) / 1000); });
+  cmd->add_option("--max-batch", s.service.max_batch, "Replica max batch")->capture_default_str();
+  cmd->add_option("--cold-start-s", s.service.cold_start_s, "Replica start, weights fetched")
+      ->capture_default_str();
+  cmd->add_option("--cold-start-cached-s", s.service.cold_start_cached_s,
+                  "Replica start, weights in the node cache")
+      ->capture_default_str();
+  cmd->add_option("--sync-period-s", s.sync_period_s, "Autoscaler period")->capture_default_str();
+  cmd->add_option("--scale-down-window-s", s.behavior.down_window_s, "Scale-down stabilization")
+      ->capture_default_str();
+  cmd->add_flag("--json", a->json, "JSON instead of a table");
+  cmd->add_option("--svg", a->svg, "Write load, replicas and p99 over time (one file per trace)");
+  cmd->callback(run_status([a]() -> Status { return simulate(*a); }));
 });
 
 }  // namespace
