@@ -8,24 +8,22 @@
 //   3. a fleet (--replicas 1:2) under a step in load that needs 2 replicas at
 //      peak: latency, throughput, drops, replica-seconds vs a static fleet of
 //      2, and how long after the step p99 is back under the SLO.
+#include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
-#include <unistd.h>
-
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <regex>
 #include <sstream>
 #include <thread>
-
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "cli/command.h"
 #include "kiln/base/deadline.h"
@@ -147,12 +145,17 @@ std::string request_body() {
 double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json* ladder) {
   double best = 0;
   for (double rate = start_rps; rate < 100000; rate *= 1.5) {
-    serve::LoadResult r = serve::run_load({.port = port, .body = request_body(),
+    serve::LoadResult r = serve::run_load({.port = port,
+                                           .body = request_body(),
                                            .rate = [rate](double) { return rate; },
-                                           .duration_s = a.step_seconds, .clients = 64});
+                                           .duration_s = a.step_seconds,
+                                           .clients = 64});
     const double p99 = serve::quantile(r.latencies_s, 0.99) * 1000;
-    ladder->push_back({{"rate", rate}, {"throughput_rps", r.throughput_rps()}, {"p99_ms", p99},
-                       {"rejected", r.rejected}, {"dropped", r.dropped}});
+    ladder->push_back({{"rate", rate},
+                       {"throughput_rps", r.throughput_rps()},
+                       {"p99_ms", p99},
+                       {"rejected", r.rejected},
+                       {"dropped", r.dropped}});
     if (p99 > a.slo_ms || r.rejected > 0 || r.dropped > 0) break;
     best = std::max(best, r.throughput_rps());
   }
@@ -189,8 +192,8 @@ Status bench(const BenchArgs& a) {
     (warm ? cached_wall : cold_wall).push_back(wall);
     if (!warm && i == a.runs - 1) {
       // Warm the shared cache once (not measured): the cached runs hit it.
-      KILN_ASSIGN_OR_RETURN(Child w, start_replica({model, "--cache-dir", work + "/cache-warm"},
-                                                   work + "/warm.out"));
+      KILN_ASSIGN_OR_RETURN(
+          Child w, start_replica({model, "--cache-dir", work + "/cache-warm"}, work + "/warm.out"));
       auto ok = wait_for(w, "cold start ([0-9.]+) s", 120);
       stop(w);
       KILN_RETURN_IF_ERROR(ok.status());
@@ -247,18 +250,19 @@ Status bench(const BenchArgs& a) {
     stop(fleet);
     return fleet_ready.status();
   }
-  serve::LoadResult r = serve::run_load(
-      {.port = fleet.port, .body = request_body(),
-       .rate = [&](double t) { return t < step_at ? low : peak; }, .duration_s = duration,
-       .clients = 128});
+  serve::LoadResult r = serve::run_load({.port = fleet.port,
+                                         .body = request_body(),
+                                         .rate = [&](double t) { return t < step_at ? low : peak; },
+                                         .duration_s = duration,
+                                         .clients = 128});
   stop(fleet);
   out["p50_ms"] = serve::quantile(r.latencies_s, 0.5) * 1000;
   out["p99_ms"] = serve::quantile(r.latencies_s, 0.99) * 1000;
   out["throughput_rps"] = r.throughput_rps();
   out["dropped"] = r.dropped;
   out["rejected_503"] = r.rejected;
-  out["load"] = {{"low_rps", low}, {"peak_rps", peak}, {"step_at_s", step_at},
-                 {"duration_s", duration}};
+  out["load"] = {
+      {"low_rps", low}, {"peak_rps", peak}, {"step_at_s", step_at}, {"duration_s", duration}};
   // Replicas started over time, from the decision log.
   double replica_seconds = 0, last_t = -1;
   int last_n = 1;
@@ -302,22 +306,23 @@ Status bench(const BenchArgs& a) {
   } else {
     std::printf("cold start %.3f s, cached %.3f s (x%.2f)\n", median(cold), median(cached),
                 median(cached) / median(cold));
-    std::printf("batching gain x%.2f (%.0f vs %.0f req/s within p99 <= %.0f ms)\n",
-                median(gains), median(batched_rps), median(single_rps), a.slo_ms);
-    std::printf("fleet: p50 %.1f ms p99 %.1f ms, %.0f req/s, dropped %llu, 503 %llu, "
-                "replica-s %.1f vs static %.1f, recovered %.0f s after the step\n",
-                out["p50_ms"].get<double>(), out["p99_ms"].get<double>(), r.throughput_rps(),
-                static_cast<unsigned long long>(r.dropped),
-                static_cast<unsigned long long>(r.rejected), replica_seconds,
-                out["static_peak_replica_seconds"].get<double>(), recover);
+    std::printf("batching gain x%.2f (%.0f vs %.0f req/s within p99 <= %.0f ms)\n", median(gains),
+                median(batched_rps), median(single_rps), a.slo_ms);
+    std::printf(
+        "fleet: p50 %.1f ms p99 %.1f ms, %.0f req/s, dropped %llu, 503 %llu, "
+        "replica-s %.1f vs static %.1f, recovered %.0f s after the step\n",
+        out["p50_ms"].get<double>(), out["p99_ms"].get<double>(), r.throughput_rps(),
+        static_cast<unsigned long long>(r.dropped), static_cast<unsigned long long>(r.rejected),
+        replica_seconds, out["static_peak_replica_seconds"].get<double>(), recover);
   }
   return Status::ok();
 }
 
 const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   auto a = std::make_shared<BenchArgs>();
-  auto* cmd = parent.add_subcommand("serve", "Serving load test: cold starts, batching gain, an "
-                                             "autoscaled fleet under a step (docs/perf.md)");
+  auto* cmd = parent.add_subcommand("serve",
+                                    "Serving load test: cold starts, batching gain, an "
+                                    "autoscaled fleet under a step (docs/perf.md)");
   cmd->add_flag("--json", a->json_out, "JSON output");
   cmd->add_option("--slo-ms", a->slo_ms, "p99 latency SLO")->capture_default_str();
   cmd->add_option("--runs", a->runs, "Runs of the cold-start and batching measurements")

@@ -1,13 +1,12 @@
 // `kiln serve MODEL_URL`: serves a checkpoint `kiln train` wrote over
 // HTTP/JSON with dynamic batching (docs/serve.md).
-#include <memory>
-#include <string>
+#include <fmt/format.h>
 
 #include <cstdio>
 #include <fstream>
-
-#include <fmt/format.h>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "cli/command.h"
 #include "kiln/serve/fleet.h"
@@ -34,19 +33,27 @@ Status run_fleet(ServeArgs& a) {
   int lo = 0, hi = 0;
   char tail = 0;
   if (std::sscanf(a.replicas.c_str(), "%d:%d%c", &lo, &hi, &tail) != 2 || lo < 1 || hi < lo) {
-    return invalid_argument(fmt::format("--replicas {}: expected MIN:MAX with 1 <= MIN <= MAX",
-                                        a.replicas));
+    return invalid_argument(
+        fmt::format("--replicas {}: expected MIN:MAX with 1 <= MIN <= MAX", a.replicas));
   }
   serve::FleetOptions f;
   f.exe = "/proc/self/exe";
   const auto& r = a.replica;
-  f.replica_args = {r.model_url, "--cache-gib", fmt::format("{}", a.cache_gib), "--max-batch",
-                    std::to_string(r.server.batcher.max_batch), "--max-queue-delay-us",
-                    std::to_string(a.max_queue_delay_us), "--max-queue",
-                    std::to_string(r.server.batcher.max_queue), "--threads",
+  f.replica_args = {r.model_url,
+                    "--cache-gib",
+                    fmt::format("{}", a.cache_gib),
+                    "--max-batch",
+                    std::to_string(r.server.batcher.max_batch),
+                    "--max-queue-delay-us",
+                    std::to_string(a.max_queue_delay_us),
+                    "--max-queue",
+                    std::to_string(r.server.batcher.max_queue),
+                    "--threads",
                     std::to_string(r.threads)};
-  if (!r.config_path.empty()) f.replica_args.insert(f.replica_args.end(), {"--config", r.config_path});
-  if (!r.cache_dir.empty()) f.replica_args.insert(f.replica_args.end(), {"--cache-dir", r.cache_dir});
+  if (!r.config_path.empty())
+    f.replica_args.insert(f.replica_args.end(), {"--config", r.config_path});
+  if (!r.cache_dir.empty())
+    f.replica_args.insert(f.replica_args.end(), {"--cache-dir", r.cache_dir});
   f.router.host = r.server.host;
   f.router.port = r.server.port;
   f.autoscaler = a.autoscaler;
@@ -60,12 +67,12 @@ Status run_fleet(ServeArgs& a) {
 const CommandRegistration kRegister("", [](CLI::App& parent) {
   auto a = std::make_shared<ServeArgs>();
   auto* cmd = parent.add_subcommand(
-      "serve", "Serve a checkpoint kiln train wrote over HTTP/JSON with dynamic batching "
-               "(docs/serve.md)");
+      "serve",
+      "Serve a checkpoint kiln train wrote over HTTP/JSON with dynamic batching "
+      "(docs/serve.md)");
   cmd->add_option("model", a->replica.model_url,
                   "Checkpoint root: s3://BUCKET/PREFIX, file://DIR or DIR (its newest step)");
-  cmd->add_option("--host", a->replica.server.host, "Address to listen on")
-      ->capture_default_str();
+  cmd->add_option("--host", a->replica.server.host, "Address to listen on")->capture_default_str();
   cmd->add_option("--port", a->replica.server.port, "Port (0: any free one, printed)")
       ->capture_default_str();
   cmd->add_option("--config", a->replica.config_path,
@@ -151,15 +158,14 @@ Status simulate(SimulateArgs& a) {
     kinds = {k};
   }
   // Peak load so that the static fleet at its utilisation is replicas_peak.
-  a.sim.trace.peak_rps =
-      a.replicas_peak * a.sim.service.capacity_rps() * a.sim.static_utilisation;
+  a.sim.trace.peak_rps = a.replicas_peak * a.sim.service.capacity_rps() * a.sim.static_utilisation;
   nlohmann::json out = nlohmann::json::array();
   for (auto kind : kinds) {
     serve::SimOptions o = a.sim;
     o.trace.kind = kind;
     std::vector<serve::SimResult> results;
-    for (auto p : {serve::PolicyKind::kStaticPeak, serve::PolicyKind::kCpu,
-                   serve::PolicyKind::kQueue}) {
+    for (auto p :
+         {serve::PolicyKind::kStaticPeak, serve::PolicyKind::kCpu, serve::PolicyKind::kQueue}) {
       results.push_back(serve::simulate(o, p));
     }
     const double static_rs = results[0].replica_seconds;
@@ -171,9 +177,11 @@ Status simulate(SimulateArgs& a) {
     for (const auto& r : results) t["policies"].push_back(result_json(r, static_rs));
     out.push_back(t);
     if (!a.json) {
-      std::printf("trace %s: peak %.0f req/s, static fleet %d replicas, SLO p99 <= %.0f ms per "
-                  "%.0f s window\n", serve::trace_kind_name(kind).c_str(), o.trace.peak_rps,
-                  serve::static_peak_replicas(o), o.slo_s * 1000, o.window_s);
+      std::printf(
+          "trace %s: peak %.0f req/s, static fleet %d replicas, SLO p99 <= %.0f ms per "
+          "%.0f s window\n",
+          serve::trace_kind_name(kind).c_str(), o.trace.peak_rps, serve::static_peak_replicas(o),
+          o.slo_s * 1000, o.window_s);
       std::printf("  %-12s %10s %12s %16s %10s\n", "policy", "SLO met", "violations",
                   "replica-s (x st)", "p99 ms");
       for (const auto& r : results) {
@@ -202,8 +210,9 @@ Status simulate(SimulateArgs& a) {
 const CommandRegistration kRegisterSimulate("serve", [](CLI::App& parent) {
   auto a = std::make_shared<SimulateArgs>();
   auto* cmd = parent.add_subcommand(
-      "simulate", "Simulate a serving fleet (static, CPU HPA, queue autoscaling) on request traces "
-                  "(docs/serve.md)");
+      "simulate",
+      "Simulate a serving fleet (static, CPU HPA, queue autoscaling) on request traces "
+      "(docs/serve.md)");
   auto& s = a->sim;
   cmd->add_option("--trace", a->trace, "steady, step, diurnal or all")->capture_default_str();
   cmd->add_option("--replicas-peak", a->replicas_peak,
@@ -215,8 +224,7 @@ const CommandRegistration kRegisterSimulate("serve", [](CLI::App& parent) {
       ->transform([](std::string v) { return std::to_string(std::stod(v) / 1000); });
   cmd->add_option("--batch-base-ms", s.service.base_s, "Measured batch time: fixed part (ms)")
       ->transform([](std::string v) { return std::to_string(std::stod(v) / 1000); });
-  cmd->add_option("--batch-item-ms", s.service.per_item_s,
-                  "Measured batch time: per request (ms)")
+  cmd->add_option("--batch-item-ms", s.service.per_item_s, "Measured batch time: per request (ms)")
       ->transform([](std::string v) { return std::to_string(std::stod(v) / 1000); });
   cmd->add_option("--max-batch", s.service.max_batch, "Replica max batch")->capture_default_str();
   cmd->add_option("--cold-start-s", s.service.cold_start_s, "Replica start, weights fetched")

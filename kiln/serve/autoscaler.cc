@@ -1,9 +1,9 @@
 #include "kiln/serve/autoscaler.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <cmath>
-
-#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 namespace kiln::serve {
@@ -58,10 +58,10 @@ Decision Autoscaler::decide(double now_s, int current, double metric) {
   if (desired < up_rec) desired = up_rec;
   if (desired > down_rec) desired = down_rec;
   if (desired != raw) {
-    d.reason += fmt::format("; {} {} held to {} by the {} stabilization window ({} s)",
-                            raw > current ? "scale up to" : "scale down to", raw, desired,
-                            raw > current ? "up" : "down",
-                            raw > current ? o.up_window_s : o.down_window_s);
+    d.reason +=
+        fmt::format("; {} {} held to {} by the {} stabilization window ({} s)",
+                    raw > current ? "scale up to" : "scale down to", raw, desired,
+                    raw > current ? "up" : "down", raw > current ? o.up_window_s : o.down_window_s);
   }
 
   // 3. Rate limits per period, from the replicas at the period's start.
@@ -74,8 +74,8 @@ Decision Autoscaler::decide(double now_s, int current, double metric) {
   }
   if (desired > current) {
     const int start = current - added;
-    const int limit = std::max(start + o.up_pods,
-                               static_cast<int>(std::ceil(start * (1 + o.up_percent / 100))));
+    const int limit =
+        std::max(start + o.up_pods, static_cast<int>(std::ceil(start * (1 + o.up_percent / 100))));
     if (desired > limit) {
       d.reason += fmt::format("; rate limited to {} (at most max(+{}, +{}%) per {} s)", limit,
                               o.up_pods, o.up_percent, o.up_period_s);
@@ -85,8 +85,8 @@ Decision Autoscaler::decide(double now_s, int current, double metric) {
     const int start = current + removed;
     const int limit = static_cast<int>(std::ceil(start * (1 - o.down_percent / 100)));
     if (desired < limit) {
-      d.reason += fmt::format("; rate limited to {} (at most -{}% per {} s)", limit,
-                              o.down_percent, o.down_period_s);
+      d.reason += fmt::format("; rate limited to {} (at most -{}% per {} s)", limit, o.down_percent,
+                              o.down_period_s);
       desired = std::min(current, limit);
     }
   }

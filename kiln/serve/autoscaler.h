@@ -28,10 +28,10 @@ namespace kiln::serve {
 struct AutoscalerOptions {
   int min_replicas = 1;
   int max_replicas = 4;
-  double target = 4;          // metric per replica (queued + running requests)
-  double tolerance = 0.1;     // HPA's default
-  double up_window_s = 0;     // HPA behavior.scaleUp.stabilizationWindowSeconds default
-  double down_window_s = 300; // HPA behavior.scaleDown.stabilizationWindowSeconds default
+  double target = 4;           // metric per replica (queued + running requests)
+  double tolerance = 0.1;      // HPA's default
+  double up_window_s = 0;      // HPA behavior.scaleUp.stabilizationWindowSeconds default
+  double down_window_s = 300;  // HPA behavior.scaleDown.stabilizationWindowSeconds default
   // HPA behavior defaults: up max(+4 pods, +100%) per 15 s; down -100% per 15 s.
   int up_pods = 4;
   double up_percent = 100;

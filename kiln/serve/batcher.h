@@ -14,6 +14,8 @@
 // worker thread only and must return one Result per input, in order.
 #pragma once
 
+#include <fmt/format.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -24,8 +26,6 @@
 #include <mutex>
 #include <thread>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"

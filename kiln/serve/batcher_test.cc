@@ -99,8 +99,7 @@ TEST(DynamicBatcher, RefusesBeyondTheQueueBoundAndAnswersTheRest) {
 TEST(DynamicBatcher, DrainAnswersEveryQueuedRequestThenRefuses) {
   GatedDoubler g;
   g.close();
-  Batcher b({.max_batch = 2, .max_queue_delay = std::chrono::seconds(60), .max_queue = 100},
-            fn(g));
+  Batcher b({.max_batch = 2, .max_queue_delay = std::chrono::seconds(60), .max_queue = 100}, fn(g));
   std::vector<std::future<Result<int>>> futures;
   futures.push_back(std::move(b.submit(0)).value());
   futures.push_back(std::move(b.submit(1)).value());

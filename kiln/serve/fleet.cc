@@ -1,6 +1,7 @@
 #include "kiln/serve/fleet.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <httplib.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -8,12 +9,10 @@
 
 #include <atomic>
 #include <cstdio>
-#include <thread>
 #include <fstream>
 #include <map>
 #include <memory>
-
-#include <fmt/format.h>
+#include <thread>
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/logging.h"
@@ -136,10 +135,12 @@ class Controller {
       }
       router_->remove_replica(p.id);
       if (!p.draining) {
-        log()->warn("fleet: replica {} (pid {}) died ({}); its in-flight requests are retried "
-                    "on the others; starting a replacement", p.id, p.pid,
-                    WIFSIGNALED(status) ? fmt::format("signal {}", WTERMSIG(status))
-                                        : fmt::format("exit {}", WEXITSTATUS(status)));
+        log()->warn(
+            "fleet: replica {} (pid {}) died ({}); its in-flight requests are retried "
+            "on the others; starting a replacement",
+            p.id, p.pid,
+            WIFSIGNALED(status) ? fmt::format("signal {}", WTERMSIG(status))
+                                : fmt::format("exit {}", WEXITSTATUS(status)));
         write_line(nlohmann_line(p.id, "replica died", status));
       }
       p.reader.join();
@@ -155,8 +156,9 @@ class Controller {
         router_->add_replica(id, p->port);
         const double s = std::chrono::duration<double>(Clock::now() - p->spawned).count();
         log()->info("fleet: replica {} ready on port {} after {:.2f} s", id, p->port.load(), s);
-        write_line(fmt::format(R"({{"time": {:.3f}, "event": "ready", "replica": {}, "start_s": {:.3f}}})",
-                               now_s(), id, s));
+        write_line(
+            fmt::format(R"({{"time": {:.3f}, "event": "ready", "replica": {}, "start_s": {:.3f}}})",
+                        now_s(), id, s));
       } else if (std::chrono::duration<double>(Clock::now() - p->spawned).count() >
                  o_.replica_start_timeout_s) {
         log()->warn("fleet: replica {} not ready after {} s; stopping it", id,

@@ -27,7 +27,9 @@ LoadResult run_load(const LoadOptions& o) {
   bool done = false;                  // GUARDED_BY(mu)
   LoadResult result;                  // GUARDED_BY(mu)
   const auto start = Clock::now();
-  auto seconds = [&](Clock::time_point tp) { return std::chrono::duration<double>(tp - start).count(); };
+  auto seconds = [&](Clock::time_point tp) {
+    return std::chrono::duration<double>(tp - start).count();
+  };
 
   std::vector<std::thread> clients;
   for (int c = 0; c < o.clients; ++c) {
@@ -67,7 +69,8 @@ LoadResult run_load(const LoadOptions& o) {
     const double rate = std::max(1e-3, o.rate(t));
     t += std::exponential_distribution<double>(rate)(rng);
     if (t >= o.duration_s) break;
-    const auto at = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t));
+    const auto at =
+        start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(t));
     std::this_thread::sleep_until(at);
     {
       std::lock_guard<std::mutex> lock(mu);

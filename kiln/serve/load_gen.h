@@ -13,10 +13,10 @@ namespace kiln::serve {
 
 struct LoadOptions {
   int port = 0;
-  std::string body;                      // POST /v1/predict body
-  std::function<double(double)> rate;    // requests/s at t seconds into the run
+  std::string body;                    // POST /v1/predict body
+  std::function<double(double)> rate;  // requests/s at t seconds into the run
   double duration_s = 5;
-  int clients = 64;                      // concurrent connections
+  int clients = 64;  // concurrent connections
   std::uint64_t seed = 1;
 };
 

@@ -1,8 +1,8 @@
 #include "kiln/serve/metrics.h"
 
-#include <algorithm>
-
 #include <fmt/format.h>
+
+#include <algorithm>
 
 namespace kiln::serve {
 namespace {
@@ -88,8 +88,9 @@ std::string ServeMetrics::render(const LiveGauges& live) const {
   series(&out, "kiln_serve_in_flight", "gauge", "Requests accepted and not yet answered.",
          static_cast<double>(live.in_flight));
   series(&out, "kiln_serve_ready", "gauge", "1 once the weights are loaded.", live.ready ? 1 : 0);
-  out += "# HELP kiln_serve_responses_total Responses by class.\n"
-         "# TYPE kiln_serve_responses_total counter\n";
+  out +=
+      "# HELP kiln_serve_responses_total Responses by class.\n"
+      "# TYPE kiln_serve_responses_total counter\n";
   out += fmt::format("kiln_serve_responses_total{{class=\"ok\"}} {}\n", ok_.load());
   out += fmt::format("kiln_serve_responses_total{{class=\"client_error\"}} {}\n",
                      client_errors_.load());

@@ -15,13 +15,13 @@ enum class TaskKind { kClassify, kNextToken };
 
 struct ModelInfo {
   TaskKind task = TaskKind::kClassify;
-  std::string name;              // "cnn" or "gpt"
-  int image_pixels = 28 * 28;    // classify: uint8 pixels per image, row-major
-  int classes = 10;              // classify
-  int vocab = 0;                 // next token
-  int context = 0;               // next token: tokens the model attends to (seq_len)
-  std::int64_t step = -1;        // the checkpoint's step
-  std::string source;            // where the weights came from
+  std::string name;            // "cnn" or "gpt"
+  int image_pixels = 28 * 28;  // classify: uint8 pixels per image, row-major
+  int classes = 10;            // classify
+  int vocab = 0;               // next token
+  int context = 0;             // next token: tokens the model attends to (seq_len)
+  std::int64_t step = -1;      // the checkpoint's step
+  std::string source;          // where the weights came from
 };
 
 // One request, validated against ModelInfo by parse_request (request.h).
@@ -32,7 +32,7 @@ struct Input {
 };
 
 struct Output {
-  std::vector<float> logits;           // classify: per class; next token: per vocab entry
+  std::vector<float> logits;            // classify: per class; next token: per vocab entry
   std::vector<std::int64_t> generated;  // greedy generation
 };
 

@@ -1,9 +1,9 @@
 #include "kiln/serve/replica.h"
 
+#include <fmt/format.h>
+
 #include <csignal>
 #include <cstdio>
-
-#include <fmt/format.h>
 
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
@@ -37,16 +37,15 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
     const auto start = Clock::now();
     auto state = ckpt::load_step(lease.step_dir, 0, 1);
     if (!state.is_ok() && state.status().code() == Code::kDataLoss && attempt == 1) {
-      log()->warn("serve: cached weights {} do not load ({}); discarding them",
-                  lease.step_dir, state.status().to_string());
+      log()->warn("serve: cached weights {} do not load ({}); discarding them", lease.step_dir,
+                  state.status().to_string());
       KILN_RETURN_IF_ERROR(cache.discard(std::move(lease), deadline));
       continue;
     }
     KILN_RETURN_IF_ERROR(state.status());
     Loaded out;
-    KILN_ASSIGN_OR_RETURN(out.model,
-                          load_torch_model(*state, {.config_path = o.config_path,
-                                                    .threads = o.threads}));
+    KILN_ASSIGN_OR_RETURN(
+        out.model, load_torch_model(*state, {.config_path = o.config_path, .threads = o.threads}));
     out.load_s = std::chrono::duration<double>(Clock::now() - start).count();
     out.fetch_s = lease.fetch_seconds;
     out.hit = lease.hit;

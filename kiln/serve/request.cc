@@ -1,8 +1,8 @@
 #include "kiln/serve/request.h"
 
-#include <algorithm>
-
 #include <fmt/format.h>
+
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 namespace kiln::serve {
@@ -12,9 +12,10 @@ using nlohmann::json;
 
 Result<Input> parse_image(const json& j, const ModelInfo& info) {
   if (!j.contains("image")) {
-    return invalid_argument(fmt::format(
-        "field 'image' is missing: this model ({}) classifies {} uint8 pixels, e.g. "
-        "{{\"image\": [0, 12, ...]}}", info.name, info.image_pixels));
+    return invalid_argument(
+        fmt::format("field 'image' is missing: this model ({}) classifies {} uint8 pixels, e.g. "
+                    "{{\"image\": [0, 12, ...]}}",
+                    info.name, info.image_pixels));
   }
   const json& image = j["image"];
   if (!image.is_array() || image.size() != static_cast<std::size_t>(info.image_pixels)) {
@@ -44,8 +45,9 @@ Result<Input> parse_tokens(const json& j, const ModelInfo& info) {
     for (std::size_t i = 0; i < t.size(); ++i) {
       if (!t[i].is_number_integer() || t[i].get<std::int64_t>() < 0 ||
           t[i].get<std::int64_t>() >= info.vocab) {
-        return invalid_argument(fmt::format("field 'tokens'[{}] must be an integer in 0..{}; got {}",
-                                            i, info.vocab - 1, t[i].dump()));
+        return invalid_argument(
+            fmt::format("field 'tokens'[{}] must be an integer in 0..{}; got {}", i, info.vocab - 1,
+                        t[i].dump()));
       }
       in.tokens.push_back(t[i].get<std::int64_t>());
     }
@@ -66,8 +68,8 @@ Result<Input> parse_tokens(const json& j, const ModelInfo& info) {
     const json& n = j["max_new_tokens"];
     if (!n.is_number_integer() || n.get<std::int64_t>() < 0 ||
         n.get<std::int64_t>() > kMaxNewTokens) {
-      return invalid_argument(fmt::format("field 'max_new_tokens' must be an integer in 0..{}; got {}",
-                                          kMaxNewTokens, n.dump()));
+      return invalid_argument(fmt::format(
+          "field 'max_new_tokens' must be an integer in 0..{}; got {}", kMaxNewTokens, n.dump()));
     }
     in.max_new_tokens = n.get<int>();
   }

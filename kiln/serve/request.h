@@ -2,7 +2,8 @@
 // (docs/serve.md). Pure functions.
 //
 //   classify:   {"image": [784 pixels 0..255]}      -> {"class": k, "logits": [...], "step": s}
-//   next token: {"tokens": [...]} or {"text": "..."} -> {"next_token": t, "logits": [...], "step": s}
+//   next token: {"tokens": [...]} or {"text": "..."} -> {"next_token": t, "logits": [...], "step":
+//   s}
 //               plus "max_new_tokens": N            -> {"tokens": [...], "text": "...", "step": s}
 #pragma once
 

@@ -1,10 +1,9 @@
 #include "kiln/serve/router.h"
 
+#include <fmt/format.h>
 #include <httplib.h>
 
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/logging.h"
@@ -104,8 +103,8 @@ Result<std::unique_ptr<Router>> Router::start(const RouterOptions& options) {
     if (r->port_ <= 0) return unavailable(fmt::format("router: cannot bind {}:0", options.host));
   } else {
     if (!r->http_->bind_to_port(options.host, options.port)) {
-      return unavailable(fmt::format("router: cannot bind {}:{} (in use?)", options.host,
-                                     options.port));
+      return unavailable(
+          fmt::format("router: cannot bind {}:{} (in use?)", options.host, options.port));
     }
     r->port_ = options.port;
   }
@@ -114,8 +113,8 @@ Result<std::unique_ptr<Router>> Router::start(const RouterOptions& options) {
   while (!r->http_->is_running()) {
     if (deadline.expired()) {
       r->http_->stop();
-      return unavailable(fmt::format("router {}:{}: did not start within 10 s", options.host,
-                                     r->port_));
+      return unavailable(
+          fmt::format("router {}:{}: did not start within 10 s", options.host, r->port_));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -160,7 +159,8 @@ std::size_t Router::routable() const {
 std::shared_ptr<Router::Replica> Router::pick(const std::vector<int>& tried) {
   std::unique_lock<std::mutex> lock(mu_);
   if (tried.empty()) {
-    replica_added_.wait_for(lock, options_.wait_for_replica, [&] { return stopping_ || !replicas_.empty(); });
+    replica_added_.wait_for(lock, options_.wait_for_replica,
+                            [&] { return stopping_ || !replicas_.empty(); });
   }
   std::shared_ptr<Replica> best;
   for (const auto& [id, r] : replicas_) {
@@ -192,22 +192,24 @@ std::pair<int, std::string> Router::forward(const std::string& body) {
     }
     r->give_back(std::move(client));
     if (res->status == 503) {
-      failures += fmt::format("{}replica {}: 503 {}", failures.empty() ? "" : "; ", r->id,
-                              res->body);
+      failures +=
+          fmt::format("{}replica {}: 503 {}", failures.empty() ? "" : "; ", r->id, res->body);
       continue;
     }
     return {res->status, res->body};
   }
   counters_.failed.fetch_add(1);
-  if (tried.empty()) return {503, error_json(fmt::format(
-        "no ready replica within {} ms (the fleet is starting, or every replica failed)",
-        options_.wait_for_replica.count()))};
+  if (tried.empty())
+    return {503,
+            error_json(fmt::format(
+                "no ready replica within {} ms (the fleet is starting, or every replica failed)",
+                options_.wait_for_replica.count()))};
   if (all_refused) {
     return {503, error_json(fmt::format("every replica tried is busy or draining: {}", failures))};
   }
   log()->warn("router: a request failed on {} replica(s): {}", tried.size(), failures);
-  return {502, error_json(fmt::format("the request failed on {} replica(s): {}", tried.size(),
-                                      failures))};
+  return {502, error_json(
+                   fmt::format("the request failed on {} replica(s): {}", tried.size(), failures))};
 }
 
 }  // namespace kiln::serve

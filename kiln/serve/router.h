@@ -51,8 +51,8 @@ struct RouterOptions {
 
 struct RouterCounters {
   std::atomic<std::uint64_t> requests{0};
-  std::atomic<std::uint64_t> retries{0};     // attempts beyond the first
-  std::atomic<std::uint64_t> failed{0};      // answered 502/503 after every attempt
+  std::atomic<std::uint64_t> retries{0};  // attempts beyond the first
+  std::atomic<std::uint64_t> failed{0};   // answered 502/503 after every attempt
 };
 
 class Router {

@@ -3,12 +3,11 @@
 // replica, and the wait for a first replica.
 #include "kiln/serve/router.h"
 
+#include <gtest/gtest.h>
 #include <httplib.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <condition_variable>
 #include <future>

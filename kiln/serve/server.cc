@@ -1,10 +1,9 @@
 #include "kiln/serve/server.h"
 
+#include <fmt/format.h>
 #include <httplib.h>
 
 #include <chrono>
-
-#include <fmt/format.h>
 
 #include "kiln/base/check.h"
 #include "kiln/base/logging.h"
@@ -38,7 +37,8 @@ Result<std::unique_ptr<ReplicaServer>> ReplicaServer::start(const ReplicaOptions
     if (s->port_ <= 0) return unavailable(fmt::format("serve: cannot bind {}:0", options.host));
   } else {
     if (!s->http_->bind_to_port(options.host, options.port)) {
-      return unavailable(fmt::format("serve: cannot bind {}:{} (in use?)", options.host, options.port));
+      return unavailable(
+          fmt::format("serve: cannot bind {}:{} (in use?)", options.host, options.port));
     }
     s->port_ = options.port;
   }
@@ -87,7 +87,8 @@ std::pair<int, std::string> ReplicaServer::predict(const std::string& body) {
     batcher = batcher_.get();
     model = model_.get();
   }
-  if (draining_) return {503, error_json("draining (SIGTERM): send this request to another replica")};
+  if (draining_)
+    return {503, error_json("draining (SIGTERM): send this request to another replica")};
   if (batcher == nullptr) return {503, error_json("not ready: the weights are still loading")};
   Result<Input> input = parse_request(body, model->info());
   if (!input.is_ok()) return {400, error_json(input.status().message())};

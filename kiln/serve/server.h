@@ -73,7 +73,7 @@ class ReplicaServer {
   std::thread http_thread_;  // job: httplib's accept loop
 
   mutable std::mutex mu_;
-  std::unique_ptr<Model> model_;     // GUARDED_BY(mu_) for the swap; immutable once set
+  std::unique_ptr<Model> model_;      // GUARDED_BY(mu_) for the swap; immutable once set
   std::unique_ptr<Batcher> batcher_;  // GUARDED_BY(mu_) for the swap
   std::atomic<bool> ready_{false};
   std::atomic<bool> draining_{false};

@@ -2,14 +2,13 @@
 // forward pass the test can hold, so queue states are exact, not timed.
 #include "kiln/serve/server.h"
 
-#include <httplib.h>
-
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <condition_variable>
 #include <future>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 
 namespace kiln::serve {
 namespace {
@@ -130,7 +129,8 @@ TEST(ReplicaServer, LiveAtOnceReadyOnlyWithWeightsAndAnswersTheClass) {
   httplib::Client c("127.0.0.1", port);
   auto m = c.Get("/metrics");
   ASSERT_TRUE(m);
-  EXPECT_NE(m->body.find("kiln_serve_responses_total{class=\"ok\"} 2"), std::string::npos) << m->body;
+  EXPECT_NE(m->body.find("kiln_serve_responses_total{class=\"ok\"} 2"), std::string::npos)
+      << m->body;
   EXPECT_NE(m->body.find("kiln_serve_request_seconds_count 2"), std::string::npos);
   EXPECT_NE(m->body.find("kiln_serve_batch_size_bucket{le=\"1\"}"), std::string::npos);
 }
@@ -170,7 +170,8 @@ TEST(ReplicaServer, OverloadGets503WithRetryAfterAndNoRequestIsLost) {
   accepted.push_back(std::async(std::launch::async, [&] { return post(port, image_body(1)); }));
   ASSERT_TRUE(model->wait_entered(1));
   for (int i = 0; i < 2; ++i) {
-    accepted.push_back(std::async(std::launch::async, [&, i] { return post(port, image_body(2 + i)); }));
+    accepted.push_back(
+        std::async(std::launch::async, [&, i] { return post(port, image_body(2 + i)); }));
   }
   ASSERT_TRUE(metric_reaches(port, "kiln_serve_queue_length", 2));
   Reply over = post(port, image_body(9));
@@ -195,7 +196,8 @@ TEST(ReplicaServer, DrainAnswersEverythingQueuedAndRefusesNewWork) {
   const int port = server->port();
   std::vector<std::future<Reply>> accepted;
   for (int i = 0; i < 10; ++i) {
-    accepted.push_back(std::async(std::launch::async, [&, i] { return post(port, image_body(i)); }));
+    accepted.push_back(
+        std::async(std::launch::async, [&, i] { return post(port, image_body(i)); }));
   }
   // 4 in the held batch, 6 queued (a partial batch that would wait 60 s).
   ASSERT_TRUE(model->wait_entered(1));

@@ -1,13 +1,13 @@
 #include "kiln/serve/simulator.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <deque>
 #include <numbers>
 #include <random>
-
-#include <fmt/format.h>
 
 namespace kiln::serve {
 namespace {
@@ -43,9 +43,9 @@ class LatencyHistogram {
 };
 
 // Standard normal quantiles at the midpoints of 16 equal-mass bins.
-constexpr std::array<double, 16> kJitterQuantiles = {
-    -1.863, -1.318, -1.010, -0.776, -0.579, -0.402, -0.237, -0.078,
-    0.078,  0.237,  0.402,  0.579,  0.776,  1.010,  1.318,  1.863};
+constexpr std::array<double, 16> kJitterQuantiles = {-1.863, -1.318, -1.010, -0.776, -0.579, -0.402,
+                                                     -0.237, -0.078, 0.078,  0.237,  0.402,  0.579,
+                                                     0.776,  1.010,  1.318,  1.863};
 
 struct Cohort {
   double arrived;
@@ -75,8 +75,7 @@ double trace_rate(const TraceOptions& tr, double t) {
     case TraceKind::kSteady:
       return tr.peak_rps;
     case TraceKind::kStep:
-      return (t >= tr.duration_s / 3 && t < 2 * tr.duration_s / 3) ? tr.peak_rps
-                                                                    : tr.peak_rps / 8;
+      return (t >= tr.duration_s / 3 && t < 2 * tr.duration_s / 3) ? tr.peak_rps : tr.peak_rps / 8;
     case TraceKind::kDiurnal: {
       // One compressed day: 20% of peak at night, 80% at noon, plus bursts
       // of +20% of peak for 60 s about every 10 minutes.
@@ -100,18 +99,24 @@ Result<TraceKind> parse_trace_kind(const std::string& name) {
 
 std::string trace_kind_name(TraceKind kind) {
   switch (kind) {
-    case TraceKind::kSteady: return "steady";
-    case TraceKind::kStep: return "step";
-    case TraceKind::kDiurnal: return "diurnal";
+    case TraceKind::kSteady:
+      return "steady";
+    case TraceKind::kStep:
+      return "step";
+    case TraceKind::kDiurnal:
+      return "diurnal";
   }
   return "?";
 }
 
 std::string policy_name(PolicyKind kind) {
   switch (kind) {
-    case PolicyKind::kStaticPeak: return "static_peak";
-    case PolicyKind::kCpu: return "cpu_hpa";
-    case PolicyKind::kQueue: return "queue";
+    case PolicyKind::kStaticPeak:
+      return "static_peak";
+    case PolicyKind::kCpu:
+      return "cpu_hpa";
+    case PolicyKind::kQueue:
+      return "queue";
   }
   return "?";
 }
@@ -119,8 +124,8 @@ std::string policy_name(PolicyKind kind) {
 int static_peak_replicas(const SimOptions& o) {
   double peak = 0;
   for (double t = 0; t < o.trace.duration_s; t += 1) peak = std::max(peak, trace_rate(o.trace, t));
-  return std::max(1, static_cast<int>(std::ceil(
-                         peak / (o.service.capacity_rps() * o.static_utilisation))));
+  return std::max(
+      1, static_cast<int>(std::ceil(peak / (o.service.capacity_rps() * o.static_utilisation))));
 }
 
 SimResult simulate(const SimOptions& o, PolicyKind policy) {
@@ -186,8 +191,10 @@ SimResult simulate(const SimOptions& o, PolicyKind policy) {
       ready = 0;
       next_ready = 1e300;
       for (double at : ready_at) {
-        if (at <= t) ++ready;
-        else next_ready = std::min(next_ready, at);
+        if (at <= t)
+          ++ready;
+        else
+          next_ready = std::min(next_ready, at);
       }
     }
     double utilisation = 0, in_service = 0;
@@ -230,7 +237,7 @@ SimResult simulate(const SimOptions& o, PolicyKind policy) {
       metric_samples = 0;
       if (d.desired > current) start_replicas(d.desired - current, t, false);
       if (d.desired < current) ready_at.resize(static_cast<std::size_t>(d.desired));  // newest go
-      next_ready = t;  // recount
+      next_ready = t;                                                                 // recount
     }
     if (t >= next_window - 1e-9) {
       next_window += o.window_s;
@@ -265,16 +272,20 @@ std::string simulation_svg(const SimOptions& o, const std::vector<SimResult>& re
     const int top = 40 + index * (kH + kGap);
     svg += fmt::format("<text x=\"{}\" y=\"{}\" font-weight=\"bold\">{}</text>\n", kLeft, top - 6,
                        title);
-    svg += fmt::format("<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" "
-                       "stroke=\"#ccc\"/>\n", kLeft, top, kW, kH);
+    svg += fmt::format(
+        "<rect x=\"{}\" y=\"{}\" width=\"{}\" height=\"{}\" fill=\"none\" "
+        "stroke=\"#ccc\"/>\n",
+        kLeft, top, kW, kH);
     svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.4g}</text>\n", kLeft - 4,
                        top + 10, ymax);
-    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>\n", kLeft - 4,
-                       top + kH);
+    svg +=
+        fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">0</text>\n", kLeft - 4, top + kH);
     if (hline > 0) {
       const double y = top + kH - std::min(hline / ymax, 1.0) * kH;
-      svg += fmt::format("<line x1=\"{}\" x2=\"{}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"red\" "
-                         "stroke-dasharray=\"4 3\"/>\n", kLeft, kLeft + kW, y, y);
+      svg += fmt::format(
+          "<line x1=\"{}\" x2=\"{}\" y1=\"{:.1f}\" y2=\"{:.1f}\" stroke=\"red\" "
+          "stroke-dasharray=\"4 3\"/>\n",
+          kLeft, kLeft + kW, y, y);
     }
     for (std::size_t p = 0; p < (load_only ? 1 : results.size()); ++p) {
       std::string points;
@@ -284,8 +295,10 @@ std::string simulation_svg(const SimOptions& o, const std::vector<SimResult>& re
         points += fmt::format("{:.1f},{:.1f} ", x, y);
       }
       const char* color = load_only ? "#333" : kColors[(p + 1) % 4];
-      svg += fmt::format("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" "
-                         "points=\"{}\"/>\n", color, points);
+      svg += fmt::format(
+          "<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"1.5\" "
+          "points=\"{}\"/>\n",
+          color, points);
       if (!load_only) {
         svg += fmt::format("<text x=\"{}\" y=\"{}\" fill=\"{}\">{}</text>\n", kLeft + kW + 8,
                            top + 16 + 16 * static_cast<int>(p), color, results[p].policy);
@@ -300,12 +313,15 @@ std::string simulation_svg(const SimOptions& o, const std::vector<SimResult>& re
     }
   }
   if (results.empty()) return svg + "</svg>\n";
-  panel(0, "load (requests/s)", max_load * 1.1, [](const SimPoint& p) { return p.load_rps; }, true,
-        0);
-  panel(1, "replicas", max_replicas * 1.1,
-        [](const SimPoint& p) { return static_cast<double>(p.replicas); }, false, 0);
-  panel(2, "p99 latency per window (ms; clipped at 5 x SLO; red: SLO)", o.slo_s * 5000,
-        [](const SimPoint& p) { return p.p99_s * 1000; }, false, o.slo_s * 1000);
+  panel(
+      0, "load (requests/s)", max_load * 1.1, [](const SimPoint& p) { return p.load_rps; }, true,
+      0);
+  panel(
+      1, "replicas", max_replicas * 1.1,
+      [](const SimPoint& p) { return static_cast<double>(p.replicas); }, false, 0);
+  panel(
+      2, "p99 latency per window (ms; clipped at 5 x SLO; red: SLO)", o.slo_s * 5000,
+      [](const SimPoint& p) { return p.p99_s * 1000; }, false, o.slo_s * 1000);
   svg += "</svg>\n";
   return svg;
 }

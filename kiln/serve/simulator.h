@@ -63,11 +63,11 @@ struct SimOptions {
   double slo_s = 0.1;
   double dt_s = 0.01;
   double window_s = 10;
-  double sync_period_s = 5;  // the HPA syncs every 15 s, KEDA polls every 30 s; 5 s here
-  int max_replicas = 0;            // 0: 1.5 x the static peak fleet
-  double static_utilisation = 0.7; // the static fleet runs its peak at this utilisation
+  double sync_period_s = 5;         // the HPA syncs every 15 s, KEDA polls every 30 s; 5 s here
+  int max_replicas = 0;             // 0: 1.5 x the static peak fleet
+  double static_utilisation = 0.7;  // the static fleet runs its peak at this utilisation
   double cpu_target = 0.6;
-  double queue_target = 0;         // per replica; 0: default_queue_target(service)
+  double queue_target = 0;  // per replica; 0: default_queue_target(service)
   // Windows and rate limits (min/max/target are set per policy). Scale-down
   // at most 10% per minute: the queue grows faster than linearly with the
   // load per replica, so the HPA's proportional rule overshoots a drop

@@ -1,10 +1,9 @@
 #include "kiln/serve/torch_model.h"
 
+#include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <cstring>
-
-#include <fmt/format.h>
 
 #include "kiln/train/task.h"
 #include "kiln/train/train_config.h"
@@ -34,11 +33,13 @@ Result<ModelConfig> infer_config(const ckpt::LoadedState& s) {
   if (tensor(s, "param/tok.weight") != nullptr) {
     return failed_precondition(fmt::format(
         "checkpoint {} holds a GPT decoder, whose attention heads no tensor records: pass the "
-        "training config (--config TRAIN.toml)", s.dir));
+        "training config (--config TRAIN.toml)",
+        s.dir));
   }
   return failed_precondition(fmt::format(
       "checkpoint {} holds neither the CNN (param/conv1.weight) nor the GPT (param/tok.weight) "
-      "that kiln train saves", s.dir));
+      "that kiln train saves",
+      s.dir));
 }
 
 // Copies param/<name> and buffer/<name> into the module (no optimizer, no
@@ -51,13 +52,16 @@ Status copy_weights(const ckpt::LoadedState& s, torch::nn::Module& module) {
   for (auto& [name, t] : all) {
     const ckpt::LoadedEntry* e = tensor(s, name);
     if (e == nullptr) {
-      return data_loss(fmt::format("checkpoint {}: no tensor '{}': saved by another model, or the "
-                                   "config does not match it", s.dir, name));
+      return data_loss(
+          fmt::format("checkpoint {}: no tensor '{}': saved by another model, or the "
+                      "config does not match it",
+                      s.dir, name));
     }
     if (e->data.size() != t.nbytes()) {
-      return data_loss(fmt::format("checkpoint {}: tensor '{}' has shape [{}], the model's is [{}] "
-                                   "(does the config match the checkpoint?)", s.dir, name,
-                                   fmt::join(e->spec.shape, ", "), fmt::join(t.sizes(), ", ")));
+      return data_loss(
+          fmt::format("checkpoint {}: tensor '{}' has shape [{}], the model's is [{}] "
+                      "(does the config match the checkpoint?)",
+                      s.dir, name, fmt::join(e->spec.shape, ", "), fmt::join(t.sizes(), ", ")));
     }
     std::memcpy(t.data_ptr(), e->data.data(), e->data.size());
   }
@@ -111,8 +115,8 @@ class TorchModel : public Model {
     const auto context = static_cast<std::size_t>(info_.context);
     std::size_t longest = 0;
     for (const auto& s : seqs) longest = std::max(longest, std::min(s.size(), context));
-    torch::Tensor x = torch::zeros({static_cast<std::int64_t>(seqs.size()),
-                                    static_cast<std::int64_t>(longest)}, torch::kLong);
+    torch::Tensor x = torch::zeros(
+        {static_cast<std::int64_t>(seqs.size()), static_cast<std::int64_t>(longest)}, torch::kLong);
     std::vector<std::int64_t> last(seqs.size());
     for (std::size_t i = 0; i < seqs.size(); ++i) {
       const std::size_t n = std::min(seqs[i].size(), context);
@@ -121,8 +125,9 @@ class TorchModel : public Model {
       last[i] = static_cast<std::int64_t>(n) - 1;
     }
     torch::Tensor logits = task_->infer(x);  // [B, T, V]
-    torch::Tensor idx = torch::tensor(last, torch::kLong).view({-1, 1, 1}).expand(
-        {logits.size(0), 1, logits.size(2)});
+    torch::Tensor idx = torch::tensor(last, torch::kLong)
+                            .view({-1, 1, 1})
+                            .expand({logits.size(0), 1, logits.size(2)});
     torch::Tensor picked = logits.gather(1, idx).squeeze(1).contiguous();  // [B, V]
     std::vector<std::vector<float>> out(seqs.size());
     const float* l = picked.data_ptr<float>();

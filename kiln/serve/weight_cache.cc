@@ -1,6 +1,7 @@
 #include "kiln/serve/weight_cache.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -10,8 +11,6 @@
 #include <filesystem>
 #include <fstream>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "kiln/base/backoff.h"
 #include "kiln/base/logging.h"
@@ -92,9 +91,9 @@ Result<WeightLease> WeightCache::acquire_latest(Deadline deadline) {
   const std::int64_t step = steps.front();
   KILN_ASSIGN_OR_RETURN(std::string manifest_text,
                         remote_->get(ckpt::remote_key(step, ckpt::kManifestName), deadline));
-  const std::string name = ckpt::checksum_hex(ckpt::checksum(manifest_text.data(),
-                                                             manifest_text.size())) +
-                           "-" + ckpt::step_dir_name(step);
+  const std::string name =
+      ckpt::checksum_hex(ckpt::checksum(manifest_text.data(), manifest_text.size())) + "-" +
+      ckpt::step_dir_name(step);
   const std::string path = options_.dir + "/" + name;
   const std::string lock_path = path + ".lock";
   KILN_ASSIGN_OR_RETURN(Fd lock, open_lock(lock_path));
@@ -178,9 +177,10 @@ Status WeightCache::download(std::int64_t step, const std::string& manifest_text
                        (s.code() == Code::kUnavailable && backoff.sleep_before_retry(deadline));
     if (!retry) {
       if (s.code() == Code::kDataLoss) {
-        return data_loss(fmt::format("weight cache {}: {} downloaded twice and failed its checksums "
-                                     "both times; the remote copy is corrupt: {}",
-                                     options_.dir, where, s.message()));
+        return data_loss(
+            fmt::format("weight cache {}: {} downloaded twice and failed its checksums "
+                        "both times; the remote copy is corrupt: {}",
+                        options_.dir, where, s.message()));
       }
       return s.with_context(fmt::format("weight cache {}: download {}", options_.dir, where));
     }
@@ -190,9 +190,10 @@ Status WeightCache::download(std::int64_t step, const std::string& manifest_text
 
 Status WeightCache::make_room(std::uint64_t bytes, Deadline deadline) {
   if (bytes > options_.capacity_bytes) {
-    return resource_exhausted(fmt::format("weight cache {}: a checkpoint of {} bytes exceeds the "
-                                          "capacity ({} bytes)", options_.dir, bytes,
-                                          options_.capacity_bytes));
+    return resource_exhausted(
+        fmt::format("weight cache {}: a checkpoint of {} bytes exceeds the "
+                    "capacity ({} bytes)",
+                    options_.dir, bytes, options_.capacity_bytes));
   }
   // One evictor at a time, so two cannot count the same free space.
   KILN_ASSIGN_OR_RETURN(Fd global, open_lock(options_.dir + "/.evict.lock"));
@@ -234,7 +235,8 @@ Status WeightCache::make_room(std::uint64_t bytes, Deadline deadline) {
   if (used + bytes > options_.capacity_bytes) {
     return resource_exhausted(fmt::format(
         "weight cache {}: no room for {} bytes: capacity {} bytes, {} bytes leased by running "
-        "replicas; raise the capacity", options_.dir, bytes, options_.capacity_bytes, leased));
+        "replicas; raise the capacity",
+        options_.dir, bytes, options_.capacity_bytes, leased));
   }
   return Status::ok();
 }

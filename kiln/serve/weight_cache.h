@@ -43,10 +43,10 @@ struct WeightCacheOptions {
 struct WeightLease {
   std::string step_dir;  // a committed checkpoint step directory (ckpt::load_step reads it)
   std::int64_t step = -1;
-  bool hit = false;            // false: this acquire downloaded it
-  double fetch_seconds = 0;    // time to download and verify (0 on a hit)
-  std::uint64_t bytes = 0;     // shard bytes
-  Fd lock;                     // the shared lock
+  bool hit = false;          // false: this acquire downloaded it
+  double fetch_seconds = 0;  // time to download and verify (0 on a hit)
+  std::uint64_t bytes = 0;   // shard bytes
+  Fd lock;                   // the shared lock
 };
 
 class WeightCache {

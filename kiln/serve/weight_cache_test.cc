@@ -2,10 +2,9 @@
 // checkpoints, with faults injected into the cache and into the remote.
 #include "kiln/serve/weight_cache.h"
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <filesystem>
 #include <fstream>
