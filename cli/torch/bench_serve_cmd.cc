@@ -142,7 +142,15 @@ std::string request_body() {
 
 // The highest rate (of a x1.5 ladder) one replica serves with p99 <= SLO
 // and no 503; returns its achieved throughput.
+// Sends a few requests and discards them: connections, LibTorch's first-call
+// setup and the allocator's first batches are not what the bench measures.
+void warm_up(int port) {
+  serve::run_load({.port = port, .body = request_body(), .rate = [](double) { return 50.0; },
+                   .duration_s = 2, .clients = 16});
+}
+
 double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json* ladder) {
+  warm_up(port);
   double best = 0;
   for (double rate = start_rps; rate < 100000; rate *= 1.5) {
     serve::LoadResult r = serve::run_load({.port = port,
@@ -250,6 +258,7 @@ Status bench(const BenchArgs& a) {
     stop(fleet);
     return fleet_ready.status();
   }
+  warm_up(fleet.port);
   serve::LoadResult r = serve::run_load({.port = fleet.port,
                                          .body = request_body(),
                                          .rate = [&](double t) { return t < step_at ? low : peak; },
