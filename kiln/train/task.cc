@@ -83,6 +83,10 @@ class ImageClassification : public Task {
     return torch::nn::functional::cross_entropy(logits, xy.second);
   }
 
+  torch::Tensor infer(const torch::Tensor& pixels) override {
+    return net_->forward(pixels.div(255.0).sub_(kPixelMean).div_(kPixelStd));
+  }
+
   Status evaluate(const Batch& batch, EvalSums* sums) override {
     torch::NoGradGuard no_grad;
     KILN_ASSIGN_OR_RETURN(auto xy, inputs(batch));
@@ -238,6 +242,8 @@ class NextToken : public Task {
     KILN_ASSIGN_OR_RETURN(torch::Tensor logits, guarded([&] { return net_->forward(xy.first); }));
     return torch::nn::functional::cross_entropy(logits.flatten(0, 1), xy.second.flatten());
   }
+
+  torch::Tensor infer(const torch::Tensor& tokens) override { return net_->forward(tokens); }
 
   Status evaluate(const Batch& batch, EvalSums* sums) override {
     torch::NoGradGuard no_grad;
