@@ -2,10 +2,11 @@
 # build, and run. BUILD_DIR / SAN_DIR may be overridden.
 BUILD_DIR ?= build
 SAN_DIR ?= build-asan
+FUZZ_DIR ?= build-fuzz
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps demo test test-fast test-asan clean
+.PHONY: all build deps demo test test-fast test-asan fuzz fuzz-smoke clean
 
 all: build
 
@@ -31,6 +32,7 @@ demo: deps build
 test: deps build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j 2 --timeout 300
 	$(MAKE) test-asan
+	$(MAKE) fuzz-smoke
 
 test-fast: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j 2 -L unit
@@ -46,5 +48,23 @@ test-asan: $(SAN_DIR)/build.ninja
 $(SAN_DIR)/build.ninja:
 	cmake -S . -B $(SAN_DIR) -G Ninja -DKILN_SANITIZE="address;undefined" -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
 
+# Every parser of bytes from a socket or a file under libFuzzer with
+# ASan+UBSan (clang; fuzz/, docs/security.md): FUZZ_SECONDS each. A finding
+# fails the run and is left in $(FUZZ_DIR)/fuzz-findings/.
+FUZZ_SECONDS ?= 60
+fuzz: $(FUZZ_DIR)/build.ninja
+	cmake --build $(FUZZ_DIR) -j $(JOBS) --target fuzz_all
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh $(FUZZ_DIR)
+
+# What `make test` runs: a few seconds per target, enough to replay every
+# seed and kept finding under the sanitizers and explore a little.
+FUZZ_SMOKE_SECONDS ?= 5
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS)
+
+$(FUZZ_DIR)/build.ninja:
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_DIR) -G Ninja -DKILN_FUZZ=ON \
+	  -DKILN_SANITIZE="address;undefined" -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
 clean:
-	rm -rf $(BUILD_DIR) $(SAN_DIR)
+	rm -rf $(BUILD_DIR) $(SAN_DIR) $(FUZZ_DIR)

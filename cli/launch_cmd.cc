@@ -1,7 +1,9 @@
 // `kiln launch -n N -- CMD ARGS...`: runs N local ranks of CMD with the
 // torchrun environment set, prefixes their output with the rank, and exits
 // non-zero if any rank fails. The launcher serves the rendezvous store.
-// (A simple spawner; the elastic launcher is `kiln run`.)
+// (A simple spawner; the elastic launcher is `kiln run`.) The job gets a
+// fresh token (or KILN_JOB_TOKEN / --token-file) that the store and the
+// ranks' connections require; the ranks find it in KILN_JOB_TOKEN.
 #include <fcntl.h>
 #include <poll.h>
 #include <sched.h>
@@ -20,6 +22,7 @@
 #include <fmt/format.h>
 
 #include "cli/command.h"
+#include "kiln/base/auth/job_token.h"
 #include "kiln/base/line_forwarder.h"
 #include "kiln/base/logging.h"
 #include "kiln/store/tcp/server.h"
@@ -67,14 +70,18 @@ void bind_to_core(int rank) {
   }
 }
 
-Status launch(int n, const std::vector<std::string>& cmd, double grace_s, const std::string& bind) {
+Status launch(int n, const std::vector<std::string>& cmd, double grace_s, const std::string& bind,
+              const std::string& token_file) {
   if (bind != "auto" && bind != "core" && bind != "none") {
     return invalid_argument(fmt::format("kiln launch: --bind {:?}: expected auto, core or none", bind));
   }
   const bool bind_cores = should_bind(bind, n);
   if (n < 1) return invalid_argument("kiln launch: -n must be at least 1");
   if (cmd.empty()) return invalid_argument("kiln launch: no command given (kiln launch -n N -- CMD ARGS...)");
-  store::tcp::TcpStoreServer server;
+  // Every rank runs here, so a fresh token is always possible.
+  KILN_ASSIGN_OR_RETURN(std::string token,
+                        auth::launcher_token(token_file, /*may_generate=*/true, "kiln launch"));
+  store::tcp::TcpStoreServer server({.token = token});
   KILN_RETURN_IF_ERROR(server.start("127.0.0.1", 0).with_context("kiln launch: serving the store"));
   std::string tag = fmt::format("launch-{}", getpid());
 
@@ -96,6 +103,7 @@ Status launch(int n, const std::vector<std::string>& cmd, double grace_s, const 
       setenv("MASTER_PORT", std::to_string(server.port()).c_str(), 1);
       setenv("KILN_AGENT_STORE", "1", 1);
       setenv("KILN_GROUP_TAG", tag.c_str(), 1);
+      setenv(auth::kJobTokenEnv, token.c_str(), 1);
       if (bind_cores) bind_to_core(rank);
       std::vector<char*> argv;
       for (const auto& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
@@ -173,6 +181,7 @@ struct LaunchArgs {
   int n = 1;
   double grace_s = 10;
   std::string bind = "auto";
+  std::string token_file;
   std::vector<std::string> cmd;
 };
 
@@ -182,8 +191,11 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("-n,--nproc", args->n, "number of ranks")->required();
   cmd->add_option("--grace", args->grace_s, "seconds the other ranks get after one fails, before they are killed");
   cmd->add_option("--bind", args->bind, "bind each rank to a core: auto (when there are enough cores), core, none");
+  cmd->add_option("--token-file", args->token_file,
+                  "read the job token from FILE (mode 600) instead of KILN_JOB_TOKEN or a fresh one");
   cmd->add_option("command", args->cmd, "the command and its arguments (after --)")->required();
-  cmd->callback(run_status([args] { return launch(args->n, args->cmd, args->grace_s, args->bind); }));
+  cmd->callback(run_status([args] { return launch(args->n, args->cmd, args->grace_s, args->bind, args->token_file);
+  }));
 });
 
 }  // namespace

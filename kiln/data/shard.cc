@@ -164,7 +164,8 @@ Status ShardReader::verify() {
   std::memcpy(offsets_.data(), table.data(), table.size());
   std::uint64_t prev = 8;
   for (std::uint64_t i = 0; i < n; ++i) {
-    if (offsets_[i] < prev || offsets_[i] + 8 > records_end_) {
+    // Subtracting, not adding: an offset near 2^64 must not wrap past the check.
+    if (offsets_[i] < prev || offsets_[i] > records_end_ - 8) {
       return data_loss(fmt::format("shard {}: offset of record {} ({}) out of order or bounds", path,
                                    i, offsets_[i]));
     }
