@@ -55,6 +55,9 @@ struct RunArgs {
   int node_failure_limit = 3;
   std::string events;
   std::string token_file;
+  std::string etcd_cacert;
+  std::string etcd_cert;
+  std::string etcd_key;
   std::vector<std::string> command;
 };
 
@@ -197,6 +200,7 @@ Status run(const RunArgs& a) {
     store::etcd::EtcdStoreOptions eo;
     for (const auto& e : split(a.rdzv_endpoint, ',')) eo.endpoints.push_back(e);
     eo.prefix = "/kiln/rdzv/" + a.rdzv_id + "/";
+    eo.tls = {a.etcd_cacert, a.etcd_cert, a.etcd_key};
     eo.default_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(op_timeout);
     KILN_ASSIGN_OR_RETURN(auto opened, store::etcd::EtcdStore::open(eo));
     std::shared_ptr<store::etcd::EtcdStore> etcd = std::move(opened);
@@ -300,6 +304,11 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("--token-file", a->token_file,
                   "read the job token from FILE (mode 600; default: KILN_JOB_TOKEN, or a fresh "
                   "one for a one-node job); every node of a job needs the same");
+  cmd->add_option("--etcd-cacert", a->etcd_cacert,
+                  "etcd backend: CA bundle (PEM) that signed etcd's certificate (https:// endpoints)");
+  cmd->add_option("--etcd-cert", a->etcd_cert,
+                  "etcd backend: client certificate (PEM) for etcd's --client-cert-auth");
+  cmd->add_option("--etcd-key", a->etcd_key, "etcd backend: the client certificate's key (PEM)");
   cmd->add_option("command", a->command, "the worker command and its arguments (after --)")
       ->required();
   cmd->callback(run_status([a] { return run(*a); }));

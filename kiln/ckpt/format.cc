@@ -120,6 +120,10 @@ Result<ShardRecord> parse_shard_json(const json& j) {
 template <typename F>
 auto parse_json(const std::string& text, const std::string& where, F parse)
     -> decltype(parse(json())) {
+  if (text.size() > kMaxManifestBytes) {
+    return data_loss(fmt::format("{}: {} bytes is over the {}-byte limit of a manifest", where,
+                                 text.size(), kMaxManifestBytes));
+  }
   try {
     auto r = parse(json::parse(text));
     if (!r.is_ok()) return r.status().with_context(where);
