@@ -2,10 +2,11 @@
 # build, and run. BUILD_DIR / SAN_DIR may be overridden.
 BUILD_DIR ?= build
 SAN_DIR ?= build-asan
+FUZZ_DIR ?= build-fuzz
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps demo test test-fast test-asan chaos clean
+.PHONY: all build deps demo test test-fast test-asan chaos fuzz fuzz-smoke clean
 
 all: build
 
@@ -56,6 +57,23 @@ CHAOS_TRIALS ?= 10
 chaos: $(BUILD_DIR)/build.ninja
 	cmake --build $(BUILD_DIR) -j $(JOBS) --target kiln
 	bash tests/chaos/campaign.sh $(BUILD_DIR)/kiln --trials $(CHAOS_TRIALS) --table $(BUILD_DIR)/chaos.md
+# Every parser of bytes from a socket or a file under libFuzzer with
+# ASan+UBSan (clang; fuzz/, docs/security.md): FUZZ_SECONDS each. A finding
+# fails the run and is left in $(FUZZ_DIR)/fuzz-findings/.
+FUZZ_SECONDS ?= 60
+fuzz: $(FUZZ_DIR)/build.ninja
+	cmake --build $(FUZZ_DIR) -j $(JOBS) --target fuzz_all
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh $(FUZZ_DIR)
+
+# What `make test` runs: a few seconds per target, enough to replay every
+# seed and kept finding under the sanitizers and explore a little.
+FUZZ_SMOKE_SECONDS ?= 5
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS)
+
+$(FUZZ_DIR)/build.ninja:
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_DIR) -G Ninja -DKILN_FUZZ=ON \
+	  -DKILN_SANITIZE="address;undefined" -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
 
 clean:
-	rm -rf $(BUILD_DIR) $(SAN_DIR)
+	rm -rf $(BUILD_DIR) $(SAN_DIR) $(FUZZ_DIR)

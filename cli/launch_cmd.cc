@@ -16,6 +16,7 @@ struct LaunchArgs {
   int n = 1;
   double grace_s = 10;
   std::string bind = "auto";
+  std::string token_file;
   std::vector<std::string> cmd;
 };
 
@@ -25,10 +26,13 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("-n,--nproc", args->n, "number of ranks")->required();
   cmd->add_option("--grace", args->grace_s, "seconds the other ranks get after one fails, before they are killed");
   cmd->add_option("--bind", args->bind, "bind each rank to a core: auto (when there are enough cores), core, none");
+  cmd->add_option("--token-file", args->token_file,
+                  "read the job token from FILE (mode 600) instead of KILN_JOB_TOKEN or a fresh one");
   cmd->add_option("command", args->cmd, "the command and its arguments (after --)")->required();
   cmd->callback(run_status([args] {
     return run_local_ranks(
-        {.ranks = args->n, .command = args->cmd, .grace_s = args->grace_s, .bind = args->bind});
+        {.ranks = args->n, .command = args->cmd, .grace_s = args->grace_s, .bind = args->bind,
+         .token_file = args->token_file});
   }));
 });
 

@@ -1,5 +1,7 @@
 #include "cli/local_ranks.h"
 
+#include "kiln/base/auth/job_token.h"
+
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
@@ -141,7 +143,9 @@ Status run_local_ranks(const LocalRanksOptions& o) {
   if (o.command.empty())
     return invalid_argument(fmt::format("{}: no command given (CMD ARGS... after --)", o.who));
   const bool bind_cores = should_bind(o.bind, o.ranks);
-  store::tcp::TcpStoreServer server;
+  // Every rank runs here, so a fresh token is always possible.
+  KILN_ASSIGN_OR_RETURN(std::string token, auth::launcher_token(o.token_file, /*may_generate=*/true, o.who));
+  store::tcp::TcpStoreServer server({.token = token});
   KILN_RETURN_IF_ERROR(
       server.start("127.0.0.1", 0).with_context(o.who + ": serving the rendezvous store"));
   std::string tag = fmt::format("launch-{}", getpid());
@@ -167,6 +171,7 @@ Status run_local_ranks(const LocalRanksOptions& o) {
       setenv("MASTER_PORT", std::to_string(server.port()).c_str(), 1);
       setenv("KILN_AGENT_STORE", "1", 1);
       setenv("KILN_GROUP_TAG", tag.c_str(), 1);
+      setenv(auth::kJobTokenEnv, token.c_str(), 1);
       if (bind_cores) bind_to_core(rank);
       std::vector<char*> argv;
       for (const auto& a : o.command) argv.push_back(const_cast<char*>(a.c_str()));

@@ -28,6 +28,10 @@ struct LocalRanksOptions {
   // own ranks exits as its ranks did (3 for DataLoss, 2 for bad input...).
   bool keep_exit_code = false;
   std::string who = "kiln launch";  // names the caller in errors
+  // The job token (docs/security.md): read from this file (mode 600), else
+  // KILN_JOB_TOKEN, else a fresh one; the store and the ranks' connections
+  // require it, and the ranks find it in KILN_JOB_TOKEN.
+  std::string token_file;
 };
 
 // Serves a rendezvous store on loopback, forks and execs `ranks` processes

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "kiln/base/auth/job_token.h"
 #include "kiln/base/backoff.h"
 #include "kiln/base/logging.h"
 #include "kiln/elastic/agent.h"
@@ -57,6 +58,10 @@ struct RunArgs {
   double backoff_cap_s = 30;
   int node_failure_limit = 3;
   std::string events;
+  std::string token_file;
+  std::string etcd_cacert;
+  std::string etcd_cert;
+  std::string etcd_key;
   std::vector<std::string> command;
 };
 
@@ -111,14 +116,21 @@ void on_stop_signal(int) {
 // Connects to the rendezvous store, retrying while it is not up yet (the
 // agents of a job start in any order).
 Result<std::shared_ptr<store::Store>> connect_store(const std::string& host, int port,
+                                                    const std::string& token,
                                                     Clock::duration op_timeout, Deadline deadline) {
   store::tcp::TcpStoreOptions options;
+  options.token = token;
   options.connect_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(op_timeout);
   options.default_timeout = options.connect_timeout;
   Backoff backoff({.base = std::chrono::milliseconds(200), .cap = std::chrono::seconds(5)});
   while (true) {
     auto s = store::tcp::TcpStore::connect(host, static_cast<std::uint16_t>(port), options);
     if (s.is_ok()) return std::shared_ptr<store::Store>(std::move(*s));
+    // A refused token or a server that is not ours will not change its mind.
+    if (s.status().code() == Code::kFailedPrecondition) {
+      return s.status().with_context(
+          fmt::format("kiln run: reaching the rendezvous store at {}:{}", host, port));
+    }
     if (!backoff.sleep_before_retry(deadline)) {
       return s.status().with_context(
           fmt::format("kiln run: reaching the rendezvous store at {}:{}", host, port));
@@ -208,9 +220,16 @@ Status run(RunArgs a) {
   o.monitor_interval = secs(a.monitor_interval_s);
   o.events_path = a.events;
 
+  // One node with an embedded store: every process is ours, a fresh token
+  // does. Across nodes every agent must hold the same one.
+  const bool one_node = o.max_nodes == 1 && a.rdzv_endpoint.empty();
+  KILN_ASSIGN_OR_RETURN(o.job_token, auth::launcher_token(a.token_file, one_node, "kiln run"));
+  // The workers (and their workers' store clients and transports) inherit it.
+  setenv(auth::kJobTokenEnv, o.job_token.c_str(), 1);
+
   Clock::duration op_timeout = std::min(secs(5), o.node_ttl / 2);
   std::shared_ptr<store::Store> job;
-  store::tcp::TcpStoreServer server;
+  store::tcp::TcpStoreServer server({.token = o.job_token});
   if (a.rdzv_backend == "etcd") {
     if (a.rdzv_endpoint.empty()) {
       return invalid_argument(
@@ -219,6 +238,7 @@ Status run(RunArgs a) {
     store::etcd::EtcdStoreOptions eo;
     for (const auto& e : split(a.rdzv_endpoint, ',')) eo.endpoints.push_back(e);
     eo.prefix = "/kiln/rdzv/" + a.rdzv_id + "/";
+    eo.tls = {a.etcd_cacert, a.etcd_cert, a.etcd_key};
     eo.default_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(op_timeout);
     KILN_ASSIGN_OR_RETURN(auto opened, store::etcd::EtcdStore::open(eo));
     std::shared_ptr<store::etcd::EtcdStore> etcd = std::move(opened);
@@ -249,7 +269,8 @@ Status run(RunArgs a) {
   o.master_addr = host;
   o.master_port = port;
   KILN_ASSIGN_OR_RETURN(auto base,
-                        connect_store(host, port, op_timeout, Deadline::after(o.join_timeout)));
+                        connect_store(host, port, o.job_token, op_timeout,
+                                      Deadline::after(o.join_timeout)));
   job = std::make_shared<store::PrefixStore>("rdzv/" + a.rdzv_id, base);
   return run_agent(job, o);
 }
@@ -323,6 +344,14 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
       ->capture_default_str();
   cmd->add_option("--events", a->events,
                   "append every decision as a JSON line (with wall-clock time) to FILE");
+  cmd->add_option("--token-file", a->token_file,
+                  "read the job token from FILE (mode 600; default: KILN_JOB_TOKEN, or a fresh "
+                  "one for a one-node job); every node of a job needs the same");
+  cmd->add_option("--etcd-cacert", a->etcd_cacert,
+                  "etcd backend: CA bundle (PEM) that signed etcd's certificate (https:// endpoints)");
+  cmd->add_option("--etcd-cert", a->etcd_cert,
+                  "etcd backend: client certificate (PEM) for etcd's --client-cert-auth");
+  cmd->add_option("--etcd-key", a->etcd_key, "etcd backend: the client certificate's key (PEM)");
   cmd->add_option("command", a->command, "the worker command and its arguments (after --)")
       ->required();
   cmd->callback(run_status([a] { return run(*a); }));

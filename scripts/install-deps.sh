@@ -25,6 +25,9 @@ packages=(
   chromium
   # keeps rebuilds across build directories (build/, build-asan/) cheap
   ccache
+  # the job token's HMAC-SHA256 and CSPRNG (kiln/base/auth); `make fuzz`:
+  # clang and its libFuzzer runtime (docs/security.md)
+  libssl-dev clang libclang-rt-14-dev
 )
 
 missing=()

@@ -36,6 +36,7 @@ struct TrainArgs {
   std::int64_t diag_every = -1;  // -1: 50 with --trace-dir, else off
   std::vector<std::string> inject;
   int metrics_port = -1;
+  std::string metrics_host = "127.0.0.1";
 };
 
 // DIR/meta.json (rank 0): what ran, so `kiln diagnose` can say so beside
@@ -96,6 +97,7 @@ Status train(const TrainArgs& a) {
   options.diag.trace_dir = a.trace_dir;
   options.diag.every = a.diag_every >= 0 ? a.diag_every : (a.trace_dir.empty() ? 0 : 50);
   options.diag.metrics_port = a.metrics_port;
+  options.diag.metrics_host = a.metrics_host;
   for (const auto& spec : a.inject) {
     KILN_ASSIGN_OR_RETURN(diag::Injection i, diag::parse_injection(spec));
     options.diag.inject.push_back(i);
@@ -153,6 +155,9 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
       "compute-spin=MS, ckpt-sync or eval-delay=MS, each optionally @RANK (repeatable)");
   cmd->add_option("--metrics-port", a->metrics_port,
                   "Serve Prometheus text at :P/metrics (local rank r on P+r; 0 = any free port)");
+  cmd->add_option("--metrics-host", a->metrics_host,
+                  "Address the metrics endpoint binds (0.0.0.0: every interface)")
+      ->capture_default_str();
   cmd->callback(run_status([a] { return train(*a); }));
 });
 

@@ -2,6 +2,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -144,6 +145,35 @@ TEST(Shard, EveryFlippedByteOrTruncationIsDetected) {
     write_plain(bad, original->substr(0, len));
     EXPECT_FALSE(read_all_or_fail(bad, want)) << "truncated to " << len;
   }
+}
+
+// An offset near 2^64 in a table whose checksum matches (a crafted file, not
+// a flipped bit) must not wrap past the bounds check.
+TEST(Shard, AnOffsetThatWrapsIsRejected) {
+  ScratchDir dir;
+  std::string path = dir.path() + "/s.kds";
+  testing::write_test_shard(path, 5);
+  auto bytes = internal::read_file(path);
+  ASSERT_TRUE(bytes.is_ok());
+  std::string crafted = *bytes;
+  const std::size_t trailer = crafted.size() - kShardTrailerBytes;
+  const std::size_t table = trailer - 5 * 8;
+  std::uint64_t huge = ~std::uint64_t{0} - 3;
+  std::memcpy(crafted.data() + table + 4 * 8, &huge, 8);
+  std::uint64_t hash = xxh3({reinterpret_cast<const std::uint8_t*>(crafted.data()) + table, 5 * 8});
+  std::memcpy(crafted.data() + trailer + 8, &hash, 8);
+  std::string bad = dir.path() + "/crafted.kds";
+  write_plain(bad, crafted);
+  auto r = ShardReader::open(bad);
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), Code::kDataLoss) << r.status().to_string();
+  EXPECT_NE(r.status().message().find("out of order or bounds"), std::string::npos);
+}
+
+TEST(Index, AnOversizedIndexIsRefusedBeforeParsing) {
+  auto r = parse_index(std::string(kMaxIndexBytes + 1, ' '), "index.json");
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("limit"), std::string::npos);
 }
 
 TEST(Index, RoundTrips) {

@@ -221,8 +221,10 @@ Result<std::pair<std::string, int>> Agent::worker_store(
     return std::make_pair(options_.master_addr, options_.master_port);
   const std::string master_key = key(round.generation, "master");
   if (round.group_rank == 0) {
-    server = std::make_unique<store::tcp::TcpStoreServer>();
-    KILN_RETURN_IF_ERROR(server->start("0.0.0.0", 0)
+    server = std::make_unique<store::tcp::TcpStoreServer>(
+        store::tcp::TcpStoreServerOptions{.token = options_.job_token});
+    // Bound where the workers are told to connect, not every interface.
+    KILN_RETURN_IF_ERROR(server->start(options_.self.addr, 0)
                              .with_context(fmt::format("kiln run: serving round {}'s worker store",
                                                        round.generation)));
     int port = server->port();

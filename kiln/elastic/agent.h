@@ -59,6 +59,9 @@ struct AgentOptions {
   // round's workers at self.addr and publishes it as "gG/master";
   // master_addr/master_port are then unused.
   bool serve_worker_store = false;
+  // The job token the worker store requires (the workers find it in
+  // KILN_JOB_TOKEN); empty: not authenticated.
+  std::string job_token;
   Clock::duration finish_linger = std::chrono::seconds(60);
   std::string events_path;  // JSON lines with wall-clock times; empty = none
   // How nodes show they are alive; unset: heartbeat counters in the job store.

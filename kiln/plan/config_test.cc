@@ -46,6 +46,14 @@ TEST(ConfigTest, ExampleScenarioParses) {
   EXPECT_EQ(c->reliability.checkpoint_every_steps, 500);
 }
 
+TEST(ConfigTest, AnOversizedConfigIsRefusedBeforeParsing) {
+  auto c = parse_config_string(std::string(5 << 20, '#'), "huge.toml");
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_EQ(c.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("limit of a config file"), std::string::npos)
+      << c.status().to_string();
+}
+
 TEST(ConfigTest, MalformedTomlNamesFileAndLine) {
   auto c = parse_config_string("[model]\nlayers = = 3\n", "bad.toml");
   ASSERT_FALSE(c.is_ok());

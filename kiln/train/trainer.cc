@@ -423,8 +423,9 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     const char* local = std::getenv("LOCAL_RANK");
     int port = options.diag.metrics_port;
     if (port > 0 && local != nullptr) port += std::atoi(local);
-    KILN_ASSIGN_OR_RETURN(metrics_server, diag::MetricsServer::start("0.0.0.0", port, rank));
-    log()->info("metrics: serving Prometheus text on port {} at /metrics", metrics_server->port());
+    KILN_ASSIGN_OR_RETURN(metrics_server, diag::MetricsServer::start(options.diag.metrics_host, port, rank));
+    log()->info("metrics: serving Prometheus text on port {} at /metrics (bound to {})",
+                metrics_server->port(), options.diag.metrics_host);
   }
 
   EpochStream stream(&train_split, c.data, micro, rank, world, c.train.seed,

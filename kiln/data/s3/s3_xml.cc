@@ -16,7 +16,21 @@ struct DocDeleter {
 };
 using Doc = std::unique_ptr<xmlDoc, DocDeleter>;
 
+// A ListObjectsV2 page (<= 1000 keys) is well under 1 MiB. Larger replies
+// are refused unparsed: libxml2 takes an int length, and a hostile endpoint
+// must not make us build a document of any size. (libxml2 without
+// XML_PARSE_HUGE also bounds nesting depth and text node sizes, and entities
+// are not expanded without XML_PARSE_NOENT.)
+constexpr std::size_t kMaxXmlBytes = std::size_t{16} << 20;
+
+Status check_size(const std::string& xml, const char* what) {
+  if (xml.size() <= kMaxXmlBytes) return Status::ok();
+  return data_loss(fmt::format("{} reply of {} bytes is over the {}-byte limit", what, xml.size(),
+                               kMaxXmlBytes));
+}
+
 Doc parse(const std::string& xml) {
+  if (xml.size() > kMaxXmlBytes) return nullptr;
   return Doc(xmlReadMemory(xml.data(), static_cast<int>(xml.size()), "s3.xml", nullptr,
                            XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING));
 }
@@ -46,6 +60,7 @@ std::string snippet(const std::string& xml) { return xml.substr(0, 200); }
 }  // namespace
 
 Result<ListPage> parse_list_objects_v2(const std::string& xml) {
+  KILN_RETURN_IF_ERROR(check_size(xml, "ListObjectsV2"));
   Doc doc = parse(xml);
   const xmlNode* root = doc ? xmlDocGetRootElement(doc.get()) : nullptr;
   if (root == nullptr || !named(root, "ListBucketResult")) {
@@ -75,6 +90,7 @@ Result<ListPage> parse_list_objects_v2(const std::string& xml) {
 }
 
 Result<std::string> parse_upload_id(const std::string& xml) {
+  KILN_RETURN_IF_ERROR(check_size(xml, "InitiateMultipartUpload"));
   Doc doc = parse(xml);
   const xmlNode* root = doc ? xmlDocGetRootElement(doc.get()) : nullptr;
   std::string id = root != nullptr ? text(child(root, "UploadId")) : "";

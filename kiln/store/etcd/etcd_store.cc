@@ -68,7 +68,8 @@ EtcdStore::EtcdStore(std::shared_ptr<EtcdClient> client, std::string prefix)
     : client_(std::move(client)), prefix_(std::move(prefix)) {}
 
 Result<std::unique_ptr<EtcdStore>> EtcdStore::open(EtcdStoreOptions options) {
-  KILN_ASSIGN_OR_RETURN(auto client, EtcdClient::create(std::move(options.endpoints)));
+  KILN_ASSIGN_OR_RETURN(auto client, EtcdClient::create(std::move(options.endpoints),
+                                                                std::move(options.tls)));
   std::unique_ptr<EtcdStore> store(new EtcdStore(std::move(client), std::move(options.prefix)));
   store->set_default_timeout(options.default_timeout);
   return store;

@@ -42,6 +42,8 @@ namespace kiln::store::etcd {
 struct EtcdStoreOptions {
   std::vector<std::string> endpoints;  // "host:port" or "http://host:port"
   std::string prefix;                  // prepended to every key
+  // etcd's own TLS (https:// endpoints; docs/security.md).
+  TlsFiles tls;
   // Store::default_timeout(): bounds calls made without a deadline.
   std::chrono::milliseconds default_timeout{std::chrono::seconds(300)};
 };

@@ -294,5 +294,15 @@ TEST(EtcdCodec, Int64FieldsAreDecimalStringsOrAbsent) {
   EXPECT_EQ(json_int64(j, "d", "t").status().code(), Code::kDataLoss);
 }
 
+TEST(EtcdStoreTls, AnUnreadableTlsFileIsNamedAtOpen) {
+  EtcdStoreOptions o;
+  o.endpoints = {"https://127.0.0.1:1"};
+  o.tls.ca_file = "/nonexistent/kiln-etcd-ca.pem";
+  auto store = EtcdStore::open(o);
+  ASSERT_FALSE(store.is_ok());
+  EXPECT_EQ(store.status().code(), Code::kNotFound) << store.status().to_string();
+  EXPECT_NE(store.status().message().find("kiln-etcd-ca.pem"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace kiln::store::etcd
