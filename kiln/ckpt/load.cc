@@ -6,9 +6,10 @@
 #include <cstring>
 #include <map>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
-#include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/verify.h"
 
@@ -115,7 +116,7 @@ Result<LoadedState> load_latest(const std::string& root, const LoadOptions& o) {
           o.comm->allreduce(&ok, 1, comm::DataType::kInt32, comm::ReduceOp::kMin)->wait(o.timeout));
     }
     if (ok == 1) return r;
-    if (!r.is_ok() && r.status().code() == Code::kNotFound && !internal::path_exists(dir) &&
+    if (!r.is_ok() && r.status().code() == Code::kNotFound && !path_exists(dir) &&
         relists < kMaxRelists) {
       // Retention removed it after a newer commit (saves run concurrently):
       // the listing is stale, so take a fresh one (used on rank 0).
