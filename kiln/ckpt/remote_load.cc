@@ -15,6 +15,7 @@ Result<std::string> download_remote_step(objstore::ObjectStore& store, std::int6
                                          const std::string& cache_dir, Deadline deadline) {
   std::string dir = cache_dir + "/" + step_dir_name(step);
   std::string partial = dir + ".partial";
+  KILN_RETURN_IF_ERROR(make_dirs(cache_dir));
   KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(partial));
   KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(dir));
   KILN_RETURN_IF_ERROR(Fs::posix()->make_dir(partial));

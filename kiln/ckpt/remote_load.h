@@ -22,7 +22,8 @@ namespace kiln::ckpt {
 
 // Downloads step `step` (manifest and every shard it names) into
 // <cache_dir>/step-N through a .partial directory renamed into place, so a
-// crash never leaves a step that looks complete. Returns that directory.
+// crash never leaves a step that looks complete; creates cache_dir if need
+// be. Returns that directory.
 Result<std::string> download_remote_step(objstore::ObjectStore& store, std::int64_t step,
                                          const std::string& cache_dir, Deadline deadline);
 
