@@ -23,6 +23,12 @@ class ForwardingObjectStore : public ObjectStore {
   Status put_file(const std::string& key, const std::string& src, Deadline d) override {
     return inner_.put_file(key, src, d);
   }
+  Result<std::unique_ptr<ObjectWriter>> open_writer(const std::string& key, Deadline d) override {
+    return inner_.open_writer(key, d);
+  }
+  Status put(const std::string& key, std::string_view bytes, Deadline d) override {
+    return inner_.put(key, bytes, d);
+  }
   Result<std::string> get_range(const std::string& key, std::uint64_t offset, std::uint64_t length,
                                 Deadline d) override {
     return inner_.get_range(key, offset, length, d);
