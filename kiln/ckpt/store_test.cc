@@ -8,6 +8,7 @@
 
 #include "kiln/base/file.h"
 #include "kiln/ckpt/checkpointer.h"
+#include "kiln/ckpt/load.h"
 #include "kiln/ckpt/remote.h"
 #include "kiln/ckpt/remote_load.h"
 #include "kiln/ckpt/retention.h"
@@ -72,6 +73,9 @@ void two_ranks_round_trip(const std::string& url, const LocalS3Server* s3) {
   auto listed = list_committed_steps(url);
   ASSERT_TRUE(listed.is_ok()) << listed.status().to_string();
   EXPECT_EQ(*listed, (std::vector<std::int64_t>{3, 2}));
+  auto whole = load_latest(url, {});
+  ASSERT_TRUE(whole.is_ok()) << whole.status().to_string();
+  EXPECT_EQ(check_loaded(*whole, 3, 0, 1), "");
 
   for (int world : {2, 3}) {
     auto loaded = comm::testing::run_ranks(
