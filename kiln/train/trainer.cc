@@ -22,6 +22,7 @@
 #include "kiln/objstore/object_store.h"
 #include "kiln/data/shard_cache.h"
 #include "kiln/ddp/distributed_data_parallel.h"
+#include "kiln/parallel/zero/sharded_data_parallel.h"
 #include "kiln/diag/metrics_server.h"
 #include "kiln/diag/metrics_writer.h"
 #include "kiln/diag/overhead_ab.h"
@@ -229,6 +230,26 @@ void set_learning_rate(torch::optim::Optimizer& opt, double lr) {
   for (auto& group : opt.param_groups()) group.options().set_lr(lr);
 }
 
+// [parallel] strategy = "zero1" | "zero2" | "zero3" as the sharded wrapper's
+// options; the optimizer is the sharded one, with [optim]'s settings.
+parallel::zero::ZeroOptions zero_options(const TrainConfig& c) {
+  parallel::zero::ZeroOptions z;
+  z.stage = c.parallel.strategy == Strategy::kZero1 ? 1 : c.parallel.strategy == Strategy::kZero2 ? 2 : 3;
+  z.precision = c.parallel.precision == Precision::kBf16 ? parallel::zero::Precision::kBf16
+                                                         : parallel::zero::Precision::kFp32;
+  z.min_unit_params = c.parallel.min_unit_params;
+  z.timeout = kCollectiveTimeout;
+  const OptimConfig& o = c.optim;
+  z.optimizer.kind = o.kind == OptimizerKind::kSgd ? parallel::zero::OptimizerKind::kSgd
+                                                   : parallel::zero::OptimizerKind::kAdamW;
+  z.optimizer.lr = o.lr;
+  z.optimizer.beta1 = o.beta1;
+  z.optimizer.beta2 = o.beta2;
+  z.optimizer.weight_decay = o.weight_decay;
+  z.optimizer.momentum = o.kind == OptimizerKind::kSgd ? o.momentum : 0;
+  return z;
+}
+
 }  // namespace
 
 Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator& comm) {
@@ -259,15 +280,29 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   KILN_ASSIGN_OR_RETURN(Split train_split, open_split(c.data, "train"));
   KILN_ASSIGN_OR_RETURN(Split test_split, open_split(c.data, "test"));
 
-  ddp::DdpOptions ddp_options;
-  if (c.ddp.bucket_cap_mib) {
-    ddp_options.bucket_cap_bytes = static_cast<std::size_t>(*c.ddp.bucket_cap_mib * (1 << 20));
+  // Data parallel (replicated model, LibTorch optimizer) or sharded (the
+  // wrapper owns the optimizer state): exactly one of the two is set.
+  std::unique_ptr<ddp::DistributedDataParallel> model;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::unique_ptr<parallel::zero::ShardedDataParallel> sharded;
+  if (c.parallel.strategy == Strategy::kDdp) {
+    ddp::DdpOptions ddp_options;
+    if (c.ddp.bucket_cap_mib) {
+      ddp_options.bucket_cap_bytes = static_cast<std::size_t>(*c.ddp.bucket_cap_mib * (1 << 20));
+    } else {
+      ddp_options.auto_bucket_cap = true;
+    }
+    ddp_options.compress_bf16 = c.ddp.bf16;
+    KILN_ASSIGN_OR_RETURN(model, ddp::DistributedDataParallel::create(task->module(), comm, ddp_options));
+    optimizer = make_optimizer(c.optim, task->module()->parameters());
   } else {
-    ddp_options.auto_bucket_cap = true;
+    KILN_ASSIGN_OR_RETURN(sharded, parallel::zero::ShardedDataParallel::create(task->module(), comm,
+                                                                               zero_options(c)));
+    log()->info("{}: {} parameters in {} units, {} precision; {:.1f} MiB of training state per rank",
+                strategy_name(c.parallel.strategy), sharded->parameter_count(), sharded->unit_count(),
+                c.parallel.precision == Precision::kBf16 ? "bf16" : "fp32",
+                static_cast<double>(sharded->formula_state_bytes()) / (1 << 20));
   }
-  ddp_options.compress_bf16 = c.ddp.bf16;
-  KILN_ASSIGN_OR_RETURN(auto model, ddp::DistributedDataParallel::create(task->module(), comm, ddp_options));
-  auto optimizer = make_optimizer(c.optim, task->module()->parameters());
 
   // Checkpoints get a communicator of their own: the writer thread issues
   // collectives while training uses `comm`.
@@ -294,7 +329,11 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
                                              .remote = c.checkpoint.remote}));
   }
   Progress progress;
-  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, *task->module(), *optimizer, comm, memory_tier.get(),
+  RestoreFn restore = [&](const ckpt::LoadedState& loaded) -> Result<Progress> {
+    if (sharded) return restore_sharded_state(loaded, *sharded, rank);
+    return restore_state(loaded, *task->module(), *optimizer, rank);
+  };
+  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/!sharded, comm, memory_tier.get(),
                                              ckpt_comm.get(), restarted_by_launcher()));
   if (resumed) progress = resumed->progress;
   const std::int64_t start_step = progress.step;
@@ -337,6 +376,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   diag::StepTimer timer(rank);
   auto snapshot = [&](std::int64_t step, Snapshot* snap) {
     data::SamplerState s = stream.state();
+    if (sharded) return capture_sharded_state(*sharded, {step, s.epoch, s.consumed}, rank, world, snap);
     return capture_state(*task->module(), *optimizer, {step, s.epoch, s.consumed}, rank, world, snap);
   };
   auto run_eval = [&](std::int64_t step) -> Result<EvalResult> {
@@ -361,7 +401,8 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     const bool record = ab.recorded(step - start_step);
     if (ab.enabled()) session->set_sampling(record);
     timer.begin_step(step);
-    set_learning_rate(*optimizer, learning_rate(c.optim, step, c.train.max_steps));
+    const double lr = learning_rate(c.optim, step, c.train.max_steps);
+    if (optimizer) set_learning_rate(*optimizer, lr);
     double loss_sum = 0, backward_s = 0;
     for (std::int64_t m = 0; m < c.train.grad_accum; ++m) {
       std::optional<data::Batch> batch;
@@ -378,7 +419,11 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
         loss = loss / static_cast<double>(c.train.grad_accum);
       }
       auto t0 = Clock::now();
-      if (m + 1 < c.train.grad_accum) {
+      if (sharded) {
+        // Reduced every micro-batch into the gradient shares (no whole
+        // gradient is kept between micro-batches).
+        KILN_RETURN_IF_ERROR(sharded->backward(loss));
+      } else if (m + 1 < c.train.grad_accum) {
         auto no_sync = model->no_sync();
         KILN_RETURN_IF_ERROR(model->backward(loss));
       } else {
@@ -391,14 +436,27 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       auto scope = timer.phase(Phase::kExposedComm);
       diag::inject_sleep(inject.comm_delay_ms);
     }
-    const ddp::SyncStats& sync = model->last_sync();
-    timer.add(Phase::kExposedComm, sync.exposed_comm_s);
-    timer.add(Phase::kBackward, std::max(0.0, backward_s - sync.exposed_comm_s));
-    timer.current().comm_bytes = sync.bytes;
-    timer.current().comm_s = sync.sync_s;
+    if (sharded) {
+      const parallel::zero::ZeroSyncStats& sync = sharded->last_sync();
+      const double exposed = sync.exposed_comm_s + sync.gather_wait_s;
+      timer.add(Phase::kExposedComm, exposed);
+      timer.add(Phase::kBackward, std::max(0.0, backward_s - sync.exposed_comm_s));
+      timer.current().comm_bytes = sync.bytes;
+      timer.current().comm_s = exposed;
+    } else {
+      const ddp::SyncStats& sync = model->last_sync();
+      timer.add(Phase::kExposedComm, sync.exposed_comm_s);
+      timer.add(Phase::kBackward, std::max(0.0, backward_s - sync.exposed_comm_s));
+      timer.current().comm_bytes = sync.bytes;
+      timer.current().comm_s = sync.sync_s;
+    }
     timer.current().cache_hit_rate = stream.cache_hit_rate();
     {
       auto scope = timer.phase(Phase::kOptimizer);
+      if (sharded) {
+        if (c.optim.grad_clip > 0) KILN_RETURN_IF_ERROR(sharded->clip_grad_norm(c.optim.grad_clip).status());
+        KILN_RETURN_IF_ERROR(sharded->step(lr));
+      } else {
       if (c.optim.grad_clip > 0) {
         torch::nn::utils::clip_grad_norm_(task->module()->parameters(), c.optim.grad_clip);
       }
@@ -407,6 +465,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       // zero_grad() would drop it and cost a copy per gradient next step).
       for (auto& p : task->module()->parameters()) {
         if (p.grad().defined()) p.mutable_grad().zero_();
+      }
       }
     }
     const std::int64_t done = step + 1;
@@ -502,6 +561,8 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     Status s = memory_tier->clear();
     if (!s.is_ok()) log()->warn("in-memory checkpoints not removed: {}", s.to_string());
   }
+  // The digest and kept parameters read every parameter whole.
+  if (sharded) KILN_RETURN_IF_ERROR(sharded->gather_all());
   if (result.stopped) {
     // The grace period is for the checkpoint, not for an evaluation.
     line.finish();
@@ -510,6 +571,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     return result;
   }
   KILN_ASSIGN_OR_RETURN(EvalResult final_eval, run_eval(result.steps));
+  if (sharded) KILN_RETURN_IF_ERROR(sharded->gather_all());  // the evaluation freed them again
   line.finish();
   result.eval_loss = final_eval.loss;
   result.eval_accuracy = final_eval.accuracy;

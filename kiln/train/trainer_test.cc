@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "kiln/comm/testing/multiprocess.h"
@@ -223,6 +224,78 @@ TEST(Trainer, AMissingDatasetIsNamed) {
   ASSERT_FALSE(r.is_ok());
   EXPECT_NE(r.status().message().find("nowhere"), std::string::npos) << r.status().to_string();
   EXPECT_NE(r.status().message().find("data.prepare"), std::string::npos) << r.status().to_string();
+}
+
+// ---- sharded strategies ([parallel] strategy = zero1 | zero2 | zero3) ------
+
+TrainConfig sharded(TrainConfig c, Strategy strategy) {
+  c.parallel.strategy = strategy;
+  return c;
+}
+
+TEST(Trainer, ShardedStrategiesMatchOneRankWithTheWholeBatch) {
+  Fixture f;
+  auto one = train_on(1, f.config(48, 1, 6), f.dir.path() + "/one");
+  ASSERT_TRUE(one.is_ok()) << one.status().to_string();
+  struct Case {
+    Strategy strategy;
+    int world;
+    int accum;
+  };
+  for (Case k : {Case{Strategy::kZero3, 2, 1}, Case{Strategy::kZero3, 3, 2}, Case{Strategy::kZero2, 3, 1},
+                 Case{Strategy::kZero1, 4, 2}}) {
+    auto many = train_on(k.world, sharded(f.config(48, k.accum, 6), k.strategy), f.dir.path() + "/many");
+    ASSERT_TRUE(many.is_ok()) << many.status().to_string();
+    ASSERT_EQ(many->parameters.size(), one->parameters.size());
+    EXPECT_LE(max_relative_difference(one->parameters, many->parameters), 1e-5)
+        << strategy_name(k.strategy) << " on " << k.world << " ranks, accumulation " << k.accum;
+  }
+}
+
+TEST(Trainer, ShardedResumeAfterSigkillIsBitIdentical) {
+  Fixture f;
+  TrainConfig straight = sharded(f.config(32, 1, 10), Strategy::kZero3);
+  straight.checkpoint = {.dir = f.dir.path() + "/ckpt-a", .every = 2};
+  auto a = train_on(2, straight, f.dir.path() + "/a");
+  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+  TrainConfig crashed = straight;
+  crashed.checkpoint.dir = f.dir.path() + "/ckpt-b";
+  ASSERT_FALSE(train_on(2, crashed, f.dir.path() + "/b1", /*crash_after_step=*/7).is_ok());
+  auto resumed = train_on(2, crashed, f.dir.path() + "/b2");
+  ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
+  EXPECT_GE(resumed->start_step, 4);
+  EXPECT_LE(resumed->start_step, 7);
+  EXPECT_EQ(resumed->parameters, a->parameters);
+}
+
+// Saved by ZeRO-3 on 4 ranks; continued by ZeRO-3 on 3 ranks and by plain
+// data parallelism on 2: both end where one uninterrupted rank ends.
+TEST(Trainer, ShardedCheckpointsResumeOnAnotherWorldSizeAndStrategy) {
+  Fixture f;
+  // A constant learning rate: a run of 5 steps and one of 8 follow the same
+  // schedule for their first 5.
+  auto config = [&](std::int64_t steps) {
+    TrainConfig c = f.config(24, 1, steps);
+    c.optim.schedule = Schedule::kConstant;
+    c.optim.warmup_steps = 0;
+    return c;
+  };
+  auto want = train_on(1, config(8), f.dir.path() + "/want");
+  ASSERT_TRUE(want.is_ok()) << want.status().to_string();
+  TrainConfig first = sharded(config(5), Strategy::kZero3);
+  first.checkpoint = {.dir = f.dir.path() + "/ckpt", .every = 0};
+  ASSERT_TRUE(train_on(4, first, f.dir.path() + "/r4").is_ok());
+  for (auto [world, strategy] : {std::pair{3, Strategy::kZero3}, std::pair{2, Strategy::kDdp}}) {
+    const std::string copy = f.dir.path() + fmt::format("/ckpt-{}", world);
+    std::filesystem::copy(first.checkpoint.dir, copy, std::filesystem::copy_options::recursive);
+    TrainConfig then = sharded(config(8), strategy);
+    then.checkpoint = {.dir = copy, .every = 0};
+    auto r = train_on(world, then, f.dir.path() + "/then");
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    EXPECT_EQ(r->start_step, 5);
+    EXPECT_LE(max_relative_difference(want->parameters, r->parameters), 1e-5)
+        << strategy_name(strategy) << " on " << world << " ranks";
+  }
 }
 
 }  // namespace
