@@ -6,7 +6,7 @@ FUZZ_DIR ?= build-fuzz
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps demo test test-fast test-asan chaos fuzz fuzz-smoke clean
+.PHONY: all build deps demo test test-fast test-asan test-store-faults chaos fuzz fuzz-smoke clean
 
 all: build
 
@@ -35,6 +35,11 @@ test: deps build
 
 test-fast: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j 2 -L unit
+
+# The 30-trial SIGKILL campaign of checkpoints uploaded to s3rver (the suite
+# runs 4 trials of it).
+test-store-faults: deps build
+	KILN_STORE_FAULT_TRIALS=30 $(BUILD_DIR)/tests/ckpt/kiln_ckpt_store_faults_test
 
 # Under the sanitizers the collective matrix runs on 2, 3 and 4 ranks; the 5-
 # and 8-rank cases (the same code paths, ~200 s under ASan on 2 cores) run

@@ -15,6 +15,9 @@
 //   inmem_recovery_s restarted ranks restore from their own in-memory snapshots
 //   inmem_buddy_recovery_s  the same after rank 1's memory is lost: it fetches
 //                    its snapshot from the replica rank 2 (mod n) holds
+//   s3_write_vs_raw_put  (--s3) a checkpoint streamed to a local s3rver
+//                    (shard upload + commit) vs raw PUTs of the same bytes in
+//                    part-sized objects at the same parallelism (target ≥ 0.8)
 // Times are the slowest rank's. Each timed save is preceded by its own memcpy
 // and raw-write baselines; the ratios are the medians of the per-save ratios,
 // so load from other processes cancels out as far as it can.
@@ -32,6 +35,7 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "cli/bench_ckpt_s3.h"
 #include "cli/command.h"
 #include "cli/local_ranks.h"
 #include "kiln/base/units.h"
@@ -58,6 +62,7 @@ struct CkptBenchArgs {
   // Test-only (hidden): flips a byte of the last checkpoint's shard files
   // before the timed load, so a test can prove a corrupt checkpoint fails.
   bool inject_corruption = false;
+  bool s3 = false;  // also measure checkpoints to a local s3rver
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -264,6 +269,12 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(auto mem, measure_memory_tier(c, *ckpt_comm, root, last_step, mine, rows,
                                                       cols, state, my_bytes));
 
+  std::optional<S3CkptTimes> s3;
+  std::string s3_skipped = "--s3 not given";
+  if (a.s3) {
+    KILN_ASSIGN_OR_RETURN(s3, measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, &s3_skipped));
+  }
+
   double stall = median(stall_s), write = median(write_s);
   const double mb = static_cast<double>(rows * cols * 4) / 1e6;
   if (r == 0) {
@@ -286,6 +297,14 @@ Status bench_ckpt(const CkptBenchArgs& a) {
                        {"inmem_recovery_s", mem.recovery_s},
                        {"inmem_buddy_recovery_s", n > 1 ? nlohmann::json(mem.buddy_s) : nullptr},
                        {"inmem_vs_disk_recovery", mem.recovery_s / load_t}};
+    if (s3) {
+      doc["s3_raw_put_s"] = s3->raw_put_s;
+      doc["s3_write_s"] = s3->write_s;
+      doc["s3_write_vs_raw_put"] = s3->ratio;
+    } else {
+      doc["s3_write_vs_raw_put"] = nullptr;
+      doc["s3_skipped"] = s3_skipped;
+    }
     if (a.json) {
       std::printf("%s\n", doc.dump().c_str());
     } else {
@@ -313,6 +332,7 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")
       ->capture_default_str();
   cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
+  cmd->add_flag("--s3", a->s3, "also checkpoint to a local s3rver vs raw PUTs (s3_write_vs_raw_put)");
   cmd->callback(run_status([a] { return bench_ckpt(*a); }));
 });
 

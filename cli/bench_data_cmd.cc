@@ -47,8 +47,9 @@
 #include "kiln/data/dataset_push.h"
 #include "kiln/data/dataset_writer.h"
 #include "kiln/data/loader.h"
-#include "kiln/data/s3/s3_object_store.h"
-#include "kiln/data/s3/testing/local_s3_server.h"
+#include "kiln/objstore/object_store.h"
+#include "kiln/objstore/s3/s3_object_store.h"
+#include "kiln/objstore/s3/local_s3rver.h"
 
 namespace kiln::cli {
 namespace {
@@ -197,7 +198,7 @@ double percentile(std::vector<double> v, double p) {
 
 Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIndex& index,
                   WarmRuns* out, Ratios* stalls) {
-  KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(ds));
+  KILN_ASSIGN_OR_RETURN(auto store, objstore::open_object_store(ds));
   data::ShardCache cache(store.get(), "",
                          {.dir = ds + "-warm-cache", .capacity_bytes = 1ull << 40});
   std::vector<std::string> paths;
@@ -230,10 +231,10 @@ Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIn
 
 Status bench_cold(const DataBenchArgs& a, const std::string& ds, const DatasetIndex& index,
                   Ratios* out) {
-  KILN_ASSIGN_OR_RETURN(auto server, data::s3::testing::LocalS3Server::start("kiln-bench"));
-  data::s3::S3Options o = server->options();
+  KILN_ASSIGN_OR_RETURN(auto server, objstore::s3::LocalS3Server::start("kiln-bench"));
+  objstore::s3::S3Options o = server->options();
   o.max_attempts = 6;
-  KILN_ASSIGN_OR_RETURN(auto store, data::s3::S3ObjectStore::open(server->url("ds"), o));
+  KILN_ASSIGN_OR_RETURN(auto store, objstore::s3::S3ObjectStore::open(server->url("ds"), o));
   KILN_RETURN_IF_ERROR(data::push_dataset(ds, store.get(), Deadline::after_seconds(600)).status());
   const double mb = dataset_bytes(index) / 1e6;
   const std::string scratch = a.root + "/raw-get";
@@ -289,7 +290,7 @@ Status bench_data(const DataBenchArgs& a) {
                                                static_cast<std::uint64_t>(a.shard_mib * (1 << 20))));
     KILN_RETURN_IF_ERROR(bench_warm(a, small_ds, *small, &r.small, nullptr));
   }
-  bool cold = data::s3::testing::LocalS3Server::installed();
+  bool cold = objstore::s3::LocalS3Server::installed();
   if (cold) KILN_RETURN_IF_ERROR(bench_cold(a, ds, index, &r));
   fs::remove_all(a.root, ec);
 
@@ -328,7 +329,7 @@ Status bench_data(const DataBenchArgs& a) {
     doc["cold_vs_raw_get"] = median(r.cold);
   } else {
     doc["cold_vs_raw_get"] = nullptr;
-    doc["cold_skipped"] = data::s3::testing::LocalS3Server::kNotInstalled;
+    doc["cold_skipped"] = objstore::s3::LocalS3Server::kNotInstalled;
   }
   if (a.json) {
     std::printf("%s\n", doc.dump(2).c_str());
@@ -355,7 +356,7 @@ Status bench_data(const DataBenchArgs& a) {
         "cold:   %.0f MB/s from s3rver; raw GETs %.0f MB/s; cold_vs_raw_get %.2f (target >= 0.8)\n",
         median(r.cold_mb_s), median(r.raw_get_mb_s), median(r.cold));
   } else {
-    std::printf("cold:   skipped: %s\n", data::s3::testing::LocalS3Server::kNotInstalled);
+    std::printf("cold:   skipped: %s\n", objstore::s3::LocalS3Server::kNotInstalled);
   }
   std::printf(
       "stall:  consumer at %.1f ms/batch waits %.2f%% of it (target < 2%%); wait p50 "

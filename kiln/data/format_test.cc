@@ -9,7 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "kiln/data/checksum.h"
-#include "kiln/data/internal/file_util.h"
+#include "kiln/base/file.h"
 #include "kiln/data/shard.h"
 #include "kiln/data/testing/test_dataset.h"
 
@@ -131,7 +131,7 @@ TEST(Shard, EveryFlippedByteOrTruncationIsDetected) {
   ScratchDir dir;
   std::string path = dir.path() + "/s.kds";
   std::vector<std::vector<std::uint8_t>> want = testing::write_test_shard(path, 5);
-  auto original = internal::read_file(path);
+  auto original = read_file(path);
   ASSERT_TRUE(original.is_ok());
   ASSERT_TRUE(read_all_or_fail(path, want));
   std::string bad = dir.path() + "/bad.kds";
@@ -179,7 +179,7 @@ TEST(Index, AnOversizedIndexIsRefusedBeforeParsing) {
 TEST(Index, RoundTrips) {
   ScratchDir dir;
   DatasetIndex idx = testing::write_test_dataset(dir.path(), 50, 1024);
-  auto text = internal::read_file(dir.path() + "/index.json");
+  auto text = read_file(dir.path() + "/index.json");
   ASSERT_TRUE(text.is_ok());
   auto parsed = parse_index(*text, "index.json");
   ASSERT_TRUE(parsed.is_ok()) << parsed.status().to_string();

@@ -22,13 +22,13 @@ using testing::ScratchDir;
 struct Fixture {
   Fixture() {
     index = testing::write_test_dataset(remote.path() + "/ds", 500, 3000);
-    store = std::move(open_object_store(remote.path())).value();
+    store = std::move(objstore::open_object_store(remote.path())).value();
     cache = std::make_unique<ShardCache>(
         store.get(), "ds", ShardCacheOptions{.dir = local.path(), .capacity_bytes = 1 << 30});
   }
   ScratchDir remote, local;
   DatasetIndex index;
-  std::unique_ptr<ObjectStore> store;
+  std::unique_ptr<objstore::ObjectStore> store;
   std::unique_ptr<ShardCache> cache;
 };
 

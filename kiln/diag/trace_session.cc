@@ -5,8 +5,8 @@
 
 #include <cerrno>
 #include <filesystem>
-#include <fstream>
 
+#include "kiln/base/fs.h"
 #include "kiln/base/logging.h"
 #include "kiln/diag/aggregate.h"
 #include "kiln/diag/step_json.h"
@@ -35,11 +35,7 @@ Status write_meta(const std::string& path, int rank, const TraceOptions& o) {
                          {"summary_every", o.summary_every},
                          {"trace_max_steps", o.trace_max_steps},
                          {"sample_interval_s", o.sample_interval_s}};
-  std::ofstream out(path, std::ios::trunc);
-  out << meta.dump(2) << "\n";
-  out.close();
-  if (!out) return errno_status("write " + path, errno);
-  return Status::ok();
+  return write_file_atomic(path, meta.dump(2) + "\n", Durability::kAtomicOnly);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "kiln/train/resume.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/remote_load.h"
 #include "kiln/ckpt/retention.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::train {
 namespace {
@@ -47,21 +49,39 @@ Result<ckpt::LoadedState> from_storage(const TrainConfig& c, comm::Communicator&
   return whole ? ckpt::load_step(dir, 0, 1) : ckpt::load_step(dir, comm.rank(), comm.size());
 }
 
-// The newest step of the remote tier, for a run whose dir has none: each
-// rank downloads into its own cache under dir and gets its share, and the
-// ranks assemble the whole model from the shares. NotFound when none.
-Result<ckpt::LoadedState> from_remote(const TrainConfig& c, comm::Communicator& comm) {
-  const std::string cache = fmt::format("{}/remote-cache/rank-{}", c.checkpoint.dir, comm.rank());
+// The newest step on an object store (`url`): each rank downloads into its
+// own cache (`cache`) and gets its share; with `whole` the ranks assemble the
+// whole model from the shares. NotFound when none.
+Result<ckpt::LoadedState> from_store(const std::string& url, const std::string& cache,
+                                     comm::Communicator& comm, bool whole) {
   ckpt::LoadOptions o{comm.rank(), comm.size(), &comm, kResumeTimeout};
   std::error_code ec;
   std::filesystem::create_directories(cache, ec);
-  if (ec) return errno_status("create the remote tier's download cache " + cache, ec.value());
-  auto share = ckpt::load_latest_remote(c.checkpoint.remote, cache, o);
-  // The downloaded copy served its purpose: the step is in memory now, and
-  // the run writes its own checkpoints to dir from here on.
+  if (ec) return errno_status("create the checkpoint download cache " + cache, ec.value());
+  auto share = ckpt::load_latest_remote(url, cache, o);
+  // The downloaded copy served its purpose: the step is in memory now.
   std::filesystem::remove_all(cache, ec);
-  if (!share.is_ok()) return share.status();
+  if (!share.is_ok() || !whole) return share;
   return ckpt::gather_whole_tensors(std::move(*share), comm, kResumeTimeout);
+}
+
+// The remote tier, for a run whose dir has none; the run writes its own
+// checkpoints to dir from here on.
+Result<ckpt::LoadedState> from_remote(const TrainConfig& c, comm::Communicator& comm, bool whole) {
+  return from_store(c.checkpoint.remote,
+                    fmt::format("{}/remote-cache/rank-{}", c.checkpoint.dir, comm.rank()), comm,
+                    whole);
+}
+
+// checkpoint.dir is an object store's URL: nothing of it is on local disk, so
+// the shards stream through a scratch cache of this process.
+Result<ckpt::LoadedState> from_store_dir(const TrainConfig& c, comm::Communicator& comm,
+                                         bool whole) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string cache =
+      fmt::format("{}/kiln-resume-{}-rank-{}", tmp != nullptr && *tmp != '\0' ? tmp : "/tmp",
+                  ::getpid(), comm.rank());
+  return from_store(c.checkpoint.dir, cache, comm, whole);
 }
 
 }  // namespace
@@ -106,12 +126,13 @@ Result<std::optional<Resumed>> resume(const TrainConfig& c, const RestoreFn& res
     }
   }
   if (!out.from_memory) {
-    loaded = from_storage(c, comm, whole);
+    loaded = objstore::is_object_store_url(c.checkpoint.dir) ? from_store_dir(c, comm, whole)
+                                                             : from_storage(c, comm, whole);
     if (!loaded.is_ok() && loaded.status().code() == Code::kNotFound &&
         !c.checkpoint.remote.empty()) {
       log()->info("resume: nothing to load in {}; trying the remote tier {}", c.checkpoint.dir,
                   c.checkpoint.remote);
-      loaded = from_remote(c, comm);
+      loaded = from_remote(c, comm, whole);
     }
     if (!loaded.is_ok()) {
       if (loaded.status().code() == Code::kNotFound) return std::optional<Resumed>();

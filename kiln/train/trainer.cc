@@ -19,7 +19,7 @@
 #include "kiln/data/convert/fashion_mnist.h"
 #include "kiln/data/convert/text_corpus.h"
 #include "kiln/data/loader.h"
-#include "kiln/data/object_store.h"
+#include "kiln/objstore/object_store.h"
 #include "kiln/data/shard_cache.h"
 #include "kiln/ddp/distributed_data_parallel.h"
 #include "kiln/parallel/counting_allocator.h"
@@ -95,14 +95,14 @@ Status prepare_data(const DataConfig& c, comm::Communicator& comm) {
 }
 
 struct Split {
-  std::unique_ptr<data::ObjectStore> store;
+  std::unique_ptr<objstore::ObjectStore> store;
   std::unique_ptr<data::ShardCache> cache;
   data::DatasetIndex index;
 };
 
 Result<Split> open_split(const DataConfig& c, const std::string& name) {
   Split s;
-  KILN_ASSIGN_OR_RETURN(s.store, data::open_object_store(c.dir));
+  KILN_ASSIGN_OR_RETURN(s.store, objstore::open_object_store(c.dir));
   KILN_ASSIGN_OR_RETURN(std::string text,
                         s.store->get(name + "/" + data::kIndexFile, Deadline::after_seconds(60)));
   KILN_ASSIGN_OR_RETURN(s.index, data::parse_index(text, c.dir + "/" + name + "/index.json"));
@@ -368,9 +368,11 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   std::unique_ptr<ckpt::MemoryTier> memory_tier;  // outlives the checkpointer
   std::unique_ptr<ckpt::Checkpointer> checkpointer;
   if (!c.checkpoint.dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(c.checkpoint.dir, ec);
-    if (ec) return errno_status("create checkpoint.dir " + c.checkpoint.dir, ec.value());
+    if (!objstore::is_object_store_url(c.checkpoint.dir)) {
+      std::error_code ec;
+      std::filesystem::create_directories(c.checkpoint.dir, ec);
+      if (ec) return errno_status("create checkpoint.dir " + c.checkpoint.dir, ec.value());
+    }
     KILN_ASSIGN_OR_RETURN(ckpt_comm, comm.split(0, rank));
     if (c.checkpoint.memory) {
       std::string dir = c.checkpoint.memory_dir.empty()

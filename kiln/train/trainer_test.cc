@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kiln/ckpt/load.h"
+#include "kiln/ckpt/retention.h"
 #include "kiln/comm/testing/multiprocess.h"
 #include "kiln/data/dataset_writer.h"
 #include "kiln/data/sampler.h"
@@ -217,6 +218,25 @@ nlohmann::json saved_progress(const std::string& dir) {
   if (p == nullptr) return {};
   return nlohmann::json::parse(
       std::string(reinterpret_cast<const char*>(p->data.data()), p->data.size()));
+}
+
+// checkpoint.dir an object store's URL: saves stream there, and a run
+// killed after step 7 resumes from there bit-identically, with no
+// checkpoint ever on local disk.
+TEST(Trainer, ResumesFromAnObjectStoreCheckpointDir) {
+  Fixture f;
+  auto straight = train_on(2, f.config(32, 1, 10), f.dir.path() + "/a");
+  ASSERT_TRUE(straight.is_ok()) << straight.status().to_string();
+  TrainConfig c = f.config(32, 1, 10);
+  c.checkpoint = {.dir = "file://" + f.dir.path() + "/bucket/run", .every = 2};
+  ASSERT_FALSE(train_on(2, c, f.dir.path() + "/b1", /*crash_after_step=*/7).is_ok());
+  auto steps = ckpt::list_committed_steps(c.checkpoint.dir);
+  ASSERT_TRUE(steps.is_ok()) << steps.status().to_string();
+  ASSERT_FALSE(steps->empty());
+  auto resumed = train_on(2, c, f.dir.path() + "/b2");
+  ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
+  EXPECT_EQ(resumed->start_step, steps->front());
+  EXPECT_EQ(resumed->parameters, straight->parameters);
 }
 
 // 5 steps on 3 ranks, then 3 more on 2 from the checkpoint: the sampler goes
