@@ -5,16 +5,16 @@
 #include <string>
 
 #include "kiln/base/check.h"
-#include "kiln/data/s3/s3_xml.h"
+#include "kiln/objstore/s3/s3_xml.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   std::string xml(reinterpret_cast<const char*>(data), size);
-  auto page = kiln::data::s3::parse_list_objects_v2(xml);
+  auto page = kiln::objstore::s3::parse_list_objects_v2(xml);
   if (page.is_ok()) {
     for (const auto& o : page->objects) KILN_CHECK(!o.key.empty());
     KILN_CHECK(!page->truncated || !page->next_continuation_token.empty());
   }
-  (void)kiln::data::s3::parse_upload_id(xml);
-  (void)kiln::data::s3::parse_error(xml);
+  (void)kiln::objstore::s3::parse_upload_id(xml);
+  (void)kiln::objstore::s3::parse_error(xml);
   return 0;
 }

@@ -153,7 +153,7 @@ TEST(Shard, AnOffsetThatWrapsIsRejected) {
   ScratchDir dir;
   std::string path = dir.path() + "/s.kds";
   testing::write_test_shard(path, 5);
-  auto bytes = internal::read_file(path);
+  auto bytes = kiln::read_file(path);
   ASSERT_TRUE(bytes.is_ok());
   std::string crafted = *bytes;
   const std::size_t trailer = crafted.size() - kShardTrailerBytes;

@@ -11,7 +11,7 @@
 #include <gtest/gtest.h>
 
 #include "kiln/data/loader.h"
-#include "kiln/data/testing/forwarding_object_store.h"
+#include "kiln/objstore/testing/forwarding_object_store.h"
 #include "kiln/data/testing/test_dataset.h"
 
 namespace kiln::data {
@@ -161,7 +161,7 @@ TEST(Loader, CorruptCachedShardIsDataLossNotASample) {
 }
 
 // A producer slowed on purpose: every shard download takes `delay` longer.
-class SlowStore final : public testing::ForwardingObjectStore {
+class SlowStore final : public objstore::testing::ForwardingObjectStore {
  public:
   SlowStore(ObjectStore& inner, std::chrono::milliseconds delay)
       : ForwardingObjectStore(inner), delay_(delay) {}
