@@ -4,7 +4,7 @@
 #include <limits>
 #include <ranges>
 
-#include <torch/csrc/autograd/function_hook.h>
+#include "kiln/parallel/after_accumulate.h"
 #include <torch/csrc/autograd/variable.h>
 
 #include <fmt/format.h>
@@ -41,20 +41,7 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Runs after a parameter's AccumulateGrad node has stored its gradient (the
-// hook c10d's Reducer uses): by then param.grad holds the accumulated value.
-class AfterAccumulate : public torch::autograd::FunctionPostHook {
- public:
-  explicit AfterAccumulate(std::function<void()> fn) : fn_(std::move(fn)) {}
-  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
-                                            const torch::autograd::variable_list&) override {
-    fn_();
-    return outputs;
-  }
-
- private:
-  std::function<void()> fn_;
-};
+using parallel::AfterAccumulate;
 
 }  // namespace
 

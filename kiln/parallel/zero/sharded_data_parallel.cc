@@ -6,7 +6,7 @@
 #include <stdexcept>
 
 #include <c10/core/StorageImpl.h>
-#include <torch/csrc/autograd/function_hook.h>
+#include "kiln/parallel/after_accumulate.h"
 #include <torch/csrc/autograd/variable.h>
 
 #include <fmt/format.h>
@@ -23,20 +23,7 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Runs after a parameter's AccumulateGrad node stored its gradient (the hook
-// c10d's Reducer and kiln::ddp use).
-class AfterAccumulate : public torch::autograd::FunctionPostHook {
- public:
-  explicit AfterAccumulate(std::function<void()> fn) : fn_(std::move(fn)) {}
-  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
-                                            const torch::autograd::variable_list&) override {
-    fn_();
-    return outputs;
-  }
-
- private:
-  std::function<void()> fn_;
-};
+using parallel::AfterAccumulate;
 
 bool is_container(const torch::nn::Module& m) {
   return dynamic_cast<const torch::nn::ModuleListImpl*>(&m) != nullptr ||
