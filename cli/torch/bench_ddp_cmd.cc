@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/torch/bench_mlp.h"
 #include "cli/local_ranks.h"
 #include "kiln/comm/process_group.h"
 #include "kiln/ddp/distributed_data_parallel.h"
@@ -43,29 +44,9 @@ struct DdpBenchArgs {
   bool inject_corruption = false;
 };
 
-struct MlpImpl : torch::nn::Module {
-  MlpImpl(int width, int hidden_layers) {
-    layers.push_back(register_module("in", torch::nn::Linear(1024, width)));
-    for (int i = 0; i < hidden_layers; ++i) {
-      layers.push_back(register_module(fmt::format("h{}", i), torch::nn::Linear(width, width)));
-    }
-    layers.push_back(register_module("out", torch::nn::Linear(width, 1024)));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    for (std::size_t i = 0; i + 1 < layers.size(); ++i) x = torch::relu(layers[i](x));
-    return layers.back()(x);
-  }
-  std::vector<torch::nn::Linear> layers;
-};
-
-double median(std::vector<double> v) {
-  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-  return v[v.size() / 2];
-}
-
-double since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
+using bench::median;
+using bench::MlpImpl;
+using bench::since;
 
 // Runs one more step of each mode from the same parameters and compares the
 // averaged gradients; every rank learns whether any rank saw a difference.

@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/torch/bench_mlp.h"
 #include "kiln/comm/process_group.h"
 #include "kiln/parallel/counting_allocator.h"
 #include "kiln/parallel/zero/sharded_data_parallel.h"
@@ -41,34 +42,9 @@ struct FsdpBenchArgs {
   bool json = false;
 };
 
-struct MlpImpl : torch::nn::Module {
-  MlpImpl(int width, int hidden_layers) {
-    layers.push_back(register_module("in", torch::nn::Linear(1024, width)));
-    for (int i = 0; i < hidden_layers; ++i) {
-      layers.push_back(register_module(fmt::format("h{}", i), torch::nn::Linear(width, width)));
-    }
-    layers.push_back(register_module("out", torch::nn::Linear(width, 1024)));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    x = x.to(layers[0]->weight.scalar_type());
-    for (std::size_t i = 0; i < layers.size(); ++i) {
-      auto& l = layers[i];
-      const bool last = i + 1 == layers.size();
-      x = parallel::run_unit(*l, [&] { return last ? l->forward(x) : torch::relu(l->forward(x)); });
-    }
-    return x.to(torch::kFloat32);
-  }
-  std::vector<torch::nn::Linear> layers;
-};
-
-double median(std::vector<double> v) {
-  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-  return v[v.size() / 2];
-}
-
-double since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
+using bench::median;
+using bench::MlpImpl;
+using bench::since;
 
 Status bench_fsdp(const FsdpBenchArgs& a) {
   parallel::CountingAllocator& memory = parallel::CountingAllocator::install();
