@@ -175,10 +175,14 @@ torch::Tensor reduce_scatter_to_sequence(const torch::Tensor& x, std::int64_t di
 torch::Tensor vocab_parallel_embedding(const torch::Tensor& tokens, const torch::Tensor& weight,
                                        std::int64_t vocab_start, comm::Communicator& group) {
   if (group.size() == 1) return torch::embedding(weight, tokens);
+  return reduce_from_group(vocab_embedding_partial(tokens, weight, vocab_start), group);
+}
+
+torch::Tensor vocab_embedding_partial(const torch::Tensor& tokens, const torch::Tensor& weight,
+                                      std::int64_t vocab_start) {
   torch::Tensor outside = tokens.lt(vocab_start).logical_or(tokens.ge(vocab_start + weight.size(0)));
   torch::Tensor local = (tokens - vocab_start).masked_fill(outside, 0);
-  torch::Tensor rows = torch::embedding(weight, local).masked_fill(outside.unsqueeze(-1), 0);
-  return reduce_from_group(rows, group);
+  return torch::embedding(weight, local).masked_fill(outside.unsqueeze(-1), 0);
 }
 
 torch::Tensor vocab_parallel_cross_entropy(const torch::Tensor& logits, const torch::Tensor& targets,

@@ -40,6 +40,10 @@ torch::Tensor reduce_scatter_to_sequence(const torch::Tensor& x, std::int64_t di
 // other ranks read as zero and the group's sum is the full lookup.
 torch::Tensor vocab_parallel_embedding(const torch::Tensor& tokens, const torch::Tensor& weight,
                                        std::int64_t vocab_start, comm::Communicator& group);
+// This rank's part of the lookup before the group's sum (sequence
+// parallelism reduce-scatters it instead of allreducing).
+torch::Tensor vocab_embedding_partial(const torch::Tensor& tokens, const torch::Tensor& weight,
+                                      std::int64_t vocab_start);
 
 // Per-token cross-entropy [N] of logits split by vocabulary: this rank holds
 // columns [vocab_start, vocab_start + logits.size(1)) of [N, vocab]; targets
