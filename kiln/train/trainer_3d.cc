@@ -1,7 +1,11 @@
 #include "kiln/train/trainer_3d.h"
 
+#include <signal.h>
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <optional>
 #include <thread>
 
@@ -9,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "kiln/base/logging.h"
+#include "kiln/ckpt/checkpointer.h"
 #include "kiln/ddp/distributed_data_parallel.h"
 #include "kiln/diag/metrics_writer.h"
 #include "kiln/diag/step_timer.h"
@@ -21,6 +26,7 @@
 #include "kiln/train/gpt_3d_state.h"
 #include "kiln/train/optimizers.h"
 #include "kiln/train/progress_line.h"
+#include "kiln/train/resume.h"
 #include "kiln/train/task.h"
 #include "kiln/train/train_data.h"
 #include "kiln/train/train_state.h"
@@ -86,6 +92,9 @@ class ReplicaSync {
     auto no_sync = d.no_sync();
     return d.backward(scalar);
   }
+
+  // The LibTorch optimizer (ddp; null with zero1).
+  torch::optim::Optimizer* optimizer() { return optimizer_.get(); }
 
   double exposed_comm_s() const {
     double s = 0;
@@ -192,6 +201,10 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     return invalid_argument("optim.grad_clip with parallel.strategy = \"zero1\" and tp or pp > 1 is not "
                             "supported yet (the global norm needs every shard): use \"ddp\" or grad_clip = 0");
   }
+  if (c.parallel.strategy == Strategy::kZero1 && !c.checkpoint.dir.empty()) {
+    return invalid_argument("checkpoints of parallel.strategy = \"zero1\" with tp or pp > 1 are not supported "
+                            "yet: use \"ddp\" across the replicas, or no checkpoint.dir");
+  }
   if (c.train.grad_accum != 1) {
     return invalid_argument("train.grad_accum must be 1 with tp or pp > 1: parallel.microbatches splits each step");
   }
@@ -238,12 +251,45 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   KILN_ASSIGN_OR_RETURN(auto sync, ReplicaSync::create(c, *model, mesh->data()));
   pp::PipelineEngine engine(*mesh, spec, kCollectiveTimeout);
 
+  // Checkpoints (gpt_3d_state.h, Note [Canonical rows]) get a communicator
+  // of their own: the writer thread issues collectives while training runs.
+  std::unique_ptr<comm::Communicator> ckpt_comm;
+  std::unique_ptr<ckpt::Checkpointer> checkpointer;
+  if (!c.checkpoint.dir.empty()) {
+    if (!objstore::is_object_store_url(c.checkpoint.dir)) {
+      std::error_code ec;
+      std::filesystem::create_directories(c.checkpoint.dir, ec);
+      if (ec) return errno_status("create checkpoint.dir " + c.checkpoint.dir, ec.value());
+    }
+    KILN_ASSIGN_OR_RETURN(ckpt_comm, world.split(0, rank));
+    KILN_ASSIGN_OR_RETURN(checkpointer, ckpt::Checkpointer::create({.root = c.checkpoint.dir, .comm = ckpt_comm.get(),
+                                                                    .retention = {.keep_last = c.checkpoint.keep},
+                                                                    .remote = c.checkpoint.remote}));
+  }
+  Progress progress;
+  RestoreFn restore = [&](const ckpt::LoadedState& loaded) -> Result<Progress> {
+    return restore_3d_state(loaded, *model, *sync->optimizer(), rank);
+  };
+  if (checkpointer) {
+    KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/true, world, nullptr, ckpt_comm.get(), false));
+    if (resumed) progress = resumed->progress;
+  }
+  const std::int64_t start_step = progress.step;
+
   std::unique_ptr<diag::MetricsWriter> metrics;
   if (!options.metrics_json.empty() && rank == 0) {
     KILN_ASSIGN_OR_RETURN(metrics, diag::MetricsWriter::open(options.metrics_json));
   }
   ProgressLine line(c.train.max_steps, c.train.log_every, options.progress && rank == 0);
-  EpochStream stream(&train_split, c.data, micro, at.dp, shape.dp, c.train.seed, {0, 0});
+  EpochStream stream(&train_split, c.data, micro, at.dp, shape.dp, c.train.seed, {progress.epoch, progress.consumed});
+  auto save = [&](std::int64_t step, bool wait) -> Status {
+    Snapshot snap;
+    const data::SamplerState s = stream.state();
+    KILN_RETURN_IF_ERROR(capture_3d_state(*model, *sync->optimizer(), mesh->layout(), rank, {step, s.epoch, s.consumed}, &snap));
+    if (wait) return checkpointer->save(snap.view, step, Deadline::after_seconds(600));
+    return checkpointer->save_async(snap.view, step).status();
+  };
+  std::int64_t last_saved = start_step;
   diag::StepTimer timer(rank);
   elastic::WorkerLink& elastic = elastic::WorkerLink::instance();
   const bool reports_loss = engine.holds_loss() && at.tp == 0;
@@ -277,7 +323,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   };
 
   std::optional<std::int64_t> stopped_at;
-  for (std::int64_t step = 0; step < c.train.max_steps; ++step) {
+  for (std::int64_t step = start_step; step < c.train.max_steps; ++step) {
     timer.begin_step(step);
     StepModel sm{.model = model.get(), .microbatches = spec.microbatches, .sync = sync.get()};
     {
@@ -305,10 +351,15 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     double loss = reports_loss ? stats.loss_sum : 0;
     KILN_RETURN_IF_ERROR(world.allreduce(&loss, 1, comm::DataType::kFloat64, comm::ReduceOp::kSum)->wait(kCollectiveTimeout));
     loss /= shape.dp;
+    const std::int64_t done = step + 1;
+    if (checkpointer && c.checkpoint.every > 0 && done % c.checkpoint.every == 0 && done < c.train.max_steps) {
+      auto scope = timer.phase(Phase::kCheckpointStall);
+      KILN_RETURN_IF_ERROR(save(done, false));
+      last_saved = done;
+    }
     diag::StepRecord record = timer.end_step(loss, static_cast<std::uint64_t>(c.train.batch_size));
     if (metrics) KILN_RETURN_IF_ERROR(metrics->write_step(record));
     line.step(record);
-    const std::int64_t done = step + 1;
     if (c.eval.every > 0 && done % c.eval.every == 0 && done < c.train.max_steps) {
       KILN_RETURN_IF_ERROR(evaluate(done).status());
     }
@@ -320,11 +371,22 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
         break;
       }
     }
+    if (done == options.crash_after_step) {
+      log()->warn("crash injected after step {}: SIGKILL", done);
+      ::kill(::getpid(), SIGKILL);
+    }
   }
 
   TrainResult result;
-  result.steps = stopped_at ? *stopped_at : c.train.max_steps;
+  result.start_step = start_step;
+  result.steps = stopped_at ? *stopped_at : std::max(start_step, c.train.max_steps);
   result.stopped = stopped_at.has_value();
+  if (checkpointer) {
+    if (result.steps > last_saved) {
+      KILN_RETURN_IF_ERROR(save(result.steps, true));
+    }
+    KILN_RETURN_IF_ERROR(checkpointer->wait(Deadline::after_seconds(600)));
+  }
   if (!result.stopped) {
     KILN_ASSIGN_OR_RETURN(result.eval_loss, evaluate(result.steps));
   }
