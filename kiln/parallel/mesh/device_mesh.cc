@@ -11,6 +11,10 @@ comm::WorkPtr PipelineChannel::send(const void* buf, std::size_t count, comm::Da
   return comm_->send(buf, count, dtype, 1 - comm_->rank());
 }
 
+comm::WorkPtr PipelineChannel::post_recv(void* buf, std::size_t count, comm::DataType dtype) {
+  return comm_->recv(buf, count, dtype, 1 - comm_->rank());
+}
+
 Status PipelineChannel::recv(void* buf, std::size_t count, comm::DataType dtype,
                              std::chrono::milliseconds timeout) {
   return comm_->recv(buf, count, dtype, 1 - comm_->rank())

@@ -35,6 +35,9 @@ class PipelineChannel {
 
   // Async; the buffer must stay valid until the Work is done.
   comm::WorkPtr send(const void* buf, std::size_t count, comm::DataType dtype);
+  // Async receive of the next message into `buf` (Note [Receives posted
+  // ahead] in pipeline/engine.cc); wait on the Work with a timeout.
+  comm::WorkPtr post_recv(void* buf, std::size_t count, comm::DataType dtype);
   // Blocks until the next message arrives (it must be `count` elements) or
   // `timeout` passes; the error names the channel and the peer.
   Status recv(void* buf, std::size_t count, comm::DataType dtype, std::chrono::milliseconds timeout);

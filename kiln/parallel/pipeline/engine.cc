@@ -1,7 +1,9 @@
 #include "kiln/parallel/pipeline/engine.h"
 
 #include <chrono>
+#include <deque>
 #include <map>
+#include <optional>
 
 #include <fmt/format.h>
 
@@ -81,27 +83,92 @@ Status PipelineEngine::finish_sends(PipelineStepStats* stats) {
   return Status::ok();
 }
 
+// Note [Receives posted ahead]: each incoming channel keeps the receive of
+// its next message posted (as Megatron-LM posts irecv early), so a transfer
+// runs on the channel's engine while this rank still computes, instead of
+// starting when the action that needs it does. The channel is a FIFO whose
+// order is known from the schedule, so the next message's (chunk,
+// micro-batch) and size are too: activations have the chunk's input shape,
+// gradients the shape of the forward output they belong to (posted once
+// that forward ran).
+struct PipelineEngine::Inbox {
+  ChannelKey key;
+  std::deque<std::pair<int, int>> expected;  // (chunk, micro-batch), in arrival order
+  torch::Tensor buffer;
+  comm::WorkPtr work;  // null: nothing posted
+  std::pair<int, int> posted{-1, -1};
+};
+
+Status PipelineEngine::post_next(Inbox& box, const std::function<std::optional<std::vector<std::int64_t>>(int, int)>& shape_of) {
+  if (box.work || box.expected.empty()) return Status::ok();
+  auto shape = shape_of(box.expected.front().first, box.expected.front().second);
+  if (!shape) return Status::ok();
+  PipelineChannel* channel = mesh_.incoming(box.key);
+  if (channel == nullptr) return internal_error(fmt::format("pipeline stage {}: no channel to receive on", stage_));
+  box.buffer = torch::empty(*shape, torch::TensorOptions().dtype(activation_dtype_));
+  box.work = channel->post_recv(box.buffer.data_ptr(), static_cast<std::size_t>(box.buffer.numel()),
+                                wire_type(box.buffer.scalar_type()));
+  box.posted = box.expected.front();
+  box.expected.pop_front();
+  return Status::ok();
+}
+
+Result<torch::Tensor> PipelineEngine::take(Inbox& box, int chunk, int mb, const char* what, PipelineStepStats* stats) {
+  if (!box.work || box.posted != std::make_pair(chunk, mb)) {
+    return internal_error(fmt::format("pipeline stage {}: the {} of chunk {} micro-batch {} were not posted",
+                                      stage_, what, chunk, mb));
+  }
+  const auto t0 = Clock::now();
+  Status s = box.work->wait(timeout_);
+  stats->wait_s += seconds_since(t0);
+  box.work.reset();
+  if (!s.is_ok()) {
+    PipelineChannel* channel = mesh_.incoming(box.key);
+    return s.with_context(fmt::format("pipeline: receiving {} (rank {})", channel->name(), channel->peer_world_rank()))
+        .with_context(fmt::format("stage {} waiting for the {} of chunk {} micro-batch {}", stage_, what, chunk, mb));
+  }
+  return std::move(box.buffer);
+}
+
 Result<PipelineStepStats> PipelineEngine::train_step(StageCallbacks& cb) {
   activation_dtype_ = cb.activation_dtype;
   PipelineStepStats stats;
   const int last = spec_.global_stages() - 1;
+  Inbox activations{forward_in(spec_, stage_)}, gradients{backward_in(spec_, stage_)};
+  const std::vector<Action> actions = step_actions(spec_, stage_);
+  for (const Action& a : actions) {
+    const int g = global_stage(spec_, a.chunk, stage_);
+    if (a.kind == Action::kForward && g > 0) activations.expected.emplace_back(a.chunk, a.microbatch);
+    if (a.kind == Action::kBackward && g < last) gradients.expected.emplace_back(a.chunk, a.microbatch);
+  }
   // Per (chunk, micro-batch) in flight: the received input (for its
   // gradient) and the forward's output (to backpropagate from).
   struct Live {
     torch::Tensor input, output;
   };
   std::map<std::pair<int, int>, Live> live;
+  auto input_shape = [&](int chunk, int) -> std::optional<std::vector<std::int64_t>> { return cb.input_shape(chunk); };
+  auto output_shape = [&](int chunk, int mb) -> std::optional<std::vector<std::int64_t>> {
+    auto it = live.find({chunk, mb});
+    if (it == live.end()) return std::nullopt;
+    return it->second.output.sizes().vec();
+  };
+  auto post_ahead = [&]() -> Status {
+    KILN_RETURN_IF_ERROR(post_next(activations, input_shape));
+    return post_next(gradients, output_shape);
+  };
   // The last backward of each chunk (data-parallel reductions go there).
   std::map<int, int> remaining;
   for (int c = 0; c < spec_.chunks; ++c) remaining[c] = spec_.microbatches;
-  for (const Action& a : step_actions(spec_, stage_)) {
+  for (const Action& a : actions) {
+    KILN_RETURN_IF_ERROR(post_ahead());
     const int g = global_stage(spec_, a.chunk, stage_);
     if (a.kind == Action::kForward) {
       Live l;
       if (g > 0) {
-        KILN_ASSIGN_OR_RETURN(l.input, receive(forward_in(spec_, stage_), cb.input_shape(a.chunk), a.chunk,
-                                               a.microbatch, "activations", &stats));
+        KILN_ASSIGN_OR_RETURN(l.input, take(activations, a.chunk, a.microbatch, "activations", &stats));
         l.input.requires_grad_(true);
+        KILN_RETURN_IF_ERROR(post_ahead());  // the next activations arrive while this forward runs
       }
       const auto t0 = Clock::now();
       KILN_ASSIGN_OR_RETURN(l.output, guarded("forward", a.chunk, a.microbatch,
@@ -121,8 +188,8 @@ Result<PipelineStepStats> PipelineEngine::train_step(StageCallbacks& cb) {
     live.erase(it);
     torch::Tensor scalar = l.output;
     if (g < last) {
-      KILN_ASSIGN_OR_RETURN(torch::Tensor grad, receive(backward_in(spec_, stage_), l.output.sizes().vec(),
-                                                       a.chunk, a.microbatch, "gradients", &stats));
+      KILN_ASSIGN_OR_RETURN(torch::Tensor grad, take(gradients, a.chunk, a.microbatch, "gradients", &stats));
+      KILN_RETURN_IF_ERROR(post_ahead());
       scalar = (l.output * grad).sum();
     }
     const bool last_of_chunk = --remaining[a.chunk] == 0;

@@ -24,6 +24,7 @@
 
 #include <chrono>
 #include <functional>
+#include <optional>
 #include <vector>
 
 #include <torch/torch.h>
@@ -81,6 +82,9 @@ class PipelineEngine {
                                 const char* what, PipelineStepStats* stats);
   Status send(ChannelKey key, const torch::Tensor& t, PipelineStepStats* stats);
   Status finish_sends(PipelineStepStats* stats);
+  struct Inbox;
+  Status post_next(Inbox& box, const std::function<std::optional<std::vector<std::int64_t>>(int, int)>& shape_of);
+  Result<torch::Tensor> take(Inbox& box, int chunk, int mb, const char* what, PipelineStepStats* stats);
 
   DeviceMesh& mesh_;
   ScheduleSpec spec_;
