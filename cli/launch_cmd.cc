@@ -1,5 +1,5 @@
 // `kiln launch -n N -- CMD ARGS...`: runs N local ranks of CMD with the
-// torchrun environment set, prefixes their output with the rank, and exits
+// torchrun environment set (kiln/elastic/worker_env.h), prefixes their output with the rank, and exits
 // non-zero if any rank fails. The launcher serves the rendezvous store.
 // (A simple spawner; the elastic launcher is `kiln run`.)
 #include <fcntl.h>
@@ -22,9 +22,9 @@
 #include "cli/command.h"
 #include "kiln/base/line_forwarder.h"
 #include "kiln/base/logging.h"
+#include "kiln/elastic/script_master.h"
+#include "kiln/elastic/worker_env.h"
 #include "kiln/store/tcp/server.h"
-
-extern char** environ;
 
 namespace kiln::cli {
 namespace {
@@ -76,10 +76,27 @@ Status launch(int n, const std::vector<std::string>& cmd, double grace_s, const 
   if (cmd.empty()) return invalid_argument("kiln launch: no command given (kiln launch -n N -- CMD ARGS...)");
   store::tcp::TcpStoreServer server;
   KILN_RETURN_IF_ERROR(server.start("127.0.0.1", 0).with_context("kiln launch: serving the store"));
-  std::string tag = fmt::format("launch-{}", getpid());
+  // Every torchrun variable, as `kiln run` sets them for one node; MASTER_PORT
+  // is left free for the script's own store (Note [The script's MASTER_PORT]).
+  KILN_ASSIGN_OR_RETURN(int master_port, elastic::free_tcp_port());
+  elastic::WorkerGroupSpec spec{.command = cmd,
+                                .nproc_per_node = n,
+                                .store_addr = "127.0.0.1",
+                                .store_port = server.port(),
+                                .master_addr = "127.0.0.1",
+                                .master_port = master_port,
+                                .run_id = fmt::format("launch-{}", getpid())};
 
   std::vector<Child> children;
   for (int rank = 0; rank < n; ++rank) {
+    // Built before fork: the store server's threads may hold malloc's lock.
+    std::vector<std::string> env = elastic::worker_environment(spec, rank, -1);
+    std::vector<char*> envp;
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    std::vector<char*> argv;
+    for (const auto& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) != 0) return errno_status("pipe", errno);
     pid_t pid = fork();
@@ -87,20 +104,8 @@ Status launch(int n, const std::vector<std::string>& cmd, double grace_s, const 
     if (pid == 0) {
       dup2(fds[1], STDOUT_FILENO);
       dup2(fds[1], STDERR_FILENO);
-      setenv("RANK", std::to_string(rank).c_str(), 1);
-      setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
-      setenv("WORLD_SIZE", std::to_string(n).c_str(), 1);
-      setenv("LOCAL_WORLD_SIZE", std::to_string(n).c_str(), 1);
-      setenv("GROUP_RANK", "0", 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      setenv("MASTER_PORT", std::to_string(server.port()).c_str(), 1);
-      setenv("KILN_AGENT_STORE", "1", 1);
-      setenv("KILN_GROUP_TAG", tag.c_str(), 1);
       if (bind_cores) bind_to_core(rank);
-      std::vector<char*> argv;
-      for (const auto& a : cmd) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      execvp(argv[0], argv.data());
+      execvpe(argv[0], argv.data(), envp.data());
       std::fprintf(stderr, "kiln launch: cannot run %s: %s\n", argv[0], std::strerror(errno));
       _exit(127);
     }

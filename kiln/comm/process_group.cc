@@ -16,7 +16,8 @@ namespace {
 const Knob<std::string> kGroupTag{"KILN_GROUP_TAG", "world",
                                   "names this group's keys in the store (launchers set one per run)"};
 const Knob<bool> kAgentStore{"KILN_AGENT_STORE", false,
-                             "1 when the launcher serves the store (rank 0 does not)"};
+                             "1 when the launcher serves the store at KILN_STORE_ADDR:KILN_STORE_PORT "
+                             "(rank 0 serves none)"};
 
 Result<int> env_int(const char* name, std::optional<int> fallback) {
   const char* v = std::getenv(name);
@@ -47,11 +48,20 @@ Result<WorldSpec> world_spec_from_env() {
   const char* addr = std::getenv("MASTER_ADDR");
   if (addr != nullptr && *addr != '\0') s.master_addr = addr;
   s.agent_store = kAgentStore.get();
+  if (s.agent_store) {
+    // The launcher's store has its own port; MASTER_PORT is left to the
+    // script's own store (Note [The script's MASTER_PORT], kiln/elastic).
+    KILN_ASSIGN_OR_RETURN(s.master_port, env_int("KILN_STORE_PORT", s.master_port));
+    const char* store_addr = std::getenv("KILN_STORE_ADDR");
+    if (store_addr != nullptr && *store_addr != '\0') s.master_addr = store_addr;
+  }
   if (s.world_size < 1 || s.rank < 0 || s.rank >= s.world_size) {
     return invalid_argument(fmt::format("RANK={} is outside WORLD_SIZE={}", s.rank, s.world_size));
   }
   if (s.master_port <= 0 || s.master_port > 65535) {
-    return invalid_argument(fmt::format("MASTER_PORT={} is not a port", s.master_port));
+    return invalid_argument(fmt::format("{}={} is not a port",
+                                        s.agent_store ? "KILN_STORE_PORT" : "MASTER_PORT",
+                                        s.master_port));
   }
   return s;
 }

@@ -3,7 +3,8 @@
 // RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (and LOCAL_RANK,
 // LOCAL_WORLD_SIZE, informational) name this process's place. Rank 0 serves
 // the TcpStore on MASTER_PORT unless KILN_AGENT_STORE=1 says a launcher
-// already serves it. KILN_COMM_TIMEOUT (seconds) bounds every operation and
+// already serves it, at KILN_STORE_ADDR:KILN_STORE_PORT (MASTER_* are then
+// the script's; `kiln launch` and `kiln run` set both). KILN_COMM_TIMEOUT (seconds) bounds every operation and
 // the rendezvous itself.
 #pragma once
 
