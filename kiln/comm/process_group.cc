@@ -7,6 +7,7 @@
 
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
+#include "kiln/base/slurm.h"
 #include "kiln/store/tcp/client.h"
 #include "kiln/store/tcp/server.h"
 
@@ -24,8 +25,8 @@ Result<int> env_int(const char* name, std::optional<int> fallback) {
   if (v == nullptr || *v == '\0') {
     if (fallback) return *fallback;
     return invalid_argument(fmt::format(
-        "environment variable {} is not set (run under `kiln launch` or `kiln run`, or set "
-        "RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)", name));
+        "environment variable {} is not set (run under `kiln launch`, `kiln run` or `srun`, or "
+        "set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT)", name));
   }
   int out = 0;
   std::string_view s(v);
@@ -38,7 +39,34 @@ Result<int> env_int(const char* name, std::optional<int> fallback) {
 
 }  // namespace
 
+namespace {
+
+// A task of `srun -n N kiln train ...`: no launcher set RANK, so the step
+// says where this task stands; task 0 serves the store on the step's first
+// node, at MASTER_PORT if set, else at a port derived from the job and step.
+Result<std::optional<WorldSpec>> world_spec_from_slurm() {
+  const char* rank = std::getenv("RANK");
+  if (rank != nullptr && *rank != '\0') return std::optional<WorldSpec>();
+  KILN_ASSIGN_OR_RETURN(auto step, slurm_step_from_env());
+  if (!step) return std::optional<WorldSpec>();
+  WorldSpec s;
+  s.rank = step->procid;
+  s.world_size = step->ntasks;
+  s.local_rank = step->localid;
+  s.local_world_size = step->local_ntasks;
+  const char* addr = std::getenv("MASTER_ADDR");
+  s.master_addr = addr != nullptr && *addr != '\0' ? addr : step->first_host;
+  KILN_ASSIGN_OR_RETURN(s.master_port, env_int("MASTER_PORT", step->derived_port()));
+  log()->debug("Slurm step {}.{}: rank {}/{}, store at {}:{}", step->job_id, step->step_id,
+               s.rank, s.world_size, s.master_addr, s.master_port);
+  return std::optional<WorldSpec>(std::move(s));
+}
+
+}  // namespace
+
 Result<WorldSpec> world_spec_from_env() {
+  KILN_ASSIGN_OR_RETURN(auto from_slurm, world_spec_from_slurm());
+  if (from_slurm) return *from_slurm;
   WorldSpec s;
   KILN_ASSIGN_OR_RETURN(s.rank, env_int("RANK", std::nullopt));
   KILN_ASSIGN_OR_RETURN(s.world_size, env_int("WORLD_SIZE", std::nullopt));
@@ -64,6 +92,13 @@ Result<WorldSpec> world_spec_from_env() {
                                         s.master_port));
   }
   return s;
+}
+
+bool launched_in_world() {
+  const char* rank = std::getenv("RANK");
+  if (rank != nullptr && *rank != '\0') return true;
+  auto step = slurm_step_from_env();
+  return !step.is_ok() || step->has_value();  // a malformed step: from_env() says why
 }
 
 Result<std::unique_ptr<ProcessGroup>> ProcessGroup::from_env(CommOptions options) {
