@@ -22,6 +22,7 @@
 #include "cli/command.h"
 #include "kiln/base/line_forwarder.h"
 #include "kiln/base/logging.h"
+#include "kiln/base/slurm.h"
 #include "kiln/elastic/script_master.h"
 #include "kiln/elastic/worker_env.h"
 #include "kiln/store/tcp/server.h"
@@ -72,6 +73,16 @@ Status launch(int n, const std::vector<std::string>& cmd, double grace_s, const 
     return invalid_argument(fmt::format("kiln launch: --bind {:?}: expected auto, core or none", bind));
   }
   const bool bind_cores = should_bind(bind, n);
+  // One kiln launch spans one node: several tasks of a Slurm step would each
+  // start a world of their own.
+  KILN_ASSIGN_OR_RETURN(auto step, slurm_step_from_env());
+  if (step && step->ntasks > 1) {
+    return invalid_argument(fmt::format(
+        "kiln launch: this is task {} of a {}-task Slurm step, and kiln launch runs one node: "
+        "use `srun -n N CMD` (Kiln's workers take their rank from the step) or "
+        "`srun --ntasks-per-node=1 kiln run --nproc-per-node N -- CMD`",
+        step->procid, step->ntasks));
+  }
   if (n < 1) return invalid_argument("kiln launch: -n must be at least 1");
   if (cmd.empty()) return invalid_argument("kiln launch: no command given (kiln launch -n N -- CMD ARGS...)");
   store::tcp::TcpStoreServer server;

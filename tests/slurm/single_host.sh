@@ -4,6 +4,8 @@
 #   srun    `srun -n 2 kiln train` on the tiny CNN: the tasks take rank,
 #           world size and the rendezvous host from the step and end with
 #           the parameters of `kiln launch -n 2`;
+#   run     `srun -n 2 kiln run --nproc-per-node 1`: one agent per task, the
+#           same parameters; `srun -n 2 kiln launch` is refused, saying why;
 #   sbatch  examples/slurm/train.sbatch (`sbatch --wait`) runs to completion
 #           with the same parameters;
 #   kill    one task of a running step is SIGKILLed: the step fails within
@@ -43,6 +45,18 @@ EXPECTED=$(params_digest "$WORK/ref.log")
   timeout 240 srun -n 2 --kill-on-bad-exit=1 "${TRAIN[@]}" --ckpt-dir "$WORK/srun") \
   > "$WORK/srun.log" 2>&1 || fail srun "srun -n 2 kiln train failed"
 [ "$(params_digest "$WORK/srun.log")" = "$EXPECTED" ] || fail srun "parameters differ from kiln launch's"
+
+# kiln run under srun: each task is one node's agent; the step gives
+# --nnodes, the rendezvous host and the node ids.
+(cd "$WORK" && timeout 240 srun -n 2 --kill-on-bad-exit=1 "$KILN" run --nproc-per-node 1 -- \
+  "${TRAIN[@]}" --ckpt-dir "$WORK/run") > "$WORK/run.log" 2>&1 || fail run "srun -n 2 kiln run failed"
+[ "$(params_digest "$WORK/run.log")" = "$EXPECTED" ] || fail run "parameters differ from kiln launch's"
+grep -q "Slurm step .* task 1/2" "$WORK/run.log" || fail run "kiln run did not recognise the step"
+
+# kiln launch runs one node: several tasks of a step are refused, saying why.
+(cd "$WORK" && timeout 60 srun -n 2 "$KILN" launch -n 1 -- true) > "$WORK/launch.log" 2>&1 &&
+  fail launch "kiln launch ran in a 2-task step"
+grep -q "kiln launch runs one node" "$WORK/launch.log" || fail launch "no reason given"
 
 # The sbatch example, on the tiny config.
 (cd "$ROOT" && KILN="$KILN" timeout 300 sbatch --wait --output "$WORK/sbatch.log" \
