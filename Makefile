@@ -2,10 +2,11 @@
 # build, and run. BUILD_DIR / SAN_DIR may be overridden.
 BUILD_DIR ?= build
 SAN_DIR ?= build-asan
+FUZZ_DIR ?= build-fuzz
 JOBS ?= $(shell nproc)
 CMAKE_FLAGS ?=
 
-.PHONY: all build deps demo test test-fast test-asan clean
+.PHONY: all build deps demo test test-fast test-asan test-store-faults chaos fuzz fuzz-smoke clean
 
 all: build
 
@@ -35,6 +36,11 @@ test: deps build
 test-fast: build
 	cd $(BUILD_DIR) && ctest --output-on-failure -j 2 -L unit
 
+# The 30-trial SIGKILL campaign of checkpoints uploaded to s3rver (the suite
+# runs 4 trials of it).
+test-store-faults: deps build
+	KILN_STORE_FAULT_TRIALS=30 $(BUILD_DIR)/tests/ckpt/kiln_ckpt_store_faults_test
+
 # Under the sanitizers the collective matrix runs on 2, 3 and 4 ranks; the 5-
 # and 8-rank cases (the same code paths, ~200 s under ASan on 2 cores) run
 # in the plain pass above.
@@ -46,5 +52,33 @@ test-asan: $(SAN_DIR)/build.ninja
 $(SAN_DIR)/build.ninja:
 	cmake -S . -B $(SAN_DIR) -G Ninja -DKILN_SANITIZE="address;undefined" -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
 
+# The chaos campaign (tests/chaos/campaign.sh; needs root for network
+# namespaces): CHAOS_TRIALS trials of each fault (worker SIGKILL, worker
+# SIGSTOP, node SIGKILL, link down and back, etcd restart), every trial held
+# to its detection and recovery bounds and its world size after; prints one
+# table (median and worst per fault), also written to $(BUILD_DIR)/chaos.md.
+# `make test` runs one trial of each. About a minute a trial on 2 busy cores.
+CHAOS_TRIALS ?= 10
+chaos: $(BUILD_DIR)/build.ninja
+	cmake --build $(BUILD_DIR) -j $(JOBS) --target kiln
+	bash tests/chaos/campaign.sh $(BUILD_DIR)/kiln --trials $(CHAOS_TRIALS) --table $(BUILD_DIR)/chaos.md
+# Every parser of bytes from a socket or a file under libFuzzer with
+# ASan+UBSan (clang; fuzz/, docs/security.md): FUZZ_SECONDS each. A finding
+# fails the run and is left in $(FUZZ_DIR)/fuzz-findings/.
+FUZZ_SECONDS ?= 60
+fuzz: $(FUZZ_DIR)/build.ninja
+	cmake --build $(FUZZ_DIR) -j $(JOBS) --target fuzz_all
+	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh $(FUZZ_DIR)
+
+# What `make test` runs: a few seconds per target, enough to replay every
+# seed and kept finding under the sanitizers and explore a little.
+FUZZ_SMOKE_SECONDS ?= 5
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS)
+
+$(FUZZ_DIR)/build.ninja:
+	CC=clang CXX=clang++ cmake -S . -B $(FUZZ_DIR) -G Ninja -DKILN_FUZZ=ON \
+	  -DKILN_SANITIZE="address;undefined" -DCMAKE_BUILD_TYPE=RelWithDebInfo $(CMAKE_FLAGS)
+
 clean:
-	rm -rf $(BUILD_DIR) $(SAN_DIR)
+	rm -rf $(BUILD_DIR) $(SAN_DIR) $(FUZZ_DIR)

@@ -6,18 +6,23 @@
 #
 #   bench/ddp_overlap.sh [--rate 1gbit] [--batch 384] [--width 4096] [--layers 2]
 #                        [--bucket-mib 25 | --auto-bucket-cap] [--bf16] [--steps 6] [--kiln PATH]
+#                        [--bench ddp | --bench fsdp [--stage 3]]
 # Prints rank 0's JSON (backward_s, comm_s, exposed_comm_s, overlap,
-# step_a_s, step_b_s, step_ratio). Needs root (ip netns, tc).
+# step_a_s, step_b_s, step_ratio; `--bench fsdp` runs `kiln bench fsdp`
+# instead, bench/fsdp_overlap.sh). Needs root (ip netns, tc).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KILN="$ROOT/build/kiln"
 RATE=1gbit
+BENCH=ddp
 BENCH_ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) RATE=$2; shift 2 ;;
     --kiln) KILN=$2; shift 2 ;;
+    --bench) BENCH=$2; shift 2 ;;
+    --stage) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
     --batch|--width|--layers|--bucket-mib|--steps|--warmup) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
     --auto-bucket-cap|--bf16) BENCH_ARGS+=("$1"); shift ;;
     *) echo "ddp_overlap: unknown option $1" >&2; exit 2 ;;
@@ -49,14 +54,14 @@ if [ "$RATE" != none ]; then
   ip netns exec "$NS_A" tc qdisc add dev "$VETH_A" root tbf rate "$RATE" burst 256kb latency 50ms
   ip netns exec "$NS_B" tc qdisc add dev "$VETH_B" root tbf rate "$RATE" burst 256kb latency 50ms
 fi
-echo "# link $VETH_A <-> $VETH_B: ${RATE}; kiln bench ddp ${BENCH_ARGS[*]}" >&2
+echo "# link $VETH_A <-> $VETH_B: ${RATE}; kiln bench $BENCH ${BENCH_ARGS[*]}" >&2
 
 for rank in 0 1; do
   ns=$NS_A addr=$ADDR_A
   [ "$rank" = 1 ] && ns=$NS_B addr=$ADDR_B
   ip netns exec "$ns" env RANK=$rank WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
     MASTER_ADDR=$ADDR_A MASTER_PORT=$PORT KILN_COMM_ADDR=$addr KILN_COMM_TIMEOUT=120 \
-    OMP_NUM_THREADS=1 "$KILN" bench ddp --json "${BENCH_ARGS[@]}" >"$WORK/rank$rank.out" 2>"$WORK/rank$rank.err" &
+    OMP_NUM_THREADS=1 "$KILN" bench "$BENCH" --json "${BENCH_ARGS[@]}" >"$WORK/rank$rank.out" 2>"$WORK/rank$rank.err" &
   PIDS+=($!)
 done
 rc=0

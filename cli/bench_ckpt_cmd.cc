@@ -1,6 +1,7 @@
 // `kiln bench ckpt`: what a checkpoint costs training, against the same
-// run's baselines. Run one process per rank:
-//   kiln launch -n 2 -- kiln bench ckpt --bytes 1G --root /data/bench-ckpt --json
+// run's baselines. Typed on its own it starts --ranks local ranks (default
+// 2); under a launcher it is one rank:
+//   kiln launch -n 4 -- kiln bench ckpt --bytes 1G --root /data/bench-ckpt --json
 //
 //   stall_vs_memcpy  save_async's stall (steady state: staging reused) over a
 //                    plain memcpy of this rank's bytes into a touched buffer (target ≤ 1.5)
@@ -14,9 +15,14 @@
 //   inmem_recovery_s restarted ranks restore from their own in-memory snapshots
 //   inmem_buddy_recovery_s  the same after rank 1's memory is lost: it fetches
 //                    its snapshot from the replica rank 2 (mod n) holds
+//   s3_write_vs_raw_put  (--s3) a checkpoint streamed to a local s3rver
+//                    (shard upload + commit) vs raw PUTs of the same bytes in
+//                    part-sized objects at the same parallelism (target ≥ 0.8)
 // Times are the slowest rank's. Each timed save is preceded by its own memcpy
 // and raw-write baselines; the ratios are the medians of the per-save ratios,
 // so load from other processes cancels out as far as it can.
+// Every load is checked byte for byte against what was saved (always on:
+// a benchmark of a recovery that restores other bytes means nothing).
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <unistd.h>
@@ -29,7 +35,9 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "cli/bench_ckpt_s3.h"
 #include "cli/command.h"
+#include "cli/local_ranks.h"
 #include "kiln/base/units.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/format.h"
@@ -50,6 +58,11 @@ struct CkptBenchArgs {
   bool zstd = false;
   bool keep = false;  // leave the last checkpoint for `kiln ckpt` to look at
   bool json = false;
+  int ranks = 2;  // when not under a launcher
+  // Test-only (hidden): flips a byte of the last checkpoint's shard files
+  // before the timed load, so a test can prove a corrupt checkpoint fails.
+  bool inject_corruption = false;
+  bool s3 = false;  // also measure checkpoints to a local s3rver
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -86,6 +99,27 @@ Result<double> raw_write_seconds(const std::string& path, const std::vector<char
   double s = seconds_since(t0);
   ::unlink(path.c_str());
   return s;
+}
+
+// Flips one byte in the middle of every shard file of `step_dir`.
+Status corrupt_shards(const std::string& step_dir) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(step_dir, ec)) {
+    if (e.path().extension() != ".bin") continue;
+    const std::string path = e.path().string();
+    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd < 0) return errno_status("bench ckpt: open " + path, errno);
+    off_t middle = ::lseek(fd, 0, SEEK_END) / 2;
+    char b = 0;
+    bool ok = ::pread(fd, &b, 1, middle) == 1;
+    b = static_cast<char>(b ^ 0x5a);
+    ok = ok && ::pwrite(fd, &b, 1, middle) == 1;
+    int err = errno;
+    ::close(fd);
+    if (!ok) return errno_status("bench ckpt: flip a byte of " + path, err);
+  }
+  if (ec) return internal_error(fmt::format("bench ckpt: list {}: {}", step_dir, ec.message()));
+  return Status::ok();
 }
 
 // Evicts the (clean, fsynced) pages of every file under `dir` from the page cache.
@@ -147,6 +181,7 @@ Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_
 Status bench_ckpt(const CkptBenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(std::uint64_t total, parse_bytes(a.bytes));
   if (a.saves < 2) return invalid_argument("bench ckpt: --saves must be at least 2");
+  if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench ckpt")) return *spawned;
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
   Communicator& c = pg->comm();
   const int n = c.size(), r = c.rank();
@@ -214,6 +249,9 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   const std::int64_t last_step = a.saves - 1;
 
   // Recovery from disk, cold page cache.
+  if (r == 0 && a.inject_corruption) {
+    KILN_RETURN_IF_ERROR(corrupt_shards(fmt::format("{}/step-{}", root, last_step)));
+  }
   if (r == 0) drop_cache(root);
   KILN_RETURN_IF_ERROR(c.barrier()->wait());
   auto t0 = std::chrono::steady_clock::now();
@@ -230,6 +268,12 @@ Status bench_ckpt(const CkptBenchArgs& a) {
 
   KILN_ASSIGN_OR_RETURN(auto mem, measure_memory_tier(c, *ckpt_comm, root, last_step, mine, rows,
                                                       cols, state, my_bytes));
+
+  std::optional<S3CkptTimes> s3;
+  std::string s3_skipped = "--s3 not given";
+  if (a.s3) {
+    KILN_ASSIGN_OR_RETURN(s3, measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, &s3_skipped));
+  }
 
   double stall = median(stall_s), write = median(write_s);
   const double mb = static_cast<double>(rows * cols * 4) / 1e6;
@@ -253,6 +297,14 @@ Status bench_ckpt(const CkptBenchArgs& a) {
                        {"inmem_recovery_s", mem.recovery_s},
                        {"inmem_buddy_recovery_s", n > 1 ? nlohmann::json(mem.buddy_s) : nullptr},
                        {"inmem_vs_disk_recovery", mem.recovery_s / load_t}};
+    if (s3) {
+      doc["s3_raw_put_s"] = s3->raw_put_s;
+      doc["s3_write_s"] = s3->write_s;
+      doc["s3_write_vs_raw_put"] = s3->ratio;
+    } else {
+      doc["s3_write_vs_raw_put"] = nullptr;
+      doc["s3_skipped"] = s3_skipped;
+    }
     if (a.json) {
       std::printf("%s\n", doc.dump().c_str());
     } else {
@@ -269,7 +321,7 @@ Status bench_ckpt(const CkptBenchArgs& a) {
 const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   auto a = std::make_shared<CkptBenchArgs>();
   auto* cmd = parent.add_subcommand(
-      "ckpt", "Checkpoint stall, write, load and recovery vs baselines (run under kiln launch)");
+      "ckpt", "Checkpoint stall, write, load and recovery vs baselines (starts --ranks local ranks unless launched)");
   cmd->add_option("--bytes", a->bytes, "whole state size, all ranks together (e.g. 1G)");
   cmd->add_option("--root", a->root,
                   "checkpoint directory (removed before, and after unless --keep)");
@@ -277,6 +329,10 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_flag("--zstd", a->zstd, "compress entries with zstd");
   cmd->add_flag("--keep", a->keep, "keep the last checkpoint under --root");
   cmd->add_flag("--json", a->json, "rank 0 prints one JSON line");
+  cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")
+      ->capture_default_str();
+  cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
+  cmd->add_flag("--s3", a->s3, "also checkpoint to a local s3rver vs raw PUTs (s3_write_vs_raw_put)");
   cmd->callback(run_status([a] { return bench_ckpt(*a); }));
 });
 

@@ -1,5 +1,6 @@
 // `kiln bench comm`: collective bandwidth/latency sweep, nccl-tests style.
-// Run one process per rank, e.g. `kiln launch -n 2 -- kiln bench comm -b 4K -e 256M`.
+// Typed on its own it starts --ranks local ranks (default 2); under a
+// launcher it is one rank, e.g. `kiln launch -n 4 -- kiln bench comm -b 4K -e 256M`.
 //
 // Per size: bytes (per-rank buffer for allreduce/broadcast/sendrecv, the
 // total for allgather/reduce_scatter/alltoall, as nccl-tests), the median
@@ -7,6 +8,7 @@
 // algbw × the op's bus factor (nccl-tests' PERFORMANCE.md).
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <vector>
@@ -15,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/local_ranks.h"
 #include "kiln/base/units.h"
 #include "kiln/comm/element_io.h"
 #include "kiln/comm/process_group.h"
@@ -37,6 +40,10 @@ struct BenchArgs {
   int warmup = 5;
   bool check = false;
   bool json = false;
+  int ranks = 2;  // when not under a launcher
+  // Test-only (hidden): the last rank alters one output element before the
+  // check compares, so a test can prove --check catches corrupted data.
+  bool inject_corruption = false;
 };
 
 double bus_factor(const std::string& op, int n) {
@@ -69,29 +76,64 @@ struct Runner {
     return c.sendrecv(in.data(), count, (r + 1) % n, out.data(), count, (r - 1 + n) % n, t);
   }
 
+  // Rank r's input: r + 1, or for prod 1 + r % 2 (so the product, 2^(n/2),
+  // stays exact in every dtype for any world size a benchmark runs).
+  double input(int r) const { return rop == comm::ReduceOp::kProd ? 1 + r % 2 : r + 1; }
+
+  // `v` as the dtype holds it (integers wrap, 16-bit floats round).
+  double in_dtype(double v) const {
+    alignas(8) char cell[8];
+    comm::store_element(t, cell, 0, v);
+    return comm::load_element(t, cell, 0);
+  }
+
+  // What a reduction of every rank's input() leaves, in the dtype.
+  double reduced() const {
+    const int n = c.size();
+    double acc = input(0);
+    for (int r = 1; r < n; ++r) {
+      double v = input(r);
+      switch (rop) {
+        case comm::ReduceOp::kSum:
+        case comm::ReduceOp::kAvg: acc = in_dtype(acc + v); break;
+        case comm::ReduceOp::kProd: acc = in_dtype(acc * v); break;
+        case comm::ReduceOp::kMin: acc = std::min(acc, v); break;
+        case comm::ReduceOp::kMax: acc = std::max(acc, v); break;
+      }
+    }
+    if (rop != comm::ReduceOp::kAvg) return acc;
+    bool integer = t == DataType::kInt32 || t == DataType::kInt64 || t == DataType::kUInt8;
+    return integer ? std::trunc(acc / n) : in_dtype(acc / n);
+  }
+
   // Fills inputs with rank-dependent values, runs once, checks the output.
   Status check(std::size_t count) {
     int n = c.size(), r = c.rank();
     std::size_t in_count = (a.op == "reduce_scatter" || a.op == "alltoall") ? count * n : count;
-    fill(t, in.data(), in_count, r + 1);
+    fill(t, in.data(), in_count, input(r));
     if (a.op == "broadcast") fill(t, out.data(), count, r == 0 ? 1 : 0);
     KILN_RETURN_IF_ERROR(issue(count)->wait());
     std::size_t out_count = (a.op == "allgather" || a.op == "alltoall") ? count * n : count;
-    double sum = n * (n + 1) / 2.0;
+    if (a.inject_corruption && r == n - 1) {
+      comm::store_element(t, out.data(), out_count / 2,
+                          comm::load_element(t, out.data(), out_count / 2) + 3);
+    }
+    const double reduction = reduced();
     for (std::size_t i = 0; i < out_count; ++i) {
       double want = 0;
       if (a.op == "allreduce" || a.op == "reduce_scatter") {
-        want = rop == comm::ReduceOp::kAvg ? sum / n : rop == comm::ReduceOp::kMax ? n : rop == comm::ReduceOp::kMin ? 1 : sum;
+        want = reduction;
       } else if (a.op == "allgather" || a.op == "alltoall") {
-        want = static_cast<double>(i / count) + 1;
+        want = input(static_cast<int>(i / count));
       } else if (a.op == "broadcast") {
         want = 1;
       } else {
-        want = (r - 1 + n) % n + 1;
+        want = input((r - 1 + n) % n);
       }
       double got = comm::load_element(t, out.data(), i);
       if (std::abs(got - want) > 1e-2 * std::max(1.0, std::abs(want))) {
-        return internal_error(fmt::format("{} check failed at element {}: {} instead of {}", a.op, i, got, want));
+        return internal_error(fmt::format("{} check failed on rank {} at element {}: {} instead of {}",
+                                          a.op, r, i, got, want));
       }
     }
     return Status::ok();
@@ -108,6 +150,11 @@ Status bench_comm(const BenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(std::uint64_t min_b, parse_bytes(a.min_bytes));
   KILN_ASSIGN_OR_RETURN(std::uint64_t max_b, parse_bytes(a.max_bytes));
   if (a.factor <= 1 || min_b > max_b || min_b == 0) return invalid_argument("need 0 < -b <= -e and -f > 1");
+  if (a.iters < 1 || a.warmup < 0) {
+    return invalid_argument(fmt::format("bench comm: -n {} -w {}: need -n >= 1 timed iterations and -w >= 0",
+                                        a.iters, a.warmup));
+  }
+  if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench comm")) return *spawned;
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
   Communicator& c = pg->comm();
   if (!a.algo.empty()) {
@@ -183,7 +230,7 @@ Status bench_comm(const BenchArgs& a) {
 
 const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   auto a = std::make_shared<BenchArgs>();
-  auto* cmd = parent.add_subcommand("comm", "Collective bandwidth/latency sweep (run under kiln launch)");
+  auto* cmd = parent.add_subcommand("comm", "Collective bandwidth/latency sweep (starts --ranks local ranks unless launched)");
   cmd->add_option("-o,--op", a->op, "allreduce, allgather, reduce_scatter, broadcast, alltoall, sendrecv");
   cmd->add_option("-b,--minbytes", a->min_bytes, "smallest size (e.g. 4K)");
   cmd->add_option("-e,--maxbytes", a->max_bytes, "largest size (e.g. 256M)");
@@ -195,6 +242,9 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("-w,--warmup_iters", a->warmup, "untimed iterations per size");
   cmd->add_flag("-c,--check", a->check, "verify results");
   cmd->add_flag("--json", a->json, "rank 0 prints one JSON document");
+  cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")
+      ->capture_default_str();
+  cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
   cmd->callback(run_status([a] { return bench_comm(*a); }));
 });
 

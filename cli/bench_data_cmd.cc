@@ -35,6 +35,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
@@ -46,8 +47,9 @@
 #include "kiln/data/dataset_push.h"
 #include "kiln/data/dataset_writer.h"
 #include "kiln/data/loader.h"
-#include "kiln/data/s3/s3_object_store.h"
-#include "kiln/data/s3/testing/local_s3_server.h"
+#include "kiln/objstore/object_store.h"
+#include "kiln/objstore/s3/s3_object_store.h"
+#include "kiln/objstore/s3/local_s3rver.h"
 
 namespace kiln::cli {
 namespace {
@@ -71,6 +73,9 @@ struct DataBenchArgs {
   // window across many shards makes every batch reopen them.
   std::uint64_t shuffle_window = 0;
   bool json = false;
+  // Test-only (hidden): flips a byte of the first shard after writing it, so
+  // a test can prove a corrupt dataset fails the run instead of timing it.
+  bool inject_corruption = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -193,7 +198,7 @@ double percentile(std::vector<double> v, double p) {
 
 Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIndex& index,
                   WarmRuns* out, Ratios* stalls) {
-  KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(ds));
+  KILN_ASSIGN_OR_RETURN(auto store, objstore::open_object_store(ds));
   data::ShardCache cache(store.get(), "",
                          {.dir = ds + "-warm-cache", .capacity_bytes = 1ull << 40});
   std::vector<std::string> paths;
@@ -226,10 +231,10 @@ Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIn
 
 Status bench_cold(const DataBenchArgs& a, const std::string& ds, const DatasetIndex& index,
                   Ratios* out) {
-  KILN_ASSIGN_OR_RETURN(auto server, data::s3::testing::LocalS3Server::start("kiln-bench"));
-  data::s3::S3Options o = server->options();
+  KILN_ASSIGN_OR_RETURN(auto server, objstore::s3::LocalS3Server::start("kiln-bench"));
+  objstore::s3::S3Options o = server->options();
   o.max_attempts = 6;
-  KILN_ASSIGN_OR_RETURN(auto store, data::s3::S3ObjectStore::open(server->url("ds"), o));
+  KILN_ASSIGN_OR_RETURN(auto store, objstore::s3::S3ObjectStore::open(server->url("ds"), o));
   KILN_RETURN_IF_ERROR(data::push_dataset(ds, store.get(), Deadline::after_seconds(600)).status());
   const double mb = dataset_bytes(index) / 1e6;
   const std::string scratch = a.root + "/raw-get";
@@ -266,6 +271,14 @@ Status bench_data(const DataBenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(
       DatasetIndex index,
       write_dataset(ds, total, sample_bytes, static_cast<std::uint64_t>(a.shard_mib * (1 << 20))));
+  if (a.inject_corruption) {
+    std::fstream f(ds + "/" + index.shards[0].file, std::ios::in | std::ios::out | std::ios::binary);
+    const auto middle = static_cast<std::streamoff>(index.shards[0].bytes / 2);
+    char b = 0;
+    f.seekg(middle).get(b);
+    f.seekp(middle).put(static_cast<char>(b ^ 0x5a));
+    if (!f) return internal_error("bench data: cannot corrupt " + index.shards[0].file);
+  }
   Ratios r;
   KILN_RETURN_IF_ERROR(bench_warm(a, ds, index, &r.large, &r));
   KILN_ASSIGN_OR_RETURN(std::uint64_t small_total, parse_bytes(a.small_total));
@@ -277,7 +290,7 @@ Status bench_data(const DataBenchArgs& a) {
                                                static_cast<std::uint64_t>(a.shard_mib * (1 << 20))));
     KILN_RETURN_IF_ERROR(bench_warm(a, small_ds, *small, &r.small, nullptr));
   }
-  bool cold = data::s3::testing::LocalS3Server::installed();
+  bool cold = objstore::s3::LocalS3Server::installed();
   if (cold) KILN_RETURN_IF_ERROR(bench_cold(a, ds, index, &r));
   fs::remove_all(a.root, ec);
 
@@ -316,7 +329,7 @@ Status bench_data(const DataBenchArgs& a) {
     doc["cold_vs_raw_get"] = median(r.cold);
   } else {
     doc["cold_vs_raw_get"] = nullptr;
-    doc["cold_skipped"] = data::s3::testing::LocalS3Server::kNotInstalled;
+    doc["cold_skipped"] = objstore::s3::LocalS3Server::kNotInstalled;
   }
   if (a.json) {
     std::printf("%s\n", doc.dump(2).c_str());
@@ -343,7 +356,7 @@ Status bench_data(const DataBenchArgs& a) {
         "cold:   %.0f MB/s from s3rver; raw GETs %.0f MB/s; cold_vs_raw_get %.2f (target >= 0.8)\n",
         median(r.cold_mb_s), median(r.raw_get_mb_s), median(r.cold));
   } else {
-    std::printf("cold:   skipped: %s\n", data::s3::testing::LocalS3Server::kNotInstalled);
+    std::printf("cold:   skipped: %s\n", objstore::s3::LocalS3Server::kNotInstalled);
   }
   std::printf(
       "stall:  consumer at %.1f ms/batch waits %.2f%% of it (target < 2%%); wait p50 "
@@ -377,6 +390,7 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--shuffle-window", a->shuffle_window, "Sampler shuffle window (samples; 0: one shard's)")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "Print one JSON document");
+  cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
   cmd->callback(run_status([a] { return bench_data(*a); }));
 });
 

@@ -12,6 +12,7 @@
 #include "cli/command.h"
 #include "kiln/data/dataset_push.h"
 #include "kiln/data/dataset_verify.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::cli {
 namespace {
@@ -40,7 +41,7 @@ std::string local_dir_of(const std::string& where) {
 
 Status inspect(const InspectArgs& a) {
   Deadline deadline = Deadline::after_seconds(a.timeout_s);
-  KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(a.where));
+  KILN_ASSIGN_OR_RETURN(auto store, objstore::open_object_store(a.where));
   KILN_ASSIGN_OR_RETURN(data::DatasetIndex index, data::read_index(store.get(), deadline));
   std::uint64_t total = 0, smallest = UINT64_MAX, largest = 0;
   for (const auto& sh : index.shards) {

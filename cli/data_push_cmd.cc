@@ -9,6 +9,7 @@
 
 #include "cli/command.h"
 #include "kiln/data/dataset_push.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::cli {
 namespace {
@@ -20,7 +21,7 @@ struct PushArgs {
 };
 
 Status push(const PushArgs& a) {
-  KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(a.url));
+  KILN_ASSIGN_OR_RETURN(auto store, objstore::open_object_store(a.url));
   auto t0 = std::chrono::steady_clock::now();
   KILN_ASSIGN_OR_RETURN(
       data::PushStats stats,

@@ -17,6 +17,9 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->callback(run_status([] {
     for (const auto& k : registered_knobs()) {
       const char* now = std::getenv(k.name.c_str());
+      // Secrets (KILN_JOB_TOKEN) are listed, never printed.
+      bool secret = k.name.size() > 6 && k.name.ends_with("_TOKEN");
+      if (secret && now != nullptr) now = "(set, hidden)";
       std::printf("%-28s default=%-10s %s%s\n    %s\n", k.name.c_str(), k.default_value.c_str(),
                   now ? "now=" : "", now ? now : "", k.doc.c_str());
     }

@@ -37,10 +37,11 @@ CLI::App* parent_for(CLI::App& root, const std::string& path) {
 // know] in kiln/base/blas_kernel.h). Other commands skip the re-exec.
 bool runs_matrix_products(int argc, char** argv) {
   if (argc < 2) return false;
-  for (const char* cmd : {"train", "launch", "run"}) {
+  for (const char* cmd : {"train", "launch", "run", "serve"}) {
     if (std::strcmp(argv[1], cmd) == 0) return true;
   }
-  return argc >= 3 && std::strcmp(argv[1], "bench") == 0 && std::strcmp(argv[2], "ddp") == 0;
+  return argc >= 3 && std::strcmp(argv[1], "bench") == 0 &&
+         (std::strcmp(argv[2], "ddp") == 0 || std::strcmp(argv[2], "serve") == 0);
 }
 
 }  // namespace

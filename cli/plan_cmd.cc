@@ -2,7 +2,7 @@
 //
 //   kiln plan CONFIG.toml [--json] [--svg FILE] [--set section.key=value]...
 //   kiln plan CONFIG.toml --search [--top N] [--json]
-//   kiln plan validate FILE.csv [--json]
+//   kiln plan validate FILE.csv... [--json] [--loso] [--fit]
 //
 // `validate` is a subcommand of `plan` while CONFIG.toml is plan's optional
 // positional: CLI11 matches a subcommand name before filling a positional, so
@@ -37,8 +37,10 @@ struct PlanOptions {
 };
 
 struct ValidateOptions {
-  std::string csv;
+  std::vector<std::string> csvs;
   bool json = false;
+  bool loso = false;
+  bool fit = false;
 };
 
 std::vector<std::string> overrides(const PlanOptions& o) {
@@ -99,7 +101,28 @@ Status run_plan(const PlanOptions& o) {
 }
 
 Status run_validate(const ValidateOptions& o) {
-  KILN_ASSIGN_OR_RETURN(plan::ValidationReport r, plan::validate_file(o.csv));
+  KILN_ASSIGN_OR_RETURN(plan::ValidationReport r, plan::validate_files(o.csvs));
+  if (o.loso) {
+    const plan::LosoReport loso = plan::leave_one_source_out(r);
+    if (o.json) {
+      std::printf("%s\n", plan::loso_to_json(loso).dump(2).c_str());
+    } else {
+      std::fputs(plan::format_loso(loso).c_str(), stdout);
+    }
+    return Status::ok();
+  }
+  if (o.fit) {
+    std::vector<plan::FitSample> samples;
+    for (const auto& row : r.rows) {
+      if (row.config && row.measured_s) samples.push_back({*row.config, *row.measured_s});
+    }
+    const plan::EfficiencyModel fitted = plan::fit_efficiency(samples);
+    plan::repredict(r, fitted);
+    std::fprintf(o.json ? stderr : stdout,
+                 "constants fitted on all %zu measured rows (mean |log error| %.4f -> %.4f):\n%s\n",
+                 samples.size(), plan::fit_loss(samples, plan::EfficiencyModel::defaults()),
+                 plan::fit_loss(samples, fitted), plan::format_constants(fitted).c_str());
+  }
   if (o.json) {
     std::printf("%s\n", plan::validation_to_json(r).dump(2).c_str());
   } else {
@@ -133,9 +156,16 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   auto* val = cmd->add_subcommand(
       "validate", "Compare predicted and measured step times of published runs (CSV)");
   auto vopts = std::make_shared<ValidateOptions>();
-  val->add_option("csv", vopts->csv, "runs in the schema of examples/plan/runs/calibration.csv (its README lists the columns)")
+  val->add_option("csv", vopts->csvs,
+                  "runs in the schema of examples/plan/runs/calibration.csv (its README lists the "
+                  "columns); several files are read as one set")
       ->required();
   val->add_flag("--json", vopts->json, "print one JSON document");
+  val->add_flag("--loso", vopts->loso,
+                "leave-one-source-out: predict each source's runs with the global constants "
+                "refitted on all other sources (column source_id)");
+  val->add_flag("--fit", vopts->fit,
+                "refit the global constants on all measured rows and predict with them");
   val->callback(run_status([vopts] { return run_validate(*vopts); }));
 
   cmd->callback(run_status([opts, val] {

@@ -2,6 +2,7 @@
 // per node; see kiln/elastic/agent.h and docs/elastic.md.
 //
 //   kiln run -n 4 -- CMD ARGS...                      one node, embedded store
+//   kiln run --standalone -n 4 -- CMD ARGS...         the same, with a fresh job id
 //   kiln run --nnodes 1:2 --nproc-per-node 2 --rdzv-endpoint HOST:PORT --rdzv-id JOB -- CMD...
 //
 // With an endpoint, the agent that can bind HOST:PORT serves the store
@@ -16,15 +17,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "cli/command.h"
+#include "kiln/base/auth/job_token.h"
 #include "kiln/base/backoff.h"
 #include "kiln/base/logging.h"
 #include "kiln/base/slurm.h"
 #include "kiln/elastic/agent.h"
+#include "kiln/elastic/etcd_change_feed.h"
 #include "kiln/elastic/etcd_liveness.h"
 #include "kiln/store/etcd/etcd_store.h"
 #include "kiln/store/prefix_store.h"
@@ -35,6 +39,7 @@ namespace kiln::cli {
 namespace {
 
 struct RunArgs {
+  bool standalone = false;
   std::string nnodes = "1:1";
   int nproc_per_node = 1;
   std::string rdzv_backend = "tcp";
@@ -54,6 +59,10 @@ struct RunArgs {
   double backoff_cap_s = 30;
   int node_failure_limit = 3;
   std::string events;
+  std::string token_file;
+  std::string etcd_cacert;
+  std::string etcd_cert;
+  std::string etcd_key;
   std::vector<std::string> command;
 };
 
@@ -108,14 +117,21 @@ void on_stop_signal(int) {
 // Connects to the rendezvous store, retrying while it is not up yet (the
 // agents of a job start in any order).
 Result<std::shared_ptr<store::Store>> connect_store(const std::string& host, int port,
+                                                    const std::string& token,
                                                     Clock::duration op_timeout, Deadline deadline) {
   store::tcp::TcpStoreOptions options;
+  options.token = token;
   options.connect_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(op_timeout);
   options.default_timeout = options.connect_timeout;
   Backoff backoff({.base = std::chrono::milliseconds(200), .cap = std::chrono::seconds(5)});
   while (true) {
     auto s = store::tcp::TcpStore::connect(host, static_cast<std::uint16_t>(port), options);
     if (s.is_ok()) return std::shared_ptr<store::Store>(std::move(*s));
+    // A refused token or a server that is not ours will not change its mind.
+    if (s.status().code() == Code::kFailedPrecondition) {
+      return s.status().with_context(
+          fmt::format("kiln run: reaching the rendezvous store at {}:{}", host, port));
+    }
     if (!backoff.sleep_before_retry(deadline)) {
       return s.status().with_context(
           fmt::format("kiln run: reaching the rendezvous store at {}:{}", host, port));
@@ -145,6 +161,39 @@ std::string node_address(const std::string& flag) {
 
 Status run_agent(std::shared_ptr<store::Store> job, const elastic::AgentOptions& o);
 
+// A job id no other job on this host shares ("standalone-" and 16 hex digits).
+std::string fresh_run_id() {
+  std::random_device entropy;
+  std::uint64_t id = (static_cast<std::uint64_t>(entropy()) << 32) ^ entropy();
+  return fmt::format("standalone-{:016x}", id);
+}
+
+// torchrun's --standalone: a one-node job on an embedded store on a free
+// loopback port, under a fresh job id; explicit rendezvous flags are
+// ignored, and the log says so.
+Status apply_standalone(RunArgs& a) {
+  int min = 0, max = 0;
+  KILN_RETURN_IF_ERROR(parse_nnodes(a.nnodes, min, max));
+  if (max > 1) {
+    return invalid_argument(fmt::format(
+        "kiln run: --standalone runs one node, but --nnodes {:?} asks for up to {} (drop "
+        "--standalone and give --rdzv-endpoint for a multi-node job)",
+        a.nnodes, max));
+  }
+  if (!a.rdzv_endpoint.empty() || a.rdzv_backend != "tcp" || a.rdzv_id != "default") {
+    log()->warn(
+        "kiln run: --standalone ignores --rdzv-backend {:?}, --rdzv-endpoint {:?} and --rdzv-id "
+        "{:?}",
+        a.rdzv_backend, a.rdzv_endpoint, a.rdzv_id);
+  }
+  a.rdzv_backend = "tcp";
+  a.rdzv_endpoint.clear();
+  a.rdzv_id = fresh_run_id();
+  log()->info("kiln run: standalone: --rdzv-backend tcp (embedded, loopback) --rdzv-id {}",
+              a.rdzv_id);
+  return Status::ok();
+}
+
 // Inside a Slurm step (`srun --ntasks-per-node=1 kiln run ...`) each task is
 // one node's agent: what torchrun users pass by hand comes from the step
 // (flags given explicitly win): --nnodes is the task count, the store is on
@@ -164,7 +213,12 @@ Status apply_slurm_defaults(RunArgs& a) {
 }
 
 Status run(RunArgs a) {
-  KILN_RETURN_IF_ERROR(apply_slurm_defaults(a));
+  // --standalone is one node on loopback, inside a Slurm step or not.
+  if (a.standalone) {
+    KILN_RETURN_IF_ERROR(apply_standalone(a));
+  } else {
+    KILN_RETURN_IF_ERROR(apply_slurm_defaults(a));
+  }
   if (a.command.empty())
     return invalid_argument("kiln run: no command given (kiln run -n N -- CMD ARGS...)");
   if (a.rdzv_backend != "tcp" && a.rdzv_backend != "c10d" && a.rdzv_backend != "etcd") {
@@ -190,9 +244,16 @@ Status run(RunArgs a) {
   o.monitor_interval = secs(a.monitor_interval_s);
   o.events_path = a.events;
 
+  // One node with an embedded store: every process is ours, a fresh token
+  // does. Across nodes every agent must hold the same one.
+  const bool one_node = o.max_nodes == 1 && a.rdzv_endpoint.empty();
+  KILN_ASSIGN_OR_RETURN(o.job_token, auth::launcher_token(a.token_file, one_node, "kiln run"));
+  // The workers (and their workers' store clients and transports) inherit it.
+  setenv(auth::kJobTokenEnv, o.job_token.c_str(), 1);
+
   Clock::duration op_timeout = std::min(secs(5), o.node_ttl / 2);
   std::shared_ptr<store::Store> job;
-  store::tcp::TcpStoreServer server;
+  store::tcp::TcpStoreServer server({.token = o.job_token});
   if (a.rdzv_backend == "etcd") {
     if (a.rdzv_endpoint.empty()) {
       return invalid_argument(
@@ -201,10 +262,12 @@ Status run(RunArgs a) {
     store::etcd::EtcdStoreOptions eo;
     for (const auto& e : split(a.rdzv_endpoint, ',')) eo.endpoints.push_back(e);
     eo.prefix = "/kiln/rdzv/" + a.rdzv_id + "/";
+    eo.tls = {a.etcd_cacert, a.etcd_cert, a.etcd_key};
     eo.default_timeout = std::chrono::duration_cast<std::chrono::milliseconds>(op_timeout);
     KILN_ASSIGN_OR_RETURN(auto opened, store::etcd::EtcdStore::open(eo));
     std::shared_ptr<store::etcd::EtcdStore> etcd = std::move(opened);
     o.liveness = elastic::lease_liveness(etcd, o.node_ttl);
+    o.changes = elastic::etcd_change_feed(etcd);
     job = etcd;
     o.serve_worker_store = true;
     return run_agent(job, o);
@@ -230,7 +293,8 @@ Status run(RunArgs a) {
   o.master_addr = host;
   o.master_port = port;
   KILN_ASSIGN_OR_RETURN(auto base,
-                        connect_store(host, port, op_timeout, Deadline::after(o.join_timeout)));
+                        connect_store(host, port, o.job_token, op_timeout,
+                                      Deadline::after(o.join_timeout)));
   job = std::make_shared<store::PrefixStore>("rdzv/" + a.rdzv_id, base);
   return run_agent(job, o);
 }
@@ -256,6 +320,9 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
       "when nodes leave or join (torchrun-compatible flags; docs/elastic.md)");
   cmd->add_option("-n,--nproc-per-node,--nproc_per_node", a->nproc_per_node, "workers on this node")
       ->capture_default_str();
+  cmd->add_flag("--standalone", a->standalone,
+                "one node on an embedded loopback store under a fresh job id (torchrun's "
+                "--standalone: the rendezvous flags are ignored)");
   cmd->add_option("--nnodes", a->nnodes, "nodes in the job: N or MIN:MAX")->capture_default_str();
   cmd->add_option("--rdzv-backend,--rdzv_backend", a->rdzv_backend, "tcp (kiln store) or etcd")
       ->capture_default_str();
@@ -269,7 +336,8 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
       "--node-addr", a->node_addr,
       "address other nodes reach this one at (default: KILN_COMM_ADDR, else the hostname)");
   cmd->add_option("--max-restarts,--max_restarts", a->max_restarts,
-                  "re-forms before the job gives up")
+                  "restarts after failures before the job gives up (scale-ups, scale-downs and "
+                  "preemptions do not count)")
       ->capture_default_str();
   cmd->add_option("--hang-timeout", a->hang_timeout_s,
                   "seconds without a worker heartbeat before it counts as hung (0: off)")
@@ -300,6 +368,14 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
       ->capture_default_str();
   cmd->add_option("--events", a->events,
                   "append every decision as a JSON line (with wall-clock time) to FILE");
+  cmd->add_option("--token-file", a->token_file,
+                  "read the job token from FILE (mode 600; default: KILN_JOB_TOKEN, or a fresh "
+                  "one for a one-node job); every node of a job needs the same");
+  cmd->add_option("--etcd-cacert", a->etcd_cacert,
+                  "etcd backend: CA bundle (PEM) that signed etcd's certificate (https:// endpoints)");
+  cmd->add_option("--etcd-cert", a->etcd_cert,
+                  "etcd backend: client certificate (PEM) for etcd's --client-cert-auth");
+  cmd->add_option("--etcd-key", a->etcd_key, "etcd backend: the client certificate's key (PEM)");
   cmd->add_option("command", a->command, "the worker command and its arguments (after --)")
       ->required();
   cmd->callback(run_status([a] { return run(*a); }));

@@ -1,20 +1,26 @@
 // `kiln bench ddp`: how much of the gradient allreduce DDP hides behind
-// backward. Run one process per rank (e.g. one per network namespace, see
+// backward. Typed on its own it starts --ranks local ranks (default 2);
+// under a launcher it is one rank (e.g. one per network namespace, see
 // bench/ddp_overlap.sh). Both modes train the same MLP on the same data:
 //   (a) backward, then one allreduce of all gradients (nothing overlaps);
 //   (b) kiln::ddp, buckets allreduced while backward continues.
 // Reports backward time, comm time (a's allreduce), exposed comm (b's wait
 // after backward), overlap = 1 - exposed/comm, step times and their ratio
 // (the median of each step of (b) over the step of (a) before it).
+// --check: with (b)'s parameters copied into (a), one more step of each must
+// leave the same averaged gradients (to float32, or bfloat16 with --bf16).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/torch/bench_mlp.h"
+#include "cli/local_ranks.h"
 #include "kiln/comm/process_group.h"
 #include "kiln/ddp/distributed_data_parallel.h"
 
@@ -31,33 +37,59 @@ struct DdpBenchArgs {
   bool auto_cap = false;
   bool bf16 = false;
   bool json = false;
+  bool check = false;
+  int ranks = 2;  // when not under a launcher
+  // Test-only (hidden): the last rank alters one of DDP's averaged gradients
+  // before --check compares, so a test can prove the check catches it.
+  bool inject_corruption = false;
 };
 
-struct MlpImpl : torch::nn::Module {
-  MlpImpl(int width, int hidden_layers) {
-    layers.push_back(register_module("in", torch::nn::Linear(1024, width)));
-    for (int i = 0; i < hidden_layers; ++i) {
-      layers.push_back(register_module(fmt::format("h{}", i), torch::nn::Linear(width, width)));
-    }
-    layers.push_back(register_module("out", torch::nn::Linear(width, 1024)));
-  }
-  torch::Tensor forward(torch::Tensor x) {
-    for (std::size_t i = 0; i + 1 < layers.size(); ++i) x = torch::relu(layers[i](x));
-    return layers.back()(x);
-  }
-  std::vector<torch::nn::Linear> layers;
-};
+using bench::median;
+using bench::MlpImpl;
+using bench::since;
 
-double median(std::vector<double> v) {
-  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-  return v[v.size() / 2];
-}
-
-double since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
+// Runs one more step of each mode from the same parameters and compares the
+// averaged gradients; every rank learns whether any rank saw a difference.
+Status check_gradients(const DdpBenchArgs& a, comm::Communicator& c, MlpImpl& net_a,
+                       MlpImpl& net_b, const std::function<Status(double*, double*)>& step_a,
+                       const std::function<Status()>& step_b) {
+  {
+    torch::NoGradGuard g;
+    auto pa = net_a.parameters(), pb = net_b.parameters();
+    for (std::size_t i = 0; i < pa.size(); ++i) pa[i].copy_(pb[i]);
+  }
+  double unused_bwd = 0, unused_comm = 0;
+  KILN_RETURN_IF_ERROR(step_a(&unused_bwd, &unused_comm));
+  KILN_RETURN_IF_ERROR(step_b());
+  auto pa = net_a.parameters(), pb = net_b.parameters();
+  if (a.inject_corruption && c.rank() == c.size() - 1) {
+    torch::NoGradGuard g;
+    pb[0].mutable_grad().view(-1)[0] += 1.0;
+  }
+  double worst = 0, scale = 0;
+  for (std::size_t i = 0; i < pa.size(); ++i) {
+    worst = std::max(worst, (pa[i].grad() - pb[i].grad()).abs().max().item<double>());
+    scale = std::max(scale, pa[i].grad().abs().max().item<double>());
+  }
+  // float32 sums in another order (buckets, not one flat buffer) differ in
+  // the last bits; bfloat16 keeps 8 bits of mantissa.
+  const double tolerance = (a.bf16 ? 1e-2 : 1e-4) * std::max(scale, 1e-12);
+  int bad = worst > tolerance ? 1 : 0;
+  if (bad) {
+    std::fprintf(stderr, "bench ddp: rank %d: DDP's gradients differ from backward + allreduce "
+                 "by %g (tolerance %g)\n", c.rank(), worst, tolerance);
+  }
+  KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, comm::DataType::kInt32, comm::ReduceOp::kMax)->wait());
+  if (bad) return internal_error("bench ddp: --check failed: DDP's averaged gradients differ");
+  return Status::ok();
 }
 
 Status bench_ddp(const DdpBenchArgs& a) {
+  if (a.steps < 1 || a.warmup < 0) {
+    return invalid_argument(fmt::format("bench ddp: --steps {} --warmup {}: need --steps >= 1 and --warmup >= 0",
+                                        a.steps, a.warmup));
+  }
+  if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench ddp")) return *spawned;
   torch::set_num_threads(1);
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
   comm::Communicator& c = pg->comm();
@@ -133,6 +165,8 @@ Status bench_ddp(const DdpBenchArgs& a) {
     ratios.push_back(b_s / a_s);
   }
 
+  if (a.check) KILN_RETURN_IF_ERROR(check_gradients(a, c, *net_a, *net_b, run_step_a, run_step_b));
+
   double backward = median(a_backward), comm_s = median(a_comm), exposed = median(b_exposed);
   double step_a = median(a_step), step_b = median(b_step);
   nlohmann::json doc{{"world_size", c.size()},
@@ -149,7 +183,8 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      {"overlap", std::clamp(1.0 - exposed / comm_s, 0.0, 1.0)},
                      {"step_a_s", step_a},
                      {"step_b_s", step_b},
-                     {"step_ratio", median(ratios)}};
+                     {"step_ratio", median(ratios)},
+                     {"check", a.check ? "ok" : "off"}};
   if (c.rank() == 0) {
     if (a.json) {
       std::printf("%s\n", doc.dump().c_str());
@@ -163,7 +198,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
 const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   auto a = std::make_shared<DdpBenchArgs>();
   auto* cmd = parent.add_subcommand(
-      "ddp", "Overlap of DDP's gradient allreduce with backward (run under a launcher)");
+      "ddp", "Overlap of DDP's gradient allreduce with backward (starts --ranks local ranks unless launched)");
   cmd->add_option("--width", a->width, "hidden width of the MLP");
   cmd->add_option("--layers", a->layers, "hidden width x width layers");
   cmd->add_option("--batch", a->batch, "samples per rank per step");
@@ -174,6 +209,10 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
                 "bucket_cap = auto: try candidate caps, keep the best");
   cmd->add_flag("--bf16", a->bf16, "communicate gradients as bfloat16");
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
+  cmd->add_flag("--check", a->check, "compare DDP's gradients with backward + allreduce");
+  cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")
+      ->capture_default_str();
+  cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
   cmd->callback(run_status([a] { return bench_ddp(*a); }));
 });
 

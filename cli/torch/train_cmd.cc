@@ -26,6 +26,8 @@ namespace {
 struct TrainArgs {
   std::string config;
   std::int64_t max_steps = 0;
+  std::string strategy;
+  double memory_cap_mib = -1;
   std::string metrics_json;
   std::string ckpt_dir;
   bool no_resume = false;
@@ -34,6 +36,7 @@ struct TrainArgs {
   std::int64_t diag_every = -1;  // -1: 50 with --trace-dir, else off
   std::vector<std::string> inject;
   int metrics_port = -1;
+  std::string metrics_host = "127.0.0.1";
 };
 
 // DIR/meta.json (rank 0): what ran, so `kiln diagnose` can say so beside
@@ -62,6 +65,17 @@ Status write_run_meta(const TrainArgs& a, const train::TrainOptions& o, int worl
 Status train(const TrainArgs& a) {
   KILN_ASSIGN_OR_RETURN(train::TrainConfig config, train::parse_train_config_file(a.config));
   if (a.max_steps > 0) config.train.max_steps = a.max_steps;
+  if (!a.strategy.empty()) {
+    bool known = false;
+    for (auto s : {train::Strategy::kDdp, train::Strategy::kZero1, train::Strategy::kZero2, train::Strategy::kZero3}) {
+      if (a.strategy == train::strategy_name(s)) {
+        config.parallel.strategy = s;
+        known = true;
+      }
+    }
+    if (!known) return invalid_argument("--strategy " + a.strategy + ": ddp, zero1, zero2 or zero3");
+  }
+  if (a.memory_cap_mib >= 0) config.parallel.memory_cap_mib = a.memory_cap_mib;
   if (!a.ckpt_dir.empty()) config.checkpoint.dir = a.ckpt_dir;
   if (a.no_resume) config.checkpoint.resume = false;
 
@@ -83,6 +97,7 @@ Status train(const TrainArgs& a) {
   options.diag.trace_dir = a.trace_dir;
   options.diag.every = a.diag_every >= 0 ? a.diag_every : (a.trace_dir.empty() ? 0 : 50);
   options.diag.metrics_port = a.metrics_port;
+  options.diag.metrics_host = a.metrics_host;
   for (const auto& spec : a.inject) {
     KILN_ASSIGN_OR_RETURN(diag::Injection i, diag::parse_injection(spec));
     options.diag.inject.push_back(i);
@@ -119,6 +134,10 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("config", a->config, "Config file, e.g. examples/train/fashion_mnist.toml")
       ->required();
   cmd->add_option("--max-steps", a->max_steps, "Stop after this many steps (overrides train.max_steps)");
+  cmd->add_option("--strategy", a->strategy,
+                  "ddp, zero1, zero2 or zero3 (overrides parallel.strategy)");
+  cmd->add_option("--memory-cap-mib", a->memory_cap_mib,
+                  "per-rank cap on tensor memory, MiB; 0 = none (overrides parallel.memory_cap_mib)");
   cmd->add_option("--metrics-json", a->metrics_json,
                   "Write JSON lines: one per step (phase seconds) and one per evaluation");
   cmd->add_option("--ckpt-dir", a->ckpt_dir, "Checkpoint directory (overrides checkpoint.dir)");
@@ -130,11 +149,15 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("--diag-every", a->diag_every,
                   "Exchange step summaries and print the bottleneck verdict every N steps "
                   "(default 50 with --trace-dir, else off; 0 = off)");
-  cmd->add_option("--inject", a->inject,
-                  "Debugging: make a bottleneck on purpose: data-delay=MS, comm-delay=MS, "
-                  "compute-spin=MS or ckpt-sync, each optionally @RANK (repeatable)");
+  cmd->add_option(
+      "--inject", a->inject,
+      "Debugging: make a bottleneck on purpose: data-delay=MS, comm-delay=MS, "
+      "compute-spin=MS, ckpt-sync or eval-delay=MS, each optionally @RANK (repeatable)");
   cmd->add_option("--metrics-port", a->metrics_port,
                   "Serve Prometheus text at :P/metrics (local rank r on P+r; 0 = any free port)");
+  cmd->add_option("--metrics-host", a->metrics_host,
+                  "Address the metrics endpoint binds (0.0.0.0: every interface)")
+      ->capture_default_str();
   cmd->callback(run_status([a] { return train(*a); }));
 });
 

@@ -5,10 +5,11 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/commit.h"
-#include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/remote.h"
 
 namespace kiln::ckpt {
@@ -21,6 +22,20 @@ const Knob<double> kCkptTimeout{"KILN_CKPT_TIMEOUT", 600.0,
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
+
+// A shard written as an upload: the bytes stream into the object writer, and
+// close() commits the object, which makes it durable (nothing to fsync).
+class UploadWriter final : public FsWriter {
+ public:
+  explicit UploadWriter(objstore::ObjectWriter& w) : w_(w) {}
+  Status append(const void* data, std::size_t n) override { return w_.append(data, n); }
+  void start_writeback(std::uint64_t, std::uint64_t) override {}
+  Status sync() override { return Status::ok(); }
+  Status close() override { return w_.commit(); }
+
+ private:
+  objstore::ObjectWriter& w_;
+};
 
 }  // namespace
 
@@ -43,27 +58,52 @@ Result<std::unique_ptr<Checkpointer>> Checkpointer::create(CheckpointOptions opt
     vote_comm = std::move(split).value();
   }
   if (options.fs == nullptr) options.fs = Fs::posix();
-  KILN_RETURN_IF_ERROR(options.fs->make_dir(options.root));
-  std::unique_ptr<data::ObjectStore> owned_remote;
+  std::unique_ptr<objstore::ObjectStore> owned_store;
+  std::vector<std::int64_t> store_committed;
+  if (objstore::is_object_store_url(options.root)) {
+    if (!options.remote.empty()) {
+      return invalid_argument(fmt::format(
+          "Checkpointer: checkpoints go to the object store {} already; drop the remote tier {}",
+          options.root, options.remote));
+    }
+    if (options.store == nullptr) {
+      auto store = objstore::open_object_store(options.root);
+      if (!store.is_ok()) return store.status().with_context("Checkpointer: " + options.root);
+      owned_store = std::move(store).value();
+    }
+    objstore::ObjectStore& store = options.store ? *options.store : *owned_store;
+    auto listed = list_remote_committed_steps(store, Deadline::after(options.timeout));
+    if (!listed.is_ok()) return listed.status().with_context("Checkpointer: " + options.root);
+    store_committed = std::move(listed).value();
+  } else {
+    KILN_RETURN_IF_ERROR(options.fs->make_dir(options.root));
+  }
+  std::unique_ptr<objstore::ObjectStore> owned_remote;
   if (!options.remote.empty() && options.remote_store == nullptr) {
-    auto store = data::open_object_store(options.remote);
+    auto store = objstore::open_object_store(options.remote);
     if (!store.is_ok()) {
       return store.status().with_context("Checkpointer: remote tier " + options.remote);
     }
     owned_remote = std::move(store).value();
   }
   return std::unique_ptr<Checkpointer>(
-      new Checkpointer(std::move(options), std::move(owned_remote), std::move(vote_comm)));
+      new Checkpointer(std::move(options), std::move(owned_remote), std::move(owned_store),
+                       std::move(store_committed), std::move(vote_comm)));
 }
 
 Checkpointer::Checkpointer(CheckpointOptions options,
-                           std::unique_ptr<data::ObjectStore> owned_remote,
+                           std::unique_ptr<objstore::ObjectStore> owned_remote,
+                           std::unique_ptr<objstore::ObjectStore> owned_store,
+                           std::vector<std::int64_t> store_committed,
                            std::unique_ptr<comm::Communicator> vote_comm)
     : options_(std::move(options)),
       rank_(options_.comm ? options_.comm->rank() : 0),
       world_(options_.comm ? options_.comm->size() : 1),
       owned_remote_(std::move(owned_remote)),
       remote_(options_.remote_store ? options_.remote_store : owned_remote_.get()),
+      owned_store_(std::move(owned_store)),
+      store_(options_.store ? options_.store : owned_store_.get()),
+      store_committed_(std::move(store_committed)),
       vote_all_(2 * static_cast<std::size_t>(world_)),
       vote_comm_(std::move(vote_comm)) {
   writer_ = std::thread([this] { writer_loop(); });
@@ -167,7 +207,7 @@ Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t 
       return s;
     }
   }
-  if (internal::path_exists(options_.root + "/" + step_dir_name(step))) {
+  if (committed_already(step)) {
     return already_exists(
         fmt::format("checkpoint step {} is already committed under {}", step, options_.root));
   }
@@ -238,6 +278,13 @@ void Checkpointer::writer_loop() {
   }
 }
 
+bool Checkpointer::committed_already(std::int64_t step) const {
+  if (store_ == nullptr) return path_exists(options_.root + "/" + step_dir_name(step));
+  std::lock_guard<std::mutex> l(mu_);
+  return std::find(store_committed_.begin(), store_committed_.end(), step) !=
+         store_committed_.end();
+}
+
 Status Checkpointer::run_save(std::int64_t step) {
   double memory_s = 0;
   if (options_.memory != nullptr) {
@@ -249,6 +296,25 @@ Status Checkpointer::run_save(std::int64_t step) {
     // recovery.
     if (!m.is_ok()) log()->warn("checkpoint step {}: {}", step, m.to_string());
   }
+  double write_s = 0, commit_s = 0;
+  Status s = store_ != nullptr ? save_to_store(step, &write_s, &commit_s)
+                               : save_to_fs(step, &write_s, &commit_s);
+  auto t2 = Clock::now();
+  // After the local commit, so a slow or failing remote never delays or
+  // undoes it. Entered only after a successful commit, which every rank sees
+  // alike (commit_step), so all ranks join its collective or none does.
+  if (s.is_ok() && remote_ != nullptr) {
+    s = commit_remote(step, options_.root + "/" + step_dir_name(step), shard_file_name(rank_));
+  }
+  std::lock_guard<std::mutex> l(mu_);
+  stats_.memory_s = memory_s;
+  stats_.write_s = write_s;
+  stats_.commit_s = commit_s;
+  stats_.remote_s = remote_ != nullptr ? seconds_since(t2) : 0;
+  return s;
+}
+
+Status Checkpointer::save_to_fs(std::int64_t step, double* write_s, double* commit_s) {
   auto t0 = Clock::now();
   std::string tmp = options_.root + "/" + tmp_step_dir_name(step);
   Status mk = options_.fs->make_dir(tmp);
@@ -256,7 +322,7 @@ Status Checkpointer::run_save(std::int64_t step) {
       mk.is_ok() ? write_shard(*options_.fs, tmp, rank_, staged_, staging_.get(),
                                ShardWriteOptions{options_.compression, options_.zstd_level})
                  : Result<ShardRecord>(mk);
-  double write_s = seconds_since(t0);
+  *write_s = seconds_since(t0);
   if (options_.after_shard_written_for_test) options_.after_shard_written_for_test(step);
   auto t1 = Clock::now();
   CommitContext ctx{options_.root,    step,       rank_, world_, options_.comm,
@@ -270,22 +336,54 @@ Status Checkpointer::run_save(std::int64_t step) {
       log()->warn("checkpoint retention under {}: {}", options_.root, deleted.status().to_string());
     }
   }
-  double commit_s = seconds_since(t1);
-  auto t2 = Clock::now();
-  // After the local commit, so a slow or failing remote never delays or
-  // undoes it. Entered only after a successful commit, which every rank sees
-  // alike (commit_step), so all ranks join its collective or none does.
-  if (s.is_ok() && remote_ != nullptr) s = commit_remote(step, shard->file);
-  std::lock_guard<std::mutex> l(mu_);
-  stats_.memory_s = memory_s;
-  stats_.write_s = write_s;
-  stats_.commit_s = commit_s;
-  stats_.remote_s = remote_ != nullptr ? seconds_since(t2) : 0;
+  *commit_s = seconds_since(t1);
   return s;
 }
 
-Status Checkpointer::commit_remote(std::int64_t step, const std::string& shard_file) {
-  std::string step_dir = options_.root + "/" + step_dir_name(step);
+Status Checkpointer::save_to_store(std::int64_t step, double* write_s, double* commit_s) {
+  auto t0 = Clock::now();
+  const Deadline deadline = Deadline::after(options_.timeout);
+  auto upload = [&]() -> Result<ShardRecord> {
+    KILN_ASSIGN_OR_RETURN(auto writer,
+                          store_->open_writer(remote_key(step, shard_file_name(rank_)), deadline));
+    UploadWriter out(*writer);
+    auto shard = write_shard_to(out, rank_, staged_, staging_.get(),
+                                ShardWriteOptions{options_.compression, options_.zstd_level});
+    // A failed upload leaves no object and, on S3, no parts.
+    if (!shard.is_ok()) writer->abort();
+    return shard;
+  };
+  Result<ShardRecord> shard = upload();
+  if (!shard.is_ok()) {
+    shard = shard.status().with_context(
+        fmt::format("upload of rank {}'s shard of step {} to {}", rank_, step, store_->describe()));
+  }
+  *write_s = seconds_since(t0);
+  if (options_.after_shard_written_for_test) options_.after_shard_written_for_test(step);
+  auto t1 = Clock::now();
+  CommitContext ctx{options_.root,    step,       rank_, world_, options_.comm,
+                    options_.timeout, options_.fs};
+  Status s = commit_step_to_store(ctx, *store_, shard);
+  if (s.is_ok()) {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      store_committed_.push_back(step);
+    }
+    if (rank_ == 0) {
+      auto deleted =
+          apply_remote_retention(*store_, options_.retention, Deadline::after(options_.timeout));
+      if (!deleted.is_ok()) {
+        // The step is committed; a retention failure only costs space.
+        log()->warn("checkpoint retention on {}: {}", options_.root, deleted.status().to_string());
+      }
+    }
+  }
+  *commit_s = seconds_since(t1);
+  return s;
+}
+
+Status Checkpointer::commit_remote(std::int64_t step, const std::string& step_dir,
+                                   const std::string& shard_file) {
   Status upload = upload_step_file(*remote_, step, shard_file, step_dir + "/" + shard_file,
                                    Deadline::after(options_.timeout));
   std::string where =

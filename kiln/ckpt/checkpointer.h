@@ -56,14 +56,20 @@
 #include "kiln/ckpt/shard_writer.h"
 #include "kiln/ckpt/state.h"
 #include "kiln/comm/communicator.h"
-#include "kiln/data/object_store.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::ckpt {
 
 enum class BusyPolicy { kWait, kSkip };
 
 struct CheckpointOptions {
-  std::string root;                    // shared by all ranks (a shared filesystem)
+  // Where checkpoints go, the same on every rank: a directory on a shared
+  // filesystem, or an object store's URL (s3://BUCKET/PREFIX, file://DIR).
+  // With a URL no shared filesystem is needed: each rank's writer streams
+  // its shard straight to the store, rank 0 puts the manifest last as the
+  // commit (commit_step_to_store) and applies retention there; load with
+  // load_latest_remote.
+  std::string root;
   comm::Communicator* comm = nullptr;  // null: a single process (rank 0 of 1)
   RetentionPolicy retention;
   BusyPolicy busy = BusyPolicy::kWait;
@@ -80,14 +86,18 @@ struct CheckpointOptions {
   // storage. Null: storage only. Not owned; must outlive the Checkpointer.
   MemoryTier* memory = nullptr;
   // The remote tier (remote.h): s3://BUCKET/PREFIX or file://DIR, the same
-  // on every rank; "" = none. After the local commit, each rank's writer
+  // on every rank; "" = none. Only with a filesystem `root` (a URL root is
+  // on the object store already). After the local commit, each rank's writer
   // uploads its shard, then rank 0 uploads the manifest last and applies
   // `retention` to the remote steps. An upload failure is a background save
   // failure; the local commit stands.
   std::string remote;
-  // The store for `remote`; null = data::open_object_store(remote). Not
+  // The store for `remote`; null = objstore::open_object_store(remote). Not
   // owned; must outlive the Checkpointer (tests pass one with options).
-  data::ObjectStore* remote_store = nullptr;
+  objstore::ObjectStore* remote_store = nullptr;
+  // The store for a URL `root`; null = objstore::open_object_store(root). Not
+  // owned; must outlive the Checkpointer (tests pass one with options).
+  objstore::ObjectStore* store = nullptr;
   // Tests only: runs on the writer thread once this rank's shard is durable,
   // before the commit (lets a test hold a save in flight).
   std::function<void(std::int64_t step)> after_shard_written_for_test;
@@ -108,7 +118,8 @@ struct SaveStats {
 
 class Checkpointer {
  public:
-  // InvalidArgument for an empty root; errors creating the root directory.
+  // InvalidArgument for an empty root, or a remote tier beside a URL root;
+  // errors creating the root directory, or opening and listing the store.
   // With BusyPolicy::kSkip and several ranks, every rank must call it: it
   // splits `comm` (blocking until all ranks do; the split's errors, e.g.
   // Aborted or DeadlineExceeded).
@@ -146,7 +157,9 @@ class Checkpointer {
   int world_size() const { return world_; }
 
  private:
-  Checkpointer(CheckpointOptions options, std::unique_ptr<data::ObjectStore> owned_remote,
+  Checkpointer(CheckpointOptions options, std::unique_ptr<objstore::ObjectStore> owned_remote,
+               std::unique_ptr<objstore::ObjectStore> owned_store,
+               std::vector<std::int64_t> store_committed,
                std::unique_ptr<comm::Communicator> vote_comm);
   void writer_loop();
   // kSkip: which ranks' previous save is still running (agreed on vote_comm_
@@ -157,18 +170,26 @@ class Checkpointer {
   };
   Result<BusyVote> vote_busy(std::int64_t step);
   Status run_save(std::int64_t step);  // on the writer thread
+  // run_save's storage half for a filesystem root and for a URL root; fill
+  // `write_s` and `commit_s`.
+  Status save_to_fs(std::int64_t step, double* write_s, double* commit_s);
+  Status save_to_store(std::int64_t step, double* write_s, double* commit_s);
+  bool committed_already(std::int64_t step) const;
   // After step `step` committed locally: uploads this rank's `shard_file`,
   // agrees with the other ranks that all uploads succeeded, then (rank 0)
   // uploads the manifest and applies remote retention.
-  Status commit_remote(std::int64_t step, const std::string& shard_file);
+  Status commit_remote(std::int64_t step, const std::string& step_dir,
+                       const std::string& shard_file);
   Status wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline);
   void grow_staging(std::size_t bytes);  // only while no save is in flight
 
   const CheckpointOptions options_;
   const int rank_;
   const int world_;
-  std::unique_ptr<data::ObjectStore> owned_remote_;  // when opened from options_.remote
-  data::ObjectStore* remote_ = nullptr;              // null: no remote tier
+  std::unique_ptr<objstore::ObjectStore> owned_remote_;  // when opened from options_.remote
+  objstore::ObjectStore* remote_ = nullptr;              // null: no remote tier
+  std::unique_ptr<objstore::ObjectStore> owned_store_;   // when opened from a URL root
+  objstore::ObjectStore* store_ = nullptr;               // null: a filesystem root
 
   // Staging memory, reused across saves; grown (and pre-faulted) on demand.
   // Written by save_async only while no save is in flight, read by the writer.
@@ -183,7 +204,10 @@ class Checkpointer {
   bool stop_ = false;               // guarded by mu_
   Status unreported_;               // guarded by mu_: first background failure not yet returned
   SaveStats stats_;                 // guarded by mu_
-  std::thread writer_;              // the one checkpoint writer
+  // URL root: the steps committed on the store (listed at create, then ours),
+  // so save_async's AlreadyExists check costs no request.
+  std::vector<std::int64_t> store_committed_;  // guarded by mu_
+  std::thread writer_;                         // the one checkpoint writer
 
   // The kSkip busy vote, used only by save_async's thread. The buffers are
   // declared before vote_comm_ so that a vote still running after a timed-out

@@ -10,7 +10,8 @@
 #include <future>
 #include <thread>
 
-#include "kiln/ckpt/internal/file.h"
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/ckpt/verify.h"
@@ -44,7 +45,7 @@ TEST(Checkpointer, SavesAndLoadsBitExact) {
     TempDir dir;
     auto ck = make({.root = dir.path(), .compression = c});
     ASSERT_TRUE(save(*ck, 10).is_ok());
-    auto latest = internal::read_file(dir.path() + "/latest");
+    auto latest = read_file(dir.path() + "/latest");
     ASSERT_TRUE(latest.is_ok());
     EXPECT_EQ(*latest, "step-10\n");
     EXPECT_TRUE(verify_step_status(dir.path() + "/step-10").is_ok());

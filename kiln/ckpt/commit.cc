@@ -4,10 +4,13 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <vector>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/base/logging.h"
-#include "kiln/ckpt/internal/file.h"
+#include "kiln/ckpt/remote.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -61,9 +64,8 @@ Result<std::vector<std::string>> exchange_reports(const CommitContext& ctx,
   return out;
 }
 
-// Rank 0's half: everything from the manifest to `latest`.
-Status publish(const CommitContext& ctx, const std::vector<std::string>& reports) {
-  std::string tmp = ctx.root + "/" + tmp_step_dir_name(ctx.step);
+// The manifest of a step every rank reported success for.
+Result<Manifest> build_manifest(const CommitContext& ctx, const std::vector<std::string>& reports) {
   Manifest m;
   m.step = ctx.step;
   m.world_size = ctx.world_size;
@@ -73,9 +75,16 @@ Status publish(const CommitContext& ctx, const std::vector<std::string>& reports
                                                        fmt::format("shard record of rank {}", r)));
     m.shards.push_back(std::move(rec));
   }
+  return m;
+}
+
+// Rank 0's half on a filesystem: everything from the manifest to `latest`.
+Status publish(const CommitContext& ctx, const std::vector<std::string>& reports) {
+  std::string tmp = ctx.root + "/" + tmp_step_dir_name(ctx.step);
+  KILN_ASSIGN_OR_RETURN(Manifest m, build_manifest(ctx, reports));
   // A crashed earlier attempt at this step (maybe with more ranks) may have
   // left files the manifest does not name; they must not become part of it.
-  KILN_ASSIGN_OR_RETURN(auto names, internal::list_dir(tmp));
+  KILN_ASSIGN_OR_RETURN(auto names, list_dir(tmp));
   for (const auto& n : names) {
     bool named = std::any_of(m.shards.begin(), m.shards.end(),
                              [&](const ShardRecord& s) { return s.file == n; });
@@ -84,7 +93,7 @@ Status publish(const CommitContext& ctx, const std::vector<std::string>& reports
   KILN_RETURN_IF_ERROR(write_file_synced(*ctx.fs, tmp + "/" + kManifestName, to_json(m)));
   KILN_RETURN_IF_ERROR(ctx.fs->sync_dir(tmp));
   std::string final_dir = ctx.root + "/" + step_dir_name(ctx.step);
-  if (internal::path_exists(final_dir)) {
+  if (path_exists(final_dir)) {
     return already_exists(fmt::format("commit of step {}: {} exists already", ctx.step, final_dir));
   }
   KILN_RETURN_IF_ERROR(ctx.fs->rename(tmp, final_dir));
@@ -95,9 +104,13 @@ Status publish(const CommitContext& ctx, const std::vector<std::string>& reports
 // Rank 0's outcome to every rank: code byte, then the message (truncated).
 constexpr std::size_t kOutcomeBytes = 1024;
 
-}  // namespace
-
-Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local) {
+// Note [One commit protocol]: on a filesystem and on an object store the
+// ranks agree the same way (exchange of shard records, rank 0 decides,
+// broadcast of its outcome); only rank 0's publishing and its cleanup differ.
+Status agree_and_publish(
+    const CommitContext& ctx, const Result<ShardRecord>& local,
+    const std::function<Status(const std::vector<std::string>& reports)>& publish,
+    const std::function<Status()>& cleanup) {
   std::string where = fmt::format("checkpoint commit of step {} under {}", ctx.step, ctx.root);
   auto reports = exchange_reports(ctx, encode(local));
   if (!reports.is_ok()) return reports.status().with_context(where);
@@ -107,10 +120,10 @@ Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local) {
       if ((*reports)[r].empty() || (*reports)[r][0] != '1')
         outcome = decode_failure((*reports)[r], r);
     }
-    if (outcome.is_ok()) outcome = publish(ctx, *reports);
+    if (outcome.is_ok()) outcome = publish(*reports);
     if (!outcome.is_ok()) {
       // Free the space (a full disk is the likely cause) and leave no half step behind.
-      Status rm = ctx.fs->remove_tree(ctx.root + "/" + tmp_step_dir_name(ctx.step));
+      Status rm = cleanup();
       if (!rm.is_ok()) log()->warn("{}: cleanup failed: {}", where, rm.to_string());
     }
   }
@@ -127,6 +140,27 @@ Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local) {
   }
   if (!outcome.is_ok()) return outcome.with_context(where);
   return Status::ok();
+}
+
+}  // namespace
+
+Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local) {
+  return agree_and_publish(
+      ctx, local, [&](const std::vector<std::string>& reports) { return publish(ctx, reports); },
+      [&] { return ctx.fs->remove_tree(ctx.root + "/" + tmp_step_dir_name(ctx.step)); });
+}
+
+Status commit_step_to_store(const CommitContext& ctx, objstore::ObjectStore& store,
+                            const Result<ShardRecord>& local) {
+  const Deadline deadline = Deadline::after(ctx.timeout);
+  auto publish_manifest = [&](const std::vector<std::string>& reports) -> Status {
+    KILN_ASSIGN_OR_RETURN(Manifest m, build_manifest(ctx, reports));
+    // Every shard object is complete already: each rank's upload committed
+    // before it reported success. The manifest, last, commits the step.
+    return store.put(remote_key(ctx.step, kManifestName), to_json(m), deadline);
+  };
+  return agree_and_publish(ctx, local, publish_manifest,
+                           [&] { return delete_store_step(store, ctx.step, deadline); });
 }
 
 }  // namespace kiln::ckpt

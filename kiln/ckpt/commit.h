@@ -1,4 +1,5 @@
-// The commit protocol (docs/formats.md, "Commit protocol"): after every rank
+// The commit protocol (docs/formats.md, "Commit protocol"), on a filesystem
+// and on an object store: after every rank
 // wrote and fsynced its shard in <root>/step-N.tmp/, the ranks exchange
 // their shard records; if all succeeded, rank 0 writes manifest.json, fsyncs
 // it and the directory, renames step-N.tmp to step-N, fsyncs <root>, and
@@ -14,6 +15,7 @@
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/fs.h"
 #include "kiln/comm/communicator.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::ckpt {
 
@@ -36,5 +38,15 @@ struct CommitContext {
 // after its rename, the step is committed although the others see Aborted:
 // after re-forming, load_latest tells what was committed.
 Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local);
+
+// The same protocol for a checkpoint kept on an object store (ctx.root is
+// its URL, ctx.fs unused): each rank has already uploaded its shard object
+// (step-N/shard-RRRRR.bin, committed before it reports success); if all
+// succeeded, rank 0 puts step-N/manifest.json, which commits the step (a
+// step is committed iff its manifest object exists, remote.h); if any
+// failed, rank 0 deletes the step's objects. Same outcomes on every rank as
+// commit_step.
+Status commit_step_to_store(const CommitContext& ctx, objstore::ObjectStore& store,
+                            const Result<ShardRecord>& local);
 
 }  // namespace kiln::ckpt

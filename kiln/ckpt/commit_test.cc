@@ -9,8 +9,9 @@
 #include <cctype>
 #include <cerrno>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/ckpt/checkpointer.h"
-#include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/testing/fault_fs.h"
 #include "kiln/ckpt/testing/test_state.h"
@@ -58,7 +59,7 @@ TEST_P(CkptCommitFaults, FailsCleanlyAndRecovers) {
   ASSERT_TRUE(steps.is_ok());
   if (!f.may_commit) {
     EXPECT_EQ(*steps, (std::vector<std::int64_t>{1})) << f.what;
-    EXPECT_FALSE(internal::path_exists(dir.path() + "/step-2.tmp")) << f.what;
+    EXPECT_FALSE(path_exists(dir.path() + "/step-2.tmp")) << f.what;
   }
   auto loaded = load_latest(dir.path(), {});
   ASSERT_TRUE(loaded.is_ok()) << f.what << ": " << loaded.status().to_string();

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <ctime>
@@ -10,6 +11,9 @@
 
 namespace kiln::ckpt {
 namespace {
+
+// More dimensions than any real tensor has; bounds a hostile manifest's.
+constexpr std::size_t kMaxTensorDims = 64;
 
 using nlohmann::json;
 
@@ -69,9 +73,23 @@ Result<EntryRecord> parse_entry(const json& j) {
     e.spec.shape = j.at("shape").get<std::vector<std::int64_t>>();
     e.spec.row_offset = j.at("row_offset").get<std::int64_t>();
     e.spec.rows = j.at("rows").get<std::int64_t>();
-    if (e.spec.shape.empty() || e.spec.row_offset < 0 || e.spec.rows < 0 ||
-        e.spec.row_offset + e.spec.rows > e.spec.shape[0] ||
-        e.raw_bytes != static_cast<std::uint64_t>(e.spec.rows) * e.spec.row_bytes()) {
+    // Every size here comes from a file: checked without overflow before
+    // anything multiplies or allocates with it.
+    bool consistent = !e.spec.shape.empty() && e.spec.shape.size() <= kMaxTensorDims &&
+                      e.spec.row_offset >= 0 && e.spec.rows >= 0 &&
+                      std::all_of(e.spec.shape.begin(), e.spec.shape.end(),
+                                  [](std::int64_t d) { return d >= 0; }) &&
+                      e.spec.row_offset <= e.spec.shape[0] &&
+                      e.spec.rows <= e.spec.shape[0] - e.spec.row_offset;
+    std::uint64_t bytes = comm::dtype_size(e.spec.dtype);
+    for (std::size_t i = 1; consistent && i < e.spec.shape.size(); ++i) {
+      consistent = !__builtin_mul_overflow(bytes, static_cast<std::uint64_t>(e.spec.shape[i]),
+                                           &bytes);
+    }
+    consistent = consistent &&
+                 !__builtin_mul_overflow(bytes, static_cast<std::uint64_t>(e.spec.rows), &bytes) &&
+                 e.raw_bytes == bytes;
+    if (!consistent) {
       return data_loss(fmt::format("entry '{}': inconsistent shape/rows/bytes", e.name));
     }
   }
@@ -88,9 +106,10 @@ Result<ShardRecord> parse_shard_json(const json& j) {
   }
   for (const auto& je : j.at("entries")) {
     KILN_ASSIGN_OR_RETURN(auto e, parse_entry(je));
-    if (e.offset + e.stored_bytes > s.bytes) {
-      return data_loss(fmt::format("shard of rank {}: entry '{}' ends past the file ({} > {})",
-                                   s.rank, e.name, e.offset + e.stored_bytes, s.bytes));
+    if (e.offset > s.bytes || e.stored_bytes > s.bytes - e.offset) {
+      return data_loss(fmt::format(
+          "shard of rank {}: entry '{}' ({} bytes at offset {}) ends past the file ({} bytes)",
+          s.rank, e.name, e.stored_bytes, e.offset, s.bytes));
     }
     s.entries.push_back(std::move(e));
   }
@@ -101,6 +120,10 @@ Result<ShardRecord> parse_shard_json(const json& j) {
 template <typename F>
 auto parse_json(const std::string& text, const std::string& where, F parse)
     -> decltype(parse(json())) {
+  if (text.size() > kMaxManifestBytes) {
+    return data_loss(fmt::format("{}: {} bytes is over the {}-byte limit of a manifest", where,
+                                 text.size(), kMaxManifestBytes));
+  }
   try {
     auto r = parse(json::parse(text));
     if (!r.is_ok()) return r.status().with_context(where);

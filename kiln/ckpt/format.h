@@ -15,6 +15,8 @@
 namespace kiln::ckpt {
 
 inline constexpr int kFormatVersion = 1;
+// A manifest is ~200 bytes per entry; past this one is refused before parsing.
+inline constexpr std::size_t kMaxManifestBytes = std::size_t{64} << 20;
 inline constexpr const char* kManifestName = "manifest.json";
 inline constexpr const char* kLatestName = "latest";
 

@@ -94,5 +94,35 @@ TEST(CkptState, ViewRejectsBadEntries) {
   EXPECT_EQ(v.total_bytes(), 16u);
 }
 
+// Sizes in a manifest come from a file: ones that would overflow when added
+// or multiplied are corrupt, not wrapped into range.
+TEST(CkptFormat, SizesThatOverflowAreDataLoss) {
+  auto entry = [](const std::string& fields) {
+    return R"({"rank":0,"file":"shard-00000.bin","bytes":100,"entries":[{"name":"w",)" + fields +
+           R"(,"compression":"none","xxh3":"01"}]})";
+  };
+  // offset + stored_bytes wraps to 10.
+  auto wrapped = parse_shard_record(
+      entry(R"("kind":"blob","offset":18446744073709551606,"stored_bytes":20,"raw_bytes":20)"),
+      "m");
+  EXPECT_EQ(wrapped.status().code(), Code::kDataLoss) << wrapped.status().to_string();
+  EXPECT_NE(wrapped.status().message().find("ends past the file"), std::string::npos);
+  // 2^32 x 2^32 x 4 bytes wraps a 64-bit product to 0, which raw_bytes claims.
+  auto product = parse_shard_record(
+      entry(R"("kind":"tensor","dtype":"float32","shape":[1,4294967296,4294967296],)"
+            R"("row_offset":0,"rows":1,"offset":0,"stored_bytes":0,"raw_bytes":0)"),
+      "m");
+  EXPECT_EQ(product.status().code(), Code::kDataLoss) << product.status().to_string();
+  // row_offset + rows past INT64_MAX.
+  auto rows = parse_shard_record(
+      entry(R"("kind":"tensor","dtype":"float32","shape":[9223372036854775807],)"
+            R"("row_offset":9223372036854775807,"rows":9223372036854775807,"offset":0,)"
+            R"("stored_bytes":0,"raw_bytes":0)"),
+      "m");
+  EXPECT_EQ(rows.status().code(), Code::kDataLoss) << rows.status().to_string();
+  EXPECT_EQ(parse_manifest(std::string(kMaxManifestBytes + 1, ' '), "m").status().code(),
+            Code::kDataLoss);
+}
+
 }  // namespace
 }  // namespace kiln::ckpt

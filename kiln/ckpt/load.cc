@@ -1,16 +1,21 @@
 #include "kiln/ckpt/load.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
-#include "kiln/ckpt/internal/file.h"
+#include "kiln/ckpt/remote_load.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/verify.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -98,6 +103,16 @@ Result<LoadedState> load_latest(const std::string& root, const LoadOptions& o) {
     return invalid_argument(
         "load_latest: world_size > 1 needs a communicator to agree on the step");
   }
+  if (objstore::is_object_store_url(root)) {
+    // The shards stream through a cache of this process, dropped once loaded.
+    const char* tmp = std::getenv("TMPDIR");
+    const std::string cache =
+        fmt::format("{}/kiln-ckpt-load-{}-rank-{}", tmp != nullptr && *tmp != '\0' ? tmp : "/tmp",
+                    ::getpid(), o.rank);
+    auto loaded = load_latest_remote(root, cache, o);
+    (void)Fs::posix()->remove_tree(cache);
+    return loaded;
+  }
   KILN_ASSIGN_OR_RETURN(auto steps, list_committed_steps(root));
   int relists = 0;
   for (std::size_t i = 0;; ++i) {
@@ -115,7 +130,7 @@ Result<LoadedState> load_latest(const std::string& root, const LoadOptions& o) {
           o.comm->allreduce(&ok, 1, comm::DataType::kInt32, comm::ReduceOp::kMin)->wait(o.timeout));
     }
     if (ok == 1) return r;
-    if (!r.is_ok() && r.status().code() == Code::kNotFound && !internal::path_exists(dir) &&
+    if (!r.is_ok() && r.status().code() == Code::kNotFound && !path_exists(dir) &&
         relists < kMaxRelists) {
       // Retention removed it after a newer commit (saves run concurrently):
       // the listing is stale, so take a fresh one (used on rank 0).

@@ -32,6 +32,8 @@ Result<LoadedState> load_step(const std::string& step_dir, int rank, int world_s
 
 // Loads the newest committed step under `root` that every rank can load;
 // steps that fail are skipped with a warning saying why. NotFound if none.
+// An object store's URL as `root` is load_latest_remote through a scratch
+// cache of this process, removed afterwards.
 // Blocks for the reads (and, with a communicator, the agreement).
 Result<LoadedState> load_latest(const std::string& root, const LoadOptions& options);
 

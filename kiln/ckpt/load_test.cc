@@ -7,8 +7,9 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/ckpt/checkpointer.h"
-#include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/testing/run_options.h"
 #include "kiln/ckpt/testing/test_state.h"
@@ -103,7 +104,7 @@ TEST(CkptLoad, TruncatedShardIsDetectedAndSkipped) {
   TempDir dir;
   save_with(1, dir.path(), {1, 2});
   std::string shard = dir.path() + "/step-2/" + shard_file_name(0);
-  auto size = internal::file_size(shard);
+  auto size = file_size(shard);
   ASSERT_TRUE(size.is_ok());
   ASSERT_EQ(::truncate(shard.c_str(), static_cast<off_t>(*size / 2)), 0);
   Status v = verify_step_status(dir.path() + "/step-2");
@@ -118,8 +119,8 @@ TEST(CkptLoad, UncommittedAndManifestlessStepsAreIgnored) {
   TempDir dir;
   save_with(1, dir.path(), {1});
   // A crash before the commit (a .tmp directory) and a directory that lost its manifest.
-  ASSERT_TRUE(internal::make_dir(dir.path() + "/step-5.tmp").is_ok());
-  ASSERT_TRUE(internal::make_dir(dir.path() + "/step-4").is_ok());
+  ASSERT_TRUE(Fs::posix()->make_dir(dir.path() + "/step-5.tmp").is_ok());
+  ASSERT_TRUE(Fs::posix()->make_dir(dir.path() + "/step-4").is_ok());
   auto loaded = load_latest(dir.path(), {});
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(loaded->step, 1);

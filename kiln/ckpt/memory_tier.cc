@@ -8,13 +8,15 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/fs.h"
-#include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/internal/mapped_file.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/verify.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -62,7 +64,7 @@ struct SnapshotFiles {
 
 SnapshotFiles open_snapshot(const std::string& step_dir, int rank) {
   SnapshotFiles f;
-  auto j = internal::read_file(step_dir + "/" + record_name(rank));
+  auto j = read_file(step_dir + "/" + record_name(rank));
   auto m = MappedFile::open_read(step_dir + "/" + shard_file_name(rank));
   if (j.is_ok() && m.is_ok()) {
     f.json = std::move(*j);
@@ -75,11 +77,11 @@ SnapshotFiles open_snapshot(const std::string& step_dir, int rank) {
 // torn, or from another world size) — recovery then looks elsewhere.
 std::optional<ShardRecord> read_snapshot(const std::string& step_dir, std::int64_t step, int rank,
                                          int world) {
-  auto text = internal::read_file(step_dir + "/" + record_name(rank));
+  auto text = read_file(step_dir + "/" + record_name(rank));
   if (!text.is_ok()) return std::nullopt;
   auto rec = parse_record(*text, step, world, step_dir);
   if (!rec.is_ok() || rec->rank != rank) return std::nullopt;
-  auto size = internal::file_size(step_dir + "/" + rec->file);
+  auto size = file_size(step_dir + "/" + rec->file);
   if (!size.is_ok() || *size != rec->bytes) return std::nullopt;
   return *rec;
 }
@@ -87,7 +89,7 @@ std::optional<ShardRecord> read_snapshot(const std::string& step_dir, std::int64
 // Committed snapshot steps in a rank directory, newest first.
 std::vector<std::int64_t> snapshot_steps(const std::string& rank_dir) {
   std::vector<std::int64_t> steps;
-  auto names = internal::list_dir(rank_dir);
+  auto names = list_dir(rank_dir);
   if (!names.is_ok()) return steps;
   for (const auto& n : *names) {
     if (auto s = parse_step_dir_name(n)) steps.push_back(*s);
@@ -136,6 +138,10 @@ Result<LoadedEntry> as_loaded(const EntryRecord& e, std::vector<std::byte> bytes
 }  // namespace
 
 std::string default_memory_dir(const std::string& checkpoint_root) {
+  if (objstore::is_object_store_url(checkpoint_root)) {
+    return "/dev/shm/kiln-ckpt-" +
+           checksum_hex(checksum(checkpoint_root.data(), checkpoint_root.size()));
+  }
   std::error_code ec;
   auto abs = std::filesystem::weakly_canonical(std::filesystem::absolute(checkpoint_root), ec);
   if (ec) abs = std::filesystem::absolute(checkpoint_root).lexically_normal();

@@ -11,8 +11,9 @@
 
 #include <cstring>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/ckpt/checkpointer.h"
-#include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/testing/run_options.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
@@ -93,7 +94,7 @@ void expect_recover(int world, const Dirs& d, Expect want) {
 }
 
 std::vector<std::string> names(const std::string& dir) {
-  auto r = internal::list_dir(dir);
+  auto r = list_dir(dir);
   return r.is_ok() ? *r : std::vector<std::string>{};
 }
 
@@ -119,7 +120,7 @@ TEST(MemoryTier, OneRankSnapshotOutlivesTheProcessAndOnlyTheNewestIsKept) {
   save_with(1, d, {1, 2, 3});
   EXPECT_EQ(names(d.mem + "/rank-0"), std::vector<std::string>{"step-3"});
   // Storage gone: what comes back can only have come from memory.
-  ASSERT_TRUE(internal::remove_tree(d.root).is_ok());
+  ASSERT_TRUE(Fs::posix()->remove_tree(d.root).is_ok());
   expect_recover(1, d, {3, true});
 }
 
@@ -130,7 +131,7 @@ TEST(MemoryTier, RestartedRanksRecoverWithoutReadingStorage) {
   EXPECT_EQ(names(d.mem + "/rank-1/step-5"),
             (std::vector<std::string>{"shard-00000.bin", "shard-00000.json", "shard-00001.bin",
                                       "shard-00001.json"}));
-  ASSERT_TRUE(internal::remove_tree(d.root).is_ok());
+  ASSERT_TRUE(Fs::posix()->remove_tree(d.root).is_ok());
   expect_recover(3, d, {5, true, 0});
 }
 
@@ -140,8 +141,8 @@ TEST(MemoryTier, LostHostGetsItsSnapshotFromTheBuddy) {
     Dirs d;
     save_with(world, d, {7});
     // Rank 1's host is gone, and with it its memory; storage too.
-    ASSERT_TRUE(internal::remove_tree(d.mem + "/rank-1").is_ok());
-    ASSERT_TRUE(internal::remove_tree(d.root).is_ok());
+    ASSERT_TRUE(Fs::posix()->remove_tree(d.mem + "/rank-1").is_ok());
+    ASSERT_TRUE(Fs::posix()->remove_tree(d.root).is_ok());
     expect_recover(world, d, {7, true, 1});
   }
 }
@@ -149,15 +150,15 @@ TEST(MemoryTier, LostHostGetsItsSnapshotFromTheBuddy) {
 TEST(MemoryTier, RankAndItsBuddyLostFallsBackToStorage) {
   Dirs d;
   save_with(3, d, {2});
-  ASSERT_TRUE(internal::remove_tree(d.mem + "/rank-1").is_ok());
-  ASSERT_TRUE(internal::remove_tree(d.mem + "/rank-2").is_ok());  // held rank 1's replica
+  ASSERT_TRUE(Fs::posix()->remove_tree(d.mem + "/rank-1").is_ok());
+  ASSERT_TRUE(Fs::posix()->remove_tree(d.mem + "/rank-2").is_ok());  // held rank 1's replica
   expect_recover(3, d, {2, false});
 }
 
 TEST(MemoryTier, CorruptReplicaIsDetectedAndStorageUsed) {
   Dirs d;
   save_with(3, d, {6});
-  ASSERT_TRUE(internal::remove_tree(d.mem + "/rank-1").is_ok());
+  ASSERT_TRUE(Fs::posix()->remove_tree(d.mem + "/rank-1").is_ok());
   flip_byte(d.mem + "/rank-2/step-6/shard-00001.bin", 40);
   expect_recover(3, d, {6, false});
 }
@@ -196,9 +197,9 @@ TEST(MemoryTier, NothingAnywhereIsNotFoundOnEveryRank) {
 // does not wait on it, and recovery uses storage.
 TEST(MemoryTier, FullMemoryFilesystemKeepsSavingToStorage) {
   Dirs d;
-  ASSERT_TRUE(internal::make_dir(d.mem).is_ok());
+  ASSERT_TRUE(Fs::posix()->make_dir(d.mem).is_ok());
   std::string small = d.mem + "/rank-0";
-  ASSERT_TRUE(internal::make_dir(small).is_ok());
+  ASSERT_TRUE(Fs::posix()->make_dir(small).is_ok());
   if (::mount("tmpfs", small.c_str(), "tmpfs", 0, "size=4k") != 0) {
     GTEST_SKIP() << "needs root to mount a tmpfs: " << std::strerror(errno);
   }

@@ -13,10 +13,11 @@ namespace {
 struct RemoteStep {
   bool committed = false;         // its manifest exists
   std::vector<std::string> keys;  // every object of the step
+  std::uint64_t bytes = 0;
 };
 
 // The remote objects grouped by step ("step-N/..."); other keys are ignored.
-Result<std::map<std::int64_t, RemoteStep>> list_remote_steps(data::ObjectStore& store,
+Result<std::map<std::int64_t, RemoteStep>> list_remote_steps(objstore::ObjectStore& store,
                                                              Deadline deadline) {
   KILN_ASSIGN_OR_RETURN(auto objects, store.list("step-", deadline));
   std::map<std::int64_t, RemoteStep> steps;
@@ -27,13 +28,14 @@ Result<std::map<std::int64_t, RemoteStep>> list_remote_steps(data::ObjectStore& 
     if (!step) continue;
     RemoteStep& s = steps[*step];
     s.keys.push_back(o.key);
+    s.bytes += o.bytes;
     if (o.key.substr(slash + 1) == kManifestName) s.committed = true;
   }
   return steps;
 }
 
 // Manifest first: from then on the step no longer counts as committed.
-Status delete_remote_step(data::ObjectStore& store, std::int64_t step, const RemoteStep& s,
+Status delete_remote_step(objstore::ObjectStore& store, std::int64_t step, const RemoteStep& s,
                           Deadline deadline) {
   std::string manifest = remote_key(step, kManifestName);
   if (s.committed) KILN_RETURN_IF_ERROR(store.remove(manifest, deadline));
@@ -49,13 +51,40 @@ std::string remote_key(std::int64_t step, const std::string& file) {
   return step_dir_name(step) + "/" + file;
 }
 
-Status upload_step_file(data::ObjectStore& store, std::int64_t step, const std::string& file,
+Status upload_step_file(objstore::ObjectStore& store, std::int64_t step, const std::string& file,
                         const std::string& local_path, Deadline deadline) {
   return store.put_file(remote_key(step, file), local_path, deadline)
       .with_context(fmt::format("upload of checkpoint step {} to {}", step, store.describe()));
 }
 
-Result<std::vector<std::int64_t>> list_remote_committed_steps(data::ObjectStore& store,
+Result<std::vector<RemoteStepSummary>> summarize_remote_steps(objstore::ObjectStore& store,
+                                                              Deadline deadline) {
+  KILN_ASSIGN_OR_RETURN(auto steps, list_remote_steps(store, deadline));
+  std::vector<RemoteStepSummary> out;
+  for (auto it = steps.rbegin(); it != steps.rend(); ++it) {
+    out.push_back({it->first, it->second.committed, it->second.keys.size(), it->second.bytes});
+  }
+  return out;
+}
+
+Result<Manifest> read_remote_manifest(objstore::ObjectStore& store, std::int64_t step,
+                                      Deadline deadline) {
+  const std::string key = remote_key(step, kManifestName);
+  KILN_ASSIGN_OR_RETURN(std::string text, store.get(key, deadline));
+  return parse_manifest(text, store.describe() + "/" + key);
+}
+
+Status delete_store_step(objstore::ObjectStore& store, std::int64_t step, Deadline deadline) {
+  KILN_ASSIGN_OR_RETURN(auto objects, store.list(step_dir_name(step) + "/", deadline));
+  RemoteStep s;
+  for (auto& o : objects) {
+    if (o.key == remote_key(step, kManifestName)) s.committed = true;
+    s.keys.push_back(std::move(o.key));
+  }
+  return delete_remote_step(store, step, s, deadline);
+}
+
+Result<std::vector<std::int64_t>> list_remote_committed_steps(objstore::ObjectStore& store,
                                                               Deadline deadline) {
   KILN_ASSIGN_OR_RETURN(auto steps, list_remote_steps(store, deadline));
   std::vector<std::int64_t> out;
@@ -66,7 +95,7 @@ Result<std::vector<std::int64_t>> list_remote_committed_steps(data::ObjectStore&
   return out;
 }
 
-Result<std::vector<std::string>> apply_remote_retention(data::ObjectStore& store,
+Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& store,
                                                         const RetentionPolicy& policy,
                                                         Deadline deadline) {
   KILN_ASSIGN_OR_RETURN(auto steps, list_remote_steps(store, deadline));

@@ -1,5 +1,5 @@
 // The remote checkpoint tier (docs/formats.md, "Remote tier"): committed
-// steps copied to an object store (kiln::data::ObjectStore: s3:// or file://)
+// steps copied to an object store (kiln::objstore::ObjectStore: s3:// or file://)
 // so they outlive the shared filesystem.
 //
 //   REMOTE/step-N/shard-00000.bin ...   uploaded by each rank's writer thread
@@ -16,8 +16,9 @@
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
+#include "kiln/ckpt/format.h"
 #include "kiln/ckpt/retention.h"
-#include "kiln/data/object_store.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::ckpt {
 
@@ -25,19 +26,38 @@ namespace kiln::ckpt {
 std::string remote_key(std::int64_t step, const std::string& file);
 
 // Uploads the local file `local_path` as step `step`'s `file`.
-Status upload_step_file(data::ObjectStore& store, std::int64_t step, const std::string& file,
+Status upload_step_file(objstore::ObjectStore& store, std::int64_t step, const std::string& file,
                         const std::string& local_path, Deadline deadline);
 
 // Steps with a manifest in the remote store, newest first.
-Result<std::vector<std::int64_t>> list_remote_committed_steps(data::ObjectStore& store,
+Result<std::vector<std::int64_t>> list_remote_committed_steps(objstore::ObjectStore& store,
                                                               Deadline deadline);
+
+// Every step with objects in the store, newest first, committed or not (an
+// upload in flight or interrupted); for `kiln ckpt ls`.
+struct RemoteStepSummary {
+  std::int64_t step = 0;
+  bool committed = false;
+  std::size_t objects = 0;
+  std::uint64_t bytes = 0;
+};
+Result<std::vector<RemoteStepSummary>> summarize_remote_steps(objstore::ObjectStore& store,
+                                                              Deadline deadline);
+
+// Step `step`'s manifest, read from the store. NotFound if it has none.
+Result<Manifest> read_remote_manifest(objstore::ObjectStore& store, std::int64_t step,
+                                      Deadline deadline);
+
+// Deletes every object of step `step` (its manifest first, so it stops
+// counting as committed at once). Used when a commit fails.
+Status delete_store_step(objstore::ObjectStore& store, std::int64_t step, Deadline deadline);
 
 // Run by rank 0 after a remote commit (so never before a newer one exists):
 // deletes the remote steps `policy` does not keep, and manifest-less steps
 // (interrupted uploads) older than the newest committed one. A committed
 // step's manifest is deleted first, so a half-deleted step is never taken
 // for committed. Returns the step directory names it deleted.
-Result<std::vector<std::string>> apply_remote_retention(data::ObjectStore& store,
+Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& store,
                                                         const RetentionPolicy& policy,
                                                         Deadline deadline);
 

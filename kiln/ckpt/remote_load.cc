@@ -2,42 +2,42 @@
 
 #include <fmt/format.h>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
-#include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/remote.h"
 #include "kiln/ckpt/verify.h"
 
 namespace kiln::ckpt {
-namespace {
 
-// Downloads remote step `step` into <cache_dir>/step-N (through a .partial
-// directory renamed into place, so a crash leaves no step that looks
-// complete). Returns the local step directory.
-Result<std::string> download_step(data::ObjectStore& store, std::int64_t step,
-                                  const std::string& cache_dir, Deadline deadline) {
+Result<std::string> download_remote_step(objstore::ObjectStore& store, std::int64_t step,
+                                         const std::string& cache_dir, Deadline deadline) {
   std::string dir = cache_dir + "/" + step_dir_name(step);
   std::string partial = dir + ".partial";
-  KILN_RETURN_IF_ERROR(internal::remove_tree(partial));
-  KILN_RETURN_IF_ERROR(internal::remove_tree(dir));
-  KILN_RETURN_IF_ERROR(internal::make_dir(partial));
+  KILN_RETURN_IF_ERROR(make_dirs(cache_dir));
+  KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(partial));
+  KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(dir));
+  KILN_RETURN_IF_ERROR(Fs::posix()->make_dir(partial));
   std::string manifest_path = partial + "/" + kManifestName;
   KILN_RETURN_IF_ERROR(store.get_to_file(remote_key(step, kManifestName), manifest_path, deadline));
   KILN_ASSIGN_OR_RETURN(auto m, read_manifest(partial));
   for (const auto& shard : m.shards) {
     std::string local = partial + "/" + shard.file;
     KILN_RETURN_IF_ERROR(store.get_to_file(remote_key(step, shard.file), local, deadline));
-    KILN_ASSIGN_OR_RETURN(auto bytes, internal::file_size(local));
+    KILN_ASSIGN_OR_RETURN(auto bytes, file_size(local));
     if (bytes != shard.bytes) {
       return data_loss(fmt::format("{} of remote step {} has {} bytes, its manifest says {}",
                                    shard.file, step, bytes, shard.bytes));
     }
   }
-  KILN_RETURN_IF_ERROR(internal::rename_path(partial, dir));
+  KILN_RETURN_IF_ERROR(Fs::posix()->rename(partial, dir));
   return dir;
 }
 
-Result<LoadedState> fetch_and_load(data::ObjectStore& store, std::int64_t step,
+namespace {
+
+Result<LoadedState> fetch_and_load(objstore::ObjectStore& store, std::int64_t step,
                                    const std::string& cache_dir, const LoadOptions& o) {
   std::string cached = cache_dir + "/" + step_dir_name(step);
   if (read_manifest(cached).is_ok()) {
@@ -47,19 +47,19 @@ Result<LoadedState> fetch_and_load(data::ObjectStore& store, std::int64_t step,
                 step, r.status().to_string());
   }
   KILN_ASSIGN_OR_RETURN(auto dir,
-                        download_step(store, step, cache_dir, Deadline::after(o.timeout)));
+                        download_remote_step(store, step, cache_dir, Deadline::after(o.timeout)));
   return load_step(dir, o.rank, o.world_size);
 }
 
 }  // namespace
 
-Result<LoadedState> load_latest_remote(data::ObjectStore& store, const std::string& cache_dir,
+Result<LoadedState> load_latest_remote(objstore::ObjectStore& store, const std::string& cache_dir,
                                        const LoadOptions& o) {
   if (o.world_size > 1 && o.comm == nullptr) {
     return invalid_argument(
         "load_latest_remote: world_size > 1 needs a communicator to agree on the step");
   }
-  KILN_RETURN_IF_ERROR(internal::make_dir(cache_dir));
+  KILN_RETURN_IF_ERROR(Fs::posix()->make_dir(cache_dir));
   std::vector<std::int64_t> steps;
   Status listed;
   if (o.rank == 0) {
@@ -100,7 +100,7 @@ Result<LoadedState> load_latest_remote(data::ObjectStore& store, const std::stri
 
 Result<LoadedState> load_latest_remote(const std::string& url, const std::string& cache_dir,
                                        const LoadOptions& o) {
-  KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(url));
+  KILN_ASSIGN_OR_RETURN(auto store, objstore::open_object_store(url));
   return load_latest_remote(*store, cache_dir, o);
 }
 

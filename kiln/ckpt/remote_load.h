@@ -16,14 +16,21 @@
 #include "kiln/base/status.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/state.h"
-#include "kiln/data/object_store.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::ckpt {
+
+// Downloads step `step` (manifest and every shard it names) into
+// <cache_dir>/step-N through a .partial directory renamed into place, so a
+// crash never leaves a step that looks complete; creates cache_dir if need
+// be. Returns that directory.
+Result<std::string> download_remote_step(objstore::ObjectStore& store, std::int64_t step,
+                                         const std::string& cache_dir, Deadline deadline);
 
 // With several ranks (options.comm), rank 0's listing decides which step is
 // tried and a step is taken only if every rank loaded it, as in load_latest.
 // Each step's download is bounded by options.timeout. NotFound if no remote step loads.
-Result<LoadedState> load_latest_remote(data::ObjectStore& store, const std::string& cache_dir,
+Result<LoadedState> load_latest_remote(objstore::ObjectStore& store, const std::string& cache_dir,
                                        const LoadOptions& options);
 
 // The same on open_object_store(url) (s3://BUCKET/PREFIX or file://DIR).

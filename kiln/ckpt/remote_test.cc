@@ -10,21 +10,22 @@
 #include <cstdio>
 #include <fstream>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/ckpt/checkpointer.h"
-#include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/remote_load.h"
 #include "kiln/ckpt/testing/run_options.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
-#include "kiln/data/file_object_store.h"
-#include "kiln/data/s3/s3_object_store.h"
-#include "kiln/data/s3/testing/local_s3_server.h"
-#include "kiln/data/testing/forwarding_object_store.h"
+#include "kiln/objstore/file_object_store.h"
+#include "kiln/objstore/s3/local_s3rver.h"
+#include "kiln/objstore/s3/s3_object_store.h"
+#include "kiln/objstore/testing/forwarding_object_store.h"
 
 namespace kiln::ckpt {
 namespace {
 
-using data::s3::testing::LocalS3Server;
+using objstore::s3::LocalS3Server;
 using testing::check_loaded;
 using testing::TempDir;
 using testing::TestState;
@@ -33,7 +34,7 @@ Deadline soon() { return Deadline::after_seconds(20); }
 
 // Wraps a store and fails every remove of a key other than a manifest, as a
 // crash in the middle of deleting a step would leave it.
-class ShardRemoveFails final : public data::testing::ForwardingObjectStore {
+class ShardRemoveFails final : public objstore::testing::ForwardingObjectStore {
  public:
   using ForwardingObjectStore::ForwardingObjectStore;
   Status remove(const std::string& key, Deadline d) override {
@@ -46,7 +47,7 @@ class ShardRemoveFails final : public data::testing::ForwardingObjectStore {
 };
 
 // Saves `steps` under `root` with remote tier `store`, keeping the last two.
-void save_steps(const std::string& root, data::ObjectStore& store,
+void save_steps(const std::string& root, objstore::ObjectStore& store,
                 const std::vector<std::int64_t>& steps) {
   auto ck = Checkpointer::create(
       {.root = root, .retention = {.keep_last = 2}, .remote = "test", .remote_store = &store});
@@ -58,7 +59,7 @@ void save_steps(const std::string& root, data::ObjectStore& store,
   }
 }
 
-std::vector<std::int64_t> remote_steps(data::ObjectStore& store) {
+std::vector<std::int64_t> remote_steps(objstore::ObjectStore& store) {
   auto r = list_remote_committed_steps(store, soon());
   EXPECT_TRUE(r.is_ok()) << r.status().to_string();
   return r.is_ok() ? *r : std::vector<std::int64_t>{};
@@ -67,7 +68,7 @@ std::vector<std::int64_t> remote_steps(data::ObjectStore& store) {
 // Save 3 steps (keep 2), lose the local root, load from the remote: the
 // newest step, bit for bit; an interrupted upload of a newer step (shards,
 // no manifest) is ignored, then removed by retention after the next commit.
-void round_trip(data::ObjectStore& store) {
+void round_trip(objstore::ObjectStore& store) {
   TempDir local, cache;
   std::string root = local.path() + "/ckpt";
   save_steps(root, store, {1, 2, 3});
@@ -81,7 +82,7 @@ void round_trip(data::ObjectStore& store) {
   ASSERT_TRUE(upload_step_file(store, 4, shard_file_name(0), shard, soon()).is_ok());
   EXPECT_EQ(remote_steps(store), (std::vector<std::int64_t>{3, 2}));
 
-  ASSERT_TRUE(internal::remove_tree(root).is_ok());
+  ASSERT_TRUE(Fs::posix()->remove_tree(root).is_ok());
   auto loaded = load_latest_remote(store, cache.path(), {});
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(loaded->step, 3);
@@ -96,7 +97,7 @@ void round_trip(data::ObjectStore& store) {
 
 TEST(RemoteTier, FileStoreRoundTripAfterLosingTheLocalRoot) {
   TempDir remote;
-  auto store = data::make_file_object_store(remote.path() + "/bucket");
+  auto store = objstore::make_file_object_store(remote.path() + "/bucket");
   round_trip(*store);
 }
 
@@ -104,7 +105,7 @@ TEST(RemoteTier, S3RoundTripAfterLosingTheLocalRoot) {
   if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
   auto s3 = LocalS3Server::start();
   ASSERT_TRUE(s3.is_ok()) << s3.status().to_string();
-  auto store = data::s3::S3ObjectStore::open((*s3)->url("run"), (*s3)->options());
+  auto store = objstore::s3::S3ObjectStore::open((*s3)->url("run"), (*s3)->options());
   ASSERT_TRUE(store.is_ok()) << store.status().to_string();
   round_trip(**store);
 }
@@ -129,7 +130,7 @@ TEST(RemoteTier, UploadFailureIsReportedAndTheLocalCommitStands) {
   // The remote "directory" is a regular file: every put fails.
   std::string blocker = local.path() + "/not-a-dir";
   std::ofstream(blocker) << "x";
-  auto store = data::make_file_object_store(blocker);
+  auto store = objstore::make_file_object_store(blocker);
   std::string root = local.path() + "/ckpt";
   auto ck = Checkpointer::create({.root = root, .remote = "test", .remote_store = store.get()});
   ASSERT_TRUE(ck.is_ok());
@@ -159,7 +160,7 @@ void flip_byte(const std::string& path, std::streamoff at) {
 
 TEST(RemoteTier, CorruptCachedCopyIsDownloadedAgain) {
   TempDir local, remote, cache;
-  auto store = data::make_file_object_store(remote.path());
+  auto store = objstore::make_file_object_store(remote.path());
   save_steps(local.path() + "/ckpt", *store, {1, 2});
   ASSERT_TRUE(load_latest_remote(*store, cache.path(), {}).is_ok());
   flip_byte(cache.path() + "/step-2/" + shard_file_name(0), 100);
@@ -171,7 +172,7 @@ TEST(RemoteTier, CorruptCachedCopyIsDownloadedAgain) {
 
 TEST(RemoteTier, CorruptRemoteStepIsSkipped) {
   TempDir local, remote, cache;
-  auto store = data::make_file_object_store(remote.path());
+  auto store = objstore::make_file_object_store(remote.path());
   save_steps(local.path() + "/ckpt", *store, {1, 2});
   flip_byte(remote.path() + "/step-2/" + shard_file_name(0), 100);
   auto loaded = load_latest_remote(*store, cache.path(), {});
@@ -197,7 +198,7 @@ TEST(RemoteTier, TwoRanksUploadThenOneAndThreeLoad) {
       },
       testing::quick());
   ASSERT_TRUE(r.ok()) << r.report;
-  ASSERT_TRUE(internal::remove_tree(root).is_ok());
+  ASSERT_TRUE(Fs::posix()->remove_tree(root).is_ok());
   auto loaded = load_latest_remote(url, cache.path(), {});
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(loaded->step, 8);
@@ -221,7 +222,7 @@ TEST(RemoteTier, TwoRanksUploadThenOneAndThreeLoad) {
 
 TEST(RemoteTier, HalfDeletedStepIsNotCommitted) {
   TempDir local, remote;
-  auto inner = data::make_file_object_store(remote.path());
+  auto inner = objstore::make_file_object_store(remote.path());
   ShardRemoveFails store(*inner);
   // Retention of step 1 (keep 2) deletes its manifest, then fails on its shard.
   save_steps(local.path() + "/ckpt", store, {1, 2, 3});
@@ -241,7 +242,7 @@ TEST(RemoteTier, OneRanksUploadFailureKeepsTheStepUncommittedRemotely) {
       2,
       [&](comm::Communicator& comm) -> Status {
         // Rank 1 reaches the remote through a store whose puts all fail.
-        auto store = data::make_file_object_store(comm.rank() == 1 ? blocker : remote.path());
+        auto store = objstore::make_file_object_store(comm.rank() == 1 ? blocker : remote.path());
         KILN_ASSIGN_OR_RETURN(
             auto ck,
             Checkpointer::create(
@@ -257,7 +258,7 @@ TEST(RemoteTier, OneRanksUploadFailureKeepsTheStepUncommittedRemotely) {
       },
       testing::quick());
   ASSERT_TRUE(r.ok()) << r.report;
-  auto store = data::make_file_object_store(remote.path());
+  auto store = objstore::make_file_object_store(remote.path());
   EXPECT_TRUE(remote_steps(*store).empty()) << "a manifest was uploaded with a shard missing";
   auto shard0 = store->head(remote_key(1, shard_file_name(0)), soon());
   EXPECT_TRUE(shard0.is_ok()) << "rank 0's shard should have been uploaded";

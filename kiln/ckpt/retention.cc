@@ -9,14 +9,24 @@
 #include <algorithm>
 #include <cerrno>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
-#include "kiln/ckpt/internal/file.h"
+#include "kiln/ckpt/remote.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::ckpt {
 
+// Bounds listing an object store's steps (its requests retry within it).
+constexpr double kListTimeoutS = 300;
+
 Result<std::vector<std::int64_t>> list_committed_steps(const std::string& root) {
-  KILN_ASSIGN_OR_RETURN(auto names, internal::list_dir(root));
+  if (objstore::is_object_store_url(root)) {
+    KILN_ASSIGN_OR_RETURN(auto store, objstore::open_object_store(root));
+    return list_remote_committed_steps(*store, Deadline::after_seconds(kListTimeoutS));
+  }
+  KILN_ASSIGN_OR_RETURN(auto names, list_dir(root));
   std::vector<std::int64_t> steps;
   for (const auto& n : names) {
     if (auto s = parse_step_dir_name(n)) steps.push_back(*s);
@@ -26,7 +36,7 @@ Result<std::vector<std::int64_t>> list_committed_steps(const std::string& root) 
 }
 
 Result<std::vector<std::string>> list_uncommitted(const std::string& root) {
-  KILN_ASSIGN_OR_RETURN(auto names, internal::list_dir(root));
+  KILN_ASSIGN_OR_RETURN(auto names, list_dir(root));
   std::vector<std::string> out;
   for (const auto& n : names) {
     if (parse_tmp_step_dir_name(n)) out.push_back(n);
@@ -72,11 +82,11 @@ Result<bool> delete_step(const std::string& root, std::int64_t step) {
     return false;
   }
   std::string trash = fmt::format("{}/.trash-{}", root, step_dir_name(step));
-  Status st = internal::rename_path(dir, trash);
+  Status st = Fs::posix()->rename(dir, trash);
   ::close(fd);
   KILN_RETURN_IF_ERROR(st);
-  KILN_RETURN_IF_ERROR(internal::sync_dir(root));
-  KILN_RETURN_IF_ERROR(internal::remove_tree(trash));
+  KILN_RETURN_IF_ERROR(Fs::posix()->sync_dir(root));
+  KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(trash));
   return true;
 }
 
@@ -93,13 +103,13 @@ Result<std::vector<std::string>> apply_retention(const std::string& root,
     KILN_ASSIGN_OR_RETURN(bool gone, delete_step(root, steps[i]));
     if (gone) deleted.push_back(step_dir_name(steps[i]));
   }
-  KILN_ASSIGN_OR_RETURN(auto names, internal::list_dir(root));
+  KILN_ASSIGN_OR_RETURN(auto names, list_dir(root));
   for (const auto& n : names) {
     auto tmp_step = parse_tmp_step_dir_name(n);
     bool stale_tmp = tmp_step && *tmp_step < steps.front();
     bool trash = n.rfind(".trash-", 0) == 0;
     if (stale_tmp || trash) {
-      KILN_RETURN_IF_ERROR(internal::remove_tree(root + "/" + n));
+      KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(root + "/" + n));
       deleted.push_back(n);
     }
   }

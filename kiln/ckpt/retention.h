@@ -17,6 +17,8 @@ struct RetentionPolicy {
 
 // Committed step numbers under `root` (directories named step-N), newest
 // first. Does not check that they load. NotFound if `root` does not exist.
+// An object store's URL as `root` lists the steps with a manifest object
+// there (list_remote_committed_steps).
 Result<std::vector<std::int64_t>> list_committed_steps(const std::string& root);
 
 // Names of uncommitted step directories under `root` (step-N.tmp: a save in

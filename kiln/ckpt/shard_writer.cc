@@ -21,10 +21,16 @@ constexpr std::uint64_t kWritebackEvery = 64 << 20;
 Result<ShardRecord> write_shard(Fs& fs, const std::string& dir, int rank,
                                 const std::vector<StagedEntry>& entries, const std::byte* staging,
                                 const ShardWriteOptions& options) {
+  KILN_ASSIGN_OR_RETURN(auto file, fs.create(dir + "/" + shard_file_name(rank)));
+  return write_shard_to(*file, rank, entries, staging, options);
+}
+
+Result<ShardRecord> write_shard_to(FsWriter& out, int rank, const std::vector<StagedEntry>& entries,
+                                   const std::byte* staging, const ShardWriteOptions& options) {
   ShardRecord shard;
   shard.rank = rank;
   shard.file = shard_file_name(rank);
-  KILN_ASSIGN_OR_RETURN(auto file, fs.create(dir + "/" + shard.file));
+  FsWriter* file = &out;
   std::vector<char> zbuf;
   std::uint64_t offset = 0;
   std::uint64_t written_back = 0;  // start of the bytes not yet handed to writeback

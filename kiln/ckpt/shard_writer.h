@@ -34,6 +34,11 @@ Result<ShardRecord> write_shard(Fs& fs, const std::string& dir, int rank,
                                 const std::vector<StagedEntry>& entries, const std::byte* staging,
                                 const ShardWriteOptions& options);
 
+// The same into `out` (e.g. an upload to an object store), which it syncs
+// and closes at the end; `out` receives the shard file's bytes in order.
+Result<ShardRecord> write_shard_to(FsWriter& out, int rank, const std::vector<StagedEntry>& entries,
+                                   const std::byte* staging, const ShardWriteOptions& options);
+
 // Bytes of `rec` decompressed; DataLoss if `stored` does not match its checksum
 // or does not decompress to raw_bytes.
 Result<std::vector<std::byte>> decode_entry(const EntryRecord& rec, std::vector<std::byte> stored,

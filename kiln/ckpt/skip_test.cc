@@ -6,16 +6,17 @@
 #include <future>
 #include <mutex>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/ckpt/checkpointer.h"
-#include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/remote.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/testing/run_options.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
-#include "kiln/data/file_object_store.h"
-#include "kiln/data/testing/forwarding_object_store.h"
+#include "kiln/objstore/file_object_store.h"
+#include "kiln/objstore/testing/forwarding_object_store.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -39,9 +40,9 @@ const char* name(SaveStart s) { return s == SaveStart::kStarted ? "started" : "s
 // Wraps a store; the upload of step `held`'s manifest waits until release()
 // (or its deadline), which keeps the save of that step in flight on the one
 // rank that uploads manifests (rank 0) after the other ranks' saves are done.
-class HeldManifestPut final : public data::testing::ForwardingObjectStore {
+class HeldManifestPut final : public objstore::testing::ForwardingObjectStore {
  public:
-  HeldManifestPut(data::ObjectStore& inner, std::int64_t held)
+  HeldManifestPut(objstore::ObjectStore& inner, std::int64_t held)
       : ForwardingObjectStore(inner),
         held_key_(remote_key(held, kManifestName)),
         entered_future_(entered_.get_future()),
@@ -76,8 +77,7 @@ class HeldManifestPut final : public data::testing::ForwardingObjectStore {
 };
 
 // A checkpointer under `root` that skips a save while any rank's is in flight.
-Result<std::unique_ptr<Checkpointer>> create_skipping(const std::string& root,
-                                                      Communicator& comm) {
+Result<std::unique_ptr<Checkpointer>> create_skipping(const std::string& root, Communicator& comm) {
   return Checkpointer::create({.root = root,
                                .comm = &comm,
                                .busy = BusyPolicy::kSkip,
@@ -98,7 +98,7 @@ TEST(CkptSkip, OneBusyRankMakesEveryRankSkip) {
       2,
       [&](Communicator& comm) -> Status {
         const int rank = comm.rank();
-        auto files = data::make_file_object_store(remote.path());
+        auto files = objstore::make_file_object_store(remote.path());
         HeldManifestPut held(*files, 1);
         KILN_ASSIGN_OR_RETURN(
             auto ck, Checkpointer::create({.root = root,
@@ -143,9 +143,9 @@ TEST(CkptSkip, OneBusyRankMakesEveryRankSkip) {
   auto steps = list_committed_steps(root);
   ASSERT_TRUE(steps.is_ok()) << steps.status().to_string();
   EXPECT_EQ(*steps, (std::vector<std::int64_t>{3, 1}));
-  EXPECT_FALSE(internal::path_exists(root + "/" + step_dir_name(2)));
-  EXPECT_FALSE(internal::path_exists(root + "/" + tmp_step_dir_name(2)));
-  auto store = data::make_file_object_store(remote.path());
+  EXPECT_FALSE(path_exists(root + "/" + step_dir_name(2)));
+  EXPECT_FALSE(path_exists(root + "/" + tmp_step_dir_name(2)));
+  auto store = objstore::make_file_object_store(remote.path());
   auto remote_steps = list_remote_committed_steps(*store, soon());
   ASSERT_TRUE(remote_steps.is_ok()) << remote_steps.status().to_string();
   EXPECT_EQ(*remote_steps, (std::vector<std::int64_t>{3, 1}));

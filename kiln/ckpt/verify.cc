@@ -2,19 +2,20 @@
 
 #include <fmt/format.h>
 
-#include "kiln/ckpt/internal/file.h"
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/ckpt/shard_writer.h"
 
 namespace kiln::ckpt {
 
 Result<Manifest> read_manifest(const std::string& step_dir) {
   std::string path = step_dir + "/" + kManifestName;
-  KILN_ASSIGN_OR_RETURN(auto text, internal::read_file(path));
+  KILN_ASSIGN_OR_RETURN(auto text, read_file(path));
   return parse_manifest(text, path);
 }
 
 Result<std::string> read_latest(const std::string& root) {
-  KILN_ASSIGN_OR_RETURN(auto text, internal::read_file(root + "/" + kLatestName));
+  KILN_ASSIGN_OR_RETURN(auto text, read_file(root + "/" + kLatestName));
   return text.substr(0, text.find('\n'));
 }
 
@@ -22,7 +23,7 @@ Result<std::vector<std::byte>> read_entry(const std::string& step_dir, const Sha
                                           const EntryRecord& rec) {
   std::string path = step_dir + "/" + shard.file;
   std::vector<std::byte> stored(rec.stored_bytes);
-  KILN_RETURN_IF_ERROR(internal::read_at(path, rec.offset, stored.data(), stored.size()));
+  KILN_RETURN_IF_ERROR(read_at(path, rec.offset, stored.data(), stored.size()));
   return decode_entry(rec, std::move(stored), path);
 }
 
@@ -30,7 +31,7 @@ namespace {
 
 Status check_shard(const std::string& step_dir, const ShardRecord& shard) {
   std::string path = step_dir + "/" + shard.file;
-  KILN_ASSIGN_OR_RETURN(auto size, internal::file_size(path));
+  KILN_ASSIGN_OR_RETURN(auto size, file_size(path));
   if (size != shard.bytes) {
     return data_loss(fmt::format("{} is {} bytes, manifest says {}{}", path, size, shard.bytes,
                                  size < shard.bytes ? " (truncated)" : ""));

@@ -275,5 +275,84 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{8, Layout::kTwoPerHost}),
     case_name);
 
+// Note [16-bit floats accumulate in float32]: non-integer inputs whose sums
+// are not representable in 16 bits, so rounding a partial at any hop shows.
+// Every element must be the 16-bit rounding of the float32 result: of the
+// exact value give or take float32's own error (positive inputs, so none
+// cancels), never a value rounded once per hop.
+double wide_input(int rank, std::size_t i, ReduceOp op, DataType t) {
+  double v = 0.5 + static_cast<double>((rank * 7919 + i * 104729) % 1000) / 997.0;
+  if (op == ReduceOp::kProd) v = 0.9 + v / 10;  // near 1: 8 ranks' product stays in range
+  alignas(8) char cell[8];
+  store_element(t, cell, 0, v);
+  return load_element(t, cell, 0);  // the input as the dtype holds it
+}
+
+double exact_reduce(int n, std::size_t i, ReduceOp op, DataType t) {
+  double acc = op == ReduceOp::kProd ? 1 : 0;
+  for (int r = 0; r < n; ++r) {
+    acc = op == ReduceOp::kProd ? acc * wide_input(r, i, op, t) : acc + wide_input(r, i, op, t);
+  }
+  return op == ReduceOp::kAvg ? acc / n : acc;
+}
+
+Status check_rounded_once(DataType t, ReduceOp op, int n, const void* out, std::size_t count,
+                          std::size_t first, const std::string& what) {
+  for (std::size_t i = 0; i < count; ++i) {
+    double exact = exact_reduce(n, first + i, op, t);
+    alignas(8) char lo[8], hi[8];
+    store_element(t, lo, 0, exact * (1 - 1e-6));
+    store_element(t, hi, 0, exact * (1 + 1e-6));
+    double got = load_element(t, out, i);
+    if (got != load_element(t, lo, 0) && got != load_element(t, hi, 0)) {
+      return internal_error(fmt::format("{}: element {} is {} but the float32 result {} rounds to {}",
+                                        what, first + i, got, exact, load_element(t, lo, 0)));
+    }
+  }
+  return Status::ok();
+}
+
+Status check_16bit_accumulation(Communicator& c, DataType t, ReduceOp op, std::size_t count) {
+  const std::size_t es = dtype_size(t);
+  const int n = c.size();
+  std::vector<char> in(count * n * es + 1), out(count * n * es + 1);
+  for (std::size_t i = 0; i < count * n; ++i) store_element(t, in.data(), i, wide_input(c.rank(), i, op, t));
+  const std::string base = fmt::format("{} {} count {}", dtype_name(t), reduce_op_name(op), count);
+  for (AllreduceAlgo algo : {AllreduceAlgo::kRing, AllreduceAlgo::kRecursiveDoubling,
+                             AllreduceAlgo::kHalvingDoubling, AllreduceAlgo::kHierarchical}) {
+    c.set_allreduce_algo(algo);
+    KILN_RETURN_IF_ERROR(c.allreduce(in.data(), out.data(), count, t, op)->wait());
+    KILN_RETURN_IF_ERROR(check_rounded_once(t, op, n, out.data(), count, 0,
+                                            fmt::format("allreduce {} {}", allreduce_algo_name(algo), base)));
+  }
+  KILN_RETURN_IF_ERROR(c.reduce(in.data(), out.data(), count, t, op, n - 1)->wait());
+  if (c.rank() == n - 1) {
+    KILN_RETURN_IF_ERROR(check_rounded_once(t, op, n, out.data(), count, 0, "reduce " + base));
+  }
+  KILN_RETURN_IF_ERROR(c.reduce_scatter(in.data(), out.data(), count, t, op)->wait());
+  return check_rounded_once(t, op, n, out.data(), count, c.rank() * count, "reduce_scatter " + base);
+}
+
+class SixteenBitFloats : public ::testing::TestWithParam<Case> {};
+
+TEST_P(SixteenBitFloats, AccumulateInFloat32AndRoundOnce) {
+  auto result = testing::run_ranks(GetParam().world, [](Communicator& c) -> Status {
+    for (DataType t : {DataType::kBFloat16, DataType::kFloat16}) {
+      for (ReduceOp op : {ReduceOp::kSum, ReduceOp::kAvg, ReduceOp::kProd}) {
+        for (std::size_t count : {std::size_t{1}, std::size_t{7}, std::size_t{1023}, std::size_t{65537}}) {
+          KILN_RETURN_IF_ERROR(check_16bit_accumulation(c, t, op, count));
+        }
+      }
+    }
+    return c.barrier()->wait();
+  }, options_for(GetParam().layout));
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+INSTANTIATE_TEST_SUITE_P(EightRanksAndAFold, SixteenBitFloats,
+                         ::testing::Values(Case{8, Layout::kShm}, Case{8, Layout::kTwoPerHost},
+                                           Case{5, Layout::kShm}),
+                         case_name);
+
 }  // namespace
 }  // namespace kiln::comm

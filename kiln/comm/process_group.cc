@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include "kiln/base/auth/job_token.h"
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
 #include "kiln/base/slurm.h"
@@ -83,6 +84,7 @@ Result<WorldSpec> world_spec_from_env() {
     const char* store_addr = std::getenv("KILN_STORE_ADDR");
     if (store_addr != nullptr && *store_addr != '\0') s.master_addr = store_addr;
   }
+  KILN_ASSIGN_OR_RETURN(s.job_token, auth::token_from_env());
   if (s.world_size < 1 || s.rank < 0 || s.rank >= s.world_size) {
     return invalid_argument(fmt::format("RANK={} is outside WORLD_SIZE={}", s.rank, s.world_size));
   }
@@ -112,11 +114,24 @@ Result<std::unique_ptr<ProcessGroup>> ProcessGroup::create(const WorldSpec& spec
   set_log_rank(spec.rank);
   auto timeout = options.timeout.count() > 0 ? options.timeout : default_op_timeout();
   if (spec.rank == 0 && !spec.agent_store) {
-    pg->server_ = std::make_unique<store::tcp::TcpStoreServer>();
-    Status s = pg->server_->start("0.0.0.0", static_cast<std::uint16_t>(spec.master_port));
-    if (!s.is_ok()) return s.with_context(fmt::format("rank 0 serving the store on port {}", spec.master_port));
+    // MASTER_ADDR is where the other ranks reach rank 0: listen there only.
+    pg->server_ = std::make_unique<store::tcp::TcpStoreServer>(
+        store::tcp::TcpStoreServerOptions{.token = spec.job_token});
+    Status s = pg->server_->start(spec.master_addr, static_cast<std::uint16_t>(spec.master_port));
+    if (!s.is_ok()) {
+      return s.with_context(fmt::format("rank 0 serving the store on {}:{} (MASTER_ADDR must be "
+                                        "an address of rank 0's host)",
+                                        spec.master_addr, spec.master_port));
+    }
+    if (spec.job_token.empty() && spec.master_addr != "127.0.0.1" &&
+        spec.master_addr != "localhost") {
+      log()->warn("rank 0 serves the store on {}:{} without a job token: anyone who can reach "
+                  "it can join (set KILN_JOB_TOKEN, or start the job with `kiln run`)",
+                  spec.master_addr, spec.master_port);
+    }
   }
   store::tcp::TcpStoreOptions store_options;
+  store_options.token = spec.job_token;
   store_options.connect_timeout = timeout;
   store_options.default_timeout = timeout;
   auto store = store::tcp::TcpStore::connect(spec.master_addr,
@@ -127,6 +142,7 @@ Result<std::unique_ptr<ProcessGroup>> ProcessGroup::create(const WorldSpec& spec
   pg->store_ = std::shared_ptr<store::Store>(std::move(*store));
   if (options.connect.route_hint.empty()) options.connect.route_hint = spec.master_addr;
   if (options.connect.tag.empty()) options.connect.tag = kGroupTag.get();
+  if (options.connect.token.empty()) options.connect.token = spec.job_token;
   KILN_ASSIGN_OR_RETURN(pg->comm_, Communicator::create(pg->store_, spec.rank, spec.world_size, options));
   return pg;
 }

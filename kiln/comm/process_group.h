@@ -31,6 +31,9 @@ struct WorldSpec {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   bool agent_store = false;  // a launcher serves the store
+  // KILN_JOB_TOKEN: proven on every store and tcp connection; empty when the
+  // job runs without a launcher (then nothing is authenticated).
+  std::string job_token;
 };
 
 // Reads the spec from the environment; InvalidArgument names a missing or

@@ -10,7 +10,10 @@
 // The loops below are the hot path of every reducing collective: built at -O3
 // (see CMakeLists.txt) and cloned for AVX2 so one binary runs everywhere and
 // vectorizes wide where it can.
-#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+// (Not under clang, whose target_clones does not take function templates:
+// `make fuzz` builds with it.)
+#if defined(__x86_64__) && !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__) && \
+    !defined(__clang__)
 #define KILN_VECTOR_CLONES __attribute__((target_clones("avx2", "default")))
 #else
 #define KILN_VECTOR_CLONES
@@ -142,6 +145,41 @@ void reduce(DataType t, ReduceOp op, void* dst, const void* a, const void* b, st
     case ReduceOp::kProd: return dispatch_type<Prod>(t, dst, a, b, count);
     case ReduceOp::kMin: return dispatch_type<Min>(t, dst, a, b, count);
     case ReduceOp::kMax: return dispatch_type<Max>(t, dst, a, b, count);
+  }
+}
+
+bool accumulates_in_float32(DataType t, ReduceOp op) {
+  return (t == DataType::kFloat16 || t == DataType::kBFloat16) && op != ReduceOp::kMin &&
+         op != ReduceOp::kMax;
+}
+
+namespace {
+// The bfloat16 halves of the conversions: bit operations that vectorize.
+KILN_VECTOR_CLONES void widen_bf16(const std::uint16_t* s, float* dst, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) dst[i] = bf16_bits_to_float(s[i]);
+}
+KILN_VECTOR_CLONES void narrow_bf16(const float* src, std::uint16_t* d, std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) d[i] = float_to_bf16_bits(src[i]);
+}
+}  // namespace
+
+void widen_to_float32(DataType t, const void* src, float* dst, std::size_t count) {
+  KILN_CHECK(t == DataType::kFloat16 || t == DataType::kBFloat16);
+  const auto* s = static_cast<const std::uint16_t*>(src);
+  if (t == DataType::kBFloat16) {
+    widen_bf16(s, dst, count);
+  } else {
+    for (std::size_t i = 0; i < count; ++i) dst[i] = half_to_float(s[i]);
+  }
+}
+
+void narrow_from_float32(DataType t, const float* src, void* dst, std::size_t count) {
+  KILN_CHECK(t == DataType::kFloat16 || t == DataType::kBFloat16);
+  auto* d = static_cast<std::uint16_t*>(dst);
+  if (t == DataType::kBFloat16) {
+    narrow_bf16(src, d, count);
+  } else {
+    for (std::size_t i = 0; i < count; ++i) d[i] = float_to_half(src[i]);
   }
 }
 

@@ -27,6 +27,18 @@ struct Reducer {
   }
 };
 
+// Note [16-bit floats accumulate in float32]: a float16/bfloat16 sum, average
+// or product is carried in float32 from the first addition to the last and
+// rounded to 16 bits once, so the result does not depend on how many hops
+// the partial sums took (rounding a bfloat16 partial at each of a ring's n-1
+// hops loses up to n-1 half-ulps of 8 bits each). Partials travel as
+// float32; only final values travel as 16 bits (the ring's allgather, a
+// broadcast). min and max are exact in any precision and are not widened.
+bool accumulates_in_float32(DataType t, ReduceOp op);
+// dst[i] = src[i] as float32 / src[i] rounded to nearest even into `t`.
+void widen_to_float32(DataType t, const void* src, float* dst, std::size_t count);
+void narrow_from_float32(DataType t, const float* src, void* dst, std::size_t count);
+
 // float16 / bfloat16 conversions, exposed for tests and benchmarks.
 float half_to_float(unsigned short h);
 unsigned short float_to_half(float f);

@@ -28,6 +28,25 @@ int log2_ceil(int n) {
 
 }  // namespace
 
+double ring_allreduce_s(double bytes, std::int64_t n, const LinkCost& l) {
+  return 2 * ring_allgather_s(bytes, n, l);
+}
+
+double ring_allgather_s(double bytes, std::int64_t n, const LinkCost& l) {
+  if (n <= 1 || bytes <= 0) return 0;
+  const double nd = static_cast<double>(n);
+  return (nd - 1) * l.alpha_s + (nd - 1) / nd * bytes / l.beta_bps;
+}
+
+double ring_reduce_scatter_s(double bytes, std::int64_t n, const LinkCost& l) {
+  return ring_allgather_s(bytes, n, l);
+}
+
+double p2p_s(double bytes, const LinkCost& l) {
+  if (bytes <= 0) return 0;
+  return l.alpha_s + bytes / l.beta_bps;
+}
+
 std::string_view allreduce_algo_name(AllreduceAlgo a) {
   switch (a) {
     case AllreduceAlgo::kAuto: return "auto";
@@ -58,7 +77,9 @@ CostModel CostModel::from_env() {
 
 double CostModel::ring(std::size_t bytes, int n, const LinkCost& l) const {
   if (n <= 1) return 0;
-  return 2.0 * (n - 1) * l.alpha_s + 2.0 * (n - 1) / n * static_cast<double>(bytes) / l.beta_bps;
+  // A zero-byte all-reduce still pays its latency steps.
+  if (bytes == 0) return 2.0 * (n - 1) * l.alpha_s;
+  return ring_allreduce_s(static_cast<double>(bytes), n, l);
 }
 
 double CostModel::recursive_doubling(std::size_t bytes, int n, const LinkCost& l) const {

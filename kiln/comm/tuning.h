@@ -2,8 +2,13 @@
 // principle 2; NCCL's tuning.cc). Each candidate's time is predicted as
 // α·(latency-bound steps) + bytes/β per link class; the cheapest wins.
 // KILN_ALGO overrides; the choice is logged at debug level.
+//
+// The planner (kiln/plan) prices a training step's collectives with the same
+// functions, so this file is its own small library (kiln_comm_tuning) that
+// needs only kiln_base: plan links it without the transports.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -21,6 +26,18 @@ struct LinkCost {
   double alpha_s;  // per message
   double beta_bps; // bytes per second
 };
+
+// Hockney alpha-beta cost of the ring forms (Thakur, Rabenseifner & Gropp
+// 2005) over n ranks; `bytes` is the whole buffer (an all-reduce's input, an
+// all-gather's output, a reduce-scatter's input). Zero when n <= 1 or there
+// is nothing to move.
+//   all-reduce:              2(n-1)·α + 2(n-1)/n · bytes/β
+//   all-gather, reduce-scatter: (n-1)·α +  (n-1)/n · bytes/β
+double ring_allreduce_s(double bytes, std::int64_t n, const LinkCost& l);
+double ring_allgather_s(double bytes, std::int64_t n, const LinkCost& l);
+double ring_reduce_scatter_s(double bytes, std::int64_t n, const LinkCost& l);
+// One message of `bytes` to one peer: α + bytes/β.
+double p2p_s(double bytes, const LinkCost& l);
 
 struct Topology {
   int world = 1;

@@ -11,9 +11,16 @@ Work::Work(std::uint64_t seq, std::string what, std::function<Status(Deadline)> 
     : seq_(seq), what_(std::move(what)), body_(std::move(body)), engine_(engine) {}
 
 void Work::run(Clock::duration op_timeout) {
+  started_at_ = Clock::now();
   Status s = body_(Deadline::after(op_timeout));
   body_ = nullptr;  // release captured buffers' owners early
+  finished_at_ = Clock::now();
   finish(std::move(s));
+}
+
+double Work::run_seconds() const {
+  if (!test() || started_at_ == Clock::time_point{}) return 0;
+  return std::chrono::duration<double>(finished_at_ - started_at_).count();
 }
 
 void Work::finish(Status s) {

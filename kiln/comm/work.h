@@ -45,6 +45,9 @@ class Work {
 
   std::uint64_t seq() const { return seq_; }
   const std::string& what() const { return what_; }
+  // Seconds the operation itself ran (not its time queued behind earlier
+  // ones): what bytes are divided by for its bandwidth. 0 until done.
+  double run_seconds() const;
 
  private:
   friend class Engine;
@@ -53,6 +56,10 @@ class Work {
 
   const std::uint64_t seq_;
   Clock::time_point submitted_at_ = Clock::now();
+  // Written by the thread that runs the operation before done_ is released;
+  // read after test() or wait() saw done_ (acquire), so no lock.
+  Clock::time_point started_at_{};
+  Clock::time_point finished_at_{};
   const std::string what_;
   std::function<Status(Deadline)> body_;
   Engine* engine_;

@@ -3,13 +3,14 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 
-#include "kiln/data/internal/file_util.h"
+#include "kiln/base/file.h"
 
 namespace kiln::data {
 
-Result<PushStats> push_dataset(const std::string& dir, ObjectStore* dst, Deadline deadline) {
+Result<PushStats> push_dataset(const std::string& dir, objstore::ObjectStore* dst,
+                               Deadline deadline) {
   const std::string index_path = dir + "/" + kIndexFile;
-  KILN_ASSIGN_OR_RETURN(std::string text, internal::read_file(index_path));
+  KILN_ASSIGN_OR_RETURN(std::string text, read_file(index_path));
   KILN_ASSIGN_OR_RETURN(DatasetIndex index, parse_index(text, index_path));
   PushStats stats;
   for (const ShardInfo& shard : index.shards) {
@@ -31,7 +32,7 @@ Result<PushStats> push_dataset(const std::string& dir, ObjectStore* dst, Deadlin
   return stats;
 }
 
-Result<DatasetIndex> read_index(ObjectStore* store, Deadline deadline) {
+Result<DatasetIndex> read_index(objstore::ObjectStore* store, Deadline deadline) {
   KILN_ASSIGN_OR_RETURN(std::string text, store->get(kIndexFile, deadline));
   return parse_index(text, store->describe() + "/" + kIndexFile);
 }

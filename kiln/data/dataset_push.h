@@ -9,7 +9,7 @@
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
 #include "kiln/data/index.h"
-#include "kiln/data/object_store.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::data {
 
@@ -22,9 +22,10 @@ struct PushStats {
 // mismatch is DataLoss naming the shard: the directory is not the dataset
 // its index describes), uploads the shards under their index names, then
 // index.json. Blocks up to `deadline`; errors from the store name the key.
-Result<PushStats> push_dataset(const std::string& dir, ObjectStore* dst, Deadline deadline);
+Result<PushStats> push_dataset(const std::string& dir, objstore::ObjectStore* dst,
+                               Deadline deadline);
 
 // Reads and parses index.json from `store`.
-Result<DatasetIndex> read_index(ObjectStore* store, Deadline deadline);
+Result<DatasetIndex> read_index(objstore::ObjectStore* store, Deadline deadline);
 
 }  // namespace kiln::data

@@ -3,8 +3,8 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include "kiln/base/file.h"
 #include "kiln/data/checksum.h"
-#include "kiln/data/internal/file_util.h"
 
 namespace kiln::data {
 namespace {
@@ -24,10 +24,11 @@ ShardVerdict judge(const ShardInfo& shard, const FileDigest& got) {
 
 }  // namespace
 
-Result<std::vector<ShardVerdict>> verify_dataset(ObjectStore* store, const DatasetIndex& index,
+Result<std::vector<ShardVerdict>> verify_dataset(objstore::ObjectStore* store,
+                                                 const DatasetIndex& index,
                                                  const VerifyOptions& options, Deadline deadline) {
   std::vector<ShardVerdict> out;
-  if (options.local_dir.empty()) KILN_RETURN_IF_ERROR(internal::make_dirs(options.scratch_dir));
+  if (options.local_dir.empty()) KILN_RETURN_IF_ERROR(make_dirs(options.scratch_dir));
   for (const ShardInfo& shard : index.shards) {
     std::string path;
     if (!options.local_dir.empty()) {

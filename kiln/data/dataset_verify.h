@@ -8,7 +8,7 @@
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
 #include "kiln/data/index.h"
-#include "kiln/data/object_store.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::data {
 
@@ -30,7 +30,8 @@ struct VerifyOptions {
 // One verdict per shard, in index order. A bad shard is a verdict, not an
 // error; errors are what stops the check (the store unreachable, the
 // scratch directory unwritable).
-Result<std::vector<ShardVerdict>> verify_dataset(ObjectStore* store, const DatasetIndex& index,
+Result<std::vector<ShardVerdict>> verify_dataset(objstore::ObjectStore* store,
+                                                 const DatasetIndex& index,
                                                  const VerifyOptions& options, Deadline deadline);
 
 }  // namespace kiln::data

@@ -2,15 +2,16 @@
 
 #include <fmt/format.h>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/data/checksum.h"
-#include "kiln/data/internal/file_util.h"
 
 namespace kiln::data {
 
 Result<DatasetWriter> DatasetWriter::create(std::string dir, Schema schema,
                                             DatasetWriterOptions options) {
   if (schema.empty()) return invalid_argument("dataset writer: empty schema for " + dir);
-  KILN_RETURN_IF_ERROR(internal::make_dirs(dir));
+  KILN_RETURN_IF_ERROR(make_dirs(dir));
   return DatasetWriter(std::move(dir), std::move(schema), options);
 }
 
@@ -46,8 +47,8 @@ Status DatasetWriter::close_shard() {
 
 Result<DatasetIndex> DatasetWriter::finish() {
   if (shard_) KILN_RETURN_IF_ERROR(close_shard());
-  KILN_RETURN_IF_ERROR(internal::fsync_dir(dir_));
-  KILN_RETURN_IF_ERROR(internal::write_file_atomic(dir_ + "/" + kIndexFile, index_to_json(index_)));
+  KILN_RETURN_IF_ERROR(Fs::posix()->sync_dir(dir_));
+  KILN_RETURN_IF_ERROR(write_file_atomic(dir_ + "/" + kIndexFile, index_to_json(index_)));
   return index_;
 }
 

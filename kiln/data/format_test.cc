@@ -2,13 +2,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
 #include <gtest/gtest.h>
 
 #include "kiln/data/checksum.h"
-#include "kiln/data/internal/file_util.h"
+#include "kiln/base/file.h"
 #include "kiln/data/shard.h"
 #include "kiln/data/testing/test_dataset.h"
 
@@ -130,7 +131,7 @@ TEST(Shard, EveryFlippedByteOrTruncationIsDetected) {
   ScratchDir dir;
   std::string path = dir.path() + "/s.kds";
   std::vector<std::vector<std::uint8_t>> want = testing::write_test_shard(path, 5);
-  auto original = internal::read_file(path);
+  auto original = read_file(path);
   ASSERT_TRUE(original.is_ok());
   ASSERT_TRUE(read_all_or_fail(path, want));
   std::string bad = dir.path() + "/bad.kds";
@@ -146,10 +147,39 @@ TEST(Shard, EveryFlippedByteOrTruncationIsDetected) {
   }
 }
 
+// An offset near 2^64 in a table whose checksum matches (a crafted file, not
+// a flipped bit) must not wrap past the bounds check.
+TEST(Shard, AnOffsetThatWrapsIsRejected) {
+  ScratchDir dir;
+  std::string path = dir.path() + "/s.kds";
+  testing::write_test_shard(path, 5);
+  auto bytes = kiln::read_file(path);
+  ASSERT_TRUE(bytes.is_ok());
+  std::string crafted = *bytes;
+  const std::size_t trailer = crafted.size() - kShardTrailerBytes;
+  const std::size_t table = trailer - 5 * 8;
+  std::uint64_t huge = ~std::uint64_t{0} - 3;
+  std::memcpy(crafted.data() + table + 4 * 8, &huge, 8);
+  std::uint64_t hash = xxh3({reinterpret_cast<const std::uint8_t*>(crafted.data()) + table, 5 * 8});
+  std::memcpy(crafted.data() + trailer + 8, &hash, 8);
+  std::string bad = dir.path() + "/crafted.kds";
+  write_plain(bad, crafted);
+  auto r = ShardReader::open(bad);
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_EQ(r.status().code(), Code::kDataLoss) << r.status().to_string();
+  EXPECT_NE(r.status().message().find("out of order or bounds"), std::string::npos);
+}
+
+TEST(Index, AnOversizedIndexIsRefusedBeforeParsing) {
+  auto r = parse_index(std::string(kMaxIndexBytes + 1, ' '), "index.json");
+  EXPECT_EQ(r.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(r.status().message().find("limit"), std::string::npos);
+}
+
 TEST(Index, RoundTrips) {
   ScratchDir dir;
   DatasetIndex idx = testing::write_test_dataset(dir.path(), 50, 1024);
-  auto text = internal::read_file(dir.path() + "/index.json");
+  auto text = read_file(dir.path() + "/index.json");
   ASSERT_TRUE(text.is_ok());
   auto parsed = parse_index(*text, "index.json");
   ASSERT_TRUE(parsed.is_ok()) << parsed.status().to_string();

@@ -77,6 +77,10 @@ class Fields {
 }  // namespace
 
 Result<DatasetIndex> parse_index(const std::string& text, const std::string& where) {
+  if (text.size() > kMaxIndexBytes) {
+    return invalid_argument(fmt::format("{}: {} bytes is over the {}-byte limit of an index", where,
+                                        text.size(), kMaxIndexBytes));
+  }
   json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return invalid_argument(where + ": not valid JSON");
   if (!j.is_object()) return invalid_argument(where + ": top level is not an object");

@@ -13,6 +13,9 @@ namespace kiln::data {
 
 inline constexpr int kDatasetFormatVersion = 1;
 inline constexpr char kIndexFile[] = "index.json";
+// A real index is ~100 bytes per shard; past this one is refused before
+// parsing (a hostile or corrupt file must not make us allocate without bound).
+inline constexpr std::size_t kMaxIndexBytes = std::size_t{64} << 20;
 
 struct ShardInfo {
   std::string file;  // relative to the dataset root

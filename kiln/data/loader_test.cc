@@ -2,12 +2,16 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <cmath>
 #include <cstring>
 #include <optional>
+#include <thread>
 
 #include <gtest/gtest.h>
 
 #include "kiln/data/loader.h"
+#include "kiln/objstore/testing/forwarding_object_store.h"
 #include "kiln/data/testing/test_dataset.h"
 
 namespace kiln::data {
@@ -18,13 +22,13 @@ using testing::ScratchDir;
 struct Fixture {
   Fixture() {
     index = testing::write_test_dataset(remote.path() + "/ds", 500, 3000);
-    store = std::move(open_object_store(remote.path())).value();
+    store = std::move(objstore::open_object_store(remote.path())).value();
     cache = std::make_unique<ShardCache>(
         store.get(), "ds", ShardCacheOptions{.dir = local.path(), .capacity_bytes = 1 << 30});
   }
   ScratchDir remote, local;
   DatasetIndex index;
-  std::unique_ptr<ObjectStore> store;
+  std::unique_ptr<objstore::ObjectStore> store;
   std::unique_ptr<ShardCache> cache;
 };
 
@@ -156,19 +160,61 @@ TEST(Loader, CorruptCachedShardIsDataLossNotASample) {
   EXPECT_NE(error.message().find(path), std::string::npos) << error.to_string();
 }
 
-TEST(Loader, ReportsConsumerWait) {
+// A producer slowed on purpose: every shard download takes `delay` longer.
+class SlowStore final : public objstore::testing::ForwardingObjectStore {
+ public:
+  SlowStore(ObjectStore& inner, std::chrono::milliseconds delay)
+      : ForwardingObjectStore(inner), delay_(delay) {}
+  Status get_to_file(const std::string& key, const std::string& dst, Deadline d) override {
+    std::this_thread::sleep_for(delay_);  // the injected fault, not synchronisation
+    return inner_.get_to_file(key, dst, d);
+  }
+
+ private:
+  std::chrono::milliseconds delay_;
+};
+
+// Batch::wait_seconds is the time next() blocked. With every shard download
+// slowed by 150 ms, the first batch cannot exist before one download ends,
+// and an instant consumer spends the epoch waiting: at least one delay per
+// round of `fetchers` parallel downloads.
+TEST(Loader, ReportsTheWaitASlowProducerCauses) {
   Fixture f;
-  Loader l(f.cache.get(), f.index, {.batch_size = 8});
+  const auto delay = std::chrono::milliseconds(150);
+  SlowStore slow(*f.store, delay);
+  ScratchDir local;
+  ShardCache cache(&slow, "ds", ShardCacheOptions{.dir = local.path(), .capacity_bytes = 1 << 30});
+  const int fetchers = 2;
+  Loader l(&cache, f.index, {.batch_size = 8, .fetchers = fetchers});
   std::uint64_t batches = 0;
+  double first_wait = -1, total_wait = 0;
   while (true) {
     auto b = l.next(soon());
     ASSERT_TRUE(b.is_ok()) << b.status().to_string();
     if (!b->has_value()) break;
-    EXPECT_GE((*b)->wait_seconds, 0.0);
+    if (first_wait < 0) first_wait = (*b)->wait_seconds;
+    total_wait += (*b)->wait_seconds;
     ++batches;
   }
   EXPECT_EQ(batches, l.num_batches());
   EXPECT_EQ(batches, (500u + 7) / 8);
+  const double d = std::chrono::duration<double>(delay).count();
+  ASSERT_GE(f.index.shards.size(), 3u);
+  const double rounds = std::ceil(static_cast<double>(f.index.shards.size()) / fetchers);
+  // 0.9: the loader's threads start in its constructor, a moment before next().
+  EXPECT_GE(first_wait, 0.9 * d);
+  EXPECT_GE(total_wait, 0.9 * rounds * d) << f.index.shards.size() << " shards";
+
+  // The same epoch from the now-warm cache: no download, next() barely waits.
+  Loader warm(&cache, f.index, {.batch_size = 8, .fetchers = fetchers});
+  double warm_wait = 0;
+  while (true) {
+    auto b = warm.next(soon());
+    ASSERT_TRUE(b.is_ok()) << b.status().to_string();
+    if (!b->has_value()) break;
+    warm_wait += (*b)->wait_seconds;
+  }
+  EXPECT_LT(warm_wait, total_wait / 2) << "a wait that does not follow the producer";
 }
 
 }  // namespace

@@ -16,7 +16,9 @@
 #include "kiln/base/backoff.h"
 #include "kiln/base/logging.h"
 #include "kiln/data/checksum.h"
-#include "kiln/data/internal/file_util.h"
+#include "kiln/base/fd.h"
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/data/verified_shards.h"
 
 namespace kiln::data {
@@ -38,23 +40,9 @@ Status lock_until(int fd, int op, Deadline deadline, const std::string& what) {
   }
 }
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  Fd(const Fd&) = delete;
-  ~Fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int get() const { return fd_; }
-  int release() { return std::exchange(fd_, -1); }
-
- private:
-  int fd_;
-};
-
 bool is_shard_file(const std::string& name) {
   return name.size() > 4 && name.compare(name.size() - 4, 4, kShardSuffix) == 0 &&
-         name.find(".tmp.") == std::string::npos;
+         !is_temp_name(name);
 }
 
 }  // namespace
@@ -72,11 +60,11 @@ ShardLease::~ShardLease() {
   if (fd_ >= 0) ::close(fd_);  // releases the shared lock
 }
 
-ShardCache::ShardCache(ObjectStore* remote, std::string prefix, ShardCacheOptions options)
+ShardCache::ShardCache(objstore::ObjectStore* remote, std::string prefix, ShardCacheOptions options)
     : remote_(remote), prefix_(std::move(prefix)), options_(std::move(options)) {}
 
 Result<ShardLease> ShardCache::acquire(const ShardInfo& shard, Deadline deadline) {
-  KILN_RETURN_IF_ERROR(internal::make_dirs(options_.dir));
+  KILN_RETURN_IF_ERROR(make_dirs(options_.dir));
   std::string name = checksum_hex(shard.xxh3) + "-" + shard.file;
   std::string path = options_.dir + "/" + name;
   std::string lock_path = path + ".lock";
@@ -121,8 +109,7 @@ Result<ShardLease> ShardCache::acquire(const ShardInfo& shard, Deadline deadline
 
 Status ShardCache::fetch(const ShardInfo& shard, const std::string& path, Deadline deadline) {
   std::string key = prefix_.empty() ? shard.file : prefix_ + "/" + shard.file;
-  std::string tmp = fmt::format("{}.tmp.{}.{}", path, ::getpid(),
-                                std::hash<std::thread::id>()(std::this_thread::get_id()) % 100000);
+  std::string tmp = temp_path_for(path);
   Backoff backoff({.base = std::chrono::milliseconds(50), .cap = std::chrono::seconds(2)});
   int mismatches = 0;
   while (true) {
@@ -146,16 +133,14 @@ Status ShardCache::fetch(const ShardInfo& shard, const std::string& path, Deadli
         continue;
       } else if (struct stat st {}; ::stat(tmp.c_str(), &st) != 0) {
         s = errno_status("stat " + tmp, errno);
-      } else if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        s = errno_status("rename " + tmp + " to " + path, errno);
-      } else {
+      } else if (s = Fs::posix()->rename(tmp, path); s.is_ok()) {
         // The whole file just matched index.json's xxh3, so every record in
         // it is the writer's: readers with VerifyPolicy::kOncePerFile need
         // not hash it again (the rename keeps inode, size and mtime).
         VerifiedShards::process().add(FileIdentity::of(st));
         stats_.downloads.fetch_add(1);
         stats_.bytes_downloaded.fetch_add(shard.bytes);
-        return internal::fsync_dir(options_.dir);
+        return Fs::posix()->sync_dir(options_.dir);
       }
     }
     ::unlink(tmp.c_str());

@@ -25,12 +25,12 @@
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
 #include "kiln/data/index.h"
-#include "kiln/data/object_store.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::data {
 
 struct ShardCacheOptions {
-  std::string dir;                         // created if missing
+  std::string dir;  // created if missing
   std::uint64_t capacity_bytes = 8ull << 30;
 };
 
@@ -61,7 +61,7 @@ class ShardCache {
  public:
   // `remote` must outlive the cache; `prefix` is the dataset's key prefix in
   // it ("" or "train"). Thread-safe.
-  ShardCache(ObjectStore* remote, std::string prefix, ShardCacheOptions options);
+  ShardCache(objstore::ObjectStore* remote, std::string prefix, ShardCacheOptions options);
 
   // Returns the local path of `shard`, downloading it first if needed. Blocks
   // up to `deadline` (waiting for another process's download, or evicting).
@@ -80,7 +80,7 @@ class ShardCache {
   Status fetch(const ShardInfo& shard, const std::string& path, Deadline deadline);
   Status make_room(const ShardInfo& shard, Deadline deadline);
 
-  ObjectStore* remote_;
+  objstore::ObjectStore* remote_;
   std::string prefix_;
   ShardCacheOptions options_;
   ShardCacheStats stats_;

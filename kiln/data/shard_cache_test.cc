@@ -1,12 +1,13 @@
 // ShardCache: verified downloads, LRU eviction that spares leased shards,
 // one fetch per shard under concurrency, clear errors when out of room.
-#include <filesystem>
-#include <thread>
+#include "kiln/data/shard_cache.h"
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <thread>
+
 #include "kiln/data/checksum.h"
-#include "kiln/data/shard_cache.h"
 #include "kiln/data/testing/test_dataset.h"
 
 namespace kiln::data {
@@ -18,11 +19,12 @@ using testing::ScratchDir;
 struct Fixture {
   Fixture(std::uint64_t n = 400, std::uint64_t shard_bytes = 4096) {
     index = testing::write_test_dataset(remote_dir.path() + "/ds", n, shard_bytes);
-    auto s = open_object_store("file://" + remote_dir.path());
+    auto s = objstore::open_object_store("file://" + remote_dir.path());
     store = std::make_unique<FaultyStore>(std::move(s).value());
   }
   ShardCache cache(std::uint64_t capacity) {
-    return ShardCache(store.get(), "ds", {.dir = cache_dir.path() + "/c", .capacity_bytes = capacity});
+    return ShardCache(store.get(), "ds",
+                      {.dir = cache_dir.path() + "/c", .capacity_bytes = capacity});
   }
   ScratchDir remote_dir, cache_dir;
   DatasetIndex index;

@@ -11,7 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "kiln/data/internal/file_util.h"
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/data/shard.h"
 #include "kiln/data/shard_cache.h"
 #include "kiln/data/testing/test_dataset.h"
@@ -115,9 +116,9 @@ TEST_F(VerifiedShardsTest, CorruptReplacementAtANewInodeIsCaught) {
   // Same size, same mtime, corrupt, renamed over the verified file.
   struct stat before = stat_of(path);
   std::string tmp = path + ".tmp";
-  auto bytes = internal::read_file(path);
+  auto bytes = read_file(path);
   ASSERT_TRUE(bytes.is_ok());
-  ASSERT_TRUE(internal::write_file_atomic(tmp, *bytes).is_ok());
+  ASSERT_TRUE(write_file_atomic(tmp, *bytes).is_ok());
   flip_in_place(tmp);
   set_mtime(tmp, before.st_mtim);
   ASSERT_EQ(::rename(tmp.c_str(), path.c_str()), 0);
@@ -188,7 +189,7 @@ TEST(VerifiedShards, AVerifiedDownloadIsTrustedAndStaysSoWhenLeasedAgain) {
   VerifiedShards::process().clear();
   ScratchDir remote, local;
   DatasetIndex index = testing::write_test_dataset(remote.path() + "/ds", 40, 1000);
-  auto store = std::move(open_object_store(remote.path())).value();
+  auto store = std::move(objstore::open_object_store(remote.path())).value();
   ShardCache cache(store.get(), "ds", {.dir = local.path(), .capacity_bytes = 1 << 30});
   for (int round = 0; round < 2; ++round) {  // a download, then a hit (touches atime only)
     auto lease = cache.acquire(index.shards[0], Deadline::after_seconds(20));

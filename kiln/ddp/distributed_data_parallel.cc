@@ -4,7 +4,7 @@
 #include <limits>
 #include <ranges>
 
-#include <torch/csrc/autograd/function_hook.h>
+#include "kiln/parallel/after_accumulate.h"
 #include <torch/csrc/autograd/variable.h>
 
 #include <fmt/format.h>
@@ -41,20 +41,7 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-// Runs after a parameter's AccumulateGrad node has stored its gradient (the
-// hook c10d's Reducer uses): by then param.grad holds the accumulated value.
-class AfterAccumulate : public torch::autograd::FunctionPostHook {
- public:
-  explicit AfterAccumulate(std::function<void()> fn) : fn_(std::move(fn)) {}
-  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
-                                            const torch::autograd::variable_list&) override {
-    fn_();
-    return outputs;
-  }
-
- private:
-  std::function<void()> fn_;
-};
+using parallel::AfterAccumulate;
 
 }  // namespace
 
@@ -310,11 +297,15 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
   }
   Status first_error;
   stats_.bytes = 0;
+  stats_.collectives.clear();
   for (auto& b : buckets_) {
     if (!b.work) return internal_error("DDP: a bucket was never launched");
     Status s = b.work->wait();
     if (!s.is_ok() && first_error.is_ok()) first_error = s.with_context("DDP gradient allreduce");
     stats_.bytes += static_cast<std::size_t>(b.buffer.numel()) * b.buffer.element_size();
+    const torch::Tensor& sent = b.wire.defined() && options_.compress_bf16 ? b.wire : b.buffer;
+    stats_.collectives.push_back(
+        {static_cast<std::size_t>(sent.numel()) * sent.element_size(), b.work->run_seconds()});
   }
   KILN_RETURN_IF_ERROR(first_error);
   if (options_.compress_bf16) {

@@ -56,6 +56,13 @@ struct DdpOptions {
   }
 };
 
+// One bucket's allreduce: the bytes each rank sent in (the wire dtype's:
+// bf16 when compressed) and the seconds the operation itself ran.
+struct CollectiveStat {
+  std::size_t bytes = 0;
+  double seconds = 0;
+};
+
 // Timing of the last synchronized backward().
 struct SyncStats {
   double backward_s = 0;      // loss.backward() including hooks
@@ -68,6 +75,7 @@ struct SyncStats {
   // Gradients copied into their bucket during it (Note [Gradients as bucket
   // views]): 0 in the steady state when zero_grad() zeroes in place.
   std::size_t grad_copies = 0;
+  std::vector<CollectiveStat> collectives;  // one per bucket, in launch order
 };
 
 class DistributedDataParallel {

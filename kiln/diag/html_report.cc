@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <fstream>
 #include <map>
 
+#include "kiln/base/fs.h"
 #include "kiln/base/markup.h"
 
 namespace kiln::diag {
@@ -78,7 +78,6 @@ nlohmann::json rank_series(const RankTrace& r, std::int64_t skip) {
   }
   return {{"rank", r.rank}, {"step", steps}, {"step_s", secs}};
 }
-
 
 // The page's script: draws each chart into its <svg> from DATA and marks it
 // data-drawn="N" (N shapes) so a headless browser test can see it ran.
@@ -227,15 +226,7 @@ step {skip} (the warm-up before it is left out, <code>--skip</code>)</p></div>
 
 Status write_html_report(const std::string& path, const TraceDir& t, const Verdict& v,
                          std::int64_t skip) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << render_html_report(t, v, skip);
-    out.close();
-    if (!out) return errno_status("write " + tmp, errno);
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) return errno_status("rename to " + path, errno);
-  return Status::ok();
+  return write_file_atomic(path, render_html_report(t, v, skip), Durability::kAtomicOnly);
 }
 
 }  // namespace kiln::diag

@@ -17,10 +17,11 @@ struct KindName {
 constexpr KindName kKinds[] = {{InjectKind::kDataDelay, "data-delay", true},
                                {InjectKind::kCommDelay, "comm-delay", true},
                                {InjectKind::kComputeSpin, "compute-spin", true},
-                               {InjectKind::kCheckpointSync, "ckpt-sync", false}};
+                               {InjectKind::kCheckpointSync, "ckpt-sync", false},
+                               {InjectKind::kEvalDelay, "eval-delay", true}};
 
 constexpr char kUsage[] =
-    "expected data-delay=MS, comm-delay=MS, compute-spin=MS or ckpt-sync, "
+    "expected data-delay=MS, comm-delay=MS, compute-spin=MS, ckpt-sync or eval-delay=MS, "
     "each optionally @RANK";
 
 template <typename T>
@@ -92,6 +93,9 @@ RankInjections injections_for_rank(const std::vector<Injection>& all, int rank) 
         break;
       case InjectKind::kCheckpointSync:
         r.ckpt_sync = true;
+        break;
+      case InjectKind::kEvalDelay:
+        r.eval_delay_ms += i.ms;
         break;
     }
   }

@@ -7,6 +7,8 @@
 //   comm-delay=MS     sleep MS inside the gradient sync's exposed wait
 //   compute-spin=MS   burn MS of CPU in each micro-batch's forward
 //   ckpt-sync         a blocking checkpoint after every step
+//   eval-delay=MS     sleep MS in each evaluation (one slower than kiln run's
+//                     --hang-timeout, for its tests)
 // each optionally followed by @RANK (only that rank; default every rank).
 #pragma once
 
@@ -18,7 +20,7 @@
 
 namespace kiln::diag {
 
-enum class InjectKind { kDataDelay, kCommDelay, kComputeSpin, kCheckpointSync };
+enum class InjectKind { kDataDelay, kCommDelay, kComputeSpin, kCheckpointSync, kEvalDelay };
 
 struct Injection {
   InjectKind kind = InjectKind::kDataDelay;
@@ -40,9 +42,11 @@ struct RankInjections {
   double comm_delay_ms = 0;
   double compute_spin_ms = 0;
   bool ckpt_sync = false;
+  double eval_delay_ms = 0;
 
   bool any() const {
-    return data_delay_ms > 0 || comm_delay_ms > 0 || compute_spin_ms > 0 || ckpt_sync;
+    return data_delay_ms > 0 || comm_delay_ms > 0 || compute_spin_ms > 0 || ckpt_sync ||
+           eval_delay_ms > 0;
   }
 };
 RankInjections injections_for_rank(const std::vector<Injection>& all, int rank);

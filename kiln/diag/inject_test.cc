@@ -25,6 +25,10 @@ TEST(Inject, ParsesEachKindWithAndWithoutRank) {
   EXPECT_EQ(injection_to_string(*c), "ckpt-sync@0");
   EXPECT_EQ(injection_to_string(*s), "compute-spin=7.5@1");
   EXPECT_EQ(injection_to_string(*parse_injection("comm-delay=3")), "comm-delay=3");
+  auto e = parse_injection("eval-delay=2500");
+  ASSERT_TRUE(e.is_ok()) << e.status().to_string();
+  EXPECT_EQ(e->kind, InjectKind::kEvalDelay);
+  EXPECT_EQ(injections_for_rank({*e}, 3).eval_delay_ms, 2500);
 }
 
 TEST(Inject, RejectsMalformedSpecsNamingThem) {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kiln/diag/step_json.h"
+#include "kiln/diag/summary.h"
 #include "kiln/diag/testing/temp_dir.h"
 
 namespace kiln::diag {
@@ -45,6 +46,34 @@ TEST(StepJson, RoundTripsEveryField) {
   EXPECT_EQ(back->comm_bytes, r.comm_bytes);
   EXPECT_EQ(back->cache_hit_rate, 0.75);
   EXPECT_EQ(back->loss, 1.5);
+}
+
+TEST(StepJson, RoundTripsEachCollectivesBytesTimeAndBandwidth) {
+  StepRecord r;
+  r.step_s = 0.1;
+  r.collectives = {{4 << 20, 0.004}, {1000, 0.0005}};
+  auto j = step_to_json(r);
+  ASSERT_EQ(j["collectives"].size(), 2u) << j.dump();
+  EXPECT_EQ(j["collectives"][0][0], 4 << 20);
+  EXPECT_DOUBLE_EQ(j["collectives"][0][2].get<double>(), (4 << 20) / 0.004);
+  auto back = step_from_json(j);
+  ASSERT_TRUE(back.is_ok()) << back.status().to_string();
+  ASSERT_EQ(back->collectives.size(), 2u);
+  EXPECT_EQ(back->collectives[1].bytes, 1000u);
+  EXPECT_EQ(back->collectives[1].seconds, 0.0005);
+  j["collectives"][1] = "x";
+  EXPECT_FALSE(step_from_json(j).is_ok());
+
+  // A window's summary: collectives per step, the largest, bytes over seconds.
+  WindowAccumulator acc(0);
+  acc.add_step(r);
+  r.collectives = {{2 << 20, 0.004}};
+  acc.add_step(r);
+  RankSummary s = acc.summary();
+  EXPECT_DOUBLE_EQ(s.collectives_per_step, 1.5);
+  EXPECT_DOUBLE_EQ(s.collective_bytes_max, 4 << 20);
+  EXPECT_DOUBLE_EQ(s.collective_Bps, ((6 << 20) + 1000) / 0.0085);
+  EXPECT_EQ(summary_to_json(s)["collective_Bps"], s.collective_Bps);
 }
 
 TEST(StepJson, MissingAndMistypedFieldsAreNamed) {

@@ -13,6 +13,15 @@ nlohmann::json step_to_json(const StepRecord &r) {
   j["comm_bytes"] = r.comm_bytes;
   j["comm_s"] = r.comm_s;
   j["cache_hit_rate"] = r.cache_hit_rate;
+  if (!r.collectives.empty()) {
+    // [bytes, seconds, bytes/s] per collective: bandwidth written out so a
+    // reader of metrics.jsonl need not divide.
+    nlohmann::json cs = nlohmann::json::array();
+    for (const auto& c : r.collectives) {
+      cs.push_back({c.bytes, c.seconds, c.seconds > 0 ? static_cast<double>(c.bytes) / c.seconds : 0.0});
+    }
+    j["collectives"] = std::move(cs);
+  }
   return j;
 }
 
@@ -52,6 +61,15 @@ Result<StepRecord> step_from_json(const nlohmann::json &j) {
   KILN_RETURN_IF_ERROR(read_field(j, "comm_bytes", &r.comm_bytes, false));
   KILN_RETURN_IF_ERROR(read_field(j, "comm_s", &r.comm_s, false));
   KILN_RETURN_IF_ERROR(read_field(j, "cache_hit_rate", &r.cache_hit_rate, false));
+  if (auto it = j.find("collectives"); it != j.end() && !it->is_null()) {
+    for (const auto& c : *it) {
+      if (!c.is_array() || c.size() < 2 || !c[0].is_number_unsigned() || !c[1].is_number()) {
+        return invalid_argument("step record: \"collectives\" holds " + c.dump() +
+                                ", expected [bytes, seconds, bytes_per_s]");
+      }
+      r.collectives.push_back({c[0].get<std::uint64_t>(), c[1].get<double>()});
+    }
+  }
   return r;
 }
 

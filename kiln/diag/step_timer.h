@@ -60,6 +60,12 @@ struct PhaseSpan {
   double dur_s = 0;    // inclusive of nested scopes (the trace nests them too)
 };
 
+// One collective of the step's gradient sync (a DDP bucket's allreduce).
+struct CollectiveRecord {
+  std::uint64_t bytes = 0;  // each rank's buffer, in the dtype sent
+  double seconds = 0;       // the time the operation itself ran
+};
+
 struct StepRecord {
   std::int64_t step = 0;
   int rank = 0;
@@ -71,6 +77,7 @@ struct StepRecord {
   std::uint64_t samples = 0;
   std::uint64_t comm_bytes = 0;  // gradient sync volume this step (0 if unknown)
   double comm_s = 0;             // time the gradient sync took, overlapped or not
+  std::vector<CollectiveRecord> collectives;  // in issue order; empty if unknown
   double cache_hit_rate = -1;    // loader, -1 = unknown
   std::vector<PhaseSpan> spans;  // in order of ending
 

@@ -1,6 +1,7 @@
 #include "kiln/diag/summary.h"
 
 #include <algorithm>
+#include <cmath>
 #include <utility>
 
 namespace kiln::diag {
@@ -42,7 +43,7 @@ std::array<double, 12> sys_values(const SystemSample& s) {
           s.net_util(),      gpu_util};
 }
 
-constexpr std::array<std::pair<const char*, double RankSummary::*>, 9> kStepFields = {{
+constexpr std::array<std::pair<const char*, double RankSummary::*>, 13> kStepFields = {{
     {"step_s_mean", &RankSummary::step_s_mean},
     {"step_s_median", &RankSummary::step_s_median},
     {"step_s_max", &RankSummary::step_s_max},
@@ -52,6 +53,10 @@ constexpr std::array<std::pair<const char*, double RankSummary::*>, 9> kStepFiel
     {"cache_hit_rate", &RankSummary::cache_hit_rate},
     {"loss_last", &RankSummary::loss_last},
     {"gpu_mem_frac", &RankSummary::gpu_mem_frac},
+    {"collectives_per_step", &RankSummary::collectives_per_step},
+    {"collective_bytes_max", &RankSummary::collective_bytes_max},
+    {"collective_Bps", &RankSummary::collective_Bps},
+    {"own_s_stddev", &RankSummary::own_s_stddev},
 }};
 constexpr std::array<std::pair<const char*, std::int64_t RankSummary::*>, 5> kIntFields = {{
     {"rank", &RankSummary::rank},
@@ -67,7 +72,14 @@ void WindowAccumulator::add_step(const StepRecord& r) {
   if (step_s_.empty()) sums_.first_step = r.step;
   sums_.last_step = r.step;
   step_s_.push_back(r.step_s);
+  own_s_.push_back(r.step_s - r[Phase::kExposedComm]);
   step_s_sum_ += r.step_s;
+  for (const auto& c : r.collectives) {
+    collectives_ += 1;
+    collective_bytes_ += static_cast<double>(c.bytes);
+    collective_s_ += c.seconds;
+    sums_.collective_bytes_max = std::max(sums_.collective_bytes_max, static_cast<double>(c.bytes));
+  }
   for (int i = 0; i < kPhaseCount; ++i) sums_.phase_s_mean[i] += r.phase_s[i];
   samples_ += static_cast<double>(r.samples);
   if (r.comm_bytes > 0 || r.comm_s > 0) {
@@ -123,6 +135,13 @@ RankSummary WindowAccumulator::summary() const {
     s.comm_bytes_per_step = sums_.comm_bytes_per_step / static_cast<double>(comm_known_);
     s.comm_s_per_step = sums_.comm_s_per_step / static_cast<double>(comm_known_);
   }
+  s.collectives_per_step = collectives_ / n;
+  s.collective_bytes_max = sums_.collective_bytes_max;
+  s.collective_Bps = collective_s_ > 0 ? collective_bytes_ / collective_s_ : 0;
+  double own_mean = 0, own_var = 0;
+  for (double o : own_s_) own_mean += o / n;
+  for (double o : own_s_) own_var += (o - own_mean) * (o - own_mean) / n;
+  s.own_s_stddev = std::sqrt(own_var);
   s.cache_hit_rate =
       cache_known_ > 0 ? sums_.cache_hit_rate / static_cast<double>(cache_known_) : -1;
   s.loss_last = sums_.loss_last;

@@ -26,6 +26,15 @@ struct RankSummary {
   double samples_per_s = 0;
   double comm_bytes_per_step = 0;
   double comm_s_per_step = 0;  // 0: unknown
+  // The collectives of a step's gradient sync, one record each: how many per
+  // step, the largest one's bytes, and their bytes over the seconds they ran
+  // (bytes-weighted bandwidth, as algbw); 0 where unknown.
+  double collectives_per_step = 0;
+  double collective_bytes_max = 0;
+  double collective_Bps = 0;
+  // Step-to-step standard deviation of own time (step less exposed comm):
+  // the run's own noise, which a straggler's excess must stand above.
+  double own_s_stddev = 0;
   double cache_hit_rate = -1;  // mean over steps that knew it; -1 unknown
   double loss_last = 0;
   // System readings averaged over the window; -1 where unknown.
@@ -69,6 +78,8 @@ class WindowAccumulator {
  private:
   int rank_;
   std::vector<double> step_s_;
+  std::vector<double> own_s_;  // step less exposed comm, per step
+  double collectives_ = 0, collective_bytes_ = 0, collective_s_ = 0;
   RankSummary sums_{};  // running sums of per-step fields
   std::int64_t cache_known_ = 0;
   std::int64_t comm_known_ = 0;

@@ -111,6 +111,28 @@ std::vector<RankSummary> summarize_trace(const TraceDir& t, std::int64_t skip) {
   return out;
 }
 
+std::vector<std::vector<RankSummary>> summarize_windows(const TraceDir& t, std::int64_t skip,
+                                                        std::int64_t window_steps) {
+  std::int64_t last = -1;
+  for (const auto& r : t.ranks) {
+    for (const auto& s : r.steps) last = std::max(last, s.step);
+  }
+  std::vector<std::vector<RankSummary>> out;
+  if (window_steps < 1 || last < skip) return out;
+  for (std::int64_t begin = skip; begin <= last; begin += window_steps) {
+    std::vector<RankSummary> window;
+    for (const auto& r : t.ranks) {
+      WindowAccumulator acc(r.rank);
+      for (const auto& s : r.steps) {
+        if (s.step >= begin && s.step < begin + window_steps) acc.add_step(s);
+      }
+      window.push_back(acc.summary());
+    }
+    out.push_back(std::move(window));
+  }
+  return out;
+}
+
 Result<Verdict> diagnose(const TraceDir& t, std::int64_t skip, const VerdictOptions& options) {
   std::vector<RankSummary> ranks = summarize_trace(t, skip);
   bool any =
@@ -119,7 +141,10 @@ Result<Verdict> diagnose(const TraceDir& t, std::int64_t skip, const VerdictOpti
     return failed_precondition(
         fmt::format("{}: no steps numbered {} or later to diagnose (lower --skip)", t.dir, skip));
   }
-  return decide(ranks, options);
+  std::int64_t steps = 0;
+  for (const auto& r : ranks) steps = std::max(steps, r.steps);
+  auto windows = summarize_windows(t, skip, std::max<std::int64_t>(5, (steps + 7) / 8));
+  return decide(ranks, options, windows);
 }
 
 }  // namespace kiln::diag

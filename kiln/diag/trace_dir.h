@@ -39,7 +39,14 @@ Result<TraceDir> read_trace_dir(const std::string& dir);
 // system samples taken since the first of them.
 std::vector<RankSummary> summarize_trace(const TraceDir& t, std::int64_t skip);
 
-// summarize_trace + decide. FailedPrecondition if no rank has a step >= skip.
+// The same steps cut into consecutive windows of `window_steps` step numbers
+// (the first from `skip`): result[w][i] is rank i's summary of window w.
+// Steps only: a window's system readings are left unknown.
+std::vector<std::vector<RankSummary>> summarize_windows(const TraceDir& t, std::int64_t skip,
+                                                        std::int64_t window_steps);
+
+// summarize_trace + decide, with the run cut into windows of max(5, steps/8)
+// steps for the straggler's persistence (Note [A straggler is persistent]). FailedPrecondition if no rank has a step >= skip.
 Result<Verdict> diagnose(const TraceDir& t, std::int64_t skip, const VerdictOptions& options = {});
 
 }  // namespace kiln::diag

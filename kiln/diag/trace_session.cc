@@ -5,8 +5,8 @@
 
 #include <cerrno>
 #include <filesystem>
-#include <fstream>
 
+#include "kiln/base/fs.h"
 #include "kiln/base/logging.h"
 #include "kiln/diag/aggregate.h"
 #include "kiln/diag/step_json.h"
@@ -35,11 +35,7 @@ Status write_meta(const std::string& path, int rank, const TraceOptions& o) {
                          {"summary_every", o.summary_every},
                          {"trace_max_steps", o.trace_max_steps},
                          {"sample_interval_s", o.sample_interval_s}};
-  std::ofstream out(path, std::ios::trunc);
-  out << meta.dump(2) << "\n";
-  out.close();
-  if (!out) return errno_status("write " + path, errno);
-  return Status::ok();
+  return write_file_atomic(path, meta.dump(2) + "\n", Durability::kAtomicOnly);
 }
 
 }  // namespace
@@ -157,7 +153,11 @@ Result<Verdict> TraceSession::summarize(comm::Communicator* comm,
   } else {
     all.push_back(mine);
   }
-  Verdict v = decide(all, options_.verdict);
+  recent_windows_.push_back(all);
+  if (recent_windows_.size() > 8) recent_windows_.pop_front();
+  const std::vector<std::vector<RankSummary>> windows(recent_windows_.begin(),
+                                                      recent_windows_.end());
+  Verdict v = decide(all, options_.verdict, windows);
   if (rank_ == 0) KILN_RETURN_IF_ERROR(record_cluster(all, v));
   return v;
 }

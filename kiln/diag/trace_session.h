@@ -24,6 +24,7 @@
 #pragma once
 
 #include <chrono>
+#include <deque>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -102,6 +103,9 @@ class TraceSession {
   std::unique_ptr<ChromeTraceWriter> trace_;  // null without a dir or past trace_max_steps
   std::unique_ptr<MetricsWriter> summaries_;  // rank 0 with a dir only
   std::int64_t traced_steps_ = 0;             // training thread only
+  // The last windows gathered (training thread only), for the straggler's
+  // persistence (Note [A straggler is persistent]).
+  std::deque<std::vector<RankSummary>> recent_windows_;
   mutable std::mutex mu_;
   WindowAccumulator window_;                   // GUARDED_BY(mu_)
   std::optional<SystemSample> latest_system_;  // GUARDED_BY(mu_)

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 
 namespace kiln::diag {
 namespace {
@@ -108,49 +109,97 @@ bool memory_verdict(std::span<const RankSummary> ranks, const VerdictOptions& o,
   return false;
 }
 
-bool straggler_verdict(std::span<const RankSummary> ranks, const VerdictOptions& o, Verdict* v) {
-  if (ranks.size() < 2) return false;
+// Note [A straggler is persistent]: on a shared machine any rank is the
+// slowest now and then (another process takes its core for a while), and a
+// verdict built on one such stretch names a different rank every run. A
+// straggler is the same rank slowest in most windows of the run, by an
+// excess its own steps' jitter cannot explain.
+struct Straggler {
+  size_t index = 0;  // into ranks
+  double excess_s = 0;  // own time over the others' median
+  double med_own = 0, med_step = 0, noise_s = 0;
+  int slowest_windows = 0, windows = 0;
+  Phase worst = Phase::kForward;
+  double worst_excess = 0;
+};
+
+// The rank index slowest by own time among `ranks` (which have steps).
+size_t slowest_index(std::span<const RankSummary> ranks) {
   size_t slow = 0;
   for (size_t i = 1; i < ranks.size(); ++i) {
     if (ranks[i].own_s() > ranks[slow].own_s()) slow = i;
   }
-  std::vector<double> others_own, others_compute, others_step;
-  double others_wait = 0;
+  return slow;
+}
+
+std::optional<Straggler> find_straggler(std::span<const RankSummary> ranks,
+                                        std::span<const std::vector<RankSummary>> windows,
+                                        const VerdictOptions& o) {
+  if (ranks.size() < 2) return std::nullopt;
+  Straggler st;
+  st.index = slowest_index(ranks);
+  const RankSummary& s = ranks[st.index];
+  std::vector<double> others_own, others_step, noise;
   for (size_t i = 0; i < ranks.size(); ++i) {
-    if (i == slow) continue;
+    noise.push_back(ranks[i].own_s_stddev);
+    if (i == st.index) continue;
     others_own.push_back(ranks[i].own_s());
-    others_compute.push_back(compute_s(ranks[i]));
     others_step.push_back(ranks[i].step_s_mean);
-    others_wait += ranks[i].fraction(Phase::kExposedComm);
   }
-  others_wait /= static_cast<double>(others_own.size());
-  const RankSummary& s = ranks[slow];
-  const double med_own = median(others_own), med_step = median(others_step);
-  if (med_own <= 0 || s.own_s() < o.straggler_ratio * med_own ||
-      s.own_s() - med_own < o.straggler_min_excess * med_step) {
-    return false;
+  st.med_own = median(others_own);
+  st.med_step = median(others_step);
+  st.noise_s = median(noise);
+  st.excess_s = s.own_s() - st.med_own;
+  if (st.med_own <= 0 || s.own_s() < o.straggler_ratio * st.med_own ||
+      st.excess_s < o.straggler_min_excess * st.med_step ||
+      st.excess_s < o.straggler_noise_margin * st.noise_s) {
+    return std::nullopt;
+  }
+  for (const auto& w : windows) {
+    std::vector<RankSummary> live;
+    for (const auto& r : w) {
+      if (r.steps > 0 && r.step_s_mean > 0) live.push_back(r);
+    }
+    if (live.size() < 2) continue;
+    ++st.windows;
+    if (live[slowest_index(live)].rank == s.rank) ++st.slowest_windows;
+  }
+  if (st.windows > 0 && st.slowest_windows < o.straggler_persistence * st.windows) {
+    return std::nullopt;
   }
   // Which phase carries the extra time: the one furthest above the others'.
-  Phase worst = Phase::kForward;
-  double worst_excess = -1;
+  st.worst_excess = -1;
   for (Phase p : {Phase::kDataWait, Phase::kForward, Phase::kBackward, Phase::kOptimizer,
                   Phase::kCheckpointStall, Phase::kOther}) {
     std::vector<double> o_p;
     for (size_t i = 0; i < ranks.size(); ++i) {
-      if (i != slow) o_p.push_back(ranks[i].phase(p));
+      if (i != st.index) o_p.push_back(ranks[i].phase(p));
     }
     double excess = s.phase(p) - median(o_p);
-    if (excess > worst_excess) {
-      worst_excess = excess;
-      worst = p;
+    if (excess > st.worst_excess) {
+      st.worst_excess = excess;
+      st.worst = p;
     }
   }
-  if (worst == Phase::kCheckpointStall &&
+  if (st.worst == Phase::kCheckpointStall &&
       fraction_spread(ranks, Phase::kCheckpointStall).mean >= o.checkpoint_fraction) {
-    return false;  // checkpoints stall everyone; rank 0 just does more (see verdict.h)
+    return std::nullopt;  // checkpoints stall everyone; rank 0 just does more (see verdict.h)
   }
-  v->verdict = "straggler";
+  return st;
+}
+
+void describe_straggler(std::span<const RankSummary> ranks, const Straggler& st, Verdict* v) {
+  const RankSummary& s = ranks[st.index];
   v->rank = static_cast<int>(s.rank);
+  std::vector<double> others_compute;
+  double others_wait = 0;
+  for (size_t i = 0; i < ranks.size(); ++i) {
+    if (i == st.index) continue;
+    others_compute.push_back(compute_s(ranks[i]));
+    others_wait += ranks[i].fraction(Phase::kExposedComm);
+  }
+  others_wait /= static_cast<double>(others_compute.size());
+  const Phase worst = st.worst;
   const bool compute =
       worst == Phase::kForward || worst == Phase::kBackward || worst == Phase::kOptimizer;
   const double med_compute = median(others_compute);
@@ -162,11 +211,17 @@ bool straggler_verdict(std::span<const RankSummary> ranks, const VerdictOptions&
   } else {
     v->evidence.push_back(fmt::format("rank {}'s {} is {} per step, {} more than the other ranks'",
                                       s.rank, phase_name(worst), ms(s.phase(worst)),
-                                      ms(worst_excess)));
+                                      ms(st.worst_excess)));
   }
   v->evidence.push_back(fmt::format(
       "rank {}'s own time (step less exposed comm) is {:.1f}x the others' median ({} vs {})",
-      s.rank, s.own_s() / med_own, ms(s.own_s()), ms(med_own)));
+      s.rank, s.own_s() / st.med_own, ms(s.own_s()), ms(st.med_own)));
+  if (st.windows > 0) {
+    v->evidence.push_back(fmt::format(
+        "it is the slowest rank in {} of {} windows, {} above the others where step-to-step "
+        "noise is {}",
+        st.slowest_windows, st.windows, ms(st.excess_s), ms(st.noise_s)));
+  }
   v->evidence.push_back(fmt::format(
       "the other ranks spend {} of their step waiting in exposed comm", pct(others_wait)));
   if (compute) {
@@ -181,7 +236,6 @@ bool straggler_verdict(std::span<const RankSummary> ranks, const VerdictOptions&
     v->next =
         fmt::format("check rank {}'s host (its {} time stands out)", s.rank, phase_name(worst));
   }
-  return true;
 }
 
 void compute_verdict(std::span<const RankSummary> ranks, Verdict* v) {
@@ -230,7 +284,8 @@ RuleOfThumb rule_of_thumb(std::span<const RankSummary> ranks) {
   return rule;
 }
 
-Verdict decide(std::span<const RankSummary> all, const VerdictOptions& o) {
+Verdict decide(std::span<const RankSummary> all, const VerdictOptions& o,
+               std::span<const std::vector<RankSummary>> windows) {
   std::vector<RankSummary> live;
   for (const auto& r : all) {
     if (r.steps > 0 && r.step_s_mean > 0) live.push_back(r);
@@ -256,27 +311,35 @@ Verdict decide(std::span<const RankSummary> all, const VerdictOptions& o) {
         fraction_spread(ranks, static_cast<Phase>(i)).mean;
   }
   v.rule = rule_of_thumb(ranks);
-  if (memory_verdict(ranks, o, &v) || straggler_verdict(ranks, o, &v)) return v;
+  if (memory_verdict(ranks, o, &v)) return v;
 
+  // Note [Ranking causes by the time they cost]: several causes can pass
+  // their thresholds at once (a data wait on every rank and one rank slower
+  // than the others). The one to name is the one whose removal shortens the
+  // step most: a straggler costs the others its excess own time; data wait
+  // and checkpoint stall cost their mean; exposed comm costs what the rank
+  // that waits least waits (the rest is waiting for a slower rank).
   const Spread ck = fraction_spread(ranks, Phase::kCheckpointStall);
   const Spread data = fraction_spread(ranks, Phase::kDataWait);
   const Spread comm = fraction_spread(ranks, Phase::kExposedComm);
-  struct Candidate {
-    const char* name;
-    double fraction;
-  };
-  std::vector<Candidate> hits;
-  if (ck.mean >= o.checkpoint_fraction) hits.push_back({"checkpoint", ck.mean});
-  if (data.mean >= o.data_fraction) hits.push_back({"data", data.mean});
-  if (comm.mean >= o.comm_fraction) hits.push_back({"comm", comm.mean});
-  if (hits.empty()) {
+  std::optional<Straggler> straggler = find_straggler(ranks, windows, o);
+  if (straggler) {
+    v.ranking.push_back({"straggler", straggler->excess_s / v.step_s,
+                         static_cast<int>(ranks[straggler->index].rank)});
+  }
+  if (ck.mean >= o.checkpoint_fraction) v.ranking.push_back({"checkpoint", ck.mean});
+  if (data.mean >= o.data_fraction) v.ranking.push_back({"data", data.mean});
+  if (comm.lo >= o.comm_fraction) v.ranking.push_back({"comm", comm.lo});
+  std::stable_sort(v.ranking.begin(), v.ranking.end(),
+                   [](const Candidate& a, const Candidate& b) { return a.saves > b.saves; });
+  if (v.ranking.empty()) {
     compute_verdict(ranks, &v);
     return v;
   }
-  v.verdict = std::max_element(hits.begin(), hits.end(), [](const auto& a, const auto& b) {
-                return a.fraction < b.fraction;
-              })->name;
-  if (v.verdict == "checkpoint") {
+  v.verdict = v.ranking.front().verdict;
+  if (v.verdict == "straggler") {
+    describe_straggler(ranks, *straggler, &v);
+  } else if (v.verdict == "checkpoint") {
     double stall = 0;
     for (const auto& r : ranks) stall += r.phase(Phase::kCheckpointStall);
     v.evidence.push_back("checkpoint stall is " + across(ranks, ck, o.checkpoint_fraction));
@@ -309,12 +372,29 @@ Verdict decide(std::span<const RankSummary> all, const VerdictOptions& o) {
                                        bytes / static_cast<double>(ranks.size()) / 1e6,
                                        rate(bytes / secs)));
     }
+    const double per_step = mean_known(ranks, &RankSummary::collectives_per_step);
+    const double bw = mean_known(ranks, &RankSummary::collective_Bps);
+    if (per_step > 0 && bw > 0) {
+      v.evidence.push_back(fmt::format(
+          "{:.0f} collectives per step, the largest {:.1f} MB, each at {} while it runs",
+          per_step, max_known(ranks, &RankSummary::collective_bytes_max) / 1e6, rate(bw)));
+    }
     double net = max_known(ranks, &RankSummary::net_util);
     if (net >= 0) v.evidence.push_back("busiest network link at " + pct(net) + " of its speed");
     v.next =
         "overlap more of the gradient sync with backward (smaller buckets), compress gradients "
         "(bf16), or check the network between the ranks";
   }
+  v.evidence.push_back(fmt::format("removing it would save about {} of the step{}",
+                                   pct(v.ranking.front().saves), [&] {
+                                     std::string rest;
+                                     for (size_t i = 1; i < v.ranking.size(); ++i) {
+                                       rest += fmt::format("{}{} {}", i == 1 ? "; then " : ", ",
+                                                           v.ranking[i].verdict,
+                                                           pct(v.ranking[i].saves));
+                                     }
+                                     return rest;
+                                   }()));
   return v;
 }
 
@@ -328,6 +408,13 @@ nlohmann::json verdict_to_json(const Verdict& v) {
                       {"phase_fractions", v.phase_fractions},
                       {"rule_of_thumb", {{"verdict", v.rule.verdict}, {"reason", v.rule.reason}}}};
   if (v.rank >= 0) j["rank"] = v.rank;
+  nlohmann::json ranking = nlohmann::json::array();
+  for (const auto& c : v.ranking) {
+    nlohmann::json e = {{"verdict", c.verdict}, {"saves", c.saves}};
+    if (c.rank >= 0) e["rank"] = c.rank;
+    ranking.push_back(std::move(e));
+  }
+  j["ranking"] = std::move(ranking);
   return j;
 }
 

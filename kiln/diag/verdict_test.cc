@@ -106,6 +106,113 @@ TEST(Verdict, SmallImbalanceIsNoStraggler) {
   EXPECT_EQ(decide(r).verdict, "compute");
 }
 
+// Note [A straggler is persistent], on synthetic windows: 2 ranks whose data
+// wait is 26% of the step (as data-delay=60 on a 230 ms step), rank `slow`
+// `extra` seconds slower in its own time in the given window.
+std::vector<RankSummary> data_window(int slow, double extra) {
+  std::vector<RankSummary> w = {rank(0, 0.06, 0.05, 0.1, 0.02, 0.002, 0),
+                                rank(1, 0.06, 0.05, 0.1, 0.02, 0.002, 0)};
+  RankSummary& s = w[slow];
+  s.phase_s_mean[static_cast<int>(Phase::kForward)] += extra;
+  s.step_s_mean += extra;
+  // The other rank waits for it in exposed comm.
+  RankSummary& o = w[1 - slow];
+  o.phase_s_mean[static_cast<int>(Phase::kExposedComm)] += extra;
+  o.step_s_mean += extra;
+  return w;
+}
+
+// The whole run's summary of equally long windows.
+std::vector<RankSummary> whole(const std::vector<std::vector<RankSummary>>& windows) {
+  std::vector<RankSummary> out = windows.front();
+  for (size_t i = 0; i < out.size(); ++i) {
+    out[i].step_s_mean = 0;
+    out[i].phase_s_mean = {};
+    for (const auto& w : windows) {
+      out[i].step_s_mean += w[i].step_s_mean / static_cast<double>(windows.size());
+      for (int p = 0; p < kPhaseCount; ++p) {
+        out[i].phase_s_mean[p] += w[i].phase_s_mean[p] / static_cast<double>(windows.size());
+      }
+    }
+  }
+  return out;
+}
+
+TEST(Verdict, ARankSlowInOneWindowIsNoStragglerAndTheDataWaitIsNamed) {
+  // One window where another process took rank 1's core for a while: over
+  // the run rank 1's own time is 1.35x rank 0's, but only there.
+  std::vector<std::vector<RankSummary>> windows = {data_window(0, 0.004), data_window(1, 0.4),
+                                                   data_window(0, 0.003), data_window(1, 0.002)};
+  std::vector<RankSummary> run = whole(windows);
+  ASSERT_GE(run[1].own_s(), 1.3 * run[0].own_s()) << "the old rule would name a straggler";
+  Verdict v = decide(run, {}, windows);
+  EXPECT_EQ(v.verdict, "data");
+  EXPECT_EQ(v.rank, -1);
+  ASSERT_FALSE(v.ranking.empty());
+  EXPECT_EQ(v.ranking[0].verdict, "data");
+  EXPECT_TRUE(mentions(v, "removing it would save about")) << v.evidence.back();
+}
+
+TEST(Verdict, TheSameRankSlowInMostWindowsIsAStraggler) {
+  std::vector<std::vector<RankSummary>> windows = {data_window(1, 0.15), data_window(1, 0.16),
+                                                   data_window(0, 0.003), data_window(1, 0.14),
+                                                   data_window(1, 0.15)};
+  Verdict v = decide(whole(windows), {}, windows);
+  EXPECT_EQ(v.verdict, "straggler");
+  EXPECT_EQ(v.rank, 1);
+  EXPECT_TRUE(mentions(v, "the slowest rank in 4 of 5 windows")) << v.evidence[2];
+  // Ranked by the time each cause costs: the straggler's ~120 ms excess over
+  // the data wait's 60 ms.
+  ASSERT_EQ(v.ranking.size(), 2u);
+  EXPECT_EQ(v.ranking[0].verdict, "straggler");
+  EXPECT_EQ(v.ranking[0].rank, 1);
+  EXPECT_EQ(v.ranking[1].verdict, "data");
+  EXPECT_GT(v.ranking[0].saves, v.ranking[1].saves);
+  EXPECT_EQ(verdict_to_json(v)["ranking"][1]["verdict"], "data");
+
+  // Flipping between ranks is noise, however large.
+  std::vector<std::vector<RankSummary>> flips = {data_window(1, 0.15), data_window(0, 0.15),
+                                                 data_window(1, 0.15), data_window(0, 0.14)};
+  EXPECT_NE(decide(whole(flips), {}, flips).verdict, "straggler");
+}
+
+TEST(Verdict, AnExcessWithinTheRunsOwnNoiseIsNoStraggler) {
+  std::vector<std::vector<RankSummary>> windows = {data_window(1, 0.08), data_window(1, 0.08),
+                                                   data_window(1, 0.08)};
+  std::vector<RankSummary> run = whole(windows);
+  EXPECT_EQ(decide(run, {}, windows).verdict, "straggler");
+  for (auto& r : run) r.own_s_stddev = 0.09;  // steps jitter by 90 ms: 80 ms is within it
+  EXPECT_EQ(decide(run, {}, windows).verdict, "data");
+}
+
+TEST(Verdict, AStragglerCostingLessThanTheDataWaitRanksSecond) {
+  // Rank 1 is persistently 120 ms slower (past 1.3x, 10% of the step and
+  // the noise), but every rank waits 160 ms for data: data saves more.
+  std::vector<std::vector<RankSummary>> windows = {data_window(1, 0.12), data_window(1, 0.12),
+                                                   data_window(1, 0.12)};
+  for (auto& w : windows) {
+    for (auto& r : w) {
+      r.phase_s_mean[static_cast<int>(Phase::kDataWait)] += 0.1;
+      r.step_s_mean += 0.1;
+    }
+  }
+  Verdict v = decide(whole(windows), {}, windows);
+  EXPECT_EQ(v.verdict, "data");
+  ASSERT_EQ(v.ranking.size(), 2u);
+  EXPECT_EQ(v.ranking[1].verdict, "straggler");
+  EXPECT_EQ(v.ranking[1].rank, 1);
+  EXPECT_TRUE(mentions(v, "then straggler")) << v.evidence.back();
+}
+
+TEST(Verdict, WaitingForASlowerRankIsNotComm) {
+  // Rank 0 waits 30% of its step for rank 1 (which flips: no straggler);
+  // the rank that waits least waits 2%: communication itself costs little.
+  std::vector<RankSummary> r = {rank(0, 0.001, 0.02, 0.04, 0.03, 0.004, 0),
+                                rank(1, 0.001, 0.02, 0.07, 0.002, 0.004, 0)};
+  r[1].own_s_stddev = r[0].own_s_stddev = 0.03;
+  EXPECT_EQ(decide(r).verdict, "compute");
+}
+
 TEST(Verdict, HostMemoryNearlyExhausted) {
   std::vector<RankSummary> r = {rank(0, 0.031, 0.02, 0.04, 0.005, 0.004, 0),
                                 rank(1, 0.001, 0.02, 0.04, 0.005, 0.004, 0)};

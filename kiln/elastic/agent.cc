@@ -60,9 +60,11 @@ Agent::Agent(std::shared_ptr<store::Store> job_store, AgentOptions options)
                                             .min_nodes = options_.min_nodes,
                                             .max_nodes = options_.max_nodes,
                                             .last_call = options_.last_call,
+                                            .changes = options_.changes,
                                             .running_round_gone =
                                                 [this](const Round& r) { return round_gone(r); }}),
       policy_(options_.policy),
+      budget_(store_),
       liveness_(options_.liveness.publish ? options_.liveness
                                           : counter_liveness(store_, options_.node_ttl)) {
   if (!options_.events_path.empty()) events_ = std::fopen(options_.events_path.c_str(), "a");
@@ -85,6 +87,7 @@ void Agent::event(const std::string& name, const Round* round, const Failure* fa
     j["generation"] = round->generation;
     j["nodes"] = round->num_nodes();
     j["world_size"] = round->num_nodes() * options_.nproc_per_node;
+    j["restarts"] = restarts_;
   }
   if (failure != nullptr) {
     j["failed_node"] = failure->node;
@@ -219,8 +222,10 @@ Result<std::pair<std::string, int>> Agent::worker_store(
     return std::make_pair(options_.master_addr, options_.master_port);
   const std::string master_key = key(round.generation, "master");
   if (round.group_rank == 0) {
-    server = std::make_unique<store::tcp::TcpStoreServer>();
-    KILN_RETURN_IF_ERROR(server->start("0.0.0.0", 0)
+    server = std::make_unique<store::tcp::TcpStoreServer>(
+        store::tcp::TcpStoreServerOptions{.token = options_.job_token});
+    // Bound where the workers are told to connect, not every interface.
+    KILN_RETURN_IF_ERROR(server->start(options_.self.addr, 0)
                              .with_context(fmt::format("kiln run: serving round {}'s worker store",
                                                        round.generation)));
     int port = server->port();
@@ -278,9 +283,22 @@ Status Agent::run() {
   KILN_ASSIGN_OR_RETURN(alive_, liveness_.publish(options_.self.id));
   std::int64_t floor = 1;
   std::optional<Round> previous;
+  std::int64_t unrecorded_failure = 0;  // a round lost with the store (0: none)
   while (true) {
+    if (unrecorded_failure > 0) {
+      // Cut off from the store, this agent killed its workers: a failure,
+      // recorded once the store answers (the claim keeps it counted once
+      // if the others saw it too).
+      note_store_error(budget_.record_failure(unrecorded_failure, options_.self.id));
+      unrecorded_failure = 0;
+    }
     KILN_ASSIGN_OR_RETURN(const Round round, join(floor));
     const std::int64_t g = round.generation;
+    // Store trouble here is the round's first failure to come: the monitor
+    // sees it. Until then the last count known is the best guess.
+    auto restarts = budget_.restarts_before(g);
+    note_store_error(restarts);
+    if (restarts.is_ok()) restarts_ = *restarts;
     event("round_formed", &round, nullptr, nullptr, membership_note(previous, round));
     previous = round;
 
@@ -288,6 +306,9 @@ Status Agent::run() {
     auto master = worker_store(round, round_store);
     if (!master.is_ok()) {
       event("worker_store_missing", &round, nullptr, nullptr, master.status().to_string());
+      // Group rank 0 vanished (or the store did) before the workers
+      // started: a failure, like a node lost.
+      note_store_error(budget_.record_failure(g, options_.self.id));
       note_store_error(rendezvous_.open_next(g, round.num_nodes()));
       floor = g + 1;
       continue;
@@ -299,6 +320,7 @@ Status Agent::run() {
         Deadline::after(options_.node_ttl * 3));
     if (!script.is_ok()) {
       event("worker_store_missing", &round, nullptr, nullptr, script.status().to_string());
+      note_store_error(budget_.record_failure(g, options_.self.id));
       note_store_error(rendezvous_.open_next(g, round.num_nodes()));
       floor = g + 1;
       continue;
@@ -314,12 +336,12 @@ Status Agent::run() {
                          .run_id = options_.run_id,
                          .generation = g,
                          .max_restarts = options_.policy.max_restarts,
+                         .restart_count = restarts_,
                          .hang_timeout = options_.hang_timeout,
                          .startup_timeout = options_.startup_timeout};
     KILN_ASSIGN_OR_RETURN(auto group, WorkerGroup::start(spec));
     Observation o = monitor(round, *group);
     const int members = round.num_nodes();
-    const int restarts = static_cast<int>(g - 1);
 
     switch (o.outcome) {
       case Outcome::kFinished: {
@@ -360,18 +382,21 @@ Status Agent::run() {
       case Outcome::kStoreLost: {
         group->kill_all();
         event("store_lost", &round, &o.failure, nullptr, "rejoining when the store is back");
+        unrecorded_failure = g;
         floor = g + 1;
         continue;
       }
       case Outcome::kLocalFailure:
       case Outcome::kPeerLost: {
         group->kill_all();
-        Decision d = policy_.decide(o.failure, restarts, group->started_at());
+        Decision d = policy_.decide(o.failure, restarts_, group->started_at());
         event(std::string(failure_kind_name(o.failure.kind)), &round, &o.failure, &d);
         if (d.action == Action::kGiveUp) {
           return aborted(fmt::format("kiln run: giving up on job {:?} after {} restarts: {} ({})",
-                                     options_.run_id, restarts, o.failure.detail, d.reason));
+                                     options_.run_id, restarts_, o.failure.detail, d.reason));
         }
+        // Before opening the next round, so its members count this failure.
+        note_store_error(budget_.record_failure(g, options_.self.id));
         bool self_excluded = d.action == Action::kExcludeNode && o.failure.node == options_.self.id;
         int expected = members - (o.outcome == Outcome::kPeerLost ? o.lost_nodes : 0) -
                        (self_excluded ? 1 : 0);

@@ -26,6 +26,7 @@
 #include "kiln/elastic/liveness.h"
 #include "kiln/elastic/policy.h"
 #include "kiln/elastic/rendezvous.h"
+#include "kiln/elastic/restart_budget.h"
 #include "kiln/elastic/worker_group.h"
 #include "kiln/store/store.h"
 #include "kiln/store/tcp/server.h"
@@ -58,10 +59,15 @@ struct AgentOptions {
   // round's workers at self.addr and publishes it as "gG/master";
   // master_addr/master_port are then unused.
   bool serve_worker_store = false;
+  // The job token the worker store requires (the workers find it in
+  // KILN_JOB_TOKEN); empty: not authenticated.
+  std::string job_token;
   Clock::duration finish_linger = std::chrono::seconds(60);
   std::string events_path;  // JSON lines with wall-clock times; empty = none
   // How nodes show they are alive; unset: heartbeat counters in the job store.
   LivenessBackend liveness;
+  // How a waiting rendezvous learns of changes (etcd's watch); unset: it polls.
+  std::shared_ptr<ChangeFeed> changes;
 };
 
 class Agent {
@@ -111,10 +117,13 @@ class Agent {
   void event(const std::string& name, const Round* round, const Failure* failure,
              const Decision* decision, const std::string& note = "");
 
+  int restarts_ = 0;  // failures before the current round (budget_)
+
   std::shared_ptr<store::Store> store_;
   AgentOptions options_;
   Rendezvous rendezvous_;
   RecoveryPolicy policy_;
+  RestartBudget budget_;  // Note [Counting restarts across agents]
   std::atomic<bool> stop_requested_{false};
   std::FILE* events_ = nullptr;
   LivenessBackend liveness_;

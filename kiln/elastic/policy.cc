@@ -74,7 +74,7 @@ Decision RecoveryPolicy::decide(const Failure& failure, int restarts,
   }
   if (restarts >= options_.max_restarts) {
     d.action = Action::kGiveUp;
-    d.reason += fmt::format("; but the job already re-formed {} times (--max-restarts {})",
+    d.reason += fmt::format("; but the job already restarted after {} failures (--max-restarts {})",
                             restarts, options_.max_restarts);
     return d;
   }

@@ -8,7 +8,8 @@
 //              backoff with jitter (1 s base, 30 s cap);
 //   permanent  a node is lost, or one node failed `node_failure_limit`
 //              times within `node_failure_window` -> re-form without it;
-//   give up    `max_restarts` re-forms are used up.
+//   give up    `max_restarts` restarts after failures are used up (re-forms
+//              for a scale-up, scale-down or preemption do not count).
 #pragma once
 
 #include <chrono>
@@ -72,8 +73,8 @@ class RecoveryPolicy {
  public:
   explicit RecoveryPolicy(PolicyOptions options);
 
-  // `restarts` is how many re-forms the job has had so far (the
-  // generation minus one); `group_started` when the failed group started.
+  // `restarts` is how many times the job restarted after a failure so far
+  // (restart_budget.h); `group_started` when the failed group started.
   Decision decide(const Failure& failure, int restarts, Clock::time_point group_started,
                   Clock::time_point now = Clock::now());
 

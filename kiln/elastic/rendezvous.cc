@@ -141,6 +141,27 @@ Result<Round> Rendezvous::members(std::int64_t generation, Deadline deadline) {
   return read_members(generation, static_cast<int>(closed), deadline);
 }
 
+void Rendezvous::wait_for_change(const Status& marked, Clock::time_point min_reached_at,
+                                 Deadline deadline) {
+  if (!options_.changes || !marked.is_ok()) {
+    std::this_thread::sleep_for(std::min(options_.poll_interval, deadline.remaining()));
+    return;
+  }
+  // Wake for the last call too: closing then is a matter of time, not keys.
+  const auto now = Clock::now();
+  Deadline until = deadline.min(Deadline::after(options_.feed_recheck));
+  if (min_reached_at != Clock::time_point{}) {
+    auto last_call_ends = min_reached_at + options_.last_call;
+    until = until.min(
+        Deadline::after(last_call_ends > now ? last_call_ends - now : Clock::duration::zero()));
+  }
+  Status s = options_.changes->wait(until);
+  if (!s.is_ok() && s.code() != Code::kDeadlineExceeded) {
+    // The store went away: its reads will say so; do not spin meanwhile.
+    std::this_thread::sleep_for(std::min(options_.poll_interval, deadline.remaining()));
+  }
+}
+
 Result<Round> Rendezvous::join(std::int64_t min_generation, Deadline deadline) {
   if (options_.min_nodes < 1 || options_.max_nodes < options_.min_nodes) {
     return invalid_argument(
@@ -155,6 +176,8 @@ Result<Round> Rendezvous::join(std::int64_t min_generation, Deadline deadline) {
     int closed = 0;
     std::optional<Round> running;  // the round we wait on to open ours
     while (true) {
+      // Before reading, so a change made meanwhile ends the wait below at once.
+      Status marked = options_.changes ? options_.changes->mark() : Status::ok();
       // A round not yet opened (we are early, waiting for the running group
       // to ask for it) cannot close.
       KILN_ASSIGN_OR_RETURN(current, current_generation());
@@ -179,7 +202,7 @@ Result<Round> Rendezvous::join(std::int64_t min_generation, Deadline deadline) {
             count, options_.min_nodes, options_.max_nodes,
             current < generation ? " (the round was never opened by the running group)" : ""));
       }
-      std::this_thread::sleep_for(std::min(options_.poll_interval, deadline.remaining()));
+      wait_for_change(marked, min_reached_at, deadline);
     }
     if (closed > 0 && ticket.index < closed) return read_members(generation, closed, deadline);
     // Late (or the round was skipped): wait for the next one.

@@ -42,14 +42,33 @@ struct Round {
   int num_nodes() const { return static_cast<int>(nodes.size()); }
 };
 
+// How a waiting agent learns that the job's keys changed, instead of
+// re-reading them every poll_interval. On etcd a watch (etcd_change_feed.h).
+class ChangeFeed {
+ public:
+  virtual ~ChangeFeed() = default;
+  // Called before the keys are read: wait() then reports any change after
+  // this moment, also one made while they were being read.
+  virtual Status mark() = 0;
+  // Blocks until a key changed since the last mark() (ok) or `deadline`
+  // (DeadlineExceeded); another error (the store unreachable) means the
+  // caller should read again after a pause.
+  virtual Status wait(Deadline deadline) = 0;
+};
+
 struct RendezvousOptions {
   NodeInfo self;
   int min_nodes = 1;
   int max_nodes = 1;
   // After min_nodes joined, how long to wait for more before closing.
   Clock::duration last_call = std::chrono::seconds(2);
-  // How often a waiting agent re-reads the round's keys.
+  // How often a waiting agent re-reads the round's keys, without `changes`.
   Clock::duration poll_interval = std::chrono::milliseconds(20);
+  // Set: a waiting agent re-reads when the keys changed, when the last call
+  // ends, and at least every `feed_recheck` (for the conditions that are
+  // not keys: a node's first TTL of grace in running_round_gone).
+  std::shared_ptr<ChangeFeed> changes;
+  Clock::duration feed_recheck = std::chrono::seconds(1);
   // Asked (each poll) while this agent waits for a running round to open
   // the next one: whether that round's nodes are all gone (lost or
   // finished), so that nobody will. If so this agent opens the next round
@@ -96,6 +115,9 @@ class Rendezvous {
   // while it is still open.
   Result<int> try_close(std::int64_t generation, Clock::time_point& min_reached_at);
   Result<Round> read_members(std::int64_t generation, int closed_count, Deadline deadline);
+  // Between two reads of a waiting join: until `changes` reports a change
+  // (or the last call or the recheck is due), else poll_interval.
+  void wait_for_change(const Status& marked, Clock::time_point min_reached_at, Deadline deadline);
   Result<std::int64_t> read_int(const std::string& key, std::int64_t missing);
 
   std::shared_ptr<store::Store> store_;

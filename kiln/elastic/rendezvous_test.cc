@@ -2,8 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <condition_variable>
 #include <future>
+#include <mutex>
 #include <set>
+#include <thread>
 
 #include "kiln/store/memory_store.h"
 
@@ -174,6 +178,134 @@ TEST(Rendezvous, ALateNodeWaitsWhileTheRunningRoundIsAlive) {
   ASSERT_FALSE(r.is_ok());
   EXPECT_NE(r.status().message().find("never opened by the running group"), std::string::npos)
       << r.status().message();
+}
+
+}  // namespace
+}  // namespace kiln::elastic
+
+namespace kiln::elastic {
+namespace {
+
+// A MemoryStore that tells a ChangeFeed about every write, and counts reads.
+class NotifyingStore final : public store::Store, public ChangeFeed {
+ public:
+  Status set(std::string_view k, std::string_view v) override {
+    Status s = inner_.set(k, v);
+    changed();
+    return s;
+  }
+  Result<std::string> get(std::string_view k, Deadline d) override {
+    ++reads_;
+    return inner_.get(k, d);
+  }
+  Result<std::int64_t> add(std::string_view k, std::int64_t delta) override {
+    auto r = inner_.add(k, delta);
+    if (delta != 0) changed();
+    return r;
+  }
+  Result<std::string> compare_set(std::string_view k, std::string_view expected,
+                                  std::string_view desired) override {
+    ++reads_;
+    // What it held before tells a swap from a failed one that found `desired`.
+    std::string key(k), before;
+    if (*inner_.check(std::span<const std::string>(&key, 1))) {
+      before = *inner_.get(k, Deadline::after(std::chrono::seconds(1)));
+    }
+    auto r = inner_.compare_set(k, expected, desired);
+    if (r.is_ok() && before == expected && desired != before) changed();
+    return r;
+  }
+  Status wait(std::span<const std::string> keys, Deadline d) override {
+    return inner_.wait(keys, d);
+  }
+  Result<bool> erase(std::string_view k) override {
+    auto r = inner_.erase(k);
+    changed();
+    return r;
+  }
+  Result<bool> check(std::span<const std::string> keys) override {
+    ++reads_;
+    return inner_.check(keys);
+  }
+
+  // ChangeFeed, for one waiting agent.
+  Status mark() override {
+    std::lock_guard lock(mu_);
+    marked_ = version_;
+    return Status::ok();
+  }
+  Status wait(Deadline d) override {
+    std::unique_lock lock(mu_);
+    ++waiting_;
+    bool changed = cv_.wait_for(lock, d.remaining(), [&] { return version_ != marked_; });
+    --waiting_;
+    if (changed) return Status::ok();
+    return deadline_exceeded("no change");
+  }
+
+  int reads() const { return reads_.load(); }
+  bool someone_waits() {
+    std::lock_guard lock(mu_);
+    return waiting_ > 0;
+  }
+
+ private:
+  void changed() {
+    {
+      std::lock_guard lock(mu_);
+      ++version_;
+    }
+    cv_.notify_all();
+  }
+  store::MemoryStore inner_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::int64_t version_ = 0, marked_ = 0;  // guarded by mu_
+  int waiting_ = 0;                        // guarded by mu_
+  std::atomic<int> reads_{0};
+};
+
+// With a change feed, a waiting agent reads when something changed or the
+// last call ends, not every poll interval (here an hour: polling would
+// never close these rounds in time).
+TEST(Rendezvous, WithAChangeFeedWaitingAgentsWakeOnChangesAndTheLastCall) {
+  auto feed_a = std::make_shared<NotifyingStore>();
+  RendezvousOptions a = node("a", 2, 2), b = node("b", 2, 2);
+  for (auto* o : {&a, &b}) {
+    o->poll_interval = std::chrono::hours(1);
+    o->feed_recheck = std::chrono::hours(1);
+  }
+  a.changes = feed_a;
+  auto ra = join_async(feed_a, a);
+  // a waits on the feed; while nobody writes it reads nothing.
+  Deadline deadline = Deadline::after(seconds(10));
+  while (!feed_a->someone_waits() && !deadline.expired()) {
+    std::this_thread::sleep_for(milliseconds(5));
+  }
+  ASSERT_TRUE(feed_a->someone_waits());
+  const int reads = feed_a->reads();
+  EXPECT_EQ(ra.wait_for(milliseconds(300)), std::future_status::timeout);
+  EXPECT_EQ(feed_a->reads(), reads) << "a waiting agent polled without a change";
+  // b joins and closes the full round; its writes wake a.
+  {
+    Rendezvous rb(feed_a, b);
+    auto joined = rb.join(1, Deadline::after(seconds(10)));
+    ASSERT_TRUE(joined.is_ok()) << joined.status().to_string();
+  }
+  auto r = ra.get();
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_EQ(r->num_nodes(), 2);
+
+  // Alone in a 1..2 round, an agent wakes when the last call ends.
+  auto feed = std::make_shared<NotifyingStore>();
+  RendezvousOptions solo = node("c", 1, 2, milliseconds(200));
+  solo.poll_interval = solo.feed_recheck = std::chrono::hours(1);
+  solo.changes = feed;
+  auto rc = join_async(feed, solo);
+  ASSERT_EQ(rc.wait_for(seconds(10)), std::future_status::ready);
+  auto closed = rc.get();
+  ASSERT_TRUE(closed.is_ok()) << closed.status().to_string();
+  EXPECT_EQ(closed->num_nodes(), 1);
 }
 
 }  // namespace

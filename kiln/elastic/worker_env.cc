@@ -18,7 +18,9 @@ std::vector<std::string> worker_environment(const WorkerGroupSpec& spec, int loc
   }
   const int world = spec.num_nodes * spec.nproc_per_node;
   const int rank = spec.group_rank * spec.nproc_per_node + local_rank;
-  const std::int64_t restarts = spec.generation - 1;
+  // Every earlier round (failures, scale-ups, preemptions) vs. only the
+  // restarts after failures (torchrun's count, restart_budget.h).
+  const std::int64_t rounds_before = spec.generation - 1;
   auto set = [&](const char* name, auto value) { vars[name] = fmt::format("{}", value); };
   set("RANK", rank);
   set("LOCAL_RANK", local_rank);
@@ -34,7 +36,7 @@ std::vector<std::string> worker_environment(const WorkerGroupSpec& spec, int loc
   set("MASTER_ADDR", spec.master_addr);
   set("MASTER_PORT", spec.master_port);
   set("TORCHELASTIC_USE_AGENT_STORE", "False");
-  set("TORCHELASTIC_RESTART_COUNT", restarts);
+  set("TORCHELASTIC_RESTART_COUNT", spec.restart_count);
   set("TORCHELASTIC_MAX_RESTARTS", spec.max_restarts);
   set("TORCHELASTIC_RUN_ID", spec.run_id);
   // The launcher serves Kiln's store; each round's workers get their own keys.
@@ -43,7 +45,7 @@ std::vector<std::string> worker_environment(const WorkerGroupSpec& spec, int loc
   set("KILN_STORE_PORT", spec.store_port);
   set("KILN_GROUP_TAG", fmt::format("{}/g{}", spec.run_id, spec.generation));
   set("KILN_GENERATION", spec.generation);
-  set("KILN_RESTART_COUNT", restarts);
+  set("KILN_RESTART_COUNT", rounds_before);
   if (heartbeat_fd >= 0) {
     set("KILN_HEARTBEAT_FD", heartbeat_fd);
   } else {

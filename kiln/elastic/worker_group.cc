@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -26,8 +27,9 @@ struct WorkerGroup::Worker {
   std::unique_ptr<LineForwarder> output;
   bool exited = false;
   int status = 0;
-  std::int64_t beats = 0;
-  Clock::time_point last_beat{};  // epoch until the first heartbeat
+  std::int64_t beats = 0;  // steps (Note [What a heartbeat byte means])
+  bool beat_seen = false;  // any heartbeat, busy beats included
+  Clock::time_point last_beat{};
 };
 
 namespace {
@@ -142,7 +144,9 @@ void WorkerGroup::pump(Clock::duration wait) {
     ssize_t r;
     if (w->heartbeat_fd >= 0) {
       while ((r = read(w->heartbeat_fd, buf, sizeof(buf))) > 0) {
-        w->beats += r;
+        // Note [What a heartbeat byte means] (worker_link.h): NUL is alive, busy.
+        w->beats += r - std::count(buf, buf + r, '\0');
+        w->beat_seen = true;
         w->last_beat = now;
       }
       if (r == 0) {
@@ -179,7 +183,7 @@ WorkerGroupState WorkerGroup::poll(Clock::duration wait) {
   for (auto& w : workers_) {
     if (!w->exited) {
       ++state.running;
-      bool beating = w->beats > 0;
+      bool beating = w->beat_seen;
       auto limit = beating ? spec_.hang_timeout : spec_.startup_timeout;
       auto since = beating ? w->last_beat : started_at_;
       // Ranks block on the one that hangs, so several go quiet together:

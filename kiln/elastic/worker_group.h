@@ -34,6 +34,9 @@ struct WorkerGroupSpec {
   std::string run_id;
   std::int64_t generation = 1;
   int max_restarts = 0;
+  // Restarts after failures so far (TORCHELASTIC_RESTART_COUNT): scale-ups,
+  // scale-downs and preemptions do not count (restart_budget.h).
+  int restart_count = 0;
   // Hang detection: after a worker's first heartbeat, at most
   // `hang_timeout` between two; before it, `startup_timeout`. Zero disables.
   Clock::duration hang_timeout = std::chrono::seconds(30);

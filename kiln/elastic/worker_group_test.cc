@@ -50,6 +50,7 @@ TEST(WorkerEnvironment, SetsTheTorchrunAndKilnVariables) {
   spec.group_rank = 1;
   spec.num_nodes = 3;
   spec.generation = 3;
+  spec.restart_count = 1;  // one of the two earlier rounds followed a failure
   spec.max_restarts = 5;
   auto env = as_map(worker_environment(spec, 2, 7));
   EXPECT_EQ(env["RANK"], "6");
@@ -67,7 +68,9 @@ TEST(WorkerEnvironment, SetsTheTorchrunAndKilnVariables) {
   EXPECT_EQ(env["TORCHELASTIC_USE_AGENT_STORE"], "False");
   EXPECT_EQ(env["KILN_STORE_ADDR"], "127.0.0.1");
   EXPECT_EQ(env["KILN_STORE_PORT"], "29999");
-  EXPECT_EQ(env["TORCHELASTIC_RESTART_COUNT"], "2");
+  EXPECT_EQ(env["TORCHELASTIC_RESTART_COUNT"], "1");
+  EXPECT_EQ(env["KILN_RESTART_COUNT"], "2");
+  EXPECT_EQ(env["KILN_GENERATION"], "3");
   EXPECT_EQ(env["TORCHELASTIC_MAX_RESTARTS"], "5");
   EXPECT_EQ(env["TORCHELASTIC_RUN_ID"], "job");
   EXPECT_EQ(env["KILN_AGENT_STORE"], "1");
@@ -119,6 +122,21 @@ TEST(WorkerGroup, AWorkerThatStopsHeartbeatingIsHung) {
   EXPECT_NE(s.detail.find("no heartbeat for"), std::string::npos) << s.detail;
   EXPECT_NE(s.detail.find("after 2 steps"), std::string::npos) << s.detail;
   EXPECT_EQ((*g)->heartbeats(), 2);
+}
+
+// Note [What a heartbeat byte means]: NUL bytes (busy beats, e.g. a long
+// final checkpoint) keep a worker from counting as hung, but are not steps.
+TEST(WorkerGroup, BusyBeatsKeepAWorkerAliveWithoutCountingAsSteps) {
+  WorkerGroupSpec spec = shell(
+      "printf x >&3; i=0; while [ $i -lt 15 ]; do printf '\\000' >&3; sleep 0.1; i=$((i+1)); "
+      "done",
+      1);
+  spec.hang_timeout = milliseconds(1000);
+  auto g = WorkerGroup::start(spec);
+  ASSERT_TRUE(g.is_ok());
+  WorkerGroupState s = run_until_settled(**g);
+  EXPECT_EQ(s.kind, WorkerGroupState::Kind::kSucceeded) << s.detail;
+  EXPECT_EQ((*g)->heartbeats(), 1);
 }
 
 TEST(WorkerGroup, AWorkerThatNeverBeatsIsHungAfterTheStartupTimeout) {

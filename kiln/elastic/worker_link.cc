@@ -16,7 +16,42 @@ volatile sig_atomic_t g_stop_requested = 0;
 
 void on_sigterm(int) { g_stop_requested = 1; }
 
+// EAGAIN (the agent has not drained the pipe) loses a beat, never a step.
+void beat(int fd, char byte) {
+  ssize_t r = write(fd, &byte, 1);
+  (void)r;
+}
+
 }  // namespace
+
+BusyBeat::BusyBeat(int fd, Clock::duration interval, Deadline until)
+    : until_(until), thread_([this, fd, interval] { loop(fd, interval); }) {}
+
+BusyBeat::~BusyBeat() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+bool BusyBeat::extend(Deadline until) {
+  std::lock_guard lock(mu_);
+  // The loop clears beating_ holding mu_: true here means it will see until_.
+  if (!beating_.load()) return false;
+  until_ = until;
+  return true;
+}
+
+void BusyBeat::loop(int fd, Clock::duration interval) {
+  std::unique_lock lock(mu_);
+  while (!stop_ && !until_.expired()) {
+    beat(fd, '\0');  // Note [What a heartbeat byte means]
+    cv_.wait_for(lock, std::min(interval, until_.remaining()), [this] { return stop_; });
+  }
+  beating_.store(false);
+}
 
 WorkerLink& WorkerLink::instance() {
   static WorkerLink link;
@@ -38,11 +73,19 @@ WorkerLink::WorkerLink() {
 }
 
 void WorkerLink::heartbeat() {
+  if (fd_ >= 0) beat(fd_, 1);
+}
+
+std::unique_ptr<BusyBeat> WorkerLink::busy(Deadline until) const {
+  if (fd_ < 0) return nullptr;
+  return std::make_unique<BusyBeat>(fd_, kBusyInterval, until);
+}
+
+void WorkerLink::finishing(Deadline until) {
   if (fd_ < 0) return;
-  char beat = 1;
-  // EAGAIN (the agent has not drained the pipe) loses a beat, never a step.
-  ssize_t r = write(fd_, &beat, 1);
-  (void)r;
+  if (finishing_ != nullptr && finishing_->extend(until)) return;
+  delete finishing_;  // its beats ended: joining it does not wait
+  finishing_ = new BusyBeat(fd_, kBusyInterval, until);
 }
 
 bool WorkerLink::stop_requested() const { return g_stop_requested != 0; }

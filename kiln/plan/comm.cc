@@ -5,32 +5,16 @@
 namespace kiln::plan {
 
 Link nvlink_link(const ClusterSpec& c, const EfficiencyModel& e) {
-  return {"nvlink", e.nvlink_alpha_s, c.nvlink_bytes_per_s / 2 * e.nvlink_fraction};
+  return {"nvlink", {e.nvlink_alpha_s, c.nvlink_bytes_per_s / 2 * e.nvlink_fraction}};
 }
 
 Link nic_link(const ClusterSpec& c, const EfficiencyModel& e) {
-  return {"nic", e.nic_alpha_s, c.nic_bits_per_s / 8 * e.nic_fraction};
+  return {"nic", {e.nic_alpha_s, c.nic_bits_per_s / 8 * e.nic_fraction}};
 }
 
-double allreduce_time_s(const Link& link, std::int64_t n, double bytes) {
-  if (n <= 1 || bytes <= 0) return 0;
-  const double nd = static_cast<double>(n);
-  return 2 * (nd - 1) * link.alpha_s + 2 * (nd - 1) / nd * bytes / link.bytes_per_s;
-}
-
-double allgather_time_s(const Link& link, std::int64_t n, double bytes) {
-  if (n <= 1 || bytes <= 0) return 0;
-  const double nd = static_cast<double>(n);
-  return (nd - 1) * link.alpha_s + (nd - 1) / nd * bytes / link.bytes_per_s;
-}
-
-double reduce_scatter_time_s(const Link& link, std::int64_t n, double bytes) {
-  return allgather_time_s(link, n, bytes);
-}
-
-double p2p_time_s(const Link& link, double bytes) {
-  if (bytes <= 0) return 0;
-  return link.alpha_s + bytes / link.bytes_per_s;
+double ring_step_alpha_s(const EfficiencyModel& e, std::int64_t per_node) {
+  const double k = static_cast<double>(std::max<std::int64_t>(1, per_node));
+  return ((k - 1) * e.nvlink_alpha_s + e.nic_alpha_s) / k;
 }
 
 Link tp_link(const PlanConfig& c, const EfficiencyModel& e) {
@@ -45,10 +29,10 @@ Link dp_link(const PlanConfig& c, const EfficiencyModel& e) {
   if (l.tp * l.dp <= gpn) return nvl;
   const std::int64_t per_node =
       std::max<std::int64_t>(1, std::min(l.dp, gpn / std::max<std::int64_t>(1, l.tp)));
-  Link nic = nic_link(c.cluster, e);
-  Link out{per_node > 1 ? "nic x" + std::to_string(per_node) + " (hierarchical)" : "nic",
-           nic.alpha_s, std::min(nvl.bytes_per_s, static_cast<double>(per_node) * nic.bytes_per_s)};
-  return out;
+  const Link nic = nic_link(c.cluster, e);
+  const double k = static_cast<double>(per_node);
+  return {per_node > 1 ? "nic x" + std::to_string(per_node) + " (hierarchical)" : "nic",
+          {ring_step_alpha_s(e, per_node), std::min(nvl.cost.beta_bps, k * nic.cost.beta_bps)}};
 }
 
 bool pp_crosses_nodes(const PlanConfig& c) {

@@ -2,12 +2,13 @@
 
 #include <toml++/toml.h>
 
-#include "kiln/base/config/toml_reader.h"
-
 #include <cmath>
 #include <map>
 #include <set>
 #include <sstream>
+
+#include "kiln/base/config/toml_reader.h"
+#include "kiln/plan/stages.h"
 
 namespace kiln::plan {
 
@@ -39,6 +40,16 @@ Result<AttentionKernel> parse_attention(std::string_view text) {
   if (text == "flash") return AttentionKernel::kFlash;
   if (text == "unfused") return AttentionKernel::kUnfused;
   return invalid_argument("attention must be flash or unfused (got '" + std::string(text) + "')");
+}
+
+std::string_view gather_unit_name(GatherUnit g) {
+  return g == GatherUnit::kLayer ? "layer" : "tensor";
+}
+
+Result<GatherUnit> parse_gather_unit(std::string_view text) {
+  if (text == "layer") return GatherUnit::kLayer;
+  if (text == "tensor") return GatherUnit::kTensor;
+  return invalid_argument("zero3_gather must be layer or tensor (got '" + std::string(text) + "')");
 }
 
 void ModelSpec::set_family_defaults() {
@@ -81,17 +92,49 @@ Status apply_override(toml::table& root, const std::string& spec, const std::str
     table->insert_or_assign(key, *v.value_exact<bool>());
   } else if (v.is_string()) {
     table->insert_or_assign(key, *v.value_exact<std::string>());
+  } else if (v.is_array()) {
+    table->insert_or_assign(key, *v.as_array());  // e.g. layout.stage_layers=[7,8,8,7]
   } else {
     return invalid_argument("config " + source + ": override '" + spec +
-                            "' must be a number, boolean or string");
+                            "' must be a number, boolean, string or array");
   }
   return Status::ok();
 }
 
-Result<PlanConfig> from_table(const toml::table& root, const std::string& source) {
+// layout.stage_layers: an array of positive integers. Read here (the shared
+// TomlReader has no integer arrays) and removed from `root` so the reader's
+// unknown-key check does not see it.
+Result<std::vector<std::int64_t>> take_stage_layers(toml::table& root, const std::string& source) {
+  auto* layout = root["layout"].as_table();
+  if (!layout || !layout->contains("stage_layers")) return std::vector<std::int64_t>{};
+  const toml::node& node = *layout->get("stage_layers");
+  std::vector<std::int64_t> out;
+  const toml::array* array = node.as_array();
+  if (array) {
+    for (const toml::node& item : *array) {
+      auto v = item.value_exact<std::int64_t>();
+      if (!v || *v < 1) {
+        array = nullptr;
+        break;
+      }
+      out.push_back(*v);
+    }
+  }
+  if (!array || out.empty()) {
+    return invalid_argument("config " + source + ":" + std::to_string(node.source().begin.line) +
+                            ": field 'layout.stage_layers' must be a non-empty array of positive "
+                            "integers (layers per pipeline stage, e.g. [7, 8, 8, 7])");
+  }
+  layout->erase("stage_layers");
+  return out;
+}
+
+Result<PlanConfig> from_table(toml::table root, const std::string& source) {
+  KILN_ASSIGN_OR_RETURN(std::vector<std::int64_t> stages, take_stage_layers(root, source));
   TomlReader r(root, source);
   PlanConfig c;
   c.source = "config " + source;
+  c.layout.stage_layers = std::move(stages);
 
   auto& m = c.model;
   m.name = r.get_string("model", "name", false, "model");
@@ -169,6 +212,18 @@ Result<PlanConfig> from_table(const toml::table& root, const std::string& source
     r.fail_field("layout", "attention", "must be flash or unfused (got \"" + attn + "\")");
   }
   l.overlap_grad_reduce = r.get_bool("layout", "overlap_grad_reduce", true);
+  l.tp_comm_overlap = r.get_bool("layout", "tp_comm_overlap", false);
+  l.pp_scatter_gather = r.get_bool("layout", "pp_scatter_gather", true);
+  l.zero3_param_bytes = static_cast<int>(r.get_int("layout", "zero3_param_bytes", false, 2));
+  if (l.zero3_param_bytes != 2 && l.zero3_param_bytes != 4) {
+    r.fail_field("layout", "zero3_param_bytes", "must be 2 (bf16) or 4 (fp32)");
+  }
+  const std::string gather = r.get_string("layout", "zero3_gather", false, "layer");
+  if (auto v = parse_gather_unit(gather); v.is_ok()) {
+    l.zero3_gather = *v;
+  } else {
+    r.fail_field("layout", "zero3_gather", "must be layer or tensor (got \"" + gather + "\")");
+  }
 
   r.check_unknown("[model], [cluster], [storage], [reliability] or [layout]", "docs/plan.md");
   KILN_RETURN_IF_ERROR(r.status());
@@ -180,7 +235,7 @@ Result<PlanConfig> parse_table(std::string_view text, const std::string& source,
                                const std::vector<std::string>& overrides) {
   KILN_ASSIGN_OR_RETURN(toml::table root, config::parse_toml(source, is_path, std::string(text)));
   for (const auto& o : overrides) KILN_RETURN_IF_ERROR(apply_override(root, o, source));
-  return from_table(root, source);
+  return from_table(std::move(root), source);
 }
 
 }  // namespace
@@ -226,11 +281,8 @@ Status check_layout(const PlanConfig& c) {
     return bad("model.ffn_hidden (" + std::to_string(m.ffn_hidden) +
                ") is not divisible by layout.tp (" + std::to_string(l.tp) + ")");
   }
-  if (m.layers % (l.pp * l.vpp) != 0) {
-    return bad("model.layers (" + std::to_string(m.layers) +
-               ") is not divisible by layout.pp*vpp (" + std::to_string(l.pp * l.vpp) + ")");
-  }
   if (l.vpp > 1 && l.pp == 1) return bad("layout.vpp > 1 needs layout.pp > 1");
+  KILN_RETURN_IF_ERROR(check_stage_layers(c, where));
   if (l.global_batch % (l.dp * l.micro_batch) != 0) {
     return bad("layout.global_batch (" + std::to_string(l.global_batch) +
                ") is not divisible by dp*micro_batch (" + std::to_string(l.dp * l.micro_batch) +

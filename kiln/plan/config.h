@@ -17,11 +17,18 @@ namespace kiln::plan {
 
 enum class Recompute { kNone, kSelective, kFull };
 enum class AttentionKernel { kFlash, kUnfused };
+// What ZeRO-3 gathers in one collective: a transformer layer's parameters as
+// one flat buffer (PyTorch FSDP, Megatron's distributed optimizer, DeepSpeed
+// since coalesced gathers), or each parameter tensor on its own (DeepSpeed
+// ZeRO-3 as of 2021): the latter pays a collective's latency per tensor.
+enum class GatherUnit { kLayer, kTensor };
 
 std::string_view recompute_name(Recompute r);
 Result<Recompute> parse_recompute(std::string_view text);
 std::string_view attention_name(AttentionKernel a);
 Result<AttentionKernel> parse_attention(std::string_view text);
+std::string_view gather_unit_name(GatherUnit g);
+Result<GatherUnit> parse_gather_unit(std::string_view text);
 
 struct ModelSpec {
   std::string name = "model";
@@ -69,6 +76,22 @@ struct LayoutSpec {
   int zero = 0;  // 0..3
   AttentionKernel attention = AttentionKernel::kFlash;
   bool overlap_grad_reduce = true;  // DP reduction overlapped with the last backward
+  // TP collectives overlapped with the layer's GEMMs (Megatron-Core's
+  // userbuffers / tp_comm_overlap, MegaScale): only what the GEMMs cannot
+  // cover stays on the critical path.
+  bool tp_comm_overlap = false;
+  GatherUnit zero3_gather = GatherUnit::kLayer;
+  // Bytes per parameter ZeRO-3 gathers and reduce-scatters: 2 when the
+  // sharded parameters are bf16, 4 when fp32 masters are gathered and cast
+  // per use under autocast (PyTorch FSDP's default mixed precision).
+  int zero3_param_bytes = 2;
+  // Megatron's pipeline scatter/gather (Narayanan et al. 2021 §4.1): each TP
+  // rank sends only its 1/t slice of the activation between stages and the
+  // slices are all-gathered over NVLink. Without it (DeepSpeed's pipeline
+  // engine) every TP rank sends the whole activation on its NIC.
+  bool pp_scatter_gather = true;
+  // Layers of each pipeline stage; empty = automatic (stages.h).
+  std::vector<std::int64_t> stage_layers;
 
   std::int64_t micro_batches() const { return global_batch / (dp * micro_batch); }
 };
@@ -99,7 +122,8 @@ Result<PlanConfig> parse_config_string(std::string_view toml_text, const std::st
                                        const std::vector<std::string>& overrides = {});
 
 // InvalidArgument unless tp*pp*dp == gpus, heads and kv heads divide by tp,
-// layers by pp*vpp, global batch by dp*micro_batch, and the values are in range.
+// the stages hold the layers (stages.h: uneven splits are fine), global batch
+// divides by dp*micro_batch, and the values are in range.
 Status check_layout(const PlanConfig& config);
 
 }  // namespace kiln::plan

@@ -46,6 +46,14 @@ TEST(ConfigTest, ExampleScenarioParses) {
   EXPECT_EQ(c->reliability.checkpoint_every_steps, 500);
 }
 
+TEST(ConfigTest, AnOversizedConfigIsRefusedBeforeParsing) {
+  auto c = parse_config_string(std::string(5 << 20, '#'), "huge.toml");
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_EQ(c.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(c.status().message().find("limit of a config file"), std::string::npos)
+      << c.status().to_string();
+}
+
 TEST(ConfigTest, MalformedTomlNamesFileAndLine) {
   auto c = parse_config_string("[model]\nlayers = = 3\n", "bad.toml");
   ASSERT_FALSE(c.is_ok());
@@ -110,6 +118,36 @@ TEST(ConfigTest, OverridesApply) {
   auto bad = parse_config_string(kBase, "t.toml", {"layout.recompute=sometimes"});
   ASSERT_FALSE(bad.is_ok());
   EXPECT_NE(bad.status().message().find("'layout.recompute'"), std::string::npos);
+}
+
+TEST(ConfigTest, StageLayersAreReadFromAnArray) {
+  // 24 layers on 2 stages, explicitly 11 + 13; and 25 layers split automatically.
+  const std::string text = std::string(kBase) + "stage_layers = [11, 13]\n";
+  auto explicit_split = parse_config_string(text, "s.toml");
+  ASSERT_TRUE(explicit_split.is_ok()) << explicit_split.status().to_string();
+  EXPECT_EQ(explicit_split->layout.stage_layers, (std::vector<std::int64_t>{11, 13}));
+  auto uneven = parse_config_string(kBase, "s.toml", {"model.layers=25"});
+  ASSERT_TRUE(uneven.is_ok()) << uneven.status().to_string();
+  EXPECT_TRUE(uneven->layout.stage_layers.empty());  // automatic
+}
+
+TEST(ConfigTest, BadStageLayersNameTheField) {
+  auto not_ints =
+      parse_config_string(std::string(kBase) + "stage_layers = [11, \"x\"]\n", "s.toml");
+  ASSERT_FALSE(not_ints.is_ok());
+  EXPECT_NE(not_ints.status().message().find("layout.stage_layers"), std::string::npos)
+      << not_ints.status().message();
+  EXPECT_NE(not_ints.status().message().find("s.toml:17"), std::string::npos)
+      << not_ints.status().message();
+  auto wrong_sum = parse_config_string(std::string(kBase) + "stage_layers = [11, 12]\n", "s.toml");
+  ASSERT_FALSE(wrong_sum.is_ok());
+  EXPECT_NE(wrong_sum.status().message().find("sum to 23"), std::string::npos)
+      << wrong_sum.status().message();
+  auto wrong_count =
+      parse_config_string(std::string(kBase) + "stage_layers = [8, 8, 8]\n", "s.toml");
+  ASSERT_FALSE(wrong_count.is_ok());
+  EXPECT_NE(wrong_count.status().message().find("3 entries"), std::string::npos)
+      << wrong_count.status().message();
 }
 
 TEST(ConfigTest, MissingFileIsNotFound) {

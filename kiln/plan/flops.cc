@@ -1,5 +1,7 @@
 #include "kiln/plan/flops.h"
 
+#include "kiln/plan/stages.h"
+
 namespace kiln::plan {
 
 ParamCount count_params(const ModelSpec& m) {
@@ -24,7 +26,7 @@ double stage_params_per_gpu(const PlanConfig& c, std::int64_t stage) {
   const ParamCount p = count_params(c.model);
   const auto& l = c.layout;
   const double t = static_cast<double>(l.tp);
-  const double layers = static_cast<double>(c.model.layers) / static_cast<double>(l.pp);
+  const double layers = static_cast<double>(stage_layers(c)[static_cast<size_t>(stage)]);
   // Norm weights are replicated across TP ranks; matrices are split.
   double params = layers * ((p.attention + p.ffn) / t + p.norms);
   if (stage == 0) params += p.embedding / t;

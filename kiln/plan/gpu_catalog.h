@@ -22,6 +22,11 @@ struct GpuSpec {
   double nvlink_bytes_per_s = 0;     // per GPU, bidirectional aggregate as quoted (900e9 for H100)
   double nic_bits_per_s = 0;         // default NIC per GPU in the vendor's DGX/HGX node
   double host_copy_bytes_per_s = 0;  // device-to-host (PCIe) for checkpoint snapshots
+  // On-chip limits the efficiency model needs (Note [GEMM model], Note
+  // [FlashAttention model]), from SM count × per-SM rate × the clock at which
+  // the vendor quotes the tensor peak:
+  double smem_bytes_per_s = 0;  // shared-memory operand bandwidth, 128 B/clk per SM
+  double exp_per_s = 0;         // special-function-unit exponentials, 16/clk per SM
 };
 
 // All catalog entries, in generation order.

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kiln/plan/flops.h"
+#include "kiln/plan/stages.h"
 
 namespace kiln::plan {
 
@@ -68,7 +69,8 @@ MemoryBreakdown memory_per_gpu(const PlanConfig& c) {
   mem.gradients = 2 * params / (l.zero >= 2 ? dp : 1.0);
   mem.optimizer = 12 * params / (l.zero >= 1 ? dp : 1.0);
 
-  const double layers = static_cast<double>(m.layers) / static_cast<double>(l.pp);
+  // Stage 0 holds the most micro-batches in flight.
+  const double layers = static_cast<double>(stage_layers(c)[0]);
   const double sbh = static_cast<double>(m.seq_len * l.micro_batch * m.hidden);
   double act = activation_bytes_per_layer(m, l) * layers;
   // Embedding dropout mask (Korthikanti eq. 5's s·b·h·p/t term).
@@ -78,9 +80,10 @@ MemoryBreakdown memory_per_gpu(const PlanConfig& c) {
 
   double buffers = kWorkspaceBytes;
   if (l.zero >= 3) {
-    // The layer being computed and the one prefetched, gathered in bf16.
+    // The layer being computed and the one prefetched, gathered in the
+    // sharded parameters' precision (bf16, or fp32 under autocast).
     const ParamCount p = count_params(m);
-    buffers += 2 * 2 * (p.attention + p.ffn) / t;
+    buffers += 2 * l.zero3_param_bytes * (p.attention + p.ffn) / t;
   } else if (l.dp > 1) {
     buffers += 2 * 4 * std::min(kBucketElements, params);
   }

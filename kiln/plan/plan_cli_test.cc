@@ -138,6 +138,39 @@ TEST(PlanCliTest, ValidateSubcommand) {
   EXPECT_NE(r.err.find("/nonexistent.csv"), std::string::npos);
 }
 
+TEST(PlanCliTest, LeaveOneSourceOut) {
+  const CliRun r = kiln(
+      "plan validate examples/plan/runs/calibration.csv examples/plan/runs/validation.csv --loso "
+      "--json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_GE(j["rows"].size(), 50u);
+  EXPECT_GE(j["folds"].size(), 6u);
+  for (const auto& fold : j["folds"]) {
+    EXPECT_TRUE(fold["constants"].contains("gemm_peak_fraction")) << fold.dump();
+  }
+  EXPECT_LE(j["median_abs_error"].get<double>(), 0.10);
+  EXPECT_LE(j["max_abs_error"].get<double>(), 0.25);
+}
+
+TEST(PlanCliTest, UnevenStages) {
+  // Llama-2-70B's 80 layers on 6 stages: the outer stages give up a layer each.
+  CliRun r = kiln("plan examples/plan/llama70b-h100.toml --pp 6 --dp 4 --nodes 24 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["layout"]["stage_layers"].dump(), "[13,13,14,14,13,13]");
+  EXPECT_EQ(j["stage_times_s"].size(), 6u);
+  // An explicit split, given as an override.
+  r = kiln("plan examples/plan/llama70b-h100.toml --set layout.stage_layers=[19,20,20,21]");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("stages     layers 19 20 20 21 (stage 3 paces the pipeline)"),
+            std::string::npos)
+      << r.out;
+  r = kiln("plan examples/plan/llama70b-h100.toml --set layout.stage_layers=[20,20,20,19]");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("sum to 79"), std::string::npos) << r.err;
+}
+
 TEST(PlanCliTest, MissingConfigIsAUsageError) {
   const CliRun r = kiln("plan");
   EXPECT_EQ(r.exit_code, 2);

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "kiln/plan/fit.h"
 #include "kiln/plan/plan.h"
 #include "kiln/plan/search.h"
 #include "kiln/plan/validate.h"
@@ -25,6 +26,16 @@ std::string format_validation(const ValidationReport& report);
 //  "median_abs_error", "max_abs_error"}; absent values are null, and a row
 // that could not be predicted carries "problem".
 nlohmann::json validation_to_json(const ValidationReport& report);
+
+// Per run: the held-out prediction and its error; per class and overall:
+// median and worst |error|; per fold: the constants fitted without it.
+std::string format_loso(const LosoReport& report);
+// {"rows": [{"name", "source_id", "class", "predicted_step_time_s",
+//  "measured_step_time_s", "error"}...], "folds": [{"source_id", "runs",
+//  "constants": {name: value}}...], "median_abs_error", "max_abs_error"}
+nlohmann::json loso_to_json(const LosoReport& report);
+// name = value, one per fitted constant.
+std::string format_constants(const EfficiencyModel& e);
 
 // Two stacked horizontal bars (step time, memory per GPU) with a legend.
 std::string render_svg(const Plan& plan);

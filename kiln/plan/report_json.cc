@@ -20,7 +20,11 @@ nlohmann::json layout_json(const LayoutSpec& l) {
           {"sequence_parallel", l.sequence_parallel},
           {"zero", l.zero},
           {"attention", std::string(attention_name(l.attention))},
-          {"overlap_grad_reduce", l.overlap_grad_reduce}};
+          {"overlap_grad_reduce", l.overlap_grad_reduce},
+          {"tp_comm_overlap", l.tp_comm_overlap},
+          {"pp_scatter_gather", l.pp_scatter_gather},
+          {"zero3_gather", std::string(gather_unit_name(l.zero3_gather))},
+          {"zero3_param_bytes", l.zero3_param_bytes}};
 }
 
 template <typename T>
@@ -49,6 +53,9 @@ nlohmann::json plan_to_json(const Plan& p) {
                   {"nic_bits_per_s", c.cluster.nic_bits_per_s},
                   {"storage_write_bytes_per_s", c.cluster.storage_write_bytes_per_s}};
   j["layout"] = layout_json(c.layout);
+  j["layout"]["stage_layers"] = p.step.stage_layers;
+  j["stage_times_s"] = p.step.stage_times_s;
+  j["slowest_stage"] = p.step.slowest_stage;
   j["parameters"] = p.params.total;
   j["parameters_per_layer"] = p.params.per_layer;
   j["model_flops_per_step"] = p.flops.model;
@@ -139,9 +146,35 @@ nlohmann::json validation_to_json(const ValidationReport& r) {
                         {"measured_step_time_s", optional_json(row.measured_s)},
                         {"error", optional_json(row.error)}};
     if (!row.problem.empty()) e["problem"] = row.problem;
+    if (!row.source_id.empty()) e["source_id"] = row.source_id;
+    if (!row.run_class.empty()) e["class"] = row.run_class;
     j["rows"].push_back(std::move(e));
   }
   j["compared"] = r.compared;
+  j["median_abs_error"] = optional_json(r.median_abs_error);
+  j["max_abs_error"] = optional_json(r.max_abs_error);
+  return j;
+}
+
+nlohmann::json loso_to_json(const LosoReport& r) {
+  nlohmann::json j;
+  j["rows"] = nlohmann::json::array();
+  for (const auto& row : r.rows) {
+    j["rows"].push_back({{"name", row.name},
+                         {"source_id", row.source_id},
+                         {"class", row.run_class},
+                         {"predicted_step_time_s", row.predicted_s},
+                         {"measured_step_time_s", row.measured_s},
+                         {"error", row.error}});
+  }
+  j["folds"] = nlohmann::json::array();
+  for (const auto& fold : r.folds) {
+    nlohmann::json constants;
+    for (const FitParameter& p : fit_parameters())
+      constants[std::string(p.name)] = fold.fitted.*p.field;
+    j["folds"].push_back(
+        {{"source_id", fold.source_id}, {"runs", fold.runs}, {"constants", constants}});
+  }
   j["median_abs_error"] = optional_json(r.median_abs_error);
   j["max_abs_error"] = optional_json(r.max_abs_error);
   return j;

@@ -2,8 +2,11 @@
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <map>
+#include <vector>
 
 #include "kiln/plan/report.h"
+#include "kiln/plan/stages.h"
 
 namespace kiln::plan {
 
@@ -55,6 +58,10 @@ std::string format_plan(const Plan& p) {
            static_cast<long long>(c.cluster.nodes), static_cast<long long>(c.cluster.gpus_per_node),
            c.source.c_str());
   o += "  layout     " + layout_line(c.layout) + "\n";
+  if (stages_are_uneven(p.step.stage_layers)) {
+    o += fmt("  stages     layers %s (stage %d paces the pipeline)\n",
+             format_stage_layers(p.step.stage_layers).c_str(), p.step.slowest_stage);
+  }
   o +=
       fmt("  links      NVLink %.0f GB/s per GPU (bidirectional), NIC %.0f Gb/s per GPU, "
           "storage %.0f GB/s\n",
@@ -152,13 +159,13 @@ std::string format_search(const SearchResult& r, const PlanConfig& base) {
 }
 
 std::string format_validation(const ValidationReport& r) {
-  std::string o = fmt("%-32s %12s %12s %8s\n", "run", "predicted", "measured", "error");
+  std::string o = fmt("%-48s %12s %12s %8s\n", "run", "predicted", "measured", "error");
   for (const auto& row : r.rows) {
     if (!row.problem.empty()) {
-      o += fmt("%-32s  not predicted: %s\n", row.name.c_str(), row.problem.c_str());
+      o += fmt("%-48s  not predicted: %s\n", row.name.c_str(), row.problem.c_str());
       continue;
     }
-    o += fmt("%-32s %11.3fs %12s %8s\n", row.name.c_str(), *row.predicted_s,
+    o += fmt("%-48s %11.3fs %12s %8s\n", row.name.c_str(), *row.predicted_s,
              row.measured_s ? fmt("%.3fs", *row.measured_s).c_str() : "-",
              row.error ? fmt("%+.1f%%", 100 * *row.error).c_str() : "-");
   }
@@ -167,6 +174,46 @@ std::string format_validation(const ValidationReport& r) {
              100 * *r.median_abs_error, 100 * *r.max_abs_error);
   } else {
     o += "\nno measured rows: predictions only\n";
+  }
+  return o;
+}
+
+std::string format_constants(const EfficiencyModel& e) {
+  std::string o;
+  for (const FitParameter& p : fit_parameters()) {
+    o += fmt("  %-26s %g\n", std::string(p.name).c_str(), e.*p.field);
+  }
+  return o;
+}
+
+std::string format_loso(const LosoReport& r) {
+  std::string o =
+      "Leave-one-source-out: each source's runs predicted with the constants fitted on "
+      "all the others\n\n";
+  o += fmt("%-48s %-16s %-12s %10s %10s %8s\n", "run", "source", "class", "predicted", "measured",
+           "error");
+  std::map<std::string, std::vector<double>> by_class;
+  for (const auto& row : r.rows) {
+    o += fmt("%-48s %-16s %-12s %9.3fs %9.3fs %+7.1f%%\n", row.name.c_str(), row.source_id.c_str(),
+             row.run_class.c_str(), row.predicted_s, row.measured_s, 100 * row.error);
+    by_class[row.run_class.empty() ? "-" : row.run_class].push_back(row.error);
+  }
+  o += "\nper class:\n";
+  for (const auto& [cls, errors] : by_class) {
+    const ErrorSummary s = summarize_errors(errors);
+    o += fmt("  %-14s %3zu runs  median |error| %5.1f%%  worst %5.1f%%\n", cls.c_str(),
+             errors.size(), 100 * *s.median_abs, 100 * *s.max_abs);
+  }
+  if (r.median_abs_error) {
+    o += fmt("\n%zu runs from %zu sources: median |error| %.1f%%, worst |error| %.1f%%\n",
+             r.rows.size(), r.folds.size(), 100 * *r.median_abs_error, 100 * *r.max_abs_error);
+  } else {
+    o += "\nno measured runs\n";
+  }
+  o += "\nconstants fitted without each source:\n";
+  for (const auto& fold : r.folds) {
+    o += fmt("  without %s (%d runs):\n", fold.source_id.c_str(), fold.runs);
+    o += format_constants(fold.fitted);
   }
   return o;
 }

@@ -41,6 +41,7 @@ SearchResult search_layouts(const PlanConfig& base, const SearchOptions& opt,
               c.layout.recompute = rc;
               c.layout.zero = zero;
               c.layout.sequence_parallel = tp > 1;
+              c.layout.stage_layers.clear();  // the base file's split is for its own pp
               ++result.considered;
               // Interleaving also needs the micro-batch count to be a multiple of pp.
               if (!check_layout(c).is_ok() || (vpp > 1 && c.layout.micro_batches() % pp != 0)) {

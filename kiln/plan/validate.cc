@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "kiln/plan/plan.h"
+#include "kiln/plan/stages.h"
 
 namespace kiln::plan {
 
@@ -194,6 +195,7 @@ Result<PlanConfig> config_from_csv_row(const std::vector<std::string>& header,
   m.seq_len = r.get_int("seq_len", true, 1);
   m.vocab = r.get_int("vocab", true, 1);
   m.set_family_defaults();
+  m.dropout = r.get_bool("dropout", m.dropout);
 
   const std::string gpu_id = r.get_string("gpu", true, "");
   KILN_RETURN_IF_ERROR(r.status());
@@ -244,9 +246,63 @@ Result<PlanConfig> config_from_csv_row(const std::vector<std::string>& header,
     r.fail("attention", "must be flash or unfused (got '" + attn + "')");
   }
   l.overlap_grad_reduce = r.get_bool("overlap_grad_reduce", true);
+  l.tp_comm_overlap = r.get_bool("tp_comm_overlap", false);
+  l.pp_scatter_gather = r.get_bool("pp_scatter_gather", true);
+  l.zero3_param_bytes = static_cast<int>(r.get_int("zero3_param_bytes", false, 2));
+  if (l.zero3_param_bytes != 2 && l.zero3_param_bytes != 4) {
+    r.fail("zero3_param_bytes", "must be 2 (bf16) or 4 (fp32)");
+  }
+  const std::string gather = r.get_string("zero3_gather", false, "layer");
+  if (auto v = parse_gather_unit(gather); v.is_ok()) {
+    l.zero3_gather = *v;
+  } else {
+    r.fail("zero3_gather", "must be layer or tensor (got '" + gather + "')");
+  }
+  const std::string stages = r.get_string("stage_layers", false, "auto");
+  if (stages != "auto") {
+    if (auto v = parse_stage_layers(stages); v.is_ok()) {
+      l.stage_layers = *v;
+    } else {
+      r.fail("stage_layers", v.status().message());
+    }
+  }
   KILN_RETURN_IF_ERROR(r.status());
   KILN_RETURN_IF_ERROR(check_layout(c));
   return c;
+}
+
+ErrorSummary summarize_errors(std::vector<double> errors) {
+  ErrorSummary out;
+  if (errors.empty()) return out;
+  for (double& x : errors) x = std::fabs(x);
+  std::sort(errors.begin(), errors.end());
+  const size_t n = errors.size();
+  out.median_abs = n % 2 ? errors[n / 2] : (errors[n / 2 - 1] + errors[n / 2]) / 2;
+  out.max_abs = errors.back();
+  return out;
+}
+
+void repredict(ValidationReport& report, const EfficiencyModel& e) {
+  std::vector<double> errors;
+  for (auto& row : report.rows) {
+    if (!row.config) continue;
+    auto plan = make_plan(*row.config, e);
+    if (!plan.is_ok()) {
+      row.problem = plan.status().message();
+      row.predicted_s.reset();
+      row.error.reset();
+      continue;
+    }
+    row.predicted_s = plan->step.step_s;
+    if (row.measured_s) {
+      row.error = (*row.predicted_s - *row.measured_s) / *row.measured_s;
+      errors.push_back(*row.error);
+    }
+  }
+  report.compared = static_cast<int>(errors.size());
+  const ErrorSummary sum = summarize_errors(std::move(errors));
+  report.median_abs_error = sum.median_abs;
+  report.max_abs_error = sum.max_abs;
 }
 
 Result<ValidationReport> validate_table(const CsvTable& table, const std::string& source,
@@ -261,48 +317,47 @@ Result<ValidationReport> validate_table(const CsvTable& table, const std::string
       std::find(table.header.begin(), table.header.end(), "name") - table.header.begin();
   ValidationReport report;
   report.source = source;
-  std::vector<double> errors;
   for (size_t i = 0; i < table.rows.size(); ++i) {
     const auto& row = table.rows[i];
     ValidationRow out;
     out.line = table.lines[i];
+    out.file = source;
     out.name = static_cast<size_t>(name_col) < row.size() ? row[name_col] : "";
     const std::string where =
         "csv " + source + ":" + std::to_string(out.line) + " (" + out.name + ")";
-    RowReader measured_reader(table.header, row, where);
-    out.measured_s = measured_reader.get_double("measured_step_time_s");
+    RowReader meta(table.header, row, where);
+    out.measured_s = meta.get_double("measured_step_time_s");
+    out.source_id = meta.get_string("source_id", false, meta.get_string("source", false, source));
+    out.run_class = meta.get_string("class", false, "");
     auto config = config_from_csv_row(table.header, row, where);
-    Status problem = measured_reader.status();
+    Status problem = meta.status();
     if (problem.is_ok()) problem = config.status();
     if (problem.is_ok()) {
-      auto plan = make_plan(*config, e);
-      if (plan.is_ok()) {
-        out.predicted_s = plan->step.step_s;
-      } else {
-        problem = plan.status();
-      }
-    }
-    if (!problem.is_ok()) {
+      out.config = *config;
+    } else {
       out.problem = problem.message();
-    } else if (out.measured_s) {
-      out.error = (*out.predicted_s - *out.measured_s) / *out.measured_s;
-      errors.push_back(std::fabs(*out.error));
     }
     report.rows.push_back(std::move(out));
   }
-  report.compared = static_cast<int>(errors.size());
-  if (!errors.empty()) {
-    std::sort(errors.begin(), errors.end());
-    const size_t n = errors.size();
-    report.median_abs_error = n % 2 ? errors[n / 2] : (errors[n / 2 - 1] + errors[n / 2]) / 2;
-    report.max_abs_error = errors.back();
-  }
+  repredict(report, e);
   return report;
 }
 
 Result<ValidationReport> validate_file(const std::string& path, const EfficiencyModel& e) {
   KILN_ASSIGN_OR_RETURN(CsvTable table, read_csv(path));
   return validate_table(table, path, e);
+}
+
+Result<ValidationReport> validate_files(const std::vector<std::string>& paths,
+                                        const EfficiencyModel& e) {
+  ValidationReport all;
+  for (const auto& path : paths) {
+    KILN_ASSIGN_OR_RETURN(ValidationReport one, validate_file(path, e));
+    all.source += (all.source.empty() ? "" : ", ") + path;
+    for (auto& row : one.rows) all.rows.push_back(std::move(row));
+  }
+  repredict(all, e);
+  return all;
 }
 
 }  // namespace kiln::plan

@@ -31,6 +31,10 @@ Result<CsvTable> parse_csv(const std::string& text, const std::string& source);
 struct ValidationRow {
   std::string name;
   int line = 0;
+  std::string file;       // the CSV it came from
+  std::string source_id;  // column source_id, else source: the unit leave-one-source-out holds out
+  std::string run_class;  // column class: free text grouping runs in reports
+  std::optional<PlanConfig> config;  // set when the row could be planned
   std::optional<double> predicted_s;
   std::optional<double> measured_s;
   std::optional<double> error;  // (predicted − measured) / measured
@@ -54,5 +58,18 @@ Result<ValidationReport> validate_table(const CsvTable& table, const std::string
                                         const EfficiencyModel& e = EfficiencyModel::defaults());
 Result<ValidationReport> validate_file(const std::string& path,
                                        const EfficiencyModel& e = EfficiencyModel::defaults());
+// The rows of several files as one report (source = the paths joined by ", ").
+Result<ValidationReport> validate_files(const std::vector<std::string>& paths,
+                                        const EfficiencyModel& e = EfficiencyModel::defaults());
+
+// Recomputes every predicted row's prediction, error and the summary with `e`.
+void repredict(ValidationReport& report, const EfficiencyModel& e);
+
+// Median and maximum of |x| (nullopt for an empty list).
+struct ErrorSummary {
+  std::optional<double> median_abs;
+  std::optional<double> max_abs;
+};
+ErrorSummary summarize_errors(std::vector<double> errors);
 
 }  // namespace kiln::plan

@@ -12,14 +12,15 @@
 
 #include "kiln/base/backoff.h"
 #include "kiln/base/fd.h"
+#include "kiln/base/fs.h"
 #include "kiln/store/internal/keys.h"
 
 namespace kiln::store {
 namespace {
 
-using ::kiln::Fd;
 using internal::quote_key;
 using internal::quote_keys;
+using ::kiln::Fd;
 
 constexpr char kLockName[] = ".lock";
 // File names stay well under NAME_MAX (255) even after the "k-" and hash.
@@ -33,26 +34,6 @@ constexpr BackoffOptions kLockBackoff{.base = std::chrono::microseconds(200),
 bool is_plain(unsigned char c) {
   return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
          c == '_' || c == '-';
-}
-
-// A temp name unique across hosts, processes and threads.
-std::string temp_name() {
-  static std::atomic<std::uint64_t> counter{0};
-  char host[64] = {};
-  if (::gethostname(host, sizeof(host) - 1) != 0) host[0] = '\0';
-  return fmt::format(".tmp-{}-{}-{}", host, ::getpid(), counter.fetch_add(1));
-}
-
-Status write_all(int fd, std::string_view data) {
-  while (!data.empty()) {
-    ssize_t n = ::write(fd, data.data(), data.size());
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return errno_status("write", errno);
-    }
-    data.remove_prefix(static_cast<std::size_t>(n));
-  }
-  return Status::ok();
 }
 
 // Holds an exclusive flock on DIR/.lock; closing the descriptor releases it.
@@ -108,21 +89,9 @@ std::string FileStore::file_name(std::string_view key) {
 std::string FileStore::path(std::string_view key) const { return dir_ + "/" + file_name(key); }
 
 Status FileStore::write_value(std::string_view op, std::string_view key, std::string_view value) {
-  auto context = [&] { return fmt::format("store {} {} in {}", op, quote_key(key), dir_); };
-  std::string tmp = dir_ + "/" + temp_name();
-  Fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644));
-  if (!fd.valid()) return errno_status("create " + tmp, errno).with_context(context());
-  Status s = write_all(fd.get(), value);
-  // close() can report a failed write-back (NFS), so its result counts.
-  if (::close(fd.release()) != 0 && s.is_ok()) s = errno_status("close " + tmp, errno);
-  if (s.is_ok() && ::rename(tmp.c_str(), path(key).c_str()) != 0) {
-    s = errno_status("rename " + tmp, errno);
-  }
-  if (!s.is_ok()) {
-    ::unlink(tmp.c_str());
-    return s.with_context(context());
-  }
-  return Status::ok();
+  // Not fsynced (see file_store.h): atomic is what rendezvous needs.
+  return write_file_atomic(*Fs::posix(), path(key), value, Durability::kAtomicOnly)
+      .with_context(fmt::format("store {} {} in {}", op, quote_key(key), dir_));
 }
 
 Result<bool> FileStore::read_value(std::string_view op, std::string_view key, std::string* value) {

@@ -3,7 +3,8 @@
 //
 // Layout: one file per key, named "k-" + the key with bytes outside
 // [A-Za-z0-9._-] written as %XX (long keys are cut and end in "~" + a 64-bit
-// hash); ".lock" serializes writers; ".tmp-*" are writes in flight.
+// hash); ".lock" serializes writers; "k-*.tmp.*" are writes in flight
+// (kiln::temp_path_for).
 //
 // Every write is a temp file renamed over the key's file, so a reader sees
 // the old value or the new one, never a torn one. set/add/compare_set/erase

@@ -1,6 +1,7 @@
 #include "kiln/train/resume.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <filesystem>
@@ -10,6 +11,7 @@
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/remote_load.h"
 #include "kiln/ckpt/retention.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::train {
 namespace {
@@ -29,8 +31,9 @@ Result<ckpt::LoadedState> from_memory(const TrainConfig& c, ckpt::MemoryTier& me
 }
 
 // Rank 0 picks the newest step that loads whole; everyone then reads it
-// whole (data parallel: every rank needs every tensor). NotFound when none.
-Result<ckpt::LoadedState> from_storage(const TrainConfig& c, comm::Communicator& comm) {
+// whole (data parallel: every rank needs every tensor) or its own share
+// (sharded strategies). NotFound when none.
+Result<ckpt::LoadedState> from_storage(const TrainConfig& c, comm::Communicator& comm, bool whole) {
   std::int64_t step = -1;
   if (comm.rank() == 0) {
     auto latest = ckpt::load_latest(c.checkpoint.dir, {});
@@ -42,24 +45,43 @@ Result<ckpt::LoadedState> from_storage(const TrainConfig& c, comm::Communicator&
   }
   KILN_RETURN_IF_ERROR(comm.broadcast(&step, 1, comm::DataType::kInt64, 0)->wait(kResumeTimeout));
   if (step < 0) return not_found("no checkpoint to resume from in " + c.checkpoint.dir);
-  return ckpt::load_step(fmt::format("{}/step-{}", c.checkpoint.dir, step), 0, 1);
+  const std::string dir = fmt::format("{}/step-{}", c.checkpoint.dir, step);
+  return whole ? ckpt::load_step(dir, 0, 1) : ckpt::load_step(dir, comm.rank(), comm.size());
 }
 
-// The newest step of the remote tier, for a run whose dir has none: each
-// rank downloads into its own cache under dir and gets its share, and the
-// ranks assemble the whole model from the shares. NotFound when none.
-Result<ckpt::LoadedState> from_remote(const TrainConfig& c, comm::Communicator& comm) {
-  const std::string cache = fmt::format("{}/remote-cache/rank-{}", c.checkpoint.dir, comm.rank());
+// The newest step on an object store (`url`): each rank downloads into its
+// own cache (`cache`) and gets its share; with `whole` the ranks assemble the
+// whole model from the shares. NotFound when none.
+Result<ckpt::LoadedState> from_store(const std::string& url, const std::string& cache,
+                                     comm::Communicator& comm, bool whole) {
   ckpt::LoadOptions o{comm.rank(), comm.size(), &comm, kResumeTimeout};
   std::error_code ec;
   std::filesystem::create_directories(cache, ec);
-  if (ec) return errno_status("create the remote tier's download cache " + cache, ec.value());
-  auto share = ckpt::load_latest_remote(c.checkpoint.remote, cache, o);
-  // The downloaded copy served its purpose: the step is in memory now, and
-  // the run writes its own checkpoints to dir from here on.
+  if (ec) return errno_status("create the checkpoint download cache " + cache, ec.value());
+  auto share = ckpt::load_latest_remote(url, cache, o);
+  // The downloaded copy served its purpose: the step is in memory now.
   std::filesystem::remove_all(cache, ec);
-  if (!share.is_ok()) return share.status();
+  if (!share.is_ok() || !whole) return share;
   return ckpt::gather_whole_tensors(std::move(*share), comm, kResumeTimeout);
+}
+
+// The remote tier, for a run whose dir has none; the run writes its own
+// checkpoints to dir from here on.
+Result<ckpt::LoadedState> from_remote(const TrainConfig& c, comm::Communicator& comm, bool whole) {
+  return from_store(c.checkpoint.remote,
+                    fmt::format("{}/remote-cache/rank-{}", c.checkpoint.dir, comm.rank()), comm,
+                    whole);
+}
+
+// checkpoint.dir is an object store's URL: nothing of it is on local disk, so
+// the shards stream through a scratch cache of this process.
+Result<ckpt::LoadedState> from_store_dir(const TrainConfig& c, comm::Communicator& comm,
+                                         bool whole) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string cache =
+      fmt::format("{}/kiln-resume-{}-rank-{}", tmp != nullptr && *tmp != '\0' ? tmp : "/tmp",
+                  ::getpid(), comm.rank());
+  return from_store(c.checkpoint.dir, cache, comm, whole);
 }
 
 }  // namespace
@@ -69,10 +91,9 @@ bool restarted_by_launcher() {
   return n != nullptr && std::atoi(n) > 0;
 }
 
-Result<std::optional<Resumed>> resume(const TrainConfig& c, torch::nn::Module& module,
-                                      torch::optim::Optimizer& optimizer, comm::Communicator& comm,
-                                      ckpt::MemoryTier* memory, comm::Communicator* memory_comm,
-                                      bool use_memory) {
+Result<std::optional<Resumed>> resume(const TrainConfig& c, const RestoreFn& restore, bool whole,
+                                      comm::Communicator& comm, ckpt::MemoryTier* memory,
+                                      comm::Communicator* memory_comm, bool use_memory) {
   if (c.checkpoint.dir.empty()) return std::optional<Resumed>();
   if (!c.checkpoint.resume) {
     // Starting over would collide with (and retention would delete) the
@@ -105,19 +126,20 @@ Result<std::optional<Resumed>> resume(const TrainConfig& c, torch::nn::Module& m
     }
   }
   if (!out.from_memory) {
-    loaded = from_storage(c, comm);
+    loaded = objstore::is_object_store_url(c.checkpoint.dir) ? from_store_dir(c, comm, whole)
+                                                             : from_storage(c, comm, whole);
     if (!loaded.is_ok() && loaded.status().code() == Code::kNotFound &&
         !c.checkpoint.remote.empty()) {
       log()->info("resume: nothing to load in {}; trying the remote tier {}", c.checkpoint.dir,
                   c.checkpoint.remote);
-      loaded = from_remote(c, comm);
+      loaded = from_remote(c, comm, whole);
     }
     if (!loaded.is_ok()) {
       if (loaded.status().code() == Code::kNotFound) return std::optional<Resumed>();
       return loaded.status();
     }
   }
-  KILN_ASSIGN_OR_RETURN(out.progress, restore_state(*loaded, module, optimizer, comm.rank()));
+  KILN_ASSIGN_OR_RETURN(out.progress, restore(*loaded));
   log()->info("resumed from {}{} (step {}, epoch {}, {} samples of it consumed)",
               out.from_memory ? "memory, " : "", loaded->dir, out.progress.step, out.progress.epoch,
               out.progress.consumed);

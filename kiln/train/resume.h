@@ -13,6 +13,7 @@
 
 #include <torch/torch.h>
 
+#include <functional>
 #include <optional>
 
 #include "kiln/base/status.h"
@@ -35,9 +36,14 @@ bool restarted_by_launcher();
 // `memory_comm` are used only when `use_memory`. nullopt: start from scratch.
 // FailedPrecondition when resume is off and the directory holds committed
 // steps (starting over would collide with them).
-Result<std::optional<Resumed>> resume(const TrainConfig& c, torch::nn::Module& module,
-                                      torch::optim::Optimizer& optimizer, comm::Communicator& comm,
-                                      ckpt::MemoryTier* memory, comm::Communicator* memory_comm,
-                                      bool use_memory);
+//
+// `restore` puts a loaded checkpoint into the model (restore_state or
+// restore_sharded_state). `whole`: every rank needs every tensor (data
+// parallel); false: a rank reads only its share from storage (sharded
+// strategies, whose restore takes any loaded rows that cover its share).
+using RestoreFn = std::function<Result<Progress>(const ckpt::LoadedState&)>;
+Result<std::optional<Resumed>> resume(const TrainConfig& c, const RestoreFn& restore, bool whole,
+                                      comm::Communicator& comm, ckpt::MemoryTier* memory,
+                                      comm::Communicator* memory_comm, bool use_memory);
 
 }  // namespace kiln::train

@@ -2,6 +2,8 @@
 
 #include "kiln/train/batch_tensors.h"
 
+#include "kiln/parallel/unit_hooks.h"
+
 #include <cmath>
 
 #include <fmt/format.h>
@@ -23,6 +25,22 @@ Result<torch::Tensor> typed_column(const Batch& batch, const std::string& name,
   return t;
 }
 
+// A forward whose sharded units failed to gather (a dead peer) throws at the
+// LibTorch boundary; it comes back here as the Status the launcher reads.
+template <class Forward>
+Result<torch::Tensor> guarded(Forward&& forward) {
+  try {
+    return std::forward<Forward>(forward)();
+  } catch (const std::exception& e) {
+    // The memory cap's allocator (parallel.memory_cap_mib) says so by name.
+    const std::string what = e.what();
+    if (what.find("out of memory") != std::string::npos) {
+      return resource_exhausted("forward pass: " + what.substr(0, what.find('\n')));
+    }
+    return aborted(fmt::format("forward pass: {}", e.what()));
+  }
+}
+
 // ---- Fashion-MNIST CNN --------------------------------------------------
 
 // Pixel statistics of the Fashion-MNIST training split.
@@ -35,11 +53,16 @@ struct CnnImpl : torch::nn::Module {
         fc1(register_module("fc1", torch::nn::Linear(2 * channels * 7 * 7, hidden))),
         fc2(register_module("fc2", torch::nn::Linear(hidden, classes))) {}
 
+  // Each layer runs as a unit (parallel::run_unit): sharded strategies
+  // gather and free its parameters around it. Computes in the parameters'
+  // dtype (bf16 under precision = "bf16"); the logits come back in float32.
   torch::Tensor forward(torch::Tensor x) {
-    x = torch::max_pool2d(torch::relu(conv1->forward(x)), 2);  // 28 -> 14
-    x = torch::max_pool2d(torch::relu(conv2->forward(x)), 2);  // 14 -> 7
-    x = torch::relu(fc1->forward(x.flatten(1)));
-    return fc2->forward(x);
+    using parallel::run_unit;
+    x = x.to(fc2->weight.scalar_type());
+    x = run_unit(*conv1, [&] { return torch::max_pool2d(torch::relu(conv1->forward(x)), 2); });  // 28 -> 14
+    x = run_unit(*conv2, [&] { return torch::max_pool2d(torch::relu(conv2->forward(x)), 2); });  // 14 -> 7
+    x = run_unit(*fc1, [&] { return torch::relu(fc1->forward(x.flatten(1))); });
+    return run_unit(*fc2, [&] { return fc2->forward(x); }).to(torch::kFloat32);
   }
 
   torch::nn::Conv2d conv1, conv2;
@@ -56,13 +79,18 @@ class ImageClassification : public Task {
 
   Result<torch::Tensor> loss(const Batch& batch) override {
     KILN_ASSIGN_OR_RETURN(auto xy, inputs(batch));
-    return torch::nn::functional::cross_entropy(net_->forward(xy.first), xy.second);
+    KILN_ASSIGN_OR_RETURN(torch::Tensor logits, guarded([&] { return net_->forward(xy.first); }));
+    return torch::nn::functional::cross_entropy(logits, xy.second);
+  }
+
+  torch::Tensor infer(const torch::Tensor& pixels) override {
+    return net_->forward(pixels.div(255.0).sub_(kPixelMean).div_(kPixelStd));
   }
 
   Status evaluate(const Batch& batch, EvalSums* sums) override {
     torch::NoGradGuard no_grad;
     KILN_ASSIGN_OR_RETURN(auto xy, inputs(batch));
-    torch::Tensor logits = net_->forward(xy.first);
+    KILN_ASSIGN_OR_RETURN(torch::Tensor logits, guarded([&] { return net_->forward(xy.first); }));
     sums->loss_sum += torch::nn::functional::cross_entropy(
                           logits, xy.second,
                           torch::nn::functional::CrossEntropyFuncOptions().reduction(torch::kSum))
@@ -117,7 +145,7 @@ struct AttentionImpl : torch::nn::Module {
     auto qkv_out = qkv->forward(x).view({B, T, 3, heads_, head_dim_}).permute({2, 0, 3, 1, 4});
     torch::Tensor q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];  // [B, H, T, hd]
     if (rotary_) {
-      torch::Tensor cos = cos_.narrow(0, 0, T), sin = sin_.narrow(0, 0, T);
+      torch::Tensor cos = cos_.narrow(0, 0, T).to(q.scalar_type()), sin = sin_.narrow(0, 0, T).to(q.scalar_type());
       q = rotate(q, cos, sin);
       k = rotate(k, cos, sin);
     }
@@ -178,12 +206,18 @@ struct GptImpl : torch::nn::Module {
     }
   }
 
+  // Every child runs as a unit (parallel::run_unit): sharded strategies
+  // gather and free its parameters around it. The logits come back in float32.
   torch::Tensor forward(const torch::Tensor& idx) {
-    torch::Tensor x = tok->forward(idx);
-    if (!rotary_) x = x + pos->forward(torch::arange(idx.size(1), torch::kLong));
+    using parallel::run_unit;
+    torch::Tensor x = run_unit(*tok, [&] { return tok->forward(idx); });
+    if (!rotary_) {
+      x = x + run_unit(*pos, [&] { return pos->forward(torch::arange(idx.size(1), torch::kLong)); });
+    }
     x = torch::dropout(x, dropout_, is_training());
-    for (const auto& b : *blocks) x = b->as<Block>()->forward(x);
-    return head->forward(ln->forward(x));
+    for (const auto& b : *blocks) x = run_unit(*b, [&] { return b->as<Block>()->forward(x); });
+    x = run_unit(*ln, [&] { return ln->forward(x); });
+    return run_unit(*head, [&] { return head->forward(x); }).to(torch::kFloat32);
   }
 
   torch::nn::Embedding tok;
@@ -205,14 +239,17 @@ class NextToken : public Task {
 
   Result<torch::Tensor> loss(const Batch& batch) override {
     KILN_ASSIGN_OR_RETURN(auto xy, inputs(batch));
-    torch::Tensor logits = net_->forward(xy.first);
+    KILN_ASSIGN_OR_RETURN(torch::Tensor logits, guarded([&] { return net_->forward(xy.first); }));
     return torch::nn::functional::cross_entropy(logits.flatten(0, 1), xy.second.flatten());
   }
+
+  torch::Tensor infer(const torch::Tensor& tokens) override { return net_->forward(tokens); }
 
   Status evaluate(const Batch& batch, EvalSums* sums) override {
     torch::NoGradGuard no_grad;
     KILN_ASSIGN_OR_RETURN(auto xy, inputs(batch));
-    torch::Tensor logits = net_->forward(xy.first).flatten(0, 1);
+    KILN_ASSIGN_OR_RETURN(torch::Tensor out, guarded([&] { return net_->forward(xy.first); }));
+    torch::Tensor logits = out.flatten(0, 1);
     torch::Tensor target = xy.second.flatten();
     sums->loss_sum += torch::nn::functional::cross_entropy(
                           logits, target,

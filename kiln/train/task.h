@@ -30,6 +30,11 @@ class Task {
   // Adds this batch's summed loss (and correct predictions) to `sums`; no grad.
   virtual Status evaluate(const data::Batch& batch, EvalSums* sums) = 0;
   virtual bool classification() const = 0;
+  // Inference (`kiln serve`): the classifier takes pixels 0..255 as float
+  // [B, 1, 28, 28] and returns logits [B, classes]; the decoder takes int64
+  // tokens [B, T] (T <= model.seq_len) and returns logits [B, T, vocab].
+  // Call under NoGradGuard with the module in eval mode.
+  virtual torch::Tensor infer(const torch::Tensor& input) = 0;
 };
 
 // Builds the model for `config` with the current torch seed.

@@ -11,7 +11,7 @@ namespace kiln::train {
 namespace {
 
 constexpr char kSections[] =
-    "[model], [data], [optim], [train], [eval], [checkpoint] or [ddp]";
+    "[model], [data], [optim], [train], [eval], [checkpoint], [ddp] or [parallel]";
 
 Result<TrainConfig> from_table(const toml::table& root, const std::string& source) {
   config::TomlReader r(root, source);
@@ -120,6 +120,36 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
   }
   c.ddp.bf16 = r.get_bool("ddp", "bf16", false);
 
+  const std::string strategy = r.get_string("parallel", "strategy", false, "ddp");
+  if (strategy == "ddp") {
+    c.parallel.strategy = Strategy::kDdp;
+  } else if (strategy == "zero1") {
+    c.parallel.strategy = Strategy::kZero1;
+  } else if (strategy == "zero2") {
+    c.parallel.strategy = Strategy::kZero2;
+  } else if (strategy == "zero3") {
+    c.parallel.strategy = Strategy::kZero3;
+  } else {
+    r.fail_field("parallel", "strategy",
+                 "must be \"ddp\", \"zero1\", \"zero2\" or \"zero3\" (got \"" + strategy + "\")");
+  }
+  const std::string precision = r.get_string("parallel", "precision", false, "fp32");
+  if (precision == "fp32") {
+    c.parallel.precision = Precision::kFp32;
+  } else if (precision == "bf16") {
+    c.parallel.precision = Precision::kBf16;
+  } else {
+    r.fail_field("parallel", "precision", "must be \"fp32\" or \"bf16\" (got \"" + precision + "\")");
+  }
+  c.parallel.min_unit_params = r.get_int("parallel", "min_unit_params", false, 0, 0);
+  c.parallel.memory_cap_mib = r.get_double("parallel", "memory_cap_mib", false, 0);
+  if (c.parallel.memory_cap_mib < 0) r.fail_field("parallel", "memory_cap_mib", "must be >= 0 (0 = no cap)");
+  if (c.parallel.precision == Precision::kBf16 && c.parallel.strategy == Strategy::kDdp) {
+    r.fail_field("parallel", "precision",
+                 "bf16 compute needs a sharded strategy (zero1/2/3); with ddp use [ddp] bf16 = true "
+                 "to communicate gradients in bf16");
+  }
+
   r.check_unknown(kSections, "docs/train.md");
   KILN_RETURN_IF_ERROR(r.status());
   return c;
@@ -135,6 +165,16 @@ Result<TrainConfig> parse_train_config_file(const std::string& path) {
 Result<TrainConfig> parse_train_config_string(const std::string& text, const std::string& source) {
   KILN_ASSIGN_OR_RETURN(toml::table root, config::parse_toml(source, false, text));
   return from_table(root, source);
+}
+
+const char* strategy_name(Strategy s) {
+  switch (s) {
+    case Strategy::kDdp: return "ddp";
+    case Strategy::kZero1: return "zero1";
+    case Strategy::kZero2: return "zero2";
+    case Strategy::kZero3: return "zero3";
+  }
+  return "?";
 }
 
 double learning_rate(const OptimConfig& optim, std::int64_t step, std::int64_t total_steps) {

@@ -89,6 +89,26 @@ struct DdpConfig {
   bool bf16 = false;
 };
 
+// How the model is spread over the ranks (docs/train.md "[parallel]").
+enum class Strategy { kDdp, kZero1, kZero2, kZero3 };
+enum class Precision { kFp32, kBf16 };
+
+struct ParallelConfig {
+  Strategy strategy = Strategy::kDdp;
+  Precision precision = Precision::kFp32;
+  // Sharded strategies: child modules smaller than this many parameters are
+  // merged into one unit with their neighbours (0: one unit per module).
+  std::int64_t min_unit_params = 0;
+  // A per-rank cap on tensor memory (MiB; 0 = none), enforced by the CPU
+  // allocator (kiln/parallel/counting_allocator.h): an allocation past it
+  // fails as a device out of memory would. The run first checks that the
+  // strategy's training state fits and otherwise fails at once, naming the
+  // strategies that would.
+  double memory_cap_mib = 0;
+};
+
+const char* strategy_name(Strategy s);
+
 struct TrainConfig {
   std::string source;  // the file it came from
   ModelConfig model;
@@ -98,6 +118,7 @@ struct TrainConfig {
   EvalConfig eval;
   CheckpointConfig checkpoint;
   DdpConfig ddp;
+  ParallelConfig parallel;
 };
 
 Result<TrainConfig> parse_train_config_file(const std::string& path);

@@ -22,6 +22,7 @@
 
 #include "kiln/base/status.h"
 #include "kiln/ckpt/state.h"
+#include "kiln/parallel/zero/sharded_data_parallel.h"
 
 namespace kiln::train {
 
@@ -35,6 +36,7 @@ struct Progress {
 struct Snapshot {
   ckpt::StateView view;
   std::string optim_blob;
+  std::string layout_blob;  // sharded strategies: the unit layout
   std::string progress_blob;
   torch::Tensor rng;
   std::vector<torch::Tensor> keep_alive;
@@ -44,10 +46,37 @@ Status capture_state(torch::nn::Module& module, torch::optim::Optimizer& optimiz
                      const Progress& progress, int rank, int world, Snapshot* out);
 
 // Loads a whole checkpoint loaded for rank 0 of 1 (ckpt::load_step(dir, 0, 1))
-// into the module, optimizer and this rank's generator. DataLoss naming the
+// into the module, optimizer and this rank's generator. A checkpoint saved by
+// a sharded strategy (zero/...) loads too: its unit flats are cut back into
+// the parameters and its moments become the optimizer's state. DataLoss naming the
 // entry if a tensor is missing or has another shape than the model's.
 Result<Progress> restore_state(const ckpt::LoadedState& loaded, torch::nn::Module& module,
                                torch::optim::Optimizer& optimizer, int rank);
+
+// Sharded strategies (kiln/parallel/zero): this rank's shares of every unit's
+// master parameters and optimizer moments (zero/<unit>/...), the layout and
+// optimizer step as blobs, then buffers, generators and progress as above.
+Status capture_sharded_state(parallel::zero::ShardedDataParallel& sharded, const Progress& progress,
+                             int rank, int world, Snapshot* out);
+
+// Restores a sharded checkpoint loaded for this rank or whole, saved on any
+// world size by any sharded strategy.
+Result<Progress> restore_sharded_state(const ckpt::LoadedState& loaded,
+                                       parallel::zero::ShardedDataParallel& sharded, int rank);
+
+// xxh3-64 over parameters' bytes, added in order.
+class ParameterDigest {
+ public:
+  ParameterDigest();
+  ~ParameterDigest();
+  ParameterDigest(const ParameterDigest&) = delete;
+  ParameterDigest& operator=(const ParameterDigest&) = delete;
+  void add(const torch::Tensor& parameter);
+  std::uint64_t value() const;
+
+ private:
+  void* state_;  // XXH3_state_t
+};
 
 // xxh3-64 over every parameter's bytes in registration order: two runs with
 // equal digests hold bit-identical parameters.

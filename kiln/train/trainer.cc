@@ -19,9 +19,11 @@
 #include "kiln/data/convert/fashion_mnist.h"
 #include "kiln/data/convert/text_corpus.h"
 #include "kiln/data/loader.h"
-#include "kiln/data/object_store.h"
+#include "kiln/objstore/object_store.h"
 #include "kiln/data/shard_cache.h"
 #include "kiln/ddp/distributed_data_parallel.h"
+#include "kiln/parallel/counting_allocator.h"
+#include "kiln/parallel/zero/sharded_data_parallel.h"
 #include "kiln/diag/metrics_server.h"
 #include "kiln/diag/metrics_writer.h"
 #include "kiln/diag/overhead_ab.h"
@@ -51,6 +53,11 @@ const Knob<std::int64_t> kDiagAbSteps{
     "times (Note [Diagnosis overhead, A/B in one process]); 0 = record every step"};
 
 constexpr double kBatchTimeoutS = 600;
+// The last checkpoint: saved and committed (with every save before it).
+constexpr std::chrono::seconds kFinalCheckpointTimeout = std::chrono::minutes(10);
+// After the last evaluation: returning, closing the communicators (which
+// waits for the peers) and exiting, beating meanwhile under kiln run.
+constexpr std::chrono::seconds kTeardownTimeout = std::chrono::minutes(2);
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
@@ -88,14 +95,14 @@ Status prepare_data(const DataConfig& c, comm::Communicator& comm) {
 }
 
 struct Split {
-  std::unique_ptr<data::ObjectStore> store;
+  std::unique_ptr<objstore::ObjectStore> store;
   std::unique_ptr<data::ShardCache> cache;
   data::DatasetIndex index;
 };
 
 Result<Split> open_split(const DataConfig& c, const std::string& name) {
   Split s;
-  KILN_ASSIGN_OR_RETURN(s.store, data::open_object_store(c.dir));
+  KILN_ASSIGN_OR_RETURN(s.store, objstore::open_object_store(c.dir));
   KILN_ASSIGN_OR_RETURN(std::string text,
                         s.store->get(name + "/" + data::kIndexFile, Deadline::after_seconds(60)));
   KILN_ASSIGN_OR_RETURN(s.index, data::parse_index(text, c.dir + "/" + name + "/index.json"));
@@ -179,7 +186,10 @@ struct EvalResult {
   std::optional<double> accuracy;
 };
 
-Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm::Communicator& comm) {
+// `busy` (under kiln run) keeps the agent from taking a long evaluation for
+// a hang while each batch arrives within its deadline.
+Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm::Communicator& comm,
+                            elastic::BusyBeat* busy) {
   task.module()->eval();
   data::Loader loader(test.cache.get(), test.index,
                       {.rank = comm.rank(), .world = comm.size(),
@@ -191,8 +201,10 @@ Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm:
     KILN_ASSIGN_OR_RETURN(auto batch, loader.next(Deadline::after_seconds(kBatchTimeoutS)));
     if (!batch) break;
     KILN_RETURN_IF_ERROR(task.evaluate(*batch, &sums));
+    if (busy != nullptr) busy->extend(Deadline::after_seconds(kBatchTimeoutS));
   }
   task.module()->train();
+  if (busy != nullptr) busy->extend(Deadline::after(kCollectiveTimeout));
   double total[3] = {sums.loss_sum, sums.correct, sums.count};
   KILN_RETURN_IF_ERROR(comm.allreduce(total, 3, comm::DataType::kFloat64, comm::ReduceOp::kSum)
                            ->wait(kCollectiveTimeout));
@@ -229,6 +241,53 @@ void set_learning_rate(torch::optim::Optimizer& opt, double lr) {
   for (auto& group : opt.param_groups()) group.options().set_lr(lr);
 }
 
+// [parallel] strategy = "zero1" | "zero2" | "zero3" as the sharded wrapper's
+// options; the optimizer is the sharded one, with [optim]'s settings.
+parallel::zero::ZeroOptions zero_options(const TrainConfig& c) {
+  parallel::zero::ZeroOptions z;
+  z.stage = c.parallel.strategy == Strategy::kZero1 ? 1 : c.parallel.strategy == Strategy::kZero2 ? 2 : 3;
+  z.precision = c.parallel.precision == Precision::kBf16 ? parallel::zero::Precision::kBf16
+                                                         : parallel::zero::Precision::kFp32;
+  z.min_unit_params = c.parallel.min_unit_params;
+  z.timeout = kCollectiveTimeout;
+  const OptimConfig& o = c.optim;
+  z.optimizer.kind = o.kind == OptimizerKind::kSgd ? parallel::zero::OptimizerKind::kSgd
+                                                   : parallel::zero::OptimizerKind::kAdamW;
+  z.optimizer.lr = o.lr;
+  z.optimizer.beta1 = o.beta1;
+  z.optimizer.beta2 = o.beta2;
+  z.optimizer.weight_decay = o.weight_decay;
+  z.optimizer.momentum = o.kind == OptimizerKind::kSgd ? o.momentum : 0;
+  return z;
+}
+
+constexpr double kMiB = 1 << 20;
+
+// The training state per rank of each strategy for this model (the ZeRO
+// formulas); ResourceExhausted before anything runs when the chosen one is
+// over parallel.memory_cap_mib, naming the strategies that would fit.
+Status check_state_fits(const TrainConfig& c, std::int64_t parameters, int world) {
+  const auto cap = static_cast<std::size_t>(c.parallel.memory_cap_mib * kMiB);
+  const parallel::zero::OptimizerOptions optimizer = zero_options(c).optimizer;
+  const auto precision = zero_options(c).precision;
+  auto need = [&](Strategy s) {
+    const int stage = s == Strategy::kDdp ? 0 : s == Strategy::kZero1 ? 1 : s == Strategy::kZero2 ? 2 : 3;
+    return parallel::zero::state_bytes_formula(stage, precision, optimizer, parameters, world);
+  };
+  if (need(c.parallel.strategy) <= cap) return Status::ok();
+  std::vector<std::string> fit;
+  for (Strategy s : {Strategy::kZero1, Strategy::kZero2, Strategy::kZero3}) {
+    if (need(s) <= cap) fit.push_back(fmt::format("{} ({:.1f} MiB)", strategy_name(s), need(s) / kMiB));
+  }
+  return resource_exhausted(fmt::format(
+      "out of memory: [parallel] strategy = \"{}\" holds {:.1f} MiB of training state per rank "
+      "({} parameters, {} ranks), over the per-rank cap of {:.1f} MiB (parallel.memory_cap_mib); {}",
+      strategy_name(c.parallel.strategy), need(c.parallel.strategy) / kMiB, parameters, world,
+      c.parallel.memory_cap_mib,
+      fit.empty() ? std::string("no strategy fits on this many ranks: add ranks or use bf16")
+                  : fmt::format("{} would fit", fmt::join(fit, ", "))));
+}
+
 }  // namespace
 
 Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator& comm) {
@@ -251,23 +310,57 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   torch::set_num_threads(threads);
   // Same initial model on every rank (DDP broadcasts rank 0's anyway); the
   // generator then differs per rank so dropout masks do.
+  // The per-rank memory cap stands for a device's memory: it applies from
+  // the moment the model is placed (replicated or sharded); the model is
+  // built whole in host memory first, as FSDP builds it on the CPU (or the
+  // meta device) before sharding it onto the devices.
+  parallel::CountingAllocator* memory = nullptr;
+  if (c.parallel.memory_cap_mib > 0) memory = &parallel::CountingAllocator::install();
   torch::manual_seed(c.train.seed);
   std::unique_ptr<Task> task = make_task(c.model);
+  if (memory != nullptr) {
+    std::int64_t parameters = 0;
+    for (const auto& p : task->module()->parameters()) parameters += p.numel();
+    KILN_RETURN_IF_ERROR(check_state_fits(c, parameters, world));
+  }
   torch::manual_seed(c.train.seed + 1000003ull * static_cast<std::uint64_t>(rank + 1));
 
   KILN_RETURN_IF_ERROR(prepare_data(c.data, comm));
   KILN_ASSIGN_OR_RETURN(Split train_split, open_split(c.data, "train"));
   KILN_ASSIGN_OR_RETURN(Split test_split, open_split(c.data, "test"));
 
-  ddp::DdpOptions ddp_options;
-  if (c.ddp.bucket_cap_mib) {
-    ddp_options.bucket_cap_bytes = static_cast<std::size_t>(*c.ddp.bucket_cap_mib * (1 << 20));
+  // Data parallel (replicated model, LibTorch optimizer) or sharded (the
+  // wrapper owns the optimizer state): exactly one of the two is set.
+  std::unique_ptr<ddp::DistributedDataParallel> model;
+  std::unique_ptr<torch::optim::Optimizer> optimizer;
+  std::unique_ptr<parallel::zero::ShardedDataParallel> sharded;
+  if (c.parallel.strategy == Strategy::kDdp) {
+    ddp::DdpOptions ddp_options;
+    if (c.ddp.bucket_cap_mib) {
+      ddp_options.bucket_cap_bytes = static_cast<std::size_t>(*c.ddp.bucket_cap_mib * (1 << 20));
+    } else {
+      ddp_options.auto_bucket_cap = true;
+    }
+    ddp_options.compress_bf16 = c.ddp.bf16;
+    KILN_ASSIGN_OR_RETURN(model, ddp::DistributedDataParallel::create(task->module(), comm, ddp_options));
+    optimizer = make_optimizer(c.optim, task->module()->parameters());
   } else {
-    ddp_options.auto_bucket_cap = true;
+    KILN_ASSIGN_OR_RETURN(sharded, parallel::zero::ShardedDataParallel::create(task->module(), comm,
+                                                                               zero_options(c)));
+    log()->info("{}: {} parameters in {} units, {} precision; {:.1f} MiB of training state per rank",
+                strategy_name(c.parallel.strategy), sharded->parameter_count(), sharded->unit_count(),
+                c.parallel.precision == Precision::kBf16 ? "bf16" : "fp32",
+                static_cast<double>(sharded->formula_state_bytes()) / (1 << 20));
   }
-  ddp_options.compress_bf16 = c.ddp.bf16;
-  KILN_ASSIGN_OR_RETURN(auto model, ddp::DistributedDataParallel::create(task->module(), comm, ddp_options));
-  auto optimizer = make_optimizer(c.optim, task->module()->parameters());
+  if (memory != nullptr) {
+    memory->set_cap(static_cast<std::size_t>(c.parallel.memory_cap_mib * kMiB));
+    memory->reset_peak();
+    if (memory->live_bytes() > memory->cap()) {
+      return resource_exhausted(fmt::format(
+          "out of memory: the placed model holds {:.1f} MiB on this rank, over the cap of {:.1f} MiB",
+          static_cast<double>(memory->live_bytes()) / kMiB, c.parallel.memory_cap_mib));
+    }
+  }
 
   // Checkpoints get a communicator of their own: the writer thread issues
   // collectives while training uses `comm`.
@@ -275,9 +368,11 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   std::unique_ptr<ckpt::MemoryTier> memory_tier;  // outlives the checkpointer
   std::unique_ptr<ckpt::Checkpointer> checkpointer;
   if (!c.checkpoint.dir.empty()) {
-    std::error_code ec;
-    std::filesystem::create_directories(c.checkpoint.dir, ec);
-    if (ec) return errno_status("create checkpoint.dir " + c.checkpoint.dir, ec.value());
+    if (!objstore::is_object_store_url(c.checkpoint.dir)) {
+      std::error_code ec;
+      std::filesystem::create_directories(c.checkpoint.dir, ec);
+      if (ec) return errno_status("create checkpoint.dir " + c.checkpoint.dir, ec.value());
+    }
     KILN_ASSIGN_OR_RETURN(ckpt_comm, comm.split(0, rank));
     if (c.checkpoint.memory) {
       std::string dir = c.checkpoint.memory_dir.empty()
@@ -292,7 +387,11 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
                                              .remote = c.checkpoint.remote}));
   }
   Progress progress;
-  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, *task->module(), *optimizer, comm, memory_tier.get(),
+  RestoreFn restore = [&](const ckpt::LoadedState& loaded) -> Result<Progress> {
+    if (sharded) return restore_sharded_state(loaded, *sharded, rank);
+    return restore_state(loaded, *task->module(), *optimizer, rank);
+  };
+  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/!sharded, comm, memory_tier.get(),
                                              ckpt_comm.get(), restarted_by_launcher()));
   if (resumed) progress = resumed->progress;
   const std::int64_t start_step = progress.step;
@@ -326,8 +425,9 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     const char* local = std::getenv("LOCAL_RANK");
     int port = options.diag.metrics_port;
     if (port > 0 && local != nullptr) port += std::atoi(local);
-    KILN_ASSIGN_OR_RETURN(metrics_server, diag::MetricsServer::start("0.0.0.0", port, rank));
-    log()->info("metrics: serving Prometheus text on port {} at /metrics", metrics_server->port());
+    KILN_ASSIGN_OR_RETURN(metrics_server, diag::MetricsServer::start(options.diag.metrics_host, port, rank));
+    log()->info("metrics: serving Prometheus text on port {} at /metrics (bound to {})",
+                metrics_server->port(), options.diag.metrics_host);
   }
 
   EpochStream stream(&train_split, c.data, micro, rank, world, c.train.seed,
@@ -335,17 +435,22 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   diag::StepTimer timer(rank);
   auto snapshot = [&](std::int64_t step, Snapshot* snap) {
     data::SamplerState s = stream.state();
+    if (sharded) return capture_sharded_state(*sharded, {step, s.epoch, s.consumed}, rank, world, snap);
     return capture_state(*task->module(), *optimizer, {step, s.epoch, s.consumed}, rank, world, snap);
   };
+  elastic::WorkerLink& elastic = elastic::WorkerLink::instance();
   auto run_eval = [&](std::int64_t step) -> Result<EvalResult> {
-    KILN_ASSIGN_OR_RETURN(EvalResult e, evaluate(*task, test_split, c, comm));
+    // Note [Busy beats end at the deadline] (worker_link.h): evaluating is
+    // not a step, and may outlast kiln run's --hang-timeout.
+    auto busy = elastic.busy(Deadline::after_seconds(kBatchTimeoutS));
+    diag::inject_sleep(inject.eval_delay_ms);
+    KILN_ASSIGN_OR_RETURN(EvalResult e, evaluate(*task, test_split, c, comm, busy.get()));
     if (metrics) KILN_RETURN_IF_ERROR(metrics->write_eval(step, e.loss, e.accuracy));
     if (session) KILN_RETURN_IF_ERROR(session->record_eval(step, e.loss, e.accuracy));
     line.eval(step, e.loss, e.accuracy);
     return e;
   };
 
-  elastic::WorkerLink& elastic = elastic::WorkerLink::instance();
   std::optional<std::int64_t> stopped_at;  // asked to stop after this step
   std::int64_t last_saved = start_step;
   // The diagnosis' own cost, outside the steps: recording (this thread's
@@ -359,7 +464,8 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     const bool record = ab.recorded(step - start_step);
     if (ab.enabled()) session->set_sampling(record);
     timer.begin_step(step);
-    set_learning_rate(*optimizer, learning_rate(c.optim, step, c.train.max_steps));
+    const double lr = learning_rate(c.optim, step, c.train.max_steps);
+    if (optimizer) set_learning_rate(*optimizer, lr);
     double loss_sum = 0, backward_s = 0;
     for (std::int64_t m = 0; m < c.train.grad_accum; ++m) {
       std::optional<data::Batch> batch;
@@ -376,7 +482,11 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
         loss = loss / static_cast<double>(c.train.grad_accum);
       }
       auto t0 = Clock::now();
-      if (m + 1 < c.train.grad_accum) {
+      if (sharded) {
+        // Reduced every micro-batch into the gradient shares (no whole
+        // gradient is kept between micro-batches).
+        KILN_RETURN_IF_ERROR(sharded->backward(loss));
+      } else if (m + 1 < c.train.grad_accum) {
         auto no_sync = model->no_sync();
         KILN_RETURN_IF_ERROR(model->backward(loss));
       } else {
@@ -389,14 +499,28 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       auto scope = timer.phase(Phase::kExposedComm);
       diag::inject_sleep(inject.comm_delay_ms);
     }
-    const ddp::SyncStats& sync = model->last_sync();
-    timer.add(Phase::kExposedComm, sync.exposed_comm_s);
-    timer.add(Phase::kBackward, std::max(0.0, backward_s - sync.exposed_comm_s));
-    timer.current().comm_bytes = sync.bytes;
-    timer.current().comm_s = sync.sync_s;
+    if (sharded) {
+      const parallel::zero::ZeroSyncStats& sync = sharded->last_sync();
+      const double exposed = sync.exposed_comm_s + sync.gather_wait_s;
+      timer.add(Phase::kExposedComm, exposed);
+      timer.add(Phase::kBackward, std::max(0.0, backward_s - sync.exposed_comm_s));
+      timer.current().comm_bytes = sync.bytes;
+      timer.current().comm_s = exposed;
+    } else {
+      const ddp::SyncStats& sync = model->last_sync();
+      timer.add(Phase::kExposedComm, sync.exposed_comm_s);
+      timer.add(Phase::kBackward, std::max(0.0, backward_s - sync.exposed_comm_s));
+      timer.current().comm_bytes = sync.bytes;
+      timer.current().comm_s = sync.sync_s;
+      for (const auto& c : sync.collectives) timer.current().collectives.push_back({c.bytes, c.seconds});
+    }
     timer.current().cache_hit_rate = stream.cache_hit_rate();
     {
       auto scope = timer.phase(Phase::kOptimizer);
+      if (sharded) {
+        if (c.optim.grad_clip > 0) KILN_RETURN_IF_ERROR(sharded->clip_grad_norm(c.optim.grad_clip).status());
+        KILN_RETURN_IF_ERROR(sharded->step(lr));
+      } else {
       if (c.optim.grad_clip > 0) {
         torch::nn::utils::clip_grad_norm_(task->module()->parameters(), c.optim.grad_clip);
       }
@@ -405,6 +529,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       // zero_grad() would drop it and cost a copy per gradient next step).
       for (auto& p : task->module()->parameters()) {
         if (p.grad().defined()) p.mutable_grad().zero_();
+      }
       }
     }
     const std::int64_t done = step + 1;
@@ -486,13 +611,19 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   result.start_step = start_step;
   result.steps = stopped_at ? *stopped_at : std::max(start_step, c.train.max_steps);
   result.stopped = stopped_at.has_value();
+  // No more steps from here to the exit: the last save and the wait for
+  // every save to commit (minutes on a large model), the last evaluation,
+  // closing and exiting. Beat meanwhile, each part bounded by its own
+  // deadline (Note [Busy beats end at the deadline]).
+  const Deadline finish = Deadline::after(kFinalCheckpointTimeout);
+  elastic.finishing(finish);
   if (checkpointer) {
     if (result.steps > last_saved) {
       Snapshot snap;
       KILN_RETURN_IF_ERROR(snapshot(result.steps, &snap));
-      KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, result.steps, Deadline::after_seconds(600)));
+      KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, result.steps, finish));
     }
-    KILN_RETURN_IF_ERROR(checkpointer->wait(Deadline::after_seconds(600)));
+    KILN_RETURN_IF_ERROR(checkpointer->wait(finish));
   }
   if (memory_tier && !result.stopped) {
     // Finished: nothing left to recover, and /dev/shm is memory. A stopped
@@ -500,25 +631,45 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     Status s = memory_tier->clear();
     if (!s.is_ok()) log()->warn("in-memory checkpoints not removed: {}", s.to_string());
   }
+  // The digest (and, for tests, the parameters) of the final model; a
+  // sharded model is read one gathered unit at a time.
+  auto read_parameters = [&](bool keep) -> Status {
+    ParameterDigest digest;
+    auto add = [&](const torch::Tensor& p) {
+      digest.add(p);
+      if (!keep) return;
+      torch::Tensor t = p.detach().to(torch::kFloat32).contiguous().view(-1);
+      result.parameters.insert(result.parameters.end(), t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
+    };
+    if (sharded) {
+      KILN_RETURN_IF_ERROR(sharded->visit_parameters(add));
+    } else {
+      for (const auto& p : task->module()->parameters()) add(p);
+    }
+    result.parameter_digest = digest.value();
+    return Status::ok();
+  };
   if (result.stopped) {
     // The grace period is for the checkpoint, not for an evaluation.
+    elastic.finishing(Deadline::after(kTeardownTimeout));
     line.finish();
-    result.parameter_digest = parameter_digest(*task->module());
+    KILN_RETURN_IF_ERROR(read_parameters(false));
     result.seconds = seconds_since(started);
     return result;
   }
+  // A bound of its own for the evaluation (which also beats per batch).
+  elastic.finishing(Deadline::after(kFinalCheckpointTimeout));
   KILN_ASSIGN_OR_RETURN(EvalResult final_eval, run_eval(result.steps));
+  elastic.finishing(Deadline::after(kTeardownTimeout));
   line.finish();
   result.eval_loss = final_eval.loss;
   result.eval_accuracy = final_eval.accuracy;
-  result.parameter_digest = parameter_digest(*task->module());
-  if (options.keep_parameters) {
-    for (const auto& p : task->module()->parameters()) {
-      torch::Tensor t = p.detach().to(torch::kFloat32).contiguous().view(-1);
-      result.parameters.insert(result.parameters.end(), t.data_ptr<float>(), t.data_ptr<float>() + t.numel());
-    }
-  }
+  KILN_RETURN_IF_ERROR(read_parameters(options.keep_parameters));
   result.seconds = seconds_since(started);
+  if (memory != nullptr) {
+    log()->info("memory: peak {:.1f} MiB of tensors on this rank since the model was placed, cap {:.1f} MiB",
+                static_cast<double>(memory->peak_bytes()) / kMiB, c.parallel.memory_cap_mib);
+  }
   return result;
 }
 

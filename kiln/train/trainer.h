@@ -35,8 +35,11 @@ struct DiagOptions {
   // rank 0 prints the verdict. 0 = never.
   std::int64_t every = 0;
   double sample_interval_s = 1.0;  // system sampling while diagnosing
-  // Prometheus /metrics on port + LOCAL_RANK of every interface; -1 = off.
+  // Prometheus /metrics on metrics_host, port + LOCAL_RANK; -1 = off.
   int metrics_port = -1;
+  // Loopback by default: metrics name hosts, paths and timings, so opening
+  // them to the network is an explicit choice (--metrics-host).
+  std::string metrics_host = "127.0.0.1";
   std::vector<diag::Injection> inject;  // --inject: bottlenecks on purpose
 
   bool session() const { return !trace_dir.empty() || every > 0; }

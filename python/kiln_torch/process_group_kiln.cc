@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <random>
 
+#include "kiln/base/auth/job_token.h"
 #include "python/kiln_torch/c10d_store.h"
 #include "python/kiln_torch/kiln_work.h"
 
@@ -114,6 +115,11 @@ ProcessGroupKiln::ProcessGroupKiln(const c10::intrusive_ptr<c10d::Store>& store,
   options.connect.tag = agree_tag(*kiln_store, rank, Deadline::after(timeout));
   const char* master = std::getenv("MASTER_ADDR");
   if (master != nullptr && *master != '\0') options.connect.route_hint = master;
+  // Under `kiln launch` / `kiln run` the job token (docs/security.md) guards
+  // the tcp transport between ranks; PyTorch's own store has no such guard.
+  auto token = auth::token_from_env();
+  TORCH_CHECK(token.is_ok(), "kiln backend: rank ", rank, ": ", token.status().to_string());
+  options.connect.token = std::move(*token);
   auto formed = comm::Communicator::create(kiln_store, rank, size, options);
   TORCH_CHECK(formed.is_ok(), "kiln backend: rank ", rank, " of ", size,
               " forming the group: ", formed.status().to_string());

@@ -16,8 +16,9 @@
 #include <random>
 #include <thread>
 
+#include "kiln/base/file.h"
+#include "kiln/base/fs.h"
 #include "kiln/ckpt/checkpointer.h"
-#include "kiln/ckpt/internal/file.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/ckpt/verify.h"
@@ -56,7 +57,7 @@ std::string check_invariants(const std::string& root) {
     return fmt::format("loaded step {} not the newest {}", loaded->step, steps->front());
   std::string bad = check_loaded(*loaded, loaded->step, 0, 1);
   if (!bad.empty()) return bad;
-  auto latest = internal::read_file(root + "/latest");
+  auto latest = read_file(root + "/latest");
   if (!latest.is_ok()) return "latest: " + latest.status().to_string();
   std::string name = latest->substr(0, latest->find('\n'));
   auto at_latest = load_step(root + "/" + name, 0, 1);
@@ -93,8 +94,7 @@ TEST(CkptFaults, SigkillDuringSavesNeverLosesTheNewestCommit) {
     auto steps = list_committed_steps(dir.path());
     ASSERT_TRUE(steps.is_ok());
     ASSERT_GE(steps->front(), newest_before) << "a committed step vanished";
-    if (internal::path_exists(dir.path() + "/" + tmp_step_dir_name(steps->front() + 1)))
-      ++killed_mid_save;
+    if (path_exists(dir.path() + "/" + tmp_step_dir_name(steps->front() + 1))) ++killed_mid_save;
     newest_before = steps->front();
   }
   // The campaign made progress (kills landed between and inside saves).
@@ -227,8 +227,7 @@ TEST(CkptFaults, DiskFullFailsTheSaveAndKeepsOlderCheckpoints) {
   Status st = (*ck)->save(big.view(), 3, Deadline::after_seconds(10));
   EXPECT_EQ(st.code(), Code::kResourceExhausted) << st.to_string();
   EXPECT_NE(st.message().find("step-3.tmp/shard-00000.bin"), std::string::npos) << st.to_string();
-  EXPECT_FALSE(internal::path_exists(dir.path() + "/step-3.tmp"))
-      << "the failed step's space was not freed";
+  EXPECT_FALSE(path_exists(dir.path() + "/step-3.tmp")) << "the failed step's space was not freed";
   EXPECT_EQ(check_invariants(dir.path()), "");
   // The space came back: saving goes on.
   TestState s4(4, 0, 1);

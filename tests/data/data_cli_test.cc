@@ -11,17 +11,17 @@
 #include <cstring>
 #include <fstream>
 
-#include "kiln/data/internal/file_util.h"
-#include "kiln/data/s3/s3_object_store.h"
-#include "kiln/data/s3/testing/local_s3_server.h"
+#include "kiln/base/file.h"
 #include "kiln/data/testing/test_dataset.h"
+#include "kiln/objstore/s3/local_s3rver.h"
+#include "kiln/objstore/s3/s3_object_store.h"
 
 extern char** environ;
 
 namespace kiln::data {
 namespace {
 
-using s3::testing::LocalS3Server;
+using objstore::s3::LocalS3Server;
 using testing::ScratchDir;
 
 struct KilnRun {
@@ -57,7 +57,7 @@ KilnRun kiln(const std::vector<std::string>& args, const std::vector<std::string
   int status = 0;
   ::waitpid(pid, &status, 0);
   r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  auto text = internal::read_file(out);
+  auto text = read_file(out);
   r.output = text.is_ok() ? *text : "";
   return r;
 }
@@ -120,7 +120,7 @@ TEST_F(DataCli, PushToS3ThenInspectAndVerifyThroughTheUrl) {
   EXPECT_NE(inspect.output.find("verified"), std::string::npos) << inspect.output;
 
   // A missing shard on the remote is named too.
-  auto store = s3::S3ObjectStore::open(url, (*server)->options()).value();
+  auto store = objstore::s3::S3ObjectStore::open(url, (*server)->options()).value();
   ASSERT_TRUE(store->remove(index_.shards[2].file, Deadline::after_seconds(10)).is_ok());
   KilnRun missing = kiln({"data", "inspect", url, "--verify"}, env, dir_.path());
   EXPECT_EQ(missing.exit_code, 3) << missing.output;

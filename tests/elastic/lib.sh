@@ -1,5 +1,10 @@
 # Helpers shared by the elastic end-to-end tests (sourced).
 
+# One job token for every agent and store a test starts: a job across
+# "nodes" needs the same secret on each (docs/security.md).
+KILN_JOB_TOKEN=${KILN_JOB_TOKEN:-$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')}
+export KILN_JOB_TOKEN
+
 # wait_until TIMEOUT_S CMD...: polls CMD every 50 ms until it succeeds;
 # fails naming CMD when TIMEOUT_S passes.
 wait_until() {

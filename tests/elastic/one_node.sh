@@ -9,10 +9,13 @@
 #            same recovery;
 #   preempt  SIGTERM the agent -> the workers agree on a step, checkpoint
 #            it and exit 0, the agent exits 0; a new `kiln run` resumes there.
+#   slow-final  the final evaluation takes longer than --hang-timeout
+#            (--inject eval-delay): the workers keep beating through it
+#            (WorkerLink::busy), so nothing is taken for a hang.
 #   tests/elastic/one_node.sh PATH/TO/kiln [SCENARIO...]
 set -euo pipefail
 KILN=$1; shift
-SCENARIOS=("$@"); [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(crash hang preempt)
+SCENARIOS=("$@"); [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(crash hang preempt slow-final)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 WORK=$(mktemp -d)
 AGENT=
@@ -117,6 +120,15 @@ for SCENARIO in "${SCENARIOS[@]}"; do
       start_job preempt
       finish_job preempt
       resumed_at_least preempt "$stopped"
+      ;;
+    slow-final)
+      # 6 s of evaluation against a 2 s hang timeout.
+      "$KILN" run -n 2 --rdzv-id slow --events "$WORK/slow.events" --hang-timeout 2 -- \
+        "${TRAIN[@]}" --ckpt-dir "$WORK/slow" --inject eval-delay=6000 > "$WORK/slow.log" 2>&1 \
+        || { tail -30 "$WORK/slow.log" >&2; fail "kiln run failed"; }
+      jq -e -s '[.[] | select(.event == "round_formed")] | length == 1' "$WORK/slow.events" > /dev/null \
+        || { cat "$WORK/slow.events" >&2; fail "the job was restarted"; }
+      [ "$(params_digest "$WORK/slow.log")" = "$EXPECTED" ] || fail "parameters differ"
       ;;
     *) echo "one_node: unknown scenario $SCENARIO" >&2; exit 2 ;;
   esac

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # A user clones the repository alone: no tracked build file, test, script or
-# source may reach outside the checkout (../shared, or an absolute path under
-# the directory that holds the clone). Markdown may mention ../shared as prose.
-# .ci/run also runs the suite with ../shared hidden, which catches what a
-# pattern cannot.
+# source may reach outside the checkout (the shared folder beside it, or an
+# absolute path under the directory that holds the clone). Markdown may
+# mention that folder as prose. .ci/run also runs the suite with it hidden,
+# which catches what a pattern cannot.
 set -euo pipefail
 top=$(git -C "$(dirname "$0")" rev-parse --show-toplevel)
 cd "$top"

@@ -5,7 +5,9 @@
 #           world size and the rendezvous host from the step and end with
 #           the parameters of `kiln launch -n 2`;
 #   run     `srun -n 2 kiln run --nproc-per-node 1`: one agent per task, the
-#           same parameters; `srun -n 2 kiln launch` is refused, saying why;
+#           same parameters (the job token from the environment; without
+#           one it is refused, saying why); `srun -n 2 kiln launch` is
+#           refused, saying why;
 #   sbatch  examples/slurm/train.sbatch (`sbatch --wait`) runs to completion
 #           with the same parameters;
 #   kill    one task of a running step is SIGKILLed: the step fails within
@@ -52,6 +54,12 @@ EXPECTED=$(params_digest "$WORK/ref.log")
   "${TRAIN[@]}" --ckpt-dir "$WORK/run") > "$WORK/run.log" 2>&1 || fail run "srun -n 2 kiln run failed"
 [ "$(params_digest "$WORK/run.log")" = "$EXPECTED" ] || fail run "parameters differ from kiln launch's"
 grep -q "Slurm step .* task 1/2" "$WORK/run.log" || fail run "kiln run did not recognise the step"
+
+# Across nodes the agents need one shared job token; without it kiln run
+# refuses at once, saying how to give one (lib.sh exported one above).
+(cd "$WORK" && env -u KILN_JOB_TOKEN timeout 60 srun -n 2 "$KILN" run --nproc-per-node 1 -- true) \
+  > "$WORK/notoken.log" 2>&1 && fail notoken "kiln run started a 2-node job without a job token"
+grep -q "KILN_JOB_TOKEN" "$WORK/notoken.log" || fail notoken "no reason given"
 
 # kiln launch runs one node: several tasks of a step are refused, saying why.
 (cd "$WORK" && timeout 60 srun -n 2 "$KILN" launch -n 1 -- true) > "$WORK/launch.log" 2>&1 &&

@@ -1,6 +1,7 @@
 #include "kiln/base/config/toml_reader.h"
 
 #include <cmath>
+#include <filesystem>
 #include <sstream>
 
 namespace kiln::config {
@@ -14,6 +15,16 @@ std::string where(const toml::source_region& src) {
 }  // namespace
 
 Result<toml::table> parse_toml(const std::string& source, bool is_path, const std::string& text) {
+  // A config is a few KiB; a larger one is a mistake (or hostile), refused
+  // before toml++ reads it all into memory.
+  constexpr std::uintmax_t kMaxConfigBytes = 4u << 20;
+  std::error_code ec;
+  std::uintmax_t size = is_path ? std::filesystem::file_size(source, ec) : text.size();
+  if (!ec && size > kMaxConfigBytes) {
+    return invalid_argument("config " + source + ": " + std::to_string(size) +
+                            " bytes is over the " + std::to_string(kMaxConfigBytes) +
+                            "-byte limit of a config file");
+  }
   try {
     return is_path ? toml::parse_file(source) : toml::parse(text, source);
   } catch (const toml::parse_error& e) {

@@ -10,20 +10,6 @@
 
 namespace kiln::ckpt::testing {
 
-TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string tmpl = fmt::format("{}/kiln-ckpt-XXXXXX", base && *base ? base : "/tmp");
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  char* p = mkdtemp(buf.data());
-  path_ = p ? p : "";
-}
-
-TempDir::~TempDir() {
-  std::error_code ec;
-  if (!path_.empty()) std::filesystem::remove_all(path_, ec);
-}
-
 float test_value(int which, std::int64_t step, std::int64_t row, std::int64_t col) {
   return static_cast<float>(which * 1000003 + step * 7919 + row * 131 + col) * 0.5f;
 }

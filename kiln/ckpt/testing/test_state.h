@@ -5,20 +5,12 @@
 #include <string>
 #include <vector>
 
+#include "kiln/base/testing/temp_dir.h"
 #include "kiln/ckpt/state.h"
 
 namespace kiln::ckpt::testing {
 
-// A fresh directory under $TMPDIR (or /tmp), removed by the destructor.
-class TempDir {
- public:
-  TempDir();
-  ~TempDir();
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using kiln::testing::TempDir;
 
 // Value of element (row, col) of tensor `which` at `step`: every bit depends
 // on all four, so a misplaced row or a stale step shows.

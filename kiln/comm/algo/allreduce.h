@@ -2,6 +2,8 @@
 // out of place (send may equal recv) and leave identical bits on every rank.
 #pragma once
 
+#include <functional>
+
 #include "kiln/comm/algo/group.h"
 
 namespace kiln::comm::algo {
@@ -32,5 +34,12 @@ Status allreduce_halving_doubling(const Env& env, const AllreduceArgs& a);
 Status allreduce_hierarchical(const Env& env, const AllreduceArgs& a,
                               const std::vector<int>& host_of,
                               Status (*inter)(const Env&, const AllreduceArgs&));
+
+// Note [16-bit floats accumulate in float32] (reduce.h), for algorithms that
+// do not handle it themselves: runs `run` in place on a float32 copy of
+// a.send (Scratch::kWide) and rounds the result into a.recv once. Every
+// message `run` sends is float32. Call only when accumulates_in_float32.
+Status allreduce_in_float32(const Env& env, const AllreduceArgs& a,
+                            const std::function<Status(const Env&, const AllreduceArgs&)>& run);
 
 }  // namespace kiln::comm::algo

@@ -40,6 +40,13 @@ Status reduce_scatter_ring(const Env& env, const void* send, void* recv, std::si
     if (send != recv) std::memmove(recv, send, bytes);
     return Status::ok();
   }
+  if (accumulates_in_float32(dtype, op)) {  // Note [16-bit floats accumulate in float32]
+    auto* wide = static_cast<float*>(env.scratch->get((n + 1) * count * sizeof(float), Scratch::kWide));
+    widen_to_float32(dtype, send, wide, n * count);
+    KILN_RETURN_IF_ERROR(reduce_scatter_ring(env, wide, wide + n * count, count, DataType::kFloat32, op));
+    narrow_from_float32(dtype, wide + n * count, recv, count);
+    return Status::ok();
+  }
   auto& right = env.group.pair((r + 1) % n);
   auto& left = env.group.pair((r - 1 + n) % n);
   Reducer reducer{dtype, op};

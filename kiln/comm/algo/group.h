@@ -18,10 +18,14 @@ namespace kiln::comm::algo {
 // on first touch, which would dominate large collectives.
 class Scratch {
  public:
-  void* get(std::size_t bytes);
+  // Separate buffers: kWide holds the float32 copy of a 16-bit float
+  // collective (Note [16-bit floats accumulate in float32]) while the
+  // algorithm run on it uses kAlgorithm.
+  enum Slot { kAlgorithm = 0, kWide = 1 };
+  void* get(std::size_t bytes, Slot slot = kAlgorithm);
 
  private:
-  std::vector<char> buf_;
+  std::vector<char> buf_[2];
 };
 
 struct Group {

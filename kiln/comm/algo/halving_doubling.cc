@@ -68,6 +68,9 @@ Status allreduce_recursive_doubling(const Env& env, const AllreduceArgs& a) {
     if (a.send != a.recv) std::memcpy(a.recv, a.send, bytes);
     return Status::ok();
   }
+  if (accumulates_in_float32(a.dtype, a.op)) {
+    return allreduce_in_float32(env, a, allreduce_recursive_doubling);
+  }
   Fold f(n, env.group.me);
   KILN_RETURN_IF_ERROR(fold_in(env, a, f, bytes));
   if (f.vr >= 0) {
@@ -93,6 +96,9 @@ Status allreduce_halving_doubling(const Env& env, const AllreduceArgs& a) {
   if (n == 1 || a.count == 0) {
     if (a.send != a.recv) std::memcpy(a.recv, a.send, bytes);
     return Status::ok();
+  }
+  if (accumulates_in_float32(a.dtype, a.op)) {
+    return allreduce_in_float32(env, a, allreduce_halving_doubling);
   }
   Fold f(n, env.group.me);
   // Out of place without a copy: the first halving step reads this rank's

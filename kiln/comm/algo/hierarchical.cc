@@ -13,6 +13,11 @@ namespace kiln::comm::algo {
 Status allreduce_hierarchical(const Env& env, const AllreduceArgs& a,
                               const std::vector<int>& host_of,
                               Status (*inter)(const Env&, const AllreduceArgs&)) {
+  if (accumulates_in_float32(a.dtype, a.op)) {
+    return allreduce_in_float32(env, a, [&](const Env& e, const AllreduceArgs& wide) {
+      return allreduce_hierarchical(e, wide, host_of, inter);
+    });
+  }
   const int n = env.group.size();
   const int me = env.group.me;
   // Members of my host (group order), and the leader (first member) of every host.

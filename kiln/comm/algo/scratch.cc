@@ -2,9 +2,10 @@
 
 namespace kiln::comm::algo {
 
-void* Scratch::get(std::size_t bytes) {
-  if (buf_.size() < bytes) buf_.resize(bytes);
-  return buf_.data();
+void* Scratch::get(std::size_t bytes, Slot slot) {
+  std::vector<char>& buf = buf_[slot];
+  if (buf.size() < bytes) buf.resize(bytes);
+  return buf.data();
 }
 
 }  // namespace kiln::comm::algo

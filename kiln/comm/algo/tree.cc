@@ -41,6 +41,13 @@ Status reduce_tree(const Env& env, const void* send, void* recv, std::size_t cou
   const std::size_t bytes = count * dtype_size(dtype);
   const bool is_root = env.group.me == root;
   if (count == 0) return Status::ok();
+  if (accumulates_in_float32(dtype, op)) {  // Note [16-bit floats accumulate in float32]
+    auto* wide = static_cast<float*>(env.scratch->get(count * sizeof(float), Scratch::kWide));
+    widen_to_float32(dtype, send, wide, count);
+    KILN_RETURN_IF_ERROR(reduce_tree(env, wide, wide, count, DataType::kFloat32, op, root));
+    if (is_root) narrow_from_float32(dtype, wide, recv, count);
+    return Status::ok();
+  }
   // The running sum lives in recv on the root, in scratch elsewhere.
   void* acc = is_root ? recv : env.scratch->get(bytes);
   const void* local = send;

@@ -10,6 +10,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "kiln/base/auth/handshake.h"
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
 #include "kiln/comm/transport/shm/pair.h"
@@ -25,7 +26,10 @@ const Knob<std::string> kCommAddr{"KILN_COMM_ADDR", "",
                                   "IPv4 address to listen on and advertise for tcp connections"};
 
 constexpr std::uint64_t kHandshakeMagic = 0x4b494c4e434f4d4dull;  // "KILNCOMM"
-constexpr std::uint32_t kHandshakeVersion = 1;
+// 2: an HMAC challenge-response follows the handshake.
+constexpr std::uint32_t kHandshakeVersion = 2;
+// How long an accepted connection may take to identify and authenticate itself.
+constexpr auto kPeerHandshakeTimeout = std::chrono::seconds(2);
 
 struct Handshake {
   std::uint64_t magic;
@@ -68,15 +72,51 @@ std::string sanitize(std::string s) {
   return s;
 }
 
-Status accept_peers(int listen_fd, int rank, std::uint64_t tag_hash, int expected,
-                    const std::vector<bool>& from_allowed, std::vector<tcp::Fd>& out,
-                    Deadline deadline) {
+// What a tcp connection's proof is bound to: this group, from one rank to
+// another (see Note [Why the handshake is replay-safe]).
+std::string auth_purpose(const std::string& tag, int from, int to) {
+  return fmt::format("comm {} {}->{}", tag, from, to);
+}
+
+// The acceptor's side of the challenge-response on a new connection.
+Status authenticate_peer(int fd, const std::string& token, const std::string& purpose,
+                         Deadline deadline) {
+  auth::Acceptor acceptor(token, purpose);
+  KILN_ASSIGN_OR_RETURN(std::string challenge, acceptor.challenge());
+  KILN_RETURN_IF_ERROR(net::send_all(fd, challenge, deadline));
+  std::string proof(auth::kProofBytes, '\0');
+  KILN_RETURN_IF_ERROR(net::recv_exact(fd, proof.data(), proof.size(), deadline));
+  Status s = acceptor.check_proof(proof);
+  // The verdict is best effort when refusing: the connection closes anyway.
+  Status sent = net::send_all(fd, acceptor.verdict(s.is_ok()), deadline);
+  return s.is_ok() ? sent : s;
+}
+
+// The initiator's side, right after sending the Handshake.
+Status authenticate_to_peer(int fd, const std::string& token, const std::string& purpose,
+                            Deadline deadline) {
+  auth::Initiator initiator(token, purpose);
+  std::string challenge(auth::kChallengeBytes, '\0');
+  KILN_RETURN_IF_ERROR(net::recv_exact(fd, challenge.data(), challenge.size(), deadline)
+                           .with_context("await authentication challenge"));
+  KILN_ASSIGN_OR_RETURN(std::string proof, initiator.answer(challenge));
+  KILN_RETURN_IF_ERROR(net::send_all(fd, proof, deadline));
+  std::string verdict(auth::kVerdictBytes, '\0');
+  KILN_RETURN_IF_ERROR(net::recv_exact(fd, verdict.data(), verdict.size(), deadline)
+                           .with_context("await authentication verdict"));
+  return initiator.check_verdict(verdict);
+}
+
+Status accept_peers(int listen_fd, int rank, const ConnectOptions& options,
+                    std::uint64_t tag_hash, int expected, const std::vector<bool>& from_allowed,
+                    std::vector<tcp::Fd>& out, Deadline deadline) {
   int accepted = 0;
   while (accepted < expected) {
     KILN_ASSIGN_OR_RETURN(tcp::Fd fd, tcp::accept_one(listen_fd, deadline));
     Handshake hs{};
+    Deadline handshake_deadline = Deadline::after(kPeerHandshakeTimeout).min(deadline);
     Status s = net::recv_exact(fd.get(), reinterpret_cast<char*>(&hs), sizeof(hs),
-                               Deadline::after_ms(2000).min(deadline));
+                               handshake_deadline);
     std::string who = tcp::peer_address(fd.get());
     if (!s.is_ok() || hs.magic != kHandshakeMagic || hs.version != kHandshakeVersion ||
         hs.tag_hash != tag_hash || hs.from_rank < 0 ||
@@ -84,6 +124,13 @@ Status accept_peers(int listen_fd, int rank, std::uint64_t tag_hash, int expecte
         out[hs.from_rank].valid()) {
       log()->warn("rank {}: rejected a connection from {}: not a peer of this group ({})", rank,
                   who, s.is_ok() ? "bad handshake" : s.message());
+      continue;
+    }
+    s = authenticate_peer(fd.get(), options.token,
+                          auth_purpose(options.tag, hs.from_rank, rank), handshake_deadline);
+    if (!s.is_ok()) {
+      log()->warn("rank {}: refused a connection from {} claiming to be rank {}: {}", rank, who,
+                  hs.from_rank, s.message());
       continue;
     }
     out[hs.from_rank] = std::move(fd);
@@ -253,8 +300,8 @@ Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int 
     std::vector<tcp::Fd> fds(size);
     Status accept_status;
     std::thread acceptor([&] {
-      accept_status = accept_peers(listener.get(), rank, tag_hash, expected_accepts, accept_from,
-                                   fds, deadline);
+      accept_status = accept_peers(listener.get(), rank, options, tag_hash, expected_accepts,
+                                   accept_from, fds, deadline);
     });
     Status connect_status;
     for (int r = 0; r < rank && connect_status.is_ok(); ++r) {
@@ -272,6 +319,15 @@ Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int 
       Handshake hs{kHandshakeMagic, kHandshakeVersion, rank, tag_hash};
       connect_status = net::send_all(
           fd->get(), std::string_view(reinterpret_cast<const char*>(&hs), sizeof(hs)), deadline);
+      if (connect_status.is_ok()) {
+        connect_status = authenticate_to_peer(fd->get(), options.token,
+                                              auth_purpose(options.tag, rank, r), deadline);
+      }
+      if (!connect_status.is_ok()) {
+        connect_status = connect_status.with_context(
+            fmt::format("rank {} authenticating to {}", rank, name_of(r)));
+        break;
+      }
       fds[r] = std::move(*fd);
     }
     acceptor.join();

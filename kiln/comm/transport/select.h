@@ -28,6 +28,10 @@ struct ConnectOptions {
   // Unique per communicator instance; keeps connections of different groups
   // and restarts apart.
   std::string tag;
+  // The job token every tcp connection proves before it carries data
+  // (kiln/base/auth/handshake.h); empty: not authenticated. Shared-memory
+  // pairs need none: the segments are only reachable on this host.
+  std::string token;
   std::size_t shm_slot_bytes = 128 << 10;
   std::uint32_t shm_slots = 8;
 };
@@ -36,7 +40,11 @@ struct ConnectOptions {
 std::string local_host_id();
 
 // Connects to every peer. Blocks until all ranks have called it with the same
-// tag, or the deadline. Errors name the rank that did not show up.
+// tag, or the deadline. Errors name the rank that did not show up. The tcp
+// listener binds the advertised address only (never 0.0.0.0) and is closed
+// once every peer is connected; a connection that is not a peer of this
+// group or fails authentication is refused, logged with its address, and
+// the group still forms.
 Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int size,
                                              const ConnectOptions& options, Deadline deadline);
 

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "kiln/data/index.h"
-#include "kiln/data/object_store.h"
+#include "kiln/objstore/object_store.h"
 
 namespace kiln::data::testing {
 
@@ -33,14 +33,13 @@ Sample test_sample(std::uint64_t id);
 std::vector<std::vector<std::uint8_t>> write_test_shard(const std::string& path, int n);
 
 // Writes `n` test samples to `dir` with shards of about `shard_bytes`.
-DatasetIndex write_test_dataset(const std::string& dir, std::uint64_t n,
-                                std::uint64_t shard_bytes);
+DatasetIndex write_test_dataset(const std::string& dir, std::uint64_t n, std::uint64_t shard_bytes);
 
 // Wraps a store; get_to_file flips a byte of the copy while corrupt_gets > 0
 // (decrementing it), and counts gets.
-class FaultyStore final : public ObjectStore {
+class FaultyStore final : public objstore::ObjectStore {
  public:
-  explicit FaultyStore(std::unique_ptr<ObjectStore> inner) : inner_(std::move(inner)) {}
+  explicit FaultyStore(std::unique_ptr<objstore::ObjectStore> inner) : inner_(std::move(inner)) {}
   Status get_to_file(const std::string& key, const std::string& dst, Deadline deadline) override;
   Result<std::string> get(const std::string& key, Deadline deadline) override {
     return inner_->get(key, deadline);
@@ -52,10 +51,11 @@ class FaultyStore final : public ObjectStore {
                                 Deadline deadline) override {
     return inner_->get_range(key, offset, length, deadline);
   }
-  Result<ObjectInfo> head(const std::string& key, Deadline deadline) override {
+  Result<objstore::ObjectInfo> head(const std::string& key, Deadline deadline) override {
     return inner_->head(key, deadline);
   }
-  Result<std::vector<ObjectInfo>> list(const std::string& prefix, Deadline deadline) override {
+  Result<std::vector<objstore::ObjectInfo>> list(const std::string& prefix,
+                                                 Deadline deadline) override {
     return inner_->list(prefix, deadline);
   }
   Status remove(const std::string& key, Deadline deadline) override {
@@ -67,7 +67,7 @@ class FaultyStore final : public ObjectStore {
   std::atomic<int> gets{0};
 
  private:
-  std::unique_ptr<ObjectStore> inner_;
+  std::unique_ptr<objstore::ObjectStore> inner_;
 };
 
 }  // namespace kiln::data::testing

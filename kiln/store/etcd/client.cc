@@ -2,6 +2,9 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include "kiln/base/backoff.h"
 #include "kiln/store/internal/keys.h"
@@ -69,15 +72,22 @@ Status gateway_error(long http_status, std::string_view body) {
   return Status(code, fmt::format("HTTP {}: {:.200}", http_status, body));
 }
 
-EtcdClient::EtcdClient(std::vector<std::string> endpoints) : endpoints_(std::move(endpoints)) {}
+EtcdClient::EtcdClient(std::vector<std::string> endpoints, TlsFiles tls)
+    : endpoints_(std::move(endpoints)), http_(std::move(tls)) {}
 
-Result<std::shared_ptr<EtcdClient>> EtcdClient::create(std::vector<std::string> endpoints) {
+Result<std::shared_ptr<EtcdClient>> EtcdClient::create(std::vector<std::string> endpoints,
+                                                       TlsFiles tls) {
   if (endpoints.empty()) return invalid_argument("etcd: no endpoints given");
   for (auto& e : endpoints) {
     if (e.empty()) return invalid_argument("etcd: empty endpoint");
     e = with_scheme(std::move(e));
   }
-  return std::shared_ptr<EtcdClient>(new EtcdClient(std::move(endpoints)));
+  for (const std::string* f : {&tls.ca_file, &tls.cert_file, &tls.key_file}) {
+    if (!f->empty() && ::access(f->c_str(), R_OK) != 0) {
+      return errno_status(fmt::format("etcd TLS file {}", *f), errno);
+    }
+  }
+  return std::shared_ptr<EtcdClient>(new EtcdClient(std::move(endpoints), std::move(tls)));
 }
 
 std::string EtcdClient::url(std::size_t endpoint, std::string_view method) const {

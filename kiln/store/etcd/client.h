@@ -43,7 +43,9 @@ class EtcdClient {
  public:
   // `endpoints`: "host:port" or "http://host:port", tried in turn.
   // InvalidArgument if there are none or one is empty.
-  static Result<std::shared_ptr<EtcdClient>> create(std::vector<std::string> endpoints);
+  // `tls`: for https:// endpoints (HttpClient's TlsFiles).
+  static Result<std::shared_ptr<EtcdClient>> create(std::vector<std::string> endpoints,
+                                                    TlsFiles tls = {});
 
   // One unary call (see the Note for retries). Blocks until the reply or the
   // deadline.
@@ -63,7 +65,7 @@ class EtcdClient {
   std::string endpoints_text() const;
 
  private:
-  explicit EtcdClient(std::vector<std::string> endpoints);
+  EtcdClient(std::vector<std::string> endpoints, TlsFiles tls);
   std::string url(std::size_t endpoint, std::string_view method) const;
   // Moves on to the next endpoint after `failed` failed (no-op if another
   // thread already did).

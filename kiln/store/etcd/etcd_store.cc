@@ -50,13 +50,26 @@ Result<std::optional<KeyValue>> failure_range(const Json& txn, std::string_view 
   return std::optional<KeyValue>(std::move(kvs.front()));
 }
 
+// The etcd key range holding every key that starts with `prefix`: [key,
+// range_end) as etcd's clientv3.WithPrefix computes it ("\0" as range_end
+// means every key from `key` on).
+std::pair<std::string, std::string> prefix_range(const std::string& prefix) {
+  if (prefix.empty()) return {std::string(1, '\0'), std::string(1, '\0')};
+  std::string end = prefix;
+  while (!end.empty() && static_cast<unsigned char>(end.back()) == 0xff) end.pop_back();
+  if (end.empty()) return {prefix, std::string(1, '\0')};
+  end.back() = static_cast<char>(static_cast<unsigned char>(end.back()) + 1);
+  return {prefix, end};
+}
+
 }  // namespace
 
 EtcdStore::EtcdStore(std::shared_ptr<EtcdClient> client, std::string prefix)
     : client_(std::move(client)), prefix_(std::move(prefix)) {}
 
 Result<std::unique_ptr<EtcdStore>> EtcdStore::open(EtcdStoreOptions options) {
-  KILN_ASSIGN_OR_RETURN(auto client, EtcdClient::create(std::move(options.endpoints)));
+  KILN_ASSIGN_OR_RETURN(auto client, EtcdClient::create(std::move(options.endpoints),
+                                                                std::move(options.tls)));
   std::unique_ptr<EtcdStore> store(new EtcdStore(std::move(client), std::move(options.prefix)));
   store->set_default_timeout(options.default_timeout);
   return store;
@@ -322,6 +335,37 @@ Result<std::string> EtcdStore::compare_set(std::string_view key, std::string_vie
     if (value != expected) return value;
     empty_at = *now ? (*now)->mod_revision : 0;  // present with "": swap against that revision
   }
+}
+
+Result<std::int64_t> EtcdStore::revision(Deadline deadline) {
+  auto [key, end] = prefix_range(prefix_);
+  auto reply = client_->call(
+      "kv/range",
+      {{"key", base64_encode(key)}, {"range_end", base64_encode(end)}, {"count_only", true}},
+      deadline, Retry::kAlways);
+  if (!reply.is_ok()) return reply.status().with_context(context("revision", quote_key(prefix_)));
+  return header_revision(*reply, "etcd range reply");
+}
+
+Status EtcdStore::await_change(std::int64_t revision, Deadline deadline) {
+  auto [key, end] = prefix_range(prefix_);
+  Json req = {{"create_request",
+               {{"key", base64_encode(key)},
+                {"range_end", base64_encode(end)},
+                {"start_revision", std::to_string(revision + 1)}}}};
+  Status bad;
+  Status s = client_->stream("watch", req, deadline, [&](const Json& result) {
+    if (json_flag(result, "canceled")) return false;  // compacted: the caller reads again
+    auto events = result.find("events");
+    if (events == result.end()) return true;  // "created", or a progress notice
+    if (!events->is_array()) {
+      bad = data_loss(fmt::format("etcd watch: 'events' is not a list: {:.200}", events->dump()));
+    }
+    return false;
+  });
+  if (!bad.is_ok()) s = bad;
+  return s.with_context(fmt::format("{} on etcd {}", context("await_change", quote_key(prefix_)),
+                                    client_->endpoints_text()));
 }
 
 }  // namespace kiln::store::etcd

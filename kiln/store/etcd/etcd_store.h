@@ -42,6 +42,8 @@ namespace kiln::store::etcd {
 struct EtcdStoreOptions {
   std::vector<std::string> endpoints;  // "host:port" or "http://host:port"
   std::string prefix;                  // prepended to every key
+  // etcd's own TLS (https:// endpoints; docs/security.md).
+  TlsFiles tls;
   // Store::default_timeout(): bounds calls made without a deadline.
   std::chrono::milliseconds default_timeout{std::chrono::seconds(300)};
 };
@@ -71,6 +73,16 @@ class EtcdStore final : public Store {
   // Grants a lease with `ttl` kept alive from a background thread (see
   // lease.h) on this store's etcd.
   Result<std::unique_ptr<EtcdLease>> grant_lease(std::chrono::seconds ttl, Deadline deadline);
+
+  // For waiting on "anything changed" instead of polling (the rendezvous
+  // does, kiln/elastic/etcd_change_feed.h): the store's current revision,
+  // then await_change(revision) blocks until a key under the prefix is put
+  // or deleted after it (ok at once if one already was), or until the
+  // deadline (DeadlineExceeded). Unavailable when etcd could not be reached
+  // or the watch broke, ok also when etcd cancelled the watch (its start
+  // revision was compacted): either way, read again.
+  Result<std::int64_t> revision(Deadline deadline);
+  Status await_change(std::int64_t revision, Deadline deadline);
 
   const std::string& prefix() const { return prefix_; }
   const std::shared_ptr<EtcdClient>& client() const { return client_; }

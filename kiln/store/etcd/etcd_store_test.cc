@@ -77,6 +77,43 @@ TEST_F(EtcdStoreTest, WaitNeedsEveryKeyPresentAtOnce) {
   EXPECT_TRUE(s.is_ok()) << s.to_string();
 }
 
+TEST_F(EtcdStoreTest, AwaitChangeWakesOnAChangeUnderThePrefixOnly) {
+  auto rev = store_->revision(Deadline::after(seconds(5)));
+  ASSERT_TRUE(rev.is_ok()) << rev.status().to_string();
+  // Nothing changed: it waits out its deadline.
+  Status quiet = store_->await_change(*rev, Deadline::after(milliseconds(200)));
+  EXPECT_EQ(quiet.code(), Code::kDeadlineExceeded) << quiet.to_string();
+  // Another job's keys are not this store's changes.
+  auto other = open_store(etcd_->endpoint(), "/kiln/job10/");
+  ASSERT_TRUE(other->set("gen", "1").is_ok());
+  quiet = store_->await_change(*rev, Deadline::after(milliseconds(200)));
+  EXPECT_EQ(quiet.code(), Code::kDeadlineExceeded) << quiet.to_string();
+  // A change made after the revision but before the wait began is not missed.
+  ASSERT_TRUE(store_->set("gen", "1").is_ok());
+  Status s = store_->await_change(*rev, Deadline::after(seconds(10)));
+  EXPECT_TRUE(s.is_ok()) << s.to_string();
+  // A waiter blocks until someone else changes a key (here, erases one).
+  auto now = store_->revision(Deadline::after(seconds(5)));
+  ASSERT_TRUE(now.is_ok());
+  auto waiter = std::async(
+      std::launch::async, [&] { return store_->await_change(*now, Deadline::after(seconds(20))); });
+  EXPECT_EQ(waiter.wait_for(milliseconds(200)), std::future_status::timeout);
+  auto writer = open_store(etcd_->endpoint(), "/kiln/job1/");
+  ASSERT_TRUE(*writer->erase("gen"));
+  s = waiter.get();
+  EXPECT_TRUE(s.is_ok()) << s.to_string();
+}
+
+TEST_F(EtcdStoreTest, AwaitChangeIsUnavailableWhenEtcdGoesAway) {
+  auto rev = store_->revision(Deadline::after(seconds(5)));
+  ASSERT_TRUE(rev.is_ok()) << rev.status().to_string();
+  etcd_->crash();
+  Status s = store_->await_change(*rev, Deadline::after(seconds(2)));
+  EXPECT_FALSE(s.is_ok());
+  EXPECT_NE(s.code(), Code::kDataLoss) << s.to_string();
+  EXPECT_NE(s.to_string().find("await_change"), std::string::npos) << s.to_string();
+}
+
 TEST_F(EtcdStoreTest, CallsAreUnavailableWhileEtcdIsDownAndWorkAfterRestart) {
   ASSERT_TRUE(store_->set("k", "before").is_ok());
   etcd_->crash();
@@ -255,6 +292,16 @@ TEST(EtcdCodec, Int64FieldsAreDecimalStringsOrAbsent) {
   EXPECT_EQ(*json_int64(j, "absent", "t"), 0);
   EXPECT_EQ(json_int64(j, "c", "t").status().code(), Code::kDataLoss);
   EXPECT_EQ(json_int64(j, "d", "t").status().code(), Code::kDataLoss);
+}
+
+TEST(EtcdStoreTls, AnUnreadableTlsFileIsNamedAtOpen) {
+  EtcdStoreOptions o;
+  o.endpoints = {"https://127.0.0.1:1"};
+  o.tls.ca_file = "/nonexistent/kiln-etcd-ca.pem";
+  auto store = EtcdStore::open(o);
+  ASSERT_FALSE(store.is_ok());
+  EXPECT_EQ(store.status().code(), Code::kNotFound) << store.status().to_string();
+  EXPECT_NE(store.status().message().find("kiln-etcd-ca.pem"), std::string::npos);
 }
 
 }  // namespace

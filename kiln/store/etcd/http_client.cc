@@ -71,7 +71,7 @@ struct HttpClient::Handle {
   }
 };
 
-HttpClient::HttpClient() { global_init(); }
+HttpClient::HttpClient(TlsFiles tls) : tls_(std::move(tls)) { global_init(); }
 HttpClient::~HttpClient() = default;
 
 std::unique_ptr<HttpClient::Handle> HttpClient::checkout() {
@@ -114,6 +114,10 @@ HttpExchange HttpClient::perform(Handle& h, Deadline deadline, bool* stopped) {
   curl_easy_setopt(h.curl, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(h.curl, CURLOPT_TCP_NODELAY, 1L);
   curl_easy_setopt(h.curl, CURLOPT_HTTPHEADER, h.headers);
+  // Set on every exchange: checkout()'s curl_easy_reset clears them.
+  if (!tls_.ca_file.empty()) curl_easy_setopt(h.curl, CURLOPT_CAINFO, tls_.ca_file.c_str());
+  if (!tls_.cert_file.empty()) curl_easy_setopt(h.curl, CURLOPT_SSLCERT, tls_.cert_file.c_str());
+  if (!tls_.key_file.empty()) curl_easy_setopt(h.curl, CURLOPT_SSLKEY, tls_.key_file.c_str());
   h.error[0] = '\0';
   curl_easy_setopt(h.curl, CURLOPT_ERRORBUFFER, h.error);
 

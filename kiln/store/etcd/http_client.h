@@ -34,9 +34,18 @@ struct HttpExchange {
   std::string error;     // curl's description when not kReplied/kStopped
 };
 
+// etcd's own transport security (docs/security.md): PEM files as etcdctl's
+// --cacert/--cert/--key take them, used for https:// endpoints. Empty: curl's
+// defaults (the system CAs, no client certificate).
+struct TlsFiles {
+  std::string ca_file;
+  std::string cert_file;
+  std::string key_file;
+};
+
 class HttpClient {
  public:
-  HttpClient();
+  explicit HttpClient(TlsFiles tls = {});
   ~HttpClient();
   HttpClient(const HttpClient&) = delete;
   HttpClient& operator=(const HttpClient&) = delete;
@@ -60,6 +69,7 @@ class HttpClient {
   void checkin(std::unique_ptr<Handle> handle);
   HttpExchange perform(Handle& h, Deadline deadline, bool* stopped);
 
+  const TlsFiles tls_;
   std::mutex mu_;
   std::vector<std::unique_ptr<Handle>> idle_;  // guarded by mu_
 };

@@ -64,7 +64,7 @@ Result<std::unique_ptr<Connection>> TcpStore::checkout(Deadline deadline) {
   Status last;
   while (true) {
     ++attempts;
-    auto conn = Connection::open(host_, port_, connect_deadline);
+    auto conn = Connection::open(host_, port_, options_.token, connect_deadline);
     if (conn.is_ok()) return conn;
     last = conn.status();
     // A peer that answers with the wrong hello will not change its mind.

@@ -35,6 +35,9 @@
 namespace kiln::store::tcp {
 
 struct TcpStoreOptions {
+  // The job token to prove to the server (see TcpStoreServerOptions::token);
+  // empty: none. Processes under a launcher pass auth::token_from_env().
+  std::string token;
   // How long to keep retrying to reach the server when opening a connection.
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(60)};
   // Store::default_timeout(): bounds calls made without a deadline.

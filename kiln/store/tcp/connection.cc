@@ -3,11 +3,14 @@
 #include <fmt/format.h>
 #include <poll.h>
 
+#include "kiln/base/auth/handshake.h"
+
 namespace kiln::store::tcp {
 
 using namespace ::kiln::net;  // socket helpers (kiln/base/socket.h)
 
 Result<std::unique_ptr<Connection>> Connection::open(const std::string& host, std::uint16_t port,
+                                                     const std::string& token,
                                                      Deadline deadline) {
   KILN_ASSIGN_OR_RETURN(Fd fd, connect_tcp(host, port, deadline));
   KILN_RETURN_IF_ERROR(send_all(fd.get(), encode_hello(), deadline).with_context("send hello"));
@@ -15,6 +18,16 @@ Result<std::unique_ptr<Connection>> Connection::open(const std::string& host, st
   KILN_RETURN_IF_ERROR(
       recv_exact(fd.get(), hello.data(), hello.size(), deadline).with_context("await hello"));
   KILN_RETURN_IF_ERROR(check_hello(hello).with_context("server hello"));
+  auth::Initiator auth(token, "store");
+  std::string challenge(auth::kChallengeBytes, '\0');
+  KILN_RETURN_IF_ERROR(recv_exact(fd.get(), challenge.data(), challenge.size(), deadline)
+                           .with_context("await authentication challenge"));
+  KILN_ASSIGN_OR_RETURN(std::string proof, auth.answer(challenge));
+  KILN_RETURN_IF_ERROR(send_all(fd.get(), proof, deadline).with_context("send authentication"));
+  std::string verdict(auth::kVerdictBytes, '\0');
+  KILN_RETURN_IF_ERROR(recv_exact(fd.get(), verdict.data(), verdict.size(), deadline)
+                           .with_context("await authentication verdict"));
+  KILN_RETURN_IF_ERROR(auth.check_verdict(verdict));
   return std::unique_ptr<Connection>(new Connection(std::move(fd)));
 }
 

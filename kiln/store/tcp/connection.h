@@ -15,11 +15,13 @@ namespace kiln::store::tcp {
 
 class Connection {
  public:
-  // Connects once (no retry) and exchanges hellos, all within the deadline.
-  // Unavailable/DeadlineExceeded/NotFound from connecting; DataLoss or
-  // FailedPrecondition when the peer is not a compatible store server.
+  // Connects once (no retry), exchanges hellos and authenticates with
+  // `token` (kiln/base/auth/handshake.h; empty: the server must not require
+  // one), all within the deadline. Unavailable/DeadlineExceeded/NotFound
+  // from connecting; DataLoss or FailedPrecondition when the peer is not a
+  // compatible store server, refuses our token or cannot prove it holds it.
   static Result<std::unique_ptr<Connection>> open(const std::string& host, std::uint16_t port,
-                                                  Deadline deadline);
+                                                  const std::string& token, Deadline deadline);
 
   // Sends `request` and returns the reply with its id. A transport error or
   // timeout leaves the connection unusable (a late reply could still come):

@@ -1,7 +1,9 @@
 // The TcpStore wire format (docs/store-protocol.md is the full description).
 //
 //   client -> server   hello: u32 magic "KLNS", u32 version
-//   server -> client   hello: the same two fields
+//   server -> client   hello: the same two fields, then an authentication
+//                      challenge; client -> server its proof; server ->
+//                      client the verdict (kiln/base/auth/handshake.h)
 //   then, both ways    frames: u32 body length, body (at most kMaxFrameBytes)
 //
 // Integers are little-endian; a string is a u32 length and its bytes. A
@@ -25,7 +27,8 @@
 namespace kiln::store::tcp {
 
 inline constexpr std::uint32_t kMagic = 0x534e4c4b;  // "KLNS" as little-endian bytes
-inline constexpr std::uint32_t kVersion = 1;
+// 2: authentication after the hello.
+inline constexpr std::uint32_t kVersion = 2;
 inline constexpr std::size_t kHelloBytes = 8;
 inline constexpr std::size_t kFrameHeaderBytes = 4;
 inline constexpr std::uint32_t kMaxFrameBytes = 64u << 20;

@@ -89,7 +89,7 @@ TEST(TcpStoreProtocol, HelloChecksMagicAndVersion) {
   EXPECT_TRUE(check_hello(encode_hello()).is_ok());
   EXPECT_EQ(check_hello("GET / HT").code(), Code::kDataLoss);
   std::string newer = encode_hello();
-  newer[4] = 2;
+  newer[4] = static_cast<char>(kVersion + 1);
   EXPECT_EQ(check_hello(newer).code(), Code::kFailedPrecondition);
   EXPECT_EQ(check_hello("KLNS").code(), Code::kDataLoss);
 }

@@ -7,9 +7,12 @@
 
 #include <cerrno>
 #include <climits>
+#include <deque>
+#include <optional>
 #include <unordered_map>
 #include <vector>
 
+#include "kiln/base/auth/handshake.h"
 #include "kiln/base/check.h"
 #include "kiln/base/logging.h"
 #include "kiln/store/tcp/server_state.h"
@@ -29,10 +32,16 @@ constexpr std::size_t kReadBudgetBytes = std::size_t{4} << 20;
 // After accept() runs out of descriptors, stop accepting this long.
 constexpr auto kAcceptPause = std::chrono::milliseconds(100);
 
+// A connection reads the client's hello, then (the server having sent its
+// hello and an authentication challenge) the client's proof, and only then
+// requests.
+enum class Phase { kHello, kProof, kReady };
+
 struct Conn {
   Fd fd;
   std::string peer;
-  bool greeted = false;
+  Phase phase = Phase::kHello;
+  std::optional<auth::Acceptor> auth;
   bool want_write = false;  // EPOLLOUT registered
   FrameReader in;
   std::string out;
@@ -45,14 +54,16 @@ struct Conn {
 class TcpStoreServer::Loop {
  public:
   Loop(TcpStoreServerOptions options, std::string name, Fd listener, Fd epoll, Fd wake,
-       std::atomic<std::size_t>* parked, std::atomic<std::size_t>* connections)
+       std::atomic<std::size_t>* parked, std::atomic<std::size_t>* connections,
+       std::atomic<std::size_t>* refused)
       : options_(options),
         name_(std::move(name)),
         listener_(std::move(listener)),
         epoll_(std::move(epoll)),
         wake_(std::move(wake)),
         parked_(parked),
-        connections_(connections) {}
+        connections_(connections),
+        refused_(refused) {}
 
   void run();
 
@@ -69,6 +80,10 @@ class TcpStoreServer::Loop {
   void on_conn_event(ConnId id, std::uint32_t events);
   // Handles the hello and every complete frame buffered on `id`.
   void process(ConnId id, Conn& conn, std::vector<Reply>* replies);
+  // The hello and authentication; false while they are not complete (or the
+  // connection was closed for failing them).
+  bool handshake(ConnId id, Conn& conn);
+  void expire_handshakes(Clock::time_point now);
   void deliver(std::vector<Reply>& replies);
   void flush(ConnId id);
   void close_conn(ConnId id, std::string_view reason, bool warn);
@@ -82,8 +97,12 @@ class TcpStoreServer::Loop {
   std::atomic<bool> stop_{false};
   std::atomic<std::size_t>* parked_;
   std::atomic<std::size_t>* connections_;
+  std::atomic<std::size_t>* refused_;
 
   ServerState state_;
+  // Connections still in the handshake, by deadline (all get the same
+  // timeout, so accept order is deadline order).
+  std::deque<std::pair<Clock::time_point, ConnId>> handshakes_;
   std::unordered_map<ConnId, Conn> conns_;
   ConnId next_id_ = kFirstConnId;
   Clock::time_point resume_accept_at_ = Clock::time_point::max();  // max: accepting
@@ -113,6 +132,7 @@ void TcpStoreServer::Loop::run() {
     replies.clear();
     state_.expire(now, &replies);
     deliver(replies);
+    expire_handshakes(now);
     if (now >= resume_accept_at_) {
       resume_accept_at_ = Clock::time_point::max();
       set_events(listener_.get(), kListenerToken, EPOLLIN);
@@ -129,6 +149,7 @@ void TcpStoreServer::Loop::run() {
 
 int TcpStoreServer::Loop::epoll_timeout_ms() const {
   auto next = std::min(state_.next_deadline(), resume_accept_at_);
+  if (!handshakes_.empty()) next = std::min(next, handshakes_.front().first);
   if (next == Clock::time_point::max()) return -1;
   auto now = Clock::now();
   if (next <= now) return 0;
@@ -171,7 +192,9 @@ void TcpStoreServer::Loop::accept_all() {
       continue;
     }
     log()->debug("{}: connection from {}", name_, conn.peer);
+    conn.auth.emplace(options_.token, "store");
     conns_.emplace(id, std::move(conn));
+    handshakes_.emplace_back(Clock::now() + options_.handshake_timeout, id);
   }
 }
 
@@ -209,15 +232,34 @@ void TcpStoreServer::Loop::on_conn_event(ConnId id, std::uint32_t events) {
   if (!conns_.contains(id)) return;
   if (!error.is_ok()) {
     close_conn(id, error.to_string(), false);
+  } else if (eof && conns_.at(id).phase == Phase::kProof) {
+    // A Kiln client without the token gives up on seeing the challenge.
+    refused_->fetch_add(1);
+    close_conn(id, "refused: closed before authenticating (a client without the job token?)",
+               true);
   } else if (eof) {
     close_conn(id, "closed by peer", false);
   }
 }
 
-void TcpStoreServer::Loop::process(ConnId id, Conn& conn, std::vector<Reply>* replies) {
-  if (!conn.greeted) {
+void TcpStoreServer::Loop::expire_handshakes(Clock::time_point now) {
+  while (!handshakes_.empty() && handshakes_.front().first <= now) {
+    ConnId id = handshakes_.front().second;
+    handshakes_.pop_front();
+    auto it = conns_.find(id);
+    if (it == conns_.end() || it->second.phase == Phase::kReady) continue;
+    refused_->fetch_add(1);
+    close_conn(id,
+               fmt::format("refused: no hello and authentication within {}ms",
+                           options_.handshake_timeout.count()),
+               true);
+  }
+}
+
+bool TcpStoreServer::Loop::handshake(ConnId id, Conn& conn) {
+  if (conn.phase == Phase::kHello) {
     std::string hello;
-    if (!conn.in.take_raw(kHelloBytes, &hello)) return;
+    if (!conn.in.take_raw(kHelloBytes, &hello)) return false;
     if (Status s = check_hello(hello); !s.is_ok()) {
       // A Kiln peer of another version gets our hello first, so its error
       // names both versions instead of a bare "connection closed".
@@ -226,13 +268,39 @@ void TcpStoreServer::Loop::process(ConnId id, Conn& conn, std::vector<Reply>* re
         flush(id);
       }
       close_conn(id, fmt::format("rejected handshake: {}", s.to_string()), true);
-      return;
+      return false;
     }
-    conn.greeted = true;
+    auto challenge = conn.auth->challenge();
+    if (!challenge.is_ok()) {
+      close_conn(id, challenge.status().to_string(), true);
+      return false;
+    }
     conn.out += encode_hello();
+    conn.out += *challenge;
+    conn.phase = Phase::kProof;
     flush(id);
-    if (!conns_.contains(id)) return;
+    if (!conns_.contains(id)) return false;
   }
+  if (conn.phase == Phase::kProof) {
+    std::string proof;
+    if (!conn.in.take_raw(auth::kProofBytes, &proof)) return false;
+    Status s = conn.auth->check_proof(proof);
+    conn.out += conn.auth->verdict(s.is_ok());
+    flush(id);
+    if (!conns_.contains(id)) return false;
+    if (!s.is_ok()) {
+      refused_->fetch_add(1);
+      close_conn(id, fmt::format("refused: {}", s.message()), true);
+      return false;
+    }
+    conn.phase = Phase::kReady;
+    conn.auth.reset();
+  }
+  return true;
+}
+
+void TcpStoreServer::Loop::process(ConnId id, Conn& conn, std::vector<Reply>* replies) {
+  if (conn.phase != Phase::kReady && !handshake(id, conn)) return;
   std::string body;
   auto now = Clock::now();
   while (true) {
@@ -337,7 +405,7 @@ Status TcpStoreServer::start(const std::string& host, std::uint16_t port) {
   port_ = bound;
   loop_ = std::make_unique<Loop>(options_, fmt::format("store server {}", host_port(host, bound)),
                                  std::move(listener).value(), std::move(epoll), std::move(wake),
-                                 &parked_, &connections_);
+                                 &parked_, &connections_, &refused_);
   thread_ = std::thread([loop = loop_.get()] { loop->run(); });
   log()->info("store server listening on {}", host_port(host, bound));
   return Status::ok();

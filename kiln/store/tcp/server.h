@@ -9,12 +9,18 @@
 // oversized or malformed frame) has its connection closed and a warning
 // logged naming its address; the server keeps serving everyone else.
 //
-//   TcpStoreServer server;
-//   KILN_RETURN_IF_ERROR(server.start("0.0.0.0", 0));
+// With a job token (options.token) every connection must pass the HMAC
+// challenge-response of kiln/base/auth/handshake.h right after the hello,
+// before any request is read; a client that fails it, or does not finish it
+// within options.handshake_timeout, is refused and logged with its address.
+//
+//   TcpStoreServer server({.token = job_token});
+//   KILN_RETURN_IF_ERROR(server.start("10.0.0.1", 0));
 //   auto store = TcpStore::connect("10.0.0.1", server.port(), {});
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -26,6 +32,12 @@
 namespace kiln::store::tcp {
 
 struct TcpStoreServerOptions {
+  // The job token clients must prove they hold; empty: no authentication
+  // (tests, and jobs run without a launcher).
+  std::string token;
+  // A connection that has not finished the hello and authentication by then
+  // is closed, so idle unauthenticated sockets cannot pile up.
+  std::chrono::milliseconds handshake_timeout{std::chrono::seconds(10)};
   int backlog = 1024;
   std::uint32_t max_frame_bytes = kMaxFrameBytes;
   // A client that stops reading gets disconnected once this much output
@@ -42,7 +54,8 @@ class TcpStoreServer {
   TcpStoreServer& operator=(const TcpStoreServer&) = delete;
 
   // Binds host:port (port 0 picks a free one; see port()) and starts the
-  // loop thread. Call once. Errors name the address: Unavailable when the
+  // loop thread. Bind the address clients are told to use (MASTER_ADDR),
+  // not 0.0.0.0, so the store is not open on every interface. Call once. Errors name the address: Unavailable when the
   // port is in use, NotFound when the host does not resolve.
   Status start(const std::string& host, std::uint16_t port);
 
@@ -58,6 +71,8 @@ class TcpStoreServer {
   // Snapshots for tests and diagnostics; any thread.
   std::size_t parked_requests() const { return parked_.load(); }
   std::size_t connections() const { return connections_.load(); }
+  // Connections refused for failing authentication, since start().
+  std::size_t refused() const { return refused_.load(); }
 
  private:
   class Loop;
@@ -69,6 +84,7 @@ class TcpStoreServer {
   std::thread thread_;
   std::atomic<std::size_t> parked_{0};
   std::atomic<std::size_t> connections_{0};
+  std::atomic<std::size_t> refused_{0};
 };
 
 }  // namespace kiln::store::tcp

@@ -6,6 +6,7 @@
 #include <random>
 #include <thread>
 
+#include "kiln/base/auth/handshake.h"
 #include "kiln/store/tcp/client.h"
 #include "kiln/base/socket.h"
 #include "kiln/store/tcp/test_util.h"
@@ -27,6 +28,26 @@ Fd raw_connect(std::uint16_t port) {
   auto fd = connect_tcp("127.0.0.1", port, Deadline::after_seconds(5));
   EXPECT_TRUE(fd.is_ok()) << fd.status().to_string();
   return fd.is_ok() ? std::move(fd).value() : Fd();
+}
+
+// A raw connection past the hello and (open-mode) authentication: what
+// follows goes straight to the frame parser.
+Fd raw_open(std::uint16_t port) {
+  Fd raw = raw_connect(port);
+  EXPECT_TRUE(send_all(raw.get(), encode_hello(), Deadline::after_seconds(5)).is_ok());
+  std::string hello(kHelloBytes + auth::kChallengeBytes, '\0');
+  EXPECT_TRUE(
+      recv_exact(raw.get(), hello.data(), hello.size(), Deadline::after_seconds(5)).is_ok());
+  EXPECT_TRUE(check_hello(hello.substr(0, kHelloBytes)).is_ok());
+  auth::Initiator open("", "store");
+  auto proof = open.answer(hello.substr(kHelloBytes));
+  EXPECT_TRUE(proof.is_ok()) << proof.status().to_string();
+  EXPECT_TRUE(send_all(raw.get(), *proof, Deadline::after_seconds(5)).is_ok());
+  std::string verdict(auth::kVerdictBytes, '\0');
+  EXPECT_TRUE(
+      recv_exact(raw.get(), verdict.data(), verdict.size(), Deadline::after_seconds(5)).is_ok());
+  EXPECT_TRUE(open.check_verdict(verdict).is_ok());
+  return raw;
 }
 
 // True once the server has closed `fd` (EOF or reset) within 5 s.
@@ -71,12 +92,7 @@ TEST_F(TcpStoreServerTest, GarbageStreamIsRejectedAndOthersAreStillServed) {
 }
 
 TEST_F(TcpStoreServerTest, HugeLengthPrefixIsRejected) {
-  Fd raw = raw_connect(server_.port());
-  ASSERT_TRUE(send_all(raw.get(), encode_hello(), Deadline::after_seconds(5)).is_ok());
-  std::string hello(kHelloBytes, '\0');
-  ASSERT_TRUE(
-      recv_exact(raw.get(), hello.data(), hello.size(), Deadline::after_seconds(5)).is_ok());
-  EXPECT_TRUE(check_hello(hello).is_ok());
+  Fd raw = raw_open(server_.port());
   ASSERT_TRUE(send_all(raw.get(),
                        std::string("\xff\xff\xff\xff"
                                    "abcdef",
@@ -92,9 +108,8 @@ TEST_F(TcpStoreServerTest, HugeLengthPrefixIsRejected) {
 }
 
 TEST_F(TcpStoreServerTest, MalformedRequestIsRejected) {
-  Fd raw = raw_connect(server_.port());
-  std::string bytes = encode_hello();
-  bytes += std::string("\x09\x00\x00\x00", 4);  // a 9-byte body:
+  Fd raw = raw_open(server_.port());
+  std::string bytes = std::string("\x09\x00\x00\x00", 4);  // a 9-byte body:
   bytes += std::string(8, '\x01');              // id
   bytes += '\x63';                              // op 99
   ASSERT_TRUE(send_all(raw.get(), bytes, Deadline::after_seconds(5)).is_ok());

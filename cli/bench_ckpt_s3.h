@@ -1,0 +1,32 @@
+// `kiln bench ckpt`'s object-store part: a checkpoint written straight to a
+// local s3rver against raw PUTs of the same bytes at the same parallelism.
+#pragma once
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kiln/base/status.h"
+#include "kiln/comm/communicator.h"
+
+namespace kiln::cli {
+
+struct S3CkptTimes {
+  double raw_put_s = 0;  // median, slowest rank
+  double write_s = 0;    // median: shard upload + commit, slowest rank
+  double ratio = 0;      // median of raw_put_s / write_s per round
+  int rounds = 0;
+};
+
+// Collective on `c`. Rank 0 starts s3rver (nullopt on every rank where it is
+// not installed, with `skipped` saying why); every rank then, `rounds` times,
+// PUTs its `state` as part-sized objects from upload_parallelism threads and
+// saves it as a checkpoint step to s3://, and finally loads the last step
+// back and checks every byte.
+Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
+                                                         const std::vector<char>& state,
+                                                         std::int64_t rows, std::int64_t cols,
+                                                         int rounds, std::string* skipped);
+
+}  // namespace kiln::cli

@@ -1,0 +1,138 @@
+// The s3:// half of `kiln bench ckpt` (bench_ckpt_s3.h). Compiled with the
+// subcommands (a *_cmd.cc file) but registers none of its own.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <thread>
+
+#include "cli/bench_ckpt_s3.h"
+#include "kiln/ckpt/checkpointer.h"
+#include "kiln/ckpt/remote_load.h"
+#include "kiln/objstore/s3/local_s3rver.h"
+#include "kiln/objstore/s3/s3_object_store.h"
+
+namespace kiln::cli {
+namespace {
+
+using comm::DataType;
+using objstore::s3::LocalS3Server;
+using objstore::s3::S3ObjectStore;
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+Result<double> slowest(comm::Communicator& c, double v) {
+  KILN_RETURN_IF_ERROR(c.allreduce(&v, 1, DataType::kFloat64, comm::ReduceOp::kMax)->wait());
+  return v;
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+// The baseline: `bytes` as part-sized objects, PUT by upload_parallelism
+// threads taking parts in turn: what the wire and the server allow.
+Status raw_puts(S3ObjectStore& store, const std::string& prefix, const std::vector<char>& bytes) {
+  const std::size_t part = store.options().part_bytes;
+  const std::size_t parts = (bytes.size() + part - 1) / part;
+  std::atomic<std::size_t> next{0};
+  std::vector<Status> failed(static_cast<std::size_t>(store.options().upload_parallelism));
+  std::vector<std::thread> threads;
+  for (std::size_t t = 0; t < failed.size(); ++t) {
+    threads.emplace_back([&, t] {
+      for (std::size_t i; (i = next.fetch_add(1)) < parts;) {
+        std::size_t off = i * part, n = std::min(part, bytes.size() - off);
+        Status s = store.put(fmt::format("{}/part-{:05}", prefix, i),
+                             std::string_view(bytes.data() + off, n), Deadline::after_seconds(600));
+        if (!s.is_ok()) {
+          failed[t] = s;
+          return;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (auto& s : failed) KILN_RETURN_IF_ERROR(s);
+  return Status::ok();
+}
+
+}  // namespace
+
+Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
+                                                         const std::vector<char>& state,
+                                                         std::int64_t rows, std::int64_t cols,
+                                                         int rounds, std::string* skipped) {
+  const int r = c.rank(), n = c.size();
+  std::unique_ptr<LocalS3Server> server;
+  std::int64_t port = -1;
+  if (r == 0 && LocalS3Server::installed()) {
+    auto s = LocalS3Server::start("kiln-bench");
+    if (!s.is_ok()) return s.status().with_context("bench ckpt: s3rver");
+    server = std::move(s).value();
+    port = server->port();
+  }
+  KILN_RETURN_IF_ERROR(c.broadcast(&port, 1, DataType::kInt64, 0)->wait());
+  if (port < 0) {
+    *skipped = LocalS3Server::kNotInstalled;
+    return std::optional<S3CkptTimes>();
+  }
+  objstore::s3::S3Options o;
+  o.endpoint = fmt::format("http://127.0.0.1:{}", port);
+  o.region = "us-east-1";
+  o.access_key_id = o.secret_access_key = "S3RVER";
+  const std::string url = "s3://kiln-bench/ckpt";
+  KILN_ASSIGN_OR_RETURN(auto store, S3ObjectStore::open(url, o));
+  KILN_ASSIGN_OR_RETURN(auto raw_store, S3ObjectStore::open("s3://kiln-bench/raw", o));
+  KILN_ASSIGN_OR_RETURN(auto ckpt_comm, c.split(0, r));
+  KILN_ASSIGN_OR_RETURN(auto ck, ckpt::Checkpointer::create({.root = url,
+                                                             .comm = ckpt_comm.get(),
+                                                             .retention = {.keep_last = 1},
+                                                             .store = store.get()}));
+  const ckpt::RowRange mine = ckpt::even_rows(rows, r, n);
+  ckpt::StateView view;
+  KILN_RETURN_IF_ERROR(view.add_tensor("weights", DataType::kFloat32, {rows, cols}, mine.offset,
+                                       mine.count, state.data()));
+  KILN_RETURN_IF_ERROR(ck->reserve(view.total_bytes()));
+  std::vector<double> raw_s, write_s, ratio;
+  for (int step = 0; step < rounds; ++step) {
+    KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    auto t0 = std::chrono::steady_clock::now();
+    KILN_RETURN_IF_ERROR(raw_puts(*raw_store, fmt::format("rank-{}", r), state));
+    KILN_ASSIGN_OR_RETURN(double raw, slowest(c, seconds_since(t0)));
+    KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    KILN_RETURN_IF_ERROR(ck->save(view, step, Deadline::after_seconds(600)));
+    auto st = ck->last_stats();
+    KILN_ASSIGN_OR_RETURN(double w, slowest(c, st.write_s + st.commit_s));
+    raw_s.push_back(raw);
+    write_s.push_back(w);
+    ratio.push_back(raw / w);
+  }
+  // The last step must come back as saved.
+  const std::string cache = fmt::format("/tmp/kiln-bench-s3-cache-{}-{}", ::getpid(), r);
+  auto loaded =
+      ckpt::load_latest_remote(*store, cache, {r, n, ckpt_comm.get(), std::chrono::seconds(600)});
+  std::error_code ec;
+  std::filesystem::remove_all(cache, ec);
+  if (!loaded.is_ok()) return loaded.status().with_context("bench ckpt: load back from s3");
+  const ckpt::LoadedEntry* w = loaded->find("weights");
+  int bad = (loaded->step != rounds - 1 || w == nullptr || w->data.size() != state.size() ||
+             std::memcmp(w->data.data(), state.data(), state.size()) != 0)
+                ? 1
+                : 0;
+  KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
+  if (bad) return internal_error("bench ckpt: the state loaded from s3 differs from the saved one");
+  ck.reset();
+  // s3rver stops with rank 0's `server`, after every rank is done with it.
+  KILN_RETURN_IF_ERROR(c.barrier()->wait());
+  return std::optional<S3CkptTimes>(
+      S3CkptTimes{median(raw_s), median(write_s), median(ratio), rounds});
+}
+
+}  // namespace kiln::cli

@@ -1,0 +1,154 @@
+// `kiln bench fsdp`: sharded data parallel (kiln::parallel::zero) in one run,
+// one process per rank (under kiln launch, or one per network namespace:
+// bench/fsdp_overlap.sh). Two wrappers train the same MLP on the same data,
+// step by step in turn:
+//   (a) the baseline: gather every unit, forward, backward, then reduce every
+//       unit (nothing overlaps: ZeroOptions::overlap = false);
+//   (b) the overlapped wrapper: the next unit's gather prefetched while one
+//       computes, each unit's reduction started as its gradients are ready.
+// Reports comm (a's time in collectives), exposed comm (b's), overlap =
+// 1 - exposed / comm, the median per-step ratio b / a, the collective volume
+// against DDP's allreduce of the same gradients, and per-rank state memory:
+// the wrapper's accounting against the ZeRO formula, and the CPU allocator's
+// peak over the timed steps (activations included).
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "cli/torch/bench_mlp.h"
+#include "kiln/comm/process_group.h"
+#include "kiln/parallel/counting_allocator.h"
+#include "kiln/parallel/zero/sharded_data_parallel.h"
+
+namespace kiln::cli {
+namespace {
+
+using parallel::zero::ShardedDataParallel;
+using parallel::zero::ZeroOptions;
+
+struct FsdpBenchArgs {
+  int stage = 3;
+  int width = 2048;
+  int layers = 4;  // hidden width x width layers, each its own unit
+  int batch = 256;
+  int steps = 6;
+  int warmup = 2;
+  bool bf16 = false;
+  bool json = false;
+};
+
+using bench::median;
+using bench::MlpImpl;
+using bench::since;
+
+Status bench_fsdp(const FsdpBenchArgs& a) {
+  parallel::CountingAllocator& memory = parallel::CountingAllocator::install();
+  torch::set_num_threads(1);
+  KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
+  comm::Communicator& c = pg->comm();
+  torch::manual_seed(c.rank());
+  auto x = torch::randn({a.batch, 1024});
+  auto y = torch::randn({a.batch, 1024});
+
+  ZeroOptions options;
+  options.stage = a.stage;
+  options.precision = a.bf16 ? parallel::zero::Precision::kBf16 : parallel::zero::Precision::kFp32;
+  options.optimizer.lr = 1e-4;
+  auto make = [&](bool overlap) -> Result<std::pair<std::shared_ptr<MlpImpl>, std::unique_ptr<ShardedDataParallel>>> {
+    torch::manual_seed(1);
+    auto net = std::make_shared<MlpImpl>(a.width, a.layers);
+    ZeroOptions o = options;
+    o.overlap = overlap;
+    KILN_ASSIGN_OR_RETURN(auto z, ShardedDataParallel::create(net, c, o));
+    return std::make_pair(net, std::move(z));
+  };
+  KILN_ASSIGN_OR_RETURN(auto base, make(false));
+  KILN_ASSIGN_OR_RETURN(auto over, make(true));
+  // The step's collective statistics, read before step() starts the next.
+  auto run_step = [&](MlpImpl& net, ShardedDataParallel& z, parallel::zero::ZeroSyncStats* sync) -> Status {
+    auto loss = torch::mse_loss(net.forward(x), y);
+    KILN_RETURN_IF_ERROR(z.backward(loss));
+    *sync = z.last_sync();
+    return z.step(options.optimizer.lr);
+  };
+  auto comm_time = [](const parallel::zero::ZeroSyncStats& s) { return s.gather_wait_s + s.exposed_comm_s; };
+
+  // Alternating step by step: a machine whose speed drifts slows both alike.
+  std::vector<double> a_step, a_comm, b_step, b_exposed, b_backward, ratios;
+  std::size_t bytes_per_step = 0;
+  for (int s = 0; s < a.warmup + a.steps; ++s) {
+    parallel::zero::ZeroSyncStats sync_a, sync_b;
+    auto t0 = Clock::now();
+    KILN_RETURN_IF_ERROR(run_step(*base.first, *base.second, &sync_a));
+    const double a_s = since(t0);
+    if (s == a.warmup) {
+      memory.reset_peak();
+      over.second->reset_peak();
+    }
+    auto t1 = Clock::now();
+    KILN_RETURN_IF_ERROR(run_step(*over.first, *over.second, &sync_b));
+    const double b_s = since(t1);
+    if (s < a.warmup) continue;
+    bytes_per_step = sync_b.bytes;
+    a_step.push_back(a_s);
+    a_comm.push_back(comm_time(sync_a));
+    b_step.push_back(b_s);
+    b_exposed.push_back(comm_time(sync_b));
+    b_backward.push_back(sync_b.backward_s);
+    ratios.push_back(b_s / a_s);
+  }
+  // The last_sync() bytes of a step are counted from one step() to the next:
+  // this step's gathers (forward, backward) and reductions. DDP's allreduce
+  // moves twice its buffer (reduce-scatter + allgather), the convention of
+  // bus bandwidth.
+  const ShardedDataParallel& z = *over.second;
+  const double ddp_bytes = 2.0 * 4.0 * static_cast<double>(z.parameter_count()) *
+                           (a.bf16 ? 0.5 : 1.0);
+  const double comm_s = median(a_comm), exposed = median(b_exposed);
+  nlohmann::json doc{{"world_size", c.size()},
+                     {"stage", a.stage},
+                     {"precision", a.bf16 ? "bf16" : "fp32"},
+                     {"parameters", z.parameter_count()},
+                     {"units", z.unit_count()},
+                     {"batch_per_rank", a.batch},
+                     {"comm_s", comm_s},
+                     {"exposed_comm_s", exposed},
+                     {"backward_s", median(b_backward)},
+                     {"overlap", std::clamp(1.0 - exposed / comm_s, 0.0, 1.0)},
+                     {"step_baseline_s", median(a_step)},
+                     {"step_s", median(b_step)},
+                     {"step_ratio", median(ratios)},
+                     {"comm_bytes_per_step", bytes_per_step},
+                     {"comm_bytes_ratio_vs_ddp", static_cast<double>(bytes_per_step) / ddp_bytes},
+                     {"peak_state_bytes_per_rank", z.peak_state_bytes().total()},
+                     {"persistent_state_bytes_per_rank", z.state_bytes().persistent()},
+                     {"formula_state_bytes_per_rank", z.formula_state_bytes()},
+                     {"in_flight_bound_bytes", z.in_flight_bound()},
+                     {"allocator_peak_bytes_per_rank", memory.peak_bytes()},
+                     {"replicated_state_bytes_per_rank", 16 * z.parameter_count()}};
+  if (c.rank() == 0) std::printf("%s\n", a.json ? doc.dump().c_str() : doc.dump(2).c_str());
+  return Status::ok();
+}
+
+const CommandRegistration kRegister("bench", [](CLI::App& parent) {
+  auto a = std::make_shared<FsdpBenchArgs>();
+  auto* cmd = parent.add_subcommand(
+      "fsdp", "Sharded data parallel: overlap, collective volume and state memory (run under a launcher)");
+  cmd->add_option("--stage", a->stage, "ZeRO stage: 1, 2 or 3")->check(CLI::Range(1, 3));
+  cmd->add_option("--width", a->width, "hidden width of the MLP");
+  cmd->add_option("--layers", a->layers, "hidden width x width layers (one unit each)");
+  cmd->add_option("--batch", a->batch, "samples per rank per step");
+  cmd->add_option("--steps", a->steps, "timed steps per mode");
+  cmd->add_option("--warmup", a->warmup, "untimed steps per mode");
+  cmd->add_flag("--bf16", a->bf16, "bf16 compute and communication, fp32 masters");
+  cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
+  cmd->callback(run_status([a] { return bench_fsdp(*a); }));
+});
+
+}  // namespace
+}  // namespace kiln::cli

@@ -1,0 +1,346 @@
+// `kiln bench serve [--json]`: the serving load test (docs/perf.md). Self
+// contained: writes a CNN checkpoint of the `make demo` shape (random
+// weights: service time does not depend on their values), then measures on
+// loopback with real `kiln serve` processes and an open-loop Poisson load:
+//   1. cold start with an empty node cache vs a warm one (3 replicas each);
+//   2. batching gain: the highest Poisson rate one replica serves within the
+//      SLO (p99, no 503) with dynamic batching vs batch size 1;
+//   3. a fleet (--replicas 1:2) under a step in load that needs 2 replicas at
+//      peak: latency, throughput, drops, replica-seconds vs a static fleet of
+//      2, and how long after the step p99 is back under the SLO.
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <regex>
+#include <sstream>
+#include <thread>
+
+#include "cli/command.h"
+#include "kiln/base/deadline.h"
+#include "kiln/ckpt/checkpointer.h"
+#include "kiln/serve/load_gen.h"
+#include "kiln/train/task.h"
+#include "kiln/train/train_state.h"
+
+namespace kiln::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct BenchArgs {
+  bool json_out = false;
+  double slo_ms = 100;
+  double step_seconds = 3;  // per rate of the batching ladder
+  int runs = 3;
+  std::string model;  // an existing checkpoint root; "" = write one
+};
+
+Status write_checkpoint(const std::string& root) {
+  train::ModelConfig c;  // the make demo CNN: channels 32, hidden 128
+  torch::manual_seed(1);
+  auto task = train::make_task(c);
+  torch::optim::AdamW opt(task->module()->parameters());
+  train::Snapshot snap;
+  KILN_RETURN_IF_ERROR(train::capture_state(*task->module(), opt, {1, 0, 0}, 0, 1, &snap));
+  KILN_ASSIGN_OR_RETURN(auto ck, ckpt::Checkpointer::create({.root = root}));
+  return ck->save(snap.view, 1, Deadline::after_seconds(60));
+}
+
+// A `kiln serve` child with its output in a file.
+struct Child {
+  pid_t pid = -1;
+  std::string out;
+  int port = 0;
+};
+
+Result<Child> spawn_serve(const std::vector<std::string>& args, const std::string& out) {
+  std::vector<std::string> all = {"/proc/self/exe", "serve"};
+  all.insert(all.end(), args.begin(), args.end());
+  std::vector<char*> argv;
+  for (auto& a : all) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  pid_t pid = ::fork();
+  if (pid < 0) return errno_status("fork kiln serve", errno);
+  if (pid == 0) {
+    FILE* f = std::freopen(out.c_str(), "w", stdout);
+    if (f == nullptr) ::_exit(127);
+    ::dup2(STDOUT_FILENO, STDERR_FILENO);
+    ::execv(argv[0], argv.data());
+    ::_exit(127);
+  }
+  return Child{pid, out, 0};
+}
+
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// Waits for `pattern` in the child's output; returns its first group.
+Result<std::string> wait_for(const Child& c, const std::string& pattern, double timeout_s) {
+  const Deadline d = Deadline::after_seconds(timeout_s);
+  const std::regex re(pattern);
+  while (!d.expired()) {
+    std::smatch m;
+    std::string text = slurp(c.out);
+    if (std::regex_search(text, m, re)) return m[1].str();
+    int status;
+    if (::waitpid(c.pid, &status, WNOHANG) == c.pid) {
+      return unavailable(fmt::format("kiln serve exited before '{}': {}", pattern, text));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return deadline_exceeded(fmt::format("kiln serve: no '{}' within {} s", pattern, timeout_s));
+}
+
+void stop(Child& c) {
+  if (c.pid <= 0) return;
+  ::kill(c.pid, SIGTERM);
+  int status;
+  ::waitpid(c.pid, &status, 0);
+  c.pid = -1;
+}
+
+Result<Child> start_replica(const std::vector<std::string>& args, const std::string& out) {
+  KILN_ASSIGN_OR_RETURN(Child c, spawn_serve(args, out));
+  auto port = wait_for(c, "listening on [0-9.]+:([0-9]+)", 120);
+  if (!port.is_ok()) {
+    stop(c);
+    return port.status();
+  }
+  c.port = std::stoi(*port);
+  return c;
+}
+
+double median(std::vector<double> v) { return serve::quantile(std::move(v), 0.5); }
+
+json stats(const std::vector<double>& v) {
+  return {{"median", median(v)},
+          {"min", *std::min_element(v.begin(), v.end())},
+          {"max", *std::max_element(v.begin(), v.end())}};
+}
+
+std::string request_body() {
+  std::mt19937 g(7);
+  std::vector<int> px(784);
+  for (auto& p : px) p = static_cast<int>(g() % 256);
+  return json{{"image", px}}.dump();
+}
+
+// The highest rate (of a x1.5 ladder) one replica serves with p99 <= SLO
+// and no 503; returns its achieved throughput.
+// Sends a few requests and discards them: connections, LibTorch's first-call
+// setup and the allocator's first batches are not what the bench measures.
+void warm_up(int port) {
+  serve::run_load({.port = port, .body = request_body(), .rate = [](double) { return 50.0; },
+                   .duration_s = 2, .clients = 16});
+}
+
+double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json* ladder) {
+  warm_up(port);
+  double best = 0;
+  for (double rate = start_rps; rate < 100000; rate *= 1.5) {
+    serve::LoadResult r = serve::run_load({.port = port,
+                                           .body = request_body(),
+                                           .rate = [rate](double) { return rate; },
+                                           .duration_s = a.step_seconds,
+                                           .clients = 64});
+    const double p99 = serve::quantile(r.latencies_s, 0.99) * 1000;
+    ladder->push_back({{"rate", rate},
+                       {"throughput_rps", r.throughput_rps()},
+                       {"p99_ms", p99},
+                       {"rejected", r.rejected},
+                       {"dropped", r.dropped}});
+    if (p99 > a.slo_ms || r.rejected > 0 || r.dropped > 0) break;
+    best = std::max(best, r.throughput_rps());
+  }
+  return best;
+}
+
+Status bench(const BenchArgs& a) {
+  const std::string work = fmt::format("/tmp/kiln-bench-serve-{}", ::getpid());
+  fs::remove_all(work);
+  fs::create_directories(work);
+  std::string model = a.model;
+  if (model.empty()) {
+    model = work + "/ckpt";
+    KILN_RETURN_IF_ERROR(write_checkpoint(model));
+  }
+  json out;
+  out["slo_ms"] = a.slo_ms;
+
+  // 1. Cold starts: an empty node cache vs a warm one.
+  std::vector<double> cold, cached, cold_wall, cached_wall;
+  const std::regex ready_re("cold start ([0-9.]+) s");
+  for (int i = 0; i < 2 * a.runs; ++i) {
+    const bool warm = i >= a.runs;
+    const std::string cache = warm ? work + "/cache-warm" : fmt::format("{}/cache-{}", work, i);
+    if (i == a.runs - 1) fs::create_directories(work + "/cache-warm");
+    const auto t0 = Clock::now();
+    KILN_ASSIGN_OR_RETURN(Child c, start_replica({model, "--cache-dir", cache, "--threads", "1"},
+                                                 fmt::format("{}/start-{}.out", work, i)));
+    auto s = wait_for(c, "cold start ([0-9.]+) s", 120);
+    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    stop(c);
+    KILN_RETURN_IF_ERROR(s.status());
+    (warm ? cached : cold).push_back(std::stod(*s));
+    (warm ? cached_wall : cold_wall).push_back(wall);
+    if (!warm && i == a.runs - 1) {
+      // Warm the shared cache once (not measured): the cached runs hit it.
+      KILN_ASSIGN_OR_RETURN(
+          Child w, start_replica({model, "--cache-dir", work + "/cache-warm"}, work + "/warm.out"));
+      auto ok = wait_for(w, "cold start ([0-9.]+) s", 120);
+      stop(w);
+      KILN_RETURN_IF_ERROR(ok.status());
+    }
+  }
+  out["cold_start_s"] = median(cold);
+  out["cold_start_cached_s"] = median(cached);
+  out["cached_vs_cold"] = median(cached) / median(cold);
+  out["cold_start_runs"] = stats(cold);
+  out["cold_start_cached_runs"] = stats(cached);
+  out["replica_start_to_ready_s"] = {{"cold", stats(cold_wall)}, {"cached", stats(cached_wall)}};
+
+  // 2. Batching gain on one replica (one torch thread).
+  std::vector<double> gains, batched_rps, single_rps;
+  json ladders = json::array();
+  for (int run = 0; run < a.runs; ++run) {
+    double rps[2];
+    for (int batched = 0; batched < 2; ++batched) {
+      KILN_ASSIGN_OR_RETURN(
+          Child c, start_replica({model, "--cache-dir", work + "/cache-warm", "--threads", "1",
+                                  "--max-batch", batched ? "32" : "1", "--max-queue-delay-us",
+                                  batched ? "2000" : "0", "--max-queue", "100000"},
+                                 fmt::format("{}/batch-{}-{}.out", work, run, batched)));
+      auto ready = wait_for(c, "(ready)", 120);
+      json ladder = json::array();
+      rps[batched] = ready.is_ok() ? max_rate_within_slo(c.port, a, 25, &ladder) : 0;
+      stop(c);
+      KILN_RETURN_IF_ERROR(ready.status());
+      ladders.push_back({{"max_batch", batched ? 32 : 1}, {"run", run}, {"ladder", ladder}});
+    }
+    single_rps.push_back(rps[0]);
+    batched_rps.push_back(rps[1]);
+    gains.push_back(rps[0] > 0 ? rps[1] / rps[0] : 0);
+  }
+  out["batching_gain"] = median(gains);
+  out["batching_gain_runs"] = stats(gains);
+  out["throughput_batched_rps"] = median(batched_rps);
+  out["throughput_unbatched_rps"] = median(single_rps);
+  out["batching_ladders"] = ladders;
+
+  // 3. The fleet under a step: 0.4 x one replica's capacity for 15 s, then
+  // 1.3 x (two replicas' worth) for 25 s.
+  const double cap = std::max(25.0, median(batched_rps));
+  const double low = 0.4 * cap, peak = 1.3 * cap, step_at = 15, duration = 40;
+  const std::string decisions = work + "/decisions.jsonl";
+  KILN_ASSIGN_OR_RETURN(
+      Child fleet, start_replica({model, "--cache-dir", work + "/cache-warm", "--threads", "1",
+                                  "--replicas", "1:2", "--target-queue", "16", "--sync-period-ms",
+                                  "500", "--scale-down-window-s", "10", "--rate-period-s", "1",
+                                  "--max-queue", "100000", "--decision-log", decisions},
+                                 work + "/fleet.out"));
+  auto fleet_ready = wait_for(fleet, "(\\] ready)", 120);
+  if (!fleet_ready.is_ok()) {
+    stop(fleet);
+    return fleet_ready.status();
+  }
+  warm_up(fleet.port);
+  serve::LoadResult r = serve::run_load({.port = fleet.port,
+                                         .body = request_body(),
+                                         .rate = [&](double t) { return t < step_at ? low : peak; },
+                                         .duration_s = duration,
+                                         .clients = 128});
+  stop(fleet);
+  out["p50_ms"] = serve::quantile(r.latencies_s, 0.5) * 1000;
+  out["p99_ms"] = serve::quantile(r.latencies_s, 0.99) * 1000;
+  out["throughput_rps"] = r.throughput_rps();
+  out["dropped"] = r.dropped;
+  out["rejected_503"] = r.rejected;
+  out["load"] = {
+      {"low_rps", low}, {"peak_rps", peak}, {"step_at_s", step_at}, {"duration_s", duration}};
+  // Replicas started over time, from the decision log.
+  double replica_seconds = 0, last_t = -1;
+  int last_n = 1;
+  std::ifstream log(decisions);
+  for (std::string line; std::getline(log, line);) {
+    auto j = json::parse(line, nullptr, false);
+    if (j.is_discarded() || !j.contains("desired")) continue;
+    const double t = j["time"].get<double>();
+    if (last_t >= 0) replica_seconds += last_n * (t - last_t);
+    last_t = t;
+    last_n = j["desired"].get<int>();
+  }
+  out["replica_seconds"] = replica_seconds;
+  out["static_peak_replica_seconds"] = 2 * std::max(0.0, last_t);
+  // After the step, the first 1 s window from which every window's p99 is
+  // within the SLO.
+  std::vector<std::vector<double>> windows(static_cast<std::size_t>(duration) + 1);
+  for (std::size_t i = 0; i < r.latencies_s.size(); ++i) {
+    const auto w = static_cast<std::size_t>(r.sent_at_s[i]);
+    if (w < windows.size()) windows[w].push_back(r.latencies_s[i]);
+  }
+  double recover = -1;
+  for (auto w = static_cast<std::size_t>(step_at); w < windows.size(); ++w) {
+    bool ok = true;
+    for (std::size_t v = w; v < windows.size(); ++v) {
+      if (serve::quantile(windows[v], 0.99) * 1000 > a.slo_ms) ok = false;
+    }
+    if (ok) {
+      recover = static_cast<double>(w) - step_at;
+      break;
+    }
+  }
+  out["recover_after_step_s"] = recover;  // -1: never within this run
+  json p99s = json::array();
+  for (const auto& w : windows) p99s.push_back(serve::quantile(w, 0.99) * 1000);
+  out["p99_ms_per_second"] = p99s;
+  fs::remove_all(work);
+
+  if (a.json_out) {
+    std::printf("%s\n", out.dump(2).c_str());
+  } else {
+    std::printf("cold start %.3f s, cached %.3f s (x%.2f)\n", median(cold), median(cached),
+                median(cached) / median(cold));
+    std::printf("batching gain x%.2f (%.0f vs %.0f req/s within p99 <= %.0f ms)\n", median(gains),
+                median(batched_rps), median(single_rps), a.slo_ms);
+    std::printf(
+        "fleet: p50 %.1f ms p99 %.1f ms, %.0f req/s, dropped %llu, 503 %llu, "
+        "replica-s %.1f vs static %.1f, recovered %.0f s after the step\n",
+        out["p50_ms"].get<double>(), out["p99_ms"].get<double>(), r.throughput_rps(),
+        static_cast<unsigned long long>(r.dropped), static_cast<unsigned long long>(r.rejected),
+        replica_seconds, out["static_peak_replica_seconds"].get<double>(), recover);
+  }
+  return Status::ok();
+}
+
+const CommandRegistration kRegister("bench", [](CLI::App& parent) {
+  auto a = std::make_shared<BenchArgs>();
+  auto* cmd = parent.add_subcommand("serve",
+                                    "Serving load test: cold starts, batching gain, an "
+                                    "autoscaled fleet under a step (docs/perf.md)");
+  cmd->add_flag("--json", a->json_out, "JSON output");
+  cmd->add_option("--slo-ms", a->slo_ms, "p99 latency SLO")->capture_default_str();
+  cmd->add_option("--runs", a->runs, "Runs of the cold-start and batching measurements")
+      ->capture_default_str();
+  cmd->add_option("--rate-seconds", a->step_seconds, "Seconds per rate of the batching ladder")
+      ->capture_default_str();
+  cmd->add_option("--model", a->model, "A checkpoint root to serve (default: a fresh CNN)");
+  cmd->callback(run_status([a]() -> Status { return bench(*a); }));
+});
+
+}  // namespace
+}  // namespace kiln::cli

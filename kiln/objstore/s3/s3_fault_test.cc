@@ -1,0 +1,171 @@
+// S3ObjectStore against a scripted S3 endpoint (cpp-httplib): replies s3rver
+// cannot be made to send. 5xx and 429 are retried and then succeed or fail
+// naming the object and the attempts; 4xx fail at once naming the S3 error
+// code; a server that stops answering mid-request is a timeout, retried.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <functional>
+#include <thread>
+
+#include "kiln/objstore/s3/s3_object_store.h"
+
+namespace kiln::objstore::s3 {
+namespace {
+
+using std::chrono::milliseconds;
+
+// Serves GET /bucket/<key> with `reply(attempt)` (attempt counts from 1).
+class ScriptedS3 {
+ public:
+  using Reply = std::function<void(int attempt, httplib::Response&)>;
+  explicit ScriptedS3(Reply reply) : reply_(std::move(reply)) {
+    server_.Get(R"(/bucket/(.*))",
+                [this](const httplib::Request&, httplib::Response& res) { reply_(++calls_, res); });
+    port_ = server_.bind_to_any_port("127.0.0.1");
+    thread_ = std::thread([this] { server_.listen_after_bind(); });
+    Deadline ready = Deadline::after_seconds(5);
+    while (!server_.is_running() && !ready.expired()) std::this_thread::sleep_for(milliseconds(1));
+    EXPECT_TRUE(server_.is_running());
+  }
+  ~ScriptedS3() {
+    server_.stop();
+    thread_.join();
+  }
+  std::unique_ptr<S3ObjectStore> store(int max_attempts, std::int64_t request_timeout_ms = 5000) {
+    S3Options o;
+    o.endpoint = "http://127.0.0.1:" + std::to_string(port_);
+    o.access_key_id = o.secret_access_key = "test";
+    o.max_attempts = max_attempts;
+    o.backoff_base_ms = 5;
+    o.backoff_cap_ms = 20;
+    o.request_timeout_ms = request_timeout_ms;
+    return S3ObjectStore::open("s3://bucket/ds", o).value();
+  }
+  int calls() const { return calls_.load(); }
+
+ private:
+  Reply reply_;
+  httplib::Server server_;
+  int port_ = 0;
+  std::atomic<int> calls_{0};
+  std::thread thread_;
+};
+
+void s3_error(httplib::Response& res, int status, const std::string& code) {
+  res.status = status;
+  res.set_content("<?xml version=\"1.0\"?><Error><Code>" + code + "</Code><Message>scripted " +
+                      code + "</Message></Error>",
+                  "application/xml");
+}
+
+Deadline soon() { return Deadline::after_seconds(20); }
+
+TEST(S3Faults, ServerErrorsAreRetriedThenSucceed) {
+  ScriptedS3 s3([](int attempt, httplib::Response& res) {
+    if (attempt == 1) return s3_error(res, 503, "SlowDown");
+    if (attempt == 2) return s3_error(res, 500, "InternalError");
+    res.set_content("payload", "application/octet-stream");
+  });
+  auto store = s3.store(4);
+  auto got = store->get("obj", soon());
+  ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+  EXPECT_EQ(*got, "payload");
+  EXPECT_EQ(s3.calls(), 3);
+  EXPECT_EQ(store->stats().retries.load(), 2u);
+}
+
+TEST(S3Faults, PersistentServerErrorFailsNamingObjectAttemptsAndCode) {
+  ScriptedS3 s3([](int, httplib::Response& res) { s3_error(res, 503, "SlowDown"); });
+  auto got = s3.store(3)->get("shard-00002.kds", soon());
+  ASSERT_EQ(got.status().code(), Code::kUnavailable) << got.status().to_string();
+  const std::string& m = got.status().message();
+  EXPECT_NE(m.find("s3://bucket/ds/shard-00002.kds"), std::string::npos) << m;
+  EXPECT_NE(m.find("3 attempts"), std::string::npos) << m;
+  EXPECT_NE(m.find("SlowDown"), std::string::npos) << m;
+  EXPECT_EQ(s3.calls(), 3);
+}
+
+TEST(S3Faults, ClientErrorsAreNotRetriedAndNameTheS3Code) {
+  ScriptedS3 s3([](int, httplib::Response& res) { s3_error(res, 403, "AccessDenied"); });
+  auto got = s3.store(5)->get("obj", soon());
+  ASSERT_EQ(got.status().code(), Code::kFailedPrecondition) << got.status().to_string();
+  EXPECT_NE(got.status().message().find("AccessDenied"), std::string::npos)
+      << got.status().to_string();
+  EXPECT_EQ(s3.calls(), 1);
+}
+
+TEST(S3Faults, HungRequestTimesOutAndIsRetried) {
+  // The first reply comes only after the client's 300 ms request timeout.
+  ScriptedS3 s3([](int attempt, httplib::Response& res) {
+    if (attempt == 1) std::this_thread::sleep_for(milliseconds(1500));
+    res.set_content("late but fine", "application/octet-stream");
+  });
+  auto store = s3.store(3, /*request_timeout_ms=*/300);
+  auto got = store->get("obj", soon());
+  ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+  EXPECT_EQ(*got, "late but fine");
+  EXPECT_EQ(store->stats().retries.load(), 1u);
+}
+
+// A multipart endpoint whose part 2 is refused: the streaming writer must
+// fail naming the part, upload no part after the failure is known, and
+// abort the upload (DELETE ?uploadId) so no parts are left to bill.
+TEST(S3Faults, AFailedPartAbortsTheStreamingUpload) {
+  httplib::Server server;
+  std::atomic<int> parts{0}, aborts{0}, completes{0};
+  server.Post(R"(/bucket/(.*))", [&](const httplib::Request& req, httplib::Response& res) {
+    if (req.has_param("uploads")) {
+      res.set_content(
+          "<InitiateMultipartUploadResult><UploadId>u-1</UploadId>"
+          "</InitiateMultipartUploadResult>",
+          "application/xml");
+    } else {
+      ++completes;
+      res.set_content("<CompleteMultipartUploadResult/>", "application/xml");
+    }
+  });
+  server.Put(R"(/bucket/(.*))", [&](const httplib::Request& req, httplib::Response& res) {
+    ++parts;
+    if (req.get_param_value("partNumber") == "2") return s3_error(res, 403, "AccessDenied");
+    res.set_header("ETag", "\"e" + req.get_param_value("partNumber") + "\"");
+  });
+  server.Delete(R"(/bucket/(.*))", [&](const httplib::Request& req, httplib::Response& res) {
+    if (req.get_param_value("uploadId") == "u-1") ++aborts;
+    res.status = 204;
+  });
+  int port = server.bind_to_any_port("127.0.0.1");
+  std::thread t([&] { server.listen_after_bind(); });
+  Deadline ready = Deadline::after_seconds(5);
+  while (!server.is_running() && !ready.expired()) std::this_thread::sleep_for(milliseconds(1));
+
+  S3Options o;
+  o.endpoint = "http://127.0.0.1:" + std::to_string(port);
+  o.access_key_id = o.secret_access_key = "test";
+  o.max_attempts = 2;
+  o.backoff_base_ms = 5;
+  o.backoff_cap_ms = 20;
+  o.part_bytes = 5ull << 20;
+  o.upload_parallelism = 1;  // parts in order, so part 2 fails before 4 could start
+  auto store = S3ObjectStore::open("s3://bucket/ckpt", o).value();
+  auto w = store->open_writer("step-1/shard-00000.bin", soon());
+  ASSERT_TRUE(w.is_ok()) << w.status().to_string();
+  std::string chunk(1 << 20, 'x');
+  Status s;
+  for (int i = 0; i < 30 && s.is_ok(); ++i) s = (*w)->append(chunk.data(), chunk.size());
+  if (s.is_ok()) s = (*w)->commit();
+  EXPECT_EQ(s.code(), Code::kFailedPrecondition) << s.to_string();
+  EXPECT_NE(s.message().find("upload part 2 of s3://bucket/ckpt/step-1/shard-00000.bin"),
+            std::string::npos)
+      << s.to_string();
+  (*w)->abort();
+  EXPECT_EQ(aborts.load(), 1);
+  EXPECT_EQ(completes.load(), 0);
+  EXPECT_LE(parts.load(), 3) << "parts kept going up after one was refused";
+  server.stop();
+  t.join();
+}
+
+}  // namespace
+}  // namespace kiln::objstore::s3

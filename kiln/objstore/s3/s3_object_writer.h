@@ -1,0 +1,74 @@
+// S3ObjectWriter: Note [S3 streaming upload] (s3_object_store.h).
+//
+// append() fills a part buffer of S3Options::part_bytes; a full buffer is
+// handed to one of upload_parallelism uploader threads (started with the
+// first full part, which also initiates the multipart upload) and append()
+// goes on with a fresh buffer, blocking only while upload_parallelism parts
+// are already in flight. So at most (upload_parallelism + 1) parts are held.
+// commit() uploads the last part, waits for all of them and completes the
+// upload; an object that never filled a part is a single PUT. Any failure
+// (after the store's own retries, Note [S3 retries]) is kept, stops further
+// parts, and is returned by the next append() or commit(); abort(), or the
+// destructor, then aborts the multipart upload so no parts linger.
+// One thread uses a writer; its uploader threads are its own.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kiln/objstore/s3/s3_object_store.h"
+
+namespace kiln::objstore::s3 {
+
+class S3ObjectWriter final : public ObjectWriter {
+ public:
+  // `store` must outlive the writer.
+  S3ObjectWriter(S3ObjectStore* store, std::string key, Deadline deadline);
+  ~S3ObjectWriter() override;
+
+  Status append(const void* data, std::size_t n) override;
+  Status commit() override;
+  void abort() override;
+  std::uint64_t bytes() const override { return bytes_; }
+
+ private:
+  struct Part {
+    int number = 0;
+    std::string bytes;
+  };
+  // Queues buf_ as the next part, after waiting for room.
+  Status hand_over();
+  void uploader();
+  void stop_uploaders();
+  Status first_failure();
+
+  S3ObjectStore* const store_;
+  const std::string key_;
+  const Deadline deadline_;
+  const std::size_t part_bytes_;
+  const int parallelism_;
+
+  // The caller's thread only.
+  std::string buf_;          // the part being filled
+  std::uint64_t bytes_ = 0;  // appended so far
+  int next_part_ = 1;
+  std::string upload_id_;  // empty until the first part is handed over
+  bool done_ = false;      // committed or aborted
+  std::vector<std::thread> uploaders_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Part> queue_;            // guarded by mu_
+  int pending_ = 0;                   // guarded by mu_: queued + uploading
+  std::map<int, std::string> etags_;  // guarded by mu_: part number -> ETag
+  Status failed_;                     // guarded by mu_: the first part failure
+  bool stop_ = false;                 // guarded by mu_
+};
+
+}  // namespace kiln::objstore::s3

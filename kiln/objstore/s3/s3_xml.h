@@ -1,0 +1,36 @@
+// The few S3 XML documents Kiln reads, parsed with libxml2. Element names
+// are matched without their namespace (AWS and s3rver differ there).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kiln/base/status.h"
+#include "kiln/objstore/object_store.h"
+
+namespace kiln::objstore::s3 {
+
+// <ListBucketResult> of ListObjectsV2. Keys are the bucket's full keys.
+struct ListPage {
+  std::vector<ObjectInfo> objects;
+  bool truncated = false;
+  std::string next_continuation_token;
+};
+Result<ListPage> parse_list_objects_v2(const std::string& xml);
+
+// <InitiateMultipartUploadResult><UploadId>.
+Result<std::string> parse_upload_id(const std::string& xml);
+
+// <Error><Code>NoSuchKey</Code><Message>...</Message></Error>. Empty fields
+// when the body is not an S3 error document (a proxy's HTML page, nothing).
+struct S3Error {
+  std::string code;
+  std::string message;
+};
+S3Error parse_error(const std::string& xml);
+
+// <CompleteMultipartUpload> for parts 1..N with these ETags.
+std::string complete_multipart_xml(const std::vector<std::string>& etags);
+
+}  // namespace kiln::objstore::s3

@@ -1,0 +1,833 @@
+#include "kiln/parallel/zero/sharded_data_parallel.h"
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <stdexcept>
+
+#include <c10/core/StorageImpl.h>
+#include "kiln/parallel/after_accumulate.h"
+#include <torch/csrc/autograd/variable.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "kiln/base/logging.h"
+
+namespace kiln::parallel::zero {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+using parallel::AfterAccumulate;
+
+bool is_container(const torch::nn::Module& m) {
+  return dynamic_cast<const torch::nn::ModuleListImpl*>(&m) != nullptr ||
+         dynamic_cast<const torch::nn::SequentialImpl*>(&m) != nullptr;
+}
+
+std::uint64_t fnv1a(const std::string& s) {
+  std::uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+
+// Note [Freeing a unit's parameters]: the module's parameters are views into
+// the unit's flat tensor, and autograd's saved variables point at the same
+// storage. Freeing swaps the storage's memory out (nbytes 0) and gathering
+// swaps fresh memory in, so every view, saved or not, sees the gathered
+// values without being rebuilt (FSDP resizes the storage for the same reason).
+void release_storage(const torch::Tensor& flat) {
+  c10::StorageImpl* s = flat.storage().unsafeGetStorageImpl();
+  s->set_data_ptr_noswap(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
+  s->set_nbytes(0);
+}
+
+void allocate_storage(const torch::Tensor& flat, std::size_t bytes) {
+  c10::StorageImpl* s = flat.storage().unsafeGetStorageImpl();
+  s->set_data_ptr_noswap(s->allocator()->allocate(bytes));
+  s->set_nbytes(bytes);
+}
+
+}  // namespace
+
+struct ShardedDataParallel::Unit {
+  std::string name;
+  std::vector<const torch::nn::Module*> modules;  // empty: the root unit
+  std::vector<torch::Tensor> params;
+  std::vector<std::string> names;
+  std::unique_ptr<FlatLayout> layout;
+  FlatRange mine;
+  torch::Tensor flat;  // whole parameters (compute dtype); see Note [Freeing ...]
+  std::size_t flat_bytes = 0;
+  bool allocated = true;
+  enum class Params { kFreed, kGathering, kGathered } state = Params::kGathered;
+  comm::WorkPtr gather_work;
+  torch::Tensor master;      // fp32 share (a view into flat when flat is fp32 and stays)
+  bool master_is_view = false;
+  torch::Tensor send;        // stage 3: the compute-dtype share sent by gathers
+  torch::Tensor grad_share;  // block() elements, compute dtype; rows [0, mine.count) used
+  bool share_fresh = true;   // grad_share holds nothing since the last step
+  torch::Tensor staging;     // padded whole gradient (world × block)
+  torch::Tensor partial;     // a reduce-scatter's result when grad_share already holds some
+  comm::WorkPtr reduce_work;
+  std::size_t pending = 0;
+  bool complete = false;
+  bool entered = false;  // went through run_unit() in the first forward
+  std::size_t opt_index = 0;
+  std::size_t grad_bytes_alive = 0;  // autograd's .grad tensors not yet dropped
+};
+
+ShardedDataParallel::ShardedDataParallel(std::shared_ptr<torch::nn::Module> module,
+                                         comm::Communicator& comm, ZeroOptions options)
+    : module_(std::move(module)), comm_(comm), options_(options),
+      compute_dtype_(options.precision == Precision::kBf16 ? torch::kBFloat16 : torch::kFloat32),
+      comm_dtype_(options.precision == Precision::kBf16 ? comm::DataType::kBFloat16
+                                                        : comm::DataType::kFloat32),
+      optimizer_(options.optimizer) {}
+
+ShardedDataParallel::~ShardedDataParallel() {
+  for (auto& u : units_) {
+    for (const auto* m : u->modules) set_unit_hooks(m, nullptr, 0);
+    if (u->gather_work) (void)u->gather_work->wait(options_.timeout);
+    if (u->reduce_work) (void)u->reduce_work->wait(options_.timeout);
+    // A unit whose parameters are not gathered leaves them as empty tensors,
+    // not as views of released memory (gather_all() first to keep them); no
+    // allocation here, where a memory cap could not be reported.
+    if (!u->allocated) {
+      torch::NoGradGuard no_grad;
+      for (auto& p : u->params) p.set_data(torch::empty({0}, p.options()));
+    }
+  }
+  for (std::size_t i = 0; i < grad_accumulators_.size(); ++i) {
+    grad_accumulators_[i]->del_post_hook(post_hook_keys_[i]);
+  }
+}
+
+Result<std::unique_ptr<ShardedDataParallel>> ShardedDataParallel::create(
+    std::shared_ptr<torch::nn::Module> module, comm::Communicator& comm, ZeroOptions options) {
+  if (options.stage < 1 || options.stage > 3) {
+    return invalid_argument(fmt::format("sharded data parallel: stage {} (1, 2 or 3)", options.stage));
+  }
+  std::unique_ptr<ShardedDataParallel> z(new ShardedDataParallel(std::move(module), comm, options));
+  try {
+    KILN_RETURN_IF_ERROR(z->build_units());
+    KILN_RETURN_IF_ERROR(z->check_and_broadcast());
+    KILN_RETURN_IF_ERROR(z->shard_units());
+  } catch (const std::exception& e) {
+    return internal_error(fmt::format("sharded data parallel: setting up: {}", e.what()));
+  }
+  z->reset_peak();
+  return z;
+}
+
+std::string ShardedDataParallel::unit_name(std::size_t u) const { return units_[u]->name; }
+
+Status ShardedDataParallel::build_units() {
+  std::map<const c10::TensorImpl*, std::string> name_of;
+  for (auto& p : module_->named_parameters()) name_of[p.value().unsafeGetTensorImpl()] = p.key();
+
+  struct Candidate {
+    std::string name;
+    const torch::nn::Module* module;
+    std::vector<torch::Tensor> params;
+  };
+  std::vector<Candidate> candidates;
+  auto add = [&](const std::string& name, const torch::nn::Module& m) {
+    Candidate c{name, &m, {}};
+    for (auto& p : m.parameters()) {
+      if (p.requires_grad()) c.params.push_back(p);
+    }
+    if (!c.params.empty()) candidates.push_back(std::move(c));
+  };
+  for (auto& child : module_->named_children()) {
+    if (is_container(*child.value())) {
+      for (auto& e : child.value()->named_children()) add(child.key() + "." + e.key(), *e.value());
+    } else {
+      add(child.key(), *child.value());
+    }
+  }
+  // Consecutive candidates smaller than min_unit_params merge into one unit.
+  auto count = [](const Candidate& x) {
+    std::int64_t n = 0;
+    for (auto& p : x.params) n += p.numel();
+    return n;
+  };
+  std::int64_t open_count = 0;
+  for (auto& c : candidates) {
+    if (units_.empty() || open_count >= options_.min_unit_params) {
+      units_.push_back(std::make_unique<Unit>());
+      units_.back()->name = c.name;
+      open_count = 0;
+    } else {
+      units_.back()->name += "+" + c.name;
+    }
+    Unit& u = *units_.back();
+    u.modules.push_back(c.module);
+    u.params.insert(u.params.end(), c.params.begin(), c.params.end());
+    open_count += count(c);
+  }
+  // Parameters on the root itself: a unit that stays gathered.
+  auto root = std::make_unique<Unit>();
+  root->name = "(root)";
+  for (auto& p : module_->named_parameters(/*recurse=*/false)) {
+    if (p.value().requires_grad()) root->params.push_back(p.value());
+  }
+  if (!root->params.empty()) {
+    root_ = root.get();
+    units_.push_back(std::move(root));
+  }
+
+  for (std::size_t ui = 0; ui < units_.size(); ++ui) {
+    Unit& u = *units_[ui];
+    std::vector<std::int64_t> numels;
+    for (auto& p : u.params) {
+      if (p.scalar_type() != torch::kFloat32) {
+        return invalid_argument(fmt::format("sharded data parallel: parameter {} is {}; the module "
+                                            "must be float32 (precision = bf16 casts it)",
+                                            name_of[p.unsafeGetTensorImpl()], c10::toString(p.scalar_type())));
+      }
+      u.names.push_back(name_of[p.unsafeGetTensorImpl()]);
+      numels.push_back(p.numel());
+      parameter_count_ += p.numel();
+    }
+    u.layout = std::make_unique<FlatLayout>(std::move(numels), comm_.size());
+    u.mine = u.layout->shard(comm_.rank());
+    u.pending = u.params.size();
+    for (const auto* m : u.modules) set_unit_hooks(m, this, ui);
+    for (auto& p : u.params) {
+      if (!unit_of_.emplace(p.unsafeGetTensorImpl(), ui).second) {
+        return invalid_argument(fmt::format("sharded data parallel: parameter {} is shared by two "
+                                            "units (tied weights must live in one child module)",
+                                            name_of[p.unsafeGetTensorImpl()]));
+      }
+    }
+  }
+  return Status::ok();
+}
+
+Status ShardedDataParallel::check_and_broadcast() {
+  // Same parameters everywhere: a digest of names and shapes, compared.
+  std::string desc;
+  for (auto& u : units_) {
+    desc += u->name + ";";
+    for (std::size_t i = 0; i < u->params.size(); ++i) {
+      desc += u->names[i] + fmt::format("{}", fmt::join(u->params[i].sizes(), "x")) + ",";
+    }
+  }
+  std::vector<std::int64_t> all(static_cast<std::size_t>(comm_.size()));
+  std::int64_t mine = static_cast<std::int64_t>(fnv1a(desc));
+  KILN_RETURN_IF_ERROR(comm_.allgather(&mine, all.data(), 1, comm::DataType::kInt64)->wait(options_.timeout));
+  for (int r = 0; r < comm_.size(); ++r) {
+    if (all[static_cast<std::size_t>(r)] != mine) {
+      return failed_precondition(fmt::format(
+          "sharded data parallel: rank {} has other parameters (names or shapes) than rank {}: "
+          "every rank must build the same model",
+          r, comm_.rank()));
+    }
+  }
+  torch::NoGradGuard no_grad;
+  for (auto& b : module_->buffers()) {
+    if (!b.is_contiguous() || b.scalar_type() != torch::kFloat32) continue;
+    KILN_RETURN_IF_ERROR(comm_.broadcast(b.data_ptr(), static_cast<std::size_t>(b.numel()),
+                                         comm::DataType::kFloat32, 0)->wait(options_.timeout));
+  }
+  return Status::ok();
+}
+
+Status ShardedDataParallel::shard_units() {
+  torch::NoGradGuard no_grad;
+  const bool fp32 = compute_dtype_ == torch::kFloat32;
+  for (auto& up : units_) {
+    Unit& u = *up;
+    const bool root = u.modules.empty();
+    // The whole unit, fp32, from rank 0; then the parameters become views of
+    // the compute-dtype flat and their own storage is released.
+    torch::Tensor whole = torch::empty({u.layout->total()}, torch::kFloat32);
+    for (std::size_t i = 0; i < u.params.size(); ++i) {
+      whole.narrow(0, u.layout->offset(i), u.layout->numel(i)).copy_(u.params[i].reshape({-1}));
+    }
+    KILN_RETURN_IF_ERROR(comm_.broadcast(whole.data_ptr(), static_cast<std::size_t>(whole.numel()),
+                                         comm::DataType::kFloat32, 0)->wait(options_.timeout));
+    u.flat = fp32 ? whole : whole.to(compute_dtype_);
+    u.flat_bytes = u.flat.nbytes();
+    for (std::size_t i = 0; i < u.params.size(); ++i) {
+      u.params[i].set_data(u.flat.narrow(0, u.layout->offset(i), u.layout->numel(i)).view(u.params[i].sizes()));
+    }
+    if (fp32 && (options_.stage < 3 || root)) {
+      u.master = u.flat.narrow(0, u.mine.offset, u.mine.count);
+      u.master_is_view = true;
+    } else {
+      u.master = whole.narrow(0, u.mine.offset, u.mine.count).clone();
+    }
+    // What this rank sends when the unit is gathered: its share, in place in
+    // the flat where the flat stays allocated.
+    u.send = u.flat.narrow(0, u.mine.offset, u.mine.count);
+    if (options_.stage == 3 && !root) {
+      u.send = fp32 ? u.master : u.master.to(compute_dtype_);
+      release_storage(u.flat);
+      u.allocated = false;
+      u.state = Unit::Params::kFreed;
+    }
+    if (options_.stage == 1) {
+      u.staging = torch::zeros({u.layout->block() * comm_.size()}, compute_dtype_);
+      u.grad_share = u.staging.narrow(0, comm_.rank() * u.layout->block(), u.layout->block());
+    } else {
+      u.grad_share = torch::zeros({u.layout->block()}, compute_dtype_);
+    }
+    u.opt_index = optimizer_.add_shard(u.mine.count);
+  }
+  for (std::size_t ui = 0; ui < units_.size(); ++ui) {
+    for (auto& p : units_[ui]->params) {
+      grad_accumulators_.push_back(torch::autograd::impl::grad_accumulator(p));
+      post_hook_keys_.push_back(grad_accumulators_.back()->add_post_hook(
+          std::make_unique<AfterAccumulate>([this, ui] { on_grad_ready(ui); })));
+    }
+  }
+  return Status::ok();
+}
+
+// ---- gathering ------------------------------------------------------------
+
+Status ShardedDataParallel::gather(Unit& u) {
+  if (u.state != Unit::Params::kFreed) return Status::ok();
+  if (!u.allocated) {
+    allocate_storage(u.flat, u.flat_bytes);
+    u.allocated = true;
+    account();
+  }
+  const std::vector<std::size_t> counts = u.layout->shard_counts();
+  u.gather_work = comm_.allgatherv(u.send.data_ptr(), u.flat.data_ptr(), counts, comm_dtype_);
+  sync_.bytes += u.flat_bytes;
+  u.state = Unit::Params::kGathering;
+  return Status::ok();
+}
+
+Status ShardedDataParallel::wait_gathered(Unit& u) {
+  KILN_RETURN_IF_ERROR(gather(u));
+  if (u.state == Unit::Params::kGathering) {
+    const auto t0 = Clock::now();
+    Status s = u.gather_work->wait(options_.timeout);
+    sync_.gather_wait_s += seconds_since(t0);
+    u.gather_work.reset();
+    if (!s.is_ok()) return s.with_context(fmt::format("gathering the parameters of unit {}", u.name));
+    u.state = Unit::Params::kGathered;
+  }
+  return Status::ok();
+}
+
+void ShardedDataParallel::free_params(Unit& u) {
+  if (options_.stage != 3 || u.modules.empty() || !u.allocated) return;
+  if (u.state == Unit::Params::kGathering) return;  // a prefetch in flight: keep it
+  release_storage(u.flat);
+  u.allocated = false;
+  u.state = Unit::Params::kFreed;
+}
+
+Status ShardedDataParallel::gather_all() {
+  for (auto& u : units_) KILN_RETURN_IF_ERROR(gather(*u));
+  for (auto& u : units_) KILN_RETURN_IF_ERROR(wait_gathered(*u));
+  account();
+  return Status::ok();
+}
+
+Status ShardedDataParallel::visit_parameters_impl(const std::function<void(const torch::Tensor&)>& fn) {
+  KILN_RETURN_IF_ERROR(failure_);
+  Unit* held = nullptr;
+  for (const auto& p : module_->parameters()) {
+    auto it = unit_of_.find(p.unsafeGetTensorImpl());
+    if (it != unit_of_.end() && units_[it->second].get() != held) {
+      if (held != nullptr) free_params(*held);
+      held = units_[it->second].get();
+      KILN_RETURN_IF_ERROR(wait_gathered(*held));
+    }
+    fn(p);
+  }
+  if (held != nullptr) free_params(*held);
+  return Status::ok();
+}
+
+// The LibTorch boundary: an exception from a tensor operation (the memory
+// cap's allocator says "out of memory") becomes a Status, recorded as the
+// wrapper's failure so later calls report it too.
+template <class Body>
+auto ShardedDataParallel::guarded(const char* what, Body&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const std::exception& e) {
+    std::string m = e.what();
+    m = m.substr(0, m.find('\n'));
+    Status s = m.find("out of memory") != std::string::npos
+                   ? resource_exhausted(fmt::format("sharded data parallel: {}: {}", what, m))
+                   : internal_error(fmt::format("sharded data parallel: {}: {}", what, m));
+    return fail(s);
+  }
+}
+
+Status ShardedDataParallel::step(double lr) {
+  return guarded("optimizer step", [&] { return step_impl(lr); });
+}
+Status ShardedDataParallel::backward(const torch::Tensor& loss) {
+  return guarded("backward", [&] { return backward_impl(loss); });
+}
+Result<double> ShardedDataParallel::clip_grad_norm(double max_norm) {
+  return guarded("clipping gradients", [&] { return clip_grad_norm_impl(max_norm); });
+}
+Status ShardedDataParallel::restore(const ckpt::LoadedState& loaded) {
+  return guarded("restoring a checkpoint", [&] { return restore_impl(loaded); });
+}
+Status ShardedDataParallel::visit_parameters(const std::function<void(const torch::Tensor&)>& fn) {
+  return guarded("reading parameters", [&] { return visit_parameters_impl(fn); });
+}
+
+Status ShardedDataParallel::fail(Status s) {
+  if (failure_.is_ok()) failure_ = s;
+  return s;
+}
+
+void ShardedDataParallel::before_forward(std::size_t unit) {
+  Unit& u = *units_[unit];
+  Status s = failure_;
+  if (s.is_ok() && root_ != nullptr) s = wait_gathered(*root_);
+  if (s.is_ok()) {
+    if (!order_known_) {
+      if (!u.entered) exec_order_.push_back(unit);
+      u.entered = true;
+    }
+    if (!options_.overlap && options_.stage == 3) {
+      s = gather_all();  // the baseline: every unit before any computes
+    } else {
+      s = wait_gathered(u);
+      // Prefetch the next unit in execution order (Note [Prefetching]).
+      if (s.is_ok() && order_known_ && options_.overlap) {
+        auto it = std::find(exec_order_.begin(), exec_order_.end(), unit);
+        if (it != exec_order_.end() && it + 1 != exec_order_.end()) s = gather(*units_[*(it + 1)]);
+      }
+    }
+  }
+  if (!s.is_ok()) throw std::runtime_error(fail(s).to_string());
+}
+
+void ShardedDataParallel::after_forward(std::size_t unit, const torch::nn::Module& module,
+                                        torch::Tensor& out) {
+  Unit& u = *units_[unit];
+  if (options_.stage != 3) return;
+  // A merged unit runs several modules: it is freed after the last of them.
+  const bool last = !u.modules.empty() && u.modules.back() == &module;
+  if (torch::GradMode::is_enabled() && out.requires_grad()) {
+    out.register_hook([this, unit](const torch::Tensor& g) {
+      pre_backward(unit);
+      return g;
+    });
+  }
+  if (last && options_.overlap) {
+    account();
+    free_params(u);
+  }
+}
+
+// Note [Prefetching]: forward gathers unit k+1 (in the recorded execution
+// order) while unit k computes; backward gathers unit k-1 while unit k's
+// backward runs. One gather ahead bounds the gathered parameters at two units.
+void ShardedDataParallel::pre_backward(std::size_t unit) {
+  Unit& u = *units_[unit];
+  Status s = failure_;
+  if (s.is_ok()) s = wait_gathered(u);
+  if (s.is_ok() && options_.overlap) {
+    auto it = std::find(exec_order_.begin(), exec_order_.end(), unit);
+    if (it != exec_order_.end() && it != exec_order_.begin()) {
+      Unit& prev = *units_[*(it - 1)];
+      // Only units whose backward is still to come (their gradients pending).
+      if (!prev.complete) s = gather(prev);
+    }
+  }
+  account();
+  if (!s.is_ok()) throw std::runtime_error(fail(s).to_string());
+}
+
+// ---- reducing -------------------------------------------------------------
+
+void ShardedDataParallel::on_grad_ready(std::size_t unit) {
+  if (!in_backward_) return;
+  Unit& u = *units_[unit];
+  if (u.pending == 0) return;
+  // The gradient autograd just stored counts until it is copied and dropped.
+  --u.pending;
+  std::size_t alive = 0;
+  for (auto& p : u.params) {
+    if (p.grad().defined()) alive += p.grad().nbytes();
+  }
+  u.grad_bytes_alive = alive;
+  account();
+  if (u.pending > 0) return;
+  u.complete = true;
+  if (!options_.overlap) return;
+  // Note [Why reductions launch in order]: every rank must issue the same
+  // collectives in the same order. Reductions launch in reverse execution
+  // order; a unit that completes early waits for the ones before it.
+  while (next_reduction_ < exec_order_.size()) {
+    Unit& next = *units_[exec_order_[exec_order_.size() - 1 - next_reduction_]];
+    if (!next.complete) break;
+    Status s = launch_reduction(next);
+    ++next_reduction_;
+    if (!s.is_ok()) {
+      (void)fail(s);
+      return;
+    }
+  }
+}
+
+Status ShardedDataParallel::launch_reduction(Unit& u) {
+  torch::NoGradGuard no_grad;
+  const std::int64_t block = u.layout->block();
+  if (options_.stage != 1) {
+    u.staging = torch::zeros({block * comm_.size()}, compute_dtype_);
+  }
+  for (std::size_t i = 0; i < u.params.size(); ++i) {
+    torch::Tensor& g = u.params[i].mutable_grad();
+    if (!g.defined()) continue;  // unused this backward: contributes zero
+    torch::Tensor flat_g = g.reshape({-1});
+    for (const auto& seg : u.layout->padded_segments(i)) {
+      torch::Tensor dst = u.staging.narrow(0, seg.dst, seg.len);
+      torch::Tensor src = flat_g.narrow(0, seg.src, seg.len);
+      // Stage 1 keeps the averaged gradient in staging between backward
+      // calls; adding the new local gradient and averaging again keeps the
+      // sum of the averages (the earlier part is the same on every rank).
+      if (options_.stage == 1) {
+        dst.add_(src);
+      } else {
+        dst.copy_(src);
+      }
+    }
+    g = torch::Tensor();
+  }
+  u.grad_bytes_alive = 0;
+  account();
+  free_params(u);
+  const std::size_t n = static_cast<std::size_t>(block * comm_.size());
+  if (options_.stage == 1) {
+    u.reduce_work = comm_.allreduce(u.staging.data_ptr(), n, comm_dtype_, comm::ReduceOp::kAvg);
+    sync_.bytes += 2 * u.staging.nbytes();
+  } else {
+    void* out;
+    if (u.share_fresh) {
+      out = u.grad_share.data_ptr();
+    } else {
+      u.partial = torch::empty({block}, compute_dtype_);
+      out = u.partial.data_ptr();
+    }
+    u.reduce_work = comm_.reduce_scatter(u.staging.data_ptr(), out, static_cast<std::size_t>(block),
+                                         comm_dtype_, comm::ReduceOp::kAvg);
+    sync_.bytes += u.staging.nbytes();
+  }
+  account();
+  // Note [Bounded reductions in flight]: each reduction holds its unit's
+  // whole gradient as staging until it is done. Finishing the oldest beyond
+  // kMaxReductionsInFlight (in issue order, which is the engine's order)
+  // bounds that at a few units instead of the whole model.
+  reducing_.push_back(&u);
+  while (!reducing_.empty() && (reducing_.size() > kMaxReductionsInFlight || reducing_.front()->reduce_work->test())) {
+    Unit* oldest = reducing_.front();
+    reducing_.pop_front();
+    KILN_RETURN_IF_ERROR(finish_reduction(*oldest));
+  }
+  return Status::ok();
+}
+
+std::size_t ShardedDataParallel::in_flight_bound() const {
+  std::size_t largest = 0;
+  for (const auto& u : units_) {
+    if (options_.stage == 3 && u->modules.empty()) continue;  // the root stays gathered
+    largest = std::max(largest, u->flat_bytes + static_cast<std::size_t>(comm_.size()) *
+                                                    static_cast<std::size_t>(c10::elementSize(compute_dtype_)));
+  }
+  // Two gathered units (stage 3: the one computing and the prefetch), the
+  // staging of kMaxReductionsInFlight reductions plus the one being filled,
+  // and autograd's gradients of the unit whose backward just ran.
+  const std::size_t units = (options_.stage == 3 ? 2 : 0) + kMaxReductionsInFlight + 1 + 1;
+  return units * largest;
+}
+
+Status ShardedDataParallel::finish_reduction(Unit& u) {
+  if (!u.reduce_work) return Status::ok();
+  Status s = u.reduce_work->wait(options_.timeout);
+  u.reduce_work.reset();
+  if (!s.is_ok()) return s.with_context(fmt::format("reducing the gradients of unit {}", u.name));
+  if (options_.stage != 1) {
+    if (u.partial.defined()) {
+      u.grad_share.add_(u.partial);
+      u.partial = torch::Tensor();
+    }
+    u.staging = torch::Tensor();
+  }
+  u.share_fresh = false;
+  account();
+  return Status::ok();
+}
+
+Status ShardedDataParallel::backward_impl(const torch::Tensor& loss) {
+  KILN_RETURN_IF_ERROR(failure_);
+  for (auto& u : units_) {
+    u->pending = u->params.size();
+    u->complete = false;
+  }
+  if (!order_known_) {
+    for (std::size_t i = 0; i < units_.size(); ++i) {
+      if (units_[i]->modules.empty()) {
+        exec_order_.insert(exec_order_.begin(), i);  // the root: gathered before any unit runs
+      } else if (!units_[i]->entered && options_.stage < 3) {
+        exec_order_.push_back(i);  // unused, or not run through run_unit(): harmless below stage 3
+      } else if (!units_[i]->entered) {
+        return fail(failed_precondition(fmt::format(
+            "sharded data parallel: unit '{}' did not run through parallel::run_unit() in the "
+            "forward pass; every child module with parameters must (kiln/parallel/unit_hooks.h)",
+            units_[i]->name)));
+      }
+    }
+    order_known_ = true;
+  }
+  next_reduction_ = 0;
+  in_backward_ = true;
+  const auto t0 = Clock::now();
+  try {
+    loss.backward();
+  } catch (const std::exception& e) {
+    in_backward_ = false;
+    if (!failure_.is_ok()) return failure_;
+    return fail(internal_error(fmt::format("sharded data parallel: backward: {}", e.what())));
+  }
+  in_backward_ = false;
+  sync_.backward_s = seconds_since(t0);
+  KILN_RETURN_IF_ERROR(failure_);
+  // Units whose gradients backward did not (all) produce: unused this step.
+  for (auto& u : units_) u->complete = true;
+  while (next_reduction_ < exec_order_.size()) {
+    Unit& next = *units_[exec_order_[exec_order_.size() - 1 - next_reduction_]];
+    KILN_RETURN_IF_ERROR(fail(launch_reduction(next)));
+    ++next_reduction_;
+  }
+  const auto t1 = Clock::now();
+  reducing_.clear();
+  for (auto& u : units_) KILN_RETURN_IF_ERROR(fail(finish_reduction(*u)));
+  sync_.exposed_comm_s = seconds_since(t1);
+  for (auto& u : units_) free_params(*u);
+  account();
+  return Status::ok();
+}
+
+// ---- the optimizer step ----------------------------------------------------
+
+Result<double> ShardedDataParallel::clip_grad_norm_impl(double max_norm) {
+  KILN_RETURN_IF_ERROR(failure_);
+  torch::NoGradGuard no_grad;
+  double sum_sq = 0;
+  for (auto& u : units_) {
+    torch::Tensor g = u->grad_share.narrow(0, 0, u->mine.count).to(torch::kFloat64);
+    sum_sq += g.pow(2).sum().item<double>();
+  }
+  KILN_RETURN_IF_ERROR(fail(comm_.allreduce(&sum_sq, 1, comm::DataType::kFloat64, comm::ReduceOp::kSum)
+                                ->wait(options_.timeout)));
+  const double norm = std::sqrt(sum_sq);
+  // torch::nn::utils::clip_grad_norm_'s rule.
+  const double coef = max_norm / (norm + 1e-6);
+  if (coef < 1) {
+    for (auto& u : units_) u->grad_share.narrow(0, 0, u->mine.count).mul_(coef);
+  }
+  return norm;
+}
+
+Status ShardedDataParallel::step_impl(double lr) {
+  KILN_RETURN_IF_ERROR(failure_);
+  torch::NoGradGuard no_grad;
+  optimizer_.begin_step(lr);
+  for (auto& up : units_) {
+    Unit& u = *up;
+    torch::Tensor g = u.grad_share.narrow(0, 0, u.mine.count);
+    if (g.scalar_type() != torch::kFloat32) g = g.to(torch::kFloat32);
+    optimizer_.step(u.opt_index, u.master, g);
+    if (options_.stage == 1) {
+      u.staging.zero_();
+    } else {
+      u.grad_share.zero_();
+    }
+    u.share_fresh = true;
+  }
+  sync_ = ZeroSyncStats{};
+  // The new parameters: each unit's share goes to the others. Stages 1 and 2
+  // gather every unit now (the forward waits for each in turn); stage 3
+  // prefetches only the first unit to run.
+  for (std::size_t k = 0; k < units_.size(); ++k) {
+    Unit& u = *units_[order_known_ ? exec_order_[k] : k];
+    const bool sharded = options_.stage == 3 && !u.modules.empty();
+    if (sharded) {
+      if (u.send.data_ptr() != u.master.data_ptr()) u.send.copy_(u.master);
+    } else if (!u.master_is_view) {
+      u.flat.narrow(0, u.mine.offset, u.mine.count).copy_(u.master);
+    }
+    // In flight while a prefetch was running: finish it before reusing.
+    if (u.gather_work) KILN_RETURN_IF_ERROR(fail(wait_gathered(u)));
+    u.state = Unit::Params::kFreed;  // stale until gathered again
+    if (!sharded || (options_.overlap && k == 0)) KILN_RETURN_IF_ERROR(fail(gather(u)));
+  }
+  account();
+  return Status::ok();
+}
+
+// ---- memory ------------------------------------------------------------------
+
+StateBytes ShardedDataParallel::state_bytes() const {
+  StateBytes b;
+  for (const auto& up : units_) {
+    const Unit& u = *up;
+    const bool sharded = options_.stage == 3 && !u.modules.empty();
+    if (u.allocated) (sharded ? b.in_flight : b.params) += u.flat_bytes;
+    b.in_flight += u.grad_bytes_alive;
+    if (u.staging.defined()) (options_.stage == 1 ? b.grads : b.in_flight) += u.staging.nbytes();
+    if (u.partial.defined()) b.in_flight += u.partial.nbytes();
+    if (!u.master_is_view) b.shards += u.master.nbytes();
+    if (sharded && u.send.data_ptr() != u.master.data_ptr()) b.shards += u.send.nbytes();
+    if (options_.stage != 1) b.shards += u.grad_share.nbytes();
+  }
+  b.optimizer = optimizer_.state_bytes();
+  return b;
+}
+
+void ShardedDataParallel::account() {
+  StateBytes now = state_bytes();
+  if (now.total() > peak_.total()) peak_ = now;
+}
+
+std::size_t state_bytes_formula(int stage, Precision precision, const OptimizerOptions& optimizer,
+                                std::int64_t parameters, int world) {
+  const double psi = static_cast<double>(parameters), n = world;
+  const bool bf16 = precision == Precision::kBf16 && stage > 0;
+  const double p = bf16 ? 2 : 4, g = p;
+  double k = 0;
+  if (optimizer.kind == OptimizerKind::kAdamW) k = 8;
+  else if (optimizer.momentum != 0) k = 4;
+  if (bf16) k += 4;  // the fp32 master
+  double bytes = 0;
+  switch (stage) {
+    case 0: bytes = (p + g + k) * psi; break;
+    case 1: bytes = p * psi + g * psi + k * psi / n; break;
+    case 2: bytes = p * psi + (g + k) * psi / n; break;
+    default: bytes = (p + g + k) * psi / n; break;
+  }
+  return static_cast<std::size_t>(bytes);
+}
+
+std::size_t ShardedDataParallel::formula_state_bytes() const {
+  return state_bytes_formula(options_.stage, options_.precision, options_.optimizer, parameter_count_,
+                             comm_.size());
+}
+
+// ---- checkpoints ---------------------------------------------------------------
+
+Status ShardedDataParallel::capture(ckpt::StateView* view, std::vector<torch::Tensor>* keep_alive,
+                                    std::string* layout_blob, std::string* optim_blob) {
+  KILN_RETURN_IF_ERROR(failure_);
+  nlohmann::json units = nlohmann::json::array();
+  for (auto& up : units_) {
+    Unit& u = *up;
+    const std::vector<std::int64_t> shape{u.layout->total()};
+    torch::Tensor m = u.master.contiguous();
+    keep_alive->push_back(m);
+    KILN_RETURN_IF_ERROR(view->add_tensor("zero/" + u.name + "/param", comm::DataType::kFloat32, shape,
+                                          u.mine.offset, u.mine.count, m.data_ptr()));
+    for (auto& [name, t] : optimizer_.state(u.opt_index)) {
+      keep_alive->push_back(*t);
+      KILN_RETURN_IF_ERROR(view->add_tensor(fmt::format("zero/{}/{}", u.name, name), comm::DataType::kFloat32,
+                                            shape, u.mine.offset, u.mine.count, t->data_ptr()));
+    }
+    nlohmann::json params = nlohmann::json::array();
+    for (std::size_t i = 0; i < u.params.size(); ++i) {
+      params.push_back({{"name", u.names[i]}, {"shape", u.params[i].sizes().vec()}});
+    }
+    units.push_back({{"name", u.name}, {"total", u.layout->total()}, {"params", params}});
+  }
+  *layout_blob = nlohmann::json{{"version", 1}, {"stage", options_.stage},
+                                {"precision", compute_dtype_ == torch::kFloat32 ? "fp32" : "bf16"},
+                                {"units", units}}.dump();
+  const bool adam = options_.optimizer.kind == OptimizerKind::kAdamW;
+  *optim_blob = nlohmann::json{{"kind", adam ? "adamw" : "sgd"}, {"step", optimizer_.steps()}}.dump();
+  KILN_RETURN_IF_ERROR(view->add_blob("zero/layout", layout_blob->data(), layout_blob->size()));
+  return view->add_blob("zero/optim", optim_blob->data(), optim_blob->size());
+}
+
+Status ShardedDataParallel::restore_impl(const ckpt::LoadedState& loaded) {
+  torch::NoGradGuard no_grad;
+  const std::string& where = loaded.dir;
+  const ckpt::LoadedEntry* layout = loaded.find("zero/layout");
+  if (layout == nullptr) {
+    return data_loss(fmt::format("checkpoint {}: no sharded layout ('zero/layout'): it was saved "
+                                 "by another strategy", where));
+  }
+  auto j = nlohmann::json::parse(layout->data.begin(), layout->data.end(), nullptr, false);
+  if (j.is_discarded() || !j.contains("units") || j["units"].size() != units_.size()) {
+    return data_loss(fmt::format("checkpoint {}: its sharded layout has {} units, this model {}",
+                                 where, j.is_discarded() ? 0 : j["units"].size(), units_.size()));
+  }
+  // Copies this rank's share of entry `name` (a flat fp32 tensor of the
+  // unit's total) into `dst`.
+  auto take = [&](const Unit& u, const std::string& name, torch::Tensor& dst) -> Status {
+    const ckpt::LoadedEntry* e = loaded.find(name);
+    if (e == nullptr || !e->is_tensor || e->spec.shape != std::vector<std::int64_t>{u.layout->total()}) {
+      return data_loss(fmt::format("checkpoint {}: no flat tensor '{}' of {} elements", where, name,
+                                   u.layout->total()));
+    }
+    const std::int64_t lo = e->spec.row_offset, hi = lo + e->spec.rows;
+    if (u.mine.offset < lo || u.mine.offset + u.mine.count > hi) {
+      return data_loss(fmt::format("checkpoint {}: '{}' was loaded as rows [{}, {}), this rank needs "
+                                   "[{}, {})", where, name, lo, hi, u.mine.offset, u.mine.offset + u.mine.count));
+    }
+    std::memcpy(dst.data_ptr(), e->data.data() + (u.mine.offset - lo) * sizeof(float),
+                static_cast<std::size_t>(u.mine.count) * sizeof(float));
+    return Status::ok();
+  };
+  for (std::size_t i = 0; i < units_.size(); ++i) {
+    Unit& u = *units_[i];
+    const auto& ju = j["units"][i];
+    if (ju.value("name", "") != u.name || ju.value("total", std::int64_t{-1}) != u.layout->total()) {
+      return data_loss(fmt::format("checkpoint {}: unit {} is '{}' of {} parameters there, '{}' of {} "
+                                   "here (another model or wrap policy)", where, i, ju.value("name", ""),
+                                   ju.value("total", std::int64_t{-1}), u.name, u.layout->total()));
+    }
+    torch::Tensor master = u.master_is_view ? torch::empty({u.mine.count}, torch::kFloat32) : u.master;
+    KILN_RETURN_IF_ERROR(take(u, "zero/" + u.name + "/param", master));
+    if (u.master_is_view) u.master.copy_(master);
+    for (auto& [name, t] : optimizer_.state(u.opt_index)) {
+      KILN_RETURN_IF_ERROR(take(u, fmt::format("zero/{}/{}", u.name, name), *t));
+      if (std::string(name) == "momentum") optimizer_.set_momentum_ready(u.opt_index);
+    }
+  }
+  if (const ckpt::LoadedEntry* o = loaded.find("zero/optim")) {
+    auto jo = nlohmann::json::parse(o->data.begin(), o->data.end(), nullptr, false);
+    if (jo.is_discarded() || !jo.contains("step")) {
+      return data_loss(fmt::format("checkpoint {}: 'zero/optim' is not JSON with a step", where));
+    }
+    optimizer_.set_steps(jo["step"].get<std::int64_t>());
+  } else {
+    return data_loss(fmt::format("checkpoint {}: no 'zero/optim' record", where));
+  }
+  // Whole parameters from the restored shares, as after a step.
+  for (auto& up : units_) {
+    Unit& u = *up;
+    if (u.gather_work) KILN_RETURN_IF_ERROR(wait_gathered(u));
+    const bool sharded = options_.stage == 3 && !u.modules.empty();
+    if (sharded) {
+      if (u.send.data_ptr() != u.master.data_ptr()) u.send.copy_(u.master);
+    } else if (!u.master_is_view) {
+      u.flat.narrow(0, u.mine.offset, u.mine.count).copy_(u.master);
+    }
+    u.state = Unit::Params::kFreed;
+    if (!sharded) KILN_RETURN_IF_ERROR(wait_gathered(u));
+  }
+  account();
+  return Status::ok();
+}
+
+}  // namespace kiln::parallel::zero

@@ -1,0 +1,162 @@
+// DynamicBatcher: Triton's dynamic batching for one model instance.
+//
+// Requests queue; one worker thread takes the oldest up to `max_batch` of
+// them once the batch is full or the oldest has waited `max_queue_delay`,
+// and runs one forward pass for the whole batch. The queue is bounded:
+// a request beyond `max_queue` is refused at once (ResourceExhausted, which
+// the HTTP front turns into 503 + Retry-After), never dropped later.
+//
+// drain() stops accepting (FailedPrecondition afterwards), runs every queued
+// request without waiting for batches to fill, and joins the worker: every
+// future handed out is fulfilled.
+//
+// Thread-safe: submit() from any thread. The batch function runs on the
+// worker thread only and must return one Result per input, in order.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <future>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "kiln/base/deadline.h"
+#include "kiln/base/status.h"
+
+namespace kiln::serve {
+
+struct BatcherOptions {
+  int max_batch = 32;
+  std::chrono::microseconds max_queue_delay{2000};
+  std::size_t max_queue = 1024;  // queued requests (not counting the batch running)
+};
+
+// Called on the worker thread after each batch (metrics).
+struct BatchObserver {
+  virtual ~BatchObserver() = default;
+  virtual void on_batch(std::size_t size, double run_seconds) = 0;
+};
+
+template <typename In, typename Out>
+class DynamicBatcher {
+ public:
+  using BatchFn = std::function<std::vector<Result<Out>>(std::vector<In>& inputs)>;
+
+  // Starts the worker. `observer` may be null; it must outlive the batcher.
+  DynamicBatcher(BatcherOptions options, BatchFn run, BatchObserver* observer = nullptr)
+      : options_(options), run_(std::move(run)), observer_(observer) {
+    if (options_.max_batch < 1) options_.max_batch = 1;
+    worker_ = std::thread([this] { loop(); });
+  }
+  ~DynamicBatcher() { drain(); }
+  DynamicBatcher(const DynamicBatcher&) = delete;
+  DynamicBatcher& operator=(const DynamicBatcher&) = delete;
+
+  // Queues `input`; never blocks. ResourceExhausted when max_queue requests
+  // wait already; FailedPrecondition once drain() began.
+  Result<std::future<Result<Out>>> submit(In input) {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (draining_) return failed_precondition("the server is draining (SIGTERM): not accepting");
+    if (queue_.size() >= options_.max_queue) {
+      return resource_exhausted(fmt::format("queue full: {} requests wait (max_queue {})",
+                                            queue_.size(), options_.max_queue));
+    }
+    queue_.push_back(Pending{std::move(input), {}, Clock::now()});
+    auto future = queue_.back().promise.get_future();
+    lock.unlock();
+    cv_.notify_one();
+    return future;
+  }
+
+  // Stops accepting, runs what is queued, joins the worker. Idempotent.
+  void drain() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      draining_ = true;
+    }
+    cv_.notify_one();
+    if (worker_.joinable()) worker_.join();
+  }
+
+  // Requests waiting for a batch (the autoscaler's metric).
+  std::size_t queue_length() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return queue_.size();
+  }
+  // Requests in the batch running now.
+  std::size_t running() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return running_;
+  }
+
+ private:
+  struct Pending {
+    In input;
+    std::promise<Result<Out>> promise;
+    Clock::time_point enqueued;
+  };
+
+  // job: forms batches and runs them, until drained and empty.
+  void loop() {
+    const auto max = static_cast<std::size_t>(options_.max_batch);
+    while (true) {
+      std::vector<Pending> batch;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [&] { return draining_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // draining and nothing left
+        // Wait for the batch to fill, at most until the oldest request has
+        // waited max_queue_delay; a drain stops the waiting, not the work.
+        const auto flush_at = queue_.front().enqueued + options_.max_queue_delay;
+        cv_.wait_until(lock, flush_at, [&] { return draining_ || queue_.size() >= max; });
+        const std::size_t n = std::min(max, queue_.size());
+        batch.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) {
+          batch.push_back(std::move(queue_.front()));
+          queue_.pop_front();
+        }
+        running_ = n;
+      }
+      run_batch(batch);
+      std::lock_guard<std::mutex> lock(mu_);
+      running_ = 0;
+    }
+  }
+
+  void run_batch(std::vector<Pending>& batch) {
+    std::vector<In> inputs;
+    inputs.reserve(batch.size());
+    for (auto& p : batch) inputs.push_back(std::move(p.input));
+    const auto start = Clock::now();
+    std::vector<Result<Out>> outputs = run_(inputs);
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      if (i < outputs.size()) {
+        batch[i].promise.set_value(std::move(outputs[i]));
+      } else {
+        batch[i].promise.set_value(internal_error(fmt::format(
+            "the model returned {} results for a batch of {}", outputs.size(), batch.size())));
+      }
+    }
+    if (observer_ != nullptr) observer_->on_batch(batch.size(), seconds);
+  }
+
+  BatcherOptions options_;
+  BatchFn run_;
+  BatchObserver* observer_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Pending> queue_;  // GUARDED_BY(mu_)
+  std::size_t running_ = 0;    // GUARDED_BY(mu_)
+  bool draining_ = false;      // GUARDED_BY(mu_)
+  std::thread worker_;         // job: batch formation and the forward passes
+};
+
+}  // namespace kiln::serve

@@ -1,0 +1,95 @@
+#include "kiln/serve/replica.h"
+
+#include <fmt/format.h>
+
+#include <csignal>
+#include <cstdio>
+
+#include "kiln/base/knobs.h"
+#include "kiln/base/logging.h"
+#include "kiln/ckpt/load.h"
+#include "kiln/serve/torch_model.h"
+#include "kiln/serve/weight_cache.h"
+
+namespace kiln::serve {
+namespace {
+
+const Knob<std::string> kCacheDir{"KILN_SERVE_CACHE_DIR", "/var/tmp/kiln-weights",
+                                  "node-local weight cache of kiln serve, shared by its replicas"};
+const Knob<double> kFetchTimeout{"KILN_SERVE_FETCH_TIMEOUT", 600.0,
+                                 "seconds a replica may take to get its weights into the cache"};
+
+struct Loaded {
+  std::unique_ptr<Model> model;
+  double fetch_s = 0, load_s = 0;
+  bool hit = false;
+};
+
+// Object store -> node cache -> memory. A cached copy that fails its
+// checksums on load (a corrupt local disk) is discarded and downloaded once more.
+Result<Loaded> load_weights(const ReplicaRunOptions& o) {
+  KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(o.model_url));
+  const std::string dir = o.cache_dir.empty() ? default_cache_dir() : o.cache_dir;
+  WeightCache cache(store.get(), {.dir = dir, .capacity_bytes = o.cache_bytes});
+  const Deadline deadline = Deadline::after_seconds(kFetchTimeout.get());
+  for (int attempt = 1;; ++attempt) {
+    KILN_ASSIGN_OR_RETURN(WeightLease lease, cache.acquire_latest(deadline));
+    const auto start = Clock::now();
+    auto state = ckpt::load_step(lease.step_dir, 0, 1);
+    if (!state.is_ok() && state.status().code() == Code::kDataLoss && attempt == 1) {
+      log()->warn("serve: cached weights {} do not load ({}); discarding them", lease.step_dir,
+                  state.status().to_string());
+      KILN_RETURN_IF_ERROR(cache.discard(std::move(lease), deadline));
+      continue;
+    }
+    KILN_RETURN_IF_ERROR(state.status());
+    Loaded out;
+    KILN_ASSIGN_OR_RETURN(
+        out.model, load_torch_model(*state, {.config_path = o.config_path, .threads = o.threads}));
+    out.load_s = std::chrono::duration<double>(Clock::now() - start).count();
+    out.fetch_s = lease.fetch_seconds;
+    out.hit = lease.hit;
+    return out;  // the lease ends here: the weights are in memory now
+  }
+}
+
+}  // namespace
+
+std::string default_cache_dir() { return kCacheDir.get(); }
+
+Status run_replica(const ReplicaRunOptions& o) {
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // threads started below inherit it
+
+  KILN_ASSIGN_OR_RETURN(auto server, ReplicaServer::start(o.server));
+  std::printf("listening on %s:%d\n", o.server.host.c_str(), server->port());
+  std::fflush(stdout);
+
+  auto loaded = load_weights(o);
+  if (!loaded.is_ok()) {
+    server->drain();
+    return loaded.status().with_context("kiln serve " + o.model_url);
+  }
+  const ModelInfo info = loaded->model->info();
+  server->metrics().set_cold_start(loaded->fetch_s, loaded->load_s, loaded->hit);
+  server->set_model(std::move(loaded->model));
+  std::printf("ready: %s step %lld from %s; cold start %.3f s (fetch %.3f s%s, load %.3f s)\n",
+              info.name.c_str(), static_cast<long long>(info.step), o.model_url.c_str(),
+              loaded->fetch_s + loaded->load_s, loaded->fetch_s,
+              loaded->hit ? ", node cache hit" : "", loaded->load_s);
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  log()->info("serve: signal {}: draining (refusing new requests, answering queued ones)", sig);
+  server->drain();
+  std::printf("drained: %llu requests answered\n",
+              static_cast<unsigned long long>(server->metrics().requests_ok()));
+  std::fflush(stdout);
+  return Status::ok();
+}
+
+}  // namespace kiln::serve

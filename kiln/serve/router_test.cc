@@ -1,0 +1,181 @@
+// The router in front of two in-process replica servers (fake models) over
+// loopback: least-outstanding choice, retries past a dead or draining
+// replica, and the wait for a first replica.
+#include "kiln/serve/router.h"
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <condition_variable>
+#include <future>
+#include <nlohmann/json.hpp>
+
+#include "kiln/serve/server.h"
+
+namespace kiln::serve {
+namespace {
+
+// Answers class = the replica's tag; can be held.
+class TaggedModel : public Model {
+ public:
+  explicit TaggedModel(int tag) : tag_(tag) { info_.name = "tagged"; }
+  const ModelInfo& info() const override { return info_; }
+  std::vector<Result<Output>> run(std::vector<Input>& batch) override {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++entered_;
+    cv_.notify_all();
+    cv_.wait(lock, [&] { return open_; });
+    std::vector<Result<Output>> out;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      Output o;
+      o.logits.assign(10, 0.f);
+      o.logits[static_cast<std::size_t>(tag_)] = 1.f;
+      out.emplace_back(std::move(o));
+    }
+    return out;
+  }
+  void hold() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = false;
+  }
+  void release() {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  bool wait_entered(int n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_ >= n; });
+  }
+
+ private:
+  int tag_;
+  ModelInfo info_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool open_ = true;
+  int entered_ = 0;
+};
+
+struct Replica {
+  std::unique_ptr<ReplicaServer> server;
+  TaggedModel* model;
+};
+
+Replica replica(int tag) {
+  ReplicaOptions o;
+  o.batcher.max_batch = 1;
+  o.batcher.max_queue_delay = std::chrono::microseconds(0);
+  auto s = ReplicaServer::start(o);
+  EXPECT_TRUE(s.is_ok());
+  auto* m = new TaggedModel(tag);
+  (*s)->set_model(std::unique_ptr<Model>(m));
+  return {std::move(s).value(), m};
+}
+
+std::string body() { return nlohmann::json{{"image", std::vector<int>(784, 0)}}.dump(); }
+
+std::pair<int, int> post(int port) {  // status, class (-1 if none)
+  httplib::Client c("127.0.0.1", port);
+  c.set_read_timeout(30, 0);
+  auto r = c.Post("/v1/predict", body(), "application/json");
+  if (!r) return {-1, -1};
+  if (r->status != 200) return {r->status, -1};
+  return {200, nlohmann::json::parse(r->body)["class"].get<int>()};
+}
+
+// A loopback port with no listener: bound, then closed.
+int dead_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+std::unique_ptr<Router> router(RouterOptions o = {}) {
+  auto r = Router::start(o);
+  EXPECT_TRUE(r.is_ok()) << r.status().to_string();
+  return std::move(r).value();
+}
+
+TEST(Router, SendsToTheReplicaWithFewestOutstanding) {
+  Replica a = replica(1), b = replica(2);
+  auto r = router();
+  r->add_replica(0, a.server->port());
+  r->add_replica(1, b.server->port());
+  a.model->hold();
+  // Ties go to the first; with one held there, the next goes to the other.
+  auto first = std::async(std::launch::async, [&] { return post(r->port()); });
+  ASSERT_TRUE(a.model->wait_entered(1));
+  EXPECT_EQ(r->outstanding(), 1u);
+  EXPECT_EQ(post(r->port()), std::make_pair(200, 2));
+  a.model->release();
+  EXPECT_EQ(first.get(), std::make_pair(200, 1));
+  EXPECT_EQ(r->outstanding(), 0u);
+}
+
+TEST(Router, RetriesARequestADeadReplicaCouldNotAnswer) {
+  Replica live = replica(4);
+  auto r = router();
+  r->add_replica(0, dead_port());  // picked first: ties go to the lowest id
+  r->add_replica(1, live.server->port());
+  EXPECT_EQ(post(r->port()), std::make_pair(200, 4));
+  EXPECT_EQ(r->counters().retries.load(), 1u);
+  EXPECT_EQ(r->counters().failed.load(), 0u);
+}
+
+TEST(Router, EveryReplicaFailingIsAnAnswerNamingThemNotASilentDrop) {
+  auto r = router({.max_attempts = 3});
+  r->add_replica(0, dead_port());
+  r->add_replica(1, dead_port());
+  httplib::Client c("127.0.0.1", r->port());
+  auto res = c.Post("/v1/predict", body(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 502);
+  EXPECT_NE(res->body.find("replica 0"), std::string::npos) << res->body;
+  EXPECT_NE(res->body.find("replica 1"), std::string::npos) << res->body;
+  EXPECT_EQ(r->counters().failed.load(), 1u);
+}
+
+TEST(Router, AReplicas503IsRetriedElsewhere) {
+  auto loading = ReplicaServer::start({});  // no weights yet: answers 503
+  ASSERT_TRUE(loading.is_ok());
+  Replica live = replica(6);
+  auto r = router();
+  r->add_replica(0, (*loading)->port());
+  r->add_replica(1, live.server->port());
+  EXPECT_EQ(post(r->port()), std::make_pair(200, 6));
+  EXPECT_EQ(r->counters().retries.load(), 1u);
+}
+
+TEST(Router, ARequestWaitsForTheFirstReplicaThenTimesOutWith503) {
+  auto r = router({.wait_for_replica = std::chrono::milliseconds(200)});
+  httplib::Client c("127.0.0.1", r->port());
+  auto res = c.Post("/v1/predict", body(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 503);
+  EXPECT_EQ(res->get_header_value("Retry-After"), "1");
+
+  auto r2 = router({.wait_for_replica = std::chrono::seconds(30)});
+  auto waiting = std::async(std::launch::async, [&] { return post(r2->port()); });
+  // The request is outstanding (the autoscaler sees it) until a replica joins.
+  const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (r2->outstanding() == 0 && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  ASSERT_EQ(r2->outstanding(), 1u);
+  Replica late = replica(3);
+  r2->add_replica(0, late.server->port());
+  EXPECT_EQ(waiting.get(), std::make_pair(200, 3));
+}
+
+}  // namespace
+}  // namespace kiln::serve

@@ -1,0 +1,205 @@
+#include "kiln/serve/torch_model.h"
+
+#include <fmt/format.h>
+#include <torch/torch.h>
+
+#include <cstring>
+
+#include "kiln/train/task.h"
+#include "kiln/train/train_config.h"
+
+namespace kiln::serve {
+namespace {
+
+using train::ModelConfig;
+using train::ModelKind;
+
+const ckpt::LoadedEntry* tensor(const ckpt::LoadedState& s, const std::string& name) {
+  const ckpt::LoadedEntry* e = s.find(name);
+  return e != nullptr && e->is_tensor ? e : nullptr;
+}
+
+// The model's config from its tensors where they determine it.
+Result<ModelConfig> infer_config(const ckpt::LoadedState& s) {
+  ModelConfig c;
+  if (const auto* conv1 = tensor(s, "param/conv1.weight")) {
+    const auto* fc1 = tensor(s, "param/fc1.weight");
+    if (fc1 == nullptr) return data_loss(fmt::format("checkpoint {}: a CNN without fc1", s.dir));
+    c.kind = ModelKind::kCnn;
+    c.channels = static_cast<int>(conv1->spec.shape[0]);
+    c.hidden = static_cast<int>(fc1->spec.shape[0]);
+    return c;
+  }
+  if (tensor(s, "param/tok.weight") != nullptr) {
+    return failed_precondition(fmt::format(
+        "checkpoint {} holds a GPT decoder, whose attention heads no tensor records: pass the "
+        "training config (--config TRAIN.toml)",
+        s.dir));
+  }
+  return failed_precondition(fmt::format(
+      "checkpoint {} holds neither the CNN (param/conv1.weight) nor the GPT (param/tok.weight) "
+      "that kiln train saves",
+      s.dir));
+}
+
+// Copies param/<name> and buffer/<name> into the module (no optimizer, no
+// generator: inference needs the weights only).
+Status copy_weights(const ckpt::LoadedState& s, torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  std::vector<std::pair<std::string, torch::Tensor>> all;
+  for (auto& p : module.named_parameters()) all.emplace_back("param/" + p.key(), p.value());
+  for (auto& b : module.named_buffers()) all.emplace_back("buffer/" + b.key(), b.value());
+  for (auto& [name, t] : all) {
+    const ckpt::LoadedEntry* e = tensor(s, name);
+    if (e == nullptr) {
+      return data_loss(
+          fmt::format("checkpoint {}: no tensor '{}': saved by another model, or the "
+                      "config does not match it",
+                      s.dir, name));
+    }
+    if (e->data.size() != t.nbytes()) {
+      return data_loss(
+          fmt::format("checkpoint {}: tensor '{}' has shape [{}], the model's is [{}] "
+                      "(does the config match the checkpoint?)",
+                      s.dir, name, fmt::join(e->spec.shape, ", "), fmt::join(t.sizes(), ", ")));
+    }
+    std::memcpy(t.data_ptr(), e->data.data(), e->data.size());
+  }
+  return Status::ok();
+}
+
+class TorchModel : public Model {
+ public:
+  TorchModel(std::unique_ptr<train::Task> task, ModelInfo info)
+      : task_(std::move(task)), info_(std::move(info)) {
+    task_->module()->eval();
+  }
+  const ModelInfo& info() const override { return info_; }
+
+  std::vector<Result<Output>> run(std::vector<Input>& batch) override {
+    try {
+      torch::NoGradGuard no_grad;
+      return info_.task == TaskKind::kClassify ? classify(batch) : next_tokens(batch);
+    } catch (const std::exception& e) {
+      // The LibTorch boundary: every request of the batch gets the error.
+      std::vector<Result<Output>> out;
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        out.emplace_back(internal_error(fmt::format("forward pass failed: {}", e.what())));
+      }
+      return out;
+    }
+  }
+
+ private:
+  std::vector<Result<Output>> classify(std::vector<Input>& batch) {
+    const auto b = static_cast<std::int64_t>(batch.size());
+    torch::Tensor x = torch::empty({b, 1, 28, 28}, torch::kFloat32);
+    float* p = x.data_ptr<float>();
+    for (const auto& in : batch) p = std::copy(in.image.begin(), in.image.end(), p);
+    torch::Tensor logits = task_->infer(x).contiguous();
+    const float* l = logits.data_ptr<float>();
+    const auto classes = logits.size(1);
+    std::vector<Result<Output>> out;
+    for (std::int64_t i = 0; i < b; ++i) {
+      Output o;
+      o.logits.assign(l + i * classes, l + (i + 1) * classes);
+      out.emplace_back(std::move(o));
+    }
+    return out;
+  }
+
+  // Right-padded batch of every sequence's last `context` tokens: causal
+  // attention keeps the padding from reaching real positions, so row i's
+  // logits at its last real position are exactly those of the lone sequence.
+  std::vector<std::vector<float>> last_logits(const std::vector<std::vector<std::int64_t>>& seqs) {
+    const auto context = static_cast<std::size_t>(info_.context);
+    std::size_t longest = 0;
+    for (const auto& s : seqs) longest = std::max(longest, std::min(s.size(), context));
+    torch::Tensor x = torch::zeros(
+        {static_cast<std::int64_t>(seqs.size()), static_cast<std::int64_t>(longest)}, torch::kLong);
+    std::vector<std::int64_t> last(seqs.size());
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      const std::size_t n = std::min(seqs[i].size(), context);
+      std::copy(seqs[i].end() - static_cast<std::ptrdiff_t>(n), seqs[i].end(),
+                x[static_cast<std::int64_t>(i)].data_ptr<std::int64_t>());
+      last[i] = static_cast<std::int64_t>(n) - 1;
+    }
+    torch::Tensor logits = task_->infer(x);  // [B, T, V]
+    torch::Tensor idx = torch::tensor(last, torch::kLong)
+                            .view({-1, 1, 1})
+                            .expand({logits.size(0), 1, logits.size(2)});
+    torch::Tensor picked = logits.gather(1, idx).squeeze(1).contiguous();  // [B, V]
+    std::vector<std::vector<float>> out(seqs.size());
+    const float* l = picked.data_ptr<float>();
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+      out[i].assign(l + i * static_cast<std::size_t>(info_.vocab),
+                    l + (i + 1) * static_cast<std::size_t>(info_.vocab));
+    }
+    return out;
+  }
+
+  std::vector<Result<Output>> next_tokens(std::vector<Input>& batch) {
+    std::vector<std::vector<std::int64_t>> seqs;
+    int steps = 1;
+    for (const auto& in : batch) {
+      seqs.push_back(in.tokens);
+      steps = std::max(steps, in.max_new_tokens);
+    }
+    std::vector<Output> outs(batch.size());
+    for (int t = 0; t < steps; ++t) {
+      auto logits = last_logits(seqs);
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        if (t == 0 && batch[i].max_new_tokens == 0) outs[i].logits = logits[i];
+        if (t >= batch[i].max_new_tokens) continue;
+        const auto next = static_cast<std::int64_t>(
+            std::max_element(logits[i].begin(), logits[i].end()) - logits[i].begin());
+        outs[i].generated.push_back(next);
+        seqs[i].push_back(next);
+      }
+    }
+    std::vector<Result<Output>> out;
+    for (auto& o : outs) out.emplace_back(std::move(o));
+    return out;
+  }
+
+  std::unique_ptr<train::Task> task_;
+  ModelInfo info_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
+                                                const TorchModelOptions& options) {
+  ModelConfig config;
+  if (!options.config_path.empty()) {
+    KILN_ASSIGN_OR_RETURN(auto train_config, train::parse_train_config_file(options.config_path));
+    config = train_config.model;
+  } else {
+    KILN_ASSIGN_OR_RETURN(config, infer_config(state));
+  }
+  torch::set_num_threads(std::max(1, options.threads));
+  config.dropout = 0;
+  std::unique_ptr<train::Task> task;
+  try {
+    task = train::make_task(config);
+  } catch (const std::exception& e) {
+    return invalid_argument(fmt::format("building the model from its config: {}", e.what()));
+  }
+  KILN_RETURN_IF_ERROR(copy_weights(state, *task->module()));
+  ModelInfo info;
+  info.step = state.step;
+  info.source = state.dir;
+  if (config.kind == ModelKind::kCnn) {
+    info.task = TaskKind::kClassify;
+    info.name = "cnn";
+    info.classes = 10;
+  } else {
+    info.task = TaskKind::kNextToken;
+    info.name = "gpt";
+    info.vocab = config.vocab;
+    info.context = config.seq_len;
+  }
+  return std::unique_ptr<Model>(new TorchModel(std::move(task), std::move(info)));
+}
+
+}  // namespace kiln::serve

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Sharded data parallel where replication cannot fit: a GPT whose full
+# training state (fp32 AdamW, 16 bytes per parameter) is about 2x a per-rank
+# memory cap enforced by the CPU allocator (parallel.memory_cap_mib: an
+# allocation past it fails as on a device). With zero3 on 4 ranks it trains
+# under the cap; with ddp it fails at once with an out-of-memory error that
+# names the strategy that would fit.
+#   tests/parallel/memory_cap.sh PATH/TO/kiln
+set -euo pipefail
+KILN=$(readlink -f "$1")
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kiln-memcap.XXXXXX")
+trap '[ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"' EXIT
+cd "$WORK"
+"$KILN" data convert text data /usr/share/games/fortunes/wisdom --seq-len 32 >/dev/null
+cat > gpt.toml <<TOML
+[model]
+kind = "gpt"
+vocab = 256
+seq_len = 32
+d_model = 128
+layers = 16
+heads = 4
+positions = "rotary"
+
+[data]
+dir = "$WORK/data"
+shuffle_window = 256
+workers = 1
+
+[train]
+batch_size = 4
+max_steps = 3
+seed = 1
+log_every = 1
+
+[eval]
+batch_size = 4
+
+[parallel]
+strategy = "zero3"
+memory_cap_mib = 24
+TOML
+
+# zero3: trains, and every rank's peak stays under the cap.
+"$KILN" launch -n 4 -- "$KILN" train gpt.toml >zero3.log 2>&1 || { cat zero3.log; echo "FAIL: zero3 did not train under the cap"; exit 1; }
+grep -q "final: step 3" zero3.log || { cat zero3.log; echo "FAIL: zero3 did not finish"; exit 1; }
+state=$(grep -o 'zero3: [0-9]* parameters' zero3.log | head -1 | awk '{print $2}')
+full_mib=$(awk -v p="$state" 'BEGIN { printf "%.1f", 16 * p / 1048576 }')
+peaks=$(grep -o 'peak [0-9.]* MiB' zero3.log | awk '{print $2}')
+[ "$(echo "$peaks" | wc -l)" -eq 4 ] || { cat zero3.log; echo "FAIL: expected 4 ranks' memory peaks"; exit 1; }
+echo "zero3 on 4 ranks: full state ${full_mib} MiB, cap 24 MiB, peaks per rank: $(echo $peaks)"
+awk -v f="$full_mib" 'BEGIN { exit !(f >= 2 * 24) }' || { echo "FAIL: the full state is not well above the cap"; exit 1; }
+
+# ddp: refused before training, naming zero3.
+if "$KILN" launch -n 4 -- "$KILN" train gpt.toml --strategy ddp >ddp.log 2>&1; then
+  cat ddp.log; echo "FAIL: ddp trained past a cap its state cannot fit"; exit 1
+fi
+grep -q 'out of memory: \[parallel\] strategy = "ddp"' ddp.log || { cat ddp.log; echo "FAIL: no out-of-memory error for ddp"; exit 1; }
+grep -q 'zero3 (' ddp.log || { cat ddp.log; echo "FAIL: the error does not name zero3"; exit 1; }
+grep -q 'final:' ddp.log && { echo "FAIL: ddp ran steps"; exit 1; }
+echo "ddp: $(grep -o 'out of memory.*' ddp.log | head -1)"
+echo "memory_cap: 2 passed, 0 failed"
