@@ -2,7 +2,10 @@
 # group of each; bench/torch_backend.sh launches it).
 #   --mode local: allreduce latency at 4 KiB and bus bandwidth from 64 KiB
 #                 to 256 MiB (float32 sum);
-#   --mode ddp:   PyTorch DDP step time on the MLP of bench/ddp_overlap.sh.
+#   --mode ddp:   PyTorch DDP step time on the MLP of bench/ddp_overlap.sh;
+#                 with --timeline, also each gradient bucket's allreduce
+#                 (issued, done, seconds into the step) for one step per
+#                 backend, recorded by a comm hook on a separate model.
 # Each figure is measured RUNS times per backend, interleaved; rank 0 prints
 # one JSON line per figure: median and range over the runs, and kiln's
 # speed-up over gloo.
@@ -26,6 +29,7 @@ p.add_argument("--layers", type=int, default=2)
 p.add_argument("--batch", type=int, default=64)
 p.add_argument("--steps", type=int, default=4)
 p.add_argument("--max-bytes", type=int, default=256 << 20)
+p.add_argument("--timeline", action="store_true")
 args = p.parse_args()
 
 torch.set_num_threads(1)
@@ -109,5 +113,38 @@ else:
         for b in ("kiln", "gloo"):
             step[b].append(steps(models[b], args.steps))
     emit("ddp_step_s", step)
+
+    if args.timeline:
+        # Where the step's time goes: a bucket's allreduce can start only
+        # once backward has produced its gradients, and the link carries one
+        # bucket at a time at best, so the step cannot end before the last
+        # bucket is issued plus the bytes still to send at the link's rate.
+        def recording_hook(group, t0, log):
+            def hook(state, bucket):
+                buf = bucket.buffer()
+                issued = time.perf_counter() - t0[0]
+                fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
+
+                def done(f):
+                    log.append({"bucket": bucket.index(), "MB": buf.numel() * buf.element_size() / 1e6,
+                                "issued_s": issued, "done_s": time.perf_counter() - t0[0]})
+                    return f.value()[0].div_(world)
+                return fut.then(done)
+            return hook
+
+        for b in ("kiln", "gloo"):
+            t0, log = [0.0], []
+            model = DDP(mlp(), process_group=groups[b])
+            model.register_comm_hook(None, recording_hook(groups[b], t0, log))
+            for _ in range(3):  # warm-up, then the recorded step
+                log.clear()
+                dist.barrier(group=groups["gloo"])
+                t0[0] = time.perf_counter()
+                model.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                total = time.perf_counter() - t0[0]
+            if rank == 0:
+                print(json.dumps({"what": "ddp_timeline", "backend": b, "step_s": total,
+                                  "buckets": sorted(log, key=lambda e: e["issued_s"])}), flush=True)
 dist.destroy_process_group(groups["kiln"])
 dist.destroy_process_group()

@@ -8,7 +8,7 @@
 #      tc tbf to --rate (default 1gbit). Needs root.
 #
 #   bench/torch_backend.sh [--runs 3] [--rate 1gbit] [--steps 4] [--only local|ddp]
-#                          [--kiln PATH] [--python /usr/bin/python3]
+#                          [--timeline] [--kiln PATH] [--python /usr/bin/python3]
 # Prints one JSON line per figure: each backend's median and range over the
 # runs, and kiln's speed-up (latency, step: gloo/kiln; bandwidth: kiln/gloo).
 set -euo pipefail
@@ -21,6 +21,7 @@ while [ $# -gt 0 ]; do
     --rate) RATE=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --runs|--steps|--width|--layers|--batch|--max-bytes) ARGS+=("$1" "$2"); shift 2 ;;
+    --timeline) ARGS+=("$1"); shift ;;
     *) echo "torch_backend: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -67,5 +68,5 @@ done
 rc=0
 for p in "${PIDS[@]}"; do wait "$p" || rc=$?; done
 PIDS=()
-[ "$rc" -eq 0 ] || { tail -5 "$WORK"/rank*.err >&2; exit "$rc"; }
+[ "$rc" -eq 0 ] || { echo "torch_backend: a rank exited with status $rc" >&2; tail -n 5 "$WORK"/rank*.err >&2; exit "$rc"; }
 cat "$WORK/rank0.out"

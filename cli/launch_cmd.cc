@@ -1,7 +1,8 @@
 // `kiln launch -n N -- CMD ARGS...`: runs N local ranks of CMD with the
-// torchrun environment set (kiln/elastic/worker_env.h), prefixes their output with the rank, and exits
-// non-zero if any rank fails. The launcher serves the rendezvous store.
-// (A simple spawner; the elastic launcher is `kiln run`.)
+// torchrun environment set (kiln/elastic/worker_env.h), prefixes their
+// output with the rank, and exits non-zero if any rank fails. The launcher
+// serves the rendezvous store. (A simple spawner; the elastic launcher is
+// `kiln run`; cli/local_ranks.h does the work.)
 #include <fmt/format.h>
 
 #include <memory>

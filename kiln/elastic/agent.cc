@@ -314,10 +314,9 @@ Status Agent::run() {
       continue;
     }
     // Note [The script's MASTER_PORT] in script_master.h.
-    auto script = agree_script_master(
-        *store_, key(g, "script_master"), round.group_rank == 0,
-        round.num_nodes() == 1 ? "127.0.0.1" : options_.self.addr,
-        Deadline::after(options_.node_ttl * 3));
+    auto script = agree_script_master(*store_, key(g, "script_master"), round.group_rank == 0,
+                                      round.num_nodes() == 1 ? "127.0.0.1" : options_.self.addr,
+                                      Deadline::after(options_.node_ttl * 3));
     if (!script.is_ok()) {
       event("worker_store_missing", &round, nullptr, nullptr, script.status().to_string());
       note_store_error(budget_.record_failure(g, options_.self.id));
