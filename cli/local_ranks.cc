@@ -19,6 +19,8 @@
 #include <memory>
 
 #include "kiln/base/line_forwarder.h"
+#include "kiln/elastic/script_master.h"
+#include "kiln/elastic/worker_env.h"
 #include "kiln/store/tcp/server.h"
 
 namespace kiln::cli {
@@ -148,11 +150,30 @@ Status run_local_ranks(const LocalRanksOptions& o) {
   store::tcp::TcpStoreServer server({.token = token});
   KILN_RETURN_IF_ERROR(
       server.start("127.0.0.1", 0).with_context(o.who + ": serving the rendezvous store"));
-  std::string tag = fmt::format("launch-{}", getpid());
+  // Every torchrun variable, as `kiln run` sets them for one node; MASTER_PORT
+  // is left free for the script's own store (Note [The script's MASTER_PORT]).
+  KILN_ASSIGN_OR_RETURN(int master_port, elastic::free_tcp_port());
+  elastic::WorkerGroupSpec spec{.command = o.command,
+                                .nproc_per_node = o.ranks,
+                                .store_addr = "127.0.0.1",
+                                .store_port = server.port(),
+                                .master_addr = "127.0.0.1",
+                                .master_port = master_port,
+                                .run_id = fmt::format("launch-{}", getpid()),
+                                .extra_env = {{auth::kJobTokenEnv, token}}};
+  std::vector<char*> argv;
+  for (const auto& a : o.command) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
   std::fflush(nullptr);  // nothing buffered here is written twice by a child
 
   std::vector<Child> children;
   for (int rank = 0; rank < o.ranks; ++rank) {
+    // Built before fork: the store server's threads may hold malloc's lock,
+    // so the child allocates nothing between fork and exec.
+    std::vector<std::string> env = elastic::worker_environment(spec, rank, -1);
+    std::vector<char*> envp;
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
     int fds[2] = {-1, -1};
     if (o.prefix_output && pipe2(fds, O_CLOEXEC) != 0) return errno_status("pipe", errno);
     pid_t pid = fork();
@@ -162,21 +183,8 @@ Status run_local_ranks(const LocalRanksOptions& o) {
         dup2(fds[1], STDOUT_FILENO);
         dup2(fds[1], STDERR_FILENO);
       }
-      setenv("RANK", std::to_string(rank).c_str(), 1);
-      setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
-      setenv("WORLD_SIZE", std::to_string(o.ranks).c_str(), 1);
-      setenv("LOCAL_WORLD_SIZE", std::to_string(o.ranks).c_str(), 1);
-      setenv("GROUP_RANK", "0", 1);
-      setenv("MASTER_ADDR", "127.0.0.1", 1);
-      setenv("MASTER_PORT", std::to_string(server.port()).c_str(), 1);
-      setenv("KILN_AGENT_STORE", "1", 1);
-      setenv("KILN_GROUP_TAG", tag.c_str(), 1);
-      setenv(auth::kJobTokenEnv, token.c_str(), 1);
       if (bind_cores) bind_to_core(rank);
-      std::vector<char*> argv;
-      for (const auto& a : o.command) argv.push_back(const_cast<char*>(a.c_str()));
-      argv.push_back(nullptr);
-      execvp(argv[0], argv.data());
+      execvpe(argv[0], argv.data(), envp.data());
       std::fprintf(stderr, "%s: cannot run %s: %s\n", o.who.c_str(), argv[0], std::strerror(errno));
       _exit(127);
     }

@@ -26,6 +26,7 @@
 #include "kiln/base/auth/job_token.h"
 #include "kiln/base/backoff.h"
 #include "kiln/base/logging.h"
+#include "kiln/base/slurm.h"
 #include "kiln/elastic/agent.h"
 #include "kiln/elastic/etcd_change_feed.h"
 #include "kiln/elastic/etcd_liveness.h"
@@ -193,8 +194,31 @@ Status apply_standalone(RunArgs& a) {
   return Status::ok();
 }
 
+// Inside a Slurm step (`srun --ntasks-per-node=1 kiln run ...`) each task is
+// one node's agent: what torchrun users pass by hand comes from the step
+// (flags given explicitly win): --nnodes is the task count, the store is on
+// the step's first node at a port derived from the job, --rdzv-id names the
+// step, and node ids follow the task ranks.
+Status apply_slurm_defaults(RunArgs& a) {
+  KILN_ASSIGN_OR_RETURN(auto step, slurm_step_from_env());
+  if (!step || !a.rdzv_endpoint.empty() || a.rdzv_backend == "etcd") return Status::ok();
+  if (a.nnodes == "1:1") a.nnodes = std::to_string(step->ntasks);
+  a.rdzv_endpoint = fmt::format("{}:{}", step->first_host, step->derived_port(1));
+  if (a.rdzv_id == "default") a.rdzv_id = fmt::format("slurm-{}.{}", step->job_id, step->step_id);
+  if (a.node_id.empty()) a.node_id = fmt::format("task{:05d}", step->procid);
+  log()->info("kiln run: Slurm step {}.{}, task {}/{}: --nnodes {} --rdzv-endpoint {} --node-id {}",
+              step->job_id, step->step_id, step->procid, step->ntasks, a.nnodes, a.rdzv_endpoint,
+              a.node_id);
+  return Status::ok();
+}
+
 Status run(RunArgs a) {
-  if (a.standalone) KILN_RETURN_IF_ERROR(apply_standalone(a));
+  // --standalone is one node on loopback, inside a Slurm step or not.
+  if (a.standalone) {
+    KILN_RETURN_IF_ERROR(apply_standalone(a));
+  } else {
+    KILN_RETURN_IF_ERROR(apply_slurm_defaults(a));
+  }
   if (a.command.empty())
     return invalid_argument("kiln run: no command given (kiln run -n N -- CMD ARGS...)");
   if (a.rdzv_backend != "tcp" && a.rdzv_backend != "c10d" && a.rdzv_backend != "etcd") {

@@ -25,6 +25,10 @@ packages=(
   chromium
   # keeps rebuilds across build directories (build/, build-asan/) cheap
   ccache
+  # the kiln_torch PyTorch backend (python/) and the stock-PyTorch launcher tests
+  python3-torch pybind11-dev python3-dev
+  # tests/slurm starts a real single-host Slurm
+  munge slurmctld slurmd slurm-client
   # the job token's HMAC-SHA256 and CSPRNG (kiln/base/auth); `make fuzz`:
   # clang and its libFuzzer runtime (docs/security.md)
   libssl-dev clang libclang-rt-14-dev

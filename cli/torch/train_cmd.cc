@@ -89,11 +89,11 @@ Status train(const TrainArgs& a) {
   if (!a.ckpt_dir.empty()) config.checkpoint.dir = a.ckpt_dir;
   if (a.no_resume) config.checkpoint.resume = false;
 
-  // Under a launcher RANK is set; alone, a world of one.
+  // Under a launcher (or srun) a world; alone, a world of one.
   std::unique_ptr<comm::ProcessGroup> group;
   std::unique_ptr<comm::Communicator> solo;
   comm::Communicator* comm = nullptr;
-  if (std::getenv("RANK") != nullptr) {
+  if (comm::launched_in_world()) {
     KILN_ASSIGN_OR_RETURN(group, comm::ProcessGroup::from_env());
     comm = &group->comm();
   } else {

@@ -3,7 +3,9 @@
 // RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT (and LOCAL_RANK,
 // LOCAL_WORLD_SIZE, informational) name this process's place. Rank 0 serves
 // the TcpStore on MASTER_PORT unless KILN_AGENT_STORE=1 says a launcher
-// already serves it. KILN_COMM_TIMEOUT (seconds) bounds every operation and
+// already serves it, at KILN_STORE_ADDR:KILN_STORE_PORT (MASTER_* are then
+// the script's; `kiln launch` and `kiln run` set both). A task of a Slurm
+// step without RANK takes its place from the step (kiln/base/slurm.h). KILN_COMM_TIMEOUT (seconds) bounds every operation and
 // the rendezvous itself.
 #pragma once
 
@@ -37,6 +39,10 @@ struct WorldSpec {
 // Reads the spec from the environment; InvalidArgument names a missing or
 // malformed variable.
 Result<WorldSpec> world_spec_from_env();
+
+// Whether a launcher placed this process in a world: RANK is set, or it is
+// a task of a Slurm step.
+bool launched_in_world();
 
 // A formed world: the store (and its server on rank 0) plus the communicator.
 class ProcessGroup {

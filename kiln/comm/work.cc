@@ -24,12 +24,27 @@ double Work::run_seconds() const {
 }
 
 void Work::finish(Status s) {
+  std::vector<std::function<void(const Status&)>> callbacks;
   {
     std::lock_guard lock(mu_);
     status_ = std::move(s);
     done_.store(true, std::memory_order_release);
+    callbacks.swap(on_done_);
   }
   cv_.notify_all();
+  // status_ no longer changes: read without the lock, which fn may need.
+  for (auto& fn : callbacks) fn(status_);
+}
+
+void Work::on_done(std::function<void(const Status&)> fn) {
+  {
+    std::lock_guard lock(mu_);
+    if (!done_.load(std::memory_order_acquire)) {
+      on_done_.push_back(std::move(fn));
+      return;
+    }
+  }
+  fn(status_);
 }
 
 Status Work::status() const {

@@ -17,6 +17,7 @@
 #include <deque>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
@@ -36,6 +37,11 @@ class Work {
   bool test() const { return done_.load(std::memory_order_acquire); }
   // The result; ok while not done.
   Status status() const;
+  // Calls `fn` with the result once the operation is done: at once, on this
+  // thread, if it already is; else on the thread that finishes it (the
+  // engine's, or a waiter running it inline), after wait() can see it done.
+  // `fn` must not block: later operations wait behind it.
+  void on_done(std::function<void(const Status&)> fn);
 
   std::uint64_t seq() const { return seq_; }
   const std::string& what() const { return what_; }
@@ -61,6 +67,7 @@ class Work {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   Status status_;  // guarded by mu_
+  std::vector<std::function<void(const Status&)>> on_done_;  // guarded by mu_; run once
 };
 
 using WorkPtr = std::shared_ptr<Work>;

@@ -15,6 +15,7 @@
 
 #include "kiln/base/logging.h"
 #include "kiln/elastic/liveness.h"
+#include "kiln/elastic/script_master.h"
 
 namespace kiln::elastic {
 namespace {
@@ -312,12 +313,25 @@ Status Agent::run() {
       floor = g + 1;
       continue;
     }
+    // Note [The script's MASTER_PORT] in script_master.h.
+    auto script = agree_script_master(*store_, key(g, "script_master"), round.group_rank == 0,
+                                      round.num_nodes() == 1 ? "127.0.0.1" : options_.self.addr,
+                                      Deadline::after(options_.node_ttl * 3));
+    if (!script.is_ok()) {
+      event("worker_store_missing", &round, nullptr, nullptr, script.status().to_string());
+      note_store_error(budget_.record_failure(g, options_.self.id));
+      note_store_error(rendezvous_.open_next(g, round.num_nodes()));
+      floor = g + 1;
+      continue;
+    }
     WorkerGroupSpec spec{.command = options_.command,
                          .nproc_per_node = options_.nproc_per_node,
                          .group_rank = round.group_rank,
                          .num_nodes = round.num_nodes(),
-                         .master_addr = master->first,
-                         .master_port = master->second,
+                         .store_addr = master->first,
+                         .store_port = master->second,
+                         .master_addr = script->host,
+                         .master_port = script->port,
                          .run_id = options_.run_id,
                          .generation = g,
                          .max_restarts = options_.policy.max_restarts,

@@ -30,17 +30,27 @@ std::vector<std::string> worker_environment(const WorkerGroupSpec& spec, int loc
   set("GROUP_WORLD_SIZE", spec.num_nodes);
   set("ROLE_RANK", rank);
   set("ROLE_WORLD_SIZE", world);
+  set("ROLE_NAME", "default");
+  // The script's own store (Note [The script's MASTER_PORT]): rank 0 hosts
+  // it, as under torchrun, so an inherited "True" must not leak through.
   set("MASTER_ADDR", spec.master_addr);
   set("MASTER_PORT", spec.master_port);
+  set("TORCHELASTIC_USE_AGENT_STORE", "False");
   set("TORCHELASTIC_RESTART_COUNT", spec.restart_count);
   set("TORCHELASTIC_MAX_RESTARTS", spec.max_restarts);
   set("TORCHELASTIC_RUN_ID", spec.run_id);
-  // The agent serves the store; each round's workers get their own keys.
+  // The launcher serves Kiln's store; each round's workers get their own keys.
   set("KILN_AGENT_STORE", 1);
+  set("KILN_STORE_ADDR", spec.store_addr);
+  set("KILN_STORE_PORT", spec.store_port);
   set("KILN_GROUP_TAG", fmt::format("{}/g{}", spec.run_id, spec.generation));
   set("KILN_GENERATION", spec.generation);
   set("KILN_RESTART_COUNT", rounds_before);
-  set("KILN_HEARTBEAT_FD", heartbeat_fd);
+  if (heartbeat_fd >= 0) {
+    set("KILN_HEARTBEAT_FD", heartbeat_fd);
+  } else {
+    vars.erase("KILN_HEARTBEAT_FD");  // a launcher above this one reads it, not the worker's
+  }
   for (const auto& [k, v] : spec.extra_env) vars[k] = v;
   std::vector<std::string> out;
   out.reserve(vars.size());

@@ -1,9 +1,11 @@
-// The environment `kiln run` gives a worker: the agent's own, plus the
-// torchrun variables (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
-// GROUP_RANK, GROUP_WORLD_SIZE, MASTER_ADDR, MASTER_PORT,
-// TORCHELASTIC_RESTART_COUNT, TORCHELASTIC_MAX_RESTARTS,
-// TORCHELASTIC_RUN_ID) and Kiln's (KILN_AGENT_STORE, KILN_GROUP_TAG,
-// KILN_GENERATION, KILN_HEARTBEAT_FD). docs/elastic.md lists them.
+// The environment a launcher (`kiln run`, `kiln launch`) gives a worker:
+// the launcher's own, plus every variable torchrun sets (RANK, LOCAL_RANK,
+// WORLD_SIZE, LOCAL_WORLD_SIZE, GROUP_RANK, GROUP_WORLD_SIZE, ROLE_RANK,
+// ROLE_WORLD_SIZE, ROLE_NAME, MASTER_ADDR, MASTER_PORT,
+// TORCHELASTIC_RESTART_COUNT, TORCHELASTIC_MAX_RESTARTS, TORCHELASTIC_RUN_ID,
+// TORCHELASTIC_USE_AGENT_STORE) and Kiln's (KILN_AGENT_STORE,
+// KILN_STORE_ADDR, KILN_STORE_PORT, KILN_GROUP_TAG, KILN_GENERATION,
+// KILN_RESTART_COUNT, KILN_HEARTBEAT_FD). docs/elastic.md lists them.
 #pragma once
 
 #include <string>
@@ -17,7 +19,8 @@ namespace kiln::elastic {
 // 3 (Note [The heartbeat is descriptor 3] in worker_group.cc).
 inline constexpr int kWorkerHeartbeatFd = 3;
 
-// "NAME=value" entries, ready for execve.
+// "NAME=value" entries, ready for execve. `heartbeat_fd` < 0: the launcher
+// reads no heartbeats (KILN_HEARTBEAT_FD is left unset).
 std::vector<std::string> worker_environment(const WorkerGroupSpec& spec, int local_rank,
                                             int heartbeat_fd);
 

@@ -23,7 +23,13 @@ struct WorkerGroupSpec {
   int nproc_per_node = 1;
   int group_rank = 0;  // this node's place in the round
   int num_nodes = 1;
-  std::string master_addr;  // the store the workers meet through
+  // Kiln's store, which Kiln's workers form their communicator through
+  // (KILN_STORE_ADDR, KILN_STORE_PORT).
+  std::string store_addr;
+  int store_port = 0;
+  // MASTER_ADDR/MASTER_PORT: left free for the script's own store (Note
+  // [The script's MASTER_PORT] in script_master.h).
+  std::string master_addr;
   int master_port = 0;
   std::string run_id;
   std::int64_t generation = 1;

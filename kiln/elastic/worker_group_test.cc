@@ -21,8 +21,10 @@ WorkerGroupSpec shell(const std::string& script, int nproc = 2) {
   WorkerGroupSpec spec;
   spec.command = {"/bin/sh", "-c", script};
   spec.nproc_per_node = nproc;
-  spec.master_addr = "127.0.0.1";
-  spec.master_port = 29999;
+  spec.store_addr = "127.0.0.1";
+  spec.store_port = 29999;
+  spec.master_addr = "127.0.0.2";
+  spec.master_port = 29777;
   spec.run_id = "job";
   return spec;
 }
@@ -57,8 +59,15 @@ TEST(WorkerEnvironment, SetsTheTorchrunAndKilnVariables) {
   EXPECT_EQ(env["LOCAL_WORLD_SIZE"], "4");
   EXPECT_EQ(env["GROUP_RANK"], "1");
   EXPECT_EQ(env["GROUP_WORLD_SIZE"], "3");
-  EXPECT_EQ(env["MASTER_ADDR"], "127.0.0.1");
-  EXPECT_EQ(env["MASTER_PORT"], "29999");
+  EXPECT_EQ(env["ROLE_RANK"], "6");
+  EXPECT_EQ(env["ROLE_WORLD_SIZE"], "12");
+  EXPECT_EQ(env["ROLE_NAME"], "default");
+  // The script's own store, never Kiln's (Note [The script's MASTER_PORT]).
+  EXPECT_EQ(env["MASTER_ADDR"], "127.0.0.2");
+  EXPECT_EQ(env["MASTER_PORT"], "29777");
+  EXPECT_EQ(env["TORCHELASTIC_USE_AGENT_STORE"], "False");
+  EXPECT_EQ(env["KILN_STORE_ADDR"], "127.0.0.1");
+  EXPECT_EQ(env["KILN_STORE_PORT"], "29999");
   EXPECT_EQ(env["TORCHELASTIC_RESTART_COUNT"], "1");
   EXPECT_EQ(env["KILN_RESTART_COUNT"], "2");
   EXPECT_EQ(env["KILN_GENERATION"], "3");
@@ -68,6 +77,14 @@ TEST(WorkerEnvironment, SetsTheTorchrunAndKilnVariables) {
   EXPECT_EQ(env["KILN_GROUP_TAG"], "job/g3");
   EXPECT_EQ(env["KILN_HEARTBEAT_FD"], "7");
   EXPECT_TRUE(env.count("PATH")) << "the agent's own environment is passed on";
+}
+
+TEST(WorkerEnvironment, WithoutHeartbeatsLeavesTheDescriptorUnset) {
+  setenv("KILN_HEARTBEAT_FD", "3", 1);  // as a launcher above this one would
+  auto env = as_map(worker_environment(shell("true"), 0, -1));
+  unsetenv("KILN_HEARTBEAT_FD");
+  EXPECT_EQ(env.count("KILN_HEARTBEAT_FD"), 0u);
+  EXPECT_EQ(env["RANK"], "0");
 }
 
 TEST(WorkerGroup, AllWorkersExitingZeroSucceed) {

@@ -1,0 +1,150 @@
+# kiln vs gloo as torch.distributed backends, in the same run (one process
+# group of each; bench/torch_backend.sh launches it).
+#   --mode local: allreduce latency at 4 KiB and bus bandwidth from 64 KiB
+#                 to 256 MiB (float32 sum);
+#   --mode ddp:   PyTorch DDP step time on the MLP of bench/ddp_overlap.sh;
+#                 with --timeline, also each gradient bucket's allreduce
+#                 (issued, done, seconds into the step) for one step per
+#                 backend, recorded by a comm hook on a separate model.
+# Each figure is measured RUNS times per backend, interleaved; rank 0 prints
+# one JSON line per figure: median and range over the runs, and kiln's
+# speed-up over gloo.
+import argparse
+import json
+import statistics
+import time
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import kiln_torch  # noqa: F401
+
+p = argparse.ArgumentParser()
+p.add_argument("--mode", choices=["local", "ddp"], required=True)
+p.add_argument("--runs", type=int, default=3)
+p.add_argument("--width", type=int, default=4096)
+p.add_argument("--layers", type=int, default=2)
+p.add_argument("--batch", type=int, default=64)
+p.add_argument("--steps", type=int, default=4)
+p.add_argument("--max-bytes", type=int, default=256 << 20)
+p.add_argument("--timeline", action="store_true")
+args = p.parse_args()
+
+torch.set_num_threads(1)
+dist.init_process_group("gloo", timeout=timedelta(seconds=600))
+rank, world = dist.get_rank(), dist.get_world_size()
+groups = {"kiln": dist.new_group(backend="kiln", timeout=timedelta(seconds=600)),
+          "gloo": dist.group.WORLD}
+
+
+def emit(what, values):
+    if rank != 0:
+        return
+    line = {"what": what}
+    for b, v in values.items():
+        line[b] = {"median": statistics.median(v), "min": min(v), "max": max(v)}
+    line["kiln_speedup"] = statistics.median(values["gloo"]) / statistics.median(values["kiln"])
+    print(json.dumps(line), flush=True)
+
+
+def time_allreduce(t, group, iters):
+    for _ in range(max(1, iters // 10)):  # warm-up
+        dist.all_reduce(t, group=group)
+    dist.barrier(group=groups["gloo"])
+    start = time.perf_counter()
+    for _ in range(iters):
+        dist.all_reduce(t, group=group)
+    return (time.perf_counter() - start) / iters
+
+
+if args.mode == "local":
+    t = torch.ones(1024)  # 4 KiB
+    lat = {"kiln": [], "gloo": []}
+    for _ in range(args.runs):
+        for b in ("kiln", "gloo"):
+            lat[b].append(time_allreduce(t, groups[b], 2000 if b == "kiln" else 200) * 1e6)
+    emit("allreduce_latency_us_4KiB", lat)
+    size = 64 << 10
+    while size <= args.max_bytes:
+        t = torch.ones(size // 4)
+        iters = max(3, min(200, (256 << 20) // size))
+        bw = {"kiln": [], "gloo": []}
+        for _ in range(args.runs):
+            for b in ("kiln", "gloo"):
+                s = time_allreduce(t, groups[b], iters)
+                bw[b].append(2 * (world - 1) / world * size / s / 1e9)  # bus bandwidth, GB/s
+        if rank == 0:  # for bandwidth the speed-up is kiln/gloo
+            print(json.dumps({"what": f"allreduce_busbw_GBps_{size >> 10}KiB",
+                              **{b: {"median": statistics.median(v), "min": min(v), "max": max(v)}
+                                 for b, v in bw.items()},
+                              "kiln_speedup": statistics.median(bw["kiln"]) /
+                              statistics.median(bw["gloo"])}), flush=True)
+        size *= 4
+else:
+    def mlp():
+        torch.manual_seed(1234)
+        dims = [1024] + [args.width] * (args.layers + 1) + [1024]
+        layers = []
+        for i in range(len(dims) - 1):
+            layers.append(torch.nn.Linear(dims[i], dims[i + 1]))
+            if i + 2 < len(dims):
+                layers.append(torch.nn.ReLU())
+        return torch.nn.Sequential(*layers)
+
+    models = {b: DDP(mlp(), process_group=groups[b]) for b in ("kiln", "gloo")}
+    g = torch.Generator().manual_seed(rank)
+    x = torch.randn(args.batch, 1024, generator=g)
+    y = torch.randn(args.batch, 1024, generator=g)
+
+    def steps(model, n):
+        dist.barrier(group=groups["gloo"])
+        start = time.perf_counter()
+        for _ in range(n):
+            model.zero_grad()
+            torch.nn.functional.mse_loss(model(x), y).backward()
+        return (time.perf_counter() - start) / n
+
+    for b in ("kiln", "gloo"):
+        steps(models[b], 1)  # warm-up: DDP rebuilds its buckets after step 1
+    step = {"kiln": [], "gloo": []}
+    for _ in range(args.runs):
+        for b in ("kiln", "gloo"):
+            step[b].append(steps(models[b], args.steps))
+    emit("ddp_step_s", step)
+
+    if args.timeline:
+        # Where the step's time goes: a bucket's allreduce can start only
+        # once backward has produced its gradients, and the link carries one
+        # bucket at a time at best, so the step cannot end before the last
+        # bucket is issued plus the bytes still to send at the link's rate.
+        def recording_hook(group, t0, log):
+            def hook(state, bucket):
+                buf = bucket.buffer()
+                issued = time.perf_counter() - t0[0]
+                fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
+
+                def done(f):
+                    log.append({"bucket": bucket.index(), "MB": buf.numel() * buf.element_size() / 1e6,
+                                "issued_s": issued, "done_s": time.perf_counter() - t0[0]})
+                    return f.value()[0].div_(world)
+                return fut.then(done)
+            return hook
+
+        for b in ("kiln", "gloo"):
+            t0, log = [0.0], []
+            model = DDP(mlp(), process_group=groups[b])
+            model.register_comm_hook(None, recording_hook(groups[b], t0, log))
+            for _ in range(3):  # warm-up, then the recorded step
+                log.clear()
+                dist.barrier(group=groups["gloo"])
+                t0[0] = time.perf_counter()
+                model.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                total = time.perf_counter() - t0[0]
+            if rank == 0:
+                print(json.dumps({"what": "ddp_timeline", "backend": b, "step_s": total,
+                                  "buckets": sorted(log, key=lambda e: e["issued_s"])}), flush=True)
+dist.destroy_process_group(groups["kiln"])
+dist.destroy_process_group()
