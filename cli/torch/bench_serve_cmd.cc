@@ -44,7 +44,51 @@ struct BenchArgs {
   double step_seconds = 3;  // per rate of the batching ladder
   int runs = 3;
   std::string model;  // an existing checkpoint root; "" = write one
+  std::string parts = "service,cold,batching,fleet";
+  double capacity_rps = 0;  // one replica's, for the fleet's load; 0: the batching part's
+
+  bool part(const std::string& name) const {
+    return ("," + parts + ",").find("," + name + ",") != std::string::npos;
+  }
 };
+
+// The CNN's forward pass alone, in this process, on one thread the way a
+// replica's batch worker runs it (one torch thread): seconds per batch for
+// each batch size, the service line the fleet simulator takes
+// (--batch-base-ms, --batch-item-ms) and the ceiling of any batching gain.
+json service_line() {
+  json out = json::object();
+  std::thread worker([&] {
+    torch::set_num_threads(1);
+    torch::NoGradGuard no_grad;
+    torch::manual_seed(1);
+    auto task = train::make_task(train::ModelConfig{});
+    task->module()->eval();
+    json per_batch = json::object();
+    double t1 = 0, t32 = 0;
+    for (int b = 1; b <= 32; ++b) {
+      torch::Tensor x = torch::rand({b, 1, 28, 28}) * 255;
+      for (int i = 0; i < 5; ++i) task->infer(x);
+      std::vector<double> s;
+      for (int rep = 0; rep < 5; ++rep) {
+        const int iters = std::max(4, 128 / b);
+        const auto t0 = Clock::now();
+        for (int i = 0; i < iters; ++i) task->infer(x);
+        s.push_back(std::chrono::duration<double>(Clock::now() - t0).count() / iters);
+      }
+      const double m = serve::quantile(s, 0.5);
+      per_batch[std::to_string(b)] = m * 1000;
+      if (b == 1) t1 = m;
+      if (b == 32) t32 = m;
+    }
+    out["batch_ms"] = per_batch;
+    out["per_item_ms"] = (t32 - t1) / 31 * 1000;
+    out["base_ms"] = (t1 - (t32 - t1) / 31) * 1000;
+    out["forward_gain_32"] = 32 * t1 / t32;  // items/s at 32 vs at 1: batching's ceiling
+  });
+  worker.join();
+  return out;
+}
 
 Status write_checkpoint(const std::string& root) {
   train::ModelConfig c;  // the make demo CNN: channels 32, hidden 128
@@ -145,8 +189,11 @@ std::string request_body() {
 // Sends a few requests and discards them: connections, LibTorch's first-call
 // setup and the allocator's first batches are not what the bench measures.
 void warm_up(int port) {
-  serve::run_load({.port = port, .body = request_body(), .rate = [](double) { return 50.0; },
-                   .duration_s = 2, .clients = 16});
+  serve::run_load({.port = port,
+                   .body = request_body(),
+                   .rate = [](double) { return 50.0; },
+                   .duration_s = 2,
+                   .clients = 16});
 }
 
 double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json* ladder) {
@@ -163,88 +210,26 @@ double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json*
                        {"throughput_rps", r.throughput_rps()},
                        {"p99_ms", p99},
                        {"rejected", r.rejected},
-                       {"dropped", r.dropped}});
+                       {"dropped", r.dropped},
+                       {"drop_reasons", r.drop_reasons}});
     if (p99 > a.slo_ms || r.rejected > 0 || r.dropped > 0) break;
     best = std::max(best, r.throughput_rps());
   }
   return best;
 }
 
-Status bench(const BenchArgs& a) {
-  const std::string work = fmt::format("/tmp/kiln-bench-serve-{}", ::getpid());
-  fs::remove_all(work);
-  fs::create_directories(work);
-  std::string model = a.model;
-  if (model.empty()) {
-    model = work + "/ckpt";
-    KILN_RETURN_IF_ERROR(write_checkpoint(model));
+// 3. The fleet under a step: 0.4 x one replica's capacity for 15 s, then
+// 1.3 x (two replicas' worth) for 25 s.
+Status fleet_step(const BenchArgs& a, const std::string& model, const std::string& work,
+                  const std::vector<double>& batched_rps, json* result) {
+  json& out = *result;
+  double cap = a.capacity_rps;
+  if (cap <= 0 && !batched_rps.empty()) cap = median(batched_rps);
+  if (cap <= 0) {
+    return invalid_argument(
+        "bench serve: the fleet part needs one replica's capacity: run the batching part too "
+        "or pass --capacity-rps");
   }
-  json out;
-  out["slo_ms"] = a.slo_ms;
-
-  // 1. Cold starts: an empty node cache vs a warm one.
-  std::vector<double> cold, cached, cold_wall, cached_wall;
-  const std::regex ready_re("cold start ([0-9.]+) s");
-  for (int i = 0; i < 2 * a.runs; ++i) {
-    const bool warm = i >= a.runs;
-    const std::string cache = warm ? work + "/cache-warm" : fmt::format("{}/cache-{}", work, i);
-    if (i == a.runs - 1) fs::create_directories(work + "/cache-warm");
-    const auto t0 = Clock::now();
-    KILN_ASSIGN_OR_RETURN(Child c, start_replica({model, "--cache-dir", cache, "--threads", "1"},
-                                                 fmt::format("{}/start-{}.out", work, i)));
-    auto s = wait_for(c, "cold start ([0-9.]+) s", 120);
-    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-    stop(c);
-    KILN_RETURN_IF_ERROR(s.status());
-    (warm ? cached : cold).push_back(std::stod(*s));
-    (warm ? cached_wall : cold_wall).push_back(wall);
-    if (!warm && i == a.runs - 1) {
-      // Warm the shared cache once (not measured): the cached runs hit it.
-      KILN_ASSIGN_OR_RETURN(
-          Child w, start_replica({model, "--cache-dir", work + "/cache-warm"}, work + "/warm.out"));
-      auto ok = wait_for(w, "cold start ([0-9.]+) s", 120);
-      stop(w);
-      KILN_RETURN_IF_ERROR(ok.status());
-    }
-  }
-  out["cold_start_s"] = median(cold);
-  out["cold_start_cached_s"] = median(cached);
-  out["cached_vs_cold"] = median(cached) / median(cold);
-  out["cold_start_runs"] = stats(cold);
-  out["cold_start_cached_runs"] = stats(cached);
-  out["replica_start_to_ready_s"] = {{"cold", stats(cold_wall)}, {"cached", stats(cached_wall)}};
-
-  // 2. Batching gain on one replica (one torch thread).
-  std::vector<double> gains, batched_rps, single_rps;
-  json ladders = json::array();
-  for (int run = 0; run < a.runs; ++run) {
-    double rps[2];
-    for (int batched = 0; batched < 2; ++batched) {
-      KILN_ASSIGN_OR_RETURN(
-          Child c, start_replica({model, "--cache-dir", work + "/cache-warm", "--threads", "1",
-                                  "--max-batch", batched ? "32" : "1", "--max-queue-delay-us",
-                                  batched ? "2000" : "0", "--max-queue", "100000"},
-                                 fmt::format("{}/batch-{}-{}.out", work, run, batched)));
-      auto ready = wait_for(c, "(ready)", 120);
-      json ladder = json::array();
-      rps[batched] = ready.is_ok() ? max_rate_within_slo(c.port, a, 25, &ladder) : 0;
-      stop(c);
-      KILN_RETURN_IF_ERROR(ready.status());
-      ladders.push_back({{"max_batch", batched ? 32 : 1}, {"run", run}, {"ladder", ladder}});
-    }
-    single_rps.push_back(rps[0]);
-    batched_rps.push_back(rps[1]);
-    gains.push_back(rps[0] > 0 ? rps[1] / rps[0] : 0);
-  }
-  out["batching_gain"] = median(gains);
-  out["batching_gain_runs"] = stats(gains);
-  out["throughput_batched_rps"] = median(batched_rps);
-  out["throughput_unbatched_rps"] = median(single_rps);
-  out["batching_ladders"] = ladders;
-
-  // 3. The fleet under a step: 0.4 x one replica's capacity for 15 s, then
-  // 1.3 x (two replicas' worth) for 25 s.
-  const double cap = std::max(25.0, median(batched_rps));
   const double low = 0.4 * cap, peak = 1.3 * cap, step_at = 15, duration = 40;
   const std::string decisions = work + "/decisions.jsonl";
   KILN_ASSIGN_OR_RETURN(
@@ -269,6 +254,7 @@ Status bench(const BenchArgs& a) {
   out["p99_ms"] = serve::quantile(r.latencies_s, 0.99) * 1000;
   out["throughput_rps"] = r.throughput_rps();
   out["dropped"] = r.dropped;
+  out["drop_reasons"] = r.drop_reasons;
   out["rejected_503"] = r.rejected;
   out["load"] = {
       {"low_rps", low}, {"peak_rps", peak}, {"step_at_s", step_at}, {"duration_s", duration}};
@@ -308,21 +294,116 @@ Status bench(const BenchArgs& a) {
   json p99s = json::array();
   for (const auto& w : windows) p99s.push_back(serve::quantile(w, 0.99) * 1000);
   out["p99_ms_per_second"] = p99s;
-  fs::remove_all(work);
+  return Status::ok();
+}
 
+void print_summary(const json& out) {
+  auto num = [&](const char* key) { return out.contains(key) ? out[key].get<double>() : -1.0; };
+  if (out.contains("service_line")) {
+    const json& s = out["service_line"];
+    std::printf("forward pass: %.2f ms + %.3f ms per image (x%.2f items/s at batch 32)\n",
+                s["base_ms"].get<double>(), s["per_item_ms"].get<double>(),
+                s["forward_gain_32"].get<double>());
+  }
+  if (out.contains("cold_start_s")) {
+    std::printf("cold start %.3f s, cached %.3f s (x%.2f)\n", num("cold_start_s"),
+                num("cold_start_cached_s"), num("cached_vs_cold"));
+  }
+  if (out.contains("batching_gain")) {
+    std::printf("batching gain x%.2f (%.0f vs %.0f req/s within p99 <= %.0f ms)\n",
+                num("batching_gain"), num("throughput_batched_rps"),
+                num("throughput_unbatched_rps"), num("slo_ms"));
+  }
+  if (out.contains("p99_ms")) {
+    std::printf(
+        "fleet: p50 %.1f ms p99 %.1f ms, %.0f req/s, dropped %.0f, 503 %.0f, "
+        "replica-s %.1f vs static %.1f, recovered %.0f s after the step\n",
+        num("p50_ms"), num("p99_ms"), num("throughput_rps"), num("dropped"), num("rejected_503"),
+        num("replica_seconds"), num("static_peak_replica_seconds"), num("recover_after_step_s"));
+  }
+}
+
+Status bench(const BenchArgs& a) {
+  const std::string work = fmt::format("/tmp/kiln-bench-serve-{}", ::getpid());
+  fs::remove_all(work);
+  fs::create_directories(work);
+  std::string model = a.model;
+  if (model.empty()) {
+    model = work + "/ckpt";
+    KILN_RETURN_IF_ERROR(write_checkpoint(model));
+  }
+  json out;
+  out["slo_ms"] = a.slo_ms;
+  if (a.part("service")) out["service_line"] = service_line();
+  // Every later part serves from this cache, warmed once (not measured).
+  fs::create_directories(work + "/cache-warm");
+  if (a.part("cold") || a.part("batching") || a.part("fleet")) {
+    KILN_ASSIGN_OR_RETURN(
+        Child w, start_replica({model, "--cache-dir", work + "/cache-warm"}, work + "/warm.out"));
+    auto ok = wait_for(w, "cold start ([0-9.]+) s", 120);
+    stop(w);
+    KILN_RETURN_IF_ERROR(ok.status());
+  }
+
+  // 1. Cold starts: an empty node cache vs a warm one.
+  std::vector<double> cold, cached, cold_wall, cached_wall;
+  for (int i = 0; a.part("cold") && i < 2 * a.runs; ++i) {
+    const bool warm = i >= a.runs;
+    const std::string cache = warm ? work + "/cache-warm" : fmt::format("{}/cache-{}", work, i);
+    const auto t0 = Clock::now();
+    KILN_ASSIGN_OR_RETURN(Child c, start_replica({model, "--cache-dir", cache, "--threads", "1"},
+                                                 fmt::format("{}/start-{}.out", work, i)));
+    auto s = wait_for(c, "cold start ([0-9.]+) s", 120);
+    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    stop(c);
+    KILN_RETURN_IF_ERROR(s.status());
+    (warm ? cached : cold).push_back(std::stod(*s));
+    (warm ? cached_wall : cold_wall).push_back(wall);
+  }
+  if (a.part("cold")) {
+    out["cold_start_s"] = median(cold);
+    out["cold_start_cached_s"] = median(cached);
+    out["cached_vs_cold"] = median(cached) / median(cold);
+    out["cold_start_runs"] = stats(cold);
+    out["cold_start_cached_runs"] = stats(cached);
+    out["replica_start_to_ready_s"] = {{"cold", stats(cold_wall)}, {"cached", stats(cached_wall)}};
+  }
+
+  // 2. Batching gain on one replica (one torch thread).
+  std::vector<double> gains, batched_rps, single_rps;
+  json ladders = json::array();
+  for (int run = 0; a.part("batching") && run < a.runs; ++run) {
+    double rps[2];
+    for (int batched = 0; batched < 2; ++batched) {
+      KILN_ASSIGN_OR_RETURN(
+          Child c, start_replica({model, "--cache-dir", work + "/cache-warm", "--threads", "1",
+                                  "--max-batch", batched ? "32" : "1", "--max-queue-delay-us",
+                                  batched ? "2000" : "0", "--max-queue", "100000"},
+                                 fmt::format("{}/batch-{}-{}.out", work, run, batched)));
+      auto ready = wait_for(c, "(ready)", 120);
+      json ladder = json::array();
+      rps[batched] = ready.is_ok() ? max_rate_within_slo(c.port, a, 25, &ladder) : 0;
+      stop(c);
+      KILN_RETURN_IF_ERROR(ready.status());
+      ladders.push_back({{"max_batch", batched ? 32 : 1}, {"run", run}, {"ladder", ladder}});
+    }
+    single_rps.push_back(rps[0]);
+    batched_rps.push_back(rps[1]);
+    gains.push_back(rps[0] > 0 ? rps[1] / rps[0] : 0);
+  }
+  if (a.part("batching")) {
+    out["batching_gain"] = median(gains);
+    out["batching_gain_runs"] = stats(gains);
+    out["throughput_batched_rps"] = median(batched_rps);
+    out["throughput_unbatched_rps"] = median(single_rps);
+    out["batching_ladders"] = ladders;
+  }
+  if (a.part("fleet")) KILN_RETURN_IF_ERROR(fleet_step(a, model, work, batched_rps, &out));
+  fs::remove_all(work);
   if (a.json_out) {
     std::printf("%s\n", out.dump(2).c_str());
   } else {
-    std::printf("cold start %.3f s, cached %.3f s (x%.2f)\n", median(cold), median(cached),
-                median(cached) / median(cold));
-    std::printf("batching gain x%.2f (%.0f vs %.0f req/s within p99 <= %.0f ms)\n", median(gains),
-                median(batched_rps), median(single_rps), a.slo_ms);
-    std::printf(
-        "fleet: p50 %.1f ms p99 %.1f ms, %.0f req/s, dropped %llu, 503 %llu, "
-        "replica-s %.1f vs static %.1f, recovered %.0f s after the step\n",
-        out["p50_ms"].get<double>(), out["p99_ms"].get<double>(), r.throughput_rps(),
-        static_cast<unsigned long long>(r.dropped), static_cast<unsigned long long>(r.rejected),
-        replica_seconds, out["static_peak_replica_seconds"].get<double>(), recover);
+    print_summary(out);
   }
   return Status::ok();
 }
@@ -339,6 +420,12 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--rate-seconds", a->step_seconds, "Seconds per rate of the batching ladder")
       ->capture_default_str();
   cmd->add_option("--model", a->model, "A checkpoint root to serve (default: a fresh CNN)");
+  cmd->add_option("--parts", a->parts,
+                  "Comma-separated parts to run: service (forward pass alone), cold, batching, "
+                  "fleet")
+      ->capture_default_str();
+  cmd->add_option("--capacity-rps", a->capacity_rps,
+                  "One replica's capacity for the fleet's load (default: measured by batching)");
   cmd->callback(run_status([a]() -> Status { return bench(*a); }));
 });
 

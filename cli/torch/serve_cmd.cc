@@ -235,6 +235,17 @@ const CommandRegistration kRegisterSimulate("serve", [](CLI::App& parent) {
   cmd->add_option("--sync-period-s", s.sync_period_s, "Autoscaler period")->capture_default_str();
   cmd->add_option("--scale-down-window-s", s.behavior.down_window_s, "Scale-down stabilization")
       ->capture_default_str();
+  cmd->add_option("--scale-down-percent", s.behavior.down_percent,
+                  "Scale-down rate limit: at most this % per --scale-down-period-s")
+      ->capture_default_str();
+  cmd->add_option("--scale-down-period-s", s.behavior.down_period_s, "Scale-down rate period")
+      ->capture_default_str();
+  cmd->add_option("--scale-up-percent", s.behavior.up_percent,
+                  "Scale-up rate limit: at most max(+4, +this %) per 15 s")
+      ->capture_default_str();
+  cmd->add_option("--target-queue", s.queue_target,
+                  "Queue policy: outstanding requests per replica (0: at 85% of capacity)")
+      ->capture_default_str();
   cmd->add_flag("--json", a->json, "JSON instead of a table");
   cmd->add_option("--svg", a->svg, "Write load, replicas and p99 over time (one file per trace)");
   cmd->callback(run_status([a]() -> Status { return simulate(*a); }));

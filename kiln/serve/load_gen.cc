@@ -1,5 +1,6 @@
 #include "kiln/serve/load_gen.h"
 
+#include <fmt/format.h>
 #include <httplib.h>
 
 #include <algorithm>
@@ -36,6 +37,7 @@ LoadResult run_load(const LoadOptions& o) {
     clients.emplace_back([&] {
       httplib::Client client("127.0.0.1", o.port);
       client.set_keep_alive(true);
+      client.set_tcp_nodelay(true);  // Note [TCP_NODELAY] in server.cc
       client.set_read_timeout(std::chrono::seconds(60));
       while (true) {
         Clock::time_point at;
@@ -57,6 +59,11 @@ LoadResult run_load(const LoadOptions& o) {
           ++result.rejected;
         } else {
           ++result.dropped;
+          if (result.drop_reasons.size() < 5) {
+            result.drop_reasons.push_back(
+                res ? fmt::format("HTTP {}: {}", res->status, res->body.substr(0, 200))
+                    : fmt::format("no answer: {}", httplib::to_string(res.error())));
+          }
         }
       }
     });

@@ -24,8 +24,9 @@ struct LoadResult {
   std::vector<double> latencies_s;  // answered 200, in completion order
   std::vector<double> sent_at_s;    // scheduled time of each, same order
   std::uint64_t ok = 0;
-  std::uint64_t rejected = 0;  // 503 (overload, Retry-After)
-  std::uint64_t dropped = 0;   // no answer, or an answer other than 200/503
+  std::uint64_t rejected = 0;             // 503 (overload, Retry-After)
+  std::uint64_t dropped = 0;              // no answer, or an answer other than 200/503
+  std::vector<std::string> drop_reasons;  // what the first few dropped requests got
   double wall_s = 0;
 
   double throughput_rps() const { return wall_s > 0 ? ok / wall_s : 0; }

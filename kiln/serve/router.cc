@@ -31,6 +31,7 @@ struct Router::Replica {
     }
     auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
     c->set_keep_alive(true);
+    c->set_tcp_nodelay(true);  // Note [TCP_NODELAY] in server.cc
     c->set_connection_timeout(std::chrono::seconds(2));
     c->set_read_timeout(timeout);
     c->set_write_timeout(timeout);
@@ -57,6 +58,7 @@ Result<std::unique_ptr<Router>> Router::start(const RouterOptions& options) {
   const int threads = std::max(2, options.http_threads);
   r->http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   r->http_->set_keep_alive_max_count(1000000);
+  r->http_->set_tcp_nodelay(true);  // Note [TCP_NODELAY] in server.cc
   r->http_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
   });

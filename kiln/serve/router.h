@@ -39,7 +39,9 @@ namespace kiln::serve {
 struct RouterOptions {
   std::string host = "127.0.0.1";
   int port = 0;
-  int http_threads = 128;
+  // Clients' keep-alive connections served at once; fewer than a replica's
+  // (Note [Threads per keep-alive connection] in server.h).
+  int http_threads = 256;
   int max_attempts = 3;
   std::chrono::milliseconds replica_timeout{30000};  // per attempt
   int retry_after_s = 1;

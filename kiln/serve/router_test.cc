@@ -9,82 +9,30 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <condition_variable>
 #include <future>
-#include <nlohmann/json.hpp>
 
 #include "kiln/serve/server.h"
+#include "kiln/serve/testing/fake_classifier.h"
 
 namespace kiln::serve {
 namespace {
 
-// Answers class = the replica's tag; can be held.
-class TaggedModel : public Model {
- public:
-  explicit TaggedModel(int tag) : tag_(tag) { info_.name = "tagged"; }
-  const ModelInfo& info() const override { return info_; }
-  std::vector<Result<Output>> run(std::vector<Input>& batch) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    ++entered_;
-    cv_.notify_all();
-    cv_.wait(lock, [&] { return open_; });
-    std::vector<Result<Output>> out;
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      Output o;
-      o.logits.assign(10, 0.f);
-      o.logits[static_cast<std::size_t>(tag_)] = 1.f;
-      out.emplace_back(std::move(o));
-    }
-    return out;
-  }
-  void hold() {
-    std::lock_guard<std::mutex> lock(mu_);
-    open_ = false;
-  }
-  void release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    open_ = true;
-    cv_.notify_all();
-  }
-  bool wait_entered(int n) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_ >= n; });
-  }
+using testing::FakeClassifier;
+using testing::FakeReplica;
 
- private:
-  int tag_;
-  ModelInfo info_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = true;
-  int entered_ = 0;
-};
-
-struct Replica {
-  std::unique_ptr<ReplicaServer> server;
-  TaggedModel* model;
-};
-
-Replica replica(int tag) {
+// A replica whose every answer is class `tag`, one request per batch.
+FakeReplica replica(int tag) {
   ReplicaOptions o;
   o.batcher.max_batch = 1;
   o.batcher.max_queue_delay = std::chrono::microseconds(0);
-  auto s = ReplicaServer::start(o);
-  EXPECT_TRUE(s.is_ok());
-  auto* m = new TaggedModel(tag);
-  (*s)->set_model(std::unique_ptr<Model>(m));
-  return {std::move(s).value(), m};
+  return testing::start_fake_replica(FakeClassifier::tagged(tag), o);
 }
 
-std::string body() { return nlohmann::json{{"image", std::vector<int>(784, 0)}}.dump(); }
+std::string body() { return testing::image_body(0); }
 
-std::pair<int, int> post(int port) {  // status, class (-1 if none)
-  httplib::Client c("127.0.0.1", port);
-  c.set_read_timeout(30, 0);
-  auto r = c.Post("/v1/predict", body(), "application/json");
-  if (!r) return {-1, -1};
-  if (r->status != 200) return {r->status, -1};
-  return {200, nlohmann::json::parse(r->body)["class"].get<int>()};
+std::pair<int, int> post(int port) {  // status (-1: no answer), class (-1: none)
+  testing::Reply r = testing::post(port, body());
+  return {r.status, r.class_id()};
 }
 
 // A loopback port with no listener: bound, then closed.
@@ -107,7 +55,7 @@ std::unique_ptr<Router> router(RouterOptions o = {}) {
 }
 
 TEST(Router, SendsToTheReplicaWithFewestOutstanding) {
-  Replica a = replica(1), b = replica(2);
+  FakeReplica a = replica(1), b = replica(2);
   auto r = router();
   r->add_replica(0, a.server->port());
   r->add_replica(1, b.server->port());
@@ -123,7 +71,7 @@ TEST(Router, SendsToTheReplicaWithFewestOutstanding) {
 }
 
 TEST(Router, RetriesARequestADeadReplicaCouldNotAnswer) {
-  Replica live = replica(4);
+  FakeReplica live = replica(4);
   auto r = router();
   r->add_replica(0, dead_port());  // picked first: ties go to the lowest id
   r->add_replica(1, live.server->port());
@@ -148,7 +96,7 @@ TEST(Router, EveryReplicaFailingIsAnAnswerNamingThemNotASilentDrop) {
 TEST(Router, AReplicas503IsRetriedElsewhere) {
   auto loading = ReplicaServer::start({});  // no weights yet: answers 503
   ASSERT_TRUE(loading.is_ok());
-  Replica live = replica(6);
+  FakeReplica live = replica(6);
   auto r = router();
   r->add_replica(0, (*loading)->port());
   r->add_replica(1, live.server->port());
@@ -172,7 +120,7 @@ TEST(Router, ARequestWaitsForTheFirstReplicaThenTimesOutWith503) {
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   ASSERT_EQ(r2->outstanding(), 1u);
-  Replica late = replica(3);
+  FakeReplica late = replica(3);
   r2->add_replica(0, late.server->port());
   EXPECT_EQ(waiting.get(), std::make_pair(200, 3));
 }

@@ -36,7 +36,13 @@ struct ReplicaOptions {
   std::string host = "127.0.0.1";
   int port = 0;  // 0: any free port (see port())
   BatcherOptions batcher;
-  int http_threads = 64;  // connections served at once (each keep-alive one holds a thread)
+  // Note [Threads per keep-alive connection]: httplib serves a keep-alive
+  // connection on one pool thread until the connection idles for 5 s, so a
+  // server with fewer threads than open connections leaves the extra ones
+  // unserved for seconds. A replica must have more threads than the
+  // connections a router keeps to it (one per router thread, 256) plus
+  // direct clients.
+  int http_threads = 512;
   int retry_after_s = 1;  // the Retry-After of a 503
 };
 

@@ -5,80 +5,19 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
-#include <condition_variable>
 #include <future>
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "kiln/serve/testing/fake_classifier.h"
+
 namespace kiln::serve {
 namespace {
 
-// Classifies an image by (sum of pixels) mod 10; the test can hold it.
-class FakeClassifier : public Model {
- public:
-  FakeClassifier() {
-    info_.task = TaskKind::kClassify;
-    info_.name = "fake";
-    info_.step = 7;
-  }
-  const ModelInfo& info() const override { return info_; }
-  std::vector<Result<Output>> run(std::vector<Input>& batch) override {
-    std::unique_lock<std::mutex> lock(mu_);
-    ++entered_;
-    cv_.notify_all();
-    cv_.wait(lock, [&] { return open_; });
-    std::vector<Result<Output>> out;
-    for (const auto& in : batch) {
-      double sum = 0;
-      for (float p : in.image) sum += p;
-      Output o;
-      o.logits.assign(10, 0.f);
-      o.logits[static_cast<std::size_t>(sum) % 10] = 1.f;
-      out.emplace_back(std::move(o));
-    }
-    return out;
-  }
-  void hold() {
-    std::lock_guard<std::mutex> lock(mu_);
-    open_ = false;
-  }
-  void release() {
-    std::lock_guard<std::mutex> lock(mu_);
-    open_ = true;
-    cv_.notify_all();
-  }
-  bool wait_entered(int n) {
-    std::unique_lock<std::mutex> lock(mu_);
-    return cv_.wait_for(lock, std::chrono::seconds(10), [&] { return entered_ >= n; });
-  }
-
- private:
-  ModelInfo info_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool open_ = true;
-  int entered_ = 0;
-};
-
-std::string image_body(int cls) {
-  std::vector<int> image(784, 0);
-  image[0] = cls;
-  return nlohmann::json{{"image", image}}.dump();
-}
-
-struct Reply {
-  int status = -1;  // -1: no HTTP answer at all
-  std::string body;
-  std::string retry_after;
-};
-
-Reply post(int port, const std::string& body) {
-  httplib::Client c("127.0.0.1", port);
-  c.set_read_timeout(30, 0);
-  auto r = c.Post("/v1/predict", body, "application/json");
-  if (!r) return {};
-  return {r->status, r->body, r->get_header_value("Retry-After")};
-}
+using testing::FakeClassifier;
+using testing::image_body;
+using testing::post;
+using testing::Reply;
 
 int get_status(int port, const std::string& path) {
   httplib::Client c("127.0.0.1", port);

@@ -60,11 +60,10 @@ double burst_start(std::uint64_t seed, int k) {
 
 }  // namespace
 
-double default_queue_target(const ServiceModel& svc) {
-  // Outstanding requests of one replica at 85% of its batched capacity: the
-  // batch size b where b / (base + per_item b) = lambda, times that batch's
-  // time (Little's law). Past this knee the queue grows without bound.
-  const double lambda = 0.85 * svc.capacity_rps();
+double default_queue_target(const ServiceModel& svc, double utilisation) {
+  // The batch size b where b / (base + per_item b) = lambda, times that
+  // batch's time (Little's law). Past capacity the queue grows without bound.
+  const double lambda = utilisation * svc.capacity_rps();
   const double b = std::clamp(lambda * svc.base_s / (1 - lambda * svc.per_item_s), 1.0,
                               static_cast<double>(svc.max_batch));
   return std::max(1.0, lambda * (svc.base_s + svc.per_item_s * b));
@@ -132,7 +131,8 @@ SimResult simulate(const SimOptions& o, PolicyKind policy) {
   const ServiceModel& svc = o.service;
   const int static_n = static_peak_replicas(o);
   const int max_n = o.max_replicas > 0 ? o.max_replicas : static_n * 3 / 2 + 1;
-  const double queue_target = o.queue_target > 0 ? o.queue_target : default_queue_target(svc);
+  const double queue_target =
+      o.queue_target > 0 ? o.queue_target : default_queue_target(svc, o.queue_utilisation);
 
   AutoscalerOptions a = o.behavior;
   a.min_replicas = 1;

@@ -70,14 +70,23 @@ Status copy_weights(const ckpt::LoadedState& s, torch::nn::Module& module) {
 
 class TorchModel : public Model {
  public:
-  TorchModel(std::unique_ptr<train::Task> task, ModelInfo info)
-      : task_(std::move(task)), info_(std::move(info)) {
+  TorchModel(std::unique_ptr<train::Task> task, ModelInfo info, int threads)
+      : task_(std::move(task)), info_(std::move(info)), threads_(threads) {
     task_->module()->eval();
   }
   const ModelInfo& info() const override { return info_; }
 
   std::vector<Result<Output>> run(std::vector<Input>& batch) override {
     try {
+      // OpenMP's thread count is per calling thread, and the batch worker
+      // is not the thread that loaded the model: set it where the forward
+      // pass runs, or oneDNN may spread a batch over every core and fight
+      // the HTTP threads for them.
+      thread_local int threads_set = 0;
+      if (threads_set != threads_) {
+        torch::set_num_threads(threads_);
+        threads_set = threads_;
+      }
       torch::NoGradGuard no_grad;
       return info_.task == TaskKind::kClassify ? classify(batch) : next_tokens(batch);
     } catch (const std::exception& e) {
@@ -164,6 +173,7 @@ class TorchModel : public Model {
 
   std::unique_ptr<train::Task> task_;
   ModelInfo info_;
+  int threads_;
 };
 
 }  // namespace
@@ -177,7 +187,8 @@ Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
   } else {
     KILN_ASSIGN_OR_RETURN(config, infer_config(state));
   }
-  torch::set_num_threads(std::max(1, options.threads));
+  const int threads = std::max(1, options.threads);
+  torch::set_num_threads(threads);
   config.dropout = 0;
   std::unique_ptr<train::Task> task;
   try {
@@ -199,7 +210,7 @@ Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
     info.vocab = config.vocab;
     info.context = config.seq_len;
   }
-  return std::unique_ptr<Model>(new TorchModel(std::move(task), std::move(info)));
+  return std::unique_ptr<Model>(new TorchModel(std::move(task), std::move(info), threads));
 }
 
 }  // namespace kiln::serve

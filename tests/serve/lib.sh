@@ -1,4 +1,15 @@
-# Helpers shared by the serve end-to-end tests (sourced). Needs $KILN and $WORK.
+# Helpers shared by the serve end-to-end tests (sourced by each script).
+set -euo pipefail
+TESTS=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+# serve_test_begin NAME KILN: sets $KILN and a fresh $WORK (removed at exit
+# unless $KEEP is set; every background job killed), and cds into it.
+serve_test_begin() {
+  KILN=$(realpath "$2")
+  WORK=$(mktemp -d "/tmp/kiln-serve-$1-$$-XXXX")
+  trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
+  cd "$WORK"
+}
 
 # wait_until TIMEOUT_S CMD...: polls CMD every 20 ms until it succeeds.
 wait_until() {
@@ -30,11 +41,15 @@ label() {
   od -An -tu1 -j $((8 + $1)) -N 1 "$WORK/labels.idx" | tr -d ' '
 }
 
-# train_tiny_cnn DIR STEPS: trains the elastic tests' tiny CNN into DIR/ckpt.
-train_tiny_cnn() {
-  sed "s|DATA_DIR|$1/data|" "$TESTS/elastic/tiny_cnn.toml" > "$1/tiny.toml"
-  "$KILN" train "$1/tiny.toml" --max-steps "$2" --ckpt-dir "$1/ckpt" --no-progress > "$1/train.out" 2>&1 ||
-    { tail -20 "$1/train.out"; fail "kiln train"; }
+# serve_cnn_test_begin NAME KILN STEPS: serve_test_begin, then the elastic
+# tests' tiny CNN trained for STEPS steps into $WORK/ckpt (its log in
+# $WORK/train.out). Exits 77 (skipped) without the Fashion-MNIST package.
+serve_cnn_test_begin() {
+  serve_test_begin "$1" "$2"
+  [ -f "$IMAGES" ] || { echo "dataset-fashion-mnist not installed"; exit 77; }
+  sed "s|DATA_DIR|$WORK/data|" "$TESTS/elastic/tiny_cnn.toml" > "$WORK/tiny.toml"
+  "$KILN" train "$WORK/tiny.toml" --max-steps "$3" --ckpt-dir "$WORK/ckpt" --no-progress \
+    > "$WORK/train.out" 2>&1 || { tail -20 "$WORK/train.out"; fail "kiln train"; }
 }
 
 # start_replica NAME ARGS...: `kiln serve ARGS` in the background; sets

@@ -4,16 +4,8 @@
 # replica finds the weights in the node cache; an overloaded queue answers
 # 503 + Retry-After; SIGTERM under load answers every accepted request and
 # exits 0. Real processes on loopback, ports chosen by the kernel.
-set -euo pipefail
-KILN=$(realpath "$1")
-WORK=$(mktemp -d "/tmp/kiln-serve-cnn-$$-XXXX")
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-TESTS=$(cd "$(dirname "$0")/.." && pwd)
-source "$TESTS/serve/lib.sh"
-cd "$WORK"
-[ -f "$IMAGES" ] || { echo "dataset-fashion-mnist not installed"; exit 77; }
-
-train_tiny_cnn "$WORK" 200
+source "$(dirname "$0")/lib.sh"
+serve_cnn_test_begin cnn "$1" 200
 trained=$(grep -o 'eval_accuracy [0-9.]*' "$WORK/train.out" | awk '{print $2}')
 echo "trained: eval_accuracy $trained"
 

@@ -4,16 +4,8 @@
 # SIGKILLed mid-load loses no request (the router retries its in-flight
 # ones on another replica) and is replaced, the fleet scales down after the
 # stabilization window once the load stops, and SIGTERM stops it with exit 0.
-set -euo pipefail
-KILN=$(realpath "$1")
-WORK=$(mktemp -d "/tmp/kiln-serve-fleet-$$-XXXX")
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-TESTS=$(cd "$(dirname "$0")/.." && pwd)
-source "$TESTS/serve/lib.sh"
-cd "$WORK"
-[ -f "$IMAGES" ] || { echo "dataset-fashion-mnist not installed"; exit 77; }
-
-train_tiny_cnn "$WORK" 20
+source "$(dirname "$0")/lib.sh"
+serve_cnn_test_begin fleet "$1" 20
 LOG=$WORK/decisions.jsonl
 "$KILN" serve "$WORK/ckpt" --cache-dir "$WORK/cache" --replicas 1:3 --target-queue 1 \
   --sync-period-ms 200 --scale-down-window-s 20 --rate-period-s 1 --decision-log "$LOG" \

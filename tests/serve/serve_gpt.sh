@@ -3,13 +3,8 @@
 # generation consistent with them, requests of different lengths batched
 # together answered exactly as alone (right padding under causal
 # attention), and a GPT without --config refused with a reason.
-set -euo pipefail
-KILN=$(realpath "$1")
-WORK=$(mktemp -d "/tmp/kiln-serve-gpt-$$-XXXX")
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -n "${KEEP:-}" ] || rm -rf "$WORK"' EXIT
-TESTS=$(cd "$(dirname "$0")/.." && pwd)
-source "$TESTS/serve/lib.sh"
-cd "$WORK"
+source "$(dirname "$0")/lib.sh"
+serve_test_begin gpt "$1"
 [ -f /usr/share/games/fortunes/science ] || { echo "fortunes not installed"; exit 77; }
 
 "$KILN" data convert text "$WORK/data" /usr/share/games/fortunes/science --seq-len 32 \
