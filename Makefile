@@ -76,7 +76,7 @@ fuzz: $(FUZZ_DIR)/build.ninja
 
 # What `make test` runs: FUZZ_SMOKE_SECONDS per target, enough to replay
 # every seed and kept finding under the sanitizers and explore beyond them
-# (a cold build and the run take ~4 minutes on 2 cores; docs/security.md).
+# (a cold build and the run: 185 s on 2 cores; docs/perf.md).
 FUZZ_SMOKE_SECONDS ?= 20
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS)
