@@ -71,6 +71,9 @@ chaos: $(BUILD_DIR)/build.ninja
 # A finding fails the run and is left in $(FUZZ_DIR)/fuzz-findings/.
 FUZZ_SECONDS ?= 60
 fuzz: $(FUZZ_DIR)/build.ninja
+	@grep -q '^CMAKE_HOME_DIRECTORY:INTERNAL=.*/fuzz$$' $(FUZZ_DIR)/CMakeCache.txt || { \
+	  echo "$(FUZZ_DIR) was configured from the top-level directory (an older checkout); reconfiguring"; \
+	  rm -rf $(FUZZ_DIR) && CC=clang CXX=clang++ cmake -S fuzz -B $(FUZZ_DIR) -G Ninja; }
 	cmake --build $(FUZZ_DIR) -j $(JOBS) --target fuzz_all
 	FUZZ_SECONDS=$(FUZZ_SECONDS) bash fuzz/run.sh $(FUZZ_DIR)
 
