@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # fuzz/run.sh BUILD_DIR [TARGET...]: runs each libFuzzer target of BUILD_DIR
-# (configured with -DKILN_FUZZ=ON; `make fuzz` does it) for FUZZ_SECONDS,
+# (the libFuzzer build, `cmake -S fuzz`; `make fuzz` does it) for FUZZ_SECONDS,
 # starting from its seeds (fuzz/corpus/NAME) and kept findings
 # (fuzz/regressions/NAME). New coverage accumulates in BUILD_DIR/fuzz-corpus/NAME;
 # a crash, leak, sanitizer report or hang (> FUZZ_TIMEOUT s for one input)
@@ -19,7 +19,7 @@ fi
 mkdir -p "$BUILD/fuzz-findings"
 failed=()
 for t in "${targets[@]}"; do
-  bin="$BUILD/fuzz/fuzz_$t"
+  bin="$BUILD/fuzz_$t"
   [ -x "$bin" ] || { echo "fuzz: $bin is not built (make fuzz)" >&2; exit 2; }
   work="$BUILD/fuzz-corpus/$t"
   mkdir -p "$work"

@@ -50,6 +50,14 @@ std::string openblas_core_in_use() {
   return name != nullptr ? name : "";
 }
 
+bool set_openblas_threads(int threads) {
+  using SetThreads = void (*)(int);
+  auto fn = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (fn == nullptr) return false;
+  fn(threads);
+  return true;
+}
+
 void reexec_if_blas_runs_generic_kernels(char** argv) {
   if (std::getenv("OPENBLAS_CORETYPE") != nullptr || !kBlasCoreFix.get()) return;
   std::string detected = openblas_core_in_use();

@@ -44,4 +44,15 @@ std::string openblas_core_in_use();
 // Call at the very start of main, before threads exist.
 void reexec_if_blas_runs_generic_kernels(char** argv);
 
+// Note [OpenBLAS's own thread pool]: torch::set_num_threads() sizes
+// LibTorch's intra-op pool (OpenMP/MKL), not OpenBLAS's, which starts one
+// thread per core less one and keeps each spinning in sched_yield() for a
+// while after every BLAS call. Two ranks on a 2-core host then run four
+// busy threads on two cores: whichever rank the scheduler shortchanges is
+// slower for the whole run (1.4-2x here), and which one it is changes from
+// run to run. Sets OpenBLAS's thread count to `threads` (what the caller gave
+// LibTorch) and returns true, or returns false when the process's BLAS is not
+// OpenBLAS.
+bool set_openblas_threads(int threads);
+
 }  // namespace kiln

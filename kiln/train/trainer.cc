@@ -13,6 +13,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "kiln/base/blas_kernel.h"
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/checkpointer.h"
@@ -141,6 +142,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
   }
   torch::set_num_threads(threads);
+  set_openblas_threads(threads);  // Note [OpenBLAS's own thread pool]
   // Same initial model on every rank (DDP broadcasts rank 0's anyway); the
   // generator then differs per rank so dropout masks do.
   // The per-rank memory cap stands for a device's memory: it applies from

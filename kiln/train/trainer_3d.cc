@@ -12,6 +12,7 @@
 #include <fmt/format.h>
 #include <torch/torch.h>
 
+#include "kiln/base/blas_kernel.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ddp/distributed_data_parallel.h"
@@ -228,6 +229,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, local ? std::atoi(local) : 1));
   }
   torch::set_num_threads(threads);
+  set_openblas_threads(threads);  // Note [OpenBLAS's own thread pool] (kiln/base/blas_kernel.h)
 
   // The whole model as one process builds it, then this rank's shards.
   torch::manual_seed(c.train.seed);
