@@ -12,10 +12,17 @@
 # A step is zero_grad + forward + loss + backward until gradients are averaged.
 # Prints one table: per system the median step over rounds and its range,
 # and Kiln's step over the best PyTorch configuration and over the floor
-# (each ratio taken within a round, then the median).
+# (each ratio taken within a round, then the median), and its step over the
+# link bound: forward + the time its first gradient is ready + the allreduce
+# of all gradients alone (nothing can leave before the first gradient exists
+# and every byte must cross the link).
 #
 #   bench/ddp_vs_pytorch.sh [--rounds 3] [--rate 1gbit] [--batch 768] [--steps 6]
 #                           [--bucket-mib 25] [--kiln PATH] [--json]
+#                           [--keep FILE] [--from FILE]
+# --keep appends each round's raw results to FILE; --from FILE runs nothing
+# and prints the table of the rounds kept there (so rounds can run in
+# separate short sittings).
 # Needs root (ip netns, tc), python3-torch (PYTHON=/usr/bin/python3) and jq.
 set -euo pipefail
 
@@ -27,6 +34,8 @@ BATCH=768
 STEPS=6
 BUCKET_MIB=25
 JSON=0
+KEEP=
+FROM=
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -36,6 +45,8 @@ while [ $# -gt 0 ]; do
     --bucket-mib) BUCKET_MIB=$2; shift 2 ;;
     --kiln) KILN=$2; shift 2 ;;
     --json) JSON=1; shift ;;
+    --keep) KEEP=$2; shift 2 ;;
+    --from) FROM=$2; shift 2 ;;
     *) echo "ddp_vs_pytorch: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -62,12 +73,20 @@ EXEC_ARGS=()
 for r in "${RUNS[@]}"; do EXEC_ARGS+=(--exec "$r"); done
 
 ALL=$(mktemp)
-trap 'rm -f "$ALL"' EXIT
-for round in $(seq 1 "$ROUNDS"); do
-  echo "# round $round/$ROUNDS" >&2
-  "$ROOT/bench/ddp_overlap.sh" --rate "$RATE" --kiln "$KILN" "${EXEC_ARGS[@]}" |
-    jq -c --argjson round "$round" '. + {round: $round}' >>"$ALL"
-done
+trap 'rm -f "$ALL" "$ALL.summary"' EXIT
+if [ -n "$FROM" ]; then
+  cp "$FROM" "$ALL"
+  ROUNDS=$(jq -s 'map(.round) | unique | length' "$ALL")
+else
+  for i in $(seq 1 "$ROUNDS"); do
+    echo "# round $i/$ROUNDS" >&2
+    # A round id unique across --keep sittings.
+    round="$(date +%s%N)"
+    "$ROOT/bench/ddp_overlap.sh" --rate "$RATE" --kiln "$KILN" "${EXEC_ARGS[@]}" |
+      jq -c --arg round "$round" '. + {round: $round, rate: "'"$RATE"'", batch: '"$BATCH"'}' >>"$ALL"
+  done
+  [ -z "$KEEP" ] || cat "$ALL" >>"$KEEP"
+fi
 
 # One row per system and round: {round, system, step_s}.
 jq -s -c '
@@ -80,7 +99,9 @@ jq -s -c '
       ({round, system: "kiln ddp \(.bucket_cap_mib) MiB buckets", step_s: .step_b_slowest_s},
        {round, system: "kiln compute floor", step_s: .compute_s},
        {round, system: "kiln ddp backward (with hooks)", step_s: .ddp_backward_s},
-       {round, system: "kiln exposed comm", step_s: .exposed_comm_s})
+       {round, system: "kiln exposed comm", step_s: .exposed_comm_s},
+       {round, system: "kiln first bucket ready", step_s: .last_buckets[0][1]},
+       {round, system: "kiln forward", step_s: (.compute_s - .backward_s)})
     else {round, system: "kiln allreduce alone", step_s: (.results[0].time_us / 1e6)} end)
   | . as $rows
   | def med: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
@@ -90,6 +111,12 @@ jq -s -c '
                                       rounds: length}],
      kiln_over_best_pytorch: ratio(map(select(.system | startswith("pytorch ddp"))) | map(.step_s) | min),
      kiln_over_floor: ratio(map(select(.system == "kiln compute floor"))[0].step_s),
+     # Nothing can be sent before the first gradient exists, and all 84 MB
+     # must cross the link: forward + first gradient + the allreduce alone.
+     kiln_over_bound: ratio(
+        (map(select(.system == "kiln forward"))[0].step_s) +
+        (map(select(.system == "kiln first bucket ready"))[0].step_s) +
+        (map(select(.system == "kiln allreduce alone"))[0].step_s)),
      kiln_allreduce_over_gloo: ([$rows | group_by(.round)[] |
         (map(select(.system == "kiln allreduce alone"))[0].step_s) /
         (map(select(.system == "pytorch allreduce alone"))[0].step_s)] | med)}' "$ALL" >"$ALL.summary"
@@ -101,6 +128,6 @@ else
          | "\(.[0] | . + " " * (34 - length)) \(.[1]) ms  [\(.[2])-\(.[3])]"' "$ALL.summary"
   jq -r '"kiln step / best pytorch step: \(.kiln_over_best_pytorch * 1000 | round / 1000)  (target <= 0.9)",
          "kiln step / compute floor:     \(.kiln_over_floor * 1000 | round / 1000)  (target <= 1.15)",
+         "kiln step / link bound:        \(.kiln_over_bound * 1000 | round / 1000)  (forward + first gradient + allreduce alone)",
          "kiln allreduce / gloo:         \(.kiln_allreduce_over_gloo * 1000 | round / 1000)  (target <= 1.0)"' "$ALL.summary"
 fi
-rm -f "$ALL.summary"

@@ -194,6 +194,10 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      {"step_b_slowest_s", slowest[0]},
                      {"compute_s", slowest[1]},
                      {"check", a.check ? "ok" : "off"}};
+  // The last step's buckets: [bytes, issued, began, ended] (s into backward).
+  for (const auto& cs : d->last_sync().collectives) {
+    doc["last_buckets"].push_back({cs.bytes, cs.launched_s, cs.started_s, cs.finished_s});
+  }
   if (c.rank() == 0) {
     if (a.json) {
       std::printf("%s\n", doc.dump().c_str());
