@@ -6,10 +6,14 @@
 #
 #   bench/ddp_overlap.sh [--rate 1gbit] [--batch 384] [--width 4096] [--layers 2]
 #                        [--bucket-mib 25 | --auto-bucket-cap] [--bf16] [--steps 6] [--kiln PATH]
-#                        [--bench ddp | --bench fsdp [--stage 3]]
+#                        [--bench ddp | --bench fsdp [--stage 3]] [--exec CMD]...
 # Prints rank 0's JSON (backward_s, comm_s, exposed_comm_s, overlap,
 # step_a_s, step_b_s, step_ratio; `--bench fsdp` runs `kiln bench fsdp`
 # instead, bench/fsdp_overlap.sh). Needs root (ip netns, tc).
+# --exec CMD (repeatable) runs CMD instead, once per --exec, one after the
+# other in the same namespaces, as both ranks (bash -c, with RANK,
+# WORLD_SIZE, MASTER_ADDR, MASTER_PORT, KILN_COMM_ADDR, GLOO_SOCKET_IFNAME
+# and KILN set), and prints rank 0's output of each (bench/ddp_vs_pytorch.sh).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,11 +21,13 @@ KILN="$ROOT/build/kiln"
 RATE=1gbit
 BENCH=ddp
 BENCH_ARGS=()
+EXECS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rate) RATE=$2; shift 2 ;;
     --kiln) KILN=$2; shift 2 ;;
     --bench) BENCH=$2; shift 2 ;;
+    --exec) EXECS+=("$2"); shift 2 ;;
     --stage) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
     --batch|--width|--layers|--bucket-mib|--steps|--warmup) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
     --auto-bucket-cap|--bf16) BENCH_ARGS+=("$1"); shift ;;
@@ -54,21 +60,36 @@ if [ "$RATE" != none ]; then
   ip netns exec "$NS_A" tc qdisc add dev "$VETH_A" root tbf rate "$RATE" burst 256kb latency 50ms
   ip netns exec "$NS_B" tc qdisc add dev "$VETH_B" root tbf rate "$RATE" burst 256kb latency 50ms
 fi
-echo "# link $VETH_A <-> $VETH_B: ${RATE}; kiln bench $BENCH ${BENCH_ARGS[*]}" >&2
+echo "# link $VETH_A <-> $VETH_B: ${RATE}; ${EXECS[*]:-kiln bench $BENCH ${BENCH_ARGS[*]}}" >&2
 
-for rank in 0 1; do
-  ns=$NS_A addr=$ADDR_A
-  [ "$rank" = 1 ] && ns=$NS_B addr=$ADDR_B
-  ip netns exec "$ns" env RANK=$rank WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
-    MASTER_ADDR=$ADDR_A MASTER_PORT=$PORT KILN_COMM_ADDR=$addr KILN_COMM_TIMEOUT=120 \
-    OMP_NUM_THREADS=1 "$KILN" bench "$BENCH" --json "${BENCH_ARGS[@]}" >"$WORK/rank$rank.out" 2>"$WORK/rank$rank.err" &
-  PIDS+=($!)
-done
-rc=0
-for p in "${PIDS[@]}"; do wait "$p" || rc=$?; done
-PIDS=()
-if [ "$rc" -ne 0 ]; then
-  tail -n 5 "$WORK"/rank*.err >&2
-  exit "$rc"
+# run_ranks PORT CMD...: CMD as rank 0 in NS_A and rank 1 in NS_B; prints
+# rank 0's output.
+run_ranks() {
+  local port=$1 rank ns addr dev p rc=0
+  shift
+  for rank in 0 1; do
+    ns=$NS_A addr=$ADDR_A dev=$VETH_A
+    [ "$rank" = 1 ] && ns=$NS_B addr=$ADDR_B dev=$VETH_B
+    ip netns exec "$ns" env RANK=$rank WORLD_SIZE=2 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 \
+      MASTER_ADDR=$ADDR_A MASTER_PORT=$port KILN_COMM_ADDR=$addr KILN_COMM_TIMEOUT=120 \
+      GLOO_SOCKET_IFNAME=$dev KILN="$KILN" OMP_NUM_THREADS=1 "$@" \
+      >"$WORK/rank$rank.out" 2>"$WORK/rank$rank.err" &
+    PIDS+=($!)
+  done
+  for p in "${PIDS[@]}"; do wait "$p" || rc=$?; done
+  PIDS=()
+  if [ "$rc" -ne 0 ]; then
+    tail -n 5 "$WORK"/rank*.err >&2
+    exit "$rc"
+  fi
+  cat "$WORK/rank0.out"
+}
+
+if [ ${#EXECS[@]} -eq 0 ]; then
+  run_ranks "$PORT" "$KILN" bench "$BENCH" --json "${BENCH_ARGS[@]}"
+else
+  for cmd in "${EXECS[@]}"; do
+    run_ranks "$PORT" bash -c "$cmd"
+    PORT=$((PORT + 1))  # a fresh port: the last run's may linger in TIME_WAIT
+  done
 fi
-cat "$WORK/rank0.out"

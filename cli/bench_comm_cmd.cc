@@ -52,6 +52,40 @@ double bus_factor(const std::string& op, int n) {
   return 1.0;
 }
 
+// The physical bound of an allreduce inside one host (Note [The memory
+// limit of a local allreduce]): every rank runs a[i] = b[i] + c[i] on one
+// thread at once over arrays far larger than the caches, as STREAM's add
+// (3 arrays counted), and the bandwidth of the best of a few passes, summed
+// over ranks, is returned (GB/s).
+Result<double> stream_add_gbps(Communicator& c) {
+  constexpr std::size_t kFloats = std::size_t{64} << 20 >> 2;  // 64 MiB per array
+  constexpr int kPasses = 5;
+  std::vector<float> a(kFloats, 0.f), b(kFloats, 1.f), d(kFloats, 2.f);
+  double best = 0;
+  for (int pass = 0; pass < kPasses; ++pass) {
+    KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    auto t0 = std::chrono::steady_clock::now();
+    float* __restrict pa = a.data();
+    const float* __restrict pb = b.data();
+    const float* __restrict pd = d.data();
+    for (std::size_t i = 0; i < kFloats; ++i) pa[i] = pb[i] + pd[i];
+    double secs[2] = {std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
+                      static_cast<double>(a[kFloats / 2])};  // keeps the loop alive
+    KILN_RETURN_IF_ERROR(c.allreduce(secs, 1, DataType::kFloat64, comm::ReduceOp::kMax)->wait());
+    best = std::max(best, 3.0 * kFloats * sizeof(float) * c.size() / secs[0] / 1e9);
+  }
+  return best;
+}
+
+// Note [The memory limit of a local allreduce]: on one host, an allreduce
+// moves every message byte through main memory about four times over (read
+// the input and the peer's data, write the result, and the reads for
+// ownership and copies in between, which caches cannot hold at these sizes),
+// so its bus bandwidth is bounded near a quarter of what the ranks together
+// stream in an a = b + c loop. `kiln bench comm` reports busbw / that bound
+// as limit_fraction.
+constexpr double kLocalAllreduceTrafficPerByte = 4.0;
+
 void fill(DataType t, void* buf, std::size_t count, double v) {
   for (std::size_t i = 0; i < count; ++i) comm::store_element(t, buf, i, v);
 }
@@ -178,11 +212,26 @@ Status bench_comm(const BenchArgs& a) {
     std::size_t largest = total_sized ? block_max : max_count;
     for (int i = 0; i < a.warmup; ++i) KILN_RETURN_IF_ERROR(runner.issue(largest)->wait());
   }
+  // Measured now, beside the sweep, so it reflects the machine as it is;
+  // only for sweeps that reach sizes the caches cannot hold (below that the
+  // memory bound does not apply, and small sweeps stay quick).
+  double limit_busbw = 0;
+  constexpr std::uint64_t kLimitFromBytes = 16u << 20;
+  if (a.op == "allreduce" && n > 1 && c.topology().hosts == 1 && max_b >= kLimitFromBytes) {
+    KILN_ASSIGN_OR_RETURN(double stream, stream_add_gbps(c));
+    limit_busbw = stream / kLocalAllreduceTrafficPerByte;
+  }
   nlohmann::json results = nlohmann::json::array();
   if (c.rank() == 0 && !a.json) {
     std::printf("# kiln bench comm: %s %s, %d ranks (%s)\n", a.op.c_str(), comm::dtype_name(t).data(), n,
                 c.describe().c_str());
-    std::printf("%12s %12s %10s %10s %10s %6s\n", "bytes", "count", "time(us)", "algbw", "busbw", "check");
+    if (limit_busbw > 0) {
+      std::printf("# memory limit: busbw %.2f GB/s (a = b + c on %d ranks: %.1f GB/s, / %.0f)\n",
+                  limit_busbw, n, limit_busbw * kLocalAllreduceTrafficPerByte,
+                  kLocalAllreduceTrafficPerByte);
+    }
+    std::printf("%12s %12s %10s %10s %10s %6s %6s\n", "bytes", "count", "time(us)", "algbw", "busbw",
+                "limit", "check");
   }
   for (double bytes_d = static_cast<double>(min_b); bytes_d <= static_cast<double>(max_b) * 1.0001; bytes_d *= a.factor) {
     std::size_t bytes = static_cast<std::size_t>(bytes_d);
@@ -212,8 +261,10 @@ Status bench_comm(const BenchArgs& a) {
     if (c.rank() == 0) {
       results.push_back({{"bytes", reported_bytes}, {"count", count}, {"time_us", slowest},
                          {"algbw_gbps", algbw}, {"busbw_gbps", busbw}, {"check", check}});
+      if (limit_busbw > 0) results.back()["limit_fraction"] = busbw / limit_busbw;
       if (!a.json) {
-        std::printf("%12zu %12zu %10.2f %10.3f %10.3f %6s\n", reported_bytes, count, slowest, algbw, busbw, check.c_str());
+        std::printf("%12zu %12zu %10.2f %10.3f %10.3f %6.2f %6s\n", reported_bytes, count, slowest,
+                    algbw, busbw, limit_busbw > 0 ? busbw / limit_busbw : 0.0, check.c_str());
         std::fflush(stdout);
       }
     }
@@ -223,6 +274,10 @@ Status bench_comm(const BenchArgs& a) {
     nlohmann::json doc{{"op", a.op}, {"dtype", comm::dtype_name(t)}, {"world_size", n},
                        {"reduce_op", a.reduce_op}, {"algo", a.algo.empty() ? "auto" : a.algo},
                        {"results", results}};
+    if (limit_busbw > 0) {
+      doc["limit_busbw_gbps"] = limit_busbw;
+      doc["stream_add_gbps"] = limit_busbw * kLocalAllreduceTrafficPerByte;
+    }
     std::printf("%s\n", doc.dump().c_str());
   }
   return Status::ok();

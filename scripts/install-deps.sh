@@ -21,6 +21,8 @@ packages=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev iproute2 iperf3 procps jq curl
   openmpi-bin libopenmpi-dev
+  # bench/ddp_vs_pytorch.sh: PyTorch DDP (gloo) as the baseline
+  python3-torch
   # kiln diagnose --html is checked by rendering it headless (tests/diag)
   chromium
   # keeps rebuilds across build directories (build/, build-asan/) cheap

@@ -29,7 +29,8 @@ namespace {
 
 struct DdpBenchArgs {
   int width = 4096;
-  int layers = 2;  // hidden width x width layers; 1024 -> width -> ... -> 1024
+  int layers = 2;  // hidden width x width layers; io -> width -> ... -> io
+  int io = 1024;
   int batch = 64;
   int steps = 6;
   int warmup = 2;
@@ -94,11 +95,11 @@ Status bench_ddp(const DdpBenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
   comm::Communicator& c = pg->comm();
   torch::manual_seed(c.rank());
-  auto x = torch::randn({a.batch, 1024});
-  auto y = torch::randn({a.batch, 1024});
+  auto x = torch::randn({a.batch, a.io});
+  auto y = torch::randn({a.batch, a.io});
 
   // (a) backward, then one allreduce of every gradient.
-  auto net_a = std::make_shared<MlpImpl>(a.width, a.layers);
+  auto net_a = std::make_shared<MlpImpl>(a.width, a.layers, a.io);
   std::int64_t params = 0;
   for (auto& p : net_a->parameters()) params += p.numel();
   auto flat = torch::zeros({params});
@@ -128,7 +129,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
   };
 
   // (b) kiln::ddp.
-  auto net_b = std::make_shared<MlpImpl>(a.width, a.layers);
+  auto net_b = std::make_shared<MlpImpl>(a.width, a.layers, a.io);
   ddp::DdpOptions options;
   options.bucket_cap_bytes = static_cast<std::size_t>(a.bucket_mib * (1 << 20));
   options.auto_bucket_cap = a.auto_cap;
@@ -145,7 +146,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
   // compared with the step of (a) right before it. bucket_cap = auto spends
   // its first steps of (b) observing and trying caps; (a) runs beside them
   // untimed.
-  std::vector<double> a_backward, a_comm, a_step, b_backward, b_exposed, b_step, ratios;
+  std::vector<double> a_backward, a_comm, a_step, a_compute, b_backward, b_exposed, b_step, ratios;
   const int untimed = options.auto_tuning_steps() + a.warmup;
   for (int s = 0; s < untimed + a.steps; ++s) {
     double bwd = 0, comm_s = 0;
@@ -159,6 +160,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
     a_backward.push_back(bwd);
     a_comm.push_back(comm_s);
     a_step.push_back(a_s);
+    a_compute.push_back(a_s - comm_s);
     b_backward.push_back(d->last_sync().backward_s);
     b_exposed.push_back(d->last_sync().exposed_comm_s);
     b_step.push_back(b_s);
@@ -169,6 +171,9 @@ Status bench_ddp(const DdpBenchArgs& a) {
 
   double backward = median(a_backward), comm_s = median(a_comm), exposed = median(b_exposed);
   double step_a = median(a_step), step_b = median(b_step);
+  // The slowest rank's step is the step: DDP's ranks wait for each other.
+  double slowest[2] = {step_b, median(a_compute)};
+  KILN_RETURN_IF_ERROR(c.allreduce(slowest, 2, comm::DataType::kFloat64, comm::ReduceOp::kMax)->wait());
   nlohmann::json doc{{"world_size", c.size()},
                      {"parameters", params},
                      {"batch_per_rank", a.batch},
@@ -184,7 +189,15 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      {"step_a_s", step_a},
                      {"step_b_s", step_b},
                      {"step_ratio", median(ratios)},
+                     // (b)'s step and (a)'s step without its communication
+                     // (the compute floor), each the slowest rank's median.
+                     {"step_b_slowest_s", slowest[0]},
+                     {"compute_s", slowest[1]},
                      {"check", a.check ? "ok" : "off"}};
+  // The last step's buckets: [bytes, issued, began, ended] (s into backward).
+  for (const auto& cs : d->last_sync().collectives) {
+    doc["last_buckets"].push_back({cs.bytes, cs.launched_s, cs.started_s, cs.finished_s});
+  }
   if (c.rank() == 0) {
     if (a.json) {
       std::printf("%s\n", doc.dump().c_str());
@@ -201,6 +214,7 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
       "ddp", "Overlap of DDP's gradient allreduce with backward (starts --ranks local ranks unless launched)");
   cmd->add_option("--width", a->width, "hidden width of the MLP");
   cmd->add_option("--layers", a->layers, "hidden width x width layers");
+  cmd->add_option("--io", a->io, "input and output width of the MLP")->capture_default_str();
   cmd->add_option("--batch", a->batch, "samples per rank per step");
   cmd->add_option("--steps", a->steps, "timed steps per mode");
   cmd->add_option("--warmup", a->warmup, "untimed steps per mode");

@@ -1,5 +1,5 @@
 // What `kiln bench ddp` and `kiln bench fsdp` share: the MLP both train
-// (1024 -> width -> ... -> 1024, each layer run as a unit so the sharded
+// (io -> width -> ... -> io, io 1024 unless given; each layer run as a unit so the sharded
 // wrapper can gather it; without a wrapper run_unit is a plain call) and the
 // timing helpers.
 #pragma once
@@ -16,12 +16,12 @@
 namespace kiln::cli::bench {
 
 struct MlpImpl : torch::nn::Module {
-  MlpImpl(int width, int hidden_layers) {
-    layers.push_back(register_module("in", torch::nn::Linear(1024, width)));
+  MlpImpl(int width, int hidden_layers, int io = 1024) {
+    layers.push_back(register_module("in", torch::nn::Linear(io, width)));
     for (int i = 0; i < hidden_layers; ++i) {
       layers.push_back(register_module(fmt::format("h{}", i), torch::nn::Linear(width, width)));
     }
-    layers.push_back(register_module("out", torch::nn::Linear(width, 1024)));
+    layers.push_back(register_module("out", torch::nn::Linear(width, io)));
   }
   // Computes in the parameters' dtype (bf16 under a bf16 sharded wrapper);
   // the output comes back in float32.

@@ -192,7 +192,10 @@ Status check_sendrecv(Communicator& c, std::size_t count) {
   return Status::ok();
 }
 
-enum class Layout { kShm, kTcp, kTwoPerHost };
+// kShmStreaming: shared memory with every received message written by
+// streaming stores (Note [Streaming stores for large messages]), which
+// normally only messages of 16 MiB and more are.
+enum class Layout { kShm, kTcp, kTwoPerHost, kShmStreaming };
 
 struct Case {
   int world;
@@ -200,7 +203,10 @@ struct Case {
 };
 
 std::string case_name(const ::testing::TestParamInfo<Case>& info) {
-  const char* l = info.param.layout == Layout::kShm ? "shm" : info.param.layout == Layout::kTcp ? "tcp" : "two_per_host";
+  const char* l = info.param.layout == Layout::kShm           ? "shm"
+                  : info.param.layout == Layout::kTcp         ? "tcp"
+                  : info.param.layout == Layout::kShmStreaming ? "shm_streaming"
+                                                               : "two_per_host";
   return fmt::format("world{}_{}", info.param.world, l);
 }
 
@@ -215,6 +221,7 @@ testing::RunOptions options_for(Layout layout) {
       return std::map<std::string, std::string>{{"KILN_HOST_ID", fmt::format("host{}", rank / 2)}};
     };
   }
+  if (layout == Layout::kShmStreaming) o.env["KILN_SHM_STREAMING_BYTES"] = "1";
   return o;
 }
 
@@ -272,7 +279,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{2, Layout::kTcp}, Case{3, Layout::kTcp}, Case{4, Layout::kTcp},
                       Case{5, Layout::kTcp}, Case{8, Layout::kTcp},
                       Case{4, Layout::kTwoPerHost}, Case{5, Layout::kTwoPerHost},
-                      Case{8, Layout::kTwoPerHost}),
+                      Case{8, Layout::kTwoPerHost}, Case{2, Layout::kShmStreaming},
+                      Case{3, Layout::kShmStreaming}),
     case_name);
 
 // Note [16-bit floats accumulate in float32]: non-integer inputs whose sums

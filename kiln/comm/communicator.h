@@ -102,6 +102,8 @@ class Communicator {
   // The allreduce algorithm the cost model (or KILN_ALGO) picks for `bytes`.
   AllreduceAlgo choose_allreduce(std::size_t bytes) const;
   std::string describe() const;  // "rank 1/4, shm:2 tcp:1, 2 hosts"
+  // Hosts, ranks per host, whether any pair crosses hosts.
+  const Topology& topology() const { return topology_; }
 
  private:
   Communicator(std::shared_ptr<store::Store> store, int rank, int size, CommOptions options,

@@ -13,6 +13,21 @@ namespace kiln::comm {
 // float16/bfloat16 are widened to float32, combined, and rounded back.
 void reduce(DataType t, ReduceOp op, void* dst, const void* a, const void* b, std::size_t count);
 
+// Note [Streaming stores for large messages]: an allreduce of a buffer much
+// larger than the caches is bound by memory traffic, and a plain store first
+// reads the destination's cache line from memory (read for ownership) only to
+// overwrite it: a third more traffic for the copy out of a slot, a quarter
+// more for a reduction. Non-temporal stores write whole lines straight to
+// memory. They also evict the result from the caches, so transports use
+// these only for messages far larger than the caches (where the result would
+// not stay cached anyway). Both end with a store fence: the data is visible
+// to other threads before anything they publish afterwards.
+// reduce() with streaming stores to dst (float32 sum/avg; others as reduce()).
+void reduce_streaming(DataType t, ReduceOp op, void* dst, const void* a, const void* b,
+                      std::size_t count);
+// memcpy() with streaming stores to dst.
+void copy_streaming(void* dst, const void* src, std::size_t bytes);
+
 // buf[i] /= divisor (integer types truncate toward zero).
 void finish_avg(DataType t, void* buf, std::size_t count, int divisor);
 
@@ -24,6 +39,10 @@ struct Reducer {
   // dst = local OP incoming, over `bytes` bytes (a multiple of the element size).
   void operator()(void* dst, const void* local, const void* incoming, std::size_t bytes) const {
     reduce(dtype, op, dst, local, incoming, bytes / dtype_size(dtype));
+  }
+  // The same with streaming stores (Note [Streaming stores for large messages]).
+  void streaming(void* dst, const void* local, const void* incoming, std::size_t bytes) const {
+    reduce_streaming(dtype, op, dst, local, incoming, bytes / dtype_size(dtype));
   }
 };
 

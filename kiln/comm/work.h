@@ -48,6 +48,10 @@ class Work {
   // Seconds the operation itself ran (not its time queued behind earlier
   // ones): what bytes are divided by for its bandwidth. 0 until done.
   double run_seconds() const;
+  // When it was issued, began and ended running (the last two valid once done).
+  Clock::time_point submitted_at() const { return submitted_at_; }
+  Clock::time_point started_at() const { return started_at_; }
+  Clock::time_point finished_at() const { return finished_at_; }
 
  private:
   friend class Engine;

@@ -304,8 +304,12 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
     if (!s.is_ok() && first_error.is_ok()) first_error = s.with_context("DDP gradient allreduce");
     stats_.bytes += static_cast<std::size_t>(b.buffer.numel()) * b.buffer.element_size();
     const torch::Tensor& sent = b.wire.defined() && options_.compress_bf16 ? b.wire : b.buffer;
-    stats_.collectives.push_back(
-        {static_cast<std::size_t>(sent.numel()) * sent.element_size(), b.work->run_seconds()});
+    auto at = [&](Clock::time_point t) {
+      return std::chrono::duration<double>(t - backward_started_).count();
+    };
+    stats_.collectives.push_back({static_cast<std::size_t>(sent.numel()) * sent.element_size(),
+                                  b.work->run_seconds(), at(b.work->submitted_at()),
+                                  at(b.work->started_at()), at(b.work->finished_at())});
   }
   KILN_RETURN_IF_ERROR(first_error);
   if (options_.compress_bf16) {

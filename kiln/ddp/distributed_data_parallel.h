@@ -58,9 +58,14 @@ struct DdpOptions {
 
 // One bucket's allreduce: the bytes each rank sent in (the wire dtype's:
 // bf16 when compressed) and the seconds the operation itself ran.
+// launched/started/finished: seconds since backward began that it was
+// issued, began running and ended (where the link sat idle shows here).
 struct CollectiveStat {
   std::size_t bytes = 0;
   double seconds = 0;
+  double launched_s = 0;
+  double started_s = 0;
+  double finished_s = 0;
 };
 
 // Timing of the last synchronized backward().

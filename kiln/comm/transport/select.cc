@@ -24,6 +24,10 @@ const Knob<std::string> kHostId{"KILN_HOST_ID", "",
                                 "override the host identity that decides which peers share memory"};
 const Knob<std::string> kCommAddr{"KILN_COMM_ADDR", "",
                                   "IPv4 address to listen on and advertise for tcp connections"};
+const Knob<std::int64_t> kShmStreamingBytes{
+    "KILN_SHM_STREAMING_BYTES", 16 << 20,
+    "shared-memory messages at least this large are written out with streaming (non-temporal) "
+    "stores; 0 = never (Note [Streaming stores for large messages])"};
 
 constexpr std::uint64_t kHandshakeMagic = 0x4b494c4e434f4d4dull;  // "KILNCOMM"
 // 2: an HMAC challenge-response follows the handshake.
@@ -260,8 +264,10 @@ Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int 
       KILN_ASSIGN_OR_RETURN(auto seg, shm::Segment::open(*name, r));
       std::shared_ptr<shm::Segment> peer_seg = std::move(seg);
       theirs.push_back(peer_seg);
-      ctx->set_pair(r, std::make_unique<shm::ShmPair>(r, name_of(r), mine, peer_seg, my_local, i,
-                                                      peers[r].pid));
+      std::int64_t streaming = kShmStreamingBytes.get();
+      ctx->set_pair(r, std::make_unique<shm::ShmPair>(
+                           r, name_of(r), mine, peer_seg, my_local, i, peers[r].pid,
+                           streaming > 0 ? static_cast<std::size_t>(streaming) : SIZE_MAX));
     }
     // Once every local peer has mapped our segment, its name can go: nothing
     // is left in /dev/shm if a rank crashes later.

@@ -15,7 +15,7 @@ namespace kiln::comm::transport::shm {
 
 ShmPair::ShmPair(int peer_rank, std::string peer_name, std::shared_ptr<Segment> mine,
                  std::shared_ptr<Segment> theirs, std::uint32_t my_local, std::uint32_t peer_local,
-                 int peer_pid)
+                 int peer_pid, std::size_t streaming_bytes)
     : Pair(peer_rank, std::move(peer_name)),
       mine_(std::move(mine)),
       theirs_(std::move(theirs)),
@@ -24,7 +24,8 @@ ShmPair::ShmPair(int peer_rank, std::string peer_name, std::shared_ptr<Segment> 
       out_index_(my_local),
       in_index_(peer_local),
       peer_bell_(&theirs_->header()->doorbell),
-      peer_pid_(peer_pid) {
+      peer_pid_(peer_pid),
+      streaming_bytes_(streaming_bytes) {
   // A pidfd turns "is the peer still alive" into a poll, immune to pid reuse.
   pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, peer_pid, 0));
 }
@@ -101,8 +102,15 @@ bool ShmPair::progress_recvs() {
         return true;
       }
       const void* src = Segment::slot_data(slot);
+      const bool stream = op.len >= streaming_bytes_;  // Note [Streaming stores for large messages]
       if (op.local != nullptr) {
-        op.reducer(op.dst + op.off, op.local + op.off, src, n);
+        if (stream) {
+          op.reducer.streaming(op.dst + op.off, op.local + op.off, src, n);
+        } else {
+          op.reducer(op.dst + op.off, op.local + op.off, src, n);
+        }
+      } else if (stream) {
+        copy_streaming(op.dst + op.off, src, n);
       } else {
         std::memcpy(op.dst + op.off, src, n);
       }

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <deque>
 #include <memory>
 
@@ -23,10 +24,11 @@ namespace kiln::comm::transport::shm {
 class ShmPair final : public Pair {
  public:
   // `mine`/`theirs`: this rank's and the peer's segments; FIFOs are indexed by
-  // the sender's local rank.
+  // the sender's local rank. Received messages of at least `streaming_bytes`
+  // land with streaming stores (Note [Streaming stores for large messages]).
   ShmPair(int peer_rank, std::string peer_name, std::shared_ptr<Segment> mine,
           std::shared_ptr<Segment> theirs, std::uint32_t my_local, std::uint32_t peer_local,
-          int peer_pid);
+          int peer_pid, std::size_t streaming_bytes = SIZE_MAX);
   ~ShmPair() override;
 
   void post_send(const void* data, std::size_t len, Request* req) override;
@@ -69,6 +71,7 @@ class ShmPair final : public Pair {
   Doorbell* peer_bell_;
   int peer_pid_;
   int pidfd_ = -1;
+  std::size_t streaming_bytes_;
 
   std::deque<SendOp> sends_;
   std::deque<RecvOp> recvs_;

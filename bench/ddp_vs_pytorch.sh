@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Kiln DDP against PyTorch DDP (gloo) on the same model, batch and link:
+# two network namespaces joined by a shaped veth (bench/ddp_overlap.sh builds
+# them), one rank in each, one torch thread per rank. In each round, one
+# after the other in the same namespaces:
+#   pytorch ddp 25 MB buckets (the default), pytorch ddp 5 MB buckets,
+#   pytorch's compute floor (the same step without communication),
+#   pytorch's all_reduce of all gradients alone (84 MB),
+#   kiln bench ddp (Kiln DDP, and its own compute floor), kiln bench comm
+#   (Kiln's allreduce of the same bytes).
+# The model: five Linear(2048, 2048) (20.98 M parameters), batch 768 per rank.
+# A step is zero_grad + forward + loss + backward until gradients are averaged.
+# Prints one table: per system the median step over rounds and its range,
+# and Kiln's step over the best PyTorch configuration and over the floor
+# (each ratio taken within a round, then the median), and its step over the
+# link bound: forward + the time its first gradient is ready + the allreduce
+# of all gradients alone (nothing can leave before the first gradient exists
+# and every byte must cross the link).
+#
+#   bench/ddp_vs_pytorch.sh [--rounds 3] [--rate 1gbit] [--batch 768] [--steps 6]
+#                           [--bucket-mib 25] [--kiln PATH] [--json]
+#                           [--keep FILE] [--from FILE]
+# --keep appends each round's raw results to FILE; --from FILE runs nothing
+# and prints the table of the rounds kept there (so rounds can run in
+# separate short sittings).
+# Needs root (ip netns, tc), python3-torch (PYTHON=/usr/bin/python3) and jq.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+KILN="$ROOT/build/kiln"
+RATE=1gbit
+ROUNDS=3
+BATCH=768
+STEPS=6
+BUCKET_MIB=25
+JSON=0
+KEEP=
+FROM=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --rate) RATE=$2; shift 2 ;;
+    --batch) BATCH=$2; shift 2 ;;
+    --steps) STEPS=$2; shift 2 ;;
+    --bucket-mib) BUCKET_MIB=$2; shift 2 ;;
+    --kiln) KILN=$2; shift 2 ;;
+    --json) JSON=1; shift ;;
+    --keep) KEEP=$2; shift 2 ;;
+    --from) FROM=$2; shift 2 ;;
+    *) echo "ddp_vs_pytorch: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+KILN=$(readlink -f "$KILN")
+[ -x "$KILN" ] || { echo "ddp_vs_pytorch: no kiln binary at $KILN" >&2; exit 1; }
+# Debian's python3-torch lives in the system interpreter's dist-packages.
+PYTHON=${PYTHON:-/usr/bin/python3}
+"$PYTHON" -c 'import torch.distributed' 2>/dev/null ||
+  { echo "ddp_vs_pytorch: python3-torch not found (scripts/install-deps.sh installs it)" >&2; exit 1; }
+command -v jq >/dev/null || { echo "ddp_vs_pytorch: jq not found" >&2; exit 1; }
+
+SHAPE="--io 2048 --width 2048 --layers 3 --batch $BATCH"
+PY="$PYTHON $ROOT/bench/ddp_pytorch.py $SHAPE --steps $STEPS --warmup 2"
+GRAD_BYTES=$((5 * (2048 * 2048 + 2048) * 4))
+RUNS=(
+  "$PY --mode ddp --bucket-mb 25"
+  "$PY --mode ddp --bucket-mb 5"
+  "$PY --mode floor"
+  "$PY --mode allreduce"
+  "\$KILN bench ddp --json $SHAPE --steps $STEPS --warmup 2 --bucket-mib $BUCKET_MIB"
+  "\$KILN bench comm --json -o allreduce -b $GRAD_BYTES -e $GRAD_BYTES -n $STEPS -w 2"
+)
+EXEC_ARGS=()
+for r in "${RUNS[@]}"; do EXEC_ARGS+=(--exec "$r"); done
+
+ALL=$(mktemp)
+trap 'rm -f "$ALL" "$ALL.summary"' EXIT
+if [ -n "$FROM" ]; then
+  cp "$FROM" "$ALL"
+  ROUNDS=$(jq -s 'map(.round) | unique | length' "$ALL")
+else
+  for i in $(seq 1 "$ROUNDS"); do
+    echo "# round $i/$ROUNDS" >&2
+    # A round id unique across --keep sittings.
+    round="$(date +%s%N)"
+    "$ROOT/bench/ddp_overlap.sh" --rate "$RATE" --kiln "$KILN" "${EXEC_ARGS[@]}" |
+      jq -c --arg round "$round" '. + {round: $round, rate: "'"$RATE"'", batch: '"$BATCH"'}' >>"$ALL"
+  done
+  [ -z "$KEEP" ] || cat "$ALL" >>"$KEEP"
+fi
+
+# One row per system and round: {round, system, step_s}.
+jq -s -c '
+  map(
+    if .system == "pytorch" then
+      {round, system: (if .mode == "ddp" then "pytorch ddp \(.bucket_mb) MB buckets"
+                       elif .mode == "floor" then "pytorch compute floor"
+                       else "pytorch allreduce alone" end), step_s}
+    elif has("step_b_slowest_s") then
+      ({round, system: "kiln ddp \(.bucket_cap_mib) MiB buckets", step_s: .step_b_slowest_s},
+       {round, system: "kiln compute floor", step_s: .compute_s},
+       {round, system: "kiln ddp backward (with hooks)", step_s: .ddp_backward_s},
+       {round, system: "kiln exposed comm", step_s: .exposed_comm_s},
+       {round, system: "kiln first bucket ready", step_s: .last_buckets[0][1]},
+       {round, system: "kiln forward", step_s: (.compute_s - .backward_s)})
+    else {round, system: "kiln allreduce alone", step_s: (.results[0].time_us / 1e6)} end)
+  | . as $rows
+  | def med: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
+    def ratio(f): [$rows | group_by(.round)[] | (map(select(.system | startswith("kiln ddp") and endswith("buckets")))[0].step_s) / f] | med;
+    {systems: [group_by(.system)[] | {system: .[0].system, median_s: (map(.step_s) | med),
+                                      min_s: (map(.step_s) | min), max_s: (map(.step_s) | max),
+                                      rounds: length}],
+     kiln_over_best_pytorch: ratio(map(select(.system | startswith("pytorch ddp"))) | map(.step_s) | min),
+     kiln_over_floor: ratio(map(select(.system == "kiln compute floor"))[0].step_s),
+     # Nothing can be sent before the first gradient exists, and all 84 MB
+     # must cross the link: forward + first gradient + the allreduce alone.
+     kiln_over_bound: ratio(
+        (map(select(.system == "kiln forward"))[0].step_s) +
+        (map(select(.system == "kiln first bucket ready"))[0].step_s) +
+        (map(select(.system == "kiln allreduce alone"))[0].step_s)),
+     kiln_allreduce_over_gloo: ([$rows | group_by(.round)[] |
+        (map(select(.system == "kiln allreduce alone"))[0].step_s) /
+        (map(select(.system == "pytorch allreduce alone"))[0].step_s)] | med)}' "$ALL" >"$ALL.summary"
+if [ "$JSON" = 1 ]; then
+  cat "$ALL.summary"
+else
+  echo "# ddp_vs_pytorch: rate $RATE, batch $BATCH per rank, $ROUNDS round(s), $STEPS steps each"
+  jq -r '.systems[] | [.system, (.median_s * 1000 | round), (.min_s * 1000 | round), (.max_s * 1000 | round)]
+         | "\(.[0] | . + " " * (34 - length)) \(.[1]) ms  [\(.[2])-\(.[3])]"' "$ALL.summary"
+  jq -r '"kiln step / best pytorch step: \(.kiln_over_best_pytorch * 1000 | round / 1000)  (target <= 0.9)",
+         "kiln step / compute floor:     \(.kiln_over_floor * 1000 | round / 1000)  (target <= 1.15)",
+         "kiln step / link bound:        \(.kiln_over_bound * 1000 | round / 1000)  (forward + first gradient + allreduce alone)",
+         "kiln allreduce / gloo:         \(.kiln_allreduce_over_gloo * 1000 | round / 1000)  (target <= 1.0)"' "$ALL.summary"
+fi
