@@ -46,6 +46,7 @@
 #include "cli/bench_ckpt_s3.h"
 #include "cli/command.h"
 #include "cli/local_ranks.h"
+#include "kiln/base/fd.h"
 #include "kiln/base/units.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/format.h"
@@ -94,19 +95,15 @@ double median(std::vector<double> v) {
 // speed for this access pattern, measured in the same run.
 Result<double> raw_write_seconds(const std::string& path, const std::vector<char>& buf) {
   auto t0 = std::chrono::steady_clock::now();
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return errno_status("bench ckpt: create " + path, errno);
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) return errno_status("bench ckpt: create " + path, errno);
   for (std::size_t off = 0; off < buf.size();) {
-    ssize_t w = ::write(fd, buf.data() + off, std::min<std::size_t>(8 << 20, buf.size() - off));
-    if (w < 0) {
-      ::close(fd);
-      return errno_status("bench ckpt: write " + path, errno);
-    }
+    ssize_t w = ::write(fd.get(), buf.data() + off, std::min<std::size_t>(8 << 20, buf.size() - off));
+    if (w < 0) return errno_status("bench ckpt: write " + path, errno);
     off += static_cast<std::size_t>(w);
   }
-  int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return errno_status("bench ckpt: fsync " + path, errno);
+  if (::fsync(fd.get()) != 0) return errno_status("bench ckpt: fsync " + path, errno);
+  if (::close(fd.release()) != 0) return errno_status("bench ckpt: close " + path, errno);
   double s = seconds_since(t0);
   ::unlink(path.c_str());
   return s;
@@ -118,16 +115,14 @@ Status corrupt_shards(const std::string& step_dir) {
   for (const auto& e : std::filesystem::directory_iterator(step_dir, ec)) {
     if (e.path().extension() != ".bin") continue;
     const std::string path = e.path().string();
-    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd < 0) return errno_status("bench ckpt: open " + path, errno);
-    off_t middle = ::lseek(fd, 0, SEEK_END) / 2;
+    Fd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd.valid()) return errno_status("bench ckpt: open " + path, errno);
+    off_t middle = ::lseek(fd.get(), 0, SEEK_END) / 2;
     char b = 0;
-    bool ok = ::pread(fd, &b, 1, middle) == 1;
+    bool ok = ::pread(fd.get(), &b, 1, middle) == 1;
     b = static_cast<char>(b ^ 0x5a);
-    ok = ok && ::pwrite(fd, &b, 1, middle) == 1;
-    int err = errno;
-    ::close(fd);
-    if (!ok) return errno_status("bench ckpt: flip a byte of " + path, err);
+    ok = ok && ::pwrite(fd.get(), &b, 1, middle) == 1;
+    if (!ok) return errno_status("bench ckpt: flip a byte of " + path, errno);
   }
   if (ec) return internal_error(fmt::format("bench ckpt: list {}: {}", step_dir, ec.message()));
   return Status::ok();
@@ -137,10 +132,8 @@ Status corrupt_shards(const std::string& step_dir) {
 void drop_cache(const std::string& dir) {
   std::error_code ec;
   for (const auto& e : std::filesystem::recursive_directory_iterator(dir, ec)) {
-    int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    ::close(fd);
+    Fd fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.valid()) ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED);
   }
 }
 
