@@ -11,6 +11,10 @@
 //   <dir>/rank-<r>/step-<N>/shard-<r>.json    its record, written last
 //   <dir>/rank-<r>/step-<N>/shard-<p>.bin     replica of rank p = (r-1) mod W
 //   <dir>/rank-<r>/step-<N>/shard-<p>.json
+//   <dir>/rank-<r>/spare/shard-*.bin          a retired step's files, no
+//                                             records: the next store writes
+//                                             over them (Note [Recycled
+//                                             snapshot files], memory_tier.cc)
 //
 // A .bin has the checkpoint shard format (docs/formats.md); a .json is
 // {"step", "world_size", "shard": <shard record>}: its presence marks the
