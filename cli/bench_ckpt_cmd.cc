@@ -11,10 +11,17 @@
 //   load_mb_s        load_latest of every rank's slice, page cache dropped for the
 //                    shard files first (posix_fadvise), all ranks' MB over the slowest rank
 //   disk_recovery_s  that load's wall time (manifest, reads, checksums, re-slice)
-//   inmem_store_s    MemoryTier::store of the same state: tmpfs snapshot + ring replica
-//   inmem_recovery_s restarted ranks restore from their own in-memory snapshots
+//   inmem_store_s    MemoryTier::store of the same state: tmpfs snapshot + ring
+//                    replica, steady state (median of 3 after two that recycle
+//                    files; target ≤ 2 × memcpy_s)
+//   inmem_recovery_s ranks restore from their own in-memory snapshots into
+//                    their (touched) memory (target ≤ 3 × memcpy_s)
 //   inmem_buddy_recovery_s  the same after rank 1's memory is lost: it fetches
-//                    its snapshot from the replica rank 2 (mod n) holds
+//                    its snapshot from the replica rank 2 (mod n) holds (≤ 5 ×)
+//   inmem_restart_recovery_s  a rank process SIGKILLed and restarted recovers
+//                    from its buddy's memory: from the kill to both recovered,
+//                    process start and allocation included (bench_ckpt_restart.h;
+//                    target ≤ 1 s + 5 × memcpy_s)
 //   s3_write_vs_raw_put  (--s3) a checkpoint streamed to a local s3rver
 //                    (shard upload + commit) vs raw PUTs of the same bytes in
 //                    part-sized objects at the same parallelism (target ≥ 0.8)
@@ -35,9 +42,11 @@
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "cli/bench_ckpt_restart.h"
 #include "cli/bench_ckpt_s3.h"
 #include "cli/command.h"
 #include "cli/local_ranks.h"
+#include "kiln/base/fd.h"
 #include "kiln/base/units.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/format.h"
@@ -63,6 +72,9 @@ struct CkptBenchArgs {
   // before the timed load, so a test can prove a corrupt checkpoint fails.
   bool inject_corruption = false;
   bool s3 = false;  // also measure checkpoints to a local s3rver
+  // The restart measurement's child process (hidden; bench_ckpt_restart.h).
+  std::string restart_child;
+  RestartBenchSpec restart;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -83,19 +95,15 @@ double median(std::vector<double> v) {
 // speed for this access pattern, measured in the same run.
 Result<double> raw_write_seconds(const std::string& path, const std::vector<char>& buf) {
   auto t0 = std::chrono::steady_clock::now();
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return errno_status("bench ckpt: create " + path, errno);
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) return errno_status("bench ckpt: create " + path, errno);
   for (std::size_t off = 0; off < buf.size();) {
-    ssize_t w = ::write(fd, buf.data() + off, std::min<std::size_t>(8 << 20, buf.size() - off));
-    if (w < 0) {
-      ::close(fd);
-      return errno_status("bench ckpt: write " + path, errno);
-    }
+    ssize_t w = ::write(fd.get(), buf.data() + off, std::min<std::size_t>(8 << 20, buf.size() - off));
+    if (w < 0) return errno_status("bench ckpt: write " + path, errno);
     off += static_cast<std::size_t>(w);
   }
-  int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) return errno_status("bench ckpt: fsync " + path, errno);
+  if (::fsync(fd.get()) != 0) return errno_status("bench ckpt: fsync " + path, errno);
+  if (::close(fd.release()) != 0) return errno_status("bench ckpt: close " + path, errno);
   double s = seconds_since(t0);
   ::unlink(path.c_str());
   return s;
@@ -107,16 +115,14 @@ Status corrupt_shards(const std::string& step_dir) {
   for (const auto& e : std::filesystem::directory_iterator(step_dir, ec)) {
     if (e.path().extension() != ".bin") continue;
     const std::string path = e.path().string();
-    int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd < 0) return errno_status("bench ckpt: open " + path, errno);
-    off_t middle = ::lseek(fd, 0, SEEK_END) / 2;
+    Fd fd(::open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd.valid()) return errno_status("bench ckpt: open " + path, errno);
+    off_t middle = ::lseek(fd.get(), 0, SEEK_END) / 2;
     char b = 0;
-    bool ok = ::pread(fd, &b, 1, middle) == 1;
+    bool ok = ::pread(fd.get(), &b, 1, middle) == 1;
     b = static_cast<char>(b ^ 0x5a);
-    ok = ok && ::pwrite(fd, &b, 1, middle) == 1;
-    int err = errno;
-    ::close(fd);
-    if (!ok) return errno_status("bench ckpt: flip a byte of " + path, err);
+    ok = ok && ::pwrite(fd.get(), &b, 1, middle) == 1;
+    if (!ok) return errno_status("bench ckpt: flip a byte of " + path, errno);
   }
   if (ec) return internal_error(fmt::format("bench ckpt: list {}: {}", step_dir, ec.message()));
   return Status::ok();
@@ -126,10 +132,8 @@ Status corrupt_shards(const std::string& step_dir) {
 void drop_cache(const std::string& dir) {
   std::error_code ec;
   for (const auto& e : std::filesystem::recursive_directory_iterator(dir, ec)) {
-    int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    ::close(fd);
+    Fd fd(::open(e.path().c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.valid()) ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED);
   }
 }
 
@@ -137,35 +141,47 @@ struct MemoryTierTimes {
   double store_s = 0, recovery_s = 0, buddy_s = 0;
 };
 
-// The in-memory tier on the same state: store it, recover it as restarted
-// ranks would, then again with rank 1's memory gone (its buddy's replica
-// comes over the communicator). Checks every recovered byte; clears the tier.
+// Stores before the timed ones: the first two allocate the snapshot files,
+// later ones write over the retired generation's (Note [Recycled snapshot
+// files]), as every save of a training run after its second does.
+constexpr int kWarmStores = 2, kTimedStores = 3;
+
+// The in-memory tier on the same state: store it, recover it into this
+// rank's (touched) scratch memory as ranks restarting in place would, then
+// again with rank 1's memory gone (its buddy's replica comes over the
+// communicator). Checks every recovered byte; clears the tier.
 Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_comm,
-                                            const std::string& root, std::int64_t step,
-                                            ckpt::RowRange mine, std::int64_t rows,
+                                            const std::string& root, ckpt::RowRange mine, std::int64_t rows,
                                             std::int64_t cols, const std::vector<char>& state,
-                                            std::size_t my_bytes) {
+                                            std::vector<char>& scratch, std::size_t my_bytes) {
   const int r = c.rank(), n = c.size();
   std::string dir = ckpt::default_memory_dir(root) + "-bench";
   KILN_ASSIGN_OR_RETURN(auto tier, ckpt::MemoryTier::open({.dir = dir, .comm = &ckpt_comm}));
   std::vector<ckpt::StagedEntry> entries{
       {"weights", true, {DataType::kFloat32, {rows, cols}, mine.offset, mine.count}, 0, my_bytes}};
   MemoryTierTimes t;
-  KILN_RETURN_IF_ERROR(c.barrier()->wait());
-  auto t0 = std::chrono::steady_clock::now();
-  KILN_RETURN_IF_ERROR(
-      tier->store(step, entries, reinterpret_cast<const std::byte*>(state.data())));
-  KILN_ASSIGN_OR_RETURN(t.store_s, slowest(c, seconds_since(t0)));
+  std::vector<double> store_s;
+  const std::int64_t first = 1, step = kWarmStores + kTimedStores;
+  for (std::int64_t s = first; s <= step; ++s) {
+    KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    auto t0 = std::chrono::steady_clock::now();
+    KILN_RETURN_IF_ERROR(tier->store(s, entries, reinterpret_cast<const std::byte*>(state.data())));
+    KILN_ASSIGN_OR_RETURN(double took, slowest(c, seconds_since(t0)));
+    if (s >= first + kWarmStores) store_s.push_back(took);
+  }
+  t.store_s = median(store_s);
+  ckpt::RecoverTarget into{"weights", reinterpret_cast<std::byte*>(scratch.data()), my_bytes};
   for (int lose = 0; lose < (n > 1 ? 2 : 1); ++lose) {
     if (lose == 1 && r == 1) KILN_RETURN_IF_ERROR(ckpt::Fs::posix()->remove_tree(tier->rank_dir()));
+    std::memset(scratch.data(), 0, my_bytes);
     KILN_RETURN_IF_ERROR(c.barrier()->wait());
-    t0 = std::chrono::steady_clock::now();
-    KILN_ASSIGN_OR_RETURN(auto got, tier->recover(step));
+    auto t0 = std::chrono::steady_clock::now();
+    KILN_ASSIGN_OR_RETURN(auto got, tier->recover(step, {&into, 1}));
     KILN_ASSIGN_OR_RETURN(double s, slowest(c, seconds_since(t0)));
     (lose == 0 ? t.recovery_s : t.buddy_s) = s;
     const ckpt::LoadedEntry* w = got.find("weights");
-    int bad = (w == nullptr || w->data.size() != my_bytes ||
-               std::memcmp(w->data.data(), state.data(), my_bytes) != 0 ||
+    int bad = (w == nullptr || !w->in_place ||
+               std::memcmp(scratch.data(), state.data(), my_bytes) != 0 ||
                tier->last_recovery().from_replica != lose)
                   ? 1
                   : 0;
@@ -181,6 +197,7 @@ Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_
 Status bench_ckpt(const CkptBenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(std::uint64_t total, parse_bytes(a.bytes));
   if (a.saves < 2) return invalid_argument("bench ckpt: --saves must be at least 2");
+  if (!a.restart_child.empty()) return run_restart_child(a.restart_child, a.restart);
   if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench ckpt")) return *spawned;
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
   Communicator& c = pg->comm();
@@ -190,7 +207,7 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   ckpt::RowRange mine = ckpt::even_rows(rows, r, n);
   const std::size_t my_bytes = static_cast<std::size_t>(mine.count * cols * 4);
   std::vector<char> state(my_bytes), copy(my_bytes);
-  for (std::size_t i = 0; i < my_bytes; i += 4096) state[i] = static_cast<char>(i / 4096 + r);
+  fill_bench_state(state, r);
   std::memset(copy.data(), 1, copy.size());
   std::string rng = fmt::format("rng state of rank {}", r);
 
@@ -266,8 +283,24 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
   if (bad) return internal_error("bench ckpt: the loaded state differs from the saved one");
 
-  KILN_ASSIGN_OR_RETURN(auto mem, measure_memory_tier(c, *ckpt_comm, root, last_step, mine, rows,
-                                                      cols, state, my_bytes));
+  KILN_ASSIGN_OR_RETURN(auto mem, measure_memory_tier(c, *ckpt_comm, root, mine, rows,
+                                                      cols, state, copy, my_bytes));
+
+  // A rank SIGKILLed and restarted, recovering from its buddy's memory: rank
+  // 0 and a child process of its own (the other ranks wait).
+  double restart_s = 0;
+  if (r == 0) {
+    RestartBenchSpec spec{ckpt::default_memory_dir(root) + "-bench-restart", mine.count, cols,
+                          last_step};
+    std::memset(copy.data(), 0, copy.size());  // so only a real recovery matches
+    auto got = measure_restart_recovery(*pg, spec, state, copy, root);
+    if (!got.is_ok()) {
+      c.abort(got.status());  // the waiting ranks learn at once
+      return got.status();
+    }
+    restart_s = *got;
+  }
+  KILN_RETURN_IF_ERROR(c.barrier()->wait());
 
   std::optional<S3CkptTimes> s3;
   std::string s3_skipped = "--s3 not given";
@@ -294,8 +327,14 @@ Status bench_ckpt(const CkptBenchArgs& a) {
                        {"load_mb_s", mb / load_t},
                        {"disk_recovery_s", load_t},
                        {"inmem_store_s", mem.store_s},
+                       {"inmem_store_vs_memcpy", mem.store_s / median(memcpy_s)},
                        {"inmem_recovery_s", mem.recovery_s},
+                       {"inmem_recovery_vs_memcpy", mem.recovery_s / median(memcpy_s)},
                        {"inmem_buddy_recovery_s", n > 1 ? nlohmann::json(mem.buddy_s) : nullptr},
+                       {"inmem_buddy_vs_memcpy",
+                        n > 1 ? nlohmann::json(mem.buddy_s / median(memcpy_s)) : nullptr},
+                       {"inmem_restart_recovery_s", restart_s},
+                       {"inmem_restart_bound_s", 1.0 + 5 * median(memcpy_s)},
                        {"inmem_vs_disk_recovery", mem.recovery_s / load_t}};
     if (s3) {
       doc["s3_raw_put_s"] = s3->raw_put_s;
@@ -333,6 +372,12 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
       ->capture_default_str();
   cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
   cmd->add_flag("--s3", a->s3, "also checkpoint to a local s3rver vs raw PUTs (s3_write_vs_raw_put)");
+  // The restart measurement's child (bench_ckpt_restart.h); not for users.
+  cmd->add_option("--restart-child", a->restart_child)->group("");
+  cmd->add_option("--restart-dir", a->restart.dir)->group("");
+  cmd->add_option("--restart-rows", a->restart.rows)->group("");
+  cmd->add_option("--restart-cols", a->restart.cols)->group("");
+  cmd->add_option("--restart-step", a->restart.step)->group("");
   cmd->callback(run_status([a] { return bench_ckpt(*a); }));
 });
 

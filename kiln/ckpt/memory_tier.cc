@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <optional>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -13,7 +15,8 @@
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/fs.h"
-#include "kiln/ckpt/internal/mapped_file.h"
+#include "kiln/ckpt/internal/snapshot_restore.h"
+#include "kiln/ckpt/internal/snapshot_stream.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/verify.h"
 #include "kiln/objstore/object_store.h"
@@ -22,7 +25,6 @@ namespace kiln::ckpt {
 namespace {
 
 using comm::DataType;
-using internal::MappedFile;
 
 // Snapshots of one rank that recovery considers: the newest few, so a step
 // interrupted mid-exchange still leaves the one before it on the peers that
@@ -52,25 +54,6 @@ Result<ShardRecord> parse_record(const std::string& text, std::int64_t step, int
                     where, step, world));
   }
   return parse_shard_record(j["shard"].dump(), where);
-}
-
-// A snapshot's two files as sent to a peer: its record JSON and its mapped
-// shard bytes; both empty when either cannot be read (the peer then gets a
-// zero-length record and rejects or skips it).
-struct SnapshotFiles {
-  std::string json;
-  std::optional<MappedFile> bin;
-};
-
-SnapshotFiles open_snapshot(const std::string& step_dir, int rank) {
-  SnapshotFiles f;
-  auto j = read_file(step_dir + "/" + record_name(rank));
-  auto m = MappedFile::open_read(step_dir + "/" + shard_file_name(rank));
-  if (j.is_ok() && m.is_ok()) {
-    f.json = std::move(*j);
-    f.bin.emplace(std::move(*m));
-  }
-  return f;
 }
 
 // A complete snapshot of `rank` taken at `world` ranks, or nullopt (absent,
@@ -112,29 +95,6 @@ Result<bool> all_ok(comm::Communicator* comm, bool ok, std::chrono::milliseconds
   return v == 1;
 }
 
-// The entry as load_step would return it for `rank` of `world`: tensors cut
-// to the rank's even_rows (a replicated tensor to its part, like storage
-// does), blobs as they are. DataLoss when this rank's snapshot lacks rows it
-// needs (it saved another split): storage has them.
-Result<LoadedEntry> as_loaded(const EntryRecord& e, std::vector<std::byte> bytes, int rank,
-                              int world, const std::string& where) {
-  if (!e.is_tensor) return LoadedEntry{e.name, false, {}, std::move(bytes)};
-  RowRange want = even_rows(e.spec.shape[0], rank, world);
-  const std::int64_t lo = e.spec.row_offset, hi = lo + e.spec.rows;
-  if (want.offset < lo || want.offset + want.count > hi) {
-    return data_loss(fmt::format("{}: tensor '{}' holds rows [{}, {}), rank {} needs [{}, {})",
-                                 where, e.name, lo, hi, rank, want.offset,
-                                 want.offset + want.count));
-  }
-  TensorSpec spec{e.spec.dtype, e.spec.shape, want.offset, want.count};
-  const std::size_t row = e.spec.row_bytes();
-  if (want.offset != lo || want.count != e.spec.rows) {
-    auto first = bytes.begin() + static_cast<std::ptrdiff_t>((want.offset - lo) * row);
-    bytes = std::vector<std::byte>(first, first + static_cast<std::ptrdiff_t>(want.count * row));
-  }
-  return LoadedEntry{e.name, true, spec, std::move(bytes)};
-}
-
 }  // namespace
 
 std::string default_memory_dir(const std::string& checkpoint_root) {
@@ -165,85 +125,146 @@ MemoryTier::MemoryTier(MemoryTierOptions options)
     : options_(std::move(options)),
       rank_(options_.comm ? options_.comm->rank() : 0),
       world_(options_.comm ? options_.comm->size() : 1),
-      rank_dir_(fmt::format("{}/rank-{}", options_.dir, rank_)) {}
+      pred_((rank_ + world_ - 1) % world_),
+      rank_dir_(fmt::format("{}/rank-{}", options_.dir, rank_)),
+      bounce_(std::make_unique<internal::Bounce>()) {}
+
+MemoryTier::~MemoryTier() = default;
+
+// Note [Recycled snapshot files]: the step directory a store retires becomes
+// rank_dir/spare (record files removed first, so it never reads as a
+// snapshot) and the next store renames it into place and writes over its
+// files: their tmpfs pages stay allocated, and allocating pages costs more
+// than copying into them (Note [Snapshot bytes at memory speed]). The price
+// is memory: a rank's steady state holds two generations (its snapshot and
+// replica, and the spare), which a store's peak needed anyway.
+Status MemoryTier::prepare_step_dir(const std::string& dir) {
+  Fs& fs = *Fs::posix();
+  KILN_RETURN_IF_ERROR(fs.remove_tree(dir));
+  const std::string spare = rank_dir_ + "/spare";
+  if (::access(spare.c_str(), F_OK) != 0) return fs.make_dir(dir);
+  KILN_RETURN_IF_ERROR(fs.rename(spare, dir));
+  // Keep only the two files this rank writes again (a re-formed world may
+  // have left others).
+  const std::string mine = shard_file_name(rank_), pred = shard_file_name(pred_);
+  auto names = list_dir(dir);
+  if (!names.is_ok()) return names.status();
+  for (const auto& n : *names) {
+    if (n != mine && n != pred) KILN_RETURN_IF_ERROR(fs.remove_tree(dir + "/" + n));
+  }
+  return Status::ok();
+}
+
+void MemoryTier::retire_older_than(std::int64_t step) {
+  Fs& fs = *Fs::posix();
+  const std::string spare = rank_dir_ + "/spare";
+  bool have_spare = ::access(spare.c_str(), F_OK) == 0;
+  for (std::int64_t s : snapshot_steps(rank_dir_)) {
+    if (s == step) continue;
+    const std::string dir = rank_dir_ + "/" + step_dir_name(s);
+    if (!have_spare) {
+      // Records first: from here on the directory is no snapshot.
+      bool unlinked = true;
+      for (int r : {rank_, pred_}) {
+        const std::string rec = dir + "/" + record_name(r);
+        if (::unlink(rec.c_str()) != 0 && errno != ENOENT) unlinked = false;
+      }
+      if (unlinked && fs.rename(dir, spare).is_ok()) {
+        have_spare = true;
+        continue;
+      }
+    }
+    (void)fs.remove_tree(dir);
+  }
+}
 
 Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entries,
                          const std::byte* staging) {
-  std::string dir = rank_dir_ + "/" + step_dir_name(step);
-  Fs& fs = *Fs::posix();
-  // A step stored again (a job restarted from an older step) replaces the old
-  // copy.
-  Status own = fs.remove_tree(dir);
-  if (own.is_ok()) own = fs.make_dir(dir);
+  const std::string dir = rank_dir_ + "/" + step_dir_name(step);
+  std::uint64_t total = 0;
+  for (const auto& e : entries) total += e.bytes;
+  // A step stored again (a job restarted from an older step) replaces the old copy.
+  Status own = prepare_step_dir(dir);
+  std::string json;
   if (own.is_ok()) {
-    auto rec = write_shard(fs, dir, rank_, entries, staging, ShardWriteOptions{});
-    own = rec.status();
+    auto fd = internal::open_for_overwrite(dir + "/" + shard_file_name(rank_), total);
+    own = fd.status();
     if (own.is_ok()) {
-      own = write_file_atomic(fs, dir + "/" + record_name(rank_), record_json(step, world_, *rec));
+      internal::OverwriteWriter out(std::move(*fd), dir + "/" + shard_file_name(rank_));
+      auto rec = write_shard_to(out, rank_, entries, staging, ShardWriteOptions{});
+      own = rec.status();
+      if (own.is_ok()) {
+        json = record_json(step, world_, *rec);
+        // tmpfs: an fsync would change nothing.
+        own = write_file_atomic(*Fs::posix(), dir + "/" + record_name(rank_), json,
+                                Durability::kAtomicOnly);
+      }
     }
   }
   if (!own.is_ok()) {
     own = own.with_context(fmt::format("in-memory snapshot of step {} on rank {}", step, rank_));
+    json.clear();
   }
-  Status ex = exchange(step, dir, own);
+  Status ex = exchange(step, dir, json, entries, staging, total);
   if (!ex.is_ok()) return ex;
   if (!own.is_ok()) return own;
-  // Older snapshots go only once this one is complete.
-  for (std::int64_t s : snapshot_steps(rank_dir_)) {
-    if (s != step) (void)fs.remove_tree(rank_dir_ + "/" + step_dir_name(s));
-  }
+  retire_older_than(step);  // only once this one is complete
   return Status::ok();
 }
 
-// Sends this rank's snapshot (record and shard bytes) to rank r+1 and
-// receives rank r-1's. The sizes go first, so a rank whose own write failed
-// sends nothing and its successor stores nothing, yet both finish.
-Status MemoryTier::exchange(std::int64_t step, const std::string& dir, const Status& own) {
+// Sends this rank's snapshot (record, then its bytes straight from the
+// staging memory) to rank r+1 while receiving rank r-1's into the replica
+// file. The sizes go first, so a rank whose own write failed (`json` empty)
+// sends nothing and its successor keeps nothing, yet both finish.
+Status MemoryTier::exchange(std::int64_t step, const std::string& dir, const std::string& json,
+                            const std::vector<StagedEntry>& entries, const std::byte* staging,
+                            std::uint64_t total) {
   if (world_ == 1) return Status::ok();
-  const int to = (rank_ + 1) % world_, from = (rank_ + world_ - 1) % world_;
-  SnapshotFiles my = own.is_ok() ? open_snapshot(dir, rank_) : SnapshotFiles{};
-  std::string& my_json = my.json;
-  std::optional<MappedFile>& my_bin = my.bin;
-  std::int64_t mine[2] = {static_cast<std::int64_t>(my_json.size()),
-                          static_cast<std::int64_t>(my_bin ? my_bin->size() : 0)};
-  std::int64_t theirs[2] = {0, 0};
+  const int to = (rank_ + 1) % world_, from = pred_;
   const auto t = options_.timeout;
   auto* comm = options_.comm;
+  std::int64_t mine[2] = {static_cast<std::int64_t>(json.size()),
+                          json.empty() ? 0 : static_cast<std::int64_t>(total)};
+  std::int64_t theirs[2] = {0, 0};
   KILN_RETURN_IF_ERROR(comm->sendrecv(mine, 2, to, theirs, 2, from, DataType::kInt64)->wait(t));
   std::string their_json(static_cast<std::size_t>(theirs[0]), '\0');
-  KILN_RETURN_IF_ERROR(comm->sendrecv(my_json.data(), my_json.size(), to, their_json.data(),
+  KILN_RETURN_IF_ERROR(comm->sendrecv(json.data(), json.size(), to, their_json.data(),
                                       their_json.size(), from, DataType::kUInt8)
                            ->wait(t));
-  // Received straight into the replica's pages; into scratch memory when the
-  // file cannot be made (the bytes must still be drained).
-  const auto their_size = static_cast<std::size_t>(theirs[1]);
+  std::vector<internal::MemorySource::Region> regions;
+  for (const auto& e : entries) regions.push_back({staging + e.staging_offset, e.bytes});
+  internal::MemorySource source(std::move(regions));
+  const auto their_size = static_cast<std::uint64_t>(theirs[1]);
   const std::string bin_path = dir + "/" + shard_file_name(from);
-  auto target = MappedFile::create(bin_path, their_size);
-  std::vector<std::byte> scratch;
-  std::byte* into = nullptr;
-  if (target.is_ok()) {
-    into = target->data();
-  } else {
-    log()->warn("in-memory replica of rank {} step {} not kept: {}", from, step,
-                target.status().to_string());
-    scratch.resize(their_size);
-    into = scratch.data();
+  std::optional<internal::FileSink> file;
+  internal::DiscardSink discard;
+  if (theirs[0] > 0) {
+    auto f = internal::FileSink::open(bin_path, their_size);
+    if (f.is_ok()) {
+      file.emplace(std::move(*f));
+    } else {
+      log()->warn("in-memory replica of rank {} step {} not kept: {}", from, step,
+                  f.status().to_string());
+    }
   }
-  KILN_RETURN_IF_ERROR(comm->sendrecv(my_bin ? my_bin->data() : nullptr,
-                                      my_bin ? my_bin->size() : 0, to, into, their_size, from,
-                                      DataType::kUInt8)
-                           ->wait(t));
-  if (target.is_ok() && theirs[0] > 0) {
-    Status s = write_file_atomic(*Fs::posix(), dir + "/" + record_name(from), their_json);
-    if (!s.is_ok())
+  Status local;
+  KILN_RETURN_IF_ERROR(internal::stream_ring(
+      *comm, to, &source, static_cast<std::uint64_t>(mine[1]), from,
+      file ? static_cast<internal::ChunkSink*>(&*file) : &discard, their_size, t, *bounce_, &local));
+  if (!local.is_ok()) {
+    log()->warn("in-memory replica of rank {} step {} not kept: {}", from, step, local.to_string());
+  } else if (file) {
+    Status s = write_file_atomic(*Fs::posix(), dir + "/" + record_name(from), their_json,
+                                 Durability::kAtomicOnly);
+    if (!s.is_ok()) {
       log()->warn("in-memory replica of rank {} step {}: {}", from, step, s.to_string());
+    }
   }
   return Status::ok();
 }
 
-Result<LoadedState> MemoryTier::recover(std::int64_t min_step) {
+Result<LoadedState> MemoryTier::recover(std::int64_t min_step, std::span<const RecoverTarget> into) {
   stats_ = MemoryRecoveryStats{};
-  const int pred = (rank_ + world_ - 1) % world_;
   // What this rank holds: [own steps..., replica-of-predecessor steps...].
   std::vector<std::int64_t> mine(2 * kReported, -1);
   int n_own = 0, n_rep = 0;
@@ -251,7 +272,7 @@ Result<LoadedState> MemoryTier::recover(std::int64_t min_step) {
     if (s < min_step) continue;
     std::string dir = rank_dir_ + "/" + step_dir_name(s);
     if (n_own < kReported && read_snapshot(dir, s, rank_, world_)) mine[n_own++] = s;
-    if (world_ > 1 && n_rep < kReported && read_snapshot(dir, s, pred, world_)) {
+    if (world_ > 1 && n_rep < kReported && read_snapshot(dir, s, pred_, world_)) {
       mine[kReported + n_rep++] = s;
     }
   }
@@ -275,8 +296,8 @@ Result<LoadedState> MemoryTier::recover(std::int64_t min_step) {
     }
     if (!everyone) continue;
     bool need_fetch = !has(own_of(rank_), s);
-    bool pred_needs = world_ > 1 && !has(own_of(pred), s);
-    auto st = restore(s, need_fetch, pred_needs);
+    bool pred_needs = world_ > 1 && !has(own_of(pred_), s);
+    auto st = restore(s, need_fetch, pred_needs, into);
     KILN_ASSIGN_OR_RETURN(bool ok, all_ok(options_.comm, st.is_ok(), options_.timeout));
     if (ok) {
       stats_.step = s;
@@ -295,85 +316,79 @@ Result<LoadedState> MemoryTier::recover(std::int64_t min_step) {
                                min_step, world_, options_.dir));
 }
 
-// Restores step `step` for this rank; first sends the predecessor the
-// replica it needs and fetches this rank's own snapshot from the successor,
-// as decided identically on every rank.
-Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool pred_needs) {
-  const int to = (rank_ + world_ - 1) % world_, from = (rank_ + 1) % world_;
+// Restores step `step` for this rank: sends the predecessor the replica it
+// needs while fetching this rank's own snapshot from the successor, as
+// decided identically on every rank; or reads its own from tmpfs.
+Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool pred_needs,
+                                        std::span<const RecoverTarget> into) {
+  const int to = pred_, from = (rank_ + 1) % world_;
   const std::string dir = rank_dir_ + "/" + step_dir_name(step);
   const auto t = options_.timeout;
   auto* comm = options_.comm;
-  // Present: the feasibility check saw it. An unreadable file sends a
-  // zero-length record, which the predecessor rejects.
-  SnapshotFiles out = pred_needs ? open_snapshot(dir, to) : SnapshotFiles{};
-  std::string& send_json = out.json;
-  std::optional<MappedFile>& send_bin = out.bin;
-  std::int64_t head_out[2] = {static_cast<std::int64_t>(send_json.size()),
-                              static_cast<std::int64_t>(send_bin ? send_bin->size() : 0)};
-  std::int64_t head_in[2] = {0, 0};
+  const std::string where =
+      fmt::format("in-memory checkpoint step {} of rank {}{}", step, rank_,
+                  need_fetch ? " (replica from rank " + std::to_string(from) + ")" : "");
+  // What the predecessor needs: present (the feasibility check saw it); an
+  // unreadable file sends a zero-length record, which the predecessor rejects.
+  std::string send_json;
+  std::optional<internal::FileSource> send_bin;
+  if (pred_needs) {
+    auto j = read_file(dir + "/" + record_name(to));
+    auto b = internal::FileSource::open(dir + "/" + shard_file_name(to));
+    if (j.is_ok() && b.is_ok()) {
+      send_json = std::move(*j);
+      send_bin.emplace(std::move(*b));
+    }
+  }
   std::string recv_json;
-  std::vector<std::byte> recv_bin;
-  // Each direction is its own message stream; post both before waiting so a
-  // rank that both sends and fetches (two ranks) cannot deadlock.
-  auto step_pair = [&](const void* out, std::size_t out_n, void* in, std::size_t in_n,
-                       DataType dt) -> Status {
-    comm::WorkPtr s, r;
-    if (pred_needs) s = comm->send(out, out_n, dt, to);
-    if (need_fetch) r = comm->recv(in, in_n, dt, from);
-    if (s) KILN_RETURN_IF_ERROR(s->wait(t));
-    if (r) KILN_RETURN_IF_ERROR(r->wait(t));
-    return Status::ok();
-  };
-  KILN_RETURN_IF_ERROR(step_pair(head_out, 2, head_in, 2, DataType::kInt64));
-  recv_json.resize(static_cast<std::size_t>(head_in[0]));
-  recv_bin.resize(static_cast<std::size_t>(head_in[1]));
-  KILN_RETURN_IF_ERROR(step_pair(send_json.data(), send_json.size(), recv_json.data(),
-                                 recv_json.size(), DataType::kUInt8));
-  KILN_RETURN_IF_ERROR(step_pair(send_bin ? send_bin->data() : nullptr,
-                                 send_bin ? send_bin->size() : 0, recv_bin.data(), recv_bin.size(),
-                                 DataType::kUInt8));
-
+  std::uint64_t recv_size = 0;
+  if (world_ > 1) {
+    std::int64_t head_out[2] = {static_cast<std::int64_t>(send_json.size()),
+                                static_cast<std::int64_t>(send_bin ? send_bin->size() : 0)};
+    std::int64_t head_in[2] = {0, 0};
+    KILN_RETURN_IF_ERROR(
+        comm->sendrecv(head_out, 2, to, head_in, 2, from, DataType::kInt64)->wait(t));
+    recv_json.resize(static_cast<std::size_t>(head_in[0]));
+    recv_size = static_cast<std::uint64_t>(head_in[1]);
+    KILN_RETURN_IF_ERROR(comm->sendrecv(send_json.data(), send_json.size(), to, recv_json.data(),
+                                        recv_json.size(), from, DataType::kUInt8)
+                             ->wait(t));
+  }
+  // The record of what comes: fetched with the replica, or this rank's own.
+  Result<ShardRecord> rec = data_loss(where + ": snapshot vanished");
+  if (need_fetch) {
+    rec = parse_record(recv_json, step, world_, where);
+    if (rec.is_ok() && (rec->rank != rank_ || rec->bytes != recv_size)) {
+      rec = data_loss(fmt::format("{}: replica is of rank {} with {} bytes, expected rank {} with {}",
+                                  where, rec->rank, recv_size, rank_, rec->bytes));
+    }
+  } else if (auto r = read_snapshot(dir, step, rank_, world_)) {
+    rec = *r;
+  }
+  std::optional<internal::RestoreSink> sink;
+  if (rec.is_ok()) sink.emplace(*rec, rank_, world_, into, where);
+  internal::DiscardSink discard;
+  if (world_ > 1) {
+    Status local;
+    internal::ChunkSink* in = nullptr;
+    if (need_fetch) in = sink ? static_cast<internal::ChunkSink*>(&*sink) : &discard;
+    KILN_RETURN_IF_ERROR(internal::stream_ring(*comm, to, send_bin ? &*send_bin : nullptr,
+                                               send_bin ? send_bin->size() : 0, from, in,
+                                               need_fetch ? recv_size : 0, t, *bounce_, &local));
+    KILN_RETURN_IF_ERROR(local.with_context(where));
+  }
+  if (!rec.is_ok()) return rec.status();
+  if (need_fetch) {
+    stats_.fetched_bytes = recv_size;
+  } else {
+    KILN_RETURN_IF_ERROR(
+        internal::read_file_into(dir + "/" + rec->file, rec->bytes, *sink, *bounce_));
+  }
   LoadedState st;
   st.step = step;
   st.dir = dir;
   st.saved_world_size = world_;
-  const std::string where =
-      fmt::format("in-memory checkpoint step {} of rank {}{}", step, rank_,
-                  need_fetch ? " (replica from rank " + std::to_string(from) + ")" : "");
-  ShardRecord rec;
-  if (need_fetch) {
-    KILN_ASSIGN_OR_RETURN(rec, parse_record(recv_json, step, world_, where));
-    if (rec.rank != rank_ || rec.bytes != recv_bin.size()) {
-      return data_loss(
-          fmt::format("{}: replica is of rank {} with {} bytes, expected rank {} with {}", where,
-                      rec.rank, recv_bin.size(), rank_, rec.bytes));
-    }
-    stats_.fetched_bytes = recv_bin.size();
-  } else {
-    auto r = read_snapshot(dir, step, rank_, world_);
-    if (!r) return data_loss(where + ": snapshot vanished");
-    rec = *r;
-  }
-  // One copy out of the snapshot's pages (received, or this rank's own on
-  // tmpfs), checksummed, then cut to this rank's rows.
-  std::optional<MappedFile> own_bin;
-  const std::byte* base = recv_bin.data();
-  std::size_t size = recv_bin.size();
-  if (!need_fetch) {
-    KILN_ASSIGN_OR_RETURN(auto m, MappedFile::open_read(dir + "/" + rec.file));
-    own_bin.emplace(std::move(m));
-    base = own_bin->data();
-    size = own_bin->size();
-  }
-  for (const auto& e : rec.entries) {
-    if (e.offset + e.stored_bytes > size) {
-      return data_loss(fmt::format("{}: entry '{}' lies past the snapshot's end", where, e.name));
-    }
-    std::vector<std::byte> stored(base + e.offset, base + e.offset + e.stored_bytes);
-    KILN_ASSIGN_OR_RETURN(auto bytes, decode_entry(e, std::move(stored), where));
-    KILN_ASSIGN_OR_RETURN(auto entry, as_loaded(e, std::move(bytes), rank_, world_, where));
-    st.entries.push_back(std::move(entry));
-  }
+  KILN_ASSIGN_OR_RETURN(st.entries, sink->finish());
   return st;
 }
 

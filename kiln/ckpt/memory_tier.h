@@ -11,6 +11,10 @@
 //   <dir>/rank-<r>/step-<N>/shard-<r>.json    its record, written last
 //   <dir>/rank-<r>/step-<N>/shard-<p>.bin     replica of rank p = (r-1) mod W
 //   <dir>/rank-<r>/step-<N>/shard-<p>.json
+//   <dir>/rank-<r>/spare/shard-*.bin          a retired step's files, no
+//                                             records: the next store writes
+//                                             over them (Note [Recycled
+//                                             snapshot files], memory_tier.cc)
 //
 // A .bin has the checkpoint shard format (docs/formats.md); a .json is
 // {"step", "world_size", "shard": <shard record>}: its presence marks the
@@ -28,6 +32,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -38,6 +43,10 @@
 #include "kiln/comm/communicator.h"
 
 namespace kiln::ckpt {
+
+namespace internal {
+class Bounce;
+}
 
 struct MemoryTierOptions {
   // Host-local, memory-backed; shared by the job's ranks on this host.
@@ -51,6 +60,16 @@ struct MemoryTierOptions {
 // restarted job find their predecessors' snapshots there.
 std::string default_memory_dir(const std::string& checkpoint_root);
 
+// Caller memory that recover() restores a tensor into instead of allocating:
+// the rank's rows of it (even_rows(shape[0], rank, world)), exactly that many
+// bytes. Memory a process has already touched (its model's parameters)
+// restores at the speed of a copy; a fresh buffer pays its page faults.
+struct RecoverTarget {
+  std::string name;
+  std::byte* data = nullptr;
+  std::size_t bytes = 0;
+};
+
 struct MemoryRecoveryStats {
   std::int64_t step = -1;
   int from_replica = 0;           // ranks whose snapshot came from their buddy
@@ -61,6 +80,7 @@ class MemoryTier {
  public:
   // Creates dir/rank-<r>. Errors name the directory.
   static Result<std::unique_ptr<MemoryTier>> open(MemoryTierOptions options);
+  ~MemoryTier();
 
   // Collective. Writes this rank's snapshot of `step` (the entries, bytes in
   // `staging`), sends it to rank r+1 and keeps rank r-1's as its replica;
@@ -74,9 +94,12 @@ class MemoryTier {
   // Collective. Restores the newest step >= `min_step` that every rank can
   // get from memory — its own snapshot, or the replica its successor holds,
   // fetched over the communicator — with every entry checksummed. Tensors
-  // are cut to the rank's even_rows, as load_step returns them. NotFound when there is none (then
-  // load from storage); the same outcome on every rank.
-  Result<LoadedState> recover(std::int64_t min_step = 0);
+  // are cut to the rank's even_rows, as load_step returns them; a tensor
+  // named in `into` is written to that memory instead (its entry comes back
+  // with in_place set and no data; after a failed attempt the target holds
+  // unspecified bytes). NotFound when there is none (then load from
+  // storage); the same outcome on every rank.
+  Result<LoadedState> recover(std::int64_t min_step = 0, std::span<const RecoverTarget> into = {});
 
   MemoryRecoveryStats last_recovery() const { return stats_; }
 
@@ -88,14 +111,21 @@ class MemoryTier {
 
  private:
   explicit MemoryTier(MemoryTierOptions options);
-  Status exchange(std::int64_t step, const std::string& own_dir, const Status& own);
-  Result<LoadedState> restore(std::int64_t step, bool need_fetch, bool predecessor_needs);
+  Status prepare_step_dir(const std::string& dir);
+  void retire_older_than(std::int64_t step);
+  Status exchange(std::int64_t step, const std::string& dir, const std::string& json,
+                  const std::vector<StagedEntry>& entries, const std::byte* staging,
+                  std::uint64_t total);
+  Result<LoadedState> restore(std::int64_t step, bool need_fetch, bool predecessor_needs,
+                              std::span<const RecoverTarget> into);
 
   const MemoryTierOptions options_;
   const int rank_;
   const int world_;
+  const int pred_;  // whose replica this rank keeps: (rank - 1) mod world
   const std::string rank_dir_;
   MemoryRecoveryStats stats_;
+  std::unique_ptr<internal::Bounce> bounce_;  // reused by every transfer
 };
 
 // Collective. The tier's newest step if it is at least as new as the newest

@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/mount.h>
+#include <csignal>
 #include <unistd.h>
 
 #include <cstring>
@@ -118,7 +119,10 @@ TEST(MemoryTier, DefaultDirIsOnShmAndKeyedByTheRoot) {
 TEST(MemoryTier, OneRankSnapshotOutlivesTheProcessAndOnlyTheNewestIsKept) {
   Dirs d;
   save_with(1, d, {1, 2, 3});
-  EXPECT_EQ(names(d.mem + "/rank-0"), std::vector<std::string>{"step-3"});
+  // The retired step's files wait, without records, to be written over by the
+  // next store (Note [Recycled snapshot files]).
+  EXPECT_EQ(names(d.mem + "/rank-0"), (std::vector<std::string>{"spare", "step-3"}));
+  EXPECT_EQ(names(d.mem + "/rank-0/spare"), std::vector<std::string>{"shard-00000.bin"});
   // Storage gone: what comes back can only have come from memory.
   ASSERT_TRUE(Fs::posix()->remove_tree(d.root).is_ok());
   expect_recover(1, d, {3, true});
@@ -145,6 +149,90 @@ TEST(MemoryTier, LostHostGetsItsSnapshotFromTheBuddy) {
     ASSERT_TRUE(Fs::posix()->remove_tree(d.root).is_ok());
     expect_recover(world, d, {7, true, 1});
   }
+}
+
+// The spare holds an older step's bytes without records: never a snapshot.
+TEST(MemoryTier, TheRecycledSpareIsNeverRecovered) {
+  Dirs d;
+  save_with(2, d, {1, 2});
+  for (int r : {0, 1}) {
+    auto dir = fmt::format("{}/rank-{}", d.mem, r);
+    ASSERT_EQ(names(dir), (std::vector<std::string>{"spare", "step-2"}));
+    ASSERT_TRUE(Fs::posix()->remove_tree(dir + "/step-2").is_ok());
+  }
+  expect_recover(2, d, {2, false});
+}
+
+// A rank process SIGKILLed in the middle of a save, its host memory lost with
+// it: the restarted job gets its newest complete step from its buddy's memory.
+TEST(MemoryTier, KilledRankRecoversFromItsBuddysMemory) {
+  Dirs d;
+  save_with(2, d, {1, 2});
+  auto killed = run_ranks(
+      2,
+      [&](Communicator& comm) -> Status {
+        KILN_ASSIGN_OR_RETURN(auto tier, tier_for(d.mem, &comm));
+        KILN_ASSIGN_OR_RETURN(
+            auto ck, Checkpointer::create({.root = d.root, .comm = &comm, .memory = tier.get()}));
+        TestState s(3, comm.rank(), comm.size());
+        KILN_RETURN_IF_ERROR(ck->save_async(s.view(), 3).status());
+        if (comm.rank() == 1) ::kill(::getpid(), SIGKILL);
+        return ck->wait(Deadline::after_seconds(20));
+      },
+      quick());
+  ASSERT_EQ(killed.ranks.size(), 2u);
+  EXPECT_EQ(killed.ranks[1].signal, SIGKILL) << killed.report;
+  ASSERT_TRUE(Fs::posix()->remove_tree(d.mem + "/rank-1").is_ok());
+  ASSERT_TRUE(Fs::posix()->remove_tree(d.root).is_ok());
+  expect_recover(2, d, {2, true, 1});
+}
+
+// Recovery straight into the caller's memory: a tensor whose rows the
+// snapshot holds exactly, and one cut out of a replicated tensor; a corrupt
+// snapshot is caught by its checksum and leaves storage to serve.
+TEST(MemoryTier, RecoversIntoCallerMemoryAndRejectsACorruptSnapshot) {
+  Dirs d;
+  save_with(2, d, {4});
+  auto recover_into = [&](bool corrupt) {
+    auto r = run_ranks(
+        2,
+        [&](Communicator& comm) -> Status {
+          KILN_ASSIGN_OR_RETURN(auto tier, tier_for(d.mem, &comm));
+          TestState want(4, comm.rank(), comm.size());
+          RowRange b = even_rows(5, comm.rank(), comm.size());
+          std::vector<float> w0(want.w0.size(), -1.0f), bias(static_cast<std::size_t>(b.count));
+          std::vector<RecoverTarget> into{
+              {"w0", reinterpret_cast<std::byte*>(w0.data()), w0.size() * sizeof(float)},
+              {"bias", reinterpret_cast<std::byte*>(bias.data()), bias.size() * sizeof(float)}};
+          auto got = tier->recover(4, into);
+          if (corrupt) {
+            if (got.status().code() != Code::kNotFound) {
+              return internal_error("corrupt snapshot: want NotFound, got " +
+                                    got.status().to_string());
+            }
+            LoadOptions o{comm.rank(), comm.size(), &comm, std::chrono::seconds(20)};
+            KILN_ASSIGN_OR_RETURN(auto st, load_latest(d.root, o));
+            std::string bad = check_loaded(st, 4, comm.rank(), comm.size());
+            return bad.empty() ? Status::ok() : data_loss("storage: " + bad);
+          }
+          KILN_RETURN_IF_ERROR(got.status());
+          for (auto& e : got->entries) {
+            const RecoverTarget* t = nullptr;
+            for (const auto& c : into) t = c.name == e.name ? &c : t;
+            if (e.in_place != (t != nullptr) || (e.in_place && !e.data.empty())) {
+              return internal_error(fmt::format("entry '{}': in_place {}", e.name, e.in_place));
+            }
+            if (t != nullptr) e.data.assign(t->data, t->data + t->bytes);
+          }
+          std::string bad = check_loaded(*got, 4, comm.rank(), comm.size());
+          return bad.empty() ? Status::ok() : data_loss(bad);
+        },
+        quick());
+    ASSERT_TRUE(r.ok()) << r.report;
+  };
+  recover_into(false);
+  flip_byte(d.mem + "/rank-0/step-4/shard-00000.bin", 12);
+  recover_into(true);
 }
 
 TEST(MemoryTier, RankAndItsBuddyLostFallsBackToStorage) {

@@ -63,6 +63,9 @@ struct LoadedEntry {
   bool is_tensor = false;
   TensorSpec spec;  // tensors: this rank's rows under the loading world size
   std::vector<std::byte> data;
+  // The bytes went straight into the caller's memory (MemoryTier::recover's
+  // targets); `data` is empty then.
+  bool in_place = false;
 };
 
 struct LoadedState {

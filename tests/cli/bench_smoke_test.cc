@@ -187,9 +187,12 @@ TEST_F(BenchSmoke, CkptTypedAloneStartsTwoRanksAndReportsEveryKey) {
                  {"world_size", "state_bytes", "bytes_per_rank", "timed_saves", "memcpy_s",
                   "stall_s", "stall_vs_memcpy", "raw_write_s", "write_s", "write_vs_raw",
                   "commit_s", "load_mb_s", "disk_recovery_s", "inmem_store_s", "inmem_recovery_s",
-                  "inmem_buddy_recovery_s", "inmem_vs_disk_recovery"},
+                  "inmem_buddy_recovery_s", "inmem_vs_disk_recovery", "inmem_restart_recovery_s",
+                  "inmem_store_vs_memcpy", "inmem_recovery_vs_memcpy", "inmem_buddy_vs_memcpy"},
                  "ckpt");
   EXPECT_EQ(doc["world_size"], 2);
+  // The restarted process got its bytes back from its buddy (else exit 3).
+  EXPECT_GT(doc["inmem_restart_recovery_s"].get<double>(), 0.0);
   EXPECT_TRUE(doc["compression"].is_string());
   EXPECT_FALSE(std::filesystem::exists(dir_ + "/ckpt")) << "removed without --keep";
 }

@@ -1,0 +1,50 @@
+// `kiln bench ckpt`'s restart part (inmem_restart_recovery_s): a rank process
+// is SIGKILLed and restarted, and the new process recovers its state from
+// its buddy's memory, not its own (which died with it).
+//
+// Rank 0 of the bench plays the survivor and spawns the victim, a child
+// process of this binary (`kiln bench ckpt --restart-child ...`, hidden):
+//   1. survivor and victim form a two-rank world on the bench's store and
+//      store a snapshot of 2 × bytes_per_rank into the memory tier (each
+//      holds its own and the other's replica);
+//   2. the victim is SIGKILLed and its memory directory removed;
+//   3. the clock starts; a new victim process starts, forms a new world with
+//      the survivor, allocates its state and recovers it into that memory;
+//      the clock stops when both ranks have recovered (a collective);
+//   4. the new process checks every byte (untimed) and both agree on the verdict.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "kiln/base/status.h"
+#include "kiln/comm/process_group.h"
+
+namespace kiln::cli {
+
+// What each process needs to know.
+struct RestartBenchSpec {
+  std::string dir;         // the memory tier's directory (removed afterwards)
+  std::int64_t rows = 0;   // rows per rank; the tensor is [2 * rows, cols]
+  std::int64_t cols = 0;
+  std::int64_t step = 1;
+};
+
+// The bench's state of rank r: one nonzero byte per page, so a misplaced or
+// stale page shows.
+void fill_bench_state(std::vector<char>& state, int rank);
+
+// Rank 0 of the bench (the survivor): runs steps 1–4 with `state` (its
+// fill_bench_state, rows × cols floats) and `scratch` (touched memory of the
+// same size, recovered into) and returns the restart's seconds. `pg` provides
+// the store the two-rank worlds form on and its address for the child;
+// `log_dir` gets the children's logs. DataLoss when the recovered bytes differ.
+Result<double> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBenchSpec& spec,
+                                        const std::vector<char>& state, std::vector<char>& scratch,
+                                        const std::string& log_dir);
+
+// The child's side: `phase` "store" (then waits to be killed) or "recover".
+Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec);
+
+}  // namespace kiln::cli

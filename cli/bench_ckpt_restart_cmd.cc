@@ -1,0 +1,160 @@
+// The restart part of `kiln bench ckpt` (bench_ckpt_restart.h). Not a
+// subcommand of its own: the child runs as `kiln bench ckpt --restart-child`.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+
+#include "cli/bench_ckpt_restart.h"
+#include "kiln/base/fs.h"
+#include "kiln/base/server_process.h"
+#include "kiln/ckpt/memory_tier.h"
+#include "kiln/ckpt/shard_writer.h"
+#include "kiln/store/tcp/client.h"
+
+namespace kiln::cli {
+namespace {
+
+using comm::Communicator;
+using comm::DataType;
+
+constexpr std::chrono::seconds kTimeout{120};
+constexpr const char* kStoreTag = "bench-ckpt-restart-store";
+constexpr const char* kRecoverTag = "bench-ckpt-restart-recover";
+
+Result<std::unique_ptr<Communicator>> join(std::shared_ptr<store::Store> store, int rank,
+                                           const char* tag) {
+  comm::CommOptions o;
+  o.timeout = kTimeout;
+  o.connect.tag = tag;
+  return Communicator::create(std::move(store), rank, 2, o);
+}
+
+Result<std::unique_ptr<ckpt::MemoryTier>> open_tier(const RestartBenchSpec& spec, Communicator& c) {
+  return ckpt::MemoryTier::open({.dir = spec.dir, .comm = &c, .timeout = kTimeout});
+}
+
+std::size_t bytes_of(const RestartBenchSpec& spec) {
+  return static_cast<std::size_t>(spec.rows * spec.cols * 4);
+}
+
+Status store_snapshot(const RestartBenchSpec& spec, Communicator& c, const std::vector<char>& state) {
+  KILN_ASSIGN_OR_RETURN(auto tier, open_tier(spec, c));
+  std::vector<ckpt::StagedEntry> entries{{"weights",
+                                          true,
+                                          {DataType::kFloat32,
+                                           {2 * spec.rows, spec.cols},
+                                           c.rank() * spec.rows,
+                                           spec.rows},
+                                          0,
+                                          bytes_of(spec)}};
+  return tier->store(spec.step, entries, reinterpret_cast<const std::byte*>(state.data()));
+}
+
+// Collective: recovers into `into`; true when this rank got its own bytes back.
+Result<bool> recover_into(const RestartBenchSpec& spec, Communicator& c, std::vector<char>& into) {
+  KILN_ASSIGN_OR_RETURN(auto tier, open_tier(spec, c));
+  ckpt::RecoverTarget t{"weights", reinterpret_cast<std::byte*>(into.data()), into.size()};
+  KILN_ASSIGN_OR_RETURN(auto got, tier->recover(spec.step, {&t, 1}));
+  const ckpt::LoadedEntry* w = got.find("weights");
+  return w != nullptr && w->in_place && tier->last_recovery().from_replica == 1;
+}
+
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+}  // namespace
+
+void fill_bench_state(std::vector<char>& state, int rank) {
+  for (std::size_t i = 0; i < state.size(); i += 4096) state[i] = static_cast<char>(i / 4096 + rank);
+}
+
+Result<double> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBenchSpec& spec,
+                                        const std::vector<char>& state, std::vector<char>& scratch,
+                                        const std::string& log_dir) {
+  std::vector<std::string> argv{"/proc/self/exe", "bench", "ckpt", "--restart-child", "",
+                                "--restart-dir", spec.dir, "--restart-rows",
+                                std::to_string(spec.rows), "--restart-cols",
+                                std::to_string(spec.cols), "--restart-step",
+                                std::to_string(spec.step)};
+  // 1. Both store.
+  ServerProcess victim("bench ckpt victim", log_dir + "/restart-victim.log");
+  argv[4] = "store";
+  KILN_RETURN_IF_ERROR(victim.spawn(argv));
+  {
+    KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kStoreTag));
+    KILN_RETURN_IF_ERROR(store_snapshot(spec, *c, state));
+    // The victim's store returned too: the collective that ends it needs both.
+    KILN_RETURN_IF_ERROR(c->barrier()->wait(kTimeout));
+    // 2. Killed, and its memory with it.
+    victim.kill();
+  }
+  KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(spec.dir + "/rank-1"));
+  // 3. Restarted.
+  const auto t0 = std::chrono::steady_clock::now();
+  ServerProcess restarted("bench ckpt restarted rank", log_dir + "/restart-recover.log");
+  argv[4] = "recover";
+  KILN_RETURN_IF_ERROR(restarted.spawn(argv));
+  KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kRecoverTag));
+  KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, scratch));
+  std::int32_t done = 1;
+  KILN_RETURN_IF_ERROR(c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
+  const double seconds = seconds_since(t0);
+  // 4. Every byte on both sides, untimed.
+  std::int32_t good = ok && std::memcmp(scratch.data(), state.data(), state.size()) == 0 ? 1 : 0;
+  KILN_RETURN_IF_ERROR(c->allreduce(&good, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
+  KILN_RETURN_IF_ERROR(c->barrier()->wait(kTimeout));
+  std::error_code ec;
+  std::filesystem::remove_all(spec.dir, ec);
+  if (good != 1) {
+    return data_loss(fmt::format(
+        "bench ckpt: the restarted rank did not get its own bytes back from its buddy's memory "
+        "(see {}/restart-recover.log)",
+        log_dir));
+  }
+  return seconds;
+}
+
+Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec) {
+  if (phase != "store" && phase != "recover") {
+    return invalid_argument("bench ckpt: --restart-child must be store or recover");
+  }
+  // The bench's store, as rank 0 serves it (MASTER_ADDR/MASTER_PORT and the
+  // job token inherited from it).
+  KILN_ASSIGN_OR_RETURN(comm::WorldSpec world, comm::world_spec_from_env());
+  store::tcp::TcpStoreOptions so;
+  so.token = world.job_token;
+  so.connect_timeout = kTimeout;
+  so.default_timeout = kTimeout;
+  KILN_ASSIGN_OR_RETURN(auto client, store::tcp::TcpStore::connect(
+                                         world.master_addr,
+                                         static_cast<std::uint16_t>(world.master_port), so));
+  std::shared_ptr<store::Store> store(std::move(client));
+  if (phase == "store") {
+    KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kStoreTag));
+    std::vector<char> state(bytes_of(spec));
+    fill_bench_state(state, 1);
+    KILN_RETURN_IF_ERROR(store_snapshot(spec, *c, state));
+    KILN_RETURN_IF_ERROR(c->barrier()->wait(kTimeout));
+    // Waits to be killed: the survivor's SIGKILL ends this process (and if
+    // the survivor died first, the parent-death signal does).
+    ::pause();
+    return internal_error("bench ckpt: the victim outlived its kill");
+  }
+  KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kRecoverTag));
+  // A restarted process's memory: allocated (and touched) before it recovers.
+  std::vector<char> into(bytes_of(spec));
+  KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, into));
+  std::int32_t done = 1;
+  KILN_RETURN_IF_ERROR(c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
+  std::vector<char> want(into.size());
+  fill_bench_state(want, 1);
+  std::int32_t good = ok && into == want ? 1 : 0;
+  KILN_RETURN_IF_ERROR(c->allreduce(&good, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
+  return c->barrier()->wait(kTimeout);
+}
+
+}  // namespace kiln::cli

@@ -1,0 +1,218 @@
+#include "kiln/ckpt/internal/snapshot_stream.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace kiln::ckpt::internal {
+namespace {
+
+using comm::DataType;
+
+std::size_t chunk_bytes(std::uint64_t total, std::uint64_t round) {
+  const std::uint64_t off = round * kStreamChunk;
+  return off >= total ? 0 : static_cast<std::size_t>(std::min<std::uint64_t>(kStreamChunk, total - off));
+}
+
+std::uint64_t rounds_for(std::uint64_t bytes) { return (bytes + kStreamChunk - 1) / kStreamChunk; }
+
+Status pread_all(int fd, std::byte* into, std::size_t n, std::uint64_t offset,
+                 const std::string& path) {
+  for (std::size_t got = 0; got < n;) {
+    ssize_t r = ::pread(fd, into + got, n - got, static_cast<off_t>(offset + got));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) return errno_status(fmt::format("read {} at offset {}", path, offset + got), errno);
+    if (r == 0) {
+      return data_loss(fmt::format("read {}: ends at {}, {} bytes short", path, offset + got,
+                                   n - got));
+    }
+    got += static_cast<std::size_t>(r);
+  }
+  return Status::ok();
+}
+
+Status pwrite_all(int fd, const std::byte* from, std::size_t n, std::uint64_t offset,
+                  const std::string& path) {
+  for (std::size_t put = 0; put < n;) {
+    ssize_t w = ::pwrite(fd, from + put, n - put, static_cast<off_t>(offset + put));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) return errno_status(fmt::format("write {} at offset {}", path, offset + put), errno);
+    put += static_cast<std::size_t>(w);
+  }
+  return Status::ok();
+}
+
+}  // namespace
+
+std::byte* Bounce::send(int slot) {
+  if (buf_.empty()) buf_.resize(4 * kStreamChunk);
+  return buf_.data() + static_cast<std::size_t>(slot) * kStreamChunk;
+}
+
+std::byte* Bounce::recv(int slot) { return send(2 + slot); }
+
+MemorySource::MemorySource(std::vector<Region> regions) : regions_(std::move(regions)) {
+  std::uint64_t at = 0;
+  for (const auto& r : regions_) {
+    starts_.push_back(at);
+    at += r.size;
+  }
+}
+
+Result<const std::byte*> MemorySource::chunk(std::uint64_t offset, std::size_t n,
+                                             std::byte* bounce) {
+  // The region holding `offset`: the last one starting at or before it.
+  auto it = std::upper_bound(starts_.begin(), starts_.end(), offset);
+  std::size_t i = static_cast<std::size_t>(it - starts_.begin()) - 1;
+  if (offset + n <= starts_[i] + regions_[i].size) return regions_[i].data + (offset - starts_[i]);
+  // Across regions: gathered.
+  for (std::size_t done = 0; done < n; ++i) {
+    if (i >= regions_.size()) return internal_error("MemorySource: chunk past the regions' end");
+    const std::uint64_t from = offset + done - starts_[i];
+    const std::size_t take = static_cast<std::size_t>(std::min<std::uint64_t>(n - done, regions_[i].size - from));
+    std::memcpy(bounce + done, regions_[i].data + from, take);
+    done += take;
+  }
+  return static_cast<const std::byte*>(bounce);
+}
+
+Result<FileSource> FileSource::open(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return errno_status("open " + path, errno);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return errno_status("stat " + path, errno);
+  return FileSource(std::move(fd), path, static_cast<std::uint64_t>(st.st_size));
+}
+
+Result<const std::byte*> FileSource::chunk(std::uint64_t offset, std::size_t n,
+                                           std::byte* bounce) {
+  KILN_RETURN_IF_ERROR(pread_all(fd_.get(), bounce, n, offset, path_));
+  return static_cast<const std::byte*>(bounce);
+}
+
+Result<Fd> open_for_overwrite(const std::string& path, std::uint64_t size) {
+  Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
+  if (!fd.valid()) return errno_status("create " + path, errno);
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0) return errno_status("stat " + path, errno);
+  const auto have = static_cast<std::uint64_t>(st.st_size);
+  if (have != size && ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    return errno_status(fmt::format("resize {} to {} bytes", path, size), errno);
+  }
+  // Pages it lacks are reserved now, so a full tmpfs fails here with ENOSPC
+  // instead of mid-transfer. A recycled file already has them all.
+  const auto allocated = static_cast<std::uint64_t>(st.st_blocks) * 512;
+  if (size > 0 && (have < size || allocated < size)) {
+    int err = ::posix_fallocate(fd.get(), 0, static_cast<off_t>(size));
+    if (err != 0) {
+      return errno_status(fmt::format("allocate {} bytes for {}", size, path), err);
+    }
+  }
+  return fd;
+}
+
+Result<FileSink> FileSink::open(const std::string& path, std::uint64_t size) {
+  KILN_ASSIGN_OR_RETURN(Fd fd, open_for_overwrite(path, size));
+  return FileSink(std::move(fd), path);
+}
+
+std::byte* FileSink::place(std::uint64_t, std::size_t, std::byte* bounce) { return bounce; }
+
+Status FileSink::done(std::uint64_t offset, std::size_t n, const std::byte* at) {
+  return pwrite_all(fd_.get(), at, n, offset, path_);
+}
+
+Status OverwriteWriter::append(const void* data, std::size_t n) {
+  KILN_RETURN_IF_ERROR(pwrite_all(fd_.get(), static_cast<const std::byte*>(data), n, offset_, path_));
+  offset_ += n;
+  return Status::ok();
+}
+
+Status OverwriteWriter::sync() {
+  struct stat st;
+  if (::fstat(fd_.get(), &st) != 0) return errno_status("stat " + path_, errno);
+  if (static_cast<std::uint64_t>(st.st_size) != offset_ &&
+      ::ftruncate(fd_.get(), static_cast<off_t>(offset_)) != 0) {
+    return errno_status(fmt::format("trim {} to {} bytes", path_, offset_), errno);
+  }
+  return Status::ok();
+}
+
+Status OverwriteWriter::close() {
+  if (::close(fd_.release()) != 0) return errno_status("close " + path_, errno);
+  return Status::ok();
+}
+
+Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::uint64_t send_bytes,
+                   int from, ChunkSink* sink, std::uint64_t recv_bytes,
+                   std::chrono::milliseconds timeout, Bounce& bounce, Status* local_error) {
+  if (source == nullptr) send_bytes = 0;
+  if (sink == nullptr) recv_bytes = 0;
+  // Every rank runs the same number of rounds (a sendrecv per round, empty
+  // where a side has nothing left), so each send meets its receive.
+  std::int64_t rounds =
+      static_cast<std::int64_t>(std::max(rounds_for(send_bytes), rounds_for(recv_bytes)));
+  KILN_RETURN_IF_ERROR(
+      comm.allreduce(&rounds, 1, DataType::kInt64, comm::ReduceOp::kMax)->wait(timeout));
+  *local_error = Status::ok();
+  auto note = [&](Status s) {
+    if (local_error->is_ok() && !s.is_ok()) *local_error = std::move(s);
+  };
+  comm::WorkPtr inflight[2];
+  std::byte* received_at[2] = {nullptr, nullptr};
+  // Finishes round k: its transfer, then the sink's part (in round order).
+  auto finish = [&](std::int64_t k) -> Status {
+    if (k < 0) return Status::ok();
+    const int slot = static_cast<int>(k % 2);
+    if (!inflight[slot]) return Status::ok();
+    KILN_RETURN_IF_ERROR(inflight[slot]->wait(timeout));
+    inflight[slot].reset();
+    const std::size_t n = chunk_bytes(recv_bytes, static_cast<std::uint64_t>(k));
+    if (n > 0) note(sink->done(static_cast<std::uint64_t>(k) * kStreamChunk, n, received_at[slot]));
+    return Status::ok();
+  };
+  for (std::int64_t k = 0; k < rounds; ++k) {
+    const int slot = static_cast<int>(k % 2);
+    KILN_RETURN_IF_ERROR(finish(k - 2));  // frees this slot's buffers
+    const auto off = static_cast<std::uint64_t>(k) * kStreamChunk;
+    const std::size_t out_n = chunk_bytes(send_bytes, static_cast<std::uint64_t>(k));
+    const std::size_t in_n = chunk_bytes(recv_bytes, static_cast<std::uint64_t>(k));
+    const std::byte* out = nullptr;
+    if (out_n > 0) {
+      auto c = source->chunk(off, out_n, bounce.send(slot));
+      if (c.is_ok()) {
+        out = *c;
+      } else {
+        note(c.status());
+        std::memset(bounce.send(slot), 0, out_n);
+        out = bounce.send(slot);
+      }
+    }
+    received_at[slot] = in_n > 0 ? sink->place(off, in_n, bounce.recv(slot)) : nullptr;
+    inflight[slot] = comm.sendrecv(out, out_n, to, received_at[slot], in_n, from, DataType::kUInt8);
+  }
+  for (std::int64_t k = std::max<std::int64_t>(0, rounds - 2); k < rounds; ++k) {
+    KILN_RETURN_IF_ERROR(finish(k));
+  }
+  return Status::ok();
+}
+
+Status read_file_into(const std::string& path, std::uint64_t size, ChunkSink& sink,
+                      Bounce& bounce) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return errno_status("open " + path, errno);
+  for (std::uint64_t off = 0; off < size; off += kStreamChunk) {
+    const std::size_t n = chunk_bytes(size, off / kStreamChunk);
+    std::byte* at = sink.place(off, n, bounce.recv(0));
+    KILN_RETURN_IF_ERROR(pread_all(fd.get(), at, n, off, path));
+    KILN_RETURN_IF_ERROR(sink.done(off, n, at));
+  }
+  return Status::ok();
+}
+
+}  // namespace kiln::ckpt::internal

@@ -1,0 +1,156 @@
+// Moving in-memory snapshots at memory speed: a snapshot's bytes flow in
+// fixed-size chunks between caller memory, tmpfs files and peers, through
+// small reused bounce buffers, never through a freshly allocated (and so
+// page-faulted) buffer of the snapshot's size. Internal to kiln/ckpt.
+//
+// Note [Snapshot bytes at memory speed]: on this hardware the cost of a
+// recovery is dominated not by copying but by page faults (first touch of
+// fresh memory, or of a new mapping of a tmpfs file: ~0.1 s per GiB on bare
+// metal, several times that under a paravirtualised MMU). So snapshots are
+// read and written with pread/pwrite (the kernel copies through its own
+// mapping of the page cache), received straight into caller memory that is
+// already touched, and files are recycled from one snapshot to the next so
+// their pages stay allocated. Chunks are small enough that a chunk just
+// received or read is still in cache when it is checksummed.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "kiln/base/fd.h"
+#include "kiln/base/fs.h"
+#include "kiln/base/status.h"
+#include "kiln/comm/communicator.h"
+
+namespace kiln::ckpt::internal {
+
+inline constexpr std::size_t kStreamChunk = std::size_t{4} << 20;
+
+// Scratch chunks reused across transfers (two each way: one in flight on the
+// communicator while the caller works on the other). Touched once.
+class Bounce {
+ public:
+  std::byte* send(int slot);
+  std::byte* recv(int slot);
+
+ private:
+  std::vector<std::byte> buf_;
+};
+
+// Where a stream's bytes come from: bytes [offset, offset + n) of it, either
+// where they already lie contiguously or copied into `bounce` (kStreamChunk
+// bytes). An error leaves the stream running on zeros (peers are not left
+// waiting) and is returned when it ends.
+class ChunkSource {
+ public:
+  virtual ~ChunkSource() = default;
+  virtual Result<const std::byte*> chunk(std::uint64_t offset, std::size_t n,
+                                         std::byte* bounce) = 0;
+};
+
+// Where a stream's bytes go: place() names the memory bytes [offset,
+// offset + n) are received or read into (the sink's own, or `bounce`); done()
+// is told once they are there. Chunks come in order, each exactly once.
+class ChunkSink {
+ public:
+  virtual ~ChunkSink() = default;
+  virtual std::byte* place(std::uint64_t offset, std::size_t n, std::byte* bounce) = 0;
+  virtual Status done(std::uint64_t offset, std::size_t n, const std::byte* at) = 0;
+};
+
+// The concatenation of memory regions (a staged state's entries, in order).
+class MemorySource final : public ChunkSource {
+ public:
+  struct Region {
+    const std::byte* data;
+    std::size_t size;
+  };
+  explicit MemorySource(std::vector<Region> regions);
+  Result<const std::byte*> chunk(std::uint64_t offset, std::size_t n, std::byte* bounce) override;
+
+ private:
+  std::vector<Region> regions_;
+  std::vector<std::uint64_t> starts_;
+};
+
+// A file's bytes, read with pread.
+class FileSource final : public ChunkSource {
+ public:
+  // NotFound/… naming the path when it cannot be opened.
+  static Result<FileSource> open(const std::string& path);
+  Result<const std::byte*> chunk(std::uint64_t offset, std::size_t n, std::byte* bounce) override;
+  std::uint64_t size() const { return size_; }
+
+ private:
+  FileSource(Fd fd, std::string path, std::uint64_t size)
+      : fd_(std::move(fd)), path_(std::move(path)), size_(size) {}
+  Fd fd_;
+  std::string path_;
+  std::uint64_t size_;
+};
+
+// Into a file with pwrite. open() reuses the file's pages when it exists
+// (no truncation to zero first) and reserves any it lacks, so a full memory
+// filesystem fails here (ResourceExhausted) rather than mid-transfer.
+class FileSink final : public ChunkSink {
+ public:
+  static Result<FileSink> open(const std::string& path, std::uint64_t size);
+  std::byte* place(std::uint64_t offset, std::size_t n, std::byte* bounce) override;
+  Status done(std::uint64_t offset, std::size_t n, const std::byte* at) override;
+
+ private:
+  FileSink(Fd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
+  Fd fd_;
+  std::string path_;
+};
+
+// Drops what it gets (a replica that could not be kept still has to be drained).
+class DiscardSink final : public ChunkSink {
+ public:
+  std::byte* place(std::uint64_t, std::size_t, std::byte* bounce) override { return bounce; }
+  Status done(std::uint64_t, std::size_t, const std::byte*) override { return Status::ok(); }
+};
+
+// Opens `path` for writing over its existing pages: created if absent, never
+// truncated first; sized to `size` (reserving missing pages: ResourceExhausted
+// when the filesystem is full). Errors name the path.
+Result<Fd> open_for_overwrite(const std::string& path, std::uint64_t size);
+
+// An FsWriter over a file opened by open_for_overwrite: appends land from
+// offset 0 with pwrite over the existing pages; sync() trims the file to
+// what was written. For tmpfs snapshots: no fsync (it would change nothing).
+class OverwriteWriter final : public FsWriter {
+ public:
+  OverwriteWriter(Fd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
+  Status append(const void* data, std::size_t n) override;
+  void start_writeback(std::uint64_t, std::uint64_t) override {}
+  Status sync() override;
+  Status close() override;
+
+ private:
+  Fd fd_;
+  std::string path_;
+  std::uint64_t offset_ = 0;
+};
+
+// Collective over the ring: sends `send_bytes` of `source` to `to` while
+// receiving `recv_bytes` from `from` into `sink`, kStreamChunk per message,
+// in as many rounds as the longest stream of any rank needs (agreed first),
+// one round in flight while the previous one is read or written. Either side
+// may be empty (0 bytes; null source or sink). Returns the communicator's
+// failure (Aborted/DeadlineExceeded) at once. A source or sink error does not
+// stop the stream (no peer waits on this rank): the first one is stored in
+// `local_error` and the stream runs to its end.
+Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::uint64_t send_bytes,
+                   int from, ChunkSink* sink, std::uint64_t recv_bytes,
+                   std::chrono::milliseconds timeout, Bounce& bounce, Status* local_error);
+
+// Local: the first `size` bytes of the file at `path` into `sink`, read
+// with pread straight into the memory the sink names. Errors name the path.
+Status read_file_into(const std::string& path, std::uint64_t size, ChunkSink& sink,
+                      Bounce& bounce);
+
+}  // namespace kiln::ckpt::internal
