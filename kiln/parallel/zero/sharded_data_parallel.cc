@@ -429,7 +429,13 @@ void ShardedDataParallel::after_forward(std::size_t unit, const torch::nn::Modul
       return g;
     });
   }
-  if (last && options_.overlap) {
+  // Note [The last unit stays gathered]: backward starts with the unit that
+  // forward ran last, so freeing it only to gather it again at once would
+  // expose that whole gather (FSDP keeps its root unit gathered the same way).
+  // Backward frees it with its gradients; without grad mode it is freed here.
+  const bool backward_next = torch::GradMode::is_enabled() && out.requires_grad() && order_known_ &&
+                             !exec_order_.empty() && exec_order_.back() == unit;
+  if (last && options_.overlap && !backward_next) {
     account();
     free_params(u);
   }
@@ -673,8 +679,16 @@ Status ShardedDataParallel::step_impl(double lr) {
   KILN_RETURN_IF_ERROR(failure_);
   torch::NoGradGuard no_grad;
   optimizer_.begin_step(lr);
-  for (auto& up : units_) {
-    Unit& u = *up;
+  sync_ = ZeroSyncStats{};
+  // Unit by unit in execution order: the step on this rank's share, then the
+  // new share goes to the others. Stages 1 and 2 gather every unit now (the
+  // forward waits for each in turn); stage 3 prefetches only the first unit
+  // to run, which the steps of the other units overlap.
+  for (std::size_t k = 0; k < units_.size(); ++k) {
+    Unit& u = *units_[order_known_ ? exec_order_[k] : k];
+    // In flight while a prefetch was running: finish it before the share
+    // it sends from changes.
+    if (u.gather_work) KILN_RETURN_IF_ERROR(fail(wait_gathered(u)));
     torch::Tensor g = u.grad_share.narrow(0, 0, u.mine.count);
     if (g.scalar_type() != torch::kFloat32) g = g.to(torch::kFloat32);
     optimizer_.step(u.opt_index, u.master, g);
@@ -684,21 +698,12 @@ Status ShardedDataParallel::step_impl(double lr) {
       u.grad_share.zero_();
     }
     u.share_fresh = true;
-  }
-  sync_ = ZeroSyncStats{};
-  // The new parameters: each unit's share goes to the others. Stages 1 and 2
-  // gather every unit now (the forward waits for each in turn); stage 3
-  // prefetches only the first unit to run.
-  for (std::size_t k = 0; k < units_.size(); ++k) {
-    Unit& u = *units_[order_known_ ? exec_order_[k] : k];
     const bool sharded = options_.stage == 3 && !u.modules.empty();
     if (sharded) {
       if (u.send.data_ptr() != u.master.data_ptr()) u.send.copy_(u.master);
     } else if (!u.master_is_view) {
       u.flat.narrow(0, u.mine.offset, u.mine.count).copy_(u.master);
     }
-    // In flight while a prefetch was running: finish it before reusing.
-    if (u.gather_work) KILN_RETURN_IF_ERROR(fail(wait_gathered(u)));
     u.state = Unit::Params::kFreed;  // stale until gathered again
     if (!sharded || (options_.overlap && k == 0)) KILN_RETURN_IF_ERROR(fail(gather(u)));
   }

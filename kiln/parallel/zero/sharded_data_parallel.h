@@ -17,7 +17,8 @@
 //            freed once that is done
 //   stage 3  as 2, and parameters are held only as shares: a unit's whole
 //            parameters are allgathered before its forward (the next unit's
-//            gather is prefetched meanwhile) and freed after it, gathered
+//            gather is prefetched meanwhile) and freed after it (except
+//            the last, which backward needs first), gathered
 //            again before its backward (prefetching the unit before it),
 //            and freed when its gradients are reduced
 //
