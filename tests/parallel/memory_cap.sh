@@ -1,24 +1,30 @@
 #!/usr/bin/env bash
 # Sharded data parallel where replication cannot fit: a GPT whose full
-# training state (fp32 AdamW, 16 bytes per parameter) is about 2x a per-rank
+# training state (fp32 AdamW, 16 bytes per parameter) is about 3x a per-rank
 # memory cap enforced by the CPU allocator (parallel.memory_cap_mib: an
 # allocation past it fails as on a device). With zero3 on 4 ranks it trains
 # under the cap; with ddp it fails at once with an out-of-memory error that
-# names the strategy that would fit.
+# names the strategy that would fit. On 4 ranks a quarter of the state is
+# each rank's share, so 3x leaves a twelfth of the whole state for everything
+# else: the units gathered and reduced in flight (2 + 2 blocks of one
+# transformer block each), autograd's gradients of one unit, activations
+# (short sequences: they grow with the blocks as the shares do). Peak 94.7
+# MiB per rank on 2026-12-06.
 #   tests/parallel/memory_cap.sh PATH/TO/kiln
 set -euo pipefail
 KILN=$(readlink -f "$1")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kiln-memcap.XXXXXX")
 trap '[ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"' EXIT
 cd "$WORK"
-"$KILN" data convert text data /usr/share/games/fortunes/wisdom --seq-len 32 >/dev/null
+CAP_MIB=97
+"$KILN" data convert text data /usr/share/games/fortunes/wisdom --seq-len 16 >/dev/null
 cat > gpt.toml <<TOML
 [model]
 kind = "gpt"
 vocab = 256
-seq_len = 32
-d_model = 128
-layers = 16
+seq_len = 16
+d_model = 256
+layers = 24
 heads = 4
 positions = "rotary"
 
@@ -38,7 +44,7 @@ batch_size = 4
 
 [parallel]
 strategy = "zero3"
-memory_cap_mib = 24
+memory_cap_mib = $CAP_MIB
 TOML
 
 # zero3: trains, and every rank's peak stays under the cap.
@@ -48,8 +54,11 @@ state=$(grep -o 'zero3: [0-9]* parameters' zero3.log | head -1 | awk '{print $2}
 full_mib=$(awk -v p="$state" 'BEGIN { printf "%.1f", 16 * p / 1048576 }')
 peaks=$(grep -o 'peak [0-9.]* MiB' zero3.log | awk '{print $2}')
 [ "$(echo "$peaks" | wc -l)" -eq 4 ] || { cat zero3.log; echo "FAIL: expected 4 ranks' memory peaks"; exit 1; }
-echo "zero3 on 4 ranks: full state ${full_mib} MiB, cap 24 MiB, peaks per rank: $(echo $peaks)"
-awk -v f="$full_mib" 'BEGIN { exit !(f >= 2 * 24) }' || { echo "FAIL: the full state is not well above the cap"; exit 1; }
+echo "zero3 on 4 ranks: full state ${full_mib} MiB, cap ${CAP_MIB} MiB, peaks per rank: $(echo $peaks)"
+awk -v f="$full_mib" -v c="$CAP_MIB" 'BEGIN { exit !(f >= 2.9 * c) }' || { echo "FAIL: the full state is not about 3x the cap"; exit 1; }
+for p in $peaks; do
+  awk -v p="$p" -v c="$CAP_MIB" 'BEGIN { exit !(p <= c) }' || { echo "FAIL: a rank's peak ${p} MiB is over the cap"; exit 1; }
+done
 
 # ddp: refused before training, naming zero3.
 if "$KILN" launch -n 4 -- "$KILN" train gpt.toml --strategy ddp >ddp.log 2>&1; then

@@ -39,17 +39,19 @@ std::uint64_t fnv1a(const std::string& s) {
 // Note [Freeing a unit's parameters]: the module's parameters are views into
 // the unit's flat tensor, and autograd's saved variables point at the same
 // storage. Freeing swaps the storage's memory out (nbytes 0) and gathering
-// swaps fresh memory in, so every view, saved or not, sees the gathered
+// swaps a pooled block in, so every view, saved or not, sees the gathered
 // values without being rebuilt (FSDP resizes the storage for the same reason).
+// The block goes back to the pool, where the unit's reduction staging or the
+// next gather takes it (Note [One block per unit in flight]).
 void release_storage(const torch::Tensor& flat) {
   c10::StorageImpl* s = flat.storage().unsafeGetStorageImpl();
   s->set_data_ptr_noswap(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
   s->set_nbytes(0);
 }
 
-void allocate_storage(const torch::Tensor& flat, std::size_t bytes) {
+void set_storage(const torch::Tensor& flat, c10::DataPtr block, std::size_t bytes) {
   c10::StorageImpl* s = flat.storage().unsafeGetStorageImpl();
-  s->set_data_ptr_noswap(s->allocator()->allocate(bytes));
+  s->set_data_ptr_noswap(std::move(block));
   s->set_nbytes(bytes);
 }
 
@@ -64,6 +66,7 @@ struct ShardedDataParallel::Unit {
   FlatRange mine;
   torch::Tensor flat;  // whole parameters (compute dtype); see Note [Freeing ...]
   std::size_t flat_bytes = 0;
+  std::size_t padded_bytes = 0;  // world × block() elements: a pooled block's size
   bool allocated = true;
   enum class Params { kFreed, kGathering, kGathered } state = Params::kGathered;
   comm::WorkPtr gather_work;
@@ -255,6 +258,7 @@ Status ShardedDataParallel::shard_units() {
                                          comm::DataType::kFloat32, 0)->wait(options_.timeout));
     u.flat = fp32 ? whole : whole.to(compute_dtype_);
     u.flat_bytes = u.flat.nbytes();
+    u.padded_bytes = static_cast<std::size_t>(u.layout->block() * comm_.size()) * u.flat.element_size();
     for (std::size_t i = 0; i < u.params.size(); ++i) {
       u.params[i].set_data(u.flat.narrow(0, u.layout->offset(i), u.layout->numel(i)).view(u.params[i].sizes()));
     }
@@ -281,6 +285,7 @@ Status ShardedDataParallel::shard_units() {
     }
     u.opt_index = optimizer_.add_shard(u.mine.count);
   }
+  pool_.set_max_idle(pooled_blocks());
   for (std::size_t ui = 0; ui < units_.size(); ++ui) {
     for (auto& p : units_[ui]->params) {
       grad_accumulators_.push_back(torch::autograd::impl::grad_accumulator(p));
@@ -296,7 +301,7 @@ Status ShardedDataParallel::shard_units() {
 Status ShardedDataParallel::gather(Unit& u) {
   if (u.state != Unit::Params::kFreed) return Status::ok();
   if (!u.allocated) {
-    allocate_storage(u.flat, u.flat_bytes);
+    set_storage(u.flat, pool_.allocate(u.padded_bytes), u.flat_bytes);
     u.allocated = true;
     account();
   }
@@ -424,7 +429,13 @@ void ShardedDataParallel::after_forward(std::size_t unit, const torch::nn::Modul
       return g;
     });
   }
-  if (last && options_.overlap) {
+  // Note [The last unit stays gathered]: backward starts with the unit that
+  // forward ran last, so freeing it only to gather it again at once would
+  // expose that whole gather (FSDP keeps its root unit gathered the same way).
+  // Backward frees it with its gradients; without grad mode it is freed here.
+  const bool backward_next = torch::GradMode::is_enabled() && out.requires_grad() && order_known_ &&
+                             !exec_order_.empty() && exec_order_.back() == unit;
+  if (last && options_.overlap && !backward_next) {
     account();
     free_params(u);
   }
@@ -484,16 +495,26 @@ void ShardedDataParallel::on_grad_ready(std::size_t unit) {
 Status ShardedDataParallel::launch_reduction(Unit& u) {
   torch::NoGradGuard no_grad;
   const std::int64_t block = u.layout->block();
+  // The parameters are not needed once their gradients are complete; their
+  // block becomes the staging (Note [One block per unit in flight]).
+  free_params(u);
   if (options_.stage != 1) {
-    u.staging = torch::zeros({block * comm_.size()}, compute_dtype_);
+    u.staging = pool_.empty(block * comm_.size(), compute_dtype_);
+    // Only the padding at the end of each rank's block is not written below.
+    for (int r = 0; r < comm_.size(); ++r) {
+      const std::int64_t used = u.layout->shard(r).count;
+      u.staging.narrow(0, r * block + used, block - used).zero_();
+    }
   }
   for (std::size_t i = 0; i < u.params.size(); ++i) {
     torch::Tensor& g = u.params[i].mutable_grad();
-    if (!g.defined()) continue;  // unused this backward: contributes zero
-    torch::Tensor flat_g = g.reshape({-1});
     for (const auto& seg : u.layout->padded_segments(i)) {
       torch::Tensor dst = u.staging.narrow(0, seg.dst, seg.len);
-      torch::Tensor src = flat_g.narrow(0, seg.src, seg.len);
+      if (!g.defined()) {  // unused this backward: contributes zero
+        if (options_.stage != 1) dst.zero_();
+        continue;
+      }
+      torch::Tensor src = g.reshape({-1}).narrow(0, seg.src, seg.len);
       // Stage 1 keeps the averaged gradient in staging between backward
       // calls; adding the new local gradient and averaging again keeps the
       // sum of the averages (the earlier part is the same on every rank).
@@ -507,7 +528,6 @@ Status ShardedDataParallel::launch_reduction(Unit& u) {
   }
   u.grad_bytes_alive = 0;
   account();
-  free_params(u);
   const std::size_t n = static_cast<std::size_t>(block * comm_.size());
   if (options_.stage == 1) {
     u.reduce_work = comm_.allreduce(u.staging.data_ptr(), n, comm_dtype_, comm::ReduceOp::kAvg);
@@ -527,10 +547,11 @@ Status ShardedDataParallel::launch_reduction(Unit& u) {
   account();
   // Note [Bounded reductions in flight]: each reduction holds its unit's
   // whole gradient as staging until it is done. Finishing the oldest beyond
-  // kMaxReductionsInFlight (in issue order, which is the engine's order)
-  // bounds that at a few units instead of the whole model.
+  // options_.reductions_in_flight (in issue order, which is the engine's
+  // order) bounds that at a few units instead of the whole model.
   reducing_.push_back(&u);
-  while (!reducing_.empty() && (reducing_.size() > kMaxReductionsInFlight || reducing_.front()->reduce_work->test())) {
+  const auto limit = static_cast<std::size_t>(std::max(1, options_.reductions_in_flight));
+  while (!reducing_.empty() && (reducing_.size() > limit || reducing_.front()->reduce_work->test())) {
     Unit* oldest = reducing_.front();
     reducing_.pop_front();
     KILN_RETURN_IF_ERROR(finish_reduction(*oldest));
@@ -538,18 +559,32 @@ Status ShardedDataParallel::launch_reduction(Unit& u) {
   return Status::ok();
 }
 
+// Note [One block per unit in flight]: every pooled block is one unit's
+// padded flat (world × block() elements), so a unit's gathered parameters
+// and its reduction staging take the same block, one after the other: in
+// backward, a unit's parameters are freed the moment its gradients are
+// complete and the staging its reduction sends from takes their block. Stage
+// 3 needs at most the unit computing, the one prefetched and the reductions
+// in flight (their count bounded before the next unit gathers); stage 2 the
+// reductions in flight and the one being filled. Without overlap, stage 3
+// gathers every unit at once (the baseline of kiln bench fsdp keeps them all).
+std::size_t ShardedDataParallel::pooled_blocks() const {
+  const auto reductions = static_cast<std::size_t>(std::max(1, options_.reductions_in_flight));
+  if (options_.stage == 3) return options_.overlap ? 2 + reductions : units_.size() + 1;
+  return options_.stage == 2 ? reductions + 1 : 0;
+}
+
 std::size_t ShardedDataParallel::in_flight_bound() const {
   std::size_t largest = 0;
   for (const auto& u : units_) {
     if (options_.stage == 3 && u->modules.empty()) continue;  // the root stays gathered
-    largest = std::max(largest, u->flat_bytes + static_cast<std::size_t>(comm_.size()) *
-                                                    static_cast<std::size_t>(c10::elementSize(compute_dtype_)));
+    largest = std::max(largest, u->padded_bytes);
   }
-  // Two gathered units (stage 3: the one computing and the prefetch), the
-  // staging of kMaxReductionsInFlight reductions plus the one being filled,
-  // and autograd's gradients of the unit whose backward just ran.
-  const std::size_t units = (options_.stage == 3 ? 2 : 0) + kMaxReductionsInFlight + 1 + 1;
-  return units * largest;
+  // The pooled blocks (one more: the newest reduction is counted before the
+  // oldest finishes), and autograd's gradients of the unit whose backward
+  // just ran.
+  if (options_.stage == 1) return 2 * largest;
+  return (pooled_blocks() + 1 + 1) * largest;
 }
 
 Status ShardedDataParallel::finish_reduction(Unit& u) {
@@ -644,8 +679,16 @@ Status ShardedDataParallel::step_impl(double lr) {
   KILN_RETURN_IF_ERROR(failure_);
   torch::NoGradGuard no_grad;
   optimizer_.begin_step(lr);
-  for (auto& up : units_) {
-    Unit& u = *up;
+  sync_ = ZeroSyncStats{};
+  // Unit by unit in execution order: the step on this rank's share, then the
+  // new share goes to the others. Stages 1 and 2 gather every unit now (the
+  // forward waits for each in turn); stage 3 prefetches only the first unit
+  // to run, which the steps of the other units overlap.
+  for (std::size_t k = 0; k < units_.size(); ++k) {
+    Unit& u = *units_[order_known_ ? exec_order_[k] : k];
+    // In flight while a prefetch was running: finish it before the share
+    // it sends from changes.
+    if (u.gather_work) KILN_RETURN_IF_ERROR(fail(wait_gathered(u)));
     torch::Tensor g = u.grad_share.narrow(0, 0, u.mine.count);
     if (g.scalar_type() != torch::kFloat32) g = g.to(torch::kFloat32);
     optimizer_.step(u.opt_index, u.master, g);
@@ -655,21 +698,12 @@ Status ShardedDataParallel::step_impl(double lr) {
       u.grad_share.zero_();
     }
     u.share_fresh = true;
-  }
-  sync_ = ZeroSyncStats{};
-  // The new parameters: each unit's share goes to the others. Stages 1 and 2
-  // gather every unit now (the forward waits for each in turn); stage 3
-  // prefetches only the first unit to run.
-  for (std::size_t k = 0; k < units_.size(); ++k) {
-    Unit& u = *units_[order_known_ ? exec_order_[k] : k];
     const bool sharded = options_.stage == 3 && !u.modules.empty();
     if (sharded) {
       if (u.send.data_ptr() != u.master.data_ptr()) u.send.copy_(u.master);
     } else if (!u.master_is_view) {
       u.flat.narrow(0, u.mine.offset, u.mine.count).copy_(u.master);
     }
-    // In flight while a prefetch was running: finish it before reusing.
-    if (u.gather_work) KILN_RETURN_IF_ERROR(fail(wait_gathered(u)));
     u.state = Unit::Params::kFreed;  // stale until gathered again
     if (!sharded || (options_.overlap && k == 0)) KILN_RETURN_IF_ERROR(fail(gather(u)));
   }
@@ -681,12 +715,15 @@ Status ShardedDataParallel::step_impl(double lr) {
 
 StateBytes ShardedDataParallel::state_bytes() const {
   StateBytes b;
+  // Gathered parameters (stage 3) and staging (stages 2, 3) are pooled
+  // blocks, in use or idle.
+  b.in_flight = pool_.held_bytes();
   for (const auto& up : units_) {
     const Unit& u = *up;
     const bool sharded = options_.stage == 3 && !u.modules.empty();
-    if (u.allocated) (sharded ? b.in_flight : b.params) += u.flat_bytes;
+    if (u.allocated && !sharded) b.params += u.flat_bytes;
     b.in_flight += u.grad_bytes_alive;
-    if (u.staging.defined()) (options_.stage == 1 ? b.grads : b.in_flight) += u.staging.nbytes();
+    if (u.staging.defined() && options_.stage == 1) b.grads += u.staging.nbytes();
     if (u.partial.defined()) b.in_flight += u.partial.nbytes();
     if (!u.master_is_view) b.shards += u.master.nbytes();
     if (sharded && u.send.data_ptr() != u.master.data_ptr()) b.shards += u.send.nbytes();

@@ -17,7 +17,8 @@
 //            freed once that is done
 //   stage 3  as 2, and parameters are held only as shares: a unit's whole
 //            parameters are allgathered before its forward (the next unit's
-//            gather is prefetched meanwhile) and freed after it, gathered
+//            gather is prefetched meanwhile) and freed after it (except
+//            the last, which backward needs first), gathered
 //            again before its backward (prefetching the unit before it),
 //            and freed when its gradients are reduced
 //
@@ -58,6 +59,7 @@
 #include "kiln/ckpt/state.h"
 #include "kiln/comm/communicator.h"
 #include "kiln/parallel/unit_hooks.h"
+#include "kiln/parallel/zero/buffer_pool.h"
 #include "kiln/parallel/zero/flat_layout.h"
 #include "kiln/parallel/zero/sharded_optimizer.h"
 
@@ -75,6 +77,10 @@ struct ZeroOptions {
   // gradients are ready. false: gather every unit before forward, reduce
   // every unit after backward (the non-overlapped baseline of kiln bench fsdp).
   bool overlap = true;
+  // Reductions (stages 2, 3) left in flight while backward goes on: each
+  // holds its unit's whole gradient until done (Note [Bounded reductions in
+  // flight]). 1 saves memory; 2 lets a slow reduction overlap more backward.
+  int reductions_in_flight = 2;
   OptimizerOptions optimizer;
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // per collective wait
 };
@@ -87,7 +93,8 @@ struct StateBytes {
   std::size_t shards = 0;     // master shares, gradient shares, send copies
   std::size_t optimizer = 0;  // optimizer moments
   // Held only around a unit's use: stage 3's gathered parameters, autograd's
-  // gradients until they are copied out, reduction staging (stages 2, 3).
+  // gradients until they are copied out, reduction staging (stages 2, 3),
+  // and the idle blocks the wrapper keeps for the next of these (BufferPool).
   std::size_t in_flight = 0;
   std::size_t persistent() const { return params + grads + shards + optimizer; }
   std::size_t total() const { return persistent() + in_flight; }
@@ -166,6 +173,8 @@ class ShardedDataParallel : public UnitHooks {
   // The most bytes in flight at once (StateBytes::in_flight) by construction,
   // in units of the largest unit (Note [Bounded reductions in flight]).
   std::size_t in_flight_bound() const;
+  // Blocks the wrapper keeps for gathered parameters and staging.
+  std::size_t pooled_blocks() const;
 
   // UnitHooks (called by run_unit on the training thread).
   void before_forward(std::size_t unit) override;
@@ -208,11 +217,11 @@ class ShardedDataParallel : public UnitHooks {
   std::vector<std::uintptr_t> post_hook_keys_;
   std::int64_t parameter_count_ = 0;
   ShardedOptimizer optimizer_;
+  BufferPool pool_{0};  // stage 3's gathered parameters, stages 2-3's staging
   std::vector<std::size_t> exec_order_;  // units in the order forward ran them
   bool order_known_ = false;
   bool in_backward_ = false;
   std::size_t next_reduction_ = 0;  // index into the reverse execution order
-  static constexpr std::size_t kMaxReductionsInFlight = 2;
   std::deque<Unit*> reducing_;  // reductions launched and not yet finished, oldest first
   Status failure_;
   ZeroSyncStats sync_;
