@@ -3,8 +3,9 @@
 //
 //   kiln plan calibrate [-o host.toml] [--quick] [--json]
 //
-// Compute (LibTorch fp32 products, elementwise ops, per-op overhead) with one
-// thread and with one thread per core; streaming memory bandwidth; and
+// Compute (each kernel class of a GPT block through LibTorch fp32 with
+// autograd: linear layers, the attention core, norms, GeLU, rotary, adds,
+// cross-entropy, embedding, AdamW) with one thread and with one per core; streaming memory bandwidth; and
 // kiln::comm's allreduce over shared memory and over TCP loopback, timed by
 // `kiln bench comm` (2 local ranks) and fitted to t = 2α + S/β. Under a
 // minute; --quick (tests) takes a few seconds.
@@ -14,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -192,14 +194,19 @@ Status calibrate(const CalibrateOptions& o) {
   KILN_RETURN_IF_ERROR(plan::parse_host_profile(text, o.output).status());
   KILN_RETURN_IF_ERROR(write_file_atomic(o.output, text));
   const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const plan::ComputeRates& r1 = p.one_thread;
+  const plan::ComputeRates& rn = p.all_threads;
   if (o.json) {
     nlohmann::json j = {{"profile", o.output},
                         {"seconds", took},
-                        {"gemm_gflops_1_thread", p.one_thread.gemm_flops / 1e9},
-                        {"gemm_gflops_all_threads", p.all_threads.gemm_flops / 1e9},
-                        {"gemm_fit_error_1_thread", one.gemm_fit_error},
-                        {"gemm_fit_error_all_threads", all.gemm_fit_error},
-                        {"op_overhead_us", p.one_thread.op_overhead_s * 1e6},
+                        {"linear_gflops_1_thread", r1.linear_fwd.flops / 1e9},
+                        {"linear_gflops_all_threads", rn.linear_fwd.flops / 1e9},
+                        {"linear_fit_error", std::max(one.linear_fit_error, all.linear_fit_error)},
+                        {"attention_gflops_1_thread", r1.attention_fwd.flops / 1e9},
+                        {"attention_fit_error",
+                         std::max(one.attention_fit_error, all.attention_fit_error)},
+                        {"gelu_bwd_ns_1_thread", r1.gelu_bwd.per_unit_s * 1e9},
+                        {"op_overhead_us", r1.op_overhead_s * 1e6},
                         {"stream_gbytes_per_s", p.stream_bytes_per_s / 1e9},
                         {"shm_alpha_us", p.shm.alpha_s * 1e6},
                         {"shm_gbytes_per_s", p.shm.bytes_per_s / 1e9},
@@ -209,12 +216,25 @@ Status calibrate(const CalibrateOptions& o) {
   } else {
     std::printf("kiln plan calibrate: %s (%s, %d cores, %s) in %.1f s\n", p.host.c_str(),
                 p.cpu.c_str(), p.cores, p.blas.c_str(), took);
-    std::printf("  fp32 products   %.1f GFLOP/s on 1 thread, %.1f on %d (+%.1f us per call; fit "
-                "error %.1f%% / %.1f%%)\n",
-                p.one_thread.gemm_flops / 1e9, p.all_threads.gemm_flops / 1e9, p.cores,
-                p.one_thread.gemm_call_s * 1e6, 100 * one.gemm_fit_error, 100 * all.gemm_fit_error);
-    std::printf("  elementwise     %.1f GB/s on 1 thread, %.2f us per op\n",
-                p.one_thread.elementwise_bytes_per_s / 1e9, p.one_thread.op_overhead_s * 1e6);
+    std::printf("  linear layers   %.1f GFLOP/s forward, %.1f backward on 1 thread; %.1f / %.1f on %d "
+                "(fit error up to %.1f%%)\n",
+                r1.linear_fwd.flops / 1e9, r1.linear_bwd.flops / 1e9, rn.linear_fwd.flops / 1e9,
+                rn.linear_bwd.flops / 1e9, p.cores,
+                100 * std::max(one.linear_fit_error, all.linear_fit_error));
+    std::printf("  attention core  %.1f GFLOP/s + %.2f ns per score forward, %.1f + %.2f backward "
+                "(1 thread; fit error up to %.1f%%)\n",
+                r1.attention_fwd.flops / 1e9, r1.attention_fwd.score_s * 1e9,
+                r1.attention_bwd.flops / 1e9, r1.attention_bwd.score_s * 1e9,
+                100 * std::max(one.attention_fit_error, all.attention_fit_error));
+    std::printf("  per element     layer norm %.2f/%.2f ns, GeLU %.2f/%.2f, rotary %.2f/%.2f, add %.2f, "
+                "cross-entropy %.2f/%.2f (forward/backward, 1 thread)\n",
+                r1.layer_norm_fwd.per_unit_s * 1e9, r1.layer_norm_bwd.per_unit_s * 1e9,
+                r1.gelu_fwd.per_unit_s * 1e9, r1.gelu_bwd.per_unit_s * 1e9,
+                r1.rotary_fwd.per_unit_s * 1e9, r1.rotary_bwd.per_unit_s * 1e9,
+                r1.add.per_unit_s * 1e9, r1.loss_fwd.per_unit_s * 1e9, r1.loss_bwd.per_unit_s * 1e9);
+    std::printf("  optimizer       %.2f ns per parameter + %.1f us per tensor; %.2f us per op\n",
+                r1.optimizer_param_s * 1e9, r1.optimizer_per_tensor.per_unit_s * 1e6,
+                r1.op_overhead_s * 1e6);
     std::printf("  memory          %.1f GB/s on 1 thread, %.1f on %d\n", p.stream_bytes_per_s / 1e9,
                 p.stream_all_bytes_per_s / 1e9, p.cores);
     std::printf("  kiln::comm shm  alpha %.1f us, beta %.2f GB/s\n", p.shm.alpha_s * 1e6,

@@ -100,28 +100,27 @@ Result<GemmFit> fit_gemm(const std::vector<GemmSample>& samples) {
   return f;
 }
 
-Result<BatchedFit> fit_batched(const std::vector<GemmSample>& samples) {
+Result<AttentionFit> fit_attention(const std::vector<GemmSample>& samples) {
   std::vector<Row> a;
   std::vector<double> t;
   for (const GemmSample& s : samples) {
     if (!(s.seconds > 0)) continue;
-    a.push_back({1.0, s.batch, s.batch * 2 * s.m * s.n * s.k});
+    a.push_back({1.0, s.batch * 4 * s.m * s.n * s.k, s.batch * s.m * s.n});
     t.push_back(s.seconds);
   }
   if (a.size() < 3) {
-    return invalid_argument("batched product fit: need at least 3 timed shapes (got " +
+    return invalid_argument("attention fit: need at least 3 timed shapes (got " +
                             std::to_string(a.size()) + ")");
   }
   Row x{};
-  if (!fit_nonnegative(a, t, {true, true, true}, 2, &x)) {
+  if (!fit_nonnegative(a, t, {true, true, true}, 1, &x)) {
     return invalid_argument(
-        "batched product fit: the timings do not grow with the FLOPs (a noisy or overloaded "
-        "machine?)");
+        "attention fit: the timings do not grow with the FLOPs (a noisy or overloaded machine?)");
   }
-  BatchedFit f;
+  AttentionFit f;
   f.call_s = x[0];
-  f.per_product_s = x[1];
-  f.flops = 1.0 / x[2];
+  f.flops = 1.0 / x[1];
+  f.score_s = x[2];
   f.mean_abs_rel_error = mean_abs_rel(a, t, x);
   return f;
 }

@@ -31,17 +31,16 @@ struct GemmFit {
 // InvalidArgument with fewer samples than terms or no positive FLOP rate.
 Result<GemmFit> fit_gemm(const std::vector<GemmSample>& samples);
 
-// Batched products (torch::bmm, the attention core): LibTorch loops over the
-// batch, so each product pays its own cost besides the call's:
-//   t = call + batch·(per_product + 2MNK/flops).
-struct BatchedFit {
+// The attention core over `batch` (micro-batch × heads) matrices of
+// m = n = s rows and k = hd columns: t = call + batch·(4·s²·hd / flops + s²·score).
+struct AttentionFit {
   double call_s = 0;
-  double per_product_s = 0;
   double flops = 0;
+  double score_s = 0;
   double mean_abs_rel_error = 0;
 };
 // InvalidArgument with fewer than 3 samples or no positive FLOP rate.
-Result<BatchedFit> fit_batched(const std::vector<GemmSample>& samples);
+Result<AttentionFit> fit_attention(const std::vector<GemmSample>& samples);
 
 // One timed transfer of `bytes` (an op's payload, a collective's buffer).
 struct SizeSample {

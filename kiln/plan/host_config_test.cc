@@ -15,8 +15,14 @@ HostProfile two_cores() {
   p.host = "test";
   p.cores = 2;
   p.memory_bytes = 1e10;
-  p.one_thread = {1, 50e9, 5e-6, 0, 10e9, 8e-6, 1e-6, 20e9, 2e-6};
-  p.all_threads = {2, 90e9, 6e-6, 0, 15e9, 9e-6, 1e-6, 30e9, 2e-6};
+  for (auto [r, threads] : {std::pair{&p.one_thread, 1}, std::pair{&p.all_threads, 2}}) {
+    r->threads = threads;
+    r->linear_fwd = {5e-6, 50e9, 0};
+    r->linear_bwd = {8e-6, 25e9, 0};
+    r->attention_fwd = {5e-6, 20e9, 1e-9};
+    r->attention_bwd = {8e-6, 10e9, 3e-9};
+    r->gelu_bwd = {1e-6, 10e-9};
+  }
   p.stream_bytes_per_s = 10e9;
   p.stream_all_bytes_per_s = 15e9;
   p.shm = {3e-6, 5e9};
@@ -91,15 +97,15 @@ TEST_F(HostConfigTest, AGpuAndAProfileAreExclusive) {
 
 TEST_F(HostConfigTest, AMalformedProfileNamesThePlanTheProfileAndTheField) {
   std::string text = host_profile_to_toml(two_cores());
-  const auto at = text.find("gemm_gflops = ");
-  text.replace(at, text.find('\n', at) - at, "gemm_gflops = \"many\"");
+  const auto at = text.find("linear_fwd_gflops = ");
+  text.replace(at, text.find('\n', at) - at, "linear_fwd_gflops = \"many\"");
   write(dir_.path() + "/host.toml", text);
   auto c = parse_config_file(plan());
   ASSERT_FALSE(c.is_ok());
   EXPECT_EQ(c.status().code(), Code::kInvalidArgument);
   for (const std::string& needle : {plan(), std::string("cluster.profile"),
                                     dir_.path() + "/host.toml",
-                                    std::string("compute_1_thread.gemm_gflops")}) {
+                                    std::string("compute_1_thread.linear_fwd_gflops")}) {
     EXPECT_NE(c.status().message().find(needle), std::string::npos)
         << needle << " not in " << c.status().to_string();
   }

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <sstream>
+#include <vector>
 
 #include "kiln/base/config/toml_reader.h"
 
@@ -19,18 +20,73 @@ constexpr std::int64_t kProfileVersion = 1;
 
 constexpr double kGiga = 1e9;
 constexpr double kMicro = 1e-6;
+constexpr double kNano = 1e-9;
+
+// Note [Profile fields]: every field of a compute section, its TOML key and
+// unit, in one table so that reading, writing and the docs cannot drift.
+struct Field {
+  const char* key;
+  double scale;  // TOML value × scale = SI value
+  bool positive; // a rate (must be > 0), else a cost (>= 0)
+  double* (*member)(ComputeRates&);
+};
+
+#define KILN_FIELD(key, scale, positive, expr) \
+  Field { key, scale, positive, [](ComputeRates& c) { return &(c.expr); } }
+
+const std::vector<Field>& compute_fields() {
+  static const std::vector<Field> fields = {
+      KILN_FIELD("linear_fwd_call_us", kMicro, false, linear_fwd.call_s),
+      KILN_FIELD("linear_fwd_gflops", kGiga, true, linear_fwd.flops),
+      KILN_FIELD("linear_fwd_gbytes_per_s", kGiga, false, linear_fwd.bytes_per_s),
+      KILN_FIELD("linear_bwd_call_us", kMicro, false, linear_bwd.call_s),
+      KILN_FIELD("linear_bwd_gflops", kGiga, true, linear_bwd.flops),
+      KILN_FIELD("linear_bwd_gbytes_per_s", kGiga, false, linear_bwd.bytes_per_s),
+      KILN_FIELD("attention_fwd_call_us", kMicro, false, attention_fwd.call_s),
+      KILN_FIELD("attention_fwd_gflops", kGiga, true, attention_fwd.flops),
+      KILN_FIELD("attention_fwd_ns_per_score", kNano, false, attention_fwd.score_s),
+      KILN_FIELD("attention_bwd_call_us", kMicro, false, attention_bwd.call_s),
+      KILN_FIELD("attention_bwd_gflops", kGiga, true, attention_bwd.flops),
+      KILN_FIELD("attention_bwd_ns_per_score", kNano, false, attention_bwd.score_s),
+      KILN_FIELD("layer_norm_fwd_us", kMicro, false, layer_norm_fwd.fixed_s),
+      KILN_FIELD("layer_norm_fwd_ns", kNano, false, layer_norm_fwd.per_unit_s),
+      KILN_FIELD("layer_norm_bwd_us", kMicro, false, layer_norm_bwd.fixed_s),
+      KILN_FIELD("layer_norm_bwd_ns", kNano, false, layer_norm_bwd.per_unit_s),
+      KILN_FIELD("gelu_fwd_us", kMicro, false, gelu_fwd.fixed_s),
+      KILN_FIELD("gelu_fwd_ns", kNano, false, gelu_fwd.per_unit_s),
+      KILN_FIELD("gelu_bwd_us", kMicro, false, gelu_bwd.fixed_s),
+      KILN_FIELD("gelu_bwd_ns", kNano, false, gelu_bwd.per_unit_s),
+      KILN_FIELD("rotary_fwd_us", kMicro, false, rotary_fwd.fixed_s),
+      KILN_FIELD("rotary_fwd_ns", kNano, false, rotary_fwd.per_unit_s),
+      KILN_FIELD("rotary_bwd_us", kMicro, false, rotary_bwd.fixed_s),
+      KILN_FIELD("rotary_bwd_ns", kNano, false, rotary_bwd.per_unit_s),
+      KILN_FIELD("add_us", kMicro, false, add.fixed_s),
+      KILN_FIELD("add_ns", kNano, false, add.per_unit_s),
+      KILN_FIELD("loss_fwd_us", kMicro, false, loss_fwd.fixed_s),
+      KILN_FIELD("loss_fwd_ns", kNano, false, loss_fwd.per_unit_s),
+      KILN_FIELD("loss_bwd_us", kMicro, false, loss_bwd.fixed_s),
+      KILN_FIELD("loss_bwd_ns", kNano, false, loss_bwd.per_unit_s),
+      KILN_FIELD("embedding_fwd_us", kMicro, false, embedding_fwd.fixed_s),
+      KILN_FIELD("embedding_fwd_ns", kNano, false, embedding_fwd.per_unit_s),
+      KILN_FIELD("embedding_bwd_us", kMicro, false, embedding_bwd.fixed_s),
+      KILN_FIELD("embedding_bwd_ns", kNano, false, embedding_bwd.per_unit_s),
+      KILN_FIELD("optimizer_us", kMicro, false, optimizer_per_tensor.fixed_s),
+      KILN_FIELD("optimizer_us_per_tensor", kMicro, false, optimizer_per_tensor.per_unit_s),
+      KILN_FIELD("optimizer_ns_per_param", kNano, false, optimizer_param_s),
+      KILN_FIELD("op_overhead_us", kMicro, false, op_overhead_s),
+  };
+  return fields;
+}
+#undef KILN_FIELD
 
 ComputeRates read_compute(TomlReader& r, const std::string& section, int threads_fallback) {
   ComputeRates c;
   c.threads = static_cast<int>(r.get_int(section, "threads", true, threads_fallback));
-  c.gemm_flops = r.get_double(section, "gemm_gflops", true, 1) * kGiga;
-  c.gemm_call_s = r.get_nonnegative(section, "gemm_call_us", 0) * kMicro;
-  c.gemm_bytes_per_s = r.get_nonnegative(section, "gemm_gbytes_per_s", 0) * kGiga;
-  c.bmm_flops = r.get_double(section, "bmm_gflops", true, 1) * kGiga;
-  c.bmm_call_s = r.get_nonnegative(section, "bmm_call_us", 0) * kMicro;
-  c.bmm_product_s = r.get_nonnegative(section, "bmm_product_us", 0) * kMicro;
-  c.elementwise_bytes_per_s = r.get_double(section, "elementwise_gbytes_per_s", true, 1) * kGiga;
-  c.op_overhead_s = r.get_nonnegative(section, "op_overhead_us", 0) * kMicro;
+  for (const Field& f : compute_fields()) {
+    *f.member(c) = (f.positive ? r.get_double(section, f.key, true, 1)
+                               : r.get_nonnegative(section, f.key, 0)) *
+                   f.scale;
+  }
   return c;
 }
 
@@ -104,15 +160,9 @@ std::string quoted(const std::string& s) {
 void write_compute(std::ostringstream& out, const char* section, const char* comment,
                    const ComputeRates& c) {
   out << "\n[" << section << "]  # " << comment << "\n"
-      << "threads = " << c.threads << "\n"
-      << "gemm_gflops = " << num(c.gemm_flops / kGiga) << "\n"
-      << "gemm_call_us = " << num(c.gemm_call_s / kMicro) << "\n"
-      << "gemm_gbytes_per_s = " << num(c.gemm_bytes_per_s / kGiga) << "\n"
-      << "bmm_gflops = " << num(c.bmm_flops / kGiga) << "\n"
-      << "bmm_call_us = " << num(c.bmm_call_s / kMicro) << "\n"
-      << "bmm_product_us = " << num(c.bmm_product_s / kMicro) << "\n"
-      << "elementwise_gbytes_per_s = " << num(c.elementwise_bytes_per_s / kGiga) << "\n"
-      << "op_overhead_us = " << num(c.op_overhead_s / kMicro) << "\n";
+      << "threads = " << c.threads << "\n";
+  ComputeRates copy = c;
+  for (const Field& f : compute_fields()) out << f.key << " = " << num(*f.member(copy) / f.scale) << "\n";
 }
 
 void write_link(std::ostringstream& out, const char* section, const char* comment,
@@ -124,35 +174,21 @@ void write_link(std::ostringstream& out, const char* section, const char* commen
 
 }  // namespace
 
-double ComputeRates::gemm_s(double m, double n, double k) const {
-  const double flops = 2 * m * n * k;
-  const double bytes = 4 * (m * k + k * n + m * n);
-  const double traffic = gemm_bytes_per_s > 0 ? bytes / gemm_bytes_per_s : 0;
-  return gemm_call_s + flops / gemm_flops + traffic;
+double ProductRate::at(double m, double n, double k) const {
+  const double traffic = bytes_per_s > 0 ? 4 * (m * k + k * n + m * n) / bytes_per_s : 0;
+  return call_s + 2 * m * n * k / flops + traffic;
 }
 
-double ComputeRates::bmm_s(double m, double n, double k, double batch) const {
-  return bmm_call_s + batch * (bmm_product_s + 2 * m * n * k / bmm_flops);
+double AttentionRate::at(double bh, double s, double hd) const {
+  return call_s + bh * (4 * s * s * hd / flops + s * s * score_s);
 }
 
-ComputeRates HostProfile::rates(int threads) const {
-  threads = std::clamp(threads, 1, std::max(1, cores));
-  if (threads == 1 || cores <= 1) return one_thread;
-  if (threads == cores) return all_threads;
-  const double f = static_cast<double>(threads - 1) / (cores - 1);
-  auto mix = [f](double a, double b) { return a + f * (b - a); };
-  ComputeRates c;
-  c.threads = threads;
-  c.gemm_flops = mix(one_thread.gemm_flops, all_threads.gemm_flops);
-  c.gemm_call_s = mix(one_thread.gemm_call_s, all_threads.gemm_call_s);
-  c.gemm_bytes_per_s = mix(one_thread.gemm_bytes_per_s, all_threads.gemm_bytes_per_s);
-  c.bmm_flops = mix(one_thread.bmm_flops, all_threads.bmm_flops);
-  c.bmm_call_s = mix(one_thread.bmm_call_s, all_threads.bmm_call_s);
-  c.bmm_product_s = mix(one_thread.bmm_product_s, all_threads.bmm_product_s);
-  c.elementwise_bytes_per_s =
-      mix(one_thread.elementwise_bytes_per_s, all_threads.elementwise_bytes_per_s);
-  c.op_overhead_s = mix(one_thread.op_overhead_s, all_threads.op_overhead_s);
-  return c;
+const ComputeRates& HostProfile::rates(int threads) const {
+  // Two measured points; a thread count in between takes the nearer one
+  // (kiln train gives a rank cores / local ranks threads: 1 or all, on the
+  // hosts this models).
+  if (threads <= 1 || cores <= 1) return one_thread;
+  return 2 * (threads - 1) <= cores - 1 ? one_thread : all_threads;
 }
 
 Result<HostProfile> read_host_profile(const std::string& path) {
@@ -180,8 +216,8 @@ std::string host_profile_to_toml(const HostProfile& p) {
       << "measured_at = " << quoted(p.measured_at) << "\n"
       << "cores = " << p.cores << "\n"
       << "memory_gib = " << num(p.memory_bytes / (1ull << 30)) << "\n";
-  write_compute(out, "compute_1_thread", "one rank, one intra-op thread (LibTorch fp32)",
-                p.one_thread);
+  write_compute(out, "compute_1_thread",
+                "one rank, one intra-op thread: LibTorch fp32 kernels with autograd", p.one_thread);
   write_compute(out, "compute_all_threads", "one rank, one intra-op thread per core",
                 p.all_threads);
   out << "\n[memory]  # streaming copy of a buffer far larger than the caches\n"

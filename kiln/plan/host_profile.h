@@ -3,9 +3,11 @@
 // one (TOML, documented in docs/plan.md "Calibration"); a plan names it as
 // `cluster.profile` or with `--profile FILE`.
 //
-// Every rate is what LibTorch (fp32) and kiln::comm achieve on this host, not
-// a datasheet figure: the small GEMMs and the per-op dispatch cost of eager
-// LibTorch are what a miniature model's step is made of.
+// Every rate is what LibTorch (fp32, eager, with autograd) and kiln::comm
+// achieve on this host, not a datasheet figure: a miniature model's step is
+// made of small products, transcendental elementwise kernels (GeLU, softmax)
+// and per-op dispatch, none of which a peak FLOP rate or a stream bandwidth
+// predicts.
 #pragma once
 
 #include <cstdint>
@@ -16,28 +18,46 @@
 
 namespace kiln::plan {
 
-// One rank's compute with a given number of intra-op threads.
+// t = fixed + n · per_unit: an elementwise kernel class over n elements.
+struct Affine {
+  double fixed_s = 0;
+  double per_unit_s = 0;
+  double at(double n) const { return fixed_s + n * per_unit_s; }
+};
+
+// A linear layer's products: t = call + 2MNK / flops + 4(MK + KN + MN) / bytes_per_s.
+struct ProductRate {
+  double call_s = 0;
+  double flops = 0;
+  double bytes_per_s = 0;  // 0 = no separable traffic term
+  double at(double m, double n, double k) const;
+};
+
+// The causal attention core (QKᵀ, scale, mask, softmax, ·V) over `bh`
+// matrices of s×hd: t = call + bh · (4·s²·hd / flops + s² · score_s).
+struct AttentionRate {
+  double call_s = 0;
+  double flops = 0;
+  double score_s = 0;  // per score: the scale, mask and softmax passes
+  double at(double bh, double s, double hd) const;
+};
+
+// One rank's compute with a given number of intra-op threads: each kernel
+// class of a GPT block as LibTorch runs it in fp32 with autograd (outputs
+// allocated, gradients accumulated), forward and backward timed apart.
 struct ComputeRates {
   int threads = 1;
-  // Matrix products (torch::mm / bmm, fp32), fitted over a sweep of small-GPT
-  // shapes: t = gemm_call_s + 2MNK / gemm_flops + 4(MK + KN + MN) / gemm_bytes_per_s.
-  double gemm_flops = 0;           // sustained fp32 FLOP/s
-  double gemm_call_s = 0;          // per call: dispatch, allocation, packing set-up
-  double gemm_bytes_per_s = 0;     // operand traffic; 0 = not separable (ignored)
-  // Batched products (torch::bmm: the attention core), which LibTorch runs
-  // product by product: t = bmm_call_s + batch·(bmm_product_s + 2MNK / bmm_flops).
-  double bmm_flops = 0;
-  double bmm_call_s = 0;
-  double bmm_product_s = 0;
-  // Elementwise LibTorch ops on cache-resident tensors (~1 MiB).
-  double elementwise_bytes_per_s = 0;
-  // One LibTorch op on a one-element tensor: dispatch + output allocation.
-  double op_overhead_s = 0;
-
-  // Seconds for one product of M×K by K×N (torch::mm, a linear layer).
-  double gemm_s(double m, double n, double k) const;
-  // Seconds for one batched call of `batch` such products (torch::bmm).
-  double bmm_s(double m, double n, double k, double batch) const;
+  ProductRate linear_fwd, linear_bwd;  // torch::linear with bias; backward = both gradients
+  AttentionRate attention_fwd, attention_bwd;
+  Affine layer_norm_fwd, layer_norm_bwd;  // per element
+  Affine gelu_fwd, gelu_bwd;              // per element
+  Affine rotary_fwd, rotary_bwd;          // per element of q or k
+  Affine add;                             // residual add (and gradient accumulation), per element
+  Affine loss_fwd, loss_bwd;              // cross-entropy, per logit
+  Affine embedding_fwd, embedding_bwd;    // per output element
+  Affine optimizer_per_tensor;            // AdamW + clipping + zero_grad: fixed = per step
+  double optimizer_param_s = 0;           // ... per parameter
+  double op_overhead_s = 0;               // one LibTorch op on one element (informational)
 };
 
 // Alpha-beta cost of kiln::comm on one transport, fitted from an allreduce
@@ -63,13 +83,13 @@ struct HostProfile {
   LinkRates tcp;                   // ranks across hosts (TCP; calibrated over loopback)
 
   // Rates of a rank with `threads` intra-op threads: measured at 1 and at
-  // `cores`, linear in between, capped at `cores`.
-  ComputeRates rates(int threads) const;
+  // `cores`; in between, the one nearer (ties: 1), capped at `cores`.
+  const ComputeRates& rates(int threads) const;
 };
 
 // Reads a profile. NotFound for a missing file; InvalidArgument naming the
 // file, the line and the field for anything malformed, missing or unknown
-// ("profile host.toml: field 'gemm_1_thread.gflops' ... at line 7").
+// ("config host.toml: field 'compute_1_thread.linear_fwd_gflops' ... at line 7").
 Result<HostProfile> read_host_profile(const std::string& path);
 Result<HostProfile> parse_host_profile(std::string_view toml_text, const std::string& source);
 

@@ -9,6 +9,33 @@
 namespace kiln::plan {
 namespace {
 
+// Distinct values in every field, so a field read into the wrong place shows.
+ComputeRates rates(int threads, double f) {
+  ComputeRates c;
+  c.threads = threads;
+  c.linear_fwd = {6.25e-6 * f, 95.5e9 * f, 180e9 * f};
+  c.linear_bwd = {7.5e-6 * f, 60.25e9 * f, 0};
+  c.attention_fwd = {11e-6 * f, 20.5e9 * f, 1.5e-9 * f};
+  c.attention_bwd = {12e-6 * f, 15.5e9 * f, 4.25e-9 * f};
+  c.layer_norm_fwd = {3e-6 * f, 0.5e-9 * f};
+  c.layer_norm_bwd = {4e-6 * f, 1.25e-9 * f};
+  c.gelu_fwd = {2e-6 * f, 3.5e-9 * f};
+  c.gelu_bwd = {2.5e-6 * f, 13e-9 * f};
+  c.rotary_fwd = {9e-6 * f, 2.75e-9 * f};
+  c.rotary_bwd = {10e-6 * f, 3.25e-9 * f};
+  c.add = {1.5e-6 * f, 0.3e-9 * f};
+  c.loss_fwd = {5e-6 * f, 2.1e-9 * f};
+  c.loss_bwd = {6e-6 * f, 3.1e-9 * f};
+  c.embedding_fwd = {7e-6 * f, 0.7e-9 * f};
+  c.embedding_bwd = {8e-6 * f, 0.9e-9 * f};
+  c.optimizer_per_tensor = {30e-6 * f, 4.5e-6 * f};
+  c.optimizer_param_s = 1.1e-9 * f;
+  c.op_overhead_s = 0.6e-6 * f;
+  return c;
+}
+
+void expect_same_rates(const ComputeRates& a, const ComputeRates& b);
+
 HostProfile sample() {
   HostProfile p;
   p.host = "box \"one\"";
@@ -17,8 +44,8 @@ HostProfile sample() {
   p.measured_at = "2026-12-06T09:00:00Z";
   p.cores = 2;
   p.memory_bytes = 24.0 * (1ull << 30);
-  p.one_thread = {1, 95.5e9, 6.25e-6, 180e9, 20.5e9, 11e-6, 1.5e-6, 30e9, 2.5e-6};
-  p.all_threads = {2, 170.25e9, 9e-6, 0, 33e9, 12e-6, 1.25e-6, 45e9, 3e-6};
+  p.one_thread = rates(1, 1.0);
+  p.all_threads = rates(2, 1.75);
   p.stream_bytes_per_s = 12.5e9;
   p.stream_all_bytes_per_s = 20e9;
   p.shm = {2.75e-6, 6.5e9};
@@ -27,6 +54,34 @@ HostProfile sample() {
 }
 
 void expect_near_rel(double a, double b) { EXPECT_NEAR(a, b, 1e-5 * std::abs(b)) << a << " vs " << b; }
+
+void expect_same_rates(const ComputeRates& a, const ComputeRates& b) {
+  EXPECT_EQ(a.threads, b.threads);
+  for (auto [x, y] : {std::pair{a.linear_fwd, b.linear_fwd}, std::pair{a.linear_bwd, b.linear_bwd}}) {
+    expect_near_rel(x.call_s, y.call_s);
+    expect_near_rel(x.flops, y.flops);
+    expect_near_rel(x.bytes_per_s, y.bytes_per_s);
+  }
+  for (auto [x, y] : {std::pair{a.attention_fwd, b.attention_fwd},
+                      std::pair{a.attention_bwd, b.attention_bwd}}) {
+    expect_near_rel(x.call_s, y.call_s);
+    expect_near_rel(x.flops, y.flops);
+    expect_near_rel(x.score_s, y.score_s);
+  }
+  const std::pair<Affine, Affine> affines[] = {
+      {a.layer_norm_fwd, b.layer_norm_fwd}, {a.layer_norm_bwd, b.layer_norm_bwd},
+      {a.gelu_fwd, b.gelu_fwd},             {a.gelu_bwd, b.gelu_bwd},
+      {a.rotary_fwd, b.rotary_fwd},         {a.rotary_bwd, b.rotary_bwd},
+      {a.add, b.add},                       {a.loss_fwd, b.loss_fwd},
+      {a.loss_bwd, b.loss_bwd},             {a.embedding_fwd, b.embedding_fwd},
+      {a.embedding_bwd, b.embedding_bwd},   {a.optimizer_per_tensor, b.optimizer_per_tensor}};
+  for (const auto& [x, y] : affines) {
+    expect_near_rel(x.fixed_s, y.fixed_s);
+    expect_near_rel(x.per_unit_s, y.per_unit_s);
+  }
+  expect_near_rel(a.optimizer_param_s, b.optimizer_param_s);
+  expect_near_rel(a.op_overhead_s, b.op_overhead_s);
+}
 
 TEST(HostProfileTest, RoundTripsThroughToml) {
   const HostProfile p = sample();
@@ -38,17 +93,8 @@ TEST(HostProfileTest, RoundTripsThroughToml) {
   EXPECT_EQ(q->measured_at, p.measured_at);
   EXPECT_EQ(q->cores, 2);
   expect_near_rel(q->memory_bytes, p.memory_bytes);
-  for (auto [a, b] : {std::pair{q->one_thread, p.one_thread}, std::pair{q->all_threads, p.all_threads}}) {
-    EXPECT_EQ(a.threads, b.threads);
-    expect_near_rel(a.gemm_flops, b.gemm_flops);
-    expect_near_rel(a.gemm_call_s, b.gemm_call_s);
-    expect_near_rel(a.gemm_bytes_per_s, b.gemm_bytes_per_s);
-    expect_near_rel(a.bmm_flops, b.bmm_flops);
-    expect_near_rel(a.bmm_call_s, b.bmm_call_s);
-    expect_near_rel(a.bmm_product_s, b.bmm_product_s);
-    expect_near_rel(a.elementwise_bytes_per_s, b.elementwise_bytes_per_s);
-    expect_near_rel(a.op_overhead_s, b.op_overhead_s);
-  }
+  expect_same_rates(q->one_thread, p.one_thread);
+  expect_same_rates(q->all_threads, p.all_threads);
   expect_near_rel(q->stream_bytes_per_s, p.stream_bytes_per_s);
   expect_near_rel(q->stream_all_bytes_per_s, p.stream_all_bytes_per_s);
   expect_near_rel(q->shm.alpha_s, p.shm.alpha_s);
@@ -94,10 +140,12 @@ void expect_error(const std::string& text, const std::vector<std::string>& needl
 }
 
 TEST(HostProfileTest, MalformedFieldsNameFileFieldAndLine) {
-  expect_error(with_line("gemm_gflops", "gemm_gflops = \"fast\""),
-               {"bad.toml", "compute_1_thread.gemm_gflops", "positive number", "line"});
-  expect_error(with_line("gemm_gflops", "gemm_gflops = -3.0"),
-               {"bad.toml", "compute_1_thread.gemm_gflops"});
+  expect_error(with_line("linear_fwd_gflops", "linear_fwd_gflops = \"fast\""),
+               {"bad.toml", "compute_1_thread.linear_fwd_gflops", "positive number", "line"});
+  expect_error(with_line("linear_fwd_gflops", "linear_fwd_gflops = -3.0"),
+               {"bad.toml", "compute_1_thread.linear_fwd_gflops"});
+  expect_error(with_line("gelu_bwd_ns", "gelu_bwd_ns = -1.0"),
+               {"bad.toml", "compute_1_thread.gelu_bwd_ns", ">= 0"});
   expect_error(with_line("cores", "# cores missing"), {"bad.toml", "host.cores", "missing"});
   expect_error(with_line("alpha_us", "alpha_us = 2.0\nalpah_us = 3.0"),
                {"bad.toml", "unknown field 'link_shm.alpah_us'", "docs/plan.md"});
@@ -106,26 +154,28 @@ TEST(HostProfileTest, MalformedFieldsNameFileFieldAndLine) {
   expect_error("[profile\nversion = 1", {"bad.toml", "TOML parse error"});
 }
 
-TEST(HostProfileTest, RatesInterpolateBetweenOneThreadAndAllCores) {
+TEST(HostProfileTest, RatesTakeTheNearerMeasuredThreadCount) {
   HostProfile p = sample();
   p.cores = 4;
   p.all_threads.threads = 4;
-  p.one_thread.gemm_flops = 100e9;
-  p.all_threads.gemm_flops = 340e9;
-  EXPECT_DOUBLE_EQ(p.rates(1).gemm_flops, 100e9);
-  EXPECT_DOUBLE_EQ(p.rates(4).gemm_flops, 340e9);
-  EXPECT_DOUBLE_EQ(p.rates(2).gemm_flops, 180e9);
-  EXPECT_DOUBLE_EQ(p.rates(9).gemm_flops, 340e9);  // capped at the cores
-  EXPECT_EQ(p.rates(3).threads, 3);
+  EXPECT_EQ(&p.rates(1), &p.one_thread);
+  EXPECT_EQ(&p.rates(2), &p.one_thread);  // 1 away from 1, 2 from 4
+  EXPECT_EQ(&p.rates(3), &p.all_threads);
+  EXPECT_EQ(&p.rates(4), &p.all_threads);
+  EXPECT_EQ(&p.rates(9), &p.all_threads);  // capped at the cores
 }
 
-TEST(HostProfileTest, ProductTimesFollowTheFittedModels) {
-  ComputeRates r{1, 100e9, 5e-6, 50e9, 20e9, 7e-6, 2e-6, 1e9, 0};
+TEST(HostProfileTest, KernelModelsPriceTheirShapes) {
+  const ProductRate linear{5e-6, 100e9, 50e9};
   // 2·64·32·16 = 65536 FLOPs; 4·(64·16 + 16·32 + 64·32) = 14336 bytes.
-  EXPECT_NEAR(r.gemm_s(64, 32, 16), 5e-6 + 65536 / 100e9 + 14336 / 50e9, 1e-15);
-  EXPECT_NEAR(r.bmm_s(64, 32, 16, 3), 7e-6 + 3 * (2e-6 + 65536 / 20e9), 1e-15);
-  r.gemm_bytes_per_s = 0;  // no traffic term
-  EXPECT_NEAR(r.gemm_s(64, 32, 16), 5e-6 + 65536 / 100e9, 1e-15);
+  EXPECT_NEAR(linear.at(64, 32, 16), 5e-6 + 65536 / 100e9 + 14336 / 50e9, 1e-15);
+  const ProductRate no_traffic{5e-6, 100e9, 0};
+  EXPECT_NEAR(no_traffic.at(64, 32, 16), 5e-6 + 65536 / 100e9, 1e-15);
+  const AttentionRate attention{7e-6, 20e9, 2e-9};
+  // 16 matrices of 128 × 32: 4·128²·32 FLOPs and 128² scores each.
+  EXPECT_NEAR(attention.at(16, 128, 32), 7e-6 + 16 * (4.0 * 128 * 128 * 32 / 20e9 + 128 * 128 * 2e-9),
+              1e-15);
+  EXPECT_NEAR((Affine{3e-6, 2e-9}).at(1000), 3e-6 + 2e-6, 1e-18);
 }
 
 }  // namespace

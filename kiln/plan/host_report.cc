@@ -35,7 +35,7 @@ std::string format_host_plan(const PlanConfig& c, const HostStepTime& st) {
                      l.micro_batch, format_stage_layers(st.stage_layers));
   out += fmt::format("  sharing    {:.2f} runnable threads per core in the steady state\n",
                      st.oversubscription);
-  out += fmt::format("  layer      forward {} (products {}, attention {}, elementwise {}), backward {}, "
+  out += fmt::format("  layer      forward {} (linear {}, attention {}, elementwise {}), backward {}, "
                      "TP comm {}\n",
                      ms(st.layer.forward_s), ms(st.layer.gemm_fwd_s), ms(st.layer.attention_fwd_s),
                      ms(st.layer.elementwise_fwd_s), ms(st.layer.backward_s), ms(st.layer.tp_comm_s));
@@ -82,7 +82,7 @@ nlohmann::json host_plan_to_json(const PlanConfig& c, const HostStepTime& st) {
                  {"global_batch", l.global_batch},
                  {"stage_layers", st.stage_layers}};
   j["layer"] = {{"forward_s", st.layer.forward_s},
-                {"gemm_forward_s", st.layer.gemm_fwd_s},
+                {"linear_forward_s", st.layer.gemm_fwd_s},
                 {"attention_forward_s", st.layer.attention_fwd_s},
                 {"elementwise_forward_s", st.layer.elementwise_fwd_s},
                 {"backward_s", st.layer.backward_s},

@@ -14,39 +14,8 @@ namespace {
 
 constexpr double kFloat = 4;  // fp32 bytes
 
-// Note [Eager elementwise costs]: bytes (per element) each elementwise op of kiln's GPT
-// block reads and writes per element, and how many LibTorch ops a block
-// issues. Forward: two LayerNorms (read, write: 8 B), the rotary rotation of
-// q and k (neg of a half, cat, two muls, an add: 40 B per element of each),
-// scale, mask and softmax on the s×s scores (8 B each), the head merge copy
-// (8 B), GeLU on the FFN width (8 B), two residual adds (12 B). About 55 ops
-// counting views, the q/k/v selects and the reshapes around the products.
-// Backward: autograd runs about twice the forward's elementwise traffic and
-// twice its ops (each node's kernels plus gradient accumulation).
-constexpr double kNormBytes = 8;
-constexpr double kRotaryBytes = 40;
-constexpr double kScoreBytesPerOp = 8;
-constexpr double kScoreOps = 3;  // scale, masked_fill, softmax
-constexpr double kMergeBytes = 8;
-constexpr double kGeluBytes = 8;
-constexpr double kResidualBytes = 12;
-constexpr double kForwardOps = 55;
-constexpr double kRotaryOps = 14;  // part of kForwardOps when positions are rotary
-constexpr double kBackwardFactor = 2;
-// The loss: log_softmax forward (8 B per logit), NLL backward's zero + scatter
-// and log_softmax backward (16 B); embedding lookup and its dense backward.
-constexpr double kLossFwdBytes = 8;
-constexpr double kLossBwdBytes = 16;
-constexpr double kLossOps = 10;
-constexpr double kEmbeddingOps = 6;
-// Note [Eager AdamW]: LibTorch's AdamW updates each parameter tensor with
-// about nine ops (decay, two moment updates, sqrt, bias-corrected division,
-// eps, addcdiv) moving ~92 B per fp32 parameter; clipping adds a norm and a
-// scale per tensor (12 B); zero_grad one op. Twelve ops per tensor in all.
-constexpr double kOptimizerBytesPerParam = 104;
-constexpr double kOptimizerOpsPerTensor = 12;
-// Parameter tensors of a GPT block with biases: ln1, qkv, proj, ln2, fc,
-// out, each a weight and a bias (6 without biases).
+// Parameter tensors of a GPT block: ln1, qkv, proj, ln2, fc, out, each a
+// weight and (with biases) a bias.
 double tensors_per_layer(const ModelSpec& m) { return m.bias ? 12 : 6; }
 
 comm::LinkCost cost_of(const LinkRates& l) { return {l.alpha_s, l.bytes_per_s}; }
@@ -71,58 +40,45 @@ Shape shape_of(const PlanConfig& c) {
   return s;
 }
 
-// A linear layer's forward product and its two backward products
-// (data gradient T×K·K×N, weight gradient N×T·T×K).
-struct Product {
-  double forward_s, backward_s;
-};
-Product linear(const ComputeRates& r, double tokens, double n, double k) {
-  return {r.gemm_s(tokens, n, k), r.gemm_s(tokens, k, n) + r.gemm_s(n, k, tokens)};
-}
-
-double elementwise_s(const ComputeRates& r, double bytes, double ops) {
-  return bytes / r.elementwise_bytes_per_s + ops * r.op_overhead_s;
-}
-
 }  // namespace
 
+// Note [Composing a block]: a layer is the sum of its kernel classes, each
+// priced by the profile as measured (forward and backward apart, autograd
+// included): four linear layers on the rank's TP shard, the attention core
+// on its local heads (QKᵀ, scale, causal mask, softmax, ·V, heads merged),
+// two LayerNorms and two residual adds on the full width (every TP rank
+// redoes them), GeLU on the FFN shard, and the rotary rotation of q and k.
+// Backward, the residual stream's gradients meet twice more (two adds).
 HostLayerTime host_layer_time(const PlanConfig& c, int threads) {
-  const ComputeRates r = c.cluster.host->rates(threads);
+  const ComputeRates& r = c.cluster.host->rates(threads);
   const Shape s = shape_of(c);
   const auto& m = c.model;
   HostLayerTime lt;
-
-  const Product qkv = linear(r, s.tokens, s.qkv_width, s.h);
-  const Product proj = linear(r, s.tokens, s.h, s.h / s.t);
-  const Product fc = linear(r, s.tokens, (m.glu ? 2 : 1) * s.ffn_width, s.h);
-  const Product out = linear(r, s.tokens, s.h, s.ffn_width);
-  lt.gemm_fwd_s = qkv.forward_s + proj.forward_s + fc.forward_s + out.forward_s;
-  const double gemm_bwd = qkv.backward_s + proj.backward_s + fc.backward_s + out.backward_s;
-
-  // QKᵀ (s×hd by hd×s) and attention·V (s×s by s×hd), batched over the
-  // micro-batch's local heads; backward: dQ, dK, dV (s×s by s×hd each) and
-  // d(attention) (s×hd by hd×s).
+  const double ffn = (m.glu ? 2 : 1) * s.ffn_width;
+  struct Linear {
+    double n, k;
+  };
+  const Linear linears[] = {{s.qkv_width, s.h}, {s.h, s.h / s.t}, {ffn, s.h}, {s.h, s.ffn_width}};
+  double linear_bwd = 0;
+  for (const Linear& l : linears) {
+    lt.gemm_fwd_s += r.linear_fwd.at(s.tokens, l.n, l.k);
+    linear_bwd += r.linear_bwd.at(s.tokens, l.n, l.k);
+  }
   const double bh = s.batch * s.heads;
-  const double qk = r.bmm_s(s.seq, s.seq, s.hd, bh);
-  const double av = r.bmm_s(s.seq, s.hd, s.seq, bh);
-  lt.attention_fwd_s = qk + av;
-  const double attention_bwd = 3 * av + qk;
+  lt.attention_fwd_s = r.attention_fwd.at(bh, s.seq, s.hd);
+  const double attention_bwd = r.attention_bwd.at(bh, s.seq, s.hd);
 
-  const double width = s.tokens * s.h;  // full activations: norms and residuals on every TP rank
+  const double width = s.tokens * s.h;
   const double local = s.tokens * s.h / s.t;
-  const double scores = bh * s.seq * s.seq;
+  const double gelu = s.tokens * s.ffn_width * (m.glu ? 2 : 1);
   const bool rotary = !m.learned_positions;
-  const double bytes = width * (2 * kNormBytes + 2 * kResidualBytes) +
-                       (rotary ? 2 * local * kRotaryBytes : 0) +
-                       scores * kScoreBytesPerOp * kScoreOps + local * kMergeBytes +
-                       s.tokens * s.ffn_width * (m.glu ? 1.5 : 1) * kGeluBytes;
-  const double ops = kForwardOps - (rotary ? 0 : kRotaryOps);
-  lt.elementwise_fwd_s = elementwise_s(r, bytes, ops);
+  lt.elementwise_fwd_s = 2 * r.layer_norm_fwd.at(width) + 2 * r.add.at(width) +
+                         r.gelu_fwd.at(gelu) + (rotary ? 2 * r.rotary_fwd.at(local) : 0);
+  const double elementwise_bwd = 2 * r.layer_norm_bwd.at(width) + 2 * r.add.at(width) +
+                                 r.gelu_bwd.at(gelu) + (rotary ? 2 * r.rotary_bwd.at(local) : 0);
 
   lt.forward_s = lt.gemm_fwd_s + lt.attention_fwd_s + lt.elementwise_fwd_s;
-  lt.backward_s = gemm_bwd + attention_bwd +
-                  elementwise_s(r, kBackwardFactor * bytes, kBackwardFactor * ops);
-  lt.ops = (1 + kBackwardFactor) * ops + 12;  // + the 12 products
+  lt.backward_s = linear_bwd + attention_bwd + elementwise_bwd;
 
   // Megatron: all-reduce after the attention and the FFN output forward, and
   // of their input gradients backward (Shoeybi et al. 2019 fig. 3).
@@ -157,7 +113,7 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
       c.cluster.threads_per_rank > 0
           ? c.cluster.threads_per_rank
           : std::max(1, hp.cores / static_cast<int>(std::max<std::int64_t>(1, st.ranks_per_host)));
-  const ComputeRates r = hp.rates(st.threads_per_rank);
+  const ComputeRates& r = hp.rates(st.threads_per_rank);
   st.oversubscription =
       static_cast<double>(st.ranks_per_host * st.threads_per_rank) / std::max(1, hp.cores);
   st.layer = host_layer_time(c, st.threads_per_rank);
@@ -179,15 +135,12 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   const double width = s.tokens * s.h;
   const double vocab = static_cast<double>(m.vocab) / s.t;
   const double logits = s.tokens * vocab;
-  // Lookup: read and write each row (8 B per element); backward: zero the
-  // V×h gradient (4 B), then add each token's row into it (12 B).
-  const double embed_fwd = elementwise_s(r, 8 * width, kEmbeddingOps / 2);
-  const double embed_bwd = elementwise_s(r, 12 * width + kFloat * vocab * s.h, kEmbeddingOps / 2);
-  const Product head = linear(r, s.tokens, vocab, s.h);
-  const double norm = elementwise_s(r, kNormBytes * width, 1);  // the final LayerNorm
-  const double loss_fwd = head.forward_s + norm + elementwise_s(r, kLossFwdBytes * logits, kLossOps / 2);
-  const double loss_bwd = head.backward_s + kBackwardFactor * norm +
-                          elementwise_s(r, kLossBwdBytes * logits, kLossOps / 2);
+  const double embed_fwd = r.embedding_fwd.at(width);
+  const double embed_bwd = r.embedding_bwd.at(width);
+  const double loss_fwd =
+      r.linear_fwd.at(s.tokens, vocab, s.h) + r.layer_norm_fwd.at(width) + r.loss_fwd.at(logits);
+  const double loss_bwd =
+      r.linear_bwd.at(s.tokens, vocab, s.h) + r.layer_norm_bwd.at(width) + r.loss_bwd.at(logits);
   // TP: the embedding's output and the head's input gradient are all-reduced;
   // the vocabulary-parallel cross-entropy all-reduces a max, a sum and the
   // target logit per token.
@@ -300,12 +253,13 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   // aggregate bandwidth.
   const double world = static_cast<double>(l.tp * l.pp * l.dp);
   const double norm_sync = comm::ring_allreduce_s(8, static_cast<std::int64_t>(world), shm);
-  const double tensors =
-      st.stage_layers[ss] * tensors_per_layer(m) + 4;  // + embedding/head/final norm, roughly
-  const double update_bytes = kOptimizerBytesPerParam * max_params;
-  const double one = update_bytes / hp.stream_bytes_per_s + kOptimizerOpsPerTensor * tensors * r.op_overhead_s;
-  const double host_ranks = static_cast<double>(st.ranks_per_host);
-  st.optimizer_s = norm_sync + std::max(one * share, host_ranks * update_bytes / hp.stream_all_bytes_per_s);
+  // Tensors of the slowest stage: its layers', plus the embedding, the final
+  // norm and the head where it holds them.
+  double tensors = st.stage_layers[ss] * tensors_per_layer(m);
+  if (ss == 0) tensors += 1;
+  if (ss + 1 == static_cast<size_t>(p)) tensors += 3;
+  const double one = r.optimizer_per_tensor.at(tensors) + max_params * r.optimizer_param_s;
+  st.optimizer_s = norm_sync + one * share;
 
   st.step_s = st.pipeline.makespan_s + st.optimizer_s;
   st.bubble_formula = static_cast<double>(p - 1) / (static_cast<double>(v) * mb);

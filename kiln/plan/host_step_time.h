@@ -3,14 +3,12 @@
 // LibTorch eager in fp32, ranks sharing a host's cores.
 //
 // Per layer and micro-batch a rank does the work of kiln's GPT block
-// (kiln/train/task.cc) on its tensor-parallel shard: four weight products
-// forward and eight backward (data and weight gradients), the attention
-// products as batched products, the elementwise ops (norms, rotary
-// positions, scale/mask/softmax on the s×s scores, GeLU, residual adds),
-// each op paying LibTorch's dispatch cost, and Megatron's 2 + 2 all-reduces
-// of the activations on the tensor group. Costs come from the profile's
-// fitted product model, elementwise bandwidth and per-op overhead; the
-// collectives from its alpha-beta link, priced by kiln::comm's cost model.
+// (kiln/train/task.cc) on its tensor-parallel shard: four linear layers,
+// the attention core on its local heads, norms, residual adds, GeLU and the
+// rotary rotation, each priced forward and backward by the profile's
+// measurement of that kernel class (Note [Composing a block]), and
+// Megatron's 2 + 2 all-reduces of the activations on the tensor group,
+// priced by kiln::comm's cost model over the profile's measured link.
 //
 // The schedule (1F1B, or interleaved with vpp > 1) is played out by
 // pipeline_sim.h with processor sharing, since ranks may outnumber cores:
@@ -30,13 +28,12 @@ namespace kiln::plan {
 
 // One transformer layer, one micro-batch, one rank, unshared speed.
 struct HostLayerTime {
-  double gemm_fwd_s = 0;         // the four weight products
-  double attention_fwd_s = 0;    // the two batched products of the attention core
-  double elementwise_fwd_s = 0;  // elementwise ops incl. their dispatch
+  double gemm_fwd_s = 0;         // the four linear layers
+  double attention_fwd_s = 0;    // the attention core (products, mask, softmax, merge)
+  double elementwise_fwd_s = 0;  // norms, residual adds, GeLU, rotary
   double forward_s = 0;          // the three above
   double backward_s = 0;
   double tp_comm_s = 0;          // the layer's four TP all-reduces (forward and backward)
-  double ops = 0;                // LibTorch ops forward + backward
 };
 
 struct HostStepTime {

@@ -16,8 +16,15 @@ std::shared_ptr<HostProfile> flops_only_host(int cores) {
   auto p = std::make_shared<HostProfile>();
   p->cores = cores;
   p->memory_bytes = 1e12;
-  p->one_thread = {1, 100e9, 0, 0, 100e9, 0, 0, 1e30, 0};
-  p->all_threads = {cores, 100e9 * cores, 0, 0, 100e9 * cores, 0, 0, 1e30, 0};
+  for (auto [rates, threads] : {std::pair{&p->one_thread, 1}, std::pair{&p->all_threads, cores}}) {
+    const double rate = 100e9 * threads;
+    rates->threads = threads;
+    // Backward does twice the forward's FLOPs, priced per forward FLOP.
+    rates->linear_fwd = {0, rate, 0};
+    rates->linear_bwd = {0, rate / 2, 0};
+    rates->attention_fwd = {0, rate, 0};
+    rates->attention_bwd = {0, rate / 2, 0};
+  }
   p->stream_bytes_per_s = 1e30;
   p->stream_all_bytes_per_s = 1e30;
   p->shm = {0, 1e30};
@@ -123,16 +130,21 @@ TEST(HostStepTimeTest, CommunicationIsPricedByTheLinksAlphaBeta) {
   EXPECT_NEAR(tt->tp_comm_s, 4 * per_mb, 1e-9);
 }
 
-TEST(HostStepTimeTest, OpOverheadCountsOncePerOp) {
+TEST(HostStepTimeTest, ElementwiseClassesAddUpPerLayer) {
   auto host = flops_only_host(1);
-  host->one_thread.gemm_flops = 1e30;  // now only the per-op cost remains
-  host->one_thread.bmm_flops = 1e30;
-  host->one_thread.op_overhead_s = 1e-6;
-  const PlanConfig c = small_gpt(host, 1, 1, 1, 1);
+  host->one_thread.linear_fwd.flops = host->one_thread.linear_bwd.flops = 1e30;
+  host->one_thread.attention_fwd.flops = host->one_thread.attention_bwd.flops = 1e30;
+  host->one_thread.gelu_fwd = {1e-6, 1e-9};
+  host->one_thread.layer_norm_bwd = {2e-6, 3e-9};
+  host->one_thread.rotary_fwd = {0, 5e-9};
+  const PlanConfig c = small_gpt(host, 1, 1, 1, 1);  // one micro-batch of 32 sequences
   auto st = host_step_time(c);
   ASSERT_TRUE(st.is_ok());
-  // 55 forward ops, twice that backward, per layer: 165 µs per layer.
-  EXPECT_NEAR(st->layer.forward_s + st->layer.backward_s, 165e-6, 1e-9);
+  const double tokens = 32 * 128;
+  // GeLU on the 512-wide FFN; rotary on q and k (128 wide each).
+  EXPECT_NEAR(st->layer.forward_s, 1e-6 + tokens * 512 * 1e-9 + 2 * tokens * 128 * 5e-9, 1e-12);
+  // Two LayerNorms backward on the 128-wide stream.
+  EXPECT_NEAR(st->layer.backward_s, 2 * (2e-6 + tokens * 128 * 3e-9), 1e-12);
 }
 
 TEST(HostStepTimeTest, NeedsAHostProfile) {

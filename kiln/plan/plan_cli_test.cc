@@ -231,12 +231,13 @@ TEST(PlanCliTest, CalibrateQuickWritesAProfileThatPlanReads) {
   ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
   const auto summary = nlohmann::json::parse(r.out);
   // Plausible for any machine this runs on: positive, and not absurd.
-  for (const char* key : {"gemm_gflops_1_thread", "gemm_gflops_all_threads", "stream_gbytes_per_s",
-                          "shm_gbytes_per_s", "tcp_gbytes_per_s"}) {
+  for (const char* key : {"linear_gflops_1_thread", "linear_gflops_all_threads",
+                          "attention_gflops_1_thread", "stream_gbytes_per_s", "shm_gbytes_per_s",
+                          "tcp_gbytes_per_s"}) {
     EXPECT_GT(summary[key].get<double>(), 0.01) << key;
     EXPECT_LT(summary[key].get<double>(), 1e5) << key;
   }
-  for (const char* key : {"op_overhead_us", "shm_alpha_us", "tcp_alpha_us"}) {
+  for (const char* key : {"gelu_bwd_ns_1_thread", "op_overhead_us", "shm_alpha_us", "tcp_alpha_us"}) {
     EXPECT_GE(summary[key].get<double>(), 0) << key;
     EXPECT_LT(summary[key].get<double>(), 1e5) << key;
   }

@@ -21,15 +21,15 @@ struct ProbeOptions {
 
 struct ComputeProbe {
   ComputeRates rates;
-  std::vector<GemmSample> gemm_samples;  // what the product fit saw
-  std::vector<GemmSample> bmm_samples;   // what the batched-product fit saw
-  double gemm_fit_error = 0;             // mean |relative error| of each fit
-  double bmm_fit_error = 0;
+  // Mean |relative error| of the linear-layer fits (forward, backward) and
+  // of the attention fits over the shapes they were timed at.
+  double linear_fit_error = 0;
+  double attention_fit_error = 0;
 };
 
-// Products of the shapes a small GPT's layers use (forward, weight-gradient
-// and batched attention forms), elementwise adds of 64 KiB to 1 MiB tensors
-// and one-element adds (the per-op overhead), all with `threads` threads.
+// Every kernel class of a small GPT block (ComputeRates), forward and
+// backward through autograd, at the shapes such models use (hidden 128-512,
+// seq 128, micro-batches of 1-16 sequences), with `threads` threads.
 Result<ComputeProbe> probe_compute(int threads, const ProbeOptions& options);
 
 // Bytes per second of copying a 64 MiB fp32 tensor (read + write) with
