@@ -28,6 +28,8 @@ struct TrainArgs {
   std::int64_t max_steps = 0;
   std::string strategy;
   double memory_cap_mib = -1;
+  int tp = 0, pp = 0, microbatches = 0;
+  std::string schedule;
   std::string metrics_json;
   std::string ckpt_dir;
   bool no_resume = false;
@@ -76,6 +78,14 @@ Status train(const TrainArgs& a) {
     if (!known) return invalid_argument("--strategy " + a.strategy + ": ddp, zero1, zero2 or zero3");
   }
   if (a.memory_cap_mib >= 0) config.parallel.memory_cap_mib = a.memory_cap_mib;
+  if (a.tp > 0) config.parallel.tp = a.tp;
+  if (a.pp > 0) config.parallel.pp = a.pp;
+  if (a.microbatches > 0) config.parallel.microbatches = a.microbatches;
+  if (!a.schedule.empty()) {
+    config.parallel.schedule = a.schedule;
+    if (a.schedule == "interleaved" && config.parallel.chunks == 1) config.parallel.chunks = 2;
+    if (a.schedule == "1f1b") config.parallel.chunks = 1;
+  }
   if (!a.ckpt_dir.empty()) config.checkpoint.dir = a.ckpt_dir;
   if (a.no_resume) config.checkpoint.resume = false;
 
@@ -138,6 +148,11 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
                   "ddp, zero1, zero2 or zero3 (overrides parallel.strategy)");
   cmd->add_option("--memory-cap-mib", a->memory_cap_mib,
                   "per-rank cap on tensor memory, MiB; 0 = none (overrides parallel.memory_cap_mib)");
+  cmd->add_option("--tp", a->tp, "tensor-parallel ranks (overrides parallel.tp)");
+  cmd->add_option("--pp", a->pp, "pipeline stages (overrides parallel.pp)");
+  cmd->add_option("--microbatches", a->microbatches,
+                  "pipeline micro-batches per step (overrides parallel.microbatches)");
+  cmd->add_option("--schedule", a->schedule, "1f1b or interleaved (overrides parallel.schedule)");
   cmd->add_option("--metrics-json", a->metrics_json,
                   "Write JSON lines: one per step (phase seconds) and one per evaluation");
   cmd->add_option("--ckpt-dir", a->ckpt_dir, "Checkpoint directory (overrides checkpoint.dir)");

@@ -1,6 +1,7 @@
 #include "kiln/train/task.h"
 
 #include "kiln/train/batch_tensors.h"
+#include "kiln/train/rotary.h"
 
 #include "kiln/parallel/unit_hooks.h"
 
@@ -117,43 +118,20 @@ class ImageClassification : public Task {
 
 // ---- GPT-style decoder --------------------------------------------------
 
-// Rotary position embedding (RoFormer): rotates pairs of query/key channels
-// by position-dependent angles, so attention sees relative positions.
-torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin) {
-  auto halves = x.chunk(2, -1);
-  torch::Tensor rotated = torch::cat({-halves[1], halves[0]}, -1);
-  return x * cos + rotated * sin;
-}
-
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(int d_model, int heads, double dropout, bool rotary, int seq_len)
       : heads_(heads), head_dim_(d_model / heads), dropout_(dropout), rotary_(rotary),
         qkv(register_module("qkv", torch::nn::Linear(d_model, 3 * d_model))),
         proj(register_module("proj", torch::nn::Linear(d_model, d_model))) {
-    if (rotary_) {
-      // Not registered: constants, so neither broadcast nor checkpointed.
-      torch::Tensor inv = torch::pow(10000.0, -torch::arange(0, head_dim_, 2, torch::kFloat64) / head_dim_);
-      torch::Tensor angles = torch::outer(torch::arange(seq_len, torch::kFloat64), inv);
-      angles = torch::cat({angles, angles}, -1).to(torch::kFloat32);
-      cos_ = angles.cos();
-      sin_ = angles.sin();
-    }
+    // Not registered: constants, so neither broadcast nor checkpointed.
+    if (rotary_) tables_ = rotary_tables(head_dim_, seq_len);
   }
 
   torch::Tensor forward(const torch::Tensor& x) {
-    const auto B = x.size(0), T = x.size(1), C = x.size(2);
+    const auto B = x.size(0), T = x.size(1);
     auto qkv_out = qkv->forward(x).view({B, T, 3, heads_, head_dim_}).permute({2, 0, 3, 1, 4});
-    torch::Tensor q = qkv_out[0], k = qkv_out[1], v = qkv_out[2];  // [B, H, T, hd]
-    if (rotary_) {
-      torch::Tensor cos = cos_.narrow(0, 0, T).to(q.scalar_type()), sin = sin_.narrow(0, 0, T).to(q.scalar_type());
-      q = rotate(q, cos, sin);
-      k = rotate(k, cos, sin);
-    }
-    torch::Tensor att = torch::matmul(q, k.transpose(-2, -1)) / std::sqrt(static_cast<double>(head_dim_));
-    torch::Tensor mask = torch::ones({T, T}, torch::kBool).triu(1);
-    att = torch::softmax(att.masked_fill(mask, -std::numeric_limits<float>::infinity()), -1);
-    att = torch::dropout(att, dropout_, is_training());
-    torch::Tensor y = torch::matmul(att, v).transpose(1, 2).contiguous().view({B, T, C});
+    torch::Tensor y = causal_attention(qkv_out[0], qkv_out[1], qkv_out[2], rotary_ ? &tables_ : nullptr,
+                                       dropout_, is_training());
     return torch::dropout(proj->forward(y), dropout_, is_training());
   }
 
@@ -161,7 +139,7 @@ struct AttentionImpl : torch::nn::Module {
   double dropout_;
   bool rotary_;
   torch::nn::Linear qkv, proj;
-  torch::Tensor cos_, sin_;
+  RotaryTables tables_;
 };
 TORCH_MODULE(Attention);
 

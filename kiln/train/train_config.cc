@@ -149,6 +149,29 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
                  "bf16 compute needs a sharded strategy (zero1/2/3); with ddp use [ddp] bf16 = true "
                  "to communicate gradients in bf16");
   }
+  c.parallel.tp = static_cast<int>(r.get_int("parallel", "tp", false, 1));
+  c.parallel.pp = static_cast<int>(r.get_int("parallel", "pp", false, 1));
+  c.parallel.microbatches = static_cast<int>(r.get_int("parallel", "microbatches", false, 1));
+  c.parallel.schedule = r.get_string("parallel", "schedule", false, "1f1b");
+  if (c.parallel.schedule != "1f1b" && c.parallel.schedule != "interleaved") {
+    r.fail_field("parallel", "schedule",
+                 "must be \"1f1b\" or \"interleaved\" (got \"" + c.parallel.schedule + "\")");
+  }
+  c.parallel.chunks = static_cast<int>(
+      r.get_int("parallel", "chunks", false, c.parallel.schedule == "interleaved" ? 2 : 1));
+  if (c.parallel.schedule == "1f1b" && c.parallel.chunks != 1) {
+    r.fail_field("parallel", "chunks", "needs schedule = \"interleaved\" (1f1b runs one chunk per rank)");
+  }
+  c.parallel.stage_layers = r.get_ints("parallel", "stage_layers", {}, 0);
+  c.parallel.sequence_parallel = r.get_bool("parallel", "sequence_parallel", false);
+  if (c.parallel.three_d()) {
+    if (c.model.kind != ModelKind::kGpt) {
+      r.fail_field("parallel", c.parallel.tp > 1 ? "tp" : "pp", "tensor and pipeline parallelism split the GPT (model.kind = \"gpt\")");
+    }
+    if (c.parallel.strategy != Strategy::kDdp && c.parallel.strategy != Strategy::kZero1) {
+      r.fail_field("parallel", "strategy", "with tp or pp > 1, data parallelism across replicas is \"ddp\" or \"zero1\"");
+    }
+  }
 
   r.check_unknown(kSections, "docs/train.md");
   KILN_RETURN_IF_ERROR(r.status());

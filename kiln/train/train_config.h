@@ -105,6 +105,18 @@ struct ParallelConfig {
   // strategy's training state fits and otherwise fails at once, naming the
   // strategies that would.
   double memory_cap_mib = 0;
+
+  // 3D parallelism (docs/train.md "Tensor and pipeline parallelism"): the
+  // GPT split over tp ranks (Megatron-LM layers) and pp pipeline stages;
+  // dp = world / (tp x pp) replicas, with `strategy` ddp or zero1 across them.
+  int tp = 1;
+  int pp = 1;
+  int microbatches = 1;                  // per step, through the pipeline
+  std::string schedule = "1f1b";         // or "interleaved"
+  int chunks = 1;                        // model chunks per rank (interleaved)
+  std::vector<std::int64_t> stage_layers;  // per global stage; empty = even split
+  bool sequence_parallel = false;
+  bool three_d() const { return tp > 1 || pp > 1; }
 };
 
 const char* strategy_name(Strategy s);

@@ -1,5 +1,7 @@
 #include "kiln/train/train_state.h"
 
+#include "kiln/train/gpt_3d_state.h"
+
 #include <ATen/CPUGeneratorImpl.h>
 #include <xxhash.h>
 
@@ -38,54 +40,8 @@ std::vector<std::int64_t> checkpoint_shape(const torch::Tensor& t) {
   return t.sizes().vec();
 }
 
-Status add_rng_and_progress(const Progress& progress, int rank, int world, Snapshot* out) {
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  {
-    std::lock_guard<std::mutex> lock(gen.mutex());
-    out->rng = gen.get_state().contiguous();
-  }
-  KILN_RETURN_IF_ERROR(out->view.add_tensor("rng", comm::DataType::kUInt8,
-                                            {world, out->rng.numel()}, rank, 1,
-                                            out->rng.data_ptr()));
-  out->progress_blob = nlohmann::json{{"step", progress.step},
-                                      {"epoch", progress.epoch},
-                                      {"consumed", progress.consumed}}.dump();
-  return out->view.add_blob("progress", out->progress_blob.data(), out->progress_blob.size());
-}
 
-Status restore_rng(const ckpt::LoadedState& loaded, int rank) {
-  const ckpt::LoadedEntry* rng = loaded.find("rng");
-  if (rng == nullptr || !rng->is_tensor || rng->spec.shape.size() != 2 || rng->spec.shape[0] < 1) {
-    return data_loss(fmt::format("checkpoint {}: no generator states ('rng')", loaded.dir));
-  }
-  std::int64_t rows = rng->spec.shape[0], bytes = rng->spec.shape[1];
-  // Loaded whole (every row) or for this rank (its even share of the rows).
-  std::int64_t row = rank % rows;
-  if (row < rng->spec.row_offset || row >= rng->spec.row_offset + rng->spec.rows) {
-    row = rng->spec.row_offset;
-    if (rng->spec.rows < 1) return data_loss(fmt::format("checkpoint {}: no generator row for rank {}", loaded.dir, rank));
-  }
-  torch::Tensor state = torch::empty({bytes}, torch::kUInt8);
-  std::memcpy(state.data_ptr(), rng->data.data() + (row - rng->spec.row_offset) * bytes,
-              static_cast<std::size_t>(bytes));
-  at::Generator gen = at::detail::getDefaultCPUGenerator();
-  std::lock_guard<std::mutex> lock(gen.mutex());
-  gen.set_state(state);
-  return Status::ok();
-}
 
-Result<Progress> restore_progress(const ckpt::LoadedState& loaded) {
-  const std::string& where = loaded.dir;
-  const ckpt::LoadedEntry* prog = loaded.find("progress");
-  if (prog == nullptr) return data_loss(fmt::format("checkpoint {}: no progress record", where));
-  auto j = nlohmann::json::parse(prog->data.begin(), prog->data.end(), nullptr, false);
-  if (j.is_discarded() || !j.contains("step") || !j.contains("epoch") || !j.contains("consumed")) {
-    return data_loss(fmt::format("checkpoint {}: the progress record is not valid JSON with step, "
-                                 "epoch and consumed", where));
-  }
-  return Progress{j["step"].get<std::int64_t>(), j["epoch"].get<std::uint64_t>(),
-                  j["consumed"].get<std::uint64_t>()};
-}
 
 // A sharded checkpoint (zero/layout, loaded whole) into a replicated module
 // and LibTorch optimizer: each unit's flat is cut back into its parameters,
@@ -173,6 +129,55 @@ Status restore_from_sharded(const ckpt::LoadedState& loaded, torch::nn::Module& 
 
 }  // namespace
 
+Status add_rng_and_progress(const Progress& progress, int rank, int world, Snapshot* out) {
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  {
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    out->rng = gen.get_state().contiguous();
+  }
+  KILN_RETURN_IF_ERROR(out->view.add_tensor("rng", comm::DataType::kUInt8,
+                                            {world, out->rng.numel()}, rank, 1,
+                                            out->rng.data_ptr()));
+  out->progress_blob = nlohmann::json{{"step", progress.step},
+                                      {"epoch", progress.epoch},
+                                      {"consumed", progress.consumed}}.dump();
+  return out->view.add_blob("progress", out->progress_blob.data(), out->progress_blob.size());
+}
+
+Status restore_rng(const ckpt::LoadedState& loaded, int rank) {
+  const ckpt::LoadedEntry* rng = loaded.find("rng");
+  if (rng == nullptr || !rng->is_tensor || rng->spec.shape.size() != 2 || rng->spec.shape[0] < 1) {
+    return data_loss(fmt::format("checkpoint {}: no generator states ('rng')", loaded.dir));
+  }
+  std::int64_t rows = rng->spec.shape[0], bytes = rng->spec.shape[1];
+  // Loaded whole (every row) or for this rank (its even share of the rows).
+  std::int64_t row = rank % rows;
+  if (row < rng->spec.row_offset || row >= rng->spec.row_offset + rng->spec.rows) {
+    row = rng->spec.row_offset;
+    if (rng->spec.rows < 1) return data_loss(fmt::format("checkpoint {}: no generator row for rank {}", loaded.dir, rank));
+  }
+  torch::Tensor state = torch::empty({bytes}, torch::kUInt8);
+  std::memcpy(state.data_ptr(), rng->data.data() + (row - rng->spec.row_offset) * bytes,
+              static_cast<std::size_t>(bytes));
+  at::Generator gen = at::detail::getDefaultCPUGenerator();
+  std::lock_guard<std::mutex> lock(gen.mutex());
+  gen.set_state(state);
+  return Status::ok();
+}
+
+Result<Progress> restore_progress(const ckpt::LoadedState& loaded) {
+  const std::string& where = loaded.dir;
+  const ckpt::LoadedEntry* prog = loaded.find("progress");
+  if (prog == nullptr) return data_loss(fmt::format("checkpoint {}: no progress record", where));
+  auto j = nlohmann::json::parse(prog->data.begin(), prog->data.end(), nullptr, false);
+  if (j.is_discarded() || !j.contains("step") || !j.contains("epoch") || !j.contains("consumed")) {
+    return data_loss(fmt::format("checkpoint {}: the progress record is not valid JSON with step, "
+                                 "epoch and consumed", where));
+  }
+  return Progress{j["step"].get<std::int64_t>(), j["epoch"].get<std::uint64_t>(),
+                  j["consumed"].get<std::uint64_t>()};
+}
+
 Status capture_state(torch::nn::Module& module, torch::optim::Optimizer& optimizer,
                      const Progress& progress, int rank, int world, Snapshot* out) {
   for (auto& [name, tensor] : module_tensors(module)) {
@@ -220,6 +225,11 @@ Result<Progress> restore_state(const ckpt::LoadedState& loaded, torch::nn::Modul
                                torch::optim::Optimizer& optimizer, int rank) {
   const std::string where = loaded.dir;
   torch::NoGradGuard no_grad;
+  if (loaded.find("mesh/layout") != nullptr) {  // saved by a tensor/pipeline-parallel run
+    KILN_RETURN_IF_ERROR(restore_whole_from_3d(loaded, module, optimizer));
+    KILN_RETURN_IF_ERROR(restore_rng(loaded, rank));
+    return restore_progress(loaded);
+  }
   if (loaded.find("zero/layout") != nullptr) {
     KILN_RETURN_IF_ERROR(restore_from_sharded(loaded, module, optimizer));
     KILN_RETURN_IF_ERROR(restore_rng(loaded, rank));

@@ -53,6 +53,12 @@ Status capture_state(torch::nn::Module& module, torch::optim::Optimizer& optimiz
 Result<Progress> restore_state(const ckpt::LoadedState& loaded, torch::nn::Module& module,
                                torch::optim::Optimizer& optimizer, int rank);
 
+// The generator rows ("rng", row `rank` of `world`) and the progress blob
+// every checkpoint holds; restore_rng takes row rank % the saved world.
+Status add_rng_and_progress(const Progress& progress, int rank, int world, Snapshot* out);
+Status restore_rng(const ckpt::LoadedState& loaded, int rank);
+Result<Progress> restore_progress(const ckpt::LoadedState& loaded);
+
 // Sharded strategies (kiln/parallel/zero): this rank's shares of every unit's
 // master parameters and optimizer moments (zero/<unit>/...), the layout and
 // optimizer step as blobs, then buffers, generators and progress as above.

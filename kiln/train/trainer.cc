@@ -16,8 +16,6 @@
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/checkpointer.h"
-#include "kiln/data/convert/fashion_mnist.h"
-#include "kiln/data/convert/text_corpus.h"
 #include "kiln/data/loader.h"
 #include "kiln/objstore/object_store.h"
 #include "kiln/data/shard_cache.h"
@@ -33,6 +31,9 @@
 #include "kiln/train/progress_line.h"
 #include "kiln/train/resume.h"
 #include "kiln/train/task.h"
+#include "kiln/train/train_data.h"
+#include "kiln/train/trainer_3d.h"
+#include "kiln/train/optimizers.h"
 #include "kiln/train/train_state.h"
 
 namespace kiln::train {
@@ -41,18 +42,12 @@ namespace {
 using diag::Phase;
 using Clock = std::chrono::steady_clock;
 
-// Bounds the collectives the trainer itself issues (eval sums, barriers): a
-// dead peer fails the run instead of hanging it. Generous: rank 0 may be
-// converting a dataset while the others wait.
-constexpr std::chrono::milliseconds kCollectiveTimeout = std::chrono::minutes(10);
-
 const Knob<std::int64_t> kDiagAbSteps{
     "KILN_DIAG_AB_STEPS", 0,
     "benchmarking diagnosis (bench/diag_overhead.sh --ab): with a trace session, record only every "
     "other block of this many steps, pause system sampling in between, and log both blocks' step "
     "times (Note [Diagnosis overhead, A/B in one process]); 0 = record every step"};
 
-constexpr double kBatchTimeoutS = 600;
 // The last checkpoint: saved and committed (with every save before it).
 constexpr std::chrono::seconds kFinalCheckpointTimeout = std::chrono::minutes(10);
 // After the last evaluation: returning, closing the communicators (which
@@ -62,122 +57,6 @@ constexpr std::chrono::seconds kTeardownTimeout = std::chrono::minutes(2);
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
-
-bool file_exists(const std::string& path) {
-  struct stat st {};
-  return ::stat(path.c_str(), &st) == 0;
-}
-
-// ---- data ------------------------------------------------------------------
-
-// Converts the dataset on first use (rank 0; the others wait at a barrier).
-Status prepare_data(const DataConfig& c, comm::Communicator& comm) {
-  Status s;
-  if (comm.rank() == 0 && !file_exists(c.dir + "/train/index.json")) {
-    if (c.prepare.empty()) {
-      s = not_found(fmt::format("dataset {}: no train/index.json, and data.prepare is not set to "
-                                "convert one", c.dir));
-    } else {
-      log()->info("preparing {} dataset in {} (first use)", c.prepare, c.dir);
-      if (c.prepare == "fashion-mnist") {
-        s = data::convert::convert_fashion_mnist(c.dir).status();
-      } else {
-        s = data::convert::convert_text(c.dir, c.sources, {}).status();
-      }
-      s = s.with_context("preparing data.dir " + c.dir);
-    }
-  }
-  // Everyone learns whether rank 0 succeeded, so nobody waits on a failure.
-  std::int32_t ok = s.is_ok() ? 1 : 0;
-  KILN_RETURN_IF_ERROR(comm.broadcast(&ok, 1, comm::DataType::kInt32, 0)->wait(kCollectiveTimeout));
-  if (!ok && s.is_ok()) return aborted("rank 0 could not prepare the dataset (see its log)");
-  return s;
-}
-
-struct Split {
-  std::unique_ptr<objstore::ObjectStore> store;
-  std::unique_ptr<data::ShardCache> cache;
-  data::DatasetIndex index;
-};
-
-Result<Split> open_split(const DataConfig& c, const std::string& name) {
-  Split s;
-  KILN_ASSIGN_OR_RETURN(s.store, objstore::open_object_store(c.dir));
-  KILN_ASSIGN_OR_RETURN(std::string text,
-                        s.store->get(name + "/" + data::kIndexFile, Deadline::after_seconds(60)));
-  KILN_ASSIGN_OR_RETURN(s.index, data::parse_index(text, c.dir + "/" + name + "/index.json"));
-  s.cache = std::make_unique<data::ShardCache>(
-      s.store.get(), name,
-      data::ShardCacheOptions{.dir = c.cache_dir, .capacity_bytes = c.cache_bytes});
-  return s;
-}
-
-// The training stream across epochs: micro-batches of `micro` samples per
-// rank, only whole global micro-steps of each epoch.
-class EpochStream {
- public:
-  EpochStream(Split* split, const DataConfig& c, std::uint64_t micro, int rank, int world,
-              std::uint64_t seed, data::SamplerState start)
-      : split_(split), config_(c), micro_(micro), rank_(rank), world_(world), seed_(seed),
-        state_(start) {}
-
-  // The next micro-batch; starts the next epoch when this one has no whole
-  // global micro-step left.
-  Result<data::Batch> next() {
-    std::uint64_t global = micro_ * static_cast<std::uint64_t>(world_);
-    if (!loader_ || left_ == 0) {
-      if (loader_) state_ = {state_.epoch + 1, 0};
-      left_ = remaining() / global;
-      if (left_ == 0 && state_.consumed != 0) {  // resumed within the epoch's dropped tail
-        state_ = {state_.epoch + 1, 0};
-        left_ = remaining() / global;
-      }
-      if (left_ == 0) {
-        return failed_precondition(fmt::format(
-            "dataset {} has {} samples, fewer than one micro-step across ranks ({})", config_.dir,
-            split_->index.num_samples, global));
-      }
-      loader_.reset();
-      loader_ = std::make_unique<data::Loader>(
-          split_->cache.get(), split_->index,
-          data::LoaderOptions{.rank = rank_, .world = world_,
-                              .sampler = {.seed = seed_, .shuffle_window = config_.shuffle_window},
-                              .state = state_, .batch_size = micro_, .workers = config_.workers,
-                              .queue_depth = config_.queue_depth,
-                              .batch_pool = batch_pool_});
-    }
-    KILN_ASSIGN_OR_RETURN(auto batch, loader_->next(Deadline::after_seconds(kBatchTimeoutS)));
-    if (!batch) return internal_error("loader ended before the whole steps it promised");
-    --left_;
-    state_ = batch->state_after;
-    return std::move(*batch);
-  }
-
-  data::SamplerState state() const { return state_; }
-  double cache_hit_rate() const {
-    const auto& st = split_->cache->stats();
-    double hits = static_cast<double>(st.hits.load()), fetches = static_cast<double>(st.downloads.load());
-    return hits + fetches > 0 ? hits / (hits + fetches) : -1;
-  }
-
- private:
-  std::uint64_t remaining() const {
-    return split_->index.num_samples - std::min(split_->index.num_samples, state_.consumed);
-  }
-
-  Split* split_;
-  DataConfig config_;
-  std::uint64_t micro_;
-  int rank_, world_;
-  std::uint64_t seed_;
-  data::SamplerState state_;
-  std::uint64_t left_ = 0;
-  // One pool for every epoch's loader: a new epoch starts with warm batch
-  // buffers (Note [Recycled batch buffers] in kiln/data/batch.h).
-  std::shared_ptr<data::BatchPool> batch_pool_ = data::BatchPool::create(
-      static_cast<std::size_t>(std::max(1, config_.queue_depth) + std::max(1, config_.workers) + 2));
-  std::unique_ptr<data::Loader> loader_;
-};
 
 // ---- evaluation -------------------------------------------------------------
 
@@ -214,53 +93,6 @@ Result<EvalResult> evaluate(Task& task, Split& test, const TrainConfig& c, comm:
   return r;
 }
 
-// ---- elastic ------------------------------------------------------------------
-
-// Whether any rank was asked to stop (kiln run's SIGTERM): every rank must
-// leave the loop after the same step, so the question is a collective.
-Result<bool> any_rank_asked_to_stop(comm::Communicator& comm, bool asked) {
-  std::int32_t flag = asked ? 1 : 0;
-  KILN_RETURN_IF_ERROR(comm.allreduce(&flag, 1, comm::DataType::kInt32, comm::ReduceOp::kMax)
-                           ->wait(kCollectiveTimeout));
-  return flag != 0;
-}
-
-// ---- optimizer --------------------------------------------------------------
-
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimConfig& o,
-                                                        std::vector<torch::Tensor> params) {
-  if (o.kind == OptimizerKind::kSgd) {
-    return std::make_unique<torch::optim::SGD>(
-        params, torch::optim::SGDOptions(o.lr).momentum(o.momentum).weight_decay(o.weight_decay));
-  }
-  return std::make_unique<torch::optim::AdamW>(
-      params, torch::optim::AdamWOptions(o.lr).betas({o.beta1, o.beta2}).weight_decay(o.weight_decay));
-}
-
-void set_learning_rate(torch::optim::Optimizer& opt, double lr) {
-  for (auto& group : opt.param_groups()) group.options().set_lr(lr);
-}
-
-// [parallel] strategy = "zero1" | "zero2" | "zero3" as the sharded wrapper's
-// options; the optimizer is the sharded one, with [optim]'s settings.
-parallel::zero::ZeroOptions zero_options(const TrainConfig& c) {
-  parallel::zero::ZeroOptions z;
-  z.stage = c.parallel.strategy == Strategy::kZero1 ? 1 : c.parallel.strategy == Strategy::kZero2 ? 2 : 3;
-  z.precision = c.parallel.precision == Precision::kBf16 ? parallel::zero::Precision::kBf16
-                                                         : parallel::zero::Precision::kFp32;
-  z.min_unit_params = c.parallel.min_unit_params;
-  z.timeout = kCollectiveTimeout;
-  const OptimConfig& o = c.optim;
-  z.optimizer.kind = o.kind == OptimizerKind::kSgd ? parallel::zero::OptimizerKind::kSgd
-                                                   : parallel::zero::OptimizerKind::kAdamW;
-  z.optimizer.lr = o.lr;
-  z.optimizer.beta1 = o.beta1;
-  z.optimizer.beta2 = o.beta2;
-  z.optimizer.weight_decay = o.weight_decay;
-  z.optimizer.momentum = o.kind == OptimizerKind::kSgd ? o.momentum : 0;
-  return z;
-}
-
 constexpr double kMiB = 1 << 20;
 
 // The training state per rank of each strategy for this model (the ZeRO
@@ -292,6 +124,7 @@ Status check_state_fits(const TrainConfig& c, std::int64_t parameters, int world
 
 Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator& comm) {
   const TrainConfig& c = options.config;
+  if (c.parallel.three_d()) return run_training_3d(options, comm);
   const int rank = comm.rank(), world = comm.size();
   const auto started = Clock::now();
   const std::int64_t per_step_rank = c.train.batch_size / world;

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <sstream>
 
+#include <fmt/format.h>
+
 namespace kiln::config {
 namespace {
 
@@ -124,6 +126,30 @@ std::vector<std::string> TomlReader::get_strings(const std::string& section,
   }
   if (!array) {
     fail(section, key, "must be an array of strings", node);
+    return fallback;
+  }
+  return out;
+}
+
+std::vector<std::int64_t> TomlReader::get_ints(const std::string& section, const std::string& key,
+                                               std::vector<std::int64_t> fallback,
+                                               std::int64_t min_value) {
+  auto node = take(section, key, false);
+  if (!node) return fallback;
+  const toml::array* array = node.as_array();
+  std::vector<std::int64_t> out;
+  if (array) {
+    for (const toml::node& item : *array) {
+      auto v = item.value_exact<std::int64_t>();
+      if (!v || *v < min_value) {
+        array = nullptr;
+        break;
+      }
+      out.push_back(*v);
+    }
+  }
+  if (!array) {
+    fail(section, key, fmt::format("must be an array of integers >= {}", min_value), node);
     return fallback;
   }
   return out;

@@ -40,6 +40,8 @@ class TomlReader {
                          std::string fallback);
   std::vector<std::string> get_strings(const std::string& section, const std::string& key,
                                        std::vector<std::string> fallback);
+  std::vector<std::int64_t> get_ints(const std::string& section, const std::string& key,
+                                     std::vector<std::int64_t> fallback, std::int64_t min_value = 1);
 
   // Records an error about `section.key` (e.g. an enum value checked later).
   void fail_field(const std::string& section, const std::string& key, const std::string& why);

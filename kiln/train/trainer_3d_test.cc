@@ -1,0 +1,229 @@
+// kiln train with tensor and pipeline parallelism on real processes: every
+// layout (tp x pp x dp up to 8 ranks, both schedules, sequence parallelism,
+// ZeRO-1 across replicas) trains the GPT exactly as one process does.
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "kiln/data/dataset_writer.h"
+#include "kiln/data/sampler.h"
+#include "kiln/data/testing/test_dataset.h"
+#include "kiln/train/task.h"
+#include "kiln/train/testing/train_on.h"
+#include "kiln/train/trainer.h"
+
+namespace kiln::train {
+namespace {
+
+using data::testing::ScratchDir;
+using testing::max_relative_difference;
+using testing::train_on;
+
+constexpr int kSeq = 8, kVocab = 32;
+
+// Learnable sequences: each token follows from the one before, with noise.
+void write_tokens(const std::string& dir, int n, std::uint64_t seed) {
+  data::Schema schema{{"tokens", data::FieldKind::kTensor, data::DType::kInt32}};
+  auto w = data::DatasetWriter::create(dir, schema, {.shard_bytes = 4 << 10});
+  ASSERT_TRUE(w.is_ok()) << w.status().to_string();
+  std::uint64_t x = seed;
+  for (int i = 0; i < n; ++i) {
+    std::vector<std::int32_t> t(kSeq + 1);
+    t[0] = static_cast<std::int32_t>((x = data::mix64(x)) % kVocab);
+    for (int k = 1; k <= kSeq; ++k) {
+      const bool noise = (x = data::mix64(x)) % 5 == 0;
+      t[static_cast<std::size_t>(k)] = noise ? static_cast<std::int32_t>(x % kVocab) : (t[static_cast<std::size_t>(k) - 1] * 3 + 1) % kVocab;
+    }
+    std::vector<std::uint8_t> bytes(t.size() * sizeof(std::int32_t));
+    std::memcpy(bytes.data(), t.data(), bytes.size());
+    ASSERT_TRUE(w->add({data::FieldValue::tensor(data::DType::kInt32, {kSeq + 1}, bytes)}).is_ok());
+  }
+  ASSERT_TRUE(w->finish().is_ok());
+}
+
+struct GptFixture {
+  GptFixture() {
+    write_tokens(dir.path() + "/data/train", 256, 1);
+    write_tokens(dir.path() + "/data/test", 40, 2);
+  }
+  TrainConfig config(int layers, std::int64_t steps) const {
+    TrainConfig c;
+    c.model = {.kind = ModelKind::kGpt, .vocab = kVocab, .seq_len = kSeq, .d_model = 16, .layers = layers,
+               .heads = 4, .dropout = 0.0};
+    c.data = {.dir = dir.path() + "/data", .cache_dir = dir.path() + "/cache", .shuffle_window = 64};
+    c.optim = {.kind = OptimizerKind::kAdamW, .lr = 3e-3, .warmup_steps = 1, .grad_clip = 1.0};
+    c.train = {.batch_size = 16, .grad_accum = 1, .max_steps = steps, .seed = 11, .threads = 1};
+    c.eval = {.every = 0, .batch_size = 10};
+    return c;
+  }
+  ScratchDir dir;
+};
+
+struct Layout {
+  int tp, pp, dp;
+  int microbatches = 4;
+  std::string schedule = "1f1b";
+  int chunks = 1;
+  bool sequence_parallel = false;
+  Strategy strategy = Strategy::kDdp;
+  std::string name() const {
+    return fmt::format("tp {} pp {} dp {} m {} {}{}{}{}", tp, pp, dp, microbatches, schedule,
+                       chunks > 1 ? fmt::format(" v {}", chunks) : "", sequence_parallel ? " sp" : "",
+                       strategy == Strategy::kZero1 ? " zero1" : "");
+  }
+};
+
+TrainConfig with_layout(TrainConfig c, const Layout& l) {
+  c.parallel.tp = l.tp;
+  c.parallel.pp = l.pp;
+  c.parallel.microbatches = l.microbatches;
+  c.parallel.schedule = l.schedule;
+  c.parallel.chunks = l.chunks;
+  c.parallel.sequence_parallel = l.sequence_parallel;
+  c.parallel.strategy = l.strategy;
+  // One process with the whole batch accumulates the same micro-batches.
+  if (!c.parallel.three_d()) c.train.grad_accum = l.microbatches;
+  return c;
+}
+
+// ||a - b|| / ||a|| over the whole model. Not element-wise: the gradient of
+// the attention's key bias is zero in exact arithmetic (softmax ignores a
+// constant per query), so AdamW's first updates of those elements are float
+// rounding scaled up to +-lr, and differ under any reordering of the sums.
+double relative_l2(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, norm = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
+    norm += double(a[i]) * a[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+// The parameter of the whole model where a and b differ most (relative L2).
+std::string worst_parameter(const ModelConfig& m, const std::vector<float>& a, const std::vector<float>& b) {
+  std::unique_ptr<Task> whole = make_task(m);
+  std::string worst;
+  double worst_err = -1;
+  std::size_t offset = 0;
+  for (const auto& p : whole->module()->named_parameters()) {
+    const auto n = static_cast<std::size_t>(p.value().numel());
+    std::vector<float> pa(a.begin() + offset, a.begin() + offset + n), pb(b.begin() + offset, b.begin() + offset + n);
+    const double err = relative_l2(pa, pb);
+    if (err > worst_err) worst_err = err, worst = fmt::format("{} ({:.2e})", p.key(), err);
+    offset += n;
+  }
+  return worst;
+}
+
+TEST(Trainer3d, EveryLayoutMatchesOneProcessWithTheWholeBatch) {
+  GptFixture f;
+  const TrainConfig base = f.config(8, 5);
+  auto one = train_on(1, base, f.dir.path() + "/one");
+  ASSERT_TRUE(one.is_ok()) << one.status().to_string();
+  auto shorter = train_on(1, f.config(8, 2), f.dir.path() + "/shorter");
+  ASSERT_TRUE(shorter.is_ok()) << shorter.status().to_string();
+  ASSERT_GT(max_relative_difference(one->parameters, shorter->parameters), 1e-3)
+      << "training does not move the parameters: the comparison below would be vacuous";
+  std::vector<Layout> layouts;
+  for (int tp : {1, 2}) {
+    for (int pp : {1, 2, 4}) {
+      for (int dp : {1, 2}) {
+        if (tp * pp == 1 || tp * pp * dp > 8) continue;
+        layouts.push_back({tp, pp, dp, pp == 4 ? 4 : 2});
+      }
+    }
+  }
+  layouts.push_back({1, 2, 1, 4, "interleaved", 2});
+  layouts.push_back({2, 4, 1, 4, "interleaved", 2});
+  layouts.push_back({2, 2, 2, 2, "1f1b", 1, /*sequence_parallel=*/true});
+  for (const Layout& l : layouts) {
+    const int world = l.tp * l.pp * l.dp;
+    auto r = train_on(world, with_layout(base, l), f.dir.path() + "/layout");
+    ASSERT_TRUE(r.is_ok()) << l.name() << ": " << r.status().to_string();
+    ASSERT_EQ(r->parameters.size(), one->parameters.size()) << l.name();
+    EXPECT_LE(relative_l2(one->parameters, r->parameters), 1e-5)
+        << l.name() << ": worst " << worst_parameter(base.model, one->parameters, r->parameters);
+    EXPECT_NEAR(r->eval_loss, one->eval_loss, 1e-5 * one->eval_loss) << l.name();
+  }
+}
+
+// ZeRO-1 across the replicas (no clipping: the 3D global norm is ddp's).
+TEST(Trainer3d, Zero1AcrossReplicasMatchesOneProcess) {
+  GptFixture f;
+  TrainConfig base = f.config(4, 4);
+  base.optim.grad_clip = 0;
+  auto one = train_on(1, base, f.dir.path() + "/one");
+  ASSERT_TRUE(one.is_ok()) << one.status().to_string();
+  auto r = train_on(8, with_layout(base, {2, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1}), f.dir.path() + "/z");
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_LE(relative_l2(one->parameters, r->parameters), 1e-5)
+      << "worst " << worst_parameter(base.model, one->parameters, r->parameters);
+}
+
+// Saved by TP 2 x PP 2 x DP 2; continued by TP 1 x PP 1 x DP 2 (plain data
+// parallelism) and by TP 2 x PP 1 x DP 1: both end where one uninterrupted
+// process ends. And a 3D run killed mid-way resumes bit-identically.
+TEST(Trainer3d, CheckpointsResumeOnAnotherLayout) {
+  GptFixture f;
+  auto config = [&](std::int64_t steps) {
+    TrainConfig c = f.config(4, steps);
+    c.optim.schedule = Schedule::kConstant;  // 3 steps then 3 follow 6 straight ones
+    c.optim.warmup_steps = 0;
+    return c;
+  };
+  auto want = train_on(1, config(6), f.dir.path() + "/want");
+  ASSERT_TRUE(want.is_ok()) << want.status().to_string();
+  TrainConfig first = with_layout(config(3), {2, 2, 2, 2});
+  first.checkpoint = {.dir = f.dir.path() + "/ckpt", .every = 0};
+  auto saved = train_on(8, first, f.dir.path() + "/saved");
+  ASSERT_TRUE(saved.is_ok()) << saved.status().to_string();
+  for (const Layout& l : {Layout{1, 1, 2, 2}, Layout{2, 1, 1, 2}}) {
+    const std::string copy = f.dir.path() + fmt::format("/ckpt-{}{}{}", l.tp, l.pp, l.dp);
+    std::filesystem::copy(first.checkpoint.dir, copy, std::filesystem::copy_options::recursive);
+    TrainConfig then = with_layout(config(6), l);
+    then.checkpoint = {.dir = copy, .every = 0};
+    auto r = train_on(l.tp * l.pp * l.dp, then, f.dir.path() + "/then");
+    ASSERT_TRUE(r.is_ok()) << l.name() << ": " << r.status().to_string();
+    EXPECT_EQ(r->start_step, 3) << l.name();
+    EXPECT_LE(relative_l2(want->parameters, r->parameters), 1e-5)
+        << l.name() << ": worst " << worst_parameter(then.model, want->parameters, r->parameters);
+  }
+}
+
+TEST(Trainer3d, ResumeAfterSigkillIsBitIdentical) {
+  GptFixture f;
+  TrainConfig straight = with_layout(f.config(4, 6), {2, 2, 1, 2});
+  straight.checkpoint = {.dir = f.dir.path() + "/ckpt-a", .every = 2};
+  auto a = train_on(4, straight, f.dir.path() + "/a");
+  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+  TrainConfig crashed = straight;
+  crashed.checkpoint.dir = f.dir.path() + "/ckpt-b";
+  ASSERT_FALSE(train_on(4, crashed, f.dir.path() + "/b1", /*crash_after_step=*/5).is_ok());
+  auto resumed = train_on(4, crashed, f.dir.path() + "/b2");
+  ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
+  EXPECT_EQ(resumed->start_step, 4);
+  EXPECT_EQ(resumed->parameters, a->parameters);
+  EXPECT_EQ(resumed->parameter_digest, a->parameter_digest);
+}
+
+TEST(Trainer3d, ExplicitStageLayersAndTheirErrors) {
+  GptFixture f;
+  TrainConfig c = with_layout(f.config(6, 2), {1, 4, 1, 4});
+  c.parallel.stage_layers = {1, 2, 2, 1};
+  auto one = train_on(1, f.config(6, 2), f.dir.path() + "/one");
+  ASSERT_TRUE(one.is_ok()) << one.status().to_string();
+  auto r = train_on(4, c, f.dir.path() + "/uneven");
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_LE(relative_l2(one->parameters, r->parameters), 1e-5);
+  c.parallel.stage_layers = {1, 2, 2};
+  auto bad = train_on(4, c, f.dir.path() + "/bad");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_NE(bad.status().to_string().find("parallel.stage_layers has 3 entries summing to 5"), std::string::npos)
+      << bad.status().to_string();
+}
+
+}  // namespace
+}  // namespace kiln::train
