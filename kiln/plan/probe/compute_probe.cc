@@ -124,10 +124,15 @@ Result<std::pair<Affine, Affine>> fit_elementwise(
     fwd.push_back({static_cast<double>(n), t.forward_s});
     bwd.push_back({static_cast<double>(n), t.backward_s});
   }
+  // Note [Noisy fits]: on a loaded machine (a quick calibration during a
+  // build) two sizes can time backwards; then the largest point's plain
+  // per-element cost stands in for the fit rather than failing the profile.
   auto affine = [&](const std::vector<SizeSample>& s) -> Result<Affine> {
     auto f = fit_linear(s);
-    if (!f.is_ok()) return f.status().with_context(std::string(what) + " probe");
-    return Affine{f->fixed_s, 1.0 / f->bytes_per_s};  // "bytes" here are elements
+    if (f.is_ok()) return Affine{f->fixed_s, 1.0 / f->bytes_per_s};  // "bytes" are elements
+    const SizeSample& last = s.back();
+    if (!(last.seconds > 0)) return f.status().with_context(std::string(what) + " probe");
+    return Affine{0, last.seconds / last.bytes};
   };
   KILN_ASSIGN_OR_RETURN(Affine f, affine(fwd));
   Affine b;
