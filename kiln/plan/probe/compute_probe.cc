@@ -125,8 +125,9 @@ Result<std::pair<Affine, Affine>> fit_elementwise(
     bwd.push_back({static_cast<double>(n), t.backward_s});
   }
   // Note [Noisy fits]: on a loaded machine (a quick calibration during a
-  // build) two sizes can time backwards; then the largest point's plain
-  // per-element cost stands in for the fit rather than failing the profile.
+  // build) points can time backwards; then a plain rate (here the largest
+  // point's per-element cost) stands in for the fit rather than failing the
+  // profile, and the reported fit error is 100%.
   auto affine = [&](const std::vector<SizeSample>& s) -> Result<Affine> {
     auto f = fit_linear(s);
     if (f.is_ok()) return Affine{f->fixed_s, 1.0 / f->bytes_per_s};  // "bytes" are elements
@@ -173,9 +174,16 @@ Result<ComputeProbe> probe(int threads, const ProbeOptions& o) {
   }
   for (auto [samples, rate] : {std::pair{&lf, &r.linear_fwd}, std::pair{&lb, &r.linear_bwd}}) {
     auto g = fit_gemm(*samples);
-    if (!g.is_ok()) return g.status().with_context("linear layer probe " + describe(*samples, threads));
-    *rate = {g->call_s, g->flops, g->bytes_per_s};
-    out.linear_fit_error = std::max(out.linear_fit_error, g->mean_abs_rel_error);
+    if (g.is_ok()) {
+      *rate = {g->call_s, g->flops, g->bytes_per_s};
+      out.linear_fit_error = std::max(out.linear_fit_error, g->mean_abs_rel_error);
+    } else {  // Note [Noisy fits]: the plain rate over all points
+      double flops = 0, seconds = 0;
+      for (const GemmSample& x : *samples) flops += 2 * x.m * x.n * x.k, seconds += x.seconds;
+      if (!(seconds > 0)) return g.status().with_context("linear layer probe " + describe(*samples, threads));
+      *rate = {0, flops / seconds, 0};
+      out.linear_fit_error = 1;
+    }
   }
 
   // kiln's attention core: QKᵀ/√d, causal mask, softmax, ·V, heads merged.
@@ -197,9 +205,16 @@ Result<ComputeProbe> probe(int threads, const ProbeOptions& o) {
   }
   for (auto [samples, rate] : {std::pair{&af, &r.attention_fwd}, std::pair{&ab, &r.attention_bwd}}) {
     auto a = fit_attention(*samples);
-    if (!a.is_ok()) return a.status().with_context("attention probe " + describe(*samples, threads));
-    *rate = {a->call_s, a->flops, a->score_s};
-    out.attention_fit_error = std::max(out.attention_fit_error, a->mean_abs_rel_error);
+    if (a.is_ok()) {
+      *rate = {a->call_s, a->flops, a->score_s};
+      out.attention_fit_error = std::max(out.attention_fit_error, a->mean_abs_rel_error);
+    } else {  // Note [Noisy fits]: the plain rate over all points
+      double flops = 0, seconds = 0;
+      for (const GemmSample& x : *samples) flops += x.batch * 4 * x.m * x.n * x.k, seconds += x.seconds;
+      if (!(seconds > 0)) return a.status().with_context("attention probe " + describe(*samples, threads));
+      *rate = {0, flops / seconds, 0};
+      out.attention_fit_error = 1;
+    }
   }
 
   std::pair<Affine, Affine> fb;
