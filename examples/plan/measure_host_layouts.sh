@@ -13,8 +13,6 @@
 #   e.g. ... 1x1x1 1x1x2 2x2x2 1x4x2
 #
 # Run it under the CPU lock (/work/bin/cpu-lock timed on the CI host): it is a benchmark.
-# --tp/--pp are passed to kiln train only when above 1, so data-parallel
-# layouts run on a kiln train without tensor or pipeline parallelism too.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -58,9 +56,8 @@ echo "|---|---|---|---|---|"
 for layout in "${LAYOUTS[@]}"; do
   IFS=x read -r T P D <<<"$layout"
   N=$((T * P * D))
-  EXTRA=()
-  [ "$T" -gt 1 ] && EXTRA+=(--tp "$T")
-  [ "$P" -gt 1 ] && EXTRA+=(--pp "$P")
+  # Always both: the config's [parallel] may name other values (gpt_3d.toml: 2 and 2).
+  EXTRA=(--tp "$T" --pp "$P")
   PRED=$("$KILN" plan "$PLAN" --profile "$PROFILE" --tp "$T" --pp "$P" --dp "$D" \
     --microbatches "$MICRO" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["step_time_s"])')
   RESULTS=()
