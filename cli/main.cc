@@ -40,6 +40,7 @@ bool runs_matrix_products(int argc, char** argv) {
   for (const char* cmd : {"train", "launch", "run", "serve"}) {
     if (std::strcmp(argv[1], cmd) == 0) return true;
   }
+  if (argc >= 3 && std::strcmp(argv[1], "plan") == 0) return std::strcmp(argv[2], "calibrate") == 0;
   return argc >= 3 && std::strcmp(argv[1], "bench") == 0 &&
          (std::strcmp(argv[2], "ddp") == 0 || std::strcmp(argv[2], "serve") == 0);
 }

@@ -2,14 +2,17 @@
 //
 //   kiln plan CONFIG.toml [--json] [--svg FILE] [--set section.key=value]...
 //   kiln plan CONFIG.toml --search [--top N] [--json]
+//   kiln plan CONFIG.toml --profile HOST.toml [--tp N --pp N --dp N --microbatches N] [--json]
 //   kiln plan validate FILE.csv... [--json] [--loso] [--fit]
+//   kiln plan calibrate [-o HOST.toml] [--quick]     (cli/torch/plan_calibrate_cmd.cc)
 //
 // `validate` is a subcommand of `plan` while CONFIG.toml is plan's optional
 // positional: CLI11 matches a subcommand name before filling a positional, so
 // `kiln plan validate x.csv` reaches validate and `kiln plan x.toml` fills the
-// positional. plan's own callback runs after validate's and does nothing then.
+// positional. plan's own callback runs after a subcommand's and does nothing then.
 #include <cerrno>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
@@ -17,6 +20,8 @@
 
 #include "cli/command.h"
 #include "kiln/plan/config.h"
+#include "kiln/plan/host_report.h"
+#include "kiln/plan/host_step_time.h"
 #include "kiln/plan/plan.h"
 #include "kiln/plan/report.h"
 #include "kiln/plan/search.h"
@@ -33,7 +38,8 @@ struct PlanOptions {
   int top = 10;
   std::vector<std::string> sets;
   // Shortcuts for common overrides; empty = not given.
-  std::string tp, pp, dp, vpp, micro_batch, global_batch, recompute, zero, nodes, gpu;
+  std::string tp, pp, dp, vpp, micro_batch, microbatches, global_batch, recompute, zero, nodes,
+      gpu, profile;
 };
 
 struct ValidateOptions {
@@ -53,11 +59,15 @@ std::vector<std::string> overrides(const PlanOptions& o) {
   add("layout.dp", o.dp);
   add("layout.vpp", o.vpp);
   add("layout.micro_batch", o.micro_batch);
+  add("layout.microbatches", o.microbatches);
   add("layout.global_batch", o.global_batch);
   add("layout.recompute", o.recompute.empty() ? "" : "\"" + o.recompute + "\"");
   add("layout.zero", o.zero);
   add("cluster.nodes", o.nodes);
   add("cluster.gpu", o.gpu.empty() ? "" : "\"" + o.gpu + "\"");
+  // Relative to the working directory here (in the file, to the file).
+  add("cluster.profile", o.profile.empty() ? ""
+                                           : "'" + std::filesystem::absolute(o.profile).string() + "'");
   out.insert(out.end(), o.sets.begin(), o.sets.end());
   return out;
 }
@@ -71,6 +81,20 @@ Status write_file(const std::string& path, const std::string& text) {
   return Status::ok();
 }
 
+// A CPU host measured by `kiln plan calibrate` (cluster.profile or --profile).
+Status run_host_plan(const PlanOptions& o, const plan::PlanConfig& config) {
+  if (o.search || !o.svg.empty()) {
+    return invalid_argument("kiln plan: --search and --svg are for GPU clusters, not CPU host profiles");
+  }
+  KILN_ASSIGN_OR_RETURN(plan::HostStepTime st, plan::host_step_time(config));
+  if (o.json) {
+    std::printf("%s\n", plan::host_plan_to_json(config, st).dump(2).c_str());
+  } else {
+    std::fputs(plan::format_host_plan(config, st).c_str(), stdout);
+  }
+  return Status::ok();
+}
+
 Status run_plan(const PlanOptions& o) {
   if (o.config.empty()) {
     return invalid_argument(
@@ -78,6 +102,7 @@ Status run_plan(const PlanOptions& o) {
         "[--search], or kiln plan validate FILE.csv)");
   }
   KILN_ASSIGN_OR_RETURN(plan::PlanConfig config, plan::parse_config_file(o.config, overrides(o)));
+  if (config.cluster.host) return run_host_plan(o, config);
   if (o.search) {
     plan::SearchOptions so;
     so.top = o.top;
@@ -147,11 +172,15 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("--dp", opts->dp, "override layout.dp");
   cmd->add_option("--vpp", opts->vpp, "override layout.vpp");
   cmd->add_option("--micro-batch", opts->micro_batch, "override layout.micro_batch");
+  cmd->add_option("--microbatches", opts->microbatches,
+                  "override layout.microbatches (micro-batches per step, as kiln train counts them)");
   cmd->add_option("--global-batch", opts->global_batch, "override layout.global_batch");
   cmd->add_option("--recompute", opts->recompute, "override layout.recompute: none|selective|full");
   cmd->add_option("--zero", opts->zero, "override layout.zero: 0..3");
   cmd->add_option("--nodes", opts->nodes, "override cluster.nodes");
   cmd->add_option("--gpu", opts->gpu, "override cluster.gpu");
+  cmd->add_option("--profile", opts->profile,
+                  "plan for the CPU host this profile describes (kiln plan calibrate writes one)");
 
   auto* val = cmd->add_subcommand(
       "validate", "Compare predicted and measured step times of published runs (CSV)");
@@ -168,8 +197,8 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
                 "refit the global constants on all measured rows and predict with them");
   val->callback(run_status([vopts] { return run_validate(*vopts); }));
 
-  cmd->callback(run_status([opts, val] {
-    if (val->parsed()) return Status::ok();
+  cmd->callback(run_status([opts, cmd] {
+    if (!cmd->get_subcommands().empty()) return Status::ok();  // validate or calibrate ran
     return run_plan(*opts);
   }));
 });

@@ -3,6 +3,7 @@
 #include <toml++/toml.h>
 
 #include <cmath>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <sstream>
@@ -62,6 +63,31 @@ void ModelSpec::set_family_defaults() {
 namespace {
 
 using config::TomlReader;
+
+// [cluster] of a CPU host: the profile (a path relative to the plan file),
+// hosts, ranks per host and threads per rank. gpus_per_node stays 0 when
+// ranks_per_node is not given; from_table fills it from the layout.
+void read_host_cluster(TomlReader& r, const std::string& source, ClusterSpec* cl) {
+  if (r.has("cluster", "gpu")) {
+    r.fail_field("cluster", "gpu", "and 'cluster.profile' are exclusive (a GPU or a measured CPU host)");
+    return;
+  }
+  std::string path = r.get_string("cluster", "profile", true, "");
+  if (!r.status().is_ok()) return;
+  namespace fs = std::filesystem;
+  if (fs::path(path).is_relative() && fs::path(source).has_parent_path()) {
+    path = (fs::path(source).parent_path() / path).string();
+  }
+  auto profile = read_host_profile(path);
+  if (!profile.is_ok()) {
+    r.fail_field("cluster", "profile", "(" + path + "): " + profile.status().message());
+    return;
+  }
+  cl->host = std::make_shared<const HostProfile>(std::move(*profile));
+  cl->nodes = r.get_int("cluster", "nodes", false, 1);
+  cl->gpus_per_node = r.get_int("cluster", "ranks_per_node", false, 0, 0);
+  cl->threads_per_rank = static_cast<int>(r.get_int("cluster", "threads_per_rank", false, 0, 0));
+}
 
 Status apply_override(toml::table& root, const std::string& spec, const std::string& source) {
   const auto eq = spec.find('=');
@@ -153,21 +179,26 @@ Result<PlanConfig> from_table(toml::table root, const std::string& source) {
   m.dropout = r.get_bool("model", "dropout", m.dropout);
 
   auto& cl = c.cluster;
-  const std::string gpu_id = r.get_string("cluster", "gpu", true, "");
-  if (r.status().is_ok()) {
-    auto gpu = find_gpu(gpu_id);
-    if (!gpu.is_ok()) {
-      r.fail_field("cluster", "gpu", gpu.status().message());
-    } else {
-      cl.gpu = *gpu;
+  const bool cpu_host = r.has("cluster", "profile");
+  if (cpu_host) {
+    read_host_cluster(r, source, &cl);
+  } else {
+    const std::string gpu_id = r.get_string("cluster", "gpu", true, "");
+    if (r.status().is_ok()) {
+      auto gpu = find_gpu(gpu_id);
+      if (!gpu.is_ok()) {
+        r.fail_field("cluster", "gpu", gpu.status().message());
+      } else {
+        cl.gpu = *gpu;
+      }
     }
+    cl.nodes = r.get_int("cluster", "nodes", true, 1);
+    cl.gpus_per_node = r.get_int("cluster", "gpus_per_node", false, 8);
+    cl.nvlink_bytes_per_s =
+        r.get_double("cluster", "nvlink_gbytes_per_s", false, cl.gpu.nvlink_bytes_per_s / 1e9) * 1e9;
+    cl.nic_bits_per_s =
+        r.get_double("cluster", "nic_gbits_per_s", false, cl.gpu.nic_bits_per_s / 1e9) * 1e9;
   }
-  cl.nodes = r.get_int("cluster", "nodes", true, 1);
-  cl.gpus_per_node = r.get_int("cluster", "gpus_per_node", false, 8);
-  cl.nvlink_bytes_per_s =
-      r.get_double("cluster", "nvlink_gbytes_per_s", false, cl.gpu.nvlink_bytes_per_s / 1e9) * 1e9;
-  cl.nic_bits_per_s =
-      r.get_double("cluster", "nic_gbits_per_s", false, cl.gpu.nic_bits_per_s / 1e9) * 1e9;
   cl.storage_write_bytes_per_s = r.get_double("storage", "write_gbytes_per_s", false, 20.0) * 1e9;
 
   auto& rel = c.reliability;
@@ -191,9 +222,29 @@ Result<PlanConfig> from_table(toml::table root, const std::string& source) {
   l.pp = r.get_int("layout", "pp", false, 1);
   const std::int64_t rest = cl.gpus() / std::max<std::int64_t>(1, l.tp * l.pp);
   l.dp = r.get_int("layout", "dp", false, std::max<std::int64_t>(1, rest));
+  if (cpu_host && cl.gpus_per_node == 0) {
+    // One rank per tp·pp·dp position, spread evenly over the hosts.
+    cl.gpus_per_node = std::max<std::int64_t>(1, l.tp * l.pp * l.dp / cl.nodes);
+  }
   l.vpp = r.get_int("layout", "vpp", false, 1);
   l.micro_batch = r.get_int("layout", "micro_batch", false, 1);
   l.global_batch = r.get_int("layout", "global_batch", true, 1);
+  if (r.has("layout", "microbatches")) {
+    // The runtime's spelling (kiln train --microbatches): micro-batches per
+    // step per pipeline, instead of sequences per micro-batch.
+    if (r.has("layout", "micro_batch")) {
+      r.fail_field("layout", "microbatches", "and 'layout.micro_batch' are exclusive");
+    }
+    const std::int64_t m = r.get_int("layout", "microbatches", false, 1);
+    if (r.status().is_ok() && l.global_batch % (l.dp * m) != 0) {
+      r.fail_field("layout", "microbatches",
+                   "(" + std::to_string(m) + ") times layout.dp (" + std::to_string(l.dp) +
+                       ") does not divide layout.global_batch (" +
+                       std::to_string(l.global_batch) + ")");
+    } else if (r.status().is_ok()) {
+      l.micro_batch = l.global_batch / (l.dp * m);
+    }
+  }
   const std::string rc = r.get_string("layout", "recompute", false, "none");
   if (auto v = parse_recompute(rc); v.is_ok()) {
     l.recompute = *v;

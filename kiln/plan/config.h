@@ -6,12 +6,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "kiln/base/status.h"
 #include "kiln/plan/gpu_catalog.h"
+#include "kiln/plan/host_profile.h"
 
 namespace kiln::plan {
 
@@ -60,6 +62,11 @@ struct ClusterSpec {
   double nvlink_bytes_per_s = 0;         // per GPU, bidirectional aggregate
   double nic_bits_per_s = 0;             // per GPU, one direction
   double storage_write_bytes_per_s = 0;  // aggregate, to the checkpoint store
+  // A CPU host measured by `kiln plan calibrate` instead of a catalog GPU
+  // (cluster.profile): then gpus_per_node counts ranks per host and the step
+  // is predicted by host_step_time.h. Shared: a search copies configs.
+  std::shared_ptr<const HostProfile> host;
+  int threads_per_rank = 0;  // intra-op threads per rank on a CPU host; 0 = kiln train's default
 
   std::int64_t gpus() const { return nodes * gpus_per_node; }
 };

@@ -177,4 +177,87 @@ TEST(PlanCliTest, MissingConfigIsAUsageError) {
   EXPECT_NE(r.err.find("CONFIG.toml"), std::string::npos) << r.err;
 }
 
+// The breakdown of a CPU-host plan adds up to its step time.
+void expect_host_breakdown(const nlohmann::json& j) {
+  double sum = 0;
+  for (const char* key : {"compute_s", "tp_comm_s", "pp_comm_s", "pp_bubble_s", "dp_comm_s",
+                          "optimizer_s"}) {
+    ASSERT_TRUE(j["breakdown"].contains(key)) << key;
+    EXPECT_GE(j["breakdown"][key].get<double>(), 0) << key;
+    sum += j["breakdown"][key].get<double>();
+  }
+  EXPECT_GT(j["step_time_s"].get<double>(), 0);
+  EXPECT_NEAR(sum, j["step_time_s"].get<double>(), 1e-9 * j["step_time_s"].get<double>());
+}
+
+TEST(PlanCliTest, CpuHostProfilePredictsTheMiniatureLayouts) {
+  // The vendored profile of the 2-core CI host (examples/plan/cpu-host-2core.toml).
+  CliRun r = kiln("plan examples/plan/gpt_3d-cpu.toml --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  expect_host_breakdown(j);
+  EXPECT_EQ(j["host"]["ranks_per_host"].get<int>(), 8);
+  EXPECT_DOUBLE_EQ(j["host"]["oversubscription"].get<double>(), 4);  // 8 ranks on 2 cores
+  EXPECT_DOUBLE_EQ(j["bubble"]["formula"].get<double>(), 1.0 / 4);  // (p − 1)/m
+  EXPECT_GT(j["breakdown"]["tp_comm_s"].get<double>(), 0);
+  EXPECT_GT(j["breakdown"]["dp_comm_s"].get<double>(), 0);
+  const double step_8 = j["step_time_s"].get<double>();
+  // Flags override the file; one rank alone runs two intra-op threads.
+  r = kiln("plan examples/plan/gpt_3d-cpu.toml --tp 1 --pp 1 --dp 1 --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  j = nlohmann::json::parse(r.out);
+  expect_host_breakdown(j);
+  EXPECT_EQ(j["host"]["threads_per_rank"].get<int>(), 2);
+  EXPECT_EQ(j["breakdown"]["tp_comm_s"].get<double>(), 0);
+  EXPECT_EQ(j["breakdown"]["pp_bubble_s"].get<double>(), 0);
+  EXPECT_NE(j["step_time_s"].get<double>(), step_8);
+  r = kiln("plan examples/plan/gpt_3d-cpu.toml --pp 4 --dp 1 --tp 1 --microbatches 8");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("PP bubble"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("(p-1)/(v m) = 0.375"), std::string::npos) << r.out;
+}
+
+TEST(PlanCliTest, CpuHostPlanNamesAMissingProfile) {
+  const CliRun r = kiln("plan examples/plan/gpt_3d-cpu.toml --profile /nonexistent/host.toml");
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("/nonexistent/host.toml"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("cluster.profile"), std::string::npos) << r.err;
+}
+
+#ifdef KILN_HAS_TORCH
+TEST(PlanCliTest, CalibrateQuickWritesAProfileThatPlanReads) {
+  const std::string profile = temp_path("host.toml");
+  CliRun r = kiln("plan calibrate --quick --json -o '" + profile + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  const auto summary = nlohmann::json::parse(r.out);
+  // Plausible for any machine this runs on: positive, and not absurd.
+  for (const char* key : {"linear_gflops_1_thread", "linear_gflops_all_threads",
+                          "attention_gflops_1_thread", "stream_gbytes_per_s", "shm_gbytes_per_s",
+                          "tcp_gbytes_per_s"}) {
+    EXPECT_GT(summary[key].get<double>(), 0.01) << key;
+    EXPECT_LT(summary[key].get<double>(), 1e5) << key;
+  }
+  for (const char* key : {"gelu_bwd_ns_1_thread", "op_overhead_us", "shm_alpha_us", "tcp_alpha_us"}) {
+    EXPECT_GE(summary[key].get<double>(), 0) << key;
+    EXPECT_LT(summary[key].get<double>(), 1e5) << key;
+  }
+  EXPECT_LT(summary["seconds"].get<double>(), 60);
+  const std::string text = slurp(profile);
+  for (const char* section : {"[profile]", "[host]", "[compute_1_thread]", "[compute_all_threads]",
+                              "[memory]", "[link_shm]", "[link_tcp]"}) {
+    EXPECT_NE(text.find(section), std::string::npos) << section << " in\n" << text;
+  }
+  r = kiln("plan examples/plan/gpt_3d-cpu.toml --json --profile '" + profile + "'");
+  std::remove(profile.c_str());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_host_breakdown(nlohmann::json::parse(r.out));
+}
+
+TEST(PlanCliTest, CalibrateNamesAnUnwritableOutput) {
+  const CliRun r = kiln("plan calibrate --quick -o /nonexistent/dir/host.toml");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("/nonexistent/dir/host.toml"), std::string::npos) << r.err;
+}
+#endif
+
 }  // namespace

@@ -1,0 +1,262 @@
+// `kiln plan calibrate`: measure this host and write a profile for `kiln plan`
+// (docs/plan.md "Calibration").
+//
+//   kiln plan calibrate [-o host.toml] [--quick] [--json]
+//
+// Compute (each kernel class of a GPT block through LibTorch fp32 with
+// autograd: linear layers, the attention core, norms, GeLU, rotary, adds,
+// cross-entropy, embedding, AdamW) with one thread and with one per core; streaming memory bandwidth; and
+// kiln::comm's allreduce over shared memory and over TCP loopback, timed by
+// `kiln bench comm` (2 local ranks) and fitted to t = 2α + S/β. Under a
+// minute; --quick (tests) takes a few seconds.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "cli/command.h"
+#include "kiln/base/fs.h"
+#include "kiln/plan/calibration_fit.h"
+#include "kiln/plan/host_profile.h"
+#include "kiln/plan/probe/compute_probe.h"
+
+namespace kiln::cli {
+namespace {
+
+struct CalibrateOptions {
+  std::string output = "host-profile.toml";
+  bool quick = false;
+  bool json = false;
+  int repeats = 5;
+};
+
+// Runs argv (argv[0] a path) with `env` added ("K=V") and `unset` removed,
+// and returns its stdout. DeadlineExceeded (the child killed) after
+// `timeout`; Internal for a non-zero exit, with the tail of its output.
+Result<std::string> run_capture(const std::vector<std::string>& argv,
+                                const std::vector<std::string>& env,
+                                const std::vector<std::string>& unset,
+                                std::chrono::seconds timeout) {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return errno_status("kiln plan calibrate: pipe", errno);
+  const pid_t pid = fork();
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    return errno_status("kiln plan calibrate: fork", errno);
+  }
+  if (pid == 0) {
+    dup2(fds[1], STDOUT_FILENO);
+    for (const auto& u : unset) unsetenv(u.c_str());
+    for (const auto& e : env) {
+      const auto eq = e.find('=');
+      setenv(e.substr(0, eq).c_str(), e.substr(eq + 1).c_str(), 1);
+    }
+    std::vector<char*> args;
+    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+    args.push_back(nullptr);
+    execv(args[0], args.data());
+    _exit(127);
+  }
+  close(fds[1]);
+  std::string out;
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  bool timed_out = false;
+  char buf[4096];
+  while (true) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      timed_out = true;
+      break;
+    }
+    pollfd p{fds[0], POLLIN, 0};
+    const int ready = poll(&p, 1, static_cast<int>(left.count()));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) continue;
+    const ssize_t n = read(fds[0], buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    out.append(buf, static_cast<size_t>(n));
+  }
+  close(fds[0]);
+  if (timed_out) kill(pid, SIGKILL);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  const std::string what = fmt::format("kiln plan calibrate: {}", fmt::join(argv, " "));
+  if (timed_out) return deadline_exceeded(what + fmt::format(": no result within {} s", timeout.count()));
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    return internal_error(fmt::format("{}: exited with status {} (output: {})", what, status,
+                                      out.substr(out.size() > 500 ? out.size() - 500 : 0)));
+  }
+  return out;
+}
+
+// Fits kiln::comm's allreduce over 2 ranks on `transport` to t = 2α + S/β.
+Result<plan::LinkRates> probe_link(const std::string& transport, const CalibrateOptions& o) {
+  char exe[4096];
+  const ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  if (len <= 0) return failed_precondition("kiln plan calibrate: cannot find its own executable");
+  std::vector<std::string> argv = {std::string(exe, static_cast<size_t>(len)), "bench", "comm",
+                                   "-o", "allreduce", "--ranks", "2", "--json",
+                                   "-b", "4K", "-e", o.quick ? "256K" : "4M", "-f", "4",
+                                   "-n", o.quick ? "5" : "30", "-w", o.quick ? "1" : "5"};
+  KILN_ASSIGN_OR_RETURN(std::string out,
+                        run_capture(argv, {"KILN_TRANSPORT=" + transport},
+                                    {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
+                                    std::chrono::seconds(60)));
+  std::vector<plan::SizeSample> samples;
+  try {
+    // The JSON document is the last line (rank 0 prints it).
+    const auto start = out.rfind("\n{");
+    const nlohmann::json doc = nlohmann::json::parse(start == std::string::npos ? out : out.substr(start + 1));
+    for (const auto& r : doc.at("results")) {
+      samples.push_back({r.at("bytes").get<double>(), r.at("time_us").get<double>() * 1e-6});
+    }
+  } catch (const std::exception& e) {
+    return internal_error(fmt::format("kiln plan calibrate: cannot read kiln bench comm's JSON ({}): {}",
+                                      e.what(), out.substr(0, 300)));
+  }
+  KILN_ASSIGN_OR_RETURN(plan::LinearFit fit, plan::fit_linear(samples));
+  return plan::LinkRates{fit.fixed_s / 2, fit.bytes_per_s};
+}
+
+std::string cpu_model() {
+  std::ifstream in("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("model name", 0) == 0) {
+      const auto colon = line.find(':');
+      if (colon != std::string::npos) return line.substr(line.find_first_not_of(' ', colon + 1));
+    }
+  }
+  return "";
+}
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+Status calibrate(const CalibrateOptions& o) {
+  if (o.repeats < 1) return invalid_argument("kiln plan calibrate: --repeats must be >= 1");
+  // Fail before a minute of measuring, not after.
+  const std::filesystem::path dir = std::filesystem::absolute(o.output).parent_path();
+  if (access(dir.c_str(), W_OK) != 0) {
+    return errno_status("kiln plan calibrate: cannot write -o " + o.output + " (directory " +
+                            dir.string() + ")",
+                        errno);
+  }
+  const auto started = std::chrono::steady_clock::now();
+  plan::HostProfile p;
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  p.host = host;
+  p.cpu = cpu_model();
+  p.blas = plan::probe::blas_in_use();
+  p.measured_at = utc_now();
+  p.cores = static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)));
+  p.memory_bytes = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
+
+  const plan::probe::ProbeOptions po{.quick = o.quick, .repeats = o.repeats};
+  KILN_ASSIGN_OR_RETURN(plan::probe::ComputeProbe one, plan::probe::probe_compute(1, po));
+  KILN_ASSIGN_OR_RETURN(plan::probe::ComputeProbe all, plan::probe::probe_compute(p.cores, po));
+  p.one_thread = one.rates;
+  p.all_threads = all.rates;
+  KILN_ASSIGN_OR_RETURN(p.stream_bytes_per_s, plan::probe::probe_stream(1, po));
+  KILN_ASSIGN_OR_RETURN(p.stream_all_bytes_per_s, plan::probe::probe_stream(p.cores, po));
+  KILN_ASSIGN_OR_RETURN(p.shm, probe_link("shm", o));
+  KILN_ASSIGN_OR_RETURN(p.tcp, probe_link("tcp", o));
+
+  const std::string text = plan::host_profile_to_toml(p);
+  // Read back before writing: what we write must be what kiln plan reads.
+  KILN_RETURN_IF_ERROR(plan::parse_host_profile(text, o.output).status());
+  KILN_RETURN_IF_ERROR(write_file_atomic(o.output, text));
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+  const plan::ComputeRates& r1 = p.one_thread;
+  const plan::ComputeRates& rn = p.all_threads;
+  if (o.json) {
+    nlohmann::json j = {{"profile", o.output},
+                        {"seconds", took},
+                        {"linear_gflops_1_thread", r1.linear_fwd.flops / 1e9},
+                        {"linear_gflops_all_threads", rn.linear_fwd.flops / 1e9},
+                        {"linear_fit_error", std::max(one.linear_fit_error, all.linear_fit_error)},
+                        {"attention_gflops_1_thread", r1.attention_fwd.flops / 1e9},
+                        {"attention_fit_error",
+                         std::max(one.attention_fit_error, all.attention_fit_error)},
+                        {"gelu_bwd_ns_1_thread", r1.gelu_bwd.per_unit_s * 1e9},
+                        {"op_overhead_us", r1.op_overhead_s * 1e6},
+                        {"stream_gbytes_per_s", p.stream_bytes_per_s / 1e9},
+                        {"shm_alpha_us", p.shm.alpha_s * 1e6},
+                        {"shm_gbytes_per_s", p.shm.bytes_per_s / 1e9},
+                        {"tcp_alpha_us", p.tcp.alpha_s * 1e6},
+                        {"tcp_gbytes_per_s", p.tcp.bytes_per_s / 1e9}};
+    std::printf("%s\n", j.dump(2).c_str());
+  } else {
+    std::printf("kiln plan calibrate: %s (%s, %d cores, %s) in %.1f s\n", p.host.c_str(),
+                p.cpu.c_str(), p.cores, p.blas.c_str(), took);
+    std::printf("  linear layers   %.1f GFLOP/s forward, %.1f backward on 1 thread; %.1f / %.1f on %d "
+                "(fit error up to %.1f%%)\n",
+                r1.linear_fwd.flops / 1e9, r1.linear_bwd.flops / 1e9, rn.linear_fwd.flops / 1e9,
+                rn.linear_bwd.flops / 1e9, p.cores,
+                100 * std::max(one.linear_fit_error, all.linear_fit_error));
+    std::printf("  attention core  %.1f GFLOP/s + %.2f ns per score forward, %.1f + %.2f backward "
+                "(1 thread; fit error up to %.1f%%)\n",
+                r1.attention_fwd.flops / 1e9, r1.attention_fwd.score_s * 1e9,
+                r1.attention_bwd.flops / 1e9, r1.attention_bwd.score_s * 1e9,
+                100 * std::max(one.attention_fit_error, all.attention_fit_error));
+    std::printf("  per element     layer norm %.2f/%.2f ns, GeLU %.2f/%.2f, rotary %.2f/%.2f, add %.2f, "
+                "cross-entropy %.2f/%.2f (forward/backward, 1 thread)\n",
+                r1.layer_norm_fwd.per_unit_s * 1e9, r1.layer_norm_bwd.per_unit_s * 1e9,
+                r1.gelu_fwd.per_unit_s * 1e9, r1.gelu_bwd.per_unit_s * 1e9,
+                r1.rotary_fwd.per_unit_s * 1e9, r1.rotary_bwd.per_unit_s * 1e9,
+                r1.add.per_unit_s * 1e9, r1.loss_fwd.per_unit_s * 1e9, r1.loss_bwd.per_unit_s * 1e9);
+    std::printf("  optimizer       %.2f ns per parameter + %.1f us per tensor; %.2f us per op\n",
+                r1.optimizer_param_s * 1e9, r1.optimizer_per_tensor.per_unit_s * 1e6,
+                r1.op_overhead_s * 1e6);
+    std::printf("  memory          %.1f GB/s on 1 thread, %.1f on %d\n", p.stream_bytes_per_s / 1e9,
+                p.stream_all_bytes_per_s / 1e9, p.cores);
+    std::printf("  kiln::comm shm  alpha %.1f us, beta %.2f GB/s\n", p.shm.alpha_s * 1e6,
+                p.shm.bytes_per_s / 1e9);
+    std::printf("  kiln::comm tcp  alpha %.1f us, beta %.2f GB/s\n", p.tcp.alpha_s * 1e6,
+                p.tcp.bytes_per_s / 1e9);
+    std::printf("wrote %s\n", o.output.c_str());
+  }
+  return Status::ok();
+}
+
+const CommandRegistration kRegister("plan", [](CLI::App& parent) {
+  auto o = std::make_shared<CalibrateOptions>();
+  auto* cmd = parent.add_subcommand(
+      "calibrate", "Measure this host (compute, memory, kiln::comm links) and write a profile for kiln plan");
+  cmd->add_option("-o,--output", o->output, "profile to write (TOML)")->capture_default_str();
+  cmd->add_flag("--quick", o->quick, "a few seconds, rougher (tests)");
+  cmd->add_option("--repeats", o->repeats, "timed repeats per point; the median counts")
+      ->capture_default_str();
+  cmd->add_flag("--json", o->json, "print a JSON summary instead of the report");
+  cmd->callback(run_status([o] { return calibrate(*o); }));
+});
+
+}  // namespace
+}  // namespace kiln::cli

@@ -1,0 +1,162 @@
+#include "kiln/plan/calibration_fit.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <string>
+
+namespace kiln::plan {
+
+namespace {
+
+// Weighted least squares over up to three unknowns: minimise
+// Σ_i (Σ_j x_j·a_ij / t_i − 1)², i.e. relative error. `use` masks unknowns
+// out (fixed at 0). Returns false when the normal equations are singular.
+using Row = std::array<double, 3>;
+
+bool solve_relative(const std::vector<Row>& a, const std::vector<double>& t,
+                    const std::array<bool, 3>& use, Row* x) {
+  std::array<int, 3> idx{};
+  int n = 0;
+  for (int j = 0; j < 3; ++j) {
+    if (use[j]) idx[n++] = j;
+  }
+  double ata[3][4] = {};
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double w = 1.0 / t[i];
+    for (int r = 0; r < n; ++r) {
+      for (int c = 0; c < n; ++c) ata[r][c] += a[i][idx[r]] * w * a[i][idx[c]] * w;
+      ata[r][n] += a[i][idx[r]] * w;  // · (t_i · w) = 1
+    }
+  }
+  // Gaussian elimination with partial pivoting.
+  for (int col = 0; col < n; ++col) {
+    int piv = col;
+    for (int r = col + 1; r < n; ++r) {
+      if (std::abs(ata[r][col]) > std::abs(ata[piv][col])) piv = r;
+    }
+    if (std::abs(ata[piv][col]) < 1e-300) return false;
+    for (int c = 0; c <= n; ++c) std::swap(ata[col][c], ata[piv][c]);
+    for (int r = 0; r < n; ++r) {
+      if (r == col) continue;
+      const double f = ata[r][col] / ata[col][col];
+      for (int c = col; c <= n; ++c) ata[r][c] -= f * ata[col][c];
+    }
+  }
+  *x = {0, 0, 0};
+  for (int r = 0; r < n; ++r) (*x)[idx[r]] = ata[r][n] / ata[r][r];
+  return true;
+}
+
+// Fits with every unknown in `use`, dropping the first that comes out
+// negative (keeping `keep`, the rate term, always) until all are >= 0.
+bool fit_nonnegative(const std::vector<Row>& a, const std::vector<double>& t,
+                     std::array<bool, 3> use, int keep, Row* x) {
+  while (true) {
+    if (!solve_relative(a, t, use, x)) return false;
+    int negative = -1;
+    for (int j = 0; j < 3; ++j) {
+      if (use[j] && j != keep && (*x)[j] < 0) negative = j;
+    }
+    if (negative < 0) return (*x)[keep] > 0;
+    use[negative] = false;
+  }
+}
+
+double mean_abs_rel(const std::vector<Row>& a, const std::vector<double>& t, const Row& x) {
+  double sum = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double p = a[i][0] * x[0] + a[i][1] * x[1] + a[i][2] * x[2];
+    sum += std::abs(p / t[i] - 1);
+  }
+  return a.empty() ? 0 : sum / static_cast<double>(a.size());
+}
+
+}  // namespace
+
+Result<GemmFit> fit_gemm(const std::vector<GemmSample>& samples) {
+  std::vector<Row> a;
+  std::vector<double> t;
+  for (const GemmSample& s : samples) {
+    if (!(s.seconds > 0)) continue;
+    a.push_back({1.0, s.batch * 2 * s.m * s.n * s.k,
+                 s.batch * 4 * (s.m * s.k + s.k * s.n + s.m * s.n)});
+    t.push_back(s.seconds);
+  }
+  if (a.size() < 3) {
+    return invalid_argument("GEMM fit: need at least 3 timed shapes (got " +
+                            std::to_string(a.size()) + ")");
+  }
+  Row x{};
+  if (!fit_nonnegative(a, t, {true, true, true}, 1, &x)) {
+    return invalid_argument(
+        "GEMM fit: the timings do not grow with the FLOPs (a noisy or overloaded machine?)");
+  }
+  GemmFit f;
+  f.call_s = x[0];
+  f.flops = 1.0 / x[1];
+  f.bytes_per_s = x[2] > 0 ? 1.0 / x[2] : 0;
+  f.mean_abs_rel_error = mean_abs_rel(a, t, x);
+  return f;
+}
+
+Result<AttentionFit> fit_attention(const std::vector<GemmSample>& samples) {
+  std::vector<Row> a;
+  std::vector<double> t;
+  for (const GemmSample& s : samples) {
+    if (!(s.seconds > 0)) continue;
+    a.push_back({1.0, s.batch * 4 * s.m * s.n * s.k, s.batch * s.m * s.n});
+    t.push_back(s.seconds);
+  }
+  if (a.size() < 3) {
+    return invalid_argument("attention fit: need at least 3 timed shapes (got " +
+                            std::to_string(a.size()) + ")");
+  }
+  Row x{};
+  if (!fit_nonnegative(a, t, {true, true, true}, 1, &x)) {
+    return invalid_argument(
+        "attention fit: the timings do not grow with the FLOPs (a noisy or overloaded machine?)");
+  }
+  AttentionFit f;
+  f.call_s = x[0];
+  f.flops = 1.0 / x[1];
+  f.score_s = x[2];
+  f.mean_abs_rel_error = mean_abs_rel(a, t, x);
+  return f;
+}
+
+Result<LinearFit> fit_linear(const std::vector<SizeSample>& samples) {
+  std::vector<Row> a;
+  std::vector<double> t;
+  double lo = 0, hi = 0;
+  for (const SizeSample& s : samples) {
+    if (!(s.seconds > 0)) continue;
+    a.push_back({1.0, s.bytes, 0});
+    t.push_back(s.seconds);
+    lo = a.size() == 1 ? s.bytes : std::min(lo, s.bytes);
+    hi = std::max(hi, s.bytes);
+  }
+  if (a.size() < 2 || !(hi > lo)) {
+    return invalid_argument("size fit: need timings at two or more distinct sizes");
+  }
+  Row x{};
+  if (!fit_nonnegative(a, t, {true, true, false}, 1, &x)) {
+    return invalid_argument("size fit: the time does not grow with the size");
+  }
+  LinearFit f;
+  f.fixed_s = x[0];
+  f.bytes_per_s = 1.0 / x[1];
+  f.mean_abs_rel_error = mean_abs_rel(a, t, x);
+  return f;
+}
+
+double median_of(std::vector<double> v) {
+  if (v.empty()) return 0;
+  const size_t mid = v.size() / 2;
+  std::nth_element(v.begin(), v.begin() + static_cast<long>(mid), v.end());
+  const double upper = v[mid];
+  if (v.size() % 2 == 1) return upper;
+  return (upper + *std::max_element(v.begin(), v.begin() + static_cast<long>(mid))) / 2;
+}
+
+}  // namespace kiln::plan

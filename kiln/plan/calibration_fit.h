@@ -1,0 +1,64 @@
+// Turning `kiln plan calibrate`'s timings into the constants of a host
+// profile (host_profile.h): small linear least-squares fits in relative
+// error, so that a 10 µs point weighs as much as a 10 ms one.
+//
+// Pure functions, no clocks: the probes that time things live in
+// kiln/plan/probe/ (LibTorch) and cli/ (kiln::comm), and the unit tests feed
+// these fits synthetic timings with known constants.
+#pragma once
+
+#include <vector>
+
+#include "kiln/base/status.h"
+
+namespace kiln::plan {
+
+// One timed matrix product: `batch` products of M×K by K×N (fp32).
+struct GemmSample {
+  double m = 0, n = 0, k = 0, batch = 1;
+  double seconds = 0;
+};
+
+struct GemmFit {
+  double call_s = 0;          // per call
+  double flops = 0;           // sustained FLOP/s
+  double bytes_per_s = 0;     // operand traffic (0: no separable traffic term)
+  double mean_abs_rel_error = 0;  // of the fit over its samples
+};
+
+// Fits t = call + batch·(2MNK/flops + 4(MK+KN+MN)/bytes_per_s). A term whose
+// coefficient comes out negative (noise) is dropped and the rest refitted.
+// InvalidArgument with fewer samples than terms or no positive FLOP rate.
+Result<GemmFit> fit_gemm(const std::vector<GemmSample>& samples);
+
+// The attention core over `batch` (micro-batch × heads) matrices of
+// m = n = s rows and k = hd columns: t = call + batch·(4·s²·hd / flops + s²·score).
+struct AttentionFit {
+  double call_s = 0;
+  double flops = 0;
+  double score_s = 0;
+  double mean_abs_rel_error = 0;
+};
+// InvalidArgument with fewer than 3 samples or no positive FLOP rate.
+Result<AttentionFit> fit_attention(const std::vector<GemmSample>& samples);
+
+// One timed transfer of `bytes` (an op's payload, a collective's buffer).
+struct SizeSample {
+  double bytes = 0;
+  double seconds = 0;
+};
+
+struct LinearFit {
+  double fixed_s = 0;      // the size-independent part (≥ 0)
+  double bytes_per_s = 0;  // 1 / slope
+  double mean_abs_rel_error = 0;
+};
+
+// Fits t = fixed + bytes / bytes_per_s. InvalidArgument with fewer than two
+// distinct sizes or a non-increasing time.
+Result<LinearFit> fit_linear(const std::vector<SizeSample>& samples);
+
+// The median of `values` (by copy); 0 for none.
+double median_of(std::vector<double> values);
+
+}  // namespace kiln::plan

@@ -1,0 +1,80 @@
+#include "kiln/plan/calibration_fit.h"
+
+#include <gtest/gtest.h>
+
+namespace kiln::plan {
+namespace {
+
+TEST(CalibrationFitTest, RecoversTheGemmModelsConstants) {
+  const double call = 7e-6, flops = 120e9, bytes = 60e9;
+  std::vector<GemmSample> samples;
+  for (double m : {128.0, 512.0, 2048.0}) {
+    for (double n : {32.0, 128.0, 384.0}) {
+      for (double k : {32.0, 128.0, 512.0}) {
+        const double t = call + 2 * m * n * k / flops + 4 * (m * k + k * n + m * n) / bytes;
+        samples.push_back({m, n, k, 1, t});
+      }
+    }
+  }
+  auto f = fit_gemm(samples);
+  ASSERT_TRUE(f.is_ok()) << f.status().to_string();
+  EXPECT_NEAR(f->call_s, call, 1e-3 * call);
+  EXPECT_NEAR(f->flops, flops, 1e-3 * flops);
+  EXPECT_NEAR(f->bytes_per_s, bytes, 1e-3 * bytes);
+  EXPECT_LT(f->mean_abs_rel_error, 1e-9);
+}
+
+TEST(CalibrationFitTest, DropsATermTheDataMakesNegative) {
+  // Pure compute plus a call cost: a traffic term would fit negative noise.
+  std::vector<GemmSample> samples;
+  int i = 0;
+  for (double m : {128.0, 512.0, 2048.0}) {
+    for (double n : {64.0, 256.0}) {
+      const double noise = (i++ % 2 == 0) ? 1.01 : 0.99;
+      samples.push_back({m, n, 128, 1, (3e-6 + 2 * m * n * 128 / 80e9) * noise});
+    }
+  }
+  auto f = fit_gemm(samples);
+  ASSERT_TRUE(f.is_ok()) << f.status().to_string();
+  EXPECT_GE(f->call_s, 0);
+  EXPECT_GE(f->bytes_per_s, 0);
+  EXPECT_NEAR(f->flops, 80e9, 0.05 * 80e9);
+}
+
+TEST(CalibrationFitTest, BatchedProductsCountEveryProduct) {
+  std::vector<GemmSample> samples;
+  for (double b : {1.0, 4.0, 16.0}) {
+    for (double m : {128.0, 256.0}) samples.push_back({m, 128, 32, b, 2e-6 + b * 2 * m * 128 * 32 / 50e9});
+  }
+  auto f = fit_gemm(samples);
+  ASSERT_TRUE(f.is_ok());
+  EXPECT_NEAR(f->flops, 50e9, 1e-3 * 50e9);
+}
+
+TEST(CalibrationFitTest, RefusesTooFewOrFlatSamples) {
+  EXPECT_EQ(fit_gemm({{64, 64, 64, 1, 1e-5}}).status().code(), Code::kInvalidArgument);
+  std::vector<GemmSample> flat;
+  for (double m : {64.0, 128.0, 256.0, 512.0}) flat.push_back({m, m, m, 1, 1e-3 * (2000 - m)});
+  EXPECT_EQ(fit_gemm(flat).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(fit_linear({{1024, 1e-5}}).status().code(), Code::kInvalidArgument);
+  EXPECT_EQ(fit_linear({{1024, 1e-5}, {1024, 2e-5}}).status().code(), Code::kInvalidArgument);
+}
+
+TEST(CalibrationFitTest, LinearFitGivesAlphaAndBeta) {
+  // A two-rank ring all-reduce: t = 2α + S/β with α = 3 µs, β = 5 GB/s.
+  std::vector<SizeSample> s;
+  for (double bytes = 4096; bytes <= 4 << 20; bytes *= 4) s.push_back({bytes, 6e-6 + bytes / 5e9});
+  auto f = fit_linear(s);
+  ASSERT_TRUE(f.is_ok());
+  EXPECT_NEAR(f->fixed_s / 2, 3e-6, 1e-9);
+  EXPECT_NEAR(f->bytes_per_s, 5e9, 1e-3 * 5e9);
+}
+
+TEST(CalibrationFitTest, MedianOfOddAndEvenCounts) {
+  EXPECT_DOUBLE_EQ(median_of({3, 1, 2}), 2);
+  EXPECT_DOUBLE_EQ(median_of({4, 1, 3, 2}), 2.5);
+  EXPECT_DOUBLE_EQ(median_of({}), 0);
+}
+
+}  // namespace
+}  // namespace kiln::plan

@@ -1,0 +1,100 @@
+// A CPU host's measured rates: what `kiln plan` needs to predict a training
+// step on machines without a GPU catalog entry. `kiln plan calibrate` writes
+// one (TOML, documented in docs/plan.md "Calibration"); a plan names it as
+// `cluster.profile` or with `--profile FILE`.
+//
+// Every rate is what LibTorch (fp32, eager, with autograd) and kiln::comm
+// achieve on this host, not a datasheet figure: a miniature model's step is
+// made of small products, transcendental elementwise kernels (GeLU, softmax)
+// and per-op dispatch, none of which a peak FLOP rate or a stream bandwidth
+// predicts.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "kiln/base/status.h"
+
+namespace kiln::plan {
+
+// t = fixed + n · per_unit: an elementwise kernel class over n elements.
+struct Affine {
+  double fixed_s = 0;
+  double per_unit_s = 0;
+  double at(double n) const { return fixed_s + n * per_unit_s; }
+};
+
+// A linear layer's products: t = call + 2MNK / flops + 4(MK + KN + MN) / bytes_per_s.
+struct ProductRate {
+  double call_s = 0;
+  double flops = 0;
+  double bytes_per_s = 0;  // 0 = no separable traffic term
+  double at(double m, double n, double k) const;
+};
+
+// The causal attention core (QKᵀ, scale, mask, softmax, ·V) over `bh`
+// matrices of s×hd: t = call + bh · (4·s²·hd / flops + s² · score_s).
+struct AttentionRate {
+  double call_s = 0;
+  double flops = 0;
+  double score_s = 0;  // per score: the scale, mask and softmax passes
+  double at(double bh, double s, double hd) const;
+};
+
+// One rank's compute with a given number of intra-op threads: each kernel
+// class of a GPT block as LibTorch runs it in fp32 with autograd (outputs
+// allocated, gradients accumulated), forward and backward timed apart.
+struct ComputeRates {
+  int threads = 1;
+  ProductRate linear_fwd, linear_bwd;  // torch::linear with bias; backward = both gradients
+  AttentionRate attention_fwd, attention_bwd;
+  Affine layer_norm_fwd, layer_norm_bwd;  // per element
+  Affine gelu_fwd, gelu_bwd;              // per element
+  Affine rotary_fwd, rotary_bwd;          // per element of q or k
+  Affine add;                             // residual add (and gradient accumulation), per element
+  Affine loss_fwd, loss_bwd;              // cross-entropy, per logit
+  Affine embedding_fwd, embedding_bwd;    // per output element
+  Affine optimizer_per_tensor;            // AdamW + clipping + zero_grad: fixed = per step
+  double optimizer_param_s = 0;           // ... per parameter
+  double op_overhead_s = 0;               // one LibTorch op on one element (informational)
+};
+
+// Alpha-beta cost of kiln::comm on one transport, fitted from an allreduce
+// sweep over 2 ranks: t(S) = 2α + S/β (the ring's cost for n = 2).
+struct LinkRates {
+  double alpha_s = 0;
+  double bytes_per_s = 0;
+};
+
+struct HostProfile {
+  std::string source = "profile";  // where it came from, for messages
+  std::string host;                // hostname at calibration
+  std::string cpu;                 // model name, informational
+  std::string blas;                // BLAS kernel LibTorch ran (e.g. OpenBLAS SkylakeX)
+  std::string measured_at;         // UTC, ISO 8601
+  int cores = 1;                   // online CPUs the ranks share
+  double memory_bytes = 0;         // physical memory
+  ComputeRates one_thread;         // one rank, one intra-op thread
+  ComputeRates all_threads;        // one rank, `cores` intra-op threads
+  double stream_bytes_per_s = 0;   // one thread copying a DRAM-sized buffer
+  double stream_all_bytes_per_s = 0;  // all cores copying at once (the host's aggregate)
+  LinkRates shm;                   // ranks on one host (kiln::comm's shared-memory transport)
+  LinkRates tcp;                   // ranks across hosts (TCP; calibrated over loopback)
+
+  // Rates of a rank with `threads` intra-op threads: measured at 1 and at
+  // `cores`; in between, the one nearer (ties: 1), capped at `cores`.
+  const ComputeRates& rates(int threads) const;
+};
+
+// Reads a profile. NotFound for a missing file; InvalidArgument naming the
+// file, the line and the field for anything malformed, missing or unknown
+// ("config host.toml: field 'compute_1_thread.linear_fwd_gflops' ... at line 7").
+Result<HostProfile> read_host_profile(const std::string& path);
+Result<HostProfile> parse_host_profile(std::string_view toml_text, const std::string& source);
+
+// The profile as the TOML read_host_profile reads (round-trips exactly up to
+// the printed precision, 6 significant digits).
+std::string host_profile_to_toml(const HostProfile& profile);
+
+}  // namespace kiln::plan
