@@ -2,6 +2,9 @@
 
 #include <sys/stat.h>
 
+#include <cstdlib>
+#include <thread>
+
 #include <fmt/format.h>
 
 #include "kiln/base/logging.h"
@@ -17,6 +20,12 @@ bool file_exists(const std::string& path) {
 }
 
 }  // namespace
+
+int threads_per_rank(const TrainLoopConfig& train) {
+  if (train.threads > 0) return train.threads;
+  const char* local = std::getenv("LOCAL_WORLD_SIZE");
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, local ? std::atoi(local) : 1));
+}
 // Converts the dataset on first use (rank 0; the others wait at a barrier).
 Status prepare_data(const DataConfig& c, comm::Communicator& comm) {
   Status s;

@@ -136,11 +136,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   }
   const auto micro = static_cast<std::uint64_t>(per_step_rank / c.train.grad_accum);
 
-  int threads = c.train.threads;
-  if (threads == 0) {
-    int local = std::max(1, std::atoi(std::getenv("LOCAL_WORLD_SIZE") ? std::getenv("LOCAL_WORLD_SIZE") : "1"));
-    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
-  }
+  const int threads = threads_per_rank(c.train);
   torch::set_num_threads(threads);
   set_openblas_threads(threads);  // Note [OpenBLAS's own thread pool]
   // Same initial model on every rank (DDP broadcasts rank 0's anyway); the

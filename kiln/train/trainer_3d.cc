@@ -223,11 +223,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   }
   const auto micro = static_cast<std::uint64_t>(per_replica / c.parallel.microbatches);
 
-  int threads = c.train.threads;
-  if (threads == 0) {
-    const char* local = std::getenv("LOCAL_WORLD_SIZE");
-    threads = std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, local ? std::atoi(local) : 1));
-  }
+  const int threads = threads_per_rank(c.train);
   torch::set_num_threads(threads);
   set_openblas_threads(threads);  // Note [OpenBLAS's own thread pool] (kiln/base/blas_kernel.h)
 
