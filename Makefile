@@ -48,7 +48,7 @@ test-store-faults: deps build
 # in the plain pass above.
 SAN_EXCLUDE ?= world[58]_
 test-asan: $(SAN_DIR)/build.ninja
-	cmake --build $(SAN_DIR) -j $(JOBS) --target kiln_comm_test kiln_comm_faults_test kiln_store_test
+	cmake --build $(SAN_DIR) -j $(JOBS) --target kiln_comm_test kiln_comm_reduce_test kiln_comm_tuning_test kiln_comm_faults_test kiln_store_test
 	cd $(SAN_DIR) && ctest --output-on-failure -j 2 --timeout 300 -L sanitize -E '$(SAN_EXCLUDE)'
 
 $(SAN_DIR)/build.ninja:
