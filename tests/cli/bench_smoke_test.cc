@@ -251,12 +251,13 @@ TEST_F(BenchSmoke, DataReportsEveryKey) {
                  {"dataset_mb", "samples", "shards", "sample_bytes", "batch_size", "workers",
                   "runs", "shuffle_window", "warm_mb_s", "warm_samples_s", "raw_read_mb_s",
                   "warm_vs_raw", "consumer_ms", "consumer_wait_fraction", "consumer_wait_p50_ms",
-                  "consumer_wait_p99_ms", "consumer_wait_max_ms", "warm_vs_raw_small"},
+                  "consumer_wait_p99_ms", "consumer_wait_max_ms", "warm_vs_raw_small",
+                  "raw_read_cached_mb_s", "warm_vs_raw_cached"},
                  "data");
   ASSERT_TRUE(doc.contains("small")) << doc.dump();
   expect_numeric(doc["small"],
                  {"dataset_mb", "samples", "sample_bytes", "shuffle_window", "warm_mb_s",
-                  "warm_samples_s", "raw_read_mb_s"},
+                  "warm_samples_s", "raw_read_mb_s", "raw_read_cached_mb_s", "warm_vs_raw_cached"},
                  "data small");
   // The cold part needs a local S3 server; where there is none it says why.
   if (doc.contains("cold_skipped")) {
