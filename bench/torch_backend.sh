@@ -13,7 +13,7 @@
 # runs, and kiln's speed-up (latency, step: gloo/kiln; bandwidth: kiln/gloo).
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-KILN="$ROOT/build/kiln" PYTHON=/usr/bin/python3 RATE=1gbit ONLY= ARGS=()
+KILN="$ROOT/build/kiln" PYTHON=/usr/bin/python3 RATE=1gbit ONLY='' ARGS=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --kiln) KILN=$2; shift 2 ;;
@@ -25,7 +25,8 @@ while [ $# -gt 0 ]; do
     *) echo "torch_backend: unknown option $1" >&2; exit 2 ;;
   esac
 done
-export PYTHONPATH="$(dirname "$KILN")/python${PYTHONPATH:+:$PYTHONPATH}"
+PYTHONPATH="$(dirname "$KILN")/python${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
 BENCH="$ROOT/bench/torch_backend.py"
 
