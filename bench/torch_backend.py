@@ -2,7 +2,10 @@
 # group of each; bench/torch_backend.sh launches it).
 #   --mode local: allreduce latency at 4 KiB and bus bandwidth from 64 KiB
 #                 to 256 MiB (float32 sum);
-#   --mode ddp:   PyTorch DDP step time on the MLP of bench/ddp_overlap.sh;
+#   --mode ddp:   PyTorch DDP step time on the MLP of bench/ddp_overlap.sh,
+#                 and the bytes each step puts on the link per direction
+#                 (the veth's counters in this rank's namespace, headers
+#                 and ACKs included) beside the gradient bytes;
 #                 with --timeline, also each gradient bucket's allreduce
 #                 (issued, done, seconds into the step) for one step per
 #                 backend, recorded by a comm hook on a separate model.
@@ -11,6 +14,7 @@
 # speed-up over gloo.
 import argparse
 import json
+import os
 import statistics
 import time
 from datetime import timedelta
@@ -98,21 +102,49 @@ else:
     x = torch.randn(args.batch, 1024, generator=g)
     y = torch.randn(args.batch, 1024, generator=g)
 
-    def steps(model, n):
+    def link_bytes():
+        # (sent, received) on the link device (GLOO_SOCKET_IFNAME, set by
+        # bench/ddp_overlap.sh); /proc/net/dev is this namespace's.
+        dev = os.environ.get("GLOO_SOCKET_IFNAME")
+        with open("/proc/net/dev") as f:
+            for line in f:
+                name, _, counters = line.partition(":")
+                if name.strip() == dev:
+                    fields = counters.split()
+                    return int(fields[8]), int(fields[0])
+        return None
+
+    wire = {"kiln": [], "gloo": []}
+
+    def steps(model, n, backend=None):
         dist.barrier(group=groups["gloo"])
+        before = link_bytes()
         start = time.perf_counter()
         for _ in range(n):
             model.zero_grad()
             torch.nn.functional.mse_loss(model(x), y).backward()
-        return (time.perf_counter() - start) / n
+        took = (time.perf_counter() - start) / n
+        after = link_bytes()
+        if backend and before and after:  # the barrier's few bytes are noise
+            wire[backend].append([(a - b) / n for a, b in zip(after, before)])
+        return took
 
     for b in ("kiln", "gloo"):
         steps(models[b], 1)  # warm-up: DDP rebuilds its buckets after step 1
     step = {"kiln": [], "gloo": []}
     for _ in range(args.runs):
         for b in ("kiln", "gloo"):
-            step[b].append(steps(models[b], args.steps))
+            step[b].append(steps(models[b], args.steps, b))
     emit("ddp_step_s", step)
+    if rank == 0 and wire["kiln"]:
+        # A ring allreduce of N bytes on n ranks sends 2(n-1)/n * N per rank.
+        grad = sum(p.numel() * p.element_size() for p in models["kiln"].parameters())
+        line = {"what": "ddp_link_MB_per_step", "gradient_MB": grad / 1e6,
+                "ring_minimum_MB_per_direction": 2 * (world - 1) / world * grad / 1e6}
+        for b, v in wire.items():
+            line[b] = {"sent_MB": statistics.median(s for s, _ in v) / 1e6,
+                       "received_MB": statistics.median(r for _, r in v) / 1e6}
+        print(json.dumps(line), flush=True)
 
     if args.timeline:
         # Where the step's time goes: a bucket's allreduce can start only
