@@ -7,7 +7,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
 #include <thread>
 
 #include <fmt/format.h>
@@ -18,7 +17,6 @@
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/data/loader.h"
-#include "kiln/objstore/object_store.h"
 #include "kiln/data/shard_cache.h"
 #include "kiln/ddp/distributed_data_parallel.h"
 #include "kiln/parallel/counting_allocator.h"
@@ -29,6 +27,7 @@
 #include "kiln/diag/step_timer.h"
 #include "kiln/diag/trace_session.h"
 #include "kiln/elastic/worker_link.h"
+#include "kiln/train/checkpoint_setup.h"
 #include "kiln/train/progress_line.h"
 #include "kiln/train/resume.h"
 #include "kiln/train/task.h"
@@ -193,37 +192,14 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     }
   }
 
-  // Checkpoints get a communicator of their own: the writer thread issues
-  // collectives while training uses `comm`.
-  std::unique_ptr<comm::Communicator> ckpt_comm;
-  std::unique_ptr<ckpt::MemoryTier> memory_tier;  // outlives the checkpointer
-  std::unique_ptr<ckpt::Checkpointer> checkpointer;
-  if (!c.checkpoint.dir.empty()) {
-    if (!objstore::is_object_store_url(c.checkpoint.dir)) {
-      std::error_code ec;
-      std::filesystem::create_directories(c.checkpoint.dir, ec);
-      if (ec) return errno_status("create checkpoint.dir " + c.checkpoint.dir, ec.value());
-    }
-    KILN_ASSIGN_OR_RETURN(ckpt_comm, comm.split(0, rank));
-    if (c.checkpoint.memory) {
-      std::string dir = c.checkpoint.memory_dir.empty()
-                            ? ckpt::default_memory_dir(c.checkpoint.dir)
-                            : c.checkpoint.memory_dir;
-      KILN_ASSIGN_OR_RETURN(memory_tier, ckpt::MemoryTier::open({.dir = dir, .comm = ckpt_comm.get()}));
-    }
-    KILN_ASSIGN_OR_RETURN(checkpointer, ckpt::Checkpointer::create(
-                                            {.root = c.checkpoint.dir, .comm = ckpt_comm.get(),
-                                             .retention = {.keep_last = c.checkpoint.keep},
-                                             .memory = memory_tier.get(),
-                                             .remote = c.checkpoint.remote}));
-  }
+  KILN_ASSIGN_OR_RETURN(CheckpointSetup ckpt, open_checkpoints(c.checkpoint, comm));
   Progress progress;
   RestoreFn restore = [&](const ckpt::LoadedState& loaded) -> Result<Progress> {
     if (sharded) return restore_sharded_state(loaded, *sharded, rank);
     return restore_state(loaded, *task->module(), *optimizer, rank);
   };
-  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/!sharded, comm, memory_tier.get(),
-                                             ckpt_comm.get(), restarted_by_launcher()));
+  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/!sharded, comm, ckpt.memory.get(),
+                                             ckpt.comm.get(), restarted_by_launcher()));
   if (resumed) progress = resumed->progress;
   const std::int64_t start_step = progress.step;
 
@@ -241,7 +217,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   const bool ckpt_every_step =
       std::any_of(options.diag.inject.begin(), options.diag.inject.end(),
                   [](const diag::Injection& i) { return i.kind == diag::InjectKind::kCheckpointSync; });
-  if (ckpt_every_step && !checkpointer) {
+  if (ckpt_every_step && !ckpt.enabled()) {
     return invalid_argument("--inject ckpt-sync needs checkpoints: set checkpoint.dir or --ckpt-dir");
   }
   std::unique_ptr<diag::TraceSession> session;
@@ -364,16 +340,16 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       }
     }
     const std::int64_t done = step + 1;
-    if (checkpointer &&
+    if (ckpt.enabled() &&
         (ckpt_every_step || (c.checkpoint.every > 0 && done % c.checkpoint.every == 0)) &&
         done < c.train.max_steps) {
       auto scope = timer.phase(Phase::kCheckpointStall);
       Snapshot snap;
       KILN_RETURN_IF_ERROR(snapshot(done, &snap));
       if (inject.ckpt_sync) {
-        KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, done, Deadline::after_seconds(600)));
+        KILN_RETURN_IF_ERROR(ckpt.checkpointer->save(snap.view, done, Deadline::after_seconds(600)));
       } else {
-        KILN_RETURN_IF_ERROR(checkpointer->save_async(snap.view, done).status());
+        KILN_RETURN_IF_ERROR(ckpt.checkpointer->save_async(snap.view, done).status());
       }
       last_saved = done;
     }
@@ -448,20 +424,16 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   // deadline (Note [Busy beats end at the deadline]).
   const Deadline finish = Deadline::after(kFinalCheckpointTimeout);
   elastic.finishing(finish);
-  if (checkpointer) {
+  if (ckpt.enabled()) {
     if (result.steps > last_saved) {
       Snapshot snap;
       KILN_RETURN_IF_ERROR(snapshot(result.steps, &snap));
-      KILN_RETURN_IF_ERROR(checkpointer->save(snap.view, result.steps, finish));
+      KILN_RETURN_IF_ERROR(ckpt.checkpointer->save(snap.view, result.steps, finish));
     }
-    KILN_RETURN_IF_ERROR(checkpointer->wait(finish));
+    KILN_RETURN_IF_ERROR(ckpt.checkpointer->wait(finish));
   }
-  if (memory_tier && !result.stopped) {
-    // Finished: nothing left to recover, and /dev/shm is memory. A stopped
-    // (preempted) run keeps its snapshots for the restart.
-    Status s = memory_tier->clear();
-    if (!s.is_ok()) log()->warn("in-memory checkpoints not removed: {}", s.to_string());
-  }
+  // A stopped (preempted) run keeps its in-memory snapshots for the restart.
+  if (!result.stopped) ckpt.drop_memory_snapshots();
   // The digest (and, for tests, the parameters) of the final model; a
   // sharded model is read one gathered unit at a time.
   auto read_parameters = [&](bool keep) -> Status {

@@ -5,7 +5,6 @@
 
 #include <chrono>
 #include <cstdlib>
-#include <filesystem>
 #include <optional>
 #include <thread>
 
@@ -23,6 +22,7 @@
 #include "kiln/parallel/pipeline/engine.h"
 #include "kiln/parallel/zero/sharded_data_parallel.h"
 #include "kiln/train/batch_tensors.h"
+#include "kiln/train/checkpoint_setup.h"
 #include "kiln/train/gpt_3d.h"
 #include "kiln/train/gpt_3d_state.h"
 #include "kiln/train/optimizers.h"
@@ -249,27 +249,18 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   KILN_ASSIGN_OR_RETURN(auto sync, ReplicaSync::create(c, *model, mesh->data()));
   pp::PipelineEngine engine(*mesh, spec, kCollectiveTimeout);
 
-  // Checkpoints (gpt_3d_state.h, Note [Canonical rows]) get a communicator
-  // of their own: the writer thread issues collectives while training runs.
-  std::unique_ptr<comm::Communicator> ckpt_comm;
-  std::unique_ptr<ckpt::Checkpointer> checkpointer;
-  if (!c.checkpoint.dir.empty()) {
-    if (!objstore::is_object_store_url(c.checkpoint.dir)) {
-      std::error_code ec;
-      std::filesystem::create_directories(c.checkpoint.dir, ec);
-      if (ec) return errno_status("create checkpoint.dir " + c.checkpoint.dir, ec.value());
-    }
-    KILN_ASSIGN_OR_RETURN(ckpt_comm, world.split(0, rank));
-    KILN_ASSIGN_OR_RETURN(checkpointer, ckpt::Checkpointer::create({.root = c.checkpoint.dir, .comm = ckpt_comm.get(),
-                                                                    .retention = {.keep_last = c.checkpoint.keep},
-                                                                    .remote = c.checkpoint.remote}));
-  }
+  // Checkpoints hold canonical rows (gpt_3d_state.h, Note [Canonical rows]),
+  // which follow the mesh; the in-memory tier restores only even row shares
+  // (kiln/ckpt/gather.h), so a 3D run recovers from storage.
+  CheckpointConfig ckpt_config = c.checkpoint;
+  ckpt_config.memory = false;
+  KILN_ASSIGN_OR_RETURN(CheckpointSetup ckpt, open_checkpoints(ckpt_config, world));
   Progress progress;
   RestoreFn restore = [&](const ckpt::LoadedState& loaded) -> Result<Progress> {
     return restore_3d_state(loaded, *model, *sync->optimizer(), rank);
   };
-  if (checkpointer) {
-    KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/true, world, nullptr, ckpt_comm.get(), false));
+  if (ckpt.enabled()) {
+    KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/true, world, nullptr, nullptr, false));
     if (resumed) progress = resumed->progress;
   }
   const std::int64_t start_step = progress.step;
@@ -284,8 +275,8 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     Snapshot snap;
     const data::SamplerState s = stream.state();
     KILN_RETURN_IF_ERROR(capture_3d_state(*model, *sync->optimizer(), mesh->layout(), rank, {step, s.epoch, s.consumed}, &snap));
-    if (wait) return checkpointer->save(snap.view, step, Deadline::after_seconds(600));
-    return checkpointer->save_async(snap.view, step).status();
+    if (wait) return ckpt.checkpointer->save(snap.view, step, Deadline::after_seconds(600));
+    return ckpt.checkpointer->save_async(snap.view, step).status();
   };
   std::int64_t last_saved = start_step;
   diag::StepTimer timer(rank);
@@ -350,7 +341,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     KILN_RETURN_IF_ERROR(world.allreduce(&loss, 1, comm::DataType::kFloat64, comm::ReduceOp::kSum)->wait(kCollectiveTimeout));
     loss /= shape.dp;
     const std::int64_t done = step + 1;
-    if (checkpointer && c.checkpoint.every > 0 && done % c.checkpoint.every == 0 && done < c.train.max_steps) {
+    if (ckpt.enabled() && c.checkpoint.every > 0 && done % c.checkpoint.every == 0 && done < c.train.max_steps) {
       auto scope = timer.phase(Phase::kCheckpointStall);
       KILN_RETURN_IF_ERROR(save(done, false));
       last_saved = done;
@@ -379,11 +370,11 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   result.start_step = start_step;
   result.steps = stopped_at ? *stopped_at : std::max(start_step, c.train.max_steps);
   result.stopped = stopped_at.has_value();
-  if (checkpointer) {
+  if (ckpt.enabled()) {
     if (result.steps > last_saved) {
       KILN_RETURN_IF_ERROR(save(result.steps, true));
     }
-    KILN_RETURN_IF_ERROR(checkpointer->wait(Deadline::after_seconds(600)));
+    KILN_RETURN_IF_ERROR(ckpt.checkpointer->wait(Deadline::after_seconds(600)));
   }
   if (!result.stopped) {
     KILN_ASSIGN_OR_RETURN(result.eval_loss, evaluate(result.steps));

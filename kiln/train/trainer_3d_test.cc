@@ -204,7 +204,11 @@ TEST(Trainer3d, ResumeAfterSigkillIsBitIdentical) {
   ASSERT_FALSE(train_on(4, crashed, f.dir.path() + "/b1", /*crash_after_step=*/5).is_ok());
   auto resumed = train_on(4, crashed, f.dir.path() + "/b2");
   ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
-  EXPECT_EQ(resumed->start_step, 4);
+  // Saves every 2 steps, one in flight: the save at step 4 waits for step 2
+  // to commit, so step 2 surely is before the crash after step 5; step 4 may
+  // still be in flight (the kill can land before its commit).
+  EXPECT_GE(resumed->start_step, 2);
+  EXPECT_LE(resumed->start_step, 4);
   EXPECT_EQ(resumed->parameters, a->parameters);
   EXPECT_EQ(resumed->parameter_digest, a->parameter_digest);
 }
