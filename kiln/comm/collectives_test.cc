@@ -151,8 +151,9 @@ Status check_reduce_scatter(Communicator& c, DataType t, ReduceOp op, std::size_
     std::size_t global = c.rank() * count + i;
     double want = expected_reduce(n, global, op, t), got = load_element(t, recv, i);
     if (!close_enough(t, got, want)) {
-      return mismatch(fmt::format("reduce_scatter {} {} count {}{}", dtype_name(t), reduce_op_name(op),
-                                  count, in_place ? " in place" : ""), i, got, want);
+      return mismatch(fmt::format("reduce_scatter {} {} count {}{}", dtype_name(t),
+                                  reduce_op_name(op), count, in_place ? " in place" : ""),
+                      i, got, want);
     }
   }
   return Status::ok();
@@ -268,7 +269,8 @@ TEST_P(Collectives, MatchReferenceForEveryOpDtypeAlgorithmAndCount) {
       KILN_RETURN_IF_ERROR(check_reduce_and_broadcast(c, t, large));
       KILN_RETURN_IF_ERROR(check_allgather(c, t, large / c.size()));
       KILN_RETURN_IF_ERROR(check_reduce_scatter(c, t, ReduceOp::kSum, large / c.size()));
-      KILN_RETURN_IF_ERROR(check_reduce_scatter(c, t, ReduceOp::kAvg, large / c.size(), /*in_place=*/true));
+      KILN_RETURN_IF_ERROR(
+          check_reduce_scatter(c, t, ReduceOp::kAvg, large / c.size(), /*in_place=*/true));
       KILN_RETURN_IF_ERROR(check_alltoall(c, t, large / c.size()));
     }
     for (std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{7}, large}) {
@@ -371,7 +373,8 @@ INSTANTIATE_TEST_SUITE_P(EightRanksAndAFold, SixteenBitFloats,
 // A reduce-scatter ring whose only hop is the 16-bit first one (2 ranks) and
 // one with a float32 hop after it (3): Note [A ring's first hop is 16 bits].
 INSTANTIATE_TEST_SUITE_P(OneAndTwoHops, SixteenBitFloats,
-                         ::testing::Values(Case{2, Layout::kTcp}, Case{3, Layout::kShm}), case_name);
+                         ::testing::Values(Case{2, Layout::kTcp}, Case{3, Layout::kShm}),
+                         case_name);
 
 }  // namespace
 }  // namespace kiln::comm

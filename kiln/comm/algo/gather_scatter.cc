@@ -48,7 +48,8 @@ Status reduce_scatter_ring_16bit(const Env& env, const void* send, void* recv, s
   auto& left = env.group.pair((r - 1 + n) % n);
   // Scratch: two float32 partials that alternate, this rank's block widened,
   // and the 16-bit block the first hop brings.
-  auto* wide = static_cast<float*>(env.scratch->get(3 * count * sizeof(float) + count * es, Scratch::kWide));
+  auto* wide =
+      static_cast<float*>(env.scratch->get(3 * count * sizeof(float) + count * es, Scratch::kWide));
   float* partial[2] = {wide, wide + count};
   float* local = wide + 2 * count;
   auto* narrow_in = reinterpret_cast<char*>(wide + 3 * count);
@@ -91,7 +92,8 @@ Status reduce_scatter_ring(const Env& env, const void* send, void* recv, std::si
     if (send != recv) std::memmove(recv, send, bytes);
     return Status::ok();
   }
-  if (accumulates_in_float32(dtype, op)) return reduce_scatter_ring_16bit(env, send, recv, count, dtype, op);
+  if (accumulates_in_float32(dtype, op))
+    return reduce_scatter_ring_16bit(env, send, recv, count, dtype, op);
   auto& right = env.group.pair((r + 1) % n);
   auto& left = env.group.pair((r - 1 + n) % n);
   Reducer reducer{dtype, op};

@@ -426,7 +426,8 @@ void ShardedDataParallel::before_forward(std::size_t unit) {
       // Prefetch the next units in execution order (Note [Prefetching]).
       if (s.is_ok() && order_known_ && options_.overlap) {
         auto it = std::find(exec_order_.begin(), exec_order_.end(), unit);
-        for (int ahead = 0; ahead < prefetch_depth() && it != exec_order_.end() && s.is_ok(); ++ahead) {
+        for (int ahead = 0; ahead < prefetch_depth() && it != exec_order_.end() && s.is_ok();
+             ++ahead) {
           if (++it != exec_order_.end()) s = gather(*units_[*it]);
         }
       }
@@ -471,8 +472,9 @@ void ShardedDataParallel::pre_backward(std::size_t unit) {
   if (s.is_ok()) s = wait_gathered(u);
   if (s.is_ok() && options_.overlap) {
     auto it = std::find(exec_order_.begin(), exec_order_.end(), unit);
-    for (int ahead = 0; ahead < prefetch_depth() && it != exec_order_.end() && it != exec_order_.begin() &&
-                        s.is_ok(); ++ahead) {
+    for (int ahead = 0; ahead < prefetch_depth() && it != exec_order_.end() &&
+                        it != exec_order_.begin() && s.is_ok();
+         ++ahead) {
       Unit& prev = *units_[*--it];
       // Only units whose backward is still to come (their gradients pending).
       if (!prev.complete) s = gather(prev);
@@ -587,7 +589,8 @@ Status ShardedDataParallel::launch_reduction(Unit& u) {
 std::size_t ShardedDataParallel::pooled_blocks() const {
   const auto reductions = static_cast<std::size_t>(std::max(1, options_.reductions_in_flight));
   if (options_.stage == 3) {
-    return options_.overlap ? 1 + static_cast<std::size_t>(prefetch_depth()) + reductions : units_.size() + 1;
+    return options_.overlap ? 1 + static_cast<std::size_t>(prefetch_depth()) + reductions
+                            : units_.size() + 1;
   }
   return options_.stage == 2 ? reductions + 1 : 0;
 }

@@ -249,14 +249,16 @@ TEST(ShardedDataParallel, APeerOutOfMemoryIsReportedAsThatRanksFailure) {
     Status st = z->backward(loss);
     if (c.rank() == 1) {
       (void)c.barrier()->wait(std::chrono::seconds(10));
-      if (st.code() != Code::kResourceExhausted || st.message().find("out of memory") == std::string::npos) {
+      if (st.code() != Code::kResourceExhausted ||
+          st.message().find("out of memory") == std::string::npos) {
         return internal_error("rank 1: expected an out-of-memory error, got: " + st.to_string());
       }
       return Status::ok();
     }
     if (st.is_ok() || st.message().find("rank 1") == std::string::npos ||
         st.message().find("mismatch") != std::string::npos) {
-      return internal_error("rank 0: expected an error saying rank 1 failed, got: " + st.to_string());
+      return internal_error("rank 0: expected an error saying rank 1 failed, got: " +
+                            st.to_string());
     }
     return Status::ok();
   });
