@@ -39,6 +39,7 @@ struct FsdpBenchArgs {
   int steps = 6;
   int warmup = 2;
   bool bf16 = false;
+  int prefetch = 1;
   bool json = false;
 };
 
@@ -57,6 +58,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
 
   ZeroOptions options;
   options.stage = a.stage;
+  options.prefetch = a.prefetch;
   options.precision = a.bf16 ? parallel::zero::Precision::kBf16 : parallel::zero::Precision::kFp32;
   options.optimizer.lr = 1e-4;
   auto make = [&](bool overlap) -> Result<std::pair<std::shared_ptr<MlpImpl>, std::unique_ptr<ShardedDataParallel>>> {
@@ -69,29 +71,39 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
   };
   KILN_ASSIGN_OR_RETURN(auto base, make(false));
   KILN_ASSIGN_OR_RETURN(auto over, make(true));
-  // The step's collective statistics, read before step() starts the next.
-  auto run_step = [&](MlpImpl& net, ShardedDataParallel& z, parallel::zero::ZeroSyncStats* sync) -> Status {
+  // One timed step: the optimizer step on the previous step's gradients
+  // (none the first time), forward, backward; its collective statistics.
+  // Each wrapper's optimizer step runs right before its own forward, as in a
+  // training loop: the gathers a step starts (stage 3's prefetch, stages 1
+  // and 2's new parameters) overlap that wrapper's work only, never the
+  // other wrapper's timed step (which would slow one and hide the other's).
+  auto run_step = [&](int s, MlpImpl& net, ShardedDataParallel& z,
+                      parallel::zero::ZeroSyncStats* sync) -> Status {
+    if (s > 0) KILN_RETURN_IF_ERROR(z.step(options.optimizer.lr));
     auto loss = torch::mse_loss(net.forward(x), y);
     KILN_RETURN_IF_ERROR(z.backward(loss));
     *sync = z.last_sync();
-    return z.step(options.optimizer.lr);
+    return Status::ok();
   };
   auto comm_time = [](const parallel::zero::ZeroSyncStats& s) { return s.gather_wait_s + s.exposed_comm_s; };
 
   // Alternating step by step: a machine whose speed drifts slows both alike.
   std::vector<double> a_step, a_comm, b_step, b_exposed, b_backward, ratios;
+  // Where (b)'s exposed time goes: gathers waited for in forward, in
+  // backward, and the reductions still running when backward ends.
+  std::vector<double> b_forward_wait, b_backward_wait, b_tail;
   std::size_t bytes_per_step = 0;
   for (int s = 0; s < a.warmup + a.steps; ++s) {
     parallel::zero::ZeroSyncStats sync_a, sync_b;
     auto t0 = Clock::now();
-    KILN_RETURN_IF_ERROR(run_step(*base.first, *base.second, &sync_a));
+    KILN_RETURN_IF_ERROR(run_step(s, *base.first, *base.second, &sync_a));
     const double a_s = since(t0);
     if (s == a.warmup) {
       memory.reset_peak();
       over.second->reset_peak();
     }
     auto t1 = Clock::now();
-    KILN_RETURN_IF_ERROR(run_step(*over.first, *over.second, &sync_b));
+    KILN_RETURN_IF_ERROR(run_step(s, *over.first, *over.second, &sync_b));
     const double b_s = since(t1);
     if (s < a.warmup) continue;
     bytes_per_step = sync_b.bytes;
@@ -100,6 +112,9 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
     b_step.push_back(b_s);
     b_exposed.push_back(comm_time(sync_b));
     b_backward.push_back(sync_b.backward_s);
+    b_forward_wait.push_back(sync_b.gather_wait_s - sync_b.backward_gather_wait_s);
+    b_backward_wait.push_back(sync_b.backward_gather_wait_s);
+    b_tail.push_back(sync_b.exposed_comm_s);
     ratios.push_back(b_s / a_s);
   }
   // The last_sync() bytes of a step are counted from one step() to the next:
@@ -116,9 +131,13 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
                      {"parameters", z.parameter_count()},
                      {"units", z.unit_count()},
                      {"batch_per_rank", a.batch},
+                     {"prefetch", a.prefetch},
                      {"comm_s", comm_s},
                      {"exposed_comm_s", exposed},
                      {"backward_s", median(b_backward)},
+                     {"exposed_forward_gather_s", median(b_forward_wait)},
+                     {"exposed_backward_gather_s", median(b_backward_wait)},
+                     {"exposed_after_backward_s", median(b_tail)},
                      {"overlap", std::clamp(1.0 - exposed / comm_s, 0.0, 1.0)},
                      {"step_baseline_s", median(a_step)},
                      {"step_s", median(b_step)},
@@ -146,6 +165,8 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--steps", a->steps, "timed steps per mode");
   cmd->add_option("--warmup", a->warmup, "untimed steps per mode");
   cmd->add_flag("--bf16", a->bf16, "bf16 compute and communication, fp32 masters");
+  cmd->add_option("--prefetch", a->prefetch, "stage 3: units gathered ahead of the one computing")
+      ->check(CLI::Range(1, 8));
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
   cmd->callback(run_status([a] { return bench_fsdp(*a); }));
 });

@@ -119,7 +119,15 @@ Status train(const TrainArgs& a) {
   if (!a.trace_dir.empty() && comm->rank() == 0) {
     KILN_RETURN_IF_ERROR(write_run_meta(a, options, comm->size()));
   }
-  KILN_ASSIGN_OR_RETURN(train::TrainResult r, train::run_training(options, *comm));
+  Result<train::TrainResult> trained = train::run_training(options, *comm);
+  if (!trained.is_ok()) {
+    // Note [A failed rank aborts its group] (sharded_data_parallel.cc): the
+    // peers learn that this rank failed instead of meeting its shutdown
+    // barrier in the middle of a collective.
+    comm->abort(trained.status());
+    return trained.status();
+  }
+  train::TrainResult& r = *trained;
   if (r.stopped) {
     if (comm->rank() == 0) {
       std::printf("stopped: step %lld checkpointed on request (%.1f s, %d ranks)\n",

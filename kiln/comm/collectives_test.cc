@@ -138,16 +138,23 @@ Status check_allgather(Communicator& c, DataType t, std::size_t count) {
   return Status::ok();
 }
 
-Status check_reduce_scatter(Communicator& c, DataType t, ReduceOp op, std::size_t count) {
+// in_place: recv is this rank's own block of send.
+Status check_reduce_scatter(Communicator& c, DataType t, ReduceOp op, std::size_t count,
+                            bool in_place = false) {
   std::size_t es = dtype_size(t);
   int n = c.size();
   std::vector<char> in(count * n * es + 1), out(count * es + 1);
   for (std::size_t i = 0; i < count * n; ++i) store_element(t, in.data(), i, input_value(c.rank(), i, op, t));
-  KILN_RETURN_IF_ERROR(c.reduce_scatter(in.data(), out.data(), count, t, op)->wait());
+  char* recv = in_place ? in.data() + c.rank() * count * es : out.data();
+  KILN_RETURN_IF_ERROR(c.reduce_scatter(in.data(), recv, count, t, op)->wait());
   for (std::size_t i = 0; i < count; ++i) {
     std::size_t global = c.rank() * count + i;
-    double want = expected_reduce(n, global, op, t), got = load_element(t, out.data(), i);
-    if (!close_enough(t, got, want)) return mismatch(fmt::format("reduce_scatter {} {} count {}", dtype_name(t), reduce_op_name(op), count), i, got, want);
+    double want = expected_reduce(n, global, op, t), got = load_element(t, recv, i);
+    if (!close_enough(t, got, want)) {
+      return mismatch(fmt::format("reduce_scatter {} {} count {}{}", dtype_name(t),
+                                  reduce_op_name(op), count, in_place ? " in place" : ""),
+                      i, got, want);
+    }
   }
   return Status::ok();
 }
@@ -262,6 +269,8 @@ TEST_P(Collectives, MatchReferenceForEveryOpDtypeAlgorithmAndCount) {
       KILN_RETURN_IF_ERROR(check_reduce_and_broadcast(c, t, large));
       KILN_RETURN_IF_ERROR(check_allgather(c, t, large / c.size()));
       KILN_RETURN_IF_ERROR(check_reduce_scatter(c, t, ReduceOp::kSum, large / c.size()));
+      KILN_RETURN_IF_ERROR(
+          check_reduce_scatter(c, t, ReduceOp::kAvg, large / c.size(), /*in_place=*/true));
       KILN_RETURN_IF_ERROR(check_alltoall(c, t, large / c.size()));
     }
     for (std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{7}, large}) {
@@ -360,6 +369,11 @@ TEST_P(SixteenBitFloats, AccumulateInFloat32AndRoundOnce) {
 INSTANTIATE_TEST_SUITE_P(EightRanksAndAFold, SixteenBitFloats,
                          ::testing::Values(Case{8, Layout::kShm}, Case{8, Layout::kTwoPerHost},
                                            Case{5, Layout::kShm}),
+                         case_name);
+// A reduce-scatter ring whose only hop is the 16-bit first one (2 ranks) and
+// one with a float32 hop after it (3): Note [A ring's first hop is 16 bits].
+INSTANTIATE_TEST_SUITE_P(OneAndTwoHops, SixteenBitFloats,
+                         ::testing::Values(Case{2, Layout::kTcp}, Case{3, Layout::kShm}),
                          case_name);
 
 }  // namespace

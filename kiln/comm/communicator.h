@@ -76,6 +76,8 @@ class Communicator {
   // Rank i contributes counts[i] elements; recv holds them back to back.
   WorkPtr allgatherv(const void* send, void* recv, std::vector<std::size_t> counts, DataType dtype);
   // send holds size() blocks of recv_count elements; rank i gets block i reduced.
+  // recv may be block rank() of send (in place); send's other blocks are
+  // left as they were.
   WorkPtr reduce_scatter(const void* send, void* recv, std::size_t recv_count, DataType dtype,
                          ReduceOp op);
   // Block j of send goes to rank j; block i of recv came from rank i.

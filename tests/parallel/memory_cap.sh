@@ -4,7 +4,8 @@
 # memory cap enforced by the CPU allocator (parallel.memory_cap_mib: an
 # allocation past it fails as on a device). With zero3 on 4 ranks it trains
 # under the cap; with ddp it fails at once with an out-of-memory error that
-# names the strategy that would fit. On 4 ranks a quarter of the state is
+# names the strategy that would fit; and when one rank runs out of memory
+# mid-step, the others say that rank failed. On 4 ranks a quarter of the state is
 # each rank's share, so 3x leaves a twelfth of the whole state for everything
 # else: the units gathered and reduced in flight (2 + 2 blocks of one
 # transformer block each), autograd's gradients of one unit, activations
@@ -17,6 +18,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/kiln-memcap.XXXXXX")
 trap '[ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"' EXIT
 cd "$WORK"
 CAP_MIB=97
+LOW_MIB=80  # over zero3's 72.8 MiB of shares, under a step's peak
 "$KILN" data convert text data /usr/share/games/fortunes/wisdom --seq-len 16 >/dev/null
 cat > gpt.toml <<TOML
 [model]
@@ -68,4 +70,19 @@ grep -q 'out of memory: \[parallel\] strategy = "ddp"' ddp.log || { cat ddp.log;
 grep -q 'zero3 (' ddp.log || { cat ddp.log; echo "FAIL: the error does not name zero3"; exit 1; }
 grep -q 'final:' ddp.log && { echo "FAIL: ddp ran steps"; exit 1; }
 echo "ddp: $(grep -o 'out of memory.*' ddp.log | head -1)"
-echo "memory_cap: 2 passed, 0 failed"
+
+# One rank out of memory in the middle of a step (the fault injected by a
+# lower cap on rank 2 only: its state fits, its first step does not): it
+# reports the out-of-memory error, and the others report that rank 2 failed,
+# not a "message size mismatch" with whatever rank 2 issued next.
+sed "s/^memory_cap_mib = .*/memory_cap_mib = $LOW_MIB/" gpt.toml > low.toml
+if "$KILN" launch -n 4 -- sh -c 'if [ "$RANK" = 2 ]; then exec "$0" train low.toml; else exec "$0" train gpt.toml; fi' "$KILN" >oom.log 2>&1; then
+  cat oom.log; echo "FAIL: training went on with rank 2 out of memory"; exit 1
+fi
+grep -q '^\[rank 2\] kiln: ResourceExhausted: .*out of memory' oom.log || { cat oom.log; echo "FAIL: rank 2 did not report running out of memory"; exit 1; }
+for r in 0 1 3; do
+  grep -q "^\[rank $r\] kiln: .*rank 2 aborted the group after a failure" oom.log || { cat oom.log; echo "FAIL: rank $r does not say rank 2 failed"; exit 1; }
+done
+grep -q 'size mismatch' oom.log && { cat oom.log; echo "FAIL: a rank reported a message size mismatch"; exit 1; }
+echo "peer out of memory: $(grep -o '^\[rank 0\] kiln: .*' oom.log | head -1)"
+echo "memory_cap: 3 passed, 0 failed"

@@ -29,6 +29,58 @@ Status allgather_ring(const Env& env, const void* send, void* recv,
   return Status::ok();
 }
 
+namespace {
+
+// Note [A ring's first hop is 16 bits]: the float32 partials of Note [16-bit
+// floats accumulate in float32] (reduce.h) exist only from the first
+// addition on. A ring reduce-scatter's first hop sends each rank's own
+// input, which is exact in 16 bits, so it travels as 16 bits and is widened
+// where it lands; only the partials of hops 2..n-1 travel as float32. On 2
+// ranks (the only hop is the first) the wire carries 2 bytes an element, not
+// 4, and the sums are bit for bit those of widening everything up front.
+Status reduce_scatter_ring_16bit(const Env& env, const void* send, void* recv, std::size_t count,
+                                 DataType dtype, ReduceOp op) {
+  const int n = env.group.size();
+  const int r = env.group.me;
+  const std::size_t es = dtype_size(dtype);
+  const auto* in = static_cast<const char*>(send);
+  auto& right = env.group.pair((r + 1) % n);
+  auto& left = env.group.pair((r - 1 + n) % n);
+  // Scratch: two float32 partials that alternate, this rank's block widened,
+  // and the 16-bit block the first hop brings.
+  auto* wide =
+      static_cast<float*>(env.scratch->get(3 * count * sizeof(float) + count * es, Scratch::kWide));
+  float* partial[2] = {wide, wide + count};
+  float* local = wide + 2 * count;
+  auto* narrow_in = reinterpret_cast<char*>(wide + 3 * count);
+  {
+    const int send_idx = (r - 1 + n) % n;
+    const int recv_idx = (r - 2 + 2 * n) % n;
+    transport::Request sr, rr;
+    right.post_send(in + send_idx * count * es, count * es, &sr);
+    left.post_recv(narrow_in, count * es, &rr);
+    widen_to_float32(dtype, in + recv_idx * count * es, local, count);  // while the hop runs
+    KILN_RETURN_IF_ERROR(env.wait({&sr, &rr}));
+    widen_to_float32(dtype, narrow_in, partial[0], count);
+    reduce(DataType::kFloat32, op, partial[0], local, partial[0], count);
+  }
+  const Reducer reducer{DataType::kFloat32, op};
+  for (int s = 1; s < n - 1; ++s) {
+    const int recv_idx = (r - s - 2 + 2 * n) % n;
+    widen_to_float32(dtype, in + recv_idx * count * es, local, count);
+    transport::Request sr, rr;
+    right.post_send(partial[(s - 1) % 2], count * sizeof(float), &sr);
+    left.post_recv_reduce(partial[s % 2], local, count * sizeof(float), reducer, &rr);
+    KILN_RETURN_IF_ERROR(env.wait({&sr, &rr}));
+  }
+  float* result = partial[(n - 2) % 2];
+  if (op == ReduceOp::kAvg) finish_avg(DataType::kFloat32, result, count, n);
+  narrow_from_float32(dtype, result, recv, count);
+  return Status::ok();
+}
+
+}  // namespace
+
 Status reduce_scatter_ring(const Env& env, const void* send, void* recv, std::size_t count,
                            DataType dtype, ReduceOp op) {
   const int n = env.group.size();
@@ -40,13 +92,8 @@ Status reduce_scatter_ring(const Env& env, const void* send, void* recv, std::si
     if (send != recv) std::memmove(recv, send, bytes);
     return Status::ok();
   }
-  if (accumulates_in_float32(dtype, op)) {  // Note [16-bit floats accumulate in float32]
-    auto* wide = static_cast<float*>(env.scratch->get((n + 1) * count * sizeof(float), Scratch::kWide));
-    widen_to_float32(dtype, send, wide, n * count);
-    KILN_RETURN_IF_ERROR(reduce_scatter_ring(env, wide, wide + n * count, count, DataType::kFloat32, op));
-    narrow_from_float32(dtype, wide + n * count, recv, count);
-    return Status::ok();
-  }
+  if (accumulates_in_float32(dtype, op))
+    return reduce_scatter_ring_16bit(env, send, recv, count, dtype, op);
   auto& right = env.group.pair((r + 1) % n);
   auto& left = env.group.pair((r - 1 + n) % n);
   Reducer reducer{dtype, op};

@@ -55,6 +55,16 @@ void set_storage(const torch::Tensor& flat, c10::DataPtr block, std::size_t byte
   s->set_nbytes(bytes);
 }
 
+// An exception from a tensor operation as a Status: the memory cap's
+// allocator says "out of memory" (ResourceExhausted, as a device would).
+Status status_from_exception(const char* what, const std::exception& e) {
+  std::string m = e.what();
+  m = m.substr(0, m.find('\n'));
+  return m.find("out of memory") != std::string::npos
+             ? resource_exhausted(fmt::format("sharded data parallel: {}: {}", what, m))
+             : internal_error(fmt::format("sharded data parallel: {}: {}", what, m));
+}
+
 }  // namespace
 
 struct ShardedDataParallel::Unit {
@@ -317,7 +327,9 @@ Status ShardedDataParallel::wait_gathered(Unit& u) {
   if (u.state == Unit::Params::kGathering) {
     const auto t0 = Clock::now();
     Status s = u.gather_work->wait(options_.timeout);
-    sync_.gather_wait_s += seconds_since(t0);
+    const double waited = seconds_since(t0);
+    sync_.gather_wait_s += waited;
+    if (in_backward_) sync_.backward_gather_wait_s += waited;
     u.gather_work.reset();
     if (!s.is_ok()) return s.with_context(fmt::format("gathering the parameters of unit {}", u.name));
     u.state = Unit::Params::kGathered;
@@ -364,12 +376,7 @@ auto ShardedDataParallel::guarded(const char* what, Body&& body) -> decltype(bod
   try {
     return body();
   } catch (const std::exception& e) {
-    std::string m = e.what();
-    m = m.substr(0, m.find('\n'));
-    Status s = m.find("out of memory") != std::string::npos
-                   ? resource_exhausted(fmt::format("sharded data parallel: {}: {}", what, m))
-                   : internal_error(fmt::format("sharded data parallel: {}: {}", what, m));
-    return fail(s);
+    return fail(status_from_exception(what, e));
   }
 }
 
@@ -389,8 +396,17 @@ Status ShardedDataParallel::visit_parameters(const std::function<void(const torc
   return guarded("reading parameters", [&] { return visit_parameters_impl(fn); });
 }
 
+// Note [A failed rank aborts its group]: after a failure here (out of
+// memory under the cap, a unit that bypassed run_unit) this rank stops
+// issuing the collectives its peers go on issuing, and whatever it issues
+// next (the shutdown barrier) would reach them as a "message size mismatch"
+// in the middle of their gather. Aborting the communicator at once tells
+// them instead that this rank failed, by its number.
 Status ShardedDataParallel::fail(Status s) {
-  if (failure_.is_ok()) failure_ = s;
+  if (failure_.is_ok() && !s.is_ok()) {
+    failure_ = s;
+    comm_.abort(s);
+  }
   return s;
 }
 
@@ -407,10 +423,13 @@ void ShardedDataParallel::before_forward(std::size_t unit) {
       s = gather_all();  // the baseline: every unit before any computes
     } else {
       s = wait_gathered(u);
-      // Prefetch the next unit in execution order (Note [Prefetching]).
+      // Prefetch the next units in execution order (Note [Prefetching]).
       if (s.is_ok() && order_known_ && options_.overlap) {
         auto it = std::find(exec_order_.begin(), exec_order_.end(), unit);
-        if (it != exec_order_.end() && it + 1 != exec_order_.end()) s = gather(*units_[*(it + 1)]);
+        for (int ahead = 0; ahead < prefetch_depth() && it != exec_order_.end() && s.is_ok();
+             ++ahead) {
+          if (++it != exec_order_.end()) s = gather(*units_[*it]);
+        }
       }
     }
   }
@@ -441,17 +460,22 @@ void ShardedDataParallel::after_forward(std::size_t unit, const torch::nn::Modul
   }
 }
 
-// Note [Prefetching]: forward gathers unit k+1 (in the recorded execution
-// order) while unit k computes; backward gathers unit k-1 while unit k's
-// backward runs. One gather ahead bounds the gathered parameters at two units.
+// Note [Prefetching]: forward gathers units k+1..k+d (in the recorded
+// execution order; d = options_.prefetch) while unit k computes; backward
+// gathers units k-1..k-d while unit k's backward runs. d gathers ahead bound
+// the gathered parameters at d + 1 units. The engine runs collectives in
+// issue order, so a gather issued ahead also queues ahead of the reductions
+// launched after it: the unit backward needs next never waits behind them.
 void ShardedDataParallel::pre_backward(std::size_t unit) {
   Unit& u = *units_[unit];
   Status s = failure_;
   if (s.is_ok()) s = wait_gathered(u);
   if (s.is_ok() && options_.overlap) {
     auto it = std::find(exec_order_.begin(), exec_order_.end(), unit);
-    if (it != exec_order_.end() && it != exec_order_.begin()) {
-      Unit& prev = *units_[*(it - 1)];
+    for (int ahead = 0; ahead < prefetch_depth() && it != exec_order_.end() &&
+                        it != exec_order_.begin() && s.is_ok();
+         ++ahead) {
+      Unit& prev = *units_[*--it];
       // Only units whose backward is still to come (their gradients pending).
       if (!prev.complete) s = gather(prev);
     }
@@ -498,6 +522,11 @@ Status ShardedDataParallel::launch_reduction(Unit& u) {
   // The parameters are not needed once their gradients are complete; their
   // block becomes the staging (Note [One block per unit in flight]).
   free_params(u);
+  if (options_.stage == 1 && !u.share_fresh) {
+    // The reduce-scatter writes this rank's block of the staging in place:
+    // keep the share earlier backward calls left there, to add back.
+    u.partial = u.grad_share.clone();
+  }
   if (options_.stage != 1) {
     u.staging = pool_.empty(block * comm_.size(), compute_dtype_);
     // Only the padding at the end of each rank's block is not written below.
@@ -511,39 +540,28 @@ Status ShardedDataParallel::launch_reduction(Unit& u) {
     for (const auto& seg : u.layout->padded_segments(i)) {
       torch::Tensor dst = u.staging.narrow(0, seg.dst, seg.len);
       if (!g.defined()) {  // unused this backward: contributes zero
-        if (options_.stage != 1) dst.zero_();
+        dst.zero_();
         continue;
       }
-      torch::Tensor src = g.reshape({-1}).narrow(0, seg.src, seg.len);
-      // Stage 1 keeps the averaged gradient in staging between backward
-      // calls; adding the new local gradient and averaging again keeps the
-      // sum of the averages (the earlier part is the same on every rank).
-      if (options_.stage == 1) {
-        dst.add_(src);
-      } else {
-        dst.copy_(src);
-      }
+      dst.copy_(g.reshape({-1}).narrow(0, seg.src, seg.len));
     }
     g = torch::Tensor();
   }
   u.grad_bytes_alive = 0;
   account();
-  const std::size_t n = static_cast<std::size_t>(block * comm_.size());
-  if (options_.stage == 1) {
-    u.reduce_work = comm_.allreduce(u.staging.data_ptr(), n, comm_dtype_, comm::ReduceOp::kAvg);
-    sync_.bytes += 2 * u.staging.nbytes();
+  // Stage 1: in place, into this rank's block of the staging (grad_share is
+  // a view of it); stages 2, 3: into the share, or beside it when the share
+  // already holds earlier backward calls' part.
+  void* out;
+  if (options_.stage == 1 || u.share_fresh) {
+    out = u.grad_share.data_ptr();
   } else {
-    void* out;
-    if (u.share_fresh) {
-      out = u.grad_share.data_ptr();
-    } else {
-      u.partial = torch::empty({block}, compute_dtype_);
-      out = u.partial.data_ptr();
-    }
-    u.reduce_work = comm_.reduce_scatter(u.staging.data_ptr(), out, static_cast<std::size_t>(block),
-                                         comm_dtype_, comm::ReduceOp::kAvg);
-    sync_.bytes += u.staging.nbytes();
+    u.partial = torch::empty({block}, compute_dtype_);
+    out = u.partial.data_ptr();
   }
+  u.reduce_work = comm_.reduce_scatter(u.staging.data_ptr(), out, static_cast<std::size_t>(block),
+                                       comm_dtype_, comm::ReduceOp::kAvg);
+  sync_.bytes += u.staging.nbytes();
   account();
   // Note [Bounded reductions in flight]: each reduction holds its unit's
   // whole gradient as staging until it is done. Finishing the oldest beyond
@@ -570,7 +588,10 @@ Status ShardedDataParallel::launch_reduction(Unit& u) {
 // gathers every unit at once (the baseline of kiln bench fsdp keeps them all).
 std::size_t ShardedDataParallel::pooled_blocks() const {
   const auto reductions = static_cast<std::size_t>(std::max(1, options_.reductions_in_flight));
-  if (options_.stage == 3) return options_.overlap ? 2 + reductions : units_.size() + 1;
+  if (options_.stage == 3) {
+    return options_.overlap ? 1 + static_cast<std::size_t>(prefetch_depth()) + reductions
+                            : units_.size() + 1;
+  }
   return options_.stage == 2 ? reductions + 1 : 0;
 }
 
@@ -592,13 +613,11 @@ Status ShardedDataParallel::finish_reduction(Unit& u) {
   Status s = u.reduce_work->wait(options_.timeout);
   u.reduce_work.reset();
   if (!s.is_ok()) return s.with_context(fmt::format("reducing the gradients of unit {}", u.name));
-  if (options_.stage != 1) {
-    if (u.partial.defined()) {
-      u.grad_share.add_(u.partial);
-      u.partial = torch::Tensor();
-    }
-    u.staging = torch::Tensor();
+  if (u.partial.defined()) {
+    u.grad_share.add_(u.partial);
+    u.partial = torch::Tensor();
   }
+  if (options_.stage != 1) u.staging = torch::Tensor();
   u.share_fresh = false;
   account();
   return Status::ok();
@@ -633,7 +652,7 @@ Status ShardedDataParallel::backward_impl(const torch::Tensor& loss) {
   } catch (const std::exception& e) {
     in_backward_ = false;
     if (!failure_.is_ok()) return failure_;
-    return fail(internal_error(fmt::format("sharded data parallel: backward: {}", e.what())));
+    return fail(status_from_exception("backward", e));
   }
   in_backward_ = false;
   sync_.backward_s = seconds_since(t0);
@@ -682,8 +701,10 @@ Status ShardedDataParallel::step_impl(double lr) {
   sync_ = ZeroSyncStats{};
   // Unit by unit in execution order: the step on this rank's share, then the
   // new share goes to the others. Stages 1 and 2 gather every unit now (the
-  // forward waits for each in turn); stage 3 prefetches only the first unit
-  // to run, which the steps of the other units overlap.
+  // forward waits for each in turn); stage 3 prefetches only the first
+  // options_.prefetch sharded units to run, which the steps of the others
+  // overlap.
+  int prefetched = 0;
   for (std::size_t k = 0; k < units_.size(); ++k) {
     Unit& u = *units_[order_known_ ? exec_order_[k] : k];
     // In flight while a prefetch was running: finish it before the share
@@ -692,11 +713,7 @@ Status ShardedDataParallel::step_impl(double lr) {
     torch::Tensor g = u.grad_share.narrow(0, 0, u.mine.count);
     if (g.scalar_type() != torch::kFloat32) g = g.to(torch::kFloat32);
     optimizer_.step(u.opt_index, u.master, g);
-    if (options_.stage == 1) {
-      u.staging.zero_();
-    } else {
-      u.grad_share.zero_();
-    }
+    u.grad_share.zero_();
     u.share_fresh = true;
     const bool sharded = options_.stage == 3 && !u.modules.empty();
     if (sharded) {
@@ -705,7 +722,9 @@ Status ShardedDataParallel::step_impl(double lr) {
       u.flat.narrow(0, u.mine.offset, u.mine.count).copy_(u.master);
     }
     u.state = Unit::Params::kFreed;  // stale until gathered again
-    if (!sharded || (options_.overlap && k == 0)) KILN_RETURN_IF_ERROR(fail(gather(u)));
+    if (!sharded || (options_.overlap && prefetched++ < prefetch_depth())) {
+      KILN_RETURN_IF_ERROR(fail(gather(u)));
+    }
   }
   account();
   return Status::ok();

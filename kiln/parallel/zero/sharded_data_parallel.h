@@ -9,9 +9,11 @@
 // evenly: rank r keeps the fp32 master values of its share, the optimizer
 // state of its share, and (stages 2, 3) the gradient of its share only.
 //
-//   stage 1  parameters and gradients whole on every rank; gradients are
-//            averaged with one allreduce per unit, each rank steps its share
-//            and the shares are allgathered back into the parameters
+//   stage 1  parameters and gradients whole on every rank; each unit's
+//            gradients are reduce-scattered (in place in the whole gradient
+//            buffer it keeps), each rank steps its share and the shares are
+//            allgathered back into the parameters: DDP's bytes, as a
+//            reduce-scatter and an allgather are an allreduce
 //   stage 2  as 1, but gradients are reduce-scattered per unit the moment
 //            the unit's gradients are complete, and the whole gradient is
 //            freed once that is done
@@ -44,6 +46,7 @@
 // backward() returns it as a Status.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <deque>
@@ -77,6 +80,12 @@ struct ZeroOptions {
   // gradients are ready. false: gather every unit before forward, reduce
   // every unit after backward (the non-overlapped baseline of kiln bench fsdp).
   bool overlap = true;
+  // Stage 3: units whose gather is started ahead of the one computing, in
+  // forward and in backward (Note [Prefetching]). 1 holds at most 2 units'
+  // parameters at once; 2 keeps the link busy through a unit that computes
+  // faster than it gathers, or a peer running a little behind, for one more
+  // unit of memory.
+  int prefetch = 1;
   // Reductions (stages 2, 3) left in flight while backward goes on: each
   // holds its unit's whole gradient until done (Note [Bounded reductions in
   // flight]). 1 saves memory; 2 lets a slow reduction overlap more backward.
@@ -104,6 +113,7 @@ struct ZeroSyncStats {
   double backward_s = 0;      // loss.backward() including hooks
   double exposed_comm_s = 0;  // waiting for reductions after it
   double gather_wait_s = 0;   // waiting for parameter gathers (forward and backward)
+  double backward_gather_wait_s = 0;  // the part of gather_wait_s inside backward
   std::size_t bytes = 0;      // bytes sent through collectives this step (per rank)
 };
 
@@ -196,6 +206,7 @@ class ShardedDataParallel : public UnitHooks {
   Status finish_reduction(Unit& u);
   void pre_backward(std::size_t unit);
   Status fail(Status s);  // records the first failure
+  int prefetch_depth() const { return std::max(1, options_.prefetch); }
   template <class Body>
   auto guarded(const char* what, Body&& body) -> decltype(body());
   Status step_impl(double lr);

@@ -12,6 +12,7 @@
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/comm/testing/multiprocess.h"
+#include "kiln/parallel/counting_allocator.h"
 
 namespace kiln::parallel::zero {
 namespace {
@@ -67,6 +68,7 @@ struct Case {
   Precision precision = Precision::kFp32;
   std::int64_t min_unit_params = 0;
   bool overlap = true;
+  int prefetch = 1;
 };
 
 OptimizerOptions optimizer_options(const Case& s) {
@@ -116,6 +118,7 @@ Result<std::unique_ptr<ShardedDataParallel>> make_sharded(Net net, comm::Communi
   z.precision = s.precision;
   z.min_unit_params = s.min_unit_params;
   z.overlap = s.overlap;
+  z.prefetch = s.prefetch;
   z.optimizer = optimizer_options(s);
   return ShardedDataParallel::create(net.ptr(), c, z);
 }
@@ -200,6 +203,7 @@ TEST(ShardedDataParallel, GradientAccumulationAcrossBackwardCalls) {
 TEST(ShardedDataParallel, MergedUnitsAndTheNonOverlappedBaselineMatchToo) {
   expect_matches_reference(2, {.stage = 3, .min_unit_params = 400});
   expect_matches_reference(2, {.stage = 3, .overlap = false});
+  expect_matches_reference(3, {.stage = 3, .prefetch = 2});
 }
 
 // bf16 compute and communication, fp32 master weights: the trajectory stays
@@ -220,6 +224,41 @@ TEST(ShardedDataParallel, AUnitThatBypassesRunUnitIsAnErrorNamingIt) {
     Status s = z->backward(loss);
     if (s.is_ok() || s.message().find("'spare'") == std::string::npos) {
       return internal_error("expected an error naming unit 'spare', got: " + s.to_string());
+    }
+    return Status::ok();
+  });
+  EXPECT_TRUE(r.ok()) << r.report;
+}
+
+// Rank 1 runs out of memory in backward (its cap injected just before) and
+// then does what a ProcessGroup's destructor does: a barrier. Rank 0, in the
+// middle of its backward's gathers, must report that rank 1 failed, not a
+// "message size mismatch" with that barrier (Note [A failed rank aborts its
+// group]).
+TEST(ShardedDataParallel, APeerOutOfMemoryIsReportedAsThatRanksFailure) {
+  auto r = comm::testing::run_ranks(2, [](comm::Communicator& c) -> Status {
+    torch::set_num_threads(1);
+    CountingAllocator& memory = CountingAllocator::install();
+    const Case s{.stage = 3};
+    Net net = make_net(1);
+    KILN_ASSIGN_OR_RETURN(auto z, make_sharded(net, c, s));
+    KILN_RETURN_IF_ERROR(train_steps(*z, net, c, s, 0, 1));
+    Data d = make_data(1);
+    auto loss = torch::mse_loss(net->forward(d.x), d.y);
+    if (c.rank() == 1) memory.set_cap(memory.live_bytes());  // no gradient fits
+    Status st = z->backward(loss);
+    if (c.rank() == 1) {
+      (void)c.barrier()->wait(std::chrono::seconds(10));
+      if (st.code() != Code::kResourceExhausted ||
+          st.message().find("out of memory") == std::string::npos) {
+        return internal_error("rank 1: expected an out-of-memory error, got: " + st.to_string());
+      }
+      return Status::ok();
+    }
+    if (st.is_ok() || st.message().find("rank 1") == std::string::npos ||
+        st.message().find("mismatch") != std::string::npos) {
+      return internal_error("rank 0: expected an error saying rank 1 failed, got: " +
+                            st.to_string());
     }
     return Status::ok();
   });
