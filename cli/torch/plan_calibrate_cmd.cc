@@ -9,8 +9,8 @@
 // kiln::comm's allreduce over shared memory and over TCP loopback, timed by
 // `kiln bench comm` (2 local ranks) and fitted to t = 2α + S/β; and what
 // ranks lose when they outnumber the cores (`kiln bench handoff`, Note
-// [Core sharing] in kiln/plan/host_profile.h). Under a minute; --quick
-// (tests) takes a few seconds.
+// [Core sharing] in kiln/plan/host_profile.h). About a minute; --quick
+// (tests) about 20 s on 2 cores.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
