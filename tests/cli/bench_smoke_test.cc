@@ -235,11 +235,13 @@ TEST_F(BenchSmoke, DdpCheckFailsOnCorruptedGradients) {
 // ---- handoff ----------------------------------------------------------------
 
 TEST_F(BenchSmoke, HandoffTypedAloneStartsItsRanksAndReportsEveryKey) {
-  KilnRun r = kiln({"bench", "handoff", "--ranks", "4", "--group", "2", "--units", "1", "--rounds", "3",
-                    "--repeats", "1", "--json"});
+  KilnRun r = kiln({"bench", "handoff", "--ranks", "4", "--group", "2", "--units", "1",
+                    "--rounds", "3", "--repeats", "1", "--json"});
   ASSERT_EQ(r.exit_code, 0) << context(r);
   json doc = parse(r);
-  expect_numeric(doc, {"ranks", "cores", "threads_per_rank", "group", "units", "bytes", "rounds", "round_s"},
+  expect_numeric(doc,
+                 {"ranks", "cores", "threads_per_rank", "group", "units", "bytes", "rounds",
+                  "round_s"},
                  "handoff");
   EXPECT_EQ(doc["ranks"], 4);
   EXPECT_EQ(doc["group"], 2);
