@@ -177,8 +177,14 @@ Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<Sharing
     }
     Row x{};
     if (!fit_nonnegative(a, t, {true, true, false}, 1, &x)) {
-      return invalid_argument(where + ": the round time does not grow with the work "
-                                      "(a noisy or overloaded machine?)");
+      // Noise (a quick calibration on a loaded machine) left no slope: as the
+      // other noisy fits, fall back to the plain rate of the largest work,
+      // all of its round counted as slowed compute.
+      size_t largest = 0;
+      for (size_t i = 1; i < a.size(); ++i) {
+        if (a[i][1] > a[largest][1]) largest = i;
+      }
+      x = {0, t[largest] / a[largest][1], 0};
     }
     out.push_back({level, x[1], x[0]});
   }

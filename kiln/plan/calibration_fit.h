@@ -71,8 +71,10 @@ struct SharingSample {
 // Per ranks-per-core value, fits round = slowdown · max(1, ranks_per_core) ·
 // work + handoff by least squares over its work sizes (Note [Core sharing]
 // in host_profile.h). A negative handoff (noise) is dropped and the slowdown
-// refitted alone. Ascending in ranks per core. InvalidArgument for a value
-// with fewer than two distinct work sizes or a non-positive slowdown.
+// refitted alone; timings that do not grow with the work at all (a loaded
+// machine) give the largest work's round over its work and no handoff.
+// Ascending in ranks per core. InvalidArgument for a value with fewer than
+// two distinct work sizes.
 Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<SharingSample>& samples);
 
 // The median of `values` (by copy); 0 for none.

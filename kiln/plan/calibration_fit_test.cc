@@ -111,6 +111,13 @@ TEST(CalibrationFitTest, CoreSharingDropsANegativeHandOffAndNeedsTwoWorkSizes) {
   EXPECT_EQ((*f)[0].handoff_s, 0);
   EXPECT_NEAR((*f)[0].slowdown, 1.0, 0.02);
 
+  // Rounds that shrink as the work grows (a loaded machine): the largest
+  // work's plain rate, no hand-off.
+  auto noisy = fit_core_sharing({{1, 1e-3, 5e-3}, {1, 3e-3, 4e-3}});
+  ASSERT_TRUE(noisy.is_ok()) << noisy.status().to_string();
+  EXPECT_NEAR((*noisy)[0].slowdown, 4e-3 / 3e-3, 1e-9);
+  EXPECT_EQ((*noisy)[0].handoff_s, 0);
+
   auto one = fit_core_sharing({{2, 1e-3, 3e-3}, {2, 1e-3, 3.1e-3}});
   EXPECT_EQ(one.status().code(), Code::kInvalidArgument);
   EXPECT_NE(one.status().message().find("2.0"), std::string::npos) << one.status().to_string();

@@ -162,12 +162,13 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   const double loss_bwd =
       r.linear_bwd.at(s.tokens, vocab, s.h) + r.layer_norm_bwd.at(width) + r.loss_bwd.at(logits);
   // TP: the embedding's output and the head's input gradient are all-reduced;
-  // the vocabulary-parallel cross-entropy all-reduces a max, a sum and the
-  // target logit per token.
+  // the vocabulary-parallel cross-entropy all-reduces a max per token, then
+  // the sum and the target logit together (kiln/parallel/tensor/collectives.cc).
   double tp_embed = 0, tp_loss_fwd = 0, tp_loss_bwd = 0;
   if (l.tp > 1) {
     tp_embed = comm::ring_allreduce_s(kFloat * width, l.tp, shm);
-    tp_loss_fwd = 3 * comm::ring_allreduce_s(kFloat * s.tokens, l.tp, shm);
+    tp_loss_fwd = comm::ring_allreduce_s(kFloat * s.tokens, l.tp, shm) +
+                  comm::ring_allreduce_s(2 * kFloat * s.tokens, l.tp, shm);
     tp_loss_bwd = comm::ring_allreduce_s(kFloat * width, l.tp, shm);
   }
   // Point-to-point: each rank sends its stage's output activation (and
@@ -205,7 +206,7 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
       double tp = chunk_layers * lt.tp_comm_s;
       double sends = 0;
       // TP collectives that block the rank: 2 per layer each way, the
-      // embedding's, and the parallel loss's 3 forward and 1 backward.
+      // embedding's, and the parallel loss's 2 forward and the head's 1 backward.
       double fwd_messages = l.tp > 1 ? 2 * chunk_layers : 0;
       double bwd_messages = fwd_messages;
       if (j == 0) {
@@ -218,7 +219,7 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
         fwd += loss_fwd + tp_loss_fwd;
         bwd += loss_bwd + tp_loss_bwd;
         tp += tp_loss_fwd + tp_loss_bwd;
-        fwd_messages += l.tp > 1 ? 3 : 0;
+        fwd_messages += l.tp > 1 ? 2 : 0;
         bwd_messages += l.tp > 1 ? 1 : 0;
       }
       if (j < last) sends += p2p;  // the activation forward
@@ -248,7 +249,8 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
     const double params = stage_params_per_gpu(c, d);
     max_params = std::max(max_params, params);
     if (l.dp > 1) {
-      dp_tail[static_cast<size_t>(d)] = slowdown * comm::ring_allreduce_s(kFloat * params, l.dp, dp_link);
+      dp_tail[static_cast<size_t>(d)] =
+          slowdown * comm::ring_allreduce_s(kFloat * params, l.dp, dp_link);
       dp_wait[static_cast<size_t>(d)] = collective_rounds(l.dp) * handoff;
     }
   }
