@@ -7,8 +7,10 @@
 // autograd: linear layers, the attention core, norms, GeLU, rotary, adds,
 // cross-entropy, embedding, AdamW) with one thread and with one per core; streaming memory bandwidth; and
 // kiln::comm's allreduce over shared memory and over TCP loopback, timed by
-// `kiln bench comm` (2 local ranks) and fitted to t = 2α + S/β. Under a
-// minute; --quick (tests) takes a few seconds.
+// `kiln bench comm` (2 local ranks) and fitted to t = 2α + S/β; and what
+// ranks lose when they outnumber the cores (`kiln bench handoff`, Note
+// [Core sharing] in kiln/plan/host_profile.h). About a minute; --quick
+// (tests) about 20 s on 2 cores.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -17,6 +19,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -35,6 +38,7 @@
 #include "kiln/plan/calibration_fit.h"
 #include "kiln/plan/host_profile.h"
 #include "kiln/plan/probe/compute_probe.h"
+#include "kiln/plan/probe/sharing_probe.h"
 
 namespace kiln::cli {
 namespace {
@@ -138,6 +142,60 @@ Result<plan::LinkRates> probe_link(const std::string& transport, const Calibrate
   return plan::LinkRates{fit.fixed_s / 2, fit.bytes_per_s};
 }
 
+std::string own_executable() {
+  char exe[4096];
+  const ssize_t len = readlink("/proc/self/exe", exe, sizeof(exe) - 1);
+  return len > 0 ? std::string(exe, static_cast<size_t>(len)) : std::string();
+}
+
+// Note [Core sharing] (kiln/plan/host_profile.h): `kiln bench handoff` with
+// 1, 2 and 4 ranks per core (an even count: they pair up), each at two work
+// sizes per round, fitted to round = slowdown · max(1, ranks/cores) · work + handoff.
+Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, const CalibrateOptions& o) {
+  const std::string exe = own_executable();
+  if (exe.empty()) return failed_precondition("kiln plan calibrate: cannot find its own executable");
+  const plan::probe::ProbeOptions po{.quick = o.quick, .repeats = o.repeats};
+  KILN_ASSIGN_OR_RETURN(const double unit_s, plan::probe::time_sharing_unit(po));
+  // Per round, about what a rank of the miniature layouts computes between
+  // two messages: a tensor-parallel layer half (~1 ms) to a pipeline stage's
+  // micro-batch (several ms).
+  const std::vector<double> works = o.quick ? std::vector<double>{0.5e-3, 2e-3}
+                                            : std::vector<double>{0.5e-3, 2e-3, 6e-3};
+  const double timing_s = o.quick ? 0.05 : 0.3;
+  std::vector<plan::SharingSample> samples;
+  // --quick (tests): 1 and 2 ranks per core only, a few seconds.
+  const std::vector<int> levels = o.quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4};
+  for (const int per_core : levels) {
+    int ranks = std::max(2, per_core * cores);
+    ranks += ranks % 2;
+    const double level = static_cast<double>(ranks) / cores;
+    int previous_units = 0;
+    for (const double work : works) {
+      // Distinct unit counts even where one unit outlasts the smaller works.
+      const int units = std::max(previous_units + 1, static_cast<int>(std::lround(work / unit_s)));
+      previous_units = units;
+      const int rounds = std::max(4, static_cast<int>(timing_s / (std::max(1.0, level) * units * unit_s)));
+      std::vector<std::string> argv = {exe, "bench", "handoff", "--ranks", std::to_string(ranks),
+                                       "--group", "2", "--units", std::to_string(units),
+                                       "--rounds", std::to_string(rounds),
+                                       "--repeats", o.quick ? "1" : "3", "--json"};
+      KILN_ASSIGN_OR_RETURN(std::string out,
+                            run_capture(argv, {}, {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
+                                        std::chrono::seconds(120)));
+      try {
+        const auto start = out.rfind("\n{");
+        const nlohmann::json doc =
+            nlohmann::json::parse(start == std::string::npos ? out : out.substr(start + 1));
+        samples.push_back({level, units * unit_s, doc.at("round_s").get<double>()});
+      } catch (const std::exception& e) {
+        return internal_error(fmt::format("kiln plan calibrate: cannot read kiln bench handoff's JSON ({}): {}",
+                                          e.what(), out.substr(0, 300)));
+      }
+    }
+  }
+  return plan::fit_core_sharing(samples);
+}
+
 std::string cpu_model() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
@@ -188,6 +246,7 @@ Status calibrate(const CalibrateOptions& o) {
   KILN_ASSIGN_OR_RETURN(p.stream_all_bytes_per_s, plan::probe::probe_stream(p.cores, po));
   KILN_ASSIGN_OR_RETURN(p.shm, probe_link("shm", o));
   KILN_ASSIGN_OR_RETURN(p.tcp, probe_link("tcp", o));
+  KILN_ASSIGN_OR_RETURN(p.sharing, probe_sharing(p.cores, o));
 
   const std::string text = plan::host_profile_to_toml(p);
   // Read back before writing: what we write must be what kiln plan reads.
@@ -212,6 +271,11 @@ Status calibrate(const CalibrateOptions& o) {
                         {"shm_gbytes_per_s", p.shm.bytes_per_s / 1e9},
                         {"tcp_alpha_us", p.tcp.alpha_s * 1e6},
                         {"tcp_gbytes_per_s", p.tcp.bytes_per_s / 1e9}};
+    for (const plan::CoreSharingPoint& c : p.sharing) {
+      j["core_sharing"].push_back({{"ranks_per_core", c.ranks_per_core},
+                                   {"slowdown", c.slowdown},
+                                   {"handoff_us", c.handoff_s * 1e6}});
+    }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
     std::printf("kiln plan calibrate: %s (%s, %d cores, %s) in %.1f s\n", p.host.c_str(),
@@ -241,6 +305,10 @@ Status calibrate(const CalibrateOptions& o) {
                 p.shm.bytes_per_s / 1e9);
     std::printf("  kiln::comm tcp  alpha %.1f us, beta %.2f GB/s\n", p.tcp.alpha_s * 1e6,
                 p.tcp.bytes_per_s / 1e9);
+    for (const plan::CoreSharingPoint& c : p.sharing) {
+      std::printf("  core sharing    %.0f ranks per core: compute x%.2f, %.0f us per hand-off\n",
+                  c.ranks_per_core, c.slowdown, c.handoff_s * 1e6);
+    }
     std::printf("wrote %s\n", o.output.c_str());
   }
   return Status::ok();

@@ -58,15 +58,25 @@ for layout in "${LAYOUTS[@]}"; do
   N=$((T * P * D))
   # Always both: the config's [parallel] may name other values (gpt_3d.toml: 2 and 2).
   EXTRA=(--tp "$T" --pp "$P")
+  # With tp = pp = 1 kiln train runs its data-parallel loop, which takes each
+  # replica's batch in one piece (train.grad_accum = 1), not in micro-batches.
+  M_RUN=$MICRO
+  [ "$T" = 1 ] && [ "$P" = 1 ] && M_RUN=1
   PRED=$("$KILN" plan "$PLAN" --profile "$PROFILE" --tp "$T" --pp "$P" --dp "$D" \
-    --microbatches "$MICRO" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["step_time_s"])')
+    --microbatches "$M_RUN" --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["step_time_s"])')
   RESULTS=()
   for run in $(seq "$RUNS"); do
     M="$WORK/$layout-$run.jsonl"
-    "$KILN" launch -n "$N" -- "$KILN" train "$CONFIG" "${EXTRA[@]}" --max-steps "$STEPS" \
+    # /usr/bin/time: CPU seconds and context switches of the whole job (the
+    # launcher waits for its ranks), for diagnosis on stderr.
+    /usr/bin/time -o "$WORK/$layout-$run.time" -f "%e %U %S %w %c" \
+      "$KILN" launch -n "$N" -- "$KILN" train "$CONFIG" "${EXTRA[@]}" --max-steps "$STEPS" \
       --no-progress --metrics-json "$M" >"$WORK/$layout-$run.log" 2>&1 ||
       { echo "measure_host_layouts: $layout run $run failed:" >&2; tail -20 "$WORK/$layout-$run.log" >&2; exit 1; }
     RESULTS+=("$(median_step "$M")")
+    read -r WALL USR SYS VOL INVOL <"$WORK/$layout-$run.time"
+    echo "measure_host_layouts: $layout run $run: step ${RESULTS[-1]} s; job ${WALL} s wall, ${USR} s user," \
+      "${SYS} s system, $VOL voluntary and $INVOL involuntary context switches" >&2
   done
   python3 - "$layout" "$N" "$PRED" "${RESULTS[@]}" <<'PY'
 import statistics, sys

@@ -150,6 +150,47 @@ Result<LinearFit> fit_linear(const std::vector<SizeSample>& samples) {
   return f;
 }
 
+Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<SharingSample>& samples) {
+  std::vector<double> levels;
+  for (const SharingSample& s : samples) {
+    if (std::find(levels.begin(), levels.end(), s.ranks_per_core) == levels.end()) {
+      levels.push_back(s.ranks_per_core);
+    }
+  }
+  std::sort(levels.begin(), levels.end());
+  std::vector<CoreSharingPoint> out;
+  for (const double level : levels) {
+    // round = handoff · 1 + slowdown · (max(1, level) · work): unknowns x0, x1.
+    std::vector<Row> a;
+    std::vector<double> t;
+    double lo = 0, hi = 0;
+    for (const SharingSample& s : samples) {
+      if (s.ranks_per_core != level || !(s.round_s > 0) || !(s.work_s > 0)) continue;
+      a.push_back({1.0, std::max(1.0, level) * s.work_s, 0});
+      t.push_back(s.round_s);
+      lo = a.size() == 1 ? s.work_s : std::min(lo, s.work_s);
+      hi = std::max(hi, s.work_s);
+    }
+    const std::string where = "core-sharing fit at " + std::to_string(level) + " ranks per core";
+    if (a.size() < 2 || !(hi > lo)) {
+      return invalid_argument(where + ": need timings at two or more distinct work sizes");
+    }
+    Row x{};
+    if (!fit_nonnegative(a, t, {true, true, false}, 1, &x)) {
+      // Noise (a quick calibration on a loaded machine) left no slope: as the
+      // other noisy fits, fall back to the plain rate of the largest work,
+      // all of its round counted as slowed compute.
+      size_t largest = 0;
+      for (size_t i = 1; i < a.size(); ++i) {
+        if (a[i][1] > a[largest][1]) largest = i;
+      }
+      x = {0, t[largest] / a[largest][1], 0};
+    }
+    out.push_back({level, x[1], x[0]});
+  }
+  return out;
+}
+
 double median_of(std::vector<double> v) {
   if (v.empty()) return 0;
   const size_t mid = v.size() / 2;

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kiln/base/status.h"
+#include "kiln/plan/host_profile.h"
 
 namespace kiln::plan {
 
@@ -57,6 +58,24 @@ struct LinearFit {
 // Fits t = fixed + bytes / bytes_per_s. InvalidArgument with fewer than two
 // distinct sizes or a non-increasing time.
 Result<LinearFit> fit_linear(const std::vector<SizeSample>& samples);
+
+// One timing of `kiln bench handoff`: ranks_per_core ranks per core, each
+// round `work_s` of compute (as one rank alone measures it) and a blocking
+// pair all-reduce, `round_s` per round.
+struct SharingSample {
+  double ranks_per_core = 1;
+  double work_s = 0;
+  double round_s = 0;
+};
+
+// Per ranks-per-core value, fits round = slowdown · max(1, ranks_per_core) ·
+// work + handoff by least squares over its work sizes (Note [Core sharing]
+// in host_profile.h). A negative handoff (noise) is dropped and the slowdown
+// refitted alone; timings that do not grow with the work at all (a loaded
+// machine) give the largest work's round over its work and no handoff.
+// Ascending in ranks per core. InvalidArgument for a value with fewer than
+// two distinct work sizes.
+Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<SharingSample>& samples);
 
 // The median of `values` (by copy); 0 for none.
 double median_of(std::vector<double> values);

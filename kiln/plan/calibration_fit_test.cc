@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace kiln::plan {
 namespace {
 
@@ -74,6 +76,51 @@ TEST(CalibrationFitTest, MedianOfOddAndEvenCounts) {
   EXPECT_DOUBLE_EQ(median_of({3, 1, 2}), 2);
   EXPECT_DOUBLE_EQ(median_of({4, 1, 3, 2}), 2.5);
   EXPECT_DOUBLE_EQ(median_of({}), 0);
+}
+
+TEST(CalibrationFitTest, SeparatesTheCoreSharingSlowdownFromTheHandOff) {
+  // round = slowdown · max(1, level) · work + handoff, per level.
+  struct Truth {
+    double level, slowdown, handoff;
+  };
+  const Truth truth[] = {{4, 1.3, 3e-3}, {1, 1.05, 20e-6}, {2, 1.2, 1e-3}};
+  std::vector<SharingSample> samples;
+  for (const Truth& t : truth) {
+    for (double work : {0.5e-3, 2e-3, 6e-3}) {
+      samples.push_back({t.level, work, t.slowdown * std::max(1.0, t.level) * work + t.handoff});
+    }
+  }
+  auto f = fit_core_sharing(samples);
+  ASSERT_TRUE(f.is_ok()) << f.status().to_string();
+  ASSERT_EQ(f->size(), 3u);
+  // Ascending in ranks per core whatever the sample order.
+  const Truth sorted[] = {truth[1], truth[2], truth[0]};
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ((*f)[i].ranks_per_core, sorted[i].level);
+    EXPECT_NEAR((*f)[i].slowdown, sorted[i].slowdown, 1e-9);
+    EXPECT_NEAR((*f)[i].handoff_s, sorted[i].handoff, 1e-12);
+  }
+}
+
+TEST(CalibrationFitTest, CoreSharingDropsANegativeHandOffAndNeedsTwoWorkSizes) {
+  // Noise that would make the hand-off negative: it is dropped, the
+  // slowdown refitted through the origin.
+  std::vector<SharingSample> samples = {{2, 1e-3, 2 * 1e-3 * 0.99}, {2, 4e-3, 2 * 4e-3 * 1.01}};
+  auto f = fit_core_sharing(samples);
+  ASSERT_TRUE(f.is_ok()) << f.status().to_string();
+  EXPECT_EQ((*f)[0].handoff_s, 0);
+  EXPECT_NEAR((*f)[0].slowdown, 1.0, 0.02);
+
+  // Rounds that shrink as the work grows (a loaded machine): the largest
+  // work's plain rate, no hand-off.
+  auto noisy = fit_core_sharing({{1, 1e-3, 5e-3}, {1, 3e-3, 4e-3}});
+  ASSERT_TRUE(noisy.is_ok()) << noisy.status().to_string();
+  EXPECT_NEAR((*noisy)[0].slowdown, 4e-3 / 3e-3, 1e-9);
+  EXPECT_EQ((*noisy)[0].handoff_s, 0);
+
+  auto one = fit_core_sharing({{2, 1e-3, 3e-3}, {2, 1e-3, 3.1e-3}});
+  EXPECT_EQ(one.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(one.status().message().find("2.0"), std::string::npos) << one.status().to_string();
 }
 
 }  // namespace

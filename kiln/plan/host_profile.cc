@@ -18,6 +18,9 @@ using config::TomlReader;
 // know rather than guess what renamed or re-scaled fields mean.
 constexpr std::int64_t kProfileVersion = 1;
 
+// The ranks per core [core_sharing] is measured at (Note [Core sharing]).
+constexpr int kSharingRanksPerCore[] = {1, 2, 4};
+
 constexpr double kGiga = 1e9;
 constexpr double kMicro = 1e-6;
 constexpr double kNano = 1e-9;
@@ -120,6 +123,17 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
   p.stream_all_bytes_per_s = r.get_double("memory", "stream_all_gbytes_per_s", true, 1) * kGiga;
   p.shm = read_link(r, "link_shm");
   p.tcp = read_link(r, "link_tcp");
+  // [core_sharing]: optional (profiles before it was measured lack it).
+  for (const int n : kSharingRanksPerCore) {
+    const std::string slow = "slowdown_" + std::to_string(n);
+    const std::string handoff = "handoff_us_" + std::to_string(n);
+    if (!r.has("core_sharing", slow) && !r.has("core_sharing", handoff)) continue;
+    CoreSharingPoint point;
+    point.ranks_per_core = n;
+    point.slowdown = r.get_double("core_sharing", slow, true, 1);
+    point.handoff_s = r.get_nonnegative("core_sharing", handoff, 0) * kMicro;
+    p.sharing.push_back(point);
+  }
   if (r.status().is_ok() && p.one_thread.threads != 1) {
     r.fail_field("compute_1_thread", "threads",
                  "must be 1 (got " + std::to_string(p.one_thread.threads) + ")");
@@ -130,8 +144,8 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
                      std::to_string(p.all_threads.threads) + ")");
   }
   r.check_unknown(
-      "[profile], [host], [compute_1_thread], [compute_all_threads], [memory], [link_shm] or "
-      "[link_tcp]",
+      "[profile], [host], [compute_1_thread], [compute_all_threads], [memory], [link_shm], "
+      "[link_tcp] or [core_sharing] (slowdown_N, handoff_us_N for N = 1, 2, 4 ranks per core)",
       "docs/plan.md \"Calibration\"");
   if (!r.status().is_ok()) return r.status().with_context("host profile");
   return p;
@@ -191,6 +205,34 @@ const ComputeRates& HostProfile::rates(int threads) const {
   return 2 * (threads - 1) <= cores - 1 ? one_thread : all_threads;
 }
 
+namespace {
+
+// Piecewise linear in x over the points, clamped at both ends.
+double interpolate(const std::vector<CoreSharingPoint>& points, double x,
+                   double CoreSharingPoint::*field, double none) {
+  if (points.empty()) return none;
+  if (x <= points.front().ranks_per_core) return points.front().*field;
+  for (std::size_t i = 1; i < points.size(); ++i) {
+    const CoreSharingPoint& a = points[i - 1];
+    const CoreSharingPoint& b = points[i];
+    if (x <= b.ranks_per_core) {
+      const double f = (x - a.ranks_per_core) / (b.ranks_per_core - a.ranks_per_core);
+      return a.*field + f * (b.*field - a.*field);
+    }
+  }
+  return points.back().*field;
+}
+
+}  // namespace
+
+double HostProfile::sharing_slowdown(double ranks_per_core) const {
+  return interpolate(sharing, ranks_per_core, &CoreSharingPoint::slowdown, 1);
+}
+
+double HostProfile::handoff_s(double ranks_per_core) const {
+  return interpolate(sharing, ranks_per_core, &CoreSharingPoint::handoff_s, 0);
+}
+
 Result<HostProfile> read_host_profile(const std::string& path) {
   auto root = config::parse_toml(path, true);
   if (!root.is_ok()) return root.status().with_context("host profile");
@@ -227,6 +269,15 @@ std::string host_profile_to_toml(const HostProfile& p) {
              p.shm);
   write_link(out, "link_tcp", "kiln::comm allreduce, 2 ranks, TCP over loopback: t = 2a + S/b",
              p.tcp);
+  if (!p.sharing.empty()) {
+    out << "\n[core_sharing]  # N ranks per core, rounds of compute w and a pair allreduce:\n"
+        << "# round = slowdown_N * max(1, N) * w + handoff_N (kiln bench handoff)\n";
+    for (const CoreSharingPoint& c : p.sharing) {
+      const int n = static_cast<int>(c.ranks_per_core);
+      out << "slowdown_" << n << " = " << num(c.slowdown) << "\n"
+          << "handoff_us_" << n << " = " << num(c.handoff_s / kMicro) << "\n";
+    }
+  }
   return out.str();
 }
 

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "kiln/base/status.h"
 
@@ -67,6 +68,26 @@ struct LinkRates {
   double bytes_per_s = 0;
 };
 
+// Note [Core sharing]: when a host's ranks outnumber its cores, fair shares
+// of the cores are not all they lose. Each rank that switches in refills
+// the caches the others evicted, and every blocking message (a
+// tensor-parallel all-reduce, a pipeline hand-off) waits until the peer it
+// needs is scheduled: a waiter spins briefly, yields, then sleeps on its
+// doorbell (Note [Spin, then yield, then sleep] in
+// kiln/comm/transport/context.cc), and the peer may sit behind the other
+// ranks of its core's run queue. `kiln plan calibrate` measures both with
+// real kiln::comm processes (`kiln bench handoff`): N ranks in pairs run
+// rounds of w seconds of compute and a pair all-reduce, at two w, and
+//   round = slowdown · max(1, N / cores) · w + handoff
+// is fitted per N. `slowdown` (≥ 1 when sharing costs) scales compute;
+// `handoff` is wall time a blocking message adds while its rank holds no
+// core. Both depend on the ranks per core, measured at 1, 2 and 4.
+struct CoreSharingPoint {
+  double ranks_per_core = 1;
+  double slowdown = 1;
+  double handoff_s = 0;
+};
+
 struct HostProfile {
   std::string source = "profile";  // where it came from, for messages
   std::string host;                // hostname at calibration
@@ -81,6 +102,14 @@ struct HostProfile {
   double stream_all_bytes_per_s = 0;  // all cores copying at once (the host's aggregate)
   LinkRates shm;                   // ranks on one host (kiln::comm's shared-memory transport)
   LinkRates tcp;                   // ranks across hosts (TCP; calibrated over loopback)
+  // Measured core sharing by ranks per core, ascending; empty in profiles
+  // written before it was measured (then sharing costs only fair shares).
+  std::vector<CoreSharingPoint> sharing;
+
+  // Piecewise linear in the ranks per core between the measured points,
+  // clamped to the first and the last (1 and 0 without measurements).
+  double sharing_slowdown(double ranks_per_core) const;
+  double handoff_s(double ranks_per_core) const;
 
   // Rates of a rank with `threads` intra-op threads: measured at 1 and at
   // `cores`; in between, the one nearer (ties: 1), capped at `cores`.

@@ -178,5 +178,39 @@ TEST(HostProfileTest, KernelModelsPriceTheirShapes) {
   EXPECT_NEAR((Affine{3e-6, 2e-9}).at(1000), 3e-6 + 2e-6, 1e-18);
 }
 
+TEST(HostProfileTest, CoreSharingRoundTripsAndInterpolates) {
+  HostProfile p = sample();
+  EXPECT_EQ(p.sharing_slowdown(4), 1);  // not measured: fair shares only
+  EXPECT_EQ(p.handoff_s(4), 0);
+  p.sharing = {{1, 1.1, 10e-6}, {2, 1.25, 1e-3}, {4, 1.5, 3e-3}};
+  auto q = parse_host_profile(host_profile_to_toml(p), "rt.toml");
+  ASSERT_TRUE(q.is_ok()) << q.status().to_string() << "\n" << host_profile_to_toml(p);
+  ASSERT_EQ(q->sharing.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(q->sharing[i].ranks_per_core, p.sharing[i].ranks_per_core);
+    expect_near_rel(q->sharing[i].slowdown, p.sharing[i].slowdown);
+    expect_near_rel(q->sharing[i].handoff_s, p.sharing[i].handoff_s);
+  }
+  EXPECT_EQ(host_profile_to_toml(*q), host_profile_to_toml(p));
+  // Linear between the points, clamped outside them.
+  expect_near_rel(q->sharing_slowdown(3), 1.375);
+  expect_near_rel(q->handoff_s(3), 2e-3);
+  expect_near_rel(q->handoff_s(1.5), 505e-6);
+  expect_near_rel(q->sharing_slowdown(0.5), 1.1);
+  expect_near_rel(q->sharing_slowdown(8), 1.5);
+}
+
+TEST(HostProfileTest, CoreSharingRefusesUnknownAndMalformedKeys) {
+  HostProfile p = sample();
+  p.sharing = {{1, 1.1, 10e-6}};
+  const std::string text = host_profile_to_toml(p);
+  expect_error(text + "slowdown_3 = 1.2\n", {"slowdown_3", "core_sharing"});
+  std::string bad = text;
+  const auto at = bad.find("slowdown_1 = 1.1");
+  ASSERT_NE(at, std::string::npos) << text;
+  bad.replace(at, 16, "slowdown_1 = \"x\"");
+  expect_error(bad, {"core_sharing.slowdown_1"});
+}
+
 }  // namespace
 }  // namespace kiln::plan

@@ -33,8 +33,9 @@ std::string format_host_plan(const PlanConfig& c, const HostStepTime& st) {
                      l.tp, l.pp, l.dp, l.vpp > 1 ? fmt::format(" (vpp {})", l.vpp) : "",
                      l.tp * l.pp * l.dp, c.cluster.nodes, st.threads_per_rank, st.micro_batches,
                      l.micro_batch, format_stage_layers(st.stage_layers));
-  out += fmt::format("  sharing    {:.2f} runnable threads per core in the steady state\n",
-                     st.oversubscription);
+  out += fmt::format("  sharing    {:.2f} runnable threads per core in the steady state; compute x{:.2f}, "
+                     "{:.0f} us per blocking message (Note [Core sharing])\n",
+                     st.oversubscription, st.sharing_slowdown, st.handoff_per_message_s * 1e6);
   out += fmt::format("  layer      forward {} (linear {}, attention {}, elementwise {}), backward {}, "
                      "TP comm {}\n",
                      ms(st.layer.forward_s), ms(st.layer.gemm_fwd_s), ms(st.layer.attention_fwd_s),
@@ -46,6 +47,7 @@ std::string format_host_plan(const PlanConfig& c, const HostStepTime& st) {
   row("compute", st.compute_s);
   row("TP comm", st.tp_comm_s);
   row("PP p2p", st.pp_comm_s);
+  row("hand-offs", st.handoff_s);
   row("PP bubble", st.pp_bubble_s);
   row("DP comm", st.dp_comm_s);
   row("optimizer", st.optimizer_s);
@@ -72,7 +74,9 @@ nlohmann::json host_plan_to_json(const PlanConfig& c, const HostStepTime& st) {
                {"hosts", c.cluster.nodes},
                {"ranks_per_host", st.ranks_per_host},
                {"threads_per_rank", st.threads_per_rank},
-               {"oversubscription", st.oversubscription}};
+               {"oversubscription", st.oversubscription},
+               {"sharing_slowdown", st.sharing_slowdown},
+               {"handoff_per_message_s", st.handoff_per_message_s}};
   j["layout"] = {{"tp", l.tp},
                  {"pp", l.pp},
                  {"dp", l.dp},
@@ -93,7 +97,8 @@ nlohmann::json host_plan_to_json(const PlanConfig& c, const HostStepTime& st) {
                  {"busy_s", st.pipeline.busy_s},
                  {"finish_s", st.pipeline.finish_s}};
   j["breakdown"] = {{"compute_s", st.compute_s},   {"tp_comm_s", st.tp_comm_s},
-                    {"pp_comm_s", st.pp_comm_s},   {"pp_bubble_s", st.pp_bubble_s},
+                    {"pp_comm_s", st.pp_comm_s},   {"handoff_s", st.handoff_s},
+                    {"pp_bubble_s", st.pp_bubble_s},
                     {"dp_comm_s", st.dp_comm_s},   {"optimizer_s", st.optimizer_s}};
   j["bubble"] = {{"formula", st.bubble_formula}, {"simulated", st.bubble_fraction}};
   j["step_time_s"] = st.step_s;

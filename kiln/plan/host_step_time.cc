@@ -20,6 +20,12 @@ double tensors_per_layer(const ModelSpec& m) { return m.bias ? 12 : 6; }
 
 comm::LinkCost cost_of(const LinkRates& l) { return {l.alpha_s, l.bytes_per_s}; }
 
+// Exchange rounds of a small-message collective over n ranks (recursive
+// doubling): each is a blocking message that may need a hand-off.
+double collective_rounds(std::int64_t n) {
+  return n > 1 ? std::ceil(std::log2(static_cast<double>(n))) : 0;
+}
+
 struct Shape {
   double tokens, h, t, heads, hd, qkv_width, ffn_width, seq, batch;
 };
@@ -99,6 +105,12 @@ HostLayerTime host_layer_time(const PlanConfig& c, int threads) {
 // and the pipeline bubble mostly disappears: pipeline_sim.h plays this out.
 // Collectives are CPU work too: kiln::comm's shared-memory transport copies
 // and reduces on the calling thread, so their cost is shared like compute.
+// Fair shares are not all that sharing costs (Note [Core sharing] in
+// host_profile.h): compute runs the profile's slowdown times slower, and
+// each blocking message (a TP all-reduce round, a pipeline receive, the DP
+// all-reduce, the world's norm and loss all-reduces) waits a hand-off for
+// its peer to be scheduled, in wall time without a core, as calibrated by
+// `kiln bench handoff` at this many ranks per core.
 Result<HostStepTime> host_step_time(const PlanConfig& c) {
   if (!c.cluster.host) {
     return invalid_argument(c.source + ": the CPU host model needs cluster.profile");
@@ -116,6 +128,14 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   const ComputeRates& r = hp.rates(st.threads_per_rank);
   st.oversubscription =
       static_cast<double>(st.ranks_per_host * st.threads_per_rank) / std::max(1, hp.cores);
+  // Note [Core sharing] (host_profile.h): what ranks sharing cores lose
+  // beyond fair shares, as calibrated; a lone rank shares with no one.
+  if (st.ranks_per_host > 1) {
+    st.sharing_slowdown = hp.sharing_slowdown(st.oversubscription);
+    st.handoff_per_message_s = hp.handoff_s(st.oversubscription);
+  }
+  const double slowdown = st.sharing_slowdown;
+  const double handoff = st.handoff_per_message_s;
   st.layer = host_layer_time(c, st.threads_per_rank);
   const HostLayerTime& lt = st.layer;
 
@@ -142,12 +162,13 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   const double loss_bwd =
       r.linear_bwd.at(s.tokens, vocab, s.h) + r.layer_norm_bwd.at(width) + r.loss_bwd.at(logits);
   // TP: the embedding's output and the head's input gradient are all-reduced;
-  // the vocabulary-parallel cross-entropy all-reduces a max, a sum and the
-  // target logit per token.
+  // the vocabulary-parallel cross-entropy all-reduces a max per token, then
+  // the sum and the target logit together (kiln/parallel/tensor/collectives.cc).
   double tp_embed = 0, tp_loss_fwd = 0, tp_loss_bwd = 0;
   if (l.tp > 1) {
     tp_embed = comm::ring_allreduce_s(kFloat * width, l.tp, shm);
-    tp_loss_fwd = 3 * comm::ring_allreduce_s(kFloat * s.tokens, l.tp, shm);
+    tp_loss_fwd = comm::ring_allreduce_s(kFloat * s.tokens, l.tp, shm) +
+                  comm::ring_allreduce_s(2 * kFloat * s.tokens, l.tp, shm);
     tp_loss_bwd = comm::ring_allreduce_s(kFloat * width, l.tp, shm);
   }
   // Point-to-point: each rank sends its stage's output activation (and
@@ -160,13 +181,20 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   sim.micro_batches = static_cast<int>(mb);
   sim.forward_s.assign(static_cast<size_t>(p), std::vector<double>(static_cast<size_t>(v), 0));
   sim.backward_s = sim.forward_s;
-  sim.p2p_latency_s = p > 1 ? pp_link.alpha_s : 0;
+  // A receiver that slept through its input's arrival waits to be scheduled.
+  sim.p2p_latency_s = p > 1 ? pp_link.alpha_s + handoff : 0;
   sim.ranks_per_device = static_cast<int>(l.tp * l.dp);
   sim.threads_per_rank = st.threads_per_rank;
   sim.cores = hp.cores;
+  sim.forward_wait_s = sim.forward_s;
+  sim.backward_wait_s = sim.forward_s;
   st.stage_forward_s.assign(static_cast<size_t>(p), 0);
   st.stage_backward_s.assign(static_cast<size_t>(p), 0);
   std::vector<double> stage_tp(static_cast<size_t>(p), 0), stage_p2p(static_cast<size_t>(p), 0);
+  std::vector<double> stage_wait(static_cast<size_t>(p), 0);
+  // Blocking messages of one TP collective: kiln::comm's small-message
+  // all-reduce takes log2(n) exchange rounds (one for a pair).
+  const double tp_rounds = collective_rounds(l.tp);
   const int last = p * v - 1;
   for (int d = 0; d < p; ++d) {
     const double layers = static_cast<double>(st.stage_layers[static_cast<size_t>(d)]);
@@ -177,44 +205,61 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
       double bwd = chunk_layers * (lt.backward_s + lt.tp_comm_s / 2);
       double tp = chunk_layers * lt.tp_comm_s;
       double sends = 0;
+      // TP collectives that block the rank: 2 per layer each way, the
+      // embedding's, and the parallel loss's 2 forward and the head's 1 backward.
+      double fwd_messages = l.tp > 1 ? 2 * chunk_layers : 0;
+      double bwd_messages = fwd_messages;
       if (j == 0) {
         fwd += embed_fwd + tp_embed;
         bwd += embed_bwd;
         tp += tp_embed;
+        fwd_messages += l.tp > 1 ? 1 : 0;
       }
       if (j == last) {
         fwd += loss_fwd + tp_loss_fwd;
         bwd += loss_bwd + tp_loss_bwd;
         tp += tp_loss_fwd + tp_loss_bwd;
+        fwd_messages += l.tp > 1 ? 2 : 0;
+        bwd_messages += l.tp > 1 ? 1 : 0;
       }
       if (j < last) sends += p2p;  // the activation forward
       if (j > 0) sends += p2p;     // the gradient backward
       fwd += j < last ? p2p : 0;
       bwd += j > 0 ? p2p : 0;
-      sim.forward_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = fwd;
-      sim.backward_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = bwd;
-      st.stage_forward_s[static_cast<size_t>(d)] += fwd;
-      st.stage_backward_s[static_cast<size_t>(d)] += bwd;
-      stage_tp[static_cast<size_t>(d)] += tp;
-      stage_p2p[static_cast<size_t>(d)] += sends;
+      const double fwd_wait = fwd_messages * tp_rounds * handoff;
+      const double bwd_wait = bwd_messages * tp_rounds * handoff;
+      sim.forward_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = slowdown * fwd;
+      sim.backward_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = slowdown * bwd;
+      sim.forward_wait_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = fwd_wait;
+      sim.backward_wait_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = bwd_wait;
+      st.stage_forward_s[static_cast<size_t>(d)] += slowdown * fwd + fwd_wait;
+      st.stage_backward_s[static_cast<size_t>(d)] += slowdown * bwd + bwd_wait;
+      stage_tp[static_cast<size_t>(d)] += slowdown * tp;
+      stage_p2p[static_cast<size_t>(d)] += slowdown * sends;
+      stage_wait[static_cast<size_t>(d)] += fwd_wait + bwd_wait;
     }
   }
 
   // DP: each stage's gradients, all-reduced over its DP group once the
   // stage's last backward is done (kiln::ddp overlaps buckets with that
   // backward, but on a shared host the copies compete for the same cores).
-  std::vector<double> dp_tail(static_cast<size_t>(p), 0);
+  std::vector<double> dp_tail(static_cast<size_t>(p), 0), dp_wait(static_cast<size_t>(p), 0);
   double max_params = 0;
   for (int d = 0; d < p; ++d) {
     const double params = stage_params_per_gpu(c, d);
     max_params = std::max(max_params, params);
-    if (l.dp > 1) dp_tail[static_cast<size_t>(d)] = comm::ring_allreduce_s(kFloat * params, l.dp, dp_link);
+    if (l.dp > 1) {
+      dp_tail[static_cast<size_t>(d)] =
+          slowdown * comm::ring_allreduce_s(kFloat * params, l.dp, dp_link);
+      dp_wait[static_cast<size_t>(d)] = collective_rounds(l.dp) * handoff;
+    }
   }
 
   // The pipeline alone, then with the DP tails: the difference is the
   // exposed DP time.
   KILN_ASSIGN_OR_RETURN(PipelineSimResult bare, simulate_pipeline(sim));
   sim.tail_s = dp_tail;
+  sim.tail_wait_s = dp_wait;
   KILN_ASSIGN_OR_RETURN(st.pipeline, simulate_pipeline(sim));
 
   // Steady state: every rank of the host runnable.
@@ -228,11 +273,12 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   }
   st.slowest_stage = slow;
   const size_t ss = static_cast<size_t>(slow);
-  const double work = st.stage_forward_s[ss] + st.stage_backward_s[ss];
+  const double work = st.stage_forward_s[ss] + st.stage_backward_s[ss] - stage_wait[ss];
   double compute = mb * share * (work - stage_tp[ss] - stage_p2p[ss]);
   double tp_comm = mb * share * stage_tp[ss];
   double pp_comm = mb * share * stage_p2p[ss];
-  const double ideal = compute + tp_comm + pp_comm;
+  double handoffs = mb * stage_wait[ss];
+  const double ideal = compute + tp_comm + pp_comm + handoffs;
   // A shared host can beat the steady-state estimate of the slowest stage
   // (others idle while it works): then the components shrink in proportion.
   if (ideal > bare.makespan_s && ideal > 0) {
@@ -240,10 +286,12 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
     compute *= f;
     tp_comm *= f;
     pp_comm *= f;
+    handoffs *= f;
   }
   st.compute_s = compute;
   st.tp_comm_s = tp_comm;
   st.pp_comm_s = pp_comm;
+  st.handoff_s = handoffs;
   st.pp_bubble_s = std::max(0.0, bare.makespan_s - ideal);
   st.dp_comm_s = st.pipeline.makespan_s - bare.makespan_s;
 
@@ -259,7 +307,10 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   if (ss == 0) tensors += 1;
   if (ss + 1 == static_cast<size_t>(p)) tensors += 3;
   const double one = r.optimizer_per_tensor.at(tensors) + max_params * r.optimizer_param_s;
-  st.optimizer_s = norm_sync + one * share;
+  // Two blocking world collectives per step: the clipping norm and the
+  // reported loss.
+  const double world_waits = 2 * collective_rounds(static_cast<std::int64_t>(world)) * handoff;
+  st.optimizer_s = slowdown * (norm_sync + one * share) + (st.ranks_per_host > 1 ? world_waits : 0);
 
   st.step_s = st.pipeline.makespan_s + st.optimizer_s;
   st.bubble_formula = static_cast<double>(p - 1) / (static_cast<double>(v) * mb);

@@ -12,7 +12,9 @@
 //
 // The schedule (1F1B, or interleaved with vpp > 1) is played out by
 // pipeline_sim.h with processor sharing, since ranks may outnumber cores:
-// see Note [Oversubscribed hosts] in host_step_time.cc. After the pipeline
+// see Note [Oversubscribed hosts] in host_step_time.cc, with the measured
+// cost of sharing cores beyond fair shares (Note [Core sharing] in
+// host_profile.h). After the pipeline
 // each stage reduces its gradients over its DP group (kiln::ddp), the ranks
 // agree on the global gradient norm (clipping) and all update at once.
 #pragma once
@@ -42,6 +44,11 @@ struct HostStepTime {
   int threads_per_rank = 1;
   int cores = 1;
   double oversubscription = 1;  // ranks · threads / cores (> 1: ranks share cores)
+  // Note [Core sharing] (host_profile.h), at this oversubscription: compute
+  // runs slowdown times slower than its fair share, and each blocking
+  // message waits handoff_per_message_s for its peer to be scheduled.
+  double sharing_slowdown = 1;
+  double handoff_per_message_s = 0;
   double micro_batches = 0;
   std::vector<std::int64_t> stage_layers;
   // Per device, one micro-batch through all its chunks, unshared speed.
@@ -53,6 +60,7 @@ struct HostStepTime {
   double compute_s = 0;
   double tp_comm_s = 0;
   double pp_comm_s = 0;
+  double handoff_s = 0;    // the slowest stage's blocking messages waiting for their peers
   double pp_bubble_s = 0;
   double dp_comm_s = 0;    // exposed gradient reduction after the last backward
   double optimizer_s = 0;  // global-norm agreement + the update

@@ -93,8 +93,8 @@ TEST(HostStepTimeTest, DedicatedCoresPayTheOneF1BBubble) {
   // slowest stage's m micro-batches.
   auto st = host_step_time(small_gpt(flops_only_host(2), 1, 2, 1, 4));
   ASSERT_TRUE(st.is_ok()) << st.status().to_string();
-  const double sum = st->compute_s + st->tp_comm_s + st->pp_comm_s + st->pp_bubble_s +
-                     st->dp_comm_s + st->optimizer_s;
+  const double sum = st->compute_s + st->tp_comm_s + st->pp_comm_s + st->handoff_s +
+                     st->pp_bubble_s + st->dp_comm_s + st->optimizer_s;
   EXPECT_NEAR(sum, st->step_s, 1e-12);
   EXPECT_GT(st->pp_bubble_s, 0);
   EXPECT_NEAR(st->bubble_formula, 1.0 / 4, 1e-12);
@@ -119,14 +119,16 @@ TEST(HostStepTimeTest, CommunicationIsPricedByTheLinksAlphaBeta) {
   EXPECT_NEAR(st->optimizer_s, comm::ring_allreduce_s(8, 2, {1e-3, 1e9}), 1e-9);
 
   // TP 2: four activation all-reduces per layer per micro-batch, plus the
-  // embedding's, the loss's three and the head's input gradient.
+  // embedding's, the loss's two (a max, then the sum and the target logit
+  // together) and the head's input gradient.
   const PlanConfig t = small_gpt(host, 2, 1, 1, 4);
   auto tt = host_step_time(t);
   ASSERT_TRUE(tt.is_ok());
   const double act = 4.0 * 8 * 128 * 128;  // fp32, micro-batch of 8 sequences
   const double per_mb = 4 * 4 * comm::ring_allreduce_s(act, 2, {1e-3, 1e9}) +
                         2 * comm::ring_allreduce_s(act, 2, {1e-3, 1e9}) +
-                        3 * comm::ring_allreduce_s(4.0 * 8 * 128, 2, {1e-3, 1e9});
+                        comm::ring_allreduce_s(4.0 * 8 * 128, 2, {1e-3, 1e9}) +
+                        comm::ring_allreduce_s(2 * 4.0 * 8 * 128, 2, {1e-3, 1e9});
   EXPECT_NEAR(tt->tp_comm_s, 4 * per_mb, 1e-9);
 }
 
@@ -145,6 +147,47 @@ TEST(HostStepTimeTest, ElementwiseClassesAddUpPerLayer) {
   EXPECT_NEAR(st->layer.forward_s, 1e-6 + tokens * 512 * 1e-9 + 2 * tokens * 128 * 5e-9, 1e-12);
   // Two LayerNorms backward on the 128-wide stream.
   EXPECT_NEAR(st->layer.backward_s, 2 * (2e-6 + tokens * 128 * 3e-9), 1e-12);
+}
+
+TEST(HostStepTimeTest, CoreSharingSlowsComputeAndEachBlockingMessageWaitsItsHandOff) {
+  // Note [Core sharing]: compute 1.5x its fair share and 1 ms per blocking
+  // message at every ranks-per-core level; comm otherwise free.
+  auto host = flops_only_host(2);
+  host->sharing = {{1, 1.5, 1e-3}, {4, 1.5, 1e-3}};
+  const double fair = model_flops(small_gpt(flops_only_host(2), 1, 1, 1, 4)) / 200e9;
+
+  // One rank shares with no one: unchanged.
+  auto alone = host_step_time(small_gpt(host, 1, 1, 1, 4));
+  ASSERT_TRUE(alone.is_ok());
+  EXPECT_NEAR(alone->step_s, model_flops(small_gpt(host, 1, 1, 1, 4)) / 200e9, 1e-9 * fair);
+  EXPECT_EQ(alone->handoff_s, 0);
+
+  // TP 2 × DP 4: 8 ranks on 2 cores, one stage. Per micro-batch a TP rank
+  // blocks on 2 all-reduces per layer each way (16), the embedding's (1),
+  // the loss's 2 forward and the head's 1 backward: 20, one exchange round each (a
+  // pair); 4 micro-batches. Then the DP all-reduce over 4 (2 rounds) and the
+  // clipping norm and the loss over all 8 ranks (3 rounds each).
+  auto st = host_step_time(small_gpt(host, 2, 1, 4, 4));
+  ASSERT_TRUE(st.is_ok()) << st.status().to_string();
+  EXPECT_NEAR(st->sharing_slowdown, 1.5, 1e-12);
+  EXPECT_NEAR(st->handoff_per_message_s, 1e-3, 1e-15);
+  EXPECT_NEAR(st->handoff_s, 4 * 20 * 1e-3, 1e-9);
+  EXPECT_NEAR(st->dp_comm_s, 2 * 1e-3, 1e-9);
+  EXPECT_NEAR(st->optimizer_s, 2 * 3 * 1e-3, 1e-9);
+  EXPECT_NEAR(st->step_s, 1.5 * fair + (80 + 2 + 6) * 1e-3, 1e-6 * fair);
+  const double sum = st->compute_s + st->tp_comm_s + st->pp_comm_s + st->handoff_s +
+                     st->pp_bubble_s + st->dp_comm_s + st->optimizer_s;
+  EXPECT_NEAR(sum, st->step_s, 1e-12);
+
+  // A pipeline's receivers wait a hand-off too: PP 2 × DP 2 takes longer
+  // than the same layout with free hand-offs, by at least the first
+  // micro-batch's crossing in each direction.
+  host->sharing = {{1, 1.0, 0}, {4, 1.0, 0}};
+  auto free_handoffs = host_step_time(small_gpt(host, 1, 2, 2, 4));
+  host->sharing = {{1, 1.0, 1e-3}, {4, 1.0, 1e-3}};
+  auto paid = host_step_time(small_gpt(host, 1, 2, 2, 4));
+  ASSERT_TRUE(free_handoffs.is_ok() && paid.is_ok());
+  EXPECT_GE(paid->step_s - free_handoffs->step_s, 2 * 1e-3);
 }
 
 TEST(HostStepTimeTest, NeedsAHostProfile) {

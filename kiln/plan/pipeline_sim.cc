@@ -51,7 +51,8 @@ struct Device {
   bool running = false;
   bool in_tail = false;
   bool done = false;
-  double remaining_s = 0;  // of the running op, at full speed
+  double remaining_s = 0;  // compute of the running op, at full speed
+  double waiting_s = 0;    // then its wall-time wait, holding no core
   double busy_s = 0;
   double finish_s = 0;
 };
@@ -81,7 +82,10 @@ Result<PipelineSimResult> simulate_pipeline(const PipelineSimInput& in) {
     return true;
   };
   if (!sized(in.forward_s) || !sized(in.backward_s) ||
-      (!in.tail_s.empty() && static_cast<int>(in.tail_s.size()) != p)) {
+      (!in.forward_wait_s.empty() && !sized(in.forward_wait_s)) ||
+      (!in.backward_wait_s.empty() && !sized(in.backward_wait_s)) ||
+      (!in.tail_s.empty() && static_cast<int>(in.tail_s.size()) != p) ||
+      (!in.tail_wait_s.empty() && static_cast<int>(in.tail_wait_s.size()) != p)) {
     return invalid_argument("pipeline simulation: work tables must be [stages][chunks]");
   }
 
@@ -107,11 +111,16 @@ Result<PipelineSimResult> simulate_pipeline(const PipelineSimInput& in) {
     const auto& table = op.forward ? in.forward_s : in.backward_s;
     return table[static_cast<size_t>(d)][static_cast<size_t>(op.chunk)];
   };
+  auto wait = [&](int d, const PipelineOp& op) {
+    const auto& table = op.forward ? in.forward_wait_s : in.backward_wait_s;
+    return table.empty() ? 0.0 : table[static_cast<size_t>(d)][static_cast<size_t>(op.chunk)];
+  };
 
   double now = 0, contended_s = 0;
   constexpr double kEps = 1e-15;
-  // Every iteration finishes an operation or starts one: bounded by the op count.
-  const size_t max_iterations = 4 * static_cast<size_t>(p) * (2 * m * v + 2) + 16;
+  // Every iteration starts an operation, ends its compute or ends its wait:
+  // bounded by the op count.
+  const size_t max_iterations = 8 * static_cast<size_t>(p) * (2 * m * v + 2) + 16;
   for (size_t iter = 0; iter < max_iterations; ++iter) {
     double wake = std::numeric_limits<double>::infinity();
     bool all_done = true;
@@ -125,6 +134,7 @@ Result<PipelineSimResult> simulate_pipeline(const PipelineSimInput& in) {
         if (at <= now + kEps) {
           x.running = true;
           x.remaining_s = work(d, x.ops[x.next]);
+          x.waiting_s = wait(d, x.ops[x.next]);
         } else {
           wake = std::min(wake, at);
         }
@@ -132,17 +142,28 @@ Result<PipelineSimResult> simulate_pipeline(const PipelineSimInput& in) {
         x.in_tail = true;
         x.running = true;
         x.remaining_s = in.tail_s.empty() ? 0 : in.tail_s[static_cast<size_t>(d)];
+        x.waiting_s = in.tail_wait_s.empty() ? 0 : in.tail_wait_s[static_cast<size_t>(d)];
       }
     }
     if (all_done) break;
+    // Computing: running with compute left; the others run out their wait.
+    auto computing = [&](const Device& x) {
+      return x.running && x.remaining_s > kEps * std::max(1.0, now);
+    };
+    std::vector<char> in_compute(dev.size());
     int active = 0;
-    for (const Device& x : dev) active += x.running ? 1 : 0;
+    for (size_t d = 0; d < dev.size(); ++d) {
+      in_compute[d] = computing(dev[d]) ? 1 : 0;
+      active += in_compute[d];
+    }
     const double demand =
         static_cast<double>(active) * in.ranks_per_device * in.threads_per_rank;
     const double rate = std::min(1.0, in.cores / std::max(1.0, demand));
     double step = wake - now;
-    for (const Device& x : dev) {
-      if (x.running) step = std::min(step, x.remaining_s / rate);
+    for (size_t d = 0; d < dev.size(); ++d) {
+      const Device& x = dev[d];
+      if (!x.running) continue;
+      step = std::min(step, in_compute[d] ? x.remaining_s / rate : x.waiting_s);
     }
     if (!(step < std::numeric_limits<double>::infinity())) {
       return internal_error("pipeline simulation: no device can make progress (schedule bug)");
@@ -154,8 +175,15 @@ Result<PipelineSimResult> simulate_pipeline(const PipelineSimInput& in) {
       Device& x = dev[static_cast<size_t>(d)];
       if (!x.running) continue;
       x.busy_s += step;
-      x.remaining_s -= step * rate;
-      if (x.remaining_s > kEps * std::max(1.0, now)) continue;
+      if (in_compute[static_cast<size_t>(d)]) {
+        x.remaining_s -= step * rate;
+        if (x.remaining_s > kEps * std::max(1.0, now)) continue;
+        x.remaining_s = 0;
+        if (x.waiting_s > kEps * std::max(1.0, now)) continue;
+      } else {
+        x.waiting_s -= step;
+        if (x.waiting_s > kEps * std::max(1.0, now)) continue;
+      }
       x.running = false;
       if (x.in_tail) {
         x.done = true;

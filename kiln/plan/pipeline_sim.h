@@ -17,7 +17,8 @@
 // backward, plus `p2p_latency_s`). All running operations share the host
 // fairly: with A devices running, each rank proceeds at
 // min(1, cores / (A · ranks_per_device · threads_per_rank)) of its
-// unshared speed. Deterministic; exact for the 1F1B formula when nothing is
+// unshared speed; an operation's wait (hand-offs) then passes in wall time
+// without a core. Deterministic; exact for the 1F1B formula when nothing is
 // shared (a unit test checks (m + p − 1)(f + b)).
 #pragma once
 
@@ -37,6 +38,13 @@ struct PipelineSimInput {
   std::vector<std::vector<double>> backward_s;
   // Work after a device's last backward (its DP gradient reduction), at full speed.
   std::vector<double> tail_s;
+  // Wall time of each operation (and tail) during which its ranks hold no
+  // core: the hand-offs of the blocking messages inside it on an
+  // oversubscribed host (Note [Core sharing] in host_profile.h). It follows
+  // the operation's compute; empty tables mean none.
+  std::vector<std::vector<double>> forward_wait_s;
+  std::vector<std::vector<double>> backward_wait_s;
+  std::vector<double> tail_wait_s;
   double p2p_latency_s = 0;  // from a send's completion to the receiver being able to start
   int ranks_per_device = 1;  // tp · dp: ranks doing this device's work in lockstep
   int threads_per_rank = 1;

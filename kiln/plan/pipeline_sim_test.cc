@@ -106,6 +106,42 @@ TEST(PipelineSimTest, TailsAndP2pLatencyAddUp) {
   EXPECT_NEAR(r->makespan_s, 9.2, 1e-9);
 }
 
+TEST(PipelineSimTest, WaitsPassInWallTimeWithoutACore) {
+  // One stage of 4 ranks on 2 cores, each operation's compute at half speed
+  // then its hand-off wait: m·(2(f + b) + wf + wb), the probe's model
+  // round = max(1, ranks/cores)·work + handoff.
+  PipelineSimInput in = equal_stages(1, 1, 3, 1.0, 2.0);
+  in.ranks_per_device = 4;
+  in.cores = 2;
+  in.forward_wait_s = {{0.25}};
+  in.backward_wait_s = {{0.5}};
+  in.tail_s = {1.0};
+  in.tail_wait_s = {0.125};
+  auto r = simulate_pipeline(in);
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  EXPECT_NEAR(r->makespan_s, 3 * (2 * 3.0 + 0.75) + 2 * 1.0 + 0.125, 1e-9);
+
+  // Two stages of 2 ranks on 2 cores: while one device waits, the other
+  // computes at full speed. Stage 0 forward then waits 1 s; stage 1's
+  // forward of the previous micro-batch gets both cores meanwhile.
+  PipelineSimInput two = equal_stages(2, 1, 2, 1.0, 1.0);
+  two.ranks_per_device = 2;
+  two.cores = 2;
+  auto bare = simulate_pipeline(two);
+  ASSERT_TRUE(bare.is_ok());
+  two.forward_wait_s = {{1.0}, {0.0}};
+  two.backward_wait_s = {{0.0}, {0.0}};
+  auto waited = simulate_pipeline(two);
+  ASSERT_TRUE(waited.is_ok());
+  // The waits lengthen the step, but by less than their sum on the critical
+  // path would if they held a core.
+  EXPECT_GT(waited->makespan_s, bare->makespan_s);
+  EXPECT_LE(waited->makespan_s, bare->makespan_s + 2 * 1.0 + 1e-9);
+
+  two.forward_wait_s = {{1.0}};  // wrong shape
+  EXPECT_EQ(simulate_pipeline(two).status().code(), Code::kInvalidArgument);
+}
+
 TEST(PipelineSimTest, RefusesInconsistentInput) {
   PipelineSimInput in = equal_stages(2, 2, 3, 1.0, 2.0);  // interleaved needs m % p == 0
   EXPECT_EQ(simulate_pipeline(in).status().code(), Code::kInvalidArgument);

@@ -180,8 +180,8 @@ TEST(PlanCliTest, MissingConfigIsAUsageError) {
 // The breakdown of a CPU-host plan adds up to its step time.
 void expect_host_breakdown(const nlohmann::json& j) {
   double sum = 0;
-  for (const char* key : {"compute_s", "tp_comm_s", "pp_comm_s", "pp_bubble_s", "dp_comm_s",
-                          "optimizer_s"}) {
+  for (const char* key : {"compute_s", "tp_comm_s", "pp_comm_s", "handoff_s", "pp_bubble_s",
+                          "dp_comm_s", "optimizer_s"}) {
     ASSERT_TRUE(j["breakdown"].contains(key)) << key;
     EXPECT_GE(j["breakdown"][key].get<double>(), 0) << key;
     sum += j["breakdown"][key].get<double>();
@@ -201,6 +201,9 @@ TEST(PlanCliTest, CpuHostProfilePredictsTheMiniatureLayouts) {
   EXPECT_DOUBLE_EQ(j["bubble"]["formula"].get<double>(), 1.0 / 4);  // (p − 1)/m
   EXPECT_GT(j["breakdown"]["tp_comm_s"].get<double>(), 0);
   EXPECT_GT(j["breakdown"]["dp_comm_s"].get<double>(), 0);
+  // 4 ranks per core: the profile's core sharing applies (Note [Core sharing]).
+  EXPECT_GT(j["host"]["sharing_slowdown"].get<double>(), 1);
+  EXPECT_GT(j["breakdown"]["handoff_s"].get<double>(), 0);
   const double step_8 = j["step_time_s"].get<double>();
   // Flags override the file; one rank alone runs two intra-op threads.
   r = kiln("plan examples/plan/gpt_3d-cpu.toml --tp 1 --pp 1 --dp 1 --json");
@@ -244,8 +247,17 @@ TEST(PlanCliTest, CalibrateQuickWritesAProfileThatPlanReads) {
   EXPECT_LT(summary["seconds"].get<double>(), 60);
   const std::string text = slurp(profile);
   for (const char* section : {"[profile]", "[host]", "[compute_1_thread]", "[compute_all_threads]",
-                              "[memory]", "[link_shm]", "[link_tcp]"}) {
+                              "[memory]", "[link_shm]", "[link_tcp]", "[core_sharing]"}) {
     EXPECT_NE(text.find(section), std::string::npos) << section << " in\n" << text;
+  }
+  // Core sharing (Note [Core sharing]): measured with real ranks at one and
+  // more ranks per core; a slowdown near 1 or above, a hand-off >= 0.
+  ASSERT_GE(summary["core_sharing"].size(), 2u) << r.out;
+  for (const auto& point : summary["core_sharing"]) {
+    EXPECT_GT(point["slowdown"].get<double>(), 0.3) << point;
+    EXPECT_LT(point["slowdown"].get<double>(), 20) << point;
+    EXPECT_GE(point["handoff_us"].get<double>(), 0) << point;
+    EXPECT_LT(point["handoff_us"].get<double>(), 1e6) << point;
   }
   r = kiln("plan examples/plan/gpt_3d-cpu.toml --json --profile '" + profile + "'");
   std::remove(profile.c_str());

@@ -231,6 +231,28 @@ TEST_F(BenchSmoke, DdpCheckFailsOnCorruptedGradients) {
   EXPECT_NE(r.exit_code, 0) << context(r);
   EXPECT_NE(r.err.find("rank 1: DDP's gradients differ"), std::string::npos) << context(r);
 }
+
+// ---- handoff ----------------------------------------------------------------
+
+TEST_F(BenchSmoke, HandoffTypedAloneStartsItsRanksAndReportsEveryKey) {
+  KilnRun r = kiln({"bench", "handoff", "--ranks", "4", "--group", "2", "--units", "1",
+                    "--rounds", "3", "--repeats", "1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << context(r);
+  json doc = parse(r);
+  expect_numeric(doc,
+                 {"ranks", "cores", "threads_per_rank", "group", "units", "bytes", "rounds",
+                  "round_s"},
+                 "handoff");
+  EXPECT_EQ(doc["ranks"], 4);
+  EXPECT_EQ(doc["group"], 2);
+  EXPECT_GT(doc["round_s"].get<double>(), 0);
+}
+
+TEST_F(BenchSmoke, HandoffRefusesAGroupThatDoesNotDivideTheRanks) {
+  KilnRun r = kiln({"bench", "handoff", "--ranks", "4", "--group", "3"});
+  EXPECT_EQ(r.exit_code, 2) << context(r);
+  EXPECT_NE(r.err.find("--group 3 must divide --ranks 4"), std::string::npos) << context(r);
+}
 #endif
 
 // ---- data -------------------------------------------------------------------

@@ -149,12 +149,22 @@ torch::Tensor rotate(const torch::Tensor& x, const torch::Tensor& cos, const tor
 }
 
 // Restores LibTorch's intra-op thread count on scope exit.
+// Sets both thread pools as kiln train does for a rank (trainer.cc,
+// trainer_3d.cc): LibTorch's intra-op pool and OpenBLAS's own, which
+// otherwise keeps one thread per core whatever LibTorch was told (Note
+// [OpenBLAS's own thread pool] in kiln/base/blas_kernel.h); a "1 thread"
+// GEMM rate measured with OpenBLAS on every core would be a rate no rank
+// of a multi-rank job gets.
 class ThreadScope {
  public:
   explicit ThreadScope(int threads) : saved_(torch::get_num_threads()) {
     torch::set_num_threads(threads);
+    set_openblas_threads(threads);
   }
-  ~ThreadScope() { torch::set_num_threads(saved_); }
+  ~ThreadScope() {
+    torch::set_num_threads(saved_);
+    set_openblas_threads(saved_);
+  }
 
  private:
   int saved_;
