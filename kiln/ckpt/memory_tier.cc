@@ -2,11 +2,13 @@
 
 #include <fmt/format.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <optional>
+#include <cstring>
 #include <filesystem>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -15,6 +17,7 @@
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/fs.h"
+#include "kiln/ckpt/internal/mapped_file.h"
 #include "kiln/ckpt/internal/snapshot_restore.h"
 #include "kiln/ckpt/internal/snapshot_stream.h"
 #include "kiln/ckpt/retention.h"
@@ -95,6 +98,40 @@ Result<bool> all_ok(comm::Communicator* comm, bool ok, std::chrono::milliseconds
   return v == 1;
 }
 
+// Copies the entries into `dst` back to back (the shard file's layout, no
+// compression) and checksums each where it landed, a cache-sized piece at a
+// time so the checksum reads from cache, not memory.
+ShardRecord copy_snapshot(int rank, const std::vector<StagedEntry>& entries,
+                          const std::byte* staging, std::byte* dst) {
+  constexpr std::size_t kPiece = std::size_t{1} << 20;
+  ShardRecord shard;
+  shard.rank = rank;
+  shard.file = shard_file_name(rank);
+  std::uint64_t offset = 0;
+  for (const auto& e : entries) {
+    EntryRecord rec;
+    rec.name = e.name;
+    rec.is_tensor = e.is_tensor;
+    rec.spec = e.spec;
+    rec.offset = offset;
+    rec.raw_bytes = rec.stored_bytes = e.bytes;
+    XXH3_state_t* h = XXH3_createState();
+    XXH3_64bits_reset(h);
+    for (std::size_t done = 0; done < e.bytes;) {
+      const std::size_t n = std::min(kPiece, e.bytes - done);
+      std::memcpy(dst + offset + done, staging + e.staging_offset + done, n);
+      XXH3_64bits_update(h, dst + offset + done, n);
+      done += n;
+    }
+    rec.xxh3 = XXH3_64bits_digest(h);
+    XXH3_freeState(h);
+    offset += e.bytes;
+    shard.entries.push_back(std::move(rec));
+  }
+  shard.bytes = offset;
+  return shard;
+}
+
 }  // namespace
 
 std::string default_memory_dir(const std::string& checkpoint_root) {
@@ -152,6 +189,7 @@ Status MemoryTier::prepare_step_dir(const std::string& dir) {
   for (const auto& n : *names) {
     if (n != mine && n != pred) KILN_RETURN_IF_ERROR(fs.remove_tree(dir + "/" + n));
   }
+  internal::release_unlinked_mappings();
   return Status::ok();
 }
 
@@ -176,6 +214,7 @@ void MemoryTier::retire_older_than(std::int64_t step) {
     }
     (void)fs.remove_tree(dir);
   }
+  internal::release_unlinked_mappings();  // the deleted steps' memory is freed
 }
 
 Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entries,
@@ -187,18 +226,15 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
   Status own = prepare_step_dir(dir);
   std::string json;
   if (own.is_ok()) {
-    auto fd = internal::open_for_overwrite(dir + "/" + shard_file_name(rank_), total);
-    own = fd.status();
+    const std::string bin = dir + "/" + shard_file_name(rank_);
+    auto file = internal::map_for_write(bin, total);
+    own = file.status();
     if (own.is_ok()) {
-      internal::OverwriteWriter out(std::move(*fd), dir + "/" + shard_file_name(rank_));
-      auto rec = write_shard_to(out, rank_, entries, staging, ShardWriteOptions{});
-      own = rec.status();
-      if (own.is_ok()) {
-        json = record_json(step, world_, *rec);
-        // tmpfs: an fsync would change nothing.
-        own = write_file_atomic(*Fs::posix(), dir + "/" + record_name(rank_), json,
-                                Durability::kAtomicOnly);
-      }
+      ShardRecord rec = copy_snapshot(rank_, entries, staging, (*file)->data());
+      json = record_json(step, world_, rec);
+      // tmpfs: an fsync would change nothing.
+      own = write_file_atomic(*Fs::posix(), dir + "/" + record_name(rank_), json,
+                              Durability::kAtomicOnly);
     }
   }
   if (!own.is_ok()) {
@@ -236,10 +272,10 @@ Status MemoryTier::exchange(std::int64_t step, const std::string& dir, const std
   internal::MemorySource source(std::move(regions));
   const auto their_size = static_cast<std::uint64_t>(theirs[1]);
   const std::string bin_path = dir + "/" + shard_file_name(from);
-  std::optional<internal::FileSink> file;
+  std::optional<internal::MappedSink> file;
   internal::DiscardSink discard;
   if (theirs[0] > 0) {
-    auto f = internal::FileSink::open(bin_path, their_size);
+    auto f = internal::map_for_write(bin_path, their_size);
     if (f.is_ok()) {
       file.emplace(std::move(*f));
     } else {
@@ -331,20 +367,24 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   // What the predecessor needs: present (the feasibility check saw it); an
   // unreadable file sends a zero-length record, which the predecessor rejects.
   std::string send_json;
-  std::optional<internal::FileSource> send_bin;
+  std::optional<internal::MemorySource> send_bin;
+  std::uint64_t send_size = 0;
   if (pred_needs) {
     auto j = read_file(dir + "/" + record_name(to));
-    auto b = internal::FileSource::open(dir + "/" + shard_file_name(to));
+    auto b = internal::map_existing(dir + "/" + shard_file_name(to));
     if (j.is_ok() && b.is_ok()) {
       send_json = std::move(*j);
-      send_bin.emplace(std::move(*b));
+      send_size = (*b)->size();
+      send_bin.emplace(std::vector<internal::MemorySource::Region>{
+                           {(*b)->data(), static_cast<std::size_t>(send_size)}},
+                       std::move(*b));
     }
   }
   std::string recv_json;
   std::uint64_t recv_size = 0;
   if (world_ > 1) {
     std::int64_t head_out[2] = {static_cast<std::int64_t>(send_json.size()),
-                                static_cast<std::int64_t>(send_bin ? send_bin->size() : 0)};
+                                static_cast<std::int64_t>(send_size)};
     std::int64_t head_in[2] = {0, 0};
     KILN_RETURN_IF_ERROR(
         comm->sendrecv(head_out, 2, to, head_in, 2, from, DataType::kInt64)->wait(t));
@@ -373,7 +413,7 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
     internal::ChunkSink* in = nullptr;
     if (need_fetch) in = sink ? static_cast<internal::ChunkSink*>(&*sink) : &discard;
     KILN_RETURN_IF_ERROR(internal::stream_ring(*comm, to, send_bin ? &*send_bin : nullptr,
-                                               send_bin ? send_bin->size() : 0, from, in,
+                                               send_size, from, in,
                                                need_fetch ? recv_size : 0, t, *bounce_, &local));
     KILN_RETURN_IF_ERROR(local.with_context(where));
   }
@@ -381,8 +421,12 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   if (need_fetch) {
     stats_.fetched_bytes = recv_size;
   } else {
-    KILN_RETURN_IF_ERROR(
-        internal::read_file_into(dir + "/" + rec->file, rec->bytes, *sink, *bounce_));
+    KILN_ASSIGN_OR_RETURN(auto file, internal::map_existing(dir + "/" + rec->file));
+    if (file->size() != rec->bytes) {
+      return data_loss(fmt::format("{}: {} has {} bytes, its record {}", where, file->path(),
+                                   file->size(), rec->bytes));
+    }
+    KILN_RETURN_IF_ERROR(internal::copy_from(*file, *sink));
   }
   LoadedState st;
   st.step = step;
@@ -394,6 +438,7 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
 
 Status MemoryTier::clear() {
   KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(rank_dir_));
+  internal::release_unlinked_mappings();
   // The last rank of the host to finish removes the job's directory too
   // (rmdir fails, harmlessly, while another rank's directory remains).
   ::rmdir(options_.dir.c_str());
