@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -98,39 +99,78 @@ Result<bool> all_ok(comm::Communicator* comm, bool ok, std::chrono::milliseconds
   return v == 1;
 }
 
-// Copies the entries into `dst` back to back (the shard file's layout, no
-// compression) and checksums each where it landed, a cache-sized piece at a
-// time so the checksum reads from cache, not memory.
-ShardRecord copy_snapshot(int rank, const std::vector<StagedEntry>& entries,
-                          const std::byte* staging, std::byte* dst) {
-  constexpr std::size_t kPiece = std::size_t{1} << 20;
-  ShardRecord shard;
-  shard.rank = rank;
-  shard.file = shard_file_name(rank);
-  std::uint64_t offset = 0;
-  for (const auto& e : entries) {
-    EntryRecord rec;
-    rec.name = e.name;
-    rec.is_tensor = e.is_tensor;
-    rec.spec = e.spec;
-    rec.offset = offset;
-    rec.raw_bytes = rec.stored_bytes = e.bytes;
-    XXH3_state_t* h = XXH3_createState();
-    XXH3_64bits_reset(h);
-    for (std::size_t done = 0; done < e.bytes;) {
-      const std::size_t n = std::min(kPiece, e.bytes - done);
-      std::memcpy(dst + offset + done, staging + e.staging_offset + done, n);
-      XXH3_64bits_update(h, dst + offset + done, n);
-      done += n;
+// The own snapshot made on the way out: each chunk the exchange sends is
+// first copied from staging into the snapshot file's mapping (entries back
+// to back, the shard file's layout, no compression) and checksummed there, a
+// cache-sized piece at a time; the chunk then goes to the buddy from cache.
+// One pass over the staged bytes makes both the snapshot and the replica's
+// source, and the copy of chunk k+1 overlaps the transfer of chunk k.
+class SnapshotSource final : public internal::ChunkSource {
+ public:
+  SnapshotSource(int rank, const std::vector<StagedEntry>& entries, const std::byte* staging,
+                 std::byte* dst)
+      : entries_(entries), staging_(staging), dst_(dst) {
+    shard_.rank = rank;
+    shard_.file = shard_file_name(rank);
+    std::uint64_t offset = 0;
+    for (const auto& e : entries) {
+      EntryRecord rec;
+      rec.name = e.name;
+      rec.is_tensor = e.is_tensor;
+      rec.spec = e.spec;
+      rec.offset = offset;
+      rec.raw_bytes = rec.stored_bytes = e.bytes;
+      shard_.entries.push_back(std::move(rec));
+      offset += e.bytes;
+      XXH3_state_t* h = XXH3_createState();
+      XXH3_64bits_reset(h);
+      hashes_.push_back(h);
     }
-    rec.xxh3 = XXH3_64bits_digest(h);
-    XXH3_freeState(h);
-    offset += e.bytes;
-    shard.entries.push_back(std::move(rec));
+    shard_.bytes = offset;
   }
-  shard.bytes = offset;
-  return shard;
-}
+  ~SnapshotSource() override {
+    for (auto* h : hashes_) XXH3_freeState(h);
+  }
+
+  // Chunks come in order, each once (stream_ring's contract).
+  Result<const std::byte*> chunk(std::uint64_t offset, std::size_t n, std::byte*) override {
+    copy(offset + n);
+    return static_cast<const std::byte*>(dst_ + offset);
+  }
+
+  // Copies whatever the exchange did not send, then the record of it all.
+  ShardRecord finish() {
+    copy(shard_.bytes);
+    for (std::size_t i = 0; i < hashes_.size(); ++i) {
+      shard_.entries[i].xxh3 = XXH3_64bits_digest(hashes_[i]);
+    }
+    return shard_;
+  }
+
+ private:
+  // Copies and checksums bytes [copied_, end).
+  void copy(std::uint64_t end) {
+    constexpr std::uint64_t kPiece = std::uint64_t{1} << 20;
+    while (copied_ < end) {
+      while (copied_ >= shard_.entries[entry_].offset + entries_[entry_].bytes) ++entry_;
+      const EntryRecord& rec = shard_.entries[entry_];
+      const std::uint64_t in_entry = copied_ - rec.offset;
+      const auto n = static_cast<std::size_t>(
+          std::min({kPiece, end - copied_, entries_[entry_].bytes - in_entry}));
+      std::memcpy(dst_ + copied_, staging_ + entries_[entry_].staging_offset + in_entry, n);
+      XXH3_64bits_update(hashes_[entry_], dst_ + copied_, n);
+      copied_ += n;
+    }
+  }
+
+  const std::vector<StagedEntry>& entries_;
+  const std::byte* staging_;
+  std::byte* dst_;
+  ShardRecord shard_;
+  std::vector<XXH3_state_t*> hashes_;
+  std::size_t entry_ = 0;
+  std::uint64_t copied_ = 0;
+};
 
 }  // namespace
 
@@ -224,57 +264,59 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
   for (const auto& e : entries) total += e.bytes;
   // A step stored again (a job restarted from an older step) replaces the old copy.
   Status own = prepare_step_dir(dir);
-  std::string json;
+  std::shared_ptr<internal::MappedFile> file;
   if (own.is_ok()) {
-    const std::string bin = dir + "/" + shard_file_name(rank_);
-    auto file = internal::map_for_write(bin, total);
-    own = file.status();
-    if (own.is_ok()) {
-      ShardRecord rec = copy_snapshot(rank_, entries, staging, (*file)->data());
-      json = record_json(step, world_, rec);
-      // tmpfs: an fsync would change nothing.
-      own = write_file_atomic(*Fs::posix(), dir + "/" + record_name(rank_), json,
-                              Durability::kAtomicOnly);
-    }
+    auto f = internal::map_for_write(dir + "/" + shard_file_name(rank_), total);
+    own = f.status();
+    if (f.is_ok()) file = std::move(*f);
   }
-  if (!own.is_ok()) {
-    own = own.with_context(fmt::format("in-memory snapshot of step {} on rank {}", step, rank_));
-    json.clear();
-  }
-  Status ex = exchange(step, dir, json, entries, staging, total);
+  std::optional<SnapshotSource> snapshot;
+  if (file) snapshot.emplace(rank_, entries, staging, file->data());
+  std::string json;
+  // The exchange sends this rank's bytes and, once they are all in the
+  // snapshot, its record (empty when there is no snapshot: the successor
+  // then keeps no replica).
+  auto make_record = [&]() -> std::string {
+    if (!snapshot) return {};
+    ShardRecord rec = snapshot->finish();
+    json = record_json(step, world_, rec);
+    // tmpfs: an fsync would change nothing.
+    own = write_file_atomic(*Fs::posix(), dir + "/" + record_name(rank_), json,
+                            Durability::kAtomicOnly);
+    if (!own.is_ok()) json.clear();
+    return json;
+  };
+  Status ex = exchange(step, dir, snapshot ? &*snapshot : nullptr, snapshot ? total : 0,
+                       make_record);
   if (!ex.is_ok()) return ex;
-  if (!own.is_ok()) return own;
+  if (!own.is_ok()) {
+    return own.with_context(fmt::format("in-memory snapshot of step {} on rank {}", step, rank_));
+  }
   retire_older_than(step);  // only once this one is complete
   return Status::ok();
 }
 
-// Sends this rank's snapshot (record, then its bytes straight from the
-// staging memory) to rank r+1 while receiving rank r-1's into the replica
-// file. The sizes go first, so a rank whose own write failed (`json` empty)
-// sends nothing and its successor keeps nothing, yet both finish.
-Status MemoryTier::exchange(std::int64_t step, const std::string& dir, const std::string& json,
-                            const std::vector<StagedEntry>& entries, const std::byte* staging,
-                            std::uint64_t total) {
-  if (world_ == 1) return Status::ok();
+// Sends this rank's snapshot (its bytes as `source` makes them, then the
+// record `record()` returns) to rank r+1 while receiving rank r-1's into the
+// replica file. Sizes go first; a rank whose own snapshot failed sends no
+// bytes and an empty record, and its successor keeps nothing, yet both finish.
+Status MemoryTier::exchange(std::int64_t step, const std::string& dir,
+                            internal::ChunkSource* source, std::uint64_t send_bytes,
+                            const std::function<std::string()>& record) {
+  if (world_ == 1) {
+    record();
+    return Status::ok();
+  }
   const int to = (rank_ + 1) % world_, from = pred_;
   const auto t = options_.timeout;
   auto* comm = options_.comm;
-  std::int64_t mine[2] = {static_cast<std::int64_t>(json.size()),
-                          json.empty() ? 0 : static_cast<std::int64_t>(total)};
-  std::int64_t theirs[2] = {0, 0};
-  KILN_RETURN_IF_ERROR(comm->sendrecv(mine, 2, to, theirs, 2, from, DataType::kInt64)->wait(t));
-  std::string their_json(static_cast<std::size_t>(theirs[0]), '\0');
-  KILN_RETURN_IF_ERROR(comm->sendrecv(json.data(), json.size(), to, their_json.data(),
-                                      their_json.size(), from, DataType::kUInt8)
-                           ->wait(t));
-  std::vector<internal::MemorySource::Region> regions;
-  for (const auto& e : entries) regions.push_back({staging + e.staging_offset, e.bytes});
-  internal::MemorySource source(std::move(regions));
-  const auto their_size = static_cast<std::uint64_t>(theirs[1]);
+  std::int64_t mine = static_cast<std::int64_t>(send_bytes), theirs = 0;
+  KILN_RETURN_IF_ERROR(comm->sendrecv(&mine, 1, to, &theirs, 1, from, DataType::kInt64)->wait(t));
+  const auto their_size = static_cast<std::uint64_t>(theirs);
   const std::string bin_path = dir + "/" + shard_file_name(from);
   std::optional<internal::MappedSink> file;
   internal::DiscardSink discard;
-  if (theirs[0] > 0) {
+  if (theirs > 0) {
     auto f = internal::map_for_write(bin_path, their_size);
     if (f.is_ok()) {
       file.emplace(std::move(*f));
@@ -285,11 +327,19 @@ Status MemoryTier::exchange(std::int64_t step, const std::string& dir, const std
   }
   Status local;
   KILN_RETURN_IF_ERROR(internal::stream_ring(
-      *comm, to, &source, static_cast<std::uint64_t>(mine[1]), from,
+      *comm, to, source, send_bytes, from,
       file ? static_cast<internal::ChunkSink*>(&*file) : &discard, their_size, t, *bounce_, &local));
+  const std::string json = record();
+  std::int64_t json_out = static_cast<std::int64_t>(json.size()), json_in = 0;
+  KILN_RETURN_IF_ERROR(
+      comm->sendrecv(&json_out, 1, to, &json_in, 1, from, DataType::kInt64)->wait(t));
+  std::string their_json(static_cast<std::size_t>(json_in), '\0');
+  KILN_RETURN_IF_ERROR(comm->sendrecv(json.data(), json.size(), to, their_json.data(),
+                                      their_json.size(), from, DataType::kUInt8)
+                           ->wait(t));
   if (!local.is_ok()) {
     log()->warn("in-memory replica of rank {} step {} not kept: {}", from, step, local.to_string());
-  } else if (file) {
+  } else if (file && !their_json.empty()) {
     Status s = write_file_atomic(*Fs::posix(), dir + "/" + record_name(from), their_json,
                                  Durability::kAtomicOnly);
     if (!s.is_ok()) {
