@@ -57,7 +57,8 @@ Status store_snapshot(const RestartBenchSpec& spec, Communicator& c, const std::
 }
 
 // Collective: recovers into `into`; true when this rank got its own bytes back.
-Result<bool> recover_into(const RestartBenchSpec& spec, Communicator& c, std::span<std::byte> into) {
+Result<bool> recover_into(const RestartBenchSpec& spec, Communicator& c,
+                          std::span<std::byte> into) {
   KILN_ASSIGN_OR_RETURN(auto tier, open_tier(spec, c));
   ckpt::RecoverTarget t{"weights", into.data(), into.size()};
   KILN_ASSIGN_OR_RETURN(auto got, tier->recover(spec.step, {&t, 1}));
@@ -129,7 +130,8 @@ Result<double> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBen
   argv[4] = "recover";
   KILN_RETURN_IF_ERROR(restarted.spawn(argv));
   KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kRecoverTag));
-  KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, std::as_writable_bytes(std::span(scratch))));
+  KILN_ASSIGN_OR_RETURN(bool ok,
+                        recover_into(spec, *c, std::as_writable_bytes(std::span(scratch))));
   std::int32_t done = 1;
   KILN_RETURN_IF_ERROR(c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   const double seconds = seconds_since(t0);
@@ -182,8 +184,7 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
   KILN_RETURN_IF_ERROR(c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   std::vector<char> want(into.span().size());
   fill_bench_state(want, 1);
-  std::int32_t good =
-      ok && std::memcmp(into.span().data(), want.data(), want.size()) == 0 ? 1 : 0;
+  std::int32_t good = ok && std::memcmp(into.span().data(), want.data(), want.size()) == 0 ? 1 : 0;
   KILN_RETURN_IF_ERROR(c->allreduce(&good, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   return c->barrier()->wait(kTimeout);
 }

@@ -9,8 +9,8 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "kiln/base/file.h"
@@ -286,8 +286,8 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
     if (!own.is_ok()) json.clear();
     return json;
   };
-  Status ex = exchange(step, dir, snapshot ? &*snapshot : nullptr, snapshot ? total : 0,
-                       make_record);
+  Status ex =
+      exchange(step, dir, snapshot ? &*snapshot : nullptr, snapshot ? total : 0, make_record);
   if (!ex.is_ok()) return ex;
   if (!own.is_ok()) {
     return own.with_context(fmt::format("in-memory snapshot of step {} on rank {}", step, rank_));
@@ -326,9 +326,10 @@ Status MemoryTier::exchange(std::int64_t step, const std::string& dir,
     }
   }
   Status local;
-  KILN_RETURN_IF_ERROR(internal::stream_ring(
-      *comm, to, source, send_bytes, from,
-      file ? static_cast<internal::ChunkSink*>(&*file) : &discard, their_size, t, *bounce_, &local));
+  KILN_RETURN_IF_ERROR(
+      internal::stream_ring(*comm, to, source, send_bytes, from,
+                            file ? static_cast<internal::ChunkSink*>(&*file) : &discard, their_size,
+                            t, *bounce_, &local));
   const std::string json = record();
   std::int64_t json_out = static_cast<std::int64_t>(json.size()), json_in = 0;
   KILN_RETURN_IF_ERROR(
@@ -425,9 +426,10 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
     if (j.is_ok() && b.is_ok()) {
       send_json = std::move(*j);
       send_size = (*b)->size();
-      send_bin.emplace(std::vector<internal::MemorySource::Region>{
-                           {(*b)->data(), static_cast<std::size_t>(send_size)}},
-                       std::move(*b));
+      send_bin.emplace(
+          std::vector<internal::MemorySource::Region>{
+              {(*b)->data(), static_cast<std::size_t>(send_size)}},
+          std::move(*b));
     }
   }
   std::string recv_json;
@@ -463,8 +465,8 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
     internal::ChunkSink* in = nullptr;
     if (need_fetch) in = sink ? static_cast<internal::ChunkSink*>(&*sink) : &discard;
     KILN_RETURN_IF_ERROR(internal::stream_ring(*comm, to, send_bin ? &*send_bin : nullptr,
-                                               send_size, from, in,
-                                               need_fetch ? recv_size : 0, t, *bounce_, &local));
+                                               send_size, from, in, need_fetch ? recv_size : 0, t,
+                                               *bounce_, &local));
     KILN_RETURN_IF_ERROR(local.with_context(where));
   }
   if (!rec.is_ok()) return rec.status();

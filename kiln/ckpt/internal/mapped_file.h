@@ -45,7 +45,12 @@ class MappedFile {
  private:
   friend class MappingCache;
   MappedFile(Fd fd, std::string path, std::byte* data, std::uint64_t size, dev_t dev, ino_t ino)
-      : fd_(std::move(fd)), path_(std::move(path)), data_(data), size_(size), dev_(dev), ino_(ino) {}
+      : fd_(std::move(fd)),
+        path_(std::move(path)),
+        data_(data),
+        size_(size),
+        dev_(dev),
+        ino_(ino) {}
   Fd fd_;
   std::string path_;
   std::byte* data_;
