@@ -1,11 +1,14 @@
 // The restart part of `kiln bench ckpt` (bench_ckpt_restart.h). Not a
 // subcommand of its own: the child runs as `kiln bench ckpt --restart-child`.
 #include <fmt/format.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <span>
+#include <utility>
 
 #include "cli/bench_ckpt_restart.h"
 #include "kiln/base/fs.h"
@@ -54,13 +57,41 @@ Status store_snapshot(const RestartBenchSpec& spec, Communicator& c, const std::
 }
 
 // Collective: recovers into `into`; true when this rank got its own bytes back.
-Result<bool> recover_into(const RestartBenchSpec& spec, Communicator& c, std::vector<char>& into) {
+Result<bool> recover_into(const RestartBenchSpec& spec, Communicator& c,
+                          std::span<std::byte> into) {
   KILN_ASSIGN_OR_RETURN(auto tier, open_tier(spec, c));
-  ckpt::RecoverTarget t{"weights", reinterpret_cast<std::byte*>(into.data()), into.size()};
+  ckpt::RecoverTarget t{"weights", into.data(), into.size()};
   KILN_ASSIGN_OR_RETURN(auto got, tier->recover(spec.step, {&t, 1}));
   const ckpt::LoadedEntry* w = got.find("weights");
   return w != nullptr && w->in_place && tier->last_recovery().from_replica == 1;
 }
+
+// The restarted process's state memory, allocated as a training process's
+// allocator does for large blocks (PyTorch's CPU allocator with
+// THP_MEM_ALLOC_ENABLE=1): advised to transparent huge pages, then touched,
+// so 512 MiB takes 256 page faults rather than 131072 (1.7 s on this VM).
+class StateMemory {
+ public:
+  static Result<StateMemory> allocate(std::size_t bytes) {
+    void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return errno_status(fmt::format("map {} bytes of state", bytes), errno);
+    ::madvise(p, bytes, MADV_HUGEPAGE);  // advice: no huge pages still works
+    std::memset(p, 0, bytes);
+    return StateMemory(static_cast<std::byte*>(p), bytes);
+  }
+  StateMemory(StateMemory&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  StateMemory& operator=(StateMemory&&) = delete;
+  ~StateMemory() {
+    if (data_ != nullptr) ::munmap(data_, bytes_);
+  }
+  std::span<std::byte> span() const { return {data_, bytes_}; }
+
+ private:
+  StateMemory(std::byte* data, std::size_t bytes) : data_(data), bytes_(bytes) {}
+  std::byte* data_;
+  std::size_t bytes_;
+};
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
@@ -99,7 +130,8 @@ Result<double> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBen
   argv[4] = "recover";
   KILN_RETURN_IF_ERROR(restarted.spawn(argv));
   KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kRecoverTag));
-  KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, scratch));
+  KILN_ASSIGN_OR_RETURN(bool ok,
+                        recover_into(spec, *c, std::as_writable_bytes(std::span(scratch))));
   std::int32_t done = 1;
   KILN_RETURN_IF_ERROR(c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   const double seconds = seconds_since(t0);
@@ -146,13 +178,13 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
   }
   KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kRecoverTag));
   // A restarted process's memory: allocated (and touched) before it recovers.
-  std::vector<char> into(bytes_of(spec));
-  KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, into));
+  KILN_ASSIGN_OR_RETURN(auto into, StateMemory::allocate(bytes_of(spec)));
+  KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, into.span()));
   std::int32_t done = 1;
   KILN_RETURN_IF_ERROR(c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
-  std::vector<char> want(into.size());
+  std::vector<char> want(into.span().size());
   fill_bench_state(want, 1);
-  std::int32_t good = ok && into == want ? 1 : 0;
+  std::int32_t good = ok && std::memcmp(into.span().data(), want.data(), want.size()) == 0 ? 1 : 0;
   KILN_RETURN_IF_ERROR(c->allreduce(&good, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   return c->barrier()->wait(kTimeout);
 }

@@ -89,12 +89,18 @@ Status ServerProcess::spawn(const std::vector<std::string>& argv_in,
   if (log_fd < 0) return errno_status("open " + log_path_, errno);
   int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   const pid_t parent = ::getpid();
-  pid_t pid = ::fork();
+  // vfork, not fork: fork would mark every page of this process
+  // copy-on-write, and each page it writes afterwards takes a fault (a
+  // process holding GiBs of state pays seconds: 2 s per 512 MiB measured on a
+  // paravirtualised VM, docs/perf.md issue 19). The child shares this
+  // process's memory until execve, and does only system calls meanwhile, as
+  // glibc's posix_spawn does.
+  pid_t pid = ::vfork();
   if (pid < 0) {
     int err = errno;
     ::close(log_fd);
     if (null_fd >= 0) ::close(null_fd);
-    return errno_status("fork for " + name_, err);
+    return errno_status("vfork for " + name_, err);
   }
   if (pid == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);

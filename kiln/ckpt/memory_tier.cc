@@ -2,12 +2,15 @@
 
 #include <fmt/format.h>
 #include <unistd.h>
+#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <optional>
+#include <cstring>
 #include <filesystem>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 #include "kiln/base/file.h"
@@ -15,6 +18,7 @@
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/fs.h"
+#include "kiln/ckpt/internal/mapped_file.h"
 #include "kiln/ckpt/internal/snapshot_restore.h"
 #include "kiln/ckpt/internal/snapshot_stream.h"
 #include "kiln/ckpt/retention.h"
@@ -95,6 +99,79 @@ Result<bool> all_ok(comm::Communicator* comm, bool ok, std::chrono::milliseconds
   return v == 1;
 }
 
+// The own snapshot made on the way out: each chunk the exchange sends is
+// first copied from staging into the snapshot file's mapping (entries back
+// to back, the shard file's layout, no compression) and checksummed there, a
+// cache-sized piece at a time; the chunk then goes to the buddy from cache.
+// One pass over the staged bytes makes both the snapshot and the replica's
+// source, and the copy of chunk k+1 overlaps the transfer of chunk k.
+class SnapshotSource final : public internal::ChunkSource {
+ public:
+  SnapshotSource(int rank, const std::vector<StagedEntry>& entries, const std::byte* staging,
+                 std::byte* dst)
+      : entries_(entries), staging_(staging), dst_(dst) {
+    shard_.rank = rank;
+    shard_.file = shard_file_name(rank);
+    std::uint64_t offset = 0;
+    for (const auto& e : entries) {
+      EntryRecord rec;
+      rec.name = e.name;
+      rec.is_tensor = e.is_tensor;
+      rec.spec = e.spec;
+      rec.offset = offset;
+      rec.raw_bytes = rec.stored_bytes = e.bytes;
+      shard_.entries.push_back(std::move(rec));
+      offset += e.bytes;
+      XXH3_state_t* h = XXH3_createState();
+      XXH3_64bits_reset(h);
+      hashes_.push_back(h);
+    }
+    shard_.bytes = offset;
+  }
+  ~SnapshotSource() override {
+    for (auto* h : hashes_) XXH3_freeState(h);
+  }
+
+  // Chunks come in order, each once (stream_ring's contract).
+  Result<const std::byte*> chunk(std::uint64_t offset, std::size_t n, std::byte*) override {
+    copy(offset + n);
+    return static_cast<const std::byte*>(dst_ + offset);
+  }
+
+  // Copies whatever the exchange did not send, then the record of it all.
+  ShardRecord finish() {
+    copy(shard_.bytes);
+    for (std::size_t i = 0; i < hashes_.size(); ++i) {
+      shard_.entries[i].xxh3 = XXH3_64bits_digest(hashes_[i]);
+    }
+    return shard_;
+  }
+
+ private:
+  // Copies and checksums bytes [copied_, end).
+  void copy(std::uint64_t end) {
+    constexpr std::uint64_t kPiece = std::uint64_t{1} << 20;
+    while (copied_ < end) {
+      while (copied_ >= shard_.entries[entry_].offset + entries_[entry_].bytes) ++entry_;
+      const EntryRecord& rec = shard_.entries[entry_];
+      const std::uint64_t in_entry = copied_ - rec.offset;
+      const auto n = static_cast<std::size_t>(
+          std::min({kPiece, end - copied_, entries_[entry_].bytes - in_entry}));
+      std::memcpy(dst_ + copied_, staging_ + entries_[entry_].staging_offset + in_entry, n);
+      XXH3_64bits_update(hashes_[entry_], dst_ + copied_, n);
+      copied_ += n;
+    }
+  }
+
+  const std::vector<StagedEntry>& entries_;
+  const std::byte* staging_;
+  std::byte* dst_;
+  ShardRecord shard_;
+  std::vector<XXH3_state_t*> hashes_;
+  std::size_t entry_ = 0;
+  std::uint64_t copied_ = 0;
+};
+
 }  // namespace
 
 std::string default_memory_dir(const std::string& checkpoint_root) {
@@ -152,6 +229,7 @@ Status MemoryTier::prepare_step_dir(const std::string& dir) {
   for (const auto& n : *names) {
     if (n != mine && n != pred) KILN_RETURN_IF_ERROR(fs.remove_tree(dir + "/" + n));
   }
+  internal::release_unlinked_mappings();
   return Status::ok();
 }
 
@@ -176,6 +254,7 @@ void MemoryTier::retire_older_than(std::int64_t step) {
     }
     (void)fs.remove_tree(dir);
   }
+  internal::release_unlinked_mappings();  // the deleted steps' memory is freed
 }
 
 Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entries,
@@ -185,61 +264,60 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
   for (const auto& e : entries) total += e.bytes;
   // A step stored again (a job restarted from an older step) replaces the old copy.
   Status own = prepare_step_dir(dir);
-  std::string json;
+  std::shared_ptr<internal::MappedFile> file;
   if (own.is_ok()) {
-    auto fd = internal::open_for_overwrite(dir + "/" + shard_file_name(rank_), total);
-    own = fd.status();
-    if (own.is_ok()) {
-      internal::OverwriteWriter out(std::move(*fd), dir + "/" + shard_file_name(rank_));
-      auto rec = write_shard_to(out, rank_, entries, staging, ShardWriteOptions{});
-      own = rec.status();
-      if (own.is_ok()) {
-        json = record_json(step, world_, *rec);
-        // tmpfs: an fsync would change nothing.
-        own = write_file_atomic(*Fs::posix(), dir + "/" + record_name(rank_), json,
-                                Durability::kAtomicOnly);
-      }
-    }
+    auto f = internal::map_for_write(dir + "/" + shard_file_name(rank_), total);
+    own = f.status();
+    if (f.is_ok()) file = std::move(*f);
   }
-  if (!own.is_ok()) {
-    own = own.with_context(fmt::format("in-memory snapshot of step {} on rank {}", step, rank_));
-    json.clear();
-  }
-  Status ex = exchange(step, dir, json, entries, staging, total);
+  std::optional<SnapshotSource> snapshot;
+  if (file) snapshot.emplace(rank_, entries, staging, file->data());
+  std::string json;
+  // The exchange sends this rank's bytes and, once they are all in the
+  // snapshot, its record (empty when there is no snapshot: the successor
+  // then keeps no replica).
+  auto make_record = [&]() -> std::string {
+    if (!snapshot) return {};
+    ShardRecord rec = snapshot->finish();
+    json = record_json(step, world_, rec);
+    // tmpfs: an fsync would change nothing.
+    own = write_file_atomic(*Fs::posix(), dir + "/" + record_name(rank_), json,
+                            Durability::kAtomicOnly);
+    if (!own.is_ok()) json.clear();
+    return json;
+  };
+  Status ex =
+      exchange(step, dir, snapshot ? &*snapshot : nullptr, snapshot ? total : 0, make_record);
   if (!ex.is_ok()) return ex;
-  if (!own.is_ok()) return own;
+  if (!own.is_ok()) {
+    return own.with_context(fmt::format("in-memory snapshot of step {} on rank {}", step, rank_));
+  }
   retire_older_than(step);  // only once this one is complete
   return Status::ok();
 }
 
-// Sends this rank's snapshot (record, then its bytes straight from the
-// staging memory) to rank r+1 while receiving rank r-1's into the replica
-// file. The sizes go first, so a rank whose own write failed (`json` empty)
-// sends nothing and its successor keeps nothing, yet both finish.
-Status MemoryTier::exchange(std::int64_t step, const std::string& dir, const std::string& json,
-                            const std::vector<StagedEntry>& entries, const std::byte* staging,
-                            std::uint64_t total) {
-  if (world_ == 1) return Status::ok();
+// Sends this rank's snapshot (its bytes as `source` makes them, then the
+// record `record()` returns) to rank r+1 while receiving rank r-1's into the
+// replica file. Sizes go first; a rank whose own snapshot failed sends no
+// bytes and an empty record, and its successor keeps nothing, yet both finish.
+Status MemoryTier::exchange(std::int64_t step, const std::string& dir,
+                            internal::ChunkSource* source, std::uint64_t send_bytes,
+                            const std::function<std::string()>& record) {
+  if (world_ == 1) {
+    record();
+    return Status::ok();
+  }
   const int to = (rank_ + 1) % world_, from = pred_;
   const auto t = options_.timeout;
   auto* comm = options_.comm;
-  std::int64_t mine[2] = {static_cast<std::int64_t>(json.size()),
-                          json.empty() ? 0 : static_cast<std::int64_t>(total)};
-  std::int64_t theirs[2] = {0, 0};
-  KILN_RETURN_IF_ERROR(comm->sendrecv(mine, 2, to, theirs, 2, from, DataType::kInt64)->wait(t));
-  std::string their_json(static_cast<std::size_t>(theirs[0]), '\0');
-  KILN_RETURN_IF_ERROR(comm->sendrecv(json.data(), json.size(), to, their_json.data(),
-                                      their_json.size(), from, DataType::kUInt8)
-                           ->wait(t));
-  std::vector<internal::MemorySource::Region> regions;
-  for (const auto& e : entries) regions.push_back({staging + e.staging_offset, e.bytes});
-  internal::MemorySource source(std::move(regions));
-  const auto their_size = static_cast<std::uint64_t>(theirs[1]);
+  std::int64_t mine = static_cast<std::int64_t>(send_bytes), theirs = 0;
+  KILN_RETURN_IF_ERROR(comm->sendrecv(&mine, 1, to, &theirs, 1, from, DataType::kInt64)->wait(t));
+  const auto their_size = static_cast<std::uint64_t>(theirs);
   const std::string bin_path = dir + "/" + shard_file_name(from);
-  std::optional<internal::FileSink> file;
+  std::optional<internal::MappedSink> file;
   internal::DiscardSink discard;
-  if (theirs[0] > 0) {
-    auto f = internal::FileSink::open(bin_path, their_size);
+  if (theirs > 0) {
+    auto f = internal::map_for_write(bin_path, their_size);
     if (f.is_ok()) {
       file.emplace(std::move(*f));
     } else {
@@ -248,12 +326,21 @@ Status MemoryTier::exchange(std::int64_t step, const std::string& dir, const std
     }
   }
   Status local;
-  KILN_RETURN_IF_ERROR(internal::stream_ring(
-      *comm, to, &source, static_cast<std::uint64_t>(mine[1]), from,
-      file ? static_cast<internal::ChunkSink*>(&*file) : &discard, their_size, t, *bounce_, &local));
+  KILN_RETURN_IF_ERROR(
+      internal::stream_ring(*comm, to, source, send_bytes, from,
+                            file ? static_cast<internal::ChunkSink*>(&*file) : &discard, their_size,
+                            t, *bounce_, &local));
+  const std::string json = record();
+  std::int64_t json_out = static_cast<std::int64_t>(json.size()), json_in = 0;
+  KILN_RETURN_IF_ERROR(
+      comm->sendrecv(&json_out, 1, to, &json_in, 1, from, DataType::kInt64)->wait(t));
+  std::string their_json(static_cast<std::size_t>(json_in), '\0');
+  KILN_RETURN_IF_ERROR(comm->sendrecv(json.data(), json.size(), to, their_json.data(),
+                                      their_json.size(), from, DataType::kUInt8)
+                           ->wait(t));
   if (!local.is_ok()) {
     log()->warn("in-memory replica of rank {} step {} not kept: {}", from, step, local.to_string());
-  } else if (file) {
+  } else if (file && !their_json.empty()) {
     Status s = write_file_atomic(*Fs::posix(), dir + "/" + record_name(from), their_json,
                                  Durability::kAtomicOnly);
     if (!s.is_ok()) {
@@ -331,20 +418,25 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   // What the predecessor needs: present (the feasibility check saw it); an
   // unreadable file sends a zero-length record, which the predecessor rejects.
   std::string send_json;
-  std::optional<internal::FileSource> send_bin;
+  std::optional<internal::MemorySource> send_bin;
+  std::uint64_t send_size = 0;
   if (pred_needs) {
     auto j = read_file(dir + "/" + record_name(to));
-    auto b = internal::FileSource::open(dir + "/" + shard_file_name(to));
+    auto b = internal::map_existing(dir + "/" + shard_file_name(to));
     if (j.is_ok() && b.is_ok()) {
       send_json = std::move(*j);
-      send_bin.emplace(std::move(*b));
+      send_size = (*b)->size();
+      send_bin.emplace(
+          std::vector<internal::MemorySource::Region>{
+              {(*b)->data(), static_cast<std::size_t>(send_size)}},
+          std::move(*b));
     }
   }
   std::string recv_json;
   std::uint64_t recv_size = 0;
   if (world_ > 1) {
     std::int64_t head_out[2] = {static_cast<std::int64_t>(send_json.size()),
-                                static_cast<std::int64_t>(send_bin ? send_bin->size() : 0)};
+                                static_cast<std::int64_t>(send_size)};
     std::int64_t head_in[2] = {0, 0};
     KILN_RETURN_IF_ERROR(
         comm->sendrecv(head_out, 2, to, head_in, 2, from, DataType::kInt64)->wait(t));
@@ -373,16 +465,20 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
     internal::ChunkSink* in = nullptr;
     if (need_fetch) in = sink ? static_cast<internal::ChunkSink*>(&*sink) : &discard;
     KILN_RETURN_IF_ERROR(internal::stream_ring(*comm, to, send_bin ? &*send_bin : nullptr,
-                                               send_bin ? send_bin->size() : 0, from, in,
-                                               need_fetch ? recv_size : 0, t, *bounce_, &local));
+                                               send_size, from, in, need_fetch ? recv_size : 0, t,
+                                               *bounce_, &local));
     KILN_RETURN_IF_ERROR(local.with_context(where));
   }
   if (!rec.is_ok()) return rec.status();
   if (need_fetch) {
     stats_.fetched_bytes = recv_size;
   } else {
-    KILN_RETURN_IF_ERROR(
-        internal::read_file_into(dir + "/" + rec->file, rec->bytes, *sink, *bounce_));
+    KILN_ASSIGN_OR_RETURN(auto file, internal::map_existing(dir + "/" + rec->file));
+    if (file->size() != rec->bytes) {
+      return data_loss(fmt::format("{}: {} has {} bytes, its record {}", where, file->path(),
+                                   file->size(), rec->bytes));
+    }
+    KILN_RETURN_IF_ERROR(internal::copy_from(*file, *sink));
   }
   LoadedState st;
   st.step = step;
@@ -394,6 +490,7 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
 
 Status MemoryTier::clear() {
   KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(rank_dir_));
+  internal::release_unlinked_mappings();
   // The last rank of the host to finish removes the job's directory too
   // (rmdir fails, harmlessly, while another rank's directory remains).
   ::rmdir(options_.dir.c_str());

@@ -31,6 +31,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -46,6 +47,7 @@ namespace kiln::ckpt {
 
 namespace internal {
 class Bounce;
+class ChunkSource;
 }
 
 struct MemoryTierOptions {
@@ -113,9 +115,8 @@ class MemoryTier {
   explicit MemoryTier(MemoryTierOptions options);
   Status prepare_step_dir(const std::string& dir);
   void retire_older_than(std::int64_t step);
-  Status exchange(std::int64_t step, const std::string& dir, const std::string& json,
-                  const std::vector<StagedEntry>& entries, const std::byte* staging,
-                  std::uint64_t total);
+  Status exchange(std::int64_t step, const std::string& dir, internal::ChunkSource* source,
+                  std::uint64_t send_bytes, const std::function<std::string()>& record);
   Result<LoadedState> restore(std::int64_t step, bool need_fetch, bool predecessor_needs,
                               std::span<const RecoverTarget> into);
 

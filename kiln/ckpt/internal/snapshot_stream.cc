@@ -21,32 +21,6 @@ std::size_t chunk_bytes(std::uint64_t total, std::uint64_t round) {
 
 std::uint64_t rounds_for(std::uint64_t bytes) { return (bytes + kStreamChunk - 1) / kStreamChunk; }
 
-Status pread_all(int fd, std::byte* into, std::size_t n, std::uint64_t offset,
-                 const std::string& path) {
-  for (std::size_t got = 0; got < n;) {
-    ssize_t r = ::pread(fd, into + got, n - got, static_cast<off_t>(offset + got));
-    if (r < 0 && errno == EINTR) continue;
-    if (r < 0) return errno_status(fmt::format("read {} at offset {}", path, offset + got), errno);
-    if (r == 0) {
-      return data_loss(fmt::format("read {}: ends at {}, {} bytes short", path, offset + got,
-                                   n - got));
-    }
-    got += static_cast<std::size_t>(r);
-  }
-  return Status::ok();
-}
-
-Status pwrite_all(int fd, const std::byte* from, std::size_t n, std::uint64_t offset,
-                  const std::string& path) {
-  for (std::size_t put = 0; put < n;) {
-    ssize_t w = ::pwrite(fd, from + put, n - put, static_cast<off_t>(offset + put));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) return errno_status(fmt::format("write {} at offset {}", path, offset + put), errno);
-    put += static_cast<std::size_t>(w);
-  }
-  return Status::ok();
-}
-
 }  // namespace
 
 std::byte* Bounce::send(int slot) {
@@ -56,7 +30,8 @@ std::byte* Bounce::send(int slot) {
 
 std::byte* Bounce::recv(int slot) { return send(2 + slot); }
 
-MemorySource::MemorySource(std::vector<Region> regions) : regions_(std::move(regions)) {
+MemorySource::MemorySource(std::vector<Region> regions, std::shared_ptr<const void> keep)
+    : regions_(std::move(regions)), keep_(std::move(keep)) {
   std::uint64_t at = 0;
   for (const auto& r : regions_) {
     starts_.push_back(at);
@@ -81,20 +56,6 @@ Result<const std::byte*> MemorySource::chunk(std::uint64_t offset, std::size_t n
   return static_cast<const std::byte*>(bounce);
 }
 
-Result<FileSource> FileSource::open(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return errno_status("open " + path, errno);
-  struct stat st;
-  if (::fstat(fd.get(), &st) != 0) return errno_status("stat " + path, errno);
-  return FileSource(std::move(fd), path, static_cast<std::uint64_t>(st.st_size));
-}
-
-Result<const std::byte*> FileSource::chunk(std::uint64_t offset, std::size_t n,
-                                           std::byte* bounce) {
-  KILN_RETURN_IF_ERROR(pread_all(fd_.get(), bounce, n, offset, path_));
-  return static_cast<const std::byte*>(bounce);
-}
-
 Result<Fd> open_for_overwrite(const std::string& path, std::uint64_t size) {
   Fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644));
   if (!fd.valid()) return errno_status("create " + path, errno);
@@ -116,36 +77,8 @@ Result<Fd> open_for_overwrite(const std::string& path, std::uint64_t size) {
   return fd;
 }
 
-Result<FileSink> FileSink::open(const std::string& path, std::uint64_t size) {
-  KILN_ASSIGN_OR_RETURN(Fd fd, open_for_overwrite(path, size));
-  return FileSink(std::move(fd), path);
-}
-
-std::byte* FileSink::place(std::uint64_t, std::size_t, std::byte* bounce) { return bounce; }
-
-Status FileSink::done(std::uint64_t offset, std::size_t n, const std::byte* at) {
-  return pwrite_all(fd_.get(), at, n, offset, path_);
-}
-
-Status OverwriteWriter::append(const void* data, std::size_t n) {
-  KILN_RETURN_IF_ERROR(pwrite_all(fd_.get(), static_cast<const std::byte*>(data), n, offset_, path_));
-  offset_ += n;
-  return Status::ok();
-}
-
-Status OverwriteWriter::sync() {
-  struct stat st;
-  if (::fstat(fd_.get(), &st) != 0) return errno_status("stat " + path_, errno);
-  if (static_cast<std::uint64_t>(st.st_size) != offset_ &&
-      ::ftruncate(fd_.get(), static_cast<off_t>(offset_)) != 0) {
-    return errno_status(fmt::format("trim {} to {} bytes", path_, offset_), errno);
-  }
-  return Status::ok();
-}
-
-Status OverwriteWriter::close() {
-  if (::close(fd_.release()) != 0) return errno_status("close " + path_, errno);
-  return Status::ok();
+std::byte* MappedSink::place(std::uint64_t offset, std::size_t, std::byte*) {
+  return file_->data() + offset;
 }
 
 Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::uint64_t send_bytes,
@@ -202,15 +135,11 @@ Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::u
   return Status::ok();
 }
 
-Status read_file_into(const std::string& path, std::uint64_t size, ChunkSink& sink,
-                      Bounce& bounce) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd.valid()) return errno_status("open " + path, errno);
-  for (std::uint64_t off = 0; off < size; off += kStreamChunk) {
-    const std::size_t n = chunk_bytes(size, off / kStreamChunk);
-    std::byte* at = sink.place(off, n, bounce.recv(0));
-    KILN_RETURN_IF_ERROR(pread_all(fd.get(), at, n, off, path));
-    KILN_RETURN_IF_ERROR(sink.done(off, n, at));
+Status copy_from(const MappedFile& file, ChunkSink& sink) {
+  constexpr std::size_t kPiece = std::size_t{1} << 20;
+  for (std::uint64_t off = 0; off < file.size(); off += kPiece) {
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kPiece, file.size() - off));
+    KILN_RETURN_IF_ERROR(sink.done(off, n, file.data() + off));
   }
   return Status::ok();
 }

@@ -6,23 +6,26 @@
 // Note [Snapshot bytes at memory speed]: on this hardware the cost of a
 // recovery is dominated not by copying but by page faults (first touch of
 // fresh memory, or of a new mapping of a tmpfs file: ~0.1 s per GiB on bare
-// metal, several times that under a paravirtualised MMU). So snapshots are
-// read and written with pread/pwrite (the kernel copies through its own
-// mapping of the page cache), received straight into caller memory that is
-// already touched, and files are recycled from one snapshot to the next so
-// their pages stay allocated. Chunks are small enough that a chunk just
-// received or read is still in cache when it is checksummed.
+// metal, several times that under a paravirtualised MMU, where even the
+// kernel's copies in pread/pwrite pay it once per process and page). So
+// snapshot files are mapped once per process and kept mapped (Note [Mapped
+// snapshot files], mapped_file.h), received straight into those mappings or
+// into caller memory that is already touched, and recycled from one snapshot
+// to the next so their pages stay allocated. Chunks are small enough that a
+// chunk just received or copied is still in cache when it is checksummed.
 #pragma once
 
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "kiln/base/fd.h"
 #include "kiln/base/fs.h"
 #include "kiln/base/status.h"
+#include "kiln/ckpt/internal/mapped_file.h"
 #include "kiln/comm/communicator.h"
 
 namespace kiln::ckpt::internal {
@@ -53,7 +56,9 @@ class ChunkSource {
 
 // Where a stream's bytes go: place() names the memory bytes [offset,
 // offset + n) are received or read into (the sink's own, or `bounce`); done()
-// is told once they are there. Chunks come in order, each exactly once.
+// is told once they are there. Chunks come in order, each exactly once. A
+// local copy (copy_from) calls done() alone, with the bytes where they lie:
+// the sink copies them where they belong.
 class ChunkSink {
  public:
   virtual ~ChunkSink() = default;
@@ -68,43 +73,25 @@ class MemorySource final : public ChunkSource {
     const std::byte* data;
     std::size_t size;
   };
-  explicit MemorySource(std::vector<Region> regions);
+  // `keep` (optional) owns the regions' memory for the source's life.
+  explicit MemorySource(std::vector<Region> regions, std::shared_ptr<const void> keep = {});
   Result<const std::byte*> chunk(std::uint64_t offset, std::size_t n, std::byte* bounce) override;
 
  private:
   std::vector<Region> regions_;
   std::vector<std::uint64_t> starts_;
+  std::shared_ptr<const void> keep_;
 };
 
-// A file's bytes, read with pread.
-class FileSource final : public ChunkSource {
+// Into a mapped file (mapped_file.h): bytes are received straight into it.
+class MappedSink final : public ChunkSink {
  public:
-  // NotFound/… naming the path when it cannot be opened.
-  static Result<FileSource> open(const std::string& path);
-  Result<const std::byte*> chunk(std::uint64_t offset, std::size_t n, std::byte* bounce) override;
-  std::uint64_t size() const { return size_; }
-
- private:
-  FileSource(Fd fd, std::string path, std::uint64_t size)
-      : fd_(std::move(fd)), path_(std::move(path)), size_(size) {}
-  Fd fd_;
-  std::string path_;
-  std::uint64_t size_;
-};
-
-// Into a file with pwrite. open() reuses the file's pages when it exists
-// (no truncation to zero first) and reserves any it lacks, so a full memory
-// filesystem fails here (ResourceExhausted) rather than mid-transfer.
-class FileSink final : public ChunkSink {
- public:
-  static Result<FileSink> open(const std::string& path, std::uint64_t size);
+  explicit MappedSink(std::shared_ptr<MappedFile> file) : file_(std::move(file)) {}
   std::byte* place(std::uint64_t offset, std::size_t n, std::byte* bounce) override;
-  Status done(std::uint64_t offset, std::size_t n, const std::byte* at) override;
+  Status done(std::uint64_t, std::size_t, const std::byte*) override { return Status::ok(); }
 
  private:
-  FileSink(Fd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
-  Fd fd_;
-  std::string path_;
+  std::shared_ptr<MappedFile> file_;
 };
 
 // Drops what it gets (a replica that could not be kept still has to be drained).
@@ -119,23 +106,6 @@ class DiscardSink final : public ChunkSink {
 // when the filesystem is full). Errors name the path.
 Result<Fd> open_for_overwrite(const std::string& path, std::uint64_t size);
 
-// An FsWriter over a file opened by open_for_overwrite: appends land from
-// offset 0 with pwrite over the existing pages; sync() trims the file to
-// what was written. For tmpfs snapshots: no fsync (it would change nothing).
-class OverwriteWriter final : public FsWriter {
- public:
-  OverwriteWriter(Fd fd, std::string path) : fd_(std::move(fd)), path_(std::move(path)) {}
-  Status append(const void* data, std::size_t n) override;
-  void start_writeback(std::uint64_t, std::uint64_t) override {}
-  Status sync() override;
-  Status close() override;
-
- private:
-  Fd fd_;
-  std::string path_;
-  std::uint64_t offset_ = 0;
-};
-
 // Collective over the ring: sends `send_bytes` of `source` to `to` while
 // receiving `recv_bytes` from `from` into `sink`, kStreamChunk per message,
 // in as many rounds as the longest stream of any rank needs (agreed first),
@@ -148,9 +118,8 @@ Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::u
                    int from, ChunkSink* sink, std::uint64_t recv_bytes,
                    std::chrono::milliseconds timeout, Bounce& bounce, Status* local_error);
 
-// Local: the first `size` bytes of the file at `path` into `sink`, read
-// with pread straight into the memory the sink names. Errors name the path.
-Status read_file_into(const std::string& path, std::uint64_t size, ChunkSink& sink,
-                      Bounce& bounce);
+// Local: the whole of `file` into `sink`, a cache-sized piece at a time
+// (the sink copies each piece where it belongs and checksums it there).
+Status copy_from(const MappedFile& file, ChunkSink& sink);
 
 }  // namespace kiln::ckpt::internal
