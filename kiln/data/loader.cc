@@ -168,13 +168,18 @@ Result<std::shared_ptr<Loader::OpenShard>> Loader::open_shard(std::size_t shard,
   const ShardInfo& info = index_.shards[shard];
   KILN_ASSIGN_OR_RETURN(ShardLease lease,
                         cache_->acquire(info, Deadline::after_seconds(options_.fetch_timeout_s)));
-  KILN_ASSIGN_OR_RETURN(ShardReader reader, ShardReader::open(lease.path(), options_.verify));
-  if (reader.records() != info.num_samples) {
-    return data_loss(fmt::format("shard {}: holds {} records, index.json says {}", info.file,
-                                 reader.records(), info.num_samples));
+  // Note [Warm shard mappings]: the mapping an earlier epoch parked, when
+  // the leased file is still the one it maps; else map it now.
+  std::unique_ptr<ShardReader> reader = cache_->mappings().take(lease.path(), options_.verify);
+  if (reader == nullptr) {
+    KILN_ASSIGN_OR_RETURN(ShardReader opened, ShardReader::open(lease.path(), options_.verify));
+    reader = std::make_unique<ShardReader>(std::move(opened));
   }
-  auto open = std::make_shared<OpenShard>(
-      OpenShard{std::move(lease), std::make_unique<ShardReader>(std::move(reader))});
+  if (reader->records() != info.num_samples) {
+    return data_loss(fmt::format("shard {}: holds {} records, index.json says {}", info.file,
+                                 reader->records(), info.num_samples));
+  }
+  auto open = std::make_shared<OpenShard>(std::move(lease), std::move(reader), &cache_->mappings());
   std::lock_guard<std::mutex> lock(mu_);
   // A worker and the prefetcher may both have opened it: the first insert wins.
   auto [it, inserted] = open_.try_emplace(shard, Slot{open, first_batch, last_batch});
@@ -380,7 +385,8 @@ Result<std::optional<Batch>> Loader::next(Deadline deadline) {
       ready_.erase(it);
       ++consumer_next_;
       // Release shards no remaining batch is known to need (their cache
-      // leases go with them, making them evictable); unmapped after unlock.
+      // leases go with them, making them evictable; their mappings are
+      // parked for the next epoch, Note [Warm shard mappings]), after unlock.
       std::vector<std::shared_ptr<OpenShard>> released;
       for (auto e = open_.begin(); e != open_.end();) {
         if (e->second.last_batch < consumer_next_) {

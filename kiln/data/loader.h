@@ -29,6 +29,7 @@
 #include "kiln/base/status.h"
 #include "kiln/data/batch.h"
 #include "kiln/data/index.h"
+#include "kiln/data/mapped_shards.h"
 #include "kiln/data/sampler.h"
 #include "kiln/data/shard.h"
 #include "kiln/data/shard_cache.h"
@@ -78,9 +79,18 @@ class Loader {
   Result<std::optional<Batch>> next(Deadline deadline);
 
  private:
+  // A leased, mapped shard. When the last batch using it lets go, its reader
+  // is parked in the cache's mappings() for the next epoch, and then the
+  // lease is released (Note [Warm shard mappings]).
   struct OpenShard {
-    ShardLease lease;
+    OpenShard(ShardLease l, std::unique_ptr<ShardReader> r, MappedShards* p)
+        : lease(std::move(l)), reader(std::move(r)), park(p) {}
+    ~OpenShard() { park->put(std::move(reader)); }
+    OpenShard(const OpenShard&) = delete;
+    OpenShard& operator=(const OpenShard&) = delete;
+    ShardLease lease;  // first: released last
     std::unique_ptr<ShardReader> reader;
+    MappedShards* park;
   };
   struct Slot {
     std::shared_ptr<OpenShard> shard;

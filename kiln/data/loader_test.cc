@@ -124,6 +124,60 @@ TEST(Loader, RecyclesDroppedBatchBuffersButNeverAHeldOne) {
   check_batch(*held);  // outlives the loader; its buffers go back to a pool nobody uses
 }
 
+// Every batch of one epoch through `cache`, checked; returns the samples seen.
+std::uint64_t epoch(ShardCache* cache, const DatasetIndex& index, std::uint64_t seed) {
+  Loader l(cache, index,
+           {.sampler = {.seed = seed, .shuffle_window = 40},
+            .batch_size = 16,
+            .workers = 2,
+            .queue_depth = 3});
+  std::uint64_t samples = 0;
+  while (true) {
+    auto b = l.next(soon());
+    EXPECT_TRUE(b.is_ok()) << b.status().to_string();
+    if (!b.is_ok() || !b->has_value()) break;
+    check_batch(**b);
+    samples += (*b)->sample_ids.size();
+  }
+  return samples;
+}
+
+// Note [Warm shard mappings]: the second epoch maps no shard again, and the
+// parked mappings hold no lease: another process's cache on the same
+// directory evicts every shard, after which the next epoch maps the new
+// downloads instead of the stale mappings.
+TEST(Loader, KeepsShardMappingsAcrossEpochsWithoutBlockingEviction) {
+  Fixture f;
+  const std::uint64_t shards = f.index.shards.size();
+  ASSERT_GE(shards, 4u);
+  const MappedShardsStats& st = f.cache->mappings().stats();
+  ASSERT_EQ(epoch(f.cache.get(), f.index, 1), f.index.num_samples);
+  EXPECT_EQ(st.missed.load(), shards);  // the first epoch maps each shard once
+  EXPECT_EQ(st.reused.load(), 0u);
+  EXPECT_EQ(f.cache->mappings().parked(), shards);
+  ASSERT_EQ(epoch(f.cache.get(), f.index, 2), f.index.num_samples);
+  EXPECT_EQ(st.missed.load(), shards);  // none mapped again
+  EXPECT_EQ(st.reused.load(), shards);
+
+  // "Another process": its own ShardCache on the same directory, with room
+  // for one shard of another dataset only; fetching it must evict all of ours.
+  DatasetIndex other_index = testing::write_test_dataset(f.remote.path() + "/ds2", 200, 5000);
+  const ShardInfo& theirs = other_index.shards[0];
+  ShardCache other(f.store.get(), "ds2", {.dir = f.local.path(), .capacity_bytes = theirs.bytes});
+  {
+    auto lease = other.acquire(theirs, soon());
+    ASSERT_TRUE(lease.is_ok()) << lease.status().to_string();  // not ResourceExhausted
+  }
+  EXPECT_EQ(other.stats().evictions.load(), shards);
+
+  const std::uint64_t downloads = f.cache->stats().downloads.load();
+  ASSERT_EQ(epoch(f.cache.get(), f.index, 3), f.index.num_samples);  // check_batch: right bytes
+  EXPECT_EQ(f.cache->stats().downloads.load(), downloads + shards);
+  EXPECT_EQ(st.stale.load(), shards);  // new files: no old mapping was reused
+  EXPECT_EQ(st.reused.load(), shards);
+  EXPECT_EQ(st.missed.load(), 2 * shards);
+}
+
 TEST(Loader, StopsEarlyWithoutHanging) {
   Fixture f;
   Loader l(f.cache.get(), f.index, {.batch_size = 4, .workers = 3, .queue_depth = 2});

@@ -128,14 +128,26 @@ Result<ShardReader> ShardReader::open(const std::string& path, VerifyPolicy veri
   if (base == MAP_FAILED) return errno_status("mmap shard " + path, map_errno);
   ShardReader r(path, static_cast<const std::uint8_t*>(base), size);
   KILN_RETURN_IF_ERROR(r.verify());
-  if (verify == VerifyPolicy::kOncePerFile) {
-    // The identity from the same fstat as the mapped size: the file this
-    // reader maps (Note [Verify once per file]).
-    r.identity_ = FileIdentity::of(st);
-    r.trusted_ = r.offsets_.empty() || VerifiedShards::process().contains(r.identity_);
-    if (!r.trusted_) r.progress_ = std::make_unique<Progress>(r.offsets_.size());
-  }
+  // The identity from the same fstat as the mapped size: the file this
+  // reader maps (Note [Verify once per file]).
+  r.identity_ = FileIdentity::of(st);
+  r.set_policy(verify);
   return r;
+}
+
+void ShardReader::set_policy(VerifyPolicy verify) {
+  if (verify == VerifyPolicy::kEveryRead) {
+    trusted_ = false;
+    progress_.reset();
+    return;
+  }
+  if (trusted_) return;
+  trusted_ = offsets_.empty() || VerifiedShards::process().contains(identity_);
+  if (trusted_) {
+    progress_.reset();
+  } else if (progress_ == nullptr) {
+    progress_ = std::make_unique<Progress>(offsets_.size());
+  }
 }
 
 Status ShardReader::verify() {

@@ -80,8 +80,11 @@ enum class VerifyPolicy {
 // once committed (downloads go to a temp name and are renamed over it, and
 // eviction unlinks), so neither replacing nor evicting it can change or
 // truncate the pages a reader maps; the mapping keeps the old inode alive.
-// A mapped shard is still a held shard: the loader keeps its ShardLease as
-// long as its reader, so the cache's capacity accounting stays true.
+// A shard in use is still a held shard: the loader keeps its ShardLease as
+// long as a batch may read it. Between epochs the reader stays mapped without
+// a lease (Note [Warm shard mappings] in mapped_shards.h): eviction may then
+// unlink the file, whose blocks stay allocated until the mapping is dropped,
+// a bounded overshoot of the cache's capacity.
 class ShardReader {
  public:
   static Result<ShardReader> open(const std::string& path,
@@ -94,6 +97,15 @@ class ShardReader {
   const std::string& path() const { return path_; }
   // False when record() skips hashing: this process had verified the file.
   bool hashes_records() const { return !trusted_; }
+  // The mapped file (from the fstat at open) and its size.
+  const FileIdentity& identity() const { return identity_; }
+  std::uint64_t mapped_bytes() const { return size_; }
+
+  // Applies `verify` again to a reader opened earlier (Note [Warm shard
+  // mappings] in mapped_shards.h): under kOncePerFile it trusts the file if
+  // this process has verified it since. Not thread-safe: no record() may run
+  // concurrently.
+  void set_policy(VerifyPolicy verify);
 
   // Record `i`'s payload, a view into the mapping (valid while the reader
   // lives), after its checksum matched. InvalidArgument if i >= records();

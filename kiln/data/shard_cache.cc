@@ -61,7 +61,10 @@ ShardLease::~ShardLease() {
 }
 
 ShardCache::ShardCache(objstore::ObjectStore* remote, std::string prefix, ShardCacheOptions options)
-    : remote_(remote), prefix_(std::move(prefix)), options_(std::move(options)) {}
+    : remote_(remote),
+      prefix_(std::move(prefix)),
+      options_(std::move(options)),
+      mapped_(std::min(options_.keep_mapped_bytes, options_.capacity_bytes)) {}
 
 Result<ShardLease> ShardCache::acquire(const ShardInfo& shard, Deadline deadline) {
   KILN_RETURN_IF_ERROR(make_dirs(options_.dir));
@@ -209,6 +212,7 @@ Status ShardCache::make_room(const ShardInfo& shard, Deadline deadline) {
       continue;
     }
     if (::unlink(e.path.c_str()) == 0) {
+      mapped_.forget(e.path);  // its blocks are freed only once unmapped
       used -= e.bytes;
       stats_.evictions.fetch_add(1);
     }

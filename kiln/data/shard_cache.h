@@ -16,6 +16,8 @@
 //   part of the file's identity, Note [Verify once per file]), shared across
 //   processes. A verified download goes into VerifiedShards::process().
 //   Concurrent downloads may overshoot the capacity by the shards in flight.
+// - Readers released by loaders stay mapped in mappings(), without a lease,
+//   for the next epoch (Note [Warm shard mappings] in mapped_shards.h).
 #pragma once
 
 #include <atomic>
@@ -25,6 +27,7 @@
 #include "kiln/base/deadline.h"
 #include "kiln/base/status.h"
 #include "kiln/data/index.h"
+#include "kiln/data/mapped_shards.h"
 #include "kiln/objstore/object_store.h"
 
 namespace kiln::data {
@@ -32,6 +35,9 @@ namespace kiln::data {
 struct ShardCacheOptions {
   std::string dir;  // created if missing
   std::uint64_t capacity_bytes = 8ull << 30;
+  // Bound on the shard mappings kept across epochs (mappings()); at most
+  // capacity_bytes. 0: none kept.
+  std::uint64_t keep_mapped_bytes = 4ull << 30;
 };
 
 // Keeps a shard in the cache while alive (holds its lock shared). Move-only.
@@ -76,6 +82,10 @@ class ShardCache {
   const ShardCacheStats& stats() const { return stats_; }
   const std::string& dir() const { return options_.dir; }
 
+  // Shard readers kept mapped across epochs (Note [Warm shard mappings]).
+  MappedShards& mappings() { return mapped_; }
+  const MappedShards& mappings() const { return mapped_; }
+
  private:
   Status fetch(const ShardInfo& shard, const std::string& path, Deadline deadline);
   Status make_room(const ShardInfo& shard, Deadline deadline);
@@ -84,6 +94,7 @@ class ShardCache {
   std::string prefix_;
   ShardCacheOptions options_;
   ShardCacheStats stats_;
+  MappedShards mapped_;
 };
 
 }  // namespace kiln::data

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "kiln/data/checksum.h"
+#include "kiln/data/shard.h"
 #include "kiln/data/testing/test_dataset.h"
 
 namespace kiln::data {
@@ -91,6 +92,46 @@ TEST(ShardCache, EvictsLeastRecentlyUsedButNeverALeasedShard) {
   EXPECT_NE(full.status().message().find(s[3].file), std::string::npos);
   held = ShardLease();  // releasing s[0] makes it evictable
   EXPECT_TRUE(c.acquire(s[3], soon()).is_ok());
+}
+
+// Note [Warm shard mappings]: a parked mapping holds no lease, so eviction
+// takes its shard, and this cache drops the mapping of what it evicts (its
+// blocks are freed only once unmapped). Parking is bounded by bytes.
+TEST(ShardCache, EvictionDropsParkedMappingsAndParkingIsBounded) {
+  Fixture f;
+  const auto& s = f.index.shards;
+  ASSERT_GE(s.size(), 3u);
+  ShardCache c(f.store.get(), "ds",
+               {.dir = f.cache_dir.path() + "/c",
+                .capacity_bytes = s[0].bytes + s[1].bytes + s[2].bytes / 2,  // about two
+                .keep_mapped_bytes = s[0].bytes + s[1].bytes});
+  auto park = [&](const ShardInfo& sh) {
+    auto lease = c.acquire(sh, soon());
+    ASSERT_TRUE(lease.is_ok()) << lease.status().to_string();
+    auto r = ShardReader::open(lease->path(), VerifyPolicy::kOncePerFile);
+    ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+    c.mappings().put(std::make_unique<ShardReader>(std::move(r).value()));
+  };
+  park(s[0]);
+  park(s[1]);
+  EXPECT_EQ(c.mappings().parked(), 2u);
+  ASSERT_TRUE(c.acquire(s[2], soon()).is_ok());  // evicts s[0] (least recently used), parked
+  EXPECT_EQ(c.stats().evictions.load(), 1u);
+  EXPECT_EQ(c.mappings().parked(), 1u);
+  EXPECT_EQ(c.mappings().stats().dropped.load(), 1u);
+  {
+    auto lease = c.acquire(s[1], soon());
+    ASSERT_TRUE(lease.is_ok());
+    auto kept = c.mappings().take(lease->path(), VerifyPolicy::kOncePerFile);
+    ASSERT_NE(kept, nullptr);  // s[1] stayed: its mapping is reused
+    EXPECT_EQ(kept->records(), s[1].num_samples);
+    c.mappings().put(std::move(kept));
+  }
+  // Over keep_mapped_bytes: the oldest parked mapping goes.
+  park(s[2]);
+  park(s[0]);  // fetched again (evicting), parked last
+  EXPECT_LE(c.mappings().parked_bytes(), s[0].bytes + s[1].bytes);
+  EXPECT_LT(c.mappings().parked(), 3u);
 }
 
 TEST(ShardCache, ShardLargerThanCapacityIsAClearError) {
