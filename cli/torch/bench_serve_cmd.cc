@@ -99,7 +99,7 @@ Result<json> service_line(const std::string& model_root) {
     out["batch_ms"] = per_batch;
     out["per_item_ms"] = (t32 - t1) / 31 * 1000;
     out["base_ms"] = (t1 - (t32 - t1) / 31) * 1000;
-    out["forward_gain_32"] = 32 * t1 / t32;  // items/s at 32 vs at 1
+    out["forward_gain_32"] = 32 * t1 / t32;     // items/s at 32 vs at 1
     out["forward_gain_best"] = best_rate * t1;  // batching's ceiling for this model here
     out["forward_best_batch"] = best_batch;
   });
