@@ -70,6 +70,7 @@ Status run_replica(const ReplicaRunOptions& o) {
   std::printf("listening on %s:%d\n", o.server.host.c_str(), server->port());
   std::fflush(stdout);
 
+  keep_freed_tensor_memory();  // Note [Keep freed tensor memory]
   auto loaded = load_weights(o);
   if (!loaded.is_ok()) {
     server->drain();

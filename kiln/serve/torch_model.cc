@@ -1,6 +1,7 @@
 #include "kiln/serve/torch_model.h"
 
 #include <fmt/format.h>
+#include <malloc.h>
 #include <torch/torch.h>
 
 #include <cstring>
@@ -177,6 +178,13 @@ class TorchModel : public Model {
 };
 
 }  // namespace
+
+void keep_freed_tensor_memory() {
+  // mallopt returns 0 on a value out of range; a glibc without these knobs
+  // serves correctly, only slower, so it is not an error.
+  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  ::mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
 
 Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
                                                 const TorchModelOptions& options) {
