@@ -7,6 +7,8 @@
 
 #include <fmt/format.h>
 
+#include "kiln/base/heap.h"
+
 namespace kiln::parallel::pipeline {
 namespace {
 
@@ -38,7 +40,12 @@ Result<torch::Tensor> guarded(const char* what, int chunk, int mb, F&& f) {
 }  // namespace
 
 PipelineEngine::PipelineEngine(DeviceMesh& mesh, ScheduleSpec spec, std::chrono::milliseconds timeout)
-    : mesh_(mesh), spec_(spec), stage_(mesh.coord().pp), timeout_(timeout) {}
+    : mesh_(mesh), spec_(spec), stage_(mesh.coord().pp), timeout_(timeout) {
+  // Every micro-batch allocates activation-sized buffers (received inputs,
+  // outputs, their gradients): keep them in the heap instead of faulting in
+  // fresh pages each time (Note [Keep freed tensor memory], kiln/base/heap.h).
+  keep_freed_heap_memory();
+}
 
 bool PipelineEngine::holds_loss() const { return stage_ == spec_.stages - 1; }
 
