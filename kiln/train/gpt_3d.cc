@@ -229,12 +229,15 @@ std::vector<std::int64_t> Gpt3d::activation_shape(std::int64_t batch) const {
   return {batch, t, config_.d_model};
 }
 
+// The loss in float32 whatever the compute dtype (bf16: its gradient
+// returns to the logits' dtype).
 torch::Tensor Gpt3d::loss(const torch::Tensor& logits, const torch::Tensor& targets) {
-  return tp_ops::vocab_parallel_cross_entropy(logits.flatten(0, 1), targets.flatten(), vocab_start_, tp_).mean();
+  torch::Tensor z = logits.flatten(0, 1).to(torch::kFloat32);
+  return tp_ops::vocab_parallel_cross_entropy(z, targets.flatten(), vocab_start_, tp_).mean();
 }
 
 std::pair<double, double> Gpt3d::loss_sum_and_correct(const torch::Tensor& logits, const torch::Tensor& targets) {
-  torch::Tensor z = logits.flatten(0, 1);
+  torch::Tensor z = logits.flatten(0, 1).to(torch::kFloat32);
   torch::Tensor t = targets.flatten();
   const double loss_sum = tp_ops::vocab_parallel_cross_entropy(z, t, vocab_start_, tp_).sum().item<double>();
   auto [best, index] = z.max(1);
