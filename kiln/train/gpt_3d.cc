@@ -259,7 +259,7 @@ std::pair<double, double> Gpt3d::loss_sum_and_correct(const torch::Tensor& logit
 }
 
 Status Gpt3d::reduce_sequence_partial_grads() {
-  if (!sequence_parallel_) return Status::ok();
+  if (!sequence_parallel_ || partial_in_backward_) return Status::ok();
   for (const Gpt3dParam& p : params_) {
     if (!p.sequence_partial || !p.value.grad().defined()) continue;
     torch::Tensor g = p.value.mutable_grad();
@@ -267,6 +267,28 @@ Status Gpt3d::reduce_sequence_partial_grads() {
                                        comm::ReduceOp::kSum)->wait().with_context("sequence-parallel gradient of " + p.name));
   }
   return Status::ok();
+}
+
+// Every tensor rank runs the same graph, so autograd reaches these hooks in
+// the same order on each: the allreduces pair up as the forward's do.
+void Gpt3d::reduce_sequence_partial_grads_in_backward() {
+  if (!sequence_parallel_ || partial_in_backward_) return;
+  partial_in_backward_ = true;
+  for (const Gpt3dParam& p : params_) {
+    if (!p.sequence_partial) continue;
+    comm::Communicator* tp = &tp_;
+    const std::string name = p.name;
+    p.value.register_hook([tp, name](const torch::Tensor& g) {
+      torch::Tensor sum = g.contiguous().clone();
+      const comm::DataType dtype = sum.scalar_type() == torch::kBFloat16 ? comm::DataType::kBFloat16
+                                                                          : comm::DataType::kFloat32;
+      Status s = tp->allreduce(sum.data_ptr(), static_cast<std::size_t>(sum.numel()), dtype, comm::ReduceOp::kSum)
+                     ->wait()
+                     .with_context("sequence-parallel gradient of " + name);
+      if (!s.is_ok()) throw std::runtime_error(s.to_string());
+      return sum;
+    });
+  }
 }
 
 }  // namespace kiln::train

@@ -54,6 +54,8 @@ Result<std::unique_ptr<Gpt3dZero>> Gpt3dZero::create(Gpt3d& model, comm::Communi
     KILN_RETURN_IF_ERROR(z->describe(*chunk));
     z->chunks_.push_back(std::move(chunk));
   }
+  // Before the hooks below, which must see the sums.
+  model.reduce_sequence_partial_grads_in_backward();
   if (track_norm && tp_rank == 0 && model.tensor_ranks() > 1) {
     std::int64_t n = 0;
     for (const Gpt3dParam& p : model.params()) n += p.spec.replicated() ? p.value.numel() : 0;

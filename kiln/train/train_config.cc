@@ -171,9 +171,6 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
     if (c.parallel.strategy != Strategy::kDdp && c.parallel.strategy != Strategy::kZero1) {
       r.fail_field("parallel", "strategy", "with tp or pp > 1, data parallelism across replicas is \"ddp\" or \"zero1\"");
     }
-    if (c.parallel.strategy == Strategy::kZero1 && c.parallel.sequence_parallel && c.parallel.tp > 1) {
-      r.fail_field("parallel", "sequence_parallel", "is not supported with strategy = \"zero1\" yet (use \"ddp\")");
-    }
   }
 
   r.check_unknown(kSections, "docs/train.md");

@@ -54,8 +54,6 @@ TEST(TrainConfig, ErrorsNameTheField) {
       {"[model]\nkind = \"gpt\"\nd_model = 10\nheads = 4\n[data]\ndir = \"d\"\n", "'model.heads'"},
       {"[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\nprepare = \"text\"\n", "'data.sources'"},
       {"[model\nkind = 1", "inline.toml:1"},
-      {"[model]\nkind = \"gpt\"\n[data]\ndir = \"d\"\n[parallel]\ntp = 2\nstrategy = \"zero1\"\n"
-       "sequence_parallel = true\n", "'parallel.sequence_parallel' is not supported with strategy = \"zero1\""},
   };
   for (const Case& k : cases) {
     auto c = parse_train_config_string(k.toml, "inline.toml");
@@ -84,12 +82,14 @@ pp = 2
 microbatches = 4
 strategy = "zero1"
 precision = "bf16"
+sequence_parallel = true
 )", "inline.toml");
   ASSERT_TRUE(c.is_ok()) << c.status().to_string();
   EXPECT_TRUE(c->parallel.three_d());
   EXPECT_EQ(c->parallel.strategy, Strategy::kZero1);
   EXPECT_EQ(c->parallel.precision, Precision::kBf16);
   EXPECT_EQ(c->optim.grad_clip, 1.0);
+  EXPECT_TRUE(c->parallel.sequence_parallel);
 }
 
 TEST(LearningRate, WarmsUpLinearlyThenFollowsTheCosineToMin) {

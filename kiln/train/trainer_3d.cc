@@ -213,13 +213,6 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     return invalid_argument("parallel.precision = \"bf16\" with tp or pp > 1 needs parallel.strategy = \"zero1\" "
                             "(it keeps the fp32 master weights)");
   }
-  if (c.parallel.strategy == Strategy::kZero1 && c.parallel.sequence_parallel && c.parallel.tp > 1) {
-    // The replicated parameters' gradients are partial sums over the tensor
-    // group, which the ddp path adds after backward; ZeRO-1 reduces them
-    // into shares during backward, before that sum.
-    return invalid_argument("parallel.sequence_parallel with parallel.strategy = \"zero1\" is not supported yet: "
-                            "use \"ddp\" across the replicas, or sequence_parallel = false");
-  }
   if (c.train.grad_accum != 1) {
     return invalid_argument("train.grad_accum must be 1 with tp or pp > 1: parallel.microbatches splits each step");
   }

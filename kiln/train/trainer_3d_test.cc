@@ -173,7 +173,8 @@ TEST(Trainer3d, Zero1WithGradClipMatchesOneProcess) {
   ASSERT_GT(relative_l2(one->parameters, free->parameters), 1e-3) << "the bound does not clip: vacuous";
   for (const Layout& l : {Layout{2, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1},
                           Layout{2, 2, 2, 4, "interleaved", 2, false, Strategy::kZero1},
-                          Layout{2, 1, 2, 2, "1f1b", 1, false, Strategy::kZero1}}) {
+                          Layout{2, 1, 2, 2, "1f1b", 1, false, Strategy::kZero1},
+                          Layout{2, 2, 2, 2, "1f1b", 1, /*sequence_parallel=*/true, Strategy::kZero1}}) {
     auto r = train_on(l.tp * l.pp * l.dp, with_layout(base, l), f.dir.path() + "/z");
     ASSERT_TRUE(r.is_ok()) << l.name() << ": " << r.status().to_string();
     EXPECT_LE(relative_l2(one->parameters, r->parameters), 1e-5)
