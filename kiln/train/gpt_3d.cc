@@ -229,12 +229,15 @@ std::vector<std::int64_t> Gpt3d::activation_shape(std::int64_t batch) const {
   return {batch, t, config_.d_model};
 }
 
+// The loss in float32 whatever the compute dtype (bf16: its gradient
+// returns to the logits' dtype).
 torch::Tensor Gpt3d::loss(const torch::Tensor& logits, const torch::Tensor& targets) {
-  return tp_ops::vocab_parallel_cross_entropy(logits.flatten(0, 1), targets.flatten(), vocab_start_, tp_).mean();
+  torch::Tensor z = logits.flatten(0, 1).to(torch::kFloat32);
+  return tp_ops::vocab_parallel_cross_entropy(z, targets.flatten(), vocab_start_, tp_).mean();
 }
 
 std::pair<double, double> Gpt3d::loss_sum_and_correct(const torch::Tensor& logits, const torch::Tensor& targets) {
-  torch::Tensor z = logits.flatten(0, 1);
+  torch::Tensor z = logits.flatten(0, 1).to(torch::kFloat32);
   torch::Tensor t = targets.flatten();
   const double loss_sum = tp_ops::vocab_parallel_cross_entropy(z, t, vocab_start_, tp_).sum().item<double>();
   auto [best, index] = z.max(1);
@@ -256,7 +259,7 @@ std::pair<double, double> Gpt3d::loss_sum_and_correct(const torch::Tensor& logit
 }
 
 Status Gpt3d::reduce_sequence_partial_grads() {
-  if (!sequence_parallel_) return Status::ok();
+  if (!sequence_parallel_ || partial_in_backward_) return Status::ok();
   for (const Gpt3dParam& p : params_) {
     if (!p.sequence_partial || !p.value.grad().defined()) continue;
     torch::Tensor g = p.value.mutable_grad();
@@ -264,6 +267,28 @@ Status Gpt3d::reduce_sequence_partial_grads() {
                                        comm::ReduceOp::kSum)->wait().with_context("sequence-parallel gradient of " + p.name));
   }
   return Status::ok();
+}
+
+// Every tensor rank runs the same graph, so autograd reaches these hooks in
+// the same order on each: the allreduces pair up as the forward's do.
+void Gpt3d::reduce_sequence_partial_grads_in_backward() {
+  if (!sequence_parallel_ || partial_in_backward_) return;
+  partial_in_backward_ = true;
+  for (const Gpt3dParam& p : params_) {
+    if (!p.sequence_partial) continue;
+    comm::Communicator* tp = &tp_;
+    const std::string name = p.name;
+    p.value.register_hook([tp, name](const torch::Tensor& g) {
+      torch::Tensor sum = g.contiguous().clone();
+      const comm::DataType dtype = sum.scalar_type() == torch::kBFloat16 ? comm::DataType::kBFloat16
+                                                                          : comm::DataType::kFloat32;
+      Status s = tp->allreduce(sum.data_ptr(), static_cast<std::size_t>(sum.numel()), dtype, comm::ReduceOp::kSum)
+                     ->wait()
+                     .with_context("sequence-parallel gradient of " + name);
+      if (!s.is_ok()) throw std::runtime_error(s.to_string());
+      return sum;
+    });
+  }
 }
 
 }  // namespace kiln::train

@@ -99,8 +99,13 @@ class Gpt3d {
 
   // Every parameter this rank holds, in the whole model's order.
   const std::vector<Gpt3dParam>& params() const { return params_; }
-  // Sequence parallel: sums the partial gradients over the tensor group.
+  // Sequence parallel: sums the partial gradients over the tensor group
+  // (after the step's backward; nothing once the sums run in backward).
   Status reduce_sequence_partial_grads();
+  // Sequence parallel, for data-parallel wrappers that take the gradients
+  // during backward (ZeRO-1): sums each backward's partial gradients over
+  // the tensor group as autograd produces them, before they are stored.
+  void reduce_sequence_partial_grads_in_backward();
 
   // The global stage holding a parameter of the whole model, and the
   // layout's sizes (for reassembling the whole model from every rank's part).
@@ -112,6 +117,7 @@ class Gpt3d {
   ModelConfig config_;
   comm::Communicator& tp_;
   bool sequence_parallel_ = false;
+  bool partial_in_backward_ = false;
   std::int64_t vocab_start_ = 0;
   std::vector<std::shared_ptr<GptChunkImpl>> chunks_;
   std::vector<Gpt3dParam> params_;

@@ -171,60 +171,61 @@ void set_moments(torch::optim::Optimizer& optimizer, const torch::Tensor& p, boo
   }
 }
 
-struct SavedOptimizer {
-  bool adam = false;
-  bool momentum = false;
-  std::int64_t step = 0;
-};
-
-Result<SavedOptimizer> saved_optimizer(const ckpt::LoadedState& loaded) {
+Result<OptimizerRecord> saved_optimizer(const ckpt::LoadedState& loaded) {
   const ckpt::LoadedEntry* e = loaded.find("mesh/optim");
   auto j = e == nullptr ? nlohmann::json() : nlohmann::json::parse(e->data.begin(), e->data.end(), nullptr, false);
   if (j.is_discarded() || !j.contains("kind") || !j.contains("step")) {
     return data_loss(fmt::format("checkpoint {}: no valid optimizer record 'mesh/optim'", loaded.dir));
   }
-  return SavedOptimizer{j["kind"] == "adamw", j.value("momentum", false), j["step"].get<std::int64_t>()};
+  return OptimizerRecord{j["kind"] == "adamw", j.value("momentum", false), j["step"].get<std::int64_t>()};
 }
 
-// One parameter (and its moments) from the checkpoint into `p`, cut to
-// this rank's shard.
-Status restore_param(const ckpt::LoadedState& loaded, const SavedOptimizer& saved, torch::optim::Optimizer& optimizer,
-                     const std::string& name, torch::Tensor p, ShardSpec spec, int tp_rank, int tp_ranks,
-                     const std::vector<std::int64_t>& whole_shape) {
+// One parameter (and its moments) from the checkpoint, cut to this rank's
+// shard of shape `shard_shape`.
+Result<ShardState> load_shard(const ckpt::LoadedState& loaded, const OptimizerRecord& saved, const std::string& name,
+                              ShardSpec spec, int tp_rank, int tp_ranks, const std::vector<std::int64_t>& whole_shape,
+                              c10::IntArrayRef shard_shape) {
   auto shard = [&](const std::string& prefix) -> Result<torch::Tensor> {
     KILN_ASSIGN_OR_RETURN(torch::Tensor whole, whole_tensor(loaded, prefix + name, spec, whole_shape));
     return take_shard(whole, spec, tp_rank, tp_ranks);
   };
-  KILN_ASSIGN_OR_RETURN(torch::Tensor value, shard("mesh/param/"));
-  if (value.sizes() != p.sizes()) {
+  ShardState s;
+  KILN_ASSIGN_OR_RETURN(s.value, shard("mesh/param/"));
+  if (s.value.sizes() != shard_shape) {
     return data_loss(fmt::format("checkpoint {}: parameter '{}' does not fit this model", loaded.dir, name));
   }
-  torch::NoGradGuard no_grad;
-  p.copy_(value);
-  torch::Tensor first, second;
   if (saved.adam) {
-    KILN_ASSIGN_OR_RETURN(first, shard("mesh/exp_avg/"));
-    KILN_ASSIGN_OR_RETURN(second, shard("mesh/exp_avg_sq/"));
+    KILN_ASSIGN_OR_RETURN(s.first, shard("mesh/exp_avg/"));
+    KILN_ASSIGN_OR_RETURN(s.second, shard("mesh/exp_avg_sq/"));
   } else if (saved.momentum) {
-    KILN_ASSIGN_OR_RETURN(first, shard("mesh/momentum/"));
+    KILN_ASSIGN_OR_RETURN(s.first, shard("mesh/momentum/"));
   }
+  return s;
+}
+
+// A loaded shard into parameter `p` and the LibTorch optimizer over it.
+Status set_shard(const ckpt::LoadedState& loaded, const OptimizerRecord& saved, const ShardState& s,
+                 torch::optim::Optimizer& optimizer, torch::Tensor p) {
   if (saved.adam != is_adamw(optimizer)) {
     return failed_precondition(fmt::format("checkpoint {}: saved with optimizer {}, this run uses another",
                                            loaded.dir, saved.adam ? "adamw" : "sgd"));
   }
-  set_moments(optimizer, p, saved.adam, saved.step, first, second);
+  torch::NoGradGuard no_grad;
+  p.copy_(s.value);
+  set_moments(optimizer, p, saved.adam, saved.step, s.first, s.second);
   return Status::ok();
 }
 
 }  // namespace
 
-Status capture_3d_state(Gpt3d& model, torch::optim::Optimizer& optimizer, const parallel::MeshLayout& mesh,
-                        int rank, const Progress& progress, Snapshot* out) {
+Status capture_3d_states(Gpt3d& model, const std::vector<ShardState>& states, const OptimizerRecord& record,
+                         const parallel::MeshLayout& mesh, int rank, const Progress& progress, Snapshot* out) {
   const parallel::MeshCoord at = mesh.coord(rank);
   const int T = mesh.shape().tp, D = mesh.shape().dp;
-  const bool adam = is_adamw(optimizer);
-  std::int64_t step = 0;
-  bool momentum = false;
+  if (states.size() != model.params().size()) {
+    return internal_error(fmt::format("capture_3d_states: {} states for {} parameters", states.size(),
+                                      model.params().size()));
+  }
   auto add = [&](const std::string& entry, const torch::Tensor& shard, const Gpt3dParam& p) -> Status {
     torch::Tensor c = canonical(shard.detach().to(torch::kFloat32), p.spec);
     out->keep_alive.push_back(c);
@@ -245,36 +246,62 @@ Status capture_3d_state(Gpt3d& model, torch::optim::Optimizer& optimizer, const 
     return out->view.add_tensor(entry, comm::DataType::kFloat32, shape, first_row + mine.offset, mine.count,
                                 static_cast<const std::byte*>(c.data_ptr()) + mine.offset * row_bytes);
   };
-  for (const Gpt3dParam& p : model.params()) {
-    KILN_RETURN_IF_ERROR(add("mesh/param/" + p.name, p.value, p));
-    Moments m = moments_of(optimizer, p.value);
-    step = std::max(step, m.step);
-    if (adam && m.first.defined()) {
-      KILN_RETURN_IF_ERROR(add("mesh/exp_avg/" + p.name, m.first, p));
-      KILN_RETURN_IF_ERROR(add("mesh/exp_avg_sq/" + p.name, m.second, p));
-    } else if (!adam && m.first.defined()) {
-      momentum = true;
-      KILN_RETURN_IF_ERROR(add("mesh/momentum/" + p.name, m.first, p));
+  for (std::size_t i = 0; i < states.size(); ++i) {
+    const Gpt3dParam& p = model.params()[i];
+    const ShardState& s = states[i];
+    KILN_RETURN_IF_ERROR(add("mesh/param/" + p.name, s.value, p));
+    if (record.adam && s.first.defined()) {
+      KILN_RETURN_IF_ERROR(add("mesh/exp_avg/" + p.name, s.first, p));
+      KILN_RETURN_IF_ERROR(add("mesh/exp_avg_sq/" + p.name, s.second, p));
+    } else if (!record.adam && record.momentum && s.first.defined()) {
+      KILN_RETURN_IF_ERROR(add("mesh/momentum/" + p.name, s.first, p));
     }
   }
-  out->optim_blob = nlohmann::json{{"kind", adam ? "adamw" : "sgd"}, {"step", step}, {"momentum", momentum}}.dump();
+  out->optim_blob = nlohmann::json{{"kind", record.adam ? "adamw" : "sgd"}, {"step", record.step},
+                                   {"momentum", record.momentum}}.dump();
   KILN_RETURN_IF_ERROR(out->view.add_blob("mesh/optim", out->optim_blob.data(), out->optim_blob.size()));
   out->layout_blob = nlohmann::json{{"tp", T}, {"pp", mesh.shape().pp}, {"dp", D}}.dump();
   KILN_RETURN_IF_ERROR(out->view.add_blob("mesh/layout", out->layout_blob.data(), out->layout_blob.size()));
   return add_rng_and_progress(progress, rank, mesh.world(), out);
 }
 
-Result<Progress> restore_3d_state(const ckpt::LoadedState& loaded, Gpt3d& model, torch::optim::Optimizer& optimizer,
-                                  int rank) {
+Status capture_3d_state(Gpt3d& model, torch::optim::Optimizer& optimizer, const parallel::MeshLayout& mesh,
+                        int rank, const Progress& progress, Snapshot* out) {
+  OptimizerRecord record{.adam = is_adamw(optimizer)};
+  std::vector<ShardState> states;
+  for (const Gpt3dParam& p : model.params()) {
+    Moments m = moments_of(optimizer, p.value);
+    record.step = std::max(record.step, m.step);
+    if (!record.adam && m.first.defined()) record.momentum = true;
+    states.push_back({p.value, m.first, m.second});
+  }
+  return capture_3d_states(model, states, record, mesh, rank, progress, out);
+}
+
+Result<std::vector<ShardState>> load_3d_states(const ckpt::LoadedState& loaded, Gpt3d& model, int rank,
+                                               OptimizerRecord* record) {
   if (loaded.find("mesh/layout") == nullptr) {
     return failed_precondition(fmt::format("checkpoint {}: not saved by a tensor/pipeline-parallel run "
                                            "(no mesh/layout); a 3D run resumes only from one", loaded.dir));
   }
-  KILN_ASSIGN_OR_RETURN(SavedOptimizer saved, saved_optimizer(loaded));
+  KILN_ASSIGN_OR_RETURN(*record, saved_optimizer(loaded));
   const int T = model.tensor_ranks();
   const int tp_rank = T == 1 ? 0 : rank % T;  // tensor innermost (mesh_layout.h)
+  std::vector<ShardState> states;
   for (const Gpt3dParam& p : model.params()) {
-    KILN_RETURN_IF_ERROR(restore_param(loaded, saved, optimizer, p.name, p.value, p.spec, tp_rank, T, p.whole_shape));
+    KILN_ASSIGN_OR_RETURN(ShardState s,
+                          load_shard(loaded, *record, p.name, p.spec, tp_rank, T, p.whole_shape, p.value.sizes()));
+    states.push_back(std::move(s));
+  }
+  return states;
+}
+
+Result<Progress> restore_3d_state(const ckpt::LoadedState& loaded, Gpt3d& model, torch::optim::Optimizer& optimizer,
+                                  int rank) {
+  OptimizerRecord saved;
+  KILN_ASSIGN_OR_RETURN(std::vector<ShardState> states, load_3d_states(loaded, model, rank, &saved));
+  for (std::size_t i = 0; i < states.size(); ++i) {
+    KILN_RETURN_IF_ERROR(set_shard(loaded, saved, states[i], optimizer, model.params()[i].value));
   }
   KILN_RETURN_IF_ERROR(restore_rng(loaded, rank));
   return restore_progress(loaded);
@@ -282,10 +309,11 @@ Result<Progress> restore_3d_state(const ckpt::LoadedState& loaded, Gpt3d& model,
 
 Status restore_whole_from_3d(const ckpt::LoadedState& loaded, torch::nn::Module& module,
                              torch::optim::Optimizer& optimizer) {
-  KILN_ASSIGN_OR_RETURN(SavedOptimizer saved, saved_optimizer(loaded));
+  KILN_ASSIGN_OR_RETURN(OptimizerRecord saved, saved_optimizer(loaded));
   for (auto& p : module.named_parameters()) {
-    KILN_RETURN_IF_ERROR(restore_param(loaded, saved, optimizer, p.key(), p.value(), tensor_shard_spec(p.key()), 0, 1,
-                                       p.value().sizes().vec()));
+    KILN_ASSIGN_OR_RETURN(ShardState s, load_shard(loaded, saved, p.key(), tensor_shard_spec(p.key()), 0, 1,
+                                                   p.value().sizes().vec(), p.value().sizes()));
+    KILN_RETURN_IF_ERROR(set_shard(loaded, saved, s, optimizer, p.value()));
   }
   return Status::ok();
 }

@@ -33,11 +33,37 @@ Result<std::uint64_t> layout_digest(Gpt3d& model, const parallel::MeshLayout& me
 Result<std::vector<float>> gather_whole_parameters(Gpt3d& model, const ModelConfig& config,
                                                    const parallel::MeshLayout& mesh, comm::Communicator& world);
 
-// This rank's rows of every parameter and of its optimizer moments, the
-// optimizer step and layout as blobs, then generators and progress
-// (train_state.h). AdamW or SGD (LibTorch's state).
+// One parameter's shard as this rank holds it, with its optimizer state:
+// float32, the shard's shape; `first`/`second` undefined where the optimizer
+// has none (AdamW: exp_avg, exp_avg_sq; SGD: momentum in `first`). Whoever
+// holds the state (a LibTorch optimizer, ZeRO-1's shares gathered over the
+// replicas: gpt_3d_zero.h) hands it over in this form.
+struct ShardState {
+  torch::Tensor value, first, second;
+};
+
+// The optimizer record of a 3D checkpoint (`mesh/optim`).
+struct OptimizerRecord {
+  bool adam = false;
+  bool momentum = false;  // SGD: the checkpoint holds momentum buffers
+  std::int64_t step = 0;
+};
+
+// This rank's rows of every parameter and of its optimizer moments
+// (`states` in model.params() order), the optimizer record and layout as
+// blobs, then generators and progress (train_state.h).
+Status capture_3d_states(Gpt3d& model, const std::vector<ShardState>& states, const OptimizerRecord& record,
+                         const parallel::MeshLayout& mesh, int rank, const Progress& progress, Snapshot* out);
+// The same from a LibTorch optimizer over the shards (AdamW or SGD).
 Status capture_3d_state(Gpt3d& model, torch::optim::Optimizer& optimizer, const parallel::MeshLayout& mesh,
                         int rank, const Progress& progress, Snapshot* out);
+
+// This rank's shard of every parameter and its optimizer state (in
+// model.params() order) from a checkpoint saved by any layout, loaded whole;
+// FailedPrecondition if it was not saved by a 3D run, DataLoss naming the
+// entry if one is missing or does not fit.
+Result<std::vector<ShardState>> load_3d_states(const ckpt::LoadedState& loaded, Gpt3d& model, int rank,
+                                               OptimizerRecord* record);
 
 // Restores a checkpoint saved by any layout (loaded whole) into this rank's
 // shards and a LibTorch optimizer over them.

@@ -64,6 +64,34 @@ TEST(TrainConfig, ErrorsNameTheField) {
   }
 }
 
+// What tp or pp > 1 accepts across the replicas: ZeRO-1 with bf16, clipping
+// and checkpoints (examples/train/gpt_3d_zero1_bf16.toml).
+TEST(TrainConfig, ThreeDAcceptsZero1WithBf16ClippingAndCheckpoints) {
+  auto c = parse_train_config_string(R"(
+[model]
+kind = "gpt"
+[data]
+dir = "d"
+[optim]
+grad_clip = 1.0
+[checkpoint]
+dir = "ckpt"
+[parallel]
+tp = 2
+pp = 2
+microbatches = 4
+strategy = "zero1"
+precision = "bf16"
+sequence_parallel = true
+)", "inline.toml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_TRUE(c->parallel.three_d());
+  EXPECT_EQ(c->parallel.strategy, Strategy::kZero1);
+  EXPECT_EQ(c->parallel.precision, Precision::kBf16);
+  EXPECT_EQ(c->optim.grad_clip, 1.0);
+  EXPECT_TRUE(c->parallel.sequence_parallel);
+}
+
 TEST(LearningRate, WarmsUpLinearlyThenFollowsTheCosineToMin) {
   OptimConfig o{.lr = 1.0, .min_lr = 0.1, .warmup_steps = 10};
   EXPECT_DOUBLE_EQ(learning_rate(o, 0, 110), 0.1);

@@ -20,11 +20,11 @@
 #include "kiln/elastic/worker_link.h"
 #include "kiln/parallel/mesh/device_mesh.h"
 #include "kiln/parallel/pipeline/engine.h"
-#include "kiln/parallel/zero/sharded_data_parallel.h"
 #include "kiln/train/batch_tensors.h"
 #include "kiln/train/checkpoint_setup.h"
 #include "kiln/train/gpt_3d.h"
 #include "kiln/train/gpt_3d_state.h"
+#include "kiln/train/gpt_3d_zero.h"
 #include "kiln/train/optimizers.h"
 #include "kiln/train/progress_line.h"
 #include "kiln/train/resume.h"
@@ -57,62 +57,53 @@ Result<TokenBatch> token_batch(const data::Batch& batch, const ModelConfig& m) {
   return TokenBatch{t.narrow(1, 0, m.seq_len), t.narrow(1, 1, m.seq_len)};
 }
 
-// Data parallelism across the pipeline replicas, per model chunk.
+// Data parallelism across the pipeline replicas: kiln::ddp per model chunk
+// and a LibTorch optimizer, or ZeRO-1 (gpt_3d_zero.h).
 class ReplicaSync {
  public:
-  static Result<std::unique_ptr<ReplicaSync>> create(const TrainConfig& c, Gpt3d& model, comm::Communicator& dp) {
+  static Result<std::unique_ptr<ReplicaSync>> create(const TrainConfig& c, Gpt3d& model, comm::Communicator& dp,
+                                                     int tp_rank) {
     auto s = std::unique_ptr<ReplicaSync>(new ReplicaSync(c));
+    if (c.parallel.strategy == Strategy::kZero1) {
+      KILN_ASSIGN_OR_RETURN(s->zero_, Gpt3dZero::create(model, dp, tp_rank, zero_options(c), c.optim.grad_clip > 0));
+      return s;
+    }
     for (int chunk = 0; chunk < model.chunk_count(); ++chunk) {
-      if (c.parallel.strategy == Strategy::kZero1) {
-        parallel::zero::ZeroOptions z = zero_options(c);
-        z.stage = 1;
-        KILN_ASSIGN_OR_RETURN(auto w, parallel::zero::ShardedDataParallel::create(model.chunk_module(chunk), dp, z));
-        s->zero_.push_back(std::move(w));
-      } else {
-        ddp::DdpOptions o;
-        if (c.ddp.bucket_cap_mib) o.bucket_cap_bytes = static_cast<std::size_t>(*c.ddp.bucket_cap_mib * (1 << 20));
-        o.compress_bf16 = c.ddp.bf16;
-        KILN_ASSIGN_OR_RETURN(auto w, ddp::DistributedDataParallel::create(model.chunk_module(chunk), dp, o));
-        s->ddp_.push_back(std::move(w));
-      }
+      ddp::DdpOptions o;
+      if (c.ddp.bucket_cap_mib) o.bucket_cap_bytes = static_cast<std::size_t>(*c.ddp.bucket_cap_mib * (1 << 20));
+      o.compress_bf16 = c.ddp.bf16;
+      KILN_ASSIGN_OR_RETURN(auto w, ddp::DistributedDataParallel::create(model.chunk_module(chunk), dp, o));
+      s->ddp_.push_back(std::move(w));
     }
-    if (s->zero_.empty()) {
-      std::vector<torch::Tensor> params;
-      for (const Gpt3dParam& p : model.params()) params.push_back(p.value);
-      s->optimizer_ = make_optimizer(c.optim, params);
-    }
+    std::vector<torch::Tensor> params;
+    for (const Gpt3dParam& p : model.params()) params.push_back(p.value);
+    s->optimizer_ = make_optimizer(c.optim, params);
     return s;
   }
 
-  // Backpropagates one micro-batch of `chunk`; the chunk's last one of the
-  // step also averages its gradients over the replicas.
+  // Backpropagates one micro-batch of `chunk`; with ddp, the chunk's last
+  // one of the step also averages its gradients over the replicas (ZeRO-1
+  // reduce-scatters every micro-batch's into the shares).
   Status backward(int chunk, const torch::Tensor& scalar, bool last) {
-    if (!zero_.empty()) return zero_[static_cast<std::size_t>(chunk)]->backward(scalar);
+    if (zero_) return zero_->backward(chunk, scalar);
     auto& d = *ddp_[static_cast<std::size_t>(chunk)];
     if (last) return d.backward(scalar);
     auto no_sync = d.no_sync();
     return d.backward(scalar);
   }
 
-  // The LibTorch optimizer (ddp; null with zero1).
-  torch::optim::Optimizer* optimizer() { return optimizer_.get(); }
-
   double exposed_comm_s() const {
+    if (zero_) return zero_->exposed_comm_s();
     double s = 0;
     for (const auto& d : ddp_) s += d->last_sync().exposed_comm_s;
-    for (const auto& z : zero_) s += z->last_sync().exposed_comm_s;
     return s;
   }
 
-  // Clipping by the global norm over every shard of the model (DDP only:
-  // the norm needs the tensor and pipeline groups too).
+  // Clipping by the global norm over every shard of the model.
   Status step(double lr, Gpt3d& model, comm::Communicator& world, int dp_size, int tp_rank) {
-    if (!zero_.empty()) {
-      for (auto& z : zero_) KILN_RETURN_IF_ERROR(z->step(lr));
-      // The chunks do not run through parallel::run_unit(), so their forward
-      // would not wait for the new parameters' allgather: wait here.
-      for (auto& z : zero_) KILN_RETURN_IF_ERROR(z->visit_parameters([](const torch::Tensor&) {}));
-      return Status::ok();
+    if (zero_) {
+      if (c_.optim.grad_clip > 0) KILN_RETURN_IF_ERROR(zero_->clip_grad_norm(c_.optim.grad_clip, world).status());
+      return zero_->step(lr);
     }
     set_learning_rate(*optimizer_, lr);
     if (c_.optim.grad_clip > 0) KILN_RETURN_IF_ERROR(clip(model, world, dp_size, tp_rank));
@@ -121,6 +112,24 @@ class ReplicaSync {
       if (p.value.grad().defined()) p.value.mutable_grad().zero_();
     }
     return Status::ok();
+  }
+
+  // Checkpoint state in the layout-free mesh/ form (gpt_3d_state.h);
+  // collective over the data group with ZeRO-1, which gathers its shares.
+  Status capture(Gpt3d& model, const parallel::MeshLayout& mesh, int rank, const Progress& progress, Snapshot* out) {
+    if (!zero_) return capture_3d_state(model, *optimizer_, mesh, rank, progress, out);
+    OptimizerRecord record;
+    KILN_ASSIGN_OR_RETURN(std::vector<ShardState> states, zero_->gather_states(&record));
+    return capture_3d_states(model, states, record, mesh, rank, progress, out);
+  }
+
+  Result<Progress> restore(const ckpt::LoadedState& loaded, Gpt3d& model, int rank) {
+    if (!zero_) return restore_3d_state(loaded, model, *optimizer_, rank);
+    OptimizerRecord record;
+    KILN_ASSIGN_OR_RETURN(std::vector<ShardState> states, load_3d_states(loaded, model, rank, &record));
+    KILN_RETURN_IF_ERROR(zero_->restore_states(states, record, loaded.dir));
+    KILN_RETURN_IF_ERROR(restore_rng(loaded, rank));
+    return restore_progress(loaded);
   }
 
  private:
@@ -147,8 +156,8 @@ class ReplicaSync {
 
   TrainConfig c_;
   std::vector<std::unique_ptr<ddp::DistributedDataParallel>> ddp_;
-  std::vector<std::unique_ptr<parallel::zero::ShardedDataParallel>> zero_;
-  std::unique_ptr<torch::optim::Optimizer> optimizer_;
+  std::unique_ptr<torch::optim::Optimizer> optimizer_;  // ddp
+  std::unique_ptr<Gpt3dZero> zero_;
 };
 
 // What the pipeline engine asks of the model for one step (or evaluation).
@@ -157,6 +166,7 @@ struct StepModel {
   int microbatches = 1;
   std::vector<TokenBatch> batches;  // this replica's micro-batches
   ReplicaSync* sync = nullptr;      // null: evaluation
+  torch::ScalarType activation_dtype = torch::kFloat32;  // bf16 precision: what the stages send
   double eval_loss_sum = 0, eval_correct = 0, eval_count = 0;
 
   pp::StageCallbacks callbacks() {
@@ -180,6 +190,7 @@ struct StepModel {
     cb.input_shape = [this](int) {
       return model->activation_shape(batches.front().inputs.size(0));
     };
+    cb.activation_dtype = activation_dtype;
     return cb;
   }
 };
@@ -198,13 +209,9 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     return invalid_argument(fmt::format("parallel.strategy = \"{}\": with tp or pp > 1 the replicas use ddp or zero1",
                                         strategy_name(c.parallel.strategy)));
   }
-  if (c.parallel.strategy == Strategy::kZero1 && c.optim.grad_clip > 0) {
-    return invalid_argument("optim.grad_clip with parallel.strategy = \"zero1\" and tp or pp > 1 is not "
-                            "supported yet (the global norm needs every shard): use \"ddp\" or grad_clip = 0");
-  }
-  if (c.parallel.strategy == Strategy::kZero1 && !c.checkpoint.dir.empty()) {
-    return invalid_argument("checkpoints of parallel.strategy = \"zero1\" with tp or pp > 1 are not supported "
-                            "yet: use \"ddp\" across the replicas, or no checkpoint.dir");
+  if (c.parallel.precision == Precision::kBf16 && c.parallel.strategy != Strategy::kZero1) {
+    return invalid_argument("parallel.precision = \"bf16\" with tp or pp > 1 needs parallel.strategy = \"zero1\" "
+                            "(it keeps the fp32 master weights)");
   }
   if (c.train.grad_accum != 1) {
     return invalid_argument("train.grad_accum must be 1 with tp or pp > 1: parallel.microbatches splits each step");
@@ -239,15 +246,22 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   // Dropout: the ranks of a tensor group draw the same masks (their
   // activations are replicated), the replicas different ones.
   torch::manual_seed(c.train.seed + 1000003ull * static_cast<std::uint64_t>(at.dp + 1) + 7919ull * at.pp);
-  log()->info("3D parallel: {} ({}), {} schedule, {} micro-batches of {} samples, {} chunk(s) per rank",
+  log()->info("3D parallel: {} ({}), {} schedule, {} micro-batches of {} samples, {} chunk(s) per rank, {} across "
+              "replicas, {}",
               mesh->layout().describe_shape(), mesh->describe(), pp::schedule_name(kind), spec.microbatches, micro,
-              spec.chunks);
+              spec.chunks, strategy_name(c.parallel.strategy),
+              c.parallel.precision == Precision::kBf16 ? "bf16 (fp32 masters)" : "fp32");
 
   KILN_RETURN_IF_ERROR(prepare_data(c.data, world));
   KILN_ASSIGN_OR_RETURN(Split train_split, open_split(c.data, "train"));
   KILN_ASSIGN_OR_RETURN(Split test_split, open_split(c.data, "test"));
-  KILN_ASSIGN_OR_RETURN(auto sync, ReplicaSync::create(c, *model, mesh->data()));
+  KILN_ASSIGN_OR_RETURN(auto sync, ReplicaSync::create(c, *model, mesh->data(), at.tp));
   pp::PipelineEngine engine(*mesh, spec, kCollectiveTimeout);
+  // precision = "bf16" (zero1 only, train_config.cc): the wrapper holds the
+  // parameters as bfloat16 over fp32 master shares, so every layer, the
+  // tensor group's collectives and the stages' messages run in bfloat16.
+  const torch::ScalarType activation_dtype =
+      c.parallel.precision == Precision::kBf16 ? torch::kBFloat16 : torch::kFloat32;
 
   // Checkpoints hold canonical rows (gpt_3d_state.h, Note [Canonical rows]),
   // which follow the mesh; the in-memory tier restores only even row shares
@@ -257,12 +271,11 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   KILN_ASSIGN_OR_RETURN(CheckpointSetup ckpt, open_checkpoints(ckpt_config, world));
   Progress progress;
   RestoreFn restore = [&](const ckpt::LoadedState& loaded) -> Result<Progress> {
-    return restore_3d_state(loaded, *model, *sync->optimizer(), rank);
+    return sync->restore(loaded, *model, rank);
   };
-  if (ckpt.enabled()) {
-    KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/true, world, nullptr, nullptr, false));
-    if (resumed) progress = resumed->progress;
-  }
+  // Nothing to resume (no checkpoint.dir, or none saved yet): nullopt.
+  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/true, world, nullptr, nullptr, false));
+  if (resumed) progress = resumed->progress;
   const std::int64_t start_step = progress.step;
 
   std::unique_ptr<diag::MetricsWriter> metrics;
@@ -274,7 +287,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   auto save = [&](std::int64_t step, bool wait) -> Status {
     Snapshot snap;
     const data::SamplerState s = stream.state();
-    KILN_RETURN_IF_ERROR(capture_3d_state(*model, *sync->optimizer(), mesh->layout(), rank, {step, s.epoch, s.consumed}, &snap));
+    KILN_RETURN_IF_ERROR(sync->capture(*model, mesh->layout(), rank, {step, s.epoch, s.consumed}, &snap));
     if (wait) return ckpt.checkpointer->save(snap.view, step, Deadline::after_seconds(600));
     return ckpt.checkpointer->save_async(snap.view, step).status();
   };
@@ -289,7 +302,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
                         {.rank = at.dp, .world = shape.dp, .sampler = {.shuffle = false},
                          .batch_size = static_cast<std::uint64_t>(c.eval.batch_size),
                          .workers = c.data.workers, .queue_depth = c.data.queue_depth});
-    StepModel sm{.model = model.get()};
+    StepModel sm{.model = model.get(), .activation_dtype = activation_dtype};
     pp::StageCallbacks cb = sm.callbacks();
     torch::NoGradGuard no_grad;
     while (true) {
@@ -314,7 +327,8 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   std::optional<std::int64_t> stopped_at;
   for (std::int64_t step = start_step; step < c.train.max_steps; ++step) {
     timer.begin_step(step);
-    StepModel sm{.model = model.get(), .microbatches = spec.microbatches, .sync = sync.get()};
+    StepModel sm{.model = model.get(), .microbatches = spec.microbatches, .sync = sync.get(),
+                 .activation_dtype = activation_dtype};
     {
       auto scope = timer.phase(Phase::kDataWait);
       for (int m = 0; m < spec.microbatches; ++m) {

@@ -23,6 +23,10 @@ using testing::max_relative_difference;
 using testing::train_on;
 
 constexpr int kSeq = 8, kVocab = 32;
+// bf16 against fp32 (docs/train.md "Tensor and pipeline parallelism"):
+// relative L2 over the whole model after 5 steps, and the final eval loss
+// (measured: about 1e-2 and 7e-5).
+constexpr double kBf16ParameterTolerance = 2e-2, kBf16LossTolerance = 1e-3;
 
 // Learnable sequences: each token follows from the one before, with noise.
 void write_tokens(const std::string& dir, int n, std::uint64_t seed) {
@@ -69,10 +73,11 @@ struct Layout {
   int chunks = 1;
   bool sequence_parallel = false;
   Strategy strategy = Strategy::kDdp;
+  Precision precision = Precision::kFp32;
   std::string name() const {
-    return fmt::format("tp {} pp {} dp {} m {} {}{}{}{}", tp, pp, dp, microbatches, schedule,
+    return fmt::format("tp {} pp {} dp {} m {} {}{}{}{}{}", tp, pp, dp, microbatches, schedule,
                        chunks > 1 ? fmt::format(" v {}", chunks) : "", sequence_parallel ? " sp" : "",
-                       strategy == Strategy::kZero1 ? " zero1" : "");
+                       strategy == Strategy::kZero1 ? " zero1" : "", precision == Precision::kBf16 ? " bf16" : "");
   }
 };
 
@@ -84,6 +89,7 @@ TrainConfig with_layout(TrainConfig c, const Layout& l) {
   c.parallel.chunks = l.chunks;
   c.parallel.sequence_parallel = l.sequence_parallel;
   c.parallel.strategy = l.strategy;
+  c.parallel.precision = l.precision;
   // One process with the whole batch accumulates the same micro-batches.
   if (!c.parallel.three_d()) c.train.grad_accum = l.microbatches;
   return c;
@@ -150,17 +156,31 @@ TEST(Trainer3d, EveryLayoutMatchesOneProcessWithTheWholeBatch) {
   }
 }
 
-// ZeRO-1 across the replicas (no clipping: the 3D global norm is ddp's).
-TEST(Trainer3d, Zero1AcrossReplicasMatchesOneProcess) {
+// ZeRO-1 across the replicas, clipping by the global norm: a bound low enough
+// to clip every step, so the norm over the tensor shards (replicated
+// parameters once), the stages and the replicas' shares must be one
+// process's for the runs to match.
+TEST(Trainer3d, Zero1WithGradClipMatchesOneProcess) {
   GptFixture f;
   TrainConfig base = f.config(4, 4);
-  base.optim.grad_clip = 0;
+  base.optim.grad_clip = 0.05;
   auto one = train_on(1, base, f.dir.path() + "/one");
   ASSERT_TRUE(one.is_ok()) << one.status().to_string();
-  auto r = train_on(8, with_layout(base, {2, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1}), f.dir.path() + "/z");
-  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
-  EXPECT_LE(relative_l2(one->parameters, r->parameters), 1e-5)
-      << "worst " << worst_parameter(base.model, one->parameters, r->parameters);
+  TrainConfig unclipped = base;
+  unclipped.optim.grad_clip = 0;
+  auto free = train_on(1, unclipped, f.dir.path() + "/free");
+  ASSERT_TRUE(free.is_ok()) << free.status().to_string();
+  ASSERT_GT(relative_l2(one->parameters, free->parameters), 1e-3) << "the bound does not clip: vacuous";
+  for (const Layout& l : {Layout{2, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1},
+                          Layout{2, 2, 2, 4, "interleaved", 2, false, Strategy::kZero1},
+                          Layout{2, 1, 2, 2, "1f1b", 1, false, Strategy::kZero1},
+                          Layout{2, 2, 2, 2, "1f1b", 1, /*sequence_parallel=*/true, Strategy::kZero1}}) {
+    auto r = train_on(l.tp * l.pp * l.dp, with_layout(base, l), f.dir.path() + "/z");
+    ASSERT_TRUE(r.is_ok()) << l.name() << ": " << r.status().to_string();
+    EXPECT_LE(relative_l2(one->parameters, r->parameters), 1e-5)
+        << l.name() << ": worst " << worst_parameter(base.model, one->parameters, r->parameters);
+    EXPECT_NEAR(r->eval_loss, one->eval_loss, 1e-5 * one->eval_loss) << l.name();
+  }
 }
 
 // Saved by TP 2 x PP 2 x DP 2; continued by TP 1 x PP 1 x DP 2 (plain data
@@ -193,24 +213,104 @@ TEST(Trainer3d, CheckpointsResumeOnAnotherLayout) {
   }
 }
 
-TEST(Trainer3d, ResumeAfterSigkillIsBitIdentical) {
-  GptFixture f;
-  TrainConfig straight = with_layout(f.config(4, 6), {2, 2, 1, 2});
-  straight.checkpoint = {.dir = f.dir.path() + "/ckpt-a", .every = 2};
-  auto a = train_on(4, straight, f.dir.path() + "/a");
-  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+// Trains `l` for 6 steps straight, and again killed after step 5 and resumed:
+// the two must end bit-identical.
+void expect_bit_identical_resume(const GptFixture& f, const Layout& l) {
+  const int world = l.tp * l.pp * l.dp;
+  TrainConfig straight = with_layout(f.config(4, 6), l);
+  const std::string tag = fmt::format("{}{}{}-{}-{}", l.tp, l.pp, l.dp, strategy_name(l.strategy),
+                                      l.precision == Precision::kBf16 ? "bf16" : "fp32");
+  straight.checkpoint = {.dir = f.dir.path() + "/ckpt-a-" + tag, .every = 2};
+  auto a = train_on(world, straight, f.dir.path() + "/a");
+  ASSERT_TRUE(a.is_ok()) << l.name() << ": " << a.status().to_string();
   TrainConfig crashed = straight;
-  crashed.checkpoint.dir = f.dir.path() + "/ckpt-b";
-  ASSERT_FALSE(train_on(4, crashed, f.dir.path() + "/b1", /*crash_after_step=*/5).is_ok());
-  auto resumed = train_on(4, crashed, f.dir.path() + "/b2");
-  ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
+  crashed.checkpoint.dir = f.dir.path() + "/ckpt-b-" + tag;
+  ASSERT_FALSE(train_on(world, crashed, f.dir.path() + "/b1", /*crash_after_step=*/5).is_ok()) << l.name();
+  auto resumed = train_on(world, crashed, f.dir.path() + "/b2");
+  ASSERT_TRUE(resumed.is_ok()) << l.name() << ": " << resumed.status().to_string();
   // Saves every 2 steps, one in flight: the save at step 4 waits for step 2
   // to commit, so step 2 surely is before the crash after step 5; step 4 may
   // still be in flight (the kill can land before its commit).
-  EXPECT_GE(resumed->start_step, 2);
-  EXPECT_LE(resumed->start_step, 4);
-  EXPECT_EQ(resumed->parameters, a->parameters);
-  EXPECT_EQ(resumed->parameter_digest, a->parameter_digest);
+  EXPECT_GE(resumed->start_step, 2) << l.name();
+  EXPECT_LE(resumed->start_step, 4) << l.name();
+  EXPECT_EQ(resumed->parameters, a->parameters) << l.name();
+  EXPECT_EQ(resumed->parameter_digest, a->parameter_digest) << l.name();
+}
+
+TEST(Trainer3d, ResumeAfterSigkillIsBitIdentical) {
+  GptFixture f;
+  expect_bit_identical_resume(f, {2, 2, 1, 2});
+}
+
+// ZeRO-1 saves its optimizer shares gathered into the mesh/ form; the
+// resumed run cuts its shares again. Clipping on (the fixture's bound): the
+// replicated gradients kept for the norm must start each step afresh. And in
+// bf16, whose fp32 master shares are what the checkpoint holds.
+TEST(Trainer3d, Zero1ResumeAfterSigkillIsBitIdentical) {
+  GptFixture f;
+  expect_bit_identical_resume(f, {2, 1, 2, 2, "1f1b", 1, false, Strategy::kZero1});
+  expect_bit_identical_resume(f, {2, 1, 2, 2, "1f1b", 1, false, Strategy::kZero1, Precision::kBf16});
+}
+
+// Saved by ZeRO-1 on TP 2 x PP 2 x DP 2; continued by plain data parallelism
+// (TP 1 x PP 1 x DP 2, ddp), by ZeRO-1 on TP 2 x PP 1 x DP 2 and on the same
+// layout: all end where one uninterrupted process ends.
+TEST(Trainer3d, Zero1CheckpointsResumeOnAnotherLayout) {
+  GptFixture f;
+  auto config = [&](std::int64_t steps) {
+    TrainConfig c = f.config(4, steps);
+    c.optim.schedule = Schedule::kConstant;
+    c.optim.warmup_steps = 0;
+    return c;
+  };
+  auto want = train_on(1, config(6), f.dir.path() + "/want");
+  ASSERT_TRUE(want.is_ok()) << want.status().to_string();
+  TrainConfig first = with_layout(config(3), {2, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1});
+  first.checkpoint = {.dir = f.dir.path() + "/ckpt", .every = 0};
+  auto saved = train_on(8, first, f.dir.path() + "/saved");
+  ASSERT_TRUE(saved.is_ok()) << saved.status().to_string();
+  for (const Layout& l : {Layout{1, 1, 2, 2}, Layout{2, 1, 2, 2, "1f1b", 1, false, Strategy::kZero1},
+                          Layout{2, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1}}) {
+    const std::string copy = f.dir.path() + fmt::format("/ckpt-{}{}{}-{}", l.tp, l.pp, l.dp, strategy_name(l.strategy));
+    std::filesystem::copy(first.checkpoint.dir, copy, std::filesystem::copy_options::recursive);
+    TrainConfig then = with_layout(config(6), l);
+    then.checkpoint = {.dir = copy, .every = 0};
+    auto r = train_on(l.tp * l.pp * l.dp, then, f.dir.path() + "/then");
+    ASSERT_TRUE(r.is_ok()) << l.name() << ": " << r.status().to_string();
+    EXPECT_EQ(r->start_step, 3) << l.name();
+    EXPECT_LE(relative_l2(want->parameters, r->parameters), 1e-5)
+        << l.name() << ": worst " << worst_parameter(then.model, want->parameters, r->parameters);
+  }
+}
+
+// bf16 compute and communication over fp32 master shares (ZeRO-1): the
+// tolerance against fp32 on one process documented in docs/train.md, and no
+// worse than bf16 on one process (ZeRO-1 over one rank) is itself. The lower
+// bound shows the run computed in bf16 at all.
+TEST(Trainer3d, Bf16StaysWithinItsToleranceOfFp32) {
+  GptFixture f;
+  const TrainConfig base = f.config(4, 5);
+  auto one = train_on(1, base, f.dir.path() + "/one");
+  ASSERT_TRUE(one.is_ok()) << one.status().to_string();
+  const Layout alone{1, 1, 1, 2, "1f1b", 1, false, Strategy::kZero1, Precision::kBf16};
+  auto one_bf16 = train_on(1, with_layout(base, alone), f.dir.path() + "/one-bf16");
+  ASSERT_TRUE(one_bf16.is_ok()) << one_bf16.status().to_string();
+  const double alone_params = relative_l2(one->parameters, one_bf16->parameters);
+  fmt::print("one process bf16: parameters {:.3e} relative L2, eval loss {:.3e} relative\n", alone_params,
+             std::abs(one_bf16->eval_loss - one->eval_loss) / one->eval_loss);
+  for (const Layout& l : {Layout{2, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1, Precision::kBf16},
+                          Layout{2, 2, 1, 4, "interleaved", 2, false, Strategy::kZero1, Precision::kBf16}}) {
+    auto r = train_on(l.tp * l.pp * l.dp, with_layout(base, l), f.dir.path() + "/bf16");
+    ASSERT_TRUE(r.is_ok()) << l.name() << ": " << r.status().to_string();
+    const double params = relative_l2(one->parameters, r->parameters);
+    const double loss = std::abs(r->eval_loss - one->eval_loss) / one->eval_loss;
+    fmt::print("{}: parameters {:.3e} relative L2, eval loss {:.3e} relative (fp32 {:.6f}, bf16 {:.6f})\n", l.name(),
+               params, loss, one->eval_loss, r->eval_loss);
+    EXPECT_GT(params, 1e-4) << l.name() << ": as close as fp32 layouts are: not computed in bf16?";
+    EXPECT_LE(params, kBf16ParameterTolerance) << l.name();
+    EXPECT_LE(params, 2 * alone_params) << l.name() << ": bf16 on one process is " << alone_params;
+    EXPECT_LE(loss, kBf16LossTolerance) << l.name();
+  }
 }
 
 TEST(Trainer3d, ExplicitStageLayersAndTheirErrors) {

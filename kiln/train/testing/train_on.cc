@@ -27,6 +27,7 @@ Result<TrainResult> train_on(int world, const TrainConfig& config, const std::st
     std::ofstream out(out_file, std::ios::binary);
     out.write(reinterpret_cast<const char*>(&r->start_step), sizeof r->start_step);
     out.write(reinterpret_cast<const char*>(&r->parameter_digest), sizeof r->parameter_digest);
+    out.write(reinterpret_cast<const char*>(&r->eval_loss), sizeof r->eval_loss);
     out.write(reinterpret_cast<const char*>(r->parameters.data()),
               static_cast<std::streamsize>(r->parameters.size() * sizeof(float)));
     return out ? Status::ok() : internal_error("writing " + out_file);
@@ -40,6 +41,7 @@ Result<TrainResult> train_on(int world, const TrainConfig& config, const std::st
   TrainResult r;
   in.read(reinterpret_cast<char*>(&r.start_step), sizeof r.start_step);
   in.read(reinterpret_cast<char*>(&r.parameter_digest), sizeof r.parameter_digest);
+  in.read(reinterpret_cast<char*>(&r.eval_loss), sizeof r.eval_loss);
   float f;
   while (in.read(reinterpret_cast<char*>(&f), sizeof f)) r.parameters.push_back(f);
   return r;

@@ -1,5 +1,6 @@
 // Test support for kiln train's loop: runs `world` real ranks (fork) of
-// run_training on one config; rank 0's result (start step, digest, every
+// run_training on one config; rank 0's result (start step, digest, final
+// evaluation loss, every
 // parameter of the whole model) comes back through `out_file`, and a failed
 // rank's Status through `out_file`.err.
 #pragma once
