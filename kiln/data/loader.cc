@@ -49,6 +49,18 @@ bool same_shape(const std::vector<std::int64_t>& a, std::span<const std::int64_t
 
 }  // namespace
 
+struct Loader::Scratch {
+  struct Where {
+    const ShardReader* reader;
+    std::uint64_t record;
+    std::size_t shard;
+    std::span<const std::uint8_t> extent;  // for prefetching only (ShardReader::extent)
+  };
+  std::vector<Where> where;
+  std::vector<std::pair<std::size_t, std::shared_ptr<OpenShard>>> held;  // usually 1-2 shards
+  std::vector<FieldView> sample;
+};
+
 Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
     : cache_(cache), index_(std::move(index)), options_(options),
       sampler_(index_, options_.sampler, options_.rank, options_.world, options_.state) {
@@ -66,6 +78,11 @@ Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
   plan_ = make_plan();
   for (std::size_t i = 0; i < plan_.size(); ++i) plan_of_.emplace(plan_[i].shard, i);
   plan_opened_.assign(plan_.size(), false);
+  plan_reach_.resize(plan_.size());
+  for (std::size_t i = 0; i < plan_.size(); ++i) {
+    plan_reach_[i] = std::max(plan_[i].last_batch, i > 0 ? plan_reach_[i - 1] : 0);
+  }
+  consumer_scratch_ = std::make_unique<Scratch>();
   for (int i = 0; i < std::max(1, options_.fetchers); ++i) {
     threads_.emplace_back([this] { prefetch_loop(); });
   }
@@ -225,48 +242,67 @@ void Loader::prefetch_loop() {
   }
 }
 
-struct Loader::Scratch {
-  struct Where {
-    const ShardReader* reader;
-    std::uint64_t record;
-    std::size_t shard;
-  };
-  std::vector<Where> where;
-  std::vector<std::pair<std::size_t, std::shared_ptr<OpenShard>>> held;  // usually 1-2 shards
-  std::vector<FieldView> sample;
-};
+std::optional<std::uint64_t> Loader::claim_locked(bool* wake_prefetcher) {
+  if (stop_ || next_to_build_ >= num_batches_ ||
+      next_to_build_ >= consumer_next_ + static_cast<std::uint64_t>(options_.queue_depth)) {
+    return std::nullopt;
+  }
+  std::uint64_t number = next_to_build_++;
+  if (next_to_build_ > prefetch_wake_at_) {
+    *wake_prefetcher = true;
+    prefetch_wake_at_ = UINT64_MAX;  // a waiting prefetcher sets it again
+  }
+  return number;
+}
+
+bool Loader::build_and_park(std::uint64_t number, Scratch* scratch) {
+  auto batch = build(number, scratch);
+  scratch->held.clear();  // the batch holds copies; the shards may go
+  if (!batch) {
+    fail(batch.status());
+    return false;
+  }
+  bool wake_consumer;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ready_.emplace(number, std::move(batch).value());
+    wake_consumer = number == consumer_next_;
+  }
+  if (wake_consumer) ready_cv_.notify_one();
+  return true;
+}
 
 void Loader::worker_loop() {
   yield_on_wakeup("kiln-decode");
   Scratch scratch;
   while (true) {
-    std::uint64_t number;
+    std::optional<std::uint64_t> number;
     bool wake_prefetcher = false;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      while (!stop_ && next_to_build_ < num_batches_ &&
-             next_to_build_ >= consumer_next_ + static_cast<std::uint64_t>(options_.queue_depth)) {
+      while (!(number = claim_locked(&wake_prefetcher)) && !stop_ &&
+             next_to_build_ < num_batches_) {
         space_cv_.wait_for(lock, kPoll);
       }
-      if (stop_ || next_to_build_ >= num_batches_) return;
-      number = next_to_build_++;
-      if (next_to_build_ > prefetch_wake_at_) {
-        wake_prefetcher = true;
-        prefetch_wake_at_ = UINT64_MAX;  // a waiting prefetcher sets it again
-      }
+      if (!number) return;  // stopped, or every batch claimed
     }
     if (wake_prefetcher) prefetch_cv_.notify_all();
-    auto batch = build(number, &scratch);
-    scratch.held.clear();  // the batch holds copies; the shards may go
-    if (!batch) return fail(batch.status());
-    bool wake_consumer;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      ready_.emplace(number, std::move(batch).value());
-      wake_consumer = number == consumer_next_;
-    }
-    if (wake_consumer) ready_cv_.notify_one();
+    if (!build_and_park(*number, &scratch)) return;
   }
+}
+
+// Note [The consumer helps]: the shards a batch may read (its plan entries)
+// are all open, so building it waits for no download and no prefetcher.
+bool Loader::shards_open_locked(std::uint64_t batch) const {
+  // plan_ is sorted by first_batch; plan_reach_[i] is the largest last_batch
+  // of plan_[0..i], so the scan back stops at the first entry before which
+  // no entry reaches `batch`.
+  auto end = std::upper_bound(plan_.begin(), plan_.end(), batch,
+                              [](std::uint64_t b, const Planned& p) { return b < p.first_batch; });
+  for (auto i = static_cast<std::size_t>(end - plan_.begin()); i-- > 0 && plan_reach_[i] >= batch;) {
+    if (plan_[i].last_batch >= batch && !open_.contains(plan_[i].shard)) return false;
+  }
+  return true;
 }
 
 Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
@@ -280,11 +316,15 @@ Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
   b.sample_ids.resize(n);
   sampler_.peek_many(first, n, b.sample_ids.data());
   // Note [Prefetch the records of a batch]: resolve every sample to (reader,
-  // record) first, touching no record, so that the copy loop below can start
-  // loading a record kAhead samples before it decodes it. Shuffled records
-  // are cache misses, and for small samples (784 B) the miss, not the copy,
-  // was the largest cost per sample (perf: decode_sample_view, the first
-  // reader of each record, at the top of the decode threads).
+  // record, extent) first, touching no record, so that the copy loop below
+  // can start loading a whole record kAhead samples before it decodes it.
+  // Shuffled records are cache misses, and for small samples (784 B) the
+  // miss, not the copy, was the largest cost per sample. Prefetching only a
+  // record's first two lines left the copy (memmove) missing on the other
+  // eleven: 44% of the decode threads' time; every line, with the extent
+  // taken from the offset table in the first pass (no dependent load in
+  // the copy loop), raised the 784 B epoch from ~3.1 to ~3.7 GB/s (A/B,
+  // docs/perf.md).
   auto& where = scratch->where;
   auto& held = scratch->held;
   where.resize(n);
@@ -310,15 +350,13 @@ Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
         held.emplace_back(cur, std::move(open));
       }
     }
-    where[j] = {cur_reader, id - cur_first, cur};
+    where[j] = {cur_reader, id - cur_first, cur, cur_reader->extent(id - cur_first)};
   }
   constexpr std::uint64_t kAhead = 8;
-  for (std::uint64_t j = 0; j < std::min(n, kAhead); ++j) {
-    where[j].reader->prefetch(where[j].record);
-  }
+  for (std::uint64_t j = 0; j < std::min(n, kAhead); ++j) ShardReader::prefetch(where[j].extent);
   std::vector<FieldView>& sample = scratch->sample;
   for (std::uint64_t j = 0; j < n; ++j) {
-    if (j + kAhead < n) where[j + kAhead].reader->prefetch(where[j + kAhead].record);
+    if (j + kAhead < n) ShardReader::prefetch(where[j + kAhead].extent);
     const std::uint64_t id = b.sample_ids[j];
     // record() checked the record (or this process verified the whole file
     // before, per options_.verify): decode it in place and copy each field
@@ -401,6 +439,27 @@ Result<std::optional<Batch>> Loader::next(Deadline deadline) {
       released.clear();
       b.wait_seconds = std::chrono::duration<double>(Clock::now() - t0).count();
       return std::optional<Batch>(std::move(b));
+    }
+    // Note [The consumer helps]: a consumer faster than the workers used to
+    // sleep here once per batch and be woken by the worker that finished
+    // it: two context switches and two futex calls per batch, which on the
+    // 2-vCPU VM (paravirtualised, where a syscall is a world switch) cost
+    // about as much as building a batch of 64 784 B samples. Instead the
+    // consumer builds the next unclaimed batch itself, where that cannot
+    // block (every shard it may read is open: no download, no prefetcher
+    // to wait for) and the queue bound allows one more. Batches are the
+    // same and come out in the same order; a consumer that is slower than
+    // the workers never gets here.
+    if (shards_open_locked(next_to_build_)) {
+      bool wake_prefetcher = false;
+      if (auto number = claim_locked(&wake_prefetcher)) {
+        lock.unlock();
+        if (wake_prefetcher) prefetch_cv_.notify_all();
+        const bool ok = build_and_park(*number, consumer_scratch_.get());
+        lock.lock();
+        if (ok) ++built_by_consumer_;
+        continue;
+      }
     }
     if (deadline.expired()) {
       return deadline_exceeded(fmt::format("loader rank {}: batch {} not ready before the deadline "

@@ -10,6 +10,9 @@
 //     samples in place in the shard mapping (ShardReader) and collates them
 //     straight into recycled batch buffers (Note [Recycled batch buffers] in
 //     batch.h), and parks the batch in a reorder buffer.
+// A consumer that finds its batch not ready builds the next unclaimed one
+// itself when that cannot block, instead of sleeping (Note [The consumer
+// helps] in loader.cc).
 // At most `queue_depth` batches exist beyond the consumer (bounded memory).
 // Batches come out in order; the first error of any thread is returned by
 // next() and stops the others. Destruction stops and joins every thread.
@@ -73,6 +76,10 @@ class Loader {
   // The pool this loader's batches return their buffers to (for its stats).
   const BatchPool& batch_pool() const { return *pool_; }
 
+  // Batches next() built itself while it would have waited (Note [The
+  // consumer helps] in loader.cc). Call from the consumer's thread.
+  std::uint64_t built_by_consumer() const { return built_by_consumer_; }
+
   // The next batch in order; std::nullopt at the end of the epoch. Blocks up
   // to `deadline` (DeadlineExceeded). DataLoss / ResourceExhausted / ... from
   // the cache or a corrupt shard, naming it. Call from one thread.
@@ -108,6 +115,14 @@ class Loader {
   // A worker's buffers for build(), reused from batch to batch.
   struct Scratch;
   void worker_loop();
+  // Claims the next batch to build where the queue bound allows one (sets
+  // *wake_prefetcher when a waiting prefetcher should look again). REQUIRES(mu_).
+  std::optional<std::uint64_t> claim_locked(bool* wake_prefetcher);
+  // Builds a claimed batch into ready_, waking the consumer if it is the
+  // one it waits for; on error fails the loader and returns false.
+  bool build_and_park(std::uint64_t number, Scratch* scratch);
+  // Whether every shard batch `batch` may read is open. REQUIRES(mu_).
+  bool shards_open_locked(std::uint64_t batch) const;
   Result<Batch> build(std::uint64_t number, Scratch* scratch);
   void wake_all();
   // The open shard, for a worker building `batch`: waits for the prefetcher
@@ -127,6 +142,9 @@ class Loader {
   std::shared_ptr<BatchPool> pool_;
   std::vector<Planned> plan_;                             // by first_batch; immutable
   std::unordered_map<std::size_t, std::size_t> plan_of_;  // shard -> index in plan_; immutable
+  std::vector<std::uint64_t> plan_reach_;  // max last_batch of plan_[0..i]; immutable
+  std::unique_ptr<Scratch> consumer_scratch_;  // next()'s, when it builds a batch
+  std::uint64_t built_by_consumer_ = 0;        // next()'s thread only
 
   std::mutex mu_;
   // Note [Who wakes whom]: one condition variable per kind of waiter, so a

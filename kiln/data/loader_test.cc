@@ -142,6 +142,29 @@ std::uint64_t epoch(ShardCache* cache, const DatasetIndex& index, std::uint64_t 
   return samples;
 }
 
+// Note [The consumer helps]: a consumer that finds its batch not ready builds
+// the next one itself (from open shards only), and the batches are still
+// complete, correct and in order. One worker and an instant consumer: the
+// consumer is the faster side, so it must have built some.
+TEST(Loader, ConsumerBuildsBatchesWhileItWouldWaitInOrder) {
+  Fixture f;
+  ASSERT_EQ(epoch(f.cache.get(), f.index, 9), f.index.num_samples);  // shards cached and mapped
+  Loader l(f.cache.get(), f.index,
+           {.sampler = {.seed = 9, .shuffle_window = 40}, .batch_size = 4, .workers = 1,
+            .queue_depth = 3});
+  std::vector<int> seen(f.index.num_samples, 0);
+  for (std::uint64_t n = 0;; ++n) {
+    auto b = l.next(soon());
+    ASSERT_TRUE(b.is_ok()) << b.status().to_string();
+    if (!b->has_value()) break;
+    ASSERT_EQ((*b)->number, n);
+    check_batch(**b);
+    for (auto id : (*b)->sample_ids) ++seen[id];
+  }
+  for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << "sample " << i;
+  EXPECT_GT(l.built_by_consumer(), 0u) << "of " << l.num_batches() << " batches";
+}
+
 // Note [Warm shard mappings]: the second epoch maps no shard again, and the
 // parked mappings hold no lease: another process's cache on the same
 // directory evicts every shard, after which the next epoch maps the new
