@@ -49,6 +49,10 @@ struct HostStepTime {
   // message waits handoff_per_message_s for its peer to be scheduled.
   double sharing_slowdown = 1;
   double handoff_per_message_s = 0;
+  // ... and a tensor-parallel collective inside a pipeline stage waits this
+  // (Note [Pipeline hand-off]; handoff_per_message_s without pp or without
+  // the measurement).
+  double tp_handoff_per_message_s = 0;
   double micro_batches = 0;
   std::vector<std::int64_t> stage_layers;
   // Per device, one micro-batch through all its chunks, unshared speed.
