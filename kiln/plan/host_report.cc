@@ -96,6 +96,7 @@ nlohmann::json host_plan_to_json(const PlanConfig& c, const HostStepTime& st) {
                 {"tp_comm_s", st.layer.tp_comm_s}};
   j["stages"] = {{"forward_s", st.stage_forward_s},
                  {"backward_s", st.stage_backward_s},
+                 {"p2p_bytes", st.stage_p2p_bytes},
                  {"slowest", st.slowest_stage},
                  {"busy_s", st.pipeline.busy_s},
                  {"finish_s", st.pipeline.finish_s}};

@@ -193,6 +193,7 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   sim.forward_wait_s = sim.forward_s;
   sim.backward_wait_s = sim.forward_s;
   st.stage_forward_s.assign(static_cast<size_t>(p), 0);
+  st.stage_p2p_bytes.assign(static_cast<size_t>(p), 0);
   st.stage_backward_s.assign(static_cast<size_t>(p), 0);
   std::vector<double> stage_tp(static_cast<size_t>(p), 0), stage_p2p(static_cast<size_t>(p), 0);
   std::vector<double> stage_wait(static_cast<size_t>(p), 0);
@@ -226,6 +227,8 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
         fwd_messages += l.tp > 1 ? 2 : 0;
         bwd_messages += l.tp > 1 ? 1 : 0;
       }
+      st.stage_p2p_bytes[static_cast<size_t>(d)] +=
+          mb * kFloat * width * ((j < last ? 1 : 0) + (j > 0 ? 1 : 0));
       if (j < last) sends += p2p;  // the activation forward
       if (j > 0) sends += p2p;     // the gradient backward
       fwd += j < last ? p2p : 0;

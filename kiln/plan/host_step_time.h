@@ -57,6 +57,10 @@ struct HostStepTime {
   std::vector<std::int64_t> stage_layers;
   // Per device, one micro-batch through all its chunks, unshared speed.
   std::vector<double> stage_forward_s, stage_backward_s;
+  // Per device, the bytes one of its ranks sends to neighbour stages per
+  // step (activations forward, their gradients backward): what the
+  // runtime's pipeline engine counts as bytes_sent.
+  std::vector<double> stage_p2p_bytes;
   int slowest_stage = 0;
   // Critical-path components; they add up to step_s. compute, TP comm and PP
   // p2p are the slowest stage's work at the steady state's share of the

@@ -218,6 +218,20 @@ TEST(HostStepTimeTest, TensorCollectivesInsideAPipelineWaitThePipelineHandOff) {
   EXPECT_GT(piped->handoff_s, lockstep->handoff_s + 36 * 2e-3 * 0.5);
 }
 
+TEST(HostStepTimeTest, CountsTheBytesEachStageSendsPerStep) {
+  // 4 micro-batches of 8 sequences x 128 tokens x 128 wide, fp32: 512 KiB
+  // per crossing. The first stage sends activations only, the last
+  // gradients only, the middle ones both; DP halves each replica's batch.
+  auto st = host_step_time(small_gpt(flops_only_host(2), 1, 4, 1, 4));
+  ASSERT_TRUE(st.is_ok()) << st.status().to_string();
+  const double crossing = 8 * 128 * 128 * 4;
+  EXPECT_EQ(st->stage_p2p_bytes,
+            (std::vector<double>{4 * crossing, 8 * crossing, 8 * crossing, 4 * crossing}));
+  auto replicas = host_step_time(small_gpt(flops_only_host(2), 1, 2, 2, 4));
+  ASSERT_TRUE(replicas.is_ok());
+  EXPECT_EQ(replicas->stage_p2p_bytes, (std::vector<double>{2 * crossing, 2 * crossing}));
+}
+
 TEST(HostStepTimeTest, NeedsAHostProfile) {
   PlanConfig c = small_gpt(flops_only_host(1), 1, 1, 1, 4);
   c.cluster.host.reset();
