@@ -207,7 +207,9 @@ Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
     const plan::HostProfile& p, double unit_s, const CalibrateOptions& o) {
   const std::string exe = own_executable();
   if (exe.empty()) return failed_precondition("kiln plan calibrate: cannot find its own executable");
-  constexpr int kGroup = 2, kMicrobatches = 4, kMessages = 4, kBytes = 64 * 1024;
+  // --quick (tests): half the micro-batches and messages, one timed step.
+  constexpr int kGroup = 2, kBytes = 64 * 1024;
+  const int kMicrobatches = o.quick ? 2 : 4, kMessages = o.quick ? 2 : 4;
   // Work per piece: a TP layer half of the miniature layouts is ~0.5-2 ms.
   const std::vector<double> pieces = o.quick ? std::vector<double>{1e-3}
                                              : std::vector<double>{0.5e-3, 1.5e-3};
