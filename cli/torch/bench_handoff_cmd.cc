@@ -11,6 +11,16 @@
 // --repeats timings of --rounds rounds, each the slowest rank's. `kiln plan
 // calibrate` runs it at 1, 2 and 4 ranks per core and two work sizes and
 // fits round = slowdown · max(1, ranks/cores) · work + handoff.
+//
+//   kiln bench handoff --ranks 8 --group 2 --pp 4 --microbatches 4 --messages 4 --units 3 [--json]
+//
+// With --pp > 1 the ranks form a pipeline instead (Note [Pipeline hand-off]
+// in kiln/plan/host_profile.h): --pp stages of --group tensor-parallel ranks
+// run kiln's own 1F1B engine (kiln/parallel/pipeline/engine.h) over
+// --microbatches, each forward --messages times --units of work then a
+// group all-reduce, each backward the same with twice the work, activations
+// and gradients of --bytes between stages. Reported: the step time, the
+// median over --repeats steps, each the slowest rank's.
 #include <fmt/format.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -26,6 +36,8 @@
 #include "cli/torch/bench_mlp.h"
 #include "kiln/base/blas_kernel.h"
 #include "kiln/comm/process_group.h"
+#include "kiln/parallel/mesh/device_mesh.h"
+#include "kiln/parallel/pipeline/engine.h"
 #include "kiln/plan/probe/sharing_probe.h"
 
 namespace kiln::cli {
@@ -38,10 +50,98 @@ struct HandoffArgs {
   int rounds = 20;
   int repeats = 3;
   int bytes = 64 * 1024;
+  int pp = 1;
+  int microbatches = 4;
+  int messages = 4;
   bool json = false;
 };
 
 constexpr auto kTimeout = std::chrono::minutes(2);
+
+// --pp > 1: the pipeline-shaped probe (Note [Pipeline hand-off] in
+// kiln/plan/host_profile.h). Activations carry no meaning: each stage passes
+// its input on (times one, so autograd gives the engine its gradient), and
+// the work and the group all-reduces stand for a stage's layers.
+Status bench_handoff_pipeline(const HandoffArgs& a, comm::Communicator& world, int threads) {
+  namespace pp = parallel::pipeline;
+  KILN_ASSIGN_OR_RETURN(auto mesh,
+                        parallel::DeviceMesh::create(world, {.tp = a.group, .pp = a.pp}));
+  const pp::ScheduleSpec spec{pp::ScheduleKind::k1F1B, a.pp, a.microbatches, 1};
+  KILN_RETURN_IF_ERROR(pp::validate(spec));
+  pp::PipelineEngine engine(*mesh, spec,
+                            std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout));
+  comm::Communicator& tensor = mesh->tensor();
+  plan::probe::SharingWork work;
+  std::vector<float> buf(static_cast<std::size_t>(a.bytes) / sizeof(float), 1.f);
+  const std::int64_t width = static_cast<std::int64_t>(buf.size());
+  const torch::Tensor first_input = torch::ones({width}).requires_grad_(true);
+  // `messages` times: `units` of work, then the group all-reduce (a
+  // tensor-parallel layer half's compute and its activation all-reduce).
+  auto layers = [&](int units) -> Status {
+    for (int k = 0; k < a.messages; ++k) {
+      work.run(units);
+      if (a.group > 1) {
+        KILN_RETURN_IF_ERROR(tensor.allreduce(buf.data(), buf.size(), comm::DataType::kFloat32,
+                                              comm::ReduceOp::kMax)
+                                 ->wait(kTimeout));
+      }
+    }
+    return Status::ok();
+  };
+  Status failed;
+  pp::StageCallbacks cb;
+  cb.forward = [&](int, int, const torch::Tensor& input) -> torch::Tensor {
+    if (Status s = layers(a.units); !s.is_ok() && failed.is_ok()) failed = s;
+    const torch::Tensor x = input.defined() ? input : first_input;
+    return engine.holds_loss() ? x.sum() * 0 : x * 1;
+  };
+  cb.backward = [&](int, int, const torch::Tensor& scalar, bool) -> Status {
+    scalar.backward();
+    return layers(2 * a.units);
+  };
+  cb.input_shape = [&](int) { return std::vector<std::int64_t>{width}; };
+  auto step = [&]() -> Status {
+    KILN_ASSIGN_OR_RETURN(pp::PipelineStepStats stats, engine.train_step(cb));
+    (void)stats;
+    return failed;
+  };
+  for (int i = 0; i < 2; ++i) KILN_RETURN_IF_ERROR(step());
+  std::vector<double> per_step;
+  for (int r = 0; r < a.repeats; ++r) {
+    KILN_RETURN_IF_ERROR(world.barrier()->wait(kTimeout));
+    const auto t0 = std::chrono::steady_clock::now();
+    KILN_RETURN_IF_ERROR(step());
+    double mine = bench::since(t0), slowest = 0;
+    KILN_RETURN_IF_ERROR(
+        world.allreduce(&mine, &slowest, 1, comm::DataType::kFloat64, comm::ReduceOp::kMax)
+            ->wait(kTimeout));
+    per_step.push_back(slowest);
+  }
+  const double step_s = bench::median(per_step);
+  if (world.rank() == 0) {
+    if (a.json) {
+      nlohmann::json j = {{"bench", "handoff"},
+                          {"ranks", world.size()},
+                          {"cores", sysconf(_SC_NPROCESSORS_ONLN)},
+                          {"threads_per_rank", threads},
+                          {"group", a.group},
+                          {"pp", a.pp},
+                          {"microbatches", a.microbatches},
+                          {"messages", a.messages},
+                          {"units", a.units},
+                          {"bytes", a.bytes},
+                          {"repeats", a.repeats},
+                          {"step_s", step_s}};
+      fmt::print("{}\n", j.dump());
+    } else {
+      fmt::print(
+          "{} stages of {} ranks, 1F1B over {} micro-batches, {} x {} units and a {}-byte group "
+          "allreduce per forward (twice the units backward): {:.3f} ms per step\n",
+          a.pp, a.group, a.microbatches, a.messages, a.units, a.bytes, 1e3 * step_s);
+    }
+  }
+  return Status::ok();
+}
 
 Status bench_handoff(const HandoffArgs& a) {
   if (a.ranks < 1 || a.group < 1 || a.units < 0 || a.rounds < 1 || a.repeats < 1 || a.bytes < 4) {
@@ -53,6 +153,12 @@ Status bench_handoff(const HandoffArgs& a) {
   if (a.ranks % a.group != 0) {
     return invalid_argument(
         fmt::format("kiln bench handoff: --group {} must divide --ranks {}", a.group, a.ranks));
+  }
+  if (a.pp < 1 || a.microbatches < 1 || a.messages < 1 || a.ranks % (a.group * a.pp) != 0) {
+    return invalid_argument(fmt::format(
+        "kiln bench handoff: --pp {} --microbatches {} --messages {}: need positive values and "
+        "--group x --pp ({}) dividing --ranks {}",
+        a.pp, a.microbatches, a.messages, a.group * a.pp, a.ranks));
   }
   if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench handoff"))
     return *spawned;
@@ -68,6 +174,7 @@ Status bench_handoff(const HandoffArgs& a) {
                                       std::max(1, local ? std::atoi(local) : 1));
   torch::set_num_threads(threads);
   set_openblas_threads(threads);
+  if (a.pp > 1) return bench_handoff_pipeline(a, world, threads);
   KILN_ASSIGN_OR_RETURN(auto group, world.split(world.rank() / a.group, world.rank()));
   plan::probe::SharingWork work;
   std::vector<float> buf(static_cast<std::size_t>(a.bytes) / sizeof(float), 1.f);
@@ -126,6 +233,14 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--rounds", a->rounds, "rounds per timing")->capture_default_str();
   cmd->add_option("--repeats", a->repeats, "timings; the median counts")->capture_default_str();
   cmd->add_option("--bytes", a->bytes, "allreduce payload per round")->capture_default_str();
+  cmd->add_option("--pp", a->pp,
+                  "pipeline stages of --group ranks each (> 1: the pipeline-shaped probe)")
+      ->capture_default_str();
+  cmd->add_option("--microbatches", a->microbatches, "micro-batches per step (with --pp)")
+      ->capture_default_str();
+  cmd->add_option("--messages", a->messages,
+                  "group all-reduces per forward, each after --units of work (with --pp)")
+      ->capture_default_str();
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
   cmd->callback(run_status([a] { return bench_handoff(*a); }));
 });

@@ -35,6 +35,7 @@
 
 #include "cli/command.h"
 #include "kiln/base/fs.h"
+#include "kiln/comm/tuning.h"
 #include "kiln/plan/calibration_fit.h"
 #include "kiln/plan/host_profile.h"
 #include "kiln/plan/probe/compute_probe.h"
@@ -48,6 +49,7 @@ struct CalibrateOptions {
   bool quick = false;
   bool json = false;
   int repeats = 5;
+  std::string refit_pipeline;  // a profile whose [pipeline_handoff] alone is measured again
 };
 
 // Runs argv (argv[0] a path) with `env` added ("K=V") and `unset` removed,
@@ -151,11 +153,10 @@ std::string own_executable() {
 // Note [Core sharing] (kiln/plan/host_profile.h): `kiln bench handoff` with
 // 1, 2 and 4 ranks per core (an even count: they pair up), each at two work
 // sizes per round, fitted to round = slowdown · max(1, ranks/cores) · work + handoff.
-Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, const CalibrateOptions& o) {
+Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, double unit_s,
+                                                          const CalibrateOptions& o) {
   const std::string exe = own_executable();
   if (exe.empty()) return failed_precondition("kiln plan calibrate: cannot find its own executable");
-  const plan::probe::ProbeOptions po{.quick = o.quick, .repeats = o.repeats};
-  KILN_ASSIGN_OR_RETURN(const double unit_s, plan::probe::time_sharing_unit(po));
   // Per round, about what a rank of the miniature layouts computes between
   // two messages: a tensor-parallel layer half (~1 ms) to a pipeline stage's
   // micro-batch (several ms).
@@ -196,6 +197,104 @@ Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, const Calib
   return plan::fit_core_sharing(samples);
 }
 
+// Note [Pipeline hand-off] (kiln/plan/host_profile.h): `kiln bench handoff
+// --pp` with 2 and 4 ranks per core (stages of pairs: 2×2 and 4×2 on two
+// cores), 1F1B over 4 micro-batches of 4 pieces of work and a pair
+// all-reduce per forward (two layers' halves, as a stage of the miniature
+// GPT), at two work sizes; each step is turned into the per-message wait
+// the host model needs to reproduce it (plan::fit_pipeline_handoff).
+Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
+    const plan::HostProfile& p, double unit_s, const CalibrateOptions& o) {
+  const std::string exe = own_executable();
+  if (exe.empty()) return failed_precondition("kiln plan calibrate: cannot find its own executable");
+  // --quick (tests): half the micro-batches and messages, one timed step.
+  constexpr int kGroup = 2, kBytes = 64 * 1024;
+  const int kMicrobatches = o.quick ? 2 : 4, kMessages = o.quick ? 2 : 4;
+  // Work per piece: a TP layer half of the miniature layouts is ~0.5-2 ms.
+  const std::vector<double> pieces = o.quick ? std::vector<double>{1e-3}
+                                             : std::vector<double>{0.5e-3, 1.5e-3};
+  const std::vector<int> levels = o.quick ? std::vector<int>{2} : std::vector<int>{2, 4};
+  const comm::LinkCost shm{p.shm.alpha_s, p.shm.bytes_per_s};
+  std::vector<plan::PipelineSharingSample> samples;
+  for (const int per_core : levels) {
+    const int ranks = per_core * p.cores;
+    if (ranks % (2 * kGroup) != 0) continue;  // needs >= 2 stages of pairs
+    const int stages = ranks / kGroup;
+    int previous_units = 0;
+    for (const double piece : pieces) {
+      const int units = std::max(previous_units + 1, static_cast<int>(std::lround(piece / unit_s)));
+      previous_units = units;
+      std::vector<std::string> argv = {exe, "bench", "handoff", "--ranks", std::to_string(ranks),
+                                       "--group", std::to_string(kGroup),
+                                       "--pp", std::to_string(stages),
+                                       "--microbatches", std::to_string(kMicrobatches),
+                                       "--messages", std::to_string(kMessages),
+                                       "--units", std::to_string(units),
+                                       "--bytes", std::to_string(kBytes),
+                                       "--repeats", o.quick ? "1" : "5", "--json"};
+      KILN_ASSIGN_OR_RETURN(std::string out,
+                            run_capture(argv, {}, {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
+                                        std::chrono::seconds(120)));
+      plan::PipelineSharingSample x;
+      x.cores = p.cores;
+      x.stages = stages;
+      x.group = kGroup;
+      x.microbatches = kMicrobatches;
+      x.messages = kMessages;
+      x.forward_work_s = kMessages * units * unit_s;
+      x.backward_work_s = 2 * x.forward_work_s;
+      x.message_s = comm::ring_allreduce_s(kBytes, kGroup, shm);
+      x.p2p_s = comm::p2p_s(kBytes, shm);
+      x.p2p_alpha_s = p.shm.alpha_s;
+      try {
+        const auto start = out.rfind("\n{");
+        const nlohmann::json doc =
+            nlohmann::json::parse(start == std::string::npos ? out : out.substr(start + 1));
+        x.step_s = doc.at("step_s").get<double>();
+      } catch (const std::exception& e) {
+        return internal_error(fmt::format(
+            "kiln plan calibrate: cannot read kiln bench handoff --pp's JSON ({}): {}", e.what(),
+            out.substr(0, 300)));
+      }
+      KILN_ASSIGN_OR_RETURN(const double h, plan::fit_pipeline_sample_handoff(x, p.sharing));
+      // On stderr: what each timing gave, for a reader checking the fit.
+      fmt::print(stderr,
+                 "kiln plan calibrate: pipeline probe {} stages of {} ranks, {} units ({:.2f} ms) "
+                 "per message: step {:.1f} ms, {:.0f} us per TP all-reduce\n",
+                 stages, kGroup, units, 1e3 * units * unit_s, 1e3 * x.step_s, 1e6 * h);
+      samples.push_back(x);
+    }
+  }
+  if (samples.empty()) return std::vector<plan::PipelineHandoffPoint>{};
+  return plan::fit_pipeline_handoff(samples, p.sharing);
+}
+
+// --refit-pipeline: the profile as it is, with [pipeline_handoff] measured
+// again against its own [core_sharing] and [link_shm] (a calibration's
+// sections must fit together: the hand-off is what the model needs on top
+// of that profile's slowdown).
+Status refit_pipeline(const CalibrateOptions& o) {
+  KILN_ASSIGN_OR_RETURN(plan::HostProfile p, plan::read_host_profile(o.refit_pipeline));
+  if (p.cores != static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)))) {
+    return failed_precondition(fmt::format(
+        "kiln plan calibrate --refit-pipeline {}: measured on {} cores, this host has {}",
+        o.refit_pipeline, p.cores, sysconf(_SC_NPROCESSORS_ONLN)));
+  }
+  const plan::probe::ProbeOptions po{.quick = o.quick, .repeats = o.repeats};
+  KILN_ASSIGN_OR_RETURN(const double unit_s, plan::probe::time_sharing_unit(po));
+  fmt::print(stderr, "kiln plan calibrate: one unit of work takes {:.3f} ms\n", 1e3 * unit_s);
+  KILN_ASSIGN_OR_RETURN(p.pipeline_handoff, probe_pipeline_handoff(p, unit_s, o));
+  const std::string text = plan::host_profile_to_toml(p);
+  KILN_RETURN_IF_ERROR(plan::parse_host_profile(text, o.output).status());
+  KILN_RETURN_IF_ERROR(write_file_atomic(o.output, text));
+  for (const plan::PipelineHandoffPoint& c : p.pipeline_handoff) {
+    std::printf("  pipeline stage  %.0f ranks per core: %.0f us per TP all-reduce\n",
+                c.ranks_per_core, c.handoff_s * 1e6);
+  }
+  std::printf("wrote %s\n", o.output.c_str());
+  return Status::ok();
+}
+
 std::string cpu_model() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
@@ -219,6 +318,7 @@ std::string utc_now() {
 
 Status calibrate(const CalibrateOptions& o) {
   if (o.repeats < 1) return invalid_argument("kiln plan calibrate: --repeats must be >= 1");
+  if (!o.refit_pipeline.empty()) return refit_pipeline(o);
   // Fail before a minute of measuring, not after.
   const std::filesystem::path dir = std::filesystem::absolute(o.output).parent_path();
   if (access(dir.c_str(), W_OK) != 0) {
@@ -246,7 +346,9 @@ Status calibrate(const CalibrateOptions& o) {
   KILN_ASSIGN_OR_RETURN(p.stream_all_bytes_per_s, plan::probe::probe_stream(p.cores, po));
   KILN_ASSIGN_OR_RETURN(p.shm, probe_link("shm", o));
   KILN_ASSIGN_OR_RETURN(p.tcp, probe_link("tcp", o));
-  KILN_ASSIGN_OR_RETURN(p.sharing, probe_sharing(p.cores, o));
+  KILN_ASSIGN_OR_RETURN(const double unit_s, plan::probe::time_sharing_unit(po));
+  KILN_ASSIGN_OR_RETURN(p.sharing, probe_sharing(p.cores, unit_s, o));
+  KILN_ASSIGN_OR_RETURN(p.pipeline_handoff, probe_pipeline_handoff(p, unit_s, o));
 
   const std::string text = plan::host_profile_to_toml(p);
   // Read back before writing: what we write must be what kiln plan reads.
@@ -275,6 +377,10 @@ Status calibrate(const CalibrateOptions& o) {
       j["core_sharing"].push_back({{"ranks_per_core", c.ranks_per_core},
                                    {"slowdown", c.slowdown},
                                    {"handoff_us", c.handoff_s * 1e6}});
+    }
+    for (const plan::PipelineHandoffPoint& c : p.pipeline_handoff) {
+      j["pipeline_handoff"].push_back(
+          {{"ranks_per_core", c.ranks_per_core}, {"handoff_us", c.handoff_s * 1e6}});
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
@@ -309,6 +415,10 @@ Status calibrate(const CalibrateOptions& o) {
       std::printf("  core sharing    %.0f ranks per core: compute x%.2f, %.0f us per hand-off\n",
                   c.ranks_per_core, c.slowdown, c.handoff_s * 1e6);
     }
+    for (const plan::PipelineHandoffPoint& c : p.pipeline_handoff) {
+      std::printf("  pipeline stage  %.0f ranks per core: %.0f us per TP all-reduce\n",
+                  c.ranks_per_core, c.handoff_s * 1e6);
+    }
     std::printf("wrote %s\n", o.output.c_str());
   }
   return Status::ok();
@@ -323,6 +433,8 @@ const CommandRegistration kRegister("plan", [](CLI::App& parent) {
   cmd->add_option("--repeats", o->repeats, "timed repeats per point; the median counts")
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "print a JSON summary instead of the report");
+  cmd->add_option("--refit-pipeline", o->refit_pipeline,
+                  "re-measure only this profile's [pipeline_handoff] (written to -o)");
   cmd->callback(run_status([o] { return calibrate(*o); }));
 });
 

@@ -123,5 +123,66 @@ TEST(CalibrationFitTest, CoreSharingDropsANegativeHandOffAndNeedsTwoWorkSizes) {
   EXPECT_NE(one.status().message().find("2.0"), std::string::npos) << one.status().to_string();
 }
 
+// Note [Pipeline hand-off]: timings made by the model itself with a known
+// group hand-off come back as that hand-off, per ranks-per-core level.
+TEST(CalibrationFitTest, PipelineHandOffRecoversTheWaitThatMadeTheSteps) {
+  const std::vector<CoreSharingPoint> sharing = {{1, 1.2, 0}, {2, 1.5, 0.2e-3}, {4, 1.5, 1.3e-3}};
+  std::vector<PipelineSharingSample> samples;
+  const double truth[] = {2e-3, 3e-3};  // at 2 and 4 ranks per core
+  for (int level = 0; level < 2; ++level) {
+    for (const double piece : {0.5e-3, 1.5e-3}) {
+      PipelineSharingSample x;
+      x.cores = 2;
+      x.stages = level == 0 ? 2 : 4;
+      x.group = 2;
+      x.microbatches = 4;
+      x.messages = 4;
+      x.forward_work_s = 4 * piece;
+      x.backward_work_s = 8 * piece;
+      x.message_s = 10e-6;
+      x.p2p_s = 8e-6;
+      x.p2p_alpha_s = 1e-6;
+      const double rpc = x.ranks_per_core();
+      HostProfile lockstep;
+      lockstep.sharing = sharing;
+      auto t = pipeline_probe_step_s(x, lockstep.sharing_slowdown(rpc), lockstep.handoff_s(rpc),
+                                     truth[level]);
+      ASSERT_TRUE(t.is_ok()) << t.status().to_string();
+      x.step_s = *t;
+      samples.push_back(x);
+    }
+  }
+  auto f = fit_pipeline_handoff(samples, sharing);
+  ASSERT_TRUE(f.is_ok()) << f.status().to_string();
+  ASSERT_EQ(f->size(), 2u);
+  EXPECT_EQ((*f)[0].ranks_per_core, 2);
+  EXPECT_EQ((*f)[1].ranks_per_core, 4);
+  EXPECT_NEAR((*f)[0].handoff_s, truth[0], 1e-7);
+  EXPECT_NEAR((*f)[1].handoff_s, truth[1], 1e-7);
+}
+
+TEST(CalibrationFitTest, PipelineHandOffIsZeroWhenTheModelIsAlreadySlowerAndRefusesBadSamples) {
+  PipelineSharingSample x;
+  x.cores = 2;
+  x.stages = 2;
+  x.group = 2;
+  x.microbatches = 4;
+  x.messages = 4;
+  x.forward_work_s = 4e-3;
+  x.backward_work_s = 8e-3;
+  auto at_zero = pipeline_probe_step_s(x, 1.0, 0, 0);
+  ASSERT_TRUE(at_zero.is_ok());
+  // More waiting makes the modelled step longer.
+  auto waiting = pipeline_probe_step_s(x, 1.0, 0, 1e-3);
+  ASSERT_TRUE(waiting.is_ok());
+  EXPECT_GT(*waiting, *at_zero + 4 * 4 * 1e-3);
+  x.step_s = 0.9 * *at_zero;  // faster than the model at no hand-off
+  auto h = fit_pipeline_sample_handoff(x, {{2, 1.0, 0}});
+  ASSERT_TRUE(h.is_ok());
+  EXPECT_EQ(*h, 0);
+  x.group = 1;  // no group collective to wait on
+  EXPECT_EQ(fit_pipeline_handoff({x}, {}).status().code(), Code::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace kiln::plan

@@ -20,6 +20,9 @@ constexpr std::int64_t kProfileVersion = 1;
 
 // The ranks per core [core_sharing] is measured at (Note [Core sharing]).
 constexpr int kSharingRanksPerCore[] = {1, 2, 4};
+// ... and [pipeline_handoff] (Note [Pipeline hand-off]): a pipeline of pairs
+// needs at least two stages of two ranks.
+constexpr int kPipelineRanksPerCore[] = {2, 4};
 
 constexpr double kGiga = 1e9;
 constexpr double kMicro = 1e-6;
@@ -134,6 +137,13 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
     point.handoff_s = r.get_nonnegative("core_sharing", handoff, 0) * kMicro;
     p.sharing.push_back(point);
   }
+  // [pipeline_handoff]: optional as well.
+  for (const int n : kPipelineRanksPerCore) {
+    const std::string key = "handoff_us_" + std::to_string(n);
+    if (!r.has("pipeline_handoff", key)) continue;
+    p.pipeline_handoff.push_back({static_cast<double>(n),
+                                  r.get_nonnegative("pipeline_handoff", key, 0) * kMicro});
+  }
   if (r.status().is_ok() && p.one_thread.threads != 1) {
     r.fail_field("compute_1_thread", "threads",
                  "must be 1 (got " + std::to_string(p.one_thread.threads) + ")");
@@ -145,7 +155,8 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
   }
   r.check_unknown(
       "[profile], [host], [compute_1_thread], [compute_all_threads], [memory], [link_shm], "
-      "[link_tcp] or [core_sharing] (slowdown_N, handoff_us_N for N = 1, 2, 4 ranks per core)",
+      "[link_tcp], [core_sharing] (slowdown_N, handoff_us_N for N = 1, 2, 4 ranks per core) or "
+      "[pipeline_handoff] (handoff_us_N for N = 2, 4)",
       "docs/plan.md \"Calibration\"");
   if (!r.status().is_ok()) return r.status().with_context("host profile");
   return p;
@@ -208,13 +219,14 @@ const ComputeRates& HostProfile::rates(int threads) const {
 namespace {
 
 // Piecewise linear in x over the points, clamped at both ends.
-double interpolate(const std::vector<CoreSharingPoint>& points, double x,
-                   double CoreSharingPoint::*field, double none) {
+template <typename Point>
+double interpolate(const std::vector<Point>& points, double x, double Point::*field,
+                   double none) {
   if (points.empty()) return none;
   if (x <= points.front().ranks_per_core) return points.front().*field;
   for (std::size_t i = 1; i < points.size(); ++i) {
-    const CoreSharingPoint& a = points[i - 1];
-    const CoreSharingPoint& b = points[i];
+    const Point& a = points[i - 1];
+    const Point& b = points[i];
     if (x <= b.ranks_per_core) {
       const double f = (x - a.ranks_per_core) / (b.ranks_per_core - a.ranks_per_core);
       return a.*field + f * (b.*field - a.*field);
@@ -231,6 +243,11 @@ double HostProfile::sharing_slowdown(double ranks_per_core) const {
 
 double HostProfile::handoff_s(double ranks_per_core) const {
   return interpolate(sharing, ranks_per_core, &CoreSharingPoint::handoff_s, 0);
+}
+
+double HostProfile::pipeline_handoff_s(double ranks_per_core) const {
+  if (pipeline_handoff.empty()) return handoff_s(ranks_per_core);
+  return interpolate(pipeline_handoff, ranks_per_core, &PipelineHandoffPoint::handoff_s, 0);
 }
 
 Result<HostProfile> read_host_profile(const std::string& path) {
@@ -276,6 +293,14 @@ std::string host_profile_to_toml(const HostProfile& p) {
       const int n = static_cast<int>(c.ranks_per_core);
       out << "slowdown_" << n << " = " << num(c.slowdown) << "\n"
           << "handoff_us_" << n << " = " << num(c.handoff_s / kMicro) << "\n";
+    }
+  }
+  if (!p.pipeline_handoff.empty()) {
+    out << "\n[pipeline_handoff]  # N ranks per core: a pair all-reduce's wait inside a pipeline\n"
+        << "# stage (kiln bench handoff --pp), fitted through the host model\n";
+    for (const PipelineHandoffPoint& c : p.pipeline_handoff) {
+      out << "handoff_us_" << static_cast<int>(c.ranks_per_core) << " = "
+          << num(c.handoff_s / kMicro) << "\n";
     }
   }
   return out.str();

@@ -88,6 +88,24 @@ struct CoreSharingPoint {
   double handoff_s = 0;
 };
 
+// Note [Pipeline hand-off]: inside a pipeline a stage's tensor-parallel
+// ranks do not stay runnable as the lockstep pairs of [core_sharing] do.
+// They sleep through each wait for the previous stage (a receive posted
+// ahead, on its doorbell), wake when the activation lands, and then meet at
+// the layer's all-reduces with their partner, which the kernel woke at its
+// own time and may have queued behind the other stages' ranks on its core.
+// The wait of such a group collective is a hand-off of its own, not the
+// lockstep one. `kiln plan calibrate` measures it with the pipeline-shaped
+// probe (`kiln bench handoff --pp P`: kiln's 1F1B engine over stages of
+// pairs, synthetic work between the pair all-reduces) and fits the per-
+// message wait that makes the host model (pipeline_sim.h with the measured
+// slowdown and lockstep hand-off, Note [Core sharing]) reproduce the
+// probe's step: fit_pipeline_handoff in calibration_fit.h.
+struct PipelineHandoffPoint {
+  double ranks_per_core = 2;
+  double handoff_s = 0;
+};
+
 struct HostProfile {
   std::string source = "profile";  // where it came from, for messages
   std::string host;                // hostname at calibration
@@ -105,11 +123,17 @@ struct HostProfile {
   // Measured core sharing by ranks per core, ascending; empty in profiles
   // written before it was measured (then sharing costs only fair shares).
   std::vector<CoreSharingPoint> sharing;
+  // Note [Pipeline hand-off], ascending in ranks per core; empty in profiles
+  // written before it was measured (then the lockstep hand-off applies).
+  std::vector<PipelineHandoffPoint> pipeline_handoff;
 
   // Piecewise linear in the ranks per core between the measured points,
   // clamped to the first and the last (1 and 0 without measurements).
   double sharing_slowdown(double ranks_per_core) const;
   double handoff_s(double ranks_per_core) const;
+  // A tensor-parallel collective's wait inside a pipeline stage: piecewise
+  // linear over [pipeline_handoff], clamped; handoff_s() without it.
+  double pipeline_handoff_s(double ranks_per_core) const;
 
   // Rates of a rank with `threads` intra-op threads: measured at 1 and at
   // `cores`; in between, the one nearer (ties: 1), capped at `cores`.

@@ -133,6 +133,10 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   if (st.ranks_per_host > 1) {
     st.sharing_slowdown = hp.sharing_slowdown(st.oversubscription);
     st.handoff_per_message_s = hp.handoff_s(st.oversubscription);
+    // Note [Pipeline hand-off]: a stage's TP ranks sleep between its
+    // operations, so their collectives wait as the pipeline probe measured.
+    st.tp_handoff_per_message_s =
+        l.pp > 1 ? hp.pipeline_handoff_s(st.oversubscription) : st.handoff_per_message_s;
   }
   const double slowdown = st.sharing_slowdown;
   const double handoff = st.handoff_per_message_s;
@@ -189,6 +193,7 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   sim.forward_wait_s = sim.forward_s;
   sim.backward_wait_s = sim.forward_s;
   st.stage_forward_s.assign(static_cast<size_t>(p), 0);
+  st.stage_p2p_bytes.assign(static_cast<size_t>(p), 0);
   st.stage_backward_s.assign(static_cast<size_t>(p), 0);
   std::vector<double> stage_tp(static_cast<size_t>(p), 0), stage_p2p(static_cast<size_t>(p), 0);
   std::vector<double> stage_wait(static_cast<size_t>(p), 0);
@@ -222,12 +227,14 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
         fwd_messages += l.tp > 1 ? 2 : 0;
         bwd_messages += l.tp > 1 ? 1 : 0;
       }
+      st.stage_p2p_bytes[static_cast<size_t>(d)] +=
+          mb * kFloat * width * ((j < last ? 1 : 0) + (j > 0 ? 1 : 0));
       if (j < last) sends += p2p;  // the activation forward
       if (j > 0) sends += p2p;     // the gradient backward
       fwd += j < last ? p2p : 0;
       bwd += j > 0 ? p2p : 0;
-      const double fwd_wait = fwd_messages * tp_rounds * handoff;
-      const double bwd_wait = bwd_messages * tp_rounds * handoff;
+      const double fwd_wait = fwd_messages * tp_rounds * st.tp_handoff_per_message_s;
+      const double bwd_wait = bwd_messages * tp_rounds * st.tp_handoff_per_message_s;
       sim.forward_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = slowdown * fwd;
       sim.backward_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = slowdown * bwd;
       sim.forward_wait_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = fwd_wait;

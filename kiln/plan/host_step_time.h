@@ -49,10 +49,18 @@ struct HostStepTime {
   // message waits handoff_per_message_s for its peer to be scheduled.
   double sharing_slowdown = 1;
   double handoff_per_message_s = 0;
+  // ... and a tensor-parallel collective inside a pipeline stage waits this
+  // (Note [Pipeline hand-off]; handoff_per_message_s without pp or without
+  // the measurement).
+  double tp_handoff_per_message_s = 0;
   double micro_batches = 0;
   std::vector<std::int64_t> stage_layers;
   // Per device, one micro-batch through all its chunks, unshared speed.
   std::vector<double> stage_forward_s, stage_backward_s;
+  // Per device, the bytes one of its ranks sends to neighbour stages per
+  // step (activations forward, their gradients backward): what the
+  // runtime's pipeline engine counts as bytes_sent.
+  std::vector<double> stage_p2p_bytes;
   int slowest_stage = 0;
   // Critical-path components; they add up to step_s. compute, TP comm and PP
   // p2p are the slowest stage's work at the steady state's share of the

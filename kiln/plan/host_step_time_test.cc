@@ -190,6 +190,48 @@ TEST(HostStepTimeTest, CoreSharingSlowsComputeAndEachBlockingMessageWaitsItsHand
   EXPECT_GE(paid->step_s - free_handoffs->step_s, 2 * 1e-3);
 }
 
+TEST(HostStepTimeTest, TensorCollectivesInsideAPipelineWaitThePipelineHandOff) {
+  // Note [Pipeline hand-off]: 1 ms per lockstep message, 3 ms per TP
+  // collective inside a pipeline stage.
+  auto host = flops_only_host(2);
+  host->sharing = {{1, 1.0, 1e-3}, {4, 1.0, 1e-3}};
+  host->pipeline_handoff = {{2, 3e-3}, {4, 3e-3}};
+  // Without a pipeline the lockstep hand-off applies to TP as before.
+  auto flat = host_step_time(small_gpt(host, 2, 1, 4, 4));
+  ASSERT_TRUE(flat.is_ok()) << flat.status().to_string();
+  EXPECT_NEAR(flat->tp_handoff_per_message_s, 1e-3, 1e-15);
+  EXPECT_NEAR(flat->handoff_s, 4 * 20 * 1e-3, 1e-9);
+  // TP 2 x PP 2 x DP 2: the TP collectives take 3 ms, the pipeline's
+  // receives keep the lockstep 1 ms; the step grows by the difference on the
+  // path at least, and a profile without the measurement keeps the old step.
+  auto piped = host_step_time(small_gpt(host, 2, 2, 2, 4));
+  ASSERT_TRUE(piped.is_ok()) << piped.status().to_string();
+  EXPECT_NEAR(piped->tp_handoff_per_message_s, 3e-3, 1e-15);
+  EXPECT_NEAR(piped->handoff_per_message_s, 1e-3, 1e-15);
+  host->pipeline_handoff.clear();
+  auto lockstep = host_step_time(small_gpt(host, 2, 2, 2, 4));
+  ASSERT_TRUE(lockstep.is_ok());
+  EXPECT_NEAR(lockstep->tp_handoff_per_message_s, 1e-3, 1e-15);
+  // Stage 0 (2 layers) blocks on 2 x 2 + 1 messages forward and 4 backward
+  // per micro-batch: 36 per step, each 2 ms longer.
+  EXPECT_GE(piped->step_s - lockstep->step_s, 36 * 2e-3 * 0.5);
+  EXPECT_GT(piped->handoff_s, lockstep->handoff_s + 36 * 2e-3 * 0.5);
+}
+
+TEST(HostStepTimeTest, CountsTheBytesEachStageSendsPerStep) {
+  // 4 micro-batches of 8 sequences x 128 tokens x 128 wide, fp32: 512 KiB
+  // per crossing. The first stage sends activations only, the last
+  // gradients only, the middle ones both; DP halves each replica's batch.
+  auto st = host_step_time(small_gpt(flops_only_host(2), 1, 4, 1, 4));
+  ASSERT_TRUE(st.is_ok()) << st.status().to_string();
+  const double crossing = 8 * 128 * 128 * 4;
+  EXPECT_EQ(st->stage_p2p_bytes,
+            (std::vector<double>{4 * crossing, 8 * crossing, 8 * crossing, 4 * crossing}));
+  auto replicas = host_step_time(small_gpt(flops_only_host(2), 1, 2, 2, 4));
+  ASSERT_TRUE(replicas.is_ok());
+  EXPECT_EQ(replicas->stage_p2p_bytes, (std::vector<double>{2 * crossing, 2 * crossing}));
+}
+
 TEST(HostStepTimeTest, NeedsAHostProfile) {
   PlanConfig c = small_gpt(flops_only_host(1), 1, 1, 1, 4);
   c.cluster.host.reset();

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <thread>
 
 namespace {
 
@@ -256,6 +257,17 @@ TEST(PlanCliTest, CalibrateQuickWritesAProfileThatPlanReads) {
   for (const auto& point : summary["core_sharing"]) {
     EXPECT_GT(point["slowdown"].get<double>(), 0.3) << point;
     EXPECT_LT(point["slowdown"].get<double>(), 20) << point;
+    EXPECT_GE(point["handoff_us"].get<double>(), 0) << point;
+    EXPECT_LT(point["handoff_us"].get<double>(), 1e6) << point;
+  }
+  // Note [Pipeline hand-off]: --quick runs 2 ranks per core, stages of
+  // pairs, so any even core count gets a point; a wait >= 0.
+  const unsigned cores = std::thread::hardware_concurrency();
+  if (cores >= 2 && cores % 2 == 0) {
+    ASSERT_EQ(summary["pipeline_handoff"].size(), 1u) << r.out;
+    EXPECT_NE(text.find("[pipeline_handoff]"), std::string::npos) << text;
+  }
+  for (const auto& point : summary["pipeline_handoff"]) {
     EXPECT_GE(point["handoff_us"].get<double>(), 0) << point;
     EXPECT_LT(point["handoff_us"].get<double>(), 1e6) << point;
   }

@@ -248,6 +248,22 @@ TEST_F(BenchSmoke, HandoffTypedAloneStartsItsRanksAndReportsEveryKey) {
   EXPECT_GT(doc["round_s"].get<double>(), 0);
 }
 
+// Note [Pipeline hand-off]: --pp runs kiln's 1F1B engine over stages of pairs.
+TEST_F(BenchSmoke, HandoffPipelineRunsStagesOfPairsAndReportsItsStep) {
+  KilnRun r = kiln({"bench", "handoff", "--ranks", "4", "--group", "2", "--pp", "2",
+                    "--microbatches", "2", "--messages", "2", "--units", "1", "--repeats", "1",
+                    "--json"});
+  ASSERT_EQ(r.exit_code, 0) << context(r);
+  json doc = parse(r);
+  expect_numeric(doc, {"ranks", "group", "pp", "microbatches", "messages", "units", "step_s"},
+                 "handoff --pp");
+  EXPECT_EQ(doc["pp"], 2);
+  EXPECT_GT(doc["step_s"].get<double>(), 0);
+  r = kiln({"bench", "handoff", "--ranks", "4", "--group", "2", "--pp", "4"});
+  EXPECT_EQ(r.exit_code, 2) << context(r);
+  EXPECT_NE(r.err.find("--group x --pp (8) dividing --ranks 4"), std::string::npos) << context(r);
+}
+
 TEST_F(BenchSmoke, HandoffRefusesAGroupThatDoesNotDivideTheRanks) {
   KilnRun r = kiln({"bench", "handoff", "--ranks", "4", "--group", "3"});
   EXPECT_EQ(r.exit_code, 2) << context(r);

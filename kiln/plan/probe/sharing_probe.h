@@ -27,7 +27,8 @@ class SharingWork {
 };
 
 // Seconds of one unit on one intra-op thread of an otherwise idle host (the
-// median of repeats, Note [Timing small kernels]).
+// fastest of the repeats' batches, Note [Timing small kernels]: on a shared
+// machine noise only ever adds time).
 Result<double> time_sharing_unit(const ProbeOptions& options);
 
 }  // namespace kiln::plan::probe
