@@ -216,6 +216,7 @@ std::string default_memory_dir(const std::string& checkpoint_root) {
 Result<std::unique_ptr<MemoryTier>> MemoryTier::open(MemoryTierOptions options) {
   if (options.dir.empty()) return invalid_argument("MemoryTier: empty directory");
   auto tier = std::unique_ptr<MemoryTier>(new MemoryTier(std::move(options)));
+  internal::release_unlinked_mappings();  // as in recover()
   std::error_code ec;
   std::filesystem::create_directories(tier->rank_dir_, ec);
   if (ec) {
@@ -455,6 +456,10 @@ std::shared_ptr<internal::MappedFile> MemoryTier::buddy_file_on_this_host(
 Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
                                         std::span<const RecoverTarget> into) {
   stats_ = MemoryRecoveryStats{};
+  // A dead buddy's deleted snapshot files stay allocated while this process
+  // keeps them mapped (Note [Replicas on one host]): freed before a
+  // restarted process allocates its memory.
+  internal::release_unlinked_mappings();
   // What this rank holds: [own steps..., replica-of-predecessor steps...].
   std::vector<std::int64_t> mine(2 * kReported, -1);
   int n_own = 0, n_rep = 0;
