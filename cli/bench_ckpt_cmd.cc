@@ -13,7 +13,10 @@
 //   disk_recovery_s  that load's wall time (manifest, reads, checksums, re-slice)
 //   inmem_store_s    MemoryTier::store of the same state: tmpfs snapshot + ring
 //                    replica, steady state (median of 3 after two that recycle
-//                    files; target ≤ 2 × memcpy_s)
+//                    files; target ≤ 2 × memcpy_s). The state is staged in the
+//                    snapshot file first, as the checkpointer's save_async does
+//                    with a tier (MemoryTier::stage); that copy is the stall,
+//                    inmem_stage_s (target as stall_vs_memcpy, ≤ 1.5 ×)
 //   inmem_recovery_s ranks restore from their own in-memory snapshots into
 //                    their (touched) memory (target ≤ 3 × memcpy_s)
 //   inmem_buddy_recovery_s  the same after rank 1's memory is lost: it fetches
@@ -98,7 +101,8 @@ Result<double> raw_write_seconds(const std::string& path, const std::vector<char
   Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (!fd.valid()) return errno_status("bench ckpt: create " + path, errno);
   for (std::size_t off = 0; off < buf.size();) {
-    ssize_t w = ::write(fd.get(), buf.data() + off, std::min<std::size_t>(8 << 20, buf.size() - off));
+    ssize_t w =
+        ::write(fd.get(), buf.data() + off, std::min<std::size_t>(8 << 20, buf.size() - off));
     if (w < 0) return errno_status("bench ckpt: write " + path, errno);
     off += static_cast<std::size_t>(w);
   }
@@ -138,7 +142,8 @@ void drop_cache(const std::string& dir) {
 }
 
 struct MemoryTierTimes {
-  double store_s = 0, recovery_s = 0, buddy_s = 0;
+  double stage_s = 0, store_s = 0, recovery_s = 0, buddy_s = 0;
+  bool staged = false, replica_on_host = false;  // how the timed stores went (MemoryStoreStats)
 };
 
 // Stores before the timed ones: the first two allocate the snapshot files,
@@ -151,8 +156,9 @@ constexpr int kWarmStores = 2, kTimedStores = 3;
 // again with rank 1's memory gone (its buddy's replica comes over the
 // communicator). Checks every recovered byte; clears the tier.
 Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_comm,
-                                            const std::string& root, ckpt::RowRange mine, std::int64_t rows,
-                                            std::int64_t cols, const std::vector<char>& state,
+                                            const std::string& root, ckpt::RowRange mine,
+                                            std::int64_t rows, std::int64_t cols,
+                                            const std::vector<char>& state,
                                             std::vector<char>& scratch, std::size_t my_bytes) {
   const int r = c.rank(), n = c.size();
   std::string dir = ckpt::default_memory_dir(root) + "-bench";
@@ -160,15 +166,27 @@ Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_
   std::vector<ckpt::StagedEntry> entries{
       {"weights", true, {DataType::kFloat32, {rows, cols}, mine.offset, mine.count}, 0, my_bytes}};
   MemoryTierTimes t;
-  std::vector<double> store_s;
+  std::vector<double> stage_s, store_s;
   const std::int64_t first = 1, step = kWarmStores + kTimedStores;
   for (std::int64_t s = first; s <= step; ++s) {
+    // Staged in the snapshot file as the checkpointer's save_async does.
     KILN_RETURN_IF_ERROR(c.barrier()->wait());
     auto t0 = std::chrono::steady_clock::now();
-    KILN_RETURN_IF_ERROR(tier->store(s, entries, reinterpret_cast<const std::byte*>(state.data())));
+    KILN_ASSIGN_OR_RETURN(std::byte * staged, tier->stage(my_bytes));
+    std::memcpy(staged, state.data(), my_bytes);
+    KILN_ASSIGN_OR_RETURN(double staging, slowest(c, seconds_since(t0)));
+    KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    t0 = std::chrono::steady_clock::now();
+    KILN_RETURN_IF_ERROR(tier->store(s, entries, staged));
     KILN_ASSIGN_OR_RETURN(double took, slowest(c, seconds_since(t0)));
-    if (s >= first + kWarmStores) store_s.push_back(took);
+    if (s >= first + kWarmStores) {
+      stage_s.push_back(staging);
+      store_s.push_back(took);
+      t.staged = tier->last_store().staged;
+      t.replica_on_host = tier->last_store().replica_on_host;
+    }
   }
+  t.stage_s = median(stage_s);
   t.store_s = median(store_s);
   ckpt::RecoverTarget into{"weights", reinterpret_cast<std::byte*>(scratch.data()), my_bytes};
   for (int lose = 0; lose < (n > 1 ? 2 : 1); ++lose) {
@@ -180,11 +198,11 @@ Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_
     KILN_ASSIGN_OR_RETURN(double s, slowest(c, seconds_since(t0)));
     (lose == 0 ? t.recovery_s : t.buddy_s) = s;
     const ckpt::LoadedEntry* w = got.find("weights");
-    int bad = (w == nullptr || !w->in_place ||
-               std::memcmp(scratch.data(), state.data(), my_bytes) != 0 ||
-               tier->last_recovery().from_replica != lose)
-                  ? 1
-                  : 0;
+    int bad =
+        (w == nullptr || !w->in_place || std::memcmp(scratch.data(), state.data(), my_bytes) != 0 ||
+         tier->last_recovery().from_replica != lose)
+            ? 1
+            : 0;
     KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
     if (bad) return internal_error("bench ckpt: the in-memory tier restored other bytes");
   }
@@ -198,7 +216,8 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(std::uint64_t total, parse_bytes(a.bytes));
   if (a.saves < 2) return invalid_argument("bench ckpt: --saves must be at least 2");
   if (!a.restart_child.empty()) return run_restart_child(a.restart_child, a.restart);
-  if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench ckpt")) return *spawned;
+  if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench ckpt"))
+    return *spawned;
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
   Communicator& c = pg->comm();
   const int n = c.size(), r = c.rank();
@@ -283,12 +302,12 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
   if (bad) return internal_error("bench ckpt: the loaded state differs from the saved one");
 
-  KILN_ASSIGN_OR_RETURN(auto mem, measure_memory_tier(c, *ckpt_comm, root, mine, rows,
-                                                      cols, state, copy, my_bytes));
+  KILN_ASSIGN_OR_RETURN(
+      auto mem, measure_memory_tier(c, *ckpt_comm, root, mine, rows, cols, state, copy, my_bytes));
 
   // A rank SIGKILLed and restarted, recovering from its buddy's memory: rank
   // 0 and a child process of its own (the other ranks wait).
-  double restart_s = 0;
+  RestartTimes restart;
   if (r == 0) {
     RestartBenchSpec spec{ckpt::default_memory_dir(root) + "-bench-restart", mine.count, cols,
                           last_step};
@@ -298,44 +317,59 @@ Status bench_ckpt(const CkptBenchArgs& a) {
       c.abort(got.status());  // the waiting ranks learn at once
       return got.status();
     }
-    restart_s = *got;
+    restart = *got;
   }
   KILN_RETURN_IF_ERROR(c.barrier()->wait());
 
   std::optional<S3CkptTimes> s3;
   std::string s3_skipped = "--s3 not given";
   if (a.s3) {
-    KILN_ASSIGN_OR_RETURN(s3, measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, &s3_skipped));
+    KILN_ASSIGN_OR_RETURN(s3,
+                          measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, &s3_skipped));
   }
 
   double stall = median(stall_s), write = median(write_s);
   const double mb = static_cast<double>(rows * cols * 4) / 1e6;
   if (r == 0) {
-    nlohmann::json doc{{"world_size", n},
-                       {"state_bytes", rows * cols * 4},
-                       {"bytes_per_rank", my_bytes},
-                       {"compression", a.zstd ? "zstd" : "none"},
-                       {"root", root},
-                       {"timed_saves", a.saves - 1},
-                       {"memcpy_s", median(memcpy_s)},
-                       {"stall_s", stall},
-                       {"stall_vs_memcpy", median(stall_ratio)},
-                       {"raw_write_s", median(raw_s)},
-                       {"write_s", write},
-                       {"write_vs_raw", median(write_ratio)},
-                       {"commit_s", median(commit_s)},
-                       {"load_mb_s", mb / load_t},
-                       {"disk_recovery_s", load_t},
-                       {"inmem_store_s", mem.store_s},
-                       {"inmem_store_vs_memcpy", mem.store_s / median(memcpy_s)},
-                       {"inmem_recovery_s", mem.recovery_s},
-                       {"inmem_recovery_vs_memcpy", mem.recovery_s / median(memcpy_s)},
-                       {"inmem_buddy_recovery_s", n > 1 ? nlohmann::json(mem.buddy_s) : nullptr},
-                       {"inmem_buddy_vs_memcpy",
-                        n > 1 ? nlohmann::json(mem.buddy_s / median(memcpy_s)) : nullptr},
-                       {"inmem_restart_recovery_s", restart_s},
-                       {"inmem_restart_bound_s", 1.0 + 5 * median(memcpy_s)},
-                       {"inmem_vs_disk_recovery", mem.recovery_s / load_t}};
+    nlohmann::json doc{
+        {"world_size", n},
+        {"state_bytes", rows * cols * 4},
+        {"bytes_per_rank", my_bytes},
+        {"compression", a.zstd ? "zstd" : "none"},
+        {"root", root},
+        {"timed_saves", a.saves - 1},
+        {"memcpy_s", median(memcpy_s)},
+        {"stall_s", stall},
+        {"stall_vs_memcpy", median(stall_ratio)},
+        {"raw_write_s", median(raw_s)},
+        {"write_s", write},
+        {"write_vs_raw", median(write_ratio)},
+        {"commit_s", median(commit_s)},
+        {"load_mb_s", mb / load_t},
+        {"disk_recovery_s", load_t},
+        {"inmem_stage_s", mem.stage_s},
+        {"inmem_stage_vs_memcpy", mem.stage_s / median(memcpy_s)},
+        {"inmem_store_s", mem.store_s},
+        {"inmem_store_staged", mem.staged},
+        {"inmem_replica_on_host", mem.replica_on_host},
+        {"inmem_store_vs_memcpy", mem.store_s / median(memcpy_s)},
+        {"inmem_recovery_s", mem.recovery_s},
+        {"inmem_recovery_vs_memcpy", mem.recovery_s / median(memcpy_s)},
+        {"inmem_buddy_recovery_s", n > 1 ? nlohmann::json(mem.buddy_s) : nullptr},
+        {"inmem_buddy_vs_memcpy", n > 1 ? nlohmann::json(mem.buddy_s / median(memcpy_s)) : nullptr},
+        {"inmem_restart_recovery_s", restart.total_s},
+        {"inmem_restart_phases_s",
+         {{"start", restart.start_s},
+          {"join", restart.join_s},
+          {"alloc", restart.alloc_s},
+          {"recover", restart.recover_s}}},
+        {"inmem_restart_faults",
+         {{"alloc", restart.alloc_faults},
+          {"recover", restart.recover_faults},
+          {"host_thp_fallbacks", restart.thp_fallbacks},
+          {"host_compaction_stalls", restart.compaction_stalls}}},
+        {"inmem_restart_bound_s", 1.0 + 5 * median(memcpy_s)},
+        {"inmem_vs_disk_recovery", mem.recovery_s / load_t}};
     if (s3) {
       doc["s3_raw_put_s"] = s3->raw_put_s;
       doc["s3_write_s"] = s3->write_s;
@@ -359,8 +393,9 @@ Status bench_ckpt(const CkptBenchArgs& a) {
 
 const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   auto a = std::make_shared<CkptBenchArgs>();
-  auto* cmd = parent.add_subcommand(
-      "ckpt", "Checkpoint stall, write, load and recovery vs baselines (starts --ranks local ranks unless launched)");
+  auto* cmd = parent.add_subcommand("ckpt",
+                                    "Checkpoint stall, write, load and recovery vs baselines "
+                                    "(starts --ranks local ranks unless launched)");
   cmd->add_option("--bytes", a->bytes, "whole state size, all ranks together (e.g. 1G)");
   cmd->add_option("--root", a->root,
                   "checkpoint directory (removed before, and after unless --keep)");
@@ -371,7 +406,8 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")
       ->capture_default_str();
   cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
-  cmd->add_flag("--s3", a->s3, "also checkpoint to a local s3rver vs raw PUTs (s3_write_vs_raw_put)");
+  cmd->add_flag("--s3", a->s3,
+                "also checkpoint to a local s3rver vs raw PUTs (s3_write_vs_raw_put)");
   // The restart measurement's child (bench_ckpt_restart.h); not for users.
   cmd->add_option("--restart-child", a->restart_child)->group("");
   cmd->add_option("--restart-dir", a->restart.dir)->group("");

@@ -25,8 +25,8 @@ namespace kiln::cli {
 
 // What each process needs to know.
 struct RestartBenchSpec {
-  std::string dir;         // the memory tier's directory (removed afterwards)
-  std::int64_t rows = 0;   // rows per rank; the tensor is [2 * rows, cols]
+  std::string dir;        // the memory tier's directory (removed afterwards)
+  std::int64_t rows = 0;  // rows per rank; the tensor is [2 * rows, cols]
   std::int64_t cols = 0;
   std::int64_t step = 1;
 };
@@ -35,14 +35,31 @@ struct RestartBenchSpec {
 // stale page shows.
 void fill_bench_state(std::vector<char>& state, int rank);
 
+// Where the restart's seconds went, from the restarted process's own clock
+// marks (the same monotonic clock on one host).
+struct RestartTimes {
+  double total_s = 0;               // kill to both ranks recovered: inmem_restart_recovery_s
+  double start_s = 0;               // spawn to the child's code running (exec, dynamic loading)
+  double join_s = 0;                // forming the two-rank world
+  double alloc_s = 0;               // allocating and touching the state memory
+  double recover_s = 0;             // the restarted rank's recover() from its buddy
+  std::int64_t alloc_faults = 0;    // the child's minor page faults while allocating
+  std::int64_t recover_faults = 0;  // and while recovering
+  // Host-wide /proc/vmstat counts during it: huge-page faults that fell back
+  // to small pages, and allocations stalled on memory compaction.
+  std::int64_t thp_fallbacks = 0;
+  std::int64_t compaction_stalls = 0;
+};
+
 // Rank 0 of the bench (the survivor): runs steps 1–4 with `state` (its
 // fill_bench_state, rows × cols floats) and `scratch` (touched memory of the
-// same size, recovered into) and returns the restart's seconds. `pg` provides
+// same size, recovered into) and returns the restart's times. `pg` provides
 // the store the two-rank worlds form on and its address for the child;
 // `log_dir` gets the children's logs. DataLoss when the recovered bytes differ.
-Result<double> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBenchSpec& spec,
-                                        const std::vector<char>& state, std::vector<char>& scratch,
-                                        const std::string& log_dir);
+Result<RestartTimes> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBenchSpec& spec,
+                                              const std::vector<char>& state,
+                                              std::vector<char>& scratch,
+                                              const std::string& log_dir);
 
 // The child's side: `phase` "store" (then waits to be killed) or "recover".
 Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec);

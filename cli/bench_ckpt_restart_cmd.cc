@@ -2,11 +2,13 @@
 // subcommand of its own: the child runs as `kiln bench ckpt --restart-child`.
 #include <fmt/format.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <span>
 #include <utility>
 
@@ -43,16 +45,15 @@ std::size_t bytes_of(const RestartBenchSpec& spec) {
   return static_cast<std::size_t>(spec.rows * spec.cols * 4);
 }
 
-Status store_snapshot(const RestartBenchSpec& spec, Communicator& c, const std::vector<char>& state) {
+Status store_snapshot(const RestartBenchSpec& spec, Communicator& c,
+                      const std::vector<char>& state) {
   KILN_ASSIGN_OR_RETURN(auto tier, open_tier(spec, c));
-  std::vector<ckpt::StagedEntry> entries{{"weights",
-                                          true,
-                                          {DataType::kFloat32,
-                                           {2 * spec.rows, spec.cols},
-                                           c.rank() * spec.rows,
-                                           spec.rows},
-                                          0,
-                                          bytes_of(spec)}};
+  std::vector<ckpt::StagedEntry> entries{
+      {"weights",
+       true,
+       {DataType::kFloat32, {2 * spec.rows, spec.cols}, c.rank() * spec.rows, spec.rows},
+       0,
+       bytes_of(spec)}};
   return tier->store(spec.step, entries, reinterpret_cast<const std::byte*>(state.data()));
 }
 
@@ -97,19 +98,61 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// A host-wide counter of /proc/vmstat.
+std::int64_t vmstat(const std::string& name) {
+  std::ifstream in("/proc/vmstat");
+  std::string key;
+  std::int64_t value = 0;
+  while (in >> key >> value) {
+    if (key == name) return value;
+  }
+  return 0;
+}
+
+std::int64_t minor_faults() {
+  struct rusage u;
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+// The restarted process's marks: clock (steady_clock, ns) on entering its
+// code, joined, allocated, recovered; then its minor page faults while
+// allocating and while recovering. Zeros from the survivor. Collective.
+constexpr int kMarks = 6;
+Status exchange_marks(Communicator& c, const std::int64_t mine[kMarks],
+                      std::int64_t all[2 * kMarks]) {
+  return c.allgather(mine, all, kMarks, DataType::kInt64)->wait(kTimeout);
+}
+
 }  // namespace
 
 void fill_bench_state(std::vector<char>& state, int rank) {
-  for (std::size_t i = 0; i < state.size(); i += 4096) state[i] = static_cast<char>(i / 4096 + rank);
+  for (std::size_t i = 0; i < state.size(); i += 4096)
+    state[i] = static_cast<char>(i / 4096 + rank);
 }
 
-Result<double> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBenchSpec& spec,
-                                        const std::vector<char>& state, std::vector<char>& scratch,
-                                        const std::string& log_dir) {
-  std::vector<std::string> argv{"/proc/self/exe", "bench", "ckpt", "--restart-child", "",
-                                "--restart-dir", spec.dir, "--restart-rows",
-                                std::to_string(spec.rows), "--restart-cols",
-                                std::to_string(spec.cols), "--restart-step",
+Result<RestartTimes> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBenchSpec& spec,
+                                              const std::vector<char>& state,
+                                              std::vector<char>& scratch,
+                                              const std::string& log_dir) {
+  std::vector<std::string> argv{"/proc/self/exe",
+                                "bench",
+                                "ckpt",
+                                "--restart-child",
+                                "",
+                                "--restart-dir",
+                                spec.dir,
+                                "--restart-rows",
+                                std::to_string(spec.rows),
+                                "--restart-cols",
+                                std::to_string(spec.cols),
+                                "--restart-step",
                                 std::to_string(spec.step)};
   // 1. Both store.
   ServerProcess victim("bench ckpt victim", log_dir + "/restart-victim.log");
@@ -125,6 +168,8 @@ Result<double> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBen
   }
   KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(spec.dir + "/rank-1"));
   // 3. Restarted.
+  const std::int64_t thp_before = vmstat("thp_fault_fallback");
+  const std::int64_t stalls_before = vmstat("compact_stall");
   const auto t0 = std::chrono::steady_clock::now();
   ServerProcess restarted("bench ckpt restarted rank", log_dir + "/restart-recover.log");
   argv[4] = "recover";
@@ -133,11 +178,31 @@ Result<double> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBen
   KILN_ASSIGN_OR_RETURN(bool ok,
                         recover_into(spec, *c, std::as_writable_bytes(std::span(scratch))));
   std::int32_t done = 1;
-  KILN_RETURN_IF_ERROR(c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
-  const double seconds = seconds_since(t0);
+  KILN_RETURN_IF_ERROR(
+      c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
+  RestartTimes times;
+  times.total_s = seconds_since(t0);
+  times.thp_fallbacks = vmstat("thp_fault_fallback") - thp_before;
+  times.compaction_stalls = vmstat("compact_stall") - stalls_before;
+  const std::int64_t none[kMarks] = {};
+  std::int64_t marks[2 * kMarks];
+  KILN_RETURN_IF_ERROR(exchange_marks(*c, none, marks));
+  const std::int64_t started =
+      std::chrono::duration_cast<std::chrono::nanoseconds>(t0.time_since_epoch()).count();
+  auto span_s = [](std::int64_t from, std::int64_t to) {
+    return static_cast<double>(to - from) / 1e9;
+  };
+  const std::int64_t* child = marks + kMarks;
+  times.start_s = span_s(started, child[0]);
+  times.join_s = span_s(child[0], child[1]);
+  times.alloc_s = span_s(child[1], child[2]);
+  times.recover_s = span_s(child[2], child[3]);
+  times.alloc_faults = child[4];
+  times.recover_faults = child[5];
   // 4. Every byte on both sides, untimed.
   std::int32_t good = ok && std::memcmp(scratch.data(), state.data(), state.size()) == 0 ? 1 : 0;
-  KILN_RETURN_IF_ERROR(c->allreduce(&good, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
+  KILN_RETURN_IF_ERROR(
+      c->allreduce(&good, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   KILN_RETURN_IF_ERROR(c->barrier()->wait(kTimeout));
   std::error_code ec;
   std::filesystem::remove_all(spec.dir, ec);
@@ -147,10 +212,11 @@ Result<double> measure_restart_recovery(comm::ProcessGroup& pg, const RestartBen
         "(see {}/restart-recover.log)",
         log_dir));
   }
-  return seconds;
+  return times;
 }
 
 Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec) {
+  const std::int64_t entered_ns = now_ns();
   if (phase != "store" && phase != "recover") {
     return invalid_argument("bench ckpt: --restart-child must be store or recover");
   }
@@ -161,9 +227,9 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
   so.token = world.job_token;
   so.connect_timeout = kTimeout;
   so.default_timeout = kTimeout;
-  KILN_ASSIGN_OR_RETURN(auto client, store::tcp::TcpStore::connect(
-                                         world.master_addr,
-                                         static_cast<std::uint16_t>(world.master_port), so));
+  KILN_ASSIGN_OR_RETURN(auto client,
+                        store::tcp::TcpStore::connect(
+                            world.master_addr, static_cast<std::uint16_t>(world.master_port), so));
   std::shared_ptr<store::Store> store(std::move(client));
   if (phase == "store") {
     KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kStoreTag));
@@ -176,16 +242,28 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
     ::pause();
     return internal_error("bench ckpt: the victim outlived its kill");
   }
+  std::int64_t marks[kMarks] = {entered_ns};
   KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kRecoverTag));
+  marks[1] = now_ns();
+  std::int64_t faults = minor_faults();
   // A restarted process's memory: allocated (and touched) before it recovers.
   KILN_ASSIGN_OR_RETURN(auto into, StateMemory::allocate(bytes_of(spec)));
+  marks[2] = now_ns();
+  marks[4] = minor_faults() - faults;
+  faults = minor_faults();
   KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, into.span()));
+  marks[3] = now_ns();
+  marks[5] = minor_faults() - faults;
   std::int32_t done = 1;
-  KILN_RETURN_IF_ERROR(c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
+  KILN_RETURN_IF_ERROR(
+      c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
+  std::int64_t all[2 * kMarks];
+  KILN_RETURN_IF_ERROR(exchange_marks(*c, marks, all));
   std::vector<char> want(into.span().size());
   fill_bench_state(want, 1);
   std::int32_t good = ok && std::memcmp(into.span().data(), want.data(), want.size()) == 0 ? 1 : 0;
-  KILN_RETURN_IF_ERROR(c->allreduce(&good, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
+  KILN_RETURN_IF_ERROR(
+      c->allreduce(&good, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   return c->barrier()->wait(kTimeout);
 }
 

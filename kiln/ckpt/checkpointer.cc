@@ -211,13 +211,13 @@ Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t 
     return already_exists(
         fmt::format("checkpoint step {} is already committed under {}", step, options_.root));
   }
-  // No save in flight: the writer does not touch staging_ now.
+  // No save in flight: the writer does not touch the staging memory now.
   std::size_t need = state.total_bytes();
-  grow_staging(need);
+  staged_at_ = staging_for(need);
   staged_.clear();
   std::size_t off = 0;
   for (const auto& e : state.entries()) {
-    if (e.bytes > 0) std::memcpy(staging_.get() + off, e.data, e.bytes);
+    if (e.bytes > 0) std::memcpy(staged_at_ + off, e.data, e.bytes);
     staged_.push_back(StagedEntry{e.name, e.is_tensor, e.spec, off, e.bytes});
     off += e.bytes;
   }
@@ -229,6 +229,21 @@ Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t 
   }
   cv_.notify_all();
   return SaveStart::kStarted;
+}
+
+// With an in-memory tier the state is staged in the tier's next snapshot
+// file, so the tier's store makes no copy of its own (Note [Staged in the
+// snapshot], memory_tier.cc) and no staging buffer of the state's size is
+// needed beside it; the storage write reads the same memory.
+std::byte* Checkpointer::staging_for(std::size_t bytes) {
+  if (options_.memory != nullptr && bytes > 0) {
+    auto staged = options_.memory->stage(bytes);
+    if (staged.is_ok()) return *staged;
+    log()->warn("checkpoint on rank {}: {}; staging in process memory instead", rank_,
+                staged.status().to_string());
+  }
+  grow_staging(bytes);
+  return staging_.get();
 }
 
 void Checkpointer::grow_staging(std::size_t bytes) {
@@ -243,8 +258,9 @@ Status Checkpointer::reserve(std::size_t bytes) {
   std::unique_lock<std::mutex> l(mu_);
   KILN_RETURN_IF_ERROR(wait_idle_locked(l, Deadline::after(options_.timeout)));
   // busy_ stays false while we hold mu_, and save_async runs on this same
-  // thread.
-  grow_staging(bytes);
+  // thread. Touched now, not inside a save's stall.
+  std::byte* at = staging_for(bytes);
+  if (at != staging_.get() && bytes > 0) std::memset(at, 0, bytes);
   return Status::ok();
 }
 
@@ -289,7 +305,7 @@ Status Checkpointer::run_save(std::int64_t step) {
   double memory_s = 0;
   if (options_.memory != nullptr) {
     auto tm = Clock::now();
-    Status m = options_.memory->store(step, staged_, staging_.get());
+    Status m = options_.memory->store(step, staged_, staged_at_);
     memory_s = seconds_since(tm);
     if (m.code() == Code::kAborted || m.code() == Code::kDeadlineExceeded) return m;
     // The storage copy still protects this step; the memory tier only speeds
@@ -319,7 +335,7 @@ Status Checkpointer::save_to_fs(std::int64_t step, double* write_s, double* comm
   std::string tmp = options_.root + "/" + tmp_step_dir_name(step);
   Status mk = options_.fs->make_dir(tmp);
   Result<ShardRecord> shard =
-      mk.is_ok() ? write_shard(*options_.fs, tmp, rank_, staged_, staging_.get(),
+      mk.is_ok() ? write_shard(*options_.fs, tmp, rank_, staged_, staged_at_,
                                ShardWriteOptions{options_.compression, options_.zstd_level})
                  : Result<ShardRecord>(mk);
   *write_s = seconds_since(t0);
@@ -347,7 +363,7 @@ Status Checkpointer::save_to_store(std::int64_t step, double* write_s, double* c
     KILN_ASSIGN_OR_RETURN(auto writer,
                           store_->open_writer(remote_key(step, shard_file_name(rank_)), deadline));
     UploadWriter out(*writer);
-    auto shard = write_shard_to(out, rank_, staged_, staging_.get(),
+    auto shard = write_shard_to(out, rank_, staged_, staged_at_,
                                 ShardWriteOptions{options_.compression, options_.zstd_level});
     // A failed upload leaves no object and, on S3, no parts.
     if (!shard.is_ok()) writer->abort();

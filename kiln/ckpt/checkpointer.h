@@ -9,7 +9,8 @@
 //   KILN_RETURN_IF_ERROR(ck->wait(Deadline::after_seconds(60)));
 //
 // save_async copies the state into a staging buffer that is reused across
-// saves (the only part training waits for), then the checkpointer's one
+// saves (the only part training waits for; with an in-memory tier, the
+// tier's next snapshot file: MemoryTier::stage), then the checkpointer's one
 // writer thread stores the snapshot in the in-memory tier if one is given
 // (memory_tier.h), writes this rank's shard, runs the commit protocol
 // (commit.h) and, on rank 0, retention (retention.h); then, with a remote
@@ -181,6 +182,9 @@ class Checkpointer {
   Status commit_remote(std::int64_t step, const std::string& step_dir,
                        const std::string& shard_file);
   Status wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline);
+  // Where the next save's state goes: the in-memory tier's stage(), or
+  // staging_. Only while no save is in flight.
+  std::byte* staging_for(std::size_t bytes);
   void grow_staging(std::size_t bytes);  // only while no save is in flight
 
   const CheckpointOptions options_;
@@ -193,8 +197,10 @@ class Checkpointer {
 
   // Staging memory, reused across saves; grown (and pre-faulted) on demand.
   // Written by save_async only while no save is in flight, read by the writer.
+  // Unused while the in-memory tier stages (staging_for).
   std::unique_ptr<std::byte[]> staging_;
   std::size_t staging_capacity_ = 0;
+  std::byte* staged_at_ = nullptr;   // same rule: where the save's state lies
   std::vector<StagedEntry> staged_;  // same rule as staging_
 
   mutable std::mutex mu_;

@@ -1,6 +1,7 @@
 #include "kiln/ckpt/memory_tier.h"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -99,12 +100,36 @@ Result<bool> all_ok(comm::Communicator* comm, bool ok, std::chrono::milliseconds
   return v == 1;
 }
 
+// This kernel's boot (a hash of its boot_id; 0 when unknown): ranks that see
+// the same one, and the same file identity, share the host's memory.
+std::int64_t boot_id() {
+  static const std::int64_t id = [] {
+    auto text = read_file("/proc/sys/kernel/random/boot_id");
+    if (!text.is_ok() || text->empty()) return std::int64_t{0};
+    return static_cast<std::int64_t>(checksum(text->data(), text->size()) | 1);
+  }();
+  return id;
+}
+
+// True when `staging` holds the entries back to back in their order, the
+// snapshot file's layout.
+bool back_to_back(const std::vector<StagedEntry>& entries) {
+  std::uint64_t at = 0;
+  for (const auto& e : entries) {
+    if (e.staging_offset != at) return false;
+    at += e.bytes;
+  }
+  return true;
+}
+
 // The own snapshot made on the way out: each chunk the exchange sends is
 // first copied from staging into the snapshot file's mapping (entries back
 // to back, the shard file's layout, no compression) and checksummed there, a
 // cache-sized piece at a time; the chunk then goes to the buddy from cache.
 // One pass over the staged bytes makes both the snapshot and the replica's
-// source, and the copy of chunk k+1 overlaps the transfer of chunk k.
+// source, and the copy of chunk k+1 overlaps the transfer of chunk k. Bytes
+// staged in the snapshot file itself (MemoryTier::stage) are only
+// checksummed: source and destination are the same memory.
 class SnapshotSource final : public internal::ChunkSource {
  public:
   SnapshotSource(int rank, const std::vector<StagedEntry>& entries, const std::byte* staging,
@@ -157,7 +182,8 @@ class SnapshotSource final : public internal::ChunkSource {
       const std::uint64_t in_entry = copied_ - rec.offset;
       const auto n = static_cast<std::size_t>(
           std::min({kPiece, end - copied_, entries_[entry_].bytes - in_entry}));
-      std::memcpy(dst_ + copied_, staging_ + entries_[entry_].staging_offset + in_entry, n);
+      const std::byte* src = staging_ + entries_[entry_].staging_offset + in_entry;
+      if (src != dst_ + copied_) std::memcpy(dst_ + copied_, src, n);
       XXH3_64bits_update(hashes_[entry_], dst_ + copied_, n);
       copied_ += n;
     }
@@ -190,6 +216,7 @@ std::string default_memory_dir(const std::string& checkpoint_root) {
 Result<std::unique_ptr<MemoryTier>> MemoryTier::open(MemoryTierOptions options) {
   if (options.dir.empty()) return invalid_argument("MemoryTier: empty directory");
   auto tier = std::unique_ptr<MemoryTier>(new MemoryTier(std::move(options)));
+  internal::release_unlinked_mappings();  // as in recover()
   std::error_code ec;
   std::filesystem::create_directories(tier->rank_dir_, ec);
   if (ec) {
@@ -257,9 +284,30 @@ void MemoryTier::retire_older_than(std::int64_t step) {
   internal::release_unlinked_mappings();  // the deleted steps' memory is freed
 }
 
+// Note [Staged in the snapshot]: a checkpointer copies the training state
+// into staging memory anyway (the stall training waits for); when that
+// memory is the snapshot file itself, the store has no copy of its own to
+// make, only the checksums (docs/perf.md, issue 19: the copy was a third of
+// the store). stage() hands out the spare's file, which has no record and so
+// is no snapshot: a crash while staging or storing leaves the newest
+// complete snapshot untouched. store() renames the spare into place
+// (prepare_step_dir; the rename keeps the inode, so map_for_write finds the
+// same mapping) and sees the staging pointer is the file's own memory.
+Result<std::byte*> MemoryTier::stage(std::uint64_t bytes) {
+  const std::string spare = rank_dir_ + "/spare";
+  KILN_RETURN_IF_ERROR(Fs::posix()->make_dir(spare));
+  auto file = internal::map_for_write(spare + "/" + shard_file_name(rank_), bytes);
+  if (!file.is_ok()) {
+    return file.status().with_context(fmt::format("staging rank {}'s in-memory snapshot", rank_));
+  }
+  staged_ = std::move(*file);
+  return staged_->data();
+}
+
 Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entries,
                          const std::byte* staging) {
   const std::string dir = rank_dir_ + "/" + step_dir_name(step);
+  store_stats_ = MemoryStoreStats{step};
   std::uint64_t total = 0;
   for (const auto& e : entries) total += e.bytes;
   // A step stored again (a job restarted from an older step) replaces the old copy.
@@ -270,6 +318,13 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
     own = f.status();
     if (f.is_ok()) file = std::move(*f);
   }
+  if (file && total > 0 && file->data() == staging && !back_to_back(entries)) {
+    // Staged in the file itself but laid out otherwise: no copy can fix it.
+    own = invalid_argument(fmt::format(
+        "{}: bytes staged in the snapshot file must hold the entries back to back", dir));
+    file.reset();
+  }
+  store_stats_.staged = file && total > 0 && file->data() == staging;
   std::optional<SnapshotSource> snapshot;
   if (file) snapshot.emplace(rank_, entries, staging, file->data());
   std::string json;
@@ -286,8 +341,8 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
     if (!own.is_ok()) json.clear();
     return json;
   };
-  Status ex =
-      exchange(step, dir, snapshot ? &*snapshot : nullptr, snapshot ? total : 0, make_record);
+  Status ex = exchange(step, dir, snapshot ? &*snapshot : nullptr, file.get(), snapshot ? total : 0,
+                       make_record);
   if (!ex.is_ok()) return ex;
   if (!own.is_ok()) {
     return own.with_context(fmt::format("in-memory snapshot of step {} on rank {}", step, rank_));
@@ -296,13 +351,26 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
   return Status::ok();
 }
 
+// Note [Replicas on one host]: a replica's bytes streamed through the
+// communicator are copied twice on one host (the shared-memory transport
+// copies into its slot and out of it) and again into the sender's cache;
+// when the sender's snapshot file is on this host, the receiver copies it
+// straight from there into its replica file, once. The sender names its
+// file (boot, device, inode); the receiver uses it only if the file at the
+// path the sender's layout gives is that very file, and says so to the
+// sender, which then streams nothing. The copy starts only after the
+// sender's record arrived, so the file is complete; the sender writes it
+// again only after a later stage(), which needs the next store's collective
+// first. A replica on another host (the case the tier exists for) is
+// streamed.
+
 // Sends this rank's snapshot (its bytes as `source` makes them, then the
 // record `record()` returns) to rank r+1 while receiving rank r-1's into the
 // replica file. Sizes go first; a rank whose own snapshot failed sends no
 // bytes and an empty record, and its successor keeps nothing, yet both finish.
 Status MemoryTier::exchange(std::int64_t step, const std::string& dir,
-                            internal::ChunkSource* source, std::uint64_t send_bytes,
-                            const std::function<std::string()>& record) {
+                            internal::ChunkSource* source, const internal::MappedFile* own,
+                            std::uint64_t send_bytes, const std::function<std::string()>& record) {
   if (world_ == 1) {
     record();
     return Status::ok();
@@ -310,26 +378,38 @@ Status MemoryTier::exchange(std::int64_t step, const std::string& dir,
   const int to = (rank_ + 1) % world_, from = pred_;
   const auto t = options_.timeout;
   auto* comm = options_.comm;
-  std::int64_t mine = static_cast<std::int64_t>(send_bytes), theirs = 0;
-  KILN_RETURN_IF_ERROR(comm->sendrecv(&mine, 1, to, &theirs, 1, from, DataType::kInt64)->wait(t));
-  const auto their_size = static_cast<std::uint64_t>(theirs);
+  // The size, and the identity of the file it lies in (Note [Replicas on one host]).
+  const bool named = own != nullptr && send_bytes > 0;
+  std::int64_t mine[4] = {static_cast<std::int64_t>(send_bytes), named ? boot_id() : 0,
+                          named ? static_cast<std::int64_t>(own->dev()) : 0,
+                          named ? static_cast<std::int64_t>(own->ino()) : 0};
+  std::int64_t theirs[4] = {0, 0, 0, 0};
+  KILN_RETURN_IF_ERROR(comm->sendrecv(mine, 4, to, theirs, 4, from, DataType::kInt64)->wait(t));
+  const auto their_size = static_cast<std::uint64_t>(theirs[0]);
+  std::shared_ptr<internal::MappedFile> buddy;
+  if (their_size > 0) buddy = buddy_file_on_this_host(step, from, theirs + 1, their_size);
+  std::int64_t i_copy = buddy ? 1 : 0, successor_copies = 0;
+  KILN_RETURN_IF_ERROR(
+      comm->sendrecv(&i_copy, 1, from, &successor_copies, 1, to, DataType::kInt64)->wait(t));
   const std::string bin_path = dir + "/" + shard_file_name(from);
-  std::optional<internal::MappedSink> file;
-  internal::DiscardSink discard;
-  if (theirs > 0) {
+  std::shared_ptr<internal::MappedFile> replica;
+  if (their_size > 0) {
     auto f = internal::map_for_write(bin_path, their_size);
     if (f.is_ok()) {
-      file.emplace(std::move(*f));
+      replica = std::move(*f);
     } else {
       log()->warn("in-memory replica of rank {} step {} not kept: {}", from, step,
                   f.status().to_string());
     }
   }
+  std::optional<internal::MappedSink> sink;
+  if (replica) sink.emplace(replica);
+  internal::DiscardSink discard;
   Status local;
   KILN_RETURN_IF_ERROR(
-      internal::stream_ring(*comm, to, source, send_bytes, from,
-                            file ? static_cast<internal::ChunkSink*>(&*file) : &discard, their_size,
-                            t, *bounce_, &local));
+      internal::stream_ring(*comm, to, source, successor_copies ? 0 : send_bytes, from,
+                            sink ? static_cast<internal::ChunkSink*>(&*sink) : &discard,
+                            buddy ? 0 : their_size, t, *bounce_, &local));
   const std::string json = record();
   std::int64_t json_out = static_cast<std::int64_t>(json.size()), json_in = 0;
   KILN_RETURN_IF_ERROR(
@@ -340,7 +420,10 @@ Status MemoryTier::exchange(std::int64_t step, const std::string& dir,
                            ->wait(t));
   if (!local.is_ok()) {
     log()->warn("in-memory replica of rank {} step {} not kept: {}", from, step, local.to_string());
-  } else if (file && !their_json.empty()) {
+  } else if (replica && !their_json.empty()) {
+    // The sender's record came after its last byte: its file is complete.
+    if (buddy) std::memcpy(replica->data(), buddy->data(), their_size);
+    store_stats_.replica_on_host = buddy != nullptr;
     Status s = write_file_atomic(*Fs::posix(), dir + "/" + record_name(from), their_json,
                                  Durability::kAtomicOnly);
     if (!s.is_ok()) {
@@ -350,8 +433,33 @@ Status MemoryTier::exchange(std::int64_t step, const std::string& dir,
   return Status::ok();
 }
 
-Result<LoadedState> MemoryTier::recover(std::int64_t min_step, std::span<const RecoverTarget> into) {
+std::shared_ptr<internal::MappedFile> MemoryTier::buddy_file_on_this_host(
+    std::int64_t step, int from, const std::int64_t identity[3], std::uint64_t bytes) const {
+  if (identity[0] == 0 || identity[0] != boot_id()) return nullptr;
+  const std::string path = fmt::format("{}/rank-{}/{}/{}", options_.dir, from, step_dir_name(step),
+                                       shard_file_name(from));
+  auto same = [&](dev_t dev, ino_t ino, std::uint64_t size) {
+    return static_cast<std::int64_t>(dev) == identity[1] &&
+           static_cast<std::int64_t>(ino) == identity[2] && size == bytes;
+  };
+  // Looked at before it is mapped: another file at that path is left alone.
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 ||
+      !same(st.st_dev, st.st_ino, static_cast<std::uint64_t>(st.st_size))) {
+    return nullptr;
+  }
+  auto file = internal::map_existing(path);
+  if (!file.is_ok() || !same((*file)->dev(), (*file)->ino(), (*file)->size())) return nullptr;
+  return std::move(*file);
+}
+
+Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
+                                        std::span<const RecoverTarget> into) {
   stats_ = MemoryRecoveryStats{};
+  // A dead buddy's deleted snapshot files stay allocated while this process
+  // keeps them mapped (Note [Replicas on one host]): freed before a
+  // restarted process allocates its memory.
+  internal::release_unlinked_mappings();
   // What this rank holds: [own steps..., replica-of-predecessor steps...].
   std::vector<std::int64_t> mine(2 * kReported, -1);
   int n_own = 0, n_rep = 0;
@@ -451,8 +559,9 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   if (need_fetch) {
     rec = parse_record(recv_json, step, world_, where);
     if (rec.is_ok() && (rec->rank != rank_ || rec->bytes != recv_size)) {
-      rec = data_loss(fmt::format("{}: replica is of rank {} with {} bytes, expected rank {} with {}",
-                                  where, rec->rank, recv_size, rank_, rec->bytes));
+      rec =
+          data_loss(fmt::format("{}: replica is of rank {} with {} bytes, expected rank {} with {}",
+                                where, rec->rank, recv_size, rank_, rec->bytes));
     }
   } else if (auto r = read_snapshot(dir, step, rank_, world_)) {
     rec = *r;

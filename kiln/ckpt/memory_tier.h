@@ -48,7 +48,8 @@ namespace kiln::ckpt {
 namespace internal {
 class Bounce;
 class ChunkSource;
-}
+class MappedFile;
+}  // namespace internal
 
 struct MemoryTierOptions {
   // Host-local, memory-backed; shared by the job's ranks on this host.
@@ -78,18 +79,43 @@ struct MemoryRecoveryStats {
   std::size_t fetched_bytes = 0;  // bytes this rank received from its buddy
 };
 
+struct MemoryStoreStats {
+  std::int64_t step = -1;
+  bool staged = false;           // the bytes were staged in the snapshot file: no copy
+  bool replica_on_host = false;  // the predecessor's replica was copied from its file here
+};
+
 class MemoryTier {
  public:
   // Creates dir/rank-<r>. Errors name the directory.
   static Result<std::unique_ptr<MemoryTier>> open(MemoryTierOptions options);
   ~MemoryTier();
 
+  // Memory to stage this rank's next snapshot in: `bytes` bytes of the file
+  // the next store() turns into the snapshot (rank_dir/spare, a retired
+  // step's file when there is one: Note [Recycled snapshot files]). A
+  // caller that copies its state here, entries back to back in order, and
+  // passes this pointer to store() as `staging` pays no snapshot copy of its
+  // own (Note [Staged in the snapshot], memory_tier.cc). The spare has no
+  // record, so a crash while staging or storing leaves the newest complete
+  // snapshot as it was. Valid until the next stage() or the tier's
+  // destruction, also after store() (the snapshot's bytes; nothing writes
+  // them until a later stage() returns). Not collective; never while a
+  // store() or recover() runs. ResourceExhausted when the memory filesystem
+  // is full; errors name the file. Null for 0 bytes.
+  Result<std::byte*> stage(std::uint64_t bytes);
+
   // Collective. Writes this rank's snapshot of `step` (the entries, bytes in
-  // `staging`), sends it to rank r+1 and keeps rank r-1's as its replica;
-  // then deletes this rank's older snapshots. Blocks for the copies and the
-  // exchange. A local failure (memory filesystem full: ResourceExhausted) is
-  // returned after the exchange completes, so peers never wait on a rank
-  // that gave up; Aborted/DeadlineExceeded when the exchange fails.
+  // `staging`, laid out as StagedEntry::staging_offset says), sends it to
+  // rank r+1 and keeps rank r-1's as its replica; then deletes this rank's
+  // older snapshots. Blocks for the copies and the exchange. `staging` from
+  // stage() with the entries back to back: only checksummed, not copied.
+  // A replica whose sender is on this host is copied from the sender's
+  // snapshot file rather than streamed through the communicator (Note
+  // [Replicas on one host]). A local failure (memory filesystem full:
+  // ResourceExhausted) is returned after the exchange completes, so peers
+  // never wait on a rank that gave up; Aborted/DeadlineExceeded when the
+  // exchange fails.
   Status store(std::int64_t step, const std::vector<StagedEntry>& entries,
                const std::byte* staging);
 
@@ -104,6 +130,7 @@ class MemoryTier {
   Result<LoadedState> recover(std::int64_t min_step = 0, std::span<const RecoverTarget> into = {});
 
   MemoryRecoveryStats last_recovery() const { return stats_; }
+  MemoryStoreStats last_store() const { return store_stats_; }
 
   // Deletes this rank's snapshots and replicas (a job that finished), and
   // the directory once no rank's is left in it.
@@ -116,7 +143,14 @@ class MemoryTier {
   Status prepare_step_dir(const std::string& dir);
   void retire_older_than(std::int64_t step);
   Status exchange(std::int64_t step, const std::string& dir, internal::ChunkSource* source,
-                  std::uint64_t send_bytes, const std::function<std::string()>& record);
+                  const internal::MappedFile* own, std::uint64_t send_bytes,
+                  const std::function<std::string()>& record);
+  // The replica of rank `from`'s snapshot of `step` copied from its file on
+  // this host (`identity` is what `from` said of it), or null when that file
+  // is not reachable from here.
+  std::shared_ptr<internal::MappedFile> buddy_file_on_this_host(std::int64_t step, int from,
+                                                                const std::int64_t identity[3],
+                                                                std::uint64_t bytes) const;
   Result<LoadedState> restore(std::int64_t step, bool need_fetch, bool predecessor_needs,
                               std::span<const RecoverTarget> into);
 
@@ -126,7 +160,10 @@ class MemoryTier {
   const int pred_;  // whose replica this rank keeps: (rank - 1) mod world
   const std::string rank_dir_;
   MemoryRecoveryStats stats_;
+  MemoryStoreStats store_stats_;
   std::unique_ptr<internal::Bounce> bounce_;  // reused by every transfer
+  // What stage() returned last (kept mapped for the caller).
+  std::shared_ptr<internal::MappedFile> staged_;
 };
 
 // Collective. The tier's newest step if it is at least as new as the newest

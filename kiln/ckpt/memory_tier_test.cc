@@ -7,9 +7,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/mount.h>
-#include <csignal>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstring>
 
 #include "kiln/base/file.h"
@@ -185,6 +185,82 @@ TEST(MemoryTier, KilledRankRecoversFromItsBuddysMemory) {
   ASSERT_TRUE(Fs::posix()->remove_tree(d.mem + "/rank-1").is_ok());
   ASSERT_TRUE(Fs::posix()->remove_tree(d.root).is_ok());
   expect_recover(2, d, {2, true, 1});
+}
+
+// A rank SIGKILLed while it stages and stores a newer step, its memory
+// kept: the staged bytes went into the spare, which holds no record, so both
+// ranks restore the previous step from their own snapshots, bit for bit.
+TEST(MemoryTier, KilledWhileStoringKeepsThePreviousSnapshot) {
+  Dirs d;
+  save_with(2, d, {1, 2});
+  auto killed = run_ranks(
+      2,
+      [&](Communicator& comm) -> Status {
+        KILN_ASSIGN_OR_RETURN(auto tier, tier_for(d.mem, &comm));
+        KILN_ASSIGN_OR_RETURN(
+            auto ck, Checkpointer::create({.root = d.root, .comm = &comm, .memory = tier.get()}));
+        TestState s(3, comm.rank(), comm.size());
+        KILN_RETURN_IF_ERROR(ck->save_async(s.view(), 3).status());
+        // Step 3's bytes are staged in the spare by now (save_async copied them).
+        if (comm.rank() == 1) ::kill(::getpid(), SIGKILL);
+        return ck->wait(Deadline::after_seconds(20));
+      },
+      quick());
+  ASSERT_EQ(killed.ranks.size(), 2u);
+  EXPECT_EQ(killed.ranks[1].signal, SIGKILL) << killed.report;
+  EXPECT_NE(killed.ranks[0].exit_code, 0) << "rank 0's store of step 3 had no peer";
+  ASSERT_TRUE(Fs::posix()->remove_tree(d.root).is_ok());
+  expect_recover(2, d, {2, true, 0});
+}
+
+// Stores whose bytes were staged in the snapshot file (MemoryTier::stage)
+// copy nothing of their own; the replica is copied from the buddy's file
+// when both ranks share the memory directory, and streamed otherwise. Either
+// way, a rank whose own memory is gone restores its state bit for bit from
+// the replica.
+TEST(MemoryTier, StagedStoresRecoverBitIdenticallyOnBothReplicaPaths) {
+  for (bool shared_dir : {true, false}) {
+    SCOPED_TRACE(shared_dir ? "one memory directory" : "a directory per rank");
+    Dirs d;
+    auto dir_of = [&](int rank) { return shared_dir ? d.mem : fmt::format("{}-{}", d.mem, rank); };
+    auto saved = run_ranks(
+        2,
+        [&](Communicator& comm) -> Status {
+          KILN_ASSIGN_OR_RETURN(auto tier, tier_for(dir_of(comm.rank()), &comm));
+          KILN_ASSIGN_OR_RETURN(
+              auto ck, Checkpointer::create({.root = d.root, .comm = &comm, .memory = tier.get()}));
+          for (std::int64_t step : {1, 2, 3}) {
+            TestState s(step, comm.rank(), comm.size());
+            KILN_RETURN_IF_ERROR(ck->save(s.view(), step, Deadline::after_seconds(20)));
+            MemoryStoreStats st = tier->last_store();
+            if (st.step != step || !st.staged || st.replica_on_host != shared_dir) {
+              return internal_error(
+                  fmt::format("rank {} step {}: stats step {} staged {} replica_on_host {}",
+                              comm.rank(), step, st.step, st.staged, st.replica_on_host));
+            }
+          }
+          return Status::ok();
+        },
+        quick());
+    ASSERT_TRUE(saved.ok()) << saved.report;
+    ASSERT_TRUE(Fs::posix()->remove_tree(d.root).is_ok());
+    ASSERT_TRUE(Fs::posix()->remove_tree(dir_of(1) + "/rank-1").is_ok());
+    auto r = run_ranks(
+        2,
+        [&](Communicator& comm) -> Status {
+          KILN_ASSIGN_OR_RETURN(auto tier, tier_for(dir_of(comm.rank()), &comm));
+          KILN_ASSIGN_OR_RETURN(auto st, tier->recover(0));
+          std::string bad = check_loaded(st, 3, comm.rank(), comm.size());
+          if (!bad.empty()) return data_loss(fmt::format("rank {}: {}", comm.rank(), bad));
+          if (tier->last_recovery().from_replica != 1) {
+            return internal_error(
+                fmt::format("{} ranks used a replica, want 1", tier->last_recovery().from_replica));
+          }
+          return Status::ok();
+        },
+        quick());
+    ASSERT_TRUE(r.ok()) << r.report;
+  }
 }
 
 // Recovery straight into the caller's memory: a tensor whose rows the

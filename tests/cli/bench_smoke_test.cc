@@ -188,9 +188,16 @@ TEST_F(BenchSmoke, CkptTypedAloneStartsTwoRanksAndReportsEveryKey) {
                   "stall_s", "stall_vs_memcpy", "raw_write_s", "write_s", "write_vs_raw",
                   "commit_s", "load_mb_s", "disk_recovery_s", "inmem_store_s", "inmem_recovery_s",
                   "inmem_buddy_recovery_s", "inmem_vs_disk_recovery", "inmem_restart_recovery_s",
-                  "inmem_store_vs_memcpy", "inmem_recovery_vs_memcpy", "inmem_buddy_vs_memcpy"},
+                  "inmem_store_vs_memcpy", "inmem_recovery_vs_memcpy", "inmem_buddy_vs_memcpy",
+                  "inmem_stage_s", "inmem_stage_vs_memcpy"},
                  "ckpt");
   EXPECT_EQ(doc["world_size"], 2);
+  // Staged in the snapshot file, and both local ranks copy replicas on the host.
+  EXPECT_EQ(doc["inmem_store_staged"], true);
+  EXPECT_EQ(doc["inmem_replica_on_host"], true);
+  for (const char* phase : {"start", "join", "alloc", "recover"}) {
+    EXPECT_GT(doc["inmem_restart_phases_s"][phase].get<double>(), 0.0) << phase;
+  }
   // The restarted process got its bytes back from its buddy (else exit 3).
   EXPECT_GT(doc["inmem_restart_recovery_s"].get<double>(), 0.0);
   EXPECT_TRUE(doc["compression"].is_string());

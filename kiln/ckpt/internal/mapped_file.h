@@ -41,6 +41,9 @@ class MappedFile {
   std::byte* data() const { return data_; }
   std::uint64_t size() const { return size_; }
   const std::string& path() const { return path_; }
+  // The file's identity: the same on every process that maps it.
+  dev_t dev() const { return dev_; }
+  ino_t ino() const { return ino_; }
 
  private:
   friend class MappingCache;
