@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include <fmt/format.h>
@@ -40,6 +41,7 @@ struct FsdpBenchArgs {
   int warmup = 2;
   bool bf16 = false;
   int prefetch = 1;
+  std::string trace;  // PATH: (b)'s timeline of the timed steps, PATH.rank<r>.jsonl
   bool json = false;
 };
 
@@ -66,6 +68,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
     auto net = std::make_shared<MlpImpl>(a.width, a.layers);
     ZeroOptions o = options;
     o.overlap = overlap;
+    o.trace = overlap && !a.trace.empty();
     KILN_ASSIGN_OR_RETURN(auto z, ShardedDataParallel::create(net, c, o));
     return std::make_pair(net, std::move(z));
   };
@@ -101,6 +104,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
     if (s == a.warmup) {
       memory.reset_peak();
       over.second->reset_peak();
+      (void)over.second->take_trace();
     }
     auto t1 = Clock::now();
     KILN_RETURN_IF_ERROR(run_step(s, *over.first, *over.second, &sync_b));
@@ -150,6 +154,17 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
                      {"in_flight_bound_bytes", z.in_flight_bound()},
                      {"allocator_peak_bytes_per_rank", memory.peak_bytes()},
                      {"replicated_state_bytes_per_rank", 16 * z.parameter_count()}};
+  if (!a.trace.empty()) {
+    const std::string path = fmt::format("{}.rank{}.jsonl", a.trace, c.rank());
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    if (f == nullptr) return unavailable(fmt::format("bench fsdp: cannot write {}", path));
+    for (const auto& e : over.second->take_trace()) {
+      const nlohmann::json line{{"what", e.what}, {"unit", e.unit}, {"issued", e.issued},
+                                {"started", e.started}, {"ended", e.ended}};
+      std::fprintf(f, "%s\n", line.dump().c_str());
+    }
+    std::fclose(f);
+  }
   if (c.rank() == 0) std::printf("%s\n", a.json ? doc.dump().c_str() : doc.dump(2).c_str());
   return Status::ok();
 }
@@ -167,6 +182,8 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_flag("--bf16", a->bf16, "bf16 compute and communication, fp32 masters");
   cmd->add_option("--prefetch", a->prefetch, "stage 3: units gathered ahead of the one computing")
       ->check(CLI::Range(1, 8));
+  cmd->add_option("--trace", a->trace,
+                  "write the overlapped wrapper's timeline of the timed steps to PATH.rank<r>.jsonl");
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
   cmd->callback(run_status([a] { return bench_fsdp(*a); }));
 });
