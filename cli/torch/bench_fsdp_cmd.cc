@@ -93,8 +93,9 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
   // Alternating step by step: a machine whose speed drifts slows both alike.
   std::vector<double> a_step, a_comm, b_step, b_exposed, b_backward, ratios;
   // Where (b)'s exposed time goes: gathers waited for in forward, in
-  // backward, and the reductions still running when backward ends.
-  std::vector<double> b_forward_wait, b_backward_wait, b_tail;
+  // backward, reductions waited for inside backward (more than
+  // reductions_in_flight running), and those still running when it ends.
+  std::vector<double> b_forward_wait, b_backward_wait, b_backward_reduce, b_tail;
   std::size_t bytes_per_step = 0;
   for (int s = 0; s < a.warmup + a.steps; ++s) {
     parallel::zero::ZeroSyncStats sync_a, sync_b;
@@ -118,7 +119,8 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
     b_backward.push_back(sync_b.backward_s);
     b_forward_wait.push_back(sync_b.gather_wait_s - sync_b.backward_gather_wait_s);
     b_backward_wait.push_back(sync_b.backward_gather_wait_s);
-    b_tail.push_back(sync_b.exposed_comm_s);
+    b_backward_reduce.push_back(sync_b.backward_reduce_wait_s);
+    b_tail.push_back(sync_b.exposed_comm_s - sync_b.backward_reduce_wait_s);
     ratios.push_back(b_s / a_s);
   }
   // The last_sync() bytes of a step are counted from one step() to the next:
@@ -141,6 +143,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
                      {"backward_s", median(b_backward)},
                      {"exposed_forward_gather_s", median(b_forward_wait)},
                      {"exposed_backward_gather_s", median(b_backward_wait)},
+                     {"exposed_backward_reduce_s", median(b_backward_reduce)},
                      {"exposed_after_backward_s", median(b_tail)},
                      {"overlap", std::clamp(1.0 - exposed / comm_s, 0.0, 1.0)},
                      {"step_baseline_s", median(a_step)},

@@ -628,6 +628,12 @@ Status ShardedDataParallel::finish_reduction(Unit& u) {
   if (!u.reduce_work) return Status::ok();
   const auto t0 = Clock::now();
   Status s = u.reduce_work->wait(options_.timeout);
+  // Every wait counts, wherever it happens: after backward, and inside it
+  // when more reductions than options_.reductions_in_flight are running
+  // (the non-overlapped baseline launches them all after backward).
+  const double waited = seconds_since(t0);
+  sync_.exposed_comm_s += waited;
+  if (in_backward_) sync_.backward_reduce_wait_s += waited;
   trace("wait_reduce", &u, steady_seconds(t0), steady_seconds(t0), steady_seconds(Clock::now()));
   trace_work("reduce", u, *u.reduce_work);
   u.reduce_work.reset();
@@ -684,10 +690,8 @@ Status ShardedDataParallel::backward_impl(const torch::Tensor& loss) {
     KILN_RETURN_IF_ERROR(fail(launch_reduction(next)));
     ++next_reduction_;
   }
-  const auto t1 = Clock::now();
   reducing_.clear();
   for (auto& u : units_) KILN_RETURN_IF_ERROR(fail(finish_reduction(*u)));
-  sync_.exposed_comm_s = seconds_since(t1);
   for (auto& u : units_) free_params(*u);
   account();
   return Status::ok();

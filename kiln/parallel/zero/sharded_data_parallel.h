@@ -126,7 +126,8 @@ struct StateBytes {
 
 struct ZeroSyncStats {
   double backward_s = 0;      // loss.backward() including hooks
-  double exposed_comm_s = 0;  // waiting for reductions after it
+  double exposed_comm_s = 0;  // waiting for reductions (inside backward() and after it)
+  double backward_reduce_wait_s = 0;  // the part of exposed_comm_s inside loss.backward()
   double gather_wait_s = 0;   // waiting for parameter gathers (forward and backward)
   double backward_gather_wait_s = 0;  // the part of gather_wait_s inside backward
   std::size_t bytes = 0;      // bytes sent through collectives this step (per rank)
