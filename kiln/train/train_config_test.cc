@@ -2,6 +2,9 @@
 // learning-rate schedule.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <string>
+
 #include "kiln/train/progress_line.h"
 #include "kiln/train/train_config.h"
 
@@ -50,6 +53,23 @@ TEST(TrainConfig, ParallelPrefetchDefaultsToOneUnit) {
   auto d = parse_train_config_string("[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\n", "inline.toml");
   ASSERT_TRUE(d.is_ok()) << d.status().to_string();
   EXPECT_EQ(d->parallel.prefetch, 1);
+}
+
+// Every shipped example parses; gpt_zero3.toml is the fully sharded
+// example and must stay zero3.
+TEST(TrainConfig, ShippedExamplesParse) {
+  const std::string dir = std::string(KILN_SOURCE_DIR) + "/examples/train";
+  int seen = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() != ".toml") continue;
+    auto c = parse_train_config_file(e.path().string());
+    EXPECT_TRUE(c.is_ok()) << e.path() << ": " << c.status().to_string();
+    ++seen;
+  }
+  EXPECT_GE(seen, 4) << dir;
+  auto z = parse_train_config_file(dir + "/gpt_zero3.toml");
+  ASSERT_TRUE(z.is_ok()) << z.status().to_string();
+  EXPECT_EQ(z->parallel.strategy, Strategy::kZero3);
 }
 
 TEST(TrainConfig, ErrorsNameTheField) {
