@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <string>
 #include <vector>
 
 #include <fmt/format.h>
@@ -40,6 +41,7 @@ struct FsdpBenchArgs {
   int warmup = 2;
   bool bf16 = false;
   int prefetch = 1;
+  std::string trace;  // PATH: (b)'s timeline of the timed steps, PATH.rank<r>.jsonl
   bool json = false;
 };
 
@@ -66,6 +68,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
     auto net = std::make_shared<MlpImpl>(a.width, a.layers);
     ZeroOptions o = options;
     o.overlap = overlap;
+    o.trace = overlap && !a.trace.empty();
     KILN_ASSIGN_OR_RETURN(auto z, ShardedDataParallel::create(net, c, o));
     return std::make_pair(net, std::move(z));
   };
@@ -90,8 +93,9 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
   // Alternating step by step: a machine whose speed drifts slows both alike.
   std::vector<double> a_step, a_comm, b_step, b_exposed, b_backward, ratios;
   // Where (b)'s exposed time goes: gathers waited for in forward, in
-  // backward, and the reductions still running when backward ends.
-  std::vector<double> b_forward_wait, b_backward_wait, b_tail;
+  // backward, reductions waited for inside backward (more than
+  // reductions_in_flight running), and those still running when it ends.
+  std::vector<double> b_forward_wait, b_backward_wait, b_backward_reduce, b_tail;
   std::size_t bytes_per_step = 0;
   for (int s = 0; s < a.warmup + a.steps; ++s) {
     parallel::zero::ZeroSyncStats sync_a, sync_b;
@@ -101,6 +105,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
     if (s == a.warmup) {
       memory.reset_peak();
       over.second->reset_peak();
+      (void)over.second->take_trace();
     }
     auto t1 = Clock::now();
     KILN_RETURN_IF_ERROR(run_step(s, *over.first, *over.second, &sync_b));
@@ -114,7 +119,8 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
     b_backward.push_back(sync_b.backward_s);
     b_forward_wait.push_back(sync_b.gather_wait_s - sync_b.backward_gather_wait_s);
     b_backward_wait.push_back(sync_b.backward_gather_wait_s);
-    b_tail.push_back(sync_b.exposed_comm_s);
+    b_backward_reduce.push_back(sync_b.backward_reduce_wait_s);
+    b_tail.push_back(sync_b.exposed_comm_s - sync_b.backward_reduce_wait_s);
     ratios.push_back(b_s / a_s);
   }
   // The last_sync() bytes of a step are counted from one step() to the next:
@@ -137,6 +143,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
                      {"backward_s", median(b_backward)},
                      {"exposed_forward_gather_s", median(b_forward_wait)},
                      {"exposed_backward_gather_s", median(b_backward_wait)},
+                     {"exposed_backward_reduce_s", median(b_backward_reduce)},
                      {"exposed_after_backward_s", median(b_tail)},
                      {"overlap", std::clamp(1.0 - exposed / comm_s, 0.0, 1.0)},
                      {"step_baseline_s", median(a_step)},
@@ -150,6 +157,17 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
                      {"in_flight_bound_bytes", z.in_flight_bound()},
                      {"allocator_peak_bytes_per_rank", memory.peak_bytes()},
                      {"replicated_state_bytes_per_rank", 16 * z.parameter_count()}};
+  if (!a.trace.empty()) {
+    const std::string path = fmt::format("{}.rank{}.jsonl", a.trace, c.rank());
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    if (f == nullptr) return unavailable(fmt::format("bench fsdp: cannot write {}", path));
+    for (const auto& e : over.second->take_trace()) {
+      const nlohmann::json line{{"what", e.what}, {"unit", e.unit}, {"issued", e.issued},
+                                {"started", e.started}, {"ended", e.ended}};
+      std::fprintf(f, "%s\n", line.dump().c_str());
+    }
+    std::fclose(f);
+  }
   if (c.rank() == 0) std::printf("%s\n", a.json ? doc.dump().c_str() : doc.dump(2).c_str());
   return Status::ok();
 }
@@ -167,6 +185,8 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_flag("--bf16", a->bf16, "bf16 compute and communication, fp32 masters");
   cmd->add_option("--prefetch", a->prefetch, "stage 3: units gathered ahead of the one computing")
       ->check(CLI::Range(1, 8));
+  cmd->add_option("--trace", a->trace,
+                  "write the overlapped wrapper's timeline of the timed steps to PATH.rank<r>.jsonl");
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
   cmd->callback(run_status([a] { return bench_fsdp(*a); }));
 });

@@ -24,6 +24,7 @@ parallel::zero::ZeroOptions zero_options(const TrainConfig& c) {
   z.precision = c.parallel.precision == Precision::kBf16 ? parallel::zero::Precision::kBf16
                                                          : parallel::zero::Precision::kFp32;
   z.min_unit_params = c.parallel.min_unit_params;
+  z.prefetch = c.parallel.prefetch;
   z.timeout = kCollectiveTimeout;
   const OptimConfig& o = c.optim;
   z.optimizer.kind = o.kind == OptimizerKind::kSgd ? parallel::zero::OptimizerKind::kSgd

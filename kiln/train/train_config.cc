@@ -10,6 +10,10 @@
 namespace kiln::train {
 namespace {
 
+// [parallel] prefetch: each unit gathered ahead is one more unit in memory;
+// past a handful the link, not the depth, limits what is hidden.
+constexpr std::int64_t kMaxPrefetch = 8;
+
 constexpr char kSections[] =
     "[model], [data], [optim], [train], [eval], [checkpoint], [ddp] or [parallel]";
 
@@ -142,6 +146,13 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
     r.fail_field("parallel", "precision", "must be \"fp32\" or \"bf16\" (got \"" + precision + "\")");
   }
   c.parallel.min_unit_params = r.get_int("parallel", "min_unit_params", false, 0, 0);
+  c.parallel.prefetch = static_cast<int>(r.get_int("parallel", "prefetch", false, 1, 1));
+  if (c.parallel.prefetch > kMaxPrefetch) {
+    r.fail_field("parallel", "prefetch", fmt::format("must be 1 to {} units", kMaxPrefetch));
+  }
+  if (r.has("parallel", "prefetch") && c.parallel.strategy != Strategy::kZero3) {
+    r.fail_field("parallel", "prefetch", "gathers parameters ahead: only strategy = \"zero3\" gathers them");
+  }
   c.parallel.memory_cap_mib = r.get_double("parallel", "memory_cap_mib", false, 0);
   if (c.parallel.memory_cap_mib < 0) r.fail_field("parallel", "memory_cap_mib", "must be >= 0 (0 = no cap)");
   if (c.parallel.precision == Precision::kBf16 && c.parallel.strategy == Strategy::kDdp) {

@@ -99,6 +99,10 @@ struct ParallelConfig {
   // Sharded strategies: child modules smaller than this many parameters are
   // merged into one unit with their neighbours (0: one unit per module).
   std::int64_t min_unit_params = 0;
+  // zero3: units whose gather is started ahead of the one computing, in
+  // forward, in backward and during the optimizer step (ZeroOptions::prefetch;
+  // each is one more unit of parameters in memory).
+  int prefetch = 1;
   // A per-rank cap on tensor memory (MiB; 0 = none), enforced by the CPU
   // allocator (kiln/parallel/counting_allocator.h): an allocation past it
   // fails as a device out of memory would. The run first checks that the

@@ -2,6 +2,9 @@
 // learning-rate schedule.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <string>
+
 #include "kiln/train/progress_line.h"
 #include "kiln/train/train_config.h"
 
@@ -41,6 +44,34 @@ bucket_cap_mib = "auto"
   EXPECT_FALSE(c->ddp.bucket_cap_mib.has_value());
 }
 
+TEST(TrainConfig, ParallelPrefetchDefaultsToOneUnit) {
+  auto c = parse_train_config_string(
+      "[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\n[parallel]\nstrategy = \"zero3\"\nprefetch = 3\n",
+      "inline.toml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->parallel.prefetch, 3);
+  auto d = parse_train_config_string("[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\n", "inline.toml");
+  ASSERT_TRUE(d.is_ok()) << d.status().to_string();
+  EXPECT_EQ(d->parallel.prefetch, 1);
+}
+
+// Every shipped example parses; gpt_zero3.toml is the fully sharded
+// example and must stay zero3.
+TEST(TrainConfig, ShippedExamplesParse) {
+  const std::string dir = std::string(KILN_SOURCE_DIR) + "/examples/train";
+  int seen = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() != ".toml") continue;
+    auto c = parse_train_config_file(e.path().string());
+    EXPECT_TRUE(c.is_ok()) << e.path() << ": " << c.status().to_string();
+    ++seen;
+  }
+  EXPECT_GE(seen, 4) << dir;
+  auto z = parse_train_config_file(dir + "/gpt_zero3.toml");
+  ASSERT_TRUE(z.is_ok()) << z.status().to_string();
+  EXPECT_EQ(z->parallel.strategy, Strategy::kZero3);
+}
+
 TEST(TrainConfig, ErrorsNameTheField) {
   struct Case {
     const char* toml;
@@ -54,6 +85,12 @@ TEST(TrainConfig, ErrorsNameTheField) {
       {"[model]\nkind = \"gpt\"\nd_model = 10\nheads = 4\n[data]\ndir = \"d\"\n", "'model.heads'"},
       {"[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\nprepare = \"text\"\n", "'data.sources'"},
       {"[model\nkind = 1", "inline.toml:1"},
+      {"[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\n[parallel]\nstrategy = \"zero3\"\nprefetch = 0\n",
+       "'parallel.prefetch'"},
+      {"[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\n[parallel]\nstrategy = \"zero3\"\nprefetch = 9\n",
+       "must be 1 to 8 units"},
+      {"[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\n[parallel]\nstrategy = \"zero2\"\nprefetch = 2\n",
+       "only strategy = \"zero3\""},
   };
   for (const Case& k : cases) {
     auto c = parse_train_config_string(k.toml, "inline.toml");

@@ -9,7 +9,7 @@
 # each rank's share, so 3x leaves a twelfth of the whole state for everything
 # else: the units gathered and reduced in flight (2 + 2 blocks of one
 # transformer block each), autograd's gradients of one unit, activations
-# (short sequences: they grow with the blocks as the shares do). Peak 94.7
+# (short sequences: they grow with the blocks as the shares do). Peak 95.5
 # MiB per rank on 2026-12-06.
 #   tests/parallel/memory_cap.sh PATH/TO/kiln
 set -euo pipefail

@@ -23,6 +23,10 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
+double steady_seconds(Clock::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
+}
+
 using parallel::AfterAccumulate;
 
 bool is_container(const torch::nn::Module& m) {
@@ -330,6 +334,8 @@ Status ShardedDataParallel::wait_gathered(Unit& u) {
     const double waited = seconds_since(t0);
     sync_.gather_wait_s += waited;
     if (in_backward_) sync_.backward_gather_wait_s += waited;
+    trace("wait_gather", &u, steady_seconds(t0), steady_seconds(t0), steady_seconds(Clock::now()));
+    trace_work("gather", u, *u.gather_work);
     u.gather_work.reset();
     if (!s.is_ok()) return s.with_context(fmt::format("gathering the parameters of unit {}", u.name));
     u.state = Unit::Params::kGathered;
@@ -381,7 +387,10 @@ auto ShardedDataParallel::guarded(const char* what, Body&& body) -> decltype(bod
 }
 
 Status ShardedDataParallel::step(double lr) {
-  return guarded("optimizer step", [&] { return step_impl(lr); });
+  const auto t0 = Clock::now();
+  Status s = guarded("optimizer step", [&] { return step_impl(lr); });
+  trace("step", nullptr, steady_seconds(t0), steady_seconds(t0), steady_seconds(Clock::now()));
+  return s;
 }
 Status ShardedDataParallel::backward(const torch::Tensor& loss) {
   return guarded("backward", [&] { return backward_impl(loss); });
@@ -412,6 +421,7 @@ Status ShardedDataParallel::fail(Status s) {
 
 void ShardedDataParallel::before_forward(std::size_t unit) {
   Unit& u = *units_[unit];
+  if (options_.trace) trace("forward", &u, 0, 0, steady_seconds(Clock::now()));
   Status s = failure_;
   if (s.is_ok() && root_ != nullptr) s = wait_gathered(*root_);
   if (s.is_ok()) {
@@ -468,6 +478,7 @@ void ShardedDataParallel::after_forward(std::size_t unit, const torch::nn::Modul
 // launched after it: the unit backward needs next never waits behind them.
 void ShardedDataParallel::pre_backward(std::size_t unit) {
   Unit& u = *units_[unit];
+  if (options_.trace) trace("pre_backward", &u, 0, 0, steady_seconds(Clock::now()));
   Status s = failure_;
   if (s.is_ok()) s = wait_gathered(u);
   if (s.is_ok() && options_.overlap) {
@@ -500,6 +511,7 @@ void ShardedDataParallel::on_grad_ready(std::size_t unit) {
   account();
   if (u.pending > 0) return;
   u.complete = true;
+  if (options_.trace) trace("grads", &u, 0, 0, steady_seconds(Clock::now()));
   if (!options_.overlap) return;
   // Note [Why reductions launch in order]: every rank must issue the same
   // collectives in the same order. Reductions launch in reverse execution
@@ -597,20 +609,33 @@ std::size_t ShardedDataParallel::pooled_blocks() const {
 
 std::size_t ShardedDataParallel::in_flight_bound() const {
   std::size_t largest = 0;
+  std::int64_t largest_share = 0;
   for (const auto& u : units_) {
+    largest_share = std::max(largest_share, u->layout->block());
     if (options_.stage == 3 && u->modules.empty()) continue;  // the root stays gathered
     largest = std::max(largest, u->padded_bytes);
   }
+  // The optimizer's two fp32 scratch shares (Note [Optimizer scratch]).
+  const std::size_t scratch = 2 * sizeof(float) * static_cast<std::size_t>(largest_share);
   // The pooled blocks (one more: the newest reduction is counted before the
   // oldest finishes), and autograd's gradients of the unit whose backward
   // just ran.
-  if (options_.stage == 1) return 2 * largest;
-  return (pooled_blocks() + 1 + 1) * largest;
+  if (options_.stage == 1) return 2 * largest + scratch;
+  return (pooled_blocks() + 1 + 1) * largest + scratch;
 }
 
 Status ShardedDataParallel::finish_reduction(Unit& u) {
   if (!u.reduce_work) return Status::ok();
+  const auto t0 = Clock::now();
   Status s = u.reduce_work->wait(options_.timeout);
+  // Every wait counts, wherever it happens: after backward, and inside it
+  // when more reductions than options_.reductions_in_flight are running
+  // (the non-overlapped baseline launches them all after backward).
+  const double waited = seconds_since(t0);
+  sync_.exposed_comm_s += waited;
+  if (in_backward_) sync_.backward_reduce_wait_s += waited;
+  trace("wait_reduce", &u, steady_seconds(t0), steady_seconds(t0), steady_seconds(Clock::now()));
+  trace_work("reduce", u, *u.reduce_work);
   u.reduce_work.reset();
   if (!s.is_ok()) return s.with_context(fmt::format("reducing the gradients of unit {}", u.name));
   if (u.partial.defined()) {
@@ -656,6 +681,7 @@ Status ShardedDataParallel::backward_impl(const torch::Tensor& loss) {
   }
   in_backward_ = false;
   sync_.backward_s = seconds_since(t0);
+  trace("backward", nullptr, steady_seconds(t0), steady_seconds(t0), steady_seconds(Clock::now()));
   KILN_RETURN_IF_ERROR(failure_);
   // Units whose gradients backward did not (all) produce: unused this step.
   for (auto& u : units_) u->complete = true;
@@ -664,10 +690,8 @@ Status ShardedDataParallel::backward_impl(const torch::Tensor& loss) {
     KILN_RETURN_IF_ERROR(fail(launch_reduction(next)));
     ++next_reduction_;
   }
-  const auto t1 = Clock::now();
   reducing_.clear();
   for (auto& u : units_) KILN_RETURN_IF_ERROR(fail(finish_reduction(*u)));
-  sync_.exposed_comm_s = seconds_since(t1);
   for (auto& u : units_) free_params(*u);
   account();
   return Status::ok();
@@ -710,9 +734,7 @@ Status ShardedDataParallel::step_impl(double lr) {
     // In flight while a prefetch was running: finish it before the share
     // it sends from changes.
     if (u.gather_work) KILN_RETURN_IF_ERROR(fail(wait_gathered(u)));
-    torch::Tensor g = u.grad_share.narrow(0, 0, u.mine.count);
-    if (g.scalar_type() != torch::kFloat32) g = g.to(torch::kFloat32);
-    optimizer_.step(u.opt_index, u.master, g);
+    optimizer_.step(u.opt_index, u.master, u.grad_share.narrow(0, 0, u.mine.count));
     u.grad_share.zero_();
     u.share_fresh = true;
     const bool sharded = options_.stage == 3 && !u.modules.empty();
@@ -736,7 +758,7 @@ StateBytes ShardedDataParallel::state_bytes() const {
   StateBytes b;
   // Gathered parameters (stage 3) and staging (stages 2, 3) are pooled
   // blocks, in use or idle.
-  b.in_flight = pool_.held_bytes();
+  b.in_flight = pool_.held_bytes() + optimizer_.scratch_bytes();
   for (const auto& up : units_) {
     const Unit& u = *up;
     const bool sharded = options_.stage == 3 && !u.modules.empty();
@@ -750,6 +772,17 @@ StateBytes ShardedDataParallel::state_bytes() const {
   }
   b.optimizer = optimizer_.state_bytes();
   return b;
+}
+
+void ShardedDataParallel::trace(const char* what, const Unit* u, double issued, double started,
+                                double ended) {
+  if (options_.trace) trace_.push_back({what, u != nullptr ? u->name : "", issued, started, ended});
+}
+
+void ShardedDataParallel::trace_work(const char* what, const Unit& u, const comm::Work& w) {
+  if (!w.test()) return;
+  trace(what, &u, steady_seconds(w.submitted_at()), steady_seconds(w.started_at()),
+        steady_seconds(w.finished_at()));
 }
 
 void ShardedDataParallel::account() {

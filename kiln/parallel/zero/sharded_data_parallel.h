@@ -54,6 +54,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <torch/torch.h>
@@ -92,6 +93,20 @@ struct ZeroOptions {
   int reductions_in_flight = 2;
   OptimizerOptions optimizer;
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};  // per collective wait
+  // Records a TraceEvent for every collective, wait and phase (take_trace()):
+  // what kiln bench fsdp --trace writes to find where exposed time goes.
+  bool trace = false;
+};
+
+// One collective, wait or phase of the training thread, for the schedule's
+// timeline (ZeroOptions::trace). Times are steady-clock seconds, which every
+// process on one host shares, so two ranks' traces line up.
+struct TraceEvent {
+  // gather, reduce, wait_gather, wait_reduce, forward, pre_backward, grads,
+  // backward, step
+  std::string what;
+  std::string unit;  // empty for phases of the whole model
+  double issued = 0, started = 0, ended = 0;  // collectives: submitted, began running, done
 };
 
 // Bytes this rank holds for training state, tracked at every allocation and
@@ -111,7 +126,8 @@ struct StateBytes {
 
 struct ZeroSyncStats {
   double backward_s = 0;      // loss.backward() including hooks
-  double exposed_comm_s = 0;  // waiting for reductions after it
+  double exposed_comm_s = 0;  // waiting for reductions (inside backward() and after it)
+  double backward_reduce_wait_s = 0;  // the part of exposed_comm_s inside loss.backward()
   double gather_wait_s = 0;   // waiting for parameter gathers (forward and backward)
   double backward_gather_wait_s = 0;  // the part of gather_wait_s inside backward
   std::size_t bytes = 0;      // bytes sent through collectives this step (per rank)
@@ -172,6 +188,8 @@ class ShardedDataParallel : public UnitHooks {
   Status restore(const ckpt::LoadedState& loaded);
 
   const ZeroSyncStats& last_sync() const { return sync_; }
+  // The events recorded since the last call (ZeroOptions::trace).
+  std::vector<TraceEvent> take_trace() { return std::exchange(trace_, {}); }
   StateBytes state_bytes() const;
   StateBytes peak_state_bytes() const { return peak_; }
   void reset_peak() { peak_ = state_bytes(); }
@@ -215,6 +233,8 @@ class ShardedDataParallel : public UnitHooks {
   Status restore_impl(const ckpt::LoadedState& loaded);
   Status visit_parameters_impl(const std::function<void(const torch::Tensor&)>& fn);
   void account();         // updates peak_
+  void trace(const char* what, const Unit* u, double issued, double started, double ended);
+  void trace_work(const char* what, const Unit& u, const comm::Work& w);
 
   std::shared_ptr<torch::nn::Module> module_;
   comm::Communicator& comm_;
@@ -237,6 +257,7 @@ class ShardedDataParallel : public UnitHooks {
   Status failure_;
   ZeroSyncStats sync_;
   StateBytes peak_;
+  std::vector<TraceEvent> trace_;
 };
 
 }  // namespace kiln::parallel::zero

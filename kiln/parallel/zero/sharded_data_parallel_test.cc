@@ -206,6 +206,38 @@ TEST(ShardedDataParallel, MergedUnitsAndTheNonOverlappedBaselineMatchToo) {
   expect_matches_reference(3, {.stage = 3, .prefetch = 2});
 }
 
+// The schedule (how far gathers run ahead, whether anything overlaps) moves
+// collectives in time, never what they compute: the parameters after
+// training are the same to the bit, in fp32 and in bf16.
+TEST(ShardedDataParallel, PrefetchDepthAndOverlapDoNotChangeOneBit) {
+  auto r = comm::testing::run_ranks(3, [](comm::Communicator& c) -> Status {
+    torch::set_num_threads(1);
+    for (Precision precision : {Precision::kFp32, Precision::kBf16}) {
+      torch::Tensor first;
+      for (const Case& s : {Case{.precision = precision, .prefetch = 1},
+                            Case{.precision = precision, .prefetch = 2},
+                            Case{.precision = precision, .prefetch = 4},
+                            Case{.precision = precision, .overlap = false}}) {
+        Net net = make_net(1 + c.rank());
+        KILN_ASSIGN_OR_RETURN(auto z, make_sharded(net, c, s));
+        KILN_RETURN_IF_ERROR(train_steps(*z, net, c, s, 0, kSteps));
+        KILN_RETURN_IF_ERROR(z->gather_all());
+        torch::Tensor got = flat_parameters(*net);
+        if (!first.defined()) {
+          first = got;
+        } else if (!torch::equal(got, first)) {
+          return internal_error(fmt::format(
+              "{} prefetch {} overlap {}: parameters differ from prefetch 1 by {:.3g} (max abs)",
+              precision == Precision::kBf16 ? "bf16" : "fp32", s.prefetch, s.overlap,
+              (got - first).abs().max().item<double>()));
+        }
+      }
+    }
+    return Status::ok();
+  });
+  EXPECT_TRUE(r.ok()) << r.report;
+}
+
 // bf16 compute and communication, fp32 master weights: the trajectory stays
 // within bf16's resolution of the fp32 one after a few steps.
 TEST(ShardedDataParallel, Bf16StaysNearTheFp32Trajectory) {
@@ -298,7 +330,8 @@ TEST(ShardedDataParallel, StateBytesFollowTheZeroFormulas) {
 }
 
 // Saved by ZeRO-3 on 4 ranks, loaded by ZeRO-3 on 3 and ZeRO-1 on 2: the
-// loaded runs continue exactly as one uninterrupted process would.
+// loaded parameters are the saved ones to the bit, and the loaded runs
+// continue as one uninterrupted process would.
 TEST(ShardedDataParallel, CheckpointsMoveAcrossWorldSizesAndStages) {
   const std::string dir = fmt::format("/tmp/kiln-zero-ckpt-{}", ::getpid());
   std::filesystem::remove_all(dir);
@@ -315,7 +348,10 @@ TEST(ShardedDataParallel, CheckpointsMoveAcrossWorldSizesAndStages) {
     std::string layout, optim;
     KILN_RETURN_IF_ERROR(z->capture(&view, &keep, &layout, &optim));
     KILN_ASSIGN_OR_RETURN(auto cp, ckpt::Checkpointer::create({.root = dir, .comm = &c}));
-    return cp->save(view, kSteps, Deadline::after_seconds(60));
+    KILN_RETURN_IF_ERROR(cp->save(view, kSteps, Deadline::after_seconds(60)));
+    KILN_RETURN_IF_ERROR(z->gather_all());
+    if (c.rank() == 0) torch::save(flat_parameters(*net), dir + "/saved-parameters.pt");
+    return Status::ok();
   });
   ASSERT_TRUE(saved.ok()) << saved.report;
   for (auto [ranks, stage] : {std::pair{3, 3}, std::pair{2, 1}}) {
@@ -326,6 +362,14 @@ TEST(ShardedDataParallel, CheckpointsMoveAcrossWorldSizesAndStages) {
       KILN_ASSIGN_OR_RETURN(auto z, make_sharded(net, c, s));
       KILN_ASSIGN_OR_RETURN(auto loaded, ckpt::load_step(fmt::format("{}/step-{}", dir, kSteps), c.rank(), ranks));
       KILN_RETURN_IF_ERROR(z->restore(loaded));
+      KILN_RETURN_IF_ERROR(z->gather_all());
+      torch::Tensor saved;
+      torch::load(saved, dir + "/saved-parameters.pt");
+      if (!torch::equal(flat_parameters(*net), saved)) {
+        return internal_error(fmt::format("loaded on {} ranks, stage {}: parameters differ from the "
+                                          "saved ones by {:.3g}", ranks, stage,
+                                          (flat_parameters(*net) - saved).abs().max().item<double>()));
+      }
       KILN_RETURN_IF_ERROR(train_steps(*z, net, c, s, kSteps, 2));
       KILN_RETURN_IF_ERROR(z->gather_all());
       return compare(flat_parameters(*net), want, 1e-5, fmt::format("resumed on {} ranks, stage {}", ranks, stage));

@@ -1,11 +1,13 @@
 #include "kiln/parallel/zero/sharded_optimizer.h"
 
+#include <algorithm>
 #include <cmath>
 
 namespace kiln::parallel::zero {
 
 std::size_t ShardedOptimizer::add_shard(std::int64_t numel) {
   shards_.push_back(Shard{.numel = numel});
+  largest_ = std::max(largest_, numel);
   return shards_.size() - 1;
 }
 
@@ -18,11 +20,27 @@ void ShardedOptimizer::ensure_state(Shard& s) {
   }
 }
 
-void ShardedOptimizer::step(std::size_t i, torch::Tensor& param, const torch::Tensor& grad) {
+torch::Tensor ShardedOptimizer::scratch(int which, std::int64_t numel) {
+  torch::Tensor& t = scratch_[which];
+  if (!t.defined()) t = torch::empty({largest_}, torch::kFloat32);
+  return t.narrow(0, 0, numel);
+}
+
+std::size_t ShardedOptimizer::scratch_bytes() const {
+  std::size_t b = 0;
+  for (const torch::Tensor& t : scratch_) {
+    if (t.defined()) b += t.nbytes();
+  }
+  return b;
+}
+
+void ShardedOptimizer::step(std::size_t i, torch::Tensor& param, const torch::Tensor& grad_in) {
   torch::NoGradGuard no_grad;
   Shard& s = shards_[i];
   ensure_state(s);
   const OptimizerOptions& o = options_;
+  torch::Tensor grad = grad_in;
+  if (grad.scalar_type() != torch::kFloat32) grad = scratch(1, s.numel).copy_(grad_in);
   if (o.kind == OptimizerKind::kAdamW) {
     // torch/csrc/api/src/optim/adamw.cpp, in the same order of operations.
     if (o.weight_decay != 0) param.mul_(1 - o.lr * o.weight_decay);
@@ -30,7 +48,9 @@ void ShardedOptimizer::step(std::size_t i, torch::Tensor& param, const torch::Te
     const double bias_correction2 = 1 - std::pow(o.beta2, static_cast<double>(steps_));
     s.exp_avg.mul_(o.beta1).add_(grad, 1 - o.beta1);
     s.exp_avg_sq.mul_(o.beta2).addcmul_(grad, grad, 1 - o.beta2);
-    torch::Tensor denom = (s.exp_avg_sq.sqrt() / std::sqrt(bias_correction2)).add_(o.eps);
+    torch::Tensor denom = scratch(0, s.numel);
+    torch::sqrt_out(denom, s.exp_avg_sq);
+    denom.div_(std::sqrt(bias_correction2)).add_(o.eps);
     param.addcdiv_(s.exp_avg, denom, -o.lr / bias_correction1);
     return;
   }
