@@ -20,8 +20,8 @@ while [ $# -gt 0 ]; do
     --python) PYTHON=$2; shift 2 ;;
     --rate) RATE=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    --runs|--steps|--width|--layers|--batch|--max-bytes) ARGS+=("$1" "$2"); shift 2 ;;
-    --timeline) ARGS+=("$1"); shift ;;
+    --runs|--steps|--width|--layers|--batch|--max-bytes|--timeline-steps|--trace) ARGS+=("$1" "$2"); shift 2 ;;
+    --timeline|--single-stream) ARGS+=("$1"); shift ;;
     *) echo "torch_backend: unknown option $1" >&2; exit 2 ;;
   esac
 done

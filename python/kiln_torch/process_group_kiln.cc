@@ -7,6 +7,7 @@
 #include <random>
 
 #include "kiln/base/auth/job_token.h"
+#include "kiln/base/knobs.h"
 #include "python/kiln_torch/c10d_store.h"
 #include "python/kiln_torch/kiln_work.h"
 
@@ -15,19 +16,32 @@ namespace {
 
 using c10d::OpType;
 
+const Knob<bool> kDuplex{"KILN_TORCH_DUPLEX", true,
+                         "kiln_torch: a two-rank group over TCP sends large allreduces as one "
+                         "stream per direction, on a second connection"};
+
 comm::DataType kiln_dtype(const at::Tensor& t, const char* op) {
   TORCH_CHECK(t.device().is_cpu(), "kiln backend: ", op, ": tensors must be on the CPU, not ",
               t.device());
-  TORCH_CHECK(t.layout() == at::kStrided, "kiln backend: ", op, ": sparse tensors are not supported");
+  TORCH_CHECK(t.layout() == at::kStrided, "kiln backend: ", op,
+              ": sparse tensors are not supported");
   switch (t.scalar_type()) {
-    case at::kFloat: return comm::DataType::kFloat32;
-    case at::kDouble: return comm::DataType::kFloat64;
-    case at::kHalf: return comm::DataType::kFloat16;
-    case at::kBFloat16: return comm::DataType::kBFloat16;
-    case at::kInt: return comm::DataType::kInt32;
-    case at::kLong: return comm::DataType::kInt64;
-    case at::kByte: return comm::DataType::kUInt8;
-    default: break;
+    case at::kFloat:
+      return comm::DataType::kFloat32;
+    case at::kDouble:
+      return comm::DataType::kFloat64;
+    case at::kHalf:
+      return comm::DataType::kFloat16;
+    case at::kBFloat16:
+      return comm::DataType::kBFloat16;
+    case at::kInt:
+      return comm::DataType::kInt32;
+    case at::kLong:
+      return comm::DataType::kInt64;
+    case at::kByte:
+      return comm::DataType::kUInt8;
+    default:
+      break;
   }
   TORCH_CHECK(false, "kiln backend: ", op, ": dtype ", t.scalar_type(),
               " is not supported (float32, float64, float16, bfloat16, int32, int64, uint8)");
@@ -36,12 +50,18 @@ comm::DataType kiln_dtype(const at::Tensor& t, const char* op) {
 
 comm::ReduceOp kiln_op(const c10d::ReduceOp& op, const char* name) {
   switch (op.op_) {
-    case c10d::ReduceOp::SUM: return comm::ReduceOp::kSum;
-    case c10d::ReduceOp::AVG: return comm::ReduceOp::kAvg;
-    case c10d::ReduceOp::PRODUCT: return comm::ReduceOp::kProd;
-    case c10d::ReduceOp::MIN: return comm::ReduceOp::kMin;
-    case c10d::ReduceOp::MAX: return comm::ReduceOp::kMax;
-    default: break;
+    case c10d::ReduceOp::SUM:
+      return comm::ReduceOp::kSum;
+    case c10d::ReduceOp::AVG:
+      return comm::ReduceOp::kAvg;
+    case c10d::ReduceOp::PRODUCT:
+      return comm::ReduceOp::kProd;
+    case c10d::ReduceOp::MIN:
+      return comm::ReduceOp::kMin;
+    case c10d::ReduceOp::MAX:
+      return comm::ReduceOp::kMax;
+    default:
+      break;
   }
   TORCH_CHECK(false, "kiln backend: ", name, ": reduce op #", static_cast<int>(op.op_),
               " is not supported (SUM, AVG, PRODUCT, MIN, MAX)");
@@ -49,8 +69,8 @@ comm::ReduceOp kiln_op(const c10d::ReduceOp& op, const char* name) {
 }
 
 const at::Tensor& one(const std::vector<at::Tensor>& tensors, const char* op) {
-  TORCH_CHECK(tensors.size() == 1, "kiln backend: ", op,
-              " takes one tensor per process (got ", tensors.size(), ")");
+  TORCH_CHECK(tensors.size() == 1, "kiln backend: ", op, " takes one tensor per process (got ",
+              tensors.size(), ")");
   return tensors[0];
 }
 
@@ -98,15 +118,15 @@ std::string agree_tag(store::Store& store, int rank, Deadline deadline) {
     return tag;
   }
   auto tag = store.get("kiln/tag", deadline);
-  TORCH_CHECK(tag.is_ok(), "kiln backend: rank ", rank, " waiting for rank 0 to form the group: ",
-              tag.status().to_string());
+  TORCH_CHECK(tag.is_ok(), "kiln backend: rank ", rank,
+              " waiting for rank 0 to form the group: ", tag.status().to_string());
   return *tag;
 }
 
 }  // namespace
 
-ProcessGroupKiln::ProcessGroupKiln(const c10::intrusive_ptr<c10d::Store>& store, int rank,
-                                   int size, std::chrono::milliseconds timeout)
+ProcessGroupKiln::ProcessGroupKiln(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
+                                   std::chrono::milliseconds timeout)
     : c10d::ProcessGroup(rank, size) {
   auto kiln_store = std::make_shared<C10dStore>(store);
   kiln_store->set_default_timeout(timeout);
@@ -124,10 +144,50 @@ ProcessGroupKiln::ProcessGroupKiln(const c10::intrusive_ptr<c10d::Store>& store,
   TORCH_CHECK(formed.is_ok(), "kiln backend: rank ", rank, " of ", size,
               " forming the group: ", formed.status().to_string());
   comm_ = std::move(*formed);
+  pair_streams();
   init();
 }
 
-ProcessGroupKiln::~ProcessGroupKiln() = default;
+// Note [A failure fails both communicators]: with a second communicator, an
+// operation that failed on one (a mismatch, a timeout) leaves the other
+// healthy, and calls that use only that one would go on, and hang on a peer
+// that saw the failure. So the first failure of any call aborts both, as one
+// communicator aborts itself; the destructor detaches them first (pending
+// work fails while they are torn down).
+struct ProcessGroupKiln::FailAll {
+  std::mutex mu;
+  std::vector<comm::Communicator*> comms;  // guarded by mu
+  void operator()(const Status& why) {
+    std::lock_guard lock(mu);
+    for (auto* c : comms) c->abort(why);
+  }
+};
+
+void ProcessGroupKiln::pair_streams() {
+  if (size_ != 2) return;
+  // Every rank must agree, whatever its environment says: the smallest vote wins.
+  std::int32_t want = comm_->topology().any_remote && kDuplex.get() ? 1 : 0;
+  Status agreed = comm_->allreduce(&want, 1, comm::DataType::kInt32, comm::ReduceOp::kMin)->wait();
+  TORCH_CHECK(agreed.is_ok(), "kiln backend: rank ", rank_,
+              " agreeing on a second stream: ", agreed.to_string());
+  if (want == 0) return;
+  auto second = comm_->split(0, rank_);
+  TORCH_CHECK(second.is_ok(), "kiln backend: rank ", rank_,
+              " forming the group's second connection: ", second.status().to_string());
+  reverse_ = std::move(*second);
+  // comm_ carries rank 0's bytes to rank 1, reverse_ rank 1's to rank 0.
+  duplex_ = rank_ == 0 ? std::make_unique<Duplex>(comm_.get(), reverse_.get(), rank_)
+                       : std::make_unique<Duplex>(reverse_.get(), comm_.get(), rank_);
+  fail_all_ = std::make_shared<FailAll>();
+  fail_all_->comms = {comm_.get(), reverse_.get()};
+}
+
+ProcessGroupKiln::~ProcessGroupKiln() {
+  if (fail_all_) {
+    std::lock_guard lock(fail_all_->mu);
+    fail_all_->comms.clear();
+  }
+}
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::submit(
     OpType type, const char* name, std::vector<at::Tensor> outputs, std::vector<at::Tensor> keep,
@@ -144,16 +204,25 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::submit(
     work->complete(Status::ok());
     return work;
   }
-  // Registered outside issue_mu_: a done operation calls back at once, and
-  // a future's callbacks may issue more (a comm hook).
-  last->on_done([work, ops = std::move(ops)](const Status& s) {
-    // The first failure is the cause; later operations fail after it.
-    for (const auto& op : ops) {
-      Status first = op->status();
-      if (!first.is_ok()) return work->complete(first);
-    }
-    work->complete(s);
-  });
+  // Done when every operation is: they may run on two communicators' engines,
+  // so the last issued need not be the last to finish. Registered outside
+  // issue_mu_: a done operation calls back at once, and a future's callbacks
+  // may issue more (a comm hook).
+  auto left = std::make_shared<std::atomic<std::size_t>>(ops.size());
+  auto all = std::make_shared<std::vector<comm::WorkPtr>>(std::move(ops));
+  for (const auto& op : *all) {
+    op->on_done([work, left, all, fail_all = fail_all_](const Status&) {
+      if (left->fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+      // The first failure in issue order is the cause; later operations fail after it.
+      for (const auto& o : *all) {
+        Status s = o->status();
+        if (s.is_ok()) continue;
+        if (fail_all) (*fail_all)(s);
+        return work->complete(s);
+      }
+      work->complete(Status::ok());
+    });
+  }
   return work;
 }
 
@@ -176,6 +245,13 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::allreduce(std::vector<at::Tenso
   auto dt = kiln_dtype(t, "allreduce");
   auto op = kiln_op(opts.reduceOp, "allreduce");
   at::Tensor buf = t.contiguous();
+  if (duplex_ && Duplex::suits(buf.nbytes(), dt, op)) {
+    at::Tensor scratch = duplex_->scratch(buf.nbytes());
+    return submit(
+        OpType::ALLREDUCE, "allreduce", {t}, {t, buf, scratch},
+        [&] { return duplex_->allreduce(buf.data_ptr(), scratch.data_ptr(), buf.numel(), dt, op); },
+        copy_back(t, buf));
+  }
   return submit(
       OpType::ALLREDUCE, "allreduce", {t}, {t, buf},
       [&] { return std::vector{comm_->allreduce(buf.data_ptr(), buf.numel(), dt, op)}; },
@@ -234,7 +310,9 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::allgather(
   keep.insert(keep.end(), {src, flat});
   return submit(
       OpType::ALLGATHER, "allgather", outs, std::move(keep),
-      [&] { return std::vector{comm_->allgather(src.data_ptr(), flat.data_ptr(), src.numel(), dt)}; },
+      [&] {
+        return std::vector{comm_->allgather(src.data_ptr(), flat.data_ptr(), src.numel(), dt)};
+      },
       [flat, outs]() mutable { scatter_into(flat, outs); });
 }
 
@@ -248,7 +326,9 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::_allgather_base(
   at::Tensor dst = output.contiguous();
   return submit(
       OpType::_ALLGATHER_BASE, "_allgather_base", {output}, {output, src, dst},
-      [&] { return std::vector{comm_->allgather(src.data_ptr(), dst.data_ptr(), src.numel(), dt)}; },
+      [&] {
+        return std::vector{comm_->allgather(src.data_ptr(), dst.data_ptr(), src.numel(), dt)};
+      },
       copy_back(output, dst));
 }
 
@@ -310,10 +390,9 @@ std::vector<comm::WorkPtr> ProcessGroupKiln::alltoallv(const at::Tensor& send,
   std::vector<comm::WorkPtr> ops;
   for (int k = 0; k < size_; ++k) {
     int to = (rank_ + k) % size_, from = (rank_ - k + size_) % size_;
-    ops.push_back(comm_->sendrecv(bytes_at(send, send_offsets[to]),
-                                  static_cast<std::size_t>(send_counts[to]), to,
-                                  bytes_at(recv, recv_offsets[from]),
-                                  static_cast<std::size_t>(recv_counts[from]), from, dt));
+    ops.push_back(comm_->sendrecv(
+        bytes_at(send, send_offsets[to]), static_cast<std::size_t>(send_counts[to]), to,
+        bytes_at(recv, recv_offsets[from]), static_cast<std::size_t>(recv_counts[from]), from, dt));
   }
   return ops;
 }
@@ -347,8 +426,9 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::alltoall_base(
       for (auto& c : counts) c = rows / size_ * row;
       return counts;
     }
-    TORCH_CHECK(splits.size() == static_cast<size_t>(size_), "kiln backend: alltoall_base: ",
-                splits.size(), " ", which, " split sizes for ", size_, " ranks");
+    TORCH_CHECK(splits.size() == static_cast<size_t>(size_),
+                "kiln backend: alltoall_base: ", splits.size(), " ", which, " split sizes for ",
+                size_, " ranks");
     int64_t sum = 0;
     for (int r = 0; r < size_; ++r) {
       TORCH_CHECK(splits[r] >= 0, "kiln backend: alltoall_base: negative split size");
@@ -369,9 +449,9 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::alltoall_base(
 c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::alltoall(std::vector<at::Tensor>& outputs,
                                                           std::vector<at::Tensor>& inputs,
                                                           const c10d::AllToAllOptions& /*opts*/) {
-  TORCH_CHECK(inputs.size() == static_cast<size_t>(size_) &&
-                  outputs.size() == static_cast<size_t>(size_),
-              "kiln backend: alltoall: expected ", size_, " input and ", size_, " output tensors");
+  TORCH_CHECK(
+      inputs.size() == static_cast<size_t>(size_) && outputs.size() == static_cast<size_t>(size_),
+      "kiln backend: alltoall: expected ", size_, " input and ", size_, " output tensors");
   std::vector<int64_t> send_counts, recv_counts;
   for (int r = 0; r < size_; ++r) {
     kiln_dtype(inputs[r], "alltoall");
@@ -393,8 +473,12 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::alltoall(std::vector<at::Tensor
 }
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::barrier(const c10d::BarrierOptions& /*opts*/) {
-  return submit(OpType::BARRIER, "barrier", {}, {},
-                [&] { return std::vector{comm_->barrier()}; });
+  // Over both connections: the barrier follows every earlier operation.
+  return submit(OpType::BARRIER, "barrier", {}, {}, [&] {
+    std::vector ops{comm_->barrier()};
+    if (reverse_) ops.push_back(reverse_->barrier());
+    return ops;
+  });
 }
 
 // Tags are not matched: a pair's sends and receives pair up in issue order.
@@ -403,8 +487,9 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::send(std::vector<at::Tensor>& t
   const at::Tensor& t = one(tensors, "send");
   auto dt = kiln_dtype(t, "send");
   at::Tensor buf = t.contiguous();
-  return submit(OpType::SEND, "send", {t}, {t, buf},
-                [&] { return std::vector{comm_->send(buf.data_ptr(), buf.numel(), dt, dst_rank)}; });
+  return submit(OpType::SEND, "send", {t}, {t, buf}, [&] {
+    return std::vector{comm_->send(buf.data_ptr(), buf.numel(), dt, dst_rank)};
+  });
 }
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::recv(std::vector<at::Tensor>& tensors,
