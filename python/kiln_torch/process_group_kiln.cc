@@ -20,28 +20,20 @@ const Knob<bool> kDuplex{"KILN_TORCH_DUPLEX", true,
                          "kiln_torch: a two-rank group over TCP sends large allreduces as one "
                          "stream per direction, on a second connection"};
 
+
 comm::DataType kiln_dtype(const at::Tensor& t, const char* op) {
   TORCH_CHECK(t.device().is_cpu(), "kiln backend: ", op, ": tensors must be on the CPU, not ",
               t.device());
-  TORCH_CHECK(t.layout() == at::kStrided, "kiln backend: ", op,
-              ": sparse tensors are not supported");
+  TORCH_CHECK(t.layout() == at::kStrided, "kiln backend: ", op, ": sparse tensors are not supported");
   switch (t.scalar_type()) {
-    case at::kFloat:
-      return comm::DataType::kFloat32;
-    case at::kDouble:
-      return comm::DataType::kFloat64;
-    case at::kHalf:
-      return comm::DataType::kFloat16;
-    case at::kBFloat16:
-      return comm::DataType::kBFloat16;
-    case at::kInt:
-      return comm::DataType::kInt32;
-    case at::kLong:
-      return comm::DataType::kInt64;
-    case at::kByte:
-      return comm::DataType::kUInt8;
-    default:
-      break;
+    case at::kFloat: return comm::DataType::kFloat32;
+    case at::kDouble: return comm::DataType::kFloat64;
+    case at::kHalf: return comm::DataType::kFloat16;
+    case at::kBFloat16: return comm::DataType::kBFloat16;
+    case at::kInt: return comm::DataType::kInt32;
+    case at::kLong: return comm::DataType::kInt64;
+    case at::kByte: return comm::DataType::kUInt8;
+    default: break;
   }
   TORCH_CHECK(false, "kiln backend: ", op, ": dtype ", t.scalar_type(),
               " is not supported (float32, float64, float16, bfloat16, int32, int64, uint8)");
@@ -50,18 +42,12 @@ comm::DataType kiln_dtype(const at::Tensor& t, const char* op) {
 
 comm::ReduceOp kiln_op(const c10d::ReduceOp& op, const char* name) {
   switch (op.op_) {
-    case c10d::ReduceOp::SUM:
-      return comm::ReduceOp::kSum;
-    case c10d::ReduceOp::AVG:
-      return comm::ReduceOp::kAvg;
-    case c10d::ReduceOp::PRODUCT:
-      return comm::ReduceOp::kProd;
-    case c10d::ReduceOp::MIN:
-      return comm::ReduceOp::kMin;
-    case c10d::ReduceOp::MAX:
-      return comm::ReduceOp::kMax;
-    default:
-      break;
+    case c10d::ReduceOp::SUM: return comm::ReduceOp::kSum;
+    case c10d::ReduceOp::AVG: return comm::ReduceOp::kAvg;
+    case c10d::ReduceOp::PRODUCT: return comm::ReduceOp::kProd;
+    case c10d::ReduceOp::MIN: return comm::ReduceOp::kMin;
+    case c10d::ReduceOp::MAX: return comm::ReduceOp::kMax;
+    default: break;
   }
   TORCH_CHECK(false, "kiln backend: ", name, ": reduce op #", static_cast<int>(op.op_),
               " is not supported (SUM, AVG, PRODUCT, MIN, MAX)");
@@ -69,8 +55,8 @@ comm::ReduceOp kiln_op(const c10d::ReduceOp& op, const char* name) {
 }
 
 const at::Tensor& one(const std::vector<at::Tensor>& tensors, const char* op) {
-  TORCH_CHECK(tensors.size() == 1, "kiln backend: ", op, " takes one tensor per process (got ",
-              tensors.size(), ")");
+  TORCH_CHECK(tensors.size() == 1, "kiln backend: ", op,
+              " takes one tensor per process (got ", tensors.size(), ")");
   return tensors[0];
 }
 
@@ -118,15 +104,15 @@ std::string agree_tag(store::Store& store, int rank, Deadline deadline) {
     return tag;
   }
   auto tag = store.get("kiln/tag", deadline);
-  TORCH_CHECK(tag.is_ok(), "kiln backend: rank ", rank,
-              " waiting for rank 0 to form the group: ", tag.status().to_string());
+  TORCH_CHECK(tag.is_ok(), "kiln backend: rank ", rank, " waiting for rank 0 to form the group: ",
+              tag.status().to_string());
   return *tag;
 }
 
 }  // namespace
 
-ProcessGroupKiln::ProcessGroupKiln(const c10::intrusive_ptr<c10d::Store>& store, int rank, int size,
-                                   std::chrono::milliseconds timeout)
+ProcessGroupKiln::ProcessGroupKiln(const c10::intrusive_ptr<c10d::Store>& store, int rank,
+                                   int size, std::chrono::milliseconds timeout)
     : c10d::ProcessGroup(rank, size) {
   auto kiln_store = std::make_shared<C10dStore>(store);
   kiln_store->set_default_timeout(timeout);
@@ -310,9 +296,7 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::allgather(
   keep.insert(keep.end(), {src, flat});
   return submit(
       OpType::ALLGATHER, "allgather", outs, std::move(keep),
-      [&] {
-        return std::vector{comm_->allgather(src.data_ptr(), flat.data_ptr(), src.numel(), dt)};
-      },
+      [&] { return std::vector{comm_->allgather(src.data_ptr(), flat.data_ptr(), src.numel(), dt)}; },
       [flat, outs]() mutable { scatter_into(flat, outs); });
 }
 
@@ -326,9 +310,7 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::_allgather_base(
   at::Tensor dst = output.contiguous();
   return submit(
       OpType::_ALLGATHER_BASE, "_allgather_base", {output}, {output, src, dst},
-      [&] {
-        return std::vector{comm_->allgather(src.data_ptr(), dst.data_ptr(), src.numel(), dt)};
-      },
+      [&] { return std::vector{comm_->allgather(src.data_ptr(), dst.data_ptr(), src.numel(), dt)}; },
       copy_back(output, dst));
 }
 
@@ -390,9 +372,10 @@ std::vector<comm::WorkPtr> ProcessGroupKiln::alltoallv(const at::Tensor& send,
   std::vector<comm::WorkPtr> ops;
   for (int k = 0; k < size_; ++k) {
     int to = (rank_ + k) % size_, from = (rank_ - k + size_) % size_;
-    ops.push_back(comm_->sendrecv(
-        bytes_at(send, send_offsets[to]), static_cast<std::size_t>(send_counts[to]), to,
-        bytes_at(recv, recv_offsets[from]), static_cast<std::size_t>(recv_counts[from]), from, dt));
+    ops.push_back(comm_->sendrecv(bytes_at(send, send_offsets[to]),
+                                  static_cast<std::size_t>(send_counts[to]), to,
+                                  bytes_at(recv, recv_offsets[from]),
+                                  static_cast<std::size_t>(recv_counts[from]), from, dt));
   }
   return ops;
 }
@@ -426,9 +409,8 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::alltoall_base(
       for (auto& c : counts) c = rows / size_ * row;
       return counts;
     }
-    TORCH_CHECK(splits.size() == static_cast<size_t>(size_),
-                "kiln backend: alltoall_base: ", splits.size(), " ", which, " split sizes for ",
-                size_, " ranks");
+    TORCH_CHECK(splits.size() == static_cast<size_t>(size_), "kiln backend: alltoall_base: ",
+                splits.size(), " ", which, " split sizes for ", size_, " ranks");
     int64_t sum = 0;
     for (int r = 0; r < size_; ++r) {
       TORCH_CHECK(splits[r] >= 0, "kiln backend: alltoall_base: negative split size");
@@ -449,9 +431,9 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::alltoall_base(
 c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::alltoall(std::vector<at::Tensor>& outputs,
                                                           std::vector<at::Tensor>& inputs,
                                                           const c10d::AllToAllOptions& /*opts*/) {
-  TORCH_CHECK(
-      inputs.size() == static_cast<size_t>(size_) && outputs.size() == static_cast<size_t>(size_),
-      "kiln backend: alltoall: expected ", size_, " input and ", size_, " output tensors");
+  TORCH_CHECK(inputs.size() == static_cast<size_t>(size_) &&
+                  outputs.size() == static_cast<size_t>(size_),
+              "kiln backend: alltoall: expected ", size_, " input and ", size_, " output tensors");
   std::vector<int64_t> send_counts, recv_counts;
   for (int r = 0; r < size_; ++r) {
     kiln_dtype(inputs[r], "alltoall");
@@ -487,9 +469,8 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::send(std::vector<at::Tensor>& t
   const at::Tensor& t = one(tensors, "send");
   auto dt = kiln_dtype(t, "send");
   at::Tensor buf = t.contiguous();
-  return submit(OpType::SEND, "send", {t}, {t, buf}, [&] {
-    return std::vector{comm_->send(buf.data_ptr(), buf.numel(), dt, dst_rank)};
-  });
+  return submit(OpType::SEND, "send", {t}, {t, buf},
+                [&] { return std::vector{comm_->send(buf.data_ptr(), buf.numel(), dt, dst_rank)}; });
 }
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::recv(std::vector<at::Tensor>& tensors,

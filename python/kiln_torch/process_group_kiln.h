@@ -26,12 +26,13 @@
 // stream per direction for two ranks]); KILN_TORCH_DUPLEX=0 turns it off.
 #pragma once
 
+#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
+#include <torch/csrc/distributed/c10d/Store.hpp>
+
 #include <chrono>
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
-#include <torch/csrc/distributed/c10d/Store.hpp>
 #include <vector>
 
 #include "kiln/comm/communicator.h"
