@@ -58,6 +58,8 @@ p.add_argument("--max-bytes", type=int, default=256 << 20)
 p.add_argument("--timeline", action="store_true")
 p.add_argument("--timeline-steps", type=int, default=3)
 p.add_argument("--trace", help="with --timeline: write every sample here (JSON)")
+p.add_argument("--link-bytes-per-s", type=float, default=125e6,
+               help="ddp: the tbf rate (bench/torch_backend.sh passes --rate's)")
 p.add_argument("--single-stream", action="store_true",
                help="ddp: also time kiln with KILN_TORCH_DUPLEX=0 (one connection for both "
                     "directions, the ring), as backend kiln_single_stream")
@@ -81,12 +83,18 @@ def emit(what, values):
         return
     line = {"what": what}
     for b, v in values.items():
-        line[b] = {"median": statistics.median(v), "min": min(v), "max": max(v)}
+        line[b] = {"median": statistics.median(v), "min": min(v), "max": max(v),
+                   "runs": [round(x, 4) for x in v]}
     line["kiln_speedup"] = statistics.median(values["gloo"]) / statistics.median(values["kiln"])
     for b in values:
         if b not in ("kiln", "gloo"):
             line[f"{b}_speedup"] = statistics.median(values["gloo"]) / statistics.median(values[b])
     print(json.dumps(line), flush=True)
+
+
+# Payload bytes per second of the tbf link: tbf counts each 1448-byte TCP
+# segment (timestamps on) as 1514 bytes on the wire.
+LINK_PAYLOAD_BPS = args.link_bytes_per_s * 1448 / 1514
 
 
 def link_summary(window, total, line_Bps=125e6):
@@ -190,8 +198,8 @@ else:
     for b in BACKENDS:
         steps(models[b], 1)  # warm-up: DDP rebuilds its buckets after step 1
     step = {b: [] for b in BACKENDS}
-    for _ in range(args.runs):
-        for b in BACKENDS:
+    for i in range(args.runs):  # each run starts with the next backend: no order bias
+        for b in BACKENDS[i % len(BACKENDS):] + BACKENDS[:i % len(BACKENDS)]:
             step[b].append(steps(models[b], args.steps, b))
     emit("ddp_step_s", step)
     if rank == 0 and wire["kiln"]:
@@ -227,7 +235,8 @@ else:
                 def done(f):
                     log.append({"bucket": bucket.index(),
                                 "MB": buf.numel() * buf.element_size() / 1e6,
-                                "issued_s": issued, "done_s": time.perf_counter() - t0[0]})
+                                "issued_s": issued, "done_s": time.perf_counter() - t0[0],
+                                "issued_at": issued + t0[0]})
                     return f.value()[0].div_(world)
                 return fut.then(done)
             return hook
@@ -249,17 +258,29 @@ else:
                 model.zero_grad()
                 torch.nn.functional.mse_loss(model(x), y).backward()
                 total = time.perf_counter() - t0[0]
+                dist.barrier(group=groups["gloo"])
+                both = time.perf_counter() - t0[0]
                 if i >= 2:
-                    recorded.append((b, t0[0], total, sorted(log, key=lambda e: e["issued_s"])))
+                    recorded.append((b, t0[0], total, both,
+                                     sorted(log, key=lambda e: e["issued_s"])))
+        everyone = [None] * world
+        dist.all_gather_object(everyone, recorded, group=groups["gloo"])
         samples = []
         if sampler:
             sampler.send_signal(signal.SIGTERM)
             samples = json.loads(sampler.communicate()[0])
         if rank == 0:
             trace = []
-            for b, t0, total, buckets in recorded:
-                window = [(t - t0, tx, rx) for t, tx, rx in samples if t0 - 0.01 <= t <= t0 + total + 0.01]
-                line = {"what": "ddp_timeline", "backend": b, "step_s": total, "buckets": buckets}
+            for k, (b, t0, total, both, buckets) in enumerate(recorded):
+                window = [(t - t0, tx, rx) for t, tx, rx in samples if t0 - 0.01 <= t <= t0 + both + 0.01]
+                # The link can carry the buckets after the first no sooner
+                # than the last rank has the second (rank r's bytes leave
+                # when rank r has it), at the link's payload rate.
+                second = max(everyone[r][k][4][1]["issued_at"] for r in range(world)) - t0
+                rest = sum(e["MB"] for e in buckets[1:]) * 1e6
+                line = {"what": "ddp_timeline", "backend": b, "step_s": total,
+                        "both_done_s": both, "second_bucket_last_rank_s": second,
+                        "floor_s": second + rest / LINK_PAYLOAD_BPS, "buckets": buckets}
                 if window:
                     line["link"] = link_summary(window, total)
                 print(json.dumps(line), flush=True)
