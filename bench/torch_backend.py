@@ -60,9 +60,9 @@ p.add_argument("--timeline-steps", type=int, default=3)
 p.add_argument("--trace", help="with --timeline: write every sample here (JSON)")
 p.add_argument("--link-bytes-per-s", type=float, default=125e6,
                help="ddp: the tbf rate (bench/torch_backend.sh passes --rate's)")
-p.add_argument("--single-stream", action="store_true",
-               help="ddp: also time kiln with KILN_TORCH_DUPLEX=0 (one connection for both "
-                    "directions, the ring), as backend kiln_single_stream")
+p.add_argument("--duplex", action="store_true",
+               help="ddp: also time kiln with KILN_TORCH_DUPLEX=1 (one connection per "
+                    "direction), as backend kiln_duplex")
 args = p.parse_args()
 
 torch.set_num_threads(1)
@@ -71,11 +71,11 @@ rank, world = dist.get_rank(), dist.get_world_size()
 groups = {"kiln": dist.new_group(backend="kiln", timeout=timedelta(seconds=600)),
           "gloo": dist.group.WORLD}
 BACKENDS = ("kiln", "gloo")
-if args.single_stream and args.mode == "ddp":
-    os.environ["KILN_TORCH_DUPLEX"] = "0"  # read when the group forms
-    groups["kiln_single_stream"] = dist.new_group(backend="kiln", timeout=timedelta(seconds=600))
+if args.duplex and args.mode == "ddp":
+    os.environ["KILN_TORCH_DUPLEX"] = "1"  # read when the group forms
+    groups["kiln_duplex"] = dist.new_group(backend="kiln", timeout=timedelta(seconds=600))
     del os.environ["KILN_TORCH_DUPLEX"]
-    BACKENDS = ("kiln", "kiln_single_stream", "gloo")
+    BACKENDS = ("kiln", "kiln_duplex", "gloo")
 
 
 def emit(what, values):

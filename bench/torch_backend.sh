@@ -9,11 +9,11 @@
 #
 #   bench/torch_backend.sh [--runs 3] [--rate 1gbit] [--steps 4] [--only local|ddp]
 #                          [--timeline [--timeline-steps 3] [--trace FILE]]
-#                          [--single-stream] [--kiln PATH] [--python /usr/bin/python3]
+#                          [--duplex] [--kiln PATH] [--python /usr/bin/python3]
 # --timeline: per step, each bucket's allreduce, the link's bytes each way
 # every millisecond, and the floor (the last rank's second bucket plus the
 # bytes after the first at the link's payload rate), for a compute-only
-# arm too; --single-stream: also kiln with KILN_TORCH_DUPLEX=0.
+# arm too; --duplex: also kiln with KILN_TORCH_DUPLEX=1.
 # Prints one JSON line per figure: each backend's median and range over the
 # runs, and kiln's speed-up (latency, step: gloo/kiln; bandwidth: kiln/gloo).
 set -euo pipefail
@@ -26,7 +26,7 @@ while [ $# -gt 0 ]; do
     --rate) RATE=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
     --runs|--steps|--width|--layers|--batch|--max-bytes|--timeline-steps|--trace) ARGS+=("$1" "$2"); shift 2 ;;
-    --timeline|--single-stream) ARGS+=("$1"); shift ;;
+    --timeline|--duplex) ARGS+=("$1"); shift ;;
     *) echo "torch_backend: unknown option $1" >&2; exit 2 ;;
   esac
 done

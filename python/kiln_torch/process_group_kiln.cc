@@ -16,7 +16,9 @@ namespace {
 
 using c10d::OpType;
 
-const Knob<bool> kDuplex{"KILN_TORCH_DUPLEX", true,
+// Off by default: on a 1 Gbit/s link its DDP step measured no faster than
+// the ring's (docs/perf.md, issue 21, session 5).
+const Knob<bool> kDuplex{"KILN_TORCH_DUPLEX", false,
                          "kiln_torch: a two-rank group over TCP sends large allreduces as one "
                          "stream per direction, on a second connection"};
 

@@ -21,9 +21,9 @@
 // Thread safety: calls may come from any thread (DDP's autograd hooks);
 // each call's operations are issued together, in call order.
 //
-// Two ranks that talk over TCP get a second communicator, so that each
+// Two ranks that talk over TCP can get a second communicator, so that each
 // connection carries one direction of large allreduces (duplex.h, Note [One
-// stream per direction for two ranks]); KILN_TORCH_DUPLEX=0 turns it off.
+// stream per direction for two ranks]) when KILN_TORCH_DUPLEX=1.
 #pragma once
 
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>

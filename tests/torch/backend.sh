@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The kiln_torch backend with real PyTorch (tests/torch/*.py):
 #   ops      every op x dtype against gloo in the same run, on 2 and 3 ranks,
-#            and on 2 ranks over TCP (the duplex allreduce);
+#            and on 2 ranks over TCP (KILN_TORCH_DUPLEX=1);
 #   ddp      PyTorch DDP ends with the same parameters under kiln and gloo,
 #            with init_process_group("kiln") under kiln launch, kiln run
 #            and torchrun, and over TCP;
@@ -38,8 +38,8 @@ for scenario in "$@"; do
           fail ops$n "kiln launch -n $n failed"
         every_rank ops$n $n "backend-ops ok"
       done
-      # Two ranks over TCP: large allreduces take the duplex path.
-      KILN_TRANSPORT=tcp timeout 240 "$KILN" launch -n 2 -- "$PYTHON" "$HERE/backend_ops.py" \
+      # Two ranks over TCP, KILN_TORCH_DUPLEX=1: large allreduces take the duplex path.
+      KILN_TRANSPORT=tcp KILN_TORCH_DUPLEX=1 timeout 240 "$KILN" launch -n 2 -- "$PYTHON" "$HERE/backend_ops.py" \
         > "$WORK/ops2tcp.log" 2>&1 || fail ops2tcp "kiln launch -n 2 over tcp failed"
       every_rank ops2tcp 2 "backend-ops ok" ;;
     ddp)
@@ -54,9 +54,9 @@ for scenario in "$@"; do
         --redirects 1 --tee 1 --log_dir "$WORK/torchrun" "$HERE/ddp_parity.py" \
         > "$WORK/ddp_torchrun.log" 2>&1 || fail ddp_torchrun "torchrun failed"
       every_rank ddp_torchrun 2 "ddp-parity ok"
-      # Over TCP, two ranks allreduce DDP's buckets as one stream per
-      # direction (python/kiln_torch/duplex.h).
-      KILN_TRANSPORT=tcp timeout 180 "$KILN" launch -n 2 -- "$PYTHON" "$HERE/ddp_parity.py" \
+      # Over TCP with KILN_TORCH_DUPLEX=1, two ranks allreduce DDP's
+      # buckets as one stream per direction (python/kiln_torch/duplex.h).
+      KILN_TRANSPORT=tcp KILN_TORCH_DUPLEX=1 timeout 180 "$KILN" launch -n 2 -- "$PYTHON" "$HERE/ddp_parity.py" \
         > "$WORK/ddp_tcp.log" 2>&1 || fail ddp_tcp "kiln launch over tcp failed"
       every_rank ddp_tcp 2 "ddp-parity ok"
       # The same parameters whoever launched, over either transport.

@@ -17,8 +17,9 @@ rank, world = dist.get_rank(), dist.get_world_size()
 kiln = dist.new_group(backend="kiln", timeout=timedelta(seconds=60))
 gloo = dist.group.WORLD
 assert dist.get_backend(kiln) == "kiln", dist.get_backend(kiln)
-# Two ranks over TCP take the duplex path for large allreduces (below).
-if world == 2 and os.environ.get("KILN_TRANSPORT") == "tcp":
+# Two ranks over TCP take the duplex path for large allreduces (below) when asked.
+if world == 2 and os.environ.get("KILN_TRANSPORT") == "tcp" and \
+        os.environ.get("KILN_TORCH_DUPLEX") == "1":
     assert "one stream per direction" in kiln.describe(), kiln.describe()
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64,
