@@ -15,9 +15,31 @@
 import argparse
 import json
 import os
+import signal
 import statistics
+import subprocess
+import sys
 import time
 from datetime import timedelta
+
+
+def sample_link(dev):
+    """--sample-link DEV: (perf_counter, tx_bytes, rx_bytes) of DEV every
+    millisecond until SIGTERM, then the samples as JSON on stdout."""
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    base = f"/sys/class/net/{dev}/statistics/"
+    out = []
+    while not stop:
+        with open(base + "tx_bytes") as t, open(base + "rx_bytes") as r:
+            out.append((time.perf_counter(), int(t.read()), int(r.read())))
+        time.sleep(0.001)
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--sample-link"]:
+    sample_link(sys.argv[2])
+    sys.exit(0)
 
 import torch
 import torch.distributed as dist
@@ -34,6 +56,13 @@ p.add_argument("--batch", type=int, default=64)
 p.add_argument("--steps", type=int, default=4)
 p.add_argument("--max-bytes", type=int, default=256 << 20)
 p.add_argument("--timeline", action="store_true")
+p.add_argument("--timeline-steps", type=int, default=3)
+p.add_argument("--trace", help="with --timeline: write every sample here (JSON)")
+p.add_argument("--link-bytes-per-s", type=float, default=125e6,
+               help="ddp: the tbf rate (bench/torch_backend.sh passes --rate's)")
+p.add_argument("--duplex", action="store_true",
+               help="ddp: also time kiln with KILN_TORCH_DUPLEX=1 (one connection per "
+                    "direction), as backend kiln_duplex")
 args = p.parse_args()
 
 torch.set_num_threads(1)
@@ -41,6 +70,12 @@ dist.init_process_group("gloo", timeout=timedelta(seconds=600))
 rank, world = dist.get_rank(), dist.get_world_size()
 groups = {"kiln": dist.new_group(backend="kiln", timeout=timedelta(seconds=600)),
           "gloo": dist.group.WORLD}
+BACKENDS = ("kiln", "gloo")
+if args.duplex and args.mode == "ddp":
+    os.environ["KILN_TORCH_DUPLEX"] = "1"  # read when the group forms
+    groups["kiln_duplex"] = dist.new_group(backend="kiln", timeout=timedelta(seconds=600))
+    del os.environ["KILN_TORCH_DUPLEX"]
+    BACKENDS = ("kiln", "kiln_duplex", "gloo")
 
 
 def emit(what, values):
@@ -48,9 +83,37 @@ def emit(what, values):
         return
     line = {"what": what}
     for b, v in values.items():
-        line[b] = {"median": statistics.median(v), "min": min(v), "max": max(v)}
+        line[b] = {"median": statistics.median(v), "min": min(v), "max": max(v),
+                   "runs": [round(x, 4) for x in v]}
     line["kiln_speedup"] = statistics.median(values["gloo"]) / statistics.median(values["kiln"])
+    for b in values:
+        if b not in ("kiln", "gloo"):
+            line[f"{b}_speedup"] = statistics.median(values["gloo"]) / statistics.median(values[b])
     print(json.dumps(line), flush=True)
+
+
+# Payload bytes per second of the tbf link: tbf counts each 1448-byte TCP
+# segment (timestamps on) as 1514 bytes on the wire.
+LINK_PAYLOAD_BPS = args.link_bytes_per_s * 1448 / 1514
+
+
+def link_summary(window, total, line_Bps=125e6):
+    """Link activity over one step from (seconds into the step, tx, rx)
+    samples: bytes each way, when the first and last byte went, and how long
+    each direction sat idle (a sample interval carrying < 10% of the line
+    rate) between them."""
+    out = {}
+    for k, name in ((1, "tx"), (2, "rx")):
+        base = window[0][k]
+        moving = [(window[i - 1][0], window[i][0]) for i in range(1, len(window))
+                  if window[i][k] - window[i - 1][k] > 0.1 * line_Bps * (window[i][0] - window[i - 1][0])]
+        if not moving:
+            continue
+        first, last = moving[0][0], moving[-1][1]
+        busy = sum(b - a for a, b in moving)
+        out[name] = {"MB": (window[-1][k] - base) / 1e6, "first_s": first, "last_s": last,
+                     "idle_between_s": (last - first) - busy}
+    return out
 
 
 def time_allreduce(t, group, iters):
@@ -97,7 +160,7 @@ else:
                 layers.append(torch.nn.ReLU())
         return torch.nn.Sequential(*layers)
 
-    models = {b: DDP(mlp(), process_group=groups[b]) for b in ("kiln", "gloo")}
+    models = {b: DDP(mlp(), process_group=groups[b]) for b in BACKENDS}
     g = torch.Generator().manual_seed(rank)
     x = torch.randn(args.batch, 1024, generator=g)
     y = torch.randn(args.batch, 1024, generator=g)
@@ -114,7 +177,7 @@ else:
                     return int(fields[8]), int(fields[0])
         return None
 
-    wire = {"kiln": [], "gloo": []}
+    wire = {b: [] for b in BACKENDS}
 
     def steps(model, n, backend=None):
         dist.barrier(group=groups["gloo"])
@@ -123,17 +186,20 @@ else:
         for _ in range(n):
             model.zero_grad()
             torch.nn.functional.mse_loss(model(x), y).backward()
+        # Until both ranks are done: a rank's allreduce may end while its own
+        # last bytes are still on their way to the peer.
+        dist.barrier(group=groups["gloo"])
         took = (time.perf_counter() - start) / n
         after = link_bytes()
         if backend and before and after:  # the barrier's few bytes are noise
             wire[backend].append([(a - b) / n for a, b in zip(after, before)])
         return took
 
-    for b in ("kiln", "gloo"):
+    for b in BACKENDS:
         steps(models[b], 1)  # warm-up: DDP rebuilds its buckets after step 1
-    step = {"kiln": [], "gloo": []}
-    for _ in range(args.runs):
-        for b in ("kiln", "gloo"):
+    step = {b: [] for b in BACKENDS}
+    for i in range(args.runs):  # each run starts with the next backend: no order bias
+        for b in BACKENDS[i % len(BACKENDS):] + BACKENDS[:i % len(BACKENDS)]:
             step[b].append(steps(models[b], args.steps, b))
     emit("ddp_step_s", step)
     if rank == 0 and wire["kiln"]:
@@ -148,35 +214,81 @@ else:
 
     if args.timeline:
         # Where the step's time goes: a bucket's allreduce can start only
-        # once backward has produced its gradients, and the link carries one
-        # bucket at a time at best, so the step cannot end before the last
-        # bucket is issued plus the bytes still to send at the link's rate.
+        # once backward has produced its gradients, and each direction of
+        # the link carries one ring's worth of bytes at its rate, so the
+        # step cannot end before the link has carried what remains after
+        # the last idle stretch. Per recorded step: each bucket's allreduce
+        # (issued, done), and the link's bytes per direction sampled every
+        # millisecond (this namespace's veth, after tbf) by a separate
+        # process; "none" is the same step with no communication at all
+        # (a hook that returns at once): backward's own pace.
         def recording_hook(group, t0, log):
             def hook(state, bucket):
                 buf = bucket.buffer()
                 issued = time.perf_counter() - t0[0]
-                fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
+                if group is None:
+                    fut = torch.futures.Future()
+                    fut.set_result([buf])
+                else:
+                    fut = dist.all_reduce(buf, group=group, async_op=True).get_future()
 
                 def done(f):
-                    log.append({"bucket": bucket.index(), "MB": buf.numel() * buf.element_size() / 1e6,
-                                "issued_s": issued, "done_s": time.perf_counter() - t0[0]})
+                    log.append({"bucket": bucket.index(),
+                                "MB": buf.numel() * buf.element_size() / 1e6,
+                                "issued_s": issued, "done_s": time.perf_counter() - t0[0],
+                                "issued_at": issued + t0[0]})
                     return f.value()[0].div_(world)
                 return fut.then(done)
             return hook
 
-        for b in ("kiln", "gloo"):
+        dev = os.environ.get("GLOO_SOCKET_IFNAME")
+        sampler = None
+        if rank == 0 and dev:
+            sampler = subprocess.Popen([sys.executable, __file__, "--sample-link", dev],
+                                       stdout=subprocess.PIPE)
+        recorded = []  # (backend, t0, step_s, buckets)
+        for b in ("none",) + BACKENDS:
             t0, log = [0.0], []
-            model = DDP(mlp(), process_group=groups[b])
-            model.register_comm_hook(None, recording_hook(groups[b], t0, log))
-            for _ in range(3):  # warm-up, then the recorded step
+            model = DDP(mlp(), process_group=groups["gloo" if b == "none" else b])
+            model.register_comm_hook(None, recording_hook(groups.get(b), t0, log))
+            for i in range(2 + args.timeline_steps):  # warm-up, then the recorded steps
                 log.clear()
                 dist.barrier(group=groups["gloo"])
                 t0[0] = time.perf_counter()
                 model.zero_grad()
                 torch.nn.functional.mse_loss(model(x), y).backward()
                 total = time.perf_counter() - t0[0]
-            if rank == 0:
-                print(json.dumps({"what": "ddp_timeline", "backend": b, "step_s": total,
-                                  "buckets": sorted(log, key=lambda e: e["issued_s"])}), flush=True)
-dist.destroy_process_group(groups["kiln"])
+                dist.barrier(group=groups["gloo"])
+                both = time.perf_counter() - t0[0]
+                if i >= 2:
+                    recorded.append((b, t0[0], total, both,
+                                     sorted(log, key=lambda e: e["issued_s"])))
+        everyone = [None] * world
+        dist.all_gather_object(everyone, recorded, group=groups["gloo"])
+        samples = []
+        if sampler:
+            sampler.send_signal(signal.SIGTERM)
+            samples = json.loads(sampler.communicate()[0])
+        if rank == 0:
+            trace = []
+            for k, (b, t0, total, both, buckets) in enumerate(recorded):
+                window = [(t - t0, tx, rx) for t, tx, rx in samples if t0 - 0.01 <= t <= t0 + both + 0.01]
+                # The link can carry the buckets after the first no sooner
+                # than the last rank has the second (rank r's bytes leave
+                # when rank r has it), at the link's payload rate.
+                second = max(everyone[r][k][4][1]["issued_at"] for r in range(world)) - t0
+                rest = sum(e["MB"] for e in buckets[1:]) * 1e6
+                line = {"what": "ddp_timeline", "backend": b, "step_s": total,
+                        "both_done_s": both, "second_bucket_last_rank_s": second,
+                        "floor_s": second + rest / LINK_PAYLOAD_BPS, "buckets": buckets}
+                if window:
+                    line["link"] = link_summary(window, total)
+                print(json.dumps(line), flush=True)
+                trace.append({**line, "samples": window})
+            if args.trace:
+                with open(args.trace, "w") as f:
+                    json.dump(trace, f)
+for b in BACKENDS:
+    if b != "gloo":
+        dist.destroy_process_group(groups[b])
 dist.destroy_process_group()

@@ -8,7 +8,12 @@
 #      tc tbf to --rate (default 1gbit). Needs root.
 #
 #   bench/torch_backend.sh [--runs 3] [--rate 1gbit] [--steps 4] [--only local|ddp]
-#                          [--timeline] [--kiln PATH] [--python /usr/bin/python3]
+#                          [--timeline [--timeline-steps 3] [--trace FILE]]
+#                          [--duplex] [--kiln PATH] [--python /usr/bin/python3]
+# --timeline: per step, each bucket's allreduce, the link's bytes each way
+# every millisecond, and the floor (the last rank's second bucket plus the
+# bytes after the first at the link's payload rate), for a compute-only
+# arm too; --duplex: also kiln with KILN_TORCH_DUPLEX=1.
 # Prints one JSON line per figure: each backend's median and range over the
 # runs, and kiln's speed-up (latency, step: gloo/kiln; bandwidth: kiln/gloo).
 set -euo pipefail
@@ -20,8 +25,8 @@ while [ $# -gt 0 ]; do
     --python) PYTHON=$2; shift 2 ;;
     --rate) RATE=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
-    --runs|--steps|--width|--layers|--batch|--max-bytes) ARGS+=("$1" "$2"); shift 2 ;;
-    --timeline) ARGS+=("$1"); shift ;;
+    --runs|--steps|--width|--layers|--batch|--max-bytes|--timeline-steps|--trace) ARGS+=("$1" "$2"); shift 2 ;;
+    --timeline|--duplex) ARGS+=("$1"); shift ;;
     *) echo "torch_backend: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -39,6 +44,10 @@ fi
 
 # The two namespaces, the shaped veth and the rank environment come from
 # bench/ddp_overlap.sh (one place for the link every DDP benchmark uses).
+case "$RATE" in  # bytes per second, for --timeline's floor
+  *gbit) ARGS+=(--link-bytes-per-s "$((${RATE%gbit} * 125000000))") ;;
+  *mbit) ARGS+=(--link-bytes-per-s "$((${RATE%mbit} * 125000))") ;;
+esac
 printf -v PY_CMD '%q ' "$PYTHON" "$BENCH" --mode ddp "${ARGS[@]}"
 echo "# DDP across two namespaces (${RATE}): bench/torch_backend.py --mode ddp ${ARGS[*]}" >&2
 "$ROOT/bench/ddp_overlap.sh" --rate "$RATE" --kiln "$KILN" --exec "$PY_CMD"

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "kiln/base/auth/job_token.h"
+#include "kiln/base/knobs.h"
 #include "python/kiln_torch/c10d_store.h"
 #include "python/kiln_torch/kiln_work.h"
 
@@ -14,6 +15,13 @@ namespace kiln::torch_backend {
 namespace {
 
 using c10d::OpType;
+
+// Off by default: on a 1 Gbit/s link its DDP step measured no faster than
+// the ring's (docs/perf.md, issue 21, session 5).
+const Knob<bool> kDuplex{"KILN_TORCH_DUPLEX", false,
+                         "kiln_torch: a two-rank group over TCP sends large allreduces as one "
+                         "stream per direction, on a second connection"};
+
 
 comm::DataType kiln_dtype(const at::Tensor& t, const char* op) {
   TORCH_CHECK(t.device().is_cpu(), "kiln backend: ", op, ": tensors must be on the CPU, not ",
@@ -124,10 +132,50 @@ ProcessGroupKiln::ProcessGroupKiln(const c10::intrusive_ptr<c10d::Store>& store,
   TORCH_CHECK(formed.is_ok(), "kiln backend: rank ", rank, " of ", size,
               " forming the group: ", formed.status().to_string());
   comm_ = std::move(*formed);
+  pair_streams();
   init();
 }
 
-ProcessGroupKiln::~ProcessGroupKiln() = default;
+// Note [A failure fails both communicators]: with a second communicator, an
+// operation that failed on one (a mismatch, a timeout) leaves the other
+// healthy, and calls that use only that one would go on, and hang on a peer
+// that saw the failure. So the first failure of any call aborts both, as one
+// communicator aborts itself; the destructor detaches them first (pending
+// work fails while they are torn down).
+struct ProcessGroupKiln::FailAll {
+  std::mutex mu;
+  std::vector<comm::Communicator*> comms;  // guarded by mu
+  void operator()(const Status& why) {
+    std::lock_guard lock(mu);
+    for (auto* c : comms) c->abort(why);
+  }
+};
+
+void ProcessGroupKiln::pair_streams() {
+  if (size_ != 2) return;
+  // Every rank must agree, whatever its environment says: the smallest vote wins.
+  std::int32_t want = comm_->topology().any_remote && kDuplex.get() ? 1 : 0;
+  Status agreed = comm_->allreduce(&want, 1, comm::DataType::kInt32, comm::ReduceOp::kMin)->wait();
+  TORCH_CHECK(agreed.is_ok(), "kiln backend: rank ", rank_,
+              " agreeing on a second stream: ", agreed.to_string());
+  if (want == 0) return;
+  auto second = comm_->split(0, rank_);
+  TORCH_CHECK(second.is_ok(), "kiln backend: rank ", rank_,
+              " forming the group's second connection: ", second.status().to_string());
+  reverse_ = std::move(*second);
+  // comm_ carries rank 0's bytes to rank 1, reverse_ rank 1's to rank 0.
+  duplex_ = rank_ == 0 ? std::make_unique<Duplex>(comm_.get(), reverse_.get(), rank_)
+                       : std::make_unique<Duplex>(reverse_.get(), comm_.get(), rank_);
+  fail_all_ = std::make_shared<FailAll>();
+  fail_all_->comms = {comm_.get(), reverse_.get()};
+}
+
+ProcessGroupKiln::~ProcessGroupKiln() {
+  if (fail_all_) {
+    std::lock_guard lock(fail_all_->mu);
+    fail_all_->comms.clear();
+  }
+}
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::submit(
     OpType type, const char* name, std::vector<at::Tensor> outputs, std::vector<at::Tensor> keep,
@@ -144,16 +192,25 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::submit(
     work->complete(Status::ok());
     return work;
   }
-  // Registered outside issue_mu_: a done operation calls back at once, and
-  // a future's callbacks may issue more (a comm hook).
-  last->on_done([work, ops = std::move(ops)](const Status& s) {
-    // The first failure is the cause; later operations fail after it.
-    for (const auto& op : ops) {
-      Status first = op->status();
-      if (!first.is_ok()) return work->complete(first);
-    }
-    work->complete(s);
-  });
+  // Done when every operation is: they may run on two communicators' engines,
+  // so the last issued need not be the last to finish. Registered outside
+  // issue_mu_: a done operation calls back at once, and a future's callbacks
+  // may issue more (a comm hook).
+  auto left = std::make_shared<std::atomic<std::size_t>>(ops.size());
+  auto all = std::make_shared<std::vector<comm::WorkPtr>>(std::move(ops));
+  for (const auto& op : *all) {
+    op->on_done([work, left, all, fail_all = fail_all_](const Status&) {
+      if (left->fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+      // The first failure in issue order is the cause; later operations fail after it.
+      for (const auto& o : *all) {
+        Status s = o->status();
+        if (s.is_ok()) continue;
+        if (fail_all) (*fail_all)(s);
+        return work->complete(s);
+      }
+      work->complete(Status::ok());
+    });
+  }
   return work;
 }
 
@@ -176,6 +233,13 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::allreduce(std::vector<at::Tenso
   auto dt = kiln_dtype(t, "allreduce");
   auto op = kiln_op(opts.reduceOp, "allreduce");
   at::Tensor buf = t.contiguous();
+  if (duplex_ && Duplex::suits(buf.nbytes(), dt, op)) {
+    at::Tensor scratch = duplex_->scratch(buf.nbytes());
+    return submit(
+        OpType::ALLREDUCE, "allreduce", {t}, {t, buf, scratch},
+        [&] { return duplex_->allreduce(buf.data_ptr(), scratch.data_ptr(), buf.numel(), dt, op); },
+        copy_back(t, buf));
+  }
   return submit(
       OpType::ALLREDUCE, "allreduce", {t}, {t, buf},
       [&] { return std::vector{comm_->allreduce(buf.data_ptr(), buf.numel(), dt, op)}; },
@@ -393,8 +457,12 @@ c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::alltoall(std::vector<at::Tensor
 }
 
 c10::intrusive_ptr<c10d::Work> ProcessGroupKiln::barrier(const c10d::BarrierOptions& /*opts*/) {
-  return submit(OpType::BARRIER, "barrier", {}, {},
-                [&] { return std::vector{comm_->barrier()}; });
+  // Over both connections: the barrier follows every earlier operation.
+  return submit(OpType::BARRIER, "barrier", {}, {}, [&] {
+    std::vector ops{comm_->barrier()};
+    if (reverse_) ops.push_back(reverse_->barrier());
+    return ops;
+  });
 }
 
 // Tags are not matched: a pair's sends and receives pair up in issue order.

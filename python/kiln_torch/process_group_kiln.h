@@ -20,6 +20,10 @@
 //
 // Thread safety: calls may come from any thread (DDP's autograd hooks);
 // each call's operations are issued together, in call order.
+//
+// Two ranks that talk over TCP can get a second communicator, so that each
+// connection carries one direction of large allreduces (duplex.h, Note [One
+// stream per direction for two ranks]) when KILN_TORCH_DUPLEX=1.
 #pragma once
 
 #include <torch/csrc/distributed/c10d/ProcessGroup.hpp>
@@ -32,6 +36,7 @@
 #include <vector>
 
 #include "kiln/comm/communicator.h"
+#include "python/kiln_torch/duplex.h"
 
 namespace kiln::torch_backend {
 
@@ -76,8 +81,11 @@ class ProcessGroupKiln : public c10d::ProcessGroup {
   c10::intrusive_ptr<c10d::Work> recv(std::vector<at::Tensor>& tensors, int src_rank,
                                       int tag) override;
 
-  // "rank 1/4, shm:3, 1 host": how the communicator connected.
-  std::string describe() const { return comm_->describe(); }
+  // "rank 1/4, shm:3, 1 host": how the communicator connected ("..., one
+  // stream per direction" with a second connection for the duplex allreduce).
+  std::string describe() const {
+    return comm_->describe() + (duplex_ ? ", one stream per direction" : "");
+  }
 
  private:
   // Issues the operations `issue` returns, as one unit, and returns a Work
@@ -96,8 +104,17 @@ class ProcessGroupKiln : public c10d::ProcessGroup {
                                        const std::vector<int64_t>& send_counts,
                                        const std::vector<int64_t>& recv_counts);
 
+  // A second communicator and the duplex allreduce over both, for two ranks
+  // on TCP (every rank agrees whether there is one).
+  void pair_streams();
+
+  struct FailAll;  // Note [A failure fails both communicators]
+
   std::unique_ptr<comm::Communicator> comm_;
-  std::mutex issue_mu_;  // one call's operations are issued together
+  std::unique_ptr<comm::Communicator> reverse_;  // null unless pair_streams() made one
+  std::unique_ptr<Duplex> duplex_;               // over comm_ and reverse_
+  std::shared_ptr<FailAll> fail_all_;            // null without reverse_
+  std::mutex issue_mu_;                          // one call's operations are issued together
 };
 
 }  // namespace kiln::torch_backend

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The kiln_torch backend with real PyTorch (tests/torch/*.py):
-#   ops      every op x dtype against gloo in the same run, on 2 and 3 ranks;
+#   ops      every op x dtype against gloo in the same run, on 2 and 3 ranks,
+#            and on 2 ranks over TCP (KILN_TORCH_DUPLEX=1);
 #   ddp      PyTorch DDP ends with the same parameters under kiln and gloo,
 #            with init_process_group("kiln") under kiln launch, kiln run
-#            and torchrun;
+#            and torchrun, and over TCP;
 #   failure  a SIGKILLed and a SIGSTOPped rank: the survivors raise within
 #            the timeout (5 s); the one that saw it names rank 2.
 #   tests/torch/backend.sh PATH/TO/kiln PYTHON MODULE_DIR SCENARIO...
@@ -36,7 +37,11 @@ for scenario in "$@"; do
         timeout 240 "$KILN" launch -n $n -- "$PYTHON" "$HERE/backend_ops.py" > "$WORK/ops$n.log" 2>&1 ||
           fail ops$n "kiln launch -n $n failed"
         every_rank ops$n $n "backend-ops ok"
-      done ;;
+      done
+      # Two ranks over TCP, KILN_TORCH_DUPLEX=1: large allreduces take the duplex path.
+      KILN_TRANSPORT=tcp KILN_TORCH_DUPLEX=1 timeout 240 "$KILN" launch -n 2 -- "$PYTHON" "$HERE/backend_ops.py" \
+        > "$WORK/ops2tcp.log" 2>&1 || fail ops2tcp "kiln launch -n 2 over tcp failed"
+      every_rank ops2tcp 2 "backend-ops ok" ;;
     ddp)
       timeout 180 "$KILN" launch -n 2 -- "$PYTHON" "$HERE/ddp_parity.py" > "$WORK/ddp_launch.log" 2>&1 ||
         fail ddp_launch "kiln launch failed"
@@ -49,7 +54,12 @@ for scenario in "$@"; do
         --redirects 1 --tee 1 --log_dir "$WORK/torchrun" "$HERE/ddp_parity.py" \
         > "$WORK/ddp_torchrun.log" 2>&1 || fail ddp_torchrun "torchrun failed"
       every_rank ddp_torchrun 2 "ddp-parity ok"
-      # The same parameters whoever launched.
+      # Over TCP with KILN_TORCH_DUPLEX=1, two ranks allreduce DDP's
+      # buckets as one stream per direction (python/kiln_torch/duplex.h).
+      KILN_TRANSPORT=tcp KILN_TORCH_DUPLEX=1 timeout 180 "$KILN" launch -n 2 -- "$PYTHON" "$HERE/ddp_parity.py" \
+        > "$WORK/ddp_tcp.log" 2>&1 || fail ddp_tcp "kiln launch over tcp failed"
+      every_rank ddp_tcp 2 "ddp-parity ok"
+      # The same parameters whoever launched, over either transport.
       digests=$(grep -ho "digest=[^ ]*" "$WORK"/ddp_*.log | sort -u | wc -l)
       [ "$digests" = 1 ] || fail ddp_torchrun "launchers ended with different parameters" ;;
     failure)

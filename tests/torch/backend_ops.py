@@ -17,6 +17,10 @@ rank, world = dist.get_rank(), dist.get_world_size()
 kiln = dist.new_group(backend="kiln", timeout=timedelta(seconds=60))
 gloo = dist.group.WORLD
 assert dist.get_backend(kiln) == "kiln", dist.get_backend(kiln)
+# Two ranks over TCP take the duplex path for large allreduces (below) when asked.
+if world == 2 and os.environ.get("KILN_TRANSPORT") == "tcp" and \
+        os.environ.get("KILN_TORCH_DUPLEX") == "1":
+    assert "one stream per direction" in kiln.describe(), kiln.describe()
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int32, torch.int64,
           torch.uint8]
@@ -179,6 +183,17 @@ for di, dtype in enumerate(DTYPES):
                 dist.recv(got, frm, group=kiln)
                 dist.send(x, to, group=kiln)
             check(f"send/recv {tag}", got, data(di * 100 + 30, count, dtype, r=frm))
+
+# Allreduce of a few MiB: on two ranks over TCP, the duplex path
+# (python/kiln_torch/duplex.h), in chunks of 4 MiB and a partial one.
+LARGE = 2_500_001
+for di, dtype in enumerate(DTYPES):
+    for oi, (op_name, op) in enumerate(OPS.items()):
+        x = data(di * 100 + 40 + oi, LARGE, dtype)
+        ref = reference_allreduce(x, op_name)
+        got = x.clone()
+        dist.all_reduce(got, op=op, group=kiln, async_op=True).wait()
+        check(f"allreduce {op_name} {str(dtype).split('.')[-1]} x {LARGE}", got, ref)
 
 # Non-contiguous tensors are staged and copied back.
 x = torch.arange(24, dtype=torch.float32).view(4, 6).t()
