@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -44,6 +45,7 @@ struct BenchArgs {
   bool json_out = false;
   double slo_ms = 100;
   double step_seconds = 3;  // per rate of the batching ladder
+  int refine = 3;           // bisections at the ladder's edge
   int runs = 3;
   std::string model;  // an existing checkpoint root; "" = write one
   std::string parts = "service,cold,batching,fleet";
@@ -202,8 +204,6 @@ std::string request_body() {
   return json{{"image", px}}.dump();
 }
 
-// The highest rate (of a x1.5 ladder) one replica serves with p99 <= SLO
-// and no 503; returns its achieved throughput.
 // Sends a few requests and discards them: connections, LibTorch's first-call
 // setup and the allocator's first batches are not what the bench measures.
 void warm_up(int port) {
@@ -214,24 +214,48 @@ void warm_up(int port) {
                    .clients = 16});
 }
 
+// One step of a ladder: `rate` req/s for the step's seconds; true if it held
+// (p99 <= SLO, nothing refused or dropped). Appends the step to `ladder`.
+bool ladder_step(int port, const BenchArgs& a, double rate, json* ladder, double* achieved) {
+  serve::LoadResult r = serve::run_load({.port = port,
+                                         .body = request_body(),
+                                         .rate = [rate](double) { return rate; },
+                                         .duration_s = a.step_seconds,
+                                         .clients = 64});
+  const double p99 = serve::quantile(r.latencies_s, 0.99) * 1000;
+  ladder->push_back({{"rate", rate},
+                     {"throughput_rps", r.throughput_rps()},
+                     {"p99_ms", p99},
+                     {"rejected", r.rejected},
+                     {"dropped", r.dropped},
+                     {"drop_reasons", r.drop_reasons}});
+  *achieved = r.throughput_rps();
+  return p99 <= a.slo_ms && r.rejected == 0 && r.dropped == 0;
+}
+
+// The highest rate one replica serves with p99 <= SLO and no 503 or drop:
+// a x1.5 ladder up to the first rate that fails, then `a.refine` geometric
+// bisections between the last rate that held and it (3: within 5%).
+// Returns the achieved throughput at the highest rate that held.
 double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json* ladder) {
   warm_up(port);
-  double best = 0;
+  double best = 0, held = 0, failed = 0, achieved = 0;
   for (double rate = start_rps; rate < 100000; rate *= 1.5) {
-    serve::LoadResult r = serve::run_load({.port = port,
-                                           .body = request_body(),
-                                           .rate = [rate](double) { return rate; },
-                                           .duration_s = a.step_seconds,
-                                           .clients = 64});
-    const double p99 = serve::quantile(r.latencies_s, 0.99) * 1000;
-    ladder->push_back({{"rate", rate},
-                       {"throughput_rps", r.throughput_rps()},
-                       {"p99_ms", p99},
-                       {"rejected", r.rejected},
-                       {"dropped", r.dropped},
-                       {"drop_reasons", r.drop_reasons}});
-    if (p99 > a.slo_ms || r.rejected > 0 || r.dropped > 0) break;
-    best = std::max(best, r.throughput_rps());
+    if (!ladder_step(port, a, rate, ladder, &achieved)) {
+      failed = rate;
+      break;
+    }
+    held = rate;
+    best = std::max(best, achieved);
+  }
+  for (int i = 0; failed > 0 && held > 0 && i < a.refine; ++i) {
+    const double rate = std::sqrt(held * failed);
+    if (ladder_step(port, a, rate, ladder, &achieved)) {
+      held = rate;
+      best = std::max(best, achieved);
+    } else {
+      failed = rate;
+    }
   }
   return best;
 }
@@ -440,6 +464,10 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--runs", a->runs, "Runs of the cold-start and batching measurements")
       ->capture_default_str();
   cmd->add_option("--rate-seconds", a->step_seconds, "Seconds per rate of the batching ladder")
+      ->capture_default_str();
+  cmd->add_option("--refine", a->refine,
+                  "Bisections between the batching ladder's last rate within the SLO and the "
+                  "first beyond it")
       ->capture_default_str();
   cmd->add_option("--model", a->model, "A checkpoint root to serve (default: a fresh CNN)");
   cmd->add_option("--parts", a->parts,

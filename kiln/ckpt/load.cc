@@ -67,7 +67,8 @@ Result<LoadedEntry> assemble_tensor(const std::string& dir, const std::string& n
 
 }  // namespace
 
-Result<LoadedState> load_step(const std::string& step_dir, int rank, int world_size) {
+Result<LoadedState> load_step(const std::string& step_dir, int rank, int world_size,
+                              const EntryFilter& keep) {
   KILN_ASSIGN_OR_RETURN(auto lock, StepReadLock::acquire(step_dir));
   KILN_ASSIGN_OR_RETURN(auto m, read_manifest(step_dir));
   LoadedState st;
@@ -79,7 +80,7 @@ Result<LoadedState> load_step(const std::string& step_dir, int rank, int world_s
   std::map<std::string, std::vector<Source>> tensors;
   for (const auto& s : m.shards) {
     for (const auto& e : s.entries) {
-      if (!e.is_tensor) continue;
+      if (!e.is_tensor || (keep && !keep(e.name))) continue;
       auto& v = tensors[e.name];
       if (v.empty()) order.push_back(e.name);
       v.push_back({&s, &e});
@@ -91,7 +92,7 @@ Result<LoadedState> load_step(const std::string& step_dir, int rank, int world_s
   }
   const ShardRecord& blob_shard = m.shards[rank % m.world_size];
   for (const auto& e : blob_shard.entries) {
-    if (e.is_tensor) continue;
+    if (e.is_tensor || (keep && !keep(e.name))) continue;
     KILN_ASSIGN_OR_RETURN(auto bytes, read_entry(step_dir, blob_shard, e));
     st.entries.push_back(LoadedEntry{e.name, false, {}, std::move(bytes)});
   }

@@ -8,7 +8,9 @@
 #pragma once
 
 #include <chrono>
+#include <functional>
 #include <string>
+#include <string_view>
 
 #include "kiln/base/status.h"
 #include "kiln/ckpt/state.h"
@@ -25,10 +27,16 @@ struct LoadOptions {
   std::chrono::milliseconds timeout{600000};  // bounds each collective
 };
 
+// Which entries a load reads, by name; empty: every entry.
+using EntryFilter = std::function<bool(std::string_view name)>;
+
 // Loads one committed step directory for `rank` of `world_size`, holding a
 // StepReadLock on it throughout. NotFound (no manifest: uncommitted),
-// DataLoss (missing/truncated/corrupt shard, rows no shard holds).
-Result<LoadedState> load_step(const std::string& step_dir, int rank, int world_size);
+// DataLoss (missing/truncated/corrupt shard, rows no shard holds). With
+// `keep`, only the entries it accepts are read (and checksummed): a server
+// that needs the weights skips the optimizer's state.
+Result<LoadedState> load_step(const std::string& step_dir, int rank, int world_size,
+                              const EntryFilter& keep = {});
 
 // Loads the newest committed step under `root` that every rank can load;
 // steps that fail are skipped with a warning saying why. NotFound if none.

@@ -149,6 +149,27 @@ TEST(CkptCommit, RanksSavingDifferentStepsCommitNothing) {
   EXPECT_TRUE(steps->empty());
 }
 
+TEST(CkptLoad, AFilterReadsOnlyTheEntriesItKeeps) {
+  TempDir dir;
+  auto ck = Checkpointer::create({.root = dir.path()});
+  ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
+  TestState s(4, 0, 1);
+  ASSERT_TRUE((*ck)->save(s.view(), 4, Deadline::after_seconds(20)).is_ok());
+  auto all = load_step(dir.path() + "/step-4", 0, 1);
+  ASSERT_TRUE(all.is_ok()) << all.status().to_string();
+  EXPECT_EQ(all->entries.size(), 5u);
+  auto some = load_step(dir.path() + "/step-4", 0, 1,
+                        [](std::string_view name) { return name == "w0" || name == "step"; });
+  ASSERT_TRUE(some.is_ok()) << some.status().to_string();
+  ASSERT_EQ(some->entries.size(), 2u);
+  EXPECT_EQ(some->find("w1"), nullptr);
+  EXPECT_EQ(some->find("rng"), nullptr);
+  ASSERT_NE(some->find("w0"), nullptr);
+  EXPECT_EQ(some->find("w0")->data, all->find("w0")->data);
+  ASSERT_NE(some->find("step"), nullptr);
+  EXPECT_EQ(some->find("step")->data, all->find("step")->data);
+}
+
 TEST(CkptLoad, NothingToLoadIsNotFound) {
   TempDir dir;
   EXPECT_EQ(load_latest(dir.path(), {}).status().code(), Code::kNotFound);

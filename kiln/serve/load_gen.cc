@@ -37,7 +37,7 @@ LoadResult run_load(const LoadOptions& o) {
     clients.emplace_back([&] {
       httplib::Client client("127.0.0.1", o.port);
       client.set_keep_alive(true);
-      client.set_tcp_nodelay(true);  // Note [TCP_NODELAY] in server.cc
+      client.set_tcp_nodelay(true);  // Note [TCP_NODELAY] in http_front.cc
       client.set_read_timeout(std::chrono::seconds(60));
       while (true) {
         Clock::time_point at;

@@ -36,7 +36,11 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
   for (int attempt = 1;; ++attempt) {
     KILN_ASSIGN_OR_RETURN(WeightLease lease, cache.acquire_latest(deadline));
     const auto start = Clock::now();
-    auto state = ckpt::load_step(lease.step_dir, 0, 1);
+    // The weights only: the optimizer's state (2x the weights for AdamW) is
+    // neither read nor checksummed.
+    auto state = ckpt::load_step(lease.step_dir, 0, 1, [](std::string_view name) {
+      return name.starts_with("param/") || name.starts_with("buffer/");
+    });
     if (!state.is_ok() && state.status().code() == Code::kDataLoss && attempt == 1) {
       log()->warn("serve: cached weights {} do not load ({}); discarding them", lease.step_dir,
                   state.status().to_string());

@@ -7,6 +7,7 @@
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/logging.h"
+#include "kiln/serve/http_front.h"
 #include "kiln/serve/request.h"
 
 namespace kiln::serve {
@@ -31,7 +32,7 @@ struct Router::Replica {
     }
     auto c = std::make_unique<httplib::Client>("127.0.0.1", port);
     c->set_keep_alive(true);
-    c->set_tcp_nodelay(true);  // Note [TCP_NODELAY] in server.cc
+    c->set_tcp_nodelay(true);  // Note [TCP_NODELAY] in http_front.cc
     c->set_connection_timeout(std::chrono::seconds(2));
     c->set_read_timeout(timeout);
     c->set_write_timeout(timeout);
@@ -51,14 +52,6 @@ Router::Router(const RouterOptions& options)
 Result<std::unique_ptr<Router>> Router::start(const RouterOptions& options) {
   std::unique_ptr<Router> r(new Router(options));
   Router* self = r.get();
-  r->http_->set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  });
-  const int threads = std::max(2, options.http_threads);
-  r->http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  r->http_->set_keep_alive_max_count(1000000);
-  r->http_->set_tcp_nodelay(true);  // Note [TCP_NODELAY] in server.cc
   r->http_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
     res.set_content("ok\n", "text/plain");
   });
@@ -100,26 +93,12 @@ Result<std::unique_ptr<Router>> Router::start(const RouterOptions& options) {
       self->latency_.observe(std::chrono::duration<double>(Clock::now() - start).count());
     }
   });
-  if (options.port == 0) {
-    r->port_ = r->http_->bind_to_any_port(options.host);
-    if (r->port_ <= 0) return unavailable(fmt::format("router: cannot bind {}:0", options.host));
-  } else {
-    if (!r->http_->bind_to_port(options.host, options.port)) {
-      return unavailable(
-          fmt::format("router: cannot bind {}:{} (in use?)", options.host, options.port));
-    }
-    r->port_ = options.port;
-  }
-  r->http_thread_ = std::thread([self] { self->http_->listen_after_bind(); });
-  const auto deadline = Deadline::after_seconds(10);
-  while (!r->http_->is_running()) {
-    if (deadline.expired()) {
-      r->http_->stop();
-      return unavailable(
-          fmt::format("router {}:{}: did not start within 10 s", options.host, r->port_));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  KILN_ASSIGN_OR_RETURN(r->port_, start_http_front(*r->http_,
+                                                   {.host = options.host,
+                                                    .port = options.port,
+                                                    .threads = options.http_threads,
+                                                    .what = "router"},
+                                                   &r->http_thread_));
   return r;
 }
 

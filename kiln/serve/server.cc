@@ -7,6 +7,7 @@
 
 #include "kiln/base/check.h"
 #include "kiln/base/logging.h"
+#include "kiln/serve/http_front.h"
 #include "kiln/serve/request.h"
 
 namespace kiln::serve {
@@ -21,43 +22,13 @@ ReplicaServer::ReplicaServer(const ReplicaOptions& options)
 
 Result<std::unique_ptr<ReplicaServer>> ReplicaServer::start(const ReplicaOptions& options) {
   std::unique_ptr<ReplicaServer> s(new ReplicaServer(options));
-  ReplicaServer* self = s.get();
-  // httplib's default adds SO_REUSEPORT, which lets a second server bind a
-  // port in use and take half its requests: a busy port must be an error.
-  s->http_->set_socket_options([](socket_t sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  });
-  const int threads = std::max(2, options.http_threads);
-  s->http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  s->http_->set_keep_alive_max_count(1000000);
-  // Note [TCP_NODELAY]: httplib writes a message's headers and body in
-  // separate sends; with Nagle's algorithm on, the second waits for the
-  // peer's delayed ACK (40 ms on Linux), which alone would spend half a
-  // 100 ms SLO. Every HTTP socket of kiln serve turns it off.
-  s->http_->set_tcp_nodelay(true);
   s->install_routes();
-  if (options.port == 0) {
-    s->port_ = s->http_->bind_to_any_port(options.host);
-    if (s->port_ <= 0) return unavailable(fmt::format("serve: cannot bind {}:0", options.host));
-  } else {
-    if (!s->http_->bind_to_port(options.host, options.port)) {
-      return unavailable(
-          fmt::format("serve: cannot bind {}:{} (in use?)", options.host, options.port));
-    }
-    s->port_ = options.port;
-  }
-  s->http_thread_ = std::thread([self] { self->http_->listen_after_bind(); });
-  // httplib's stop() is a no-op until its loop runs: return once it serves.
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!s->http_->is_running()) {
-    if (std::chrono::steady_clock::now() > deadline) {
-      s->http_->stop();
-      return unavailable(fmt::format("serve {}:{}: HTTP server did not start within 10 s",
-                                     options.host, s->port_));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
+  KILN_ASSIGN_OR_RETURN(s->port_, start_http_front(*s->http_,
+                                                   {.host = options.host,
+                                                    .port = options.port,
+                                                    .threads = options.http_threads,
+                                                    .what = "serve"},
+                                                   &s->http_thread_));
   return s;
 }
 

@@ -1,5 +1,6 @@
 #include "kiln/serve/torch_model.h"
 
+#include <dlfcn.h>
 #include <fmt/format.h>
 #include <malloc.h>
 #include <torch/torch.h>
@@ -186,6 +187,18 @@ void keep_freed_tensor_memory() {
   ::mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
+int limit_blas_threads(int threads) {
+  // Looked up at run time: the BLAS is whichever libblas.so.3 the system's
+  // alternatives point at, and only OpenBLAS has these calls.
+  using Set = void (*)(int);
+  using Get = int (*)();
+  auto set = reinterpret_cast<Set>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  auto get = reinterpret_cast<Get>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  if (set == nullptr || get == nullptr) return 0;
+  set(std::max(1, threads));
+  return get();
+}
+
 Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
                                                 const TorchModelOptions& options) {
   ModelConfig config;
@@ -197,6 +210,7 @@ Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
   }
   const int threads = std::max(1, options.threads);
   torch::set_num_threads(threads);
+  limit_blas_threads(threads);  // Note [BLAS threads]
   config.dropout = 0;
   std::unique_ptr<train::Task> task;
   try {

@@ -20,9 +20,13 @@ namespace kiln::serve {
 
 struct TorchModelOptions {
   std::string config_path;  // the training TOML; "" = infer from the checkpoint
-  int threads = 1;          // torch intra-op threads (one per replica on a small host)
+  // Threads of the forward pass: torch's intra-op threads and the BLAS's
+  // (one per replica on a small host; Note [BLAS threads]).
+  int threads = 1;
 };
 
+// Builds the model and copies the weights in; caps torch's and the BLAS's
+// threads at options.threads (process-wide).
 // FailedPrecondition: a GPT without a config, or tensors of no known model;
 // DataLoss: a tensor missing or shaped unlike the config's model;
 // config parse errors name the file and field.
@@ -39,5 +43,18 @@ Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
 // after batch, so it keeps what it freed: mmap only above 32 MiB (glibc's
 // largest threshold), trim only above 1 GiB. Process-wide; call once before the first forward pass.
 void keep_freed_tensor_memory();
+
+// Note [BLAS threads]: LibTorch's linear layers call the system BLAS
+// (Debian: OpenBLAS, pthreads build), which keeps a pool of its own, one
+// thread per core, that torch::set_num_threads does not reach. A GEMM big
+// enough to split runs on two threads, and the helper then spins on
+// sched_yield for a while before it sleeps: under steady load it never
+// sleeps. Measured on the 2-core VM (docs/perf.md, issue 20): 60% of all
+// CPU samples of a saturated replica in sched_yield, and the replica at
+// batch 1 saturating at 1,405 req/s instead of 2,734 with one BLAS thread.
+// "One thread per replica" has to cap the BLAS too. Returns the BLAS's
+// thread count now in effect, or 0 if the BLAS offers no such control
+// (not OpenBLAS: MKL follows torch::set_num_threads). Process-wide.
+int limit_blas_threads(int threads);
 
 }  // namespace kiln::serve

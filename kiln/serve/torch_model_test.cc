@@ -1,0 +1,76 @@
+// load_torch_model on a CNN checkpoint written the way kiln train writes
+// one: what a replica's forward pass costs the host.
+#include "kiln/serve/torch_model.h"
+
+#include <gtest/gtest.h>
+#include <time.h>
+#include <torch/torch.h>
+
+#include "kiln/ckpt/checkpointer.h"
+#include "kiln/ckpt/load.h"
+#include "kiln/ckpt/testing/test_state.h"
+#include "kiln/train/task.h"
+#include "kiln/train/train_state.h"
+
+namespace kiln::serve {
+namespace {
+
+using ckpt::testing::TempDir;
+
+// The make demo CNN with an optimizer's state beside its weights, committed
+// under `root` as step 1.
+void save_cnn(const std::string& root) {
+  train::ModelConfig c;
+  torch::manual_seed(1);
+  auto task = train::make_task(c);
+  torch::optim::AdamW opt(task->module()->parameters());
+  train::Snapshot snap;
+  ASSERT_TRUE(train::capture_state(*task->module(), opt, {1, 0, 0}, 0, 1, &snap).is_ok());
+  auto ck = ckpt::Checkpointer::create({.root = root});
+  ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
+  const Status s = (*ck)->save(snap.view, 1, Deadline::after_seconds(60));
+  ASSERT_TRUE(s.is_ok()) << s.to_string();
+}
+
+std::unique_ptr<Model> load_cnn(const std::string& root, int threads) {
+  auto state = ckpt::load_latest(root, {});
+  EXPECT_TRUE(state.is_ok()) << state.status().to_string();
+  if (!state.is_ok()) return nullptr;
+  auto model = load_torch_model(*state, {.threads = threads});
+  EXPECT_TRUE(model.is_ok()) << model.status().to_string();
+  return model.is_ok() ? std::move(model).value() : nullptr;
+}
+
+double cpu_seconds(clockid_t clock) {
+  timespec ts{};
+  ::clock_gettime(clock, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// Note [BLAS threads]: with threads = 1 a batch's forward pass, GEMMs
+// included, runs on the calling thread alone; no BLAS helper thread works
+// (or spins waiting for work) beside it. Compared as CPU time, so a busy
+// host does not change the outcome: before the cap, the process used
+// about 1.6x the calling thread's CPU at batch 32.
+TEST(TorchModel, OneThreadRunsTheWholeForwardPassOnTheCallingThread) {
+  TempDir dir;
+  save_cnn(dir.path());
+  auto model = load_cnn(dir.path(), 1);
+  ASSERT_NE(model, nullptr);
+  Input image;
+  for (int i = 0; i < 784; ++i) image.image.push_back(static_cast<float>((i * 37) % 256));
+  std::vector<Input> batch(32, image);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(model->run(batch)[0].is_ok());
+  const double process0 = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID);
+  const double thread0 = cpu_seconds(CLOCK_THREAD_CPUTIME_ID);
+  for (int i = 0; i < 40; ++i) model->run(batch);
+  const double thread = cpu_seconds(CLOCK_THREAD_CPUTIME_ID) - thread0;
+  const double process = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - process0;
+  EXPECT_LT(process, 1.2 * thread) << "process CPU " << process << " s, the calling thread's "
+                                   << thread << " s: another thread worked on the forward pass";
+  const int blas = limit_blas_threads(1);  // 0: not OpenBLAS, nothing to cap
+  EXPECT_TRUE(blas == 0 || blas == 1) << blas << " BLAS threads";
+}
+
+}  // namespace
+}  // namespace kiln::serve
