@@ -27,6 +27,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
@@ -57,6 +58,24 @@ struct HandoffArgs {
 };
 
 constexpr auto kTimeout = std::chrono::minutes(2);
+
+// The median over `repeats` of the slowest rank's time for `times` calls of
+// `body` (per call), each repeat starting together after a barrier.
+Result<double> median_of_slowest(comm::Communicator& world, int repeats, int times,
+                                 const std::function<Status()>& body) {
+  std::vector<double> per_repeat;
+  for (int r = 0; r < repeats; ++r) {
+    KILN_RETURN_IF_ERROR(world.barrier()->wait(kTimeout));
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < times; ++i) KILN_RETURN_IF_ERROR(body());
+    double mine = bench::since(t0) / times, slowest = 0;
+    KILN_RETURN_IF_ERROR(
+        world.allreduce(&mine, &slowest, 1, comm::DataType::kFloat64, comm::ReduceOp::kMax)
+            ->wait(kTimeout));
+    per_repeat.push_back(slowest);
+  }
+  return bench::median(per_repeat);
+}
 
 // --pp > 1: the pipeline-shaped probe (Note [Pipeline hand-off] in
 // kiln/plan/host_profile.h). Activations carry no meaning: each stage passes
@@ -106,18 +125,7 @@ Status bench_handoff_pipeline(const HandoffArgs& a, comm::Communicator& world, i
     return failed;
   };
   for (int i = 0; i < 2; ++i) KILN_RETURN_IF_ERROR(step());
-  std::vector<double> per_step;
-  for (int r = 0; r < a.repeats; ++r) {
-    KILN_RETURN_IF_ERROR(world.barrier()->wait(kTimeout));
-    const auto t0 = std::chrono::steady_clock::now();
-    KILN_RETURN_IF_ERROR(step());
-    double mine = bench::since(t0), slowest = 0;
-    KILN_RETURN_IF_ERROR(
-        world.allreduce(&mine, &slowest, 1, comm::DataType::kFloat64, comm::ReduceOp::kMax)
-            ->wait(kTimeout));
-    per_step.push_back(slowest);
-  }
-  const double step_s = bench::median(per_step);
+  KILN_ASSIGN_OR_RETURN(const double step_s, median_of_slowest(world, a.repeats, 1, step));
   if (world.rank() == 0) {
     if (a.json) {
       nlohmann::json j = {{"bench", "handoff"},
@@ -184,18 +192,8 @@ Status bench_handoff(const HandoffArgs& a) {
         ->wait(kTimeout);
   };
   for (int i = 0; i < 3; ++i) KILN_RETURN_IF_ERROR(round());
-  std::vector<double> per_round;
-  for (int r = 0; r < a.repeats; ++r) {
-    KILN_RETURN_IF_ERROR(world.barrier()->wait(kTimeout));
-    const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < a.rounds; ++i) KILN_RETURN_IF_ERROR(round());
-    double mine = bench::since(t0) / a.rounds, slowest = 0;
-    KILN_RETURN_IF_ERROR(
-        world.allreduce(&mine, &slowest, 1, comm::DataType::kFloat64, comm::ReduceOp::kMax)
-            ->wait(kTimeout));
-    per_round.push_back(slowest);
-  }
-  const double round_s = bench::median(per_round);
+  KILN_ASSIGN_OR_RETURN(const double round_s,
+                        median_of_slowest(world, a.repeats, a.rounds, round));
   if (world.rank() == 0) {
     if (a.json) {
       nlohmann::json j = {{"bench", "handoff"},

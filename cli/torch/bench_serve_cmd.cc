@@ -28,6 +28,7 @@
 
 #include "cli/command.h"
 #include "kiln/base/deadline.h"
+#include "kiln/base/heap.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/serve/load_gen.h"
@@ -64,7 +65,7 @@ struct BenchArgs {
 // batching gain (items/s at the best batch size vs at batch 1, same run).
 Result<json> service_line(const std::string& model_root) {
   KILN_ASSIGN_OR_RETURN(ckpt::LoadedState state, ckpt::load_latest(model_root, {}));
-  serve::keep_freed_tensor_memory();  // as a replica does
+  keep_freed_heap_memory();  // as a replica does
   json out = json::object();
   Status status;
   std::thread worker([&] {

@@ -11,6 +11,7 @@
 // (issue 20); a pipeline stage's 256 KiB activation buffers, about 0.02 of
 // bubble at p 4 m 4 (issue 18). Such a process keeps what it freed instead:
 // mmap only above 32 MiB (glibc's largest threshold), trim only above 1 GiB.
+// Used by `kiln serve`'s replicas and by pipeline stages.
 #pragma once
 
 namespace kiln {

@@ -5,6 +5,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "kiln/base/heap.h"
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/load.h"
@@ -74,7 +75,7 @@ Status run_replica(const ReplicaRunOptions& o) {
   std::printf("listening on %s:%d\n", o.server.host.c_str(), server->port());
   std::fflush(stdout);
 
-  keep_freed_tensor_memory();  // Note [Keep freed tensor memory]
+  keep_freed_heap_memory();  // Note [Keep freed tensor memory] (kiln/base/heap.h)
   auto loaded = load_weights(o);
   if (!loaded.is_ok()) {
     server->drain();

@@ -2,7 +2,6 @@
 
 #include <dlfcn.h>
 #include <fmt/format.h>
-#include <malloc.h>
 #include <torch/torch.h>
 
 #include <cstring>
@@ -179,13 +178,6 @@ class TorchModel : public Model {
 };
 
 }  // namespace
-
-void keep_freed_tensor_memory() {
-  // mallopt returns 0 on a value out of range; a glibc without these knobs
-  // serves correctly, only slower, so it is not an error.
-  ::mallopt(M_MMAP_THRESHOLD, 32 << 20);
-  ::mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
 
 int limit_blas_threads(int threads) {
   // Looked up at run time: the BLAS is whichever libblas.so.3 the system's

@@ -33,17 +33,6 @@ struct TorchModelOptions {
 Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
                                                 const TorchModelOptions& options);
 
-// Note [Keep freed tensor memory]: glibc's malloc hands blocks above its
-// mmap threshold (and a heap top above its trim threshold) back to the
-// kernel when they are freed, so every forward pass of a batch whose
-// activations pass about 1 MB (the CNN at batch >= 4..12, depending on the
-// adaptive threshold) maps fresh pages and takes a page fault per 4 KiB:
-// measured on the 2-core VM, 0.8-1.1 ms per image instead of 0.21 ms
-// (docs/perf.md, issue 20). A serving process allocates the same sizes batch
-// after batch, so it keeps what it freed: mmap only above 32 MiB (glibc's
-// largest threshold), trim only above 1 GiB. Process-wide; call once before the first forward pass.
-void keep_freed_tensor_memory();
-
 // Note [BLAS threads]: LibTorch's linear layers call the system BLAS
 // (Debian: OpenBLAS, pthreads build), which keeps a pool of its own, one
 // thread per core, that torch::set_num_threads does not reach. A GEMM big
