@@ -58,6 +58,7 @@ set(KILN_FUZZ_PARSER_SOURCES
   kiln/plan/gpu_catalog.cc
   kiln/plan/stages.cc
   kiln/plan/config.cc
+  kiln/plan/host_profile.cc
   kiln/objstore/s3/s3_xml.cc
 )
 list(TRANSFORM KILN_FUZZ_PARSER_SOURCES PREPEND ${KILN_ROOT}/)
