@@ -1,41 +1,156 @@
 #include "kiln/ckpt/gather.h"
 
 #include <fmt/format.h>
-#include <xxhash.h>
+#include <fmt/ranges.h>
 
+#include <algorithm>
 #include <cstring>
+#include <map>
+#include <nlohmann/json.hpp>
 
 namespace kiln::ckpt {
 namespace {
 
 using comm::DataType;
+using nlohmann::json;
 
-// What every rank must agree on: the tensors' names, dtypes and shapes, in
-// order. A share whose rows are not its even split poisons the digest, so a
-// bad share fails every rank instead of only its own.
-std::uint64_t layout_digest(const LoadedState& s, int rank, int world, std::string* problem) {
-  XXH3_state_t* h = XXH3_createState();
-  XXH3_64bits_reset(h);
+// What one rank holds of one tensor.
+struct Held {
+  std::string name;
+  int dtype = 0;
+  std::vector<std::int64_t> shape;
+  std::int64_t offset = 0, rows = 0;
+};
+
+// Rows [offset, offset + rows) of a tensor, sent by `rank`.
+struct Segment {
+  std::int64_t offset = 0, rows = 0;
+  int rank = 0;
+};
+
+// One tensor of the gathered state: its spec and who sends which rows.
+struct Plan {
+  Held spec;  // offset/rows unused
+  std::vector<Segment> segments;
+  std::size_t row_bytes = 0;
+};
+
+// This rank's table: the tensors it holds and, when its share is unusable,
+// why (so every rank fails with the same message).
+std::string describe(const LoadedState& s, int rank) {
+  json tensors = json::array();
+  std::string problem;
   for (const auto& e : s.entries) {
     if (!e.is_tensor) continue;
-    XXH3_64bits_update(h, e.name.data(), e.name.size() + 1);
-    auto dtype = static_cast<int>(e.spec.dtype);
-    XXH3_64bits_update(h, &dtype, sizeof dtype);
-    XXH3_64bits_update(h, e.spec.shape.data(), e.spec.shape.size() * sizeof(std::int64_t));
-    RowRange want = even_rows(e.spec.shape[0], rank, world);
-    if (problem->empty() &&
-        (e.spec.row_offset != want.offset || e.spec.rows != want.count ||
-         e.data.size() != static_cast<std::size_t>(want.count) * e.spec.row_bytes())) {
-      *problem = fmt::format(
-          "rank {} holds rows [{}, +{}) of '{}' ({} bytes), not its even share "
-          "[{}, +{}) of {} ranks",
-          rank, e.spec.row_offset, e.spec.rows, e.name, e.data.size(), want.offset, want.count,
-          world);
+    tensors.push_back({e.name, static_cast<int>(e.spec.dtype), e.spec.shape, e.spec.row_offset,
+                       e.spec.rows});
+    const std::size_t want = static_cast<std::size_t>(e.spec.rows) * e.spec.row_bytes();
+    if (!problem.empty()) continue;
+    if (e.spec.shape.empty() || e.spec.row_offset < 0 || e.spec.rows < 0 ||
+        e.spec.row_offset + e.spec.rows > e.spec.shape[0]) {
+      problem = fmt::format("rank {} holds rows [{}, +{}) of '{}', outside its shape", rank,
+                            e.spec.row_offset, e.spec.rows, e.name);
+    } else if (e.in_place || e.data.size() != want) {
+      problem = fmt::format("rank {} holds rows [{}, +{}) of '{}' in {} bytes, not {}", rank,
+                            e.spec.row_offset, e.spec.rows, e.name, e.data.size(), want);
     }
   }
-  std::uint64_t d = XXH3_64bits_digest(h);
-  XXH3_freeState(h);
-  return problem->empty() ? d : 0;
+  return json{{"problem", problem}, {"tensors", tensors}}.dump();
+}
+
+// Every rank's table, through two collectives (sizes, then bytes).
+Result<std::vector<json>> exchange_tables(const std::string& mine, comm::Communicator& comm,
+                                          std::chrono::milliseconds timeout) {
+  const int world = comm.size();
+  std::int64_t size = static_cast<std::int64_t>(mine.size());
+  std::vector<std::int64_t> sizes(static_cast<std::size_t>(world));
+  KILN_RETURN_IF_ERROR(comm.allgather(&size, sizes.data(), 1, DataType::kInt64)->wait(timeout));
+  std::vector<std::size_t> counts(sizes.begin(), sizes.end());
+  std::size_t total = 0;
+  for (std::size_t c : counts) total += c;
+  std::string all(total, '\0');
+  KILN_RETURN_IF_ERROR(
+      comm.allgatherv(mine.data(), all.data(), counts, DataType::kUInt8)->wait(timeout));
+  std::vector<json> tables;
+  std::size_t at = 0;
+  for (std::size_t r = 0; r < counts.size(); ++r) {
+    json t = json::parse(all.begin() + static_cast<std::ptrdiff_t>(at),
+                         all.begin() + static_cast<std::ptrdiff_t>(at + counts[r]), nullptr, false);
+    if (t.is_discarded() || !t.contains("problem") || !t.contains("tensors")) {
+      return data_loss(fmt::format("rank {}'s table of tensors arrived malformed", r));
+    }
+    tables.push_back(std::move(t));
+    at += counts[r];
+  }
+  return tables;
+}
+
+std::size_t row_bytes_of(const Held& h) {
+  TensorSpec spec{static_cast<DataType>(h.dtype), h.shape, 0, 0};
+  return spec.row_bytes();
+}
+
+// Who sends which rows of every tensor: the lowest rank holding a row sends
+// it. Every rank computes the same plan from the same tables, so the
+// outcome (or the error) is the same everywhere. Tensors in order of first
+// appearance (rank 0's entries, then tensors only later ranks hold).
+Result<std::vector<Plan>> plan_gather(const std::vector<json>& tables) {
+  std::vector<Plan> plans;
+  std::map<std::string, std::size_t> index;
+  std::vector<std::vector<Held>> held;  // per plan: each rank's range
+  std::vector<std::vector<int>> holders;
+  for (int r = 0; r < static_cast<int>(tables.size()); ++r) {
+    const std::string problem = tables[r].at("problem").get<std::string>();
+    if (!problem.empty()) return invalid_argument(problem);
+    for (const auto& t : tables[r].at("tensors")) {
+      Held h{t[0].get<std::string>(), t[1].get<int>(), t[2].get<std::vector<std::int64_t>>(),
+             t[3].get<std::int64_t>(), t[4].get<std::int64_t>()};
+      auto [it, fresh] = index.emplace(h.name, plans.size());
+      if (fresh) {
+        plans.push_back(Plan{h, {}, row_bytes_of(h)});
+        held.emplace_back();
+        holders.emplace_back();
+      }
+      const Plan& p = plans[it->second];
+      if (p.spec.dtype != h.dtype || p.spec.shape != h.shape) {
+        return invalid_argument(fmt::format(
+            "ranks disagree on tensor '{}': rank {} holds dtype {} shape [{}], rank {} dtype {} "
+            "shape [{}]",
+            h.name, holders[it->second].front(), p.spec.dtype, fmt::join(p.spec.shape, ", "), r,
+            h.dtype, fmt::join(h.shape, ", ")));
+      }
+      held[it->second].push_back(h);
+      holders[it->second].push_back(r);
+    }
+  }
+  for (std::size_t i = 0; i < plans.size(); ++i) {
+    Plan& p = plans[i];
+    std::vector<std::int64_t> cuts{0, p.spec.shape[0]};
+    for (const Held& h : held[i]) {
+      cuts.push_back(h.offset);
+      cuts.push_back(h.offset + h.rows);
+    }
+    std::sort(cuts.begin(), cuts.end());
+    cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+    for (std::size_t c = 0; c + 1 < cuts.size(); ++c) {
+      const std::int64_t lo = cuts[c], hi = cuts[c + 1];
+      int owner = -1;
+      for (std::size_t k = 0; k < held[i].size() && owner < 0; ++k) {
+        if (held[i][k].offset <= lo && hi <= held[i][k].offset + held[i][k].rows) owner = holders[i][k];
+      }
+      if (owner < 0) {
+        return invalid_argument(
+            fmt::format("rows [{}, {}) of '{}' (of {}) are held by no rank", lo, hi, p.spec.name,
+                        p.spec.shape[0]));
+      }
+      if (!p.segments.empty() && p.segments.back().rank == owner) {
+        p.segments.back().rows += hi - lo;
+      } else {
+        p.segments.push_back({lo, hi - lo, owner});
+      }
+    }
+  }
+  return plans;
 }
 
 }  // namespace
@@ -43,35 +158,38 @@ std::uint64_t layout_digest(const LoadedState& s, int rank, int world, std::stri
 Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& comm,
                                          std::chrono::milliseconds timeout) {
   const int rank = comm.rank(), world = comm.size();
-  std::string problem;
-  std::uint64_t digest = layout_digest(share, rank, world, &problem);
-  std::vector<std::uint64_t> digests(static_cast<std::size_t>(world));
-  KILN_RETURN_IF_ERROR(comm.allgather(&digest, digests.data(), 1, DataType::kInt64)
-                           ->wait(timeout));  // 8 bytes moved as they are
-  for (int r = 0; r < world; ++r) {
-    if (digests[r] == 0 || digests[r] != digests[0]) {
-      return invalid_argument(fmt::format(
-          "gathering whole tensors of checkpoint step {}: {}", share.step,
-          !problem.empty()
-              ? problem
-              : fmt::format("rank {} holds other tensors than rank 0 (or a bad share)", r)));
-    }
+  KILN_ASSIGN_OR_RETURN(std::vector<json> tables,
+                        exchange_tables(describe(share, rank), comm, timeout));
+  Result<std::vector<Plan>> plans = internal_error("no plan");
+  try {
+    plans = plan_gather(tables);
+  } catch (const json::exception& e) {
+    plans = data_loss(fmt::format("a rank's table of tensors does not parse: {}", e.what()));
+  }
+  if (!plans.is_ok()) {
+    return Status(plans.status().code(), fmt::format("gathering whole tensors of checkpoint step {}: {}",
+                                                     share.step, plans.status().message()));
   }
 
-  // Rank r sends its rows of every tensor back to back; every rank knows
-  // each rank's byte count from the shapes alone.
+  // Rank r sends the rows it owns, tensor by tensor in plan order; every
+  // rank knows each rank's byte count from the plan alone.
+  std::map<std::string, LoadedEntry*> mine;
+  for (auto& e : share.entries) {
+    if (e.is_tensor) mine[e.name] = &e;
+  }
   std::vector<std::size_t> counts(static_cast<std::size_t>(world), 0);
-  for (const auto& e : share.entries) {
-    if (!e.is_tensor) continue;
-    for (int r = 0; r < world; ++r) {
-      counts[r] +=
-          static_cast<std::size_t>(even_rows(e.spec.shape[0], r, world).count) * e.spec.row_bytes();
-    }
+  for (const Plan& p : *plans) {
+    for (const Segment& s : p.segments) counts[s.rank] += static_cast<std::size_t>(s.rows) * p.row_bytes;
   }
   std::vector<std::byte> send;
   send.reserve(counts[rank]);
-  for (const auto& e : share.entries) {
-    if (e.is_tensor) send.insert(send.end(), e.data.begin(), e.data.end());
+  for (const Plan& p : *plans) {
+    for (const Segment& s : p.segments) {
+      if (s.rank != rank) continue;
+      const LoadedEntry& e = *mine.at(p.spec.name);
+      auto first = e.data.begin() + static_cast<std::ptrdiff_t>((s.offset - e.spec.row_offset) * p.row_bytes);
+      send.insert(send.end(), first, first + static_cast<std::ptrdiff_t>(s.rows * p.row_bytes));
+    }
   }
   std::vector<std::size_t> starts(static_cast<std::size_t>(world), 0);
   for (int r = 1; r < world; ++r) starts[r] = starts[r - 1] + counts[r - 1];
@@ -80,23 +198,27 @@ Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& 
       comm.allgatherv(send.data(), all.data(), counts, DataType::kUInt8)->wait(timeout));
 
   std::vector<std::size_t> cursor = starts;  // next unread byte of rank r's part
-  for (auto& e : share.entries) {
-    if (!e.is_tensor) continue;
-    const std::size_t row_bytes = e.spec.row_bytes();
-    std::vector<std::byte> whole(static_cast<std::size_t>(e.spec.shape[0]) * row_bytes);
-    for (int r = 0; r < world; ++r) {
-      RowRange rows = even_rows(e.spec.shape[0], r, world);
-      const std::size_t n = static_cast<std::size_t>(rows.count) * row_bytes;
+  std::vector<LoadedEntry> others;            // tensors only other ranks held
+  for (const Plan& p : *plans) {
+    std::vector<std::byte> whole(static_cast<std::size_t>(p.spec.shape[0]) * p.row_bytes);
+    for (const Segment& s : p.segments) {
+      const std::size_t n = static_cast<std::size_t>(s.rows) * p.row_bytes;
       if (n > 0) {
-        std::memcpy(whole.data() + static_cast<std::size_t>(rows.offset) * row_bytes,
-                    all.data() + cursor[r], n);
+        std::memcpy(whole.data() + static_cast<std::size_t>(s.offset) * p.row_bytes,
+                    all.data() + cursor[s.rank], n);
       }
-      cursor[r] += n;
+      cursor[s.rank] += n;
     }
-    e.data = std::move(whole);
-    e.spec.row_offset = 0;
-    e.spec.rows = e.spec.shape[0];
+    const TensorSpec spec{static_cast<DataType>(p.spec.dtype), p.spec.shape, 0, p.spec.shape[0]};
+    auto it = mine.find(p.spec.name);
+    if (it != mine.end()) {
+      it->second->data = std::move(whole);
+      it->second->spec = spec;
+    } else {
+      others.push_back(LoadedEntry{p.spec.name, true, spec, std::move(whole)});
+    }
   }
+  for (auto& e : others) share.entries.push_back(std::move(e));
   return share;
 }
 

@@ -85,19 +85,70 @@ TEST_P(GatherWhole, EveryRankGetsTheWholeTensorsAndKeepsItsOwnBlobs) {
 
 INSTANTIATE_TEST_SUITE_P(Worlds, GatherWhole, ::testing::Values(1, 3, 4));
 
-TEST(GatherWhole, RanksHoldingOtherTensorsAllFailBeforeMovingBytes) {
-  TempDir tmp;
-  const std::string root = tmp.path() + "/ckpt";
-  save(root, 2, 3, 37);
+// A share cut to arbitrary rows: rank r holds `ranges[r]` of a tensor of
+// `total` rows of 3 floats, whose row i is {i, i + 0.5, -i}.
+LoadedEntry rows_entry(const std::string& name, std::int64_t total, std::int64_t lo, std::int64_t n) {
+  LoadedEntry e{name, true, TensorSpec{comm::DataType::kFloat32, {total, 3}, lo, n}, {}};
+  std::vector<float> v;
+  for (std::int64_t i = lo; i < lo + n; ++i) {
+    v.insert(v.end(), {static_cast<float>(i), static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
+  }
+  e.data.resize(v.size() * sizeof(float));
+  std::memcpy(e.data.data(), v.data(), e.data.size());
+  return e;
+}
+
+std::vector<float> whole_rows(std::int64_t total) {
+  std::vector<float> v;
+  for (std::int64_t i = 0; i < total; ++i) {
+    v.insert(v.end(), {static_cast<float>(i), static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
+  }
+  return v;
+}
+
+// A 3D run's shares: each rank holds only its pipeline stage's tensors, in
+// rows that are not the even split, and a replicated range held by two
+// ranks is sent once. Every rank gets every tensor whole.
+TEST(GatherWhole, RowsAsSavedAndTensorsOnlySomeRanksHold) {
+  auto r = run_ranks(
+      3,
+      [&](Communicator& comm) -> Status {
+        LoadedState share;
+        share.step = 5;
+        const int k = comm.rank();
+        // "stage0": ranks 0 and 1 split its 10 rows 7 / 3; "stage1": rank 2
+        // alone; "shared": ranks 0 and 2 both hold rows [2, 4).
+        if (k == 0) share.entries.push_back(rows_entry("stage0", 10, 0, 7));
+        if (k == 1) share.entries.push_back(rows_entry("stage0", 10, 7, 3));
+        if (k == 2) share.entries.push_back(rows_entry("stage1", 4, 0, 4));
+        if (k == 0) share.entries.push_back(rows_entry("shared", 6, 0, 4));
+        if (k == 1) share.entries.push_back(rows_entry("shared", 6, 4, 2));
+        if (k == 2) share.entries.push_back(rows_entry("shared", 6, 2, 2));
+        const std::byte blob{static_cast<unsigned char>(40 + k)};
+        share.entries.push_back(LoadedEntry{"rng", false, {}, {blob}});
+        KILN_ASSIGN_OR_RETURN(LoadedState whole, gather_whole_tensors(std::move(share), comm,
+                                                                      std::chrono::seconds(20)));
+        for (auto [name, total] : {std::pair<const char*, std::int64_t>{"stage0", 10}, {"stage1", 4}, {"shared", 6}}) {
+          std::vector<float> want = whole_rows(total);
+          KILN_RETURN_IF_ERROR(expect_bytes(whole, name, want.data(), want.size() * 4, k));
+        }
+        return expect_bytes(whole, "rng", &blob, 1, k);
+      },
+      quick());
+  ASSERT_TRUE(r.ok()) << r.report;
+}
+
+TEST(GatherWhole, RanksThatDisagreeOnATensorAllFailNamingIt) {
   auto r = run_ranks(
       2,
       [&](Communicator& comm) -> Status {
-        KILN_ASSIGN_OR_RETURN(LoadedState share, share_from_storage(root, comm));
-        if (comm.rank() == 1) share.entries[0].name = "renamed";
+        LoadedState share;
+        share.entries.push_back(rows_entry("w", comm.rank() == 0 ? 8 : 9, comm.rank() * 4, 4));
         auto whole = gather_whole_tensors(std::move(share), comm, std::chrono::seconds(20));
-        if (whole.is_ok() || whole.status().code() != Code::kInvalidArgument) {
-          return internal_error(fmt::format("rank {}: want InvalidArgument, got {}", comm.rank(),
-                                            whole.status().to_string()));
+        if (whole.is_ok() || whole.status().code() != Code::kInvalidArgument ||
+            whole.status().message().find("'w'") == std::string::npos) {
+          return internal_error(fmt::format("rank {}: want InvalidArgument naming 'w', got {}",
+                                            comm.rank(), whole.status().to_string()));
         }
         return Status::ok();
       },
@@ -105,7 +156,9 @@ TEST(GatherWhole, RanksHoldingOtherTensorsAllFailBeforeMovingBytes) {
   ASSERT_TRUE(r.ok()) << r.report;
 }
 
-TEST(GatherWhole, AShareThatIsNotTheEvenSplitIsNamed) {
+// Rows no rank holds (a short share, from storage) fail every rank, naming
+// the tensor and the rows, before any tensor bytes move.
+TEST(GatherWhole, RowsNoRankHoldsAreNamedOnEveryRank) {
   TempDir tmp;
   const std::string root = tmp.path() + "/ckpt";
   save(root, 2, 3, 37);
@@ -121,8 +174,29 @@ TEST(GatherWhole, AShareThatIsNotTheEvenSplitIsNamed) {
         }
         auto whole = gather_whole_tensors(std::move(share), comm, std::chrono::seconds(20));
         if (whole.is_ok()) return internal_error("a short share was gathered");
-        if (comm.rank() == 0 && whole.status().message().find("'w0'") == std::string::npos) {
-          return internal_error("the error does not name w0: " + whole.status().to_string());
+        if (whole.status().code() != Code::kInvalidArgument ||
+            whole.status().message().find("rows [18, 19) of 'w0'") == std::string::npos) {
+          return internal_error("the error does not name w0's missing row: " + whole.status().to_string());
+        }
+        return Status::ok();
+      },
+      quick());
+  ASSERT_TRUE(r.ok()) << r.report;
+}
+
+// A share whose bytes do not match its rows is named by its rank, and every
+// rank fails with it.
+TEST(GatherWhole, AShareWithTheWrongByteCountIsNamed) {
+  auto r = run_ranks(
+      2,
+      [&](Communicator& comm) -> Status {
+        LoadedState share;
+        share.entries.push_back(rows_entry("w", 8, comm.rank() * 4, 4));
+        if (comm.rank() == 1) share.entries[0].data.resize(7);
+        auto whole = gather_whole_tensors(std::move(share), comm, std::chrono::seconds(20));
+        if (whole.is_ok() || whole.status().message().find("rank 1 holds rows [4, +4) of 'w' in 7 bytes") ==
+                                 std::string::npos) {
+          return internal_error(fmt::format("rank {}: {}", comm.rank(), whole.status().to_string()));
         }
         return Status::ok();
       },

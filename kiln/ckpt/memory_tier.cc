@@ -567,7 +567,7 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
     rec = *r;
   }
   std::optional<internal::RestoreSink> sink;
-  if (rec.is_ok()) sink.emplace(*rec, rank_, world_, into, where);
+  if (rec.is_ok()) sink.emplace(*rec, rank_, world_, into, where, options_.rows_as_saved);
   internal::DiscardSink discard;
   if (world_ > 1) {
     Status local;

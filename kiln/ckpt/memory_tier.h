@@ -57,6 +57,10 @@ struct MemoryTierOptions {
   std::string dir;
   comm::Communicator* comm = nullptr;         // null: one rank, no replica
   std::chrono::milliseconds timeout{600000};  // bounds each collective
+  // recover() returns each tensor in the rows this rank saved instead of its
+  // even_rows: for states whose ranks save another split (a 3D run's
+  // canonical rows) and assemble whole tensors afterwards (gather.h).
+  bool rows_as_saved = false;
 };
 
 // /dev/shm/kiln-ckpt-<hash of the absolute checkpoint root>: the ranks of a
@@ -122,7 +126,8 @@ class MemoryTier {
   // Collective. Restores the newest step >= `min_step` that every rank can
   // get from memory — its own snapshot, or the replica its successor holds,
   // fetched over the communicator — with every entry checksummed. Tensors
-  // are cut to the rank's even_rows, as load_step returns them; a tensor
+  // are cut to the rank's even_rows, as load_step returns them (unless
+  // options.rows_as_saved); a tensor
   // named in `into` is written to that memory instead (its entry comes back
   // with in_place set and no data; after a failed attempt the target holds
   // unspecified bytes). NotFound when there is none (then load from

@@ -9,7 +9,8 @@
 
 namespace kiln::train {
 
-Result<CheckpointSetup> open_checkpoints(const CheckpointConfig& c, comm::Communicator& world) {
+Result<CheckpointSetup> open_checkpoints(const CheckpointConfig& c, comm::Communicator& world,
+                                         bool rows_as_saved) {
   CheckpointSetup s;
   if (c.dir.empty()) return s;
   if (!objstore::is_object_store_url(c.dir)) {
@@ -20,7 +21,8 @@ Result<CheckpointSetup> open_checkpoints(const CheckpointConfig& c, comm::Commun
   KILN_ASSIGN_OR_RETURN(s.comm, world.split(0, world.rank()));
   if (c.memory) {
     const std::string dir = c.memory_dir.empty() ? ckpt::default_memory_dir(c.dir) : c.memory_dir;
-    KILN_ASSIGN_OR_RETURN(s.memory, ckpt::MemoryTier::open({.dir = dir, .comm = s.comm.get()}));
+    KILN_ASSIGN_OR_RETURN(s.memory, ckpt::MemoryTier::open(
+                                       {.dir = dir, .comm = s.comm.get(), .rows_as_saved = rows_as_saved}));
   }
   KILN_ASSIGN_OR_RETURN(s.checkpointer, ckpt::Checkpointer::create({.root = c.dir,
                                                                      .comm = s.comm.get(),

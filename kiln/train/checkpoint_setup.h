@@ -31,7 +31,10 @@ struct CheckpointSetup {
 // Collective over `world`. Empty (nothing enabled) when checkpoint.dir is
 // empty; otherwise creates a local checkpoint.dir, splits the checkpoint
 // communicator, opens the in-memory tier (checkpoint.memory) and the
-// Checkpointer with its retention and remote tier.
-Result<CheckpointSetup> open_checkpoints(const CheckpointConfig& c, comm::Communicator& world);
+// Checkpointer with its retention and remote tier. `rows_as_saved`: the
+// in-memory tier recovers the rows each rank saved (MemoryTierOptions), for
+// states saved in another split than the even one (3D canonical rows).
+Result<CheckpointSetup> open_checkpoints(const CheckpointConfig& c, comm::Communicator& world,
+                                         bool rows_as_saved = false);
 
 }  // namespace kiln::train

@@ -264,17 +264,17 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
       c.parallel.precision == Precision::kBf16 ? torch::kBFloat16 : torch::kFloat32;
 
   // Checkpoints hold canonical rows (gpt_3d_state.h, Note [Canonical rows]),
-  // which follow the mesh; the in-memory tier restores only even row shares
-  // (kiln/ckpt/gather.h), so a 3D run recovers from storage.
-  CheckpointConfig ckpt_config = c.checkpoint;
-  ckpt_config.memory = false;
-  KILN_ASSIGN_OR_RETURN(CheckpointSetup ckpt, open_checkpoints(ckpt_config, world));
+  // which follow the mesh: the in-memory tier hands back the rows each rank
+  // saved and the ranks gather the whole tensors (kiln/ckpt/gather.h), from
+  // which every rank cuts its own shards, whatever the layout.
+  KILN_ASSIGN_OR_RETURN(CheckpointSetup ckpt, open_checkpoints(c.checkpoint, world, /*rows_as_saved=*/true));
   Progress progress;
   RestoreFn restore = [&](const ckpt::LoadedState& loaded) -> Result<Progress> {
     return sync->restore(loaded, *model, rank);
   };
   // Nothing to resume (no checkpoint.dir, or none saved yet): nullopt.
-  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/true, world, nullptr, nullptr, false));
+  KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/true, world, ckpt.memory.get(), ckpt.comm.get(),
+                                             restarted_by_launcher()));
   if (resumed) progress = resumed->progress;
   const std::int64_t start_step = progress.step;
 
@@ -390,6 +390,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     }
     KILN_RETURN_IF_ERROR(ckpt.checkpointer->wait(Deadline::after_seconds(600)));
   }
+  if (!result.stopped) ckpt.drop_memory_snapshots();
   if (!result.stopped) {
     KILN_ASSIGN_OR_RETURN(result.eval_loss, evaluate(result.steps));
   }

@@ -252,6 +252,36 @@ TEST(Trainer3d, Zero1ResumeAfterSigkillIsBitIdentical) {
   expect_bit_identical_resume(f, {2, 1, 2, 2, "1f1b", 1, false, Strategy::kZero1, Precision::kBf16});
 }
 
+// A 3D job restarted by its launcher recovers from the ranks' in-memory
+// snapshots with storage gone: the ranks hold only their stages' canonical
+// rows, gathered whole, and every rank cuts its shards again. Bit-identical
+// to the uninterrupted run; a finished job leaves nothing in memory.
+void expect_recovery_from_memory(const GptFixture& f, const Layout& l) {
+  const int world = l.tp * l.pp * l.dp;
+  TrainConfig straight = with_layout(f.config(4, 6), l);
+  auto a = train_on(world, straight, f.dir.path() + "/a");
+  ASSERT_TRUE(a.is_ok()) << l.name() << ": " << a.status().to_string();
+  TrainConfig c = straight;
+  const std::string tag = fmt::format("{}{}{}-{}", l.tp, l.pp, l.dp, strategy_name(l.strategy));
+  c.checkpoint = {.dir = f.dir.path() + "/ckpt-m-" + tag, .every = 2, .memory_dir = f.dir.path() + "/shm-" + tag};
+  ASSERT_FALSE(train_on(world, c, f.dir.path() + "/b1", /*crash_after_step=*/5).is_ok()) << l.name();
+  std::filesystem::remove_all(c.checkpoint.dir);
+  ::setenv("KILN_RESTART_COUNT", "1", 1);
+  auto resumed = train_on(world, c, f.dir.path() + "/b2");
+  ::unsetenv("KILN_RESTART_COUNT");
+  ASSERT_TRUE(resumed.is_ok()) << l.name() << ": " << resumed.status().to_string();
+  EXPECT_GE(resumed->start_step, 2) << l.name();
+  EXPECT_LE(resumed->start_step, 4) << l.name();
+  EXPECT_EQ(resumed->parameters, a->parameters) << l.name();
+  EXPECT_FALSE(std::filesystem::exists(c.checkpoint.memory_dir)) << l.name();
+}
+
+TEST(Trainer3d, ARestartedJobRecoversFromMemoryWithoutStorage) {
+  GptFixture f;
+  expect_recovery_from_memory(f, {2, 2, 1, 2});
+  expect_recovery_from_memory(f, {1, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1});
+}
+
 // Saved by ZeRO-1 on TP 2 x PP 2 x DP 2; continued by plain data parallelism
 // (TP 1 x PP 1 x DP 2, ddp), by ZeRO-1 on TP 2 x PP 1 x DP 2 and on the same
 // layout: all end where one uninterrupted process ends.

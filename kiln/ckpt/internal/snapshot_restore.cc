@@ -15,8 +15,9 @@ namespace {
 // does), blobs as they are. DataLoss when the snapshot lacks rows the rank
 // needs (it saved another split): storage has them.
 Result<LoadedEntry> as_loaded(const EntryRecord& e, std::vector<std::byte> bytes, int rank,
-                              int world, const std::string& where) {
+                              int world, bool rows_as_saved, const std::string& where) {
   if (!e.is_tensor) return LoadedEntry{e.name, false, {}, std::move(bytes)};
+  if (rows_as_saved) return LoadedEntry{e.name, true, e.spec, std::move(bytes)};
   RowRange want = even_rows(e.spec.shape[0], rank, world);
   const std::int64_t lo = e.spec.row_offset, hi = lo + e.spec.rows;
   if (want.offset < lo || want.offset + want.count > hi) {
@@ -35,8 +36,9 @@ Result<LoadedEntry> as_loaded(const EntryRecord& e, std::vector<std::byte> bytes
 
 // True when the snapshot holds exactly the rows `rank` of `world` gets, so
 // its stored bytes are the target's bytes.
-bool rows_are_mine(const EntryRecord& e, int rank, int world) {
+bool rows_are_mine(const EntryRecord& e, int rank, int world, bool rows_as_saved) {
   if (!e.is_tensor || e.compression != Compression::kNone) return false;
+  if (rows_as_saved) return true;
   RowRange want = even_rows(e.spec.shape[0], rank, world);
   return want.offset == e.spec.row_offset && want.count == e.spec.rows;
 }
@@ -44,8 +46,12 @@ bool rows_are_mine(const EntryRecord& e, int rank, int world) {
 }  // namespace
 
 RestoreSink::RestoreSink(ShardRecord record, int rank, int world,
-                         std::span<const RecoverTarget> into, std::string where)
-    : record_(std::move(record)), rank_(rank), world_(world), where_(std::move(where)) {
+                         std::span<const RecoverTarget> into, std::string where, bool rows_as_saved)
+    : record_(std::move(record)),
+      rank_(rank),
+      world_(world),
+      rows_as_saved_(rows_as_saved),
+      where_(std::move(where)) {
   std::sort(record_.entries.begin(), record_.entries.end(),
             [](const EntryRecord& a, const EntryRecord& b) { return a.offset < b.offset; });
   slots_.resize(record_.entries.size());
@@ -55,7 +61,7 @@ RestoreSink::RestoreSink(ShardRecord record, int rank, int world,
     for (const auto& t : into) {
       if (t.name == e.name) s.target = &t;
     }
-    s.direct = s.target != nullptr && rows_are_mine(e, rank_, world_) &&
+    s.direct = s.target != nullptr && rows_are_mine(e, rank_, world_, rows_as_saved_) &&
                s.target->bytes == e.stored_bytes;
     if (s.direct) {
       s.dst = s.target->data;
@@ -128,7 +134,7 @@ Result<std::vector<LoadedEntry>> RestoreSink::finish() {
     if (e.compression != Compression::kNone) {
       KILN_ASSIGN_OR_RETURN(bytes, decode_entry(e, std::move(bytes), where_));
     }
-    KILN_ASSIGN_OR_RETURN(LoadedEntry entry, as_loaded(e, std::move(bytes), rank_, world_, where_));
+    KILN_ASSIGN_OR_RETURN(LoadedEntry entry, as_loaded(e, std::move(bytes), rank_, world_, rows_as_saved_, where_));
     if (s.target != nullptr) {
       // A target whose rows the snapshot holds among others: copied out of them.
       if (s.target->bytes != entry.data.size()) {

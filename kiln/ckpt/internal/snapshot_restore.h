@@ -23,9 +23,10 @@ namespace kiln::ckpt::internal {
 class RestoreSink final : public ChunkSink {
  public:
   // Restores `record` (a shard record of `rank`'s snapshot) for `rank` of
-  // `world`; `where` names the snapshot in errors.
+  // `world`; `where` names the snapshot in errors. `rows_as_saved`: tensors
+  // keep the rows the snapshot holds instead of being cut to even_rows.
   RestoreSink(ShardRecord record, int rank, int world, std::span<const RecoverTarget> into,
-              std::string where);
+              std::string where, bool rows_as_saved = false);
   ~RestoreSink() override;
 
   std::byte* place(std::uint64_t offset, std::size_t n, std::byte* bounce) override;
@@ -51,6 +52,7 @@ class RestoreSink final : public ChunkSink {
 
   ShardRecord record_;
   int rank_, world_;
+  bool rows_as_saved_;
   std::string where_;
   std::vector<Slot> slots_;
 };
