@@ -318,4 +318,61 @@ Status restore_whole_from_3d(const ckpt::LoadedState& loaded, torch::nn::Module&
   return Status::ok();
 }
 
+Result<ckpt::LoadedState> sharded_state_from_3d(const ckpt::LoadedState& loaded, const std::string& zero_layout) {
+  KILN_ASSIGN_OR_RETURN(OptimizerRecord saved, saved_optimizer(loaded));
+  auto layout = nlohmann::json::parse(zero_layout, nullptr, false);
+  if (layout.is_discarded() || !layout.contains("units")) {
+    return invalid_argument("sharded_state_from_3d: the zero/layout given is not a layout");
+  }
+  ckpt::LoadedState out;
+  out.step = loaded.step;
+  out.dir = loaded.dir;
+  out.saved_world_size = loaded.saved_world_size;
+  auto flat_entry = [](std::string name, const std::vector<torch::Tensor>& parts) {
+    torch::Tensor flat = torch::cat(parts);
+    const std::int64_t total = flat.numel();
+    ckpt::LoadedEntry e{std::move(name), true, {comm::DataType::kFloat32, {total}, 0, total}, {}};
+    e.data.resize(static_cast<std::size_t>(total) * sizeof(float));
+    std::memcpy(e.data.data(), flat.data_ptr(), e.data.size());
+    return e;
+  };
+  for (const auto& ju : layout["units"]) {
+    const std::string unit = ju.value("name", "");
+    std::vector<torch::Tensor> values, firsts, seconds;
+    for (const auto& jp : ju["params"]) {
+      const std::string name = jp.value("name", "");
+      const auto shape = jp["shape"].get<std::vector<std::int64_t>>();
+      KILN_ASSIGN_OR_RETURN(ShardState s,
+                            load_shard(loaded, saved, name, tensor_shard_spec(name), 0, 1, shape, shape));
+      values.push_back(s.value.reshape(-1));
+      if (s.first.defined()) firsts.push_back(s.first.reshape(-1));
+      if (s.second.defined()) seconds.push_back(s.second.reshape(-1));
+    }
+    const std::string prefix = "zero/" + unit + "/";
+    out.entries.push_back(flat_entry(prefix + "param", values));
+    if (out.entries.back().spec.shape[0] != ju.value("total", std::int64_t{-1})) {
+      return data_loss(fmt::format("checkpoint {}: unit '{}' has {} elements here, its layout says {}", loaded.dir,
+                                   unit, out.entries.back().spec.shape[0], ju.value("total", std::int64_t{-1})));
+    }
+    if (saved.adam) {
+      out.entries.push_back(flat_entry(prefix + "exp_avg", firsts));
+      out.entries.push_back(flat_entry(prefix + "exp_avg_sq", seconds));
+    } else if (saved.momentum) {
+      out.entries.push_back(flat_entry(prefix + "momentum", firsts));
+    }
+  }
+  auto blob = [&](std::string name, const std::string& text) {
+    ckpt::LoadedEntry e{std::move(name), false, {}, {}};
+    e.data.resize(text.size());
+    std::memcpy(e.data.data(), text.data(), text.size());
+    out.entries.push_back(std::move(e));
+  };
+  blob("zero/layout", zero_layout);
+  blob("zero/optim", nlohmann::json{{"kind", saved.adam ? "adamw" : "sgd"}, {"step", saved.step}}.dump());
+  for (const ckpt::LoadedEntry& e : loaded.entries) {
+    if (!e.name.starts_with("mesh/") && !e.name.starts_with("zero/")) out.entries.push_back(e);
+  }
+  return out;
+}
+
 }  // namespace kiln::train

@@ -75,4 +75,12 @@ Result<Progress> restore_3d_state(const ckpt::LoadedState& loaded, Gpt3d& model,
 Status restore_whole_from_3d(const ckpt::LoadedState& loaded, torch::nn::Module& module,
                              torch::optim::Optimizer& optimizer);
 
+// The same checkpoint (loaded whole) in the sharded data-parallel form
+// (docs/formats.md "Sharded training state") of the units `zero_layout`
+// names (a `zero/layout` blob of the run that loads it): each unit's
+// parameters and moments concatenated into whole flat tensors, its
+// `zero/optim` record, and the blobs (rng, progress) as they are. DataLoss
+// naming the parameter when the model does not fit the checkpoint.
+Result<ckpt::LoadedState> sharded_state_from_3d(const ckpt::LoadedState& loaded, const std::string& zero_layout);
+
 }  // namespace kiln::train

@@ -1,7 +1,5 @@
 #include "kiln/train/train_state.h"
 
-#include "kiln/train/gpt_3d_state.h"
-
 #include <ATen/CPUGeneratorImpl.h>
 #include <xxhash.h>
 
@@ -10,6 +8,10 @@
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#include "kiln/ckpt/gather.h"
+#include "kiln/train/gpt_3d_state.h"
+#include "kiln/train/train_data.h"
 
 namespace kiln::train {
 namespace {
@@ -265,7 +267,20 @@ Result<Progress> restore_state(const ckpt::LoadedState& loaded, torch::nn::Modul
 }
 
 Result<Progress> restore_sharded_state(const ckpt::LoadedState& loaded,
-                                       parallel::zero::ShardedDataParallel& sharded, int rank) {
+                                       parallel::zero::ShardedDataParallel& sharded, int rank,
+                                       comm::Communicator& comm) {
+  if (loaded.find("mesh/layout") != nullptr) {
+    // Saved by a tensor/pipeline-parallel run: canonical rows of whole
+    // parameters, which only whole tensors cut into the units' flats. The
+    // units are what this run's wrapper would save (its zero/layout).
+    KILN_ASSIGN_OR_RETURN(ckpt::LoadedState whole, ckpt::gather_whole_tensors(loaded, comm, kCollectiveTimeout));
+    ckpt::StateView unused;
+    std::vector<torch::Tensor> keep_alive;
+    std::string layout, optim;
+    KILN_RETURN_IF_ERROR(sharded.capture(&unused, &keep_alive, &layout, &optim));
+    KILN_ASSIGN_OR_RETURN(ckpt::LoadedState converted, sharded_state_from_3d(whole, layout));
+    return restore_sharded_state(converted, sharded, rank, comm);
+  }
   KILN_RETURN_IF_ERROR(sharded.restore(loaded));
   torch::NoGradGuard no_grad;
   for (auto& b : sharded.module().named_buffers()) {

@@ -66,9 +66,12 @@ Status capture_sharded_state(parallel::zero::ShardedDataParallel& sharded, const
                              int rank, int world, Snapshot* out);
 
 // Restores a sharded checkpoint loaded for this rank or whole, saved on any
-// world size by any sharded strategy.
+// world size by any sharded strategy, or a 3D run's checkpoint (mesh/layout)
+// loaded in any rows: collective over `comm` then, which assembles its whole
+// tensors (kiln/ckpt/gather.h) to cut the units' flats from.
 Result<Progress> restore_sharded_state(const ckpt::LoadedState& loaded,
-                                       parallel::zero::ShardedDataParallel& sharded, int rank);
+                                       parallel::zero::ShardedDataParallel& sharded, int rank,
+                                       comm::Communicator& comm);
 
 // xxh3-64 over parameters' bytes, added in order.
 class ParameterDigest {

@@ -195,7 +195,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   KILN_ASSIGN_OR_RETURN(CheckpointSetup ckpt, open_checkpoints(c.checkpoint, comm));
   Progress progress;
   RestoreFn restore = [&](const ckpt::LoadedState& loaded) -> Result<Progress> {
-    if (sharded) return restore_sharded_state(loaded, *sharded, rank);
+    if (sharded) return restore_sharded_state(loaded, *sharded, rank, comm);
     return restore_state(loaded, *task->module(), *optimizer, rank);
   };
   KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/!sharded, comm, ckpt.memory.get(),

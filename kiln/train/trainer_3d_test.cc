@@ -77,7 +77,7 @@ struct Layout {
   std::string name() const {
     return fmt::format("tp {} pp {} dp {} m {} {}{}{}{}{}", tp, pp, dp, microbatches, schedule,
                        chunks > 1 ? fmt::format(" v {}", chunks) : "", sequence_parallel ? " sp" : "",
-                       strategy == Strategy::kZero1 ? " zero1" : "", precision == Precision::kBf16 ? " bf16" : "");
+                       strategy != Strategy::kDdp ? std::string(" ") + strategy_name(strategy) : "", precision == Precision::kBf16 ? " bf16" : "");
   }
 };
 
@@ -283,8 +283,9 @@ TEST(Trainer3d, ARestartedJobRecoversFromMemoryWithoutStorage) {
 }
 
 // Saved by ZeRO-1 on TP 2 x PP 2 x DP 2; continued by plain data parallelism
-// (TP 1 x PP 1 x DP 2, ddp), by ZeRO-1 on TP 2 x PP 1 x DP 2 and on the same
-// layout: all end where one uninterrupted process ends.
+// (TP 1 x PP 1 x DP 2: ddp, ZeRO-3 and, on one rank, ZeRO-2), by ZeRO-1 on
+// TP 2 x PP 1 x DP 2 and on the same layout: all end where one
+// uninterrupted process ends.
 TEST(Trainer3d, Zero1CheckpointsResumeOnAnotherLayout) {
   GptFixture f;
   auto config = [&](std::int64_t steps) {
@@ -299,7 +300,9 @@ TEST(Trainer3d, Zero1CheckpointsResumeOnAnotherLayout) {
   first.checkpoint = {.dir = f.dir.path() + "/ckpt", .every = 0};
   auto saved = train_on(8, first, f.dir.path() + "/saved");
   ASSERT_TRUE(saved.is_ok()) << saved.status().to_string();
-  for (const Layout& l : {Layout{1, 1, 2, 2}, Layout{2, 1, 2, 2, "1f1b", 1, false, Strategy::kZero1},
+  for (const Layout& l : {Layout{1, 1, 2, 2}, Layout{1, 1, 2, 2, "1f1b", 1, false, Strategy::kZero3},
+                          Layout{1, 1, 1, 2, "1f1b", 1, false, Strategy::kZero2},
+                          Layout{2, 1, 2, 2, "1f1b", 1, false, Strategy::kZero1},
                           Layout{2, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1}}) {
     const std::string copy = f.dir.path() + fmt::format("/ckpt-{}{}{}-{}", l.tp, l.pp, l.dp, strategy_name(l.strategy));
     std::filesystem::copy(first.checkpoint.dir, copy, std::filesystem::copy_options::recursive);
