@@ -42,8 +42,8 @@ std::string describe(const LoadedState& s, int rank) {
   std::string problem;
   for (const auto& e : s.entries) {
     if (!e.is_tensor) continue;
-    tensors.push_back({e.name, static_cast<int>(e.spec.dtype), e.spec.shape, e.spec.row_offset,
-                       e.spec.rows});
+    tensors.push_back(
+        {e.name, static_cast<int>(e.spec.dtype), e.spec.shape, e.spec.row_offset, e.spec.rows});
     const std::size_t want = static_cast<std::size_t>(e.spec.rows) * e.spec.row_bytes();
     if (!problem.empty()) continue;
     if (e.spec.shape.empty() || e.spec.row_offset < 0 || e.spec.rows < 0 ||
@@ -136,12 +136,12 @@ Result<std::vector<Plan>> plan_gather(const std::vector<json>& tables) {
       const std::int64_t lo = cuts[c], hi = cuts[c + 1];
       int owner = -1;
       for (std::size_t k = 0; k < held[i].size() && owner < 0; ++k) {
-        if (held[i][k].offset <= lo && hi <= held[i][k].offset + held[i][k].rows) owner = holders[i][k];
+        if (held[i][k].offset <= lo && hi <= held[i][k].offset + held[i][k].rows)
+          owner = holders[i][k];
       }
       if (owner < 0) {
-        return invalid_argument(
-            fmt::format("rows [{}, {}) of '{}' (of {}) are held by no rank", lo, hi, p.spec.name,
-                        p.spec.shape[0]));
+        return invalid_argument(fmt::format("rows [{}, {}) of '{}' (of {}) are held by no rank", lo,
+                                            hi, p.spec.name, p.spec.shape[0]));
       }
       if (!p.segments.empty() && p.segments.back().rank == owner) {
         p.segments.back().rows += hi - lo;
@@ -167,8 +167,9 @@ Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& 
     plans = data_loss(fmt::format("a rank's table of tensors does not parse: {}", e.what()));
   }
   if (!plans.is_ok()) {
-    return Status(plans.status().code(), fmt::format("gathering whole tensors of checkpoint step {}: {}",
-                                                     share.step, plans.status().message()));
+    return Status(plans.status().code(),
+                  fmt::format("gathering whole tensors of checkpoint step {}: {}", share.step,
+                              plans.status().message()));
   }
 
   // Rank r sends the rows it owns, tensor by tensor in plan order; every
@@ -179,7 +180,8 @@ Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& 
   }
   std::vector<std::size_t> counts(static_cast<std::size_t>(world), 0);
   for (const Plan& p : *plans) {
-    for (const Segment& s : p.segments) counts[s.rank] += static_cast<std::size_t>(s.rows) * p.row_bytes;
+    for (const Segment& s : p.segments)
+      counts[s.rank] += static_cast<std::size_t>(s.rows) * p.row_bytes;
   }
   std::vector<std::byte> send;
   send.reserve(counts[rank]);
@@ -187,7 +189,8 @@ Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& 
     for (const Segment& s : p.segments) {
       if (s.rank != rank) continue;
       const LoadedEntry& e = *mine.at(p.spec.name);
-      auto first = e.data.begin() + static_cast<std::ptrdiff_t>((s.offset - e.spec.row_offset) * p.row_bytes);
+      auto first = e.data.begin() +
+                   static_cast<std::ptrdiff_t>((s.offset - e.spec.row_offset) * p.row_bytes);
       send.insert(send.end(), first, first + static_cast<std::ptrdiff_t>(s.rows * p.row_bytes));
     }
   }
@@ -198,7 +201,7 @@ Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& 
       comm.allgatherv(send.data(), all.data(), counts, DataType::kUInt8)->wait(timeout));
 
   std::vector<std::size_t> cursor = starts;  // next unread byte of rank r's part
-  std::vector<LoadedEntry> others;            // tensors only other ranks held
+  std::vector<LoadedEntry> others;           // tensors only other ranks held
   for (const Plan& p : *plans) {
     std::vector<std::byte> whole(static_cast<std::size_t>(p.spec.shape[0]) * p.row_bytes);
     for (const Segment& s : p.segments) {

@@ -87,11 +87,13 @@ INSTANTIATE_TEST_SUITE_P(Worlds, GatherWhole, ::testing::Values(1, 3, 4));
 
 // A share cut to arbitrary rows: rank r holds `ranges[r]` of a tensor of
 // `total` rows of 3 floats, whose row i is {i, i + 0.5, -i}.
-LoadedEntry rows_entry(const std::string& name, std::int64_t total, std::int64_t lo, std::int64_t n) {
+LoadedEntry rows_entry(const std::string& name, std::int64_t total, std::int64_t lo,
+                       std::int64_t n) {
   LoadedEntry e{name, true, TensorSpec{comm::DataType::kFloat32, {total, 3}, lo, n}, {}};
   std::vector<float> v;
   for (std::int64_t i = lo; i < lo + n; ++i) {
-    v.insert(v.end(), {static_cast<float>(i), static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
+    v.insert(v.end(),
+             {static_cast<float>(i), static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
   }
   e.data.resize(v.size() * sizeof(float));
   std::memcpy(e.data.data(), v.data(), e.data.size());
@@ -101,7 +103,8 @@ LoadedEntry rows_entry(const std::string& name, std::int64_t total, std::int64_t
 std::vector<float> whole_rows(std::int64_t total) {
   std::vector<float> v;
   for (std::int64_t i = 0; i < total; ++i) {
-    v.insert(v.end(), {static_cast<float>(i), static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
+    v.insert(v.end(),
+             {static_cast<float>(i), static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
   }
   return v;
 }
@@ -128,7 +131,8 @@ TEST(GatherWhole, RowsAsSavedAndTensorsOnlySomeRanksHold) {
         share.entries.push_back(LoadedEntry{"rng", false, {}, {blob}});
         KILN_ASSIGN_OR_RETURN(LoadedState whole, gather_whole_tensors(std::move(share), comm,
                                                                       std::chrono::seconds(20)));
-        for (auto [name, total] : {std::pair<const char*, std::int64_t>{"stage0", 10}, {"stage1", 4}, {"shared", 6}}) {
+        for (auto [name, total] :
+             {std::pair<const char*, std::int64_t>{"stage0", 10}, {"stage1", 4}, {"shared", 6}}) {
           std::vector<float> want = whole_rows(total);
           KILN_RETURN_IF_ERROR(expect_bytes(whole, name, want.data(), want.size() * 4, k));
         }
@@ -176,7 +180,8 @@ TEST(GatherWhole, RowsNoRankHoldsAreNamedOnEveryRank) {
         if (whole.is_ok()) return internal_error("a short share was gathered");
         if (whole.status().code() != Code::kInvalidArgument ||
             whole.status().message().find("rows [18, 19) of 'w0'") == std::string::npos) {
-          return internal_error("the error does not name w0's missing row: " + whole.status().to_string());
+          return internal_error("the error does not name w0's missing row: " +
+                                whole.status().to_string());
         }
         return Status::ok();
       },
@@ -194,9 +199,11 @@ TEST(GatherWhole, AShareWithTheWrongByteCountIsNamed) {
         share.entries.push_back(rows_entry("w", 8, comm.rank() * 4, 4));
         if (comm.rank() == 1) share.entries[0].data.resize(7);
         auto whole = gather_whole_tensors(std::move(share), comm, std::chrono::seconds(20));
-        if (whole.is_ok() || whole.status().message().find("rank 1 holds rows [4, +4) of 'w' in 7 bytes") ==
-                                 std::string::npos) {
-          return internal_error(fmt::format("rank {}: {}", comm.rank(), whole.status().to_string()));
+        if (whole.is_ok() ||
+            whole.status().message().find("rank 1 holds rows [4, +4) of 'w' in 7 bytes") ==
+                std::string::npos) {
+          return internal_error(
+              fmt::format("rank {}: {}", comm.rank(), whole.status().to_string()));
         }
         return Status::ok();
       },
