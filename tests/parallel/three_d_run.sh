@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # kiln run re-forms a tensor/pipeline-parallel job (TP 2 x PP 2, 4 workers)
 # after a killed worker: the group restarts, resumes from the newest 3D
-# checkpoint and ends with exactly the parameters of a fault-free run.
+# checkpoint (from the in-memory tier) and ends with exactly the parameters
+# of a fault-free run.
 #   tests/parallel/three_d_run.sh PATH/TO/kiln
 set -euo pipefail
 KILN=$1
@@ -42,6 +43,10 @@ got=$(params_digest "$WORK/crash.log")
 [ "$got" = "$EXPECTED" ] || fail "parameters $got differ from the fault-free run's $EXPECTED"
 jq -e -s '[.[] | select(.event == "round_formed")] | map(.generation) == [1, 2]' "$WORK/crash.events" > /dev/null \
   || { cat "$WORK/crash.events" >&2; fail "expected the group to re-form once"; }
-resumed=$(grep -Eo 'resumed from [^ ]*/step-[0-9]+' "$WORK/crash.log" | tail -1 | grep -o '[0-9]*$' || echo 0)
+resumed=$(grep -Eo 'resumed from (memory, )?[^ ]*/step-[0-9]+' "$WORK/crash.log" | tail -1 | grep -o '[0-9]*$' || echo 0)
 [ "$resumed" -ge "$step" ] || fail "resumed from step $resumed, not >= $step"
+# Every rank's snapshot is still in this host's memory (the killed rank's
+# too): the restart recovers the 3D state from there, not from storage.
+from_memory=$(grep -c 'resumed from memory, ' "$WORK/crash.log" || true)
+[ "$from_memory" -eq 4 ] || fail "$from_memory of 4 ranks resumed from memory"
 echo "three_d_run: killed rank 3 after step $step; re-formed, resumed from step $resumed, final parameters match"
