@@ -13,6 +13,7 @@
 // peak over the timed steps (activations included).
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -41,6 +42,7 @@ struct FsdpBenchArgs {
   int warmup = 2;
   bool bf16 = false;
   int prefetch = 1;
+  std::int64_t min_unit_params = 0;  // wrap policy by size: merge smaller neighbouring layers
   std::string trace;  // PATH: (b)'s timeline of the timed steps, PATH.rank<r>.jsonl
   bool json = false;
 };
@@ -61,6 +63,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
   ZeroOptions options;
   options.stage = a.stage;
   options.prefetch = a.prefetch;
+  options.min_unit_params = a.min_unit_params;
   options.precision = a.bf16 ? parallel::zero::Precision::kBf16 : parallel::zero::Precision::kFp32;
   options.optimizer.lr = 1e-4;
   auto make = [&](bool overlap) -> Result<std::pair<std::shared_ptr<MlpImpl>, std::unique_ptr<ShardedDataParallel>>> {
@@ -138,6 +141,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
                      {"units", z.unit_count()},
                      {"batch_per_rank", a.batch},
                      {"prefetch", a.prefetch},
+                     {"min_unit_params", a.min_unit_params},
                      {"comm_s", comm_s},
                      {"exposed_comm_s", exposed},
                      {"backward_s", median(b_backward)},
@@ -185,6 +189,8 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_flag("--bf16", a->bf16, "bf16 compute and communication, fp32 masters");
   cmd->add_option("--prefetch", a->prefetch, "stage 3: units gathered ahead of the one computing")
       ->check(CLI::Range(1, 8));
+  cmd->add_option("--min-unit-params", a->min_unit_params,
+                  "merge neighbouring layers into units of at least this many parameters (0: a unit per layer)");
   cmd->add_option("--trace", a->trace,
                   "write the overlapped wrapper's timeline of the timed steps to PATH.rank<r>.jsonl");
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");

@@ -329,6 +329,45 @@ TEST(ShardedDataParallel, StateBytesFollowTheZeroFormulas) {
   EXPECT_TRUE(r.ok()) << r.report;
 }
 
+// The bytes each step sends (what kiln bench fsdp's comm_bytes_ratio_vs_ddp
+// divides by DDP's 2 x 4 bytes x parameters) are the schedule's, counted by
+// hand: stages 1 and 2 reduce-scatter the gradients and allgather the
+// stepped shares (DDP's bytes: an allreduce is the two); stage 3 gathers
+// every unit in forward and again in backward, except the unit forward ran
+// last, which stays gathered into backward (as FSDP keeps its root), and
+// reduce-scatters every unit: 1.5 - (last unit's parameters) / (2 x all).
+// The units' sizes divide by 4, so no padding is sent.
+TEST(ShardedDataParallel, EachStepSendsTheSchedulesBytes) {
+  auto r = comm::testing::run_ranks(4, [](comm::Communicator& c) -> Status {
+    torch::set_num_threads(1);
+    for (int stage : {1, 2, 3}) {
+      for (bool overlap : {true, false}) {
+        const Case s{.stage = stage, .overlap = overlap};
+        Net net = make_net(1);
+        KILN_ASSIGN_OR_RETURN(auto z, make_sharded(net, c, s));
+        // Step 0 records the execution order; step 1's bytes are the schedule's.
+        KILN_RETURN_IF_ERROR(train_steps(*z, net, c, s, 0, 1));
+        Data d = make_data(1);
+        const int rows = kBatch / c.size();
+        KILN_RETURN_IF_ERROR(z->backward(torch::mse_loss(
+            net->forward(d.x.narrow(0, c.rank() * rows, rows)), d.y.narrow(0, c.rank() * rows, rows))));
+        const std::size_t all = 4 * static_cast<std::size_t>(z->parameter_count());
+        const std::size_t last = 4 * static_cast<std::size_t>(net->out->weight.numel() + net->out->bias.numel());
+        // Without overlap, stage 3 gathers every unit once and keeps it
+        // through backward (the bench's baseline): DDP's bytes too.
+        const std::size_t want = stage == 3 && overlap ? 3 * all - last : 2 * all;
+        if (z->last_sync().bytes != want) {
+          return internal_error(fmt::format("stage {} overlap {}: sent {} bytes in a step, the schedule {} "
+                                            "({} parameter bytes, {} in the last unit)",
+                                            stage, overlap, z->last_sync().bytes, want, all, last));
+        }
+      }
+    }
+    return Status::ok();
+  });
+  EXPECT_TRUE(r.ok()) << r.report;
+}
+
 // Saved by ZeRO-3 on 4 ranks, loaded by ZeRO-3 on 3 and ZeRO-1 on 2: the
 // loaded parameters are the saved ones to the bit, and the loaded runs
 // continue as one uninterrupted process would.
