@@ -239,9 +239,10 @@ TEST(ShardedDataParallel, PrefetchDepthAndOverlapDoNotChangeOneBit) {
 }
 
 // bf16 compute and communication, fp32 master weights: the trajectory stays
-// within bf16's resolution of the fp32 one after a few steps.
+// within bf16's resolution of the fp32 one after a few steps (the tolerance
+// docs/train.md documents: 3e-2 of the parameters' L2 norm after 4 steps).
 TEST(ShardedDataParallel, Bf16StaysNearTheFp32Trajectory) {
-  for (int stage : {1, 3}) {
+  for (int stage : {1, 2, 3}) {
     expect_matches_reference(2, {.stage = stage, .precision = Precision::kBf16}, 3e-2);
   }
 }
