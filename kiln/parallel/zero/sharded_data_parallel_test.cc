@@ -8,6 +8,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
@@ -69,6 +72,7 @@ struct Case {
   std::int64_t min_unit_params = 0;
   bool overlap = true;
   int prefetch = 1;
+  bool trace = false;
 };
 
 OptimizerOptions optimizer_options(const Case& s) {
@@ -119,6 +123,7 @@ Result<std::unique_ptr<ShardedDataParallel>> make_sharded(Net net, comm::Communi
   z.min_unit_params = s.min_unit_params;
   z.overlap = s.overlap;
   z.prefetch = s.prefetch;
+  z.trace = s.trace;
   z.optimizer = optimizer_options(s);
   return ShardedDataParallel::create(net.ptr(), c, z);
 }
@@ -323,6 +328,73 @@ TEST(ShardedDataParallel, StateBytesFollowTheZeroFormulas) {
       // The bound is a few units, not the model: sharding still pays.
       if (stage == 3 && peak > 0.9 * 16.0 * static_cast<double>(z->parameter_count())) {
         return internal_error(fmt::format("stage 3: peak {} bytes is close to replicated state", peak));
+      }
+    }
+    return Status::ok();
+  });
+  EXPECT_TRUE(r.ok()) << r.report;
+}
+
+// The overlapped schedule itself, read from the wrapper's trace of one step
+// (every event is stamped on this rank's training thread or at a collective's
+// submission from it, so their order is the program's, not timing luck). Over
+// the units u0..u4 in execution order, with prefetch 1:
+// - forward: u(k+1)'s gather is issued once u(k)'s forward has begun and
+//   before u(k+1)'s begins: one unit ahead, never all at once;
+// - backward: u(k-1)'s gather is issued before u(k)'s gradients are complete;
+// - u(k)'s reduce-scatter is issued before u(k-1)'s gradients are complete:
+//   it overlaps the rest of backward.
+// The non-overlapped baseline breaks all three (the test's check of itself).
+TEST(ShardedDataParallel, GathersRunOneUnitAheadAndReductionsStartInsideBackward) {
+  auto r = comm::testing::run_ranks(2, [](comm::Communicator& c) -> Status {
+    torch::set_num_threads(1);
+    for (bool overlap : {true, false}) {
+      const Case s{.stage = 3, .overlap = overlap, .trace = true};
+      Net net = make_net(1);
+      KILN_ASSIGN_OR_RETURN(auto z, make_sharded(net, c, s));
+      KILN_RETURN_IF_ERROR(train_steps(*z, net, c, s, 0, 1));  // records the execution order
+      (void)z->take_trace();
+      Data d = make_data(1);
+      const int rows = kBatch / c.size();
+      KILN_RETURN_IF_ERROR(z->backward(torch::mse_loss(
+          net->forward(d.x.narrow(0, c.rank() * rows, rows)), d.y.narrow(0, c.rank() * rows, rows))));
+      std::vector<TraceEvent> events = z->take_trace();
+      double backward_start = 0;
+      std::vector<std::string> order;
+      std::map<std::string, double> forward_start, grads_done, reduce_issued, forward_gather, backward_gather;
+      for (const TraceEvent& e : events) {
+        if (e.what == "backward") backward_start = e.started;
+      }
+      for (const TraceEvent& e : events) {
+        if (e.what == "forward") {
+          order.push_back(e.unit);
+          forward_start[e.unit] = e.ended;  // stamped as the unit's forward begins
+        }
+        if (e.what == "grads") grads_done[e.unit] = e.ended;
+        if (e.what == "reduce") reduce_issued[e.unit] = e.issued;
+        if (e.what == "gather") (e.issued < backward_start ? forward_gather : backward_gather)[e.unit] = e.issued;
+      }
+      if (order.size() != 5 || grads_done.size() != 5 || reduce_issued.size() != 5) {
+        return internal_error(fmt::format("overlap {}: traced {} forwards, {} gradients, {} reductions",
+                                          overlap, order.size(), grads_done.size(), reduce_issued.size()));
+      }
+      bool ahead_in_forward = true, ahead_in_backward = true, reduced_inside = true;
+      for (std::size_t k = 0; k + 1 < order.size(); ++k) {
+        auto g = forward_gather.find(order[k + 1]);
+        ahead_in_forward = ahead_in_forward && g != forward_gather.end() &&
+                           forward_start[order[k]] < g->second && g->second < forward_start[order[k + 1]];
+      }
+      for (std::size_t k = order.size() - 1; k >= 1; --k) {
+        auto g = backward_gather.find(order[k - 1]);
+        ahead_in_backward = ahead_in_backward && g != backward_gather.end() && g->second < grads_done[order[k]];
+        reduced_inside = reduced_inside && reduce_issued[order[k]] < grads_done[order[k - 1]];
+      }
+      for (auto [what, holds] : {std::pair{"forward gathers one unit ahead", ahead_in_forward},
+                                 std::pair{"backward gathers one unit ahead", ahead_in_backward},
+                                 std::pair{"reductions start inside backward", reduced_inside}}) {
+        if (holds != overlap) {
+          return internal_error(fmt::format("rank {}, overlap {}: '{}' is {}", c.rank(), overlap, what, holds));
+        }
       }
     }
     return Status::ok();
