@@ -278,18 +278,21 @@ TEST(Trainer, ShardedStrategiesMatchOneRankWithTheWholeBatch) {
 
 TEST(Trainer, ShardedResumeAfterSigkillIsBitIdentical) {
   Fixture f;
-  TrainConfig straight = sharded(f.config(32, 1, 10), Strategy::kZero3);
-  straight.checkpoint = {.dir = f.dir.path() + "/ckpt-a", .every = 2};
-  auto a = train_on(2, straight, f.dir.path() + "/a");
-  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
-  TrainConfig crashed = straight;
-  crashed.checkpoint.dir = f.dir.path() + "/ckpt-b";
-  ASSERT_FALSE(train_on(2, crashed, f.dir.path() + "/b1", /*crash_after_step=*/7).is_ok());
-  auto resumed = train_on(2, crashed, f.dir.path() + "/b2");
-  ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
-  EXPECT_GE(resumed->start_step, 4);
-  EXPECT_LE(resumed->start_step, 7);
-  EXPECT_EQ(resumed->parameters, a->parameters);
+  for (Strategy strategy : {Strategy::kZero1, Strategy::kZero2, Strategy::kZero3}) {
+    const std::string at = f.dir.path() + "/" + strategy_name(strategy);
+    TrainConfig straight = sharded(f.config(32, 1, 10), strategy);
+    straight.checkpoint = {.dir = at + "/ckpt-a", .every = 2};
+    auto a = train_on(2, straight, at + "-a");
+    ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+    TrainConfig crashed = straight;
+    crashed.checkpoint.dir = at + "/ckpt-b";
+    ASSERT_FALSE(train_on(2, crashed, at + "-b1", /*crash_after_step=*/7).is_ok());
+    auto resumed = train_on(2, crashed, at + "-b2");
+    ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
+    EXPECT_GE(resumed->start_step, 4) << strategy_name(strategy);
+    EXPECT_LE(resumed->start_step, 7) << strategy_name(strategy);
+    EXPECT_EQ(resumed->parameters, a->parameters) << strategy_name(strategy);
+  }
 }
 
 // Saved by ZeRO-3 on 4 ranks; loaded by ZeRO-3 on 3 ranks and by plain data
