@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --bench) BENCH=$2; shift 2 ;;
     --exec) EXECS+=("$2"); shift 2 ;;
     --stage) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
-    --batch|--width|--layers|--bucket-mib|--steps|--warmup|--prefetch|--trace) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
+    --batch|--width|--layers|--bucket-mib|--steps|--warmup|--prefetch|--min-unit-params|--trace) BENCH_ARGS+=("$1" "$2"); shift 2 ;;
     --auto-bucket-cap|--bf16) BENCH_ARGS+=("$1"); shift ;;
     *) echo "ddp_overlap: unknown option $1" >&2; exit 2 ;;
   esac

@@ -14,6 +14,15 @@ not cover is exposed in any schedule that reduces a unit only once its
 gradients exist and gathers it only once its shares are stepped:
   floor = (last reduction's end - backward's end) + gather(u0) + gather(u1)
           - (optimizer step + forward of u0)
+Per pass, whether the link or the training thread bounds it: the link time
+of the collectives each pass needs (forward: its gathers; backward: its
+gathers and every reduction, the tail after backward included; one rank's
+collectives run one at a time, so these add up) against the training
+thread's own work in that pass (its span less its waits; the optimizer step
+counts with forward, under whose first gather it runs). A pass whose link
+time exceeds its work exposes at least the difference in any schedule,
+whatever the prefetch depth or unit size: `link_bound_ms` sums that over
+both passes.
 --show STEP prints that step's events (ms from its optimizer step's start).
 """
 import argparse
@@ -58,7 +67,17 @@ def analyse(window, previous):
     if bwd is None or len(fwd) < 2:
         return None
     waits = [e for e in window if e["what"] == "wait_gather"]
-    out = {"forward_gather_ms": spent(window, "wait_gather", before=bwd["started"]) * ms,
+    fwd_waits = spent(window, "wait_gather", before=bwd["started"])
+    bwd_waits = (spent(window, "wait_gather", after=bwd["started"])
+                 + spent(window, "wait_reduce", after=bwd["started"], before=bwd["ended"]))
+    fwd_link = spent(window, "gather", before=bwd["started"])
+    bwd_link = spent(window, "gather", after=bwd["started"]) + spent(window, "reduce", after=bwd["started"])
+    fwd_cpu = (bwd["started"] - step["started"]) - fwd_waits
+    bwd_cpu = (bwd["ended"] - bwd["started"]) - bwd_waits
+    out = {"forward_link_ms": fwd_link * ms, "forward_cpu_ms": fwd_cpu * ms,
+           "backward_link_ms": bwd_link * ms, "backward_cpu_ms": bwd_cpu * ms,
+           "link_bound_ms": (max(0.0, fwd_link - fwd_cpu) + max(0.0, bwd_link - bwd_cpu)) * ms,
+           "forward_gather_ms": fwd_waits * ms,
            "backward_gather_ms": spent(window, "wait_gather", after=bwd["started"]) * ms,
            "after_backward_ms": spent(window, "wait_reduce", after=bwd["ended"] - 1e-4) * ms}
     if previous is not None:

@@ -11,8 +11,14 @@
 // against DDP's allreduce of the same gradients, and per-rank state memory:
 // the wrapper's accounting against the ZeRO formula, and the CPU allocator's
 // peak over the timed steps (activations included).
+// Typed on its own it starts --ranks local ranks (default 2); under a
+// launcher each process is one rank.
+// --check: (a) and (b) trained the same model on the same data, and the
+// schedule moves collectives in time, never what they compute: after the
+// timed steps both hold the same parameters, to the bit.
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -21,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "cli/local_ranks.h"
 #include "cli/torch/bench_mlp.h"
 #include "kiln/comm/process_group.h"
 #include "kiln/parallel/counting_allocator.h"
@@ -41,15 +48,57 @@ struct FsdpBenchArgs {
   int warmup = 2;
   bool bf16 = false;
   int prefetch = 1;
+  std::int64_t min_unit_params = 0;  // wrap policy by size: merge smaller neighbouring layers
   std::string trace;  // PATH: (b)'s timeline of the timed steps, PATH.rank<r>.jsonl
   bool json = false;
+  bool check = false;
+  // Tests only: adds 1 to one of (b)'s parameters on the last rank before
+  // --check compares, so a test can prove the check catches it.
+  bool inject_corruption = false;
+  int ranks = 2;  // when not under a launcher
 };
 
 using bench::median;
 using bench::MlpImpl;
 using bench::since;
 
+// --check: every parameter of (a) equals (b)'s on every rank.
+Status check_same_parameters(const FsdpBenchArgs& a, comm::Communicator& c, MlpImpl& net_a,
+                             ShardedDataParallel& z_a, MlpImpl& net_b, ShardedDataParallel& z_b) {
+  KILN_RETURN_IF_ERROR(z_a.gather_all());
+  KILN_RETURN_IF_ERROR(z_b.gather_all());
+  torch::NoGradGuard no_grad;
+  if (a.inject_corruption && c.rank() == c.size() - 1) {
+    net_b.layers.back()->bias.view(-1)[0].add_(1.0f);
+  }
+  auto pa = net_a.parameters(), pb = net_b.parameters();
+  double worst = 0;
+  for (std::size_t i = 0; i < pa.size(); ++i) {
+    if (!torch::equal(pa[i], pb[i])) {
+      auto diff = (pa[i].to(torch::kFloat32) - pb[i].to(torch::kFloat32)).abs().max();
+      worst = std::max(worst, diff.item<double>());
+    }
+  }
+  std::int32_t bad = worst > 0 ? 1 : 0;
+  if (bad) {
+    std::fprintf(stderr,
+                 "bench fsdp: rank %d: the overlapped wrapper's parameters differ from the "
+                 "baseline's by %g (they must be equal)\n",
+                 c.rank(), worst);
+  }
+  KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, comm::DataType::kInt32, comm::ReduceOp::kMax)->wait());
+  if (bad) {
+    return internal_error("bench fsdp: --check failed: the two schedules trained different parameters");
+  }
+  return Status::ok();
+}
+
 Status bench_fsdp(const FsdpBenchArgs& a) {
+  if (a.steps < 1 || a.warmup < 0) {
+    return invalid_argument(fmt::format(
+        "bench fsdp: --steps {} --warmup {}: need --steps >= 1 and --warmup >= 0", a.steps, a.warmup));
+  }
+  if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench fsdp")) return *spawned;
   parallel::CountingAllocator& memory = parallel::CountingAllocator::install();
   torch::set_num_threads(1);
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
@@ -61,6 +110,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
   ZeroOptions options;
   options.stage = a.stage;
   options.prefetch = a.prefetch;
+  options.min_unit_params = a.min_unit_params;
   options.precision = a.bf16 ? parallel::zero::Precision::kBf16 : parallel::zero::Precision::kFp32;
   options.optimizer.lr = 1e-4;
   auto make = [&](bool overlap) -> Result<std::pair<std::shared_ptr<MlpImpl>, std::unique_ptr<ShardedDataParallel>>> {
@@ -138,6 +188,7 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
                      {"units", z.unit_count()},
                      {"batch_per_rank", a.batch},
                      {"prefetch", a.prefetch},
+                     {"min_unit_params", a.min_unit_params},
                      {"comm_s", comm_s},
                      {"exposed_comm_s", exposed},
                      {"backward_s", median(b_backward)},
@@ -156,7 +207,8 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
                      {"formula_state_bytes_per_rank", z.formula_state_bytes()},
                      {"in_flight_bound_bytes", z.in_flight_bound()},
                      {"allocator_peak_bytes_per_rank", memory.peak_bytes()},
-                     {"replicated_state_bytes_per_rank", 16 * z.parameter_count()}};
+                     {"replicated_state_bytes_per_rank", 16 * z.parameter_count()},
+                     {"check", a.check ? "ok" : "off"}};
   if (!a.trace.empty()) {
     const std::string path = fmt::format("{}.rank{}.jsonl", a.trace, c.rank());
     std::FILE* f = std::fopen(path.c_str(), "w");
@@ -168,6 +220,11 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
     }
     std::fclose(f);
   }
+  // Last: gathering every unit for the comparison would count in the peak
+  // and the trace.
+  if (a.check) {
+    KILN_RETURN_IF_ERROR(check_same_parameters(a, c, *base.first, *base.second, *over.first, *over.second));
+  }
   if (c.rank() == 0) std::printf("%s\n", a.json ? doc.dump().c_str() : doc.dump(2).c_str());
   return Status::ok();
 }
@@ -175,7 +232,8 @@ Status bench_fsdp(const FsdpBenchArgs& a) {
 const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   auto a = std::make_shared<FsdpBenchArgs>();
   auto* cmd = parent.add_subcommand(
-      "fsdp", "Sharded data parallel: overlap, collective volume and state memory (run under a launcher)");
+      "fsdp", "Sharded data parallel: overlap, collective volume and state memory (starts --ranks local "
+              "ranks unless launched)");
   cmd->add_option("--stage", a->stage, "ZeRO stage: 1, 2 or 3")->check(CLI::Range(1, 3));
   cmd->add_option("--width", a->width, "hidden width of the MLP");
   cmd->add_option("--layers", a->layers, "hidden width x width layers (one unit each)");
@@ -185,9 +243,17 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_flag("--bf16", a->bf16, "bf16 compute and communication, fp32 masters");
   cmd->add_option("--prefetch", a->prefetch, "stage 3: units gathered ahead of the one computing")
       ->check(CLI::Range(1, 8));
+  cmd->add_option("--min-unit-params", a->min_unit_params,
+                  "merge neighbouring layers into units of at least this many parameters "
+                  "(0: a unit per layer)");
   cmd->add_option("--trace", a->trace,
                   "write the overlapped wrapper's timeline of the timed steps to PATH.rank<r>.jsonl");
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
+  cmd->add_flag("--check", a->check,
+                "after the timed steps, compare the two wrappers' parameters (equal to the bit)");
+  cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")
+      ->capture_default_str();
+  cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
   cmd->callback(run_status([a] { return bench_fsdp(*a); }));
 });
 

@@ -278,22 +278,26 @@ TEST(Trainer, ShardedStrategiesMatchOneRankWithTheWholeBatch) {
 
 TEST(Trainer, ShardedResumeAfterSigkillIsBitIdentical) {
   Fixture f;
-  TrainConfig straight = sharded(f.config(32, 1, 10), Strategy::kZero3);
-  straight.checkpoint = {.dir = f.dir.path() + "/ckpt-a", .every = 2};
-  auto a = train_on(2, straight, f.dir.path() + "/a");
-  ASSERT_TRUE(a.is_ok()) << a.status().to_string();
-  TrainConfig crashed = straight;
-  crashed.checkpoint.dir = f.dir.path() + "/ckpt-b";
-  ASSERT_FALSE(train_on(2, crashed, f.dir.path() + "/b1", /*crash_after_step=*/7).is_ok());
-  auto resumed = train_on(2, crashed, f.dir.path() + "/b2");
-  ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
-  EXPECT_GE(resumed->start_step, 4);
-  EXPECT_LE(resumed->start_step, 7);
-  EXPECT_EQ(resumed->parameters, a->parameters);
+  for (Strategy strategy : {Strategy::kZero1, Strategy::kZero2, Strategy::kZero3}) {
+    const std::string at = f.dir.path() + "/" + strategy_name(strategy);
+    TrainConfig straight = sharded(f.config(32, 1, 10), strategy);
+    straight.checkpoint = {.dir = at + "/ckpt-a", .every = 2};
+    auto a = train_on(2, straight, at + "-a");
+    ASSERT_TRUE(a.is_ok()) << a.status().to_string();
+    TrainConfig crashed = straight;
+    crashed.checkpoint.dir = at + "/ckpt-b";
+    ASSERT_FALSE(train_on(2, crashed, at + "-b1", /*crash_after_step=*/7).is_ok());
+    auto resumed = train_on(2, crashed, at + "-b2");
+    ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
+    EXPECT_GE(resumed->start_step, 4) << strategy_name(strategy);
+    EXPECT_LE(resumed->start_step, 7) << strategy_name(strategy);
+    EXPECT_EQ(resumed->parameters, a->parameters) << strategy_name(strategy);
+  }
 }
 
-// Saved by ZeRO-3 on 4 ranks; continued by ZeRO-3 on 3 ranks and by plain
-// data parallelism on 2: both end where one uninterrupted rank ends.
+// Saved by ZeRO-3 on 4 ranks; loaded by ZeRO-3 on 3 ranks and by plain data
+// parallelism on 2 with the saved parameters to the bit; continued, both end
+// where one uninterrupted rank ends.
 TEST(Trainer, ShardedCheckpointsResumeOnAnotherWorldSizeAndStrategy) {
   Fixture f;
   // A constant learning rate: a run of 5 steps and one of 8 follow the same
@@ -308,10 +312,19 @@ TEST(Trainer, ShardedCheckpointsResumeOnAnotherWorldSizeAndStrategy) {
   ASSERT_TRUE(want.is_ok()) << want.status().to_string();
   TrainConfig first = sharded(config(5), Strategy::kZero3);
   first.checkpoint = {.dir = f.dir.path() + "/ckpt", .every = 0};
-  ASSERT_TRUE(train_on(4, first, f.dir.path() + "/r4").is_ok());
+  auto saved = train_on(4, first, f.dir.path() + "/r4");
+  ASSERT_TRUE(saved.is_ok()) << saved.status().to_string();
   for (auto [world, strategy] : {std::pair{3, Strategy::kZero3}, std::pair{2, Strategy::kDdp}}) {
     const std::string copy = f.dir.path() + fmt::format("/ckpt-{}", world);
     std::filesystem::copy(first.checkpoint.dir, copy, std::filesystem::copy_options::recursive);
+    // Loaded and not stepped: the saved parameters to the bit (the moments
+    // too: TrainState.AZero3CheckpointOnFourRanksLoadsIntoDdpOnTwoBitExactly).
+    TrainConfig load_only = sharded(config(5), strategy);
+    load_only.checkpoint = {.dir = copy, .every = 0};
+    auto loaded = train_on(world, load_only, f.dir.path() + "/loaded");
+    ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+    EXPECT_EQ(loaded->start_step, 5);
+    EXPECT_TRUE(loaded->parameters == saved->parameters) << strategy_name(strategy) << " on " << world << " ranks";
     TrainConfig then = sharded(config(8), strategy);
     then.checkpoint = {.dir = copy, .every = 0};
     auto r = train_on(world, then, f.dir.path() + "/then");

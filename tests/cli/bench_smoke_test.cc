@@ -239,6 +239,51 @@ TEST_F(BenchSmoke, DdpCheckFailsOnCorruptedGradients) {
   EXPECT_NE(r.err.find("rank 1: DDP's gradients differ"), std::string::npos) << context(r);
 }
 
+// ---- fsdp -------------------------------------------------------------------
+
+const std::vector<std::string> kFsdpArgs = {"bench",   "fsdp",    "--width",  "64", "--layers",
+                                            "2",       "--batch", "8",        "--steps", "2",
+                                            "--warmup", "1",      "--check",  "--json"};
+
+TEST_F(BenchSmoke, FsdpTypedAloneStartsTwoRanksAndReportsEveryKey) {
+  for (const char* stage : {"1", "2", "3"}) {
+    std::vector<std::string> args = kFsdpArgs;
+    args.insert(args.end(), {"--stage", stage});
+    if (std::string(stage) == "3") args.push_back("--bf16");
+    KilnRun r = kiln(args);
+    ASSERT_EQ(r.exit_code, 0) << context(r);
+    json doc = parse(r);
+    expect_numeric(doc,
+                   {"world_size", "stage", "parameters", "units", "batch_per_rank", "prefetch",
+                    "min_unit_params", "comm_s", "exposed_comm_s", "backward_s",
+                    "exposed_forward_gather_s", "exposed_backward_gather_s",
+                    "exposed_backward_reduce_s", "exposed_after_backward_s", "overlap",
+                    "step_baseline_s", "step_s", "step_ratio", "comm_bytes_per_step",
+                    "comm_bytes_ratio_vs_ddp", "peak_state_bytes_per_rank",
+                    "persistent_state_bytes_per_rank", "formula_state_bytes_per_rank",
+                    "in_flight_bound_bytes", "allocator_peak_bytes_per_rank",
+                    "replicated_state_bytes_per_rank"},
+                   fmt::format("fsdp stage {}", stage));
+    EXPECT_EQ(doc["world_size"], 2);
+    EXPECT_EQ(doc["check"], "ok");
+    // Stages 1 and 2 send DDP's bytes; stage 3 more (kiln/parallel/zero's
+    // ShardedDataParallel.EachStepSendsTheSchedulesBytes counts them).
+    if (std::string(stage) == "3") {
+      EXPECT_GT(doc["comm_bytes_ratio_vs_ddp"].get<double>(), 1.0);
+    } else {
+      EXPECT_EQ(doc["comm_bytes_ratio_vs_ddp"].get<double>(), 1.0);
+    }
+  }
+}
+
+TEST_F(BenchSmoke, FsdpCheckFailsWhenTheSchedulesDisagree) {
+  std::vector<std::string> args = kFsdpArgs;
+  args.push_back("--inject-corruption");
+  KilnRun r = kiln(args);
+  EXPECT_NE(r.exit_code, 0) << context(r);
+  EXPECT_NE(r.err.find("rank 1: the overlapped wrapper's parameters differ"), std::string::npos) << context(r);
+}
+
 // ---- handoff ----------------------------------------------------------------
 
 TEST_F(BenchSmoke, HandoffTypedAloneStartsItsRanksAndReportsEveryKey) {
