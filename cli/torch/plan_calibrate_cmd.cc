@@ -168,9 +168,10 @@ Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, double unit
   // --quick (tests): 1 and 2 ranks per core only, a few seconds.
   const std::vector<int> levels = o.quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4};
   // Every level at every work size, in groups of `group` consecutive ranks.
-  auto measure = [&](int group) -> Result<std::vector<plan::SharingSample>> {
+  auto measure = [&](int group,
+                     const std::vector<int>& at) -> Result<std::vector<plan::SharingSample>> {
     std::vector<plan::SharingSample> samples;
-    for (const int per_core : levels) {
+    for (const int per_core : at) {
       int ranks = std::max(2, per_core * cores);
       ranks += ranks % 2;
       const double level = static_cast<double>(ranks) / cores;
@@ -205,8 +206,10 @@ Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, double unit
     }
     return samples;
   };
-  KILN_ASSIGN_OR_RETURN(const std::vector<plan::SharingSample> pairs, measure(2));
-  KILN_ASSIGN_OR_RETURN(const std::vector<plan::SharingSample> alone_samples, measure(1));
+  KILN_ASSIGN_OR_RETURN(const std::vector<plan::SharingSample> pairs, measure(2, levels));
+  // --quick: ranks alone only where they share cores (the CLI test's budget).
+  KILN_ASSIGN_OR_RETURN(const std::vector<plan::SharingSample> alone_samples,
+                        measure(1, o.quick ? std::vector<int>{levels.back()} : levels));
   KILN_ASSIGN_OR_RETURN(std::vector<plan::CoreSharingPoint> points, plan::fit_core_sharing(pairs));
   KILN_ASSIGN_OR_RETURN(const std::vector<plan::CoreSharingPoint> alone,
                         plan::fit_core_sharing(alone_samples));

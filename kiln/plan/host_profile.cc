@@ -132,7 +132,7 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
     const std::string handoff = "handoff_us_" + std::to_string(n);
     const std::string independent = "independent_slowdown_" + std::to_string(n);
     if (!r.has("core_sharing", slow) && !r.has("core_sharing", handoff)) {
-      // Reading it marks it known; without its slowdown_N it has no point to join.
+      // Without its level's slowdown_N it has no point to join.
       if (r.has("core_sharing", independent)) {
         r.fail_field("core_sharing", independent, "needs slowdown_" + std::to_string(n));
       }

@@ -85,9 +85,10 @@ struct LinkRates {
 //
 // Note [Lockstep partners]: the pairs' slowdown is not all cache and bus.
 // The same probe with groups of one (`--group 1`: ranks that meet no one)
-// runs ~20% faster per unit of work at 2 ranks per core and ~13% at 4
-// (measured 2026-12-06), a loss that grows with the work between two
-// meetings, not with their number: two runqueues schedule a pair's halves
+// ran 20% faster per unit of work at 2 ranks per core and 13% at 4 in one
+// probe on the CI host, 7% and 6% in a calibration 12 minutes later
+// (docs/perf.md, issue 18 session 6), a loss that grows with the work
+// between two meetings, not with their number: two runqueues schedule a pair's halves
 // independently, so a rank whose partner was preempted waits out the other
 // rank's slice while its own core's other rank, waiting for a partner of its
 // own, may have nothing to run either. Tensor-parallel ranks meet their
