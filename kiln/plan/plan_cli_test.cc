@@ -268,13 +268,12 @@ TEST(PlanCliTest, CalibrateQuickWritesAProfileThatPlanReads) {
     EXPECT_GE(point["handoff_us"].get<double>(), 0) << point;
     EXPECT_LT(point["handoff_us"].get<double>(), 1e6) << point;
   }
-  // Note [Lockstep partners]: the same ranks in groups of one; --quick
-  // measures them at its most ranks per core only (2).
-  const auto& shared = summary["core_sharing"].back();
-  EXPECT_GT(shared["independent_slowdown"].get<double>(), 0.3) << shared;
-  EXPECT_LT(shared["independent_slowdown"].get<double>(), 20) << shared;
-  EXPECT_NE(text.find("\nindependent_slowdown_2 = "), std::string::npos) << text;
-  EXPECT_EQ(text.find("\nindependent_slowdown_1 = "), std::string::npos) << text;
+  // Note [Lockstep partners]: --quick leaves the groups of one out (a profile
+  // without them prices every layout with the pairs' slowdown).
+  for (const auto& point : summary["core_sharing"]) {
+    EXPECT_EQ(point["independent_slowdown"].get<double>(), 0) << point;
+  }
+  EXPECT_EQ(text.find("\nindependent_slowdown_"), std::string::npos) << text;
   // Note [Pipeline hand-off]: --quick runs 2 ranks per core, stages of
   // pairs, so any even core count gets a point; a wait >= 0.
   const unsigned cores = std::thread::hardware_concurrency();
