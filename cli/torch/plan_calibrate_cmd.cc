@@ -152,7 +152,9 @@ std::string own_executable() {
 
 // Note [Core sharing] (kiln/plan/host_profile.h): `kiln bench handoff` with
 // 1, 2 and 4 ranks per core (an even count: they pair up), each at two work
-// sizes per round, fitted to round = slowdown · max(1, ranks/cores) · work + handoff.
+// sizes per round, fitted to round = slowdown · max(1, ranks/cores) · work + handoff;
+// then the same ranks in groups of one (Note [Lockstep partners]), whose
+// fitted slowdown is the point's independent_slowdown.
 Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, double unit_s,
                                                           const CalibrateOptions& o) {
   const std::string exe = own_executable();
@@ -163,38 +165,61 @@ Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, double unit
   const std::vector<double> works = o.quick ? std::vector<double>{0.5e-3, 2e-3}
                                             : std::vector<double>{0.5e-3, 2e-3, 6e-3};
   const double timing_s = o.quick ? 0.05 : 0.3;
-  std::vector<plan::SharingSample> samples;
   // --quick (tests): 1 and 2 ranks per core only, a few seconds.
   const std::vector<int> levels = o.quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4};
-  for (const int per_core : levels) {
-    int ranks = std::max(2, per_core * cores);
-    ranks += ranks % 2;
-    const double level = static_cast<double>(ranks) / cores;
-    int previous_units = 0;
-    for (const double work : works) {
-      // Distinct unit counts even where one unit outlasts the smaller works.
-      const int units = std::max(previous_units + 1, static_cast<int>(std::lround(work / unit_s)));
-      previous_units = units;
-      const int rounds = std::max(4, static_cast<int>(timing_s / (std::max(1.0, level) * units * unit_s)));
-      std::vector<std::string> argv = {exe, "bench", "handoff", "--ranks", std::to_string(ranks),
-                                       "--group", "2", "--units", std::to_string(units),
-                                       "--rounds", std::to_string(rounds),
-                                       "--repeats", o.quick ? "1" : "3", "--json"};
-      KILN_ASSIGN_OR_RETURN(std::string out,
-                            run_capture(argv, {}, {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
-                                        std::chrono::seconds(120)));
-      try {
-        const auto start = out.rfind("\n{");
-        const nlohmann::json doc =
-            nlohmann::json::parse(start == std::string::npos ? out : out.substr(start + 1));
-        samples.push_back({level, units * unit_s, doc.at("round_s").get<double>()});
-      } catch (const std::exception& e) {
-        return internal_error(fmt::format("kiln plan calibrate: cannot read kiln bench handoff's JSON ({}): {}",
-                                          e.what(), out.substr(0, 300)));
+  // Every level at every work size, in groups of `group` consecutive ranks.
+  auto measure = [&](int group,
+                     const std::vector<int>& at) -> Result<std::vector<plan::SharingSample>> {
+    std::vector<plan::SharingSample> samples;
+    for (const int per_core : at) {
+      int ranks = std::max(2, per_core * cores);
+      ranks += ranks % 2;
+      const double level = static_cast<double>(ranks) / cores;
+      int previous_units = 0;
+      for (const double work : works) {
+        // Distinct unit counts even where one unit outlasts the smaller works.
+        const int units =
+            std::max(previous_units + 1, static_cast<int>(std::lround(work / unit_s)));
+        previous_units = units;
+        const int rounds =
+            std::max(4, static_cast<int>(timing_s / (std::max(1.0, level) * units * unit_s)));
+        std::vector<std::string> argv = {exe, "bench", "handoff", "--ranks", std::to_string(ranks),
+                                         "--group", std::to_string(group),
+                                         "--units", std::to_string(units),
+                                         "--rounds", std::to_string(rounds),
+                                         "--repeats", o.quick ? "1" : "3", "--json"};
+        KILN_ASSIGN_OR_RETURN(
+            std::string out,
+            run_capture(argv, {}, {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
+                        std::chrono::seconds(120)));
+        try {
+          const auto start = out.rfind("\n{");
+          const nlohmann::json doc =
+              nlohmann::json::parse(start == std::string::npos ? out : out.substr(start + 1));
+          samples.push_back({level, units * unit_s, doc.at("round_s").get<double>()});
+        } catch (const std::exception& e) {
+          return internal_error(fmt::format(
+              "kiln plan calibrate: cannot read kiln bench handoff's JSON ({}): {}", e.what(),
+              out.substr(0, 300)));
+        }
       }
     }
+    return samples;
+  };
+  KILN_ASSIGN_OR_RETURN(const std::vector<plan::SharingSample> pairs, measure(2, levels));
+  KILN_ASSIGN_OR_RETURN(std::vector<plan::CoreSharingPoint> points, plan::fit_core_sharing(pairs));
+  // --quick (the CLI test, whose budget on a loaded 2-core host is spent)
+  // leaves the groups of one out: the profile then prices every layout as pairs.
+  if (o.quick) return points;
+  KILN_ASSIGN_OR_RETURN(const std::vector<plan::SharingSample> alone_samples, measure(1, levels));
+  KILN_ASSIGN_OR_RETURN(const std::vector<plan::CoreSharingPoint> alone,
+                        plan::fit_core_sharing(alone_samples));
+  for (plan::CoreSharingPoint& p : points) {
+    for (const plan::CoreSharingPoint& a : alone) {
+      if (a.ranks_per_core == p.ranks_per_core) p.independent_slowdown = a.slowdown;
+    }
   }
-  return plan::fit_core_sharing(samples);
+  return points;
 }
 
 // Note [Pipeline hand-off] (kiln/plan/host_profile.h): `kiln bench handoff
@@ -376,7 +401,8 @@ Status calibrate(const CalibrateOptions& o) {
     for (const plan::CoreSharingPoint& c : p.sharing) {
       j["core_sharing"].push_back({{"ranks_per_core", c.ranks_per_core},
                                    {"slowdown", c.slowdown},
-                                   {"handoff_us", c.handoff_s * 1e6}});
+                                   {"handoff_us", c.handoff_s * 1e6},
+                                   {"independent_slowdown", c.independent_slowdown}});
     }
     for (const plan::PipelineHandoffPoint& c : p.pipeline_handoff) {
       j["pipeline_handoff"].push_back(
@@ -412,8 +438,9 @@ Status calibrate(const CalibrateOptions& o) {
     std::printf("  kiln::comm tcp  alpha %.1f us, beta %.2f GB/s\n", p.tcp.alpha_s * 1e6,
                 p.tcp.bytes_per_s / 1e9);
     for (const plan::CoreSharingPoint& c : p.sharing) {
-      std::printf("  core sharing    %.0f ranks per core: compute x%.2f, %.0f us per hand-off\n",
-                  c.ranks_per_core, c.slowdown, c.handoff_s * 1e6);
+      std::printf("  core sharing    %.0f ranks per core: compute x%.2f (x%.2f without a partner), "
+                  "%.0f us per hand-off\n",
+                  c.ranks_per_core, c.slowdown, c.independent_slowdown, c.handoff_s * 1e6);
     }
     for (const plan::PipelineHandoffPoint& c : p.pipeline_handoff) {
       std::printf("  pipeline stage  %.0f ranks per core: %.0f us per TP all-reduce\n",

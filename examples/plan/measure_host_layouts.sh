@@ -13,6 +13,8 @@
 #   e.g. ... 1x1x1 1x1x2 2x2x2 1x4x2
 #
 # Run it under the CPU lock (/work/bin/cpu-lock timed on the CI host): it is a benchmark.
+# bench/plan_vs_runtime.py does the same for every layout in one sitting, with a fresh
+# calibration first, round-robin runs and a record of the host's other load.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

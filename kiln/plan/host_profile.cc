@@ -130,11 +130,21 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
   for (const int n : kSharingRanksPerCore) {
     const std::string slow = "slowdown_" + std::to_string(n);
     const std::string handoff = "handoff_us_" + std::to_string(n);
-    if (!r.has("core_sharing", slow) && !r.has("core_sharing", handoff)) continue;
+    const std::string independent = "independent_slowdown_" + std::to_string(n);
+    if (!r.has("core_sharing", slow) && !r.has("core_sharing", handoff)) {
+      // Without its level's slowdown_N it has no point to join.
+      if (r.has("core_sharing", independent)) {
+        r.fail_field("core_sharing", independent, "needs slowdown_" + std::to_string(n));
+      }
+      continue;
+    }
     CoreSharingPoint point;
     point.ranks_per_core = n;
     point.slowdown = r.get_double("core_sharing", slow, true, 1);
     point.handoff_s = r.get_nonnegative("core_sharing", handoff, 0) * kMicro;
+    if (r.has("core_sharing", independent)) {
+      point.independent_slowdown = r.get_double("core_sharing", independent, true, 1);
+    }
     p.sharing.push_back(point);
   }
   // [pipeline_handoff]: optional as well.
@@ -155,7 +165,8 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
   }
   r.check_unknown(
       "[profile], [host], [compute_1_thread], [compute_all_threads], [memory], [link_shm], "
-      "[link_tcp], [core_sharing] (slowdown_N, handoff_us_N for N = 1, 2, 4 ranks per core) or "
+      "[link_tcp], [core_sharing] (slowdown_N, handoff_us_N, independent_slowdown_N for N = 1, "
+      "2, 4 ranks per core) or "
       "[pipeline_handoff] (handoff_us_N for N = 2, 4)",
       "docs/plan.md \"Calibration\"");
   if (!r.status().is_ok()) return r.status().with_context("host profile");
@@ -241,6 +252,14 @@ double HostProfile::sharing_slowdown(double ranks_per_core) const {
   return interpolate(sharing, ranks_per_core, &CoreSharingPoint::slowdown, 1);
 }
 
+double HostProfile::independent_slowdown(double ranks_per_core) const {
+  std::vector<CoreSharingPoint> points = sharing;
+  for (CoreSharingPoint& p : points) {
+    if (!(p.independent_slowdown > 0)) p.independent_slowdown = p.slowdown;
+  }
+  return interpolate(points, ranks_per_core, &CoreSharingPoint::independent_slowdown, 1);
+}
+
 double HostProfile::handoff_s(double ranks_per_core) const {
   return interpolate(sharing, ranks_per_core, &CoreSharingPoint::handoff_s, 0);
 }
@@ -288,11 +307,15 @@ std::string host_profile_to_toml(const HostProfile& p) {
              p.tcp);
   if (!p.sharing.empty()) {
     out << "\n[core_sharing]  # N ranks per core, rounds of compute w and a pair allreduce:\n"
-        << "# round = slowdown_N * max(1, N) * w + handoff_N (kiln bench handoff)\n";
+        << "# round = slowdown_N * max(1, N) * w + handoff_N (kiln bench handoff);\n"
+        << "# independent_slowdown_N: the same with groups of one (Note [Lockstep partners])\n";
     for (const CoreSharingPoint& c : p.sharing) {
       const int n = static_cast<int>(c.ranks_per_core);
       out << "slowdown_" << n << " = " << num(c.slowdown) << "\n"
           << "handoff_us_" << n << " = " << num(c.handoff_s / kMicro) << "\n";
+      if (c.independent_slowdown > 0) {
+        out << "independent_slowdown_" << n << " = " << num(c.independent_slowdown) << "\n";
+      }
     }
   }
   if (!p.pipeline_handoff.empty()) {

@@ -82,10 +82,26 @@ struct LinkRates {
 // is fitted per N. `slowdown` (≥ 1 when sharing costs) scales compute;
 // `handoff` is wall time a blocking message adds while its rank holds no
 // core. Both depend on the ranks per core, measured at 1, 2 and 4.
+//
+// Note [Lockstep partners]: the pairs' slowdown is not all cache and bus.
+// The same probe with groups of one (`--group 1`: ranks that meet no one)
+// ran 20% faster per unit of work at 2 ranks per core and 13% at 4 in one
+// probe on the CI host, 7% and 6% in a calibration 12 minutes later
+// (docs/perf.md, issue 18 session 6), a loss that grows with the work
+// between two meetings, not with their number: two runqueues schedule a pair's halves
+// independently, so a rank whose partner was preempted waits out the other
+// rank's slice while its own core's other rank, waiting for a partner of its
+// own, may have nothing to run either. Tensor-parallel ranks meet their
+// partner every layer half and lose that; ranks that meet only once per
+// pipeline micro-batch or step run as independent ranks, their waits
+// played out by pipeline_sim.h. So `independent_slowdown` (the group-of-one
+// fit, optional: without it `slowdown` applies to every layout) prices the
+// compute of layouts with tp = 1, and `slowdown` that of tp > 1.
 struct CoreSharingPoint {
   double ranks_per_core = 1;
   double slowdown = 1;
   double handoff_s = 0;
+  double independent_slowdown = 0;  // 0: not measured (use slowdown)
 };
 
 // Note [Pipeline hand-off]: inside a pipeline a stage's tensor-parallel
@@ -130,6 +146,9 @@ struct HostProfile {
   // Piecewise linear in the ranks per core between the measured points,
   // clamped to the first and the last (1 and 0 without measurements).
   double sharing_slowdown(double ranks_per_core) const;
+  // Note [Lockstep partners]: the slowdown of ranks that meet no partner
+  // between long runs of compute; sharing_slowdown() where not measured.
+  double independent_slowdown(double ranks_per_core) const;
   double handoff_s(double ranks_per_core) const;
   // A tensor-parallel collective's wait inside a pipeline stage: piecewise
   // linear over [pipeline_handoff], clamped; handoff_s() without it.

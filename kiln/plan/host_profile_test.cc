@@ -212,6 +212,37 @@ TEST(HostProfileTest, CoreSharingRefusesUnknownAndMalformedKeys) {
   expect_error(bad, {"core_sharing.slowdown_1"});
 }
 
+TEST(HostProfileTest, IndependentSlowdownRoundTripsAndFallsBackToThePairs) {
+  HostProfile p = sample();
+  p.sharing = {{1, 1.1, 10e-6}, {2, 1.25, 1e-3}, {4, 1.5, 3e-3}};
+  // Not measured (older profiles): every rank is priced as the pairs.
+  expect_near_rel(p.independent_slowdown(3), 1.375);
+  EXPECT_EQ(host_profile_to_toml(p).find("\nindependent_slowdown_"), std::string::npos);
+  p.sharing[1].independent_slowdown = 1.05;
+  p.sharing[2].independent_slowdown = 1.25;
+  auto q = parse_host_profile(host_profile_to_toml(p), "rt.toml");
+  ASSERT_TRUE(q.is_ok()) << q.status().to_string() << "\n" << host_profile_to_toml(p);
+  ASSERT_EQ(q->sharing.size(), 3u);
+  EXPECT_EQ(q->sharing[0].independent_slowdown, 0);
+  expect_near_rel(q->sharing[1].independent_slowdown, 1.05);
+  EXPECT_EQ(host_profile_to_toml(*q), host_profile_to_toml(p));
+  // Point by point: the pairs' 1.1 where a level lacks it, linear between.
+  expect_near_rel(q->independent_slowdown(1), 1.1);
+  expect_near_rel(q->independent_slowdown(1.5), 1.075);
+  expect_near_rel(q->independent_slowdown(3), 1.15);
+  expect_near_rel(q->sharing_slowdown(3), 1.375);  // the pairs' own unchanged
+  // A level's independent slowdown needs the level.
+  HostProfile lone = sample();
+  lone.sharing = {{1, 1.1, 10e-6}};
+  expect_error(host_profile_to_toml(lone) + "independent_slowdown_2 = 1.2\n",
+               {"independent_slowdown_2", "slowdown_2"});
+  std::string bad = host_profile_to_toml(p);
+  const auto at = bad.find("independent_slowdown_2 = 1.05");
+  ASSERT_NE(at, std::string::npos);
+  bad.replace(at, 29, "independent_slowdown_2 = -1.0");
+  expect_error(bad, {"core_sharing.independent_slowdown_2"});
+}
+
 TEST(HostProfileTest, PipelineHandOffRoundTripsAndFallsBackToTheLockstepOne) {
   HostProfile p = sample();
   p.sharing = {{1, 1.1, 10e-6}, {2, 1.25, 1e-3}, {4, 1.5, 3e-3}};

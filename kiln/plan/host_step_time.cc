@@ -131,7 +131,10 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   // Note [Core sharing] (host_profile.h): what ranks sharing cores lose
   // beyond fair shares, as calibrated; a lone rank shares with no one.
   if (st.ranks_per_host > 1) {
-    st.sharing_slowdown = hp.sharing_slowdown(st.oversubscription);
+    // Note [Lockstep partners]: tensor-parallel ranks meet their partner
+    // every layer half; the others run as independent ranks between waits.
+    st.sharing_slowdown = l.tp > 1 ? hp.sharing_slowdown(st.oversubscription)
+                                   : hp.independent_slowdown(st.oversubscription);
     st.handoff_per_message_s = hp.handoff_s(st.oversubscription);
     // Note [Pipeline hand-off]: a stage's TP ranks sleep between its
     // operations, so their collectives wait as the pipeline probe measured.

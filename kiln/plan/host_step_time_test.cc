@@ -190,6 +190,31 @@ TEST(HostStepTimeTest, CoreSharingSlowsComputeAndEachBlockingMessageWaitsItsHand
   EXPECT_GE(paid->step_s - free_handoffs->step_s, 2 * 1e-3);
 }
 
+TEST(HostStepTimeTest, OnlyTensorParallelRanksPayTheLockstepSlowdown) {
+  // Note [Lockstep partners]: pairs meeting every unit of work 1.5x, ranks
+  // that meet no partner 1.2x; no hand-offs, comm free.
+  auto host = flops_only_host(2);
+  host->sharing = {{1, 1.5, 0, 1.2}, {4, 1.5, 0, 1.2}};
+  const double fair = model_flops(small_gpt(flops_only_host(2), 1, 1, 1, 4)) / 200e9;
+  // TP 2 x DP 4: the pairs' slowdown.
+  auto tp = host_step_time(small_gpt(host, 2, 1, 4, 4));
+  ASSERT_TRUE(tp.is_ok()) << tp.status().to_string();
+  EXPECT_NEAR(tp->sharing_slowdown, 1.5, 1e-12);
+  EXPECT_NEAR(tp->step_s, 1.5 * fair, 1e-6 * fair);
+  // DP 8 and PP 2 x DP 4 (8 ranks, no bubble left on 2 cores): independent.
+  for (const auto& [pp, dp] : {std::pair{1, 8}, std::pair{2, 4}}) {
+    auto st = host_step_time(small_gpt(host, 1, pp, dp, 4));
+    ASSERT_TRUE(st.is_ok()) << st.status().to_string();
+    EXPECT_NEAR(st->sharing_slowdown, 1.2, 1e-12) << "pp " << pp;
+    EXPECT_NEAR(st->compute_s, 1.2 * fair, 0.05 * fair) << "pp " << pp;
+  }
+  // A profile without the independent measurement prices every layout as the pairs.
+  host->sharing = {{1, 1.5, 0}, {4, 1.5, 0}};
+  auto old = host_step_time(small_gpt(host, 1, 1, 8, 4));
+  ASSERT_TRUE(old.is_ok());
+  EXPECT_NEAR(old->sharing_slowdown, 1.5, 1e-12);
+}
+
 TEST(HostStepTimeTest, TensorCollectivesInsideAPipelineWaitThePipelineHandOff) {
   // Note [Pipeline hand-off]: 1 ms per lockstep message, 3 ms per TP
   // collective inside a pipeline stage.

@@ -219,6 +219,14 @@ TEST(PlanCliTest, CpuHostProfilePredictsTheMiniatureLayouts) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("PP bubble"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("(p-1)/(v m) = 0.375"), std::string::npos) << r.out;
+  // Note [Lockstep partners]: at 4 ranks on 2 cores the vendored profile
+  // slows a pure pipeline less than tensor-parallel pairs.
+  auto slowdown = [](const std::string& flags) {
+    const CliRun run = kiln("plan examples/plan/gpt_3d-cpu.toml --json " + flags);
+    EXPECT_EQ(run.exit_code, 0) << run.err;
+    return nlohmann::json::parse(run.out)["host"]["sharing_slowdown"].get<double>();
+  };
+  EXPECT_LT(slowdown("--tp 1 --pp 2 --dp 2") * 1.05, slowdown("--tp 2 --pp 1 --dp 2"));
 }
 
 TEST(PlanCliTest, CpuHostPlanNamesAMissingProfile) {
@@ -260,6 +268,12 @@ TEST(PlanCliTest, CalibrateQuickWritesAProfileThatPlanReads) {
     EXPECT_GE(point["handoff_us"].get<double>(), 0) << point;
     EXPECT_LT(point["handoff_us"].get<double>(), 1e6) << point;
   }
+  // Note [Lockstep partners]: --quick leaves the groups of one out (a profile
+  // without them prices every layout with the pairs' slowdown).
+  for (const auto& point : summary["core_sharing"]) {
+    EXPECT_EQ(point["independent_slowdown"].get<double>(), 0) << point;
+  }
+  EXPECT_EQ(text.find("\nindependent_slowdown_"), std::string::npos) << text;
   // Note [Pipeline hand-off]: --quick runs 2 ranks per core, stages of
   // pairs, so any even core count gets a point; a wait >= 0.
   const unsigned cores = std::thread::hardware_concurrency();
