@@ -7,6 +7,7 @@
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 
 namespace kiln::ckpt {
 namespace {
@@ -40,22 +41,30 @@ struct Plan {
 std::string describe(const LoadedState& s, int rank) {
   json tensors = json::array();
   std::string problem;
+  std::set<std::string> seen;
   for (const auto& e : s.entries) {
     if (!e.is_tensor) continue;
     tensors.push_back(
         {e.name, static_cast<int>(e.spec.dtype), e.spec.shape, e.spec.row_offset, e.spec.rows});
-    const std::size_t want = static_cast<std::size_t>(e.spec.rows) * e.spec.row_bytes();
     if (!problem.empty()) continue;
-    if (e.spec.shape.empty() || e.spec.row_offset < 0 || e.spec.rows < 0 ||
-        e.spec.row_offset + e.spec.rows > e.spec.shape[0]) {
-      problem = fmt::format("rank {} holds rows [{}, +{}) of '{}', outside its shape", rank,
-                            e.spec.row_offset, e.spec.rows, e.name);
-    } else if (e.in_place || e.data.size() != want) {
+    if (!seen.insert(e.name).second) {
+      problem = fmt::format("rank {} holds tensor '{}' twice", rank, e.name);
+    } else if (e.spec.shape.empty() || e.spec.row_offset < 0 || e.spec.rows < 0 ||
+               e.spec.row_offset + e.spec.rows > e.spec.shape[0]) {
+      problem = fmt::format("rank {} holds rows [{}, +{}) of '{}', outside its shape [{}]", rank,
+                            e.spec.row_offset, e.spec.rows, e.name, fmt::join(e.spec.shape, ", "));
+    } else if (e.in_place) {
+      problem = fmt::format("rank {}'s rows of '{}' were restored in place, not into the state",
+                            rank, e.name);
+    } else if (e.data.size() != static_cast<std::size_t>(e.spec.rows) * e.spec.row_bytes()) {
       problem = fmt::format("rank {} holds rows [{}, +{}) of '{}' in {} bytes, not {}", rank,
-                            e.spec.row_offset, e.spec.rows, e.name, e.data.size(), want);
+                            e.spec.row_offset, e.spec.rows, e.name, e.data.size(),
+                            static_cast<std::size_t>(e.spec.rows) * e.spec.row_bytes());
     }
   }
-  return json{{"problem", problem}, {"tensors", tensors}}.dump();
+  // Names are the caller's bytes: never let an odd one throw mid-collective.
+  return json{{"problem", problem}, {"tensors", tensors}}.dump(-1, ' ', false,
+                                                               json::error_handler_t::replace);
 }
 
 // Every rank's table, through two collectives (sizes, then bytes).
@@ -103,8 +112,9 @@ Result<std::vector<Plan>> plan_gather(const std::vector<json>& tables) {
     const std::string problem = tables[r].at("problem").get<std::string>();
     if (!problem.empty()) return invalid_argument(problem);
     for (const auto& t : tables[r].at("tensors")) {
-      Held h{t[0].get<std::string>(), t[1].get<int>(), t[2].get<std::vector<std::int64_t>>(),
-             t[3].get<std::int64_t>(), t[4].get<std::int64_t>()};
+      Held h{t.at(0).get<std::string>(), t.at(1).get<int>(),
+             t.at(2).get<std::vector<std::int64_t>>(), t.at(3).get<std::int64_t>(),
+             t.at(4).get<std::int64_t>()};
       auto [it, fresh] = index.emplace(h.name, plans.size());
       if (fresh) {
         plans.push_back(Plan{h, {}, row_bytes_of(h)});
@@ -116,8 +126,9 @@ Result<std::vector<Plan>> plan_gather(const std::vector<json>& tables) {
         return invalid_argument(fmt::format(
             "ranks disagree on tensor '{}': rank {} holds dtype {} shape [{}], rank {} dtype {} "
             "shape [{}]",
-            h.name, holders[it->second].front(), p.spec.dtype, fmt::join(p.spec.shape, ", "), r,
-            h.dtype, fmt::join(h.shape, ", ")));
+            h.name, holders[it->second].front(),
+            comm::dtype_name(static_cast<DataType>(p.spec.dtype)), fmt::join(p.spec.shape, ", "), r,
+            comm::dtype_name(static_cast<DataType>(h.dtype)), fmt::join(h.shape, ", ")));
       }
       held[it->second].push_back(h);
       holders[it->second].push_back(r);
@@ -158,18 +169,21 @@ Result<std::vector<Plan>> plan_gather(const std::vector<json>& tables) {
 Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& comm,
                                          std::chrono::milliseconds timeout) {
   const int rank = comm.rank(), world = comm.size();
-  KILN_ASSIGN_OR_RETURN(std::vector<json> tables,
-                        exchange_tables(describe(share, rank), comm, timeout));
+  auto tables = exchange_tables(describe(share, rank), comm, timeout);
+  if (!tables.is_ok()) {
+    return tables.status().with_context(
+        fmt::format("gathering whole tensors of checkpoint step {} ({})", share.step, share.dir));
+  }
   Result<std::vector<Plan>> plans = internal_error("no plan");
   try {
-    plans = plan_gather(tables);
+    plans = plan_gather(*tables);
   } catch (const json::exception& e) {
     plans = data_loss(fmt::format("a rank's table of tensors does not parse: {}", e.what()));
   }
   if (!plans.is_ok()) {
     return Status(plans.status().code(),
-                  fmt::format("gathering whole tensors of checkpoint step {}: {}", share.step,
-                              plans.status().message()));
+                  fmt::format("gathering whole tensors of checkpoint step {} ({}): {}", share.step,
+                              share.dir, plans.status().message()));
   }
 
   // Rank r sends the rows it owns, tensor by tensor in plan order; every
@@ -184,7 +198,7 @@ Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& 
       counts[s.rank] += static_cast<std::size_t>(s.rows) * p.row_bytes;
   }
   std::vector<std::byte> send;
-  send.reserve(counts[rank]);
+  send.reserve(std::max<std::size_t>(1, counts[rank]));  // never a null buffer, even when empty
   for (const Plan& p : *plans) {
     for (const Segment& s : p.segments) {
       if (s.rank != rank) continue;

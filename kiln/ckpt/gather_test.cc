@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <tuple>
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/testing/run_options.h"
@@ -85,26 +86,27 @@ TEST_P(GatherWhole, EveryRankGetsTheWholeTensorsAndKeepsItsOwnBlobs) {
 
 INSTANTIATE_TEST_SUITE_P(Worlds, GatherWhole, ::testing::Values(1, 3, 4));
 
-// A share cut to arbitrary rows: rank r holds `ranges[r]` of a tensor of
-// `total` rows of 3 floats, whose row i is {i, i + 0.5, -i}.
-LoadedEntry rows_entry(const std::string& name, std::int64_t total, std::int64_t lo,
-                       std::int64_t n) {
+// A share cut to arbitrary rows: rows [lo, lo + n) of a tensor of `total`
+// rows of 3 floats, whose row i is {i + salt, i + 0.5, -i} (a salt per
+// tensor, so rows of one tensor cannot pass for another's).
+LoadedEntry rows_entry(const std::string& name, std::int64_t total, std::int64_t lo, std::int64_t n,
+                       float salt = 0) {
   LoadedEntry e{name, true, TensorSpec{comm::DataType::kFloat32, {total, 3}, lo, n}, {}};
   std::vector<float> v;
   for (std::int64_t i = lo; i < lo + n; ++i) {
-    v.insert(v.end(),
-             {static_cast<float>(i), static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
+    v.insert(v.end(), {static_cast<float>(i) + salt, static_cast<float>(i) + 0.5f,
+                       -static_cast<float>(i)});
   }
   e.data.resize(v.size() * sizeof(float));
   std::memcpy(e.data.data(), v.data(), e.data.size());
   return e;
 }
 
-std::vector<float> whole_rows(std::int64_t total) {
+std::vector<float> whole_rows(std::int64_t total, float salt) {
   std::vector<float> v;
   for (std::int64_t i = 0; i < total; ++i) {
     v.insert(v.end(),
-             {static_cast<float>(i), static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
+             {static_cast<float>(i) + salt, static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
   }
   return v;
 }
@@ -114,29 +116,53 @@ std::vector<float> whole_rows(std::int64_t total) {
 // ranks is sent once. Every rank gets every tensor whole.
 TEST(GatherWhole, RowsAsSavedAndTensorsOnlySomeRanksHold) {
   auto r = run_ranks(
-      3,
+      4,
       [&](Communicator& comm) -> Status {
         LoadedState share;
         share.step = 5;
         const int k = comm.rank();
         // "stage0": ranks 0 and 1 split its 10 rows 7 / 3; "stage1": rank 2
-        // alone; "shared": ranks 0 and 2 both hold rows [2, 4).
-        if (k == 0) share.entries.push_back(rows_entry("stage0", 10, 0, 7));
-        if (k == 1) share.entries.push_back(rows_entry("stage0", 10, 7, 3));
-        if (k == 2) share.entries.push_back(rows_entry("stage1", 4, 0, 4));
-        if (k == 0) share.entries.push_back(rows_entry("shared", 6, 0, 4));
-        if (k == 1) share.entries.push_back(rows_entry("shared", 6, 4, 2));
-        if (k == 2) share.entries.push_back(rows_entry("shared", 6, 2, 2));
+        // alone (rank 3 holds an empty range of it); "shared": ranks 0 and 2
+        // both hold rows [2, 4), rank 2's copy differs and must not win.
+        // Rank 3 holds no rows at all.
+        if (k == 0) share.entries.push_back(rows_entry("stage0", 10, 0, 7, 100));
+        if (k == 1) share.entries.push_back(rows_entry("stage0", 10, 7, 3, 100));
+        if (k == 2) share.entries.push_back(rows_entry("stage1", 4, 0, 4, 200));
+        if (k == 3) share.entries.push_back(rows_entry("stage1", 4, 4, 0, 200));
+        if (k == 0) share.entries.push_back(rows_entry("shared", 6, 0, 4, 300));
+        if (k == 1) share.entries.push_back(rows_entry("shared", 6, 4, 2, 300));
+        if (k == 2) share.entries.push_back(rows_entry("shared", 6, 2, 2, -1));
         const std::byte blob{static_cast<unsigned char>(40 + k)};
         share.entries.push_back(LoadedEntry{"rng", false, {}, {blob}});
         KILN_ASSIGN_OR_RETURN(LoadedState whole, gather_whole_tensors(std::move(share), comm,
                                                                       std::chrono::seconds(20)));
-        for (auto [name, total] :
-             {std::pair<const char*, std::int64_t>{"stage0", 10}, {"stage1", 4}, {"shared", 6}}) {
-          std::vector<float> want = whole_rows(total);
+        for (auto [name, total, salt] :
+             {std::tuple<const char*, std::int64_t, float>{"stage0", 10, 100},
+              {"stage1", 4, 200},
+              {"shared", 6, 300}}) {
+          std::vector<float> want = whole_rows(total, salt);
           KILN_RETURN_IF_ERROR(expect_bytes(whole, name, want.data(), want.size() * 4, k));
         }
         return expect_bytes(whole, "rng", &blob, 1, k);
+      },
+      quick());
+  ASSERT_TRUE(r.ok()) << r.report;
+}
+
+TEST(GatherWhole, ATensorHeldTwiceByOneRankIsNamed) {
+  auto r = run_ranks(
+      2,
+      [&](Communicator& comm) -> Status {
+        LoadedState share;
+        share.entries.push_back(rows_entry("w", 8, comm.rank() * 4, 4));
+        if (comm.rank() == 1) share.entries.push_back(rows_entry("w", 8, 0, 2));
+        auto whole = gather_whole_tensors(std::move(share), comm, std::chrono::seconds(20));
+        if (whole.is_ok() ||
+            whole.status().message().find("rank 1 holds tensor 'w' twice") == std::string::npos) {
+          return internal_error(
+              fmt::format("rank {}: {}", comm.rank(), whole.status().to_string()));
+        }
+        return Status::ok();
       },
       quick());
   ASSERT_TRUE(r.ok()) << r.report;

@@ -318,12 +318,10 @@ Status restore_whole_from_3d(const ckpt::LoadedState& loaded, torch::nn::Module&
   return Status::ok();
 }
 
-Result<ckpt::LoadedState> sharded_state_from_3d(const ckpt::LoadedState& loaded, const std::string& zero_layout) {
+namespace {
+
+Result<ckpt::LoadedState> sharded_from_3d(const ckpt::LoadedState& loaded, const nlohmann::json& layout) {
   KILN_ASSIGN_OR_RETURN(OptimizerRecord saved, saved_optimizer(loaded));
-  auto layout = nlohmann::json::parse(zero_layout, nullptr, false);
-  if (layout.is_discarded() || !layout.contains("units")) {
-    return invalid_argument("sharded_state_from_3d: the zero/layout given is not a layout");
-  }
   ckpt::LoadedState out;
   out.step = loaded.step;
   out.dir = loaded.dir;
@@ -336,18 +334,19 @@ Result<ckpt::LoadedState> sharded_state_from_3d(const ckpt::LoadedState& loaded,
     std::memcpy(e.data.data(), flat.data_ptr(), e.data.size());
     return e;
   };
-  for (const auto& ju : layout["units"]) {
-    const std::string unit = ju.value("name", "");
+  for (const auto& ju : layout.at("units")) {
+    const std::string unit = ju.at("name").get<std::string>();
     std::vector<torch::Tensor> values, firsts, seconds;
-    for (const auto& jp : ju["params"]) {
-      const std::string name = jp.value("name", "");
-      const auto shape = jp["shape"].get<std::vector<std::int64_t>>();
+    for (const auto& jp : ju.at("params")) {
+      const std::string name = jp.at("name").get<std::string>();
+      const auto shape = jp.at("shape").get<std::vector<std::int64_t>>();
       KILN_ASSIGN_OR_RETURN(ShardState s,
                             load_shard(loaded, saved, name, tensor_shard_spec(name), 0, 1, shape, shape));
       values.push_back(s.value.reshape(-1));
       if (s.first.defined()) firsts.push_back(s.first.reshape(-1));
       if (s.second.defined()) seconds.push_back(s.second.reshape(-1));
     }
+    if (values.empty()) return invalid_argument(fmt::format("the zero/layout's unit '{}' has no parameters", unit));
     const std::string prefix = "zero/" + unit + "/";
     out.entries.push_back(flat_entry(prefix + "param", values));
     if (out.entries.back().spec.shape[0] != ju.value("total", std::int64_t{-1})) {
@@ -367,12 +366,24 @@ Result<ckpt::LoadedState> sharded_state_from_3d(const ckpt::LoadedState& loaded,
     std::memcpy(e.data.data(), text.data(), text.size());
     out.entries.push_back(std::move(e));
   };
-  blob("zero/layout", zero_layout);
+  blob("zero/layout", layout.dump());
   blob("zero/optim", nlohmann::json{{"kind", saved.adam ? "adamw" : "sgd"}, {"step", saved.step}}.dump());
   for (const ckpt::LoadedEntry& e : loaded.entries) {
     if (!e.name.starts_with("mesh/") && !e.name.starts_with("zero/")) out.entries.push_back(e);
   }
   return out;
+}
+
+}  // namespace
+
+Result<ckpt::LoadedState> sharded_state_from_3d(const ckpt::LoadedState& loaded, const std::string& zero_layout) {
+  auto layout = nlohmann::json::parse(zero_layout, nullptr, false);
+  if (layout.is_discarded()) return invalid_argument("sharded_state_from_3d: the zero/layout given is not JSON");
+  try {
+    return sharded_from_3d(loaded, layout);
+  } catch (const nlohmann::json::exception& e) {
+    return invalid_argument(fmt::format("sharded_state_from_3d: the zero/layout given is not a layout: {}", e.what()));
+  }
 }
 
 }  // namespace kiln::train

@@ -256,7 +256,9 @@ TEST(Trainer3d, Zero1ResumeAfterSigkillIsBitIdentical) {
 // snapshots with storage gone: the ranks hold only their stages' canonical
 // rows, gathered whole, and every rank cuts its shards again. Bit-identical
 // to the uninterrupted run; a finished job leaves nothing in memory.
-void expect_recovery_from_memory(const GptFixture& f, const Layout& l) {
+// `lose_snapshot_of`: that rank's own snapshot is deleted after the crash,
+// so it must come from its buddy's replica over the communicator.
+void expect_recovery_from_memory(const GptFixture& f, const Layout& l, int lose_snapshot_of = -1) {
   const int world = l.tp * l.pp * l.dp;
   TrainConfig straight = with_layout(f.config(4, 6), l);
   auto a = train_on(world, straight, f.dir.path() + "/a");
@@ -266,6 +268,11 @@ void expect_recovery_from_memory(const GptFixture& f, const Layout& l) {
   c.checkpoint = {.dir = f.dir.path() + "/ckpt-m-" + tag, .every = 2, .memory_dir = f.dir.path() + "/shm-" + tag};
   ASSERT_FALSE(train_on(world, c, f.dir.path() + "/b1", /*crash_after_step=*/5).is_ok()) << l.name();
   std::filesystem::remove_all(c.checkpoint.dir);
+  if (lose_snapshot_of >= 0) {
+    const std::string own = fmt::format("{}/rank-{}", c.checkpoint.memory_dir, lose_snapshot_of);
+    ASSERT_TRUE(std::filesystem::exists(own)) << own;
+    std::filesystem::remove_all(own);
+  }
   ::setenv("KILN_RESTART_COUNT", "1", 1);
   auto resumed = train_on(world, c, f.dir.path() + "/b2");
   ::unsetenv("KILN_RESTART_COUNT");
@@ -279,7 +286,7 @@ void expect_recovery_from_memory(const GptFixture& f, const Layout& l) {
 TEST(Trainer3d, ARestartedJobRecoversFromMemoryWithoutStorage) {
   GptFixture f;
   expect_recovery_from_memory(f, {2, 2, 1, 2});
-  expect_recovery_from_memory(f, {1, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1});
+  expect_recovery_from_memory(f, {1, 2, 2, 2, "1f1b", 1, false, Strategy::kZero1}, /*lose_snapshot_of=*/1);
 }
 
 // Saved by ZeRO-1 on TP 2 x PP 2 x DP 2; continued by plain data parallelism

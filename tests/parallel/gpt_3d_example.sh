@@ -12,6 +12,7 @@ WORK=$(mktemp -d)
 trap 'rc=$?; if [ $rc -ne 0 ]; then echo "gpt_3d_example: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi' EXIT
 fail() { echo "gpt_3d_example: $*" >&2; exit 1; }
 cd "$WORK"  # data.dir is relative: the example converts into ./data/fortunes
+[ -r /usr/share/games/fortunes/wisdom ] || { echo "gpt_3d_example: no fortunes (scripts/install-deps.sh installs them)" >&2; exit 77; }
 
 STEPS=3
 run() {  # run NAME WORLD [OVERRIDES...]
@@ -20,7 +21,9 @@ run() {  # run NAME WORLD [OVERRIDES...]
     --max-steps $STEPS --metrics-json "$WORK/$name.jsonl" "$@" > "$WORK/$name.log" 2>&1 \
     || { tail -30 "$WORK/$name.log" >&2; fail "the $name run failed"; }
 }
-eval_loss() { jq -r 'select(.type == "eval") | .eval_loss' "$WORK/$1.jsonl" | tail -1; }
+# The last evaluation's loss; nothing (so the check fails) unless it is a
+# positive number (a NaN loss is written as null).
+eval_loss() { jq -r 'select(.type == "eval") | .eval_loss | numbers | select(. > 0)' "$WORK/$1.jsonl" | tail -1; }
 
 run three_d 8
 grep -q "3D parallel: tp 2 x pp 2 x dp 2" "$WORK/three_d.log" || fail "the example did not run as TP 2 x PP 2 x DP 2"
