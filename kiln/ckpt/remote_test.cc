@@ -233,6 +233,30 @@ TEST(RemoteTier, HalfDeletedStepIsNotCommitted) {
   EXPECT_EQ((*left)[0].key, remote_key(1, shard_file_name(0)));
 }
 
+// Note [Abandoned uploads]: after a commit, retention aborts the uploads a
+// dead writer left at or below the newest committed step, and leaves those
+// above it (a save may be in flight there).
+TEST(RemoteTier, RetentionAbortsUploadsAbandonedAtOrBelowTheNewestCommit) {
+  TempDir local, remote;
+  auto store = objstore::make_file_object_store(remote.path());
+  save_steps(local.path() + "/ckpt", *store, {1, 2});
+  // What a rank killed while uploading leaves: a writer's temp file.
+  auto leave = [&](std::int64_t step) {
+    const std::string path = remote.path() + "/" + remote_key(step, shard_file_name(1));
+    ASSERT_TRUE(make_dirs(remote.path() + "/" + step_dir_name(step)).is_ok());
+    std::ofstream(temp_path_for(path)) << "partial";
+  };
+  leave(2);
+  leave(4);
+  ASSERT_EQ(store->list_pending_uploads("", soon()).value().size(), 2u);
+  save_steps(local.path() + "/ckpt", *store, {3});
+  auto left = store->list_pending_uploads("", soon());
+  ASSERT_TRUE(left.is_ok()) << left.status().to_string();
+  ASSERT_EQ(left->size(), 1u);
+  EXPECT_EQ((*left)[0].key, remote_key(4, shard_file_name(1)));
+  EXPECT_EQ(remote_steps(*store), (std::vector<std::int64_t>{3, 2}));
+}
+
 TEST(RemoteTier, OneRanksUploadFailureKeepsTheStepUncommittedRemotely) {
   TempDir local, remote;
   std::string root = local.path() + "/ckpt";
