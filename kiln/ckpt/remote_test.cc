@@ -18,14 +18,13 @@
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
 #include "kiln/objstore/file_object_store.h"
-#include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/objstore/s3/s3_object_store.h"
+#include "kiln/objstore/s3/testing/s3rver_test.h"
 #include "kiln/objstore/testing/forwarding_object_store.h"
 
 namespace kiln::ckpt {
 namespace {
 
-using objstore::s3::LocalS3Server;
 using testing::check_loaded;
 using testing::TempDir;
 using testing::TestState;
@@ -101,13 +100,12 @@ TEST(RemoteTier, FileStoreRoundTripAfterLosingTheLocalRoot) {
   round_trip(*store);
 }
 
-TEST(RemoteTier, S3RoundTripAfterLosingTheLocalRoot) {
-  if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
-  auto s3 = LocalS3Server::start();
-  ASSERT_TRUE(s3.is_ok()) << s3.status().to_string();
-  auto store = objstore::s3::S3ObjectStore::open((*s3)->url("run"), (*s3)->options());
-  ASSERT_TRUE(store.is_ok()) << store.status().to_string();
-  round_trip(**store);
+using RemoteTierS3 = objstore::s3::testing::S3rverTest;
+
+TEST_F(RemoteTierS3, RoundTripAfterLosingTheLocalRoot) {
+  auto store = open_store("run");
+  ASSERT_NE(store, nullptr);
+  round_trip(*store);
 }
 
 TEST(RemoteTier, OpensTheStoreFromTheUrl) {

@@ -36,6 +36,7 @@
 #include "kiln/comm/testing/multiprocess.h"
 #include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/objstore/s3/s3_object_store.h"
+#include "kiln/objstore/s3/testing/s3rver_test.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -111,15 +112,14 @@ Status save_steps(comm::Communicator& comm, const std::string& url, const LocalS
   return Status::ok();
 }
 
-class StoreFaults : public ::testing::Test {
+class StoreFaults : public objstore::s3::testing::S3rverTest {
  protected:
   void SetUp() override {
-    if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
-    auto s3 = LocalS3Server::start();
-    ASSERT_TRUE(s3.is_ok()) << s3.status().to_string();
-    s3_ = std::move(s3).value();
+    S3rverTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     url_ = s3_->url("run");
-    store_ = S3ObjectStore::open(url_, store_options(*s3_)).value();
+    store_ = open_store("run", store_options(*s3_));
+    ASSERT_NE(store_, nullptr);
   }
 
   comm::testing::RunResult run(const std::function<Status(comm::Communicator&)>& body) {
@@ -129,7 +129,6 @@ class StoreFaults : public ::testing::Test {
     return comm::testing::run_ranks(2, body, opts);
   }
 
-  std::unique_ptr<LocalS3Server> s3_;
   std::string url_;
   std::unique_ptr<S3ObjectStore> store_;
   TempDir scratch_;

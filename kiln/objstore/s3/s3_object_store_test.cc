@@ -13,8 +13,8 @@
 
 #include "kiln/base/file.h"
 #include "kiln/base/testing/temp_dir.h"
-#include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/objstore/s3/s3_xml.h"
+#include "kiln/objstore/s3/testing/s3rver_test.h"
 
 namespace kiln::objstore::s3 {
 namespace {
@@ -37,24 +37,13 @@ void write(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
 }
 
-class S3Store : public ::testing::Test {
+class S3Store : public testing::S3rverTest {
  protected:
-  void SetUp() override {
-    if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
-    auto server = LocalS3Server::start();
-    ASSERT_TRUE(server.is_ok()) << server.status().to_string();
-    server_ = std::move(server).value();
-  }
   std::unique_ptr<S3ObjectStore> open(const std::string& prefix, S3Options o) {
-    auto s = S3ObjectStore::open(server_->url(prefix), o);
-    EXPECT_TRUE(s.is_ok()) << s.status().to_string();
-    return s.is_ok() ? std::move(s).value() : nullptr;
+    return open_store(prefix, o);
   }
-  std::unique_ptr<S3ObjectStore> open(const std::string& prefix) {
-    return open(prefix, server_->options());
-  }
+  std::unique_ptr<S3ObjectStore> open(const std::string& prefix) { return open_store(prefix); }
 
-  std::unique_ptr<LocalS3Server> server_;
   TempDir tmp_;
 };
 
@@ -90,7 +79,7 @@ TEST_F(S3Store, MissingObjectIsNotFoundNamingKeyAndS3Code) {
   EXPECT_NE(got.status().message().find("NoSuchKey"), std::string::npos)
       << got.status().to_string();
 
-  auto other = S3ObjectStore::open("s3://no-such-bucket/x", server_->options()).value();
+  auto other = S3ObjectStore::open("s3://no-such-bucket/x", s3_->options()).value();
   auto listed = other->list("", soon());
   EXPECT_EQ(listed.status().code(), Code::kNotFound);
   EXPECT_NE(listed.status().message().find("NoSuchBucket"), std::string::npos)
@@ -98,7 +87,7 @@ TEST_F(S3Store, MissingObjectIsNotFoundNamingKeyAndS3Code) {
 }
 
 TEST_F(S3Store, MultipartUploadRoundTrip) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.part_bytes = 5ull << 20;
   o.multipart_threshold_bytes = 5ull << 20;
   auto store = open("mp", o);
@@ -118,7 +107,7 @@ TEST_F(S3Store, MultipartUploadRoundTrip) {
 // Note [S3 streaming upload]: objects of every size class come back
 // byte-exact, appended in odd-sized pieces, whatever the parallelism.
 TEST_F(S3Store, StreamingWriterRoundTrips) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.part_bytes = 5ull << 20;
   o.upload_parallelism = 3;
   auto store = open("w", o);
@@ -149,7 +138,7 @@ TEST_F(S3Store, StreamingWriterRoundTrips) {
 }
 
 TEST_F(S3Store, AnAbortedStreamPublishesNothing) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.part_bytes = 5ull << 20;
   auto store = open("w", o);
   ASSERT_NE(store, nullptr);
@@ -177,15 +166,15 @@ TEST_F(S3Store, AnAbortedStreamPublishesNothing) {
 TEST_F(S3Store, AbandonedUploadsAreListedByPrefixAndAborted) {
   auto store = open("run");
   ASSERT_NE(store, nullptr);
-  httplib::Client http("127.0.0.1", server_->port());
+  httplib::Client http("127.0.0.1", s3_->port());
   auto initiate = [&](const std::string& key) {
-    auto r = http.Post(fmt::format("/{}/{}?uploads=", server_->bucket(), key), "", "");
+    auto r = http.Post(fmt::format("/{}/{}?uploads=", s3_->bucket(), key), "", "");
     EXPECT_TRUE(r && r->status == 200) << key;
     auto parsed = parse_upload_id(r ? r->body : "");
     EXPECT_TRUE(parsed.is_ok()) << parsed.status().to_string();
     const std::string id = parsed.is_ok() ? *parsed : "";
     const std::string part = pattern(1000, 3);
-    auto p = http.Put(fmt::format("/{}/{}?partNumber=1&uploadId={}", server_->bucket(), key,
+    auto p = http.Put(fmt::format("/{}/{}?partNumber=1&uploadId={}", s3_->bucket(), key,
                                   id),
                       part, "application/octet-stream");
     EXPECT_TRUE(p && p->status == 200) << key;
@@ -215,7 +204,7 @@ TEST_F(S3Store, AbandonedUploadsAreListedByPrefixAndAborted) {
 // The server dies and comes back between parts and while one is in flight:
 // the parts' retries (Note [S3 retries]) carry the upload through.
 TEST_F(S3Store, StreamingUploadRidesOutAServerRestart) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.part_bytes = 5ull << 20;
   o.upload_parallelism = 2;
   // s3rver (node) takes seconds to come back: retries must span that.
@@ -228,8 +217,8 @@ TEST_F(S3Store, StreamingUploadRidesOutAServerRestart) {
   auto w = store->open_writer("survivor", soon()).value();
   const std::size_t half = bytes.size() / 2;
   ASSERT_TRUE(w->append(bytes.data(), half).is_ok());  // two parts handed over
-  server_->kill();
-  ASSERT_TRUE(server_->restart().is_ok()) << server_->log_tail();
+  s3_->kill();
+  ASSERT_TRUE(s3_->restart().is_ok()) << s3_->log_tail();
   Status a = w->append(bytes.data() + half, bytes.size() - half);
   ASSERT_TRUE(a.is_ok()) << a.to_string();
   Status c = w->commit();
@@ -238,7 +227,7 @@ TEST_F(S3Store, StreamingUploadRidesOutAServerRestart) {
 }
 
 TEST_F(S3Store, ListFollowsContinuationTokensAndStripsThePrefix) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.list_page_keys = 3;
   auto store = open("root", o);
   auto sibling = open("rootless");  // shares the string prefix, not the directory
@@ -266,11 +255,11 @@ TEST_F(S3Store, ListFollowsContinuationTokensAndStripsThePrefix) {
 }
 
 TEST_F(S3Store, ServerGoneFailsAfterBoundedAttemptsNamingObject) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.max_attempts = 3;
   auto store = open("ds", o);
   ASSERT_NE(store, nullptr);
-  server_->kill();
+  s3_->kill();
   auto t0 = Clock::now();
   auto got = store->get("shard-00001.kds", Deadline::after_seconds(20));
   double took = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -283,7 +272,7 @@ TEST_F(S3Store, ServerGoneFailsAfterBoundedAttemptsNamingObject) {
 }
 
 TEST_F(S3Store, RetriesRideOutARestart) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   // ~15 s of retries: a node process starts in ~1 s, but in seconds on a
   // loaded machine.
   o.max_attempts = 150;
@@ -292,12 +281,12 @@ TEST_F(S3Store, RetriesRideOutARestart) {
   ASSERT_NE(store, nullptr);
   write(tmp_.path() + "/v", "value");
   ASSERT_TRUE(store->put_file("k", tmp_.path() + "/v", soon()).is_ok());
-  server_->kill();
+  s3_->kill();
   // The GET retries while the restart (a fresh node process, ~1 s) runs.
   // The restart stays on this thread: s3rver dies with the thread that forked it.
   Result<std::string> got = unavailable("not run");
   std::thread reader([&] { got = store->get("k", soon()); });
-  Status restarted = server_->restart();
+  Status restarted = s3_->restart();
   reader.join();
   ASSERT_TRUE(restarted.is_ok()) << restarted.to_string();
   ASSERT_TRUE(got.is_ok()) << got.status().to_string();
