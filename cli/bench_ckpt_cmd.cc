@@ -107,7 +107,7 @@ Result<double> raw_write_seconds(const std::string& path, const std::vector<char
     off += static_cast<std::size_t>(w);
   }
   if (::fsync(fd.get()) != 0) return errno_status("bench ckpt: fsync " + path, errno);
-  if (::close(fd.release()) != 0) return errno_status("bench ckpt: close " + path, errno);
+  if (fd.close() != 0) return errno_status("bench ckpt: close " + path, errno);
   double s = seconds_since(t0);
   ::unlink(path.c_str());
   return s;

@@ -43,6 +43,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "kiln/base/fd.h"
 #include "kiln/base/units.h"
 #include "kiln/data/checksum.h"
 #include "kiln/data/dataset_push.h"
@@ -197,18 +198,17 @@ Result<double> raw_read_parallel_seconds(const std::vector<std::string>& paths, 
       // This thread's share of the ring: buffers t, t + threads, ...
       std::size_t next = static_cast<std::size_t>(t);
       for (std::size_t f = static_cast<std::size_t>(t); f < paths.size(); f += r.threads) {
-        int fd = ::open(paths[f].c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd < 0) {
+        Fd fd(::open(paths[f].c_str(), O_RDONLY | O_CLOEXEC));
+        if (!fd.valid()) {
           status[t] = errno_status("bench data: open " + paths[f], errno);
           return;
         }
         ssize_t n;
         do {
-          n = ::read(fd, r.ring[next].data(), r.chunk);
+          n = ::read(fd.get(), r.ring[next].data(), r.chunk);
           next += r.threads;
           if (next >= r.ring.size()) next = static_cast<std::size_t>(t);
         } while (n > 0);
-        ::close(fd);
         if (n < 0) {
           status[t] = errno_status("bench data: read " + paths[f], errno);
           return;
@@ -228,12 +228,11 @@ Result<double> raw_read_seconds(const std::vector<std::string>& paths) {
   std::vector<char> buf(4 << 20);
   auto t0 = std::chrono::steady_clock::now();
   for (const auto& p : paths) {
-    int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno_status("bench data: open " + p, errno);
+    Fd fd(::open(p.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!fd.valid()) return errno_status("bench data: open " + p, errno);
     ssize_t n;
-    while ((n = ::read(fd, buf.data(), buf.size())) > 0) {
+    while ((n = ::read(fd.get(), buf.data(), buf.size())) > 0) {
     }
-    ::close(fd);
     if (n < 0) return errno_status("bench data: read " + p, errno);
   }
   return seconds_since(t0);

@@ -24,6 +24,10 @@ class Fd {
   bool valid() const { return fd_ >= 0; }
   // Gives up ownership without closing.
   int release() { return std::exchange(fd_, -1); }
+  // Closes now and returns close(2)'s result (0, or -1 with errno set), for
+  // writers that must check it: a delayed write error may surface only
+  // there. Closing an empty Fd returns 0.
+  int close() { return fd_ < 0 ? 0 : ::close(std::exchange(fd_, -1)); }
   void reset(int fd = -1) {
     if (fd_ >= 0) ::close(fd_);
     fd_ = fd;

@@ -34,8 +34,7 @@ class PosixWriter final : public FsWriter {
   }
   Status close() override {
     // close() can report a failed write-back (NFS), so its result counts.
-    int fd = fd_.release();
-    if (fd >= 0 && ::close(fd) != 0) return errno_status(fmt::format("close {}", path_), errno);
+    if (fd_.close() != 0) return errno_status(fmt::format("close {}", path_), errno);
     return Status::ok();
   }
 

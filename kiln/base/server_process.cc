@@ -85,9 +85,9 @@ Status ServerProcess::spawn(const std::vector<std::string>& argv_in,
   for (auto& e : env_strings) envp.push_back(e.data());
   envp.push_back(nullptr);
 
-  int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-  if (log_fd < 0) return errno_status("open " + log_path_, errno);
-  int null_fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  Fd log_fd(::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
+  if (!log_fd.valid()) return errno_status("open " + log_path_, errno);
+  Fd null_fd(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   const pid_t parent = ::getpid();
   // vfork, not fork: fork would mark every page of this process
   // copy-on-write, and each page it writes afterwards takes a fault (a
@@ -96,23 +96,18 @@ Status ServerProcess::spawn(const std::vector<std::string>& argv_in,
   // process's memory until execve, and does only system calls meanwhile, as
   // glibc's posix_spawn does.
   pid_t pid = ::vfork();
-  if (pid < 0) {
-    int err = errno;
-    ::close(log_fd);
-    if (null_fd >= 0) ::close(null_fd);
-    return errno_status("vfork for " + name_, err);
-  }
+  if (pid < 0) return errno_status("vfork for " + name_, errno);
   if (pid == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (::getppid() != parent) ::_exit(127);
-    if (null_fd >= 0) ::dup2(null_fd, 0);
-    ::dup2(log_fd, 1);
-    ::dup2(log_fd, 2);
+    // Fd's destructor must not run here: the child shares the parent's
+    // memory until execve, and _exit runs no destructors.
+    if (null_fd.valid()) ::dup2(null_fd.get(), 0);
+    ::dup2(log_fd.get(), 1);
+    ::dup2(log_fd.get(), 2);
     ::execve(argv[0], argv.data(), envp.data());
     ::_exit(127);
   }
-  ::close(log_fd);
-  if (null_fd >= 0) ::close(null_fd);
   pid_ = pid;
   return Status::ok();
 }

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include "kiln/base/fd.h"
 #include "kiln/base/file.h"
 #include "kiln/base/fs.h"
 #include "kiln/ckpt/checkpointer.h"
@@ -78,13 +79,12 @@ TEST(CkptLoad, TwoRanksSaveFourLoadCompressed) {
 }
 
 void flip_bit(const std::string& path, std::uint64_t offset) {
-  int fd = ::open(path.c_str(), O_RDWR);
-  ASSERT_GE(fd, 0) << path;
+  Fd fd(::open(path.c_str(), O_RDWR));
+  ASSERT_TRUE(fd.valid()) << path;
   unsigned char b = 0;
-  ASSERT_EQ(::pread(fd, &b, 1, static_cast<off_t>(offset)), 1);
+  ASSERT_EQ(::pread(fd.get(), &b, 1, static_cast<off_t>(offset)), 1);
   b ^= 0x10;
-  ASSERT_EQ(::pwrite(fd, &b, 1, static_cast<off_t>(offset)), 1);
-  ::close(fd);
+  ASSERT_EQ(::pwrite(fd.get(), &b, 1, static_cast<off_t>(offset)), 1);
 }
 
 TEST(CkptLoad, CorruptShardIsDetectedAndSkippedOnEveryRank) {

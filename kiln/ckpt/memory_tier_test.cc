@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstring>
 
+#include "kiln/base/fd.h"
 #include "kiln/base/file.h"
 #include "kiln/base/fs.h"
 #include "kiln/ckpt/checkpointer.h"
@@ -100,13 +101,12 @@ std::vector<std::string> names(const std::string& dir) {
 }
 
 void flip_byte(const std::string& path, off_t offset) {
-  int fd = ::open(path.c_str(), O_RDWR);
-  ASSERT_GE(fd, 0) << path;
+  Fd fd(::open(path.c_str(), O_RDWR));
+  ASSERT_TRUE(fd.valid()) << path;
   unsigned char b = 0;
-  ASSERT_EQ(::pread(fd, &b, 1, offset), 1);
+  ASSERT_EQ(::pread(fd.get(), &b, 1, offset), 1);
   b ^= 0x01;
-  ASSERT_EQ(::pwrite(fd, &b, 1, offset), 1);
-  ::close(fd);
+  ASSERT_EQ(::pwrite(fd.get(), &b, 1, offset), 1);
 }
 
 TEST(MemoryTier, DefaultDirIsOnShmAndKeyedByTheRoot) {

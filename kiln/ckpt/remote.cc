@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <map>
 
+#include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
 
 namespace kiln::ckpt {
@@ -124,7 +125,38 @@ Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& s
             .with_context(fmt::format("remote checkpoint retention on {}", store.describe())));
     deleted.push_back(step_dir_name(step));
   }
+  KILN_ASSIGN_OR_RETURN(int aborted, abort_abandoned_uploads(store, committed.front(), deadline));
+  if (aborted > 0) {
+    log()->info("checkpoint retention on {}: aborted {} abandoned upload(s) at or below step {}",
+                store.describe(), aborted, committed.front());
+  }
   return deleted;
+}
+
+// Note [Abandoned uploads]: a rank killed mid-upload (or a server that died
+// before the client saw its initiate reply) leaves a multipart upload whose
+// parts S3 keeps, and bills, until it is aborted (file://: a temp file).
+// Once step N is committed no writer is at work on any step <= N: every
+// rank's shard was published before rank 0 wrote the manifest, and the next
+// save writes a later step. So such uploads are abandoned; uploads of later
+// steps may be a save in flight and wait for a later commit. A bucket
+// lifecycle rule (AbortIncompleteMultipartUpload) still covers a job that
+// never commits again.
+Result<int> abort_abandoned_uploads(objstore::ObjectStore& store, std::int64_t newest_committed,
+                                    Deadline deadline) {
+  KILN_ASSIGN_OR_RETURN(auto pending, store.list_pending_uploads("step-", deadline));
+  int aborted = 0;
+  for (const auto& u : pending) {
+    auto slash = u.key.find('/');
+    if (slash == std::string::npos) continue;
+    auto step = parse_step_dir_name(u.key.substr(0, slash));
+    if (!step || *step > newest_committed) continue;
+    KILN_RETURN_IF_ERROR(store.abort_pending_upload(u, deadline)
+                             .with_context(fmt::format("abort the abandoned upload of {}/{}",
+                                                       store.describe(), u.key)));
+    ++aborted;
+  }
+  return aborted;
 }
 
 }  // namespace kiln::ckpt

@@ -56,9 +56,16 @@ Status delete_store_step(objstore::ObjectStore& store, std::int64_t step, Deadli
 // deletes the remote steps `policy` does not keep, and manifest-less steps
 // (interrupted uploads) older than the newest committed one. A committed
 // step's manifest is deleted first, so a half-deleted step is never taken
-// for committed. Returns the step directory names it deleted.
+// for committed. Then aborts the uploads abandoned at or below the newest
+// committed step (Note [Abandoned uploads]). Returns the step directory
+// names it deleted.
 Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& store,
                                                         const RetentionPolicy& policy,
                                                         Deadline deadline);
+
+// Aborts every pending upload (ObjectStore::list_pending_uploads) of a step
+// at or below `newest_committed`. Returns how many it aborted.
+Result<int> abort_abandoned_uploads(objstore::ObjectStore& store, std::int64_t newest_committed,
+                                    Deadline deadline);
 
 }  // namespace kiln::ckpt

@@ -18,14 +18,13 @@
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
 #include "kiln/objstore/file_object_store.h"
-#include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/objstore/s3/s3_object_store.h"
+#include "kiln/objstore/s3/testing/s3rver_test.h"
 #include "kiln/objstore/testing/forwarding_object_store.h"
 
 namespace kiln::ckpt {
 namespace {
 
-using objstore::s3::LocalS3Server;
 using testing::check_loaded;
 using testing::TempDir;
 using testing::TestState;
@@ -101,13 +100,12 @@ TEST(RemoteTier, FileStoreRoundTripAfterLosingTheLocalRoot) {
   round_trip(*store);
 }
 
-TEST(RemoteTier, S3RoundTripAfterLosingTheLocalRoot) {
-  if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
-  auto s3 = LocalS3Server::start();
-  ASSERT_TRUE(s3.is_ok()) << s3.status().to_string();
-  auto store = objstore::s3::S3ObjectStore::open((*s3)->url("run"), (*s3)->options());
-  ASSERT_TRUE(store.is_ok()) << store.status().to_string();
-  round_trip(**store);
+using RemoteTierS3 = objstore::s3::testing::S3rverTest;
+
+TEST_F(RemoteTierS3, RoundTripAfterLosingTheLocalRoot) {
+  auto store = open_store("run");
+  ASSERT_NE(store, nullptr);
+  round_trip(*store);
 }
 
 TEST(RemoteTier, OpensTheStoreFromTheUrl) {
@@ -231,6 +229,30 @@ TEST(RemoteTier, HalfDeletedStepIsNotCommitted) {
   ASSERT_TRUE(left.is_ok());
   ASSERT_EQ(left->size(), 1u) << "the shard of step 1 should be left behind";
   EXPECT_EQ((*left)[0].key, remote_key(1, shard_file_name(0)));
+}
+
+// Note [Abandoned uploads]: after a commit, retention aborts the uploads a
+// dead writer left at or below the newest committed step, and leaves those
+// above it (a save may be in flight there).
+TEST(RemoteTier, RetentionAbortsUploadsAbandonedAtOrBelowTheNewestCommit) {
+  TempDir local, remote;
+  auto store = objstore::make_file_object_store(remote.path());
+  save_steps(local.path() + "/ckpt", *store, {1, 2});
+  // What a rank killed while uploading leaves: a writer's temp file.
+  auto leave = [&](std::int64_t step) {
+    const std::string path = remote.path() + "/" + remote_key(step, shard_file_name(1));
+    ASSERT_TRUE(make_dirs(remote.path() + "/" + step_dir_name(step)).is_ok());
+    std::ofstream(temp_path_for(path)) << "partial";
+  };
+  leave(2);
+  leave(4);
+  ASSERT_EQ(store->list_pending_uploads("", soon()).value().size(), 2u);
+  save_steps(local.path() + "/ckpt", *store, {3});
+  auto left = store->list_pending_uploads("", soon());
+  ASSERT_TRUE(left.is_ok()) << left.status().to_string();
+  ASSERT_EQ(left->size(), 1u);
+  EXPECT_EQ((*left)[0].key, remote_key(4, shard_file_name(1)));
+  EXPECT_EQ(remote_steps(*store), (std::vector<std::int64_t>{3, 2}));
 }
 
 TEST(RemoteTier, OneRanksUploadFailureKeepsTheStepUncommittedRemotely) {

@@ -45,27 +45,20 @@ Result<std::vector<std::string>> list_uncommitted(const std::string& root) {
 }
 
 Result<StepReadLock> StepReadLock::acquire(const std::string& step_dir) {
-  int fd = ::open(step_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return errno_status(fmt::format("open checkpoint {}", step_dir), errno);
-  while (::flock(fd, LOCK_SH) != 0) {
+  Fd fd(::open(step_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid()) return errno_status(fmt::format("open checkpoint {}", step_dir), errno);
+  while (::flock(fd.get(), LOCK_SH) != 0) {
     if (errno == EINTR) continue;
-    int err = errno;
-    ::close(fd);
-    return errno_status(fmt::format("lock checkpoint {}", step_dir), err);
+    return errno_status(fmt::format("lock checkpoint {}", step_dir), errno);
   }
   // Retention may have renamed the directory away between open and flock.
   struct stat by_fd, by_path;
-  if (::fstat(fd, &by_fd) != 0 || ::stat(step_dir.c_str(), &by_path) != 0 ||
+  if (::fstat(fd.get(), &by_fd) != 0 || ::stat(step_dir.c_str(), &by_path) != 0 ||
       by_fd.st_ino != by_path.st_ino || by_fd.st_dev != by_path.st_dev) {
-    ::close(fd);
     return not_found(
         fmt::format("checkpoint {} was deleted by retention while being opened", step_dir));
   }
-  return StepReadLock(fd);
-}
-
-StepReadLock::~StepReadLock() {
-  if (fd_ >= 0) ::close(fd_);  // releases the flock
+  return StepReadLock(std::move(fd));
 }
 
 namespace {
@@ -73,17 +66,16 @@ namespace {
 // Deletes one committed step unless a reader holds it. Returns whether it did.
 Result<bool> delete_step(const std::string& root, std::int64_t step) {
   std::string dir = root + "/" + step_dir_name(step);
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0)
+  Fd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd.valid())
     return errno == ENOENT ? Result<bool>(false) : errno_status(fmt::format("open {}", dir), errno);
-  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-    ::close(fd);
+  if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
     log()->info("checkpoint retention: {} is being loaded; deleting it after a later commit", dir);
     return false;
   }
   std::string trash = fmt::format("{}/.trash-{}", root, step_dir_name(step));
   Status st = Fs::posix()->rename(dir, trash);
-  ::close(fd);
+  fd.reset();  // releases the lock
   KILN_RETURN_IF_ERROR(st);
   KILN_RETURN_IF_ERROR(Fs::posix()->sync_dir(root));
   KILN_RETURN_IF_ERROR(Fs::posix()->remove_tree(trash));

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/base/fd.h"
 #include "kiln/base/status.h"
 
 namespace kiln::ckpt {
@@ -32,13 +33,11 @@ class StepReadLock {
   // Blocks only while retention is renaming the directory away (microseconds).
   // NotFound if the directory is gone (then pick another step).
   static Result<StepReadLock> acquire(const std::string& step_dir);
-  StepReadLock(StepReadLock&& o) noexcept : fd_(o.fd_) { o.fd_ = -1; }
-  StepReadLock& operator=(StepReadLock&&) = delete;
-  ~StepReadLock();
+  // Closing the directory releases the lock.
 
  private:
-  explicit StepReadLock(int fd) : fd_(fd) {}
-  int fd_;
+  explicit StepReadLock(Fd fd) : fd_(std::move(fd)) {}
+  Fd fd_;
 };
 
 // Run by rank 0 after each commit (so never before a newer one exists):

@@ -16,8 +16,8 @@
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
 #include "kiln/objstore/file_object_store.h"
-#include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/objstore/s3/s3_object_store.h"
+#include "kiln/objstore/s3/testing/s3rver_test.h"
 #include "kiln/objstore/testing/forwarding_object_store.h"
 
 namespace kiln::ckpt {
@@ -100,30 +100,27 @@ TEST(StoreCheckpoints, FileUrlTwoRanksRoundTrip) {
   two_ranks_round_trip("file://" + remote.path() + "/run", nullptr);
 }
 
-TEST(StoreCheckpoints, S3TwoRanksRoundTrip) {
-  if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
-  auto s3 = LocalS3Server::start();
-  ASSERT_TRUE(s3.is_ok()) << s3.status().to_string();
-  ::setenv("AWS_ENDPOINT_URL", (*s3)->endpoint().c_str(), 1);
+using StoreCheckpointsS3 = objstore::s3::testing::S3rverTest;
+
+TEST_F(StoreCheckpointsS3, TwoRanksRoundTrip) {
+  ::setenv("AWS_ENDPOINT_URL", s3().endpoint().c_str(), 1);
   ::setenv("AWS_ACCESS_KEY_ID", "S3RVER", 1);
   ::setenv("AWS_SECRET_ACCESS_KEY", "S3RVER", 1);
-  two_ranks_round_trip((*s3)->url("run"), s3->get());
+  two_ranks_round_trip(s3().url("run"), &s3());
 }
 
 // Large shards go up as parallel multipart uploads through a bounded number
 // of part buffers, and come back bit for bit.
-TEST(StoreCheckpoints, S3MultipartShards) {
-  if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
-  auto s3 = LocalS3Server::start();
-  ASSERT_TRUE(s3.is_ok()) << s3.status().to_string();
-  objstore::s3::S3Options o = (*s3)->options();
+TEST_F(StoreCheckpointsS3, MultipartShards) {
+  objstore::s3::S3Options o = s3().options();
   o.part_bytes = 5ull << 20;
   o.upload_parallelism = 3;
-  auto store = objstore::s3::S3ObjectStore::open((*s3)->url("big"), o).value();
+  auto store = open_store("big", o);
+  ASSERT_NE(store, nullptr);
   TempDir cache;
   const std::int64_t rows0 = 600000;  // w0: 600000 x 7 floats = 16.8 MB
   {
-    auto ck = Checkpointer::create({.root = (*s3)->url("big"), .store = store.get()});
+    auto ck = Checkpointer::create({.root = s3().url("big"), .store = store.get()});
     ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
     TestState s(5, 0, 1, rows0);
     Status st = (*ck)->save(s.view(), 5, soon());

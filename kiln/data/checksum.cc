@@ -9,6 +9,8 @@
 #include <fmt/format.h>
 #include <xxhash.h>
 
+#include "kiln/base/fd.h"
+
 namespace kiln::data {
 
 std::uint64_t xxh3(std::span<const std::uint8_t> bytes) {
@@ -29,15 +31,15 @@ Result<std::uint64_t> parse_checksum_hex(std::string_view hex) {
 }
 
 Result<FileDigest> hash_file(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno_status("open " + path, errno);
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return errno_status("open " + path, errno);
   XXH3_state_t* st = XXH3_createState();
   XXH3_64bits_reset(st);
   std::vector<std::uint8_t> buf(1 << 20);
   FileDigest d;
   Status status;
   while (true) {
-    ssize_t n = ::read(fd, buf.data(), buf.size());
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) {
       status = errno_status("read " + path, errno);
@@ -49,7 +51,6 @@ Result<FileDigest> hash_file(const std::string& path) {
   }
   d.xxh3 = XXH3_64bits_digest(st);
   XXH3_freeState(st);
-  ::close(fd);
   if (!status.is_ok()) return status;
   return d;
 }

@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include "kiln/base/fd.h"
 #include "kiln/data/loader.h"
 #include "kiln/objstore/testing/forwarding_object_store.h"
 #include "kiln/data/testing/test_dataset.h"
@@ -219,13 +220,12 @@ TEST(Loader, CorruptCachedShardIsDataLossNotASample) {
     ASSERT_TRUE(lease.is_ok());
     path = lease->path();
   }
-  int fd = ::open(path.c_str(), O_RDWR);
-  ASSERT_GE(fd, 0);
+  Fd fd(::open(path.c_str(), O_RDWR));
+  ASSERT_TRUE(fd.valid());
   std::uint8_t byte;
-  ASSERT_EQ(::pread(fd, &byte, 1, 40), 1);
+  ASSERT_EQ(::pread(fd.get(), &byte, 1, 40), 1);
   byte ^= 1;
-  ASSERT_EQ(::pwrite(fd, &byte, 1, 40), 1);
-  ::close(fd);
+  ASSERT_EQ(::pwrite(fd.get(), &byte, 1, 40), 1);
   Loader l(f.cache.get(), f.index, {.sampler = {.shuffle = false}, .batch_size = 32});
   Status error;
   for (int i = 0; i < 100 && error.is_ok(); ++i) {

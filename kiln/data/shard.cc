@@ -35,29 +35,22 @@ void put_magic(std::vector<std::uint8_t>* out, const char (&magic)[9]) {
 }  // namespace
 
 Result<ShardWriter> ShardWriter::create(const std::string& path) {
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return errno_status("create shard " + path, errno);
-  ShardWriter w(path, fd);
+  Fd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) return errno_status("create shard " + path, errno);
+  ShardWriter w(path, std::move(fd));
   put_magic(&w.buf_, kShardMagic);
   w.pos_ = 8;
   return w;
 }
 
-ShardWriter::ShardWriter(ShardWriter&& o) noexcept
-    : path_(std::move(o.path_)), fd_(o.fd_), pos_(o.pos_), offsets_(std::move(o.offsets_)),
-      buf_(std::move(o.buf_)) {
-  o.fd_ = -1;
-}
-
-ShardWriter::~ShardWriter() {
-  if (fd_ >= 0) ::close(fd_);
-}
+ShardWriter::ShardWriter(ShardWriter&& o) noexcept = default;
+ShardWriter::~ShardWriter() = default;
 
 Status ShardWriter::write_all(std::span<const std::uint8_t> b) {
   const std::uint8_t* p = b.data();
   std::size_t n = b.size();
   while (n > 0) {
-    ssize_t w = ::write(fd_, p, n);
+    ssize_t w = ::write(fd_.get(), p, n);
     if (w < 0 && errno == EINTR) continue;
     if (w < 0) return errno_status("write shard " + path_, errno);
     p += w;
@@ -95,36 +88,27 @@ Status ShardWriter::finish() {
   put_magic(&buf_, kShardTrailerMagic);
   pos_ += table.size() + kShardTrailerBytes;
   KILN_RETURN_IF_ERROR(flush());
-  if (::fsync(fd_) != 0) return errno_status("fsync shard " + path_, errno);
-  if (::close(fd_) != 0) {
-    fd_ = -1;
-    return errno_status("close shard " + path_, errno);
-  }
-  fd_ = -1;
+  if (::fsync(fd_.get()) != 0) return errno_status("fsync shard " + path_, errno);
+  if (fd_.close() != 0) return errno_status("close shard " + path_, errno);
   return Status::ok();
 }
 
 Result<ShardReader> ShardReader::open(const std::string& path, VerifyPolicy verify) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return errno_status("open shard " + path, errno);
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) return errno_status("open shard " + path, errno);
   struct stat st {};
-  if (::fstat(fd, &st) != 0) {
-    int e = errno;
-    ::close(fd);
-    return errno_status("stat shard " + path, e);
-  }
+  if (::fstat(fd.get(), &st) != 0) return errno_status("stat shard " + path, errno);
   auto size = static_cast<std::uint64_t>(st.st_size);
   if (size < 8 + kShardTrailerBytes) {
-    ::close(fd);
     return data_loss(fmt::format("shard {}: {} bytes is too short to hold a header and trailer "
                                  "(truncated?)", path, size));
   }
   // MAP_POPULATE: the workers read every page; mapping them all in one call
   // here (the prefetcher's thread, ahead of need) spares them a page fault
   // per 4 KiB (fault-around maps a few more) in the middle of a batch.
-  void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+  void* base = ::mmap(nullptr, size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
   int map_errno = errno;
-  ::close(fd);  // the mapping keeps the file open
+  fd.reset();  // the mapping keeps the file open
   if (base == MAP_FAILED) return errno_status("mmap shard " + path, map_errno);
   ShardReader r(path, static_cast<const std::uint8_t*>(base), size);
   KILN_RETURN_IF_ERROR(r.verify());

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/base/fd.h"
 #include "kiln/base/status.h"
 #include "kiln/data/verified_shards.h"
 
@@ -42,12 +43,12 @@ class ShardWriter {
   std::uint64_t bytes_written() const { return pos_; }
 
  private:
-  ShardWriter(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  ShardWriter(std::string path, Fd fd) : path_(std::move(path)), fd_(std::move(fd)) {}
   Status write_all(std::span<const std::uint8_t> b);
   Status flush();
 
   std::string path_;
-  int fd_ = -1;
+  Fd fd_;
   std::uint64_t pos_ = 0;
   std::vector<std::uint64_t> offsets_;
   std::vector<std::uint8_t> buf_;

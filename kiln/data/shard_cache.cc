@@ -47,19 +47,6 @@ bool is_shard_file(const std::string& name) {
 
 }  // namespace
 
-ShardLease& ShardLease::operator=(ShardLease&& o) noexcept {
-  if (this != &o) {
-    if (fd_ >= 0) ::close(fd_);
-    path_ = std::move(o.path_);
-    fd_ = std::exchange(o.fd_, -1);
-  }
-  return *this;
-}
-
-ShardLease::~ShardLease() {
-  if (fd_ >= 0) ::close(fd_);  // releases the shared lock
-}
-
 ShardCache::ShardCache(objstore::ObjectStore* remote, std::string prefix, ShardCacheOptions options)
     : remote_(remote),
       prefix_(std::move(prefix)),
@@ -84,7 +71,7 @@ Result<ShardLease> ShardCache::acquire(const ShardInfo& shard, Deadline deadline
       const struct timespec times[2] = {{0, UTIME_NOW}, {0, UTIME_OMIT}};
       ::utimensat(AT_FDCWD, path.c_str(), times, 0);
       if (!fetched) stats_.hits.fetch_add(1);
-      return ShardLease(path, lock.release());
+      return ShardLease(path, std::move(lock));
     }
     ::flock(lock.get(), LOCK_UN);
     // Never wait for the exclusive lock while the shard may have appeared:

@@ -25,6 +25,7 @@
 #include <string>
 
 #include "kiln/base/deadline.h"
+#include "kiln/base/fd.h"
 #include "kiln/base/status.h"
 #include "kiln/data/index.h"
 #include "kiln/data/mapped_shards.h"
@@ -44,16 +45,15 @@ struct ShardCacheOptions {
 class ShardLease {
  public:
   ShardLease() = default;
-  ShardLease(std::string path, int lock_fd) : path_(std::move(path)), fd_(lock_fd) {}
-  ShardLease(ShardLease&& o) noexcept : path_(std::move(o.path_)), fd_(o.fd_) { o.fd_ = -1; }
-  ShardLease& operator=(ShardLease&& o) noexcept;
-  ~ShardLease();
+  ShardLease(std::string path, Fd lock) : path_(std::move(path)), lock_(std::move(lock)) {}
+  ShardLease(ShardLease&&) noexcept = default;
+  ShardLease& operator=(ShardLease&&) noexcept = default;
 
   const std::string& path() const { return path_; }
 
  private:
   std::string path_;
-  int fd_ = -1;
+  Fd lock_;  // closing it releases the shared lock
 };
 
 struct ShardCacheStats {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "kiln/base/fd.h"
 #include "kiln/base/file.h"
 #include "kiln/base/fs.h"
 #include "kiln/data/shard.h"
@@ -39,13 +40,12 @@ struct stat stat_of(const std::string& path) {
 
 // Flips one payload byte of record 0 in place (the inode stays).
 void flip_in_place(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDWR);
-  ASSERT_GE(fd, 0);
+  Fd fd(::open(path.c_str(), O_RDWR));
+  ASSERT_TRUE(fd.valid());
   std::uint8_t byte;
-  ASSERT_EQ(::pread(fd, &byte, 1, 8 + 8 + 3), 1);
+  ASSERT_EQ(::pread(fd.get(), &byte, 1, 8 + 8 + 3), 1);
   byte ^= 0x40;
-  ASSERT_EQ(::pwrite(fd, &byte, 1, 8 + 8 + 3), 1);
-  ::close(fd);
+  ASSERT_EQ(::pwrite(fd.get(), &byte, 1, 8 + 8 + 3), 1);
 }
 
 void set_mtime(const std::string& path, const struct timespec& mtime) {

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <thread>
 
+#include "kiln/base/fd.h"
 #include "kiln/elastic/worker_env.h"
 
 namespace kiln::elastic {
@@ -197,11 +198,11 @@ TEST(WorkerGroup, KillReachesTheProcessesAWorkerStarted) {
 // Note [The heartbeat is descriptor 3]: an agent with many descriptors open
 // (here 20 more) still gives its workers one a POSIX shell can write to.
 TEST(WorkerGroup, ShellWorkersBeatWhateverDescriptorsTheAgentHasOpen) {
-  std::vector<int> held;
-  for (int i = 0; i < 20; ++i) held.push_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+  std::vector<Fd> held;
+  for (int i = 0; i < 20; ++i) held.emplace_back(::open("/dev/null", O_RDONLY | O_CLOEXEC));
   auto g = WorkerGroup::start(shell(
       "[ \"$KILN_HEARTBEAT_FD\" = 3 ] || exit 9; printf x >&$KILN_HEARTBEAT_FD; exec sleep 30"));
-  for (int fd : held) ::close(fd);
+  held.clear();
   ASSERT_TRUE(g.is_ok());
   Deadline deadline = Deadline::after(seconds(10));
   WorkerGroupState s;

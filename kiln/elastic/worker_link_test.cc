@@ -7,6 +7,8 @@
 
 #include <string>
 
+#include "kiln/base/fd.h"
+
 namespace kiln::elastic {
 namespace {
 
@@ -15,23 +17,26 @@ using std::chrono::seconds;
 
 // A non-blocking pipe standing in for the agent's heartbeat pipe.
 struct Pipe {
-  int fds[2] = {-1, -1};
-  Pipe() { EXPECT_EQ(::pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0); }
-  ~Pipe() {
-    ::close(fds[0]);
-    ::close(fds[1]);
+  Fd read_end, write_end;
+  Pipe() {
+    int fds[2] = {-1, -1};
+    EXPECT_EQ(::pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
+    read_end.reset(fds[0]);
+    write_end.reset(fds[1]);
   }
   // Everything written so far.
   std::string drain() const {
     std::string out;
     char buf[256];
     ssize_t r;
-    while ((r = ::read(fds[0], buf, sizeof(buf))) > 0) out.append(buf, static_cast<size_t>(r));
+    while ((r = ::read(read_end.get(), buf, sizeof(buf))) > 0) {
+      out.append(buf, static_cast<size_t>(r));
+    }
     return out;
   }
   // Whether a byte arrives within `wait`.
   bool beat_within(milliseconds wait) const {
-    pollfd p{fds[0], POLLIN, 0};
+    pollfd p{read_end.get(), POLLIN, 0};
     return ::poll(&p, 1, static_cast<int>(wait.count())) > 0;
   }
 };
@@ -40,7 +45,7 @@ TEST(BusyBeat, BeatsNulBytesWhileItLives) {
   Pipe pipe;
   std::string got;
   {
-    BusyBeat busy(pipe.fds[1], milliseconds(10), Deadline::after(seconds(30)));
+    BusyBeat busy(pipe.write_end.get(), milliseconds(10), Deadline::after(seconds(30)));
     Deadline limit = Deadline::after(seconds(20));
     while (got.size() < 3 && !limit.expired()) {
       pipe.beat_within(milliseconds(100));
@@ -57,7 +62,7 @@ TEST(BusyBeat, BeatsNulBytesWhileItLives) {
 
 TEST(BusyBeat, StopsAtItsDeadlineSoStuckWorkStillLooksHung) {
   Pipe pipe;
-  BusyBeat busy(pipe.fds[1], milliseconds(10), Deadline::after(milliseconds(150)));
+  BusyBeat busy(pipe.write_end.get(), milliseconds(10), Deadline::after(milliseconds(150)));
   Deadline limit = Deadline::after(seconds(20));
   while (busy.beating() && !limit.expired()) pipe.beat_within(milliseconds(20));
   ASSERT_FALSE(busy.beating());
@@ -69,7 +74,7 @@ TEST(BusyBeat, StopsAtItsDeadlineSoStuckWorkStillLooksHung) {
 
 TEST(BusyBeat, ExtendingMovesTheEnd) {
   Pipe pipe;
-  BusyBeat busy(pipe.fds[1], milliseconds(10), Deadline::after(milliseconds(100)));
+  BusyBeat busy(pipe.write_end.get(), milliseconds(10), Deadline::after(milliseconds(100)));
   EXPECT_TRUE(busy.extend(Deadline::after(seconds(30))));
   // Well past the first end it still beats.
   auto start = Clock::now();

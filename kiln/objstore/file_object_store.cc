@@ -160,6 +160,48 @@ class FileObjectStore final : public ObjectStore {
     return out;
   }
 
+  // A writer's temp file is `KEY.tmp.HOST.PID.N` (temp_path_for).
+  Result<std::vector<PendingUpload>> list_pending_uploads(const std::string& prefix,
+                                                          Deadline) override {
+    namespace fs = std::filesystem;
+    std::vector<PendingUpload> out;
+    std::error_code ec;
+    std::string dir = root_;
+    if (auto slash = prefix.rfind('/'); slash != std::string::npos) {
+      dir += "/" + prefix.substr(0, slash);
+    }
+    if (!fs::is_directory(dir, ec)) return out;
+    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
+         it.increment(ec)) {
+      if (!it->is_regular_file(ec)) continue;
+      std::string id = fs::relative(it->path(), root_, ec).string();
+      auto tmp = id.find(".tmp.");
+      if (tmp == std::string::npos) continue;
+      std::string key = id.substr(0, tmp);
+      if (key.rfind(prefix, 0) != 0) continue;
+      out.push_back({std::move(key), std::move(id)});
+    }
+    if (ec) return errno_status("list pending uploads " + describe_key(prefix), ec.value());
+    std::sort(out.begin(), out.end(), [](const PendingUpload& a, const PendingUpload& b) {
+      return a.key != b.key ? a.key < b.key : a.id < b.id;
+    });
+    return out;
+  }
+
+  Status abort_pending_upload(const PendingUpload& upload, Deadline) override {
+    // Only a temp file inside the root: the id may come from a caller.
+    if (!is_temp_name(upload.id) || upload.id.find("..") != std::string::npos ||
+        upload.id.rfind('/', 0) == 0) {
+      return invalid_argument(fmt::format("abort upload '{}' of {}: not a temp file of this store",
+                                          upload.id, describe_key(upload.key)));
+    }
+    std::string path = root_ + "/" + upload.id;
+    if (::unlink(path.c_str()) != 0 && errno != ENOENT) {
+      return errno_status("abort upload " + describe_key(upload.id), errno);
+    }
+    return Status::ok();
+  }
+
   Status remove(const std::string& key, Deadline) override {
     std::string path = root_ + "/" + key;
     if (::unlink(path.c_str()) != 0 && errno != ENOENT) {

@@ -97,5 +97,35 @@ TEST(FileObjectStore, StreamingWriterCommitsAtomically) {
   EXPECT_EQ(store->get("small", soon()).value(), "manifest");
 }
 
+// A writer's temp file is its pending upload until it commits; aborting it
+// (as a cleanup does for a writer that died) removes the temp file only.
+TEST(FileObjectStore, PendingUploadsAreTheWritersTempFiles) {
+  kiln::testing::TempDir dir;
+  auto store = make_file_object_store(dir.path() + "/root");
+  auto a = store->open_writer("step-1/a.bin", soon()).value();
+  auto b = store->open_writer("step-2/b.bin", soon()).value();
+  ASSERT_TRUE(a->append("abc", 3).is_ok());
+  ASSERT_TRUE(b->append("def", 3).is_ok());
+  auto pending = store->list_pending_uploads("step-", soon());
+  ASSERT_TRUE(pending.is_ok()) << pending.status().to_string();
+  ASSERT_EQ(pending->size(), 2u);
+  EXPECT_EQ((*pending)[0].key, "step-1/a.bin");
+  EXPECT_EQ((*pending)[1].key, "step-2/b.bin");
+  EXPECT_EQ(store->list_pending_uploads("step-2/", soon()).value().size(), 1u);
+
+  ASSERT_TRUE(store->abort_pending_upload((*pending)[0], soon()).is_ok());
+  EXPECT_TRUE(store->abort_pending_upload((*pending)[0], soon()).is_ok()) << "already gone";
+  EXPECT_FALSE(a->commit().is_ok()) << "an aborted upload cannot be published";
+  ASSERT_TRUE(b->commit().is_ok());
+  EXPECT_TRUE(store->list_pending_uploads("", soon()).value().empty());
+  EXPECT_EQ(store->get("step-2/b.bin", soon()).value(), "def");
+  // Only a temp file inside the root can be aborted.
+  EXPECT_EQ(store->abort_pending_upload({"step-2/b.bin", "step-2/b.bin"}, soon()).code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(store->abort_pending_upload({"x", "../x.tmp.h.1.0"}, soon()).code(),
+            Code::kInvalidArgument);
+  EXPECT_EQ(store->get("step-2/b.bin", soon()).value(), "def");
+}
+
 }  // namespace
 }  // namespace kiln::objstore

@@ -71,6 +71,13 @@ Result<std::unique_ptr<ObjectWriter>> ObjectStore::open_writer(const std::string
       new SpoolWriter(this, key, deadline, std::move(fd), std::move(path)));
 }
 
+Result<std::vector<PendingUpload>> ObjectStore::list_pending_uploads(const std::string&,
+                                                                    Deadline) {
+  return std::vector<PendingUpload>{};
+}
+
+Status ObjectStore::abort_pending_upload(const PendingUpload&, Deadline) { return Status::ok(); }
+
 Status ObjectStore::put(const std::string& key, std::string_view bytes, Deadline deadline) {
   KILN_ASSIGN_OR_RETURN(auto w, open_writer(key, deadline));
   Status s = w->append(bytes.data(), bytes.size());

@@ -28,6 +28,14 @@ struct ObjectInfo {
   std::uint64_t bytes = 0;
 };
 
+// An upload that was begun and neither committed nor aborted: what a writer
+// that died mid-upload (SIGKILL, a lost host) leaves behind. S3 keeps (and
+// bills) its parts until it is aborted.
+struct PendingUpload {
+  std::string key;  // the key it would have published, relative to the root
+  std::string id;   // S3: the UploadId; file://: the temp file, relative to the root
+};
+
 // An object being uploaded, from its start, by one thread. Nothing is
 // visible under its key until commit() returns ok (S3: the multipart upload
 // completes; file://: the rename), so a writer that dies mid-upload leaves
@@ -86,6 +94,18 @@ class ObjectStore {
 
   // Deletes `key`; removing an absent key is not an error (as in S3).
   virtual Status remove(const std::string& key, Deadline deadline) = 0;
+
+  // Uploads under `prefix` begun and never committed or aborted (S3:
+  // ListMultipartUploads; file://: writers' temp files), sorted by key. Some
+  // may still be in flight: only a caller that knows no writer is at work on
+  // a key may abort its uploads. The default (a store whose writers spool
+  // locally) has none.
+  virtual Result<std::vector<PendingUpload>> list_pending_uploads(const std::string& prefix,
+                                                                  Deadline deadline);
+
+  // Drops one (S3: AbortMultipartUpload, which frees its parts; file://: the
+  // temp file). One already gone is not an error.
+  virtual Status abort_pending_upload(const PendingUpload& upload, Deadline deadline);
 
   // A human-readable location for errors ("file:///data/mnist").
   virtual std::string describe() const = 0;

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "kiln/base/deadline.h"
+#include "kiln/base/fd.h"
 #include "kiln/base/logging.h"
 
 namespace kiln::serve {
@@ -35,6 +36,7 @@ struct Proc {
 Result<std::unique_ptr<Proc>> spawn(const FleetOptions& o, int id) {
   int fds[2];
   if (::pipe2(fds, O_CLOEXEC) != 0) return errno_status("pipe for a replica", errno);
+  Fd read_end(fds[0]), write_end(fds[1]);
   std::vector<std::string> args = {o.exe, "serve"};
   args.insert(args.end(), o.replica_args.begin(), o.replica_args.end());
   args.insert(args.end(), {"--port", "0", "--host", "127.0.0.1"});
@@ -44,8 +46,8 @@ Result<std::unique_ptr<Proc>> spawn(const FleetOptions& o, int id) {
   pid_t pid = ::fork();
   if (pid < 0) return errno_status("fork a replica", errno);
   if (pid == 0) {
-    ::dup2(fds[1], STDOUT_FILENO);
-    ::dup2(fds[1], STDERR_FILENO);
+    ::dup2(write_end.get(), STDOUT_FILENO);
+    ::dup2(write_end.get(), STDERR_FILENO);
     // Not the router's sockets: a replica holding a client connection open
     // would keep it from closing when the router is done with it.
     ::close_range(3, ~0u, 0);
@@ -56,18 +58,17 @@ Result<std::unique_ptr<Proc>> spawn(const FleetOptions& o, int id) {
     ::execv(argv[0], argv.data());
     ::_exit(127);
   }
-  ::close(fds[1]);
+  write_end.reset();  // the replica holds it: its exit ends the reader's read
   auto p = std::make_unique<Proc>();
   p->id = id;
   p->pid = pid;
   p->spawned = Clock::now();
   Proc* raw = p.get();
-  const int fd = fds[0];
-  p->reader = std::thread([raw, fd] {
+  p->reader = std::thread([raw, fd = std::move(read_end)] {
     std::string pending;
     char buf[4096];
     ssize_t n;
-    while ((n = ::read(fd, buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR)) {
+    while ((n = ::read(fd.get(), buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR)) {
       if (n <= 0) continue;
       pending.append(buf, static_cast<std::size_t>(n));
       std::size_t nl;
@@ -83,7 +84,6 @@ Result<std::unique_ptr<Proc>> spawn(const FleetOptions& o, int id) {
         std::fflush(stdout);
       }
     }
-    ::close(fd);
   });
   return p;
 }

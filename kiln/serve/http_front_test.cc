@@ -20,6 +20,8 @@
 #include <future>
 #include <mutex>
 
+#include "kiln/base/fd.h"
+
 namespace kiln::serve {
 namespace {
 
@@ -107,7 +109,7 @@ TEST(HttpFront, ABurstOfConnectionsCompletesWhileTheAcceptLoopIsBusy) {
   // open them. With a backlog of 5 the SYNs past the 6th are dropped and
   // retried after 1 s; with the raised backlog every handshake completes now.
   constexpr int kConnections = 64;
-  std::vector<int> fds;
+  std::vector<Fd> fds;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_port = htons(static_cast<uint16_t>(front.port));
@@ -115,14 +117,15 @@ TEST(HttpFront, ABurstOfConnectionsCompletesWhileTheAcceptLoopIsBusy) {
   for (int i = 0; i < kConnections; ++i) {
     const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
     ASSERT_GE(fd, 0);
-    fds.push_back(fd);
+    fds.emplace_back(fd);
     const int rc = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
     ASSERT_TRUE(rc == 0 || errno == EINPROGRESS) << std::strerror(errno);
   }
   // Well under the 1 s SYN retransmission: a dropped SYN cannot complete.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(500);
   int connected = 0;
-  for (int fd : fds) {
+  for (const Fd& sock : fds) {
+    const int fd = sock.get();
     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
         deadline - std::chrono::steady_clock::now());
     pollfd p{fd, POLLOUT, 0};
@@ -139,7 +142,8 @@ TEST(HttpFront, ABurstOfConnectionsCompletesWhileTheAcceptLoopIsBusy) {
   release.set_value();
   const std::string request = "GET /ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
   int answered = 0;
-  for (int fd : fds) {
+  for (const Fd& sock : fds) {
+    const int fd = sock.get();
     const int flags = ::fcntl(fd, F_GETFL);
     ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
     timeval tv{10, 0};
@@ -155,7 +159,6 @@ TEST(HttpFront, ABurstOfConnectionsCompletesWhileTheAcceptLoopIsBusy) {
       ++answered;
     }
   }
-  for (int fd : fds) ::close(fd);
   EXPECT_EQ(answered, kConnections);
 }
 

@@ -11,6 +11,7 @@
 
 #include <future>
 
+#include "kiln/base/fd.h"
 #include "kiln/serve/server.h"
 #include "kiln/serve/testing/fake_classifier.h"
 
@@ -37,14 +38,13 @@ std::pair<int, int> post(int port) {  // status (-1: no answer), class (-1: none
 
 // A loopback port with no listener: bound, then closed.
 int dead_port() {
-  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  Fd fd(::socket(AF_INET, SOCK_STREAM, 0));
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  ::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a);
   socklen_t len = sizeof a;
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-  ::close(fd);
+  ::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &len);
   return ntohs(a.sin_port);
 }
 

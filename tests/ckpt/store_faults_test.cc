@@ -6,11 +6,16 @@
 // exchange of shard records, rank 0's manifest PUT, or retention. After each
 // trial the newest committed step loads bit-exactly, every step listed as
 // committed downloads and verifies, and no committed step vanishes; after a
-// final clean save no interrupted upload is left below the newest commit.
+// final clean save no interrupted upload is left below the newest commit,
+// and no multipart upload a killed rank abandoned is left on the server
+// (Note [Abandoned uploads]: the commit's retention aborts them; s3rver
+// lists and aborts them through s3rver_uploads.js).
 // KILN_STORE_FAULT_TRIALS trials (default 4; `make test-store-faults` runs 30).
 //
 // Server restart: s3rver is killed and restarted while both ranks upload;
-// the uploads' retries carry the saves through, and they load bit-exactly.
+// the uploads' retries carry the saves through, they load bit-exactly, and
+// no upload is left pending (an initiate whose reply the kill lost leaves
+// one on the server; the last commit aborts it).
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -31,6 +36,7 @@
 #include "kiln/comm/testing/multiprocess.h"
 #include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/objstore/s3/s3_object_store.h"
+#include "kiln/objstore/s3/testing/s3rver_test.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -106,15 +112,14 @@ Status save_steps(comm::Communicator& comm, const std::string& url, const LocalS
   return Status::ok();
 }
 
-class StoreFaults : public ::testing::Test {
+class StoreFaults : public objstore::s3::testing::S3rverTest {
  protected:
   void SetUp() override {
-    if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
-    auto s3 = LocalS3Server::start();
-    ASSERT_TRUE(s3.is_ok()) << s3.status().to_string();
-    s3_ = std::move(s3).value();
+    S3rverTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     url_ = s3_->url("run");
-    store_ = S3ObjectStore::open(url_, store_options(*s3_)).value();
+    store_ = open_store("run", store_options(*s3_));
+    ASSERT_NE(store_, nullptr);
   }
 
   comm::testing::RunResult run(const std::function<Status(comm::Communicator&)>& body) {
@@ -124,7 +129,6 @@ class StoreFaults : public ::testing::Test {
     return comm::testing::run_ranks(2, body, opts);
   }
 
-  std::unique_ptr<LocalS3Server> s3_;
   std::string url_;
   std::unique_ptr<S3ObjectStore> store_;
   TempDir scratch_;
@@ -138,6 +142,7 @@ TEST_F(StoreFaults, SigkillOfEitherRankDuringUploads) {
   std::uniform_int_distribution<int> delay_us(0, 1500000);
   std::int64_t newest = 0;
   int interrupted = 0;  // kills that left an upload without its manifest
+  int abandoned = 0;    // kills that left a multipart upload pending on the server
   const int n = trials();
   for (int trial = 0; trial < n; ++trial) {
     const int victim = trial % 2;
@@ -160,6 +165,9 @@ TEST_F(StoreFaults, SigkillOfEitherRankDuringUploads) {
     auto steps = summarize_remote_steps(*store_, Deadline::after_seconds(30));
     ASSERT_TRUE(steps.is_ok()) << steps.status().to_string();
     if (!steps->empty() && !steps->front().committed) ++interrupted;
+    auto pending = store_->list_pending_uploads("", Deadline::after_seconds(30));
+    ASSERT_TRUE(pending.is_ok()) << pending.status().to_string();
+    if (!pending->empty()) ++abandoned;
   }
   // One clean save: its retention removes every interrupted upload below it.
   auto last = run([&](comm::Communicator& c) { return save_steps(c, url_, *s3_, newest + 1); });
@@ -169,10 +177,13 @@ TEST_F(StoreFaults, SigkillOfEitherRankDuringUploads) {
   for (const auto& s : *steps) {
     EXPECT_TRUE(s.committed) << "step " << s.step << ": an interrupted upload was left behind";
   }
+  auto pending = store_->list_pending_uploads("", Deadline::after_seconds(30));
+  ASSERT_TRUE(pending.is_ok()) << pending.status().to_string();
+  for (const auto& u : *pending) ADD_FAILURE() << "upload of " << u.key << " left pending";
   std::printf(
-      "%d kills of 2 ranks uploading to s3rver: %d left an interrupted upload; newest "
-      "step %lld\n",
-      n, interrupted, static_cast<long long>(newest + 1));
+      "%d kills of 2 ranks uploading to s3rver: %d left an interrupted upload, %d an "
+      "abandoned multipart upload (all aborted by the next commit); newest step %lld\n",
+      n, interrupted, abandoned, static_cast<long long>(newest + 1));
 }
 
 TEST_F(StoreFaults, ServerKilledAndRestartedMidUpload) {
@@ -194,6 +205,9 @@ TEST_F(StoreFaults, ServerKilledAndRestartedMidUpload) {
   std::int64_t newest = 0;
   ASSERT_EQ(check_invariants(*store_, scratch_.path(), &newest), "");
   EXPECT_EQ(newest, 3);
+  auto pending = store_->list_pending_uploads("", Deadline::after_seconds(30));
+  ASSERT_TRUE(pending.is_ok()) << pending.status().to_string();
+  for (const auto& u : *pending) ADD_FAILURE() << "upload of " << u.key << " left pending";
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 
+#include "kiln/base/fd.h"
 #include "kiln/base/file.h"
 #include "kiln/data/testing/test_dataset.h"
 #include "kiln/objstore/s3/local_s3rver.h"
@@ -83,13 +84,12 @@ TEST_F(DataCli, InspectSummarizesAndVerifyNamesTheCorruptShard) {
 
   // Flip one byte in the middle of shard 1.
   const std::string victim = ds() + "/" + index_.shards[1].file;
-  int fd = ::open(victim.c_str(), O_RDWR);
-  ASSERT_GE(fd, 0);
+  Fd fd(::open(victim.c_str(), O_RDWR));
+  ASSERT_TRUE(fd.valid());
   char b = 0;
-  ASSERT_EQ(::pread(fd, &b, 1, 100), 1);
+  ASSERT_EQ(::pread(fd.get(), &b, 1, 100), 1);
   b ^= 0x01;
-  ASSERT_EQ(::pwrite(fd, &b, 1, 100), 1);
-  ::close(fd);
+  ASSERT_EQ(::pwrite(fd.get(), &b, 1, 100), 1);
   KilnRun bad = kiln({"data", "inspect", ds(), "--verify"}, {}, dir_.path());
   EXPECT_EQ(bad.exit_code, 3) << bad.output;
   EXPECT_NE(bad.output.find(index_.shards[1].file), std::string::npos) << bad.output;

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include "kiln/base/check.h"
+#include "kiln/base/fd.h"
 #include "kiln/data/dataset_writer.h"
 #include "kiln/data/shard.h"
 
@@ -70,13 +71,12 @@ Status FaultyStore::get_to_file(const std::string& key, const std::string& dst, 
   gets.fetch_add(1);
   KILN_RETURN_IF_ERROR(inner_->get_to_file(key, dst, deadline));
   if (corrupt_gets.fetch_sub(1) > 0) {
-    int fd = ::open(dst.c_str(), O_RDWR);
-    KILN_CHECK(fd >= 0);
+    Fd fd(::open(dst.c_str(), O_RDWR));
+    KILN_CHECK(fd.valid());
     std::uint8_t b = 0;
-    KILN_CHECK(::pread(fd, &b, 1, 20) == 1);
+    KILN_CHECK(::pread(fd.get(), &b, 1, 20) == 1);
     b ^= 0x40;
-    KILN_CHECK(::pwrite(fd, &b, 1, 20) == 1);
-    ::close(fd);
+    KILN_CHECK(::pwrite(fd.get(), &b, 1, 20) == 1);
   } else {
     corrupt_gets.store(0);
   }

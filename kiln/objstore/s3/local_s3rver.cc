@@ -79,9 +79,22 @@ S3Options LocalS3Server::options() const {
 std::string LocalS3Server::log_tail() const { return process_ ? process_->log_tail() : ""; }
 
 Status LocalS3Server::spawn() {
-  std::vector<std::string> args = {
-      binary_,  "--directory",         dir_ + "/data",       "--address", "127.0.0.1",
-      "--port", std::to_string(port_), "--configure-bucket", bucket_,     "--silent"};
+  std::vector<std::string> args = {"--directory", dir_ + "/data",
+                                   "--address",   "127.0.0.1",
+                                   "--port",      std::to_string(port_),
+                                   "--configure-bucket", bucket_,
+                                   "--silent"};
+  // s3rver with ListMultipartUploads and AbortMultipartUpload added
+  // (s3rver_uploads.js), where the checkout has it and node is on PATH.
+  const std::string node = find_on_path("node");
+  bool wrapped = false;
+#ifdef KILN_S3RVER_UPLOADS_JS
+  if (!node.empty() && ::access(KILN_S3RVER_UPLOADS_JS, R_OK) == 0) {
+    args.insert(args.begin(), {node, KILN_S3RVER_UPLOADS_JS, binary_});
+    wrapped = true;
+  }
+#endif
+  if (!wrapped) args.insert(args.begin(), binary_);
   // s3rver 3.7 does not start on Node 17+ without OpenSSL's legacy provider.
   return process_->spawn(args, {"NODE_OPTIONS=--openssl-legacy-provider"});
 }

@@ -8,7 +8,10 @@
 //   auto store = S3ObjectStore::open((*s3)->url("ds"), (*s3)->options());
 //
 // It listens on a free port with a fresh directory (on /dev/shm when there is
-// one) and one bucket; start() returns once a ListObjectsV2 of that bucket
+// one) and one bucket, with s3rver's missing ListMultipartUploads and
+// AbortMultipartUpload added (s3rver_uploads.js; where the checkout lacks it,
+// plain s3rver runs and answers them NotImplemented). start() returns once a
+// ListObjectsV2 of that bucket
 // answers, polling it, bounded by a deadline. kill() and restart() keep the
 // port and the objects, for fault tests; the destructor SIGKILLs s3rver and
 // removes the directory. The child gets SIGKILL if the thread that started it

@@ -287,13 +287,58 @@ Status S3ObjectStore::complete_multipart(const std::string& key, const std::stri
   return Status::ok();
 }
 
-void S3ObjectStore::abort_multipart(const std::string& key, const std::string& upload_id) {
+Status S3ObjectStore::abort_upload(const std::string& key, const std::string& upload_id,
+                                   Deadline deadline) {
   S3Request abort;
   abort.method = "DELETE";
   abort.url = object_url(key, "uploadId=" + uri_encode(upload_id, false));
-  Status a = call(abort, "abort multipart upload " + describe_key(key), Deadline::after_seconds(10))
-                 .status();
-  if (!a.is_ok() && a.code() != Code::kNotFound) {
+  Status a = call(abort, "abort multipart upload " + describe_key(key), deadline).status();
+  // NoSuchUpload: completed or aborted already.
+  return a.code() == Code::kNotFound ? Status::ok() : a;
+}
+
+Status S3ObjectStore::abort_pending_upload(const PendingUpload& upload, Deadline deadline) {
+  return abort_upload(upload.key, upload.id, deadline);
+}
+
+Result<std::vector<PendingUpload>> S3ObjectStore::list_pending_uploads(const std::string& prefix,
+                                                                       Deadline deadline) {
+  const std::string root = location_.prefix.empty() ? "" : location_.prefix + "/";
+  const std::string full_prefix = root + prefix;
+  std::vector<PendingUpload> out;
+  std::string key_marker, id_marker;
+  for (int page = 0;; ++page) {
+    // SigV4 signs the query as given: keep its parameters sorted by name.
+    std::string query;
+    if (!key_marker.empty()) query += "key-marker=" + uri_encode(key_marker, false) + "&";
+    query += "prefix=" + uri_encode(full_prefix, false);
+    if (!id_marker.empty()) query += "&upload-id-marker=" + uri_encode(id_marker, false);
+    query += "&uploads=";
+    S3Request req;
+    req.url = fmt::format("{}/{}?{}", options_.endpoint, location_.bucket, query);
+    const std::string what = fmt::format("LIST multipart uploads s3://{}/{}* (page {})",
+                                         location_.bucket, full_prefix, page + 1);
+    KILN_ASSIGN_OR_RETURN(S3Response r, call(req, what, deadline));
+    auto parsed = parse_list_multipart_uploads(r.body);
+    if (!parsed) return parsed.status().with_context(what);
+    for (auto& u : parsed->uploads) {
+      if (u.key.rfind(full_prefix, 0) != 0) continue;
+      u.key.erase(0, root.size());
+      out.push_back(std::move(u));
+    }
+    if (!parsed->truncated) break;
+    key_marker = parsed->next_key_marker;
+    id_marker = parsed->next_upload_id_marker;
+  }
+  std::sort(out.begin(), out.end(), [](const PendingUpload& a, const PendingUpload& b) {
+    return a.key != b.key ? a.key < b.key : a.id < b.id;
+  });
+  return out;
+}
+
+void S3ObjectStore::abort_multipart(const std::string& key, const std::string& upload_id) {
+  Status a = abort_upload(key, upload_id, Deadline::after_seconds(10));
+  if (!a.is_ok()) {
     log()->warn("s3: {} (its parts may linger until the bucket's lifecycle rule removes them)",
                 a.to_string());
   }

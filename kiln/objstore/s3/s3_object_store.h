@@ -54,6 +54,10 @@ class S3ObjectStore final : public ObjectStore {
   Result<ObjectInfo> head(const std::string& key, Deadline deadline) override;
   Result<std::vector<ObjectInfo>> list(const std::string& prefix, Deadline deadline) override;
   Status remove(const std::string& key, Deadline deadline) override;
+  // ListMultipartUploads (following its markers) / AbortMultipartUpload.
+  Result<std::vector<PendingUpload>> list_pending_uploads(const std::string& prefix,
+                                                          Deadline deadline) override;
+  Status abort_pending_upload(const PendingUpload& upload, Deadline deadline) override;
   std::string describe() const override;
 
   const S3Options& options() const { return options_; }
@@ -82,6 +86,7 @@ class S3ObjectStore final : public ObjectStore {
                             const std::vector<std::string>& etags, Deadline deadline);
   // Best effort, with its own short deadline (the caller's may be what ran out).
   void abort_multipart(const std::string& key, const std::string& upload_id);
+  Status abort_upload(const std::string& key, const std::string& upload_id, Deadline deadline);
 
   S3Options options_;
   S3Location location_;

@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <httplib.h>
 
 #include <algorithm>
 #include <fstream>
@@ -12,8 +13,8 @@
 
 #include "kiln/base/file.h"
 #include "kiln/base/testing/temp_dir.h"
-#include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/objstore/s3/s3_xml.h"
+#include "kiln/objstore/s3/testing/s3rver_test.h"
 
 namespace kiln::objstore::s3 {
 namespace {
@@ -36,24 +37,13 @@ void write(const std::string& path, const std::string& bytes) {
   std::ofstream(path, std::ios::binary) << bytes;
 }
 
-class S3Store : public ::testing::Test {
+class S3Store : public testing::S3rverTest {
  protected:
-  void SetUp() override {
-    if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
-    auto server = LocalS3Server::start();
-    ASSERT_TRUE(server.is_ok()) << server.status().to_string();
-    server_ = std::move(server).value();
-  }
   std::unique_ptr<S3ObjectStore> open(const std::string& prefix, S3Options o) {
-    auto s = S3ObjectStore::open(server_->url(prefix), o);
-    EXPECT_TRUE(s.is_ok()) << s.status().to_string();
-    return s.is_ok() ? std::move(s).value() : nullptr;
+    return open_store(prefix, o);
   }
-  std::unique_ptr<S3ObjectStore> open(const std::string& prefix) {
-    return open(prefix, server_->options());
-  }
+  std::unique_ptr<S3ObjectStore> open(const std::string& prefix) { return open_store(prefix); }
 
-  std::unique_ptr<LocalS3Server> server_;
   TempDir tmp_;
 };
 
@@ -89,7 +79,7 @@ TEST_F(S3Store, MissingObjectIsNotFoundNamingKeyAndS3Code) {
   EXPECT_NE(got.status().message().find("NoSuchKey"), std::string::npos)
       << got.status().to_string();
 
-  auto other = S3ObjectStore::open("s3://no-such-bucket/x", server_->options()).value();
+  auto other = S3ObjectStore::open("s3://no-such-bucket/x", s3_->options()).value();
   auto listed = other->list("", soon());
   EXPECT_EQ(listed.status().code(), Code::kNotFound);
   EXPECT_NE(listed.status().message().find("NoSuchBucket"), std::string::npos)
@@ -97,7 +87,7 @@ TEST_F(S3Store, MissingObjectIsNotFoundNamingKeyAndS3Code) {
 }
 
 TEST_F(S3Store, MultipartUploadRoundTrip) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.part_bytes = 5ull << 20;
   o.multipart_threshold_bytes = 5ull << 20;
   auto store = open("mp", o);
@@ -117,7 +107,7 @@ TEST_F(S3Store, MultipartUploadRoundTrip) {
 // Note [S3 streaming upload]: objects of every size class come back
 // byte-exact, appended in odd-sized pieces, whatever the parallelism.
 TEST_F(S3Store, StreamingWriterRoundTrips) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.part_bytes = 5ull << 20;
   o.upload_parallelism = 3;
   auto store = open("w", o);
@@ -148,7 +138,7 @@ TEST_F(S3Store, StreamingWriterRoundTrips) {
 }
 
 TEST_F(S3Store, AnAbortedStreamPublishesNothing) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.part_bytes = 5ull << 20;
   auto store = open("w", o);
   ASSERT_NE(store, nullptr);
@@ -166,12 +156,55 @@ TEST_F(S3Store, AnAbortedStreamPublishesNothing) {
   EXPECT_EQ(store->head("gone", soon()).status().code(), Code::kNotFound);
   EXPECT_EQ(store->head("dropped", soon()).status().code(), Code::kNotFound);
   EXPECT_TRUE(store->list("", soon()).value().empty());
+  // Aborted on the server too: no parts are left.
+  EXPECT_TRUE(store->list_pending_uploads("", soon()).value().empty());
+}
+
+// A writer killed mid-upload never aborts: its upload is left pending until
+// someone lists and aborts it. Started here by hand (as a dead writer left
+// it: initiated, one part up), since a live writer aborts when destroyed.
+TEST_F(S3Store, AbandonedUploadsAreListedByPrefixAndAborted) {
+  auto store = open("run");
+  ASSERT_NE(store, nullptr);
+  httplib::Client http("127.0.0.1", s3_->port());
+  auto initiate = [&](const std::string& key) {
+    auto r = http.Post(fmt::format("/{}/{}?uploads=", s3_->bucket(), key), "", "");
+    EXPECT_TRUE(r && r->status == 200) << key;
+    auto parsed = parse_upload_id(r ? r->body : "");
+    EXPECT_TRUE(parsed.is_ok()) << parsed.status().to_string();
+    const std::string id = parsed.is_ok() ? *parsed : "";
+    const std::string part = pattern(1000, 3);
+    auto p = http.Put(fmt::format("/{}/{}?partNumber=1&uploadId={}", s3_->bucket(), key,
+                                  id),
+                      part, "application/octet-stream");
+    EXPECT_TRUE(p && p->status == 200) << key;
+    return id;
+  };
+  const std::string a = initiate("run/step-1/shard-0");
+  const std::string b = initiate("run/step-2/shard-1");
+  initiate("other/step-1/shard-0");  // outside the store's prefix
+
+  auto all = store->list_pending_uploads("", soon());
+  ASSERT_TRUE(all.is_ok()) << all.status().to_string();
+  ASSERT_EQ(all->size(), 2u);
+  EXPECT_EQ((*all)[0].key, "step-1/shard-0");
+  EXPECT_EQ((*all)[0].id, a);
+  EXPECT_EQ((*all)[1].key, "step-2/shard-1");
+  EXPECT_EQ((*all)[1].id, b);
+  ASSERT_EQ(store->list_pending_uploads("step-2/", soon()).value().size(), 1u);
+
+  ASSERT_TRUE(store->abort_pending_upload((*all)[0], soon()).is_ok());
+  EXPECT_TRUE(store->abort_pending_upload((*all)[0], soon()).is_ok()) << "already gone is ok";
+  auto left = store->list_pending_uploads("", soon()).value();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].id, b);
+  EXPECT_TRUE(store->list("", soon()).value().empty()) << "an upload is never an object";
 }
 
 // The server dies and comes back between parts and while one is in flight:
 // the parts' retries (Note [S3 retries]) carry the upload through.
 TEST_F(S3Store, StreamingUploadRidesOutAServerRestart) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.part_bytes = 5ull << 20;
   o.upload_parallelism = 2;
   // s3rver (node) takes seconds to come back: retries must span that.
@@ -184,8 +217,8 @@ TEST_F(S3Store, StreamingUploadRidesOutAServerRestart) {
   auto w = store->open_writer("survivor", soon()).value();
   const std::size_t half = bytes.size() / 2;
   ASSERT_TRUE(w->append(bytes.data(), half).is_ok());  // two parts handed over
-  server_->kill();
-  ASSERT_TRUE(server_->restart().is_ok()) << server_->log_tail();
+  s3_->kill();
+  ASSERT_TRUE(s3_->restart().is_ok()) << s3_->log_tail();
   Status a = w->append(bytes.data() + half, bytes.size() - half);
   ASSERT_TRUE(a.is_ok()) << a.to_string();
   Status c = w->commit();
@@ -194,7 +227,7 @@ TEST_F(S3Store, StreamingUploadRidesOutAServerRestart) {
 }
 
 TEST_F(S3Store, ListFollowsContinuationTokensAndStripsThePrefix) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.list_page_keys = 3;
   auto store = open("root", o);
   auto sibling = open("rootless");  // shares the string prefix, not the directory
@@ -222,11 +255,11 @@ TEST_F(S3Store, ListFollowsContinuationTokensAndStripsThePrefix) {
 }
 
 TEST_F(S3Store, ServerGoneFailsAfterBoundedAttemptsNamingObject) {
-  S3Options o = server_->options();
+  S3Options o = s3_->options();
   o.max_attempts = 3;
   auto store = open("ds", o);
   ASSERT_NE(store, nullptr);
-  server_->kill();
+  s3_->kill();
   auto t0 = Clock::now();
   auto got = store->get("shard-00001.kds", Deadline::after_seconds(20));
   double took = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -239,19 +272,21 @@ TEST_F(S3Store, ServerGoneFailsAfterBoundedAttemptsNamingObject) {
 }
 
 TEST_F(S3Store, RetriesRideOutARestart) {
-  S3Options o = server_->options();
-  o.max_attempts = 40;
+  S3Options o = s3_->options();
+  // ~15 s of retries: a node process starts in ~1 s, but in seconds on a
+  // loaded machine.
+  o.max_attempts = 150;
   o.backoff_cap_ms = 100;
   auto store = open("ds", o);
   ASSERT_NE(store, nullptr);
   write(tmp_.path() + "/v", "value");
   ASSERT_TRUE(store->put_file("k", tmp_.path() + "/v", soon()).is_ok());
-  server_->kill();
+  s3_->kill();
   // The GET retries while the restart (a fresh node process, ~1 s) runs.
   // The restart stays on this thread: s3rver dies with the thread that forked it.
   Result<std::string> got = unavailable("not run");
   std::thread reader([&] { got = store->get("k", soon()); });
-  Status restarted = server_->restart();
+  Status restarted = s3_->restart();
   reader.join();
   ASSERT_TRUE(restarted.is_ok()) << restarted.to_string();
   ASSERT_TRUE(got.is_ok()) << got.status().to_string();
@@ -272,6 +307,24 @@ TEST(S3Xml, MalformedRepliesAreDataLoss) {
                 .code(),
             Code::kDataLoss);
   EXPECT_EQ(parse_upload_id("<InitiateMultipartUploadResult/>").status().code(), Code::kDataLoss);
+  EXPECT_EQ(parse_list_multipart_uploads("<ListMultipartUploadsResult><Upload><Key>k</Key>"
+                                         "</Upload></ListMultipartUploadsResult>")
+                .status()
+                .code(),
+            Code::kDataLoss);
+  EXPECT_EQ(parse_list_multipart_uploads("<ListMultipartUploadsResult><IsTruncated>true"
+                                         "</IsTruncated></ListMultipartUploadsResult>")
+                .status()
+                .code(),
+            Code::kDataLoss);
+  auto page = parse_list_multipart_uploads(
+      "<ListMultipartUploadsResult><IsTruncated>true</IsTruncated><NextKeyMarker>b</NextKeyMarker>"
+      "<NextUploadIdMarker>2</NextUploadIdMarker><Upload><Key>a</Key><UploadId>1</UploadId>"
+      "</Upload></ListMultipartUploadsResult>");
+  ASSERT_TRUE(page.is_ok()) << page.status().to_string();
+  ASSERT_EQ(page->uploads.size(), 1u);
+  EXPECT_EQ(page->uploads[0].key, "a");
+  EXPECT_EQ(page->next_upload_id_marker, "2");
   EXPECT_TRUE(parse_error("not xml").code.empty());
   EXPECT_EQ(parse_error("<Error><Code>SlowDown</Code><Message>m</Message></Error>").code,
             "SlowDown");

@@ -89,6 +89,34 @@ Result<ListPage> parse_list_objects_v2(const std::string& xml) {
   return page;
 }
 
+Result<UploadsPage> parse_list_multipart_uploads(const std::string& xml) {
+  KILN_RETURN_IF_ERROR(check_size(xml, "ListMultipartUploads"));
+  Doc doc = parse(xml);
+  const xmlNode* root = doc ? xmlDocGetRootElement(doc.get()) : nullptr;
+  if (root == nullptr || !named(root, "ListMultipartUploadsResult")) {
+    return data_loss("ListMultipartUploads reply is not a <ListMultipartUploadsResult>: " +
+                     snippet(xml));
+  }
+  UploadsPage page;
+  page.truncated = text(child(root, "IsTruncated")) == "true";
+  page.next_key_marker = text(child(root, "NextKeyMarker"));
+  page.next_upload_id_marker = text(child(root, "NextUploadIdMarker"));
+  for (const xmlNode* c = root->children; c != nullptr; c = c->next) {
+    if (!named(c, "Upload")) continue;
+    PendingUpload u{text(child(c, "Key")), text(child(c, "UploadId"))};
+    if (u.key.empty() || u.id.empty()) {
+      return data_loss(fmt::format(
+          "ListMultipartUploads reply: <Upload> without a Key and UploadId (key '{}', id '{}')",
+          u.key, u.id));
+    }
+    page.uploads.push_back(std::move(u));
+  }
+  if (page.truncated && page.next_key_marker.empty()) {
+    return data_loss("ListMultipartUploads reply: IsTruncated without a NextKeyMarker");
+  }
+  return page;
+}
+
 Result<std::string> parse_upload_id(const std::string& xml) {
   KILN_RETURN_IF_ERROR(check_size(xml, "InitiateMultipartUpload"));
   Doc doc = parse(xml);

@@ -22,6 +22,17 @@ Result<ListPage> parse_list_objects_v2(const std::string& xml);
 // <InitiateMultipartUploadResult><UploadId>.
 Result<std::string> parse_upload_id(const std::string& xml);
 
+// <ListMultipartUploadsResult> of ListMultipartUploads: the page's uploads
+// (keys are the bucket's full keys) and, when truncated, the markers the
+// next page starts after.
+struct UploadsPage {
+  std::vector<PendingUpload> uploads;
+  bool truncated = false;
+  std::string next_key_marker;
+  std::string next_upload_id_marker;
+};
+Result<UploadsPage> parse_list_multipart_uploads(const std::string& xml);
+
 // <Error><Code>NoSuchKey</Code><Message>...</Message></Error>. Empty fields
 // when the body is not an S3 error document (a proxy's HTML page, nothing).
 struct S3Error {
