@@ -1,6 +1,7 @@
 #include "kiln/serve/replica.h"
 
 #include <fmt/format.h>
+#include <sys/resource.h>
 
 #include <csignal>
 #include <cstdio>
@@ -23,11 +24,21 @@ const Knob<double> kFetchTimeout{"KILN_SERVE_FETCH_TIMEOUT", 600.0,
 struct Loaded {
   std::unique_ptr<Model> model;
   double fetch_s = 0, load_s = 0;
-  double lookup_s = 0;  // of fetch_s: the remote's newest step and its manifest
-  double read_s = 0;    // of load_s: checking the stamp and mapping the step
+  double lookup_s = 0;    // of fetch_s: the remote's newest step and its manifest
+  double read_s = 0;      // of load_s: checking the stamp and mapping the step
+  long build_faults = 0;  // page faults while building the model (fresh memory)
   bool hit = false;
   StampCheck check = StampCheck::kMatched;
 };
+
+// The process's minor page faults so far: building a model faults in its
+// fresh parameter memory, which on a paravirtualised VM costs more than the
+// copy itself (docs/perf.md, issue 20, session 6).
+long minor_faults() {
+  struct rusage u {};
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
 
 const char* describe(StampCheck c) {
   switch (c) {
@@ -71,10 +82,12 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
     KILN_RETURN_IF_ERROR(weights.status());
     Loaded out;
     out.read_s = std::chrono::duration<double>(Clock::now() - start).count();
+    const long faults_before = minor_faults();
     out.check = *check;
     KILN_ASSIGN_OR_RETURN(out.model, load_torch_model(*weights, {.config_path = o.config_path,
                                                                  .threads = o.threads}));
     out.load_s = std::chrono::duration<double>(Clock::now() - start).count();
+    out.build_faults = minor_faults() - faults_before;
     out.fetch_s = lease.lookup_seconds + lease.fetch_seconds;
     out.lookup_s = lease.lookup_seconds;
     out.hit = lease.hit;
@@ -109,11 +122,11 @@ Status run_replica(const ReplicaRunOptions& o) {
   std::printf(
       "ready: %s step %lld from %s; cold start %.3f s (fetch %.3f s: lookup %.3f s%s; load %.3f "
       "s: check and "
-      "map %.3f s (%s), build the model %.3f s)\n",
+      "map %.3f s (%s), build the model %.3f s, %ld page faults)\n",
       info.name.c_str(), static_cast<long long>(info.step), o.model_url.c_str(),
       loaded->fetch_s + loaded->load_s, loaded->fetch_s, loaded->lookup_s,
       loaded->hit ? ", node cache hit" : "", loaded->load_s, loaded->read_s,
-      describe(loaded->check), loaded->load_s - loaded->read_s);
+      describe(loaded->check), loaded->load_s - loaded->read_s, loaded->build_faults);
   std::fflush(stdout);
 
   int sig = 0;
