@@ -3,12 +3,11 @@
 //
 // Note [A pool that grows]: a replica needs a thread per keep-alive
 // connection (Note [Threads per keep-alive connection] in server.h: 512),
-// but it does not need them while its weights load. Starting 512 threads
-// at once takes ~10 ms of CPU on the 2-core VM and, worse, each thread's
-// stack mapping takes the process's mmap lock while the loader is
-// faulting in the model's memory: a node-cache hit's "build the model"
-// measured 16-21 ms against 8-13 ms on a cold start, where the download
-// hides the pool's start (docs/perf.md, issue 20, session 6). This pool
+// but not while its weights load, and not while idle. Starting 512 threads
+// at once costs CPU and 512 stack mappings at the moment the replica is
+// loading its model. (It was suspected of slowing a node-cache hit's model
+// build; measured, that was page faults of the model's fresh memory, not
+// thread starts: docs/perf.md, issue 20, session 6.) This pool
 // starts `min_threads` and adds one whenever a job arrives and no thread is
 // free for it, up to `max_threads`; threads are never retired (a
 // keep-alive connection holds one anyway). Queued jobs run before
