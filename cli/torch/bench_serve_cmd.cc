@@ -2,7 +2,8 @@
 // contained: writes a CNN checkpoint of the `make demo` shape (random
 // weights: service time does not depend on their values), then measures on
 // loopback with real `kiln serve` processes and an open-loop Poisson load:
-//   1. cold start with an empty node cache vs a warm one (3 replicas each);
+//   1. cold start with an empty node cache vs a warm one (3 replicas each),
+//      the weights on file:// and in s3rver on loopback (the design's S3);
 //   2. batching gain: the highest Poisson rate one replica serves within the
 //      SLO (p99, no 503) with dynamic batching vs batch size 1;
 //   3. a fleet (--replicas 1:2) under a step in load that needs 2 replicas at
@@ -31,6 +32,7 @@
 #include "kiln/base/heap.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
+#include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/serve/load_gen.h"
 #include "kiln/serve/torch_model.h"
 #include "kiln/train/task.h"
@@ -49,7 +51,7 @@ struct BenchArgs {
   int refine = 3;           // bisections at the ladder's edge
   int runs = 3;
   std::string model;  // an existing checkpoint root; "" = write one
-  std::string parts = "service,cold,batching,fleet";
+  std::string parts = "service,cold,cold_s3,batching,fleet";
   double capacity_rps = 0;  // one replica's, for the fleet's load; 0: the batching part's
 
   bool part(const std::string& name) const {
@@ -64,7 +66,8 @@ struct BenchArgs {
 // simulator takes (--batch-base-ms, --batch-item-ms), and the ceiling of any
 // batching gain (items/s at the best batch size vs at batch 1, same run).
 Result<json> service_line(const std::string& model_root) {
-  KILN_ASSIGN_OR_RETURN(ckpt::LoadedState state, ckpt::load_latest(model_root, {}));
+  KILN_ASSIGN_OR_RETURN(ckpt::LoadedState loaded, ckpt::load_latest(model_root, {}));
+  const auto state = serve::StepWeights::from_loaded(std::move(loaded));
   keep_freed_heap_memory();  // as a replica does
   json out = json::object();
   Status status;
@@ -188,6 +191,14 @@ Result<Child> start_replica(const std::vector<std::string>& args, const std::str
   }
   c.port = std::stoi(*port);
   return c;
+}
+
+// The replica's "ready: ..." line: its cold start's parts.
+std::string ready_line(const Child& c) {
+  std::smatch m;
+  const std::string text = slurp(c.out);
+  static const std::regex re("ready: ([^\n]*)");
+  return std::regex_search(text, m, re) ? m[1].str() : "";
 }
 
 double median(std::vector<double> v) { return serve::quantile(std::move(v), 0.5); }
@@ -340,6 +351,48 @@ Status fleet_step(const BenchArgs& a, const std::string& model, const std::strin
   return Status::ok();
 }
 
+// Cold starts of `model`: a.runs replicas each with an empty node cache,
+// then a.runs with the cache one of them filled. Keys "<prefix>cold_start_s"
+// etc.
+Status cold_starts(const BenchArgs& a, const std::string& model, const std::string& work,
+                   const std::string& prefix, json* result) {
+  json& out = *result;
+  std::vector<double> cold, cached, cold_wall, cached_wall;
+  json breakdown = json::array();
+  const std::string warm_cache = fmt::format("{}/cache-{}warm-for-cold", work, prefix);
+  for (int i = 0; i < 2 * a.runs; ++i) {
+    const bool warm = i >= a.runs;
+    const std::string cache = warm ? warm_cache : fmt::format("{}/cache-{}{}", work, prefix, i);
+    if (i == 0) fs::create_directories(warm_cache);
+    const auto t0 = Clock::now();
+    KILN_ASSIGN_OR_RETURN(Child c,
+                          start_replica({model, "--cache-dir", cache, "--threads", "1"},
+                                        fmt::format("{}/start-{}{}.out", work, prefix, i)));
+    auto s = wait_for(c, "cold start ([0-9.]+) s", 120);
+    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
+    stop(c);
+    KILN_RETURN_IF_ERROR(s.status());
+    breakdown.push_back({{"cached", warm}, {"ready_line", ready_line(c)}});
+    (warm ? cached : cold).push_back(std::stod(*s));
+    (warm ? cached_wall : cold_wall).push_back(wall);
+    // The first cold replica's cache is the warm one of the cached starts.
+    if (i == 0) {
+      fs::remove_all(warm_cache);
+      fs::rename(cache, warm_cache);
+    }
+  }
+  out[prefix + "model_url"] = model;
+  out[prefix + "cold_start_s"] = median(cold);
+  out[prefix + "cold_start_cached_s"] = median(cached);
+  out[prefix + "cached_vs_cold"] = median(cached) / median(cold);
+  out[prefix + "cold_start_runs"] = stats(cold);
+  out[prefix + "cold_start_cached_runs"] = stats(cached);
+  out[prefix + "replica_start_to_ready_s"] = {{"cold", stats(cold_wall)},
+                                              {"cached", stats(cached_wall)}};
+  out[prefix + "cold_start_breakdown"] = breakdown;
+  return Status::ok();
+}
+
 void print_summary(const json& out) {
   auto num = [&](const char* key) { return out.contains(key) ? out[key].get<double>() : -1.0; };
   if (out.contains("service_line")) {
@@ -351,8 +404,12 @@ void print_summary(const json& out) {
         s["forward_best_batch"].get<int>());
   }
   if (out.contains("cold_start_s")) {
-    std::printf("cold start %.3f s, cached %.3f s (x%.2f)\n", num("cold_start_s"),
+    std::printf("cold start (file://) %.3f s, cached %.3f s (x%.2f)\n", num("cold_start_s"),
                 num("cold_start_cached_s"), num("cached_vs_cold"));
+  }
+  if (out.contains("s3_cold_start_s")) {
+    std::printf("cold start (s3://) %.3f s, cached %.3f s (x%.2f)\n", num("s3_cold_start_s"),
+                num("s3_cold_start_cached_s"), num("s3_cached_vs_cold"));
   }
   if (out.contains("batching_gain")) {
     std::printf("batching gain x%.2f (%.0f vs %.0f req/s within p99 <= %.0f ms)\n",
@@ -384,7 +441,7 @@ Status bench(const BenchArgs& a) {
   }
   // Every later part serves from this cache, warmed once (not measured).
   fs::create_directories(work + "/cache-warm");
-  if (a.part("cold") || a.part("batching") || a.part("fleet")) {
+  if (a.part("batching") || a.part("fleet")) {
     KILN_ASSIGN_OR_RETURN(
         Child w, start_replica({model, "--cache-dir", work + "/cache-warm"}, work + "/warm.out"));
     auto ok = wait_for(w, "cold start ([0-9.]+) s", 120);
@@ -392,28 +449,25 @@ Status bench(const BenchArgs& a) {
     KILN_RETURN_IF_ERROR(ok.status());
   }
 
-  // 1. Cold starts: an empty node cache vs a warm one.
-  std::vector<double> cold, cached, cold_wall, cached_wall;
-  for (int i = 0; a.part("cold") && i < 2 * a.runs; ++i) {
-    const bool warm = i >= a.runs;
-    const std::string cache = warm ? work + "/cache-warm" : fmt::format("{}/cache-{}", work, i);
-    const auto t0 = Clock::now();
-    KILN_ASSIGN_OR_RETURN(Child c, start_replica({model, "--cache-dir", cache, "--threads", "1"},
-                                                 fmt::format("{}/start-{}.out", work, i)));
-    auto s = wait_for(c, "cold start ([0-9.]+) s", 120);
-    const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
-    stop(c);
-    KILN_RETURN_IF_ERROR(s.status());
-    (warm ? cached : cold).push_back(std::stod(*s));
-    (warm ? cached_wall : cold_wall).push_back(wall);
-  }
-  if (a.part("cold")) {
-    out["cold_start_s"] = median(cold);
-    out["cold_start_cached_s"] = median(cached);
-    out["cached_vs_cold"] = median(cached) / median(cold);
-    out["cold_start_runs"] = stats(cold);
-    out["cold_start_cached_runs"] = stats(cached);
-    out["replica_start_to_ready_s"] = {{"cold", stats(cold_wall)}, {"cached", stats(cached_wall)}};
+  // 1. Cold starts: an empty node cache vs a warm one, with the weights on
+  // the local disk (file://) and, as the design has them, in an object
+  // store (s3rver on loopback).
+  if (a.part("cold")) KILN_RETURN_IF_ERROR(cold_starts(a, model, work, "", &out));
+  if (a.part("cold_s3") && !objstore::s3::LocalS3Server::installed()) {
+    // Not a failure of what is measured: the other parts still run.
+    out["s3_skipped"] = objstore::s3::LocalS3Server::kNotInstalled;
+    std::fprintf(stderr, "bench serve: cold_s3 skipped: %s\n",
+                 objstore::s3::LocalS3Server::kNotInstalled);
+  } else if (a.part("cold_s3")) {
+    KILN_ASSIGN_OR_RETURN(auto s3, objstore::s3::LocalS3Server::start("kiln-bench"));
+    // The replicas find s3rver the way a user's would find S3.
+    const auto o = s3->options();
+    ::setenv("AWS_ENDPOINT_URL", o.endpoint.c_str(), 1);
+    ::setenv("AWS_ACCESS_KEY_ID", o.access_key_id.c_str(), 1);
+    ::setenv("AWS_SECRET_ACCESS_KEY", o.secret_access_key.c_str(), 1);
+    const std::string url = s3->url("models/cnn");
+    KILN_RETURN_IF_ERROR(write_checkpoint(url));
+    KILN_RETURN_IF_ERROR(cold_starts(a, url, work, "s3_", &out));
   }
 
   // 2. Batching gain on one replica (one torch thread).
@@ -472,8 +526,8 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
       ->capture_default_str();
   cmd->add_option("--model", a->model, "A checkpoint root to serve (default: a fresh CNN)");
   cmd->add_option("--parts", a->parts,
-                  "Comma-separated parts to run: service (forward pass alone), cold, batching, "
-                  "fleet")
+                  "Comma-separated parts to run: service (forward pass alone), cold (weights "
+                  "on file://), cold_s3 (weights in s3rver on loopback), batching, fleet")
       ->capture_default_str();
   cmd->add_option("--capacity-rps", a->capacity_rps,
                   "One replica's capacity for the fleet's load (default: measured by batching)");

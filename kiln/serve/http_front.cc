@@ -8,6 +8,7 @@
 #include <memory>
 
 #include "kiln/base/deadline.h"
+#include "kiln/serve/growing_pool.h"
 
 namespace kiln::serve {
 
@@ -25,8 +26,10 @@ Result<int> start_http_front(httplib::Server& server, const HttpFrontOptions& o,
     *listening = sock;
   });
   const int threads = std::max(2, o.threads);
-  server.new_task_queue =
-      o.task_queue ? o.task_queue : [threads] { return new httplib::ThreadPool(threads); };
+  // Note [A pool that grows] (growing_pool.h).
+  server.new_task_queue = o.task_queue ? o.task_queue : [threads] {
+    return new GrowingThreadPool(std::min(threads, kInitialHttpThreads), threads);
+  };
   server.set_keep_alive_max_count(1000000);
   // Note [TCP_NODELAY]: httplib writes a message's headers and body in
   // separate sends; with Nagle's algorithm on, the second waits for the

@@ -30,10 +30,14 @@ namespace kiln::serve {
 // net.core.somaxconn caps it).
 inline constexpr int kListenBacklog = 4096;
 
+// Threads a front starts with; it adds more as connections need them, up to
+// HttpFrontOptions::threads (Note [A pool that grows] in growing_pool.h).
+inline constexpr int kInitialHttpThreads = 8;
+
 struct HttpFrontOptions {
   std::string host = "127.0.0.1";
   int port = 0;  // 0: any free port
-  // Note [Threads per keep-alive connection] in server.h.
+  // At most; Note [Threads per keep-alive connection] in server.h.
   int threads = 256;
   std::string what = "serve";  // names this front in errors
   // Where accepted connections go; empty: a pool of `threads`. Tests hold

@@ -1,6 +1,7 @@
 #include "kiln/serve/replica.h"
 
 #include <fmt/format.h>
+#include <sys/resource.h>
 
 #include <csignal>
 #include <cstdio>
@@ -8,7 +9,7 @@
 #include "kiln/base/heap.h"
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
-#include "kiln/ckpt/load.h"
+#include "kiln/serve/step_weights.h"
 #include "kiln/serve/torch_model.h"
 #include "kiln/serve/weight_cache.h"
 
@@ -23,12 +24,37 @@ const Knob<double> kFetchTimeout{"KILN_SERVE_FETCH_TIMEOUT", 600.0,
 struct Loaded {
   std::unique_ptr<Model> model;
   double fetch_s = 0, load_s = 0;
-  double read_s = 0;  // of load_s: reading the step and checking its checksums
+  double lookup_s = 0;    // of fetch_s: the remote's newest step and its manifest
+  double read_s = 0;      // of load_s: checking the stamp and mapping the step
+  long build_faults = 0;  // page faults while building the model (fresh memory)
   bool hit = false;
+  StampCheck check = StampCheck::kMatched;
 };
 
-// Object store -> node cache -> memory. A cached copy that fails its
-// checksums on load (a corrupt local disk) is discarded and downloaded once more.
+// The process's minor page faults so far: building a model faults in its
+// fresh parameter memory, which on a paravirtualised VM costs more than the
+// copy itself (docs/perf.md, issue 20, session 6).
+long minor_faults() {
+  struct rusage u {};
+  ::getrusage(RUSAGE_SELF, &u);
+  return u.ru_minflt;
+}
+
+const char* describe(StampCheck c) {
+  switch (c) {
+    case StampCheck::kMatched:
+      return "stamp matched";
+    case StampCheck::kRehashed:
+      return "files touched, rehashed";
+    case StampCheck::kVerified:
+      return "no stamp, every checksum verified";
+  }
+  return "";
+}
+
+// Object store -> node cache -> memory. A cached copy that differs from
+// what was verified at fetch (Note [Verified stamp]), or fails its
+// checksums, is discarded and downloaded once more.
 Result<Loaded> load_weights(const ReplicaRunOptions& o) {
   KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(o.model_url));
   const std::string dir = o.cache_dir.empty() ? default_cache_dir() : o.cache_dir;
@@ -38,25 +64,34 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
     KILN_ASSIGN_OR_RETURN(WeightLease lease, cache.acquire_latest(deadline));
     const auto start = Clock::now();
     // The weights only: the optimizer's state (2x the weights for AdamW) is
-    // neither read nor checksummed.
-    auto state = ckpt::load_step(lease.step_dir, 0, 1, [](std::string_view name) {
-      return name.starts_with("param/") || name.starts_with("buffer/");
-    });
-    if (!state.is_ok() && state.status().code() == Code::kDataLoss && attempt == 1) {
-      log()->warn("serve: cached weights {} do not load ({}); discarding them", lease.step_dir,
-                  state.status().to_string());
+    // not read.
+    auto check = check_verified_stamp(lease.step_dir);
+    Result<StepWeights> weights =
+        check.is_ok()
+            ? StepWeights::open(lease.step_dir,
+                                [](std::string_view name) {
+                                  return name.starts_with("param/") || name.starts_with("buffer/");
+                                })
+            : Result<StepWeights>(check.status());
+    if (!weights.is_ok() && weights.status().code() == Code::kDataLoss && attempt == 1) {
+      log()->warn("serve: cached weights {} are corrupt ({}); discarding them", lease.step_dir,
+                  weights.status().to_string());
       KILN_RETURN_IF_ERROR(cache.discard(std::move(lease), deadline));
       continue;
     }
-    KILN_RETURN_IF_ERROR(state.status());
+    KILN_RETURN_IF_ERROR(weights.status());
     Loaded out;
     out.read_s = std::chrono::duration<double>(Clock::now() - start).count();
-    KILN_ASSIGN_OR_RETURN(
-        out.model, load_torch_model(*state, {.config_path = o.config_path, .threads = o.threads}));
+    const long faults_before = minor_faults();
+    out.check = *check;
+    KILN_ASSIGN_OR_RETURN(out.model, load_torch_model(*weights, {.config_path = o.config_path,
+                                                                 .threads = o.threads}));
     out.load_s = std::chrono::duration<double>(Clock::now() - start).count();
-    out.fetch_s = lease.fetch_seconds;
+    out.build_faults = minor_faults() - faults_before;
+    out.fetch_s = lease.lookup_seconds + lease.fetch_seconds;
+    out.lookup_s = lease.lookup_seconds;
     out.hit = lease.hit;
-    return out;  // the lease ends here: the weights are in memory now
+    return out;  // the lease and the mapping end here: the weights are in the model now
   }
 }
 
@@ -85,11 +120,13 @@ Status run_replica(const ReplicaRunOptions& o) {
   server->metrics().set_cold_start(loaded->fetch_s, loaded->load_s, loaded->hit);
   server->set_model(std::move(loaded->model));
   std::printf(
-      "ready: %s step %lld from %s; cold start %.3f s (fetch %.3f s%s, load %.3f s: read and "
-      "verify %.3f s, build the model %.3f s)\n",
+      "ready: %s step %lld from %s; cold start %.3f s (fetch %.3f s: lookup %.3f s%s; load %.3f "
+      "s: check and "
+      "map %.3f s (%s), build the model %.3f s, %ld page faults)\n",
       info.name.c_str(), static_cast<long long>(info.step), o.model_url.c_str(),
-      loaded->fetch_s + loaded->load_s, loaded->fetch_s, loaded->hit ? ", node cache hit" : "",
-      loaded->load_s, loaded->read_s, loaded->load_s - loaded->read_s);
+      loaded->fetch_s + loaded->load_s, loaded->fetch_s, loaded->lookup_s,
+      loaded->hit ? ", node cache hit" : "", loaded->load_s, loaded->read_s,
+      describe(loaded->check), loaded->load_s - loaded->read_s, loaded->build_faults);
   std::fflush(stdout);
 
   int sig = 0;

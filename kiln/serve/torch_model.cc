@@ -15,17 +15,14 @@ namespace {
 using train::ModelConfig;
 using train::ModelKind;
 
-const ckpt::LoadedEntry* tensor(const ckpt::LoadedState& s, const std::string& name) {
-  const ckpt::LoadedEntry* e = s.find(name);
-  return e != nullptr && e->is_tensor ? e : nullptr;
-}
+const WeightTensor* tensor(const StepWeights& s, const std::string& name) { return s.find(name); }
 
 // The model's config from its tensors where they determine it.
-Result<ModelConfig> infer_config(const ckpt::LoadedState& s) {
+Result<ModelConfig> infer_config(const StepWeights& s) {
   ModelConfig c;
   if (const auto* conv1 = tensor(s, "param/conv1.weight")) {
     const auto* fc1 = tensor(s, "param/fc1.weight");
-    if (fc1 == nullptr) return data_loss(fmt::format("checkpoint {}: a CNN without fc1", s.dir));
+    if (fc1 == nullptr) return data_loss(fmt::format("checkpoint {}: a CNN without fc1", s.dir()));
     c.kind = ModelKind::kCnn;
     c.channels = static_cast<int>(conv1->spec.shape[0]);
     c.hidden = static_cast<int>(fc1->spec.shape[0]);
@@ -35,34 +32,35 @@ Result<ModelConfig> infer_config(const ckpt::LoadedState& s) {
     return failed_precondition(fmt::format(
         "checkpoint {} holds a GPT decoder, whose attention heads no tensor records: pass the "
         "training config (--config TRAIN.toml)",
-        s.dir));
+        s.dir()));
   }
   return failed_precondition(fmt::format(
       "checkpoint {} holds neither the CNN (param/conv1.weight) nor the GPT (param/tok.weight) "
       "that kiln train saves",
-      s.dir));
+      s.dir()));
 }
 
 // Copies param/<name> and buffer/<name> into the module (no optimizer, no
-// generator: inference needs the weights only).
-Status copy_weights(const ckpt::LoadedState& s, torch::nn::Module& module) {
+// generator: inference needs the weights only): the one copy of Note [One
+// copy] (step_weights.h), from the mapped cache file into the parameter.
+Status copy_weights(const StepWeights& s, torch::nn::Module& module) {
   torch::NoGradGuard no_grad;
   std::vector<std::pair<std::string, torch::Tensor>> all;
   for (auto& p : module.named_parameters()) all.emplace_back("param/" + p.key(), p.value());
   for (auto& b : module.named_buffers()) all.emplace_back("buffer/" + b.key(), b.value());
   for (auto& [name, t] : all) {
-    const ckpt::LoadedEntry* e = tensor(s, name);
+    const WeightTensor* e = tensor(s, name);
     if (e == nullptr) {
       return data_loss(
           fmt::format("checkpoint {}: no tensor '{}': saved by another model, or the "
                       "config does not match it",
-                      s.dir, name));
+                      s.dir(), name));
     }
     if (e->data.size() != t.nbytes()) {
       return data_loss(
           fmt::format("checkpoint {}: tensor '{}' has shape [{}], the model's is [{}] "
                       "(does the config match the checkpoint?)",
-                      s.dir, name, fmt::join(e->spec.shape, ", "), fmt::join(t.sizes(), ", ")));
+                      s.dir(), name, fmt::join(e->spec.shape, ", "), fmt::join(t.sizes(), ", ")));
     }
     std::memcpy(t.data_ptr(), e->data.data(), e->data.size());
   }
@@ -191,7 +189,7 @@ int limit_blas_threads(int threads) {
   return get();
 }
 
-Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
+Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
                                                 const TorchModelOptions& options) {
   ModelConfig config;
   if (!options.config_path.empty()) {
@@ -212,8 +210,8 @@ Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
   }
   KILN_RETURN_IF_ERROR(copy_weights(state, *task->module()));
   ModelInfo info;
-  info.step = state.step;
-  info.source = state.dir;
+  info.step = state.step();
+  info.source = state.dir();
   if (config.kind == ModelKind::kCnn) {
     info.task = TaskKind::kClassify;
     info.name = "cnn";

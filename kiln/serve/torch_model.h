@@ -13,8 +13,8 @@
 #include <string>
 
 #include "kiln/base/status.h"
-#include "kiln/ckpt/state.h"
 #include "kiln/serve/model.h"
+#include "kiln/serve/step_weights.h"
 
 namespace kiln::serve {
 
@@ -30,7 +30,7 @@ struct TorchModelOptions {
 // FailedPrecondition: a GPT without a config, or tensors of no known model;
 // DataLoss: a tensor missing or shaped unlike the config's model;
 // config parse errors name the file and field.
-Result<std::unique_ptr<Model>> load_torch_model(const ckpt::LoadedState& state,
+Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
                                                 const TorchModelOptions& options);
 
 // Note [BLAS threads]: LibTorch's linear layers call the system BLAS

@@ -36,7 +36,7 @@ std::unique_ptr<Model> load_cnn(const std::string& root, int threads) {
   auto state = ckpt::load_latest(root, {});
   EXPECT_TRUE(state.is_ok()) << state.status().to_string();
   if (!state.is_ok()) return nullptr;
-  auto model = load_torch_model(*state, {.threads = threads});
+  auto model = load_torch_model(StepWeights::from_loaded(std::move(*state)), {.threads = threads});
   EXPECT_TRUE(model.is_ok()) << model.status().to_string();
   return model.is_ok() ? std::move(model).value() : nullptr;
 }
@@ -70,6 +70,32 @@ TEST(TorchModel, OneThreadRunsTheWholeForwardPassOnTheCallingThread) {
                                    << thread << " s: another thread worked on the forward pass";
   const int blas = limit_blas_threads(1);  // 0: not OpenBLAS, nothing to cap
   EXPECT_TRUE(blas == 0 || blas == 1) << blas << " BLAS threads";
+}
+
+// Note [One copy]: the model built from views into the mapped shard file
+// answers exactly as the one built from ckpt::load_step's verified copies.
+TEST(TorchModel, MappedWeightsServeTheSameLogitsAsLoadedOnes) {
+  TempDir dir;
+  save_cnn(dir.path());
+  const std::string step_dir = dir.path() + "/step-1";
+  auto keep = [](std::string_view name) {
+    return name.starts_with("param/") || name.starts_with("buffer/");
+  };
+  auto mapped = StepWeights::open(step_dir, keep);
+  ASSERT_TRUE(mapped.is_ok()) << mapped.status().to_string();
+  EXPECT_TRUE(mapped->mapped());
+  EXPECT_EQ(mapped->find("optim"), nullptr);
+  auto from_map = load_torch_model(*mapped, {.threads = 1});
+  ASSERT_TRUE(from_map.is_ok()) << from_map.status().to_string();
+  auto from_read = load_cnn(dir.path(), 1);
+  ASSERT_NE(from_read, nullptr);
+  Input image;
+  for (int i = 0; i < 784; ++i) image.image.push_back(static_cast<float>((i * 53) % 256));
+  std::vector<Input> a(3, image), b(3, image);
+  auto x = (*from_map)->run(a);
+  auto y = from_read->run(b);
+  ASSERT_TRUE(x[0].is_ok() && y[0].is_ok());
+  EXPECT_EQ(x[0]->logits, y[0]->logits);
 }
 
 }  // namespace

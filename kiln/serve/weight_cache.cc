@@ -17,6 +17,7 @@
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/remote.h"
 #include "kiln/ckpt/verify.h"
+#include "kiln/serve/step_weights.h"
 
 namespace kiln::serve {
 namespace fs = std::filesystem;
@@ -83,6 +84,7 @@ Result<WeightLease> WeightCache::acquire_latest(Deadline deadline) {
   std::error_code ec;
   fs::create_directories(options_.dir, ec);
   if (ec) return errno_status("create weight cache " + options_.dir, ec.value());
+  const auto lookup_start = Clock::now();
   KILN_ASSIGN_OR_RETURN(auto steps, ckpt::list_remote_committed_steps(*remote_, deadline));
   if (steps.empty()) {
     return not_found(fmt::format("no committed checkpoint step (step-N/manifest.json) on {}",
@@ -96,6 +98,7 @@ Result<WeightLease> WeightCache::acquire_latest(Deadline deadline) {
       ckpt::step_dir_name(step);
   const std::string path = options_.dir + "/" + name;
   const std::string lock_path = path + ".lock";
+  const double lookup_seconds = std::chrono::duration<double>(Clock::now() - lookup_start).count();
   KILN_ASSIGN_OR_RETURN(Fd lock, open_lock(lock_path));
   bool fetched = false;
   double fetch_seconds = 0;
@@ -111,6 +114,7 @@ Result<WeightLease> WeightCache::acquire_latest(Deadline deadline) {
       lease.step = step;
       lease.hit = !fetched;
       lease.fetch_seconds = fetch_seconds;
+      lease.lookup_seconds = lookup_seconds;
       lease.bytes = tree_bytes(path);
       lease.lock = std::move(lock);
       return lease;
@@ -164,6 +168,8 @@ Status WeightCache::download(std::int64_t step, const std::string& manifest_text
     }
     // Every entry's checksum, so what the cache holds is what was trained.
     if (s.is_ok()) s = ckpt::verify_step_status(partial);
+    // Note [Verified stamp]: what a hit checks instead of every checksum.
+    if (s.is_ok()) s = write_verified_stamp(partial);
     if (s.is_ok()) {
       if (::rename(partial.c_str(), path.c_str()) != 0) {
         s = errno_status("rename " + partial + " to " + path, errno);

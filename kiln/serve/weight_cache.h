@@ -7,7 +7,8 @@
 //   <dir>/<xxh3 of the manifest>-step-N/    one directory per checkpoint step
 //        │ later replicas: a hit, no download
 //        ▼
-//   memory (ckpt::load_step, which checks every checksum again)
+//   memory (StepWeights: the files as stamped at download, Note [Verified
+//          stamp] in step_weights.h, mapped and copied once into the model)
 //
 // - Content-addressed: the name carries the xxh3 of the step's manifest, and
 //   the manifest carries every entry's checksum, so a directory can never
@@ -45,8 +46,11 @@ struct WeightLease {
   std::int64_t step = -1;
   bool hit = false;          // false: this acquire downloaded it
   double fetch_seconds = 0;  // time to download and verify (0 on a hit)
-  std::uint64_t bytes = 0;   // shard bytes
-  Fd lock;                   // the shared lock
+  // Asking the remote for its newest step and that step's manifest: every
+  // start pays it, a hit too.
+  double lookup_seconds = 0;
+  std::uint64_t bytes = 0;  // shard bytes
+  Fd lock;                  // the shared lock
 };
 
 class WeightCache {

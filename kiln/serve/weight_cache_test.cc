@@ -2,16 +2,20 @@
 // checkpoints, with faults injected into the cache and into the remote.
 #include "kiln/serve/weight_cache.h"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/testing/test_state.h"
+#include "kiln/serve/step_weights.h"
 
 namespace kiln::serve {
 namespace {
@@ -48,6 +52,142 @@ void corrupt_shard(const std::string& step_dir) {
     return;
   }
   FAIL() << "no shard file in " << step_dir;
+}
+
+std::string first_shard(const std::string& step_dir) {
+  for (const auto& e : fs::directory_iterator(step_dir)) {
+    if (e.path().filename().string().rfind("shard-", 0) == 0) return e.path().string();
+  }
+  return "";
+}
+
+Result<StampCheck> check(const std::string& step_dir) { return check_verified_stamp(step_dir); }
+
+// Note [Verified stamp]: a hit whose files are as downloaded is not read
+// again; one byte flipped after caching is DataLoss naming the file, and the
+// cache then downloads the step again, intact.
+TEST(WeightCache, AHitTrustsTheStampAndAFlippedByteIsCaughtNamingTheFile) {
+  TempDir remote, cache_dir;
+  save_step(remote.path(), 5);
+  auto store = open(remote.path());
+  WeightCache cache(store.get(), {.dir = cache_dir.path()});
+  auto lease = cache.acquire_latest(Deadline::after_seconds(20));
+  ASSERT_TRUE(lease.is_ok()) << lease.status().to_string();
+  EXPECT_TRUE(fs::exists(lease->step_dir + "/" + kVerifiedStampName));
+  auto ok = check(lease->step_dir);
+  ASSERT_TRUE(ok.is_ok()) << ok.status().to_string();
+  EXPECT_EQ(*ok, StampCheck::kMatched);
+
+  const std::string shard = first_shard(lease->step_dir);
+  corrupt_shard(lease->step_dir);
+  auto bad = check(lease->step_dir);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.status().code(), Code::kDataLoss);
+  EXPECT_NE(bad.status().message().find(shard), std::string::npos) << bad.status().to_string();
+  EXPECT_NE(bad.status().message().find("changed since they were verified"), std::string::npos);
+
+  ASSERT_TRUE(cache.discard(std::move(lease).value(), Deadline::after_seconds(20)).is_ok());
+  auto again = cache.acquire_latest(Deadline::after_seconds(20));
+  ASSERT_TRUE(again.is_ok()) << again.status().to_string();
+  EXPECT_FALSE(again->hit);
+  auto fresh = check(again->step_dir);
+  ASSERT_TRUE(fresh.is_ok()) << fresh.status().to_string();
+  EXPECT_EQ(*fresh, StampCheck::kMatched);
+}
+
+// A flipped byte whose writer puts the file's mtime back is still caught:
+// the write moved ctime, which no caller can set.
+TEST(WeightCache, AFlippedByteWithItsMtimePutBackIsStillCaught) {
+  TempDir remote, cache_dir;
+  save_step(remote.path(), 5);
+  auto store = open(remote.path());
+  WeightCache cache(store.get(), {.dir = cache_dir.path()});
+  auto lease = cache.acquire_latest(Deadline::after_seconds(20));
+  ASSERT_TRUE(lease.is_ok()) << lease.status().to_string();
+  const std::string shard = first_shard(lease->step_dir);
+  struct stat before {};
+  ASSERT_EQ(::stat(shard.c_str(), &before), 0);
+  corrupt_shard(lease->step_dir);
+  const struct timespec times[2] = {before.st_atim, before.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, shard.c_str(), times, 0), 0);
+  struct stat after {};
+  ASSERT_EQ(::stat(shard.c_str(), &after), 0);
+  ASSERT_EQ(after.st_size, before.st_size);
+  ASSERT_EQ(after.st_mtim.tv_nsec, before.st_mtim.tv_nsec);
+  auto bad = check(lease->step_dir);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.status().code(), Code::kDataLoss);
+  EXPECT_NE(bad.status().message().find(shard), std::string::npos) << bad.status().to_string();
+}
+
+// A file touched but not changed hashes as stamped: re-stamped, served.
+// A step cached without a stamp is verified entry by entry once, then stamped.
+TEST(WeightCache, ATouchedFileIsRehashedAndAnUnstampedStepVerifiedOnce) {
+  TempDir remote, cache_dir;
+  save_step(remote.path(), 5);
+  auto store = open(remote.path());
+  WeightCache cache(store.get(), {.dir = cache_dir.path()});
+  auto lease = cache.acquire_latest(Deadline::after_seconds(20));
+  ASSERT_TRUE(lease.is_ok()) << lease.status().to_string();
+  const std::string shard = first_shard(lease->step_dir);
+  const struct timespec now[2] = {{0, UTIME_NOW}, {0, UTIME_NOW}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, shard.c_str(), now, 0), 0);
+  auto touched = check(lease->step_dir);
+  ASSERT_TRUE(touched.is_ok()) << touched.status().to_string();
+  EXPECT_EQ(*touched, StampCheck::kRehashed);
+  auto restamped = check(lease->step_dir);
+  ASSERT_TRUE(restamped.is_ok());
+  EXPECT_EQ(*restamped, StampCheck::kMatched);
+
+  fs::remove(lease->step_dir + "/" + kVerifiedStampName);
+  auto verified = check(lease->step_dir);
+  ASSERT_TRUE(verified.is_ok()) << verified.status().to_string();
+  EXPECT_EQ(*verified, StampCheck::kVerified);
+  EXPECT_EQ(*check(lease->step_dir), StampCheck::kMatched);
+
+  fs::remove(lease->step_dir + "/" + kVerifiedStampName);
+  corrupt_shard(lease->step_dir);
+  auto bad = check(lease->step_dir);
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.status().code(), Code::kDataLoss);
+  EXPECT_NE(bad.status().message().find(shard), std::string::npos) << bad.status().to_string();
+}
+
+// Note [One copy]: the mapped views hold exactly the bytes ckpt::load_step
+// reads, for the entries kept and no others.
+TEST(WeightCache, MappedViewsHoldTheBytesLoadStepReads) {
+  TempDir remote, cache_dir;
+  save_step(remote.path(), 5);
+  auto store = open(remote.path());
+  WeightCache cache(store.get(), {.dir = cache_dir.path()});
+  auto lease = cache.acquire_latest(Deadline::after_seconds(20));
+  ASSERT_TRUE(lease.is_ok()) << lease.status().to_string();
+  auto loaded = ckpt::load_step(lease->step_dir, 0, 1);
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  int tensors = 0;
+  std::string skipped;
+  for (const auto& e : loaded->entries) {
+    if (e.is_tensor) skipped = e.name;
+  }
+  ASSERT_FALSE(skipped.empty());
+  auto weights =
+      StepWeights::open(lease->step_dir, [&](std::string_view name) { return name != skipped; });
+  ASSERT_TRUE(weights.is_ok()) << weights.status().to_string();
+  EXPECT_TRUE(weights->mapped());
+  EXPECT_EQ(weights->step(), 5);
+  for (const auto& e : loaded->entries) {
+    const WeightTensor* w = weights->find(e.name);
+    if (!e.is_tensor || e.name == skipped) {
+      EXPECT_EQ(w, nullptr) << e.name;
+      continue;
+    }
+    ASSERT_NE(w, nullptr) << e.name;
+    EXPECT_EQ(w->spec.shape, e.spec.shape) << e.name;
+    ASSERT_EQ(w->data.size(), e.data.size()) << e.name;
+    EXPECT_TRUE(std::equal(w->data.begin(), w->data.end(), e.data.begin())) << e.name;
+    ++tensors;
+  }
+  EXPECT_GT(tensors, 0);
 }
 
 TEST(WeightCache, FirstAcquireDownloadsLaterOnesHitAndBothLoad) {

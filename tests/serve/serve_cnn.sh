@@ -18,6 +18,7 @@ metric_is "$PORT_a" kiln_serve_weight_cache_hit 0 || fail "the first replica rep
 # 2. The right class: the served answers agree with the labels about as
 # often as kiln train's own evaluation said (chance is 0.1).
 correct=0; n=40
+curl -sf -XPOST "http://127.0.0.1:$PORT_a/v1/predict" -d "$(image_json 0)" > "$WORK/first.json"
 for i in $(seq 0 $((n - 1))); do
   cls=$(curl -sf -XPOST "http://127.0.0.1:$PORT_a/v1/predict" -d "$(image_json "$i")" | jq .class)
   [ "$cls" = "$(label "$i")" ] && correct=$((correct + 1))
@@ -75,4 +76,22 @@ wait "$PID_c" || fail "replica c exited $? after SIGTERM"
 wait
 ok=$(cat "$WORK"/l*.code | grep -c '^200$' || true)
 [ "$ok" = 32 ] || fail "SIGTERM under load: $ok of 32 answered 200"
+
+# 8. A byte of the cached weights flipped after caching (Note [Verified
+# stamp]): the next replica names the file, discards the cached copy,
+# downloads it again and serves the right class.
+shard=$(ls "$WORK"/cache/*-step-200/shard-*.bin | head -1)
+at=$(( $(stat -c %s "$shard") / 2 ))
+byte=$(od -An -tu1 -j "$at" -N 1 "$shard" | tr -d ' ')
+printf "\\$(printf '%03o' $(( byte ^ 0x5a )))" | dd of="$shard" bs=1 seek="$at" conv=notrunc status=none
+start_replica d "$WORK/ckpt" --cache-dir "$WORK/cache"
+wait_until 60 ready "$PORT_d" || { cat "$WORK/d.out"; fail "replica d never became ready"; }
+grep -q "$shard changed since they were verified at fetch" "$WORK/d.out" ||
+  fail "replica d did not name the corrupt file: $(cat "$WORK/d.out")"
+grep -q "node cache hit" "$WORK/d.out" && fail "replica d served the corrupt cached copy"
+grep -q "weight cache: downloaded" "$WORK/d.out" || fail "replica d did not download again"
+cls=$(curl -sf -XPOST "http://127.0.0.1:$PORT_d/v1/predict" -d "$(image_json 0)" | jq .class)
+cls_a=$(jq .class "$WORK/first.json")
+[ "$cls" = "$cls_a" ] || fail "replica d answers $cls for image 0, replica a answered $cls_a"
+kill -TERM "$PID_d"; wait "$PID_d" || fail "replica d exited $?"
 echo "PASS"
