@@ -297,8 +297,16 @@ TEST_F(BenchSmoke, DataReportsEveryKey) {
                   "runs", "shuffle_window", "warm_mb_s", "warm_samples_s", "raw_read_mb_s",
                   "warm_vs_raw", "consumer_ms", "consumer_wait_fraction", "consumer_wait_p50_ms",
                   "consumer_wait_p99_ms", "consumer_wait_max_ms", "warm_vs_raw_small",
-                  "raw_read_cached_mb_s", "warm_vs_raw_cached"},
+                  "raw_read_cached_mb_s", "warm_vs_raw_cached", "warm_epochs", "raw_passes"},
                  "data");
+  // Note [A stable raw baseline]: every raw pass's speed, as [min, max].
+  for (const json* d : {&doc, doc.contains("small") ? &doc["small"] : &doc}) {
+    ASSERT_TRUE((*d)["raw_pass_mb_s_range"].is_array()) << d->dump();
+    ASSERT_EQ((*d)["raw_pass_mb_s_range"].size(), 2u);
+    EXPECT_GT((*d)["raw_pass_mb_s_range"][0].get<double>(), 0);
+    EXPECT_LE((*d)["raw_pass_mb_s_range"][0].get<double>(),
+              (*d)["raw_pass_mb_s_range"][1].get<double>());
+  }
   ASSERT_TRUE(doc.contains("small")) << doc.dump();
   expect_numeric(doc["small"],
                  {"dataset_mb", "samples", "sample_bytes", "shuffle_window", "warm_mb_s",
