@@ -59,6 +59,7 @@ struct Loader::Scratch {
   std::vector<Where> where;
   std::vector<std::pair<std::size_t, std::shared_ptr<OpenShard>>> held;  // usually 1-2 shards
   std::vector<FieldView> sample;
+  std::vector<std::size_t> stride;  // bytes per sample of each fixed-size column
 };
 
 Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
@@ -75,6 +76,7 @@ Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
               ? options_.batch_pool
               : BatchPool::create(
                     static_cast<std::size_t>(options_.queue_depth + options_.workers + 2));
+  ready_.resize(static_cast<std::size_t>(options_.queue_depth));
   plan_ = make_plan();
   for (std::size_t i = 0; i < plan_.size(); ++i) plan_of_.emplace(plan_[i].shard, i);
   plan_opened_.assign(plan_.size(), false);
@@ -265,7 +267,7 @@ bool Loader::build_and_park(std::uint64_t number, Scratch* scratch) {
   bool wake_consumer;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    ready_.emplace(number, std::move(batch).value());
+    ready_[ready_slot(number)].emplace(std::move(batch).value());
     wake_consumer = number == consumer_next_;
   }
   if (wake_consumer) ready_cv_.notify_one();
@@ -306,12 +308,15 @@ bool Loader::shards_open_locked(std::uint64_t batch) const {
 }
 
 Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
-  Batch b = pool_->make(index_.schema);
+  Batch b = pool_->make_for_overwrite(index_.schema);
   b.number = number;
   const std::uint64_t n = batch_samples(number);
   const std::uint64_t first = number * options_.batch_size;
   for (Column& c : b.columns) {
-    if (c.kind == FieldKind::kBytes) c.offsets.push_back(0);
+    if (c.kind == FieldKind::kBytes) {
+      c.data.clear();  // appended to: make_for_overwrite() kept its size
+      c.offsets.push_back(0);
+    }
   }
   b.sample_ids.resize(n);
   sampler_.peek_many(first, n, b.sample_ids.data());
@@ -352,6 +357,16 @@ Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
     }
     where[j] = {cur_reader, id - cur_first, cur, cur_reader->extent(id - cur_first)};
   }
+  // Note [Collate with plain stores]: int64 and tensor fields have one size
+  // per sample for the whole batch (a tensor's shape must match the first
+  // sample's), so each such column is sized once, for n samples, and sample
+  // j's bytes are stored at j times that size: one memcpy per field, no
+  // per-sample capacity check or size update as vector::insert does. The
+  // column keeps the recycled batch's size (BatchPool::make_for_overwrite),
+  // so resize() fills nothing from one full batch to the next. Bytes fields
+  // vary in size and are still appended.
+  auto& stride = scratch->stride;
+  stride.assign(b.columns.size(), 0);
   constexpr std::uint64_t kAhead = 8;
   for (std::uint64_t j = 0; j < std::min(n, kAhead); ++j) ShardReader::prefetch(where[j].extent);
   std::vector<FieldView>& sample = scratch->sample;
@@ -378,23 +393,23 @@ Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
           c.data.insert(c.data.end(), v.data.begin(), v.data.end());
           c.offsets.push_back(c.data.size());
           break;
-        case FieldKind::kInt64: {
-          if (j == 0) c.data.reserve(n * 8);
-          const auto* p = reinterpret_cast<const std::uint8_t*>(&v.i64);
-          c.data.insert(c.data.end(), p, p + 8);
+        case FieldKind::kInt64:
+          if (j == 0) c.data.resize(n * 8);
+          std::memcpy(c.data.data() + j * 8, &v.i64, 8);
           break;
-        }
         case FieldKind::kTensor:
           if (j == 0) {
             c.shape.assign(v.shape().begin(), v.shape().end());
-            c.data.reserve(n * v.data.size());
+            stride[f] = v.data.size();
+            c.data.resize(n * stride[f]);
           } else if (!same_shape(c.shape, v.shape())) {
             return invalid_argument(fmt::format(
                 "batch {}: tensor '{}' of sample {} has another shape than sample {}; ragged "
                 "tensors are not collated (store them as bytes)", number, c.name, id,
                 b.sample_ids[0]));
           }
-          c.data.insert(c.data.end(), v.data.begin(), v.data.end());
+          // Same shape and dtype as sample 0: the same size.
+          if (stride[f] > 0) std::memcpy(c.data.data() + j * stride[f], v.data.data(), stride[f]);
           break;
       }
     }
@@ -417,10 +432,9 @@ Result<std::optional<Batch>> Loader::next(Deadline deadline) {
   while (true) {
     if (!error_.is_ok()) return error_;
     if (consumer_next_ >= num_batches_) return std::optional<Batch>();
-    auto it = ready_.find(consumer_next_);
-    if (it != ready_.end()) {
-      Batch b = std::move(it->second);
-      ready_.erase(it);
+    if (auto& slot = ready_[ready_slot(consumer_next_)]; slot.has_value()) {
+      Batch b = std::move(*slot);
+      slot.reset();
       ++consumer_next_;
       // Release shards no remaining batch is known to need (their cache
       // leases go with them, making them evictable; their mappings are

@@ -124,6 +124,34 @@ TEST(Loader, RecyclesDroppedBatchBuffersButNeverAHeldOne) {
   check_batch(*held);  // outlives the loader; its buffers go back to a pool nobody uses
 }
 
+// Note [Collate with plain stores]: a recycled batch keeps its columns'
+// sizes, and the next batch overwrites them in place. Batches of another
+// size from the same pool (an epoch with larger batches, then one with
+// smaller, whose last batch is shorter still) hold exactly their own samples.
+TEST(Loader, RecycledBuffersOfAnotherBatchSizeHoldOnlyTheirBatch) {
+  Fixture f;
+  auto pool = BatchPool::create(8);
+  for (std::uint64_t batch_size : {32u, 7u, 32u}) {
+    Loader l(f.cache.get(), f.index,
+             {.sampler = {.seed = 11, .shuffle_window = 40}, .batch_size = batch_size,
+              .workers = 2, .queue_depth = 3, .batch_pool = pool});
+    std::vector<int> seen(f.index.num_samples, 0);
+    for (std::uint64_t n = 0;; ++n) {
+      auto b = l.next(soon());
+      ASSERT_TRUE(b.is_ok()) << b.status().to_string();
+      if (!b->has_value()) break;
+      ASSERT_EQ((*b)->number, n);
+      const std::uint64_t want = std::min(batch_size, f.index.num_samples - n * batch_size);
+      ASSERT_EQ((*b)->sample_ids.size(), want) << "batch " << n << " of size " << batch_size;
+      ASSERT_EQ((*b)->columns[0].data.size(), want * 8);
+      check_batch(**b);
+      for (auto id : (*b)->sample_ids) ++seen[id];
+    }
+    for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << "sample " << i;
+  }
+  EXPECT_GT(pool->reused(), 0u);
+}
+
 // Every batch of one epoch through `cache`, checked; returns the samples seen.
 std::uint64_t epoch(ShardCache* cache, const DatasetIndex& index, std::uint64_t seed) {
   Loader l(cache, index,
