@@ -47,6 +47,61 @@ bool same_shape(const std::vector<std::int64_t>& a, std::span<const std::int64_t
   return true;
 }
 
+// Note [One layout per batch]: decode_sample_view() parses every record
+// field by field (length prefixes, tensor rank and dims, bounds checks);
+// for 784 B samples that bookkeeping cost about as much as the copy. How a
+// record parses depends only on its length and its structural bytes (the
+// length prefix of a bytes field, a tensor's rank and dims); the rest is
+// field data (an int64's value, a payload). So the batch's first record is
+// decoded in full and its layout kept: where each field's data lies and
+// what its structural bytes are. A later record of the same length whose
+// structural bytes are the same would decode to views at the same offsets
+// with the same shapes, so its fields are copied from those offsets
+// without decoding; any other record takes the full decode, with its
+// checks and errors.
+class RecordLayout {
+ public:
+  // Learns the layout of `record`, which `views` (decode_sample_view's
+  // output for it) describe.
+  void learn(std::span<const std::uint8_t> record, const std::vector<FieldView>& views) {
+    bytes_ = record.size();
+    data_begin_.clear();
+    data_len_.clear();
+    fixed_.clear();
+    std::size_t pos = 0;
+    for (const FieldView& v : views) {
+      std::size_t begin = pos, len = 8;  // an int64 field: its 8 bytes, nothing structural
+      if (v.kind != FieldKind::kInt64) {
+        begin = static_cast<std::size_t>(v.data.data() - record.data());
+        len = v.data.size();
+        for (std::size_t b = pos; b < begin; ++b) fixed_.push_back({b, record[b]});
+      }
+      data_begin_.push_back(begin);
+      data_len_.push_back(len);
+      pos = begin + len;
+    }
+  }
+
+  // Whether `record` decodes as the learned one did (same fields at the same
+  // offsets, same shapes).
+  bool matches(std::span<const std::uint8_t> record) const {
+    if (record.size() != bytes_ || data_begin_.empty()) return false;
+    for (const auto& [at, byte] : fixed_) {
+      if (record[at] != byte) return false;
+    }
+    return true;
+  }
+
+  std::span<const std::uint8_t> field(std::span<const std::uint8_t> record, std::size_t f) const {
+    return record.subspan(data_begin_[f], data_len_[f]);
+  }
+
+ private:
+  std::size_t bytes_ = 0;
+  std::vector<std::size_t> data_begin_, data_len_;        // per field
+  std::vector<std::pair<std::size_t, std::uint8_t>> fixed_;  // structural bytes
+};
+
 }  // namespace
 
 struct Loader::Scratch {
@@ -60,6 +115,7 @@ struct Loader::Scratch {
   std::vector<std::pair<std::size_t, std::shared_ptr<OpenShard>>> held;  // usually 1-2 shards
   std::vector<FieldView> sample;
   std::vector<std::size_t> stride;  // bytes per sample of each fixed-size column
+  RecordLayout layout;              // of the batch's first sample
 };
 
 Loader::Loader(ShardCache* cache, DatasetIndex index, LoaderOptions options)
@@ -377,10 +433,30 @@ Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
     // before, per options_.verify): decode it in place and copy each field
     // once, into the batch.
     KILN_ASSIGN_OR_RETURN(auto record, where[j].reader->record(where[j].record));
+    if (j > 0 && scratch->layout.matches(record)) {  // Note [One layout per batch]
+      for (std::size_t f = 0; f < b.columns.size(); ++f) {
+        Column& c = b.columns[f];
+        const std::span<const std::uint8_t> v = scratch->layout.field(record, f);
+        switch (c.kind) {
+          case FieldKind::kBytes:
+            c.data.insert(c.data.end(), v.begin(), v.end());
+            c.offsets.push_back(c.data.size());
+            break;
+          case FieldKind::kInt64:
+            std::memcpy(c.data.data() + j * 8, v.data(), 8);
+            break;
+          case FieldKind::kTensor:  // the shape of sample 0, so stride[f] bytes
+            if (stride[f] > 0) std::memcpy(c.data.data() + j * stride[f], v.data(), stride[f]);
+            break;
+        }
+      }
+      continue;
+    }
     if (Status s = decode_sample_view(index_.schema, record, &sample); !s.is_ok()) {
       return s.with_context(
           fmt::format("shard {} sample {}", index_.shards[where[j].shard].file, id));
     }
+    if (j == 0) scratch->layout.learn(record, sample);
     for (std::size_t f = 0; f < sample.size(); ++f) {
       const FieldView& v = sample[f];
       Column& c = b.columns[f];
