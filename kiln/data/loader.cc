@@ -20,6 +20,7 @@ const Knob<bool> kVerifyEveryRead{
     "(LoaderOptions::verify; Note [Verify once per file])"};
 
 constexpr auto kPoll = std::chrono::milliseconds(100);  // bounds every wait so stop_ is seen
+constexpr std::size_t kPrefetchBytes = 4096;  // Note [Prefetch the head of a large record]
 
 // Note [Loader threads yield to the consumer]: next() wakes a worker to
 // build the batch that now fits the queue. Under the default policy the
@@ -411,7 +412,14 @@ Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
         held.emplace_back(cur, std::move(open));
       }
     }
-    where[j] = {cur_reader, id - cur_first, cur, cur_reader->extent(id - cur_first)};
+    // Note [Prefetch the head of a large record]: a record's lines are
+    // loaded ahead only up to kPrefetchBytes. Past that the copy reads it
+    // sequentially and the hardware prefetcher streams it; prefetching all
+    // of a 64 KiB record eight records ahead issued 8 192 prefetches that
+    // waited for free miss buffers in the build loop (9% of an epoch of
+    // 64 KiB samples in perf, against 19% in the copy itself).
+    std::span<const std::uint8_t> extent = cur_reader->extent(id - cur_first);
+    where[j] = {cur_reader, id - cur_first, cur, extent.first(std::min(extent.size(), kPrefetchBytes))};
   }
   // Note [Collate with plain stores]: int64 and tensor fields have one size
   // per sample for the whole batch (a tensor's shape must match the first
