@@ -128,6 +128,24 @@ TEST_F(BenchSmoke, CommTypedAloneStartsTwoRanksAndReportsEveryKey) {
   }
 }
 
+// Note [The memory limit, around each size]: a local allreduce of 16 MiB
+// and more reports its own limit, measured around it, and the fraction of
+// it, and of the best pass around it (never above the median's).
+TEST_F(BenchSmoke, CommReportsTheMemoryLimitMeasuredAroundEachLargeSize) {
+  KilnRun r = kiln({"bench", "comm", "-b", "4M", "-e", "16M", "-f", "4", "-n", "1", "-w", "1",
+                    "--json"});
+  ASSERT_EQ(r.exit_code, 0) << context(r);
+  json doc = parse(r);
+  expect_numeric(doc, {"limit_busbw_gbps", "stream_add_gbps"}, "comm limit");
+  ASSERT_EQ(doc["results"].size(), 2u) << doc.dump();
+  const json& big = doc["results"][1];
+  expect_numeric(big, {"limit_fraction", "limit_busbw_gbps", "limit_fraction_best"}, "16M row");
+  EXPECT_GT(big["limit_busbw_gbps"].get<double>(), 0);
+  EXPECT_LE(big["limit_fraction_best"].get<double>(), big["limit_fraction"].get<double>());
+  EXPECT_NEAR(big["limit_fraction"].get<double>() * big["limit_busbw_gbps"].get<double>(),
+              big["busbw_gbps"].get<double>(), 1e-6 * big["busbw_gbps"].get<double>());
+}
+
 TEST_F(BenchSmoke, CommCheckPassesForReduceOpsAndOpsThatUsedToFailIt) {
   // prod failed --check on >= 2 ranks, an integer avg too (it truncates);
   // the other ops' expected values are computed from the same inputs. Each
