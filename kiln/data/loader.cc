@@ -99,7 +99,7 @@ class RecordLayout {
 
  private:
   std::size_t bytes_ = 0;
-  std::vector<std::size_t> data_begin_, data_len_;        // per field
+  std::vector<std::size_t> data_begin_, data_len_;           // per field
   std::vector<std::pair<std::size_t, std::uint8_t>> fixed_;  // structural bytes
 };
 
@@ -419,7 +419,8 @@ Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
     // waited for free miss buffers in the build loop (9% of an epoch of
     // 64 KiB samples in perf, against 19% in the copy itself).
     std::span<const std::uint8_t> extent = cur_reader->extent(id - cur_first);
-    where[j] = {cur_reader, id - cur_first, cur, extent.first(std::min(extent.size(), kPrefetchBytes))};
+    where[j] = {cur_reader, id - cur_first, cur,
+                extent.first(std::min(extent.size(), kPrefetchBytes))};
   }
   // Note [Collate with plain stores]: int64 and tensor fields have one size
   // per sample for the whole batch (a tensor's shape must match the first

@@ -1,5 +1,8 @@
 // Loader: ordered, complete, resumable batches; corruption surfaces as an error.
+#include "kiln/data/loader.h"
+
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -8,12 +11,9 @@
 #include <optional>
 #include <thread>
 
-#include <gtest/gtest.h>
-
 #include "kiln/data/dataset_writer.h"
-#include "kiln/data/loader.h"
-#include "kiln/objstore/testing/forwarding_object_store.h"
 #include "kiln/data/testing/test_dataset.h"
+#include "kiln/objstore/testing/forwarding_object_store.h"
 
 namespace kiln::data {
 namespace {
@@ -134,8 +134,11 @@ TEST(Loader, RecycledBuffersOfAnotherBatchSizeHoldOnlyTheirBatch) {
   auto pool = BatchPool::create(8);
   for (std::uint64_t batch_size : {32u, 7u, 32u}) {
     Loader l(f.cache.get(), f.index,
-             {.sampler = {.seed = 11, .shuffle_window = 40}, .batch_size = batch_size,
-              .workers = 2, .queue_depth = 3, .batch_pool = pool});
+             {.sampler = {.seed = 11, .shuffle_window = 40},
+              .batch_size = batch_size,
+              .workers = 2,
+              .queue_depth = 3,
+              .batch_pool = pool});
     std::vector<int> seen(f.index.num_samples, 0);
     for (std::uint64_t n = 0;; ++n) {
       auto b = l.next(soon());
@@ -165,14 +168,16 @@ TEST(Loader, SameLayoutRecordsCollateAndASameLengthRaggedOneIsRefused) {
   auto writer = DatasetWriter::create(remote.path() + "/ds", schema, {.shard_bytes = 1024});
   ASSERT_TRUE(writer.is_ok()) << writer.status().to_string();
   auto img = [](std::uint64_t id) {
-    return std::vector<std::uint8_t>{static_cast<std::uint8_t>(id), static_cast<std::uint8_t>(3 * id),
+    return std::vector<std::uint8_t>{static_cast<std::uint8_t>(id),
+                                     static_cast<std::uint8_t>(3 * id),
                                      static_cast<std::uint8_t>(id >> 8), 0x5a};
   };
   for (std::uint64_t id = 0; id < kSamples; ++id) {
-    std::vector<std::int64_t> shape = id == kRagged ? std::vector<std::int64_t>{2, 2}
-                                                    : std::vector<std::int64_t>{4, 1};
-    ASSERT_TRUE(writer->add({FieldValue::int64(static_cast<std::int64_t>(id) * 1000003),
-                             FieldValue::tensor(DType::kUInt8, shape, img(id))})
+    std::vector<std::int64_t> shape =
+        id == kRagged ? std::vector<std::int64_t>{2, 2} : std::vector<std::int64_t>{4, 1};
+    ASSERT_TRUE(writer
+                    ->add({FieldValue::int64(static_cast<std::int64_t>(id) * 1000003),
+                           FieldValue::tensor(DType::kUInt8, shape, img(id))})
                     .is_ok());
   }
   auto index = writer->finish();
@@ -180,7 +185,9 @@ TEST(Loader, SameLayoutRecordsCollateAndASameLengthRaggedOneIsRefused) {
   auto store = std::move(objstore::open_object_store(remote.path())).value();
   ShardCache cache(store.get(), "ds", {.dir = local.path(), .capacity_bytes = 1 << 30});
   Loader l(&cache, *index,
-           {.sampler = {.seed = 4, .shuffle_window = kSamples}, .batch_size = 8, .workers = 2,
+           {.sampler = {.seed = 4, .shuffle_window = kSamples},
+            .batch_size = 8,
+            .workers = 2,
             .queue_depth = 3});
   std::uint64_t good = 0;
   Status error;
@@ -193,7 +200,8 @@ TEST(Loader, SameLayoutRecordsCollateAndASameLengthRaggedOneIsRefused) {
     if (!b->has_value()) break;
     const Batch& batch = **b;
     const std::size_t n = batch.sample_ids.size();
-    ASSERT_EQ(batch.columns[1].shape, (std::vector<std::int64_t>{static_cast<std::int64_t>(n), 4, 1}));
+    ASSERT_EQ(batch.columns[1].shape,
+              (std::vector<std::int64_t>{static_cast<std::int64_t>(n), 4, 1}));
     ASSERT_EQ(batch.columns[1].data.size(), n * 4);
     for (std::size_t j = 0; j < n; ++j) {
       const std::uint64_t id = batch.sample_ids[j];

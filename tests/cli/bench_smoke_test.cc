@@ -132,8 +132,8 @@ TEST_F(BenchSmoke, CommTypedAloneStartsTwoRanksAndReportsEveryKey) {
 // and more reports its own limit, measured around it, and the fraction of
 // it, and of the best pass around it (never above the median's).
 TEST_F(BenchSmoke, CommReportsTheMemoryLimitMeasuredAroundEachLargeSize) {
-  KilnRun r = kiln({"bench", "comm", "-b", "4M", "-e", "16M", "-f", "4", "-n", "1", "-w", "1",
-                    "--json"});
+  KilnRun r =
+      kiln({"bench", "comm", "-b", "4M", "-e", "16M", "-f", "4", "-n", "1", "-w", "1", "--json"});
   ASSERT_EQ(r.exit_code, 0) << context(r);
   json doc = parse(r);
   expect_numeric(doc, {"limit_busbw_gbps", "stream_add_gbps"}, "comm limit");

@@ -262,9 +262,11 @@ Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int 
     const std::int64_t slot_bytes = kShmSlotBytes.get(), slots = kShmSlots.get();
     shm::SegmentLayout layout{
         static_cast<std::uint32_t>(local.size()),
-        slots > 0 ? static_cast<std::uint32_t>(std::min<std::int64_t>(slots, 1024)) : options.shm_slots,
-        slot_bytes > 0 ? static_cast<std::size_t>(std::clamp<std::int64_t>(slot_bytes, 4096, 64 << 20))
-                       : options.shm_slot_bytes};
+        slots > 0 ? static_cast<std::uint32_t>(std::min<std::int64_t>(slots, 1024))
+                  : options.shm_slots,
+        slot_bytes > 0
+            ? static_cast<std::size_t>(std::clamp<std::int64_t>(slot_bytes, 4096, 64 << 20))
+            : options.shm_slot_bytes};
     KILN_ASSIGN_OR_RETURN(auto mine_unique, shm::Segment::create(seg_name, layout, rank));
     std::shared_ptr<shm::Segment> mine = std::move(mine_unique);
     KILN_RETURN_IF_ERROR(store.set(key_prefix + "shm/" + std::to_string(rank), seg_name));
