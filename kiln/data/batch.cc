@@ -12,7 +12,11 @@ std::shared_ptr<BatchPool> BatchPool::create(std::size_t max_free) {
   return std::shared_ptr<BatchPool>(new BatchPool(max_free));
 }
 
-Batch BatchPool::make(const Schema& schema) {
+Batch BatchPool::make(const Schema& schema) { return make(schema, false); }
+
+Batch BatchPool::make_for_overwrite(const Schema& schema) { return make(schema, true); }
+
+Batch BatchPool::make(const Schema& schema, bool keep_data_size) {
   Batch b;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -33,7 +37,7 @@ Batch BatchPool::make(const Schema& schema) {
     c.dtype = schema[f].kind == FieldKind::kInt64 ? DType::kInt64 : schema[f].dtype;
     // clear() keeps the capacity: that is the point of the pool.
     c.shape.clear();
-    c.data.clear();
+    if (!keep_data_size) c.data.clear();
     c.offsets.clear();
   }
   b.sample_ids.clear();

@@ -64,6 +64,13 @@ class BatchPool : public std::enable_shared_from_this<BatchPool> {
   // batch where one is free), returning its buffers here when destroyed.
   Batch make(const Schema& schema);
 
+  // Like make(), but each column's `data` keeps the size it had in the
+  // recycled batch, its contents unspecified: a builder that resizes it to
+  // what it then overwrites in full pays no zero fill while the size stays
+  // the same, as it does from batch to batch (Note [Collate with plain
+  // stores] in loader.cc). `shape` and `offsets` are empty, as from make().
+  Batch make_for_overwrite(const Schema& schema);
+
   std::uint64_t reused() const;  // batches made from recycled buffers
   std::uint64_t made() const;    // all batches made
 
@@ -71,6 +78,7 @@ class BatchPool : public std::enable_shared_from_this<BatchPool> {
   friend struct Batch;
   explicit BatchPool(std::size_t max_free) : max_free_(max_free) {}
   void recycle(std::vector<Column> columns, std::vector<std::uint64_t> sample_ids);
+  Batch make(const Schema& schema, bool keep_data_size);
 
   struct Buffers {
     std::vector<Column> columns;

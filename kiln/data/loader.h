@@ -20,7 +20,6 @@
 
 #include <condition_variable>
 #include <cstdint>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -132,6 +131,9 @@ class Loader {
   Result<std::shared_ptr<OpenShard>> open_shard(std::size_t shard, std::uint64_t first_batch,
                                                 std::uint64_t last_batch);
   std::uint64_t batch_samples(std::uint64_t number) const;
+  std::size_t ready_slot(std::uint64_t number) const {
+    return static_cast<std::size_t>(number % static_cast<std::uint64_t>(options_.queue_depth));
+  }
   void fail(Status s);
 
   ShardCache* cache_;
@@ -159,7 +161,10 @@ class Loader {
   Status error_;                                    // GUARDED_BY(mu_), first error
   std::uint64_t next_to_build_ = 0;                 // GUARDED_BY(mu_)
   std::uint64_t consumer_next_ = 0;                 // GUARDED_BY(mu_)
-  std::map<std::uint64_t, Batch> ready_;            // GUARDED_BY(mu_)
+  // Built batches by number: a ring of queue_depth slots, batch k in slot k %
+  // queue_depth. claim_locked() hands out only numbers below consumer_next_ +
+  // queue_depth, so the batches alive in it never share a slot.
+  std::vector<std::optional<Batch>> ready_;         // GUARDED_BY(mu_)
   std::unordered_map<std::size_t, Slot> open_;      // GUARDED_BY(mu_)
   std::size_t next_plan_ = 0;                       // GUARDED_BY(mu_), next plan_ entry to claim
   std::vector<bool> plan_opened_;                   // GUARDED_BY(mu_), per plan_ entry

@@ -1,5 +1,8 @@
 // Loader: ordered, complete, resumable batches; corruption surfaces as an error.
+#include "kiln/data/loader.h"
+
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -13,7 +16,9 @@
 #include "kiln/base/fd.h"
 #include "kiln/data/loader.h"
 #include "kiln/objstore/testing/forwarding_object_store.h"
+#include "kiln/data/dataset_writer.h"
 #include "kiln/data/testing/test_dataset.h"
+#include "kiln/objstore/testing/forwarding_object_store.h"
 
 namespace kiln::data {
 namespace {
@@ -123,6 +128,99 @@ TEST(Loader, RecyclesDroppedBatchBuffersButNeverAHeldOne) {
   }
   ASSERT_TRUE(held.has_value());
   check_batch(*held);  // outlives the loader; its buffers go back to a pool nobody uses
+}
+
+// Note [Collate with plain stores]: a recycled batch keeps its columns'
+// sizes, and the next batch overwrites them in place. Batches of another
+// size from the same pool (an epoch with larger batches, then one with
+// smaller, whose last batch is shorter still) hold exactly their own samples.
+TEST(Loader, RecycledBuffersOfAnotherBatchSizeHoldOnlyTheirBatch) {
+  Fixture f;
+  auto pool = BatchPool::create(8);
+  for (std::uint64_t batch_size : {32u, 7u, 32u}) {
+    Loader l(f.cache.get(), f.index,
+             {.sampler = {.seed = 11, .shuffle_window = 40},
+              .batch_size = batch_size,
+              .workers = 2,
+              .queue_depth = 3,
+              .batch_pool = pool});
+    std::vector<int> seen(f.index.num_samples, 0);
+    for (std::uint64_t n = 0;; ++n) {
+      auto b = l.next(soon());
+      ASSERT_TRUE(b.is_ok()) << b.status().to_string();
+      if (!b->has_value()) break;
+      ASSERT_EQ((*b)->number, n);
+      const std::uint64_t want = std::min(batch_size, f.index.num_samples - n * batch_size);
+      ASSERT_EQ((*b)->sample_ids.size(), want) << "batch " << n << " of size " << batch_size;
+      ASSERT_EQ((*b)->columns[0].data.size(), want * 8);
+      check_batch(**b);
+      for (auto id : (*b)->sample_ids) ++seen[id];
+    }
+    for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << "sample " << i;
+  }
+  EXPECT_GT(pool->reused(), 0u);
+}
+
+// Note [One layout per batch]: records shaped like the batch's first are
+// copied from its offsets without decoding, and still land whole and in
+// place; a record of the same length whose tensor has another shape ([2, 2]
+// among [4, 1]) is not taken for one of them: it is refused as ragged.
+TEST(Loader, SameLayoutRecordsCollateAndASameLengthRaggedOneIsRefused) {
+  ScratchDir remote, local;
+  constexpr std::uint64_t kSamples = 96, kRagged = 57;
+  Schema schema{{"id", FieldKind::kInt64, DType::kUInt8},
+                {"img", FieldKind::kTensor, DType::kUInt8}};
+  auto writer = DatasetWriter::create(remote.path() + "/ds", schema, {.shard_bytes = 1024});
+  ASSERT_TRUE(writer.is_ok()) << writer.status().to_string();
+  auto img = [](std::uint64_t id) {
+    return std::vector<std::uint8_t>{static_cast<std::uint8_t>(id),
+                                     static_cast<std::uint8_t>(3 * id),
+                                     static_cast<std::uint8_t>(id >> 8), 0x5a};
+  };
+  for (std::uint64_t id = 0; id < kSamples; ++id) {
+    std::vector<std::int64_t> shape =
+        id == kRagged ? std::vector<std::int64_t>{2, 2} : std::vector<std::int64_t>{4, 1};
+    ASSERT_TRUE(writer
+                    ->add({FieldValue::int64(static_cast<std::int64_t>(id) * 1000003),
+                           FieldValue::tensor(DType::kUInt8, shape, img(id))})
+                    .is_ok());
+  }
+  auto index = writer->finish();
+  ASSERT_TRUE(index.is_ok()) << index.status().to_string();
+  auto store = std::move(objstore::open_object_store(remote.path())).value();
+  ShardCache cache(store.get(), "ds", {.dir = local.path(), .capacity_bytes = 1 << 30});
+  Loader l(&cache, *index,
+           {.sampler = {.seed = 4, .shuffle_window = kSamples},
+            .batch_size = 8,
+            .workers = 2,
+            .queue_depth = 3});
+  std::uint64_t good = 0;
+  Status error;
+  while (true) {
+    auto b = l.next(soon());
+    if (!b.is_ok()) {
+      error = b.status();
+      break;
+    }
+    if (!b->has_value()) break;
+    const Batch& batch = **b;
+    const std::size_t n = batch.sample_ids.size();
+    ASSERT_EQ(batch.columns[1].shape,
+              (std::vector<std::int64_t>{static_cast<std::int64_t>(n), 4, 1}));
+    ASSERT_EQ(batch.columns[1].data.size(), n * 4);
+    for (std::size_t j = 0; j < n; ++j) {
+      const std::uint64_t id = batch.sample_ids[j];
+      ASSERT_NE(id, kRagged) << "the ragged sample was collated into batch " << batch.number;
+      std::int64_t got;
+      std::memcpy(&got, batch.columns[0].data.data() + 8 * j, 8);
+      EXPECT_EQ(got, static_cast<std::int64_t>(id) * 1000003);
+      EXPECT_EQ(0, std::memcmp(batch.columns[1].data.data() + 4 * j, img(id).data(), 4)) << id;
+      ++good;
+    }
+  }
+  EXPECT_EQ(error.code(), Code::kInvalidArgument) << error.to_string();
+  EXPECT_NE(error.message().find("ragged"), std::string::npos) << error.to_string();
+  EXPECT_LT(good, kSamples);
 }
 
 // Every batch of one epoch through `cache`, checked; returns the samples seen.

@@ -128,6 +128,24 @@ TEST_F(BenchSmoke, CommTypedAloneStartsTwoRanksAndReportsEveryKey) {
   }
 }
 
+// Note [The memory limit, around each size]: a local allreduce of 16 MiB
+// and more reports its own limit, measured around it, and the fraction of
+// it, and of the best pass around it (never above the median's).
+TEST_F(BenchSmoke, CommReportsTheMemoryLimitMeasuredAroundEachLargeSize) {
+  KilnRun r =
+      kiln({"bench", "comm", "-b", "4M", "-e", "16M", "-f", "4", "-n", "1", "-w", "1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << context(r);
+  json doc = parse(r);
+  expect_numeric(doc, {"limit_busbw_gbps", "stream_add_gbps"}, "comm limit");
+  ASSERT_EQ(doc["results"].size(), 2u) << doc.dump();
+  const json& big = doc["results"][1];
+  expect_numeric(big, {"limit_fraction", "limit_busbw_gbps", "limit_fraction_best"}, "16M row");
+  EXPECT_GT(big["limit_busbw_gbps"].get<double>(), 0);
+  EXPECT_LE(big["limit_fraction_best"].get<double>(), big["limit_fraction"].get<double>());
+  EXPECT_NEAR(big["limit_fraction"].get<double>() * big["limit_busbw_gbps"].get<double>(),
+              big["busbw_gbps"].get<double>(), 1e-6 * big["busbw_gbps"].get<double>());
+}
+
 TEST_F(BenchSmoke, CommCheckPassesForReduceOpsAndOpsThatUsedToFailIt) {
   // prod failed --check on >= 2 ranks, an integer avg too (it truncates);
   // the other ops' expected values are computed from the same inputs. Each
@@ -342,8 +360,16 @@ TEST_F(BenchSmoke, DataReportsEveryKey) {
                   "runs", "shuffle_window", "warm_mb_s", "warm_samples_s", "raw_read_mb_s",
                   "warm_vs_raw", "consumer_ms", "consumer_wait_fraction", "consumer_wait_p50_ms",
                   "consumer_wait_p99_ms", "consumer_wait_max_ms", "warm_vs_raw_small",
-                  "raw_read_cached_mb_s", "warm_vs_raw_cached"},
+                  "raw_read_cached_mb_s", "warm_vs_raw_cached", "warm_epochs", "raw_passes"},
                  "data");
+  // Note [A stable raw baseline]: every raw pass's speed, as [min, max].
+  for (const json* d : {&doc, doc.contains("small") ? &doc["small"] : &doc}) {
+    ASSERT_TRUE((*d)["raw_pass_mb_s_range"].is_array()) << d->dump();
+    ASSERT_EQ((*d)["raw_pass_mb_s_range"].size(), 2u);
+    EXPECT_GT((*d)["raw_pass_mb_s_range"][0].get<double>(), 0);
+    EXPECT_LE((*d)["raw_pass_mb_s_range"][0].get<double>(),
+              (*d)["raw_pass_mb_s_range"][1].get<double>());
+  }
   ASSERT_TRUE(doc.contains("small")) << doc.dump();
   expect_numeric(doc["small"],
                  {"dataset_mb", "samples", "sample_bytes", "shuffle_window", "warm_mb_s",

@@ -29,6 +29,15 @@ const Knob<std::int64_t> kShmStreamingBytes{
     "shared-memory messages at least this large are written out with streaming (non-temporal) "
     "stores; 0 = never (Note [Streaming stores for large messages])"};
 
+const Knob<std::int64_t> kShmSlotBytes{
+    "KILN_SHM_SLOT_BYTES", 0,
+    "bytes per shared-memory FIFO slot (a message moves through the FIFO in chunks of this size); "
+    "0 = ConnectOptions::shm_slot_bytes (128 KiB)"};
+const Knob<std::int64_t> kShmSlots{
+    "KILN_SHM_SLOTS", 0,
+    "slots per shared-memory FIFO (chunks in flight per direction); 0 = ConnectOptions::shm_slots "
+    "(8)"};
+
 constexpr std::uint64_t kHandshakeMagic = 0x4b494c4e434f4d4dull;  // "KILNCOMM"
 // 2: an HMAC challenge-response follows the handshake.
 constexpr std::uint32_t kHandshakeVersion = 2;
@@ -250,8 +259,14 @@ Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int 
   if (local.size() > 1) {
     auto my_local = static_cast<std::uint32_t>(std::find(local.begin(), local.end(), rank) - local.begin());
     std::string seg_name = fmt::format("/kiln-{}-r{}-p{}", sanitize(options.tag).substr(0, 80), rank, getpid());
-    shm::SegmentLayout layout{static_cast<std::uint32_t>(local.size()), options.shm_slots,
-                              options.shm_slot_bytes};
+    const std::int64_t slot_bytes = kShmSlotBytes.get(), slots = kShmSlots.get();
+    shm::SegmentLayout layout{
+        static_cast<std::uint32_t>(local.size()),
+        slots > 0 ? static_cast<std::uint32_t>(std::min<std::int64_t>(slots, 1024))
+                  : options.shm_slots,
+        slot_bytes > 0
+            ? static_cast<std::size_t>(std::clamp<std::int64_t>(slot_bytes, 4096, 64 << 20))
+            : options.shm_slot_bytes};
     KILN_ASSIGN_OR_RETURN(auto mine_unique, shm::Segment::create(seg_name, layout, rank));
     std::shared_ptr<shm::Segment> mine = std::move(mine_unique);
     KILN_RETURN_IF_ERROR(store.set(key_prefix + "shm/" + std::to_string(rank), seg_name));
