@@ -11,11 +11,7 @@
 #include <optional>
 #include <thread>
 
-#include <gtest/gtest.h>
-
 #include "kiln/base/fd.h"
-#include "kiln/data/loader.h"
-#include "kiln/objstore/testing/forwarding_object_store.h"
 #include "kiln/data/dataset_writer.h"
 #include "kiln/data/testing/test_dataset.h"
 #include "kiln/objstore/testing/forwarding_object_store.h"
