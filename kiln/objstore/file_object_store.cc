@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <functional>
 #include <vector>
 
 #include "kiln/base/fd.h"
@@ -137,24 +138,13 @@ class FileObjectStore final : public ObjectStore {
   }
 
   Result<std::vector<ObjectInfo>> list(const std::string& prefix, Deadline) override {
-    namespace fs = std::filesystem;
     std::vector<ObjectInfo> out;
-    std::error_code ec;
-    // Only the directories the prefix can reach: "train/shard-" lists train/.
-    std::string dir = root_;
-    if (auto slash = prefix.rfind('/'); slash != std::string::npos) {
-      dir += "/" + prefix.substr(0, slash);
-    }
-    if (!fs::is_directory(dir, ec)) return out;
-    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
-         it.increment(ec)) {
-      if (!it->is_regular_file(ec)) continue;
-      std::string key = fs::relative(it->path(), root_, ec).string();
+    Status walked = walk_files_under(prefix, [&](std::string key, std::uint64_t bytes) {
       // Temp names of a put in flight are not objects yet.
-      if (is_temp_name(key) || key.rfind(prefix, 0) != 0) continue;
-      out.push_back({key, static_cast<std::uint64_t>(it->file_size(ec))});
-    }
-    if (ec) return errno_status("list " + describe_key(prefix), ec.value());
+      if (is_temp_name(key) || key.rfind(prefix, 0) != 0) return;
+      out.push_back({std::move(key), bytes});
+    });
+    if (!walked.is_ok()) return walked.with_context("list " + describe_key(prefix));
     std::sort(out.begin(), out.end(),
               [](const ObjectInfo& a, const ObjectInfo& b) { return a.key < b.key; });
     return out;
@@ -163,25 +153,15 @@ class FileObjectStore final : public ObjectStore {
   // A writer's temp file is `KEY.tmp.HOST.PID.N` (temp_path_for).
   Result<std::vector<PendingUpload>> list_pending_uploads(const std::string& prefix,
                                                           Deadline) override {
-    namespace fs = std::filesystem;
     std::vector<PendingUpload> out;
-    std::error_code ec;
-    std::string dir = root_;
-    if (auto slash = prefix.rfind('/'); slash != std::string::npos) {
-      dir += "/" + prefix.substr(0, slash);
-    }
-    if (!fs::is_directory(dir, ec)) return out;
-    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
-         it.increment(ec)) {
-      if (!it->is_regular_file(ec)) continue;
-      std::string id = fs::relative(it->path(), root_, ec).string();
+    Status walked = walk_files_under(prefix, [&](std::string id, std::uint64_t) {
       auto tmp = id.find(".tmp.");
-      if (tmp == std::string::npos) continue;
+      if (tmp == std::string::npos) return;
       std::string key = id.substr(0, tmp);
-      if (key.rfind(prefix, 0) != 0) continue;
+      if (key.rfind(prefix, 0) != 0) return;
       out.push_back({std::move(key), std::move(id)});
-    }
-    if (ec) return errno_status("list pending uploads " + describe_key(prefix), ec.value());
+    });
+    if (!walked.is_ok()) return walked.with_context("list pending uploads " + describe_key(prefix));
     std::sort(out.begin(), out.end(), [](const PendingUpload& a, const PendingUpload& b) {
       return a.key != b.key ? a.key < b.key : a.id < b.id;
     });
@@ -214,6 +194,26 @@ class FileObjectStore final : public ObjectStore {
 
  private:
   std::string describe_key(const std::string& key) const { return describe() + "/" + key; }
+
+  // Every regular file in the directories `prefix` can reach ("train/shard-"
+  // walks train/), as its path relative to the root and its size.
+  Status walk_files_under(const std::string& prefix,
+                          const std::function<void(std::string, std::uint64_t)>& visit) const {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    std::string dir = root_;
+    if (auto slash = prefix.rfind('/'); slash != std::string::npos) {
+      dir += "/" + prefix.substr(0, slash);
+    }
+    if (!fs::is_directory(dir, ec)) return Status::ok();
+    for (auto it = fs::recursive_directory_iterator(dir, ec); !ec && it != fs::end(it);
+         it.increment(ec)) {
+      if (!it->is_regular_file(ec)) continue;
+      std::string rel = fs::relative(it->path(), root_, ec).string();
+      visit(std::move(rel), static_cast<std::uint64_t>(it->file_size(ec)));
+    }
+    return ec ? errno_status("walk " + dir, ec.value()) : Status::ok();
+  }
 
   Result<std::uint64_t> head_bytes(const std::string& key) const {
     struct stat st {};
