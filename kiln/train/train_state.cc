@@ -274,11 +274,7 @@ Result<Progress> restore_sharded_state(const ckpt::LoadedState& loaded,
     // parameters, which only whole tensors cut into the units' flats. The
     // units are what this run's wrapper would save (its zero/layout).
     KILN_ASSIGN_OR_RETURN(ckpt::LoadedState whole, ckpt::gather_whole_tensors(loaded, comm, kCollectiveTimeout));
-    ckpt::StateView unused;
-    std::vector<torch::Tensor> keep_alive;
-    std::string layout, optim;
-    KILN_RETURN_IF_ERROR(sharded.capture(&unused, &keep_alive, &layout, &optim));
-    KILN_ASSIGN_OR_RETURN(ckpt::LoadedState converted, sharded_state_from_3d(whole, layout));
+    KILN_ASSIGN_OR_RETURN(ckpt::LoadedState converted, sharded_state_from_3d(whole, sharded.layout_json()));
     return restore_sharded_state(converted, sharded, rank, comm);
   }
   KILN_RETURN_IF_ERROR(sharded.restore(loaded));

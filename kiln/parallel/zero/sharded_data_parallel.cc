@@ -816,10 +816,24 @@ std::size_t ShardedDataParallel::formula_state_bytes() const {
 
 // ---- checkpoints ---------------------------------------------------------------
 
+std::string ShardedDataParallel::layout_json() const {
+  nlohmann::json units = nlohmann::json::array();
+  for (const auto& up : units_) {
+    const Unit& u = *up;
+    nlohmann::json params = nlohmann::json::array();
+    for (std::size_t i = 0; i < u.params.size(); ++i) {
+      params.push_back({{"name", u.names[i]}, {"shape", u.params[i].sizes().vec()}});
+    }
+    units.push_back({{"name", u.name}, {"total", u.layout->total()}, {"params", params}});
+  }
+  return nlohmann::json{{"version", 1}, {"stage", options_.stage},
+                        {"precision", compute_dtype_ == torch::kFloat32 ? "fp32" : "bf16"},
+                        {"units", units}}.dump();
+}
+
 Status ShardedDataParallel::capture(ckpt::StateView* view, std::vector<torch::Tensor>* keep_alive,
                                     std::string* layout_blob, std::string* optim_blob) {
   KILN_RETURN_IF_ERROR(failure_);
-  nlohmann::json units = nlohmann::json::array();
   for (auto& up : units_) {
     Unit& u = *up;
     const std::vector<std::int64_t> shape{u.layout->total()};
@@ -832,15 +846,8 @@ Status ShardedDataParallel::capture(ckpt::StateView* view, std::vector<torch::Te
       KILN_RETURN_IF_ERROR(view->add_tensor(fmt::format("zero/{}/{}", u.name, name), comm::DataType::kFloat32,
                                             shape, u.mine.offset, u.mine.count, t->data_ptr()));
     }
-    nlohmann::json params = nlohmann::json::array();
-    for (std::size_t i = 0; i < u.params.size(); ++i) {
-      params.push_back({{"name", u.names[i]}, {"shape", u.params[i].sizes().vec()}});
-    }
-    units.push_back({{"name", u.name}, {"total", u.layout->total()}, {"params", params}});
   }
-  *layout_blob = nlohmann::json{{"version", 1}, {"stage", options_.stage},
-                                {"precision", compute_dtype_ == torch::kFloat32 ? "fp32" : "bf16"},
-                                {"units", units}}.dump();
+  *layout_blob = layout_json();
   const bool adam = options_.optimizer.kind == OptimizerKind::kAdamW;
   *optim_blob = nlohmann::json{{"kind", adam ? "adamw" : "sgd"}, {"step", optimizer_.steps()}}.dump();
   KILN_RETURN_IF_ERROR(view->add_blob("zero/layout", layout_blob->data(), layout_blob->size()));

@@ -182,6 +182,9 @@ class ShardedDataParallel : public UnitHooks {
   // `keep_alive` back the view until the save returns.
   Status capture(ckpt::StateView* view, std::vector<torch::Tensor>* keep_alive,
                  std::string* layout_blob, std::string* optim_blob);
+  // The `zero/layout` blob capture() writes: units, their parameters' names
+  // and shapes (what a checkpoint saved by another layout is cut into).
+  std::string layout_json() const;
   // Restores from a checkpoint loaded for (this rank, this world)
   // (ckpt::load_step(dir, rank, world)) or whole (rank 0 of 1): any saved
   // world size and stage. DataLoss naming the unit if the layout differs.
