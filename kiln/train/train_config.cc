@@ -155,6 +155,14 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
   }
   c.parallel.memory_cap_mib = r.get_double("parallel", "memory_cap_mib", false, 0);
   if (c.parallel.memory_cap_mib < 0) r.fail_field("parallel", "memory_cap_mib", "must be >= 0 (0 = no cap)");
+  c.parallel.memory_cap_from_cgroup = r.get_bool("parallel", "memory_cap_from_cgroup", false);
+  c.parallel.memory_cgroup_reserve_mib = r.get_double("parallel", "memory_cgroup_reserve_mib", false, 32);
+  if (c.parallel.memory_cgroup_reserve_mib < 0) {
+    r.fail_field("parallel", "memory_cgroup_reserve_mib", "must be >= 0");
+  }
+  if (r.has("parallel", "memory_cgroup_reserve_mib") && !c.parallel.memory_cap_from_cgroup) {
+    r.fail_field("parallel", "memory_cgroup_reserve_mib", "applies with memory_cap_from_cgroup = true");
+  }
   if (c.parallel.precision == Precision::kBf16 && c.parallel.strategy == Strategy::kDdp) {
     r.fail_field("parallel", "precision",
                  "bf16 compute needs a sharded strategy (zero1/2/3); with ddp use [ddp] bf16 = true "
@@ -181,6 +189,11 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
     }
     if (c.parallel.strategy != Strategy::kDdp && c.parallel.strategy != Strategy::kZero1) {
       r.fail_field("parallel", "strategy", "with tp or pp > 1, data parallelism across replicas is \"ddp\" or \"zero1\"");
+    }
+    for (const char* key : {"memory_cap_mib", "memory_cap_from_cgroup"}) {
+      if (r.has("parallel", key)) {
+        r.fail_field("parallel", key, "the per-rank memory cap applies without tp and pp (tp = pp = 1)");
+      }
     }
   }
 

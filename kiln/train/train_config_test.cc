@@ -91,6 +91,12 @@ TEST(TrainConfig, ErrorsNameTheField) {
        "must be 1 to 8 units"},
       {"[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\n[parallel]\nstrategy = \"zero2\"\nprefetch = 2\n",
        "only strategy = \"zero3\""},
+      {"[model]\nkind = \"cnn\"\n[data]\ndir = \"d\"\n[parallel]\nmemory_cgroup_reserve_mib = 8\n",
+       "applies with memory_cap_from_cgroup = true"},
+      {"[model]\nkind = \"gpt\"\n[data]\ndir = \"d\"\n[parallel]\ntp = 2\nmemory_cap_from_cgroup = true\n",
+       "'parallel.memory_cap_from_cgroup'"},
+      {"[model]\nkind = \"gpt\"\n[data]\ndir = \"d\"\n[parallel]\npp = 2\nmemory_cap_mib = 100\n",
+       "applies without tp and pp"},
   };
   for (const Case& k : cases) {
     auto c = parse_train_config_string(k.toml, "inline.toml");

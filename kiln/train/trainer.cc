@@ -28,6 +28,7 @@
 #include "kiln/diag/trace_session.h"
 #include "kiln/elastic/worker_link.h"
 #include "kiln/train/checkpoint_setup.h"
+#include "kiln/train/memory_cap.h"
 #include "kiln/train/progress_line.h"
 #include "kiln/train/resume.h"
 #include "kiln/train/task.h"
@@ -98,8 +99,9 @@ constexpr double kMiB = 1 << 20;
 // The training state per rank of each strategy for this model (the ZeRO
 // formulas); ResourceExhausted before anything runs when the chosen one is
 // over parallel.memory_cap_mib, naming the strategies that would fit.
-Status check_state_fits(const TrainConfig& c, std::int64_t parameters, int world) {
-  const auto cap = static_cast<std::size_t>(c.parallel.memory_cap_mib * kMiB);
+Status check_state_fits(const TrainConfig& c, const MemoryCap& memory_cap, std::int64_t parameters,
+                        int world) {
+  const auto cap = static_cast<std::size_t>(memory_cap.mib * kMiB);
   const parallel::zero::OptimizerOptions optimizer = zero_options(c).optimizer;
   const auto precision = zero_options(c).precision;
   auto need = [&](Strategy s) {
@@ -113,9 +115,9 @@ Status check_state_fits(const TrainConfig& c, std::int64_t parameters, int world
   }
   return resource_exhausted(fmt::format(
       "out of memory: [parallel] strategy = \"{}\" holds {:.1f} MiB of training state per rank "
-      "({} parameters, {} ranks), over the per-rank cap of {:.1f} MiB (parallel.memory_cap_mib); {}",
+      "({} parameters, {} ranks), over the per-rank cap of {:.1f} MiB ({}); {}",
       strategy_name(c.parallel.strategy), need(c.parallel.strategy) / kMiB, parameters, world,
-      c.parallel.memory_cap_mib,
+      memory_cap.mib, memory_cap.source,
       fit.empty() ? std::string("no strategy fits on this many ranks: add ranks or use bf16")
                   : fmt::format("{} would fit", fmt::join(fit, ", "))));
 }
@@ -144,14 +146,22 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   // the moment the model is placed (replicated or sharded); the model is
   // built whole in host memory first, as FSDP builds it on the CPU (or the
   // meta device) before sharding it onto the devices.
+  // Read before the model exists: the cgroup's usage now is what the process
+  // holds besides its tensors.
+  KILN_ASSIGN_OR_RETURN(const MemoryCap tensor_cap, memory_cap(c.parallel));
   parallel::CountingAllocator* memory = nullptr;
-  if (c.parallel.memory_cap_mib > 0) memory = &parallel::CountingAllocator::install();
+  if (tensor_cap.mib > 0) {
+    memory = &parallel::CountingAllocator::install();
+    if (c.parallel.memory_cap_from_cgroup) {
+      log()->info("memory: per-rank cap {:.1f} MiB of tensors ({})", tensor_cap.mib, tensor_cap.source);
+    }
+  }
   torch::manual_seed(c.train.seed);
   std::unique_ptr<Task> task = make_task(c.model);
   if (memory != nullptr) {
     std::int64_t parameters = 0;
     for (const auto& p : task->module()->parameters()) parameters += p.numel();
-    KILN_RETURN_IF_ERROR(check_state_fits(c, parameters, world));
+    KILN_RETURN_IF_ERROR(check_state_fits(c, tensor_cap, parameters, world));
   }
   torch::manual_seed(c.train.seed + 1000003ull * static_cast<std::uint64_t>(rank + 1));
 
@@ -183,12 +193,12 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
                 static_cast<double>(sharded->formula_state_bytes()) / (1 << 20));
   }
   if (memory != nullptr) {
-    memory->set_cap(static_cast<std::size_t>(c.parallel.memory_cap_mib * kMiB));
+    memory->set_cap(static_cast<std::size_t>(tensor_cap.mib * kMiB));
     memory->reset_peak();
     if (memory->live_bytes() > memory->cap()) {
       return resource_exhausted(fmt::format(
-          "out of memory: the placed model holds {:.1f} MiB on this rank, over the cap of {:.1f} MiB",
-          static_cast<double>(memory->live_bytes()) / kMiB, c.parallel.memory_cap_mib));
+          "out of memory: the placed model holds {:.1f} MiB on this rank, over the cap of {:.1f} MiB ({})",
+          static_cast<double>(memory->live_bytes()) / kMiB, tensor_cap.mib, tensor_cap.source));
     }
   }
 
@@ -471,7 +481,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   result.seconds = seconds_since(started);
   if (memory != nullptr) {
     log()->info("memory: peak {:.1f} MiB of tensors on this rank since the model was placed, cap {:.1f} MiB",
-                static_cast<double>(memory->peak_bytes()) / kMiB, c.parallel.memory_cap_mib);
+                static_cast<double>(memory->peak_bytes()) / kMiB, tensor_cap.mib);
   }
   return result;
 }

@@ -11,9 +11,15 @@
 # transformer block each), autograd's gradients of one unit, activations
 # (short sequences: they grow with the blocks as the shares do). Peak 95.5
 # MiB per rank on 2026-12-06.
-#   tests/parallel/memory_cap.sh PATH/TO/kiln
+#
+# With `cgroup`, the cap is the kernel's: every rank runs in a memory cgroup
+# of its own, and [parallel] memory_cap_from_cgroup derives the tensor cap
+# from the cgroup's limit (the part after the allocator checks below).
+#   tests/parallel/memory_cap.sh PATH/TO/kiln [allocator|cgroup]
 set -euo pipefail
 KILN=$(readlink -f "$1")
+MODE=${2:-allocator}
+HERE=$(dirname "$(readlink -f "$0")")
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kiln-memcap.XXXXXX")
 trap '[ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"' EXIT
 cd "$WORK"
@@ -48,6 +54,12 @@ batch_size = 4
 strategy = "zero3"
 memory_cap_mib = $CAP_MIB
 TOML
+
+if [ "$MODE" = cgroup ]; then
+  # shellcheck source=memory_cap_cgroup.sh
+  . "$HERE/memory_cap_cgroup.sh"
+  exit 0
+fi
 
 # zero3: trains, and every rank's peak stays under the cap.
 "$KILN" launch -n 4 -- "$KILN" train gpt.toml >zero3.log 2>&1 || { cat zero3.log; echo "FAIL: zero3 did not train under the cap"; exit 1; }
