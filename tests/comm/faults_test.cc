@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <ctime>
+#include <map>
 #include <random>
 #include <thread>
 #include <vector>
@@ -96,6 +97,41 @@ TEST(Faults, MissingRankTimesOutNamingIt) {
     // barrier's message arrives first; both must name rank 1.
     if (s.message().find("rank 1") == std::string::npos) return internal_error("no peer named: " + s.to_string());
     if (took > 3.0) return internal_error(fmt::format("took {:.1f} s with a 1 s timeout", took));
+    return Status::ok();
+  }, o);
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+// Note [Who stalled] (kiln/comm/transport/context.cc): rank 2 stalls; rank 1,
+// with the shorter timeout, gives up first and aborts the group. Rank 0
+// learns of the abort before its own deadline, and must still say that it
+// was waiting for rank 2, the one that stalled.
+TEST(Faults, AnAbortSeenFromAPeerNamesTheRankThisOneWaitedFor) {
+  auto o = fault_options(transport::TransportMode::kAuto);
+  o.comm.timeout = std::chrono::milliseconds(0);  // from KILN_COMM_TIMEOUT, per rank
+  o.env_for_rank = [](int rank) {
+    return std::map<std::string, std::string>{{"KILN_COMM_TIMEOUT", rank == 1 ? "1" : "30"}};
+  };
+  auto result = testing::run_ranks(3, [](Communicator& c) -> Status {
+    // Large enough for the ring: rank 0 receives from rank 2, rank 1 from
+    // rank 0, so rank 1 waits on rank 0 and rank 0 on rank 2.
+    std::vector<float> buf(1 << 20, 1.0f);
+    if (c.rank() == 2) {
+      // Stalled: alive, issuing nothing, until the others have given up.
+      std::this_thread::sleep_for(std::chrono::seconds(3));
+      return Status::ok();
+    }
+    Status s = c.allreduce(buf.data(), buf.size(), DataType::kFloat32, ReduceOp::kSum)->wait();
+    if (s.is_ok()) return internal_error("allreduce completed without rank 2");
+    std::fprintf(stderr, "rank %d saw: %s\n", c.rank(), s.to_string().c_str());
+    if (c.rank() == 1) {
+      return s.code() == Code::kDeadlineExceeded ? Status::ok() : internal_error("rank 1 did not time out: " + s.to_string());
+    }
+    const std::string& m = s.message();
+    if (m.find("rank 1 aborted the group") == std::string::npos ||
+        m.find("still waiting for") == std::string::npos || m.find("rank 2") == std::string::npos) {
+      return internal_error("rank 0 does not name rank 1's abort and rank 2: " + s.to_string());
+    }
     return Status::ok();
   }, o);
   EXPECT_TRUE(result.ok()) << result.report;

@@ -57,6 +57,28 @@ void Context::abort(const Status& why) {
   doorbell_->ring();
 }
 
+// Note [Who stalled]
+// In a ring, a SIGSTOPped rank 2 of 3 holds up rank 0 (which receives from
+// it) and, through rank 0, rank 1. Both time out at about the same moment;
+// whichever fires first aborts the group. If it is rank 1, its own error
+// names rank 0, which is healthy, and rank 0 learns of the abort before its
+// own deadline. So an abort seen from a peer is reported with the peers this
+// rank was still waiting for: rank 0's error then names rank 2.
+std::string Context::peers_pending(std::span<Request* const> requests) {
+  std::vector<const Pair*> pending;
+  for (Request* r : requests) {
+    if (!r->done() && std::find(pending.begin(), pending.end(), r->pair) == pending.end()) {
+      pending.push_back(r->pair);
+    }
+  }
+  std::string names;
+  for (const Pair* p : pending) {
+    if (!names.empty()) names += ", ";
+    names += p->peer_name();
+  }
+  return names.empty() ? std::string("no peer") : names;
+}
+
 Status Context::fail_wait(std::span<Request* const> requests, Status why) {
   abort(why);
   // abort() failed every pending tcp request and flagged every shm pair; a
@@ -103,27 +125,22 @@ Status Context::wait(std::span<Request* const> requests, Deadline deadline,
       continue;
     }
     if (now >= deadline.at()) {
-      std::vector<const Pair*> pending;
-      for (Request* r : requests) {
-        if (!r->done() && std::find(pending.begin(), pending.end(), r->pair) == pending.end()) {
-          pending.push_back(r->pair);
-        }
-      }
-      std::string waiting_on;
-      for (const Pair* p : pending) {
-        if (!waiting_on.empty()) waiting_on += ", ";
-        waiting_on += p->peer_name();
-      }
       return fail_wait(requests, deadline_exceeded(fmt::format(
                                      "{}: timed out waiting for {} (is it stalled, or is the link "
                                      "to it down?)",
-                                     what, waiting_on)));
+                                     what, peers_pending(requests))));
     }
     if (remote_abort_probe_) {
       int by = remote_abort_probe_();
       if (by >= 0) {
+        // Say whom this rank was still waiting for too: when a stalled rank
+        // holds up a chain of waits, the first rank to time out may be one
+        // that waited on a healthy neighbour, and only the ranks further
+        // along know the stalled one (Note [Who stalled]).
         return fail_wait(requests, ::kiln::aborted(fmt::format(
-                                       "{}: rank {} aborted the group after a failure", what, by)));
+                                       "{}: rank {} aborted the group after a failure, while this "
+                                       "rank was still waiting for {}",
+                                       what, by, peers_pending(requests))));
       }
     }
     if (now >= next_liveness) {

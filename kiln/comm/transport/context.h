@@ -73,6 +73,8 @@ class Context {
 
  private:
   Status fail_wait(std::span<Request* const> requests, Status why);
+  // The peers of the requests not yet done, named for errors.
+  static std::string peers_pending(std::span<Request* const> requests);
 
   const int rank_;
   const int size_;
