@@ -4,15 +4,20 @@
 //
 // Per size: bytes (per-rank buffer for allreduce/broadcast/sendrecv, the
 // total for allgather/reduce_scatter/alltoall, as nccl-tests), the median
-// time across iterations (max across ranks), algbw = bytes/time and busbw =
+// over iterations of each iteration's slowest rank, algbw = bytes/time and busbw =
 // algbw × the op's bus factor (nccl-tests' PERFORMANCE.md).
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <optional>
 #include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -53,6 +58,28 @@ double bus_factor(const std::string& op, int n) {
   return 1.0;
 }
 
+// a[i] = b[i] + d[i] with plain stores, as STREAM's add compiles. Written
+// with the allreduce kernels' vector width (kiln/comm/reduce.cc) so the limit
+// does not depend on the build: at -O1 (KILN_QUICK_BUILD) the plain loop is
+// scalar, at -O2 SSE, while the kernels it is compared with are -O3 AVX-512.
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) void add_arrays_avx512(float* a, const float* b,
+                                                          const float* d, std::size_t n) {
+  std::size_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    _mm512_storeu_ps(a + i, _mm512_add_ps(_mm512_loadu_ps(b + i), _mm512_loadu_ps(d + i)));
+  }
+  for (; i < n; ++i) a[i] = b[i] + d[i];
+}
+#endif
+void add_arrays(float* __restrict a, const float* __restrict b, const float* __restrict d,
+                std::size_t n) {
+#if defined(__x86_64__)
+  if (__builtin_cpu_supports("avx512f")) return add_arrays_avx512(a, b, d, n);
+#endif
+  for (std::size_t i = 0; i < n; ++i) a[i] = b[i] + d[i];
+}
+
 // The physical bound of an allreduce inside one host (Note [The memory
 // limit of a local allreduce]): every rank runs a[i] = b[i] + c[i] on one
 // thread at once over arrays far larger than the caches, as STREAM's add
@@ -67,10 +94,7 @@ class StreamAdd {
     for (int pass = 0; pass < passes; ++pass) {
       KILN_RETURN_IF_ERROR(c.barrier()->wait());
       auto t0 = std::chrono::steady_clock::now();
-      float* __restrict pa = a_.data();
-      const float* __restrict pb = b_.data();
-      const float* __restrict pd = d_.data();
-      for (std::size_t i = 0; i < kFloats; ++i) pa[i] = pb[i] + pd[i];
+      add_arrays(a_.data(), b_.data(), d_.data(), kFloats);
       double secs[2] = {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(),
           static_cast<double>(a_[kFloats / 2])};  // keeps the loop alive
@@ -94,6 +118,12 @@ class StreamAdd {
 // as limit_fraction.
 constexpr double kLocalAllreduceTrafficPerByte = 4.0;
 
+double median_of(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t h = v.size() / 2;
+  return v.size() % 2 ? v[h] : (v[h - 1] + v[h]) / 2;
+}
+
 void fill(DataType t, void* buf, std::size_t count, double v) {
   for (std::size_t i = 0; i < count; ++i) comm::store_element(t, buf, i, v);
 }
@@ -105,17 +135,17 @@ struct Runner {
   const BenchArgs& a;
   DataType t;
   comm::ReduceOp rop;
-  std::vector<char>& in;
-  std::vector<char>& out;
+  char* in;
+  char* out;
 
   comm::WorkPtr issue(std::size_t count) {
     int n = c.size(), r = c.rank();
-    if (a.op == "allreduce") return c.allreduce(in.data(), out.data(), count, t, rop);
-    if (a.op == "allgather") return c.allgather(in.data(), out.data(), count, t);
-    if (a.op == "reduce_scatter") return c.reduce_scatter(in.data(), out.data(), count, t, rop);
-    if (a.op == "broadcast") return c.broadcast(out.data(), count, t, 0);
-    if (a.op == "alltoall") return c.alltoall(in.data(), out.data(), count, t);
-    return c.sendrecv(in.data(), count, (r + 1) % n, out.data(), count, (r - 1 + n) % n, t);
+    if (a.op == "allreduce") return c.allreduce(in, out, count, t, rop);
+    if (a.op == "allgather") return c.allgather(in, out, count, t);
+    if (a.op == "reduce_scatter") return c.reduce_scatter(in, out, count, t, rop);
+    if (a.op == "broadcast") return c.broadcast(out, count, t, 0);
+    if (a.op == "alltoall") return c.alltoall(in, out, count, t);
+    return c.sendrecv(in, count, (r + 1) % n, out, count, (r - 1 + n) % n, t);
   }
 
   // Rank r's input: r + 1, or for prod 1 + r % 2 (so the product, 2^(n/2),
@@ -152,13 +182,13 @@ struct Runner {
   Status check(std::size_t count) {
     int n = c.size(), r = c.rank();
     std::size_t in_count = (a.op == "reduce_scatter" || a.op == "alltoall") ? count * n : count;
-    fill(t, in.data(), in_count, input(r));
-    if (a.op == "broadcast") fill(t, out.data(), count, r == 0 ? 1 : 0);
+    fill(t, in, in_count, input(r));
+    if (a.op == "broadcast") fill(t, out, count, r == 0 ? 1 : 0);
     KILN_RETURN_IF_ERROR(issue(count)->wait());
     std::size_t out_count = (a.op == "allgather" || a.op == "alltoall") ? count * n : count;
     if (a.inject_corruption && r == n - 1) {
-      comm::store_element(t, out.data(), out_count / 2,
-                          comm::load_element(t, out.data(), out_count / 2) + 3);
+      comm::store_element(t, out, out_count / 2,
+                          comm::load_element(t, out, out_count / 2) + 3);
     }
     const double reduction = reduced();
     for (std::size_t i = 0; i < out_count; ++i) {
@@ -172,7 +202,7 @@ struct Runner {
       } else {
         want = input((r - 1 + n) % n);
       }
-      double got = comm::load_element(t, out.data(), i);
+      double got = comm::load_element(t, out, i);
       if (std::abs(got - want) > 1e-2 * std::max(1.0, std::abs(want))) {
         return internal_error(fmt::format("{} check failed on rank {} at element {}: {} instead of {}",
                                           a.op, r, i, got, want));
@@ -210,9 +240,14 @@ Status bench_comm(const BenchArgs& a) {
   std::size_t max_count = max_b / es;
   bool total_sized = a.op == "allgather" || a.op == "reduce_scatter" || a.op == "alltoall";
   std::size_t block_max = total_sized ? std::max<std::size_t>(1, max_count / n) : max_count;
-  std::vector<char> in((total_sized ? block_max * n : block_max) * es + 64, 1);
-  std::vector<char> out((total_sized ? block_max * n : block_max) * es + 64, 1);
-  Runner runner{c, a, t, rop, in, out};
+  std::vector<char> in_bytes((total_sized ? block_max * n : block_max) * es + 64, 1);
+  std::vector<char> out_bytes((total_sized ? block_max * n : block_max) * es + 64, 1);
+  // Cache-line aligned, as tensors from LibTorch's allocator are (a vector's
+  // data is only 16-byte aligned).
+  auto line_aligned = [](std::vector<char>& v) {
+    return v.data() + (64 - reinterpret_cast<std::uintptr_t>(v.data()) % 64) % 64;
+  };
+  Runner runner{c, a, t, rop, line_aligned(in_bytes), line_aligned(out_bytes)};
 
   // As nccl-tests: warm up at the largest size first, so every buffer
   // (ours and the library's) is touched and settled before any timing.
@@ -248,30 +283,37 @@ Status bench_comm(const BenchArgs& a) {
     std::size_t count = total_sized ? std::max<std::size_t>(1, bytes / es / n) : std::max<std::size_t>(1, bytes / es);
     std::size_t reported_bytes = total_sized ? count * n * es : count * es;
     for (int i = 0; i < a.warmup; ++i) KILN_RETURN_IF_ERROR(runner.issue(count)->wait());
-    // Note [The memory limit, around each size]: the limit moved from 6.8 to
-    // 10.3 GB/s between runs of one hold on the shared VM, so one measurement
-    // at the start made limit_fraction follow the machine, not the
-    // allreduce. At sizes the caches cannot hold, kLimitPasses passes run
-    // right before and right after the timed iterations, and the size's
-    // limit is their median, as its time is the median of its iterations:
-    // the same statistic, the same seconds. Against the best of those passes
-    // it is reported too (limit_fraction_best).
-    constexpr int kLimitPasses = 3;
-    std::vector<double> around;
+    // Note [The memory limit, interleaved]: the limit moved from 6.8 to
+    // 10.3 GB/s between runs of one hold on the shared VM, and by tens of
+    // percent within seconds, so one measurement at the start made
+    // limit_fraction follow the machine, not the allreduce. At sizes the caches
+    // cannot hold, a limit pass runs before every timed iteration and one after
+    // the last: iteration i is compared with the mean of the passes on either
+    // side of it (the same seconds), and limit_fraction is the median of these
+    // per-iteration fractions, as the size's time is the median of its
+    // iterations. limit_busbw_gbps is the median pass; limit_fraction_best
+    // compares the median time with the best pass.
     const bool limit_here = stream.has_value() && bytes >= kLimitFromBytes;
-    if (limit_here) {
-      KILN_ASSIGN_OR_RETURN(around, stream->passes(c, kLimitPasses));
-    }
-    std::vector<double> times;
+    std::vector<double> times, passes;
     for (int i = 0; i < a.iters; ++i) {
+      if (limit_here) {
+        KILN_ASSIGN_OR_RETURN(auto p, stream->passes(c, 1));
+        passes.push_back(p[0]);
+      }
       auto t0 = std::chrono::steady_clock::now();
       KILN_RETURN_IF_ERROR(runner.issue(count)->wait());
       times.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
     }
-    std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
-    double median = times[times.size() / 2];
-    double slowest = median;
-    KILN_RETURN_IF_ERROR(c.allreduce(&slowest, 1, DataType::kFloat64, comm::ReduceOp::kMax)->wait());
+    if (limit_here) {
+      KILN_ASSIGN_OR_RETURN(auto p, stream->passes(c, 1));
+      passes.push_back(p[0]);
+    }
+    // Each iteration as long as its slowest rank took; the size's time is their median.
+    std::vector<double> slowest_each = times;
+    KILN_RETURN_IF_ERROR(c.allreduce(slowest_each.data(), slowest_each.size(), DataType::kFloat64,
+                                     comm::ReduceOp::kMax)
+                             ->wait());
+    const double slowest = median_of(slowest_each);
     std::string check = "off";
     if (a.check) {
       Status s = runner.check(count);
@@ -280,28 +322,38 @@ Status bench_comm(const BenchArgs& a) {
       check = bad ? "fail" : "ok";
       if (!s.is_ok()) std::fprintf(stderr, "%s\n", s.to_string().c_str());
     }
+    const double bus = bus_factor(a.op, n);
     double size_limit = limit_busbw, size_limit_best = limit_busbw;
+    double fraction = 0;
+    nlohmann::json iterations = nlohmann::json::array();
     if (limit_here) {
-      KILN_ASSIGN_OR_RETURN(auto after, stream->passes(c, kLimitPasses));
-      around.insert(around.end(), after.begin(), after.end());
-      std::sort(around.begin(), around.end());
-      size_limit = (around[around.size() / 2 - 1] + around[around.size() / 2]) / 2 /
-                   kLocalAllreduceTrafficPerByte;
-      size_limit_best = around.back() / kLocalAllreduceTrafficPerByte;
+      std::vector<double> fractions;
+      for (std::size_t i = 0; i < slowest_each.size(); ++i) {
+        const double limit_i = (passes[i] + passes[i + 1]) / 2 / kLocalAllreduceTrafficPerByte;
+        const double busbw_i = reported_bytes / (slowest_each[i] * 1e-6) / 1e9 * bus;
+        fractions.push_back(busbw_i / limit_i);
+        iterations.push_back({{"time_us", slowest_each[i]}, {"limit_busbw_gbps", limit_i}});
+      }
+      fraction = median_of(fractions);
+      size_limit = median_of(passes) / kLocalAllreduceTrafficPerByte;
+      size_limit_best =
+          *std::max_element(passes.begin(), passes.end()) / kLocalAllreduceTrafficPerByte;
     }
     double algbw = reported_bytes / (slowest * 1e-6) / 1e9;
-    double busbw = algbw * bus_factor(a.op, n);
+    double busbw = algbw * bus;
+    if (limit_busbw > 0 && !limit_here) fraction = busbw / size_limit;
     if (c.rank() == 0) {
       results.push_back({{"bytes", reported_bytes}, {"count", count}, {"time_us", slowest},
                          {"algbw_gbps", algbw}, {"busbw_gbps", busbw}, {"check", check}});
       if (limit_busbw > 0) {
-        results.back()["limit_fraction"] = busbw / size_limit;
+        results.back()["limit_fraction"] = fraction;
         results.back()["limit_busbw_gbps"] = size_limit;
         results.back()["limit_fraction_best"] = busbw / size_limit_best;
+        if (limit_here) results.back()["iterations"] = iterations;
       }
       if (!a.json) {
         std::printf("%12zu %12zu %10.2f %10.3f %10.3f %6.2f %6s\n", reported_bytes, count, slowest,
-                    algbw, busbw, limit_busbw > 0 ? busbw / size_limit : 0.0, check.c_str());
+                    algbw, busbw, fraction, check.c_str());
         std::fflush(stdout);
       }
     }

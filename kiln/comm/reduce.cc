@@ -1,6 +1,7 @@
 #include "kiln/comm/reduce.h"
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cstdint>
 #include <cstring>
@@ -158,10 +159,48 @@ constexpr std::uintptr_t kLine = 64;
 std::size_t bytes_to_line(const void* p) {
   return (kLine - reinterpret_cast<std::uintptr_t>(p) % kLine) % kLine;
 }
+
+// Note [Whole-line streaming kernels]: one 64-byte store per cache line
+// (AVX-512) where the CPU has it, four 16-byte ones (SSE2, in every x86-64)
+// otherwise. The loads are unaligned: a message chunk lands at any offset.
+// Both run over whole lines of an aligned dst; the callers do the edges.
+__attribute__((target("avx512f"))) void add_lines_avx512(float* d, const float* x,
+                                                         const float* y, std::size_t lines) {
+  for (std::size_t l = 0; l < lines; ++l, d += 16, x += 16, y += 16) {
+    _mm512_stream_ps(d, _mm512_add_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(y)));
+  }
+}
+__attribute__((target("avx512f"))) void copy_lines_avx512(char* d, const char* s,
+                                                          std::size_t lines) {
+  for (std::size_t l = 0; l < lines; ++l, d += kLine, s += kLine) {
+    _mm512_stream_si512(reinterpret_cast<__m512i*>(d), _mm512_loadu_si512(s));
+  }
+}
+void add_lines_sse2(float* d, const float* x, const float* y, std::size_t lines) {
+  for (std::size_t l = 0; l < lines; ++l, d += 16, x += 16, y += 16) {
+    for (std::size_t k = 0; k < 16; k += 4) {
+      _mm_stream_ps(d + k, _mm_add_ps(_mm_loadu_ps(x + k), _mm_loadu_ps(y + k)));
+    }
+  }
+}
+void copy_lines_sse2(char* d, const char* s, std::size_t lines) {
+  for (std::size_t l = 0; l < lines; ++l, d += kLine, s += kLine) {
+    for (std::size_t k = 0; k < kLine; k += 16) {
+      _mm_stream_si128(reinterpret_cast<__m128i*>(d + k),
+                       _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + k)));
+    }
+  }
+}
+bool has_avx512f() {
+  static const bool yes = __builtin_cpu_supports("avx512f");
+  return yes;
+}
 }  // namespace
 
+void streaming_fence() { _mm_sfence(); }
+
 void reduce_streaming(DataType t, ReduceOp op, void* dst, const void* a, const void* b,
-                      std::size_t count) {
+                      std::size_t count, bool fence) {
   if (t != DataType::kFloat32 || (op != ReduceOp::kSum && op != ReduceOp::kAvg) ||
       bytes_to_line(dst) % sizeof(float) != 0) {
     return reduce(t, op, dst, a, b, count);
@@ -171,39 +210,33 @@ void reduce_streaming(DataType t, ReduceOp op, void* dst, const void* a, const v
   const auto* y = static_cast<const float*>(b);
   std::size_t head = std::min(count, bytes_to_line(d) / sizeof(float));
   reduce(t, op, d, x, y, head);
-  std::size_t i = head;
-  // SSE2 is in every x86-64; memory, not the vector width, is the bound here.
-  for (; i + 16 <= count; i += 16) {
-    for (std::size_t k = 0; k < 16; k += 4) {
-      __m128 v = _mm_add_ps(_mm_loadu_ps(x + i + k), _mm_loadu_ps(y + i + k));
-      _mm_stream_ps(d + i + k, v);
-    }
-  }
+  const std::size_t lines = (count - head) / 16;
+  (has_avx512f() ? add_lines_avx512 : add_lines_sse2)(d + head, x + head, y + head, lines);
+  const std::size_t i = head + lines * 16;
   reduce(t, op, d + i, x + i, y + i, count - i);
-  _mm_sfence();
+  if (fence) _mm_sfence();
 }
 
-void copy_streaming(void* dst, const void* src, std::size_t bytes) {
+void copy_streaming(void* dst, const void* src, std::size_t bytes, bool fence) {
   auto* d = static_cast<char*>(dst);
   const auto* s = static_cast<const char*>(src);
   std::size_t head = std::min(bytes, bytes_to_line(d));
   std::memcpy(d, s, head);
-  std::size_t i = head;
-  for (; i + kLine <= bytes; i += kLine) {
-    for (std::size_t k = 0; k < kLine; k += 16) {
-      __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + i + k));
-      _mm_stream_si128(reinterpret_cast<__m128i*>(d + i + k), v);
-    }
-  }
+  const std::size_t lines = (bytes - head) / kLine;
+  (has_avx512f() ? copy_lines_avx512 : copy_lines_sse2)(d + head, s + head, lines);
+  const std::size_t i = head + lines * kLine;
   std::memcpy(d + i, s + i, bytes - i);
-  _mm_sfence();
+  if (fence) _mm_sfence();
 }
 #else
+void streaming_fence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 void reduce_streaming(DataType t, ReduceOp op, void* dst, const void* a, const void* b,
-                      std::size_t count) {
+                      std::size_t count, bool) {
   reduce(t, op, dst, a, b, count);
 }
-void copy_streaming(void* dst, const void* src, std::size_t bytes) { std::memcpy(dst, src, bytes); }
+void copy_streaming(void* dst, const void* src, std::size_t bytes, bool) {
+  std::memcpy(dst, src, bytes);
+}
 #endif
 
 bool accumulates_in_float32(DataType t, ReduceOp op) {

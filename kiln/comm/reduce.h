@@ -20,13 +20,18 @@ void reduce(DataType t, ReduceOp op, void* dst, const void* a, const void* b, st
 // more for a reduction. Non-temporal stores write whole lines straight to
 // memory. They also evict the result from the caches, so transports use
 // these only for messages far larger than the caches (where the result would
-// not stay cached anyway). Both end with a store fence: the data is visible
-// to other threads before anything they publish afterwards.
+// not stay cached anyway). Both end with a store fence (the data is visible
+// to other threads before anything they publish afterwards) unless `fence` is
+// false: a transport landing a message chunk by chunk fences once, when the
+// whole message is in (streaming_fence()), since a fence per chunk drains the
+// write-combining buffers and stalls the loop every chunk.
 // reduce() with streaming stores to dst (float32 sum/avg; others as reduce()).
 void reduce_streaming(DataType t, ReduceOp op, void* dst, const void* a, const void* b,
-                      std::size_t count);
+                      std::size_t count, bool fence = true);
 // memcpy() with streaming stores to dst.
-void copy_streaming(void* dst, const void* src, std::size_t bytes);
+void copy_streaming(void* dst, const void* src, std::size_t bytes, bool fence = true);
+// Orders every streaming store before it ahead of every store after it.
+void streaming_fence();
 
 // buf[i] /= divisor (integer types truncate toward zero).
 void finish_avg(DataType t, void* buf, std::size_t count, int divisor);
@@ -41,8 +46,9 @@ struct Reducer {
     reduce(dtype, op, dst, local, incoming, bytes / dtype_size(dtype));
   }
   // The same with streaming stores (Note [Streaming stores for large messages]).
-  void streaming(void* dst, const void* local, const void* incoming, std::size_t bytes) const {
-    reduce_streaming(dtype, op, dst, local, incoming, bytes / dtype_size(dtype));
+  void streaming(void* dst, const void* local, const void* incoming, std::size_t bytes,
+                 bool fence = true) const {
+    reduce_streaming(dtype, op, dst, local, incoming, bytes / dtype_size(dtype), fence);
   }
 };
 

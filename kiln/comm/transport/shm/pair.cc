@@ -105,12 +105,12 @@ bool ShmPair::progress_recvs() {
       const bool stream = op.len >= streaming_bytes_;  // Note [Streaming stores for large messages]
       if (op.local != nullptr) {
         if (stream) {
-          op.reducer.streaming(op.dst + op.off, op.local + op.off, src, n);
+          op.reducer.streaming(op.dst + op.off, op.local + op.off, src, n, /*fence=*/false);
         } else {
           op.reducer(op.dst + op.off, op.local + op.off, src, n);
         }
       } else if (stream) {
-        copy_streaming(op.dst + op.off, src, n);
+        copy_streaming(op.dst + op.off, src, n, /*fence=*/false);
       } else {
         std::memcpy(op.dst + op.off, src, n);
       }
@@ -121,6 +121,9 @@ bool ShmPair::progress_recvs() {
       if (in_head_ == tail) tail = in_->tail.load(std::memory_order_acquire);
     }
     if (op.off < op.len) break;
+    // The chunks landed unfenced: one fence for the message, before anyone
+    // learns it is complete (Note [Streaming stores for large messages]).
+    if (op.len >= streaming_bytes_) streaming_fence();
     op.req->complete();
     recvs_.pop_front();
   }
