@@ -175,7 +175,8 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   cmd->add_option("--microbatches", opts->microbatches,
                   "override layout.microbatches (micro-batches per step, as kiln train counts them)");
   cmd->add_option("--global-batch", opts->global_batch, "override layout.global_batch");
-  cmd->add_option("--recompute", opts->recompute, "override layout.recompute: none|selective|full");
+  cmd->add_option("--recompute", opts->recompute,
+                  "override layout.recompute: none|selective|full|save_qkv");
   cmd->add_option("--zero", opts->zero, "override layout.zero: 0..3");
   cmd->add_option("--nodes", opts->nodes, "override cluster.nodes");
   cmd->add_option("--gpu", opts->gpu, "override cluster.gpu");

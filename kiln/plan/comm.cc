@@ -23,12 +23,16 @@ Link tp_link(const PlanConfig& c, const EfficiencyModel& e) {
 }
 
 Link dp_link(const PlanConfig& c, const EfficiencyModel& e) {
-  const auto& l = c.layout;
+  return strided_group_link(c, e, c.layout.dp, c.layout.tp);
+}
+
+Link strided_group_link(const PlanConfig& c, const EfficiencyModel& e, std::int64_t members,
+                        std::int64_t stride) {
   const std::int64_t gpn = c.cluster.gpus_per_node;
   const Link nvl = nvlink_link(c.cluster, e);
-  if (l.tp * l.dp <= gpn) return nvl;
+  if (stride * members <= gpn) return nvl;
   const std::int64_t per_node =
-      std::max<std::int64_t>(1, std::min(l.dp, gpn / std::max<std::int64_t>(1, l.tp)));
+      std::max<std::int64_t>(1, std::min(members, gpn / std::max<std::int64_t>(1, stride)));
   const Link nic = nic_link(c.cluster, e);
   const double k = static_cast<double>(per_node);
   return {per_node > 1 ? "nic x" + std::to_string(per_node) + " (hierarchical)" : "nic",

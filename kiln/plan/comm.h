@@ -32,6 +32,11 @@ Link tp_link(const PlanConfig& config, const EfficiencyModel& e);
 // sees min(NVLink, k · NIC) per GPU. Every ring step that crosses nodes pays
 // the NIC's α.
 Link dp_link(const PlanConfig& config, const EfficiencyModel& e);
+// The same for any group of `members` ranks `stride` ranks apart (the DP
+// group: dp members, stride tp; a ZeRO-3 shard group: zero3_shards, stride
+// tp; its replica group: zero3_replicas, stride tp · zero3_shards).
+Link strided_group_link(const PlanConfig& config, const EfficiencyModel& e, std::int64_t members,
+                        std::int64_t stride);
 Link pp_link(const PlanConfig& config, const EfficiencyModel& e);
 // A ring over nodes with `per_node` members each takes per_node − 1 NVLink
 // steps and one NIC step per node: its mean step latency.

@@ -21,6 +21,8 @@ std::string_view recompute_name(Recompute r) {
       return "selective";
     case Recompute::kFull:
       return "full";
+    case Recompute::kSaveQkv:
+      return "save_qkv";
   }
   return "?";
 }
@@ -29,8 +31,9 @@ Result<Recompute> parse_recompute(std::string_view text) {
   if (text == "none") return Recompute::kNone;
   if (text == "selective") return Recompute::kSelective;
   if (text == "full") return Recompute::kFull;
-  return invalid_argument("recompute must be none, selective or full (got '" + std::string(text) +
-                          "')");
+  if (text == "save_qkv") return Recompute::kSaveQkv;
+  return invalid_argument("recompute must be none, selective, full or save_qkv (got '" +
+                          std::string(text) + "')");
 }
 
 std::string_view attention_name(AttentionKernel a) {
@@ -51,6 +54,18 @@ Result<GatherUnit> parse_gather_unit(std::string_view text) {
   if (text == "layer") return GatherUnit::kLayer;
   if (text == "tensor") return GatherUnit::kTensor;
   return invalid_argument("zero3_gather must be layer or tensor (got '" + std::string(text) + "')");
+}
+
+std::string_view mma_name(MmaIssue m) { return m == MmaIssue::kSync ? "sync" : "async"; }
+
+Result<MmaIssue> parse_mma(std::string_view text) {
+  if (text == "sync") return MmaIssue::kSync;
+  if (text == "async") return MmaIssue::kAsync;
+  return invalid_argument("mma must be sync or async (got '" + std::string(text) + "')");
+}
+
+MmaIssue default_mma(const GpuSpec& gpu) {
+  return is_ampere(gpu) ? MmaIssue::kSync : MmaIssue::kAsync;
 }
 
 void ModelSpec::set_family_defaults() {
@@ -249,7 +264,8 @@ Result<PlanConfig> from_table(toml::table root, const std::string& source) {
   if (auto v = parse_recompute(rc); v.is_ok()) {
     l.recompute = *v;
   } else {
-    r.fail_field("layout", "recompute", "must be none, selective or full (got \"" + rc + "\")");
+    r.fail_field("layout", "recompute",
+                 "must be none, selective, full or save_qkv (got \"" + rc + "\")");
   }
   l.sequence_parallel = r.get_bool("layout", "sequence_parallel", l.tp > 1);
   l.zero = static_cast<int>(r.get_int("layout", "zero", false, 0, 0));
@@ -262,6 +278,13 @@ Result<PlanConfig> from_table(toml::table root, const std::string& source) {
   } else {
     r.fail_field("layout", "attention", "must be flash or unfused (got \"" + attn + "\")");
   }
+  const std::string mma =
+      r.get_string("layout", "mma", false, std::string(mma_name(default_mma(cl.gpu))));
+  if (auto v = parse_mma(mma); v.is_ok()) {
+    l.mma = *v;
+  } else {
+    r.fail_field("layout", "mma", "must be sync or async (got \"" + mma + "\")");
+  }
   l.overlap_grad_reduce = r.get_bool("layout", "overlap_grad_reduce", true);
   l.tp_comm_overlap = r.get_bool("layout", "tp_comm_overlap", false);
   l.pp_scatter_gather = r.get_bool("layout", "pp_scatter_gather", true);
@@ -269,6 +292,7 @@ Result<PlanConfig> from_table(toml::table root, const std::string& source) {
   if (l.zero3_param_bytes != 2 && l.zero3_param_bytes != 4) {
     r.fail_field("layout", "zero3_param_bytes", "must be 2 (bf16) or 4 (fp32)");
   }
+  l.zero3_shard_group = r.get_int("layout", "zero3_shard_group", false, 0, 0);
   const std::string gather = r.get_string("layout", "zero3_gather", false, "layer");
   if (auto v = parse_gather_unit(gather); v.is_ok()) {
     l.zero3_gather = *v;
@@ -340,6 +364,17 @@ Status check_layout(const PlanConfig& c) {
                ")");
   }
   if (l.zero < 0 || l.zero > 3) return bad("layout.zero must be 0..3");
+  if (l.zero3_shard_group > 0) {
+    if (l.zero < 3) return bad("layout.zero3_shard_group needs layout.zero = 3");
+    if (l.dp % l.zero3_shard_group != 0) {
+      return bad("layout.zero3_shard_group (" + std::to_string(l.zero3_shard_group) +
+                 ") does not divide layout.dp (" + std::to_string(l.dp) + ")");
+    }
+  }
+  if (l.mma == MmaIssue::kAsync && is_ampere(c.cluster.gpu)) {
+    return bad("layout.mma = async needs Hopper or later (" + c.cluster.gpu.id +
+               " has only synchronous mma.sync)");
+  }
   return Status::ok();
 }
 

@@ -12,12 +12,19 @@
 #include <vector>
 
 #include "kiln/base/status.h"
+#include "kiln/plan/efficiency.h"
 #include "kiln/plan/gpu_catalog.h"
 #include "kiln/plan/host_profile.h"
 
 namespace kiln::plan {
 
-enum class Recompute { kNone, kSelective, kFull };
+// kSaveQkv: the whole layer is recomputed except the Q, K and V projections,
+// whose outputs are kept (MaxText's remat_policy save_qkv_proj).
+enum class Recompute { kNone, kSelective, kFull, kSaveQkv };
+// True when the backward reruns the layer's forward GEMMs (full or save_qkv).
+inline bool recomputes_forward(Recompute r) {
+  return r == Recompute::kFull || r == Recompute::kSaveQkv;
+}
 enum class AttentionKernel { kFlash, kUnfused };
 // What ZeRO-3 gathers in one collective: a transformer layer's parameters as
 // one flat buffer (PyTorch FSDP, Megatron's distributed optimizer, DeepSpeed
@@ -31,6 +38,11 @@ std::string_view attention_name(AttentionKernel a);
 Result<AttentionKernel> parse_attention(std::string_view text);
 std::string_view gather_unit_name(GatherUnit g);
 Result<GatherUnit> parse_gather_unit(std::string_view text);
+std::string_view mma_name(MmaIssue m);
+Result<MmaIssue> parse_mma(std::string_view text);
+// The MMA instructions a stack uses by default on `gpu`: asynchronous where
+// the GPU has them (Hopper and later), else synchronous.
+MmaIssue default_mma(const GpuSpec& gpu);
 
 struct ModelSpec {
   std::string name = "model";
@@ -82,6 +94,10 @@ struct LayoutSpec {
   bool sequence_parallel = false;
   int zero = 0;  // 0..3
   AttentionKernel attention = AttentionKernel::kFlash;
+  // The tensor-core instructions the kernels were built for (efficiency.h):
+  // asynchronous wgmma on Hopper with CUDA >= 12.0, synchronous mma.sync on
+  // Ampere and on Hopper under older stacks.
+  MmaIssue mma = MmaIssue::kSync;
   bool overlap_grad_reduce = true;  // DP reduction overlapped with the last backward
   // TP collectives overlapped with the layer's GEMMs (Megatron-Core's
   // userbuffers / tp_comm_overlap, MegaScale): only what the GEMMs cannot
@@ -92,6 +108,11 @@ struct LayoutSpec {
   // sharded parameters are bf16, 4 when fp32 masters are gathered and cast
   // per use under autocast (PyTorch FSDP's default mixed precision).
   int zero3_param_bytes = 2;
+  // Hybrid sharding (FSDP's HYBRID_SHARD, MaxText's fsdp × data mesh axes):
+  // ZeRO-3 shards the model states over groups of this many consecutive DP
+  // ranks, and the dp / zero3_shard_group groups hold replicas that
+  // all-reduce each rank's gradient shard. 0 = one group of all dp ranks.
+  std::int64_t zero3_shard_group = 0;
   // Megatron's pipeline scatter/gather (Narayanan et al. 2021 §4.1): each TP
   // rank sends only its 1/t slice of the activation between stages and the
   // slices are all-gathered over NVLink. Without it (DeepSpeed's pipeline
@@ -101,6 +122,9 @@ struct LayoutSpec {
   std::vector<std::int64_t> stage_layers;
 
   std::int64_t micro_batches() const { return global_batch / (dp * micro_batch); }
+  // DP ranks the ZeRO-3 model states are sharded over, and the replicas of each shard.
+  std::int64_t zero3_shards() const { return zero3_shard_group > 0 ? zero3_shard_group : dp; }
+  std::int64_t zero3_replicas() const { return dp / zero3_shards(); }
 };
 
 struct ReliabilitySpec {

@@ -120,6 +120,49 @@ TEST(ConfigTest, OverridesApply) {
   EXPECT_NE(bad.status().message().find("'layout.recompute'"), std::string::npos);
 }
 
+TEST(ConfigTest, TheSoftwareStackIsDeclaredPerRun) {
+  // Hopper defaults to asynchronous MMAs (wgmma), Ampere has only mma.sync.
+  auto c = parse_config_string(kBase, "t.toml");
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->layout.mma, MmaIssue::kAsync);
+  c = parse_config_string(kBase, "t.toml", {"layout.mma=sync"});
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->layout.mma, MmaIssue::kSync);
+  c = parse_config_string(kBase, "t.toml", {"cluster.gpu=a100-sxm-80g"});
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->layout.mma, MmaIssue::kSync);
+  c = parse_config_string(kBase, "t.toml", {"cluster.gpu=a100-sxm-80g", "layout.mma=async"});
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_NE(c.status().message().find("layout.mma"), std::string::npos) << c.status().message();
+  EXPECT_NE(c.status().message().find("a100-sxm-80g"), std::string::npos) << c.status().message();
+  c = parse_config_string(kBase, "t.toml", {"layout.mma=fast"});
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_NE(c.status().message().find("'layout.mma'"), std::string::npos) << c.status().message();
+  c = parse_config_string(kBase, "t.toml", {"layout.recompute=save_qkv"});
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->layout.recompute, Recompute::kSaveQkv);
+}
+
+TEST(ConfigTest, HybridShardGroupMustDivideTheDataParallelRanks) {
+  // tp 2 x pp 2 on 16 GPUs: dp 4.
+  auto c = parse_config_string(kBase, "t.toml", {"layout.zero=3", "layout.zero3_shard_group=2"});
+  ASSERT_TRUE(c.is_ok()) << c.status().to_string();
+  EXPECT_EQ(c->layout.zero3_shards(), 2);
+  EXPECT_EQ(c->layout.zero3_replicas(), 2);
+  c = parse_config_string(kBase, "t.toml", {"layout.zero=3", "layout.zero3_shard_group=3"});
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_NE(c.status().message().find("does not divide layout.dp (4)"), std::string::npos)
+      << c.status().message();
+  c = parse_config_string(kBase, "t.toml", {"layout.zero=1", "layout.zero3_shard_group=2"});
+  ASSERT_FALSE(c.is_ok());
+  EXPECT_NE(c.status().message().find("needs layout.zero = 3"), std::string::npos)
+      << c.status().message();
+  c = parse_config_string(kBase, "t.toml");
+  ASSERT_TRUE(c.is_ok());
+  EXPECT_EQ(c->layout.zero3_shards(), c->layout.dp);
+  EXPECT_EQ(c->layout.zero3_replicas(), 1);
+}
+
 TEST(ConfigTest, StageLayersAreReadFromAnArray) {
   // 24 layers on 2 stages, explicitly 11 + 13; and 25 layers split automatically.
   const std::string text = std::string(kBase) + "stage_layers = [11, 13]\n";

@@ -20,6 +20,14 @@
 
 namespace kiln::plan {
 
+// How the tensor cores get their operands: a property of the software stack
+// (which instructions its kernels were compiled to), not of the GPU alone.
+// See Note [Synchronous and asynchronous MMA].
+enum class MmaIssue {
+  kSync,   // mma.sync: warps load operands from shared memory into registers, then issue
+  kAsync,  // wgmma.mma_async (Hopper, CUDA >= 12.0): the MMA reads shared memory itself
+};
+
 struct EfficiencyModel {
   // Fitted on the vendored runs (examples/plan/runs, `kiln plan validate --fit`):
   double gemm_peak_fraction = 0.915;       // MMA issue rate of large bf16 GEMMs, of dense peak
@@ -35,24 +43,25 @@ struct EfficiencyModel {
   // Communication hidden behind compute is not free: NCCL kernels take SMs
   // and HBM bandwidth from the GEMMs they overlap. Each hidden second of DP /
   // ZeRO / overlapped TP traffic costs this many seconds of compute (fitted).
-  double overlap_interference = 0.55;
+  double overlap_interference = 0.53;
 
   static const EfficiencyModel& defaults();
 };
 
 // Seconds for `batch` GEMMs of M×K by K×N in bf16.
-double gemm_time_s(const GpuSpec& gpu, const EfficiencyModel& e, double m, double n, double k,
-                   double batch = 1);
+double gemm_time_s(const GpuSpec& gpu, const EfficiencyModel& e, MmaIssue mma, double m, double n,
+                   double k, double batch = 1);
 
 // Achieved fraction of dense peak of that GEMM.
-double gemm_efficiency(const GpuSpec& gpu, const EfficiencyModel& e, double m, double n, double k);
+double gemm_efficiency(const GpuSpec& gpu, const EfficiencyModel& e, MmaIssue mma, double m,
+                       double n, double k);
 
 // Seconds to stream `bytes` through HBM (memory-bound kernels).
 double memory_time_s(const GpuSpec& gpu, const EfficiencyModel& e, double bytes);
 
 // Seconds for FlashAttention doing `flops` of (already halved causal) work
 // with heads of `head_dim`: see Note [FlashAttention model].
-double flash_attention_time_s(const GpuSpec& gpu, const EfficiencyModel& e, double flops,
-                              double head_dim);
+double flash_attention_time_s(const GpuSpec& gpu, const EfficiencyModel& e, MmaIssue mma,
+                              double flops, double head_dim);
 
 }  // namespace kiln::plan

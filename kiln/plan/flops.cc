@@ -58,6 +58,11 @@ StepFlops step_flops(const ModelSpec& m, const LayoutSpec& l) {
   out.model = 3 * tokens * (layer_fwd + logits_fwd);
   double recompute = 0;
   if (l.recompute == Recompute::kFull) recompute = layer_fwd;
+  if (l.recompute == Recompute::kSaveQkv) {
+    // Everything but the Q, K and V projections.
+    const double qkv = 2 * h * (h + 2 * static_cast<double>(m.kv_dim()));
+    recompute = layer_fwd - qkv * static_cast<double>(m.layers);
+  }
   if (l.recompute == Recompute::kSelective) {
     // Korthikanti et al. 2022 §5: only QKᵀ, softmax, dropout and attention·V.
     recompute = 4 * static_cast<double>(m.seq_len) * h * static_cast<double>(m.layers);

@@ -29,6 +29,10 @@ double activation_bytes_per_layer(const ModelSpec& m, const LayoutSpec& l) {
     // Only each layer's input is kept.
     return 2 * sbh / (l.sequence_parallel ? t : 1.0);
   }
+  if (l.recompute == Recompute::kSaveQkv) {
+    // The layer's input and the Q, K, V projections (split over TP ranks).
+    return 2 * sbh / (l.sequence_parallel ? t : 1.0) + 2 * s * b * (h + 2 * kvd) / t;
+  }
   // Parts every TP rank keeps whole unless the sequence is split (SP): both
   // norms' inputs (4sbh), the QKV and FFN GEMM inputs (2sbh each) and the two
   // dropout masks (sbh each).
@@ -65,9 +69,11 @@ MemoryBreakdown memory_per_gpu(const PlanConfig& c) {
   const double t = static_cast<double>(l.tp);
   const double params = stage_params_per_gpu(c, 0);
   MemoryBreakdown mem;
-  mem.weights = 2 * params / (l.zero >= 3 ? dp : 1.0);
-  mem.gradients = 2 * params / (l.zero >= 2 ? dp : 1.0);
-  mem.optimizer = 12 * params / (l.zero >= 1 ? dp : 1.0);
+  // Hybrid sharding keeps ZeRO-3's model states sharded over its group only.
+  const double shards = l.zero >= 3 ? static_cast<double>(l.zero3_shards()) : dp;
+  mem.weights = 2 * params / (l.zero >= 3 ? shards : 1.0);
+  mem.gradients = 2 * params / (l.zero >= 2 ? shards : 1.0);
+  mem.optimizer = 12 * params / (l.zero >= 1 ? shards : 1.0);
 
   // Stage 0 holds the most micro-batches in flight.
   const double layers = static_cast<double>(stage_layers(c)[0]);

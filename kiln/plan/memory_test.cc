@@ -60,6 +60,12 @@ TEST(MemoryTest, ActivationsFullRecompute) {
                    2 * sbh / t);
 }
 
+TEST(MemoryTest, ActivationsSaveQkvKeepsTheProjections) {
+  // The layer input and Q, K, V (3·s·b·h bf16 for multi-head attention), split over TP.
+  EXPECT_DOUBLE_EQ(activation_bytes_per_layer(gpt(), layout(8, true, Recompute::kSaveQkv)),
+                   2 * sbh / t + 6 * sbh / t);
+}
+
 TEST(MemoryTest, FlashAttentionDropsTheQuadraticTerm) {
   LayoutSpec l = layout(8, true, Recompute::kNone);
   l.attention = AttentionKernel::kFlash;

@@ -100,6 +100,15 @@ TEST(PlanCliTest, FlagsOverrideTheFile) {
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["layout"]["pp"], 8);
   EXPECT_EQ(j["layout"]["zero"], 3);
+  EXPECT_EQ(j["layout"]["mma"], "async");  // the H100 default: a CUDA 12 stack
+  // The file's compute-bound layout on a pre-CUDA-12 stack (mma.sync) is slower.
+  const CliRun async = kiln("plan examples/plan/llama70b-h100.toml --json");
+  const CliRun sync = kiln("plan examples/plan/llama70b-h100.toml --json --set layout.mma=sync");
+  ASSERT_EQ(async.exit_code, 0) << async.err;
+  ASSERT_EQ(sync.exit_code, 0) << sync.err;
+  const auto ja = nlohmann::json::parse(async.out), js = nlohmann::json::parse(sync.out);
+  EXPECT_EQ(js["layout"]["mma"], "sync");
+  EXPECT_GT(js["step_time_s"].get<double>(), 1.1 * ja["step_time_s"].get<double>());
   const CliRun bad = kiln("plan examples/plan/llama70b-h100.toml --pp 3");
   EXPECT_EQ(bad.exit_code, 2);
   EXPECT_NE(bad.err.find("tp*pp*dp = 8*3*8"), std::string::npos) << bad.err;

@@ -24,7 +24,9 @@ nlohmann::json layout_json(const LayoutSpec& l) {
           {"tp_comm_overlap", l.tp_comm_overlap},
           {"pp_scatter_gather", l.pp_scatter_gather},
           {"zero3_gather", std::string(gather_unit_name(l.zero3_gather))},
-          {"zero3_param_bytes", l.zero3_param_bytes}};
+          {"zero3_param_bytes", l.zero3_param_bytes},
+          {"zero3_shards", l.zero3_shards()},
+          {"mma", std::string(mma_name(l.mma))}};
 }
 
 template <typename T>

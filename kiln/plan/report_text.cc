@@ -37,11 +37,12 @@ std::string pct(double x) { return fmt("%.1f%%", 100 * x); }
 std::string layout_line(const LayoutSpec& l) {
   return fmt(
       "TP %lld  PP %lld  DP %lld  vpp %lld  micro-batch %lld  global batch %lld  "
-      "recompute %s  SP %s  ZeRO %d  attention %s",
+      "recompute %s  SP %s  ZeRO %d  attention %s  MMA %s",
       static_cast<long long>(l.tp), static_cast<long long>(l.pp), static_cast<long long>(l.dp),
       static_cast<long long>(l.vpp), static_cast<long long>(l.micro_batch),
       static_cast<long long>(l.global_batch), std::string(recompute_name(l.recompute)).c_str(),
-      l.sequence_parallel ? "on" : "off", l.zero, std::string(attention_name(l.attention)).c_str());
+      l.sequence_parallel ? "on" : "off", l.zero, std::string(attention_name(l.attention)).c_str(),
+      std::string(mma_name(l.mma)).c_str());
 }
 
 }  // namespace

@@ -42,6 +42,10 @@ SearchResult search_layouts(const PlanConfig& base, const SearchOptions& opt,
               c.layout.zero = zero;
               c.layout.sequence_parallel = tp > 1;
               c.layout.stage_layers.clear();  // the base file's split is for its own pp
+              // A hybrid shard group is for ZeRO-3 and a dp it divides; elsewhere, none.
+              if (zero < 3 || dp % std::max<std::int64_t>(1, c.layout.zero3_shard_group) != 0) {
+                c.layout.zero3_shard_group = 0;
+              }
               ++result.considered;
               // Interleaving also needs the micro-batch count to be a multiple of pp.
               if (!check_layout(c).is_ok() || (vpp > 1 && c.layout.micro_batches() % pp != 0)) {

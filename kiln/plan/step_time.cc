@@ -62,17 +62,17 @@ LayerTime layer_time(const PlanConfig& c, const EfficiencyModel& e) {
   const double drop = m.dropout ? 1.0 : 0.0;
 
   LayerTime lt;
-  lt.gemm_fwd_s = gemm_time_s(gpu, e, tokens, (h + 2 * kvd) / t, h) +
-                  gemm_time_s(gpu, e, tokens, h, h / t) +
-                  gemm_time_s(gpu, e, tokens, (m.glu ? 2 : 1) * f / t, h) +
-                  gemm_time_s(gpu, e, tokens, h, f / t);
+  const double qkv_gemm_s = gemm_time_s(gpu, e, l.mma, tokens, (h + 2 * kvd) / t, h);
+  lt.gemm_fwd_s = qkv_gemm_s + gemm_time_s(gpu, e, l.mma, tokens, h, h / t) +
+                  gemm_time_s(gpu, e, l.mma, tokens, (m.glu ? 2 : 1) * f / t, h) +
+                  gemm_time_s(gpu, e, l.mma, tokens, h, f / t);
   const double gemm_flops = 2 * tokens * (h * (h + 2 * kvd) + h * h + (m.glu ? 3 : 2) * h * f) / t;
   lt.gemm_efficiency = gemm_flops / gpu.peak_bf16_flops / lt.gemm_fwd_s;
 
   double attention_bwd = 0;
   if (l.attention == AttentionKernel::kUnfused) {
-    const double score_gemms =
-        gemm_time_s(gpu, e, s, s, hd, b * heads) + gemm_time_s(gpu, e, s, hd, s, b * heads);
+    const double score_gemms = gemm_time_s(gpu, e, l.mma, s, s, hd, b * heads) +
+                               gemm_time_s(gpu, e, l.mma, s, hd, s, b * heads);
     const double scores = b * heads * s * s;
     const double launches = (1 + drop) * e.kernel_launch_s;
     lt.attention_fwd_s =
@@ -83,7 +83,7 @@ LayerTime layer_time(const PlanConfig& c, const EfficiencyModel& e) {
   } else {
     // Causal: FlashAttention skips the masked upper half.
     const double flops = 0.5 * 4 * b * s * s * h / t;
-    lt.attention_fwd_s = flash_attention_time_s(gpu, e, flops, hd);
+    lt.attention_fwd_s = flash_attention_time_s(gpu, e, l.mma, flops, hd);
     attention_bwd = kFlashBackwardRatio * lt.attention_fwd_s;
   }
 
@@ -110,13 +110,17 @@ LayerTime layer_time(const PlanConfig& c, const EfficiencyModel& e) {
       lt.recompute_s = lt.forward_s;
       recomputed_gemms = lt.gemm_fwd_s;
       break;
+    case Recompute::kSaveQkv:
+      lt.recompute_s = lt.forward_s - qkv_gemm_s;
+      recomputed_gemms = lt.gemm_fwd_s - qkv_gemm_s;
+      break;
   }
 
   // Two all-reduces forward, two backward, two more when the forward is
   // recomputed (Shoeybi et al. 2019 fig. 4). With sequence parallelism each
   // becomes an all-gather + reduce-scatter pair of the same ring time.
   const double act_bytes = 2 * tokens * h;
-  const int collectives = 4 + (l.recompute == Recompute::kFull ? 2 : 0);
+  const int collectives = 4 + (recomputes_forward(l.recompute) ? 2 : 0);
   lt.tp_comm_s = collectives * comm::ring_allreduce_s(act_bytes, l.tp, tp_link(c, e).cost);
   lt.tp_exposed_s = lt.tp_comm_s;
   if (l.tp_comm_overlap) {
@@ -146,6 +150,10 @@ namespace {
 // not bandwidth, dominates (Narayanan et al. 2021 Table 2: ZeRO-3 falls from
 // 144 to 44 TFLOP/s per GPU as 175B goes from 384 to 1,536 GPUs). The hidden
 // part costs overlap_interference of its time.
+// With hybrid sharding the collectives run over the shard group, and each
+// layer's backward adds the replicas' all-reduce of the rank's gradient
+// shard (1/shards of the layer) across the replica group, hidden like the
+// rest behind the backward.
 struct Zero3Cost {
   double per_layer_s = 0;    // exposed (+ interference) per layer per micro-batch
   double per_stage_s = 0;    // the first gather of each pass, per micro-batch
@@ -154,16 +162,22 @@ struct Zero3Cost {
 };
 
 Zero3Cost zero3_cost(const PlanConfig& c, const EfficiencyModel& e, const LayerTime& lt,
-                     const Link& link) {
+                     const Link& link, const Link& replica_link) {
   const auto& m = c.model;
   const auto& l = c.layout;
   const ParamCount pc = count_params(m);
   const double t = static_cast<double>(l.tp);
   const double layer_bytes = l.zero3_param_bytes * ((pc.attention + pc.ffn) / t + pc.norms);
   const double units = l.zero3_gather == GatherUnit::kTensor ? tensors_per_layer(m) : 1.0;
-  const double gather = units * comm::ring_allgather_s(layer_bytes / units, l.dp, link.cost);
-  const double scatter = units * comm::ring_reduce_scatter_s(layer_bytes / units, l.dp, link.cost);
-  const bool full = l.recompute == Recompute::kFull;
+  const std::int64_t shards = l.zero3_shards();
+  const std::int64_t replicas = l.zero3_replicas();
+  const double gather = units * comm::ring_allgather_s(layer_bytes / units, shards, link.cost);
+  const double scatter =
+      units * comm::ring_reduce_scatter_s(layer_bytes / units, shards, link.cost);
+  const double shard_bytes = layer_bytes / static_cast<double>(shards);
+  const double replica_reduce =
+      replicas > 1 ? comm::ring_allreduce_s(shard_bytes, replicas, replica_link.cost) : 0.0;
+  const bool full = recomputes_forward(l.recompute);
   const double tp_share = lt.tp_exposed_s / (full ? 6.0 : 4.0);  // per TP collective
 
   struct Pass {
@@ -171,9 +185,9 @@ Zero3Cost zero3_cost(const PlanConfig& c, const EfficiencyModel& e, const LayerT
   };
   // A layer's recomputed forward runs just before its backward, on the
   // weights gathered for that backward: one gather serves both.
-  const std::vector<Pass> passes = {
-      {gather, lt.forward_s + 2 * tp_share},
-      {gather + scatter, lt.backward_s + lt.recompute_s + (full ? 4 : 2) * tp_share}};
+  const std::vector<Pass> passes = {{gather, lt.forward_s + 2 * tp_share},
+                                    {gather + scatter + replica_reduce,
+                                     lt.backward_s + lt.recompute_s + (full ? 4 : 2) * tp_share}};
 
   Zero3Cost z;
   for (const Pass& p : passes) {
@@ -182,8 +196,9 @@ Zero3Cost zero3_cost(const PlanConfig& c, const EfficiencyModel& e, const LayerT
     z.per_stage_s += gather;
     z.collectives_s += p.collectives_s;
   }
-  const double n = static_cast<double>(l.dp);
-  z.layer_bytes = (static_cast<double>(passes.size()) + 1) * layer_bytes * (n - 1) / n;
+  const double n = static_cast<double>(shards), r = static_cast<double>(replicas);
+  z.layer_bytes = (static_cast<double>(passes.size()) + 1) * layer_bytes * (n - 1) / n +
+                  2 * shard_bytes * (r - 1) / r;
   return z;
 }
 
@@ -231,7 +246,7 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
 
   // The loss: logits GEMM (fwd + 2× bwd) and cross-entropy on the last stage.
   const double vocab_shard = static_cast<double>(m.vocab) / t;
-  const double loss_s = 3 * gemm_time_s(gpu, e, tokens, vocab_shard, h) +
+  const double loss_s = 3 * gemm_time_s(gpu, e, l.mma, tokens, vocab_shard, h) +
                         memory_time_s(gpu, e, tokens * vocab_shard * kLossBytesPerLogit);
 
   const Link dlink = dp_link(c, e);
@@ -247,20 +262,26 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
   // on 768 as on 1,536 GPUs, and on 1,120 as on 2,240, each GPU receiving
   // the whole model per pass at ~22 GB/s), not the hierarchical rings'
   // k NICs that a layer-sized buffer spreads over.
-  Link z3link = dlink;
-  if (zero3 && l.zero3_gather == GatherUnit::kTensor && l.tp * l.dp > c.cluster.gpus_per_node) {
-    z3link = {"nic (per-tensor)", {dlink.cost.alpha_s, nic_link(c.cluster, e).cost.beta_bps}};
+  const std::int64_t shards = l.zero3_shards();
+  Link z3link = zero3 ? strided_group_link(c, e, shards, l.tp) : dlink;
+  if (zero3 && l.zero3_gather == GatherUnit::kTensor && l.tp * shards > c.cluster.gpus_per_node) {
+    z3link = {"nic (per-tensor)", {z3link.cost.alpha_s, nic_link(c.cluster, e).cost.beta_bps}};
   }
+  const Link replica_link = strided_group_link(c, e, l.zero3_replicas(), l.tp * shards);
   if (zero3) {
-    z3 = zero3_cost(c, e, lt, z3link);
+    z3 = zero3_cost(c, e, lt, z3link, replica_link);
     const double last_params = stage_params_per_gpu(c, l.pp - 1);
     const double first_params = stage_params_per_gpu(c, 0);
     const ParamCount pc = count_params(m);
     const double layer_params = (pc.attention + pc.ffn) / t + pc.norms;
     const double bytes = l.zero3_param_bytes;
     auto root = [&](double params) {
-      return comm::ring_allgather_s(bytes * params, l.dp, z3link.cost) +
-             comm::ring_reduce_scatter_s(bytes * params, l.dp, z3link.cost);
+      return comm::ring_allgather_s(bytes * params, shards, z3link.cost) +
+             comm::ring_reduce_scatter_s(bytes * params, shards, z3link.cost) +
+             (l.zero3_replicas() > 1
+                  ? comm::ring_allreduce_s(bytes * params / static_cast<double>(shards),
+                                           l.zero3_replicas(), replica_link.cost)
+                  : 0.0);
     };
     root_s.front() += root(std::max(0.0, first_params - st.stage_layers.front() * layer_params));
     if (stages > 1) {
@@ -294,7 +315,7 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
   st.pp_comm_s = mb * p2p;
   st.tp.link = l.tp > 1 ? tp_link(c, e).name : "none";
   st.tp.time_s = mb * slow_layers * lt.tp_comm_s;
-  st.tp.bytes_per_gpu = mb * slow_layers * (4 + (l.recompute == Recompute::kFull ? 2 : 0)) * 2 *
+  st.tp.bytes_per_gpu = mb * slow_layers * (4 + (recomputes_forward(l.recompute) ? 2 : 0)) * 2 *
                         (t - 1) / t * act_bytes;
 
   // The stage with the most parameters finishes the step: its gradient
@@ -329,7 +350,9 @@ StepTime step_time(const PlanConfig& c, const EfficiencyModel& e) {
   // dp_exposed_s includes the interference the hidden part causes.
   st.dp_overlap_fraction = st.dp.time_s > 0 ? 1 - std::min(1.0, st.dp_exposed_s / st.dp.time_s) : 0;
 
-  const double update_params = params / (l.zero >= 1 ? static_cast<double>(l.dp) : 1.0);
+  const double update_params = params / (l.zero >= 3   ? static_cast<double>(shards)
+                                         : l.zero >= 1 ? static_cast<double>(l.dp)
+                                                       : 1.0);
   st.optimizer_s = memory_time_s(gpu, e, update_params * kOptimizerBytesPerParam);
 
   // Pipeline time; for ZeRO-3 its exposed gathers already sit in the stage times.

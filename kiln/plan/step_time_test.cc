@@ -114,6 +114,92 @@ TEST(StepTimeTest, ZeroThreeLatencyGrowsWithTheGroup) {
   }
 }
 
+// Llama 2 70B in FSDP (ZeRO-3 over every GPU), two sequences per GPU, on
+// H100: the NVIDIA DGX Cloud MaxText recipe (examples/plan/runs, nvidia-dgxc2025).
+PlanConfig llama70b_fsdp_on_h100(std::int64_t gpus) {
+  PlanConfig c;
+  auto& m = c.model;
+  m.layers = 80;
+  m.hidden = 8192;
+  m.heads = 64;
+  m.kv_heads = 8;
+  m.ffn_hidden = 28672;
+  m.glu = true;
+  m.seq_len = 4096;
+  m.vocab = 32000;
+  m.set_family_defaults();
+  c.cluster.gpu = *find_gpu("h100-sxm");
+  c.cluster.nodes = gpus / 8;
+  c.cluster.nvlink_bytes_per_s = c.cluster.gpu.nvlink_bytes_per_s;
+  c.cluster.nic_bits_per_s = c.cluster.gpu.nic_bits_per_s;
+  c.cluster.storage_write_bytes_per_s = 20e9;
+  c.reliability.job_mtbf_s = 86400;
+  c.layout.dp = gpus;
+  c.layout.micro_batch = 2;
+  c.layout.global_batch = 2 * gpus;
+  c.layout.zero = 3;
+  c.layout.recompute = Recompute::kFull;
+  c.layout.mma = MmaIssue::kAsync;
+  c.layout.zero3_param_bytes = 4;  // MaxText's fp32 weights
+  return c;
+}
+
+TEST(StepTimeTest, AsynchronousMmaHidesTheOperandFeedOnHopper) {
+  PlanConfig c = llama70b_fsdp_on_h100(64);
+  const LayerTime async = layer_time(c, EfficiencyModel::defaults());
+  c.layout.mma = MmaIssue::kSync;
+  const LayerTime sync = layer_time(c, EfficiencyModel::defaults());
+  // The weight GEMMs: ~64% of peak when the feed and the MMAs take turns,
+  // ~80% when the feed runs under them.
+  EXPECT_LT(sync.gemm_efficiency, 0.68);
+  EXPECT_GT(async.gemm_efficiency, 0.76);
+  EXPECT_LT(async.gemm_efficiency, EfficiencyModel::defaults().gemm_peak_fraction);
+  // FlashAttention's exponentials run under its MMAs too.
+  EXPECT_LT(async.attention_fwd_s, sync.attention_fwd_s);
+  EXPECT_LT(async.forward_s, 0.85 * sync.forward_s);
+}
+
+TEST(StepTimeTest, SaveQkvRecomputesEverythingButTheProjections) {
+  PlanConfig c = llama70b_fsdp_on_h100(64);
+  const LayerTime full = layer_time(c, EfficiencyModel::defaults());
+  const double full_flops = step_flops(c.model, c.layout).hardware;
+  c.layout.recompute = Recompute::kSaveQkv;
+  const LayerTime save_qkv = layer_time(c, EfficiencyModel::defaults());
+  const double save_qkv_flops = step_flops(c.model, c.layout).hardware;
+  c.layout.recompute = Recompute::kSelective;
+  const LayerTime selective = layer_time(c, EfficiencyModel::defaults());
+  EXPECT_LT(save_qkv.recompute_s, full.recompute_s);
+  EXPECT_GT(save_qkv.recompute_s, 0.8 * full.recompute_s);
+  EXPECT_GT(save_qkv.recompute_s, selective.recompute_s);
+  // The Q, K, V projections: 2·h·(h + 2·kv_dim) FLOPs per token per layer.
+  const double tokens = static_cast<double>(c.layout.global_batch * c.model.seq_len);
+  EXPECT_NEAR(full_flops - save_qkv_flops, tokens * 80 * 2 * 8192.0 * (8192 + 2 * 1024),
+              1e-6 * full_flops);
+}
+
+TEST(StepTimeTest, HybridShardingGathersWithinTheGroupAndReducesAcrossReplicas) {
+  // FSDP over 128 GPUs x 8 replicas against FSDP over all 1,024.
+  PlanConfig flat = llama70b_fsdp_on_h100(1024);
+  PlanConfig hybrid = flat;
+  hybrid.layout.zero3_shard_group = 128;
+  const auto& e = EfficiencyModel::defaults();
+  const StepTime f = step_time(flat, e), hy = step_time(hybrid, e);
+  // Gathers and reduce-scatters over 127 ring steps instead of 1,023...
+  EXPECT_LT(hy.dp.time_s, f.dp.time_s);
+  // ...plus the replicas' all-reduce of each GPU's 1/128 gradient shard.
+  PlanConfig group_only = llama70b_fsdp_on_h100(128);
+  const StepTime g = step_time(group_only, e);
+  const ParamCount pc = count_params(flat.model);
+  const double shard_bytes = 4.0 * (pc.attention + pc.ffn + pc.norms) / 128;
+  EXPECT_NEAR(hy.dp.bytes_per_gpu - g.dp.bytes_per_gpu, 80 * 2 * shard_bytes * 7 / 8,
+              1e-6 * hy.dp.bytes_per_gpu);
+  EXPECT_GT(hy.dp.time_s, g.dp.time_s);
+  // Each GPU holds 1/128 of the model states, not 1/1,024.
+  const MemoryBreakdown mf = memory_per_gpu(flat), mh = memory_per_gpu(hybrid);
+  EXPECT_NEAR(mh.weights, 8 * mf.weights, 1e-6 * mh.weights);
+  EXPECT_NEAR(mh.optimizer, 8 * mf.optimizer, 1e-6 * mh.optimizer);
+}
+
 TEST(StepTimeTest, OverlappedTensorParallelCommIsMostlyHidden) {
   PlanConfig c = gpt_175b_on_a100();
   const StepTime exposed = step_time(c, EfficiencyModel::defaults());
@@ -144,9 +230,9 @@ TEST(StepTimeTest, RecomputeCostsTime) {
 TEST(StepTimeTest, GemmEfficiencyGrowsWithSize) {
   const GpuSpec a100 = *find_gpu("a100-sxm-80g");
   const auto& e = EfficiencyModel::defaults();
-  const double small = gemm_efficiency(a100, e, 512, 512, 512);
-  const double mid = gemm_efficiency(a100, e, 2048, 2304, 9216);
-  const double big = gemm_efficiency(a100, e, 8192, 8192, 8192);
+  const double small = gemm_efficiency(a100, e, MmaIssue::kSync, 512, 512, 512);
+  const double mid = gemm_efficiency(a100, e, MmaIssue::kSync, 2048, 2304, 9216);
+  const double big = gemm_efficiency(a100, e, MmaIssue::kSync, 8192, 8192, 8192);
   EXPECT_LT(small, mid);
   EXPECT_LT(mid, big);
   EXPECT_LT(big, e.gemm_peak_fraction);
@@ -154,9 +240,13 @@ TEST(StepTimeTest, GemmEfficiencyGrowsWithSize) {
   // Hopper doubled the MMA rate per SM but not shared memory: the same GEMM
   // reaches a smaller fraction of a larger peak.
   const GpuSpec h100 = *find_gpu("h100-sxm");
-  EXPECT_LT(gemm_efficiency(h100, e, 8192, 8192, 8192), big - 0.05);
+  EXPECT_LT(gemm_efficiency(h100, e, MmaIssue::kSync, 8192, 8192, 8192), big - 0.05);
+  // Unless its MMAs read shared memory asynchronously (wgmma): then the
+  // feed runs under the MMAs and the same GEMM gains a fifth or more.
+  EXPECT_GT(gemm_efficiency(h100, e, MmaIssue::kAsync, 8192, 8192, 8192),
+            1.2 * gemm_efficiency(h100, e, MmaIssue::kSync, 8192, 8192, 8192));
   // Thin attention-score GEMMs (K = head dim) are far from peak.
-  EXPECT_LT(gemm_efficiency(a100, e, 2048, 2048, 64), 0.5);
+  EXPECT_LT(gemm_efficiency(a100, e, MmaIssue::kSync, 2048, 2048, 64), 0.5);
 }
 
 TEST(StepTimeTest, ZeroThreeMovesMoreDataParallelBytes) {

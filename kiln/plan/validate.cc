@@ -234,7 +234,7 @@ Result<PlanConfig> config_from_csv_row(const std::vector<std::string>& header,
   if (auto v = parse_recompute(rc); v.is_ok()) {
     l.recompute = *v;
   } else {
-    r.fail("recompute", "must be none, selective or full (got '" + rc + "')");
+    r.fail("recompute", "must be none, selective, full or save_qkv (got '" + rc + "')");
   }
   l.zero = static_cast<int>(r.get_int("zero", false, 0, 0));
   if (l.zero > 3) r.fail("zero", "must be 0..3");
@@ -245,6 +245,12 @@ Result<PlanConfig> config_from_csv_row(const std::vector<std::string>& header,
   } else {
     r.fail("attention", "must be flash or unfused (got '" + attn + "')");
   }
+  const std::string mma = r.get_string("mma", false, std::string(mma_name(default_mma(cl.gpu))));
+  if (auto v = parse_mma(mma); v.is_ok()) {
+    l.mma = *v;
+  } else {
+    r.fail("mma", "must be sync or async (got '" + mma + "')");
+  }
   l.overlap_grad_reduce = r.get_bool("overlap_grad_reduce", true);
   l.tp_comm_overlap = r.get_bool("tp_comm_overlap", false);
   l.pp_scatter_gather = r.get_bool("pp_scatter_gather", true);
@@ -252,6 +258,7 @@ Result<PlanConfig> config_from_csv_row(const std::vector<std::string>& header,
   if (l.zero3_param_bytes != 2 && l.zero3_param_bytes != 4) {
     r.fail("zero3_param_bytes", "must be 2 (bf16) or 4 (fp32)");
   }
+  l.zero3_shard_group = r.get_int("zero3_shard_group", false, 0, 0);
   const std::string gather = r.get_string("zero3_gather", false, "layer");
   if (auto v = parse_gather_unit(gather); v.is_ok()) {
     l.zero3_gather = *v;
