@@ -18,6 +18,7 @@
 #include <iterator>
 #include <memory>
 
+#include "kiln/base/fd.h"
 #include "kiln/base/line_forwarder.h"
 #include "kiln/elastic/script_master.h"
 #include "kiln/elastic/worker_env.h"
@@ -29,7 +30,7 @@ namespace {
 struct Child {
   int rank;
   pid_t pid;
-  int out_fd;  // stdout and stderr merged; -1 when closed or not captured
+  Fd out_fd;  // stdout and stderr merged; invalid when closed or not captured
   std::unique_ptr<LineForwarder> output;
   bool exited = false;
   int status = 0;
@@ -80,23 +81,22 @@ int supervise(std::vector<Child>& children, double grace_s) {
     std::vector<pollfd> pfds;
     bool running = false;
     for (auto& c : children) {
-      if (c.out_fd >= 0) pfds.push_back({c.out_fd, POLLIN, 0});
+      if (c.out_fd.valid()) pfds.push_back({c.out_fd.get(), POLLIN, 0});
       running = running || !c.exited;
     }
     if (pfds.empty() && !running) break;
     // Also the reaping tick: a child that captures nothing has no pipe to wake us.
     poll(pfds.data(), pfds.size(), 100);
     for (auto& c : children) {
-      if (c.out_fd < 0) continue;
+      if (!c.out_fd.valid()) continue;
       char buf[65536];
       ssize_t r;
-      while ((r = read(c.out_fd, buf, sizeof(buf))) > 0) {
+      while ((r = read(c.out_fd.get(), buf, sizeof(buf))) > 0) {
         c.output->append(buf, static_cast<size_t>(r));
       }
       if (r == 0) {
         c.output->flush();
-        close(c.out_fd);
-        c.out_fd = -1;
+        c.out_fd.reset();
       }
     }
     for (auto& c : children) {
@@ -176,12 +176,13 @@ Status run_local_ranks(const LocalRanksOptions& o) {
     envp.push_back(nullptr);
     int fds[2] = {-1, -1};
     if (o.prefix_output && pipe2(fds, O_CLOEXEC) != 0) return errno_status("pipe", errno);
+    Fd out_read(fds[0]), out_write(fds[1]);
     pid_t pid = fork();
     if (pid < 0) return errno_status("fork", errno);
     if (pid == 0) {
       if (o.prefix_output) {
-        dup2(fds[1], STDOUT_FILENO);
-        dup2(fds[1], STDERR_FILENO);
+        dup2(out_write.get(), STDOUT_FILENO);
+        dup2(out_write.get(), STDERR_FILENO);
       }
       if (bind_cores) bind_to_core(rank);
       execvpe(argv[0], argv.data(), envp.data());
@@ -190,11 +191,11 @@ Status run_local_ranks(const LocalRanksOptions& o) {
     }
     std::unique_ptr<LineForwarder> forwarder;
     if (o.prefix_output) {
-      close(fds[1]);
-      fcntl(fds[0], F_SETFL, O_NONBLOCK);
+      out_write.reset();
+      fcntl(out_read.get(), F_SETFL, O_NONBLOCK);
       forwarder = std::make_unique<LineForwarder>(fmt::format("[rank {}] ", rank));
     }
-    children.push_back({rank, pid, fds[0], std::move(forwarder)});
+    children.push_back({rank, pid, std::move(out_read), std::move(forwarder)});
   }
 
   int first_failed = supervise(children, o.grace_s);

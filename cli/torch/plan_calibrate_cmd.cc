@@ -34,6 +34,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
+#include "kiln/base/fd.h"
 #include "kiln/base/fs.h"
 #include "kiln/comm/tuning.h"
 #include "kiln/plan/calibration_fit.h"
@@ -61,14 +62,11 @@ Result<std::string> run_capture(const std::vector<std::string>& argv,
                                 std::chrono::seconds timeout) {
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return errno_status("kiln plan calibrate: pipe", errno);
+  Fd out_read(fds[0]), out_write(fds[1]);
   const pid_t pid = fork();
-  if (pid < 0) {
-    close(fds[0]);
-    close(fds[1]);
-    return errno_status("kiln plan calibrate: fork", errno);
-  }
+  if (pid < 0) return errno_status("kiln plan calibrate: fork", errno);
   if (pid == 0) {
-    dup2(fds[1], STDOUT_FILENO);
+    dup2(out_write.get(), STDOUT_FILENO);
     for (const auto& u : unset) unsetenv(u.c_str());
     for (const auto& e : env) {
       const auto eq = e.find('=');
@@ -80,7 +78,7 @@ Result<std::string> run_capture(const std::vector<std::string>& argv,
     execv(args[0], args.data());
     _exit(127);
   }
-  close(fds[1]);
+  out_write.reset();
   std::string out;
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   bool timed_out = false;
@@ -92,16 +90,16 @@ Result<std::string> run_capture(const std::vector<std::string>& argv,
       timed_out = true;
       break;
     }
-    pollfd p{fds[0], POLLIN, 0};
+    pollfd p{out_read.get(), POLLIN, 0};
     const int ready = poll(&p, 1, static_cast<int>(left.count()));
     if (ready < 0 && errno == EINTR) continue;
     if (ready <= 0) continue;
-    const ssize_t n = read(fds[0], buf, sizeof(buf));
+    const ssize_t n = read(out_read.get(), buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     out.append(buf, static_cast<size_t>(n));
   }
-  close(fds[0]);
+  out_read.reset();
   if (timed_out) kill(pid, SIGKILL);
   int status = 0;
   while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {

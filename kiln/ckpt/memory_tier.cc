@@ -511,6 +511,16 @@ Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
                                min_step, world_, options_.dir));
 }
 
+// Note [A local restore beside the stream]: a rank that restores its own
+// snapshot while it sends its predecessor's replica (the survivor beside a
+// rank that lost its memory) has two copies of the same size to make. Done
+// one after the other, the fetching rank waited for both. The local copy is
+// made a round's bytes at a time right after each round of the stream is
+// posted instead, while the peers work on that round. (A thread of its own
+// for the local copy was slower on two cores: the stream's two sides spin
+// on each other, and a third busy thread takes their core. docs/perf.md,
+// issue 19, session 7.)
+
 // Restores step `step` for this rank: sends the predecessor the replica it
 // needs while fetching this rank's own snapshot from the successor, as
 // decided identically on every rank; or reads its own from tmpfs.
@@ -568,6 +578,23 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   }
   std::optional<internal::RestoreSink> sink;
   if (rec.is_ok()) sink.emplace(*rec, rank_, world_, into, where, options_.rows_as_saved);
+  // This rank's own snapshot, copied in the stream's waits (Note [A local
+  // restore beside the stream]). A failure to open it is returned after the
+  // stream, which the peers wait on.
+  std::shared_ptr<internal::MappedFile> own_file;
+  std::optional<internal::FileCopy> own_copy;
+  if (rec.is_ok() && !need_fetch) {
+    auto file = internal::map_existing(dir + "/" + rec->file);
+    if (!file.is_ok()) {
+      rec = file.status();
+    } else if ((*file)->size() != rec->bytes) {
+      rec = data_loss(fmt::format("{}: {} has {} bytes, its record {}", where, (*file)->path(),
+                                  (*file)->size(), rec->bytes));
+    } else {
+      own_file = std::move(*file);
+      own_copy.emplace(*own_file, *sink);
+    }
+  }
   internal::DiscardSink discard;
   if (world_ > 1) {
     Status local;
@@ -575,20 +602,12 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
     if (need_fetch) in = sink ? static_cast<internal::ChunkSink*>(&*sink) : &discard;
     KILN_RETURN_IF_ERROR(internal::stream_ring(*comm, to, send_bin ? &*send_bin : nullptr,
                                                send_size, from, in, need_fetch ? recv_size : 0, t,
-                                               *bounce_, &local));
+                                               *bounce_, &local, own_copy ? &*own_copy : nullptr));
     KILN_RETURN_IF_ERROR(local.with_context(where));
   }
   if (!rec.is_ok()) return rec.status();
-  if (need_fetch) {
-    stats_.fetched_bytes = recv_size;
-  } else {
-    KILN_ASSIGN_OR_RETURN(auto file, internal::map_existing(dir + "/" + rec->file));
-    if (file->size() != rec->bytes) {
-      return data_loss(fmt::format("{}: {} has {} bytes, its record {}", where, file->path(),
-                                   file->size(), rec->bytes));
-    }
-    KILN_RETURN_IF_ERROR(internal::copy_from(*file, *sink));
-  }
+  if (need_fetch) stats_.fetched_bytes = recv_size;
+  if (own_copy) KILN_RETURN_IF_ERROR(own_copy->finish());
   LoadedState st;
   st.step = step;
   st.dir = dir;

@@ -20,6 +20,7 @@
 #include "kiln/data/testing/test_dataset.h"
 #include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/objstore/s3/s3_object_store.h"
+#include "kiln/objstore/s3/testing/s3rver_test.h"
 
 extern char** environ;
 
@@ -27,23 +28,21 @@ namespace kiln::data {
 namespace {
 
 using data::testing::ScratchDir;
-using objstore::s3::LocalS3Server;
 using objstore::s3::S3ObjectStore;
 using objstore::s3::S3Options;
 
 Deadline soon() { return Deadline::after_seconds(20); }
 
 // A test dataset written locally and pushed to s3rver under "ds".
-class S3Dataset : public ::testing::Test {
+class S3Dataset : public objstore::s3::testing::S3rverTest {
  protected:
   void SetUp() override {
-    if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
-    auto server = LocalS3Server::start();
-    ASSERT_TRUE(server.is_ok()) << server.status().to_string();
-    server_ = std::move(server).value();
+    S3rverTest::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
     index_ = data::testing::write_test_dataset(local_.path() + "/ds", 600, 2500);
     ASSERT_GE(index_.shards.size(), 8u);
-    store_ = S3ObjectStore::open(server_->url("ds"), server_->options()).value();
+    store_ = open_store("ds");
+    ASSERT_NE(store_, nullptr);
     auto pushed = push_dataset(local_.path() + "/ds", store_.get(), soon());
     ASSERT_TRUE(pushed.is_ok()) << pushed.status().to_string();
     ASSERT_EQ(pushed->shards, index_.shards.size());
@@ -74,7 +73,6 @@ class S3Dataset : public ::testing::Test {
     }
   }
 
-  std::unique_ptr<LocalS3Server> server_;
   ScratchDir local_, cache_dir_;
   DatasetIndex index_;
   std::unique_ptr<S3ObjectStore> store_;
@@ -82,10 +80,10 @@ class S3Dataset : public ::testing::Test {
 
 TEST_F(S3Dataset, EpochReadsEverySampleOnceThroughTheCache) {
   // Through the URL factory and the standard variables, as `kiln train` opens a dataset.
-  ::setenv("AWS_ENDPOINT_URL", server_->endpoint().c_str(), 1);
+  ::setenv("AWS_ENDPOINT_URL", s3().endpoint().c_str(), 1);
   ::setenv("AWS_ACCESS_KEY_ID", "S3RVER", 1);
   ::setenv("AWS_SECRET_ACCESS_KEY", "S3RVER", 1);
-  auto remote = objstore::open_object_store(server_->url("ds"));
+  auto remote = objstore::open_object_store(s3().url("ds"));
   ASSERT_TRUE(remote.is_ok()) << remote.status().to_string();
   EXPECT_EQ((*remote)->describe(), "s3://kiln-test/ds");
   auto index = read_index(remote->get(), soon());
@@ -105,10 +103,10 @@ TEST_F(S3Dataset, EpochReadsEverySampleOnceThroughTheCache) {
 }
 
 TEST_F(S3Dataset, ServerKilledMidEpochThenRestartedCompletesTheEpoch) {
-  S3Options o = server_->options();
+  S3Options o = s3().options();
   o.max_attempts = 40;
   o.backoff_cap_ms = 100;
-  auto store = S3ObjectStore::open(server_->url("ds"), o).value();
+  auto store = S3ObjectStore::open(s3().url("ds"), o).value();
   ShardCache cache(store.get(), "", {.dir = cache_dir_.path(), .capacity_bytes = 1 << 30});
   std::vector<int> seen(index_.num_samples, 0);
   Status restarted;
@@ -123,7 +121,7 @@ TEST_F(S3Dataset, ServerKilledMidEpochThenRestartedCompletesTheEpoch) {
     s = read_epoch(&cache, index_, &seen, [&](std::uint64_t n) {
       if (n != 0) return;
       std::lock_guard<std::mutex> lock(mu);
-      server_->kill();
+      s3().kill();
       killed = true;
       cv.notify_all();
     });
@@ -132,7 +130,7 @@ TEST_F(S3Dataset, ServerKilledMidEpochThenRestartedCompletesTheEpoch) {
     std::unique_lock<std::mutex> lock(mu);
     ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(20), [&] { return killed; }));
   }
-  restarted = server_->restart();
+  restarted = s3().restart();
   reader.join();
   ASSERT_TRUE(restarted.is_ok()) << restarted.to_string();
   ASSERT_TRUE(s.is_ok()) << s.to_string();
@@ -186,8 +184,8 @@ TEST_F(S3Dataset, TwoProcessesShareOneCacheAndFetchEachShardOnce) {
     for (char** e = environ; *e != nullptr; ++e) {
       if (std::strncmp(*e, "AWS_", 4) != 0) env.emplace_back(*e);
     }
-    env.push_back("KILN_TEST_CHILD_URL=" + server_->url("ds"));
-    env.push_back("AWS_ENDPOINT_URL=" + server_->endpoint());
+    env.push_back("KILN_TEST_CHILD_URL=" + s3().url("ds"));
+    env.push_back("AWS_ENDPOINT_URL=" + s3().endpoint());
     env.push_back("AWS_ACCESS_KEY_ID=S3RVER");
     env.push_back("AWS_SECRET_ACCESS_KEY=S3RVER");
     env.push_back("KILN_TEST_CHILD_CACHE=" + cache_dir_.path());

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "kiln/base/fd.h"
 #include "kiln/base/line_forwarder.h"
 #include "kiln/elastic/worker_env.h"
 
@@ -22,8 +23,8 @@ struct WorkerGroup::Worker {
   int local_rank = 0;
   int rank = 0;
   pid_t pid = -1;
-  int out_fd = -1;  // stdout and stderr, merged
-  int heartbeat_fd = -1;
+  Fd out_fd;  // stdout and stderr, merged
+  Fd heartbeat_fd;
   std::unique_ptr<LineForwarder> output;
   bool exited = false;
   int status = 0;
@@ -67,13 +68,11 @@ Status WorkerGroup::spawn(int local_rank) {
   w->local_rank = local_rank;
   w->rank = spec_.group_rank * spec_.nproc_per_node + local_rank;
   w->output = std::make_unique<LineForwarder>(fmt::format("[rank {}] ", w->rank));
-  int out[2], beat[2];
-  if (pipe2(out, O_CLOEXEC) != 0) return errno_status("pipe", errno);
-  if (pipe2(beat, O_CLOEXEC | O_NONBLOCK) != 0) {
-    close(out[0]);
-    close(out[1]);
-    return errno_status("pipe", errno);
-  }
+  int out_fds[2], beat_fds[2];
+  if (pipe2(out_fds, O_CLOEXEC) != 0) return errno_status("pipe", errno);
+  Fd out[2] = {Fd(out_fds[0]), Fd(out_fds[1])};
+  if (pipe2(beat_fds, O_CLOEXEC | O_NONBLOCK) != 0) return errno_status("pipe", errno);
+  Fd beat[2] = {Fd(beat_fds[0]), Fd(beat_fds[1])};
   // Built before fork: the child only calls async-signal-safe functions.
   auto env = worker_environment(spec_, local_rank, kWorkerHeartbeatFd);
   std::vector<char*> envp;
@@ -90,8 +89,8 @@ Status WorkerGroup::spawn(int local_rank) {
     prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() != parent) _exit(127);  // the agent died before prctl
     setpgid(0, 0);
-    dup2(out[1], STDOUT_FILENO);
-    dup2(out[1], STDERR_FILENO);
+    dup2(out[1].get(), STDOUT_FILENO);
+    dup2(out[1].get(), STDERR_FILENO);
     // Note [The heartbeat is descriptor 3]: the pipe's write end, wherever
     // the agent's descriptor table put it, becomes descriptor 3 in the
     // worker, open across exec (dup2 clears close-on-exec on the copy; the
@@ -100,22 +99,22 @@ Status WorkerGroup::spawn(int local_rank) {
     // syntax error, and an agent started with a few extra descriptors open
     // silently left its shell workers without heartbeats. It is
     // non-blocking, so a write never stalls the worker.
-    if (beat[1] == kWorkerHeartbeatFd) {
-      fcntl(beat[1], F_SETFD, 0);
+    if (beat[1].get() == kWorkerHeartbeatFd) {
+      fcntl(beat[1].get(), F_SETFD, 0);
     } else {
-      dup2(beat[1], kWorkerHeartbeatFd);
+      dup2(beat[1].get(), kWorkerHeartbeatFd);
     }
     execvpe(argv[0], argv.data(), envp.data());
     dprintf(STDERR_FILENO, "kiln run: cannot run %s: %s\n", argv[0], strerror(errno));
     _exit(127);
   }
   setpgid(pid, pid);  // also here, so a kill right after fork reaches the group
-  close(out[1]);
-  close(beat[1]);
-  fcntl(out[0], F_SETFL, O_NONBLOCK);
+  out[1].reset();
+  beat[1].reset();
+  fcntl(out[0].get(), F_SETFL, O_NONBLOCK);
   w->pid = pid;
-  w->out_fd = out[0];
-  w->heartbeat_fd = beat[0];
+  w->out_fd = std::move(out[0]);
+  w->heartbeat_fd = std::move(beat[0]);
   workers_.push_back(std::move(w));
   return Status::ok();
 }
@@ -125,8 +124,8 @@ WorkerGroup::~WorkerGroup() { kill_all(); }
 void WorkerGroup::pump(Clock::duration wait) {
   std::vector<pollfd> fds;
   for (auto& w : workers_) {
-    if (w->out_fd >= 0) fds.push_back({w->out_fd, POLLIN, 0});
-    if (w->heartbeat_fd >= 0) fds.push_back({w->heartbeat_fd, POLLIN, 0});
+    if (w->out_fd.valid()) fds.push_back({w->out_fd.get(), POLLIN, 0});
+    if (w->heartbeat_fd.valid()) fds.push_back({w->heartbeat_fd.get(), POLLIN, 0});
   }
   int ms = static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(wait).count());
   if (!fds.empty()) {
@@ -142,26 +141,22 @@ void WorkerGroup::pump(Clock::duration wait) {
   for (auto& w : workers_) {
     char buf[65536];
     ssize_t r;
-    if (w->heartbeat_fd >= 0) {
-      while ((r = read(w->heartbeat_fd, buf, sizeof(buf))) > 0) {
+    if (w->heartbeat_fd.valid()) {
+      while ((r = read(w->heartbeat_fd.get(), buf, sizeof(buf))) > 0) {
         // Note [What a heartbeat byte means] (worker_link.h): NUL is alive, busy.
         w->beats += r - std::count(buf, buf + r, '\0');
         w->beat_seen = true;
         w->last_beat = now;
       }
-      if (r == 0) {
-        close(w->heartbeat_fd);
-        w->heartbeat_fd = -1;
-      }
+      if (r == 0) w->heartbeat_fd.reset();
     }
-    if (w->out_fd >= 0) {
-      while ((r = read(w->out_fd, buf, sizeof(buf))) > 0) {
+    if (w->out_fd.valid()) {
+      while ((r = read(w->out_fd.get(), buf, sizeof(buf))) > 0) {
         w->output->append(buf, static_cast<size_t>(r));
       }
       if (r == 0) {
         w->output->flush();
-        close(w->out_fd);
-        w->out_fd = -1;
+        w->out_fd.reset();
       }
     }
   }
@@ -252,20 +247,16 @@ void WorkerGroup::kill_all() {
   }
   // Drain what they wrote before dying, then close.
   for (auto& w : workers_) {
-    if (w->out_fd >= 0) {
+    if (w->out_fd.valid()) {
       char buf[65536];
       ssize_t r;
-      while ((r = read(w->out_fd, buf, sizeof(buf))) > 0) {
+      while ((r = read(w->out_fd.get(), buf, sizeof(buf))) > 0) {
         w->output->append(buf, static_cast<size_t>(r));
       }
       w->output->flush();
-      close(w->out_fd);
-      w->out_fd = -1;
+      w->out_fd.reset();
     }
-    if (w->heartbeat_fd >= 0) {
-      close(w->heartbeat_fd);
-      w->heartbeat_fd = -1;
-    }
+    w->heartbeat_fd.reset();
   }
 }
 

@@ -11,6 +11,7 @@
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/remote_load.h"
 #include "kiln/ckpt/retention.h"
+#include "kiln/comm/agree.h"
 #include "kiln/objstore/object_store.h"
 
 namespace kiln::train {
@@ -46,7 +47,14 @@ Result<ckpt::LoadedState> from_storage(const TrainConfig& c, comm::Communicator&
   KILN_RETURN_IF_ERROR(comm.broadcast(&step, 1, comm::DataType::kInt64, 0)->wait(kResumeTimeout));
   if (step < 0) return not_found("no checkpoint to resume from in " + c.checkpoint.dir);
   const std::string dir = fmt::format("{}/step-{}", c.checkpoint.dir, step);
-  return whole ? ckpt::load_step(dir, 0, 1) : ckpt::load_step(dir, comm.rank(), comm.size());
+  auto loaded = whole ? ckpt::load_step(dir, 0, 1) : ckpt::load_step(dir, comm.rank(), comm.size());
+  // Each rank read on its own: one rank's failure (a corrupt or missing
+  // shard where it reads) fails every rank here, naming the rank and the
+  // file, rather than leaving the others in the first collective of
+  // training until its exit aborts the group.
+  Status agreed = comm::agree(comm, loaded.status(), kResumeTimeout);
+  if (!agreed.is_ok()) return agreed.with_context("resume: loading " + dir);
+  return loaded;
 }
 
 // The newest step on an object store (`url`): each rank downloads into its

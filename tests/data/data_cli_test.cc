@@ -14,15 +14,14 @@
 #include "kiln/base/fd.h"
 #include "kiln/base/file.h"
 #include "kiln/data/testing/test_dataset.h"
-#include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/objstore/s3/s3_object_store.h"
+#include "kiln/objstore/s3/testing/s3rver_test.h"
 
 extern char** environ;
 
 namespace kiln::data {
 namespace {
 
-using objstore::s3::LocalS3Server;
 using testing::ScratchDir;
 
 struct KilnRun {
@@ -63,9 +62,13 @@ KilnRun kiln(const std::vector<std::string>& args, const std::vector<std::string
   return r;
 }
 
-class DataCli : public ::testing::Test {
+// A local test dataset, on top of `Base`'s setup (an s3rver for S3rverTest).
+template <class Base>
+class WithDataset : public Base {
  protected:
   void SetUp() override {
+    Base::SetUp();
+    if (this->IsSkipped() || this->HasFatalFailure()) return;
     index_ = testing::write_test_dataset(dir_.path() + "/ds", 300, 3000);
     ASSERT_GE(index_.shards.size(), 3u);
   }
@@ -73,6 +76,8 @@ class DataCli : public ::testing::Test {
   ScratchDir dir_;
   DatasetIndex index_;
 };
+using DataCli = WithDataset<::testing::Test>;
+using DataCliS3 = WithDataset<objstore::s3::testing::S3rverTest>;
 
 TEST_F(DataCli, InspectSummarizesAndVerifyNamesTheCorruptShard) {
   KilnRun ok = kiln({"data", "inspect", ds(), "--verify"}, {}, dir_.path());
@@ -100,13 +105,10 @@ TEST_F(DataCli, InspectSummarizesAndVerifyNamesTheCorruptShard) {
   EXPECT_EQ(plain.exit_code, 0) << "without --verify the index alone is read: " << plain.output;
 }
 
-TEST_F(DataCli, PushToS3ThenInspectAndVerifyThroughTheUrl) {
-  if (!LocalS3Server::installed()) GTEST_SKIP() << LocalS3Server::kNotInstalled;
-  auto server = LocalS3Server::start();
-  ASSERT_TRUE(server.is_ok()) << server.status().to_string();
-  const std::vector<std::string> env = {"AWS_ENDPOINT_URL=" + (*server)->endpoint(),
+TEST_F(DataCliS3, PushToS3ThenInspectAndVerifyThroughTheUrl) {
+  const std::vector<std::string> env = {"AWS_ENDPOINT_URL=" + s3().endpoint(),
                                         "AWS_ACCESS_KEY_ID=S3RVER", "AWS_SECRET_ACCESS_KEY=S3RVER"};
-  const std::string url = (*server)->url("sets/ds");
+  const std::string url = s3().url("sets/ds");
   KilnRun push = kiln({"data", "push", ds(), url}, env, dir_.path());
   ASSERT_EQ(push.exit_code, 0) << push.output;
   EXPECT_NE(push.output.find(fmt::format("pushed {} shards", index_.shards.size())),
@@ -120,7 +122,8 @@ TEST_F(DataCli, PushToS3ThenInspectAndVerifyThroughTheUrl) {
   EXPECT_NE(inspect.output.find("verified"), std::string::npos) << inspect.output;
 
   // A missing shard on the remote is named too.
-  auto store = objstore::s3::S3ObjectStore::open(url, (*server)->options()).value();
+  auto store = open_store("sets/ds");
+  ASSERT_NE(store, nullptr);
   ASSERT_TRUE(store->remove(index_.shards[2].file, Deadline::after_seconds(10)).is_ok());
   KilnRun missing = kiln({"data", "inspect", url, "--verify"}, env, dir_.path());
   EXPECT_EQ(missing.exit_code, 3) << missing.output;
@@ -128,7 +131,7 @@ TEST_F(DataCli, PushToS3ThenInspectAndVerifyThroughTheUrl) {
       << missing.output;
 
   KilnRun no_creds =
-      kiln({"data", "push", ds(), url}, {"AWS_ENDPOINT_URL=" + (*server)->endpoint()}, dir_.path());
+      kiln({"data", "push", ds(), url}, {"AWS_ENDPOINT_URL=" + s3().endpoint()}, dir_.path());
   EXPECT_NE(no_creds.exit_code, 0);
   EXPECT_NE(no_creds.output.find("AWS_ACCESS_KEY_ID"), std::string::npos) << no_creds.output;
 }

@@ -83,7 +83,8 @@ std::byte* MappedSink::place(std::uint64_t offset, std::size_t, std::byte*) {
 
 Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::uint64_t send_bytes,
                    int from, ChunkSink* sink, std::uint64_t recv_bytes,
-                   std::chrono::milliseconds timeout, Bounce& bounce, Status* local_error) {
+                   std::chrono::milliseconds timeout, Bounce& bounce, Status* local_error,
+                   FileCopy* meanwhile) {
   if (source == nullptr) send_bytes = 0;
   if (sink == nullptr) recv_bytes = 0;
   // Every rank runs the same number of rounds (a sendrecv per round, empty
@@ -128,6 +129,7 @@ Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::u
     }
     received_at[slot] = in_n > 0 ? sink->place(off, in_n, bounce.recv(slot)) : nullptr;
     inflight[slot] = comm.sendrecv(out, out_n, to, received_at[slot], in_n, from, DataType::kUInt8);
+    if (meanwhile != nullptr) meanwhile->step(kStreamChunk);
   }
   for (std::int64_t k = std::max<std::int64_t>(0, rounds - 2); k < rounds; ++k) {
     KILN_RETURN_IF_ERROR(finish(k));
@@ -135,13 +137,18 @@ Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::u
   return Status::ok();
 }
 
-Status copy_from(const MappedFile& file, ChunkSink& sink) {
+void FileCopy::step(std::uint64_t bytes) {
   constexpr std::size_t kPiece = std::size_t{1} << 20;
-  for (std::uint64_t off = 0; off < file.size(); off += kPiece) {
-    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kPiece, file.size() - off));
-    KILN_RETURN_IF_ERROR(sink.done(off, n, file.data() + off));
+  for (std::uint64_t copied = 0; copied < bytes && !done(); copied += kPiece) {
+    const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kPiece, file_.size() - off_));
+    status_ = sink_.done(off_, n, file_.data() + off_);
+    off_ += n;
   }
-  return Status::ok();
+}
+
+Status FileCopy::finish() {
+  step(file_.size());
+  return status_;
 }
 
 }  // namespace kiln::ckpt::internal

@@ -106,6 +106,29 @@ class DiscardSink final : public ChunkSink {
 // when the filesystem is full). Errors name the path.
 Result<Fd> open_for_overwrite(const std::string& path, std::uint64_t size);
 
+// Local: the whole of `file` into `sink`, a cache-sized piece at a time
+// (the sink copies each piece where it belongs and checksums it there), in
+// steps a caller can interleave with a stream (stream_ring's `meanwhile`).
+class FileCopy {
+ public:
+  FileCopy(const MappedFile& file, ChunkSink& sink) : file_(file), sink_(sink) {}
+  bool done() const { return off_ >= file_.size() || !status_.is_ok(); }
+  // Copies about `bytes` more (whole pieces); nothing after an error.
+  void step(std::uint64_t bytes);
+  // Copies the rest; the first error of any step.
+  Status finish();
+
+ private:
+  const MappedFile& file_;
+  ChunkSink& sink_;
+  std::uint64_t off_ = 0;
+  Status status_;
+};
+
+inline Status copy_from(const MappedFile& file, ChunkSink& sink) {
+  return FileCopy(file, sink).finish();
+}
+
 // Collective over the ring: sends `send_bytes` of `source` to `to` while
 // receiving `recv_bytes` from `from` into `sink`, kStreamChunk per message,
 // in as many rounds as the longest stream of any rank needs (agreed first),
@@ -114,12 +137,14 @@ Result<Fd> open_for_overwrite(const std::string& path, std::uint64_t size);
 // failure (Aborted/DeadlineExceeded) at once. A source or sink error does not
 // stop the stream (no peer waits on this rank): the first one is stored in
 // `local_error` and the stream runs to its end.
+//
+// `meanwhile` (optional): a local copy advanced by a round's bytes after
+// each round is posted, while the peers' side of it is under way (Note [A
+// local restore beside the stream], memory_tier.cc); the caller finishes
+// what is left of it.
 Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::uint64_t send_bytes,
                    int from, ChunkSink* sink, std::uint64_t recv_bytes,
-                   std::chrono::milliseconds timeout, Bounce& bounce, Status* local_error);
-
-// Local: the whole of `file` into `sink`, a cache-sized piece at a time
-// (the sink copies each piece where it belongs and checksums it there).
-Status copy_from(const MappedFile& file, ChunkSink& sink);
+                   std::chrono::milliseconds timeout, Bounce& bounce, Status* local_error,
+                   FileCopy* meanwhile = nullptr);
 
 }  // namespace kiln::ckpt::internal

@@ -27,12 +27,10 @@ ShmPair::ShmPair(int peer_rank, std::string peer_name, std::shared_ptr<Segment> 
       peer_pid_(peer_pid),
       streaming_bytes_(streaming_bytes) {
   // A pidfd turns "is the peer still alive" into a poll, immune to pid reuse.
-  pidfd_ = static_cast<int>(syscall(SYS_pidfd_open, peer_pid, 0));
+  pidfd_.reset(static_cast<int>(syscall(SYS_pidfd_open, peer_pid, 0)));
 }
 
-ShmPair::~ShmPair() {
-  if (pidfd_ >= 0) close(pidfd_);
-}
+ShmPair::~ShmPair() = default;
 
 void ShmPair::post_send(const void* data, std::size_t len, Request* req) {
   req->pair = this;
@@ -142,8 +140,8 @@ bool ShmPair::progress() {
 
 Status ShmPair::check_alive() {
   bool dead = false;
-  if (pidfd_ >= 0) {
-    pollfd p{pidfd_, POLLIN, 0};
+  if (pidfd_.valid()) {
+    pollfd p{pidfd_.get(), POLLIN, 0};
     dead = poll(&p, 1, 0) > 0 && (p.revents & POLLIN) != 0;
   } else {
     dead = kill(peer_pid_, 0) != 0 && errno == ESRCH;

@@ -16,6 +16,7 @@
 #include <deque>
 #include <memory>
 
+#include "kiln/base/fd.h"
 #include "kiln/comm/transport/pair.h"
 #include "kiln/comm/transport/shm/segment.h"
 
@@ -70,7 +71,7 @@ class ShmPair final : public Pair {
   std::uint64_t in_head_ = 0;   // our copy of in_->head
   Doorbell* peer_bell_;
   int peer_pid_;
-  int pidfd_ = -1;
+  Fd pidfd_;  // invalid where pidfd_open is not available
   std::size_t streaming_bytes_;
 
   std::deque<SendOp> sends_;

@@ -11,22 +11,24 @@
 
 #include <fmt/format.h>
 
+#include "kiln/base/fd.h"
+
 namespace kiln::comm::transport::shm {
 
 Result<std::unique_ptr<Segment>> Segment::create(const std::string& name, SegmentLayout layout,
                                                  int owner_rank) {
-  int fd = shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600);
-  if (fd < 0) return errno_status(fmt::format("create shared memory {}", name), errno);
+  Fd fd(shm_open(name.c_str(), O_CREAT | O_EXCL | O_RDWR, 0600));
+  if (!fd.valid()) return errno_status(fmt::format("create shared memory {}", name), errno);
   std::size_t size = layout.total();
-  if (ftruncate(fd, static_cast<off_t>(size)) != 0) {
+  if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
     int err = errno;
-    close(fd);
+    fd.reset();
     shm_unlink(name.c_str());
     return errno_status(fmt::format("size shared memory {} to {} bytes", name, size), err);
   }
-  void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
   int err = errno;
-  close(fd);
+  fd.reset();  // the mapping keeps the memory
   if (base == MAP_FAILED) {
     shm_unlink(name.c_str());
     return errno_status(fmt::format("map shared memory {} ({} bytes; is /dev/shm full?)", name, size),
@@ -46,17 +48,19 @@ Result<std::unique_ptr<Segment>> Segment::create(const std::string& name, Segmen
 }
 
 Result<std::unique_ptr<Segment>> Segment::open(const std::string& name, int expected_owner) {
-  int fd = shm_open(name.c_str(), O_RDWR, 0600);
-  if (fd < 0) return errno_status(fmt::format("open rank {}'s shared memory {}", expected_owner, name), errno);
+  Fd fd(shm_open(name.c_str(), O_RDWR, 0600));
+  if (!fd.valid()) {
+    return errno_status(fmt::format("open rank {}'s shared memory {}", expected_owner, name),
+                        errno);
+  }
   struct stat st {};
-  if (fstat(fd, &st) != 0 || static_cast<std::size_t>(st.st_size) < sizeof(SegmentHeader)) {
-    close(fd);
+  if (fstat(fd.get(), &st) != 0 || static_cast<std::size_t>(st.st_size) < sizeof(SegmentHeader)) {
     return data_loss(fmt::format("rank {}'s shared memory {} is too small", expected_owner, name));
   }
   std::size_t size = static_cast<std::size_t>(st.st_size);
-  void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+  void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
   int err = errno;
-  close(fd);
+  fd.reset();  // the mapping keeps the memory
   if (base == MAP_FAILED) return errno_status(fmt::format("map shared memory {}", name), err);
   auto* h = static_cast<SegmentHeader*>(base);
   SegmentLayout layout{h->nfifos, h->nslots, h->slot_bytes};

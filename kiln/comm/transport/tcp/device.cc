@@ -11,25 +11,22 @@
 namespace kiln::comm::transport::tcp {
 
 Result<std::unique_ptr<Device>> Device::create() {
-  int epfd = epoll_create1(EPOLL_CLOEXEC);
-  if (epfd < 0) return errno_status("epoll_create1", errno);
-  int stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (stopfd < 0) {
-    close(epfd);
-    return errno_status("eventfd", errno);
-  }
+  Fd epfd(epoll_create1(EPOLL_CLOEXEC));
+  if (!epfd.valid()) return errno_status("epoll_create1", errno);
+  Fd stopfd(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stopfd.valid()) return errno_status("eventfd", errno);
   epoll_event ev{};
   ev.events = EPOLLIN;
   ev.data.ptr = nullptr;
-  epoll_ctl(epfd, EPOLL_CTL_ADD, stopfd, &ev);
-  return std::unique_ptr<Device>(new Device(epfd, stopfd));
+  epoll_ctl(epfd.get(), EPOLL_CTL_ADD, stopfd.get(), &ev);
+  return std::unique_ptr<Device>(new Device(std::move(epfd), std::move(stopfd)));
 }
 
 Status Device::watch(TcpPair* pair) {
   epoll_event ev{};
   ev.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET;
   ev.data.ptr = pair;
-  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, pair->fd(), &ev) != 0) {
+  if (epoll_ctl(epfd_.get(), EPOLL_CTL_ADD, pair->fd(), &ev) != 0) {
     return errno_status("epoll_ctl(ADD)", errno);
   }
   return Status::ok();
@@ -40,7 +37,7 @@ void Device::start() { thread_ = std::thread([this] { loop(); }); }
 void Device::loop() {
   epoll_event events[64];
   while (true) {
-    int n = epoll_wait(epfd_, events, 64, -1);
+    int n = epoll_wait(epfd_.get(), events, 64, -1);
     if (n < 0) {
       if (errno == EINTR) continue;
       log()->error("tcp progress thread: epoll_wait failed: {}", errno);
@@ -55,11 +52,9 @@ void Device::loop() {
 
 Device::~Device() {
   std::uint64_t one = 1;
-  ssize_t ignored = write(stopfd_, &one, sizeof(one));
+  ssize_t ignored = write(stopfd_.get(), &one, sizeof(one));
   (void)ignored;
   if (thread_.joinable()) thread_.join();
-  close(stopfd_);
-  close(epfd_);
 }
 
 }  // namespace kiln::comm::transport::tcp

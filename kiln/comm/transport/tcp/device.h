@@ -8,6 +8,7 @@
 #include <thread>
 #include <vector>
 
+#include "kiln/base/fd.h"
 #include "kiln/base/status.h"
 #include "kiln/comm/transport/tcp/pair.h"
 
@@ -23,11 +24,11 @@ class Device {
   void start();
 
  private:
-  Device(int epfd, int stopfd) : epfd_(epfd), stopfd_(stopfd) {}
+  Device(Fd epfd, Fd stopfd) : epfd_(std::move(epfd)), stopfd_(std::move(stopfd)) {}
   void loop();
 
-  int epfd_;
-  int stopfd_;
+  Fd epfd_;
+  Fd stopfd_;
   std::thread thread_;
 };
 
