@@ -41,6 +41,15 @@ TEST(MemoryCap, TheCgroupsHeadroomLessTheReserve) {
   EXPECT_NE(cap->source.find("limit 400.0 MiB"), std::string::npos) << cap->source;
 }
 
+TEST(MemoryCap, TheDefaultReserveIsATenthOfTheHeadroomAndAtLeast32MiB) {
+  auto small = memory_cap(from_cgroup(-1), cgroup(200, 60));
+  ASSERT_TRUE(small.is_ok()) << small.status().to_string();
+  EXPECT_DOUBLE_EQ(small->mib, 200 - 60 - 32);
+  auto large = memory_cap(from_cgroup(-1), cgroup(1084, 64));
+  ASSERT_TRUE(large.is_ok());
+  EXPECT_DOUBLE_EQ(large->mib, (1084 - 64) * 0.9);
+}
+
 TEST(MemoryCap, TheLowerOfTheConfiguredCapAndTheCgroups) {
   auto lower_configured = memory_cap(from_cgroup(32, 100), cgroup(400, 150));
   ASSERT_TRUE(lower_configured.is_ok());

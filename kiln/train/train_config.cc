@@ -156,8 +156,8 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
   c.parallel.memory_cap_mib = r.get_double("parallel", "memory_cap_mib", false, 0);
   if (c.parallel.memory_cap_mib < 0) r.fail_field("parallel", "memory_cap_mib", "must be >= 0 (0 = no cap)");
   c.parallel.memory_cap_from_cgroup = r.get_bool("parallel", "memory_cap_from_cgroup", false);
-  c.parallel.memory_cgroup_reserve_mib = r.get_double("parallel", "memory_cgroup_reserve_mib", false, 32);
-  if (c.parallel.memory_cgroup_reserve_mib < 0) {
+  c.parallel.memory_cgroup_reserve_mib = r.get_double("parallel", "memory_cgroup_reserve_mib", false, -1);
+  if (r.has("parallel", "memory_cgroup_reserve_mib") && c.parallel.memory_cgroup_reserve_mib < 0) {
     r.fail_field("parallel", "memory_cgroup_reserve_mib", "must be >= 0");
   }
   if (r.has("parallel", "memory_cgroup_reserve_mib") && !c.parallel.memory_cap_from_cgroup) {

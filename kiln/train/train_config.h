@@ -112,10 +112,11 @@ struct ParallelConfig {
   // The cap from the rank's memory cgroup (kiln/base/cgroup_memory.h), which
   // the kernel enforces: its limit, less what the process holds before the
   // model is built, less memory_cgroup_reserve_mib for what is not a tensor
-  // (buffers, stacks, the communicator's staging). With memory_cap_mib also
-  // set, the lower of the two applies (kiln/train/memory_cap.h).
+  // (freed blocks the C allocator keeps, buffers, stacks, the communicator's
+  // staging; < 0: 10% of the headroom, at least 32 MiB). With memory_cap_mib
+  // also set, the lower of the two applies (kiln/train/memory_cap.h).
   bool memory_cap_from_cgroup = false;
-  double memory_cgroup_reserve_mib = 32;
+  double memory_cgroup_reserve_mib = -1;
 
   // 3D parallelism (docs/train.md "Tensor and pipeline parallelism"): the
   // GPT split over tp ranks (Megatron-LM layers) and pp pipeline stages;

@@ -15,7 +15,9 @@
 # With `cgroup`, the cap is the kernel's: every rank runs in a memory cgroup
 # of its own, and [parallel] memory_cap_from_cgroup derives the tensor cap
 # from the cgroup's limit (the part after the allocator checks below).
-#   tests/parallel/memory_cap.sh PATH/TO/kiln [allocator|cgroup]
+# SCALE=large runs docs/perf.md's 170 M-parameter GPT instead (d 768, 12
+# heads, seq 32; 2.6 GiB of state, a cap of 860 MiB; minutes, not in ctest).
+#   [SCALE=large] tests/parallel/memory_cap.sh PATH/TO/kiln [allocator|cgroup]
 set -euo pipefail
 KILN=$(readlink -f "$1")
 MODE=${2:-allocator}
@@ -25,15 +27,17 @@ trap '[ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"' EXIT
 cd "$WORK"
 CAP_MIB=97
 LOW_MIB=80  # over zero3's 72.8 MiB of shares, under a step's peak
-"$KILN" data convert text data /usr/share/games/fortunes/wisdom --seq-len 16 >/dev/null
+SEQ=16 D_MODEL=256 HEADS=4
+if [ "${SCALE:-small}" = large ]; then CAP_MIB=860 LOW_MIB=700 SEQ=32 D_MODEL=768 HEADS=12; fi
+"$KILN" data convert text data /usr/share/games/fortunes/wisdom --seq-len $SEQ >/dev/null
 cat > gpt.toml <<TOML
 [model]
 kind = "gpt"
 vocab = 256
-seq_len = 16
-d_model = 256
+seq_len = $SEQ
+d_model = $D_MODEL
 layers = 24
-heads = 4
+heads = $HEADS
 positions = "rotary"
 
 [data]
