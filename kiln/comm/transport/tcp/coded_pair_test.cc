@@ -146,12 +146,23 @@ TEST(CodedTcpPair, ReceiverGetsAndReducesExactlyTheBytesSent) {
 TEST(CodedTcpPair, AutoCodesOnlyWhileTheLinkIsSlowerThanTheThreshold) {
   const std::size_t n = PlaneCodec::kChunkWords;
   std::vector<float> sent = gradient_like(n, 5), got(n);
-  for (const char* below : {"0.000001", "1000000000"}) {  // MB/s: loopback is above, then below
+  // MB/s (loopback is above, then below) and idle cores (none needed, then
+  // more than any host has).
+  struct Case {
+    const char* below;
+    const char* idle;
+    unsigned coded;
+  };
+  for (Case k : {Case{"0.000001", "0", 0}, Case{"1000000000", "0", 2},
+                 Case{"1000000000", "100000", 0}}) {
+    const char* below = k.below;
     ::setenv("KILN_TCP_CODE", "auto", 1);
     ::setenv("KILN_TCP_CODE_BELOW_MBPS", below, 1);
+    ::setenv("KILN_TCP_CODE_MIN_IDLE_CORES", k.idle, 1);
     Connected c;
     ::unsetenv("KILN_TCP_CODE");
     ::unsetenv("KILN_TCP_CODE_BELOW_MBPS");
+    ::unsetenv("KILN_TCP_CODE_MIN_IDLE_CORES");
     for (int i = 0; i < 3; ++i) {  // the first measures the link, uncoded
       Request s, r;
       c.a->post_send(sent.data(), n * 4, &s);
@@ -160,7 +171,7 @@ TEST(CodedTcpPair, AutoCodesOnlyWhileTheLinkIsSlowerThanTheThreshold) {
       ASSERT_TRUE(r.status().is_ok());
       ASSERT_EQ(std::memcmp(got.data(), sent.data(), n * 4), 0);
     }
-    EXPECT_EQ(c.a->code_stats().messages, std::string(below) == "0.000001" ? 0u : 2u) << below;
+    EXPECT_EQ(c.a->code_stats().messages, k.coded) << below << " MB/s, " << k.idle << " cores";
   }
 }
 

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -49,6 +50,45 @@ const Knob<double> kCodeBelowMBps{
 // uncoded to measure the link again. The decision is the sender's alone: each
 // message says in its header whether it is coded, and receivers take both.
 constexpr int kProbeEvery = 32;
+
+const Knob<double> kCodeMinIdleCores{
+    "KILN_TCP_CODE_MIN_IDLE_CORES", 0.5,
+    "KILN_TCP_CODE=auto codes only while the host had at least this many idle cores since the "
+    "last look (/proc/stat, at most every 50 ms)"};
+
+// Note [Coding only with a spare core]: a slow link is not enough. Where
+// the ranks' compute fills every core (two ranks on a 2-core host, DDP's
+// backward), the coder's CPU comes out of backward and costs more than the
+// link time it saves (docs/perf.md, issue 24, session 7). So auto also asks
+// the host: the idle cores over the time since the last look, process-wide.
+double idle_cores_recently() {
+  static std::mutex mu;
+  static std::uint64_t last_total = 0, last_idle = 0;
+  static auto last_at = std::chrono::steady_clock::time_point{};
+  static double idle_cores = 0;
+  static const double cores = static_cast<double>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
+  std::lock_guard lock(mu);
+  auto now = std::chrono::steady_clock::now();
+  if (now - last_at < std::chrono::milliseconds(50)) return idle_cores;
+  std::FILE* f = std::fopen("/proc/stat", "r");
+  if (f == nullptr) return idle_cores;
+  unsigned long long v[8] = {};
+  int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                      &v[3], &v[4], &v[5], &v[6], &v[7]);
+  std::fclose(f);
+  if (n < 5) return idle_cores;
+  std::uint64_t total = 0;
+  for (auto x : v) total += x;
+  std::uint64_t idle = v[3] + v[4];
+  if (last_total != 0 && total > last_total) {
+    idle_cores = cores * static_cast<double>(idle - last_idle) /
+                 static_cast<double>(total - last_total);
+  }
+  last_total = total;
+  last_idle = idle;
+  last_at = now;
+  return idle_cores;
+}
 
 CodeMode code_mode() {
   std::string m = kCode.get();
@@ -91,7 +131,8 @@ TcpPair::TcpPair(int peer_rank, std::string peer_name, Fd fd, Doorbell* bell)
       fd_(std::move(fd)),
       bell_(bell),
       code_mode_(code_mode()),
-      code_below_bytes_per_s_(kCodeBelowMBps.get() * 1e6) {
+      code_below_bytes_per_s_(kCodeBelowMBps.get() * 1e6),
+      code_min_idle_cores_(kCodeMinIdleCores.get()) {
   (void)net::set_nonblocking(fd_.get());
   (void)net::set_nodelay(fd_.get());
   set_congestion(fd_.get());
@@ -152,6 +193,7 @@ bool TcpPair::should_code_locked(std::size_t len) {
   if (!may_be_coded(len) || code_mode_ == CodeMode::kOff) return false;
   if (code_mode_ == CodeMode::kOn) return true;
   if (plain_rate_ <= 0 || plain_rate_ >= code_below_bytes_per_s_) return false;
+  if (idle_cores_recently() < code_min_idle_cores_) return false;
   if (++coded_since_probe_ > kProbeEvery) {
     coded_since_probe_ = 0;
     return false;

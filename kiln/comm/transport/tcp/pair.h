@@ -125,6 +125,7 @@ class TcpPair final : public Pair {
   // Coding (Note [Coding payloads for slow links]); all guarded by mu_.
   CodeMode code_mode_;
   double code_below_bytes_per_s_;
+  double code_min_idle_cores_;
   std::unique_ptr<PlaneCodec> codec_;  // made on first use
   std::vector<char> coded_out_;        // the chunk being sent
   std::size_t coded_out_len_ = 0, coded_out_sent_ = 0;
