@@ -5,16 +5,16 @@
 // Prints one JSON line: coded_fraction (wire bytes over raw), and encode and
 // decode throughput in raw MB/s, each the median of --runs passes; the
 // coder must beat the link it codes for by a wide margin (docs/perf.md).
+#include <fmt/format.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <vector>
-
-#include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "cli/command.h"
 #include "kiln/comm/transport/tcp/plane_codec.h"
@@ -51,7 +51,8 @@ Status bench_codec(const CodecArgs& a) {
   const std::size_t words = raw.size() / 4;
   if (words == 0) return invalid_argument("bench codec: no float32 values in the input");
   PlaneCodec codec;
-  std::vector<char> coded(words / PlaneCodec::kChunkWords * PlaneCodec::bound(PlaneCodec::kChunkWords) +
+  std::vector<char> coded(words / PlaneCodec::kChunkWords *
+                              PlaneCodec::bound(PlaneCodec::kChunkWords) +
                           PlaneCodec::bound(PlaneCodec::kChunkWords));
   std::vector<char> back(words * 4);
   std::vector<double> enc, dec;
@@ -68,7 +69,8 @@ Status bench_codec(const CodecArgs& a) {
     for (std::size_t w = 0; w < words; w += PlaneCodec::kChunkWords) {
       CodedChunkHeader h;
       std::memcpy(&h, coded.data() + at, sizeof(h));
-      KILN_RETURN_IF_ERROR(codec.decode(h, coded.data() + at + sizeof(h), back.data() + 4 * w, "bench"));
+      KILN_RETURN_IF_ERROR(
+          codec.decode(h, coded.data() + at + sizeof(h), back.data() + 4 * w, "bench"));
       at += sizeof(h) + 3 * std::size_t{h.words} + h.high_len;
     }
     auto t2 = std::chrono::steady_clock::now();

@@ -2,6 +2,8 @@
 // links]): the codec restores every bit, the receiver gets (and reduces) the
 // bytes that were sent, and a corrupt or cut-short coded message fails with
 // an error naming the peer and the chunk.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -12,9 +14,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <fmt/format.h>
-#include <gtest/gtest.h>
 
 #include "kiln/comm/transport/tcp/pair.h"
 #include "kiln/comm/transport/tcp/plane_codec.h"
@@ -115,8 +114,8 @@ TEST(CodedTcpPair, ReceiverGetsAndReducesExactlyTheBytesSent) {
 
   Request s2, r2;
   c.a->post_send(sent.data(), n * 4, &s2);
-  c.b->post_recv_reduce(sum.data(), local.data(), n * 4, Reducer{DataType::kFloat32, ReduceOp::kSum},
-                        &r2);
+  c.b->post_recv_reduce(sum.data(), local.data(), n * 4,
+                        Reducer{DataType::kFloat32, ReduceOp::kSum}, &r2);
   drive(*c.a, *c.b, s2, r2);
   ASSERT_TRUE(r2.status().is_ok()) << r2.status().to_string();
   for (std::size_t i = 0; i < n; ++i) {
@@ -153,8 +152,8 @@ TEST(CodedTcpPair, AutoCodesOnlyWhileTheLinkIsSlowerThanTheThreshold) {
     const char* idle;
     unsigned coded;
   };
-  for (Case k : {Case{"0.000001", "0", 0}, Case{"1000000000", "0", 2},
-                 Case{"1000000000", "100000", 0}}) {
+  for (Case k :
+       {Case{"0.000001", "0", 0}, Case{"1000000000", "0", 2}, Case{"1000000000", "100000", 0}}) {
     const char* below = k.below;
     ::setenv("KILN_TCP_CODE", "auto", 1);
     ::setenv("KILN_TCP_CODE_BELOW_MBPS", below, 1);
@@ -180,7 +179,7 @@ struct RawPeer {
   Doorbell bell;
   int raw = -1;
   std::unique_ptr<TcpPair> pair;
-  std::string script;  // what the peer writes
+  std::string script;    // what the peer writes
   bool hang_up = false;  // close after writing the script
   RawPeer() {
     int sv[2];

@@ -1,11 +1,10 @@
 #include "kiln/comm/transport/tcp/plane_codec.h"
 
+#include <fmt/format.h>
 #include <zstd.h>
 
 #include <algorithm>
 #include <cstring>
-
-#include <fmt/format.h>
 
 #include "kiln/base/logging.h"
 
