@@ -7,6 +7,7 @@
 // coder must beat the link it codes for by a wide margin (docs/perf.md).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
