@@ -7,7 +7,9 @@
 #   pytorch's compute floor (the same step without communication),
 #   pytorch's all_reduce of all gradients alone (84 MB),
 #   kiln bench ddp (Kiln DDP, and its own compute floor), kiln bench comm
-#   (Kiln's allreduce of the same bytes).
+#   (Kiln's allreduce of the same bytes), once per --code-modes mode of
+#   KILN_TCP_CODE (default "auto off": byte-plane coded on this slow link,
+#   and uncoded, side by side; rows of "off" say "uncoded").
 # The model: five Linear(2048, 2048) (20.98 M parameters), batch 768 per rank.
 # A step is zero_grad + forward + loss + backward until gradients are averaged.
 # Prints one table: per system the median step over rounds and its range,
@@ -19,7 +21,7 @@
 #
 #   bench/ddp_vs_pytorch.sh [--rounds 3] [--rate 1gbit] [--batch 768] [--steps 6]
 #                           [--bucket-mib 25] [--kiln PATH] [--json]
-#                           [--keep FILE] [--from FILE]
+#                           [--keep FILE] [--from FILE] [--code-modes "auto off"]
 # --keep appends each round's raw results to FILE; --from FILE runs nothing
 # and prints the table of the rounds kept there (so rounds can run in
 # separate short sittings).
@@ -36,6 +38,7 @@ BUCKET_MIB=25
 JSON=0
 KEEP=
 FROM=
+CODE_MODES="auto off"
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -47,6 +50,7 @@ while [ $# -gt 0 ]; do
     --json) JSON=1; shift ;;
     --keep) KEEP=$2; shift 2 ;;
     --from) FROM=$2; shift 2 ;;
+    --code-modes) CODE_MODES=$2; shift 2 ;;
     *) echo "ddp_vs_pytorch: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -66,9 +70,16 @@ RUNS=(
   "$PY --mode ddp --bucket-mb 5"
   "$PY --mode floor"
   "$PY --mode allreduce"
-  "\$KILN bench ddp --json $SHAPE --steps $STEPS --warmup 2 --bucket-mib $BUCKET_MIB"
-  "\$KILN bench comm --json -o allreduce -b $GRAD_BYTES -e $GRAD_BYTES -n $STEPS -w 2"
 )
+# Kiln once per KILN_TCP_CODE mode (Note [Coding payloads for slow links]),
+# each row tagged with it.
+for mode in $CODE_MODES; do
+  TAG="jq -c '. + {tcp_code: \"$mode\"}'"
+  RUNS+=(
+    "KILN_TCP_CODE=$mode \$KILN bench ddp --json $SHAPE --steps $STEPS --warmup 2 --bucket-mib $BUCKET_MIB | $TAG"
+    "KILN_TCP_CODE=$mode \$KILN bench comm --json -o allreduce -b $GRAD_BYTES -e $GRAD_BYTES -n $STEPS -w 2 | $TAG"
+  )
+done
 EXEC_ARGS=()
 for r in "${RUNS[@]}"; do EXEC_ARGS+=(--exec "$r"); done
 
@@ -88,38 +99,44 @@ else
   [ -z "$KEEP" ] || cat "$ALL" >>"$KEEP"
 fi
 
-# One row per system and round: {round, system, step_s}.
+# One row per system and round: {round, system, step_s}. Kiln's rows from a
+# KILN_TCP_CODE=off run say "(uncoded)".
 jq -s -c '
   map(
+    ((.tcp_code // "auto") as $m | if $m == "off" then " (uncoded)" elif $m == "auto" then "" else " (code \($m))" end) as $v |
     if .system == "pytorch" then
       {round, system: (if .mode == "ddp" then "pytorch ddp \(.bucket_mb) MB buckets"
                        elif .mode == "floor" then "pytorch compute floor"
                        else "pytorch allreduce alone" end), step_s}
     elif has("step_b_slowest_s") then
-      ({round, system: "kiln ddp \(.bucket_cap_mib) MiB buckets", step_s: .step_b_slowest_s},
-       {round, system: "kiln compute floor", step_s: .compute_s},
-       {round, system: "kiln ddp backward (with hooks)", step_s: .ddp_backward_s},
-       {round, system: "kiln exposed comm", step_s: .exposed_comm_s},
-       {round, system: "kiln first bucket ready", step_s: .last_buckets[0][1]},
-       {round, system: "kiln forward", step_s: (.compute_s - .backward_s)})
-    else {round, system: "kiln allreduce alone", step_s: (.results[0].time_us / 1e6)} end)
+      ({round, system: "kiln ddp \(.bucket_cap_mib) MiB buckets\($v)", step_s: .step_b_slowest_s},
+       {round, system: "kiln compute floor\($v)", step_s: .compute_s},
+       {round, system: "kiln ddp backward (with hooks)\($v)", step_s: .ddp_backward_s},
+       {round, system: "kiln exposed comm\($v)", step_s: .exposed_comm_s},
+       {round, system: "kiln first bucket ready\($v)", step_s: .last_buckets[0][1]},
+       {round, system: "kiln forward\($v)", step_s: (.compute_s - .backward_s)})
+    else {round, system: "kiln allreduce alone\($v)", step_s: (.results[0].time_us / 1e6)} end)
   | . as $rows
   | def med: sort | if length % 2 == 1 then .[length / 2 | floor] else (.[length / 2 - 1] + .[length / 2]) / 2 end;
-    def ratio(f): [$rows | group_by(.round)[] | (map(select(.system | startswith("kiln ddp") and endswith("buckets")))[0].step_s) / f] | med;
+    def one($s): map(select(.system == $s))[0].step_s;
+    # Per variant ($v: "" or " (uncoded)"), each ratio taken within a round.
+    def ratio($v; f): [$rows | group_by(.round)[] | (map(select(.system | startswith("kiln ddp") and endswith("buckets\($v)")))[0].step_s) / f] | med;
+    def variant($v):
+     {kiln_over_best_pytorch: ratio($v; map(select(.system | startswith("pytorch ddp"))) | map(.step_s) | min),
+      kiln_over_floor: ratio($v; one("kiln compute floor\($v)")),
+      # Nothing can be sent before the first gradient exists, and all 84 MB
+      # must cross the link: forward + first gradient + the allreduce alone.
+      kiln_over_bound: ratio($v; one("kiln forward\($v)") + one("kiln first bucket ready\($v)") +
+                                 one("kiln allreduce alone\($v)")),
+      kiln_allreduce_over_gloo: ([$rows | group_by(.round)[] |
+         one("kiln allreduce alone\($v)") / one("pytorch allreduce alone")] | med)};
     {systems: [group_by(.system)[] | {system: .[0].system, median_s: (map(.step_s) | med),
                                       min_s: (map(.step_s) | min), max_s: (map(.step_s) | max),
                                       rounds: length}],
-     kiln_over_best_pytorch: ratio(map(select(.system | startswith("pytorch ddp"))) | map(.step_s) | min),
-     kiln_over_floor: ratio(map(select(.system == "kiln compute floor"))[0].step_s),
-     # Nothing can be sent before the first gradient exists, and all 84 MB
-     # must cross the link: forward + first gradient + the allreduce alone.
-     kiln_over_bound: ratio(
-        (map(select(.system == "kiln forward"))[0].step_s) +
-        (map(select(.system == "kiln first bucket ready"))[0].step_s) +
-        (map(select(.system == "kiln allreduce alone"))[0].step_s)),
-     kiln_allreduce_over_gloo: ([$rows | group_by(.round)[] |
-        (map(select(.system == "kiln allreduce alone"))[0].step_s) /
-        (map(select(.system == "pytorch allreduce alone"))[0].step_s)] | med)}' "$ALL" >"$ALL.summary"
+     variants: ([$rows[] | .system | select(startswith("kiln ddp") and endswith("buckets") or endswith("buckets (uncoded)"))
+                 | if endswith("(uncoded)") then " (uncoded)" else "" end] | unique
+                | map({key: (if . == "" then "coded" else "uncoded" end), value: variant(.)}) | from_entries)}
+    | . + (.variants.coded // .variants.uncoded)' "$ALL" >"$ALL.summary"
 if [ "$JSON" = 1 ]; then
   cat "$ALL.summary"
 else
@@ -130,4 +147,6 @@ else
          "kiln step / compute floor:     \(.kiln_over_floor * 1000 | round / 1000)  (target <= 1.15)",
          "kiln step / link bound:        \(.kiln_over_bound * 1000 | round / 1000)  (forward + first gradient + allreduce alone)",
          "kiln allreduce / gloo:         \(.kiln_allreduce_over_gloo * 1000 | round / 1000)  (target <= 1.0)"' "$ALL.summary"
+  jq -r 'select(.variants.coded and .variants.uncoded) | .variants.uncoded |
+         "uncoded (KILN_TCP_CODE=off): step / best pytorch \(.kiln_over_best_pytorch * 1000 | round / 1000), / floor \(.kiln_over_floor * 1000 | round / 1000), / link bound \(.kiln_over_bound * 1000 | round / 1000), allreduce / gloo \(.kiln_allreduce_over_gloo * 1000 | round / 1000)"' "$ALL.summary"
 fi

@@ -9,7 +9,9 @@ entropy (what a byte-wise entropy coder can reach) and what Debian's `zstd
 -1` reaches, split into planes ("shuffled") and on the plain bytes. Prints
 one JSON line. Lossless, so a transport using it would keep every bit of
 the result.
-  /usr/bin/python3 bench/grad_compressibility.py [--batch 768] [--steps 3]
+  /usr/bin/python3 bench/grad_compressibility.py [--batch 768] [--steps 3] [--dump FILE]
+--dump writes the gradients' raw float32 bytes to FILE (the input of
+`kiln bench codec --file FILE`).
 """
 import argparse
 import json
@@ -41,6 +43,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=768)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--dump", help="write the raw float32 gradients here")
     a = ap.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -52,6 +55,8 @@ def main():
         torch.nn.functional.mse_loss(model(x), y).backward()
         opt.step()
     grads = torch.cat([p.grad.reshape(-1) for p in model.parameters()]).numpy()
+    if a.dump:
+        grads.tofile(a.dump)
     planes = grads.view(np.uint8).reshape(-1, 4)
     t0 = time.perf_counter()
     zstd_planes = [zstd_size(np.ascontiguousarray(planes[:, k]).tobytes()) for k in range(4)]

@@ -202,7 +202,9 @@ Status check_sendrecv(Communicator& c, std::size_t count) {
 // kShmStreaming: shared memory with every received message written by
 // streaming stores (Note [Streaming stores for large messages]), which
 // normally only messages of 16 MiB and more are.
-enum class Layout { kShm, kTcp, kTwoPerHost, kShmStreaming };
+// kTcpCoded: tcp with every large message byte-plane coded (Note [Coding
+// payloads for slow links]), which normally only slow links' are.
+enum class Layout { kShm, kTcp, kTwoPerHost, kShmStreaming, kTcpCoded };
 
 struct Case {
   int world;
@@ -213,6 +215,7 @@ std::string case_name(const ::testing::TestParamInfo<Case>& info) {
   const char* l = info.param.layout == Layout::kShm           ? "shm"
                   : info.param.layout == Layout::kTcp         ? "tcp"
                   : info.param.layout == Layout::kShmStreaming ? "shm_streaming"
+                  : info.param.layout == Layout::kTcpCoded     ? "tcp_coded"
                                                                : "two_per_host";
   return fmt::format("world{}_{}", info.param.world, l);
 }
@@ -222,7 +225,10 @@ testing::RunOptions options_for(Layout layout) {
   o.deadline = std::chrono::seconds(240);
   o.comm.transport_from_env = false;
   o.comm.algo_from_env = false;
-  o.comm.connect.mode = layout == Layout::kTcp ? transport::TransportMode::kTcp : transport::TransportMode::kAuto;
+  o.comm.connect.mode = layout == Layout::kTcp || layout == Layout::kTcpCoded
+                            ? transport::TransportMode::kTcp
+                            : transport::TransportMode::kAuto;
+  o.env["KILN_TCP_CODE"] = layout == Layout::kTcpCoded ? "on" : "off";
   if (layout == Layout::kTwoPerHost) {
     o.env_for_rank = [](int rank) {
       return std::map<std::string, std::string>{{"KILN_HOST_ID", fmt::format("host{}", rank / 2)}};
@@ -289,7 +295,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{5, Layout::kTcp}, Case{8, Layout::kTcp},
                       Case{4, Layout::kTwoPerHost}, Case{5, Layout::kTwoPerHost},
                       Case{8, Layout::kTwoPerHost}, Case{2, Layout::kShmStreaming},
-                      Case{3, Layout::kShmStreaming}),
+                      Case{3, Layout::kShmStreaming}, Case{2, Layout::kTcpCoded},
+                      Case{3, Layout::kTcpCoded}),
     case_name);
 
 // Note [16-bit floats accumulate in float32]: non-integer inputs whose sums

@@ -298,10 +298,14 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
   Status first_error;
   stats_.bytes = 0;
   stats_.collectives.clear();
-  for (auto& b : buckets_) {
+  for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    auto& b = buckets_[i];
     if (!b.work) return internal_error("DDP: a bucket was never launched");
     Status s = b.work->wait();
-    if (!s.is_ok() && first_error.is_ok()) first_error = s.with_context("DDP gradient allreduce");
+    if (!s.is_ok() && first_error.is_ok()) {
+      first_error = s.with_context(
+          fmt::format("DDP gradient allreduce of bucket {} of {}", i, buckets_.size()));
+    }
     stats_.bytes += static_cast<std::size_t>(b.buffer.numel()) * b.buffer.element_size();
     const torch::Tensor& sent = b.wire.defined() && options_.compress_bf16 ? b.wire : b.buffer;
     auto at = [&](Clock::time_point t) {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include <fmt/format.h>
@@ -24,6 +25,82 @@ const Knob<std::string> kCongestion{
     "KILN_TCP_CONGESTION", "cubic",
     "TCP congestion control of the tcp transport's connections; \"system\": the host's "
     "default (net.ipv4.tcp_congestion_control)"};
+
+const Knob<std::string> kCode{
+    "KILN_TCP_CODE", "auto",
+    "byte-plane coding of large float32-sized messages on tcp pairs (Note [Coding payloads for "
+    "slow links]): \"auto\" (when the pair's measured send rate is below "
+    "KILN_TCP_CODE_BELOW_MBPS), \"on\", \"off\""};
+const Knob<double> kCodeBelowMBps{
+    "KILN_TCP_CODE_BELOW_MBPS", 300.0,
+    "KILN_TCP_CODE=auto codes a pair's large messages while its uncoded send rate is below this, "
+    "MB/s"};
+
+// Note [Coding payloads for slow links]: on a link slower than a core can
+// code, sending each large message of 4-byte words byte-plane coded (Note
+// [Byte-plane coding of float32 payloads]) takes ~15% of the bytes off the
+// wire for gradients, and the receiver gets exactly the bytes that were sent
+// before coding, so every reduction's result is bit-identical. Coding costs
+// CPU (encode ~0.85 GB/s, decode ~2.6 GB/s on one core here), which pays only
+// where the link, not the CPU, limits: KILN_TCP_CODE=auto measures each
+// pair's uncoded rate on its large sends and codes while that rate is below
+// KILN_TCP_CODE_BELOW_MBPS (300 MB/s: 1 and 2.5 Gbit/s links, not 10 Gbit/s
+// or loopback, where the coder would become the bottleneck; docs/perf.md,
+// issue 24, has the measurements). Every kProbeEvery coded messages one goes
+// uncoded to measure the link again. The decision is the sender's alone: each
+// message says in its header whether it is coded, and receivers take both.
+constexpr int kProbeEvery = 32;
+
+const Knob<double> kCodeMinIdleCores{
+    "KILN_TCP_CODE_MIN_IDLE_CORES", 0.5,
+    "KILN_TCP_CODE=auto codes only while the host had at least this many idle cores since the "
+    "last look (/proc/stat, at most every 50 ms)"};
+
+// Note [Coding only with a spare core]: a slow link is not enough. Where
+// the ranks' compute fills every core (two ranks on a 2-core host, DDP's
+// backward), the coder's CPU comes out of backward and costs more than the
+// link time it saves (docs/perf.md, issue 24, session 7). So auto also asks
+// the host: the idle cores over the time since the last look, process-wide.
+double idle_cores_recently() {
+  static std::mutex mu;
+  static std::uint64_t last_total = 0, last_idle = 0;
+  static auto last_at = std::chrono::steady_clock::time_point{};
+  static double idle_cores = 0;
+  static const double cores = static_cast<double>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
+  std::lock_guard lock(mu);
+  auto now = std::chrono::steady_clock::now();
+  if (now - last_at < std::chrono::milliseconds(50)) return idle_cores;
+  std::FILE* f = std::fopen("/proc/stat", "r");
+  if (f == nullptr) return idle_cores;
+  unsigned long long v[8] = {};
+  int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
+                      &v[3], &v[4], &v[5], &v[6], &v[7]);
+  std::fclose(f);
+  if (n < 5) return idle_cores;
+  std::uint64_t total = 0;
+  for (auto x : v) total += x;
+  std::uint64_t idle = v[3] + v[4];
+  if (last_total != 0 && total > last_total) {
+    idle_cores = cores * static_cast<double>(idle - last_idle) /
+                 static_cast<double>(total - last_total);
+  }
+  last_total = total;
+  last_idle = idle;
+  last_at = now;
+  return idle_cores;
+}
+
+CodeMode code_mode() {
+  std::string m = kCode.get();
+  if (m == "on") return CodeMode::kOn;
+  if (m == "off") return CodeMode::kOff;
+  if (m != "auto") {
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true))
+      log()->warn("KILN_TCP_CODE={}: expected auto, on or off; using auto", m);
+  }
+  return CodeMode::kAuto;
+}
 
 // Note [Congestion control of a collective's connections]: under BBR (a
 // common host default, this one's too) a connection that has carried data
@@ -50,7 +127,12 @@ void set_congestion(int fd) {
 }  // namespace
 
 TcpPair::TcpPair(int peer_rank, std::string peer_name, Fd fd, Doorbell* bell)
-    : Pair(peer_rank, std::move(peer_name)), fd_(std::move(fd)), bell_(bell) {
+    : Pair(peer_rank, std::move(peer_name)),
+      fd_(std::move(fd)),
+      bell_(bell),
+      code_mode_(code_mode()),
+      code_below_bytes_per_s_(kCodeBelowMBps.get() * 1e6),
+      code_min_idle_cores_(kCodeMinIdleCores.get()) {
   (void)net::set_nonblocking(fd_.get());
   (void)net::set_nodelay(fd_.get());
   set_congestion(fd_.get());
@@ -62,7 +144,9 @@ void TcpPair::post_send(const void* data, std::size_t len, Request* req) {
   req->pair = this;
   std::lock_guard lock(mu_);
   if (!error_.is_ok()) return req->fail(error_);
-  sends_.push_back({{kMessageMagic, 0, len}, static_cast<const char*>(data), len, 0, req});
+  bool coded = should_code_locked(len);
+  sends_.push_back({{kMessageMagic, coded ? kCodedMessage : 0, len},
+                    static_cast<const char*>(data), len, 0, req, coded});
   write_locked();  // small messages usually leave right here
 }
 
@@ -105,10 +189,83 @@ bool TcpPair::drive_locked() {
   return a || b;
 }
 
+bool TcpPair::should_code_locked(std::size_t len) {
+  if (!may_be_coded(len) || code_mode_ == CodeMode::kOff) return false;
+  if (code_mode_ == CodeMode::kOn) return true;
+  if (plain_rate_ <= 0 || plain_rate_ >= code_below_bytes_per_s_) return false;
+  if (idle_cores_recently() < code_min_idle_cores_) return false;
+  if (++coded_since_probe_ > kProbeEvery) {
+    coded_since_probe_ = 0;
+    return false;
+  }
+  return true;
+}
+
+void TcpPair::note_send_rate_locked(const SendOp& op) {
+  if (op.coded || !may_be_coded(op.len)) return;
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - op.started).count();
+  if (s <= 0) return;
+  double rate = static_cast<double>(op.len) / s;
+  plain_rate_ = plain_rate_ <= 0 ? rate : 0.5 * (plain_rate_ + rate);
+}
+
+TcpPair::CodeStats TcpPair::code_stats() {
+  std::lock_guard lock(mu_);
+  return code_stats_;
+}
+
+// Sends op's header, then its chunks, each coded when the previous one has
+// left; the socket's buffer keeps the link busy while the next is coded.
+bool TcpPair::write_coded_locked(SendOp& op) {
+  constexpr std::size_t kHdr = sizeof(MessageHeader);
+  if (!codec_) codec_ = std::make_unique<PlaneCodec>();
+  if (coded_out_.empty()) coded_out_.resize(PlaneCodec::bound(PlaneCodec::kChunkWords) + kHdr);
+  while (true) {
+    if (coded_out_sent_ == coded_out_len_) {  // code the next chunk
+      if (op.sent == op.len) return true;
+      std::size_t words = std::min(PlaneCodec::kChunkWords, (op.len - op.sent) / 4);
+      std::size_t at = 0;
+      if (op.sent == 0) {  // the message header leaves with the first chunk
+        std::memcpy(coded_out_.data(), &op.header, kHdr);
+        at = kHdr;
+      }
+      coded_out_len_ = at + codec_->encode(op.data + op.sent, words, coded_out_.data() + at);
+      coded_out_sent_ = 0;
+      code_stats_.raw_bytes += words * 4;
+      code_stats_.wire_bytes += coded_out_len_ - at;
+    }
+    ssize_t w = ::send(fd_.get(), coded_out_.data() + coded_out_sent_,
+                       coded_out_len_ - coded_out_sent_, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (w < 0) {
+      if (errno == EAGAIN || errno == EINTR) return false;
+      fail_all_locked(errno_status(fmt::format("send to {}", peer_name()), errno));
+      return false;
+    }
+    coded_out_sent_ += static_cast<std::size_t>(w);
+    if (coded_out_sent_ < coded_out_len_) return false;  // the socket buffer is full
+    const auto* h = reinterpret_cast<const CodedChunkHeader*>(
+        coded_out_.data() + (op.sent == 0 ? kHdr : 0));
+    op.sent += std::size_t{h->words} * 4;
+  }
+}
+
 bool TcpPair::write_locked() {
   bool completed = false;
   while (!sends_.empty() && error_.is_ok()) {
     SendOp& op = sends_.front();
+    if (op.started == std::chrono::steady_clock::time_point{})
+      op.started = std::chrono::steady_clock::now();
+    if (op.coded) {
+      if (!write_coded_locked(op)) {
+        if (!error_.is_ok()) return true;
+        break;
+      }
+      ++code_stats_.messages;
+      op.req->complete();
+      sends_.pop_front();
+      completed = true;
+      continue;
+    }
     iovec iov[2];
     int n = 0;
     constexpr std::size_t kHdr = sizeof(MessageHeader);
@@ -129,6 +286,7 @@ bool TcpPair::write_locked() {
     }
     op.sent += static_cast<std::size_t>(w);
     if (op.sent < kHdr + op.len) break;  // the socket buffer is full
+    note_send_rate_locked(op);
     op.req->complete();
     sends_.pop_front();
     completed = true;
@@ -136,16 +294,88 @@ bool TcpPair::write_locked() {
   return completed;
 }
 
+bool TcpPair::read_coded_locked(RecvOp& op) {
+  constexpr std::size_t kChunkHdr = sizeof(CodedChunkHeader);
+  if (!codec_) codec_ = std::make_unique<PlaneCodec>();
+  if (coded_in_.empty()) coded_in_.resize(PlaneCodec::bound(PlaneCodec::kChunkWords));
+  if (op.local != nullptr && decoded_.empty()) decoded_.resize(PlaneCodec::kChunkWords * 4);
+  auto where = [&] {
+    return fmt::format("the chunk at byte {} of a {}-byte message from {}", op.got, op.len,
+                       peer_name());
+  };
+  while (op.got < op.len) {
+    char* into;
+    std::size_t want;
+    if (op.chunk_got < kChunkHdr) {
+      into = reinterpret_cast<char*>(&op.chunk) + op.chunk_got;
+      want = kChunkHdr - op.chunk_got;
+    } else {
+      into = coded_in_.data() + (op.chunk_got - kChunkHdr);
+      want = kChunkHdr + op.body_len - op.chunk_got;
+    }
+    ssize_t r = ::read(fd_.get(), into, want);
+    if (r == 0) {
+      fail_all_locked(unavailable(
+          fmt::format("{} closed the connection in the middle of a coded message ({} cut short)",
+                      peer_name(), where())));
+      return false;
+    }
+    if (r < 0) {
+      if (errno == EAGAIN || errno == EINTR) {
+        wake_when_available_locked(want);
+        return false;
+      }
+      fail_all_locked(errno_status(fmt::format("receive from {}", peer_name()), errno));
+      return false;
+    }
+    op.chunk_got += static_cast<std::size_t>(r);
+    if (op.chunk_got < kChunkHdr) continue;
+    if (op.chunk_got == kChunkHdr && op.body_len == 0) {
+      auto body = coded_body_bytes(op.chunk, (op.len - op.got) / 4, where());
+      if (!body.is_ok()) {
+        fail_all_locked(body.status());
+        return false;
+      }
+      op.body_len = *body;
+    }
+    if (op.chunk_got < kChunkHdr + op.body_len) continue;
+    const std::size_t bytes = std::size_t{op.chunk.words} * 4;
+    char* out = op.local == nullptr ? op.dst + op.got : decoded_.data();
+    if (Status s = codec_->decode(op.chunk, coded_in_.data(), out, where()); !s.is_ok()) {
+      fail_all_locked(s);
+      return false;
+    }
+    if (op.local != nullptr) op.reducer(op.dst + op.got, op.local + op.got, out, bytes);
+    op.got += bytes;
+    op.chunk_got = 0;
+    op.body_len = 0;
+  }
+  return true;
+}
+
 bool TcpPair::read_locked() {
   bool completed = false;
   while (!recvs_.empty() && error_.is_ok()) {
     RecvOp& op = recvs_.front();
     constexpr std::size_t kHdr = sizeof(MessageHeader);
+    if (op.header_got == kHdr && op.header.flags == kCodedMessage) {
+      if (!read_coded_locked(op)) {
+        if (!error_.is_ok()) return true;
+        break;
+      }
+      op.req->complete();
+      recvs_.pop_front();
+      completed = true;
+      continue;
+    }
     iovec iov[2];
     int n = 0;
     if (op.header_got < kHdr) iov[n++] = {reinterpret_cast<char*>(&op.header) + op.header_got, kHdr - op.header_got};
     std::size_t want = op.len - op.got;
-    if (op.local == nullptr) {
+    // A message the sender may have coded: its header comes alone, since
+    // what follows it is either payload or chunks.
+    if (n > 0 && may_be_coded(op.len)) {
+    } else if (op.local == nullptr) {
       if (want > 0) iov[n++] = {op.dst + op.got, want};
     } else if (want > staged_) {
       std::size_t room = std::min(staging_.size() - staged_, want - staged_);
@@ -171,9 +401,12 @@ bool TcpPair::read_locked() {
         std::size_t h = std::min(got, kHdr - op.header_got);
         op.header_got += h;
         got -= h;
-        if (op.header_got == kHdr &&
-            (op.header.magic != kMessageMagic || op.header.length != op.len)) {
-          Status s = op.header.magic != kMessageMagic
+        const bool bad_flags =
+            op.header.flags != 0 &&
+            (op.header.flags != kCodedMessage || !may_be_coded(op.header.length));
+        if (op.header_got == kHdr && (op.header.magic != kMessageMagic || bad_flags ||
+                                      op.header.length != op.len)) {
+          Status s = op.header.magic != kMessageMagic || bad_flags
                          ? data_loss(fmt::format("garbage on the connection from {}", peer_name()))
                          : invalid_argument(fmt::format(
                                "message size mismatch with {}: it sent {} bytes where this rank "

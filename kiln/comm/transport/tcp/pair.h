@@ -8,16 +8,22 @@
 // thread drives the socket when nobody polls (so transfers continue while the
 // waiter sleeps or computes).
 //
+// Large messages of 4-byte words may travel byte-plane coded (Note [Coding
+// payloads for slow links]): same bytes at the receiver, fewer on the wire.
+//
 // Threading: post/progress from the executing thread, on_ready from the
 // epoll thread, abort from any thread; all state is guarded by mu_.
 #pragma once
 
+#include <chrono>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <vector>
 
 #include "kiln/comm/transport/doorbell.h"
 #include "kiln/comm/transport/pair.h"
+#include "kiln/comm/transport/tcp/plane_codec.h"
 #include "kiln/comm/transport/tcp/socket.h"
 
 namespace kiln::comm::transport::tcp {
@@ -26,10 +32,23 @@ inline constexpr std::uint32_t kMessageMagic = 0x4b4d5347;  // "KMSG"
 
 struct MessageHeader {
   std::uint32_t magic;
-  std::uint32_t reserved;
-  std::uint64_t length;
+  std::uint32_t flags;  // 0, or kCodedMessage
+  std::uint64_t length;  // payload bytes as the receiver gets them (before coding)
 };
 static_assert(sizeof(MessageHeader) == 16);
+
+// The payload is a sequence of PlaneCodec chunks (CodedChunkHeader + body).
+inline constexpr std::uint32_t kCodedMessage = 1;
+
+// Messages the sender may code: large enough that a chunk's coding cost is
+// negligible against its header and the extra read, and whole 4-byte words.
+// The receiver reads the header of such a message on its own, so smaller
+// ones (the 4 KiB latency path) keep their single read.
+inline constexpr std::size_t kMinCodedBytes = 256 << 10;
+inline bool may_be_coded(std::size_t len) { return len >= kMinCodedBytes && len % 4 == 0; }
+
+// KILN_TCP_CODE: when large messages travel coded.
+enum class CodeMode { kAuto, kOn, kOff };
 
 class TcpPair final : public Pair {
  public:
@@ -46,6 +65,12 @@ class TcpPair final : public Pair {
   bool is_shm() const override { return false; }
 
   int fd() const { return fd_.get(); }
+  // Messages sent so far coded, and their bytes before and after coding
+  // (for tests and benchmarks).
+  struct CodeStats {
+    std::uint64_t messages = 0, raw_bytes = 0, wire_bytes = 0;
+  };
+  CodeStats code_stats();
   // Called by the epoll thread when the socket is readable or writable.
   void on_ready();
 
@@ -54,8 +79,10 @@ class TcpPair final : public Pair {
     MessageHeader header;
     const char* data;
     std::size_t len;
-    std::size_t sent;  // counts header bytes first
+    std::size_t sent;  // counts header bytes first; coded: payload bytes whose chunk left
     Request* req;
+    bool coded = false;
+    std::chrono::steady_clock::time_point started{};  // first write attempt
   };
   struct RecvOp {
     char* dst;
@@ -66,11 +93,22 @@ class TcpPair final : public Pair {
     std::size_t header_got;
     Reducer reducer;
     Request* req;
+    // Coded messages: the chunk being read (its header, then its body in
+    // coded_in_).
+    CodedChunkHeader chunk{};
+    std::size_t chunk_got = 0;  // header + body bytes of this chunk read
+    std::size_t body_len = 0;   // valid once the chunk header is in
   };
 
   bool drive_locked();  // requires mu_
   bool write_locked();
   bool read_locked();
+  bool write_coded_locked(SendOp& op);  // true once op's last chunk left
+  // Reads and decodes op's chunks until the socket runs dry (false) or the
+  // message is complete (true); errors fail every request.
+  bool read_coded_locked(RecvOp& op);
+  bool should_code_locked(std::size_t len);
+  void note_send_rate_locked(const SendOp& op);
   void fail_all_locked(const Status& why);
   void wake_when_available_locked(std::size_t bytes);
 
@@ -83,6 +121,19 @@ class TcpPair final : public Pair {
   std::size_t staged_ = 0;     // bytes in staging_ not yet folded (< one element)
   Status error_;               // guarded by mu_; sticky
   int rcvlowat_ = 1;           // guarded by mu_; Note [Receive low-water mark]
+
+  // Coding (Note [Coding payloads for slow links]); all guarded by mu_.
+  CodeMode code_mode_;
+  double code_below_bytes_per_s_;
+  double code_min_idle_cores_;
+  std::unique_ptr<PlaneCodec> codec_;  // made on first use
+  std::vector<char> coded_out_;        // the chunk being sent
+  std::size_t coded_out_len_ = 0, coded_out_sent_ = 0;
+  std::vector<char> coded_in_;  // the body of the chunk being received
+  std::vector<char> decoded_;   // a decoded chunk on its way into a reduction
+  double plain_rate_ = 0;       // bytes/s of recent uncoded large sends; 0: none yet
+  int coded_since_probe_ = 0;   // coded messages since the last uncoded one
+  CodeStats code_stats_;
 };
 
 }  // namespace kiln::comm::transport::tcp

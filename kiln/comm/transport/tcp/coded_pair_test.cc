@@ -1,0 +1,270 @@
+// Byte-plane coded messages on tcp pairs (Note [Coding payloads for slow
+// links]): the codec restores every bit, the receiver gets (and reduces) the
+// bytes that were sent, and a corrupt or cut-short coded message fails with
+// an error naming the peer and the chunk.
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "kiln/comm/transport/tcp/pair.h"
+#include "kiln/comm/transport/tcp/plane_codec.h"
+#include "kiln/comm/transport/tcp/socket.h"
+
+namespace kiln::comm::transport::tcp {
+namespace {
+
+// Gradient-like float32 values: magnitudes over a few decades, both signs,
+// so the high byte plane compresses the way real gradients' does.
+std::vector<float> gradient_like(std::size_t n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, 1e-3f);
+  std::vector<float> v(n);
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+TEST(PlaneCodec, RestoresEveryBitOfFloatsAndOfRandomWords) {
+  PlaneCodec codec;
+  std::vector<char> coded(PlaneCodec::bound(PlaneCodec::kChunkWords));
+  std::mt19937 rng(7);
+  for (std::size_t words : {std::size_t{1}, std::size_t{1000}, PlaneCodec::kChunkWords}) {
+    std::vector<float> floats = gradient_like(words, 1);
+    std::vector<std::uint32_t> noise(words);
+    for (auto& w : noise) w = rng();
+    for (const char* src : {reinterpret_cast<const char*>(floats.data()),
+                            reinterpret_cast<const char*>(noise.data())}) {
+      std::size_t n = codec.encode(src, words, coded.data());
+      ASSERT_LE(n, PlaneCodec::bound(words));
+      CodedChunkHeader h;
+      std::memcpy(&h, coded.data(), sizeof(h));
+      ASSERT_EQ(h.words, words);
+      ASSERT_EQ(n, sizeof(h) + *coded_body_bytes(h, words, "test"));
+      std::vector<char> back(words * 4);
+      ASSERT_TRUE(codec.decode(h, coded.data() + sizeof(h), back.data(), "test").is_ok());
+      EXPECT_EQ(std::memcmp(back.data(), src, words * 4), 0) << words << " words";
+    }
+  }
+  // Gradients' high plane compresses; random words' is stored as it is.
+  std::vector<float> g = gradient_like(PlaneCodec::kChunkWords, 2);
+  EXPECT_LT(codec.encode(reinterpret_cast<const char*>(g.data()), g.size(), coded.data()),
+            0.9 * g.size() * 4);
+}
+
+TEST(PlaneCodec, RejectsImpossibleHeadersAndUndecodableHighPlanes) {
+  auto body = coded_body_bytes({100, 101}, 100, "chunk 3 from rank 1");
+  ASSERT_FALSE(body.is_ok());
+  EXPECT_NE(body.status().message().find("chunk 3 from rank 1"), std::string::npos);
+  EXPECT_FALSE(coded_body_bytes({50, 10}, 100, "x").is_ok());  // a short chunk mid-message
+  EXPECT_FALSE(coded_body_bytes({PlaneCodec::kChunkWords + 1, 10}, ~0u, "x").is_ok());
+  PlaneCodec codec;
+  std::vector<char> garbage(3 * 64 + 20, 'x');
+  Status s = codec.decode({64, 20}, garbage.data(), std::vector<char>(256).data(), "chunk 0 of m");
+  EXPECT_EQ(s.code(), Code::kDataLoss);
+  EXPECT_NE(s.message().find("chunk 0 of m"), std::string::npos) << s.to_string();
+}
+
+// Two connected TcpPairs on loopback, driven by polling (no Device).
+struct Connected {
+  Doorbell bell;
+  std::unique_ptr<TcpPair> a, b;
+  Connected() {
+    auto listener = listen_on("127.0.0.1");
+    EXPECT_TRUE(listener.is_ok());
+    auto client = connect_to(listener->second, Deadline::after(std::chrono::seconds(10)));
+    auto server = accept_one(listener->first.get(), Deadline::after(std::chrono::seconds(10)));
+    EXPECT_TRUE(client.is_ok() && server.is_ok());
+    a = std::make_unique<TcpPair>(1, "rank 1 (test)", std::move(*client), &bell);
+    b = std::make_unique<TcpPair>(0, "rank 0 (test)", std::move(*server), &bell);
+  }
+};
+
+// Polls until both requests are done (or 30 s pass).
+void drive(TcpPair& x, TcpPair& y, Request& r1, Request& r2) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (!(r1.done() && r2.done()) && std::chrono::steady_clock::now() < end) {
+    x.progress();
+    y.progress();
+  }
+  ASSERT_TRUE(r1.done() && r2.done()) << "timed out";
+}
+
+TEST(CodedTcpPair, ReceiverGetsAndReducesExactlyTheBytesSent) {
+  ::setenv("KILN_TCP_CODE", "on", 1);
+  Connected c;
+  ::unsetenv("KILN_TCP_CODE");
+  // Several chunks and a short last one.
+  const std::size_t n = 3 * PlaneCodec::kChunkWords + 12345;
+  std::vector<float> sent = gradient_like(n, 3), local = gradient_like(n, 4);
+  std::vector<float> got(n), sum(n);
+  Request s1, r1;
+  c.a->post_send(sent.data(), n * 4, &s1);
+  c.b->post_recv(got.data(), n * 4, &r1);
+  drive(*c.a, *c.b, s1, r1);
+  ASSERT_TRUE(r1.status().is_ok()) << r1.status().to_string();
+  EXPECT_EQ(std::memcmp(got.data(), sent.data(), n * 4), 0);
+
+  Request s2, r2;
+  c.a->post_send(sent.data(), n * 4, &s2);
+  c.b->post_recv_reduce(sum.data(), local.data(), n * 4,
+                        Reducer{DataType::kFloat32, ReduceOp::kSum}, &r2);
+  drive(*c.a, *c.b, s2, r2);
+  ASSERT_TRUE(r2.status().is_ok()) << r2.status().to_string();
+  for (std::size_t i = 0; i < n; ++i) {
+    float want = local[i] + sent[i];
+    ASSERT_EQ(std::memcmp(&sum[i], &want, 4), 0) << "element " << i;
+  }
+  auto stats = c.a->code_stats();
+  EXPECT_EQ(stats.messages, 2u);
+  EXPECT_EQ(stats.raw_bytes, 2 * n * 4);
+  EXPECT_LT(stats.wire_bytes, 0.9 * stats.raw_bytes);
+
+  // Small messages (the latency path) and sizes that are not whole words
+  // travel as they are.
+  std::vector<char> small(4096, 'k'), odd(kMinCodedBytes + 2, 'o');
+  for (auto* v : {&small, &odd}) {
+    std::vector<char> back(v->size());
+    Request s3, r3;
+    c.a->post_send(v->data(), v->size(), &s3);
+    c.b->post_recv(back.data(), back.size(), &r3);
+    drive(*c.a, *c.b, s3, r3);
+    EXPECT_TRUE(r3.status().is_ok());
+    EXPECT_EQ(back, *v);
+  }
+  EXPECT_EQ(c.a->code_stats().messages, 2u);
+}
+
+TEST(CodedTcpPair, AutoCodesOnlyWhileTheLinkIsSlowerThanTheThreshold) {
+  const std::size_t n = PlaneCodec::kChunkWords;
+  std::vector<float> sent = gradient_like(n, 5), got(n);
+  // MB/s (loopback is above, then below) and idle cores (none needed, then
+  // more than any host has).
+  struct Case {
+    const char* below;
+    const char* idle;
+    unsigned coded;
+  };
+  for (Case k :
+       {Case{"0.000001", "0", 0}, Case{"1000000000", "0", 2}, Case{"1000000000", "100000", 0}}) {
+    const char* below = k.below;
+    ::setenv("KILN_TCP_CODE", "auto", 1);
+    ::setenv("KILN_TCP_CODE_BELOW_MBPS", below, 1);
+    ::setenv("KILN_TCP_CODE_MIN_IDLE_CORES", k.idle, 1);
+    Connected c;
+    ::unsetenv("KILN_TCP_CODE");
+    ::unsetenv("KILN_TCP_CODE_BELOW_MBPS");
+    ::unsetenv("KILN_TCP_CODE_MIN_IDLE_CORES");
+    for (int i = 0; i < 3; ++i) {  // the first measures the link, uncoded
+      Request s, r;
+      c.a->post_send(sent.data(), n * 4, &s);
+      c.b->post_recv(got.data(), n * 4, &r);
+      drive(*c.a, *c.b, s, r);
+      ASSERT_TRUE(r.status().is_ok());
+      ASSERT_EQ(std::memcmp(got.data(), sent.data(), n * 4), 0);
+    }
+    EXPECT_EQ(c.a->code_stats().messages, k.coded) << below << " MB/s, " << k.idle << " cores";
+  }
+}
+
+// A raw socket speaking for the peer, and a TcpPair receiving from it.
+struct RawPeer {
+  Doorbell bell;
+  int raw = -1;
+  std::unique_ptr<TcpPair> pair;
+  std::string script;    // what the peer writes
+  bool hang_up = false;  // close after writing the script
+  RawPeer() {
+    int sv[2];
+    EXPECT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+    raw = sv[0];
+    pair = std::make_unique<TcpPair>(1, "rank 1 (host-b, pid 42)", Fd(sv[1]), &bell);
+  }
+  ~RawPeer() { ::close(raw); }
+  void write(const void* p, std::size_t n) { script.append(static_cast<const char*>(p), n); }
+  // Writes the script from another thread (it outgrows the socket's
+  // buffer) while receiving `len` bytes; returns the receive's status.
+  Status receive(std::size_t len) {
+    std::thread writer([this] {
+      std::size_t at = 0;
+      while (at < script.size()) {
+        ssize_t w = ::send(raw, script.data() + at, script.size() - at, MSG_NOSIGNAL);
+        if (w <= 0) return;  // the receiver gave up and closed
+        at += static_cast<std::size_t>(w);
+      }
+      if (hang_up) ::shutdown(raw, SHUT_WR);
+    });
+    std::vector<char> dst(len);
+    Request r;
+    pair->post_recv(dst.data(), len, &r);
+    auto end = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    while (!r.done() && std::chrono::steady_clock::now() < end) pair->progress();
+    EXPECT_TRUE(r.done());
+    pair.reset();  // closes its end, so a writer still writing stops
+    writer.join();
+    return r.done() ? r.status() : Status::ok();
+  }
+};
+
+TEST(CodedTcpPair, CorruptOrCutShortCodedMessagesFailNamingPeerAndChunk) {
+  const std::size_t len = 2 * PlaneCodec::kChunkWords * 4;
+  std::vector<float> floats = gradient_like(len / 4, 6);
+  PlaneCodec codec;
+  std::vector<char> chunk(PlaneCodec::bound(PlaneCodec::kChunkWords));
+  std::size_t first = codec.encode(reinterpret_cast<const char*>(floats.data()),
+                                   PlaneCodec::kChunkWords, chunk.data());
+  MessageHeader h{kMessageMagic, kCodedMessage, len};
+  {  // the second chunk's high plane corrupted
+    RawPeer p;
+    p.write(&h, sizeof(h));
+    p.write(chunk.data(), first);
+    std::vector<char> bad(chunk.begin(), chunk.begin() + first);
+    for (std::size_t i = sizeof(CodedChunkHeader) + 3 * PlaneCodec::kChunkWords; i < first; ++i)
+      bad[i] ^= 0x5a;
+    p.write(bad.data(), bad.size());
+    Status s = p.receive(len);
+    EXPECT_EQ(s.code(), Code::kDataLoss) << s.to_string();
+    EXPECT_NE(s.message().find("rank 1 (host-b, pid 42)"), std::string::npos) << s.to_string();
+    EXPECT_NE(s.message().find(fmt::format("chunk at byte {}", len / 2)), std::string::npos)
+        << s.to_string();
+  }
+  {  // cut short in the middle of the first chunk
+    RawPeer p;
+    p.write(&h, sizeof(h));
+    p.write(chunk.data(), first / 2);
+    p.hang_up = true;
+    Status s = p.receive(len);
+    EXPECT_FALSE(s.is_ok());
+    EXPECT_NE(s.message().find("rank 1 (host-b, pid 42) closed the connection in the middle of a "
+                               "coded message"),
+              std::string::npos)
+        << s.to_string();
+  }
+  {  // a chunk header that does not fit the message
+    RawPeer p;
+    p.write(&h, sizeof(h));
+    CodedChunkHeader wrong{7, 7};
+    p.write(&wrong, sizeof(wrong));
+    Status s = p.receive(len);
+    EXPECT_EQ(s.code(), Code::kDataLoss);
+    EXPECT_NE(s.message().find("impossible header"), std::string::npos) << s.to_string();
+  }
+  {  // the coded flag on a message too small to be coded
+    RawPeer p;
+    MessageHeader small{kMessageMagic, kCodedMessage, 4096};
+    p.write(&small, sizeof(small));
+    Status s = p.receive(4096);
+    EXPECT_EQ(s.code(), Code::kDataLoss);
+    EXPECT_NE(s.message().find("garbage on the connection from rank 1"), std::string::npos);
+  }
+}
+
+}  // namespace
+}  // namespace kiln::comm::transport::tcp
