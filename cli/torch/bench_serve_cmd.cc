@@ -53,6 +53,9 @@ struct BenchArgs {
   std::string model;  // an existing checkpoint root; "" = write one
   std::string parts = "service,cold,cold_s3,batching,fleet";
   double capacity_rps = 0;  // one replica's, for the fleet's load; 0: the batching part's
+  int max_batch = 32;        // the batched replica's
+  int max_queue_delay_us = 2000;
+  double probe_rps = 0;  // the probe part: one batched replica at this rate (profiling)
 
   bool part(const std::string& name) const {
     return ("," + parts + ",").find("," + name + ",") != std::string::npos;
@@ -83,7 +86,7 @@ Result<json> service_line(const std::string& model_root) {
     json per_batch = json::object();
     double t1 = 0, t32 = 0, best_rate = 0;
     int best_batch = 1;
-    for (int b = 1; b <= 32; ++b) {
+    for (int b = 1; b <= 64; b += b < 32 ? 1 : 8) {
       std::vector<serve::Input> batch(static_cast<std::size_t>(b), image);
       for (int i = 0; i < 5; ++i) (*model)->run(batch);
       std::vector<double> s;
@@ -238,6 +241,7 @@ bool ladder_step(int port, const BenchArgs& a, double rate, json* ladder, double
   ladder->push_back({{"rate", rate},
                      {"throughput_rps", r.throughput_rps()},
                      {"p99_ms", p99},
+                     {"p50_ms", serve::quantile(r.latencies_s, 0.5) * 1000},
                      {"rejected", r.rejected},
                      {"dropped", r.dropped},
                      {"drop_reasons", r.drop_reasons}});
@@ -249,11 +253,22 @@ bool ladder_step(int port, const BenchArgs& a, double rate, json* ladder, double
 // a x1.5 ladder up to the first rate that fails, then `a.refine` geometric
 // bisections between the last rate that held and it (3: within 5%).
 // Returns the achieved throughput at the highest rate that held.
+//
+// Note [A rate fails twice]: a rate counts as failed only if a second run of
+// it fails too. At low rates a step has 100-200 requests, so its p99 is
+// its second-slowest request, and one scheduling stall on this shared VM
+// (20-70 ms p99 at every rate from 25 req/s up, batched or not) ended an
+// unbatched ladder at 56 req/s with a 125 ms p99 (docs/perf.md, issue 20,
+// session 7). Both ladders follow the same rule.
 double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json* ladder) {
   warm_up(port);
+  auto holds = [&](double rate, double* achieved) {
+    return ladder_step(port, a, rate, ladder, achieved) ||
+           ladder_step(port, a, rate, ladder, achieved);
+  };
   double best = 0, held = 0, failed = 0, achieved = 0;
   for (double rate = start_rps; rate < 100000; rate *= 1.5) {
-    if (!ladder_step(port, a, rate, ladder, &achieved)) {
+    if (!holds(rate, &achieved)) {
       failed = rate;
       break;
     }
@@ -262,7 +277,7 @@ double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json*
   }
   for (int i = 0; failed > 0 && held > 0 && i < a.refine; ++i) {
     const double rate = std::sqrt(held * failed);
-    if (ladder_step(port, a, rate, ladder, &achieved)) {
+    if (holds(rate, &achieved)) {
       held = rate;
       best = std::max(best, achieved);
     } else {
@@ -441,7 +456,7 @@ Status bench(const BenchArgs& a) {
   }
   // Every later part serves from this cache, warmed once (not measured).
   fs::create_directories(work + "/cache-warm");
-  if (a.part("batching") || a.part("fleet")) {
+  if (a.part("batching") || a.part("fleet") || a.part("probe")) {
     KILN_ASSIGN_OR_RETURN(
         Child w, start_replica({model, "--cache-dir", work + "/cache-warm"}, work + "/warm.out"));
     auto ok = wait_for(w, "cold start ([0-9.]+) s", 120);
@@ -477,16 +492,20 @@ Status bench(const BenchArgs& a) {
     double rps[2];
     for (int batched = 0; batched < 2; ++batched) {
       KILN_ASSIGN_OR_RETURN(
-          Child c, start_replica({model, "--cache-dir", work + "/cache-warm", "--threads", "1",
-                                  "--max-batch", batched ? "32" : "1", "--max-queue-delay-us",
-                                  batched ? "2000" : "0", "--max-queue", "100000"},
-                                 fmt::format("{}/batch-{}-{}.out", work, run, batched)));
+          Child c,
+          start_replica({model, "--cache-dir", work + "/cache-warm", "--threads", "1",
+                         "--max-batch", batched ? std::to_string(a.max_batch) : "1",
+                         "--max-queue-delay-us",
+                         batched ? std::to_string(a.max_queue_delay_us) : "0", "--max-queue",
+                         "100000"},
+                        fmt::format("{}/batch-{}-{}.out", work, run, batched)));
       auto ready = wait_for(c, "(ready)", 120);
       json ladder = json::array();
       rps[batched] = ready.is_ok() ? max_rate_within_slo(c.port, a, 25, &ladder) : 0;
       stop(c);
       KILN_RETURN_IF_ERROR(ready.status());
-      ladders.push_back({{"max_batch", batched ? 32 : 1}, {"run", run}, {"ladder", ladder}});
+      ladders.push_back(
+          {{"max_batch", batched ? a.max_batch : 1}, {"run", run}, {"ladder", ladder}});
     }
     single_rps.push_back(rps[0]);
     batched_rps.push_back(rps[1]);
@@ -498,6 +517,25 @@ Status bench(const BenchArgs& a) {
     out["throughput_batched_rps"] = median(batched_rps);
     out["throughput_unbatched_rps"] = median(single_rps);
     out["batching_ladders"] = ladders;
+  }
+  if (a.part("probe")) {
+    // One batched replica at one rate (to profile it from outside).
+    KILN_ASSIGN_OR_RETURN(
+        Child c, start_replica({model, "--cache-dir", work + "/cache-warm", "--threads", "1",
+                                "--max-batch", std::to_string(a.max_batch),
+                                "--max-queue-delay-us", std::to_string(a.max_queue_delay_us),
+                                "--max-queue", "100000"},
+                               work + "/probe.out"));
+    auto ready = wait_for(c, "(ready)", 120);
+    json ladder = json::array();
+    double achieved = 0;
+    if (ready.is_ok()) {
+      warm_up(c.port);
+      ladder_step(c.port, a, a.probe_rps, &ladder, &achieved);
+    }
+    stop(c);
+    KILN_RETURN_IF_ERROR(ready.status());
+    out["probe"] = ladder;
   }
   if (a.part("fleet")) KILN_RETURN_IF_ERROR(fleet_step(a, model, work, batched_rps, &out));
   fs::remove_all(work);
@@ -527,8 +565,17 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--model", a->model, "A checkpoint root to serve (default: a fresh CNN)");
   cmd->add_option("--parts", a->parts,
                   "Comma-separated parts to run: service (forward pass alone), cold (weights "
-                  "on file://), cold_s3 (weights in s3rver on loopback), batching, fleet")
+                  "on file://), cold_s3 (weights in s3rver on loopback), batching, fleet, probe "
+                  "(one batched replica at --probe-rps)")
       ->capture_default_str();
+  cmd->add_option("--max-batch", a->max_batch, "The batched replica's max_batch")
+      ->capture_default_str();
+  cmd->add_option("--max-queue-delay-us", a->max_queue_delay_us,
+                  "The batched replica's max_queue_delay")
+      ->capture_default_str();
+  cmd->add_option("--probe-rps", a->probe_rps,
+                  "The probe part: one batched replica at this Poisson rate for --rate-seconds "
+                  "(to profile it)");
   cmd->add_option("--capacity-rps", a->capacity_rps,
                   "One replica's capacity for the fleet's load (default: measured by batching)");
   cmd->callback(run_status([a]() -> Status { return bench(*a); }));

@@ -208,6 +208,12 @@ const WeightTensor* StepWeights::find(const std::string& name) const {
   return it == tensors_.end() ? nullptr : &it->second;
 }
 
+std::size_t StepWeights::bytes() const {
+  std::size_t n = 0;
+  for (const auto& [name, t] : tensors_) n += t.data.size();
+  return n;
+}
+
 StepWeights StepWeights::from_loaded(ckpt::LoadedState state) {
   StepWeights w;
   w.loaded_ = std::make_unique<ckpt::LoadedState>(std::move(state));

@@ -77,6 +77,8 @@ class StepWeights {
   ~StepWeights();
 
   const WeightTensor* find(const std::string& name) const;
+  // Bytes of the tensors viewed (what the model's parameters will hold).
+  std::size_t bytes() const;
   std::int64_t step() const { return step_; }
   const std::string& dir() const { return dir_; }
   bool mapped() const { return !maps_.empty(); }

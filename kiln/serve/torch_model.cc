@@ -86,7 +86,10 @@ class TorchModel : public Model {
         torch::set_num_threads(threads_);
         threads_set = threads_;
       }
-      torch::NoGradGuard no_grad;
+      // Inference mode, not only no-grad: no version counters or view
+      // tracking on the batch's tensors (a per-op cost batching does not
+      // amortise).
+      c10::InferenceMode inference;
       return info_.task == TaskKind::kClassify ? classify(batch) : next_tokens(batch);
     } catch (const std::exception& e) {
       // The LibTorch boundary: every request of the batch gets the error.
