@@ -184,10 +184,19 @@ Status bench_handoff_sweep(const HandoffArgs& a, comm::Communicator& world, int 
   std::vector<std::vector<double>> rounds(n);
   std::vector<double> unit_s;
   for (int r = 0; r < a.repeats; ++r) {
-    // The unit alone: rank 0 times it while the others wait at the barrier
-    // (spin, then sleep: they leave its core to it), then tells them.
+    // The unit alone: rank 0 times it (3 batches of 10 ms) while the others
+    // sleep. Not in a collective: a waiter spins and yields before it sleeps
+    // (Note [Spin, then yield, then sleep]), and 7 waiters on 2 cores took
+    // half of rank 0's core in the first try (its unit 0.91 ms against 0.45
+    // at 1 rank per core). A rank 0 slower than the sleep only loses the
+    // remainder to spinning waiters; the all-reduce below synchronises.
     double unit = 0;
-    if (world.rank() == 0) unit = plan::probe::time_units(work, 3, 10e-3);
+    if (world.rank() == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the others fall asleep
+      unit = plan::probe::time_units(work, 3, 10e-3);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(60));
+    }
     double agreed = 0;
     KILN_RETURN_IF_ERROR(
         world.allreduce(&unit, &agreed, 1, comm::DataType::kFloat64, comm::ReduceOp::kMax)
