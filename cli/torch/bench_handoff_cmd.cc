@@ -188,14 +188,19 @@ Status bench_handoff_sweep(const HandoffArgs& a, comm::Communicator& world, int 
     // sleep. Not in a collective: a waiter spins and yields before it sleeps
     // (Note [Spin, then yield, then sleep]), and 7 waiters on 2 cores took
     // half of rank 0's core in the first try (its unit 0.91 ms against 0.45
-    // at 1 rank per core). A rank 0 slower than the sleep only loses the
+    // at 1 rank per core). At 4 ranks per core the last ranks leave the
+    // previous all-reduce milliseconds after rank 0, so rank 0 starts late.
+    // Even so the unit came out 2.2x slow at 8 ranks on 2 cores (0.84 ms
+    // against 0.38), so `kiln plan calibrate` takes its absolute scale from a
+    // unit timed with no ranks running and uses these only for the drift
+    // between repeats. A rank 0 slower than the sleep only loses the
     // remainder to spinning waiters; the all-reduce below synchronises.
     double unit = 0;
     if (world.rank() == 0) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the others fall asleep
+      std::this_thread::sleep_for(std::chrono::milliseconds(40));
       unit = plan::probe::time_units(work, 3, 10e-3);
     } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(60));
+      std::this_thread::sleep_for(std::chrono::milliseconds(150));
     }
     double agreed = 0;
     KILN_RETURN_IF_ERROR(

@@ -34,7 +34,6 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/command.h"
-#include "kiln/base/file.h"
 #include "kiln/base/fs.h"
 #include "kiln/comm/tuning.h"
 #include "kiln/plan/calibration_fit.h"
@@ -186,6 +185,12 @@ Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, const Calib
     int ranks = std::max(2, per_core * cores);
     ranks += ranks % 2;
     const double level = static_cast<double>(ranks) / cores;
+    // The unit alone with no rank running, seconds before the sweep: the
+    // work's absolute scale. The sweep's own unit timings (rank 0, the others
+    // asleep) carry the drift between its repeats, but at 4 ranks per core
+    // they ran 2.2x slow (Note [Drifting hosts]).
+    KILN_ASSIGN_OR_RETURN(const double alone_unit_s,
+                          plan::probe::time_sharing_unit(po, plan::probe::kSweepUnitRows));
     std::vector<std::string> argv = {exe, "bench", "handoff", "--ranks", std::to_string(ranks),
                                      "--group", "2", "--sweep", fmt::format("{}", fmt::join(units, ",")),
                                      "--unit-rows", std::to_string(plan::probe::kSweepUnitRows),
@@ -207,16 +212,18 @@ Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, const Calib
         if (rounds.size() != unit_at.size() || !(unit > 0)) {
           return internal_error("kiln bench handoff --sweep: one round per repeat expected");
         }
-        // Each round in units of the unit timed just before it, then back to
-        // seconds at the median unit (Note [Drifting hosts]).
+        // Each round in units of the unit timed just before it (the drift
+        // between repeats), then back to seconds at the sweep's median unit,
+        // against work at the unit timed with no rank running.
         std::vector<double> ratios;
         for (std::size_t r = 0; r < rounds.size(); ++r) ratios.push_back(rounds[r] / unit_at[r]);
-        const plan::SharingSample sample{level, u * unit, plan::median_of(ratios) * unit};
+        const plan::SharingSample sample{level, u * alone_unit_s, plan::median_of(ratios) * unit};
         (x.at("group").get<int>() == 1 ? alone : pairs).push_back(sample);
         fmt::print(stderr,
                    "kiln plan calibrate: core sharing {} ranks per core, groups of {}, {} units "
-                   "({:.2f} ms): {:.3f} ms per round\n",
-                   level, x.at("group").get<int>(), u, 1e3 * u * unit, 1e3 * sample.round_s);
+                   "({:.2f} ms; in the sweep {:.2f}): {:.3f} ms per round\n",
+                   level, x.at("group").get<int>(), u, 1e3 * sample.work_s, 1e3 * u * unit,
+                   1e3 * sample.round_s);
       }
     } catch (const std::exception& e) {
       return internal_error(fmt::format(
@@ -357,15 +364,16 @@ std::string utc_now() {
 }
 
 // --merge: calibrations of this host taken at different times, merged into
-// one profile of medians (Note [Drifting hosts]; bench/plan_vs_runtime.py
+// one profile (Note [Drifting hosts], Note [Merging fits]; bench/plan_vs_runtime.py
 // spreads them over its measurement window).
 Status merge_profiles(const CalibrateOptions& o) {
-  std::vector<std::string> texts;
+  std::vector<plan::HostProfile> profiles;
   for (const std::string& path : o.merge) {
-    KILN_ASSIGN_OR_RETURN(std::string text, read_file(path));
-    texts.push_back(std::move(text));
+    KILN_ASSIGN_OR_RETURN(plan::HostProfile p, plan::read_host_profile(path));
+    profiles.push_back(std::move(p));
   }
-  KILN_ASSIGN_OR_RETURN(const plan::HostProfile merged, plan::merge_host_profiles(texts, o.merge));
+  KILN_ASSIGN_OR_RETURN(const plan::HostProfile merged,
+                        plan::merge_host_profiles(profiles, o.merge));
   const std::string text = plan::host_profile_to_toml(merged);
   KILN_RETURN_IF_ERROR(plan::parse_host_profile(text, o.output).status());
   KILN_RETURN_IF_ERROR(write_file_atomic(o.output, text));
@@ -499,8 +507,9 @@ const CommandRegistration kRegister("plan", [](CLI::App& parent) {
                   "repeats of the core-sharing sweep, spread over it (the pipeline probe: + 2)")
       ->capture_default_str();
   cmd->add_option("--merge", o->merge,
-                  "measure nothing: write the median of these profiles (calibrations of this "
-                  "host at different times) to -o")
+                  "measure nothing: merge these profiles (calibrations of this host at "
+                  "different times: each kernel class, link and core-sharing level from the one "
+                  "with the median time) into -o")
       ->expected(1, -1);
   cmd->add_option("--refit-pipeline", o->refit_pipeline,
                   "re-measure only this profile's [pipeline_handoff] (written to -o)");

@@ -111,10 +111,14 @@ struct LinkRates {
 // minutes (docs/perf.md, issue 18 session 6). A slowdown is a ratio of a
 // shared round to the same work alone; both halves must be timed within
 // seconds of each other, or the ratio carries the drift. So `kiln bench
-// handoff --sweep` times the unit alone (rank 0, the others waiting) before
+// handoff --sweep` times the unit alone (rank 0, the others asleep) before
 // every repeat of its sweep, each round is divided by the unit timed just
 // before it, repeats are spread over the whole sweep rather than back to
-// back, and every value is a median, never the fastest.
+// back, and every value is a median, never the fastest. The work's absolute
+// scale is the unit timed by `kiln plan calibrate` itself with no rank
+// running, seconds before each sweep (rank 0's "alone" unit ran 2.2x slow at
+// 8 ranks on 2 cores in one calibration of three). Calibrations spread over
+// a measurement window are merged (host_profile_merge.h).
 struct WorkSlowdown {
   double work_s = 0;  // work between two meetings, one rank alone
   double slowdown = 1;

@@ -1,9 +1,18 @@
-// Several calibrations of one host merged into one profile: every measured
-// number the median of the calibrations' (Note [Drifting hosts] in
-// host_profile.h). A shared VM's speed moves on a scale of minutes, so one
-// calibration samples one moment of it; calibrations spread over a
-// measurement window, merged, sample the window (bench/plan_vs_runtime.py
-// interleaves them with the layouts' runs).
+// Several calibrations of one host merged into one profile (Note [Drifting
+// hosts] in host_profile.h). A shared VM's speed moves on a scale of
+// minutes, so one calibration samples one moment of it; calibrations spread
+// over a measurement window, merged, sample the window
+// (bench/plan_vs_runtime.py interleaves them with the layouts' runs).
+//
+// Note [Merging fits]: a fitted model's coefficients are not merged one by
+// one. The linear layers' backward of three calibrations of one window was
+// (call, GFLOP/s, traffic GB/s) = (0, 49.2, 4.86), (4.6, 43.8, none),
+// (27.8, 44.9, 37.4): per-coefficient medians (4.6, 44.9, 4.86) give a
+// layer slower than any of the three measured. So each fitted kernel class
+// (and each link, and each core-sharing level) is taken whole from the
+// calibration whose model gives the median time at a shape of the
+// miniature GPT; only single measurements (memory bandwidths, the pipeline
+// hand-off, the op overhead) are medians of the values.
 #pragma once
 
 #include <string>
@@ -14,15 +23,13 @@
 
 namespace kiln::plan {
 
-// Each number of `texts` (profiles as TOML, `sources` naming them for
-// errors) replaced by the median over all of them, arrays element by
-// element; strings are the first profile's, except host.measured_at, which
-// becomes the first and the last ("A .. B"). The profiles must be of one
-// host with one set of keys: InvalidArgument naming the profile and the key
-// for a key one lacks, an array of another length, a different host.cores,
-// or a value that is not a number where the first has one. The result is
-// read back as a profile (so it is checked as read_host_profile checks).
-Result<HostProfile> merge_host_profiles(const std::vector<std::string>& texts,
+// Merges `profiles` (calibrations of one host; `sources` name them for
+// errors): Note [Merging fits]; with an even count the lower median. Strings
+// are the first profile's, except measured_at, which becomes the first and
+// the last ("A .. B"). InvalidArgument naming the profile when one differs
+// in cores or in the ranks per core its [core_sharing] or
+// [pipeline_handoff] were measured at.
+Result<HostProfile> merge_host_profiles(const std::vector<HostProfile>& profiles,
                                         const std::vector<std::string>& sources);
 
 }  // namespace kiln::plan
