@@ -179,7 +179,11 @@ Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<Sharing
       return invalid_argument(where + ": need timings at two or more distinct work sizes");
     }
     Row x{};
-    if (!fit_nonnegative(a, t, {true, true, false}, 1, &x)) {
+    // A slope under half the unshared rate is no measurement of compute (it
+    // would run twice as fast shared as alone): a stall inflated the small
+    // work's rounds (a quick calibration on a loaded host gave 0.08).
+    constexpr double kLeastSlowdown = 0.5;
+    if (!fit_nonnegative(a, t, {true, true, false}, 1, &x) || x[1] < kLeastSlowdown) {
       // Noise (a quick calibration on a loaded machine) left no slope: as the
       // other noisy fits, fall back to the plain rate of the largest work,
       // all of its round counted as slowed compute.

@@ -159,6 +159,16 @@ TEST(CalibrationFitTest, CoreSharingKeepsEachWorkSizesOwnSlowdown) {
   EXPECT_NEAR(two.by_work[1].slowdown, 1.5, 1e-9);
 }
 
+TEST(CalibrationFitTest, CoreSharingRefusesASlopeNoComputeCouldHave) {
+  // Two ranks per core, the 0.5 ms rounds stalled: the line through the two
+  // points has slope 0.08. Fall back to the largest work's plain rate.
+  std::vector<SharingSample> s = {{2, 0.5e-3, 3.0e-3}, {2, 2e-3, 3.3e-3}};
+  auto fit = fit_core_sharing(s);
+  ASSERT_TRUE(fit.is_ok()) << fit.status().to_string();
+  EXPECT_NEAR((*fit)[0].slowdown, 3.3e-3 / (2 * 2e-3), 1e-9);
+  EXPECT_EQ((*fit)[0].handoff_s, 0);
+}
+
 TEST(CalibrationFitTest, PipelineHandOffRecoversTheWaitThatMadeTheSteps) {
   const std::vector<CoreSharingPoint> sharing = {{1, 1.2, 0}, {2, 1.5, 0.2e-3}, {4, 1.5, 1.3e-3}};
   std::vector<PipelineSharingSample> samples;
