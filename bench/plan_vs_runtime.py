@@ -2,13 +2,18 @@
 """`kiln plan` against Kiln's own miniature 3D runs, calibrated and measured in one window.
 
 docs/plan.md "CPU hosts" and docs/perf.md (issue 18). In one sitting:
-  1. `kiln plan calibrate -o OUT/profile.toml` measures this host (skipped with --profile);
-  2. `kiln plan PLAN --profile P --tp T --pp P --dp D --microbatches M --json` predicts each
-     layout, on the fresh profile as written and, for comparison, on the same profile without
-     its optional [pipeline_handoff] section;
-  3. every layout runs RUNS times (`kiln launch -n T·P·D -- kiln train CONFIG --tp T --pp P
+  1. every layout runs RUNS times (`kiln launch -n T·P·D -- kiln train CONFIG --tp T --pp P
      --max-steps STEPS --metrics-json ...`), round-robin, each round in a rotated order, so a
      slow drift of the host spreads over all layouts instead of biasing the last ones;
+  2. before each round, `kiln plan calibrate -o OUT/profile-K.toml` measures this host
+     (--calibrations of them, the rest after the last round; none with --profile), and
+     `kiln plan calibrate --merge` writes OUT/profile.toml, every number the median of the
+     calibrations: the profile samples the same minutes of the host's drifting speed as the
+     runs (Note [Drifting hosts] in kiln/plan/host_profile.h);
+  3. `kiln plan PLAN --profile P --tp T --pp P --dp D --microbatches M --json` predicts each
+     layout on the merged profile, on each calibration alone (the spread the drift gives a
+     single calibration), and, for comparison, on the merged profile without its optional
+     [pipeline_handoff] section;
   4. per run: the median step time of the steps after WARMUP (rank 0's `step_s`; the first
      steps pay LibTorch's and the allocator's warm-up), and what
      the rest of the host did meanwhile: the CPU time /proc/stat counts as busy minus the
@@ -19,8 +24,8 @@ docs/plan.md "CPU hosts" and docs/perf.md (issue 18). In one sitting:
      predicted, measured median, range, error) and prints the table.
 
 Run it under the CPU lock on the shared CI host (`/work/bin/cpu-lock timed ...`): it is a
-benchmark. ~9.5 min for a calibration (2 min) and the 11 layouts x 3 runs of 10 steps on
-2 cores: `--budget-s 575` keeps it inside a 10-minute hold (a run that would end later is
+benchmark. ~9.5 min for 3 calibrations (~1 min each) and the 11 layouts x 3 runs of 8 steps
+on 2 cores: `--budget-s 575` keeps it inside a 10-minute hold (a run that would end later is
 skipped, and the JSON says so).
 
   bench/plan_vs_runtime.py --out /tmp/pvr [--kiln build/kiln] [--runs 3] [--steps 16]
@@ -158,6 +163,14 @@ def main():
     ap.add_argument("--config", default=os.path.join(ROOT, "examples", "train", "gpt_3d.toml"))
     ap.add_argument("--plan", default=os.path.join(ROOT, "examples", "plan", "gpt_3d-cpu.toml"))
     ap.add_argument("--profile", help="use this profile instead of calibrating now")
+    ap.add_argument("--calibrations", type=int, default=3,
+                    help="calibrations spread over the window (one before each round, the rest "
+                         "after the last), merged into medians (kiln plan calibrate --merge)")
+    ap.add_argument("--cal-repeats", type=int, default=3,
+                    help="kiln plan calibrate --repeats for each calibration")
+    ap.add_argument("--cal-probe-repeats", type=int, default=1,
+                    help="kiln plan calibrate --probe-repeats for each calibration (the repeats "
+                         "across calibrations are what the merge takes the median of)")
     ap.add_argument("--also-profile", action="append", default=[],
                     help="predict from this profile as well (a column each), e.g. the vendored one")
     ap.add_argument("--microbatches", type=int, default=4)
@@ -199,45 +212,61 @@ def main():
                 doc[key] = earlier[key]
         doc["runs_from"] = os.path.abspath(a.runs_from)
         a.profile = a.profile or earlier["profile"]
+    calibrations = []  # profiles measured in this window, spread over it
+
+    def calibrate(i):
+        path = os.path.join(a.out, f"profile-{i + 1}.toml")
+        log(f"calibration {i + 1} of {a.calibrations} (load {loadavg()[0]:.2f})")
+        c0 = time.monotonic()
+        cal = subprocess.run([a.kiln, "plan", "calibrate", "-o", path, "--json", "--repeats",
+                              str(a.cal_repeats), "--probe-repeats", str(a.cal_probe_repeats)],
+                             check=True, capture_output=True, text=True)
+        took = time.monotonic() - c0
+        with open(os.path.join(a.out, f"calibrate-{i + 1}.log"), "w") as f:
+            f.write(cal.stderr)
+        doc.setdefault("calibrations", []).append(
+            {"profile": path, "seconds": took, "summary": json.loads(cal.stdout),
+             "at_s": c0 - started, "load_after": loadavg()})
+        calibrations.append(path)
+        if i == 0:
+            doc["reference_unit_s_at_calibration"] = reference(a)
+        log(f"calibration {i + 1} took {took:.0f} s (load {loadavg()[0]:.2f})")
+
     if a.profile:
         profile = os.path.abspath(a.profile)
     else:
         profile = os.path.join(a.out, "profile.toml")
-        log(f"calibrating (load {loadavg()[0]:.2f})")
-        busy0, _ = host_cpu()
-        c0 = time.monotonic()
-        cal = subprocess.run([a.kiln, "plan", "calibrate", "-o", profile, "--json"], check=True,
-                             capture_output=True, text=True)
-        took = time.monotonic() - c0
-        with open(os.path.join(a.out, "calibrate.log"), "w") as f:
-            f.write(cal.stderr)
-        doc["calibration"] = {"seconds": took, "summary": json.loads(cal.stdout),
-                              "load_after": loadavg()}
-        log(f"calibrated in {took:.0f} s (load {loadavg()[0]:.2f})")
-    doc["profile"] = profile
     doc["reference_unit_s_at_calibration"] = (earlier.get("reference_unit_s_at_calibration")
-                                              if earlier else reference(a))
-    lockstep = os.path.join(a.out, "profile-lockstep.toml")
-    strip_pipeline_handoff(profile, lockstep)
-
+                                              if earlier else
+                                              reference(a) if a.profile else None)
     rows = {}
     for layout in a.layouts:
         t, p, d = (int(x) for x in layout.split("x"))
-        rows[layout] = {"layout": layout, "ranks": t * p * d,
-                        "predicted": predict(a, profile, layout),
-                        "predicted_lockstep": predict(a, lockstep, layout), "runs": [],
-                        "predicted_also": {q: predict(a, q, layout) for q in a.also_profile}}
+        rows[layout] = {"layout": layout, "ranks": t * p * d, "runs": []}
+
+    # What the end needs: the merge and up to ~0.5 s per `kiln plan` on a loaded host
+    # (2026-12-06 22:18: 11 layouts x 6 predictions did not fit in the 23 s left).
+    closing_s = 10 + 0.5 * len(a.layouts) * (3 + len(a.also_profile) + a.calibrations)
 
     def fits(layout):
         walls = [x["wall_s"] for x in rows[layout]["runs"]]
         expected = max(walls) if walls else 20.0
-        return not a.budget_s or time.monotonic() - started + expected <= a.budget_s
+        pending = max(0, a.calibrations - len(calibrations)) * 70 if not a.profile else 0
+        return not a.budget_s or (time.monotonic() - started + expected + closing_s + pending
+                                  <= a.budget_s)
 
     if earlier:
         for row in earlier["layouts"]:
             if row["layout"] in rows:
                 rows[row["layout"]]["runs"] = row["runs"]
-    for r in range(0 if earlier else a.runs):
+    measuring = not earlier
+    # Note [Drifting hosts] (kiln/plan/host_profile.h): one calibration before
+    # each round (the rest after the last), merged into medians, so that the
+    # profile samples the same window of the host's speed as the runs.
+    to_calibrate = a.calibrations if measuring and not a.profile else 0
+    for r in range(a.runs if measuring else 0):
+        if r < to_calibrate:
+            calibrate(r)
         order = a.layouts[r % len(a.layouts):] + a.layouts[:r % len(a.layouts)]
         for layout in order:
             if not fits(layout):
@@ -246,16 +275,46 @@ def main():
                 continue
             run = run_layout(a, layout, str(r + 1))
             rows[layout]["runs"].append(run)
-            if run["foreign"] > a.max_foreign and fits(layout):
-                log(f"{layout} run {r + 1} disturbed ({100 * run['foreign']:.0f}% foreign): again")
+            if run["foreign"] > a.max_foreign:
+                # Left out of the medians whether or not a rerun still fits.
                 run["disturbed"] = True
-                rows[layout]["runs"].append(run_layout(a, layout, f"{r + 1}b"))
+                if fits(layout):
+                    log(f"{layout} run {r + 1} disturbed ({100 * run['foreign']:.0f}% foreign): "
+                        "again")
+                    rows[layout]["runs"].append(run_layout(a, layout, f"{r + 1}b"))
 
-    table = ["| layout (TP×PP×DP) | ranks | M | predicted s | predicted s, lockstep hand-off only "
+    for i in range(a.runs if measuring else 0, to_calibrate):
+        calibrate(i)
+    if calibrations:
+        if len(calibrations) == 1:
+            with open(calibrations[0]) as src, open(profile, "w") as dst:
+                dst.write(src.read())
+        else:
+            subprocess.run([a.kiln, "plan", "calibrate", "--merge", *calibrations, "-o", profile],
+                           check=True, capture_output=True, text=True)
+    doc["profile"] = profile
+    lockstep = os.path.join(a.out, "profile-lockstep.toml")
+    strip_pipeline_handoff(profile, lockstep)
+    each = calibrations or (earlier or {}).get("calibration_profiles", [])
+    doc["calibration_profiles"] = each
+    for layout in a.layouts:
+        row = rows[layout]
+        row["predicted"] = predict(a, profile, layout)
+        row["predicted_lockstep"] = predict(a, lockstep, layout)
+        row["predicted_also"] = {q: predict(a, q, layout) for q in a.also_profile}
+        # What each calibration alone predicts: the spread the drift puts in a profile.
+        row["predicted_each"] = [predict(a, q, layout)["step_s"] for q in each if os.path.exists(q)]
+
+    table = ["| layout (TP×PP×DP) | ranks | M | predicted s | each calibration's (range) "
+             "| predicted s, lockstep hand-off only "
              "| measured s (median of runs, range) | runs | foreign CPU max | error | error, lockstep "
              "| host speed vs calibration (range) | measured at the calibration's speed | error |"
              + "".join(f" {os.path.basename(q)}: predicted s, error |" for q in a.also_profile),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(a.also_profile)]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(a.also_profile)]
+    def each_cell(row):
+        e = row.get("predicted_each") or []
+        return f"{min(e):.3f}–{max(e):.3f}" if e else "–"
+
     within_also = {q: 0 for q in a.also_profile}
     ref_cal = doc["reference_unit_s_at_calibration"]
     within_speed = 0
@@ -288,7 +347,8 @@ def main():
                            f"{ok(row['error_at_calibration_speed'])} |")
         table.append(
             f"| {t}×{p}×{d} | {row['ranks']} | {microbatches(int(t), int(p), a.microbatches)} "
-            f"| {pred:.3f} | {pred_l:.3f} | {m:.3f} ({min(times):.3f}–{max(times):.3f}) "
+            f"| {pred:.3f} | {each_cell(row)} | {pred_l:.3f} "
+            f"| {m:.3f} ({min(times):.3f}–{max(times):.3f}) "
             f"| {len(kept)} | {100 * max(x['foreign'] for x in row['runs']):.1f}% "
             f"| {100 * row['error']:+.1f}% {ok(row['error'])} "
             f"| {100 * row['error_lockstep']:+.1f}% {ok(row['error_lockstep'])} " + speed_cells

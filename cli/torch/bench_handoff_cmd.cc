@@ -21,6 +21,16 @@
 // group all-reduce, each backward the same with twice the work, activations
 // and gradients of --bytes between stages. Reported: the step time, the
 // median over --repeats steps, each the slowest rank's.
+//
+//   kiln bench handoff --ranks 4 --group 2 --sweep 1,3,6,12,24 --alone --unit-rows 128 --repeats 3 --json
+//
+// With --sweep the ranks measure every unit count of the list in one run, in
+// groups of --group and (--alone) of one, --repeats times, each repeat in a
+// rotated order; before each repeat rank 0 times the unit alone while the
+// others wait (Note [Drifting hosts] in kiln/plan/host_profile.h: every
+// round is a ratio to the unit timed seconds before it). Reported per
+// (units, group): the rounds of each repeat and the unit time before it.
+// `kiln plan calibrate` runs it once per ranks-per-core level.
 #include <fmt/format.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -45,6 +55,10 @@ namespace kiln::cli {
 namespace {
 
 struct HandoffArgs {
+  std::vector<int> sweep;  // --sweep: unit counts to measure in one run
+  bool alone = false;      // --sweep: groups of one as well
+  int unit_rows = plan::probe::kDefaultUnitRows;
+  double timing_s = 0.3;   // --sweep: seconds per timing (sets the rounds)
   int ranks = 4;
   int group = 2;
   int units = 4;
@@ -90,7 +104,7 @@ Status bench_handoff_pipeline(const HandoffArgs& a, comm::Communicator& world, i
   pp::PipelineEngine engine(*mesh, spec,
                             std::chrono::duration_cast<std::chrono::milliseconds>(kTimeout));
   comm::Communicator& tensor = mesh->tensor();
-  plan::probe::SharingWork work;
+  plan::probe::SharingWork work(a.unit_rows);
   std::vector<float> buf(static_cast<std::size_t>(a.bytes) / sizeof(float), 1.f);
   const std::int64_t width = static_cast<std::int64_t>(buf.size());
   const torch::Tensor first_input = torch::ones({width}).requires_grad_(true);
@@ -151,6 +165,90 @@ Status bench_handoff_pipeline(const HandoffArgs& a, comm::Communicator& world, i
   return Status::ok();
 }
 
+// --sweep: every unit count in groups of `a.group` (and of one with --alone),
+// --repeats times, rank 0 timing the unit alone before each repeat.
+Status bench_handoff_sweep(const HandoffArgs& a, comm::Communicator& world, int threads) {
+  std::vector<int> groups = {a.group};
+  if (a.alone && a.group != 1) groups.push_back(1);
+  std::vector<std::unique_ptr<comm::Communicator>> comms;
+  for (const int g : groups) {
+    KILN_ASSIGN_OR_RETURN(auto c, world.split(world.rank() / g, world.rank()));
+    comms.push_back(std::move(c));
+  }
+  plan::probe::SharingWork work(a.unit_rows);
+  std::vector<float> buf(static_cast<std::size_t>(a.bytes) / sizeof(float), 1.f);
+  work.run(3);
+  const long cores = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+  const double share = std::max(1.0, static_cast<double>(world.size()) / static_cast<double>(cores));
+  const std::size_t n = a.sweep.size() * groups.size();
+  std::vector<std::vector<double>> rounds(n);
+  std::vector<double> unit_s;
+  for (int r = 0; r < a.repeats; ++r) {
+    // The unit alone: rank 0 times it (3 batches of 10 ms) while the others
+    // sleep. Not in a collective: a waiter spins and yields before it sleeps
+    // (Note [Spin, then yield, then sleep]), and 7 waiters on 2 cores took
+    // half of rank 0's core in the first try (its unit 0.91 ms against 0.45
+    // at 1 rank per core). At 4 ranks per core the last ranks leave the
+    // previous all-reduce milliseconds after rank 0, so rank 0 starts late.
+    // Even so the unit came out 2.2x slow at 8 ranks on 2 cores (0.84 ms
+    // against 0.38), so `kiln plan calibrate` takes its absolute scale from a
+    // unit timed with no ranks running and uses these only for the drift
+    // between repeats. A rank 0 slower than the sleep only loses the
+    // remainder to spinning waiters; the all-reduce below synchronises.
+    double unit = 0;
+    if (world.rank() == 0) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(40));
+      unit = plan::probe::time_units(work, 3, 10e-3);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    }
+    double agreed = 0;
+    KILN_RETURN_IF_ERROR(
+        world.allreduce(&unit, &agreed, 1, comm::DataType::kFloat64, comm::ReduceOp::kMax)
+            ->wait(kTimeout));
+    unit_s.push_back(agreed);
+    // Rotated each repeat, so a drift of the host spreads over all sizes.
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::size_t k = (i + static_cast<std::size_t>(r)) % n;
+      const int units = a.sweep[k / groups.size()];
+      comm::Communicator& group = *comms[k % groups.size()];
+      const int times = std::max(4, static_cast<int>(a.timing_s / (share * units * agreed)));
+      KILN_ASSIGN_OR_RETURN(
+          const double round_s, median_of_slowest(world, 1, times, [&]() -> Status {
+            work.run(units);
+            return group.allreduce(buf.data(), buf.size(), comm::DataType::kFloat32,
+                                   comm::ReduceOp::kMax)
+                ->wait(kTimeout);
+          }));
+      rounds[k].push_back(round_s);
+    }
+  }
+  if (world.rank() != 0) return Status::ok();
+  nlohmann::json samples = nlohmann::json::array();
+  for (std::size_t k = 0; k < n; ++k) {
+    samples.push_back({{"units", a.sweep[k / groups.size()]},
+                       {"group", groups[k % groups.size()]},
+                       {"round_s", rounds[k]}});
+  }
+  if (a.json) {
+    nlohmann::json j = {{"bench", "handoff"},      {"sweep", true},
+                        {"ranks", world.size()},   {"cores", cores},
+                        {"threads_per_rank", threads}, {"unit_rows", a.unit_rows},
+                        {"bytes", a.bytes},        {"repeats", a.repeats},
+                        {"unit_s", unit_s},        {"samples", samples}};
+    fmt::print("{}\n", j.dump());
+  } else {
+    fmt::print("{} ranks, unit ({} rows) alone {:.3f} ms (median of {} repeats)\n", world.size(),
+               a.unit_rows, 1e3 * bench::median(unit_s), a.repeats);
+    for (std::size_t k = 0; k < n; ++k) {
+      fmt::print("  groups of {}, {} units per round: {:.3f} ms per round (median)\n",
+                 groups[k % groups.size()], a.sweep[k / groups.size()],
+                 1e3 * bench::median(rounds[k]));
+    }
+  }
+  return Status::ok();
+}
+
 Status bench_handoff(const HandoffArgs& a) {
   if (a.ranks < 1 || a.group < 1 || a.units < 0 || a.rounds < 1 || a.repeats < 1 || a.bytes < 4) {
     return invalid_argument(fmt::format(
@@ -168,6 +266,16 @@ Status bench_handoff(const HandoffArgs& a) {
         "--group x --pp ({}) dividing --ranks {}",
         a.pp, a.microbatches, a.messages, a.group * a.pp, a.ranks));
   }
+  if (a.unit_rows < 1 || !(a.timing_s > 0) ||
+      std::any_of(a.sweep.begin(), a.sweep.end(), [](int u) { return u < 1; })) {
+    return invalid_argument(fmt::format(
+        "kiln bench handoff: --unit-rows {} --timing-s {} --sweep {}: need positive rows, timing "
+        "and unit counts",
+        a.unit_rows, a.timing_s, fmt::join(a.sweep, ",")));
+  }
+  if (!a.sweep.empty() && a.pp > 1) {
+    return invalid_argument("kiln bench handoff: --sweep and --pp exclude each other");
+  }
   if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench handoff"))
     return *spawned;
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
@@ -183,8 +291,9 @@ Status bench_handoff(const HandoffArgs& a) {
   torch::set_num_threads(threads);
   set_openblas_threads(threads);
   if (a.pp > 1) return bench_handoff_pipeline(a, world, threads);
+  if (!a.sweep.empty()) return bench_handoff_sweep(a, world, threads);
   KILN_ASSIGN_OR_RETURN(auto group, world.split(world.rank() / a.group, world.rank()));
-  plan::probe::SharingWork work;
+  plan::probe::SharingWork work(a.unit_rows);
   std::vector<float> buf(static_cast<std::size_t>(a.bytes) / sizeof(float), 1.f);
   auto round = [&]() -> Status {
     work.run(a.units);
@@ -238,6 +347,15 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
       ->capture_default_str();
   cmd->add_option("--messages", a->messages,
                   "group all-reduces per forward, each after --units of work (with --pp)")
+      ->capture_default_str();
+  cmd->add_option("--sweep", a->sweep,
+                  "unit counts to measure in one run (comma-separated), the unit timed alone "
+                  "before each repeat")
+      ->delimiter(',');
+  cmd->add_flag("--alone", a->alone, "with --sweep: groups of one as well");
+  cmd->add_option("--unit-rows", a->unit_rows, "tokens per unit of work (its size)")
+      ->capture_default_str();
+  cmd->add_option("--timing-s", a->timing_s, "with --sweep: seconds per timing")
       ->capture_default_str();
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
   cmd->callback(run_status([a] { return bench_handoff(*a); }));

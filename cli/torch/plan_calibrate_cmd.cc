@@ -39,6 +39,7 @@
 #include "kiln/comm/tuning.h"
 #include "kiln/plan/calibration_fit.h"
 #include "kiln/plan/host_profile.h"
+#include "kiln/plan/host_profile_merge.h"
 #include "kiln/plan/probe/compute_probe.h"
 #include "kiln/plan/probe/sharing_probe.h"
 
@@ -50,6 +51,8 @@ struct CalibrateOptions {
   bool quick = false;
   bool json = false;
   int repeats = 5;
+  int probe_repeats = 3;         // repeats of the core-sharing sweep (the pipeline probe: + 2)
+  std::vector<std::string> merge;  // profiles to merge (medians) instead of measuring
   std::string refit_pipeline;  // a profile whose [pipeline_handoff] alone is measured again
 };
 
@@ -148,72 +151,90 @@ std::string own_executable() {
   return len > 0 ? std::string(exe, static_cast<size_t>(len)) : std::string();
 }
 
-// Note [Core sharing] (kiln/plan/host_profile.h): `kiln bench handoff` with
-// 1, 2 and 4 ranks per core (an even count: they pair up), each at two work
-// sizes per round, fitted to round = slowdown · max(1, ranks/cores) · work + handoff;
-// then the same ranks in groups of one (Note [Lockstep partners]), whose
-// fitted slowdown is the point's independent_slowdown.
-Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, double unit_s,
-                                                          const CalibrateOptions& o) {
+// Note [Core sharing] (kiln/plan/host_profile.h): `kiln bench handoff
+// --sweep` with 1, 2 and 4 ranks per core (an even count: they pair up), one
+// run per level measuring every work size in pairs and (not with --quick) in
+// groups of one (Note [Lockstep partners]), each round divided by the unit
+// timed alone just before its repeat (Note [Drifting hosts]); per level and
+// work the median over the repeats, fitted to
+// round = slowdown · max(1, ranks/cores) · work + handoff, with each work
+// size's own slowdown kept (Note [Work between meetings]).
+Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, const CalibrateOptions& o) {
   const std::string exe = own_executable();
   if (exe.empty()) return failed_precondition("kiln plan calibrate: cannot find its own executable");
-  // Per round, about what a rank of the miniature layouts computes between
-  // two messages: a tensor-parallel layer half (~1 ms) to a pipeline stage's
-  // micro-batch (several ms).
+  // The sweep's unit (~0.35 ms here), timed on one thread to pick unit counts.
+  const plan::probe::ProbeOptions po{.quick = o.quick, .repeats = 3};
+  KILN_ASSIGN_OR_RETURN(const double unit_s,
+                        plan::probe::time_sharing_unit(po, plan::probe::kSweepUnitRows));
+  // Work between two meetings: from what a tensor-parallel layer half of the
+  // miniature layouts computes (~0.5-4 ms) to a pipeline stage's micro-batch.
   const std::vector<double> works = o.quick ? std::vector<double>{0.5e-3, 2e-3}
-                                            : std::vector<double>{0.5e-3, 2e-3, 6e-3};
-  const double timing_s = o.quick ? 0.05 : 0.3;
-  // --quick (tests): 1 and 2 ranks per core only, a few seconds.
+                                            : std::vector<double>{0.5e-3, 1e-3, 2e-3, 4e-3, 8e-3};
+  std::vector<int> units;
+  for (const double w : works) {
+    units.push_back(std::max(units.empty() ? 1 : units.back() + 1,
+                             static_cast<int>(std::lround(w / unit_s))));
+  }
+  // --quick (tests): 1 and 2 ranks per core only, pairs only, one repeat.
   const std::vector<int> levels = o.quick ? std::vector<int>{1, 2} : std::vector<int>{1, 2, 4};
-  // Every level at every work size, in groups of `group` consecutive ranks.
-  auto measure = [&](int group,
-                     const std::vector<int>& at) -> Result<std::vector<plan::SharingSample>> {
-    std::vector<plan::SharingSample> samples;
-    for (const int per_core : at) {
-      int ranks = std::max(2, per_core * cores);
-      ranks += ranks % 2;
-      const double level = static_cast<double>(ranks) / cores;
-      int previous_units = 0;
-      for (const double work : works) {
-        // Distinct unit counts even where one unit outlasts the smaller works.
-        const int units =
-            std::max(previous_units + 1, static_cast<int>(std::lround(work / unit_s)));
-        previous_units = units;
-        const int rounds =
-            std::max(4, static_cast<int>(timing_s / (std::max(1.0, level) * units * unit_s)));
-        std::vector<std::string> argv = {exe, "bench", "handoff", "--ranks", std::to_string(ranks),
-                                         "--group", std::to_string(group),
-                                         "--units", std::to_string(units),
-                                         "--rounds", std::to_string(rounds),
-                                         "--repeats", o.quick ? "1" : "3", "--json"};
-        KILN_ASSIGN_OR_RETURN(
-            std::string out,
-            run_capture(argv, {}, {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
-                        std::chrono::seconds(120)));
-        try {
-          const auto start = out.rfind("\n{");
-          const nlohmann::json doc =
-              nlohmann::json::parse(start == std::string::npos ? out : out.substr(start + 1));
-          samples.push_back({level, units * unit_s, doc.at("round_s").get<double>()});
-        } catch (const std::exception& e) {
-          return internal_error(fmt::format(
-              "kiln plan calibrate: cannot read kiln bench handoff's JSON ({}): {}", e.what(),
-              out.substr(0, 300)));
+  const int repeats = o.quick ? 1 : o.probe_repeats;
+  std::vector<plan::SharingSample> pairs, alone;
+  for (const int per_core : levels) {
+    int ranks = std::max(2, per_core * cores);
+    ranks += ranks % 2;
+    const double level = static_cast<double>(ranks) / cores;
+    // The unit alone with no rank running, seconds before the sweep: the
+    // work's absolute scale. The sweep's own unit timings (rank 0, the others
+    // asleep) carry the drift between its repeats, but at 4 ranks per core
+    // they ran 2.2x slow (Note [Drifting hosts]).
+    KILN_ASSIGN_OR_RETURN(const double alone_unit_s,
+                          plan::probe::time_sharing_unit(po, plan::probe::kSweepUnitRows));
+    std::vector<std::string> argv = {exe, "bench", "handoff", "--ranks", std::to_string(ranks),
+                                     "--group", "2", "--sweep", fmt::format("{}", fmt::join(units, ",")),
+                                     "--unit-rows", std::to_string(plan::probe::kSweepUnitRows),
+                                     "--timing-s", o.quick ? "0.05" : "0.25",
+                                     "--repeats", std::to_string(repeats), "--json"};
+    if (!o.quick) argv.push_back("--alone");
+    KILN_ASSIGN_OR_RETURN(
+        std::string out, run_capture(argv, {}, {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
+                                     std::chrono::seconds(180)));
+    try {
+      const auto start = out.rfind("\n{");
+      const nlohmann::json doc =
+          nlohmann::json::parse(start == std::string::npos ? out : out.substr(start + 1));
+      const std::vector<double> unit_at = doc.at("unit_s").get<std::vector<double>>();
+      const double unit = plan::median_of(unit_at);
+      for (const auto& x : doc.at("samples")) {
+        const int u = x.at("units").get<int>();
+        const std::vector<double> rounds = x.at("round_s").get<std::vector<double>>();
+        if (rounds.size() != unit_at.size() || !(unit > 0)) {
+          return internal_error("kiln bench handoff --sweep: one round per repeat expected");
         }
+        // Each round in units of the unit timed just before it (the drift
+        // between repeats), then back to seconds at the sweep's median unit,
+        // against work at the unit timed with no rank running.
+        std::vector<double> ratios;
+        for (std::size_t r = 0; r < rounds.size(); ++r) ratios.push_back(rounds[r] / unit_at[r]);
+        const plan::SharingSample sample{level, u * alone_unit_s, plan::median_of(ratios) * unit};
+        (x.at("group").get<int>() == 1 ? alone : pairs).push_back(sample);
+        fmt::print(stderr,
+                   "kiln plan calibrate: core sharing {} ranks per core, groups of {}, {} units "
+                   "({:.2f} ms; in the sweep {:.2f}): {:.3f} ms per round\n",
+                   level, x.at("group").get<int>(), u, 1e3 * sample.work_s, 1e3 * u * unit,
+                   1e3 * sample.round_s);
       }
+    } catch (const std::exception& e) {
+      return internal_error(fmt::format(
+          "kiln plan calibrate: cannot read kiln bench handoff's JSON ({}): {}", e.what(),
+          out.substr(0, 300)));
     }
-    return samples;
-  };
-  KILN_ASSIGN_OR_RETURN(const std::vector<plan::SharingSample> pairs, measure(2, levels));
+  }
   KILN_ASSIGN_OR_RETURN(std::vector<plan::CoreSharingPoint> points, plan::fit_core_sharing(pairs));
-  // --quick (the CLI test, whose budget on a loaded 2-core host is spent)
-  // leaves the groups of one out: the profile then prices every layout as pairs.
-  if (o.quick) return points;
-  KILN_ASSIGN_OR_RETURN(const std::vector<plan::SharingSample> alone_samples, measure(1, levels));
-  KILN_ASSIGN_OR_RETURN(const std::vector<plan::CoreSharingPoint> alone,
-                        plan::fit_core_sharing(alone_samples));
+  if (alone.empty()) return points;
+  KILN_ASSIGN_OR_RETURN(const std::vector<plan::CoreSharingPoint> fitted_alone,
+                        plan::fit_core_sharing(alone));
   for (plan::CoreSharingPoint& p : points) {
-    for (const plan::CoreSharingPoint& a : alone) {
+    for (const plan::CoreSharingPoint& a : fitted_alone) {
       if (a.ranks_per_core == p.ranks_per_core) p.independent_slowdown = a.slowdown;
     }
   }
@@ -254,7 +275,8 @@ Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
                                        "--messages", std::to_string(kMessages),
                                        "--units", std::to_string(units),
                                        "--bytes", std::to_string(kBytes),
-                                       "--repeats", o.quick ? "1" : "5", "--json"};
+                                       "--repeats", o.quick ? "1" : std::to_string(o.probe_repeats + 2),
+                                       "--json"};
       KILN_ASSIGN_OR_RETURN(std::string out,
                             run_capture(argv, {}, {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
                                         std::chrono::seconds(120)));
@@ -339,8 +361,29 @@ std::string utc_now() {
   return buf;
 }
 
+// --merge: calibrations of this host taken at different times, merged into
+// one profile (Note [Drifting hosts], Note [Merging fits]; bench/plan_vs_runtime.py
+// spreads them over its measurement window).
+Status merge_profiles(const CalibrateOptions& o) {
+  std::vector<plan::HostProfile> profiles;
+  for (const std::string& path : o.merge) {
+    KILN_ASSIGN_OR_RETURN(plan::HostProfile p, plan::read_host_profile(path));
+    profiles.push_back(std::move(p));
+  }
+  KILN_ASSIGN_OR_RETURN(const plan::HostProfile merged,
+                        plan::merge_host_profiles(profiles, o.merge));
+  const std::string text = plan::host_profile_to_toml(merged);
+  KILN_RETURN_IF_ERROR(plan::parse_host_profile(text, o.output).status());
+  KILN_RETURN_IF_ERROR(write_file_atomic(o.output, text));
+  std::printf("wrote %s: the median of %zu profiles\n", o.output.c_str(), o.merge.size());
+  return Status::ok();
+}
+
 Status calibrate(const CalibrateOptions& o) {
-  if (o.repeats < 1) return invalid_argument("kiln plan calibrate: --repeats must be >= 1");
+  if (o.repeats < 1 || o.probe_repeats < 1) {
+    return invalid_argument("kiln plan calibrate: --repeats and --probe-repeats must be >= 1");
+  }
+  if (!o.merge.empty()) return merge_profiles(o);
   if (!o.refit_pipeline.empty()) return refit_pipeline(o);
   // Fail before a minute of measuring, not after.
   const std::filesystem::path dir = std::filesystem::absolute(o.output).parent_path();
@@ -369,8 +412,8 @@ Status calibrate(const CalibrateOptions& o) {
   KILN_ASSIGN_OR_RETURN(p.stream_all_bytes_per_s, plan::probe::probe_stream(p.cores, po));
   KILN_ASSIGN_OR_RETURN(p.shm, probe_link("shm", o));
   KILN_ASSIGN_OR_RETURN(p.tcp, probe_link("tcp", o));
+  KILN_ASSIGN_OR_RETURN(p.sharing, probe_sharing(p.cores, o));
   KILN_ASSIGN_OR_RETURN(const double unit_s, plan::probe::time_sharing_unit(po));
-  KILN_ASSIGN_OR_RETURN(p.sharing, probe_sharing(p.cores, unit_s, o));
   KILN_ASSIGN_OR_RETURN(p.pipeline_handoff, probe_pipeline_handoff(p, unit_s, o));
 
   const std::string text = plan::host_profile_to_toml(p);
@@ -458,6 +501,14 @@ const CommandRegistration kRegister("plan", [](CLI::App& parent) {
   cmd->add_option("--repeats", o->repeats, "timed repeats per point; the median counts")
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "print a JSON summary instead of the report");
+  cmd->add_option("--probe-repeats", o->probe_repeats,
+                  "repeats of the core-sharing sweep, spread over it (the pipeline probe: + 2)")
+      ->capture_default_str();
+  cmd->add_option("--merge", o->merge,
+                  "measure nothing: merge these profiles (calibrations of this host at "
+                  "different times: each kernel class, link and core-sharing level from the one "
+                  "with the median time) into -o")
+      ->expected(1, -1);
   cmd->add_option("--refit-pipeline", o->refit_pipeline,
                   "re-measure only this profile's [pipeline_handoff] (written to -o)");
   cmd->callback(run_status([o] { return calibrate(*o); }));

@@ -179,7 +179,11 @@ Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<Sharing
       return invalid_argument(where + ": need timings at two or more distinct work sizes");
     }
     Row x{};
-    if (!fit_nonnegative(a, t, {true, true, false}, 1, &x)) {
+    // A slope under half the unshared rate is no measurement of compute (it
+    // would run twice as fast shared as alone): a stall inflated the small
+    // work's rounds (a quick calibration on a loaded host gave 0.08).
+    constexpr double kLeastSlowdown = 0.5;
+    if (!fit_nonnegative(a, t, {true, true, false}, 1, &x) || x[1] < kLeastSlowdown) {
       // Noise (a quick calibration on a loaded machine) left no slope: as the
       // other noisy fits, fall back to the plain rate of the largest work,
       // all of its round counted as slowed compute.
@@ -189,7 +193,28 @@ Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<Sharing
       }
       x = {0, t[largest] / a[largest][1], 0};
     }
-    out.push_back({level, x[1], x[0]});
+    CoreSharingPoint point{level, x[1], x[0]};
+    // Note [Work between meetings]: each probed size's own slowdown, the
+    // median of its timings, after the fitted hand-off.
+    std::vector<double> works;
+    for (const SharingSample& s : samples) {
+      if (s.ranks_per_core == level && s.round_s > 0 && s.work_s > 0 &&
+          std::find(works.begin(), works.end(), s.work_s) == works.end()) {
+        works.push_back(s.work_s);
+      }
+    }
+    std::sort(works.begin(), works.end());
+    for (const double w : works) {
+      std::vector<double> at;
+      for (const SharingSample& s : samples) {
+        if (s.ranks_per_core == level && s.work_s == w && s.round_s > 0) {
+          at.push_back(std::max(0.0, s.round_s - point.handoff_s) / (std::max(1.0, level) * w));
+        }
+      }
+      const double slowdown = median_of(at);
+      if (slowdown > 0) point.by_work.push_back({w, slowdown});
+    }
+    out.push_back(point);
   }
   return out;
 }
@@ -230,7 +255,10 @@ Result<double> fit_pipeline_sample_handoff(const PipelineSharingSample& x,
   HostProfile lockstep;
   lockstep.sharing = sharing;
   const double level = x.ranks_per_core();
-  const double slowdown = lockstep.sharing_slowdown(level);
+  // Note [Work between meetings]: the pairs' slowdown at the probe's work
+  // between two group all-reduces, as host_step_time.cc reads it for a layout.
+  const double piece = (x.forward_work_s + x.backward_work_s) / (2.0 * x.messages);
+  const double slowdown = lockstep.sharing_slowdown(level, piece);
   const double p2p_handoff = lockstep.handoff_s(level);
   auto excess = [&](double h) -> Result<double> {
     KILN_ASSIGN_OR_RETURN(double t, pipeline_probe_step_s(x, slowdown, p2p_handoff, h));

@@ -73,6 +73,9 @@ struct SharingSample {
 // in host_profile.h). A negative handoff (noise) is dropped and the slowdown
 // refitted alone; timings that do not grow with the work at all (a loaded
 // machine) give the largest work's round over its work and no handoff.
+// Each point also carries, per distinct work size, the median of
+// (round − handoff) / (max(1, ranks_per_core) · work) over that size's
+// timings (Note [Work between meetings]: `by_work`).
 // Ascending in ranks per core. InvalidArgument for a value with fewer than
 // two distinct work sizes.
 Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<SharingSample>& samples);

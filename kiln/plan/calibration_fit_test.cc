@@ -125,6 +125,50 @@ TEST(CalibrationFitTest, CoreSharingDropsANegativeHandOffAndNeedsTwoWorkSizes) {
 
 // Note [Pipeline hand-off]: timings made by the model itself with a known
 // group hand-off come back as that hand-off, per ranks-per-core level.
+TEST(CalibrationFitTest, CoreSharingKeepsEachWorkSizesOwnSlowdown) {
+  // Note [Work between meetings]: at 1 rank per core the pairs lose more at
+  // small work between meetings (1.4x at 0.5 ms, 1.2x at 2 ms, 1.1x at 8 ms)
+  // on top of a 50 us hand-off; 2 ms timed twice (1.18x and 1.22x), so its
+  // entry is their median. The affine fit's slope is one number over all;
+  // the table keeps each size's (round - handoff) / work.
+  const double h = 50e-6;
+  std::vector<SharingSample> s = {{1, 0.5e-3, 1.4 * 0.5e-3 + h},
+                                  {1, 2e-3, 1.18 * 2e-3 + h},
+                                  {1, 2e-3, 1.22 * 2e-3 + h},
+                                  {1, 8e-3, 1.1 * 8e-3 + h},
+                                  // 2 ranks per core: exact affine rounds.
+                                  {2, 1e-3, 1.5 * 2 * 1e-3 + 1e-3},
+                                  {2, 4e-3, 1.5 * 2 * 4e-3 + 1e-3}};
+  auto fit = fit_core_sharing(s);
+  ASSERT_TRUE(fit.is_ok()) << fit.status().to_string();
+  ASSERT_EQ(fit->size(), 2u);
+  const CoreSharingPoint& one = (*fit)[0];
+  ASSERT_EQ(one.by_work.size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    const double w = std::vector<double>{0.5e-3, 2e-3, 8e-3}[i];
+    const double expected = std::vector<double>{1.4, 1.2, 1.1}[i];
+    EXPECT_EQ(one.by_work[i].work_s, w);
+    EXPECT_NEAR(one.by_work[i].slowdown, expected + (h - one.handoff_s) / w, 1e-9) << w;
+  }
+  // Where the rounds are affine, every size gives the slope back.
+  const CoreSharingPoint& two = (*fit)[1];
+  EXPECT_NEAR(two.slowdown, 1.5, 1e-9);
+  EXPECT_NEAR(two.handoff_s, 1e-3, 1e-9);
+  ASSERT_EQ(two.by_work.size(), 2u);
+  EXPECT_NEAR(two.by_work[0].slowdown, 1.5, 1e-9);
+  EXPECT_NEAR(two.by_work[1].slowdown, 1.5, 1e-9);
+}
+
+TEST(CalibrationFitTest, CoreSharingRefusesASlopeNoComputeCouldHave) {
+  // Two ranks per core, the 0.5 ms rounds stalled: the line through the two
+  // points has slope 0.08. Fall back to the largest work's plain rate.
+  std::vector<SharingSample> s = {{2, 0.5e-3, 3.0e-3}, {2, 2e-3, 3.3e-3}};
+  auto fit = fit_core_sharing(s);
+  ASSERT_TRUE(fit.is_ok()) << fit.status().to_string();
+  EXPECT_NEAR((*fit)[0].slowdown, 3.3e-3 / (2 * 2e-3), 1e-9);
+  EXPECT_EQ((*fit)[0].handoff_s, 0);
+}
+
 TEST(CalibrationFitTest, PipelineHandOffRecoversTheWaitThatMadeTheSteps) {
   const std::vector<CoreSharingPoint> sharing = {{1, 1.2, 0}, {2, 1.5, 0.2e-3}, {4, 1.5, 1.3e-3}};
   std::vector<PipelineSharingSample> samples;

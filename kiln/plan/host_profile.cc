@@ -3,6 +3,8 @@
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <sstream>
 #include <vector>
 
@@ -145,6 +147,24 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
     if (r.has("core_sharing", independent)) {
       point.independent_slowdown = r.get_double("core_sharing", independent, true, 1);
     }
+    // Note [Work between meetings]: the pairs' slowdown per probed work size.
+    const std::string works_key = "work_us_" + std::to_string(n);
+    const std::string at_key = "slowdown_at_work_" + std::to_string(n);
+    if (r.has("core_sharing", works_key) || r.has("core_sharing", at_key)) {
+      const std::vector<double> works = r.get_positives("core_sharing", works_key, {});
+      const std::vector<double> at = r.get_positives("core_sharing", at_key, {});
+      if (r.status().is_ok() && (works.empty() || works.size() != at.size())) {
+        r.fail_field("core_sharing", at_key,
+                     "needs one value per entry of " + works_key + " (got " +
+                         std::to_string(at.size()) + " for " + std::to_string(works.size()) + ")");
+      } else if (r.status().is_ok() && !std::is_sorted(works.begin(), works.end(),
+                                                       std::less_equal<double>())) {
+        r.fail_field("core_sharing", works_key, "must be strictly ascending");
+      }
+      for (std::size_t i = 0; i < std::min(works.size(), at.size()); ++i) {
+        point.by_work.push_back({works[i] * kMicro, at[i]});
+      }
+    }
     p.sharing.push_back(point);
   }
   // [pipeline_handoff]: optional as well.
@@ -165,8 +185,8 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
   }
   r.check_unknown(
       "[profile], [host], [compute_1_thread], [compute_all_threads], [memory], [link_shm], "
-      "[link_tcp], [core_sharing] (slowdown_N, handoff_us_N, independent_slowdown_N for N = 1, "
-      "2, 4 ranks per core) or "
+      "[link_tcp], [core_sharing] (slowdown_N, handoff_us_N, independent_slowdown_N, work_us_N, "
+      "slowdown_at_work_N for N = 1, 2, 4 ranks per core) or "
       "[pipeline_handoff] (handoff_us_N for N = 2, 4)",
       "docs/plan.md \"Calibration\"");
   if (!r.status().is_ok()) return r.status().with_context("host profile");
@@ -252,6 +272,27 @@ double HostProfile::sharing_slowdown(double ranks_per_core) const {
   return interpolate(sharing, ranks_per_core, &CoreSharingPoint::slowdown, 1);
 }
 
+double CoreSharingPoint::slowdown_at(double work_s) const {
+  if (by_work.empty() || !(work_s > 0)) return slowdown;
+  if (work_s <= by_work.front().work_s) return by_work.front().slowdown;
+  for (std::size_t i = 1; i < by_work.size(); ++i) {
+    const WorkSlowdown& a = by_work[i - 1];
+    const WorkSlowdown& b = by_work[i];
+    if (work_s <= b.work_s) {
+      // Linear in log w: the probed sizes are spaced by factors of 2-4.
+      const double f = std::log(work_s / a.work_s) / std::log(b.work_s / a.work_s);
+      return a.slowdown + f * (b.slowdown - a.slowdown);
+    }
+  }
+  return by_work.back().slowdown;
+}
+
+double HostProfile::sharing_slowdown(double ranks_per_core, double work_s) const {
+  std::vector<CoreSharingPoint> points = sharing;
+  for (CoreSharingPoint& p : points) p.slowdown = p.slowdown_at(work_s);
+  return interpolate(points, ranks_per_core, &CoreSharingPoint::slowdown, 1);
+}
+
 double HostProfile::independent_slowdown(double ranks_per_core) const {
   std::vector<CoreSharingPoint> points = sharing;
   for (CoreSharingPoint& p : points) {
@@ -308,13 +349,24 @@ std::string host_profile_to_toml(const HostProfile& p) {
   if (!p.sharing.empty()) {
     out << "\n[core_sharing]  # N ranks per core, rounds of compute w and a pair allreduce:\n"
         << "# round = slowdown_N * max(1, N) * w + handoff_N (kiln bench handoff);\n"
-        << "# independent_slowdown_N: the same with groups of one (Note [Lockstep partners])\n";
+        << "# independent_slowdown_N: the same with groups of one (Note [Lockstep partners]);\n"
+        << "# slowdown_at_work_N: (round - handoff_N) / (max(1, N) * w) at each work_us_N\n"
+        << "# (Note [Work between meetings])\n";
     for (const CoreSharingPoint& c : p.sharing) {
       const int n = static_cast<int>(c.ranks_per_core);
       out << "slowdown_" << n << " = " << num(c.slowdown) << "\n"
           << "handoff_us_" << n << " = " << num(c.handoff_s / kMicro) << "\n";
       if (c.independent_slowdown > 0) {
         out << "independent_slowdown_" << n << " = " << num(c.independent_slowdown) << "\n";
+      }
+      if (!c.by_work.empty()) {
+        std::string works, at;
+        for (const WorkSlowdown& w : c.by_work) {
+          works += (works.empty() ? "" : ", ") + num(w.work_s / kMicro);
+          at += (at.empty() ? "" : ", ") + num(w.slowdown);
+        }
+        out << "work_us_" << n << " = [" << works << "]\n"
+            << "slowdown_at_work_" << n << " = [" << at << "]\n";
       }
     }
   }

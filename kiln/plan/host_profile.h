@@ -97,11 +97,43 @@ struct LinkRates {
 // played out by pipeline_sim.h. So `independent_slowdown` (the group-of-one
 // fit, optional: without it `slowdown` applies to every layout) prices the
 // compute of layouts with tp = 1, and `slowdown` that of tp > 1.
+//
+// Note [Work between meetings]: the pairs' loss need not be proportional to
+// the work between two meetings (the affine fit's slope is one number over
+// the probed sizes). So the calibration also keeps each probed size's own
+// slowdown, what is left of its round after the fitted hand-off per unit of
+// work, (round − handoff) / (max(1, N) · w), and `kiln plan` reads the pairs'
+// slowdown at the work a layout's tensor-parallel ranks do between two
+// all-reduces (a layer half), interpolated in log w, clamped to the sizes
+// probed. Without the table (older profiles) the slope applies at any w.
+//
+// Note [Drifting hosts]: a shared VM's speed moves by 15-25% within
+// minutes (docs/perf.md, issue 18 session 6). A slowdown is a ratio of a
+// shared round to the same work alone; both halves must be timed within
+// seconds of each other, or the ratio carries the drift. So `kiln bench
+// handoff --sweep` times the unit alone (rank 0, the others asleep) before
+// every repeat of its sweep, each round is divided by the unit timed just
+// before it, repeats are spread over the whole sweep rather than back to
+// back, and every value is a median, never the fastest. The work's absolute
+// scale is the unit timed by `kiln plan calibrate` itself with no rank
+// running, seconds before each sweep (rank 0's "alone" unit ran 2.2x slow at
+// 8 ranks on 2 cores in one calibration of three). Calibrations spread over
+// a measurement window are merged (host_profile_merge.h).
+struct WorkSlowdown {
+  double work_s = 0;  // work between two meetings, one rank alone
+  double slowdown = 1;
+};
+
 struct CoreSharingPoint {
   double ranks_per_core = 1;
   double slowdown = 1;
   double handoff_s = 0;
   double independent_slowdown = 0;  // 0: not measured (use slowdown)
+  // Note [Work between meetings]: the pairs' slowdown per probed work size,
+  // ascending in work; empty: `slowdown` at every size.
+  std::vector<WorkSlowdown> by_work;
+  // The pairs' slowdown at `work_s` between meetings (slowdown without a table).
+  double slowdown_at(double work_s) const;
 };
 
 // Note [Pipeline hand-off]: inside a pipeline a stage's tensor-parallel
@@ -146,6 +178,9 @@ struct HostProfile {
   // Piecewise linear in the ranks per core between the measured points,
   // clamped to the first and the last (1 and 0 without measurements).
   double sharing_slowdown(double ranks_per_core) const;
+  // ... with `work_s` of compute between two meetings of the pairs (Note
+  // [Work between meetings]): each level's slowdown_at, then as above.
+  double sharing_slowdown(double ranks_per_core, double work_s) const;
   // Note [Lockstep partners]: the slowdown of ranks that meet no partner
   // between long runs of compute; sharing_slowdown() where not measured.
   double independent_slowdown(double ranks_per_core) const;

@@ -243,6 +243,41 @@ TEST(HostProfileTest, IndependentSlowdownRoundTripsAndFallsBackToThePairs) {
   expect_error(bad, {"core_sharing.independent_slowdown_2"});
 }
 
+TEST(HostProfileTest, SlowdownByWorkRoundTripsAndInterpolatesInLogWork) {
+  HostProfile p = sample();
+  p.sharing = {{1, 1.2, 0}, {2, 1.5, 1e-3}};
+  // Note [Work between meetings]: without a table the slope applies at any work.
+  expect_near_rel(p.sharing_slowdown(1, 0.5e-3), 1.2);
+  expect_near_rel(p.sharing_slowdown(1.5, 9e-3), 1.35);
+  p.sharing[0].by_work = {{0.5e-3, 1.4}, {2e-3, 1.2}, {8e-3, 1.1}};
+  auto q = parse_host_profile(host_profile_to_toml(p), "rt.toml");
+  ASSERT_TRUE(q.is_ok()) << q.status().to_string() << "\n" << host_profile_to_toml(p);
+  ASSERT_EQ(q->sharing[0].by_work.size(), 3u);
+  EXPECT_TRUE(q->sharing[1].by_work.empty());
+  EXPECT_EQ(host_profile_to_toml(*q), host_profile_to_toml(p));
+  // Linear in log w between probed sizes (1 ms is halfway from 0.5 to 2 in
+  // log), clamped outside them; the constant slope is what it was.
+  expect_near_rel(q->sharing_slowdown(1, 1e-3), 1.3);
+  expect_near_rel(q->sharing_slowdown(1, 4e-3), 1.15);
+  expect_near_rel(q->sharing_slowdown(1, 0.1e-3), 1.4);
+  expect_near_rel(q->sharing_slowdown(1, 20e-3), 1.1);
+  expect_near_rel(q->sharing_slowdown(1), 1.2);
+  // Between levels: each level at that work, then linear in ranks per core
+  // (level 2 has no table: its 1.5 at any work).
+  expect_near_rel(q->sharing_slowdown(1.5, 1e-3), (1.3 + 1.5) / 2);
+  // Malformed tables name the field.
+  const std::string text = host_profile_to_toml(p);
+  std::string bad = text;
+  bad.replace(bad.find("slowdown_at_work_1 = ["), 22, "slowdown_at_work_1 = [1.0, ");
+  expect_error(bad, {"core_sharing.slowdown_at_work_1", "work_us_1"});
+  bad = text;
+  bad.replace(bad.find("work_us_1 = [500.0"), 18, "work_us_1 = [5000.0");
+  expect_error(bad, {"core_sharing.work_us_1", "ascending"});
+  bad = text;
+  bad.replace(bad.find("work_us_1 = [500.0"), 18, "work_us_1 = [-500.0");
+  expect_error(bad, {"core_sharing.work_us_1", "positive"});
+}
+
 TEST(HostProfileTest, PipelineHandOffRoundTripsAndFallsBackToTheLockstepOne) {
   HostProfile p = sample();
   p.sharing = {{1, 1.1, 10e-6}, {2, 1.25, 1e-3}, {4, 1.5, 3e-3}};

@@ -79,7 +79,8 @@ nlohmann::json host_plan_to_json(const PlanConfig& c, const HostStepTime& st) {
                {"oversubscription", st.oversubscription},
                {"sharing_slowdown", st.sharing_slowdown},
                {"handoff_per_message_s", st.handoff_per_message_s},
-               {"tp_handoff_per_message_s", st.tp_handoff_per_message_s}};
+               {"tp_handoff_per_message_s", st.tp_handoff_per_message_s},
+               {"tp_work_between_messages_s", st.tp_work_between_messages_s}};
   j["layout"] = {{"tp", l.tp},
                  {"pp", l.pp},
                  {"dp", l.dp},

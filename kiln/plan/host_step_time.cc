@@ -130,11 +130,18 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
       static_cast<double>(st.ranks_per_host * st.threads_per_rank) / std::max(1, hp.cores);
   // Note [Core sharing] (host_profile.h): what ranks sharing cores lose
   // beyond fair shares, as calibrated; a lone rank shares with no one.
+  st.layer = host_layer_time(c, st.threads_per_rank);
   if (st.ranks_per_host > 1) {
     // Note [Lockstep partners]: tensor-parallel ranks meet their partner
     // every layer half; the others run as independent ranks between waits.
-    st.sharing_slowdown = l.tp > 1 ? hp.sharing_slowdown(st.oversubscription)
-                                   : hp.independent_slowdown(st.oversubscription);
+    // Note [Work between meetings]: the pairs' slowdown at what a layer half
+    // computes between two all-reduces, on average over forward and backward.
+    if (l.tp > 1) {
+      st.tp_work_between_messages_s = (st.layer.forward_s + st.layer.backward_s) / 4;
+      st.sharing_slowdown = hp.sharing_slowdown(st.oversubscription, st.tp_work_between_messages_s);
+    } else {
+      st.sharing_slowdown = hp.independent_slowdown(st.oversubscription);
+    }
     st.handoff_per_message_s = hp.handoff_s(st.oversubscription);
     // Note [Pipeline hand-off]: a stage's TP ranks sleep between its
     // operations, so their collectives wait as the pipeline probe measured.
@@ -143,7 +150,6 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   }
   const double slowdown = st.sharing_slowdown;
   const double handoff = st.handoff_per_message_s;
-  st.layer = host_layer_time(c, st.threads_per_rank);
   const HostLayerTime& lt = st.layer;
 
   const int p = static_cast<int>(l.pp), v = static_cast<int>(l.vpp);

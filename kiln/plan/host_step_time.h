@@ -53,6 +53,10 @@ struct HostStepTime {
   // (Note [Pipeline hand-off]; handoff_per_message_s without pp or without
   // the measurement).
   double tp_handoff_per_message_s = 0;
+  // Note [Work between meetings] (host_profile.h): one rank's compute
+  // between two of its tensor-parallel all-reduces, unshared (0 without
+  // TP); sharing_slowdown is the pairs' at this work.
+  double tp_work_between_messages_s = 0;
   double micro_batches = 0;
   std::vector<std::int64_t> stage_layers;
   // Per device, one micro-batch through all its chunks, unshared speed.

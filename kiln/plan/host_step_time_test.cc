@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "kiln/comm/tuning.h"
 #include "kiln/plan/flops.h"
 
@@ -213,6 +215,37 @@ TEST(HostStepTimeTest, OnlyTensorParallelRanksPayTheLockstepSlowdown) {
   auto old = host_step_time(small_gpt(host, 1, 1, 8, 4));
   ASSERT_TRUE(old.is_ok());
   EXPECT_NEAR(old->sharing_slowdown, 1.5, 1e-12);
+}
+
+TEST(HostStepTimeTest, TensorParallelRanksPayThePairsSlowdownAtTheirLayerHalf) {
+  // Note [Work between meetings]: the pairs lose 1.6x at 0.1 ms between
+  // meetings and 1.2x from 10 ms on; a TP rank's layer half lies in between.
+  auto host = flops_only_host(2);
+  host->sharing = {{1, 1.5, 0, 1.3}, {4, 1.5, 0, 1.3}};
+  host->sharing[0].by_work = {{0.1e-3, 1.6}, {10e-3, 1.2}};
+  host->sharing[1].by_work = host->sharing[0].by_work;
+  auto tp = host_step_time(small_gpt(host, 2, 1, 1, 4));
+  ASSERT_TRUE(tp.is_ok()) << tp.status().to_string();
+  const double half = (tp->layer.forward_s + tp->layer.backward_s) / 4;
+  EXPECT_NEAR(tp->tp_work_between_messages_s, half, 1e-15);
+  ASSERT_GT(half, 0.1e-3);
+  ASSERT_LT(half, 10e-3);
+  const double expected = 1.6 - 0.4 * std::log(half / 0.1e-3) / std::log(100.0);
+  EXPECT_NEAR(tp->sharing_slowdown, expected, 1e-12);
+  const double fair = model_flops(small_gpt(flops_only_host(2), 1, 1, 1, 4)) / 200e9;
+  EXPECT_NEAR(tp->step_s, expected * fair, 1e-6 * fair);
+  // Halving the batch halves the work between meetings: a larger slowdown.
+  PlanConfig smaller = small_gpt(host, 2, 1, 1, 4);
+  smaller.layout.global_batch = 16;
+  smaller.layout.micro_batch = 4;
+  auto tp_small = host_step_time(smaller);
+  ASSERT_TRUE(tp_small.is_ok());
+  EXPECT_GT(tp_small->sharing_slowdown, tp->sharing_slowdown);
+  // Ranks without a partner keep the independent slowdown, whatever the table.
+  auto dp = host_step_time(small_gpt(host, 1, 1, 2, 4));
+  ASSERT_TRUE(dp.is_ok());
+  EXPECT_NEAR(dp->sharing_slowdown, 1.3, 1e-12);
+  EXPECT_EQ(dp->tp_work_between_messages_s, 0);
 }
 
 TEST(HostStepTimeTest, TensorCollectivesInsideAPipelineWaitThePipelineHandOff) {

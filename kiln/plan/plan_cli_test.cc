@@ -285,6 +285,9 @@ TEST(PlanCliTest, CalibrateQuickWritesAProfileThatPlanReads) {
     EXPECT_EQ(point["independent_slowdown"].get<double>(), 0) << point;
   }
   EXPECT_EQ(text.find("\nindependent_slowdown_"), std::string::npos) << text;
+  // Note [Work between meetings]: each probed work size's own slowdown.
+  EXPECT_NE(text.find("\nwork_us_1 = ["), std::string::npos) << text;
+  EXPECT_NE(text.find("\nslowdown_at_work_1 = ["), std::string::npos) << text;
   // Note [Pipeline hand-off]: --quick runs 2 ranks per core, stages of
   // pairs, so any even core count gets a point; a wait >= 0.
   const unsigned cores = std::thread::hardware_concurrency();
@@ -300,6 +303,38 @@ TEST(PlanCliTest, CalibrateQuickWritesAProfileThatPlanReads) {
   std::remove(profile.c_str());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   expect_host_breakdown(nlohmann::json::parse(r.out));
+}
+
+TEST(PlanCliTest, CalibrateMergeWritesTheMediansOfItsProfiles) {
+  // Note [Drifting hosts]: three calibrations of one host, the vendored
+  // profile with its shared-memory bandwidth at 10, 13.3112 (as vendored) and 20 GB/s:
+  // the link of the median time is the vendored one.
+  const std::string vendored = slurp(KILN_SOURCE_DIR "/examples/plan/cpu-host-2core.toml");
+  const std::string key = "gbytes_per_s = 13.3112";
+  ASSERT_NE(vendored.find(key), std::string::npos);
+  std::vector<std::string> paths;
+  for (const char* value : {"10.0", "13.3112", "20.0"}) {
+    std::string text = vendored;
+    text.replace(text.find(key), key.size(), std::string("gbytes_per_s = ") + value);
+    paths.push_back(temp_path(std::string("cal-") + value + ".toml"));
+    std::ofstream(paths.back()) << text;
+  }
+  const std::string merged = temp_path("merged.toml");
+  CliRun r = kiln("plan calibrate --merge '" + paths[0] + "' '" + paths[1] + "' '" + paths[2] +
+                  "' -o '" + merged + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err << r.out;
+  const std::string text = slurp(merged);
+  EXPECT_NE(text.find("[link_shm]"), std::string::npos) << text;
+  EXPECT_NE(text.find(key), std::string::npos) << text;
+  r = kiln("plan examples/plan/gpt_3d-cpu.toml --json --profile '" + merged + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  expect_host_breakdown(nlohmann::json::parse(r.out));
+  // A profile that cannot be read is named.
+  r = kiln("plan calibrate --merge '" + paths[0] + "' /nonexistent/cal.toml -o '" + merged + "'");
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find("/nonexistent/cal.toml"), std::string::npos) << r.err;
+  for (const std::string& p : paths) std::remove(p.c_str());
+  std::remove(merged.c_str());
 }
 
 TEST(PlanCliTest, CalibrateNamesAnUnwritableOutput) {

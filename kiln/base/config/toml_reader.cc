@@ -131,6 +131,31 @@ std::vector<std::string> TomlReader::get_strings(const std::string& section,
   return out;
 }
 
+std::vector<double> TomlReader::get_positives(const std::string& section, const std::string& key,
+                                              std::vector<double> fallback) {
+  auto node = take(section, key, false);
+  if (!node) return fallback;
+  const toml::array* array = node.as_array();
+  std::vector<double> out;
+  if (array) {
+    for (const toml::node& item : *array) {
+      std::optional<double> v;
+      if (item.is_floating_point()) v = item.value_exact<double>();
+      if (item.is_integer()) v = static_cast<double>(*item.value_exact<std::int64_t>());
+      if (!v || !std::isfinite(*v) || *v <= 0) {
+        array = nullptr;
+        break;
+      }
+      out.push_back(*v);
+    }
+  }
+  if (!array) {
+    fail(section, key, "must be an array of positive numbers", node);
+    return fallback;
+  }
+  return out;
+}
+
 std::vector<std::int64_t> TomlReader::get_ints(const std::string& section, const std::string& key,
                                                std::vector<std::int64_t> fallback,
                                                std::int64_t min_value) {

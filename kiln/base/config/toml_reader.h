@@ -40,6 +40,9 @@ class TomlReader {
                          std::string fallback);
   std::vector<std::string> get_strings(const std::string& section, const std::string& key,
                                        std::vector<std::string> fallback);
+  // An array of positive finite numbers (integers accepted).
+  std::vector<double> get_positives(const std::string& section, const std::string& key,
+                                    std::vector<double> fallback);
   std::vector<std::int64_t> get_ints(const std::string& section, const std::string& key,
                                      std::vector<std::int64_t> fallback, std::int64_t min_value = 1);
 

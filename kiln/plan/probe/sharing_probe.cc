@@ -11,16 +11,16 @@
 
 namespace kiln::plan::probe {
 
-// Four sequences of 128 tokens through a 128 -> 512 linear layer: the FFN
-// input of examples/train/gpt_3d.toml's block, a few hundred microseconds.
 struct SharingWork::Tensors {
-  torch::Tensor x = torch::randn({512, 128});
-  torch::Tensor w = torch::randn({512, 128}).mul_(0.05).requires_grad_(true);
-  torch::Tensor b = torch::zeros({512}).requires_grad_(true);
-  torch::Tensor grad = torch::ones({512, 512});
+  explicit Tensors(int rows)
+      : x(torch::randn({rows, 128})),
+        w(torch::randn({512, 128}).mul_(0.05).requires_grad_(true)),
+        b(torch::zeros({512}).requires_grad_(true)),
+        grad(torch::ones({rows, 512})) {}
+  torch::Tensor x, w, b, grad;
 };
 
-SharingWork::SharingWork() : t_(std::make_unique<Tensors>()) {}
+SharingWork::SharingWork(int rows) : t_(std::make_unique<Tensors>(std::max(1, rows))) {}
 SharingWork::~SharingWork() = default;
 
 void SharingWork::run(int units) {
@@ -30,31 +30,33 @@ void SharingWork::run(int units) {
   }
 }
 
-Result<double> time_sharing_unit(const ProbeOptions& o) {
+double time_units(SharingWork& work, int repeats, double batch_s) {
+  std::vector<double> per_unit;
+  for (int r = 0; r < std::max(1, repeats); ++r) {
+    int units = 0;
+    const auto start = std::chrono::steady_clock::now();
+    double elapsed = 0;
+    do {
+      work.run(1);
+      ++units;
+      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    } while (elapsed < batch_s);
+    per_unit.push_back(elapsed / units);
+  }
+  return median_of(per_unit);
+}
+
+Result<double> time_sharing_unit(const ProbeOptions& o, int rows) {
   try {
     const int before = torch::get_num_threads();
     torch::set_num_threads(1);
     set_openblas_threads(1);
-    SharingWork work;
+    SharingWork work(rows);
     work.run(3);  // warm: allocator, BLAS buffers
-    const double batch_s = o.quick ? 5e-3 : 20e-3;
-    std::vector<double> per_unit;
-    for (int r = 0; r < (o.quick ? 3 : o.repeats); ++r) {
-      int units = 0;
-      const auto start = std::chrono::steady_clock::now();
-      double elapsed = 0;
-      do {
-        work.run(1);
-        ++units;
-        elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      } while (elapsed < batch_s);
-      per_unit.push_back(elapsed / units);
-    }
+    const double unit_s = time_units(work, o.quick ? 3 : o.repeats, o.quick ? 5e-3 : 20e-3);
     torch::set_num_threads(before);
     set_openblas_threads(before);
-    // The fastest batch: on a shared machine noise only ever adds time, and
-    // the unit is meant as one rank's unshared speed.
-    return *std::min_element(per_unit.begin(), per_unit.end());
+    return unit_s;
   } catch (const std::exception& e) {
     return internal_error(std::string("core-sharing probe: LibTorch: ") + e.what());
   }
