@@ -215,7 +215,12 @@ Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, const Calib
         // against work at the unit timed with no rank running.
         std::vector<double> ratios;
         for (std::size_t r = 0; r < rounds.size(); ++r) ratios.push_back(rounds[r] / unit_at[r]);
-        const plan::SharingSample sample{level, u * alone_unit_s, plan::median_of(ratios) * unit};
+        // Noise only ever lengthens a timing: of the unit timed alone before
+        // the sweep and the sweep's median unit, the shorter is the work's
+        // scale (the alone one ran 4x slow on a loaded host, the in-sweep one
+        // 2.2x slow at 4 ranks per core).
+        const double work_unit_s = std::min(alone_unit_s, unit);
+        const plan::SharingSample sample{level, u * work_unit_s, plan::median_of(ratios) * unit};
         (x.at("group").get<int>() == 1 ? alone : pairs).push_back(sample);
         fmt::print(stderr,
                    "kiln plan calibrate: core sharing {} ranks per core, groups of {}, {} units "
