@@ -2,8 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include "kiln/plan/testing/published_models.h"
+
 namespace kiln::plan {
 namespace {
+
+using testing::llama2_70b;
 
 ModelSpec gpt3_175b() {
   ModelSpec m;
@@ -16,20 +20,6 @@ ModelSpec gpt3_175b() {
   m.glu = false;
   m.seq_len = 2048;
   m.vocab = 51200;
-  m.set_family_defaults();
-  return m;
-}
-
-ModelSpec llama2_70b() {
-  ModelSpec m;
-  m.layers = 80;
-  m.hidden = 8192;
-  m.heads = 64;
-  m.kv_heads = 8;
-  m.ffn_hidden = 28672;
-  m.glu = true;
-  m.seq_len = 4096;
-  m.vocab = 32000;
   m.set_family_defaults();
   return m;
 }

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include "kiln/plan/plan.h"
+#include "kiln/plan/testing/published_models.h"
 
 namespace kiln::plan {
 namespace {
@@ -118,16 +119,7 @@ TEST(StepTimeTest, ZeroThreeLatencyGrowsWithTheGroup) {
 // H100: the NVIDIA DGX Cloud MaxText recipe (examples/plan/runs, nvidia-dgxc2025).
 PlanConfig llama70b_fsdp_on_h100(std::int64_t gpus) {
   PlanConfig c;
-  auto& m = c.model;
-  m.layers = 80;
-  m.hidden = 8192;
-  m.heads = 64;
-  m.kv_heads = 8;
-  m.ffn_hidden = 28672;
-  m.glu = true;
-  m.seq_len = 4096;
-  m.vocab = 32000;
-  m.set_family_defaults();
+  c.model = testing::llama2_70b();
   c.cluster.gpu = *find_gpu("h100-sxm");
   c.cluster.nodes = gpus / 8;
   c.cluster.nvlink_bytes_per_s = c.cluster.gpu.nvlink_bytes_per_s;
