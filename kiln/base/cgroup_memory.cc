@@ -69,7 +69,7 @@ std::optional<CgroupPlace> memory_cgroup_of(std::string_view proc_self_cgroup) {
   return unified;
 }
 
-std::optional<std::string> cgroup_dir(std::string_view mountinfo, const CgroupPlace& place) {
+std::optional<CgroupDir> cgroup_dir(std::string_view mountinfo, const CgroupPlace& place) {
   for (std::string_view line : split(mountinfo, '\n')) {
     // ID parent major:minor root mount-point options [optional...] - fstype source super-options
     const auto dash = line.find(" - ");
@@ -90,7 +90,7 @@ std::optional<std::string> cgroup_dir(std::string_view mountinfo, const CgroupPl
       rest.remove_prefix(root.size());
     }
     if (rest == "/") rest = {};
-    return fmt::format("{}{}", mount_point, rest);
+    return CgroupDir{std::string(mount_point), fmt::format("{}{}", mount_point, rest)};
   }
   return std::nullopt;
 }
@@ -122,14 +122,13 @@ Result<std::optional<CgroupMemory>> own_cgroup_memory() {
   const std::optional<CgroupPlace> place = memory_cgroup_of(cgroups);
   if (!place) return std::optional<CgroupMemory>();
   KILN_ASSIGN_OR_RETURN(std::string mountinfo, read_file("/proc/self/mountinfo"));
-  const std::optional<std::string> own = cgroup_dir(mountinfo, *place);
+  const std::optional<CgroupDir> own = cgroup_dir(mountinfo, *place);
   if (!own) return std::optional<CgroupMemory>();
-  const std::optional<std::string> top = cgroup_dir(mountinfo, CgroupPlace{place->version, "/"});
   // A limit anywhere above binds too (a container's memory.max over the
   // step's own unlimited cgroup): the level with the least headroom is the
   // one that counts.
   std::optional<CgroupMemory> binding;
-  for (std::string dir = *own;;) {
+  for (std::string dir = own->dir;; dir.resize(dir.rfind('/'))) {
     Result<CgroupMemory> level = read_cgroup_memory(place->version, dir);
     if (level.is_ok()) {
       auto headroom = [](const CgroupMemory& m) {
@@ -140,10 +139,7 @@ Result<std::optional<CgroupMemory>> own_cgroup_memory() {
       return level.status();  // a file that is there but unreadable or malformed
     }
     // (NotFound: a level without the controller's files, such as v2's root.)
-    const auto slash = dir.rfind('/');
-    if (dir == top || slash == std::string::npos || slash == 0) break;
-    if (top && dir.size() <= top->size()) break;
-    dir.resize(slash);
+    if (dir.size() <= own->mount_point.size()) break;
   }
   return binding;
 }

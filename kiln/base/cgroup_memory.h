@@ -34,11 +34,15 @@ struct CgroupMemory {
 // side leave memory with v1), otherwise the unified "0::" line.
 std::optional<CgroupPlace> memory_cgroup_of(std::string_view proc_self_cgroup);
 
-// The directory of `place` under its mount, from /proc/self/mountinfo's
-// text: a "cgroup" mount whose options include "memory" (v1) or a "cgroup2"
-// mount (v2). A mount of a sub-tree (a container's view, whose root field is
-// not "/") is accounted for. nullopt when no such mount holds the path.
-std::optional<std::string> cgroup_dir(std::string_view mountinfo, const CgroupPlace& place);
+// Where `place` is on this host, from /proc/self/mountinfo's text: a
+// "cgroup" mount whose options include "memory" (v1) or a "cgroup2" mount
+// (v2). A mount of a sub-tree (a container's view, whose root field is not
+// "/") is accounted for. nullopt when no such mount holds the path.
+struct CgroupDir {
+  std::string mount_point;  // the hierarchy's top as this process sees it
+  std::string dir;          // the cgroup's directory, at or below mount_point
+};
+std::optional<CgroupDir> cgroup_dir(std::string_view mountinfo, const CgroupPlace& place);
 
 // The cgroup's limit and usage, read from `dir`'s files. InvalidArgument
 // names a file whose contents do not parse; NotFound a missing one.

@@ -37,12 +37,15 @@ constexpr const char* kMountinfo =
 
 TEST(CgroupDir, MapsThePathThroughTheMountsRoot) {
   // A container sees its own cgroup as the mount's root.
-  EXPECT_EQ(cgroup_dir(kMountinfo, {1, "/docker/abc"}), "/sys/fs/cgroup/memory");
-  EXPECT_EQ(cgroup_dir(kMountinfo, {1, "/docker/abc/rank3"}), "/sys/fs/cgroup/memory/rank3");
+  EXPECT_EQ(cgroup_dir(kMountinfo, {1, "/docker/abc"})->dir, "/sys/fs/cgroup/memory");
+  const auto rank3 = cgroup_dir(kMountinfo, {1, "/docker/abc/rank3"});
+  ASSERT_TRUE(rank3);
+  EXPECT_EQ(rank3->dir, "/sys/fs/cgroup/memory/rank3");
+  EXPECT_EQ(rank3->mount_point, "/sys/fs/cgroup/memory");
   EXPECT_FALSE(cgroup_dir(kMountinfo, {1, "/docker/abcd"}));  // not below the root
   EXPECT_FALSE(cgroup_dir(kMountinfo, {1, "/other"}));
-  EXPECT_EQ(cgroup_dir(kMountinfo, {2, "/user.slice/x"}), "/sys/fs/cgroup/unified/user.slice/x");
-  EXPECT_EQ(cgroup_dir(kMountinfo, {2, "/"}), "/sys/fs/cgroup/unified");
+  EXPECT_EQ(cgroup_dir(kMountinfo, {2, "/user.slice/x"})->dir, "/sys/fs/cgroup/unified/user.slice/x");
+  EXPECT_EQ(cgroup_dir(kMountinfo, {2, "/"})->dir, "/sys/fs/cgroup/unified");
   EXPECT_FALSE(cgroup_dir("31 30 0:28 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n", {1, "/"}));
 }
 

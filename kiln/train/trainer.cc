@@ -98,7 +98,8 @@ constexpr double kMiB = 1 << 20;
 
 // The training state per rank of each strategy for this model (the ZeRO
 // formulas); ResourceExhausted before anything runs when the chosen one is
-// over parallel.memory_cap_mib, naming the strategies that would fit.
+// over the per-rank cap (kiln/train/memory_cap.h), naming the strategies
+// that would fit.
 Status check_state_fits(const TrainConfig& c, const MemoryCap& memory_cap, std::int64_t parameters,
                         int world) {
   const auto cap = static_cast<std::size_t>(memory_cap.mib * kMiB);

@@ -22,21 +22,22 @@ else
   RESERVE_LINE=
 fi
 
+# mount_of PATH FSTYPE: PATH's directory under the mount of FSTYPE (for
+# "cgroup", the one holding the memory controller), through the mount's root.
+mount_of() {
+  awk -v p="$1" -v t="$2" '$0 ~ (" - " t " ") && (t == "cgroup2" || $NF ~ /(^|,)memory(,|$)/) {
+      root = $4; mnt = $5
+      if (root == "/") { print mnt p; exit }
+      if (index(p, root) == 1) { print mnt substr(p, length(root) + 1); exit } }' /proc/self/mountinfo
+}
 memory_cgroup_parent() {
-  local line path
+  local line
   if line=$(grep -E '^[0-9]+:([^:]*,)?memory(,[^:]*)?:' /proc/self/cgroup); then
-    path=${line#*:*:}
     CG_VERSION=1
-    CG_PARENT=$(awk -v p="$path" '$0 ~ / - cgroup / && $NF ~ /(^|,)memory(,|$)/ {
-        root = $4; mnt = $5
-        if (root == "/") { print mnt p; exit }
-        if (index(p, root) == 1) { print mnt substr(p, length(root) + 1); exit } }' /proc/self/mountinfo)
+    CG_PARENT=$(mount_of "${line#*:*:}" cgroup)
   elif line=$(grep -E '^0::' /proc/self/cgroup); then
-    path=${line#0::}
     CG_VERSION=2
-    CG_PARENT=$(awk -v p="$path" '$0 ~ / - cgroup2 / { root = $4; mnt = $5
-        if (root == "/") { print mnt p; exit }
-        if (index(p, root) == 1) { print mnt substr(p, length(root) + 1); exit } }' /proc/self/mountinfo)
+    CG_PARENT=$(mount_of "${line#0::}" cgroup2)
   fi
   [ -n "${CG_PARENT:-}" ] && [ -d "$CG_PARENT" ]
 }
