@@ -78,6 +78,30 @@ if args.duplex and args.mode == "ddp":
     BACKENDS = ("kiln", "kiln_duplex", "gloo")
 
 
+def tcp_congestion_counts():
+    """{algorithm: number of this process's connected TCP sockets using it}."""
+    import socket
+    counts = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if not os.readlink(f"/proc/self/fd/{name}").startswith("socket:"):
+                continue
+            s = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue
+        with s:
+            if s.family not in (socket.AF_INET, socket.AF_INET6) or s.type != socket.SOCK_STREAM:
+                continue
+            try:
+                s.getpeername()  # connected ones only, not listeners
+            except OSError:
+                continue
+            algo = s.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+            algo = algo.rstrip(b"\0").decode()
+            counts[algo] = counts.get(algo, 0) + 1
+    return counts
+
+
 def emit(what, values):
     if rank != 0:
         return
@@ -211,6 +235,12 @@ else:
             line[b] = {"sent_MB": statistics.median(s for s, _ in v) / 1e6,
                        "received_MB": statistics.median(r for _, r in v) / 1e6}
         print(json.dumps(line), flush=True)
+
+    if rank == 0:
+        # Which congestion control each of this process's TCP connections
+        # ran under (bench/torch_backend.sh --congestion): a comparison of
+        # the backends means something only when this says what it was.
+        print(json.dumps({"what": "ddp_tcp_congestion", **tcp_congestion_counts()}), flush=True)
 
     if args.timeline:
         # Where the step's time goes: a bucket's allreduce can start only
