@@ -23,13 +23,8 @@
 set -euo pipefail
 KILN=$1; shift
 SCENARIOS=("$@"); [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(clean data comm straggler checkpoint)
-WORK=$(mktemp -d)
-cleanup() {
-  local rc=$?
-  if [ "$rc" -ne 0 ]; then echo "validate: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/scratch.sh"
+scratch validate
 sed "s|DATA_DIR|$WORK/data|" "$(dirname "${BASH_SOURCE[0]}")/tiny.toml" > "$WORK/tiny.toml"
 
 fail() { echo "validate $1: $2" >&2; exit 1; }

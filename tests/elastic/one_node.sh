@@ -17,15 +17,12 @@ set -euo pipefail
 KILN=$1; shift
 SCENARIOS=("$@"); [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(crash hang preempt slow-final)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-WORK=$(mktemp -d)
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/scratch.sh"
 AGENT=
-cleanup() {
-  local rc=$?
+stop_started() {
   [ -n "$AGENT" ] && kill -9 "$AGENT" 2>/dev/null || true
-  if [ "$rc" -ne 0 ]; then echo "one_node: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
 }
-trap cleanup EXIT
+scratch one_node stop_started
 CONFIG=$(tiny_config "$WORK")
 STEPS=150
 TRAIN=("$KILN" train "$CONFIG" --no-progress --max-steps "$STEPS")

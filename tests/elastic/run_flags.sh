@@ -12,16 +12,12 @@ set -euo pipefail
 KILN=$(readlink -f "$1"); shift
 SCENARIOS=("$@"); [ ${#SCENARIOS[@]} -gt 0 ] || SCENARIOS=(standalone restarts)
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kiln-run-flags.XXXXXX")
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/scratch.sh"
 PIDS=()
-cleanup() {
-  local rc=$?
-  set +e
+stop_started() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null; done
-  if [ "$rc" -ne 0 ]; then echo "run_flags: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
 }
-trap cleanup EXIT
+scratch run_flags stop_started
 fail() { echo "run_flags $SCENARIO: $*" >&2; exit 1; }
 
 for SCENARIO in "${SCENARIOS[@]}"; do

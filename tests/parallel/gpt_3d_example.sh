@@ -8,9 +8,8 @@
 set -euo pipefail
 KILN=$(realpath "$1")
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-WORK=$(mktemp -d)
-trap 'rc=$?; if [ $rc -ne 0 ]; then echo "gpt_3d_example: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi' EXIT
-fail() { echo "gpt_3d_example: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/scratch.sh"
+scratch gpt_3d_example
 cd "$WORK"  # data.dir is relative: the example converts into ./data/fortunes
 [ -r /usr/share/games/fortunes/wisdom ] || { echo "gpt_3d_example: no fortunes (scripts/install-deps.sh installs them)" >&2; exit 77; }
 

@@ -14,13 +14,8 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 CONFIG="$ROOT/examples/train/gpt_zero3.toml"
 HALF=${GPT_ZERO3_HALF:-6}
 STEPS=${GPT_ZERO3_STEPS:-12}
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kiln-gpt-zero3.XXXXXX")
-cleanup() {
-  local rc=$?
-  if [ "$rc" -ne 0 ]; then echo "gpt_zero3_example: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/scratch.sh"
+scratch gpt_zero3_example
 fail() { echo "gpt_zero3_example: FAIL: $*" >&2; exit 1; }
 # The example's data and checkpoint paths are relative: here, not in the checkout.
 cd "$WORK"

@@ -8,16 +8,12 @@ set -euo pipefail
 KILN=$1
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../elastic/lib.sh"
-WORK=$(mktemp -d)
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/scratch.sh"
 AGENT=
-cleanup() {
-  local rc=$?
+stop_started() {
   [ -n "$AGENT" ] && kill -9 "$AGENT" 2>/dev/null || true
-  if [ "$rc" -ne 0 ]; then echo "three_d_run: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
 }
-trap cleanup EXIT
-fail() { echo "three_d_run: $*" >&2; exit 1; }
+scratch three_d_run stop_started
 
 SOURCES=$(ls "$HERE"/../../docs/*.md | sed 's/.*/"&"/' | paste -sd, -)
 sed -e "s|DATA_DIR|$WORK/data|" -e "s|SOURCES|$SOURCES|" "$HERE/tiny_gpt_3d.toml" > "$WORK/gpt.toml"

@@ -13,14 +13,8 @@ set -euo pipefail
 KILN=$1
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kiln-plan-vs-run-$$-XXXXXX")
-cleanup() {
-  local rc=$?
-  if [ "$rc" -ne 0 ]; then echo "planner_vs_runtime: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
-fail() { echo "planner_vs_runtime: $*" >&2; exit 1; }
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/scratch.sh"
+scratch planner_vs_runtime
 
 # The 3D tests' tiny GPT (tests/parallel/tiny_gpt_3d.toml) on the repository's
 # docs, and the same model for the planner on the vendored host profile.

@@ -12,17 +12,13 @@ KILN=$(realpath "$1")
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$HERE/../elastic/lib.sh"  # wait_until; exports a KILN_JOB_TOKEN
 unset KILN_JOB_TOKEN  # part 1: the launcher makes its own
-WORK=$(mktemp -d "/tmp/kiln-security-$$-XXXX")
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/scratch.sh"
 PIDS=()
-cleanup() {
-  local rc=$?
+stop_started() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  if [ "$rc" -ne 0 ]; then echo "job_auth: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
 }
-trap cleanup EXIT
-fail() { echo "job_auth: $*" >&2; exit 1; }
+scratch job_auth stop_started
 command -v ss > /dev/null || { echo "job_auth: ss (iproute2) missing" >&2; exit 77; }
 
 # --- 1. kiln launch: listeners and refused clients --------------------------

@@ -14,13 +14,8 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 export PYTHONPATH="$MODULE_DIR${PYTHONPATH:+:$PYTHONPATH}"
 # One BLAS thread everywhere: the same float sums whichever launcher binds cores.
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1
-WORK=$(mktemp -d /tmp/kiln-torch-backend.$$.XXXX)
-cleanup() {
-  local rc=$?
-  if [ "$rc" -ne 0 ]; then echo "backend: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/scratch.sh"
+scratch backend
 fail() { echo "backend $1: $2" >&2; tail -40 "$WORK/$1.log" >&2; exit 1; }
 # every_rank LOG N PATTERN: ranks 0..N-1 each printed PATTERN rank=R.
 every_rank() {

@@ -10,13 +10,8 @@
 set -euo pipefail
 KILN=$1 PYTHON=$2
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-WORK=$(mktemp -d /tmp/kiln-torch-launchers.$$.XXXX)
-cleanup() {
-  local rc=$?
-  if [ "$rc" -ne 0 ]; then echo "launchers: logs kept in $WORK" >&2; else rm -rf "$WORK"; fi
-  exit "$rc"
-}
-trap cleanup EXIT
+source "$(dirname "${BASH_SOURCE[0]}")/../lib/scratch.sh"
+scratch launchers
 fail() { echo "launchers $1: $2" >&2; tail -40 "$WORK/$1.log" >&2; exit 1; }
 # finished LOG ATTEMPT: both ranks printed their final line on ATTEMPT.
 finished() {
