@@ -1,8 +1,26 @@
 // `kiln`: one executable, one subcommand per cli/*_cmd.cc file.
+//
+// Note [Commands that need LibTorch]: loading LibTorch (Debian's links ~290
+// shared libraries, and its static initialisers register every operator)
+// costs 0.5-1 s before main() on this VM, which every process paid: a rank
+// restarted to recover from its buddy's memory, a launcher, `kiln ckpt ls`.
+// So `kiln` is built without the commands in cli/torch/, and a full
+// executable with every command lies beside it in libexec/ (the same
+// basename, so process listings still say "kiln"). `kiln` runs a command
+// line only if it parses it completely; anything else (a command only the
+// full executable has, a help request, a usage error) is handed to the full
+// one unchanged (execv), which answers it. Where LibTorch is not installed
+// there is only the one executable.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
 #include <cstring>
 #include <map>
+#include <string>
 
 #include "cli/registry.h"
 #include "kiln/base/blas_kernel.h"
@@ -45,6 +63,37 @@ bool runs_matrix_products(int argc, char** argv) {
          (std::strcmp(argv[2], "ddp") == 0 || std::strcmp(argv[2], "serve") == 0);
 }
 
+#ifdef KILN_FULL_EXECUTABLE
+// The full executable (KILN_FULL_EXECUTABLE, relative to this one's
+// directory), or empty when it is not there.
+std::string full_executable() {
+  char self[PATH_MAX];
+  const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (len <= 0) return {};
+  std::string path(self, static_cast<std::size_t>(len));
+  path = path.substr(0, path.rfind('/') + 1) + KILN_FULL_EXECUTABLE;
+  return ::access(path.c_str(), X_OK) == 0 ? path : std::string();
+}
+#endif
+
+// Hands a command line this executable did not run to the full one (Note
+// [Commands that need LibTorch]); returns only when there is none or the
+// exec failed.
+void hand_to_full_executable(const CLI::ParseError& e, char** argv) {
+#ifdef KILN_FULL_EXECUTABLE
+  if (kiln::cli::command_started() || dynamic_cast<const CLI::CallForVersion*>(&e) != nullptr) {
+    return;
+  }
+  const std::string full = full_executable();
+  if (full.empty()) return;
+  ::execv(full.c_str(), argv);
+  std::fprintf(stderr, "kiln: cannot run %s: %s\n", full.c_str(), std::strerror(errno));
+#else
+  (void)e;
+  (void)argv;
+#endif
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -59,6 +108,11 @@ int main(int argc, char** argv) {
                    [](const auto& a, const auto& b) { return a.first.size() < b.first.size(); });
   for (auto& [parent, setup] : commands) setup(*parent_for(app, parent));
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    hand_to_full_executable(e, argv);
+    return app.exit(e);
+  }
   return 0;
 }
