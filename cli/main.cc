@@ -9,8 +9,11 @@
 // basename, so process listings still say "kiln"). `kiln` runs a command
 // line only if it parses it completely; anything else (a command only the
 // full executable has, a help request, a usage error) is handed to the full
-// one unchanged (execv), which answers it. Where LibTorch is not installed
-// there is only the one executable.
+// one unchanged (execv), which answers it. So are, before parsing, the
+// commands that look at the BLAS LibTorch loads (runs_matrix_products and
+// `kiln env`: Note [OpenBLAS on CPUs it does not know] needs OpenBLAS loaded
+// to see which kernels it picked). Where LibTorch is not installed there is
+// only the one executable.
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
@@ -76,27 +79,28 @@ std::string full_executable() {
 }
 #endif
 
-// Hands a command line this executable did not run to the full one (Note
-// [Commands that need LibTorch]); returns only when there is none or the
-// exec failed.
-void hand_to_full_executable(const CLI::ParseError& e, char** argv) {
+// Hands the command line to the full executable (Note [Commands that need
+// LibTorch]); returns only when there is none or the exec failed.
+void hand_to_full_executable(char** argv) {
 #ifdef KILN_FULL_EXECUTABLE
-  if (kiln::cli::command_started() || dynamic_cast<const CLI::CallForVersion*>(&e) != nullptr) {
-    return;
-  }
   const std::string full = full_executable();
   if (full.empty()) return;
   ::execv(full.c_str(), argv);
   std::fprintf(stderr, "kiln: cannot run %s: %s\n", full.c_str(), std::strerror(errno));
 #else
-  (void)e;
   (void)argv;
 #endif
+}
+
+// Whether this command needs the BLAS that LibTorch loads.
+bool looks_at_blas(int argc, char** argv) {
+  return runs_matrix_products(argc, argv) || (argc >= 2 && std::strcmp(argv[1], "env") == 0);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (looks_at_blas(argc, argv)) hand_to_full_executable(argv);
   if (runs_matrix_products(argc, argv)) kiln::reexec_if_blas_runs_generic_kernels(argv);
   CLI::App app{"kiln: a runtime for fault-tolerant distributed training"};
   app.require_subcommand(1);
@@ -111,7 +115,9 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
-    hand_to_full_executable(e, argv);
+    if (!kiln::cli::command_started() && dynamic_cast<const CLI::CallForVersion*>(&e) == nullptr) {
+      hand_to_full_executable(argv);
+    }
     return app.exit(e);
   }
   return 0;

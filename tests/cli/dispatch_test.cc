@@ -67,6 +67,32 @@ TEST(Dispatch, ACommandKilnLacksRunsInTheFullExecutable) {
   EXPECT_NE(missing.output.find("config is required"), std::string::npos) << missing.output;
 }
 
+std::string blas_line(const std::string& output) {
+  const auto at = output.find("blas:");
+  return at == std::string::npos ? "" : output.substr(at, output.find('\n', at) - at);
+}
+
+TEST(Dispatch, KilnEnvSeesTheBlasLibTorchLoads) {
+#ifndef KILN_HAS_TORCH
+  GTEST_SKIP() << "built without LibTorch: there is no full executable";
+#endif
+  // Note [OpenBLAS on CPUs it does not know] needs OpenBLAS loaded: `kiln env`
+  // (and launch/run, which set the workers' core type from it) must report
+  // what the full executable sees, not "not OpenBLAS".
+  const std::string kiln = KILN_BINARY;
+  const std::string full = kiln.substr(0, kiln.rfind('/') + 1) + "libexec/kiln";
+  KilnRun mine = run("env");
+  FILE* p = ::popen((full + " env 2>&1").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string theirs;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) theirs.append(buf, n);
+  ::pclose(p);
+  EXPECT_EQ(mine.exit_code, 0) << mine.output;
+  ASSERT_NE(blas_line(theirs), "") << theirs;
+  EXPECT_EQ(blas_line(mine.output), blas_line(theirs));
+}
+
 TEST(Dispatch, AnUnknownCommandFailsOnce) {
   // Handed on once (the full executable hands nothing on), answered once.
   KilnRun r = run("no-such-command");
