@@ -17,8 +17,7 @@ struct KilnRun {
 
 // `env KILN ARGS` through the shell, killed after 120 s so a hang fails the test.
 KilnRun run(const std::string& args, const std::string& env = "") {
-  const std::string cmd =
-      fmt::format("{} timeout -s KILL 120 {} {} 2>&1", env, KILN_BINARY, args);
+  const std::string cmd = fmt::format("{} timeout -s KILL 120 {} {} 2>&1", env, KILN_BINARY, args);
   KilnRun r;
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return r;
@@ -50,8 +49,7 @@ TEST(Dispatch, ACommandKilnLacksRunsInTheFullExecutable) {
 #endif
   KilnRun help = run("train --help");
   EXPECT_EQ(help.exit_code, 0) << help.output;
-  EXPECT_NE(help.output.find("Train a model from a TOML config"), std::string::npos)
-      << help.output;
+  EXPECT_NE(help.output.find("Train a model from a TOML config"), std::string::npos) << help.output;
   // A nested one, and the top-level help lists every command.
   KilnRun nested = run("bench ddp --help");
   EXPECT_EQ(nested.exit_code, 0) << nested.output;
