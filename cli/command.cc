@@ -31,8 +31,15 @@ int exit_code_for(const Status& status) {
   }
 }
 
+namespace {
+bool started = false;
+}  // namespace
+
+bool command_started() { return started; }
+
 std::function<void()> run_status(std::function<Status()> body) {
   return [body = std::move(body)] {
+    started = true;
     Status s = body();
     if (!s.is_ok()) {
       std::fprintf(stderr, "kiln: %s\n", s.to_string().c_str());

@@ -1,8 +1,29 @@
 // `kiln`: one executable, one subcommand per cli/*_cmd.cc file.
+//
+// Note [Commands that need LibTorch]: loading LibTorch (Debian's links ~290
+// shared libraries, and its static initialisers register every operator)
+// costs 0.5-1 s before main() on this VM, which every process paid: a rank
+// restarted to recover from its buddy's memory, a launcher, `kiln ckpt ls`.
+// So `kiln` is built without the commands in cli/torch/, and a full
+// executable with every command lies beside it in libexec/ (the same
+// basename, so process listings still say "kiln"). `kiln` runs a command
+// line only if it parses it completely; anything else (a command only the
+// full executable has, a help request, a usage error) is handed to the full
+// one unchanged (execv), which answers it. So are, before parsing, the
+// commands that look at the BLAS LibTorch loads (runs_matrix_products and
+// `kiln env`: Note [OpenBLAS on CPUs it does not know] needs OpenBLAS loaded
+// to see which kernels it picked). Where LibTorch is not installed there is
+// only the one executable.
 #include <CLI/CLI.hpp>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <climits>
+#include <cstdio>
 #include <cstring>
 #include <map>
+#include <string>
 
 #include "cli/registry.h"
 #include "kiln/base/blas_kernel.h"
@@ -45,9 +66,41 @@ bool runs_matrix_products(int argc, char** argv) {
          (std::strcmp(argv[2], "ddp") == 0 || std::strcmp(argv[2], "serve") == 0);
 }
 
+#ifdef KILN_FULL_EXECUTABLE
+// The full executable (KILN_FULL_EXECUTABLE, relative to this one's
+// directory), or empty when it is not there.
+std::string full_executable() {
+  char self[PATH_MAX];
+  const ssize_t len = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
+  if (len <= 0) return {};
+  std::string path(self, static_cast<std::size_t>(len));
+  path = path.substr(0, path.rfind('/') + 1) + KILN_FULL_EXECUTABLE;
+  return ::access(path.c_str(), X_OK) == 0 ? path : std::string();
+}
+#endif
+
+// Hands the command line to the full executable (Note [Commands that need
+// LibTorch]); returns only when there is none or the exec failed.
+void hand_to_full_executable(char** argv) {
+#ifdef KILN_FULL_EXECUTABLE
+  const std::string full = full_executable();
+  if (full.empty()) return;
+  ::execv(full.c_str(), argv);
+  std::fprintf(stderr, "kiln: cannot run %s: %s\n", full.c_str(), std::strerror(errno));
+#else
+  (void)argv;
+#endif
+}
+
+// Whether this command needs the BLAS that LibTorch loads.
+bool looks_at_blas(int argc, char** argv) {
+  return runs_matrix_products(argc, argv) || (argc >= 2 && std::strcmp(argv[1], "env") == 0);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (looks_at_blas(argc, argv)) hand_to_full_executable(argv);
   if (runs_matrix_products(argc, argv)) kiln::reexec_if_blas_runs_generic_kernels(argv);
   CLI::App app{"kiln: a runtime for fault-tolerant distributed training"};
   app.require_subcommand(1);
@@ -59,6 +112,13 @@ int main(int argc, char** argv) {
                    [](const auto& a, const auto& b) { return a.first.size() < b.first.size(); });
   for (auto& [parent, setup] : commands) setup(*parent_for(app, parent));
 
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    if (!kiln::cli::command_started() && dynamic_cast<const CLI::CallForVersion*>(&e) == nullptr) {
+      hand_to_full_executable(argv);
+    }
+    return app.exit(e);
+  }
   return 0;
 }

@@ -9,4 +9,8 @@
 
 namespace kiln::cli {
 std::vector<std::pair<std::string, CommandSetup>>& registered_commands();
+
+// True once a command's body began (run_status): from then on the command
+// line is this process's to finish, never handed to another executable.
+bool command_started();
 }  // namespace kiln::cli
