@@ -26,8 +26,9 @@ struct Conn {
   Fd fd;
   ResponseReader reader;
   bool busy = false;
-  Clock::time_point at;  // the scheduled time of the request in flight
-  std::size_t sent = 0;  // bytes of it written
+  Clock::time_point at;    // the scheduled time of the request in flight
+  std::size_t sent = 0;    // bytes of it written
+  bool wants_out = false;  // EPOLLOUT armed: the socket buffer was full
 };
 
 timespec to_timespec(Clock::time_point tp) {
@@ -172,16 +173,22 @@ class LoadLoop {
       } else if (n < 0 && errno == EINTR) {
         continue;
       } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-        epoll_event ev{.events = EPOLLIN | EPOLLOUT, .data = {.u64 = i}};
-        ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
+        if (!c.wants_out) {
+          epoll_event ev{.events = EPOLLIN | EPOLLOUT, .data = {.u64 = i}};
+          ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
+          c.wants_out = true;
+        }
         return;
       } else {
         fail(i, fmt::format("no answer: send: {}", std::strerror(errno)));
         return;
       }
     }
-    epoll_event ev{.events = EPOLLIN, .data = {.u64 = i}};
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
+    if (c.wants_out) {  // a syscall per request otherwise
+      epoll_event ev{.events = EPOLLIN, .data = {.u64 = i}};
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
+      c.wants_out = false;
+    }
   }
 
   void read_answers(std::size_t i) {

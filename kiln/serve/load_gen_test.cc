@@ -76,6 +76,23 @@ TEST(LoadGen, CountsEveryRequestOnceAsOkRefusedOrDropped) {
   for (double t : r.sent_at_s) EXPECT_LT(t, 1.0);
 }
 
+TEST(LoadGen, ARequestLargerThanTheSocketBufferIsSentWhole) {
+  // 8 MiB bodies: send() takes part of each, the rest goes when the socket
+  // is writable again (EPOLLOUT), and the server sees every byte.
+  const std::string body(8 << 20, 'x');
+  Server s([&body](int, const httplib::Request& req, httplib::Response& res) {
+    if (req.body != body) res.status = 400;
+    res.set_content("{}", "application/json");
+  });
+  ASSERT_GT(s.port, 0);
+  LoadOptions o = options(s.port, 40, 0.25, 4);
+  o.body = body;
+  LoadResult r = run_load(o);
+  EXPECT_GT(r.ok, 2u);
+  EXPECT_EQ(r.ok, static_cast<std::uint64_t>(s.requests.load()));
+  EXPECT_EQ(r.dropped, 0u) << (r.drop_reasons.empty() ? "" : r.drop_reasons[0]);
+}
+
 TEST(LoadGen, LatencyRunsFromTheScheduledTimeWhenEveryConnectionIsBusy) {
   // One connection, a 20 ms server, 200 req/s offered: requests wait for the
   // connection, and that wait is latency (no coordinated omission).
