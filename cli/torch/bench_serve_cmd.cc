@@ -7,8 +7,10 @@
 //   2. batching gain: the highest Poisson rate one replica serves within the
 //      SLO (p99, no 503) with dynamic batching vs batch size 1;
 //   3. a fleet (--replicas 1:2) under a step in load that needs 2 replicas at
-//      peak: latency, throughput, drops, replica-seconds vs a static fleet of
-//      2, and how long after the step p99 is back under the SLO.
+//      peak, sized from the capacity of one and of two replicas measured
+//      behind the router: latency, throughput, drops, replica-seconds vs a
+//      static fleet of 2, and how long after the step p99 is back under the
+//      SLO.
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -52,10 +54,11 @@ struct BenchArgs {
   int runs = 3;
   std::string model;  // an existing checkpoint root; "" = write one
   std::string parts = "service,cold,cold_s3,batching,fleet";
-  double capacity_rps = 0;  // one replica's, for the fleet's load; 0: the batching part's
-  int max_batch = 32;        // the batched replica's
+  double capacity_rps = 0;  // one replica's, for the fleet's load; 0: measured behind the router
+  int max_batch = 0;        // the batched replica's; 0: from the service line
   int max_queue_delay_us = 2000;
-  double probe_rps = 0;  // the probe part: one batched replica at this rate (profiling)
+  int fleet_max_batch = 0;  // the fleet's replicas'; 0: max_batch
+  double probe_rps = 0;     // the probe part: one batched replica at this rate (profiling)
 
   bool part(const std::string& name) const {
     return ("," + parts + ",").find("," + name + ",") != std::string::npos;
@@ -86,6 +89,7 @@ Result<json> service_line(const std::string& model_root) {
     json per_batch = json::object();
     double t1 = 0, t32 = 0, best_rate = 0;
     int best_batch = 1;
+    std::vector<std::pair<int, double>> rates;  // items/s per batch size
     for (int b = 1; b <= 64; b += b < 32 ? 1 : 8) {
       std::vector<serve::Input> batch(static_cast<std::size_t>(b), image);
       for (int i = 0; i < 5; ++i) (*model)->run(batch);
@@ -100,6 +104,7 @@ Result<json> service_line(const std::string& model_root) {
       per_batch[std::to_string(b)] = m * 1000;
       if (b == 1) t1 = m;
       if (b == 32) t32 = m;
+      rates.emplace_back(b, b / m);
       if (b / m > best_rate) {
         best_rate = b / m;
         best_batch = b;
@@ -111,6 +116,14 @@ Result<json> service_line(const std::string& model_root) {
     out["forward_gain_32"] = 32 * t1 / t32;     // items/s at 32 vs at 1
     out["forward_gain_best"] = best_rate * t1;  // batching's ceiling for this model here
     out["forward_best_batch"] = best_batch;
+    // The plateau is flat and noisy: the smallest batch within 3% of the
+    // best is as fast and adds less latency.
+    for (const auto& [b, rate] : rates) {
+      if (rate >= 0.97 * best_rate) {
+        out["forward_knee_batch"] = b;
+        break;
+      }
+    }
   });
   worker.join();
   KILN_RETURN_IF_ERROR(status);
@@ -287,31 +300,100 @@ double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json*
   return best;
 }
 
-// 3. The fleet under a step: 0.4 x one replica's capacity for 15 s, then
-// 1.3 x (two replicas' worth) for 25 s.
-Status fleet_step(const BenchArgs& a, const std::string& model, const std::string& work,
-                  const std::vector<double>& batched_rps, json* result) {
-  json& out = *result;
-  double cap = a.capacity_rps;
-  if (cap <= 0 && !batched_rps.empty()) cap = median(batched_rps);
-  if (cap <= 0) {
-    return invalid_argument(
-        "bench serve: the fleet part needs one replica's capacity: run the batching part too "
-        "or pass --capacity-rps");
+// A fleet (`kiln serve --replicas MIN:MAX`) behind its router, its
+// replicas configured as the batched replica's; returns once `ready`
+// replicas serve.
+Result<Child> start_fleet(const BenchArgs& a, const std::string& model, const std::string& work,
+                          const std::string& replicas, int ready, const std::string& name,
+                          const std::string& decisions) {
+  const int max_batch = a.fleet_max_batch > 0 ? a.fleet_max_batch : a.max_batch;
+  std::vector<std::string> args = {model, "--cache-dir", work + "/cache-warm", "--threads", "1"};
+  for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
+           {"--replicas", replicas},
+           {"--target-queue", "16"},
+           {"--sync-period-ms", "500"},
+           {"--scale-down-window-s", "10"},
+           {"--rate-period-s", "1"},
+           {"--max-queue", "100000"},
+           {"--max-batch", std::to_string(max_batch)},
+           {"--max-queue-delay-us", std::to_string(a.max_queue_delay_us)}}) {
+    args.push_back(flag);
+    args.push_back(value);
   }
-  const double low = 0.4 * cap, peak = 1.3 * cap, step_at = 15, duration = 40;
-  const std::string decisions = work + "/decisions.jsonl";
-  KILN_ASSIGN_OR_RETURN(
-      Child fleet, start_replica({model, "--cache-dir", work + "/cache-warm", "--threads", "1",
-                                  "--replicas", "1:2", "--target-queue", "16", "--sync-period-ms",
-                                  "500", "--scale-down-window-s", "10", "--rate-period-s", "1",
-                                  "--max-queue", "100000", "--decision-log", decisions},
-                                 work + "/fleet.out"));
-  auto fleet_ready = wait_for(fleet, "(\\] ready)", 120);
-  if (!fleet_ready.is_ok()) {
+  if (!decisions.empty()) {
+    args.push_back("--decision-log");
+    args.push_back(decisions);
+  }
+  KILN_ASSIGN_OR_RETURN(Child fleet, start_replica(args, work + "/" + name + ".out"));
+  const Deadline d = Deadline::after_seconds(120);
+  while (true) {
+    const std::string text = slurp(fleet.out);
+    int n = 0;
+    for (std::size_t at = text.find("] ready"); at != std::string::npos;
+         at = text.find("] ready", at + 1)) {
+      ++n;
+    }
+    if (n >= ready) return fleet;
+    if (d.expired()) {
+      stop(fleet);
+      return deadline_exceeded(fmt::format(
+          "bench serve: fleet {}: {} of {} replicas ready within 120 s", replicas, n, ready));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+// Note [The fleet's load from its own capacity]: on this 2-core host the
+// load generator, the router and every replica share the cores, so one
+// replica measured alone (it has both cores) says little about what one or
+// two replicas serve behind the router. The fleet part measures both, with
+// the batching part's ladder through the router: the step's peak must
+// exceed what one replica serves (so it needs the second) and stay under
+// what two serve (so the SLO can hold once they run).
+Status fleet_capacity(const BenchArgs& a, const std::string& model, const std::string& work,
+                      double* one, double* two, json* out) {
+  for (int n = 1; n <= 2; ++n) {
+    const std::string replicas = fmt::format("{}:{}", n, n);
+    KILN_ASSIGN_OR_RETURN(Child fleet, start_fleet(a, model, work, replicas, n,
+                                                   fmt::format("fleet-capacity-{}", n), ""));
+    json ladder = json::array();
+    const double rps = max_rate_within_slo(fleet.port, a, 200, &ladder);
     stop(fleet);
-    return fleet_ready.status();
+    (n == 1 ? *one : *two) = rps;
+    (*out)["fleet_capacity_ladders"].push_back({{"replicas", n}, {"ladder", ladder}});
   }
+  return Status::ok();
+}
+
+// 3. The fleet under a step: 0.4 x one replica's capacity for 15 s, then a
+// peak that needs two (Note [The fleet's load from its own capacity]).
+Status fleet_step(const BenchArgs& a, const std::string& model, const std::string& work,
+                  json* result) {
+  json& out = *result;
+  out["fleet_max_batch"] = a.fleet_max_batch > 0 ? a.fleet_max_batch : a.max_batch;
+  double low, peak;
+  if (a.capacity_rps > 0) {
+    low = 0.4 * a.capacity_rps;
+    peak = 1.3 * a.capacity_rps;
+  } else {
+    double one = 0, two = 0;
+    KILN_RETURN_IF_ERROR(fleet_capacity(a, model, work, &one, &two, &out));
+    out["fleet_capacity_rps"] = {{"one_replica", one}, {"two_replicas", two}};
+    if (two < 1.05 * one) {
+      return failed_precondition(fmt::format(
+          "bench serve: two replicas behind the router serve {:.0f} req/s, one {:.0f}: this host "
+          "has no load that needs two replicas and that two can serve within the SLO (pass "
+          "--capacity-rps to size the step by hand)",
+          two, one));
+    }
+    low = 0.4 * one;
+    peak = std::min(1.3 * one, 0.5 * (one + two));
+    out["peak_over_one_replica"] = peak / one;
+    out["peak_over_two_replicas"] = peak / two;
+  }
+  const double step_at = 15, duration = 40;
+  const std::string decisions = work + "/decisions.jsonl";
+  KILN_ASSIGN_OR_RETURN(Child fleet, start_fleet(a, model, work, "1:2", 1, "fleet", decisions));
   warm_up(fleet.port);
   serve::LoadResult r = serve::run_load({.port = fleet.port,
                                          .body = request_body(),
@@ -440,6 +522,8 @@ void print_summary(const json& out) {
   }
 }
 
+Status measure(const BenchArgs& a, const std::string& model, const std::string& work, json out);
+
 Status bench(const BenchArgs& a) {
   const std::string work = fmt::format("/tmp/kiln-bench-serve-{}", ::getpid());
   fs::remove_all(work);
@@ -451,9 +535,22 @@ Status bench(const BenchArgs& a) {
   }
   json out;
   out["slo_ms"] = a.slo_ms;
+  BenchArgs args = a;
   if (a.part("service")) {
     KILN_ASSIGN_OR_RETURN(out["service_line"], service_line(model));
   }
+  // Note [max_batch from the service line]: a batch larger than the one
+  // with the forward pass's best items/s only adds latency; smaller gives up
+  // throughput the model has. Without a service line, Triton's usual 32.
+  if (args.max_batch <= 0) {
+    args.max_batch =
+        out.contains("service_line") ? out["service_line"]["forward_knee_batch"].get<int>() : 32;
+  }
+  out["max_batch"] = args.max_batch;
+  return measure(args, model, work, std::move(out));
+}
+
+Status measure(const BenchArgs& a, const std::string& model, const std::string& work, json out) {
   // Every later part serves from this cache, warmed once (not measured).
   fs::create_directories(work + "/cache-warm");
   if (a.part("batching") || a.part("fleet") || a.part("probe")) {
@@ -493,12 +590,11 @@ Status bench(const BenchArgs& a) {
     for (int batched = 0; batched < 2; ++batched) {
       KILN_ASSIGN_OR_RETURN(
           Child c,
-          start_replica({model, "--cache-dir", work + "/cache-warm", "--threads", "1",
-                         "--max-batch", batched ? std::to_string(a.max_batch) : "1",
-                         "--max-queue-delay-us",
-                         batched ? std::to_string(a.max_queue_delay_us) : "0", "--max-queue",
-                         "100000"},
-                        fmt::format("{}/batch-{}-{}.out", work, run, batched)));
+          start_replica(
+              {model, "--cache-dir", work + "/cache-warm", "--threads", "1", "--max-batch",
+               batched ? std::to_string(a.max_batch) : "1", "--max-queue-delay-us",
+               batched ? std::to_string(a.max_queue_delay_us) : "0", "--max-queue", "100000"},
+              fmt::format("{}/batch-{}-{}.out", work, run, batched)));
       auto ready = wait_for(c, "(ready)", 120);
       json ladder = json::array();
       rps[batched] = ready.is_ok() ? max_rate_within_slo(c.port, a, 25, &ladder) : 0;
@@ -522,9 +618,8 @@ Status bench(const BenchArgs& a) {
     // One batched replica at one rate (to profile it from outside).
     KILN_ASSIGN_OR_RETURN(
         Child c, start_replica({model, "--cache-dir", work + "/cache-warm", "--threads", "1",
-                                "--max-batch", std::to_string(a.max_batch),
-                                "--max-queue-delay-us", std::to_string(a.max_queue_delay_us),
-                                "--max-queue", "100000"},
+                                "--max-batch", std::to_string(a.max_batch), "--max-queue-delay-us",
+                                std::to_string(a.max_queue_delay_us), "--max-queue", "100000"},
                                work + "/probe.out"));
     auto ready = wait_for(c, "(ready)", 120);
     json ladder = json::array();
@@ -537,7 +632,7 @@ Status bench(const BenchArgs& a) {
     KILN_RETURN_IF_ERROR(ready.status());
     out["probe"] = ladder;
   }
-  if (a.part("fleet")) KILN_RETURN_IF_ERROR(fleet_step(a, model, work, batched_rps, &out));
+  if (a.part("fleet")) KILN_RETURN_IF_ERROR(fleet_step(a, model, work, &out));
   fs::remove_all(work);
   if (a.json_out) {
     std::printf("%s\n", out.dump(2).c_str());
@@ -568,16 +663,21 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
                   "on file://), cold_s3 (weights in s3rver on loopback), batching, fleet, probe "
                   "(one batched replica at --probe-rps)")
       ->capture_default_str();
-  cmd->add_option("--max-batch", a->max_batch, "The batched replica's max_batch")
-      ->capture_default_str();
+  cmd->add_option("--max-batch", a->max_batch,
+                  "The batched replica's max_batch (default: the batch size with the forward "
+                  "pass's best items/s in the service part (within 3%), else 32)");
   cmd->add_option("--max-queue-delay-us", a->max_queue_delay_us,
                   "The batched replica's max_queue_delay")
       ->capture_default_str();
+  cmd->add_option("--fleet-max-batch", a->fleet_max_batch,
+                  "The fleet's replicas' max_batch (default: --max-batch's)");
   cmd->add_option("--probe-rps", a->probe_rps,
                   "The probe part: one batched replica at this Poisson rate for --rate-seconds "
                   "(to profile it)");
-  cmd->add_option("--capacity-rps", a->capacity_rps,
-                  "One replica's capacity for the fleet's load (default: measured by batching)");
+  cmd->add_option(
+      "--capacity-rps", a->capacity_rps,
+      "One replica's capacity for the fleet's step (default: one and two replicas measured "
+      "behind the router, Note [The fleet's load from its own capacity])");
   cmd->callback(run_status([a]() -> Status { return bench(*a); }));
 });
 

@@ -70,8 +70,13 @@ class DynamicBatcher {
     }
     queue_.push_back(Pending{std::move(input), {}, Clock::now()});
     auto future = queue_.back().promise.get_future();
+    // Note [Wake the worker only when it can act]: the worker waits for either a
+    // first request or a full batch; any other notify wakes it only to check
+    // its predicate and sleep again, a context switch per request.
+    const bool wake =
+        queue_.size() == 1 || queue_.size() == static_cast<std::size_t>(options_.max_batch);
     lock.unlock();
-    cv_.notify_one();
+    if (wake) cv_.notify_one();
     return future;
   }
 

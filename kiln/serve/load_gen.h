@@ -1,7 +1,9 @@
 // An open-loop Poisson load generator for `kiln bench serve`: requests are
 // scheduled at exponential gaps whatever the server's pace (no coordinated
 // omission: a request's latency runs from its scheduled time, so time spent
-// waiting for a free client counts), sent by a pool of keep-alive clients.
+// waiting for a free connection counts), sent over `clients` keep-alive
+// connections from one event loop (Note [One thread for the load] in
+// load_gen.cc).
 #pragma once
 
 #include <cstdint>
