@@ -3,8 +3,10 @@
 // input is a file of raw float32 values (bench/grad_compressibility.py
 // --dump writes a model's gradients), else normally distributed floats.
 // Prints one JSON line: coded_fraction (wire bytes over raw), and encode and
-// decode throughput in raw MB/s, each the median of --runs passes; the
-// coder must beat the link it codes for by a wide margin (docs/perf.md).
+// decode throughput in raw MB/s, each the median of --runs passes, with the
+// high plane through zstd; then the same with nibble_ in front for the
+// nibble code (Note [A high plane coded in nibbles]). The coder must beat
+// the link it codes for by a wide margin (docs/perf.md).
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -24,6 +26,7 @@ namespace kiln::cli {
 namespace {
 
 using comm::transport::tcp::CodedChunkHeader;
+using comm::transport::tcp::HighPlane;
 using comm::transport::tcp::PlaneCodec;
 
 struct CodecArgs {
@@ -56,35 +59,37 @@ Status bench_codec(const CodecArgs& a) {
                               PlaneCodec::bound(PlaneCodec::kChunkWords) +
                           PlaneCodec::bound(PlaneCodec::kChunkWords));
   std::vector<char> back(words * 4);
-  std::vector<double> enc, dec;
-  std::size_t total = 0;
-  for (int run = 0; run < std::max(1, a.runs); ++run) {
-    auto t0 = std::chrono::steady_clock::now();
-    total = 0;
-    for (std::size_t w = 0; w < words; w += PlaneCodec::kChunkWords) {
-      std::size_t n = std::min(PlaneCodec::kChunkWords, words - w);
-      total += codec.encode(raw.data() + 4 * w, n, coded.data() + total);
+  nlohmann::json doc{{"bytes", words * 4}, {"runs", std::max(1, a.runs)}};
+  for (HighPlane coder : {HighPlane::kZstd, HighPlane::kNibble}) {
+    const std::string key = coder == HighPlane::kZstd ? "" : "nibble_";
+    std::vector<double> enc, dec;
+    std::size_t total = 0;
+    for (int run = 0; run < std::max(1, a.runs); ++run) {
+      auto t0 = std::chrono::steady_clock::now();
+      total = 0;
+      for (std::size_t w = 0; w < words; w += PlaneCodec::kChunkWords) {
+        std::size_t n = std::min(PlaneCodec::kChunkWords, words - w);
+        total += codec.encode(raw.data() + 4 * w, n, coded.data() + total, coder);
+      }
+      auto t1 = std::chrono::steady_clock::now();
+      std::size_t at = 0;
+      for (std::size_t w = 0; w < words; w += PlaneCodec::kChunkWords) {
+        CodedChunkHeader h;
+        std::memcpy(&h, coded.data() + at, sizeof(h));
+        KILN_RETURN_IF_ERROR(
+            codec.decode(h, coded.data() + at + sizeof(h), back.data() + 4 * w, "bench"));
+        at += sizeof(h) + 3 * std::size_t{h.words} + h.high_len;
+      }
+      auto t2 = std::chrono::steady_clock::now();
+      if (std::memcmp(back.data(), raw.data(), words * 4) != 0)
+        return internal_error("bench codec: decoding did not restore the input");
+      enc.push_back(words * 4 / std::chrono::duration<double>(t1 - t0).count() / 1e6);
+      dec.push_back(words * 4 / std::chrono::duration<double>(t2 - t1).count() / 1e6);
     }
-    auto t1 = std::chrono::steady_clock::now();
-    std::size_t at = 0;
-    for (std::size_t w = 0; w < words; w += PlaneCodec::kChunkWords) {
-      CodedChunkHeader h;
-      std::memcpy(&h, coded.data() + at, sizeof(h));
-      KILN_RETURN_IF_ERROR(
-          codec.decode(h, coded.data() + at + sizeof(h), back.data() + 4 * w, "bench"));
-      at += sizeof(h) + 3 * std::size_t{h.words} + h.high_len;
-    }
-    auto t2 = std::chrono::steady_clock::now();
-    if (std::memcmp(back.data(), raw.data(), words * 4) != 0)
-      return internal_error("bench codec: decoding did not restore the input");
-    enc.push_back(words * 4 / std::chrono::duration<double>(t1 - t0).count() / 1e6);
-    dec.push_back(words * 4 / std::chrono::duration<double>(t2 - t1).count() / 1e6);
+    doc[key + "coded_fraction"] = static_cast<double>(total) / (words * 4);
+    doc[key + "encode_mbps"] = median(enc);
+    doc[key + "decode_mbps"] = median(dec);
   }
-  nlohmann::json doc{{"bytes", words * 4},
-                     {"coded_fraction", static_cast<double>(total) / (words * 4)},
-                     {"encode_mbps", median(enc)},
-                     {"decode_mbps", median(dec)},
-                     {"runs", enc.size()}};
   std::printf("%s\n", doc.dump().c_str());
   return Status::ok();
 }

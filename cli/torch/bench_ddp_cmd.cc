@@ -9,6 +9,9 @@
 // (the median of each step of (b) over the step of (a) before it).
 // --check: with (b)'s parameters copied into (a), one more step of each must
 // leave the same averaged gradients (to float32, or bfloat16 with --bf16).
+#include <sys/resource.h>
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -48,6 +51,29 @@ struct DdpBenchArgs {
 using bench::median;
 using bench::MlpImpl;
 using bench::since;
+
+double cpu_seconds(clockid_t clock) {
+  timespec ts{};
+  clock_gettime(clock, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
+}
+
+rusage thread_usage() {
+  rusage u{};
+  getrusage(RUSAGE_THREAD, &u);
+  return u;
+}
+
+// CPU per phase of a step, for telling where a slower backward's time went:
+// also the times this thread was preempted (runnable while another ran) and
+// its page faults (first touches of memory the allocator had given back).
+struct CpuMark {
+  double thread = cpu_seconds(CLOCK_THREAD_CPUTIME_ID);
+  double process = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID);
+  rusage usage = thread_usage();
+  long preempted() const { return usage.ru_nivcsw; }
+  long faults() const { return usage.ru_minflt + usage.ru_majflt; }
+};
 
 // Runs one more step of each mode from the same parameters and compares the
 // averaged gradients; every rank learns whether any rank saw a difference.
@@ -103,12 +129,18 @@ Status bench_ddp(const DdpBenchArgs& a) {
   std::int64_t params = 0;
   for (auto& p : net_a->parameters()) params += p.numel();
   auto flat = torch::zeros({params});
+  double a_backward_cpu_s = 0, a_comm_cpu_s = 0, a_backward_faults = 0;  // of the last step (a)
   auto run_step_a = [&](double* backward_s, double* comm_s) -> Status {
     net_a->zero_grad();
     auto loss = torch::mse_loss(net_a->forward(x), y);
     auto t_bwd = Clock::now();
+    CpuMark before_backward;
     loss.backward();
     *backward_s = since(t_bwd);
+    CpuMark after_backward;
+    a_backward_cpu_s = after_backward.thread - before_backward.thread;
+    a_backward_faults = static_cast<double>(after_backward.faults() - before_backward.faults());
+    CpuMark before_comm;
     auto t_comm = Clock::now();
     torch::NoGradGuard g;
     std::int64_t off = 0;
@@ -125,6 +157,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
       off += p.numel();
     }
     *comm_s = since(t_comm);
+    a_comm_cpu_s = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - before_comm.process;
     return Status::ok();
   };
 
@@ -135,10 +168,14 @@ Status bench_ddp(const DdpBenchArgs& a) {
   options.auto_bucket_cap = a.auto_cap;
   options.compress_bf16 = a.bf16;
   KILN_ASSIGN_OR_RETURN(auto d, ddp::DistributedDataParallel::create(net_b, c, options));
+  double b_backward_faults = 0;  // of the last step (b), its backward and sync
   auto run_step_b = [&]() -> Status {
     net_b->zero_grad();
     auto loss = torch::mse_loss(net_b->forward(x), y);
-    return d->backward(loss);
+    CpuMark before;
+    Status s = d->backward(loss);
+    b_backward_faults = static_cast<double>(CpuMark{}.faults() - before.faults());
+    return s;
   };
 
   // The modes alternate step by step, so a machine whose speed drifts (a
@@ -147,6 +184,8 @@ Status bench_ddp(const DdpBenchArgs& a) {
   // its first steps of (b) observing and trying caps; (a) runs beside them
   // untimed.
   std::vector<double> a_backward, a_comm, a_step, a_compute, b_backward, b_exposed, b_step, ratios;
+  std::vector<double> a_backward_cpu, a_comm_cpu, b_backward_cpu, b_backward_other_cpu,
+      b_step_other_cpu, b_preempted, a_faults, b_faults;
   const int untimed = options.auto_tuning_steps() + a.warmup;
   for (int s = 0; s < untimed + a.steps; ++s) {
     double bwd = 0, comm_s = 0;
@@ -154,9 +193,20 @@ Status bench_ddp(const DdpBenchArgs& a) {
     KILN_RETURN_IF_ERROR(run_step_a(&bwd, &comm_s));
     double a_s = since(t0);
     auto t1 = Clock::now();
+    CpuMark before_b;
     KILN_RETURN_IF_ERROR(run_step_b());
     double b_s = since(t1);
+    CpuMark after_b;
     if (s < untimed) continue;
+    a_backward_cpu.push_back(a_backward_cpu_s);
+    a_comm_cpu.push_back(a_comm_cpu_s);
+    b_backward_cpu.push_back(d->last_sync().backward_thread_cpu_s);
+    b_backward_other_cpu.push_back(d->last_sync().backward_other_cpu_s);
+    b_step_other_cpu.push_back((after_b.process - before_b.process) -
+                               (after_b.thread - before_b.thread));
+    b_preempted.push_back(static_cast<double>(after_b.preempted() - before_b.preempted()));
+    a_faults.push_back(a_backward_faults);
+    b_faults.push_back(b_backward_faults);
     a_backward.push_back(bwd);
     a_comm.push_back(comm_s);
     a_step.push_back(a_s);
@@ -193,7 +243,21 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      // (the compute floor), each the slowest rank's median.
                      {"step_b_slowest_s", slowest[0]},
                      {"compute_s", slowest[1]},
-                     {"check", a.check ? "ok" : "off"}};
+                     {"check", a.check ? "ok" : "off"},
+                     // CPU seconds (this rank's medians): the training thread
+                     // in plain backward and in DDP's; the other threads (the
+                     // communicator's) during DDP's backward and its whole
+                     // step; all of (a)'s allreduce. Then the times the
+                     // training thread was preempted in a DDP step, and its
+                     // page faults in each backward.
+                     {"backward_cpu_s", median(a_backward_cpu)},
+                     {"ddp_backward_cpu_s", median(b_backward_cpu)},
+                     {"ddp_backward_comm_cpu_s", median(b_backward_other_cpu)},
+                     {"ddp_step_comm_cpu_s", median(b_step_other_cpu)},
+                     {"comm_cpu_s", median(a_comm_cpu)},
+                     {"ddp_step_preempted", median(b_preempted)},
+                     {"backward_page_faults", median(a_faults)},
+                     {"ddp_backward_page_faults", median(b_faults)}};
   // The last step's buckets: [bytes, issued, began, ended] (s into backward).
   for (const auto& cs : d->last_sync().collectives) {
     doc["last_buckets"].push_back({cs.bytes, cs.launched_s, cs.started_s, cs.finished_s});

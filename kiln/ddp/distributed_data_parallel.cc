@@ -1,5 +1,7 @@
 #include "kiln/ddp/distributed_data_parallel.h"
 
+#include <time.h>
+
 #include <algorithm>
 #include <limits>
 #include <ranges>
@@ -39,6 +41,12 @@ std::uint64_t fnv1a(const std::string& s) {
 
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+double cpu_seconds(clockid_t clock) {
+  timespec ts{};
+  clock_gettime(clock, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 using parallel::AfterAccumulate;
@@ -265,6 +273,8 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
   if (sync_enabled_) stats_.grad_copies = 0;
   auto start = Clock::now();
   backward_started_ = start;
+  const double thread_cpu0 = cpu_seconds(CLOCK_THREAD_CPUTIME_ID);
+  const double process_cpu0 = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID);
   in_backward_ = true;
   try {
     loss.backward();
@@ -275,6 +285,9 @@ Status DistributedDataParallel::backward(const torch::Tensor& loss) {
   in_backward_ = false;
   if (!sync_enabled_) return Status::ok();
   stats_.backward_s = seconds_since(start);
+  stats_.backward_thread_cpu_s = cpu_seconds(CLOCK_THREAD_CPUTIME_ID) - thread_cpu0;
+  stats_.backward_other_cpu_s =
+      cpu_seconds(CLOCK_PROCESS_CPUTIME_ID) - process_cpu0 - stats_.backward_thread_cpu_s;
   auto after_backward = Clock::now();
 
   std::vector<std::string> unused;

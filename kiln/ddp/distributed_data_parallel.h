@@ -71,6 +71,12 @@ struct CollectiveStat {
 // Timing of the last synchronized backward().
 struct SyncStats {
   double backward_s = 0;      // loss.backward() including hooks
+  // CPU seconds during loss.backward(): the calling thread's, and the rest of
+  // the process's (the communicator's threads, running the buckets launched
+  // so far). Where backward's wall time goes beyond its own CPU: the cores
+  // it lost to communication, here or in a peer process on the same host.
+  double backward_thread_cpu_s = 0;
+  double backward_other_cpu_s = 0;
   double exposed_comm_s = 0;  // waiting for allreduces after backward returned
   // First bucket launched .. last one reduced: the sync's duration, overlapped
   // or not (bytes / sync_s is the achieved gradient bandwidth, kiln::diag).

@@ -42,7 +42,8 @@ constexpr std::uint64_t kHandshakeMagic = 0x4b494c4e434f4d4dull;  // "KILNCOMM"
 // 2: an HMAC challenge-response follows the handshake.
 // 3: messages may be byte-plane coded (tcp::kCodedMessage), which a version-2
 //    peer would take for payload.
-constexpr std::uint32_t kHandshakeVersion = 3;
+// 4: coded chunks' headers say how their high plane is coded (zstd or nibbles).
+constexpr std::uint32_t kHandshakeVersion = 4;
 // How long an accepted connection may take to identify and authenticate itself.
 constexpr auto kPeerHandshakeTimeout = std::chrono::seconds(2);
 

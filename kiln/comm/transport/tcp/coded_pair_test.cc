@@ -32,42 +32,96 @@ std::vector<float> gradient_like(std::size_t n, unsigned seed) {
   return v;
 }
 
+// Gradient-like values with some high bytes outside the commonest 15 (huge
+// and tiny magnitudes), so the nibble code escapes some bytes.
+std::vector<float> with_outliers(std::size_t n, unsigned seed) {
+  std::vector<float> v = gradient_like(n, seed);
+  for (std::size_t i = 0; i < n; i += 97) v[i] = static_cast<float>(i) * 1e12f;
+  for (std::size_t i = 5; i < n; i += 89) v[i] = -1e-30f / static_cast<float>(i);
+  return v;
+}
+
 TEST(PlaneCodec, RestoresEveryBitOfFloatsAndOfRandomWords) {
   PlaneCodec codec;
   std::vector<char> coded(PlaneCodec::bound(PlaneCodec::kChunkWords));
   std::mt19937 rng(7);
-  for (std::size_t words : {std::size_t{1}, std::size_t{1000}, PlaneCodec::kChunkWords}) {
-    std::vector<float> floats = gradient_like(words, 1);
-    std::vector<std::uint32_t> noise(words);
-    for (auto& w : noise) w = rng();
-    for (const char* src : {reinterpret_cast<const char*>(floats.data()),
-                            reinterpret_cast<const char*>(noise.data())}) {
-      std::size_t n = codec.encode(src, words, coded.data());
-      ASSERT_LE(n, PlaneCodec::bound(words));
-      CodedChunkHeader h;
-      std::memcpy(&h, coded.data(), sizeof(h));
-      ASSERT_EQ(h.words, words);
-      ASSERT_EQ(n, sizeof(h) + *coded_body_bytes(h, words, "test"));
-      std::vector<char> back(words * 4);
-      ASSERT_TRUE(codec.decode(h, coded.data() + sizeof(h), back.data(), "test").is_ok());
-      EXPECT_EQ(std::memcmp(back.data(), src, words * 4), 0) << words << " words";
+  for (HighPlane coder : {HighPlane::kZstd, HighPlane::kNibble}) {
+    for (std::size_t words :
+         {std::size_t{1}, std::size_t{1000}, std::size_t{1001}, PlaneCodec::kChunkWords}) {
+      std::vector<float> floats = gradient_like(words, 1);
+      std::vector<float> outliers = with_outliers(words, 3);
+      std::vector<std::uint32_t> noise(words), constant(words, 0x3c000000u);
+      for (auto& w : noise) w = rng();
+      const char* random = reinterpret_cast<const char*>(noise.data());
+      for (const char* src : {reinterpret_cast<const char*>(floats.data()),
+                              reinterpret_cast<const char*>(outliers.data()), random,
+                              reinterpret_cast<const char*>(constant.data())}) {
+        std::size_t n = codec.encode(src, words, coded.data(), coder);
+        ASSERT_LE(n, PlaneCodec::bound(words));
+        CodedChunkHeader h;
+        std::memcpy(&h, coded.data(), sizeof(h));
+        ASSERT_EQ(h.words, words);
+        ASSERT_EQ(n, sizeof(h) + *coded_body_bytes(h, words, "test"));
+        std::vector<char> back(words * 4);
+        ASSERT_TRUE(codec.decode(h, coded.data() + sizeof(h), back.data(), "test").is_ok());
+        EXPECT_EQ(std::memcmp(back.data(), src, words * 4), 0)
+            << words << " words, coder " << static_cast<int>(coder);
+        // Coded as asked, except random high bytes (stored: no smaller coded).
+        if (words > 100) {
+          EXPECT_EQ(h.high == coder, src != random) << words;
+        }
+      }
     }
   }
-  // Gradients' high plane compresses; random words' is stored as it is.
+  // Gradients' high plane compresses, most with zstd.
   std::vector<float> g = gradient_like(PlaneCodec::kChunkWords, 2);
-  EXPECT_LT(codec.encode(reinterpret_cast<const char*>(g.data()), g.size(), coded.data()),
-            0.9 * g.size() * 4);
+  const auto* gc = reinterpret_cast<const char*>(g.data());
+  std::size_t zstd = codec.encode(gc, g.size(), coded.data(), HighPlane::kZstd);
+  std::size_t nibbles = codec.encode(gc, g.size(), coded.data(), HighPlane::kNibble);
+  EXPECT_LT(zstd, 0.9 * g.size() * 4);
+  EXPECT_LT(nibbles, 0.9 * g.size() * 4);
+  EXPECT_LE(zstd, nibbles);
+}
+
+TEST(PlaneCodec, NibbleCodedPlanesWithTooFewOrTooManyEscapesAreDataLoss) {
+  PlaneCodec codec;
+  const std::size_t words = 4096;
+  std::vector<float> v = with_outliers(words, 4);
+  std::vector<char> coded(PlaneCodec::bound(words));
+  std::size_t n = codec.encode(reinterpret_cast<const char*>(v.data()), words, coded.data(),
+                               HighPlane::kNibble);
+  CodedChunkHeader h;
+  std::memcpy(&h, coded.data(), sizeof(h));
+  ASSERT_EQ(h.high, HighPlane::kNibble);
+  const char* body = coded.data() + sizeof(h);
+  std::vector<char> back(words * 4);
+  for (int delta : {-1, +1}) {  // one escaped byte missing, one too many
+    CodedChunkHeader bad = h;
+    bad.high_len = static_cast<std::uint32_t>(static_cast<int>(h.high_len) + delta);
+    std::vector<char> b(body, body + (n - sizeof(h)));
+    b.push_back(0);
+    Status s = codec.decode(bad, b.data(), back.data(), "chunk 2 from rank 3");
+    EXPECT_EQ(s.code(), Code::kDataLoss) << delta;
+    EXPECT_NE(s.message().find("chunk 2 from rank 3"), std::string::npos) << s.to_string();
+  }
+  // A size no nibble-coded plane of that many words can have; an unknown coding.
+  const auto w = static_cast<std::uint32_t>(words);
+  EXPECT_FALSE(coded_body_bytes({w, 100, HighPlane::kNibble}, words, "x").is_ok());
+  EXPECT_FALSE(coded_body_bytes({w, 100, HighPlane{7}}, words, "x").is_ok());
 }
 
 TEST(PlaneCodec, RejectsImpossibleHeadersAndUndecodableHighPlanes) {
-  auto body = coded_body_bytes({100, 101}, 100, "chunk 3 from rank 1");
+  auto body = coded_body_bytes({100, 101, HighPlane::kZstd}, 100, "chunk 3 from rank 1");
   ASSERT_FALSE(body.is_ok());
   EXPECT_NE(body.status().message().find("chunk 3 from rank 1"), std::string::npos);
-  EXPECT_FALSE(coded_body_bytes({50, 10}, 100, "x").is_ok());  // a short chunk mid-message
-  EXPECT_FALSE(coded_body_bytes({PlaneCodec::kChunkWords + 1, 10}, ~0u, "x").is_ok());
+  EXPECT_FALSE(coded_body_bytes({100, 99, HighPlane::kStored}, 100, "x").is_ok());
+  // A short chunk mid-message; one larger than a chunk.
+  EXPECT_FALSE(coded_body_bytes({50, 10, HighPlane::kZstd}, 100, "x").is_ok());
+  EXPECT_FALSE(
+      coded_body_bytes({PlaneCodec::kChunkWords + 1, 10, HighPlane::kZstd}, ~0u, "x").is_ok());
   PlaneCodec codec;
   std::vector<char> garbage(3 * 64 + 20, 'x');
-  Status s = codec.decode({64, 20}, garbage.data(), std::vector<char>(256).data(), "chunk 0 of m");
+  Status s = codec.decode({64, 20, HighPlane::kZstd}, garbage.data(), std::vector<char>(256).data(), "chunk 0 of m");
   EXPECT_EQ(s.code(), Code::kDataLoss);
   EXPECT_NE(s.message().find("chunk 0 of m"), std::string::npos) << s.to_string();
 }
@@ -97,10 +151,14 @@ void drive(TcpPair& x, TcpPair& y, Request& r1, Request& r2) {
   ASSERT_TRUE(r1.done() && r2.done()) << "timed out";
 }
 
-TEST(CodedTcpPair, ReceiverGetsAndReducesExactlyTheBytesSent) {
+class CodedTcpPairWith : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(CodedTcpPairWith, ReceiverGetsAndReducesExactlyTheBytesSent) {
   ::setenv("KILN_TCP_CODE", "on", 1);
+  ::setenv("KILN_TCP_CODER", GetParam(), 1);
   Connected c;
   ::unsetenv("KILN_TCP_CODE");
+  ::unsetenv("KILN_TCP_CODER");
   // Several chunks and a short last one.
   const std::size_t n = 3 * PlaneCodec::kChunkWords + 12345;
   std::vector<float> sent = gradient_like(n, 3), local = gradient_like(n, 4);
@@ -126,6 +184,9 @@ TEST(CodedTcpPair, ReceiverGetsAndReducesExactlyTheBytesSent) {
   EXPECT_EQ(stats.messages, 2u);
   EXPECT_EQ(stats.raw_bytes, 2 * n * 4);
   EXPECT_LT(stats.wire_bytes, 0.9 * stats.raw_bytes);
+  const std::uint64_t chunks = 2 * 4;  // per message: 3 whole chunks and a short one
+  EXPECT_EQ(stats.zstd_chunks, std::string(GetParam()) == "zstd" ? chunks : 0);
+  EXPECT_EQ(stats.nibble_chunks, std::string(GetParam()) == "nibble" ? chunks : 0);
 
   // Small messages (the latency path) and sizes that are not whole words
   // travel as they are.
@@ -142,18 +203,20 @@ TEST(CodedTcpPair, ReceiverGetsAndReducesExactlyTheBytesSent) {
   EXPECT_EQ(c.a->code_stats().messages, 2u);
 }
 
+INSTANTIATE_TEST_SUITE_P(Coders, CodedTcpPairWith, ::testing::Values("zstd", "nibble"));
+
 TEST(CodedTcpPair, AutoCodesOnlyWhileTheLinkIsSlowerThanTheThreshold) {
   const std::size_t n = PlaneCodec::kChunkWords;
   std::vector<float> sent = gradient_like(n, 5), got(n);
-  // MB/s (loopback is above, then below) and idle cores (none needed, then
-  // more than any host has).
+  // MB/s (loopback is above, then below) and idle cores (none needed: zstd;
+  // more than any host has: nibbles, Note [Coding only with a spare core]).
   struct Case {
     const char* below;
     const char* idle;
-    unsigned coded;
+    unsigned coded, zstd, nibble;
   };
-  for (Case k :
-       {Case{"0.000001", "0", 0}, Case{"1000000000", "0", 2}, Case{"1000000000", "100000", 0}}) {
+  for (Case k : {Case{"0.000001", "0", 0, 0, 0}, Case{"1000000000", "0", 2, 2, 0},
+                 Case{"1000000000", "100000", 2, 0, 2}}) {
     const char* below = k.below;
     ::setenv("KILN_TCP_CODE", "auto", 1);
     ::setenv("KILN_TCP_CODE_BELOW_MBPS", below, 1);
@@ -170,7 +233,10 @@ TEST(CodedTcpPair, AutoCodesOnlyWhileTheLinkIsSlowerThanTheThreshold) {
       ASSERT_TRUE(r.status().is_ok());
       ASSERT_EQ(std::memcmp(got.data(), sent.data(), n * 4), 0);
     }
-    EXPECT_EQ(c.a->code_stats().messages, k.coded) << below << " MB/s, " << k.idle << " cores";
+    auto stats = c.a->code_stats();
+    EXPECT_EQ(stats.messages, k.coded) << below << " MB/s, " << k.idle << " cores";
+    EXPECT_EQ(stats.zstd_chunks, k.zstd) << below << " MB/s, " << k.idle << " cores";
+    EXPECT_EQ(stats.nibble_chunks, k.nibble) << below << " MB/s, " << k.idle << " cores";
   }
 }
 
@@ -250,7 +316,7 @@ TEST(CodedTcpPair, CorruptOrCutShortCodedMessagesFailNamingPeerAndChunk) {
   {  // a chunk header that does not fit the message
     RawPeer p;
     p.write(&h, sizeof(h));
-    CodedChunkHeader wrong{7, 7};
+    CodedChunkHeader wrong{7, 7, HighPlane::kStored};
     p.write(&wrong, sizeof(wrong));
     Status s = p.receive(len);
     EXPECT_EQ(s.code(), Code::kDataLoss);

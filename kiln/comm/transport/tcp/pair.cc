@@ -53,14 +53,23 @@ constexpr int kProbeEvery = 32;
 
 const Knob<double> kCodeMinIdleCores{
     "KILN_TCP_CODE_MIN_IDLE_CORES", 0.5,
-    "KILN_TCP_CODE=auto codes only while the host had at least this many idle cores since the "
-    "last look (/proc/stat, at most every 50 ms)"};
+    "coded chunks use zstd while the host had at least this many idle cores since the last look "
+    "(/proc/stat, at most every 50 ms), else the cheaper nibble code"};
+const Knob<std::string> kCoder{
+    "KILN_TCP_CODER", "auto",
+    "how coded chunks' high byte plane is compressed: \"auto\" (zstd with a spare core, else "
+    "nibbles: Note [Coding only with a spare core]), \"zstd\", \"nibble\""};
 
-// Note [Coding only with a spare core]: a slow link is not enough. Where
-// the ranks' compute fills every core (two ranks on a 2-core host, DDP's
-// backward), the coder's CPU comes out of backward and costs more than the
-// link time it saves (docs/perf.md, issue 24, session 7). So auto also asks
-// the host: the idle cores over the time since the last look, process-wide.
+// Note [Coding only with a spare core]: a slow link is not enough for zstd.
+// Where the ranks' compute fills every core (two ranks on a 2-core host,
+// DDP's backward), zstd's CPU comes out of backward and costs more than the
+// link time it saves (docs/perf.md, issue 24, session 7), and sending those
+// buckets uncoded leaves the link the bottleneck of the whole backward
+// (session 8). So each chunk asks the host: with a spare core (idle cores
+// over the time since the last look, process-wide) the high plane goes
+// through zstd; without one through the nibble code (Note [A high plane
+// coded in nibbles]), which takes most of zstd's saving at a tenth of its
+// CPU.
 double idle_cores_recently() {
   static std::mutex mu;
   static std::uint64_t last_total = 0, last_idle = 0;
@@ -88,6 +97,18 @@ double idle_cores_recently() {
   last_idle = idle;
   last_at = now;
   return idle_cores;
+}
+
+HighPlane coder_choice() {
+  std::string c = kCoder.get();
+  if (c == "zstd") return HighPlane::kZstd;
+  if (c == "nibble") return HighPlane::kNibble;
+  if (c != "auto") {
+    static std::atomic<bool> warned{false};
+    if (!warned.exchange(true))
+      log()->warn("KILN_TCP_CODER={}: expected auto, zstd or nibble; using auto", c);
+  }
+  return HighPlane::kStored;  // auto
 }
 
 CodeMode code_mode() {
@@ -132,7 +153,8 @@ TcpPair::TcpPair(int peer_rank, std::string peer_name, Fd fd, Doorbell* bell)
       bell_(bell),
       code_mode_(code_mode()),
       code_below_bytes_per_s_(kCodeBelowMBps.get() * 1e6),
-      code_min_idle_cores_(kCodeMinIdleCores.get()) {
+      code_min_idle_cores_(kCodeMinIdleCores.get()),
+      coder_(coder_choice()) {
   (void)net::set_nonblocking(fd_.get());
   (void)net::set_nodelay(fd_.get());
   set_congestion(fd_.get());
@@ -193,7 +215,6 @@ bool TcpPair::should_code_locked(std::size_t len) {
   if (!may_be_coded(len) || code_mode_ == CodeMode::kOff) return false;
   if (code_mode_ == CodeMode::kOn) return true;
   if (plain_rate_ <= 0 || plain_rate_ >= code_below_bytes_per_s_) return false;
-  if (idle_cores_recently() < code_min_idle_cores_) return false;
   if (++coded_since_probe_ > kProbeEvery) {
     coded_since_probe_ = 0;
     return false;
@@ -229,10 +250,17 @@ bool TcpPair::write_coded_locked(SendOp& op) {
         std::memcpy(coded_out_.data(), &op.header, kHdr);
         at = kHdr;
       }
-      coded_out_len_ = at + codec_->encode(op.data + op.sent, words, coded_out_.data() + at);
+      HighPlane coder = coder_;
+      if (coder == HighPlane::kStored) {  // auto
+        coder = idle_cores_recently() >= code_min_idle_cores_ ? HighPlane::kZstd
+                                                              : HighPlane::kNibble;
+      }
+      coded_out_len_ =
+          at + codec_->encode(op.data + op.sent, words, coded_out_.data() + at, coder);
       coded_out_sent_ = 0;
       code_stats_.raw_bytes += words * 4;
       code_stats_.wire_bytes += coded_out_len_ - at;
+      ++(coder == HighPlane::kZstd ? code_stats_.zstd_chunks : code_stats_.nibble_chunks);
     }
     ssize_t w = ::send(fd_.get(), coded_out_.data() + coded_out_sent_,
                        coded_out_len_ - coded_out_sent_, MSG_NOSIGNAL | MSG_DONTWAIT);

@@ -69,6 +69,7 @@ class TcpPair final : public Pair {
   // (for tests and benchmarks).
   struct CodeStats {
     std::uint64_t messages = 0, raw_bytes = 0, wire_bytes = 0;
+    std::uint64_t zstd_chunks = 0, nibble_chunks = 0;  // by the coder asked for
   };
   CodeStats code_stats();
   // Called by the epoll thread when the socket is readable or writable.
@@ -126,6 +127,7 @@ class TcpPair final : public Pair {
   CodeMode code_mode_;
   double code_below_bytes_per_s_;
   double code_min_idle_cores_;
+  HighPlane coder_;  // kStored: auto (Note [Coding only with a spare core])
   std::unique_ptr<PlaneCodec> codec_;  // made on first use
   std::vector<char> coded_out_;        // the chunk being sent
   std::size_t coded_out_len_ = 0, coded_out_sent_ = 0;
