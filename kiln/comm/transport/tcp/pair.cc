@@ -54,22 +54,26 @@ constexpr int kProbeEvery = 32;
 const Knob<double> kCodeMinIdleCores{
     "KILN_TCP_CODE_MIN_IDLE_CORES", 0.5,
     "coded chunks use zstd while the host had at least this many idle cores since the last look "
-    "(/proc/stat, at most every 50 ms), else the cheaper nibble code"};
+    "(/proc/stat, at most every 50 ms), else with the high plane stored"};
 const Knob<std::string> kCoder{
     "KILN_TCP_CODER", "auto",
     "how coded chunks' high byte plane is compressed: \"auto\" (zstd with a spare core, else "
-    "nibbles: Note [Coding only with a spare core]), \"zstd\", \"nibble\""};
+    "stored: Note [Coding only with a spare core]), \"zstd\", \"nibble\""};
 
 // Note [Coding only with a spare core]: a slow link is not enough for zstd.
 // Where the ranks' compute fills every core (two ranks on a 2-core host,
 // DDP's backward), zstd's CPU comes out of backward and costs more than the
-// link time it saves (docs/perf.md, issue 24, session 7), and sending those
-// buckets uncoded leaves the link the bottleneck of the whole backward
-// (session 8). So each chunk asks the host: with a spare core (idle cores
-// over the time since the last look, process-wide) the high plane goes
-// through zstd; without one through the nibble code (Note [A high plane
-// coded in nibbles]), which takes most of zstd's saving at a tenth of its
-// CPU.
+// link time it saves (docs/perf.md, issue 24, session 7). So each chunk,
+// not each message, asks the host: with a spare core (idle cores over the
+// time since the last look, process-wide) its high plane goes through zstd;
+// without one it is stored as it is. Per chunk because a large message is
+// often posted while the cores are busy (a DDP bucket during backward) and
+// then crosses a slow link for a second after they went idle (PyTorch DDP
+// on the kiln backend, docs/perf.md, issue 21, session 8: half the bytes
+// left uncoded under a per-message decision). The nibble code (Note [A high
+// plane coded in nibbles]) is cheaper than zstd but still cost backward more
+// than it saved there (issue 24, session 8), so it is only used when asked
+// for (KILN_TCP_CODER=nibble).
 double idle_cores_recently() {
   static std::mutex mu;
   static std::uint64_t last_total = 0, last_idle = 0;
@@ -253,14 +257,16 @@ bool TcpPair::write_coded_locked(SendOp& op) {
       HighPlane coder = coder_;
       if (coder == HighPlane::kStored) {  // auto
         coder = idle_cores_recently() >= code_min_idle_cores_ ? HighPlane::kZstd
-                                                              : HighPlane::kNibble;
+                                                              : HighPlane::kStored;
       }
       coded_out_len_ =
           at + codec_->encode(op.data + op.sent, words, coded_out_.data() + at, coder);
       coded_out_sent_ = 0;
       code_stats_.raw_bytes += words * 4;
       code_stats_.wire_bytes += coded_out_len_ - at;
-      ++(coder == HighPlane::kZstd ? code_stats_.zstd_chunks : code_stats_.nibble_chunks);
+      if (coder == HighPlane::kZstd) ++code_stats_.zstd_chunks;
+      if (coder == HighPlane::kNibble) ++code_stats_.nibble_chunks;
+      if (coder == HighPlane::kStored) ++code_stats_.stored_chunks;
     }
     ssize_t w = ::send(fd_.get(), coded_out_.data() + coded_out_sent_,
                        coded_out_len_ - coded_out_sent_, MSG_NOSIGNAL | MSG_DONTWAIT);

@@ -69,7 +69,7 @@ class TcpPair final : public Pair {
   // (for tests and benchmarks).
   struct CodeStats {
     std::uint64_t messages = 0, raw_bytes = 0, wire_bytes = 0;
-    std::uint64_t zstd_chunks = 0, nibble_chunks = 0;  // by the coder asked for
+    std::uint64_t zstd_chunks = 0, nibble_chunks = 0, stored_chunks = 0;  // by the coder asked for
   };
   CodeStats code_stats();
   // Called by the epoll thread when the socket is readable or writable.
