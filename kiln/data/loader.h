@@ -131,6 +131,11 @@ class Loader {
   Result<std::shared_ptr<OpenShard>> open_shard(std::size_t shard, std::uint64_t first_batch,
                                                 std::uint64_t last_batch);
   std::uint64_t batch_samples(std::uint64_t number) const;
+  // Note [Sampler windows ahead]: the shuffle window holding the last sample
+  // of batch `number`, and the first batch whose last sample lies in window
+  // `win` or later.
+  std::uint64_t window_of_batch(std::uint64_t number) const;
+  std::uint64_t first_batch_in_window(std::uint64_t win) const;
   std::size_t ready_slot(std::uint64_t number) const {
     return static_cast<std::size_t>(number % static_cast<std::uint64_t>(options_.queue_depth));
   }
@@ -145,6 +150,7 @@ class Loader {
   std::vector<Planned> plan_;                             // by first_batch; immutable
   std::unordered_map<std::size_t, std::size_t> plan_of_;  // shard -> index in plan_; immutable
   std::vector<std::uint64_t> plan_reach_;  // max last_batch of plan_[0..i]; immutable
+  std::uint64_t last_window_ = 0;          // Note [Sampler windows ahead]; immutable
   std::unique_ptr<Scratch> consumer_scratch_;  // next()'s, when it builds a batch
   std::uint64_t built_by_consumer_ = 0;        // next()'s thread only
 
@@ -169,6 +175,7 @@ class Loader {
   std::size_t next_plan_ = 0;                       // GUARDED_BY(mu_), next plan_ entry to claim
   std::vector<bool> plan_opened_;                   // GUARDED_BY(mu_), per plan_ entry
   std::uint64_t prefetch_wake_at_ = UINT64_MAX;     // GUARDED_BY(mu_), see prefetch_cv_
+  std::uint64_t next_window_ = 1;  // GUARDED_BY(mu_), next to prepare (> last_window_: none)
   std::vector<std::thread> threads_;
 };
 

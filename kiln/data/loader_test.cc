@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <optional>
 #include <thread>
 
@@ -57,6 +58,25 @@ void check_batch(const Batch& b) {
     EXPECT_EQ(got_payload, want[1].data);
     EXPECT_EQ(0, std::memcmp(vec.data.data() + 16 * j, want[2].data.data(), 16));
   }
+}
+
+// Drains `l` to the end of its epoch: batch numbers 0, 1, ... in order, each
+// checked and passed to `per_batch`; then every sample was delivered once.
+void drain_expecting_each_sample_once(Loader& l, std::uint64_t num_samples,
+                                      const std::function<void(const Batch&)>& per_batch = {}) {
+  std::vector<int> seen(num_samples, 0);
+  for (std::uint64_t n = 0;; ++n) {
+    auto b = l.next(soon());
+    ASSERT_TRUE(b.is_ok()) << b.status().to_string();
+    if (!b->has_value()) break;
+    ASSERT_EQ((*b)->number, n);
+    check_batch(**b);
+    if (per_batch) {
+      ASSERT_NO_FATAL_FAILURE(per_batch(**b));
+    }
+    for (auto id : (*b)->sample_ids) ++seen[id];
+  }
+  for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << "sample " << i;
 }
 
 // Runs `world` loaders in lockstep from `state` for up to `steps` steps.
@@ -140,19 +160,13 @@ TEST(Loader, RecycledBuffersOfAnotherBatchSizeHoldOnlyTheirBatch) {
               .workers = 2,
               .queue_depth = 3,
               .batch_pool = pool});
-    std::vector<int> seen(f.index.num_samples, 0);
-    for (std::uint64_t n = 0;; ++n) {
-      auto b = l.next(soon());
-      ASSERT_TRUE(b.is_ok()) << b.status().to_string();
-      if (!b->has_value()) break;
-      ASSERT_EQ((*b)->number, n);
-      const std::uint64_t want = std::min(batch_size, f.index.num_samples - n * batch_size);
-      ASSERT_EQ((*b)->sample_ids.size(), want) << "batch " << n << " of size " << batch_size;
-      ASSERT_EQ((*b)->columns[0].data.size(), want * 8);
-      check_batch(**b);
-      for (auto id : (*b)->sample_ids) ++seen[id];
-    }
-    for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << "sample " << i;
+    ASSERT_NO_FATAL_FAILURE(
+        drain_expecting_each_sample_once(l, f.index.num_samples, [&](const Batch& b) {
+          const std::uint64_t want =
+              std::min(batch_size, f.index.num_samples - b.number * batch_size);
+          ASSERT_EQ(b.sample_ids.size(), want) << "batch " << b.number << " of size " << batch_size;
+          ASSERT_EQ(b.columns[0].data.size(), want * 8);
+        }));
   }
   EXPECT_GT(pool->reused(), 0u);
 }
@@ -247,16 +261,7 @@ TEST(Loader, ConsumerBuildsBatchesWhileItWouldWaitInOrder) {
   Loader l(f.cache.get(), f.index,
            {.sampler = {.seed = 9, .shuffle_window = 40}, .batch_size = 4, .workers = 1,
             .queue_depth = 3});
-  std::vector<int> seen(f.index.num_samples, 0);
-  for (std::uint64_t n = 0;; ++n) {
-    auto b = l.next(soon());
-    ASSERT_TRUE(b.is_ok()) << b.status().to_string();
-    if (!b->has_value()) break;
-    ASSERT_EQ((*b)->number, n);
-    check_batch(**b);
-    for (auto id : (*b)->sample_ids) ++seen[id];
-  }
-  for (std::size_t i = 0; i < seen.size(); ++i) ASSERT_EQ(seen[i], 1) << "sample " << i;
+  ASSERT_NO_FATAL_FAILURE(drain_expecting_each_sample_once(l, f.index.num_samples));
   EXPECT_GT(l.built_by_consumer(), 0u) << "of " << l.num_batches() << " batches";
 }
 

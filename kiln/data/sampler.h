@@ -14,6 +14,7 @@
 // resuming with any world size visits every remaining position exactly once.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <vector>
@@ -35,8 +36,8 @@ struct SamplerState {
 };
 
 // The epoch's global order. Thread-safe: at() caches the last few shuffled
-// windows under a lock, so a prefetcher and workers reading different
-// windows do not recompute them on every call.
+// windows, so a prefetcher and workers reading different windows do not
+// recompute them on every call (Note [Windows computed outside the lock]).
 class EpochOrder {
  public:
   EpochOrder(const DatasetIndex& index, const SamplerOptions& options, std::uint64_t epoch);
@@ -46,6 +47,12 @@ class EpochOrder {
   std::uint64_t at(std::uint64_t p) const;
   // out[j] = at(p + j * stride) for j < n, under one lock (positions < size()).
   void at_many(std::uint64_t p, std::uint64_t stride, std::size_t n, std::uint64_t* out) const;
+  // Shuffles (and caches) the window holding position `p` (< size()) now,
+  // so that a later at() there finds it ready: lets a thread with time to
+  // spare do it ahead of the readers. No effect without a window.
+  void prepare(std::uint64_t p) const;
+  // Positions per shuffle window; 1 when positions are not shuffled in windows.
+  std::uint64_t window_size() const;
 
   // Where each shard's samples can sit in the order: every position holding
   // a sample of index.shards[shard] is in [begin, end). Exact without a
@@ -59,7 +66,11 @@ class EpochOrder {
 
  private:
   std::uint64_t unshuffled(std::uint64_t q) const;  // q-th sample after the shard shuffle
-  const std::vector<std::uint64_t>& window(std::uint64_t win) const;  // REQUIRES(mu_)
+  // The ids of window `win`, computed (with `lock` released) if not cached.
+  // Valid until `lock` is next released.
+  const std::vector<std::uint64_t>& window(std::uint64_t win,
+                                           std::unique_lock<std::mutex>& lock) const;
+  void fill_window(std::uint64_t win, std::vector<std::uint64_t>* ids) const;  // no lock needed
 
   SamplerOptions options_;
   std::uint64_t epoch_;
@@ -70,11 +81,14 @@ class EpochOrder {
   static constexpr int kCachedWindows = 4;
   struct Window {
     std::uint64_t id = UINT64_MAX;
+    bool ready = false;          // false while a thread computes it (ids moved out)
+    std::uint64_t last_use = 0;  // for least-recently-used eviction
     std::vector<std::uint64_t> ids;
   };
   mutable std::mutex mu_;
-  mutable Window windows_[kCachedWindows];  // GUARDED_BY(mu_)
-  mutable int next_victim_ = 0;             // GUARDED_BY(mu_)
+  mutable std::condition_variable computed_;  // a window became ready
+  mutable Window windows_[kCachedWindows];    // GUARDED_BY(mu_)
+  mutable std::uint64_t uses_ = 0;            // GUARDED_BY(mu_)
 };
 
 // One rank's view: the positions it consumes, in order, from a state.

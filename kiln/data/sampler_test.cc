@@ -1,12 +1,13 @@
 // Sampler: every epoch is a permutation; resuming at any world size neither
 // repeats nor skips a sample.
-#include <deque>
-#include <random>
-#include <set>
+#include "kiln/data/sampler.h"
 
 #include <gtest/gtest.h>
 
-#include "kiln/data/sampler.h"
+#include <deque>
+#include <random>
+#include <set>
+#include <thread>
 
 namespace kiln::data {
 namespace {
@@ -44,6 +45,37 @@ TEST(EpochOrder, IsADeterministicPermutationThatChangesPerEpoch) {
   EpochOrder g(idx, {.seed = 7, .shuffle_window = 16}, 0);
   const std::uint64_t golden[] = {137, 150, 140, 143, 142, 141};
   for (int p = 0; p < 6; ++p) EXPECT_EQ(g.at(p), golden[p]) << p;
+}
+
+// Note [Windows computed outside the lock]: threads reading and preparing
+// more windows than the cache holds, all at once (so windows are evicted,
+// recomputed, and waited for while another thread shuffles them), see the
+// same order as one thread reading alone.
+TEST(EpochOrder, ConcurrentReadersAndPreparersSeeTheOneThreadOrder) {
+  DatasetIndex idx = fake_index({300, 250, 1, 449});
+  const SamplerOptions o{.seed = 5, .shuffle_window = 64};
+  EpochOrder alone(idx, o, 2), shared(idx, o, 2);
+  std::vector<std::uint64_t> want(alone.size());
+  alone.at_many(0, 1, want.size(), want.data());
+  std::vector<std::vector<std::uint64_t>> got(4, std::vector<std::uint64_t>(want.size()));
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&, t] {
+      for (int round = 0; round < 20; ++round) {
+        // Each thread walks the windows from another starting point, in
+        // batches that straddle window boundaries, preparing one ahead.
+        const std::uint64_t n = shared.size(), chunks = (n + 49) / 50;
+        for (std::uint64_t c = 0; c < chunks; ++c) {
+          const std::uint64_t p = (c + static_cast<std::uint64_t>(t) * 5) % chunks * 50;
+          const std::size_t len = static_cast<std::size_t>(std::min<std::uint64_t>(50, n - p));
+          shared.prepare((p + 64) % n);
+          shared.at_many(p, 1, len, got[t].data() + p);
+        }
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  for (int t = 0; t < 4; ++t) EXPECT_EQ(got[t], want) << "thread " << t;
 }
 
 TEST(EpochOrder, UnshuffledIsSampleOrder) {
