@@ -51,7 +51,8 @@ struct CalibrateOptions {
   bool quick = false;
   bool json = false;
   int repeats = 5;
-  int probe_repeats = 3;         // repeats of the core-sharing sweep (the pipeline probe: + 2)
+  int probe_repeats = 3;     // repeats of the core-sharing sweep (and steps per pipeline timing)
+  int pipeline_repeats = 3;  // rounds of the pipeline probe (Note [Pipeline hand-off repeats])
   std::vector<std::string> merge;  // profiles to merge (medians) instead of measuring
   std::string refit_pipeline;  // a profile whose [pipeline_handoff] alone is measured again
 };
@@ -252,6 +253,16 @@ Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, const Calib
 // all-reduce per forward (two layers' halves, as a stage of the miniature
 // GPT), at two work sizes; each step is turned into the per-message wait
 // the host model needs to reproduce it (plan::fit_pipeline_handoff).
+//
+// Note [Pipeline hand-off repeats]: the wait is what is left of a step after
+// the model's compute, so a host whose speed drifts by 15-25% within minutes
+// (Note [Drifting hosts]) moves it by more than its size: one timing per case
+// with the unit timed once before them all gave 729 to 2,273 µs at 2 ranks
+// per core across calibrations of one hour (docs/perf.md, issue 18 session 7).
+// So every case is timed --pipeline-repeats times, each round in a rotated
+// order (a drift spreads over all cases instead of biasing the last), each
+// timing's work scaled by the unit timed alone just before it, and a level's
+// wait is the median over its cases and rounds (plan::fit_pipeline_handoff).
 Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
     const plan::HostProfile& p, double unit_s, const CalibrateOptions& o) {
   const std::string exe = own_executable();
@@ -263,35 +274,53 @@ Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
   const std::vector<double> pieces = o.quick ? std::vector<double>{1e-3}
                                              : std::vector<double>{0.5e-3, 1.5e-3};
   const std::vector<int> levels = o.quick ? std::vector<int>{2} : std::vector<int>{2, 4};
+  const int rounds = o.quick ? 1 : o.pipeline_repeats;
   const comm::LinkCost shm{p.shm.alpha_s, p.shm.bytes_per_s};
-  std::vector<plan::PipelineSharingSample> samples;
+  struct Case {
+    int stages, units;
+  };
+  std::vector<Case> cases;
   for (const int per_core : levels) {
     const int ranks = per_core * p.cores;
     if (ranks % (2 * kGroup) != 0) continue;  // needs >= 2 stages of pairs
-    const int stages = ranks / kGroup;
     int previous_units = 0;
     for (const double piece : pieces) {
       const int units = std::max(previous_units + 1, static_cast<int>(std::lround(piece / unit_s)));
       previous_units = units;
-      std::vector<std::string> argv = {exe, "bench", "handoff", "--ranks", std::to_string(ranks),
+      cases.push_back({ranks / kGroup, units});
+    }
+  }
+  // The unit right before each timing: fewer, shorter batches than the
+  // calibration's own (it runs once per timing).
+  const plan::probe::ProbeOptions unit_probe{.quick = true, .repeats = 3};
+  std::vector<plan::PipelineSharingSample> samples;
+  for (int r = 0; r < rounds; ++r) {
+    for (std::size_t i = 0; i < cases.size(); ++i) {
+      const Case& c = cases[plan::rotated_index(i, r, cases.size())];
+      double unit_now_s = unit_s;
+      if (!o.quick) {
+        KILN_ASSIGN_OR_RETURN(unit_now_s, plan::probe::time_sharing_unit(unit_probe));
+      }
+      std::vector<std::string> argv = {exe, "bench", "handoff",
+                                       "--ranks", std::to_string(c.stages * kGroup),
                                        "--group", std::to_string(kGroup),
-                                       "--pp", std::to_string(stages),
+                                       "--pp", std::to_string(c.stages),
                                        "--microbatches", std::to_string(kMicrobatches),
                                        "--messages", std::to_string(kMessages),
-                                       "--units", std::to_string(units),
+                                       "--units", std::to_string(c.units),
                                        "--bytes", std::to_string(kBytes),
-                                       "--repeats", o.quick ? "1" : std::to_string(o.probe_repeats + 2),
+                                       "--repeats", o.quick ? "1" : std::to_string(o.probe_repeats),
                                        "--json"};
       KILN_ASSIGN_OR_RETURN(std::string out,
                             run_capture(argv, {}, {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
                                         std::chrono::seconds(120)));
       plan::PipelineSharingSample x;
       x.cores = p.cores;
-      x.stages = stages;
+      x.stages = c.stages;
       x.group = kGroup;
       x.microbatches = kMicrobatches;
       x.messages = kMessages;
-      x.forward_work_s = kMessages * units * unit_s;
+      x.forward_work_s = kMessages * c.units * unit_now_s;
       x.backward_work_s = 2 * x.forward_work_s;
       x.message_s = comm::ring_allreduce_s(kBytes, kGroup, shm);
       x.p2p_s = comm::p2p_s(kBytes, shm);
@@ -309,9 +338,10 @@ Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
       KILN_ASSIGN_OR_RETURN(const double h, plan::fit_pipeline_sample_handoff(x, p.sharing));
       // On stderr: what each timing gave, for a reader checking the fit.
       fmt::print(stderr,
-                 "kiln plan calibrate: pipeline probe {} stages of {} ranks, {} units ({:.2f} ms) "
-                 "per message: step {:.1f} ms, {:.0f} us per TP all-reduce\n",
-                 stages, kGroup, units, 1e3 * units * unit_s, 1e3 * x.step_s, 1e6 * h);
+                 "kiln plan calibrate: pipeline probe round {}: {} stages of {} ranks, {} units "
+                 "({:.2f} ms) per message: step {:.1f} ms, {:.0f} us per TP all-reduce\n",
+                 r + 1, c.stages, kGroup, c.units, 1e3 * c.units * unit_now_s, 1e3 * x.step_s,
+                 1e6 * h);
       samples.push_back(x);
     }
   }
@@ -385,8 +415,9 @@ Status merge_profiles(const CalibrateOptions& o) {
 }
 
 Status calibrate(const CalibrateOptions& o) {
-  if (o.repeats < 1 || o.probe_repeats < 1) {
-    return invalid_argument("kiln plan calibrate: --repeats and --probe-repeats must be >= 1");
+  if (o.repeats < 1 || o.probe_repeats < 1 || o.pipeline_repeats < 1) {
+    return invalid_argument(
+        "kiln plan calibrate: --repeats, --probe-repeats and --pipeline-repeats must be >= 1");
   }
   if (!o.merge.empty()) return merge_profiles(o);
   if (!o.refit_pipeline.empty()) return refit_pipeline(o);
@@ -507,7 +538,11 @@ const CommandRegistration kRegister("plan", [](CLI::App& parent) {
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "print a JSON summary instead of the report");
   cmd->add_option("--probe-repeats", o->probe_repeats,
-                  "repeats of the core-sharing sweep, spread over it (the pipeline probe: + 2)")
+                  "repeats of the core-sharing sweep, spread over it (and timed steps per "
+                  "pipeline-probe timing)")
+      ->capture_default_str();
+  cmd->add_option("--pipeline-repeats", o->pipeline_repeats,
+                  "rounds of the pipeline probe, each in a rotated order; its wait is the median")
       ->capture_default_str();
   cmd->add_option("--merge", o->merge,
                   "measure nothing: merge these profiles (calibrations of this host at "

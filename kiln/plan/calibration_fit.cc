@@ -305,6 +305,12 @@ Result<std::vector<PipelineHandoffPoint>> fit_pipeline_handoff(
   return out;
 }
 
+std::size_t rotated_index(std::size_t i, int round, std::size_t cases) {
+  if (cases == 0) return 0;
+  const std::size_t shift = static_cast<std::size_t>(round < 0 ? 0 : round) % cases;
+  return (i % cases + shift) % cases;
+}
+
 double median_of(std::vector<double> v) {
   if (v.empty()) return 0;
   const size_t mid = v.size() / 2;

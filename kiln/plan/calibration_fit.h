@@ -7,6 +7,7 @@
 // these fits synthetic timings with known constants.
 #pragma once
 
+#include <cstddef>
 #include <vector>
 
 #include "kiln/base/status.h"
@@ -123,6 +124,11 @@ Result<double> fit_pipeline_sample_handoff(const PipelineSharingSample& sample,
 Result<std::vector<PipelineHandoffPoint>> fit_pipeline_handoff(
     const std::vector<PipelineSharingSample>& samples,
     const std::vector<CoreSharingPoint>& sharing);
+
+// The case a round of repeated measurements visits `i`-th: round `round`
+// starts `round` cases later (mod `cases`), so a drift of the host during
+// the rounds spreads over every case (Note [Drifting hosts]). 0 for no cases.
+std::size_t rotated_index(std::size_t i, int round, std::size_t cases);
 
 // The median of `values` (by copy); 0 for none.
 double median_of(std::vector<double> values);
