@@ -2,6 +2,9 @@
 // reference computed here, for world sizes 1, 2, 3, 4, 5 and 8 over shared
 // memory, over tcp, and over a simulated two-ranks-per-host cluster (shm
 // inside a host, tcp between, hierarchical allreduce).
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -472,6 +475,35 @@ TEST(DirectAllreduceFallback, OneRankWithPlainBuffersOrAForcedAlgorithmRunsTheUs
         check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, large, false, 0, false));
     c.set_allreduce_algo(AllreduceAlgo::kAuto);
     return check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, large, false, 0, true);
+  }, direct_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+TEST(DirectAllreduceFallback, ABufferAPeerCannotMapFallsBackOnEveryRank) {
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    const std::size_t count = (1u << 20) + 3;
+    KILN_ASSIGN_OR_RETURN(auto in, SharedBuffer::allocate(count * 4));
+    KILN_ASSIGN_OR_RETURN(auto out, SharedBuffer::allocate(count * 4));
+    auto* x = static_cast<float*>(in.data());
+    for (std::size_t i = 0; i < count; ++i) x[i] = static_cast<float>(c.rank() + i % 5);
+    if (c.rank() == 1) {
+      // The fault: rank 1's input fd now names /dev/null, so rank 0 finds a
+      // file of the wrong size where the offer said the buffer is.
+      auto region = find_shared_region(in.data(), 1);
+      int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (!region || null_fd < 0 || dup2(null_fd, region->fd) < 0) {
+        return internal_error("cannot swap the buffer's fd for /dev/null");
+      }
+      close(null_fd);
+    }
+    KILN_RETURN_IF_ERROR(c.allreduce(x, out.data(), count, DataType::kFloat32, ReduceOp::kSum)->wait());
+    if (c.direct_allreduces() != 0) return internal_error("ran directly on an unmappable buffer");
+    const auto* y = static_cast<const float*>(out.data());
+    for (std::size_t i = 0; i < count; ++i) {
+      const float want = static_cast<float>(1 + 2 * (i % 5));
+      if (y[i] != want) return mismatch("allreduce after the fallback", i, y[i], want);
+    }
+    return Status::ok();
   }, direct_options());
   EXPECT_TRUE(result.ok()) << result.report;
 }

@@ -16,16 +16,21 @@
 // none); sending it also says "my input is ready and my output free". (2) If
 // any rank has none, every rank returns false and the caller runs its usual
 // algorithm: all ranks saw the same offers, so all agree. (3) Each rank maps
-// the peers' regions, reduces its share, fences its streaming stores and
-// sends every peer a done message; (4) it returns once every peer's done has
-// come, so no rank leaves while a peer still reads its input or writes its
-// output. In place is safe: share r of any buffer is read and then written
-// by rank r alone, block by block.
+// the peers' regions and tells every peer whether it could (a peer in
+// another pid namespace, or one that is not dumpable, cannot be reached
+// through /proc): if any could not, all fall back, the one that could not
+// with a warning. (4) Each rank reduces its share, fences its streaming
+// stores and sends every peer a done message; (5) it returns once every
+// peer's done has come, so no rank leaves while a peer still reads its input
+// or writes its output. In place is safe: share r of any buffer is read and
+// then written by rank r alone, block by block.
+#include <atomic>
 #include <cstring>
 #include <vector>
 
 #include <fmt/format.h>
 
+#include "kiln/base/logging.h"
 #include "kiln/comm/algo/allreduce.h"
 #include "kiln/comm/shared_buffer.h"
 
@@ -34,13 +39,26 @@ namespace {
 
 constexpr std::uint32_t kOfferMagic = 0x4b444952;  // "KDIR"
 
+// A SharedRegion as it travels: no padding, so every byte sent is set.
+struct WireRegion {
+  std::int32_t fd;
+  std::int32_t unused;
+  std::uint64_t serial, buffer_bytes, offset;
+
+  static WireRegion of(const SharedRegion& r) {
+    return {r.fd, 0, r.serial, r.buffer_bytes, r.offset};
+  }
+  SharedRegion region() const { return {fd, serial, buffer_bytes, offset}; }
+};
+
 struct Offer {
   std::uint32_t magic;
   std::uint32_t usable;  // 1: send and recv below are SharedBuffer regions
   std::uint64_t count;
-  SharedRegion send;
-  SharedRegion recv;
+  WireRegion send;
+  WireRegion recv;
 };
+static_assert(sizeof(Offer) == 80, "an Offer has no padding");
 
 // Reduction of one block at a time through a cache-sized staging buffer,
 // then copied into every output: any dtype and op.
@@ -78,6 +96,24 @@ void reduce_share_blocked(const Env& env, const std::vector<const char*>& src,
   }
 }
 
+// Sends `mine` to every peer and receives each peer's into theirs[j]
+// (theirs[me] = mine).
+template <typename T>
+Status exchange(const Env& env, const T& mine, std::vector<T>& theirs) {
+  const int n = env.group.size();
+  theirs.assign(n, mine);
+  std::vector<transport::Request> reqs(2 * n);
+  std::vector<transport::Request*> wait;
+  for (int j = 0; j < n; ++j) {
+    if (j == env.group.me) continue;
+    env.group.pair(j).post_send(&mine, sizeof(T), &reqs[2 * j]);
+    env.group.pair(j).post_recv(&theirs[j], sizeof(T), &reqs[2 * j + 1]);
+    wait.push_back(&reqs[2 * j]);
+    wait.push_back(&reqs[2 * j + 1]);
+  }
+  return env.wait(wait);
+}
+
 }  // namespace
 
 Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
@@ -85,25 +121,18 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
   const int me = env.group.me;
   const std::size_t es = dtype_size(a.dtype);
   const std::size_t bytes = a.count * es;
-  Offer mine{kOfferMagic, 0, a.count, {}, {}};
+  Offer mine{};
+  mine.magic = kOfferMagic;
+  mine.count = a.count;
   auto send = find_shared_region(a.send, bytes);
   auto recv = find_shared_region(a.recv, bytes);
-  if (send && recv) mine = Offer{kOfferMagic, 1, a.count, *send, *recv};
-
-  std::vector<Offer> offers(n);
-  offers[me] = mine;
-  {
-    std::vector<transport::Request> reqs(2 * n);
-    std::vector<transport::Request*> wait;
-    for (int j = 0; j < n; ++j) {
-      if (j == me) continue;
-      env.group.pair(j).post_send(&mine, sizeof mine, &reqs[2 * j]);
-      env.group.pair(j).post_recv(&offers[j], sizeof(Offer), &reqs[2 * j + 1]);
-      wait.push_back(&reqs[2 * j]);
-      wait.push_back(&reqs[2 * j + 1]);
-    }
-    KILN_RETURN_IF_ERROR(env.wait(wait));
+  if (send && recv) {
+    mine.usable = 1;
+    mine.send = WireRegion::of(*send);
+    mine.recv = WireRegion::of(*recv);
   }
+  std::vector<Offer> offers;
+  KILN_RETURN_IF_ERROR(exchange(env, mine, offers));
   bool usable = true;
   for (int j = 0; j < n; ++j) {
     if (offers[j].magic != kOfferMagic || offers[j].count != a.count) {
@@ -118,16 +147,31 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
 
   std::vector<const char*> src(n);
   std::vector<char*> dst(n);
-  for (int j = 0; j < n; ++j) {
+  Status mapped = Status::ok();
+  for (int j = 0; j < n && mapped.is_ok(); ++j) {
     if (j == me) {
       src[j] = static_cast<const char*>(a.send);
       dst[j] = static_cast<char*>(a.recv);
       continue;
     }
-    KILN_ASSIGN_OR_RETURN(void* s, env.group.pair(j).map_peer_region(offers[j].send));
-    KILN_ASSIGN_OR_RETURN(void* d, env.group.pair(j).map_peer_region(offers[j].recv));
-    src[j] = static_cast<const char*>(s);
-    dst[j] = static_cast<char*>(d);
+    auto s = env.group.pair(j).map_peer_region(offers[j].send.region());
+    auto d = s.is_ok() ? env.group.pair(j).map_peer_region(offers[j].recv.region()) : s;
+    mapped = !s.is_ok() ? s.status() : d.status();
+    if (mapped.is_ok()) {
+      src[j] = static_cast<const char*>(*s);
+      dst[j] = static_cast<char*>(*d);
+    }
+  }
+  std::uint8_t could = mapped.is_ok() ? 1 : 0;
+  std::vector<std::uint8_t> all_could;
+  KILN_RETURN_IF_ERROR(exchange(env, could, all_could));
+  static std::atomic<bool> warned{false};
+  if (!mapped.is_ok() && !warned.exchange(true)) {
+    log()->warn("{}: shared buffers not used, running the usual allreduce (said once): {}",
+                *env.what, mapped.to_string());
+  }
+  for (std::uint8_t c : all_could) {
+    if (c != 1) return false;
   }
   const Split share(a.count, n);
   const std::size_t off = share.offset(me) * es, k = share.size(me);
@@ -144,18 +188,8 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
   // The results are in every output before any peer hears we are done.
   streaming_fence();
 
-  std::uint8_t done_out = 1;
-  std::vector<std::uint8_t> done_in(n);
-  std::vector<transport::Request> reqs(2 * n);
-  std::vector<transport::Request*> wait;
-  for (int j = 0; j < n; ++j) {
-    if (j == me) continue;
-    env.group.pair(j).post_send(&done_out, 1, &reqs[2 * j]);
-    env.group.pair(j).post_recv(&done_in[j], 1, &reqs[2 * j + 1]);
-    wait.push_back(&reqs[2 * j]);
-    wait.push_back(&reqs[2 * j + 1]);
-  }
-  KILN_RETURN_IF_ERROR(env.wait(wait));
+  std::vector<std::uint8_t> done;
+  KILN_RETURN_IF_ERROR(exchange(env, std::uint8_t{1}, done));
   return true;
 }
 
