@@ -27,6 +27,7 @@
 #include "kiln/base/units.h"
 #include "kiln/comm/element_io.h"
 #include "kiln/comm/process_group.h"
+#include "kiln/comm/shared_buffer.h"
 
 namespace kiln::cli {
 namespace {
@@ -47,6 +48,9 @@ struct BenchArgs {
   bool check = false;
   bool json = false;
   int ranks = 2;  // when not under a launcher
+  // Buffers from comm::SharedBuffer, which local peers can reach directly
+  // (as nccl-tests' -R: registered user buffers).
+  bool registered = false;
   // Test-only (hidden): the last rank alters one output element before the
   // check compares, so a test can prove --check catches corrupted data.
   bool inject_corruption = false;
@@ -243,14 +247,30 @@ Status bench_comm(const BenchArgs& a) {
   std::size_t max_count = max_b / es;
   bool total_sized = a.op == "allgather" || a.op == "reduce_scatter" || a.op == "alltoall";
   std::size_t block_max = total_sized ? std::max<std::size_t>(1, max_count / n) : max_count;
-  std::vector<char> in_bytes((total_sized ? block_max * n : block_max) * es + 64, 1);
-  std::vector<char> out_bytes((total_sized ? block_max * n : block_max) * es + 64, 1);
-  // Cache-line aligned, as tensors from LibTorch's allocator are (a vector's
-  // data is only 16-byte aligned).
-  auto line_aligned = [](std::vector<char>& v) {
-    return v.data() + (64 - reinterpret_cast<std::uintptr_t>(v.data()) % 64) % 64;
-  };
-  Runner runner{c, a, t, rop, line_aligned(in_bytes), line_aligned(out_bytes)};
+  const std::size_t buffer_bytes = (total_sized ? block_max * n : block_max) * es;
+  std::vector<char> in_bytes, out_bytes;
+  comm::SharedBuffer in_shared, out_shared;
+  char *in = nullptr, *out = nullptr;
+  if (a.registered) {
+    // Page aligned, populated.
+    KILN_ASSIGN_OR_RETURN(in_shared, comm::SharedBuffer::allocate(buffer_bytes));
+    KILN_ASSIGN_OR_RETURN(out_shared, comm::SharedBuffer::allocate(buffer_bytes));
+    in = static_cast<char*>(in_shared.data());
+    out = static_cast<char*>(out_shared.data());
+    std::memset(in, 1, buffer_bytes);
+    std::memset(out, 1, buffer_bytes);
+  } else {
+    in_bytes.assign(buffer_bytes + 64, 1);
+    out_bytes.assign(buffer_bytes + 64, 1);
+    // Cache-line aligned, as tensors from LibTorch's allocator are (a vector's
+    // data is only 16-byte aligned).
+    auto line_aligned = [](std::vector<char>& v) {
+      return v.data() + (64 - reinterpret_cast<std::uintptr_t>(v.data()) % 64) % 64;
+    };
+    in = line_aligned(in_bytes);
+    out = line_aligned(out_bytes);
+  }
+  Runner runner{c, a, t, rop, in, out};
 
   // As nccl-tests: warm up at the largest size first, so every buffer
   // (ours and the library's) is touched and settled before any timing.
@@ -271,8 +291,9 @@ Status bench_comm(const BenchArgs& a) {
   }
   nlohmann::json results = nlohmann::json::array();
   if (c.rank() == 0 && !a.json) {
-    std::printf("# kiln bench comm: %s %s, %d ranks (%s)\n", a.op.c_str(), comm::dtype_name(t).data(), n,
-                c.describe().c_str());
+    std::printf("# kiln bench comm: %s %s, %d ranks (%s)%s\n", a.op.c_str(),
+                comm::dtype_name(t).data(), n, c.describe().c_str(),
+                a.registered ? ", registered buffers" : "");
     if (limit_busbw > 0) {
       std::printf("# memory limit: busbw %.2f GB/s (a = b + c on %d ranks: %.1f GB/s, / %.0f)\n",
                   limit_busbw, n, limit_busbw * kLocalAllreduceTrafficPerByte,
@@ -365,6 +386,7 @@ Status bench_comm(const BenchArgs& a) {
   if (c.rank() == 0 && a.json) {
     nlohmann::json doc{{"op", a.op}, {"dtype", comm::dtype_name(t)}, {"world_size", n},
                        {"reduce_op", a.reduce_op}, {"algo", a.algo.empty() ? "auto" : a.algo},
+                       {"registered", a.registered},
                        {"results", results}};
     if (limit_busbw > 0) {
       doc["limit_busbw_gbps"] = limit_busbw;
@@ -389,6 +411,9 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("-w,--warmup_iters", a->warmup, "untimed iterations per size");
   cmd->add_flag("-c,--check", a->check, "verify results");
   cmd->add_flag("--json", a->json, "rank 0 prints one JSON document");
+  cmd->add_flag("-R,--registered", a->registered,
+                "buffers from comm::SharedBuffer, which ranks on one host reach directly (as "
+                "nccl-tests' -R)");
   cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")
       ->capture_default_str();
   cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only

@@ -2,6 +2,9 @@
 // reference computed here, for world sizes 1, 2, 3, 4, 5 and 8 over shared
 // memory, over tcp, and over a simulated two-ranks-per-host cluster (shm
 // inside a host, tcp between, hierarchical allreduce).
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -12,6 +15,7 @@
 #include "kiln/comm/communicator.h"
 #include "kiln/comm/element_io.h"
 #include "kiln/comm/reduce.h"
+#include "kiln/comm/shared_buffer.h"
 #include "kiln/comm/testing/multiprocess.h"
 
 namespace kiln::comm {
@@ -382,6 +386,137 @@ INSTANTIATE_TEST_SUITE_P(EightRanksAndAFold, SixteenBitFloats,
 INSTANTIATE_TEST_SUITE_P(OneAndTwoHops, SixteenBitFloats,
                          ::testing::Values(Case{2, Layout::kTcp}, Case{3, Layout::kShm}),
                          case_name);
+
+// Note [Direct allreduce on shared buffers]: with every rank's buffers in
+// SharedBuffers (and KILN_SHM_DIRECT_BYTES=1, so every size qualifies), each
+// allreduce must run directly and match the reference, for every dtype and
+// reduce op, in place and out of place, at offsets that put the ranks'
+// buffers at different positions within a cache line.
+Status check_direct_allreduce(Communicator& c, DataType t, ReduceOp op, std::size_t count,
+                              bool in_place, std::size_t offset, bool expect_direct,
+                              bool registered = true) {
+  const std::size_t es = dtype_size(t);
+  const std::size_t bytes = count * es + offset + 1;
+  SharedBuffer in_shared, out_shared;
+  std::vector<char> in_plain, out_plain;
+  char *in = nullptr, *out = nullptr;
+  if (registered) {
+    KILN_ASSIGN_OR_RETURN(in_shared, SharedBuffer::allocate(bytes));
+    KILN_ASSIGN_OR_RETURN(out_shared, SharedBuffer::allocate(bytes));
+    in = static_cast<char*>(in_shared.data()) + offset;
+    out = static_cast<char*>(out_shared.data()) + offset;
+  } else {
+    in_plain.resize(bytes);
+    out_plain.resize(bytes);
+    in = in_plain.data() + offset;
+    out = out_plain.data() + offset;
+  }
+  for (std::size_t i = 0; i < count; ++i) store_element(t, in, i, input_value(c.rank(), i, op, t));
+  if (in_place) out = in;
+  const std::uint64_t before = c.direct_allreduces();
+  KILN_RETURN_IF_ERROR(c.allreduce(in, out, count, t, op)->wait());
+  std::string what = fmt::format("allreduce on {} buffers, {} count {} {} {} at offset {}",
+                                 registered ? "shared" : "plain", dtype_name(t), count,
+                                 reduce_op_name(op), in_place ? "in-place" : "out-of-place", offset);
+  if (c.direct_allreduces() != before + (expect_direct ? 1 : 0)) {
+    return internal_error(fmt::format("{}: ran {}directly", what, expect_direct ? "in" : ""));
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    double want = expected_reduce(c.size(), i, op, t), got = load_element(t, out, i);
+    if (!close_enough(t, got, want)) return mismatch(what, i, got, want);
+  }
+  return Status::ok();
+}
+
+testing::RunOptions direct_options() {
+  testing::RunOptions o = options_for(Layout::kShm);
+  o.env["KILN_SHM_DIRECT_BYTES"] = "1";
+  return o;
+}
+
+class DirectAllreduce : public ::testing::TestWithParam<int> {};
+
+TEST_P(DirectAllreduce, EveryDtypeAndOpOnSharedBuffersMatchesTheReference) {
+  auto result = testing::run_ranks(GetParam(), [](Communicator& c) -> Status {
+    for (DataType t : kDtypes) {
+      const std::size_t es = dtype_size(t);
+      for (ReduceOp op : kOps) {
+        for (std::size_t count : {std::size_t{1}, std::size_t{7}, std::size_t{1023}}) {
+          KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, count, count % 2 == 1, 0, true));
+        }
+        // Large: whole lines, then the two ranks a different distance into a line.
+        const std::size_t large = (1u << 20) + 3;
+        KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, large, false, 0, true));
+        KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, large, true, c.rank() * es, true));
+      }
+    }
+    // Nothing to offer for an empty allreduce.
+    return check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, 0, false, 0, false);
+  }, direct_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+INSTANTIATE_TEST_SUITE_P(TwoAndThreeRanks, DirectAllreduce, ::testing::Values(2, 3),
+                         [](const auto& info) { return fmt::format("world{}", info.param); });
+
+TEST(DirectAllreduceFallback, OneRankWithPlainBuffersOrAForcedAlgorithmRunsTheUsualWay) {
+  auto result = testing::run_ranks(3, [](Communicator& c) -> Status {
+    const std::size_t large = (1u << 20) + 3;
+    // Rank 1's buffers are plain: every rank sees its offer and falls back.
+    for (ReduceOp op : kOps) {
+      KILN_RETURN_IF_ERROR(check_direct_allreduce(c, DataType::kFloat32, op, large, false, 0,
+                                                  false, /*registered=*/c.rank() != 1));
+    }
+    KILN_RETURN_IF_ERROR(check_direct_allreduce(c, DataType::kBFloat16, ReduceOp::kSum, large,
+                                                true, 0, false, c.rank() != 1));
+    // A forced algorithm is what runs, shared buffers or not.
+    c.set_allreduce_algo(AllreduceAlgo::kRing);
+    KILN_RETURN_IF_ERROR(
+        check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, large, false, 0, false));
+    c.set_allreduce_algo(AllreduceAlgo::kAuto);
+    return check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, large, false, 0, true);
+  }, direct_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+TEST(DirectAllreduceFallback, ABufferAPeerCannotMapFallsBackOnEveryRank) {
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    const std::size_t count = (1u << 20) + 3;
+    KILN_ASSIGN_OR_RETURN(auto in, SharedBuffer::allocate(count * 4));
+    KILN_ASSIGN_OR_RETURN(auto out, SharedBuffer::allocate(count * 4));
+    auto* x = static_cast<float*>(in.data());
+    for (std::size_t i = 0; i < count; ++i) x[i] = static_cast<float>(c.rank() + i % 5);
+    if (c.rank() == 1) {
+      // The fault: rank 1's input fd now names /dev/null, so rank 0 finds a
+      // file of the wrong size where the offer said the buffer is.
+      auto region = find_shared_region(in.data(), 1);
+      int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+      if (!region || null_fd < 0 || dup2(null_fd, region->fd) < 0) {
+        return internal_error("cannot swap the buffer's fd for /dev/null");
+      }
+      close(null_fd);
+    }
+    KILN_RETURN_IF_ERROR(c.allreduce(x, out.data(), count, DataType::kFloat32, ReduceOp::kSum)->wait());
+    if (c.direct_allreduces() != 0) return internal_error("ran directly on an unmappable buffer");
+    const auto* y = static_cast<const float*>(out.data());
+    for (std::size_t i = 0; i < count; ++i) {
+      const float want = static_cast<float>(1 + 2 * (i % 5));
+      if (y[i] != want) return mismatch("allreduce after the fallback", i, y[i], want);
+    }
+    return Status::ok();
+  }, direct_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+TEST(DirectAllreduceFallback, RanksOfTwoHostsNeverOffer) {
+  testing::RunOptions o = options_for(Layout::kTwoPerHost);
+  o.env["KILN_SHM_DIRECT_BYTES"] = "1";
+  auto result = testing::run_ranks(4, [](Communicator& c) -> Status {
+    return check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, (1u << 20) + 3, false, 0,
+                                  false);
+  }, o);
+  EXPECT_TRUE(result.ok()) << result.report;
+}
 
 }  // namespace
 }  // namespace kiln::comm

@@ -23,6 +23,11 @@ const Knob<bool> kCommCheck{"KILN_COMM_CHECK", false,
                             "verify that all ranks issue matching operations (costs one small "
                             "allgather per operation)"};
 const Knob<std::string> kTransport{"KILN_TRANSPORT", "auto", "peer transport: auto, shm or tcp"};
+const Knob<std::int64_t> kDirectBytes{
+    "KILN_SHM_DIRECT_BYTES", 1 << 20,
+    "allreduces of at least this many bytes among ranks of one host, with the algorithm left to "
+    "auto, first offer the peers direct access when their buffers are SharedBuffers (Note "
+    "[Direct allreduce on shared buffers]); 0 = never"};
 
 constexpr std::size_t kFingerprintBytes = 128;
 // check_peer value of operations that do their own KILN_COMM_CHECK.
@@ -73,6 +78,7 @@ Communicator::Communicator(std::shared_ptr<store::Store> store, int rank, int si
       ctx_(std::move(ctx)),
       cost_(CostModel::from_env()),
       world_ranks_(size),
+      direct_from_bytes_(kDirectBytes.get()),
       engine_(std::make_unique<Engine>(options_.timeout)) {
   std::iota(world_ranks_.begin(), world_ranks_.end(), 0);
   const auto& host_of = ctx_->host_of();
@@ -83,6 +89,9 @@ Communicator::Communicator(std::shared_ptr<store::Store> store, int rank, int si
   topology_.max_ranks_per_host = *std::max_element(per_host.begin(), per_host.end());
   for (int p = 0; p < size_; ++p) {
     if (ctx_->has_pair(p) && !ctx_->pair(p).is_shm()) topology_.any_remote = true;
+  }
+  for (int p = 0; p < size_; ++p) {
+    if (p != rank_ && !(ctx_->has_pair(p) && ctx_->pair(p).is_shm())) all_shm_ = false;
   }
   log()->debug("communicator {}: {}", options_.connect.tag, describe());
 }
@@ -111,6 +120,17 @@ AllreduceAlgo Communicator::choose_allreduce(std::size_t bytes) const {
     return forced;
   }
   return cost_.pick_allreduce(bytes, topology_);
+}
+
+// Decided from what every rank sees alike (the size, the options, the
+// transports: a group on one host has shm pairs only), so every rank makes
+// the offer or none does.
+bool Communicator::direct_allreduce_applies(std::size_t bytes) const {
+  if (direct_from_bytes_ <= 0 || bytes < static_cast<std::uint64_t>(direct_from_bytes_)) {
+    return false;
+  }
+  return size_ > 1 && all_shm_ && forced_algo_.load() == AllreduceAlgo::kAuto &&
+         options_.algo == AllreduceAlgo::kAuto;
 }
 
 WorkPtr Communicator::enqueue(const char* name, std::string signature,
@@ -179,6 +199,13 @@ WorkPtr Communicator::allreduce(const void* send, void* recv, std::size_t count,
   std::string sig = fmt::format("{} x {}, {}", dtype_name(dtype), count, reduce_op_name(op));
   return enqueue("allreduce", sig, [=, this](const algo::Env& env) {
     algo::AllreduceArgs args{send, recv, count, dtype, op};
+    if (direct_allreduce_applies(count * dtype_size(dtype))) {
+      KILN_ASSIGN_OR_RETURN(bool done, algo::allreduce_direct(env, args));
+      if (done) {
+        direct_allreduces_.fetch_add(1, std::memory_order_relaxed);
+        return Status::ok();
+      }
+    }
     AllreduceAlgo a = choose_allreduce(count * dtype_size(dtype));
     if (a == AllreduceAlgo::kHierarchical) {
       AllreduceAlgo inter = cost_.pick_allreduce(count * dtype_size(dtype),

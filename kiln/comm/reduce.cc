@@ -183,6 +183,25 @@ void add_lines_sse2(float* d, const float* x, const float* y, std::size_t lines)
     }
   }
 }
+__attribute__((target("avx512f"))) void add_lines_to_two_avx512(float* d0, float* d1,
+                                                                const float* x, const float* y,
+                                                                std::size_t lines) {
+  for (std::size_t l = 0; l < lines; ++l, d0 += 16, d1 += 16, x += 16, y += 16) {
+    const __m512 v = _mm512_add_ps(_mm512_loadu_ps(x), _mm512_loadu_ps(y));
+    _mm512_stream_ps(d0, v);
+    _mm512_stream_ps(d1, v);
+  }
+}
+void add_lines_to_two_sse2(float* d0, float* d1, const float* x, const float* y,
+                           std::size_t lines) {
+  for (std::size_t l = 0; l < lines; ++l, d0 += 16, d1 += 16, x += 16, y += 16) {
+    for (std::size_t k = 0; k < 16; k += 4) {
+      const __m128 v = _mm_add_ps(_mm_loadu_ps(x + k), _mm_loadu_ps(y + k));
+      _mm_stream_ps(d0 + k, v);
+      _mm_stream_ps(d1 + k, v);
+    }
+  }
+}
 void copy_lines_sse2(char* d, const char* s, std::size_t lines) {
   for (std::size_t l = 0; l < lines; ++l, d += kLine, s += kLine) {
     for (std::size_t k = 0; k < kLine; k += 16) {
@@ -217,6 +236,22 @@ void reduce_streaming(DataType t, ReduceOp op, void* dst, const void* a, const v
   if (fence) _mm_sfence();
 }
 
+bool add_float32_streaming_to_two(float* d0, float* d1, const float* a, const float* b,
+                                  std::size_t count) {
+  if (bytes_to_line(d0) != bytes_to_line(d1) || bytes_to_line(d0) % sizeof(float) != 0) return false;
+  auto add = [](float* x, float* y, const float* p, const float* q, std::size_t n) {
+    for (std::size_t i = 0; i < n; ++i) x[i] = y[i] = p[i] + q[i];
+  };
+  const std::size_t head = std::min(count, bytes_to_line(d0) / sizeof(float));
+  add(d0, d1, a, b, head);
+  const std::size_t lines = (count - head) / 16;
+  (has_avx512f() ? add_lines_to_two_avx512 : add_lines_to_two_sse2)(d0 + head, d1 + head, a + head,
+                                                                  b + head, lines);
+  const std::size_t i = head + lines * 16;
+  add(d0 + i, d1 + i, a + i, b + i, count - i);
+  return true;
+}
+
 void copy_streaming(void* dst, const void* src, std::size_t bytes, bool fence) {
   auto* d = static_cast<char*>(dst);
   const auto* s = static_cast<const char*>(src);
@@ -236,6 +271,11 @@ void reduce_streaming(DataType t, ReduceOp op, void* dst, const void* a, const v
 }
 void copy_streaming(void* dst, const void* src, std::size_t bytes, bool) {
   std::memcpy(dst, src, bytes);
+}
+bool add_float32_streaming_to_two(float* d0, float* d1, const float* a, const float* b,
+                                  std::size_t count) {
+  for (std::size_t i = 0; i < count; ++i) d0[i] = d1[i] = a[i] + b[i];
+  return true;
 }
 #endif
 

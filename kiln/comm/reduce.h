@@ -32,6 +32,12 @@ void reduce_streaming(DataType t, ReduceOp op, void* dst, const void* a, const v
 void copy_streaming(void* dst, const void* src, std::size_t bytes, bool fence = true);
 // Orders every streaming store before it ahead of every store after it.
 void streaming_fence();
+// d0[i] = d1[i] = a[i] + b[i] (float32) with streaming stores and no fence,
+// in one pass over a and b: the direct allreduce's kernel for two ranks
+// (Note [Direct allreduce on shared buffers]). d0 and d1 must sit at the
+// same offset within a cache line; returns false (and writes nothing) if not.
+bool add_float32_streaming_to_two(float* d0, float* d1, const float* a, const float* b,
+                                  std::size_t count);
 
 // buf[i] /= divisor (integer types truncate toward zero).
 void finish_avg(DataType t, void* buf, std::size_t count, int divisor);

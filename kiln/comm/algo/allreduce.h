@@ -35,6 +35,14 @@ Status allreduce_hierarchical(const Env& env, const AllreduceArgs& a,
                               const std::vector<int>& host_of,
                               Status (*inter)(const Env&, const AllreduceArgs&));
 
+// Direct: when every rank of the group is on this host and every rank's send
+// and recv are SharedBuffers, each rank reduces its share straight from every
+// input into every output (Note [Direct allreduce on shared buffers]).
+// Exchanges one small offer with every peer first; returns false, having
+// done nothing else, when some rank's buffers are not shared (every rank
+// then returns false), so the caller runs another algorithm.
+Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a);
+
 // Note [16-bit floats accumulate in float32] (reduce.h), for algorithms that
 // do not handle it themselves: runs `run` in place on a float32 copy of
 // a.send (Scratch::kWide) and rounds the result into a.recv once. Every

@@ -11,8 +11,11 @@
 #include <cstddef>
 #include <string>
 
+#include <fmt/format.h>
+
 #include "kiln/base/status.h"
 #include "kiln/comm/reduce.h"
+#include "kiln/comm/shared_buffer.h"
 #include "kiln/comm/transport/request.h"
 
 namespace kiln::comm::transport {
@@ -39,6 +42,14 @@ class Pair {
   virtual void abort(const Status& why) = 0;
 
   virtual bool is_shm() const = 0;
+
+  // The peer's SharedBuffer region (as the peer's find_shared_region
+  // described it), mapped into this process: valid while the peer keeps the
+  // buffer and this pair lives. Only pairs to peers on this host can.
+  virtual Result<void*> map_peer_region(const SharedRegion& region) {
+    (void)region;
+    return failed_precondition(fmt::format("{} is not on this host: its memory cannot be mapped", peer_name_));
+  }
   int peer_rank() const { return peer_rank_; }
   // "rank 3 (host-b, pid 4242)": for error messages.
   const std::string& peer_name() const { return peer_name_; }

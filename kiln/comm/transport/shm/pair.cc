@@ -1,6 +1,9 @@
 #include "kiln/comm/transport/shm/pair.h"
 
+#include <fcntl.h>
 #include <poll.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -30,7 +33,50 @@ ShmPair::ShmPair(int peer_rank, std::string peer_name, std::shared_ptr<Segment> 
   pidfd_.reset(static_cast<int>(syscall(SYS_pidfd_open, peer_pid, 0)));
 }
 
-ShmPair::~ShmPair() = default;
+ShmPair::~ShmPair() {
+  for (auto& [serial, m] : peer_mappings_) munmap(m.base, m.bytes);
+}
+
+// Note [Peer mappings]: a peer's SharedBuffer is mapped on first use and kept
+// (a large buffer costs a page-table fill to map), keyed by the serial the
+// peer gave it, since the peer reuses fd numbers after a free. A mapping of
+// a buffer the peer has since freed keeps its pages alive, so at most
+// kMaxPeerMappings stay; the oldest serial goes first (buffers are typically
+// allocated once and reused: a model's gradient buckets, a benchmark's).
+constexpr std::size_t kMaxPeerMappings = 64;
+
+Result<void*> ShmPair::map_peer_region(const SharedRegion& region) {
+  auto it = peer_mappings_.find(region.serial);
+  if (it == peer_mappings_.end()) {
+    const std::string path = fmt::format("/proc/{}/fd/{}", peer_pid_, region.fd);
+    Fd fd(open(path.c_str(), O_RDWR | O_CLOEXEC));
+    if (!fd.valid()) {
+      return errno_status(fmt::format("map {}'s shared buffer {}", peer_name(), path), errno);
+    }
+    struct stat st {};
+    if (fstat(fd.get(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != region.buffer_bytes) {
+      return data_loss(fmt::format("{}'s shared buffer {} is {} bytes, not the {} it announced",
+                                   peer_name(), path, st.st_size, region.buffer_bytes));
+    }
+    void* base = mmap(nullptr, region.buffer_bytes, PROT_READ | PROT_WRITE,
+                      MAP_SHARED | MAP_POPULATE, fd.get(), 0);
+    if (base == MAP_FAILED) {
+      return errno_status(fmt::format("map {}'s shared buffer {} ({} bytes)", peer_name(), path,
+                                      region.buffer_bytes),
+                          errno);
+    }
+    if (peer_mappings_.size() >= kMaxPeerMappings) {
+      munmap(peer_mappings_.begin()->second.base, peer_mappings_.begin()->second.bytes);
+      peer_mappings_.erase(peer_mappings_.begin());
+    }
+    it = peer_mappings_.emplace(region.serial, PeerMapping{base, region.buffer_bytes}).first;
+  }
+  if (region.offset > it->second.bytes) {
+    return invalid_argument(fmt::format("{}'s shared buffer region starts at {}, past its {} bytes",
+                                        peer_name(), region.offset, it->second.bytes));
+  }
+  return static_cast<char*>(it->second.base) + region.offset;
+}
 
 void ShmPair::post_send(const void* data, std::size_t len, Request* req) {
   req->pair = this;

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <memory>
 
 #include "kiln/base/fd.h"
@@ -40,6 +41,7 @@ class ShmPair final : public Pair {
   Status check_alive() override;
   void abort(const Status& why) override;
   bool is_shm() const override { return true; }
+  Result<void*> map_peer_region(const SharedRegion& region) override;
 
  private:
   struct SendOp {
@@ -73,6 +75,13 @@ class ShmPair final : public Pair {
   int peer_pid_;
   Fd pidfd_;  // invalid where pidfd_open is not available
   std::size_t streaming_bytes_;
+
+  // The peer's SharedBuffers mapped so far, by serial (Note [Peer mappings]).
+  struct PeerMapping {
+    void* base;
+    std::size_t bytes;
+  };
+  std::map<std::uint64_t, PeerMapping> peer_mappings_;
 
   std::deque<SendOp> sends_;
   std::deque<RecvOp> recvs_;

@@ -1,0 +1,196 @@
+// Note [Direct allreduce on shared buffers]
+// Through the shm FIFOs every byte a peer needs is copied into a slot by
+// one core and out of it by another: with the input read and the output
+// written, a 2-rank ring moves each rank's every message byte about four
+// times (8 half-buffer passes), and on this project's hosts that runs at
+// half the memory limit of `kiln bench comm` (issue 24; bench/shm_ring.c
+// shows a plain ring does no better). When every rank's send and receive
+// buffers are SharedBuffers, peers can reach them directly, as NCCL's
+// registered buffers: rank r reduces its share of the elements (Split) from
+// every rank's input and writes the result into every rank's output with
+// streaming stores. Each rank then reads and writes its message once (2
+// passes) and nothing is copied between cores.
+//
+// Protocol, all over the pairs (so an abort or a dead peer fails it as any
+// collective): (1) every rank sends every peer an offer (its regions, or
+// none); sending it also says "my input is ready and my output free". (2) If
+// any rank has none, every rank returns false and the caller runs its usual
+// algorithm: all ranks saw the same offers, so all agree. (3) Each rank maps
+// the peers' regions and tells every peer whether it could (a peer in
+// another pid namespace, or one that is not dumpable, cannot be reached
+// through /proc): if any could not, all fall back, the one that could not
+// with a warning. (4) Each rank reduces its share, fences its streaming
+// stores and sends every peer a done message; (5) it returns once every
+// peer's done has come, so no rank leaves while a peer still reads its input
+// or writes its output. In place is safe: share r of any buffer is read and
+// then written by rank r alone, block by block.
+#include <atomic>
+#include <cstring>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "kiln/base/logging.h"
+#include "kiln/comm/algo/allreduce.h"
+#include "kiln/comm/shared_buffer.h"
+
+namespace kiln::comm::algo {
+namespace {
+
+constexpr std::uint32_t kOfferMagic = 0x4b444952;  // "KDIR"
+
+// A SharedRegion as it travels: no padding, so every byte sent is set.
+struct WireRegion {
+  std::int32_t fd;
+  std::int32_t unused;
+  std::uint64_t serial, buffer_bytes, offset;
+
+  static WireRegion of(const SharedRegion& r) {
+    return {r.fd, 0, r.serial, r.buffer_bytes, r.offset};
+  }
+  SharedRegion region() const { return {fd, serial, buffer_bytes, offset}; }
+};
+
+struct Offer {
+  std::uint32_t magic;
+  std::uint32_t usable;  // 1: send and recv below are SharedBuffer regions
+  std::uint64_t count;
+  WireRegion send;
+  WireRegion recv;
+};
+static_assert(sizeof(Offer) == 80, "an Offer has no padding");
+
+// Reduction of one block at a time through a cache-sized staging buffer,
+// then copied into every output: any dtype and op.
+constexpr std::size_t kBlockBytes = 16 << 10;
+
+void reduce_share_blocked(const Env& env, const std::vector<const char*>& src,
+                          const std::vector<char*>& dst, std::size_t count, DataType t,
+                          ReduceOp op) {
+  const int n = static_cast<int>(src.size());
+  const std::size_t es = dtype_size(t);
+  const bool wide = accumulates_in_float32(t, op);  // Note [16-bit floats accumulate in float32]
+  const std::size_t per_block = kBlockBytes / (wide ? sizeof(float) : es);
+  char* stage = static_cast<char*>(env.scratch->get(3 * kBlockBytes));
+  auto* acc = reinterpret_cast<float*>(stage);
+  auto* next = reinterpret_cast<float*>(stage + kBlockBytes);
+  char* narrow = stage + 2 * kBlockBytes;
+  for (std::size_t i = 0; i < count; i += per_block) {
+    const std::size_t k = std::min(per_block, count - i);
+    const char* out = stage;
+    if (wide) {
+      widen_to_float32(t, src[0] + i * es, acc, k);
+      for (int j = 1; j < n; ++j) {
+        widen_to_float32(t, src[j] + i * es, next, k);
+        reduce(DataType::kFloat32, op, acc, acc, next, k);
+      }
+      if (op == ReduceOp::kAvg) finish_avg(DataType::kFloat32, acc, k, n);
+      narrow_from_float32(t, acc, narrow, k);
+      out = narrow;
+    } else {
+      reduce(t, op, stage, src[0] + i * es, src[1] + i * es, k);
+      for (int j = 2; j < n; ++j) reduce(t, op, stage, stage, src[j] + i * es, k);
+      if (op == ReduceOp::kAvg) finish_avg(t, stage, k, n);
+    }
+    for (char* d : dst) copy_streaming(d + i * es, out, k * es, /*fence=*/false);
+  }
+}
+
+// Sends `mine` to every peer and receives each peer's into theirs[j]
+// (theirs[me] = mine).
+template <typename T>
+Status exchange(const Env& env, const T& mine, std::vector<T>& theirs) {
+  const int n = env.group.size();
+  theirs.assign(n, mine);
+  std::vector<transport::Request> reqs(2 * n);
+  std::vector<transport::Request*> wait;
+  for (int j = 0; j < n; ++j) {
+    if (j == env.group.me) continue;
+    env.group.pair(j).post_send(&mine, sizeof(T), &reqs[2 * j]);
+    env.group.pair(j).post_recv(&theirs[j], sizeof(T), &reqs[2 * j + 1]);
+    wait.push_back(&reqs[2 * j]);
+    wait.push_back(&reqs[2 * j + 1]);
+  }
+  return env.wait(wait);
+}
+
+}  // namespace
+
+Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
+  const int n = env.group.size();
+  const int me = env.group.me;
+  const std::size_t es = dtype_size(a.dtype);
+  const std::size_t bytes = a.count * es;
+  Offer mine{};
+  mine.magic = kOfferMagic;
+  mine.count = a.count;
+  auto send = find_shared_region(a.send, bytes);
+  auto recv = find_shared_region(a.recv, bytes);
+  if (send && recv) {
+    mine.usable = 1;
+    mine.send = WireRegion::of(*send);
+    mine.recv = WireRegion::of(*recv);
+  }
+  std::vector<Offer> offers;
+  KILN_RETURN_IF_ERROR(exchange(env, mine, offers));
+  bool usable = true;
+  for (int j = 0; j < n; ++j) {
+    if (offers[j].magic != kOfferMagic || offers[j].count != a.count) {
+      return invalid_argument(fmt::format(
+          "direct allreduce: rank {} of the group offered {} elements where this rank has {} "
+          "(the ranks issued different operations or counts)",
+          j, offers[j].count, a.count));
+    }
+    usable = usable && offers[j].usable == 1;
+  }
+  if (!usable) return false;
+
+  std::vector<const char*> src(n);
+  std::vector<char*> dst(n);
+  Status mapped = Status::ok();
+  for (int j = 0; j < n && mapped.is_ok(); ++j) {
+    if (j == me) {
+      src[j] = static_cast<const char*>(a.send);
+      dst[j] = static_cast<char*>(a.recv);
+      continue;
+    }
+    auto s = env.group.pair(j).map_peer_region(offers[j].send.region());
+    auto d = s.is_ok() ? env.group.pair(j).map_peer_region(offers[j].recv.region()) : s;
+    mapped = !s.is_ok() ? s.status() : d.status();
+    if (mapped.is_ok()) {
+      src[j] = static_cast<const char*>(*s);
+      dst[j] = static_cast<char*>(*d);
+    }
+  }
+  std::uint8_t could = mapped.is_ok() ? 1 : 0;
+  std::vector<std::uint8_t> all_could;
+  KILN_RETURN_IF_ERROR(exchange(env, could, all_could));
+  static std::atomic<bool> warned{false};
+  if (!mapped.is_ok() && !warned.exchange(true)) {
+    log()->warn("{}: shared buffers not used, running the usual allreduce (said once): {}",
+                *env.what, mapped.to_string());
+  }
+  for (std::uint8_t c : all_could) {
+    if (c != 1) return false;
+  }
+  const Split share(a.count, n);
+  const std::size_t off = share.offset(me) * es, k = share.size(me);
+  for (auto& p : src) p += off;
+  for (auto& p : dst) p += off;
+  const bool two_float32_sums = n == 2 && a.dtype == DataType::kFloat32 && a.op == ReduceOp::kSum;
+  if (k > 0 && !(two_float32_sums &&
+                 add_float32_streaming_to_two(reinterpret_cast<float*>(dst[0]),
+                                              reinterpret_cast<float*>(dst[1]),
+                                              reinterpret_cast<const float*>(src[0]),
+                                              reinterpret_cast<const float*>(src[1]), k))) {
+    reduce_share_blocked(env, src, dst, k, a.dtype, a.op);
+  }
+  // The results are in every output before any peer hears we are done.
+  streaming_fence();
+
+  std::vector<std::uint8_t> done;
+  KILN_RETURN_IF_ERROR(exchange(env, std::uint8_t{1}, done));
+  return true;
+}
+
+}  // namespace kiln::comm::algo
