@@ -7,6 +7,24 @@
 namespace kiln::plan {
 namespace {
 
+// One case of the pipeline probe: `stages` ranks on 2 cores in pairs, 4
+// micro-batches, each forward `piece` × 4 and backward × 8 of work, and
+// the probe's measured link; its step_s is left for the test to set.
+PipelineSharingSample pipeline_probe_case(int stages, double piece) {
+  PipelineSharingSample x;
+  x.cores = 2;
+  x.stages = stages;
+  x.group = 2;
+  x.microbatches = 4;
+  x.messages = 4;
+  x.forward_work_s = 4 * piece;
+  x.backward_work_s = 8 * piece;
+  x.message_s = 10e-6;
+  x.p2p_s = 8e-6;
+  x.p2p_alpha_s = 1e-6;
+  return x;
+}
+
 TEST(CalibrationFitTest, RecoversTheGemmModelsConstants) {
   const double call = 7e-6, flops = 120e9, bytes = 60e9;
   std::vector<GemmSample> samples;
@@ -175,17 +193,7 @@ TEST(CalibrationFitTest, PipelineHandOffRecoversTheWaitThatMadeTheSteps) {
   const double truth[] = {2e-3, 3e-3};  // at 2 and 4 ranks per core
   for (int level = 0; level < 2; ++level) {
     for (const double piece : {0.5e-3, 1.5e-3}) {
-      PipelineSharingSample x;
-      x.cores = 2;
-      x.stages = level == 0 ? 2 : 4;
-      x.group = 2;
-      x.microbatches = 4;
-      x.messages = 4;
-      x.forward_work_s = 4 * piece;
-      x.backward_work_s = 8 * piece;
-      x.message_s = 10e-6;
-      x.p2p_s = 8e-6;
-      x.p2p_alpha_s = 1e-6;
+      PipelineSharingSample x = pipeline_probe_case(level == 0 ? 2 : 4, piece);
       const double rpc = x.ranks_per_core();
       HostProfile lockstep;
       lockstep.sharing = sharing;
@@ -215,17 +223,7 @@ TEST(CalibrationFitTest, PipelineHandOffIsTheMedianOverRoundsNotMovedByOneSlowRo
   double slow_round_fit = 0;
   for (int round = 0; round < 3; ++round) {
     for (const double piece : {0.5e-3, 1.5e-3}) {
-      PipelineSharingSample x;
-      x.cores = 2;
-      x.stages = 2;
-      x.group = 2;
-      x.microbatches = 4;
-      x.messages = 4;
-      x.forward_work_s = 4 * piece;
-      x.backward_work_s = 8 * piece;
-      x.message_s = 10e-6;
-      x.p2p_s = 8e-6;
-      x.p2p_alpha_s = 1e-6;
+      PipelineSharingSample x = pipeline_probe_case(2, piece);
       auto t = pipeline_probe_step_s(x, 1.5, 0.2e-3, truth);
       ASSERT_TRUE(t.is_ok()) << t.status().to_string();
       // Round 1 ran on a host 30% slower than its unit said.
