@@ -336,12 +336,16 @@ Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
             out.substr(0, 300)));
       }
       KILN_ASSIGN_OR_RETURN(const double h, plan::fit_pipeline_sample_handoff(x, p.sharing));
-      // On stderr: what each timing gave, for a reader checking the fit.
+      KILN_ASSIGN_OR_RETURN(const double no_wait_s,
+                            plan::pipeline_probe_lockstep_step_s(x, p.sharing));
+      // On stderr: what each timing gave, for a reader checking the fit (a
+      // step under the model's with no wait fits 0: a bound, not a wait).
       fmt::print(stderr,
                  "kiln plan calibrate: pipeline probe round {}: {} stages of {} ranks, {} units "
-                 "({:.2f} ms) per message: step {:.1f} ms, {:.0f} us per TP all-reduce\n",
+                 "({:.2f} ms) per message: step {:.1f} ms (model with no wait {:.1f} ms), "
+                 "{:.0f} us per TP all-reduce\n",
                  r + 1, c.stages, kGroup, c.units, 1e3 * c.units * unit_now_s, 1e3 * x.step_s,
-                 1e6 * h);
+                 1e3 * no_wait_s, 1e6 * h);
       samples.push_back(x);
     }
   }
