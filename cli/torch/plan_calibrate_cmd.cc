@@ -261,7 +261,8 @@ Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, const Calib
 // per core across calibrations of one hour (docs/perf.md, issue 18 session 7).
 // So every case is timed --pipeline-repeats times, each round in a rotated
 // order (a drift spreads over all cases instead of biasing the last), each
-// timing's work scaled by the unit timed alone just before it, and a level's
+// timing's work scaled by the unit timed alone just before and just after
+// it (the shorter of the two), and a level's
 // wait is the median over its cases and rounds (plan::fit_pipeline_handoff).
 Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
     const plan::HostProfile& p, double unit_s, const CalibrateOptions& o) {
@@ -314,6 +315,15 @@ Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
       KILN_ASSIGN_OR_RETURN(std::string out,
                             run_capture(argv, {}, {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
                                         std::chrono::seconds(120)));
+      if (!o.quick) {
+        // The unit again right after: noise only lengthens a timing, so of
+        // the two the shorter is the work's scale (one timed before alone
+        // came out 1.5-3.2x its usual in 5 of 60 timings, and such a timing
+        // fits no wait at all: docs/plan.md, issue 18 session 9).
+        KILN_ASSIGN_OR_RETURN(const double unit_after_s,
+                              plan::probe::time_sharing_unit(unit_probe));
+        unit_now_s = std::min(unit_now_s, unit_after_s);
+      }
       plan::PipelineSharingSample x;
       x.cores = p.cores;
       x.stages = c.stages;
@@ -336,12 +346,16 @@ Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
             out.substr(0, 300)));
       }
       KILN_ASSIGN_OR_RETURN(const double h, plan::fit_pipeline_sample_handoff(x, p.sharing));
-      // On stderr: what each timing gave, for a reader checking the fit.
+      KILN_ASSIGN_OR_RETURN(const double no_wait_s,
+                            plan::pipeline_probe_lockstep_step_s(x, p.sharing));
+      // On stderr: what each timing gave, for a reader checking the fit (a
+      // step under the model's with no wait fits 0: a bound, not a wait).
       fmt::print(stderr,
                  "kiln plan calibrate: pipeline probe round {}: {} stages of {} ranks, {} units "
-                 "({:.2f} ms) per message: step {:.1f} ms, {:.0f} us per TP all-reduce\n",
+                 "({:.2f} ms) per message: step {:.1f} ms (model with no wait {:.1f} ms), "
+                 "{:.0f} us per TP all-reduce\n",
                  r + 1, c.stages, kGroup, c.units, 1e3 * c.units * unit_now_s, 1e3 * x.step_s,
-                 1e6 * h);
+                 1e3 * no_wait_s, 1e6 * h);
       samples.push_back(x);
     }
   }

@@ -246,22 +246,42 @@ Result<double> pipeline_probe_step_s(const PipelineSharingSample& x, double slow
   return r.makespan_s;
 }
 
+namespace {
+
+// The slowdown and pipeline-receive hand-off the host model gives the probe
+// at its ranks per core, before any group hand-off.
+struct ProbeLockstep {
+  double slowdown = 1, p2p_handoff_s = 0;
+};
+
+ProbeLockstep probe_lockstep(const PipelineSharingSample& x,
+                             const std::vector<CoreSharingPoint>& sharing) {
+  HostProfile lockstep;
+  lockstep.sharing = sharing;
+  const double level = x.ranks_per_core();
+  // Note [Work between meetings]: the pairs' slowdown at the probe's work
+  // between two group all-reduces, as host_step_time.cc reads it for a layout.
+  const double piece = (x.forward_work_s + x.backward_work_s) / (2.0 * std::max(1, x.messages));
+  return {lockstep.sharing_slowdown(level, piece), lockstep.handoff_s(level)};
+}
+
+}  // namespace
+
+Result<double> pipeline_probe_lockstep_step_s(const PipelineSharingSample& x,
+                                              const std::vector<CoreSharingPoint>& sharing) {
+  const ProbeLockstep l = probe_lockstep(x, sharing);
+  return pipeline_probe_step_s(x, l.slowdown, l.p2p_handoff_s, 0);
+}
+
 Result<double> fit_pipeline_sample_handoff(const PipelineSharingSample& x,
                                            const std::vector<CoreSharingPoint>& sharing) {
   if (!(x.step_s > 0) || x.messages < 1 || x.group < 2) {
     return invalid_argument("pipeline hand-off fit: each sample needs a measured step, a group of "
                             "two or more ranks and at least one message");
   }
-  HostProfile lockstep;
-  lockstep.sharing = sharing;
-  const double level = x.ranks_per_core();
-  // Note [Work between meetings]: the pairs' slowdown at the probe's work
-  // between two group all-reduces, as host_step_time.cc reads it for a layout.
-  const double piece = (x.forward_work_s + x.backward_work_s) / (2.0 * x.messages);
-  const double slowdown = lockstep.sharing_slowdown(level, piece);
-  const double p2p_handoff = lockstep.handoff_s(level);
+  const ProbeLockstep l = probe_lockstep(x, sharing);
   auto excess = [&](double h) -> Result<double> {
-    KILN_ASSIGN_OR_RETURN(double t, pipeline_probe_step_s(x, slowdown, p2p_handoff, h));
+    KILN_ASSIGN_OR_RETURN(double t, pipeline_probe_step_s(x, l.slowdown, l.p2p_handoff_s, h));
     return t - x.step_s;
   };
   KILN_ASSIGN_OR_RETURN(double at_zero, excess(0));

@@ -109,6 +109,14 @@ struct PipelineSharingSample {
 Result<double> pipeline_probe_step_s(const PipelineSharingSample& sample, double slowdown,
                                      double p2p_handoff_s, double group_handoff_s);
 
+// The host model's step for the probe with no group hand-off at all: the
+// slowdown and lockstep hand-off `sharing` gives at the sample's ranks per
+// core, as fit_pipeline_sample_handoff starts from. A measured step below it
+// is one the profile's [core_sharing] already over-prices: the fit then
+// gives 0, a bound rather than a measured wait (calibrate prints both).
+Result<double> pipeline_probe_lockstep_step_s(const PipelineSharingSample& sample,
+                                              const std::vector<CoreSharingPoint>& sharing);
+
 // The group hand-off with which pipeline_probe_step_s reproduces one
 // measured step, at the slowdown and lockstep hand-off `sharing` gives at
 // the sample's ranks per core (0 when the model is slower even without).

@@ -244,6 +244,21 @@ TEST(CalibrationFitTest, PipelineHandOffIsTheMedianOverRoundsNotMovedByOneSlowRo
   EXPECT_NEAR((*f)[0].handoff_s, truth, 1e-7);
 }
 
+// The model's step with no group wait is priced with the profile's own
+// slowdown and lockstep hand-off at the probe's ranks per core (4 on 2
+// cores here), so a fitted 0 can be read against it.
+TEST(CalibrationFitTest, PipelineProbeLockstepStepUsesTheProfilesSlowdownAndHandOff) {
+  const std::vector<CoreSharingPoint> sharing = {{1, 1.2, 0}, {2, 1.5, 0.2e-3}, {4, 1.4, 1.3e-3}};
+  PipelineSharingSample x = pipeline_probe_case(4, 1e-3);  // 4 stages of pairs on 2 cores
+  auto want = pipeline_probe_step_s(x, 1.4, 1.3e-3, 0);
+  auto got = pipeline_probe_lockstep_step_s(x, sharing);
+  ASSERT_TRUE(want.is_ok() && got.is_ok());
+  EXPECT_DOUBLE_EQ(*got, *want);
+  auto faster = pipeline_probe_step_s(x, 1.0, 0, 0);
+  ASSERT_TRUE(faster.is_ok());
+  EXPECT_GT(*got, *faster);
+}
+
 TEST(CalibrationFitTest, RotatedRoundsVisitEveryCaseOnceStartingOneLater) {
   for (int round = 0; round < 5; ++round) {
     std::vector<int> seen(3, 0);
@@ -274,6 +289,10 @@ TEST(CalibrationFitTest, PipelineHandOffIsZeroWhenTheModelIsAlreadySlowerAndRefu
   auto h = fit_pipeline_sample_handoff(x, {{2, 1.0, 0}});
   ASSERT_TRUE(h.is_ok());
   EXPECT_EQ(*h, 0);
+  // The step the fit starts from, which calibrate prints beside the bound.
+  auto lockstep = pipeline_probe_lockstep_step_s(x, {{2, 1.0, 0}});
+  ASSERT_TRUE(lockstep.is_ok());
+  EXPECT_DOUBLE_EQ(*lockstep, *at_zero);
   x.group = 1;  // no group collective to wait on
   EXPECT_EQ(fit_pipeline_handoff({x}, {}).status().code(), Code::kInvalidArgument);
 }
