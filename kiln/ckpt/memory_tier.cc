@@ -24,6 +24,7 @@
 #include "kiln/ckpt/internal/snapshot_stream.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/verify.h"
+#include "kiln/comm/agree.h"
 #include "kiln/objstore/object_store.h"
 
 namespace kiln::ckpt {
@@ -88,16 +89,6 @@ std::vector<std::int64_t> snapshot_steps(const std::string& rank_dir) {
 
 bool has(const std::int64_t* steps, std::int64_t s) {
   return std::find(steps, steps + kReported, s) != steps + kReported;
-}
-
-// Rank-wide 0/1 agreement: every rank learns whether all succeeded.
-Result<bool> all_ok(comm::Communicator* comm, bool ok, std::chrono::milliseconds timeout) {
-  std::int32_t v = ok ? 1 : 0;
-  if (comm != nullptr && comm->size() > 1) {
-    KILN_RETURN_IF_ERROR(
-        comm->allreduce(&v, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(timeout));
-  }
-  return v == 1;
 }
 
 // This kernel's boot (a hash of its boot_id; 0 when unknown): ranks that see
@@ -216,7 +207,10 @@ std::string default_memory_dir(const std::string& checkpoint_root) {
 Result<std::unique_ptr<MemoryTier>> MemoryTier::open(MemoryTierOptions options) {
   if (options.dir.empty()) return invalid_argument("MemoryTier: empty directory");
   auto tier = std::unique_ptr<MemoryTier>(new MemoryTier(std::move(options)));
-  internal::release_unlinked_mappings();  // as in recover()
+  // A new tier in a process that outlived its group (the survivor of a
+  // re-formed job) frees the mappings of files deleted meanwhile before it
+  // allocates anything (Note [Reclaiming a dead buddy's memory]).
+  internal::release_unlinked_mappings();
   std::error_code ec;
   std::filesystem::create_directories(tier->rank_dir_, ec);
   if (ec) {
@@ -453,13 +447,24 @@ std::shared_ptr<internal::MappedFile> MemoryTier::buddy_file_on_this_host(
   return std::move(*file);
 }
 
+// Note [Reclaiming a dead buddy's memory]: a rank that copied its buddy's
+// snapshot on this host keeps that file mapped (Note [Replicas on one host],
+// Note [Mapped snapshot files]), so when the buddy's memory directory is
+// deleted the pages stay allocated until this process drops the mapping.
+// Dropping it frees the file's pages and tears down their page tables: 0.05-
+// 0.1 s per 512 MiB on a paravirtualised MMU, and on another thread it is no
+// cheaper (the teardown interrupts the process's other threads with TLB
+// shootdowns; docs/perf.md, issue 19, session 9). recover() therefore leaves
+// it to the next store() (prepare_step_dir, on the checkpointer's writer
+// thread), clear(), or a new tier's open(): the job waiting on the recovery
+// does not wait for garbage to be freed. Until then the host holds one dead
+// snapshot more; a restarted process's own memory does not depend on it (a
+// recovery never allocates the size of a snapshot, except for entries with
+// no RecoverTarget).
+
 Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
                                         std::span<const RecoverTarget> into) {
   stats_ = MemoryRecoveryStats{};
-  // A dead buddy's deleted snapshot files stay allocated while this process
-  // keeps them mapped (Note [Replicas on one host]): freed before a
-  // restarted process allocates its memory.
-  internal::release_unlinked_mappings();
   // What this rank holds: [own steps..., replica-of-predecessor steps...].
   std::vector<std::int64_t> mine(2 * kReported, -1);
   int n_own = 0, n_rep = 0;
@@ -483,6 +488,7 @@ Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
   auto replica_held_by = [&](int r) { return all.data() + r * 2 * kReported + kReported; };
   std::set<std::int64_t, std::greater<>> candidates(all.begin(), all.end());
   candidates.erase(-1);
+  std::string failed;  // why steps every rank holds did not restore (the same on every rank)
   for (std::int64_t s : candidates) {
     // Rank r gets step s from its own memory or from rank r+1's replica.
     bool everyone = true;
@@ -493,8 +499,11 @@ Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
     bool need_fetch = !has(own_of(rank_), s);
     bool pred_needs = world_ > 1 && !has(own_of(pred_), s);
     auto st = restore(s, need_fetch, pred_needs, into);
-    KILN_ASSIGN_OR_RETURN(bool ok, all_ok(options_.comm, st.is_ok(), options_.timeout));
-    if (ok) {
+    // Every rank takes part in the agreement, also one whose stream failed:
+    // a peer that did not see the failure must not be left waiting.
+    Status agreed =
+        world_ > 1 ? comm::agree(*options_.comm, st.status(), options_.timeout) : st.status();
+    if (agreed.is_ok()) {
       stats_.step = s;
       for (int r = 0; r < world_; ++r) stats_.from_replica += has(own_of(r), s) ? 0 : 1;
       return st;
@@ -503,12 +512,16 @@ Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
       log()->warn("in-memory checkpoint step {} not restored on rank {}: {}", s, rank_,
                   st.status().to_string());
     }
-    if (st.status().code() == Code::kAborted || st.status().code() == Code::kDeadlineExceeded) {
-      return st.status();  // the communicator is unusable
+    for (const Status* e : {&st.status(), static_cast<const Status*>(&agreed)}) {
+      if (e->code() == Code::kAborted || e->code() == Code::kDeadlineExceeded) {
+        return *e;  // the communicator is unusable
+      }
     }
+    failed += fmt::format("; step {} failed: {}", s, agreed.to_string());
   }
-  return not_found(fmt::format("no in-memory checkpoint step >= {} that all {} ranks hold under {}",
-                               min_step, world_, options_.dir));
+  return not_found(
+      fmt::format("no in-memory checkpoint step >= {} that all {} ranks hold under {}{}", min_step,
+                  world_, options_.dir, failed));
 }
 
 // Note [A local restore beside the stream]: a rank that restores its own
@@ -530,9 +543,9 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   const std::string dir = rank_dir_ + "/" + step_dir_name(step);
   const auto t = options_.timeout;
   auto* comm = options_.comm;
-  const std::string where =
-      fmt::format("in-memory checkpoint step {} of rank {}{}", step, rank_,
-                  need_fetch ? " (replica from rank " + std::to_string(from) + ")" : "");
+  const std::string where = fmt::format(
+      "in-memory checkpoint step {} of rank {} ({}{})", step, rank_, shard_file_name(rank_),
+      need_fetch ? ", the replica rank " + std::to_string(from) + " holds" : "");
   // What the predecessor needs: present (the feasibility check saw it); an
   // unreadable file sends a zero-length record, which the predecessor rejects.
   std::string send_json;
@@ -602,7 +615,8 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
     if (need_fetch) in = sink ? static_cast<internal::ChunkSink*>(&*sink) : &discard;
     KILN_RETURN_IF_ERROR(internal::stream_ring(*comm, to, send_bin ? &*send_bin : nullptr,
                                                send_size, from, in, need_fetch ? recv_size : 0, t,
-                                               *bounce_, &local, own_copy ? &*own_copy : nullptr));
+                                               *bounce_, &local, own_copy ? &*own_copy : nullptr)
+                             .with_context(where));
     KILN_RETURN_IF_ERROR(local.with_context(where));
   }
   if (!rec.is_ok()) return rec.status();

@@ -131,7 +131,11 @@ class MemoryTier {
   // named in `into` is written to that memory instead (its entry comes back
   // with in_place set and no data; after a failed attempt the target holds
   // unspecified bytes). NotFound when there is none (then load from
-  // storage); the same outcome on every rank.
+  // storage); the same outcome on every rank, its message saying why each
+  // step every rank held failed (e.g. "step 6 failed: DataLoss: rank 1: ..."
+  // for a corrupt chunk of a replica). A buddy's deleted snapshot this
+  // process still maps is freed by the next store(), not here (Note
+  // [Reclaiming a dead buddy's memory], memory_tier.cc).
   Result<LoadedState> recover(std::int64_t min_step = 0, std::span<const RecoverTarget> into = {});
 
   MemoryRecoveryStats last_recovery() const { return stats_; }

@@ -42,7 +42,9 @@ Result<std::unique_ptr<MemoryTier>> tier_for(const std::string& mem, Communicato
 }
 
 // `world` ranks save `steps` to storage and (with `mem`) the memory tier.
-void save_with(int world, const Dirs& d, std::vector<std::int64_t> steps, bool use_memory = true) {
+// `rows0`: rows of the test state's first tensor (TestState).
+void save_with(int world, const Dirs& d, std::vector<std::int64_t> steps, bool use_memory = true,
+               std::int64_t rows0 = 37) {
   auto r = run_ranks(
       world,
       [&](Communicator& comm) -> Status {
@@ -53,7 +55,7 @@ void save_with(int world, const Dirs& d, std::vector<std::int64_t> steps, bool u
         KILN_ASSIGN_OR_RETURN(
             auto ck, Checkpointer::create({.root = d.root, .comm = &comm, .memory = tier.get()}));
         for (auto step : steps) {
-          TestState s(step, comm.rank(), comm.size());
+          TestState s(step, comm.rank(), comm.size(), rows0);
           KILN_RETURN_IF_ERROR(ck->save(s.view(), step, Deadline::after_seconds(20)));
         }
         return Status::ok();
@@ -325,6 +327,39 @@ TEST(MemoryTier, CorruptReplicaIsDetectedAndStorageUsed) {
   ASSERT_TRUE(Fs::posix()->remove_tree(d.mem + "/rank-1").is_ok());
   flip_byte(d.mem + "/rank-2/step-6/shard-00001.bin", 40);
   expect_recover(3, d, {6, false});
+}
+
+// The fetching rank checksums its replica chunk by chunk as it lands (Note
+// [Stream chunks sized to the L2 cache]); a byte flipped in a middle chunk of
+// the replica its buddy holds is DataLoss naming the rank, the step and the
+// shard, and every rank reports the same reason (storage then serves:
+// CorruptReplicaIsDetectedAndStorageUsed).
+TEST(MemoryTier, AFlippedByteInTheBuddysReplicaIsDataLossNamingRankStepAndShard) {
+  Dirs d;
+  // w0 of 100000 x 7 floats: 1.4 MB per rank, three stream chunks.
+  constexpr std::int64_t kRows = 100000;
+  save_with(2, d, {6}, true, kRows);
+  ASSERT_TRUE(Fs::posix()->remove_tree(d.mem + "/rank-1").is_ok());
+  flip_byte(d.mem + "/rank-0/step-6/shard-00001.bin", 600000);  // in w0's second chunk
+  auto r = run_ranks(
+      2,
+      [&](Communicator& comm) -> Status {
+        KILN_ASSIGN_OR_RETURN(auto tier, tier_for(d.mem, &comm));
+        auto got = tier->recover(0);
+        const std::string msg = got.status().message();
+        for (const char* want : {"step 6 failed: DataLoss: rank 1: ",
+                                 "in-memory checkpoint step 6 of rank 1 (shard-00001.bin, the "
+                                 "replica rank 0 holds)",
+                                 "entry 'w0' checksum"}) {
+          if (got.status().code() != Code::kNotFound || msg.find(want) == std::string::npos) {
+            return internal_error(fmt::format("rank {}: want NotFound with \"{}\", got {}",
+                                              comm.rank(), want, got.status().to_string()));
+          }
+        }
+        return Status::ok();
+      },
+      quick());
+  ASSERT_TRUE(r.ok()) << r.report;
 }
 
 TEST(MemoryTier, NewerStorageStepWinsOverAnOlderSnapshot) {

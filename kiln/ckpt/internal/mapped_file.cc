@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <iterator>
 #include <mutex>
 #include <vector>
 
@@ -56,11 +57,19 @@ class MappingCache {
   }
 
   void release_unlinked() {
-    std::lock_guard lock(mu_);
-    std::erase_if(kept_, [](const std::shared_ptr<MappedFile>& m) {
-      struct stat st;
-      return ::fstat(m->fd_.get(), &st) != 0 || st.st_nlink == 0;
-    });
+    // Unmapped after the lock is released: freeing a large file's pages
+    // takes tens of ms, and map() must not wait for it (Note [Reclaiming a
+    // dead buddy's memory], memory_tier.cc).
+    std::vector<std::shared_ptr<MappedFile>> dropped;
+    {
+      std::lock_guard lock(mu_);
+      auto gone = std::stable_partition(kept_.begin(), kept_.end(), [](const auto& m) {
+        struct stat st;
+        return ::fstat(m->fd_.get(), &st) == 0 && st.st_nlink > 0;
+      });
+      std::move(gone, kept_.end(), std::back_inserter(dropped));
+      kept_.erase(gone, kept_.end());
+    }
   }
 
   std::size_t size() {

@@ -30,7 +30,18 @@
 
 namespace kiln::ckpt::internal {
 
-inline constexpr std::size_t kStreamChunk = std::size_t{4} << 20;
+// Note [Stream chunks sized to the L2 cache]: a stream moves one chunk per
+// round (a sendrecv each way), and the receiver checksums each chunk right
+// after its round lands it in place, while it is still in the core's L2
+// (1 MiB per core on the hosts measured; the chunk leaves room for the
+// transport's slots): one pass over memory per rank, not a copy followed by a
+// checksum read back from further out. Short rounds also keep each round on
+// the thread that waits for it (Note [Deferred engine wake], comm/work.cc): a
+// 4 MiB round outlived the engine's hand-off period, so the communicator's
+// engine thread took later rounds over and ran beside the caller, two busy
+// threads per rank on a host with a core per rank (docs/perf.md, issue 19,
+// session 9: buddy recovery's stream 0.23 s → 0.16 s at 1 GiB).
+inline constexpr std::size_t kStreamChunk = std::size_t{512} << 10;
 
 // Scratch chunks reused across transfers (two each way: one in flight on the
 // communicator while the caller works on the other). Touched once.
