@@ -51,6 +51,11 @@ const Knob<double> kCodeBelowMBps{
 // message says in its header whether it is coded, and receivers take both.
 constexpr int kProbeEvery = 32;
 
+const Knob<std::int64_t> kMaxRcvLowatKiB{
+    "KILN_TCP_RCVLOWAT_KIB", 2048,
+    "most bytes (KiB) a tcp pair lets arrive before its socket reports readable (Note [Receive "
+    "low-water mark])"};
+
 const Knob<double> kCodeMinIdleCores{
     "KILN_TCP_CODE_MIN_IDLE_CORES", 0.5,
     "coded chunks use zstd while the host had at least this many idle cores since the last look "
@@ -387,7 +392,10 @@ bool TcpPair::read_coded_locked(RecvOp& op) {
     }
     if (r < 0) {
       if (errno == EAGAIN || errno == EINTR) {
-        wake_when_available_locked(want);
+        // The chunks after this one bring at least 3/4 of their words'
+        // bytes (the low planes, or all of them), whatever their coding.
+        const std::size_t this_chunk = std::min(PlaneCodec::kChunkWords * 4, op.len - op.got);
+        wake_when_available_locked(want + 3 * (op.len - op.got - this_chunk) / 4);
         return false;
       }
       fail_all_locked(errno_status(fmt::format("receive from {}", peer_name()), errno));
@@ -512,11 +520,16 @@ bool TcpPair::read_locked() {
 // Note [Receive low-water mark]: on a slow link, data trickles in a few
 // packets at a time, and waking the progress thread for each costs more CPU
 // than the copy itself — CPU that backward needs when DDP overlaps the two.
-// SO_RCVLOWAT makes the socket report readable only once `bytes` (capped)
-// have arrived; never more than the current message still owes, so the
-// wake-up always comes.
+// SO_RCVLOWAT makes the socket report readable only once `bytes` (capped at
+// KILN_TCP_RCVLOWAT_KIB) have arrived; never more than the current message
+// still owes (for a coded one: at least 3/4 of its words' bytes), so the
+// wake-up always comes. The cap was 256 KiB: 2 MiB halved the training
+// thread's preemptions in a DDP step on a 1 Gbit/s link (docs/perf.md,
+// issue 24, session 9), and a 2 MiB batch still leaves the socket's buffer
+// (autotuned to several MiB) room to keep the link busy.
 void TcpPair::wake_when_available_locked(std::size_t bytes) {
-  constexpr std::size_t kMaxLowWater = 256 << 10;
+  static const std::size_t kMaxLowWater =
+      static_cast<std::size_t>(std::clamp<std::int64_t>(kMaxRcvLowatKiB.get(), 1, 1 << 20)) << 10;
   int want = static_cast<int>(std::max<std::size_t>(1, std::min(bytes, kMaxLowWater)));
   if (want == rcvlowat_) return;
   if (::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0) rcvlowat_ = want;
