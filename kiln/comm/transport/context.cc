@@ -106,8 +106,9 @@ Status Context::fail_wait(std::span<Request* const> requests, Status why) {
 Status Context::wait(std::span<Request* const> requests, Deadline deadline,
                      const std::string& what) {
   static const int kYields = static_cast<int>(std::max<std::int64_t>(0, kWaitYields.get()));
-  const bool on_shm = std::any_of(requests.begin(), requests.end(),
-                                  [](Request* r) { return r->pair != nullptr && r->pair->is_shm(); });
+  const bool on_shm = std::any_of(requests.begin(), requests.end(), [](Request* r) {
+    return r->pair != nullptr && r->pair->is_shm();
+  });
   const int max_yields = on_shm ? kYields : 0;
   auto spin_until = Clock::now() + kSpinFor;
   int yields = 0;

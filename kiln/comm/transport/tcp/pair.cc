@@ -268,8 +268,8 @@ bool TcpPair::write_coded_locked(SendOp& op) {
       }
       HighPlane coder = coder_;
       if (coder == HighPlane::kStored) {  // auto
-        coder = idle_cores_recently() >= code_min_idle_cores_ ? HighPlane::kZstd
-                                                              : HighPlane::kWords;
+        coder =
+            idle_cores_recently() >= code_min_idle_cores_ ? HighPlane::kZstd : HighPlane::kWords;
       }
       if (coder == HighPlane::kWords) {
         const CodedChunkHeader h = PlaneCodec::words_header(words);
