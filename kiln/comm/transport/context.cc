@@ -7,6 +7,7 @@
 
 #include <fmt/format.h>
 
+#include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
 
 namespace kiln::comm::transport {
@@ -16,8 +17,18 @@ namespace {
 // core answers in well under a microsecond), then yields (an oversubscribed
 // peer may need this core), then sleeps on its doorbell. While asleep it wakes
 // every kLivenessPeriod to check that the peers it waits for still live.
+// Waits on tcp pairs alone skip the yields: the Device's epoll thread drives
+// those sockets and rings the doorbell, so a yield only polls a socket
+// somebody already watches, and on a host whose cores compute fills (DDP's
+// backward beside its buckets) every yield hands the core to compute and
+// takes it back a slice later: 16 of them per wait, ~12 waits a step, were
+// most of the training thread's ~300 preemptions a step (docs/perf.md,
+// issue 24, session 9).
 constexpr auto kSpinFor = std::chrono::microseconds(50);
-constexpr int kYields = 16;
+const Knob<std::int64_t> kWaitYields{
+    "KILN_WAIT_YIELDS", 16,
+    "sched_yield calls a communicator's waiter makes between spinning and sleeping, in waits that "
+    "involve a shared-memory pair (Note [Spin, then yield, then sleep])"};
 constexpr auto kLivenessPeriod = std::chrono::milliseconds(50);
 
 }  // namespace
@@ -94,6 +105,11 @@ Status Context::fail_wait(std::span<Request* const> requests, Status why) {
 
 Status Context::wait(std::span<Request* const> requests, Deadline deadline,
                      const std::string& what) {
+  static const int kYields = static_cast<int>(std::max<std::int64_t>(0, kWaitYields.get()));
+  const bool on_shm = std::any_of(requests.begin(), requests.end(), [](Request* r) {
+    return r->pair != nullptr && r->pair->is_shm();
+  });
+  const int max_yields = on_shm ? kYields : 0;
   auto spin_until = Clock::now() + kSpinFor;
   int yields = 0;
   auto next_liveness = Clock::now() + kLivenessPeriod;
@@ -119,7 +135,7 @@ Status Context::wait(std::span<Request* const> requests, Deadline deadline,
     if (aborted()) return fail_wait(requests, abort_status());
     auto now = Clock::now();
     if (now < spin_until) continue;
-    if (yields < kYields) {
+    if (yields < max_yields) {
       ++yields;
       sched_yield();
       continue;

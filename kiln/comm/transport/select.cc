@@ -43,7 +43,8 @@ constexpr std::uint64_t kHandshakeMagic = 0x4b494c4e434f4d4dull;  // "KILNCOMM"
 // 3: messages may be byte-plane coded (tcp::kCodedMessage), which a version-2
 //    peer would take for payload.
 // 4: coded chunks' headers say how their high plane is coded (zstd or nibbles).
-constexpr std::uint32_t kHandshakeVersion = 4;
+// 5: a coded chunk may carry its words as they are (tcp::HighPlane::kWords).
+constexpr std::uint32_t kHandshakeVersion = 5;
 // How long an accepted connection may take to identify and authenticate itself.
 constexpr auto kPeerHandshakeTimeout = std::chrono::seconds(2);
 

@@ -45,7 +45,7 @@ TEST(PlaneCodec, RestoresEveryBitOfFloatsAndOfRandomWords) {
   PlaneCodec codec;
   std::vector<char> coded(PlaneCodec::bound(PlaneCodec::kChunkWords));
   std::mt19937 rng(7);
-  for (HighPlane coder : {HighPlane::kZstd, HighPlane::kNibble}) {
+  for (HighPlane coder : {HighPlane::kZstd, HighPlane::kNibble, HighPlane::kWords}) {
     for (std::size_t words :
          {std::size_t{1}, std::size_t{1000}, std::size_t{1001}, PlaneCodec::kChunkWords}) {
       std::vector<float> floats = gradient_like(words, 1);
@@ -66,9 +66,14 @@ TEST(PlaneCodec, RestoresEveryBitOfFloatsAndOfRandomWords) {
         ASSERT_TRUE(codec.decode(h, coded.data() + sizeof(h), back.data(), "test").is_ok());
         EXPECT_EQ(std::memcmp(back.data(), src, words * 4), 0)
             << words << " words, coder " << static_cast<int>(coder);
-        // Coded as asked, except random high bytes (stored: no smaller coded).
+        // Coded as asked, except random high bytes (stored: no smaller
+        // coded); words as they are always go as they are.
         if (words > 100) {
-          EXPECT_EQ(h.high == coder, src != random) << words;
+          EXPECT_EQ(h.high == coder, coder == HighPlane::kWords || src != random) << words;
+        }
+        if (coder == HighPlane::kWords) {
+          EXPECT_EQ(n, sizeof(h) + words * 4);
+          EXPECT_EQ(std::memcmp(coded.data() + sizeof(h), src, words * 4), 0);
         }
       }
     }
@@ -115,6 +120,9 @@ TEST(PlaneCodec, RejectsImpossibleHeadersAndUndecodableHighPlanes) {
   ASSERT_FALSE(body.is_ok());
   EXPECT_NE(body.status().message().find("chunk 3 from rank 1"), std::string::npos);
   EXPECT_FALSE(coded_body_bytes({100, 99, HighPlane::kStored}, 100, "x").is_ok());
+  // Words as they are: no high plane of their own, four bytes a word.
+  EXPECT_EQ(*coded_body_bytes(PlaneCodec::words_header(100), 100, "x"), 400u);
+  EXPECT_FALSE(coded_body_bytes({100, 100, HighPlane::kWords}, 100, "x").is_ok());
   // A short chunk mid-message; one larger than a chunk.
   EXPECT_FALSE(coded_body_bytes({50, 10, HighPlane::kZstd}, 100, "x").is_ok());
   EXPECT_FALSE(
@@ -181,12 +189,19 @@ TEST_P(CodedTcpPairWith, ReceiverGetsAndReducesExactlyTheBytesSent) {
     ASSERT_EQ(std::memcmp(&sum[i], &want, 4), 0) << "element " << i;
   }
   auto stats = c.a->code_stats();
+  const std::string coder = GetParam();
   EXPECT_EQ(stats.messages, 2u);
   EXPECT_EQ(stats.raw_bytes, 2 * n * 4);
-  EXPECT_LT(stats.wire_bytes, 0.9 * stats.raw_bytes);
   const std::uint64_t chunks = 2 * 4;  // per message: 3 whole chunks and a short one
-  EXPECT_EQ(stats.zstd_chunks, std::string(GetParam()) == "zstd" ? chunks : 0);
-  EXPECT_EQ(stats.nibble_chunks, std::string(GetParam()) == "nibble" ? chunks : 0);
+  if (coder == "words") {  // each chunk's header, nothing else added or taken
+    EXPECT_EQ(stats.wire_bytes, stats.raw_bytes + chunks * sizeof(CodedChunkHeader));
+  } else {
+    EXPECT_LT(stats.wire_bytes, 0.9 * stats.raw_bytes);
+  }
+  EXPECT_EQ(stats.zstd_chunks, coder == "zstd" ? chunks : 0);
+  EXPECT_EQ(stats.nibble_chunks, coder == "nibble" ? chunks : 0);
+  EXPECT_EQ(stats.words_chunks, coder == "words" ? chunks : 0);
+  EXPECT_EQ(stats.stored_chunks, 0u);
 
   // Small messages (the latency path) and sizes that are not whole words
   // travel as they are.
@@ -203,18 +218,18 @@ TEST_P(CodedTcpPairWith, ReceiverGetsAndReducesExactlyTheBytesSent) {
   EXPECT_EQ(c.a->code_stats().messages, 2u);
 }
 
-INSTANTIATE_TEST_SUITE_P(Coders, CodedTcpPairWith, ::testing::Values("zstd", "nibble"));
+INSTANTIATE_TEST_SUITE_P(Coders, CodedTcpPairWith, ::testing::Values("zstd", "nibble", "words"));
 
 TEST(CodedTcpPair, AutoCodesOnlyWhileTheLinkIsSlowerThanTheThreshold) {
   const std::size_t n = PlaneCodec::kChunkWords;
   std::vector<float> sent = gradient_like(n, 5), got(n);
   // MB/s (loopback is above, then below) and idle cores (none needed: zstd;
-  // more than any host has: the high plane stored, Note [Coding only with a
+  // more than any host has: the words as they are, Note [Coding only with a
   // spare core]).
   struct Case {
     const char* below;
     const char* idle;
-    unsigned coded, zstd, stored;
+    unsigned coded, zstd, words;
   };
   for (Case k : {Case{"0.000001", "0", 0, 0, 0}, Case{"1000000000", "0", 2, 2, 0},
                  Case{"1000000000", "100000", 2, 0, 2}}) {
@@ -237,7 +252,8 @@ TEST(CodedTcpPair, AutoCodesOnlyWhileTheLinkIsSlowerThanTheThreshold) {
     auto stats = c.a->code_stats();
     EXPECT_EQ(stats.messages, k.coded) << below << " MB/s, " << k.idle << " cores";
     EXPECT_EQ(stats.zstd_chunks, k.zstd) << below << " MB/s, " << k.idle << " cores";
-    EXPECT_EQ(stats.stored_chunks, k.stored) << below << " MB/s, " << k.idle << " cores";
+    EXPECT_EQ(stats.words_chunks, k.words) << below << " MB/s, " << k.idle << " cores";
+    EXPECT_EQ(stats.stored_chunks, 0u) << "auto never splits a chunk it then stores";
     EXPECT_EQ(stats.nibble_chunks, 0u) << "auto never picks the nibble code";
   }
 }
@@ -258,8 +274,9 @@ struct RawPeer {
   ~RawPeer() { ::close(raw); }
   void write(const void* p, std::size_t n) { script.append(static_cast<const char*>(p), n); }
   // Writes the script from another thread (it outgrows the socket's
-  // buffer) while receiving `len` bytes; returns the receive's status.
-  Status receive(std::size_t len) {
+  // buffer) while receiving `len` bytes (into *got, if given); returns the
+  // receive's status.
+  Status receive(std::size_t len, std::vector<char>* got = nullptr) {
     std::thread writer([this] {
       std::size_t at = 0;
       while (at < script.size()) {
@@ -277,9 +294,31 @@ struct RawPeer {
     EXPECT_TRUE(r.done());
     pair.reset();  // closes its end, so a writer still writing stops
     writer.join();
+    if (got != nullptr) *got = std::move(dst);
     return r.done() ? r.status() : Status::ok();
   }
 };
+
+TEST(CodedTcpPair, OneMessageMayMixChunksOfWordsAndCodedChunks) {
+  // The sender decides per chunk (Note [Coding only with a spare core]).
+  const std::size_t words = 3 * PlaneCodec::kChunkWords;
+  std::vector<float> floats = gradient_like(words, 8);
+  const char* src = reinterpret_cast<const char*>(floats.data());
+  PlaneCodec codec;
+  std::vector<char> chunk(PlaneCodec::bound(PlaneCodec::kChunkWords));
+  RawPeer p;
+  MessageHeader h{kMessageMagic, kCodedMessage, words * 4};
+  p.write(&h, sizeof(h));
+  for (HighPlane coder : {HighPlane::kWords, HighPlane::kZstd, HighPlane::kWords}) {
+    std::size_t n = codec.encode(src, PlaneCodec::kChunkWords, chunk.data(), coder);
+    p.write(chunk.data(), n);
+    src += PlaneCodec::kChunkWords * 4;
+  }
+  std::vector<char> got;
+  Status s = p.receive(words * 4, &got);
+  ASSERT_TRUE(s.is_ok()) << s.to_string();
+  EXPECT_EQ(std::memcmp(got.data(), floats.data(), words * 4), 0);
+}
 
 TEST(CodedTcpPair, CorruptOrCutShortCodedMessagesFailNamingPeerAndChunk) {
   const std::size_t len = 2 * PlaneCodec::kChunkWords * 4;
@@ -323,6 +362,34 @@ TEST(CodedTcpPair, CorruptOrCutShortCodedMessagesFailNamingPeerAndChunk) {
     Status s = p.receive(len);
     EXPECT_EQ(s.code(), Code::kDataLoss);
     EXPECT_NE(s.message().find("impossible header"), std::string::npos) << s.to_string();
+  }
+  {  // words as they are claiming a high plane of their own
+    RawPeer p;
+    p.write(&h, sizeof(h));
+    CodedChunkHeader wrong{static_cast<std::uint32_t>(PlaneCodec::kChunkWords), 12,
+                           HighPlane::kWords};
+    p.write(&wrong, sizeof(wrong));
+    Status s = p.receive(len);
+    EXPECT_EQ(s.code(), Code::kDataLoss);
+    EXPECT_NE(s.message().find("impossible header for the chunk at byte 0"), std::string::npos)
+        << s.to_string();
+  }
+  {  // words as they are, cut short in the second chunk
+    RawPeer p;
+    p.write(&h, sizeof(h));
+    for (std::size_t c = 0; c < 2; ++c) {
+      CodedChunkHeader wh = PlaneCodec::words_header(PlaneCodec::kChunkWords);
+      p.write(&wh, sizeof(wh));
+      p.write(floats.data() + c * PlaneCodec::kChunkWords, c == 0 ? len / 2 : len / 4);
+    }
+    p.hang_up = true;
+    Status s = p.receive(len);
+    EXPECT_FALSE(s.is_ok());
+    EXPECT_NE(s.message().find(fmt::format("(the chunk at byte {} of a {}-byte message from rank 1 "
+                                           "(host-b, pid 42) cut short)",
+                                           len / 2, len)),
+              std::string::npos)
+        << s.to_string();
   }
   {  // the coded flag on a message too small to be coded
     RawPeer p;

@@ -51,14 +51,20 @@ const Knob<double> kCodeBelowMBps{
 // message says in its header whether it is coded, and receivers take both.
 constexpr int kProbeEvery = 32;
 
+const Knob<std::int64_t> kMaxRcvLowatKiB{
+    "KILN_TCP_RCVLOWAT_KIB", 2048,
+    "most bytes (KiB) a tcp pair lets arrive before its socket reports readable (Note [Receive "
+    "low-water mark])"};
+
 const Knob<double> kCodeMinIdleCores{
     "KILN_TCP_CODE_MIN_IDLE_CORES", 0.5,
     "coded chunks use zstd while the host had at least this many idle cores since the last look "
-    "(/proc/stat, at most every 50 ms), else with the high plane stored"};
+    "(/proc/stat, at most every 50 ms), else they carry their words as they are"};
 const Knob<std::string> kCoder{
     "KILN_TCP_CODER", "auto",
     "how coded chunks' high byte plane is compressed: \"auto\" (zstd with a spare core, else "
-    "stored: Note [Coding only with a spare core]), \"zstd\", \"nibble\""};
+    "the words as they are: Note [Coding only with a spare core]), \"zstd\", \"nibble\", "
+    "\"words\""};
 
 // Note [Coding only with a spare core]: a slow link is not enough for zstd.
 // Where the ranks' compute fills every core (two ranks on a 2-core host,
@@ -66,7 +72,8 @@ const Knob<std::string> kCoder{
 // link time it saves (docs/perf.md, issue 24, session 7). So each chunk,
 // not each message, asks the host: with a spare core (idle cores over the
 // time since the last look, process-wide) its high plane goes through zstd;
-// without one it is stored as it is. Per chunk because a large message is
+// without one it carries its words as they are (Note [Chunks of words as they
+// are]: not even split into planes). Per chunk because a large message is
 // often posted while the cores are busy (a DDP bucket during backward) and
 // then crosses a slow link for a second after they went idle (PyTorch DDP
 // on the kiln backend, docs/perf.md, issue 21, session 8: half the bytes
@@ -107,10 +114,11 @@ HighPlane coder_choice() {
   std::string c = kCoder.get();
   if (c == "zstd") return HighPlane::kZstd;
   if (c == "nibble") return HighPlane::kNibble;
+  if (c == "words") return HighPlane::kWords;
   if (c != "auto") {
     static std::atomic<bool> warned{false};
     if (!warned.exchange(true))
-      log()->warn("KILN_TCP_CODER={}: expected auto, zstd or nibble; using auto", c);
+      log()->warn("KILN_TCP_CODER={}: expected auto, zstd, nibble or words; using auto", c);
   }
   return HighPlane::kStored;  // auto
 }
@@ -240,13 +248,17 @@ TcpPair::CodeStats TcpPair::code_stats() {
 }
 
 // Sends op's header, then its chunks, each coded when the previous one has
-// left; the socket's buffer keeps the link busy while the next is coded.
+// left; the socket's buffer keeps the link busy while the next is coded. A
+// chunk of words as they are (Note [Chunks of words as they are]) leaves
+// straight from op's memory behind its header.
 bool TcpPair::write_coded_locked(SendOp& op) {
   constexpr std::size_t kHdr = sizeof(MessageHeader);
   if (!codec_) codec_ = std::make_unique<PlaneCodec>();
   if (coded_out_.empty()) coded_out_.resize(PlaneCodec::bound(PlaneCodec::kChunkWords) + kHdr);
   while (true) {
-    if (coded_out_sent_ == coded_out_len_) {  // code the next chunk
+    if (coded_out_sent_ == coded_out_len_ + direct_len_) {  // the chunk left: code the next
+      op.sent += chunk_words_ * 4;
+      chunk_words_ = 0;
       if (op.sent == op.len) return true;
       std::size_t words = std::min(PlaneCodec::kChunkWords, (op.len - op.sent) / 4);
       std::size_t at = 0;
@@ -256,30 +268,49 @@ bool TcpPair::write_coded_locked(SendOp& op) {
       }
       HighPlane coder = coder_;
       if (coder == HighPlane::kStored) {  // auto
-        coder = idle_cores_recently() >= code_min_idle_cores_ ? HighPlane::kZstd
-                                                              : HighPlane::kStored;
+        coder =
+            idle_cores_recently() >= code_min_idle_cores_ ? HighPlane::kZstd : HighPlane::kWords;
       }
-      coded_out_len_ =
-          at + codec_->encode(op.data + op.sent, words, coded_out_.data() + at, coder);
+      if (coder == HighPlane::kWords) {
+        const CodedChunkHeader h = PlaneCodec::words_header(words);
+        std::memcpy(coded_out_.data() + at, &h, sizeof(h));
+        coded_out_len_ = at + sizeof(h);
+        direct_ = op.data + op.sent;
+        direct_len_ = 4 * words;
+      } else {
+        coded_out_len_ =
+            at + codec_->encode(op.data + op.sent, words, coded_out_.data() + at, coder);
+        direct_len_ = 0;
+      }
       coded_out_sent_ = 0;
+      chunk_words_ = words;
       code_stats_.raw_bytes += words * 4;
-      code_stats_.wire_bytes += coded_out_len_ - at;
+      code_stats_.wire_bytes += coded_out_len_ + direct_len_ - at;
       if (coder == HighPlane::kZstd) ++code_stats_.zstd_chunks;
       if (coder == HighPlane::kNibble) ++code_stats_.nibble_chunks;
       if (coder == HighPlane::kStored) ++code_stats_.stored_chunks;
+      if (coder == HighPlane::kWords) ++code_stats_.words_chunks;
     }
-    ssize_t w = ::send(fd_.get(), coded_out_.data() + coded_out_sent_,
-                       coded_out_len_ - coded_out_sent_, MSG_NOSIGNAL | MSG_DONTWAIT);
+    iovec iov[2];
+    int n = 0;
+    if (coded_out_sent_ < coded_out_len_) {
+      iov[n++] = {coded_out_.data() + coded_out_sent_, coded_out_len_ - coded_out_sent_};
+      if (direct_len_ > 0) iov[n++] = {const_cast<char*>(direct_), direct_len_};
+    } else {
+      const std::size_t done = coded_out_sent_ - coded_out_len_;
+      iov[n++] = {const_cast<char*>(direct_) + done, direct_len_ - done};
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<std::size_t>(n);
+    ssize_t w = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
     if (w < 0) {
       if (errno == EAGAIN || errno == EINTR) return false;
       fail_all_locked(errno_status(fmt::format("send to {}", peer_name()), errno));
       return false;
     }
     coded_out_sent_ += static_cast<std::size_t>(w);
-    if (coded_out_sent_ < coded_out_len_) return false;  // the socket buffer is full
-    const auto* h = reinterpret_cast<const CodedChunkHeader*>(
-        coded_out_.data() + (op.sent == 0 ? kHdr : 0));
-    op.sent += std::size_t{h->words} * 4;
+    if (coded_out_sent_ < coded_out_len_ + direct_len_) return false;  // the socket buffer is full
   }
 }
 
@@ -344,8 +375,13 @@ bool TcpPair::read_coded_locked(RecvOp& op) {
       into = reinterpret_cast<char*>(&op.chunk) + op.chunk_got;
       want = kChunkHdr - op.chunk_got;
     } else {
-      into = coded_in_.data() + (op.chunk_got - kChunkHdr);
-      want = kChunkHdr + op.body_len - op.chunk_got;
+      const std::size_t body_got = op.chunk_got - kChunkHdr;
+      // Words as they are (Note [Chunks of words as they are]) land where
+      // they belong; only a reduction needs them beside its input first.
+      into = op.chunk.high == HighPlane::kWords && op.local == nullptr
+                 ? op.dst + op.got + body_got
+                 : coded_in_.data() + body_got;
+      want = op.body_len - body_got;
     }
     ssize_t r = ::read(fd_.get(), into, want);
     if (r == 0) {
@@ -356,7 +392,10 @@ bool TcpPair::read_coded_locked(RecvOp& op) {
     }
     if (r < 0) {
       if (errno == EAGAIN || errno == EINTR) {
-        wake_when_available_locked(want);
+        // The chunks after this one bring at least 3/4 of their words'
+        // bytes (the low planes, or all of them), whatever their coding.
+        const std::size_t this_chunk = std::min(PlaneCodec::kChunkWords * 4, op.len - op.got);
+        wake_when_available_locked(want + 3 * (op.len - op.got - this_chunk) / 4);
         return false;
       }
       fail_all_locked(errno_status(fmt::format("receive from {}", peer_name()), errno));
@@ -374,12 +413,18 @@ bool TcpPair::read_coded_locked(RecvOp& op) {
     }
     if (op.chunk_got < kChunkHdr + op.body_len) continue;
     const std::size_t bytes = std::size_t{op.chunk.words} * 4;
-    char* out = op.local == nullptr ? op.dst + op.got : decoded_.data();
-    if (Status s = codec_->decode(op.chunk, coded_in_.data(), out, where()); !s.is_ok()) {
-      fail_all_locked(s);
-      return false;
+    if (op.chunk.high == HighPlane::kWords) {
+      if (op.local != nullptr) {
+        op.reducer(op.dst + op.got, op.local + op.got, coded_in_.data(), bytes);
+      }
+    } else {
+      char* out = op.local == nullptr ? op.dst + op.got : decoded_.data();
+      if (Status s = codec_->decode(op.chunk, coded_in_.data(), out, where()); !s.is_ok()) {
+        fail_all_locked(s);
+        return false;
+      }
+      if (op.local != nullptr) op.reducer(op.dst + op.got, op.local + op.got, out, bytes);
     }
-    if (op.local != nullptr) op.reducer(op.dst + op.got, op.local + op.got, out, bytes);
     op.got += bytes;
     op.chunk_got = 0;
     op.body_len = 0;
@@ -475,11 +520,16 @@ bool TcpPair::read_locked() {
 // Note [Receive low-water mark]: on a slow link, data trickles in a few
 // packets at a time, and waking the progress thread for each costs more CPU
 // than the copy itself — CPU that backward needs when DDP overlaps the two.
-// SO_RCVLOWAT makes the socket report readable only once `bytes` (capped)
-// have arrived; never more than the current message still owes, so the
-// wake-up always comes.
+// SO_RCVLOWAT makes the socket report readable only once `bytes` (capped at
+// KILN_TCP_RCVLOWAT_KIB) have arrived; never more than the current message
+// still owes (for a coded one: at least 3/4 of its words' bytes), so the
+// wake-up always comes. The cap was 256 KiB: 2 MiB halved the training
+// thread's preemptions in a DDP step on a 1 Gbit/s link (docs/perf.md,
+// issue 24, session 9), and a 2 MiB batch still leaves the socket's buffer
+// (autotuned to several MiB) room to keep the link busy.
 void TcpPair::wake_when_available_locked(std::size_t bytes) {
-  constexpr std::size_t kMaxLowWater = 256 << 10;
+  static const std::size_t kMaxLowWater =
+      static_cast<std::size_t>(std::clamp<std::int64_t>(kMaxRcvLowatKiB.get(), 1, 1 << 20)) << 10;
   int want = static_cast<int>(std::max<std::size_t>(1, std::min(bytes, kMaxLowWater)));
   if (want == rcvlowat_) return;
   if (::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVLOWAT, &want, sizeof(want)) == 0) rcvlowat_ = want;

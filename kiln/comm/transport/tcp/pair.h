@@ -69,7 +69,9 @@ class TcpPair final : public Pair {
   // (for tests and benchmarks).
   struct CodeStats {
     std::uint64_t messages = 0, raw_bytes = 0, wire_bytes = 0;
-    std::uint64_t zstd_chunks = 0, nibble_chunks = 0, stored_chunks = 0;  // by the coder asked for
+    // Chunks by the coder asked for (stored: planes split, high plane as it
+    // is; words: no planes, Note [Chunks of words as they are]).
+    std::uint64_t zstd_chunks = 0, nibble_chunks = 0, stored_chunks = 0, words_chunks = 0;
   };
   CodeStats code_stats();
   // Called by the epoll thread when the socket is readable or writable.
@@ -129,8 +131,13 @@ class TcpPair final : public Pair {
   double code_min_idle_cores_;
   HighPlane coder_;  // kStored: auto (Note [Coding only with a spare core])
   std::unique_ptr<PlaneCodec> codec_;  // made on first use
-  std::vector<char> coded_out_;        // the chunk being sent
+  // The chunk being sent: coded_out_len_ bytes of coded_out_, then
+  // direct_len_ bytes from the caller's memory at direct_ (words as they
+  // are); coded_out_sent_ counts both. chunk_words_: its words, 0 if none.
+  std::vector<char> coded_out_;
   std::size_t coded_out_len_ = 0, coded_out_sent_ = 0;
+  const char* direct_ = nullptr;
+  std::size_t direct_len_ = 0, chunk_words_ = 0;
   std::vector<char> coded_in_;  // the body of the chunk being received
   std::vector<char> decoded_;   // a decoded chunk on its way into a reduction
   double plain_rate_ = 0;       // bytes/s of recent uncoded large sends; 0: none yet

@@ -36,6 +36,16 @@ constexpr int kZstdLevel = 1;
 constexpr std::size_t kNibbleCodes = 15;
 constexpr std::uint8_t kEscape = 15;
 
+// Note [Chunks of words as they are]: splitting a chunk into planes is a
+// pass over its bytes, and the merge at the receiver another. Where the high
+// plane then travels stored (no core is spare for zstd: DDP's backward on a
+// host whose cores it fills), both passes buy nothing, and they run just
+// when the cores are busiest. Such a chunk goes as kWords instead: its
+// header, then its words as they are, so the sender hands the caller's
+// memory to the socket and the receiver reads straight into the
+// destination or reduces straight from what it read, exactly as an uncoded
+// message does; the message stays coded, so the next chunk can take zstd
+// the moment a core is spare.
 std::size_t nibble_bytes(std::size_t words) { return kNibbleCodes + (words + 1) / 2; }
 
 // The nibble-coded plane of `hi` into `out`, given its byte histogram.
@@ -117,7 +127,17 @@ std::size_t PlaneCodec::bound(std::size_t words) {
   return sizeof(CodedChunkHeader) + 3 * words + std::max(words, ZSTD_compressBound(words));
 }
 
+CodedChunkHeader PlaneCodec::words_header(std::size_t words) {
+  return {static_cast<std::uint32_t>(words), 0, HighPlane::kWords};
+}
+
 std::size_t PlaneCodec::encode(const char* src, std::size_t words, char* dst, HighPlane coder) {
+  if (coder == HighPlane::kWords) {  // Note [Chunks of words as they are]
+    CodedChunkHeader h = words_header(words);
+    std::memcpy(dst, &h, sizeof(h));
+    std::memcpy(dst + sizeof(h), src, 4 * words);
+    return sizeof(h) + 4 * words;
+  }
   auto* u = reinterpret_cast<const std::uint8_t*>(src);
   auto* p0 = reinterpret_cast<std::uint8_t*>(dst + sizeof(CodedChunkHeader));
   std::uint8_t* p1 = p0 + words;
@@ -163,6 +183,10 @@ std::size_t PlaneCodec::encode(const char* src, std::size_t words, char* dst, Hi
 Status PlaneCodec::decode(const CodedChunkHeader& header, const char* body, char* dst,
                           const std::string& where) {
   const std::size_t words = header.words;
+  if (header.high == HighPlane::kWords && header.high_len == 0) {
+    std::memcpy(dst, body, 4 * words);
+    return Status::ok();
+  }
   auto* p0 = reinterpret_cast<const std::uint8_t*>(body);
   const std::uint8_t* p1 = p0 + words;
   const std::uint8_t* p2 = p1 + words;
@@ -215,6 +239,7 @@ Result<std::size_t> coded_body_bytes(const CodedChunkHeader& header, std::size_t
     case HighPlane::kNibble:
       possible = header.high_len >= nibble_bytes(header.words) && header.high_len < header.words;
       break;
+    case HighPlane::kWords: possible = header.high_len == 0; break;
   }
   if (header.words != expected || !possible) {
     return data_loss(fmt::format(
@@ -222,6 +247,7 @@ Result<std::size_t> coded_body_bytes(const CodedChunkHeader& header, std::size_t
         "{} words were due)",
         where, header.words, header.high_len, static_cast<std::uint32_t>(header.high), expected));
   }
+  if (header.high == HighPlane::kWords) return 4 * static_cast<std::size_t>(header.words);
   return 3 * static_cast<std::size_t>(header.words) + header.high_len;
 }
 

@@ -5,8 +5,9 @@
 // n bytes each, as they are) followed by plane 3 (the high byte: a float32's
 // sign and 7 exponent bits) compressed with zstd or with a 4-bit dictionary
 // code (Note [A high plane coded in nibbles]), or as it is when that does not
-// make it smaller. Decoding restores every bit; the reduction that follows
-// sees exactly the bytes that were sent.
+// make it smaller; or, where no core is spare for even the split, as the words
+// they are (Note [Chunks of words as they are]). Decoding restores every bit;
+// the reduction that follows sees exactly the bytes that were sent.
 #pragma once
 
 #include <cstddef>
@@ -23,6 +24,7 @@ enum class HighPlane : std::uint32_t {
   kStored = 0,  // as it is (high_len == words)
   kZstd = 1,    // one zstd frame: the smallest, ~0.9 GB/s of raw input on a core
   kNibble = 2,  // 4-bit codes of its 15 commonest bytes: ~0.03 more bytes, several GB/s
+  kWords = 3,   // no planes: the chunk's words as they are (high_len 0, body 4 × words)
 };
 
 // In front of each coded chunk on the wire.
@@ -50,9 +52,14 @@ class PlaneCodec {
 
   // Codes `words` words from `src` into `dst` (room for bound(words)):
   // header, low planes, high plane (`coder`: kZstd or kNibble; stored when
-  // that would not be smaller). Returns the bytes written.
+  // that would not be smaller), or with kWords the header and the words as
+  // they are (a sender that can write from `src` itself needs only
+  // words_header()). Returns the bytes written.
   std::size_t encode(const char* src, std::size_t words, char* dst,
                      HighPlane coder = HighPlane::kZstd);
+
+  // The header of a chunk of `words` words sent as they are (HighPlane::kWords).
+  static CodedChunkHeader words_header(std::size_t words);
 
   // Decodes one chunk's body (what follows its header) into `words` words at
   // `dst`. A body that does not decode to exactly that many words is an
