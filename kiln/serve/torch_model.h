@@ -33,6 +33,16 @@ struct TorchModelOptions {
 Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
                                                 const TorchModelOptions& options);
 
+// Note [LibTorch's first use]: the first torch::set_num_threads in a
+// process costs ~15 ms (OpenMP's and LibTorch's thread-pool setup), and the
+// first operators of each kind their kernels' one-time setup: on a node
+// cache hit that was most of a replica's cold start (docs/perf.md, issue
+// 20), spent after the weights were found. warm_up_torch() pays it on
+// whatever thread calls it: a replica runs it on a thread of its own while
+// it looks its weights up and pre-faults its heap, and builds the model once
+// both are done. Process-wide, like the thread caps it sets (options.threads).
+void warm_up_torch(int threads);
+
 // Note [BLAS threads]: LibTorch's linear layers call the system BLAS
 // (Debian: OpenBLAS, pthreads build), which keeps a pool of its own, one
 // thread per core, that torch::set_num_threads does not reach. A GEMM big
