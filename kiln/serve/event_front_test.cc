@@ -117,12 +117,17 @@ class Echo {
     std::lock_guard<std::mutex> lock(mu_);
     held_ = true;
   }
+  // Whether `n` requests are held within 5 s.
+  bool wait_held(std::size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    return cv_.wait_for(lock, std::chrono::seconds(5), [&] { return later_.size() >= n; });
+  }
   // Waits until `n` requests are held, then answers them newest first, in one call.
   void release(std::size_t n) {
+    EXPECT_TRUE(wait_held(n));
     std::vector<std::pair<RequestTicket, HttpAnswer>> answers;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      EXPECT_TRUE(cv_.wait_for(lock, std::chrono::seconds(5), [&] { return later_.size() >= n; }));
+      std::lock_guard<std::mutex> lock(mu_);
       answers.assign(std::make_move_iterator(later_.rbegin()),
                      std::make_move_iterator(later_.rend()));
       later_.clear();
@@ -232,6 +237,7 @@ TEST(EventFront, StopWritesTheAnswersToRequestsAlreadyReadThenRefusesConnections
   echo.hold();
   RawClient c(echo.port());
   c.send(post("one") + post("two"));
+  ASSERT_TRUE(echo.wait_held(2));  // read, not answered
   std::thread stopper([&] { echo.front().stop(); });
   echo.release(2);
   auto got = c.read(2);

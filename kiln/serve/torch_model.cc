@@ -196,19 +196,6 @@ void warm_up_torch(int threads) {
   threads = std::max(1, threads);
   torch::set_num_threads(threads);
   limit_blas_threads(threads);  // Note [BLAS threads]
-  // Tiny modules of the kinds the served models are built from (their
-  // construction runs the same initialisers) and one forward pass through
-  // them, so that the first-call setup of those kernels is paid here too.
-  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(1, 2, 3));
-  torch::nn::Linear linear(2, 3);
-  torch::nn::LayerNorm norm(torch::nn::LayerNormOptions({3}));
-  torch::nn::Embedding embedding(4, 3);
-  c10::InferenceMode inference;
-  const auto x = torch::ones({1, 1, 4, 4});
-  const auto y = torch::max_pool2d(torch::relu(conv->forward(x)), 2);
-  const auto z = norm->forward(linear->forward(y.flatten(1)) +
-                               embedding->forward(torch::zeros({1}, torch::kLong)));
-  (void)torch::log_softmax(z, 1).argmax(1);
 }
 
 Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
@@ -221,8 +208,7 @@ Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
     KILN_ASSIGN_OR_RETURN(config, infer_config(state));
   }
   const int threads = std::max(1, options.threads);
-  torch::set_num_threads(threads);
-  limit_blas_threads(threads);  // Note [BLAS threads]
+  if (!options.threads_capped_by_caller) warm_up_torch(threads);
   config.dropout = 0;
   std::unique_ptr<train::Task> task;
   try {
