@@ -12,6 +12,7 @@
 #include <cstring>
 #include <deque>
 #include <optional>
+#include <set>
 #include <unordered_map>
 
 #include "kiln/base/logging.h"
@@ -24,6 +25,11 @@ constexpr std::uint64_t kListenerKey = 0;
 constexpr std::uint64_t kWakeKey = 1;
 constexpr std::uint64_t kFirstConnKey = 2;
 constexpr auto kSweepPeriod = std::chrono::milliseconds(200);
+// Bytes read from one connection per wake-up: level-triggered epoll comes
+// back for the rest after every other ready connection had its turn.
+constexpr std::size_t kMaxReadPerWake = 256 * 1024;
+// Accepting paused this long when out of descriptors (or memory).
+constexpr auto kAcceptPause = std::chrono::milliseconds(100);
 
 const char* reason_phrase(int status) {
   switch (status) {
@@ -75,6 +81,12 @@ std::string error_body(const std::string& message) {
   return out;
 }
 
+// Adds "Connection: close" to a serialized answer's headers.
+void add_connection_close(std::string& answer) {
+  const auto end = answer.find("\r\n\r\n");
+  if (end != std::string::npos) answer.insert(end + 2, "Connection: close\r\n");
+}
+
 }  // namespace
 
 std::string serialize_answer(const HttpAnswer& a, bool close) {
@@ -123,14 +135,28 @@ class EventFront::Loop {
     std::vector<epoll_event> events(256);
     auto last_sweep = Clock::now();
     while (true) {
-      const int n = ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()),
-                                 static_cast<int>(kSweepPeriod.count()));
+      int timeout_ms = static_cast<int>(kSweepPeriod.count());
+      if (resume_accept_at_ != Clock::time_point::max()) {
+        const auto until =
+            std::chrono::ceil<std::chrono::milliseconds>(resume_accept_at_ - Clock::now());
+        timeout_ms =
+            static_cast<int>(std::clamp<std::int64_t>(until.count(), 0, kSweepPeriod.count()));
+      }
+      const int n =
+          ::epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), timeout_ms);
       if (n < 0 && errno != EINTR) {
         log()->error("{}: epoll_wait: {}", o_.what, std::strerror(errno));
         break;
       }
       const auto now = Clock::now();
       if (n > 0) counters_->wakeups.fetch_add(1, std::memory_order_relaxed);
+      if (now >= resume_accept_at_) {
+        resume_accept_at_ = Clock::time_point::max();
+        if (listener_.valid()) {
+          epoll_event ev{.events = EPOLLIN, .data = {.u64 = kListenerKey}};
+          ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
+        }
+      }
       for (int i = 0; i < n; ++i) {
         const std::uint64_t key = events[i].data.u64;
         if (key == kListenerKey) {
@@ -151,6 +177,8 @@ class EventFront::Loop {
           if (events[i].events & EPOLLOUT) touched_.push_back(key);
         }
       }
+      // Before the handler runs: the requests the last reads take go to it in this pass.
+      if (stop_requested_.load(std::memory_order_acquire) && !stopping_) begin_stop(now);
       // A flush that resumes a paused connection may read more requests.
       do {
         if (!incoming_.empty()) {
@@ -161,7 +189,6 @@ class EventFront::Loop {
         take_inbox();
         flush_touched(now);
       } while (!incoming_.empty());
-      if (stop_requested_.load(std::memory_order_acquire) && !stopping_) begin_stop();
       if (now - last_sweep >= kSweepPeriod) {
         sweep(now);
         last_sweep = now;
@@ -209,9 +236,11 @@ class EventFront::Loop {
     std::deque<std::string> out;                   // serialized, not yet written
     std::size_t out_offset = 0;                    // bytes of out.front() written
     std::optional<std::uint64_t> close_after;      // close once this seq is written
-    bool finished = false;   // no request is read from it any more (EOF, close, error, stop)
-    bool paused = false;     // not read until answers go out (max_pipelined)
-    bool wants_out = false;  // EPOLLOUT armed: the socket buffer was full
+    std::set<std::uint64_t> heads;  // HEAD requests not answered yet: answers without a body
+    bool finished = false;          // no request is read from it any more (EOF, close, error, stop)
+    bool paused = false;            // not read until answers go out (max_pipelined)
+    bool peer_closed = false;       // EOF read: no recv any more, the reader's requests still taken
+    bool wants_out = false;         // EPOLLOUT armed: the socket buffer was full
     Clock::time_point last_read, last_write;
 
     std::size_t outstanding() const { return static_cast<std::size_t>(next_seq - write_seq); }
@@ -224,9 +253,9 @@ class EventFront::Loop {
   }
 
   void rearm(Conn& c) {
-    epoll_event ev{
-        .events = (!c.finished && !c.paused ? EPOLLIN : 0u) | (c.wants_out ? EPOLLOUT : 0u),
-        .data = {.u64 = c.key}};
+    epoll_event ev{.events = (!c.finished && !c.paused && !c.peer_closed ? EPOLLIN : 0u) |
+                             (c.wants_out ? EPOLLOUT : 0u),
+                   .data = {.u64 = c.key}};
     ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, c.fd.get(), &ev);
   }
 
@@ -240,11 +269,15 @@ class EventFront::Loop {
       const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) {
         if (errno == EINTR || errno == ECONNABORTED) continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK) {
-          // EMFILE and the like: the connection waits in the backlog; the
-          // next sweep or answer frees descriptors.
-          log()->warn("{}: accept: {}", o_.what, std::strerror(errno));
-        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        // EMFILE and the like: the connection waits in the backlog. The
+        // level-triggered listener would stay readable and spin the loop,
+        // so stop watching it for a moment (as TcpStoreServer does).
+        log()->warn("{}: accept failed, pausing accepts for {} ms: {}", o_.what,
+                    kAcceptPause.count(), std::strerror(errno));
+        epoll_event ev{.events = 0, .data = {.u64 = kListenerKey}};
+        ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
+        resume_accept_at_ = now + kAcceptPause;
         return;
       }
       // Note [TCP_NODELAY] in http_front.cc.
@@ -263,45 +296,37 @@ class EventFront::Loop {
     }
   }
 
-  // Reads what the socket holds and takes every complete request out of it.
+  // Reads what the socket holds (up to kMaxReadPerWake: one client cannot
+  // hold the loop) and takes every complete request out of it as it comes,
+  // so the reader holds at most one request in progress plus one read and
+  // its limits are checked read by read.
   void read_requests(Conn& c, Clock::time_point now) {
     if (c.finished || c.paused) return;
     char buf[64 * 1024];
-    while (true) {
+    std::size_t taken = 0;
+    while (!c.peer_closed && !c.finished && !c.paused && !c.reader.error() &&
+           taken < kMaxReadPerWake) {
       const ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
-      if (n <= 0) {
-        // The client closed its side or the connection broke: nothing more
-        // comes. Answers still owed are written if the socket takes them.
-        finish(c);
-        if (n < 0) {
-          close(c.key);
-        } else {
-          maybe_close(c);
-        }
+      if (n < 0) {
+        close(c.key);  // broken: answers owed have no reader
         return;
       }
+      if (n == 0) {
+        // The client closed its side: nothing more comes, but the requests
+        // already in the reader are still taken and answered.
+        c.peer_closed = true;
+        rearm(c);
+        break;
+      }
+      taken += static_cast<std::size_t>(n);
       c.last_read = now;
       c.reader.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+      take_requests(c, now);
       if (static_cast<std::size_t>(n) < sizeof buf) break;
     }
-    HttpRequest r;
-    while (!c.finished && !c.paused && c.reader.next(&r)) {
-      counters_->requests.fetch_add(1, std::memory_order_relaxed);
-      const RequestTicket ticket{c.key, c.next_seq++};
-      c.slots.emplace_back();
-      if (!r.keep_alive) {
-        c.close_after = ticket.seq;
-        finish(c);
-      }
-      incoming_.push_back({ticket, std::move(r), now});
-      if (c.outstanding() >= o_.max_pipelined && !c.finished) {
-        // Resumes once answers go out (flush).
-        c.paused = true;
-        rearm(c);
-      }
-    }
+    take_requests(c, now);  // those left in the reader by a pause
     if (c.reader.take_continue() && c.outstanding() == 0 && c.out.empty()) {
       // Answers to earlier requests would have to go first: then the client
       // sends the body after its own wait instead.
@@ -312,6 +337,30 @@ class EventFront::Loop {
     if (const auto& e = c.reader.error(); e && !c.finished) {
       counters_->malformed.fetch_add(1, std::memory_order_relaxed);
       refuse(c, e->status, e->message);
+    }
+    if (c.peer_closed && !c.paused) {
+      finish(c);
+      maybe_close(c);
+    }
+  }
+
+  void take_requests(Conn& c, Clock::time_point now) {
+    HttpRequest r;
+    while (!c.finished && !c.paused && c.reader.next(&r)) {
+      counters_->requests.fetch_add(1, std::memory_order_relaxed);
+      const RequestTicket ticket{c.key, c.next_seq++};
+      c.slots.emplace_back();
+      if (r.method == "HEAD") c.heads.insert(ticket.seq);
+      if (!r.keep_alive) {
+        c.close_after = ticket.seq;
+        finish(c);
+      }
+      incoming_.push_back({ticket, std::move(r), now});
+      if (c.outstanding() >= o_.max_pipelined && !c.finished) {
+        // Resumes once answers go out (flush).
+        c.paused = true;
+        rearm(c);
+      }
     }
   }
 
@@ -359,17 +408,25 @@ class EventFront::Loop {
       return;
     }
     slot = serialize_answer(a, c.close_after == t.seq);
+    if (c.heads.erase(t.seq) > 0) slot->resize(slot->size() - a.body.size());  // headers only
     if (t.seq == c.write_seq) touched_.push_back(c.key);
   }
 
   void flush_touched(Clock::time_point now) {
-    std::sort(touched_.begin(), touched_.end());
-    touched_.erase(std::unique(touched_.begin(), touched_.end()), touched_.end());
-    for (std::uint64_t key : touched_) {
-      auto it = conns_.find(key);
-      if (it != conns_.end()) flush(*it->second, now);
+    // A flush may touch connections again (a resumed connection reads a
+    // malformed request and refuses it): swap the list out and go on until
+    // nothing is left, never iterating the vector being appended to.
+    std::vector<std::uint64_t> batch;
+    while (!touched_.empty()) {
+      batch.clear();
+      batch.swap(touched_);
+      std::sort(batch.begin(), batch.end());
+      batch.erase(std::unique(batch.begin(), batch.end()), batch.end());
+      for (std::uint64_t key : batch) {
+        auto it = conns_.find(key);
+        if (it != conns_.end()) flush(*it->second, now);
+      }
     }
-    touched_.clear();
   }
 
   // Moves the answers that are next in order to the output and writes as
@@ -423,7 +480,9 @@ class EventFront::Loop {
       close(c.key);
       return;
     }
-    const bool resume = c.paused && !c.finished && c.outstanding() < o_.max_pipelined / 2;
+    const bool resume =
+        c.paused && !c.finished &&
+        c.outstanding() < std::max<std::size_t>(1, o_.max_pipelined / 2);  // 1: resumes at 0
     if (c.wants_out || resume) {
       c.wants_out = false;
       c.paused = c.paused && !resume;
@@ -438,16 +497,46 @@ class EventFront::Loop {
     maybe_close(c);
   }
 
-  void close(std::uint64_t key) { conns_.erase(key); }  // the Fd closes, leaving the epoll set
+  // The FIN goes out behind every answer written; the Fd then closes,
+  // leaving the epoll set.
+  void close(std::uint64_t key) {
+    auto it = conns_.find(key);
+    if (it == conns_.end()) return;
+    ::shutdown(it->second->fd.get(), SHUT_WR);
+    conns_.erase(it);
+  }
 
-  void begin_stop() {
+  // Stops accepting and reading, but first takes what the kernel already
+  // holds: the connections completed in the backlog and the bytes in every
+  // socket, so no request a client sent before stop() goes unanswered. Each
+  // connection's last answer says Connection: close.
+  void begin_stop(Clock::time_point now) {
     stopping_ = true;
-    ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
-    listener_.reset();
+    if (listener_.valid()) {
+      resume_accept_at_ = Clock::time_point::max();
+      accept_all(now);
+      ::epoll_ctl(epoll_.get(), EPOLL_CTL_DEL, listener_.get(), nullptr);
+      listener_.reset();
+    }
+    std::vector<std::uint64_t> keys;
+    keys.reserve(conns_.size());
+    for (auto& [key, c] : conns_) keys.push_back(key);
+    for (auto key : keys) {
+      if (auto it = conns_.find(key); it != conns_.end()) read_requests(*it->second, now);
+    }
     std::vector<std::uint64_t> done;
     for (auto& [key, c] : conns_) {
       finish(*c);
-      if (c->outstanding() == 0 && c->out.empty()) done.push_back(key);
+      if (c->outstanding() == 0) {
+        if (c->out.empty()) done.push_back(key);
+        continue;  // the answers in `out` go out, then it closes
+      }
+      if (!c->close_after) {
+        const std::uint64_t last = c->next_seq - 1;
+        c->close_after = last;
+        auto& slot = c->slots[static_cast<std::size_t>(last - c->write_seq)];
+        if (slot) add_connection_close(*slot);  // answered, not yet in order to go out
+      }
     }
     for (auto key : done) close(key);
   }
@@ -490,14 +579,27 @@ class EventFront::Loop {
   std::atomic<bool> stop_requested_{false};
   Deadline stop_deadline_ = Deadline::never();  // written before stop_requested_
   bool stopping_ = false;                       // loop thread only
+  // max: accepting; else when to watch the listener again (loop thread only)
+  Clock::time_point resume_accept_at_ = Clock::time_point::max();
 };
 
-Result<std::unique_ptr<EventFront>> EventFront::start(const EventFrontOptions& options,
-                                                      Handler handler) {
+Result<std::unique_ptr<EventFront>> EventFront::bind(const EventFrontOptions& options,
+                                                     Handler handler) {
   std::unique_ptr<EventFront> f(new EventFront());
   f->loop_ = std::make_unique<Loop>(options, std::move(handler), &f->counters_);
   KILN_RETURN_IF_ERROR(f->loop_->open(&f->port_));
-  f->thread_ = std::thread([loop = f->loop_.get()] { loop->run(); });
+  return f;
+}
+
+void EventFront::serve() {
+  if (thread_.joinable()) return;
+  thread_ = std::thread([loop = loop_.get()] { loop->run(); });
+}
+
+Result<std::unique_ptr<EventFront>> EventFront::start(const EventFrontOptions& options,
+                                                      Handler handler) {
+  KILN_ASSIGN_OR_RETURN(auto f, bind(options, std::move(handler)));
+  f->serve();
   return f;
 }
 

@@ -19,8 +19,10 @@
 // that stalls mid-request (read_timeout, answered 408), does not take its
 // answers (write_timeout) or idles (idle_timeout) is disconnected.
 //
-// stop(): stops accepting and reading, writes the answer to every request
-// already read (the handler must still answer them), closes. Thread-safe.
+// stop(): takes what the kernel already holds (connections in the backlog,
+// bytes in every socket), then stops accepting and reading, writes the
+// answer to every request read (the handler must still answer them; each
+// connection's last answer says Connection: close), closes. Thread-safe.
 #pragma once
 
 #include <atomic>
@@ -94,9 +96,15 @@ class EventFront {
   using Handler = std::function<void(std::vector<IncomingRequest>& requests)>;
 
   // Binds host:port and serves. Unavailable naming host:port if it cannot
-  // bind.
+  // bind. A handler that calls answer() on the returned front must use
+  // bind() then serve() instead: the loop may call it before start returns.
   static Result<std::unique_ptr<EventFront>> start(const EventFrontOptions& options,
                                                    Handler handler);
+  // start() in two steps: bind() binds (no request is read yet), so the
+  // owner can keep the pointer before serve() starts the loop.
+  static Result<std::unique_ptr<EventFront>> bind(const EventFrontOptions& options,
+                                                  Handler handler);
+  void serve();
   ~EventFront();  // stop()
   EventFront(const EventFront&) = delete;
   EventFront& operator=(const EventFront&) = delete;
@@ -109,8 +117,9 @@ class EventFront {
   void answer(std::vector<std::pair<RequestTicket, HttpAnswer>> answers);
   void answer(RequestTicket ticket, HttpAnswer answer);
 
-  // Stops accepting and reading, writes the answers to the requests already
-  // read, closes every connection and joins the loop; connections still
+  // Reads what the kernel holds once more, stops accepting and reading,
+  // writes the answers to the requests read, closes every connection
+  // (shutdown, then close) and joins the loop; connections still
   // waiting for answers after `grace` are closed without them. Idempotent.
   void stop(std::chrono::milliseconds grace = std::chrono::seconds(30));
 

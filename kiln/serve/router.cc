@@ -24,10 +24,11 @@ Result<std::unique_ptr<Router>> Router::start(const RouterOptions& options) {
                                                         self->deliver(answers);
                                                       }));
   KILN_ASSIGN_OR_RETURN(
-      r->front_, EventFront::start(
-                     {.host = options.host, .port = options.port, .what = "router"},
-                     [self](std::vector<IncomingRequest>& requests) { self->handle(requests); }));
+      r->front_,
+      EventFront::bind({.host = options.host, .port = options.port, .what = "router"},
+                       [self](std::vector<IncomingRequest>& requests) { self->handle(requests); }));
   r->port_ = r->front_->port();
+  r->front_->serve();  // front_ is set: the handler may answer through it
   return r;
 }
 

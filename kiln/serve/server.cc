@@ -20,14 +20,15 @@ ReplicaServer::ReplicaServer(const ReplicaOptions& options) : options_(options) 
 Result<std::unique_ptr<ReplicaServer>> ReplicaServer::start(const ReplicaOptions& options) {
   std::unique_ptr<ReplicaServer> s(new ReplicaServer(options));
   ReplicaServer* self = s.get();
-  KILN_ASSIGN_OR_RETURN(
-      s->front_, EventFront::start(
-                     {.host = options.host,
-                      .port = options.port,
-                      .what = "serve",
-                      .read_timeout = options.read_timeout},
-                     [self](std::vector<IncomingRequest>& requests) { self->handle(requests); }));
+  KILN_ASSIGN_OR_RETURN(s->front_, EventFront::bind({.host = options.host,
+                                                     .port = options.port,
+                                                     .what = "serve",
+                                                     .read_timeout = options.read_timeout},
+                                                    [self](std::vector<IncomingRequest>& requests) {
+                                                      self->handle(requests);
+                                                    }));
   s->port_ = s->front_->port();
+  s->front_->serve();  // front_ is set: handle() may answer through it
   return s;
 }
 
