@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -536,7 +537,11 @@ struct ScratchDir {
 };
 
 Status bench(const BenchArgs& a) {
-  const ScratchDir scratch{fmt::format("/tmp/kiln-bench-serve-{}", ::getpid())};
+  // Under $TMPDIR when set (a test points it at a directory of its own and
+  // checks it is empty once the bench exits).
+  const char* tmp = std::getenv("TMPDIR");
+  const ScratchDir scratch{fmt::format("{}/kiln-bench-serve-{}",
+                                       tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", ::getpid())};
   const std::string& work = scratch.path;
   fs::remove_all(work);
   fs::create_directories(work);
