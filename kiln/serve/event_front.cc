@@ -269,12 +269,13 @@ class EventFront::Loop {
       const int fd = ::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) {
         if (errno == EINTR || errno == ECONNABORTED) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return;
+        const int err = errno;  // before log(), which may change it
+        if (err == EAGAIN || err == EWOULDBLOCK) return;
         // EMFILE and the like: the connection waits in the backlog. The
         // level-triggered listener would stay readable and spin the loop,
         // so stop watching it for a moment (as TcpStoreServer does).
         log()->warn("{}: accept failed, pausing accepts for {} ms: {}", o_.what,
-                    kAcceptPause.count(), std::strerror(errno));
+                    kAcceptPause.count(), std::strerror(err));
         epoll_event ev{.events = 0, .data = {.u64 = kListenerKey}};
         ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
         resume_accept_at_ = now + kAcceptPause;

@@ -3,12 +3,16 @@
 #include "kiln/serve/event_front.h"
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <mutex>
+#include <thread>
 
 #include "kiln/base/socket.h"
 #include "kiln/serve/response_reader.h"
@@ -360,6 +364,36 @@ TEST(EventFront, StopAnswersRequestsSentBeforeItOnEveryConnection) {
     EXPECT_TRUE(r[0].close);
     EXPECT_TRUE(late[i]->closed_by_server());
   }
+}
+
+TEST(EventFront, OutOfDescriptorsPausesAcceptingInsteadOfSpinningThenResumes) {
+  Echo echo;
+  rlimit old{};
+  ASSERT_EQ(::getrlimit(RLIMIT_NOFILE, &old), 0);
+  // Fill the descriptor table, then free one slot: the client's socket
+  // takes it and the front's accept fails with EMFILE.
+  rlimit low = old;
+  low.rlim_cur = std::min<rlim_t>(old.rlim_cur, 4096);
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &low), 0);
+  std::vector<Fd> fillers;
+  while (true) {
+    Fd f(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (!f.valid()) break;
+    fillers.push_back(std::move(f));
+  }
+  ASSERT_FALSE(fillers.empty());
+  fillers.pop_back();
+  RawClient c(echo.port());
+  const auto before = echo.front().counters().wakeups.load();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a window to count wake-ups in
+  const auto wakeups = echo.front().counters().wakeups.load() - before;
+  fillers.clear();
+  ASSERT_EQ(::setrlimit(RLIMIT_NOFILE, &old), 0);
+  EXPECT_LT(wakeups, 20u) << "the loop spins on a listener it cannot accept from";
+  c.send(post("late"));  // accepted once descriptors are free again
+  auto got = c.read(1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].body, "late");
 }
 
 TEST(EventFront, ABusyPortIsAnErrorNamingIt) {
