@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -524,8 +525,24 @@ void print_summary(const json& out) {
 
 Status measure(const BenchArgs& a, const std::string& model, const std::string& work, json out);
 
+// Removes the bench's scratch directory however the bench ends (a part
+// that fails returns early: its replicas are stopped by then, and what they
+// printed is in the error).
+struct ScratchDir {
+  std::string path;
+  ~ScratchDir() {
+    std::error_code ignored;
+    fs::remove_all(path, ignored);
+  }
+};
+
 Status bench(const BenchArgs& a) {
-  const std::string work = fmt::format("/tmp/kiln-bench-serve-{}", ::getpid());
+  // Under $TMPDIR when set (a test points it at a directory of its own and
+  // checks it is empty once the bench exits).
+  const char* tmp = std::getenv("TMPDIR");
+  const ScratchDir scratch{fmt::format("{}/kiln-bench-serve-{}",
+                                       tmp != nullptr && *tmp != '\0' ? tmp : "/tmp", ::getpid())};
+  const std::string& work = scratch.path;
   fs::remove_all(work);
   fs::create_directories(work);
   std::string model = a.model;
@@ -633,7 +650,6 @@ Status measure(const BenchArgs& a, const std::string& model, const std::string& 
     out["probe"] = ladder;
   }
   if (a.part("fleet")) KILN_RETURN_IF_ERROR(fleet_step(a, model, work, &out));
-  fs::remove_all(work);
   if (a.json_out) {
     std::printf("%s\n", out.dump(2).c_str());
   } else {

@@ -10,8 +10,15 @@
 // request without waiting for batches to fill, and joins the worker: every
 // future handed out is fulfilled.
 //
-// Thread-safe: submit() from any thread. The batch function runs on the
-// worker thread only and must return one Result per input, in order.
+// Two ways in: submit() hands out a future per request; submit_all() queues
+// many tagged requests under one lock and one wake-up, and their results
+// come back through the Completion, once per batch, with their tags (Note
+// [One thread for the front] in event_front.h: a front that reads a batch of
+// requests per wake-up hands it over whole and gets its answers whole).
+//
+// Thread-safe: submit() from any thread. The batch function and the
+// completion run on the worker thread only; the batch function must return
+// one Result per input, in order.
 #pragma once
 
 #include <fmt/format.h>
@@ -24,6 +31,7 @@
 #include <functional>
 #include <future>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -44,14 +52,28 @@ struct BatchObserver {
   virtual void on_batch(std::size_t size, double run_seconds) = 0;
 };
 
-template <typename In, typename Out>
+template <typename In, typename Out, typename Tag = std::uint64_t>
 class DynamicBatcher {
  public:
   using BatchFn = std::function<std::vector<Result<Out>>(std::vector<In>& inputs)>;
+  // The results of a batch's submit_all() requests, in the order they ran.
+  using Completion = std::function<void(std::vector<std::pair<Tag, Result<Out>>>& done)>;
+
+  // What submit_all() queued: the first `accepted` items; the rest were
+  // refused with `refused` (queue full, or draining).
+  struct Admission {
+    std::size_t accepted = 0;
+    Status refused;
+  };
 
   // Starts the worker. `observer` may be null; it must outlive the batcher.
-  DynamicBatcher(BatcherOptions options, BatchFn run, BatchObserver* observer = nullptr)
-      : options_(options), run_(std::move(run)), observer_(observer) {
+  // `complete` receives submit_all()'s results (none: submit_all() is not used).
+  DynamicBatcher(BatcherOptions options, BatchFn run, BatchObserver* observer = nullptr,
+                 Completion complete = nullptr)
+      : options_(options),
+        run_(std::move(run)),
+        observer_(observer),
+        complete_(std::move(complete)) {
     if (options_.max_batch < 1) options_.max_batch = 1;
     worker_ = std::thread([this] { loop(); });
   }
@@ -68,8 +90,8 @@ class DynamicBatcher {
       return resource_exhausted(fmt::format("queue full: {} requests wait (max_queue {})",
                                             queue_.size(), options_.max_queue));
     }
-    queue_.push_back(Pending{std::move(input), {}, Clock::now()});
-    auto future = queue_.back().promise.get_future();
+    queue_.push_back(Pending{std::move(input), std::promise<Result<Out>>(), Tag{}, Clock::now()});
+    auto future = queue_.back().promise->get_future();
     // Note [Wake the worker only when it can act]: the worker waits for either a
     // first request or a full batch; any other notify wakes it only to check
     // its predicate and sleep again, a context switch per request.
@@ -78,6 +100,38 @@ class DynamicBatcher {
     lock.unlock();
     if (wake) cv_.notify_one();
     return future;
+  }
+
+  // Queues every item it can under one lock, waking the worker at most once;
+  // never blocks. Moves the accepted items out of `items`.
+  Admission submit_all(std::vector<std::pair<Tag, In>>& items) {
+    Admission a;
+    if (!complete_) {
+      a.refused = failed_precondition("submit_all on a batcher without a completion");
+      return a;
+    }
+    std::unique_lock<std::mutex> lock(mu_);
+    if (draining_) {
+      a.refused = failed_precondition("the server is draining (SIGTERM): not accepting");
+      return a;
+    }
+    const std::size_t before = queue_.size();
+    const auto now = Clock::now();
+    for (auto& [tag, input] : items) {
+      if (queue_.size() >= options_.max_queue) {
+        a.refused = resource_exhausted(fmt::format("queue full: {} requests wait (max_queue {})",
+                                                   queue_.size(), options_.max_queue));
+        break;
+      }
+      queue_.push_back(Pending{std::move(input), std::nullopt, std::move(tag), now});
+      ++a.accepted;
+    }
+    const auto max = static_cast<std::size_t>(options_.max_batch);
+    // Note [Wake the worker only when it can act].
+    const bool wake = a.accepted > 0 && (before == 0 || (before < max && queue_.size() >= max));
+    lock.unlock();
+    if (wake) cv_.notify_one();
+    return a;
   }
 
   // Stops accepting, runs what is queued, joins the worker. Idempotent.
@@ -104,7 +158,8 @@ class DynamicBatcher {
  private:
   struct Pending {
     In input;
-    std::promise<Result<Out>> promise;
+    std::optional<std::promise<Result<Out>>> promise;  // submit(); else the tag's completion
+    Tag tag;
     Clock::time_point enqueued;
   };
 
@@ -142,20 +197,26 @@ class DynamicBatcher {
     const auto start = Clock::now();
     std::vector<Result<Out>> outputs = run_(inputs);
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    std::vector<std::pair<Tag, Result<Out>>> done;
     for (std::size_t i = 0; i < batch.size(); ++i) {
-      if (i < outputs.size()) {
-        batch[i].promise.set_value(std::move(outputs[i]));
+      Result<Out> out = i < outputs.size() ? std::move(outputs[i])
+                                           : Result<Out>(internal_error(fmt::format(
+                                                 "the model returned {} results for a batch of {}",
+                                                 outputs.size(), batch.size())));
+      if (batch[i].promise) {
+        batch[i].promise->set_value(std::move(out));
       } else {
-        batch[i].promise.set_value(internal_error(fmt::format(
-            "the model returned {} results for a batch of {}", outputs.size(), batch.size())));
+        done.emplace_back(std::move(batch[i].tag), std::move(out));
       }
     }
+    if (!done.empty()) complete_(done);
     if (observer_ != nullptr) observer_->on_batch(batch.size(), seconds);
   }
 
   BatcherOptions options_;
   BatchFn run_;
   BatchObserver* observer_;
+  Completion complete_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::deque<Pending> queue_;  // GUARDED_BY(mu_)

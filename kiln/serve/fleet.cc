@@ -264,9 +264,9 @@ Status run_fleet(const FleetOptions& o) {
   router->stop();
   c.stop_all();
   std::printf("fleet stopped: %llu requests, %llu retried attempts, %llu failed\n",
-              static_cast<unsigned long long>(router->counters().requests.load()),
-              static_cast<unsigned long long>(router->counters().retries.load()),
-              static_cast<unsigned long long>(router->counters().failed.load()));
+              static_cast<unsigned long long>(router->requests()),
+              static_cast<unsigned long long>(router->retries()),
+              static_cast<unsigned long long>(router->failed()));
   std::fflush(stdout);
   return Status::ok();
 }

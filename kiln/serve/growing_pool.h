@@ -1,8 +1,9 @@
-// GrowingThreadPool: the thread pool behind every HTTP front of kiln serve
-// (http_front.h). httplib's own ThreadPool starts all its threads at once.
+// GrowingThreadPool: the thread pool behind a cpp-httplib server set up by
+// start_http_front (http_front.h; kiln serve's own fronts are EventFronts
+// now, event_front.h). httplib's own ThreadPool starts all its threads at once.
 //
-// Note [A pool that grows]: a replica needs a thread per keep-alive
-// connection (Note [Threads per keep-alive connection] in server.h: 512),
+// Note [A pool that grows]: an httplib server needs a thread per keep-alive
+// connection (it serves one on a pool thread until it idles for 5 s),
 // but not while its weights load, and not while idle. Starting 512 threads
 // at once costs CPU and 512 stack mappings at the moment the replica is
 // loading its model. (It was suspected of slowing a node-cache hit's model

@@ -1,5 +1,6 @@
-// The cpp-httplib server setup every HTTP front of kiln serve shares (a
-// replica, the router): a thread pool sized for keep-alive connections,
+// A cpp-httplib server set up as kiln serve's fronts once were (the replica
+// and the router are EventFronts now, event_front.h; tests still serve with
+// this): a thread pool sized for keep-alive connections,
 // TCP_NODELAY, no SO_REUSEPORT, and a listen backlog that holds a burst of
 // new connections. Starts the accept loop and returns once it serves.
 #pragma once
@@ -37,7 +38,7 @@ inline constexpr int kInitialHttpThreads = 8;
 struct HttpFrontOptions {
   std::string host = "127.0.0.1";
   int port = 0;  // 0: any free port
-  // At most; Note [Threads per keep-alive connection] in server.h.
+  // At most: httplib holds a thread per keep-alive connection.
   int threads = 256;
   std::string what = "serve";  // names this front in errors
   // Where accepted connections go; empty: a pool of `threads`. Tests hold

@@ -14,34 +14,30 @@
 // Kubernetes HPA or KEDA can scale on the same series). /healthz; /readyz is
 // 200 while at least one replica is routable.
 //
+// Two threads whatever the load: the front (EventFront) and the upstream
+// loop (Note [A router without a thread per request] in upstream.h).
+//
 // Thread-safe. The fleet controller adds replicas once ready and removes
 // them before draining or once dead.
 #pragma once
 
 #include <atomic>
 #include <chrono>
-#include <condition_variable>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
+#include <vector>
 
 #include "kiln/base/status.h"
+#include "kiln/serve/event_front.h"
 #include "kiln/serve/metrics.h"
-
-namespace httplib {
-class Server;
-}
+#include "kiln/serve/upstream.h"
 
 namespace kiln::serve {
 
 struct RouterOptions {
   std::string host = "127.0.0.1";
   int port = 0;
-  // Clients' keep-alive connections served at once; fewer than a replica's
-  // (Note [Threads per keep-alive connection] in server.h).
-  int http_threads = 256;
   int max_attempts = 3;
   std::chrono::milliseconds replica_timeout{30000};  // per attempt
   int retry_after_s = 1;
@@ -53,8 +49,6 @@ struct RouterOptions {
 
 struct RouterCounters {
   std::atomic<std::uint64_t> requests{0};
-  std::atomic<std::uint64_t> retries{0};  // attempts beyond the first
-  std::atomic<std::uint64_t> failed{0};   // answered 502/503 after every attempt
 };
 
 class Router {
@@ -70,26 +64,27 @@ class Router {
   void remove_replica(int id);
 
   std::size_t outstanding() const { return outstanding_.load(); }
-  std::size_t routable() const;
+  std::size_t routable() const { return upstream_->routable(); }
   int port() const { return port_; }
-  const RouterCounters& counters() const { return counters_; }
+  std::uint64_t requests() const { return counters_.requests.load(); }
+  std::uint64_t retries() const { return upstream_->counters().retries.load(); }
+  std::uint64_t failed() const { return upstream_->counters().failed.load(); }
   // Stops serving HTTP (after the requests in flight are answered).
   void stop();
 
  private:
-  struct Replica;
   explicit Router(const RouterOptions& options);
-  std::shared_ptr<Replica> pick(const std::vector<int>& tried);
-  std::pair<int, std::string> forward(const std::string& body);
+  // On the front's loop: a wake-up's requests; predictions go upstream at once.
+  void handle(std::vector<IncomingRequest>& requests);
+  // On the upstream loop: its answers, handed to the front at once.
+  void deliver(std::vector<UpstreamAnswer>& answers);
+  HttpAnswer route(const HttpRequest& request);
+  std::string render_metrics() const;
 
   RouterOptions options_;
-  std::unique_ptr<httplib::Server> http_;
+  std::unique_ptr<Upstream> upstream_;
+  std::unique_ptr<EventFront> front_;
   int port_ = 0;
-  std::thread http_thread_;  // job: httplib's accept loop
-  mutable std::mutex mu_;
-  std::map<int, std::shared_ptr<Replica>> replicas_;  // GUARDED_BY(mu_)
-  std::condition_variable replica_added_;
-  bool stopping_ = false;  // GUARDED_BY(mu_): wakes requests waiting for a replica
   std::atomic<std::size_t> outstanding_{0};
   RouterCounters counters_;
   Histogram latency_;

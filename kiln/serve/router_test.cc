@@ -76,8 +76,8 @@ TEST(Router, RetriesARequestADeadReplicaCouldNotAnswer) {
   r->add_replica(0, dead_port());  // picked first: ties go to the lowest id
   r->add_replica(1, live.server->port());
   EXPECT_EQ(post(r->port()), std::make_pair(200, 4));
-  EXPECT_EQ(r->counters().retries.load(), 1u);
-  EXPECT_EQ(r->counters().failed.load(), 0u);
+  EXPECT_EQ(r->retries(), 1u);
+  EXPECT_EQ(r->failed(), 0u);
 }
 
 TEST(Router, EveryReplicaFailingIsAnAnswerNamingThemNotASilentDrop) {
@@ -90,7 +90,7 @@ TEST(Router, EveryReplicaFailingIsAnAnswerNamingThemNotASilentDrop) {
   EXPECT_EQ(res->status, 502);
   EXPECT_NE(res->body.find("replica 0"), std::string::npos) << res->body;
   EXPECT_NE(res->body.find("replica 1"), std::string::npos) << res->body;
-  EXPECT_EQ(r->counters().failed.load(), 1u);
+  EXPECT_EQ(r->failed(), 1u);
 }
 
 TEST(Router, AReplicas503IsRetriedElsewhere) {
@@ -101,7 +101,7 @@ TEST(Router, AReplicas503IsRetriedElsewhere) {
   r->add_replica(0, (*loading)->port());
   r->add_replica(1, live.server->port());
   EXPECT_EQ(post(r->port()), std::make_pair(200, 6));
-  EXPECT_EQ(r->counters().retries.load(), 1u);
+  EXPECT_EQ(r->retries(), 1u);
 }
 
 TEST(Router, ARequestWaitsForTheFirstReplicaThenTimesOutWith503) {

@@ -1,34 +1,34 @@
 #include "kiln/serve/server.h"
 
 #include <fmt/format.h>
-#include <httplib.h>
 
 #include <chrono>
 
 #include "kiln/base/check.h"
 #include "kiln/base/logging.h"
-#include "kiln/serve/http_front.h"
 #include "kiln/serve/request.h"
 
 namespace kiln::serve {
 namespace {
 
-constexpr char kJson[] = "application/json";
+constexpr char kText[] = "text/plain";
 
 }  // namespace
 
-ReplicaServer::ReplicaServer(const ReplicaOptions& options)
-    : options_(options), http_(std::make_unique<httplib::Server>()) {}
+ReplicaServer::ReplicaServer(const ReplicaOptions& options) : options_(options) {}
 
 Result<std::unique_ptr<ReplicaServer>> ReplicaServer::start(const ReplicaOptions& options) {
   std::unique_ptr<ReplicaServer> s(new ReplicaServer(options));
-  s->install_routes();
-  KILN_ASSIGN_OR_RETURN(s->port_, start_http_front(*s->http_,
-                                                   {.host = options.host,
-                                                    .port = options.port,
-                                                    .threads = options.http_threads,
-                                                    .what = "serve"},
-                                                   &s->http_thread_));
+  ReplicaServer* self = s.get();
+  KILN_ASSIGN_OR_RETURN(s->front_, EventFront::bind({.host = options.host,
+                                                     .port = options.port,
+                                                     .what = "serve",
+                                                     .read_timeout = options.read_timeout},
+                                                    [self](std::vector<IncomingRequest>& requests) {
+                                                      self->handle(requests);
+                                                    }));
+  s->port_ = s->front_->port();
+  s->front_->serve();  // front_ is set: handle() may answer through it
   return s;
 }
 
@@ -40,7 +40,8 @@ void ReplicaServer::set_model(std::unique_ptr<Model> model) {
   model_ = std::move(model);
   Model* m = model_.get();
   batcher_ = std::make_unique<Batcher>(
-      options_.batcher, [m](std::vector<Input>& batch) { return m->run(batch); }, &metrics_);
+      options_.batcher, [m](std::vector<Input>& batch) { return m->run(batch); }, &metrics_,
+      [this](std::vector<std::pair<PredictTag, Result<Output>>>& done) { complete(done); });
   ready_ = true;
 }
 
@@ -55,7 +56,36 @@ LiveGauges ReplicaServer::live() const {
   return g;
 }
 
-std::pair<int, std::string> ReplicaServer::predict(const std::string& body) {
+HttpAnswer ReplicaServer::unavailable(const std::string& message) const {
+  return {.status = 503, .body = error_json(message), .retry_after_s = options_.retry_after_s};
+}
+
+HttpAnswer ReplicaServer::route(const HttpRequest& r) {
+  const bool get = r.method == "GET";
+  if (r.target == "/healthz" && get) return {.content_type = kText, .body = "ok\n"};
+  if (r.target == "/readyz" && get) {
+    if (ready_ && !draining_) return {.content_type = kText, .body = "ready\n"};
+    return {.status = 503,
+            .content_type = kText,
+            .body = draining_ ? "draining\n" : "loading weights\n"};
+  }
+  if (r.target == "/metrics" && get) {
+    return {.content_type = "text/plain; version=0.0.4; charset=utf-8",
+            .body = metrics_.render(live())};
+  }
+  for (const char* path : {"/healthz", "/readyz", "/metrics", "/v1/predict"}) {
+    if (r.target == path) {
+      return {.status = 405,
+              .body = error_json(fmt::format("{} does not take {}: use {}", path, r.method,
+                                             r.target == "/v1/predict" ? "POST" : "GET"))};
+    }
+  }
+  return {.status = 404,
+          .body = error_json(fmt::format(
+              "no such path '{}': POST /v1/predict, GET /healthz, /readyz or /metrics", r.target))};
+}
+
+void ReplicaServer::handle(std::vector<IncomingRequest>& requests) {
   Batcher* batcher;
   Model* model;
   {
@@ -63,52 +93,67 @@ std::pair<int, std::string> ReplicaServer::predict(const std::string& body) {
     batcher = batcher_.get();
     model = model_.get();
   }
-  if (draining_)
-    return {503, error_json("draining (SIGTERM): send this request to another replica")};
-  if (batcher == nullptr) return {503, error_json("not ready: the weights are still loading")};
-  Result<Input> input = parse_request(body, model->info());
-  if (!input.is_ok()) return {400, error_json(input.status().message())};
-  const int max_new_tokens = input->max_new_tokens;  // the response's shape depends on it
-  auto submitted = batcher->submit(std::move(input).value());
-  if (!submitted.is_ok()) {
-    const Status& s = submitted.status();
-    return {503, error_json(s.message())};
+  std::vector<std::pair<RequestTicket, HttpAnswer>> answers;
+  std::vector<std::pair<PredictTag, Input>> predictions;
+  auto refuse = [&](RequestTicket ticket, HttpAnswer a) {
+    metrics_.count_response(a.status);
+    answers.emplace_back(ticket, std::move(a));
+  };
+  for (IncomingRequest& in : requests) {
+    if (in.request.target != "/v1/predict" || in.request.method != "POST") {
+      answers.emplace_back(in.ticket, route(in.request));
+      continue;
+    }
+    if (draining_) {
+      refuse(in.ticket, unavailable("draining (SIGTERM): send this request to another replica"));
+      continue;
+    }
+    if (batcher == nullptr) {
+      refuse(in.ticket, unavailable("not ready: the weights are still loading"));
+      continue;
+    }
+    Result<Input> input = parse_request(in.request.body, model->info());
+    if (!input.is_ok()) {
+      refuse(in.ticket, {.status = 400, .body = error_json(input.status().message())});
+      continue;
+    }
+    const int max_new_tokens = input->max_new_tokens;
+    predictions.emplace_back(PredictTag{in.ticket, in.received, max_new_tokens},
+                             std::move(input).value());
   }
-  Result<Output> out = std::move(submitted).value().get();
-  if (!out.is_ok()) return {500, error_json(out.status().to_string())};
-  Input shape;
-  shape.max_new_tokens = max_new_tokens;
-  return {200, response_json(shape, *out, model->info())};
+  if (!predictions.empty()) {
+    // The whole wake-up's predictions in one submission.
+    in_flight_.fetch_add(predictions.size());
+    const auto admitted = batcher->submit_all(predictions);
+    in_flight_.fetch_sub(predictions.size() - admitted.accepted);
+    for (std::size_t i = admitted.accepted; i < predictions.size(); ++i) {
+      refuse(predictions[i].first.ticket, unavailable(admitted.refused.message()));
+    }
+  }
+  front_->answer(std::move(answers));
 }
 
-void ReplicaServer::install_routes() {
-  http_->Get("/healthz", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content("ok\n", "text/plain");
-  });
-  http_->Get("/readyz", [this](const httplib::Request&, httplib::Response& res) {
-    if (ready_ && !draining_) {
-      res.set_content("ready\n", "text/plain");
+void ReplicaServer::complete(std::vector<std::pair<PredictTag, Result<Output>>>& done) {
+  const ModelInfo& info = model_->info();  // immutable once the batcher exists
+  const auto now = Clock::now();
+  std::vector<std::pair<RequestTicket, HttpAnswer>> answers;
+  answers.reserve(done.size());
+  for (auto& [tag, out] : done) {
+    HttpAnswer a;
+    if (out.is_ok()) {
+      Input shape;
+      shape.max_new_tokens = tag.max_new_tokens;
+      a.body = response_json(shape, *out, info);
+      metrics_.observe_request(std::chrono::duration<double>(now - tag.received).count());
     } else {
-      res.status = 503;
-      res.set_content(draining_ ? "draining\n" : "loading weights\n", "text/plain");
+      a.status = 500;
+      a.body = error_json(out.status().to_string());
     }
-  });
-  http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(metrics_.render(live()), "text/plain; version=0.0.4; charset=utf-8");
-  });
-  http_->Post("/v1/predict", [this](const httplib::Request& req, httplib::Response& res) {
-    const auto start = Clock::now();
-    in_flight_.fetch_add(1);
-    auto [status, body] = predict(req.body);
-    in_flight_.fetch_sub(1);
-    res.status = status;
-    if (status == 503) res.set_header("Retry-After", std::to_string(options_.retry_after_s));
-    res.set_content(body, kJson);
-    metrics_.count_response(status);
-    if (status == 200) {
-      metrics_.observe_request(std::chrono::duration<double>(Clock::now() - start).count());
-    }
-  });
+    metrics_.count_response(a.status);
+    answers.emplace_back(tag.ticket, std::move(a));
+  }
+  in_flight_.fetch_sub(done.size());
+  front_->answer(std::move(answers));  // one hand-off for the batch
 }
 
 void ReplicaServer::drain() {
@@ -120,10 +165,8 @@ void ReplicaServer::drain() {
       batcher = batcher_.get();
     }
     if (batcher != nullptr) batcher->drain();  // answers every queued request
-    // Handlers still writing their responses finish before stop() returns
-    // from joining httplib's pool; keep-alive loops end after their request.
-    http_->stop();
-    if (http_thread_.joinable()) http_thread_.join();
+    // Writes the answers to every request read, then closes.
+    front_->stop();
   });
 }
 

@@ -1,11 +1,13 @@
-// ReplicaServer: one model replica's HTTP front (cpp-httplib).
+// ReplicaServer: one model replica's HTTP front (EventFront: one epoll
+// thread, Note [One thread for the front] in event_front.h).
 //
 //   POST /v1/predict  one request (request.h); dynamic batching behind it
 //   GET  /healthz     200 while the process serves HTTP (liveness)
 //   GET  /readyz      200 once the weights are loaded and until drain begins
 //   GET  /metrics     Prometheus text (metrics.h)
 //
-// Answers: 400 naming what is malformed; 503 + Retry-After when the queue
+// Answers: 400 naming what is malformed (the JSON or the HTTP); 404/405
+// for another path or method; 503 + Retry-After when the queue
 // is over its bound, before the weights are loaded, or while draining; 500
 // if the forward pass fails. A request is never dropped without an answer.
 //
@@ -23,12 +25,9 @@
 
 #include "kiln/base/status.h"
 #include "kiln/serve/batcher.h"
+#include "kiln/serve/event_front.h"
 #include "kiln/serve/metrics.h"
 #include "kiln/serve/model.h"
-
-namespace httplib {
-class Server;
-}
 
 namespace kiln::serve {
 
@@ -36,14 +35,9 @@ struct ReplicaOptions {
   std::string host = "127.0.0.1";
   int port = 0;  // 0: any free port (see port())
   BatcherOptions batcher;
-  // Note [Threads per keep-alive connection]: httplib serves a keep-alive
-  // connection on one pool thread until the connection idles for 5 s, so a
-  // server with fewer threads than open connections leaves the extra ones
-  // unserved for seconds. A replica must have more threads than the
-  // connections a router keeps to it (one per router thread, 256) plus
-  // direct clients.
-  int http_threads = 512;
   int retry_after_s = 1;  // the Retry-After of a 503
+  // A request begun and not complete this long: 408 (a slow or dead client).
+  std::chrono::milliseconds read_timeout{10000};
 };
 
 class ReplicaServer {
@@ -65,18 +59,27 @@ class ReplicaServer {
 
  private:
   explicit ReplicaServer(const ReplicaOptions& options);
-  void install_routes();
-  // The status code and body for one predict request.
-  std::pair<int, std::string> predict(const std::string& body);
-  LiveGauges live() const;
+  // What a predict request's answer needs once its batch has run.
+  struct PredictTag {
+    RequestTicket ticket;
+    Clock::time_point received;
+    int max_new_tokens = 0;  // the response's shape depends on it
+  };
+  using Batcher = DynamicBatcher<Input, Output, PredictTag>;
 
-  using Batcher = DynamicBatcher<Input, Output>;
+  // On the front's loop thread: every request read in one wake-up; the
+  // predictions go to the batcher in one submission.
+  void handle(std::vector<IncomingRequest>& requests);
+  // On the batcher's worker: a batch's answers, handed to the front at once.
+  void complete(std::vector<std::pair<PredictTag, Result<Output>>>& done);
+  HttpAnswer route(const HttpRequest& request);
+  HttpAnswer unavailable(const std::string& message) const;
+  LiveGauges live() const;
 
   ReplicaOptions options_;
   ServeMetrics metrics_;
-  std::unique_ptr<httplib::Server> http_;
+  std::unique_ptr<EventFront> front_;
   int port_ = 0;
-  std::thread http_thread_;  // job: httplib's accept loop
 
   mutable std::mutex mu_;
   std::unique_ptr<Model> model_;      // GUARDED_BY(mu_) for the swap; immutable once set

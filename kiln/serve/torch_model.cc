@@ -192,6 +192,12 @@ int limit_blas_threads(int threads) {
   return get();
 }
 
+void warm_up_torch(int threads) {
+  threads = std::max(1, threads);
+  torch::set_num_threads(threads);
+  limit_blas_threads(threads);  // Note [BLAS threads]
+}
+
 Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
                                                 const TorchModelOptions& options) {
   ModelConfig config;
@@ -202,8 +208,7 @@ Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
     KILN_ASSIGN_OR_RETURN(config, infer_config(state));
   }
   const int threads = std::max(1, options.threads);
-  torch::set_num_threads(threads);
-  limit_blas_threads(threads);  // Note [BLAS threads]
+  if (!options.threads_capped_by_caller) warm_up_torch(threads);
   config.dropout = 0;
   std::unique_ptr<train::Task> task;
   try {

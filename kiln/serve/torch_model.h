@@ -23,6 +23,9 @@ struct TorchModelOptions {
   // Threads of the forward pass: torch's intra-op threads and the BLAS's
   // (one per replica on a small host; Note [BLAS threads]).
   int threads = 1;
+  // The caller capped the threads already (warm_up_torch on another thread,
+  // Note [LibTorch's first use]): not again here, concurrently with it.
+  bool threads_capped_by_caller = false;
 };
 
 // Builds the model and copies the weights in; caps torch's and the BLAS's
@@ -32,6 +35,17 @@ struct TorchModelOptions {
 // config parse errors name the file and field.
 Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
                                                 const TorchModelOptions& options);
+
+// Note [LibTorch's first use]: the first torch::set_num_threads in a
+// process costs up to ~15 ms (OpenMP's and LibTorch's thread-pool setup):
+// on a node cache hit, a large part of a replica's cold start, spent after
+// the weights were found. warm_up_torch() caps the threads (torch's and the
+// BLAS's) on whatever thread calls it: a replica runs it on a thread of its
+// own from the start of the cold-start window, builds the model meanwhile
+// (threads_capped_by_caller), and joins it before serving. Process-wide.
+// (Tiny modules and a forward pass in the warm-up too cost more than they
+// saved: on a hit there is only ~1 ms of lookup to overlap them with.)
+void warm_up_torch(int threads);
 
 // Note [BLAS threads]: LibTorch's linear layers call the system BLAS
 // (Debian: OpenBLAS, pthreads build), which keeps a pool of its own, one

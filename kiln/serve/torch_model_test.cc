@@ -74,6 +74,25 @@ TEST(TorchModel, OneThreadRunsTheWholeForwardPassOnTheCallingThread) {
 
 // Note [One copy]: the model built from views into the mapped shard file
 // answers exactly as the one built from ckpt::load_step's verified copies.
+// Note [Max pooling without autograd] (kiln/train/task.cc): the CNN's
+// inference path pools without max_pool2d; its logits are the training
+// path's, bit for bit.
+TEST(TorchModel, TheCnnsInferencePoolingGivesTheTrainingPathsLogits) {
+  train::ModelConfig c;
+  torch::manual_seed(3);
+  auto task = train::make_task(c);
+  const auto images = torch::rand({5, 1, 28, 28}) * 255;
+  const torch::Tensor with_autograd = task->infer(images);
+  torch::Tensor without;
+  {
+    c10::InferenceMode inference;
+    without = task->infer(images);
+  }
+  EXPECT_TRUE(torch::equal(with_autograd.detach(), without.clone()));
+  EXPECT_FALSE(torch::equal(task->infer(torch::zeros({1, 1, 28, 28})).detach(),
+                            task->infer(torch::ones({1, 1, 28, 28}) * 255).detach()));
+}
+
 TEST(TorchModel, MappedWeightsServeTheSameLogitsAsLoadedOnes) {
   TempDir dir;
   save_cnn(dir.path());

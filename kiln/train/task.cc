@@ -47,6 +47,20 @@ Result<torch::Tensor> guarded(Forward&& forward) {
 // Pixel statistics of the Fashion-MNIST training split.
 constexpr double kPixelMean = 0.2860, kPixelStd = 0.3530;
 
+// Note [Max pooling without autograd]: LibTorch's CPU max_pool2d computes
+// the argmax indices its backward needs, one output element at a time: half
+// of a served CNN's forward pass at batch 20 on the 2-core host (docs/perf.md,
+// issue 20, session 9), and per image, so batching does not amortise it.
+// Without autograd (inference, evaluation) the same 2x2 maximum is two
+// elementwise maxima of strided views, and relu, which commutes with max,
+// then runs on the pooled quarter. Same values; training keeps max_pool2d.
+torch::Tensor relu_max_pool_2x2(const torch::Tensor& x) {
+  if (torch::GradMode::is_enabled()) return torch::max_pool2d(torch::relu(x), 2);
+  const std::int64_t h = x.size(2) / 2 * 2, w = x.size(3) / 2 * 2;  // floor, as max_pool2d
+  const torch::Tensor rows = torch::maximum(x.slice(2, 0, h, 2), x.slice(2, 1, h, 2));
+  return torch::maximum(rows.slice(3, 0, w, 2), rows.slice(3, 1, w, 2)).relu_();
+}
+
 struct CnnImpl : torch::nn::Module {
   CnnImpl(int channels, int hidden, int classes)
       : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, channels, 3).padding(1)))),
@@ -60,8 +74,8 @@ struct CnnImpl : torch::nn::Module {
   torch::Tensor forward(torch::Tensor x) {
     using parallel::run_unit;
     x = x.to(fc2->weight.scalar_type());
-    x = run_unit(*conv1, [&] { return torch::max_pool2d(torch::relu(conv1->forward(x)), 2); });  // 28 -> 14
-    x = run_unit(*conv2, [&] { return torch::max_pool2d(torch::relu(conv2->forward(x)), 2); });  // 14 -> 7
+    x = run_unit(*conv1, [&] { return relu_max_pool_2x2(conv1->forward(x)); });  // 28 -> 14
+    x = run_unit(*conv2, [&] { return relu_max_pool_2x2(conv2->forward(x)); });  // 14 -> 7
     x = run_unit(*fc1, [&] { return torch::relu(fc1->forward(x.flatten(1))); });
     return run_unit(*fc2, [&] { return fc2->forward(x); }).to(torch::kFloat32);
   }
