@@ -4,7 +4,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <fstream>
+#include <memory>
 #include <thread>
 
 #include <fmt/format.h>
@@ -297,14 +299,22 @@ Result<std::unique_ptr<Context>> connect_all(store::Store& store, int rank, int 
     mine->unlink();
 
     ctx->set_doorbell(&mine->header()->doorbell);
-    ctx->set_remote_abort_probe([mine]() -> int {
-      return static_cast<int>(mine->header()->aborted.load(std::memory_order_acquire)) - 1;
+    // Note [Relayed aborts name the first rank]: a rank that aborts because
+    // it saw a peer's abort passes that peer's rank on, not its own. Else a
+    // rank that hears of the failure through a relay first ("rank 0 aborted
+    // the group") blames a healthy relay instead of the rank that failed.
+    auto relayed_from = std::make_shared<std::atomic<int>>(-1);
+    ctx->set_remote_abort_probe([mine, relayed_from]() -> int {
+      int by = static_cast<int>(mine->header()->aborted.load(std::memory_order_acquire)) - 1;
+      if (by >= 0) relayed_from->store(by, std::memory_order_release);
+      return by;
     });
-    ctx->add_abort_hook([theirs, rank](const Status&) {
+    ctx->add_abort_hook([theirs, rank, relayed_from](const Status&) {
+      const int first = relayed_from->load(std::memory_order_acquire);
+      const auto name = static_cast<std::uint32_t>(first >= 0 ? first : rank) + 1;
       for (const auto& seg : theirs) {
         std::uint32_t none = 0;  // keep the first aborter's name
-        seg->header()->aborted.compare_exchange_strong(none, static_cast<std::uint32_t>(rank) + 1,
-                                                       std::memory_order_acq_rel);
+        seg->header()->aborted.compare_exchange_strong(none, name, std::memory_order_acq_rel);
         seg->header()->doorbell.ring();
       }
     });
