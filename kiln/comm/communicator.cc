@@ -29,6 +29,13 @@ const Knob<std::int64_t> kDirectBytes{
     "auto, first offer the peers direct access when their buffers are SharedBuffers (Note "
     "[Direct allreduce on shared buffers]); 0 = never"};
 
+const Knob<std::int64_t> kCmaBytes{
+    "KILN_SHM_CMA_BYTES", 1 << 20,
+    "allreduces of at least this many bytes among ranks of one host, with the algorithm left to "
+    "auto and buffers that are not all SharedBuffers, read the peers' buffers through the kernel "
+    "(process_vm_readv; Note [Single-copy allreduce through the kernel]) when every rank may; "
+    "0 = never"};
+
 constexpr std::size_t kFingerprintBytes = 128;
 // check_peer value of operations that do their own KILN_COMM_CHECK.
 constexpr int kCheckedInBody = -2;
@@ -79,6 +86,7 @@ Communicator::Communicator(std::shared_ptr<store::Store> store, int rank, int si
       cost_(CostModel::from_env()),
       world_ranks_(size),
       direct_from_bytes_(kDirectBytes.get()),
+      cma_from_bytes_(kCmaBytes.get()),
       engine_(std::make_unique<Engine>(options_.timeout)) {
   std::iota(world_ranks_.begin(), world_ranks_.end(), 0);
   const auto& host_of = ctx_->host_of();
@@ -129,6 +137,12 @@ bool Communicator::direct_allreduce_applies(std::size_t bytes) const {
   if (direct_from_bytes_ <= 0 || bytes < static_cast<std::uint64_t>(direct_from_bytes_)) {
     return false;
   }
+  return size_ > 1 && all_shm_ && forced_algo_.load() == AllreduceAlgo::kAuto &&
+         options_.algo == AllreduceAlgo::kAuto;
+}
+
+bool Communicator::cma_allreduce_applies(std::size_t bytes) const {
+  if (cma_from_bytes_ <= 0 || bytes < static_cast<std::uint64_t>(cma_from_bytes_)) return false;
   return size_ > 1 && all_shm_ && forced_algo_.load() == AllreduceAlgo::kAuto &&
          options_.algo == AllreduceAlgo::kAuto;
 }
@@ -203,6 +217,13 @@ WorkPtr Communicator::allreduce(const void* send, void* recv, std::size_t count,
       KILN_ASSIGN_OR_RETURN(bool done, algo::allreduce_direct(env, args));
       if (done) {
         direct_allreduces_.fetch_add(1, std::memory_order_relaxed);
+        return Status::ok();
+      }
+    }
+    if (cma_allreduce_applies(count * dtype_size(dtype))) {
+      KILN_ASSIGN_OR_RETURN(bool done, algo::allreduce_cma(env, args));
+      if (done) {
+        cma_allreduces_.fetch_add(1, std::memory_order_relaxed);
         return Status::ok();
       }
     }

@@ -42,6 +42,7 @@ class ShmPair final : public Pair {
   void abort(const Status& why) override;
   bool is_shm() const override { return true; }
   Result<void*> map_peer_region(const SharedRegion& region) override;
+  Status read_peer_memory(std::uint64_t remote, void* local, std::size_t bytes) override;
 
  private:
   struct SendOp {
