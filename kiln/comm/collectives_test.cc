@@ -478,14 +478,13 @@ INSTANTIATE_TEST_SUITE_P(TwoAndThreeRanks, DirectAllreduce, ::testing::Values(2,
 TEST(DirectAllreduceFallback, OneRankWithPlainBuffersOrAForcedAlgorithmRunsTheUsualWay) {
   auto result = testing::run_ranks(3, [](Communicator& c) -> Status {
     const std::size_t large = (1u << 20) + 3;
-    // Rank 1's buffers are plain: every rank sees its offer and falls back
-    // (to reading the peers' memory through the kernel, at this size).
+    // Rank 1's buffers are plain: every rank sees its offer and falls back.
     for (ReduceOp op : kOps) {
       KILN_RETURN_IF_ERROR(check_direct_allreduce(c, DataType::kFloat32, op, large, false, 0,
-                                                  Path::kCma, /*registered=*/c.rank() != 1));
+                                                  Path::kUsual, /*registered=*/c.rank() != 1));
     }
     KILN_RETURN_IF_ERROR(check_direct_allreduce(c, DataType::kBFloat16, ReduceOp::kSum, large,
-                                                true, 0, Path::kCma, c.rank() != 1));
+                                                true, 0, Path::kUsual, c.rank() != 1));
     // A forced algorithm is what runs, shared buffers or not.
     c.set_allreduce_algo(AllreduceAlgo::kRing);
     KILN_RETURN_IF_ERROR(

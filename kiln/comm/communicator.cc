@@ -29,12 +29,15 @@ const Knob<std::int64_t> kDirectBytes{
     "auto, first offer the peers direct access when their buffers are SharedBuffers (Note "
     "[Direct allreduce on shared buffers]); 0 = never"};
 
+// Off by default: on the hosts measured (a PVM guest) the kernel's copy out
+// of another process ran at 4-8 GB/s against 28-34 for memcpy, so the ring
+// through the FIFOs is faster (docs/perf.md, issue 24, session 9).
 const Knob<std::int64_t> kCmaBytes{
-    "KILN_SHM_CMA_BYTES", 1 << 20,
+    "KILN_SHM_CMA_BYTES", 0,
     "allreduces of at least this many bytes among ranks of one host, with the algorithm left to "
     "auto and buffers that are not all SharedBuffers, read the peers' buffers through the kernel "
     "(process_vm_readv; Note [Single-copy allreduce through the kernel]) when every rank may; "
-    "0 = never"};
+    "0 = never (the default: measure with kiln bench comm first)"};
 
 constexpr std::size_t kFingerprintBytes = 128;
 // check_peer value of operations that do their own KILN_COMM_CHECK.

@@ -145,6 +145,8 @@ class DistributedDataParallel {
   void point_grad_at_bucket(std::size_t param);
   void launch_ready_buckets();
   void reset_for_backward();
+  // Note [Buckets in shared memory]: all ranks on this host.
+  bool shared_buckets() const { return comm_.size() > 1 && comm_.topology().hosts == 1; }
 
   std::shared_ptr<torch::nn::Module> module_;
   comm::Communicator& comm_;
