@@ -39,8 +39,8 @@ Result<comm::DataType> comm_dtype(torch::ScalarType t) {
 // flat buckets (and their bfloat16 wire copies) are comm::SharedBuffers, so
 // their allreduces run directly on the peers' buffers (Note [Direct
 // allreduce on shared buffers], kiln/comm/algo/direct.cc): half the memory
-// traffic of reading them through the kernel and a quarter of the FIFO
-// ring's. The tensor's deleter owns the buffer; gradient views keep the
+// traffic of the FIFO ring (2.4x its bus bandwidth at 64-256 MiB, docs/perf.md,
+// issue 24). The tensor's deleter owns the buffer; gradient views keep the
 // bucket tensor, so the memory lives as long as any of them. Elsewhere, or
 // if the shared memory cannot be had (a warning), buckets are ordinary
 // tensors.
@@ -285,7 +285,9 @@ void DistributedDataParallel::launch_ready_buckets() {
     Bucket& b = buckets_[next_launch_++];
     if (options_.compress_bf16 && b.buffer.scalar_type() == torch::kFloat) {
       torch::NoGradGuard no_grad;
-      if (!b.wire.defined()) b.wire = flat_zeros(b.buffer.numel(), torch::kBFloat16, shared_buckets());
+      if (!b.wire.defined()) {
+        b.wire = flat_zeros(b.buffer.numel(), torch::kBFloat16, shared_buckets());
+      }
       b.wire.copy_(b.buffer);
       b.work = comm_.allreduce(b.wire.data_ptr(), static_cast<std::size_t>(b.wire.numel()),
                                comm::DataType::kBFloat16, comm::ReduceOp::kAvg);

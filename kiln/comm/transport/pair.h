@@ -57,7 +57,8 @@ class Pair {
   // the kernel (EPERM, ENOSYS) is failed_precondition, a peer gone aborted.
   virtual Status read_peer_memory(std::uint64_t remote, void* local, std::size_t bytes) {
     (void)remote, (void)local, (void)bytes;
-    return failed_precondition(fmt::format("{} is not on this host: its memory cannot be read", peer_name_));
+    return failed_precondition(
+        fmt::format("{} is not on this host: its memory cannot be read", peer_name_));
   }
   int peer_rank() const { return peer_rank_; }
   // "rank 3 (host-b, pid 4242)": for error messages.
