@@ -48,7 +48,7 @@ struct Job {
 
 static void read_pieces(void* a) {
   struct Job* j = a;
-  for (size_t o = 0; o < j->bytes; o += j->piece) {
+  for (size_t o = 0; o + j->piece <= j->bytes; o += j->piece) {
     char* to = j->piece > (256u << 10) ? j->mine + o : j->stage;
     struct iovec l = {to, j->piece}, r = {j->src + o, j->piece};
     if (process_vm_readv(j->owner, &l, 1, &r, 1, 0) != (ssize_t)j->piece) {
@@ -60,11 +60,15 @@ static void read_pieces(void* a) {
 
 static void copy_pieces(void* a) {
   struct Job* j = a;
-  for (size_t o = 0; o < j->bytes; o += j->piece) memcpy(j->stage, j->mine + o, j->piece);
+  for (size_t o = 0; o + j->piece <= j->bytes; o += j->piece) memcpy(j->stage, j->mine + o, j->piece);
 }
 
 int main(int argc, char** argv) {
   const size_t bytes = (size_t)(argc > 1 ? atoi(argv[1]) : 256) << 20;
+  if (bytes < (4u << 20)) {
+    fprintf(stderr, "cma_read: read at least 4 MiB\n");
+    return 2;
+  }
   char* src = malloc(bytes);
   if (src == NULL) return 1;
   memset(src, 1, bytes);
