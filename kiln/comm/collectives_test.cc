@@ -596,6 +596,9 @@ Status refuse_syscall(long syscall_nr, int err) {
 TEST(CmaAllreduceFallback, ARankTheKernelRefusesMakesEveryRankRunTheRing) {
   for (auto [world, refused, err] : {std::tuple{2, 1, EPERM}, std::tuple{3, 0, ENOSYS}}) {
     auto result = testing::run_ranks(world, [refused, err](Communicator& c) -> Status {
+      // The path works before the refusal, so the fallback below is its doing.
+      KILN_RETURN_IF_ERROR(check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, 1023,
+                                                  false, 0, Path::kCma, false));
       if (c.rank() == refused) KILN_RETURN_IF_ERROR(refuse_syscall(SYS_process_vm_readv, err));
       for (DataType t : {DataType::kFloat32, DataType::kBFloat16, DataType::kInt32}) {
         KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, ReduceOp::kSum, (1u << 19) + 3, false,
@@ -623,6 +626,9 @@ TEST(CmaAllreduceFallback, APeerDyingMidCollectiveIsAnErrorNamingIt) {
     void* in = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     std::vector<float> out(count);
     if (in == MAP_FAILED) return errno_status("map the input", errno);
+    // The path works, so the death below happens inside it.
+    KILN_RETURN_IF_ERROR(check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, 1023,
+                                                false, 0, Path::kCma, false));
     std::fill_n(static_cast<float*>(in), count, 1.0f);
     if (c.rank() == 1) {
       // Rank 1's share is the second half; rank 0 reads only the first.
