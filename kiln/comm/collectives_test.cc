@@ -475,6 +475,70 @@ TEST_P(DirectAllreduce, EveryDtypeAndOpOnSharedBuffersMatchesTheReference) {
 INSTANTIATE_TEST_SUITE_P(TwoAndThreeRanks, DirectAllreduce, ::testing::Values(2, 3),
                          [](const auto& info) { return fmt::format("world{}", info.param); });
 
+// As DDP lays its buckets (Note [Buckets in shared memory]): several
+// allreduces on sub-ranges of ONE SharedBuffer, at offsets that differ
+// between the ranks, each runs directly and reduces its range alone.
+TEST(DirectAllreduce, SubRangesOfOneSharedBufferReduceDirectlyAndAlone) {
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    const std::size_t counts[] = {1000, 3, 70000};
+    const std::size_t skew = c.rank() == 0 ? 0 : 4 * 17;  // rank 1's ranges start elsewhere
+    KILN_ASSIGN_OR_RETURN(auto shared, SharedBuffer::allocate((71003 + 3 * 16) * 4 + skew));
+    auto* base = static_cast<float*>(shared.data()) + skew / 4;
+    std::vector<float*> at;
+    for (std::size_t i = 0, off = 0; i < std::size(counts); off += counts[i++] + 16) {
+      at.push_back(base + off);
+      for (std::size_t k = 0; k < counts[i]; ++k) at[i][k] = static_cast<float>(c.rank() + i + k);
+      at[i][counts[i]] = -1.0f;  // just past the range: must stay untouched
+    }
+    for (std::size_t i = 0; i < std::size(counts); ++i) {
+      const std::uint64_t direct = c.direct_allreduces();
+      KILN_RETURN_IF_ERROR(
+          c.allreduce(at[i], at[i], counts[i], DataType::kFloat32, ReduceOp::kSum)->wait());
+      if (c.direct_allreduces() != direct + 1) {
+        return internal_error(fmt::format("range {} did not run directly", i));
+      }
+    }
+    for (std::size_t i = 0; i < std::size(counts); ++i) {
+      for (std::size_t k = 0; k < counts[i]; ++k) {
+        const float want = static_cast<float>(1 + 2 * (i + k));
+        if (at[i][k] != want) return mismatch(fmt::format("range {}", i), k, at[i][k], want);
+      }
+      if (at[i][counts[i]] != -1.0f) {
+        return internal_error(fmt::format("the allreduce of range {} wrote past it", i));
+      }
+    }
+    return Status::ok();
+  }, direct_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+testing::RunOptions cma_options();
+
+// Ranks that issue different dtypes (so different byte counts for one
+// element count) get a clear error before touching a peer's memory, on both
+// paths that read peers' buffers.
+TEST(DirectAllreduceFallback, RanksWithDifferentDtypesFailNamingDifferentOperations) {
+  for (bool cma : {false, true}) {
+    testing::RunOptions o = cma ? cma_options() : direct_options();
+    auto result = testing::run_ranks(2, [cma](Communicator& c) -> Status {
+      const std::size_t count = 4096;
+      KILN_ASSIGN_OR_RETURN(auto in, SharedBuffer::allocate(count * 8));
+      KILN_ASSIGN_OR_RETURN(auto out, SharedBuffer::allocate(count * 8));
+      std::vector<char> plain_in(count * 8), plain_out(count * 8);
+      void* send = cma ? plain_in.data() : in.data();
+      void* recv = cma ? plain_out.data() : out.data();
+      const DataType t = c.rank() == 0 ? DataType::kFloat32 : DataType::kFloat64;
+      Status s = c.allreduce(send, recv, count, t, ReduceOp::kSum)->wait();
+      if (s.is_ok()) return internal_error("ranks with different dtypes reduced together");
+      if (s.to_string().find("different operations") == std::string::npos) {
+        return internal_error("the error does not say the operations differ: " + s.to_string());
+      }
+      return Status::ok();
+    }, o);
+    EXPECT_TRUE(result.ok()) << (cma ? "cma: " : "direct: ") << result.report;
+  }
+}
+
 TEST(DirectAllreduceFallback, OneRankWithPlainBuffersOrAForcedAlgorithmRunsTheUsualWay) {
   auto result = testing::run_ranks(3, [](Communicator& c) -> Status {
     const std::size_t large = (1u << 20) + 3;

@@ -66,7 +66,7 @@ const Probe& probe() {
 
 struct Offer {
   std::uint32_t magic;
-  std::uint32_t unused;
+  std::uint32_t operation;  // operation_code(dtype, op)
   std::uint64_t count;
   std::uint64_t send, recv;  // addresses in the offering process
   std::uint64_t probe_at;
@@ -106,6 +106,7 @@ Result<bool> allreduce_cma(const Env& env, const AllreduceArgs& a) {
   Offer mine{};
   mine.magic = kOfferMagic;
   mine.count = a.count;
+  mine.operation = operation_code(a.dtype, a.op);
   mine.send = address(a.send);
   mine.recv = address(a.recv);
   mine.probe = probe();
@@ -113,27 +114,20 @@ Result<bool> allreduce_cma(const Env& env, const AllreduceArgs& a) {
   std::vector<Offer> offers;
   KILN_RETURN_IF_ERROR(exchange(env, mine, offers));
   for (int j = 0; j < n; ++j) {
-    if (offers[j].magic != kOfferMagic || offers[j].count != a.count) {
-      return invalid_argument(fmt::format(
-          "single-copy allreduce: rank {} of the group offered {} elements where this rank has {} "
-          "(the ranks issued different operations or counts)",
-          j, offers[j].count, a.count));
-    }
+    KILN_RETURN_IF_ERROR(check_offer("single-copy allreduce", j, offers[j].magic, kOfferMagic,
+                                     offers[j].count, a.count, offers[j].operation,
+                                     mine.operation));
   }
   Status reach = reach_peers(env, offers);
   // A peer gone (or an abort) fails the collective; anything else the kernel
   // says to the probe means this rank cannot use it, and all fall back.
   if (reach.code() == Code::kAborted || reach.code() == Code::kCancelled) return reach;
-  std::vector<std::uint8_t> all_could;
-  KILN_RETURN_IF_ERROR(exchange(env, static_cast<std::uint8_t>(reach.is_ok() ? 1 : 0), all_could));
   static std::atomic<bool> warned{false};
-  if (!reach.is_ok() && !warned.exchange(true)) {
-    log()->warn("{}: cross-memory attach not possible, running the usual allreduce (said once): {}",
-                *env.what, reach.to_string());
-  }
-  for (std::uint8_t c : all_could) {
-    if (c != 1) return false;
-  }
+  KILN_ASSIGN_OR_RETURN(
+      bool all_could,
+      every_rank_could(env, reach, warned,
+                       "cross-memory attach not possible, running the usual allreduce"));
+  if (!all_could) return false;
 
   const std::size_t piece_bytes =
       std::max(kMinPieceBytes, kStageBudget / static_cast<std::size_t>(n - 1)) / 64 * 64;

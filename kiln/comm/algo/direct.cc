@@ -54,7 +54,8 @@ struct WireRegion {
 
 struct Offer {
   std::uint32_t magic;
-  std::uint32_t usable;  // 1: send and recv below are SharedBuffer regions
+  std::uint16_t usable;     // 1: send and recv below are SharedBuffer regions
+  std::uint16_t operation;  // operation_code(dtype, op): fits 16 bits
   std::uint64_t count;
   WireRegion send;
   WireRegion recv;
@@ -71,6 +72,7 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
   Offer mine{};
   mine.magic = kOfferMagic;
   mine.count = a.count;
+  mine.operation = static_cast<std::uint16_t>(operation_code(a.dtype, a.op));
   auto send = find_shared_region(a.send, bytes);
   auto recv = find_shared_region(a.recv, bytes);
   if (send && recv) {
@@ -82,12 +84,9 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
   KILN_RETURN_IF_ERROR(exchange(env, mine, offers));
   bool usable = true;
   for (int j = 0; j < n; ++j) {
-    if (offers[j].magic != kOfferMagic || offers[j].count != a.count) {
-      return invalid_argument(fmt::format(
-          "direct allreduce: rank {} of the group offered {} elements where this rank has {} "
-          "(the ranks issued different operations or counts)",
-          j, offers[j].count, a.count));
-    }
+    KILN_RETURN_IF_ERROR(check_offer("direct allreduce", j, offers[j].magic, kOfferMagic,
+                                     offers[j].count, a.count, offers[j].operation,
+                                     mine.operation));
     usable = usable && offers[j].usable == 1;
   }
   if (!usable) return false;
@@ -109,17 +108,11 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
       dst[j] = static_cast<char*>(*d);
     }
   }
-  std::uint8_t could = mapped.is_ok() ? 1 : 0;
-  std::vector<std::uint8_t> all_could;
-  KILN_RETURN_IF_ERROR(exchange(env, could, all_could));
   static std::atomic<bool> warned{false};
-  if (!mapped.is_ok() && !warned.exchange(true)) {
-    log()->warn("{}: shared buffers not used, running the usual allreduce (said once): {}",
-                *env.what, mapped.to_string());
-  }
-  for (std::uint8_t c : all_could) {
-    if (c != 1) return false;
-  }
+  KILN_ASSIGN_OR_RETURN(bool all_could,
+                        every_rank_could(env, mapped, warned,
+                                         "shared buffers not used, running the usual allreduce"));
+  if (!all_could) return false;
   const Split share(a.count, n);
   const std::size_t off = share.offset(me) * es, k = share.size(me);
   for (auto& p : src) p += off;

@@ -2,6 +2,10 @@
 
 #include <algorithm>
 
+#include <fmt/format.h>
+
+#include "kiln/base/logging.h"
+
 namespace kiln::comm::algo {
 
 void reduce_share_blocked(char* stage, const std::vector<const char*>& src,
@@ -33,6 +37,47 @@ void reduce_share_blocked(char* stage, const std::vector<const char*>& src,
     }
     for (char* d : dst) copy_streaming(d + i * es, out, k * es, /*fence=*/false);
   }
+}
+
+std::uint32_t operation_code(DataType t, ReduceOp op) {
+  return static_cast<std::uint32_t>(t) << 8 | static_cast<std::uint32_t>(op);
+}
+
+Status check_offer(const char* what, int rank, std::uint32_t magic, std::uint32_t want_magic,
+                   std::uint64_t count, std::uint64_t want_count, std::uint32_t operation,
+                   std::uint32_t want_operation) {
+  if (magic != want_magic) {
+    return invalid_argument(fmt::format(
+        "{}: rank {} of the group sent {:#x} where this rank's offer starts {:#x} (the ranks "
+        "issued different operations)",
+        what, rank, magic, want_magic));
+  }
+  if (operation != want_operation) {
+    return invalid_argument(fmt::format(
+        "{}: rank {} of the group offered {} {} where this rank has {} {} (the ranks issued "
+        "different operations)",
+        what, rank, dtype_name(static_cast<DataType>(operation >> 8)),
+        reduce_op_name(static_cast<ReduceOp>(operation & 0xff)),
+        dtype_name(static_cast<DataType>(want_operation >> 8)),
+        reduce_op_name(static_cast<ReduceOp>(want_operation & 0xff))));
+  }
+  if (count != want_count) {
+    return invalid_argument(fmt::format(
+        "{}: rank {} of the group offered {} elements where this rank has {} (the ranks issued "
+        "different operations or counts)",
+        what, rank, count, want_count));
+  }
+  return Status::ok();
+}
+
+Result<bool> every_rank_could(const Env& env, const Status& mine, std::atomic<bool>& warned,
+                              const char* fallback) {
+  std::vector<std::uint8_t> all;
+  KILN_RETURN_IF_ERROR(exchange(env, static_cast<std::uint8_t>(mine.is_ok() ? 1 : 0), all));
+  if (!mine.is_ok() && !warned.exchange(true)) {
+    log()->warn("{}: {} (said once): {}", *env.what, fallback, mine.to_string());
+  }
+  return std::all_of(all.begin(), all.end(), [](std::uint8_t c) { return c == 1; });
 }
 
 }  // namespace kiln::comm::algo

@@ -2,7 +2,9 @@
 // every rank's input at once (direct.cc, cma.cc) have in common.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <vector>
 
 #include "kiln/comm/algo/group.h"
@@ -40,5 +42,22 @@ Status exchange(const Env& env, const T& mine, std::vector<T>& theirs) {
   }
   return env.wait(wait);
 }
+
+// What an offer says about the operation, beside its element count: ranks
+// that issued different dtypes or ops must fail before touching a peer's
+// memory (the byte counts would differ), not read past a buffer.
+std::uint32_t operation_code(DataType t, ReduceOp op);
+
+// The header of rank `rank`'s offer against this rank's: an error naming
+// the algorithm (`what`) and the difference when they do not match.
+Status check_offer(const char* what, int rank, std::uint32_t magic, std::uint32_t want_magic,
+                   std::uint64_t count, std::uint64_t want_count, std::uint32_t operation,
+                   std::uint32_t want_operation);
+
+// Tells every peer whether this rank could (`mine` ok) use the peers'
+// memory, and returns whether every rank could. The first time this process
+// could not, it warns (naming `env.what` and `fallback`, what runs instead).
+Result<bool> every_rank_could(const Env& env, const Status& mine, std::atomic<bool>& warned,
+                              const char* fallback);
 
 }  // namespace kiln::comm::algo
