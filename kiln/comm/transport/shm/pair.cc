@@ -201,7 +201,7 @@ Status ShmPair::read_peer_memory(std::uint64_t remote, void* local, std::size_t 
     const int err = n == 0 ? EFAULT : errno;
     if (err == EINTR) continue;
     if (err == ESRCH) {
-      return aborted(fmt::format("{} exited (process {} is gone)", peer_name(), peer_pid_));
+      return peer_gone();
     }
     const std::string what = fmt::format("read {} bytes of {}'s memory at {:#x} (process_vm_readv)",
                                          bytes, peer_name(), remote);
@@ -213,6 +213,10 @@ Status ShmPair::read_peer_memory(std::uint64_t remote, void* local, std::size_t 
   return Status::ok();
 }
 
+Status ShmPair::peer_gone() const {
+  return aborted(fmt::format("{} exited (process {} is gone)", peer_name(), peer_pid_));
+}
+
 Status ShmPair::check_alive() {
   bool dead = false;
   if (pidfd_.valid()) {
@@ -222,7 +226,7 @@ Status ShmPair::check_alive() {
     dead = kill(peer_pid_, 0) != 0 && errno == ESRCH;
   }
   if (dead) {
-    return aborted(fmt::format("{} exited (process {} is gone)", peer_name(), peer_pid_));
+    return peer_gone();
   }
   return Status::ok();
 }

@@ -45,6 +45,8 @@ class ShmPair final : public Pair {
   Status read_peer_memory(std::uint64_t remote, void* local, std::size_t bytes) override;
 
  private:
+  // A peer that exited: aborts every operation with it.
+  Status peer_gone() const;
   struct SendOp {
     const char* data;
     std::size_t len;
