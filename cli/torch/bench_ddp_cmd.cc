@@ -244,6 +244,11 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      {"step_b_slowest_s", slowest[0]},
                      {"compute_s", slowest[1]},
                      {"check", a.check ? "ok" : "off"},
+                     // How this rank's allreduces ran, over the whole run:
+                     // on shared buckets (Note [Buckets in shared memory])
+                     // or through the kernel (the plain flat buffer of (a)).
+                     {"direct_allreduces", c.direct_allreduces()},
+                     {"cma_allreduces", c.cma_allreduces()},
                      // CPU seconds (this rank's medians): the training thread
                      // in plain backward and in DDP's; the other threads (the
                      // communicator's) during DDP's backward and its whole

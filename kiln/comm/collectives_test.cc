@@ -3,7 +3,17 @@
 // memory, over tcp, and over a simulated two-ranks-per-host cluster (shm
 // inside a host, tcp between, hierarchical allreduce).
 #include <fcntl.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <iterator>
+#include <tuple>
 
 #include <cmath>
 #include <cstring>
@@ -392,8 +402,11 @@ INSTANTIATE_TEST_SUITE_P(OneAndTwoHops, SixteenBitFloats,
 // allreduce must run directly and match the reference, for every dtype and
 // reduce op, in place and out of place, at offsets that put the ranks'
 // buffers at different positions within a cache line.
+// Which way an allreduce is expected to run.
+enum class Path { kUsual, kDirect, kCma };
+
 Status check_direct_allreduce(Communicator& c, DataType t, ReduceOp op, std::size_t count,
-                              bool in_place, std::size_t offset, bool expect_direct,
+                              bool in_place, std::size_t offset, Path expect,
                               bool registered = true) {
   const std::size_t es = dtype_size(t);
   const std::size_t bytes = count * es + offset + 1;
@@ -413,13 +426,16 @@ Status check_direct_allreduce(Communicator& c, DataType t, ReduceOp op, std::siz
   }
   for (std::size_t i = 0; i < count; ++i) store_element(t, in, i, input_value(c.rank(), i, op, t));
   if (in_place) out = in;
-  const std::uint64_t before = c.direct_allreduces();
+  const std::uint64_t direct = c.direct_allreduces(), cma = c.cma_allreduces();
   KILN_RETURN_IF_ERROR(c.allreduce(in, out, count, t, op)->wait());
   std::string what = fmt::format("allreduce on {} buffers, {} count {} {} {} at offset {}",
                                  registered ? "shared" : "plain", dtype_name(t), count,
                                  reduce_op_name(op), in_place ? "in-place" : "out-of-place", offset);
-  if (c.direct_allreduces() != before + (expect_direct ? 1 : 0)) {
-    return internal_error(fmt::format("{}: ran {}directly", what, expect_direct ? "in" : ""));
+  const bool ran_direct = c.direct_allreduces() != direct, ran_cma = c.cma_allreduces() != cma;
+  if (ran_direct != (expect == Path::kDirect) || ran_cma != (expect == Path::kCma)) {
+    return internal_error(fmt::format("{}: ran {}", what,
+                                      ran_direct ? "directly" : ran_cma ? "through the kernel"
+                                                                        : "the usual way"));
   }
   for (std::size_t i = 0; i < count; ++i) {
     double want = expected_reduce(c.size(), i, op, t), got = load_element(t, out, i);
@@ -442,16 +458,16 @@ TEST_P(DirectAllreduce, EveryDtypeAndOpOnSharedBuffersMatchesTheReference) {
       const std::size_t es = dtype_size(t);
       for (ReduceOp op : kOps) {
         for (std::size_t count : {std::size_t{1}, std::size_t{7}, std::size_t{1023}}) {
-          KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, count, count % 2 == 1, 0, true));
+          KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, count, count % 2 == 1, 0, Path::kDirect));
         }
         // Large: whole lines, then the two ranks a different distance into a line.
         const std::size_t large = (1u << 20) + 3;
-        KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, large, false, 0, true));
-        KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, large, true, c.rank() * es, true));
+        KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, large, false, 0, Path::kDirect));
+        KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, large, true, c.rank() * es, Path::kDirect));
       }
     }
     // Nothing to offer for an empty allreduce.
-    return check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, 0, false, 0, false);
+    return check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, 0, false, 0, Path::kUsual);
   }, direct_options());
   EXPECT_TRUE(result.ok()) << result.report;
 }
@@ -459,22 +475,87 @@ TEST_P(DirectAllreduce, EveryDtypeAndOpOnSharedBuffersMatchesTheReference) {
 INSTANTIATE_TEST_SUITE_P(TwoAndThreeRanks, DirectAllreduce, ::testing::Values(2, 3),
                          [](const auto& info) { return fmt::format("world{}", info.param); });
 
+// As DDP lays its buckets (Note [Buckets in shared memory]): several
+// allreduces on sub-ranges of ONE SharedBuffer, at offsets that differ
+// between the ranks, each runs directly and reduces its range alone.
+TEST(DirectAllreduce, SubRangesOfOneSharedBufferReduceDirectlyAndAlone) {
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    const std::size_t counts[] = {1000, 3, 70000};
+    const std::size_t skew = c.rank() == 0 ? 0 : 4 * 17;  // rank 1's ranges start elsewhere
+    KILN_ASSIGN_OR_RETURN(auto shared, SharedBuffer::allocate((71003 + 3 * 16) * 4 + skew));
+    auto* base = static_cast<float*>(shared.data()) + skew / 4;
+    std::vector<float*> at;
+    for (std::size_t i = 0, off = 0; i < std::size(counts); off += counts[i++] + 16) {
+      at.push_back(base + off);
+      for (std::size_t k = 0; k < counts[i]; ++k) at[i][k] = static_cast<float>(c.rank() + i + k);
+      at[i][counts[i]] = -1.0f;  // just past the range: must stay untouched
+    }
+    for (std::size_t i = 0; i < std::size(counts); ++i) {
+      const std::uint64_t direct = c.direct_allreduces();
+      KILN_RETURN_IF_ERROR(
+          c.allreduce(at[i], at[i], counts[i], DataType::kFloat32, ReduceOp::kSum)->wait());
+      if (c.direct_allreduces() != direct + 1) {
+        return internal_error(fmt::format("range {} did not run directly", i));
+      }
+    }
+    for (std::size_t i = 0; i < std::size(counts); ++i) {
+      for (std::size_t k = 0; k < counts[i]; ++k) {
+        const float want = static_cast<float>(1 + 2 * (i + k));
+        if (at[i][k] != want) return mismatch(fmt::format("range {}", i), k, at[i][k], want);
+      }
+      if (at[i][counts[i]] != -1.0f) {
+        return internal_error(fmt::format("the allreduce of range {} wrote past it", i));
+      }
+    }
+    return Status::ok();
+  }, direct_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+testing::RunOptions cma_options();
+
+// Ranks that issue different dtypes (so different byte counts for one
+// element count) get a clear error before touching a peer's memory, on both
+// paths that read peers' buffers.
+TEST(DirectAllreduceFallback, RanksWithDifferentDtypesFailNamingDifferentOperations) {
+  for (bool cma : {false, true}) {
+    testing::RunOptions o = cma ? cma_options() : direct_options();
+    auto result = testing::run_ranks(2, [cma](Communicator& c) -> Status {
+      const std::size_t count = 4096;
+      KILN_ASSIGN_OR_RETURN(auto in, SharedBuffer::allocate(count * 8));
+      KILN_ASSIGN_OR_RETURN(auto out, SharedBuffer::allocate(count * 8));
+      std::vector<char> plain_in(count * 8), plain_out(count * 8);
+      void* send = cma ? plain_in.data() : in.data();
+      void* recv = cma ? plain_out.data() : out.data();
+      const DataType t = c.rank() == 0 ? DataType::kFloat32 : DataType::kFloat64;
+      Status s = c.allreduce(send, recv, count, t, ReduceOp::kSum)->wait();
+      if (s.is_ok()) return internal_error("ranks with different dtypes reduced together");
+      if (s.to_string().find("different operations") == std::string::npos) {
+        return internal_error("the error does not say the operations differ: " + s.to_string());
+      }
+      return Status::ok();
+    }, o);
+    EXPECT_TRUE(result.ok()) << (cma ? "cma: " : "direct: ") << result.report;
+  }
+}
+
 TEST(DirectAllreduceFallback, OneRankWithPlainBuffersOrAForcedAlgorithmRunsTheUsualWay) {
   auto result = testing::run_ranks(3, [](Communicator& c) -> Status {
     const std::size_t large = (1u << 20) + 3;
     // Rank 1's buffers are plain: every rank sees its offer and falls back.
     for (ReduceOp op : kOps) {
       KILN_RETURN_IF_ERROR(check_direct_allreduce(c, DataType::kFloat32, op, large, false, 0,
-                                                  false, /*registered=*/c.rank() != 1));
+                                                  Path::kUsual, /*registered=*/c.rank() != 1));
     }
     KILN_RETURN_IF_ERROR(check_direct_allreduce(c, DataType::kBFloat16, ReduceOp::kSum, large,
-                                                true, 0, false, c.rank() != 1));
+                                                true, 0, Path::kUsual, c.rank() != 1));
     // A forced algorithm is what runs, shared buffers or not.
     c.set_allreduce_algo(AllreduceAlgo::kRing);
     KILN_RETURN_IF_ERROR(
-        check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, large, false, 0, false));
+        check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, large, false, 0, Path::kUsual));
     c.set_allreduce_algo(AllreduceAlgo::kAuto);
-    return check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, large, false, 0, true);
+    return check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, large, false, 0,
+                                  Path::kDirect);
   }, direct_options());
   EXPECT_TRUE(result.ok()) << result.report;
 }
@@ -513,9 +594,124 @@ TEST(DirectAllreduceFallback, RanksOfTwoHostsNeverOffer) {
   o.env["KILN_SHM_DIRECT_BYTES"] = "1";
   auto result = testing::run_ranks(4, [](Communicator& c) -> Status {
     return check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, (1u << 20) + 3, false, 0,
-                                  false);
+                                  Path::kUsual);
   }, o);
   EXPECT_TRUE(result.ok()) << result.report;
+}
+
+// Note [Single-copy allreduce through the kernel]: plain buffers of every
+// rank (KILN_SHM_CMA_BYTES=1, so every size qualifies) run through
+// process_vm_readv and match the reference, for every dtype and reduce op,
+// at odd sizes (pieces and shares that do not divide), in place and out.
+testing::RunOptions cma_options() {
+  testing::RunOptions o = options_for(Layout::kShm);
+  o.env["KILN_SHM_CMA_BYTES"] = "1";
+  return o;
+}
+
+class CmaAllreduce : public ::testing::TestWithParam<int> {};
+
+TEST_P(CmaAllreduce, EveryDtypeAndOpOnPlainBuffersMatchesTheReference) {
+  auto result = testing::run_ranks(GetParam(), [](Communicator& c) -> Status {
+    for (DataType t : kDtypes) {
+      const std::size_t es = dtype_size(t);
+      for (ReduceOp op : kOps) {
+        for (std::size_t count : {std::size_t{1}, std::size_t{7}, std::size_t{1023}}) {
+          KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, count, count % 2 == 1, 0,
+                                                      Path::kCma, /*registered=*/false));
+        }
+        // Several L2-sized pieces per share, the ranks at different offsets.
+        const std::size_t large = (1u << 19) + 3;
+        KILN_RETURN_IF_ERROR(
+            check_direct_allreduce(c, t, op, large, false, 0, Path::kCma, false));
+        KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, op, large, true, c.rank() * es,
+                                                    Path::kCma, false));
+      }
+    }
+    return check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, 0, false, 0,
+                                  Path::kUsual, false);
+  }, cma_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+INSTANTIATE_TEST_SUITE_P(TwoAndThreeRanks, CmaAllreduce, ::testing::Values(2, 3),
+                         [](const auto& info) { return fmt::format("world{}", info.param); });
+
+// Makes every thread of this process fail `syscall_nr` with `err`, as a
+// seccomp profile or a kernel without the call would.
+Status refuse_syscall(long syscall_nr, int err) {
+  sock_filter filter[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<std::uint32_t>(syscall_nr), 0, 1),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (static_cast<std::uint32_t>(err) & SECCOMP_RET_DATA)),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+  };
+  sock_fprog prog{static_cast<unsigned short>(std::size(filter)), filter};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0 ||
+      syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &prog) != 0) {
+    return errno_status("install a seccomp filter", errno);
+  }
+  return Status::ok();
+}
+
+// One rank the kernel will not let read its peers (EPERM: ptrace rules or a
+// seccomp profile; ENOSYS: no such call): every rank runs the ring instead,
+// and the results are right.
+TEST(CmaAllreduceFallback, ARankTheKernelRefusesMakesEveryRankRunTheRing) {
+  for (auto [world, refused, err] : {std::tuple{2, 1, EPERM}, std::tuple{3, 0, ENOSYS}}) {
+    auto result = testing::run_ranks(world, [refused, err](Communicator& c) -> Status {
+      // The path works before the refusal, so the fallback below is its doing.
+      KILN_RETURN_IF_ERROR(check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, 1023,
+                                                  false, 0, Path::kCma, false));
+      if (c.rank() == refused) KILN_RETURN_IF_ERROR(refuse_syscall(SYS_process_vm_readv, err));
+      for (DataType t : {DataType::kFloat32, DataType::kBFloat16, DataType::kInt32}) {
+        KILN_RETURN_IF_ERROR(check_direct_allreduce(c, t, ReduceOp::kSum, (1u << 19) + 3, false,
+                                                    0, Path::kUsual, false));
+      }
+      return check_direct_allreduce(c, DataType::kFloat64, ReduceOp::kMax, (1u << 19) + 3, true,
+                                    0, Path::kUsual, false);
+    }, cma_options());
+    EXPECT_TRUE(result.ok()) << "world " << world << ", rank " << refused << " refused: "
+                             << result.report;
+  }
+}
+
+// Rank 1 crashes in the middle of the reduce-scatter (a page of its own
+// input's second half is unreadable, so it faults after reading its first
+// pieces): rank 0 fails promptly with an error naming rank 1, not a hang.
+// (Under ASan, rank 1's SEGV report in the log is this fault, as intended.)
+TEST(CmaAllreduceFallback, APeerDyingMidCollectiveIsAnErrorNamingIt) {
+  testing::RunOptions o = cma_options();
+  o.comm.timeout = std::chrono::seconds(60);
+  o.deadline = std::chrono::seconds(90);
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+    const std::size_t count = 4u << 20, bytes = count * sizeof(float);
+    void* in = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    std::vector<float> out(count);
+    if (in == MAP_FAILED) return errno_status("map the input", errno);
+    // The path works, so the death below happens inside it.
+    KILN_RETURN_IF_ERROR(check_direct_allreduce(c, DataType::kFloat32, ReduceOp::kSum, 1023,
+                                                false, 0, Path::kCma, false));
+    std::fill_n(static_cast<float*>(in), count, 1.0f);
+    if (c.rank() == 1) {
+      // Rank 1's share is the second half; rank 0 reads only the first.
+      char* trap = static_cast<char*>(in) + bytes * 3 / 4 / page * page;
+      if (mprotect(trap, page, PROT_NONE) != 0) return errno_status("protect a page", errno);
+    }
+    Status s = c.allreduce(in, out.data(), count, DataType::kFloat32, ReduceOp::kSum)->wait();
+    if (c.rank() == 1) return internal_error("rank 1 survived reading an unreadable page");
+    if (s.is_ok()) return internal_error("the allreduce succeeded although rank 1 died");
+    const std::string m = s.to_string();
+    if (m.find("rank 1") == std::string::npos || m.find("exited") == std::string::npos) {
+      return internal_error("the error does not say rank 1 exited: " + m);
+    }
+    return Status::ok();
+  }, o);
+  ASSERT_EQ(result.ranks.size(), 2u);
+  EXPECT_EQ(result.ranks[0].exit_code, 0) << result.report;
+  EXPECT_FALSE(result.ranks[1].timed_out) << result.report;
+  EXPECT_NE(result.ranks[1].exit_code, 0) << result.report;
 }
 
 }  // namespace

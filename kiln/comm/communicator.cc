@@ -1,5 +1,7 @@
 #include "kiln/comm/communicator.h"
 
+#include <sys/prctl.h>
+
 #include <algorithm>
 #include <cstring>
 #include <numeric>
@@ -28,6 +30,16 @@ const Knob<std::int64_t> kDirectBytes{
     "allreduces of at least this many bytes among ranks of one host, with the algorithm left to "
     "auto, first offer the peers direct access when their buffers are SharedBuffers (Note "
     "[Direct allreduce on shared buffers]); 0 = never"};
+
+// Off by default: on the hosts measured (a PVM guest) the kernel's copy out
+// of another process ran at 4-8 GB/s against 28-34 for memcpy, so the ring
+// through the FIFOs is faster (docs/perf.md, issue 24, session 9).
+const Knob<std::int64_t> kCmaBytes{
+    "KILN_SHM_CMA_BYTES", 0,
+    "allreduces of at least this many bytes among ranks of one host, with the algorithm left to "
+    "auto and buffers that are not all SharedBuffers, read the peers' buffers through the kernel "
+    "(process_vm_readv; Note [Single-copy allreduce through the kernel]) when every rank may; "
+    "0 = never (the default: measure with kiln bench comm first)"};
 
 constexpr std::size_t kFingerprintBytes = 128;
 // check_peer value of operations that do their own KILN_COMM_CHECK.
@@ -79,8 +91,17 @@ Communicator::Communicator(std::shared_ptr<store::Store> store, int rank, int si
       cost_(CostModel::from_env()),
       world_ranks_(size),
       direct_from_bytes_(kDirectBytes.get()),
+      cma_from_bytes_(kCmaBytes.get()),
       engine_(std::make_unique<Engine>(options_.timeout)) {
   std::iota(world_ranks_.begin(), world_ranks_.end(), 0);
+  if (cma_from_bytes_ > 0) {
+    // Note [Single-copy allreduce through the kernel]: under Yama's
+    // ptrace_scope=1 (Ubuntu's default) process_vm_readv may only read a
+    // descendant, and sibling ranks are not; as Open MPI's vader BTL does,
+    // let processes of this user read this one. Without Yama the call fails
+    // (EINVAL) and nothing changes: the kernel's ordinary rules apply.
+    (void)prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+  }
   const auto& host_of = ctx_->host_of();
   topology_.world = size_;
   topology_.hosts = host_of.empty() ? 1 : *std::max_element(host_of.begin(), host_of.end()) + 1;
@@ -129,6 +150,12 @@ bool Communicator::direct_allreduce_applies(std::size_t bytes) const {
   if (direct_from_bytes_ <= 0 || bytes < static_cast<std::uint64_t>(direct_from_bytes_)) {
     return false;
   }
+  return size_ > 1 && all_shm_ && forced_algo_.load() == AllreduceAlgo::kAuto &&
+         options_.algo == AllreduceAlgo::kAuto;
+}
+
+bool Communicator::cma_allreduce_applies(std::size_t bytes) const {
+  if (cma_from_bytes_ <= 0 || bytes < static_cast<std::uint64_t>(cma_from_bytes_)) return false;
   return size_ > 1 && all_shm_ && forced_algo_.load() == AllreduceAlgo::kAuto &&
          options_.algo == AllreduceAlgo::kAuto;
 }
@@ -203,6 +230,13 @@ WorkPtr Communicator::allreduce(const void* send, void* recv, std::size_t count,
       KILN_ASSIGN_OR_RETURN(bool done, algo::allreduce_direct(env, args));
       if (done) {
         direct_allreduces_.fetch_add(1, std::memory_order_relaxed);
+        return Status::ok();
+      }
+    }
+    if (cma_allreduce_applies(count * dtype_size(dtype))) {
+      KILN_ASSIGN_OR_RETURN(bool done, algo::allreduce_cma(env, args));
+      if (done) {
+        cma_allreduces_.fetch_add(1, std::memory_order_relaxed);
         return Status::ok();
       }
     }

@@ -106,9 +106,16 @@ class Communicator {
   std::string describe() const;  // "rank 1/4, shm:2 tcp:1, 2 hosts"
   // Hosts, ranks per host, whether any pair crosses hosts.
   const Topology& topology() const { return topology_; }
+  // Whether an allreduce of `bytes` first offers direct access when its
+  // buffers are SharedBuffers (algo/direct.cc): callers that choose where to
+  // put their buffers (DDP's buckets) allocate shared memory only then.
+  bool direct_allreduce_applies(std::size_t bytes) const;
   // Allreduces so far that ran directly on SharedBuffers (Note [Direct
   // allreduce on shared buffers]).
   std::uint64_t direct_allreduces() const { return direct_allreduces_.load(); }
+  // Allreduces so far that ran through cross-memory attach (Note
+  // [Single-copy allreduce through the kernel]).
+  std::uint64_t cma_allreduces() const { return cma_allreduces_.load(); }
 
  private:
   Communicator(std::shared_ptr<store::Store> store, int rank, int size, CommOptions options,
@@ -121,8 +128,8 @@ class Communicator {
   WorkPtr enqueue(const char* name, std::string signature,
                   std::function<Status(const algo::Env&)> body, int check_peer = -1);
   Status check_fingerprints(const algo::Env& env, const std::string& mine, int peer);
-  // Whether an allreduce of `bytes` first offers direct access (algo/direct.cc).
-  bool direct_allreduce_applies(std::size_t bytes) const;
+  // Whether an allreduce of `bytes` then tries cross-memory attach (algo/cma.cc).
+  bool cma_allreduce_applies(std::size_t bytes) const;
   WorkPtr point_to_point(bool sending, void* buf, std::size_t count, DataType dtype, int peer);
 
   std::shared_ptr<store::Store> store_;
@@ -140,7 +147,9 @@ class Communicator {
   std::atomic<AllreduceAlgo> forced_algo_{AllreduceAlgo::kAuto};  // set_allreduce_algo()
   std::int64_t direct_from_bytes_;  // KILN_SHM_DIRECT_BYTES, read once
   bool all_shm_ = true;             // every peer is reached through shared memory
+  std::int64_t cma_from_bytes_;     // KILN_SHM_CMA_BYTES, read once
   std::atomic<std::uint64_t> direct_allreduces_{0};
+  std::atomic<std::uint64_t> cma_allreduces_{0};
   std::unique_ptr<Engine> engine_;
 };
 

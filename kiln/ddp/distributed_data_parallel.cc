@@ -3,6 +3,8 @@
 #include <time.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <limits>
 #include <ranges>
 
@@ -12,6 +14,7 @@
 #include <fmt/format.h>
 
 #include "kiln/base/logging.h"
+#include "kiln/comm/shared_buffer.h"
 #include "kiln/ddp/bucket_plan.h"
 
 namespace kiln::ddp {
@@ -32,6 +35,23 @@ Result<comm::DataType> comm_dtype(torch::ScalarType t) {
                                           c10::toString(t)));
   }
 }
+
+// Note [Buckets in shared memory]: when every rank is on this host, the
+// flat buckets (and their bfloat16 wire copies) whose allreduce would run
+// directly (Communicator::direct_allreduce_applies: not under
+// KILN_SHM_DIRECT_BYTES, no forced algorithm) lie in ONE comm::SharedBuffer
+// (one more for the wires), at 64-byte aligned offsets, so their allreduces
+// run directly on the peers' buffers (Note [Direct allreduce on shared
+// buffers], kiln/comm/algo/direct.cc): half the memory traffic of the FIFO
+// ring (2.4x its bus bandwidth at 64-256 MiB, docs/perf.md, issue 24). One
+// buffer means one memfd and one mapping per peer however many buckets, and
+// the rebuilds (after the first backward, per auto_bucket_cap trial) reuse
+// it while the total size is unchanged, so the peers' cached mappings stay
+// valid instead of pinning a freed copy of the gradients each. Bucket
+// tensors own a reference to the buffer; gradient views keep the bucket
+// tensor, so the memory lives as long as any of them. Elsewhere, or if the
+// shared memory cannot be had (a warning), buckets are ordinary tensors.
+constexpr std::size_t kSharedAlign = 64;
 
 std::uint64_t fnv1a(const std::string& s) {
   std::uint64_t h = 1469598103934665603ull;
@@ -151,21 +171,73 @@ Status DistributedDataParallel::assign_buckets(const std::vector<std::size_t>& o
       b.offsets.push_back(total);
       total += params_[p].numel();
     }
-    b.buffer = torch::zeros({total}, torch::TensorOptions().dtype(dtype));
+    b.buffer = torch::empty({total}, torch::TensorOptions().dtype(dtype));  // placed below
     buckets.push_back(std::move(b));
   }
-  buckets_ = std::move(buckets);
-  // Gradients that lived in the old buckets move into the new ones.
   torch::NoGradGuard no_grad;
+  // Gradients that lived in the old buckets move into the new ones; the old
+  // buckets may share the memory the new ones reuse, so take them out first.
+  std::vector<torch::Tensor> old_grads(params_.size());
   for (std::size_t i = 0; i < params_.size(); ++i) {
-    torch::Tensor& grad = params_[i].mutable_grad();
-    if (!grad.defined()) continue;
+    const torch::Tensor& grad = params_[i].grad();
+    if (grad.defined()) old_grads[i] = grad.clone();
+  }
+  for (auto& b : buckets_) b.wire.reset();
+  buckets_ = std::move(buckets);
+  for (auto& b : buckets_) b.buffer.zero_();
+  place_in_shared_memory(/*wires=*/false, shared_grads_);
+  if (options_.compress_bf16) place_in_shared_memory(/*wires=*/true, shared_wires_);
+  for (std::size_t i = 0; i < params_.size(); ++i) {
+    if (!old_grads[i].defined()) continue;
     torch::Tensor view = bucket_view(i);
-    view.copy_(grad);
-    grad = view;
+    view.copy_(old_grads[i]);
+    params_[i].mutable_grad() = view;
   }
   log()->debug("DDP: {} parameters in {} buckets", params_.size(), buckets_.size());
   return Status::ok();
+}
+
+void DistributedDataParallel::place_in_shared_memory(bool wires,
+                                                     std::shared_ptr<comm::SharedBuffer>& held) {
+  std::vector<std::size_t> at(buckets_.size(), std::numeric_limits<std::size_t>::max());
+  std::size_t bytes = 0;
+  for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    const torch::Tensor& flat = buckets_[i].buffer;
+    if (wires && flat.scalar_type() != torch::kFloat) continue;
+    const std::size_t b = static_cast<std::size_t>(flat.numel()) * (wires ? 2 : flat.element_size());
+    if (!shared_buckets() || b == 0 || !comm_.direct_allreduce_applies(b)) continue;
+    at[i] = bytes;
+    bytes += (b + kSharedAlign - 1) / kSharedAlign * kSharedAlign;
+  }
+  if (bytes == 0) {
+    held.reset();
+    return;
+  }
+  if (held && held->size() == bytes) {
+    std::memset(held->data(), 0, bytes);  // no old bucket is used any more
+  } else {
+    held.reset();  // free the old one first: at most one copy of the gradients
+    auto buffer = comm::SharedBuffer::allocate(bytes);
+    if (!buffer.is_ok()) {
+      static std::atomic<bool> warned{false};
+      if (!warned.exchange(true)) {
+        log()->warn("DDP: gradient buckets in ordinary memory (said once): {}",
+                    buffer.status().to_string());
+      }
+      return;
+    }
+    held = std::make_shared<comm::SharedBuffer>(std::move(*buffer));
+  }
+  auto* base = static_cast<char*>(held->data());
+  for (std::size_t i = 0; i < buckets_.size(); ++i) {
+    if (at[i] == std::numeric_limits<std::size_t>::max()) continue;
+    Bucket& b = buckets_[i];
+    const auto dtype = wires ? torch::kBFloat16 : b.buffer.scalar_type();
+    torch::Tensor flat = torch::from_blob(
+        base + at[i], {b.buffer.numel()}, [owner = held](void*) { (void)owner; },
+        torch::TensorOptions().dtype(dtype));
+    (wires ? b.wire : b.buffer) = std::move(flat);
+  }
 }
 
 // Note [Rebuilding buckets from the observed order] (c10d's rebuild_buckets):

@@ -30,6 +30,7 @@
 
 #include "kiln/base/status.h"
 #include "kiln/comm/communicator.h"
+#include "kiln/comm/shared_buffer.h"
 
 namespace kiln::ddp {
 
@@ -145,6 +146,11 @@ class DistributedDataParallel {
   void point_grad_at_bucket(std::size_t param);
   void launch_ready_buckets();
   void reset_for_backward();
+  // Note [Buckets in shared memory]: all ranks on this host.
+  bool shared_buckets() const { return comm_.size() > 1 && comm_.topology().hosts == 1; }
+  // Lays the buckets (or their bfloat16 wires) whose allreduce would run
+  // directly into `held`, reused when the size is unchanged.
+  void place_in_shared_memory(bool wires, std::shared_ptr<comm::SharedBuffer>& held);
 
   std::shared_ptr<torch::nn::Module> module_;
   comm::Communicator& comm_;
@@ -152,6 +158,9 @@ class DistributedDataParallel {
   std::vector<torch::Tensor> params_;  // registration order
   std::vector<std::string> names_;
   std::vector<Bucket> buckets_;
+  // Note [Buckets in shared memory]: one buffer for all buckets, one for
+  // all bfloat16 wires; null when no bucket qualifies.
+  std::shared_ptr<comm::SharedBuffer> shared_grads_, shared_wires_;
   std::vector<std::size_t> bucket_of_;   // param -> bucket
   std::vector<std::size_t> slot_of_;     // param -> position in its bucket
   std::vector<bool> ready_;              // this backward

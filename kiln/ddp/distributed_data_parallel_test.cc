@@ -69,7 +69,8 @@ Status compare(NetImpl& got, NetImpl& want, double tolerance = 1e-5) {
 }
 
 Status train_ddp(comm::Communicator& c, bool accumulate, DdpOptions options = {},
-                 double tolerance = 1e-5, int steps = kSteps) {
+                 double tolerance = 1e-5, int steps = kSteps,
+                 std::size_t* bucket_allreduces = nullptr) {
   torch::set_num_threads(1);
   Data d = make_data();
   auto net = make_net(1 + c.rank());  // rank 0's initial weights must win the broadcast
@@ -95,6 +96,9 @@ Status train_ddp(comm::Communicator& c, bool accumulate, DdpOptions options = {}
     } else {
       KILN_RETURN_IF_ERROR(ddp->backward(torch::mse_loss(net->forward(x), y)));
     }
+    // The buckets this step reduced: the rebuild after the first backward
+    // may re-plan them (Note [Rebuilding buckets from the observed order]).
+    if (bucket_allreduces != nullptr) *bucket_allreduces += ddp->last_sync().buckets;
     opt.step();
   }
   if (options.auto_bucket_cap) {
@@ -131,6 +135,33 @@ TEST(Ddp, Bf16CompressedGradientsStayWithinBf16Rounding) {
     o.compress_bf16 = true;
     return train_ddp(c, false, o, /*tolerance=*/2e-2);
   });
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+// Note [Buckets in shared memory]: on one host every bucket's allreduce runs
+// directly on the ranks' shared buckets (KILN_SHM_DIRECT_BYTES=1, so even
+// this model's small buckets qualify), and training still matches one
+// process with the whole batch; with bf16 compression the wire copies are
+// shared too.
+TEST(Ddp, OnOneHostBucketsAreSharedAndEveryBucketReducesDirectly) {
+  comm::testing::RunOptions o;
+  o.env["KILN_SHM_DIRECT_BYTES"] = "1";
+  auto result = comm::testing::run_ranks(2, [](comm::Communicator& c) -> Status {
+    for (bool bf16 : {false, true}) {
+      DdpOptions options;
+      options.compress_bf16 = bf16;
+      std::size_t bucket_allreduces = 0;
+      const std::uint64_t before = c.direct_allreduces();
+      KILN_RETURN_IF_ERROR(
+          train_ddp(c, false, options, bf16 ? 2e-2 : 1e-5, kSteps, &bucket_allreduces));
+      const std::uint64_t direct = c.direct_allreduces() - before;
+      if (bucket_allreduces < kSteps || direct != bucket_allreduces) {
+        return internal_error(fmt::format("{}: {} of the {} bucket allreduces ran directly",
+                                          bf16 ? "bf16" : "float32", direct, bucket_allreduces));
+      }
+    }
+    return Status::ok();
+  }, o);
   EXPECT_TRUE(result.ok()) << result.report;
 }
 

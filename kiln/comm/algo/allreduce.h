@@ -43,6 +43,14 @@ Status allreduce_hierarchical(const Env& env, const AllreduceArgs& a,
 // then returns false), so the caller runs another algorithm.
 Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a);
 
+// Single-copy: when every rank of the group is on this host, each rank reads
+// its share of every peer's input and then every peer's reduced share
+// through the kernel (process_vm_readv; Note [Single-copy allreduce through
+// the kernel], cma.cc). Exchanges one small offer and a probe result with
+// every peer first; returns false, having written nothing, when some rank
+// cannot read a peer's memory (every rank then returns false).
+Result<bool> allreduce_cma(const Env& env, const AllreduceArgs& a);
+
 // Note [16-bit floats accumulate in float32] (reduce.h), for algorithms that
 // do not handle it themselves: runs `run` in place on a float32 copy of
 // a.send (Scratch::kWide) and rounds the result into a.recv once. Every

@@ -32,6 +32,7 @@
 
 #include "kiln/base/logging.h"
 #include "kiln/comm/algo/allreduce.h"
+#include "kiln/comm/algo/share.h"
 #include "kiln/comm/shared_buffer.h"
 
 namespace kiln::comm::algo {
@@ -53,66 +54,13 @@ struct WireRegion {
 
 struct Offer {
   std::uint32_t magic;
-  std::uint32_t usable;  // 1: send and recv below are SharedBuffer regions
+  std::uint16_t usable;     // 1: send and recv below are SharedBuffer regions
+  std::uint16_t operation;  // operation_code(dtype, op): fits 16 bits
   std::uint64_t count;
   WireRegion send;
   WireRegion recv;
 };
 static_assert(sizeof(Offer) == 80, "an Offer has no padding");
-
-// Reduction of one block at a time through a cache-sized staging buffer,
-// then copied into every output: any dtype and op.
-constexpr std::size_t kBlockBytes = 16 << 10;
-
-void reduce_share_blocked(const Env& env, const std::vector<const char*>& src,
-                          const std::vector<char*>& dst, std::size_t count, DataType t,
-                          ReduceOp op) {
-  const int n = static_cast<int>(src.size());
-  const std::size_t es = dtype_size(t);
-  const bool wide = accumulates_in_float32(t, op);  // Note [16-bit floats accumulate in float32]
-  const std::size_t per_block = kBlockBytes / (wide ? sizeof(float) : es);
-  char* stage = static_cast<char*>(env.scratch->get(3 * kBlockBytes));
-  auto* acc = reinterpret_cast<float*>(stage);
-  auto* next = reinterpret_cast<float*>(stage + kBlockBytes);
-  char* narrow = stage + 2 * kBlockBytes;
-  for (std::size_t i = 0; i < count; i += per_block) {
-    const std::size_t k = std::min(per_block, count - i);
-    const char* out = stage;
-    if (wide) {
-      widen_to_float32(t, src[0] + i * es, acc, k);
-      for (int j = 1; j < n; ++j) {
-        widen_to_float32(t, src[j] + i * es, next, k);
-        reduce(DataType::kFloat32, op, acc, acc, next, k);
-      }
-      if (op == ReduceOp::kAvg) finish_avg(DataType::kFloat32, acc, k, n);
-      narrow_from_float32(t, acc, narrow, k);
-      out = narrow;
-    } else {
-      reduce(t, op, stage, src[0] + i * es, src[1] + i * es, k);
-      for (int j = 2; j < n; ++j) reduce(t, op, stage, stage, src[j] + i * es, k);
-      if (op == ReduceOp::kAvg) finish_avg(t, stage, k, n);
-    }
-    for (char* d : dst) copy_streaming(d + i * es, out, k * es, /*fence=*/false);
-  }
-}
-
-// Sends `mine` to every peer and receives each peer's into theirs[j]
-// (theirs[me] = mine).
-template <typename T>
-Status exchange(const Env& env, const T& mine, std::vector<T>& theirs) {
-  const int n = env.group.size();
-  theirs.assign(n, mine);
-  std::vector<transport::Request> reqs(2 * n);
-  std::vector<transport::Request*> wait;
-  for (int j = 0; j < n; ++j) {
-    if (j == env.group.me) continue;
-    env.group.pair(j).post_send(&mine, sizeof(T), &reqs[2 * j]);
-    env.group.pair(j).post_recv(&theirs[j], sizeof(T), &reqs[2 * j + 1]);
-    wait.push_back(&reqs[2 * j]);
-    wait.push_back(&reqs[2 * j + 1]);
-  }
-  return env.wait(wait);
-}
 
 }  // namespace
 
@@ -124,6 +72,7 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
   Offer mine{};
   mine.magic = kOfferMagic;
   mine.count = a.count;
+  mine.operation = static_cast<std::uint16_t>(operation_code(a.dtype, a.op));
   auto send = find_shared_region(a.send, bytes);
   auto recv = find_shared_region(a.recv, bytes);
   if (send && recv) {
@@ -135,12 +84,9 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
   KILN_RETURN_IF_ERROR(exchange(env, mine, offers));
   bool usable = true;
   for (int j = 0; j < n; ++j) {
-    if (offers[j].magic != kOfferMagic || offers[j].count != a.count) {
-      return invalid_argument(fmt::format(
-          "direct allreduce: rank {} of the group offered {} elements where this rank has {} "
-          "(the ranks issued different operations or counts)",
-          j, offers[j].count, a.count));
-    }
+    KILN_RETURN_IF_ERROR(check_offer("direct allreduce", j, offers[j].magic, kOfferMagic,
+                                     offers[j].count, a.count, offers[j].operation,
+                                     mine.operation));
     usable = usable && offers[j].usable == 1;
   }
   if (!usable) return false;
@@ -162,17 +108,11 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
       dst[j] = static_cast<char*>(*d);
     }
   }
-  std::uint8_t could = mapped.is_ok() ? 1 : 0;
-  std::vector<std::uint8_t> all_could;
-  KILN_RETURN_IF_ERROR(exchange(env, could, all_could));
   static std::atomic<bool> warned{false};
-  if (!mapped.is_ok() && !warned.exchange(true)) {
-    log()->warn("{}: shared buffers not used, running the usual allreduce (said once): {}",
-                *env.what, mapped.to_string());
-  }
-  for (std::uint8_t c : all_could) {
-    if (c != 1) return false;
-  }
+  KILN_ASSIGN_OR_RETURN(bool all_could,
+                        every_rank_could(env, mapped, warned,
+                                         "shared buffers not used, running the usual allreduce"));
+  if (!all_could) return false;
   const Split share(a.count, n);
   const std::size_t off = share.offset(me) * es, k = share.size(me);
   for (auto& p : src) p += off;
@@ -183,7 +123,8 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
                                               reinterpret_cast<float*>(dst[1]),
                                               reinterpret_cast<const float*>(src[0]),
                                               reinterpret_cast<const float*>(src[1]), k))) {
-    reduce_share_blocked(env, src, dst, k, a.dtype, a.op);
+    reduce_share_blocked(static_cast<char*>(env.scratch->get(kShareStageBytes)), src, dst, k,
+                         a.dtype, a.op);
   }
   // The results are in every output before any peer hears we are done.
   streaming_fence();

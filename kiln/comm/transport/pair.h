@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 
 #include <fmt/format.h>
@@ -49,6 +50,15 @@ class Pair {
   virtual Result<void*> map_peer_region(const SharedRegion& region) {
     (void)region;
     return failed_precondition(fmt::format("{} is not on this host: its memory cannot be mapped", peer_name_));
+  }
+  // Cross-memory attach (Note [Single-copy allreduce through the kernel],
+  // kiln/comm/algo/cma.cc): copies `bytes` from the peer's virtual address
+  // `remote` into `local`. Only pairs to peers on this host can; a refusal by
+  // the kernel (EPERM, ENOSYS) is failed_precondition, a peer gone aborted.
+  virtual Status read_peer_memory(std::uint64_t remote, void* local, std::size_t bytes) {
+    (void)remote, (void)local, (void)bytes;
+    return failed_precondition(
+        fmt::format("{} is not on this host: its memory cannot be read", peer_name_));
   }
   int peer_rank() const { return peer_rank_; }
   // "rank 3 (host-b, pid 4242)": for error messages.

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -184,6 +185,38 @@ bool ShmPair::progress() {
   return a || b;
 }
 
+Status ShmPair::read_peer_memory(std::uint64_t remote, void* local, std::size_t bytes) {
+  if (aborted_.load(std::memory_order_acquire)) return abort_status_;
+  auto* to = static_cast<char*>(local);
+  while (bytes > 0) {
+    iovec mine{to, bytes};
+    iovec theirs{reinterpret_cast<void*>(remote), bytes};
+    const ssize_t n = process_vm_readv(peer_pid_, &mine, 1, &theirs, 1, 0);
+    if (n > 0) {
+      to += n;
+      remote += static_cast<std::uint64_t>(n);
+      bytes -= static_cast<std::size_t>(n);
+      continue;
+    }
+    const int err = n == 0 ? EFAULT : errno;
+    if (err == EINTR) continue;
+    if (err == ESRCH) {
+      return peer_gone();
+    }
+    const std::string what = fmt::format("read {} bytes of {}'s memory at {:#x} (process_vm_readv)",
+                                         bytes, peer_name(), remote);
+    if (err == EPERM || err == ENOSYS || err == EACCES) {
+      return failed_precondition(fmt::format("{}: refused: {}", what, std::strerror(err)));
+    }
+    return errno_status(what, err);
+  }
+  return Status::ok();
+}
+
+Status ShmPair::peer_gone() const {
+  return aborted(fmt::format("{} exited (process {} is gone)", peer_name(), peer_pid_));
+}
+
 Status ShmPair::check_alive() {
   bool dead = false;
   if (pidfd_.valid()) {
@@ -193,7 +226,7 @@ Status ShmPair::check_alive() {
     dead = kill(peer_pid_, 0) != 0 && errno == ESRCH;
   }
   if (dead) {
-    return aborted(fmt::format("{} exited (process {} is gone)", peer_name(), peer_pid_));
+    return peer_gone();
   }
   return Status::ok();
 }

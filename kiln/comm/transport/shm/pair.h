@@ -42,8 +42,11 @@ class ShmPair final : public Pair {
   void abort(const Status& why) override;
   bool is_shm() const override { return true; }
   Result<void*> map_peer_region(const SharedRegion& region) override;
+  Status read_peer_memory(std::uint64_t remote, void* local, std::size_t bytes) override;
 
  private:
+  // A peer that exited: aborts every operation with it.
+  Status peer_gone() const;
   struct SendOp {
     const char* data;
     std::size_t len;
