@@ -17,6 +17,18 @@ constexpr std::size_t kMaxTensorDims = 64;
 
 using nlohmann::json;
 
+// A count, offset or size: an integer in the JSON. nlohmann's get<integer>()
+// of a floating-point value converts it, and one out of range (1e300) is
+// undefined behaviour: refuse it (found by fuzz_ckpt_manifest).
+template <typename T>
+T integer_at(const json& j, const char* key) {
+  const json& v = j.at(key);
+  if (!v.is_number_integer()) {
+    throw json::type_error::create(302, std::string("'") + key + "' is not an integer", &v);
+  }
+  return v.get<T>();
+}
+
 json entry_json(const EntryRecord& e) {
   json j{{"name", e.name},
          {"kind", e.is_tensor ? "tensor" : "blob"},
@@ -56,9 +68,9 @@ Result<EntryRecord> parse_entry(const json& j) {
   if (kind != "tensor" && kind != "blob")
     return data_loss(fmt::format("entry '{}': kind '{}'", e.name, kind));
   e.is_tensor = kind == "tensor";
-  e.offset = j.at("offset").get<std::uint64_t>();
-  e.stored_bytes = j.at("stored_bytes").get<std::uint64_t>();
-  e.raw_bytes = j.at("raw_bytes").get<std::uint64_t>();
+  e.offset = integer_at<std::uint64_t>(j, "offset");
+  e.stored_bytes = integer_at<std::uint64_t>(j, "stored_bytes");
+  e.raw_bytes = integer_at<std::uint64_t>(j, "raw_bytes");
   std::string comp = j.at("compression").get<std::string>();
   if (comp == "zstd") {
     e.compression = Compression::kZstd;
@@ -70,9 +82,17 @@ Result<EntryRecord> parse_entry(const json& j) {
     auto dt = comm::parse_dtype(j.at("dtype").get<std::string>());
     if (!dt) return data_loss(fmt::format("entry '{}': {}", e.name, dt.status().message()));
     e.spec.dtype = *dt;
-    e.spec.shape = j.at("shape").get<std::vector<std::int64_t>>();
-    e.spec.row_offset = j.at("row_offset").get<std::int64_t>();
-    e.spec.rows = j.at("rows").get<std::int64_t>();
+    if (!j.at("shape").is_array()) {
+      throw json::type_error::create(302, "'shape' is not an array", &j.at("shape"));
+    }
+    for (const json& d : j.at("shape")) {
+      if (!d.is_number_integer()) {
+        throw json::type_error::create(302, "'shape' holds a non-integer", &d);
+      }
+      e.spec.shape.push_back(d.get<std::int64_t>());
+    }
+    e.spec.row_offset = integer_at<std::int64_t>(j, "row_offset");
+    e.spec.rows = integer_at<std::int64_t>(j, "rows");
     // Every size here comes from a file: checked without overflow before
     // anything multiplies or allocates with it.
     bool consistent = !e.spec.shape.empty() && e.spec.shape.size() <= kMaxTensorDims &&
@@ -98,9 +118,9 @@ Result<EntryRecord> parse_entry(const json& j) {
 
 Result<ShardRecord> parse_shard_json(const json& j) {
   ShardRecord s;
-  s.rank = j.at("rank").get<int>();
+  s.rank = integer_at<int>(j, "rank");
   s.file = j.at("file").get<std::string>();
-  s.bytes = j.at("bytes").get<std::uint64_t>();
+  s.bytes = integer_at<std::uint64_t>(j, "bytes");
   if (s.file.empty() || s.file.find('/') != std::string::npos) {
     return data_loss(fmt::format("shard of rank {}: bad file name '{}'", s.rank, s.file));
   }
@@ -167,13 +187,13 @@ Result<Manifest> parse_manifest(const std::string& text, const std::string& wher
     Manifest m;
     if (j.at("format").get<std::string>() != "kiln-checkpoint")
       return data_loss("not a kiln checkpoint manifest");
-    m.version = j.at("version").get<int>();
+    m.version = integer_at<int>(j, "version");
     if (m.version != kFormatVersion) {
       return failed_precondition(
           fmt::format("format version {} (this build reads {})", m.version, kFormatVersion));
     }
-    m.step = j.at("step").get<std::int64_t>();
-    m.world_size = j.at("world_size").get<int>();
+    m.step = integer_at<std::int64_t>(j, "step");
+    m.world_size = integer_at<int>(j, "world_size");
     m.time = j.at("time").get<std::string>();
     for (const auto& js : j.at("shards")) {
       KILN_ASSIGN_OR_RETURN(auto s, parse_shard_json(js));
