@@ -17,6 +17,7 @@
 
 #include "kiln/base/logging.h"
 #include "kiln/base/socket.h"
+#include "kiln/serve/request.h"
 
 namespace kiln::serve {
 namespace {
@@ -62,23 +63,6 @@ const char* reason_phrase(int status) {
     default:
       return "Status";
   }
-}
-
-std::string error_body(const std::string& message) {
-  // {"error": "..."} with the message's quotes and control bytes escaped.
-  std::string out = "{\"error\":\"";
-  for (char c : message) {
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(c);
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", static_cast<int>(c));
-    } else {
-      out.push_back(c);
-    }
-  }
-  out += "\"}";
-  return out;
 }
 
 // Adds "Connection: close" to a serialized answer's headers.
@@ -371,7 +355,7 @@ class EventFront::Loop {
     c.slots.emplace_back();
     c.close_after = ticket.seq;
     finish(c);
-    place(ticket, HttpAnswer{.status = status, .body = error_body(message)});
+    place(ticket, HttpAnswer{.status = status, .body = error_json(message)});
   }
 
   void finish(Conn& c) {
@@ -622,6 +606,19 @@ void EventFront::stop(std::chrono::milliseconds grace) {
     loop_->request_stop(grace);
     if (thread_.joinable()) thread_.join();
   });
+}
+
+HttpAnswer unrouted_answer(const HttpRequest& r) {
+  for (const char* path : {"/healthz", "/readyz", "/metrics", "/v1/predict"}) {
+    if (r.target == path) {
+      return {.status = 405,
+              .body = error_json(fmt::format("{} does not take {}: use {}", path, r.method,
+                                             r.target == "/v1/predict" ? "POST" : "GET"))};
+    }
+  }
+  return {.status = 404,
+          .body = error_json(fmt::format(
+              "no such path '{}': POST /v1/predict, GET /healthz, /readyz or /metrics", r.target))};
 }
 
 }  // namespace kiln::serve

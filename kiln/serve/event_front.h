@@ -62,6 +62,12 @@ struct HttpAnswer {
   int retry_after_s = -1;  // >= 0: a Retry-After header (503)
 };
 
+// The answer to a request that none of a server's routes took: 405 naming
+// the method to use for one of the serving paths (POST /v1/predict, GET
+// /healthz, /readyz, /metrics), else 404 listing them. The replica and the
+// router expose the same paths.
+HttpAnswer unrouted_answer(const HttpRequest& r);
+
 struct EventFrontOptions {
   std::string host = "127.0.0.1";
   int port = 0;                // 0: any free port

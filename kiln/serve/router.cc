@@ -77,16 +77,7 @@ HttpAnswer Router::route(const HttpRequest& r) {
   if (r.method == "GET" && r.target == "/metrics") {
     return {.content_type = "text/plain; version=0.0.4; charset=utf-8", .body = render_metrics()};
   }
-  for (const char* path : {"/healthz", "/readyz", "/metrics", "/v1/predict"}) {
-    if (r.target == path) {
-      return {.status = 405,
-              .body = error_json(fmt::format("{} does not take {}: use {}", path, r.method,
-                                             r.target == "/v1/predict" ? "POST" : "GET"))};
-    }
-  }
-  return {.status = 404,
-          .body = error_json(fmt::format(
-              "no such path '{}': POST /v1/predict, GET /healthz, /readyz or /metrics", r.target))};
+  return unrouted_answer(r);
 }
 
 void Router::handle(std::vector<IncomingRequest>& requests) {

@@ -73,16 +73,7 @@ HttpAnswer ReplicaServer::route(const HttpRequest& r) {
     return {.content_type = "text/plain; version=0.0.4; charset=utf-8",
             .body = metrics_.render(live())};
   }
-  for (const char* path : {"/healthz", "/readyz", "/metrics", "/v1/predict"}) {
-    if (r.target == path) {
-      return {.status = 405,
-              .body = error_json(fmt::format("{} does not take {}: use {}", path, r.method,
-                                             r.target == "/v1/predict" ? "POST" : "GET"))};
-    }
-  }
-  return {.status = 404,
-          .body = error_json(fmt::format(
-              "no such path '{}': POST /v1/predict, GET /healthz, /readyz or /metrics", r.target))};
+  return unrouted_answer(r);
 }
 
 void ReplicaServer::handle(std::vector<IncomingRequest>& requests) {
