@@ -14,6 +14,13 @@
 //   warm_vs_raw_small       warm_vs_raw again on --small-sample-bytes samples
 //                           (Fashion-MNIST-sized, 784 B), where per-sample and
 //                           per-batch costs, not bytes, dominate
+//   warm_cpus_busy,         where the time went (both cases): CPU seconds of
+//   raw_cpus_busy           the process per wall second during the warm
+//                           epochs and during the raw passes, so a loader
+//                           that sleeps (hand-offs, wake-ups) is told apart
+//                           from one whose threads run but stall on memory
+//   warm_sleeps_per_batch,  voluntary and involuntary context switches of
+//   warm_preemptions_per_batch  the warm epochs per batch
 // Samples are an int64 label and a uint8 tensor of --sample-bytes, like an
 // image dataset. Fairness of the warm baseline (Note [A fair raw baseline]):
 // both sides read the same cached files, once each per timed run, with the
@@ -31,6 +38,7 @@
 // 127.0.0.1 (LocalS3Server) and is skipped where it is not installed.
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -120,10 +128,31 @@ Result<DatasetIndex> write_dataset(const std::string& dir, std::uint64_t total,
   return w.finish();
 }
 
+// CPU seconds and context switches of the whole process (every thread), so
+// that an epoch shows whether its threads kept both cores busy or slept:
+// on this paravirtualised VM a sleep and wake-up costs tens of microseconds,
+// many small batches.
+struct ProcessUsage {
+  double cpu_s = 0;
+  double voluntary_switches = 0, involuntary_switches = 0;
+  static ProcessUsage now() {
+    rusage u{};
+    ::getrusage(RUSAGE_SELF, &u);
+    auto secs = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
+    return {secs(u.ru_utime) + secs(u.ru_stime), static_cast<double>(u.ru_nvcsw),
+            static_cast<double>(u.ru_nivcsw)};
+  }
+  ProcessUsage operator-(const ProcessUsage& o) const {
+    return {cpu_s - o.cpu_s, voluntary_switches - o.voluntary_switches,
+            involuntary_switches - o.involuntary_switches};
+  }
+};
+
 // One epoch on one rank: wall seconds and the consumer's mean wait after
 // warm-up. `consumer_ms` > 0 spends that long on each batch (a training step).
 struct EpochResult {
   double seconds = 0;
+  ProcessUsage usage;  // the whole process's CPU and context switches during the epoch
   std::uint64_t samples = 0;
   double mean_wait_s = 0;
   std::vector<double> waits_s;  // after warm-up, in batch order
@@ -134,6 +163,7 @@ Result<EpochResult> run_epoch(data::ShardCache* cache, const DatasetIndex& index
                               std::shared_ptr<data::BatchPool> pool) {
   // The default window: the samples of one shard.
   std::uint64_t window = a.shuffle_window > 0 ? a.shuffle_window : index.shards[0].num_samples;
+  const ProcessUsage usage0 = ProcessUsage::now();
   auto t0 = std::chrono::steady_clock::now();
   data::Loader loader(cache, index,
                       {.sampler = {.seed = 1, .shuffle_window = window},
@@ -159,6 +189,7 @@ Result<EpochResult> run_epoch(data::ShardCache* cache, const DatasetIndex& index
     }
   }
   r.seconds = seconds_since(t0);
+  r.usage = ProcessUsage::now() - usage0;
   r.mean_wait_s = counted > 0 ? waited / counted : 0;
   if (r.samples != index.num_samples) {
     return internal_error(
@@ -245,6 +276,10 @@ struct WarmRuns {
   std::vector<double> warm, warm_mb_s, warm_samples_s, raw_mb_s;
   std::vector<double> raw_pass_mb_s;  // every raw pass of every run (the baseline's spread)
   std::vector<double> warm_vs_cached, raw_cached_mb_s;  // the old baseline, for comparison
+  // Where the time went (ProcessUsage): CPUs busy during a warm epoch and
+  // during the raw passes, and the warm epoch's context switches per batch.
+  std::vector<double> warm_cpus_busy, raw_cpus_busy, warm_sleeps_per_batch,
+      warm_preemptions_per_batch;
 };
 
 struct Ratios {
@@ -297,11 +332,15 @@ Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIn
   KILN_RETURN_IF_ERROR(raw_read_parallel_seconds(paths, raw).status());  // its buffers settled
   auto raw_passes = [&](std::vector<double>* secs) -> Status {
     secs->clear();
+    const ProcessUsage u0 = ProcessUsage::now();
     for (int p = 0; p < a.raw_passes; ++p) {
       KILN_ASSIGN_OR_RETURN(double s, raw_read_parallel_seconds(paths, raw));
       secs->push_back(s);
       out->raw_pass_mb_s.push_back(mb / s);
     }
+    double total_s = 0;
+    for (double s : *secs) total_s += s;
+    out->raw_cpus_busy.push_back((ProcessUsage::now() - u0).cpu_s / total_s);
     return Status::ok();
   };
   for (int r = 0; r < a.runs; ++r) {
@@ -320,6 +359,10 @@ Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIn
       samples_s.push_back(ep.samples / ep.seconds);
       cached.push_back(cached_s);
       cached_ratio.push_back(cached_s / ep.seconds);
+      const double batches = static_cast<double>((ep.samples + a.batch_size - 1) / a.batch_size);
+      out->warm_cpus_busy.push_back(ep.usage.cpu_s / ep.seconds);
+      out->warm_sleeps_per_batch.push_back(ep.usage.voluntary_switches / batches);
+      out->warm_preemptions_per_batch.push_back(ep.usage.involuntary_switches / batches);
       before = std::move(after);
     }
     out->raw_mb_s.push_back(mb / median(raw_s_of));
@@ -426,6 +469,10 @@ Status bench_data(const DataBenchArgs& a) {
       {"warm_vs_raw", median(r.large.warm)},
       {"raw_read_cached_mb_s", median(r.large.raw_cached_mb_s)},
       {"warm_vs_raw_cached", median(r.large.warm_vs_cached)},
+      {"warm_cpus_busy", median(r.large.warm_cpus_busy)},
+      {"raw_cpus_busy", median(r.large.raw_cpus_busy)},
+      {"warm_sleeps_per_batch", median(r.large.warm_sleeps_per_batch)},
+      {"warm_preemptions_per_batch", median(r.large.warm_preemptions_per_batch)},
       {"consumer_ms", a.consumer_ms},
       {"consumer_wait_fraction", median(r.wait_fraction)},
       {"consumer_wait_p50_ms", median(r.wait_p50_ms)},
@@ -442,7 +489,11 @@ Status bench_data(const DataBenchArgs& a) {
                     {"raw_read_mb_s", median(r.small.raw_mb_s)},
                     {"raw_pass_mb_s_range", range_of(r.small.raw_pass_mb_s)},
                     {"raw_read_cached_mb_s", median(r.small.raw_cached_mb_s)},
-                    {"warm_vs_raw_cached", median(r.small.warm_vs_cached)}};
+                    {"warm_vs_raw_cached", median(r.small.warm_vs_cached)},
+                    {"warm_cpus_busy", median(r.small.warm_cpus_busy)},
+                    {"raw_cpus_busy", median(r.small.raw_cpus_busy)},
+                    {"warm_sleeps_per_batch", median(r.small.warm_sleeps_per_batch)},
+                    {"warm_preemptions_per_batch", median(r.small.warm_preemptions_per_batch)}};
     doc["warm_vs_raw_small"] = median(r.small.warm);
   }
   if (cold) {

@@ -374,7 +374,9 @@ TEST_F(BenchSmoke, DataReportsEveryKey) {
                   "runs", "shuffle_window", "warm_mb_s", "warm_samples_s", "raw_read_mb_s",
                   "warm_vs_raw", "consumer_ms", "consumer_wait_fraction", "consumer_wait_p50_ms",
                   "consumer_wait_p99_ms", "consumer_wait_max_ms", "warm_vs_raw_small",
-                  "raw_read_cached_mb_s", "warm_vs_raw_cached", "warm_epochs", "raw_passes"},
+                  "raw_read_cached_mb_s", "warm_vs_raw_cached", "warm_epochs", "raw_passes",
+                  "warm_cpus_busy", "raw_cpus_busy", "warm_sleeps_per_batch",
+                  "warm_preemptions_per_batch"},
                  "data");
   // Note [A stable raw baseline]: every raw pass's speed, as [min, max].
   for (const json* d : {&doc, doc.contains("small") ? &doc["small"] : &doc}) {
@@ -387,8 +389,16 @@ TEST_F(BenchSmoke, DataReportsEveryKey) {
   ASSERT_TRUE(doc.contains("small")) << doc.dump();
   expect_numeric(doc["small"],
                  {"dataset_mb", "samples", "sample_bytes", "shuffle_window", "warm_mb_s",
-                  "warm_samples_s", "raw_read_mb_s", "raw_read_cached_mb_s", "warm_vs_raw_cached"},
+                  "warm_samples_s", "raw_read_mb_s", "raw_read_cached_mb_s", "warm_vs_raw_cached",
+                  "warm_cpus_busy", "raw_cpus_busy", "warm_sleeps_per_batch",
+                  "warm_preemptions_per_batch"},
                  "data small");
+  for (const json* d : {&doc, &doc["small"]}) {
+    for (const char* key : {"warm_cpus_busy", "raw_cpus_busy", "warm_sleeps_per_batch",
+                            "warm_preemptions_per_batch"}) {
+      EXPECT_GE((*d)[key].get<double>(), 0) << key << " " << d->dump();
+    }
+  }
   // The cold part needs a local S3 server; where there is none it says why.
   if (doc.contains("cold_skipped")) {
     EXPECT_TRUE(doc["cold_vs_raw_get"].is_null());
