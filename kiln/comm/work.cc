@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "kiln/comm/transport/waiting_callers.h"
+
 namespace kiln::comm {
 
 Work::Work(std::uint64_t seq, std::string what, std::function<Status(Deadline)> body,
@@ -55,6 +57,10 @@ Status Work::status() const {
 Status Work::wait(std::chrono::milliseconds timeout) {
   Deadline deadline = timeout == std::chrono::milliseconds::max() ? Deadline::never()
                                                                   : Deadline::after(timeout);
+  if (test()) return status();
+  // Note [A waiting caller's core is spare]: from here until it returns, this
+  // thread computes nothing.
+  transport::CallerWaiting waiting;
   // Run it here if the engine thread has not picked it up yet.
   if (!test() && engine_ != nullptr) engine_->help(this);
   // Then poll briefly (the engine may be about to finish it), then sleep.

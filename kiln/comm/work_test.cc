@@ -4,6 +4,9 @@
 
 #include <atomic>
 #include <memory>
+#include <thread>
+
+#include "kiln/comm/transport/waiting_callers.h"
 
 namespace kiln::comm {
 namespace {
@@ -35,6 +38,36 @@ TEST(Work, OnDoneAfterTheOperationFinishedRunsAtOnce) {
   bool called = false;
   work->on_done([&](const Status& s) { called = s.is_ok(); });
   EXPECT_TRUE(called);
+}
+
+TEST(Work, AWaitingCallerCountsAsOneWhileItWaitsAndNotAfter) {
+  // Note [A waiting caller's core is spare]: the tcp coder reads this count.
+  ASSERT_EQ(transport::callers_waiting(), 0);
+  Engine engine(std::chrono::seconds(5));
+  std::atomic<bool> release{false};
+  std::atomic<int> seen_while_running{-1};
+  auto work = std::make_shared<Work>(
+      1, "op 1",
+      [&](Deadline d) {
+        // Runs on whichever thread picked it up; the waiter below has
+        // counted itself by the time the operation can see it.
+        while (!release.load() && !d.expired()) {
+          if (transport::callers_waiting() == 1) seen_while_running = 1;
+          std::this_thread::yield();
+        }
+        return Status::ok();
+      },
+      &engine);
+  engine.submit(work);
+  std::thread waiter([&] { EXPECT_TRUE(work->wait(std::chrono::seconds(5)).is_ok()); });
+  while (seen_while_running.load() != 1 && !work->test()) std::this_thread::yield();
+  release = true;
+  waiter.join();
+  EXPECT_EQ(seen_while_running.load(), 1) << "the waiter was not counted while it waited";
+  EXPECT_EQ(transport::callers_waiting(), 0) << "still counted after wait() returned";
+  // A finished operation's wait() returns at once and counts nobody.
+  EXPECT_TRUE(work->wait(std::chrono::seconds(5)).is_ok());
+  EXPECT_EQ(transport::callers_waiting(), 0);
 }
 
 }  // namespace

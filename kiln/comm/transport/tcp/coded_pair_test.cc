@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <optional>
 #include <cstring>
 #include <random>
 #include <string>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "kiln/comm/transport/tcp/pair.h"
+#include "kiln/comm/transport/waiting_callers.h"
 #include "kiln/comm/transport/tcp/plane_codec.h"
 #include "kiln/comm/transport/tcp/socket.h"
 
@@ -226,13 +228,19 @@ TEST(CodedTcpPair, AutoCodesOnlyWhileTheLinkIsSlowerThanTheThreshold) {
   // MB/s (loopback is above, then below) and idle cores (none needed: zstd;
   // more than any host has: the words as they are, Note [Coding only with a
   // spare core]).
+  // A thread blocked on a collective frees a core at once (Note [A waiting
+  // caller's core is spare]).
   struct Case {
     const char* below;
     const char* idle;
     unsigned coded, zstd, words;
+    bool caller_waits = false;
   };
   for (Case k : {Case{"0.000001", "0", 0, 0, 0}, Case{"1000000000", "0", 2, 2, 0},
-                 Case{"1000000000", "100000", 2, 0, 2}}) {
+                 Case{"1000000000", "100000", 2, 0, 2},
+                 Case{"1000000000", "100000", 2, 2, 0, /*caller_waits=*/true}}) {
+    std::optional<CallerWaiting> waiting;
+    if (k.caller_waits) waiting.emplace();
     const char* below = k.below;
     ::setenv("KILN_TCP_CODE", "auto", 1);
     ::setenv("KILN_TCP_CODE_BELOW_MBPS", below, 1);
@@ -250,9 +258,11 @@ TEST(CodedTcpPair, AutoCodesOnlyWhileTheLinkIsSlowerThanTheThreshold) {
       ASSERT_EQ(std::memcmp(got.data(), sent.data(), n * 4), 0);
     }
     auto stats = c.a->code_stats();
-    EXPECT_EQ(stats.messages, k.coded) << below << " MB/s, " << k.idle << " cores";
-    EXPECT_EQ(stats.zstd_chunks, k.zstd) << below << " MB/s, " << k.idle << " cores";
-    EXPECT_EQ(stats.words_chunks, k.words) << below << " MB/s, " << k.idle << " cores";
+    const std::string what = fmt::format("{} MB/s, {} cores, caller {}", below, k.idle,
+                                         k.caller_waits ? "waits" : "computes");
+    EXPECT_EQ(stats.messages, k.coded) << what;
+    EXPECT_EQ(stats.zstd_chunks, k.zstd) << what;
+    EXPECT_EQ(stats.words_chunks, k.words) << what;
     EXPECT_EQ(stats.stored_chunks, 0u) << "auto never splits a chunk it then stores";
     EXPECT_EQ(stats.nibble_chunks, 0u) << "auto never picks the nibble code";
   }

@@ -16,6 +16,7 @@
 
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
+#include "kiln/comm/transport/waiting_callers.h"
 
 namespace kiln::comm::transport::tcp {
 namespace {
@@ -80,7 +81,9 @@ const Knob<std::string> kCoder{
 // left uncoded under a per-message decision). The nibble code (Note [A high
 // plane coded in nibbles]) is cheaper than zstd but still cost backward more
 // than it saved there (issue 24, session 8), so it is only used when asked
-// for (KILN_TCP_CODER=nibble).
+// for (KILN_TCP_CODER=nibble). A thread of this process blocked on a
+// collective also means a spare core, at once (Note [A waiting caller's core
+// is spare]).
 double idle_cores_recently() {
   static std::mutex mu;
   static std::uint64_t last_total = 0, last_idle = 0;
@@ -268,8 +271,10 @@ bool TcpPair::write_coded_locked(SendOp& op) {
       }
       HighPlane coder = coder_;
       if (coder == HighPlane::kStored) {  // auto
-        coder =
-            idle_cores_recently() >= code_min_idle_cores_ ? HighPlane::kZstd : HighPlane::kWords;
+        // Note [A waiting caller's core is spare]: no need to ask the host.
+        const bool spare_core =
+            callers_waiting() > 0 || idle_cores_recently() >= code_min_idle_cores_;
+        coder = spare_core ? HighPlane::kZstd : HighPlane::kWords;
       }
       if (coder == HighPlane::kWords) {
         const CodedChunkHeader h = PlaneCodec::words_header(words);
