@@ -37,8 +37,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -91,6 +93,50 @@ Result<double> median_of_slowest(comm::Communicator& world, int repeats, int tim
   return bench::median(per_repeat);
 }
 
+// Seconds on CLOCK_MONOTONIC, which every process of the host reads alike.
+double monotonic_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Note [The group wait, measured]: the wait [pipeline_handoff] prices (Note
+// [Pipeline hand-off] in kiln/plan/host_profile.h) is the wall time a TP
+// all-reduce takes after the later of its two ranks has posted it: the
+// partner is there, the message is what remains. Fitting it as what is left
+// of a whole probe step after the model's compute makes it the residual of
+// two numbers ~100x its size (2% of the step is 0.16-0.77 ms per message:
+// docs/plan.md, issue 18 session 10). So each rank stamps the moment it posts
+// (µs since rank 0's start, as a float in the payload's first element,
+// exact to 1 µs for 16 s), the all-reduce's max gives the later post, and
+// the wait is the rank's clock when the all-reduce returns minus that.
+// Recorded over the timed steps, all ranks' waits gathered on rank 0.
+struct GroupWaits {
+  std::size_t count = 0;
+  double mean_s = 0, median_s = 0, p10_s = 0, p90_s = 0;
+};
+
+Result<GroupWaits> gather_group_waits(comm::Communicator& world, const std::vector<double>& mine) {
+  std::int64_t n = static_cast<std::int64_t>(mine.size());
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(world.size()));
+  KILN_RETURN_IF_ERROR(
+      world.allgather(&n, counts.data(), 1, comm::DataType::kInt64)->wait(kTimeout));
+  std::vector<std::size_t> sizes(counts.begin(), counts.end());
+  std::vector<double> all(static_cast<std::size_t>(
+      std::accumulate(counts.begin(), counts.end(), std::int64_t{0})));
+  KILN_RETURN_IF_ERROR(
+      world.allgatherv(mine.data(), all.data(), sizes, comm::DataType::kFloat64)->wait(kTimeout));
+  GroupWaits w;
+  w.count = all.size();
+  if (all.empty()) return w;
+  std::sort(all.begin(), all.end());
+  auto at = [&](double q) { return all[static_cast<std::size_t>(q * (all.size() - 1) + 0.5)]; };
+  w.mean_s = std::accumulate(all.begin(), all.end(), 0.0) / all.size();
+  w.median_s = bench::median(all);
+  w.p10_s = at(0.1);
+  w.p90_s = at(0.9);
+  return w;
+}
+
 // --pp > 1: the pipeline-shaped probe (Note [Pipeline hand-off] in
 // kiln/plan/host_profile.h). Activations carry no meaning: each stage passes
 // its input on (times one, so autograd gives the engine its gradient), and
@@ -108,15 +154,22 @@ Status bench_handoff_pipeline(const HandoffArgs& a, comm::Communicator& world, i
   std::vector<float> buf(static_cast<std::size_t>(a.bytes) / sizeof(float), 1.f);
   const std::int64_t width = static_cast<std::int64_t>(buf.size());
   const torch::Tensor first_input = torch::ones({width}).requires_grad_(true);
+  // Note [The group wait, measured]: one epoch for every rank's stamps.
+  double epoch_s = monotonic_s();
+  KILN_RETURN_IF_ERROR(world.broadcast(&epoch_s, 1, comm::DataType::kFloat64, 0)->wait(kTimeout));
+  bool recording = false;
+  std::vector<double> waits;
   // `messages` times: `units` of work, then the group all-reduce (a
   // tensor-parallel layer half's compute and its activation all-reduce).
   auto layers = [&](int units) -> Status {
     for (int k = 0; k < a.messages; ++k) {
       work.run(units);
       if (a.group > 1) {
+        buf[0] = static_cast<float>(std::round(1e6 * (monotonic_s() - epoch_s)));
         KILN_RETURN_IF_ERROR(tensor.allreduce(buf.data(), buf.size(), comm::DataType::kFloat32,
                                               comm::ReduceOp::kMax)
                                  ->wait(kTimeout));
+        if (recording) waits.push_back(monotonic_s() - epoch_s - 1e-6 * buf[0]);
       }
     }
     return Status::ok();
@@ -139,7 +192,9 @@ Status bench_handoff_pipeline(const HandoffArgs& a, comm::Communicator& world, i
     return failed;
   };
   for (int i = 0; i < 2; ++i) KILN_RETURN_IF_ERROR(step());
+  recording = true;
   KILN_ASSIGN_OR_RETURN(const double step_s, median_of_slowest(world, a.repeats, 1, step));
+  KILN_ASSIGN_OR_RETURN(const GroupWaits w, gather_group_waits(world, waits));
   if (world.rank() == 0) {
     if (a.json) {
       nlohmann::json j = {{"bench", "handoff"},
@@ -153,13 +208,21 @@ Status bench_handoff_pipeline(const HandoffArgs& a, comm::Communicator& world, i
                           {"units", a.units},
                           {"bytes", a.bytes},
                           {"repeats", a.repeats},
-                          {"step_s", step_s}};
+                          {"step_s", step_s},
+                          {"group_waits", w.count},
+                          {"group_wait_mean_s", w.mean_s},
+                          {"group_wait_median_s", w.median_s},
+                          {"group_wait_p10_s", w.p10_s},
+                          {"group_wait_p90_s", w.p90_s}};
       fmt::print("{}\n", j.dump());
     } else {
       fmt::print(
           "{} stages of {} ranks, 1F1B over {} micro-batches, {} x {} units and a {}-byte group "
-          "allreduce per forward (twice the units backward): {:.3f} ms per step\n",
-          a.pp, a.group, a.microbatches, a.messages, a.units, a.bytes, 1e3 * step_s);
+          "allreduce per forward (twice the units backward): {:.3f} ms per step; a group "
+          "all-reduce after the later post: mean {:.0f} us, median {:.0f} us (p10 {:.0f}, p90 "
+          "{:.0f}) over {} messages\n",
+          a.pp, a.group, a.microbatches, a.messages, a.units, a.bytes, 1e3 * step_s,
+          1e6 * w.mean_s, 1e6 * w.median_s, 1e6 * w.p10_s, 1e6 * w.p90_s, w.count);
     }
   }
   return Status::ok();
