@@ -332,6 +332,10 @@ TEST_F(BenchSmoke, HandoffTypedAloneStartsItsRanksAndReportsEveryKey) {
   EXPECT_EQ(doc["ranks"], 4);
   EXPECT_EQ(doc["group"], 2);
   EXPECT_GT(doc["round_s"].get<double>(), 0);
+  // Note [The group wait, measured]: 4 ranks x 3 timed rounds x 1 repeat.
+  expect_numeric(doc, {"group_waits", "group_wait_mean_s", "group_wait_median_s"}, "handoff");
+  EXPECT_EQ(doc["group_waits"], 4 * 3);
+  EXPECT_LT(doc["group_wait_median_s"].get<double>(), 3 * doc["round_s"].get<double>());
 }
 
 // Note [Pipeline hand-off]: --pp runs kiln's 1F1B engine over stages of pairs.
