@@ -105,13 +105,13 @@ double monotonic_s() {
 // all-reduce takes after the later of its two ranks has posted it: the
 // partner is there, the message is what remains. Fitting it as what is left
 // of a whole probe step after the model's compute makes it the residual of
-// two numbers ~100x its size (2% of the step is 0.16-0.77 ms per message:
-// docs/plan.md, issue 18 session 10). So each rank stamps the moment it posts
-// (µs since rank 0's start, as a float in the payload's first element,
-// exact to 1 µs for 16 s), the all-reduce's max gives the later post, and
-// the wait is the rank's clock when the all-reduce returns minus that.
-// Recorded over the timed steps (or rounds), all ranks' waits gathered.
-// The lockstep rounds record the same, so the two can be compared.
+// two numbers ten times the waits' total (2% of the step is 0.16-0.77 ms
+// per message: docs/plan.md, issue 18 session 10). So each rank stamps the
+// moment it posts (µs since rank 0's start, as a float in the payload's
+// first element, exact to 1 µs for 16 s), the all-reduce's max gives the
+// later post, and the wait is the rank's clock when the all-reduce returns
+// minus that. Recorded over the timed steps (or rounds), all ranks' waits
+// gathered. The lockstep rounds record the same, so the two compare.
 struct GroupWaits {
   std::size_t count = 0;
   double mean_s = 0, median_s = 0, p10_s = 0, p90_s = 0;
