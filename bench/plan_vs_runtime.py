@@ -398,7 +398,7 @@ def main():
     verdict_profile = os.path.abspath(a.verdict_profile) if a.verdict_profile else profile
     doc["verdict_profile"] = verdict_profile
     # With --runs-from, the second look the runs had, not this invocation's.
-    k = (earlier or {}).get("args", {}).get("second_look", a.second_look) if earlier else a.second_look
+    k = earlier.get("args", {}).get("second_look", a.second_look) if earlier else a.second_look
     doc["verdict_rule"] = VERDICT_RULE.format(k=k)
     for layout in a.layouts:
         rows[layout]["predicted_verdict"] = predict(a, verdict_profile, layout)
