@@ -96,8 +96,7 @@ Result<double> median_of_slowest(comm::Communicator& world, int repeats, int tim
 
 // Seconds on CLOCK_MONOTONIC, which every process of the host reads alike.
 double monotonic_s() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 // Note [The group wait, measured]: the wait [pipeline_handoff] prices (Note
@@ -150,8 +149,8 @@ Result<GroupWaits> GroupWaitRecorder::gather(comm::Communicator& world) const {
   KILN_RETURN_IF_ERROR(
       world.allgather(&n, counts.data(), 1, comm::DataType::kInt64)->wait(kTimeout));
   std::vector<std::size_t> sizes(counts.begin(), counts.end());
-  std::vector<double> all(static_cast<std::size_t>(
-      std::accumulate(counts.begin(), counts.end(), std::int64_t{0})));
+  std::vector<double> all(
+      static_cast<std::size_t>(std::accumulate(counts.begin(), counts.end(), std::int64_t{0})));
   KILN_RETURN_IF_ERROR(
       world.allgatherv(waits_.data(), all.data(), sizes, comm::DataType::kFloat64)->wait(kTimeout));
   GroupWaits w;
