@@ -37,8 +37,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <numeric>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -91,6 +94,92 @@ Result<double> median_of_slowest(comm::Communicator& world, int repeats, int tim
   return bench::median(per_repeat);
 }
 
+// Seconds on CLOCK_MONOTONIC, which every process of the host reads alike.
+double monotonic_s() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// Note [The group wait, measured]: the wait [pipeline_handoff] prices (Note
+// [Pipeline hand-off] in kiln/plan/host_profile.h) is the wall time a TP
+// all-reduce takes after the later of its two ranks has posted it: the
+// partner is there, the message is what remains. Fitting it as what is left
+// of a whole probe step after the model's compute makes it the residual of
+// two numbers ten times the waits' total (2% of the step is 0.16-0.77 ms
+// per message: docs/plan.md, issue 18 session 10). So each rank stamps the
+// moment it posts (µs since rank 0's start, as a float in the payload's
+// first element, exact to 1 µs for 16 s), the all-reduce's max gives the
+// later post, and the wait is the rank's clock when the all-reduce returns
+// minus that. Recorded over the timed steps (or rounds), all ranks' waits
+// gathered. The lockstep rounds record the same, so the two compare.
+struct GroupWaits {
+  std::size_t count = 0;
+  double mean_s = 0, median_s = 0, p10_s = 0, p90_s = 0;
+};
+
+class GroupWaitRecorder {
+ public:
+  // Collective over `world`: one epoch for every rank's stamps.
+  static Result<GroupWaitRecorder> start(comm::Communicator& world) {
+    GroupWaitRecorder r;
+    r.epoch_s_ = monotonic_s();
+    KILN_RETURN_IF_ERROR(
+        world.broadcast(&r.epoch_s_, 1, comm::DataType::kFloat64, 0)->wait(kTimeout));
+    return r;
+  }
+  // Before the max all-reduce of `payload`; after it, with its result.
+  void posting(float& payload) const {
+    payload = static_cast<float>(std::round(1e6 * (monotonic_s() - epoch_s_)));
+  }
+  void returned(float later_post_us) {
+    if (recording_) waits_.push_back(monotonic_s() - epoch_s_ - 1e-6 * later_post_us);
+  }
+  void record() { recording_ = true; }
+  // Collective over `world`: every rank's waits.
+  Result<GroupWaits> gather(comm::Communicator& world) const;
+
+ private:
+  double epoch_s_ = 0;
+  bool recording_ = false;
+  std::vector<double> waits_;
+};
+
+Result<GroupWaits> GroupWaitRecorder::gather(comm::Communicator& world) const {
+  std::int64_t n = static_cast<std::int64_t>(waits_.size());
+  std::vector<std::int64_t> counts(static_cast<std::size_t>(world.size()));
+  KILN_RETURN_IF_ERROR(
+      world.allgather(&n, counts.data(), 1, comm::DataType::kInt64)->wait(kTimeout));
+  std::vector<std::size_t> sizes(counts.begin(), counts.end());
+  std::vector<double> all(
+      static_cast<std::size_t>(std::accumulate(counts.begin(), counts.end(), std::int64_t{0})));
+  KILN_RETURN_IF_ERROR(
+      world.allgatherv(waits_.data(), all.data(), sizes, comm::DataType::kFloat64)->wait(kTimeout));
+  GroupWaits w;
+  w.count = all.size();
+  if (all.empty()) return w;
+  std::sort(all.begin(), all.end());
+  auto at = [&](double q) { return all[static_cast<std::size_t>(q * (all.size() - 1) + 0.5)]; };
+  w.mean_s = std::accumulate(all.begin(), all.end(), 0.0) / all.size();
+  w.median_s = bench::median(all);
+  w.p10_s = at(0.1);
+  w.p90_s = at(0.9);
+  return w;
+}
+
+void add_group_waits(nlohmann::json& j, const GroupWaits& w) {
+  j["group_waits"] = w.count;
+  j["group_wait_mean_s"] = w.mean_s;
+  j["group_wait_median_s"] = w.median_s;
+  j["group_wait_p10_s"] = w.p10_s;
+  j["group_wait_p90_s"] = w.p90_s;
+}
+
+std::string group_waits_text(const GroupWaits& w) {
+  return fmt::format(
+      "a group all-reduce after the later post: mean {:.0f} us, median {:.0f} us (p10 {:.0f}, "
+      "p90 {:.0f}) over {} messages",
+      1e6 * w.mean_s, 1e6 * w.median_s, 1e6 * w.p10_s, 1e6 * w.p90_s, w.count);
+}
+
 // --pp > 1: the pipeline-shaped probe (Note [Pipeline hand-off] in
 // kiln/plan/host_profile.h). Activations carry no meaning: each stage passes
 // its input on (times one, so autograd gives the engine its gradient), and
@@ -108,15 +197,18 @@ Status bench_handoff_pipeline(const HandoffArgs& a, comm::Communicator& world, i
   std::vector<float> buf(static_cast<std::size_t>(a.bytes) / sizeof(float), 1.f);
   const std::int64_t width = static_cast<std::int64_t>(buf.size());
   const torch::Tensor first_input = torch::ones({width}).requires_grad_(true);
+  KILN_ASSIGN_OR_RETURN(GroupWaitRecorder waits, GroupWaitRecorder::start(world));
   // `messages` times: `units` of work, then the group all-reduce (a
   // tensor-parallel layer half's compute and its activation all-reduce).
   auto layers = [&](int units) -> Status {
     for (int k = 0; k < a.messages; ++k) {
       work.run(units);
       if (a.group > 1) {
+        waits.posting(buf[0]);
         KILN_RETURN_IF_ERROR(tensor.allreduce(buf.data(), buf.size(), comm::DataType::kFloat32,
                                               comm::ReduceOp::kMax)
                                  ->wait(kTimeout));
+        waits.returned(buf[0]);
       }
     }
     return Status::ok();
@@ -139,7 +231,9 @@ Status bench_handoff_pipeline(const HandoffArgs& a, comm::Communicator& world, i
     return failed;
   };
   for (int i = 0; i < 2; ++i) KILN_RETURN_IF_ERROR(step());
+  waits.record();
   KILN_ASSIGN_OR_RETURN(const double step_s, median_of_slowest(world, a.repeats, 1, step));
+  KILN_ASSIGN_OR_RETURN(const GroupWaits w, waits.gather(world));
   if (world.rank() == 0) {
     if (a.json) {
       nlohmann::json j = {{"bench", "handoff"},
@@ -154,12 +248,14 @@ Status bench_handoff_pipeline(const HandoffArgs& a, comm::Communicator& world, i
                           {"bytes", a.bytes},
                           {"repeats", a.repeats},
                           {"step_s", step_s}};
+      add_group_waits(j, w);
       fmt::print("{}\n", j.dump());
     } else {
       fmt::print(
           "{} stages of {} ranks, 1F1B over {} micro-batches, {} x {} units and a {}-byte group "
-          "allreduce per forward (twice the units backward): {:.3f} ms per step\n",
-          a.pp, a.group, a.microbatches, a.messages, a.units, a.bytes, 1e3 * step_s);
+          "allreduce per forward (twice the units backward): {:.3f} ms per step; {}\n",
+          a.pp, a.group, a.microbatches, a.messages, a.units, a.bytes, 1e3 * step_s,
+          group_waits_text(w));
     }
   }
   return Status::ok();
@@ -295,14 +391,21 @@ Status bench_handoff(const HandoffArgs& a) {
   KILN_ASSIGN_OR_RETURN(auto group, world.split(world.rank() / a.group, world.rank()));
   plan::probe::SharingWork work(a.unit_rows);
   std::vector<float> buf(static_cast<std::size_t>(a.bytes) / sizeof(float), 1.f);
+  KILN_ASSIGN_OR_RETURN(GroupWaitRecorder waits, GroupWaitRecorder::start(world));
   auto round = [&]() -> Status {
     work.run(a.units);
-    return group->allreduce(buf.data(), buf.size(), comm::DataType::kFloat32, comm::ReduceOp::kMax)
-        ->wait(kTimeout);
+    waits.posting(buf[0]);
+    KILN_RETURN_IF_ERROR(
+        group->allreduce(buf.data(), buf.size(), comm::DataType::kFloat32, comm::ReduceOp::kMax)
+            ->wait(kTimeout));
+    waits.returned(buf[0]);
+    return Status::ok();
   };
   for (int i = 0; i < 3; ++i) KILN_RETURN_IF_ERROR(round());
+  waits.record();
   KILN_ASSIGN_OR_RETURN(const double round_s,
                         median_of_slowest(world, a.repeats, a.rounds, round));
+  KILN_ASSIGN_OR_RETURN(const GroupWaits w, waits.gather(world));
   if (world.rank() == 0) {
     if (a.json) {
       nlohmann::json j = {{"bench", "handoff"},
@@ -314,12 +417,14 @@ Status bench_handoff(const HandoffArgs& a) {
                           {"bytes", a.bytes},
                           {"rounds", a.rounds},
                           {"round_s", round_s}};
+      if (a.group > 1) add_group_waits(j, w);
       fmt::print("{}\n", j.dump());
     } else {
       fmt::print(
           "{} ranks, groups of {}, {} units and a {}-byte allreduce per round: {:.3f} ms per "
-          "round\n",
-          world.size(), a.group, a.units, a.bytes, 1e3 * round_s);
+          "round{}\n",
+          world.size(), a.group, a.units, a.bytes, 1e3 * round_s,
+          a.group > 1 ? "; " + group_waits_text(w) : "");
     }
   }
   return Status::ok();

@@ -149,6 +149,12 @@ struct CoreSharingPoint {
 // message wait that makes the host model (pipeline_sim.h with the measured
 // slowdown and lockstep hand-off, Note [Core sharing]) reproduce the
 // probe's step: fit_pipeline_handoff in calibration_fit.h.
+// Measured directly since (Note [The group wait, measured] in
+// cli/torch/bench_handoff_cmd.cc; docs/plan.md, issue 18 session 10), the
+// wait on this repository's 2-core host is the lockstep pairs' at 2 ranks
+// per core and shorter at 4, and the fit is a residual whose noise (0.16-
+// 0.77 ms per 2% of the step) is the wait's size: the vendored profile
+// carries no [pipeline_handoff].
 struct PipelineHandoffPoint {
   double ranks_per_core = 2;
   double handoff_s = 0;

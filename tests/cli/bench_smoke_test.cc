@@ -11,11 +11,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 extern char** environ;
@@ -330,6 +332,10 @@ TEST_F(BenchSmoke, HandoffTypedAloneStartsItsRanksAndReportsEveryKey) {
   EXPECT_EQ(doc["ranks"], 4);
   EXPECT_EQ(doc["group"], 2);
   EXPECT_GT(doc["round_s"].get<double>(), 0);
+  // Note [The group wait, measured]: 4 ranks x 3 timed rounds x 1 repeat.
+  expect_numeric(doc, {"group_waits", "group_wait_mean_s", "group_wait_median_s"}, "handoff");
+  EXPECT_EQ(doc["group_waits"], 4 * 3);
+  EXPECT_LT(doc["group_wait_median_s"].get<double>(), 3 * doc["round_s"].get<double>());
 }
 
 // Note [Pipeline hand-off]: --pp runs kiln's 1F1B engine over stages of pairs.
@@ -339,13 +345,58 @@ TEST_F(BenchSmoke, HandoffPipelineRunsStagesOfPairsAndReportsItsStep) {
                     "--json"});
   ASSERT_EQ(r.exit_code, 0) << context(r);
   json doc = parse(r);
-  expect_numeric(doc, {"ranks", "group", "pp", "microbatches", "messages", "units", "step_s"},
+  expect_numeric(doc,
+                 {"ranks", "group", "pp", "microbatches", "messages", "units", "step_s",
+                  "group_waits", "group_wait_mean_s", "group_wait_median_s", "group_wait_p10_s",
+                  "group_wait_p90_s"},
                  "handoff --pp");
   EXPECT_EQ(doc["pp"], 2);
   EXPECT_GT(doc["step_s"].get<double>(), 0);
+  // Note [The group wait, measured]: every rank's every timed all-reduce
+  // (4 ranks x 2 micro-batches x 2 messages, forward and backward, 1 step).
+  EXPECT_EQ(doc["group_waits"], 4 * 2 * 2 * 2);
+  EXPECT_GE(doc["group_wait_p10_s"].get<double>(), -2e-6);  // the stamp's rounding
+  EXPECT_LE(doc["group_wait_p10_s"].get<double>(), doc["group_wait_median_s"].get<double>());
+  EXPECT_LE(doc["group_wait_median_s"].get<double>(), doc["group_wait_p90_s"].get<double>());
+  EXPECT_LT(doc["group_wait_p90_s"].get<double>(), doc["step_s"].get<double>());
   r = kiln({"bench", "handoff", "--ranks", "4", "--group", "2", "--pp", "4"});
   EXPECT_EQ(r.exit_code, 2) << context(r);
   EXPECT_NE(r.err.find("--group x --pp (8) dividing --ranks 4"), std::string::npos) << context(r);
+}
+
+// ---- pipeline ---------------------------------------------------------------
+
+// Every case of the sweep (p in {2, 4}, m in {1, 2, 4, 8}; the interleaved
+// schedule at v = 2 where p divides m) with the keys docs/bench.md names; the
+// formula exactly Narayanan et al.'s; the measured bubble a finite fraction
+// (the busiest rank's step is never shorter than its own compute). Timings
+// at 1-2 ms stages are not checked: that is the benchmark's --check.
+TEST_F(BenchSmoke, PipelineReportsEveryCaseWithTheBubbleAndItsFormula) {
+  KilnRun r = kiln({"bench", "pipeline", "--forward-ms", "1", "--backward-ms", "2",
+                    "--activation-kib", "4", "--steps", "1", "--json"});
+  ASSERT_EQ(r.exit_code, 0) << context(r);
+  json doc = parse(r);
+  ASSERT_TRUE(doc.contains("cases") && doc["cases"].is_array()) << doc.dump();
+  std::vector<std::tuple<int, int, int>> seen;
+  for (const json& c : doc["cases"]) {
+    expect_numeric(c, {"p", "m", "v", "bubble_measured", "bubble_formula"}, "pipeline case");
+    const int p = c["p"], m = c["m"], v = c["v"];
+    seen.emplace_back(p, m, v);
+    EXPECT_EQ(c["schedule"], v == 1 ? "1f1b" : "interleaved") << c.dump();
+    EXPECT_DOUBLE_EQ(c["bubble_formula"].get<double>(), double(p - 1) / (v * m)) << c.dump();
+    const double measured = c["bubble_measured"].get<double>();
+    EXPECT_TRUE(std::isfinite(measured)) << c.dump();
+    EXPECT_GE(measured, 0) << c.dump();
+    EXPECT_LT(measured, 50) << c.dump();
+  }
+  std::vector<std::tuple<int, int, int>> expected;
+  for (int p : {2, 4}) {
+    for (int m : {1, 2, 4, 8}) {
+      expected.emplace_back(p, m, 1);
+      if (m % p == 0) expected.emplace_back(p, m, 2);
+    }
+  }
+  EXPECT_EQ(seen, expected);
 }
 
 TEST_F(BenchSmoke, HandoffRefusesAGroupThatDoesNotDivideTheRanks) {
