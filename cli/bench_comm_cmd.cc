@@ -274,9 +274,19 @@ Status bench_comm(const BenchArgs& a) {
 
   // As nccl-tests: warm up at the largest size first, so every buffer
   // (ours and the library's) is touched and settled before any timing.
+  // The first one's time says what first use costs (Note [Sharing user
+  // memory in place]: the copy into shared memory).
+  double first_us = 0;
   {
     std::size_t largest = total_sized ? block_max : max_count;
-    for (int i = 0; i < a.warmup; ++i) KILN_RETURN_IF_ERROR(runner.issue(largest)->wait());
+    for (int i = 0; i < a.warmup; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      KILN_RETURN_IF_ERROR(runner.issue(largest)->wait());
+      if (i == 0) {
+        first_us =
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      }
+    }
   }
   // Measured now, beside the sweep, so it reflects the machine as it is;
   // only for sweeps that reach sizes the caches cannot hold (below that the
@@ -402,7 +412,7 @@ Status bench_comm(const BenchArgs& a) {
   if (c.rank() == 0 && a.json) {
     nlohmann::json doc{{"op", a.op}, {"dtype", comm::dtype_name(t)}, {"world_size", n},
                        {"reduce_op", a.reduce_op}, {"algo", a.algo.empty() ? "auto" : a.algo},
-                       {"registered", a.registered},
+                       {"registered", a.registered}, {"first_warmup_us", first_us},
                        {"results", results}};
     if (limit_busbw > 0) {
       doc["limit_busbw_gbps"] = limit_busbw;

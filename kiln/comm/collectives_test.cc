@@ -638,7 +638,7 @@ TEST(InPlaceAllreduce, ARankWhoseMemoryCannotBeSharedMakesEveryRankRunTheUsualWa
   auto result = testing::run_ranks(3, [](Communicator& c) -> Status {
     const std::size_t count = (1u << 18) + 3, bytes = count * 8 + 3 * 4096;
     Mapped in(bytes), out(bytes);
-    char *send = in.base + 100, *recv = out.base + 100;
+    char *send = in.base + 128, *recv = out.base + 128;
     Fd file;
     void* f = nullptr;
     if (c.rank() == 1) {
@@ -648,7 +648,7 @@ TEST(InPlaceAllreduce, ARankWhoseMemoryCannotBeSharedMakesEveryRankRunTheUsualWa
       }
       f = mmap(nullptr, 2 * bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE, file.get(), 0);
       if (f == MAP_FAILED) return errno_status("map a file", errno);
-      send = static_cast<char*>(f) + 100;
+      send = static_cast<char*>(f) + 128;
       recv = send + bytes;
     }
     for (DataType t : {DataType::kFloat32, DataType::kBFloat16, DataType::kInt64}) {
