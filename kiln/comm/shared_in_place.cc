@@ -4,12 +4,11 @@
 // FIFOs at ~0.5 (docs/perf.md, issue 24). UCX and NCCL close that gap by
 // registering user buffers on first use and caching the registration; here
 // registering means making the pages shared: copy the pages inside the
-// buffer (but for the two holding its first and last byte) into a memfd and move a shared mapping of it over the
-// same addresses (mremap), so the buffer keeps its address and contents and
-// peers map the memfd through /proc/<pid>/fd as a SharedBuffer's. Later
-// collectives on the same memory find the range in the cache and skip the
-// copy. The pages at either end stay private; the direct allreduce runs the
-// usual algorithm on them.
+// buffer (but for the two holding its first and last byte) into a memfd and move a shared mapping
+// of it over the same addresses (mremap), so the buffer keeps its address and contents and peers
+// map the memfd through /proc/<pid>/fd as a SharedBuffer's. Later collectives on the same memory
+// find the range in the cache and skip the copy. The pages at either end stay private; the direct
+// allreduce runs the usual algorithm on them.
 //
 // Safety, case by case:
 // - The user frees the memory (glibc unmaps large chunks): every call first
@@ -41,6 +40,7 @@
 #include "kiln/comm/shared_in_place.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
@@ -49,8 +49,6 @@
 #include <cerrno>
 #include <cstring>
 #include <mutex>
-
-#include <fmt/format.h>
 
 #include "kiln/base/fd.h"
 #include "kiln/base/logging.h"
@@ -109,9 +107,10 @@ class Cache {
     if (!e.is_ok()) {
       if (!warned_) {
         warned_ = true;
-        log()->warn("sharing user memory in place failed, running the usual allreduce (said "
-                    "once): {}",
-                    e.status().to_string());
+        log()->warn(
+            "sharing user memory in place failed, running the usual allreduce (said "
+            "once): {}",
+            e.status().to_string());
       }
       return std::nullopt;
     }
@@ -172,7 +171,7 @@ class Cache {
     // ENAMETOOLONG: a name longer than the buffer, so a name.
     if (rc != 0 && errno == ENAMETOOLONG) return Vma{0, 0, 0, 0, 0, 0, 0, true};
     if (rc != 0) return std::nullopt;
-    return Vma{q.vma_start, q.vma_end,   q.vma_flags,        q.vma_offset,
+    return Vma{q.vma_start, q.vma_end,   q.vma_flags, q.vma_offset,
                q.inode,     q.dev_major, q.dev_minor, q.vma_name_size != 0};
   }
 
@@ -186,16 +185,16 @@ class Cache {
       return errno_status(fmt::format("share memory in place: size a memfd to {} bytes", bytes),
                           errno);
     }
-    void* copy = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
-                      fd.get(), 0);
+    void* copy =
+        mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd.get(), 0);
     if (copy == MAP_FAILED) {
       return errno_status(fmt::format("share memory in place: map {} bytes", bytes), errno);
     }
     std::memcpy(copy, reinterpret_cast<const void*>(begin), bytes);
     // The kernel checks what could fail (the map count) before it unmaps the
     // old pages, and moves the page tables with the mapping.
-    void* moved = mremap(copy, bytes, bytes, MREMAP_MAYMOVE | MREMAP_FIXED,
-                         reinterpret_cast<void*>(begin));
+    void* moved =
+        mremap(copy, bytes, bytes, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(begin));
     if (moved == MAP_FAILED) {
       const int err = errno;
       munmap(copy, bytes);
@@ -209,10 +208,13 @@ class Cache {
                   std::strerror(errno));
     }
     auto v = vma_at(begin);
-    if (!v) return internal_error(fmt::format("share memory in place: no mapping at {:#x} after "
-                                              "moving one there", begin));
-    return Entry{begin, end, fd.release(), new_shared_serial(), v->inode, v->dev_major,
-                 v->dev_minor};
+    if (!v)
+      return internal_error(
+          fmt::format("share memory in place: no mapping at {:#x} after "
+                      "moving one there",
+                      begin));
+    return Entry{begin,    end,          fd.release(), new_shared_serial(),
+                 v->inode, v->dev_major, v->dev_minor};
   }
 
   std::mutex mu_;
@@ -234,7 +236,8 @@ std::optional<SharedSpan> share_in_place(const void* p, std::size_t bytes) {
   const auto page = static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE));
   const auto a = reinterpret_cast<std::uintptr_t>(p);
   // Not the pages holding the first and last byte (the note's mremap case).
-  const std::uintptr_t begin = (a / page + 1) * page, end = ((a + bytes + page - 1) / page - 1) * page;
+  const std::uintptr_t begin = (a / page + 1) * page,
+                       end = ((a + bytes + page - 1) / page - 1) * page;
   if (bytes == 0 || end <= begin) return std::nullopt;
   return cache().share(begin, end);
 }

@@ -1,6 +1,8 @@
 #include "kiln/comm/shared_in_place.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -11,9 +13,6 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
-
-#include <fmt/format.h>
-#include <gtest/gtest.h>
 
 #include "kiln/base/fd.h"
 
@@ -108,7 +107,8 @@ TEST_F(SharedInPlace, MemoryTheUserFreesIsForgottenAndNewMemoryThereIsSharedAnew
   auto first = share_in_place(at, m->bytes);
   ASSERT_TRUE(first.has_value());
   delete m;  // unmapped
-  void* p = mmap(at, 16 * kPage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+  void* p = mmap(at, 16 * kPage, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
   ASSERT_EQ(p, at) << "the address was taken meanwhile";
   std::memset(p, 9, 16 * kPage);
   auto second = share_in_place(p, 16 * kPage);
