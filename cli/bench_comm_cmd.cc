@@ -274,9 +274,19 @@ Status bench_comm(const BenchArgs& a) {
 
   // As nccl-tests: warm up at the largest size first, so every buffer
   // (ours and the library's) is touched and settled before any timing.
+  // The first one's time says what first use costs (Note [Sharing user
+  // memory in place]: the copy into shared memory).
+  double first_us = 0;
   {
     std::size_t largest = total_sized ? block_max : max_count;
-    for (int i = 0; i < a.warmup; ++i) KILN_RETURN_IF_ERROR(runner.issue(largest)->wait());
+    for (int i = 0; i < a.warmup; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      KILN_RETURN_IF_ERROR(runner.issue(largest)->wait());
+      if (i == 0) {
+        first_us =
+            std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      }
+    }
   }
   // Measured now, beside the sweep, so it reflects the machine as it is;
   // only for sweeps that reach sizes the caches cannot hold (below that the
@@ -321,26 +331,32 @@ Status bench_comm(const BenchArgs& a) {
     std::vector<double> times, passes;
     // Path counters around the timed allreduces only: the limit passes'
     // own small allreduce must not count.
-    std::uint64_t direct_timed = 0, cma_timed = 0;
+    std::uint64_t direct_timed = 0, cma_timed = 0, in_place_timed = 0;
     for (int i = 0; i < a.iters; ++i) {
       if (limit_here) {
         KILN_ASSIGN_OR_RETURN(auto p, stream->passes(c, 1));
         passes.push_back(p[0]);
       }
-      const std::uint64_t direct_before = c.direct_allreduces(), cma_before = c.cma_allreduces();
+      const std::uint64_t direct_before = c.direct_allreduces(), cma_before = c.cma_allreduces(),
+                          in_place_before = c.in_place_allreduces();
       auto t0 = std::chrono::steady_clock::now();
       KILN_RETURN_IF_ERROR(runner.issue(count)->wait());
       times.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
       direct_timed += c.direct_allreduces() - direct_before;
       cma_timed += c.cma_allreduces() - cma_before;
+      in_place_timed += c.in_place_allreduces() - in_place_before;
     }
     if (limit_here) {
       KILN_ASSIGN_OR_RETURN(auto p, stream->passes(c, 1));
       passes.push_back(p[0]);
     }
     // How the timed allreduces ran (Notes [Direct allreduce on shared buffers],
-    // [Single-copy allreduce through the kernel]); "usual": the algorithm.
-    const char* path = direct_timed != 0 ? "direct" : cma_timed != 0 ? "cma" : "usual";
+    // [Single-copy allreduce through the kernel], [Sharing user memory in
+    // place]); "usual": the algorithm.
+    const char* path = in_place_timed != 0 ? "direct_in_place"
+                       : direct_timed != 0 ? "direct"
+                       : cma_timed != 0    ? "cma"
+                                           : "usual";
     // Each iteration as long as its slowest rank took; the size's time is their median.
     std::vector<double> slowest_each = times;
     KILN_RETURN_IF_ERROR(c.allreduce(slowest_each.data(), slowest_each.size(), DataType::kFloat64,
@@ -396,7 +412,7 @@ Status bench_comm(const BenchArgs& a) {
   if (c.rank() == 0 && a.json) {
     nlohmann::json doc{{"op", a.op}, {"dtype", comm::dtype_name(t)}, {"world_size", n},
                        {"reduce_op", a.reduce_op}, {"algo", a.algo.empty() ? "auto" : a.algo},
-                       {"registered", a.registered},
+                       {"registered", a.registered}, {"first_warmup_us", first_us},
                        {"results", results}};
     if (limit_busbw > 0) {
       doc["limit_busbw_gbps"] = limit_busbw;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstddef>
 #include <iterator>
 #include <tuple>
@@ -25,7 +26,9 @@
 #include "kiln/comm/communicator.h"
 #include "kiln/comm/element_io.h"
 #include "kiln/comm/reduce.h"
+#include "kiln/base/fd.h"
 #include "kiln/comm/shared_buffer.h"
+#include "kiln/comm/shared_in_place.h"
 #include "kiln/comm/testing/multiprocess.h"
 
 namespace kiln::comm {
@@ -510,6 +513,189 @@ TEST(DirectAllreduce, SubRangesOfOneSharedBufferReduceDirectlyAndAlone) {
     return Status::ok();
   }, direct_options());
   EXPECT_TRUE(result.ok()) << result.report;
+}
+
+// Note [Sharing user memory in place]: plain memory (mapped here as a large
+// allocation is, so each case controls where its buffers start) shared in
+// place on first use runs directly, every dtype and reduce op, in place and
+// out, with the ranks' buffers at different offsets within their pages (so
+// each rank reaches different elements and the usual algorithm runs the
+// rest), and matches the reference.
+testing::RunOptions in_place_options() {
+  testing::RunOptions o = direct_options();
+  o.env["KILN_SHM_SHARE_IN_PLACE_BYTES"] = "1";
+  return o;
+}
+
+// Private anonymous memory, unmapped when it goes.
+struct Mapped {
+  explicit Mapped(std::size_t bytes) : bytes(bytes) {
+    void* p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    base = p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+  }
+  ~Mapped() {
+    if (base != nullptr) munmap(base, bytes);
+  }
+  Mapped(const Mapped&) = delete;
+  Mapped& operator=(const Mapped&) = delete;
+  std::size_t bytes;
+  char* base;
+};
+
+// One allreduce of `count` elements from `in` into `out` (in place when
+// equal); `in_place_expected`: whether it must run on memory shared in place.
+Status check_plain_allreduce(Communicator& c, DataType t, ReduceOp op, std::size_t count, char* in,
+                             char* out, bool in_place_expected) {
+  const std::size_t es = dtype_size(t);
+  for (std::size_t i = 0; i < count; ++i) store_element(t, in, i, input_value(c.rank(), i, op, t));
+  const char guard = 0x5a;
+  out[count * es] = guard;  // just past the range: must stay untouched
+  const std::uint64_t before = c.in_place_allreduces();
+  KILN_RETURN_IF_ERROR(c.allreduce(in, out, count, t, op)->wait());
+  const std::string what = fmt::format(
+      "allreduce on plain memory, {} count {} {} {} at page offset {}", dtype_name(t), count,
+      reduce_op_name(op), in == out ? "in-place" : "out-of-place",
+      reinterpret_cast<std::uintptr_t>(in) % 4096);
+  if ((c.in_place_allreduces() != before) != in_place_expected) {
+    return internal_error(fmt::format("{}: {} on memory shared in place", what,
+                                      in_place_expected ? "did not run" : "ran"));
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    double want = expected_reduce(c.size(), i, op, t), got = load_element(t, out, i);
+    if (!close_enough(t, got, want)) return mismatch(what, i, got, want);
+  }
+  if (out[count * es] != guard) return internal_error(what + ": wrote past the range");
+  return Status::ok();
+}
+
+class InPlaceAllreduce : public ::testing::TestWithParam<int> {};
+
+TEST_P(InPlaceAllreduce, EveryDtypeAndOpOnPlainMemoryRunsDirectlyAndMatchesTheReference) {
+  auto result = testing::run_ranks(GetParam(), [](Communicator& c) -> Status {
+    const std::size_t large = (1u << 18) + 3;
+    Mapped in(large * 8 + 3 * 4096), out(large * 8 + 3 * 4096);
+    if (in.base == nullptr || out.base == nullptr) return errno_status("map buffers", errno);
+    for (DataType t : kDtypes) {
+      const std::size_t es = dtype_size(t);
+      for (ReduceOp op : kOps) {
+        // The ranks' buffers start at different offsets into a page.
+        const std::size_t at = 4096 + 64 * c.rank() + (t == DataType::kFloat64 ? 8 : es);
+        KILN_RETURN_IF_ERROR(
+            check_plain_allreduce(c, t, op, large, in.base + at, out.base + at, true));
+        KILN_RETURN_IF_ERROR(
+            check_plain_allreduce(c, t, op, large, in.base + at, in.base + at, true));
+      }
+    }
+    // No page but the two holding its ends: the usual way.
+    return check_plain_allreduce(c, DataType::kFloat32, ReduceOp::kSum, 1023, in.base + 4096,
+                                 out.base + 4096, false);
+  }, in_place_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+INSTANTIATE_TEST_SUITE_P(TwoAndThreeRanks, InPlaceAllreduce, ::testing::Values(2, 3),
+                         [](const auto& info) { return fmt::format("world{}", info.param); });
+
+// Lines of this process's memory map that are memory shared in place: its
+// own and its mappings of its peers'.
+int in_place_mappings() {
+  std::FILE* f = std::fopen("/proc/self/maps", "r");
+  if (f == nullptr) return -1;
+  int n = 0;
+  char line[512];
+  while (std::fgets(line, sizeof line, f) != nullptr) {
+    if (std::strstr(line, "kiln-in-place") != nullptr) ++n;
+  }
+  std::fclose(f);
+  return n;
+}
+
+// A rank that frees memory it shared in place tells its peers at the next
+// direct allreduce, and they unmap theirs: no freed buffer's pages stay
+// allocated through a peer.
+TEST(InPlaceAllreduce, AFreedBufferIsForgottenByItsPeers) {
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    const std::size_t count = 1u << 18;
+    for (int round = 0; round < 3; ++round) {
+      Mapped in(count * 4 + 3 * 4096), out(count * 4 + 3 * 4096);
+      KILN_RETURN_IF_ERROR(check_plain_allreduce(c, DataType::kFloat32, ReduceOp::kSum, count,
+                                                 in.base + 64, out.base + 64, true));
+      // Its own two buffers and its mappings of the peer's two.
+      const int mapped = in_place_mappings();
+      if (mapped != 4) {
+        return internal_error(
+            fmt::format("round {}: {} mappings of memory shared in place, not 4", round, mapped));
+      }
+    }
+    return Status::ok();
+  }, in_place_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+// Rank 1's buffers are a private file mapping, which is never shared in
+// place: every rank runs the usual way, with right results.
+TEST(InPlaceAllreduce, ARankWhoseMemoryCannotBeSharedMakesEveryRankRunTheUsualWay) {
+  auto result = testing::run_ranks(3, [](Communicator& c) -> Status {
+    const std::size_t count = (1u << 18) + 3, bytes = count * 8 + 3 * 4096;
+    Mapped in(bytes), out(bytes);
+    char *send = in.base + 128, *recv = out.base + 128;
+    Fd file;
+    void* f = nullptr;
+    if (c.rank() == 1) {
+      file.reset(memfd_create("kiln-test-file", MFD_CLOEXEC));
+      if (!file.valid() || ftruncate(file.get(), 2 * bytes) != 0) {
+        return errno_status("make a file", errno);
+      }
+      f = mmap(nullptr, 2 * bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE, file.get(), 0);
+      if (f == MAP_FAILED) return errno_status("map a file", errno);
+      send = static_cast<char*>(f) + 128;
+      recv = send + bytes;
+    }
+    for (DataType t : {DataType::kFloat32, DataType::kBFloat16, DataType::kInt64}) {
+      KILN_RETURN_IF_ERROR(check_plain_allreduce(c, t, ReduceOp::kSum, count, send, recv, false));
+      KILN_RETURN_IF_ERROR(check_plain_allreduce(c, t, ReduceOp::kMax, count, send, send, false));
+    }
+    if (f != nullptr) munmap(f, 2 * bytes);
+    return c.direct_allreduces() == 0 ? Status::ok()
+                                      : internal_error("ran directly with a rank unreachable");
+  }, in_place_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
+// Rank 1 dies in the middle of its share: the memfd behind its own input is
+// cut to three quarters, so reading the end of its share (the second half of
+// the elements) faults, while rank 0 reads only the first half of it. Rank 0
+// fails promptly with an error naming rank 1, not a hang.
+TEST(InPlaceAllreduce, APeerDyingMidCollectiveIsAnErrorNamingIt) {
+  testing::RunOptions o = in_place_options();
+  o.comm.timeout = std::chrono::seconds(60);
+  o.deadline = std::chrono::seconds(90);
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    const std::size_t count = 1u << 20, bytes = count * 4 + 3 * 4096;
+    Mapped in(bytes), out(bytes);
+    char* send = in.base + 64;
+    // The path works, so the death below happens inside it.
+    KILN_RETURN_IF_ERROR(check_plain_allreduce(c, DataType::kFloat32, ReduceOp::kSum, count,
+                                               send, out.base + 64, true));
+    if (c.rank() == 1) {
+      auto span = share_in_place(send, count * 4);
+      if (!span) return internal_error("rank 1's input is no longer shared in place");
+      const off_t cut = static_cast<off_t>(span->region.buffer_bytes * 3 / 4 / 4096 * 4096);
+      if (ftruncate(span->region.fd, cut) != 0) return errno_status("cut the memfd", errno);
+    }
+    Status s = c.allreduce(send, out.base + 64, count, DataType::kFloat32, ReduceOp::kSum)->wait();
+    if (c.rank() == 1) return internal_error("rank 1 survived reading past its memfd's end");
+    if (s.is_ok()) return internal_error("the allreduce succeeded although rank 1 died");
+    const std::string m = s.to_string();
+    if (m.find("rank 1") == std::string::npos || m.find("exited") == std::string::npos) {
+      return internal_error("the error does not say rank 1 exited: " + m);
+    }
+    return Status::ok();
+  }, o);
+  ASSERT_EQ(result.ranks.size(), 2u);
+  EXPECT_EQ(result.ranks[0].exit_code, 0) << result.report;
+  EXPECT_FALSE(result.ranks[1].timed_out) << result.report;
+  EXPECT_NE(result.ranks[1].exit_code, 0) << result.report;
 }
 
 testing::RunOptions cma_options();

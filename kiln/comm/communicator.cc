@@ -41,6 +41,17 @@ const Knob<std::int64_t> kCmaBytes{
     "(process_vm_readv; Note [Single-copy allreduce through the kernel]) when every rank may; "
     "0 = never (the default: measure with kiln bench comm first)"};
 
+// Off by default: the pages it shares stop reading as zero after
+// MADV_DONTNEED and are not inherited by fork() (Note [Sharing user memory in
+// place], kiln/comm/shared_in_place.cc).
+const Knob<std::int64_t> kShareInPlaceBytes{
+    "KILN_SHM_SHARE_IN_PLACE_BYTES", 0,
+    "allreduces of at least this many bytes among ranks of one host, with the algorithm left to "
+    "auto, make the whole pages of plain (private anonymous) buffers shared in place on first "
+    "use, so they and later allreduces on them run directly (Note [Sharing user memory in "
+    "place]); 0 = never (the default: an allocator that trusts MADV_DONTNEED to zero pages, or "
+    "a forked child that reads the buffer, would see the difference)"};
+
 constexpr std::size_t kFingerprintBytes = 128;
 // check_peer value of operations that do their own KILN_COMM_CHECK.
 constexpr int kCheckedInBody = -2;
@@ -92,6 +103,7 @@ Communicator::Communicator(std::shared_ptr<store::Store> store, int rank, int si
       world_ranks_(size),
       direct_from_bytes_(kDirectBytes.get()),
       cma_from_bytes_(kCmaBytes.get()),
+      in_place_from_bytes_(kShareInPlaceBytes.get()),
       engine_(std::make_unique<Engine>(options_.timeout)) {
   std::iota(world_ranks_.begin(), world_ranks_.end(), 0);
   if (cma_from_bytes_ > 0) {
@@ -226,10 +238,24 @@ WorkPtr Communicator::allreduce(const void* send, void* recv, std::size_t count,
   std::string sig = fmt::format("{} x {}, {}", dtype_name(dtype), count, reduce_op_name(op));
   return enqueue("allreduce", sig, [=, this](const algo::Env& env) {
     algo::AllreduceArgs args{send, recv, count, dtype, op};
+    auto usual = [this](const algo::Env& env, const algo::AllreduceArgs& args) -> Status {
+      AllreduceAlgo a = choose_allreduce(args.count * dtype_size(args.dtype));
+      if (a == AllreduceAlgo::kHierarchical) {
+        AllreduceAlgo inter = cost_.pick_allreduce(
+            args.count * dtype_size(args.dtype), Topology{topology_.hosts, topology_.hosts, 1, true});
+        return algo::allreduce_hierarchical(env, args, ctx_->host_of(), flat_allreduce(inter));
+      }
+      return flat_allreduce(a)(env, args);
+    };
     if (direct_allreduce_applies(count * dtype_size(dtype))) {
-      KILN_ASSIGN_OR_RETURN(bool done, algo::allreduce_direct(env, args));
-      if (done) {
+      algo::DirectOptions d{static_cast<std::size_t>(std::max<std::int64_t>(0, in_place_from_bytes_)),
+                            usual};
+      KILN_ASSIGN_OR_RETURN(auto path, algo::allreduce_direct(env, args, d));
+      if (path != algo::DirectPath::kNotRun) {
         direct_allreduces_.fetch_add(1, std::memory_order_relaxed);
+        if (path == algo::DirectPath::kSharedInPlace) {
+          in_place_allreduces_.fetch_add(1, std::memory_order_relaxed);
+        }
         return Status::ok();
       }
     }
@@ -240,13 +266,7 @@ WorkPtr Communicator::allreduce(const void* send, void* recv, std::size_t count,
         return Status::ok();
       }
     }
-    AllreduceAlgo a = choose_allreduce(count * dtype_size(dtype));
-    if (a == AllreduceAlgo::kHierarchical) {
-      AllreduceAlgo inter = cost_.pick_allreduce(count * dtype_size(dtype),
-                                                 Topology{topology_.hosts, topology_.hosts, 1, true});
-      return algo::allreduce_hierarchical(env, args, ctx_->host_of(), flat_allreduce(inter));
-    }
-    return flat_allreduce(a)(env, args);
+    return usual(env, args);
   });
 }
 

@@ -113,6 +113,9 @@ class Communicator {
   // Allreduces so far that ran directly on SharedBuffers (Note [Direct
   // allreduce on shared buffers]).
   std::uint64_t direct_allreduces() const { return direct_allreduces_.load(); }
+  // Of those, the ones on this rank's plain memory shared in place (Note
+  // [Sharing user memory in place], KILN_SHM_SHARE_IN_PLACE_BYTES).
+  std::uint64_t in_place_allreduces() const { return in_place_allreduces_.load(); }
   // Allreduces so far that ran through cross-memory attach (Note
   // [Single-copy allreduce through the kernel]).
   std::uint64_t cma_allreduces() const { return cma_allreduces_.load(); }
@@ -148,6 +151,8 @@ class Communicator {
   std::int64_t direct_from_bytes_;  // KILN_SHM_DIRECT_BYTES, read once
   bool all_shm_ = true;             // every peer is reached through shared memory
   std::int64_t cma_from_bytes_;     // KILN_SHM_CMA_BYTES, read once
+  std::int64_t in_place_from_bytes_;  // KILN_SHM_SHARE_IN_PLACE_BYTES, read once
+  std::atomic<std::uint64_t> in_place_allreduces_{0};
   std::atomic<std::uint64_t> direct_allreduces_{0};
   std::atomic<std::uint64_t> cma_allreduces_{0};
   std::unique_ptr<Engine> engine_;

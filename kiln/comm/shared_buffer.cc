@@ -51,7 +51,7 @@ Result<SharedBuffer> SharedBuffer::allocate(std::size_t bytes) {
   b.data_ = p;
   b.bytes_ = bytes;
   b.fd_ = fd.release();
-  b.serial_ = next_serial.fetch_add(1, std::memory_order_relaxed);
+  b.serial_ = new_shared_serial();
   std::lock_guard lock(registry_mu());
   registry()[reinterpret_cast<std::uintptr_t>(p)] = Live{bytes, b.fd_, b.serial_};
   return b;
@@ -87,6 +87,8 @@ void SharedBuffer::release() {
   data_ = nullptr;
   fd_ = -1;
 }
+
+std::uint64_t new_shared_serial() { return next_serial.fetch_add(1, std::memory_order_relaxed); }
 
 std::optional<SharedRegion> find_shared_region(const void* p, std::size_t bytes) {
   const auto a = reinterpret_cast<std::uintptr_t>(p);

@@ -28,6 +28,10 @@ struct SharedRegion {
   std::uint64_t serial = 0;
   std::uint64_t buffer_bytes = 0;
   std::uint64_t offset = 0;
+  // User memory shared in place (shared_in_place.h) rather than a
+  // SharedBuffer: its owner says which such serials still live, and peers
+  // forget the mappings of the others.
+  bool in_place = false;
 };
 
 class SharedBuffer {
@@ -56,5 +60,9 @@ class SharedBuffer {
 // The region holding [p, p + bytes) if it lies within one live SharedBuffer
 // of this process.
 std::optional<SharedRegion> find_shared_region(const void* p, std::size_t bytes);
+
+// A serial that no other SharedBuffer or in-place share of this process has
+// had or will have. Thread-safe.
+std::uint64_t new_shared_serial();
 
 }  // namespace kiln::comm

@@ -35,13 +35,32 @@ Status allreduce_hierarchical(const Env& env, const AllreduceArgs& a,
                               const std::vector<int>& host_of,
                               Status (*inter)(const Env&, const AllreduceArgs&));
 
+// What allreduce_direct did.
+enum class DirectPath {
+  kNotRun,          // nothing: the caller runs another algorithm
+  kSharedBuffers,   // this rank's buffers were SharedBuffers
+  kSharedInPlace,   // this rank's plain memory was shared in place
+};
+
+struct DirectOptions {
+  // Plain memory of messages of at least this many bytes is shared in place
+  // (Note [Sharing user memory in place], kiln/comm/shared_in_place.h);
+  // 0: never, only SharedBuffers qualify.
+  std::size_t share_in_place_from_bytes = 0;
+  // Runs the elements that some rank's buffers do not reach (the partial
+  // pages at either end of memory shared in place).
+  std::function<Status(const Env&, const AllreduceArgs&)> usual;
+};
+
 // Direct: when every rank of the group is on this host and every rank's send
-// and recv are SharedBuffers, each rank reduces its share straight from every
-// input into every output (Note [Direct allreduce on shared buffers]).
-// Exchanges one small offer with every peer first; returns false, having
-// done nothing else, when some rank's buffers are not shared (every rank
-// then returns false), so the caller runs another algorithm.
-Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a);
+// and recv are SharedBuffers (or memory shared in place, as `o` allows),
+// each rank reduces its share straight from every input into every output
+// (Note [Direct allreduce on shared buffers]). Exchanges one small offer
+// with every peer first; returns kNotRun, having done nothing else, when
+// some rank's buffers cannot be reached (every rank then returns kNotRun),
+// so the caller runs another algorithm.
+Result<DirectPath> allreduce_direct(const Env& env, const AllreduceArgs& a,
+                                    const DirectOptions& o);
 
 // Single-copy: when every rank of the group is on this host, each rank reads
 // its share of every peer's input and then every peer's reduced share

@@ -65,9 +65,7 @@ const Probe& probe() {
 }
 
 struct Offer {
-  std::uint32_t magic;
-  std::uint32_t operation;  // operation_code(dtype, op)
-  std::uint64_t count;
+  OfferHeader head;
   std::uint64_t send, recv;  // addresses in the offering process
   std::uint64_t probe_at;
   Probe probe;
@@ -104,20 +102,13 @@ Result<bool> allreduce_cma(const Env& env, const AllreduceArgs& a) {
   const int me = env.group.me;
   const std::size_t es = dtype_size(a.dtype);
   Offer mine{};
-  mine.magic = kOfferMagic;
-  mine.count = a.count;
-  mine.operation = operation_code(a.dtype, a.op);
+  mine.head = OfferHeader::of(kOfferMagic, a);
   mine.send = address(a.send);
   mine.recv = address(a.recv);
   mine.probe = probe();
   mine.probe_at = address(&probe());
   std::vector<Offer> offers;
-  KILN_RETURN_IF_ERROR(exchange(env, mine, offers));
-  for (int j = 0; j < n; ++j) {
-    KILN_RETURN_IF_ERROR(check_offer("single-copy allreduce", j, offers[j].magic, kOfferMagic,
-                                     offers[j].count, a.count, offers[j].operation,
-                                     mine.operation));
-  }
+  KILN_RETURN_IF_ERROR(exchange_offers(env, "single-copy allreduce", mine, offers));
   Status reach = reach_peers(env, offers);
   // A peer gone (or an abort) fails the collective; anything else the kernel
   // says to the probe means this rank cannot use it, and all fall back.

@@ -24,6 +24,7 @@
 // peer's done has come, so no rank leaves while a peer still reads its input
 // or writes its output. In place is safe: share r of any buffer is read and
 // then written by rank r alone, block by block.
+#include <algorithm>
 #include <atomic>
 #include <cstring>
 #include <vector>
@@ -34,6 +35,7 @@
 #include "kiln/comm/algo/allreduce.h"
 #include "kiln/comm/algo/share.h"
 #include "kiln/comm/shared_buffer.h"
+#include "kiln/comm/shared_in_place.h"
 
 namespace kiln::comm::algo {
 namespace {
@@ -43,77 +45,125 @@ constexpr std::uint32_t kOfferMagic = 0x4b444952;  // "KDIR"
 // A SharedRegion as it travels: no padding, so every byte sent is set.
 struct WireRegion {
   std::int32_t fd;
-  std::int32_t unused;
+  std::uint32_t in_place;
   std::uint64_t serial, buffer_bytes, offset;
 
   static WireRegion of(const SharedRegion& r) {
-    return {r.fd, 0, r.serial, r.buffer_bytes, r.offset};
+    return {r.fd, r.in_place ? 1u : 0u, r.serial, r.buffer_bytes, r.offset};
   }
-  SharedRegion region() const { return {fd, serial, buffer_bytes, offset}; }
+  SharedRegion region() const {
+    SharedRegion r{fd, serial, buffer_bytes, offset};
+    r.in_place = in_place == 1;
+    return r;
+  }
 };
 
 struct Offer {
-  std::uint32_t magic;
-  std::uint16_t usable;     // 1: send and recv below are SharedBuffer regions
-  std::uint16_t operation;  // operation_code(dtype, op): fits 16 bits
-  std::uint64_t count;
+  OfferHeader head;
+  // Elements [first, end) reach through both send and recv below, which
+  // start at element `first`; first == end: none.
+  std::uint64_t first, end;
   WireRegion send;
   WireRegion recv;
+  // Serials of the offering rank's in-place shares still live (Note
+  // [Sharing user memory in place]): peers unmap the others.
+  std::uint64_t live_count;
+  std::uint64_t live[kMaxInPlaceShares];
 };
-static_assert(sizeof(Offer) == 80, "an Offer has no padding");
+static_assert(sizeof(Offer) == 104 + 8 * kMaxInPlaceShares, "an Offer has no padding");
+
+// Elements [first, end) of a buffer that peers can reach, through `region`
+// at element `first`.
+struct Reach {
+  std::uint64_t first = 0, end = 0;
+  SharedRegion region;
+
+  // The region at element `e` (first <= e < end).
+  SharedRegion at(std::uint64_t e, std::size_t es) const {
+    SharedRegion r = region;
+    r.offset += (e - first) * es;
+    return r;
+  }
+};
+
+// All of a buffer inside a SharedBuffer; else, where allowed, the elements
+// on its pages shared in place.
+std::optional<Reach> reach(const void* p, std::size_t count, std::size_t es, bool in_place) {
+  if (auto r = find_shared_region(p, count * es)) return Reach{0, count, *r};
+  if (!in_place) return std::nullopt;
+  auto span = share_in_place(p, count * es);
+  if (!span) return std::nullopt;
+  const auto* base = static_cast<const char*>(p);
+  const std::uint64_t first = (span->begin - base + es - 1) / es, end = (span->end - base) / es;
+  if (end <= first) return std::nullopt;
+  Reach r{first, end, span->region};
+  r.region.offset += base + first * es - span->begin;
+  return r;
+}
 
 }  // namespace
 
-Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
+Result<DirectPath> allreduce_direct(const Env& env, const AllreduceArgs& a,
+                                    const DirectOptions& o) {
   const int n = env.group.size();
   const int me = env.group.me;
   const std::size_t es = dtype_size(a.dtype);
   const std::size_t bytes = a.count * es;
+  const bool in_place_ok = o.share_in_place_from_bytes > 0 && bytes >= o.share_in_place_from_bytes;
   Offer mine{};
-  mine.magic = kOfferMagic;
-  mine.count = a.count;
-  mine.operation = static_cast<std::uint16_t>(operation_code(a.dtype, a.op));
-  auto send = find_shared_region(a.send, bytes);
-  auto recv = find_shared_region(a.recv, bytes);
+  mine.head = OfferHeader::of(kOfferMagic, a);
+  auto send = reach(a.send, a.count, es, in_place_ok);
+  auto recv = a.recv == a.send ? send : reach(a.recv, a.count, es, in_place_ok);
   if (send && recv) {
-    mine.usable = 1;
-    mine.send = WireRegion::of(*send);
-    mine.recv = WireRegion::of(*recv);
+    mine.first = std::max(send->first, recv->first);
+    mine.end = std::max(mine.first, std::min(send->end, recv->end));
+    if (mine.first < mine.end) {
+      mine.send = WireRegion::of(send->at(mine.first, es));
+      mine.recv = WireRegion::of(recv->at(mine.first, es));
+    }
   }
+  const auto live = live_in_place_serials();
+  mine.live_count = live.size();
+  std::copy(live.begin(), live.end(), mine.live);
   std::vector<Offer> offers;
-  KILN_RETURN_IF_ERROR(exchange(env, mine, offers));
-  bool usable = true;
+  KILN_RETURN_IF_ERROR(exchange_offers(env, "direct allreduce", mine, offers));
+  std::uint64_t lo = 0, hi = a.count;
   for (int j = 0; j < n; ++j) {
-    KILN_RETURN_IF_ERROR(check_offer("direct allreduce", j, offers[j].magic, kOfferMagic,
-                                     offers[j].count, a.count, offers[j].operation,
-                                     mine.operation));
-    usable = usable && offers[j].usable == 1;
+    if (j != me) {
+      const std::uint64_t k = std::min<std::uint64_t>(offers[j].live_count, kMaxInPlaceShares);
+      env.group.pair(j).forget_peer_in_place_regions_except(
+          std::vector<std::uint64_t>(offers[j].live, offers[j].live + k));
+    }
+    lo = std::max(lo, offers[j].first);
+    hi = std::min(hi, offers[j].end);
   }
-  if (!usable) return false;
+  if (hi <= lo) return DirectPath::kNotRun;
 
+  // Every rank's send and recv at element `lo`.
   std::vector<const char*> src(n);
   std::vector<char*> dst(n);
   Status mapped = Status::ok();
   for (int j = 0; j < n && mapped.is_ok(); ++j) {
     if (j == me) {
-      src[j] = static_cast<const char*>(a.send);
-      dst[j] = static_cast<char*>(a.recv);
+      src[j] = static_cast<const char*>(a.send) + lo * es;
+      dst[j] = static_cast<char*>(a.recv) + lo * es;
       continue;
     }
     auto s = env.group.pair(j).map_peer_region(offers[j].send.region());
     auto d = s.is_ok() ? env.group.pair(j).map_peer_region(offers[j].recv.region()) : s;
     mapped = !s.is_ok() ? s.status() : d.status();
     if (mapped.is_ok()) {
-      src[j] = static_cast<const char*>(*s);
-      dst[j] = static_cast<char*>(*d);
+      // The peer's regions start at its element `first`.
+      src[j] = static_cast<const char*>(*s) + (lo - offers[j].first) * es;
+      dst[j] = static_cast<char*>(*d) + (lo - offers[j].first) * es;
     }
   }
   static std::atomic<bool> warned{false};
   KILN_ASSIGN_OR_RETURN(bool all_could,
                         every_rank_could(env, mapped, warned,
                                          "shared buffers not used, running the usual allreduce"));
-  if (!all_could) return false;
-  const Split share(a.count, n);
+  if (!all_could) return DirectPath::kNotRun;
+  const Split share(hi - lo, n);
   const std::size_t off = share.offset(me) * es, k = share.size(me);
   for (auto& p : src) p += off;
   for (auto& p : dst) p += off;
@@ -131,7 +181,16 @@ Result<bool> allreduce_direct(const Env& env, const AllreduceArgs& a) {
 
   std::vector<std::uint8_t> done;
   KILN_RETURN_IF_ERROR(exchange(env, std::uint8_t{1}, done));
-  return true;
+
+  // The elements some rank cannot reach, the usual way.
+  const auto* in = static_cast<const char*>(a.send);
+  auto* out = static_cast<char*>(a.recv);
+  if (lo > 0) KILN_RETURN_IF_ERROR(o.usual(env, {in, out, lo, a.dtype, a.op}));
+  if (hi < a.count) {
+    KILN_RETURN_IF_ERROR(o.usual(env, {in + hi * es, out + hi * es, a.count - hi, a.dtype, a.op}));
+  }
+  const bool shared_in_place = mine.send.in_place == 1 || mine.recv.in_place == 1;
+  return shared_in_place ? DirectPath::kSharedInPlace : DirectPath::kSharedBuffers;
 }
 
 }  // namespace kiln::comm::algo

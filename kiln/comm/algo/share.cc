@@ -39,33 +39,32 @@ void reduce_share_blocked(char* stage, const std::vector<const char*>& src,
   }
 }
 
-std::uint32_t operation_code(DataType t, ReduceOp op) {
-  return static_cast<std::uint32_t>(t) << 8 | static_cast<std::uint32_t>(op);
+OfferHeader OfferHeader::of(std::uint32_t magic, const AllreduceArgs& a) {
+  return {magic, static_cast<std::uint32_t>(a.dtype) << 8 | static_cast<std::uint32_t>(a.op),
+          a.count};
 }
 
-Status check_offer(const char* what, int rank, std::uint32_t magic, std::uint32_t want_magic,
-                   std::uint64_t count, std::uint64_t want_count, std::uint32_t operation,
-                   std::uint32_t want_operation) {
-  if (magic != want_magic) {
+Status OfferHeader::check(const char* what, int rank, const OfferHeader& mine) const {
+  if (magic != mine.magic) {
     return invalid_argument(fmt::format(
         "{}: rank {} of the group sent {:#x} where this rank's offer starts {:#x} (the ranks "
         "issued different operations)",
-        what, rank, magic, want_magic));
+        what, rank, magic, mine.magic));
   }
-  if (operation != want_operation) {
+  if (operation != mine.operation) {
     return invalid_argument(fmt::format(
         "{}: rank {} of the group offered {} {} where this rank has {} {} (the ranks issued "
         "different operations)",
         what, rank, dtype_name(static_cast<DataType>(operation >> 8)),
         reduce_op_name(static_cast<ReduceOp>(operation & 0xff)),
-        dtype_name(static_cast<DataType>(want_operation >> 8)),
-        reduce_op_name(static_cast<ReduceOp>(want_operation & 0xff))));
+        dtype_name(static_cast<DataType>(mine.operation >> 8)),
+        reduce_op_name(static_cast<ReduceOp>(mine.operation & 0xff))));
   }
-  if (count != want_count) {
+  if (count != mine.count) {
     return invalid_argument(fmt::format(
         "{}: rank {} of the group offered {} elements where this rank has {} (the ranks issued "
         "different operations or counts)",
-        what, rank, count, want_count));
+        what, rank, count, mine.count));
   }
   return Status::ok();
 }

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "kiln/comm/algo/allreduce.h"
 #include "kiln/comm/algo/group.h"
 #include "kiln/comm/reduce.h"
 
@@ -43,16 +44,33 @@ Status exchange(const Env& env, const T& mine, std::vector<T>& theirs) {
   return env.wait(wait);
 }
 
-// What an offer says about the operation, beside its element count: ranks
-// that issued different dtypes or ops must fail before touching a peer's
-// memory (the byte counts would differ), not read past a buffer.
-std::uint32_t operation_code(DataType t, ReduceOp op);
+// The start of every offer these algorithms exchange: which algorithm
+// (magic), which operation and how many elements. Ranks that issued
+// different dtypes or ops must fail before touching a peer's memory (the
+// byte counts would differ), not read past a buffer.
+struct OfferHeader {
+  std::uint32_t magic;
+  std::uint32_t operation;  // dtype << 8 | op
+  std::uint64_t count;
 
-// The header of rank `rank`'s offer against this rank's: an error naming
-// the algorithm (`what`) and the difference when they do not match.
-Status check_offer(const char* what, int rank, std::uint32_t magic, std::uint32_t want_magic,
-                   std::uint64_t count, std::uint64_t want_count, std::uint32_t operation,
-                   std::uint32_t want_operation);
+  static OfferHeader of(std::uint32_t magic, const AllreduceArgs& a);
+  // Rank `rank`'s header (this) against this rank's: an error naming the
+  // algorithm (`what`) and the difference when they do not match.
+  Status check(const char* what, int rank, const OfferHeader& mine) const;
+};
+static_assert(sizeof(OfferHeader) == 16, "an OfferHeader has no padding");
+
+// Sends `mine` (an offer starting with an OfferHeader `head`) to every peer,
+// receives theirs and checks each header against this rank's.
+template <typename Offer>
+Status exchange_offers(const Env& env, const char* what, const Offer& mine,
+                       std::vector<Offer>& theirs) {
+  KILN_RETURN_IF_ERROR(exchange(env, mine, theirs));
+  for (int j = 0; j < env.group.size(); ++j) {
+    KILN_RETURN_IF_ERROR(theirs[j].head.check(what, j, mine.head));
+  }
+  return Status::ok();
+}
 
 // Tells every peer whether this rank could (`mine` ok) use the peers'
 // memory, and returns whether every rank could. The first time this process

@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -50,6 +51,12 @@ class Pair {
   virtual Result<void*> map_peer_region(const SharedRegion& region) {
     (void)region;
     return failed_precondition(fmt::format("{} is not on this host: its memory cannot be mapped", peer_name_));
+  }
+  // Unmaps this pair's mappings of the peer's in-place shares
+  // (shared_in_place.h) whose serials are not in `live`: the peer no longer
+  // holds that memory, and the mapping would keep its pages allocated.
+  virtual void forget_peer_in_place_regions_except(const std::vector<std::uint64_t>& live) {
+    (void)live;
   }
   // Cross-memory attach (Note [Single-copy allreduce through the kernel],
   // kiln/comm/algo/cma.cc): copies `bytes` from the peer's virtual address

@@ -44,6 +44,10 @@ ShmPair::~ShmPair() {
 // a buffer the peer has since freed keeps its pages alive, so at most
 // kMaxPeerMappings stay; the oldest serial goes first (buffers are typically
 // allocated once and reused: a model's gradient buckets, a benchmark's).
+// Memory shared in place (Note [Sharing user memory in place]) is the
+// user's, freed whenever the user likes: its owner lists the in-place
+// serials it still holds in every direct allreduce's offer, and the others'
+// mappings go then (forget_peer_in_place_regions_except).
 constexpr std::size_t kMaxPeerMappings = 64;
 
 Result<void*> ShmPair::map_peer_region(const SharedRegion& region) {
@@ -70,13 +74,23 @@ Result<void*> ShmPair::map_peer_region(const SharedRegion& region) {
       munmap(peer_mappings_.begin()->second.base, peer_mappings_.begin()->second.bytes);
       peer_mappings_.erase(peer_mappings_.begin());
     }
-    it = peer_mappings_.emplace(region.serial, PeerMapping{base, region.buffer_bytes}).first;
+    it = peer_mappings_.emplace(region.serial, PeerMapping{base, region.buffer_bytes, region.in_place})
+             .first;
   }
   if (region.offset > it->second.bytes) {
     return invalid_argument(fmt::format("{}'s shared buffer region starts at {}, past its {} bytes",
                                         peer_name(), region.offset, it->second.bytes));
   }
   return static_cast<char*>(it->second.base) + region.offset;
+}
+
+void ShmPair::forget_peer_in_place_regions_except(const std::vector<std::uint64_t>& live) {
+  std::erase_if(peer_mappings_, [&live](const auto& entry) {
+    const auto& [serial, m] = entry;
+    if (!m.in_place || std::find(live.begin(), live.end(), serial) != live.end()) return false;
+    munmap(m.base, m.bytes);
+    return true;
+  });
 }
 
 void ShmPair::post_send(const void* data, std::size_t len, Request* req) {

@@ -42,6 +42,7 @@ class ShmPair final : public Pair {
   void abort(const Status& why) override;
   bool is_shm() const override { return true; }
   Result<void*> map_peer_region(const SharedRegion& region) override;
+  void forget_peer_in_place_regions_except(const std::vector<std::uint64_t>& live) override;
   Status read_peer_memory(std::uint64_t remote, void* local, std::size_t bytes) override;
 
  private:
@@ -83,6 +84,7 @@ class ShmPair final : public Pair {
   struct PeerMapping {
     void* base;
     std::size_t bytes;
+    bool in_place;
   };
   std::map<std::uint64_t, PeerMapping> peer_mappings_;
 
