@@ -68,11 +68,20 @@ struct HttpAnswer {
 // router expose the same paths.
 HttpAnswer unrouted_answer(const HttpRequest& r);
 
+// Note [Listen backlog]: a load generator or a router opens tens of
+// keep-alive connections at once. A short accept queue (cpp-httplib's is 5)
+// overflows; Linux then drops the SYN or the handshake's ACK
+// (tcp_abort_on_overflow = 0), the client retransmits a second later (a 1 s
+// latency spike), and when the SYN queue is full too a syncookie that fails
+// validation is answered with a reset, which the client sees only after it
+// sent its request. net.core.somaxconn caps what listen() asks for.
+inline constexpr int kListenBacklog = 4096;
+
 struct EventFrontOptions {
   std::string host = "127.0.0.1";
   int port = 0;                // 0: any free port
   std::string what = "serve";  // names this front in errors and logs
-  int backlog = 4096;          // Note [Listen backlog] in http_front.h
+  int backlog = kListenBacklog;
   RequestLimits limits;
   // A request begun and not complete this long after its last byte: 408.
   std::chrono::milliseconds read_timeout{10000};

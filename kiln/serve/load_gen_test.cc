@@ -1,4 +1,5 @@
-// The load generator against a cpp-httplib server on loopback: every
+// The load generator against a cpp-httplib server on loopback (not kiln
+// serve's own front: testing/httplib_server.h): every
 // scheduled request is counted once, as answered, refused (503) or dropped
 // with the reason, and latencies run from the scheduled time.
 #include "kiln/serve/load_gen.h"
@@ -11,10 +12,11 @@
 #include <sys/socket.h>
 
 #include <atomic>
+#include <memory>
 #include <thread>
 
 #include "kiln/base/fd.h"
-#include "kiln/serve/http_front.h"
+#include "kiln/serve/testing/httplib_server.h"
 
 namespace kiln::serve {
 namespace {
@@ -22,20 +24,15 @@ namespace {
 // Answers POST /v1/predict by `answer`, echoing the request count.
 struct Server {
   httplib::Server http;
-  std::thread loop;
-  int port = 0;
   std::atomic<int> requests{0};
+  std::unique_ptr<testing::HttplibServer> front;
+  int port = 0;
   explicit Server(std::function<void(int n, const httplib::Request&, httplib::Response&)> answer) {
     http.Post("/v1/predict", [this, answer](const httplib::Request& req, httplib::Response& res) {
       answer(requests.fetch_add(1), req, res);
     });
-    auto p = start_http_front(http, {.threads = 16}, &loop);
-    EXPECT_TRUE(p.is_ok()) << p.status().to_string();
-    port = p.is_ok() ? *p : 0;
-  }
-  ~Server() {
-    http.stop();
-    if (loop.joinable()) loop.join();
+    front = std::make_unique<testing::HttplibServer>(http);
+    port = front->port();
   }
 };
 

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <sys/resource.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <future>
@@ -23,22 +24,47 @@ const Knob<std::string> kCacheDir{"KILN_SERVE_CACHE_DIR", "/var/tmp/kiln-weights
 const Knob<double> kFetchTimeout{"KILN_SERVE_FETCH_TIMEOUT", 600.0,
                                  "seconds a replica may take to get its weights into the cache"};
 const Knob<double> kPrefaultMib{
-    "KILN_SERVE_PREFAULT_MIB", 16.0,
-    "heap a replica makes resident while it looks up its weights, before building the model "
-    "(Note [Pre-faulted heap]); the model's own size is added once known"};
+    "KILN_SERVE_PREFAULT_MIB", 4.0,
+    "heap a replica makes resident while it asks the store for the newest step (Note "
+    "[Pre-faulted heap]); once the step's manifest names the weights' size, topped up to that "
+    "size plus this"};
 
 struct Loaded {
   std::unique_ptr<Model> model;
   double fetch_s = 0, load_s = 0;
   double lookup_s = 0;         // of fetch_s: the remote's newest step and its manifest
-  double read_s = 0;           // of load_s: checking the stamp and mapping the step
-  long build_faults = 0;       // page faults while building the model (fresh memory)
+  long build_faults = 0;       // page faults while building the model
+  long copy_faults = 0;        // and copying the weights in (fresh parameter memory)
   std::size_t prefaulted = 0;  // bytes of heap made resident in advance (Note [Pre-faulted heap])
   double torch_warm_s = 0;  // LibTorch's first use, on its own thread (Note [LibTorch's first use])
-  double torch_wait_s = 0;  // of load_s: waiting for it after the model was built
   bool hit = false;
+  bool built_early = false;  // from the manifest, before the weights were checked and mapped
   StampCheck check = StampCheck::kMatched;
+  // When each step ended, in ms from the start of the cold start (the
+  // replica's "ready:" line): the manifest known, the model built, the
+  // weights checked and mapped, copied in; and LibTorch's thread caps, set
+  // on their own thread.
+  double manifest_ms = 0, built_ms = 0, mapped_ms = 0, copied_ms = 0, caps_ms = 0;
 };
+
+// The newest step in the node cache, its stamp checked and its weights
+// mapped; or why not.
+struct MappedStep {
+  WeightLease lease;
+  Result<StampCheck> check = StampCheck::kMatched;
+  Result<StepWeights> weights = unavailable("not mapped");
+};
+
+Result<MappedStep> acquire_and_map(WeightCache& cache, Deadline deadline,
+                                   const WeightCache::ManifestCallback& on_manifest = {}) {
+  KILN_ASSIGN_OR_RETURN(WeightLease lease, cache.acquire_latest(deadline, on_manifest));
+  MappedStep out;
+  out.check = check_verified_stamp(lease.step_dir);
+  out.weights = out.check.is_ok() ? StepWeights::open(lease.step_dir, is_weight_entry)
+                                  : Result<StepWeights>(out.check.status());
+  out.lease = std::move(lease);
+  return out;
+}
 
 // The process's minor page faults so far: building a model faults in its
 // fresh parameter memory, which on a paravirtualised VM costs more than the
@@ -64,68 +90,106 @@ const char* describe(StampCheck c) {
 // Object store -> node cache -> memory. A cached copy that differs from
 // what was verified at fetch (Note [Verified stamp]), or fails its
 // checksums, is discarded and downloaded once more.
+//
+// Note [Building the model while the weights come]: the model depends on
+// the step's tensor shapes, not on their values, and the manifest the store
+// names first lists the shapes. So one thread asks the store, then fetches
+// (or finds in the node cache), checks and maps the step, while this one
+// builds the model from the manifest as soon as it is named, its
+// parameters left unwritten (Note [Layers without random initial values],
+// kiln/train/task.cc), and then copies the weights in. A cold start hides
+// the build behind the download; a cache hit behind its stamp check and
+// mapping. The manifest and the mapped weights are the same step's: the
+// cache names a step by its manifest's checksum.
 Result<Loaded> load_weights(const ReplicaRunOptions& o) {
   KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(o.model_url));
   const std::string dir = o.cache_dir.empty() ? default_cache_dir() : o.cache_dir;
   WeightCache cache(store.get(), {.dir = dir, .capacity_bytes = o.cache_bytes});
   const Deadline deadline = Deadline::after_seconds(kFetchTimeout.get());
   const auto begin = Clock::now();
-  // Note [Pre-faulted heap]: the store is asked on another thread while this
-  // one, which builds the model next, makes heap pages resident for it.
-  auto lookup =
-      std::async(std::launch::async, [&cache, deadline] { return cache.acquire_latest(deadline); });
-  // Note [LibTorch's first use] (torch_model.h): inside the same window.
-  auto torch_ready = std::async(std::launch::async, [threads = o.threads] {
-    const auto t0 = Clock::now();
-    warm_up_torch(threads);
-    return std::chrono::duration<double>(Clock::now() - t0).count();
+  auto ms_since_begin = [begin] {
+    return std::chrono::duration<double, std::milli>(Clock::now() - begin).count();
+  };
+  // The step's shapes, as soon as the store names its manifest; an error
+  // when the lookup ends without naming one (an empty or unreachable store).
+  std::promise<Result<StepShapes>> shapes_promise;
+  auto shapes_named = shapes_promise.get_future();
+  bool named = false;  // the lookup thread's
+  auto on_manifest = [&](std::int64_t step, const std::string& text) {
+    named = true;
+    shapes_promise.set_value(StepShapes::from_manifest(
+        text, fmt::format("{} step {}", o.model_url, step), is_weight_entry));
+  };
+  std::atomic<double> mapped_ms{0};
+  auto lookup = std::async(std::launch::async, [&] {
+    Result<MappedStep> r = acquire_and_map(cache, deadline, on_manifest);
+    mapped_ms = ms_since_begin();
+    if (!named) shapes_promise.set_value(unavailable("the store named no step"));
+    return r;
   });
+  // Note [LibTorch's first use] (torch_model.h): inside the same window.
+  std::atomic<double> caps_ms{0};
+  auto torch_ready =
+      std::async(std::launch::async, [threads = o.threads, &caps_ms, ms_since_begin] {
+        const auto t0 = Clock::now();
+        warm_up_torch(threads);
+        caps_ms = ms_since_begin();
+        return std::chrono::duration<double>(Clock::now() - t0).count();
+      });
+  Loaded out;
+  // Note [Pre-faulted heap]: while the store is asked.
   const double prefault_mib = std::max(0.0, kPrefaultMib.get());
-  std::size_t prefaulted = prefault_heap(static_cast<std::size_t>(prefault_mib * (1 << 20)));
+  out.prefaulted = prefault_heap(static_cast<std::size_t>(prefault_mib * (1 << 20)));
+  const TorchModelOptions build_options{
+      .config_path = o.config_path, .threads = o.threads, .threads_capped_by_caller = true};
+  std::unique_ptr<UnfilledModel> early;
+  // Bounded by the lookup's deadline.
+  if (Result<StepShapes> shapes = shapes_named.get(); shapes.is_ok()) {
+    out.manifest_ms = ms_since_begin();
+    // The weights' bytes on top of what the build itself takes.
+    const std::size_t wanted = shapes->bytes + static_cast<std::size_t>(prefault_mib * (1 << 20));
+    if (prefault_mib > 0 && wanted > out.prefaulted) {
+      out.prefaulted += prefault_heap(wanted - out.prefaulted);
+    }
+    const long faults_before = minor_faults();
+    auto built = build_torch_model(*shapes, build_options);
+    out.build_faults = minor_faults() - faults_before;
+    // A model that cannot be built is reported against the weights below.
+    if (built.is_ok()) early = std::move(built).value();
+    out.built_ms = ms_since_begin();
+  }
   for (int attempt = 1;; ++attempt) {
-    KILN_ASSIGN_OR_RETURN(WeightLease lease,
-                          attempt == 1 ? lookup.get() : cache.acquire_latest(deadline));
-    const auto start = Clock::now();
-    // The weights only: the optimizer's state (2x the weights for AdamW) is
-    // not read.
-    auto check = check_verified_stamp(lease.step_dir);
-    Result<StepWeights> weights =
-        check.is_ok()
-            ? StepWeights::open(lease.step_dir,
-                                [](std::string_view name) {
-                                  return name.starts_with("param/") || name.starts_with("buffer/");
-                                })
-            : Result<StepWeights>(check.status());
-    if (!weights.is_ok() && weights.status().code() == Code::kDataLoss && attempt == 1) {
-      log()->warn("serve: cached weights {} are corrupt ({}); discarding them", lease.step_dir,
-                  weights.status().to_string());
-      KILN_RETURN_IF_ERROR(cache.discard(std::move(lease), deadline));
+    KILN_ASSIGN_OR_RETURN(MappedStep step,
+                          attempt == 1 ? lookup.get() : acquire_and_map(cache, deadline));
+    if (!step.weights.is_ok() && step.weights.status().code() == Code::kDataLoss && attempt == 1) {
+      log()->warn("serve: cached weights {} are corrupt ({}); discarding them", step.lease.step_dir,
+                  step.weights.status().to_string());
+      KILN_RETURN_IF_ERROR(cache.discard(std::move(step.lease), deadline));
+      early.reset();  // built for the discarded copy's manifest: build again for the new one
       continue;
     }
-    KILN_RETURN_IF_ERROR(weights.status());
-    Loaded out;
-    out.read_s = std::chrono::duration<double>(Clock::now() - start).count();
-    // A model bigger than the guess: the rest of its parameters' pages too.
-    if (prefault_mib > 0 && weights->bytes() > prefaulted) {
-      prefaulted += prefault_heap(weights->bytes() - prefaulted);
+    KILN_RETURN_IF_ERROR(step.weights.status());
+    out.mapped_ms = attempt == 1 ? mapped_ms.load() : ms_since_begin();
+    out.check = *step.check;
+    out.built_early = early != nullptr;
+    if (!early) {
+      const long faults_before = minor_faults();
+      KILN_ASSIGN_OR_RETURN(early, build_torch_model(step.weights->shapes(), build_options));
+      out.build_faults = minor_faults() - faults_before;
+      out.built_ms = ms_since_begin();
     }
-    out.prefaulted = prefaulted;
-    const long faults_before = minor_faults();
-    out.check = *check;
-    auto model = load_torch_model(
-        *weights,
-        {.config_path = o.config_path, .threads = o.threads, .threads_capped_by_caller = true});
-    out.build_faults = minor_faults() - faults_before;
-    const auto waited_from = Clock::now();
+    const long faults_before_copy = minor_faults();
+    KILN_ASSIGN_OR_RETURN(out.model, fill_torch_model(std::move(early), *step.weights));
+    out.copy_faults = minor_faults() - faults_before_copy;
+    out.copied_ms = ms_since_begin();
     if (torch_ready.valid()) out.torch_warm_s = torch_ready.get();
-    out.torch_wait_s = std::chrono::duration<double>(Clock::now() - waited_from).count();
-    KILN_ASSIGN_OR_RETURN(out.model, std::move(model));
-    out.fetch_s = lease.lookup_seconds + lease.fetch_seconds;
+    out.caps_ms = caps_ms;
+    out.fetch_s = step.lease.lookup_seconds + step.lease.fetch_seconds;
     // Wall clock from the start: what the populate took beyond the lookup,
     // and a discarded first attempt, count as loading.
     out.load_s = std::chrono::duration<double>(Clock::now() - begin).count() - out.fetch_s;
-    out.lookup_s = lease.lookup_seconds;
-    out.hit = lease.hit;
+    out.lookup_s = step.lease.lookup_seconds;
+    out.hit = step.lease.hit;
     return out;  // the lease and the mapping end here: the weights are in the model now
   }
 }
@@ -156,15 +220,18 @@ Status run_replica(const ReplicaRunOptions& o) {
   server->set_model(std::move(loaded->model));
   std::printf(
       "ready: %s step %lld from %s; cold start %.3f s (fetch %.3f s: lookup %.3f s%s; load %.3f "
-      "s: check and "
-      "map %.3f s (%s), build the model %.3f s, LibTorch's thread caps %.3f s beside it (%.3f s "
-      "waited for), %ld page faults, %.1f MiB pre-faulted)\n",
+      "s: stamp %s; model built %s; page faults %ld building it, %ld copying, %.1f MiB "
+      "pre-faulted; "
+      "LibTorch's "
+      "thread caps %.3f s beside it); ms from the start: manifest %.1f, built %.1f, mapped %.1f, "
+      "copied %.1f, thread caps %.1f\n",
       info.name.c_str(), static_cast<long long>(info.step), o.model_url.c_str(),
       loaded->fetch_s + loaded->load_s, loaded->fetch_s, loaded->lookup_s,
-      loaded->hit ? ", node cache hit" : "", loaded->load_s, loaded->read_s,
-      describe(loaded->check), loaded->load_s - loaded->read_s - loaded->torch_wait_s,
-      loaded->torch_warm_s, loaded->torch_wait_s, loaded->build_faults,
-      static_cast<double>(loaded->prefaulted) / (1 << 20));
+      loaded->hit ? ", node cache hit" : "", loaded->load_s, describe(loaded->check),
+      loaded->built_early ? "from the manifest" : "after the weights", loaded->build_faults,
+      loaded->copy_faults, static_cast<double>(loaded->prefaulted) / (1 << 20),
+      loaded->torch_warm_s, loaded->manifest_ms, loaded->built_ms, loaded->mapped_ms,
+      loaded->copied_ms, loaded->caps_ms);
   std::fflush(stdout);
 
   int sig = 0;

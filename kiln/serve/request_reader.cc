@@ -1,40 +1,15 @@
 #include "kiln/serve/request_reader.h"
 
 #include <fmt/format.h>
-#include <strings.h>
 
-#include <charconv>
+#include "kiln/serve/http_head.h"
 
 namespace kiln::serve {
 namespace {
 
-std::string_view trim(std::string_view s) {
-  while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
-  while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
-  return s;
-}
-
-bool iequals(std::string_view a, std::string_view b) {
-  return a.size() == b.size() && ::strncasecmp(a.data(), b.data(), a.size()) == 0;
-}
-
-// Whether the comma-separated header value lists `token` (any case).
-bool lists(std::string_view value, std::string_view token) {
-  while (!value.empty()) {
-    const std::size_t comma = value.find(',');
-    if (iequals(trim(value.substr(0, comma)), token)) return true;
-    if (comma == std::string_view::npos) break;
-    value.remove_prefix(comma + 1);
-  }
-  return false;
-}
-
-// What a log line or an error may quote of the peer's bytes: printable, short.
-std::string excerpt(std::string_view s) {
-  std::string out;
-  for (char c : s.substr(0, 80)) out.push_back(c >= 0x20 && c < 0x7f ? c : '?');
-  return out;
-}
+using http::excerpt;
+using http::iequals;
+using http::lists;
 
 bool is_token_char(char c) {
   return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
@@ -60,10 +35,8 @@ bool RequestReader::fail(int status, std::string message) {
 bool RequestReader::next(HttpRequest* out) {
   if (error_) return false;
   // RFC 9112 2.2: a server ignores empty lines before a request line.
-  while (buffer_.size() - consumed_ >= 2 && buffer_.compare(consumed_, 2, "\r\n") == 0) {
-    consumed_ += 2;
-  }
-  const std::string_view in = std::string_view(buffer_).substr(consumed_);
+  while (buffer_.pending().starts_with("\r\n")) buffer_.consume(2);
+  const std::string_view in = buffer_.pending();
   const std::size_t head_end = in.find("\r\n\r\n");
   if (head_end == std::string_view::npos) {
     if (in.size() > limits_.max_header_bytes) {
@@ -77,9 +50,8 @@ bool RequestReader::next(HttpRequest* out) {
     return fail(431, fmt::format("request headers: {} bytes, over the bound of {}", head_end,
                                  limits_.max_header_bytes));
   }
-  const std::string_view head = in.substr(0, head_end);
-  std::size_t line_end = head.find("\r\n");
-  const std::string_view request_line = head.substr(0, line_end);
+  http::HeadLines lines(in.substr(0, head_end));
+  const std::string_view request_line = lines.start_line();
   // "POST /v1/predict HTTP/1.1"
   const std::size_t sp1 = request_line.find(' ');
   const std::size_t sp2 = sp1 == std::string_view::npos ? sp1 : request_line.find(' ', sp1 + 1);
@@ -109,30 +81,26 @@ bool RequestReader::next(HttpRequest* out) {
   r.keep_alive = !http10;
   std::optional<std::size_t> length;
   bool expect_continue = false;
-  while (line_end != std::string_view::npos) {
-    const std::size_t start = line_end + 2;
-    line_end = head.find("\r\n", start);
-    const std::string_view line = head.substr(start, line_end - start);
+  std::string_view line;
+  while (lines.next(&line)) {
     if (!line.empty() && (line[0] == ' ' || line[0] == '\t')) {
       return fail(400, fmt::format("request header '{}': folded header lines are not allowed",
                                    excerpt(line)));
     }
-    const std::size_t colon = line.find(':');
-    if (colon == std::string_view::npos || !is_token(line.substr(0, colon))) {
+    const auto field = http::split_field(line);
+    if (!field || !is_token(field->name)) {
       return fail(400, fmt::format("request header '{}': expected 'Name: value'", excerpt(line)));
     }
-    const std::string_view name = line.substr(0, colon);
-    const std::string_view value = trim(line.substr(colon + 1));
+    const auto [name, value] = *field;
     if (iequals(name, "Content-Length")) {
-      std::size_t n = 0;
-      auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
-      if (value.empty() || ec != std::errc() || end != value.data() + value.size()) {
+      const std::optional<std::size_t> n = http::parse_content_length(value);
+      if (!n) {
         return fail(400, fmt::format("request header Content-Length '{}': not a byte count",
                                      excerpt(value)));
       }
-      if (length && *length != n) {
+      if (length && *length != *n) {
         return fail(400,
-                    fmt::format("request headers: two Content-Lengths ({} and {})", *length, n));
+                    fmt::format("request headers: two Content-Lengths ({} and {})", *length, *n));
       }
       length = n;
     } else if (iequals(name, "Transfer-Encoding")) {
@@ -163,16 +131,8 @@ bool RequestReader::next(HttpRequest* out) {
   r.method.assign(method);
   r.target.assign(target);
   r.body.assign(in.substr(body_start, body_length));
-  consumed_ += body_start + body_length;
+  buffer_.consume(body_start + body_length);
   continue_offered_ = false;
-  // Keep the buffer from growing without bound on a long keep-alive run.
-  if (consumed_ == buffer_.size()) {
-    buffer_.clear();
-    consumed_ = 0;
-  } else if (consumed_ > 64 * 1024) {
-    buffer_.erase(0, consumed_);
-    consumed_ = 0;
-  }
   *out = std::move(r);
   return true;
 }

@@ -16,6 +16,8 @@
 #include <string_view>
 #include <utility>
 
+#include "kiln/serve/http_head.h"
+
 namespace kiln::serve {
 
 struct HttpRequest {
@@ -40,7 +42,7 @@ class RequestReader {
   explicit RequestReader(RequestLimits limits = {}) : limits_(limits) {}
 
   // Appends bytes received.
-  void feed(std::string_view bytes) { buffer_.append(bytes); }
+  void feed(std::string_view bytes) { buffer_.feed(bytes); }
   // The next complete request into *out (true); false while incomplete or
   // after an error (see error()). After an error every call returns false.
   bool next(HttpRequest* out);
@@ -52,14 +54,13 @@ class RequestReader {
   bool take_continue() { return std::exchange(continue_due_, false); }
   // Bytes received and not yet returned as a request: a partial request is
   // in progress when non-zero.
-  std::size_t buffered() const { return buffer_.size() - consumed_; }
+  std::size_t buffered() const { return buffer_.size(); }
 
  private:
   bool fail(int status, std::string message);
 
   RequestLimits limits_;
-  std::string buffer_;
-  std::size_t consumed_ = 0;  // bytes of buffer_ already returned
+  http::MessageBuffer buffer_;
   std::optional<RequestError> error_;
   bool continue_due_ = false;
   bool continue_offered_ = false;  // for the request in progress

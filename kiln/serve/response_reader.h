@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "kiln/base/status.h"
+#include "kiln/serve/http_head.h"
 
 namespace kiln::serve {
 
@@ -24,17 +25,16 @@ struct HttpResponse {
 class ResponseReader {
  public:
   // Appends bytes received.
-  void feed(std::string_view bytes) { buffer_.append(bytes); }
+  void feed(std::string_view bytes) { buffer_.feed(bytes); }
   // The next complete response; nullopt while incomplete; an error when
   // what was received is not a response this reader understands (the
   // connection is then unusable).
   Result<std::optional<HttpResponse>> next();
   // Bytes received and not yet returned as a response.
-  std::size_t buffered() const { return buffer_.size() - consumed_; }
+  std::size_t buffered() const { return buffer_.size(); }
 
  private:
-  std::string buffer_;
-  std::size_t consumed_ = 0;  // bytes of buffer_ already returned
+  http::MessageBuffer buffer_;
 };
 
 }  // namespace kiln::serve

@@ -208,6 +208,35 @@ const WeightTensor* StepWeights::find(const std::string& name) const {
   return it == tensors_.end() ? nullptr : &it->second;
 }
 
+StepShapes StepWeights::shapes() const {
+  StepShapes out;
+  out.where = dir_;
+  for (const auto& [name, t] : tensors_) out.tensors[name] = t.spec.shape;
+  out.bytes = bytes();
+  return out;
+}
+
+Result<StepShapes> StepShapes::from_manifest(const std::string& text, const std::string& where,
+                                             const ckpt::EntryFilter& keep) {
+  KILN_ASSIGN_OR_RETURN(ckpt::Manifest m, ckpt::parse_manifest(text, where));
+  StepShapes out;
+  out.where = where;
+  for (const auto& shard : m.shards) {
+    for (const auto& e : shard.entries) {
+      if (!e.is_tensor || (keep && !keep(e.name)) || e.spec.shape.empty()) continue;
+      // A tensor saved in row ranges by several ranks is listed by each.
+      if (out.tensors.emplace(e.name, e.spec.shape).second) {
+        out.bytes += static_cast<std::size_t>(e.spec.shape.front()) * e.spec.row_bytes();
+      }
+    }
+  }
+  return out;
+}
+
+bool is_weight_entry(std::string_view name) {
+  return name.starts_with("param/") || name.starts_with("buffer/");
+}
+
 std::size_t StepWeights::bytes() const {
   std::size_t n = 0;
   for (const auto& [name, t] : tensors_) n += t.data.size();

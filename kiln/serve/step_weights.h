@@ -33,6 +33,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kiln/base/status.h"
@@ -58,6 +59,28 @@ enum class StampCheck {
 // (or, without a stamp, the entry that fails its checksum).
 Result<StampCheck> check_verified_stamp(const std::string& step_dir);
 
+// The weights a model is built for: their names, global shapes and bytes,
+// known from the step's manifest before the weights themselves are fetched,
+// checked or mapped (Note [Building the model while the weights come]).
+struct StepShapes {
+  std::string where;  // names the step in errors
+  std::map<std::string, std::vector<std::int64_t>> tensors;
+  std::size_t bytes = 0;  // of all of them
+
+  const std::vector<std::int64_t>* find(const std::string& name) const {
+    auto it = tensors.find(name);
+    return it == tensors.end() ? nullptr : &it->second;
+  }
+  // The tensors `keep` accepts of the manifest `text` (read from `where`);
+  // DataLoss naming `where` if it does not parse.
+  static Result<StepShapes> from_manifest(const std::string& text, const std::string& where,
+                                          const ckpt::EntryFilter& keep);
+};
+
+// What a replica serves of a checkpoint: its parameters and buffers (not
+// the optimizer's state, 2x the weights for AdamW).
+bool is_weight_entry(std::string_view name);
+
 struct WeightTensor {
   ckpt::TensorSpec spec;
   std::span<const std::byte> data;
@@ -77,6 +100,8 @@ class StepWeights {
   ~StepWeights();
 
   const WeightTensor* find(const std::string& name) const;
+  // The names, shapes and bytes of the tensors viewed.
+  StepShapes shapes() const;
   // Bytes of the tensors viewed (what the model's parameters will hold).
   std::size_t bytes() const;
   std::int64_t step() const { return step_; }

@@ -18,26 +18,26 @@ using train::ModelKind;
 const WeightTensor* tensor(const StepWeights& s, const std::string& name) { return s.find(name); }
 
 // The model's config from its tensors where they determine it.
-Result<ModelConfig> infer_config(const StepWeights& s) {
+Result<ModelConfig> infer_config(const StepShapes& s) {
   ModelConfig c;
-  if (const auto* conv1 = tensor(s, "param/conv1.weight")) {
-    const auto* fc1 = tensor(s, "param/fc1.weight");
-    if (fc1 == nullptr) return data_loss(fmt::format("checkpoint {}: a CNN without fc1", s.dir()));
+  if (const auto* conv1 = s.find("param/conv1.weight")) {
+    const auto* fc1 = s.find("param/fc1.weight");
+    if (fc1 == nullptr) return data_loss(fmt::format("checkpoint {}: a CNN without fc1", s.where));
     c.kind = ModelKind::kCnn;
-    c.channels = static_cast<int>(conv1->spec.shape[0]);
-    c.hidden = static_cast<int>(fc1->spec.shape[0]);
+    c.channels = static_cast<int>(conv1->front());
+    c.hidden = static_cast<int>(fc1->front());
     return c;
   }
-  if (tensor(s, "param/tok.weight") != nullptr) {
+  if (s.find("param/tok.weight") != nullptr) {
     return failed_precondition(fmt::format(
         "checkpoint {} holds a GPT decoder, whose attention heads no tensor records: pass the "
         "training config (--config TRAIN.toml)",
-        s.dir()));
+        s.where));
   }
   return failed_precondition(fmt::format(
       "checkpoint {} holds neither the CNN (param/conv1.weight) nor the GPT (param/tok.weight) "
       "that kiln train saves",
-      s.dir()));
+      s.where));
 }
 
 // Copies param/<name> and buffer/<name> into the module (no optimizer, no
@@ -198,28 +198,39 @@ void warm_up_torch(int threads) {
   limit_blas_threads(threads);  // Note [BLAS threads]
 }
 
-Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
-                                                const TorchModelOptions& options) {
+namespace {
+
+class UnfilledTorchModel : public UnfilledModel {
+ public:
+  UnfilledTorchModel(std::unique_ptr<train::Task> task, ModelInfo info, int threads)
+      : task(std::move(task)), info(std::move(info)), threads(threads) {}
+  std::unique_ptr<train::Task> task;
+  ModelInfo info;  // all but the step and source, known once filled
+  int threads;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<UnfilledModel>> build_torch_model(const StepShapes& shapes,
+                                                         const TorchModelOptions& options) {
   ModelConfig config;
   if (!options.config_path.empty()) {
     KILN_ASSIGN_OR_RETURN(auto train_config, train::parse_train_config_file(options.config_path));
     config = train_config.model;
   } else {
-    KILN_ASSIGN_OR_RETURN(config, infer_config(state));
+    KILN_ASSIGN_OR_RETURN(config, infer_config(shapes));
   }
   const int threads = std::max(1, options.threads);
   if (!options.threads_capped_by_caller) warm_up_torch(threads);
   config.dropout = 0;
   std::unique_ptr<train::Task> task;
   try {
-    task = train::make_task(config);
+    // Every parameter is copied in next: no random values to overwrite.
+    task = train::make_task(config, train::ParamInit::kNone);
   } catch (const std::exception& e) {
     return invalid_argument(fmt::format("building the model from its config: {}", e.what()));
   }
-  KILN_RETURN_IF_ERROR(copy_weights(state, *task->module()));
   ModelInfo info;
-  info.step = state.step();
-  info.source = state.dir();
   if (config.kind == ModelKind::kCnn) {
     info.task = TaskKind::kClassify;
     info.name = "cnn";
@@ -230,7 +241,23 @@ Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
     info.vocab = config.vocab;
     info.context = config.seq_len;
   }
-  return std::unique_ptr<Model>(new TorchModel(std::move(task), std::move(info), threads));
+  return std::unique_ptr<UnfilledModel>(
+      new UnfilledTorchModel(std::move(task), std::move(info), threads));
+}
+
+Result<std::unique_ptr<Model>> fill_torch_model(std::unique_ptr<UnfilledModel> model,
+                                                const StepWeights& weights) {
+  auto& m = static_cast<UnfilledTorchModel&>(*model);
+  KILN_RETURN_IF_ERROR(copy_weights(weights, *m.task->module()));
+  m.info.step = weights.step();
+  m.info.source = weights.dir();
+  return std::unique_ptr<Model>(new TorchModel(std::move(m.task), std::move(m.info), m.threads));
+}
+
+Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& weights,
+                                                const TorchModelOptions& options) {
+  KILN_ASSIGN_OR_RETURN(auto model, build_torch_model(weights.shapes(), options));
+  return fill_torch_model(std::move(model), weights);
 }
 
 }  // namespace kiln::serve

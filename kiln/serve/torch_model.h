@@ -28,12 +28,30 @@ struct TorchModelOptions {
   bool threads_capped_by_caller = false;
 };
 
-// Builds the model and copies the weights in; caps torch's and the BLAS's
-// threads at options.threads (process-wide).
-// FailedPrecondition: a GPT without a config, or tensors of no known model;
-// DataLoss: a tensor missing or shaped unlike the config's model;
-// config parse errors name the file and field.
-Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& state,
+// A model built for a step's tensors, its parameters allocated and not yet
+// written (Note [Layers without random initial values], kiln/train/task.cc).
+// Opaque: this header does not include LibTorch.
+class UnfilledModel {
+ public:
+  virtual ~UnfilledModel() = default;
+};
+
+// Builds the model the tensors describe (the CNN's shape is read off them; a
+// config, when given, decides and is checked against them when filled);
+// caps torch's and the BLAS's threads at options.threads (process-wide)
+// unless the caller did. FailedPrecondition: a GPT without a config, or
+// tensors of no known model; config parse errors name the file and field.
+Result<std::unique_ptr<UnfilledModel>> build_torch_model(const StepShapes& shapes,
+                                                         const TorchModelOptions& options);
+
+// Copies every parameter and buffer in from `weights`. DataLoss: a tensor
+// missing or shaped unlike the model's (another model's checkpoint, or a
+// config that does not match it).
+Result<std::unique_ptr<Model>> fill_torch_model(std::unique_ptr<UnfilledModel> model,
+                                                const StepWeights& weights);
+
+// build_torch_model for the weights' own shapes, then fill_torch_model.
+Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& weights,
                                                 const TorchModelOptions& options);
 
 // Note [LibTorch's first use]: the first torch::set_num_threads in a

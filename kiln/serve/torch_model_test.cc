@@ -6,6 +6,10 @@
 #include <time.h>
 #include <torch/torch.h>
 
+#include <fstream>
+#include <iterator>
+#include <sstream>
+
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/testing/test_state.h"
@@ -115,6 +119,92 @@ TEST(TorchModel, MappedWeightsServeTheSameLogitsAsLoadedOnes) {
   auto y = from_read->run(b);
   ASSERT_TRUE(x[0].is_ok() && y[0].is_ok());
   EXPECT_EQ(x[0]->logits, y[0]->logits);
+}
+
+// Note [Layers without random initial values]: the same parameters, names,
+// shapes and layer options as the initialised model; only the values are
+// left unwritten.
+TEST(TorchModel, TheCnnBuiltWithoutInitialValuesHasTheInitialisedOnesParameters) {
+  train::ModelConfig c;
+  auto random = train::make_task(c, train::ParamInit::kRandom);
+  auto bare = train::make_task(c, train::ParamInit::kNone);
+  auto a = random->module()->named_parameters();
+  auto b = bare->module()->named_parameters();
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& p : a) {
+    ASSERT_NE(b.find(p.key()), nullptr) << p.key();
+    EXPECT_EQ(p.value().sizes(), b[p.key()].sizes()) << p.key();
+    EXPECT_TRUE(b[p.key()].requires_grad()) << p.key();
+  }
+  for (const auto& child : random->module()->named_children()) {
+    std::ostringstream x, y;
+    child.value()->pretty_print(x);
+    bare->module()->named_children()[child.key()]->pretty_print(y);
+    EXPECT_EQ(x.str(), y.str()) << child.key();  // the options, in_features included
+  }
+}
+
+// Note [Building the model while the weights come]: built from the
+// manifest's shapes alone, then filled from the mapped step, the model gives
+// the logits of the model that was trained and saved.
+TEST(TorchModel, AModelBuiltFromTheManifestServesTheSavedModelsLogits) {
+  TempDir dir;
+  save_cnn(dir.path());  // seed 1
+  train::ModelConfig c;
+  torch::manual_seed(1);
+  auto trained = train::make_task(c);
+  const std::string step_dir = dir.path() + "/step-1";
+  std::ifstream f(step_dir + "/manifest.json");
+  const std::string manifest((std::istreambuf_iterator<char>(f)), {});
+  auto shapes = StepShapes::from_manifest(manifest, step_dir, is_weight_entry);
+  ASSERT_TRUE(shapes.is_ok()) << shapes.status().to_string();
+  EXPECT_EQ(shapes->find("optim/0/exp_avg"), nullptr);
+  ASSERT_NE(shapes->find("param/fc1.weight"), nullptr);
+  EXPECT_EQ(*shapes->find("param/fc1.weight"), (std::vector<std::int64_t>{128, 64 * 7 * 7}));
+  auto built = build_torch_model(*shapes, {.threads = 1});
+  ASSERT_TRUE(built.is_ok()) << built.status().to_string();
+  auto weights = StepWeights::open(step_dir, is_weight_entry);
+  ASSERT_TRUE(weights.is_ok()) << weights.status().to_string();
+  EXPECT_EQ(shapes->bytes, weights->bytes());
+  auto model = fill_torch_model(std::move(built).value(), *weights);
+  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
+  EXPECT_EQ((*model)->info().step, 1);
+
+  Input image;
+  for (int i = 0; i < 784; ++i) image.image.push_back(static_cast<float>((i * 31) % 256));
+  std::vector<Input> batch(2, image);
+  auto served = (*model)->run(batch);
+  ASSERT_TRUE(served[0].is_ok());
+  torch::Tensor expected;
+  {
+    c10::InferenceMode inference;
+    trained->module()->eval();
+    expected = trained->infer(torch::tensor(image.image).view({1, 1, 28, 28})).contiguous();
+  }
+  // Within rounding: the two forward passes may take different GEMM paths.
+  ASSERT_EQ(served[0]->logits.size(), 10u);
+  for (int k = 0; k < 10; ++k) {
+    EXPECT_NEAR(served[0]->logits[k], expected.data_ptr<float>()[k], 1e-5) << "class " << k;
+  }
+}
+
+// A model built for one step's shapes cannot take another model's weights:
+// DataLoss naming the tensor, not a silent partial copy.
+TEST(TorchModel, WeightsOfAnotherShapeAreDataLossNamingTheTensor) {
+  TempDir dir;
+  save_cnn(dir.path());  // channels 32
+  auto weights = StepWeights::open(dir.path() + "/step-1", is_weight_entry);
+  ASSERT_TRUE(weights.is_ok()) << weights.status().to_string();
+  StepShapes other = weights->shapes();
+  other.tensors["param/conv1.weight"] = {16, 1, 3, 3};
+  other.tensors["param/fc1.weight"] = {100, 32 * 7 * 7};
+  auto built = build_torch_model(other, {.threads = 1});
+  ASSERT_TRUE(built.is_ok()) << built.status().to_string();
+  auto model = fill_torch_model(std::move(built).value(), *weights);
+  ASSERT_FALSE(model.is_ok());
+  EXPECT_EQ(model.status().code(), Code::kDataLoss);
+  EXPECT_NE(model.status().message().find("conv1"), std::string::npos)
+      << model.status().to_string();
 }
 
 }  // namespace

@@ -80,7 +80,8 @@ Status fsync_dir(const std::string& dir) {
 WeightCache::WeightCache(data::ObjectStore* remote, WeightCacheOptions options)
     : remote_(remote), options_(std::move(options)) {}
 
-Result<WeightLease> WeightCache::acquire_latest(Deadline deadline) {
+Result<WeightLease> WeightCache::acquire_latest(Deadline deadline,
+                                                const ManifestCallback& on_manifest) {
   std::error_code ec;
   fs::create_directories(options_.dir, ec);
   if (ec) return errno_status("create weight cache " + options_.dir, ec.value());
@@ -93,6 +94,7 @@ Result<WeightLease> WeightCache::acquire_latest(Deadline deadline) {
   const std::int64_t step = steps.front();
   KILN_ASSIGN_OR_RETURN(std::string manifest_text,
                         remote_->get(ckpt::remote_key(step, ckpt::kManifestName), deadline));
+  if (on_manifest) on_manifest(step, manifest_text);
   const std::string name =
       ckpt::checksum_hex(ckpt::checksum(manifest_text.data(), manifest_text.size())) + "-" +
       ckpt::step_dir_name(step);

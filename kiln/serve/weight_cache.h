@@ -26,6 +26,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 
 #include "kiln/base/deadline.h"
@@ -63,7 +64,12 @@ class WeightCache {
   // committed step; DataLoss: a downloaded shard fails its checksum twice;
   // ResourceExhausted: no room (every cached step is leased, or the disk
   // is full); Unavailable / DeadlineExceeded from the remote.
-  Result<WeightLease> acquire_latest(Deadline deadline);
+  // `on_manifest`, when given, is called once on the calling thread with
+  // the step and the text of its manifest as soon as the remote has named
+  // them, before the step is downloaded or found in the cache (a replica
+  // builds its model from it meanwhile).
+  using ManifestCallback = std::function<void(std::int64_t step, const std::string& manifest)>;
+  Result<WeightLease> acquire_latest(Deadline deadline, const ManifestCallback& on_manifest = {});
 
   // Removes a cached step that failed to load (a corrupt file on the node),
   // so the next acquire downloads it again. Consumes the lease.

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
+#include <vector>
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
@@ -93,6 +95,43 @@ TEST(WeightCache, AHitTrustsTheStampAndAFlippedByteIsCaughtNamingTheFile) {
   auto fresh = check(again->step_dir);
   ASSERT_TRUE(fresh.is_ok()) << fresh.status().to_string();
   EXPECT_EQ(*fresh, StampCheck::kMatched);
+}
+
+// Note [Building the model while the weights come]: the step's manifest is
+// handed over before the download (nothing of the step is in the cache
+// yet), and again on a hit, once per acquire; it is the manifest of the
+// step the lease then holds.
+TEST(WeightCache, TheManifestIsNamedBeforeTheStepIsDownloaded) {
+  TempDir remote, cache_dir;
+  save_step(remote.path(), 3);
+  save_step(remote.path(), 7);
+  auto store = open(remote.path());
+  WeightCache cache(store.get(), {.dir = cache_dir.path()});
+  std::vector<std::int64_t> named;
+  std::string manifest;
+  auto on_manifest = [&](std::int64_t step, const std::string& text) {
+    named.push_back(step);
+    manifest = text;
+    // Nothing downloaded yet: no step directory, no partial one.
+    EXPECT_TRUE(fs::is_empty(cache_dir.path()) ||
+                std::none_of(fs::directory_iterator(cache_dir.path()), fs::directory_iterator(),
+                             [](const fs::directory_entry& e) { return e.is_directory(); }));
+  };
+  auto cold = cache.acquire_latest(Deadline::after_seconds(20), on_manifest);
+  ASSERT_TRUE(cold.is_ok()) << cold.status().to_string();
+  EXPECT_FALSE(cold->hit);
+  ASSERT_EQ(named, std::vector<std::int64_t>{7});
+  std::ifstream f(cold->step_dir + "/manifest.json");
+  EXPECT_EQ(manifest, std::string((std::istreambuf_iterator<char>(f)), {}));
+  cold = Result<WeightLease>(unavailable("released"));
+  named.clear();
+  auto hit =
+      WeightCache(store.get(), {.dir = cache_dir.path()})
+          .acquire_latest(Deadline::after_seconds(20),
+                          [&](std::int64_t step, const std::string&) { named.push_back(step); });
+  ASSERT_TRUE(hit.is_ok()) << hit.status().to_string();
+  EXPECT_TRUE(hit->hit);
+  EXPECT_EQ(named, std::vector<std::int64_t>{7});
 }
 
 // A flipped byte whose writer puts the file's mtime back is still caught:

@@ -61,12 +61,44 @@ torch::Tensor relu_max_pool_2x2(const torch::Tensor& x) {
   return torch::maximum(rows.slice(3, 0, w, 2), rows.slice(3, 1, w, 2)).relu_();
 }
 
+// Note [Layers without random initial values]: LibTorch's layers
+// initialise their parameters in their constructors (kaiming_uniform_: one
+// Mersenne Twister draw per value, on one thread), and a served model
+// overwrites every value with the checkpoint's right after: for the make
+// demo CNN 421 K draws, ~3 ms of a replica's start on a node-cache hit
+// (docs/perf.md, issue 20, session 10). With ParamInit::kNone a layer is
+// built with one input (its initialisation then draws `out` rows of one
+// input, not of all of them) and its weight is then given its full shape,
+// unwritten. set_ changes the registered parameter in place, so the
+// module's named_parameters() see the full shape; the options are corrected
+// to match. The forward pass reads only the weight and the options that
+// were given.
+torch::nn::Conv2d conv3x3(std::int64_t in, std::int64_t out, ParamInit init) {
+  if (init == ParamInit::kRandom) {
+    return torch::nn::Conv2d(torch::nn::Conv2dOptions(in, out, 3).padding(1));
+  }
+  torch::nn::Conv2d c(torch::nn::Conv2dOptions(1, out, 3).padding(1));
+  torch::NoGradGuard no_grad;
+  c->weight.set_(torch::empty({out, in, 3, 3}));
+  c->options.in_channels(in);
+  return c;
+}
+
+torch::nn::Linear linear(std::int64_t in, std::int64_t out, ParamInit init) {
+  if (init == ParamInit::kRandom) return torch::nn::Linear(in, out);
+  torch::nn::Linear l(1, out);
+  torch::NoGradGuard no_grad;
+  l->weight.set_(torch::empty({out, in}));
+  l->options.in_features(in);
+  return l;
+}
+
 struct CnnImpl : torch::nn::Module {
-  CnnImpl(int channels, int hidden, int classes)
-      : conv1(register_module("conv1", torch::nn::Conv2d(torch::nn::Conv2dOptions(1, channels, 3).padding(1)))),
-        conv2(register_module("conv2", torch::nn::Conv2d(torch::nn::Conv2dOptions(channels, 2 * channels, 3).padding(1)))),
-        fc1(register_module("fc1", torch::nn::Linear(2 * channels * 7 * 7, hidden))),
-        fc2(register_module("fc2", torch::nn::Linear(hidden, classes))) {}
+  CnnImpl(int channels, int hidden, int classes, ParamInit init)
+      : conv1(register_module("conv1", conv3x3(1, channels, init))),
+        conv2(register_module("conv2", conv3x3(channels, 2 * channels, init))),
+        fc1(register_module("fc1", linear(2 * channels * 7 * 7, hidden, init))),
+        fc2(register_module("fc2", linear(hidden, classes, init))) {}
 
   // Each layer runs as a unit (parallel::run_unit): sharded strategies
   // gather and free its parameters around it. Computes in the parameters'
@@ -87,7 +119,7 @@ TORCH_MODULE(Cnn);
 
 class ImageClassification : public Task {
  public:
-  explicit ImageClassification(const ModelConfig& c) : net_(c.channels, c.hidden, 10) {}
+  ImageClassification(const ModelConfig& c, ParamInit init) : net_(c.channels, c.hidden, 10, init) {}
 
   std::shared_ptr<torch::nn::Module> module() override { return net_.ptr(); }
   bool classification() const override { return true; }
@@ -272,8 +304,8 @@ class NextToken : public Task {
 
 }  // namespace
 
-std::unique_ptr<Task> make_task(const ModelConfig& config) {
-  if (config.kind == ModelKind::kCnn) return std::make_unique<ImageClassification>(config);
+std::unique_ptr<Task> make_task(const ModelConfig& config, ParamInit init) {
+  if (config.kind == ModelKind::kCnn) return std::make_unique<ImageClassification>(config, init);
   return std::make_unique<NextToken>(config);
 }
 

@@ -37,7 +37,16 @@ class Task {
   virtual torch::Tensor infer(const torch::Tensor& input) = 0;
 };
 
-// Builds the model for `config` with the current torch seed.
-std::unique_ptr<Task> make_task(const ModelConfig& config);
+// How make_task fills the model's parameters.
+enum class ParamInit {
+  kRandom,  // the model's own initialisation, from the current torch seed
+  // Allocated and left unwritten, for a caller that copies every parameter
+  // in next (kiln serve, from a checkpoint): Note [Layers without random
+  // initial values]. The CNN's layers; the GPT is initialised regardless.
+  kNone,
+};
+
+// Builds the model for `config` (with the current torch seed, for kRandom).
+std::unique_ptr<Task> make_task(const ModelConfig& config, ParamInit init = ParamInit::kRandom);
 
 }  // namespace kiln::train
