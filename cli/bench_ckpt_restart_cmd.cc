@@ -9,11 +9,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <span>
 #include <utility>
 
 #include "cli/bench_ckpt_restart.h"
 #include "kiln/base/fs.h"
+#include "kiln/base/resident_memory.h"
 #include "kiln/base/server_process.h"
 #include "kiln/ckpt/memory_tier.h"
 #include "kiln/ckpt/shard_writer.h"
@@ -67,31 +69,56 @@ Result<bool> recover_into(const RestartBenchSpec& spec, Communicator& c,
   return w != nullptr && w->in_place && tier->last_recovery().from_replica == 1;
 }
 
-// The restarted process's state memory, allocated as a training process's
-// allocator does for large blocks (PyTorch's CPU allocator with
-// THP_MEM_ALLOC_ENABLE=1): advised to transparent huge pages, then touched,
-// so 512 MiB takes 256 page faults rather than 131072 (1.7 s on this VM).
+// The restarted process's state memory, as spec.memory says. Mapped as a
+// training process's allocator maps large blocks (PyTorch's CPU allocator
+// with THP_MEM_ALLOC_ENABLE=1): advised to transparent huge pages, so 512 MiB
+// takes 256 page faults rather than 131072 (1.7 s on this VM).
 class StateMemory {
  public:
-  static Result<StateMemory> allocate(std::size_t bytes) {
+  // Before the join: "overlap" and "wait" start their helper here.
+  static Result<StateMemory> map(const std::string& mode, std::size_t bytes) {
+    if (mode == "overlap" || mode == "wait") {
+      KILN_ASSIGN_OR_RETURN(auto m, ResidentMemory::map(bytes));
+      return StateMemory(std::move(m));
+    }
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return errno_status(fmt::format("map {} bytes of state", bytes), errno);
     ::madvise(p, bytes, MADV_HUGEPAGE);  // advice: no huge pages still works
-    std::memset(p, 0, bytes);
-    return StateMemory(static_cast<std::byte*>(p), bytes);
+    return StateMemory(static_cast<std::byte*>(p), bytes, mode == "touch");
   }
   StateMemory(StateMemory&& o) noexcept
-      : data_(std::exchange(o.data_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+      : resident_(std::move(o.resident_)),
+        data_(std::exchange(o.data_, nullptr)),
+        bytes_(std::exchange(o.bytes_, 0)),
+        touch_(o.touch_) {}
   StateMemory& operator=(StateMemory&&) = delete;
   ~StateMemory() {
     if (data_ != nullptr) ::munmap(data_, bytes_);
   }
-  std::span<std::byte> span() const { return {data_, bytes_}; }
+  // After the join: returns once the recovery may write the memory.
+  void ready(const std::string& mode) {
+    if (touch_) std::memset(data_, 0, bytes_);
+    if (resident_ && (mode == "wait" || !resident_->writable_while_populating())) {
+      resident_->wait();
+    }
+  }
+  // After the recovery: the helper is done (its last slices found their
+  // pages already written).
+  void finish() {
+    if (resident_) resident_->wait();
+  }
+  std::span<std::byte> span() const {
+    return resident_ ? resident_->span() : std::span(data_, bytes_);
+  }
 
  private:
-  StateMemory(std::byte* data, std::size_t bytes) : data_(data), bytes_(bytes) {}
-  std::byte* data_;
-  std::size_t bytes_;
+  explicit StateMemory(ResidentMemory m) : resident_(std::move(m)) {}
+  StateMemory(std::byte* data, std::size_t bytes, bool touch)
+      : data_(data), bytes_(bytes), touch_(touch) {}
+  std::optional<ResidentMemory> resident_;
+  std::byte* data_ = nullptr;
+  std::size_t bytes_ = 0;
+  bool touch_ = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -132,6 +159,13 @@ Status exchange_marks(Communicator& c, const std::int64_t mine[kMarks],
 
 }  // namespace
 
+Status check_restart_memory_mode(const std::string& mode) {
+  if (mode == "overlap" || mode == "wait" || mode == "touch" || mode == "fault")
+    return Status::ok();
+  return invalid_argument(
+      fmt::format("bench ckpt: --restart-memory {} is none of overlap, wait, touch, fault", mode));
+}
+
 void fill_bench_state(std::vector<char>& state, int rank) {
   for (std::size_t i = 0; i < state.size(); i += 4096)
     state[i] = static_cast<char>(i / 4096 + rank);
@@ -153,7 +187,9 @@ Result<RestartTimes> measure_restart_recovery(comm::ProcessGroup& pg, const Rest
                                 "--restart-cols",
                                 std::to_string(spec.cols),
                                 "--restart-step",
-                                std::to_string(spec.step)};
+                                std::to_string(spec.step),
+                                "--restart-memory",
+                                spec.memory};
   // 1. Both store.
   ServerProcess victim("bench ckpt victim", log_dir + "/restart-victim.log");
   argv[4] = "store";
@@ -220,6 +256,14 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
   if (phase != "store" && phase != "recover") {
     return invalid_argument("bench ckpt: --restart-child must be store or recover");
   }
+  KILN_RETURN_IF_ERROR(check_restart_memory_mode(spec.memory));
+  // The restarted process's memory, mapped first thing: made resident (per
+  // spec.memory) while it connects and joins.
+  std::optional<StateMemory> into;
+  if (phase == "recover") {
+    KILN_ASSIGN_OR_RETURN(auto m, StateMemory::map(spec.memory, bytes_of(spec)));
+    into.emplace(std::move(m));
+  }
   // The bench's store, as rank 0 serves it (MASTER_ADDR/MASTER_PORT and the
   // job token inherited from it).
   KILN_ASSIGN_OR_RETURN(comm::WorldSpec world, comm::world_spec_from_env());
@@ -247,11 +291,12 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
   marks[1] = now_ns();
   std::int64_t faults = minor_faults();
   // A restarted process's memory: allocated (and touched) before it recovers.
-  KILN_ASSIGN_OR_RETURN(auto into, StateMemory::allocate(bytes_of(spec)));
+  into->ready(spec.memory);
   marks[2] = now_ns();
   marks[4] = minor_faults() - faults;
   faults = minor_faults();
-  KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, into.span()));
+  KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, into->span()));
+  into->finish();
   marks[3] = now_ns();
   marks[5] = minor_faults() - faults;
   std::int32_t done = 1;
@@ -259,9 +304,9 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
       c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   std::int64_t all[2 * kMarks];
   KILN_RETURN_IF_ERROR(exchange_marks(*c, marks, all));
-  std::vector<char> want(into.span().size());
+  std::vector<char> want(into->span().size());
   fill_bench_state(want, 1);
-  std::int32_t good = ok && std::memcmp(into.span().data(), want.data(), want.size()) == 0 ? 1 : 0;
+  std::int32_t good = ok && std::memcmp(into->span().data(), want.data(), want.size()) == 0 ? 1 : 0;
   KILN_RETURN_IF_ERROR(
       c->allreduce(&good, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   return c->barrier()->wait(kTimeout);
