@@ -240,7 +240,12 @@ Status restart_ab(comm::ProcessGroup& pg, const CkptBenchArgs& a, const std::str
                   std::vector<char>& copy) {
   Communicator& c = pg.comm();
   for (const auto& mode : a.restart_ab) KILN_RETURN_IF_ERROR(check_restart_memory_mode(mode));
+  std::error_code ec;
+  if (c.rank() == 0 && !std::filesystem::create_directories(root, ec) && ec) {
+    return errno_status("bench ckpt: create " + root, ec.value());
+  }
   for (int rep = 0; rep < a.restart_reps; ++rep) {
+    int run = 0;
     for (const auto& mode : a.restart_ab) {
       if (c.rank() == 0) {
         auto t0 = std::chrono::steady_clock::now();
@@ -248,7 +253,7 @@ Status restart_ab(comm::ProcessGroup& pg, const CkptBenchArgs& a, const std::str
         const double memcpy_s = seconds_since(t0);
         std::memset(copy.data(), 0, copy.size());
         RestartBenchSpec spec{ckpt::default_memory_dir(root) + "-bench-restart", rows, cols, 1,
-                              mode};
+                              mode, rep * static_cast<int>(a.restart_ab.size()) + run++};
         auto got = measure_restart_recovery(pg, spec, state, copy, root);
         if (!got.is_ok()) {
           c.abort(got.status());
@@ -467,6 +472,7 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--restart-memory", a->restart.memory)->group("");  // A/B (bench_ckpt_restart.h)
   cmd->add_option("--restart-ab", a->restart_ab)->group("")->delimiter(',');
   cmd->add_option("--restart-reps", a->restart_reps)->group("");
+  cmd->add_option("--restart-run", a->restart.run)->group("");
   cmd->callback(run_status([a] { return bench_ckpt(*a); }));
 });
 

@@ -33,12 +33,14 @@ struct RestartBenchSpec {
   std::int64_t step = 1;
   // How the restarted process gets its state's memory (Note [Fault in beside
   // the join], kiln/base/resident_memory.h), for A/B runs:
-  //   overlap  made resident on a helper thread from the process's start,
-  //            received into while the helper still populates (the default)
-  //   wait     the same, but the recovery waits for the helper first
+  //   wait     made resident from the process's start by a helper thread
+  //            per CPU; the recovery waits for them (the default)
+  //   wait1    the same with one helper thread
+  //   overlap  as wait, but received into while the helpers still populate
   //   touch    mapped and written with zeros after the join, then received into
   //   fault    mapped only: the recovery's writes fault its pages in
-  std::string memory = "overlap";
+  std::string memory = "wait";
+  int run = 0;  // distinct for each measurement in one bench (their store keys)
 };
 
 // The modes above; InvalidArgument for another.

@@ -31,11 +31,12 @@ constexpr std::chrono::seconds kTimeout{120};
 constexpr const char* kStoreTag = "bench-ckpt-restart-store";
 constexpr const char* kRecoverTag = "bench-ckpt-restart-recover";
 
+// `run` tells one measurement's worlds from another's on the same store.
 Result<std::unique_ptr<Communicator>> join(std::shared_ptr<store::Store> store, int rank,
-                                           const char* tag) {
+                                           const char* tag, int run) {
   comm::CommOptions o;
   o.timeout = kTimeout;
-  o.connect.tag = tag;
+  o.connect.tag = fmt::format("{}-{}", tag, run);
   return Communicator::create(std::move(store), rank, 2, o);
 }
 
@@ -75,10 +76,10 @@ Result<bool> recover_into(const RestartBenchSpec& spec, Communicator& c,
 // takes 256 page faults rather than 131072 (1.7 s on this VM).
 class StateMemory {
  public:
-  // Before the join: "overlap" and "wait" start their helper here.
+  // Before the join: "wait", "wait1" and "overlap" start their helpers here.
   static Result<StateMemory> map(const std::string& mode, std::size_t bytes) {
-    if (mode == "overlap" || mode == "wait") {
-      KILN_ASSIGN_OR_RETURN(auto m, ResidentMemory::map(bytes));
+    if (mode == "overlap" || mode == "wait" || mode == "wait1") {
+      KILN_ASSIGN_OR_RETURN(auto m, ResidentMemory::map(bytes, mode == "wait1" ? 1 : 0));
       return StateMemory(std::move(m));
     }
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -98,12 +99,12 @@ class StateMemory {
   // After the join: returns once the recovery may write the memory.
   void ready(const std::string& mode) {
     if (touch_) std::memset(data_, 0, bytes_);
-    if (resident_ && (mode == "wait" || !resident_->writable_while_populating())) {
+    if (resident_ && (mode != "overlap" || !resident_->writable_while_populating())) {
       resident_->wait();
     }
   }
-  // After the recovery: the helper is done (its last slices found their
-  // pages already written).
+  // After the recovery: the helpers are done (with "overlap", their last
+  // slices found their pages already written).
   void finish() {
     if (resident_) resident_->wait();
   }
@@ -160,10 +161,11 @@ Status exchange_marks(Communicator& c, const std::int64_t mine[kMarks],
 }  // namespace
 
 Status check_restart_memory_mode(const std::string& mode) {
-  if (mode == "overlap" || mode == "wait" || mode == "touch" || mode == "fault")
-    return Status::ok();
-  return invalid_argument(
-      fmt::format("bench ckpt: --restart-memory {} is none of overlap, wait, touch, fault", mode));
+  for (const char* m : {"wait", "wait1", "overlap", "touch", "fault"}) {
+    if (mode == m) return Status::ok();
+  }
+  return invalid_argument(fmt::format(
+      "bench ckpt: --restart-memory {} is none of wait, wait1, overlap, touch, fault", mode));
 }
 
 void fill_bench_state(std::vector<char>& state, int rank) {
@@ -189,13 +191,15 @@ Result<RestartTimes> measure_restart_recovery(comm::ProcessGroup& pg, const Rest
                                 "--restart-step",
                                 std::to_string(spec.step),
                                 "--restart-memory",
-                                spec.memory};
+                                spec.memory,
+                                "--restart-run",
+                                std::to_string(spec.run)};
   // 1. Both store.
   ServerProcess victim("bench ckpt victim", log_dir + "/restart-victim.log");
   argv[4] = "store";
   KILN_RETURN_IF_ERROR(victim.spawn(argv));
   {
-    KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kStoreTag));
+    KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kStoreTag, spec.run));
     KILN_RETURN_IF_ERROR(store_snapshot(spec, *c, state));
     // The victim's store returned too: the collective that ends it needs both.
     KILN_RETURN_IF_ERROR(c->barrier()->wait(kTimeout));
@@ -210,7 +214,7 @@ Result<RestartTimes> measure_restart_recovery(comm::ProcessGroup& pg, const Rest
   ServerProcess restarted("bench ckpt restarted rank", log_dir + "/restart-recover.log");
   argv[4] = "recover";
   KILN_RETURN_IF_ERROR(restarted.spawn(argv));
-  KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kRecoverTag));
+  KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kRecoverTag, spec.run));
   KILN_ASSIGN_OR_RETURN(bool ok,
                         recover_into(spec, *c, std::as_writable_bytes(std::span(scratch))));
   std::int32_t done = 1;
@@ -276,7 +280,7 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
                             world.master_addr, static_cast<std::uint16_t>(world.master_port), so));
   std::shared_ptr<store::Store> store(std::move(client));
   if (phase == "store") {
-    KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kStoreTag));
+    KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kStoreTag, spec.run));
     std::vector<char> state(bytes_of(spec));
     fill_bench_state(state, 1);
     KILN_RETURN_IF_ERROR(store_snapshot(spec, *c, state));
@@ -287,7 +291,7 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
     return internal_error("bench ckpt: the victim outlived its kill");
   }
   std::int64_t marks[kMarks] = {entered_ns};
-  KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kRecoverTag));
+  KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kRecoverTag, spec.run));
   marks[1] = now_ns();
   std::int64_t faults = minor_faults();
   // A restarted process's memory: allocated (and touched) before it recovers.

@@ -1,6 +1,7 @@
 #include "kiln/base/resident_memory.h"
 
 #include <fmt/format.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -10,6 +11,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #ifndef MADV_POPULATE_WRITE
 #define MADV_POPULATE_WRITE 23  // Linux 5.14; older headers lack it
@@ -18,27 +20,43 @@
 namespace kiln {
 namespace {
 
-// Populated a slice at a time, so that a destructor need not wait for the
-// rest and a writer coming from the front meets the helper within a slice.
+// Populated a slice at a time: helpers share the work by taking the next
+// slice, a destructor need not wait for the rest, and a writer coming from
+// the front meets the helpers within a slice.
 constexpr std::size_t kSlice = std::size_t{8} << 20;
+
+// The CPUs this process may run on.
+int usable_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return 1;
+  return std::max(1, CPU_COUNT(&set));
+}
 
 }  // namespace
 
 struct ResidentMemory::State {
   std::byte* data = nullptr;
   std::size_t bytes = 0;
+  std::size_t page = 4096;
   bool kernel_populates = false;
   std::atomic<bool> stop{false};
+  // The end of the part no helper has taken yet (whole pages: the
+  // mapping's, so that every slice starts on one); helpers take slices
+  // from the back.
+  std::atomic<std::size_t> untaken{0};
   std::atomic<std::size_t> resident{0};
   std::mutex join_mu;
-  std::thread helper;  // joined under join_mu
+  std::vector<std::thread> helpers;  // joined under join_mu
 
   void populate() {
-    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-    // Whole pages (the mapping's), so that every slice starts on one.
-    const std::size_t mapped = (bytes + page - 1) / page * page;
-    for (std::size_t end = mapped; end > 0 && !stop.load(std::memory_order_relaxed);) {
-      const std::size_t begin = end > kSlice ? end - kSlice : 0;
+    while (!stop.load(std::memory_order_relaxed)) {
+      std::size_t end = untaken.load();
+      std::size_t begin = 0;
+      do {
+        if (end == 0) return;
+        begin = end > kSlice ? end - kSlice : 0;
+      } while (!untaken.compare_exchange_weak(end, begin));
       if (kernel_populates) {
         if (::madvise(data + begin, end - begin, MADV_POPULATE_WRITE) != 0) return;
       } else {
@@ -47,13 +65,14 @@ struct ResidentMemory::State {
         }
       }
       resident.fetch_add(end - begin, std::memory_order_relaxed);
-      end = begin;
     }
   }
 
   std::size_t join() {
     std::lock_guard<std::mutex> lock(join_mu);
-    if (helper.joinable()) helper.join();
+    for (auto& h : helpers) {
+      if (h.joinable()) h.join();
+    }
     return std::min(resident.load(), bytes);
   }
 
@@ -64,7 +83,7 @@ struct ResidentMemory::State {
   }
 };
 
-Result<ResidentMemory> ResidentMemory::map(std::size_t bytes) {
+Result<ResidentMemory> ResidentMemory::map(std::size_t bytes, int helpers) {
   if (bytes == 0) return invalid_argument("ResidentMemory: 0 bytes");
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
@@ -74,14 +93,18 @@ Result<ResidentMemory> ResidentMemory::map(std::size_t bytes) {
   auto s = std::make_unique<State>();
   s->data = static_cast<std::byte*>(p);
   s->bytes = bytes;
+  s->page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
   ::madvise(p, bytes, MADV_HUGEPAGE);  // advice: without huge pages it still works
   // Whether the kernel populates (EINVAL before 5.14), asked of the last
-  // page, which the helper would populate first anyway.
-  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  const std::size_t last = (bytes - 1) / page * page;
+  // page, which the helpers would populate first anyway.
+  const std::size_t last = (bytes - 1) / s->page * s->page;
   s->kernel_populates = ::madvise(s->data + last, bytes - last, MADV_POPULATE_WRITE) == 0;
+  const std::size_t mapped = last + s->page;
+  s->untaken.store(mapped);
+  if (helpers <= 0) helpers = usable_cpus();
+  helpers = static_cast<int>(std::min<std::size_t>(helpers, (mapped + kSlice - 1) / kSlice));
   State* raw = s.get();
-  s->helper = std::thread([raw] { raw->populate(); });
+  for (int i = 0; i < helpers; ++i) s->helpers.emplace_back([raw] { raw->populate(); });
   return ResidentMemory(std::move(s));
 }
 

@@ -51,8 +51,19 @@ TEST(ResidentMemory, WritesWhilePopulatingAreKept) {
   }
 }
 
-TEST(ResidentMemory, DestroyedBeforeTheHelperFinishes) {
-  // The destructor stops the helper at its next slice and unmaps: no hang,
+// Helpers share the slices: every page made resident once, whatever their
+// number (more helpers than slices included).
+TEST(ResidentMemory, AnyNumberOfHelpersCoversEveryPage) {
+  for (int helpers : {1, 2, 3, 7}) {
+    auto m = ResidentMemory::map(kBytes - 4096, helpers);
+    ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+    EXPECT_EQ(m->wait(), kBytes - 4096) << helpers << " helpers";
+    EXPECT_EQ(missing_pages(m->span()), 0u) << helpers << " helpers";
+  }
+}
+
+TEST(ResidentMemory, DestroyedBeforeTheHelpersFinish) {
+  // The destructor stops the helpers at their next slice and unmaps: no hang,
   // no use of the unmapped memory (ASan would see the latter).
   for (int i = 0; i < 8; ++i) {
     auto m = ResidentMemory::map(std::size_t{256} << 20);
