@@ -19,7 +19,9 @@
 // The cost is the host's, per vCPU: on the 2-vCPU VM measured, two threads
 // fault in cold memory 1.8 times as fast as one (256 MiB: 0.37 s against
 // 0.65-0.69 s; pages the guest freed a moment ago: 0.015 s), so there is a
-// helper per CPU the process may use, taking slices of the mapping in turn.
+// helper per CPU the process may use, taking slices of the mapping in turn
+// (in `kiln bench ckpt`, beside the survivor's and the other rank's threads,
+// two helpers were no faster than one: docs/perf.md, issue 19, session 10).
 // Writing while they populate was slower there than waiting for them (the
 // writer's own faults and the helpers' share the vCPUs: docs/perf.md, issue
 // 19, session 10), so `kiln bench ckpt`'s restarted rank waits.
