@@ -78,6 +78,10 @@ struct CkptBenchArgs {
   // The restart measurement's child process (hidden; bench_ckpt_restart.h).
   std::string restart_child;
   RestartBenchSpec restart;
+  // A/B of the restart part alone (hidden): these --restart-memory modes,
+  // each run --restart-reps times, interleaved; nothing else is measured.
+  std::vector<std::string> restart_ab;
+  int restart_reps = 3;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -216,10 +220,63 @@ Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_
   return t;
 }
 
+nlohmann::json restart_json(const RestartTimes& t) {
+  return {
+      {"total_s", t.total_s},
+      {"phases_s",
+       {{"start", t.start_s}, {"join", t.join_s}, {"alloc", t.alloc_s}, {"recover", t.recover_s}}},
+      {"faults",
+       {{"alloc", t.alloc_faults},
+        {"recover", t.recover_faults},
+        {"host_thp_fallbacks", t.thp_fallbacks},
+        {"host_compaction_stalls", t.compaction_stalls}}}};
+}
+
+// --restart-ab: the restart part alone under several memory modes (rank 0
+// measures; the other ranks wait at the barrier), with a memcpy baseline
+// before each run. Prints one JSON line per run.
+Status restart_ab(comm::ProcessGroup& pg, const CkptBenchArgs& a, const std::string& root,
+                  std::int64_t rows, std::int64_t cols, const std::vector<char>& state,
+                  std::vector<char>& copy) {
+  Communicator& c = pg.comm();
+  for (const auto& mode : a.restart_ab) KILN_RETURN_IF_ERROR(check_restart_memory_mode(mode));
+  std::error_code ec;
+  if (c.rank() == 0 && !std::filesystem::create_directories(root, ec) && ec) {
+    return errno_status("bench ckpt: create " + root, ec.value());
+  }
+  for (int rep = 0; rep < a.restart_reps; ++rep) {
+    int run = 0;
+    for (const auto& mode : a.restart_ab) {
+      if (c.rank() == 0) {
+        auto t0 = std::chrono::steady_clock::now();
+        std::memcpy(copy.data(), state.data(), state.size());
+        const double memcpy_s = seconds_since(t0);
+        std::memset(copy.data(), 0, copy.size());
+        RestartBenchSpec spec{ckpt::default_memory_dir(root) + "-bench-restart", rows, cols, 1,
+                              mode, rep * static_cast<int>(a.restart_ab.size()) + run++};
+        auto got = measure_restart_recovery(pg, spec, state, copy, root);
+        if (!got.is_ok()) {
+          c.abort(got.status());
+          return got.status();
+        }
+        nlohmann::json doc = restart_json(*got);
+        doc["mode"] = mode;
+        doc["rep"] = rep;
+        doc["memcpy_s"] = memcpy_s;
+        std::printf("%s\n", doc.dump().c_str());
+        std::fflush(stdout);
+      }
+      KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    }
+  }
+  return Status::ok();
+}
+
 Status bench_ckpt(const CkptBenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(std::uint64_t total, parse_bytes(a.bytes));
   if (a.saves < 2) return invalid_argument("bench ckpt: --saves must be at least 2");
   if (!a.restart_child.empty()) return run_restart_child(a.restart_child, a.restart);
+  KILN_RETURN_IF_ERROR(check_restart_memory_mode(a.restart.memory));
   if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench ckpt"))
     return *spawned;
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
@@ -240,6 +297,7 @@ Status bench_ckpt(const CkptBenchArgs& a) {
     std::filesystem::remove_all(root, ec);
   }
   KILN_RETURN_IF_ERROR(c.barrier()->wait());
+  if (!a.restart_ab.empty()) return restart_ab(*pg, a, root, mine.count, cols, state, copy);
 
   // The checkpointer gets a communicator of its own (see checkpointer.h).
   KILN_ASSIGN_OR_RETURN(auto ckpt_comm, c.split(0, r));
@@ -314,7 +372,7 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   RestartTimes restart;
   if (r == 0) {
     RestartBenchSpec spec{ckpt::default_memory_dir(root) + "-bench-restart", mine.count, cols,
-                          last_step};
+                          last_step, a.restart.memory};
     std::memset(copy.data(), 0, copy.size());  // so only a real recovery matches
     auto got = measure_restart_recovery(*pg, spec, state, copy, root);
     if (!got.is_ok()) {
@@ -362,16 +420,9 @@ Status bench_ckpt(const CkptBenchArgs& a) {
         {"inmem_buddy_recovery_s", n > 1 ? nlohmann::json(mem.buddy_s) : nullptr},
         {"inmem_buddy_vs_memcpy", n > 1 ? nlohmann::json(mem.buddy_s / median(memcpy_s)) : nullptr},
         {"inmem_restart_recovery_s", restart.total_s},
-        {"inmem_restart_phases_s",
-         {{"start", restart.start_s},
-          {"join", restart.join_s},
-          {"alloc", restart.alloc_s},
-          {"recover", restart.recover_s}}},
-        {"inmem_restart_faults",
-         {{"alloc", restart.alloc_faults},
-          {"recover", restart.recover_faults},
-          {"host_thp_fallbacks", restart.thp_fallbacks},
-          {"host_compaction_stalls", restart.compaction_stalls}}},
+        {"inmem_restart_phases_s", restart_json(restart)["phases_s"]},
+        {"inmem_restart_faults", restart_json(restart)["faults"]},
+        {"inmem_restart_memory", a.restart.memory},
         {"inmem_restart_bound_s", 1.0 + 5 * median(memcpy_s)},
         {"inmem_vs_disk_recovery", mem.recovery_s / load_t}};
     if (s3) {
@@ -418,6 +469,10 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--restart-rows", a->restart.rows)->group("");
   cmd->add_option("--restart-cols", a->restart.cols)->group("");
   cmd->add_option("--restart-step", a->restart.step)->group("");
+  cmd->add_option("--restart-memory", a->restart.memory)->group("");  // A/B (bench_ckpt_restart.h)
+  cmd->add_option("--restart-ab", a->restart_ab)->group("")->delimiter(',');
+  cmd->add_option("--restart-reps", a->restart_reps)->group("");
+  cmd->add_option("--restart-run", a->restart.run)->group("");
   cmd->callback(run_status([a] { return bench_ckpt(*a); }));
 });
 

@@ -9,7 +9,9 @@
 //      holds its own and the other's replica);
 //   2. the victim is SIGKILLed and its memory directory removed;
 //   3. the clock starts; a new victim process starts, forms a new world with
-//      the survivor, allocates its state and recovers it into that memory;
+//      the survivor, allocates its state and recovers it into that memory
+//      (the memory made resident beside the join and the recovery: Note
+//      [Fault in beside the join], kiln/base/resident_memory.h);
 //      the clock stops when both ranks have recovered (a collective);
 //   4. the new process checks every byte (untimed) and both agree on the verdict.
 #pragma once
@@ -29,7 +31,20 @@ struct RestartBenchSpec {
   std::int64_t rows = 0;  // rows per rank; the tensor is [2 * rows, cols]
   std::int64_t cols = 0;
   std::int64_t step = 1;
+  // How the restarted process gets its state's memory (Note [Fault in beside
+  // the join], kiln/base/resident_memory.h), for A/B runs:
+  //   wait     made resident from the process's start by a helper thread
+  //            per CPU; the recovery waits for them (the default)
+  //   wait1    the same with one helper thread
+  //   overlap  as wait, but received into while the helpers still populate
+  //   touch    mapped and written with zeros after the join, then received into
+  //   fault    mapped only: the recovery's writes fault its pages in
+  std::string memory = "wait";
+  int run = 0;  // distinct for each measurement in one bench (their store keys)
 };
+
+// The modes above; InvalidArgument for another.
+Status check_restart_memory_mode(const std::string& mode);
 
 // The bench's state of rank r: one nonzero byte per page, so a misplaced or
 // stale page shows.
@@ -41,7 +56,7 @@ struct RestartTimes {
   double total_s = 0;               // kill to both ranks recovered: inmem_restart_recovery_s
   double start_s = 0;               // spawn to the child's code running (exec, dynamic loading)
   double join_s = 0;                // forming the two-rank world
-  double alloc_s = 0;               // allocating and touching the state memory
+  double alloc_s = 0;               // after the join, until its memory may be received into
   double recover_s = 0;             // the restarted rank's recover() from its buddy
   std::int64_t alloc_faults = 0;    // the child's minor page faults while allocating
   std::int64_t recover_faults = 0;  // and while recovering

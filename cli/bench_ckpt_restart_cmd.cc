@@ -9,11 +9,13 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <span>
 #include <utility>
 
 #include "cli/bench_ckpt_restart.h"
 #include "kiln/base/fs.h"
+#include "kiln/base/resident_memory.h"
 #include "kiln/base/server_process.h"
 #include "kiln/ckpt/memory_tier.h"
 #include "kiln/ckpt/shard_writer.h"
@@ -29,11 +31,12 @@ constexpr std::chrono::seconds kTimeout{120};
 constexpr const char* kStoreTag = "bench-ckpt-restart-store";
 constexpr const char* kRecoverTag = "bench-ckpt-restart-recover";
 
+// `run` tells one measurement's worlds from another's on the same store.
 Result<std::unique_ptr<Communicator>> join(std::shared_ptr<store::Store> store, int rank,
-                                           const char* tag) {
+                                           const char* tag, int run) {
   comm::CommOptions o;
   o.timeout = kTimeout;
-  o.connect.tag = tag;
+  o.connect.tag = fmt::format("{}-{}", tag, run);
   return Communicator::create(std::move(store), rank, 2, o);
 }
 
@@ -67,31 +70,56 @@ Result<bool> recover_into(const RestartBenchSpec& spec, Communicator& c,
   return w != nullptr && w->in_place && tier->last_recovery().from_replica == 1;
 }
 
-// The restarted process's state memory, allocated as a training process's
-// allocator does for large blocks (PyTorch's CPU allocator with
-// THP_MEM_ALLOC_ENABLE=1): advised to transparent huge pages, then touched,
-// so 512 MiB takes 256 page faults rather than 131072 (1.7 s on this VM).
+// The restarted process's state memory, as spec.memory says. Mapped as a
+// training process's allocator maps large blocks (PyTorch's CPU allocator
+// with THP_MEM_ALLOC_ENABLE=1): advised to transparent huge pages, so 512 MiB
+// takes 256 page faults rather than 131072 (1.7 s on this VM).
 class StateMemory {
  public:
-  static Result<StateMemory> allocate(std::size_t bytes) {
+  // Before the join: "wait", "wait1" and "overlap" start their helpers here.
+  static Result<StateMemory> map(const std::string& mode, std::size_t bytes) {
+    if (mode == "overlap" || mode == "wait" || mode == "wait1") {
+      KILN_ASSIGN_OR_RETURN(auto m, ResidentMemory::map(bytes, mode == "wait1" ? 1 : 0));
+      return StateMemory(std::move(m));
+    }
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) return errno_status(fmt::format("map {} bytes of state", bytes), errno);
     ::madvise(p, bytes, MADV_HUGEPAGE);  // advice: no huge pages still works
-    std::memset(p, 0, bytes);
-    return StateMemory(static_cast<std::byte*>(p), bytes);
+    return StateMemory(static_cast<std::byte*>(p), bytes, mode == "touch");
   }
   StateMemory(StateMemory&& o) noexcept
-      : data_(std::exchange(o.data_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+      : resident_(std::move(o.resident_)),
+        data_(std::exchange(o.data_, nullptr)),
+        bytes_(std::exchange(o.bytes_, 0)),
+        touch_(o.touch_) {}
   StateMemory& operator=(StateMemory&&) = delete;
   ~StateMemory() {
     if (data_ != nullptr) ::munmap(data_, bytes_);
   }
-  std::span<std::byte> span() const { return {data_, bytes_}; }
+  // After the join: returns once the recovery may write the memory.
+  void ready(const std::string& mode) {
+    if (touch_) std::memset(data_, 0, bytes_);
+    if (resident_ && (mode != "overlap" || !resident_->writable_while_populating())) {
+      resident_->wait();
+    }
+  }
+  // After the recovery: the helpers are done (with "overlap", their last
+  // slices found their pages already written).
+  void finish() {
+    if (resident_) resident_->wait();
+  }
+  std::span<std::byte> span() const {
+    return resident_ ? resident_->span() : std::span(data_, bytes_);
+  }
 
  private:
-  StateMemory(std::byte* data, std::size_t bytes) : data_(data), bytes_(bytes) {}
-  std::byte* data_;
-  std::size_t bytes_;
+  explicit StateMemory(ResidentMemory m) : resident_(std::move(m)) {}
+  StateMemory(std::byte* data, std::size_t bytes, bool touch)
+      : data_(data), bytes_(bytes), touch_(touch) {}
+  std::optional<ResidentMemory> resident_;
+  std::byte* data_ = nullptr;
+  std::size_t bytes_ = 0;
+  bool touch_ = false;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -132,6 +160,14 @@ Status exchange_marks(Communicator& c, const std::int64_t mine[kMarks],
 
 }  // namespace
 
+Status check_restart_memory_mode(const std::string& mode) {
+  for (const char* m : {"wait", "wait1", "overlap", "touch", "fault"}) {
+    if (mode == m) return Status::ok();
+  }
+  return invalid_argument(fmt::format(
+      "bench ckpt: --restart-memory {} is none of wait, wait1, overlap, touch, fault", mode));
+}
+
 void fill_bench_state(std::vector<char>& state, int rank) {
   for (std::size_t i = 0; i < state.size(); i += 4096)
     state[i] = static_cast<char>(i / 4096 + rank);
@@ -153,13 +189,17 @@ Result<RestartTimes> measure_restart_recovery(comm::ProcessGroup& pg, const Rest
                                 "--restart-cols",
                                 std::to_string(spec.cols),
                                 "--restart-step",
-                                std::to_string(spec.step)};
+                                std::to_string(spec.step),
+                                "--restart-memory",
+                                spec.memory,
+                                "--restart-run",
+                                std::to_string(spec.run)};
   // 1. Both store.
   ServerProcess victim("bench ckpt victim", log_dir + "/restart-victim.log");
   argv[4] = "store";
   KILN_RETURN_IF_ERROR(victim.spawn(argv));
   {
-    KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kStoreTag));
+    KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kStoreTag, spec.run));
     KILN_RETURN_IF_ERROR(store_snapshot(spec, *c, state));
     // The victim's store returned too: the collective that ends it needs both.
     KILN_RETURN_IF_ERROR(c->barrier()->wait(kTimeout));
@@ -174,7 +214,7 @@ Result<RestartTimes> measure_restart_recovery(comm::ProcessGroup& pg, const Rest
   ServerProcess restarted("bench ckpt restarted rank", log_dir + "/restart-recover.log");
   argv[4] = "recover";
   KILN_RETURN_IF_ERROR(restarted.spawn(argv));
-  KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kRecoverTag));
+  KILN_ASSIGN_OR_RETURN(auto c, join(pg.store(), 0, kRecoverTag, spec.run));
   KILN_ASSIGN_OR_RETURN(bool ok,
                         recover_into(spec, *c, std::as_writable_bytes(std::span(scratch))));
   std::int32_t done = 1;
@@ -220,6 +260,14 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
   if (phase != "store" && phase != "recover") {
     return invalid_argument("bench ckpt: --restart-child must be store or recover");
   }
+  KILN_RETURN_IF_ERROR(check_restart_memory_mode(spec.memory));
+  // The restarted process's memory, mapped first thing: made resident (per
+  // spec.memory) while it connects and joins.
+  std::optional<StateMemory> into;
+  if (phase == "recover") {
+    KILN_ASSIGN_OR_RETURN(auto m, StateMemory::map(spec.memory, bytes_of(spec)));
+    into.emplace(std::move(m));
+  }
   // The bench's store, as rank 0 serves it (MASTER_ADDR/MASTER_PORT and the
   // job token inherited from it).
   KILN_ASSIGN_OR_RETURN(comm::WorldSpec world, comm::world_spec_from_env());
@@ -232,7 +280,7 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
                             world.master_addr, static_cast<std::uint16_t>(world.master_port), so));
   std::shared_ptr<store::Store> store(std::move(client));
   if (phase == "store") {
-    KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kStoreTag));
+    KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kStoreTag, spec.run));
     std::vector<char> state(bytes_of(spec));
     fill_bench_state(state, 1);
     KILN_RETURN_IF_ERROR(store_snapshot(spec, *c, state));
@@ -243,15 +291,16 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
     return internal_error("bench ckpt: the victim outlived its kill");
   }
   std::int64_t marks[kMarks] = {entered_ns};
-  KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kRecoverTag));
+  KILN_ASSIGN_OR_RETURN(auto c, join(store, 1, kRecoverTag, spec.run));
   marks[1] = now_ns();
   std::int64_t faults = minor_faults();
   // A restarted process's memory: allocated (and touched) before it recovers.
-  KILN_ASSIGN_OR_RETURN(auto into, StateMemory::allocate(bytes_of(spec)));
+  into->ready(spec.memory);
   marks[2] = now_ns();
   marks[4] = minor_faults() - faults;
   faults = minor_faults();
-  KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, into.span()));
+  KILN_ASSIGN_OR_RETURN(bool ok, recover_into(spec, *c, into->span()));
+  into->finish();
   marks[3] = now_ns();
   marks[5] = minor_faults() - faults;
   std::int32_t done = 1;
@@ -259,9 +308,9 @@ Status run_restart_child(const std::string& phase, const RestartBenchSpec& spec)
       c->allreduce(&done, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   std::int64_t all[2 * kMarks];
   KILN_RETURN_IF_ERROR(exchange_marks(*c, marks, all));
-  std::vector<char> want(into.span().size());
+  std::vector<char> want(into->span().size());
   fill_bench_state(want, 1);
-  std::int32_t good = ok && std::memcmp(into.span().data(), want.data(), want.size()) == 0 ? 1 : 0;
+  std::int32_t good = ok && std::memcmp(into->span().data(), want.data(), want.size()) == 0 ? 1 : 0;
   KILN_RETURN_IF_ERROR(
       c->allreduce(&good, 1, DataType::kInt32, comm::ReduceOp::kMin)->wait(kTimeout));
   return c->barrier()->wait(kTimeout);

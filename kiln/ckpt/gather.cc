@@ -21,6 +21,7 @@ struct Held {
   int dtype = 0;
   std::vector<std::int64_t> shape;
   std::int64_t offset = 0, rows = 0;
+  bool in_place = false;  // in the caller's memory of the whole tensor (a WholeTarget)
 };
 
 // Rows [offset, offset + rows) of a tensor, sent by `rank`.
@@ -31,21 +32,31 @@ struct Segment {
 
 // One tensor of the gathered state: its spec and who sends which rows.
 struct Plan {
-  Held spec;  // offset/rows unused
+  Held spec;  // offset/rows unused; in_place: on every rank
   std::vector<Segment> segments;
   std::size_t row_bytes = 0;
+  // In place, and each rank's rows at the place an allgatherv puts its
+  // block: gathered straight into the target (Note [Gathered in place]).
+  bool direct = false;
 };
+
+const WholeTarget* target_named(std::span<const WholeTarget> in_place, const std::string& name) {
+  for (const auto& t : in_place) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
 
 // This rank's table: the tensors it holds and, when its share is unusable,
 // why (so every rank fails with the same message).
-std::string describe(const LoadedState& s, int rank) {
+std::string describe(const LoadedState& s, int rank, std::span<const WholeTarget> in_place) {
   json tensors = json::array();
   std::string problem;
   std::set<std::string> seen;
   for (const auto& e : s.entries) {
     if (!e.is_tensor) continue;
-    tensors.push_back(
-        {e.name, static_cast<int>(e.spec.dtype), e.spec.shape, e.spec.row_offset, e.spec.rows});
+    tensors.push_back({e.name, static_cast<int>(e.spec.dtype), e.spec.shape, e.spec.row_offset,
+                       e.spec.rows, e.in_place});
     if (!problem.empty()) continue;
     if (!seen.insert(e.name).second) {
       problem = fmt::format("rank {} holds tensor '{}' twice", rank, e.name);
@@ -54,8 +65,18 @@ std::string describe(const LoadedState& s, int rank) {
       problem = fmt::format("rank {} holds rows [{}, +{}) of '{}', outside its shape [{}]", rank,
                             e.spec.row_offset, e.spec.rows, e.name, fmt::join(e.spec.shape, ", "));
     } else if (e.in_place) {
-      problem = fmt::format("rank {}'s rows of '{}' were restored in place, not into the state",
-                            rank, e.name);
+      const WholeTarget* t = target_named(in_place, e.name);
+      const std::size_t whole = static_cast<std::size_t>(e.spec.shape[0]) * e.spec.row_bytes();
+      if (t == nullptr) {
+        problem = fmt::format(
+            "rank {}'s rows of '{}' were restored in place, but no memory of the whole tensor "
+            "was given to gather it in",
+            rank, e.name);
+      } else if (t->bytes != whole || t->rows != e.spec.shape[0]) {
+        problem = fmt::format(
+            "rank {}'s memory for '{}' has {} bytes in {} rows, the whole tensor {} in {}", rank,
+            e.name, t->bytes, t->rows, whole, e.spec.shape[0]);
+      }
     } else if (e.data.size() != static_cast<std::size_t>(e.spec.rows) * e.spec.row_bytes()) {
       problem = fmt::format("rank {} holds rows [{}, +{}) of '{}' in {} bytes, not {}", rank,
                             e.spec.row_offset, e.spec.rows, e.name, e.data.size(),
@@ -112,9 +133,12 @@ Result<std::vector<Plan>> plan_gather(const std::vector<json>& tables) {
     const std::string problem = tables[r].at("problem").get<std::string>();
     if (!problem.empty()) return invalid_argument(problem);
     for (const auto& t : tables[r].at("tensors")) {
-      Held h{t.at(0).get<std::string>(), t.at(1).get<int>(),
-             t.at(2).get<std::vector<std::int64_t>>(), t.at(3).get<std::int64_t>(),
-             t.at(4).get<std::int64_t>()};
+      Held h{t.at(0).get<std::string>(),
+             t.at(1).get<int>(),
+             t.at(2).get<std::vector<std::int64_t>>(),
+             t.at(3).get<std::int64_t>(),
+             t.at(4).get<std::int64_t>(),
+             t.at(5).get<bool>()};
       auto [it, fresh] = index.emplace(h.name, plans.size());
       if (fresh) {
         plans.push_back(Plan{h, {}, row_bytes_of(h)});
@@ -122,6 +146,13 @@ Result<std::vector<Plan>> plan_gather(const std::vector<json>& tables) {
         holders.emplace_back();
       }
       const Plan& p = plans[it->second];
+      if (p.spec.in_place != h.in_place) {
+        const int placed = p.spec.in_place ? holders[it->second].front() : r;
+        const int copied = p.spec.in_place ? r : holders[it->second].front();
+        return invalid_argument(
+            fmt::format("tensor '{}' was restored in place on rank {} but not on rank {}", h.name,
+                        placed, copied));
+      }
       if (p.spec.dtype != h.dtype || p.spec.shape != h.shape) {
         return invalid_argument(fmt::format(
             "ranks disagree on tensor '{}': rank {} holds dtype {} shape [{}], rank {} dtype {} "
@@ -136,6 +167,15 @@ Result<std::vector<Plan>> plan_gather(const std::vector<json>& tables) {
   }
   for (std::size_t i = 0; i < plans.size(); ++i) {
     Plan& p = plans[i];
+    if (p.spec.in_place && holders[i].size() != tables.size()) {
+      int missing = 0;
+      while (std::find(holders[i].begin(), holders[i].end(), missing) != holders[i].end()) {
+        ++missing;
+      }
+      return invalid_argument(
+          fmt::format("tensor '{}' was restored in place on rank {} but rank {} does not hold it",
+                      p.spec.name, holders[i].front(), missing));
+    }
     std::vector<std::int64_t> cuts{0, p.spec.shape[0]};
     for (const Held& h : held[i]) {
       cuts.push_back(h.offset);
@@ -160,6 +200,10 @@ Result<std::vector<Plan>> plan_gather(const std::vector<json>& tables) {
         p.segments.push_back({lo, hi - lo, owner});
       }
     }
+    p.direct = p.spec.in_place;
+    for (std::size_t k = 1; k < p.segments.size(); ++k) {
+      p.direct = p.direct && p.segments[k - 1].rank < p.segments[k].rank;
+    }
   }
   return plans;
 }
@@ -167,9 +211,10 @@ Result<std::vector<Plan>> plan_gather(const std::vector<json>& tables) {
 }  // namespace
 
 Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& comm,
-                                         std::chrono::milliseconds timeout) {
+                                         std::chrono::milliseconds timeout,
+                                         std::span<const WholeTarget> in_place) {
   const int rank = comm.rank(), world = comm.size();
-  auto tables = exchange_tables(describe(share, rank), comm, timeout);
+  auto tables = exchange_tables(describe(share, rank, in_place), comm, timeout);
   if (!tables.is_ok()) {
     return tables.status().with_context(
         fmt::format("gathering whole tensors of checkpoint step {} ({})", share.step, share.dir));
@@ -187,24 +232,34 @@ Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& 
   }
 
   // Rank r sends the rows it owns, tensor by tensor in plan order; every
-  // rank knows each rank's byte count from the plan alone.
+  // rank knows each rank's byte count from the plan alone. Tensors gathered
+  // directly into their targets go afterwards, one allgatherv each.
   std::map<std::string, LoadedEntry*> mine;
   for (auto& e : share.entries) {
     if (e.is_tensor) mine[e.name] = &e;
   }
+  // Where rows [s.offset, ...) of a tensor this rank holds lie now.
+  auto rows_at = [&](const Plan& p, const Segment& s) -> std::byte* {
+    if (p.spec.in_place) {
+      return target_named(in_place, p.spec.name)->data +
+             static_cast<std::size_t>(s.offset) * p.row_bytes;
+    }
+    LoadedEntry& e = *mine.at(p.spec.name);
+    return e.data.data() + static_cast<std::size_t>(s.offset - e.spec.row_offset) * p.row_bytes;
+  };
   std::vector<std::size_t> counts(static_cast<std::size_t>(world), 0);
   for (const Plan& p : *plans) {
+    if (p.direct) continue;
     for (const Segment& s : p.segments)
       counts[s.rank] += static_cast<std::size_t>(s.rows) * p.row_bytes;
   }
   std::vector<std::byte> send;
   send.reserve(std::max<std::size_t>(1, counts[rank]));  // never a null buffer, even when empty
   for (const Plan& p : *plans) {
+    if (p.direct) continue;
     for (const Segment& s : p.segments) {
       if (s.rank != rank) continue;
-      const LoadedEntry& e = *mine.at(p.spec.name);
-      auto first = e.data.begin() +
-                   static_cast<std::ptrdiff_t>((s.offset - e.spec.row_offset) * p.row_bytes);
+      const std::byte* first = rows_at(p, s);
       send.insert(send.end(), first, first + static_cast<std::ptrdiff_t>(s.rows * p.row_bytes));
     }
   }
@@ -217,16 +272,37 @@ Result<LoadedState> gather_whole_tensors(LoadedState share, comm::Communicator& 
   std::vector<std::size_t> cursor = starts;  // next unread byte of rank r's part
   std::vector<LoadedEntry> others;           // tensors only other ranks held
   for (const Plan& p : *plans) {
-    std::vector<std::byte> whole(static_cast<std::size_t>(p.spec.shape[0]) * p.row_bytes);
+    const TensorSpec spec{static_cast<DataType>(p.spec.dtype), p.spec.shape, 0, p.spec.shape[0]};
+    if (p.direct) {
+      std::vector<std::size_t> n(static_cast<std::size_t>(world), 0);
+      std::byte* own = target_named(in_place, p.spec.name)->data;
+      for (const Segment& s : p.segments) {
+        n[s.rank] = static_cast<std::size_t>(s.rows) * p.row_bytes;
+        if (s.rank == rank) own = rows_at(p, s);
+      }
+      KILN_RETURN_IF_ERROR(comm.allgatherv(own, target_named(in_place, p.spec.name)->data,
+                                           std::move(n), DataType::kUInt8)
+                               ->wait(timeout));
+      mine.at(p.spec.name)->spec = spec;
+      continue;
+    }
+    std::vector<std::byte> whole;
+    std::byte* into = nullptr;
+    if (p.spec.in_place) {
+      into = target_named(in_place, p.spec.name)->data;
+    } else {
+      whole.resize(static_cast<std::size_t>(p.spec.shape[0]) * p.row_bytes);
+      into = whole.data();
+    }
     for (const Segment& s : p.segments) {
       const std::size_t n = static_cast<std::size_t>(s.rows) * p.row_bytes;
-      if (n > 0) {
-        std::memcpy(whole.data() + static_cast<std::size_t>(s.offset) * p.row_bytes,
+      // Rows this rank restored in place are already where they belong.
+      if (n > 0 && !(p.spec.in_place && s.rank == rank)) {
+        std::memcpy(into + static_cast<std::size_t>(s.offset) * p.row_bytes,
                     all.data() + cursor[s.rank], n);
       }
       cursor[s.rank] += n;
     }
-    const TensorSpec spec{static_cast<DataType>(p.spec.dtype), p.spec.shape, 0, p.spec.shape[0]};
     auto it = mine.find(p.spec.name);
     if (it != mine.end()) {
       it->second->data = std::move(whole);

@@ -498,6 +498,7 @@ Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
     if (!everyone) continue;
     bool need_fetch = !has(own_of(rank_), s);
     bool pred_needs = world_ > 1 && !has(own_of(pred_), s);
+    ++stats_.attempts;
     auto st = restore(s, need_fetch, pred_needs, into);
     // Every rank takes part in the agreement, also one whose stream failed:
     // a peer that did not see the failure must not be left waiting.
@@ -640,7 +641,8 @@ Status MemoryTier::clear() {
 }
 
 Result<LoadedState> recover_if_not_older(const std::string& root, MemoryTier& tier,
-                                         const LoadOptions& options) {
+                                         const LoadOptions& options,
+                                         std::span<const RecoverTarget> into) {
   std::int64_t newest_on_disk = -1;
   if (options.rank == 0) {
     auto steps = list_committed_steps(root);
@@ -650,7 +652,7 @@ Result<LoadedState> recover_if_not_older(const std::string& root, MemoryTier& ti
     KILN_RETURN_IF_ERROR(
         options.comm->broadcast(&newest_on_disk, 1, DataType::kInt64, 0)->wait(options.timeout));
   }
-  return tier.recover(std::max<std::int64_t>(newest_on_disk, 0));
+  return tier.recover(std::max<std::int64_t>(newest_on_disk, 0), into);
 }
 
 Result<LoadedState> recover_latest(const std::string& root, MemoryTier* tier,

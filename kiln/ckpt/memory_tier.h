@@ -81,6 +81,9 @@ struct MemoryRecoveryStats {
   std::int64_t step = -1;
   int from_replica = 0;           // ranks whose snapshot came from their buddy
   std::size_t fetched_bytes = 0;  // bytes this rank received from its buddy
+  // Steps whose restore began: when > 0, the recover targets were written
+  // to, also by a recovery that failed in the end.
+  int attempts = 0;
 };
 
 struct MemoryStoreStats {
@@ -178,9 +181,10 @@ class MemoryTier {
 // Collective. The tier's newest step if it is at least as new as the newest
 // committed under `root` (rank 0's listing decides, so every rank asks for
 // the same minimum); NotFound, the same on every rank, when memory cannot
-// serve one (then load from storage).
+// serve one (then load from storage). `into` as MemoryTier::recover's.
 Result<LoadedState> recover_if_not_older(const std::string& root, MemoryTier& tier,
-                                         const LoadOptions& options);
+                                         const LoadOptions& options,
+                                         std::span<const RecoverTarget> into = {});
 
 // Collective. The newest checkpoint from either tier: the in-memory one when
 // it holds a step at least as new as the newest committed under `root`

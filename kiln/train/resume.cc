@@ -23,12 +23,24 @@ constexpr std::chrono::milliseconds kResumeTimeout{600000};
 
 // The newest step in memory that every rank can restore, as whole tensors.
 // NotFound (the same on every rank) when memory cannot serve.
+// Tensors named in `in_place` are restored into that memory (Note [Gathered
+// in place], kiln/ckpt/gather.h).
 Result<ckpt::LoadedState> from_memory(const TrainConfig& c, ckpt::MemoryTier& memory,
-                                      comm::Communicator& comm) {
+                                      comm::Communicator& comm,
+                                      std::span<const ckpt::WholeTarget> in_place) {
   ckpt::LoadOptions o{comm.rank(), comm.size(), &comm, kResumeTimeout};
+  // Each rank's rows of each tensor, as the tier's snapshots hold them.
+  std::vector<ckpt::RecoverTarget> rows;
+  for (const auto& t : in_place) {
+    if (t.rows <= 0) continue;
+    const std::size_t row_bytes = t.bytes / static_cast<std::size_t>(t.rows);
+    const ckpt::RowRange mine = ckpt::even_rows(t.rows, comm.rank(), comm.size());
+    rows.push_back({t.name, t.data + static_cast<std::size_t>(mine.offset) * row_bytes,
+                    static_cast<std::size_t>(mine.count) * row_bytes});
+  }
   KILN_ASSIGN_OR_RETURN(ckpt::LoadedState share,
-                        ckpt::recover_if_not_older(c.checkpoint.dir, memory, o));
-  return ckpt::gather_whole_tensors(std::move(share), comm, o.timeout);
+                        ckpt::recover_if_not_older(c.checkpoint.dir, memory, o, rows));
+  return ckpt::gather_whole_tensors(std::move(share), comm, o.timeout, in_place);
 }
 
 // Rank 0 picks the newest step that loads whole; everyone then reads it
@@ -101,7 +113,8 @@ bool restarted_by_launcher() {
 
 Result<std::optional<Resumed>> resume(const TrainConfig& c, const RestoreFn& restore, bool whole,
                                       comm::Communicator& comm, ckpt::MemoryTier* memory,
-                                      comm::Communicator* memory_comm, bool use_memory) {
+                                      comm::Communicator* memory_comm, bool use_memory,
+                                      std::span<const ckpt::WholeTarget> in_place) {
   if (c.checkpoint.dir.empty()) return std::optional<Resumed>();
   if (!c.checkpoint.resume) {
     // Starting over would collide with (and retention would delete) the
@@ -117,9 +130,16 @@ Result<std::optional<Resumed>> resume(const TrainConfig& c, const RestoreFn& res
   }
   Resumed out;
   Result<ckpt::LoadedState> loaded = not_found("");
+  // Why the model's tensors no longer hold their initial values, when a
+  // recovery from memory wrote into them and then failed.
+  std::string overwritten;
   if (use_memory && memory != nullptr && memory_comm != nullptr) {
-    loaded = from_memory(c, *memory, *memory_comm);
+    if (!whole) in_place = {};
+    loaded = from_memory(c, *memory, *memory_comm, in_place);
     out.from_memory = loaded.is_ok();
+    if (!loaded.is_ok() && !in_place.empty() && memory->last_recovery().attempts > 0) {
+      overwritten = loaded.status().to_string();
+    }
     if (!loaded.is_ok()) {
       // Every rank sees the same outcome (recover and the gather agree
       // first), so all fall back together, unless the links themselves failed.
@@ -143,14 +163,23 @@ Result<std::optional<Resumed>> resume(const TrainConfig& c, const RestoreFn& res
       loaded = from_remote(c, comm, whole);
     }
     if (!loaded.is_ok()) {
+      if (loaded.status().code() == Code::kNotFound && !overwritten.empty()) {
+        return data_loss(fmt::format(
+            "resume: the in-memory checkpoint failed after restoring into the model ({}) and "
+            "{} holds no checkpoint to restore instead: the run cannot start from its initial "
+            "values; restart it (a fresh run ignores memory)",
+            overwritten, c.checkpoint.dir));
+      }
       if (loaded.status().code() == Code::kNotFound) return std::optional<Resumed>();
       return loaded.status();
     }
   }
+  for (const auto& e : loaded->entries) out.in_place += e.in_place ? 1 : 0;
   KILN_ASSIGN_OR_RETURN(out.progress, restore(*loaded));
-  log()->info("resumed from {}{} (step {}, epoch {}, {} samples of it consumed)",
-              out.from_memory ? "memory, " : "", loaded->dir, out.progress.step, out.progress.epoch,
-              out.progress.consumed);
+  log()->info(
+      "resumed from {}{} (step {}, epoch {}, {} samples of it consumed; {} tensors in place)",
+      out.from_memory ? "memory, " : "", loaded->dir, out.progress.step, out.progress.epoch,
+      out.progress.consumed, out.in_place);
   return std::optional<Resumed>(out);
 }
 

@@ -223,6 +223,16 @@ Status capture_sharded_state(parallel::zero::ShardedDataParallel& sharded, const
   return add_rng_and_progress(progress, rank, world, out);
 }
 
+std::vector<ckpt::WholeTarget> whole_targets(torch::nn::Module& module) {
+  std::vector<ckpt::WholeTarget> out;
+  for (auto& [name, tensor] : module_tensors(module)) {
+    if (!tensor.is_contiguous() || !to_ckpt_dtype(tensor.scalar_type(), name).is_ok()) continue;
+    out.push_back({name, static_cast<std::byte*>(tensor.data_ptr()), tensor.nbytes(),
+                   checkpoint_shape(tensor)[0]});
+  }
+  return out;
+}
+
 Result<Progress> restore_state(const ckpt::LoadedState& loaded, torch::nn::Module& module,
                                torch::optim::Optimizer& optimizer, int rank) {
   const std::string where = loaded.dir;
@@ -241,6 +251,10 @@ Result<Progress> restore_state(const ckpt::LoadedState& loaded, torch::nn::Modul
     const ckpt::LoadedEntry* e = loaded.find(name);
     if (e == nullptr || !e->is_tensor) {
       return data_loss(fmt::format("checkpoint {}: no tensor '{}' (saved by another model?)", where, name));
+    }
+    if (e->in_place && e->spec.shape == checkpoint_shape(tensor) && e->spec.row_offset == 0 &&
+        e->spec.rows == e->spec.shape[0]) {
+      continue;  // already in the tensor (whole_targets)
     }
     if (e->spec.shape != checkpoint_shape(tensor) || e->data.size() != tensor.nbytes()) {
       return data_loss(fmt::format("checkpoint {}: tensor '{}' has shape [{}] ({} bytes), the model's "

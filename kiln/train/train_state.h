@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kiln/base/status.h"
+#include "kiln/ckpt/gather.h"
 #include "kiln/ckpt/state.h"
 #include "kiln/parallel/zero/sharded_data_parallel.h"
 
@@ -45,8 +46,16 @@ struct Snapshot {
 Status capture_state(torch::nn::Module& module, torch::optim::Optimizer& optimizer,
                      const Progress& progress, int rank, int world, Snapshot* out);
 
+// The module's parameters and buffers as they are checkpointed (param/<name>,
+// buffer/<name>), each the whole tensor's memory: where a recovery from
+// memory may restore them in place (resume.h). Tensors that are not
+// contiguous or have a dtype checkpoints do not hold are left out. Valid
+// while the module's tensors are not replaced.
+std::vector<ckpt::WholeTarget> whole_targets(torch::nn::Module& module);
+
 // Loads a whole checkpoint loaded for rank 0 of 1 (ckpt::load_step(dir, 0, 1))
-// into the module, optimizer and this rank's generator. A checkpoint saved by
+// into the module, optimizer and this rank's generator. Entries restored in
+// place (in_place, from whole_targets of this module) are left as they are. A checkpoint saved by
 // a sharded strategy (zero/...) loads too: its unit flats are cut back into
 // the parameters and its moments become the optimizer's state. DataLoss naming the
 // entry if a tensor is missing or has another shape than the model's.

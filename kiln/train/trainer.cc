@@ -209,8 +209,11 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     if (sharded) return restore_sharded_state(loaded, *sharded, rank, comm);
     return restore_state(loaded, *task->module(), *optimizer, rank);
   };
+  // Data parallel: a recovery from memory restores the parameters where they lie.
+  const std::vector<ckpt::WholeTarget> in_place =
+      sharded ? std::vector<ckpt::WholeTarget>() : whole_targets(*task->module());
   KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, restore, /*whole=*/!sharded, comm, ckpt.memory.get(),
-                                             ckpt.comm.get(), restarted_by_launcher()));
+                                             ckpt.comm.get(), restarted_by_launcher(), in_place));
   if (resumed) progress = resumed->progress;
   const std::int64_t start_step = progress.step;
 
@@ -427,6 +430,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   }
   TrainResult result;
   result.start_step = start_step;
+  result.resumed_in_place = resumed ? resumed->in_place : 0;
   result.steps = stopped_at ? *stopped_at : std::max(start_step, c.train.max_steps);
   result.stopped = stopped_at.has_value();
   // No more steps from here to the exit: the last save and the wait for

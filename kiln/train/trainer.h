@@ -58,6 +58,7 @@ struct TrainOptions {
 
 struct TrainResult {
   std::int64_t start_step = 0;  // > 0 when resumed
+  int resumed_in_place = 0;     // tensors a recovery from memory restored in the model's memory
   std::int64_t steps = 0;       // the step reached
   bool stopped = false;         // stopped early on request (kiln run), checkpointed
   double eval_loss = 0;

@@ -128,6 +128,9 @@ TEST(Trainer, ARestartedJobRecoversFromMemoryWithoutStorage) {
   ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
   EXPECT_GE(resumed->start_step, 2);
   EXPECT_LE(resumed->start_step, 7);
+  // Every parameter restored where it lies (resume.h's in_place), and the
+  // run bit-identical to one that never stopped.
+  EXPECT_EQ(resumed->resumed_in_place, 8);  // the CNN: 4 layers, a weight and a bias each
   EXPECT_EQ(resumed->parameters, a->parameters);
   // A finished job leaves nothing in memory.
   EXPECT_FALSE(std::filesystem::exists(c.checkpoint.memory_dir));

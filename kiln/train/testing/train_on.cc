@@ -26,6 +26,7 @@ Result<TrainResult> train_on(int world, const TrainConfig& config, const std::st
     if (comm.rank() != 0) return Status::ok();
     std::ofstream out(out_file, std::ios::binary);
     out.write(reinterpret_cast<const char*>(&r->start_step), sizeof r->start_step);
+    out.write(reinterpret_cast<const char*>(&r->resumed_in_place), sizeof r->resumed_in_place);
     out.write(reinterpret_cast<const char*>(&r->parameter_digest), sizeof r->parameter_digest);
     out.write(reinterpret_cast<const char*>(&r->eval_loss), sizeof r->eval_loss);
     out.write(reinterpret_cast<const char*>(r->parameters.data()),
@@ -40,6 +41,7 @@ Result<TrainResult> train_on(int world, const TrainConfig& config, const std::st
   std::ifstream in(out_file, std::ios::binary);
   TrainResult r;
   in.read(reinterpret_cast<char*>(&r.start_step), sizeof r.start_step);
+  in.read(reinterpret_cast<char*>(&r.resumed_in_place), sizeof r.resumed_in_place);
   in.read(reinterpret_cast<char*>(&r.parameter_digest), sizeof r.parameter_digest);
   in.read(reinterpret_cast<char*>(&r.eval_loss), sizeof r.eval_loss);
   float f;
