@@ -11,6 +11,7 @@
 
 #include "kiln/ckpt/gather.h"
 #include "kiln/ckpt/testing/run_options.h"
+#include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
 
 namespace kiln::ckpt {
@@ -19,18 +20,10 @@ namespace {
 using comm::Communicator;
 using comm::testing::run_ranks;
 using testing::quick;
+using testing::whole_rows;
 
 constexpr std::size_t kRowBytes = 3 * sizeof(float);
 
-// Row i of tensor `salt`: {i + salt, i + 0.5, -i}.
-std::vector<float> whole_rows(std::int64_t total, float salt) {
-  std::vector<float> v;
-  for (std::int64_t i = 0; i < total; ++i) {
-    v.insert(v.end(),
-             {static_cast<float>(i) + salt, static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
-  }
-  return v;
-}
 
 // A model's tensor of `total` rows restored in place: its memory holds rows
 // [lo, lo + n) and garbage elsewhere; `entry` is what recover() returned.

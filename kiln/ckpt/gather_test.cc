@@ -18,6 +18,7 @@ namespace kiln::ckpt {
 namespace {
 
 using testing::quick;
+using testing::whole_rows;
 
 using comm::Communicator;
 using comm::testing::run_ranks;
@@ -102,14 +103,6 @@ LoadedEntry rows_entry(const std::string& name, std::int64_t total, std::int64_t
   return e;
 }
 
-std::vector<float> whole_rows(std::int64_t total, float salt) {
-  std::vector<float> v;
-  for (std::int64_t i = 0; i < total; ++i) {
-    v.insert(v.end(),
-             {static_cast<float>(i) + salt, static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
-  }
-  return v;
-}
 
 // A 3D run's shares: each rank holds only its pipeline stage's tensors, in
 // rows that are not the even split, and a replicated range held by two

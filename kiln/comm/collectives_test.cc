@@ -666,6 +666,25 @@ TEST(InPlaceAllreduce, ARankWhoseMemoryCannotBeSharedMakesEveryRankRunTheUsualWa
 // cut to three quarters, so reading the end of its share (the second half of
 // the elements) faults, while rank 0 reads only the first half of it. Rank 0
 // fails promptly with an error naming rank 1, not a hang.
+// The fault tests below kill rank 1 inside an allreduce (it reads memory it
+// cannot): rank 1 must not come back, and rank 0's error must name it.
+Status rank_1_died_and_is_named(int rank, const Status& s, const char* what_rank_1_read) {
+  if (rank == 1) return internal_error(fmt::format("rank 1 survived reading {}", what_rank_1_read));
+  if (s.is_ok()) return internal_error("the allreduce succeeded although rank 1 died");
+  const std::string m = s.to_string();
+  if (m.find("rank 1") == std::string::npos || m.find("exited") == std::string::npos) {
+    return internal_error("the error does not say rank 1 exited: " + m);
+  }
+  return Status::ok();
+}
+
+void expect_only_rank_1_died(const testing::RunResult& result) {
+  ASSERT_EQ(result.ranks.size(), 2u);
+  EXPECT_EQ(result.ranks[0].exit_code, 0) << result.report;
+  EXPECT_FALSE(result.ranks[1].timed_out) << result.report;
+  EXPECT_NE(result.ranks[1].exit_code, 0) << result.report;
+}
+
 TEST(InPlaceAllreduce, APeerDyingMidCollectiveIsAnErrorNamingIt) {
   testing::RunOptions o = in_place_options();
   o.comm.timeout = std::chrono::seconds(60);
@@ -684,18 +703,9 @@ TEST(InPlaceAllreduce, APeerDyingMidCollectiveIsAnErrorNamingIt) {
       if (ftruncate(span->region.fd, cut) != 0) return errno_status("cut the memfd", errno);
     }
     Status s = c.allreduce(send, out.base + 64, count, DataType::kFloat32, ReduceOp::kSum)->wait();
-    if (c.rank() == 1) return internal_error("rank 1 survived reading past its memfd's end");
-    if (s.is_ok()) return internal_error("the allreduce succeeded although rank 1 died");
-    const std::string m = s.to_string();
-    if (m.find("rank 1") == std::string::npos || m.find("exited") == std::string::npos) {
-      return internal_error("the error does not say rank 1 exited: " + m);
-    }
-    return Status::ok();
+    return rank_1_died_and_is_named(c.rank(), s, "past its memfd's end");
   }, o);
-  ASSERT_EQ(result.ranks.size(), 2u);
-  EXPECT_EQ(result.ranks[0].exit_code, 0) << result.report;
-  EXPECT_FALSE(result.ranks[1].timed_out) << result.report;
-  EXPECT_NE(result.ranks[1].exit_code, 0) << result.report;
+  expect_only_rank_1_died(result);
 }
 
 testing::RunOptions cma_options();
@@ -886,18 +896,9 @@ TEST(CmaAllreduceFallback, APeerDyingMidCollectiveIsAnErrorNamingIt) {
       if (mprotect(trap, page, PROT_NONE) != 0) return errno_status("protect a page", errno);
     }
     Status s = c.allreduce(in, out.data(), count, DataType::kFloat32, ReduceOp::kSum)->wait();
-    if (c.rank() == 1) return internal_error("rank 1 survived reading an unreadable page");
-    if (s.is_ok()) return internal_error("the allreduce succeeded although rank 1 died");
-    const std::string m = s.to_string();
-    if (m.find("rank 1") == std::string::npos || m.find("exited") == std::string::npos) {
-      return internal_error("the error does not say rank 1 exited: " + m);
-    }
-    return Status::ok();
+    return rank_1_died_and_is_named(c.rank(), s, "an unreadable page");
   }, o);
-  ASSERT_EQ(result.ranks.size(), 2u);
-  EXPECT_EQ(result.ranks[0].exit_code, 0) << result.report;
-  EXPECT_FALSE(result.ranks[1].timed_out) << result.report;
-  EXPECT_NE(result.ranks[1].exit_code, 0) << result.report;
+  expect_only_rank_1_died(result);
 }
 
 }  // namespace

@@ -24,6 +24,7 @@
 
 #include <atomic>
 #include <random>
+#include <chrono>
 #include <thread>
 
 #include "kiln/base/fs.h"
@@ -193,9 +194,19 @@ TEST_F(StoreFaults, ServerKilledAndRestartedMidUpload) {
     r = run([&](comm::Communicator& c) { return save_steps(c, url_, *s3_, 3); });
     done = true;
   });
-  // Into the uploads of the first steps (forming the group takes a moment).
-  usleep(700000);
-  const bool saving = !done;
+  // Killed once a multipart upload is seen in progress on the server (as an
+  // operator listing it would see it), not after a guessed delay: on a fast
+  // host all three saves finished within 0.7 s.
+  bool saving = false;
+  const Deadline give_up = Deadline::after_seconds(60);
+  while (!done && !give_up.expired()) {
+    auto pending = store_->list_pending_uploads("", Deadline::after_seconds(5));
+    if (pending.is_ok() && !pending->empty()) {
+      saving = !done;
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));  // the poll's interval
+  }
   s3_->kill();
   Status restarted = s3_->restart();
   ranks.join();

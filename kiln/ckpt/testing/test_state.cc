@@ -91,4 +91,13 @@ std::string check_loaded(const LoadedState& s, std::int64_t step, int rank, int 
   return "";
 }
 
+std::vector<float> whole_rows(std::int64_t total, float salt) {
+  std::vector<float> v;
+  for (std::int64_t i = 0; i < total; ++i) {
+    v.insert(v.end(),
+             {static_cast<float>(i) + salt, static_cast<float>(i) + 0.5f, -static_cast<float>(i)});
+  }
+  return v;
+}
+
 }  // namespace kiln::ckpt::testing

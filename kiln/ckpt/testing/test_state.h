@@ -36,4 +36,8 @@ struct TestState {
 std::string check_loaded(const LoadedState& s, std::int64_t step, int rank, int world,
                          std::int64_t rows0 = 37, std::int64_t rows1 = 10);
 
+// `total` rows of 3 floats for the gather tests; row i of tensor `salt` is
+// {i + salt, i + 0.5, -i}.
+std::vector<float> whole_rows(std::int64_t total, float salt);
+
 }  // namespace kiln::ckpt::testing
