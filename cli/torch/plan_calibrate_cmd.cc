@@ -142,21 +142,17 @@ Result<plan::LinkRates> probe_link(const std::string& transport, const Calibrate
     return internal_error(fmt::format("kiln plan calibrate: cannot read kiln bench comm's JSON ({}): {}",
                                       e.what(), out.substr(0, 300)));
   }
-  auto fit = plan::fit_linear(samples);
-  if (fit.is_ok()) return plan::LinkRates{fit->fixed_s / 2, fit->bytes_per_s};
   // Note [Noisy fits] (kiln/plan/probe/compute_probe.cc): on a loaded host
   // (a --quick calibration during a build) the sizes can time backwards;
   // the largest size's plain rate stands in for the fit, with no latency
   // term, rather than failing the whole profile.
-  const auto largest = std::max_element(
-      samples.begin(), samples.end(),
-      [](const plan::SizeSample& a, const plan::SizeSample& b) { return a.bytes < b.bytes; });
-  if (largest == samples.end() || !(largest->seconds > 0)) {
-    return fit.status().with_context(transport + " link probe");
+  auto fit = plan::fit_linear_or_plain_rate(samples);
+  if (!fit.is_ok()) return fit.status().with_context(transport + " link probe");
+  if (fit->plain_rate) {
+    std::fprintf(stderr, "kiln plan calibrate: %s link: the time does not grow with the size; "
+                 "using the largest size's rate\n", transport.c_str());
   }
-  std::fprintf(stderr, "kiln plan calibrate: %s link: %s; using the %.0f-byte rate\n",
-               transport.c_str(), fit.status().message().c_str(), largest->bytes);
-  return plan::LinkRates{0, largest->bytes / largest->seconds};
+  return plan::LinkRates{fit->fixed_s / 2, fit->bytes_per_s};
 }
 
 std::string own_executable() {

@@ -153,6 +153,20 @@ Result<LinearFit> fit_linear(const std::vector<SizeSample>& samples) {
   return f;
 }
 
+Result<LinearFit> fit_linear_or_plain_rate(const std::vector<SizeSample>& samples) {
+  auto fit = fit_linear(samples);
+  if (fit.is_ok()) return fit;
+  const auto largest = std::max_element(
+      samples.begin(), samples.end(),
+      [](const SizeSample& a, const SizeSample& b) { return a.bytes < b.bytes; });
+  if (largest == samples.end() || !(largest->seconds > 0)) return fit.status();
+  LinearFit f;
+  f.bytes_per_s = largest->bytes / largest->seconds;
+  f.mean_abs_rel_error = 1;
+  f.plain_rate = true;
+  return f;
+}
+
 Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<SharingSample>& samples) {
   std::vector<double> levels;
   for (const SharingSample& s : samples) {

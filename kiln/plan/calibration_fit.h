@@ -54,11 +54,18 @@ struct LinearFit {
   double fixed_s = 0;      // the size-independent part (≥ 0)
   double bytes_per_s = 0;  // 1 / slope
   double mean_abs_rel_error = 0;
+  bool plain_rate = false;  // Note [Noisy fits]: no fit, the largest size's rate
 };
 
 // Fits t = fixed + bytes / bytes_per_s. InvalidArgument with fewer than two
 // distinct sizes or a non-increasing time.
 Result<LinearFit> fit_linear(const std::vector<SizeSample>& samples);
+
+// fit_linear, or where noise (a loaded host) left the timings no slope, the
+// largest size's plain rate with no fixed part and a fit error of 100%
+// (plain_rate set; Note [Noisy fits] in kiln/plan/probe/compute_probe.cc).
+// Fails only where no sample has a positive time at its largest size.
+Result<LinearFit> fit_linear_or_plain_rate(const std::vector<SizeSample>& samples);
 
 // One timing of `kiln bench handoff`: ranks_per_core ranks per core, each
 // round `work_s` of compute (as one rank alone measures it) and a blocking

@@ -90,6 +90,27 @@ TEST(CalibrationFitTest, LinearFitGivesAlphaAndBeta) {
   EXPECT_NEAR(f->bytes_per_s, 5e9, 1e-3 * 5e9);
 }
 
+TEST(CalibrationFitTest, TimingsWithoutSlopeFallBackToTheLargestSizesPlainRate) {
+  // Note [Noisy fits]: a loaded host timed the larger sizes faster.
+  const std::vector<SizeSample> backwards = {{4096, 3e-3}, {65536, 2e-3}, {1 << 20, 1e-3}};
+  ASSERT_FALSE(fit_linear(backwards).is_ok());
+  auto f = fit_linear_or_plain_rate(backwards);
+  ASSERT_TRUE(f.is_ok()) << f.status().to_string();
+  EXPECT_TRUE(f->plain_rate);
+  EXPECT_DOUBLE_EQ(f->fixed_s, 0);
+  EXPECT_DOUBLE_EQ(f->bytes_per_s, (1 << 20) / 1e-3);
+  EXPECT_DOUBLE_EQ(f->mean_abs_rel_error, 1);
+  // A fit that holds is returned as it is.
+  std::vector<SizeSample> s;
+  for (double bytes = 4096; bytes <= 4 << 20; bytes *= 4) s.push_back({bytes, 6e-6 + bytes / 5e9});
+  auto g = fit_linear_or_plain_rate(s);
+  ASSERT_TRUE(g.is_ok());
+  EXPECT_FALSE(g->plain_rate);
+  EXPECT_NEAR(g->bytes_per_s, 5e9, 1e-3 * 5e9);
+  // No positive time at the largest size: no rate to stand in.
+  EXPECT_FALSE(fit_linear_or_plain_rate({{4096, 1e-3}, {65536, 0}}).is_ok());
+}
+
 TEST(CalibrationFitTest, MedianOfOddAndEvenCounts) {
   EXPECT_DOUBLE_EQ(median_of({3, 1, 2}), 2);
   EXPECT_DOUBLE_EQ(median_of({4, 1, 3, 2}), 2.5);

@@ -129,11 +129,9 @@ Result<std::pair<Affine, Affine>> fit_elementwise(
   // point's per-element cost) stands in for the fit rather than failing the
   // profile, and the reported fit error is 100%.
   auto affine = [&](const std::vector<SizeSample>& s) -> Result<Affine> {
-    auto f = fit_linear(s);
-    if (f.is_ok()) return Affine{f->fixed_s, 1.0 / f->bytes_per_s};  // "bytes" are elements
-    const SizeSample& last = s.back();
-    if (!(last.seconds > 0)) return f.status().with_context(std::string(what) + " probe");
-    return Affine{0, last.seconds / last.bytes};
+    auto f = fit_linear_or_plain_rate(s);
+    if (!f.is_ok()) return f.status().with_context(std::string(what) + " probe");
+    return Affine{f->fixed_s, 1.0 / f->bytes_per_s};  // "bytes" are elements
   };
   KILN_ASSIGN_OR_RETURN(Affine f, affine(fwd));
   Affine b;
