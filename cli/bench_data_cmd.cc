@@ -38,7 +38,6 @@
 // 127.0.0.1 (LocalS3Server) and is skipped where it is not installed.
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -53,6 +52,7 @@
 
 #include "cli/command.h"
 #include "kiln/base/fd.h"
+#include "kiln/base/resource_usage.h"
 #include "kiln/base/units.h"
 #include "kiln/data/checksum.h"
 #include "kiln/data/dataset_push.h"
@@ -128,31 +128,11 @@ Result<DatasetIndex> write_dataset(const std::string& dir, std::uint64_t total,
   return w.finish();
 }
 
-// CPU seconds and context switches of the whole process (every thread), so
-// that an epoch shows whether its threads kept both cores busy or slept:
-// on this paravirtualised VM a sleep and wake-up costs tens of microseconds,
-// many small batches.
-struct ProcessUsage {
-  double cpu_s = 0;
-  double voluntary_switches = 0, involuntary_switches = 0;
-  static ProcessUsage now() {
-    rusage u{};
-    ::getrusage(RUSAGE_SELF, &u);
-    auto secs = [](const timeval& t) { return static_cast<double>(t.tv_sec) + t.tv_usec / 1e6; };
-    return {secs(u.ru_utime) + secs(u.ru_stime), static_cast<double>(u.ru_nvcsw),
-            static_cast<double>(u.ru_nivcsw)};
-  }
-  ProcessUsage operator-(const ProcessUsage& o) const {
-    return {cpu_s - o.cpu_s, voluntary_switches - o.voluntary_switches,
-            involuntary_switches - o.involuntary_switches};
-  }
-};
-
 // One epoch on one rank: wall seconds and the consumer's mean wait after
 // warm-up. `consumer_ms` > 0 spends that long on each batch (a training step).
 struct EpochResult {
   double seconds = 0;
-  ProcessUsage usage;  // the whole process's CPU and context switches during the epoch
+  ResourceUsage usage;  // the whole process's CPU and context switches during the epoch
   std::uint64_t samples = 0;
   double mean_wait_s = 0;
   std::vector<double> waits_s;  // after warm-up, in batch order
@@ -163,7 +143,7 @@ Result<EpochResult> run_epoch(data::ShardCache* cache, const DatasetIndex& index
                               std::shared_ptr<data::BatchPool> pool) {
   // The default window: the samples of one shard.
   std::uint64_t window = a.shuffle_window > 0 ? a.shuffle_window : index.shards[0].num_samples;
-  const ProcessUsage usage0 = ProcessUsage::now();
+  const ResourceUsage usage0 = ResourceUsage::of_process();
   auto t0 = std::chrono::steady_clock::now();
   data::Loader loader(cache, index,
                       {.sampler = {.seed = 1, .shuffle_window = window},
@@ -189,7 +169,7 @@ Result<EpochResult> run_epoch(data::ShardCache* cache, const DatasetIndex& index
     }
   }
   r.seconds = seconds_since(t0);
-  r.usage = ProcessUsage::now() - usage0;
+  r.usage = ResourceUsage::of_process() - usage0;
   r.mean_wait_s = counted > 0 ? waited / counted : 0;
   if (r.samples != index.num_samples) {
     return internal_error(
@@ -276,7 +256,7 @@ struct WarmRuns {
   std::vector<double> warm, warm_mb_s, warm_samples_s, raw_mb_s;
   std::vector<double> raw_pass_mb_s;  // every raw pass of every run (the baseline's spread)
   std::vector<double> warm_vs_cached, raw_cached_mb_s;  // the old baseline, for comparison
-  // Where the time went (ProcessUsage): CPUs busy during a warm epoch and
+  // Where the time went (ResourceUsage): CPUs busy during a warm epoch and
   // during the raw passes, and the warm epoch's context switches per batch.
   std::vector<double> warm_cpus_busy, raw_cpus_busy, warm_sleeps_per_batch,
       warm_preemptions_per_batch;
@@ -332,7 +312,7 @@ Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIn
   KILN_RETURN_IF_ERROR(raw_read_parallel_seconds(paths, raw).status());  // its buffers settled
   auto raw_passes = [&](std::vector<double>* secs) -> Status {
     secs->clear();
-    const ProcessUsage u0 = ProcessUsage::now();
+    const ResourceUsage u0 = ResourceUsage::of_process();
     for (int p = 0; p < a.raw_passes; ++p) {
       KILN_ASSIGN_OR_RETURN(double s, raw_read_parallel_seconds(paths, raw));
       secs->push_back(s);
@@ -340,7 +320,7 @@ Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIn
     }
     double total_s = 0;
     for (double s : *secs) total_s += s;
-    out->raw_cpus_busy.push_back((ProcessUsage::now() - u0).cpu_s / total_s);
+    out->raw_cpus_busy.push_back((ResourceUsage::of_process() - u0).cpu_s / total_s);
     return Status::ok();
   };
   for (int r = 0; r < a.runs; ++r) {
@@ -361,8 +341,8 @@ Status bench_warm(const DataBenchArgs& a, const std::string& ds, const DatasetIn
       cached_ratio.push_back(cached_s / ep.seconds);
       const double batches = static_cast<double>((ep.samples + a.batch_size - 1) / a.batch_size);
       out->warm_cpus_busy.push_back(ep.usage.cpu_s / ep.seconds);
-      out->warm_sleeps_per_batch.push_back(ep.usage.voluntary_switches / batches);
-      out->warm_preemptions_per_batch.push_back(ep.usage.involuntary_switches / batches);
+      out->warm_sleeps_per_batch.push_back(static_cast<double>(ep.usage.voluntary_switches) / batches);
+      out->warm_preemptions_per_batch.push_back(static_cast<double>(ep.usage.involuntary_switches) / batches);
       before = std::move(after);
     }
     out->raw_mb_s.push_back(mb / median(raw_s_of));

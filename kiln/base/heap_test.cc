@@ -1,20 +1,14 @@
 #include "kiln/base/heap.h"
 
-#include <sys/resource.h>
-
 #include <cstdlib>
 #include <cstring>
 
 #include <gtest/gtest.h>
 
+#include "kiln/base/resource_usage.h"
+
 namespace kiln {
 namespace {
-
-long minor_faults() {
-  rusage u{};
-  getrusage(RUSAGE_SELF, &u);
-  return u.ru_minflt;
-}
 
 // A 4 MiB buffer, written, freed and allocated again: with the policy the
 // second one reuses the heap's pages instead of faulting in 1024 fresh ones.
@@ -31,9 +25,9 @@ TEST(Heap, AFreedLargeBufferIsReusedWithoutPageFaults) {
     std::free(p);
   };
   touch();
-  const long before = minor_faults();
+  const long before = ResourceUsage::of_process().minor_faults;
   touch();
-  EXPECT_LT(minor_faults() - before, 64) << "4 MiB came from fresh pages (1024 faults when mmapped)";
+  EXPECT_LT(ResourceUsage::of_process().minor_faults - before, 64) << "4 MiB came from fresh pages (1024 faults when mmapped)";
 }
 
 }  // namespace
