@@ -11,9 +11,8 @@ docs/plan.md "CPU hosts" and docs/perf.md (issue 18). In one sitting:
      calibrations: the profile samples the same minutes of the host's drifting speed as the
      runs (Note [Drifting hosts] in kiln/plan/host_profile.h);
   3. `kiln plan PLAN --profile P --tp T --pp P --dp D --microbatches M --json` predicts each
-     layout on the merged profile, on each calibration alone (the spread the drift gives a
-     single calibration), and, for comparison, on the merged profile without its optional
-     [pipeline_handoff] section;
+     layout on the merged profile and on each calibration alone (the spread the drift gives a
+     single calibration);
   4. per run: the median step time of the steps after WARMUP (rank 0's `step_s`; the first
      steps pay LibTorch's and the allocator's warm-up), and what
      the rest of the host did meanwhile: the CPU time /proc/stat counts as busy minus the
@@ -89,20 +88,6 @@ def host_cpu():
         v = [int(x) for x in f.readline().split()[1:]]
     user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
     return (user + nice + system + irq + softirq) / HZ, steal / HZ
-
-
-def strip_pipeline_handoff(src, dst):
-    """The profile without its [pipeline_handoff] section (a profile without it prices the
-    lockstep hand-off of [core_sharing] only: docs/plan.md)."""
-    out, skipping = [], False
-    for line in open(src):
-        s = line.strip()
-        if s.startswith("["):
-            skipping = s.startswith("[pipeline_handoff]")
-        if not skipping:
-            out.append(line)
-    with open(dst, "w") as f:
-        f.writelines(out)
 
 
 def microbatches(t, p, m):
@@ -453,24 +438,20 @@ def main():
         rows[layout].setdefault("second_look", [])
     if measuring and a.second_look > 0:
         second_look(a, rows, fits)
-    lockstep = os.path.join(a.out, "profile-lockstep.toml")
-    strip_pipeline_handoff(profile, lockstep)
     each = calibrations or (earlier or {}).get("calibration_profiles", [])
     doc["calibration_profiles"] = each
     for layout in a.layouts:
         row = rows[layout]
         row["predicted"] = predict(a, profile, layout)
-        row["predicted_lockstep"] = predict(a, lockstep, layout)
         row["predicted_also"] = {q: predict(a, q, layout) for q in a.also_profile}
         # What each calibration alone predicts: the spread the drift puts in a profile.
         row["predicted_each"] = [predict(a, q, layout)["step_s"] for q in each if os.path.exists(q)]
 
     table = ["| layout (TP×PP×DP) | ranks | M | predicted s | each calibration's (range) "
-             "| predicted s, lockstep hand-off only "
-             "| measured s (median of runs, range) | runs | foreign CPU max | error | error, lockstep "
+             "| measured s (median of runs, range) | runs | foreign CPU max | error "
              "| host speed vs calibration (range) | measured at the calibration's speed | error |"
              + "".join(f" {os.path.basename(q)}: predicted s, error |" for q in a.also_profile),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(a.also_profile)]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(a.also_profile)]
     def each_cell(row):
         e = row.get("predicted_each") or []
         return f"{min(e):.3f}–{max(e):.3f}" if e else "–"
@@ -478,7 +459,7 @@ def main():
     within_also = {q: 0 for q in a.also_profile}
     ref_cal = doc["reference_unit_s_at_calibration"]
     within_speed = 0
-    within = within_lockstep = 0
+    within = 0
     for layout in a.layouts:
         row = rows[layout]
         kept = [x for x in row["runs"] if not x.get("disturbed")] or row["runs"]
@@ -486,12 +467,10 @@ def main():
         if not times:
             continue
         m = statistics.median(times)
-        pred, pred_l = row["predicted"]["step_s"], row["predicted_lockstep"]["step_s"]
+        pred = row["predicted"]["step_s"]
         row.update({"measured_median_s": m, "measured_min_s": min(times),
-                    "measured_max_s": max(times), "error": pred / m - 1,
-                    "error_lockstep": pred_l / m - 1})
+                    "measured_max_s": max(times), "error": pred / m - 1})
         within += abs(row["error"]) <= 0.15
-        within_lockstep += abs(row["error_lockstep"]) <= 0.15
         t, p, d = layout.split("x")
         ok = lambda e: "✓" if abs(e) <= 0.15 else "✗"
         # A run on a host x times as fast as at calibration, had it run at that speed: step * x.
@@ -507,11 +486,10 @@ def main():
                            f"{ok(row['error_at_calibration_speed'])} |")
         table.append(
             f"| {t}×{p}×{d} | {row['ranks']} | {microbatches(int(t), int(p), a.microbatches)} "
-            f"| {pred:.3f} | {each_cell(row)} | {pred_l:.3f} "
+            f"| {pred:.3f} | {each_cell(row)} "
             f"| {m:.3f} ({min(times):.3f}–{max(times):.3f}) "
             f"| {len(kept)} | {100 * max(x['foreign'] for x in row['runs']):.1f}% "
-            f"| {100 * row['error']:+.1f}% {ok(row['error'])} "
-            f"| {100 * row['error_lockstep']:+.1f}% {ok(row['error_lockstep'])} " + speed_cells
+            f"| {100 * row['error']:+.1f}% {ok(row['error'])} " + speed_cells
             + "".join(f" {row['predicted_also'][q]['step_s']:.3f}, "
                       f"{100 * (row['predicted_also'][q]['step_s'] / m - 1):+.1f}% "
                       f"{ok(row['predicted_also'][q]['step_s'] / m - 1)} |" for q in a.also_profile))
@@ -521,15 +499,13 @@ def main():
     doc["within_15pct_verdict"] = within_verdict
     doc["layouts"] = list(rows.values())
     doc["within_15pct"] = within
-    doc["within_15pct_lockstep"] = within_lockstep
     doc["within_15pct_at_calibration_speed"] = within_speed
     doc["within_15pct_also"] = within_also
     doc["load_end"] = holds[-1]["load_end"] if holds else loadavg()
     doc["seconds"] = (sum(h["seconds"] for h in holds) if holds
                       else time.monotonic() - started)
     summary = (f"{within} of {len(a.layouts)} layouts within 15% "
-               f"({within_lockstep} without [pipeline_handoff]; {within_speed} at the "
-               f"calibration's host speed"
+               f"({within_speed} at the calibration's host speed"
                + "".join(f"; {n} on {os.path.basename(q)}" for q, n in within_also.items())
                + "); load average "
                f"{doc['load_start'][0]:.2f} at the start, {doc['load_end'][0]:.2f} at the end; "
