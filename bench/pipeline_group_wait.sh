@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The wait of a tensor-parallel all-reduce inside a pipeline stage, measured
 # directly (Note [The group wait, measured] in cli/torch/bench_handoff_cmd.cc),
-# for the profile's [pipeline_handoff] (Note [Pipeline hand-off] in
-# kiln/plan/host_profile.h; docs/plan.md "Session 10").
+# against the lockstep pairs' (Note [Pipeline hand-off] in
+# kiln/plan/host_profile.h: why a profile has no pipeline section; docs/plan.md
+# "Session 10").
 #
 #   bench/pipeline_group_wait.sh [--kiln PATH] [--rounds 3] [--bytes "65536 524288"]
 #                                [--units 1] [--lockstep]

@@ -11,9 +11,8 @@ docs/plan.md "CPU hosts" and docs/perf.md (issue 18). In one sitting:
      calibrations: the profile samples the same minutes of the host's drifting speed as the
      runs (Note [Drifting hosts] in kiln/plan/host_profile.h);
   3. `kiln plan PLAN --profile P --tp T --pp P --dp D --microbatches M --json` predicts each
-     layout on the merged profile, on each calibration alone (the spread the drift gives a
-     single calibration), and, for comparison, on the merged profile without its optional
-     [pipeline_handoff] section;
+     layout on the merged profile and on each calibration alone (the spread the drift gives a
+     single calibration);
   4. per run: the median step time of the steps after WARMUP (rank 0's `step_s`; the first
      steps pay LibTorch's and the allocator's warm-up), and what
      the rest of the host did meanwhile: the CPU time /proc/stat counts as busy minus the
@@ -37,6 +36,16 @@ a slow minute, not to re-draw a pass) and the table says which layouts had one a
 every run. The verdict profile is a fixed file, so a fresh calibration before a second look
 could not change its prediction: none is made (each costs ~100 s of the hold).
 
+Note [One sitting over several holds]: the same number of runs for every layout, more than fit
+in one 10-minute hold (4 rounds of the 11 layouts take ~10 min of runs on 2 cores), is one
+sitting of consecutive holds, each running some of the rounds of every layout: the first
+`--runs R --first-round 1 --out A`, the next `--runs R --first-round R+1 --out B` (the rounds
+continue: run tags, and the rotated order, so a layout's runs fall at different places in the
+holds), and then `--runs-from A/plan_vs_runtime.json --runs-from B/plan_vs_runtime.json` puts
+every layout's runs of all the holds in one table, the verdict the median of them all. No
+layout gets a run the others do not (a split by rounds, not by layouts, also spreads each
+layout over the whole sitting instead of one hold's minutes).
+
 Run it under the CPU lock on the shared CI host (`/work/bin/cpu-lock timed ...`): it is a
 benchmark. ~9.5 min for 3 calibrations (~1 min each) and the 11 layouts x 3 runs of 8 steps
 on 2 cores: `--budget-s 575` keeps it inside a 10-minute hold (a run that would end later is
@@ -44,6 +53,7 @@ skipped, and the JSON says so).
 
   bench/plan_vs_runtime.py --out /tmp/pvr [--kiln build/kiln] [--runs 3] [--steps 16]
       [--warmup 4] [--profile FILE] [--verdict-profile FILE --second-look K]
+      [--first-round N] [--runs-from JSON ...]
       [LAYOUT...]                                     (layouts TxPxD; default: the 11 below)
 """
 import argparse
@@ -78,20 +88,6 @@ def host_cpu():
         v = [int(x) for x in f.readline().split()[1:]]
     user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
     return (user + nice + system + irq + softirq) / HZ, steal / HZ
-
-
-def strip_pipeline_handoff(src, dst):
-    """The profile without its [pipeline_handoff] section (a profile without it prices the
-    lockstep hand-off of [core_sharing] only: docs/plan.md)."""
-    out, skipping = [], False
-    for line in open(src):
-        s = line.strip()
-        if s.startswith("["):
-            skipping = s.startswith("[pipeline_handoff]")
-        if not skipping:
-            out.append(line)
-    with open(dst, "w") as f:
-        f.writelines(out)
 
 
 def microbatches(t, p, m):
@@ -139,6 +135,7 @@ def run_layout(a, layout, tag):
     load0 = loadavg()
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     busy0, steal0 = host_cpu()
+    started_utc = time.strftime("%H:%M:%S", time.gmtime())
     w0 = time.monotonic()
     with open(logfile, "w") as lf:
         rc = subprocess.run(argv, stdout=lf, stderr=subprocess.STDOUT, cwd=a.cwd,
@@ -157,6 +154,7 @@ def run_layout(a, layout, tag):
                          f"in {metrics}")
     foreign = max(0.0, (busy1 - busy0) - job_cpu) / (wall * CORES)
     r = {"tag": tag, "step_s": statistics.median(timed), "steps_timed": len(timed),
+         "started_utc": started_utc,
          "reference_unit_s": ref,
          "step_min_s": min(timed), "step_max_s": max(timed), "wall_s": wall,
          "job_cpu_s": job_cpu, "host_busy_s": busy1 - busy0, "foreign": foreign,
@@ -174,6 +172,29 @@ VERDICT_RULE = ("a layout's verdict is the median of all its runs in the hold, t
                 "for a layout whose rounds missed by more than 15%, {k} second-look runs "
                 "(runs over --max-foreign left out), within 15% of the verdict profile's "
                 "prediction")
+VERDICT_RULE_ROUNDS = ("a layout's verdict is the median of its runs in the rounds, the same "
+                       "number for every layout, no second look (runs over --max-foreign left "
+                       "out), within 15% of the verdict profile's prediction")
+
+
+def verdict_rule(k):
+    return VERDICT_RULE.format(k=k) if k > 0 else VERDICT_RULE_ROUNDS
+
+
+def run_rows(rows):
+    """Every run of the sitting, in the order it ran: what the medians are made of."""
+    runs = [(x.get("started_utc", ""), layout, x) for layout, row in rows.items()
+            for x in row["runs"] + row.get("second_look", [])]
+    table = ["| started UTC | layout | run | step s (median of the timed steps) | timed steps s "
+             "| job wall s | job CPU s | foreign | load after |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for at, layout, x in sorted(runs, key=lambda r: r[0]):
+        table.append(f"| {at or '–'} | {layout.replace('x', '×')} | {x['tag']} "
+                     f"| {x['step_s']:.3f}{'*' if x.get('disturbed') else ''} "
+                     f"| {x['step_min_s']:.3f}–{x['step_max_s']:.3f} | {x['wall_s']:.1f} "
+                     f"| {x['job_cpu_s']:.1f} | {100 * x['foreign']:.1f}% "
+                     f"| {x['load_after'][0]:.2f} |")
+    return table
 
 
 def kept_times(runs):
@@ -286,10 +307,15 @@ def main():
     ap.add_argument("--budget-s", type=float, default=0,
                     help="stop starting runs that would end after this many seconds (0: none); "
                          "the table then shows the runs made")
-    ap.add_argument("--runs-from", metavar="JSON",
+    ap.add_argument("--first-round", type=int, default=1, metavar="N",
+                    help="number the rounds from N (tags and the rotated order): the later "
+                         "holds of one sitting (Note [One sitting over several holds])")
+    ap.add_argument("--runs-from", metavar="JSON", action="append", default=[],
                     help="measure nothing: take the runs, the profile and the reference of an "
                          "earlier plan_vs_runtime.json and predict again (a changed model, "
-                         "another --also-profile)")
+                         "another --also-profile); given more than once, each layout's runs of "
+                         "all of them (the holds of one sitting, Note [One sitting over several "
+                         "holds]), the profile and the rest from the first")
     a = ap.parse_args()
     for layout in a.layouts:
         if len(layout.split("x")) != 3 or not all(x.isdigit() for x in layout.split("x")):
@@ -305,12 +331,17 @@ def main():
     with open("/proc/cpuinfo") as f:
         doc["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "")
     started = time.monotonic()
-    earlier = json.load(open(a.runs_from)) if a.runs_from else None
+    holds = [json.load(open(path)) for path in a.runs_from]
+    earlier = holds[0] if holds else None
     if earlier:
         for key in ("date_utc", "load_start", "cpu", "calibration", "over_budget"):
             if key in earlier:
                 doc[key] = earlier[key]
-        doc["runs_from"] = os.path.abspath(a.runs_from)
+        doc["runs_from"] = [os.path.abspath(path) for path in a.runs_from]
+        doc["holds"] = [{"date_utc": h.get("date_utc"), "seconds": h.get("seconds"),
+                         "load_start": h.get("load_start"), "load_end": h.get("load_end"),
+                         "first_round": h.get("args", {}).get("first_round", 1),
+                         "runs": h.get("args", {}).get("runs")} for h in holds]
         a.profile = a.profile or earlier["profile"]
     calibrations = []  # profiles measured in this window, spread over it
 
@@ -356,11 +387,12 @@ def main():
         return not a.budget_s or (time.monotonic() - started + expected + closing_s + pending
                                   <= a.budget_s)
 
-    if earlier:
-        for row in earlier["layouts"]:
+    for hold in holds:
+        for row in hold["layouts"]:
             if row["layout"] in rows:
-                rows[row["layout"]]["runs"] = row["runs"]
-                rows[row["layout"]]["second_look"] = row.get("second_look", [])
+                rows[row["layout"]]["runs"] += row["runs"]
+                rows[row["layout"]].setdefault("second_look", []).extend(
+                    row.get("second_look", []))
     measuring = not earlier
     # Note [Drifting hosts] (kiln/plan/host_profile.h): one calibration before
     # each round (the rest after the last), merged into medians, so that the
@@ -369,21 +401,22 @@ def main():
     for r in range(a.runs if measuring else 0):
         if r < to_calibrate:
             calibrate(r)
-        order = a.layouts[r % len(a.layouts):] + a.layouts[:r % len(a.layouts)]
+        n = r + a.first_round  # the round's number in the sitting
+        order = a.layouts[(n - 1) % len(a.layouts):] + a.layouts[:(n - 1) % len(a.layouts)]
         for layout in order:
             if not fits(layout):
-                log(f"{layout} run {r + 1} skipped: it would end past --budget-s {a.budget_s:.0f}")
+                log(f"{layout} run {n} skipped: it would end past --budget-s {a.budget_s:.0f}")
                 doc["over_budget"] = True
                 continue
-            run = run_layout(a, layout, str(r + 1))
+            run = run_layout(a, layout, str(n))
             rows[layout]["runs"].append(run)
             if run["foreign"] > a.max_foreign:
                 # Left out of the medians whether or not a rerun still fits.
                 run["disturbed"] = True
                 if fits(layout):
-                    log(f"{layout} run {r + 1} disturbed ({100 * run['foreign']:.0f}% foreign): "
+                    log(f"{layout} run {n} disturbed ({100 * run['foreign']:.0f}% foreign): "
                         "again")
-                    rows[layout]["runs"].append(run_layout(a, layout, f"{r + 1}b"))
+                    rows[layout]["runs"].append(run_layout(a, layout, f"{n}b"))
 
     for i in range(a.runs if measuring else 0, to_calibrate):
         calibrate(i)
@@ -399,30 +432,26 @@ def main():
     doc["verdict_profile"] = verdict_profile
     # With --runs-from, the second look the runs had, not this invocation's.
     k = earlier.get("args", {}).get("second_look", a.second_look) if earlier else a.second_look
-    doc["verdict_rule"] = VERDICT_RULE.format(k=k)
+    doc["verdict_rule"] = verdict_rule(k)
     for layout in a.layouts:
         rows[layout]["predicted_verdict"] = predict(a, verdict_profile, layout)
         rows[layout].setdefault("second_look", [])
     if measuring and a.second_look > 0:
         second_look(a, rows, fits)
-    lockstep = os.path.join(a.out, "profile-lockstep.toml")
-    strip_pipeline_handoff(profile, lockstep)
     each = calibrations or (earlier or {}).get("calibration_profiles", [])
     doc["calibration_profiles"] = each
     for layout in a.layouts:
         row = rows[layout]
         row["predicted"] = predict(a, profile, layout)
-        row["predicted_lockstep"] = predict(a, lockstep, layout)
         row["predicted_also"] = {q: predict(a, q, layout) for q in a.also_profile}
         # What each calibration alone predicts: the spread the drift puts in a profile.
         row["predicted_each"] = [predict(a, q, layout)["step_s"] for q in each if os.path.exists(q)]
 
     table = ["| layout (TP×PP×DP) | ranks | M | predicted s | each calibration's (range) "
-             "| predicted s, lockstep hand-off only "
-             "| measured s (median of runs, range) | runs | foreign CPU max | error | error, lockstep "
+             "| measured s (median of runs, range) | runs | foreign CPU max | error "
              "| host speed vs calibration (range) | measured at the calibration's speed | error |"
              + "".join(f" {os.path.basename(q)}: predicted s, error |" for q in a.also_profile),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(a.also_profile)]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(a.also_profile)]
     def each_cell(row):
         e = row.get("predicted_each") or []
         return f"{min(e):.3f}–{max(e):.3f}" if e else "–"
@@ -430,7 +459,7 @@ def main():
     within_also = {q: 0 for q in a.also_profile}
     ref_cal = doc["reference_unit_s_at_calibration"]
     within_speed = 0
-    within = within_lockstep = 0
+    within = 0
     for layout in a.layouts:
         row = rows[layout]
         kept = [x for x in row["runs"] if not x.get("disturbed")] or row["runs"]
@@ -438,12 +467,10 @@ def main():
         if not times:
             continue
         m = statistics.median(times)
-        pred, pred_l = row["predicted"]["step_s"], row["predicted_lockstep"]["step_s"]
+        pred = row["predicted"]["step_s"]
         row.update({"measured_median_s": m, "measured_min_s": min(times),
-                    "measured_max_s": max(times), "error": pred / m - 1,
-                    "error_lockstep": pred_l / m - 1})
+                    "measured_max_s": max(times), "error": pred / m - 1})
         within += abs(row["error"]) <= 0.15
-        within_lockstep += abs(row["error_lockstep"]) <= 0.15
         t, p, d = layout.split("x")
         ok = lambda e: "✓" if abs(e) <= 0.15 else "✗"
         # A run on a host x times as fast as at calibration, had it run at that speed: step * x.
@@ -459,11 +486,10 @@ def main():
                            f"{ok(row['error_at_calibration_speed'])} |")
         table.append(
             f"| {t}×{p}×{d} | {row['ranks']} | {microbatches(int(t), int(p), a.microbatches)} "
-            f"| {pred:.3f} | {each_cell(row)} | {pred_l:.3f} "
+            f"| {pred:.3f} | {each_cell(row)} "
             f"| {m:.3f} ({min(times):.3f}–{max(times):.3f}) "
             f"| {len(kept)} | {100 * max(x['foreign'] for x in row['runs']):.1f}% "
-            f"| {100 * row['error']:+.1f}% {ok(row['error'])} "
-            f"| {100 * row['error_lockstep']:+.1f}% {ok(row['error_lockstep'])} " + speed_cells
+            f"| {100 * row['error']:+.1f}% {ok(row['error'])} " + speed_cells
             + "".join(f" {row['predicted_also'][q]['step_s']:.3f}, "
                       f"{100 * (row['predicted_also'][q]['step_s'] / m - 1):+.1f}% "
                       f"{ok(row['predicted_also'][q]['step_s'] / m - 1)} |" for q in a.also_profile))
@@ -473,14 +499,13 @@ def main():
     doc["within_15pct_verdict"] = within_verdict
     doc["layouts"] = list(rows.values())
     doc["within_15pct"] = within
-    doc["within_15pct_lockstep"] = within_lockstep
     doc["within_15pct_at_calibration_speed"] = within_speed
     doc["within_15pct_also"] = within_also
-    doc["load_end"] = earlier["load_end"] if earlier else loadavg()
-    doc["seconds"] = earlier["seconds"] if earlier else time.monotonic() - started
+    doc["load_end"] = holds[-1]["load_end"] if holds else loadavg()
+    doc["seconds"] = (sum(h["seconds"] for h in holds) if holds
+                      else time.monotonic() - started)
     summary = (f"{within} of {len(a.layouts)} layouts within 15% "
-               f"({within_lockstep} without [pipeline_handoff]; {within_speed} at the "
-               f"calibration's host speed"
+               f"({within_speed} at the calibration's host speed"
                + "".join(f"; {n} on {os.path.basename(q)}" for q, n in within_also.items())
                + "); load average "
                f"{doc['load_start'][0]:.2f} at the start, {doc['load_end'][0]:.2f} at the end; "
@@ -490,7 +515,7 @@ def main():
     verdict_summary = (f"Verdict ({doc['verdict_rule']}): {within_verdict} of {len(a.layouts)} "
                        f"layouts within 15% on {os.path.basename(verdict_profile)}")
     text = ("\n".join(table) + "\n\n" + summary + "\n\n" + "\n".join(verdict_table) + "\n\n"
-            + verdict_summary + "\n")
+            + verdict_summary + "\n\n" + "\n".join(run_rows(rows)) + "\n")
     with open(os.path.join(a.out, "plan_vs_runtime.md"), "w") as f:
         f.write(text)
     print(text, end="")

@@ -99,8 +99,8 @@ double monotonic_s() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// Note [The group wait, measured]: the wait [pipeline_handoff] prices (Note
-// [Pipeline hand-off] in kiln/plan/host_profile.h) is the wall time a TP
+// Note [The group wait, measured]: the wait of Note [Pipeline hand-off] (in
+// kiln/plan/host_profile.h) is the wall time a TP
 // all-reduce takes after the later of its two ranks has posted it: the
 // partner is there, the message is what remains. Fitting it as what is left
 // of a whole probe step after the model's compute makes it the residual of

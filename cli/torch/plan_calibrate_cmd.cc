@@ -36,7 +36,6 @@
 #include "cli/command.h"
 #include "kiln/base/fd.h"
 #include "kiln/base/fs.h"
-#include "kiln/comm/tuning.h"
 #include "kiln/plan/calibration_fit.h"
 #include "kiln/plan/host_profile.h"
 #include "kiln/plan/host_profile_merge.h"
@@ -51,10 +50,8 @@ struct CalibrateOptions {
   bool quick = false;
   bool json = false;
   int repeats = 5;
-  int probe_repeats = 3;     // repeats of the core-sharing sweep (and steps per pipeline timing)
-  int pipeline_repeats = 3;  // rounds of the pipeline probe (Note [Pipeline hand-off repeats])
+  int probe_repeats = 3;  // repeats of the core-sharing sweep
   std::vector<std::string> merge;  // profiles to merge (medians) instead of measuring
-  std::string refit_pipeline;  // a profile whose [pipeline_handoff] alone is measured again
 };
 
 // Runs argv (argv[0] a path) with `env` added ("K=V") and `unset` removed,
@@ -256,148 +253,6 @@ Result<std::vector<plan::CoreSharingPoint>> probe_sharing(int cores, const Calib
   return points;
 }
 
-// Note [Pipeline hand-off] (kiln/plan/host_profile.h): `kiln bench handoff
-// --pp` with 2 and 4 ranks per core (stages of pairs: 2×2 and 4×2 on two
-// cores), 1F1B over 4 micro-batches of 4 pieces of work and a pair
-// all-reduce per forward (two layers' halves, as a stage of the miniature
-// GPT), at two work sizes; each step is turned into the per-message wait
-// the host model needs to reproduce it (plan::fit_pipeline_handoff).
-//
-// Note [Pipeline hand-off repeats]: the wait is what is left of a step after
-// the model's compute, so a host whose speed drifts by 15-25% within minutes
-// (Note [Drifting hosts]) moves it by more than its size: one timing per case
-// with the unit timed once before them all gave 729 to 2,273 µs at 2 ranks
-// per core across calibrations of one hour (docs/perf.md, issue 18 session 7).
-// So every case is timed --pipeline-repeats times, each round in a rotated
-// order (a drift spreads over all cases instead of biasing the last), each
-// timing's work scaled by the unit timed alone just before and just after
-// it (the shorter of the two), and a level's
-// wait is the median over its cases and rounds (plan::fit_pipeline_handoff).
-Result<std::vector<plan::PipelineHandoffPoint>> probe_pipeline_handoff(
-    const plan::HostProfile& p, double unit_s, const CalibrateOptions& o) {
-  const std::string exe = own_executable();
-  if (exe.empty()) return failed_precondition("kiln plan calibrate: cannot find its own executable");
-  // --quick (tests): half the micro-batches and messages, one timed step.
-  constexpr int kGroup = 2, kBytes = 64 * 1024;
-  const int kMicrobatches = o.quick ? 2 : 4, kMessages = o.quick ? 2 : 4;
-  // Work per piece: a TP layer half of the miniature layouts is ~0.5-2 ms.
-  const std::vector<double> pieces = o.quick ? std::vector<double>{1e-3}
-                                             : std::vector<double>{0.5e-3, 1.5e-3};
-  const std::vector<int> levels = o.quick ? std::vector<int>{2} : std::vector<int>{2, 4};
-  const int rounds = o.quick ? 1 : o.pipeline_repeats;
-  const comm::LinkCost shm{p.shm.alpha_s, p.shm.bytes_per_s};
-  struct Case {
-    int stages, units;
-  };
-  std::vector<Case> cases;
-  for (const int per_core : levels) {
-    const int ranks = per_core * p.cores;
-    if (ranks % (2 * kGroup) != 0) continue;  // needs >= 2 stages of pairs
-    int previous_units = 0;
-    for (const double piece : pieces) {
-      const int units = std::max(previous_units + 1, static_cast<int>(std::lround(piece / unit_s)));
-      previous_units = units;
-      cases.push_back({ranks / kGroup, units});
-    }
-  }
-  // The unit right before each timing: fewer, shorter batches than the
-  // calibration's own (it runs once per timing).
-  const plan::probe::ProbeOptions unit_probe{.quick = true, .repeats = 3};
-  std::vector<plan::PipelineSharingSample> samples;
-  for (int r = 0; r < rounds; ++r) {
-    for (std::size_t i = 0; i < cases.size(); ++i) {
-      const Case& c = cases[plan::rotated_index(i, r, cases.size())];
-      double unit_now_s = unit_s;
-      if (!o.quick) {
-        KILN_ASSIGN_OR_RETURN(unit_now_s, plan::probe::time_sharing_unit(unit_probe));
-      }
-      std::vector<std::string> argv = {exe, "bench", "handoff",
-                                       "--ranks", std::to_string(c.stages * kGroup),
-                                       "--group", std::to_string(kGroup),
-                                       "--pp", std::to_string(c.stages),
-                                       "--microbatches", std::to_string(kMicrobatches),
-                                       "--messages", std::to_string(kMessages),
-                                       "--units", std::to_string(c.units),
-                                       "--bytes", std::to_string(kBytes),
-                                       "--repeats", o.quick ? "1" : std::to_string(o.probe_repeats),
-                                       "--json"};
-      KILN_ASSIGN_OR_RETURN(std::string out,
-                            run_capture(argv, {}, {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"},
-                                        std::chrono::seconds(120)));
-      if (!o.quick) {
-        // The unit again right after: noise only lengthens a timing, so of
-        // the two the shorter is the work's scale (one timed before alone
-        // came out 1.5-3.2x its usual in 5 of 60 timings, and such a timing
-        // fits no wait at all: docs/plan.md, issue 18 session 9).
-        KILN_ASSIGN_OR_RETURN(const double unit_after_s,
-                              plan::probe::time_sharing_unit(unit_probe));
-        unit_now_s = std::min(unit_now_s, unit_after_s);
-      }
-      plan::PipelineSharingSample x;
-      x.cores = p.cores;
-      x.stages = c.stages;
-      x.group = kGroup;
-      x.microbatches = kMicrobatches;
-      x.messages = kMessages;
-      x.forward_work_s = kMessages * c.units * unit_now_s;
-      x.backward_work_s = 2 * x.forward_work_s;
-      x.message_s = comm::ring_allreduce_s(kBytes, kGroup, shm);
-      x.p2p_s = comm::p2p_s(kBytes, shm);
-      x.p2p_alpha_s = p.shm.alpha_s;
-      try {
-        const auto start = out.rfind("\n{");
-        const nlohmann::json doc =
-            nlohmann::json::parse(start == std::string::npos ? out : out.substr(start + 1));
-        x.step_s = doc.at("step_s").get<double>();
-      } catch (const std::exception& e) {
-        return internal_error(fmt::format(
-            "kiln plan calibrate: cannot read kiln bench handoff --pp's JSON ({}): {}", e.what(),
-            out.substr(0, 300)));
-      }
-      KILN_ASSIGN_OR_RETURN(const double h, plan::fit_pipeline_sample_handoff(x, p.sharing));
-      KILN_ASSIGN_OR_RETURN(const double no_wait_s,
-                            plan::pipeline_probe_lockstep_step_s(x, p.sharing));
-      // On stderr: what each timing gave, for a reader checking the fit (a
-      // step under the model's with no wait fits 0: a bound, not a wait).
-      fmt::print(stderr,
-                 "kiln plan calibrate: pipeline probe round {}: {} stages of {} ranks, {} units "
-                 "({:.2f} ms) per message: step {:.1f} ms (model with no wait {:.1f} ms), "
-                 "{:.0f} us per TP all-reduce\n",
-                 r + 1, c.stages, kGroup, c.units, 1e3 * c.units * unit_now_s, 1e3 * x.step_s,
-                 1e3 * no_wait_s, 1e6 * h);
-      samples.push_back(x);
-    }
-  }
-  if (samples.empty()) return std::vector<plan::PipelineHandoffPoint>{};
-  return plan::fit_pipeline_handoff(samples, p.sharing);
-}
-
-// --refit-pipeline: the profile as it is, with [pipeline_handoff] measured
-// again against its own [core_sharing] and [link_shm] (a calibration's
-// sections must fit together: the hand-off is what the model needs on top
-// of that profile's slowdown).
-Status refit_pipeline(const CalibrateOptions& o) {
-  KILN_ASSIGN_OR_RETURN(plan::HostProfile p, plan::read_host_profile(o.refit_pipeline));
-  if (p.cores != static_cast<int>(std::max(1L, sysconf(_SC_NPROCESSORS_ONLN)))) {
-    return failed_precondition(fmt::format(
-        "kiln plan calibrate --refit-pipeline {}: measured on {} cores, this host has {}",
-        o.refit_pipeline, p.cores, sysconf(_SC_NPROCESSORS_ONLN)));
-  }
-  const plan::probe::ProbeOptions po{.quick = o.quick, .repeats = o.repeats};
-  KILN_ASSIGN_OR_RETURN(const double unit_s, plan::probe::time_sharing_unit(po));
-  fmt::print(stderr, "kiln plan calibrate: one unit of work takes {:.3f} ms\n", 1e3 * unit_s);
-  KILN_ASSIGN_OR_RETURN(p.pipeline_handoff, probe_pipeline_handoff(p, unit_s, o));
-  const std::string text = plan::host_profile_to_toml(p);
-  KILN_RETURN_IF_ERROR(plan::parse_host_profile(text, o.output).status());
-  KILN_RETURN_IF_ERROR(write_file_atomic(o.output, text));
-  for (const plan::PipelineHandoffPoint& c : p.pipeline_handoff) {
-    std::printf("  pipeline stage  %.0f ranks per core: %.0f us per TP all-reduce\n",
-                c.ranks_per_core, c.handoff_s * 1e6);
-  }
-  std::printf("wrote %s\n", o.output.c_str());
-  return Status::ok();
-}
-
 std::string cpu_model() {
   std::ifstream in("/proc/cpuinfo");
   std::string line;
@@ -438,12 +293,10 @@ Status merge_profiles(const CalibrateOptions& o) {
 }
 
 Status calibrate(const CalibrateOptions& o) {
-  if (o.repeats < 1 || o.probe_repeats < 1 || o.pipeline_repeats < 1) {
-    return invalid_argument(
-        "kiln plan calibrate: --repeats, --probe-repeats and --pipeline-repeats must be >= 1");
+  if (o.repeats < 1 || o.probe_repeats < 1) {
+    return invalid_argument("kiln plan calibrate: --repeats and --probe-repeats must be >= 1");
   }
   if (!o.merge.empty()) return merge_profiles(o);
-  if (!o.refit_pipeline.empty()) return refit_pipeline(o);
   // Fail before a minute of measuring, not after.
   const std::filesystem::path dir = std::filesystem::absolute(o.output).parent_path();
   if (access(dir.c_str(), W_OK) != 0) {
@@ -472,8 +325,6 @@ Status calibrate(const CalibrateOptions& o) {
   KILN_ASSIGN_OR_RETURN(p.shm, probe_link("shm", o));
   KILN_ASSIGN_OR_RETURN(p.tcp, probe_link("tcp", o));
   KILN_ASSIGN_OR_RETURN(p.sharing, probe_sharing(p.cores, o));
-  KILN_ASSIGN_OR_RETURN(const double unit_s, plan::probe::time_sharing_unit(po));
-  KILN_ASSIGN_OR_RETURN(p.pipeline_handoff, probe_pipeline_handoff(p, unit_s, o));
 
   const std::string text = plan::host_profile_to_toml(p);
   // Read back before writing: what we write must be what kiln plan reads.
@@ -503,10 +354,6 @@ Status calibrate(const CalibrateOptions& o) {
                                    {"slowdown", c.slowdown},
                                    {"handoff_us", c.handoff_s * 1e6},
                                    {"independent_slowdown", c.independent_slowdown}});
-    }
-    for (const plan::PipelineHandoffPoint& c : p.pipeline_handoff) {
-      j["pipeline_handoff"].push_back(
-          {{"ranks_per_core", c.ranks_per_core}, {"handoff_us", c.handoff_s * 1e6}});
     }
     std::printf("%s\n", j.dump(2).c_str());
   } else {
@@ -542,10 +389,6 @@ Status calibrate(const CalibrateOptions& o) {
                   "%.0f us per hand-off\n",
                   c.ranks_per_core, c.slowdown, c.independent_slowdown, c.handoff_s * 1e6);
     }
-    for (const plan::PipelineHandoffPoint& c : p.pipeline_handoff) {
-      std::printf("  pipeline stage  %.0f ranks per core: %.0f us per TP all-reduce\n",
-                  c.ranks_per_core, c.handoff_s * 1e6);
-    }
     std::printf("wrote %s\n", o.output.c_str());
   }
   return Status::ok();
@@ -561,19 +404,13 @@ const CommandRegistration kRegister("plan", [](CLI::App& parent) {
       ->capture_default_str();
   cmd->add_flag("--json", o->json, "print a JSON summary instead of the report");
   cmd->add_option("--probe-repeats", o->probe_repeats,
-                  "repeats of the core-sharing sweep, spread over it (and timed steps per "
-                  "pipeline-probe timing)")
-      ->capture_default_str();
-  cmd->add_option("--pipeline-repeats", o->pipeline_repeats,
-                  "rounds of the pipeline probe, each in a rotated order; its wait is the median")
+                  "repeats of the core-sharing sweep, spread over it")
       ->capture_default_str();
   cmd->add_option("--merge", o->merge,
                   "measure nothing: merge these profiles (calibrations of this host at "
                   "different times: each kernel class, link and core-sharing level from the one "
                   "with the median time) into -o")
       ->expected(1, -1);
-  cmd->add_option("--refit-pipeline", o->refit_pipeline,
-                  "re-measure only this profile's [pipeline_handoff] (written to -o)");
   cmd->callback(run_status([o] { return calibrate(*o); }));
 });
 

@@ -6,7 +6,6 @@
 #include <string>
 #include <utility>
 
-#include "kiln/plan/pipeline_sim.h"
 
 namespace kiln::plan {
 
@@ -231,118 +230,6 @@ Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<Sharing
     out.push_back(point);
   }
   return out;
-}
-
-Result<double> pipeline_probe_step_s(const PipelineSharingSample& x, double slowdown,
-                                     double p2p_handoff_s, double group_handoff_s) {
-  if (x.cores < 1 || x.stages < 1 || x.group < 1 || x.microbatches < 1 || x.messages < 0) {
-    return invalid_argument("pipeline probe model: cores, stages, group and micro-batches must be "
-                            "positive");
-  }
-  const int p = x.stages;
-  const double rounds = x.group > 1 ? std::ceil(std::log2(static_cast<double>(x.group))) : 0;
-  const double group_wait = x.messages * rounds * group_handoff_s;
-  const double messages = x.group > 1 ? x.messages * x.message_s : 0;
-  PipelineSimInput sim;
-  sim.stages = p;
-  sim.micro_batches = x.microbatches;
-  sim.ranks_per_device = x.group;
-  sim.threads_per_rank = std::max(1, x.cores / (p * x.group));
-  sim.cores = x.cores;
-  sim.p2p_latency_s = p > 1 ? x.p2p_alpha_s + p2p_handoff_s : 0;
-  for (int d = 0; d < p; ++d) {
-    sim.forward_s.push_back({slowdown * (x.forward_work_s + messages + (d + 1 < p ? x.p2p_s : 0))});
-    sim.backward_s.push_back({slowdown * (x.backward_work_s + messages + (d > 0 ? x.p2p_s : 0))});
-    sim.forward_wait_s.push_back({group_wait});
-    sim.backward_wait_s.push_back({group_wait});
-  }
-  KILN_ASSIGN_OR_RETURN(PipelineSimResult r, simulate_pipeline(sim));
-  return r.makespan_s;
-}
-
-namespace {
-
-// The slowdown and pipeline-receive hand-off the host model gives the probe
-// at its ranks per core, before any group hand-off.
-struct ProbeLockstep {
-  double slowdown = 1, p2p_handoff_s = 0;
-};
-
-ProbeLockstep probe_lockstep(const PipelineSharingSample& x,
-                             const std::vector<CoreSharingPoint>& sharing) {
-  HostProfile lockstep;
-  lockstep.sharing = sharing;
-  const double level = x.ranks_per_core();
-  // Note [Work between meetings]: the pairs' slowdown at the probe's work
-  // between two group all-reduces, as host_step_time.cc reads it for a layout.
-  const double piece = (x.forward_work_s + x.backward_work_s) / (2.0 * std::max(1, x.messages));
-  return {lockstep.sharing_slowdown(level, piece), lockstep.handoff_s(level)};
-}
-
-}  // namespace
-
-Result<double> pipeline_probe_lockstep_step_s(const PipelineSharingSample& x,
-                                              const std::vector<CoreSharingPoint>& sharing) {
-  const ProbeLockstep l = probe_lockstep(x, sharing);
-  return pipeline_probe_step_s(x, l.slowdown, l.p2p_handoff_s, 0);
-}
-
-Result<double> fit_pipeline_sample_handoff(const PipelineSharingSample& x,
-                                           const std::vector<CoreSharingPoint>& sharing) {
-  if (!(x.step_s > 0) || x.messages < 1 || x.group < 2) {
-    return invalid_argument("pipeline hand-off fit: each sample needs a measured step, a group of "
-                            "two or more ranks and at least one message");
-  }
-  const ProbeLockstep l = probe_lockstep(x, sharing);
-  auto excess = [&](double h) -> Result<double> {
-    KILN_ASSIGN_OR_RETURN(double t, pipeline_probe_step_s(x, l.slowdown, l.p2p_handoff_s, h));
-    return t - x.step_s;
-  };
-  KILN_ASSIGN_OR_RETURN(double at_zero, excess(0));
-  if (at_zero >= 0) return 0.0;
-  // The modelled step grows with h (every wait lies on some stage's path):
-  // bracket the root, then bisect to well under a microsecond.
-  double lo = 0, hi = x.step_s / (x.messages * x.microbatches);
-  for (int i = 0; i < 60; ++i) {
-    KILN_ASSIGN_OR_RETURN(double e, excess(hi));
-    if (e >= 0) break;
-    lo = hi;
-    hi *= 2;
-  }
-  for (int i = 0; i < 60 && hi - lo > 1e-8; ++i) {
-    const double mid = (lo + hi) / 2;
-    KILN_ASSIGN_OR_RETURN(double e, excess(mid));
-    (e < 0 ? lo : hi) = mid;
-  }
-  return (lo + hi) / 2;
-}
-
-Result<std::vector<PipelineHandoffPoint>> fit_pipeline_handoff(
-    const std::vector<PipelineSharingSample>& samples,
-    const std::vector<CoreSharingPoint>& sharing) {
-  std::vector<std::pair<double, double>> fitted;  // (ranks per core, hand-off)
-  for (const PipelineSharingSample& x : samples) {
-    KILN_ASSIGN_OR_RETURN(double h, fit_pipeline_sample_handoff(x, sharing));
-    fitted.emplace_back(x.ranks_per_core(), h);
-  }
-  std::sort(fitted.begin(), fitted.end());
-  std::vector<PipelineHandoffPoint> out;
-  for (size_t i = 0; i < fitted.size();) {
-    std::vector<double> at_level;
-    size_t j = i;
-    for (; j < fitted.size() && fitted[j].first == fitted[i].first; ++j) {
-      at_level.push_back(fitted[j].second);
-    }
-    out.push_back({fitted[i].first, median_of(at_level)});
-    i = j;
-  }
-  return out;
-}
-
-std::size_t rotated_index(std::size_t i, int round, std::size_t cases) {
-  if (cases == 0) return 0;
-  const std::size_t shift = static_cast<std::size_t>(round < 0 ? 0 : round) % cases;
-  return (i % cases + shift) % cases;
 }
 
 double median_of(std::vector<double> v) {

@@ -88,63 +88,6 @@ struct SharingSample {
 // two distinct work sizes.
 Result<std::vector<CoreSharingPoint>> fit_core_sharing(const std::vector<SharingSample>& samples);
 
-// One timing of the pipeline-shaped probe (`kiln bench handoff --pp`, Note
-// [Pipeline hand-off] in host_profile.h): `stages` stages of `group` ranks on
-// `cores` cores, 1F1B over `microbatches`; every forward `messages` times a
-// piece of work then a group all-reduce, the backward the same with its own
-// work. Work and transfers are one rank's on an idle host.
-struct PipelineSharingSample {
-  int cores = 1;
-  int stages = 2;
-  int group = 2;
-  int microbatches = 1;
-  int messages = 1;
-  double forward_work_s = 0;   // one forward's work, all its pieces
-  double backward_work_s = 0;
-  double message_s = 0;        // one group all-reduce's transfer
-  double p2p_s = 0;            // one activation (or gradient) to the neighbour stage
-  double p2p_alpha_s = 0;      // the link's per-message latency
-  double step_s = 0;           // measured
-  double ranks_per_core() const { return static_cast<double>(stages) * group / cores; }
-};
-
-// The host model's step for the probe (composed as host_step_time.cc
-// composes a stage: compute and transfers slowed by `slowdown`, each group
-// all-reduce waiting `group_handoff_s` per exchange round, each pipeline
-// receive `p2p_handoff_s` after the link's latency, played out by
-// pipeline_sim.h).
-Result<double> pipeline_probe_step_s(const PipelineSharingSample& sample, double slowdown,
-                                     double p2p_handoff_s, double group_handoff_s);
-
-// The host model's step for the probe with no group hand-off at all: the
-// slowdown and lockstep hand-off `sharing` gives at the sample's ranks per
-// core, as fit_pipeline_sample_handoff starts from. A measured step below it
-// is one the profile's [core_sharing] already over-prices: the fit then
-// gives 0, a bound rather than a measured wait (calibrate prints both).
-Result<double> pipeline_probe_lockstep_step_s(const PipelineSharingSample& sample,
-                                              const std::vector<CoreSharingPoint>& sharing);
-
-// The group hand-off with which pipeline_probe_step_s reproduces one
-// measured step, at the slowdown and lockstep hand-off `sharing` gives at
-// the sample's ranks per core (0 when the model is slower even without).
-Result<double> fit_pipeline_sample_handoff(const PipelineSharingSample& sample,
-                                           const std::vector<CoreSharingPoint>& sharing);
-
-// Per ranks-per-core value, the group hand-off with which
-// pipeline_probe_step_s reproduces the measured steps (found by bisection
-// per sample; the median over the value's samples), given the lockstep
-// slowdown and hand-off of `sharing` (fit_core_sharing). A probe already
-// slower in the model at no hand-off gives 0. Ascending. InvalidArgument
-// for a malformed sample.
-Result<std::vector<PipelineHandoffPoint>> fit_pipeline_handoff(
-    const std::vector<PipelineSharingSample>& samples,
-    const std::vector<CoreSharingPoint>& sharing);
-
-// The case a round of repeated measurements visits `i`-th: round `round`
-// starts `round` cases later (mod `cases`), so a drift of the host during
-// the rounds spreads over every case (Note [Drifting hosts]). 0 for no cases.
-std::size_t rotated_index(std::size_t i, int round, std::size_t cases);
-
 // The median of `values` (by copy); 0 for none.
 double median_of(std::vector<double> values);
 

@@ -7,24 +7,6 @@
 namespace kiln::plan {
 namespace {
 
-// One case of the pipeline probe: `stages` ranks on 2 cores in pairs, 4
-// micro-batches, each forward `piece` × 4 and backward × 8 of work, and
-// the probe's measured link; its step_s is left for the test to set.
-PipelineSharingSample pipeline_probe_case(int stages, double piece) {
-  PipelineSharingSample x;
-  x.cores = 2;
-  x.stages = stages;
-  x.group = 2;
-  x.microbatches = 4;
-  x.messages = 4;
-  x.forward_work_s = 4 * piece;
-  x.backward_work_s = 8 * piece;
-  x.message_s = 10e-6;
-  x.p2p_s = 8e-6;
-  x.p2p_alpha_s = 1e-6;
-  return x;
-}
-
 TEST(CalibrationFitTest, RecoversTheGemmModelsConstants) {
   const double call = 7e-6, flops = 120e9, bytes = 60e9;
   std::vector<GemmSample> samples;
@@ -162,8 +144,6 @@ TEST(CalibrationFitTest, CoreSharingDropsANegativeHandOffAndNeedsTwoWorkSizes) {
   EXPECT_NE(one.status().message().find("2.0"), std::string::npos) << one.status().to_string();
 }
 
-// Note [Pipeline hand-off]: timings made by the model itself with a known
-// group hand-off come back as that hand-off, per ranks-per-core level.
 TEST(CalibrationFitTest, CoreSharingKeepsEachWorkSizesOwnSlowdown) {
   // Note [Work between meetings]: at 1 rank per core the pairs lose more at
   // small work between meetings (1.4x at 0.5 ms, 1.2x at 2 ms, 1.1x at 8 ms)
@@ -206,116 +186,6 @@ TEST(CalibrationFitTest, CoreSharingRefusesASlopeNoComputeCouldHave) {
   ASSERT_TRUE(fit.is_ok()) << fit.status().to_string();
   EXPECT_NEAR((*fit)[0].slowdown, 3.3e-3 / (2 * 2e-3), 1e-9);
   EXPECT_EQ((*fit)[0].handoff_s, 0);
-}
-
-TEST(CalibrationFitTest, PipelineHandOffRecoversTheWaitThatMadeTheSteps) {
-  const std::vector<CoreSharingPoint> sharing = {{1, 1.2, 0}, {2, 1.5, 0.2e-3}, {4, 1.5, 1.3e-3}};
-  std::vector<PipelineSharingSample> samples;
-  const double truth[] = {2e-3, 3e-3};  // at 2 and 4 ranks per core
-  for (int level = 0; level < 2; ++level) {
-    for (const double piece : {0.5e-3, 1.5e-3}) {
-      PipelineSharingSample x = pipeline_probe_case(level == 0 ? 2 : 4, piece);
-      const double rpc = x.ranks_per_core();
-      HostProfile lockstep;
-      lockstep.sharing = sharing;
-      auto t = pipeline_probe_step_s(x, lockstep.sharing_slowdown(rpc), lockstep.handoff_s(rpc),
-                                     truth[level]);
-      ASSERT_TRUE(t.is_ok()) << t.status().to_string();
-      x.step_s = *t;
-      samples.push_back(x);
-    }
-  }
-  auto f = fit_pipeline_handoff(samples, sharing);
-  ASSERT_TRUE(f.is_ok()) << f.status().to_string();
-  ASSERT_EQ(f->size(), 2u);
-  EXPECT_EQ((*f)[0].ranks_per_core, 2);
-  EXPECT_EQ((*f)[1].ranks_per_core, 4);
-  EXPECT_NEAR((*f)[0].handoff_s, truth[0], 1e-7);
-  EXPECT_NEAR((*f)[1].handoff_s, truth[1], 1e-7);
-}
-
-// Note [Pipeline hand-off repeats]: rounds of the pipeline probe, one of
-// them on a host that slowed down mid-calibration; the level's wait is the
-// median over pieces and rounds, so the slow round does not move it.
-TEST(CalibrationFitTest, PipelineHandOffIsTheMedianOverRoundsNotMovedByOneSlowRound) {
-  const std::vector<CoreSharingPoint> sharing = {{1, 1.2, 0}, {2, 1.5, 0.2e-3}};
-  const double truth = 1.5e-3;
-  std::vector<PipelineSharingSample> samples;
-  double slow_round_fit = 0;
-  for (int round = 0; round < 3; ++round) {
-    for (const double piece : {0.5e-3, 1.5e-3}) {
-      PipelineSharingSample x = pipeline_probe_case(2, piece);
-      auto t = pipeline_probe_step_s(x, 1.5, 0.2e-3, truth);
-      ASSERT_TRUE(t.is_ok()) << t.status().to_string();
-      // Round 1 ran on a host 30% slower than its unit said.
-      x.step_s = round == 1 ? 1.3 * *t : *t;
-      if (round == 1) {
-        auto h = fit_pipeline_sample_handoff(x, sharing);
-        ASSERT_TRUE(h.is_ok());
-        slow_round_fit = std::max(slow_round_fit, *h);
-      }
-      samples.push_back(x);
-    }
-  }
-  // One timing alone would have shipped a wait several times the truth.
-  EXPECT_GT(slow_round_fit, 2 * truth);
-  auto f = fit_pipeline_handoff(samples, sharing);
-  ASSERT_TRUE(f.is_ok()) << f.status().to_string();
-  ASSERT_EQ(f->size(), 1u);
-  EXPECT_NEAR((*f)[0].handoff_s, truth, 1e-7);
-}
-
-// The model's step with no group wait is priced with the profile's own
-// slowdown and lockstep hand-off at the probe's ranks per core (4 on 2
-// cores here), so a fitted 0 can be read against it.
-TEST(CalibrationFitTest, PipelineProbeLockstepStepUsesTheProfilesSlowdownAndHandOff) {
-  const std::vector<CoreSharingPoint> sharing = {{1, 1.2, 0}, {2, 1.5, 0.2e-3}, {4, 1.4, 1.3e-3}};
-  PipelineSharingSample x = pipeline_probe_case(4, 1e-3);  // 4 stages of pairs on 2 cores
-  auto want = pipeline_probe_step_s(x, 1.4, 1.3e-3, 0);
-  auto got = pipeline_probe_lockstep_step_s(x, sharing);
-  ASSERT_TRUE(want.is_ok() && got.is_ok());
-  EXPECT_DOUBLE_EQ(*got, *want);
-  auto faster = pipeline_probe_step_s(x, 1.0, 0, 0);
-  ASSERT_TRUE(faster.is_ok());
-  EXPECT_GT(*got, *faster);
-}
-
-TEST(CalibrationFitTest, RotatedRoundsVisitEveryCaseOnceStartingOneLater) {
-  for (int round = 0; round < 5; ++round) {
-    std::vector<int> seen(3, 0);
-    for (std::size_t i = 0; i < 3; ++i) ++seen[rotated_index(i, round, 3)];
-    EXPECT_EQ(seen, std::vector<int>({1, 1, 1})) << "round " << round;
-    EXPECT_EQ(rotated_index(0, round, 3), static_cast<std::size_t>(round % 3));
-  }
-  EXPECT_EQ(rotated_index(2, 1, 3), 0u);
-  EXPECT_EQ(rotated_index(0, 4, 0), 0u);  // no cases
-}
-
-TEST(CalibrationFitTest, PipelineHandOffIsZeroWhenTheModelIsAlreadySlowerAndRefusesBadSamples) {
-  PipelineSharingSample x;
-  x.cores = 2;
-  x.stages = 2;
-  x.group = 2;
-  x.microbatches = 4;
-  x.messages = 4;
-  x.forward_work_s = 4e-3;
-  x.backward_work_s = 8e-3;
-  auto at_zero = pipeline_probe_step_s(x, 1.0, 0, 0);
-  ASSERT_TRUE(at_zero.is_ok());
-  // More waiting makes the modelled step longer.
-  auto waiting = pipeline_probe_step_s(x, 1.0, 0, 1e-3);
-  ASSERT_TRUE(waiting.is_ok());
-  EXPECT_GT(*waiting, *at_zero + 4 * 4 * 1e-3);
-  x.step_s = 0.9 * *at_zero;  // faster than the model at no hand-off
-  auto h = fit_pipeline_sample_handoff(x, {{2, 1.0, 0}});
-  ASSERT_TRUE(h.is_ok());
-  EXPECT_EQ(*h, 0);
-  // The step the fit starts from, which calibrate prints beside the bound.
-  auto lockstep = pipeline_probe_lockstep_step_s(x, {{2, 1.0, 0}});
-  ASSERT_TRUE(lockstep.is_ok());
-  EXPECT_DOUBLE_EQ(*lockstep, *at_zero);
-  x.group = 1;  // no group collective to wait on
-  EXPECT_EQ(fit_pipeline_handoff({x}, {}).status().code(), Code::kInvalidArgument);
 }
 
 }  // namespace

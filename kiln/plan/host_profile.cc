@@ -22,9 +22,6 @@ constexpr std::int64_t kProfileVersion = 1;
 
 // The ranks per core [core_sharing] is measured at (Note [Core sharing]).
 constexpr int kSharingRanksPerCore[] = {1, 2, 4};
-// ... and [pipeline_handoff] (Note [Pipeline hand-off]): a pipeline of pairs
-// needs at least two stages of two ranks.
-constexpr int kPipelineRanksPerCore[] = {2, 4};
 
 constexpr double kGiga = 1e9;
 constexpr double kMicro = 1e-6;
@@ -167,12 +164,13 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
     }
     p.sharing.push_back(point);
   }
-  // [pipeline_handoff]: optional as well.
-  for (const int n : kPipelineRanksPerCore) {
-    const std::string key = "handoff_us_" + std::to_string(n);
-    if (!r.has("pipeline_handoff", key)) continue;
-    p.pipeline_handoff.push_back({static_cast<double>(n),
-                                  r.get_nonnegative("pipeline_handoff", key, 0) * kMicro});
+  // Note [Pipeline hand-off]: written by calibrations of sessions 5-10, no
+  // longer read; refused by name rather than priced another way in silence.
+  if (const toml::table* old = root["pipeline_handoff"].as_table(); old && !old->empty()) {
+    r.fail_field("pipeline_handoff", std::string(old->begin()->first.str()),
+                 "is no longer read: a tensor-parallel collective inside a pipeline waits the "
+                 "lockstep hand-off of [core_sharing] (Note [Pipeline hand-off], docs/plan.md "
+                 "\"Session 11\"); delete the [pipeline_handoff] section");
   }
   if (r.status().is_ok() && p.one_thread.threads != 1) {
     r.fail_field("compute_1_thread", "threads",
@@ -186,8 +184,7 @@ Result<HostProfile> from_table(const toml::table& root, const std::string& sourc
   r.check_unknown(
       "[profile], [host], [compute_1_thread], [compute_all_threads], [memory], [link_shm], "
       "[link_tcp], [core_sharing] (slowdown_N, handoff_us_N, independent_slowdown_N, work_us_N, "
-      "slowdown_at_work_N for N = 1, 2, 4 ranks per core) or "
-      "[pipeline_handoff] (handoff_us_N for N = 2, 4)",
+      "slowdown_at_work_N for N = 1, 2, 4 ranks per core)",
       "docs/plan.md \"Calibration\"");
   if (!r.status().is_ok()) return r.status().with_context("host profile");
   return p;
@@ -305,11 +302,6 @@ double HostProfile::handoff_s(double ranks_per_core) const {
   return interpolate(sharing, ranks_per_core, &CoreSharingPoint::handoff_s, 0);
 }
 
-double HostProfile::pipeline_handoff_s(double ranks_per_core) const {
-  if (pipeline_handoff.empty()) return handoff_s(ranks_per_core);
-  return interpolate(pipeline_handoff, ranks_per_core, &PipelineHandoffPoint::handoff_s, 0);
-}
-
 Result<HostProfile> read_host_profile(const std::string& path) {
   auto root = config::parse_toml(path, true);
   if (!root.is_ok()) return root.status().with_context("host profile");
@@ -368,14 +360,6 @@ std::string host_profile_to_toml(const HostProfile& p) {
         out << "work_us_" << n << " = [" << works << "]\n"
             << "slowdown_at_work_" << n << " = [" << at << "]\n";
       }
-    }
-  }
-  if (!p.pipeline_handoff.empty()) {
-    out << "\n[pipeline_handoff]  # N ranks per core: a pair all-reduce's wait inside a pipeline\n"
-        << "# stage (kiln bench handoff --pp), fitted through the host model\n";
-    for (const PipelineHandoffPoint& c : p.pipeline_handoff) {
-      out << "handoff_us_" << static_cast<int>(c.ranks_per_core) << " = "
-          << num(c.handoff_s / kMicro) << "\n";
     }
   }
   return out.str();

@@ -137,29 +137,18 @@ struct CoreSharingPoint {
 };
 
 // Note [Pipeline hand-off]: inside a pipeline a stage's tensor-parallel
-// ranks do not stay runnable as the lockstep pairs of [core_sharing] do.
-// They sleep through each wait for the previous stage (a receive posted
-// ahead, on its doorbell), wake when the activation lands, and then meet at
-// the layer's all-reduces with their partner, which the kernel woke at its
-// own time and may have queued behind the other stages' ranks on its core.
-// The wait of such a group collective is a hand-off of its own, not the
-// lockstep one. `kiln plan calibrate` measures it with the pipeline-shaped
-// probe (`kiln bench handoff --pp P`: kiln's 1F1B engine over stages of
-// pairs, synthetic work between the pair all-reduces) and fits the per-
-// message wait that makes the host model (pipeline_sim.h with the measured
-// slowdown and lockstep hand-off, Note [Core sharing]) reproduce the
-// probe's step: fit_pipeline_handoff in calibration_fit.h.
-// Measured directly since (Note [The group wait, measured] in
-// cli/torch/bench_handoff_cmd.cc; docs/plan.md, issue 18 session 10), the
-// wait on this repository's 2-core host is the lockstep pairs' at 2 ranks
-// per core and shorter at 4, and the fit is a residual whose noise (0.16-
-// 0.77 ms per 2% of the step) is the wait's size: the vendored profile
-// carries no [pipeline_handoff].
-struct PipelineHandoffPoint {
-  double ranks_per_core = 2;
-  double handoff_s = 0;
-};
-
+// ranks do not stay runnable as the lockstep pairs of [core_sharing] do:
+// they sleep through each wait for the previous stage and meet their partner
+// when the kernel has woken both. Whether their collectives therefore wait
+// longer was measured directly (Note [The group wait, measured] in
+// cli/torch/bench_handoff_cmd.cc, bench/pipeline_group_wait.sh; docs/plan.md,
+// issue 18 session 10): on this repository's 2-core host as long as the
+// lockstep pairs' at 2 ranks per core and 30% shorter at 4. So the host model
+// prices a TP collective inside a pipeline with the lockstep hand-off, and a
+// profile has no pipeline section. (Sessions 5-10 fitted one,
+// [pipeline_handoff], as the residual of a pipeline probe's step after the
+// model's compute: 0.16-0.77 ms of wait per 2% of step, 0 to 1.6 ms between
+// refits of one hour; a profile that still carries it is refused by name.)
 struct HostProfile {
   std::string source = "profile";  // where it came from, for messages
   std::string host;                // hostname at calibration
@@ -177,9 +166,6 @@ struct HostProfile {
   // Measured core sharing by ranks per core, ascending; empty in profiles
   // written before it was measured (then sharing costs only fair shares).
   std::vector<CoreSharingPoint> sharing;
-  // Note [Pipeline hand-off], ascending in ranks per core; empty in profiles
-  // written before it was measured (then the lockstep hand-off applies).
-  std::vector<PipelineHandoffPoint> pipeline_handoff;
 
   // Piecewise linear in the ranks per core between the measured points,
   // clamped to the first and the last (1 and 0 without measurements).
@@ -191,9 +177,6 @@ struct HostProfile {
   // between long runs of compute; sharing_slowdown() where not measured.
   double independent_slowdown(double ranks_per_core) const;
   double handoff_s(double ranks_per_core) const;
-  // A tensor-parallel collective's wait inside a pipeline stage: piecewise
-  // linear over [pipeline_handoff], clamped; handoff_s() without it.
-  double pipeline_handoff_s(double ranks_per_core) const;
 
   // Rates of a rank with `threads` intra-op threads: measured at 1 and at
   // `cores`; in between, the one nearer (ties: 1), capped at `cores`.

@@ -95,11 +95,6 @@ Result<HostProfile> merge_host_profiles(const std::vector<HostProfile>& profiles
       return invalid_argument(where + "[core_sharing] measured at " + levels_of(p.sharing) +
                               " ranks per core, " + sources[0] + "'s at " + levels_of(first.sharing));
     }
-    if (levels_of(p.pipeline_handoff) != levels_of(first.pipeline_handoff)) {
-      return invalid_argument(where + "[pipeline_handoff] measured at " +
-                              levels_of(p.pipeline_handoff) + " ranks per core, " + sources[0] +
-                              "'s at " + levels_of(first.pipeline_handoff));
-    }
   }
   HostProfile out = first;
   out.source = "median of " + std::to_string(profiles.size()) + " profiles";
@@ -132,11 +127,6 @@ Result<HostProfile> merge_host_profiles(const std::vector<HostProfile>& profiles
     out.sharing[k] = median_by<CoreSharingPoint>(points, [](const CoreSharingPoint& c) {
       return c.slowdown * std::max(1.0, c.ranks_per_core) * kSharingWork + c.handoff_s;
     });
-  }
-  for (std::size_t k = 0; k < out.pipeline_handoff.size(); ++k) {
-    std::vector<double> waits;
-    for (const HostProfile& p : profiles) waits.push_back(p.pipeline_handoff[k].handoff_s);
-    out.pipeline_handoff[k].handoff_s = median_of(waits);
   }
   return out;
 }

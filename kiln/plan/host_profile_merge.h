@@ -11,8 +11,8 @@
 // layer slower than any of the three measured. So each fitted kernel class
 // (and each link, and each core-sharing level) is taken whole from the
 // calibration whose model gives the median time at a shape of the
-// miniature GPT; only single measurements (memory bandwidths, the pipeline
-// hand-off, the op overhead) are medians of the values.
+// miniature GPT; only single measurements (memory bandwidths, the op
+// overhead) are medians of the values.
 #pragma once
 
 #include <string>
@@ -27,8 +27,7 @@ namespace kiln::plan {
 // errors): Note [Merging fits]; with an even count the lower median. Strings
 // are the first profile's, except measured_at, which becomes the first and
 // the last ("A .. B"). InvalidArgument naming the profile when one differs
-// in cores or in the ranks per core its [core_sharing] or
-// [pipeline_handoff] were measured at.
+// in cores or in the ranks per core its [core_sharing] was measured at.
 Result<HostProfile> merge_host_profiles(const std::vector<HostProfile>& profiles,
                                         const std::vector<std::string>& sources);
 

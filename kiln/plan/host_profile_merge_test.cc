@@ -34,7 +34,6 @@ HostProfile profile(double f, const std::string& when) {
   p.tcp = {5.8e-6 * f, 2.2e9 / f};
   p.sharing = {{1, 1.2 * f, 0, 0, {{0.5e-3, 1.4 * f}, {2e-3, 1.2 * f}}},
                {2, 1.5 * f, 1e-3 * f, 1.3 * f, {}}};
-  p.pipeline_handoff = {{2, 700e-6 * f}, {4, 500e-6 * f}};
   return p;
 }
 
@@ -59,7 +58,6 @@ TEST(HostProfileMergeTest, EachFitComesWholeFromTheCalibrationWithTheMedianTime)
   expect_near_rel(m->sharing[1].independent_slowdown, 1.3);
   ASSERT_EQ(m->sharing[0].by_work.size(), 2u);
   expect_near_rel(m->sharing[0].by_work[1].slowdown, 1.2);
-  expect_near_rel(m->pipeline_handoff[0].handoff_s, 700e-6);
   EXPECT_EQ(m->cores, 2);
   EXPECT_EQ(m->measured_at, "T1 .. T3");
   // Note [Merging fits]: coefficients that trade off against each other
@@ -102,9 +100,6 @@ TEST(HostProfileMergeTest, ProfilesOfAnotherHostOrShapeAreNamed) {
   HostProfile quick = profile(1.0, "T1");
   quick.sharing.pop_back();
   expect_error(quick, {"b.toml", "[core_sharing]", "at 1 ranks", "1, 2"});
-  HostProfile older = profile(1.0, "T1");
-  older.pipeline_handoff.clear();
-  expect_error(older, {"b.toml", "[pipeline_handoff]", "none"});
   EXPECT_FALSE(merge_host_profiles({}, {}).is_ok());
 }
 

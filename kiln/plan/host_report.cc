@@ -34,10 +34,8 @@ std::string format_host_plan(const PlanConfig& c, const HostStepTime& st) {
                      l.tp * l.pp * l.dp, c.cluster.nodes, st.threads_per_rank, st.micro_batches,
                      l.micro_batch, format_stage_layers(st.stage_layers));
   out += fmt::format("  sharing    {:.2f} runnable threads per core in the steady state; compute x{:.2f}, "
-                     "{:.0f} us per blocking message (Note [Core sharing]), {:.0f} us per TP collective "
-                     "(Note [Pipeline hand-off])\n",
-                     st.oversubscription, st.sharing_slowdown, st.handoff_per_message_s * 1e6,
-                     st.tp_handoff_per_message_s * 1e6);
+                     "{:.0f} us per blocking message (Note [Core sharing])\n",
+                     st.oversubscription, st.sharing_slowdown, st.handoff_per_message_s * 1e6);
   out += fmt::format("  layer      forward {} (linear {}, attention {}, elementwise {}), backward {}, "
                      "TP comm {}\n",
                      ms(st.layer.forward_s), ms(st.layer.gemm_fwd_s), ms(st.layer.attention_fwd_s),
@@ -79,7 +77,6 @@ nlohmann::json host_plan_to_json(const PlanConfig& c, const HostStepTime& st) {
                {"oversubscription", st.oversubscription},
                {"sharing_slowdown", st.sharing_slowdown},
                {"handoff_per_message_s", st.handoff_per_message_s},
-               {"tp_handoff_per_message_s", st.tp_handoff_per_message_s},
                {"tp_work_between_messages_s", st.tp_work_between_messages_s}};
   j["layout"] = {{"tp", l.tp},
                  {"pp", l.pp},

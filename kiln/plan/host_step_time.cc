@@ -142,11 +142,9 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
     } else {
       st.sharing_slowdown = hp.independent_slowdown(st.oversubscription);
     }
+    // Note [Pipeline hand-off] (host_profile.h): a TP collective inside a
+    // pipeline stage waits as long as the lockstep pairs' do.
     st.handoff_per_message_s = hp.handoff_s(st.oversubscription);
-    // Note [Pipeline hand-off]: a stage's TP ranks sleep between its
-    // operations, so their collectives wait as the pipeline probe measured.
-    st.tp_handoff_per_message_s =
-        l.pp > 1 ? hp.pipeline_handoff_s(st.oversubscription) : st.handoff_per_message_s;
   }
   const double slowdown = st.sharing_slowdown;
   const double handoff = st.handoff_per_message_s;
@@ -242,8 +240,8 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
       if (j > 0) sends += p2p;     // the gradient backward
       fwd += j < last ? p2p : 0;
       bwd += j > 0 ? p2p : 0;
-      const double fwd_wait = fwd_messages * tp_rounds * st.tp_handoff_per_message_s;
-      const double bwd_wait = bwd_messages * tp_rounds * st.tp_handoff_per_message_s;
+      const double fwd_wait = fwd_messages * tp_rounds * handoff;
+      const double bwd_wait = bwd_messages * tp_rounds * handoff;
       sim.forward_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = slowdown * fwd;
       sim.backward_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = slowdown * bwd;
       sim.forward_wait_s[static_cast<size_t>(d)][static_cast<size_t>(k)] = fwd_wait;

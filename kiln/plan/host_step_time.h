@@ -49,10 +49,6 @@ struct HostStepTime {
   // message waits handoff_per_message_s for its peer to be scheduled.
   double sharing_slowdown = 1;
   double handoff_per_message_s = 0;
-  // ... and a tensor-parallel collective inside a pipeline stage waits this
-  // (Note [Pipeline hand-off]; handoff_per_message_s without pp or without
-  // the measurement).
-  double tp_handoff_per_message_s = 0;
   // Note [Work between meetings] (host_profile.h): one rank's compute
   // between two of its tensor-parallel all-reduces, unshared (0 without
   // TP); sharing_slowdown is the pairs' at this work.

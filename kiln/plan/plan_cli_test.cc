@@ -8,7 +8,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <string>
-#include <thread>
+#include <vector>
 
 namespace {
 
@@ -266,10 +266,6 @@ TEST(PlanCliTest, CalibrateQuickWritesAProfileThatPlanReads) {
   // a wall-clock bound fails on a loaded host (84 and 102 s at load 9-14).
   EXPECT_GT(summary["seconds"].get<double>(), 0);
   const std::string text = slurp(profile);
-  for (const char* section : {"[profile]", "[host]", "[compute_1_thread]", "[compute_all_threads]",
-                              "[memory]", "[link_shm]", "[link_tcp]", "[core_sharing]"}) {
-    EXPECT_NE(text.find(section), std::string::npos) << section << " in\n" << text;
-  }
   // Core sharing (Note [Core sharing]): measured with real ranks at one and
   // more ranks per core; a slowdown near 1 or above, a hand-off >= 0.
   ASSERT_GE(summary["core_sharing"].size(), 2u) << r.out;
@@ -288,17 +284,18 @@ TEST(PlanCliTest, CalibrateQuickWritesAProfileThatPlanReads) {
   // Note [Work between meetings]: each probed work size's own slowdown.
   EXPECT_NE(text.find("\nwork_us_1 = ["), std::string::npos) << text;
   EXPECT_NE(text.find("\nslowdown_at_work_1 = ["), std::string::npos) << text;
-  // Note [Pipeline hand-off]: --quick runs 2 ranks per core, stages of
-  // pairs, so any even core count gets a point; a wait >= 0.
-  const unsigned cores = std::thread::hardware_concurrency();
-  if (cores >= 2 && cores % 2 == 0) {
-    ASSERT_EQ(summary["pipeline_handoff"].size(), 1u) << r.out;
-    EXPECT_NE(text.find("[pipeline_handoff]"), std::string::npos) << text;
+  // Every section, and no pipeline one (Note [Pipeline hand-off]: a TP
+  // collective inside a pipeline waits the lockstep hand-off).
+  EXPECT_FALSE(summary.contains("pipeline_handoff")) << r.out;
+  std::istringstream lines(text);
+  std::vector<std::string> sections;
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind("[", 0) == 0) sections.push_back(line.substr(0, line.find(']') + 1));
   }
-  for (const auto& point : summary["pipeline_handoff"]) {
-    EXPECT_GE(point["handoff_us"].get<double>(), 0) << point;
-    EXPECT_LT(point["handoff_us"].get<double>(), 1e6) << point;
-  }
+  EXPECT_EQ(sections, (std::vector<std::string>{"[profile]", "[host]", "[compute_1_thread]",
+                                                "[compute_all_threads]", "[memory]", "[link_shm]",
+                                                "[link_tcp]", "[core_sharing]"}))
+      << text;
   r = kiln("plan examples/plan/gpt_3d-cpu.toml --json --profile '" + profile + "'");
   std::remove(profile.c_str());
   ASSERT_EQ(r.exit_code, 0) << r.err;
