@@ -16,7 +16,9 @@
 //                    files; target ≤ 2 × memcpy_s). The state is staged in the
 //                    snapshot file first, as the checkpointer's save_async does
 //                    with a tier (MemoryTier::stage); that copy is the stall,
-//                    inmem_stage_s (target as stall_vs_memcpy, ≤ 1.5 ×)
+//                    inmem_stage_s (target as stall_vs_memcpy, ≤ 1.5 ×);
+//                    inmem_store_rounds: each timed store with a memcpy of
+//                    the same bytes right before it
 //   inmem_recovery_s ranks restore from their own in-memory snapshots into
 //                    their (touched) memory (target ≤ 3 × memcpy_s)
 //   inmem_buddy_recovery_s  the same after rank 1's memory is lost: it fetches
@@ -27,7 +29,8 @@
 //                    target ≤ 1 s + 5 × memcpy_s)
 //   s3_write_vs_raw_put  (--s3) a checkpoint streamed to a local s3rver
 //                    (shard upload + commit) vs raw PUTs of the same bytes in
-//                    part-sized objects at the same parallelism (target ≥ 0.8)
+//                    part-sized objects at the same parallelism (target ≥ 0.8);
+//                    s3_rounds: each round's raw PUTs, upload + commit, commit
 // Times are the slowest rank's. Each timed save is preceded by its own memcpy
 // and raw-write baselines; the ratios are the medians of the per-save ratios,
 // so load from other processes cancels out as far as it can.
@@ -147,6 +150,8 @@ void drop_cache(const std::string& dir) {
 
 struct MemoryTierTimes {
   double stage_s = 0, store_s = 0, recovery_s = 0, buddy_s = 0;
+  // Each timed store's, with a memcpy of the same bytes right before it.
+  std::vector<double> memcpy_each_s, store_each_s;
   bool staged = false, replica_on_host = false;  // how the timed stores went (MemoryStoreStats)
 };
 
@@ -173,9 +178,13 @@ Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_
   std::vector<double> stage_s, store_s;
   const std::int64_t first = 1, step = kWarmStores + kTimedStores;
   for (std::int64_t s = first; s <= step; ++s) {
-    // Staged in the snapshot file as the checkpointer's save_async does.
     KILN_RETURN_IF_ERROR(c.barrier()->wait());
     auto t0 = std::chrono::steady_clock::now();
+    std::memcpy(scratch.data(), state.data(), my_bytes);
+    KILN_ASSIGN_OR_RETURN(double copy_s, slowest(c, seconds_since(t0)));
+    // Staged in the snapshot file as the checkpointer's save_async does.
+    KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    t0 = std::chrono::steady_clock::now();
     KILN_ASSIGN_OR_RETURN(std::byte * staged, tier->stage(my_bytes));
     std::memcpy(staged, state.data(), my_bytes);
     KILN_ASSIGN_OR_RETURN(double staging, slowest(c, seconds_since(t0)));
@@ -186,12 +195,14 @@ Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_
     if (s >= first + kWarmStores) {
       stage_s.push_back(staging);
       store_s.push_back(took);
+      t.memcpy_each_s.push_back(copy_s);
       t.staged = tier->last_store().staged;
       t.replica_on_host = tier->last_store().replica_on_host;
     }
   }
   t.stage_s = median(stage_s);
   t.store_s = median(store_s);
+  t.store_each_s = store_s;
   ckpt::RecoverTarget into{"weights", reinterpret_cast<std::byte*>(scratch.data()), my_bytes};
   for (int lose = 0; lose < (n > 1 ? 2 : 1); ++lose) {
     // Rank 1 loses its memory as a dead process does: its files deleted and
@@ -229,7 +240,8 @@ nlohmann::json restart_json(const RestartTimes& t) {
        {{"alloc", t.alloc_faults},
         {"recover", t.recover_faults},
         {"host_thp_fallbacks", t.thp_fallbacks},
-        {"host_compaction_stalls", t.compaction_stalls}}}};
+        {"host_compaction_stalls", t.compaction_stalls},
+        {"host_reported_mib", t.reported_mib}}}};
 }
 
 // --restart-ab: the restart part alone under several memory modes (rank 0
@@ -415,6 +427,7 @@ Status bench_ckpt(const CkptBenchArgs& a) {
         {"inmem_store_staged", mem.staged},
         {"inmem_replica_on_host", mem.replica_on_host},
         {"inmem_store_vs_memcpy", mem.store_s / median(memcpy_s)},
+        {"inmem_store_rounds", {{"memcpy_s", mem.memcpy_each_s}, {"store_s", mem.store_each_s}}},
         {"inmem_recovery_s", mem.recovery_s},
         {"inmem_recovery_vs_memcpy", mem.recovery_s / median(memcpy_s)},
         {"inmem_buddy_recovery_s", n > 1 ? nlohmann::json(mem.buddy_s) : nullptr},
@@ -429,6 +442,9 @@ Status bench_ckpt(const CkptBenchArgs& a) {
       doc["s3_raw_put_s"] = s3->raw_put_s;
       doc["s3_write_s"] = s3->write_s;
       doc["s3_write_vs_raw_put"] = s3->ratio;
+      doc["s3_rounds"] = {{"raw_put_s", s3->raw_put_each_s},
+                          {"write_s", s3->write_each_s},
+                          {"commit_s", s3->commit_each_s}};
     } else {
       doc["s3_write_vs_raw_put"] = nullptr;
       doc["s3_skipped"] = s3_skipped;

@@ -36,6 +36,7 @@ struct RestartBenchSpec {
   //   wait     made resident from the process's start by a helper thread
   //            per CPU; the recovery waits for them (the default)
   //   wait1    the same with one helper thread
+  //   wait4k   as wait, in small pages (Note [Small pages for a restart])
   //   overlap  as wait, but received into while the helpers still populate
   //   touch    mapped and written with zeros after the join, then received into
   //   fault    mapped only: the recovery's writes fault its pages in
@@ -64,6 +65,9 @@ struct RestartTimes {
   // to small pages, and allocations stalled on memory compaction.
   std::int64_t thp_fallbacks = 0;
   std::int64_t compaction_stalls = 0;
+  // Free memory the guest handed back to the host meanwhile (MiB; free page
+  // reporting), which the host backs again on next use.
+  std::int64_t reported_mib = 0;
 };
 
 // Rank 0 of the bench (the survivor): runs steps 1–4 with `state` (its

@@ -76,10 +76,13 @@ Result<bool> recover_into(const RestartBenchSpec& spec, Communicator& c,
 // takes 256 page faults rather than 131072 (1.7 s on this VM).
 class StateMemory {
  public:
-  // Before the join: "wait", "wait1" and "overlap" start their helpers here.
+  // Before the join: "wait", "wait1", "wait4k" and "overlap" start their helpers here.
   static Result<StateMemory> map(const std::string& mode, std::size_t bytes) {
-    if (mode == "overlap" || mode == "wait" || mode == "wait1") {
-      KILN_ASSIGN_OR_RETURN(auto m, ResidentMemory::map(bytes, mode == "wait1" ? 1 : 0));
+    if (mode == "overlap" || mode == "wait" || mode == "wait1" || mode == "wait4k") {
+      KILN_ASSIGN_OR_RETURN(auto m, ResidentMemory::map(bytes, mode == "wait1" ? 1 : 0,
+                                                        mode == "wait4k"
+                                                            ? ResidentMemory::Pages::kSmall
+                                                            : ResidentMemory::Pages::kHuge));
       return StateMemory(std::move(m));
     }
     void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -143,6 +146,16 @@ std::int64_t vmstat(const std::string& name) {
   return 0;
 }
 
+// KiB of free guest memory handed back to the host so far (free page
+// reporting; 0 where the kernel does not say): memory the host must back
+// again, page by page, when it is next used.
+std::int64_t reported_kib() {
+  std::ifstream in("/sys/module/page_reporting/parameters/reported_kib");
+  std::int64_t kib = 0;
+  in >> kib;
+  return kib;
+}
+
 std::int64_t minor_faults() {
   struct rusage u;
   ::getrusage(RUSAGE_SELF, &u);
@@ -161,11 +174,12 @@ Status exchange_marks(Communicator& c, const std::int64_t mine[kMarks],
 }  // namespace
 
 Status check_restart_memory_mode(const std::string& mode) {
-  for (const char* m : {"wait", "wait1", "overlap", "touch", "fault"}) {
+  for (const char* m : {"wait", "wait1", "wait4k", "overlap", "touch", "fault"}) {
     if (mode == m) return Status::ok();
   }
   return invalid_argument(fmt::format(
-      "bench ckpt: --restart-memory {} is none of wait, wait1, overlap, touch, fault", mode));
+      "bench ckpt: --restart-memory {} is none of wait, wait1, wait4k, overlap, touch, fault",
+      mode));
 }
 
 void fill_bench_state(std::vector<char>& state, int rank) {
@@ -210,6 +224,7 @@ Result<RestartTimes> measure_restart_recovery(comm::ProcessGroup& pg, const Rest
   // 3. Restarted.
   const std::int64_t thp_before = vmstat("thp_fault_fallback");
   const std::int64_t stalls_before = vmstat("compact_stall");
+  const std::int64_t reported_before = reported_kib();
   const auto t0 = std::chrono::steady_clock::now();
   ServerProcess restarted("bench ckpt restarted rank", log_dir + "/restart-recover.log");
   argv[4] = "recover";
@@ -224,6 +239,7 @@ Result<RestartTimes> measure_restart_recovery(comm::ProcessGroup& pg, const Rest
   times.total_s = seconds_since(t0);
   times.thp_fallbacks = vmstat("thp_fault_fallback") - thp_before;
   times.compaction_stalls = vmstat("compact_stall") - stalls_before;
+  times.reported_mib = (reported_kib() - reported_before) / 1024;
   const std::int64_t none[kMarks] = {};
   std::int64_t marks[2 * kMarks];
   KILN_RETURN_IF_ERROR(exchange_marks(*c, none, marks));

@@ -17,6 +17,8 @@ struct S3CkptTimes {
   double write_s = 0;    // median: shard upload + commit, slowest rank
   double ratio = 0;      // median of raw_put_s / write_s per round
   int rounds = 0;
+  // Each round's, in order: raw PUTs, then the checkpoint's upload and commit.
+  std::vector<double> raw_put_each_s, write_each_s, commit_each_s;
 };
 
 // Collective on `c`. Rank 0 starts s3rver (nullopt on every rank where it is

@@ -100,7 +100,7 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
   KILN_RETURN_IF_ERROR(view.add_tensor("weights", DataType::kFloat32, {rows, cols}, mine.offset,
                                        mine.count, state.data()));
   KILN_RETURN_IF_ERROR(ck->reserve(view.total_bytes()));
-  std::vector<double> raw_s, write_s, ratio;
+  std::vector<double> raw_s, write_s, commit_s, ratio;
   for (int step = 0; step < rounds; ++step) {
     KILN_RETURN_IF_ERROR(c.barrier()->wait());
     auto t0 = std::chrono::steady_clock::now();
@@ -110,6 +110,8 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
     KILN_RETURN_IF_ERROR(ck->save(view, step, Deadline::after_seconds(600)));
     auto st = ck->last_stats();
     KILN_ASSIGN_OR_RETURN(double w, slowest(c, st.write_s + st.commit_s));
+    KILN_ASSIGN_OR_RETURN(double commit, slowest(c, st.commit_s));
+    commit_s.push_back(commit);
     raw_s.push_back(raw);
     write_s.push_back(w);
     ratio.push_back(raw / w);
@@ -132,7 +134,7 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
   // s3rver stops with rank 0's `server`, after every rank is done with it.
   KILN_RETURN_IF_ERROR(c.barrier()->wait());
   return std::optional<S3CkptTimes>(
-      S3CkptTimes{median(raw_s), median(write_s), median(ratio), rounds});
+      S3CkptTimes{median(raw_s), median(write_s), median(ratio), rounds, raw_s, write_s, commit_s});
 }
 
 }  // namespace kiln::cli

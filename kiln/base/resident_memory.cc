@@ -83,7 +83,7 @@ struct ResidentMemory::State {
   }
 };
 
-Result<ResidentMemory> ResidentMemory::map(std::size_t bytes, int helpers) {
+Result<ResidentMemory> ResidentMemory::map(std::size_t bytes, int helpers, Pages pages) {
   if (bytes == 0) return invalid_argument("ResidentMemory: 0 bytes");
   void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
@@ -94,7 +94,8 @@ Result<ResidentMemory> ResidentMemory::map(std::size_t bytes, int helpers) {
   s->data = static_cast<std::byte*>(p);
   s->bytes = bytes;
   s->page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
-  ::madvise(p, bytes, MADV_HUGEPAGE);  // advice: without huge pages it still works
+  // Advice: without huge pages it still works.
+  ::madvise(p, bytes, pages == Pages::kHuge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   // Whether the kernel populates (EINVAL before 5.14), asked of the last
   // page, which the helpers would populate first anyway.
   const std::size_t last = (bytes - 1) / s->page * s->page;

@@ -27,7 +27,20 @@
 // 19, session 10), so `kiln bench ckpt`'s restarted rank waits.
 // The mapping is advised to transparent huge pages (one fault per 2 MiB
 // where the kernel has them), as PyTorch's CPU allocator does for large
-// blocks (THP_MEM_ALLOC_ENABLE).
+// blocks (THP_MEM_ALLOC_ENABLE), unless the caller asks for small pages.
+//
+// Note [Small pages for a restart]: which pages are cheap depends on what
+// was freed last. A guest with free page reporting (virtio-balloon, as on
+// the VM measured) hands free blocks of 2 MiB and more back to the host,
+// which must back them again, 4 KiB at a time, when they are next used;
+// free memory in smaller pieces is never reported and stays backed. A rank
+// process that dies frees its heap and its tmpfs files in small pages, and
+// they do not coalesce into 2 MiB blocks at once: its successor asking for
+// huge pages gets blocks the host must back again (512 MiB on 2 threads:
+// 0.36-0.66 s, 1-1.3 s on slow evenings), while small pages reuse what the
+// dead process freed (0.21-0.27 s, in the kernel's loop: MADV_POPULATE_WRITE
+// faults no page from user space). Memory freed in huge pages comes back as
+// huge pages in 0.05 s. docs/perf.md, issue 19, session 11.
 #pragma once
 
 #include <cstddef>
@@ -40,10 +53,14 @@ namespace kiln {
 
 class ResidentMemory {
  public:
+  // The pages the mapping is advised to (Note [Small pages for a restart]).
+  enum class Pages { kHuge, kSmall };
+
   // Maps `bytes` (> 0) of zeroed memory and starts making it resident on
   // `helpers` threads (<= 0: one per CPU this process may run on); returns
   // at once. ResourceExhausted when the mapping fails.
-  static Result<ResidentMemory> map(std::size_t bytes, int helpers = 0);
+  static Result<ResidentMemory> map(std::size_t bytes, int helpers = 0,
+                                    Pages pages = Pages::kHuge);
 
   ResidentMemory(ResidentMemory&&) noexcept;
   ResidentMemory& operator=(ResidentMemory&&) noexcept;

@@ -5,6 +5,9 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
 #include <vector>
 
 namespace kiln {
@@ -73,6 +76,36 @@ TEST(ResidentMemory, DestroyedBeforeTheHelpersFinish) {
   ASSERT_TRUE(moved.is_ok());
   ResidentMemory target = std::move(*moved);
   EXPECT_EQ(target.wait(), kBytes);
+}
+
+// KiB of the mapping holding `p` that transparent huge pages back
+// (/proc/self/smaps' AnonHugePages); -1 when no mapping holds it.
+long huge_page_kib(const void* p) {
+  const auto at = reinterpret_cast<std::uintptr_t>(p);
+  std::ifstream smaps("/proc/self/smaps");
+  bool in_it = false;
+  for (std::string line; std::getline(smaps, line);) {
+    std::uintptr_t begin = 0, end = 0;
+    char dash = 0;
+    std::istringstream range(line);
+    if (range >> std::hex >> begin >> dash >> end && dash == '-') {
+      in_it = begin <= at && at < end;  // a mapping's first line
+    } else if (in_it && line.rfind("AnonHugePages:", 0) == 0) {
+      return std::stol(line.substr(line.find(':') + 1));
+    }
+  }
+  return -1;
+}
+
+// Small pages: resident and zero like huge ones, and no huge page among them
+// (Note [Small pages for a restart]).
+TEST(ResidentMemory, SmallPagesAreResidentWithoutAHugePage) {
+  auto m = ResidentMemory::map(kBytes, 2, ResidentMemory::Pages::kSmall);
+  ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+  EXPECT_EQ(m->wait(), kBytes);
+  EXPECT_EQ(missing_pages(m->span()), 0u);
+  EXPECT_EQ(huge_page_kib(m->span().data()), 0);
+  for (std::size_t i = 0; i < m->span().size(); i += 4093) ASSERT_EQ(m->span()[i], std::byte{0});
 }
 
 TEST(ResidentMemory, ZeroBytesIsRefused) {
