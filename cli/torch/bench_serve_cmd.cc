@@ -8,9 +8,10 @@
 //      SLO (p99, no 503) with dynamic batching vs batch size 1;
 //   3. a fleet (--replicas 1:2) under a step in load that needs 2 replicas at
 //      peak, sized from the capacity of one and of two replicas measured
-//      behind the router: latency, throughput, drops, replica-seconds vs a
-//      static fleet of 2, and how long after the step p99 is back under the
-//      SLO.
+//      behind the router (each replica capped at --capacity-rps where the
+//      host cannot run two at full speed): latency, throughput, drops,
+//      replica-seconds vs the static fleet of 2 run on the same step, and
+//      how long after the step p99 is back under the SLO.
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -55,11 +56,12 @@ struct BenchArgs {
   int runs = 3;
   std::string model;  // an existing checkpoint root; "" = write one
   std::string parts = "service,cold,cold_s3,batching,fleet";
-  double capacity_rps = 0;  // one replica's, for the fleet's load; 0: measured behind the router
+  double capacity_rps = 0;  // each fleet replica's enforced capacity; 0: none
   int max_batch = 0;        // the batched replica's; 0: from the service line
   int max_queue_delay_us = 2000;
   int fleet_max_batch = 0;  // the fleet's replicas'; 0: max_batch
   double probe_rps = 0;     // the probe part: one batched replica at this rate (profiling)
+  double target_queue = 0;  // the fleet's --target-queue; 0: measured (Note [The fleet's target])
 
   bool part(const std::string& name) const {
     return ("," + parts + ",").find("," + name + ",") != std::string::npos;
@@ -309,9 +311,14 @@ Result<Child> start_fleet(const BenchArgs& a, const std::string& model, const st
                           const std::string& decisions) {
   const int max_batch = a.fleet_max_batch > 0 ? a.fleet_max_batch : a.max_batch;
   std::vector<std::string> args = {model, "--cache-dir", work + "/cache-warm", "--threads", "1"};
+  if (a.capacity_rps > 0) {
+    // Note [A replica's capacity, enforced] (kiln/serve/capped_model.h).
+    args.push_back("--capacity-rps");
+    args.push_back(fmt::format("{}", a.capacity_rps));
+  }
   for (const auto& [flag, value] : std::vector<std::pair<std::string, std::string>>{
            {"--replicas", replicas},
-           {"--target-queue", "16"},
+           {"--target-queue", fmt::format("{}", a.target_queue > 0 ? a.target_queue : 16)},
            {"--sync-period-ms", "500"},
            {"--scale-down-window-s", "10"},
            {"--rate-period-s", "1"},
@@ -344,6 +351,24 @@ Result<Child> start_fleet(const BenchArgs& a, const std::string& model, const st
   }
 }
 
+// p99 (ms) of the requests sent in each second of a run.
+std::vector<double> p99_per_second(const serve::LoadResult& r, double duration_s) {
+  std::vector<std::vector<double>> windows(static_cast<std::size_t>(duration_s) + 1);
+  for (std::size_t i = 0; i < r.latencies_s.size(); ++i) {
+    const auto w = static_cast<std::size_t>(r.sent_at_s[i]);
+    if (w < windows.size()) windows[w].push_back(r.latencies_s[i]);
+  }
+  std::vector<double> out;
+  for (const auto& w : windows) out.push_back(serve::quantile(w, 0.99) * 1000);
+  return out;
+}
+
+// How many of those seconds kept p99 within the SLO.
+int seconds_within(const std::vector<double>& p99s, double slo_ms) {
+  return static_cast<int>(
+      std::count_if(p99s.begin(), p99s.end(), [&](double p99) { return p99 <= slo_ms; }));
+}
+
 // Note [The fleet's load from its own capacity]: on this 2-core host the
 // load generator, the router and every replica share the cores, so one
 // replica measured alone (it has both cores) says little about what one or
@@ -351,14 +376,39 @@ Result<Child> start_fleet(const BenchArgs& a, const std::string& model, const st
 // the batching part's ladder through the router: the step's peak must
 // exceed what one replica serves (so it needs the second) and stay under
 // what two serve (so the SLO can hold once they run).
+//
+// Note [The fleet's target]: the autoscaler aims at `--target-queue`
+// outstanding requests per replica, and the right value depends on the
+// replica: too high and a fleet at the peak, each replica well loaded,
+// reads as one replica's worth and scales down into overload again. As the
+// simulator does (Note [Queue autoscaling behaviour], simulator.h), the
+// target is one replica's outstanding requests at 70% of its capacity, here
+// measured: Little's law (throughput x mean latency) over one step at 0.7 x
+// the capacity just found, behind the router. --target-queue overrides it.
 Status fleet_capacity(const BenchArgs& a, const std::string& model, const std::string& work,
-                      double* one, double* two, json* out) {
+                      double* one, double* two, double* target, json* out) {
   for (int n = 1; n <= 2; ++n) {
     const std::string replicas = fmt::format("{}:{}", n, n);
     KILN_ASSIGN_OR_RETURN(Child fleet, start_fleet(a, model, work, replicas, n,
                                                    fmt::format("fleet-capacity-{}", n), ""));
     json ladder = json::array();
     const double rps = max_rate_within_slo(fleet.port, a, 200, &ladder);
+    if (n == 1 && a.target_queue <= 0 && rps > 0) {
+      // Note [The fleet's target].
+      const double rate = 0.7 * rps;
+      serve::LoadResult r = serve::run_load({.port = fleet.port,
+                                             .body = request_body(),
+                                             .rate = [rate](double) { return rate; },
+                                             .duration_s = a.step_seconds,
+                                             .clients = 64});
+      double sum = 0;
+      for (double l : r.latencies_s) sum += l;
+      const double mean_s = r.latencies_s.empty() ? 0 : sum / r.latencies_s.size();
+      *target = std::max(1.0, r.throughput_rps() * mean_s);
+      (*out)["fleet_target_queue_at"] = {{"rate", rate},
+                                        {"throughput_rps", r.throughput_rps()},
+                                        {"mean_latency_ms", mean_s * 1000}};
+    }
     stop(fleet);
     (n == 1 ? *one : *two) = rps;
     (*out)["fleet_capacity_ladders"].push_back({{"replicas", n}, {"ladder", ladder}});
@@ -372,35 +422,54 @@ Status fleet_step(const BenchArgs& a, const std::string& model, const std::strin
                   json* result) {
   json& out = *result;
   out["fleet_max_batch"] = a.fleet_max_batch > 0 ? a.fleet_max_batch : a.max_batch;
-  double low, peak;
-  if (a.capacity_rps > 0) {
-    low = 0.4 * a.capacity_rps;
-    peak = 1.3 * a.capacity_rps;
-  } else {
-    double one = 0, two = 0;
-    KILN_RETURN_IF_ERROR(fleet_capacity(a, model, work, &one, &two, &out));
-    out["fleet_capacity_rps"] = {{"one_replica", one}, {"two_replicas", two}};
-    if (two < 1.05 * one) {
-      return failed_precondition(fmt::format(
-          "bench serve: two replicas behind the router serve {:.0f} req/s, one {:.0f}: this host "
-          "has no load that needs two replicas and that two can serve within the SLO (pass "
-          "--capacity-rps to size the step by hand)",
-          two, one));
-    }
-    low = 0.4 * one;
-    peak = std::min(1.3 * one, 0.5 * (one + two));
-    out["peak_over_one_replica"] = peak / one;
-    out["peak_over_two_replicas"] = peak / two;
+  out["fleet_replica_capacity_rps"] = a.capacity_rps;  // 0: each replica as fast as it runs
+  double one = 0, two = 0, target = a.target_queue;
+  KILN_RETURN_IF_ERROR(fleet_capacity(a, model, work, &one, &two, &target, &out));
+  out["fleet_capacity_rps"] = {{"one_replica", one}, {"two_replicas", two}};
+  out["fleet_target_queue"] = target;
+  BenchArgs with_target = a;
+  with_target.target_queue = target;
+  if (two < 1.05 * one) {
+    return failed_precondition(fmt::format(
+        "bench serve: two replicas behind the router serve {:.0f} req/s, one {:.0f}: this host "
+        "has no load that needs two replicas and that two can serve within the SLO (pass "
+        "--capacity-rps to give each replica a capacity the host can run twice)",
+        two, one));
   }
+  const double low = 0.4 * one;
+  const double peak = std::min(1.3 * one, 0.5 * (one + two));
+  out["peak_over_one_replica"] = peak / one;
+  out["peak_over_two_replicas"] = peak / two;
   const double step_at = 15, duration = 40;
+  auto step_load = [&](int port) {
+    warm_up(port);
+    return serve::run_load({.port = port,
+                            .body = request_body(),
+                            .rate = [&](double t) { return t < step_at ? low : peak; },
+                            .duration_s = duration,
+                            .clients = 128});
+  };
+  // The same step on the static fleet sized for the peak (two replicas
+  // from the start), in the same run: what autoscaling saves, at what cost
+  // in latency.
+  {
+    KILN_ASSIGN_OR_RETURN(Child fleet,
+                          start_fleet(with_target, model, work, "2:2", 2, "static", ""));
+    serve::LoadResult s = step_load(fleet.port);
+    stop(fleet);
+    const auto p99s = p99_per_second(s, duration);
+    out["static"] = {{"p50_ms", serve::quantile(s.latencies_s, 0.5) * 1000},
+                     {"p99_ms", serve::quantile(s.latencies_s, 0.99) * 1000},
+                     {"throughput_rps", s.throughput_rps()},
+                     {"dropped", s.dropped},
+                     {"rejected_503", s.rejected},
+                     {"seconds_within_slo", seconds_within(p99s, a.slo_ms)},
+                     {"p99_ms_per_second", p99s}};
+  }
   const std::string decisions = work + "/decisions.jsonl";
-  KILN_ASSIGN_OR_RETURN(Child fleet, start_fleet(a, model, work, "1:2", 1, "fleet", decisions));
-  warm_up(fleet.port);
-  serve::LoadResult r = serve::run_load({.port = fleet.port,
-                                         .body = request_body(),
-                                         .rate = [&](double t) { return t < step_at ? low : peak; },
-                                         .duration_s = duration,
-                                         .clients = 128});
+  KILN_ASSIGN_OR_RETURN(Child fleet,
+                        start_fleet(with_target, model, work, "1:2", 1, "fleet", decisions));
+  serve::LoadResult r = step_load(fleet.port);
   stop(fleet);
   out["p50_ms"] = serve::quantile(r.latencies_s, 0.5) * 1000;
   out["p99_ms"] = serve::quantile(r.latencies_s, 0.99) * 1000;
@@ -426,25 +495,17 @@ Status fleet_step(const BenchArgs& a, const std::string& model, const std::strin
   out["static_peak_replica_seconds"] = 2 * std::max(0.0, last_t);
   // After the step, the first 1 s window from which every window's p99 is
   // within the SLO.
-  std::vector<std::vector<double>> windows(static_cast<std::size_t>(duration) + 1);
-  for (std::size_t i = 0; i < r.latencies_s.size(); ++i) {
-    const auto w = static_cast<std::size_t>(r.sent_at_s[i]);
-    if (w < windows.size()) windows[w].push_back(r.latencies_s[i]);
-  }
+  const std::vector<double> p99s = p99_per_second(r, duration);
   double recover = -1;
-  for (auto w = static_cast<std::size_t>(step_at); w < windows.size(); ++w) {
-    bool ok = true;
-    for (std::size_t v = w; v < windows.size(); ++v) {
-      if (serve::quantile(windows[v], 0.99) * 1000 > a.slo_ms) ok = false;
-    }
-    if (ok) {
+  for (auto w = static_cast<std::size_t>(step_at); w < p99s.size(); ++w) {
+    if (std::all_of(p99s.begin() + static_cast<std::ptrdiff_t>(w), p99s.end(),
+                    [&](double p99) { return p99 <= a.slo_ms; })) {
       recover = static_cast<double>(w) - step_at;
       break;
     }
   }
   out["recover_after_step_s"] = recover;  // -1: never within this run
-  json p99s = json::array();
-  for (const auto& w : windows) p99s.push_back(serve::quantile(w, 0.99) * 1000);
+  out["seconds_within_slo"] = seconds_within(p99s, a.slo_ms);
   out["p99_ms_per_second"] = p99s;
   return Status::ok();
 }
@@ -520,6 +581,14 @@ void print_summary(const json& out) {
         "replica-s %.1f vs static %.1f, recovered %.0f s after the step\n",
         num("p50_ms"), num("p99_ms"), num("throughput_rps"), num("dropped"), num("rejected_503"),
         num("replica_seconds"), num("static_peak_replica_seconds"), num("recover_after_step_s"));
+  }
+  if (out.contains("static")) {
+    const json& s = out["static"];
+    std::printf("static fleet of 2, same load: p50 %.1f ms p99 %.1f ms, %d s of %zu within the SLO "
+                "(autoscaled: %d)\n",
+                s["p50_ms"].get<double>(), s["p99_ms"].get<double>(),
+                s["seconds_within_slo"].get<int>(), s["p99_ms_per_second"].size(),
+                out["seconds_within_slo"].get<int>());
   }
 }
 
@@ -690,10 +759,15 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--probe-rps", a->probe_rps,
                   "The probe part: one batched replica at this Poisson rate for --rate-seconds "
                   "(to profile it)");
+  cmd->add_option("--target-queue", a->target_queue,
+                  "The fleet's autoscaling target, outstanding requests per replica (default: "
+                  "one replica's at 70% of its measured capacity, Note [The fleet's target])");
   cmd->add_option(
       "--capacity-rps", a->capacity_rps,
-      "One replica's capacity for the fleet's step (default: one and two replicas measured "
-      "behind the router, Note [The fleet's load from its own capacity])");
+      "The fleet part: every replica serves at most this many req/s (kiln serve --capacity-rps, "
+      "Note [A replica's capacity, enforced]), for a host where two replicas at full speed serve "
+      "no more than one; the step is still sized from one and two replicas measured behind the "
+      "router");
   cmd->callback(run_status([a]() -> Status { return bench(*a); }));
 });
 

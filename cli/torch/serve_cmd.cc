@@ -50,6 +50,9 @@ Status run_fleet(ServeArgs& a) {
                     std::to_string(r.server.batcher.max_queue),
                     "--threads",
                     std::to_string(r.threads)};
+  if (r.capacity_rps > 0) {
+    f.replica_args.insert(f.replica_args.end(), {"--capacity-rps", fmt::format("{}", r.capacity_rps)});
+  }
   if (!r.config_path.empty())
     f.replica_args.insert(f.replica_args.end(), {"--config", r.config_path});
   if (!r.cache_dir.empty())
@@ -89,6 +92,10 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
                   "Queued requests beyond which new ones get 503 + Retry-After")
       ->capture_default_str();
   cmd->add_option("--threads", a->replica.threads, "Torch intra-op threads")->capture_default_str();
+  cmd->add_option("--capacity-rps", a->replica.capacity_rps,
+                  "Serve at most this many requests per second per replica: a batch of n takes "
+                  "at least n / R s (a fleet measured on a host smaller than its replicas; "
+                  "docs/serve.md)");
   cmd->add_option("--replicas", a->replicas,
                   "MIN:MAX: run a router in front of replica processes, autoscaled on the queue");
   cmd->add_option("--target-queue", a->autoscaler.target,

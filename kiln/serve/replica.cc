@@ -7,10 +7,12 @@
 #include <csignal>
 #include <cstdio>
 #include <future>
+#include <optional>
 
 #include "kiln/base/heap.h"
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
+#include "kiln/serve/capped_model.h"
 #include "kiln/serve/prefault.h"
 #include "kiln/serve/step_weights.h"
 #include "kiln/serve/torch_model.h"
@@ -26,25 +28,25 @@ const Knob<double> kFetchTimeout{"KILN_SERVE_FETCH_TIMEOUT", 600.0,
 const Knob<double> kPrefaultMib{
     "KILN_SERVE_PREFAULT_MIB", 4.0,
     "heap a replica makes resident while it asks the store for the newest step (Note "
-    "[Pre-faulted heap]); once the step's manifest names the weights' size, topped up to that "
-    "size plus this"};
+    "[Pre-faulted heap])"};
 
 struct Loaded {
   std::unique_ptr<Model> model;
   double fetch_s = 0, load_s = 0;
   double lookup_s = 0;         // of fetch_s: the remote's newest step and its manifest
   long build_faults = 0;       // page faults while building the model
-  long copy_faults = 0;        // and copying the weights in (fresh parameter memory)
+  long fill_faults = 0;        // and filling it (Note [Weights served where they lie])
   std::size_t prefaulted = 0;  // bytes of heap made resident in advance (Note [Pre-faulted heap])
   double torch_warm_s = 0;  // LibTorch's first use, on its own thread (Note [LibTorch's first use])
   bool hit = false;
   bool built_early = false;  // from the manifest, before the weights were checked and mapped
+  bool built_from_guess = false;  // from the node cache's newest manifest, before the store named one
   StampCheck check = StampCheck::kMatched;
   // When each step ended, in ms from the start of the cold start (the
   // replica's "ready:" line): the manifest known, the model built, the
-  // weights checked and mapped, copied in; and LibTorch's thread caps, set
-  // on their own thread.
-  double manifest_ms = 0, built_ms = 0, mapped_ms = 0, copied_ms = 0, caps_ms = 0;
+  // weights checked and mapped, the model filled with them; and LibTorch's
+  // thread caps, set on their own thread.
+  double manifest_ms = 0, built_ms = 0, mapped_ms = 0, filled_ms = 0, caps_ms = 0;
 };
 
 // The newest step in the node cache, its stamp checked and its weights
@@ -97,10 +99,20 @@ const char* describe(StampCheck c) {
 // (or finds in the node cache), checks and maps the step, while this one
 // builds the model from the manifest as soon as it is named, its
 // parameters left unwritten (Note [Layers without random initial values],
-// kiln/train/task.cc), and then copies the weights in. A cold start hides
+// kiln/train/task.cc), and then makes them views of the mapped weights
+// (Note [Weights served where they lie], torch_model.h). A cold start hides
 // the build behind the download; a cache hit behind its stamp check and
 // mapping. The manifest and the mapped weights are the same step's: the
 // cache names a step by its manifest's checksum.
+//
+// Note [A model built from the node cache's guess]: on a node that served
+// the model before, the store almost always names the step the node cache
+// used last, and asking it took 3-6 ms of a cache hit's ~11 ms (docs/perf.md,
+// issue 20, session 10). So this thread does not wait for the store's
+// answer to start building: it builds from the shapes of the manifest the
+// cache used last while the lookup thread asks, and keeps that model if the
+// named step's shapes are the same (the model depends on nothing else),
+// else builds again for the named ones. A wrong guess costs one build.
 Result<Loaded> load_weights(const ReplicaRunOptions& o) {
   KILN_ASSIGN_OR_RETURN(auto store, data::open_object_store(o.model_url));
   const std::string dir = o.cache_dir.empty() ? default_cache_dir() : o.cache_dir;
@@ -143,20 +155,32 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
   const TorchModelOptions build_options{
       .config_path = o.config_path, .threads = o.threads, .threads_capped_by_caller = true};
   std::unique_ptr<UnfilledModel> early;
+  std::optional<StepShapes> built_for;  // the shapes `early` was built for
+  auto build_early = [&](StepShapes shapes) {
+    const long faults_before = minor_faults();
+    auto built = build_torch_model(shapes, build_options);
+    out.build_faults = minor_faults() - faults_before;
+    // A model that cannot be built is reported against the weights below.
+    if (built.is_ok()) {
+      early = std::move(built).value();
+      built_for = std::move(shapes);
+    }
+    out.built_ms = ms_since_begin();
+  };
+  // Note [A model built from the node cache's guess].
+  if (auto text = cache.newest_cached_manifest()) {
+    if (auto guess = StepShapes::from_manifest(*text, dir, is_weight_entry); guess.is_ok()) {
+      build_early(std::move(guess).value());
+    }
+  }
   // Bounded by the lookup's deadline.
   if (Result<StepShapes> shapes = shapes_named.get(); shapes.is_ok()) {
     out.manifest_ms = ms_since_begin();
-    // The weights' bytes on top of what the build itself takes.
-    const std::size_t wanted = shapes->bytes + static_cast<std::size_t>(prefault_mib * (1 << 20));
-    if (prefault_mib > 0 && wanted > out.prefaulted) {
-      out.prefaulted += prefault_heap(wanted - out.prefaulted);
+    out.built_from_guess = early != nullptr && built_for->tensors == shapes->tensors;
+    if (!out.built_from_guess) {
+      early.reset();
+      build_early(std::move(shapes).value());
     }
-    const long faults_before = minor_faults();
-    auto built = build_torch_model(*shapes, build_options);
-    out.build_faults = minor_faults() - faults_before;
-    // A model that cannot be built is reported against the weights below.
-    if (built.is_ok()) early = std::move(built).value();
-    out.built_ms = ms_since_begin();
   }
   for (int attempt = 1;; ++attempt) {
     KILN_ASSIGN_OR_RETURN(MappedStep step,
@@ -166,6 +190,7 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
                   step.weights.status().to_string());
       KILN_RETURN_IF_ERROR(cache.discard(std::move(step.lease), deadline));
       early.reset();  // built for the discarded copy's manifest: build again for the new one
+      out.built_from_guess = false;
       continue;
     }
     KILN_RETURN_IF_ERROR(step.weights.status());
@@ -178,10 +203,11 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
       out.build_faults = minor_faults() - faults_before;
       out.built_ms = ms_since_begin();
     }
-    const long faults_before_copy = minor_faults();
-    KILN_ASSIGN_OR_RETURN(out.model, fill_torch_model(std::move(early), *step.weights));
-    out.copy_faults = minor_faults() - faults_before_copy;
-    out.copied_ms = ms_since_begin();
+    const long faults_before_fill = minor_faults();
+    auto weights = std::make_shared<const StepWeights>(std::move(step.weights).value());
+    KILN_ASSIGN_OR_RETURN(out.model, fill_torch_model_in_place(std::move(early), weights));
+    out.fill_faults = minor_faults() - faults_before_fill;
+    out.filled_ms = ms_since_begin();
     if (torch_ready.valid()) out.torch_warm_s = torch_ready.get();
     out.caps_ms = caps_ms;
     out.fetch_s = step.lease.lookup_seconds + step.lease.fetch_seconds;
@@ -190,7 +216,9 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
     out.load_s = std::chrono::duration<double>(Clock::now() - begin).count() - out.fetch_s;
     out.lookup_s = step.lease.lookup_seconds;
     out.hit = step.lease.hit;
-    return out;  // the lease and the mapping end here: the weights are in the model now
+    // The lease ends here; the model keeps the mapping (Note [Weights served
+    // where they lie]).
+    return out;
   }
 }
 
@@ -217,21 +245,26 @@ Status run_replica(const ReplicaRunOptions& o) {
   }
   const ModelInfo info = loaded->model->info();
   server->metrics().set_cold_start(loaded->fetch_s, loaded->load_s, loaded->hit);
+  if (o.capacity_rps > 0) {
+    loaded->model = cap_capacity(std::move(loaded->model), o.capacity_rps);
+    log()->info("serve: capacity capped at {} req/s (Note [A replica's capacity, enforced])",
+                o.capacity_rps);
+  }
   server->set_model(std::move(loaded->model));
   std::printf(
       "ready: %s step %lld from %s; cold start %.3f s (fetch %.3f s: lookup %.3f s%s; load %.3f "
-      "s: stamp %s; model built %s; page faults %ld building it, %ld copying, %.1f MiB "
-      "pre-faulted; "
-      "LibTorch's "
-      "thread caps %.3f s beside it); ms from the start: manifest %.1f, built %.1f, mapped %.1f, "
-      "copied %.1f, thread caps %.1f\n",
+      "s: stamp %s; model built %s; page faults %ld building it, %ld filling it, %.1f MiB "
+      "pre-faulted; LibTorch's thread caps %.3f s beside it); ms from the start: manifest %.1f, "
+      "built %.1f, mapped %.1f, filled %.1f, thread caps %.1f\n",
       info.name.c_str(), static_cast<long long>(info.step), o.model_url.c_str(),
       loaded->fetch_s + loaded->load_s, loaded->fetch_s, loaded->lookup_s,
       loaded->hit ? ", node cache hit" : "", loaded->load_s, describe(loaded->check),
-      loaded->built_early ? "from the manifest" : "after the weights", loaded->build_faults,
-      loaded->copy_faults, static_cast<double>(loaded->prefaulted) / (1 << 20),
+      loaded->built_from_guess ? "from the node cache's guess"
+      : loaded->built_early    ? "from the manifest"
+                               : "after the weights",
+      loaded->build_faults, loaded->fill_faults, static_cast<double>(loaded->prefaulted) / (1 << 20),
       loaded->torch_warm_s, loaded->manifest_ms, loaded->built_ms, loaded->mapped_ms,
-      loaded->copied_ms, loaded->caps_ms);
+      loaded->filled_ms, loaded->caps_ms);
   std::fflush(stdout);
 
   int sig = 0;

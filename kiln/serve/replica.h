@@ -17,6 +17,9 @@ struct ReplicaRunOptions {
   std::string cache_dir;    // the node-local weight cache ("" = KILN_SERVE_CACHE_DIR)
   std::uint64_t cache_bytes = 16ull << 30;
   int threads = 1;  // torch intra-op threads
+  // > 0: the replica serves at most this many requests per second (Note [A
+  // replica's capacity, enforced], capped_model.h).
+  double capacity_rps = 0;
   ReplicaOptions server;
 };
 

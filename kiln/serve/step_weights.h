@@ -20,7 +20,8 @@
 //
 // Note [One copy]: the shard files are mapped (MAP_POPULATE: one fault
 // pass over page-cache pages) and each tensor is a view into the mapping;
-// load_torch_model copies it into the module's parameters. The previous
+// a replica's parameters view it in turn (Note [Weights served where they
+// lie], torch_model.h), load_torch_model copies it into them. The previous
 // path read every entry into a vector (a copy), checksummed it (a pass)
 // and copied it into the parameter (a second copy). Entries the mapped
 // path cannot view (zstd-compressed, or a tensor split over several saved

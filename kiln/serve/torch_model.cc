@@ -40,14 +40,16 @@ Result<ModelConfig> infer_config(const StepShapes& s) {
       s.where));
 }
 
-// Copies param/<name> and buffer/<name> into the module (no optimizer, no
-// generator: inference needs the weights only): the one copy of Note [One
-// copy] (step_weights.h), from the mapped cache file into the parameter.
-Status copy_weights(const StepWeights& s, torch::nn::Module& module) {
-  torch::NoGradGuard no_grad;
+// The module's parameters and buffers under their checkpoint names
+// (param/<name>, buffer/<name>; no optimizer, no generator: inference needs
+// the weights only), each with the entry of `s` it takes its values from.
+// DataLoss: an entry missing or of another size.
+Result<std::vector<std::pair<torch::Tensor, const WeightTensor*>>> matched_weights(
+    const StepWeights& s, torch::nn::Module& module) {
   std::vector<std::pair<std::string, torch::Tensor>> all;
   for (auto& p : module.named_parameters()) all.emplace_back("param/" + p.key(), p.value());
   for (auto& b : module.named_buffers()) all.emplace_back("buffer/" + b.key(), b.value());
+  std::vector<std::pair<torch::Tensor, const WeightTensor*>> out;
   for (auto& [name, t] : all) {
     const WeightTensor* e = tensor(s, name);
     if (e == nullptr) {
@@ -62,15 +64,49 @@ Status copy_weights(const StepWeights& s, torch::nn::Module& module) {
                       "(does the config match the checkpoint?)",
                       s.dir(), name, fmt::join(e->spec.shape, ", "), fmt::join(t.sizes(), ", ")));
     }
-    std::memcpy(t.data_ptr(), e->data.data(), e->data.size());
+    out.emplace_back(t, e);
+  }
+  return out;
+}
+
+// The one copy of Note [One copy] (step_weights.h), from the mapped cache
+// file into the parameter.
+Status copy_weights(const StepWeights& s, torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  KILN_ASSIGN_OR_RETURN(auto matched, matched_weights(s, module));
+  for (auto& [t, e] : matched) std::memcpy(t.data_ptr(), e->data.data(), e->data.size());
+  return Status::ok();
+}
+
+// Note [Weights served where they lie] (torch_model.h): `s` must outlive
+// the module's use of its tensors.
+Status view_weights(const StepWeights& s, torch::nn::Module& module) {
+  torch::NoGradGuard no_grad;
+  KILN_ASSIGN_OR_RETURN(auto matched, matched_weights(s, module));
+  for (auto& [t, e] : matched) {
+    const auto at = reinterpret_cast<std::uintptr_t>(e->data.data());
+    if (at % static_cast<std::uintptr_t>(t.element_size()) != 0) {
+      std::memcpy(t.data_ptr(), e->data.data(), e->data.size());
+      continue;
+    }
+    // set_data swaps the storage under the registered tensor, so the layer
+    // that holds it reads the view; its own unwritten storage is freed.
+    t.set_data(torch::from_blob(const_cast<std::byte*>(e->data.data()), t.sizes(),
+                                torch::TensorOptions().dtype(t.dtype())));
   }
   return Status::ok();
 }
 
 class TorchModel : public Model {
  public:
-  TorchModel(std::unique_ptr<train::Task> task, ModelInfo info, int threads)
-      : task_(std::move(task)), info_(std::move(info)), threads_(threads) {
+  // `weights`: what the parameters view, if they do (Note [Weights served
+  // where they lie]); kept for the model's life.
+  TorchModel(std::unique_ptr<train::Task> task, ModelInfo info, int threads,
+             std::shared_ptr<const StepWeights> weights = nullptr)
+      : weights_(std::move(weights)),
+        task_(std::move(task)),
+        info_(std::move(info)),
+        threads_(threads) {
     task_->module()->eval();
   }
   const ModelInfo& info() const override { return info_; }
@@ -173,6 +209,8 @@ class TorchModel : public Model {
     return out;
   }
 
+  // Declared first, so destroyed after the task whose parameters view it.
+  std::shared_ptr<const StepWeights> weights_;
   std::unique_ptr<train::Task> task_;
   ModelInfo info_;
   int threads_;
@@ -252,6 +290,16 @@ Result<std::unique_ptr<Model>> fill_torch_model(std::unique_ptr<UnfilledModel> m
   m.info.step = weights.step();
   m.info.source = weights.dir();
   return std::unique_ptr<Model>(new TorchModel(std::move(m.task), std::move(m.info), m.threads));
+}
+
+Result<std::unique_ptr<Model>> fill_torch_model_in_place(std::unique_ptr<UnfilledModel> model,
+                                                         std::shared_ptr<const StepWeights> weights) {
+  auto& m = static_cast<UnfilledTorchModel&>(*model);
+  KILN_RETURN_IF_ERROR(view_weights(*weights, *m.task->module()));
+  m.info.step = weights->step();
+  m.info.source = weights->dir();
+  return std::unique_ptr<Model>(
+      new TorchModel(std::move(m.task), std::move(m.info), m.threads, std::move(weights)));
 }
 
 Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& weights,

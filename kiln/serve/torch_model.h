@@ -50,6 +50,28 @@ Result<std::unique_ptr<UnfilledModel>> build_torch_model(const StepShapes& shape
 Result<std::unique_ptr<Model>> fill_torch_model(std::unique_ptr<UnfilledModel> model,
                                                 const StepWeights& weights);
 
+// Note [Weights served where they lie]: a replica's weights are the node
+// cache's shard files, mapped read-only (StepWeights::open). Instead of
+// copying them into freshly allocated parameters (3-4 ms of a cache hit's
+// ~11 ms start on the 2-core VM, docs/perf.md, issue 20, session 10), each
+// parameter and buffer becomes a view of its bytes in the mapping, which the
+// model then owns: every replica on a node serves from the same page-cache
+// pages, and nothing is copied or faulted in. A tensor whose bytes are not
+// aligned for its element type is copied instead. The mapping is
+// read-only, so a write to a parameter (nothing in inference writes one)
+// would fault rather than change the cached file. The cache never rewrites a
+// committed file in place (a download is renamed into place; eviction and
+// discard unlink, and an unlinked file stays mapped), so the mapped bytes
+// stay the ones the stamp check accepted; the replica need not hold its
+// cache lease past the load. What the copy guarded against and this does
+// not: another process writing into a cached file after the replica
+// started (the cache never does) reaches the running replica, as it reaches
+// every reader of those pages; the next replica to start catches it by the
+// stamp (Note [Verified stamp]).
+// DataLoss as fill_torch_model.
+Result<std::unique_ptr<Model>> fill_torch_model_in_place(std::unique_ptr<UnfilledModel> model,
+                                                         std::shared_ptr<const StepWeights> weights);
+
 // build_torch_model for the weights' own shapes, then fill_torch_model.
 Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& weights,
                                                 const TorchModelOptions& options);

@@ -121,6 +121,37 @@ TEST(TorchModel, MappedWeightsServeTheSameLogitsAsLoadedOnes) {
   EXPECT_EQ(x[0]->logits, y[0]->logits);
 }
 
+// Note [Weights served where they lie]: the parameters are views of the
+// mapped cache file (no copy), the model keeps the mapping for its life, and
+// it serves the logits of the model filled by copying.
+TEST(TorchModel, WeightsServedInPlaceViewTheMappingForTheModelsLife) {
+  TempDir dir;
+  save_cnn(dir.path());
+  const std::string step_dir = dir.path() + "/step-1";
+  auto opened = StepWeights::open(step_dir, is_weight_entry);
+  ASSERT_TRUE(opened.is_ok()) << opened.status().to_string();
+  ASSERT_TRUE(opened->mapped());
+  auto weights = std::make_shared<const StepWeights>(std::move(opened).value());
+  std::weak_ptr<const StepWeights> alive = weights;
+  auto built = build_torch_model(weights->shapes(), {.threads = 1});
+  ASSERT_TRUE(built.is_ok()) << built.status().to_string();
+  auto model = fill_torch_model_in_place(std::move(built).value(), std::move(weights));
+  ASSERT_TRUE(model.is_ok()) << model.status().to_string();
+  EXPECT_FALSE(alive.expired()) << "the model must keep the mapping it views";
+  auto copied = load_cnn(dir.path(), 1);
+  ASSERT_NE(copied, nullptr);
+
+  Input image;
+  for (int i = 0; i < 784; ++i) image.image.push_back(static_cast<float>((i * 29) % 256));
+  std::vector<Input> a(4, image), b(4, image);
+  auto x = (*model)->run(a);
+  auto y = copied->run(b);
+  ASSERT_TRUE(x[0].is_ok() && y[0].is_ok());
+  EXPECT_EQ(x[0]->logits, y[0]->logits);
+  model->reset();
+  EXPECT_TRUE(alive.expired()) << "the mapping outlived the model";
+}
+
 // Note [Layers without random initial values]: the same parameters, names,
 // shapes and layer options as the initialised model; only the values are
 // left unwritten.

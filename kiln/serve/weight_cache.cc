@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "kiln/base/backoff.h"
+#include "kiln/base/file.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/remote.h"
@@ -247,6 +248,28 @@ Status WeightCache::make_room(std::uint64_t bytes, Deadline deadline) {
         options_.dir, bytes, options_.capacity_bytes, leased));
   }
   return Status::ok();
+}
+
+std::optional<std::string> WeightCache::newest_cached_manifest() const {
+  std::string newest;
+  std::int64_t newest_atime_ns = -1;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(options_.dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!is_entry_name(name)) continue;
+    struct stat st {};
+    const std::string p = e.path().string();
+    if (::stat(p.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+    const std::int64_t atime_ns = st.st_atim.tv_sec * 1000000000ll + st.st_atim.tv_nsec;
+    if (atime_ns > newest_atime_ns && is_committed(p)) {
+      newest = p;
+      newest_atime_ns = atime_ns;
+    }
+  }
+  if (newest.empty()) return std::nullopt;
+  auto text = read_file(newest + "/" + ckpt::kManifestName);
+  if (!text.is_ok()) return std::nullopt;
+  return std::move(text).value();
 }
 
 Status WeightCache::discard(WeightLease lease, Deadline deadline) {

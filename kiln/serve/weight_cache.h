@@ -8,7 +8,8 @@
 //        │ later replicas: a hit, no download
 //        ▼
 //   memory (StepWeights: the files as stamped at download, Note [Verified
-//          stamp] in step_weights.h, mapped and copied once into the model)
+//          stamp] in step_weights.h, mapped; a replica's parameters view
+//          the mapping, Note [Weights served where they lie] in torch_model.h)
 //
 // - Content-addressed: the name carries the xxh3 of the step's manifest, and
 //   the manifest carries every entry's checksum, so a directory can never
@@ -27,6 +28,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 
 #include "kiln/base/deadline.h"
@@ -70,6 +72,13 @@ class WeightCache {
   // builds its model from it meanwhile).
   using ManifestCallback = std::function<void(std::int64_t step, const std::string& manifest)>;
   Result<WeightLease> acquire_latest(Deadline deadline, const ManifestCallback& on_manifest = {});
+
+  // The manifest of the step most recently acquired from this cache (or
+  // downloaded into it), read without a lock and without asking the remote:
+  // a guess at what acquire_latest will name, made while it asks (Note [A
+  // model built from the node cache's guess], replica.cc). nullopt when the
+  // cache holds no committed step or the read fails (an eviction under way).
+  std::optional<std::string> newest_cached_manifest() const;
 
   // Removes a cached step that failed to load (a corrupt file on the node),
   // so the next acquire downloads it again. Consumes the lease.

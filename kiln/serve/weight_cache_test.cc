@@ -266,6 +266,44 @@ TEST(WeightCache, TheNewestCommittedStepWinsAndNoStepIsNotFound) {
   EXPECT_EQ(lease->step, 9);
 }
 
+std::string slurp(const std::string& path) {
+  std::ifstream f(path);
+  return std::string((std::istreambuf_iterator<char>(f)), {});
+}
+
+// Sets a cached step directory's last use (its atime) to `seconds` from now.
+void used_at(const std::string& step_dir, int seconds) {
+  struct timespec times[2] = {{::time(nullptr) + seconds, 0}, {0, UTIME_OMIT}};
+  ASSERT_EQ(::utimensat(AT_FDCWD, step_dir.c_str(), times, 0), 0) << step_dir;
+}
+
+// Note [A model built from the node cache's guess] (replica.cc): the guess
+// is the manifest of the step the cache used last, whichever model it was.
+TEST(WeightCache, TheGuessIsTheManifestOfTheStepUsedLastAndNoneWhenEmpty) {
+  TempDir remote_a, remote_b, cache_dir;
+  auto store_a = open(remote_a.path());
+  WeightCache a(store_a.get(), {.dir = cache_dir.path()});
+  EXPECT_FALSE(a.newest_cached_manifest().has_value());
+  save_step(remote_a.path(), 5);
+  save_step(remote_b.path(), 9);
+  auto store_b = open(remote_b.path());
+  WeightCache b(store_b.get(), {.dir = cache_dir.path()});
+  auto lease_a = a.acquire_latest(Deadline::after_seconds(20));
+  auto lease_b = b.acquire_latest(Deadline::after_seconds(20));
+  ASSERT_TRUE(lease_a.is_ok() && lease_b.is_ok());
+  const std::string manifest_a = slurp(remote_a.path() + "/step-5/manifest.json");
+  const std::string manifest_b = slurp(remote_b.path() + "/step-9/manifest.json");
+  ASSERT_NE(manifest_a, manifest_b);
+  used_at(lease_a->step_dir, 10);
+  EXPECT_EQ(b.newest_cached_manifest(), manifest_a);
+  used_at(lease_b->step_dir, 20);
+  EXPECT_EQ(a.newest_cached_manifest(), manifest_b);
+  // A step being downloaded (no manifest yet) is no guess.
+  fs::create_directories(cache_dir.path() + "/0123456789abcdef-step-11");
+  used_at(cache_dir.path() + "/0123456789abcdef-step-11", 30);
+  EXPECT_EQ(a.newest_cached_manifest(), manifest_b);
+}
+
 TEST(WeightCache, ACorruptCachedCopyIsDiscardedAndDownloadedAgain) {
   TempDir remote, cache_dir;
   save_step(remote.path(), 5);
