@@ -47,13 +47,10 @@
 //   fails with EFAULT (glibc's realloc then copies) rather than growing a
 //   memfd mapping past the file's end (SIGBUS).
 // - fork(): MADV_DONTFORK on the range, and in the child (pthread_atfork)
-//   private memory with the range's bytes, read from the memfd it inherited,
-//   where the parent had the shared mapping: the child has its own copy, as
-//   of private memory, and writes in neither process reach the other. A
-//   parent thread that writes the range while another forks may have its
-//   write seen by the child (private memory would have it copied at the
-//   fork, all or nothing). A child made by a raw clone (no atfork handlers)
-//   faults on the range instead of sharing writes with its parent.
+//   private memory with the bytes the range held at the fork (Note [Forking
+//   with memory shared in place]): writes in neither process reach the
+//   other. A child made by a raw clone (no atfork handlers) faults on the
+//   range instead of sharing writes with its parent.
 // - Concurrent use: the copy runs inside a collective on the buffer, when
 //   no one may write it; readers see the same bytes before and after the
 //   move, which the kernel does under the mmap lock.
@@ -174,6 +171,7 @@ struct Entry {
   std::uint64_t inode;
   std::uint32_t dev_major, dev_minor;
   std::uint64_t uses;  // share() calls that found it, its first included
+  char* snapshot;      // its bytes across a fork (Note [Forking with memory shared in place])
 
   // Whether `v` maps this entry's memfd.
   bool maps(const Vma& v) const {
@@ -464,7 +462,7 @@ class Cache {
       return errno_status(fmt::format("share memory in place: size a memfd to {} bytes", bytes),
                           errno);
     }
-    Entry e{begin, end, fd.get(), 0, 0, 0, 0, 1};
+    Entry e{begin, end, fd.get(), 0, 0, 0, 0, 1, nullptr};
     for (std::size_t off = 0; off < bytes; off += kMoveChunkBytes) {
       const std::size_t n = std::min(kMoveChunkBytes, bytes - off);
       const auto at = static_cast<off_t>(off);
@@ -533,32 +531,53 @@ Cache& cache() {
   return *c;
 }
 
-// Nothing may change the entries across a fork: the parent's ranges are
-// checked first, so each entry is whole and the child knows where to put
-// its copy.
+// Note [Forking with memory shared in place]: the child must get the bytes
+// the range held at the fork, as with private memory, and its own copy of
+// them. The child inherits no mapping of the range (MADV_DONTFORK), and
+// reading the memfd from the child would race with the parent, which
+// returns from fork() at once and may write the range (the forking thread
+// included). So the parent, just before the fork, copies each range into
+// private memory (a snapshot, which the child inherits copy-on-write) and
+// drops its own after; the child moves its inherited snapshot over the
+// range. The parent's ranges are checked first, so each entry is whole;
+// nothing changes them meanwhile (mu_ is held across the fork). Cost: one
+// copy of what is shared per fork.
 void Cache::before_fork() {
   Cache& c = cache();
   c.mu_.lock();
   c.sweep();
+  for (std::size_t i = 0; i < c.count_; ++i) {
+    Entry& e = c.entries_[i];
+    const std::size_t n = e.end - e.begin;
+    void* p = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    e.snapshot = p == MAP_FAILED ? nullptr : static_cast<char*>(p);
+    // Without one the child has a hole there, and faults rather than read
+    // other bytes.
+    if (e.snapshot != nullptr) std::memcpy(e.snapshot, reinterpret_cast<const void*>(e.begin), n);
+  }
 }
 
-void Cache::after_fork_in_parent() { cache().mu_.unlock(); }
+void Cache::after_fork_in_parent() {
+  Cache& c = cache();
+  for (std::size_t i = 0; i < c.count_; ++i) {
+    Entry& e = c.entries_[i];
+    if (e.snapshot != nullptr) munmap(e.snapshot, e.end - e.begin);
+    e.snapshot = nullptr;
+  }
+  c.mu_.unlock();
+}
 
-// The child inherited no mapping of the entries' ranges (MADV_DONTFORK) but
-// their memfds: each range becomes private memory with the file's bytes.
-// The mutex is made anew (the parent's thread held it; this one has another
-// id), the entries go (the child shares nothing with the parent's peers).
+// The entries go (the child shares nothing with the parent's peers), the
+// mutex is made anew (the parent's thread held it; this one has another id).
 void Cache::after_fork_in_child() {
   Cache& c = cache();
   for (std::size_t i = 0; i < c.count_; ++i) {
     const Entry& e = c.entries_[i];
     const std::size_t n = e.end - e.begin;
-    void* p = mmap(reinterpret_cast<void*>(e.begin), n, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (p != reinterpret_cast<void*>(e.begin) ||
-        !read_all_at(e.fd, static_cast<char*>(p), n, 0)) {
-      // Left as a hole: the child faults there rather than read other bytes.
-      if (p != MAP_FAILED) munmap(p, n);
+    if (e.snapshot != nullptr &&
+        mremap(e.snapshot, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(e.begin)) ==
+            MAP_FAILED) {
+      munmap(e.snapshot, n);
     }
     ::close(e.fd);
   }
