@@ -28,6 +28,7 @@
 #include "kiln/comm/element_io.h"
 #include "kiln/comm/process_group.h"
 #include "kiln/comm/shared_buffer.h"
+#include "kiln/comm/shared_in_place.h"
 
 namespace kiln::cli {
 namespace {
@@ -409,11 +410,22 @@ Status bench_comm(const BenchArgs& a) {
     }
     if (check == "fail") return internal_error(fmt::format("{} result check failed at {} bytes", a.op, reported_bytes));
   }
+  // What making plain memory shared in place cost (Note [Sharing user memory
+  // in place]: a buffer's first use copies it), the slowest rank's.
+  const comm::InPlaceShareStats shared = comm::in_place_share_stats();
+  double share_cost[2] = {shared.seconds * 1e6, static_cast<double>(shared.bytes)};
+  KILN_RETURN_IF_ERROR(
+      c.allreduce(share_cost, 2, DataType::kFloat64, comm::ReduceOp::kMax)->wait());
+  if (c.rank() == 0 && !a.json && share_cost[1] > 0) {
+    std::printf("# shared in place: %.0f MiB, %.0f ms (the slowest rank)\n",
+                share_cost[1] / (1 << 20), share_cost[0] / 1e3);
+  }
   if (c.rank() == 0 && a.json) {
     nlohmann::json doc{{"op", a.op}, {"dtype", comm::dtype_name(t)}, {"world_size", n},
                        {"reduce_op", a.reduce_op}, {"algo", a.algo.empty() ? "auto" : a.algo},
                        {"registered", a.registered}, {"first_warmup_us", first_us},
-                       {"results", results}};
+                       {"in_place_share_us", share_cost[0]},
+                       {"in_place_shared_bytes", share_cost[1]}, {"results", results}};
     if (limit_busbw > 0) {
       doc["limit_busbw_gbps"] = limit_busbw;
       doc["stream_add_gbps"] = limit_busbw * kLocalAllreduceTrafficPerByte;

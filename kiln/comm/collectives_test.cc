@@ -447,9 +447,12 @@ Status check_direct_allreduce(Communicator& c, DataType t, ReduceOp op, std::siz
   return Status::ok();
 }
 
+// Plain memory is never shared in place here (in_place_options turns it
+// on): it runs the usual way.
 testing::RunOptions direct_options() {
   testing::RunOptions o = options_for(Layout::kShm);
   o.env["KILN_SHM_DIRECT_BYTES"] = "1";
+  o.env["KILN_SHM_SHARE_IN_PLACE_BYTES"] = "0";
   return o;
 }
 
@@ -802,6 +805,7 @@ TEST(DirectAllreduceFallback, RanksOfTwoHostsNeverOffer) {
 testing::RunOptions cma_options() {
   testing::RunOptions o = options_for(Layout::kShm);
   o.env["KILN_SHM_CMA_BYTES"] = "1";
+  o.env["KILN_SHM_SHARE_IN_PLACE_BYTES"] = "0";  // else plain memory is shared in place first
   return o;
 }
 

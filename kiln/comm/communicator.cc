@@ -12,6 +12,7 @@
 #include "kiln/base/logging.h"
 #include "kiln/comm/algo/allreduce.h"
 #include "kiln/comm/algo/collectives.h"
+#include "kiln/comm/shared_in_place.h"
 
 namespace kiln::comm {
 namespace {
@@ -41,16 +42,14 @@ const Knob<std::int64_t> kCmaBytes{
     "(process_vm_readv; Note [Single-copy allreduce through the kernel]) when every rank may; "
     "0 = never (the default: measure with kiln bench comm first)"};
 
-// Off by default: the pages it shares stop reading as zero after
-// MADV_DONTNEED and are not inherited by fork() (Note [Sharing user memory in
-// place], kiln/comm/shared_in_place.cc).
+// On where it is safe (sharing_in_place_is_safe: Kiln's madvise is the
+// process's, Note [Kiln's madvise]); never elsewhere, whatever it is set to.
 const Knob<std::int64_t> kShareInPlaceBytes{
-    "KILN_SHM_SHARE_IN_PLACE_BYTES", 0,
+    "KILN_SHM_SHARE_IN_PLACE_BYTES", 1 << 20,
     "allreduces of at least this many bytes among ranks of one host, with the algorithm left to "
     "auto, make the whole pages of plain (private anonymous) buffers shared in place on first "
     "use, so they and later allreduces on them run directly (Note [Sharing user memory in "
-    "place]); 0 = never (the default: an allocator that trusts MADV_DONTNEED to zero pages, or "
-    "a forked child that reads the buffer, would see the difference)"};
+    "place]); only where Kiln's madvise is the process's (Note [Kiln's madvise]); 0 = never"};
 
 constexpr std::size_t kFingerprintBytes = 128;
 // check_peer value of operations that do their own KILN_COMM_CHECK.
@@ -103,7 +102,7 @@ Communicator::Communicator(std::shared_ptr<store::Store> store, int rank, int si
       world_ranks_(size),
       direct_from_bytes_(kDirectBytes.get()),
       cma_from_bytes_(kCmaBytes.get()),
-      in_place_from_bytes_(kShareInPlaceBytes.get()),
+      in_place_from_bytes_(sharing_in_place_is_safe() ? kShareInPlaceBytes.get() : 0),
       engine_(std::make_unique<Engine>(options_.timeout)) {
   std::iota(world_ranks_.begin(), world_ranks_.end(), 0);
   if (cma_from_bytes_ > 0) {

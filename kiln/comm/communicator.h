@@ -151,7 +151,9 @@ class Communicator {
   std::int64_t direct_from_bytes_;  // KILN_SHM_DIRECT_BYTES, read once
   bool all_shm_ = true;             // every peer is reached through shared memory
   std::int64_t cma_from_bytes_;     // KILN_SHM_CMA_BYTES, read once
-  std::int64_t in_place_from_bytes_;  // KILN_SHM_SHARE_IN_PLACE_BYTES, read once
+  // KILN_SHM_SHARE_IN_PLACE_BYTES, read once; 0 where sharing in place is
+  // not safe (sharing_in_place_is_safe).
+  std::int64_t in_place_from_bytes_;
   std::atomic<std::uint64_t> in_place_allreduces_{0};
   std::atomic<std::uint64_t> direct_allreduces_{0};
   std::atomic<std::uint64_t> cma_allreduces_{0};

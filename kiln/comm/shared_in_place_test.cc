@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <malloc.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -12,7 +14,10 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <string>
+#include <thread>
 
 #include "kiln/base/fd.h"
 
@@ -59,6 +64,9 @@ class SharedInPlace : public ::testing::Test {
  protected:
   void SetUp() override {
     if (!kernel_can_tell()) GTEST_SKIP() << "needs PROCMAP_QUERY (Linux 6.11)";
+    // This binary exports Kiln's madvise (Note [Kiln's madvise]).
+    ASSERT_TRUE(sharing_in_place_is_safe());
+    reset_in_place_payback_for_testing();
   }
 };
 
@@ -154,25 +162,184 @@ TEST_F(SharedInPlace, RemappingTheWholeAllocationFailsInsteadOfOutgrowingTheFile
   EXPECT_TRUE(m.intact());
 }
 
-TEST_F(SharedInPlace, AForkedChildDoesNotSeeTheSharedPages) {
+TEST_F(SharedInPlace, AForkedChildHasItsOwnCopyOfTheSharedPages) {
   Pages m(16);
   auto s = share_in_place(m.base, m.bytes);
   ASSERT_TRUE(s.has_value());
+  int parent_wrote[2];
+  ASSERT_EQ(pipe(parent_wrote), 0);
   const pid_t child = fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
-    // The first page is private: the child has its copy.
-    if (m.base[0] != Pages::pattern(0)) _exit(3);
-    volatile char c = s->begin[0];  // not inherited: faults
-    _exit(c == 0 ? 4 : 5);
+    // Every byte, the shared pages' included, as at the fork.
+    if (!m.intact()) _exit(3);
+    s->begin[0] = 99;  // must not reach the parent
+    char c = 0;
+    if (read(parent_wrote[0], &c, 1) != 1) _exit(4);
+    // The parent's write after the fork must not reach this copy.
+    _exit(s->begin[kPage] == Pages::pattern(2 * kPage) ? 0 : 5);
   }
+  s->begin[kPage] = 55;
+  ASSERT_EQ(write(parent_wrote[1], "w", 1), 1);
   int status = 0;
   ASSERT_EQ(waitpid(child, &status, 0), child);
-  // Killed by SIGSEGV (or, under ASan, its report's exit code 1).
-  const bool faulted = (WIFSIGNALED(status) && WTERMSIG(status) == SIGSEGV) ||
-                       (WIFEXITED(status) && WEXITSTATUS(status) == 1);
-  EXPECT_TRUE(faulted) << "status " << status;
+  close(parent_wrote[0]);
+  close(parent_wrote[1]);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+  s->begin[kPage] = Pages::pattern(2 * kPage);
+  EXPECT_TRUE(m.intact());  // the child's write is not here
+  EXPECT_TRUE(is_live(s->region.serial));
+}
+
+// Note [Kiln's madvise]: the allocator's discards, through the process's
+// madvise as an allocator calls it, leave zeros as on private memory, and
+// the range stays shared.
+TEST_F(SharedInPlace, DiscardedPagesReadZeroAndTheRestStaysShared) {
+  Pages m(32);
+  auto s = share_in_place(m.base, m.bytes);  // pages 1 to 30
+  ASSERT_TRUE(s.has_value());
+  ASSERT_EQ(madvise(m.base + 4 * kPage, 4 * kPage, MADV_DONTNEED), 0);
+  // The kernel's MADV_FREE fails on shared mappings; this one does not.
+  ASSERT_EQ(madvise(m.base + 10 * kPage, 2 * kPage, MADV_FREE), 0) << std::strerror(errno);
+  // Across the private first page and the shared ones.
+  ASSERT_EQ(madvise(m.base, 3 * kPage, MADV_DONTNEED), 0);
+  auto discarded = [](std::size_t i) {
+    const std::size_t page = i / kPage;
+    return page < 3 || (page >= 4 && page < 8) || (page >= 10 && page < 12);
+  };
+  for (std::size_t i = 0; i < m.bytes; ++i) {
+    const char want = discarded(i) ? 0 : Pages::pattern(i);
+    ASSERT_EQ(m.base[i], want) << "byte " << i << " of page " << i / kPage;
+  }
+  ASSERT_TRUE(is_live(s->region.serial));
+  Fd fd(open(fmt::format("/proc/self/fd/{}", s->region.fd).c_str(), O_RDWR | O_CLOEXEC));
+  ASSERT_TRUE(fd.valid());
+  void* p = mmap(nullptr, s->region.buffer_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), 0);
+  ASSERT_NE(p, MAP_FAILED);
+  static_cast<char*>(p)[4 * kPage] = 7;  // page 5 of the buffer, discarded
+  EXPECT_EQ(m.base[5 * kPage], 7);
+  munmap(p, s->region.buffer_bytes);
+}
+
+// The kernel's own MADV_DONTNEED (not Kiln's) zeroes private pages only.
+bool private_again(char* page) {
+  page[0] = 1;
+  return syscall(SYS_madvise, page, kPage, MADV_DONTNEED) == 0 && page[0] == 0;
+}
+
+TEST_F(SharedInPlace, OtherAdviceGivesTheRangeBackAsPrivateMemoryWithItsBytes) {
+  Pages m(16);
+  auto s = share_in_place(m.base, m.bytes);
+  ASSERT_TRUE(s.has_value());
+  ASSERT_EQ(madvise(m.base + 2 * kPage, kPage, MADV_DOFORK), 0);
+  EXPECT_FALSE(is_live(s->region.serial));
   EXPECT_TRUE(m.intact());
+  EXPECT_TRUE(private_again(m.base + 9 * kPage));
+}
+
+TEST_F(SharedInPlace, WhatIsLeftOfARangeMappedOverInPartBecomesPrivateWithItsBytes) {
+  Pages m(16);
+  auto s = share_in_place(m.base, m.bytes);
+  ASSERT_TRUE(s.has_value());
+  void* p = mmap(m.base + 4 * kPage, 2 * kPage, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  ASSERT_EQ(p, m.base + 4 * kPage);
+  for (std::size_t i = 4 * kPage; i < 6 * kPage; ++i) m.base[i] = Pages::pattern(i);
+  // The next call looks (and shares nothing: read-only memory).
+  Pages ro(8);
+  ASSERT_EQ(mprotect(ro.base, ro.bytes, PROT_READ), 0);
+  EXPECT_FALSE(share_in_place(ro.base, ro.bytes).has_value());
+  EXPECT_FALSE(is_live(s->region.serial));
+  EXPECT_TRUE(m.intact());
+  EXPECT_TRUE(private_again(m.base + 2 * kPage));
+  EXPECT_TRUE(private_again(m.base + 9 * kPage));
+}
+
+TEST_F(SharedInPlace, AProcessThatFreesItsBuffersBeforeTheyPayBackStopsSharingNewOnes) {
+  for (int i = 0; i < 8; ++i) {
+    Pages m(16);
+    ASSERT_TRUE(share_in_place(m.base, m.bytes).has_value()) << "buffer " << i;
+  }  // each freed after one use
+  Pages m(16);
+  EXPECT_FALSE(share_in_place(m.base, m.bytes).has_value());
+  EXPECT_TRUE(m.intact());
+  reset_in_place_payback_for_testing();
+  // A buffer used often enough pays back: sharing goes on after it.
+  for (int i = 0; i < 7; ++i) {
+    Pages once(16);
+    ASSERT_TRUE(share_in_place(once.base, once.bytes).has_value()) << "buffer " << i;
+  }
+  {
+    Pages reused(16);
+    for (int use = 0; use < 4; ++use) ASSERT_TRUE(share_in_place(reused.base, reused.bytes).has_value());
+  }
+  for (int i = 0; i < 7; ++i) {
+    Pages once(16);
+    ASSERT_TRUE(share_in_place(once.base, once.bytes).has_value()) << "buffer " << i;
+  }
+  reset_in_place_payback_for_testing();
+}
+
+// An allocator's free then calloc of the same memory, in a process of its
+// own (the allocator preloaded): every byte calloc returns reads zero.
+// Spawned by SharedInPlaceAllocators.ACallocAfterAFreeOfSharedMemoryReadsZero.
+TEST(SharedInPlaceAllocatorChild, FreeThenCallocReadsZero) {
+  if (std::getenv("KILN_TEST_ALLOCATOR_CHILD") == nullptr) GTEST_SKIP() << "spawned only";
+  auto calloc_reads_zero = [](std::size_t n) {
+    char* p = static_cast<char*>(std::malloc(n));
+    std::memset(p, 0xab, n);
+    const bool shared = share_in_place(p, n).has_value();
+    std::free(p);
+    auto* q = static_cast<char*>(std::calloc(1, n));
+    const bool zero = std::all_of(q, q + n, [](char c) { return c == 0; });
+    std::free(q);
+    return shared && zero;
+  };
+  // Large chunks (glibc maps them anew; jemalloc purges and reuses them).
+  for (int round = 0; round < 3; ++round) EXPECT_TRUE(calloc_reads_zero(std::size_t{48} << 20));
+  // Smaller ones from a thread's arena (glibc trims its heap with
+  // MADV_DONTNEED, then reuses it).
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  std::thread t([&] {
+    for (int round = 0; round < 3; ++round) EXPECT_TRUE(calloc_reads_zero(std::size_t{8} << 20));
+  });
+  t.join();
+  std::printf("allocator child ran\n");
+}
+
+std::string run_allocator_child(const std::string& preload) {
+  char self[4096] = {};
+  if (readlink("/proc/self/exe", self, sizeof self - 1) <= 0) return "no /proc/self/exe";
+  const std::string command =
+      fmt::format("KILN_TEST_ALLOCATOR_CHILD=1 {} '{}' "
+                  "--gtest_filter=SharedInPlaceAllocatorChild.FreeThenCallocReadsZero 2>&1",
+                  preload, self);
+  FILE* f = popen(command.c_str(), "r");
+  if (f == nullptr) return "popen failed";
+  std::string out;
+  char buf[4096];
+  while (std::fgets(buf, sizeof buf, f) != nullptr) out += buf;
+  const int status = pclose(f);
+  return out + fmt::format("\nexit status {}", status);
+}
+
+TEST(SharedInPlaceAllocators, ACallocAfterAFreeOfSharedMemoryReadsZero) {
+  if (!kernel_can_tell()) GTEST_SKIP() << "needs PROCMAP_QUERY (Linux 6.11)";
+  const std::string ok = "allocator child ran";
+  std::string out = run_allocator_child("");
+  EXPECT_NE(out.find(ok), std::string::npos) << "glibc malloc:\n" << out;
+  EXPECT_NE(out.find("exit status 0"), std::string::npos) << "glibc malloc:\n" << out;
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "jemalloc cannot be preloaded under AddressSanitizer";
+#else
+  const char* jemalloc = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+  if (access(jemalloc, R_OK) != 0) GTEST_SKIP() << jemalloc << " is not installed";
+  // Purged at once, so the calloc reuses the freed extent as zeroed.
+  out = run_allocator_child(fmt::format(
+      "LD_PRELOAD={} MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0", jemalloc));
+  EXPECT_NE(out.find(ok), std::string::npos) << "jemalloc:\n" << out;
+  EXPECT_NE(out.find("exit status 0"), std::string::npos) << "jemalloc:\n" << out;
+#endif
 }
 
 }  // namespace
