@@ -21,7 +21,9 @@
 #
 #   bench/ddp_vs_pytorch.sh [--rounds 3] [--rate 1gbit] [--batch 768] [--steps 6]
 #                           [--bucket-mib 25] [--kiln PATH] [--json]
-#                           [--keep FILE] [--from FILE] [--code-modes "auto off"]
+#                           [--keep FILE] [--from FILE] [--code-modes "auto off"] [--pin]
+# --pin runs every system one rank per core (bench/ddp_overlap.sh --pin),
+# PyTorch and Kiln alike.
 # --keep appends each round's raw results to FILE; --from FILE runs nothing
 # and prints the table of the rounds kept there (so rounds can run in
 # separate short sittings).
@@ -39,6 +41,7 @@ JSON=0
 KEEP=
 FROM=
 CODE_MODES="auto off"
+PIN=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -51,6 +54,7 @@ while [ $# -gt 0 ]; do
     --keep) KEEP=$2; shift 2 ;;
     --from) FROM=$2; shift 2 ;;
     --code-modes) CODE_MODES=$2; shift 2 ;;
+    --pin) PIN=(--pin); shift ;;
     *) echo "ddp_vs_pytorch: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -93,8 +97,8 @@ else
     echo "# round $i/$ROUNDS" >&2
     # A round id unique across --keep sittings.
     round="$(date +%s%N)"
-    "$ROOT/bench/ddp_overlap.sh" --rate "$RATE" --kiln "$KILN" "${EXEC_ARGS[@]}" |
-      jq -c --arg round "$round" '. + {round: $round, rate: "'"$RATE"'", batch: '"$BATCH"'}' >>"$ALL"
+    "$ROOT/bench/ddp_overlap.sh" --rate "$RATE" --kiln "$KILN" "${PIN[@]}" "${EXEC_ARGS[@]}" |
+      jq -c --arg round "$round" '. + {round: $round, rate: "'"$RATE"'", batch: '"$BATCH"', pinned: '"${#PIN[@]}"'}' >>"$ALL"
   done
   [ -z "$KEEP" ] || cat "$ALL" >>"$KEEP"
 fi

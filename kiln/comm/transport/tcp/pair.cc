@@ -1,5 +1,6 @@
 #include "kiln/comm/transport/tcp/pair.h"
 
+#include <fmt/format.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -12,10 +13,9 @@
 #include <cstdio>
 #include <cstring>
 
-#include <fmt/format.h>
-
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
+#include "kiln/comm/transport/tcp/idle_cores.h"
 #include "kiln/comm/transport/waiting_callers.h"
 
 namespace kiln::comm::transport::tcp {
@@ -59,8 +59,9 @@ const Knob<std::int64_t> kMaxRcvLowatKiB{
 
 const Knob<double> kCodeMinIdleCores{
     "KILN_TCP_CODE_MIN_IDLE_CORES", 0.5,
-    "coded chunks use zstd while the host had at least this many idle cores since the last look "
-    "(/proc/stat, at most every 50 ms), else they carry their words as they are"};
+    "coded chunks use zstd while the CPUs this process may run on had at least this many idle "
+    "cores since the last look (/proc/stat, at most every 50 ms), else they carry their words as "
+    "they are"};
 const Knob<std::string> kCoder{
     "KILN_TCP_CODER", "auto",
     "how coded chunks' high byte plane is compressed: \"auto\" (zstd with a spare core, else "
@@ -83,36 +84,8 @@ const Knob<std::string> kCoder{
 // than it saved there (issue 24, session 8), so it is only used when asked
 // for (KILN_TCP_CODER=nibble). A thread of this process blocked on a
 // collective also means a spare core, at once (Note [A waiting caller's core
-// is spare]).
-double idle_cores_recently() {
-  static std::mutex mu;
-  static std::uint64_t last_total = 0, last_idle = 0;
-  static auto last_at = std::chrono::steady_clock::time_point{};
-  static double idle_cores = 0;
-  static const double cores = static_cast<double>(std::max(1L, ::sysconf(_SC_NPROCESSORS_ONLN)));
-  std::lock_guard lock(mu);
-  auto now = std::chrono::steady_clock::now();
-  if (now - last_at < std::chrono::milliseconds(50)) return idle_cores;
-  std::FILE* f = std::fopen("/proc/stat", "r");
-  if (f == nullptr) return idle_cores;
-  unsigned long long v[8] = {};
-  int n = std::fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2],
-                      &v[3], &v[4], &v[5], &v[6], &v[7]);
-  std::fclose(f);
-  if (n < 5) return idle_cores;
-  std::uint64_t total = 0;
-  for (auto x : v) total += x;
-  std::uint64_t idle = v[3] + v[4];
-  if (last_total != 0 && total > last_total) {
-    idle_cores = cores * static_cast<double>(idle - last_idle) /
-                 static_cast<double>(total - last_total);
-  }
-  last_total = total;
-  last_idle = idle;
-  last_at = now;
-  return idle_cores;
-}
-
+// is spare]). Only cores this process may run on count (Note [Idle cores this
+// process may use]).
 HighPlane coder_choice() {
   std::string c = kCoder.get();
   if (c == "zstd") return HighPlane::kZstd;
@@ -154,9 +127,10 @@ void set_congestion(int fd) {
                    static_cast<socklen_t>(name.size())) != 0) {
     static std::atomic<bool> warned{false};
     if (!warned.exchange(true)) {
-      log()->warn("KILN_TCP_CONGESTION={}: {} (net.ipv4.tcp_available_congestion_control lists "
-                  "what this host has); the host's default stays",
-                  name, std::strerror(errno));
+      log()->warn(
+          "KILN_TCP_CONGESTION={}: {} (net.ipv4.tcp_available_congestion_control lists "
+          "what this host has); the host's default stays",
+          name, std::strerror(errno));
     }
   }
 }
@@ -183,7 +157,11 @@ void TcpPair::post_send(const void* data, std::size_t len, Request* req) {
   if (!error_.is_ok()) return req->fail(error_);
   bool coded = should_code_locked(len);
   sends_.push_back({{kMessageMagic, coded ? kCodedMessage : 0, len},
-                    static_cast<const char*>(data), len, 0, req, coded});
+                    static_cast<const char*>(data),
+                    len,
+                    0,
+                    req,
+                    coded});
   write_locked();  // small messages usually leave right here
 }
 
@@ -200,8 +178,8 @@ void TcpPair::post_recv_reduce(void* dst, const void* local, std::size_t len,
   std::lock_guard lock(mu_);
   if (!error_.is_ok()) return req->fail(error_);
   if (staging_.empty()) staging_.resize(kStagingBytes);
-  recvs_.push_back({static_cast<char*>(dst), static_cast<const char*>(local), len, 0, {}, 0,
-                    reducer, req});
+  recvs_.push_back(
+      {static_cast<char*>(dst), static_cast<const char*>(local), len, 0, {}, 0, reducer, req});
 }
 
 bool TcpPair::progress() {
@@ -454,7 +432,8 @@ bool TcpPair::read_locked() {
     }
     iovec iov[2];
     int n = 0;
-    if (op.header_got < kHdr) iov[n++] = {reinterpret_cast<char*>(&op.header) + op.header_got, kHdr - op.header_got};
+    if (op.header_got < kHdr)
+      iov[n++] = {reinterpret_cast<char*>(&op.header) + op.header_got, kHdr - op.header_got};
     std::size_t want = op.len - op.got;
     // A message the sender may have coded: its header comes alone, since
     // what follows it is either payload or chunks.
@@ -485,11 +464,10 @@ bool TcpPair::read_locked() {
         std::size_t h = std::min(got, kHdr - op.header_got);
         op.header_got += h;
         got -= h;
-        const bool bad_flags =
-            op.header.flags != 0 &&
-            (op.header.flags != kCodedMessage || !may_be_coded(op.header.length));
-        if (op.header_got == kHdr && (op.header.magic != kMessageMagic || bad_flags ||
-                                      op.header.length != op.len)) {
+        const bool bad_flags = op.header.flags != 0 && (op.header.flags != kCodedMessage ||
+                                                        !may_be_coded(op.header.length));
+        if (op.header_got == kHdr &&
+            (op.header.magic != kMessageMagic || bad_flags || op.header.length != op.len)) {
           Status s = op.header.magic != kMessageMagic || bad_flags
                          ? data_loss(fmt::format("garbage on the connection from {}", peer_name()))
                          : invalid_argument(fmt::format(
