@@ -2,7 +2,6 @@
 // subcommand of its own: the child runs as `kiln bench ckpt --restart-child`.
 #include <fmt/format.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -16,6 +15,7 @@
 #include "cli/bench_ckpt_restart.h"
 #include "kiln/base/fs.h"
 #include "kiln/base/resident_memory.h"
+#include "kiln/base/resource_usage.h"
 #include "kiln/base/server_process.h"
 #include "kiln/ckpt/memory_tier.h"
 #include "kiln/ckpt/shard_writer.h"
@@ -156,11 +156,7 @@ std::int64_t reported_kib() {
   return kib;
 }
 
-std::int64_t minor_faults() {
-  struct rusage u;
-  ::getrusage(RUSAGE_SELF, &u);
-  return u.ru_minflt;
-}
+std::int64_t minor_faults() { return ResourceUsage::of_process().minor_faults; }
 
 // The restarted process's marks: clock (steady_clock, ns) on entering its
 // code, joined, allocated, recovered; then its minor page faults while

@@ -9,7 +9,6 @@
 // (the median of each step of (b) over the step of (a) before it).
 // --check: with (b)'s parameters copied into (a), one more step of each must
 // leave the same averaged gradients (to float32, or bfloat16 with --bf16).
-#include <sys/resource.h>
 #include <time.h>
 
 #include <algorithm>
@@ -24,6 +23,7 @@
 #include "cli/command.h"
 #include "cli/torch/bench_mlp.h"
 #include "cli/local_ranks.h"
+#include "kiln/base/resource_usage.h"
 #include "kiln/comm/process_group.h"
 #include "kiln/ddp/distributed_data_parallel.h"
 
@@ -58,21 +58,15 @@ double cpu_seconds(clockid_t clock) {
   return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
-rusage thread_usage() {
-  rusage u{};
-  getrusage(RUSAGE_THREAD, &u);
-  return u;
-}
-
 // CPU per phase of a step, for telling where a slower backward's time went:
 // also the times this thread was preempted (runnable while another ran) and
 // its page faults (first touches of memory the allocator had given back).
 struct CpuMark {
   double thread = cpu_seconds(CLOCK_THREAD_CPUTIME_ID);
   double process = cpu_seconds(CLOCK_PROCESS_CPUTIME_ID);
-  rusage usage = thread_usage();
-  long preempted() const { return usage.ru_nivcsw; }
-  long faults() const { return usage.ru_minflt + usage.ru_majflt; }
+  ResourceUsage usage = ResourceUsage::of_thread();
+  long preempted() const { return usage.involuntary_switches; }
+  long faults() const { return usage.minor_faults + usage.major_faults; }
 };
 
 // Runs one more step of each mode from the same parameters and compares the

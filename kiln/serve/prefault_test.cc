@@ -5,7 +5,6 @@
 
 #include <gtest/gtest.h>
 #include <sys/mman.h>
-#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -13,6 +12,7 @@
 #include <thread>
 
 #include "kiln/base/heap.h"
+#include "kiln/base/resource_usage.h"
 
 namespace kiln::serve {
 namespace {
@@ -30,11 +30,7 @@ bool kernel_populates() {
   return ok;
 }
 
-long thread_minor_faults() {
-  struct rusage u {};
-  ::getrusage(RUSAGE_THREAD, &u);
-  return u.ru_minflt;
-}
+long thread_minor_faults() { return ResourceUsage::of_thread().minor_faults; }
 
 // Minor faults of allocating and writing kModelBytes (as a model build
 // does) on a new thread, after prefault_heap(prefault) there. The thread

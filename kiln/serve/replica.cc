@@ -1,7 +1,6 @@
 #include "kiln/serve/replica.h"
 
 #include <fmt/format.h>
-#include <sys/resource.h>
 
 #include <atomic>
 #include <csignal>
@@ -11,6 +10,7 @@
 
 #include "kiln/base/heap.h"
 #include "kiln/base/knobs.h"
+#include "kiln/base/resource_usage.h"
 #include "kiln/base/logging.h"
 #include "kiln/serve/capped_model.h"
 #include "kiln/serve/prefault.h"
@@ -71,11 +71,7 @@ Result<MappedStep> acquire_and_map(WeightCache& cache, Deadline deadline,
 // The process's minor page faults so far: building a model faults in its
 // fresh parameter memory, which on a paravirtualised VM costs more than the
 // copy itself (docs/perf.md, issue 20, session 6).
-long minor_faults() {
-  struct rusage u {};
-  ::getrusage(RUSAGE_SELF, &u);
-  return u.ru_minflt;
-}
+long minor_faults() { return ResourceUsage::of_process().minor_faults; }
 
 const char* describe(StampCheck c) {
   switch (c) {

@@ -51,6 +51,19 @@ double cpu_seconds(clockid_t clock) {
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 
+// A batch of `batch` copies of one 28x28 image (pixel i = i * step mod 256)
+// gets bit-identical logits from both models.
+template <typename ModelA, typename ModelB>
+void expect_same_logits(ModelA& a, ModelB& b, int step, std::size_t batch) {
+  Input image;
+  for (int i = 0; i < 784; ++i) image.image.push_back(static_cast<float>((i * step) % 256));
+  std::vector<Input> in_a(batch, image), in_b(batch, image);
+  auto x = a.run(in_a);
+  auto y = b.run(in_b);
+  ASSERT_TRUE(x[0].is_ok() && y[0].is_ok());
+  EXPECT_EQ(x[0]->logits, y[0]->logits);
+}
+
 // Note [BLAS threads]: with threads = 1 a batch's forward pass, GEMMs
 // included, runs on the calling thread alone; no BLAS helper thread works
 // (or spins waiting for work) beside it. Compared as CPU time, so a busy
@@ -112,13 +125,7 @@ TEST(TorchModel, MappedWeightsServeTheSameLogitsAsLoadedOnes) {
   ASSERT_TRUE(from_map.is_ok()) << from_map.status().to_string();
   auto from_read = load_cnn(dir.path(), 1);
   ASSERT_NE(from_read, nullptr);
-  Input image;
-  for (int i = 0; i < 784; ++i) image.image.push_back(static_cast<float>((i * 53) % 256));
-  std::vector<Input> a(3, image), b(3, image);
-  auto x = (*from_map)->run(a);
-  auto y = from_read->run(b);
-  ASSERT_TRUE(x[0].is_ok() && y[0].is_ok());
-  EXPECT_EQ(x[0]->logits, y[0]->logits);
+  expect_same_logits(**from_map, *from_read, 53, 3);
 }
 
 // Note [Weights served where they lie]: the parameters are views of the
@@ -140,14 +147,7 @@ TEST(TorchModel, WeightsServedInPlaceViewTheMappingForTheModelsLife) {
   EXPECT_FALSE(alive.expired()) << "the model must keep the mapping it views";
   auto copied = load_cnn(dir.path(), 1);
   ASSERT_NE(copied, nullptr);
-
-  Input image;
-  for (int i = 0; i < 784; ++i) image.image.push_back(static_cast<float>((i * 29) % 256));
-  std::vector<Input> a(4, image), b(4, image);
-  auto x = (*model)->run(a);
-  auto y = copied->run(b);
-  ASSERT_TRUE(x[0].is_ok() && y[0].is_ok());
-  EXPECT_EQ(x[0]->logits, y[0]->logits);
+  expect_same_logits(**model, *copied, 29, 4);
   model->reset();
   EXPECT_TRUE(alive.expired()) << "the mapping outlived the model";
 }
