@@ -112,17 +112,24 @@ Result<Progress> expect_in_place(const ckpt::LoadedState& s) {
   return Progress{s.step, 0, 0};
 }
 
+// Resumes the whole job from the memory tier straight into `model`'s
+// tensors (in place), with d.root as the checkpoint directory.
+Result<std::optional<Resumed>> resume_into(Model& model, const MemoryDirs& d,
+                                           comm::Communicator& comm, ckpt::MemoryTier& tier) {
+  TrainConfig c;
+  c.checkpoint.dir = d.root;
+  const auto targets = model.targets();
+  return resume(c, expect_in_place, /*whole=*/true, comm, &tier, &comm, /*use_memory=*/true,
+                targets);
+}
+
 TEST(Resume, FromMemoryTheModelsTensorsAreRestoredWhereTheyLieBitForBit) {
   MemoryDirs d;
   save_to_memory_only(d);
   auto r = comm::testing::run_ranks(2, [&](comm::Communicator& comm) -> Status {
     KILN_ASSIGN_OR_RETURN(auto tier, ckpt::MemoryTier::open({.dir = d.mem, .comm = &comm}));
-    TrainConfig c;
-    c.checkpoint.dir = d.root;
     Model model;
-    const auto targets = model.targets();
-    KILN_ASSIGN_OR_RETURN(auto resumed, resume(c, expect_in_place, /*whole=*/true, comm, tier.get(),
-                                               &comm, /*use_memory=*/true, targets));
+    KILN_ASSIGN_OR_RETURN(auto resumed, resume_into(model, d, comm, *tier));
     if (!resumed || !resumed->from_memory || resumed->in_place != 3 ||
         resumed->progress.step != 4) {
       return internal_error(
@@ -152,12 +159,8 @@ TEST(Resume, AFailedRecoveryIntoTheModelWithNothingInStorageIsDataLoss) {
   flip_middle_byte(d.mem + "/rank-0/" + ckpt::step_dir_name(4) + "/" + ckpt::shard_file_name(0));
   auto r = comm::testing::run_ranks(2, [&](comm::Communicator& comm) -> Status {
     KILN_ASSIGN_OR_RETURN(auto tier, ckpt::MemoryTier::open({.dir = d.mem, .comm = &comm}));
-    TrainConfig c;
-    c.checkpoint.dir = d.root;
     Model model;
-    const auto targets = model.targets();
-    auto resumed = resume(c, expect_in_place, /*whole=*/true, comm, tier.get(), &comm,
-                          /*use_memory=*/true, targets);
+    auto resumed = resume_into(model, d, comm, *tier);
     const std::string msg = resumed.is_ok() ? "ok" : resumed.status().to_string();
     if (resumed.is_ok() || resumed.status().code() != Code::kDataLoss ||
         msg.find("failed after restoring into the model") == std::string::npos ||
