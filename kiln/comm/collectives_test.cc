@@ -518,6 +518,41 @@ TEST(DirectAllreduce, SubRangesOfOneSharedBufferReduceDirectlyAndAlone) {
   EXPECT_TRUE(result.ok()) << result.report;
 }
 
+// Note [Peer mappings]: with the peer's mapping cache full, a collective
+// whose send buffer is the oldest mapping and whose recv buffer is new must
+// not unmap the send's mapping to make room for the recv's (it reads from
+// it right after): the least recently used goes, not the oldest serial.
+TEST(DirectAllreduce, TheSendBufferStaysMappedWhenTheRecvBufferFillsThePeersCache) {
+  auto result = testing::run_ranks(2, [](Communicator& c) -> Status {
+    constexpr std::size_t kCount = 4096;
+    constexpr int kBuffers = 65;  // one more than a peer keeps mapped
+    std::vector<SharedBuffer> buffers;
+    for (int i = 0; i < kBuffers; ++i) {
+      KILN_ASSIGN_OR_RETURN(auto b, SharedBuffer::allocate(kCount * sizeof(float)));
+      buffers.push_back(std::move(b));
+    }
+    auto floats = [&](int i) { return static_cast<float*>(buffers[i].data()); };
+    // Buffers 0..63 mapped by the peer, 0 (the oldest serial) first.
+    for (int i = 0; i + 1 < kBuffers; ++i) {
+      std::fill(floats(i), floats(i) + kCount, 1.0f);
+      KILN_RETURN_IF_ERROR(
+          c.allreduce(floats(i), floats(i), kCount, DataType::kFloat32, ReduceOp::kSum)->wait());
+    }
+    for (std::size_t k = 0; k < kCount; ++k) floats(0)[k] = static_cast<float>(c.rank() + k);
+    const std::uint64_t direct = c.direct_allreduces();
+    KILN_RETURN_IF_ERROR(c.allreduce(floats(0), floats(kBuffers - 1), kCount, DataType::kFloat32,
+                                     ReduceOp::kSum)
+                             ->wait());
+    if (c.direct_allreduces() != direct + 1) return internal_error("did not run directly");
+    for (std::size_t k = 0; k < kCount; ++k) {
+      const float want = static_cast<float>(1 + 2 * k), got = floats(kBuffers - 1)[k];
+      if (got != want) return mismatch("buffer 0 into buffer 64", k, got, want);
+    }
+    return Status::ok();
+  }, direct_options());
+  EXPECT_TRUE(result.ok()) << result.report;
+}
+
 // Note [Sharing user memory in place]: plain memory (mapped here as a large
 // allocation is, so each case controls where its buffers start) shared in
 // place on first use runs directly, every dtype and reduce op, in place and

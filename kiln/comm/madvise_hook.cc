@@ -36,7 +36,10 @@ extern "C" {
 __attribute__((visibility("hidden"))) int kiln_madvise(void* addr, std::size_t len,
                                                        int advice) noexcept {
   const int saved = errno;
-  if (auto answered = kiln::comm::madvise_shared_in_place(addr, len, advice)) return *answered;
+  if (auto answered = kiln::comm::madvise_shared_in_place(addr, len, advice)) {
+    if (*answered == 0) errno = saved;  // as the kernel: errno only on failure
+    return *answered;
+  }
   errno = saved;
   return static_cast<int>(syscall(SYS_madvise, addr, len, advice));
 }

@@ -29,9 +29,10 @@
 //   them to read zero (jemalloc's calloc of a purged extent): Kiln's madvise
 //   (Note [Kiln's madvise]) punches those pages out of the memfd instead
 //   (MADV_REMOVE), so they read zero and their memory is freed, and the
-//   range stays shared. Other advice that could tell the two apart (fork
-//   inheritance, huge pages, KSM, ...) first gives the range back as private
-//   memory with its bytes (give_back). Without that madvise in place
+//   range stays shared. Huge-page hints pass through to the shared mapping.
+//   Other advice that could tell the two apart (fork inheritance, KSM, ...)
+//   first gives the range back as private memory with its bytes (give_back,
+//   Note [Giving memory back]). Without that madvise in place
 //   (sharing_in_place_is_safe), nothing is shared.
 // - The user frees the memory (glibc unmaps large chunks), or maps, remaps
 //   or protects over part of it: every call first checks each cached range
@@ -110,8 +111,17 @@ int kernel_madvise(std::uintptr_t p, std::size_t n, int advice) {
 }
 
 // Advice that cannot tell shared memory from private: passed on as it is.
+// The huge-page hints among them on purpose: allocators give them on memory
+// they hand out while its neighbours are in use (PyTorch's CPU allocator
+// asks for huge pages on every large block), and giving a range back as
+// private memory copies it, which would lose a neighbour's write landing
+// between the copy and the remap (Note [Giving memory back]). On shared
+// memory the hint may go unheeded (shmem's own huge-page setting decides):
+// a cost in speed only.
 bool harmless(int advice) {
   switch (advice) {
+    case MADV_HUGEPAGE:
+    case MADV_NOHUGEPAGE:
     case MADV_NORMAL:
     case MADV_RANDOM:
     case MADV_SEQUENTIAL:
@@ -254,6 +264,9 @@ class Cache {
 
   std::optional<int> madvise(std::uintptr_t begin, std::uintptr_t end, int advice) {
     std::lock_guard lock(mu_);
+    // A child forked without the atfork handlers (a raw clone) has none of
+    // the ranges (MADV_DONTFORK), and maps_ still reads its parent's map.
+    if (maps_pid_ != getpid()) sweep();
     bool overlaps = false;
     for (std::size_t i = 0; i < count_; ++i) {
       overlaps = overlaps || (entries_[i].begin < end && begin < entries_[i].end);
@@ -307,7 +320,7 @@ class Cache {
       }
       at = hi;
     }
-    errno = err;
+    if (result != 0) errno = err;
     return result;
   }
 
@@ -405,10 +418,22 @@ class Cache {
   // mremap, by private anonymous memory holding the file's bytes there and
   // the piece's protection. A piece that cannot be (out of memory) stays
   // shared, and says so once.
+  //
+  // Note [Giving memory back]: the copy and the remap are two steps, so a
+  // write by another thread between them is lost. Nothing writes a range
+  // while a collective shares it, but after the user frees it the allocator
+  // may hand its pieces to anyone, so the causes are kept rare: the user
+  // unmapping or mapping over part of a range (what is left goes back), and
+  // advice that can tell shared memory from private (fork inheritance, KSM;
+  // not the discards nor the huge-page hints allocators give on live
+  // memory, which leave the range shared). Doing it in one step needs the
+  // writers stopped (userfaultfd write-protection), or a private mapping of
+  // the memfd, which reads the file again after MADV_DONTNEED (stale bytes
+  // where the allocator expects zeros).
   void give_back(const Entry& e) {
     for (std::uintptr_t at = e.begin; at < e.end;) {
       auto v = vma_at(at, kQueryCoveringOrNextVma);
-      if (!v || v->start >= e.end) break;
+      if (!v || v->start >= e.end || v->end <= at) break;
       const std::uintptr_t lo = std::max(at, v->start), hi = std::min(e.end, v->end);
       at = hi;
       if (!e.maps(*v)) continue;
@@ -442,12 +467,18 @@ class Cache {
     q.query_addr = addr;
     q.vma_name_addr = reinterpret_cast<std::uintptr_t>(name);
     q.vma_name_size = sizeof(name);
-    const int rc = ioctl(maps_.get(), kProcmapQuery, &q);
-    // ENAMETOOLONG: a name longer than the buffer, so a name.
-    if (rc != 0 && errno == ENAMETOOLONG) return Vma{0, 0, 0, 0, 0, 0, 0, true};
+    int rc = ioctl(maps_.get(), kProcmapQuery, &q);
+    // ENAMETOOLONG: a name longer than the buffer (a file's long path), so a
+    // name, and the kernel answered nothing else: asked again without it.
+    const bool long_name = rc != 0 && errno == ENAMETOOLONG;
+    if (long_name) {
+      q.vma_name_addr = 0;
+      q.vma_name_size = 0;
+      rc = ioctl(maps_.get(), kProcmapQuery, &q);
+    }
     if (rc != 0) return std::nullopt;
     return Vma{q.vma_start, q.vma_end,   q.vma_flags, q.vma_offset,
-               q.inode,     q.dev_major, q.dev_minor, q.vma_name_size != 0};
+               q.inode,     q.dev_major, q.dev_minor, long_name || q.vma_name_size != 0};
   }
 
   // Moves [begin, end) into a new memfd, a chunk at a time: the chunk

@@ -4,7 +4,9 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <malloc.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -16,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -235,6 +238,84 @@ TEST_F(SharedInPlace, OtherAdviceGivesTheRangeBackAsPrivateMemoryWithItsBytes) {
   EXPECT_FALSE(is_live(s->region.serial));
   EXPECT_TRUE(m.intact());
   EXPECT_TRUE(private_again(m.base + 9 * kPage));
+}
+
+// Note [Giving memory back]: the huge-page hints allocators give on memory
+// in use leave the range shared with its bytes (no copy that could lose a
+// neighbour's write), answered as the kernel answers them on private memory.
+TEST_F(SharedInPlace, HugePageHintsLeaveTheRangeSharedWithItsBytes) {
+  Pages m(16), alone(4);
+  auto s = share_in_place(m.base, m.bytes);
+  ASSERT_TRUE(s.has_value());
+  const auto returned = in_place_share_stats().returned;
+  for (int advice : {MADV_HUGEPAGE, MADV_NOHUGEPAGE}) {
+    const int on_private = static_cast<int>(syscall(SYS_madvise, alone.base, kPage, advice));
+    EXPECT_EQ(madvise(m.base + 2 * kPage, 4 * kPage, advice), on_private) << "advice " << advice;
+  }
+  EXPECT_TRUE(is_live(s->region.serial));
+  EXPECT_EQ(in_place_share_stats().returned, returned);
+  EXPECT_TRUE(m.intact());
+}
+
+TEST_F(SharedInPlace, MadviseLeavesErrnoAloneWhenItSucceeds) {
+  Pages m(16);
+  auto s = share_in_place(m.base, m.bytes);
+  ASSERT_TRUE(s.has_value());
+  errno = 1234;
+  ASSERT_EQ(madvise(m.base + 2 * kPage, kPage, MADV_DONTNEED), 0);
+  EXPECT_EQ(errno, 1234);
+}
+
+// `body` run in a forked child, which must exit 0 within `seconds`; a hang
+// is a failure, not a stuck test.
+void expect_child_exits_cleanly_within(int seconds, const std::function<int()>& body) {
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) _exit(body());
+  Fd pidfd(static_cast<int>(syscall(SYS_pidfd_open, child, 0)));
+  ASSERT_TRUE(pidfd.valid()) << std::strerror(errno);
+  pollfd p{pidfd.get(), POLLIN, 0};
+  const int ready = poll(&p, 1, seconds * 1000);
+  if (ready != 1) kill(child, SIGKILL);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  EXPECT_EQ(ready, 1) << "the child did not finish within " << seconds << " s";
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "status " << status;
+}
+
+// A file whose path is longer than PROCMAP_QUERY's name buffer, mapped over
+// part of a shared range: the sweep still finds where that mapping ends, and
+// what is left of the range goes back with its bytes (it looped forever).
+TEST_F(SharedInPlace, WhatIsLeftOfARangeMappedOverByALongNamedFileBecomesPrivate) {
+  char dir_template[] = "/tmp/kiln-in-place-XXXXXX";
+  ASSERT_NE(mkdtemp(dir_template), nullptr);
+  const std::string dir = std::string(dir_template) + "/" + std::string(200, 'd');
+  const std::string file = dir + "/" + std::string(120, 'f');
+  ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+  {
+    Fd fd(open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    ASSERT_TRUE(fd.valid());
+    ASSERT_EQ(ftruncate(fd.get(), static_cast<off_t>(2 * kPage)), 0);
+  }
+  expect_child_exits_cleanly_within(30, [&file] {
+    Pages m(16);
+    auto s = share_in_place(m.base, m.bytes);
+    if (!s) return 2;
+    Fd fd(open(file.c_str(), O_RDWR | O_CLOEXEC));
+    if (mmap(m.base + 4 * kPage, 2 * kPage, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED,
+             fd.get(), 0) != m.base + 4 * kPage) {
+      return 3;
+    }
+    for (std::size_t i = 4 * kPage; i < 6 * kPage; ++i) m.base[i] = Pages::pattern(i);
+    Pages ro(8);  // the next call looks, and shares nothing (read-only memory)
+    if (mprotect(ro.base, ro.bytes, PROT_READ) != 0 || share_in_place(ro.base, ro.bytes)) return 4;
+    if (is_live(s->region.serial)) return 5;
+    if (!m.intact()) return 6;
+    return private_again(m.base + 2 * kPage) && private_again(m.base + 9 * kPage) ? 0 : 7;
+  });
+  unlink(file.c_str());
+  rmdir(dir.c_str());
+  rmdir(dir_template);
 }
 
 TEST_F(SharedInPlace, WhatIsLeftOfARangeMappedOverInPartBecomesPrivateWithItsBytes) {

@@ -42,8 +42,10 @@ ShmPair::~ShmPair() {
 // (a large buffer costs a page-table fill to map), keyed by the serial the
 // peer gave it, since the peer reuses fd numbers after a free. A mapping of
 // a buffer the peer has since freed keeps its pages alive, so at most
-// kMaxPeerMappings stay; the oldest serial goes first (buffers are typically
-// allocated once and reused: a model's gradient buckets, a benchmark's).
+// kMaxPeerMappings stay; the least recently used goes first. Not the oldest
+// serial: a collective maps its send region and then its recv region, and
+// the recv's mapping must not unmap the send's, which may be the oldest
+// (a buffer allocated once and reused, as a model's gradient buckets).
 // Memory shared in place (Note [Sharing user memory in place]) is the
 // user's, freed whenever the user likes: its owner lists the in-place
 // serials it still holds in every direct allreduce's offer, and the others'
@@ -71,12 +73,17 @@ Result<void*> ShmPair::map_peer_region(const SharedRegion& region) {
                           errno);
     }
     if (peer_mappings_.size() >= kMaxPeerMappings) {
-      munmap(peer_mappings_.begin()->second.base, peer_mappings_.begin()->second.bytes);
-      peer_mappings_.erase(peer_mappings_.begin());
+      auto lru = std::min_element(
+          peer_mappings_.begin(), peer_mappings_.end(),
+          [](const auto& a, const auto& b) { return a.second.last_use < b.second.last_use; });
+      munmap(lru->second.base, lru->second.bytes);
+      peer_mappings_.erase(lru);
     }
-    it = peer_mappings_.emplace(region.serial, PeerMapping{base, region.buffer_bytes, region.in_place})
+    it = peer_mappings_
+             .emplace(region.serial, PeerMapping{base, region.buffer_bytes, region.in_place, 0})
              .first;
   }
+  it->second.last_use = ++use_clock_;
   if (region.offset > it->second.bytes) {
     return invalid_argument(fmt::format("{}'s shared buffer region starts at {}, past its {} bytes",
                                         peer_name(), region.offset, it->second.bytes));

@@ -85,8 +85,10 @@ class ShmPair final : public Pair {
     void* base;
     std::size_t bytes;
     bool in_place;
+    std::uint64_t last_use;  // use_clock_ at its latest map_peer_region
   };
   std::map<std::uint64_t, PeerMapping> peer_mappings_;
+  std::uint64_t use_clock_ = 0;
 
   std::deque<SendOp> sends_;
   std::deque<RecvOp> recvs_;
