@@ -275,11 +275,8 @@ class Cache {
     if (!discards(advice)) {
       // Private memory again, then the kernel's answer as for any.
       for (std::size_t i = 0; i < count_;) {
-        if (entries_[i].begin < end && begin < entries_[i].end) {
-          drop(i);
-        } else {
-          ++i;
-        }
+        const bool overlapping = entries_[i].begin < end && begin < entries_[i].end;
+        if (!overlapping || !drop(i)) ++i;
       }
       return std::nullopt;
     }
@@ -386,11 +383,7 @@ class Cache {
     }
     if (!queryable_) return false;
     for (std::size_t i = 0; i < count_;) {
-      if (intact(entries_[i])) {
-        ++i;
-      } else {
-        drop(i);
-      }
+      if (intact(entries_[i]) || !drop(i)) ++i;
     }
     return true;
   }
@@ -403,21 +396,29 @@ class Cache {
   }
 
   // Entry i's memory, where it is still its memfd's mapping, becomes private
-  // memory with the same bytes; the entry goes.
-  void drop(std::size_t i) {
+  // memory with the same bytes, and the entry goes (true). Its file's pages
+  // are freed at once, not when each peer unmaps them at the next direct
+  // allreduce: no one may read them now. Where some of it could not be given
+  // back (out of memory), the entry stays, so its discards still read zero,
+  // and the next sweep tries again (false).
+  bool drop(std::size_t i) {
     const Entry e = entries_[i];
+    if (!give_back(e)) return false;
     unpaid_in_a_row_ = e.uses < kUsesThatPayBack ? unpaid_in_a_row_ + 1 : 0;
     entries_[i] = entries_[--count_];
     g_entry_count.store(count_, std::memory_order_release);
-    give_back(e);
+    fallocate(e.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0,
+              static_cast<off_t>(e.end - e.begin));
     ::close(e.fd);
     stats_.returned += 1;
+    return true;
   }
 
   // Every piece of [e.begin, e.end) still mapping e's memfd replaced, with
   // mremap, by private anonymous memory holding the file's bytes there and
-  // the piece's protection. A piece that cannot be (out of memory) stays
-  // shared, and says so once.
+  // the piece's protection, kMoveChunkBytes at a time (the copy never holds
+  // twice the range). False where a piece could not be (out of memory): it
+  // stays shared, and says so once.
   //
   // Note [Giving memory back]: the copy and the remap are two steps, so a
   // write by another thread between them is lost. Nothing writes a range
@@ -430,11 +431,13 @@ class Cache {
   // writers stopped (userfaultfd write-protection), or a private mapping of
   // the memfd, which reads the file again after MADV_DONTNEED (stale bytes
   // where the allocator expects zeros).
-  void give_back(const Entry& e) {
+  bool give_back(const Entry& e) {
+    bool all_moved = true;
     for (std::uintptr_t at = e.begin; at < e.end;) {
       auto v = vma_at(at, kQueryCoveringOrNextVma);
       if (!v || v->start >= e.end || v->end <= at) break;
-      const std::uintptr_t lo = std::max(at, v->start), hi = std::min(e.end, v->end);
+      const std::uintptr_t lo = std::max(at, v->start),
+                           hi = std::min({e.end, v->end, lo + kMoveChunkBytes});
       at = hi;
       if (!e.maps(*v)) continue;
       const std::size_t n = hi - lo;
@@ -455,8 +458,10 @@ class Cache {
           log()->warn("memory shared in place at {:#x}+{} could not become private again: {}",
                       lo, n, std::strerror(errno));
         }
+        all_moved = false;
       }
     }
+    return all_moved;
   }
 
   std::optional<Vma> vma_at(std::uintptr_t addr, std::uint64_t flags = 0) const {

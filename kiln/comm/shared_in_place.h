@@ -48,7 +48,9 @@ bool sharing_in_place_is_safe();
 // [Sharing user memory in place]).
 //
 // Call only while nothing else reads or writes [p, p + bytes) (as inside a
-// collective on it): the first call copies it. Thread-safe.
+// collective on it): the first call copies it. Never on memory pinned for a
+// device's DMA (cudaHostRegister, ibv_reg_mr): the move gives its addresses
+// new pages and the device keeps the old (docs/comm.md). Thread-safe.
 std::optional<SharedSpan> share_in_place(const void* p, std::size_t bytes);
 
 // The serials of the ranges shared in place whose memory the user still

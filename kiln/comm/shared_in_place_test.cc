@@ -336,6 +336,29 @@ TEST_F(SharedInPlace, WhatIsLeftOfARangeMappedOverInPartBecomesPrivateWithItsByt
   EXPECT_TRUE(private_again(m.base + 9 * kPage));
 }
 
+// A freed range's memory goes back to the system at the next look, though a
+// peer still maps its memfd until the next direct allreduce tells it.
+TEST_F(SharedInPlace, AFreedRangesPagesAreFreedWhileAPeerStillMapsThem) {
+  Fd as_a_peer_holds_it;
+  {
+    Pages m(64);
+    auto s = share_in_place(m.base, m.bytes);
+    ASSERT_TRUE(s.has_value());
+    as_a_peer_holds_it = Fd(open(fmt::format("/proc/self/fd/{}", s->region.fd).c_str(),
+                                 O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(as_a_peer_holds_it.valid());
+    struct stat st {};
+    ASSERT_EQ(fstat(as_a_peer_holds_it.get(), &st), 0);
+    ASSERT_GT(st.st_blocks, 0);
+  }
+  Pages ro(8);  // the next call looks (and shares nothing: read-only memory)
+  ASSERT_EQ(mprotect(ro.base, ro.bytes, PROT_READ), 0);
+  EXPECT_FALSE(share_in_place(ro.base, ro.bytes).has_value());
+  struct stat st {};
+  ASSERT_EQ(fstat(as_a_peer_holds_it.get(), &st), 0);
+  EXPECT_EQ(st.st_blocks, 0);
+}
+
 TEST_F(SharedInPlace, AProcessThatFreesItsBuffersBeforeTheyPayBackStopsSharingNewOnes) {
   for (int i = 0; i < 8; ++i) {
     Pages m(16);
