@@ -124,9 +124,14 @@ Status bench_ddp(const DdpBenchArgs& a) {
   for (auto& p : net_a->parameters()) params += p.numel();
   auto flat = torch::zeros({params});
   double a_backward_cpu_s = 0, a_comm_cpu_s = 0, a_backward_faults = 0;  // of the last step (a)
+  double a_forward_s = 0, a_forward_faults = 0;
   auto run_step_a = [&](double* backward_s, double* comm_s) -> Status {
+    CpuMark before_forward;
+    auto t_fwd = Clock::now();
     net_a->zero_grad();
     auto loss = torch::mse_loss(net_a->forward(x), y);
+    a_forward_s = since(t_fwd);
+    a_forward_faults = static_cast<double>(CpuMark{}.faults() - before_forward.faults());
     auto t_bwd = Clock::now();
     CpuMark before_backward;
     loss.backward();
@@ -163,11 +168,24 @@ Status bench_ddp(const DdpBenchArgs& a) {
   options.compress_bf16 = a.bf16;
   KILN_ASSIGN_OR_RETURN(auto d, ddp::DistributedDataParallel::create(net_b, c, options));
   double b_backward_faults = 0;  // of the last step (b), its backward and sync
+  // Step (b)'s forward (zero_grad, forward, loss): wall and this thread's
+  // CPU, faults and preemptions, to see what slows a forward that follows a
+  // step's communication against the compute floor's.
+  double b_forward_s = 0, b_forward_cpu_s = 0, b_forward_faults = 0, b_forward_preempted = 0;
+  double b_sync_s = 0;  // DistributedDataParallel::backward, call to return
   auto run_step_b = [&]() -> Status {
+    CpuMark before_forward;
+    auto t_fwd = Clock::now();
     net_b->zero_grad();
     auto loss = torch::mse_loss(net_b->forward(x), y);
+    b_forward_s = since(t_fwd);
     CpuMark before;
+    b_forward_cpu_s = before.thread - before_forward.thread;
+    b_forward_faults = static_cast<double>(before.faults() - before_forward.faults());
+    b_forward_preempted = static_cast<double>(before.preempted() - before_forward.preempted());
+    auto t_sync = Clock::now();
     Status s = d->backward(loss);
+    b_sync_s = since(t_sync);
     b_backward_faults = static_cast<double>(CpuMark{}.faults() - before.faults());
     return s;
   };
@@ -179,7 +197,8 @@ Status bench_ddp(const DdpBenchArgs& a) {
   // untimed.
   std::vector<double> a_backward, a_comm, a_step, a_compute, b_backward, b_exposed, b_step, ratios;
   std::vector<double> a_backward_cpu, a_comm_cpu, b_backward_cpu, b_backward_other_cpu,
-      b_step_other_cpu, b_preempted, a_faults, b_faults;
+      b_step_other_cpu, b_preempted, a_faults, b_faults, b_fwd, b_fwd_cpu, b_fwd_faults,
+      b_fwd_preempted, a_fwd, a_fwd_faults, b_rest, b_sync_rest;
   const int untimed = options.auto_tuning_steps() + a.warmup;
   for (int s = 0; s < untimed + a.steps; ++s) {
     double bwd = 0, comm_s = 0;
@@ -201,6 +220,16 @@ Status bench_ddp(const DdpBenchArgs& a) {
     b_preempted.push_back(static_cast<double>(after_b.preempted() - before_b.preempted()));
     a_faults.push_back(a_backward_faults);
     b_faults.push_back(b_backward_faults);
+    a_fwd.push_back(a_forward_s);
+    // What the step spent outside forward, DDP's backward call and the
+    // bench's marks: the rest of the step, per step.
+    b_rest.push_back(b_s - b_forward_s - b_sync_s);
+    b_sync_rest.push_back(b_sync_s - d->last_sync().backward_s - d->last_sync().exposed_comm_s);
+    a_fwd_faults.push_back(a_forward_faults);
+    b_fwd.push_back(b_forward_s);
+    b_fwd_cpu.push_back(b_forward_cpu_s);
+    b_fwd_faults.push_back(b_forward_faults);
+    b_fwd_preempted.push_back(b_forward_preempted);
     a_backward.push_back(bwd);
     a_comm.push_back(comm_s);
     a_step.push_back(a_s);
@@ -256,7 +285,15 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      {"comm_cpu_s", median(a_comm_cpu)},
                      {"ddp_step_preempted", median(b_preempted)},
                      {"backward_page_faults", median(a_faults)},
-                     {"ddp_backward_page_faults", median(b_faults)}};
+                     {"ddp_backward_page_faults", median(b_faults)},
+                     {"forward_s", median(a_fwd)},
+                     {"forward_page_faults", median(a_fwd_faults)},
+                     {"ddp_forward_s", median(b_fwd)},
+                     {"ddp_forward_cpu_s", median(b_fwd_cpu)},
+                     {"ddp_forward_page_faults", median(b_fwd_faults)},
+                     {"ddp_forward_preempted", median(b_fwd_preempted)},
+                     {"ddp_step_rest_s", median(b_rest)},
+                     {"ddp_call_rest_s", median(b_sync_rest)}};
   // The last step's buckets: [bytes, issued, began, ended] (s into backward).
   for (const auto& cs : d->last_sync().collectives) {
     doc["last_buckets"].push_back({cs.bytes, cs.launched_s, cs.started_s, cs.finished_s});
