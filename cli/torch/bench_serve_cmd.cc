@@ -563,11 +563,11 @@ void print_summary(const json& out) {
         s["forward_best_batch"].get<int>());
   }
   if (out.contains("cold_start_s")) {
-    std::printf("cold start (file://) %.3f s, cached %.3f s (x%.2f)\n", num("cold_start_s"),
+    std::printf("cold start (file://) %.6f s, cached %.6f s (x%.3f)\n", num("cold_start_s"),
                 num("cold_start_cached_s"), num("cached_vs_cold"));
   }
   if (out.contains("s3_cold_start_s")) {
-    std::printf("cold start (s3://) %.3f s, cached %.3f s (x%.2f)\n", num("s3_cold_start_s"),
+    std::printf("cold start (s3://) %.6f s, cached %.6f s (x%.3f)\n", num("s3_cold_start_s"),
                 num("s3_cold_start_cached_s"), num("s3_cached_vs_cold"));
   }
   if (out.contains("batching_gain")) {

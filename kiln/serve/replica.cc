@@ -13,7 +13,6 @@
 #include "kiln/base/resource_usage.h"
 #include "kiln/base/logging.h"
 #include "kiln/serve/capped_model.h"
-#include "kiln/serve/prefault.h"
 #include "kiln/serve/step_weights.h"
 #include "kiln/serve/torch_model.h"
 #include "kiln/serve/weight_cache.h"
@@ -25,10 +24,6 @@ const Knob<std::string> kCacheDir{"KILN_SERVE_CACHE_DIR", "/var/tmp/kiln-weights
                                   "node-local weight cache of kiln serve, shared by its replicas"};
 const Knob<double> kFetchTimeout{"KILN_SERVE_FETCH_TIMEOUT", 600.0,
                                  "seconds a replica may take to get its weights into the cache"};
-const Knob<double> kPrefaultMib{
-    "KILN_SERVE_PREFAULT_MIB", 4.0,
-    "heap a replica makes resident while it asks the store for the newest step (Note "
-    "[Pre-faulted heap])"};
 
 struct Loaded {
   std::unique_ptr<Model> model;
@@ -36,17 +31,18 @@ struct Loaded {
   double lookup_s = 0;         // of fetch_s: the remote's newest step and its manifest
   long build_faults = 0;       // page faults while building the model
   long fill_faults = 0;        // and filling it (Note [Weights served where they lie])
-  std::size_t prefaulted = 0;  // bytes of heap made resident in advance (Note [Pre-faulted heap])
   double torch_warm_s = 0;  // LibTorch's first use, on its own thread (Note [LibTorch's first use])
   bool hit = false;
   bool built_early = false;  // from the manifest, before the weights were checked and mapped
   bool built_from_guess = false;  // from the node cache's newest manifest, before the store named one
   StampCheck check = StampCheck::kMatched;
   // When each step ended, in ms from the start of the cold start (the
-  // replica's "ready:" line): the manifest known, the model built, the
-  // weights checked and mapped, the model filled with them; and LibTorch's
-  // thread caps, set on their own thread.
-  double manifest_ms = 0, built_ms = 0, mapped_ms = 0, filled_ms = 0, caps_ms = 0;
+  // replica's "ready:" line, to the µs): the node cache's guess read, the
+  // manifest known, the model's build begun and ended, the weights checked
+  // and mapped, the model filled with them; and LibTorch's thread caps, set
+  // on their own thread.
+  double guess_ms = 0, manifest_ms = 0, build_began_ms = 0, built_ms = 0, mapped_ms = 0,
+         filled_ms = 0, caps_ms = 0;
 };
 
 // The newest step in the node cache, its stamp checked and its weights
@@ -145,14 +141,12 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
         return std::chrono::duration<double>(Clock::now() - t0).count();
       });
   Loaded out;
-  // Note [Pre-faulted heap]: while the store is asked.
-  const double prefault_mib = std::max(0.0, kPrefaultMib.get());
-  out.prefaulted = prefault_heap(static_cast<std::size_t>(prefault_mib * (1 << 20)));
   const TorchModelOptions build_options{
       .config_path = o.config_path, .threads = o.threads, .threads_capped_by_caller = true};
   std::unique_ptr<UnfilledModel> early;
   std::optional<StepShapes> built_for;  // the shapes `early` was built for
   auto build_early = [&](StepShapes shapes) {
+    out.build_began_ms = ms_since_begin();
     const long faults_before = minor_faults();
     auto built = build_torch_model(shapes, build_options);
     out.build_faults = minor_faults() - faults_before;
@@ -166,6 +160,7 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
   // Note [A model built from the node cache's guess].
   if (auto text = cache.newest_cached_manifest()) {
     if (auto guess = StepShapes::from_manifest(*text, dir, is_weight_entry); guess.is_ok()) {
+      out.guess_ms = ms_since_begin();
       build_early(std::move(guess).value());
     }
   }
@@ -194,6 +189,7 @@ Result<Loaded> load_weights(const ReplicaRunOptions& o) {
     out.check = *step.check;
     out.built_early = early != nullptr;
     if (!early) {
+      out.build_began_ms = ms_since_begin();
       const long faults_before = minor_faults();
       KILN_ASSIGN_OR_RETURN(early, build_torch_model(step.weights->shapes(), build_options));
       out.build_faults = minor_faults() - faults_before;
@@ -247,20 +243,22 @@ Status run_replica(const ReplicaRunOptions& o) {
                 o.capacity_rps);
   }
   server->set_model(std::move(loaded->model));
+  // Seconds to the µs: a cached start is a few ms (docs/perf.md, issue 20).
   std::printf(
-      "ready: %s step %lld from %s; cold start %.3f s (fetch %.3f s: lookup %.3f s%s; load %.3f "
-      "s: stamp %s; model built %s; page faults %ld building it, %ld filling it, %.1f MiB "
-      "pre-faulted; LibTorch's thread caps %.3f s beside it); ms from the start: manifest %.1f, "
-      "built %.1f, mapped %.1f, filled %.1f, thread caps %.1f\n",
+      "ready: %s step %lld from %s; cold start %.6f s (fetch %.6f s: lookup %.6f s%s; load %.6f "
+      "s: stamp %s; model built %s; page faults %ld building it, %ld filling it; LibTorch's "
+      "thread caps %.6f s beside it); ms from the start: guess read %.3f, manifest %.3f, build "
+      "began %.3f, built %.3f, mapped %.3f, filled %.3f, thread caps %.3f\n",
       info.name.c_str(), static_cast<long long>(info.step), o.model_url.c_str(),
       loaded->fetch_s + loaded->load_s, loaded->fetch_s, loaded->lookup_s,
       loaded->hit ? ", node cache hit" : "", loaded->load_s, describe(loaded->check),
       loaded->built_from_guess ? "from the node cache's guess"
       : loaded->built_early    ? "from the manifest"
                                : "after the weights",
-      loaded->build_faults, loaded->fill_faults, static_cast<double>(loaded->prefaulted) / (1 << 20),
-      loaded->torch_warm_s, loaded->manifest_ms, loaded->built_ms, loaded->mapped_ms,
-      loaded->filled_ms, loaded->caps_ms);
+      loaded->build_faults, loaded->fill_faults, loaded->torch_warm_s, loaded->guess_ms,
+      loaded->manifest_ms,
+      loaded->build_began_ms, loaded->built_ms, loaded->mapped_ms, loaded->filled_ms,
+      loaded->caps_ms);
   std::fflush(stdout);
 
   int sig = 0;

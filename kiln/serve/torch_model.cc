@@ -9,6 +9,10 @@
 #include "kiln/train/task.h"
 #include "kiln/train/train_config.h"
 
+// Note [LibTorch's first use] (torch_model.h): the size caffe2's thread pool
+// is created with, a c10 flag of LibTorch's (0: one thread per core).
+C10_DECLARE_int(pthreadpool_size);
+
 namespace kiln::serve {
 namespace {
 
@@ -232,6 +236,9 @@ int limit_blas_threads(int threads) {
 
 void warm_up_torch(int threads) {
   threads = std::max(1, threads);
+  // The pool is created by the first set_num_threads: at this size, not one
+  // thread per core torn down again at once.
+  if (FLAGS_pthreadpool_size == 0) FLAGS_pthreadpool_size = threads;
   torch::set_num_threads(threads);
   limit_blas_threads(threads);  // Note [BLAS threads]
 }

@@ -83,6 +83,12 @@ Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& weights,
 // BLAS's) on whatever thread calls it: a replica runs it on a thread of its
 // own from the start of the cold-start window, builds the model meanwhile
 // (threads_capped_by_caller), and joins it before serving. Process-wide.
+// The first set_num_threads creates caffe2's pthreadpool, by default with
+// one thread per core, and then recreates it with the threads asked for:
+// on the 2-core VM its worker spun on a core for 2-5 ms while the build and
+// the lookup waited for one, and the caps took 5-13 ms of a ~2 ms cache hit
+// (docs/perf.md, issue 20, session 12). So the pool is created at the
+// size asked for (c10's pthreadpool_size flag, where nothing set it).
 // (Tiny modules and a forward pass in the warm-up too cost more than they
 // saved: on a hit there is only ~1 ms of lookup to overlap them with.)
 void warm_up_torch(int threads);
