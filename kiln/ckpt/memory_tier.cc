@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -23,6 +22,7 @@
 #include "kiln/ckpt/internal/mapped_file.h"
 #include "kiln/ckpt/internal/snapshot_restore.h"
 #include "kiln/ckpt/internal/snapshot_stream.h"
+#include "kiln/ckpt/internal/xxh3.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/verify.h"
 #include "kiln/comm/agree.h"
@@ -139,14 +139,9 @@ class SnapshotSource final : public internal::ChunkSource {
       rec.raw_bytes = rec.stored_bytes = e.bytes;
       shard_.entries.push_back(std::move(rec));
       offset += e.bytes;
-      XXH3_state_t* h = XXH3_createState();
-      XXH3_64bits_reset(h);
-      hashes_.push_back(h);
+      hashes_.push_back(std::make_unique<internal::Xxh3>());
     }
     shard_.bytes = offset;
-  }
-  ~SnapshotSource() override {
-    for (auto* h : hashes_) XXH3_freeState(h);
   }
 
   // Chunks come in order, each once (stream_ring's contract).
@@ -173,7 +168,7 @@ class SnapshotSource final : public internal::ChunkSource {
     }
     copy(shard_.bytes);
     for (std::size_t i = 0; i < hashes_.size(); ++i) {
-      shard_.entries[i].xxh3 = XXH3_64bits_digest(hashes_[i]);
+      shard_.entries[i].xxh3 = hashes_[i]->digest();
     }
     return shard_;
   }
@@ -190,7 +185,7 @@ class SnapshotSource final : public internal::ChunkSource {
           std::min({kPiece, end - copied_, entries_[entry_].bytes - in_entry}));
       const std::byte* src = staging_ + entries_[entry_].staging_offset + in_entry;
       if (src != dst_ + copied_) std::memcpy(dst_ + copied_, src, n);
-      XXH3_64bits_update(hashes_[entry_], dst_ + copied_, n);
+      hashes_[entry_]->update(dst_ + copied_, n);
       copied_ += n;
     }
   }
@@ -199,7 +194,7 @@ class SnapshotSource final : public internal::ChunkSource {
   const std::byte* staging_;
   std::byte* dst_;
   ShardRecord shard_;
-  std::vector<XXH3_state_t*> hashes_;
+  std::vector<std::unique_ptr<internal::Xxh3>> hashes_;
   std::size_t entry_ = 0;
   std::uint64_t copied_ = 0;
 };

@@ -1,10 +1,9 @@
 #include "kiln/ckpt/internal/checksummed_copy.h"
 
-#include <xxhash.h>
-
 #include <algorithm>
 
 #include "kiln/ckpt/internal/snapshot_stream.h"
+#include "kiln/ckpt/internal/xxh3.h"
 #include "kiln/comm/reduce.h"
 
 namespace kiln::ckpt::internal {
@@ -13,22 +12,20 @@ std::vector<std::uint64_t> copy_and_checksum(std::byte* dst, const std::byte* sr
                                              std::span<const std::uint64_t> entry_bytes) {
   std::vector<std::uint64_t> sums;
   sums.reserve(entry_bytes.size());
-  XXH3_state_t* h = XXH3_createState();
   std::uint64_t at = 0;
   for (std::uint64_t bytes : entry_bytes) {
-    XXH3_64bits_reset(h);
+    Xxh3 h;
     for (std::uint64_t done = 0; done < bytes;) {
       const auto n = static_cast<std::size_t>(std::min<std::uint64_t>(kStreamChunk, bytes - done));
       // Checksummed first: the read brings the piece into cache, the copy
       // then reads it from there.
-      XXH3_64bits_update(h, src + at + done, n);
+      h.update(src + at + done, n);
       if (dst != nullptr) comm::copy_streaming(dst + at + done, src + at + done, n, false);
       done += n;
     }
-    sums.push_back(XXH3_64bits_digest(h));
+    sums.push_back(h.digest());
     at += bytes;
   }
-  XXH3_freeState(h);
   if (dst != nullptr) comm::streaming_fence();
   return sums;
 }
