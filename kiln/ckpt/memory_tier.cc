@@ -3,7 +3,6 @@
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -19,9 +18,11 @@
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/fs.h"
+#include "kiln/ckpt/internal/checksummed_copy.h"
 #include "kiln/ckpt/internal/mapped_file.h"
 #include "kiln/ckpt/internal/snapshot_restore.h"
 #include "kiln/ckpt/internal/snapshot_stream.h"
+#include "kiln/ckpt/internal/xxh3.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/verify.h"
 #include "kiln/comm/agree.h"
@@ -138,14 +139,9 @@ class SnapshotSource final : public internal::ChunkSource {
       rec.raw_bytes = rec.stored_bytes = e.bytes;
       shard_.entries.push_back(std::move(rec));
       offset += e.bytes;
-      XXH3_state_t* h = XXH3_createState();
-      XXH3_64bits_reset(h);
-      hashes_.push_back(h);
+      hashes_.push_back(std::make_unique<internal::Xxh3>());
     }
     shard_.bytes = offset;
-  }
-  ~SnapshotSource() override {
-    for (auto* h : hashes_) XXH3_freeState(h);
   }
 
   // Chunks come in order, each once (stream_ring's contract).
@@ -154,11 +150,25 @@ class SnapshotSource final : public internal::ChunkSource {
     return static_cast<const std::byte*>(dst_ + offset);
   }
 
+  // Each entry's size, in the snapshot's order.
+  std::vector<std::uint64_t> entry_bytes() const {
+    std::vector<std::uint64_t> sizes;
+    for (const auto& e : shard_.entries) sizes.push_back(e.raw_bytes);
+    return sizes;
+  }
+
   // Copies whatever the exchange did not send, then the record of it all.
-  ShardRecord finish() {
+  // `sums`, when given, are the entries' checksums as the successor made
+  // them (Note [The successor checksums what it copies]): the bytes were
+  // staged in the snapshot, so there is nothing to copy or read.
+  ShardRecord finish(std::span<const std::uint64_t> sums = {}) {
+    if (!sums.empty() && sums.size() == shard_.entries.size()) {
+      for (std::size_t i = 0; i < sums.size(); ++i) shard_.entries[i].xxh3 = sums[i];
+      return shard_;
+    }
     copy(shard_.bytes);
     for (std::size_t i = 0; i < hashes_.size(); ++i) {
-      shard_.entries[i].xxh3 = XXH3_64bits_digest(hashes_[i]);
+      shard_.entries[i].xxh3 = hashes_[i]->digest();
     }
     return shard_;
   }
@@ -175,7 +185,7 @@ class SnapshotSource final : public internal::ChunkSource {
           std::min({kPiece, end - copied_, entries_[entry_].bytes - in_entry}));
       const std::byte* src = staging_ + entries_[entry_].staging_offset + in_entry;
       if (src != dst_ + copied_) std::memcpy(dst_ + copied_, src, n);
-      XXH3_64bits_update(hashes_[entry_], dst_ + copied_, n);
+      hashes_[entry_]->update(dst_ + copied_, n);
       copied_ += n;
     }
   }
@@ -184,7 +194,7 @@ class SnapshotSource final : public internal::ChunkSource {
   const std::byte* staging_;
   std::byte* dst_;
   ShardRecord shard_;
-  std::vector<XXH3_state_t*> hashes_;
+  std::vector<std::unique_ptr<internal::Xxh3>> hashes_;
   std::size_t entry_ = 0;
   std::uint64_t copied_ = 0;
 };
@@ -325,9 +335,9 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
   // The exchange sends this rank's bytes and, once they are all in the
   // snapshot, its record (empty when there is no snapshot: the successor
   // then keeps no replica).
-  auto make_record = [&]() -> std::string {
+  auto make_record = [&](std::span<const std::uint64_t> sums) -> std::string {
     if (!snapshot) return {};
-    ShardRecord rec = snapshot->finish();
+    ShardRecord rec = snapshot->finish(sums);
     json = record_json(step, world_, rec);
     // tmpfs: an fsync would change nothing.
     own = write_file_atomic(*Fs::posix(), dir + "/" + record_name(rank_), json,
@@ -335,8 +345,12 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
     if (!own.is_ok()) json.clear();
     return json;
   };
+  // Bytes staged in the snapshot are complete before the exchange begins:
+  // a successor that copies them on this host can checksum them as it goes.
+  std::vector<std::uint64_t> sizes;
+  if (snapshot && store_stats_.staged) sizes = snapshot->entry_bytes();
   Status ex = exchange(step, dir, snapshot ? &*snapshot : nullptr, file.get(), snapshot ? total : 0,
-                       make_record);
+                       sizes, make_record);
   if (!ex.is_ok()) return ex;
   if (!own.is_ok()) {
     return own.with_context(fmt::format("in-memory snapshot of step {} on rank {}", step, rank_));
@@ -358,31 +372,62 @@ Status MemoryTier::store(std::int64_t step, const std::vector<StagedEntry>& entr
 // first. A replica on another host (the case the tier exists for) is
 // streamed.
 
+// Note [The successor checksums what it copies]: a store whose bytes were
+// staged in the snapshot file has no copy of its own to make, only the
+// entries' checksums (Note [Staged in the snapshot]); on one host its
+// successor then copies the same file into its replica (Note [Replicas on
+// one host]). Done apart, that is two passes over the snapshot out of
+// memory: the owner's checksum, then the successor's copy, about 1.75 x a
+// memcpy of it (docs/perf.md, issue 19, session 11). The successor makes
+// both in one: it checksums each cache-sized piece as it copies it
+// (internal::copy_and_checksum) and sends the sums back for the owner's
+// record. The owner sends its entries' sizes first; the sums describe its
+// own file's bytes, read by the successor, so the record is what the owner
+// would have written, and a replica copied wrongly is caught at its restore
+// as before. A successor on another host, or bytes not staged, leave the
+// checksums to the owner.
+
 // Sends this rank's snapshot (its bytes as `source` makes them, then the
 // record `record()` returns) to rank r+1 while receiving rank r-1's into the
 // replica file. Sizes go first; a rank whose own snapshot failed sends no
 // bytes and an empty record, and its successor keeps nothing, yet both finish.
-Status MemoryTier::exchange(std::int64_t step, const std::string& dir,
-                            internal::ChunkSource* source, const internal::MappedFile* own,
-                            std::uint64_t send_bytes, const std::function<std::string()>& record) {
+// `entry_bytes`, when not empty, are the sizes of the entries of a snapshot
+// complete in its file: a successor that copies the file on this host
+// checksums them, and record() gets its sums (else no sums).
+Status MemoryTier::exchange(
+    std::int64_t step, const std::string& dir, internal::ChunkSource* source,
+    const internal::MappedFile* own, std::uint64_t send_bytes,
+    std::span<const std::uint64_t> entry_bytes,
+    const std::function<std::string(std::span<const std::uint64_t>)>& record) {
   if (world_ == 1) {
-    record();
+    record({});
     return Status::ok();
   }
   const int to = (rank_ + 1) % world_, from = pred_;
   const auto t = options_.timeout;
   auto* comm = options_.comm;
-  // The size, and the identity of the file it lies in (Note [Replicas on one host]).
+  // The size, the identity of the file it lies in (Note [Replicas on one
+  // host]), and how many entry sizes follow.
   const bool named = own != nullptr && send_bytes > 0;
-  std::int64_t mine[4] = {static_cast<std::int64_t>(send_bytes), named ? boot_id() : 0,
+  const auto n_sizes = static_cast<std::int64_t>(named ? entry_bytes.size() : 0);
+  std::int64_t mine[5] = {static_cast<std::int64_t>(send_bytes), named ? boot_id() : 0,
                           named ? static_cast<std::int64_t>(own->dev()) : 0,
-                          named ? static_cast<std::int64_t>(own->ino()) : 0};
-  std::int64_t theirs[4] = {0, 0, 0, 0};
-  KILN_RETURN_IF_ERROR(comm->sendrecv(mine, 4, to, theirs, 4, from, DataType::kInt64)->wait(t));
+                          named ? static_cast<std::int64_t>(own->ino()) : 0, n_sizes};
+  std::int64_t theirs[5] = {0, 0, 0, 0, 0};
+  KILN_RETURN_IF_ERROR(comm->sendrecv(mine, 5, to, theirs, 5, from, DataType::kInt64)->wait(t));
   const auto their_size = static_cast<std::uint64_t>(theirs[0]);
+  std::vector<std::uint64_t> their_entries(static_cast<std::size_t>(theirs[4]));
+  KILN_RETURN_IF_ERROR(comm->sendrecv(entry_bytes.data(), static_cast<std::size_t>(n_sizes), to,
+                                      their_entries.data(), their_entries.size(), from,
+                                      DataType::kInt64)
+                           ->wait(t));
   std::shared_ptr<internal::MappedFile> buddy;
   if (their_size > 0) buddy = buddy_file_on_this_host(step, from, theirs + 1, their_size);
-  std::int64_t i_copy = buddy ? 1 : 0, successor_copies = 0;
+  std::uint64_t listed = 0;
+  for (std::uint64_t b : their_entries) listed += b;
+  // 0: streamed to me; 1: I copy your file; 2: I copy it and checksum it for you.
+  const bool i_sum = buddy && !their_entries.empty() && listed == their_size;
+  std::int64_t i_copy = buddy ? (i_sum ? 2 : 1) : 0, successor_copies = 0;
   KILN_RETURN_IF_ERROR(
       comm->sendrecv(&i_copy, 1, from, &successor_copies, 1, to, DataType::kInt64)->wait(t));
   const std::string bin_path = dir + "/" + shard_file_name(from);
@@ -404,7 +449,17 @@ Status MemoryTier::exchange(std::int64_t step, const std::string& dir,
       internal::stream_ring(*comm, to, source, successor_copies ? 0 : send_bytes, from,
                             sink ? static_cast<internal::ChunkSink*>(&*sink) : &discard,
                             buddy ? 0 : their_size, t, *bounce_, &local));
-  const std::string json = record();
+  // The buddy's file is complete (staged before its store began): copied
+  // and checksummed in one pass (Note [The successor checksums what it copies]).
+  std::vector<std::uint64_t> their_sums, my_sums;
+  if (i_sum) their_sums = internal::copy_and_checksum(replica ? replica->data() : nullptr,
+                                                     buddy->data(), their_entries);
+  if (successor_copies == 2) my_sums.resize(static_cast<std::size_t>(n_sizes));
+  KILN_RETURN_IF_ERROR(comm->sendrecv(their_sums.data(), their_sums.size(), from, my_sums.data(),
+                                      my_sums.size(), to, DataType::kInt64)
+                           ->wait(t));
+  store_stats_.sums_from_successor = !my_sums.empty();
+  const std::string json = record(my_sums);
   std::int64_t json_out = static_cast<std::int64_t>(json.size()), json_in = 0;
   KILN_RETURN_IF_ERROR(
       comm->sendrecv(&json_out, 1, to, &json_in, 1, from, DataType::kInt64)->wait(t));
@@ -416,7 +471,7 @@ Status MemoryTier::exchange(std::int64_t step, const std::string& dir,
     log()->warn("in-memory replica of rank {} step {} not kept: {}", from, step, local.to_string());
   } else if (replica && !their_json.empty()) {
     // The sender's record came after its last byte: its file is complete.
-    if (buddy) std::memcpy(replica->data(), buddy->data(), their_size);
+    if (buddy && !i_sum) std::memcpy(replica->data(), buddy->data(), their_size);
     store_stats_.replica_on_host = buddy != nullptr;
     Status s = write_file_atomic(*Fs::posix(), dir + "/" + record_name(from), their_json,
                                  Durability::kAtomicOnly);

@@ -90,6 +90,9 @@ struct MemoryStoreStats {
   std::int64_t step = -1;
   bool staged = false;           // the bytes were staged in the snapshot file: no copy
   bool replica_on_host = false;  // the predecessor's replica was copied from its file here
+  // This rank's checksums came from its successor, made as it copied the
+  // snapshot (Note [The successor checksums what it copies], memory_tier.cc).
+  bool sums_from_successor = false;
 };
 
 class MemoryTier {
@@ -156,7 +159,8 @@ class MemoryTier {
   void retire_older_than(std::int64_t step);
   Status exchange(std::int64_t step, const std::string& dir, internal::ChunkSource* source,
                   const internal::MappedFile* own, std::uint64_t send_bytes,
-                  const std::function<std::string()>& record);
+                  std::span<const std::uint64_t> entry_bytes,
+                  const std::function<std::string(std::span<const std::uint64_t>)>& record);
   // The replica of rank `from`'s snapshot of `step` copied from its file on
   // this host (`identity` is what `from` said of it), or null when that file
   // is not reachable from here.

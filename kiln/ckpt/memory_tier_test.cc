@@ -217,7 +217,8 @@ TEST(MemoryTier, KilledWhileStoringKeepsThePreviousSnapshot) {
 
 // Stores whose bytes were staged in the snapshot file (MemoryTier::stage)
 // copy nothing of their own; the replica is copied from the buddy's file
-// when both ranks share the memory directory, and streamed otherwise. Either
+// when both ranks share the memory directory, and streamed otherwise; the
+// copying successor checksums the snapshot for its owner's record. Either
 // way, a rank whose own memory is gone restores its state bit for bit from
 // the replica.
 TEST(MemoryTier, StagedStoresRecoverBitIdenticallyOnBothReplicaPaths) {
@@ -235,10 +236,13 @@ TEST(MemoryTier, StagedStoresRecoverBitIdenticallyOnBothReplicaPaths) {
             TestState s(step, comm.rank(), comm.size());
             KILN_RETURN_IF_ERROR(ck->save(s.view(), step, Deadline::after_seconds(20)));
             MemoryStoreStats st = tier->last_store();
-            if (st.step != step || !st.staged || st.replica_on_host != shared_dir) {
-              return internal_error(
-                  fmt::format("rank {} step {}: stats step {} staged {} replica_on_host {}",
-                              comm.rank(), step, st.step, st.staged, st.replica_on_host));
+            if (st.step != step || !st.staged || st.replica_on_host != shared_dir ||
+                st.sums_from_successor != shared_dir) {
+              return internal_error(fmt::format(
+                  "rank {} step {}: stats step {} staged {} replica_on_host {} "
+                  "sums_from_successor {}",
+                  comm.rank(), step, st.step, st.staged, st.replica_on_host,
+                  st.sums_from_successor));
             }
           }
           return Status::ok();

@@ -1,10 +1,11 @@
 #include "kiln/ckpt/shard_writer.h"
 
 #include <fmt/format.h>
-#include <xxhash.h>
 #include <zstd.h>
 
 #include <algorithm>
+
+#include "kiln/ckpt/internal/xxh3.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -55,13 +56,12 @@ Result<ShardRecord> write_shard_to(FsWriter& out, int rank, const std::vector<St
       out = zbuf.data();
       out_bytes = z;
     }
-    XXH3_state_t* st = XXH3_createState();
-    XXH3_64bits_reset(st);
+    internal::Xxh3 st;
     const char* p = static_cast<const char*>(out);
     Status ws;
     for (std::size_t done = 0; done < out_bytes && ws.is_ok();) {
       std::size_t n = std::min(kChunk, out_bytes - done);
-      XXH3_64bits_update(st, p + done, n);
+      st.update(p + done, n);
       ws = file->append(p + done, n);
       done += n;
       if (offset + done - written_back >= kWritebackEvery) {
@@ -69,8 +69,7 @@ Result<ShardRecord> write_shard_to(FsWriter& out, int rank, const std::vector<St
         written_back = offset + done;
       }
     }
-    rec.xxh3 = XXH3_64bits_digest(st);
-    XXH3_freeState(st);
+    rec.xxh3 = st.digest();
     if (!ws.is_ok())
       return ws.with_context(fmt::format("shard of rank {}, entry '{}'", rank, e.name));
     rec.stored_bytes = out_bytes;

@@ -3,6 +3,7 @@
 // from a checkpoint is bit-identical to never stopping.
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +18,7 @@
 #include "kiln/data/dataset_writer.h"
 #include "kiln/data/sampler.h"
 #include "kiln/data/testing/test_dataset.h"
+#include "kiln/objstore/s3/testing/s3rver_test.h"
 #include "kiln/train/testing/train_on.h"
 #include "kiln/train/trainer.h"
 
@@ -198,6 +200,46 @@ TEST(Trainer, ResumesFromAnObjectStoreCheckpointDir) {
   ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
   EXPECT_EQ(resumed->start_step, steps->front());
   EXPECT_EQ(resumed->parameters, straight->parameters);
+}
+
+// The same with checkpoint.dir on a real s3rver (issue 19): the run killed
+// after step 7 resumes from s3:// bit-identically, and no checkpoint file was
+// written under the run's local directories. The ranks find the server
+// through the standard AWS variables, as a user's job does.
+class TrainerS3 : public objstore::s3::testing::S3rverTest {
+ protected:
+  void TearDown() override {
+    for (const char* v : {"AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                          "AWS_REGION"}) {
+      ::unsetenv(v);
+    }
+  }
+};
+
+TEST_F(TrainerS3, ResumesFromAnS3CheckpointDirWithNothingOnLocalDisk) {
+  const objstore::s3::S3Options o = s3().options();
+  ::setenv("AWS_ENDPOINT_URL", o.endpoint.c_str(), 1);
+  ::setenv("AWS_ACCESS_KEY_ID", o.access_key_id.c_str(), 1);
+  ::setenv("AWS_SECRET_ACCESS_KEY", o.secret_access_key.c_str(), 1);
+  ::setenv("AWS_REGION", o.region.c_str(), 1);
+  Fixture f;
+  auto straight = train_on(2, f.config(32, 1, 10), f.dir.path() + "/a");
+  ASSERT_TRUE(straight.is_ok()) << straight.status().to_string();
+  TrainConfig c = f.config(32, 1, 10);
+  c.checkpoint = {.dir = s3().url("run"), .every = 2};
+  ASSERT_FALSE(train_on(2, c, f.dir.path() + "/b1", /*crash_after_step=*/7).is_ok());
+  auto steps = ckpt::list_committed_steps(c.checkpoint.dir);
+  ASSERT_TRUE(steps.is_ok()) << steps.status().to_string();
+  ASSERT_FALSE(steps->empty());
+  auto resumed = train_on(2, c, f.dir.path() + "/b2");
+  ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
+  EXPECT_EQ(resumed->start_step, steps->front());
+  EXPECT_EQ(resumed->parameters, straight->parameters);
+  for (const auto& e : std::filesystem::recursive_directory_iterator(f.dir.path())) {
+    const std::string name = e.path().filename().string();
+    EXPECT_TRUE(name.find("step-") == std::string::npos && name.find("manifest") == std::string::npos)
+        << "a checkpoint file on local disk: " << e.path();
+  }
 }
 
 // 5 steps on 3 ranks, then 3 more on 2 from the checkpoint: the sampler goes

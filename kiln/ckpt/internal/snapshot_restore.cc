@@ -69,14 +69,11 @@ RestoreSink::RestoreSink(ShardRecord record, int rank, int world,
       s.own.resize(e.stored_bytes);
       s.dst = s.own.data();
     }
-    s.hash = XXH3_createState();
-    XXH3_64bits_reset(s.hash);
+    s.hash = std::make_unique<Xxh3>();
   }
 }
 
-RestoreSink::~RestoreSink() {
-  for (auto& s : slots_) XXH3_freeState(s.hash);
-}
+RestoreSink::~RestoreSink() = default;
 
 int RestoreSink::entry_at(std::uint64_t offset) const {
   auto it = std::upper_bound(record_.entries.begin(), record_.entries.end(), offset,
@@ -110,7 +107,7 @@ Status RestoreSink::done(std::uint64_t offset, std::size_t n, const std::byte* a
     std::byte* dst = s.dst + (lo - e.offset);
     if (src != dst) std::memcpy(dst, src, hi - lo);
     // Checksummed where it now lies: just written, still in cache.
-    XXH3_64bits_update(s.hash, dst, hi - lo);
+    s.hash->update(dst, hi - lo);
   }
   return Status::ok();
 }
@@ -121,7 +118,7 @@ Result<std::vector<LoadedEntry>> RestoreSink::finish() {
   for (std::size_t i = 0; i < slots_.size(); ++i) {
     const EntryRecord& e = record_.entries[i];
     Slot& s = slots_[i];
-    const std::uint64_t got = XXH3_64bits_digest(s.hash);
+    const std::uint64_t got = s.hash->digest();
     if (got != e.xxh3) {
       return data_loss(fmt::format("{}: entry '{}' checksum {} != record {} (corrupt snapshot)",
                                    where_, e.name, checksum_hex(got), checksum_hex(e.xxh3)));

@@ -5,8 +5,6 @@
 // (Note [Snapshot bytes at memory speed]). Internal to kiln/ckpt.
 #pragma once
 
-#include <xxhash.h>
-
 #include <memory>
 #include <span>
 #include <string>
@@ -15,6 +13,7 @@
 #include "kiln/base/status.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/internal/snapshot_stream.h"
+#include "kiln/ckpt/internal/xxh3.h"
 #include "kiln/ckpt/memory_tier.h"
 #include "kiln/ckpt/state.h"
 
@@ -45,7 +44,7 @@ class RestoreSink final : public ChunkSink {
     std::vector<std::byte> own;        // when not into a target
     const RecoverTarget* target = nullptr;
     bool direct = false;               // dst is the target's memory
-    XXH3_state_t* hash = nullptr;
+    std::unique_ptr<Xxh3> hash;
   };
   // The entry whose stored bytes hold `offset`, or -1.
   int entry_at(std::uint64_t offset) const;
