@@ -342,6 +342,8 @@ Status calibrate(const CalibrateOptions& o) {
                         {"attention_gflops_1_thread", r1.attention_fwd.flops / 1e9},
                         {"attention_fit_error",
                          std::max(one.attention_fit_error, all.attention_fit_error)},
+                        {"stalled_shapes_1_thread", one.stalled_shapes},
+                        {"stalled_shapes_all_threads", all.stalled_shapes},
                         {"gelu_bwd_ns_1_thread", r1.gelu_bwd.per_unit_s * 1e9},
                         {"op_overhead_us", r1.op_overhead_s * 1e6},
                         {"stream_gbytes_per_s", p.stream_bytes_per_s / 1e9},
@@ -364,6 +366,8 @@ Status calibrate(const CalibrateOptions& o) {
                 r1.linear_fwd.flops / 1e9, r1.linear_bwd.flops / 1e9, rn.linear_fwd.flops / 1e9,
                 rn.linear_bwd.flops / 1e9, p.cores,
                 100 * std::max(one.linear_fit_error, all.linear_fit_error));
+    std::printf("  stalled shapes  %d on 1 thread, %d on %d, left out of the fits\n", one.stalled_shapes,
+                all.stalled_shapes, p.cores);
     std::printf("  attention core  %.1f GFLOP/s + %.2f ns per score forward, %.1f + %.2f backward "
                 "(1 thread; fit error up to %.1f%%)\n",
                 r1.attention_fwd.flops / 1e9, r1.attention_fwd.score_s * 1e9,

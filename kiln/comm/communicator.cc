@@ -234,6 +234,7 @@ Status Communicator::check_fingerprints(const algo::Env& env, const std::string&
 
 WorkPtr Communicator::allreduce(const void* send, void* recv, std::size_t count, DataType dtype,
                                 ReduceOp op) {
+  allreduces_.fetch_add(1, std::memory_order_relaxed);
   std::string sig = fmt::format("{} x {}, {}", dtype_name(dtype), count, reduce_op_name(op));
   return enqueue("allreduce", sig, [=, this](const algo::Env& env) {
     algo::AllreduceArgs args{send, recv, count, dtype, op};

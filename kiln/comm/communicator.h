@@ -110,6 +110,9 @@ class Communicator {
   // buffers are SharedBuffers (algo/direct.cc): callers that choose where to
   // put their buffers (DDP's buckets) allocate shared memory only then.
   bool direct_allreduce_applies(std::size_t bytes) const;
+  // Allreduces issued on this communicator so far (tests count a model's
+  // collectives: Megatron's two per layer each way).
+  std::uint64_t allreduces() const { return allreduces_.load(std::memory_order_relaxed); }
   // Allreduces so far that ran directly on SharedBuffers (Note [Direct
   // allreduce on shared buffers]).
   std::uint64_t direct_allreduces() const { return direct_allreduces_.load(); }
@@ -154,6 +157,7 @@ class Communicator {
   // KILN_SHM_SHARE_IN_PLACE_BYTES, read once; 0 where sharing in place is
   // not safe (sharing_in_place_is_safe).
   std::int64_t in_place_from_bytes_;
+  std::atomic<std::uint64_t> allreduces_{0};
   std::atomic<std::uint64_t> in_place_allreduces_{0};
   std::atomic<std::uint64_t> direct_allreduces_{0};
   std::atomic<std::uint64_t> cma_allreduces_{0};

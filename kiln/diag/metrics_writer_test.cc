@@ -76,6 +76,39 @@ TEST(StepJson, RoundTripsEachCollectivesBytesTimeAndBandwidth) {
   EXPECT_EQ(summary_to_json(s)["collective_Bps"], s.collective_Bps);
 }
 
+TEST(StepJson, EveryStepOfA3dRunCarriesItsMeshCoordinate) {
+  StepTimer timer(5);
+  timer.set_mesh({.dp = 1, .pp = 0, .tp = 1});
+  for (std::int64_t step : {0, 1}) {
+    timer.begin_step(step);
+    timer.current().collectives = {{1024, 0.001}, {512, 0.001}};
+    timer.current().collectives_in_backward = 1;
+    const nlohmann::json j = step_to_json(timer.end_step(2.0, 8));
+    EXPECT_EQ(j["mesh"], (nlohmann::json{{"dp", 1}, {"pp", 0}, {"tp", 1}})) << j.dump();
+    EXPECT_EQ(j["collectives_in_backward"], 1);
+    auto back = step_from_json(j);
+    ASSERT_TRUE(back.is_ok()) << back.status().to_string();
+    EXPECT_EQ(back->mesh.dp, 1);
+    EXPECT_EQ(back->mesh.pp, 0);
+    EXPECT_EQ(back->mesh.tp, 1);
+    EXPECT_EQ(back->collectives_in_backward, 1);
+  }
+  // A data-parallel run's records have neither key.
+  StepTimer plain(0);
+  plain.begin_step(0);
+  const nlohmann::json j = step_to_json(plain.end_step(1.0, 8));
+  EXPECT_FALSE(j.contains("mesh")) << j.dump();
+  EXPECT_FALSE(j.contains("collectives_in_backward")) << j.dump();
+  EXPECT_FALSE(step_from_json(j)->mesh.known());
+  // A coordinate without its tensor rank is named.
+  timer.begin_step(2);
+  nlohmann::json bad = step_to_json(timer.end_step(0, 0));
+  bad["mesh"].erase("tp");
+  auto r = step_from_json(bad);
+  ASSERT_FALSE(r.is_ok());
+  EXPECT_NE(r.status().to_string().find("\"tp\""), std::string::npos) << r.status().to_string();
+}
+
 TEST(StepJson, MissingAndMistypedFieldsAreNamed) {
   auto r = step_from_json(nlohmann::json{{"step", 1}, {"rank", 0}});
   ASSERT_FALSE(r.is_ok());

@@ -13,6 +13,8 @@ nlohmann::json step_to_json(const StepRecord &r) {
   j["comm_bytes"] = r.comm_bytes;
   j["comm_s"] = r.comm_s;
   j["cache_hit_rate"] = r.cache_hit_rate;
+  if (r.mesh.known()) j["mesh"] = {{"dp", r.mesh.dp}, {"pp", r.mesh.pp}, {"tp", r.mesh.tp}};
+  if (r.collectives_in_backward >= 0) j["collectives_in_backward"] = r.collectives_in_backward;
   if (!r.collectives.empty()) {
     // [bytes, seconds, bytes/s] per collective: bandwidth written out so a
     // reader of metrics.jsonl need not divide.
@@ -61,6 +63,13 @@ Result<StepRecord> step_from_json(const nlohmann::json &j) {
   KILN_RETURN_IF_ERROR(read_field(j, "comm_bytes", &r.comm_bytes, false));
   KILN_RETURN_IF_ERROR(read_field(j, "comm_s", &r.comm_s, false));
   KILN_RETURN_IF_ERROR(read_field(j, "cache_hit_rate", &r.cache_hit_rate, false));
+  KILN_RETURN_IF_ERROR(read_field(j, "collectives_in_backward", &r.collectives_in_backward, false));
+  if (auto it = j.find("mesh"); it != j.end() && !it->is_null()) {
+    if (!it->is_object()) return invalid_argument("step record: \"mesh\" is " + it->dump() + ", expected {dp, pp, tp}");
+    KILN_RETURN_IF_ERROR(read_field(*it, "dp", &r.mesh.dp, true).with_context("step record \"mesh\""));
+    KILN_RETURN_IF_ERROR(read_field(*it, "pp", &r.mesh.pp, true).with_context("step record \"mesh\""));
+    KILN_RETURN_IF_ERROR(read_field(*it, "tp", &r.mesh.tp, true).with_context("step record \"mesh\""));
+  }
   if (auto it = j.find("collectives"); it != j.end() && !it->is_null()) {
     for (const auto& c : *it) {
       if (!c.is_array() || c.size() < 2 || !c[0].is_number_unsigned() || !c[1].is_number()) {

@@ -10,7 +10,8 @@
 namespace kiln::diag {
 
 // {"type":"step","step":..,"rank":..,"t":..,"loss":..,"samples":..,"step_s":..,
-//  "data_wait":..,...,"other":..,"comm_bytes":..,"comm_s":..,"cache_hit_rate":..}
+//  "data_wait":..,...,"other":..,"comm_bytes":..,"comm_s":..,"cache_hit_rate":..,
+//  "mesh":{"dp":..,"pp":..,"tp":..} (3D runs), "collectives_in_backward":.. (when known)}
 // Spans are not written (they go to the trace).
 nlohmann::json step_to_json(const StepRecord &r);
 

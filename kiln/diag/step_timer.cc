@@ -39,6 +39,7 @@ void StepTimer::begin_step(std::int64_t step) {
   rec_ = StepRecord{};
   rec_.step = step;
   rec_.rank = rank_;
+  rec_.mesh = mesh_;
   rec_.start_unix_s = unix_now_s();
   step_begin_ = Clock::now();
   in_step_ = true;

@@ -66,9 +66,18 @@ struct CollectiveRecord {
   double seconds = 0;       // the time the operation itself ran
 };
 
+// A rank's coordinate in a 3D run's device mesh (kiln/parallel/mesh): its
+// data-parallel replica, pipeline stage and tensor-parallel rank; -1 where
+// the run has no mesh (a data-parallel run).
+struct MeshPosition {
+  int dp = -1, pp = -1, tp = -1;
+  bool known() const { return dp >= 0 && pp >= 0 && tp >= 0; }
+};
+
 struct StepRecord {
   std::int64_t step = 0;
   int rank = 0;
+  MeshPosition mesh;  // every record of a 3D run carries it (StepTimer::set_mesh)
   double start_unix_s = 0;  // wall clock at begin_step
   double step_s = 0;        // begin_step .. end_step
   // Exclusive seconds per phase; kOther = step_s - sum(others), >= 0.
@@ -78,6 +87,9 @@ struct StepRecord {
   std::uint64_t comm_bytes = 0;  // gradient sync volume this step (0 if unknown)
   double comm_s = 0;             // time the gradient sync took, overlapped or not
   std::vector<CollectiveRecord> collectives;  // in issue order; empty if unknown
+  // Of those, the ones issued before the backward that produced their
+  // gradients returned: overlapped with it (-1: unknown).
+  int collectives_in_backward = -1;
   double cache_hit_rate = -1;    // loader, -1 = unknown
   std::vector<PhaseSpan> spans;  // in order of ending
 
@@ -92,6 +104,9 @@ class StepTimer {
   explicit StepTimer(int rank);
   StepTimer(const StepTimer &) = delete;
   StepTimer &operator=(const StepTimer &) = delete;
+
+  // Every record from now on carries this mesh coordinate.
+  void set_mesh(MeshPosition at) { mesh_ = at; }
 
   // Starts a step; an unfinished previous step is discarded.
   void begin_step(std::int64_t step);
@@ -133,6 +148,7 @@ class StepTimer {
   void close_scope(Scope *scope);
 
   int rank_;
+  MeshPosition mesh_;
   bool in_step_ = false;
   Clock::time_point step_begin_{};
   Scope *innermost_ = nullptr;

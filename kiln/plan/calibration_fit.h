@@ -25,11 +25,14 @@ struct GemmFit {
   double call_s = 0;          // per call
   double flops = 0;           // sustained FLOP/s
   double bytes_per_s = 0;     // operand traffic (0: no separable traffic term)
-  double mean_abs_rel_error = 0;  // of the fit over its samples
+  double mean_abs_rel_error = 0;  // of the fit over the samples it kept
+  int stalled_samples = 0;        // left out as stalls (Note [Stalled shapes])
 };
 
 // Fits t = call + batch·(2MNK/flops + 4(MK+KN+MN)/bytes_per_s). A term whose
-// coefficient comes out negative (noise) is dropped and the rest refitted.
+// coefficient comes out negative (noise) is dropped and the rest refitted; a
+// sample over 3x the fit of the others is a stall and left out, while twice
+// as many samples as terms remain (Note [Stalled shapes] in calibration_fit.cc).
 // InvalidArgument with fewer samples than terms or no positive FLOP rate.
 Result<GemmFit> fit_gemm(const std::vector<GemmSample>& samples);
 
@@ -40,8 +43,10 @@ struct AttentionFit {
   double flops = 0;
   double score_s = 0;
   double mean_abs_rel_error = 0;
+  int stalled_samples = 0;  // as fit_gemm's
 };
-// InvalidArgument with fewer than 3 samples or no positive FLOP rate.
+// Stalls are left out as in fit_gemm. InvalidArgument with fewer than 3
+// samples or no positive FLOP rate.
 Result<AttentionFit> fit_attention(const std::vector<GemmSample>& samples);
 
 // One timed transfer of `bytes` (an op's payload, a collective's buffer).

@@ -43,6 +43,68 @@ TEST(CalibrationFitTest, DropsATermTheDataMakesNegative) {
   EXPECT_NEAR(f->flops, 80e9, 0.05 * 80e9);
 }
 
+// The linear shapes `kiln plan calibrate` probes (tokens × (out, in)).
+std::vector<GemmSample> probe_grid(double call, double flops, double bytes) {
+  std::vector<GemmSample> samples;
+  for (double m : {128.0, 512.0, 1024.0, 2048.0, 4096.0}) {
+    for (auto [n, k] : {std::pair{384.0, 128.0}, {128.0, 128.0}, {512.0, 128.0}, {128.0, 512.0}, {256.0, 128.0}}) {
+      samples.push_back({m, n, k, 1, call + 2 * m * n * k / flops + 4 * (m * k + k * n + m * n) / bytes});
+    }
+  }
+  return samples;
+}
+
+TEST(CalibrationFitTest, GemmFitLeavesOutStalledShapes) {
+  // Note [Stalled shapes]: two intra-op threads ran a few shapes 3-10x slow.
+  const double call = 10e-6, flops = 60e9, bytes = 40e9;
+  std::vector<GemmSample> samples = probe_grid(call, flops, bytes);
+  samples[2].seconds *= 10;   // 128 x 512 x 128
+  samples[6].seconds *= 5;    // 512 x 128 x 128
+  samples[14].seconds *= 4;   // 1024 x 256 x 128
+  auto f = fit_gemm(samples);
+  ASSERT_TRUE(f.is_ok()) << f.status().to_string();
+  EXPECT_EQ(f->stalled_samples, 3);
+  EXPECT_NEAR(f->call_s, call, 1e-3 * call);
+  EXPECT_NEAR(f->flops, flops, 1e-3 * flops);
+  EXPECT_NEAR(f->bytes_per_s, bytes, 1e-3 * bytes);
+  EXPECT_LT(f->mean_abs_rel_error, 1e-9);
+}
+
+TEST(CalibrationFitTest, NoiseIsNoStallAndFewPointsAreAllKept) {
+  // Scatter up to 2x: every point stays in the fit.
+  std::vector<GemmSample> samples = probe_grid(10e-6, 60e9, 40e9);
+  for (size_t i = 0; i < samples.size(); ++i) samples[i].seconds *= i % 3 == 0 ? 2.0 : 0.9;
+  auto f = fit_gemm(samples);
+  ASSERT_TRUE(f.is_ok());
+  EXPECT_EQ(f->stalled_samples, 0);
+  // Six points for three terms: none can be spared, the stall stays.
+  std::vector<GemmSample> six(samples.begin(), samples.begin() + 6);
+  for (GemmSample& s : six) s.seconds = 10e-6 + 2 * s.m * s.n * s.k / 60e9;
+  six[1].seconds *= 10;
+  auto g = fit_gemm(six);
+  ASSERT_TRUE(g.is_ok());
+  EXPECT_EQ(g->stalled_samples, 0);
+}
+
+TEST(CalibrationFitTest, AttentionFitLeavesOutAStalledShape) {
+  // Session 11's 2-thread calibration: one slow shape among six moved the
+  // fit to 3.7 GFLOP/s with no per-score term; a 128-matrix batch was then
+  // priced at twice its time.
+  const double call = 20e-6, flops = 60e9, score = 5e-9;
+  auto time = [&](double bh, double hd) { return call + bh * (4 * 128 * 128 * hd / flops + 128 * 128 * score); };
+  std::vector<GemmSample> samples;
+  for (double hd : {32.0, 64.0}) {
+    for (double bh : {2.0, 8.0, 32.0, 128.0}) samples.push_back({128, 128, hd, bh, time(bh, hd)});
+  }
+  samples[6].seconds *= 4.5;  // 32 matrices of 128 x 64
+  auto f = fit_attention(samples);
+  ASSERT_TRUE(f.is_ok()) << f.status().to_string();
+  EXPECT_EQ(f->stalled_samples, 1);
+  EXPECT_NEAR(f->flops, flops, 1e-3 * flops);
+  EXPECT_NEAR(f->score_s, score, 1e-3 * score);
+  EXPECT_NEAR(f->call_s, call, 1e-3 * call);
+}
+
 TEST(CalibrationFitTest, BatchedProductsCountEveryProduct) {
   std::vector<GemmSample> samples;
   for (double b : {1.0, 4.0, 16.0}) {

@@ -17,6 +17,7 @@
 #include "kiln/ddp/distributed_data_parallel.h"
 #include "kiln/diag/metrics_writer.h"
 #include "kiln/diag/step_timer.h"
+#include "kiln/diag/trace_session.h"
 #include "kiln/elastic/worker_link.h"
 #include "kiln/parallel/mesh/device_mesh.h"
 #include "kiln/parallel/pipeline/engine.h"
@@ -97,6 +98,22 @@ class ReplicaSync {
     double s = 0;
     for (const auto& d : ddp_) s += d->last_sync().exposed_comm_s;
     return s;
+  }
+
+  // The step's gradient sync for diagnosis (ddp): each chunk's buckets, how
+  // long their sync took, and how many were issued while the backward that
+  // produced them still ran (overlap).
+  void describe_sync(diag::StepRecord& r) const {
+    if (zero_) return;
+    r.collectives_in_backward = 0;
+    for (const auto& d : ddp_) {
+      const ddp::SyncStats& sync = d->last_sync();
+      r.comm_s += sync.sync_s;
+      for (const ddp::CollectiveStat& c : sync.collectives) {
+        r.collectives.push_back({c.bytes, c.seconds});
+        if (c.launched_s < sync.backward_s) ++r.collectives_in_backward;
+      }
+    }
   }
 
   // Clipping by the global norm over every shard of the model.
@@ -293,6 +310,16 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   };
   std::int64_t last_saved = start_step;
   diag::StepTimer timer(rank);
+  timer.set_mesh({.dp = at.dp, .pp = at.pp, .tp = at.tp});
+  // Diagnosis (docs/diag.md): per-rank step records carrying the mesh
+  // coordinate (--trace-dir), summaries and the live verdict.
+  std::unique_ptr<diag::TraceSession> session;
+  if (options.diag.session()) {
+    KILN_ASSIGN_OR_RETURN(session, diag::TraceSession::open(
+                                       options.diag.trace_dir, rank,
+                                       {.world_size = world.size(), .summary_every = options.diag.every,
+                                        .sample_interval_s = options.diag.sample_interval_s}));
+  }
   elastic::WorkerLink& elastic = elastic::WorkerLink::instance();
   const bool reports_loss = engine.holds_loss() && at.tp == 0;
 
@@ -320,6 +347,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     // Next-token prediction reports no accuracy, as on one process.
     const double loss = sums[0] / sums[2];
     if (metrics) KILN_RETURN_IF_ERROR(metrics->write_eval(step, loss, std::nullopt));
+    if (session) KILN_RETURN_IF_ERROR(session->record_eval(step, loss, std::nullopt));
     line.eval(step, loss, std::nullopt);
     return loss;
   };
@@ -344,6 +372,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     timer.add(Phase::kBackward, std::max(0.0, stats.backward_s - sync->exposed_comm_s()));
     timer.add(Phase::kExposedComm, exposed);
     timer.current().comm_bytes = stats.bytes_sent;
+    sync->describe_sync(timer.current());
     {
       auto scope = timer.phase(Phase::kOptimizer);
       KILN_RETURN_IF_ERROR(model->reduce_sequence_partial_grads());
@@ -363,6 +392,12 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     diag::StepRecord record = timer.end_step(loss, static_cast<std::uint64_t>(c.train.batch_size));
     if (metrics) KILN_RETURN_IF_ERROR(metrics->write_step(record));
     line.step(record);
+    if (session) KILN_RETURN_IF_ERROR(session->record_step(record));
+    // Every rank reaches this after the same steps, so the exchange lines up.
+    if (session && session->summary_due()) {
+      KILN_ASSIGN_OR_RETURN(diag::Verdict verdict, session->summarize(&world, kCollectiveTimeout));
+      if (rank == 0) line.note(diag::verdict_line(verdict));
+    }
     if (c.eval.every > 0 && done % c.eval.every == 0 && done < c.train.max_steps) {
       KILN_RETURN_IF_ERROR(evaluate(done).status());
     }
@@ -394,6 +429,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
   if (!result.stopped) {
     KILN_ASSIGN_OR_RETURN(result.eval_loss, evaluate(result.steps));
   }
+  if (session) KILN_RETURN_IF_ERROR(session->close());
   line.finish();
   KILN_ASSIGN_OR_RETURN(result.parameter_digest, layout_digest(*model, mesh->layout(), world));
   if (options.keep_parameters) {

@@ -4,9 +4,11 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include "kiln/data/dataset_writer.h"
 #include "kiln/data/sampler.h"
@@ -154,6 +156,45 @@ TEST(Trainer3d, EveryLayoutMatchesOneProcessWithTheWholeBatch) {
     EXPECT_LE(relative_l2(one->parameters, r->parameters), 1e-5)
         << l.name() << ": worst " << worst_parameter(base.model, one->parameters, r->parameters);
     EXPECT_NEAR(r->eval_loss, one->eval_loss, 1e-5 * one->eval_loss) << l.name();
+  }
+}
+
+// Diagnosis of a pipeline of 2 stages × 2 replicas: every rank's step records
+// (--trace-dir) carry its mesh coordinate, and each stage's data-parallel
+// gradient sync overlaps its last backward: buckets are issued before that
+// backward returns, not all after it.
+TEST(Trainer3d, StepRecordsCarryTheMeshAndGradientSyncOverlapsTheLastBackward) {
+  GptFixture f;
+  TrainConfig c = with_layout(f.config(4, 3), {1, 2, 2, 2});
+  // Several buckets per stage: DDP's first bucket holds up to 1 MiB (as
+  // PyTorch's), so each stage needs more than that (two layers of width 128:
+  // ~1.6 MB of gradients), and a small cap splits the rest.
+  c.model.d_model = 128;
+  c.ddp.bucket_cap_mib = 0.25;
+  const std::string trace = f.dir.path() + "/trace";
+  auto r = train_on(4, c, f.dir.path() + "/out", -1, {.trace_dir = trace, .sample_interval_s = 0});
+  ASSERT_TRUE(r.is_ok()) << r.status().to_string();
+  // MeshLayout's rank order (tensor innermost, then data, then pipeline):
+  // with tp 1 and dp 2, rank = 2 · pp + dp.
+  for (int rank = 0; rank < 4; ++rank) {
+    std::ifstream in(fmt::format("{}/rank-{}/metrics.jsonl", trace, rank));
+    ASSERT_TRUE(in) << "rank " << rank << " wrote no metrics.jsonl";
+    int steps = 0;
+    for (std::string line; std::getline(in, line);) {
+      const nlohmann::json j = nlohmann::json::parse(line);
+      if (j["type"] != "step") continue;
+      ++steps;
+      EXPECT_EQ(j["mesh"], (nlohmann::json{{"dp", rank % 2}, {"pp", rank / 2}, {"tp", 0}}))
+          << "rank " << rank << ": " << line;
+      ASSERT_TRUE(j.contains("collectives")) << "rank " << rank << ": " << line;
+      const auto buckets = static_cast<int>(j["collectives"].size());
+      EXPECT_GE(buckets, 2) << "rank " << rank << ": " << line;
+      // Each bucket is issued by the gradient hooks as its gradients are
+      // ready, so the first ones travel while later layers' backward runs.
+      EXPECT_EQ(j["collectives_in_backward"].get<int>(), buckets)
+          << "rank " << rank << ": buckets issued after the last backward returned: " << line;
+    }
+    EXPECT_EQ(steps, 3) << "rank " << rank;
   }
 }
 

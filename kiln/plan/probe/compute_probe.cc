@@ -86,14 +86,17 @@ std::string describe(const std::vector<GemmSample>& samples, int threads) {
   return out;
 }
 
-// Linear layers of small GPTs: tokens × (out, in).
+// Linear layers of small GPTs: tokens × (out, in). Up to 4096 tokens, a
+// micro-batch of 32 sequences of 128: the batch one rank of gpt_3d.toml runs
+// alone. A fit extrapolated past its shapes predicted one rank's step 32% slow
+// (docs/plan.md "Session 12"); the probes reach the sizes the layouts run.
 struct LinearShape {
   int tokens, out, in;
 };
 std::vector<LinearShape> linear_shapes(bool quick) {
   if (quick) return {{256, 384, 128}, {1024, 128, 512}, {512, 512, 128}, {128, 128, 128}};
   std::vector<LinearShape> out;
-  for (int tokens : {128, 512, 1024, 2048}) {
+  for (int tokens : {128, 512, 1024, 2048, 4096}) {
     for (auto [o, i] : {std::pair{384, 128}, std::pair{128, 128}, std::pair{512, 128},
                         std::pair{128, 512}, std::pair{256, 128}}) {
       out.push_back({tokens, o, i});
@@ -102,10 +105,11 @@ std::vector<LinearShape> linear_shapes(bool quick) {
   return out;
 }
 
-// Attention: (micro-batch × local heads, head dimension) at seq 128.
+// Attention: (micro-batch × local heads, head dimension) at seq 128, up to
+// 128 matrices (32 sequences × 4 heads: the same one-rank batch).
 std::vector<std::pair<int, int>> attention_shapes(bool quick) {
   if (quick) return {{4, 32}, {16, 32}, {32, 64}};
-  return {{2, 32}, {8, 32}, {32, 32}, {2, 64}, {8, 64}, {32, 64}};
+  return {{2, 32}, {8, 32}, {32, 32}, {128, 32}, {2, 64}, {8, 64}, {32, 64}, {128, 64}};
 }
 
 std::vector<std::int64_t> element_counts(bool quick) {
@@ -185,6 +189,7 @@ Result<ComputeProbe> probe(int threads, const ProbeOptions& o) {
     if (g.is_ok()) {
       *rate = {g->call_s, g->flops, g->bytes_per_s};
       out.linear_fit_error = std::max(out.linear_fit_error, g->mean_abs_rel_error);
+      out.stalled_shapes += g->stalled_samples;
     } else {  // Note [Noisy fits]: the plain rate over all points
       double flops = 0, seconds = 0;
       for (const GemmSample& x : *samples) flops += 2 * x.m * x.n * x.k, seconds += x.seconds;
@@ -216,6 +221,7 @@ Result<ComputeProbe> probe(int threads, const ProbeOptions& o) {
     if (a.is_ok()) {
       *rate = {a->call_s, a->flops, a->score_s};
       out.attention_fit_error = std::max(out.attention_fit_error, a->mean_abs_rel_error);
+      out.stalled_shapes += a->stalled_samples;
     } else {  // Note [Noisy fits]: the plain rate over all points
       double flops = 0, seconds = 0;
       for (const GemmSample& x : *samples) flops += x.batch * 4 * x.m * x.n * x.k, seconds += x.seconds;

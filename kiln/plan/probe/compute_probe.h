@@ -25,11 +25,14 @@ struct ComputeProbe {
   // of the attention fits over the shapes they were timed at.
   double linear_fit_error = 0;
   double attention_fit_error = 0;
+  // Timings the linear and attention fits left out as stalls (Note
+  // [Stalled shapes] in kiln/plan/calibration_fit.cc).
+  int stalled_shapes = 0;
 };
 
 // Every kernel class of a small GPT block (ComputeRates), forward and
 // backward through autograd, at the shapes such models use (hidden 128-512,
-// seq 128, micro-batches of 1-16 sequences), with `threads` threads.
+// seq 128, micro-batches of 1-32 sequences), with `threads` threads.
 Result<ComputeProbe> probe_compute(int threads, const ProbeOptions& options);
 
 // Bytes per second of copying a 64 MiB fp32 tensor (read + write) with

@@ -13,11 +13,11 @@ namespace kiln::train::testing {
 using comm::testing::run_ranks;
 
 Result<TrainResult> train_on(int world, const TrainConfig& config, const std::string& out_file,
-                             std::int64_t crash_after_step) {
+                             std::int64_t crash_after_step, const DiagOptions& diag) {
   std::remove((out_file + ".err").c_str());
   auto run = run_ranks(world, [&](comm::Communicator& comm) -> Status {
     TrainOptions o{.config = config, .progress = false, .keep_parameters = true,
-                   .crash_after_step = crash_after_step};
+                   .crash_after_step = crash_after_step, .diag = diag};
     auto r = run_training(o, comm);
     if (!r.is_ok()) {
       std::ofstream(out_file + ".err") << r.status().to_string();

@@ -15,7 +15,7 @@
 namespace kiln::train::testing {
 
 Result<TrainResult> train_on(int world, const TrainConfig& config, const std::string& out_file,
-                             std::int64_t crash_after_step = -1);
+                             std::int64_t crash_after_step = -1, const DiagOptions& diag = {});
 
 // max |a - b| / max(|a|, |b|, 1e-3) over the elements.
 double max_relative_difference(const std::vector<float>& a, const std::vector<float>& b);
