@@ -54,6 +54,8 @@ set(KILN_FUZZ_PARSER_SOURCES
   kiln/comm/types.cc
   kiln/ckpt/state.cc
   kiln/ckpt/format.cc
+  kiln/ckpt/internal/xxh3.cc
+  kiln/ckpt/internal/xxh3_baseline.cc
   kiln/train/train_config.cc
   kiln/plan/gpu_catalog.cc
   kiln/plan/stages.cc
@@ -61,6 +63,12 @@ set(KILN_FUZZ_PARSER_SOURCES
   kiln/plan/host_profile.cc
   kiln/objstore/s3/s3_xml.cc
 )
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
+  # XXH3 compiled for AVX2 too, as kiln_ckpt builds it (internal/xxh3.h).
+  list(APPEND KILN_FUZZ_PARSER_SOURCES kiln/ckpt/internal/xxh3_avx2.cc)
+  set_source_files_properties(${KILN_ROOT}/kiln/ckpt/internal/xxh3_avx2.cc
+                              PROPERTIES COMPILE_OPTIONS -mavx2)
+endif()
 list(TRANSFORM KILN_FUZZ_PARSER_SOURCES PREPEND ${KILN_ROOT}/)
 add_library(kiln_fuzz_parsers STATIC ${KILN_FUZZ_PARSER_SOURCES})
 target_link_libraries(kiln_fuzz_parsers PUBLIC
