@@ -21,12 +21,14 @@ build: $(BUILD_DIR)/build.ninja
 
 # The main job on embedded defaults: the Fashion-MNIST CNN on 2 local ranks
 # (~2 minutes on 2 cores), converting the dataset on first use into data/;
-# ends with the test accuracy. A fresh checkpoint directory each time.
+# ends with the test accuracy, then serves the checkpoint (kiln serve) and
+# checks its answers on 100 test images. A fresh checkpoint directory each time.
 DEMO_DIR ?= $(BUILD_DIR)/demo
 demo: deps build
 	rm -rf $(DEMO_DIR) && mkdir -p $(DEMO_DIR)
 	$(BUILD_DIR)/kiln launch -n 2 -- $(BUILD_DIR)/kiln train examples/train/fashion_mnist.toml \
 	  --ckpt-dir $(DEMO_DIR)/ckpt --metrics-json $(DEMO_DIR)/metrics.jsonl
+	scripts/demo-serve.sh $(BUILD_DIR)/kiln $(DEMO_DIR)/ckpt
 
 # Every test: the full suite, the comm tests again under ASan+UBSan, then
 # every parser under libFuzzer for a short smoke run.
