@@ -183,15 +183,14 @@ nlohmann::json saved_progress(const std::string& dir) {
       std::string(reinterpret_cast<const char*>(p->data.data()), p->data.size()));
 }
 
-// checkpoint.dir an object store's URL: saves stream there, and a run
-// killed after step 7 resumes from there bit-identically, with no
-// checkpoint ever on local disk.
-TEST(Trainer, ResumesFromAnObjectStoreCheckpointDir) {
-  Fixture f;
+// 10 steps on 2 ranks straight, then the same run with checkpoint.dir
+// `dir` (every 2 steps) killed after step 7 and run again: it resumes from
+// the newest committed step and ends with the straight run's parameters.
+void expect_kill_and_resume_bit_identical(Fixture& f, const std::string& dir) {
   auto straight = train_on(2, f.config(32, 1, 10), f.dir.path() + "/a");
   ASSERT_TRUE(straight.is_ok()) << straight.status().to_string();
   TrainConfig c = f.config(32, 1, 10);
-  c.checkpoint = {.dir = "file://" + f.dir.path() + "/bucket/run", .every = 2};
+  c.checkpoint = {.dir = dir, .every = 2};
   ASSERT_FALSE(train_on(2, c, f.dir.path() + "/b1", /*crash_after_step=*/7).is_ok());
   auto steps = ckpt::list_committed_steps(c.checkpoint.dir);
   ASSERT_TRUE(steps.is_ok()) << steps.status().to_string();
@@ -200,6 +199,13 @@ TEST(Trainer, ResumesFromAnObjectStoreCheckpointDir) {
   ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
   EXPECT_EQ(resumed->start_step, steps->front());
   EXPECT_EQ(resumed->parameters, straight->parameters);
+}
+
+// checkpoint.dir an object store's URL: saves stream there, and a run
+// killed after step 7 resumes from there bit-identically.
+TEST(Trainer, ResumesFromAnObjectStoreCheckpointDir) {
+  Fixture f;
+  expect_kill_and_resume_bit_identical(f, "file://" + f.dir.path() + "/bucket/run");
 }
 
 // The same with checkpoint.dir on a real s3rver (issue 19): the run killed
@@ -223,18 +229,7 @@ TEST_F(TrainerS3, ResumesFromAnS3CheckpointDirWithNothingOnLocalDisk) {
   ::setenv("AWS_SECRET_ACCESS_KEY", o.secret_access_key.c_str(), 1);
   ::setenv("AWS_REGION", o.region.c_str(), 1);
   Fixture f;
-  auto straight = train_on(2, f.config(32, 1, 10), f.dir.path() + "/a");
-  ASSERT_TRUE(straight.is_ok()) << straight.status().to_string();
-  TrainConfig c = f.config(32, 1, 10);
-  c.checkpoint = {.dir = s3().url("run"), .every = 2};
-  ASSERT_FALSE(train_on(2, c, f.dir.path() + "/b1", /*crash_after_step=*/7).is_ok());
-  auto steps = ckpt::list_committed_steps(c.checkpoint.dir);
-  ASSERT_TRUE(steps.is_ok()) << steps.status().to_string();
-  ASSERT_FALSE(steps->empty());
-  auto resumed = train_on(2, c, f.dir.path() + "/b2");
-  ASSERT_TRUE(resumed.is_ok()) << resumed.status().to_string();
-  EXPECT_EQ(resumed->start_step, steps->front());
-  EXPECT_EQ(resumed->parameters, straight->parameters);
+  ASSERT_NO_FATAL_FAILURE(expect_kill_and_resume_bit_identical(f, s3().url("run")));
   for (const auto& e : std::filesystem::recursive_directory_iterator(f.dir.path())) {
     const std::string name = e.path().filename().string();
     EXPECT_TRUE(name.find("step-") == std::string::npos && name.find("manifest") == std::string::npos)
