@@ -143,24 +143,17 @@ bool discards(int advice) {
   return advice == MADV_DONTNEED || advice == MADV_FREE || advice == kDontneedLocked;
 }
 
-bool write_all_at(int fd, const char* from, std::size_t n, off_t at) {
+// All n bytes at offset `at` through `io` (pread or pwrite), retrying
+// interrupted and short transfers; false (errno set) where one fails or
+// reaches the end. Allocates nothing: give_back runs inside the allocator's
+// madvise.
+template <typename Byte, typename Io>
+bool transfer_all_at(Io io, int fd, Byte* p, std::size_t n, off_t at) {
   while (n > 0) {
-    const ssize_t k = pwrite(fd, from, n, at);
+    const ssize_t k = io(fd, p, n, at);
     if (k < 0 && errno == EINTR) continue;
     if (k <= 0) return false;
-    from += k;
-    n -= static_cast<std::size_t>(k);
-    at += k;
-  }
-  return true;
-}
-
-bool read_all_at(int fd, char* to, std::size_t n, off_t at) {
-  while (n > 0) {
-    const ssize_t k = pread(fd, to, n, at);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) return false;
-    to += k;
+    p += k;
     n -= static_cast<std::size_t>(k);
     at += k;
   }
@@ -447,7 +440,7 @@ class Cache {
       void* fresh = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       const bool moved =
           fresh != MAP_FAILED &&
-          read_all_at(e.fd, static_cast<char*>(fresh), n,
+          transfer_all_at(pread, e.fd, static_cast<char*>(fresh), n,
                       static_cast<off_t>(v->offset + (lo - v->start))) &&
           mprotect(fresh, n, prot) == 0 &&
           mremap(fresh, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(lo)) !=
@@ -503,7 +496,7 @@ class Cache {
       const std::size_t n = std::min(kMoveChunkBytes, bytes - off);
       const auto at = static_cast<off_t>(off);
       void* chunk = nullptr;
-      if (write_all_at(fd.get(), reinterpret_cast<const char*>(begin + off), n, at)) {
+      if (transfer_all_at(pwrite, fd.get(), reinterpret_cast<const char*>(begin + off), n, at)) {
         chunk = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), at);
       }
       if (chunk == nullptr || chunk == MAP_FAILED ||
