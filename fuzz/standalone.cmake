@@ -54,8 +54,8 @@ set(KILN_FUZZ_PARSER_SOURCES
   kiln/comm/types.cc
   kiln/ckpt/state.cc
   kiln/ckpt/format.cc
-  kiln/ckpt/internal/xxh3.cc
-  kiln/ckpt/internal/xxh3_baseline.cc
+  kiln/base/xxh3.cc
+  kiln/base/xxh3_baseline.cc
   kiln/train/train_config.cc
   kiln/plan/gpu_catalog.cc
   kiln/plan/stages.cc
@@ -64,9 +64,9 @@ set(KILN_FUZZ_PARSER_SOURCES
   kiln/objstore/s3/s3_xml.cc
 )
 if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64")
-  # XXH3 compiled for AVX2 too, as kiln_ckpt builds it (internal/xxh3.h).
-  list(APPEND KILN_FUZZ_PARSER_SOURCES kiln/ckpt/internal/xxh3_avx2.cc)
-  set_source_files_properties(${KILN_ROOT}/kiln/ckpt/internal/xxh3_avx2.cc
+  # XXH3 compiled for AVX2 too, as kiln_base builds it (kiln/base/xxh3.h).
+  list(APPEND KILN_FUZZ_PARSER_SOURCES kiln/base/xxh3_avx2.cc)
+  set_source_files_properties(${KILN_ROOT}/kiln/base/xxh3_avx2.cc
                               PROPERTIES COMPILE_OPTIONS -mavx2)
 endif()
 list(TRANSFORM KILN_FUZZ_PARSER_SOURCES PREPEND ${KILN_ROOT}/)

@@ -1,18 +1,16 @@
-// The checksum in copies and restores: internal::xxh3 gives libxxhash's
-// results; copy_and_checksum copies a snapshot and gives each entry's
-// checksum, as the shard format records it, in one pass.
+// copy_and_checksum copies a snapshot and gives each entry's checksum, as
+// the shard format records it, in one pass.
 #include "kiln/ckpt/internal/checksummed_copy.h"
 
 #include <gtest/gtest.h>
-#include <xxhash.h>
 
 #include <cstring>
 #include <numeric>
 #include <random>
 
 #include "kiln/ckpt/format.h"
+#include "kiln/base/xxh3.h"
 #include "kiln/ckpt/internal/snapshot_stream.h"
-#include "kiln/ckpt/internal/xxh3.h"
 
 namespace kiln::ckpt::internal {
 namespace {
@@ -22,23 +20,6 @@ std::vector<std::byte> random_bytes(std::size_t n) {
   std::mt19937 rng(7);
   for (auto& b : v) b = static_cast<std::byte>(rng());
   return v;
-}
-
-// Checkpoints written before, and by other tools, hold libxxhash's sums.
-TEST(Xxh3, GivesLibxxhashsResultsWholeAndInPieces) {
-  const auto bytes = random_bytes(3 * kStreamChunk + 77);
-  for (std::size_t n : {std::size_t{0}, std::size_t{1}, std::size_t{17}, std::size_t{240},
-                        std::size_t{1025}, bytes.size()}) {
-    const std::uint64_t want = XXH3_64bits(bytes.data(), n);
-    EXPECT_EQ(xxh3(bytes.data(), n), want) << n << " bytes";
-    Xxh3 h;
-    for (std::size_t at = 0; at < n;) {
-      const std::size_t piece = std::min<std::size_t>(n - at, 1 + at % 70001);
-      h.update(bytes.data() + at, piece);
-      at += piece;
-    }
-    EXPECT_EQ(h.digest(), want) << n << " bytes in pieces";
-  }
 }
 
 TEST(ChecksummedCopy, CopiesEveryByteAndSumsEachEntryAsTheShardFormatDoes) {

@@ -8,7 +8,7 @@
 #include <ctime>
 #include <nlohmann/json.hpp>
 
-#include "kiln/ckpt/internal/xxh3.h"
+#include "kiln/base/xxh3.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -221,7 +221,7 @@ std::optional<std::int64_t> parse_tmp_step_dir_name(const std::string& name) {
   return parse_step(name, ".tmp");
 }
 
-std::uint64_t checksum(const void* data, std::size_t n) { return internal::xxh3(data, n); }
+std::uint64_t checksum(const void* data, std::size_t n) { return xxh3(data, n); }
 std::string checksum_hex(std::uint64_t c) { return fmt::format("{:016x}", c); }
 
 std::string utc_now_iso8601() {

@@ -22,7 +22,7 @@
 #include "kiln/ckpt/internal/mapped_file.h"
 #include "kiln/ckpt/internal/snapshot_restore.h"
 #include "kiln/ckpt/internal/snapshot_stream.h"
-#include "kiln/ckpt/internal/xxh3.h"
+#include "kiln/base/xxh3.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/verify.h"
 #include "kiln/comm/agree.h"
@@ -139,7 +139,7 @@ class SnapshotSource final : public internal::ChunkSource {
       rec.raw_bytes = rec.stored_bytes = e.bytes;
       shard_.entries.push_back(std::move(rec));
       offset += e.bytes;
-      hashes_.push_back(std::make_unique<internal::Xxh3>());
+      hashes_.push_back(std::make_unique<Xxh3>());
     }
     shard_.bytes = offset;
   }
@@ -194,7 +194,7 @@ class SnapshotSource final : public internal::ChunkSource {
   const std::byte* staging_;
   std::byte* dst_;
   ShardRecord shard_;
-  std::vector<std::unique_ptr<internal::Xxh3>> hashes_;
+  std::vector<std::unique_ptr<Xxh3>> hashes_;
   std::size_t entry_ = 0;
   std::uint64_t copied_ = 0;
 };

@@ -5,7 +5,7 @@
 
 #include <algorithm>
 
-#include "kiln/ckpt/internal/xxh3.h"
+#include "kiln/base/xxh3.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -56,7 +56,7 @@ Result<ShardRecord> write_shard_to(FsWriter& out, int rank, const std::vector<St
       out = zbuf.data();
       out_bytes = z;
     }
-    internal::Xxh3 st;
+    Xxh3 st;
     const char* p = static_cast<const char*>(out);
     Status ws;
     for (std::size_t done = 0; done < out_bytes && ws.is_ok();) {

@@ -7,15 +7,10 @@
 #include <vector>
 
 #include <fmt/format.h>
-#include <xxhash.h>
 
 #include "kiln/base/fd.h"
 
 namespace kiln::data {
-
-std::uint64_t xxh3(std::span<const std::uint8_t> bytes) {
-  return XXH3_64bits(bytes.data(), bytes.size());
-}
 
 std::string checksum_hex(std::uint64_t h) { return fmt::format("{:016x}", h); }
 
@@ -33,8 +28,7 @@ Result<std::uint64_t> parse_checksum_hex(std::string_view hex) {
 Result<FileDigest> hash_file(const std::string& path) {
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) return errno_status("open " + path, errno);
-  XXH3_state_t* st = XXH3_createState();
-  XXH3_64bits_reset(st);
+  Xxh3 hash;
   std::vector<std::uint8_t> buf(1 << 20);
   FileDigest d;
   Status status;
@@ -46,11 +40,10 @@ Result<FileDigest> hash_file(const std::string& path) {
       break;
     }
     if (n == 0) break;
-    XXH3_64bits_update(st, buf.data(), static_cast<std::size_t>(n));
+    hash.update(buf.data(), static_cast<std::size_t>(n));
     d.bytes += static_cast<std::uint64_t>(n);
   }
-  d.xxh3 = XXH3_64bits_digest(st);
-  XXH3_freeState(st);
+  d.xxh3 = hash.digest();
   if (!status.is_ok()) return status;
   return d;
 }

@@ -7,10 +7,9 @@
 #include <string_view>
 
 #include "kiln/base/status.h"
+#include "kiln/base/xxh3.h"  // kiln::xxh3, the records' and tables' checksum
 
 namespace kiln::data {
-
-std::uint64_t xxh3(std::span<const std::uint8_t> bytes);
 
 // 16 lowercase hex digits.
 std::string checksum_hex(std::uint64_t h);

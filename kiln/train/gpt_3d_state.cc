@@ -1,13 +1,12 @@
 #include "kiln/train/gpt_3d_state.h"
 
-#include <xxhash.h>
-
 #include <cstring>
 #include <map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "kiln/base/xxh3.h"
 #include "kiln/train/task.h"
 #include "kiln/train/train_data.h"
 #include "kiln/train/train_state.h"
@@ -41,7 +40,7 @@ Result<std::uint64_t> layout_digest(Gpt3d& model, const parallel::MeshLayout& me
   }
   std::vector<std::size_t> counts;
   KILN_ASSIGN_OR_RETURN(auto all, allgather_vectors(mine, comm::DataType::kInt64, world, &counts));
-  return XXH3_64bits(all.data(), all.size() * sizeof(std::uint64_t));
+  return xxh3(all.data(), all.size() * sizeof(std::uint64_t));
 }
 
 Result<std::vector<float>> gather_whole_parameters(Gpt3d& model, const ModelConfig& config,

@@ -1,7 +1,6 @@
 #include "kiln/train/train_state.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <xxhash.h>
 
 #include <cstring>
 #include <sstream>
@@ -305,19 +304,9 @@ Result<Progress> restore_sharded_state(const ckpt::LoadedState& loaded,
   return restore_progress(loaded);
 }
 
-ParameterDigest::ParameterDigest() : state_(XXH3_createState()) {
-  XXH3_64bits_reset(static_cast<XXH3_state_t*>(state_));
-}
-
-ParameterDigest::~ParameterDigest() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
-
 void ParameterDigest::add(const torch::Tensor& parameter) {
   torch::Tensor t = parameter.detach().contiguous();
-  XXH3_64bits_update(static_cast<XXH3_state_t*>(state_), t.data_ptr(), t.nbytes());
-}
-
-std::uint64_t ParameterDigest::value() const {
-  return XXH3_64bits_digest(static_cast<XXH3_state_t*>(state_));
+  hash_.update(t.data_ptr(), t.nbytes());
 }
 
 std::uint64_t parameter_digest(torch::nn::Module& module) {

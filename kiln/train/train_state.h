@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kiln/base/status.h"
+#include "kiln/base/xxh3.h"
 #include "kiln/ckpt/gather.h"
 #include "kiln/ckpt/state.h"
 #include "kiln/parallel/zero/sharded_data_parallel.h"
@@ -85,15 +86,11 @@ Result<Progress> restore_sharded_state(const ckpt::LoadedState& loaded,
 // xxh3-64 over parameters' bytes, added in order.
 class ParameterDigest {
  public:
-  ParameterDigest();
-  ~ParameterDigest();
-  ParameterDigest(const ParameterDigest&) = delete;
-  ParameterDigest& operator=(const ParameterDigest&) = delete;
   void add(const torch::Tensor& parameter);
-  std::uint64_t value() const;
+  std::uint64_t value() const { return hash_.digest(); }
 
  private:
-  void* state_;  // XXH3_state_t
+  Xxh3 hash_;
 };
 
 // xxh3-64 over every parameter's bytes in registration order: two runs with

@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "kiln/ckpt/internal/snapshot_stream.h"
-#include "kiln/ckpt/internal/xxh3.h"
+#include "kiln/base/xxh3.h"
 #include "kiln/comm/reduce.h"
 
 namespace kiln::ckpt::internal {

@@ -13,7 +13,7 @@
 #include "kiln/base/status.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/internal/snapshot_stream.h"
-#include "kiln/ckpt/internal/xxh3.h"
+#include "kiln/base/xxh3.h"
 #include "kiln/ckpt/memory_tier.h"
 #include "kiln/ckpt/state.h"
 

@@ -12,7 +12,7 @@
 #include <xxhash.h>
 
 #define KILN_XXH3_IMPL(name)                                                         \
-  namespace kiln::ckpt::internal::name {                                             \
+  namespace kiln::name {                                             \
   std::uint64_t oneshot(const void* p, std::size_t n) { return XXH3_64bits(p, n); }  \
   void* create() {                                                                   \
     XXH3_state_t* s = XXH3_createState();                                            \

@@ -1,8 +1,8 @@
-#include "kiln/ckpt/internal/xxh3.h"
+#include "kiln/base/xxh3.h"
 
 #include <new>
 
-namespace kiln::ckpt::internal {
+namespace kiln {
 
 // The two copies (xxh3_impl.h).
 #define KILN_XXH3_DECLARE(name)                                \
@@ -61,4 +61,4 @@ Xxh3::~Xxh3() { impl().destroy(state_); }
 void Xxh3::update(const void* data, std::size_t n) { impl().update(state_, data, n); }
 std::uint64_t Xxh3::digest() const { return impl().digest(state_); }
 
-}  // namespace kiln::ckpt::internal
+}  // namespace kiln
