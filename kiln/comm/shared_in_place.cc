@@ -63,7 +63,6 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <pthread.h>
-#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -81,27 +80,11 @@
 #include "kiln/base/fd.h"
 #include "kiln/base/logging.h"
 #include "kiln/comm/madvise_hook.h"
+#include "kiln/comm/memfd_move.h"
+#include "kiln/comm/procmap.h"
 
 namespace kiln::comm {
 namespace {
-
-// struct procmap_query of include/uapi/linux/fs.h (Linux 6.11): Debian 12's
-// kernel headers predate it.
-struct ProcmapQuery {
-  std::uint64_t size, query_flags, query_addr;
-  std::uint64_t vma_start, vma_end, vma_flags, vma_page_size, vma_offset, inode;
-  std::uint32_t dev_major, dev_minor, vma_name_size, build_id_size;
-  std::uint64_t vma_name_addr, build_id_addr;
-};
-static_assert(sizeof(ProcmapQuery) == 104, "the kernel's struct procmap_query");
-constexpr unsigned long kProcmapQuery = _IOWR('f', 17, ProcmapQuery);
-constexpr std::uint64_t kQueryCoveringOrNextVma = 0x10;
-constexpr std::uint64_t kVmaReadable = 0x1, kVmaWritable = 0x2, kVmaExecutable = 0x4,
-                        kVmaShared = 0x8;
-
-// Bytes moved into the memfd at a time on first use (the note's "a chunk at
-// a time").
-constexpr std::size_t kMoveChunkBytes = std::size_t{8} << 20;
 
 std::uintptr_t page_bytes() { return static_cast<std::uintptr_t>(sysconf(_SC_PAGESIZE)); }
 
@@ -143,44 +126,10 @@ bool discards(int advice) {
   return advice == MADV_DONTNEED || advice == MADV_FREE || advice == kDontneedLocked;
 }
 
-// All n bytes at offset `at` through `io` (pread or pwrite), retrying
-// interrupted and short transfers; false (errno set) where one fails or
-// reaches the end. Allocates nothing: give_back runs inside the allocator's
-// madvise.
-template <typename Byte, typename Io>
-bool transfer_all_at(Io io, int fd, Byte* p, std::size_t n, off_t at) {
-  while (n > 0) {
-    const ssize_t k = io(fd, p, n, at);
-    if (k < 0 && errno == EINTR) continue;
-    if (k <= 0) return false;
-    p += k;
-    n -= static_cast<std::size_t>(k);
-    at += k;
-  }
-  return true;
-}
-
-struct Vma {
-  std::uintptr_t start, end;
-  std::uint64_t flags, offset, inode;
-  std::uint32_t dev_major, dev_minor;
-  bool named;
-};
-
-struct Entry {
-  std::uintptr_t begin, end;
-  int fd;
+struct Entry : MemfdRange {
   std::uint64_t serial;
-  std::uint64_t inode;
-  std::uint32_t dev_major, dev_minor;
   std::uint64_t uses;  // share() calls that found it, its first included
   char* snapshot;      // its bytes across a fork (Note [Forking with memory shared in place])
-
-  // Whether `v` maps this entry's memfd.
-  bool maps(const Vma& v) const {
-    return v.inode == inode && v.dev_major == dev_major && v.dev_minor == dev_minor &&
-           (v.flags & kVmaShared) != 0;
-  }
 };
 
 // Sharing a buffer costs a copy, which its later allreduces pay back (about
@@ -318,9 +267,9 @@ class Cache {
   // Past the lookup in share(): [begin, end) shared anew, if it may be.
   std::optional<SharedSpan> share_new(std::uintptr_t begin, std::uintptr_t end,
                                       std::string& failure) {
-    auto v = vma_at(begin);
+    auto v = query_vma(maps_.get(), begin);
     if (!v || v->named || v->inode != 0 || v->flags & (kVmaShared | kVmaExecutable) ||
-        (v->flags & (kVmaReadable | kVmaWritable)) != (kVmaReadable | kVmaWritable)) {
+        !v->readable_and_writable()) {
       return std::nullopt;
     }
     // Strictly inside the mapping (the note's mremap case).
@@ -329,21 +278,27 @@ class Cache {
     end = std::min(end, v->end - page);
     if (end <= begin) return std::nullopt;
     const auto t0 = std::chrono::steady_clock::now();
-    auto e = make_shared(begin, end);
-    if (!e.is_ok()) {
+    auto moved = move_into_memfd(maps_.get(), begin, end);
+    if (!moved.is_ok()) {
       if (!warned_) {
         warned_ = true;
-        failure = e.status().to_string();
+        failure = moved.status().to_string();
       }
       return std::nullopt;
     }
-    entries_[count_++] = *e;
+    if (kernel_madvise(begin, end - begin, MADV_DONTFORK) != 0) {
+      // Still correct memory, only fork() would share it: keep it, say so.
+      log()->warn("share memory in place: MADV_DONTFORK on {:#x}+{}: {}", begin, end - begin,
+                  std::strerror(errno));
+    }
+    const Entry e{*moved, new_shared_serial(), 1, nullptr};
+    entries_[count_++] = e;
     g_entry_count.store(count_, std::memory_order_release);
     stats_.shares += 1;
     stats_.bytes += end - begin;
     stats_.seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    return span(*e, begin, end);
+    return span(e, begin, end);
   }
 
 
@@ -369,10 +324,7 @@ class Cache {
       for (std::size_t i = 0; i < count_; ++i) ::close(entries_[i].fd);
       count_ = 0;
       g_entry_count.store(0, std::memory_order_release);
-      ProcmapQuery probe{};
-      probe.size = sizeof(probe);
-      probe.query_addr = reinterpret_cast<std::uintptr_t>(&probe);
-      queryable_ = maps_.valid() && ioctl(maps_.get(), kProcmapQuery, &probe) == 0;
+      queryable_ = answers_procmap_query(maps_.get());
     }
     if (!queryable_) return false;
     for (std::size_t i = 0; i < count_;) {
@@ -383,9 +335,9 @@ class Cache {
 
   // Whether e's range is still exactly one read-write mapping of its memfd.
   bool intact(const Entry& e) const {
-    auto v = vma_at(e.begin);
+    auto v = query_vma(maps_.get(), e.begin);
     return v && v->start == e.begin && v->end == e.end && v->offset == 0 && e.maps(*v) &&
-           (v->flags & (kVmaReadable | kVmaWritable)) == (kVmaReadable | kVmaWritable);
+           v->readable_and_writable();
   }
 
   // Entry i's memory, where it is still its memfd's mapping, becomes private
@@ -396,7 +348,7 @@ class Cache {
   // and the next sweep tries again (false).
   bool drop(std::size_t i) {
     const Entry e = entries_[i];
-    if (!give_back(e)) return false;
+    if (!give_back(maps_.get(), e)) return false;
     unpaid_in_a_row_ = e.uses < kUsesThatPayBack ? unpaid_in_a_row_ + 1 : 0;
     entries_[i] = entries_[--count_];
     g_entry_count.store(count_, std::memory_order_release);
@@ -407,140 +359,6 @@ class Cache {
     return true;
   }
 
-  // Every piece of [e.begin, e.end) still mapping e's memfd replaced, with
-  // mremap, by private anonymous memory holding the file's bytes there and
-  // the piece's protection, kMoveChunkBytes at a time (the copy never holds
-  // twice the range). False where a piece could not be (out of memory): it
-  // stays shared, and says so once.
-  //
-  // Note [Giving memory back]: the copy and the remap are two steps, so a
-  // write by another thread between them is lost. Nothing writes a range
-  // while a collective shares it, but after the user frees it the allocator
-  // may hand its pieces to anyone, so the causes are kept rare: the user
-  // unmapping or mapping over part of a range (what is left goes back), and
-  // advice that can tell shared memory from private (fork inheritance, KSM;
-  // not the discards nor the huge-page hints allocators give on live
-  // memory, which leave the range shared). Doing it in one step needs the
-  // writers stopped (userfaultfd write-protection), or a private mapping of
-  // the memfd, which reads the file again after MADV_DONTNEED (stale bytes
-  // where the allocator expects zeros).
-  bool give_back(const Entry& e) {
-    bool all_moved = true;
-    for (std::uintptr_t at = e.begin; at < e.end;) {
-      auto v = vma_at(at, kQueryCoveringOrNextVma);
-      if (!v || v->start >= e.end || v->end <= at) break;
-      const std::uintptr_t lo = std::max(at, v->start),
-                           hi = std::min({e.end, v->end, lo + kMoveChunkBytes});
-      at = hi;
-      if (!e.maps(*v)) continue;
-      const std::size_t n = hi - lo;
-      const int prot = (v->flags & kVmaReadable ? PROT_READ : 0) |
-                       (v->flags & kVmaWritable ? PROT_WRITE : 0) |
-                       (v->flags & kVmaExecutable ? PROT_EXEC : 0);
-      void* fresh = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-      const bool moved =
-          fresh != MAP_FAILED &&
-          transfer_all_at(pread, e.fd, static_cast<char*>(fresh), n,
-                      static_cast<off_t>(v->offset + (lo - v->start))) &&
-          mprotect(fresh, n, prot) == 0 &&
-          mremap(fresh, n, n, MREMAP_MAYMOVE | MREMAP_FIXED, reinterpret_cast<void*>(lo)) !=
-              MAP_FAILED;
-      if (!moved) {
-        if (fresh != MAP_FAILED) munmap(fresh, n);
-        if (!warned_give_back_.exchange(true)) {
-          log()->warn("memory shared in place at {:#x}+{} could not become private again: {}",
-                      lo, n, std::strerror(errno));
-        }
-        all_moved = false;
-      }
-    }
-    return all_moved;
-  }
-
-  std::optional<Vma> vma_at(std::uintptr_t addr, std::uint64_t flags = 0) const {
-    char name[256];
-    ProcmapQuery q{};
-    q.size = sizeof(q);
-    q.query_flags = flags;
-    q.query_addr = addr;
-    q.vma_name_addr = reinterpret_cast<std::uintptr_t>(name);
-    q.vma_name_size = sizeof(name);
-    int rc = ioctl(maps_.get(), kProcmapQuery, &q);
-    // ENAMETOOLONG: a name longer than the buffer (a file's long path), so a
-    // name, and the kernel answered nothing else: asked again without it.
-    const bool long_name = rc != 0 && errno == ENAMETOOLONG;
-    if (long_name) {
-      q.vma_name_addr = 0;
-      q.vma_name_size = 0;
-      rc = ioctl(maps_.get(), kProcmapQuery, &q);
-    }
-    if (rc != 0) return std::nullopt;
-    return Vma{q.vma_start, q.vma_end,   q.vma_flags, q.vma_offset,
-               q.inode,     q.dev_major, q.dev_minor, long_name || q.vma_name_size != 0};
-  }
-
-  // Moves [begin, end) into a new memfd, a chunk at a time: the chunk
-  // written into the file, a shared mapping of it moved over the chunk's
-  // addresses (the kernel checks what could fail, the map count, before it
-  // unmaps the old pages). Adjacent chunks' mappings merge into one.
-  Result<Entry> make_shared(std::uintptr_t begin, std::uintptr_t end) {
-    const std::size_t bytes = end - begin;
-    Fd fd(memfd_create("kiln-in-place", MFD_CLOEXEC));
-    if (!fd.valid()) return errno_status("share memory in place: memfd_create", errno);
-    if (ftruncate(fd.get(), static_cast<off_t>(bytes)) != 0) {
-      return errno_status(fmt::format("share memory in place: size a memfd to {} bytes", bytes),
-                          errno);
-    }
-    Entry e{begin, end, fd.get(), 0, 0, 0, 0, 1, nullptr};
-    for (std::size_t off = 0; off < bytes; off += kMoveChunkBytes) {
-      const std::size_t n = std::min(kMoveChunkBytes, bytes - off);
-      const auto at = static_cast<off_t>(off);
-      void* chunk = nullptr;
-      if (transfer_all_at(pwrite, fd.get(), reinterpret_cast<const char*>(begin + off), n, at)) {
-        chunk = mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd.get(), at);
-      }
-      if (chunk == nullptr || chunk == MAP_FAILED ||
-          mremap(chunk, n, n, MREMAP_MAYMOVE | MREMAP_FIXED,
-                 reinterpret_cast<void*>(begin + off)) == MAP_FAILED) {
-        const int err = errno;
-        if (chunk != nullptr && chunk != MAP_FAILED) munmap(chunk, n);
-        if (off > 0) give_back_moved(e, begin + off);
-        return errno_status(
-            fmt::format("share memory in place: move {:#x}+{} into a memfd", begin + off, n),
-            err);
-      }
-    }
-    if (kernel_madvise(begin, bytes, MADV_DONTFORK) != 0) {
-      // Still correct memory, only fork() would share it: keep it, say so.
-      log()->warn("share memory in place: MADV_DONTFORK on {:#x}+{}: {}", begin, bytes,
-                  std::strerror(errno));
-    }
-    auto v = vma_at(begin);
-    if (!v || v->start != begin || v->end != end) {
-      // Not one mapping: the sweep would drop it at once.
-      give_back_moved(e, end);
-      return internal_error(fmt::format(
-          "share memory in place: the chunks moved over {:#x}+{} did not merge into one mapping",
-          begin, bytes));
-    }
-    e.inode = v->inode;
-    e.dev_major = v->dev_major;
-    e.dev_minor = v->dev_minor;
-    e.serial = new_shared_serial();
-    fd.release();
-    return e;
-  }
-
-  // Undoes a make_shared that moved [e.begin, moved_end) before it failed.
-  void give_back_moved(Entry e, std::uintptr_t moved_end) {
-    e.end = moved_end;
-    if (auto v = vma_at(e.begin)) {
-      e.inode = v->inode;
-      e.dev_major = v->dev_major;
-      e.dev_minor = v->dev_minor;
-      give_back(e);
-    }
-  }
 
   std::recursive_mutex mu_;
   std::array<Entry, kMaxInPlaceShares> entries_{};  // [0, count_) guarded by mu_, as all below
@@ -550,7 +368,6 @@ class Cache {
   bool queryable_ = false;
   bool warned_ = false;
   bool warned_unpaid_ = false;
-  std::atomic<bool> warned_give_back_{false};
   std::size_t unpaid_in_a_row_ = 0;  // entries dropped with fewer than kUsesThatPayBack uses
   InPlaceShareStats stats_;
 };
@@ -621,10 +438,7 @@ void Cache::after_fork_in_child() {
 bool kernel_answers_procmap_query() {
   static const bool answers = [] {
     Fd maps(open("/proc/self/maps", O_RDONLY | O_CLOEXEC));
-    ProcmapQuery probe{};
-    probe.size = sizeof(probe);
-    probe.query_addr = reinterpret_cast<std::uintptr_t>(&probe);
-    return maps.valid() && ioctl(maps.get(), kProcmapQuery, &probe) == 0;
+    return answers_procmap_query(maps.get());
   }();
   return answers;
 }
