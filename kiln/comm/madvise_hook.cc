@@ -7,8 +7,9 @@
 // stale bytes), and MADV_FREE fails on shared mappings. So this process's
 // madvise is Kiln's, as UCX's and Open MPI's registration caches hook
 // munmap and madvise: on memory shared in place it answers as private
-// memory would (madvise_shared_in_place), everything else goes to the
-// kernel as it is.
+// memory would (madvise_shared_in_place), everything else goes on as it is
+// to the next madvise in the lookup order (an LD_PRELOADed interposer's, a
+// memory profiler's, else libc's), as any interposer should.
 //
 // Defined here and exported from every executable that links kiln_comm
 // (--export-dynamic-symbol, kiln/comm/CMakeLists.txt), it binds each call
@@ -26,10 +27,28 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 
 #include "kiln/comm/shared_in_place.h"
+
+namespace {
+
+using Madvise = int (*)(void*, std::size_t, int);
+
+// The madvise after Kiln's, looked up when the library is loaded and not at
+// the first call: dlsym may allocate, and that call may come from inside
+// the allocator. Calls before then (other libraries' constructors) go to
+// the kernel.
+std::atomic<Madvise> g_next_madvise{nullptr};
+
+__attribute__((constructor)) void find_next_madvise() {
+  g_next_madvise.store(reinterpret_cast<Madvise>(dlsym(RTLD_NEXT, "madvise")),
+                       std::memory_order_release);
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -41,6 +60,9 @@ __attribute__((visibility("hidden"))) int kiln_madvise(void* addr, std::size_t l
     return *answered;
   }
   errno = saved;
+  if (const Madvise next = g_next_madvise.load(std::memory_order_acquire)) {
+    return next(addr, len, advice);
+  }
   return static_cast<int>(syscall(SYS_madvise, addr, len, advice));
 }
 

@@ -1,5 +1,6 @@
 #include "kiln/comm/shared_in_place.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -23,6 +24,7 @@
 #include <thread>
 
 #include "kiln/base/fd.h"
+#include "kiln/comm/madvise_hook.h"
 
 namespace kiln::comm {
 namespace {
@@ -411,13 +413,13 @@ TEST(SharedInPlaceAllocatorChild, FreeThenCallocReadsZero) {
   std::printf("allocator child ran\n");
 }
 
-std::string run_allocator_child(const std::string& preload) {
+// Runs this test binary again with `environment` (VAR=value words) and
+// `test` as its only test: its output and exit status.
+std::string run_child(const std::string& environment, const std::string& test) {
   char self[4096] = {};
   if (readlink("/proc/self/exe", self, sizeof self - 1) <= 0) return "no /proc/self/exe";
   const std::string command =
-      fmt::format("KILN_TEST_ALLOCATOR_CHILD=1 {} '{}' "
-                  "--gtest_filter=SharedInPlaceAllocatorChild.FreeThenCallocReadsZero 2>&1",
-                  preload, self);
+      fmt::format("{} '{}' --gtest_filter={} 2>&1", environment, self, test);
   FILE* f = popen(command.c_str(), "r");
   if (f == nullptr) return "popen failed";
   std::string out;
@@ -425,6 +427,11 @@ std::string run_allocator_child(const std::string& preload) {
   while (std::fgets(buf, sizeof buf, f) != nullptr) out += buf;
   const int status = pclose(f);
   return out + fmt::format("\nexit status {}", status);
+}
+
+std::string run_allocator_child(const std::string& preload) {
+  return run_child("KILN_TEST_ALLOCATOR_CHILD=1 " + preload,
+                   "SharedInPlaceAllocatorChild.FreeThenCallocReadsZero");
 }
 
 TEST(SharedInPlaceAllocators, ACallocAfterAFreeOfSharedMemoryReadsZero) {
@@ -443,6 +450,39 @@ TEST(SharedInPlaceAllocators, ACallocAfterAFreeOfSharedMemoryReadsZero) {
       "LD_PRELOAD={} MALLOC_CONF=dirty_decay_ms:0,muzzy_decay_ms:0", jemalloc));
   EXPECT_NE(out.find(ok), std::string::npos) << "jemalloc:\n" << out;
   EXPECT_NE(out.find("exit status 0"), std::string::npos) << "jemalloc:\n" << out;
+#endif
+}
+
+
+// Kiln's madvise, with another interposer preloaded: the calls it does not
+// answer itself reach that one, not the kernel directly. Spawned by
+// MadviseHook.PassesCallsOnToTheNextMadvise.
+TEST(MadviseHookChild, CallsReachThePreloadedMadvise) {
+  if (std::getenv("KILN_TEST_MADVISE_CHILD") == nullptr) GTEST_SKIP() << "spawned only";
+  using Calls = long (*)();
+  const auto calls = reinterpret_cast<Calls>(dlsym(RTLD_DEFAULT, "kiln_test_madvise_counter_calls"));
+  ASSERT_NE(calls, nullptr) << "the counting madvise is not preloaded";
+  ASSERT_TRUE(madvise_hook_is_active()) << "Kiln's madvise is not the one bound";
+  const std::size_t page = static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+  void* p = mmap(nullptr, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(p, MAP_FAILED);
+  const long before = calls();
+  EXPECT_EQ(madvise(p, page, MADV_DONTNEED), 0);
+  EXPECT_EQ(madvise(p, page, MADV_WILLNEED), 0);
+  EXPECT_EQ(calls(), before + 2);
+  munmap(p, page);
+  std::printf("madvise child ran\n");
+}
+
+TEST(MadviseHook, PassesCallsOnToTheNextMadvise) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "a preloaded library cannot come before AddressSanitizer's runtime";
+#else
+  const std::string out = run_child(fmt::format("KILN_TEST_MADVISE_CHILD=1 LD_PRELOAD={}",
+                                                KILN_TEST_MADVISE_COUNTER),
+                                    "MadviseHookChild.CallsReachThePreloadedMadvise");
+  EXPECT_NE(out.find("madvise child ran"), std::string::npos) << out;
+  EXPECT_NE(out.find("exit status 0"), std::string::npos) << out;
 #endif
 }
 
