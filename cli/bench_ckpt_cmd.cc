@@ -23,6 +23,10 @@
 //                    their (touched) memory (target ≤ 3 × memcpy_s)
 //   inmem_buddy_recovery_s  the same after rank 1's memory is lost: it fetches
 //                    its snapshot from the replica rank 2 (mod n) holds (≤ 5 ×)
+//                    Both are the median of 3 recoveries, each of a step
+//                    stored again after the last (a recovery each, not the
+//                    best); inmem_*recovery_rounds: each one's time and every
+//                    rank's phases (ckpt::RecoveryPhases)
 //   inmem_restart_recovery_s  a rank process SIGKILLed and restarted recovers
 //                    from its buddy's memory: from the kill to both recovered,
 //                    process start and allocation included (bench_ckpt_restart.h;
@@ -148,8 +152,37 @@ void drop_cache(const std::string& dir) {
   }
 }
 
+// One recovery's phases (ckpt::RecoveryPhases), per rank, as JSON.
+using RankPhases = nlohmann::json;
+
+Result<RankPhases> every_ranks_phases(Communicator& c, const ckpt::RecoveryPhases& p) {
+  std::vector<double> mine{p.list_s,          p.headers_s,       p.stream_s,
+                           p.stream_wait_s,   p.stream_into_s,   p.stream_source_s,
+                           p.stream_own_copy_s, p.finish_s,      p.agree_s};
+  std::vector<double> all(mine.size() * static_cast<std::size_t>(c.size()));
+  KILN_RETURN_IF_ERROR(
+      c.allgather(mine.data(), all.data(), mine.size(), DataType::kFloat64)->wait());
+  RankPhases out = nlohmann::json::array();
+  for (int rank = 0; rank < c.size(); ++rank) {
+    const double* q = all.data() + static_cast<std::size_t>(rank) * mine.size();
+    out.push_back({{"list", q[0]},
+                   {"headers", q[1]},
+                   {"stream", q[2]},
+                   {"stream_wait", q[3]},
+                   {"stream_checksum_into_place", q[4]},
+                   {"stream_send_source", q[5]},
+                   {"stream_own_copy", q[6]},
+                   {"finish", q[7]},
+                   {"agree", q[8]}});
+  }
+  return out;
+}
+
 struct MemoryTierTimes {
+  // recovery_s and buddy_s: the medians of kRecoveryRounds recoveries each.
   double stage_s = 0, store_s = 0, recovery_s = 0, buddy_s = 0;
+  std::vector<double> recovery_each_s, buddy_each_s;
+  std::vector<RankPhases> recovery_phases, buddy_phases;  // per round
   // Each timed store's, with a memcpy of the same bytes right before it.
   std::vector<double> memcpy_each_s, store_each_s;
   bool staged = false, replica_on_host = false;  // how the timed stores went (MemoryStoreStats)
@@ -159,11 +192,15 @@ struct MemoryTierTimes {
 // later ones write over the retired generation's (Note [Recycled snapshot
 // files]), as every save of a training run after its second does.
 constexpr int kWarmStores = 2, kTimedStores = 3;
+// Recoveries of each kind (own snapshots, buddy's replica), each a step
+// stored again after the last: the keys are their medians.
+constexpr int kRecoveryRounds = 3;
 
 // The in-memory tier on the same state: store it, recover it into this
 // rank's (touched) scratch memory as ranks restarting in place would, then
 // again with rank 1's memory gone (its buddy's replica comes over the
-// communicator). Checks every recovered byte; clears the tier.
+// communicator); kRecoveryRounds times, a newer step stored before each
+// round. Checks every recovered byte; clears the tier.
 Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_comm,
                                             const std::string& root, ckpt::RowRange mine,
                                             std::int64_t rows, std::int64_t cols,
@@ -204,27 +241,44 @@ Result<MemoryTierTimes> measure_memory_tier(Communicator& c, Communicator& ckpt_
   t.store_s = median(store_s);
   t.store_each_s = store_s;
   ckpt::RecoverTarget into{"weights", reinterpret_cast<std::byte*>(scratch.data()), my_bytes};
-  for (int lose = 0; lose < (n > 1 ? 2 : 1); ++lose) {
-    // Rank 1 loses its memory as a dead process does: its files deleted and
-    // unmapped before the clock starts (a process's exit is not its
-    // successor's recovery). The survivor's mapping of the lost file is
-    // dropped inside recover(), timed.
-    if (lose == 1 && r == 1) KILN_RETURN_IF_ERROR(tier->clear());
-    std::memset(scratch.data(), 0, my_bytes);
-    KILN_RETURN_IF_ERROR(c.barrier()->wait());
-    auto t0 = std::chrono::steady_clock::now();
-    KILN_ASSIGN_OR_RETURN(auto got, tier->recover(step, {&into, 1}));
-    KILN_ASSIGN_OR_RETURN(double s, slowest(c, seconds_since(t0)));
-    (lose == 0 ? t.recovery_s : t.buddy_s) = s;
-    const ckpt::LoadedEntry* w = got.find("weights");
-    int bad =
-        (w == nullptr || !w->in_place || std::memcmp(scratch.data(), state.data(), my_bytes) != 0 ||
-         tier->last_recovery().from_replica != lose)
-            ? 1
-            : 0;
-    KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
-    if (bad) return internal_error("bench ckpt: the in-memory tier restored other bytes");
+  for (int round = 0; round < kRecoveryRounds; ++round) {
+    const std::int64_t at = step + round;
+    if (round > 0) {
+      // Rank 1 lost its memory in the last round: as a restarted process it
+      // opens a tier again, and every rank stores a newer step (not timed).
+      if (r == 1) {
+        KILN_ASSIGN_OR_RETURN(tier, ckpt::MemoryTier::open({.dir = dir, .comm = &ckpt_comm}));
+      }
+      KILN_ASSIGN_OR_RETURN(std::byte * staged, tier->stage(my_bytes));
+      std::memcpy(staged, state.data(), my_bytes);
+      KILN_RETURN_IF_ERROR(tier->store(at, entries, staged));
+    }
+    for (int lose = 0; lose < (n > 1 ? 2 : 1); ++lose) {
+      // Rank 1 loses its memory as a dead process does: its files deleted and
+      // unmapped before the clock starts (a process's exit is not its
+      // successor's recovery). The survivor's mapping of the lost file is
+      // dropped by its next store, not inside recover().
+      if (lose == 1 && r == 1) KILN_RETURN_IF_ERROR(tier->clear());
+      std::memset(scratch.data(), 0, my_bytes);
+      KILN_RETURN_IF_ERROR(c.barrier()->wait());
+      auto t0 = std::chrono::steady_clock::now();
+      KILN_ASSIGN_OR_RETURN(auto got, tier->recover(at, {&into, 1}));
+      KILN_ASSIGN_OR_RETURN(double s, slowest(c, seconds_since(t0)));
+      KILN_ASSIGN_OR_RETURN(auto phases, every_ranks_phases(c, tier->last_recovery().phases));
+      (lose == 0 ? t.recovery_each_s : t.buddy_each_s).push_back(s);
+      (lose == 0 ? t.recovery_phases : t.buddy_phases).push_back(std::move(phases));
+      const ckpt::LoadedEntry* w = got.find("weights");
+      int bad = (w == nullptr || !w->in_place ||
+                 std::memcmp(scratch.data(), state.data(), my_bytes) != 0 ||
+                 tier->last_recovery().step != at || tier->last_recovery().from_replica != lose)
+                    ? 1
+                    : 0;
+      KILN_RETURN_IF_ERROR(c.allreduce(&bad, 1, DataType::kInt32, comm::ReduceOp::kMax)->wait());
+      if (bad) return internal_error("bench ckpt: the in-memory tier restored other bytes");
+    }
   }
+  t.recovery_s = median(t.recovery_each_s);
+  if (n > 1) t.buddy_s = median(t.buddy_each_s);
   KILN_RETURN_IF_ERROR(tier->clear());
   KILN_RETURN_IF_ERROR(c.barrier()->wait());
   if (r == 0) std::filesystem::remove_all(dir);
@@ -430,8 +484,10 @@ Status bench_ckpt(const CkptBenchArgs& a) {
         {"inmem_store_rounds", {{"memcpy_s", mem.memcpy_each_s}, {"store_s", mem.store_each_s}}},
         {"inmem_recovery_s", mem.recovery_s},
         {"inmem_recovery_vs_memcpy", mem.recovery_s / median(memcpy_s)},
+        {"inmem_recovery_rounds", {{"s", mem.recovery_each_s}, {"phases_s", mem.recovery_phases}}},
         {"inmem_buddy_recovery_s", n > 1 ? nlohmann::json(mem.buddy_s) : nullptr},
         {"inmem_buddy_vs_memcpy", n > 1 ? nlohmann::json(mem.buddy_s / median(memcpy_s)) : nullptr},
+        {"inmem_buddy_recovery_rounds", {{"s", mem.buddy_each_s}, {"phases_s", mem.buddy_phases}}},
         {"inmem_restart_recovery_s", restart.total_s},
         {"inmem_restart_phases_s", restart_json(restart)["phases_s"]},
         {"inmem_restart_faults", restart_json(restart)["faults"]},

@@ -33,6 +33,10 @@ namespace {
 
 using comm::DataType;
 
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
 // Snapshots of one rank that recovery considers: the newest few, so a step
 // interrupted mid-exchange still leaves the one before it on the peers that
 // finished it.
@@ -520,6 +524,7 @@ std::shared_ptr<internal::MappedFile> MemoryTier::buddy_file_on_this_host(
 Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
                                         std::span<const RecoverTarget> into) {
   stats_ = MemoryRecoveryStats{};
+  const auto listing = std::chrono::steady_clock::now();
   // What this rank holds: [own steps..., replica-of-predecessor steps...].
   std::vector<std::int64_t> mine(2 * kReported, -1);
   int n_own = 0, n_rep = 0;
@@ -539,6 +544,7 @@ Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
   } else {
     all = mine;
   }
+  stats_.phases.list_s = seconds_since(listing);
   auto own_of = [&](int r) { return all.data() + r * 2 * kReported; };
   auto replica_held_by = [&](int r) { return all.data() + r * 2 * kReported + kReported; };
   std::set<std::int64_t, std::greater<>> candidates(all.begin(), all.end());
@@ -557,8 +563,10 @@ Result<LoadedState> MemoryTier::recover(std::int64_t min_step,
     auto st = restore(s, need_fetch, pred_needs, into);
     // Every rank takes part in the agreement, also one whose stream failed:
     // a peer that did not see the failure must not be left waiting.
+    const auto agreeing = std::chrono::steady_clock::now();
     Status agreed =
         world_ > 1 ? comm::agree(*options_.comm, st.status(), options_.timeout) : st.status();
+    stats_.phases.agree_s = seconds_since(agreeing);
     if (agreed.is_ok()) {
       stats_.step = s;
       for (int r = 0; r < world_; ++r) stats_.from_replica += has(own_of(r), s) ? 0 : 1;
@@ -621,6 +629,8 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   }
   std::string recv_json;
   std::uint64_t recv_size = 0;
+  RecoveryPhases& phases = stats_.phases;
+  const auto heading = std::chrono::steady_clock::now();
   if (world_ > 1) {
     std::int64_t head_out[2] = {static_cast<std::int64_t>(send_json.size()),
                                 static_cast<std::int64_t>(send_size)};
@@ -647,6 +657,7 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
   }
   std::optional<internal::RestoreSink> sink;
   if (rec.is_ok()) sink.emplace(*rec, rank_, world_, into, where, options_.rows_as_saved);
+  phases.headers_s = seconds_since(heading);
   // This rank's own snapshot, copied in the stream's waits (Note [A local
   // restore beside the stream]). A failure to open it is returned after the
   // stream, which the peers wait on.
@@ -669,20 +680,28 @@ Result<LoadedState> MemoryTier::restore(std::int64_t step, bool need_fetch, bool
     Status local;
     internal::ChunkSink* in = nullptr;
     if (need_fetch) in = sink ? static_cast<internal::ChunkSink*>(&*sink) : &discard;
-    KILN_RETURN_IF_ERROR(internal::stream_ring(*comm, to, send_bin ? &*send_bin : nullptr,
-                                               send_size, from, in, need_fetch ? recv_size : 0, t,
-                                               *bounce_, &local, own_copy ? &*own_copy : nullptr)
-                             .with_context(where));
+    internal::StreamTimes times;
+    Status streamed = internal::stream_ring(*comm, to, send_bin ? &*send_bin : nullptr, send_size,
+                                            from, in, need_fetch ? recv_size : 0, t, *bounce_,
+                                            &local, own_copy ? &*own_copy : nullptr, &times);
+    phases.stream_s = times.total_s;
+    phases.stream_wait_s = times.wait_s;
+    phases.stream_into_s = times.sink_s;
+    phases.stream_source_s = times.source_s;
+    phases.stream_own_copy_s = times.meanwhile_s;
+    KILN_RETURN_IF_ERROR(streamed.with_context(where));
     KILN_RETURN_IF_ERROR(local.with_context(where));
   }
   if (!rec.is_ok()) return rec.status();
   if (need_fetch) stats_.fetched_bytes = recv_size;
+  const auto finishing = std::chrono::steady_clock::now();
   if (own_copy) KILN_RETURN_IF_ERROR(own_copy->finish());
   LoadedState st;
   st.step = step;
   st.dir = dir;
   st.saved_world_size = world_;
   KILN_ASSIGN_OR_RETURN(st.entries, sink->finish());
+  phases.finish_s = seconds_since(finishing);
   return st;
 }
 

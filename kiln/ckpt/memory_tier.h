@@ -77,8 +77,23 @@ struct RecoverTarget {
   std::size_t bytes = 0;
 };
 
+// Where this rank's part of the last recover() went, in seconds of wall
+// time (diagnostics: `kiln bench ckpt` reports them).
+struct RecoveryPhases {
+  double list_s = 0;     // listing what this rank holds, and learning what every rank does
+  double headers_s = 0;  // records and sizes exchanged with the ring neighbours, parsed
+  double stream_s = 0;   // the replica's stream (sent, received, or neither), in all
+  double stream_wait_s = 0;     // of which waiting on the communicator for a round
+  double stream_into_s = 0;     // of which placing and checksumming received chunks
+  double stream_source_s = 0;   // of which producing the chunks sent
+  double stream_own_copy_s = 0;  // of which this rank's own snapshot copied in the waits
+  double finish_s = 0;  // the rest of the own copy, checksums compared
+  double agree_s = 0;   // every rank agreeing on the outcome
+};
+
 struct MemoryRecoveryStats {
   std::int64_t step = -1;
+  RecoveryPhases phases;
   int from_replica = 0;           // ranks whose snapshot came from their buddy
   std::size_t fetched_bytes = 0;  // bytes this rank received from its buddy
   // Steps whose restore began: when > 0, the recover targets were written

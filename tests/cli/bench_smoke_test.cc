@@ -250,6 +250,22 @@ TEST_F(BenchSmoke, CkptTypedAloneStartsTwoRanksAndReportsEveryKey) {
   for (const char* phase : {"start", "join", "alloc", "recover"}) {
     EXPECT_GT(doc["inmem_restart_phases_s"][phase].get<double>(), 0.0) << phase;
   }
+  // Both recovery keys are medians of three recoveries, each with every
+  // rank's phases; in the buddy's, rank 1 received its bytes in the stream.
+  for (const char* kind : {"inmem_recovery_rounds", "inmem_buddy_recovery_rounds"}) {
+    ASSERT_EQ(doc[kind]["s"].size(), 3u) << kind;
+    std::vector<double> each = doc[kind]["s"].get<std::vector<double>>();
+    std::sort(each.begin(), each.end());
+    const char* key = std::string(kind) == "inmem_recovery_rounds" ? "inmem_recovery_s"
+                                                                   : "inmem_buddy_recovery_s";
+    EXPECT_EQ(doc[key].get<double>(), each[1]) << key << " is the median";
+    ASSERT_EQ(doc[kind]["phases_s"].size(), 3u) << kind;
+    for (const auto& round : doc[kind]["phases_s"]) {
+      ASSERT_EQ(round.size(), 2u) << "one entry per rank";
+      for (const auto& rank : round) EXPECT_GE(rank["list"].get<double>(), 0.0);
+    }
+  }
+  EXPECT_GT(doc["inmem_buddy_recovery_rounds"]["phases_s"][0][1]["stream"].get<double>(), 0.0);
   // The restarted process got its bytes back from its buddy (else exit 3).
   EXPECT_GT(doc["inmem_restart_recovery_s"].get<double>(), 0.0);
   EXPECT_TRUE(doc["compression"].is_string());

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 namespace kiln::ckpt::internal {
@@ -20,6 +21,21 @@ std::size_t chunk_bytes(std::uint64_t total, std::uint64_t round) {
 }
 
 std::uint64_t rounds_for(std::uint64_t bytes) { return (bytes + kStreamChunk - 1) / kStreamChunk; }
+
+// Adds the time from its construction to its destruction to `*into`.
+class Timed {
+ public:
+  explicit Timed(double* into) : into_(into), t0_(std::chrono::steady_clock::now()) {}
+  ~Timed() {
+    *into_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  }
+  Timed(const Timed&) = delete;
+  Timed& operator=(const Timed&) = delete;
+
+ private:
+  double* into_;
+  std::chrono::steady_clock::time_point t0_;
+};
 
 }  // namespace
 
@@ -84,7 +100,11 @@ std::byte* MappedSink::place(std::uint64_t offset, std::size_t, std::byte*) {
 Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::uint64_t send_bytes,
                    int from, ChunkSink* sink, std::uint64_t recv_bytes,
                    std::chrono::milliseconds timeout, Bounce& bounce, Status* local_error,
-                   FileCopy* meanwhile) {
+                   FileCopy* meanwhile, StreamTimes* times) {
+  StreamTimes unused;
+  StreamTimes& t = times != nullptr ? *times : unused;
+  t = StreamTimes{};
+  Timed all(&t.total_s);
   if (source == nullptr) send_bytes = 0;
   if (sink == nullptr) recv_bytes = 0;
   // Every rank runs the same number of rounds (a sendrecv per round, empty
@@ -104,10 +124,16 @@ Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::u
     if (k < 0) return Status::ok();
     const int slot = static_cast<int>(k % 2);
     if (!inflight[slot]) return Status::ok();
-    KILN_RETURN_IF_ERROR(inflight[slot]->wait(timeout));
+    {
+      Timed waiting(&t.wait_s);
+      KILN_RETURN_IF_ERROR(inflight[slot]->wait(timeout));
+    }
     inflight[slot].reset();
     const std::size_t n = chunk_bytes(recv_bytes, static_cast<std::uint64_t>(k));
-    if (n > 0) note(sink->done(static_cast<std::uint64_t>(k) * kStreamChunk, n, received_at[slot]));
+    if (n > 0) {
+      Timed sinking(&t.sink_s);
+      note(sink->done(static_cast<std::uint64_t>(k) * kStreamChunk, n, received_at[slot]));
+    }
     return Status::ok();
   };
   for (std::int64_t k = 0; k < rounds; ++k) {
@@ -118,6 +144,7 @@ Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::u
     const std::size_t in_n = chunk_bytes(recv_bytes, static_cast<std::uint64_t>(k));
     const std::byte* out = nullptr;
     if (out_n > 0) {
+      Timed sourcing(&t.source_s);
       auto c = source->chunk(off, out_n, bounce.send(slot));
       if (c.is_ok()) {
         out = *c;
@@ -129,7 +156,10 @@ Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::u
     }
     received_at[slot] = in_n > 0 ? sink->place(off, in_n, bounce.recv(slot)) : nullptr;
     inflight[slot] = comm.sendrecv(out, out_n, to, received_at[slot], in_n, from, DataType::kUInt8);
-    if (meanwhile != nullptr) meanwhile->step(kStreamChunk);
+    if (meanwhile != nullptr) {
+      Timed copying(&t.meanwhile_s);
+      meanwhile->step(kStreamChunk);
+    }
   }
   for (std::int64_t k = std::max<std::int64_t>(0, rounds - 2); k < rounds; ++k) {
     KILN_RETURN_IF_ERROR(finish(k));

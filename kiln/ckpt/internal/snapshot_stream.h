@@ -140,6 +140,14 @@ inline Status copy_from(const MappedFile& file, ChunkSink& sink) {
   return FileCopy(file, sink).finish();
 }
 
+// Where a stream's wall time went on this rank (stream_ring's `times`):
+// waiting on the communicator for a round, the sink placing and
+// checksumming what came, the source producing what goes, and the local
+// copy advanced in the waits (`meanwhile`). Diagnostics for the bench.
+struct StreamTimes {
+  double total_s = 0, wait_s = 0, sink_s = 0, source_s = 0, meanwhile_s = 0;
+};
+
 // Collective over the ring: sends `send_bytes` of `source` to `to` while
 // receiving `recv_bytes` from `from` into `sink`, kStreamChunk per message,
 // in as many rounds as the longest stream of any rank needs (agreed first),
@@ -152,10 +160,10 @@ inline Status copy_from(const MappedFile& file, ChunkSink& sink) {
 // `meanwhile` (optional): a local copy advanced by a round's bytes after
 // each round is posted, while the peers' side of it is under way (Note [A
 // local restore beside the stream], memory_tier.cc); the caller finishes
-// what is left of it.
+// what is left of it. `times` (optional) gets where the time went.
 Status stream_ring(comm::Communicator& comm, int to, ChunkSource* source, std::uint64_t send_bytes,
                    int from, ChunkSink* sink, std::uint64_t recv_bytes,
                    std::chrono::milliseconds timeout, Bounce& bounce, Status* local_error,
-                   FileCopy* meanwhile = nullptr);
+                   FileCopy* meanwhile = nullptr, StreamTimes* times = nullptr);
 
 }  // namespace kiln::ckpt::internal

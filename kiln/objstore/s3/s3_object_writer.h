@@ -2,11 +2,12 @@
 //
 // append() fills a part buffer of S3Options::part_bytes; a full buffer is
 // handed to one of upload_parallelism uploader threads (started with the
-// first full part, which also initiates the multipart upload) and append()
-// goes on with a fresh buffer, blocking only while upload_parallelism parts
-// are already in flight. So at most (upload_parallelism + 1) parts are held.
-// commit() uploads the last part, waits for all of them and completes the
-// upload; an object that never filled a part is a single PUT. Any failure
+// first full part, which also initiates the multipart upload) once a byte
+// after it arrives, and append() goes on with a fresh buffer, blocking only
+// while upload_parallelism parts are already in flight. So at most
+// (upload_parallelism + 1) parts are held. commit() uploads the last part,
+// waits for all of them and completes the upload; an object of at most one
+// part is a single PUT (Note [One part is one PUT], .cc). Any failure
 // (after the store's own retries, Note [S3 retries]) is kept, stops further
 // parts, and is returned by the next append() or commit(); abort(), or the
 // destructor, then aborts the multipart upload so no parts linger.
