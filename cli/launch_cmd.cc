@@ -43,7 +43,7 @@ const CommandRegistration kRegister("", [](CLI::App& parent) {
   auto* cmd = parent.add_subcommand("launch", "Run N local ranks of a command with RANK/WORLD_SIZE/MASTER_* set");
   cmd->add_option("-n,--nproc", args->n, "number of ranks")->required();
   cmd->add_option("--grace", args->grace_s, "seconds the other ranks get after one fails, before they are killed");
-  cmd->add_option("--bind", args->bind, "bind each rank to a core: auto (when there are enough cores), core, none");
+  cmd->add_option("--bind", args->bind, "bind each rank to its share of the cores: auto (when there are enough cores), core, none");
   cmd->add_option("--token-file", args->token_file,
                   "read the job token from FILE (mode 600) instead of KILN_JOB_TOKEN or a fresh one");
   cmd->add_option("command", args->cmd, "the command and its arguments (after --)")->required();

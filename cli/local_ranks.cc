@@ -20,6 +20,7 @@
 
 #include "kiln/base/fd.h"
 #include "kiln/base/line_forwarder.h"
+#include "kiln/base/rank_cores.h"
 #include "kiln/elastic/script_master.h"
 #include "kiln/elastic/worker_env.h"
 #include "kiln/store/tcp/server.h"
@@ -37,8 +38,12 @@ struct Child {
 };
 
 // Note [Binding ranks to cores]: like Open MPI's default for small jobs, a
-// rank that has a core to itself is bound to it, so the scheduler never
-// stacks two spinning ranks on one core (which costs tens of µs per hand-off).
+// rank that has a core to itself is bound, so the scheduler never stacks two
+// spinning ranks on one core (which costs tens of µs per hand-off); with
+// fewer ranks than cores each gets a block of them, a lone rank all of them,
+// and runs a thread on each (Note [A rank's share of the cores] in
+// kiln/base/rank_cores.h: bound to one core of two, a lone rank ran two
+// threads on it, 3-10x slow at random).
 bool should_bind(const std::string& bind, int n) {
   if (bind == "core") return true;
   if (bind == "none") return false;
@@ -46,22 +51,22 @@ bool should_bind(const std::string& bind, int n) {
   return n <= cpus;
 }
 
-void bind_to_core(int rank) {
-  cpu_set_t allowed;
-  if (sched_getaffinity(0, sizeof(allowed), &allowed) != 0) return;
-  int count = CPU_COUNT(&allowed);
-  if (count == 0) return;
-  int target = rank % count, seen = 0;
+// The affinity mask of each of `ranks` ranks, from the launcher's own
+// (cores_of_rank); built before fork, since the child may not allocate.
+std::vector<cpu_set_t> rank_masks(int ranks) {
+  cpu_set_t own;
+  if (sched_getaffinity(0, sizeof(own), &own) != 0) return {};
+  std::vector<int> allowed;
   for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-    if (!CPU_ISSET(cpu, &allowed)) continue;
-    if (seen++ == target) {
-      cpu_set_t one;
-      CPU_ZERO(&one);
-      CPU_SET(cpu, &one);
-      sched_setaffinity(0, sizeof(one), &one);
-      return;
-    }
+    if (CPU_ISSET(cpu, &own)) allowed.push_back(cpu);
   }
+  std::vector<cpu_set_t> masks(static_cast<std::size_t>(ranks));
+  for (int rank = 0; rank < ranks; ++rank) {
+    cpu_set_t& m = masks[static_cast<std::size_t>(rank)];
+    CPU_ZERO(&m);
+    for (const int cpu : cores_of_rank(allowed, rank, ranks)) CPU_SET(cpu, &m);
+  }
+  return masks;
 }
 
 std::string describe_exit(const Child& c) {
@@ -144,7 +149,8 @@ Status run_local_ranks(const LocalRanksOptions& o) {
   if (o.ranks < 1) return invalid_argument(fmt::format("{}: need at least 1 rank", o.who));
   if (o.command.empty())
     return invalid_argument(fmt::format("{}: no command given (CMD ARGS... after --)", o.who));
-  const bool bind_cores = should_bind(o.bind, o.ranks);
+  const std::vector<cpu_set_t> masks =
+      should_bind(o.bind, o.ranks) ? rank_masks(o.ranks) : std::vector<cpu_set_t>{};
   // Every rank runs here, so a fresh token is always possible.
   KILN_ASSIGN_OR_RETURN(std::string token, auth::launcher_token(o.token_file, /*may_generate=*/true, o.who));
   store::tcp::TcpStoreServer server({.token = token});
@@ -184,7 +190,9 @@ Status run_local_ranks(const LocalRanksOptions& o) {
         dup2(out_write.get(), STDOUT_FILENO);
         dup2(out_write.get(), STDERR_FILENO);
       }
-      if (bind_cores) bind_to_core(rank);
+      if (!masks.empty() && CPU_COUNT(&masks[static_cast<std::size_t>(rank)]) > 0) {
+        sched_setaffinity(0, sizeof(cpu_set_t), &masks[static_cast<std::size_t>(rank)]);
+      }
       execvpe(argv[0], argv.data(), envp.data());
       std::fprintf(stderr, "%s: cannot run %s: %s\n", o.who.c_str(), argv[0], std::strerror(errno));
       _exit(127);

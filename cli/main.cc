@@ -21,6 +21,7 @@
 #include <cerrno>
 #include <climits>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <string>
@@ -92,6 +93,26 @@ void hand_to_full_executable(char** argv) {
 #endif
 }
 
+// Note [OpenMP's workers sleep]: LibTorch's intra-op pool is OpenMP's
+// (libgomp), whose workers spin for a while after each parallel region by
+// default; OpenBLAS's own pool spins in sched_yield after each BLAS call. A
+// rank running two threads on two cores then has four busy threads there,
+// and each GEMM waits for an OpenBLAS worker the spinning OpenMP ones keep
+// off the core: a lone rank of gpt_3d.toml (1x1x1) took 2.34 s a step with
+// two threads, 1.49 s with one, and 1.28 s with two whose OpenMP workers
+// sleep at once (OMP_WAIT_POLICY=passive; 3 alternating runs each in one
+// hold, docs/plan.md "Session 13"). libgomp reads the variable when it is
+// loaded, before main, so it is set here, before the full executable is
+// exec'd, for the commands that train or time training's kernels (`kiln
+// plan calibrate` must time what a rank runs); a user's own value stays.
+bool trains(int argc, char** argv) {
+  if (argc < 2) return false;
+  for (const char* cmd : {"train", "launch", "run"}) {
+    if (std::strcmp(argv[1], cmd) == 0) return true;
+  }
+  return argc >= 3 && std::strcmp(argv[1], "plan") == 0 && std::strcmp(argv[2], "calibrate") == 0;
+}
+
 // Whether this command needs the BLAS that LibTorch loads.
 bool looks_at_blas(int argc, char** argv) {
   return runs_matrix_products(argc, argv) || (argc >= 2 && std::strcmp(argv[1], "env") == 0);
@@ -100,6 +121,7 @@ bool looks_at_blas(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  if (trains(argc, argv)) ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
   if (looks_at_blas(argc, argv)) hand_to_full_executable(argv);
   if (runs_matrix_products(argc, argv)) kiln::reexec_if_blas_runs_generic_kernels(argv);
   CLI::App app{"kiln: a runtime for fault-tolerant distributed training"};

@@ -49,6 +49,7 @@
 #include "cli/local_ranks.h"
 #include "cli/torch/bench_mlp.h"
 #include "kiln/base/blas_kernel.h"
+#include "kiln/base/rank_cores.h"
 #include "kiln/comm/process_group.h"
 #include "kiln/parallel/mesh/device_mesh.h"
 #include "kiln/parallel/pipeline/engine.h"
@@ -380,10 +381,9 @@ Status bench_handoff(const HandoffArgs& a) {
     return invalid_argument(fmt::format(
         "kiln bench handoff: --group {} must divide the world size {}", a.group, world.size()));
   }
-  // As kiln train: cores / local ranks intra-op threads (at least 1), both pools.
-  const char* local = std::getenv("LOCAL_WORLD_SIZE");
-  const int threads = std::max(1, static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN)) /
-                                      std::max(1, local ? std::atoi(local) : 1));
+  // As kiln train: the rank's share of the cores (Note [A rank's share of
+  // the cores] in kiln/base/rank_cores.h), both pools.
+  const int threads = intra_op_threads_here();
   torch::set_num_threads(threads);
   set_openblas_threads(threads);
   if (a.pp > 1) return bench_handoff_pipeline(a, world, threads);

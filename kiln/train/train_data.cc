@@ -2,12 +2,10 @@
 
 #include <sys/stat.h>
 
-#include <cstdlib>
-#include <thread>
-
 #include <fmt/format.h>
 
 #include "kiln/base/logging.h"
+#include "kiln/base/rank_cores.h"
 #include "kiln/data/convert/fashion_mnist.h"
 #include "kiln/data/convert/text_corpus.h"
 
@@ -22,10 +20,9 @@ bool file_exists(const std::string& path) {
 }  // namespace
 
 int threads_per_rank(const TrainLoopConfig& train) {
-  if (train.threads > 0) return train.threads;
-  const char* local = std::getenv("LOCAL_WORLD_SIZE");
-  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / std::max(1, local ? std::atoi(local) : 1));
+  return train.threads > 0 ? train.threads : intra_op_threads_here();
 }
+
 // Converts the dataset on first use (rank 0; the others wait at a barrier).
 Status prepare_data(const DataConfig& c, comm::Communicator& comm) {
   Status s;

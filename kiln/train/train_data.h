@@ -27,8 +27,8 @@ namespace kiln::train {
 constexpr std::chrono::milliseconds kCollectiveTimeout = std::chrono::minutes(10);
 constexpr double kBatchTimeoutS = 600;
 
-// Intra-op threads per rank: train.threads, or this host's cores shared by
-// its LOCAL_WORLD_SIZE ranks (at least 1).
+// Intra-op threads per rank: train.threads, or the rank's share of the
+// cores (Note [A rank's share of the cores] in kiln/base/rank_cores.h).
 int threads_per_rank(const TrainLoopConfig& train);
 
 // Converts the dataset on first use (rank 0; the others wait at a barrier).
