@@ -32,6 +32,7 @@
 #include <thread>
 
 #include "cli/command.h"
+#include "cli/torch/bench_serve_forward.h"
 #include "kiln/base/deadline.h"
 #include "kiln/base/heap.h"
 #include "kiln/ckpt/checkpointer.h"
@@ -562,6 +563,7 @@ void print_summary(const json& out) {
         s["forward_gain_32"].get<double>(), s["forward_gain_best"].get<double>(),
         s["forward_best_batch"].get<int>());
   }
+  if (out.contains("forward_ops")) print_forward_ops(out["forward_ops"]);
   if (out.contains("cold_start_s")) {
     std::printf("cold start (file://) %.6f s, cached %.6f s (x%.3f)\n", num("cold_start_s"),
                 num("cold_start_cached_s"), num("cached_vs_cold"));
@@ -624,6 +626,9 @@ Status bench(const BenchArgs& a) {
   BenchArgs args = a;
   if (a.part("service")) {
     KILN_ASSIGN_OR_RETURN(out["service_line"], service_line(model));
+  }
+  if (a.part("forward")) {
+    KILN_ASSIGN_OR_RETURN(out["forward_ops"], forward_ops(model));
   }
   // Note [max_batch from the service line]: a batch larger than the one
   // with the forward pass's best items/s only adds latency; smaller gives up
@@ -744,7 +749,8 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
       ->capture_default_str();
   cmd->add_option("--model", a->model, "A checkpoint root to serve (default: a fresh CNN)");
   cmd->add_option("--parts", a->parts,
-                  "Comma-separated parts to run: service (forward pass alone), cold (weights "
+                  "Comma-separated parts to run: service (forward pass alone), forward (the "
+                  "forward pass op by op per batch size, beside the core's FMA peak), cold (weights "
                   "on file://), cold_s3 (weights in s3rver on loopback), batching, fleet, probe "
                   "(one batched replica at --probe-rps)")
       ->capture_default_str();

@@ -16,6 +16,9 @@
 #include "kiln/train/task.h"
 #include "kiln/train/train_state.h"
 
+// The size caffe2's thread pool is created with (warm_up_torch sets it).
+C10_DECLARE_int(pthreadpool_size);
+
 namespace kiln::serve {
 namespace {
 
@@ -236,6 +239,36 @@ TEST(TorchModel, WeightsOfAnotherShapeAreDataLossNamingTheTensor) {
   EXPECT_EQ(model.status().code(), Code::kDataLoss);
   EXPECT_NE(model.status().message().find("conv1"), std::string::npos)
       << model.status().to_string();
+}
+
+// Note [LibTorch's first use]: the pool is created at the size asked for,
+// not one thread per core and then rebuilt. The pool is created once per
+// process, so each case runs in a fresh one (the threadsafe death-test
+// style re-executes the test binary). Exit codes name what failed.
+TEST(WarmUpTorch, CreatesLibTorchsThreadPoolAtTheThreadsAsked) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        if (FLAGS_pthreadpool_size != 0) std::exit(2);  // something set it before
+        warm_up_torch(1);
+        if (FLAGS_pthreadpool_size != 1) std::exit(3);
+        if (at::get_num_threads() != 1) std::exit(4);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
+}
+
+TEST(WarmUpTorch, KeepsAPoolSizeTheProcessChoseBefore) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        FLAGS_pthreadpool_size = 3;
+        warm_up_torch(1);
+        if (FLAGS_pthreadpool_size != 3) std::exit(3);
+        if (at::get_num_threads() != 1) std::exit(4);
+        std::exit(0);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace
