@@ -58,6 +58,12 @@ bool set_openblas_threads(int threads) {
   return true;
 }
 
+int openblas_threads() {
+  using GetThreads = int (*)();
+  auto fn = reinterpret_cast<GetThreads>(dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
+  return fn == nullptr ? 0 : fn();
+}
+
 void reexec_if_blas_runs_generic_kernels(char** argv) {
   if (std::getenv("OPENBLAS_CORETYPE") != nullptr || !kBlasCoreFix.get()) return;
   std::string detected = openblas_core_in_use();

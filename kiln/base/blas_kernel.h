@@ -55,4 +55,8 @@ void reexec_if_blas_runs_generic_kernels(char** argv);
 // OpenBLAS.
 bool set_openblas_threads(int threads);
 
+// OpenBLAS's thread count now in effect, or 0 when the process's BLAS is not
+// OpenBLAS.
+int openblas_threads();
+
 }  // namespace kiln

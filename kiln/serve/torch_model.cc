@@ -1,11 +1,11 @@
 #include "kiln/serve/torch_model.h"
 
-#include <dlfcn.h>
 #include <fmt/format.h>
 #include <torch/torch.h>
 
 #include <cstring>
 
+#include "kiln/base/blas_kernel.h"
 #include "kiln/train/task.h"
 #include "kiln/train/train_config.h"
 
@@ -223,15 +223,10 @@ class TorchModel : public Model {
 }  // namespace
 
 int limit_blas_threads(int threads) {
-  // Looked up at run time: the BLAS is whichever libblas.so.3 the system's
-  // alternatives point at, and only OpenBLAS has these calls.
-  using Set = void (*)(int);
-  using Get = int (*)();
-  auto set = reinterpret_cast<Set>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  auto get = reinterpret_cast<Get>(::dlsym(RTLD_DEFAULT, "openblas_get_num_threads"));
-  if (set == nullptr || get == nullptr) return 0;
-  set(std::max(1, threads));
-  return get();
+  // The BLAS is whichever libblas.so.3 the system's alternatives point at,
+  // and only OpenBLAS has these calls (kiln/base/blas_kernel.h).
+  if (!set_openblas_threads(std::max(1, threads))) return 0;
+  return openblas_threads();
 }
 
 void warm_up_torch(int threads) {
