@@ -7,18 +7,14 @@
 #include <xxhash.h>
 
 #include <cstddef>
-#include <random>
 #include <vector>
+
+#include "kiln/base/testing/random_bytes.h"
 
 namespace kiln {
 namespace {
 
-std::vector<std::byte> random_bytes(std::size_t n) {
-  std::vector<std::byte> v(n);
-  std::mt19937 rng(7);
-  for (auto& b : v) b = static_cast<std::byte>(rng());
-  return v;
-}
+using kiln::testing::random_bytes;
 
 TEST(Xxh3, GivesLibxxhashsResultsWholeAndInPieces) {
   const auto bytes = random_bytes(3 * (1 << 20) + 77);

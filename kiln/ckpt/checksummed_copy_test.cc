@@ -6,21 +6,16 @@
 
 #include <cstring>
 #include <numeric>
-#include <random>
 
-#include "kiln/ckpt/format.h"
+#include "kiln/base/testing/random_bytes.h"
 #include "kiln/base/xxh3.h"
+#include "kiln/ckpt/format.h"
 #include "kiln/ckpt/internal/snapshot_stream.h"
 
 namespace kiln::ckpt::internal {
 namespace {
 
-std::vector<std::byte> random_bytes(std::size_t n) {
-  std::vector<std::byte> v(n);
-  std::mt19937 rng(7);
-  for (auto& b : v) b = static_cast<std::byte>(rng());
-  return v;
-}
+using kiln::testing::random_bytes;
 
 TEST(ChecksummedCopy, CopiesEveryByteAndSumsEachEntryAsTheShardFormatDoes) {
   // Empty, tiny, several cache pieces with a ragged end, and a small last one.
