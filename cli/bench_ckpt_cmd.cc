@@ -50,12 +50,14 @@
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <utility>
 #include <vector>
 
 #include "cli/bench_ckpt_restart.h"
 #include "cli/bench_ckpt_s3.h"
 #include "cli/command.h"
 #include "cli/local_ranks.h"
+#include "kiln/base/deadline.h"
 #include "kiln/base/fd.h"
 #include "kiln/base/units.h"
 #include "kiln/ckpt/checkpointer.h"
@@ -90,10 +92,6 @@ struct CkptBenchArgs {
   std::vector<std::string> restart_ab;
   int restart_reps = 3;
 };
-
-double seconds_since(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
 
 Result<double> slowest(Communicator& c, double v) {
   KILN_RETURN_IF_ERROR(c.allreduce(&v, 1, DataType::kFloat64, comm::ReduceOp::kMax)->wait());
@@ -155,25 +153,31 @@ void drop_cache(const std::string& dir) {
 // One recovery's phases (ckpt::RecoveryPhases), per rank, as JSON.
 using RankPhases = nlohmann::json;
 
+// Each phase's key in the JSON, in the order the ranks exchange them.
+constexpr std::pair<const char*, double ckpt::RecoveryPhases::*> kPhaseKeys[] = {
+    {"list", &ckpt::RecoveryPhases::list_s},
+    {"headers", &ckpt::RecoveryPhases::headers_s},
+    {"stream", &ckpt::RecoveryPhases::stream_s},
+    {"stream_wait", &ckpt::RecoveryPhases::stream_wait_s},
+    {"stream_checksum_into_place", &ckpt::RecoveryPhases::stream_into_s},
+    {"stream_send_source", &ckpt::RecoveryPhases::stream_source_s},
+    {"stream_own_copy", &ckpt::RecoveryPhases::stream_own_copy_s},
+    {"finish", &ckpt::RecoveryPhases::finish_s},
+    {"agree", &ckpt::RecoveryPhases::agree_s},
+};
+
 Result<RankPhases> every_ranks_phases(Communicator& c, const ckpt::RecoveryPhases& p) {
-  std::vector<double> mine{p.list_s,          p.headers_s,       p.stream_s,
-                           p.stream_wait_s,   p.stream_into_s,   p.stream_source_s,
-                           p.stream_own_copy_s, p.finish_s,      p.agree_s};
+  std::vector<double> mine;
+  for (const auto& [key, field] : kPhaseKeys) mine.push_back(p.*field);
   std::vector<double> all(mine.size() * static_cast<std::size_t>(c.size()));
   KILN_RETURN_IF_ERROR(
       c.allgather(mine.data(), all.data(), mine.size(), DataType::kFloat64)->wait());
   RankPhases out = nlohmann::json::array();
   for (int rank = 0; rank < c.size(); ++rank) {
     const double* q = all.data() + static_cast<std::size_t>(rank) * mine.size();
-    out.push_back({{"list", q[0]},
-                   {"headers", q[1]},
-                   {"stream", q[2]},
-                   {"stream_wait", q[3]},
-                   {"stream_checksum_into_place", q[4]},
-                   {"stream_send_source", q[5]},
-                   {"stream_own_copy", q[6]},
-                   {"finish", q[7]},
-                   {"agree", q[8]}});
+    RankPhases phases = nlohmann::json::object();
+    for (std::size_t i = 0; i < mine.size(); ++i) phases[kPhaseKeys[i].first] = q[i];
+    out.push_back(std::move(phases));
   }
   return out;
 }

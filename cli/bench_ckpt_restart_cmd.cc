@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "cli/bench_ckpt_restart.h"
+#include "kiln/base/deadline.h"
 #include "kiln/base/fs.h"
 #include "kiln/base/resident_memory.h"
 #include "kiln/base/resource_usage.h"
@@ -124,10 +125,6 @@ class StateMemory {
   std::size_t bytes_ = 0;
   bool touch_ = false;
 };
-
-double seconds_since(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "cli/bench_ckpt_s3.h"
+#include "kiln/base/deadline.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/remote_load.h"
 #include "kiln/objstore/s3/local_s3rver.h"
@@ -22,10 +23,6 @@ namespace {
 using comm::DataType;
 using objstore::s3::LocalS3Server;
 using objstore::s3::S3ObjectStore;
-
-double seconds_since(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
 
 Result<double> slowest(comm::Communicator& c, double v) {
   KILN_RETURN_IF_ERROR(c.allreduce(&v, 1, DataType::kFloat64, comm::ReduceOp::kMax)->wait());

@@ -51,6 +51,7 @@
 #include <vector>
 
 #include "cli/command.h"
+#include "kiln/base/deadline.h"
 #include "kiln/base/fd.h"
 #include "kiln/base/resource_usage.h"
 #include "kiln/base/units.h"
@@ -90,10 +91,6 @@ struct DataBenchArgs {
   // a test can prove a corrupt dataset fails the run instead of timing it.
   bool inject_corruption = false;
 };
-
-double seconds_since(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
 
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());

@@ -9,6 +9,11 @@ namespace kiln {
 using Clock = std::chrono::steady_clock;
 using Millis = std::chrono::milliseconds;
 
+// Seconds from `t` to now: the span of a timed phase, for stats and logs.
+inline double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
 class Deadline {
  public:
   // A deadline that never expires; use only where a caller-supplied

@@ -19,10 +19,6 @@ const Knob<double> kCkptTimeout{"KILN_CKPT_TIMEOUT", 600.0,
                                 "bound on waiting for a previous checkpoint save and on each "
                                 "checkpoint commit collective, seconds"};
 
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
 // A shard written as an upload: the bytes stream into the object writer, and
 // close() commits the object, which makes it durable (nothing to fsync).
 class UploadWriter final : public FsWriter {

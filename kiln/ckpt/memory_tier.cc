@@ -13,6 +13,7 @@
 #include <optional>
 #include <set>
 
+#include "kiln/base/deadline.h"
 #include "kiln/base/file.h"
 #include "kiln/base/fs.h"
 #include "kiln/base/logging.h"
@@ -32,10 +33,6 @@ namespace kiln::ckpt {
 namespace {
 
 using comm::DataType;
-
-double seconds_since(std::chrono::steady_clock::time_point t) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
-}
 
 // Snapshots of one rank that recovery considers: the newest few, so a step
 // interrupted mid-exchange still leaves the one before it on the peers that

@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "kiln/base/deadline.h"
 #include "kiln/base/logging.h"
 #include "kiln/comm/shared_buffer.h"
 #include "kiln/ddp/bucket_plan.h"
@@ -57,10 +58,6 @@ std::uint64_t fnv1a(const std::string& s) {
   std::uint64_t h = 1469598103934665603ull;
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
   return h;
-}
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
 double cpu_seconds(clockid_t clock) {
@@ -315,7 +312,7 @@ void DistributedDataParallel::on_grad_accumulated(std::size_t i) {
   if (!sync_enabled_ || !in_backward_ || ready_[i]) return;
   point_grad_at_bucket(i);
   ready_[i] = true;
-  ready_at_[i] = std::chrono::duration<double>(Clock::now() - backward_started_).count();
+  ready_at_[i] = seconds_since(backward_started_);
   Bucket& b = buckets_[bucket_of_[i]];
   if (--b.pending == 0) launch_ready_buckets();
 }

@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "kiln/base/deadline.h"
+
 namespace kiln::ckpt::internal {
 namespace {
 
@@ -25,16 +27,14 @@ std::uint64_t rounds_for(std::uint64_t bytes) { return (bytes + kStreamChunk - 1
 // Adds the time from its construction to its destruction to `*into`.
 class Timed {
  public:
-  explicit Timed(double* into) : into_(into), t0_(std::chrono::steady_clock::now()) {}
-  ~Timed() {
-    *into_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
-  }
+  explicit Timed(double* into) : into_(into), t0_(Clock::now()) {}
+  ~Timed() { *into_ += seconds_since(t0_); }
   Timed(const Timed&) = delete;
   Timed& operator=(const Timed&) = delete;
 
  private:
   double* into_;
-  std::chrono::steady_clock::time_point t0_;
+  Clock::time_point t0_;
 };
 
 }  // namespace

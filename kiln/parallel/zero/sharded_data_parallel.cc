@@ -12,16 +12,11 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "kiln/base/deadline.h"
 #include "kiln/base/logging.h"
 
 namespace kiln::parallel::zero {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
 
 double steady_seconds(Clock::time_point t) {
   return std::chrono::duration<double>(t.time_since_epoch()).count();
