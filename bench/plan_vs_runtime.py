@@ -315,7 +315,8 @@ def main():
                          "earlier plan_vs_runtime.json and predict again (a changed model, "
                          "another --also-profile); given more than once, each layout's runs of "
                          "all of them (the holds of one sitting, Note [One sitting over several "
-                         "holds]), the profile and the rest from the first")
+                         "holds]) predicted on every hold's calibrations merged (unless "
+                         "--profile), the rest from the first")
     a = ap.parse_args()
     for layout in a.layouts:
         if len(layout.split("x")) != 3 or not all(x.isdigit() for x in layout.split("x")):
@@ -342,6 +343,14 @@ def main():
                          "load_start": h.get("load_start"), "load_end": h.get("load_end"),
                          "first_round": h.get("args", {}).get("first_round", 1),
                          "runs": h.get("args", {}).get("runs")} for h in holds]
+        if not a.profile and len(holds) > 1:
+            # Every hold's calibrations merged: the profile samples the minutes of the whole
+            # sitting as its runs do (Note [Drifting hosts]), not the first hold's alone.
+            merged = os.path.join(a.out, "profile.toml")
+            subprocess.run([a.kiln, "plan", "calibrate", "--merge",
+                            *[q for h in holds for q in h.get("calibration_profiles", [])],
+                            "-o", merged], check=True, capture_output=True, text=True)
+            a.profile = merged
         a.profile = a.profile or earlier["profile"]
     calibrations = []  # profiles measured in this window, spread over it
 
@@ -438,7 +447,8 @@ def main():
         rows[layout].setdefault("second_look", [])
     if measuring and a.second_look > 0:
         second_look(a, rows, fits)
-    each = calibrations or (earlier or {}).get("calibration_profiles", [])
+    # With --runs-from, every hold's calibrations: each hold calibrated in its own minutes.
+    each = calibrations or [q for h in holds for q in h.get("calibration_profiles", [])]
     doc["calibration_profiles"] = each
     for layout in a.layouts:
         row = rows[layout]

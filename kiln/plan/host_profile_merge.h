@@ -24,7 +24,8 @@
 namespace kiln::plan {
 
 // Merges `profiles` (calibrations of one host; `sources` name them for
-// errors): Note [Merging fits]; with an even count the lower median. Strings
+// errors): Note [Merging fits]; with an even count the lower middle fit
+// scaled to the mean time of the two middle ones. Strings
 // are the first profile's, except measured_at, which becomes the first and
 // the last ("A .. B"). InvalidArgument naming the profile when one differs
 // in cores or in the ranks per core its [core_sharing] was measured at.

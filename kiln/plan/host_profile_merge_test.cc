@@ -77,10 +77,32 @@ TEST(HostProfileMergeTest, EachFitComesWholeFromTheCalibrationWithTheMedianTime)
   ASSERT_TRUE(whole.is_ok());
   std::sort(times.begin(), times.end());
   expect_near_rel(t(whole->one_thread.linear_bwd), times[1]);
-  // Two calibrations: the lower median, whole.
-  auto two = merge_host_profiles({cals[0], cals[1]}, {"a.toml", "b.toml"});
+}
+
+TEST(HostProfileMergeTest, TwoCalibrationsMergeToTheMeanTimeNotTheFasterOne) {
+  // 1.0x and 1.3x: no middle calibration. Every fit is the faster one's,
+  // scaled to the mean of the two times (1.15x), so the merged profile
+  // prices a step between the two calibrations, not at the faster one.
+  const HostProfile fast = profile(1.0, "T1"), slow = profile(1.3, "T2");
+  auto two = merge_host_profiles({slow, fast}, {"a.toml", "b.toml"});
   ASSERT_TRUE(two.is_ok()) << two.status().to_string();
-  expect_near_rel(two->shm.bytes_per_s, 13e9);
+  const double k = 1.15;
+  auto gemm = [](const ComputeRates& r) { return r.linear_bwd.at(1024, 512, 128); };
+  expect_near_rel(gemm(two->one_thread), k * gemm(fast.one_thread));
+  expect_near_rel(two->one_thread.linear_bwd.call_s, k * fast.one_thread.linear_bwd.call_s);
+  auto attention = [](const ComputeRates& r) { return r.attention_bwd.at(32, 128, 32); };
+  expect_near_rel(attention(two->all_threads), k * attention(fast.all_threads));
+  expect_near_rel(two->one_thread.gelu_bwd.at(1e5), k * fast.one_thread.gelu_bwd.at(1e5));
+  expect_near_rel(two->one_thread.optimizer_param_s, k * fast.one_thread.optimizer_param_s);
+  expect_near_rel(two->one_thread.optimizer_per_tensor.per_unit_s,
+                  k * fast.one_thread.optimizer_per_tensor.per_unit_s);
+  expect_near_rel(two->shm.bytes_per_s, 13e9 / k);
+  expect_near_rel(two->tcp.alpha_s, k * 5.8e-6);
+  ASSERT_EQ(two->sharing.size(), 2u);
+  expect_near_rel(two->sharing[1].slowdown, k * 1.5);
+  expect_near_rel(two->sharing[1].handoff_s, k * 1e-3);
+  ASSERT_EQ(two->sharing[0].by_work.size(), 2u);
+  expect_near_rel(two->sharing[0].by_work[0].slowdown, k * 1.4);
   expect_near_rel(two->stream_bytes_per_s, (30e9 + 30e9 / 1.3) / 2);  // a single value: its median
 }
 
