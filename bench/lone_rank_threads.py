@@ -16,6 +16,9 @@ CPU seconds per wall second (1.0: the rank ran on one core at a time).
                at the end of a parallel region instead of spinning)
   default:     whatever the binary's own defaults are (the launcher's binding, kiln train's
                thread count): the binary after a change
+  keep-memory: default with glibc's malloc keeping what is freed (GLIBC_TUNABLES: no mmap
+               below 32 MiB, no trimming below 4 GiB), so a step's activations reuse the last
+               step's pages instead of faulting fresh ones in
 
   /work/bin/cpu-lock timed bench/lone_rank_threads.py --kiln build-rel/kiln --rounds 3 --out DIR
       [--variants bound-2,bound-1,free-2,free-2-passive]
@@ -31,6 +34,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ["bound-2", "bound-1", "free-2", "free-2-passive"]
+KEEP_MEMORY = "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296"
 
 
 def log(msg):
@@ -62,6 +66,8 @@ def run(a, variant, tag, one_thread_cfg):
     env = dict(os.environ)
     if variant.endswith("passive"):
         env["OMP_WAIT_POLICY"] = "passive"
+    if variant == "keep-memory":
+        env["GLIBC_TUNABLES"] = KEEP_MEMORY
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.strftime("%H:%M:%S", time.gmtime())
     w0 = time.monotonic()
@@ -73,13 +79,16 @@ def run(a, variant, tag, one_thread_cfg):
     if rc != 0:
         raise SystemExit(f"lone_rank_threads: {variant} run {tag} exited {rc}")
     cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
+    faults = ru1.ru_minflt - ru0.ru_minflt
     steps = [json.loads(l) for l in open(metrics) if '"step_s"' in l]
     timed = [s["step_s"] for s in steps if s["step"] > a.warmup]
     r = {"variant": variant, "tag": tag, "started_utc": started, "step_s": statistics.median(timed),
          "step_min_s": min(timed), "step_max_s": max(timed), "wall_s": wall, "job_cpu_s": cpu,
-         "cpu_per_wall": cpu / wall}
+         "cpu_per_wall": cpu / wall, "minor_faults": faults,
+         "system_cpu_s": ru1.ru_stime - ru0.ru_stime}
     log(f"{variant} run {tag}: step {r['step_s']:.3f} s ({r['step_min_s']:.3f}-"
-        f"{r['step_max_s']:.3f}), job {wall:.1f} s wall, {cpu:.1f} s CPU ({cpu / wall:.2f} per s)")
+        f"{r['step_max_s']:.3f}), job {wall:.1f} s wall, {cpu:.1f} s CPU ({cpu / wall:.2f} per s), "
+        f"{faults} minor faults, {r['system_cpu_s']:.1f} s system CPU")
     return r
 
 
@@ -97,7 +106,7 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     variants = a.variants.split(",")
     for v in variants:
-        if v not in VARIANTS + ["default"]:
+        if v not in VARIANTS + ["default", "keep-memory"]:
             ap.error(f"unknown variant {v}")
     one_thread_cfg = one_thread_config(a.config, a.out)
     runs = []
@@ -105,14 +114,16 @@ def main():
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
             runs.append(run(a, v, str(r + 1), one_thread_cfg))
-    lines = ["| variant | step s: median of runs (range) | runs s | job CPU per wall s |",
-             "|---|---|---|---|"]
+    lines = ["| variant | step s: median of runs (range) | runs s | job CPU per wall s "
+             "| minor faults per run | system CPU s per run |", "|---|---|---|---|---|---|"]
     for v in variants:
         mine = [x for x in runs if x["variant"] == v]
         s = [x["step_s"] for x in mine]
         lines.append(f"| {v} | {statistics.median(s):.3f} ({min(s):.3f}–{max(s):.3f}) "
                      f"| {', '.join(f'{x:.3f}' for x in s)} "
-                     f"| {statistics.median(x['cpu_per_wall'] for x in mine):.2f} |")
+                     f"| {statistics.median(x['cpu_per_wall'] for x in mine):.2f} "
+                     f"| {statistics.median(x['minor_faults'] for x in mine):.0f} "
+                     f"| {statistics.median(x['system_cpu_s'] for x in mine):.1f} |")
     with open(os.path.join(a.out, "lone_rank_threads.json"), "w") as f:
         json.dump({"args": vars(a), "runs": runs}, f, indent=1)
     print("\n".join(lines))
