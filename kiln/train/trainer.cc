@@ -28,6 +28,7 @@
 #include "kiln/diag/trace_session.h"
 #include "kiln/elastic/worker_link.h"
 #include "kiln/train/checkpoint_setup.h"
+#include "kiln/train/ddp_sync_record.h"
 #include "kiln/train/memory_cap.h"
 #include "kiln/train/progress_line.h"
 #include "kiln/train/resume.h"
@@ -332,8 +333,7 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
       timer.add(Phase::kExposedComm, sync.exposed_comm_s);
       timer.add(Phase::kBackward, std::max(0.0, backward_s - sync.exposed_comm_s));
       timer.current().comm_bytes = sync.bytes;
-      timer.current().comm_s = sync.sync_s;
-      for (const auto& c : sync.collectives) timer.current().collectives.push_back({c.bytes, c.seconds});
+      add_ddp_sync(sync, timer.current());
     }
     timer.current().cache_hit_rate = stream.cache_hit_rate();
     {

@@ -23,6 +23,7 @@
 #include "kiln/parallel/pipeline/engine.h"
 #include "kiln/train/batch_tensors.h"
 #include "kiln/train/checkpoint_setup.h"
+#include "kiln/train/ddp_sync_record.h"
 #include "kiln/train/gpt_3d.h"
 #include "kiln/train/gpt_3d_state.h"
 #include "kiln/train/gpt_3d_zero.h"
@@ -106,14 +107,7 @@ class ReplicaSync {
   void describe_sync(diag::StepRecord& r) const {
     if (zero_) return;
     r.collectives_in_backward = 0;
-    for (const auto& d : ddp_) {
-      const ddp::SyncStats& sync = d->last_sync();
-      r.comm_s += sync.sync_s;
-      for (const ddp::CollectiveStat& c : sync.collectives) {
-        r.collectives.push_back({c.bytes, c.seconds});
-        if (c.launched_s < sync.backward_s) ++r.collectives_in_backward;
-      }
-    }
+    for (const auto& d : ddp_) add_ddp_sync(d->last_sync(), r);
   }
 
   // Clipping by the global norm over every shard of the model.
