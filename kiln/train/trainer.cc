@@ -13,6 +13,7 @@
 #include <torch/torch.h>
 
 #include "kiln/base/blas_kernel.h"
+#include "kiln/base/deadline.h"
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/checkpointer.h"
@@ -56,9 +57,6 @@ constexpr std::chrono::seconds kFinalCheckpointTimeout = std::chrono::minutes(10
 // waits for the peers) and exiting, beating meanwhile under kiln run.
 constexpr std::chrono::seconds kTeardownTimeout = std::chrono::minutes(2);
 
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 // ---- evaluation -------------------------------------------------------------
 

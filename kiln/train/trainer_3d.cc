@@ -12,6 +12,7 @@
 #include <torch/torch.h>
 
 #include "kiln/base/blas_kernel.h"
+#include "kiln/base/deadline.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ddp/distributed_data_parallel.h"
@@ -41,7 +42,6 @@ using Clock = std::chrono::steady_clock;
 using diag::Phase;
 namespace pp = parallel::pipeline;
 
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 struct TokenBatch {
   torch::Tensor inputs, targets;  // int64 [B, seq_len]

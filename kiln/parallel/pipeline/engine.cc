@@ -7,15 +7,13 @@
 
 #include <fmt/format.h>
 
+#include "kiln/base/deadline.h"
 #include "kiln/base/heap.h"
 
 namespace kiln::parallel::pipeline {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 comm::DataType wire_type(torch::ScalarType t) {
   return t == torch::kBFloat16 ? comm::DataType::kBFloat16 : comm::DataType::kFloat32;

@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "kiln/base/blas_kernel.h"
+#include "kiln/base/deadline.h"
 
 namespace kiln::plan::probe {
 
@@ -21,7 +22,6 @@ constexpr std::int64_t kSeq = 128;
 constexpr std::int64_t kHidden = 128;
 constexpr std::int64_t kVocab = 256;
 
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
 // Note [Timing small kernels]: one call of a small kernel takes tens of
 // microseconds, close to the clock's and the scheduler's noise. So each
@@ -42,7 +42,7 @@ Timing time_pass(const std::function<torch::Tensor()>& forward, bool backward,
   auto run = [&](double* f, double* b) {
     const auto t0 = Clock::now();
     torch::Tensor y = forward();
-    *f += since(t0);
+    *f += seconds_since(t0);
     if (!backward) return;
     if (!grad.defined() && y.dim() > 0) grad = torch::ones_like(y);
     const auto t1 = Clock::now();
@@ -51,7 +51,7 @@ Timing time_pass(const std::function<torch::Tensor()>& forward, bool backward,
     } else {
       y.backward();
     }
-    *b += since(t1);
+    *b += seconds_since(t1);
   };
   double f = 0, b = 0;
   run(&f, &b);  // warm: allocator, BLAS buffers, page faults
@@ -64,7 +64,7 @@ Timing time_pass(const std::function<torch::Tensor()>& forward, bool backward,
     do {
       run(&f, &b);
       ++calls;
-    } while (since(start) < batch_s);
+    } while (seconds_since(start) < batch_s);
     fs.push_back(f / calls);
     bs.push_back(b / calls);
   }
