@@ -22,6 +22,7 @@ namespace {
 
 using data::testing::ScratchDir;
 using testing::max_relative_difference;
+using testing::step_records;
 using testing::train_on;
 
 constexpr int kSeq = 8, kVocab = 32;
@@ -177,24 +178,19 @@ TEST(Trainer3d, StepRecordsCarryTheMeshAndGradientSyncOverlapsTheLastBackward) {
   // MeshLayout's rank order (tensor innermost, then data, then pipeline):
   // with tp 1 and dp 2, rank = 2 · pp + dp.
   for (int rank = 0; rank < 4; ++rank) {
-    std::ifstream in(fmt::format("{}/rank-{}/metrics.jsonl", trace, rank));
-    ASSERT_TRUE(in) << "rank " << rank << " wrote no metrics.jsonl";
-    int steps = 0;
-    for (std::string line; std::getline(in, line);) {
-      const nlohmann::json j = nlohmann::json::parse(line);
-      if (j["type"] != "step") continue;
-      ++steps;
+    const std::vector<nlohmann::json> steps = step_records(trace, rank);
+    EXPECT_EQ(steps.size(), 3u) << "rank " << rank;
+    for (const nlohmann::json& j : steps) {
       EXPECT_EQ(j["mesh"], (nlohmann::json{{"dp", rank % 2}, {"pp", rank / 2}, {"tp", 0}}))
-          << "rank " << rank << ": " << line;
-      ASSERT_TRUE(j.contains("collectives")) << "rank " << rank << ": " << line;
+          << "rank " << rank << ": " << j.dump();
+      ASSERT_TRUE(j.contains("collectives")) << "rank " << rank << ": " << j.dump();
       const auto buckets = static_cast<int>(j["collectives"].size());
-      EXPECT_GE(buckets, 2) << "rank " << rank << ": " << line;
+      EXPECT_GE(buckets, 2) << "rank " << rank << ": " << j.dump();
       // Each bucket is issued by the gradient hooks as its gradients are
       // ready, so the first ones travel while later layers' backward runs.
       EXPECT_EQ(j["collectives_in_backward"].get<int>(), buckets)
-          << "rank " << rank << ": buckets issued after the last backward returned: " << line;
+          << "rank " << rank << ": buckets issued after the last backward returned: " << j.dump();
     }
-    EXPECT_EQ(steps, 3) << "rank " << rank;
   }
 }
 

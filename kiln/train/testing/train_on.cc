@@ -49,6 +49,16 @@ Result<TrainResult> train_on(int world, const TrainConfig& config, const std::st
   return r;
 }
 
+std::vector<nlohmann::json> step_records(const std::string& trace_dir, int rank) {
+  std::vector<nlohmann::json> out;
+  std::ifstream in(trace_dir + "/rank-" + std::to_string(rank) + "/metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    nlohmann::json j = nlohmann::json::parse(line);
+    if (j["type"] == "step") out.push_back(std::move(j));
+  }
+  return out;
+}
+
 double max_relative_difference(const std::vector<float>& a, const std::vector<float>& b) {
   double worst = 0;
   for (std::size_t i = 0; i < a.size(); ++i) {

@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "kiln/base/status.h"
 #include "kiln/train/trainer.h"
 
@@ -16,6 +18,10 @@ namespace kiln::train::testing {
 
 Result<TrainResult> train_on(int world, const TrainConfig& config, const std::string& out_file,
                              std::int64_t crash_after_step = -1, const DiagOptions& diag = {});
+
+// The step records (type "step") `rank` wrote to its metrics.jsonl under a
+// run's --trace-dir, in order; none when it wrote no such file.
+std::vector<nlohmann::json> step_records(const std::string& trace_dir, int rank);
 
 // max |a - b| / max(|a|, |b|, 1e-3) over the elements.
 double max_relative_difference(const std::vector<float>& a, const std::vector<float>& b);
