@@ -100,7 +100,6 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
   KILN_RETURN_IF_ERROR(ck->reserve(view.total_bytes()));
   store->request_log().enable(true);
   raw_store->request_log().enable(true);
-  (void)store->request_log().take();  // the checkpointer's listing at its start
   std::vector<double> raw_s, write_s, commit_s, ratio;
   nlohmann::json breakdown = nlohmann::json::array();
   for (int step = 0; step < rounds; ++step) {
