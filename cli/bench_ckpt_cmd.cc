@@ -34,7 +34,9 @@
 //   s3_write_vs_raw_put  (--s3) a checkpoint streamed to a local s3rver
 //                    (shard upload + commit) vs raw PUTs of the same bytes in
 //                    part-sized objects at the same parallelism (target ≥ 0.8);
-//                    s3_rounds: each round's raw PUTs, upload + commit, commit
+//                    s3_rounds: each round's raw PUTs, upload + commit, commit;
+//                    s3_breakdown: where each round's seconds went, per rank
+//                    (Note [Where an upload's time goes], bench_ckpt_s3_breakdown.h)
 // Times are the slowest rank's. Each timed save is preceded by its own memcpy
 // and raw-write baselines; the ratios are the medians of the per-save ratios,
 // so load from other processes cancels out as far as it can.
@@ -91,6 +93,7 @@ struct CkptBenchArgs {
   // each run --restart-reps times, interleaved; nothing else is measured.
   std::vector<std::string> restart_ab;
   int restart_reps = 3;
+  bool s3_alone = false;  // (hidden) only the --s3 part
 };
 
 Result<double> slowest(Communicator& c, double v) {
@@ -322,8 +325,9 @@ Status restart_ab(comm::ProcessGroup& pg, const CkptBenchArgs& a, const std::str
         std::memcpy(copy.data(), state.data(), state.size());
         const double memcpy_s = seconds_since(t0);
         std::memset(copy.data(), 0, copy.size());
-        RestartBenchSpec spec{ckpt::default_memory_dir(root) + "-bench-restart", rows, cols, 1,
-                              mode, rep * static_cast<int>(a.restart_ab.size()) + run++};
+        RestartBenchSpec spec{
+            ckpt::default_memory_dir(root) + "-bench-restart",  rows, cols, 1, mode,
+            rep * static_cast<int>(a.restart_ab.size()) + run++};
         auto got = measure_restart_recovery(pg, spec, state, copy, root);
         if (!got.is_ok()) {
           c.abort(got.status());
@@ -339,6 +343,35 @@ Status restart_ab(comm::ProcessGroup& pg, const CkptBenchArgs& a, const std::str
       KILN_RETURN_IF_ERROR(c.barrier()->wait());
     }
   }
+  return Status::ok();
+}
+
+void add_s3_keys(nlohmann::json& doc, const std::optional<S3CkptTimes>& s3,
+                 const std::string& skipped) {
+  if (s3) {
+    doc["s3_raw_put_s"] = s3->raw_put_s;
+    doc["s3_write_s"] = s3->write_s;
+    doc["s3_write_vs_raw_put"] = s3->ratio;
+    doc["s3_rounds"] = {{"raw_put_s", s3->raw_put_each_s},
+                        {"write_s", s3->write_each_s},
+                        {"commit_s", s3->commit_each_s}};
+    doc["s3_breakdown"] = s3->breakdown;
+  } else {
+    doc["s3_write_vs_raw_put"] = nullptr;
+    doc["s3_skipped"] = skipped;
+  }
+}
+
+// --s3-alone (hidden): the s3 part and nothing else, for A/Bs of the upload.
+Status s3_alone(Communicator& c, const CkptBenchArgs& a, const std::vector<char>& state,
+                std::int64_t rows, std::int64_t cols) {
+  std::string skipped;
+  KILN_ASSIGN_OR_RETURN(auto s3,
+                        measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, &skipped));
+  if (c.rank() != 0) return Status::ok();
+  nlohmann::json doc{{"world_size", c.size()}, {"bytes_per_rank", state.size()}};
+  add_s3_keys(doc, s3, skipped);
+  std::printf("%s\n", a.json ? doc.dump().c_str() : doc.dump(2).c_str());
   return Status::ok();
 }
 
@@ -368,6 +401,7 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   }
   KILN_RETURN_IF_ERROR(c.barrier()->wait());
   if (!a.restart_ab.empty()) return restart_ab(*pg, a, root, mine.count, cols, state, copy);
+  if (a.s3_alone) return s3_alone(c, a, state, rows, cols);
 
   // The checkpointer gets a communicator of its own (see checkpointer.h).
   KILN_ASSIGN_OR_RETURN(auto ckpt_comm, c.split(0, r));
@@ -498,17 +532,7 @@ Status bench_ckpt(const CkptBenchArgs& a) {
         {"inmem_restart_memory", a.restart.memory},
         {"inmem_restart_bound_s", 1.0 + 5 * median(memcpy_s)},
         {"inmem_vs_disk_recovery", mem.recovery_s / load_t}};
-    if (s3) {
-      doc["s3_raw_put_s"] = s3->raw_put_s;
-      doc["s3_write_s"] = s3->write_s;
-      doc["s3_write_vs_raw_put"] = s3->ratio;
-      doc["s3_rounds"] = {{"raw_put_s", s3->raw_put_each_s},
-                          {"write_s", s3->write_each_s},
-                          {"commit_s", s3->commit_each_s}};
-    } else {
-      doc["s3_write_vs_raw_put"] = nullptr;
-      doc["s3_skipped"] = s3_skipped;
-    }
+    add_s3_keys(doc, s3, s3_skipped);
     if (a.json) {
       std::printf("%s\n", doc.dump().c_str());
     } else {
@@ -549,6 +573,7 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--restart-ab", a->restart_ab)->group("")->delimiter(',');
   cmd->add_option("--restart-reps", a->restart_reps)->group("");
   cmd->add_option("--restart-run", a->restart.run)->group("");
+  cmd->add_flag("--s3-alone", a->s3_alone)->group("");  // A/B of the s3 part alone
   cmd->callback(run_status([a] { return bench_ckpt(*a); }));
 });
 

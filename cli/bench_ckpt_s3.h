@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -19,6 +20,9 @@ struct S3CkptTimes {
   int rounds = 0;
   // Each round's, in order: raw PUTs, then the checkpoint's upload and commit.
   std::vector<double> raw_put_each_s, write_each_s, commit_each_s;
+  // Each round's {"raw": [per rank], "checkpoint": [per rank]}: Note
+  // [Where an upload's time goes] (bench_ckpt_s3_breakdown.h).
+  nlohmann::json breakdown = nlohmann::json::array();
 };
 
 // Collective on `c`. Rank 0 starts s3rver (nullopt on every rank where it is

@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "cli/bench_ckpt_s3.h"
+#include "cli/bench_ckpt_s3_breakdown.h"
 #include "kiln/base/deadline.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/remote_load.h"
@@ -97,15 +98,26 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
   KILN_RETURN_IF_ERROR(view.add_tensor("weights", DataType::kFloat32, {rows, cols}, mine.offset,
                                        mine.count, state.data()));
   KILN_RETURN_IF_ERROR(ck->reserve(view.total_bytes()));
+  store->request_log().enable(true);
+  raw_store->request_log().enable(true);
   std::vector<double> raw_s, write_s, commit_s, ratio;
+  nlohmann::json breakdown = nlohmann::json::array();
   for (int step = 0; step < rounds; ++step) {
     KILN_RETURN_IF_ERROR(c.barrier()->wait());
     auto t0 = std::chrono::steady_clock::now();
     KILN_RETURN_IF_ERROR(raw_puts(*raw_store, fmt::format("rank-{}", r), state));
     KILN_ASSIGN_OR_RETURN(double raw, slowest(c, seconds_since(t0)));
     KILN_RETURN_IF_ERROR(c.barrier()->wait());
+    auto ts = std::chrono::steady_clock::now();
     KILN_RETURN_IF_ERROR(ck->save(view, step, Deadline::after_seconds(600)));
     auto st = ck->last_stats();
+    KILN_ASSIGN_OR_RETURN(
+        auto raw_parts,
+        every_ranks_breakdown(c, raw_put_breakdown(raw_store->request_log().take(), t0)));
+    KILN_ASSIGN_OR_RETURN(
+        auto ckpt_parts,
+        every_ranks_breakdown(c, checkpoint_breakdown(store->request_log().take(), ts, st)));
+    breakdown.push_back({{"raw", std::move(raw_parts)}, {"checkpoint", std::move(ckpt_parts)}});
     KILN_ASSIGN_OR_RETURN(double w, slowest(c, st.write_s + st.commit_s));
     KILN_ASSIGN_OR_RETURN(double commit, slowest(c, st.commit_s));
     commit_s.push_back(commit);
@@ -130,8 +142,9 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
   ck.reset();
   // s3rver stops with rank 0's `server`, after every rank is done with it.
   KILN_RETURN_IF_ERROR(c.barrier()->wait());
-  return std::optional<S3CkptTimes>(
-      S3CkptTimes{median(raw_s), median(write_s), median(ratio), rounds, raw_s, write_s, commit_s});
+  return std::optional<S3CkptTimes>(S3CkptTimes{median(raw_s), median(write_s), median(ratio),
+                                                rounds, raw_s, write_s, commit_s,
+                                                std::move(breakdown)});
 }
 
 }  // namespace kiln::cli

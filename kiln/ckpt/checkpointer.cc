@@ -221,7 +221,7 @@ Result<SaveStart> Checkpointer::save_async(const StateView& state, std::int64_t 
     std::lock_guard<std::mutex> l(mu_);
     busy_ = true;
     pending_step_ = step;
-    stats_ = SaveStats{step, need, seconds_since(t0), 0, 0, 0, 0};
+    stats_ = SaveStats{.step = step, .bytes = need, .stall_s = seconds_since(t0)};
   }
   cv_.notify_all();
   return SaveStart::kStarted;
@@ -308,9 +308,8 @@ Status Checkpointer::run_save(std::int64_t step) {
     // recovery.
     if (!m.is_ok()) log()->warn("checkpoint step {}: {}", step, m.to_string());
   }
-  double write_s = 0, commit_s = 0;
-  Status s = store_ != nullptr ? save_to_store(step, &write_s, &commit_s)
-                               : save_to_fs(step, &write_s, &commit_s);
+  SaveStats times;  // the write's and the commit's
+  Status s = store_ != nullptr ? save_to_store(step, &times) : save_to_fs(step, &times);
   auto t2 = Clock::now();
   // After the local commit, so a slow or failing remote never delays or
   // undoes it. Entered only after a successful commit, which every rank sees
@@ -320,47 +319,53 @@ Status Checkpointer::run_save(std::int64_t step) {
   }
   std::lock_guard<std::mutex> l(mu_);
   stats_.memory_s = memory_s;
-  stats_.write_s = write_s;
-  stats_.commit_s = commit_s;
+  stats_.write_s = times.write_s;
+  stats_.write = times.write;
+  stats_.commit_s = times.commit_s;
+  stats_.retention_s = times.retention_s;
   stats_.remote_s = remote_ != nullptr ? seconds_since(t2) : 0;
   return s;
 }
 
-Status Checkpointer::save_to_fs(std::int64_t step, double* write_s, double* commit_s) {
+Status Checkpointer::save_to_fs(std::int64_t step, SaveStats* times) {
   auto t0 = Clock::now();
   std::string tmp = options_.root + "/" + tmp_step_dir_name(step);
   Status mk = options_.fs->make_dir(tmp);
   Result<ShardRecord> shard =
-      mk.is_ok() ? write_shard(*options_.fs, tmp, rank_, staged_, staged_at_,
-                               ShardWriteOptions{options_.compression, options_.zstd_level})
-                 : Result<ShardRecord>(mk);
-  *write_s = seconds_since(t0);
+      mk.is_ok()
+          ? write_shard(*options_.fs, tmp, rank_, staged_, staged_at_,
+                        ShardWriteOptions{options_.compression, options_.zstd_level}, &times->write)
+          : Result<ShardRecord>(mk);
+  times->write_s = seconds_since(t0);
   if (options_.after_shard_written_for_test) options_.after_shard_written_for_test(step);
   auto t1 = Clock::now();
   CommitContext ctx{options_.root,    step,       rank_, world_, options_.comm,
                     options_.timeout, options_.fs};
   Status s = commit_step(ctx, shard);
   if (s.is_ok() && rank_ == 0) {
+    auto tr = Clock::now();
     auto deleted = apply_retention(options_.root, options_.retention);
+    times->retention_s = seconds_since(tr);
     if (!deleted.is_ok()) {
       // The checkpoint itself is committed; a retention failure only costs
       // space.
       log()->warn("checkpoint retention under {}: {}", options_.root, deleted.status().to_string());
     }
   }
-  *commit_s = seconds_since(t1);
+  times->commit_s = seconds_since(t1);
   return s;
 }
 
-Status Checkpointer::save_to_store(std::int64_t step, double* write_s, double* commit_s) {
+Status Checkpointer::save_to_store(std::int64_t step, SaveStats* times) {
   auto t0 = Clock::now();
   const Deadline deadline = Deadline::after(options_.timeout);
   auto upload = [&]() -> Result<ShardRecord> {
     KILN_ASSIGN_OR_RETURN(auto writer,
                           store_->open_writer(remote_key(step, shard_file_name(rank_)), deadline));
     UploadWriter out(*writer);
-    auto shard = write_shard_to(out, rank_, staged_, staged_at_,
-                                ShardWriteOptions{options_.compression, options_.zstd_level});
+    auto shard =
+        write_shard_to(out, rank_, staged_, staged_at_,
+                       ShardWriteOptions{options_.compression, options_.zstd_level}, &times->write);
     // A failed upload leaves no object and, on S3, no parts.
     if (!shard.is_ok()) writer->abort();
     return shard;
@@ -370,7 +375,7 @@ Status Checkpointer::save_to_store(std::int64_t step, double* write_s, double* c
     shard = shard.status().with_context(
         fmt::format("upload of rank {}'s shard of step {} to {}", rank_, step, store_->describe()));
   }
-  *write_s = seconds_since(t0);
+  times->write_s = seconds_since(t0);
   if (options_.after_shard_written_for_test) options_.after_shard_written_for_test(step);
   auto t1 = Clock::now();
   CommitContext ctx{options_.root,    step,       rank_, world_, options_.comm,
@@ -382,15 +387,17 @@ Status Checkpointer::save_to_store(std::int64_t step, double* write_s, double* c
       store_committed_.push_back(step);
     }
     if (rank_ == 0) {
+      auto tr = Clock::now();
       auto deleted =
           apply_remote_retention(*store_, options_.retention, Deadline::after(options_.timeout));
+      times->retention_s = seconds_since(tr);
       if (!deleted.is_ok()) {
         // The step is committed; a retention failure only costs space.
         log()->warn("checkpoint retention on {}: {}", options_.root, deleted.status().to_string());
       }
     }
   }
-  *commit_s = seconds_since(t1);
+  times->commit_s = seconds_since(t1);
   return s;
 }
 

@@ -109,12 +109,14 @@ enum class SaveStart { kStarted, kSkipped };
 // Timings of the last completed save, seconds.
 struct SaveStats {
   std::int64_t step = -1;
-  std::size_t bytes = 0;  // this rank's raw bytes
-  double stall_s = 0;     // inside save_async: the staging copy
-  double memory_s = 0;    // in-memory tier: snapshot + replica exchange (0 without one)
-  double write_s = 0;     // shard write + fsync
-  double commit_s = 0;    // exchange, manifest, rename, retention
-  double remote_s = 0;    // shard upload, manifest upload, remote retention (0 without one)
+  std::size_t bytes = 0;   // this rank's raw bytes
+  double stall_s = 0;      // inside save_async: the staging copy
+  double memory_s = 0;     // in-memory tier: snapshot + replica exchange (0 without one)
+  double write_s = 0;      // shard write + fsync
+  ShardWriteTimes write;   // where write_s went
+  double commit_s = 0;     // exchange, manifest, rename, retention
+  double retention_s = 0;  // of commit_s: retention (rank 0; 0 elsewhere)
+  double remote_s = 0;     // shard upload, manifest upload, remote retention (0 without one)
 };
 
 class Checkpointer {
@@ -172,9 +174,9 @@ class Checkpointer {
   Result<BusyVote> vote_busy(std::int64_t step);
   Status run_save(std::int64_t step);  // on the writer thread
   // run_save's storage half for a filesystem root and for a URL root; fill
-  // `write_s` and `commit_s`.
-  Status save_to_fs(std::int64_t step, double* write_s, double* commit_s);
-  Status save_to_store(std::int64_t step, double* write_s, double* commit_s);
+  // the write's and the commit's fields of `times`.
+  Status save_to_fs(std::int64_t step, SaveStats* times);
+  Status save_to_store(std::int64_t step, SaveStats* times);
   bool committed_already(std::int64_t step) const;
   // After step `step` committed locally: uploads this rank's `shard_file`,
   // agrees with the other ranks that all uploads succeeded, then (rank 0)

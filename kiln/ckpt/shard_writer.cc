@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "kiln/base/deadline.h"
 #include "kiln/base/xxh3.h"
 
 namespace kiln::ckpt {
@@ -21,13 +22,22 @@ constexpr std::uint64_t kWritebackEvery = 64 << 20;
 
 Result<ShardRecord> write_shard(Fs& fs, const std::string& dir, int rank,
                                 const std::vector<StagedEntry>& entries, const std::byte* staging,
-                                const ShardWriteOptions& options) {
+                                const ShardWriteOptions& options, ShardWriteTimes* times) {
   KILN_ASSIGN_OR_RETURN(auto file, fs.create(dir + "/" + shard_file_name(rank)));
-  return write_shard_to(*file, rank, entries, staging, options);
+  return write_shard_to(*file, rank, entries, staging, options, times);
 }
 
 Result<ShardRecord> write_shard_to(FsWriter& out, int rank, const std::vector<StagedEntry>& entries,
-                                   const std::byte* staging, const ShardWriteOptions& options) {
+                                   const std::byte* staging, const ShardWriteOptions& options,
+                                   ShardWriteTimes* times) {
+  ShardWriteTimes t;
+  // Adds the seconds since `at` to `into` and restarts the clock.
+  auto lap = [](Clock::time_point& at, double& into) {
+    auto now = Clock::now();
+    into += std::chrono::duration<double>(now - at).count();
+    at = now;
+  };
+  auto at = Clock::now();
   ShardRecord shard;
   shard.rank = rank;
   shard.file = shard_file_name(rank);
@@ -56,18 +66,21 @@ Result<ShardRecord> write_shard_to(FsWriter& out, int rank, const std::vector<St
       out = zbuf.data();
       out_bytes = z;
     }
+    lap(at, t.compress_s);
     Xxh3 st;
     const char* p = static_cast<const char*>(out);
     Status ws;
     for (std::size_t done = 0; done < out_bytes && ws.is_ok();) {
       std::size_t n = std::min(kChunk, out_bytes - done);
       st.update(p + done, n);
+      lap(at, t.checksum_s);
       ws = file->append(p + done, n);
       done += n;
       if (offset + done - written_back >= kWritebackEvery) {
         file->start_writeback(written_back, offset + done - written_back);
         written_back = offset + done;
       }
+      lap(at, t.append_s);
     }
     rec.xxh3 = st.digest();
     if (!ws.is_ok())
@@ -78,6 +91,8 @@ Result<ShardRecord> write_shard_to(FsWriter& out, int rank, const std::vector<St
   }
   KILN_RETURN_IF_ERROR(file->sync().with_context(fmt::format("shard of rank {}", rank)));
   KILN_RETURN_IF_ERROR(file->close());
+  lap(at, t.close_s);
+  if (times != nullptr) *times = t;
   shard.bytes = offset;
   return shard;
 }

@@ -26,18 +26,29 @@ struct ShardWriteOptions {
   int zstd_level = 1;
 };
 
+// Where write_shard_to's time went, seconds.
+struct ShardWriteTimes {
+  double compress_s = 0;  // zstd
+  double checksum_s = 0;  // xxh3 of what is stored
+  double append_s = 0;    // inside out.append (for an upload: copying into
+                          // parts and waiting for a free upload slot)
+  double close_s = 0;     // out.sync + out.close (an upload's last parts and commit)
+};
+
 // Writes `entries` (bytes in `staging`) to `dir`/shard_file_name(rank), entry
 // after entry, checksumming what it stores, then fsyncs the file. Blocks for
 // the whole write. ResourceExhausted when the disk is full; the file is then
 // left behind for the commit to discard.
 Result<ShardRecord> write_shard(Fs& fs, const std::string& dir, int rank,
                                 const std::vector<StagedEntry>& entries, const std::byte* staging,
-                                const ShardWriteOptions& options);
+                                const ShardWriteOptions& options, ShardWriteTimes* times = nullptr);
 
 // The same into `out` (e.g. an upload to an object store), which it syncs
 // and closes at the end; `out` receives the shard file's bytes in order.
+// `times`, when given, gets where the time went.
 Result<ShardRecord> write_shard_to(FsWriter& out, int rank, const std::vector<StagedEntry>& entries,
-                                   const std::byte* staging, const ShardWriteOptions& options);
+                                   const std::byte* staging, const ShardWriteOptions& options,
+                                   ShardWriteTimes* times = nullptr);
 
 // Bytes of `rec` decompressed; DataLoss if `stored` does not match its checksum
 // or does not decompress to raw_bytes.

@@ -110,6 +110,14 @@ Result<S3Response> S3ObjectStore::call(const S3Request& request, const std::stri
                    .cap = std::chrono::milliseconds(options_.backoff_cap_ms),
                    .max_attempts = options_.max_attempts - 1});
   const auto start = Clock::now();
+  // Into the request log, when it is on, however the request ends.
+  auto logged = [&](Result<S3Response> r, int attempts) {
+    if (log_.enabled()) {
+      std::uint64_t body = request.body_fd >= 0 ? request.body_length : request.body.size();
+      log_.add({classify_request(request), body, start, Clock::now(), attempts, r.is_ok()});
+    }
+    return r;
+  };
   for (int attempt = 1;; ++attempt) {
     if (request.sink_fd >= 0 &&
         (::ftruncate(request.sink_fd, 0) != 0 || ::lseek(request.sink_fd, 0, SEEK_SET) != 0)) {
@@ -118,16 +126,17 @@ Result<S3Response> S3ObjectStore::call(const S3Request& request, const std::stri
     }
     stats_.requests.fetch_add(1);
     S3Response r = http_->perform(request, deadline);
-    if (r.success()) return r;
-    if (!retryable(r) || r.sink_failed) return permanent_error(r, what);
+    if (r.success()) return logged(std::move(r), attempt);
+    if (!retryable(r) || r.sink_failed) return logged(permanent_error(r, what), attempt);
     const std::string why = describe_failure(r);
     if (!backoff.sleep_before_retry(deadline)) {
       double waited = std::chrono::duration<double>(Clock::now() - start).count();
       std::string msg = fmt::format("{}: failed {} attempt{} over {:.1f} s; last: {}", what,
                                     attempt, attempt == 1 ? "" : "s", waited, why);
-      if (deadline.expired()) return deadline_exceeded(msg + " (deadline passed)");
-      return unavailable(msg + " (S3Options::max_attempts reached; is the endpoint " +
-                         options_.endpoint + " up?)");
+      if (deadline.expired()) return logged(deadline_exceeded(msg + " (deadline passed)"), attempt);
+      return logged(unavailable(msg + " (S3Options::max_attempts reached; is the endpoint " +
+                                options_.endpoint + " up?)"),
+                    attempt);
     }
     stats_.retries.fetch_add(1);
     log()->debug("s3: {} failed ({}); retry {} of {}", what, why, attempt,

@@ -26,6 +26,7 @@
 #include "kiln/objstore/object_store.h"
 #include "kiln/objstore/s3/s3_http.h"
 #include "kiln/objstore/s3/s3_options.h"
+#include "kiln/objstore/s3/s3_request_log.h"
 
 namespace kiln::objstore::s3 {
 
@@ -62,6 +63,8 @@ class S3ObjectStore final : public ObjectStore {
 
   const S3Options& options() const { return options_; }
   const S3StoreStats& stats() const { return stats_; }
+  // Every request's kind and times, while enabled (diagnostics).
+  S3RequestLog& request_log() { return log_; }
 
  private:
   S3ObjectStore(S3Options options, S3Location location);
@@ -92,6 +95,7 @@ class S3ObjectStore final : public ObjectStore {
   S3Location location_;
   std::unique_ptr<S3Http> http_;
   S3StoreStats stats_;
+  S3RequestLog log_;
 };
 
 }  // namespace kiln::objstore::s3

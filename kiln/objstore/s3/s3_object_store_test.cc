@@ -137,6 +137,52 @@ TEST_F(S3Store, StreamingWriterRoundTrips) {
   }
 }
 
+// The request log (S3RequestLog) names each request's kind, its body bytes
+// and when it ran: a streaming upload is initiate, then its parts, then the
+// completion after the last part; nothing is logged while it is off.
+TEST_F(S3Store, TheRequestLogRecordsEachRequestsKindBytesAndTimes) {
+  S3Options o = s3_->options();
+  o.part_bytes = 5ull << 20;
+  o.upload_parallelism = 2;
+  auto store = open("log", o);
+  ASSERT_NE(store, nullptr);
+  ASSERT_TRUE(store->put("off", "not logged", soon()).is_ok());
+  EXPECT_TRUE(store->request_log().take().empty());
+
+  store->request_log().enable(true);
+  const std::string bytes = pattern(2 * o.part_bytes + 10, 7);
+  auto w = store->open_writer("big", soon());
+  ASSERT_TRUE(w.is_ok());
+  ASSERT_TRUE((*w)->append(bytes.data(), bytes.size()).is_ok());
+  ASSERT_TRUE((*w)->commit().is_ok());
+  ASSERT_TRUE(store->put("small", "tiny", soon()).is_ok());
+  ASSERT_TRUE(store->head("small", soon()).is_ok());
+  ASSERT_TRUE(store->list("", soon()).is_ok());
+  ASSERT_TRUE(store->list_pending_uploads("", soon()).is_ok());
+  ASSERT_TRUE(store->remove("small", soon()).is_ok());
+  EXPECT_EQ(store->get("small", soon()).status().code(), Code::kNotFound);
+  auto log = store->request_log().take();
+
+  std::vector<std::string> kinds;
+  for (const auto& r : log) kinds.emplace_back(request_kind_name(r.kind));
+  ASSERT_EQ(kinds, (std::vector<std::string>{"initiate", "part", "part", "part", "complete", "put",
+                                             "head", "list", "list_uploads", "delete", "get"}));
+  std::uint64_t part_bytes = 0;
+  for (std::size_t i = 1; i <= 3; ++i) {
+    part_bytes += log[i].body_bytes;
+    EXPECT_GE(log[i].start, log[0].end) << "parts after the initiation";
+    EXPECT_LE(log[i].end, log[4].start) << "the completion after every part";
+  }
+  EXPECT_EQ(part_bytes, bytes.size());
+  EXPECT_EQ(log[5].body_bytes, 4u);
+  for (const auto& r : log) {
+    EXPECT_LE(r.start, r.end);
+    EXPECT_EQ(r.attempts, 1);
+  }
+  EXPECT_FALSE(log.back().ok) << "the GET of a removed object failed";
+  EXPECT_TRUE(store->request_log().take().empty()) << "take() empties the log";
+}
+
 TEST_F(S3Store, AnAbortedStreamPublishesNothing) {
   S3Options o = s3_->options();
   o.part_bytes = 5ull << 20;
@@ -174,9 +220,8 @@ TEST_F(S3Store, AbandonedUploadsAreListedByPrefixAndAborted) {
     EXPECT_TRUE(parsed.is_ok()) << parsed.status().to_string();
     const std::string id = parsed.is_ok() ? *parsed : "";
     const std::string part = pattern(1000, 3);
-    auto p = http.Put(fmt::format("/{}/{}?partNumber=1&uploadId={}", s3_->bucket(), key,
-                                  id),
-                      part, "application/octet-stream");
+    auto p = http.Put(fmt::format("/{}/{}?partNumber=1&uploadId={}", s3_->bucket(), key, id), part,
+                      "application/octet-stream");
     EXPECT_TRUE(p && p->status == 200) << key;
     return id;
   };
