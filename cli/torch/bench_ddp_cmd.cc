@@ -9,6 +9,10 @@
 // (the median of each step of (b) over the step of (a) before it).
 // --check: with (b)'s parameters copied into (a), one more step of each must
 // leave the same averaged gradients (to float32, or bfloat16 with --bf16).
+// --overlapped-linear: both modes train the same MLP built of
+// kiln::ddp::OverlappedLinear layers (weight gradients before input
+// gradients; the first layer's weight in --first-layer-slices row blocks)
+// instead of torch::nn::Linear.
 #include <time.h>
 
 #include <algorithm>
@@ -26,6 +30,7 @@
 #include "kiln/base/resource_usage.h"
 #include "kiln/comm/process_group.h"
 #include "kiln/ddp/distributed_data_parallel.h"
+#include "kiln/ddp/overlapped_linear.h"
 
 namespace kiln::cli {
 namespace {
@@ -42,6 +47,8 @@ struct DdpBenchArgs {
   bool bf16 = false;
   bool json = false;
   bool check = false;
+  bool overlapped_linear = false;
+  int first_layer_slices = 4;
   int ranks = 2;  // when not under a launcher
   // Test-only (hidden): the last rank alters one of DDP's averaged gradients
   // before --check compares, so a test can prove the check catches it.
@@ -51,6 +58,41 @@ struct DdpBenchArgs {
 using bench::median;
 using bench::MlpImpl;
 using bench::since;
+
+// MlpImpl's MLP (io -> width -> ... -> io, ReLU between) of
+// OverlappedLinear layers; the first layer's weight, whose gradient is the
+// step's last, in `first_slices` row blocks.
+struct OverlappedMlpImpl : torch::nn::Module {
+  OverlappedMlpImpl(int width, int hidden_layers, int io, int first_slices) {
+    auto add = [&](const std::string& name, int in, int out, int slices) {
+      layers.push_back(register_module(
+          name, ddp::OverlappedLinear(in, out, ddp::OverlappedLinearOptions{true, slices})));
+    };
+    add("in", io, width, first_slices);
+    for (int i = 0; i < hidden_layers; ++i) add(fmt::format("h{}", i), width, width, 1);
+    add("out", width, io, 1);
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (std::size_t i = 0; i + 1 < layers.size(); ++i) x = torch::relu(layers[i](x));
+    return layers.back()(x);
+  }
+  std::vector<ddp::OverlappedLinear> layers;
+};
+
+// The model both modes train: its module and its forward.
+struct BenchNet {
+  std::shared_ptr<torch::nn::Module> module;
+  std::function<torch::Tensor(const torch::Tensor&)> forward;
+};
+
+BenchNet make_net(const DdpBenchArgs& a) {
+  if (a.overlapped_linear) {
+    auto m = std::make_shared<OverlappedMlpImpl>(a.width, a.layers, a.io, a.first_layer_slices);
+    return {m, [m](const torch::Tensor& x) { return m->forward(x); }};
+  }
+  auto m = std::make_shared<MlpImpl>(a.width, a.layers, a.io);
+  return {m, [m](const torch::Tensor& x) { return m->forward(x); }};
+}
 
 double cpu_seconds(clockid_t clock) {
   timespec ts{};
@@ -71,8 +113,8 @@ struct CpuMark {
 
 // Runs one more step of each mode from the same parameters and compares the
 // averaged gradients; every rank learns whether any rank saw a difference.
-Status check_gradients(const DdpBenchArgs& a, comm::Communicator& c, MlpImpl& net_a,
-                       MlpImpl& net_b, const std::function<Status(double*, double*)>& step_a,
+Status check_gradients(const DdpBenchArgs& a, comm::Communicator& c, torch::nn::Module& net_a,
+                       torch::nn::Module& net_b, const std::function<Status(double*, double*)>& step_a,
                        const std::function<Status()>& step_b) {
   {
     torch::NoGradGuard g;
@@ -119,7 +161,8 @@ Status bench_ddp(const DdpBenchArgs& a) {
   auto y = torch::randn({a.batch, a.io});
 
   // (a) backward, then one allreduce of every gradient.
-  auto net_a = std::make_shared<MlpImpl>(a.width, a.layers, a.io);
+  BenchNet bench_a = make_net(a);
+  torch::nn::Module* net_a = bench_a.module.get();
   std::int64_t params = 0;
   for (auto& p : net_a->parameters()) params += p.numel();
   auto flat = torch::zeros({params});
@@ -129,7 +172,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
     CpuMark before_forward;
     auto t_fwd = Clock::now();
     net_a->zero_grad();
-    auto loss = torch::mse_loss(net_a->forward(x), y);
+    auto loss = torch::mse_loss(bench_a.forward(x), y);
     a_forward_s = since(t_fwd);
     a_forward_faults = static_cast<double>(CpuMark{}.faults() - before_forward.faults());
     auto t_bwd = Clock::now();
@@ -161,12 +204,13 @@ Status bench_ddp(const DdpBenchArgs& a) {
   };
 
   // (b) kiln::ddp.
-  auto net_b = std::make_shared<MlpImpl>(a.width, a.layers, a.io);
+  BenchNet bench_b = make_net(a);
+  torch::nn::Module* net_b = bench_b.module.get();
   ddp::DdpOptions options;
   options.bucket_cap_bytes = static_cast<std::size_t>(a.bucket_mib * (1 << 20));
   options.auto_bucket_cap = a.auto_cap;
   options.compress_bf16 = a.bf16;
-  KILN_ASSIGN_OR_RETURN(auto d, ddp::DistributedDataParallel::create(net_b, c, options));
+  KILN_ASSIGN_OR_RETURN(auto d, ddp::DistributedDataParallel::create(bench_b.module, c, options));
   double b_backward_faults = 0;  // of the last step (b), its backward and sync
   // Step (b)'s forward (zero_grad, forward, loss): wall and this thread's
   // CPU, faults and preemptions, to see what slows a forward that follows a
@@ -177,7 +221,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
     CpuMark before_forward;
     auto t_fwd = Clock::now();
     net_b->zero_grad();
-    auto loss = torch::mse_loss(net_b->forward(x), y);
+    auto loss = torch::mse_loss(bench_b.forward(x), y);
     b_forward_s = since(t_fwd);
     CpuMark before;
     b_forward_cpu_s = before.thread - before_forward.thread;
@@ -254,6 +298,8 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      {"bucket_cap_mib", static_cast<double>(d->bucket_cap_bytes()) / (1 << 20)},
                      {"bucket_cap_auto", a.auto_cap},
                      {"compress_bf16", a.bf16},
+                     {"linear", a.overlapped_linear ? "overlapped" : "plain"},
+                     {"first_layer_slices", a.overlapped_linear ? a.first_layer_slices : 1},
                      {"backward_s", backward},
                      {"comm_s", comm_s},
                      {"ddp_backward_s", median(b_backward)},
@@ -324,6 +370,12 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_flag("--bf16", a->bf16, "communicate gradients as bfloat16");
   cmd->add_flag("--json", a->json, "one-line JSON on rank 0");
   cmd->add_flag("--check", a->check, "compare DDP's gradients with backward + allreduce");
+  cmd->add_flag("--overlapped-linear", a->overlapped_linear,
+                "train the MLP of kiln::ddp::OverlappedLinear layers (weight gradients first)");
+  cmd->add_option("--first-layer-slices", a->first_layer_slices,
+                  "with --overlapped-linear: row blocks of the first layer's weight")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")
       ->capture_default_str();
   cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
