@@ -142,9 +142,9 @@ TEST(DynamicBatcher, ReportsEachBatchsSizeWhetherItWasFullAndItsQueueWait) {
             fn(g), &seen);
   auto first = std::move(b.submit(1)).value();
   g.wait_entered(1);  // a batch of one, closed by the delay; the worker held in it
-  const auto queued_at = Clock::now();
   auto second = std::move(b.submit(2)).value();
   auto third = std::move(b.submit(3)).value();
+  const auto queued_at = Clock::now();  // after both: each waits at least from here
   const double waited_at_least = seconds_since(queued_at);
   g.release();
   EXPECT_EQ(*third.get(), 6);
