@@ -13,6 +13,7 @@
 //      replica-seconds vs the static fleet of 2 run on the same step, and
 //      how long after the step p99 is back under the SLO.
 #include <fmt/format.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
@@ -26,6 +27,7 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -33,12 +35,14 @@
 
 #include "cli/command.h"
 #include "cli/torch/bench_serve_forward.h"
+#include "cli/torch/bench_serve_where.h"
 #include "kiln/base/deadline.h"
 #include "kiln/base/heap.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/objstore/s3/local_s3rver.h"
 #include "kiln/serve/load_gen.h"
+#include "kiln/serve/thread_cpus.h"
 #include "kiln/serve/torch_model.h"
 #include "kiln/train/task.h"
 #include "kiln/train/train_state.h"
@@ -61,6 +65,7 @@ struct BenchArgs {
   int max_batch = 0;        // the batched replica's; 0: from the service line
   int max_queue_delay_us = 2000;
   int fleet_max_batch = 0;  // the fleet's replicas'; 0: max_batch
+  bool pin_load_gen = false;  // the batching part's load generator off the replica's worker CPU
   double probe_rps = 0;     // the probe part: one batched replica at this rate (profiling)
   double target_queue = 0;  // the fleet's --target-queue; 0: measured (Note [The fleet's target])
 
@@ -152,15 +157,31 @@ struct Child {
   int port = 0;
 };
 
+// The CPUs the bench may use when it starts; every replica gets them all,
+// whatever the load generator's thread is bound to (--pin-load-gen).
+const cpu_set_t& bench_cpus() {
+  static const cpu_set_t set = [] {
+    cpu_set_t s;
+    CPU_ZERO(&s);
+    if (::sched_getaffinity(0, sizeof s, &s) != 0) {
+      for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) CPU_SET(cpu, &s);
+    }
+    return s;
+  }();
+  return set;
+}
+
 Result<Child> spawn_serve(const std::vector<std::string>& args, const std::string& out) {
   std::vector<std::string> all = {"/proc/self/exe", "serve"};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : all) argv.push_back(a.data());
   argv.push_back(nullptr);
+  const cpu_set_t& cpus = bench_cpus();
   pid_t pid = ::fork();
   if (pid < 0) return errno_status("fork kiln serve", errno);
   if (pid == 0) {
+    ::sched_setaffinity(0, sizeof cpus, &cpus);
     FILE* f = std::freopen(out.c_str(), "w", stdout);
     if (f == nullptr) ::_exit(127);
     ::dup2(STDOUT_FILENO, STDERR_FILENO);
@@ -247,23 +268,50 @@ void warm_up(int port) {
 }
 
 // One step of a ladder: `rate` req/s for the step's seconds; true if it held
-// (p99 <= SLO, nothing refused or dropped). Appends the step to `ladder`.
-bool ladder_step(int port, const BenchArgs& a, double rate, json* ladder, double* achieved) {
+// (p99 <= SLO, nothing refused or dropped). Appends the step to `ladder`,
+// with where each request's time went when `replica` is the one replica
+// serving it (Note [Where a request's time goes], bench_serve_where.cc).
+bool ladder_step(int port, const BenchArgs& a, double rate, json* ladder, double* achieved,
+                 const Child* replica = nullptr) {
+  std::optional<WhereSnapshot> before;
+  if (replica != nullptr) before = where_snapshot(replica->pid, replica->port);
   serve::LoadResult r = serve::run_load({.port = port,
                                          .body = request_body(),
                                          .rate = [rate](double) { return rate; },
                                          .duration_s = a.step_seconds,
                                          .clients = 64});
   const double p99 = serve::quantile(r.latencies_s, 0.99) * 1000;
-  ladder->push_back({{"rate", rate},
-                     {"throughput_rps", r.throughput_rps()},
-                     {"p99_ms", p99},
-                     {"p50_ms", serve::quantile(r.latencies_s, 0.5) * 1000},
-                     {"rejected", r.rejected},
-                     {"dropped", r.dropped},
-                     {"drop_reasons", r.drop_reasons}});
+  const bool held = p99 <= a.slo_ms && r.rejected == 0 && r.dropped == 0;
+  json step = {{"rate", rate},
+               {"throughput_rps", r.throughput_rps()},
+               {"p99_ms", p99},
+               {"p50_ms", serve::quantile(r.latencies_s, 0.5) * 1000},
+               {"rejected", r.rejected},
+               {"dropped", r.dropped},
+               {"drop_reasons", r.drop_reasons},
+               {"held", held}};
+  if (before) {
+    step["where"] = where_between(*before, where_snapshot(replica->pid, replica->port), r.ok);
+  }
+  ladder->push_back(std::move(step));
   *achieved = r.throughput_rps();
-  return p99 <= a.slo_ms && r.rejected == 0 && r.dropped == 0;
+  return held;
+}
+
+// The breakdown of the ladder's step with the highest throughput that held
+// (null if none held or none was taken apart).
+json where_at_best(const json& ladder) {
+  const json* best = nullptr;
+  for (const json& step : ladder) {
+    if (!step["held"].get<bool>() || !step.contains("where")) continue;
+    if (best == nullptr || step["throughput_rps"] > (*best)["throughput_rps"]) best = &step;
+  }
+  if (best == nullptr) return nullptr;
+  json out = (*best)["where"];
+  out["rate"] = (*best)["rate"];
+  out["throughput_rps"] = (*best)["throughput_rps"];
+  out["p99_ms"] = (*best)["p99_ms"];
+  return out;
 }
 
 // The highest rate one replica serves with p99 <= SLO and no 503 or drop:
@@ -277,11 +325,12 @@ bool ladder_step(int port, const BenchArgs& a, double rate, json* ladder, double
 // (20-70 ms p99 at every rate from 25 req/s up, batched or not) ended an
 // unbatched ladder at 56 req/s with a 125 ms p99 (docs/perf.md, issue 20,
 // session 7). Both ladders follow the same rule.
-double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json* ladder) {
+double max_rate_within_slo(int port, const BenchArgs& a, double start_rps, json* ladder,
+                           const Child* replica = nullptr) {
   warm_up(port);
   auto holds = [&](double rate, double* achieved) {
-    return ladder_step(port, a, rate, ladder, achieved) ||
-           ladder_step(port, a, rate, ladder, achieved);
+    return ladder_step(port, a, rate, ladder, achieved, replica) ||
+           ladder_step(port, a, rate, ladder, achieved, replica);
   };
   double best = 0, held = 0, failed = 0, achieved = 0;
   for (double rate = start_rps; rate < 100000; rate *= 1.5) {
@@ -676,6 +725,13 @@ Status measure(const BenchArgs& a, const std::string& model, const std::string& 
   // 2. Batching gain on one replica (one torch thread).
   std::vector<double> gains, batched_rps, single_rps;
   json ladders = json::array();
+  json where = json::array();  // Note [Where a request's time goes]
+  if (a.part("batching") && a.pin_load_gen) {
+    // Where a replica pins its batch worker (KILN_SERVE_PIN_THREADS), the
+    // load generator stays off that CPU: on the front's.
+    (void)bench_cpus();  // the replicas' set, read before this thread is bound
+    KILN_RETURN_IF_ERROR(serve::pin_calling_thread(serve::split_cpus(serve::allowed_cpus()).front));
+  }
   for (int run = 0; a.part("batching") && run < a.runs; ++run) {
     double rps[2];
     for (int batched = 0; batched < 2; ++batched) {
@@ -688,22 +744,32 @@ Status measure(const BenchArgs& a, const std::string& model, const std::string& 
               fmt::format("{}/batch-{}-{}.out", work, run, batched)));
       auto ready = wait_for(c, "(ready)", 120);
       json ladder = json::array();
-      rps[batched] = ready.is_ok() ? max_rate_within_slo(c.port, a, 25, &ladder) : 0;
+      rps[batched] = ready.is_ok() ? max_rate_within_slo(c.port, a, 25, &ladder, &c) : 0;
       stop(c);
       KILN_RETURN_IF_ERROR(ready.status());
-      ladders.push_back(
-          {{"max_batch", batched ? a.max_batch : 1}, {"run", run}, {"ladder", ladder}});
+      const int max_batch = batched ? a.max_batch : 1;
+      where.push_back({{"max_batch", max_batch}, {"run", run}, {"at_best", where_at_best(ladder)}});
+      ladders.push_back({{"max_batch", max_batch}, {"run", run}, {"ladder", ladder}});
     }
     single_rps.push_back(rps[0]);
     batched_rps.push_back(rps[1]);
     gains.push_back(rps[0] > 0 ? rps[1] / rps[0] : 0);
   }
+  if (a.part("batching") && a.pin_load_gen) {
+    std::vector<int> all;
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &bench_cpus())) all.push_back(cpu);
+    }
+    KILN_RETURN_IF_ERROR(serve::pin_calling_thread(all));
+  }
   if (a.part("batching")) {
+    out["pin_load_gen"] = a.pin_load_gen;
     out["batching_gain"] = median(gains);
     out["batching_gain_runs"] = stats(gains);
     out["throughput_batched_rps"] = median(batched_rps);
     out["throughput_unbatched_rps"] = median(single_rps);
     out["batching_ladders"] = ladders;
+    out["batching_where"] = where;
   }
   if (a.part("probe")) {
     // One batched replica at one rate (to profile it from outside).
@@ -717,7 +783,7 @@ Status measure(const BenchArgs& a, const std::string& model, const std::string& 
     double achieved = 0;
     if (ready.is_ok()) {
       warm_up(c.port);
-      ladder_step(c.port, a, a.probe_rps, &ladder, &achieved);
+      ladder_step(c.port, a, a.probe_rps, &ladder, &achieved, &c);
     }
     stop(c);
     KILN_RETURN_IF_ERROR(ready.status());
@@ -760,6 +826,9 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--max-queue-delay-us", a->max_queue_delay_us,
                   "The batched replica's max_queue_delay")
       ->capture_default_str();
+  cmd->add_flag("--pin-load-gen", a->pin_load_gen,
+                "The batching part's load generator runs on every CPU but the last (where a "
+                "replica started with KILN_SERVE_PIN_THREADS=1 runs its batch worker)");
   cmd->add_option("--fleet-max-batch", a->fleet_max_batch,
                   "The fleet's replicas' max_batch (default: --max-batch's)");
   cmd->add_option("--probe-rps", a->probe_rps,

@@ -22,6 +22,7 @@
 #pragma once
 
 #include <fmt/format.h>
+#include <pthread.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -36,7 +37,9 @@
 #include <vector>
 
 #include "kiln/base/deadline.h"
+#include "kiln/base/logging.h"
 #include "kiln/base/status.h"
+#include "kiln/serve/thread_cpus.h"
 
 namespace kiln::serve {
 
@@ -44,12 +47,24 @@ struct BatcherOptions {
   int max_batch = 32;
   std::chrono::microseconds max_queue_delay{2000};
   std::size_t max_queue = 1024;  // queued requests (not counting the batch running)
+  // The worker's CPUs (empty: the scheduler's choice); Note [The batch
+  // worker's own core] (thread_cpus.h).
+  std::vector<int> worker_cpus;
+};
+
+// One batch as it ran: what the metrics (and `kiln bench serve`'s
+// breakdown of a request's time) need.
+struct BatchRun {
+  std::size_t size = 0;
+  bool full = false;             // closed because max_batch requests waited
+  double run_seconds = 0;        // the batch function (input building + forward pass)
+  double queue_wait_sum_s = 0;   // every request's wait from submission to the batch's start
 };
 
 // Called on the worker thread after each batch (metrics).
 struct BatchObserver {
   virtual ~BatchObserver() = default;
-  virtual void on_batch(std::size_t size, double run_seconds) = 0;
+  virtual void on_batch(const BatchRun& run) = 0;
 };
 
 template <typename In, typename Out, typename Tag = std::uint64_t>
@@ -165,6 +180,11 @@ class DynamicBatcher {
 
   // job: forms batches and runs them, until drained and empty.
   void loop() {
+    // Named for per-thread CPU accounting (`kiln bench serve`, top -H).
+    pthread_setname_np(pthread_self(), "kiln-batch");
+    if (Status pinned = pin_calling_thread(options_.worker_cpus); !pinned.is_ok()) {
+      log()->warn("serve: the batch worker runs unpinned: {}", pinned.to_string());
+    }
     const auto max = static_cast<std::size_t>(options_.max_batch);
     while (true) {
       std::vector<Pending> batch;
@@ -195,8 +215,13 @@ class DynamicBatcher {
     inputs.reserve(batch.size());
     for (auto& p : batch) inputs.push_back(std::move(p.input));
     const auto start = Clock::now();
+    BatchRun stats{.size = batch.size(),
+                   .full = batch.size() >= static_cast<std::size_t>(options_.max_batch)};
+    for (const auto& p : batch) {
+      stats.queue_wait_sum_s += std::chrono::duration<double>(start - p.enqueued).count();
+    }
     std::vector<Result<Out>> outputs = run_(inputs);
-    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    stats.run_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     std::vector<std::pair<Tag, Result<Out>>> done;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       Result<Out> out = i < outputs.size() ? std::move(outputs[i])
@@ -210,7 +235,7 @@ class DynamicBatcher {
       }
     }
     if (!done.empty()) complete_(done);
-    if (observer_ != nullptr) observer_->on_batch(batch.size(), seconds);
+    if (observer_ != nullptr) observer_->on_batch(stats);
   }
 
   BatcherOptions options_;

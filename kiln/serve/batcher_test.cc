@@ -127,5 +127,59 @@ TEST(DynamicBatcher, AShortAnswerFromTheModelIsAnErrorNotAHang) {
   EXPECT_EQ(r.status().code(), Code::kInternal);
 }
 
+// Records what the worker reports per batch (read after drain(), which
+// joins the worker).
+struct RecordingObserver : BatchObserver {
+  std::vector<BatchRun> runs;
+  void on_batch(const BatchRun& run) override { runs.push_back(run); }
+};
+
+TEST(DynamicBatcher, ReportsEachBatchsSizeWhetherItWasFullAndItsQueueWait) {
+  GatedDoubler g;
+  g.close();
+  RecordingObserver seen;
+  Batcher b({.max_batch = 2, .max_queue_delay = std::chrono::milliseconds(20), .max_queue = 100},
+            fn(g), &seen);
+  auto first = std::move(b.submit(1)).value();
+  g.wait_entered(1);  // a batch of one, closed by the delay; the worker held in it
+  auto second = std::move(b.submit(2)).value();
+  auto third = std::move(b.submit(3)).value();
+  const auto queued_at = Clock::now();  // after both: each waits at least from here
+  const double waited_at_least = seconds_since(queued_at);
+  g.release();
+  EXPECT_EQ(*third.get(), 6);
+  b.drain();
+  ASSERT_EQ(seen.runs.size(), 2u);
+  EXPECT_EQ(seen.runs[0].size, 1u);
+  EXPECT_FALSE(seen.runs[0].full);
+  EXPECT_EQ(seen.runs[1].size, 2u);
+  EXPECT_TRUE(seen.runs[1].full);
+  // Both of the second batch's requests waited while the first one ran.
+  EXPECT_GE(seen.runs[1].queue_wait_sum_s, 2 * waited_at_least);
+  EXPECT_GE(seen.runs[0].run_seconds, 0.0);
+}
+
+TEST(DynamicBatcher, TheWorkerIsNamedAndRunsOnTheCpusItIsGiven) {
+  const std::vector<int> allowed = allowed_cpus();
+  ASSERT_FALSE(allowed.empty());
+  std::string name;
+  std::vector<int> cpus;
+  Batcher b({.max_batch = 1,
+             .max_queue_delay = std::chrono::microseconds(0),
+             .max_queue = 10,
+             .worker_cpus = {allowed.back()}},
+            [&](std::vector<int>& in) {
+              char buf[16] = {};
+              pthread_getname_np(pthread_self(), buf, sizeof buf);
+              name = buf;
+              cpus = allowed_cpus();  // the calling thread's mask
+              return std::vector<Result<int>>(in.size(), Result<int>(0));
+            });
+  ASSERT_TRUE(std::move(b.submit(1)).value().get().is_ok());
+  b.drain();
+  EXPECT_EQ(name, "kiln-batch");
+  EXPECT_EQ(cpus, std::vector<int>{allowed.back()});
+}
+
 }  // namespace
 }  // namespace kiln::serve

@@ -1,6 +1,7 @@
 #include "kiln/serve/event_front.h"
 
 #include <fmt/format.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -18,6 +19,7 @@
 #include "kiln/base/logging.h"
 #include "kiln/base/socket.h"
 #include "kiln/serve/request.h"
+#include "kiln/serve/thread_cpus.h"
 
 namespace kiln::serve {
 namespace {
@@ -116,6 +118,12 @@ class EventFront::Loop {
   // job: the event loop, until stop() and every answer is out.
   void run() {
     loop_thread_ = std::this_thread::get_id();
+    // Named for per-thread CPU accounting (`kiln bench serve`, top -H); a
+    // thread's name is at most 15 characters.
+    pthread_setname_np(pthread_self(), fmt::format("{}-front", o_.what).substr(0, 15).c_str());
+    if (Status pinned = pin_calling_thread(o_.cpus); !pinned.is_ok()) {
+      log()->warn("{}: the front runs unpinned: {}", o_.what, pinned.to_string());
+    }
     std::vector<epoll_event> events(256);
     auto last_sweep = Clock::now();
     while (true) {

@@ -93,6 +93,8 @@ struct EventFrontOptions {
   // reading from it until answers go out (a client that pipelines without
   // reading its answers cannot grow the front's memory without bound).
   std::size_t max_pipelined = 1024;
+  // The loop thread's CPUs (empty: the scheduler's choice).
+  std::vector<int> cpus;
 };
 
 struct EventFrontCounters {

@@ -17,13 +17,15 @@ void series(std::string* out, const std::string& name, const char* type, const c
 Histogram::Histogram(std::vector<double> bounds)
     : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
 
-void Histogram::observe(double value) {
+void Histogram::observe(double value) { observe_n(value, 1); }
+
+void Histogram::observe_n(double value, std::uint64_t n) {
   const auto i = static_cast<std::size_t>(std::lower_bound(bounds_.begin(), bounds_.end(), value) -
                                           bounds_.begin());
   std::lock_guard<std::mutex> lock(mu_);
-  ++counts_[i];
-  sum_ += value;
-  ++total_;
+  counts_[i] += n;
+  sum_ += value * static_cast<double>(n);
+  total_ += n;
 }
 
 std::uint64_t Histogram::count() const {
@@ -54,11 +56,18 @@ void Histogram::render(std::string* out, const std::string& name, const std::str
 ServeMetrics::ServeMetrics()
     : batch_size_({1, 2, 4, 8, 16, 32, 64, 128, 256}),
       batch_seconds_({0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1}),
+      queue_wait_({0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1}),
       latency_({0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5}) {}
 
-void ServeMetrics::on_batch(std::size_t size, double run_seconds) {
-  batch_size_.observe(static_cast<double>(size));
-  batch_seconds_.observe(run_seconds);
+void ServeMetrics::on_batch(const BatchRun& run) {
+  batch_size_.observe(static_cast<double>(run.size));
+  batch_seconds_.observe(run.run_seconds);
+  // A batch's mean wait, once per request: the sum and count are exact, the
+  // buckets place every request of a batch at its batch's mean.
+  if (run.size > 0) {
+    queue_wait_.observe_n(run.queue_wait_sum_s / static_cast<double>(run.size), run.size);
+  }
+  if (run.full) batches_full_.fetch_add(1);
 }
 
 void ServeMetrics::count_response(int http_status) {
@@ -99,6 +108,11 @@ std::string ServeMetrics::render(const LiveGauges& live) const {
                      server_errors_.load());
   batch_size_.render(&out, "kiln_serve_batch_size", "Requests per forward pass.");
   batch_seconds_.render(&out, "kiln_serve_batch_seconds", "Forward pass time per batch.");
+  series(&out, "kiln_serve_batches_full_total", "counter",
+         "Batches that ran with max_batch requests (the rest closed at max_queue_delay).",
+         static_cast<double>(batches_full_.load()));
+  queue_wait_.render(&out, "kiln_serve_queue_seconds",
+                     "Time a request waited for its batch to start (each batch's mean).");
   latency_.render(&out, "kiln_serve_request_seconds",
                   "Time from a request's arrival to its answer (queue + batch).");
   double fetch, load;

@@ -20,6 +20,7 @@ class Histogram {
  public:
   explicit Histogram(std::vector<double> bounds);
   void observe(double value);
+  void observe_n(double value, std::uint64_t n);  // n observations of `value`
   // `name` with _bucket{le=...}, _sum and _count lines, after HELP and TYPE.
   void render(std::string* out, const std::string& name, const std::string& help) const;
   std::uint64_t count() const;
@@ -43,7 +44,7 @@ class ServeMetrics : public BatchObserver {
  public:
   ServeMetrics();
 
-  void on_batch(std::size_t size, double run_seconds) override;
+  void on_batch(const BatchRun& run) override;
   void observe_request(double latency_seconds) { latency_.observe(latency_seconds); }
   void count_response(int http_status);
   void set_cold_start(double fetch_seconds, double load_seconds, bool cache_hit);
@@ -56,7 +57,9 @@ class ServeMetrics : public BatchObserver {
  private:
   Histogram batch_size_;
   Histogram batch_seconds_;
+  Histogram queue_wait_;  // per request, summed per batch: its _sum and _count
   Histogram latency_;
+  std::atomic<std::uint64_t> batches_full_{0};
   std::atomic<std::uint64_t> ok_{0}, client_errors_{0}, overload_{0}, server_errors_{0};
   mutable std::mutex cold_mu_;
   double fetch_s_ = -1, load_s_ = -1;  // GUARDED_BY(cold_mu_); -1 until loaded

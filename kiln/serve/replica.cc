@@ -14,6 +14,7 @@
 #include "kiln/base/logging.h"
 #include "kiln/serve/capped_model.h"
 #include "kiln/serve/step_weights.h"
+#include "kiln/serve/thread_cpus.h"
 #include "kiln/serve/torch_model.h"
 #include "kiln/serve/weight_cache.h"
 
@@ -22,6 +23,10 @@ namespace {
 
 const Knob<std::string> kCacheDir{"KILN_SERVE_CACHE_DIR", "/var/tmp/kiln-weights",
                                   "node-local weight cache of kiln serve, shared by its replicas"};
+const Knob<bool> kPinThreads{
+    "KILN_SERVE_PIN_THREADS", false,
+    "1: a replica with one torch thread runs its batch worker on a CPU of its own and its HTTP "
+    "front on the others (Note [The batch worker's own core])"};
 const Knob<double> kFetchTimeout{"KILN_SERVE_FETCH_TIMEOUT", 600.0,
                                  "seconds a replica may take to get its weights into the cache"};
 
@@ -225,7 +230,14 @@ Status run_replica(const ReplicaRunOptions& o) {
   sigaddset(&stop_signals, SIGINT);
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);  // threads started below inherit it
 
-  KILN_ASSIGN_OR_RETURN(auto server, ReplicaServer::start(o.server));
+  ReplicaOptions server_options = o.server;
+  if (kPinThreads.get() && o.threads == 1) {
+    // Note [The batch worker's own core].
+    const ThreadCpus cpus = split_cpus(allowed_cpus());
+    server_options.front_cpus = cpus.front;
+    server_options.batcher.worker_cpus = cpus.batch;
+  }
+  KILN_ASSIGN_OR_RETURN(auto server, ReplicaServer::start(server_options));
   std::printf("listening on %s:%d\n", o.server.host.c_str(), server->port());
   std::fflush(stdout);
 

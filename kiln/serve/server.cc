@@ -23,7 +23,8 @@ Result<std::unique_ptr<ReplicaServer>> ReplicaServer::start(const ReplicaOptions
   KILN_ASSIGN_OR_RETURN(s->front_, EventFront::bind({.host = options.host,
                                                      .port = options.port,
                                                      .what = "serve",
-                                                     .read_timeout = options.read_timeout},
+                                                     .read_timeout = options.read_timeout,
+                                                     .cpus = options.front_cpus},
                                                     [self](std::vector<IncomingRequest>& requests) {
                                                       self->handle(requests);
                                                     }));

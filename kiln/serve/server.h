@@ -22,6 +22,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "kiln/base/status.h"
 #include "kiln/serve/batcher.h"
@@ -38,6 +39,9 @@ struct ReplicaOptions {
   int retry_after_s = 1;  // the Retry-After of a 503
   // A request begun and not complete this long: 408 (a slow or dead client).
   std::chrono::milliseconds read_timeout{10000};
+  // The front thread's CPUs (empty: the scheduler's choice); the batch
+  // worker's are batcher.worker_cpus. Note [The batch worker's own core].
+  std::vector<int> front_cpus;
 };
 
 class ReplicaServer {
