@@ -54,12 +54,8 @@ bool should_bind(const std::string& bind, int n) {
 // The affinity mask of each of `ranks` ranks, from the launcher's own
 // (cores_of_rank); built before fork, since the child may not allocate.
 std::vector<cpu_set_t> rank_masks(int ranks) {
-  cpu_set_t own;
-  if (sched_getaffinity(0, sizeof(own), &own) != 0) return {};
-  std::vector<int> allowed;
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-    if (CPU_ISSET(cpu, &own)) allowed.push_back(cpu);
-  }
+  const std::vector<int> allowed = allowed_cpus();
+  if (allowed.empty()) return {};
   std::vector<cpu_set_t> masks(static_cast<std::size_t>(ranks));
   for (int rank = 0; rank < ranks; ++rank) {
     cpu_set_t& m = masks[static_cast<std::size_t>(rank)];

@@ -730,7 +730,7 @@ Status measure(const BenchArgs& a, const std::string& model, const std::string& 
     // Where a replica pins its batch worker (KILN_SERVE_PIN_THREADS), the
     // load generator stays off that CPU: on the front's.
     (void)bench_cpus();  // the replicas' set, read before this thread is bound
-    KILN_RETURN_IF_ERROR(serve::pin_calling_thread(serve::split_cpus(serve::allowed_cpus()).front));
+    KILN_RETURN_IF_ERROR(serve::pin_calling_thread(serve::split_cpus(allowed_cpus()).front));
   }
   for (int run = 0; a.part("batching") && run < a.runs; ++run) {
     double rps[2];

@@ -22,6 +22,17 @@ int intra_op_threads_here() {
   return intra_op_threads(usable, online, local ? std::atoi(local) : 1);
 }
 
+std::vector<int> allowed_cpus() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  std::vector<int> out;
+  if (::sched_getaffinity(0, sizeof set, &set) != 0) return out;
+  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+    if (CPU_ISSET(cpu, &set)) out.push_back(cpu);
+  }
+  return out;
+}
+
 std::vector<int> cores_of_rank(const std::vector<int>& allowed, int rank, int ranks) {
   const int count = static_cast<int>(allowed.size());
   if (count == 0 || ranks < 1 || rank < 0) return {};

@@ -31,6 +31,10 @@ int intra_op_threads(int usable_cpus, int online_cpus, int local_ranks);
 // and LOCAL_WORLD_SIZE (1 when unset: a process on its own).
 int intra_op_threads_here();
 
+// The CPUs this process may run on (its affinity mask), in order; empty
+// when the mask cannot be read.
+std::vector<int> allowed_cpus();
+
 // The cores rank `rank` of `ranks` is bound to, out of `allowed` (the
 // launcher's own mask, in order): when ranks <= allowed.size(), a block of
 // allowed.size() / ranks consecutive cores, rank 0 first; otherwise the one

@@ -1,9 +1,35 @@
 #include "kiln/base/rank_cores.h"
 
+#include <pthread.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <thread>
+#include <vector>
+
 #include <gtest/gtest.h>
 
 namespace kiln {
 namespace {
+
+// The calling thread's mask, in order: a thread bound to one of the
+// process's CPUs sees that CPU alone.
+TEST(AllowedCpus, AreTheCallingThreadsMaskInOrder) {
+  const std::vector<int> all = allowed_cpus();
+  ASSERT_FALSE(all.empty());
+  EXPECT_TRUE(std::is_sorted(all.begin(), all.end()));
+  std::vector<int> seen;
+  std::thread bound([&] {
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(all.back(), &one);
+    ASSERT_EQ(::pthread_setaffinity_np(::pthread_self(), sizeof one, &one), 0);
+    seen = allowed_cpus();
+  });
+  bound.join();
+  EXPECT_EQ(seen, std::vector<int>{all.back()});
+  EXPECT_EQ(allowed_cpus(), all) << "binding another thread left this one's mask alone";
+}
 
 // Note [A rank's share of the cores]: the lone rank the launcher bound to one
 // core of two ran two threads on it.

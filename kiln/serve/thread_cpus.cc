@@ -8,17 +8,6 @@
 
 namespace kiln::serve {
 
-std::vector<int> allowed_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  std::vector<int> out;
-  if (::sched_getaffinity(0, sizeof set, &set) != 0) return out;
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
-    if (CPU_ISSET(cpu, &set)) out.push_back(cpu);
-  }
-  return out;
-}
-
 ThreadCpus split_cpus(const std::vector<int>& allowed) {
   if (allowed.size() < 2) return {};
   return {.front = std::vector<int>(allowed.begin(), allowed.end() - 1),

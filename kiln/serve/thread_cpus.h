@@ -18,6 +18,7 @@
 
 #include <vector>
 
+#include "kiln/base/rank_cores.h"  // allowed_cpus()
 #include "kiln/base/status.h"
 
 namespace kiln::serve {
@@ -26,9 +27,6 @@ struct ThreadCpus {
   std::vector<int> front;  // empty: wherever the scheduler puts it
   std::vector<int> batch;
 };
-
-// The CPUs this process may run on (its affinity mask), in order.
-std::vector<int> allowed_cpus();
 
 // The worker on the last of `allowed`, the front on the rest; nothing
 // pinned when fewer than two are allowed. Pure.
