@@ -221,7 +221,7 @@ class DynamicBatcher {
       stats.queue_wait_sum_s += std::chrono::duration<double>(start - p.enqueued).count();
     }
     std::vector<Result<Out>> outputs = run_(inputs);
-    stats.run_seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    stats.run_seconds = seconds_since(start);
     std::vector<std::pair<Tag, Result<Out>>> done;
     for (std::size_t i = 0; i < batch.size(); ++i) {
       Result<Out> out = i < outputs.size() ? std::move(outputs[i])

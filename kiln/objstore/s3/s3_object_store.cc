@@ -130,7 +130,7 @@ Result<S3Response> S3ObjectStore::call(const S3Request& request, const std::stri
     if (!retryable(r) || r.sink_failed) return logged(permanent_error(r, what), attempt);
     const std::string why = describe_failure(r);
     if (!backoff.sleep_before_retry(deadline)) {
-      double waited = std::chrono::duration<double>(Clock::now() - start).count();
+      const double waited = seconds_since(start);
       std::string msg = fmt::format("{}: failed {} attempt{} over {:.1f} s; last: {}", what,
                                     attempt, attempt == 1 ? "" : "s", waited, why);
       if (deadline.expired()) return logged(deadline_exceeded(msg + " (deadline passed)"), attempt);
