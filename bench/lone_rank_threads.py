@@ -19,6 +19,9 @@ CPU seconds per wall second (1.0: the rank ran on one core at a time).
   keep-memory: default with glibc's malloc keeping what is freed (GLIBC_TUNABLES: no mmap
                below 32 MiB, no trimming below 4 GiB), so a step's activations reuse the last
                step's pages instead of faulting fresh ones in
+  blas-spin-N: default with OPENBLAS_THREAD_TIMEOUT=N: OpenBLAS's idle worker spins (yields)
+               for 2^N cycles after a GEMM before it sleeps (OpenBLAS's own default: 2^28,
+               ~0.1 s here; N is clamped to 4..30), e.g. blas-spin-4 (sleeps at once)
 
   /work/bin/cpu-lock timed bench/lone_rank_threads.py --kiln build-rel/kiln --rounds 3 --out DIR
       [--variants bound-2,bound-1,free-2,free-2-passive]
@@ -68,6 +71,8 @@ def run(a, variant, tag, one_thread_cfg):
         env["OMP_WAIT_POLICY"] = "passive"
     if variant == "keep-memory":
         env["GLIBC_TUNABLES"] = KEEP_MEMORY
+    if variant.startswith("blas-spin-"):
+        env["OPENBLAS_THREAD_TIMEOUT"] = variant.removeprefix("blas-spin-")
     ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.strftime("%H:%M:%S", time.gmtime())
     w0 = time.monotonic()
@@ -106,7 +111,8 @@ def main():
     os.makedirs(a.out, exist_ok=True)
     variants = a.variants.split(",")
     for v in variants:
-        if v not in VARIANTS + ["default", "keep-memory"]:
+        if v not in VARIANTS + ["default", "keep-memory"] and not (
+                v.startswith("blas-spin-") and v.removeprefix("blas-spin-").isdigit()):
             ap.error(f"unknown variant {v}")
     one_thread_cfg = one_thread_config(a.config, a.out)
     runs = []

@@ -101,10 +101,17 @@ void hand_to_full_executable(char** argv) {
 // off the core: a lone rank of gpt_3d.toml (1x1x1) took 2.34 s a step with
 // two threads, 1.49 s with one, and 1.28 s with two whose OpenMP workers
 // sleep at once (OMP_WAIT_POLICY=passive; 3 alternating runs each in one
-// hold, docs/plan.md "Session 13"). libgomp reads the variable when it is
-// loaded, before main, so it is set here, before the full executable is
-// exec'd, for the commands that train or time training's kernels (`kiln
-// plan calibrate` must time what a rank runs); a user's own value stays.
+// hold, docs/plan.md "Session 13"). OpenBLAS's worker still yielded for
+// 2^28 cycles (~0.1 s) after every GEMM, so between a step's GEMMs, every
+// millisecond, it took turns with the OpenMP pair on the element-wise ops:
+// with OPENBLAS_THREAD_TIMEOUT=4 (2^4 cycles, OpenBLAS's minimum: it sleeps
+// on its condition variable at once) the same step took 1.113 s against
+// 1.385 (medians of 7 alternating pairs in two holds, faster in 5; half the
+// system CPU; docs/plan.md "Session 15"). Both libraries read their
+// variable when they are loaded, before main, so both are set here, before
+// the full executable is exec'd, for the commands that train or time
+// training's kernels (`kiln plan calibrate` must time what a rank runs); a
+// user's own values stay.
 bool trains(int argc, char** argv) {
   if (argc < 2) return false;
   for (const char* cmd : {"train", "launch", "run"}) {
@@ -121,7 +128,10 @@ bool looks_at_blas(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (trains(argc, argv)) ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
+  if (trains(argc, argv)) {
+    ::setenv("OMP_WAIT_POLICY", "passive", /*overwrite=*/0);
+    ::setenv("OPENBLAS_THREAD_TIMEOUT", "4", /*overwrite=*/0);
+  }
   if (looks_at_blas(argc, argv)) hand_to_full_executable(argv);
   if (runs_matrix_products(argc, argv)) kiln::reexec_if_blas_runs_generic_kernels(argv);
   CLI::App app{"kiln: a runtime for fault-tolerant distributed training"};

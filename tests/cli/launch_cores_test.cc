@@ -82,24 +82,29 @@ TEST(LaunchCores, MoreRanksThanCoresOrBindNoneShareEveryCore) {
 }
 
 // Note [OpenMP's workers sleep] (cli/main.cc): what a launched rank's
-// libgomp reads when it loads.
-std::string rank_omp_wait_policy(const std::string& env) {
+// libgomp and OpenBLAS read when they load.
+std::string rank_env(const std::string& env, const std::string& name) {
   const std::string cmd = fmt::format(
-      "{} timeout -s KILL 60 {} launch -n 1 -- sh -c 'echo \"omp=[$OMP_WAIT_POLICY]\"' 2>&1", env,
-      KILN_BINARY);
+      "{} timeout -s KILL 60 {} launch -n 1 -- sh -c 'echo \"value=[${}]\"' 2>&1", env,
+      KILN_BINARY, name);
   std::string out;
   FILE* p = ::popen(cmd.c_str(), "r");
   if (p == nullptr) return "";
   char buf[4096];
   for (std::size_t k; (k = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, k);
   EXPECT_EQ(::pclose(p), 0) << out;
-  const auto at = out.find("omp=[");
-  return at == std::string::npos ? out : out.substr(at + 5, out.find(']', at) - at - 5);
+  const auto at = out.find("value=[");
+  return at == std::string::npos ? out : out.substr(at + 7, out.find(']', at) - at - 7);
 }
 
 TEST(LaunchCores, RanksOpenMpWorkersSleepUnlessTheUserSaysOtherwise) {
-  EXPECT_EQ(rank_omp_wait_policy("env -u OMP_WAIT_POLICY"), "passive");
-  EXPECT_EQ(rank_omp_wait_policy("OMP_WAIT_POLICY=active"), "active");
+  EXPECT_EQ(rank_env("env -u OMP_WAIT_POLICY", "OMP_WAIT_POLICY"), "passive");
+  EXPECT_EQ(rank_env("OMP_WAIT_POLICY=active", "OMP_WAIT_POLICY"), "active");
+}
+
+TEST(LaunchCores, RanksOpenBlasWorkersSleepAfterEachCallUnlessTheUserSaysOtherwise) {
+  EXPECT_EQ(rank_env("env -u OPENBLAS_THREAD_TIMEOUT", "OPENBLAS_THREAD_TIMEOUT"), "4");
+  EXPECT_EQ(rank_env("OPENBLAS_THREAD_TIMEOUT=28", "OPENBLAS_THREAD_TIMEOUT"), "28");
 }
 
 }  // namespace
