@@ -57,7 +57,18 @@ Status ChunkedUpload::hand_over() {
     ++in_flight_;
   }
   cv_.notify_all();
+  // A buffer a finished put gave back, if any: its pages are mapped
+  // already, so filling it costs no page faults (a fresh 16 MiB buffer
+  // costs ~4000 and the kernel's zeroing of them).
   buf_ = std::string();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!spare_.empty()) {
+      buf_ = std::move(spare_.back());
+      spare_.pop_back();
+    }
+  }
+  buf_.clear();
   buf_.reserve(shape_.part_bytes);
   return Status::ok();
 }
@@ -85,6 +96,7 @@ void ChunkedUpload::uploader() {
     } else if (failed_.is_ok()) {
       failed_ = s;
     }
+    spare_.push_back(std::move(chunk.bytes));
     --in_flight_;
     cv_.notify_all();
   }

@@ -11,7 +11,7 @@
 // (started with the first full chunk) and append() goes on with a fresh
 // buffer, blocking only while `parallelism` chunks are already in flight:
 // at most (parallelism + 1) chunks are held, as in a streaming multipart
-// upload. The uploader checksums its chunk (XXH3-64) before the put. Any
+// upload, and their buffers are reused from chunk to chunk. The uploader checksums its chunk (XXH3-64) before the put. Any
 // failure (after the store's own retries) is kept, stops further chunks and
 // is returned by the next append() or finish(). One thread uses an upload;
 // its uploader threads are its own.
@@ -86,6 +86,7 @@ class ChunkedUpload {
   std::deque<Pending> queue_;                  // guarded by mu_
   int in_flight_ = 0;                          // guarded by mu_: queued + uploading
   std::map<std::size_t, StoredChunk> stored_;  // guarded by mu_: by index
+  std::vector<std::string> spare_;             // guarded by mu_: buffers of chunks sent
   Status failed_;                              // guarded by mu_: the first failure
   bool stop_ = false;                          // guarded by mu_
 };

@@ -124,6 +124,11 @@ class ObjectStore {
   virtual std::string describe() const = 0;
 };
 
+// Removes `keys` from up to store.upload_shape().parallelism threads at
+// once (a step's chunk objects: one DELETE each on S3). Returns the first
+// failure; the other keys are still tried.
+Status remove_objects(ObjectStore& store, const std::vector<std::string>& keys, Deadline deadline);
+
 // True for "s3://..." and "file://..." (a plain path is not a URL here).
 bool is_object_store_url(std::string_view s);
 
