@@ -36,7 +36,9 @@
 //                    part-sized objects at the same parallelism (target ≥ 0.8);
 //                    s3_rounds: each round's raw PUTs, upload + commit, commit;
 //                    s3_breakdown: where each round's seconds went, per rank
-//                    (Note [Where an upload's time goes], bench_ckpt_s3_breakdown.h)
+//                    (Note [Where an upload's time goes], bench_ckpt_s3_breakdown.h);
+//                    s3_object_layout: how the shards were stored (--object-layout
+//                    chunks|multipart; Note [Shards as chunk objects], ckpt/remote.h)
 // Times are the slowest rank's. Each timed save is preceded by its own memcpy
 // and raw-write baselines; the ratios are the medians of the per-save ratios,
 // so load from other processes cancels out as far as it can.
@@ -86,6 +88,7 @@ struct CkptBenchArgs {
   // before the timed load, so a test can prove a corrupt checkpoint fails.
   bool inject_corruption = false;
   bool s3 = false;  // also measure checkpoints to a local s3rver
+  std::string object_layout = "chunks";  // of the --s3 checkpoint (ckpt::ObjectLayout)
   // The restart measurement's child process (hidden; bench_ckpt_restart.h).
   std::string restart_child;
   RestartBenchSpec restart;
@@ -347,7 +350,8 @@ Status restart_ab(comm::ProcessGroup& pg, const CkptBenchArgs& a, const std::str
 }
 
 void add_s3_keys(nlohmann::json& doc, const std::optional<S3CkptTimes>& s3,
-                 const std::string& skipped) {
+                 const std::string& skipped, const std::string& layout) {
+  doc["s3_object_layout"] = layout;
   if (s3) {
     doc["s3_raw_put_s"] = s3->raw_put_s;
     doc["s3_write_s"] = s3->write_s;
@@ -366,11 +370,12 @@ void add_s3_keys(nlohmann::json& doc, const std::optional<S3CkptTimes>& s3,
 Status s3_alone(Communicator& c, const CkptBenchArgs& a, const std::vector<char>& state,
                 std::int64_t rows, std::int64_t cols) {
   std::string skipped;
+  KILN_ASSIGN_OR_RETURN(auto layout, ckpt::parse_object_layout(a.object_layout));
   KILN_ASSIGN_OR_RETURN(auto s3,
-                        measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, &skipped));
+                        measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, layout, &skipped));
   if (c.rank() != 0) return Status::ok();
   nlohmann::json doc{{"world_size", c.size()}, {"bytes_per_rank", state.size()}};
-  add_s3_keys(doc, s3, skipped);
+  add_s3_keys(doc, s3, skipped, a.object_layout);
   std::printf("%s\n", a.json ? doc.dump().c_str() : doc.dump(2).c_str());
   return Status::ok();
 }
@@ -378,6 +383,7 @@ Status s3_alone(Communicator& c, const CkptBenchArgs& a, const std::vector<char>
 Status bench_ckpt(const CkptBenchArgs& a) {
   KILN_ASSIGN_OR_RETURN(std::uint64_t total, parse_bytes(a.bytes));
   if (a.saves < 2) return invalid_argument("bench ckpt: --saves must be at least 2");
+  KILN_RETURN_IF_ERROR(ckpt::parse_object_layout(a.object_layout).status());
   if (!a.restart_child.empty()) return run_restart_child(a.restart_child, a.restart);
   KILN_RETURN_IF_ERROR(check_restart_memory_mode(a.restart.memory));
   if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench ckpt"))
@@ -490,8 +496,9 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   std::optional<S3CkptTimes> s3;
   std::string s3_skipped = "--s3 not given";
   if (a.s3) {
+    KILN_ASSIGN_OR_RETURN(auto layout, ckpt::parse_object_layout(a.object_layout));
     KILN_ASSIGN_OR_RETURN(s3,
-                          measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, &s3_skipped));
+                          measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, layout, &s3_skipped));
   }
 
   double stall = median(stall_s), write = median(write_s);
@@ -532,7 +539,7 @@ Status bench_ckpt(const CkptBenchArgs& a) {
         {"inmem_restart_memory", a.restart.memory},
         {"inmem_restart_bound_s", 1.0 + 5 * median(memcpy_s)},
         {"inmem_vs_disk_recovery", mem.recovery_s / load_t}};
-    add_s3_keys(doc, s3, s3_skipped);
+    add_s3_keys(doc, s3, s3_skipped, a.object_layout);
     if (a.json) {
       std::printf("%s\n", doc.dump().c_str());
     } else {
@@ -563,6 +570,10 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
   cmd->add_flag("--s3", a->s3,
                 "also checkpoint to a local s3rver vs raw PUTs (s3_write_vs_raw_put)");
+  cmd->add_option("--object-layout", a->object_layout,
+                  "how the --s3 checkpoint stores each shard: chunks (part-sized objects) or "
+                  "multipart (one multipart upload)")
+      ->capture_default_str();
   // The restart measurement's child (bench_ckpt_restart.h); not for users.
   cmd->add_option("--restart-child", a->restart_child)->group("");
   cmd->add_option("--restart-dir", a->restart.dir)->group("");

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kiln/base/status.h"
+#include "kiln/ckpt/format.h"
 #include "kiln/comm/communicator.h"
 
 namespace kiln::cli {
@@ -28,11 +29,12 @@ struct S3CkptTimes {
 // Collective on `c`. Rank 0 starts s3rver (nullopt on every rank where it is
 // not installed, with `skipped` saying why); every rank then, `rounds` times,
 // PUTs its `state` as part-sized objects from upload_parallelism threads and
-// saves it as a checkpoint step to s3://, and finally loads the last step
-// back and checks every byte.
+// saves it as a checkpoint step to s3:// with its shards stored as
+// `layout`, and finally loads the last step back and checks every byte.
 Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
                                                          const std::vector<char>& state,
                                                          std::int64_t rows, std::int64_t cols,
-                                                         int rounds, std::string* skipped);
+                                                         int rounds, ckpt::ObjectLayout layout,
+                                                         std::string* skipped);
 
 }  // namespace kiln::cli

@@ -4,7 +4,8 @@
 // went, per rank and round, from the store's request log
 // (objstore::s3::S3RequestLog) and the checkpointer's own timings
 // (ckpt::SaveStats): the shard's size, whether it went up as a multipart
-// upload and in how many parts; how many requests were in flight
+// upload and in how many parts, or as how many chunk objects (whose PUTs
+// then fill the part keys); how many requests were in flight
 // (the most at once, and the mean over the span from the first part's
 // start to the last part's end); each PUT or part's time; the multipart
 // upload's initiation and completion; the checksum, the copies into parts

@@ -77,8 +77,22 @@ S3Breakdown raw_put_breakdown(const std::vector<S3RequestRecord>& log, Clock::ti
           {"span_s", p.span_s}};
 }
 
-S3Breakdown checkpoint_breakdown(const std::vector<S3RequestRecord>& log, Clock::time_point start,
-                                 const ckpt::SaveStats& stats) {
+S3Breakdown checkpoint_breakdown(const std::vector<S3RequestRecord>& requests,
+                                 Clock::time_point start, const ckpt::SaveStats& stats) {
+  // Shards stored as chunk objects (no multipart upload begun): the chunk
+  // PUTs, those begun while the shard was written, stand where the parts
+  // would; the PUT after them is the manifest's.
+  std::vector<S3RequestRecord> log = requests;
+  const bool chunked = std::none_of(log.begin(), log.end(), [](const S3RequestRecord& r) {
+    return r.kind == S3RequestKind::kInitiate;
+  });
+  if (chunked) {
+    const auto written = start + std::chrono::duration_cast<Clock::duration>(
+                                     std::chrono::duration<double>(stats.write_s));
+    for (auto& r : log) {
+      if (r.kind == S3RequestKind::kPut && r.start < written) r.kind = S3RequestKind::kPart;
+    }
+  }
   Concurrency parts = concurrency_of(log, S3RequestKind::kPart);
   Concurrency init = concurrency_of(log, S3RequestKind::kInitiate);
   Concurrency done = concurrency_of(log, S3RequestKind::kComplete);
@@ -95,14 +109,15 @@ S3Breakdown checkpoint_breakdown(const std::vector<S3RequestRecord>& log, Clock:
   auto at = [&](const Concurrency& c, Clock::time_point t) {
     return c.count > 0 ? seconds(start, t) : 0.0;
   };
-  // Not multipart: the shard is the largest PUT (the other is the manifest).
+  // One PUT (neither layout split it): the shard is the largest PUT.
   double one_put = 0;
   for (const auto& r : log) {
     if (r.kind == S3RequestKind::kPut)
       one_put = std::max(one_put, static_cast<double>(r.body_bytes));
   }
-  return {{"shard_bytes", init.count > 0 ? body_bytes(log, S3RequestKind::kPart) : one_put},
+  return {{"shard_bytes", parts.count > 0 ? body_bytes(log, S3RequestKind::kPart) : one_put},
           {"multipart", init.count > 0 ? 1 : 0},
+          {"chunks", chunked ? parts.count : 0},
           {"parts", parts.count},
           {"snapshot_s", stats.stall_s},
           {"checksum_s", stats.write.checksum_s},

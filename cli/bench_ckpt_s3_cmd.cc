@@ -66,7 +66,8 @@ Status raw_puts(S3ObjectStore& store, const std::string& prefix, const std::vect
 Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
                                                          const std::vector<char>& state,
                                                          std::int64_t rows, std::int64_t cols,
-                                                         int rounds, std::string* skipped) {
+                                                         int rounds, ckpt::ObjectLayout layout,
+                                                         std::string* skipped) {
   const int r = c.rank(), n = c.size();
   std::unique_ptr<LocalS3Server> server;
   std::int64_t port = -1;
@@ -92,7 +93,8 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
   KILN_ASSIGN_OR_RETURN(auto ck, ckpt::Checkpointer::create({.root = url,
                                                              .comm = ckpt_comm.get(),
                                                              .retention = {.keep_last = 1},
-                                                             .store = store.get()}));
+                                                             .store = store.get(),
+                                                             .object_layout = layout}));
   const ckpt::RowRange mine = ckpt::even_rows(rows, r, n);
   ckpt::StateView view;
   KILN_RETURN_IF_ERROR(view.add_tensor("weights", DataType::kFloat32, {rows, cols}, mine.offset,

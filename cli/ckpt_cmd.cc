@@ -158,8 +158,12 @@ Status inspect(const std::string& dir) {
               static_cast<long long>(m.step), m.world_size, m.version, m.time.c_str(),
               static_cast<unsigned long long>(total_bytes(m)));
   for (const auto& s : m.shards) {
-    std::printf("rank %d  %s  %llu bytes\n", s.rank, s.file.c_str(),
-                static_cast<unsigned long long>(s.bytes));
+    std::printf("rank %d  %s  %llu bytes%s\n", s.rank, s.file.c_str(),
+                static_cast<unsigned long long>(s.bytes),
+                s.chunks.empty() ? ""
+                                 : fmt::format(" in {} chunk objects ({} .. {})", s.chunks.size(),
+                                               s.chunks.front().file, s.chunks.back().file)
+                                       .c_str());
     for (const auto& e : s.entries) {
       std::string what =
           e.is_tensor ? fmt::format("tensor {} {} rows [{}, {})", comm::dtype_name(e.spec.dtype),

@@ -11,6 +11,7 @@
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/commit.h"
 #include "kiln/ckpt/remote.h"
+#include "kiln/objstore/chunked_objects.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -31,6 +32,25 @@ class UploadWriter final : public FsWriter {
 
  private:
   objstore::ObjectWriter& w_;
+};
+
+// A shard written as chunk objects: close() waits for the last chunk and
+// keeps the list of them for the shard record.
+class ChunkWriter final : public FsWriter {
+ public:
+  explicit ChunkWriter(objstore::ChunkedUpload& up) : up_(up) {}
+  Status append(const void* data, std::size_t n) override { return up_.append(data, n); }
+  void start_writeback(std::uint64_t, std::uint64_t) override {}
+  Status sync() override { return Status::ok(); }
+  Status close() override {
+    KILN_ASSIGN_OR_RETURN(chunks_, up_.finish());
+    return Status::ok();
+  }
+  std::vector<objstore::StoredChunk>& chunks() { return chunks_; }
+
+ private:
+  objstore::ChunkedUpload& up_;
+  std::vector<objstore::StoredChunk> chunks_;
 };
 
 }  // namespace
@@ -359,18 +379,32 @@ Status Checkpointer::save_to_fs(std::int64_t step, SaveStats* times) {
 Status Checkpointer::save_to_store(std::int64_t step, SaveStats* times) {
   auto t0 = Clock::now();
   const Deadline deadline = Deadline::after(options_.timeout);
+  const ShardWriteOptions write_options{options_.compression, options_.zstd_level};
   auto upload = [&]() -> Result<ShardRecord> {
     KILN_ASSIGN_OR_RETURN(auto writer,
                           store_->open_writer(remote_key(step, shard_file_name(rank_)), deadline));
     UploadWriter out(*writer);
-    auto shard =
-        write_shard_to(out, rank_, staged_, staged_at_,
-                       ShardWriteOptions{options_.compression, options_.zstd_level}, &times->write);
+    auto shard = write_shard_to(out, rank_, staged_, staged_at_, write_options, &times->write);
     // A failed upload leaves no object and, on S3, no parts.
     if (!shard.is_ok()) writer->abort();
     return shard;
   };
-  Result<ShardRecord> shard = upload();
+  auto upload_chunks = [&]() -> Result<ShardRecord> {
+    objstore::ChunkedUpload up(
+        *store_, [&](std::size_t i) { return remote_key(step, shard_chunk_name(rank_, i)); },
+        deadline);
+    ChunkWriter out(up);
+    // A failed upload removes the chunks it stored (ChunkedUpload::abort).
+    KILN_ASSIGN_OR_RETURN(auto shard,
+                          write_shard_to(out, rank_, staged_, staged_at_, write_options, &times->write));
+    for (std::size_t i = 0; i < out.chunks().size(); ++i) {
+      const auto& c = out.chunks()[i];
+      shard.chunks.push_back({shard_chunk_name(rank_, i), c.bytes, c.xxh3});
+    }
+    return shard;
+  };
+  Result<ShardRecord> shard =
+      options_.object_layout == ObjectLayout::kChunks ? upload_chunks() : upload();
   if (!shard.is_ok()) {
     shard = shard.status().with_context(
         fmt::format("upload of rank {}'s shard of step {} to {}", rank_, step, store_->describe()));

@@ -99,6 +99,10 @@ struct CheckpointOptions {
   // The store for a URL `root`; null = objstore::open_object_store(root). Not
   // owned; must outlive the Checkpointer (tests pass one with options).
   objstore::ObjectStore* store = nullptr;
+  // With a URL `root`: each shard as part-sized chunk objects (plain PUTs,
+  // listed in the manifest) or as one multipart upload (Note [Shards as
+  // chunk objects], remote.h). Loads read both.
+  ObjectLayout object_layout = ObjectLayout::kChunks;
   // Tests only: runs on the writer thread once this rank's shard is durable,
   // before the commit (lets a test hold a save in flight).
   std::function<void(std::int64_t step)> after_shard_written_for_test;

@@ -73,9 +73,18 @@ Result<Manifest> build_manifest(const CommitContext& ctx, const std::vector<std:
   for (int r = 0; r < ctx.world_size; ++r) {
     KILN_ASSIGN_OR_RETURN(auto rec, parse_shard_record(reports[r].substr(1),
                                                        fmt::format("shard record of rank {}", r)));
+    if (!rec.chunks.empty()) m.version = kChunkedFormatVersion;
     m.shards.push_back(std::move(rec));
   }
   return m;
+}
+
+// Whether `file` (relative to the step directory) is named by `m`.
+bool names_file(const Manifest& m, const std::string& file) {
+  return std::any_of(m.shards.begin(), m.shards.end(), [&](const ShardRecord& s) {
+    return s.file == file || std::any_of(s.chunks.begin(), s.chunks.end(),
+                                         [&](const ChunkRecord& c) { return c.file == file; });
+  });
 }
 
 // Rank 0's half on a filesystem: everything from the manifest to `latest`.
@@ -86,9 +95,7 @@ Status publish(const CommitContext& ctx, const std::vector<std::string>& reports
   // left files the manifest does not name; they must not become part of it.
   KILN_ASSIGN_OR_RETURN(auto names, list_dir(tmp));
   for (const auto& n : names) {
-    bool named = std::any_of(m.shards.begin(), m.shards.end(),
-                             [&](const ShardRecord& s) { return s.file == n; });
-    if (!named) KILN_RETURN_IF_ERROR(ctx.fs->remove_tree(tmp + "/" + n));
+    if (!names_file(m, n)) KILN_RETURN_IF_ERROR(ctx.fs->remove_tree(tmp + "/" + n));
   }
   KILN_RETURN_IF_ERROR(write_file_synced(*ctx.fs, tmp + "/" + kManifestName, to_json(m)));
   KILN_RETURN_IF_ERROR(ctx.fs->sync_dir(tmp));
@@ -155,6 +162,16 @@ Status commit_step_to_store(const CommitContext& ctx, objstore::ObjectStore& sto
   const Deadline deadline = Deadline::after(ctx.timeout);
   auto publish_manifest = [&](const std::vector<std::string>& reports) -> Status {
     KILN_ASSIGN_OR_RETURN(Manifest m, build_manifest(ctx, reports));
+    // A crashed earlier attempt at this step (a rank killed mid-upload,
+    // maybe with more ranks or another layout) may have left objects the
+    // manifest does not name; they must not become part of the step.
+    const std::string dir = step_dir_name(ctx.step) + "/";
+    KILN_ASSIGN_OR_RETURN(auto objects, store.list(dir, deadline));
+    for (const auto& o : objects) {
+      if (!names_file(m, o.key.substr(dir.size()))) {
+        KILN_RETURN_IF_ERROR(store.remove(o.key, deadline));
+      }
+    }
     // Every shard object is complete already: each rank's upload committed
     // before it reported success. The manifest, last, commits the step.
     return store.put(remote_key(ctx.step, kManifestName), to_json(m), deadline);

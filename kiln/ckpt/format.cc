@@ -50,7 +50,15 @@ json entry_json(const EntryRecord& e) {
 json shard_json(const ShardRecord& s) {
   json entries = json::array();
   for (const auto& e : s.entries) entries.push_back(entry_json(e));
-  return json{{"rank", s.rank}, {"file", s.file}, {"bytes", s.bytes}, {"entries", entries}};
+  json j{{"rank", s.rank}, {"file", s.file}, {"bytes", s.bytes}, {"entries", entries}};
+  if (!s.chunks.empty()) {
+    json chunks = json::array();
+    for (const auto& c : s.chunks) {
+      chunks.push_back({{"file", c.file}, {"bytes", c.bytes}, {"xxh3", checksum_hex(c.xxh3)}});
+    }
+    j["chunks"] = std::move(chunks);
+  }
+  return j;
 }
 
 Result<std::uint64_t> parse_hex(const std::string& s) {
@@ -134,6 +142,28 @@ Result<ShardRecord> parse_shard_json(const json& j) {
     }
     s.entries.push_back(std::move(e));
   }
+  if (j.contains("chunks")) {
+    const json& chunks = j.at("chunks");
+    if (!chunks.is_array() || chunks.empty()) {
+      return data_loss(fmt::format("shard of rank {}: 'chunks' is not a list of chunks", s.rank));
+    }
+    std::uint64_t total = 0;
+    for (const json& jc : chunks) {
+      ChunkRecord c;
+      c.file = jc.at("file").get<std::string>();
+      c.bytes = integer_at<std::uint64_t>(jc, "bytes");
+      KILN_ASSIGN_OR_RETURN(c.xxh3, parse_hex(jc.at("xxh3").get<std::string>()));
+      if (c.file.empty() || c.file.find('/') != std::string::npos) {
+        return data_loss(fmt::format("shard of rank {}: bad chunk name '{}'", s.rank, c.file));
+      }
+      if (__builtin_add_overflow(total, c.bytes, &total)) total = ~std::uint64_t{0};
+      s.chunks.push_back(std::move(c));
+    }
+    if (total != s.bytes) {
+      return data_loss(fmt::format("shard of rank {}: its chunks hold {} bytes, the shard {}",
+                                   s.rank, total, s.bytes));
+    }
+  }
   return s;
 }
 
@@ -189,9 +219,9 @@ Result<Manifest> parse_manifest(const std::string& text, const std::string& wher
     if (j.at("format").get<std::string>() != "kiln-checkpoint")
       return data_loss("not a kiln checkpoint manifest");
     m.version = integer_at<int>(j, "version");
-    if (m.version != kFormatVersion) {
-      return failed_precondition(
-          fmt::format("format version {} (this build reads {})", m.version, kFormatVersion));
+    if (m.version != kFormatVersion && m.version != kChunkedFormatVersion) {
+      return failed_precondition(fmt::format("format version {} (this build reads {} and {})",
+                                             m.version, kFormatVersion, kChunkedFormatVersion));
     }
     m.step = integer_at<std::int64_t>(j, "step");
     m.world_size = integer_at<int>(j, "world_size");
@@ -214,6 +244,21 @@ Result<Manifest> parse_manifest(const std::string& text, const std::string& wher
 std::string step_dir_name(std::int64_t step) { return fmt::format("step-{}", step); }
 std::string tmp_step_dir_name(std::int64_t step) { return fmt::format("step-{}.tmp", step); }
 std::string shard_file_name(int rank) { return fmt::format("shard-{:05d}.bin", rank); }
+std::string shard_chunk_name(int rank, std::size_t index) {
+  return fmt::format("shard-{:05d}.chunk-{:05d}", rank, index);
+}
+
+Result<ObjectLayout> parse_object_layout(const std::string& name) {
+  if (name == "chunks") return ObjectLayout::kChunks;
+  if (name == "multipart") return ObjectLayout::kMultipart;
+  return invalid_argument(
+      fmt::format("object layout '{}': expected \"chunks\" or \"multipart\"", name));
+}
+
+const char* object_layout_name(ObjectLayout layout) {
+  return layout == ObjectLayout::kChunks ? "chunks" : "multipart";
+}
+
 std::optional<std::int64_t> parse_step_dir_name(const std::string& name) {
   return parse_step(name, "");
 }

@@ -14,7 +14,12 @@
 
 namespace kiln::ckpt {
 
+// A manifest whose shards are each one file or object; version 2 adds
+// shards stored as chunk objects (ShardRecord::chunks). A manifest is
+// written as version 1 when it has no chunked shard, so builds that read
+// only version 1 still load it. This build reads both.
 inline constexpr int kFormatVersion = 1;
+inline constexpr int kChunkedFormatVersion = 2;
 // A manifest is ~200 bytes per entry; past this one is refused before parsing.
 inline constexpr std::size_t kMaxManifestBytes = std::size_t{64} << 20;
 inline constexpr const char* kManifestName = "manifest.json";
@@ -34,13 +39,34 @@ struct EntryRecord {
   std::uint64_t xxh3 = 0;  // XXH3-64 (seed 0) of the stored bytes
 };
 
+// A piece of a shard stored as its own object on an object store (Note
+// [Shards as chunk objects], remote.h): the shard's bytes from the sum of
+// the earlier chunks' sizes on.
+struct ChunkRecord {
+  std::string file;  // relative to the step directory
+  std::uint64_t bytes = 0;
+  std::uint64_t xxh3 = 0;  // XXH3-64 (seed 0) of the chunk's bytes
+};
+
 // One rank's shard file; also what each rank sends rank 0 at commit.
 struct ShardRecord {
   int rank = 0;
-  std::string file;         // relative to the step directory
+  std::string file;         // relative to the step directory (a loader's local copy)
   std::uint64_t bytes = 0;  // file size
   std::vector<EntryRecord> entries;
+  // Empty: the shard is stored whole as `file`. Otherwise it is stored as
+  // these objects, in order, whose sizes add up to `bytes`.
+  std::vector<ChunkRecord> chunks;
 };
+
+// How a checkpoint on an object store keeps each shard (Note [Shards as
+// chunk objects], remote.h): as part-sized chunk objects, each a plain PUT
+// (the default), or as one object uploaded by parts (a multipart upload
+// that the server completes). Loads read both.
+enum class ObjectLayout : std::uint8_t { kChunks, kMultipart };
+// "chunks" / "multipart"; InvalidArgument naming the choices otherwise.
+Result<ObjectLayout> parse_object_layout(const std::string& name);
+const char* object_layout_name(ObjectLayout layout);
 
 struct Manifest {
   int version = kFormatVersion;
@@ -59,6 +85,8 @@ Result<Manifest> parse_manifest(const std::string& text, const std::string& wher
 std::string step_dir_name(std::int64_t step);      // "step-42"
 std::string tmp_step_dir_name(std::int64_t step);  // "step-42.tmp"
 std::string shard_file_name(int rank);             // "shard-00003.bin"
+// The object of chunk `index` of a chunked shard ("shard-00003.chunk-00012").
+std::string shard_chunk_name(int rank, std::size_t index);
 // The step of a committed directory name ("step-42" → 42); nullopt otherwise.
 std::optional<std::int64_t> parse_step_dir_name(const std::string& name);
 // The step of an uncommitted one ("step-42.tmp" → 42).

@@ -67,6 +67,34 @@ TEST(CkptFormat, MalformedManifestsAreDataLoss) {
   EXPECT_EQ(parse_manifest(to_json(m), "m").status().code(), Code::kFailedPrecondition);
 }
 
+// A shard stored as chunk objects lists them, with sizes that add up to the
+// shard's and checksums, and round-trips; a manifest without chunks has none.
+TEST(CkptFormat, ChunkedShardsRoundTripAndMustCoverTheShard) {
+  EXPECT_EQ(shard_chunk_name(3, 12), "shard-00003.chunk-00012");
+  Manifest m = sample();
+  m.version = kChunkedFormatVersion;
+  m.shards[1].chunks = {{shard_chunk_name(1, 0), 100, 0x0123456789abcdefull},
+                        {shard_chunk_name(1, 1), 24, 7}};
+  auto back = parse_manifest(to_json(m), "test");
+  ASSERT_TRUE(back.is_ok()) << back.status().to_string();
+  EXPECT_EQ(to_json(*back), to_json(m));
+  EXPECT_TRUE(back->shards[0].chunks.empty());
+  ASSERT_EQ(back->shards[1].chunks.size(), 2u);
+  EXPECT_EQ(back->shards[1].chunks[0].xxh3, 0x0123456789abcdefull);
+  EXPECT_EQ(back->shards[1].chunks[1].bytes, 24u);
+
+  Manifest short_chunks = m;
+  short_chunks.shards[1].chunks[1].bytes = 23;  // one byte of the shard in no chunk
+  auto r = parse_manifest(to_json(short_chunks), "m");
+  EXPECT_EQ(r.status().code(), Code::kDataLoss) << r.status().to_string();
+  Manifest escaping = m;
+  escaping.shards[1].chunks[0].file = "../elsewhere";
+  EXPECT_EQ(parse_manifest(to_json(escaping), "m").status().code(), Code::kDataLoss);
+  EXPECT_EQ(parse_object_layout("chunks").value(), ObjectLayout::kChunks);
+  EXPECT_EQ(parse_object_layout("multipart").value(), ObjectLayout::kMultipart);
+  EXPECT_EQ(parse_object_layout("parts").status().code(), Code::kInvalidArgument);
+}
+
 TEST(CkptState, EvenRowsCoverEverythingOnce) {
   for (int world = 1; world <= 8; ++world) {
     for (std::int64_t total : {0, 1, 7, 37, 64}) {

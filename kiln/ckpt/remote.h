@@ -5,9 +5,40 @@
 //   REMOTE/step-N/shard-00000.bin ...   uploaded by each rank's writer thread
 //   REMOTE/step-N/manifest.json         uploaded by rank 0 LAST
 //
+// A checkpoint written straight to a store (CheckpointOptions::root a URL)
+// has the same shape; with ObjectLayout::kChunks (the default) each shard is
+//   REMOTE/step-N/shard-00000.chunk-00000 ... chunk-000KK
+// listed, with each chunk's size and checksum, in the manifest.
+//
 // A remote step is committed iff its manifest exists: a crash mid-upload
 // leaves shard objects without a manifest, which loaders ignore and
 // retention removes once a newer step is committed remotely.
+//
+// Note [Shards as chunk objects]: a step on an object store is committed by
+// one object, its manifest, put last by rank 0. A shard uploaded as one
+// multipart upload adds a second commit per shard, the completion, which
+// makes the parts one object; the manifest already makes the step atomic,
+// so that second commit buys nothing, and it costs: s3rver's
+// CompleteMultipartUpload reads every part back and writes the object
+// again, 43-53% of a 1 GiB checkpoint's upload + commit (docs/perf.md,
+// issue 19, session 14), and an upload a killed rank abandoned is invisible
+// to a listing and billed by S3 until it is aborted or a lifecycle rule
+// removes it. So a shard is stored as part-sized chunk objects (the
+// multipart writer's part size and in-flight count, so the same bounded
+// memory), each a plain PUT (objstore::ChunkedUpload), and the manifest
+// lists each chunk's key, size and checksum. Abandoned chunks are ordinary
+// objects under their step's prefix: a listing shows them, and the next
+// commit (objects the manifest does not name) or retention (manifest-less
+// steps below the newest commit) deletes them. Reads fetch the chunks in
+// parallel by key and check each one. torch.distributed.checkpoint writes
+// several files per rank the same way. How much the completion costs on
+// real S3 is the service's affair (its API reference says only that it
+// "concatenates all the parts" and "could take several minutes to
+// finalize"); the chunk layout does not depend on it, and saves the two
+// extra requests per shard and the wait for the slowest shard's completion.
+// ObjectLayout::kMultipart stays selectable (a bucket policy or a tool that
+// wants one object per shard), and loads read both layouts (checkpoints of
+// earlier versions are multipart).
 #pragma once
 
 #include <cstdint>

@@ -8,6 +8,7 @@
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/remote.h"
 #include "kiln/ckpt/verify.h"
+#include "kiln/objstore/chunked_objects.h"
 
 namespace kiln::ckpt {
 
@@ -24,7 +25,17 @@ Result<std::string> download_remote_step(objstore::ObjectStore& store, std::int6
   KILN_ASSIGN_OR_RETURN(auto m, read_manifest(partial));
   for (const auto& shard : m.shards) {
     std::string local = partial + "/" + shard.file;
-    KILN_RETURN_IF_ERROR(store.get_to_file(remote_key(step, shard.file), local, deadline));
+    if (shard.chunks.empty()) {
+      KILN_RETURN_IF_ERROR(store.get_to_file(remote_key(step, shard.file), local, deadline));
+    } else {
+      // Chunks in parallel, each checked against its checksum, into the
+      // one local shard file the loader reads.
+      std::vector<objstore::StoredChunk> chunks;
+      for (const auto& c : shard.chunks) chunks.push_back({remote_key(step, c.file), c.bytes, c.xxh3});
+      KILN_RETURN_IF_ERROR(objstore::get_chunks_to_file(store, chunks, local, deadline)
+                               .with_context(fmt::format("shard of rank {} of remote step {}",
+                                                         shard.rank, step)));
+    }
     KILN_ASSIGN_OR_RETURN(auto bytes, file_size(local));
     if (bytes != shard.bytes) {
       return data_loss(fmt::format("{} of remote step {} has {} bytes, its manifest says {}",

@@ -20,7 +20,9 @@
 
 namespace kiln::ckpt {
 
-// Downloads step `step` (manifest and every shard it names) into
+// Downloads step `step` (manifest and every shard it names; a shard stored
+// as chunk objects is fetched chunk by chunk in parallel, each checked
+// against its checksum, into one local shard file) into
 // <cache_dir>/step-N through a .partial directory renamed into place, so a
 // crash never leaves a step that looks complete; creates cache_dir if need
 // be. Returns that directory.

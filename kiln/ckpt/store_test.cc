@@ -39,10 +39,11 @@ Result<std::unique_ptr<objstore::ObjectStore>> open_store(const std::string& url
   return std::unique_ptr<objstore::ObjectStore>(std::move(store));
 }
 
-// Two ranks save steps 1..3 (keep 2) to `url`, then load the newest back on
-// 2 ranks and re-sliced onto 3, bit for bit; nothing is written locally
-// except the loaders' caches.
-void two_ranks_round_trip(const std::string& url, const LocalS3Server* s3) {
+// Two ranks save steps 1..3 (keep 2) to `url` with their shards stored as
+// `layout`, then load the newest back on 2 ranks and re-sliced onto 3, bit
+// for bit; nothing is written locally except the loaders' caches.
+void two_ranks_round_trip(const std::string& url, const LocalS3Server* s3,
+                          ObjectLayout layout = ObjectLayout::kChunks) {
   TempDir cache;
   auto saved = comm::testing::run_ranks(
       2,
@@ -50,8 +51,11 @@ void two_ranks_round_trip(const std::string& url, const LocalS3Server* s3) {
         KILN_ASSIGN_OR_RETURN(auto store, open_store(url, s3));
         KILN_ASSIGN_OR_RETURN(
             auto ck,
-            Checkpointer::create(
-                {.root = url, .comm = &comm, .retention = {.keep_last = 2}, .store = store.get()}));
+            Checkpointer::create({.root = url,
+                                  .comm = &comm,
+                                  .retention = {.keep_last = 2},
+                                  .store = store.get(),
+                                  .object_layout = layout}));
         for (std::int64_t step = 1; step <= 3; ++step) {
           TestState s(step, comm.rank(), comm.size());
           KILN_RETURN_IF_ERROR(ck->save(s.view(), step, soon()));
@@ -69,6 +73,16 @@ void two_ranks_round_trip(const std::string& url, const LocalS3Server* s3) {
   auto store = open_store(url, s3).value();
   EXPECT_EQ(list_remote_committed_steps(*store, soon()).value(), (std::vector<std::int64_t>{3, 2}));
   EXPECT_TRUE(store->list("step-1/", soon()).value().empty()) << "retention left step 1";
+  auto manifest = read_remote_manifest(*store, 3, soon());
+  ASSERT_TRUE(manifest.is_ok()) << manifest.status().to_string();
+  for (const auto& shard : manifest->shards) {
+    EXPECT_EQ(shard.chunks.empty(), layout == ObjectLayout::kMultipart) << "rank " << shard.rank;
+    EXPECT_EQ(store->head(remote_key(3, shard.file), soon()).is_ok(),
+              layout == ObjectLayout::kMultipart)
+        << "rank " << shard.rank << ": the whole shard object exists only in the multipart layout";
+  }
+  EXPECT_EQ(manifest->version,
+            layout == ObjectLayout::kChunks ? kChunkedFormatVersion : kFormatVersion);
   // The URL alone (s3:// takes endpoint and credentials from the environment).
   auto listed = list_committed_steps(url);
   ASSERT_TRUE(listed.is_ok()) << listed.status().to_string();
@@ -100,6 +114,59 @@ TEST(StoreCheckpoints, FileUrlTwoRanksRoundTrip) {
   two_ranks_round_trip("file://" + remote.path() + "/run", nullptr);
 }
 
+TEST(StoreCheckpoints, FileUrlTwoRanksRoundTripMultipartLayout) {
+  TempDir remote;
+  two_ranks_round_trip("file://" + remote.path() + "/run", nullptr, ObjectLayout::kMultipart);
+}
+
+// Saves step `step` of a one-rank run to `store` at `url` in `layout`.
+Status save_one(objstore::ObjectStore& store, const std::string& url, std::int64_t step,
+                ObjectLayout layout, std::int64_t rows0 = 37) {
+  KILN_ASSIGN_OR_RETURN(auto ck, Checkpointer::create({.root = url,
+                                                       .retention = {.keep_last = 2},
+                                                       .store = &store,
+                                                       .object_layout = layout}));
+  TestState s(step, 0, 1, rows0);
+  return ck->save(s.view(), step, soon());
+}
+
+// Note [Shards as chunk objects]: a rank killed mid-upload leaves chunk
+// objects under a step with no manifest. Nothing lists or loads that step
+// as committed; a later save of the same step drops the chunks its manifest
+// does not name, and the commit of a later step removes the whole step.
+TEST(StoreCheckpoints, AnUncommittedStepsOrphanChunksAreNeverListedAndAreRemoved) {
+  TempDir remote, cache;
+  const std::string url = "file://" + remote.path() + "/run";
+  auto store = objstore::open_object_store(url).value();
+  ASSERT_TRUE(save_one(*store, url, 1, ObjectLayout::kChunks).is_ok());
+  // What killed ranks left: chunks of step 2 (never committed), and a
+  // chunk of a rank 5 that no later save of step 3 has.
+  ASSERT_TRUE(store->put(remote_key(2, shard_chunk_name(0, 0)), "half a shard", soon()).is_ok());
+  ASSERT_TRUE(store->put(remote_key(2, shard_chunk_name(1, 3)), "another", soon()).is_ok());
+  ASSERT_TRUE(store->put(remote_key(3, shard_chunk_name(5, 0)), "orphan", soon()).is_ok());
+
+  EXPECT_EQ(list_remote_committed_steps(*store, soon()).value(), (std::vector<std::int64_t>{1}));
+  auto steps = summarize_remote_steps(*store, soon()).value();
+  ASSERT_EQ(steps.size(), 3u);
+  EXPECT_FALSE(steps[0].committed);  // step 3
+  EXPECT_FALSE(steps[1].committed);  // step 2
+  auto loaded = load_latest_remote(*store, cache.path() + "/a", {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(loaded->step, 1);
+
+  // Step 3 saved for real: its commit drops rank 5's orphan, and its
+  // retention the manifest-less step 2.
+  ASSERT_TRUE(save_one(*store, url, 3, ObjectLayout::kChunks).is_ok());
+  EXPECT_TRUE(store->list("step-2/", soon()).value().empty()) << "step 2's orphan chunks remain";
+  EXPECT_FALSE(store->head(remote_key(3, shard_chunk_name(5, 0)), soon()).is_ok())
+      << "an orphan chunk became part of step 3";
+  EXPECT_EQ(list_remote_committed_steps(*store, soon()).value(),
+            (std::vector<std::int64_t>{3, 1}));
+  loaded = load_latest_remote(*store, cache.path() + "/b", {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
+}
+
 using StoreCheckpointsS3 = objstore::s3::testing::S3rverTest;
 
 TEST_F(StoreCheckpointsS3, TwoRanksRoundTrip) {
@@ -120,7 +187,9 @@ TEST_F(StoreCheckpointsS3, MultipartShards) {
   TempDir cache;
   const std::int64_t rows0 = 600000;  // w0: 600000 x 7 floats = 16.8 MB
   {
-    auto ck = Checkpointer::create({.root = s3().url("big"), .store = store.get()});
+    auto ck = Checkpointer::create({.root = s3().url("big"),
+                                    .store = store.get(),
+                                    .object_layout = ObjectLayout::kMultipart});
     ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
     TestState s(5, 0, 1, rows0);
     Status st = (*ck)->save(s.view(), 5, soon());
@@ -134,8 +203,71 @@ TEST_F(StoreCheckpointsS3, MultipartShards) {
   EXPECT_EQ(check_loaded(*loaded, 5, 0, 1, rows0), "");
 }
 
-// Rank 1's uploads all fail: the step commits nowhere, rank 0's shard object
-// is deleted again, and every rank gets the error naming rank 1.
+// Large shards go up as part-sized chunk objects (one plain PUT each, the
+// store's part size), listed in the manifest, and come back bit for bit.
+TEST_F(StoreCheckpointsS3, ChunkedShards) {
+  objstore::s3::S3Options o = s3().options();
+  o.part_bytes = 5ull << 20;
+  o.upload_parallelism = 3;
+  auto store = open_store("big", o);
+  ASSERT_NE(store, nullptr);
+  TempDir cache;
+  const std::int64_t rows0 = 600000;  // w0: 600000 x 7 floats = 16.8 MB
+  ASSERT_TRUE(save_one(*store, s3().url("big"), 5, ObjectLayout::kChunks, rows0).is_ok());
+  auto m = read_remote_manifest(*store, 5, soon());
+  ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+  const ShardRecord& shard = m->shards[0];
+  ASSERT_EQ(shard.chunks.size(), (shard.bytes + o.part_bytes - 1) / o.part_bytes);
+  for (std::size_t i = 0; i < shard.chunks.size(); ++i) {
+    EXPECT_EQ(shard.chunks[i].file, shard_chunk_name(0, i));
+    auto head = store->head(remote_key(5, shard.chunks[i].file), soon());
+    ASSERT_TRUE(head.is_ok()) << head.status().to_string();
+    EXPECT_EQ(head->bytes, shard.chunks[i].bytes);
+    EXPECT_LE(head->bytes, o.part_bytes);
+  }
+  EXPECT_FALSE(store->head(remote_key(5, shard.file), soon()).is_ok());
+  auto pending = store->list_pending_uploads("", soon());
+  ASSERT_TRUE(pending.is_ok()) << pending.status().to_string();
+  EXPECT_TRUE(pending->empty()) << "a chunked shard began a multipart upload";
+  auto loaded = load_latest_remote(*store, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 5, 0, 1, rows0), "");
+}
+
+// Checkpoints written before chunks (one multipart object per shard) still
+// load, and a run that goes on in the chunk layout loads its own steps
+// beside them.
+TEST_F(StoreCheckpointsS3, AMultipartLayoutCheckpointStillLoads) {
+  objstore::s3::S3Options o = s3().options();
+  o.part_bytes = 5ull << 20;
+  auto store = open_store("old", o);
+  ASSERT_NE(store, nullptr);
+  TempDir cache;
+  const std::int64_t rows0 = 400000;  // 11.2 MB: a multipart upload of 3 parts
+  ASSERT_TRUE(save_one(*store, s3().url("old"), 1, ObjectLayout::kMultipart, rows0).is_ok());
+  auto old = read_remote_manifest(*store, 1, soon());
+  ASSERT_TRUE(old.is_ok()) << old.status().to_string();
+  EXPECT_EQ(old->version, kFormatVersion);
+  EXPECT_TRUE(old->shards[0].chunks.empty());
+  auto loaded = load_latest_remote(*store, cache.path() + "/a", {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 1, 0, 1, rows0), "");
+
+  ASSERT_TRUE(save_one(*store, s3().url("old"), 2, ObjectLayout::kChunks, rows0).is_ok());
+  EXPECT_EQ(list_remote_committed_steps(*store, soon()).value(),
+            (std::vector<std::int64_t>{2, 1}));
+  loaded = load_latest_remote(*store, cache.path() + "/b", {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 2, 0, 1, rows0), "");
+  auto dir = download_remote_step(*store, 1, cache.path() + "/c", soon());
+  ASSERT_TRUE(dir.is_ok()) << dir.status().to_string();
+  auto step1 = load_step(*dir, 0, 1);
+  ASSERT_TRUE(step1.is_ok()) << step1.status().to_string();
+  EXPECT_EQ(check_loaded(*step1, 1, 0, 1, rows0), "");
+}
+
+// Rank 1's uploads all fail: the step commits nowhere, rank 0's shard
+// objects are deleted again, and every rank gets the error naming rank 1.
 class UploadsFail final : public objstore::testing::ForwardingObjectStore {
  public:
   using ForwardingObjectStore::ForwardingObjectStore;
@@ -143,9 +275,14 @@ class UploadsFail final : public objstore::testing::ForwardingObjectStore {
                                                               Deadline) override {
     return unavailable("injected: upload " + key);
   }
+  Status put(const std::string& key, std::string_view, Deadline) override {
+    return unavailable("injected: upload " + key);
+  }
 };
 
-TEST(StoreCheckpoints, OneRanksFailedUploadCommitsNothing) {
+class OneRanksFailedUpload : public ::testing::TestWithParam<ObjectLayout> {};
+
+TEST_P(OneRanksFailedUpload, CommitsNothing) {
   TempDir remote;
   const std::string url = "file://" + remote.path() + "/run";
   auto r = comm::testing::run_ranks(
@@ -154,12 +291,14 @@ TEST(StoreCheckpoints, OneRanksFailedUploadCommitsNothing) {
         auto inner = objstore::open_object_store(url).value();
         UploadsFail failing(*inner);
         objstore::ObjectStore* store = comm.rank() == 1 ? &failing : inner.get();
-        KILN_ASSIGN_OR_RETURN(auto ck,
-                              Checkpointer::create({.root = url, .comm = &comm, .store = store}));
+        KILN_ASSIGN_OR_RETURN(auto ck, Checkpointer::create({.root = url,
+                                                             .comm = &comm,
+                                                             .store = store,
+                                                             .object_layout = GetParam()}));
         TestState s(1, comm.rank(), comm.size());
         Status st = ck->save(s.view(), 1, soon());
         if (st.is_ok() || st.message().find("rank 1") == std::string::npos ||
-            st.message().find("injected: upload step-1/shard-00001.bin") == std::string::npos) {
+            st.message().find("injected: upload step-1/shard-00001.") == std::string::npos) {
           return internal_error(fmt::format("rank {}: want the failure of rank 1's upload, got {}",
                                             comm.rank(), st.to_string()));
         }
@@ -171,6 +310,10 @@ TEST(StoreCheckpoints, OneRanksFailedUploadCommitsNothing) {
   EXPECT_TRUE(list_remote_committed_steps(*store, soon()).value().empty());
   EXPECT_TRUE(store->list("", soon()).value().empty()) << "rank 0's shard of step 1 was left";
 }
+
+INSTANTIATE_TEST_SUITE_P(Layouts, OneRanksFailedUpload,
+                         ::testing::Values(ObjectLayout::kChunks, ObjectLayout::kMultipart),
+                         [](const auto& info) { return std::string(object_layout_name(info.param)); });
 
 TEST(StoreCheckpoints, ARemoteTierBesideAUrlRootIsRefused) {
   TempDir remote;

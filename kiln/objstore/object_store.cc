@@ -6,8 +6,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <filesystem>
+#include <thread>
 
 #include "kiln/base/fd.h"
 #include "kiln/base/file.h"
@@ -84,6 +87,27 @@ Status ObjectStore::put(const std::string& key, std::string_view bytes, Deadline
   if (s.is_ok()) s = w->commit();
   if (!s.is_ok()) w->abort();
   return s;
+}
+
+Status remove_objects(ObjectStore& store, const std::vector<std::string>& keys, Deadline deadline) {
+  const int threads =
+      std::max(1, std::min(store.upload_shape().parallelism, static_cast<int>(keys.size())));
+  std::atomic<std::size_t> next{0};
+  std::vector<Status> failed(static_cast<std::size_t>(threads));
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      for (std::size_t i; (i = next.fetch_add(1)) < keys.size();) {
+        Status s = store.remove(keys[i], deadline);
+        if (!s.is_ok() && failed[static_cast<std::size_t>(t)].is_ok()) {
+          failed[static_cast<std::size_t>(t)] = s;
+        }
+      }
+    });
+  }
+  for (auto& t : pool) t.join();
+  for (auto& s : failed) KILN_RETURN_IF_ERROR(s);
+  return Status::ok();
 }
 
 bool is_object_store_url(std::string_view s) {

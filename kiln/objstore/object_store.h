@@ -23,6 +23,16 @@
 
 namespace kiln::objstore {
 
+// How a large object is best cut for a parallel upload: pieces of
+// `part_bytes`, at most `parallelism` of them in flight (S3: S3Options'
+// part_bytes and upload_parallelism). Writers of several objects at once
+// (ChunkedUpload) follow it so they hold no more memory than one streaming
+// upload does.
+struct UploadShape {
+  std::size_t part_bytes = std::size_t{16} << 20;
+  int parallelism = 4;
+};
+
 struct ObjectInfo {
   std::string key;  // relative to the store's root
   std::uint64_t bytes = 0;
@@ -107,9 +117,17 @@ class ObjectStore {
   // temp file). One already gone is not an error.
   virtual Status abort_pending_upload(const PendingUpload& upload, Deadline deadline);
 
+  // The part size and in-flight count this store's uploads use (UploadShape).
+  virtual UploadShape upload_shape() const { return {}; }
+
   // A human-readable location for errors ("file:///data/mnist").
   virtual std::string describe() const = 0;
 };
+
+// Removes `keys` from up to store.upload_shape().parallelism threads at
+// once (a step's chunk objects: one DELETE each on S3). Returns the first
+// failure; the other keys are still tried.
+Status remove_objects(ObjectStore& store, const std::vector<std::string>& keys, Deadline deadline);
 
 // True for "s3://..." and "file://..." (a plain path is not a URL here).
 bool is_object_store_url(std::string_view s);

@@ -24,11 +24,13 @@ Result<CheckpointSetup> open_checkpoints(const CheckpointConfig& c, comm::Commun
     KILN_ASSIGN_OR_RETURN(s.memory, ckpt::MemoryTier::open(
                                        {.dir = dir, .comm = s.comm.get(), .rows_as_saved = rows_as_saved}));
   }
+  KILN_ASSIGN_OR_RETURN(auto layout, ckpt::parse_object_layout(c.object_layout));
   KILN_ASSIGN_OR_RETURN(s.checkpointer, ckpt::Checkpointer::create({.root = c.dir,
                                                                      .comm = s.comm.get(),
                                                                      .retention = {.keep_last = c.keep},
                                                                      .memory = s.memory.get(),
-                                                                     .remote = c.remote}));
+                                                                     .remote = c.remote,
+                                                                     .object_layout = layout}));
   return s;
 }
 

@@ -114,6 +114,12 @@ Result<TrainConfig> from_table(const toml::table& root, const std::string& sourc
   c.checkpoint.memory = r.get_bool("checkpoint", "memory", c.checkpoint.memory);
   c.checkpoint.memory_dir = r.get_string("checkpoint", "memory_dir", false, "");
   c.checkpoint.remote = r.get_string("checkpoint", "remote", false, "");
+  c.checkpoint.object_layout =
+      r.get_string("checkpoint", "object_layout", false, c.checkpoint.object_layout);
+  if (c.checkpoint.object_layout != "chunks" && c.checkpoint.object_layout != "multipart") {
+    r.fail_field("checkpoint", "object_layout",
+                 "must be \"chunks\" or \"multipart\" (got \"" + c.checkpoint.object_layout + "\")");
+  }
 
   if (r.has("ddp", "bucket_cap_mib") &&
       root["ddp"]["bucket_cap_mib"].value_exact<std::string>() == std::optional<std::string>("auto")) {

@@ -82,6 +82,10 @@ struct CheckpointConfig {
   // Each committed step is also uploaded there; a run whose dir holds no
   // loadable checkpoint (a new machine, a lost disk) resumes from it.
   std::string remote;
+  // With an s3:// or file:// dir: each shard as part-sized chunk objects
+  // ("chunks", plain PUTs listed in the manifest) or one multipart upload
+  // ("multipart"). Note [Shards as chunk objects] in kiln/ckpt/remote.h.
+  std::string object_layout = "chunks";
 };
 
 struct DdpConfig {

@@ -1,27 +1,30 @@
 // Fault campaign for checkpoints straight to an object store (a real s3rver;
 // skipped where it is not installed).
 //
-// SIGKILL: two ranks save back to back to s3://; one of them (rank 0 or 1 in
-// turn) is killed at a random instant: inside its multipart upload, the
-// exchange of shard records, rank 0's manifest PUT, or retention. After each
-// trial the newest committed step loads bit-exactly, every step listed as
-// committed downloads and verifies, and no committed step vanishes; after a
-// final clean save no interrupted upload is left below the newest commit,
-// and no multipart upload a killed rank abandoned is left on the server
-// (Note [Abandoned uploads]: the commit's retention aborts them; s3rver
-// lists and aborts them through s3rver_uploads.js).
+// SIGKILL: two ranks save back to back to s3:// in the default layout
+// (shards as chunk objects, Note [Shards as chunk objects]); one of them
+// (rank 0 or 1 in turn) is killed at a random instant: inside its chunk
+// uploads, the exchange of shard records, rank 0's manifest PUT, or
+// retention. After each trial the newest committed step loads bit-exactly,
+// every step listed as committed downloads and verifies, and no committed
+// step vanishes; after a final clean save no interrupted upload (orphan
+// chunks under a step without a manifest) is left below the newest commit,
+// and no multipart upload is left on the server.
 // KILN_STORE_FAULT_TRIALS trials (default 4; `make test-store-faults` runs 30).
 //
-// Server restart: s3rver is killed and restarted while both ranks upload;
-// the uploads' retries carry the saves through, they load bit-exactly, and
-// no upload is left pending (an initiate whose reply the kill lost leaves
-// one on the server; the last commit aborts it).
+// Server restart, in both layouts: s3rver is killed and restarted while both
+// ranks upload; the uploads' retries carry the saves through, they load
+// bit-exactly, and no upload is left pending (multipart: an initiate whose
+// reply the kill lost leaves one on the server; the last commit aborts it
+// (Note [Abandoned uploads]; s3rver lists and aborts them through
+// s3rver_uploads.js)) and no orphan chunk is left.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <random>
 #include <chrono>
@@ -49,7 +52,7 @@ using testing::TempDir;
 using testing::TestState;
 
 // Rows of w0: 400000 x 7 floats, ~5.6 MB per rank of two, so each shard is
-// a multipart upload of two 5 MiB parts.
+// two 5 MiB chunks (or a multipart upload of two parts).
 constexpr std::int64_t kRows0 = 400000;
 
 objstore::s3::S3Options store_options(const LocalS3Server& s3) {
@@ -95,13 +98,14 @@ std::string check_invariants(objstore::ObjectStore& store, const std::string& sc
 // Both ranks save steps after the newest committed one, back to back, until
 // `last` (or, with a victim, until a peer's death aborts them).
 Status save_steps(comm::Communicator& comm, const std::string& url, const LocalS3Server& s3,
-                  std::int64_t last) {
+                  std::int64_t last, ObjectLayout layout = ObjectLayout::kChunks) {
   KILN_ASSIGN_OR_RETURN(auto store, S3ObjectStore::open(url, store_options(s3)));
   KILN_ASSIGN_OR_RETURN(auto ck, Checkpointer::create({.root = url,
                                                        .comm = &comm,
                                                        .retention = {.keep_last = 2},
                                                        .timeout = std::chrono::seconds(60),
-                                                       .store = store.get()}));
+                                                       .store = store.get(),
+                                                       .object_layout = layout}));
   KILN_ASSIGN_OR_RETURN(auto steps,
                         list_remote_committed_steps(*store, Deadline::after_seconds(30)));
   for (std::int64_t step = steps.empty() ? 1 : steps.front() + 1; step <= last; ++step) {
@@ -142,8 +146,7 @@ TEST_F(StoreFaults, SigkillOfEitherRankDuringUploads) {
   std::mt19937 rng(4242);
   std::uniform_int_distribution<int> delay_us(0, 1500000);
   std::int64_t newest = 0;
-  int interrupted = 0;  // kills that left an upload without its manifest
-  int abandoned = 0;    // kills that left a multipart upload pending on the server
+  int interrupted = 0;  // kills that left chunks under a step without its manifest
   const int n = trials();
   for (int trial = 0; trial < n; ++trial) {
     const int victim = trial % 2;
@@ -166,9 +169,6 @@ TEST_F(StoreFaults, SigkillOfEitherRankDuringUploads) {
     auto steps = summarize_remote_steps(*store_, Deadline::after_seconds(30));
     ASSERT_TRUE(steps.is_ok()) << steps.status().to_string();
     if (!steps->empty() && !steps->front().committed) ++interrupted;
-    auto pending = store_->list_pending_uploads("", Deadline::after_seconds(30));
-    ASSERT_TRUE(pending.is_ok()) << pending.status().to_string();
-    if (!pending->empty()) ++abandoned;
   }
   // One clean save: its retention removes every interrupted upload below it.
   auto last = run([&](comm::Communicator& c) { return save_steps(c, url_, *s3_, newest + 1); });
@@ -182,26 +182,42 @@ TEST_F(StoreFaults, SigkillOfEitherRankDuringUploads) {
   ASSERT_TRUE(pending.is_ok()) << pending.status().to_string();
   for (const auto& u : *pending) ADD_FAILURE() << "upload of " << u.key << " left pending";
   std::printf(
-      "%d kills of 2 ranks uploading to s3rver: %d left an interrupted upload, %d an "
-      "abandoned multipart upload (all aborted by the next commit); newest step %lld\n",
-      n, interrupted, abandoned, static_cast<long long>(newest + 1));
+      "%d kills of 2 ranks uploading chunks to s3rver: %d left orphan chunks under an "
+      "uncommitted step (all removed by the next commit); newest step %lld\n",
+      n, interrupted, static_cast<long long>(newest + 1));
 }
 
-TEST_F(StoreFaults, ServerKilledAndRestartedMidUpload) {
+// Whether an upload is seen in progress on the server (as an operator
+// listing it would see it): a multipart upload begun, or chunks under a step
+// with no manifest yet.
+bool upload_in_progress(objstore::ObjectStore& store, ObjectLayout layout) {
+  if (layout == ObjectLayout::kMultipart) {
+    auto pending = store.list_pending_uploads("", Deadline::after_seconds(5));
+    return pending.is_ok() && !pending->empty();
+  }
+  auto steps = summarize_remote_steps(store, Deadline::after_seconds(5));
+  return steps.is_ok() &&
+         std::any_of(steps->begin(), steps->end(),
+                     [](const RemoteStepSummary& s) { return !s.committed && s.objects > 0; });
+}
+
+class StoreServerRestart : public StoreFaults,
+                           public ::testing::WithParamInterface<ObjectLayout> {};
+
+TEST_P(StoreServerRestart, KilledAndRestartedMidUpload) {
+  const ObjectLayout layout = GetParam();
   comm::testing::RunResult r;
   std::atomic<bool> done{false};
   std::thread ranks([&] {
-    r = run([&](comm::Communicator& c) { return save_steps(c, url_, *s3_, 3); });
+    r = run([&](comm::Communicator& c) { return save_steps(c, url_, *s3_, 3, layout); });
     done = true;
   });
-  // Killed once a multipart upload is seen in progress on the server (as an
-  // operator listing it would see it), not after a guessed delay: on a fast
-  // host all three saves finished within 0.7 s.
+  // Killed once an upload is seen in progress on the server, not after a
+  // guessed delay: on a fast host all three saves finished within 0.7 s.
   bool saving = false;
   const Deadline give_up = Deadline::after_seconds(60);
   while (!done && !give_up.expired()) {
-    auto pending = store_->list_pending_uploads("", Deadline::after_seconds(5));
-    if (pending.is_ok() && !pending->empty()) {
+    if (upload_in_progress(*store_, layout)) {
       saving = !done;
       break;
     }
@@ -219,7 +235,16 @@ TEST_F(StoreFaults, ServerKilledAndRestartedMidUpload) {
   auto pending = store_->list_pending_uploads("", Deadline::after_seconds(30));
   ASSERT_TRUE(pending.is_ok()) << pending.status().to_string();
   for (const auto& u : *pending) ADD_FAILURE() << "upload of " << u.key << " left pending";
+  auto steps = summarize_remote_steps(*store_, Deadline::after_seconds(30));
+  ASSERT_TRUE(steps.is_ok()) << steps.status().to_string();
+  for (const auto& s : *steps) {
+    EXPECT_TRUE(s.committed) << "step " << s.step << ": orphan objects were left";
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Layouts, StoreServerRestart,
+                         ::testing::Values(ObjectLayout::kChunks, ObjectLayout::kMultipart),
+                         [](const auto& info) { return std::string(object_layout_name(info.param)); });
 
 }  // namespace
 }  // namespace kiln::ckpt

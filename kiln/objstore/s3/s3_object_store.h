@@ -60,6 +60,9 @@ class S3ObjectStore final : public ObjectStore {
                                                           Deadline deadline) override;
   Status abort_pending_upload(const PendingUpload& upload, Deadline deadline) override;
   std::string describe() const override;
+  UploadShape upload_shape() const override {
+    return {static_cast<std::size_t>(options_.part_bytes), options_.upload_parallelism};
+  }
 
   const S3Options& options() const { return options_; }
   const S3StoreStats& stats() const { return stats_; }

@@ -40,6 +40,14 @@ class ForwardingObjectStore : public ObjectStore {
     return inner_.list(prefix, d);
   }
   Status remove(const std::string& key, Deadline d) override { return inner_.remove(key, d); }
+  Result<std::vector<PendingUpload>> list_pending_uploads(const std::string& prefix,
+                                                          Deadline d) override {
+    return inner_.list_pending_uploads(prefix, d);
+  }
+  Status abort_pending_upload(const PendingUpload& upload, Deadline d) override {
+    return inner_.abort_pending_upload(upload, d);
+  }
+  UploadShape upload_shape() const override { return inner_.upload_shape(); }
   std::string describe() const override { return inner_.describe(); }
 
  protected:
