@@ -27,8 +27,10 @@ enum class S3RequestKind {
   kDelete,       // DELETE of an object
   kList,         // ListObjectsV2
   kListUploads,  // ListMultipartUploads
+  kLast = kListUploads,
 };
-constexpr int kS3RequestKinds = 10;
+// Counts are kept per kind in arrays of this size: it follows the enum.
+constexpr int kS3RequestKinds = static_cast<int>(S3RequestKind::kLast) + 1;
 
 std::string_view request_kind_name(S3RequestKind kind);
 // From the method and the query of `request` (as S3ObjectStore builds them).
