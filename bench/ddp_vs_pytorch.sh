@@ -22,7 +22,7 @@
 #   bench/ddp_vs_pytorch.sh [--rounds 3] [--rate 1gbit] [--batch 768] [--steps 6]
 #                           [--bucket-mib 25] [--kiln PATH] [--json]
 #                           [--keep FILE] [--from FILE] [--code-modes "auto off"] [--pin]
-#                           [--overlapped-slices N]
+#                           [--overlapped-slices N] [--overlapped-second-slices M]
 # --pin runs every system one rank per core (bench/ddp_overlap.sh --pin),
 # PyTorch and Kiln alike.
 # --overlapped-slices N adds, per code mode, Kiln DDP on the same MLP built
@@ -30,6 +30,8 @@
 # input gradient, the first layer's weight in N row blocks; `kiln bench ddp
 # --overlapped-linear`): rows "... (overlapped linear)", beside the plain
 # nn::Linear rows, which stay the model every ratio above is named for.
+# --overlapped-second-slices M holds the second layer's weight of that MLP
+# in M row blocks too (default 1).
 # --keep appends each round's raw results to FILE; --from FILE runs nothing
 # and prints the table of the rounds kept there (so rounds can run in
 # separate short sittings).
@@ -49,6 +51,7 @@ FROM=
 CODE_MODES="auto off"
 PIN=()
 OVERLAPPED_SLICES=
+OVERLAPPED_SECOND_SLICES=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) ROUNDS=$2; shift 2 ;;
@@ -63,6 +66,7 @@ while [ $# -gt 0 ]; do
     --code-modes) CODE_MODES=$2; shift 2 ;;
     --pin) PIN=(--pin); shift ;;
     --overlapped-slices) OVERLAPPED_SLICES=$2; shift 2 ;;
+    --overlapped-second-slices) OVERLAPPED_SECOND_SLICES=$2; shift 2 ;;
     *) echo "ddp_vs_pytorch: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -92,7 +96,7 @@ for mode in $CODE_MODES; do
     "KILN_TCP_CODE=$mode \$KILN bench comm --json -o allreduce -b $GRAD_BYTES -e $GRAD_BYTES -n $STEPS -w 2 | $TAG"
   )
   [ -z "$OVERLAPPED_SLICES" ] || RUNS+=(
-    "KILN_TCP_CODE=$mode \$KILN bench ddp --json $SHAPE --steps $STEPS --warmup 2 --bucket-mib $BUCKET_MIB --overlapped-linear --first-layer-slices $OVERLAPPED_SLICES | $TAG"
+    "KILN_TCP_CODE=$mode \$KILN bench ddp --json $SHAPE --steps $STEPS --warmup 2 --bucket-mib $BUCKET_MIB --overlapped-linear --first-layer-slices $OVERLAPPED_SLICES --second-layer-slices $OVERLAPPED_SECOND_SLICES | $TAG"
   )
 done
 EXEC_ARGS=()

@@ -11,8 +11,8 @@
 // leave the same averaged gradients (to float32, or bfloat16 with --bf16).
 // --overlapped-linear: both modes train the same MLP built of
 // kiln::ddp::OverlappedLinear layers (weight gradients before input
-// gradients; the first layer's weight in --first-layer-slices row blocks)
-// instead of torch::nn::Linear.
+// gradients; the first layer's weight in --first-layer-slices row blocks,
+// the second's in --second-layer-slices) instead of torch::nn::Linear.
 #include <time.h>
 
 #include <algorithm>
@@ -49,6 +49,7 @@ struct DdpBenchArgs {
   bool check = false;
   bool overlapped_linear = false;
   int first_layer_slices = 4;
+  int second_layer_slices = 1;
   int ranks = 2;  // when not under a launcher
   // Test-only (hidden): the last rank alters one of DDP's averaged gradients
   // before --check compares, so a test can prove the check catches it.
@@ -61,15 +62,18 @@ using bench::since;
 
 // MlpImpl's MLP (io -> width -> ... -> io, ReLU between) of
 // OverlappedLinear layers; the first layer's weight, whose gradient is the
-// step's last, in `first_slices` row blocks.
+// step's last, in `first_slices` row blocks, the second's (the gradient on
+// the link while the first layer's is computed) in `second_slices`.
 struct OverlappedMlpImpl : torch::nn::Module {
-  OverlappedMlpImpl(int width, int hidden_layers, int io, int first_slices) {
+  OverlappedMlpImpl(int width, int hidden_layers, int io, int first_slices, int second_slices) {
     auto add = [&](const std::string& name, int in, int out, int slices) {
       layers.push_back(register_module(
           name, ddp::OverlappedLinear(in, out, ddp::OverlappedLinearOptions{true, slices})));
     };
     add("in", io, width, first_slices);
-    for (int i = 0; i < hidden_layers; ++i) add(fmt::format("h{}", i), width, width, 1);
+    for (int i = 0; i < hidden_layers; ++i) {
+      add(fmt::format("h{}", i), width, width, i == 0 ? second_slices : 1);
+    }
     add("out", width, io, 1);
   }
   torch::Tensor forward(torch::Tensor x) {
@@ -87,7 +91,8 @@ struct BenchNet {
 
 BenchNet make_net(const DdpBenchArgs& a) {
   if (a.overlapped_linear) {
-    auto m = std::make_shared<OverlappedMlpImpl>(a.width, a.layers, a.io, a.first_layer_slices);
+    auto m = std::make_shared<OverlappedMlpImpl>(a.width, a.layers, a.io, a.first_layer_slices,
+                                                 a.second_layer_slices);
     return {m, [m](const torch::Tensor& x) { return m->forward(x); }};
   }
   auto m = std::make_shared<MlpImpl>(a.width, a.layers, a.io);
@@ -300,6 +305,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      {"compress_bf16", a.bf16},
                      {"linear", a.overlapped_linear ? "overlapped" : "plain"},
                      {"first_layer_slices", a.overlapped_linear ? a.first_layer_slices : 1},
+                     {"second_layer_slices", a.overlapped_linear ? a.second_layer_slices : 1},
                      {"backward_s", backward},
                      {"comm_s", comm_s},
                      {"ddp_backward_s", median(b_backward)},
@@ -374,6 +380,10 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
                 "train the MLP of kiln::ddp::OverlappedLinear layers (weight gradients first)");
   cmd->add_option("--first-layer-slices", a->first_layer_slices,
                   "with --overlapped-linear: row blocks of the first layer's weight")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--second-layer-slices", a->second_layer_slices,
+                  "with --overlapped-linear: row blocks of the second layer's weight")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")

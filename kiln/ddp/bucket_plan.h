@@ -19,4 +19,23 @@ std::vector<std::vector<std::size_t>> plan_buckets(const std::vector<std::size_t
                                                    std::size_t first_cap, std::size_t cap,
                                                    const std::vector<bool>& break_before = {});
 
+// Note [Closing a bucket at a gap]: after the first backward, DDP knows when
+// each gradient was ready. A bucket closes before a gradient that came
+// `long_gap_s` or more after the previous one (its gradients would wait for
+// a much later one), and, once it already holds `full_bytes`, at any gap
+// over `short_gap_s`: a bucket that large is worth a collective of its own,
+// and waiting leaves the link idle for the gap (the first layer's weight in
+// row blocks ~10-20 ms apart, each a few MB, must leave block by block).
+struct GapRule {
+  double long_gap_s = 0;
+  double short_gap_s = 0;
+  std::size_t full_bytes = 0;
+};
+
+// break_before for plan_buckets (same bytes and caps) under `rule`, from the
+// ready times (seconds, in ready order, non-decreasing).
+std::vector<bool> breaks_at_gaps(const std::vector<std::size_t>& bytes_in_ready_order,
+                                 const std::vector<double>& ready_s, std::size_t first_cap,
+                                 std::size_t cap, const GapRule& rule);
+
 }  // namespace kiln::ddp

@@ -239,34 +239,42 @@ void DistributedDataParallel::place_in_shared_memory(bool wires,
 
 // Note [Rebuilding buckets from the observed order] (c10d's rebuild_buckets):
 // after the first synchronized backward, the buckets are laid out again in
-// the order gradients actually arrived, and closed early where a long gap
-// follows, so a finished gradient never waits in a bucket for one computed
-// much later (e.g. a layer's weight for the next layer's bias). Rank 0's
-// observation is broadcast so every rank builds the same buckets.
+// the order gradients actually arrived, and closed early where a gap
+// follows (Note [Closing a bucket at a gap], bucket_plan.h), so a finished
+// gradient never waits in a bucket for one computed much later (e.g. a
+// layer's weight for the next layer's bias). A gap is long past
+// max(2 ms, 2% of backward); a bucket of first_bucket_cap_bytes or more
+// also closes at gaps over 2 ms. Rank 0's observation (order, ready times,
+// backward time) is broadcast so every rank builds the same buckets, for
+// the bucket cap in use and for each cap bucket_cap = auto tries.
 Status DistributedDataParallel::rebuild_from_observed_order() {
   const std::size_t n = params_.size();
-  std::vector<std::size_t> order(n);
-  for (std::size_t i = 0; i < n; ++i) order[i] = i;
+  std::vector<std::int64_t> order(n);
+  for (std::size_t i = 0; i < n; ++i) order[i] = static_cast<std::int64_t>(i);
   std::stable_sort(order.begin(), order.end(),
-                   [&](std::size_t a, std::size_t b) { return ready_at_[a] < ready_at_[b]; });
-  const double threshold = std::max(2e-3, 0.02 * stats_.backward_s);
-  std::vector<std::int64_t> plan(2 * n);
-  for (std::size_t k = 0; k < n; ++k) {
-    plan[k] = static_cast<std::int64_t>(order[k]);
-    plan[n + k] = k > 0 && ready_at_[order[k]] - ready_at_[order[k - 1]] > threshold;
-  }
-  KILN_RETURN_IF_ERROR(comm_.broadcast(plan.data(), plan.size(), comm::DataType::kInt64, 0)->wait());
-  std::vector<bool> break_before(n);
-  for (std::size_t k = 0; k < n; ++k) {
-    order[k] = static_cast<std::size_t>(plan[k]);
-    break_before[k] = plan[n + k] != 0;
-  }
-  observed_order_ = order;
-  observed_breaks_ = break_before;
+                   [&](std::int64_t a, std::int64_t b) {
+                     return ready_at_[static_cast<std::size_t>(a)] < ready_at_[static_cast<std::size_t>(b)];
+                   });
+  std::vector<double> times(n + 1);  // ready times in that order, then backward
+  for (std::size_t k = 0; k < n; ++k) times[k] = ready_at_[static_cast<std::size_t>(order[k])];
+  times[n] = stats_.backward_s;
+  KILN_RETURN_IF_ERROR(comm_.broadcast(order.data(), n, comm::DataType::kInt64, 0)->wait());
+  KILN_RETURN_IF_ERROR(comm_.broadcast(times.data(), n + 1, comm::DataType::kFloat64, 0)->wait());
+  observed_order_.assign(order.begin(), order.end());
+  observed_ready_s_.assign(times.begin(), times.begin() + static_cast<std::ptrdiff_t>(n));
+  observed_backward_s_ = times[n];
   if (options_.auto_bucket_cap && !options_.auto_caps.empty()) {
     options_.bucket_cap_bytes = options_.auto_caps[0];  // the first candidate's trial step is next
   }
-  return assign_buckets(order, break_before);
+  return assign_buckets(observed_order_, observed_breaks());
+}
+
+std::vector<bool> DistributedDataParallel::observed_breaks() const {
+  std::vector<std::size_t> bytes;
+  for (std::size_t p : observed_order_) bytes.push_back(params_[p].numel() * params_[p].element_size());
+  const GapRule rule{std::max(2e-3, 0.02 * observed_backward_s_), 2e-3, options_.first_bucket_cap_bytes};
+  return breaks_at_gaps(bytes, observed_ready_s_, options_.first_bucket_cap_bytes,
+                        options_.bucket_cap_bytes, rule);
 }
 
 void DistributedDataParallel::reset_for_backward() {
@@ -446,7 +454,7 @@ Status DistributedDataParallel::tune_bucket_cap() {
                 fmt::join(mib, "/"), fmt::join(tuning_best_s_, "/"));
   }
   options_.bucket_cap_bytes = next;
-  return assign_buckets(observed_order_, observed_breaks_);
+  return assign_buckets(observed_order_, observed_breaks());
 }
 
 }  // namespace kiln::ddp

@@ -169,7 +169,10 @@ class DistributedDataParallel {
   Clock::time_point first_launch_;  // of this backward's first bucket (SyncStats::sync_s)
   bool rebuilt_ = false;                 // Note [Rebuilding buckets from the observed order]
   std::vector<std::size_t> observed_order_;
-  std::vector<bool> observed_breaks_;
+  std::vector<double> observed_ready_s_;  // seconds into backward, in observed_order_
+  double observed_backward_s_ = 0;
+  // Where buckets close early under the bucket cap in use (bucket_plan.h).
+  std::vector<bool> observed_breaks() const;
   std::size_t tuning_index_ = 0;         // trials done; the next tries auto_caps[index % size]
   std::vector<double> tuning_best_s_;    // per candidate: its best trial (slowest rank's time)
   Status tune_bucket_cap();
