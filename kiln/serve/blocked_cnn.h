@@ -15,6 +15,11 @@
 // the fully connected layers. Same model, same weights: the convolutions
 // are the same oneDNN kernels and the logits equal the module's within
 // float rounding (TorchModel tests: 1e-5).
+// Measured (docs/perf.md, issue 20, session 15): in isolation conv2 at
+// batch 20 drops from ~152 to ~110 us per image, but oneDNN's pooling costs
+// ~31 vs ~13 us and the whole batched forward in the replica does not move
+// (251 vs 248 us per request); at batch 1 it is slower (643 vs 560 us). So
+// it is not the default (KILN_SERVE_CNN_FORWARD=module); kept selectable.
 #pragma once
 
 #include <torch/torch.h>

@@ -9,7 +9,7 @@ namespace kiln::serve {
 namespace {
 
 const Knob<std::string> kCnnForward{
-    "KILN_SERVE_CNN_FORWARD", "blocked",
+    "KILN_SERVE_CNN_FORWARD", "module",
     "the CNN replica's forward pass: blocked (activations in oneDNN's layout, Note [The CNN's "
     "forward in oneDNN's layout]), blocked-fc-onednn (and the fully connected layers on oneDNN), "
     "or module (the trained module's own forward)"};
