@@ -1,6 +1,9 @@
 #include "cli/torch/bench_serve_forward.h"
 
 #include <ATen/Context.h>
+#include <ATen/ops/mkldnn_convolution.h>
+#include <ATen/ops/mkldnn_max_pool2d.h>
+#include <ATen/ops/mkldnn_reorder_conv2d_weight.h>
 #include <fmt/format.h>
 #include <immintrin.h>
 #include <torch/torch.h>
@@ -117,9 +120,16 @@ double conv_flop(const torch::Tensor& w, std::int64_t h, std::int64_t wd) {
   return 2.0 * static_cast<double>(w.size(0) * w.size(1) * 9 * h * wd);
 }
 
+// The served forwards compared (Note [The CNN's forward in oneDNN's layout],
+// kiln/serve/blocked_cnn.h): the key of each one's whole-forward column.
+struct ServedForward {
+  const char* key;
+  serve::Model* model;
+};
+
 // µs per image of each op at batch `b`, the activations of each op's input
 // computed once beforehand (every op is timed on its real input).
-json ops_at(const CnnWeights& w, serve::Model& model, int b) {
+json ops_at(const CnnWeights& w, const std::vector<ServedForward>& models, int b) {
   const int iters = std::max(4, 128 / b);
   const auto cl = torch::MemoryFormat::ChannelsLast;
   auto per_image = [&](double s) { return s * 1e6 / b; };
@@ -148,11 +158,32 @@ json ops_at(const CnnWeights& w, serve::Model& model, int b) {
   o["conv1_im2col"] = per_image(seconds_per_call([&] { torch::conv2d(x, w.conv1_w, w.conv1_b, 1, 1); }, iters));
   o["conv2_im2col"] = per_image(seconds_per_call([&] { torch::conv2d(p1, w.conv2_w, w.conv2_b, 1, 1); }, iters));
   at::globalContext().setUserEnabledMkldnn(true);
-  // The served model's whole forward, input building included.
+  // The blocked forward's ops: oneDNN tensors from the input to the last
+  // pooling, the convolution weights reordered once (what conv1/conv2 above
+  // reorder in every call).
+  const std::int64_t pad[] = {1, 1}, one[] = {1, 1};
+  const torch::Tensor bw1 = at::mkldnn_reorder_conv2d_weight(w.conv1_w.to_mkldnn(), pad, one, one, 1);
+  const torch::Tensor bw2 = at::mkldnn_reorder_conv2d_weight(w.conv2_w.to_mkldnn(), pad, one, one, 1);
+  const torch::Tensor bb1 = w.conv1_b.to_mkldnn(), bb2 = w.conv2_b.to_mkldnn();
+  auto blocked_pool = [](const torch::Tensor& t) { return at::mkldnn_max_pool2d(t, {2, 2}, {2, 2}).relu_(); };
+  torch::Tensor bx = x.to_mkldnn();
+  torch::Tensor bc1 = at::mkldnn_convolution(bx, bw1, bb1, pad, one, one, 1);
+  torch::Tensor bp1 = blocked_pool(bc1);
+  torch::Tensor bc2 = at::mkldnn_convolution(bp1, bw2, bb2, pad, one, one, 1);
+  torch::Tensor bp2 = blocked_pool(bc2);
+  o["to_blocked"] = per_image(seconds_per_call([&] { x.to_mkldnn(); }, iters));
+  o["conv1_blocked"] = per_image(seconds_per_call([&] { at::mkldnn_convolution(bx, bw1, bb1, pad, one, one, 1); }, iters));
+  o["pool1_blocked"] = per_image(seconds_per_call([&] { blocked_pool(bc1); }, iters));
+  o["conv2_blocked"] = per_image(seconds_per_call([&] { at::mkldnn_convolution(bp1, bw2, bb2, pad, one, one, 1); }, iters));
+  o["pool2_blocked"] = per_image(seconds_per_call([&] { blocked_pool(bc2); }, iters));
+  o["to_dense"] = per_image(seconds_per_call([&] { bp2.to_dense(); }, iters));
+  // Each served model's whole forward, input building included.
   serve::Input image;
   for (int i = 0; i < 784; ++i) image.image.push_back(static_cast<float>(i % 256));
   std::vector<serve::Input> batch(static_cast<std::size_t>(b), image);
-  o["model"] = per_image(seconds_per_call([&] { model.run(batch); }, iters));
+  for (const ServedForward& f : models) {
+    o[f.key] = per_image(seconds_per_call([&] { f.model->run(batch); }, iters));
+  }
   return o;
 }
 
@@ -166,10 +197,23 @@ Result<json> forward_ops(const std::string& model_root) {
   Status status;
   std::thread worker([&] {  // a thread of its own, like a replica's batch worker
     serve::warm_up_torch(1);
-    auto model = serve::load_torch_model(state, {.threads = 1, .threads_capped_by_caller = true});
+    std::vector<std::unique_ptr<serve::Model>> models;
+    std::vector<ServedForward> forwards;
+    for (auto [key, kind] : {std::pair{"model", serve::CnnForward::kModule},
+                             std::pair{"model_blocked", serve::CnnForward::kBlocked},
+                             std::pair{"model_blocked_fc_onednn", serve::CnnForward::kBlockedFcOnednn}}) {
+      auto model = serve::load_torch_model(
+          state, {.threads = 1, .threads_capped_by_caller = true, .cnn_forward = kind});
+      if (!model.is_ok()) {
+        status = model.status();
+        return;
+      }
+      models.push_back(std::move(model).value());
+      forwards.push_back({key, models.back().get()});
+    }
     auto w = cnn_weights(state);
-    if (!model.is_ok() || !w.is_ok()) {
-      status = model.is_ok() ? w.status() : model.status();
+    if (!w.is_ok()) {
+      status = w.status();
       return;
     }
     c10::InferenceMode inference;
@@ -178,9 +222,9 @@ Result<json> forward_ops(const std::string& model_root) {
     out["mflop_per_image"] = (conv_flop(w->conv1_w, 28, 28) + conv2_flop +
                               2.0 * static_cast<double>(w->fc1_w.numel() + w->fc2_w.numel())) /
                              1e6;
-    for (int b : {1, 2, 4, 8, 16, 20, 32}) {
+    for (int b : {1, 2, 4, 8, 16, 20, 32, 48, 64}) {
       out["batches"].push_back(b);
-      json o = ops_at(*w, **model, b);
+      json o = ops_at(*w, forwards, b);
       out["conv2_gflops"][std::to_string(b)] = conv2_flop / o["conv2"].get<double>() / 1e3;
       out["per_batch"][std::to_string(b)] = std::move(o);
     }
@@ -194,19 +238,26 @@ void print_forward_ops(const json& ops) {
   std::printf("forward pass by op (µs per image; %.2f MFLOP per image; one core's FMA peak %.1f "
               "GFLOP/s):\n",
               ops["mflop_per_image"].get<double>(), ops["fma_peak_gflops"].get<double>());
-  const char* cols[] = {"model",    "normalize", "conv1", "pool1",
-                        "conv2",    "pool2",     "fc1_relu", "fc2",
-                        "conv2_channels_last", "conv2_im2col"};
-  std::printf("%5s", "batch");
-  for (const char* c : cols) std::printf(" %9.9s", c);
-  std::printf(" %9s\n", "conv2 GF/s");
-  for (const auto& batch : ops["batches"]) {
-    const std::string b = std::to_string(batch.get<int>());
-    const json& o = ops["per_batch"][b];
-    std::printf("%5s", b.c_str());
-    for (const char* c : cols) std::printf(" %9.1f", o[c].get<double>());
-    std::printf(" %9.1f\n", ops["conv2_gflops"][b].get<double>());
+  // One row per op (or whole forward), one column per batch size.
+  const char* rows[] = {"model", "model_blocked", "model_blocked_fc_onednn", "normalize",
+                        "conv1", "pool1", "conv2", "pool2", "fc1_relu", "fc2",
+                        "conv2_channels_last", "conv2_im2col", "to_blocked", "conv1_blocked",
+                        "pool1_blocked", "conv2_blocked", "pool2_blocked", "to_dense"};
+  std::printf("%-24s", "batch");
+  for (const auto& batch : ops["batches"]) std::printf(" %7d", batch.get<int>());
+  std::printf("\n");
+  for (const char* r : rows) {
+    std::printf("%-24s", r);
+    for (const auto& batch : ops["batches"]) {
+      std::printf(" %7.1f", ops["per_batch"][std::to_string(batch.get<int>())][r].get<double>());
+    }
+    std::printf("\n");
   }
+  std::printf("%-24s", "conv2 GFLOP/s");
+  for (const auto& batch : ops["batches"]) {
+    std::printf(" %7.1f", ops["conv2_gflops"][std::to_string(batch.get<int>())].get<double>());
+  }
+  std::printf("\n");
 }
 
 }  // namespace kiln::cli

@@ -6,6 +6,8 @@
 #include <cstring>
 
 #include "kiln/base/blas_kernel.h"
+#include "kiln/base/logging.h"
+#include "kiln/serve/blocked_cnn.h"
 #include "kiln/train/task.h"
 #include "kiln/train/train_config.h"
 
@@ -105,10 +107,14 @@ class TorchModel : public Model {
  public:
   // `weights`: what the parameters view, if they do (Note [Weights served
   // where they lie]); kept for the model's life.
+  // `blocked`: the CNN's forward in oneDNN's layout, made from the task's
+  // parameters, or null for the module's own.
   TorchModel(std::unique_ptr<train::Task> task, ModelInfo info, int threads,
+             std::unique_ptr<BlockedCnn> blocked,
              std::shared_ptr<const StepWeights> weights = nullptr)
       : weights_(std::move(weights)),
         task_(std::move(task)),
+        blocked_(std::move(blocked)),
         info_(std::move(info)),
         threads_(threads) {
     task_->module()->eval();
@@ -147,7 +153,8 @@ class TorchModel : public Model {
     torch::Tensor x = torch::empty({b, 1, 28, 28}, torch::kFloat32);
     float* p = x.data_ptr<float>();
     for (const auto& in : batch) p = std::copy(in.image.begin(), in.image.end(), p);
-    torch::Tensor logits = task_->infer(x).contiguous();
+    torch::Tensor logits =
+        (blocked_ ? blocked_->forward(train::normalize_pixels(x)) : task_->infer(x)).contiguous();
     const float* l = logits.data_ptr<float>();
     const auto classes = logits.size(1);
     std::vector<Result<Output>> out;
@@ -216,6 +223,7 @@ class TorchModel : public Model {
   // Declared first, so destroyed after the task whose parameters view it.
   std::shared_ptr<const StepWeights> weights_;
   std::unique_ptr<train::Task> task_;
+  std::unique_ptr<BlockedCnn> blocked_;  // views task_'s fully connected weights
   ModelInfo info_;
   int threads_;
 };
@@ -242,12 +250,25 @@ namespace {
 
 class UnfilledTorchModel : public UnfilledModel {
  public:
-  UnfilledTorchModel(std::unique_ptr<train::Task> task, ModelInfo info, int threads)
-      : task(std::move(task)), info(std::move(info)), threads(threads) {}
+  UnfilledTorchModel(std::unique_ptr<train::Task> task, ModelInfo info, int threads,
+                     CnnForward cnn_forward)
+      : task(std::move(task)), info(std::move(info)), threads(threads), cnn_forward(cnn_forward) {}
   std::unique_ptr<train::Task> task;
   ModelInfo info;  // all but the step and source, known once filled
   int threads;
+  CnnForward cnn_forward;
 };
+
+// The CNN's blocked forward from the filled parameters, if asked for; null
+// (the module's forward) otherwise, or if the weights do not suit it.
+std::unique_ptr<BlockedCnn> blocked_forward(UnfilledTorchModel& m) {
+  if (m.info.task != TaskKind::kClassify || m.cnn_forward == CnnForward::kModule) return nullptr;
+  auto blocked = BlockedCnn::from_module(*m.task->module(), m.cnn_forward);
+  if (blocked.is_ok()) return std::move(blocked).value();
+  log()->warn("serve: {}: the {} forward does not apply ({}); serving with the module's",
+              m.info.source, cnn_forward_name(m.cnn_forward), blocked.status().to_string());
+  return nullptr;
+}
 
 }  // namespace
 
@@ -282,7 +303,7 @@ Result<std::unique_ptr<UnfilledModel>> build_torch_model(const StepShapes& shape
     info.context = config.seq_len;
   }
   return std::unique_ptr<UnfilledModel>(
-      new UnfilledTorchModel(std::move(task), std::move(info), threads));
+      new UnfilledTorchModel(std::move(task), std::move(info), threads, options.cnn_forward));
 }
 
 Result<std::unique_ptr<Model>> fill_torch_model(std::unique_ptr<UnfilledModel> model,
@@ -291,7 +312,9 @@ Result<std::unique_ptr<Model>> fill_torch_model(std::unique_ptr<UnfilledModel> m
   KILN_RETURN_IF_ERROR(copy_weights(weights, *m.task->module()));
   m.info.step = weights.step();
   m.info.source = weights.dir();
-  return std::unique_ptr<Model>(new TorchModel(std::move(m.task), std::move(m.info), m.threads));
+  auto blocked = blocked_forward(m);
+  return std::unique_ptr<Model>(
+      new TorchModel(std::move(m.task), std::move(m.info), m.threads, std::move(blocked)));
 }
 
 Result<std::unique_ptr<Model>> fill_torch_model_in_place(std::unique_ptr<UnfilledModel> model,
@@ -300,8 +323,9 @@ Result<std::unique_ptr<Model>> fill_torch_model_in_place(std::unique_ptr<Unfille
   KILN_RETURN_IF_ERROR(view_weights(*weights, *m.task->module()));
   m.info.step = weights->step();
   m.info.source = weights->dir();
-  return std::unique_ptr<Model>(
-      new TorchModel(std::move(m.task), std::move(m.info), m.threads, std::move(weights)));
+  auto blocked = blocked_forward(m);
+  return std::unique_ptr<Model>(new TorchModel(std::move(m.task), std::move(m.info), m.threads,
+                                               std::move(blocked), std::move(weights)));
 }
 
 Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& weights,

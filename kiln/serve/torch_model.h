@@ -13,6 +13,7 @@
 #include <string>
 
 #include "kiln/base/status.h"
+#include "kiln/serve/cnn_forward.h"
 #include "kiln/serve/model.h"
 #include "kiln/serve/step_weights.h"
 
@@ -26,6 +27,10 @@ struct TorchModelOptions {
   // The caller capped the threads already (warm_up_torch on another thread,
   // Note [LibTorch's first use]): not again here, concurrently with it.
   bool threads_capped_by_caller = false;
+  // The CNN's forward pass (Note [The CNN's forward in oneDNN's layout],
+  // blocked_cnn.h); the GPT ignores it. A CNN whose weights the blocked
+  // forward cannot take (not float32) serves with the module's.
+  CnnForward cnn_forward = default_cnn_forward();
 };
 
 // A model built for a step's tensors, its parameters allocated and not yet

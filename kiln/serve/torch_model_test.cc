@@ -155,6 +155,56 @@ TEST(TorchModel, WeightsServedInPlaceViewTheMappingForTheModelsLife) {
   EXPECT_TRUE(alive.expired()) << "the mapping outlived the model";
 }
 
+// Note [The CNN's forward in oneDNN's layout] (blocked_cnn.h): both blocked
+// forwards serve the module's logits within float rounding, for every image
+// of a batch, at batch 1 (where the module's convolutions take im2col and
+// the BLAS), 2, 20 and 33.
+TEST(TorchModel, TheBlockedForwardsServeTheModulesLogitsWithinRounding) {
+  TempDir dir;
+  save_cnn(dir.path());
+  auto state = ckpt::load_latest(dir.path(), {});
+  ASSERT_TRUE(state.is_ok()) << state.status().to_string();
+  const StepWeights weights = StepWeights::from_loaded(std::move(*state));
+  auto module = load_torch_model(weights, {.threads = 1, .cnn_forward = CnnForward::kModule});
+  ASSERT_TRUE(module.is_ok()) << module.status().to_string();
+  for (CnnForward kind : {CnnForward::kBlocked, CnnForward::kBlockedFcOnednn}) {
+    auto blocked = load_torch_model(weights, {.threads = 1, .cnn_forward = kind});
+    ASSERT_TRUE(blocked.is_ok()) << blocked.status().to_string();
+    for (int b : {1, 2, 20, 33}) {
+      std::vector<Input> batch(static_cast<std::size_t>(b));
+      for (int j = 0; j < b; ++j) {
+        for (int i = 0; i < 784; ++i) {
+          batch[j].image.push_back(static_cast<float>((i * (7 + j) + 11 * j) % 256));
+        }
+      }
+      std::vector<Input> same = batch;
+      auto want = (*module)->run(batch);
+      auto got = (*blocked)->run(same);
+      ASSERT_EQ(got.size(), want.size());
+      for (int j = 0; j < b; ++j) {
+        ASSERT_TRUE(want[j].is_ok() && got[j].is_ok()) << got[j].status().to_string();
+        ASSERT_EQ(got[j]->logits.size(), 10u);
+        for (int k = 0; k < 10; ++k) {
+          EXPECT_NEAR(got[j]->logits[k], want[j]->logits[k], 1e-5)
+              << cnn_forward_name(kind) << " batch " << b << " image " << j << " class " << k;
+        }
+      }
+    }
+  }
+}
+
+TEST(CnnForward, NamesRoundTripAndAnUnknownOneIsInvalidArgument) {
+  for (CnnForward f : {CnnForward::kModule, CnnForward::kBlocked, CnnForward::kBlockedFcOnednn}) {
+    auto named = cnn_forward_named(cnn_forward_name(f));
+    ASSERT_TRUE(named.is_ok()) << named.status().to_string();
+    EXPECT_EQ(*named, f);
+  }
+  auto bad = cnn_forward_named("winograd");
+  ASSERT_FALSE(bad.is_ok());
+  EXPECT_EQ(bad.status().code(), Code::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("winograd"), std::string::npos);
+}
+
 // Note [Layers without random initial values]: the same parameters, names,
 // shapes and layer options as the initialised model; only the values are
 // left unwritten.

@@ -131,7 +131,7 @@ class ImageClassification : public Task {
   }
 
   torch::Tensor infer(const torch::Tensor& pixels) override {
-    return net_->forward(pixels.div(255.0).sub_(kPixelMean).div_(kPixelStd));
+    return net_->forward(normalize_pixels(pixels));
   }
 
   Status evaluate(const Batch& batch, EvalSums* sums) override {
@@ -303,6 +303,10 @@ class NextToken : public Task {
 };
 
 }  // namespace
+
+torch::Tensor normalize_pixels(const torch::Tensor& pixels) {
+  return pixels.div(255.0).sub_(kPixelMean).div_(kPixelStd);
+}
 
 std::unique_ptr<Task> make_task(const ModelConfig& config, ParamInit init) {
   if (config.kind == ModelKind::kCnn) return std::make_unique<ImageClassification>(config, init);

@@ -46,6 +46,12 @@ enum class ParamInit {
   kNone,
 };
 
+// The CNN's input as it trains on it: pixels 0..255 (float32 [B, 1, 28, 28])
+// normalized by the Fashion-MNIST training split's mean and deviation. What
+// ImageClassification::infer applies before the module's forward; a served
+// forward of the same weights (kiln/serve/blocked_cnn.h) applies it too.
+torch::Tensor normalize_pixels(const torch::Tensor& pixels);
+
 // Builds the model for `config` (with the current torch seed, for kRandom).
 std::unique_ptr<Task> make_task(const ModelConfig& config, ParamInit init = ParamInit::kRandom);
 
