@@ -12,6 +12,28 @@
 
 namespace kiln::ckpt {
 
+Status fetch_remote_shard(objstore::ObjectStore& store, std::int64_t step,
+                          const ShardRecord& shard, const std::string& local,
+                          Deadline deadline) {
+  if (shard.chunks.empty()) {
+    KILN_RETURN_IF_ERROR(store.get_to_file(remote_key(step, shard.file), local, deadline));
+  } else {
+    // Chunks in parallel, each checked against its checksum, into the
+    // one local shard file the loader reads.
+    std::vector<objstore::StoredChunk> chunks;
+    for (const auto& c : shard.chunks) chunks.push_back({remote_key(step, c.file), c.bytes, c.xxh3});
+    KILN_RETURN_IF_ERROR(objstore::get_chunks_to_file(store, chunks, local, deadline)
+                             .with_context(fmt::format("shard of rank {} of remote step {}",
+                                                       shard.rank, step)));
+  }
+  KILN_ASSIGN_OR_RETURN(auto bytes, file_size(local));
+  if (bytes != shard.bytes) {
+    return data_loss(fmt::format("{} of remote step {} has {} bytes, its manifest says {}",
+                                 shard.file, step, bytes, shard.bytes));
+  }
+  return Status::ok();
+}
+
 Result<std::string> download_remote_step(objstore::ObjectStore& store, std::int64_t step,
                                          const std::string& cache_dir, Deadline deadline) {
   std::string dir = cache_dir + "/" + step_dir_name(step);
@@ -24,23 +46,7 @@ Result<std::string> download_remote_step(objstore::ObjectStore& store, std::int6
   KILN_RETURN_IF_ERROR(store.get_to_file(remote_key(step, kManifestName), manifest_path, deadline));
   KILN_ASSIGN_OR_RETURN(auto m, read_manifest(partial));
   for (const auto& shard : m.shards) {
-    std::string local = partial + "/" + shard.file;
-    if (shard.chunks.empty()) {
-      KILN_RETURN_IF_ERROR(store.get_to_file(remote_key(step, shard.file), local, deadline));
-    } else {
-      // Chunks in parallel, each checked against its checksum, into the
-      // one local shard file the loader reads.
-      std::vector<objstore::StoredChunk> chunks;
-      for (const auto& c : shard.chunks) chunks.push_back({remote_key(step, c.file), c.bytes, c.xxh3});
-      KILN_RETURN_IF_ERROR(objstore::get_chunks_to_file(store, chunks, local, deadline)
-                               .with_context(fmt::format("shard of rank {} of remote step {}",
-                                                         shard.rank, step)));
-    }
-    KILN_ASSIGN_OR_RETURN(auto bytes, file_size(local));
-    if (bytes != shard.bytes) {
-      return data_loss(fmt::format("{} of remote step {} has {} bytes, its manifest says {}",
-                                   shard.file, step, bytes, shard.bytes));
-    }
+    KILN_RETURN_IF_ERROR(fetch_remote_shard(store, step, shard, partial + "/" + shard.file, deadline));
   }
   KILN_RETURN_IF_ERROR(Fs::posix()->rename(partial, dir));
   return dir;

@@ -14,11 +14,22 @@
 #include <string>
 
 #include "kiln/base/status.h"
+#include "kiln/ckpt/format.h"
 #include "kiln/ckpt/load.h"
 #include "kiln/ckpt/state.h"
 #include "kiln/objstore/object_store.h"
 
 namespace kiln::ckpt {
+
+// Fetches one shard of remote step `step` that `manifest` names into the
+// local file `local`: one object, or its chunk objects in parallel, each
+// checked against its size and checksum (DataLoss naming the chunk). The
+// size of the whole file is checked against the manifest. Every reader of a
+// remote step (training's loader, serve's weight cache) goes through it, so
+// each reads both layouts.
+Status fetch_remote_shard(objstore::ObjectStore& store, std::int64_t step,
+                          const ShardRecord& shard, const std::string& local,
+                          Deadline deadline);
 
 // Downloads step `step` (manifest and every shard it names; a shard stored
 // as chunk objects is fetched chunk by chunk in parallel, each checked

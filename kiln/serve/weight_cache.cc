@@ -17,6 +17,7 @@
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/format.h"
 #include "kiln/ckpt/remote.h"
+#include "kiln/ckpt/remote_load.h"
 #include "kiln/ckpt/verify.h"
 #include "kiln/serve/step_weights.h"
 
@@ -166,8 +167,7 @@ Status WeightCache::download(std::int64_t step, const std::string& manifest_text
     Status s = write_file(partial + "/" + ckpt::kManifestName, manifest_text);
     for (const auto& shard : m.shards) {
       if (!s.is_ok()) break;
-      s = remote_->get_to_file(ckpt::remote_key(step, shard.file), partial + "/" + shard.file,
-                               deadline);
+      s = ckpt::fetch_remote_shard(*remote_, step, shard, partial + "/" + shard.file, deadline);
     }
     // Every entry's checksum, so what the cache holds is what was trained.
     if (s.is_ok()) s = ckpt::verify_step_status(partial);

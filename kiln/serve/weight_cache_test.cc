@@ -16,6 +16,7 @@
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
+#include "kiln/ckpt/remote.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/serve/step_weights.h"
 
@@ -249,6 +250,32 @@ TEST(WeightCache, FirstAcquireDownloadsLaterOnesHitAndBothLoad) {
   EXPECT_TRUE(second->hit);
   EXPECT_EQ(second->fetch_seconds, 0);
   EXPECT_EQ(second->step_dir, first->step_dir);
+}
+
+// A checkpoint that `kiln train` saved straight to an object store holds its
+// shards as chunk objects (Note [Shards as chunk objects]): the cache
+// fetches them into one shard file per rank, as training's loader does.
+TEST(WeightCache, AStepSavedAsChunkObjectsDownloadsAndLoads) {
+  TempDir remote, cache_dir;
+  {
+    auto ck = ckpt::Checkpointer::create({.root = "file://" + remote.path(),
+                                          .retention = {.keep_last = 10}});
+    ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
+    TestState s(7, 0, 1);
+    Status st = (*ck)->save(s.view(), 7, Deadline::after_seconds(20));
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+  }
+  auto store = open(remote.path());
+  auto m = ckpt::read_remote_manifest(*store, 7, Deadline::after_seconds(20));
+  ASSERT_TRUE(m.is_ok()) << m.status().to_string();
+  ASSERT_FALSE(m->shards.at(0).chunks.empty()) << "the step was not saved as chunk objects";
+  WeightCache cache(store.get(), {.dir = cache_dir.path()});
+  auto got = cache.acquire_latest(Deadline::after_seconds(20));
+  ASSERT_TRUE(got.is_ok()) << got.status().to_string();
+  EXPECT_EQ(got->step, 7);
+  auto loaded = ckpt::load_step(got->step_dir, 0, 1);
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(ckpt::testing::check_loaded(*loaded, 7, 0, 1), "");
 }
 
 TEST(WeightCache, TheNewestCommittedStepWinsAndNoStepIsNotFound) {
