@@ -74,9 +74,10 @@ std::size_t on_read(char* buf, std::size_t size, std::size_t n, void* user) {
   const S3Request& r = *ex->request;
   std::size_t want = size * n;
   if (r.body_fd < 0) {
-    std::size_t left = r.body.size() - ex->body_sent;
+    const std::string_view body = r.body_bytes();
+    std::size_t left = body.size() - ex->body_sent;
     std::size_t k = std::min(want, left);
-    std::memcpy(buf, r.body.data() + ex->body_sent, k);
+    std::memcpy(buf, body.data() + ex->body_sent, k);
     ex->body_sent += k;
     return k;
   }
@@ -183,7 +184,7 @@ S3Response S3Http::perform(const S3Request& request, Deadline deadline) {
     curl_easy_setopt(h, CURLOPT_READFUNCTION, on_read);
     curl_easy_setopt(h, CURLOPT_READDATA, &ex);
     curl_off_t len = request.body_fd >= 0 ? static_cast<curl_off_t>(request.body_length)
-                                          : static_cast<curl_off_t>(request.body.size());
+                                          : static_cast<curl_off_t>(request.body_bytes().size());
     curl_easy_setopt(h, CURLOPT_INFILESIZE_LARGE, len);
   } else if (method == "POST") {
     curl_easy_setopt(h, CURLOPT_POST, 1L);

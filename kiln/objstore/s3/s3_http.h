@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kiln/base/deadline.h"
@@ -22,13 +23,21 @@ struct S3Request {
   const char* method = "GET";        // GET, PUT, POST, HEAD, DELETE
   std::string url;                   // canonical: the query already sorted and encoded
   std::vector<std::string> headers;  // extra "Name: value" lines (Range, ...)
-  // Request body: `body`, or `body_length` bytes of `body_fd` at `body_offset`.
+  // Request body: `body`, or `body_view` (bytes the caller keeps alive for
+  // the call: sent without a copy), or `body_length` bytes of `body_fd` at
+  // `body_offset`.
   std::string body;
+  std::string_view body_view;
   int body_fd = -1;
   std::uint64_t body_offset = 0;
   std::uint64_t body_length = 0;
   // A 2xx reply's body goes to `sink_fd` when set (else to S3Response::body).
   int sink_fd = -1;
+
+  // The in-memory body, whichever of `body` and `body_view` holds it.
+  std::string_view body_bytes() const {
+    return body_view.empty() ? std::string_view(body) : body_view;
+  }
 };
 
 struct S3Response {

@@ -113,7 +113,7 @@ Result<S3Response> S3ObjectStore::call(const S3Request& request, const std::stri
   // Into the request log, when it is on, however the request ends.
   auto logged = [&](Result<S3Response> r, int attempts) {
     if (log_.enabled()) {
-      std::uint64_t body = request.body_fd >= 0 ? request.body_length : request.body.size();
+      std::uint64_t body = request.body_fd >= 0 ? request.body_length : request.body_bytes().size();
       log_.add({classify_request(request), body, start, Clock::now(), attempts, r.is_ok()});
     }
     return r;
@@ -240,6 +240,15 @@ Result<std::vector<ObjectInfo>> S3ObjectStore::list(const std::string& prefix, D
   std::sort(out.begin(), out.end(),
             [](const ObjectInfo& a, const ObjectInfo& b) { return a.key < b.key; });
   return out;
+}
+
+Status S3ObjectStore::put(const std::string& key, std::string_view bytes, Deadline deadline) {
+  if (bytes.size() > options_.part_bytes) return ObjectStore::put(key, bytes, deadline);
+  S3Request req;
+  req.method = "PUT";
+  req.url = object_url(key);
+  req.body_view = bytes;
+  return call(req, "PUT " + describe_key(key), deadline).status();
 }
 
 Status S3ObjectStore::put_file(const std::string& key, const std::string& src, Deadline deadline) {

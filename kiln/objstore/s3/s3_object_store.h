@@ -45,6 +45,10 @@ class S3ObjectStore final : public ObjectStore {
   Status get_to_file(const std::string& key, const std::string& dst, Deadline deadline) override;
   Result<std::string> get(const std::string& key, Deadline deadline) override;
   Status put_file(const std::string& key, const std::string& src, Deadline deadline) override;
+  // Up to one part's bytes: one PUT sent straight from `bytes` (no copy, no
+  // writer buffer: a chunk of a checkpoint's shard held once, not twice);
+  // larger: the streaming writer's multipart upload.
+  Status put(const std::string& key, std::string_view bytes, Deadline deadline) override;
   // Note [S3 streaming upload]: a multipart upload whose parts go up in
   // parallel (S3Options::upload_parallelism) while the caller appends; an
   // object that ends within the first part is one PUT instead.
