@@ -116,12 +116,8 @@ void S3ObjectWriter::stop_uploaders() {
 Status S3ObjectWriter::commit() {
   if (done_) return failed_precondition("upload of " + store_->describe_key(key_) + " is over");
   if (upload_id_.empty()) {
-    // Never filled a part: one PUT.
-    S3Request req;
-    req.method = "PUT";
-    req.url = store_->object_url(key_);
-    req.body = std::move(buf_);
-    Status s = store_->call(req, "PUT " + store_->describe_key(key_), deadline_).status();
+    // Never filled a part: one PUT (at most one part: the store's own put).
+    Status s = store_->put(key_, buf_, deadline_);
     done_ = s.is_ok();
     return s;
   }
