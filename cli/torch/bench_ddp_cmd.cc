@@ -16,9 +16,12 @@
 #include <time.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include <fmt/format.h>
@@ -54,6 +57,10 @@ struct DdpBenchArgs {
   // Test-only (hidden): the last rank alters one of DDP's averaged gradients
   // before --check compares, so a test can prove the check catches it.
   bool inject_corruption = false;
+  // Hidden: each rank appends its timed steps' phases here (FILE.rankN),
+  // "phase start end" in CLOCK_MONOTONIC seconds, so a profile taken with
+  // `perf record -k CLOCK_MONOTONIC` can be cut by phase.
+  std::string phase_log;
 };
 
 using bench::median;
@@ -97,6 +104,12 @@ BenchNet make_net(const DdpBenchArgs& a) {
   }
   auto m = std::make_shared<MlpImpl>(a.width, a.layers, a.io);
   return {m, [m](const torch::Tensor& x) { return m->forward(x); }};
+}
+
+// Seconds on CLOCK_MONOTONIC (steady_clock's clock on Linux, and perf's
+// with -k CLOCK_MONOTONIC).
+double monotonic_s(Clock::time_point t) {
+  return std::chrono::duration<double>(t.time_since_epoch()).count();
 }
 
 double cpu_seconds(clockid_t clock) {
@@ -173,6 +186,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
   auto flat = torch::zeros({params});
   double a_backward_cpu_s = 0, a_comm_cpu_s = 0, a_backward_faults = 0;  // of the last step (a)
   double a_forward_s = 0, a_forward_faults = 0;
+  std::array<Clock::time_point, 3> a_phases{};  // forward, backward, comm starts
   auto run_step_a = [&](double* backward_s, double* comm_s) -> Status {
     CpuMark before_forward;
     auto t_fwd = Clock::now();
@@ -184,6 +198,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
     CpuMark before_backward;
     loss.backward();
     *backward_s = since(t_bwd);
+    a_phases = {t_fwd, t_bwd, Clock::now()};
     CpuMark after_backward;
     a_backward_cpu_s = after_backward.thread - before_backward.thread;
     a_backward_faults = static_cast<double>(after_backward.faults() - before_backward.faults());
@@ -222,6 +237,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
   // step's communication against the compute floor's.
   double b_forward_s = 0, b_forward_cpu_s = 0, b_forward_faults = 0, b_forward_preempted = 0;
   double b_sync_s = 0;  // DistributedDataParallel::backward, call to return
+  std::array<Clock::time_point, 3> b_phases{};  // forward, DDP backward starts, its return
   auto run_step_b = [&]() -> Status {
     CpuMark before_forward;
     auto t_fwd = Clock::now();
@@ -235,6 +251,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
     auto t_sync = Clock::now();
     Status s = d->backward(loss);
     b_sync_s = since(t_sync);
+    b_phases = {t_fwd, t_sync, Clock::now()};
     b_backward_faults = static_cast<double>(CpuMark{}.faults() - before.faults());
     return s;
   };
@@ -249,6 +266,12 @@ Status bench_ddp(const DdpBenchArgs& a) {
       b_step_other_cpu, b_preempted, a_faults, b_faults, b_fwd, b_fwd_cpu, b_fwd_faults,
       b_fwd_preempted, a_fwd, a_fwd_faults, b_rest, b_sync_rest;
   const int untimed = options.auto_tuning_steps() + a.warmup;
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> phase_log(nullptr, &std::fclose);
+  if (!a.phase_log.empty()) {
+    const std::string path = fmt::format("{}.rank{}", a.phase_log, c.rank());
+    phase_log.reset(std::fopen(path.c_str(), "w"));
+    if (!phase_log) return invalid_argument(fmt::format("bench ddp: --phase-log: cannot open {}", path));
+  }
   for (int s = 0; s < untimed + a.steps; ++s) {
     double bwd = 0, comm_s = 0;
     auto t0 = Clock::now();
@@ -260,6 +283,16 @@ Status bench_ddp(const DdpBenchArgs& a) {
     double b_s = since(t1);
     CpuMark after_b;
     if (s < untimed) continue;
+    if (phase_log) {
+      const double b_bwd_end = monotonic_s(b_phases[1]) + d->last_sync().backward_s;
+      std::fprintf(phase_log.get(),
+                   "a_forward %.6f %.6f\na_backward %.6f %.6f\na_comm %.6f %.6f\n"
+                   "b_forward %.6f %.6f\nb_backward %.6f %.6f\nb_wait %.6f %.6f\n",
+                   monotonic_s(a_phases[0]), monotonic_s(a_phases[1]), monotonic_s(a_phases[1]),
+                   monotonic_s(a_phases[2]), monotonic_s(a_phases[2]), monotonic_s(t1),
+                   monotonic_s(b_phases[0]), monotonic_s(b_phases[1]), monotonic_s(b_phases[1]),
+                   b_bwd_end, b_bwd_end, monotonic_s(b_phases[2]));
+    }
     a_backward_cpu.push_back(a_backward_cpu_s);
     a_comm_cpu.push_back(a_comm_cpu_s);
     b_backward_cpu.push_back(d->last_sync().backward_thread_cpu_s);
@@ -389,6 +422,7 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--ranks", a->ranks, "local ranks to start when not run under a launcher")
       ->capture_default_str();
   cmd->add_flag("--inject-corruption", a->inject_corruption)->group("");  // tests only
+  cmd->add_option("--phase-log", a->phase_log)->group("");  // profiling (DdpBenchArgs::phase_log)
   cmd->callback(run_status([a] { return bench_ddp(*a); }));
 });
 
