@@ -1,5 +1,5 @@
 // Which forward pass a CNN replica serves with. LibTorch-free: the options
-// and the knob, not the forward (blocked_cnn.h).
+// and the knob, not the forward (blocked_cnn.h, onednn_cnn.h).
 #pragma once
 
 #include <string>
@@ -12,9 +12,10 @@ enum class CnnForward {
   kModule,           // the trained module's forward (kiln/train/task.cc)
   kBlocked,          // BlockedCnn (blocked_cnn.h), the fully connected layers on the BLAS
   kBlockedFcOnednn,  // BlockedCnn, the fully connected layers on oneDNN too
+  kOnednn,           // OnednnCnn (onednn_cnn.h): oneDNN's own API, a plan per batch size
 };
 
-// "module", "blocked", "blocked-fc-onednn"; InvalidArgument otherwise.
+// "module", "blocked", "blocked-fc-onednn", "onednn"; InvalidArgument otherwise.
 Result<CnnForward> cnn_forward_named(const std::string& name);
 const char* cnn_forward_name(CnnForward f);
 
