@@ -78,12 +78,10 @@ struct OnednnCnn::Impl {
     shape.fc1_w = shape.fc1_b = shape.fc2_w = shape.fc2_b = {};
   }
 
-  // A parameter in LibTorch's layout, copied (oneDNN's layouts are made from
-  // it by reorders, so the module's tensors need not outlive this).
+  // A parameter in LibTorch's layout, where it lies (only read: reorders
+  // copy it into the layouts the primitives ask for).
   memory plain(std::span<const float> v, const Dims& dims, Tag tag) {
-    memory m({dims, kF32, tag}, engine);
-    std::copy(v.begin(), v.end(), static_cast<float*>(m.get_data_handle()));
-    return m;
+    return memory({dims, kF32, tag}, engine, const_cast<float*>(v.data()));
   }
 
   // `user` in the layout `want`: reordered once per layout, shared by every
@@ -102,8 +100,7 @@ struct OnednnCnn::Impl {
   }
 
   Plan build(int b) {
-    const std::int64_t n = b, s = shape.side, c1 = shape.conv1_channels,
-                       c2 = shape.conv2_channels;
+    const std::int64_t n = b, s = shape.side, c1 = shape.conv1_channels, c2 = shape.conv2_channels;
     Plan plan;
     auto activation = [&](const memory::desc& d) {
       memory m(d, engine, nullptr);  // bound into the arena by bind()
@@ -164,7 +161,8 @@ struct OnednnCnn::Impl {
           bias.get_desc(), memory::desc({n, w_dims[0]}, kF32, dst_tag));
       const dnnl::inner_product_forward::primitive_desc pd(d, with_relu ? relu : none, engine);
       if (pd.src_desc() != src.get_desc()) {
-        throw std::invalid_argument(fmt::format("oneDNN's {} does not take its input's layout", name));
+        throw std::invalid_argument(
+            fmt::format("oneDNN's {} does not take its input's layout", name));
       }
       memory dst = activation(pd.dst_desc());
       add(name, pd, dnnl::inner_product_forward(pd),
@@ -186,10 +184,10 @@ struct OnednnCnn::Impl {
       if (!plan.scratchpad) throw std::bad_alloc();
       for (auto& st : plan.steps) {
         // Every step gets the one buffer: they run one after another.
-        st.args.emplace(DNNL_ARG_SCRATCHPAD,
-                        memory({{static_cast<std::int64_t>(scratch)}, memory::data_type::u8,
-                                Tag::x},
-                               engine, plan.scratchpad.get()));
+        st.args.emplace(
+            DNNL_ARG_SCRATCHPAD,
+            memory({{static_cast<std::int64_t>(scratch)}, memory::data_type::u8, Tag::x}, engine,
+                   plan.scratchpad.get()));
       }
     }
     return plan;
@@ -257,10 +255,9 @@ Result<std::unique_ptr<OnednnCnn>> OnednnCnn::create(const CnnParameters& p) {
     m.fc1_b = m.plain(p.fc1_b, {p.hidden}, Tag::x);
     m.fc2_w = m.plain(p.fc2_w, {p.classes, p.hidden}, Tag::oi);
     m.fc2_b = m.plain(p.fc2_b, {p.classes}, Tag::x);
-    m.plan_for(1);
     return std::unique_ptr<OnednnCnn>(new OnednnCnn(std::move(impl)));
   } catch (const std::exception& e) {
-    return failed_precondition(fmt::format("building the CNN's oneDNN primitives: {}", e.what()));
+    return failed_precondition(fmt::format("the CNN's parameters as oneDNN memory: {}", e.what()));
   }
 }
 

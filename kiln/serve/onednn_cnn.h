@@ -39,7 +39,8 @@ namespace kiln::serve {
 // [c2, c1, 3, 3] (stride 1, padding 1, each followed by relu and a 2x2 max
 // pooling), fc1 [hidden, c2 * (side/4)^2] + relu, fc2 [classes, hidden], on
 // side x side images normalized as (pixel / 255 - mean) / std. Views of
-// float32 values in LibTorch's (row-major) order; copied by create.
+// float32 values in LibTorch's (row-major) order, which must outlive the
+// OnednnCnn made from them (each plan reorders them into its layouts).
 struct CnnParameters {
   std::span<const float> conv1_w, conv1_b, conv2_w, conv2_b, fc1_w, fc1_b, fc2_w, fc2_b;
   std::int64_t conv1_channels = 0, conv2_channels = 0, hidden = 0, classes = 0;
@@ -49,9 +50,11 @@ struct CnnParameters {
 
 class OnednnCnn {
  public:
-  // Copies the parameters into oneDNN's layouts and builds the batch-1 plan
-  // (what any later plan builds on). FailedPrecondition: a parameter's size
-  // does not match the shapes, or oneDNN cannot build the primitives.
+  // Checks the shapes and wraps the parameters; builds no plan (a replica
+  // makes this inside its cold start, where ~3 ms of primitives, reorders
+  // and first-touched activations would be most of a node cache hit's
+  // load: docs/perf.md, issue 20, session 16). FailedPrecondition: a
+  // parameter's size does not match the shapes.
   static Result<std::unique_ptr<OnednnCnn>> create(const CnnParameters& p);
   ~OnednnCnn();
   OnednnCnn(const OnednnCnn&) = delete;
@@ -59,8 +62,9 @@ class OnednnCnn {
 
   // Logits [batch.size() x classes] of the images (each side * side pixels
   // 0..255, as parse_request validated them), valid until the next call.
-  // A batch size seen for the first time builds its plan (about a
-  // millisecond) and may grow the arena; later ones allocate nothing.
+  // A batch size seen for the first time builds its plan (primitives, the
+  // weights in any layout no earlier plan asked for: a few ms) and may grow
+  // the arena; later ones allocate nothing.
   // From one thread at a time; oneDNN runs on the calling thread's OpenMP
   // thread count. Throws (dnnl::error, std::invalid_argument: an image of
   // another size) like the module's forward.

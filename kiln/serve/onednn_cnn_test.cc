@@ -29,17 +29,28 @@ struct Tiny {
   }
 
   CnnParameters parameters() const {
-    return {.conv1_w = conv1_w, .conv1_b = conv1_b, .conv2_w = conv2_w, .conv2_b = conv2_b,
-            .fc1_w = fc1_w, .fc1_b = fc1_b, .fc2_w = fc2_w, .fc2_b = fc2_b,
-            .conv1_channels = kC1, .conv2_channels = kC2, .hidden = kHidden,
-            .classes = kClasses, .side = kSide, .pixel_mean = 0.25f, .pixel_std = 0.5f};
+    return {.conv1_w = conv1_w,
+            .conv1_b = conv1_b,
+            .conv2_w = conv2_w,
+            .conv2_b = conv2_b,
+            .fc1_w = fc1_w,
+            .fc1_b = fc1_b,
+            .fc2_w = fc2_w,
+            .fc2_b = fc2_b,
+            .conv1_channels = kC1,
+            .conv2_channels = kC2,
+            .hidden = kHidden,
+            .classes = kClasses,
+            .side = kSide,
+            .pixel_mean = 0.25f,
+            .pixel_std = 0.5f};
   }
 };
 
 // [c][side][side] -> 3x3 convolution, padding 1, + bias, relu, 2x2 max.
-std::vector<float> conv_relu_pool(const std::vector<float>& x, std::int64_t in_c,
-                                  std::int64_t side, const std::vector<float>& w,
-                                  const std::vector<float>& b, std::int64_t out_c) {
+std::vector<float> conv_relu_pool(const std::vector<float>& x, std::int64_t in_c, std::int64_t side,
+                                  const std::vector<float>& w, const std::vector<float>& b,
+                                  std::int64_t out_c) {
   std::vector<float> y(static_cast<std::size_t>(out_c * side * side));
   for (std::int64_t o = 0; o < out_c; ++o) {
     for (std::int64_t r = 0; r < side; ++r) {

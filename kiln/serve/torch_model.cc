@@ -108,7 +108,7 @@ Status view_weights(const StepWeights& s, torch::nn::Module& module) {
 // parameters; both null: the module's.
 struct CnnForwardPass {
   std::unique_ptr<BlockedCnn> blocked;  // views the module's fully connected weights
-  std::unique_ptr<OnednnCnn> onednn;    // holds copies of every parameter
+  std::unique_ptr<OnednnCnn> onednn;    // views the module's parameters
 };
 
 class TorchModel : public Model {
@@ -283,11 +283,11 @@ Result<std::span<const float>> float_values(torch::nn::Module& cnn, const std::s
   const torch::Tensor* t = cnn.named_parameters().find(name);
   if (t == nullptr) return failed_precondition(fmt::format("the CNN has no parameter '{}'", name));
   if (t->scalar_type() != torch::kFloat32 || !t->is_contiguous() || t->dim() != dims) {
-    return failed_precondition(fmt::format("the CNN's '{}' is {} [{}]{}, not contiguous float32 of "
-                                           "{} dimensions",
-                                           name, c10::toString(t->scalar_type()),
-                                           fmt::join(t->sizes(), ", "),
-                                           t->is_contiguous() ? "" : " strided", dims));
+    return failed_precondition(
+        fmt::format("the CNN's '{}' is {} [{}]{}, not contiguous float32 of "
+                    "{} dimensions",
+                    name, c10::toString(t->scalar_type()), fmt::join(t->sizes(), ", "),
+                    t->is_contiguous() ? "" : " strided", dims));
   }
   return std::span<const float>(t->data_ptr<float>(), static_cast<std::size_t>(t->numel()));
 }
@@ -305,11 +305,11 @@ Result<std::unique_ptr<OnednnCnn>> onednn_cnn(torch::nn::Module& cnn) {
   KILN_ASSIGN_OR_RETURN(p.fc2_b, float_values(cnn, "fc2.bias", 1));
   const auto& params = cnn.named_parameters();
   const torch::Tensor &w1 = params["conv1.weight"], &w2 = params["conv2.weight"];
-  if (w1.size(1) != 1 || w1.size(2) != 3 || w1.size(3) != 3 || w2.size(2) != 3 ||
-      w2.size(3) != 3) {
-    return failed_precondition(fmt::format("the CNN's convolutions are [{}] and [{}], not 3x3 "
-                                           "from one input channel",
-                                           fmt::join(w1.sizes(), ", "), fmt::join(w2.sizes(), ", ")));
+  if (w1.size(1) != 1 || w1.size(2) != 3 || w1.size(3) != 3 || w2.size(2) != 3 || w2.size(3) != 3) {
+    return failed_precondition(
+        fmt::format("the CNN's convolutions are [{}] and [{}], not 3x3 "
+                    "from one input channel",
+                    fmt::join(w1.sizes(), ", "), fmt::join(w2.sizes(), ", ")));
   }
   p.conv1_channels = w1.size(0);
   p.conv2_channels = w2.size(0);
