@@ -20,8 +20,9 @@ Result<CnnForward> cnn_forward_named(const std::string& name);
 const char* cnn_forward_name(CnnForward f);
 
 // The knob KILN_SERVE_CNN_FORWARD, by default the forward docs/perf.md's
-// A/B chose (issue 20, session 15); a malformed value is logged and gives
-// the default.
+// A/Bs chose (issue 20, sessions 15 and 16: `module`, the one whose
+// batching gains most; `onednn` is the fastest at every batch size); a
+// malformed value is logged and gives the default.
 CnnForward default_cnn_forward();
 
 }  // namespace kiln::serve

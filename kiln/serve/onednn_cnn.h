@@ -23,6 +23,14 @@
 // Memory: the activations of every plan live in one arena sized for the
 // largest batch seen (~190 KB per image for the make demo CNN), not one
 // per plan.
+// Measured (docs/perf.md, issue 20, session 16; 2-core Zen 3 VM, AVX2): the
+// replica's batch worker spends ~190-230 us per request unbatched (the
+// module: ~470-580) and ~190-210 batched at max_batch 20 (the module:
+// ~210-230). A direct convolution is as efficient for one image as for
+// twenty, so batching gains it almost nothing: `batching_gain` falls to
+// ~1, while one unbatched replica serves more than the module's batched
+// one. Not the default (KILN_SERVE_CNN_FORWARD=module keeps the issue's
+// ratio); selectable as `onednn`.
 #pragma once
 
 #include <cstdint>
