@@ -18,6 +18,9 @@ packages=(
   # LibTorch (ddp, train) and a fast BLAS for it: with only the reference
   # BLAS, matrix products run ~15x slower
   libtorch-dev libopenblas0-pthread
+  # oneDNN's headers for serve's CNN forward on its own API (the libdnnl2
+  # LibTorch links, same version: kiln/serve/onednn_cnn.h)
+  libdnnl-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev iproute2 iperf3 procps jq curl
   openmpi-bin libopenmpi-dev

@@ -177,12 +177,35 @@ json ops_at(const CnnWeights& w, const std::vector<ServedForward>& models, int b
   o["conv2_blocked"] = per_image(seconds_per_call([&] { at::mkldnn_convolution(bp1, bw2, bb2, pad, one, one, 1); }, iters));
   o["pool2_blocked"] = per_image(seconds_per_call([&] { blocked_pool(bc2); }, iters));
   o["to_dense"] = per_image(seconds_per_call([&] { bp2.to_dense(); }, iters));
-  // Each served model's whole forward, input building included.
+  // Each served model's whole forward, input building included. Its first
+  // call at this batch size apart (in ms, whole batch): the oneDNN forward
+  // builds its plan for the size there (Note [The CNN's forward on oneDNN's
+  // own API]); LibTorch's convolutions build or look up theirs.
   serve::Input image;
   for (int i = 0; i < 784; ++i) image.image.push_back(static_cast<float>(i % 256));
   std::vector<serve::Input> batch(static_cast<std::size_t>(b), image);
   for (const ServedForward& f : models) {
+    const auto t0 = Clock::now();
+    f.model->run(batch);
+    o[std::string(f.key) + "_first_ms"] =
+        std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+  }
+  for (const ServedForward& f : models) {
     o[f.key] = per_image(seconds_per_call([&] { f.model->run(batch); }, iters));
+  }
+  // The forwards again, alternating in one loop, so a slow stretch of the
+  // host falls on both (their medians above ran minutes apart at most, but
+  // this VM's noise is larger than the differences: docs/perf.md).
+  std::vector<std::vector<double>> alternating(models.size());
+  for (int rep = 0; rep < 7; ++rep) {
+    for (std::size_t k = 0; k < models.size(); ++k) {
+      const auto t0 = Clock::now();
+      for (int i = 0; i < iters; ++i) models[k].model->run(batch);
+      alternating[k].push_back(std::chrono::duration<double>(Clock::now() - t0).count() / iters);
+    }
+  }
+  for (std::size_t k = 0; k < models.size(); ++k) {
+    o[std::string(models[k].key) + "_alternating"] = per_image(serve::quantile(alternating[k], 0.5));
   }
   return o;
 }
@@ -201,13 +224,18 @@ Result<json> forward_ops(const std::string& model_root) {
     std::vector<ServedForward> forwards;
     for (auto [key, kind] : {std::pair{"model", serve::CnnForward::kModule},
                              std::pair{"model_blocked", serve::CnnForward::kBlocked},
-                             std::pair{"model_blocked_fc_onednn", serve::CnnForward::kBlockedFcOnednn}}) {
+                             std::pair{"model_blocked_fc_onednn", serve::CnnForward::kBlockedFcOnednn},
+                             std::pair{"model_onednn", serve::CnnForward::kOnednn}}) {
+      // What each forward adds to a replica's load (the oneDNN forward
+      // reorders its weights and builds its batch-1 plan there).
+      const auto t0 = Clock::now();
       auto model = serve::load_torch_model(
           state, {.threads = 1, .threads_capped_by_caller = true, .cnn_forward = kind});
       if (!model.is_ok()) {
         status = model.status();
         return;
       }
+      out["load_ms"][key] = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
       models.push_back(std::move(model).value());
       forwards.push_back({key, models.back().get()});
     }
@@ -239,7 +267,10 @@ void print_forward_ops(const json& ops) {
               "GFLOP/s):\n",
               ops["mflop_per_image"].get<double>(), ops["fma_peak_gflops"].get<double>());
   // One row per op (or whole forward), one column per batch size.
-  const char* rows[] = {"model", "model_blocked", "model_blocked_fc_onednn", "normalize",
+  const char* rows[] = {"model", "model_blocked", "model_blocked_fc_onednn", "model_onednn",
+                        "model_alternating", "model_blocked_alternating",
+                        "model_blocked_fc_onednn_alternating", "model_onednn_alternating",
+                        "model_first_ms", "model_onednn_first_ms", "normalize",
                         "conv1", "pool1", "conv2", "pool2", "fc1_relu", "fc2",
                         "conv2_channels_last", "conv2_im2col", "to_blocked", "conv1_blocked",
                         "pool1_blocked", "conv2_blocked", "pool2_blocked", "to_dense"};
@@ -257,6 +288,9 @@ void print_forward_ops(const json& ops) {
   for (const auto& batch : ops["batches"]) {
     std::printf(" %7.1f", ops["conv2_gflops"][std::to_string(batch.get<int>())].get<double>());
   }
+  std::printf("\n");
+  std::printf("load (ms):");
+  for (const auto& [key, ms] : ops["load_ms"].items()) std::printf(" %s %.1f", key.c_str(), ms.get<double>());
   std::printf("\n");
 }
 

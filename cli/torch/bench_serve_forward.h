@@ -13,7 +13,10 @@ namespace kiln::cli {
 // The CNN checkpoint under `model_root`, on one thread as a replica runs it
 // (torch's and the BLAS's threads capped at 1, freed heap memory kept).
 // Keys: "fma_peak_gflops" (one core, 0 without AVX2+FMA), "mflop_per_image",
-// "batches" [sizes], "per_batch" {batch: {op: µs per image, ...}}, "conv2_gflops" {batch: ...}.
+// "batches" [sizes], "per_batch" {batch: {op: µs per image, ...; each served
+// forward's "<key>_first_ms" (its first call at that size, ms) and
+// "<key>_alternating" (the forwards timed in one alternating loop)}},
+// "conv2_gflops" {batch: ...}, "load_ms" {forward: ms to load the model with it}.
 Result<nlohmann::json> forward_ops(const std::string& model_root);
 
 // The table forward_ops' result makes, for people.

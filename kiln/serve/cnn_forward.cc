@@ -12,16 +12,18 @@ const Knob<std::string> kCnnForward{
     "KILN_SERVE_CNN_FORWARD", "module",
     "the CNN replica's forward pass: blocked (activations in oneDNN's layout, Note [The CNN's "
     "forward in oneDNN's layout]), blocked-fc-onednn (and the fully connected layers on oneDNN), "
-    "or module (the trained module's own forward)"};
+    "onednn (oneDNN's own API, a plan of fused primitives per batch size, Note [The CNN's "
+    "forward on oneDNN's own API]), or module (the trained module's own forward)"};
 
 }  // namespace
 
 Result<CnnForward> cnn_forward_named(const std::string& name) {
-  for (CnnForward f : {CnnForward::kModule, CnnForward::kBlocked, CnnForward::kBlockedFcOnednn}) {
+  for (CnnForward f : {CnnForward::kModule, CnnForward::kBlocked, CnnForward::kBlockedFcOnednn,
+                       CnnForward::kOnednn}) {
     if (name == cnn_forward_name(f)) return f;
   }
   return invalid_argument(
-      fmt::format("unknown CNN forward '{}': module, blocked or blocked-fc-onednn", name));
+      fmt::format("unknown CNN forward '{}': module, blocked, blocked-fc-onednn or onednn", name));
 }
 
 const char* cnn_forward_name(CnnForward f) {
@@ -29,6 +31,7 @@ const char* cnn_forward_name(CnnForward f) {
     case CnnForward::kModule: return "module";
     case CnnForward::kBlocked: return "blocked";
     case CnnForward::kBlockedFcOnednn: return "blocked-fc-onednn";
+    case CnnForward::kOnednn: return "onednn";
   }
   return "?";
 }

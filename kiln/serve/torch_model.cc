@@ -8,6 +8,7 @@
 #include "kiln/base/blas_kernel.h"
 #include "kiln/base/logging.h"
 #include "kiln/serve/blocked_cnn.h"
+#include "kiln/serve/onednn_cnn.h"
 #include "kiln/train/task.h"
 #include "kiln/train/train_config.h"
 
@@ -103,18 +104,24 @@ Status view_weights(const StepWeights& s, torch::nn::Module& module) {
   return Status::ok();
 }
 
+// The CNN's forward other than the module's own, made from its filled
+// parameters; both null: the module's.
+struct CnnForwardPass {
+  std::unique_ptr<BlockedCnn> blocked;  // views the module's fully connected weights
+  std::unique_ptr<OnednnCnn> onednn;    // views the module's parameters
+};
+
 class TorchModel : public Model {
  public:
   // `weights`: what the parameters view, if they do (Note [Weights served
   // where they lie]); kept for the model's life.
-  // `blocked`: the CNN's forward in oneDNN's layout, made from the task's
-  // parameters, or null for the module's own.
-  TorchModel(std::unique_ptr<train::Task> task, ModelInfo info, int threads,
-             std::unique_ptr<BlockedCnn> blocked,
+  // `cnn`: the CNN's forward made from the task's parameters, or none for
+  // the module's own.
+  TorchModel(std::unique_ptr<train::Task> task, ModelInfo info, int threads, CnnForwardPass cnn,
              std::shared_ptr<const StepWeights> weights = nullptr)
       : weights_(std::move(weights)),
         task_(std::move(task)),
-        blocked_(std::move(blocked)),
+        cnn_(std::move(cnn)),
         info_(std::move(info)),
         threads_(threads) {
     task_->module()->eval();
@@ -150,13 +157,23 @@ class TorchModel : public Model {
  private:
   std::vector<Result<Output>> classify(std::vector<Input>& batch) {
     const auto b = static_cast<std::int64_t>(batch.size());
+    if (cnn_.onednn) {
+      // The pixels go straight into the plan's input (no tensor).
+      const std::span<const float> logits = cnn_.onednn->forward(batch);
+      return classified(logits.data(), b, static_cast<std::int64_t>(logits.size()) / b);
+    }
     torch::Tensor x = torch::empty({b, 1, 28, 28}, torch::kFloat32);
     float* p = x.data_ptr<float>();
     for (const auto& in : batch) p = std::copy(in.image.begin(), in.image.end(), p);
     torch::Tensor logits =
-        (blocked_ ? blocked_->forward(train::normalize_pixels(x)) : task_->infer(x)).contiguous();
-    const float* l = logits.data_ptr<float>();
-    const auto classes = logits.size(1);
+        (cnn_.blocked ? cnn_.blocked->forward(train::normalize_pixels(x)) : task_->infer(x))
+            .contiguous();
+    return classified(logits.data_ptr<float>(), b, logits.size(1));
+  }
+
+  // One output per image of logits [b, classes].
+  static std::vector<Result<Output>> classified(const float* l, std::int64_t b,
+                                                std::int64_t classes) {
     std::vector<Result<Output>> out;
     for (std::int64_t i = 0; i < b; ++i) {
       Output o;
@@ -223,7 +240,7 @@ class TorchModel : public Model {
   // Declared first, so destroyed after the task whose parameters view it.
   std::shared_ptr<const StepWeights> weights_;
   std::unique_ptr<train::Task> task_;
-  std::unique_ptr<BlockedCnn> blocked_;  // views task_'s fully connected weights
+  CnnForwardPass cnn_;  // may view task_'s parameters
   ModelInfo info_;
   int threads_;
 };
@@ -259,15 +276,71 @@ class UnfilledTorchModel : public UnfilledModel {
   CnnForward cnn_forward;
 };
 
-// The CNN's blocked forward from the filled parameters, if asked for; null
-// (the module's forward) otherwise, or if the weights do not suit it.
-std::unique_ptr<BlockedCnn> blocked_forward(UnfilledTorchModel& m) {
-  if (m.info.task != TaskKind::kClassify || m.cnn_forward == CnnForward::kModule) return nullptr;
-  auto blocked = BlockedCnn::from_module(*m.task->module(), m.cnn_forward);
-  if (blocked.is_ok()) return std::move(blocked).value();
-  log()->warn("serve: {}: the {} forward does not apply ({}); serving with the module's",
-              m.info.source, cnn_forward_name(m.cnn_forward), blocked.status().to_string());
-  return nullptr;
+// A float32 parameter of the module as a span of its values (contiguous:
+// the module's own tensors or views of the mapped checkpoint).
+Result<std::span<const float>> float_values(torch::nn::Module& cnn, const std::string& name,
+                                            std::int64_t dims) {
+  const torch::Tensor* t = cnn.named_parameters().find(name);
+  if (t == nullptr) return failed_precondition(fmt::format("the CNN has no parameter '{}'", name));
+  if (t->scalar_type() != torch::kFloat32 || !t->is_contiguous() || t->dim() != dims) {
+    return failed_precondition(
+        fmt::format("the CNN's '{}' is {} [{}]{}, not contiguous float32 of "
+                    "{} dimensions",
+                    name, c10::toString(t->scalar_type()), fmt::join(t->sizes(), ", "),
+                    t->is_contiguous() ? "" : " strided", dims));
+  }
+  return std::span<const float>(t->data_ptr<float>(), static_cast<std::size_t>(t->numel()));
+}
+
+// Note [The CNN's forward on oneDNN's own API] (onednn_cnn.h).
+Result<std::unique_ptr<OnednnCnn>> onednn_cnn(torch::nn::Module& cnn) {
+  CnnParameters p;
+  KILN_ASSIGN_OR_RETURN(p.conv1_w, float_values(cnn, "conv1.weight", 4));
+  KILN_ASSIGN_OR_RETURN(p.conv1_b, float_values(cnn, "conv1.bias", 1));
+  KILN_ASSIGN_OR_RETURN(p.conv2_w, float_values(cnn, "conv2.weight", 4));
+  KILN_ASSIGN_OR_RETURN(p.conv2_b, float_values(cnn, "conv2.bias", 1));
+  KILN_ASSIGN_OR_RETURN(p.fc1_w, float_values(cnn, "fc1.weight", 2));
+  KILN_ASSIGN_OR_RETURN(p.fc1_b, float_values(cnn, "fc1.bias", 1));
+  KILN_ASSIGN_OR_RETURN(p.fc2_w, float_values(cnn, "fc2.weight", 2));
+  KILN_ASSIGN_OR_RETURN(p.fc2_b, float_values(cnn, "fc2.bias", 1));
+  const auto& params = cnn.named_parameters();
+  const torch::Tensor &w1 = params["conv1.weight"], &w2 = params["conv2.weight"];
+  if (w1.size(1) != 1 || w1.size(2) != 3 || w1.size(3) != 3 || w2.size(2) != 3 || w2.size(3) != 3) {
+    return failed_precondition(
+        fmt::format("the CNN's convolutions are [{}] and [{}], not 3x3 "
+                    "from one input channel",
+                    fmt::join(w1.sizes(), ", "), fmt::join(w2.sizes(), ", ")));
+  }
+  p.conv1_channels = w1.size(0);
+  p.conv2_channels = w2.size(0);
+  p.hidden = params["fc1.weight"].size(0);
+  p.classes = params["fc2.weight"].size(0);
+  p.pixel_mean = static_cast<float>(train::kPixelMean);
+  p.pixel_std = static_cast<float>(train::kPixelStd);
+  return OnednnCnn::create(p);
+}
+
+// The CNN's forward from the filled parameters, if one other than the
+// module's is asked for; none (the module's forward) otherwise, or if the
+// weights do not suit it (logged).
+CnnForwardPass cnn_forward_pass(UnfilledTorchModel& m) {
+  CnnForwardPass pass;
+  if (m.info.task != TaskKind::kClassify || m.cnn_forward == CnnForward::kModule) return pass;
+  Status status;
+  if (m.cnn_forward == CnnForward::kOnednn) {
+    auto onednn = onednn_cnn(*m.task->module());
+    if (onednn.is_ok()) pass.onednn = std::move(onednn).value();
+    status = onednn.status();
+  } else {
+    auto blocked = BlockedCnn::from_module(*m.task->module(), m.cnn_forward);
+    if (blocked.is_ok()) pass.blocked = std::move(blocked).value();
+    status = blocked.status();
+  }
+  if (!status.is_ok()) {
+    log()->warn("serve: {}: the {} forward does not apply ({}); serving with the module's",
+                m.info.source, cnn_forward_name(m.cnn_forward), status.to_string());
+  }
+  return pass;
 }
 
 }  // namespace
@@ -312,9 +385,8 @@ Result<std::unique_ptr<Model>> fill_torch_model(std::unique_ptr<UnfilledModel> m
   KILN_RETURN_IF_ERROR(copy_weights(weights, *m.task->module()));
   m.info.step = weights.step();
   m.info.source = weights.dir();
-  auto blocked = blocked_forward(m);
   return std::unique_ptr<Model>(
-      new TorchModel(std::move(m.task), std::move(m.info), m.threads, std::move(blocked)));
+      new TorchModel(std::move(m.task), std::move(m.info), m.threads, cnn_forward_pass(m)));
 }
 
 Result<std::unique_ptr<Model>> fill_torch_model_in_place(std::unique_ptr<UnfilledModel> model,
@@ -323,9 +395,8 @@ Result<std::unique_ptr<Model>> fill_torch_model_in_place(std::unique_ptr<Unfille
   KILN_RETURN_IF_ERROR(view_weights(*weights, *m.task->module()));
   m.info.step = weights->step();
   m.info.source = weights->dir();
-  auto blocked = blocked_forward(m);
   return std::unique_ptr<Model>(new TorchModel(std::move(m.task), std::move(m.info), m.threads,
-                                               std::move(blocked), std::move(weights)));
+                                               cnn_forward_pass(m), std::move(weights)));
 }
 
 Result<std::unique_ptr<Model>> load_torch_model(const StepWeights& weights,

@@ -28,8 +28,10 @@ struct TorchModelOptions {
   // Note [LibTorch's first use]): not again here, concurrently with it.
   bool threads_capped_by_caller = false;
   // The CNN's forward pass (Note [The CNN's forward in oneDNN's layout],
-  // blocked_cnn.h); the GPT ignores it. A CNN whose weights the blocked
-  // forward cannot take (not float32) serves with the module's.
+  // blocked_cnn.h; Note [The CNN's forward on oneDNN's own API],
+  // onednn_cnn.h); the GPT ignores it. A CNN whose weights the chosen
+  // forward cannot take (not float32, other shapes) serves with the
+  // module's, with a warning.
   CnnForward cnn_forward = default_cnn_forward();
 };
 

@@ -155,11 +155,13 @@ TEST(TorchModel, WeightsServedInPlaceViewTheMappingForTheModelsLife) {
   EXPECT_TRUE(alive.expired()) << "the mapping outlived the model";
 }
 
-// Note [The CNN's forward in oneDNN's layout] (blocked_cnn.h): both blocked
-// forwards serve the module's logits within float rounding, for every image
-// of a batch, at batch 1 (where the module's convolutions take im2col and
-// the BLAS), 2, 20 and 33.
-TEST(TorchModel, TheBlockedForwardsServeTheModulesLogitsWithinRounding) {
+// Note [The CNN's forward in oneDNN's layout] (blocked_cnn.h) and Note [The
+// CNN's forward on oneDNN's own API] (onednn_cnn.h): the other forwards serve
+// the module's logits within float rounding, for every image of a batch, at
+// batch 1 (where the module's convolutions take im2col and the BLAS), 2, 20
+// and 33, and again at 2 and 20 after 33 (oneDNN's plans are kept per batch
+// size and re-pointed into an arena grown for 33).
+TEST(TorchModel, TheOtherForwardsServeTheModulesLogitsWithinRounding) {
   TempDir dir;
   save_cnn(dir.path());
   auto state = ckpt::load_latest(dir.path(), {});
@@ -167,10 +169,11 @@ TEST(TorchModel, TheBlockedForwardsServeTheModulesLogitsWithinRounding) {
   const StepWeights weights = StepWeights::from_loaded(std::move(*state));
   auto module = load_torch_model(weights, {.threads = 1, .cnn_forward = CnnForward::kModule});
   ASSERT_TRUE(module.is_ok()) << module.status().to_string();
-  for (CnnForward kind : {CnnForward::kBlocked, CnnForward::kBlockedFcOnednn}) {
+  for (CnnForward kind :
+       {CnnForward::kBlocked, CnnForward::kBlockedFcOnednn, CnnForward::kOnednn}) {
     auto blocked = load_torch_model(weights, {.threads = 1, .cnn_forward = kind});
     ASSERT_TRUE(blocked.is_ok()) << blocked.status().to_string();
-    for (int b : {1, 2, 20, 33}) {
+    for (int b : {1, 2, 20, 33, 2, 20}) {
       std::vector<Input> batch(static_cast<std::size_t>(b));
       for (int j = 0; j < b; ++j) {
         for (int i = 0; i < 784; ++i) {
@@ -194,7 +197,8 @@ TEST(TorchModel, TheBlockedForwardsServeTheModulesLogitsWithinRounding) {
 }
 
 TEST(CnnForward, NamesRoundTripAndAnUnknownOneIsInvalidArgument) {
-  for (CnnForward f : {CnnForward::kModule, CnnForward::kBlocked, CnnForward::kBlockedFcOnednn}) {
+  for (CnnForward f : {CnnForward::kModule, CnnForward::kBlocked, CnnForward::kBlockedFcOnednn,
+                       CnnForward::kOnednn}) {
     auto named = cnn_forward_named(cnn_forward_name(f));
     ASSERT_TRUE(named.is_ok()) << named.status().to_string();
     EXPECT_EQ(*named, f);

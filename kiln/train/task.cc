@@ -44,9 +44,6 @@ Result<torch::Tensor> guarded(Forward&& forward) {
 
 // ---- Fashion-MNIST CNN --------------------------------------------------
 
-// Pixel statistics of the Fashion-MNIST training split.
-constexpr double kPixelMean = 0.2860, kPixelStd = 0.3530;
-
 // Note [Max pooling without autograd]: LibTorch's CPU max_pool2d computes
 // the argmax indices its backward needs, one output element at a time: half
 // of a served CNN's forward pass at batch 20 on the 2-core host (docs/perf.md,

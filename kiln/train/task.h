@@ -46,10 +46,14 @@ enum class ParamInit {
   kNone,
 };
 
+// Pixel statistics of the Fashion-MNIST training split.
+inline constexpr double kPixelMean = 0.2860, kPixelStd = 0.3530;
+
 // The CNN's input as it trains on it: pixels 0..255 (float32 [B, 1, 28, 28])
-// normalized by the Fashion-MNIST training split's mean and deviation. What
+// normalized by kPixelMean and kPixelStd: (pixel / 255 - mean) / std. What
 // ImageClassification::infer applies before the module's forward; a served
-// forward of the same weights (kiln/serve/blocked_cnn.h) applies it too.
+// forward of the same weights (kiln/serve/blocked_cnn.h, onednn_cnn.h)
+// applies it too.
 torch::Tensor normalize_pixels(const torch::Tensor& pixels);
 
 // Builds the model for `config` (with the current torch seed, for kRandom).
