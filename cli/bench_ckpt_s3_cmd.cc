@@ -112,6 +112,10 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
     KILN_RETURN_IF_ERROR(c.barrier()->wait());
     auto ts = std::chrono::steady_clock::now();
     KILN_RETURN_IF_ERROR(ck->save(view, step, Deadline::after_seconds(600)));
+    // Rank 0's retention of the previous step runs after the commit (Note
+    // [Retention after the commit]); it ends before the next round's raw
+    // PUTs, which it would otherwise slow, and is reported as retention_s.
+    KILN_RETURN_IF_ERROR(ck->flush_retention(Deadline::after_seconds(600)));
     auto st = ck->last_stats();
     KILN_ASSIGN_OR_RETURN(
         auto raw_parts,
