@@ -237,10 +237,10 @@ class Checkpointer {
   // URL root, rank 0: the background retention. The thread object is
   // started and joined by the writer thread, and joined last by ~Checkpointer.
   std::thread retention_;
-  bool retention_running_ = false;     // guarded by mu_
-  Status retention_failed_;            // guarded by mu_: not yet returned by flush_retention
-  std::int64_t retention_step_ = -1;   // guarded by mu_: the step whose retention finished last
-  double retention_step_s_ = 0;        // guarded by mu_: and how long it took
+  bool retention_running_ = false;    // guarded by mu_
+  Status retention_failed_;           // guarded by mu_: not yet returned by flush_retention
+  std::int64_t retention_step_ = -1;  // guarded by mu_: the step whose retention finished last
+  double retention_step_s_ = 0;       // guarded by mu_: and how long it took
 
   // The kSkip busy vote, used only by save_async's thread. The buffers are
   // declared before vote_comm_ so that a vote still running after a timed-out

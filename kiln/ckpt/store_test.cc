@@ -177,7 +177,9 @@ class SmallChunksStore final : public objstore::testing::ForwardingObjectStore {
  public:
   SmallChunksStore(objstore::ObjectStore& inner, bool stall)
       : ForwardingObjectStore(inner), stall_(stall) {}
-  objstore::UploadShape upload_shape() const override { return {.part_bytes = 256, .parallelism = 1}; }
+  objstore::UploadShape upload_shape() const override {
+    return {.part_bytes = 256, .parallelism = 1};
+  }
   Status put(const std::string& key, std::string_view bytes, Deadline d) override {
     if (stall_ && key.ends_with(".chunk-00001")) {
       entered.set_value();
@@ -266,8 +268,7 @@ TEST(StoreCheckpoints, RetentionRunsAfterTheCommitAndItsFailureIsReportedNotLost
   // Step 2 is committed and retention, stuck deleting step 1, has not ended.
   auto entered = store.entered.get_future();
   ASSERT_EQ(entered.wait_for(std::chrono::seconds(30)), std::future_status::ready);
-  EXPECT_EQ((*ck)->flush_retention(Deadline::after_seconds(0.05)).code(),
-            Code::kDeadlineExceeded);
+  EXPECT_EQ((*ck)->flush_retention(Deadline::after_seconds(0.05)).code(), Code::kDeadlineExceeded);
   auto loaded = load_latest_remote(*inner, cache.path() + "/a", {});
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");

@@ -239,9 +239,7 @@ TEST(S3Faults, DeleteObjectsRetriesTheKeysItCouldNotDeleteAlone) {
 // one DELETE per key, and is not asked again.
 TEST(S3Faults, AnEndpointWithoutDeleteObjectsGetsOneDeletePerKey) {
   DeleteEndpoint s3(
-      [](const httplib::Request&, httplib::Response& res) {
-        s3_error(res, 501, "NotImplemented");
-      },
+      [](const httplib::Request&, httplib::Response& res) { s3_error(res, 501, "NotImplemented"); },
       [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
   auto store = s3.store();
   Status s = store->remove_many({"a", "b", "c"}, soon());

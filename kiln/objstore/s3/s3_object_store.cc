@@ -81,7 +81,8 @@ std::string content_md5(std::string_view body) {
   EVP_Digest(body.data(), body.size(), md, &n, EVP_md5(), nullptr);
   unsigned char b64[4 * ((EVP_MAX_MD_SIZE + 2) / 3) + 1];
   int len = EVP_EncodeBlock(b64, md, static_cast<int>(n));
-  return "Content-MD5: " + std::string(reinterpret_cast<const char*>(b64), static_cast<std::size_t>(len));
+  return "Content-MD5: " +
+         std::string(reinterpret_cast<const char*>(b64), static_cast<std::size_t>(len));
 }
 
 // An endpoint that does not offer DeleteObjects (some S3-compatible stores).
@@ -249,8 +250,8 @@ Status S3ObjectStore::remove(const std::string& key, Deadline deadline) {
 Status S3ObjectStore::remove_many(const std::vector<std::string>& keys, Deadline deadline) {
   Status first;
   for (std::size_t at = 0; at < keys.size(); at += kMaxKeysPerDelete) {
-    const auto end = keys.begin() + static_cast<std::ptrdiff_t>(
-                                        std::min(keys.size(), at + kMaxKeysPerDelete));
+    const auto end =
+        keys.begin() + static_cast<std::ptrdiff_t>(std::min(keys.size(), at + kMaxKeysPerDelete));
     std::vector<std::string> batch(keys.begin() + static_cast<std::ptrdiff_t>(at), end);
     Status s = batch_deletes_.load() ? delete_batch(batch, deadline)
                                      : ObjectStore::remove_many(batch, deadline);

@@ -142,12 +142,23 @@ std::string delete_objects_xml(const std::vector<std::string>& keys) {
     xml += "<Object><Key>";
     for (char c : key) {
       switch (c) {
-        case '&': xml += "&amp;"; break;
-        case '<': xml += "&lt;"; break;
-        case '>': xml += "&gt;"; break;
-        case '"': xml += "&quot;"; break;
-        case '\'': xml += "&apos;"; break;
-        default: xml += c;
+        case '&':
+          xml += "&amp;";
+          break;
+        case '<':
+          xml += "&lt;";
+          break;
+        case '>':
+          xml += "&gt;";
+          break;
+        case '"':
+          xml += "&quot;";
+          break;
+        case '\'':
+          xml += "&apos;";
+          break;
+        default:
+          xml += c;
       }
     }
     xml += "</Key></Object>";
