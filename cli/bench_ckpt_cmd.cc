@@ -100,6 +100,7 @@ struct CkptBenchArgs {
   // (hidden) the raw PUTs overwrite the same objects every round, as before
   // session 16 (Note [The raw PUTs' server state]); A/Bs only.
   bool s3_raw_overwrite = false;
+  bool s3_raw_after = false;  // (hidden) the raw PUTs after the save in each round; A/Bs only
 };
 
 Result<double> slowest(Communicator& c, double v) {
@@ -379,7 +380,7 @@ Status s3_alone(Communicator& c, const CkptBenchArgs& a, const std::vector<char>
   std::string skipped;
   KILN_ASSIGN_OR_RETURN(auto layout, ckpt::parse_object_layout(a.object_layout));
   KILN_ASSIGN_OR_RETURN(auto s3, measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, layout,
-                                                       raw_keys(a), &skipped));
+                                                       raw_keys(a), a.s3_raw_after, &skipped));
   if (c.rank() != 0) return Status::ok();
   nlohmann::json doc{{"world_size", c.size()}, {"bytes_per_rank", state.size()}};
   add_s3_keys(doc, s3, skipped, a.object_layout);
@@ -505,7 +506,7 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   if (a.s3) {
     KILN_ASSIGN_OR_RETURN(auto layout, ckpt::parse_object_layout(a.object_layout));
     KILN_ASSIGN_OR_RETURN(s3, measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, layout,
-                                                    raw_keys(a), &s3_skipped));
+                                                    raw_keys(a), a.s3_raw_after, &s3_skipped));
   }
 
   double stall = median(stall_s), write = median(write_s);
@@ -593,6 +594,7 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--restart-run", a->restart.run)->group("");
   cmd->add_flag("--s3-alone", a->s3_alone)->group("");  // A/B of the s3 part alone
   cmd->add_flag("--s3-raw-overwrite", a->s3_raw_overwrite)->group("");  // A/B of the baseline
+  cmd->add_flag("--s3-raw-after", a->s3_raw_after)->group("");          // A/B of the order
   cmd->callback(run_status([a] { return bench_ckpt(*a); }));
 });
 

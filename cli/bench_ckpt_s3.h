@@ -37,11 +37,13 @@ enum class RawPutKeys {
 // not installed, with `skipped` saying why); every rank then, `rounds` times,
 // PUTs its `state` as part-sized objects from upload_parallelism threads and
 // saves it as a checkpoint step to s3:// with its shards stored as
-// `layout`, and finally loads the last step back and checks every byte.
+// `layout` (the raw PUTs first, or after the save with `raw_after`: an A/B
+// of the order), and finally loads the last step back and checks every byte.
 Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
                                                          const std::vector<char>& state,
                                                          std::int64_t rows, std::int64_t cols,
                                                          int rounds, ckpt::ObjectLayout layout,
-                                                         RawPutKeys raw_keys, std::string* skipped);
+                                                         RawPutKeys raw_keys, bool raw_after,
+                                                         std::string* skipped);
 
 }  // namespace kiln::cli

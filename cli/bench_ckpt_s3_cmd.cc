@@ -91,9 +91,12 @@ Status raw_puts(S3ObjectStore& store, const std::string& prefix, const std::vect
 
 }  // namespace
 
-Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(
-    comm::Communicator& c, const std::vector<char>& state, std::int64_t rows, std::int64_t cols,
-    int rounds, ckpt::ObjectLayout layout, RawPutKeys raw_keys, std::string* skipped) {
+Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
+                                                         const std::vector<char>& state,
+                                                         std::int64_t rows, std::int64_t cols,
+                                                         int rounds, ckpt::ObjectLayout layout,
+                                                         RawPutKeys raw_keys, bool raw_after,
+                                                         std::string* skipped) {
   const int r = c.rank(), n = c.size();
   std::unique_ptr<LocalS3Server> server;
   std::int64_t port = -1;
@@ -131,20 +134,27 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(
   std::vector<double> raw_s, write_s, commit_s, ratio;
   nlohmann::json breakdown = nlohmann::json::array();
   for (int step = 0; step < rounds; ++step) {
-    KILN_RETURN_IF_ERROR(c.barrier()->wait());
     const std::string raw_prefix = raw_keys == RawPutKeys::kFresh
                                        ? fmt::format("rank-{}/round-{}", r, step)
                                        : fmt::format("rank-{}", r);
-    auto t0 = std::chrono::steady_clock::now();
-    KILN_RETURN_IF_ERROR(raw_puts(*raw_store, raw_prefix, state));
-    KILN_ASSIGN_OR_RETURN(double raw, slowest(c, seconds_since(t0)));
+    Clock::time_point t0, ts;
+    double raw = 0;
+    auto baseline = [&]() -> Status {
+      KILN_RETURN_IF_ERROR(c.barrier()->wait());
+      t0 = std::chrono::steady_clock::now();
+      KILN_RETURN_IF_ERROR(raw_puts(*raw_store, raw_prefix, state));
+      KILN_ASSIGN_OR_RETURN(raw, slowest(c, seconds_since(t0)));
+      return Status::ok();
+    };
+    if (!raw_after) KILN_RETURN_IF_ERROR(baseline());
     KILN_RETURN_IF_ERROR(c.barrier()->wait());
-    auto ts = std::chrono::steady_clock::now();
+    ts = std::chrono::steady_clock::now();
     KILN_RETURN_IF_ERROR(ck->save(view, step, Deadline::after_seconds(600)));
     // Rank 0's retention of the previous step runs after the commit (Note
     // [Retention after the commit]); it ends before the next round's raw
     // PUTs, which it would otherwise slow, and is reported as retention_s.
     KILN_RETURN_IF_ERROR(ck->flush_retention(Deadline::after_seconds(600)));
+    if (raw_after) KILN_RETURN_IF_ERROR(baseline());
     if (raw_keys == RawPutKeys::kFresh) {
       KILN_RETURN_IF_ERROR(raw_store->remove_many(
           raw_put_keys(*raw_store, raw_prefix, state.size()), Deadline::after_seconds(600)));
