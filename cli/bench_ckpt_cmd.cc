@@ -97,6 +97,10 @@ struct CkptBenchArgs {
   std::vector<std::string> restart_ab;
   int restart_reps = 3;
   bool s3_alone = false;  // (hidden) only the --s3 part
+  // (hidden) the raw PUTs overwrite the same objects every round, as before
+  // session 16 (Note [The raw PUTs' server state]); A/Bs only.
+  bool s3_raw_overwrite = false;
+  bool s3_raw_after = false;  // (hidden) the raw PUTs after the save in each round; A/Bs only
 };
 
 Result<double> slowest(Communicator& c, double v) {
@@ -366,13 +370,17 @@ void add_s3_keys(nlohmann::json& doc, const std::optional<S3CkptTimes>& s3,
   }
 }
 
+RawPutKeys raw_keys(const CkptBenchArgs& a) {
+  return a.s3_raw_overwrite ? RawPutKeys::kOverwrite : RawPutKeys::kFresh;
+}
+
 // --s3-alone (hidden): the s3 part and nothing else, for A/Bs of the upload.
 Status s3_alone(Communicator& c, const CkptBenchArgs& a, const std::vector<char>& state,
                 std::int64_t rows, std::int64_t cols) {
   std::string skipped;
   KILN_ASSIGN_OR_RETURN(auto layout, ckpt::parse_object_layout(a.object_layout));
-  KILN_ASSIGN_OR_RETURN(auto s3,
-                        measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, layout, &skipped));
+  KILN_ASSIGN_OR_RETURN(auto s3, measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, layout,
+                                                       raw_keys(a), a.s3_raw_after, &skipped));
   if (c.rank() != 0) return Status::ok();
   nlohmann::json doc{{"world_size", c.size()}, {"bytes_per_rank", state.size()}};
   add_s3_keys(doc, s3, skipped, a.object_layout);
@@ -497,8 +505,8 @@ Status bench_ckpt(const CkptBenchArgs& a) {
   std::string s3_skipped = "--s3 not given";
   if (a.s3) {
     KILN_ASSIGN_OR_RETURN(auto layout, ckpt::parse_object_layout(a.object_layout));
-    KILN_ASSIGN_OR_RETURN(s3,
-                          measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, layout, &s3_skipped));
+    KILN_ASSIGN_OR_RETURN(s3, measure_s3_checkpoint(c, state, rows, cols, a.saves - 1, layout,
+                                                    raw_keys(a), a.s3_raw_after, &s3_skipped));
   }
 
   double stall = median(stall_s), write = median(write_s);
@@ -585,6 +593,8 @@ const CommandRegistration kRegister("bench", [](CLI::App& parent) {
   cmd->add_option("--restart-reps", a->restart_reps)->group("");
   cmd->add_option("--restart-run", a->restart.run)->group("");
   cmd->add_flag("--s3-alone", a->s3_alone)->group("");  // A/B of the s3 part alone
+  cmd->add_flag("--s3-raw-overwrite", a->s3_raw_overwrite)->group("");  // A/B of the baseline
+  cmd->add_flag("--s3-raw-after", a->s3_raw_after)->group("");          // A/B of the order
   cmd->callback(run_status([a] { return bench_ckpt(*a); }));
 });
 

@@ -26,15 +26,24 @@ struct S3CkptTimes {
   nlohmann::json breakdown = nlohmann::json::array();
 };
 
+// How the raw-PUT baseline names its objects (Note [The raw PUTs' server
+// state], bench_ckpt_s3_cmd.cc).
+enum class RawPutKeys {
+  kFresh,      // new objects each round, removed when the round ends
+  kOverwrite,  // the same objects every round (before session 16; A/B only)
+};
+
 // Collective on `c`. Rank 0 starts s3rver (nullopt on every rank where it is
 // not installed, with `skipped` saying why); every rank then, `rounds` times,
 // PUTs its `state` as part-sized objects from upload_parallelism threads and
 // saves it as a checkpoint step to s3:// with its shards stored as
-// `layout`, and finally loads the last step back and checks every byte.
+// `layout` (the raw PUTs first, or after the save with `raw_after`: an A/B
+// of the order), and finally loads the last step back and checks every byte.
 Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
                                                          const std::vector<char>& state,
                                                          std::int64_t rows, std::int64_t cols,
                                                          int rounds, ckpt::ObjectLayout layout,
+                                                         RawPutKeys raw_keys, bool raw_after,
                                                          std::string* skipped);
 
 }  // namespace kiln::cli

@@ -100,8 +100,9 @@ S3Breakdown checkpoint_breakdown(const std::vector<S3RequestRecord>& requests,
   Concurrency puts = concurrency_of(log, S3RequestKind::kPut);
   int other = 0;
   double other_s = 0;
-  for (auto kind : {S3RequestKind::kGet, S3RequestKind::kHead, S3RequestKind::kDelete,
-                    S3RequestKind::kList, S3RequestKind::kListUploads, S3RequestKind::kAbort}) {
+  for (auto kind :
+       {S3RequestKind::kGet, S3RequestKind::kHead, S3RequestKind::kDelete, S3RequestKind::kList,
+        S3RequestKind::kListUploads, S3RequestKind::kAbort, S3RequestKind::kDeleteMany}) {
     Concurrency c = concurrency_of(log, kind);
     other += c.count;
     other_s += c.sum_s;

@@ -35,11 +35,39 @@ double median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// The keys of the raw PUTs of `bytes` under `prefix`, one per part.
+std::vector<std::string> raw_put_keys(const S3ObjectStore& store, const std::string& prefix,
+                                      std::size_t bytes) {
+  const std::size_t part = store.options().part_bytes;
+  std::vector<std::string> keys;
+  for (std::size_t i = 0; i * part < bytes; ++i)
+    keys.push_back(fmt::format("{}/part-{:05}", prefix, i));
+  return keys;
+}
+
+// Note [The raw PUTs' server state]: the baseline PUTs must meet the server
+// in the state the checkpoint meets it. s3rver keeps objects in files on
+// /dev/shm; a PUT of a new object fills freshly allocated tmpfs pages, one
+// that overwrites an object truncates its file and refills the pages just
+// freed. On this VM (virtio-balloon, DAMON) fresh pages cost s3rver's file
+// writes ~10x the kernel copy time (`perf record -a`, session 16: 1.5-2.2
+// s of copy_folio_from_iter_atomic per GiB against 0.21-0.22 s), and
+// s3rver's one thread waits for each write before it reads on, so every
+// PUT is slower. A checkpoint always writes new objects (the previous step
+// stays until the new one is committed), while the baseline used to
+// overwrite the same objects every round: its PUTs were ~1.2x faster for a
+// reason that was the server's memory, not the client's. So each round's
+// raw PUTs are new objects, removed when the round ends, as retention
+// removes the previous step: both halves of a round then find the same
+// amount of freed memory. RawPutKeys::kOverwrite keeps the old baseline
+// for A/Bs.
+
 // The baseline: `bytes` as part-sized objects, PUT by upload_parallelism
 // threads taking parts in turn: what the wire and the server allow.
 Status raw_puts(S3ObjectStore& store, const std::string& prefix, const std::vector<char>& bytes) {
   const std::size_t part = store.options().part_bytes;
-  const std::size_t parts = (bytes.size() + part - 1) / part;
+  const std::vector<std::string> keys = raw_put_keys(store, prefix, bytes.size());
+  const std::size_t parts = keys.size();
   std::atomic<std::size_t> next{0};
   std::vector<Status> failed(static_cast<std::size_t>(store.options().upload_parallelism));
   std::vector<std::thread> threads;
@@ -47,8 +75,8 @@ Status raw_puts(S3ObjectStore& store, const std::string& prefix, const std::vect
     threads.emplace_back([&, t] {
       for (std::size_t i; (i = next.fetch_add(1)) < parts;) {
         std::size_t off = i * part, n = std::min(part, bytes.size() - off);
-        Status s = store.put(fmt::format("{}/part-{:05}", prefix, i),
-                             std::string_view(bytes.data() + off, n), Deadline::after_seconds(600));
+        Status s = store.put(keys[i], std::string_view(bytes.data() + off, n),
+                             Deadline::after_seconds(600));
         if (!s.is_ok()) {
           failed[t] = s;
           return;
@@ -67,6 +95,7 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
                                                          const std::vector<char>& state,
                                                          std::int64_t rows, std::int64_t cols,
                                                          int rounds, ckpt::ObjectLayout layout,
+                                                         RawPutKeys raw_keys, bool raw_after,
                                                          std::string* skipped) {
   const int r = c.rank(), n = c.size();
   std::unique_ptr<LocalS3Server> server;
@@ -105,13 +134,31 @@ Result<std::optional<S3CkptTimes>> measure_s3_checkpoint(comm::Communicator& c,
   std::vector<double> raw_s, write_s, commit_s, ratio;
   nlohmann::json breakdown = nlohmann::json::array();
   for (int step = 0; step < rounds; ++step) {
+    const std::string raw_prefix = raw_keys == RawPutKeys::kFresh
+                                       ? fmt::format("rank-{}/round-{}", r, step)
+                                       : fmt::format("rank-{}", r);
+    Clock::time_point t0, ts;
+    double raw = 0;
+    auto baseline = [&]() -> Status {
+      KILN_RETURN_IF_ERROR(c.barrier()->wait());
+      t0 = std::chrono::steady_clock::now();
+      KILN_RETURN_IF_ERROR(raw_puts(*raw_store, raw_prefix, state));
+      KILN_ASSIGN_OR_RETURN(raw, slowest(c, seconds_since(t0)));
+      return Status::ok();
+    };
+    if (!raw_after) KILN_RETURN_IF_ERROR(baseline());
     KILN_RETURN_IF_ERROR(c.barrier()->wait());
-    auto t0 = std::chrono::steady_clock::now();
-    KILN_RETURN_IF_ERROR(raw_puts(*raw_store, fmt::format("rank-{}", r), state));
-    KILN_ASSIGN_OR_RETURN(double raw, slowest(c, seconds_since(t0)));
-    KILN_RETURN_IF_ERROR(c.barrier()->wait());
-    auto ts = std::chrono::steady_clock::now();
+    ts = std::chrono::steady_clock::now();
     KILN_RETURN_IF_ERROR(ck->save(view, step, Deadline::after_seconds(600)));
+    // Rank 0's retention of the previous step runs after the commit (Note
+    // [Retention after the commit]); it ends before the next round's raw
+    // PUTs, which it would otherwise slow, and is reported as retention_s.
+    KILN_RETURN_IF_ERROR(ck->flush_retention(Deadline::after_seconds(600)));
+    if (raw_after) KILN_RETURN_IF_ERROR(baseline());
+    if (raw_keys == RawPutKeys::kFresh) {
+      KILN_RETURN_IF_ERROR(raw_store->remove_many(
+          raw_put_keys(*raw_store, raw_prefix, state.size()), Deadline::after_seconds(600)));
+    }
     auto st = ck->last_stats();
     KILN_ASSIGN_OR_RETURN(
         auto raw_parts,

@@ -14,7 +14,9 @@
 // writer thread stores the snapshot in the in-memory tier if one is given
 // (memory_tier.h), writes this rank's shard, runs the commit protocol
 // (commit.h) and, on rank 0, retention (retention.h); then, with a remote
-// tier, uploads the committed step (remote.h).
+// tier, uploads the committed step (remote.h). With a URL root, rank 0's
+// retention runs in the background after the commit (Note [Retention after
+// the commit] in checkpointer.cc).
 //
 // In flight: at most one save. A save_async while one runs waits for it
 // (BusyPolicy::kWait, bounded by `timeout`) or returns kSkipped after a
@@ -118,8 +120,11 @@ struct SaveStats {
   double memory_s = 0;     // in-memory tier: snapshot + replica exchange (0 without one)
   double write_s = 0;      // shard write + fsync
   ShardWriteTimes write;   // where write_s went
-  double commit_s = 0;     // exchange, manifest, rename, retention
-  double retention_s = 0;  // of commit_s: retention (rank 0; 0 elsewhere)
+  double commit_s = 0;     // exchange, manifest, rename, retention (a filesystem root)
+  // Rank 0's retention after this step's commit (0 elsewhere): part of
+  // commit_s on a filesystem root; with a URL root it runs in the background
+  // and is 0 until it has finished (flush_retention).
+  double retention_s = 0;
   double remote_s = 0;     // shard upload, manifest upload, remote retention (0 without one)
 };
 
@@ -159,6 +164,12 @@ class Checkpointer {
   // the save running.
   Status wait(Deadline deadline);
 
+  // With a URL root: blocks until rank 0's background retention (if any is
+  // running) has finished or `deadline`, and returns (and clears) the
+  // failure of one not reported yet (it was logged when it happened).
+  // Retention failures never fail a save: the step is committed, and a
+  // later retention retries what was left. Ok elsewhere.
+  Status flush_retention(Deadline deadline);
   SaveStats last_stats() const;
   int rank() const { return rank_; }
   int world_size() const { return world_; }
@@ -188,6 +199,9 @@ class Checkpointer {
   Status commit_remote(std::int64_t step, const std::string& step_dir,
                        const std::string& shard_file);
   Status wait_idle_locked(std::unique_lock<std::mutex>& lock, Deadline deadline);
+  // On the writer thread, after step `step` committed to the store: starts
+  // rank 0's retention on retention_ (after joining the previous one).
+  void start_store_retention(std::int64_t step);
   // Where the next save's state goes: the in-memory tier's stage(), or
   // staging_. Only while no save is in flight.
   std::byte* staging_for(std::size_t bytes);
@@ -220,6 +234,13 @@ class Checkpointer {
   // so save_async's AlreadyExists check costs no request.
   std::vector<std::int64_t> store_committed_;  // guarded by mu_
   std::thread writer_;                         // the one checkpoint writer
+  // URL root, rank 0: the background retention. The thread object is
+  // started and joined by the writer thread, and joined last by ~Checkpointer.
+  std::thread retention_;
+  bool retention_running_ = false;    // guarded by mu_
+  Status retention_failed_;           // guarded by mu_: not yet returned by flush_retention
+  std::int64_t retention_step_ = -1;  // guarded by mu_: the step whose retention finished last
+  double retention_step_s_ = 0;       // guarded by mu_: and how long it took
 
   // The kSkip busy vote, used only by save_async's thread. The buffers are
   // declared before vote_comm_ so that a vote still running after a timed-out

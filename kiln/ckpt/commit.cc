@@ -91,6 +91,35 @@ std::unordered_set<std::string> named_files(const Manifest& m) {
   return names;
 }
 
+// The keys under step-N/ (`objects`, as listed) that `m` does not name,
+// its own manifest aside.
+std::vector<std::string> unnamed_objects(const std::vector<objstore::ObjectInfo>& objects,
+                                         std::int64_t step, const Manifest& m) {
+  const std::string dir = step_dir_name(step) + "/";
+  const auto named = named_files(m);
+  std::vector<std::string> out;
+  for (const auto& o : objects) {
+    const std::string file = o.key.substr(dir.size());
+    if (file != kManifestName && !named.contains(file)) out.push_back(o.key);
+  }
+  return out;
+}
+
+// Rank 0's cleanup after a failed attempt at a step on an object store: the
+// step's objects go, unless another attempt committed the step meanwhile
+// (a stray earlier generation failing after a later one committed: Note
+// [One attempt's chunks], remote.h); then only what its manifest does not
+// name goes, and the committed step stays loadable.
+Status discard_failed_attempt(objstore::ObjectStore& store, std::int64_t step, Deadline deadline) {
+  auto committed = read_remote_manifest(store, step, deadline);
+  if (committed.status().code() == Code::kNotFound) return delete_store_step(store, step, deadline);
+  if (!committed.is_ok()) return committed.status();
+  KILN_ASSIGN_OR_RETURN(auto objects, store.list(step_dir_name(step) + "/", deadline));
+  log()->warn("checkpoint step {} on {} was committed by another attempt; its objects stay", step,
+              store.describe());
+  return store.remove_many(unnamed_objects(objects, step, *committed), deadline);
+}
+
 // Rank 0's half on a filesystem: everything from the manifest to `latest`.
 Status publish(const CommitContext& ctx, const std::vector<std::string>& reports) {
   std::string tmp = ctx.root + "/" + tmp_step_dir_name(ctx.step);
@@ -170,20 +199,14 @@ Status commit_step_to_store(const CommitContext& ctx, objstore::ObjectStore& sto
     // A crashed earlier attempt at this step (a rank killed mid-upload,
     // maybe with more ranks or another layout) may have left objects the
     // manifest does not name; they must not become part of the step.
-    const std::string dir = step_dir_name(ctx.step) + "/";
-    KILN_ASSIGN_OR_RETURN(auto objects, store.list(dir, deadline));
-    const auto named = named_files(m);
-    std::vector<std::string> strays;
-    for (const auto& o : objects) {
-      if (!named.contains(o.key.substr(dir.size()))) strays.push_back(o.key);
-    }
-    KILN_RETURN_IF_ERROR(objstore::remove_objects(store, strays, deadline));
+    KILN_ASSIGN_OR_RETURN(auto objects, store.list(step_dir_name(ctx.step) + "/", deadline));
+    KILN_RETURN_IF_ERROR(store.remove_many(unnamed_objects(objects, ctx.step, m), deadline));
     // Every shard object is complete already: each rank's upload committed
     // before it reported success. The manifest, last, commits the step.
     return store.put(remote_key(ctx.step, kManifestName), to_json(m), deadline);
   };
   return agree_and_publish(ctx, local, publish_manifest,
-                           [&] { return delete_store_step(store, ctx.step, deadline); });
+                           [&] { return discard_failed_attempt(store, ctx.step, deadline); });
 }
 
 }  // namespace kiln::ckpt

@@ -44,8 +44,9 @@ Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local);
 // (step-N/shard-RRRRR.bin, committed before it reports success); if all
 // succeeded, rank 0 puts step-N/manifest.json, which commits the step (a
 // step is committed iff its manifest object exists, remote.h); if any
-// failed, rank 0 deletes the step's objects. Same outcomes on every rank as
-// commit_step.
+// failed, rank 0 deletes the step's objects (those a manifest names stay if
+// another attempt committed the step meanwhile). Same outcomes on every rank
+// as commit_step.
 Status commit_step_to_store(const CommitContext& ctx, objstore::ObjectStore& store,
                             const Result<ShardRecord>& local);
 

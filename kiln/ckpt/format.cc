@@ -7,6 +7,7 @@
 #include <chrono>
 #include <ctime>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "kiln/base/xxh3.h"
 
@@ -244,8 +245,15 @@ Result<Manifest> parse_manifest(const std::string& text, const std::string& wher
 std::string step_dir_name(std::int64_t step) { return fmt::format("step-{}", step); }
 std::string tmp_step_dir_name(std::int64_t step) { return fmt::format("step-{}.tmp", step); }
 std::string shard_file_name(int rank) { return fmt::format("shard-{:05d}.bin", rank); }
-std::string shard_chunk_name(int rank, std::size_t index) {
-  return fmt::format("shard-{:05d}.chunk-{:05d}", rank, index);
+std::string shard_chunk_name(int rank, std::uint64_t attempt, std::size_t index) {
+  return fmt::format("shard-{:05d}.{:016x}.chunk-{:05d}", rank, attempt, index);
+}
+
+std::uint64_t new_upload_attempt() {
+  // Two ranks or two attempts that drew the same tag would share keys, so
+  // the tag comes from the OS's entropy, not from a clock or a pid.
+  std::random_device rd;
+  return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
 }
 
 Result<ObjectLayout> parse_object_layout(const std::string& name) {

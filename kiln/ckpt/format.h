@@ -85,8 +85,13 @@ Result<Manifest> parse_manifest(const std::string& text, const std::string& wher
 std::string step_dir_name(std::int64_t step);      // "step-42"
 std::string tmp_step_dir_name(std::int64_t step);  // "step-42.tmp"
 std::string shard_file_name(int rank);             // "shard-00003.bin"
-// The object of chunk `index` of a chunked shard ("shard-00003.chunk-00012").
-std::string shard_chunk_name(int rank, std::size_t index);
+// The object of chunk `index` of a chunked shard uploaded by the attempt
+// tagged `attempt` ("shard-00003.9f86d081884c7d65.chunk-00012"): each
+// attempt at a shard stores objects of its own (Note [One attempt's
+// chunks], remote.h), and the manifest names the committed attempt's.
+std::string shard_chunk_name(int rank, std::uint64_t attempt, std::size_t index);
+// A fresh attempt tag for shard_chunk_name: 64 random bits.
+std::uint64_t new_upload_attempt();
 // The step of a committed directory name ("step-42" → 42); nullopt otherwise.
 std::optional<std::int64_t> parse_step_dir_name(const std::string& name);
 // The step of an uncommitted one ("step-42.tmp" → 42).

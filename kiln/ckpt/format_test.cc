@@ -70,11 +70,13 @@ TEST(CkptFormat, MalformedManifestsAreDataLoss) {
 // A shard stored as chunk objects lists them, with sizes that add up to the
 // shard's and checksums, and round-trips; a manifest without chunks has none.
 TEST(CkptFormat, ChunkedShardsRoundTripAndMustCoverTheShard) {
-  EXPECT_EQ(shard_chunk_name(3, 12), "shard-00003.chunk-00012");
+  EXPECT_EQ(shard_chunk_name(3, 0x9f86d081884c7d65ull, 12),
+            "shard-00003.9f86d081884c7d65.chunk-00012");
+  EXPECT_NE(new_upload_attempt(), new_upload_attempt());
   Manifest m = sample();
   m.version = kChunkedFormatVersion;
-  m.shards[1].chunks = {{shard_chunk_name(1, 0), 100, 0x0123456789abcdefull},
-                        {shard_chunk_name(1, 1), 24, 7}};
+  m.shards[1].chunks = {{shard_chunk_name(1, 5, 0), 100, 0x0123456789abcdefull},
+                        {shard_chunk_name(1, 5, 1), 24, 7}};
   auto back = parse_manifest(to_json(m), "test");
   ASSERT_TRUE(back.is_ok()) << back.status().to_string();
   EXPECT_EQ(to_json(*back), to_json(m));

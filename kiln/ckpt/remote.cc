@@ -45,7 +45,7 @@ Status delete_remote_step(objstore::ObjectStore& store, std::int64_t step, const
   for (const auto& k : s.keys) {
     if (k != manifest) rest.push_back(k);
   }
-  return objstore::remove_objects(store, rest, deadline);
+  return store.remove_many(rest, deadline);
 }
 
 }  // namespace

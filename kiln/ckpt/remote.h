@@ -7,7 +7,7 @@
 //
 // A checkpoint written straight to a store (CheckpointOptions::root a URL)
 // has the same shape; with ObjectLayout::kChunks (the default) each shard is
-//   REMOTE/step-N/shard-00000.chunk-00000 ... chunk-000KK
+//   REMOTE/step-N/shard-00000.<attempt>.chunk-00000 ... chunk-000KK
 // listed, with each chunk's size and checksum, in the manifest.
 //
 // A remote step is committed iff its manifest exists: a crash mid-upload
@@ -39,6 +39,17 @@
 // ObjectLayout::kMultipart stays selectable (a bucket policy or a tool that
 // wants one object per shard), and loads read both layouts (checkpoints of
 // earlier versions are multipart).
+//
+// Note [One attempt's chunks]: a chunk's name carries a tag drawn afresh
+// by each attempt at a shard (shard_chunk_name), so two attempts at the
+// same step never share a key. Without it, a stray rank of an earlier,
+// uncommitted attempt at step N (a generation the launcher has not killed
+// yet) whose upload fails would, in ChunkedUpload::abort, delete by key the
+// chunks a later attempt had committed under the same names. Now an abort
+// only ever deletes objects its own attempt stored; the earlier attempt's
+// leftovers are strays that the commit of step N (objects its manifest
+// does not name) or retention removes. Readers need nothing: the manifest
+// lists each chunk's name.
 #pragma once
 
 #include <cstdint>

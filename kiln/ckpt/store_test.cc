@@ -6,6 +6,9 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <atomic>
+#include <future>
+
 #include "kiln/base/file.h"
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
@@ -141,9 +144,9 @@ TEST(StoreCheckpoints, AnUncommittedStepsOrphanChunksAreNeverListedAndAreRemoved
   ASSERT_TRUE(save_one(*store, url, 1, ObjectLayout::kChunks).is_ok());
   // What killed ranks left: chunks of step 2 (never committed), and a
   // chunk of a rank 5 that no later save of step 3 has.
-  ASSERT_TRUE(store->put(remote_key(2, shard_chunk_name(0, 0)), "half a shard", soon()).is_ok());
-  ASSERT_TRUE(store->put(remote_key(2, shard_chunk_name(1, 3)), "another", soon()).is_ok());
-  ASSERT_TRUE(store->put(remote_key(3, shard_chunk_name(5, 0)), "orphan", soon()).is_ok());
+  ASSERT_TRUE(store->put(remote_key(2, shard_chunk_name(0, 1, 0)), "half a shard", soon()).is_ok());
+  ASSERT_TRUE(store->put(remote_key(2, shard_chunk_name(1, 1, 3)), "another", soon()).is_ok());
+  ASSERT_TRUE(store->put(remote_key(3, shard_chunk_name(5, 1, 0)), "orphan", soon()).is_ok());
 
   EXPECT_EQ(list_remote_committed_steps(*store, soon()).value(), (std::vector<std::int64_t>{1}));
   auto steps = summarize_remote_steps(*store, soon()).value();
@@ -158,11 +161,136 @@ TEST(StoreCheckpoints, AnUncommittedStepsOrphanChunksAreNeverListedAndAreRemoved
   // retention the manifest-less step 2.
   ASSERT_TRUE(save_one(*store, url, 3, ObjectLayout::kChunks).is_ok());
   EXPECT_TRUE(store->list("step-2/", soon()).value().empty()) << "step 2's orphan chunks remain";
-  EXPECT_FALSE(store->head(remote_key(3, shard_chunk_name(5, 0)), soon()).is_ok())
+  EXPECT_FALSE(store->head(remote_key(3, shard_chunk_name(5, 1, 0)), soon()).is_ok())
       << "an orphan chunk became part of step 3";
   EXPECT_EQ(list_remote_committed_steps(*store, soon()).value(),
             (std::vector<std::int64_t>{3, 1}));
   loaded = load_latest_remote(*store, cache.path() + "/b", {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
+}
+
+// Small chunks, one in flight (so chunk i is stored before chunk i + 1 is
+// sent); with `stall` set, the put of chunk 1 signals `entered`, waits for
+// `release` and fails.
+class SmallChunksStore final : public objstore::testing::ForwardingObjectStore {
+ public:
+  SmallChunksStore(objstore::ObjectStore& inner, bool stall)
+      : ForwardingObjectStore(inner), stall_(stall) {}
+  objstore::UploadShape upload_shape() const override {
+    return {.part_bytes = 256, .parallelism = 1};
+  }
+  Status put(const std::string& key, std::string_view bytes, Deadline d) override {
+    if (stall_ && key.ends_with(".chunk-00001")) {
+      entered.set_value();
+      release.get_future().wait();
+      return unavailable("injected: put " + key);
+    }
+    return inner_.put(key, bytes, d);
+  }
+  std::promise<void> entered, release;
+
+ private:
+  const bool stall_;
+};
+
+// Note [One attempt's chunks]: a stray rank of an earlier attempt at step 4
+// (its upload stalled) fails only after a later attempt committed step 4.
+// Its abort deletes the chunks it stored and its commit's cleanup what the
+// committed manifest does not name; the committed step still loads.
+TEST(StoreCheckpoints, AStrayEarlierAttemptsFailureNeverDeletesTheCommittedStep) {
+  TempDir remote, cache;
+  const std::string url = "file://" + remote.path() + "/run";
+  auto inner = objstore::open_object_store(url).value();
+  SmallChunksStore stray_store(*inner, /*stall=*/true), store(*inner, /*stall=*/false);
+  auto stray = Checkpointer::create({.root = url, .store = &stray_store});
+  ASSERT_TRUE(stray.is_ok()) << stray.status().to_string();
+  TestState earlier(4, 0, 1);
+  ASSERT_TRUE((*stray)->save_async(earlier.view(), 4).is_ok());
+  auto entered = stray_store.entered.get_future();
+  ASSERT_EQ(entered.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  ASSERT_EQ(store.list("step-4/", soon()).value().size(), 1u) << "the stray's chunk 0";
+
+  {
+    auto later = Checkpointer::create({.root = url, .store = &store});
+    ASSERT_TRUE(later.is_ok()) << later.status().to_string();
+    TestState s(4, 0, 1);
+    Status st = (*later)->save(s.view(), 4, soon());
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+  }
+  stray_store.release.set_value();
+  Status failed = (*stray)->wait(soon());
+  EXPECT_NE(failed.message().find("injected: put step-4/shard-00000."), std::string::npos)
+      << failed.to_string();
+
+  EXPECT_EQ(list_remote_committed_steps(*inner, soon()).value(), (std::vector<std::int64_t>{4}));
+  auto loaded = load_latest_remote(*inner, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 4, 0, 1), "");
+  // Nothing of the stray's is left: only what the manifest names.
+  auto m = read_remote_manifest(*inner, 4, soon()).value();
+  EXPECT_EQ(inner->list("step-4/", soon()).value().size(), m.shards[0].chunks.size() + 1);
+}
+
+// Deletes under step-1/ fail (after the first one waits for `release`),
+// while `failing`.
+class FailingDeletes final : public objstore::testing::ForwardingObjectStore {
+ public:
+  using ForwardingObjectStore::ForwardingObjectStore;
+  Status remove(const std::string& key, Deadline d) override {
+    if (!failing || !key.starts_with("step-1/")) return inner_.remove(key, d);
+    if (!entered_once.exchange(true)) {
+      entered.set_value();
+      release.get_future().wait();
+    }
+    return unavailable("injected: delete " + key);
+  }
+  std::atomic<bool> failing{true}, entered_once{false};
+  std::promise<void> entered, release;
+};
+
+// Note [Retention after the commit]: save() returns once the manifest is
+// put; rank 0 deletes older steps in the background. While that runs, the
+// newest step loads; a failed delete is returned by flush_retention (not by
+// a save) and the next retention removes what was left.
+TEST(StoreCheckpoints, RetentionRunsAfterTheCommitAndItsFailureIsReportedNotLost) {
+  TempDir remote, cache;
+  const std::string url = "file://" + remote.path() + "/run";
+  auto inner = objstore::open_object_store(url).value();
+  FailingDeletes store(*inner);
+  auto ck = Checkpointer::create({.root = url, .retention = {.keep_last = 1}, .store = &store});
+  ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
+  for (std::int64_t step : {1, 2}) {
+    TestState s(step, 0, 1);
+    Status st = (*ck)->save(s.view(), step, soon());
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+  }
+  // Step 2 is committed and retention, stuck deleting step 1, has not ended.
+  auto entered = store.entered.get_future();
+  ASSERT_EQ(entered.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  EXPECT_EQ((*ck)->flush_retention(Deadline::after_seconds(0.05)).code(), Code::kDeadlineExceeded);
+  auto loaded = load_latest_remote(*inner, cache.path() + "/a", {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");
+
+  store.release.set_value();
+  Status failed = (*ck)->flush_retention(soon());
+  EXPECT_NE(failed.message().find("injected: delete step-1/"), std::string::npos)
+      << failed.to_string();
+  EXPECT_TRUE((*ck)->flush_retention(soon()).is_ok()) << "a failure is returned once";
+  loaded = load_latest_remote(*inner, cache.path() + "/b", {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");
+
+  store.failing = false;
+  TestState s3(3, 0, 1);
+  ASSERT_TRUE((*ck)->save(s3.view(), 3, soon()).is_ok());
+  ASSERT_TRUE((*ck)->flush_retention(soon()).is_ok());
+  EXPECT_GT((*ck)->last_stats().retention_s, 0);
+  EXPECT_EQ(list_remote_committed_steps(*inner, soon()).value(), (std::vector<std::int64_t>{3}));
+  EXPECT_TRUE(inner->list("step-1/", soon()).value().empty()) << "step 1 was left";
+  EXPECT_TRUE(inner->list("step-2/", soon()).value().empty()) << "step 2 was left";
+  loaded = load_latest_remote(*inner, cache.path() + "/c", {});
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
 }
@@ -219,7 +347,10 @@ TEST_F(StoreCheckpointsS3, ChunkedShards) {
   const ShardRecord& shard = m->shards[0];
   ASSERT_EQ(shard.chunks.size(), (shard.bytes + o.part_bytes - 1) / o.part_bytes);
   for (std::size_t i = 0; i < shard.chunks.size(); ++i) {
-    EXPECT_EQ(shard.chunks[i].file, shard_chunk_name(0, i));
+    // One attempt's names: the first chunk's tag on every chunk.
+    const std::string& first = shard.chunks[0].file;
+    const std::string tag = first.substr(0, first.find(".chunk-"));
+    EXPECT_EQ(shard.chunks[i].file, fmt::format("{}.chunk-{:05d}", tag, i));
     auto head = store->head(remote_key(5, shard.chunks[i].file), soon());
     ASSERT_TRUE(head.is_ok()) << head.status().to_string();
     EXPECT_EQ(head->bytes, shard.chunks[i].bytes);

@@ -16,7 +16,12 @@ namespace kiln::objstore {
 
 ChunkedUpload::ChunkedUpload(ObjectStore& store, std::function<std::string(std::size_t)> key_of,
                              Deadline deadline)
-    : store_(store), key_of_(std::move(key_of)), deadline_(deadline), shape_(store.upload_shape()) {
+    : store_(store),
+      key_of_(std::move(key_of)),
+      deadline_(deadline),
+      shape_(store.upload_shape()),
+      uploaders_(shape_.parallelism, deadline, "chunked upload to " + store.describe(),
+                 [this](BoundedUploaders::Piece& chunk) { return send(chunk); }) {
   buf_.reserve(shape_.part_bytes);
 }
 
@@ -37,94 +42,28 @@ Status ChunkedUpload::append(const void* data, std::size_t n) {
 }
 
 Status ChunkedUpload::hand_over() {
-  {
-    std::unique_lock<std::mutex> l(mu_);
-    bool room = cv_.wait_until(
-        l, deadline_.at(), [&] { return in_flight_ < shape_.parallelism || !failed_.is_ok(); });
-    if (!failed_.is_ok()) return failed_;
-    if (!room) {
-      return deadline_exceeded(fmt::format("chunked upload to {}: deadline passed with {} in flight",
-                                           store_.describe(), in_flight_));
-    }
-  }
-  if (uploaders_.empty()) {
-    for (int i = 0; i < shape_.parallelism; ++i) uploaders_.emplace_back([this] { uploader(); });
-  }
-  std::string key = key_of_(next_index_);
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    queue_.push_back(Pending{next_index_++, std::move(key), std::move(buf_)});
-    ++in_flight_;
-  }
-  cv_.notify_all();
+  KILN_RETURN_IF_ERROR(uploaders_.hand_over(key_of_(uploaders_.pieces()), std::move(buf_)));
   // A buffer a finished put gave back, if any: its pages are mapped
   // already, so filling it costs no page faults (a fresh 16 MiB buffer
   // costs ~4000 and the kernel's zeroing of them).
-  buf_ = std::string();
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    if (!spare_.empty()) {
-      buf_ = std::move(spare_.back());
-      spare_.pop_back();
-    }
-  }
-  buf_.clear();
+  buf_ = uploaders_.take_spare();
   buf_.reserve(shape_.part_bytes);
   return Status::ok();
 }
 
-void ChunkedUpload::uploader() {
-  while (true) {
-    Pending chunk;
-    {
-      std::unique_lock<std::mutex> l(mu_);
-      cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stop_ and nothing left
-      chunk = std::move(queue_.front());
-      queue_.pop_front();
-      if (!failed_.is_ok()) {  // the upload is lost anyway: do not send more
-        --in_flight_;
-        cv_.notify_all();
-        continue;
-      }
-    }
-    StoredChunk done{chunk.key, chunk.bytes.size(), xxh3(chunk.bytes.data(), chunk.bytes.size())};
-    Status s = store_.put(chunk.key, chunk.bytes, deadline_);
-    std::lock_guard<std::mutex> l(mu_);
-    if (s.is_ok()) {
-      stored_[chunk.index] = std::move(done);
-    } else if (failed_.is_ok()) {
-      failed_ = s;
-    }
-    spare_.push_back(std::move(chunk.bytes));
-    --in_flight_;
-    cv_.notify_all();
-  }
-}
-
-void ChunkedUpload::stop_uploaders() {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  for (auto& t : uploaders_) t.join();
-  uploaders_.clear();
+Status ChunkedUpload::send(BoundedUploaders::Piece& chunk) {
+  StoredChunk done{chunk.name, chunk.bytes.size(), xxh3(chunk.bytes.data(), chunk.bytes.size())};
+  KILN_RETURN_IF_ERROR(store_.put(chunk.name, chunk.bytes, deadline_));
+  std::lock_guard<std::mutex> l(mu_);
+  stored_[chunk.index] = std::move(done);
+  return Status::ok();
 }
 
 Result<std::vector<StoredChunk>> ChunkedUpload::finish() {
   if (done_) return failed_precondition("chunked upload to " + store_.describe() + " is over");
-  if (!buf_.empty() || next_index_ == 0) KILN_RETURN_IF_ERROR(hand_over());
-  {
-    std::unique_lock<std::mutex> l(mu_);
-    bool drained = cv_.wait_until(l, deadline_.at(), [&] { return in_flight_ == 0; });
-    if (!failed_.is_ok()) return failed_;
-    if (!drained) {
-      return deadline_exceeded(fmt::format("chunked upload to {}: deadline passed with {} in flight",
-                                           store_.describe(), in_flight_));
-    }
-  }
-  stop_uploaders();
+  if (!buf_.empty() || uploaders_.pieces() == 0) KILN_RETURN_IF_ERROR(hand_over());
+  KILN_RETURN_IF_ERROR(uploaders_.drain());
+  uploaders_.stop(Status::ok());
   done_ = true;
   std::vector<StoredChunk> out;
   out.reserve(stored_.size());
@@ -135,21 +74,17 @@ Result<std::vector<StoredChunk>> ChunkedUpload::finish() {
 void ChunkedUpload::abort() {
   if (done_) return;
   done_ = true;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    queue_.clear();  // chunks not yet sent never will be
-    if (failed_.is_ok()) failed_ = cancelled("chunked upload aborted");
-  }
-  // An uploader in the middle of a put finishes it (bounded by the deadline).
-  stop_uploaders();
+  // Chunks not yet sent never will be; a put in progress finishes (bounded
+  // by the deadline) and counts as stored.
+  uploaders_.stop(cancelled("chunked upload aborted"));
   // What is left is ordinary objects that the step's cleanup would find too;
   // removing them now keeps a failed writer from leaving anything.
-  const Deadline cleanup = Deadline::after_seconds(10);
-  for (const auto& [index, chunk] : stored_) {
-    Status s = store_.remove(chunk.key, cleanup);
-    if (!s.is_ok()) {
-      log()->warn("chunked upload aborted: {} left behind ({})", chunk.key, s.to_string());
-    }
+  std::vector<std::string> keys;
+  for (const auto& [index, chunk] : stored_) keys.push_back(chunk.key);
+  Status s = store_.remove_many(keys, Deadline::after_seconds(10));
+  if (!s.is_ok()) {
+    log()->warn("chunked upload aborted: {} of its chunk(s) may be left behind ({})", keys.size(),
+                s.to_string());
   }
   stored_.clear();
 }

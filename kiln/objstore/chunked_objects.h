@@ -11,22 +11,21 @@
 // (started with the first full chunk) and append() goes on with a fresh
 // buffer, blocking only while `parallelism` chunks are already in flight:
 // at most (parallelism + 1) chunks are held, as in a streaming multipart
-// upload, and their buffers are reused from chunk to chunk. The uploader checksums its chunk (XXH3-64) before the put. Any
-// failure (after the store's own retries) is kept, stops further chunks and
-// is returned by the next append() or finish(). One thread uses an upload;
-// its uploader threads are its own.
+// upload, and their buffers are reused from chunk to chunk (the queue of
+// uploader threads is BoundedUploaders). The uploader checksums its chunk
+// (XXH3-64) before the put. Any failure (after the store's own retries) is
+// kept, stops further chunks and is returned by the next append() or
+// finish(). One thread uses an upload; its uploader threads are its own.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "kiln/objstore/bounded_uploaders.h"
 #include "kiln/objstore/object_store.h"
 
 namespace kiln::objstore {
@@ -60,14 +59,9 @@ class ChunkedUpload {
   std::uint64_t bytes() const { return bytes_; }
 
  private:
-  struct Pending {
-    std::size_t index = 0;
-    std::string key;
-    std::string bytes;
-  };
   Status hand_over();
-  void uploader();
-  void stop_uploaders();
+  // On an uploader thread: checksums and puts one chunk.
+  Status send(BoundedUploaders::Piece& chunk);
 
   ObjectStore& store_;
   const std::function<std::string(std::size_t)> key_of_;
@@ -77,18 +71,12 @@ class ChunkedUpload {
   // The caller's thread only.
   std::string buf_;
   std::uint64_t bytes_ = 0;
-  std::size_t next_index_ = 0;
   bool done_ = false;  // finished or aborted
-  std::vector<std::thread> uploaders_;
 
   std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Pending> queue_;                  // guarded by mu_
-  int in_flight_ = 0;                          // guarded by mu_: queued + uploading
   std::map<std::size_t, StoredChunk> stored_;  // guarded by mu_: by index
-  std::vector<std::string> spare_;             // guarded by mu_: buffers of chunks sent
-  Status failed_;                              // guarded by mu_: the first failure
-  bool stop_ = false;                          // guarded by mu_
+  // Last: its threads, which call send(), stop before the members above go.
+  BoundedUploaders uploaders_;
 };
 
 // Downloads `chunks` (in stream order) into the local file `dst` (created or

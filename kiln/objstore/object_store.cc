@@ -89,17 +89,17 @@ Status ObjectStore::put(const std::string& key, std::string_view bytes, Deadline
   return s;
 }
 
-Status remove_objects(ObjectStore& store, const std::vector<std::string>& keys, Deadline deadline) {
+Status ObjectStore::remove_many(const std::vector<std::string>& keys, Deadline deadline) {
   if (keys.empty()) return Status::ok();  // most commits: no strays, no thread
   const int threads =
-      std::max(1, std::min(store.upload_shape().parallelism, static_cast<int>(keys.size())));
+      std::max(1, std::min(upload_shape().parallelism, static_cast<int>(keys.size())));
   std::atomic<std::size_t> next{0};
   std::vector<Status> failed(static_cast<std::size_t>(threads));
   std::vector<std::thread> pool;
   for (int t = 0; t < threads; ++t) {
     pool.emplace_back([&, t] {
       for (std::size_t i; (i = next.fetch_add(1)) < keys.size();) {
-        Status s = store.remove(keys[i], deadline);
+        Status s = remove(keys[i], deadline);
         if (!s.is_ok() && failed[static_cast<std::size_t>(t)].is_ok()) {
           failed[static_cast<std::size_t>(t)] = s;
         }

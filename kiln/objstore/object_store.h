@@ -105,6 +105,12 @@ class ObjectStore {
   // Deletes `key`; removing an absent key is not an error (as in S3).
   virtual Status remove(const std::string& key, Deadline deadline) = 0;
 
+  // Deletes `keys` (a step's chunk objects; absent ones are not an error).
+  // The default: one remove() each, from up to upload_shape().parallelism
+  // threads at once; s3:// sends DeleteObjects requests of up to 1000 keys.
+  // Returns the first failure; the other keys are still tried.
+  virtual Status remove_many(const std::vector<std::string>& keys, Deadline deadline);
+
   // Uploads under `prefix` begun and never committed or aborted (S3:
   // ListMultipartUploads; file://: writers' temp files), sorted by key. Some
   // may still be in flight: only a caller that knows no writer is at work on
@@ -123,11 +129,6 @@ class ObjectStore {
   // A human-readable location for errors ("file:///data/mnist").
   virtual std::string describe() const = 0;
 };
-
-// Removes `keys` from up to store.upload_shape().parallelism threads at
-// once (a step's chunk objects: one DELETE each on S3). Returns the first
-// failure; the other keys are still tried.
-Status remove_objects(ObjectStore& store, const std::vector<std::string>& keys, Deadline deadline);
 
 // True for "s3://..." and "file://..." (a plain path is not a URL here).
 bool is_object_store_url(std::string_view s);

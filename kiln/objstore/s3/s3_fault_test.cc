@@ -8,6 +8,7 @@
 #include <atomic>
 #include <functional>
 #include <thread>
+#include <vector>
 
 #include "kiln/objstore/s3/s3_object_store.h"
 
@@ -165,6 +166,88 @@ TEST(S3Faults, AFailedPartAbortsTheStreamingUpload) {
   EXPECT_LE(parts.load(), 3) << "parts kept going up after one was refused";
   server.stop();
   t.join();
+}
+
+// A scripted endpoint for remove_many: POST /bucket?delete answers with
+// `batch` (given the request); DELETE /bucket/<key> with `single`.
+struct DeleteEndpoint {
+  using Handler = std::function<void(const httplib::Request&, httplib::Response&)>;
+  DeleteEndpoint(Handler batch, Handler single) {
+    server.Post("/bucket", [this, batch](const httplib::Request& req, httplib::Response& res) {
+      ++posts;
+      bodies.push_back(req.body);
+      md5_headers.push_back(req.get_header_value("Content-MD5"));
+      batch(req, res);
+    });
+    server.Delete(R"(/bucket/(.*))",
+                  [this, single](const httplib::Request& req, httplib::Response& res) {
+                    deleted.push_back(req.matches[1]);
+                    single(req, res);
+                  });
+    port = server.bind_to_any_port("127.0.0.1");
+    thread = std::thread([this] { server.listen_after_bind(); });
+    Deadline ready = Deadline::after_seconds(5);
+    while (!server.is_running() && !ready.expired()) std::this_thread::sleep_for(milliseconds(1));
+  }
+  ~DeleteEndpoint() {
+    server.stop();
+    thread.join();
+  }
+  std::unique_ptr<S3ObjectStore> store() {
+    S3Options o;
+    o.endpoint = "http://127.0.0.1:" + std::to_string(port);
+    o.access_key_id = o.secret_access_key = "test";
+    o.max_attempts = 2;
+    o.backoff_base_ms = 5;
+    o.backoff_cap_ms = 20;
+    o.upload_parallelism = 1;  // single DELETEs in order
+    return S3ObjectStore::open("s3://bucket/ckpt", o).value();
+  }
+  httplib::Server server;
+  int port = 0;
+  std::thread thread;
+  // Written by the server's threads, read after the client's calls returned.
+  std::atomic<int> posts{0};
+  std::vector<std::string> bodies, md5_headers, deleted;
+};
+
+// Note [Batch deletes]: one DeleteObjects request names every key (with
+// the store's prefix, and the Content-MD5 S3 requires); the one key the
+// reply says was not deleted is retried alone, and fails naming it.
+TEST(S3Faults, DeleteObjectsRetriesTheKeysItCouldNotDeleteAlone) {
+  DeleteEndpoint s3(
+      [](const httplib::Request&, httplib::Response& res) {
+        res.set_content(
+            "<DeleteResult><Deleted><Key>ckpt/a</Key></Deleted><Error><Key>ckpt/b</Key>"
+            "<Code>InternalError</Code><Message>scripted</Message></Error></DeleteResult>",
+            "application/xml");
+      },
+      [](const httplib::Request&, httplib::Response& res) { s3_error(res, 403, "AccessDenied"); });
+  Status s = s3.store()->remove_many({"a", "b", "c"}, soon());
+  EXPECT_EQ(s.code(), Code::kFailedPrecondition) << s.to_string();
+  EXPECT_NE(s.message().find("s3://bucket/ckpt/b"), std::string::npos) << s.to_string();
+  EXPECT_NE(s.message().find("AccessDenied"), std::string::npos) << s.to_string();
+  ASSERT_EQ(s3.posts.load(), 1);
+  for (const char* key : {"<Key>ckpt/a</Key>", "<Key>ckpt/b</Key>", "<Key>ckpt/c</Key>"}) {
+    EXPECT_NE(s3.bodies[0].find(key), std::string::npos) << s3.bodies[0];
+  }
+  EXPECT_EQ(s3.md5_headers[0].size(), 24u) << "base64 of a 16-byte MD5: " << s3.md5_headers[0];
+  EXPECT_EQ(s3.deleted, (std::vector<std::string>{"ckpt/b"}));
+}
+
+// An endpoint without DeleteObjects (501 NotImplemented, not retried) gets
+// one DELETE per key, and is not asked again.
+TEST(S3Faults, AnEndpointWithoutDeleteObjectsGetsOneDeletePerKey) {
+  DeleteEndpoint s3(
+      [](const httplib::Request&, httplib::Response& res) { s3_error(res, 501, "NotImplemented"); },
+      [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
+  auto store = s3.store();
+  Status s = store->remove_many({"a", "b", "c"}, soon());
+  ASSERT_TRUE(s.is_ok()) << s.to_string();
+  s = store->remove_many({"d"}, soon());
+  ASSERT_TRUE(s.is_ok()) << s.to_string();
+  EXPECT_EQ(s3.posts.load(), 1);
+  EXPECT_EQ(s3.deleted, (std::vector<std::string>{"ckpt/a", "ckpt/b", "ckpt/c", "ckpt/d"}));
 }
 
 }  // namespace

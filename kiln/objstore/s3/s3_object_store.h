@@ -7,7 +7,8 @@
 //   multipart upload (initiate, parts, complete); a failed multipart upload
 //   is aborted so no orphaned parts are billed.
 // - list: ListObjectsV2, following continuation tokens.
-// - head: HEAD. remove: DELETE.
+// - head: HEAD. remove: DELETE. remove_many: DeleteObjects (Note [Batch
+//   deletes]).
 //
 // Note [S3 retries]: every request is retried on 5xx, 429, timeouts and
 // refused/reset connections, up to S3Options::max_attempts tries with
@@ -59,6 +60,7 @@ class S3ObjectStore final : public ObjectStore {
   Result<ObjectInfo> head(const std::string& key, Deadline deadline) override;
   Result<std::vector<ObjectInfo>> list(const std::string& prefix, Deadline deadline) override;
   Status remove(const std::string& key, Deadline deadline) override;
+  Status remove_many(const std::vector<std::string>& keys, Deadline deadline) override;
   // ListMultipartUploads (following its markers) / AbortMultipartUpload.
   Result<std::vector<PendingUpload>> list_pending_uploads(const std::string& prefix,
                                                           Deadline deadline) override;
@@ -81,8 +83,12 @@ class S3ObjectStore final : public ObjectStore {
   std::string describe_key(const std::string& key) const;
 
   // Performs `request` with Note [S3 retries]; `what` names it in errors
-  // ("GET s3://b/k"). A sink file is truncated before every attempt.
-  Result<S3Response> call(const S3Request& request, const std::string& what, Deadline deadline);
+  // ("GET s3://b/k"). A sink file is truncated before every attempt. On a
+  // reply that is not retried, `refused` (when given) gets it.
+  Result<S3Response> call(const S3Request& request, const std::string& what, Deadline deadline,
+                          S3Response* refused = nullptr);
+  // One DeleteObjects request for up to kMaxKeysPerDelete keys.
+  Status delete_batch(const std::vector<std::string>& keys, Deadline deadline);
   Status put_multipart(const std::string& key, int fd, std::uint64_t size, Deadline deadline);
 
   // The steps of a multipart upload (S3Multipart).
@@ -103,6 +109,8 @@ class S3ObjectStore final : public ObjectStore {
   std::unique_ptr<S3Http> http_;
   S3StoreStats stats_;
   S3RequestLog log_;
+  // Cleared when the endpoint refuses DeleteObjects: deletes go one by one.
+  std::atomic<bool> batch_deletes_{true};
 };
 
 }  // namespace kiln::objstore::s3

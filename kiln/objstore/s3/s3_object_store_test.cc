@@ -183,6 +183,30 @@ TEST_F(S3Store, TheRequestLogRecordsEachRequestsKindBytesAndTimes) {
   EXPECT_TRUE(store->request_log().take().empty()) << "take() empties the log";
 }
 
+// Note [Batch deletes]: s3rver offers DeleteObjects, so a step's objects go
+// in one request (keys absent already are no error), and only them.
+TEST_F(S3Store, RemoveManyIsOneDeleteObjectsRequest) {
+  auto store = open("many");
+  ASSERT_NE(store, nullptr);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 5; ++i) {
+    keys.push_back("step-1/shard-00000.chunk-0000" + std::to_string(i));
+    ASSERT_TRUE(store->put(keys.back(), "chunk", soon()).is_ok());
+  }
+  ASSERT_TRUE(store->put("step-2/manifest.json", "{}", soon()).is_ok());
+  keys.push_back("step-1/never-stored");
+  store->request_log().enable(true);
+  Status s = store->remove_many(keys, soon());
+  ASSERT_TRUE(s.is_ok()) << s.to_string();
+  auto log = store->request_log().take();
+  ASSERT_EQ(log.size(), 1u);
+  EXPECT_EQ(request_kind_name(log[0].kind), "delete_many");
+  auto left = store->list("", soon()).value();
+  ASSERT_EQ(left.size(), 1u);
+  EXPECT_EQ(left[0].key, "step-2/manifest.json");
+  EXPECT_TRUE(store->remove_many({}, soon()).is_ok());
+}
+
 TEST_F(S3Store, AnAbortedStreamPublishesNothing) {
   S3Options o = s3_->options();
   o.part_bytes = 5ull << 20;

@@ -12,16 +12,13 @@ S3ObjectWriter::S3ObjectWriter(S3ObjectStore* store, std::string key, Deadline d
       key_(std::move(key)),
       deadline_(deadline),
       part_bytes_(static_cast<std::size_t>(store->options().part_bytes)),
-      parallelism_(store->options().upload_parallelism) {
+      uploaders_(store->options().upload_parallelism, deadline,
+                 "upload of " + store->describe_key(key_),
+                 [this](BoundedUploaders::Piece& part) { return send(part); }) {
   buf_.reserve(part_bytes_);
 }
 
 S3ObjectWriter::~S3ObjectWriter() { abort(); }
-
-Status S3ObjectWriter::first_failure() {
-  std::lock_guard<std::mutex> l(mu_);
-  return failed_;
-}
 
 Status S3ObjectWriter::append(const void* data, std::size_t n) {
   if (done_) return failed_precondition("upload of " + store_->describe_key(key_) + " is over");
@@ -41,68 +38,24 @@ Status S3ObjectWriter::append(const void* data, std::size_t n) {
 }
 
 Status S3ObjectWriter::hand_over() {
-  {
-    std::unique_lock<std::mutex> l(mu_);
-    bool room = cv_.wait_until(l, deadline_.at(),
-                               [&] { return pending_ < parallelism_ || !failed_.is_ok(); });
-    if (!failed_.is_ok()) return failed_;
-    if (!room) {
-      return deadline_exceeded(fmt::format("upload of {}: deadline passed with {} parts in flight",
-                                           store_->describe_key(key_), pending_));
-    }
-  }
   if (upload_id_.empty()) {
     KILN_ASSIGN_OR_RETURN(upload_id_, store_->initiate_multipart(key_, deadline_));
-    for (int i = 0; i < parallelism_; ++i) uploaders_.emplace_back([this] { uploader(); });
   }
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    queue_.push_back(Part{next_part_++, std::move(buf_)});
-    ++pending_;
-  }
-  cv_.notify_all();
-  buf_ = std::string();
+  KILN_RETURN_IF_ERROR(uploaders_.hand_over("", std::move(buf_)));
+  buf_ = uploaders_.take_spare();
   buf_.reserve(part_bytes_);
   return Status::ok();
 }
 
-void S3ObjectWriter::uploader() {
-  while (true) {
-    Part part;
-    {
-      std::unique_lock<std::mutex> l(mu_);
-      cv_.wait(l, [&] { return stop_ || !queue_.empty(); });
-      if (queue_.empty()) return;  // stop_ and nothing left
-      part = std::move(queue_.front());
-      queue_.pop_front();
-      if (!failed_.is_ok()) {  // the upload is lost anyway: do not send more
-        --pending_;
-        cv_.notify_all();
-        continue;
-      }
-    }
-    S3Request req;
-    req.body = std::move(part.bytes);
-    auto etag = store_->upload_part(key_, upload_id_, part.number, std::move(req), deadline_);
-    std::lock_guard<std::mutex> l(mu_);
-    if (etag.is_ok()) {
-      etags_[part.number] = std::move(etag).value();
-    } else if (failed_.is_ok()) {
-      failed_ = etag.status();
-    }
-    --pending_;
-    cv_.notify_all();
-  }
-}
-
-void S3ObjectWriter::stop_uploaders() {
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  for (auto& t : uploaders_) t.join();
-  uploaders_.clear();
+Status S3ObjectWriter::send(BoundedUploaders::Piece& part) {
+  const int number = static_cast<int>(part.index) + 1;
+  S3Request req;
+  req.body_view = part.bytes;
+  KILN_ASSIGN_OR_RETURN(std::string etag,
+                        store_->upload_part(key_, upload_id_, number, std::move(req), deadline_));
+  std::lock_guard<std::mutex> l(mu_);
+  etags_[number] = std::move(etag);
+  return Status::ok();
 }
 
 // Note [One part is one PUT]: the writer used to hand a part over as soon
@@ -122,16 +75,8 @@ Status S3ObjectWriter::commit() {
     return s;
   }
   if (!buf_.empty()) KILN_RETURN_IF_ERROR(hand_over());
-  {
-    std::unique_lock<std::mutex> l(mu_);
-    bool drained = cv_.wait_until(l, deadline_.at(), [&] { return pending_ == 0; });
-    if (!failed_.is_ok()) return failed_;
-    if (!drained) {
-      return deadline_exceeded(fmt::format("upload of {}: deadline passed with {} parts in flight",
-                                           store_->describe_key(key_), pending_));
-    }
-  }
-  stop_uploaders();
+  KILN_RETURN_IF_ERROR(uploaders_.drain());
+  uploaders_.stop(Status::ok());
   std::vector<std::string> etags;
   for (auto& [number, etag] : etags_) etags.push_back(etag);
   KILN_RETURN_IF_ERROR(store_->complete_multipart(key_, upload_id_, etags, deadline_));
@@ -142,13 +87,9 @@ Status S3ObjectWriter::commit() {
 void S3ObjectWriter::abort() {
   if (done_) return;
   done_ = true;
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    queue_.clear();  // parts not yet sent never will be
-    if (failed_.is_ok()) failed_ = cancelled("upload aborted");
-  }
-  // An uploader in the middle of a part finishes it (bounded by the deadline).
-  stop_uploaders();
+  // Parts not yet sent never will be; one in progress finishes (bounded by
+  // the deadline).
+  uploaders_.stop(cancelled("upload aborted"));
   if (!upload_id_.empty()) store_->abort_multipart(key_, upload_id_);
 }
 

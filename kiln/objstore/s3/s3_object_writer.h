@@ -10,19 +10,17 @@
 // part is a single PUT (Note [One part is one PUT], .cc). Any failure
 // (after the store's own retries, Note [S3 retries]) is kept, stops further
 // parts, and is returned by the next append() or commit(); abort(), or the
-// destructor, then aborts the multipart upload so no parts linger.
+// destructor, then aborts the multipart upload so no parts linger. The
+// queue of uploader threads is objstore::BoundedUploaders.
 // One thread uses a writer; its uploader threads are its own.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <mutex>
 #include <string>
-#include <thread>
-#include <vector>
 
+#include "kiln/objstore/bounded_uploaders.h"
 #include "kiln/objstore/s3/s3_object_store.h"
 
 namespace kiln::objstore::s3 {
@@ -39,37 +37,27 @@ class S3ObjectWriter final : public ObjectWriter {
   std::uint64_t bytes() const override { return bytes_; }
 
  private:
-  struct Part {
-    int number = 0;
-    std::string bytes;
-  };
   // Queues buf_ as the next part, after waiting for room.
   Status hand_over();
-  void uploader();
-  void stop_uploaders();
-  Status first_failure();
+  // On an uploader thread: uploads one part (number = piece index + 1).
+  Status send(BoundedUploaders::Piece& part);
 
   S3ObjectStore* const store_;
   const std::string key_;
   const Deadline deadline_;
   const std::size_t part_bytes_;
-  const int parallelism_;
 
-  // The caller's thread only.
+  // The caller's thread only (the uploaders read upload_id_, set before the
+  // first part is handed over).
   std::string buf_;          // the part being filled
   std::uint64_t bytes_ = 0;  // appended so far
-  int next_part_ = 1;
-  std::string upload_id_;  // empty until the first part is handed over
-  bool done_ = false;      // committed or aborted
-  std::vector<std::thread> uploaders_;
+  std::string upload_id_;    // empty until the first part is handed over
+  bool done_ = false;        // committed or aborted
 
   std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<Part> queue_;            // guarded by mu_
-  int pending_ = 0;                   // guarded by mu_: queued + uploading
   std::map<int, std::string> etags_;  // guarded by mu_: part number -> ETag
-  Status failed_;                     // guarded by mu_: the first part failure
-  bool stop_ = false;                 // guarded by mu_
+  // Last: its threads, which call send(), stop before the members above go.
+  BoundedUploaders uploaders_;
 };
 
 }  // namespace kiln::objstore::s3

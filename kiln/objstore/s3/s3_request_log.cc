@@ -27,6 +27,8 @@ std::string_view request_kind_name(S3RequestKind kind) {
       return "list";
     case S3RequestKind::kListUploads:
       return "list_uploads";
+    case S3RequestKind::kDeleteMany:
+      return "delete_many";
   }
   return "?";
 }
@@ -46,6 +48,7 @@ S3RequestKind classify_request(const S3Request& request) {
   if (std::strcmp(m, "PUT") == 0)
     return has("partNumber=") ? S3RequestKind::kPart : S3RequestKind::kPut;
   if (std::strcmp(m, "POST") == 0) {
+    if (has("delete=")) return S3RequestKind::kDeleteMany;
     return has("uploadId=") ? S3RequestKind::kComplete : S3RequestKind::kInitiate;
   }
   if (std::strcmp(m, "DELETE") == 0) {

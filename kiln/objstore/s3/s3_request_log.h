@@ -27,7 +27,8 @@ enum class S3RequestKind {
   kDelete,       // DELETE of an object
   kList,         // ListObjectsV2
   kListUploads,  // ListMultipartUploads
-  kLast = kListUploads,
+  kDeleteMany,   // DeleteObjects (POST ?delete)
+  kLast = kDeleteMany,
 };
 // Counts are kept per kind in arrays of this size: it follows the enum.
 constexpr int kS3RequestKinds = static_cast<int>(S3RequestKind::kLast) + 1;

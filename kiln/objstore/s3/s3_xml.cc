@@ -134,6 +134,53 @@ S3Error parse_error(const std::string& xml) {
   return {text(child(root, "Code")), text(child(root, "Message"))};
 }
 
+std::string delete_objects_xml(const std::vector<std::string>& keys) {
+  std::string xml =
+      "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
+      "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet>";
+  for (const auto& key : keys) {
+    xml += "<Object><Key>";
+    for (char c : key) {
+      switch (c) {
+        case '&':
+          xml += "&amp;";
+          break;
+        case '<':
+          xml += "&lt;";
+          break;
+        case '>':
+          xml += "&gt;";
+          break;
+        case '"':
+          xml += "&quot;";
+          break;
+        case '\'':
+          xml += "&apos;";
+          break;
+        default:
+          xml += c;
+      }
+    }
+    xml += "</Key></Object>";
+  }
+  return xml + "</Delete>";
+}
+
+Result<std::vector<DeleteError>> parse_delete_result(const std::string& xml) {
+  KILN_RETURN_IF_ERROR(check_size(xml, "DeleteObjects"));
+  Doc doc = parse(xml);
+  const xmlNode* root = doc ? xmlDocGetRootElement(doc.get()) : nullptr;
+  if (root == nullptr || !named(root, "DeleteResult")) {
+    return data_loss("DeleteObjects reply is not a <DeleteResult>: " + snippet(xml));
+  }
+  std::vector<DeleteError> errors;
+  for (const xmlNode* c = root->children; c != nullptr; c = c->next) {
+    if (!named(c, "Error")) continue;
+    errors.push_back({text(child(c, "Key")), text(child(c, "Code")), text(child(c, "Message"))});
+  }
+  return errors;
+}
+
 std::string complete_multipart_xml(const std::vector<std::string>& etags) {
   std::string xml = "<CompleteMultipartUpload>";
   for (std::size_t i = 0; i < etags.size(); ++i) {

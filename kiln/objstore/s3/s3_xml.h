@@ -44,4 +44,17 @@ S3Error parse_error(const std::string& xml);
 // <CompleteMultipartUpload> for parts 1..N with these ETags.
 std::string complete_multipart_xml(const std::vector<std::string>& etags);
 
+// <Delete> of DeleteObjects for these (full) keys, in quiet mode: the reply
+// lists only the keys that failed.
+std::string delete_objects_xml(const std::vector<std::string>& keys);
+
+// The <Error> entries of a DeleteObjects reply's <DeleteResult>: the keys
+// (full) it did not delete. DataLoss when the body is no <DeleteResult>.
+struct DeleteError {
+  std::string key;
+  std::string code;
+  std::string message;
+};
+Result<std::vector<DeleteError>> parse_delete_result(const std::string& xml);
+
 }  // namespace kiln::objstore::s3

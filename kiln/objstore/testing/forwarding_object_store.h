@@ -40,6 +40,8 @@ class ForwardingObjectStore : public ObjectStore {
     return inner_.list(prefix, d);
   }
   Status remove(const std::string& key, Deadline d) override { return inner_.remove(key, d); }
+  // remove_many is not forwarded: the default calls this store's remove()
+  // for each key, so a decorator that fails removes fails them in batches too.
   Result<std::vector<PendingUpload>> list_pending_uploads(const std::string& prefix,
                                                           Deadline d) override {
     return inner_.list_pending_uploads(prefix, d);
