@@ -9,7 +9,7 @@ namespace kiln::serve {
 namespace {
 
 const Knob<std::string> kCnnForward{
-    "KILN_SERVE_CNN_FORWARD", "module",
+    "KILN_SERVE_CNN_FORWARD", "onednn",
     "the CNN replica's forward pass: blocked (activations in oneDNN's layout, Note [The CNN's "
     "forward in oneDNN's layout]), blocked-fc-onednn (and the fully connected layers on oneDNN), "
     "onednn (oneDNN's own API, a plan of fused primitives per batch size, Note [The CNN's "

@@ -19,9 +19,10 @@ enum class CnnForward {
 Result<CnnForward> cnn_forward_named(const std::string& name);
 const char* cnn_forward_name(CnnForward f);
 
-// The knob KILN_SERVE_CNN_FORWARD, by default the forward docs/perf.md's
-// A/Bs chose (issue 20, sessions 15 and 16: `module`, the one whose
-// batching gains most; `onednn` is the fastest at every batch size); a
+// The knob KILN_SERVE_CNN_FORWARD, by default `onednn`, the fastest forward
+// at every batch size in docs/perf.md's A/Bs (issue 20, session 16: 2.3x the
+// module's unbatched throughput, 1.19x its batched). `module` batches "better"
+// only because its batch-1 path is slow, which no user wants served; a
 // malformed value is logged and gives the default.
 CnnForward default_cnn_forward();
 

@@ -29,8 +29,9 @@
 // ~210-230). A direct convolution is as efficient for one image as for
 // twenty, so batching gains it almost nothing: `batching_gain` falls to
 // ~1, while one unbatched replica serves more than the module's batched
-// one. Not the default (KILN_SERVE_CNN_FORWARD=module keeps the issue's
-// ratio); selectable as `onednn`.
+// one. So it is the default (KILN_SERVE_CNN_FORWARD=onednn): the
+// ratio the module reaches comes from its slow batch-1 path, not from
+// serving more.
 #pragma once
 
 #include <cstdint>
