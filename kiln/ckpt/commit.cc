@@ -105,19 +105,43 @@ std::vector<std::string> unnamed_objects(const std::vector<objstore::ObjectInfo>
   return out;
 }
 
-// Rank 0's cleanup after a failed attempt at a step on an object store: the
-// step's objects go, unless another attempt committed the step meanwhile
-// (a stray earlier generation failing after a later one committed: Note
-// [One attempt's chunks], remote.h); then only what its manifest does not
-// name goes, and the committed step stays loadable.
-Status discard_failed_attempt(objstore::ObjectStore& store, std::int64_t step, Deadline deadline) {
+// The files (relative to the step) of this attempt that the ranks that
+// succeeded report: their shard objects or chunk objects (a rank that
+// failed removed its own).
+std::vector<std::string> attempt_files(const std::vector<std::string>& reports) {
+  std::vector<std::string> files;
+  for (const std::string& r : reports) {
+    if (r.empty() || r[0] != '1') continue;
+    auto rec = parse_shard_record(r.substr(1), "shard record");
+    if (!rec.is_ok()) continue;
+    if (rec->chunks.empty()) files.push_back(rec->file);
+    for (const ChunkRecord& c : rec->chunks) files.push_back(c.file);
+  }
+  return files;
+}
+
+// Rank 0's cleanup after a failed attempt at a step on an object store:
+// exactly this attempt's objects go, never "everything under the step": a
+// stray earlier generation may be uploading the same step beside it (Note
+// [One attempt's chunks], remote.h), or another attempt may have committed
+// the step meanwhile; then what its manifest names stays (a shard stored
+// whole keeps its name across attempts). Objects of ranks killed mid-upload
+// are left to the step's next commit or to retention.
+Status discard_failed_attempt(objstore::ObjectStore& store, std::int64_t step,
+                              const std::vector<std::string>& reports, Deadline deadline) {
+  std::vector<std::string> files = attempt_files(reports);
   auto committed = read_remote_manifest(store, step, deadline);
-  if (committed.status().code() == Code::kNotFound) return delete_store_step(store, step, deadline);
-  if (!committed.is_ok()) return committed.status();
-  KILN_ASSIGN_OR_RETURN(auto objects, store.list(step_dir_name(step) + "/", deadline));
-  log()->warn("checkpoint step {} on {} was committed by another attempt; its objects stay", step,
-              store.describe());
-  return store.remove_many(unnamed_objects(objects, step, *committed), deadline);
+  if (committed.is_ok()) {
+    log()->warn("checkpoint step {} on {} was committed by another attempt; its objects stay", step,
+                store.describe());
+    const auto named = named_files(*committed);
+    std::erase_if(files, [&](const std::string& f) { return named.contains(f); });
+  } else if (committed.status().code() != Code::kNotFound) {
+    return committed.status();
+  }
+  std::vector<std::string> keys;
+  for (const std::string& f : files) keys.push_back(remote_key(step, f));
+  return store.remove_many(keys, deadline);
 }
 
 // Rank 0's half on a filesystem: everything from the manifest to `latest`.
@@ -151,7 +175,7 @@ constexpr std::size_t kOutcomeBytes = 1024;
 Status agree_and_publish(
     const CommitContext& ctx, const Result<ShardRecord>& local,
     const std::function<Status(const std::vector<std::string>& reports)>& publish,
-    const std::function<Status()>& cleanup) {
+    const std::function<Status(const std::vector<std::string>& reports)>& cleanup) {
   std::string where = fmt::format("checkpoint commit of step {} under {}", ctx.step, ctx.root);
   auto reports = exchange_reports(ctx, encode(local));
   if (!reports.is_ok()) return reports.status().with_context(where);
@@ -164,7 +188,7 @@ Status agree_and_publish(
     if (outcome.is_ok()) outcome = publish(*reports);
     if (!outcome.is_ok()) {
       // Free the space (a full disk is the likely cause) and leave no half step behind.
-      Status rm = cleanup();
+      Status rm = cleanup(*reports);
       if (!rm.is_ok()) log()->warn("{}: cleanup failed: {}", where, rm.to_string());
     }
   }
@@ -188,25 +212,62 @@ Status agree_and_publish(
 Status commit_step(const CommitContext& ctx, const Result<ShardRecord>& local) {
   return agree_and_publish(
       ctx, local, [&](const std::vector<std::string>& reports) { return publish(ctx, reports); },
-      [&] { return ctx.fs->remove_tree(ctx.root + "/" + tmp_step_dir_name(ctx.step)); });
+      [&](const std::vector<std::string>&) {
+        return ctx.fs->remove_tree(ctx.root + "/" + tmp_step_dir_name(ctx.step));
+      });
 }
 
 Status commit_step_to_store(const CommitContext& ctx, objstore::ObjectStore& store,
                             const Result<ShardRecord>& local) {
   const Deadline deadline = Deadline::after(ctx.timeout);
+  // Note [Publishing a remote step]: a step already committed (by a stray
+  // earlier generation, or by an earlier run of the job, as on a
+  // filesystem: publish()) is never overwritten or pruned: its chunks carry
+  // another attempt's names, so "objects this manifest does not name" would
+  // be all of them. Objects of crashed earlier attempts are removed after
+  // the manifest is put, so a concurrent uncommitted attempt whose chunks go
+  // finds the manifest at its own commit and fails (AlreadyExists) rather
+  // than committing a manifest that names deleted chunks. Between the check
+  // and the put two attempts can still both commit; a conditional PUT
+  // (If-None-Match) would close that, and s3rver does not honour it.
   auto publish_manifest = [&](const std::vector<std::string>& reports) -> Status {
     KILN_ASSIGN_OR_RETURN(Manifest m, build_manifest(ctx, reports));
-    // A crashed earlier attempt at this step (a rank killed mid-upload,
-    // maybe with more ranks or another layout) may have left objects the
-    // manifest does not name; they must not become part of the step.
-    KILN_ASSIGN_OR_RETURN(auto objects, store.list(step_dir_name(ctx.step) + "/", deadline));
-    KILN_RETURN_IF_ERROR(store.remove_many(unnamed_objects(objects, ctx.step, m), deadline));
+    const std::string key = remote_key(ctx.step, kManifestName);
+    const std::string json = to_json(m);
+    auto existing = read_remote_manifest(store, ctx.step, deadline);
+    if (existing.is_ok()) {
+      return already_exists(fmt::format("commit of step {}: {} exists already (another attempt "
+                                        "committed this step; nothing of it was changed)",
+                                        ctx.step, store.describe() + "/" + key));
+    }
+    if (existing.status().code() != Code::kNotFound) return existing.status();
     // Every shard object is complete already: each rank's upload committed
     // before it reported success. The manifest, last, commits the step.
-    return store.put(remote_key(ctx.step, kManifestName), to_json(m), deadline);
+    Status put = store.put(key, json, deadline);
+    if (!put.is_ok()) {
+      // The PUT may have landed before its reply was lost: then the step is ours.
+      auto landed = read_remote_manifest(store, ctx.step, deadline);
+      if (!landed.is_ok() || to_json(*landed) != json) return put;
+      log()->warn("commit of step {}: the manifest PUT failed ({}) but the manifest landed", ctx.step,
+                  put.to_string());
+    }
+    // Objects a crashed earlier attempt left under the step (a rank killed
+    // mid-upload, maybe with more ranks or another layout): not part of it.
+    auto objects = store.list(step_dir_name(ctx.step) + "/", deadline);
+    Status strays = objects.is_ok()
+                        ? store.remove_many(unnamed_objects(*objects, ctx.step, m), deadline)
+                        : objects.status();
+    if (!strays.is_ok()) {
+      log()->warn("commit of step {}: step committed; removing objects it does not name failed "
+                  "(retention or the next commit retries): {}",
+                  ctx.step, strays.to_string());
+    }
+    return Status::ok();
   };
   return agree_and_publish(ctx, local, publish_manifest,
-                           [&] { return discard_failed_attempt(store, ctx.step, deadline); });
+                           [&](const std::vector<std::string>& reports) {
+                             return discard_failed_attempt(store, ctx.step, reports, deadline);
+                           });
 }
 
 }  // namespace kiln::ckpt

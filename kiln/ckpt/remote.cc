@@ -77,16 +77,6 @@ Result<Manifest> read_remote_manifest(objstore::ObjectStore& store, std::int64_t
   return parse_manifest(text, store.describe() + "/" + key);
 }
 
-Status delete_store_step(objstore::ObjectStore& store, std::int64_t step, Deadline deadline) {
-  KILN_ASSIGN_OR_RETURN(auto objects, store.list(step_dir_name(step) + "/", deadline));
-  RemoteStep s;
-  for (auto& o : objects) {
-    if (o.key == remote_key(step, kManifestName)) s.committed = true;
-    s.keys.push_back(std::move(o.key));
-  }
-  return delete_remote_step(store, step, s, deadline);
-}
-
 Result<std::vector<std::int64_t>> list_remote_committed_steps(objstore::ObjectStore& store,
                                                               Deadline deadline) {
   KILN_ASSIGN_OR_RETURN(auto steps, list_remote_steps(store, deadline));
@@ -100,7 +90,8 @@ Result<std::vector<std::int64_t>> list_remote_committed_steps(objstore::ObjectSt
 
 Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& store,
                                                         const RetentionPolicy& policy,
-                                                        Deadline deadline) {
+                                                        Deadline deadline,
+                                                        std::int64_t committed_step) {
   KILN_ASSIGN_OR_RETURN(auto steps, list_remote_steps(store, deadline));
   std::vector<std::int64_t> committed;
   for (const auto& [step, s] : steps) {
@@ -110,6 +101,10 @@ Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& s
   std::vector<std::string> deleted;
   if (committed.empty()) return deleted;
   const std::size_t keep = static_cast<std::size_t>(std::max(policy.keep_last, 1));
+  // Interrupted uploads are those below both the newest commit and the step
+  // this retention follows: a job resumed below a newer committed step (its
+  // newest failed to load) uploads steps under that one, beside retention.
+  const std::int64_t interrupted_below = std::min(committed.front(), committed_step);
   for (const auto& [step, s] : steps) {
     bool drop;
     if (s.committed) {
@@ -119,7 +114,7 @@ Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& s
     } else {
       // An upload a crash or failure interrupted; a newer one is in flight
       // only for steps above the newest commit.
-      drop = step < committed.front();
+      drop = step < interrupted_below;
     }
     if (!drop) continue;
     KILN_RETURN_IF_ERROR(
@@ -127,10 +122,10 @@ Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& s
             .with_context(fmt::format("remote checkpoint retention on {}", store.describe())));
     deleted.push_back(step_dir_name(step));
   }
-  KILN_ASSIGN_OR_RETURN(int aborted, abort_abandoned_uploads(store, committed.front(), deadline));
+  KILN_ASSIGN_OR_RETURN(int aborted, abort_abandoned_uploads(store, interrupted_below, deadline));
   if (aborted > 0) {
     log()->info("checkpoint retention on {}: aborted {} abandoned upload(s) at or below step {}",
-                store.describe(), aborted, committed.front());
+                store.describe(), aborted, interrupted_below);
   }
   return deleted;
 }

@@ -53,6 +53,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -90,20 +91,20 @@ Result<std::vector<RemoteStepSummary>> summarize_remote_steps(objstore::ObjectSt
 Result<Manifest> read_remote_manifest(objstore::ObjectStore& store, std::int64_t step,
                                       Deadline deadline);
 
-// Deletes every object of step `step` (its manifest first, so it stops
-// counting as committed at once). Used when a commit fails.
-Status delete_store_step(objstore::ObjectStore& store, std::int64_t step, Deadline deadline);
-
 // Run by rank 0 after a remote commit (so never before a newer one exists):
 // deletes the remote steps `policy` does not keep, and manifest-less steps
-// (interrupted uploads) older than the newest committed one. A committed
+// (interrupted uploads) older than the newest committed one and than
+// `committed_step`, the step whose commit it follows (a resumed job may be
+// uploading below a newer committed step). A committed
 // step's manifest is deleted first, so a half-deleted step is never taken
-// for committed. Then aborts the uploads abandoned at or below the newest
-// committed step (Note [Abandoned uploads]). Returns the step directory
+// for committed. Then aborts the uploads abandoned at or below the lower of
+// the two (Note [Abandoned uploads]). Returns the step directory
 // names it deleted.
 Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& store,
                                                         const RetentionPolicy& policy,
-                                                        Deadline deadline);
+                                                        Deadline deadline,
+                                                        std::int64_t committed_step =
+                                                            std::numeric_limits<std::int64_t>::max());
 
 // Aborts every pending upload (ObjectStore::list_pending_uploads) of a step
 // at or below `newest_committed`. Returns how many it aborted.

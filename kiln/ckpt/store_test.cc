@@ -232,6 +232,73 @@ TEST(StoreCheckpoints, AStrayEarlierAttemptsFailureNeverDeletesTheCommittedStep)
   EXPECT_EQ(inner->list("step-4/", soon()).value().size(), m.shards[0].chunks.size() + 1);
 }
 
+// With `stall` set, the first read of a manifest (the commit's check that
+// the step is not committed yet) signals `entered` and waits for `release`.
+class StalledCommitStore final : public objstore::testing::ForwardingObjectStore {
+ public:
+  using ForwardingObjectStore::ForwardingObjectStore;
+  Result<std::string> get(const std::string& key, Deadline d) override {
+    if (stall && key.ends_with("manifest.json") && !entered_once.exchange(true)) {
+      entered.set_value();
+      release.get_future().wait();
+    }
+    return inner_.get(key, d);
+  }
+  void let_go() {
+    if (!released.exchange(true)) release.set_value();
+  }
+  std::atomic<bool> stall{false}, entered_once{false}, released{false};
+  std::promise<void> entered, release;
+};
+
+// Note [Publishing a remote step] (commit.cc): a stray earlier attempt at
+// step 4 whose upload finished reaches its commit only after a later attempt
+// committed step 4. It must neither prune nor overwrite that step (its chunks
+// carry other names): it fails with AlreadyExists, removes exactly its own
+// chunks, and the committed step loads with every object it names.
+TEST(StoreCheckpoints, AStrayAttemptReachingItsCommitLateLeavesTheCommittedStepWhole) {
+  TempDir remote, cache;
+  const std::string url = "file://" + remote.path() + "/run";
+  auto inner = objstore::open_object_store(url).value();
+  StalledCommitStore stray_store(*inner);
+  auto stray = Checkpointer::create({.root = url, .store = &stray_store});
+  ASSERT_TRUE(stray.is_ok()) << stray.status().to_string();
+  // Declared after `stray`, so an early return lets its commit go before
+  // its destructor waits for it.
+  struct LetGo {
+    StalledCommitStore& s;
+    ~LetGo() { s.let_go(); }
+  } let_go{stray_store};
+  stray_store.stall = true;
+  TestState earlier(4, 0, 1);
+  ASSERT_TRUE((*stray)->save_async(earlier.view(), 4).is_ok());
+  auto entered = stray_store.entered.get_future();
+  ASSERT_EQ(entered.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  const std::size_t stray_objects = inner->list("step-4/", soon()).value().size();
+  ASSERT_GE(stray_objects, 1u);
+
+  {
+    auto later = Checkpointer::create({.root = url, .store = inner.get()});
+    ASSERT_TRUE(later.is_ok()) << later.status().to_string();
+    TestState s(4, 0, 1);
+    Status st = (*later)->save(s.view(), 4, soon());
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+  }
+  const std::string committed = inner->get("step-4/manifest.json", soon()).value();
+  stray_store.let_go();
+  Status failed = (*stray)->wait(soon());
+  EXPECT_EQ(failed.code(), Code::kAlreadyExists) << failed.to_string();
+
+  EXPECT_EQ(inner->get("step-4/manifest.json", soon()).value(), committed)
+      << "the stray overwrote the committed manifest";
+  auto m = read_remote_manifest(*inner, 4, soon()).value();
+  EXPECT_EQ(inner->list("step-4/", soon()).value().size(), m.shards[0].chunks.size() + 1)
+      << "the stray's chunks stayed, or the committed step's went";
+  auto loaded = load_latest_remote(*inner, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 4, 0, 1), "");
+}
+
 // Deletes under step-1/ fail (after the first one waits for `release`),
 // while `failing`.
 class FailingDeletes final : public objstore::testing::ForwardingObjectStore {

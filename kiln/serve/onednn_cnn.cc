@@ -200,8 +200,11 @@ struct OnednnCnn::Impl {
     if (p.arena_bytes > arena_bytes) {
       // Grown, never shrunk: one arena for the largest batch seen; every
       // plan is re-pointed into it on its next use.
-      arena.reset(std::aligned_alloc(kAlign, p.arena_bytes));
-      if (!arena) throw std::bad_alloc();
+      // The old arena stays until the new one exists: a failed allocation
+      // leaves every plan bound to memory that is still there.
+      void* grown = std::aligned_alloc(kAlign, p.arena_bytes);
+      if (grown == nullptr) throw std::bad_alloc();
+      arena.reset(grown);
       arena_bytes = p.arena_bytes;
     }
     if (p.bound_to != arena.get()) {

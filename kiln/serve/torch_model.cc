@@ -157,10 +157,21 @@ class TorchModel : public Model {
  private:
   std::vector<Result<Output>> classify(std::vector<Input>& batch) {
     const auto b = static_cast<std::int64_t>(batch.size());
+    if (b == 0) return {};
     if (cnn_.onednn) {
-      // The pixels go straight into the plan's input (no tensor).
-      const std::span<const float> logits = cnn_.onednn->forward(batch);
-      return classified(logits.data(), b, static_cast<std::int64_t>(logits.size()) / b);
+      // The pixels go straight into the plan's input (no tensor). A plan is
+      // built on a batch size's first use; if oneDNN cannot build or run
+      // one, the replica serves the module's forward from then on, as a
+      // model the oneDNN forward cannot take does from its load.
+      try {
+        const std::span<const float> logits = cnn_.onednn->forward(batch);
+        return classified(logits.data(), b, static_cast<std::int64_t>(logits.size()) / b);
+      } catch (const std::exception& e) {
+        log()->warn("the CNN's oneDNN forward failed at batch {} ({}); serving with the module's "
+                    "forward from now on",
+                    b, e.what());
+        cnn_.onednn.reset();
+      }
     }
     torch::Tensor x = torch::empty({b, 1, 28, 28}, torch::kFloat32);
     float* p = x.data_ptr<float>();

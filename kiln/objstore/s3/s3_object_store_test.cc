@@ -399,6 +399,13 @@ TEST(S3Xml, MalformedRepliesAreDataLoss) {
             "SlowDown");
 }
 
+TEST(S3Xml, DeleteObjectsEscapesMarkupInKeys) {
+  const std::string xml = delete_objects_xml({"ckpt/a&b", "ckpt/<c>\"d\""});
+  EXPECT_NE(xml.find("<Key>ckpt/a&amp;b</Key>"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<Key>ckpt/&lt;c&gt;&quot;d&quot;</Key>"), std::string::npos) << xml;
+  EXPECT_NE(xml.find("<Quiet>true</Quiet>"), std::string::npos) << xml;
+}
+
 TEST(S3Options, UrlAndEnvironment) {
   auto loc = parse_s3_url("s3://bucket/a/b/");
   ASSERT_TRUE(loc.is_ok());

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <memory>
 
+#include "kiln/base/markup.h"
+
 namespace kiln::objstore::s3 {
 namespace {
 
@@ -139,29 +141,7 @@ std::string delete_objects_xml(const std::vector<std::string>& keys) {
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
       "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet>";
   for (const auto& key : keys) {
-    xml += "<Object><Key>";
-    for (char c : key) {
-      switch (c) {
-        case '&':
-          xml += "&amp;";
-          break;
-        case '<':
-          xml += "&lt;";
-          break;
-        case '>':
-          xml += "&gt;";
-          break;
-        case '"':
-          xml += "&quot;";
-          break;
-        case '\'':
-          xml += "&apos;";
-          break;
-        default:
-          xml += c;
-      }
-    }
-    xml += "</Key></Object>";
+    xml += "<Object><Key>" + markup_escape(key) + "</Key></Object>";
   }
   return xml + "</Delete>";
 }
