@@ -43,6 +43,7 @@ include_directories(${KILN_ROOT})
 set(KILN_FUZZ_PARSER_SOURCES
   kiln/base/status.cc
   kiln/base/check.cc
+  kiln/base/markup.cc
   kiln/base/auth/handshake.cc
   kiln/base/config/toml_reader.cc
   kiln/store/tcp/protocol.cc
