@@ -250,5 +250,24 @@ TEST(S3Faults, AnEndpointWithoutDeleteObjectsGetsOneDeletePerKey) {
   EXPECT_EQ(s3.deleted, (std::vector<std::string>{"ckpt/a", "ckpt/b", "ckpt/c", "ckpt/d"}));
 }
 
+// A 200 reply to DeleteObjects that is no DeleteResult (a proxy's page)
+// tells nothing of which keys went: each is deleted alone, and the batch
+// call stays in use for the next keys.
+TEST(S3Faults, ADeleteObjectsReplyThatIsNoDeleteResultDeletesEachKeyAlone) {
+  DeleteEndpoint s3(
+      [](const httplib::Request&, httplib::Response& res) {
+        res.status = 200;
+        res.set_content("<html>gateway</html>", "text/html");
+      },
+      [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
+  auto store = s3.store();
+  Status s = store->remove_many({"a", "b"}, soon());
+  ASSERT_TRUE(s.is_ok()) << s.to_string();
+  s = store->remove_many({"c"}, soon());
+  ASSERT_TRUE(s.is_ok()) << s.to_string();
+  EXPECT_EQ(s3.posts.load(), 2);
+  EXPECT_EQ(s3.deleted, (std::vector<std::string>{"ckpt/a", "ckpt/b", "ckpt/c"}));
+}
+
 }  // namespace
 }  // namespace kiln::objstore::s3

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <optional>
 
 #include "kiln/base/backoff.h"
 #include "kiln/base/fd.h"
@@ -74,11 +75,14 @@ Status permanent_error(const S3Response& r, const std::string& what) {
 // DeleteObjects takes at most this many keys a request (the S3 API reference).
 constexpr std::size_t kMaxKeysPerDelete = 1000;
 
-// The Content-MD5 header of `body`: its MD5, base64 (DeleteObjects requires it).
-std::string content_md5(std::string_view body) {
+// The Content-MD5 header of `body`: its MD5, base64 (DeleteObjects requires
+// it). Nothing where this OpenSSL offers no MD5 (a FIPS build).
+std::optional<std::string> content_md5(std::string_view body) {
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
-  EVP_Digest(body.data(), body.size(), md, &n, EVP_md5(), nullptr);
+  if (EVP_Digest(body.data(), body.size(), md, &n, EVP_md5(), nullptr) != 1 || n == 0) {
+    return std::nullopt;
+  }
   unsigned char b64[4 * ((EVP_MAX_MD_SIZE + 2) / 3) + 1];
   int len = EVP_EncodeBlock(b64, md, static_cast<int>(n));
   return "Content-MD5: " +
@@ -268,7 +272,14 @@ Status S3ObjectStore::delete_batch(const std::vector<std::string>& keys, Deadlin
   req.method = "POST";
   req.url = fmt::format("{}/{}?delete=", options_.endpoint, location_.bucket);
   req.body = delete_objects_xml(full);
-  req.headers = {content_md5(req.body), "Content-Type: application/xml"};
+  const std::optional<std::string> md5 = content_md5(req.body);
+  if (!md5) {
+    log()->info("s3: this OpenSSL computes no MD5, which DeleteObjects requires; deleting one "
+                "object at a time");
+    batch_deletes_.store(false);
+    return ObjectStore::remove_many(keys, deadline);
+  }
+  req.headers = {*md5, "Content-Type: application/xml"};
   const std::string what = fmt::format("DeleteObjects of {} key(s) under {} (first {})",
                                        keys.size(), describe(), keys.front());
   S3Response refused;
@@ -281,7 +292,12 @@ Status S3ObjectStore::delete_batch(const std::vector<std::string>& keys, Deadlin
     return ObjectStore::remove_many(keys, deadline);
   }
   auto errors = parse_delete_result(r->body);
-  if (!errors.is_ok()) return errors.status().with_context(what);
+  if (!errors.is_ok()) {
+    // A 200 whose body is no DeleteResult (a proxy's page, a truncated
+    // reply) says nothing of which keys went: each is deleted alone.
+    log()->warn("s3: {}: {}; deleting its keys one at a time", what, errors.status().message());
+    return ObjectStore::remove_many(keys, deadline).with_context(what);
+  }
   if (errors->empty()) return Status::ok();
   // What the batch could not delete, one at a time, with retries.
   const std::string root = location_.prefix.empty() ? "" : location_.prefix + "/";
