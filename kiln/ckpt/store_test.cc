@@ -170,9 +170,40 @@ TEST(StoreCheckpoints, AnUncommittedStepsOrphanChunksAreNeverListedAndAreRemoved
   EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
 }
 
+// Where a fault-injecting store stops a call until the test lets it go: the
+// first call through makes reached() true and waits for let_go(). let_go()
+// may run twice (the test's own call and a LetGoAtExit's), so a failed
+// assertion never leaves a stopped thread for a destructor to wait on.
+class Stall {
+ public:
+  void stop_first() {
+    if (stopped_once_.exchange(true)) return;
+    entered_.set_value();
+    released_.wait();
+  }
+  bool reached(std::chrono::seconds within) {
+    return entered_future_.wait_for(within) == std::future_status::ready;
+  }
+  void let_go() {
+    if (!let_go_.exchange(true)) release_.set_value();
+  }
+
+ private:
+  std::atomic<bool> stopped_once_{false}, let_go_{false};
+  std::promise<void> entered_, release_;
+  std::future<void> entered_future_ = entered_.get_future();
+  std::shared_future<void> released_ = release_.get_future().share();
+};
+
+// Lets a Stall go when the test's scope ends: declared after what waits for
+// the stopped call (a Checkpointer), it runs before that waits.
+struct LetGoAtExit {
+  Stall& stall;
+  ~LetGoAtExit() { stall.let_go(); }
+};
+
 // Small chunks, one in flight (so chunk i is stored before chunk i + 1 is
-// sent); with `stall` set, the put of chunk 1 signals `entered`, waits for
-// `release` and fails.
+// sent); with `stall` set, the put of chunk 1 stops at `stall` and fails.
 class SmallChunksStore final : public objstore::testing::ForwardingObjectStore {
  public:
   SmallChunksStore(objstore::ObjectStore& inner, bool stall)
@@ -182,13 +213,12 @@ class SmallChunksStore final : public objstore::testing::ForwardingObjectStore {
   }
   Status put(const std::string& key, std::string_view bytes, Deadline d) override {
     if (stall_ && key.ends_with(".chunk-00001")) {
-      entered.set_value();
-      release.get_future().wait();
+      stall.stop_first();
       return unavailable("injected: put " + key);
     }
     return inner_.put(key, bytes, d);
   }
-  std::promise<void> entered, release;
+  Stall stall;
 
  private:
   const bool stall_;
@@ -205,10 +235,10 @@ TEST(StoreCheckpoints, AStrayEarlierAttemptsFailureNeverDeletesTheCommittedStep)
   SmallChunksStore stray_store(*inner, /*stall=*/true), store(*inner, /*stall=*/false);
   auto stray = Checkpointer::create({.root = url, .store = &stray_store});
   ASSERT_TRUE(stray.is_ok()) << stray.status().to_string();
+  LetGoAtExit let_go{stray_store.stall};
   TestState earlier(4, 0, 1);
   ASSERT_TRUE((*stray)->save_async(earlier.view(), 4).is_ok());
-  auto entered = stray_store.entered.get_future();
-  ASSERT_EQ(entered.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  ASSERT_TRUE(stray_store.stall.reached(std::chrono::seconds(30)));
   ASSERT_EQ(store.list("step-4/", soon()).value().size(), 1u) << "the stray's chunk 0";
 
   {
@@ -218,7 +248,7 @@ TEST(StoreCheckpoints, AStrayEarlierAttemptsFailureNeverDeletesTheCommittedStep)
     Status st = (*later)->save(s.view(), 4, soon());
     ASSERT_TRUE(st.is_ok()) << st.to_string();
   }
-  stray_store.release.set_value();
+  stray_store.stall.let_go();
   Status failed = (*stray)->wait(soon());
   EXPECT_NE(failed.message().find("injected: put step-4/shard-00000."), std::string::npos)
       << failed.to_string();
@@ -232,23 +262,17 @@ TEST(StoreCheckpoints, AStrayEarlierAttemptsFailureNeverDeletesTheCommittedStep)
   EXPECT_EQ(inner->list("step-4/", soon()).value().size(), m.shards[0].chunks.size() + 1);
 }
 
-// With `stall` set, the first read of a manifest (the commit's check that
-// the step is not committed yet) signals `entered` and waits for `release`.
+// With `stop` set, the first read of a manifest (the commit's check that
+// the step is not committed yet) stops at `stall`.
 class StalledCommitStore final : public objstore::testing::ForwardingObjectStore {
  public:
   using ForwardingObjectStore::ForwardingObjectStore;
   Result<std::string> get(const std::string& key, Deadline d) override {
-    if (stall && key.ends_with("manifest.json") && !entered_once.exchange(true)) {
-      entered.set_value();
-      release.get_future().wait();
-    }
+    if (stop && key.ends_with("manifest.json")) stall.stop_first();
     return inner_.get(key, d);
   }
-  void let_go() {
-    if (!released.exchange(true)) release.set_value();
-  }
-  std::atomic<bool> stall{false}, entered_once{false}, released{false};
-  std::promise<void> entered, release;
+  std::atomic<bool> stop{false};
+  Stall stall;
 };
 
 // Note [Publishing a remote step] (commit.cc): a stray earlier attempt at
@@ -263,17 +287,11 @@ TEST(StoreCheckpoints, AStrayAttemptReachingItsCommitLateLeavesTheCommittedStepW
   StalledCommitStore stray_store(*inner);
   auto stray = Checkpointer::create({.root = url, .store = &stray_store});
   ASSERT_TRUE(stray.is_ok()) << stray.status().to_string();
-  // Declared after `stray`, so an early return lets its commit go before
-  // its destructor waits for it.
-  struct LetGo {
-    StalledCommitStore& s;
-    ~LetGo() { s.let_go(); }
-  } let_go{stray_store};
-  stray_store.stall = true;
+  LetGoAtExit let_go{stray_store.stall};
+  stray_store.stop = true;
   TestState earlier(4, 0, 1);
   ASSERT_TRUE((*stray)->save_async(earlier.view(), 4).is_ok());
-  auto entered = stray_store.entered.get_future();
-  ASSERT_EQ(entered.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  ASSERT_TRUE(stray_store.stall.reached(std::chrono::seconds(30)));
   const std::size_t stray_objects = inner->list("step-4/", soon()).value().size();
   ASSERT_GE(stray_objects, 1u);
 
@@ -285,7 +303,7 @@ TEST(StoreCheckpoints, AStrayAttemptReachingItsCommitLateLeavesTheCommittedStepW
     ASSERT_TRUE(st.is_ok()) << st.to_string();
   }
   const std::string committed = inner->get("step-4/manifest.json", soon()).value();
-  stray_store.let_go();
+  stray_store.stall.let_go();
   Status failed = (*stray)->wait(soon());
   EXPECT_EQ(failed.code(), Code::kAlreadyExists) << failed.to_string();
 
@@ -299,21 +317,18 @@ TEST(StoreCheckpoints, AStrayAttemptReachingItsCommitLateLeavesTheCommittedStepW
   EXPECT_EQ(check_loaded(*loaded, 4, 0, 1), "");
 }
 
-// Deletes under step-1/ fail (after the first one waits for `release`),
+// Deletes under step-1/ fail (the first one after stopping at `stall`),
 // while `failing`.
 class FailingDeletes final : public objstore::testing::ForwardingObjectStore {
  public:
   using ForwardingObjectStore::ForwardingObjectStore;
   Status remove(const std::string& key, Deadline d) override {
     if (!failing || !key.starts_with("step-1/")) return inner_.remove(key, d);
-    if (!entered_once.exchange(true)) {
-      entered.set_value();
-      release.get_future().wait();
-    }
+    stall.stop_first();
     return unavailable("injected: delete " + key);
   }
-  std::atomic<bool> failing{true}, entered_once{false};
-  std::promise<void> entered, release;
+  std::atomic<bool> failing{true};
+  Stall stall;
 };
 
 // Note [Retention after the commit]: save() returns once the manifest is
@@ -327,20 +342,20 @@ TEST(StoreCheckpoints, RetentionRunsAfterTheCommitAndItsFailureIsReportedNotLost
   FailingDeletes store(*inner);
   auto ck = Checkpointer::create({.root = url, .retention = {.keep_last = 1}, .store = &store});
   ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
+  LetGoAtExit let_go{store.stall};
   for (std::int64_t step : {1, 2}) {
     TestState s(step, 0, 1);
     Status st = (*ck)->save(s.view(), step, soon());
     ASSERT_TRUE(st.is_ok()) << st.to_string();
   }
   // Step 2 is committed and retention, stuck deleting step 1, has not ended.
-  auto entered = store.entered.get_future();
-  ASSERT_EQ(entered.wait_for(std::chrono::seconds(30)), std::future_status::ready);
+  ASSERT_TRUE(store.stall.reached(std::chrono::seconds(30)));
   EXPECT_EQ((*ck)->flush_retention(Deadline::after_seconds(0.05)).code(), Code::kDeadlineExceeded);
   auto loaded = load_latest_remote(*inner, cache.path() + "/a", {});
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");
 
-  store.release.set_value();
+  store.stall.let_go();
   Status failed = (*ck)->flush_retention(soon());
   EXPECT_NE(failed.message().find("injected: delete step-1/"), std::string::npos)
       << failed.to_string();
