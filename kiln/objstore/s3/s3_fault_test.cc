@@ -17,6 +17,18 @@ namespace {
 
 using std::chrono::milliseconds;
 
+// Options for a local test endpoint on `port`: test credentials and quick
+// retries (`max_attempts`, 5-20 ms backoff).
+S3Options local_options(int port, int max_attempts) {
+  S3Options o;
+  o.endpoint = "http://127.0.0.1:" + std::to_string(port);
+  o.access_key_id = o.secret_access_key = "test";
+  o.max_attempts = max_attempts;
+  o.backoff_base_ms = 5;
+  o.backoff_cap_ms = 20;
+  return o;
+}
+
 // Serves GET /bucket/<key> with `reply(attempt)` (attempt counts from 1).
 class ScriptedS3 {
  public:
@@ -35,12 +47,7 @@ class ScriptedS3 {
     thread_.join();
   }
   std::unique_ptr<S3ObjectStore> store(int max_attempts, std::int64_t request_timeout_ms = 5000) {
-    S3Options o;
-    o.endpoint = "http://127.0.0.1:" + std::to_string(port_);
-    o.access_key_id = o.secret_access_key = "test";
-    o.max_attempts = max_attempts;
-    o.backoff_base_ms = 5;
-    o.backoff_cap_ms = 20;
+    S3Options o = local_options(port_, max_attempts);
     o.request_timeout_ms = request_timeout_ms;
     return S3ObjectStore::open("s3://bucket/ds", o).value();
   }
@@ -141,12 +148,7 @@ TEST(S3Faults, AFailedPartAbortsTheStreamingUpload) {
   Deadline ready = Deadline::after_seconds(5);
   while (!server.is_running() && !ready.expired()) std::this_thread::sleep_for(milliseconds(1));
 
-  S3Options o;
-  o.endpoint = "http://127.0.0.1:" + std::to_string(port);
-  o.access_key_id = o.secret_access_key = "test";
-  o.max_attempts = 2;
-  o.backoff_base_ms = 5;
-  o.backoff_cap_ms = 20;
+  S3Options o = local_options(port, 2);
   o.part_bytes = 5ull << 20;
   o.upload_parallelism = 1;  // parts in order, so part 2 fails before 4 could start
   auto store = S3ObjectStore::open("s3://bucket/ckpt", o).value();
@@ -194,12 +196,7 @@ struct DeleteEndpoint {
     thread.join();
   }
   std::unique_ptr<S3ObjectStore> store() {
-    S3Options o;
-    o.endpoint = "http://127.0.0.1:" + std::to_string(port);
-    o.access_key_id = o.secret_access_key = "test";
-    o.max_attempts = 2;
-    o.backoff_base_ms = 5;
-    o.backoff_cap_ms = 20;
+    S3Options o = local_options(port, 2);
     o.upload_parallelism = 1;  // single DELETEs in order
     return S3ObjectStore::open("s3://bucket/ckpt", o).value();
   }
