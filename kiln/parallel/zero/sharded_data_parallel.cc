@@ -1,57 +1,21 @@
 #include "kiln/parallel/zero/sharded_data_parallel.h"
 
 #include <algorithm>
-#include <cstring>
-#include <deque>
 #include <stdexcept>
 
-#include <c10/core/StorageImpl.h>
-#include "kiln/parallel/after_accumulate.h"
 #include <torch/csrc/autograd/variable.h>
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/logging.h"
+#include "kiln/parallel/zero/sharded_unit.h"
 
 namespace kiln::parallel::zero {
 namespace {
 
 double steady_seconds(Clock::time_point t) {
   return std::chrono::duration<double>(t.time_since_epoch()).count();
-}
-
-using parallel::AfterAccumulate;
-
-bool is_container(const torch::nn::Module& m) {
-  return dynamic_cast<const torch::nn::ModuleListImpl*>(&m) != nullptr ||
-         dynamic_cast<const torch::nn::SequentialImpl*>(&m) != nullptr;
-}
-
-std::uint64_t fnv1a(const std::string& s) {
-  std::uint64_t h = 1469598103934665603ull;
-  for (unsigned char c : s) h = (h ^ c) * 1099511628211ull;
-  return h;
-}
-
-// Note [Freeing a unit's parameters]: the module's parameters are views into
-// the unit's flat tensor, and autograd's saved variables point at the same
-// storage. Freeing swaps the storage's memory out (nbytes 0) and gathering
-// swaps a pooled block in, so every view, saved or not, sees the gathered
-// values without being rebuilt (FSDP resizes the storage for the same reason).
-// The block goes back to the pool, where the unit's reduction staging or the
-// next gather takes it (Note [One block per unit in flight]).
-void release_storage(const torch::Tensor& flat) {
-  c10::StorageImpl* s = flat.storage().unsafeGetStorageImpl();
-  s->set_data_ptr_noswap(c10::DataPtr(nullptr, c10::Device(c10::kCPU)));
-  s->set_nbytes(0);
-}
-
-void set_storage(const torch::Tensor& flat, c10::DataPtr block, std::size_t bytes) {
-  c10::StorageImpl* s = flat.storage().unsafeGetStorageImpl();
-  s->set_data_ptr_noswap(std::move(block));
-  s->set_nbytes(bytes);
 }
 
 // An exception from a tensor operation as a Status: the memory cap's
@@ -65,34 +29,6 @@ Status status_from_exception(const char* what, const std::exception& e) {
 }
 
 }  // namespace
-
-struct ShardedDataParallel::Unit {
-  std::string name;
-  std::vector<const torch::nn::Module*> modules;  // empty: the root unit
-  std::vector<torch::Tensor> params;
-  std::vector<std::string> names;
-  std::unique_ptr<FlatLayout> layout;
-  FlatRange mine;
-  torch::Tensor flat;  // whole parameters (compute dtype); see Note [Freeing ...]
-  std::size_t flat_bytes = 0;
-  std::size_t padded_bytes = 0;  // world × block() elements: a pooled block's size
-  bool allocated = true;
-  enum class Params { kFreed, kGathering, kGathered } state = Params::kGathered;
-  comm::WorkPtr gather_work;
-  torch::Tensor master;      // fp32 share (a view into flat when flat is fp32 and stays)
-  bool master_is_view = false;
-  torch::Tensor send;        // stage 3: the compute-dtype share sent by gathers
-  torch::Tensor grad_share;  // block() elements, compute dtype; rows [0, mine.count) used
-  bool share_fresh = true;   // grad_share holds nothing since the last step
-  torch::Tensor staging;     // padded whole gradient (world × block)
-  torch::Tensor partial;     // a reduce-scatter's result when grad_share already holds some
-  comm::WorkPtr reduce_work;
-  std::size_t pending = 0;
-  bool complete = false;
-  bool entered = false;  // went through run_unit() in the first forward
-  std::size_t opt_index = 0;
-  std::size_t grad_bytes_alive = 0;  // autograd's .grad tensors not yet dropped
-};
 
 ShardedDataParallel::ShardedDataParallel(std::shared_ptr<torch::nn::Module> module,
                                          comm::Communicator& comm, ZeroOptions options)
@@ -118,191 +54,6 @@ ShardedDataParallel::~ShardedDataParallel() {
   for (std::size_t i = 0; i < grad_accumulators_.size(); ++i) {
     grad_accumulators_[i]->del_post_hook(post_hook_keys_[i]);
   }
-}
-
-Result<std::unique_ptr<ShardedDataParallel>> ShardedDataParallel::create(
-    std::shared_ptr<torch::nn::Module> module, comm::Communicator& comm, ZeroOptions options) {
-  if (options.stage < 1 || options.stage > 3) {
-    return invalid_argument(fmt::format("sharded data parallel: stage {} (1, 2 or 3)", options.stage));
-  }
-  std::unique_ptr<ShardedDataParallel> z(new ShardedDataParallel(std::move(module), comm, options));
-  try {
-    KILN_RETURN_IF_ERROR(z->build_units());
-    KILN_RETURN_IF_ERROR(z->check_and_broadcast());
-    KILN_RETURN_IF_ERROR(z->shard_units());
-  } catch (const std::exception& e) {
-    return internal_error(fmt::format("sharded data parallel: setting up: {}", e.what()));
-  }
-  z->reset_peak();
-  return z;
-}
-
-std::string ShardedDataParallel::unit_name(std::size_t u) const { return units_[u]->name; }
-
-Status ShardedDataParallel::build_units() {
-  std::map<const c10::TensorImpl*, std::string> name_of;
-  for (auto& p : module_->named_parameters()) name_of[p.value().unsafeGetTensorImpl()] = p.key();
-
-  struct Candidate {
-    std::string name;
-    const torch::nn::Module* module;
-    std::vector<torch::Tensor> params;
-  };
-  std::vector<Candidate> candidates;
-  auto add = [&](const std::string& name, const torch::nn::Module& m) {
-    Candidate c{name, &m, {}};
-    for (auto& p : m.parameters()) {
-      if (p.requires_grad()) c.params.push_back(p);
-    }
-    if (!c.params.empty()) candidates.push_back(std::move(c));
-  };
-  for (auto& child : module_->named_children()) {
-    if (is_container(*child.value())) {
-      for (auto& e : child.value()->named_children()) add(child.key() + "." + e.key(), *e.value());
-    } else {
-      add(child.key(), *child.value());
-    }
-  }
-  // Consecutive candidates smaller than min_unit_params merge into one unit.
-  auto count = [](const Candidate& x) {
-    std::int64_t n = 0;
-    for (auto& p : x.params) n += p.numel();
-    return n;
-  };
-  std::int64_t open_count = 0;
-  for (auto& c : candidates) {
-    if (units_.empty() || open_count >= options_.min_unit_params) {
-      units_.push_back(std::make_unique<Unit>());
-      units_.back()->name = c.name;
-      open_count = 0;
-    } else {
-      units_.back()->name += "+" + c.name;
-    }
-    Unit& u = *units_.back();
-    u.modules.push_back(c.module);
-    u.params.insert(u.params.end(), c.params.begin(), c.params.end());
-    open_count += count(c);
-  }
-  // Parameters on the root itself: a unit that stays gathered.
-  auto root = std::make_unique<Unit>();
-  root->name = "(root)";
-  for (auto& p : module_->named_parameters(/*recurse=*/false)) {
-    if (p.value().requires_grad()) root->params.push_back(p.value());
-  }
-  if (!root->params.empty()) {
-    root_ = root.get();
-    units_.push_back(std::move(root));
-  }
-
-  for (std::size_t ui = 0; ui < units_.size(); ++ui) {
-    Unit& u = *units_[ui];
-    std::vector<std::int64_t> numels;
-    for (auto& p : u.params) {
-      if (p.scalar_type() != torch::kFloat32) {
-        return invalid_argument(fmt::format("sharded data parallel: parameter {} is {}; the module "
-                                            "must be float32 (precision = bf16 casts it)",
-                                            name_of[p.unsafeGetTensorImpl()], c10::toString(p.scalar_type())));
-      }
-      u.names.push_back(name_of[p.unsafeGetTensorImpl()]);
-      numels.push_back(p.numel());
-      parameter_count_ += p.numel();
-    }
-    u.layout = std::make_unique<FlatLayout>(std::move(numels), comm_.size());
-    u.mine = u.layout->shard(comm_.rank());
-    u.pending = u.params.size();
-    for (const auto* m : u.modules) set_unit_hooks(m, this, ui);
-    for (auto& p : u.params) {
-      if (!unit_of_.emplace(p.unsafeGetTensorImpl(), ui).second) {
-        return invalid_argument(fmt::format("sharded data parallel: parameter {} is shared by two "
-                                            "units (tied weights must live in one child module)",
-                                            name_of[p.unsafeGetTensorImpl()]));
-      }
-    }
-  }
-  return Status::ok();
-}
-
-Status ShardedDataParallel::check_and_broadcast() {
-  // Same parameters everywhere: a digest of names and shapes, compared.
-  std::string desc;
-  for (auto& u : units_) {
-    desc += u->name + ";";
-    for (std::size_t i = 0; i < u->params.size(); ++i) {
-      desc += u->names[i] + fmt::format("{}", fmt::join(u->params[i].sizes(), "x")) + ",";
-    }
-  }
-  std::vector<std::int64_t> all(static_cast<std::size_t>(comm_.size()));
-  std::int64_t mine = static_cast<std::int64_t>(fnv1a(desc));
-  KILN_RETURN_IF_ERROR(comm_.allgather(&mine, all.data(), 1, comm::DataType::kInt64)->wait(options_.timeout));
-  for (int r = 0; r < comm_.size(); ++r) {
-    if (all[static_cast<std::size_t>(r)] != mine) {
-      return failed_precondition(fmt::format(
-          "sharded data parallel: rank {} has other parameters (names or shapes) than rank {}: "
-          "every rank must build the same model",
-          r, comm_.rank()));
-    }
-  }
-  torch::NoGradGuard no_grad;
-  for (auto& b : module_->buffers()) {
-    if (!b.is_contiguous() || b.scalar_type() != torch::kFloat32) continue;
-    KILN_RETURN_IF_ERROR(comm_.broadcast(b.data_ptr(), static_cast<std::size_t>(b.numel()),
-                                         comm::DataType::kFloat32, 0)->wait(options_.timeout));
-  }
-  return Status::ok();
-}
-
-Status ShardedDataParallel::shard_units() {
-  torch::NoGradGuard no_grad;
-  const bool fp32 = compute_dtype_ == torch::kFloat32;
-  for (auto& up : units_) {
-    Unit& u = *up;
-    const bool root = u.modules.empty();
-    // The whole unit, fp32, from rank 0; then the parameters become views of
-    // the compute-dtype flat and their own storage is released.
-    torch::Tensor whole = torch::empty({u.layout->total()}, torch::kFloat32);
-    for (std::size_t i = 0; i < u.params.size(); ++i) {
-      whole.narrow(0, u.layout->offset(i), u.layout->numel(i)).copy_(u.params[i].reshape({-1}));
-    }
-    KILN_RETURN_IF_ERROR(comm_.broadcast(whole.data_ptr(), static_cast<std::size_t>(whole.numel()),
-                                         comm::DataType::kFloat32, 0)->wait(options_.timeout));
-    u.flat = fp32 ? whole : whole.to(compute_dtype_);
-    u.flat_bytes = u.flat.nbytes();
-    u.padded_bytes = static_cast<std::size_t>(u.layout->block() * comm_.size()) * u.flat.element_size();
-    for (std::size_t i = 0; i < u.params.size(); ++i) {
-      u.params[i].set_data(u.flat.narrow(0, u.layout->offset(i), u.layout->numel(i)).view(u.params[i].sizes()));
-    }
-    if (fp32 && (options_.stage < 3 || root)) {
-      u.master = u.flat.narrow(0, u.mine.offset, u.mine.count);
-      u.master_is_view = true;
-    } else {
-      u.master = whole.narrow(0, u.mine.offset, u.mine.count).clone();
-    }
-    // What this rank sends when the unit is gathered: its share, in place in
-    // the flat where the flat stays allocated.
-    u.send = u.flat.narrow(0, u.mine.offset, u.mine.count);
-    if (options_.stage == 3 && !root) {
-      u.send = fp32 ? u.master : u.master.to(compute_dtype_);
-      release_storage(u.flat);
-      u.allocated = false;
-      u.state = Unit::Params::kFreed;
-    }
-    if (options_.stage == 1) {
-      u.staging = torch::zeros({u.layout->block() * comm_.size()}, compute_dtype_);
-      u.grad_share = u.staging.narrow(0, comm_.rank() * u.layout->block(), u.layout->block());
-    } else {
-      u.grad_share = torch::zeros({u.layout->block()}, compute_dtype_);
-    }
-    u.opt_index = optimizer_.add_shard(u.mine.count);
-  }
-  pool_.set_max_idle(pooled_blocks());
-  for (std::size_t ui = 0; ui < units_.size(); ++ui) {
-    for (auto& p : units_[ui]->params) {
-      grad_accumulators_.push_back(torch::autograd::impl::grad_accumulator(p));
-      post_hook_keys_.push_back(grad_accumulators_.back()->add_post_hook(
-          std::make_unique<AfterAccumulate>([this, ui] { on_grad_ready(ui); })));
-    }
-  }
-  return Status::ok();
 }
 
 // ---- gathering ------------------------------------------------------------
@@ -747,28 +498,6 @@ Status ShardedDataParallel::step_impl(double lr) {
   return Status::ok();
 }
 
-// ---- memory ------------------------------------------------------------------
-
-StateBytes ShardedDataParallel::state_bytes() const {
-  StateBytes b;
-  // Gathered parameters (stage 3) and staging (stages 2, 3) are pooled
-  // blocks, in use or idle.
-  b.in_flight = pool_.held_bytes() + optimizer_.scratch_bytes();
-  for (const auto& up : units_) {
-    const Unit& u = *up;
-    const bool sharded = options_.stage == 3 && !u.modules.empty();
-    if (u.allocated && !sharded) b.params += u.flat_bytes;
-    b.in_flight += u.grad_bytes_alive;
-    if (u.staging.defined() && options_.stage == 1) b.grads += u.staging.nbytes();
-    if (u.partial.defined()) b.in_flight += u.partial.nbytes();
-    if (!u.master_is_view) b.shards += u.master.nbytes();
-    if (sharded && u.send.data_ptr() != u.master.data_ptr()) b.shards += u.send.nbytes();
-    if (options_.stage != 1) b.shards += u.grad_share.nbytes();
-  }
-  b.optimizer = optimizer_.state_bytes();
-  return b;
-}
-
 void ShardedDataParallel::trace(const char* what, const Unit* u, double issued, double started,
                                 double ended) {
   if (options_.trace) trace_.push_back({what, u != nullptr ? u->name : "", issued, started, ended});
@@ -783,142 +512,6 @@ void ShardedDataParallel::trace_work(const char* what, const Unit& u, const comm
 void ShardedDataParallel::account() {
   StateBytes now = state_bytes();
   if (now.total() > peak_.total()) peak_ = now;
-}
-
-std::size_t state_bytes_formula(int stage, Precision precision, const OptimizerOptions& optimizer,
-                                std::int64_t parameters, int world) {
-  const double psi = static_cast<double>(parameters), n = world;
-  const bool bf16 = precision == Precision::kBf16 && stage > 0;
-  const double p = bf16 ? 2 : 4, g = p;
-  double k = 0;
-  if (optimizer.kind == OptimizerKind::kAdamW) k = 8;
-  else if (optimizer.momentum != 0) k = 4;
-  if (bf16) k += 4;  // the fp32 master
-  double bytes = 0;
-  switch (stage) {
-    case 0: bytes = (p + g + k) * psi; break;
-    case 1: bytes = p * psi + g * psi + k * psi / n; break;
-    case 2: bytes = p * psi + (g + k) * psi / n; break;
-    default: bytes = (p + g + k) * psi / n; break;
-  }
-  return static_cast<std::size_t>(bytes);
-}
-
-std::size_t ShardedDataParallel::formula_state_bytes() const {
-  return state_bytes_formula(options_.stage, options_.precision, options_.optimizer, parameter_count_,
-                             comm_.size());
-}
-
-// ---- checkpoints ---------------------------------------------------------------
-
-std::string ShardedDataParallel::layout_json() const {
-  nlohmann::json units = nlohmann::json::array();
-  for (const auto& up : units_) {
-    const Unit& u = *up;
-    nlohmann::json params = nlohmann::json::array();
-    for (std::size_t i = 0; i < u.params.size(); ++i) {
-      params.push_back({{"name", u.names[i]}, {"shape", u.params[i].sizes().vec()}});
-    }
-    units.push_back({{"name", u.name}, {"total", u.layout->total()}, {"params", params}});
-  }
-  return nlohmann::json{{"version", 1}, {"stage", options_.stage},
-                        {"precision", compute_dtype_ == torch::kFloat32 ? "fp32" : "bf16"},
-                        {"units", units}}.dump();
-}
-
-Status ShardedDataParallel::capture(ckpt::StateView* view, std::vector<torch::Tensor>* keep_alive,
-                                    std::string* layout_blob, std::string* optim_blob) {
-  KILN_RETURN_IF_ERROR(failure_);
-  for (auto& up : units_) {
-    Unit& u = *up;
-    const std::vector<std::int64_t> shape{u.layout->total()};
-    torch::Tensor m = u.master.contiguous();
-    keep_alive->push_back(m);
-    KILN_RETURN_IF_ERROR(view->add_tensor("zero/" + u.name + "/param", comm::DataType::kFloat32, shape,
-                                          u.mine.offset, u.mine.count, m.data_ptr()));
-    for (auto& [name, t] : optimizer_.state(u.opt_index)) {
-      keep_alive->push_back(*t);
-      KILN_RETURN_IF_ERROR(view->add_tensor(fmt::format("zero/{}/{}", u.name, name), comm::DataType::kFloat32,
-                                            shape, u.mine.offset, u.mine.count, t->data_ptr()));
-    }
-  }
-  *layout_blob = layout_json();
-  const bool adam = options_.optimizer.kind == OptimizerKind::kAdamW;
-  *optim_blob = nlohmann::json{{"kind", adam ? "adamw" : "sgd"}, {"step", optimizer_.steps()}}.dump();
-  KILN_RETURN_IF_ERROR(view->add_blob("zero/layout", layout_blob->data(), layout_blob->size()));
-  return view->add_blob("zero/optim", optim_blob->data(), optim_blob->size());
-}
-
-Status ShardedDataParallel::restore_impl(const ckpt::LoadedState& loaded) {
-  torch::NoGradGuard no_grad;
-  const std::string& where = loaded.dir;
-  const ckpt::LoadedEntry* layout = loaded.find("zero/layout");
-  if (layout == nullptr) {
-    return data_loss(fmt::format("checkpoint {}: no sharded layout ('zero/layout'): it was saved "
-                                 "by another strategy", where));
-  }
-  auto j = nlohmann::json::parse(layout->data.begin(), layout->data.end(), nullptr, false);
-  if (j.is_discarded() || !j.contains("units") || j["units"].size() != units_.size()) {
-    return data_loss(fmt::format("checkpoint {}: its sharded layout has {} units, this model {}",
-                                 where, j.is_discarded() ? 0 : j["units"].size(), units_.size()));
-  }
-  // Copies this rank's share of entry `name` (a flat fp32 tensor of the
-  // unit's total) into `dst`.
-  auto take = [&](const Unit& u, const std::string& name, torch::Tensor& dst) -> Status {
-    const ckpt::LoadedEntry* e = loaded.find(name);
-    if (e == nullptr || !e->is_tensor || e->spec.shape != std::vector<std::int64_t>{u.layout->total()}) {
-      return data_loss(fmt::format("checkpoint {}: no flat tensor '{}' of {} elements", where, name,
-                                   u.layout->total()));
-    }
-    const std::int64_t lo = e->spec.row_offset, hi = lo + e->spec.rows;
-    if (u.mine.offset < lo || u.mine.offset + u.mine.count > hi) {
-      return data_loss(fmt::format("checkpoint {}: '{}' was loaded as rows [{}, {}), this rank needs "
-                                   "[{}, {})", where, name, lo, hi, u.mine.offset, u.mine.offset + u.mine.count));
-    }
-    std::memcpy(dst.data_ptr(), e->data.data() + (u.mine.offset - lo) * sizeof(float),
-                static_cast<std::size_t>(u.mine.count) * sizeof(float));
-    return Status::ok();
-  };
-  for (std::size_t i = 0; i < units_.size(); ++i) {
-    Unit& u = *units_[i];
-    const auto& ju = j["units"][i];
-    if (ju.value("name", "") != u.name || ju.value("total", std::int64_t{-1}) != u.layout->total()) {
-      return data_loss(fmt::format("checkpoint {}: unit {} is '{}' of {} parameters there, '{}' of {} "
-                                   "here (another model or wrap policy)", where, i, ju.value("name", ""),
-                                   ju.value("total", std::int64_t{-1}), u.name, u.layout->total()));
-    }
-    torch::Tensor master = u.master_is_view ? torch::empty({u.mine.count}, torch::kFloat32) : u.master;
-    KILN_RETURN_IF_ERROR(take(u, "zero/" + u.name + "/param", master));
-    if (u.master_is_view) u.master.copy_(master);
-    for (auto& [name, t] : optimizer_.state(u.opt_index)) {
-      KILN_RETURN_IF_ERROR(take(u, fmt::format("zero/{}/{}", u.name, name), *t));
-      if (std::string(name) == "momentum") optimizer_.set_momentum_ready(u.opt_index);
-    }
-  }
-  if (const ckpt::LoadedEntry* o = loaded.find("zero/optim")) {
-    auto jo = nlohmann::json::parse(o->data.begin(), o->data.end(), nullptr, false);
-    if (jo.is_discarded() || !jo.contains("step")) {
-      return data_loss(fmt::format("checkpoint {}: 'zero/optim' is not JSON with a step", where));
-    }
-    optimizer_.set_steps(jo["step"].get<std::int64_t>());
-  } else {
-    return data_loss(fmt::format("checkpoint {}: no 'zero/optim' record", where));
-  }
-  // Whole parameters from the restored shares, as after a step.
-  for (auto& up : units_) {
-    Unit& u = *up;
-    if (u.gather_work) KILN_RETURN_IF_ERROR(wait_gathered(u));
-    const bool sharded = options_.stage == 3 && !u.modules.empty();
-    if (sharded) {
-      if (u.send.data_ptr() != u.master.data_ptr()) u.send.copy_(u.master);
-    } else if (!u.master_is_view) {
-      u.flat.narrow(0, u.mine.offset, u.mine.count).copy_(u.master);
-    }
-    u.state = Unit::Params::kFreed;
-    if (!sharded) KILN_RETURN_IF_ERROR(wait_gathered(u));
-  }
-  account();
-  return Status::ok();
 }
 
 }  // namespace kiln::parallel::zero
