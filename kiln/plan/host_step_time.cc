@@ -197,6 +197,21 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   sim.ranks_per_device = static_cast<int>(l.tp * l.dp);
   sim.threads_per_rank = st.threads_per_rank;
   sim.cores = hp.cores;
+  // Note [Slowdown at the moment's sharing] (pipeline_sim.h): the calibrated
+  // slowdown grows with the ranks per core (cache, memory bus, the vCPUs'
+  // sibling threads), and a pipeline's fill and drain leave fewer ranks
+  // runnable than the steady state's every rank: 8 ranks of PP 4 × DP 2 on 2
+  // cores run 4 per core only in the middle of a step. Pricing the whole
+  // step at 4 per core put 1×4×2 20-26% slow in the sittings of sessions 13
+  // and 17; at the moment's count it is within 12% in all three recorded
+  // sittings (docs/plan.md "Session 17").
+  if (st.ranks_per_host > 1 && slowdown > 0) {
+    const double work = st.tp_work_between_messages_s;
+    const bool tp = l.tp > 1;
+    sim.relative_slowdown = [&hp, work, tp, slowdown](double k) {
+      return (tp ? hp.sharing_slowdown(k, work) : hp.independent_slowdown(k)) / slowdown;
+    };
+  }
   sim.forward_wait_s = sim.forward_s;
   sim.backward_wait_s = sim.forward_s;
   st.stage_forward_s.assign(static_cast<size_t>(p), 0);

@@ -158,7 +158,8 @@ Result<PipelineSimResult> simulate_pipeline(const PipelineSimInput& in) {
     }
     const double demand =
         static_cast<double>(active) * in.ranks_per_device * in.threads_per_rank;
-    const double rate = std::min(1.0, in.cores / std::max(1.0, demand));
+    double rate = std::min(1.0, in.cores / std::max(1.0, demand));
+    if (in.relative_slowdown && active > 0) rate /= in.relative_slowdown(demand / in.cores);
     double step = wake - now;
     for (size_t d = 0; d < dev.size(); ++d) {
       const Device& x = dev[d];

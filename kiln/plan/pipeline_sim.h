@@ -17,12 +17,14 @@
 // backward, plus `p2p_latency_s`). All running operations share the host
 // fairly: with A devices running, each rank proceeds at
 // min(1, cores / (A · ranks_per_device · threads_per_rank)) of its
-// unshared speed; an operation's wait (hand-offs) then passes in wall time
-// without a core. Deterministic; exact for the 1F1B formula when nothing is
+// unshared speed, divided by the sharing slowdown at that many runnable
+// ranks per core (Note [Slowdown at the moment's sharing]); an operation's
+// wait (hand-offs) then passes in wall time without a core. Deterministic; exact for the 1F1B formula when nothing is
 // shared (a unit test checks (m + p − 1)(f + b)).
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "kiln/base/status.h"
@@ -49,6 +51,11 @@ struct PipelineSimInput {
   int ranks_per_device = 1;  // tp · dp: ranks doing this device's work in lockstep
   int threads_per_rank = 1;
   int cores = 1;
+  // Note [Slowdown at the moment's sharing]: the durations above carry the
+  // steady state's sharing slowdown (every rank of the host runnable); this
+  // gives the slowdown at k runnable ranks per core relative to it, applied
+  // to the work running while k are (empty: 1 at every k).
+  std::function<double(double ranks_per_core)> relative_slowdown;
 };
 
 struct PipelineSimResult {

@@ -89,6 +89,35 @@ TEST(PipelineSimTest, OversubscribedPipelineFillsItsBubbleWithOtherStagesWork) {
   EXPECT_GT(r->full_speed_fraction, 0);
 }
 
+TEST(PipelineSimTest, WorkRunsAtTheSlowdownOfTheRanksRunnableAtTheMoment) {
+  // One device of one rank on 2 cores (0.5 ranks per core): all its work at
+  // the relative slowdown of 0.5 per core.
+  PipelineSimInput alone = equal_stages(1, 1, 4, 1.0, 2.0);
+  alone.cores = 2;
+  alone.relative_slowdown = [](double k) { return k < 1 ? 0.8 : 1.0; };
+  auto r = simulate_pipeline(alone);
+  ASSERT_TRUE(r.is_ok());
+  EXPECT_NEAR(r->makespan_s, 0.8 * 4 * 3.0, 1e-9);
+
+  // PP 2 on 1 core, one micro-batch: never two runnable at once, so every
+  // operation runs at the one-rank factor; with both runnable it would be 2.
+  PipelineSimInput chain = equal_stages(2, 1, 1, 1.0, 2.0);
+  chain.cores = 1;
+  chain.relative_slowdown = [](double k) { return k > 1.5 ? 2.0 : 0.5; };
+  r = simulate_pipeline(chain);
+  ASSERT_TRUE(r.is_ok());
+  EXPECT_NEAR(r->makespan_s, 0.5 * 2 * 3.0, 1e-9);
+
+  // Eight ranks on 2 cores the whole time (no pipeline): the factor at 4.
+  PipelineSimInput shared = equal_stages(1, 1, 4, 1.0, 2.0);
+  shared.ranks_per_device = 8;
+  shared.cores = 2;
+  shared.relative_slowdown = [](double k) { return k > 3.5 ? 1.25 : 1.0; };
+  r = simulate_pipeline(shared);
+  ASSERT_TRUE(r.is_ok());
+  EXPECT_NEAR(r->makespan_s, 1.25 * 4 * 3.0 * 4, 1e-9);
+}
+
 TEST(PipelineSimTest, TailsAndP2pLatencyAddUp) {
   PipelineSimInput in = equal_stages(2, 1, 2, 1.0, 2.0);
   in.tail_s = {0.5, 0.25};
