@@ -35,6 +35,7 @@
 
 #include "cli/command.h"
 #include "cli/torch/bench_serve_forward.h"
+#include "cli/torch/bench_serve_replicas.h"
 #include "cli/torch/bench_serve_where.h"
 #include "kiln/base/deadline.h"
 #include "kiln/base/heap.h"
@@ -52,6 +53,13 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using bench_serve::bench_cpus;
+using bench_serve::Child;
+using bench_serve::ready_line;
+using bench_serve::slurp;
+using bench_serve::start_replica;
+using bench_serve::stop;
+using bench_serve::wait_for;
 
 struct BenchArgs {
   bool json_out = false;
@@ -148,98 +156,6 @@ Status write_checkpoint(const std::string& root) {
   KILN_RETURN_IF_ERROR(train::capture_state(*task->module(), opt, {1, 0, 0}, 0, 1, &snap));
   KILN_ASSIGN_OR_RETURN(auto ck, ckpt::Checkpointer::create({.root = root}));
   return ck->save(snap.view, 1, Deadline::after_seconds(60));
-}
-
-// A `kiln serve` child with its output in a file.
-struct Child {
-  pid_t pid = -1;
-  std::string out;
-  int port = 0;
-};
-
-// The CPUs the bench may use when it starts; every replica gets them all,
-// whatever the load generator's thread is bound to (--pin-load-gen).
-const cpu_set_t& bench_cpus() {
-  static const cpu_set_t set = [] {
-    cpu_set_t s;
-    CPU_ZERO(&s);
-    if (::sched_getaffinity(0, sizeof s, &s) != 0) {
-      for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) CPU_SET(cpu, &s);
-    }
-    return s;
-  }();
-  return set;
-}
-
-Result<Child> spawn_serve(const std::vector<std::string>& args, const std::string& out) {
-  std::vector<std::string> all = {"/proc/self/exe", "serve"};
-  all.insert(all.end(), args.begin(), args.end());
-  std::vector<char*> argv;
-  for (auto& a : all) argv.push_back(a.data());
-  argv.push_back(nullptr);
-  const cpu_set_t& cpus = bench_cpus();
-  pid_t pid = ::fork();
-  if (pid < 0) return errno_status("fork kiln serve", errno);
-  if (pid == 0) {
-    ::sched_setaffinity(0, sizeof cpus, &cpus);
-    FILE* f = std::freopen(out.c_str(), "w", stdout);
-    if (f == nullptr) ::_exit(127);
-    ::dup2(STDOUT_FILENO, STDERR_FILENO);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  return Child{pid, out, 0};
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream s;
-  s << f.rdbuf();
-  return s.str();
-}
-
-// Waits for `pattern` in the child's output; returns its first group.
-Result<std::string> wait_for(const Child& c, const std::string& pattern, double timeout_s) {
-  const Deadline d = Deadline::after_seconds(timeout_s);
-  const std::regex re(pattern);
-  while (!d.expired()) {
-    std::smatch m;
-    std::string text = slurp(c.out);
-    if (std::regex_search(text, m, re)) return m[1].str();
-    int status;
-    if (::waitpid(c.pid, &status, WNOHANG) == c.pid) {
-      return unavailable(fmt::format("kiln serve exited before '{}': {}", pattern, text));
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  return deadline_exceeded(fmt::format("kiln serve: no '{}' within {} s", pattern, timeout_s));
-}
-
-void stop(Child& c) {
-  if (c.pid <= 0) return;
-  ::kill(c.pid, SIGTERM);
-  int status;
-  ::waitpid(c.pid, &status, 0);
-  c.pid = -1;
-}
-
-Result<Child> start_replica(const std::vector<std::string>& args, const std::string& out) {
-  KILN_ASSIGN_OR_RETURN(Child c, spawn_serve(args, out));
-  auto port = wait_for(c, "listening on [0-9.]+:([0-9]+)", 120);
-  if (!port.is_ok()) {
-    stop(c);
-    return port.status();
-  }
-  c.port = std::stoi(*port);
-  return c;
-}
-
-// The replica's "ready: ..." line: its cold start's parts.
-std::string ready_line(const Child& c) {
-  std::smatch m;
-  const std::string text = slurp(c.out);
-  static const std::regex re("ready: ([^\n]*)");
-  return std::regex_search(text, m, re) ? m[1].str() : "";
 }
 
 double median(std::vector<double> v) { return serve::quantile(std::move(v), 0.5); }
