@@ -31,6 +31,7 @@
 #include "cli/torch/bench_mlp.h"
 #include "cli/local_ranks.h"
 #include "kiln/base/resource_usage.h"
+#include "kiln/base/heap.h"
 #include "kiln/comm/process_group.h"
 #include "kiln/ddp/distributed_data_parallel.h"
 #include "kiln/ddp/overlapped_linear.h"
@@ -173,6 +174,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
   if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench ddp")) return *spawned;
   torch::set_num_threads(1);
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
+  keep_freed_heap_memory();  // as kiln train does (Note [Keep freed tensor memory])
   comm::Communicator& c = pg->comm();
   torch::manual_seed(c.rank());
   auto x = torch::randn({a.batch, a.io});
