@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,6 +31,7 @@
 #include "cli/command.h"
 #include "cli/torch/bench_mlp.h"
 #include "cli/local_ranks.h"
+#include "kiln/base/heap.h"
 #include "kiln/base/resource_usage.h"
 #include "kiln/comm/process_group.h"
 #include "kiln/ddp/distributed_data_parallel.h"
@@ -172,6 +174,7 @@ Status bench_ddp(const DdpBenchArgs& a) {
   }
   if (auto spawned = run_as_local_ranks_unless_launched(a.ranks, "kiln bench ddp")) return *spawned;
   torch::set_num_threads(1);
+  keep_freed_heap_memory();  // as kiln train does (Note [Keep freed tensor memory])
   KILN_ASSIGN_OR_RETURN(auto pg, comm::ProcessGroup::from_env());
   comm::Communicator& c = pg->comm();
   torch::manual_seed(c.rank());
@@ -265,6 +268,9 @@ Status bench_ddp(const DdpBenchArgs& a) {
   std::vector<double> a_backward_cpu, a_comm_cpu, b_backward_cpu, b_backward_other_cpu,
       b_step_other_cpu, b_preempted, a_faults, b_faults, b_fwd, b_fwd_cpu, b_fwd_faults,
       b_fwd_preempted, a_fwd, a_fwd_faults, b_rest, b_sync_rest;
+  // Per other thread name (the communicator's "kiln-engine", "kiln-tcp"),
+  // per step (b): CPU seconds, sleeps (each a wake-up later), preemptions.
+  std::map<std::string, std::array<std::vector<double>, 3>> b_threads;
   const int untimed = options.auto_tuning_steps() + a.warmup;
   std::unique_ptr<std::FILE, int (*)(std::FILE*)> phase_log(nullptr, &std::fclose);
   if (!a.phase_log.empty()) {
@@ -277,12 +283,22 @@ Status bench_ddp(const DdpBenchArgs& a) {
     auto t0 = Clock::now();
     KILN_RETURN_IF_ERROR(run_step_a(&bwd, &comm_s));
     double a_s = since(t0);
+    const auto threads_before_b = ResourceUsage::of_other_threads_by_name();
     auto t1 = Clock::now();
     CpuMark before_b;
     KILN_RETURN_IF_ERROR(run_step_b());
     double b_s = since(t1);
     CpuMark after_b;
     if (s < untimed) continue;
+    for (const auto& [name, after] : ResourceUsage::of_other_threads_by_name()) {
+      auto before = threads_before_b.find(name);
+      if (before == threads_before_b.end()) continue;
+      const ResourceUsage d = after - before->second;
+      auto& per_step = b_threads[name];
+      per_step[0].push_back(d.cpu_s);
+      per_step[1].push_back(static_cast<double>(d.voluntary_switches));
+      per_step[2].push_back(static_cast<double>(d.involuntary_switches));
+    }
     if (phase_log) {
       const double b_bwd_end = monotonic_s(b_phases[1]) + d->last_sync().backward_s;
       std::fprintf(phase_log.get(),
@@ -379,6 +395,13 @@ Status bench_ddp(const DdpBenchArgs& a) {
                      {"ddp_forward_preempted", median(b_fwd_preempted)},
                      {"ddp_step_rest_s", median(b_rest)},
                      {"ddp_call_rest_s", median(b_sync_rest)}};
+  // Where the training thread's preemptions come from: each of the other
+  // threads' medians over DDP steps (wake-ups = its sleeps).
+  for (const auto& [name, per_step] : b_threads) {
+    doc["ddp_step_threads"][name] = {{"cpu_s", median(per_step[0])},
+                                     {"wakeups", median(per_step[1])},
+                                     {"preempted", median(per_step[2])}};
+  }
   // The last step's buckets: [bytes, issued, began, ended] (s into backward).
   for (const auto& cs : d->last_sync().collectives) {
     doc["last_buckets"].push_back({cs.bytes, cs.launched_s, cs.started_s, cs.finished_s});

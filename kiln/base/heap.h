@@ -11,9 +11,11 @@
 // (issue 20); a pipeline stage's 256 KiB activation buffers, about 0.02 of
 // bubble at p 4 m 4 (issue 18). Such a process keeps what it freed instead:
 // mmap only above 32 MiB (glibc's largest threshold), trim only above 1 GiB.
-// Used by `kiln serve`'s replicas, pipeline stages and kiln::ddp's
-// DistributedDataParallel::create (a process-wide setting: a DDP job's
-// every step allocates the same tensors again).
+// Used by `kiln serve`'s replicas, pipeline stages and `kiln train`
+// (train::run_training, for every strategy: a training step allocates the
+// same tensors again; `kiln bench ddp` does as train does). A process-wide
+// setting, so made by the entry point that owns the process, not by a
+// library's factory such as DistributedDataParallel::create.
 #pragma once
 
 namespace kiln {

@@ -6,6 +6,9 @@
 // first touches of fresh memory (minor faults, which on a paravirtualised VM
 // cost more than the copy itself).
 
+#include <map>
+#include <string>
+
 namespace kiln {
 
 struct ResourceUsage {
@@ -17,6 +20,12 @@ struct ResourceUsage {
   static ResourceUsage of_process();
   // The calling thread only, so far.
   static ResourceUsage of_thread();
+  // Every other thread of the process, so far, summed per thread name
+  // (/proc/self/task/*/comm; a communicator names its threads, e.g.
+  // "kiln-engine"): CPU and context switches only (faults are counted per
+  // process). Threads that exited are missing, so take deltas of names
+  // present at both ends. Empty where /proc cannot be read.
+  static std::map<std::string, ResourceUsage> of_other_threads_by_name();
 
   ResourceUsage operator-(const ResourceUsage& earlier) const {
     return {cpu_s - earlier.cpu_s, minor_faults - earlier.minor_faults,

@@ -1,5 +1,7 @@
 // The streaming-store kernels (Note [Streaming stores for large messages])
-// must give exactly what the plain ones give, at any alignment and length.
+// must give exactly what the plain ones give, at any alignment and length;
+// an average divided in its last reduction (Note [Averaging in the last
+// reduction]) exactly what a division after it gives.
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -57,6 +59,53 @@ TEST(CopyStreaming, MatchesMemcpyAtEveryAlignmentAndLength) {
       }
     }
   }
+}
+
+}  // namespace
+}  // namespace kiln::comm
+
+namespace kiln::comm {
+namespace {
+
+// Reduces in two pieces, as a transport folds a message in as it arrives.
+template <typename T>
+void expect_division_in_the_reduction_matches_after_it(DataType t, int n) {
+  std::vector<T> local(1001), incoming(1001);
+  for (std::size_t i = 0; i < local.size(); ++i) {
+    local[i] = static_cast<T>(0.37 * static_cast<double>(i) - 90);
+    incoming[i] = static_cast<T>(1000.0 / static_cast<double>(i + 3));
+  }
+  std::vector<T> want(local.size()), plain(local.size()), streamed(local.size());
+  reduce(t, ReduceOp::kAvg, want.data(), local.data(), incoming.data(), want.size());
+  finish_avg(t, want.data(), want.size(), n);
+  const Reducer last{t, ReduceOp::kAvg, n};
+  const std::size_t cut = 333 * sizeof(T), bytes = local.size() * sizeof(T);
+  auto* l = reinterpret_cast<const char*>(local.data());
+  auto* in = reinterpret_cast<const char*>(incoming.data());
+  auto* p = reinterpret_cast<char*>(plain.data());
+  auto* s = reinterpret_cast<char*>(streamed.data());
+  last(p, l, in, cut);
+  last(p + cut, l + cut, in + cut, bytes - cut);
+  last.streaming(s, l, in, cut, /*fence=*/false);
+  last.streaming(s + cut, l + cut, in + cut, bytes - cut);
+  for (std::size_t i = 0; i < want.size(); ++i) {
+    ASSERT_EQ(std::memcmp(&plain[i], &want[i], sizeof(T)), 0) << "element " << i << ", n " << n;
+    ASSERT_EQ(std::memcmp(&streamed[i], &want[i], sizeof(T)), 0) << "streaming, element " << i;
+  }
+}
+
+TEST(ReducerAverage, DividingInTheLastReductionGivesTheBitsOfDividingAfterIt) {
+  for (int n : {2, 3, 7}) {
+    expect_division_in_the_reduction_matches_after_it<float>(DataType::kFloat32, n);
+    expect_division_in_the_reduction_matches_after_it<double>(DataType::kFloat64, n);
+    expect_division_in_the_reduction_matches_after_it<std::int32_t>(DataType::kInt32, n);
+  }
+}
+
+TEST(ReducerAverage, WithoutADivisorItOnlySums) {
+  std::vector<float> x(64, 2.f), y(64, 3.f);
+  Reducer{DataType::kFloat32, ReduceOp::kAvg}(x.data(), x.data(), y.data(), 64 * sizeof(float));
+  EXPECT_EQ(x[63], 5.f);
 }
 
 }  // namespace

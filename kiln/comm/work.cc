@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "kiln/comm/thread_role.h"
 #include "kiln/comm/transport/waiting_callers.h"
 
 namespace kiln::comm {
@@ -126,9 +127,14 @@ void Engine::submit(const WorkPtr& w) {
 
 bool Engine::help(const Work* target) {
   std::unique_lock lock(mu_);
-  // A caller waiting on work that is not done yet is synchronous use,
-  // whoever ends up running it.
-  if (++prompt_waits_ >= kPromptWaitsToDefer) defer_wake_ = true;
+  // A caller waiting on work it submitted moments ago is synchronous use,
+  // whoever ends up running it. One waiting on work it issued long before
+  // (DDP's buckets at the end of backward) overlapped it: deferring the wake
+  // then would only have the engine poll every kPollPeriod through the next
+  // forward and hold back the next backward's first bucket (each poll a
+  // preemption of the training thread where ranks are bound to cores).
+  const bool prompt = Clock::now() - target->submitted_at_ < kPollPeriod;
+  if (prompt && ++prompt_waits_ >= kPromptWaitsToDefer) defer_wake_ = true;
   if (running_) return false;
   bool ran = false;
   while (!target->test() && !queue_.empty()) {
@@ -146,6 +152,7 @@ bool Engine::help(const Work* target) {
 }
 
 void Engine::loop() {
+  become_comm_thread("kiln-engine");
   std::unique_lock lock(mu_);
   int idle_polls = 0;
   while (!stop_) {

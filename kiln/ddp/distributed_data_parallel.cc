@@ -14,7 +14,6 @@
 #include <fmt/format.h>
 
 #include "kiln/base/deadline.h"
-#include "kiln/base/heap.h"
 #include "kiln/base/logging.h"
 #include "kiln/comm/shared_buffer.h"
 #include "kiln/ddp/bucket_plan.h"
@@ -78,13 +77,6 @@ DistributedDataParallel::DistributedDataParallel(std::shared_ptr<torch::nn::Modu
 Result<std::unique_ptr<DistributedDataParallel>> DistributedDataParallel::create(
     std::shared_ptr<torch::nn::Module> module, comm::Communicator& comm, DdpOptions options) {
   if (!module) return invalid_argument("DDP: no module");
-  // Every step allocates the same activation- and gradient-sized tensors
-  // again; glibc handed part of them back to the kernel after each step, so
-  // the next GEMM wrote into fresh pages: 1.5-8 k page faults (6-32 MB) per
-  // DDP backward on the issue's MLP, 13-18 ms of its training thread's CPU
-  // (perf, docs/perf.md "Issue 24, DDP, session 16"). Keep them (Note [Keep
-  // freed tensor memory], kiln/base/heap.h), as pipeline stages do.
-  keep_freed_heap_memory();
   std::unique_ptr<DistributedDataParallel> d(new DistributedDataParallel(std::move(module), comm, options));
   for (auto& item : d->module_->named_parameters(/*recurse=*/true)) {
     if (!item.value().requires_grad()) continue;

@@ -14,6 +14,7 @@
 
 #include "kiln/base/blas_kernel.h"
 #include "kiln/base/deadline.h"
+#include "kiln/base/heap.h"
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
 #include "kiln/ckpt/checkpointer.h"
@@ -126,6 +127,13 @@ Status check_state_fits(const TrainConfig& c, const MemoryCap& memory_cap, std::
 
 Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator& comm) {
   const TrainConfig& c = options.config;
+  // Every step allocates the same activation- and gradient-sized tensors
+  // again: keep what the last step freed instead of faulting in fresh pages
+  // (Note [Keep freed tensor memory], kiln/base/heap.h; DDP's backward took
+  // 1.5-8 k page faults a step without it, docs/perf.md, issue 24, session
+  // 16). A process-wide allocator setting, so made here, where the process
+  // becomes a training process, not inside a library factory.
+  keep_freed_heap_memory();
   if (c.parallel.three_d()) return run_training_3d(options, comm);
   const int rank = comm.rank(), world = comm.size();
   const auto started = Clock::now();

@@ -123,15 +123,18 @@ Status allreduce_halving_doubling(const Env& env, const AllreduceArgs& a) {
       Window keep = lower ? Window{w.lo, mid} : Window{mid, w.hi};
       Window give = lower ? Window{mid, w.hi} : Window{w.lo, mid};
       const char* src = before.empty() ? first_src : buf;
+      // The last halving step completes this rank's window: an average
+      // divides it there (Note [Averaging in the last reduction], reduce.h).
+      Reducer step = reducer;
+      if (mask == 1 && a.op == ReduceOp::kAvg) step.then_divide_by = n;
       transport::Request sr, rr;
       peer.post_send(src + give.lo * es, (give.hi - give.lo) * es, &sr);
       peer.post_recv_reduce(buf + keep.lo * es, src + keep.lo * es, (keep.hi - keep.lo) * es,
-                            reducer, &rr);
+                            step, &rr);
       KILN_RETURN_IF_ERROR(env.wait({&sr, &rr}));
       before.push_back(w);
       w = keep;
     }
-    if (a.op == ReduceOp::kAvg) finish_avg(a.dtype, buf + w.lo * es, w.hi - w.lo, n);
     // Recursive doubling: exchange windows back until everyone has it all.
     for (int mask = 1; mask < f.p; mask <<= 1) {
       auto& peer = env.group.pair(f.real(f.vr ^ mask));

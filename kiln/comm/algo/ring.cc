@@ -9,7 +9,9 @@ namespace {
 // Reduce-scatter around the ring over elements of `es` bytes. The segment
 // received at step s is folded with this rank's own input (`send`) into
 // `recv`; the one sent at step s ≥ 1 is the one folded at step s-1, so out of
-// place needs no extra copy. Ends with segment (r + 1) % n reduced in recv.
+// place needs no extra copy. Ends with segment (r + 1) % n reduced in recv;
+// an average's last step also divides it (Note [Averaging in the last
+// reduction], reduce.h).
 Status reduce_scatter_phase(const Env& env, const Split& seg, const char* send, char* recv,
                             std::size_t es, Reducer reducer) {
   const int n = env.group.size();
@@ -22,8 +24,10 @@ Status reduce_scatter_phase(const Env& env, const Split& seg, const char* send, 
     const char* src = (s == 0 ? send : recv) + seg.offset(send_idx) * es;
     transport::Request sr, rr;
     right.post_send(src, seg.size(send_idx) * es, &sr);
+    Reducer step = reducer;
+    if (s == n - 2 && reducer.op == ReduceOp::kAvg) step.then_divide_by = n;
     left.post_recv_reduce(recv + seg.offset(recv_idx) * es, send + seg.offset(recv_idx) * es,
-                          seg.size(recv_idx) * es, reducer, &rr);
+                          seg.size(recv_idx) * es, step, &rr);
     KILN_RETURN_IF_ERROR(env.wait({&sr, &rr}));
   }
   return Status::ok();
@@ -62,8 +66,6 @@ Status allreduce_ring(const Env& env, const AllreduceArgs& a) {
   const int mine = (r + 1) % n;  // the segment this rank holds fully reduced after the first phase
   if (!accumulates_in_float32(a.dtype, a.op)) {
     KILN_RETURN_IF_ERROR(reduce_scatter_phase(env, seg, send, recv, es, Reducer{a.dtype, a.op}));
-    if (a.op == ReduceOp::kAvg)
-      finish_avg(a.dtype, recv + seg.offset(mine) * es, seg.size(mine), n);
     return allgather_phase(env, seg, recv, es);
   }
   // Note [16-bit floats accumulate in float32]: the partial sums go round
@@ -75,8 +77,7 @@ Status allreduce_ring(const Env& env, const AllreduceArgs& a) {
   auto* w = reinterpret_cast<char*>(wide);
   KILN_RETURN_IF_ERROR(
       reduce_scatter_phase(env, seg, w, w, sizeof(float), Reducer{DataType::kFloat32, a.op}));
-  float* done = wide + seg.offset(mine);
-  if (a.op == ReduceOp::kAvg) finish_avg(DataType::kFloat32, done, seg.size(mine), n);
+  const float* done = wide + seg.offset(mine);
   narrow_from_float32(a.dtype, done, recv + seg.offset(mine) * es, seg.size(mine));
   return allgather_phase(env, seg, recv, es);
 }

@@ -7,6 +7,7 @@
 #include <cerrno>
 
 #include "kiln/base/logging.h"
+#include "kiln/comm/thread_role.h"
 
 namespace kiln::comm::transport::tcp {
 
@@ -35,6 +36,7 @@ Status Device::watch(TcpPair* pair) {
 void Device::start() { thread_ = std::thread([this] { loop(); }); }
 
 void Device::loop() {
+  become_comm_thread("kiln-tcp");
   epoll_event events[64];
   while (true) {
     int n = epoll_wait(epfd_.get(), events, 64, -1);
