@@ -294,30 +294,39 @@ Result<std::shared_ptr<Loader::OpenShard>> Loader::open_shard(std::size_t shard,
 // together, and the first to ask shuffles it (~0.25 ms for 20 000 positions
 // on the 2-vCPU VM) while the others wait for it (Note [Windows computed
 // outside the lock] in sampler.cc). The prefetch threads, idle between
-// shards, shuffle each window before the decode threads need it: when the
-// batch queue_depth ahead of the next to build reaches it. Only where the
+// shards, shuffle each window before the decode threads need it. A window
+// the batches in flight need (the batch queue_depth ahead of the next to
+// build reaches it) comes first; then the shards claimed batches need; then
+// the window after that one, a whole window ahead of the decode threads.
+// Preparing only the window in flight left the threads ~8 batches (~50 µs of
+// 784 B samples) of lead for a ~250 µs shuffle: every decode thread waited
+// for the rest of it at each window, with one CPU idle. Only where the
 // sampler's cache holds the windows of the batches in flight and the
-// prepared one together (windows of at least twice the positions in
-// flight), or preparing would evict a window still being read.
+// prepared ones together (windows of at least twice the positions in
+// flight: the batches in flight span at most two windows, plus the one
+// ahead, within EpochOrder's four), or preparing would evict a window still
+// being read.
 void Loader::prefetch_loop() {
   yield_on_wakeup("kiln-prefetch");
   const auto depth = static_cast<std::uint64_t>(options_.queue_depth);
   std::unique_lock<std::mutex> lock(mu_);
+  // Shuffles window next_window_ with the lock released.
+  auto prepare_next_window = [&] {
+    const std::uint64_t win = next_window_++;
+    lock.unlock();
+    sampler_.order().prepare(win * sampler_.order().window_size());
+    lock.lock();
+  };
   while (!stop_) {
     std::uint64_t wake_at = UINT64_MAX;
-    if (next_window_ <= last_window_) {
-      const std::uint64_t wanted =
-          window_of_batch(std::min(num_batches_ - 1, next_to_build_ + depth));
-      if (next_window_ <= wanted) {
-        const std::uint64_t win = next_window_++;
-        lock.unlock();
-        sampler_.order().prepare(win * sampler_.order().window_size());
-        lock.lock();
+    std::uint64_t in_flight_window = 0;  // the window of the batch queue_depth ahead
+    const bool windows_left = next_window_ <= last_window_;
+    if (windows_left) {
+      in_flight_window = window_of_batch(std::min(num_batches_ - 1, next_to_build_ + depth));
+      if (next_window_ <= in_flight_window) {
+        prepare_next_window();
         continue;
       }
-      // Wanted once next_to_build_ + depth reaches its first batch.
-      const std::uint64_t first = first_batch_in_window(next_window_);
-      wake_at = first > depth ? first - depth - 1 : 0;
     }
     if (next_plan_ < plan_.size()) {
       // Claim plan entries in order. A shard a claimed batch may need is
@@ -348,7 +357,16 @@ void Loader::prefetch_loop() {
         shard_cv_.notify_all();
         continue;
       }
-    } else if (next_window_ > last_window_) {
+    }
+    if (windows_left) {
+      if (next_window_ == in_flight_window + 1) {  // the window ahead
+        prepare_next_window();
+        continue;
+      }
+      // Ahead once next_to_build_ + depth reaches the window before it.
+      const std::uint64_t first = first_batch_in_window(next_window_ - 1);
+      wake_at = std::min(wake_at, first > depth ? first - depth - 1 : 0);
+    } else if (next_plan_ >= plan_.size()) {
       return;  // every shard opened, every window prepared
     }
     prefetch_wake_at_ = std::min(prefetch_wake_at_, wake_at);
@@ -467,15 +485,25 @@ Result<Batch> Loader::build(std::uint64_t number, Scratch* scratch) {
         held.emplace_back(cur, std::move(open));
       }
     }
+    // Note [Prefetch the offset table]: a shuffled record's offset-table
+    // entry is a cache miss too (the table of a 16 MiB shard of 784 B
+    // records is ~160 KiB, and the records streaming through the caches
+    // evict it). Read in the loop below right after it was looked up, each
+    // entry's miss came one after another: 18% of the build loop's samples
+    // sat on that load (perf, 784 B epochs). So all of a batch's entries are
+    // requested first, and their misses overlap.
+    cur_reader->prefetch_extent(id - cur_first);
+    where[j] = {cur_reader, id - cur_first, cur, {}};
+  }
+  for (Scratch::Where& w : where) {
     // Note [Prefetch the head of a large record]: a record's lines are
     // loaded ahead only up to kPrefetchBytes. Past that the copy reads it
     // sequentially and the hardware prefetcher streams it; prefetching all
     // of a 64 KiB record eight records ahead issued 8 192 prefetches that
     // waited for free miss buffers in the build loop (9% of an epoch of
     // 64 KiB samples in perf, against 19% in the copy itself).
-    std::span<const std::uint8_t> extent = cur_reader->extent(id - cur_first);
-    where[j] = {cur_reader, id - cur_first, cur,
-                extent.first(std::min(extent.size(), kPrefetchBytes))};
+    const std::span<const std::uint8_t> extent = w.reader->extent(w.record);
+    w.extent = extent.first(std::min(extent.size(), kPrefetchBytes));
   }
   // Note [Collate with plain stores]: int64 and tensor fields have one size
   // per sample for the whole batch (a tensor's shape must match the first

@@ -265,6 +265,29 @@ TEST(Loader, ConsumerBuildsBatchesWhileItWouldWaitInOrder) {
   EXPECT_GT(l.built_by_consumer(), 0u) << "of " << l.num_batches() << " batches";
 }
 
+// Note [Sampler windows ahead]: with windows of at least twice the
+// positions in flight, the prefetch threads shuffle the window of the
+// batches in flight and the one after it before the decode threads ask. The
+// batches still follow the sampler's order exactly, across every window.
+TEST(Loader, WindowsShuffledAheadKeepTheSamplersOrder) {
+  Fixture f;
+  const LoaderOptions o{.sampler = {.seed = 6, .shuffle_window = 120}, .state = {.epoch = 2},
+                        .batch_size = 4, .workers = 2, .queue_depth = 3};
+  // (queue_depth + 1) * batch_size = 16 positions in flight, windows of 120:
+  // the windows-ahead path, over 5 windows of the 500 samples.
+  ASSERT_GE(o.sampler.shuffle_window, 2 * (o.queue_depth + 1) * o.batch_size);
+  const RankSampler order(f.index, o.sampler, 0, 1, o.state);
+  for (int round = 0; round < 3; ++round) {
+    Loader l(f.cache.get(), f.index, o);
+    std::uint64_t k = 0;
+    ASSERT_NO_FATAL_FAILURE(drain_expecting_each_sample_once(l, f.index.num_samples,
+                                                             [&](const Batch& b) {
+      for (std::uint64_t id : b.sample_ids) ASSERT_EQ(id, order.peek(k++)) << "position " << k;
+    }));
+    EXPECT_EQ(k, f.index.num_samples);
+  }
+}
+
 // Note [Warm shard mappings]: the second epoch maps no shard again, and the
 // parked mappings hold no lease: another process's cache on the same
 // directory evicts every shard, after which the next epoch maps the new

@@ -121,6 +121,14 @@ class ShardReader {
     return {base_ + offsets_[i], end - offsets_[i]};
   }
 
+  // A hint that extent(i) is asked for soon: starts loading the offset-table
+  // entries it reads (Note [Prefetch the offset table] in loader.cc).
+  // Requires i < records().
+  void prefetch_extent(std::uint64_t i) const {
+    __builtin_prefetch(offsets_.data() + i);
+    __builtin_prefetch(offsets_.data() + i + 1);  // at most one past the end; never faults
+  }
+
   // A hint that the bytes of `extent` (of this or any reader) are read soon:
   // starts loading every cache line of them. A prefetch neither faults nor
   // fails. Note [Prefetch the records of a batch] in loader.cc.
