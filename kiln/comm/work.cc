@@ -110,9 +110,17 @@ constexpr auto kPollPeriod = std::chrono::microseconds(500);
 constexpr int kPromptWaitsToDefer = 4;
 constexpr int kIdlePollsBeforeDeepSleep = 40;
 
+// Note [Done is not busy]: the thread that ran an operation marks it done
+// (its waiter returns) before it takes mu_ again to say it stopped running.
+// A caller that destroys its communicator right after its last operation
+// (a final barrier, then exit) must not count that operation as pending:
+// ~Communicator would abort the group, and peers still finishing the same
+// barrier would fail with "rank N aborted the group" while rank N itself
+// succeeded (seen under load in EightRanksAndAFold/SixteenBitFloats at 8
+// ranks on 2 cores, session 16; reproduced by widening that window).
 bool Engine::busy() {
   std::lock_guard lock(mu_);
-  return running_ || !queue_.empty();
+  return !queue_.empty() || (running_ && !running_work_->test());
 }
 
 void Engine::submit(const WorkPtr& w) {
@@ -141,11 +149,13 @@ bool Engine::help(const Work* target) {
     WorkPtr w = std::move(queue_.front());
     queue_.pop_front();
     running_ = true;
+    running_work_ = w.get();
     lock.unlock();
     w->run(op_timeout_);
     ran = true;
     lock.lock();
     running_ = false;
+    running_work_ = nullptr;
   }
   if (!queue_.empty()) cv_.notify_one();  // hand the rest to the engine thread
   return ran;
@@ -190,10 +200,12 @@ void Engine::loop() {
     WorkPtr w = std::move(queue_.front());
     queue_.pop_front();
     running_ = true;
+    running_work_ = w.get();
     lock.unlock();
     w->run(op_timeout_);
     lock.lock();
     running_ = false;
+    running_work_ = nullptr;
   }
 }
 

@@ -88,7 +88,8 @@ class Engine {
   // other thread is running work. Returns whether it ran anything.
   bool help(const Work* target);
   void set_op_timeout(Clock::duration t) { op_timeout_ = t; }
-  // Whether work is queued or running right now.
+  // Whether work is queued, or running and not yet done (Note [Done is not
+  // busy], work.cc).
   bool busy();
 
  private:
@@ -98,6 +99,7 @@ class Engine {
   std::condition_variable cv_;
   std::deque<WorkPtr> queue_;  // guarded by mu_
   bool running_ = false;       // guarded by mu_: some thread executes work
+  const Work* running_work_ = nullptr;  // guarded by mu_: which, while running_
   bool stop_ = false;          // guarded by mu_
   // Note [Deferred engine wake]; all guarded by mu_.
   enum class Sleep { kAwake, kPolling, kDeep };

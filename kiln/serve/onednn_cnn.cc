@@ -7,6 +7,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 namespace kiln::serve {
 namespace {
@@ -73,7 +74,8 @@ struct OnednnCnn::Impl {
     const void* bound_to = nullptr;  // the arena its activations point into
   };
 
-  Impl(const CnnParameters& p) : shape(p) {
+  Impl(const CnnParameters& p, BeforePlanForTest before_plan)
+      : shape(p), before_plan(std::move(before_plan)) {
     shape.conv1_w = shape.conv1_b = shape.conv2_w = shape.conv2_b = {};
     shape.fc1_w = shape.fc1_b = shape.fc2_w = shape.fc2_b = {};
   }
@@ -100,6 +102,7 @@ struct OnednnCnn::Impl {
   }
 
   Plan build(int b) {
+    if (before_plan) before_plan(b);
     const std::int64_t n = b, s = shape.side, c1 = shape.conv1_channels, c2 = shape.conv2_channels;
     Plan plan;
     auto activation = [&](const memory::desc& d) {
@@ -216,6 +219,7 @@ struct OnednnCnn::Impl {
   }
 
   CnnParameters shape;  // the sizes and normalization, no values
+  BeforePlanForTest before_plan;
   dnnl::engine engine{dnnl::engine::kind::cpu, 0};
   dnnl::stream stream{engine};
   memory conv1_w, conv1_b, conv2_w, conv2_b, fc1_w, fc1_b, fc2_w, fc2_b;  // LibTorch's layouts
@@ -228,7 +232,8 @@ struct OnednnCnn::Impl {
 OnednnCnn::OnednnCnn(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 OnednnCnn::~OnednnCnn() = default;
 
-Result<std::unique_ptr<OnednnCnn>> OnednnCnn::create(const CnnParameters& p) {
+Result<std::unique_ptr<OnednnCnn>> OnednnCnn::create(const CnnParameters& p,
+                                                     BeforePlanForTest before_plan) {
   const std::int64_t c1 = p.conv1_channels, c2 = p.conv2_channels, q = p.side / 4;
   if (c1 <= 0 || c2 <= 0 || p.hidden <= 0 || p.classes <= 0 || p.side <= 0 || p.side % 4 != 0 ||
       p.pixel_std == 0) {
@@ -246,7 +251,7 @@ Result<std::unique_ptr<OnednnCnn>> OnednnCnn::create(const CnnParameters& p) {
   KILN_RETURN_IF_ERROR(check_size("fc2.weight", p.fc2_w, p.classes * p.hidden));
   KILN_RETURN_IF_ERROR(check_size("fc2.bias", p.fc2_b, p.classes));
   try {
-    auto impl = std::make_unique<Impl>(p);
+    auto impl = std::make_unique<Impl>(p, std::move(before_plan));
     Impl& m = *impl;
     m.conv1_w = m.plain(p.conv1_w, {c1, 1, 3, 3}, Tag::oihw);
     m.conv1_b = m.plain(p.conv1_b, {c1}, Tag::x);

@@ -35,6 +35,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -59,12 +60,18 @@ struct CnnParameters {
 
 class OnednnCnn {
  public:
+  // Tests only: runs with the batch size before that size's plan is built
+  // (once per size, never on a batch whose plan exists); what it throws,
+  // forward() throws, as if oneDNN could not build the plan.
+  using BeforePlanForTest = std::function<void(int batch)>;
+
   // Checks the shapes and wraps the parameters; builds no plan (a replica
   // makes this inside its cold start, where ~3 ms of primitives, reorders
   // and first-touched activations would be most of a node cache hit's
   // load: docs/perf.md, issue 20, session 16). FailedPrecondition: a
   // parameter's size does not match the shapes.
-  static Result<std::unique_ptr<OnednnCnn>> create(const CnnParameters& p);
+  static Result<std::unique_ptr<OnednnCnn>> create(const CnnParameters& p,
+                                                   BeforePlanForTest before_plan = {});
   ~OnednnCnn();
   OnednnCnn(const OnednnCnn&) = delete;
   OnednnCnn& operator=(const OnednnCnn&) = delete;

@@ -159,10 +159,13 @@ class TorchModel : public Model {
     const auto b = static_cast<std::int64_t>(batch.size());
     if (b == 0) return {};
     if (cnn_.onednn) {
-      // The pixels go straight into the plan's input (no tensor). A plan is
-      // built on a batch size's first use; if oneDNN cannot build or run
-      // one, the replica serves the module's forward from then on, as a
-      // model the oneDNN forward cannot take does from its load.
+      // The pixels go straight into the plan's input (no tensor).
+      // Note [A oneDNN plan that fails]: a plan is built on a batch size's
+      // first use; if oneDNN cannot build or run one, the replica serves
+      // the module's forward from then on (this batch included), as a
+      // model the oneDNN forward cannot take does from its load, and says
+      // so once: no request of that size fails, and no later batch pays
+      // for another failed build.
       try {
         const std::span<const float> logits = cnn_.onednn->forward(batch);
         return classified(logits.data(), b, static_cast<std::int64_t>(logits.size()) / b);
@@ -279,12 +282,17 @@ namespace {
 class UnfilledTorchModel : public UnfilledModel {
  public:
   UnfilledTorchModel(std::unique_ptr<train::Task> task, ModelInfo info, int threads,
-                     CnnForward cnn_forward)
-      : task(std::move(task)), info(std::move(info)), threads(threads), cnn_forward(cnn_forward) {}
+                     CnnForward cnn_forward, OnednnCnn::BeforePlanForTest before_onednn_plan)
+      : task(std::move(task)),
+        info(std::move(info)),
+        threads(threads),
+        cnn_forward(cnn_forward),
+        before_onednn_plan(std::move(before_onednn_plan)) {}
   std::unique_ptr<train::Task> task;
   ModelInfo info;  // all but the step and source, known once filled
   int threads;
   CnnForward cnn_forward;
+  OnednnCnn::BeforePlanForTest before_onednn_plan;  // TorchModelOptions' test hook
 };
 
 // A float32 parameter of the module as a span of its values (contiguous:
@@ -304,7 +312,8 @@ Result<std::span<const float>> float_values(torch::nn::Module& cnn, const std::s
 }
 
 // Note [The CNN's forward on oneDNN's own API] (onednn_cnn.h).
-Result<std::unique_ptr<OnednnCnn>> onednn_cnn(torch::nn::Module& cnn) {
+Result<std::unique_ptr<OnednnCnn>> onednn_cnn(torch::nn::Module& cnn,
+                                              OnednnCnn::BeforePlanForTest before_plan) {
   CnnParameters p;
   KILN_ASSIGN_OR_RETURN(p.conv1_w, float_values(cnn, "conv1.weight", 4));
   KILN_ASSIGN_OR_RETURN(p.conv1_b, float_values(cnn, "conv1.bias", 1));
@@ -328,7 +337,7 @@ Result<std::unique_ptr<OnednnCnn>> onednn_cnn(torch::nn::Module& cnn) {
   p.classes = params["fc2.weight"].size(0);
   p.pixel_mean = static_cast<float>(train::kPixelMean);
   p.pixel_std = static_cast<float>(train::kPixelStd);
-  return OnednnCnn::create(p);
+  return OnednnCnn::create(p, std::move(before_plan));
 }
 
 // The CNN's forward from the filled parameters, if one other than the
@@ -339,7 +348,7 @@ CnnForwardPass cnn_forward_pass(UnfilledTorchModel& m) {
   if (m.info.task != TaskKind::kClassify || m.cnn_forward == CnnForward::kModule) return pass;
   Status status;
   if (m.cnn_forward == CnnForward::kOnednn) {
-    auto onednn = onednn_cnn(*m.task->module());
+    auto onednn = onednn_cnn(*m.task->module(), m.before_onednn_plan);
     if (onednn.is_ok()) pass.onednn = std::move(onednn).value();
     status = onednn.status();
   } else {
@@ -387,7 +396,8 @@ Result<std::unique_ptr<UnfilledModel>> build_torch_model(const StepShapes& shape
     info.context = config.seq_len;
   }
   return std::unique_ptr<UnfilledModel>(
-      new UnfilledTorchModel(std::move(task), std::move(info), threads, options.cnn_forward));
+      new UnfilledTorchModel(std::move(task), std::move(info), threads, options.cnn_forward,
+                             options.before_onednn_plan_for_test));
 }
 
 Result<std::unique_ptr<Model>> fill_torch_model(std::unique_ptr<UnfilledModel> model,

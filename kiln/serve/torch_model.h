@@ -9,6 +9,7 @@
 // against the tensors.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -33,6 +34,10 @@ struct TorchModelOptions {
   // forward cannot take (not float32, other shapes) serves with the
   // module's, with a warning.
   CnnForward cnn_forward = default_cnn_forward();
+  // Tests only: the oneDNN forward runs this with a batch size before it
+  // builds that size's plan; what it throws fails the plan (Note [A oneDNN
+  // plan that fails], torch_model.cc).
+  std::function<void(int batch)> before_onednn_plan_for_test;
 };
 
 // A model built for a step's tensors, its parameters allocated and not yet

@@ -9,9 +9,11 @@
 #include <fstream>
 #include <iterator>
 #include <sstream>
+#include <stdexcept>
 
 #include "kiln/ckpt/checkpointer.h"
 #include "kiln/ckpt/load.h"
+#include "kiln/base/testing/log_capture.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/train/task.h"
 #include "kiln/train/train_state.h"
@@ -65,6 +67,18 @@ void expect_same_logits(ModelA& a, ModelB& b, int step, std::size_t batch) {
   auto y = b.run(in_b);
   ASSERT_TRUE(x[0].is_ok() && y[0].is_ok());
   EXPECT_EQ(x[0]->logits, y[0]->logits);
+}
+
+// `b` 28x28 images, each unlike the others (pixel i of image j =
+// (i * (7 + j) + 11 * j) mod 256).
+std::vector<Input> distinct_images(int b) {
+  std::vector<Input> batch(static_cast<std::size_t>(b));
+  for (int j = 0; j < b; ++j) {
+    for (int i = 0; i < 784; ++i) {
+      batch[j].image.push_back(static_cast<float>((i * (7 + j) + 11 * j) % 256));
+    }
+  }
+  return batch;
 }
 
 // Note [BLAS threads]: with threads = 1 a batch's forward pass, GEMMs
@@ -174,12 +188,7 @@ TEST(TorchModel, TheOtherForwardsServeTheModulesLogitsWithinRounding) {
     auto blocked = load_torch_model(weights, {.threads = 1, .cnn_forward = kind});
     ASSERT_TRUE(blocked.is_ok()) << blocked.status().to_string();
     for (int b : {1, 2, 20, 33, 2, 20}) {
-      std::vector<Input> batch(static_cast<std::size_t>(b));
-      for (int j = 0; j < b; ++j) {
-        for (int i = 0; i < 784; ++i) {
-          batch[j].image.push_back(static_cast<float>((i * (7 + j) + 11 * j) % 256));
-        }
-      }
+      std::vector<Input> batch = distinct_images(b);
       std::vector<Input> same = batch;
       auto want = (*module)->run(batch);
       auto got = (*blocked)->run(same);
@@ -194,6 +203,61 @@ TEST(TorchModel, TheOtherForwardsServeTheModulesLogitsWithinRounding) {
       }
     }
   }
+}
+
+// Note [A oneDNN plan that fails] (torch_model.cc): oneDNN failing to build
+// the plan of a new batch size (injected at 20, after batch 1's plan was
+// built) switches the model to the module's forward: that batch, the same
+// size again, a larger one and the sizes planned before all get the
+// module's logits (bit for bit), no request fails, no plan is built after
+// the failure, and the warning is logged once.
+TEST(TorchModel, AOnednnPlanThatFailsServesTheModulesLogitsFromThenOnAndWarnsOnce) {
+  TempDir dir;
+  save_cnn(dir.path());
+  auto state = ckpt::load_latest(dir.path(), {});
+  ASSERT_TRUE(state.is_ok()) << state.status().to_string();
+  const StepWeights weights = StepWeights::from_loaded(std::move(*state));
+  auto module = load_torch_model(weights, {.threads = 1, .cnn_forward = CnnForward::kModule});
+  ASSERT_TRUE(module.is_ok()) << module.status().to_string();
+  std::vector<int> plans;  // the batch sizes oneDNN was asked to plan
+  auto onednn = load_torch_model(
+      weights, {.threads = 1,
+                .cnn_forward = CnnForward::kOnednn,
+                .before_onednn_plan_for_test = [&plans](int b) {
+                  plans.push_back(b);
+                  if (b == 20) throw std::runtime_error("injected: no plan at batch 20");
+                }});
+  ASSERT_TRUE(onednn.is_ok()) << onednn.status().to_string();
+  kiln::testing::LogCapture logs;
+
+  // Before the failure batch 1 is oneDNN's (the module's within rounding).
+  {
+    std::vector<Input> batch = distinct_images(1), same = batch;
+    auto want = (*module)->run(batch);
+    auto got = (*onednn)->run(same);
+    ASSERT_TRUE(want[0].is_ok() && got[0].is_ok()) << got[0].status().to_string();
+    for (int k = 0; k < 10; ++k) EXPECT_NEAR(got[0]->logits[k], want[0]->logits[k], 1e-5);
+  }
+  for (int b : {20, 20, 33, 1, 2}) {
+    std::vector<Input> batch = distinct_images(b), same = batch;
+    auto want = (*module)->run(batch);
+    auto got = (*onednn)->run(same);
+    ASSERT_EQ(got.size(), want.size()) << "batch " << b;
+    for (int j = 0; j < b; ++j) {
+      ASSERT_TRUE(want[j].is_ok()) << want[j].status().to_string();
+      ASSERT_TRUE(got[j].is_ok()) << "batch " << b << " image " << j << ": "
+                                  << got[j].status().to_string();
+      EXPECT_EQ(got[j]->logits, want[j]->logits) << "batch " << b << " image " << j;
+    }
+  }
+  EXPECT_EQ(plans, (std::vector<int>{1, 20})) << "a plan was built after the failure";
+  const std::string text = logs.text();
+  const std::string warning = "the CNN's oneDNN forward failed at batch 20";
+  const std::size_t at = text.find(warning);
+  ASSERT_NE(at, std::string::npos) << text;
+  EXPECT_EQ(text.find("oneDNN forward failed", at + warning.size()), std::string::npos)
+      << "warned more than once:\n" << text;
+  EXPECT_NE(text.find("injected: no plan at batch 20", at), std::string::npos) << text;
 }
 
 TEST(CnnForward, NamesRoundTripAndAnUnknownOneIsInvalidArgument) {

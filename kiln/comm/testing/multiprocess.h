@@ -6,7 +6,10 @@
 //
 // Each child exits 0 on an ok Status, 1 otherwise (printing the Status); the
 // parent kills every child still running at the deadline, so a hang fails the
-// test instead of stalling the suite.
+// test instead of stalling the suite. The report names each failed rank's
+// own Status and when it exited, so the rank that failed first (the cause;
+// the others mostly report its abort) is read off the report alone, not
+// looked for among every rank's interleaved log lines.
 #pragma once
 
 #include <chrono>
@@ -25,11 +28,14 @@ struct RankOutcome {
   int signal = 0;
   bool timed_out = false;
   double exited_after_s = 0;  // since run_ranks started
+  std::string status;         // the body's (or forming's) failed Status; "" if none was returned
 };
 
 struct RunResult {
   std::vector<RankOutcome> ranks;
-  std::string report;  // one line per failed rank
+  // One line per failed rank, in the order they exited: how it ended, when,
+  // and its own Status.
+  std::string report;
   bool ok() const;
 };
 

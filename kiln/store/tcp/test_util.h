@@ -1,17 +1,16 @@
 // Helpers for the TcpStore tests only.
 #pragma once
 
-#include <spdlog/sinks/ostream_sink.h>
 #include <sys/socket.h>
 
 #include <functional>
 #include <memory>
-#include <sstream>
 #include <string>
 #include <thread>
 
 #include "kiln/base/deadline.h"
 #include "kiln/base/logging.h"
+#include "kiln/base/testing/log_capture.h"
 
 namespace kiln::store::tcp {
 
@@ -26,22 +25,6 @@ inline bool eventually(const std::function<bool()>& pred) {
   return true;
 }
 
-// Copies what kiln::log() writes while alive. Read text() only once the
-// threads that log have stopped.
-class LogCapture {
- public:
-  LogCapture() : sink_(std::make_shared<spdlog::sinks::ostream_sink_mt>(out_)) {
-    log()->sinks().push_back(sink_);
-  }
-  ~LogCapture() {
-    auto& sinks = log()->sinks();
-    std::erase(sinks, sink_);
-  }
-  std::string text() const { return out_.str(); }
-
- private:
-  std::ostringstream out_;
-  std::shared_ptr<spdlog::sinks::ostream_sink_mt> sink_;
-};
+using kiln::testing::LogCapture;
 
 }  // namespace kiln::store::tcp
