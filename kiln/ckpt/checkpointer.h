@@ -16,7 +16,7 @@
 // (commit.h) and, on rank 0, retention (retention.h); then, with a remote
 // tier, uploads the committed step (remote.h). With a URL root, rank 0's
 // retention runs in the background after the commit (Note [Retention after
-// the commit] in checkpointer.cc).
+// the commit] in checkpointer_retention.cc).
 //
 // In flight: at most one save. A save_async while one runs waits for it
 // (BusyPolicy::kWait, bounded by `timeout`) or returns kSkipped after a
