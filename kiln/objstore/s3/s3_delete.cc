@@ -44,18 +44,22 @@ std::optional<std::string> content_md5(std::string_view body) {
 // not delete; those are retried one by one with remove() (which retries
 // transient failures). An endpoint that refuses the call (501, 405,
 // NotImplemented) is remembered, and from then on every key gets its own
-// DELETE.
+// DELETE. A key with a control character no XML document can carry (Note
+// [Keys in XML], s3_xml.h) gets its own DELETE too.
 Status S3ObjectStore::remove_many(const std::vector<std::string>& keys, Deadline deadline) {
+  std::vector<std::string> in_xml, alone;
+  for (const auto& k : keys) (xml_can_carry_key(full_key(k)) ? in_xml : alone).push_back(k);
   Status first;
-  for (std::size_t at = 0; at < keys.size(); at += kMaxKeysPerDelete) {
-    const auto end =
-        keys.begin() + static_cast<std::ptrdiff_t>(std::min(keys.size(), at + kMaxKeysPerDelete));
-    std::vector<std::string> batch(keys.begin() + static_cast<std::ptrdiff_t>(at), end);
+  for (std::size_t at = 0; at < in_xml.size(); at += kMaxKeysPerDelete) {
+    const auto end = in_xml.begin() +
+                     static_cast<std::ptrdiff_t>(std::min(in_xml.size(), at + kMaxKeysPerDelete));
+    std::vector<std::string> batch(in_xml.begin() + static_cast<std::ptrdiff_t>(at), end);
     Status s = batch_deletes_.load() ? delete_batch(batch, deadline)
                                      : ObjectStore::remove_many(batch, deadline);
     if (!s.is_ok() && first.is_ok()) first = s;
   }
-  return first;
+  Status s = ObjectStore::remove_many(alone, deadline);
+  return first.is_ok() ? s : first;
 }
 
 Status S3ObjectStore::delete_batch(const std::vector<std::string>& keys, Deadline deadline) {
