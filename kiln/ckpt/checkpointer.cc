@@ -92,6 +92,10 @@ Checkpointer::Checkpointer(CheckpointOptions options,
 }
 
 Checkpointer::~Checkpointer() {
+  // First, so that neither the save in flight's start of a retention nor
+  // the last join below waits for more than one delete.
+  retention_stop_.store(true);
+  if (options_.after_retention_stop_for_test) options_.after_retention_stop_for_test();
   Status s = wait(Deadline::after(options_.timeout));
   if (!s.is_ok()) log()->error("checkpointer shutting down: {}", s.to_string());
   {
@@ -102,7 +106,8 @@ Checkpointer::~Checkpointer() {
   // A save still running past the timeout is blocked in I/O or a collective
   // bounded by that same timeout, so the join ends.
   writer_.join();
-  // The last retention, bounded by its own deadline; its failure was logged.
+  // The last retention: the delete in flight, bounded by its own deadline;
+  // a failure was logged.
   if (retention_.joinable()) retention_.join();
 }
 

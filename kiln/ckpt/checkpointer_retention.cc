@@ -33,10 +33,18 @@ Status Checkpointer::flush_retention(Deadline deadline) {
 // this commit, and drops uploads as interrupted only below this step (a
 // later one, uploading beside it, is above; so is one of a job resumed
 // below a newer committed step). One runs at a time (the next commit's joins
-// the last), ~Checkpointer joins the last one, and a failure is logged when
-// it happens and returned once by flush_retention(), never by a save (an
-// exception in it, or a thread that cannot start, is such a failure): the
-// step is committed, and the next retention retries what was left.
+// the last), and a failure is logged when it happens and returned once by
+// flush_retention(), never by a save (an exception in it, or a thread that
+// cannot start, is such a failure): the step is committed, and the next
+// retention retries what was left. ~Checkpointer does not wait for all of
+// it: an elastic restart destroys the Checkpointer, and a retention with
+// several old steps to delete (a job resumed with a smaller keep_last, or
+// after failed deletes) would hold the new generation back by each step's
+// deletes. It sets retention_stop_, which apply_remote_retention reads
+// before each step: the step being deleted is finished (its manifest went
+// first, so a half-deleted step is an uncommitted one, which retention
+// removes too) and the rest is left to the next commit's retention, which
+// lists the store afresh. The newest committed step is never among them.
 void Checkpointer::start_store_retention(std::int64_t step) {
   if (retention_.joinable()) retention_.join();
   auto finish = [this, step](const Result<std::vector<std::string>>& deleted, double took) {
@@ -61,7 +69,13 @@ void Checkpointer::start_store_retention(std::int64_t step) {
       Result<std::vector<std::string>> deleted = internal_error("retention did not run");
       try {
         deleted = apply_remote_retention(*store_, options_.retention,
-                                         Deadline::after(options_.timeout), step);
+                                         Deadline::after(options_.timeout), step,
+                                         &retention_stop_);
+        if (deleted.is_ok() && retention_stop_.load()) {
+          log()->info("checkpoint retention on {} after step {} stopped at shutdown after "
+                      "deleting {} step(s); the next commit's retention deletes the rest",
+                      options_.root, step, deleted->size());
+        }
       } catch (const std::exception& e) {
         deleted = internal_error(std::string("retention threw: ") + e.what());
       }

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 
 #include <atomic>
-#include <future>
 
 #include "kiln/base/file.h"
 #include "kiln/ckpt/checkpointer.h"
@@ -16,6 +15,7 @@
 #include "kiln/ckpt/remote_load.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/testing/run_options.h"
+#include "kiln/ckpt/testing/stall.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
 #include "kiln/objstore/file_object_store.h"
@@ -28,6 +28,8 @@ namespace {
 
 using objstore::s3::LocalS3Server;
 using testing::check_loaded;
+using testing::LetGoAtExit;
+using testing::Stall;
 using testing::TempDir;
 using testing::TestState;
 
@@ -170,38 +172,6 @@ TEST(StoreCheckpoints, AnUncommittedStepsOrphanChunksAreNeverListedAndAreRemoved
   EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
 }
 
-// Where a fault-injecting store stops a call until the test lets it go: the
-// first call through makes reached() true and waits for let_go(). let_go()
-// may run twice (the test's own call and a LetGoAtExit's), so a failed
-// assertion never leaves a stopped thread for a destructor to wait on.
-class Stall {
- public:
-  void stop_first() {
-    if (stopped_once_.exchange(true)) return;
-    entered_.set_value();
-    released_.wait();
-  }
-  bool reached(std::chrono::seconds within) {
-    return entered_future_.wait_for(within) == std::future_status::ready;
-  }
-  void let_go() {
-    if (!let_go_.exchange(true)) release_.set_value();
-  }
-
- private:
-  std::atomic<bool> stopped_once_{false}, let_go_{false};
-  std::promise<void> entered_, release_;
-  std::future<void> entered_future_ = entered_.get_future();
-  std::shared_future<void> released_ = release_.get_future().share();
-};
-
-// Lets a Stall go when the test's scope ends: declared after what waits for
-// the stopped call (a Checkpointer), it runs before that waits.
-struct LetGoAtExit {
-  Stall& stall;
-  ~LetGoAtExit() { stall.let_go(); }
-};
-
 // Small chunks, one in flight (so chunk i is stored before chunk i + 1 is
 // sent); with `stall` set, the put of chunk 1 stops at `stall` and fails.
 class SmallChunksStore final : public objstore::testing::ForwardingObjectStore {
@@ -315,66 +285,6 @@ TEST(StoreCheckpoints, AStrayAttemptReachingItsCommitLateLeavesTheCommittedStepW
   auto loaded = load_latest_remote(*inner, cache.path(), {});
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(check_loaded(*loaded, 4, 0, 1), "");
-}
-
-// Deletes under step-1/ fail (the first one after stopping at `stall`),
-// while `failing`.
-class FailingDeletes final : public objstore::testing::ForwardingObjectStore {
- public:
-  using ForwardingObjectStore::ForwardingObjectStore;
-  Status remove(const std::string& key, Deadline d) override {
-    if (!failing || !key.starts_with("step-1/")) return inner_.remove(key, d);
-    stall.stop_first();
-    return unavailable("injected: delete " + key);
-  }
-  std::atomic<bool> failing{true};
-  Stall stall;
-};
-
-// Note [Retention after the commit]: save() returns once the manifest is
-// put; rank 0 deletes older steps in the background. While that runs, the
-// newest step loads; a failed delete is returned by flush_retention (not by
-// a save) and the next retention removes what was left.
-TEST(StoreCheckpoints, RetentionRunsAfterTheCommitAndItsFailureIsReportedNotLost) {
-  TempDir remote, cache;
-  const std::string url = "file://" + remote.path() + "/run";
-  auto inner = objstore::open_object_store(url).value();
-  FailingDeletes store(*inner);
-  auto ck = Checkpointer::create({.root = url, .retention = {.keep_last = 1}, .store = &store});
-  ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
-  LetGoAtExit let_go{store.stall};
-  for (std::int64_t step : {1, 2}) {
-    TestState s(step, 0, 1);
-    Status st = (*ck)->save(s.view(), step, soon());
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-  }
-  // Step 2 is committed and retention, stuck deleting step 1, has not ended.
-  ASSERT_TRUE(store.stall.reached(std::chrono::seconds(30)));
-  EXPECT_EQ((*ck)->flush_retention(Deadline::after_seconds(0.05)).code(), Code::kDeadlineExceeded);
-  auto loaded = load_latest_remote(*inner, cache.path() + "/a", {});
-  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
-  EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");
-
-  store.stall.let_go();
-  Status failed = (*ck)->flush_retention(soon());
-  EXPECT_NE(failed.message().find("injected: delete step-1/"), std::string::npos)
-      << failed.to_string();
-  EXPECT_TRUE((*ck)->flush_retention(soon()).is_ok()) << "a failure is returned once";
-  loaded = load_latest_remote(*inner, cache.path() + "/b", {});
-  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
-  EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");
-
-  store.failing = false;
-  TestState s3(3, 0, 1);
-  ASSERT_TRUE((*ck)->save(s3.view(), 3, soon()).is_ok());
-  ASSERT_TRUE((*ck)->flush_retention(soon()).is_ok());
-  EXPECT_GT((*ck)->last_stats().retention_s, 0);
-  EXPECT_EQ(list_remote_committed_steps(*inner, soon()).value(), (std::vector<std::int64_t>{3}));
-  EXPECT_TRUE(inner->list("step-1/", soon()).value().empty()) << "step 1 was left";
-  EXPECT_TRUE(inner->list("step-2/", soon()).value().empty()) << "step 2 was left";
-  loaded = load_latest_remote(*inner, cache.path() + "/c", {});
-  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
-  EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
 }
 
 using StoreCheckpointsS3 = objstore::s3::testing::S3rverTest;
