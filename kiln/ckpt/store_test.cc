@@ -175,6 +175,56 @@ TEST(StoreCheckpoints, AnUncommittedStepsOrphanChunksAreNeverListedAndAreRemoved
   EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
 }
 
+// The first read of a manifest (the commit's check that the step is not
+// committed yet) finds none: as if another attempt's manifest landed just
+// after the check.
+class BlindCheckStore final : public objstore::testing::ForwardingObjectStore {
+ public:
+  using ForwardingObjectStore::ForwardingObjectStore;
+  Result<std::string> get(const std::string& key, Deadline d) override {
+    if (key.ends_with("manifest.json") && !checked_.exchange(true)) {
+      return not_found("injected: " + key + " not there yet");
+    }
+    return inner_.get(key, d);
+  }
+
+ private:
+  std::atomic<bool> checked_{false};
+};
+
+// Note [Publishing a remote step] (commit.cc): two attempts at step 4 that
+// both pass the check cannot both commit: the manifest is put only if
+// absent, so the later one fails with AlreadyExists, leaves the committed
+// manifest as it was and removes its own chunks.
+TEST(StoreCheckpoints, TwoAttemptsPassingTheCheckCannotBothCommit) {
+  TempDir remote, cache;
+  const std::string url = "file://" + remote.path() + "/run";
+  auto inner = objstore::open_object_store(url).value();
+  BlindCheckStore late_store(*inner);
+  // Created before step 4 is committed, so its own list does not refuse it.
+  auto late = Checkpointer::create({.root = url, .store = &late_store});
+  ASSERT_TRUE(late.is_ok()) << late.status().to_string();
+  {
+    auto first = Checkpointer::create({.root = url, .store = inner.get()});
+    ASSERT_TRUE(first.is_ok()) << first.status().to_string();
+    TestState s(4, 0, 1);
+    Status st = (*first)->save(s.view(), 4, soon());
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+  }
+  const std::string committed = inner->get("step-4/manifest.json", soon()).value();
+  TestState s(4, 0, 1);
+  Status failed = (*late)->save(s.view(), 4, soon());
+  EXPECT_EQ(failed.code(), Code::kAlreadyExists) << failed.to_string();
+  EXPECT_EQ(inner->get("step-4/manifest.json", soon()).value(), committed)
+      << "the later attempt overwrote the committed manifest";
+  auto m = read_remote_manifest(*inner, 4, soon()).value();
+  EXPECT_EQ(inner->list("step-4/", soon()).value().size(), m.shards[0].chunks.size() + 1)
+      << "the later attempt's chunks stayed, or the committed step's went";
+  auto loaded = load_latest_remote(*inner, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 4, 0, 1), "");
+}
+
 // Small chunks, one in flight (so chunk i is stored before chunk i + 1 is
 // sent); with `stall` set, the put of chunk 1 stops at `stall` and fails.
 class SmallChunksStore final : public objstore::testing::ForwardingObjectStore {

@@ -40,7 +40,10 @@ bool retryable(const S3Response& r) {
     }
   }
   // 501 Not Implemented: the endpoint lacks the call; no retry adds it.
-  return (r.http_status >= 500 && r.http_status != 501) || r.http_status == 429;
+  if ((r.http_status >= 500 && r.http_status != 501) || r.http_status == 429) return true;
+  // A conditional write that raced another write of the key: S3 asks for a
+  // retry (Note [Conditional writes]).
+  return r.http_status == 409 && parse_error(r.body).code == "ConditionalRequestConflict";
 }
 
 std::string describe_failure(const S3Response& r) {
@@ -254,6 +257,32 @@ Status S3ObjectStore::put(const std::string& key, std::string_view bytes, Deadli
   req.url = object_url(key);
   req.body_view = bytes;
   return call(req, "PUT " + describe_key(key), deadline).status();
+}
+
+// Note [Conditional writes]: S3 has taken If-None-Match: * on PutObject
+// since August 2024 (the user guide's "How to prevent object overwrites
+// with conditional writes"): the PUT stores the object only if none is under
+// its key, else 412 Precondition Failed; two such PUTs racing for one key
+// may get 409 ConditionalRequestConflict, which is retried (retryable()),
+// and the retry then gets 412 or succeeds. A retry after a lost reply whose
+// first attempt landed gets 412 for our own object: callers read it back.
+// MinIO and Ceph RGW honour the header too; s3rver ignores it and stores.
+Status S3ObjectStore::put_if_absent(const std::string& key, std::string_view bytes,
+                                    Deadline deadline) {
+  if (bytes.size() > options_.part_bytes) return ObjectStore::put_if_absent(key, bytes, deadline);
+  S3Request req;
+  req.method = "PUT";
+  req.url = object_url(key);
+  req.body_view = bytes;
+  req.headers.push_back("If-None-Match: *");
+  const std::string what = "PUT (if absent) " + describe_key(key);
+  S3Response refused;
+  auto r = call(req, what, deadline, &refused);
+  if (!r.is_ok() && refused.http_status == 412) {
+    return already_exists(fmt::format("{}: an object is there already ({})", what,
+                                      describe_failure(refused)));
+  }
+  return r.status();
 }
 
 Status S3ObjectStore::put_file(const std::string& key, const std::string& src, Deadline deadline) {
