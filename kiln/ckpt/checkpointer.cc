@@ -4,16 +4,13 @@
 
 #include <algorithm>
 #include <cstring>
-#include <system_error>
 #include <utility>
 
 #include "kiln/base/file.h"
 #include "kiln/base/fs.h"
 #include "kiln/base/knobs.h"
 #include "kiln/base/logging.h"
-#include "kiln/ckpt/commit.h"
 #include "kiln/ckpt/remote.h"
-#include "kiln/objstore/chunked_objects.h"
 
 namespace kiln::ckpt {
 namespace {
@@ -21,39 +18,6 @@ namespace {
 const Knob<double> kCkptTimeout{"KILN_CKPT_TIMEOUT", 600.0,
                                 "bound on waiting for a previous checkpoint save and on each "
                                 "checkpoint commit collective, seconds"};
-
-// A shard written as an upload: the bytes stream into the object writer, and
-// close() commits the object, which makes it durable (nothing to fsync).
-class UploadWriter final : public FsWriter {
- public:
-  explicit UploadWriter(objstore::ObjectWriter& w) : w_(w) {}
-  Status append(const void* data, std::size_t n) override { return w_.append(data, n); }
-  void start_writeback(std::uint64_t, std::uint64_t) override {}
-  Status sync() override { return Status::ok(); }
-  Status close() override { return w_.commit(); }
-
- private:
-  objstore::ObjectWriter& w_;
-};
-
-// A shard written as chunk objects: close() waits for the last chunk and
-// keeps the list of them for the shard record.
-class ChunkWriter final : public FsWriter {
- public:
-  explicit ChunkWriter(objstore::ChunkedUpload& up) : up_(up) {}
-  Status append(const void* data, std::size_t n) override { return up_.append(data, n); }
-  void start_writeback(std::uint64_t, std::uint64_t) override {}
-  Status sync() override { return Status::ok(); }
-  Status close() override {
-    KILN_ASSIGN_OR_RETURN(chunks_, up_.finish());
-    return Status::ok();
-  }
-  std::vector<objstore::StoredChunk>& chunks() { return chunks_; }
-
- private:
-  objstore::ChunkedUpload& up_;
-  std::vector<objstore::StoredChunk> chunks_;
-};
 
 }  // namespace
 
@@ -128,6 +92,10 @@ Checkpointer::Checkpointer(CheckpointOptions options,
 }
 
 Checkpointer::~Checkpointer() {
+  // First, so that neither the save in flight's start of a retention nor
+  // the last join below waits for more than one delete.
+  retention_stop_.store(true);
+  if (options_.after_retention_stop_for_test) options_.after_retention_stop_for_test();
   Status s = wait(Deadline::after(options_.timeout));
   if (!s.is_ok()) log()->error("checkpointer shutting down: {}", s.to_string());
   {
@@ -138,7 +106,8 @@ Checkpointer::~Checkpointer() {
   // A save still running past the timeout is blocked in I/O or a collective
   // bounded by that same timeout, so the join ends.
   writer_.join();
-  // The last retention, bounded by its own deadline; its failure was logged.
+  // The last retention: the delete in flight, bounded by its own deadline;
+  // a failure was logged.
   if (retention_.joinable()) retention_.join();
 }
 
@@ -297,65 +266,6 @@ SaveStats Checkpointer::last_stats() const {
   return s;
 }
 
-Status Checkpointer::flush_retention(Deadline deadline) {
-  std::unique_lock<std::mutex> l(mu_);
-  if (!cv_.wait_until(l, deadline.at(), [&] { return !retention_running_; })) {
-    return deadline_exceeded(
-        fmt::format("checkpoint retention on {} is still running", options_.root));
-  }
-  return std::exchange(retention_failed_, Status::ok());
-}
-
-// Note [Retention after the commit]: on an object store the manifest is the
-// commit, so once it is put the step is durable and loadable, and deleting
-// older steps can wait. Deleting them inside the commit made every save
-// wait for them (~0.6 s of a 1 GiB step's commit on s3rver: 64 chunk
-// objects, docs/perf.md), as Orbax's CheckpointManager avoids with
-// `enable_background_delete`. So rank 0 runs retention on a thread of its
-// own once the commit returned. It never deletes the newest committed step:
-// apply_remote_retention keeps the newest of its own listing, taken after
-// this commit, and drops uploads as interrupted only below this step (a
-// later one, uploading beside it, is above; so is one of a job resumed
-// below a newer committed step). One runs at a time (the next commit's joins
-// the last), ~Checkpointer joins the last one, and a failure is logged when
-// it happens and returned once by flush_retention(), never by a save (an
-// exception in it, or a thread that cannot start, is such a failure): the
-// step is committed, and the next retention retries what was left.
-void Checkpointer::start_store_retention(std::int64_t step) {
-  if (retention_.joinable()) retention_.join();
-  auto finish = [this, step](const Result<std::vector<std::string>>& deleted, double took) {
-    if (!deleted.is_ok()) {
-      log()->warn("checkpoint retention on {} after step {}: {}", options_.root, step,
-                  deleted.status().to_string());
-    }
-    std::lock_guard<std::mutex> l(mu_);
-    retention_running_ = false;
-    retention_step_ = step;
-    retention_step_s_ = took;
-    if (!deleted.is_ok() && retention_failed_.is_ok()) retention_failed_ = deleted.status();
-    cv_.notify_all();
-  };
-  {
-    std::lock_guard<std::mutex> l(mu_);
-    retention_running_ = true;
-  }
-  try {
-    retention_ = std::thread([this, step, finish] {
-      auto t0 = Clock::now();
-      Result<std::vector<std::string>> deleted = internal_error("retention did not run");
-      try {
-        deleted = apply_remote_retention(*store_, options_.retention,
-                                         Deadline::after(options_.timeout), step);
-      } catch (const std::exception& e) {
-        deleted = internal_error(std::string("retention threw: ") + e.what());
-      }
-      finish(deleted, seconds_since(t0));
-    });
-  } catch (const std::system_error& e) {  // no thread: retention is skipped, not left "running"
-    finish(internal_error(std::string("cannot start the retention thread: ") + e.what()), 0);
-  }
-}
-
 void Checkpointer::writer_loop() {
   std::unique_lock<std::mutex> l(mu_);
   while (true) {
@@ -410,127 +320,6 @@ Status Checkpointer::run_save(std::int64_t step) {
   stats_.retention_s = times.retention_s;
   stats_.remote_s = remote_ != nullptr ? seconds_since(t2) : 0;
   return s;
-}
-
-Status Checkpointer::save_to_fs(std::int64_t step, SaveStats* times) {
-  auto t0 = Clock::now();
-  std::string tmp = options_.root + "/" + tmp_step_dir_name(step);
-  Status mk = options_.fs->make_dir(tmp);
-  Result<ShardRecord> shard =
-      mk.is_ok()
-          ? write_shard(*options_.fs, tmp, rank_, staged_, staged_at_,
-                        ShardWriteOptions{options_.compression, options_.zstd_level}, &times->write)
-          : Result<ShardRecord>(mk);
-  times->write_s = seconds_since(t0);
-  if (options_.after_shard_written_for_test) options_.after_shard_written_for_test(step);
-  auto t1 = Clock::now();
-  CommitContext ctx{options_.root,    step,       rank_, world_, options_.comm,
-                    options_.timeout, options_.fs};
-  Status s = commit_step(ctx, shard);
-  if (s.is_ok() && rank_ == 0) {
-    auto tr = Clock::now();
-    auto deleted = apply_retention(options_.root, options_.retention);
-    times->retention_s = seconds_since(tr);
-    if (!deleted.is_ok()) {
-      // The checkpoint itself is committed; a retention failure only costs
-      // space.
-      log()->warn("checkpoint retention under {}: {}", options_.root, deleted.status().to_string());
-    }
-  }
-  times->commit_s = seconds_since(t1);
-  return s;
-}
-
-Status Checkpointer::save_to_store(std::int64_t step, SaveStats* times) {
-  auto t0 = Clock::now();
-  const Deadline deadline = Deadline::after(options_.timeout);
-  const ShardWriteOptions write_options{options_.compression, options_.zstd_level};
-  auto upload = [&]() -> Result<ShardRecord> {
-    KILN_ASSIGN_OR_RETURN(auto writer,
-                          store_->open_writer(remote_key(step, shard_file_name(rank_)), deadline));
-    UploadWriter out(*writer);
-    auto shard = write_shard_to(out, rank_, staged_, staged_at_, write_options, &times->write);
-    // A failed upload leaves no object and, on S3, no parts.
-    if (!shard.is_ok()) writer->abort();
-    return shard;
-  };
-  auto upload_chunks = [&]() -> Result<ShardRecord> {
-    // Note [One attempt's chunks] (remote.h): this attempt's own names.
-    const std::uint64_t attempt = new_upload_attempt();
-    objstore::ChunkedUpload up(
-        *store_,
-        [&](std::size_t i) { return remote_key(step, shard_chunk_name(rank_, attempt, i)); },
-        deadline);
-    ChunkWriter out(up);
-    // A failed upload removes the chunks it stored (ChunkedUpload::abort).
-    KILN_ASSIGN_OR_RETURN(auto shard,
-                          write_shard_to(out, rank_, staged_, staged_at_, write_options, &times->write));
-    for (std::size_t i = 0; i < out.chunks().size(); ++i) {
-      const auto& c = out.chunks()[i];
-      shard.chunks.push_back({shard_chunk_name(rank_, attempt, i), c.bytes, c.xxh3});
-    }
-    return shard;
-  };
-  Result<ShardRecord> shard =
-      options_.object_layout == ObjectLayout::kChunks ? upload_chunks() : upload();
-  if (!shard.is_ok()) {
-    shard = shard.status().with_context(
-        fmt::format("upload of rank {}'s shard of step {} to {}", rank_, step, store_->describe()));
-  }
-  times->write_s = seconds_since(t0);
-  if (options_.after_shard_written_for_test) options_.after_shard_written_for_test(step);
-  auto t1 = Clock::now();
-  CommitContext ctx{options_.root,    step,       rank_, world_, options_.comm,
-                    options_.timeout, options_.fs};
-  Status s = commit_step_to_store(ctx, *store_, shard);
-  if (s.is_ok()) {
-    std::lock_guard<std::mutex> l(mu_);
-    store_committed_.push_back(step);
-  }
-  times->commit_s = seconds_since(t1);
-  // Note [Retention after the commit].
-  if (s.is_ok() && rank_ == 0) start_store_retention(step);
-  return s;
-}
-
-Status Checkpointer::commit_remote(std::int64_t step, const std::string& step_dir,
-                                   const std::string& shard_file) {
-  Status upload = upload_step_file(*remote_, step, shard_file, step_dir + "/" + shard_file,
-                                   Deadline::after(options_.timeout));
-  std::string where =
-      fmt::format("checkpoint step {} is committed under {} but not on the remote tier {}", step,
-                  options_.root, remote_->describe());
-  // Every rank learns whose upload failed, so rank 0 never publishes a
-  // manifest for a step with a missing shard.
-  std::int32_t mine = upload.is_ok() ? 1 : 0;
-  std::vector<std::int32_t> ok(static_cast<std::size_t>(world_), mine);
-  if (world_ > 1) {
-    Status ex = options_.comm->allgather(&mine, ok.data(), 1, comm::DataType::kInt32)
-                    ->wait(options_.timeout);
-    if (!ex.is_ok()) return ex.with_context(where);
-  }
-  if (!upload.is_ok()) return upload.with_context(where);
-  std::vector<int> failed;
-  for (int r = 0; r < world_; ++r) {
-    if (ok[static_cast<std::size_t>(r)] == 0) failed.push_back(r);
-  }
-  if (!failed.empty()) {
-    return unavailable(
-        fmt::format("{}: the shard upload failed on rank(s) {}", where, fmt::join(failed, ", ")));
-  }
-  if (rank_ != 0) return Status::ok();
-  // The manifest goes last: only now is the remote step committed.
-  std::string manifest = step_dir + "/" + kManifestName;
-  Status up =
-      upload_step_file(*remote_, step, kManifestName, manifest, Deadline::after(options_.timeout));
-  if (!up.is_ok()) return up.with_context(where);
-  auto deleted =
-      apply_remote_retention(*remote_, options_.retention, Deadline::after(options_.timeout));
-  if (!deleted.is_ok()) {
-    // The step is committed remotely; a retention failure only costs space.
-    log()->warn("remote checkpoint retention: {}", deleted.status().to_string());
-  }
-  return Status::ok();
 }
 
 }  // namespace kiln::ckpt

@@ -16,7 +16,7 @@
 // (commit.h) and, on rank 0, retention (retention.h); then, with a remote
 // tier, uploads the committed step (remote.h). With a URL root, rank 0's
 // retention runs in the background after the commit (Note [Retention after
-// the commit] in checkpointer.cc).
+// the commit] in checkpointer_retention.cc).
 //
 // In flight: at most one save. A save_async while one runs waits for it
 // (BusyPolicy::kWait, bounded by `timeout`) or returns kSkipped after a
@@ -40,6 +40,7 @@
 // Threads: save_async, save and wait from one thread at a time.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -108,6 +109,9 @@ struct CheckpointOptions {
   // Tests only: runs on the writer thread once this rank's shard is durable,
   // before the commit (lets a test hold a save in flight).
   std::function<void(std::int64_t step)> after_shard_written_for_test;
+  // Tests only: runs in ~Checkpointer once it has asked the background
+  // retention to stop, before it waits for anything.
+  std::function<void()> after_retention_stop_for_test;
 };
 
 enum class SaveStart { kStarted, kSkipped };
@@ -136,7 +140,10 @@ class Checkpointer {
   // splits `comm` (blocking until all ranks do; the split's errors, e.g.
   // Aborted or DeadlineExceeded).
   static Result<std::unique_ptr<Checkpointer>> create(CheckpointOptions options);
-  // Waits (bounded by the timeout) for a save in flight, then stops the writer.
+  // Asks rank 0's background retention to stop after the delete in flight
+  // (the next commit's retention deletes the rest; Note [Retention after the
+  // commit]), waits (bounded by the timeout) for a save in flight, then
+  // stops the writer and waits for that delete.
   ~Checkpointer();
 
   // Copies `state` into staging memory and starts writing step `step` in the
@@ -237,6 +244,8 @@ class Checkpointer {
   // URL root, rank 0: the background retention. The thread object is
   // started and joined by the writer thread, and joined last by ~Checkpointer.
   std::thread retention_;
+  // Set by ~Checkpointer: retention stops after the delete in flight.
+  std::atomic<bool> retention_stop_{false};
   bool retention_running_ = false;    // guarded by mu_
   Status retention_failed_;           // guarded by mu_: not yet returned by flush_retention
   std::int64_t retention_step_ = -1;  // guarded by mu_: the step whose retention finished last

@@ -227,9 +227,12 @@ Status commit_step_to_store(const CommitContext& ctx, objstore::ObjectStore& sto
   // be all of them. Objects of crashed earlier attempts are removed after
   // the manifest is put, so a concurrent uncommitted attempt whose chunks go
   // finds the manifest at its own commit and fails (AlreadyExists) rather
-  // than committing a manifest that names deleted chunks. Between the check
-  // and the put two attempts can still both commit; a conditional PUT
-  // (If-None-Match) would close that, and s3rver does not honour it.
+  // than committing a manifest that names deleted chunks. Two attempts that
+  // both pass the check cannot both commit: the manifest is put only if
+  // absent (ObjectStore::put_if_absent: on S3 a conditional write, Note
+  // [Conditional writes]), so the later one fails with AlreadyExists. An
+  // endpoint that ignores the condition (s3rver) leaves the check alone to
+  // narrow that window to the two requests.
   auto publish_manifest = [&](const std::vector<std::string>& reports) -> Status {
     KILN_ASSIGN_OR_RETURN(Manifest m, build_manifest(ctx, reports));
     const std::string key = remote_key(ctx.step, kManifestName);
@@ -243,11 +246,18 @@ Status commit_step_to_store(const CommitContext& ctx, objstore::ObjectStore& sto
     if (existing.status().code() != Code::kNotFound) return existing.status();
     // Every shard object is complete already: each rank's upload committed
     // before it reported success. The manifest, last, commits the step.
-    Status put = store.put(key, json, deadline);
+    Status put = store.put_if_absent(key, json, deadline);
     if (!put.is_ok()) {
-      // The PUT may have landed before its reply was lost: then the step is ours.
+      // The PUT may have landed before its reply was lost (its retry then
+      // finds our own manifest): then the step is ours.
       auto landed = read_remote_manifest(store, ctx.step, deadline);
-      if (!landed.is_ok() || to_json(*landed) != json) return put;
+      if (!landed.is_ok() || to_json(*landed) != json) {
+        if (put.code() != Code::kAlreadyExists) return put;
+        return already_exists(fmt::format(
+            "commit of step {}: another attempt put {} between this one's check and its put; "
+            "nothing of it was changed ({})",
+            ctx.step, store.describe() + "/" + key, put.message()));
+      }
       log()->warn("commit of step {}: the manifest PUT failed ({}) but the manifest landed", ctx.step,
                   put.to_string());
     }

@@ -91,7 +91,9 @@ Result<std::vector<std::int64_t>> list_remote_committed_steps(objstore::ObjectSt
 Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& store,
                                                         const RetentionPolicy& policy,
                                                         Deadline deadline,
-                                                        std::int64_t committed_step) {
+                                                        std::int64_t committed_step,
+                                                        const std::atomic<bool>* stop) {
+  auto stopped = [stop] { return stop != nullptr && stop->load(); };
   KILN_ASSIGN_OR_RETURN(auto steps, list_remote_steps(store, deadline));
   std::vector<std::int64_t> committed;
   for (const auto& [step, s] : steps) {
@@ -117,11 +119,13 @@ Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& s
       drop = step < interrupted_below;
     }
     if (!drop) continue;
+    if (stopped()) return deleted;
     KILN_RETURN_IF_ERROR(
         delete_remote_step(store, step, s, deadline)
             .with_context(fmt::format("remote checkpoint retention on {}", store.describe())));
     deleted.push_back(step_dir_name(step));
   }
+  if (stopped()) return deleted;
   KILN_ASSIGN_OR_RETURN(int aborted, abort_abandoned_uploads(store, interrupted_below, deadline));
   if (aborted > 0) {
     log()->info("checkpoint retention on {}: aborted {} abandoned upload(s) at or below step {}",

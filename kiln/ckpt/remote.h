@@ -52,6 +52,7 @@
 // lists each chunk's name.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <limits>
 #include <string>
@@ -99,12 +100,14 @@ Result<Manifest> read_remote_manifest(objstore::ObjectStore& store, std::int64_t
 // step's manifest is deleted first, so a half-deleted step is never taken
 // for committed. Then aborts the uploads abandoned at or below the lower of
 // the two (Note [Abandoned uploads]). Returns the step directory
-// names it deleted.
-Result<std::vector<std::string>> apply_remote_retention(objstore::ObjectStore& store,
-                                                        const RetentionPolicy& policy,
-                                                        Deadline deadline,
-                                                        std::int64_t committed_step =
-                                                            std::numeric_limits<std::int64_t>::max());
+// names it deleted. `stop` (when given) is read before each step's delete
+// and before the aborts: once it is true, retention returns what it has
+// deleted so far (ok), finishing no more than the step in flight; the next
+// retention deletes the rest.
+Result<std::vector<std::string>> apply_remote_retention(
+    objstore::ObjectStore& store, const RetentionPolicy& policy, Deadline deadline,
+    std::int64_t committed_step = std::numeric_limits<std::int64_t>::max(),
+    const std::atomic<bool>* stop = nullptr);
 
 // Aborts every pending upload (ObjectStore::list_pending_uploads) of a step
 // at or below `newest_committed`. Returns how many it aborted.

@@ -7,7 +7,6 @@
 #include <stdlib.h>
 
 #include <atomic>
-#include <future>
 
 #include "kiln/base/file.h"
 #include "kiln/ckpt/checkpointer.h"
@@ -16,6 +15,7 @@
 #include "kiln/ckpt/remote_load.h"
 #include "kiln/ckpt/retention.h"
 #include "kiln/ckpt/testing/run_options.h"
+#include "kiln/ckpt/testing/stall.h"
 #include "kiln/ckpt/testing/test_state.h"
 #include "kiln/comm/testing/multiprocess.h"
 #include "kiln/objstore/file_object_store.h"
@@ -28,6 +28,8 @@ namespace {
 
 using objstore::s3::LocalS3Server;
 using testing::check_loaded;
+using testing::LetGoAtExit;
+using testing::Stall;
 using testing::TempDir;
 using testing::TestState;
 
@@ -68,7 +70,8 @@ void two_ranks_round_trip(const std::string& url, const LocalS3Server* s3,
         if (dup.status().code() != Code::kAlreadyExists) {
           return internal_error("saving step 3 twice: " + dup.status().to_string());
         }
-        return Status::ok();
+        // ~Checkpointer would stop step 3's retention (Note [Retention after the commit]).
+        return ck->flush_retention(soon());
       },
       testing::quick(std::chrono::seconds(60)));
   ASSERT_TRUE(saved.ok()) << saved.report;
@@ -130,7 +133,9 @@ Status save_one(objstore::ObjectStore& store, const std::string& url, std::int64
                                                        .store = &store,
                                                        .object_layout = layout}));
   TestState s(step, 0, 1, rows0);
-  return ck->save(s.view(), step, soon());
+  KILN_RETURN_IF_ERROR(ck->save(s.view(), step, soon()));
+  // ~Checkpointer would stop the step's retention (Note [Retention after the commit]).
+  return ck->flush_retention(soon());
 }
 
 // Note [Shards as chunk objects]: a rank killed mid-upload leaves chunk
@@ -170,37 +175,55 @@ TEST(StoreCheckpoints, AnUncommittedStepsOrphanChunksAreNeverListedAndAreRemoved
   EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
 }
 
-// Where a fault-injecting store stops a call until the test lets it go: the
-// first call through makes reached() true and waits for let_go(). let_go()
-// may run twice (the test's own call and a LetGoAtExit's), so a failed
-// assertion never leaves a stopped thread for a destructor to wait on.
-class Stall {
+// The first read of a manifest (the commit's check that the step is not
+// committed yet) finds none: as if another attempt's manifest landed just
+// after the check.
+class BlindCheckStore final : public objstore::testing::ForwardingObjectStore {
  public:
-  void stop_first() {
-    if (stopped_once_.exchange(true)) return;
-    entered_.set_value();
-    released_.wait();
-  }
-  bool reached(std::chrono::seconds within) {
-    return entered_future_.wait_for(within) == std::future_status::ready;
-  }
-  void let_go() {
-    if (!let_go_.exchange(true)) release_.set_value();
+  using ForwardingObjectStore::ForwardingObjectStore;
+  Result<std::string> get(const std::string& key, Deadline d) override {
+    if (key.ends_with("manifest.json") && !checked_.exchange(true)) {
+      return not_found("injected: " + key + " not there yet");
+    }
+    return inner_.get(key, d);
   }
 
  private:
-  std::atomic<bool> stopped_once_{false}, let_go_{false};
-  std::promise<void> entered_, release_;
-  std::future<void> entered_future_ = entered_.get_future();
-  std::shared_future<void> released_ = release_.get_future().share();
+  std::atomic<bool> checked_{false};
 };
 
-// Lets a Stall go when the test's scope ends: declared after what waits for
-// the stopped call (a Checkpointer), it runs before that waits.
-struct LetGoAtExit {
-  Stall& stall;
-  ~LetGoAtExit() { stall.let_go(); }
-};
+// Note [Publishing a remote step] (commit.cc): two attempts at step 4 that
+// both pass the check cannot both commit: the manifest is put only if
+// absent, so the later one fails with AlreadyExists, leaves the committed
+// manifest as it was and removes its own chunks.
+TEST(StoreCheckpoints, TwoAttemptsPassingTheCheckCannotBothCommit) {
+  TempDir remote, cache;
+  const std::string url = "file://" + remote.path() + "/run";
+  auto inner = objstore::open_object_store(url).value();
+  BlindCheckStore late_store(*inner);
+  // Created before step 4 is committed, so its own list does not refuse it.
+  auto late = Checkpointer::create({.root = url, .store = &late_store});
+  ASSERT_TRUE(late.is_ok()) << late.status().to_string();
+  {
+    auto first = Checkpointer::create({.root = url, .store = inner.get()});
+    ASSERT_TRUE(first.is_ok()) << first.status().to_string();
+    TestState s(4, 0, 1);
+    Status st = (*first)->save(s.view(), 4, soon());
+    ASSERT_TRUE(st.is_ok()) << st.to_string();
+  }
+  const std::string committed = inner->get("step-4/manifest.json", soon()).value();
+  TestState s(4, 0, 1);
+  Status failed = (*late)->save(s.view(), 4, soon());
+  EXPECT_EQ(failed.code(), Code::kAlreadyExists) << failed.to_string();
+  EXPECT_EQ(inner->get("step-4/manifest.json", soon()).value(), committed)
+      << "the later attempt overwrote the committed manifest";
+  auto m = read_remote_manifest(*inner, 4, soon()).value();
+  EXPECT_EQ(inner->list("step-4/", soon()).value().size(), m.shards[0].chunks.size() + 1)
+      << "the later attempt's chunks stayed, or the committed step's went";
+  auto loaded = load_latest_remote(*inner, cache.path(), {});
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  EXPECT_EQ(check_loaded(*loaded, 4, 0, 1), "");
+}
 
 // Small chunks, one in flight (so chunk i is stored before chunk i + 1 is
 // sent); with `stall` set, the put of chunk 1 stops at `stall` and fails.
@@ -315,66 +338,6 @@ TEST(StoreCheckpoints, AStrayAttemptReachingItsCommitLateLeavesTheCommittedStepW
   auto loaded = load_latest_remote(*inner, cache.path(), {});
   ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
   EXPECT_EQ(check_loaded(*loaded, 4, 0, 1), "");
-}
-
-// Deletes under step-1/ fail (the first one after stopping at `stall`),
-// while `failing`.
-class FailingDeletes final : public objstore::testing::ForwardingObjectStore {
- public:
-  using ForwardingObjectStore::ForwardingObjectStore;
-  Status remove(const std::string& key, Deadline d) override {
-    if (!failing || !key.starts_with("step-1/")) return inner_.remove(key, d);
-    stall.stop_first();
-    return unavailable("injected: delete " + key);
-  }
-  std::atomic<bool> failing{true};
-  Stall stall;
-};
-
-// Note [Retention after the commit]: save() returns once the manifest is
-// put; rank 0 deletes older steps in the background. While that runs, the
-// newest step loads; a failed delete is returned by flush_retention (not by
-// a save) and the next retention removes what was left.
-TEST(StoreCheckpoints, RetentionRunsAfterTheCommitAndItsFailureIsReportedNotLost) {
-  TempDir remote, cache;
-  const std::string url = "file://" + remote.path() + "/run";
-  auto inner = objstore::open_object_store(url).value();
-  FailingDeletes store(*inner);
-  auto ck = Checkpointer::create({.root = url, .retention = {.keep_last = 1}, .store = &store});
-  ASSERT_TRUE(ck.is_ok()) << ck.status().to_string();
-  LetGoAtExit let_go{store.stall};
-  for (std::int64_t step : {1, 2}) {
-    TestState s(step, 0, 1);
-    Status st = (*ck)->save(s.view(), step, soon());
-    ASSERT_TRUE(st.is_ok()) << st.to_string();
-  }
-  // Step 2 is committed and retention, stuck deleting step 1, has not ended.
-  ASSERT_TRUE(store.stall.reached(std::chrono::seconds(30)));
-  EXPECT_EQ((*ck)->flush_retention(Deadline::after_seconds(0.05)).code(), Code::kDeadlineExceeded);
-  auto loaded = load_latest_remote(*inner, cache.path() + "/a", {});
-  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
-  EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");
-
-  store.stall.let_go();
-  Status failed = (*ck)->flush_retention(soon());
-  EXPECT_NE(failed.message().find("injected: delete step-1/"), std::string::npos)
-      << failed.to_string();
-  EXPECT_TRUE((*ck)->flush_retention(soon()).is_ok()) << "a failure is returned once";
-  loaded = load_latest_remote(*inner, cache.path() + "/b", {});
-  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
-  EXPECT_EQ(check_loaded(*loaded, 2, 0, 1), "");
-
-  store.failing = false;
-  TestState s3(3, 0, 1);
-  ASSERT_TRUE((*ck)->save(s3.view(), 3, soon()).is_ok());
-  ASSERT_TRUE((*ck)->flush_retention(soon()).is_ok());
-  EXPECT_GT((*ck)->last_stats().retention_s, 0);
-  EXPECT_EQ(list_remote_committed_steps(*inner, soon()).value(), (std::vector<std::int64_t>{3}));
-  EXPECT_TRUE(inner->list("step-1/", soon()).value().empty()) << "step 1 was left";
-  EXPECT_TRUE(inner->list("step-2/", soon()).value().empty()) << "step 2 was left";
-  loaded = load_latest_remote(*inner, cache.path() + "/c", {});
-  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
-  EXPECT_EQ(check_loaded(*loaded, 3, 0, 1), "");
 }
 
 using StoreCheckpointsS3 = objstore::s3::testing::S3rverTest;

@@ -112,6 +112,31 @@ class FileObjectStore final : public ObjectStore {
     return s.with_context("put " + describe_key(key));
   }
 
+  // A temp file, fsynced, then link(2) to the key's path: link creates the
+  // path only where nothing is (EEXIST otherwise), atomically, as rename
+  // cannot be asked to.
+  Status put_if_absent(const std::string& key, std::string_view bytes, Deadline) override {
+    const std::string dst = root_ + "/" + key;
+    const std::string dir = std::filesystem::path(dst).parent_path().string();
+    auto put = [&]() -> Status {
+      KILN_RETURN_IF_ERROR(make_dirs(dir));
+      const std::string tmp = temp_path_for(dst);
+      KILN_ASSIGN_OR_RETURN(auto out, fs_->create(tmp));
+      Status s = out->append(bytes.data(), bytes.size());
+      if (s.is_ok()) s = out->sync();
+      Status closed = out->close();
+      if (s.is_ok()) s = closed;
+      if (s.is_ok() && ::link(tmp.c_str(), dst.c_str()) != 0) {
+        s = errno == EEXIST ? already_exists(dst + " exists already")
+                            : errno_status(fmt::format("link {} to {}", tmp, dst), errno);
+      }
+      (void)fs_->remove_tree(tmp);
+      KILN_RETURN_IF_ERROR(s);
+      return fs_->sync_dir(dir);
+    };
+    return put().with_context("put (if absent) " + describe_key(key));
+  }
+
   Result<std::unique_ptr<ObjectWriter>> open_writer(const std::string& key, Deadline) override {
     auto w = std::make_unique<FileObjectWriter>(fs_, root_ + "/" + key, "put " + describe_key(key));
     KILN_RETURN_IF_ERROR(w->open());

@@ -45,6 +45,22 @@ TEST(FileObjectStore, RangeHeadListRemove) {
   EXPECT_EQ(store->list("a/", soon()).value().size(), 1u);
 }
 
+// put_if_absent stores only where no object is (link(2)), leaves no temp
+// file either way, and a plain put still replaces.
+TEST(FileObjectStore, PutIfAbsentNeverReplaces) {
+  kiln::testing::TempDir dir;
+  auto store = open_object_store("file://" + dir.path() + "/root").value();
+  ASSERT_TRUE(store->put_if_absent("step-4/manifest.json", "first", soon()).is_ok());
+  Status again = store->put_if_absent("step-4/manifest.json", "second", soon());
+  EXPECT_EQ(again.code(), Code::kAlreadyExists) << again.to_string();
+  EXPECT_EQ(store->get("step-4/manifest.json", soon()).value(), "first");
+  EXPECT_EQ(list_dir(dir.path() + "/root/step-4").value(),
+            (std::vector<std::string>{"manifest.json"}))
+      << "a temp file was left";
+  ASSERT_TRUE(store->put("step-4/manifest.json", "third", soon()).is_ok());
+  EXPECT_EQ(store->get("step-4/manifest.json", soon()).value(), "third");
+}
+
 // The put's bytes are fsynced before the rename publishes them: when that
 // fsync fails, no object appears (a crash could otherwise leave a published
 // but empty object, e.g. a checkpoint's "manifest last" commit), and an

@@ -89,6 +89,11 @@ Status ObjectStore::put(const std::string& key, std::string_view bytes, Deadline
   return s;
 }
 
+Status ObjectStore::put_if_absent(const std::string& key, std::string_view bytes,
+                                  Deadline deadline) {
+  return put(key, bytes, deadline);
+}
+
 Status ObjectStore::remove_many(const std::vector<std::string>& keys, Deadline deadline) {
   if (keys.empty()) return Status::ok();  // most commits: no strays, no thread
   const int threads =

@@ -91,6 +91,15 @@ class ObjectStore {
   // Stores `bytes` as `key` (small objects: manifests, indexes).
   virtual Status put(const std::string& key, std::string_view bytes, Deadline deadline);
 
+  // put(), unless an object is under `key` already: then AlreadyExists and
+  // nothing changes, decided by the store at the moment of the write, so of
+  // two concurrent calls at most one succeeds (S3: a conditional write,
+  // If-None-Match: *; file://: link(2)). The default, and an S3 endpoint
+  // that ignores the header (s3rver), stores unconditionally: a caller that
+  // must not overwrite checks first as well. A retried request whose first
+  // attempt landed gets AlreadyExists too (the caller reads the object back).
+  virtual Status put_if_absent(const std::string& key, std::string_view bytes, Deadline deadline);
+
   // Reads `length` bytes at `offset`; fewer only where the object ends first.
   // InvalidArgument if `offset` is past the end.
   virtual Result<std::string> get_range(const std::string& key, std::uint64_t offset,

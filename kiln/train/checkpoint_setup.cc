@@ -40,4 +40,10 @@ void CheckpointSetup::drop_memory_snapshots() {
   if (!s.is_ok()) log()->warn("in-memory checkpoints not removed: {}", s.to_string());
 }
 
+void CheckpointSetup::finish_retention(Deadline deadline) {
+  if (checkpointer == nullptr) return;
+  Status s = checkpointer->flush_retention(deadline);
+  if (!s.is_ok()) log()->warn("checkpoint retention at the end of the run: {}", s.to_string());
+}
+
 }  // namespace kiln::train

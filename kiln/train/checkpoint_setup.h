@@ -26,6 +26,11 @@ struct CheckpointSetup {
   // After a run that finished (not one stopped for a restart): nothing is
   // left to recover, and /dev/shm is memory. A failure is logged, not fatal.
   void drop_memory_snapshots();
+  // After a run that finished (not one stopped for a restart): waits for
+  // rank 0's retention on an object store, so that the run leaves exactly
+  // the steps it keeps (~Checkpointer stops it after the delete in flight:
+  // Note [Retention after the commit]). A failure is logged, not fatal.
+  void finish_retention(Deadline deadline);
 };
 
 // Collective over `world`. Empty (nothing enabled) when checkpoint.dir is

@@ -453,8 +453,10 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
     }
     KILN_RETURN_IF_ERROR(ckpt.checkpointer->wait(finish));
   }
-  // A stopped (preempted) run keeps its in-memory snapshots for the restart.
+  // A stopped (preempted) run keeps its in-memory snapshots for the restart,
+  // and leaves old steps' deletes to the next generation's retention.
   if (!result.stopped) ckpt.drop_memory_snapshots();
+  if (!result.stopped) ckpt.finish_retention(finish);
   // The digest (and, for tests, the parameters) of the final model; a
   // sharded model is read one gathered unit at a time.
   auto read_parameters = [&](bool keep) -> Status {

@@ -420,6 +420,7 @@ Result<TrainResult> run_training_3d(const TrainOptions& options, comm::Communica
     KILN_RETURN_IF_ERROR(ckpt.checkpointer->wait(Deadline::after_seconds(600)));
   }
   if (!result.stopped) ckpt.drop_memory_snapshots();
+  if (!result.stopped) ckpt.finish_retention(Deadline::after_seconds(600));
   if (!result.stopped) {
     KILN_ASSIGN_OR_RETURN(result.eval_loss, evaluate(result.steps));
   }

@@ -7,9 +7,12 @@
 
 #include <atomic>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <thread>
 #include <vector>
 
+#include "kiln/objstore/s3/s3_delete.h"
 #include "kiln/objstore/s3/s3_object_store.h"
 
 namespace kiln::objstore::s3 {
@@ -170,6 +173,70 @@ TEST(S3Faults, AFailedPartAbortsTheStreamingUpload) {
   t.join();
 }
 
+// An endpoint that honours If-None-Match: * on PUT (Note [Conditional
+// writes]): 412 PreconditionFailed where the key holds an object; the first
+// `conflicts` conditional PUTs get 409 ConditionalRequestConflict.
+struct ConditionalEndpoint {
+  explicit ConditionalEndpoint(int conflicts) : conflicts_left(conflicts) {
+    server.Put(R"(/bucket/(.*))", [this](const httplib::Request& req, httplib::Response& res) {
+      std::lock_guard<std::mutex> l(mu);
+      const std::string key = req.matches[1];
+      if_none_match.push_back(req.get_header_value("If-None-Match"));
+      if (req.get_header_value("If-None-Match") == "*") {
+        if (conflicts_left > 0) {
+          --conflicts_left;
+          return s3_error(res, 409, "ConditionalRequestConflict");
+        }
+        if (objects.contains(key)) return s3_error(res, 412, "PreconditionFailed");
+      }
+      objects[key] = req.body;
+      res.set_header("ETag", "\"e\"");
+    });
+    port = server.bind_to_any_port("127.0.0.1");
+    thread = std::thread([this] { server.listen_after_bind(); });
+    Deadline ready = Deadline::after_seconds(5);
+    while (!server.is_running() && !ready.expired()) std::this_thread::sleep_for(milliseconds(1));
+  }
+  ~ConditionalEndpoint() {
+    server.stop();
+    thread.join();
+  }
+  httplib::Server server;
+  int port = 0;
+  std::thread thread;
+  std::mutex mu;
+  int conflicts_left;                          // guarded by mu
+  std::map<std::string, std::string> objects;  // guarded by mu
+  std::vector<std::string> if_none_match;      // guarded by mu: each PUT's header
+};
+
+// The second put_if_absent of a key is refused (AlreadyExists) and leaves
+// the first object; a plain put still replaces it.
+TEST(S3Faults, APutIfAbsentOfAKeyThatHoldsAnObjectIsAlreadyExists) {
+  ConditionalEndpoint s3(/*conflicts=*/0);
+  auto store = S3ObjectStore::open("s3://bucket/ckpt", local_options(s3.port, 2)).value();
+  ASSERT_TRUE(store->put_if_absent("step-4/manifest.json", "first", soon()).is_ok());
+  Status again = store->put_if_absent("step-4/manifest.json", "second", soon());
+  EXPECT_EQ(again.code(), Code::kAlreadyExists) << again.to_string();
+  EXPECT_NE(again.message().find("s3://bucket/ckpt/step-4/manifest.json"), std::string::npos)
+      << again.to_string();
+  std::lock_guard<std::mutex> l(s3.mu);
+  EXPECT_EQ(s3.objects["ckpt/step-4/manifest.json"], "first");
+  EXPECT_EQ(s3.if_none_match, (std::vector<std::string>{"*", "*"}));
+}
+
+// 409 ConditionalRequestConflict (a write of the key raced this one) is
+// retried, as S3 asks; the retry stores the object.
+TEST(S3Faults, AConditionalPutThatRacedAnotherWriteIsRetried) {
+  ConditionalEndpoint s3(/*conflicts=*/1);
+  auto store = S3ObjectStore::open("s3://bucket/ckpt", local_options(s3.port, 3)).value();
+  Status s = store->put_if_absent("step-4/manifest.json", "m", soon());
+  ASSERT_TRUE(s.is_ok()) << s.to_string();
+  EXPECT_EQ(store->stats().retries.load(), 1u);
+  std::lock_guard<std::mutex> l(s3.mu);
+  EXPECT_EQ(s3.objects["ckpt/step-4/manifest.json"], "m");
+}
+
 // A scripted endpoint for remove_many: POST /bucket?delete answers with
 // `batch` (given the request); DELETE /bucket/<key> with `single`.
 struct DeleteEndpoint {
@@ -228,8 +295,26 @@ TEST(S3Faults, DeleteObjectsRetriesTheKeysItCouldNotDeleteAlone) {
   for (const char* key : {"<Key>ckpt/a</Key>", "<Key>ckpt/b</Key>", "<Key>ckpt/c</Key>"}) {
     EXPECT_NE(s3.bodies[0].find(key), std::string::npos) << s3.bodies[0];
   }
-  EXPECT_EQ(s3.md5_headers[0].size(), 24u) << "base64 of a 16-byte MD5: " << s3.md5_headers[0];
+  EXPECT_EQ(s3.md5_headers[0], content_md5(s3.bodies[0]));
   EXPECT_EQ(s3.deleted, (std::vector<std::string>{"ckpt/b"}));
+}
+
+// Note [Keys in XML]: a key with a control character XML cannot carry is
+// deleted alone, by a DELETE of its percent-encoded name; the rest go in the
+// one DeleteObjects request, a carriage return as its entity code.
+TEST(S3Faults, AKeyNoXmlCanCarryIsDeletedAlone) {
+  DeleteEndpoint s3(
+      [](const httplib::Request&, httplib::Response& res) {
+        res.set_content("<DeleteResult/>", "application/xml");
+      },
+      [](const httplib::Request&, httplib::Response& res) { res.status = 204; });
+  Status s = s3.store()->remove_many({"a", "b\x01c", "d\re"}, soon());
+  ASSERT_TRUE(s.is_ok()) << s.to_string();
+  ASSERT_EQ(s3.posts.load(), 1);
+  EXPECT_NE(s3.bodies[0].find("<Key>ckpt/a</Key>"), std::string::npos) << s3.bodies[0];
+  EXPECT_NE(s3.bodies[0].find("<Key>ckpt/d&#13;e</Key>"), std::string::npos) << s3.bodies[0];
+  EXPECT_EQ(s3.bodies[0].find('\x01'), std::string::npos) << "a control character in the XML";
+  EXPECT_EQ(s3.deleted, (std::vector<std::string>{"ckpt/b\x01c"}));
 }
 
 // An endpoint without DeleteObjects (501 NotImplemented, not retried) gets

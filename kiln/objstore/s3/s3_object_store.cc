@@ -2,13 +2,11 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <optional>
 
 #include "kiln/base/backoff.h"
 #include "kiln/base/fd.h"
@@ -42,7 +40,10 @@ bool retryable(const S3Response& r) {
     }
   }
   // 501 Not Implemented: the endpoint lacks the call; no retry adds it.
-  return (r.http_status >= 500 && r.http_status != 501) || r.http_status == 429;
+  if ((r.http_status >= 500 && r.http_status != 501) || r.http_status == 429) return true;
+  // A conditional write that raced another write of the key: S3 asks for a
+  // retry (Note [Conditional writes]).
+  return r.http_status == 409 && parse_error(r.body).code == "ConditionalRequestConflict";
 }
 
 std::string describe_failure(const S3Response& r) {
@@ -70,30 +71,6 @@ Status permanent_error(const S3Response& r, const std::string& what) {
   }
   return failed_precondition(
       fmt::format("{}: {}; check the credentials, the bucket and its policy", what, why));
-}
-
-// DeleteObjects takes at most this many keys a request (the S3 API reference).
-constexpr std::size_t kMaxKeysPerDelete = 1000;
-
-// The Content-MD5 header of `body`: its MD5, base64 (DeleteObjects requires
-// it). Nothing where this OpenSSL offers no MD5 (a FIPS build).
-std::optional<std::string> content_md5(std::string_view body) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  if (EVP_Digest(body.data(), body.size(), md, &n, EVP_md5(), nullptr) != 1 || n == 0) {
-    return std::nullopt;
-  }
-  unsigned char b64[4 * ((EVP_MAX_MD_SIZE + 2) / 3) + 1];
-  int len = EVP_EncodeBlock(b64, md, static_cast<int>(n));
-  return "Content-MD5: " +
-         std::string(reinterpret_cast<const char*>(b64), static_cast<std::size_t>(len));
-}
-
-// An endpoint that does not offer DeleteObjects (some S3-compatible stores).
-bool refuses_batch_deletes(const S3Response& r) {
-  const std::string code = parse_error(r.body).code;
-  return r.http_status == 501 || r.http_status == 405 || code == "NotImplemented" ||
-         code == "MethodNotAllowed";
 }
 
 }  // namespace
@@ -242,74 +219,6 @@ Status S3ObjectStore::remove(const std::string& key, Deadline deadline) {
   return Status::ok();
 }
 
-// Note [Batch deletes]: a step of chunk objects is dozens of objects per
-// rank, and retention and a commit's stray cleanup delete them together.
-// One DELETE each is a round trip each (s3rver serves them one after
-// another: ~0.6 s for a 1 GiB step's 64 chunks, docs/perf.md); DeleteObjects
-// removes up to 1000 keys in one request. The reply lists the keys it could
-// not delete; those are retried one by one with remove() (which retries
-// transient failures). An endpoint that refuses the call (501, 405,
-// NotImplemented) is remembered, and from then on every key gets its own
-// DELETE.
-Status S3ObjectStore::remove_many(const std::vector<std::string>& keys, Deadline deadline) {
-  Status first;
-  for (std::size_t at = 0; at < keys.size(); at += kMaxKeysPerDelete) {
-    const auto end =
-        keys.begin() + static_cast<std::ptrdiff_t>(std::min(keys.size(), at + kMaxKeysPerDelete));
-    std::vector<std::string> batch(keys.begin() + static_cast<std::ptrdiff_t>(at), end);
-    Status s = batch_deletes_.load() ? delete_batch(batch, deadline)
-                                     : ObjectStore::remove_many(batch, deadline);
-    if (!s.is_ok() && first.is_ok()) first = s;
-  }
-  return first;
-}
-
-Status S3ObjectStore::delete_batch(const std::vector<std::string>& keys, Deadline deadline) {
-  std::vector<std::string> full;
-  full.reserve(keys.size());
-  for (const auto& k : keys) full.push_back(full_key(k));
-  S3Request req;
-  req.method = "POST";
-  req.url = fmt::format("{}/{}?delete=", options_.endpoint, location_.bucket);
-  req.body = delete_objects_xml(full);
-  const std::optional<std::string> md5 = content_md5(req.body);
-  if (!md5) {
-    log()->info("s3: this OpenSSL computes no MD5, which DeleteObjects requires; deleting one "
-                "object at a time");
-    batch_deletes_.store(false);
-    return ObjectStore::remove_many(keys, deadline);
-  }
-  req.headers = {*md5, "Content-Type: application/xml"};
-  const std::string what = fmt::format("DeleteObjects of {} key(s) under {} (first {})",
-                                       keys.size(), describe(), keys.front());
-  S3Response refused;
-  auto r = call(req, what, deadline, &refused);
-  if (!r.is_ok()) {
-    if (refused.http_status == 0 || !refuses_batch_deletes(refused)) return r.status();
-    log()->info("s3: {} does not offer DeleteObjects ({}); deleting one object at a time",
-                options_.endpoint, r.status().message());
-    batch_deletes_.store(false);
-    return ObjectStore::remove_many(keys, deadline);
-  }
-  auto errors = parse_delete_result(r->body);
-  if (!errors.is_ok()) {
-    // A 200 whose body is no DeleteResult (a proxy's page, a truncated
-    // reply) says nothing of which keys went: each is deleted alone.
-    log()->warn("s3: {}: {}; deleting its keys one at a time", what, errors.status().message());
-    return ObjectStore::remove_many(keys, deadline).with_context(what);
-  }
-  if (errors->empty()) return Status::ok();
-  // What the batch could not delete, one at a time, with retries.
-  const std::string root = location_.prefix.empty() ? "" : location_.prefix + "/";
-  std::vector<std::string> again;
-  for (const auto& e : *errors) {
-    log()->debug("s3: {}: {} not deleted ({}: {}); retrying it alone", what, e.key, e.code,
-                 e.message);
-    again.push_back(e.key.rfind(root, 0) == 0 ? e.key.substr(root.size()) : e.key);
-  }
-  return ObjectStore::remove_many(again, deadline).with_context(what);
-}
-
 Result<std::vector<ObjectInfo>> S3ObjectStore::list(const std::string& prefix, Deadline deadline) {
   const std::string root = location_.prefix.empty() ? "" : location_.prefix + "/";
   const std::string full_prefix = root + prefix;
@@ -348,6 +257,32 @@ Status S3ObjectStore::put(const std::string& key, std::string_view bytes, Deadli
   req.url = object_url(key);
   req.body_view = bytes;
   return call(req, "PUT " + describe_key(key), deadline).status();
+}
+
+// Note [Conditional writes]: S3 has taken If-None-Match: * on PutObject
+// since August 2024 (the user guide's "How to prevent object overwrites
+// with conditional writes"): the PUT stores the object only if none is under
+// its key, else 412 Precondition Failed; two such PUTs racing for one key
+// may get 409 ConditionalRequestConflict, which is retried (retryable()),
+// and the retry then gets 412 or succeeds. A retry after a lost reply whose
+// first attempt landed gets 412 for our own object: callers read it back.
+// MinIO and Ceph RGW honour the header too; s3rver ignores it and stores.
+Status S3ObjectStore::put_if_absent(const std::string& key, std::string_view bytes,
+                                    Deadline deadline) {
+  if (bytes.size() > options_.part_bytes) return ObjectStore::put_if_absent(key, bytes, deadline);
+  S3Request req;
+  req.method = "PUT";
+  req.url = object_url(key);
+  req.body_view = bytes;
+  req.headers.push_back("If-None-Match: *");
+  const std::string what = "PUT (if absent) " + describe_key(key);
+  S3Response refused;
+  auto r = call(req, what, deadline, &refused);
+  if (!r.is_ok() && refused.http_status == 412) {
+    return already_exists(fmt::format("{}: an object is there already ({})", what,
+                                      describe_failure(refused)));
+  }
+  return r.status();
 }
 
 Status S3ObjectStore::put_file(const std::string& key, const std::string& src, Deadline deadline) {

@@ -7,6 +7,7 @@
 //   multipart upload (initiate, parts, complete); a failed multipart upload
 //   is aborted so no orphaned parts are billed.
 // - list: ListObjectsV2, following continuation tokens.
+// - put_if_absent: PUT with If-None-Match: * (Note [Conditional writes]).
 // - head: HEAD. remove: DELETE. remove_many: DeleteObjects (Note [Batch
 //   deletes]).
 //
@@ -50,6 +51,9 @@ class S3ObjectStore final : public ObjectStore {
   // writer buffer: a chunk of a checkpoint's shard held once, not twice);
   // larger: the streaming writer's multipart upload.
   Status put(const std::string& key, std::string_view bytes, Deadline deadline) override;
+  // Up to one part's bytes: one PUT with If-None-Match: * (Note [Conditional
+  // writes]); larger: put() (the caller's own check stands).
+  Status put_if_absent(const std::string& key, std::string_view bytes, Deadline deadline) override;
   // Note [S3 streaming upload]: a multipart upload whose parts go up in
   // parallel (S3Options::upload_parallelism) while the caller appends; an
   // object that ends within the first part is one PUT instead.

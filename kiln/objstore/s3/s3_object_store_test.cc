@@ -13,6 +13,7 @@
 
 #include "kiln/base/file.h"
 #include "kiln/base/testing/temp_dir.h"
+#include "kiln/objstore/s3/s3_delete.h"
 #include "kiln/objstore/s3/s3_xml.h"
 #include "kiln/objstore/s3/testing/s3rver_test.h"
 
@@ -404,6 +405,34 @@ TEST(S3Xml, DeleteObjectsEscapesMarkupInKeys) {
   EXPECT_NE(xml.find("<Key>ckpt/a&amp;b</Key>"), std::string::npos) << xml;
   EXPECT_NE(xml.find("<Key>ckpt/&lt;c&gt;&quot;d&quot;</Key>"), std::string::npos) << xml;
   EXPECT_NE(xml.find("<Quiet>true</Quiet>"), std::string::npos) << xml;
+}
+
+// Note [Keys in XML]: tab, line feed and carriage return go as entity codes
+// (a raw carriage return would reach S3 as a line feed) and come back from
+// a reply as themselves; any other control character keeps the key out of
+// XML altogether.
+TEST(S3Xml, ControlCharactersInKeys) {
+  EXPECT_TRUE(xml_can_carry_key("ckpt/a\tb\nc\rd"));
+  EXPECT_TRUE(xml_can_carry_key("ckpt/\x7f\xc3\xa9"));  // DEL and UTF-8 are XML characters
+  EXPECT_FALSE(xml_can_carry_key(std::string("ckpt/a\0b", 8)));
+  EXPECT_FALSE(xml_can_carry_key("ckpt/a\x01b"));
+  EXPECT_FALSE(xml_can_carry_key("ckpt/a\x1f"));
+  const std::string xml = delete_objects_xml({"ckpt/a\r\nb\tc&"});
+  EXPECT_NE(xml.find("<Key>ckpt/a&#13;&#10;b&#9;c&amp;</Key>"), std::string::npos) << xml;
+  auto errors = parse_delete_result(
+      "<DeleteResult><Error><Key>ckpt/a&#13;&#10;b&#9;c&amp;</Key><Code>InternalError</Code>"
+      "</Error></DeleteResult>");
+  ASSERT_TRUE(errors.is_ok()) << errors.status().to_string();
+  ASSERT_EQ(errors->size(), 1u);
+  EXPECT_EQ((*errors)[0].key, "ckpt/a\r\nb\tc&");
+}
+
+// DeleteObjects' Content-MD5 against RFC 1321's test suite (A.5), base64.
+TEST(S3Delete, ContentMd5MatchesRfc1321) {
+  EXPECT_EQ(content_md5(""), "1B2M2Y8AsgTpgAmY7PhCfg==");  // d41d8cd98f00b204e9800998ecf8427e
+  EXPECT_EQ(content_md5("abc"), "kAFQmDzST7DWlj99KOF/cg==");  // 900150983cd24fb0d6963f7d28e17f72
+  EXPECT_EQ(content_md5("message digest"),
+            "+WtpfXy3k41SWi8xqvFh0A==");  // f96b697d7cb7938d525a2f31aaf161d0
 }
 
 TEST(S3Options, UrlAndEnvironment) {

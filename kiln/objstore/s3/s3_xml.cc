@@ -4,6 +4,7 @@
 #include <libxml/parser.h>
 #include <libxml/tree.h>
 
+#include <algorithm>
 #include <charconv>
 #include <cstring>
 #include <memory>
@@ -136,12 +137,36 @@ S3Error parse_error(const std::string& xml) {
   return {text(child(root, "Code")), text(child(root, "Message"))};
 }
 
+bool xml_can_carry_key(std::string_view key) {
+  return std::none_of(key.begin(), key.end(), [](char c) {
+    const auto u = static_cast<unsigned char>(c);
+    return u < 0x20 && c != '\t' && c != '\n' && c != '\r';
+  });
+}
+
 std::string delete_objects_xml(const std::vector<std::string>& keys) {
   std::string xml =
       "<?xml version=\"1.0\" encoding=\"UTF-8\"?>"
       "<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Quiet>true</Quiet>";
   for (const auto& key : keys) {
-    xml += "<Object><Key>" + markup_escape(key) + "</Key></Object>";
+    xml += "<Object><Key>";
+    // Note [Keys in XML]: the three control characters XML can carry, as entities.
+    for (char c : markup_escape(key)) {
+      switch (c) {
+        case '\t':
+          xml += "&#9;";
+          break;
+        case '\n':
+          xml += "&#10;";
+          break;
+        case '\r':
+          xml += "&#13;";
+          break;
+        default:
+          xml += c;
+      }
+    }
+    xml += "</Key></Object>";
   }
   return xml + "</Delete>";
 }

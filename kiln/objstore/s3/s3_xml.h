@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kiln/base/status.h"
@@ -44,8 +45,21 @@ S3Error parse_error(const std::string& xml);
 // <CompleteMultipartUpload> for parts 1..N with these ETags.
 std::string complete_multipart_xml(const std::vector<std::string>& etags);
 
+// Note [Keys in XML]: S3 keys are any UTF-8, control characters included,
+// but an XML 1.0 document cannot hold most control characters, not even as
+// a character reference: only tab, line feed and carriage return. S3's
+// guide ("XML related object key constraints") asks for those three as
+// entity codes (&#9; &#10; &#13;), since XML turns a raw carriage return
+// into a line feed when it reads it. A key with any other control
+// character cannot go into a DeleteObjects request at all: the caller
+// deletes it alone (DELETE names the key in the URL, percent-encoded).
+
+// Whether `key` can be written into an XML 1.0 document (Note [Keys in XML]).
+bool xml_can_carry_key(std::string_view key);
+
 // <Delete> of DeleteObjects for these (full) keys, in quiet mode: the reply
-// lists only the keys that failed.
+// lists only the keys that failed. Each key must pass xml_can_carry_key;
+// markup and tab, line feed and carriage return go as entities.
 std::string delete_objects_xml(const std::vector<std::string>& keys);
 
 // The <Error> entries of a DeleteObjects reply's <DeleteResult>: the keys

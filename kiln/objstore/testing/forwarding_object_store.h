@@ -29,6 +29,9 @@ class ForwardingObjectStore : public ObjectStore {
   Status put(const std::string& key, std::string_view bytes, Deadline d) override {
     return inner_.put(key, bytes, d);
   }
+  Status put_if_absent(const std::string& key, std::string_view bytes, Deadline d) override {
+    return inner_.put_if_absent(key, bytes, d);
+  }
   Result<std::string> get_range(const std::string& key, std::uint64_t offset, std::uint64_t length,
                                 Deadline d) override {
     return inner_.get_range(key, offset, length, d);

@@ -1,0 +1,42 @@
+// Stall: stops a fault-injecting store's call until the test lets it go.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <future>
+
+namespace kiln::ckpt::testing {
+
+// Where a fault-injecting store stops a call until the test lets it go: the
+// first call through makes reached() true and waits for let_go(). let_go()
+// may run twice (the test's own call and a LetGoAtExit's), so a failed
+// assertion never leaves a stopped thread for a destructor to wait on.
+class Stall {
+ public:
+  void stop_first() {
+    if (stopped_once_.exchange(true)) return;
+    entered_.set_value();
+    released_.wait();
+  }
+  bool reached(std::chrono::seconds within) {
+    return entered_future_.wait_for(within) == std::future_status::ready;
+  }
+  void let_go() {
+    if (!let_go_.exchange(true)) release_.set_value();
+  }
+
+ private:
+  std::atomic<bool> stopped_once_{false}, let_go_{false};
+  std::promise<void> entered_, release_;
+  std::future<void> entered_future_ = entered_.get_future();
+  std::shared_future<void> released_ = release_.get_future().share();
+};
+
+// Lets a Stall go when the test's scope ends: declared after what waits for
+// the stopped call (a Checkpointer), it runs before that waits.
+struct LetGoAtExit {
+  Stall& stall;
+  ~LetGoAtExit() { stall.let_go(); }
+};
+
+}  // namespace kiln::ckpt::testing
