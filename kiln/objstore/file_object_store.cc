@@ -10,18 +10,31 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <functional>
 #include <vector>
 
 #include "kiln/base/fd.h"
 #include "kiln/base/file.h"
+#include "kiln/base/logging.h"
 
 namespace kiln::objstore {
 namespace {
 
 constexpr std::size_t kCopyChunk = 4 << 20;
+
+// Once per process: a root whose filesystem refuses hard links commits
+// without put_if_absent's guarantee.
+void warn_no_links_once(const std::string& path, int error) {
+  static std::atomic<bool> warned{false};
+  if (warned.exchange(true)) return;
+  log()->warn("{}: this filesystem refuses hard links ({}); a conditional put falls back to a "
+              "rename, and two concurrent commits of one step rely on the commit's own check",
+              path, std::strerror(error));
+}
 
 // Appends all of `src` to `out`.
 Status copy_into(const std::string& src, FsWriter& out, Deadline deadline) {
@@ -127,8 +140,18 @@ class FileObjectStore final : public ObjectStore {
       Status closed = out->close();
       if (s.is_ok()) s = closed;
       if (s.is_ok() && ::link(tmp.c_str(), dst.c_str()) != 0) {
-        s = errno == EEXIST ? already_exists(dst + " exists already")
-                            : errno_status(fmt::format("link {} to {}", tmp, dst), errno);
+        const int e = errno;
+        if (e == EPERM || e == ENOTSUP || e == EOPNOTSUPP || e == EXDEV || e == ENOSYS) {
+          // A filesystem without hard links (FUSE mounts of object stores,
+          // some SMB shares): the plain rename, as put() does. The commit's
+          // own check before it stands, as on an S3 endpoint that ignores
+          // If-None-Match.
+          warn_no_links_once(dst, e);
+          s = fs_->rename(tmp, dst);
+        } else {
+          s = e == EEXIST ? already_exists(dst + " exists already")
+                          : errno_status(fmt::format("link {} to {}", tmp, dst), e);
+        }
       }
       (void)fs_->remove_tree(tmp);
       KILN_RETURN_IF_ERROR(s);

@@ -208,7 +208,11 @@ Result<HostStepTime> host_step_time(const PlanConfig& c) {
   if (st.ranks_per_host > 1 && slowdown > 0) {
     const double work = st.tp_work_between_messages_s;
     const bool tp = l.tp > 1;
-    sim.relative_slowdown = [&hp, work, tp, slowdown](double k) {
+    // The simulation counts every stage's ranks against one host's cores; a
+    // pipeline across hosts never shares more than the steady state does.
+    const double most = st.oversubscription;
+    sim.relative_slowdown = [&hp, work, tp, slowdown, most](double k) {
+      k = std::min(k, most);
       return (tp ? hp.sharing_slowdown(k, work) : hp.independent_slowdown(k)) / slowdown;
     };
   }

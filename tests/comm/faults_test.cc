@@ -138,16 +138,17 @@ TEST(Faults, AnAbortSeenFromAPeerNamesTheRankThisOneWaitedFor) {
 }
 
 // The harness's report (kiln/comm/testing/multiprocess.h) gives every failed
-// rank's own Status, the first to exit first: rank 2 fails on its own and
-// exits; ranks 0 and 1, in a barrier with it, fail after it, naming it.
-TEST(Faults, TheReportGivesEachFailedRanksOwnStatusTheFirstToExitFirst) {
+// rank's own Status: rank 2 fails on its own and exits; ranks 0 and 1, in a
+// barrier with it, fail after it, naming it. (Not their order: the ranks
+// that fail within a millisecond of each other are reaped in one poll.)
+TEST(Faults, TheReportGivesEachFailedRanksOwnStatus) {
   auto result = testing::run_ranks(3, [](Communicator& c) -> Status {
     if (c.rank() == 2) return internal_error("rank 2's own cause");
     return c.barrier()->wait();
   }, fault_options(transport::TransportMode::kAuto));
   ASSERT_FALSE(result.ok());
   const std::string& report = result.report;
-  EXPECT_EQ(report.rfind("rank 2: exit code 1 after ", 0), 0u) << report;
+  EXPECT_NE(report.find("rank 2: exit code 1 after "), std::string::npos) << report;
   EXPECT_NE(report.find("rank 2's own cause"), std::string::npos) << report;
   EXPECT_EQ(result.ranks[2].status, "Internal: rank 2's own cause") << report;
   for (int r : {0, 1}) {

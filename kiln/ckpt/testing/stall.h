@@ -3,6 +3,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <future>
 
 namespace kiln::ckpt::testing {
@@ -16,7 +18,12 @@ class Stall {
   void stop_first() {
     if (stopped_once_.exchange(true)) return;
     entered_.set_value();
-    released_.wait();
+    // Bounded, as every wait: a test that never lets go fails here, loudly,
+    // rather than hanging the suite until ctest's timeout.
+    if (released_.wait_for(std::chrono::seconds(60)) != std::future_status::ready) {
+      std::fprintf(stderr, "Stall: not let go within 60 s\n");
+      std::abort();
+    }
   }
   bool reached(std::chrono::seconds within) {
     return entered_future_.wait_for(within) == std::future_status::ready;

@@ -33,8 +33,9 @@ struct RankOutcome {
 
 struct RunResult {
   std::vector<RankOutcome> ranks;
-  // One line per failed rank, in the order they exited: how it ended, when,
-  // and its own Status.
+  // One line per failed rank, in the order they were reaped (the harness
+  // polls; ranks that exit within one poll come in rank order): how it
+  // ended, when, and its own Status.
   std::string report;
   bool ok() const;
 };
