@@ -132,8 +132,11 @@ Result<TrainResult> run_training(const TrainOptions& options, comm::Communicator
   // (Note [Keep freed tensor memory], kiln/base/heap.h; DDP's backward took
   // 1.5-8 k page faults a step without it, docs/perf.md, issue 24, session
   // 16). A process-wide allocator setting, so made here, where the process
-  // becomes a training process, not inside a library factory.
-  keep_freed_heap_memory();
+  // becomes a training process, not inside a library factory. Not for the
+  // sharded strategies: they are for runs bound by memory, where a freed
+  // gather or staging block must go back (kept, a ZeRO-3 rank went past a
+  // 193 MiB cgroup and was killed: test parallel.memory_cap_cgroup).
+  if (c.parallel.strategy == Strategy::kDdp || c.parallel.three_d()) keep_freed_heap_memory();
   if (c.parallel.three_d()) return run_training_3d(options, comm);
   const int rank = comm.rank(), world = comm.size();
   const auto started = Clock::now();
