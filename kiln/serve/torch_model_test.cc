@@ -41,6 +41,13 @@ void save_cnn(const std::string& root) {
   ASSERT_TRUE(s.is_ok()) << s.to_string();
 }
 
+// The CNN save_cnn writes, loaded back as the weights a replica serves.
+Result<StepWeights> saved_cnn_weights(const std::string& root) {
+  save_cnn(root);
+  KILN_ASSIGN_OR_RETURN(auto state, ckpt::load_latest(root, {}));
+  return StepWeights::from_loaded(std::move(state));
+}
+
 std::unique_ptr<Model> load_cnn(const std::string& root, int threads) {
   auto state = ckpt::load_latest(root, {});
   EXPECT_TRUE(state.is_ok()) << state.status().to_string();
@@ -177,10 +184,9 @@ TEST(TorchModel, WeightsServedInPlaceViewTheMappingForTheModelsLife) {
 // size and re-pointed into an arena grown for 33).
 TEST(TorchModel, TheOtherForwardsServeTheModulesLogitsWithinRounding) {
   TempDir dir;
-  save_cnn(dir.path());
-  auto state = ckpt::load_latest(dir.path(), {});
-  ASSERT_TRUE(state.is_ok()) << state.status().to_string();
-  const StepWeights weights = StepWeights::from_loaded(std::move(*state));
+  auto loaded = saved_cnn_weights(dir.path());
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  const StepWeights& weights = *loaded;
   auto module = load_torch_model(weights, {.threads = 1, .cnn_forward = CnnForward::kModule});
   ASSERT_TRUE(module.is_ok()) << module.status().to_string();
   for (CnnForward kind :
@@ -213,10 +219,9 @@ TEST(TorchModel, TheOtherForwardsServeTheModulesLogitsWithinRounding) {
 // the failure, and the warning is logged once.
 TEST(TorchModel, AOnednnPlanThatFailsServesTheModulesLogitsFromThenOnAndWarnsOnce) {
   TempDir dir;
-  save_cnn(dir.path());
-  auto state = ckpt::load_latest(dir.path(), {});
-  ASSERT_TRUE(state.is_ok()) << state.status().to_string();
-  const StepWeights weights = StepWeights::from_loaded(std::move(*state));
+  auto loaded = saved_cnn_weights(dir.path());
+  ASSERT_TRUE(loaded.is_ok()) << loaded.status().to_string();
+  const StepWeights& weights = *loaded;
   auto module = load_torch_model(weights, {.threads = 1, .cnn_forward = CnnForward::kModule});
   ASSERT_TRUE(module.is_ok()) << module.status().to_string();
   std::vector<int> plans;  // the batch sizes oneDNN was asked to plan
